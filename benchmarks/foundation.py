@@ -1,0 +1,168 @@
+"""Benchmark of the foundation issue's targets: the whole pipeline over several seeds.
+
+    python benchmarks/foundation.py                 # avmnist, seeds 0 1 2, then a clean run
+    python benchmarks/foundation.py --quick         # the smoke config: minutes, for trying it out
+
+Each seed is a full `racmkd run` (runs/bench-<protocol>-s<seed>/, reused when its report exists).
+The script writes benchmarks/results/foundation.json and foundation.md (accuracy mean +- std over
+seeds, retention, distillation gain against label-only training and the seed-to-seed spread, the
+targets reached or not) and foundation.png. No figure is typed in: everything is read from the
+runs' report.json files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from racmkd.config import load_config  # noqa: E402
+from racmkd.eval.report import RETENTION_TARGETS, TEACHER_TARGETS, git_commit, machine  # noqa: E402
+from racmkd.pipeline import run_pipeline  # noqa: E402
+from racmkd.utils import atomic_write_json, atomic_write_text  # noqa: E402
+
+TIERS = ["high", "medium", "low", "critical"]
+SEED_PAPER = {"retention": {"high": 0.974, "medium": 0.947, "low": 0.903, "critical": 0.873}, "memory_mb": {"high": 42.6, "medium": 18.3, "low": 6.2}}
+
+
+def run_seed(config: Path, protocol: str, seed: int, runs_dir: Path, overrides: list[str]) -> dict:
+    """The report of one seed's run, running it when it is not there yet."""
+    name = f"bench-{protocol}-s{seed}"
+    report = runs_dir / name / "report.json"
+    if not report.exists():
+        cfg = load_config(config, [f"name={name}", f"runs_dir={runs_dir}", f"seed={seed}", f"data.protocol={protocol}", *overrides])
+        started = time.perf_counter()
+        run_pipeline(cfg)
+        print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
+    return json.loads(report.read_text())
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def summarise(reports: list[dict]) -> dict:
+    """Per model: accuracy over seeds; per tier: retention and distillation gain against the spread."""
+    names = list(reports[0]["models"])
+    models = {}
+    for name in names:
+        entries = [r["models"][name] for r in reports if name in r["models"]]
+        models[name] = {
+            "accuracy": mean_std([e["accuracy"] for e in entries]),
+            "f1_macro": mean_std([e["f1_macro"] for e in entries]),
+            "param_bytes_fp32": entries[0]["param_bytes_fp32"],
+            "memory_bytes": entries[0]["bytes_fp32"] + entries[0]["peak_activation_bytes"],
+            "flops": entries[0]["flops"],
+            "latency_ms_p50": statistics.median(e["latency_ms_p50"] for e in entries),
+            "modalities": entries[0]["modalities"],
+            "inputs": entries[0]["inputs"],
+        }
+        if "retention" in entries[0]:
+            models[name]["retention"] = mean_std([e["retention"] for e in entries])
+    tiers = {}
+    for tier in TIERS:
+        if tier not in models:
+            continue
+        distilled = [r["models"][tier]["accuracy"] for r in reports]
+        baseline = [r["models"][f"{tier}_labels_only"]["accuracy"] for r in reports if f"{tier}_labels_only" in r["models"]]
+        gain = statistics.fmean(distilled) - statistics.fmean(baseline) if baseline else None
+        spread = max(mean_std(distilled)["std"], mean_std(baseline)["std"] if baseline else 0.0)
+        tiers[tier] = {"gain": gain, "spread": spread, "budget_bytes": reports[0]["models"][tier]["budget_bytes"], "modalities": models[tier]["modalities"]}
+    return {"models": models, "tiers": tiers}
+
+
+def targets(summary: dict, protocol: str, clean_teacher: float | None) -> list[dict]:
+    rows = []
+    teacher = summary["models"]["teacher"]["accuracy"]["mean"]
+    rows.append({"target": f"{protocol} teacher accuracy >= {TEACHER_TARGETS[protocol]:.1%}", "measured": teacher, "reached": teacher >= TEACHER_TARGETS[protocol]})
+    if clean_teacher is not None:
+        rows.append({"target": f"clean teacher accuracy >= {TEACHER_TARGETS['clean']:.1%}", "measured": clean_teacher, "reached": clean_teacher >= TEACHER_TARGETS["clean"]})
+    for tier, goal in RETENTION_TARGETS.items():
+        if tier not in summary["tiers"]:
+            continue
+        m, t = summary["models"][tier], summary["tiers"][tier]
+        fits = m["param_bytes_fp32"] <= t["budget_bytes"]
+        rows.append({"target": f"{tier}: retention >= {goal:.0%} within {t['budget_bytes'] // 1024} KB", "measured": m["retention"]["mean"], "reached": m["retention"]["mean"] >= goal and fits})
+        if t["gain"] is not None:
+            rows.append({"target": f"{tier}: distillation beats labels only by more than the seed spread ({t['spread']:.4f})", "measured": t["gain"], "reached": t["gain"] > t["spread"]})
+    return rows
+
+
+def render(result: dict) -> str:
+    s = result["avmnist"]
+    lines = ["# Foundation benchmark", "", f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores). Protocol {result['protocol']}, seeds {result['seeds']}; every figure read from the runs' report.json files. Accuracy is mean ± std over seeds on the 10,000 test samples.", ""]
+    lines += ["| model | inputs | accuracy | retention | fp32 params | memory (weights + peak act.) | FLOPs | latency p50 |", "|---|---|---|---|---|---|---|---|"]
+    for name, m in s["models"].items():
+        ret = f"{m['retention']['mean']:.2%} ± {m['retention']['std']:.2%}" if "retention" in m else ""
+        inputs = ", ".join(f"{k} {v.get('resolution', v.get('n_mels'))}" + (f"x{v['n_frames']}" if "n_frames" in v else f"x{v['resolution']}" if "resolution" in v else "") for k, v in m["inputs"].items())
+        lines.append(f"| {name} | {inputs} | {m['accuracy']['mean']:.4f} ± {m['accuracy']['std']:.4f} | {ret} | {m['param_bytes_fp32'] / 1024:.1f} KB | {m['memory_bytes'] / 1024:.1f} KB | {m['flops'] / 1e6:.2f} M | {m['latency_ms_p50']:.3f} ms |")
+    lines += ["", "## Targets", "", "| target | measured | reached |", "|---|---|---|"]
+    for t in result["targets"]:
+        lines.append(f"| {t['target']} | {t['measured']:.4f} | {'yes' if t['reached'] else '**no**'} |")
+    lines += ["", "## Beside the seed paper (their figures, not measured here)", "", "| tier | retention here | seed paper's retention | memory here | seed paper's memory |", "|---|---|---|---|---|"]
+    for tier in TIERS:
+        if tier in s["models"]:
+            paper_mem = SEED_PAPER["memory_mb"].get(tier)
+            lines.append(f"| {tier} | {s['models'][tier]['retention']['mean']:.2%} | {SEED_PAPER['retention'][tier]:.1%} | {s['models'][tier]['memory_bytes'] / 2**20:.3f} MB | {f'{paper_mem} MB' if paper_mem else 'less than 6.2 MB'} |")
+    lines += ["", "![accuracy vs memory](foundation.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, m in summary["models"].items():
+        colour = "tab:gray" if "labels_only" in name else "tab:red" if name.startswith("teacher") else "tab:blue"
+        ax.errorbar(m["memory_bytes"], m["accuracy"]["mean"], yerr=m["accuracy"]["std"], fmt="o", color=colour, capsize=3)
+        ax.annotate(name, (m["memory_bytes"], m["accuracy"]["mean"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("memory at batch 1: fp32 weights + peak activations (bytes)")
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--protocol", default="avmnist", choices=sorted(TEACHER_TARGETS))
+    parser.add_argument("--no-clean", action="store_true", help="skip the clean-protocol run (its teacher target)")
+    parser.add_argument("--quick", action="store_true", help="the smoke config and two seeds: minutes, figures meaningless")
+    parser.add_argument("--runs-dir", type=Path, default=REPO / "runs")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override for every run")
+    args = parser.parse_args()
+    config, seeds, overrides = args.config, args.seeds, list(args.overrides)
+    if args.quick:
+        config, seeds = REPO / "configs" / "smoke.yaml", args.seeds[:2]
+        args.runs_dir = args.runs_dir / "quick"
+    reports = [run_seed(config, args.protocol, seed, args.runs_dir, overrides) for seed in seeds]
+    clean_teacher = None
+    if not args.no_clean and args.protocol != "clean":
+        clean_teacher = run_seed(config, "clean", seeds[0], args.runs_dir, overrides)["models"]["teacher"]["accuracy"]
+    summary = summarise(reports)
+    result = {"commit": git_commit(), "machine": machine(), "config": str(config), "protocol": args.protocol, "seeds": seeds, "overrides": overrides, "avmnist": summary, "clean_teacher_accuracy": clean_teacher, "runs": [r["run"] for r in reports]}
+    result["targets"] = targets(summary, args.protocol, clean_teacher)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "foundation-quick" if args.quick else "foundation"
+    atomic_write_json(args.out / f"{stem}.json", result)
+    plot(summary, args.out / f"{stem}.png")
+    atomic_write_text(args.out / f"{stem}.md", render(result).replace("foundation.png", f"{stem}.png"))
+    print((args.out / f"{stem}.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

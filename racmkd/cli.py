@@ -1,0 +1,168 @@
+"""The `racmkd` command: thin typer commands over the library functions in racmkd.pipeline,
+racmkd.eval.report and racmkd.runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from racmkd.config import ConfigError, RunConfig, load_config
+from racmkd.data.paths import DataError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Resource-aware cross-modal knowledge distillation for edge AI.")
+
+DEFAULT_CONFIG = Path("configs/default.yaml")
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/default.yaml when present).")]
+ProtocolOpt = Annotated[Optional[str], typer.Option(help="Data protocol: avmnist (default) or clean.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override one config field, e.g. --set students.train.epochs=2 (repeatable).")]
+NameOpt = Annotated[Optional[str], typer.Option(help="Run name (default: <protocol>-<timestamp>).")]
+RunOpt = Annotated[Path, typer.Option("--run", "-r", help="Run directory.")]
+
+
+def _config(config: Path | None, protocol: str | None, overrides: list[str] | None, name: str | None = None) -> RunConfig:
+    path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    extra = list(overrides or [])
+    if protocol:
+        extra.append(f"data.protocol={protocol}")
+    if name:
+        extra.append(f"name={name}")
+    return load_config(path, extra)
+
+
+def _fail(err: Exception) -> typer.Exit:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+def _errors() -> tuple[type[Exception], ...]:
+    from racmkd.models.checkpoint import CheckpointError
+    from racmkd.pipeline import RunError
+
+    return (ConfigError, DataError, RunError, CheckpointError, FileNotFoundError, KeyError, ValueError)
+
+
+@app.command()
+def data(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: SetOpt = None, download: Annotated[bool, typer.Option(help="First fetch MNIST and FSDD from their official sources into the data root.")] = False) -> None:
+    """Build and cache the paired dataset; print what it holds."""
+    from racmkd.data.dataset import build_dataset
+    from racmkd.data.download import download_fsdd, download_mnist
+    from racmkd.data.paths import data_root
+
+    try:
+        cfg = _config(config, protocol, set_)
+        if download:
+            root = data_root(cfg.data.root)
+            download_mnist(root)
+            download_fsdd(root)
+        dataset = build_dataset(cfg.data)
+    except _errors() as err:
+        raise _fail(err) from None
+    typer.echo(json.dumps(dataset.info, indent=2))
+
+
+@app.command("train-teacher")
+def train_teacher(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: SetOpt = None, name: NameOpt = None) -> None:
+    """Train the unimodal teachers and the fused teacher into a new run directory."""
+    from racmkd.pipeline import create_run, prepare_data, train_teachers
+
+    try:
+        cfg = _config(config, protocol, set_, name)
+        run_dir = create_run(cfg)
+        train_teachers(cfg, prepare_data(cfg), run_dir)
+    except _errors() as err:
+        raise _fail(err) from None
+    typer.echo(f"teachers saved in {run_dir}/checkpoints")
+
+
+@app.command()
+def distill(run: RunOpt = Path("runs/latest"), tier: Annotated[Optional[list[str]], typer.Option(help="Only these tiers (repeatable; default: all).")] = None) -> None:
+    """Choose each tier's student design by measurement and distil it from the run's teachers."""
+    from racmkd.pipeline import distill_students, open_run, prepare_data
+
+    try:
+        run_dir, cfg = open_run(run)
+        names = distill_students(cfg, prepare_data(cfg), run_dir, tier)
+    except _errors() as err:
+        raise _fail(err) from None
+    typer.echo(f"students saved in {run_dir}/checkpoints: {', '.join(names)}")
+
+
+@app.command()
+def evaluate(run: RunOpt = Path("runs/latest")) -> None:
+    """Measure every model of a run; write report.json, report.md and plots."""
+    from racmkd.eval.report import evaluate_run
+
+    try:
+        report = evaluate_run(run)
+    except _errors() as err:
+        raise _fail(err) from None
+    for name, entry in report["models"].items():
+        typer.echo(f"{name:24s} accuracy {entry['accuracy']:.4f}  {entry['param_bytes_fp32'] / 1024:9.1f} KB  {entry['latency_ms_p50']:.3f} ms")
+    typer.echo(f"report: {Path(run) / 'report.md'}")
+
+
+@app.command("run")
+def run_all(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: SetOpt = None, name: NameOpt = None) -> None:
+    """The whole pipeline: data, teachers, students, report."""
+    from racmkd.pipeline import run_pipeline
+
+    try:
+        cfg = _config(config, protocol, set_, name)
+        run_dir = run_pipeline(cfg)
+    except _errors() as err:
+        raise _fail(err) from None
+    report = json.loads((run_dir / "report.json").read_text())
+    for name_, entry in report["models"].items():
+        typer.echo(f"{name_:24s} accuracy {entry['accuracy']:.4f}  {entry['param_bytes_fp32'] / 1024:9.1f} KB  {entry['latency_ms_p50']:.3f} ms")
+    typer.echo(f"report: {run_dir / 'report.md'}")
+
+
+@app.command()
+def predict(
+    run: RunOpt = Path("runs/latest"),
+    tier: Annotated[str, typer.Option(help="teacher, teacher_image, teacher_audio, high, medium, low or critical.")] = "high",
+    image: Annotated[Optional[Path], typer.Option(help="A 28x28 grey digit: .png or .npy.")] = None,
+    audio: Annotated[Optional[Path], typer.Option(help="A mono .wav recording.")] = None,
+) -> None:
+    """Classify one sample from files with a trained model."""
+    import numpy as np
+
+    from racmkd.runtime.predictor import load
+
+    try:
+        predictor = load(run, tier)
+        image_array = _read_image(image) if image else None
+        audio_array, rate = _read_wav(audio) if audio else (None, 8000)
+        label, probs = predictor.predict(image=image_array, audio=audio_array, sample_rate=rate)
+    except _errors() as err:
+        raise _fail(err) from None
+    typer.echo(json.dumps({"label": label, "probabilities": np.round(probs, 4).tolist(), "model": tier}))
+
+
+def _read_image(path: Path):  # noqa: ANN202 - numpy array
+    import numpy as np
+
+    if path.suffix == ".npy":
+        return np.load(path)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return np.asarray(Image.open(path).convert("L"))
+    except (OSError, UnidentifiedImageError) as err:
+        raise ValueError(f"{path}: not a readable image ({err})") from None
+
+
+def _read_wav(path: Path):  # noqa: ANN202 - (samples, rate)
+    from racmkd.data.fsdd import parse_wav
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    rate, samples = parse_wav(path.read_bytes(), path)
+    return samples, rate
+
+
+if __name__ == "__main__":
+    app()

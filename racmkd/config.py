@@ -1,0 +1,348 @@
+"""Typed, frozen configuration for every stage of the pipeline.
+
+YAML files in `configs/` only fill values of these dataclasses; the command line overrides single
+fields (`--set students.train.epochs=2`). Every value is type-checked on load, and an unknown or
+mistyped key is an error that names the file, the field and the closest valid names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the file, the field and the fix."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The dataclasses, in pipeline order.
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, which protocol, and how it is split and paired."""
+
+    protocol: str = "avmnist"  # "clean" | "avmnist" (PCA-degraded images, noisy audio)
+    modalities: tuple[str, ...] = ("image", "audio")  # names in racmkd.registry.MODALITIES
+    root: str = ""  # "" -> $RACMKD_DATA, else ../shared/data if it exists, else ./data
+    cache_dir: str = ".cache/racmkd"  # decoded and degraded data are cached here
+    seed: int = 0  # split, pairing and fixed-noise seed
+    val_images: int = 10000  # carved out of MNIST train (the rest, 50,000, is train)
+    max_train: int = 0  # 0 = all; small values make smoke runs and tests fast
+    max_eval: int = 0  # 0 = all validation / test samples
+    augment: bool = True  # training-time augmentation of every modality
+    # Per-modality options, validated by the modality's own options dataclass
+    # (e.g. image: {pca_variance: 0.25}, audio: {snr_db: [0, 10], n_mels: 64}).
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One optimisation run (AdamW, one-cycle learning rate)."""
+
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    modality_dropout: float = 0.0  # per-sample chance to hide a modality (never all of them)
+    label_smoothing: float = 0.0
+    # Arithmetic of the forward passes: "fp32", "bf16" autocast, or "auto" (bf16 where oneDNN has it).
+    # bf16 halves a teacher's time on CPUs with AVX512-BF16 but triples a tiny student's (casts dominate).
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ConfigError(f"precision {self.precision!r}: choose fp32, bf16 or auto")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The cloud-tier teacher: one CNN encoder per modality plus a fusion MLP."""
+
+    width: int = 32  # channels of the first conv; doubled at each stage
+    depth: dict[str, int] = field(default_factory=lambda: {"audio": 2})  # convolutions per stage, per modality (1 if absent)
+    embed_dim: int = 128  # per-modality embedding size
+    fusion_hidden: int = 256
+    dropout: float = 0.2
+    unimodal: TrainConfig = TrainConfig(epochs=3, precision="auto")  # image-only and audio-only teachers
+    fused: TrainConfig = TrainConfig(epochs=1, modality_dropout=0.25, precision="auto")  # the fusion on top of the unimodal encoders; its precision is also the teachers' during distillation
+    freeze_encoders: bool = True  # the fused teacher trains its fusion only, on the unimodal teachers' encoders
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    """One resource tier: a size budget, and optionally a fixed student design."""
+
+    name: str
+    budget_bytes: int  # fp32 parameter bytes
+    modalities: tuple[str, ...] = ()  # () -> chosen by measurement (see SelectionConfig)
+    scale: int = -1  # input-resolution level; -1 -> chosen by measurement
+    depth: int = 0  # blocks per encoder stage; 0 -> chosen by measurement
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """How a tier's modalities and input resolution are chosen: short trainings, compared on validation."""
+
+    modality_sets: tuple[tuple[str, ...], ...] = (("image", "audio"), ("audio",), ("image",))
+    scales: tuple[int, ...] = (0, 1, 2, 3)  # resolution levels defined by each modality
+    depths: tuple[int, ...] = (1, 2)  # depthwise-separable blocks per encoder stage
+    samples: int = 12800  # training samples seen by each candidate (100 steps of 128)
+    val_samples: int = 5000  # validation samples that rank the candidates
+    tolerance: float = 0.005  # a cheaper candidate within this validation accuracy wins
+
+
+@dataclass(frozen=True)
+class StudentsConfig:
+    """The student family and its tiers."""
+
+    tiers: tuple[TierConfig, ...] = (
+        TierConfig("high", 1024 * 1024),
+        TierConfig("medium", 256 * 1024),
+        TierConfig("low", 64 * 1024),
+        TierConfig("critical", 16 * 1024),
+    )
+    max_width: float = 8.0  # widest width multiplier any student may take (wider costs time more than it buys)
+    selection: SelectionConfig = SelectionConfig()
+    train: TrainConfig = TrainConfig(epochs=3, lr=0.01, modality_dropout=0.1)
+    labels_only: bool = True  # also train each tier's student without a teacher (the report's baseline)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A weight that depends on the tier's budget: `low` at the smallest tier, `high` at the largest,
+    linear in log(budget) between them."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """The adaptive objective (seed eq. 28): L = a(R) L_task + b(R) L_distill + g(R) L_align + d(R) L_resource."""
+
+    alpha: Schedule = Schedule(0.5, 0.5)  # task (cross-entropy on labels)
+    beta: Schedule = Schedule(1.0, 1.0)  # response distillation
+    gamma: Schedule = Schedule(0.5, 1.0)  # feature alignment
+    delta: Schedule = Schedule(1e-4, 1e-5)  # resource penalty (group sparsity on channels)
+    temperature: Schedule = Schedule(2.0, 2.0)
+    # Weighted sums of registered losses (racmkd.registry.LOSSES) that make up each term.
+    distill_losses: dict[str, float] = field(default_factory=lambda: {"kd": 1.0})
+    align_losses: dict[str, float] = field(default_factory=lambda: {"feature": 1.0})
+    resource_loss: str = "group_sparsity"
+    feature_cost: float = 1e-3  # lambda of eq. 27: cost penalty on the learned feature projection
+    reliability_temperature: float = 0.1  # sharpness of the per-sample teacher reliability weights (eq. 3)
+
+
+@dataclass(frozen=True)
+class EnergyModel:
+    """E = a * FLOPs + b * bytes moved + c * time, in joules; coefficients per device (see README)."""
+
+    device: str = "generic-x86-server-core"
+    joules_per_flop: float = 1.0e-10
+    joules_per_byte: float = 1.0e-10
+    static_watts: float = 5.0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How models are measured."""
+
+    latency_warmup: int = 20
+    latency_iters: int = 200
+    rapl_root: str = "/sys/class/powercap"  # read when present: energy is then "measured"
+    energy: EnergyModel = EnergyModel()
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run of the pipeline needs; written to runs/<name>/config.yaml."""
+
+    name: str = ""  # "" -> <protocol>-<timestamp>
+    runs_dir: str = "runs"
+    seed: int = 0  # model initialisation and training order
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    students: StudentsConfig = StudentsConfig()
+    distill: DistillConfig = DistillConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading, overriding, saving.
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
+    """Check `value` against the annotation `tp`, converting YAML lists to tuples and dicts to dataclasses."""
+
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: {where}: expected {expected}, got {value!r}. Fix this value in {source}.")
+
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise fail(f"a mapping of {tp.__name__} fields")
+        return from_dict(tp, value, where=where, source=source)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _convert(value, option, where, source)
+            except ConfigError as err:
+                errors.append(err)
+        raise fail(" or ".join(_type_name(a) for a in typing.get_args(tp)))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise fail(f"a list ({_type_name(tp)})")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]", source) for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise fail(f"a list of {len(args)} values")
+        return tuple(_convert(v, a, f"{where}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise fail("a mapping")
+        return {_convert(k, key_tp, where, source): _convert(v, val_tp, f"{where}.{k}", source) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    raise TypeError(f"config type {tp!r} at {where} is not supported")  # a bug in a dataclass, not in a YAML file
+
+
+def from_dict(cls: type[C], data: dict[str, Any], where: str = "", source: str = "config") -> C:
+    """Build the dataclass `cls` from plain values, checking every key and type."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(names)}."
+            raise ConfigError(f"{source}: unknown key {(where + '.' if where else '') + str(key)!r}.{hint}")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k, source) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise ConfigError(f"{source}: {where or cls.__name__}: {err}") from None
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain YAML-ready values (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Set one `dotted.path=value` in a plain dict; the value is parsed as YAML (`3`, `[a, b]`, `true`)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r}: expected KEY=VALUE, e.g. students.train.epochs=2")
+    path, raw = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    node: Any = tree
+    for i, key in enumerate(keys[:-1]):
+        node = _child(node, key, ".".join(keys[: i + 1]))
+    last = keys[-1]
+    value = yaml.safe_load(raw)
+    if isinstance(node, list):
+        node[_index(node, last, path)] = value
+    else:
+        node[last] = value
+
+
+def _index(node: list, key: str, path: str) -> int:
+    if not key.isdigit() or int(key) >= len(node):
+        raise ConfigError(f"override {path!r}: {key!r} is not an index of a list of {len(node)}")
+    return int(key)
+
+
+def _child(node: Any, key: str, path: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, key, path)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override {path!r}: {path.rsplit('.', 1)[0]!r} has no sub-keys")
+    return node.setdefault(key, {})
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a values-only YAML file (or the defaults) and apply `KEY=VALUE` overrides on top."""
+    tree: dict[str, Any] = to_dict(RunConfig())
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist. Pass an existing file, e.g. configs/default.yaml.")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+        _merge(tree, loaded, RunConfig, source)
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    if overrides:
+        source = f"{source} + overrides {list(overrides)}"
+    return from_dict(RunConfig, tree, source=source)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], cls: type, source: str) -> None:
+    """Overlay `update` onto `base`: nested config sections merge, every other value is replaced whole
+    (so a file that lists `align_losses: {feature: 1.0}` gets exactly that loss, not that one added)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in update.items():
+        section = hints.get(key)
+        if isinstance(value, dict) and dataclasses.is_dataclass(section) and isinstance(base.get(key), dict):
+            _merge(base[key], value, section, source)  # type: ignore[arg-type]
+        else:
+            base[key] = value  # unknown keys are reported by from_dict with the file's name
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the config as YAML that `load_config` reads back to an equal object."""
+    from racmkd.utils import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def replace(cfg: C, **changes: Any) -> C:
+    """`dataclasses.replace`, re-exported so callers need one import for config work."""
+    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]

@@ -1,0 +1,133 @@
+"""What a model costs at batch 1: parameters, bytes, FLOPs, peak activation memory, latency, energy.
+
+FLOPs come from torch.utils.flop_counter (convolutions and matrix products, 2 per multiply-add).
+Peak activation memory is observed, not estimated: a dispatch mode sees every tensor an operator
+allocates and every storage freed, during one real forward pass. Energy is estimated with a
+documented linear model unless RAPL counters are readable, then measured.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode
+
+from racmkd.config import EnergyModel
+from racmkd.utils import torch_threads
+
+
+def model_bytes(model: nn.Module) -> dict[str, int]:
+    """Parameter count, fp32 parameter bytes (the tier budgets' measure) and fp32 state bytes
+    (parameters plus buffers such as BatchNorm statistics: what a checkpoint stores)."""
+    params = sum(p.numel() for p in model.parameters())
+    buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
+    return {"params": params, "param_bytes_fp32": 4 * params, "bytes_fp32": 4 * (params + buffers)}
+
+
+def count_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
+    """FLOPs of one forward pass on `inputs` (batch 1 for the report)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(inputs)
+    return int(counter.get_total_flops())
+
+
+class _ActivationTracker(TorchDispatchMode):
+    """Tracks bytes of live tensor storages created inside the mode: current, peak and total written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.current = self.peak = self.written = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                key = storage.data_ptr()
+                if key in self.live or storage.nbytes() == 0:
+                    continue
+                self.live[key] = storage.nbytes()
+                self.current += storage.nbytes()
+                self.written += storage.nbytes()
+                self.peak = max(self.peak, self.current)
+                weakref.finalize(storage, self._release, key)
+        return out
+
+    def _release(self, key: int) -> None:
+        self.current -= self.live.pop(key, 0)
+
+
+def activation_memory(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Peak bytes held by activations during one forward pass (the inputs included) and the total
+    bytes of tensors written, which the energy model counts as memory traffic."""
+    input_bytes = sum(x.numel() * x.element_size() for x in inputs.values())
+    tracker = _ActivationTracker()
+    with torch.no_grad(), tracker:
+        model(inputs)
+    return {"peak_activation_bytes": input_bytes + tracker.peak, "activation_bytes_written": tracker.written}
+
+
+def latency_ms(fn: Callable[[], Any], warmup: int, iters: int, threads: int = 1) -> dict[str, float]:
+    """Median and 95th percentile wall time of `fn()`, after `warmup` calls, on `threads` threads."""
+    times = []
+    with torch_threads(threads), torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        for _ in range(iters):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    return {"p50": statistics.median(times), "p95": times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]}
+
+
+def estimated_energy_joules(flops: int, bytes_moved: int, seconds: float, model: EnergyModel) -> float:
+    """E = a * FLOPs + b * bytes moved + c * time (see EnergyModel and the README)."""
+    return model.joules_per_flop * flops + model.joules_per_byte * bytes_moved + model.static_watts * seconds
+
+
+def rapl_domains(root: Path) -> list[Path]:
+    """Readable top-level RAPL package counters under `root` (/sys/class/powercap), or none."""
+    found = []
+    for path in sorted(Path(root).glob("intel-rapl:*/energy_uj")):
+        if path.parent.name.count(":") == 1:  # packages, not their sub-zones
+            try:
+                int(path.read_text())
+                found.append(path)
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def _read_uj(path: Path) -> int:
+    return int(path.read_text())
+
+
+def measured_energy_joules(fn: Callable[[], Any], iters: int, root: Path) -> float | None:
+    """Energy per call of `fn` from RAPL package counters (the whole package: other work on the
+    machine counts too), or None where no counter is readable."""
+    domains = rapl_domains(root)
+    if not domains:
+        return None
+    before = [_read_uj(p) for p in domains]
+    with torch.inference_mode():
+        for _ in range(iters):
+            fn()
+    total = 0
+    for path, start in zip(domains, before):
+        end = _read_uj(path)
+        if end < start:  # the counter wrapped
+            limit_file = path.parent / "max_energy_range_uj"
+            end += _read_uj(limit_file) if limit_file.exists() else 0
+        total += end - start
+    return total * 1e-6 / iters

@@ -1,0 +1,27 @@
+"""Classification metrics as pure functions of logits and labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score, roc_auc_score
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> dict[str, float | None]:
+    """Accuracy, macro-F1 and macro one-vs-rest AUC-ROC (None when a class is absent from `labels`,
+    where AUC is undefined)."""
+    k = num_classes or logits.shape[1]
+    probs = torch.softmax(logits.double(), dim=1).numpy()
+    y = labels.numpy()
+    pred = probs.argmax(axis=1)
+    present = np.unique(y)
+    auc = None
+    if len(present) == k == 2:
+        auc = float(roc_auc_score(y, probs[:, 1]))  # binary: sklearn wants the positive class's score
+    elif len(present) == k:
+        auc = float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=list(range(k))))
+    return {
+        "accuracy": float((pred == y).mean()),
+        "f1_macro": float(f1_score(y, pred, average="macro", labels=list(range(k)), zero_division=0)),
+        "auc_roc": auc,
+    }

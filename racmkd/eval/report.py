@@ -1,0 +1,220 @@
+"""The run report: every model of a run measured the same way, written as report.json,
+report.md and PNG plots in the run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from racmkd.config import RunConfig, load_config, to_dict
+from racmkd.data.dataset import PairedDataset, build_dataset
+from racmkd.eval.cost import activation_memory, count_flops, estimated_energy_joules, latency_ms, measured_energy_joules, model_bytes
+from racmkd.eval.metrics import classification_metrics
+from racmkd.eval.plots import plot_accuracy_vs_cost, plot_training_curves
+from racmkd.models.checkpoint import load_model
+from racmkd.models.inference import BatchFeatures, predict_split
+from racmkd.runtime.predictor import Predictor
+from racmkd.utils import atomic_write_json, atomic_write_text, progress, torch_threads
+
+ORDER = ["teacher", "teacher_image", "teacher_audio", "high", "medium", "low", "critical"]
+RETENTION_TARGETS = {"high": 0.99, "medium": 0.97, "low": 0.95, "critical": 0.90}
+TEACHER_TARGETS = {"avmnist": 0.98, "clean": 0.995}
+
+
+def report_order(name: str) -> tuple[float, str]:
+    """Teachers, then each tier followed by its label-only baseline, then anything else."""
+    base = name.removesuffix("_labels_only")
+    rank = ORDER.index(base) if base in ORDER else len(ORDER)
+    return (rank + (0.5 if base != name else 0.0), name)
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with '-dirty' when files changed), or None outside git."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty else "")
+
+
+def machine() -> dict[str, Any]:
+    """What the measurements ran on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(), "torch": torch.__version__}
+
+
+def measure(name: str, path: Path, dataset: PairedDataset, cfg: RunConfig) -> dict[str, Any]:
+    """Accuracy and cost of one checkpoint on the run's test split."""
+    model, specs, modalities, meta = load_model(path)
+    withheld = ((),) + (tuple((m,) for m in specs) if len(specs) > 1 else ())  # a missing sensor: each modality withheld
+    logits, labels = predict_split(model, specs, dataset, "test", withheld=withheld)
+    entry: dict[str, Any] = {"role": meta.get("role"), "modalities": list(specs), **classification_metrics(logits[0], labels)}
+    entry["inputs"] = {m: to_dict(s) for m, s in specs.items()}
+    if len(withheld) > 1:
+        entry["accuracy_without"] = {drop[0]: classification_metrics(out, labels)["accuracy"] for drop, out in zip(withheld[1:], logits[1:])}
+    # Costs at batch 1, on the first test sample.
+    first = torch.tensor([0])
+    raw = dataset.raw_batch("test", first)
+    inputs = BatchFeatures(dataset.modalities, raw).get(specs)
+    entry.update(model_bytes(model))
+    entry["flops"] = count_flops(model, inputs)
+    entry.update(activation_memory(model, inputs))
+    ev = cfg.eval
+    lat = latency_ms(lambda: model(inputs), ev.latency_warmup, ev.latency_iters)
+    entry["latency_ms_p50"], entry["latency_ms_p95"] = lat["p50"], lat["p95"]
+    predictor = Predictor(name, model, specs, modalities, meta)
+    raw_one = {m: raw[m][0].numpy() for m in specs}
+    entry["predict_latency_ms_p50"] = latency_ms(lambda: predictor.predict(**raw_one), ev.latency_warmup, ev.latency_iters // 2)["p50"]
+    with torch_threads(1):
+        measured = measured_energy_joules(lambda: model(inputs), ev.latency_iters, Path(ev.rapl_root))
+    if measured is not None:
+        entry["energy_mj"], entry["energy_source"] = measured * 1e3, "measured"
+    else:
+        moved = entry["param_bytes_fp32"] + 2 * entry["activation_bytes_written"]  # weights read once, activations written and read
+        entry["energy_mj"] = estimated_energy_joules(entry["flops"], moved, entry["latency_ms_p50"] / 1e3, ev.energy) * 1e3
+        entry["energy_source"] = "estimated"
+    entry["energy_device"] = ev.energy.device
+    for key in ("tier", "budget_bytes", "trained_with", "val_accuracy", "train_seconds", "design", "objective", "history"):
+        if key in meta:
+            entry[key] = meta[key]
+    if "budget_bytes" in meta:
+        entry["within_budget"] = entry["param_bytes_fp32"] <= meta["budget_bytes"]
+    return entry
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The foundation issue's targets, measured on this run."""
+    models, rows = report["models"], []
+    teacher = models.get("teacher")
+    if teacher is not None and report["protocol"] in TEACHER_TARGETS:
+        goal = TEACHER_TARGETS[report["protocol"]]
+        rows.append({"target": f"teacher accuracy >= {goal:.1%}", "measured": teacher["accuracy"], "reached": teacher["accuracy"] >= goal})
+    for tier, goal in RETENTION_TARGETS.items():
+        if tier not in models or teacher is None:
+            continue
+        m = models[tier]
+        rows.append({"target": f"{tier}: retention >= {goal:.0%} within {m['budget_bytes'] // 1024} KB", "measured": m["retention"], "bytes": m["param_bytes_fp32"], "reached": m["retention"] >= goal and m["within_budget"]})
+        baseline = models.get(f"{tier}_labels_only")
+        if baseline is not None:
+            gain = m["accuracy"] - baseline["accuracy"]
+            rows.append({"target": f"{tier}: distillation beats labels only", "measured": gain, "reached": gain > 0, "note": "single seed here; the benchmark compares against the seed-to-seed spread"})
+    return rows
+
+
+def evaluate_run(run_dir: str | Path, dataset: PairedDataset | None = None) -> dict[str, Any]:
+    """Measure every checkpoint of a run and write report.json, report.md and the plots."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    started = time.perf_counter()
+    dataset = dataset or build_dataset(cfg.data)
+    paths = sorted((run_dir / "checkpoints").glob("*.pt"), key=lambda p: report_order(p.stem))
+    if not paths:
+        raise FileNotFoundError(f"{run_dir}/checkpoints: no models to evaluate. Run `racmkd train-teacher` and `racmkd distill` first.")
+    models = {}
+    with torch_threads(cfg.threads):
+        for path in progress(paths, desc="evaluate", leave=True):
+            models[path.stem] = measure(path.stem, path, dataset, cfg)
+    teacher_accuracy = models["teacher"]["accuracy"] if "teacher" in models else None
+    for entry in models.values():
+        if entry.get("role") in ("student", "baseline") and teacher_accuracy:
+            entry["retention"] = entry["accuracy"] / teacher_accuracy
+    report: dict[str, Any] = {
+        "protocol": cfg.data.protocol,
+        "commit": git_commit(),
+        "run": run_dir.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "data": dataset.info,
+        "seed": cfg.seed,
+        "models": models,
+    }
+    report["targets"] = targets(report)
+    selection = run_dir / "selection.json"
+    if selection.exists():
+        report["selection"] = json.loads(selection.read_text())
+    timings = run_dir / "timings.json"
+    timings_data = json.loads(timings.read_text()) if timings.exists() else {}
+    timings_data["evaluate"] = round(time.perf_counter() - started, 1)
+    report["timings_s"] = timings_data
+    atomic_write_json(run_dir / "timings.json", timings_data)
+    plots = plot_accuracy_vs_cost(models, run_dir) + plot_training_curves(models, run_dir)
+    report["plots"] = [p.name for p in plots]
+    atomic_write_json(run_dir / "report.json", report)
+    atomic_write_text(run_dir / "report.md", render_markdown(report))
+    return report
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _inputs(entry: dict[str, Any]) -> str:
+    parts = []
+    for m, spec in entry["inputs"].items():
+        if "resolution" in spec:
+            parts.append(f"{m} {spec['resolution']}x{spec['resolution']}")
+        elif "n_mels" in spec:
+            parts.append(f"{m} {spec['n_mels']}x{spec['n_frames']}")
+        else:
+            parts.append(m)
+    return ", ".join(parts)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md: the tables a reader looks at first."""
+    lines = [f"# racmkd report: {report['run']}", "", f"Protocol **{report['protocol']}**, commit `{report['commit']}`, {report['machine']['cpu']} ({report['machine']['cores']} cores), torch {report['machine']['torch']}, seed {report['seed']}.", ""]
+    samples = report["data"].get("samples", {})
+    lines += [f"Samples: train {samples.get('train')}, validation {samples.get('val')}, test {samples.get('test')}. All figures on the test split; latency at batch 1 on one thread.", ""]
+    image_info = report["data"].get("modalities", {}).get("image", {})
+    if "pca_components" in image_info:
+        lines += [f"avmnist images: {image_info['pca_components']} PCA components ({image_info['pca_explained_variance']:.1%} of the variance kept; {image_info['energy_removed']:.1%} of the train images' variance removed). Audio: white noise at a uniform 0-10 dB SNR.", ""]
+    lines += ["## Models", "", "| model | inputs | accuracy | macro-F1 | AUC | retention | params | fp32 bytes | FLOPs | peak act. | latency p50 / p95 (ms) | energy (mJ) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, e in report["models"].items():
+        retention = f"{e['retention']:.1%}" if "retention" in e else ""
+        auc = f"{e['auc_roc']:.4f}" if e["auc_roc"] is not None else "n/a"
+        lines.append(
+            f"| {name} | {_inputs(e)} | {e['accuracy']:.4f} | {e['f1_macro']:.4f} | {auc} | {retention} | {e['params']:,} | {_fmt_bytes(e['bytes_fp32'])} | {e['flops'] / 1e6:.2f} M | {_fmt_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} / {e['latency_ms_p95']:.3f} | {e['energy_mj']:.4f} ({e['energy_source']}) |"
+        )
+    missing = {n: e["accuracy_without"] for n, e in report["models"].items() if "accuracy_without" in e}
+    if missing:
+        lines += ["", "## A missing modality", "", "Accuracy when one input is withheld (the model answers from the rest).", "", "| model | " + " | ".join(f"without {m}" for m in next(iter(missing.values()))) + " |", "|---|" + "---|" * len(next(iter(missing.values())))]
+        for name, row in missing.items():
+            lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in row.values()) + " |")
+    lines += ["", "## Targets", "", "| target | measured | reached |", "|---|---|---|"]
+    for t in report["targets"]:
+        value = f"{t['measured']:+.4f}" if "beats" in t["target"] else f"{t['measured']:.4f}"
+        lines.append(f"| {t['target']} | {value} | {'yes' if t['reached'] else '**no**'} |")
+    if "selection" in report:
+        lines += ["", "## Why each tier uses what it uses", "", f"Every candidate below was trained on {report['selection']['samples_per_candidate']} samples with its tier's distillation objective, at the widest width within the budget, and ranked on {report['selection']['val_samples']} validation samples.", ""]
+        for tier, t in report["selection"]["tiers"].items():
+            lines += [f"**{tier}** (budget {_fmt_bytes(t['budget_bytes'])}): chose `{t.get('chosen')}`, {t.get('reason', '')}.", "", "| candidate | width | params | FLOPs | val accuracy |", "|---|---|---|---|---|"]
+            for c in sorted(t["candidates"], key=lambda c: -c["val_accuracy"]):
+                lines.append(f"| {c['name']} | {c['width']:.3f} | {c['params']:,} | {c['flops'] / 1e6:.2f} M | {c['val_accuracy']:.4f} |")
+            for s in t["skipped"]:
+                lines.append(f"| {s} | | | | skipped |")
+            lines.append("")
+    lines += ["## Energy", "", "Energy per inference is *estimated* unless marked measured: E = a·FLOPs + b·bytes moved + c·time, with the coefficients of the device profile in the run's config (eval.energy); bytes moved = fp32 weights read once + activations written and read once. Measured energy comes from RAPL package counters where the machine exposes them.", ""]
+    lines += ["## Time", "", " | ".join(f"{k}: {v:.0f} s" for k, v in report.get("timings_s", {}).items()), ""]
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report.get("plots", [])] + [""]
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""Model checkpoints: weights plus everything needed to rebuild the model and its preprocessing.
+
+A checkpoint is a plain dict read with `torch.load(weights_only=True)`: the architecture record
+(registry name and arguments), the state dict, the feature spec of every input modality, and
+free-form metadata (tier, budget, training history).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from racmkd.config import to_dict
+from racmkd.data.modalities import Modality
+from racmkd.models.multimodal import MultimodalNet, build
+from racmkd.registry import MODALITIES
+from racmkd.utils import atomic_torch_save
+
+FORMAT = "racmkd-model/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or from another format; the message names the file."""
+
+
+def save_model(path: Path, model: MultimodalNet, specs: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Write a checkpoint atomically."""
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_torch_save({"format": FORMAT, "arch": model.arch, "state_dict": state, "specs": {m: to_dict(s) for m, s in specs.items()}, "meta": meta}, path)
+
+
+def load_model(path: Path) -> tuple[MultimodalNet, dict[str, Any], dict[str, Modality], dict[str, Any]]:
+    """The model (in eval mode), its specs, the modality objects that preprocess its inputs, and its metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found. Train it first (`racmkd run`, or `racmkd train-teacher` / `racmkd distill`).")
+    try:
+        record = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds on damaged files
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err}). Re-run the stage that writes it.") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} checkpoint. Re-run the stage that writes it.")
+    model = build(record["arch"])
+    try:
+        model.load_state_dict(record["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({err})") from None
+    modalities = {m: MODALITIES.create(m) for m in record["specs"]}
+    specs = {m: modalities[m].spec_from_dict(s) for m, s in record["specs"].items()}
+    return model.eval(), specs, modalities, record["meta"]

@@ -1,0 +1,72 @@
+"""Running a model on dataset samples: feature extraction per model spec, batched prediction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from racmkd.data.dataset import PairedDataset
+from racmkd.data.modalities import Modality
+from racmkd.models.multimodal import MultimodalNet
+
+
+class BatchFeatures:
+    """Features of one raw batch, computed once per (modality, spec) and shared by every model
+    that asks for the same input (teachers and students in a shared training pass)."""
+
+    def __init__(self, modalities: dict[str, Modality], raw: dict[str, torch.Tensor], augment_seed: int | None = None, channels_last: bool = False) -> None:
+        self.modalities, self.raw, self.augment_seed, self.channels_last = modalities, raw, augment_seed, channels_last
+        self._memo: dict[tuple[str, Any], torch.Tensor] = {}
+        self._scratch: dict[str, dict] = {name: {} for name in modalities}  # intermediate results per modality
+
+    def get(self, specs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Inputs for a model with these per-modality specs."""
+        out = {}
+        for name, spec in specs.items():
+            key = (name, spec)
+            if key not in self._memo:
+                x = self.modalities[name].features(self.raw[name], spec, self.augment_seed, self._scratch[name])
+                self._memo[key] = x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+            out[name] = self._memo[key]
+        return out
+
+
+def uses_channels_last(model: torch.nn.Module) -> bool:
+    """Whether the model's convolution weights are laid out channels-last."""
+    weights = [p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
+    return bool(weights) and weights[0].is_contiguous(memory_format=torch.channels_last) and not weights[0].is_contiguous()
+
+
+@torch.no_grad()
+def predict_split(
+    model: MultimodalNet,
+    specs: dict[str, Any],
+    dataset: PairedDataset,
+    split: str,
+    batch_size: int = 500,
+    limit: int = 0,
+    withheld: tuple[tuple[str, ...], ...] = ((),),
+    precision: str = "fp32",
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Logits (N, K) of `model` on a split (fixed corruption draws), once for each set of withheld
+    modalities in `withheld` (the default: nothing withheld), and the labels (N,). The encoders run
+    once per batch whatever the number of sets. `precision` "bf16" autocasts (validation only:
+    reported figures are fp32)."""
+    was_training, was_channels_last = model.training, uses_channels_last(model)
+    model.eval().to(memory_format=torch.channels_last)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    logits: list[list[torch.Tensor]] = [[] for _ in withheld]
+    labels = []
+    for rows in dataset.batches(split, batch_size, limit=limit):
+        features = BatchFeatures(dataset.modalities, dataset.raw_batch(split, rows), channels_last=True)
+        with autocast:
+            _, embeddings = model.encode(features.get(specs))
+            for out, drop in zip(logits, withheld):
+                kept = {m: e for m, e in embeddings.items() if m not in drop}
+                if not kept:
+                    raise ValueError(f"withholding {list(drop)} leaves this model ({model.modalities}) no input")
+                out.append(model.forward_head(model.fuse(kept)).float())
+        labels.append(dataset.splits[split].labels[rows])
+    model.to(memory_format=torch.channels_last if was_channels_last else torch.contiguous_format).train(was_training)
+    return [torch.cat(out) for out in logits], torch.cat(labels)

@@ -1,0 +1,135 @@
+"""Multimodal networks: one encoder per modality, a fusion module and a classifier.
+
+The teacher (cloud tier) and every student (edge tiers) are the same kind of object, so the
+trainer, the evaluator and the predictor treat them alike:
+
+    inputs {modality: (B, C, H, W)} -> encoders -> embeddings (B, d_m), zeroed where a modality is
+    missing -> concat with the presence mask (B, M) -> fusion -> fused (B, D) -> classifier -> logits
+
+Training hides modalities at random (modality dropout), so a model still answers when a sensor is
+missing: the presence mask tells the fusion which embeddings are real.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from racmkd.models.encoders import DSCNN2dEncoder
+from racmkd.registry import MODELS
+
+Inputs = dict[str, torch.Tensor]
+
+
+class MultimodalNet(nn.Module):
+    """Encoders + fusion + classifier; see the module docstring for the data flow."""
+
+    def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module, fused_dim: int, num_classes: int, arch: dict[str, Any]) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = fusion
+        self.classifier = nn.Linear(fused_dim, num_classes)
+        self.fused_dim = fused_dim
+        self.arch = arch  # the registry name and arguments that rebuild this model (saved in checkpoints)
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities this model can use, in fusion order."""
+        return list(self.encoders)
+
+    def encode(self, inputs: Inputs) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Feature maps and embeddings of the modalities present in `inputs` (the costly part)."""
+        if not any(m in inputs for m in self.modalities):
+            raise ValueError(f"no input for any of this model's modalities {self.modalities}; got {sorted(inputs)}")
+        maps, embeddings = {}, {}
+        for name, encoder in self.encoders.items():
+            if name in inputs:
+                maps[name] = encoder.forward_features(inputs[name])
+                embeddings[name] = encoder.forward_head(maps[name])
+        return maps, embeddings
+
+    def fuse(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The fused vector from the embeddings: a modality missing from `embeddings`, or with
+        `present` 0 for a sample, contributes a zero embedding and a 0 in the presence mask."""
+        ref = next(iter(embeddings.values()))
+        batch = ref.shape[0]
+        parts, masks = [], []
+        for name, encoder in self.encoders.items():
+            if name in embeddings:
+                mask = present[name].to(ref.dtype) if present is not None and name in present else torch.ones(batch, dtype=ref.dtype, device=ref.device)
+                parts.append(embeddings[name] * mask[:, None])
+            else:
+                parts.append(torch.zeros(batch, encoder.embed_dim, dtype=ref.dtype, device=ref.device))
+                mask = torch.zeros(batch, dtype=ref.dtype, device=ref.device)
+            masks.append(mask)
+        return self.fusion(torch.cat([*parts, torch.stack(masks, dim=1)], dim=1))  # (B, sum d_m + M) -> (B, D)
+
+    def forward_features(self, inputs: Inputs, present: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """Feature maps and embeddings per modality, and the fused vector (see `fuse`)."""
+        maps, embeddings = self.encode(inputs)
+        fused = self.fuse(embeddings, present)
+        if present is not None:
+            embeddings = {m: e * present[m].to(e.dtype)[:, None] if m in present else e for m, e in embeddings.items()}
+        return {"maps": maps, "embeddings": embeddings, "fused": fused}
+
+    def forward_head(self, fused: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, K) from the fused vector."""
+        return self.classifier(fused)
+
+    def forward(self, inputs: Inputs, present: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features(inputs, present)["fused"])
+
+
+def _encoders(inputs: dict[str, dict[str, Any]], per_modality: dict[str, dict[str, Any]] | None = None, **kwargs: Any) -> dict[str, nn.Module]:
+    per_modality = per_modality or {}
+    return {name: MODELS.create(spec["encoder"], tuple(spec["shape"]), **kwargs, **per_modality.get(name, {})) for name, spec in inputs.items()}
+
+
+@MODELS.register("teacher")
+def teacher(inputs: dict[str, dict[str, Any]], width: int = 32, embed_dim: int = 128, fusion_hidden: int = 256, dropout: float = 0.2, num_classes: int = 10, depth: dict[str, int] | None = None) -> MultimodalNet:
+    """Cloud-tier teacher: CNN encoders (`depth[modality]` convolutions per stage, 1 if absent), fusion
+    MLP over [embeddings, presence mask]. `inputs` maps each modality to {"encoder": MODELS name, "shape": (C, H, W)}."""
+    depth = {m: d for m, d in (depth or {}).items() if m in inputs}
+    encoders = _encoders(inputs, {m: {"depth": d} for m, d in depth.items()}, width=width, embed_dim=embed_dim)
+    joint = embed_dim * len(encoders) + len(encoders)
+    fusion = nn.Sequential(nn.Linear(joint, fusion_hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
+    arch = {"name": "teacher", "kwargs": {"inputs": inputs, "width": width, "embed_dim": embed_dim, "fusion_hidden": fusion_hidden, "dropout": dropout, "num_classes": num_classes, "depth": depth}}
+    return MultimodalNet(encoders, fusion, fusion_hidden, num_classes, arch)
+
+
+@MODELS.register("student")
+def student(inputs: dict[str, dict[str, Any]], width: float = 1.0, depth: int = 1, num_classes: int = 10) -> MultimodalNet:
+    """Edge-tier student: depthwise-separable encoders scaled by `width` (channels) and `depth`
+    (blocks per stage), a linear classifier over [embeddings, presence mask]. Input resolution and
+    active modalities are set through `inputs`."""
+    encoders = _encoders(inputs, width=width, depth=depth)
+    joint = sum(e.embed_dim for e in encoders.values()) + len(encoders)
+    arch = {"name": "student", "kwargs": {"inputs": inputs, "width": width, "depth": depth, "num_classes": num_classes}}
+    return MultimodalNet(encoders, nn.Identity(), joint, num_classes, arch)
+
+
+def build(arch: dict[str, Any]) -> MultimodalNet:
+    """Rebuild a model from the `arch` record a checkpoint carries."""
+    return MODELS.create(arch["name"], **arch["kwargs"])
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def widest_student(inputs: dict[str, dict[str, Any]], budget_bytes: int, depth: int = 1, max_width: float = 8.0) -> MultimodalNet | None:
+    """The student of this depth with the largest width multiplier (in steps of one stem channel,
+    at most `max_width`) whose fp32 parameters fit `budget_bytes`; None when even the narrowest does not fit."""
+    step = 1.0 / DSCNN2dEncoder.base_channels
+    best = None
+    width = 2 * step  # two stem channels: the narrowest useful encoder
+    while width <= max_width:
+        model = student(inputs, width=width, depth=depth)
+        if 4 * count_params(model) > budget_bytes:
+            break
+        best = model
+        width += step
+    return best

@@ -1,0 +1,338 @@
+"""The pipeline's stages, each a library function that the CLI wraps:
+
+    data -> train_teachers -> select_designs + distill_students -> evaluate_run
+
+A run lives in runs/<name>/: config.yaml, checkpoints/*.pt, selection.json, report.json,
+report.md and plots; runs/latest points at the newest run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from racmkd.config import RunConfig, TierConfig, load_config, save_config
+from racmkd.data.dataset import PairedDataset, build_dataset
+from racmkd.data.modalities import Modality
+from racmkd.distill.adaptive import objective_weights
+from racmkd.distill.trainer import Job, Teacher, attach_projection, train_jobs
+from racmkd.eval.cost import count_flops
+from racmkd.models.checkpoint import load_model, save_model
+from racmkd.models.multimodal import MultimodalNet, count_params, teacher, widest_student
+from racmkd.utils import atomic_write_json, seed_everything, torch_threads
+
+TEACHER = "teacher"
+
+
+class RunError(RuntimeError):
+    """A run directory is missing or incomplete for the requested stage; the message says which stage to run."""
+
+
+# Run directories ---------------------------------------------------------------------------------
+
+
+def create_run(cfg: RunConfig) -> Path:
+    """A new runs/<name>/ with its config.yaml; runs/latest now points at it."""
+    name = cfg.name or f"{cfg.data.protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.runs_dir) / name
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    link_latest(run_dir)
+    return run_dir
+
+
+def link_latest(run_dir: Path) -> None:
+    """Point runs/latest at `run_dir` (replaced atomically)."""
+    latest = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, latest)
+
+
+def open_run(run: str | Path) -> tuple[Path, RunConfig]:
+    """An existing run directory and the config it was created with."""
+    run_dir = Path(run)
+    if not (run_dir / "config.yaml").is_file():
+        raise RunError(f"{run_dir}: not a run directory (no config.yaml). Start one with `racmkd train-teacher` or `racmkd run`.")
+    return run_dir.resolve(), load_config(run_dir / "config.yaml")
+
+
+def checkpoint(run_dir: Path, name: str) -> Path:
+    """Where the model `name` of a run is stored."""
+    return run_dir / "checkpoints" / f"{name}.pt"
+
+
+def record_timing(run_dir: Path, stage: str, seconds: float) -> None:
+    """Add a stage's wall time to runs/<name>/timings.json."""
+    path = run_dir / "timings.json"
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    timings[stage] = round(seconds, 1)
+    atomic_write_json(path, timings)
+
+
+# Model inputs ------------------------------------------------------------------------------------
+
+
+def model_inputs(modalities: dict[str, Modality], specs: dict[str, Any], role: str) -> dict[str, dict[str, Any]]:
+    """The `inputs` record of a teacher or student: encoder name and input shape per modality."""
+    return {m: {"encoder": getattr(modalities[m], f"{role}_encoder"), "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}
+
+
+def full_specs(modalities: dict[str, Modality], names: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Full-resolution specs (level 0) of some modalities."""
+    return {m: modalities[m].spec(0) for m in names}
+
+
+# Teachers ----------------------------------------------------------------------------------------
+
+
+def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> list[Teacher]:
+    """Train one unimodal teacher per modality, then the fused teacher initialised from their
+    encoders (with modality dropout); save all of them. Returns [fused, unimodal...]."""
+    tc = cfg.teacher
+    names = list(dataset.modalities)
+    started = time.perf_counter()
+    with torch_threads(cfg.threads):
+        unimodal = []
+        for offset, m in enumerate(names):
+            seed_everything(cfg.seed + 100 + offset)
+            specs = full_specs(dataset.modalities, [m])
+            model = teacher(model_inputs(dataset.modalities, specs, "teacher"), tc.width, tc.embed_dim, tc.fusion_hidden, tc.dropout, depth=tc.depth)
+            unimodal.append(Job(f"{TEACHER}_{m}", model, specs, tc.unimodal))
+        train_jobs(dataset, unimodal, tc.unimodal.epochs, tc.unimodal.batch_size, cfg.seed, augment=cfg.data.augment, desc="unimodal teachers")
+        for job in unimodal:
+            save_model(checkpoint(run_dir, job.name), job.model, job.specs, _meta(job, role="teacher"))
+        fused_jobs = []
+        if len(names) > 1:
+            seed_everything(cfg.seed + 99)
+            specs = full_specs(dataset.modalities, names)
+            model = teacher(model_inputs(dataset.modalities, specs, "teacher"), tc.width, tc.embed_dim, tc.fusion_hidden, tc.dropout, depth=tc.depth)
+            for job in unimodal:  # start from what each unimodal teacher learned
+                (m,) = job.specs
+                model.encoders[m].load_state_dict(job.model.encoders[m].state_dict())
+                model.encoders[m].requires_grad_(not tc.freeze_encoders)
+            fused_jobs = [Job(TEACHER, model, specs, tc.fused)]
+            train_jobs(dataset, fused_jobs, tc.fused.epochs, tc.fused.batch_size, cfg.seed + 1, augment=cfg.data.augment, desc="fused teacher")
+            model.requires_grad_(True)
+            save_model(checkpoint(run_dir, TEACHER), model, specs, _meta(fused_jobs[0], role="teacher"))
+    record_timing(run_dir, "train_teachers", time.perf_counter() - started)
+    return [Teacher(j.name, j.model, j.specs) for j in fused_jobs + unimodal]
+
+
+def load_teachers(run_dir: Path, names: list[str], unimodal: bool = True) -> list[Teacher]:
+    """The run's teachers, fused first (the primary teacher for feature losses), then the unimodal
+    ones when `unimodal` (multi-teacher distillation needs them; the other losses do not)."""
+    wanted = ([TEACHER] if len(names) > 1 else []) + ([f"{TEACHER}_{m}" for m in names] if unimodal or len(names) == 1 else [])
+    teachers = []
+    for name in wanted:
+        path = checkpoint(run_dir, name)
+        if not path.exists():
+            raise RunError(f"{path}: teacher missing. Run `racmkd train-teacher --run {run_dir}` first.")
+        model, specs, _, _ = load_model(path)
+        teachers.append(Teacher(name, model, specs))
+    return teachers
+
+
+# Students ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Design:
+    """A student's design: the tier it serves, its inputs and its width."""
+
+    tier: str
+    modalities: tuple[str, ...]
+    level: int  # input-resolution level of every modality
+    depth: int  # depthwise-separable blocks per encoder stage
+    width: float
+    params: int
+    budget_bytes: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.tier}:{'+'.join(self.modalities)}@L{self.level}/d{self.depth}"
+
+    @property
+    def key(self) -> tuple:
+        """What makes two designs the same network, whatever tier lists them."""
+        return (self.modalities, self.level, self.depth, self.width)
+
+    def specs(self, modalities: dict[str, Modality]) -> dict[str, Any]:
+        return {m: modalities[m].spec(self.level) for m in self.modalities}
+
+
+def candidates(cfg: RunConfig, modalities: dict[str, Modality], tier: TierConfig) -> tuple[list[Design], list[str]]:
+    """The designs a tier may use: every configured modality set, resolution level and depth, each
+    at the widest width that fits the budget. Also the reasons for any candidate left out."""
+    sel = cfg.students.selection
+    sets = [tier.modalities] if tier.modalities else list(sel.modality_sets)
+    levels = [tier.scale] if tier.scale >= 0 else list(sel.scales)
+    depths = [tier.depth] if tier.depth > 0 else list(sel.depths)
+    designs, skipped = [], []
+    for mods in sets:
+        if not set(mods) <= set(modalities):
+            skipped.append(f"{'+'.join(mods)}: not all of these modalities are in data.modalities")
+            continue
+        for level in levels:
+            if any(level >= modalities[m].n_levels for m in mods):
+                skipped.append(f"{'+'.join(mods)}@L{level}: no such resolution level")
+                continue
+            specs = {m: modalities[m].spec(level) for m in mods}
+            for depth in depths:
+                model = widest_student(model_inputs(modalities, specs, "student"), tier.budget_bytes, depth, cfg.students.max_width)
+                if model is None:
+                    skipped.append(f"{'+'.join(mods)}@L{level}/d{depth}: even the narrowest student exceeds {tier.budget_bytes} bytes")
+                    continue
+                designs.append(Design(tier.name, tuple(mods), level, depth, model.arch["kwargs"]["width"], count_params(model), tier.budget_bytes))
+    return designs, skipped
+
+
+def build_student(design: Design, modalities: dict[str, Modality], seed: int) -> MultimodalNet:
+    """A freshly initialised student of a design (same seed, same initial weights)."""
+    from racmkd.models.multimodal import student
+
+    seed_everything(seed)
+    return student(model_inputs(modalities, design.specs(modalities), "student"), width=design.width, depth=design.depth)
+
+
+def batch_one_inputs(model: MultimodalNet) -> dict[str, torch.Tensor]:
+    """Zero inputs of batch 1 in the model's input shapes (for FLOP counts)."""
+    return {m: torch.zeros(1, *spec["shape"]) for m, spec in model.arch["kwargs"]["inputs"].items()}
+
+
+def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teacher], run_dir: Path, tiers: list[TierConfig]) -> dict[str, Design]:
+    """Choose each tier's modalities, resolution and depth by measurement. Every candidate is trained
+    briefly with its tier's distillation objective and ranked on validation accuracy; the cheapest
+    (fewest FLOPs) within `selection.tolerance` of the best wins. The search is coordinate-wise:
+    modality sets x resolution levels at the first depth, then the other depths of each tier's
+    leader. A design that several tiers can afford is trained once. Writes selection.json."""
+    sel = cfg.students.selection
+    budgets = [t.budget_bytes for t in cfg.students.tiers]
+    table: dict[str, Any] = {}
+    listed: dict[str, list[Design]] = {}
+    trained: dict[tuple, Job] = {}  # one job per distinct design
+    chosen = {}
+    for tier in tiers:
+        designs, skipped = candidates(cfg, dataset.modalities, tier)
+        if not designs:
+            raise RunError(f"tier {tier.name!r}: no student design fits {tier.budget_bytes} bytes ({'; '.join(skipped)})")
+        table[tier.name] = {"budget_bytes": tier.budget_bytes, "skipped": skipped, "candidates": []}
+        if len(designs) == 1:
+            chosen[tier.name] = designs[0]
+            table[tier.name].update(chosen=designs[0].name, reason="the only candidate")
+        else:
+            listed[tier.name] = designs
+
+    def train(round_designs: dict[str, list[Design]], label: str) -> None:
+        jobs = {}
+        for tier_name, designs in round_designs.items():
+            tier = next(t for t in tiers if t.name == tier_name)
+            for d in designs:
+                if d.key not in trained and d.key not in jobs:
+                    jobs[d.key] = Job(d.name, build_student(d, dataset.modalities, cfg.seed), d.specs(dataset.modalities), cfg.students.train, objective_weights(cfg.distill, tier.budget_bytes, budgets), cfg.distill)
+                    attach_projection(jobs[d.key], teachers[0].model)
+        if jobs:
+            with torch_threads(cfg.threads):
+                train_jobs(dataset, list(jobs.values()), 1, cfg.students.train.batch_size, cfg.seed + 2, teachers, samples_per_epoch=sel.samples, val_limit=sel.val_samples, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc=label)
+            trained.update(jobs)
+
+    def leader(designs: list[Design]) -> Design:
+        return max((d for d in designs if d.key in trained), key=lambda d: trained[d.key].best_accuracy)
+
+    started = time.perf_counter()
+    first_depth = {name: min(d.depth for d in designs) for name, designs in listed.items()}
+    train({name: [d for d in designs if d.depth == first_depth[name]] for name, designs in listed.items()}, "selection: inputs")
+    leaders = {name: leader(designs) for name, designs in listed.items()}
+    train({name: [d for d in designs if (d.modalities, d.level) == (leaders[name].modalities, leaders[name].level)] for name, designs in listed.items()}, "selection: depth")
+    if listed:
+        record_timing(run_dir, "select_designs", time.perf_counter() - started)
+    for tier_name, designs in listed.items():
+        entries = []
+        for d in designs:
+            if d.key not in trained:
+                continue  # a depth variant of a design that did not lead its tier
+            job = trained[d.key]
+            entries.append({**asdict(d), "name": d.name, "flops": count_flops(job.model, batch_one_inputs(job.model)), "val_accuracy": job.best_accuracy, "trained_as": job.name})
+        best = max(e["val_accuracy"] for e in entries)
+        near = [e for e in entries if e["val_accuracy"] >= best - sel.tolerance]
+        pick = min(near, key=lambda e: (e["flops"], -e["val_accuracy"]))
+        top = max(entries, key=lambda e: e["val_accuracy"])
+        reason = "highest validation accuracy" if pick is top else f"within {sel.tolerance:.1%} of the best ({top['name']}, {top['val_accuracy']:.4f}) at {top['flops'] / max(pick['flops'], 1):.1f}x fewer FLOPs"
+        table[tier_name].update(candidates=entries, chosen=pick["name"], reason=reason)
+        chosen[tier_name] = next(d for d in designs if d.name == pick["name"])
+    atomic_write_json(run_dir / "selection.json", {"samples_per_candidate": sel.samples, "val_samples": sel.val_samples, "tiers": table})
+    return chosen
+
+
+def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier_names: list[str] | None = None) -> list[str]:
+    """Select each tier's design, then distil the tiers' students from the run's teachers in one
+    shared pass, alongside the same students trained on labels only. Returns the checkpoint names."""
+    tiers = [t for t in cfg.students.tiers if tier_names is None or t.name in tier_names]
+    if tier_names:
+        unknown = set(tier_names) - {t.name for t in cfg.students.tiers}
+        if unknown:
+            raise RunError(f"unknown tier(s) {sorted(unknown)}; the config defines {[t.name for t in cfg.students.tiers]}")
+    teachers = load_teachers(run_dir, list(dataset.modalities), unimodal="multi_teacher" in {**cfg.distill.distill_losses, **cfg.distill.align_losses})
+    designs = select_designs(cfg, dataset, teachers, run_dir, tiers)
+    budgets = [t.budget_bytes for t in cfg.students.tiers]
+    jobs = []
+    for tier in tiers:
+        design = designs[tier.name]
+        specs = design.specs(dataset.modalities)
+        job = Job(tier.name, build_student(design, dataset.modalities, cfg.seed + 7), specs, cfg.students.train, objective_weights(cfg.distill, tier.budget_bytes, budgets), cfg.distill)
+        attach_projection(job, teachers[0].model)
+        jobs.append(job)
+        if cfg.students.labels_only:
+            jobs.append(Job(f"{tier.name}_labels_only", build_student(design, dataset.modalities, cfg.seed + 7), specs, cfg.students.train))
+    started = time.perf_counter()
+    with torch_threads(cfg.threads):
+        train_jobs(dataset, jobs, cfg.students.train.epochs, cfg.students.train.batch_size, cfg.seed + 3, teachers, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="students")
+    record_timing(run_dir, "distill_students", time.perf_counter() - started)
+    for job in jobs:
+        tier = job.name.removesuffix("_labels_only")
+        design = designs[tier]
+        meta = _meta(job, role="student" if job.weights is not None else "baseline")
+        meta.update(tier=tier, budget_bytes=design.budget_bytes, design={**asdict(design), "name": design.name})
+        save_model(checkpoint(run_dir, job.name), job.model, job.specs, meta)
+    return [j.name for j in jobs]
+
+
+def _meta(job: Job, role: str) -> dict[str, Any]:
+    return {
+        "role": role,
+        "trained_with": "labels" if job.weights is None else "distillation",
+        "objective": asdict(job.weights) if job.weights is not None else None,
+        "val_accuracy": job.best_accuracy,
+        "history": job.history,
+        "train_seconds": round(sum(h["seconds"] for h in job.history), 1),
+    }
+
+
+# The whole pipeline ------------------------------------------------------------------------------
+
+
+def prepare_data(cfg: RunConfig) -> PairedDataset:
+    """Build (or read back from the cache) the run's dataset."""
+    return build_dataset(cfg.data)
+
+
+def run_pipeline(cfg: RunConfig) -> Path:
+    """Data, teachers, students, report: everything `make run` does. Returns the run directory."""
+    from racmkd.eval.report import evaluate_run
+
+    run_dir = create_run(cfg)
+    started = time.perf_counter()
+    dataset = prepare_data(cfg)
+    record_timing(run_dir, "data", time.perf_counter() - started)
+    train_teachers(cfg, dataset, run_dir)
+    distill_students(cfg, dataset, run_dir)
+    evaluate_run(run_dir, dataset)
+    record_timing(run_dir, "total", time.perf_counter() - started)
+    return run_dir

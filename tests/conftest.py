@@ -1,0 +1,44 @@
+"""Shared fixtures: the real data root, a small cached dataset, and one tiny end-to-end run that
+the predictor, report and CLI tests all read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from racmkd.config import RunConfig, load_config
+from racmkd.data.paths import data_root
+
+os.environ.setdefault("RACMKD_PROGRESS", "0")
+TINY = Path(__file__).parent / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def shared_root() -> Path:
+    """The real datasets (../shared/data or $RACMKD_DATA); the tests need them."""
+    root = data_root()
+    if not (root / "mnist").is_dir() or not (root / "fsdd" / "recordings").is_dir():
+        pytest.fail(f"the datasets are not at {root}: set RACMKD_DATA to the folder holding mnist/ and fsdd/")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One dataset cache for the whole session, so each protocol is built once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def tiny_config(cache: Path, runs: Path, *overrides: str) -> RunConfig:
+    """The tiny run of tests/tiny.yaml with its cache and runs folder inside the test's temp dir."""
+    return load_config(TINY, [f"data.cache_dir={cache}", f"runs_dir={runs}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(shared_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A whole pipeline run on a few hundred samples (teachers, four tiers, baselines, report)."""
+    from racmkd.pipeline import run_pipeline
+
+    runs = tmp_path_factory.mktemp("runs")
+    return run_pipeline(tiny_config(cache_dir, runs, "name=tiny"))

@@ -1,0 +1,64 @@
+"""The typer CLI through CliRunner: exit codes and effects."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.io import wavfile
+from typer.testing import CliRunner
+
+from racmkd.cli import app
+
+runner = CliRunner()
+
+
+def test_data_builds_and_reports(shared_root: Path, cache_dir: Path) -> None:
+    result = runner.invoke(app, ["data", "--protocol", "clean", "--set", f"data.cache_dir={cache_dir}"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["samples"] == {"train": 50000, "val": 10000, "test": 10000}
+
+
+def test_bad_config_is_a_clean_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["data", "--set", "data.protocl=clean"])
+    assert result.exit_code == 2 and "Did you mean 'protocol'" in result.output
+    result = runner.invoke(app, ["data", "--protocol", "noisy", "--set", f"data.cache_dir={tmp_path}"])
+    assert result.exit_code == 2 and "unknown protocol 'noisy'" in result.output
+
+
+def test_stages_on_a_missing_run_fail_cleanly(tmp_path: Path) -> None:
+    for args in (["distill", "--run", str(tmp_path / "nope")], ["evaluate", "--run", str(tmp_path)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "error:" in result.output, args
+
+
+def test_evaluate_and_predict_on_the_tiny_run(tiny_run: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["evaluate", "--run", str(tiny_run)])
+    assert result.exit_code == 0, result.output
+    assert "critical" in result.output and (tiny_run / "report.md").exists()
+    image = np.zeros((28, 28), dtype=np.uint8)
+    image[5:23, 12:16] = 255
+    Image.fromarray(image).save(tmp_path / "one.png")
+    wavfile.write(tmp_path / "one.wav", 8000, (np.sin(np.arange(6000) / 4) * 5000).astype(np.int16))
+    result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher", "--image", str(tmp_path / "one.png"), "--audio", str(tmp_path / "one.wav")])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert 0 <= answer["label"] <= 9 and abs(sum(answer["probabilities"]) - 1) < 1e-3
+    result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher_audio", "--image", str(tmp_path / "one.png")])
+    assert result.exit_code == 2 and "needs audio" in result.output
+
+
+def test_staged_commands_make_a_run(shared_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    base = ["--config", str(Path(__file__).parent / "tiny.yaml"), "--set", f"data.cache_dir={cache_dir}", "--set", f"runs_dir={tmp_path}"]
+    small = ["--set", "data.max_train=256", "--set", "teacher.unimodal.epochs=1", "--set", "teacher.fused.epochs=1"]
+    result = runner.invoke(app, ["train-teacher", *base, *small, "--name", "staged"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "staged"
+    assert {p.stem for p in (run / "checkpoints").glob("*.pt")} == {"teacher", "teacher_image", "teacher_audio"}
+    result = runner.invoke(app, ["distill", "--run", str(run), "--tier", "critical"])
+    assert result.exit_code == 0, result.output
+    assert (run / "checkpoints" / "critical.pt").exists() and not (run / "checkpoints" / "high.pt").exists()
+    result = runner.invoke(app, ["distill", "--run", str(run), "--tier", "tiny"])
+    assert result.exit_code == 2 and "unknown tier" in result.output

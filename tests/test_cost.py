@@ -1,0 +1,67 @@
+"""Cost measurement: FLOPs, observed peak activation memory, latency, energy (estimated and RAPL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from racmkd.config import EnergyModel
+from racmkd.eval.cost import activation_memory, count_flops, estimated_energy_joules, latency_ms, measured_energy_joules, model_bytes
+from racmkd.eval.metrics import classification_metrics
+
+
+class Dict(nn.Module):
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.body(inputs["x"])
+
+
+def test_flops_and_bytes_of_a_linear_layer() -> None:
+    model = Dict(nn.Linear(8, 4))
+    assert count_flops(model, {"x": torch.zeros(1, 8)}) == 2 * 8 * 4
+    assert model_bytes(model) == {"params": 36, "param_bytes_fp32": 144, "bytes_fp32": 144}
+    assert model_bytes(nn.BatchNorm1d(3))["bytes_fp32"] == 4 * (6 + 6)  # running mean and variance count too
+
+
+def test_peak_activation_is_observed() -> None:
+    model = Dict(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)))
+    out = activation_memory(model, {"x": torch.zeros(1, 1, 10, 10)})
+    per_map = 100 * 4  # one channel of 10x10 fp32
+    # input + (conv1 out, relu out) or (relu out, conv2 out): at least 8 + 8 channels live at once
+    assert out["peak_activation_bytes"] >= per_map * (1 + 16)
+    assert out["activation_bytes_written"] >= per_map * (8 + 8 + 4)
+
+
+def test_latency_percentiles() -> None:
+    lat = latency_ms(lambda: torch.ones(200, 200) @ torch.ones(200, 200), warmup=2, iters=20)
+    assert 0 < lat["p50"] <= lat["p95"]
+
+
+def test_energy_model_and_rapl(tmp_path: Path) -> None:
+    coeffs = EnergyModel(joules_per_flop=1e-9, joules_per_byte=2e-9, static_watts=3.0)
+    assert estimated_energy_joules(1000, 500, 0.01, coeffs) == pytest.approx(1e-6 + 1e-6 + 0.03)
+    assert measured_energy_joules(lambda: None, 5, tmp_path) is None  # no counters: not measured
+    counter = tmp_path / "intel-rapl:0" / "energy_uj"
+    counter.parent.mkdir()
+    counter.write_text("1000")
+
+    def work() -> None:  # each call costs 250 uJ on the fake counter
+        counter.write_text(str(int(counter.read_text()) + 250))
+
+    assert measured_energy_joules(work, 4, tmp_path) == pytest.approx(250e-6)
+
+
+def test_metrics_hand_values() -> None:
+    logits = torch.tensor([[3.0, 0.0], [0.0, 3.0], [3.0, 0.0], [0.0, 3.0]])
+    labels = torch.tensor([0, 1, 1, 1])
+    m = classification_metrics(logits, labels)
+    assert m["accuracy"] == 0.75
+    assert m["f1_macro"] == pytest.approx((2 / 3 + 0.8) / 2)  # class 0: P=1/2 R=1; class 1: P=1 R=2/3
+    assert m["auc_roc"] == pytest.approx(5 / 6)
+    assert classification_metrics(logits[:1], labels[:1])["auc_roc"] is None

@@ -1,0 +1,108 @@
+"""Splits, pairing and protocol degradations of the real paired dataset."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from racmkd.config import DataConfig
+from racmkd.data.dataset import PairedDataset, build_dataset, cache_path, pair_by_label
+from racmkd.data.modalities import Bank
+from racmkd.data.paths import DataError
+
+
+@pytest.fixture(scope="module")
+def avmnist(shared_root: Path, cache_dir: Path) -> PairedDataset:
+    return build_dataset(DataConfig(cache_dir=str(cache_dir)))
+
+
+def test_split_sizes_follow_the_seed_paper(avmnist: PairedDataset) -> None:
+    assert avmnist.info["samples"] == {"train": 50000, "val": 10000, "test": 10000}
+    assert avmnist.info["modalities"]["audio"]["items"] == {"train": 2400, "val": 300, "test": 300}
+
+
+def test_no_item_crosses_splits(avmnist: PairedDataset) -> None:
+    for modality, banks in avmnist.banks.items():
+        seen = {split: set(bank.ids) for split, bank in banks.items()}
+        assert not seen["train"] & seen["val"] and not seen["train"] & seen["test"] and not seen["val"] & seen["test"], modality
+    repetitions = {split: {int(name.rsplit("_", 1)[1].removesuffix(".wav")) for name in bank.ids} for split, bank in avmnist.banks["audio"].items()}
+    assert repetitions == {"test": set(range(5)), "val": set(range(5, 10)), "train": set(range(10, 50))}
+    used = {split: {avmnist.banks["audio"][split].ids[i] for i in sp.index["audio"].tolist()} for split, sp in avmnist.splits.items()}
+    assert not used["train"] & (used["val"] | used["test"]) and not used["val"] & used["test"]
+
+
+def test_pairs_share_the_digit_and_use_recordings_evenly(avmnist: PairedDataset) -> None:
+    for split, sp in avmnist.splits.items():
+        assert torch.equal(avmnist.banks["audio"][split].labels[sp.index["audio"]], sp.labels), split
+        assert torch.equal(avmnist.banks["image"][split].labels[sp.index["image"]], sp.labels), split
+    counts = torch.bincount(avmnist.splits["test"].index["audio"], minlength=300)
+    for digit in range(10):
+        rows = (avmnist.banks["audio"]["test"].labels == digit).nonzero().squeeze(1)
+        assert int(counts[rows].max() - counts[rows].min()) <= 1
+
+
+def test_pairing_is_deterministic_from_the_seed() -> None:
+    bank = Bank(torch.zeros(6), torch.tensor([0, 0, 0, 1, 1, 1]), [str(i) for i in range(6)])
+    anchor = torch.tensor([0, 1, 0, 1, 0, 1, 0, 0])
+    first = pair_by_label(anchor, bank, torch.Generator().manual_seed(1), "x")
+    assert torch.equal(first, pair_by_label(anchor, bank, torch.Generator().manual_seed(1), "x"))
+    assert torch.equal(bank.labels[first], anchor)
+    with pytest.raises(DataError, match="no item with label 2"):
+        pair_by_label(torch.tensor([2]), bank, torch.Generator(), "audio test split")
+
+
+def test_avmnist_degrades_images_with_pca(avmnist: PairedDataset, cache_dir: Path) -> None:
+    info = avmnist.info["modalities"]["image"]
+    assert info["pca_components"] == 4 and info["pca_explained_variance"] >= 0.25
+    assert 0.65 < info["energy_removed"] < 0.8  # CentralNet's AV-MNIST removes ~75%
+    clean = build_dataset(DataConfig(protocol="clean", cache_dir=str(cache_dir)))
+    assert torch.equal(clean.splits["test"].labels, avmnist.splits["test"].labels)
+    assert not torch.equal(clean.banks["image"]["test"].data, avmnist.banks["image"]["test"].data)
+
+
+def measured_snr(dataset: PairedDataset, split: str, rows: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    noisy = dataset.raw_batch(split, rows, generator)["audio"]
+    bank = dataset.banks["audio"][split]
+    clean = dataset.modalities["audio"].gather(bank, dataset.splits[split].index["audio"][rows])
+    power = bank.extra["power"][dataset.splits[split].index["audio"][rows]]
+    span = bank.extra["span"][dataset.splits[split].index["audio"][rows]]
+    noise_power = torch.stack([(noisy[i, s:e] - clean[i, s:e]).pow(2).mean() for i, (s, e) in enumerate(span.tolist())])
+    assert torch.all(noisy[:, : int(span[:, 0].min())] == clean[:, : int(span[:, 0].min())])  # padding stays silent
+    return 10 * torch.log10(power / noise_power)
+
+
+def test_audio_noise_snr_fixed_for_test_fresh_for_train(avmnist: PairedDataset) -> None:
+    rows = torch.arange(64)
+    snr = measured_snr(avmnist, "test", rows, None)
+    assert float(snr.min()) > -0.5 and float(snr.max()) < 10.5 and float(snr.std()) > 1.5
+    assert torch.equal(avmnist.raw_batch("test", rows)["audio"], avmnist.raw_batch("test", rows)["audio"])
+    g = torch.Generator().manual_seed(0)
+    first, second = avmnist.raw_batch("train", rows, g)["audio"], avmnist.raw_batch("train", rows, g)["audio"]
+    assert not torch.equal(first, second)
+    assert math.isclose(float(measured_snr(avmnist, "train", rows, torch.Generator().manual_seed(3)).mean()), 5.0, abs_tol=1.5)
+
+
+def test_cache_is_reused_and_limits_apply(avmnist: PairedDataset, cache_dir: Path) -> None:
+    cfg = DataConfig(cache_dir=str(cache_dir), max_train=100, max_eval=40)
+    assert cache_path(cfg) == cache_path(DataConfig(cache_dir=str(cache_dir)))
+    small = build_dataset(cfg)
+    assert small.info["samples"] == {"train": 100, "val": 40, "test": 40}
+    assert torch.equal(small.banks["audio"]["train"].data, avmnist.banks["audio"]["train"].data)
+    cache_path(cfg).write_bytes(b"damaged")  # a damaged cache is rebuilt, not trusted
+    assert build_dataset(cfg).info["samples"]["train"] == 100
+
+
+def test_features_have_the_spec_shapes(avmnist: PairedDataset) -> None:
+    raw = avmnist.raw_batch("val", torch.arange(4))
+    image, audio = avmnist.modalities["image"], avmnist.modalities["audio"]
+    for level in range(image.n_levels):
+        assert tuple(image.features(raw["image"], image.spec(level)).shape[1:]) == image.feature_shape(image.spec(level))
+    for level in range(audio.n_levels):
+        feats = audio.features(raw["audio"], audio.spec(level), augment_seed=7)
+        assert tuple(feats.shape[1:]) == audio.feature_shape(audio.spec(level)) and torch.isfinite(feats).all()
+    same = audio.features(raw["audio"], audio.spec(0), augment_seed=7)
+    assert torch.equal(same, audio.features(raw["audio"], audio.spec(0), augment_seed=7))
+    assert not torch.equal(same, audio.features(raw["audio"], audio.spec(0), augment_seed=8))

@@ -1,0 +1,81 @@
+"""The download code, against small files the test makes and serves through file:// URLs."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+from racmkd.data.download import download_fsdd, download_mnist
+from racmkd.data.fsdd import load_fsdd, recordings_digest
+from racmkd.data.paths import DataError
+
+
+def make_mirror(folder: Path, files: dict[str, bytes]) -> str:
+    folder.mkdir(parents=True)
+    for name, content in files.items():
+        (folder / f"{name}.gz").write_bytes(gzip.compress(content))
+    return folder.as_uri() + "/"
+
+
+def test_mnist_download_tries_mirrors_and_checks_sha256(tmp_path: Path) -> None:
+    files = {"tiny-images-idx3-ubyte": bytes([0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 2, 1, 2, 3, 4]), "tiny-labels-idx1-ubyte": bytes([0, 0, 8, 1, 0, 0, 0, 1, 7])}
+    expected = {name: hashlib.sha256(content).hexdigest() for name, content in files.items()}
+    good = make_mirror(tmp_path / "good", files)
+    tampered = make_mirror(tmp_path / "tampered", {name: content + b"x" for name, content in files.items()})
+    missing = (tmp_path / "empty").as_uri() + "/"
+    saved = download_mnist(tmp_path / "root", mirrors=[missing, tampered, good], expected=expected)
+    assert sorted(p.name for p in saved) == sorted(f"{n}.gz" for n in files)
+    assert gzip.decompress((tmp_path / "root" / "mnist" / "tiny-labels-idx1-ubyte.gz").read_bytes()) == files["tiny-labels-idx1-ubyte"]
+
+
+def test_mnist_download_keeps_nothing_when_no_mirror_is_valid(tmp_path: Path) -> None:
+    tampered = make_mirror(tmp_path / "tampered", {"a-idx1-ubyte": b"wrong"})
+    with pytest.raises(DataError, match="no mirror gave a valid copy"):
+        download_mnist(tmp_path / "root", mirrors=[tampered], expected={"a-idx1-ubyte": "0" * 64})
+    assert not (tmp_path / "root" / "mnist" / "a-idx1-ubyte.gz").exists()
+
+
+def make_release(path: Path, recordings: dict[str, np.ndarray]) -> list[tuple[str, bytes]]:
+    contents = []
+    with tarfile.open(path, "w:gz") as archive:
+        for name, samples in recordings.items():
+            buffer = io.BytesIO()
+            wavfile.write(buffer, 8000, samples)
+            data = buffer.getvalue()
+            contents.append((name, data))
+            info = tarfile.TarInfo(f"free-spoken-digit-dataset-1.0.10/recordings/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        readme = tarfile.TarInfo("free-spoken-digit-dataset-1.0.10/README.md")
+        readme.size = 2
+        archive.addfile(readme, io.BytesIO(b"hi"))
+    return contents
+
+
+def test_fsdd_download_unpacks_checked_recordings(tmp_path: Path) -> None:
+    archive = tmp_path / "release.tar.gz"
+    contents = make_release(archive, {"1_bob_0.wav": np.arange(500, dtype=np.int16), "2_bob_9.wav": -np.arange(300, dtype=np.int16)})
+    target = download_fsdd(tmp_path / "root", url=archive.as_uri(), expected_sha256=recordings_digest(contents))
+    recordings = load_fsdd(target, expected_sha256=recordings_digest(contents))
+    assert sorted(r.name for r in recordings) == ["1_bob_0.wav", "2_bob_9.wav"]
+    assert not (tmp_path / "root" / "fsdd" / "README.md").exists()
+
+
+def test_fsdd_download_refuses_a_mismatch_and_a_broken_archive(tmp_path: Path) -> None:
+    archive = tmp_path / "release.tar.gz"
+    make_release(archive, {"1_bob_0.wav": np.arange(500, dtype=np.int16)})
+    with pytest.raises(DataError, match="nothing was written"):
+        download_fsdd(tmp_path / "root", url=archive.as_uri(), expected_sha256="0" * 64)
+    assert not (tmp_path / "root" / "fsdd" / "recordings").exists()
+    (tmp_path / "broken.tar.gz").write_bytes(archive.read_bytes()[:100])
+    with pytest.raises(DataError, match="not a readable tar archive"):
+        download_fsdd(tmp_path / "root", url=(tmp_path / "broken.tar.gz").as_uri(), expected_sha256="0" * 64)
+    with pytest.raises(DataError, match="download failed"):
+        download_fsdd(tmp_path / "root", url=(tmp_path / "absent.tar.gz").as_uri())

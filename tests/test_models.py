@@ -1,0 +1,77 @@
+"""The teacher and every student design: shapes, budgets, missing modalities and gradient flow."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from racmkd.config import RunConfig
+from racmkd.models.multimodal import build, count_params, teacher, widest_student
+from racmkd.pipeline import build_student, candidates, full_specs, model_inputs
+from racmkd.registry import MODALITIES, MODELS
+
+MODS = {name: MODALITIES.create(name) for name in ("image", "audio")}
+CFG = RunConfig()
+
+
+def all_designs():  # every design any default tier may pick
+    return [d for tier in CFG.students.tiers for d in candidates(CFG, MODS, tier)[0]]
+
+
+def batch(model, n: int = 3) -> dict[str, torch.Tensor]:
+    return {m: torch.randn(n, *spec["shape"]) for m, spec in model.arch["kwargs"]["inputs"].items()}
+
+
+def assert_every_parameter_learns(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+    model.train()
+    model(inputs).logsumexp(1).sum().backward()
+    silent = [n for n, p in model.named_parameters() if p.grad is None or float(p.grad.abs().sum()) == 0]
+    assert not silent, f"no gradient reaches {silent}"
+
+
+@pytest.mark.parametrize("design", all_designs(), ids=lambda d: d.name)
+def test_every_student_fits_its_budget_and_learns(design) -> None:
+    model = build_student(design, MODS, seed=0)
+    assert 4 * count_params(model) <= design.budget_bytes
+    assert model.modalities == list(design.modalities)
+    inputs = batch(model)
+    assert model(inputs).shape == (3, 10)
+    assert_every_parameter_learns(model, inputs)
+
+
+def test_teacher_learns_and_answers_with_a_modality_missing() -> None:
+    model = teacher(model_inputs(MODS, full_specs(MODS, ["image", "audio"]), "teacher"))
+    inputs = batch(model)
+    assert_every_parameter_learns(model, inputs)
+    model.eval()
+    only_audio = model({"audio": inputs["audio"]})
+    masked = model(inputs, present={"image": torch.zeros(3), "audio": torch.ones(3)})
+    assert torch.allclose(only_audio, masked, atol=1e-5)
+    with pytest.raises(ValueError, match="no input for any of this model's modalities"):
+        model({"sensor": torch.zeros(1)})
+
+
+def test_widest_student_is_the_widest_that_fits() -> None:
+    inputs = model_inputs(MODS, {"audio": MODS["audio"].spec(2)}, "student")
+    model = widest_student(inputs, 64 * 1024)
+    assert model is not None and 4 * count_params(model) <= 64 * 1024
+    wider = MODELS.create("student", inputs, width=model.arch["kwargs"]["width"] + 1 / 8)
+    assert 4 * count_params(wider) > 64 * 1024 or model.arch["kwargs"]["width"] == 8.0
+    assert widest_student(inputs, 100) is None
+
+
+def test_arch_record_rebuilds_the_same_model() -> None:
+    model = build_student(all_designs()[0], MODS, seed=0)
+    clone = build(model.arch)
+    clone.load_state_dict(model.state_dict())
+    inputs = batch(model)
+    model.eval()
+    clone.eval()
+    assert torch.equal(model(inputs), clone(inputs))
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS.names() if n not in ("teacher", "student")])
+def test_every_registered_encoder_maps_features_to_embeddings(name: str) -> None:
+    encoder = MODELS.create(name, (1, 24, 24))
+    fmap = encoder.forward_features(torch.randn(2, 1, 24, 24))
+    assert fmap.dim() == 4 and encoder.forward_head(fmap).shape == (2, encoder.embed_dim)

@@ -1,0 +1,117 @@
+"""A tiny end-to-end run (a few hundred clean samples): its report, its students, its predictors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import racmkd
+from racmkd.config import load_config
+from racmkd.data.dataset import build_dataset
+from racmkd.models.checkpoint import CheckpointError, load_model
+from racmkd.models.inference import predict_split
+
+REQUIRED = ["accuracy", "f1_macro", "auc_roc", "params", "bytes_fp32", "flops", "peak_activation_bytes", "latency_ms_p50", "latency_ms_p95", "energy_mj", "energy_source", "modalities"]
+TIERS = ["high", "medium", "low", "critical"]
+
+
+@pytest.fixture(scope="module")
+def report(tiny_run: Path) -> dict:
+    return json.loads((tiny_run / "report.json").read_text())
+
+
+def test_run_directory_layout(tiny_run: Path) -> None:
+    for name in ("config.yaml", "report.json", "report.md", "selection.json", "accuracy_vs_memory.png", "accuracy_vs_latency.png"):
+        assert (tiny_run / name).is_file(), name
+    assert (tiny_run.parent / "latest").resolve() == tiny_run.resolve()
+    expected = {"teacher", "teacher_image", "teacher_audio", *TIERS, *(f"{t}_labels_only" for t in TIERS)}
+    assert {p.stem for p in (tiny_run / "checkpoints").glob("*.pt")} == expected
+
+
+def test_report_has_the_promised_shape(report: dict) -> None:
+    assert report["protocol"] == "clean" and "commit" in report
+    for name, entry in report["models"].items():
+        missing = [k for k in REQUIRED if k not in entry]
+        assert not missing, f"{name} lacks {missing}"
+        assert 0.0 <= entry["accuracy"] <= 1.0 and entry["energy_source"] in ("estimated", "measured")
+        assert entry["flops"] > 0 and entry["peak_activation_bytes"] > 0 and entry["latency_ms_p95"] >= entry["latency_ms_p50"] > 0
+    assert report["models"]["teacher"]["modalities"] == ["image", "audio"]
+
+
+def test_students_fit_their_budgets_and_beat_chance_widely(report: dict) -> None:
+    for tier in TIERS:
+        entry = report["models"][tier]
+        assert entry["within_budget"] and entry["param_bytes_fp32"] <= entry["budget_bytes"]
+        assert entry["retention"] == pytest.approx(entry["accuracy"] / report["models"]["teacher"]["accuracy"])
+    assert report["models"]["high"]["accuracy"] > 0.5  # chance is 0.1
+    assert report["models"]["teacher"]["accuracy"] > 0.7
+    assert report["models"]["teacher"]["accuracy_without"]["image"] > 0.3  # still answers from audio alone
+
+
+def test_selection_explains_each_choice(report: dict, tiny_run: Path) -> None:
+    selection = report["selection"]["tiers"]
+    for tier in TIERS:
+        entry = selection[tier]
+        names = [c["name"] for c in entry["candidates"]]
+        assert entry["chosen"] in names and entry["reason"]
+        chosen = next(c for c in entry["candidates"] if c["name"] == entry["chosen"])
+        best = max(c["val_accuracy"] for c in entry["candidates"])
+        assert chosen["val_accuracy"] >= best - 0.005 + 1e-9 or chosen["val_accuracy"] == best
+        assert report["models"][tier]["modalities"] == chosen["modalities"]
+    assert "Why each tier uses what it uses" in (tiny_run / "report.md").read_text()
+
+
+def test_predictor_on_raw_inputs_matches_the_evaluation(tiny_run: Path, report: dict) -> None:
+    cfg = load_config(tiny_run / "config.yaml")
+    dataset = build_dataset(cfg.data)
+    rows = torch.arange(20)
+    labels = dataset.splits["test"].labels[rows]
+    image_bank, audio_bank = dataset.banks["image"]["test"], dataset.banks["audio"]["test"]
+    images = image_bank.data[dataset.splits["test"].index["image"][rows]].numpy()  # raw uint8 28x28
+    clips = audio_bank.data[dataset.splits["test"].index["audio"][rows]].numpy()  # raw int16
+    for tier in ["teacher", "high", "critical"]:
+        predictor = racmkd.load(tiny_run, tier)
+        model, specs, _, _ = load_model(tiny_run / "checkpoints" / f"{tier}.pt")
+        (logits,), _ = predict_split(model, specs, dataset, "test", limit=20)
+        for i in range(len(rows)):
+            label, probs = predictor.predict(image=images[i], audio=clips[i])
+            assert label == int(logits[i].argmax()) and probs.shape == (10,) and abs(probs.sum() - 1) < 1e-5
+    assert labels.shape == (20,)
+
+
+def test_predictor_handles_missing_inputs_and_bad_ones(tiny_run: Path) -> None:
+    teacher = racmkd.load(tiny_run, "teacher")
+    image = np.zeros((28, 28), dtype=np.uint8)
+    image[6:22, 13:15] = 255  # a stroke
+    audio = (np.sin(np.arange(4000) / 3) * 8000).astype(np.int16)
+    assert teacher.predict(image=image)[1].shape == (10,)
+    assert teacher.predict(audio=audio)[1].shape == (10,)
+    assert teacher.predict(image=image.astype(np.float32) / 255)[0] == teacher.predict(image=image)[0]
+    resampled = teacher.predict(audio=np.repeat(audio, 2), sample_rate=16000)[1]  # 16 kHz input
+    assert abs(resampled.sum() - 1) < 1e-5
+    with pytest.raises(ValueError, match="needs image and/or audio; got no input"):
+        teacher.predict()
+    with pytest.raises(ValueError, match="expected a 28x28 grey image"):
+        teacher.predict(image=np.zeros((32, 32), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"float pixels must be finite and in \[0, 1\]"):
+        teacher.predict(image=np.full((28, 28), 3.0))
+    with pytest.raises(ValueError, match="mono waveform"):
+        teacher.predict(audio=np.zeros((2, 100)))
+    with pytest.raises(TypeError, match="unknown inputs"):
+        teacher.predict(imu=np.zeros(3))
+    image_only = racmkd.load(tiny_run, "teacher_image")
+    with pytest.raises(ValueError, match="needs image; got only audio"):
+        image_only.predict(audio=audio)
+    with pytest.raises(CheckpointError, match="no model 'huge'"):
+        racmkd.load(tiny_run, "huge")
+
+
+def test_damaged_checkpoint_is_named(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "high.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"high\.pt: unreadable checkpoint"):
+        racmkd.load(tmp_path, "high")

@@ -1,0 +1,79 @@
+"""The registry and the typed configs: errors name the field and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from racmkd.config import ConfigError, RunConfig, load_config, save_config, to_dict
+from racmkd.registry import LOSSES, MODALITIES, MODELS, Registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_registry_rejects_duplicates_and_suggests_names() -> None:
+    reg: Registry = Registry("widget")
+    reg.register("conv")(int)
+    with pytest.raises(KeyError, match="registered twice"):
+        reg.register("conv")(float)
+    with pytest.raises(KeyError, match="Did you mean 'conv'"):
+        reg.get("cnv")
+    assert reg.create("conv", "7") == 7
+    assert "conv" in reg and reg.names() == ["conv"]
+
+
+def test_project_registries_are_filled() -> None:
+    assert {"image", "audio"} <= set(MODALITIES.names())
+    assert {"teacher", "student", "cnn2d", "dscnn2d"} <= set(MODELS.names())
+    assert {"kd", "multi_teacher", "feature", "rkd", "similarity", "contrastive", "attention", "group_sparsity", "task"} == set(LOSSES.names())
+
+
+def test_default_yaml_matches_the_dataclass_defaults_it_documents() -> None:
+    from_file = load_config(REPO / "configs" / "default.yaml")
+    assert from_file.data.protocol == "avmnist"
+    assert [t.name for t in from_file.students.tiers] == ["high", "medium", "low", "critical"]
+    assert [t.budget_bytes for t in from_file.students.tiers] == [1 << 20, 1 << 18, 1 << 16, 1 << 14]
+
+
+def test_overrides_set_single_fields_including_list_items() -> None:
+    cfg = load_config(None, ["students.train.epochs=7", "students.tiers.1.budget_bytes=1000", "data.modalities=[audio]"])
+    assert cfg.students.train.epochs == 7
+    assert cfg.students.tiers[1].budget_bytes == 1000
+    assert cfg.students.tiers[0].budget_bytes == 1 << 20
+    assert cfg.data.modalities == ("audio",)
+
+
+def test_unknown_key_names_file_and_suggestion(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("teacher:\n  widht: 16\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*teacher\.widht.*Did you mean 'width'"):
+        load_config(path)
+
+
+def test_wrong_type_names_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("students:\n  train:\n    epochs: three\n")
+    with pytest.raises(ConfigError, match=r"students\.train\.epochs: expected an integer, got 'three'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(None, ["students.train.epochs"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_configs_are_frozen_and_round_trip(tmp_path: Path) -> None:
+    cfg = load_config(None, ["seed=3", "distill.align_losses={feature: 2.0}"])
+    with pytest.raises(AttributeError):
+        cfg.seed = 4  # type: ignore[misc]
+    assert cfg.distill.align_losses == {"feature": 2.0}  # a file's loss table replaces the default one
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    assert to_dict(RunConfig())["students"]["tiers"][0] == {"name": "high", "budget_bytes": 1 << 20, "modalities": [], "scale": -1, "depth": 0}
+
+
+def test_modality_options_are_validated() -> None:
+    with pytest.raises(ConfigError, match=r"data\.options\.audio.*n_melz"):
+        MODALITIES.create("audio", n_melz=3)
+    with pytest.raises(ConfigError, match="unknown protocol"):
+        MODALITIES.create("image", protocol="noisy")

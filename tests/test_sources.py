@@ -1,0 +1,130 @@
+"""MNIST IDX and FSDD WAV parsing: valid files load, damaged ones fail with the file and the fault named."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+from racmkd.data.fsdd import load_fsdd, parse_wav, recordings_digest
+from racmkd.data.mnist import find_idx, load_mnist, parse_idx, read_idx_bytes
+from racmkd.data.paths import DataError, data_root
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def wav_bytes(samples: np.ndarray, rate: int = 8000) -> bytes:
+    buffer = io.BytesIO()
+    wavfile.write(buffer, rate, samples)
+    return buffer.getvalue()
+
+
+def test_idx_round_trip_plain_and_gzip(tmp_path: Path) -> None:
+    images = np.arange(2 * 28 * 28).reshape(2, 28, 28) % 256
+    data = idx_bytes(images)
+    (tmp_path / "x-idx3-ubyte").write_bytes(data)
+    (tmp_path / "y-idx3-ubyte.gz").write_bytes(gzip.compress(data))
+    for path in (tmp_path / "x-idx3-ubyte", tmp_path / "y-idx3-ubyte.gz"):
+        parsed = parse_idx(read_idx_bytes(path), path, hashlib.sha256(data).hexdigest())
+        assert parsed.shape == (2, 28, 28) and np.array_equal(parsed, images)
+    assert int.from_bytes(data[:4], "big") == 2051
+    assert parse_idx(idx_bytes(np.array([3, 1, 4])), Path("l")).tolist() == [3, 1, 4]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x00\x00\x0d\x03" + b"\x00" * 12, "magic number"),
+        (b"\x00\x00\x08\x03\x00\x00\x00\x02", "header truncated"),
+        (bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + b"\x01" * 7, r"truncated: header announces dims \[10\]"),
+        (bytes([0, 0, 8, 1]) + struct.pack(">I", 2) + b"\x01" * 5, "longer than its header says"),
+        (b"\x00", "too short"),
+    ],
+)
+def test_idx_faults_are_named(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad-idx1-ubyte"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message) as err:
+        parse_idx(read_idx_bytes(path), path)
+    assert str(path) in str(err.value)
+
+
+def test_gzip_corruption_checksum_and_missing_file(tmp_path: Path) -> None:
+    good = idx_bytes(np.zeros((1, 28, 28)))
+    broken = tmp_path / "broken-idx3-ubyte.gz"
+    broken.write_bytes(gzip.compress(good)[:-9])
+    with pytest.raises(DataError, match="not a valid gzip file"):
+        read_idx_bytes(broken)
+    with pytest.raises(DataError, match="sha256 of the decompressed content"):
+        parse_idx(good, Path("f"), "0" * 64)
+    with pytest.raises(DataError, match="file not found"):
+        find_idx(tmp_path, "train-images-idx3-ubyte")
+
+
+def test_real_mnist_loads_with_checksums(shared_root: Path) -> None:
+    images, labels = load_mnist(shared_root / "mnist", "test")
+    assert images.shape == (10000, 28, 28) and labels.shape == (10000,)
+    assert images.dtype == np.uint8 and set(np.unique(labels)) == set(range(10))
+
+
+def test_wav_parsing_and_faults(tmp_path: Path) -> None:
+    samples = (np.sin(np.arange(800) / 5) * 1000).astype(np.int16)
+    rate, parsed = parse_wav(wav_bytes(samples), Path("ok.wav"))
+    assert rate == 8000 and np.array_equal(parsed, samples)
+    with pytest.raises(DataError, match=r"bad\.wav: not a readable WAV"):
+        parse_wav(b"RIFF\x00\x00junk", Path("bad.wav"))
+    with pytest.raises(DataError, match="2 channels, expected mono"):
+        parse_wav(wav_bytes(np.zeros((100, 2), dtype=np.int16)), Path("stereo.wav"))
+    with pytest.raises(DataError, match="expected 16-bit PCM"):
+        parse_wav(wav_bytes(np.zeros(100, dtype=np.float32)), Path("float.wav"))
+
+
+def test_fsdd_folder_checks(tmp_path: Path) -> None:
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    (folder / "3_alice_7.wav").write_bytes(wav_bytes(np.ones(400, dtype=np.int16)))
+    recs = load_fsdd(folder, expected_sha256=None)
+    assert [(r.digit, r.speaker, r.index, len(r.samples)) for r in recs] == [(3, "alice", 7, 400)]
+    digest = recordings_digest([("3_alice_7.wav", (folder / "3_alice_7.wav").read_bytes())])
+    assert load_fsdd(folder, expected_sha256=digest)[0].name == "3_alice_7.wav"
+    with pytest.raises(DataError, match="do not match FSDD"):
+        load_fsdd(folder)
+    (folder / "3_alice_8.wav").write_bytes(wav_bytes(np.ones(400, dtype=np.int16), rate=16000))
+    with pytest.raises(DataError, match=r"3_alice_8\.wav: sample rate 16000 Hz"):
+        load_fsdd(folder, expected_sha256=None)
+    (folder / "3_alice_8.wav").unlink()
+    (folder / "notes.wav").write_bytes(b"")
+    with pytest.raises(DataError, match=r"notes\.wav: name does not follow"):
+        load_fsdd(folder, expected_sha256=None)
+    with pytest.raises(DataError, match="folder not found"):
+        load_fsdd(tmp_path / "nowhere")
+
+
+def test_real_fsdd_matches_the_release(shared_root: Path) -> None:
+    recs = load_fsdd(shared_root / "fsdd" / "recordings")
+    assert len(recs) == 3000
+    assert len({r.speaker for r in recs}) == 6 and {r.index for r in recs} == set(range(50))
+
+
+def test_data_root_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import racmkd.data.paths as paths
+
+    assert data_root(str(tmp_path)) == tmp_path
+    monkeypatch.setenv("RACMKD_DATA", str(tmp_path / "env"))
+    assert data_root() == tmp_path / "env"
+    monkeypatch.delenv("RACMKD_DATA")
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path / "elsewhere" / "checkout")
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    assert data_root() == Path("data")  # nothing beside: ./data
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    assert data_root().resolve() == (tmp_path / "shared" / "data").resolve()

@@ -1,0 +1,78 @@
+"""Trainer pieces: modality dropout, frozen modules, precision, the adaptive objective."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from racmkd.config import DistillConfig, Schedule, TrainConfig
+from racmkd.distill.adaptive import ObjectiveWeights, budget_position, objective_weights
+from racmkd.distill.trainer import Job, attach_projection, objective, presence_masks, resolve_precision, train_mode
+from racmkd.models.multimodal import student, teacher
+
+INPUTS = {"image": {"encoder": "dscnn2d", "shape": [1, 8, 8]}, "audio": {"encoder": "dscnn2d", "shape": [1, 16, 16]}}
+
+
+def test_presence_masks_never_hide_every_modality() -> None:
+    masks = presence_masks(["image", "audio"], 5000, 0.9, torch.Generator().manual_seed(0))
+    assert masks is not None
+    present = masks["image"] + masks["audio"]
+    assert float(present.min()) >= 1.0
+    assert 0.05 < float((present == 1).float().mean()) and float(masks["image"].mean()) < 0.6
+    assert presence_masks(["audio"], 10, 0.5, torch.Generator()) is None
+    assert presence_masks(["image", "audio"], 10, 0.0, torch.Generator()) is None
+
+
+def test_budget_position_and_schedules() -> None:
+    budgets = [1 << 20, 1 << 18, 1 << 16, 1 << 14]
+    assert budget_position(1 << 20, budgets) == 1.0 and budget_position(1 << 14, budgets) == 0.0
+    assert math.isclose(budget_position(1 << 16, budgets), 1 / 3)
+    w = objective_weights(DistillConfig(temperature=Schedule(4.0, 1.0), gamma=Schedule(0.0, 3.0)), 1 << 16, budgets)
+    assert math.isclose(w.temperature, 3.0) and math.isclose(w.gamma, 1.0)
+
+
+def test_objective_without_teacher_is_cross_entropy() -> None:
+    model = student(INPUTS, width=0.5)
+    x = {"image": torch.randn(4, 1, 8, 8), "audio": torch.randn(4, 1, 16, 16)}
+    labels = torch.tensor([0, 1, 2, 3])
+    out = model.forward_features(x)
+    logits = model.forward_head(out["fused"])
+    job = Job("s", model, {}, TrainConfig())
+    loss, terms = objective(job, out, logits, labels, [], [])
+    assert torch.allclose(loss, nn.functional.cross_entropy(logits, labels)) and set(terms) == {"task"}
+
+
+def test_distilled_objective_combines_the_weighted_terms() -> None:
+    model = student(INPUTS, width=0.5)
+    big = teacher({k: {**v, "encoder": "cnn2d"} for k, v in INPUTS.items()}, width=4, embed_dim=8, fusion_hidden=16)
+    x = {"image": torch.randn(6, 1, 8, 8), "audio": torch.randn(6, 1, 16, 16)}
+    labels = torch.arange(6)
+    t_out = big.forward_features(x)
+    t_logits = big.forward_head(t_out["fused"])
+    out = model.forward_features(x)
+    logits = model.forward_head(out["fused"])
+    cfg = DistillConfig(distill_losses={"kd": 1.0}, align_losses={"feature": 1.0})
+    job = Job("s", model, {}, TrainConfig(), ObjectiveWeights(0.5, 2.0, 3.0, 0.1, 2.0, 1.0), cfg)
+    attach_projection(job, big)
+    assert job.projection is not None and job.projection.out_features == 16
+    loss, terms = objective(job, out, logits, labels, [t_out], [t_logits])
+    expected = 0.5 * terms["task"] + 2.0 * terms["distill"] + 3.0 * terms["align"] + 0.1 * terms["resource"]
+    assert math.isclose(float(loss.detach()), expected, rel_tol=1e-5) and terms["distill"] > 0 and terms["align"] > 0
+
+
+def test_frozen_modules_stay_in_eval_mode() -> None:
+    model = teacher({k: {**v, "encoder": "cnn2d"} for k, v in INPUTS.items()}, width=4, embed_dim=8, fusion_hidden=16)
+    model.encoders["audio"].requires_grad_(False)
+    train_mode(model)
+    assert model.fusion.training and model.encoders["image"].training
+    assert not any(m.training for m in model.encoders["audio"].modules())
+
+
+def test_precision_choice() -> None:
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+    assert resolve_precision("auto") in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="choose auto, bf16 or fp32"):
+        resolve_precision("fp8")
