@@ -96,7 +96,7 @@ class SelectionConfig:
 
     modality_sets: tuple[tuple[str, ...], ...] = (("image", "audio"), ("audio",), ("image",))
     scales: tuple[int, ...] = (0, 1, 2, 3)  # resolution levels defined by each modality
-    depths: tuple[int, ...] = (1, 2)  # depthwise-separable blocks per encoder stage
+    depths: tuple[int, ...] = (1, 2, 3)  # depthwise-separable blocks per encoder stage
     samples: int = 12800  # training samples seen by each candidate (100 steps of 128)
     val_samples: int = 5000  # validation samples that rank the candidates
     tolerance: float = 0.005  # a cheaper candidate within this validation accuracy wins
@@ -114,7 +114,7 @@ class StudentsConfig:
     )
     max_width: float = 8.0  # widest width multiplier any student may take (wider costs time more than it buys)
     selection: SelectionConfig = SelectionConfig()
-    train: TrainConfig = TrainConfig(epochs=3, lr=0.01, modality_dropout=0.1)
+    train: TrainConfig = TrainConfig(epochs=4, lr=0.01, modality_dropout=0.1)
     labels_only: bool = True  # also train each tier's student without a teacher (the report's baseline)
 
 
@@ -158,8 +158,9 @@ class EnergyModel:
 class EvalConfig:
     """How models are measured."""
 
-    latency_warmup: int = 20
-    latency_iters: int = 200
+    latency_warmup: int = 20  # calls before each timed round
+    latency_iters: int = 200  # timed calls per model, split over the rounds
+    latency_rounds: int = 4  # every model is timed in each round, in turn
     rapl_root: str = "/sys/class/powercap"  # read when present: energy is then "measured"
     energy: EnergyModel = EnergyModel()
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from racmkd.config import EnergyModel
-from racmkd.eval.cost import activation_memory, count_flops, estimated_energy_joules, latency_ms, measured_energy_joules, model_bytes
+from racmkd.eval.cost import activation_memory, count_flops, estimated_energy_joules, latency_ms, latency_round_robin, measured_energy_joules, model_bytes
 from racmkd.eval.metrics import classification_metrics
 
 
@@ -65,3 +65,11 @@ def test_metrics_hand_values() -> None:
     assert m["f1_macro"] == pytest.approx((2 / 3 + 0.8) / 2)  # class 0: P=1/2 R=1; class 1: P=1 R=2/3
     assert m["auc_roc"] == pytest.approx(5 / 6)
     assert classification_metrics(logits[:1], labels[:1])["auc_roc"] is None
+
+
+def test_round_robin_times_every_subject_each_round() -> None:
+    calls: list[str] = []
+    subjects = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    result = latency_round_robin(subjects, warmup=1, iters=4, rounds=2)
+    assert set(result) == {"a", "b"} and all(r["p50"] >= 0 for r in result.values())
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3  # (1 warm-up + 2 timed) per round, in turn

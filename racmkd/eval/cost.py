@@ -77,8 +77,8 @@ def activation_memory(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict
     return {"peak_activation_bytes": input_bytes + tracker.peak, "activation_bytes_written": tracker.written}
 
 
-def latency_ms(fn: Callable[[], Any], warmup: int, iters: int, threads: int = 1) -> dict[str, float]:
-    """Median and 95th percentile wall time of `fn()`, after `warmup` calls, on `threads` threads."""
+def time_calls(fn: Callable[[], Any], warmup: int, iters: int, threads: int = 1) -> list[float]:
+    """Wall times in ms of `iters` calls of `fn()`, after `warmup` calls, on `threads` threads."""
     times = []
     with torch_threads(threads), torch.inference_mode():
         for _ in range(warmup):
@@ -87,8 +87,29 @@ def latency_ms(fn: Callable[[], Any], warmup: int, iters: int, threads: int = 1)
             start = time.perf_counter()
             fn()
             times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    return {"p50": statistics.median(times), "p95": times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]}
+    return times
+
+
+def percentiles(times: list[float]) -> dict[str, float]:
+    """Median and 95th percentile of some timings."""
+    ordered = sorted(times)
+    return {"p50": statistics.median(ordered), "p95": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]}
+
+
+def latency_ms(fn: Callable[[], Any], warmup: int, iters: int, threads: int = 1) -> dict[str, float]:
+    """Median and 95th percentile wall time of `fn()`, after `warmup` calls, on `threads` threads."""
+    return percentiles(time_calls(fn, warmup, iters, threads))
+
+
+def latency_round_robin(subjects: dict[str, Callable[[], Any]], warmup: int, iters: int, rounds: int, threads: int = 1) -> dict[str, dict[str, float]]:
+    """Latency of several callables measured in turn, `rounds` times over, each round `iters / rounds`
+    calls: a passing disturbance of the machine hits every subject alike instead of one of them."""
+    samples: dict[str, list[float]] = {name: [] for name in subjects}
+    per_round = max(1, iters // max(rounds, 1))
+    for _ in range(max(rounds, 1)):
+        for name, fn in subjects.items():
+            samples[name] += time_calls(fn, warmup, per_round, threads)
+    return {name: percentiles(times) for name, times in samples.items()}
 
 
 def estimated_energy_joules(flops: int, bytes_moved: int, seconds: float, model: EnergyModel) -> float:

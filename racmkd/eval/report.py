@@ -14,9 +14,9 @@ from typing import Any
 import psutil
 import torch
 
-from racmkd.config import RunConfig, load_config, to_dict
+from racmkd.config import EvalConfig, load_config, to_dict
 from racmkd.data.dataset import PairedDataset, build_dataset
-from racmkd.eval.cost import activation_memory, count_flops, estimated_energy_joules, latency_ms, measured_energy_joules, model_bytes
+from racmkd.eval.cost import activation_memory, count_flops, estimated_energy_joules, latency_round_robin, measured_energy_joules, model_bytes
 from racmkd.eval.metrics import classification_metrics
 from racmkd.eval.plots import plot_accuracy_vs_cost, plot_training_curves
 from racmkd.models.checkpoint import load_model
@@ -60,8 +60,9 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(), "torch": torch.__version__}
 
 
-def measure(name: str, path: Path, dataset: PairedDataset, cfg: RunConfig) -> dict[str, Any]:
-    """Accuracy and cost of one checkpoint on the run's test split."""
+def measure(name: str, path: Path, dataset: PairedDataset) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Accuracy, size, FLOPs and activation memory of one checkpoint on the run's test split, and
+    the callables that time it at batch 1 (model alone, and raw input to label)."""
     model, specs, modalities, meta = load_model(path)
     withheld = ((),) + (tuple((m,) for m in specs) if len(specs) > 1 else ())  # a missing sensor: each modality withheld
     logits, labels = predict_split(model, specs, dataset, "test", withheld=withheld)
@@ -69,34 +70,39 @@ def measure(name: str, path: Path, dataset: PairedDataset, cfg: RunConfig) -> di
     entry["inputs"] = {m: to_dict(s) for m, s in specs.items()}
     if len(withheld) > 1:
         entry["accuracy_without"] = {drop[0]: classification_metrics(out, labels)["accuracy"] for drop, out in zip(withheld[1:], logits[1:])}
-    # Costs at batch 1, on the first test sample.
-    first = torch.tensor([0])
-    raw = dataset.raw_batch("test", first)
+    raw = dataset.raw_batch("test", torch.tensor([0]))  # costs at batch 1, on the first test sample
     inputs = BatchFeatures(dataset.modalities, raw).get(specs)
     entry.update(model_bytes(model))
     entry["flops"] = count_flops(model, inputs)
     entry.update(activation_memory(model, inputs))
-    ev = cfg.eval
-    lat = latency_ms(lambda: model(inputs), ev.latency_warmup, ev.latency_iters)
-    entry["latency_ms_p50"], entry["latency_ms_p95"] = lat["p50"], lat["p95"]
-    predictor = Predictor(name, model, specs, modalities, meta)
-    raw_one = {m: raw[m][0].numpy() for m in specs}
-    entry["predict_latency_ms_p50"] = latency_ms(lambda: predictor.predict(**raw_one), ev.latency_warmup, ev.latency_iters // 2)["p50"]
-    with torch_threads(1):
-        measured = measured_energy_joules(lambda: model(inputs), ev.latency_iters, Path(ev.rapl_root))
-    if measured is not None:
-        entry["energy_mj"], entry["energy_source"] = measured * 1e3, "measured"
-    else:
-        moved = entry["param_bytes_fp32"] + 2 * entry["activation_bytes_written"]  # weights read once, activations written and read
-        entry["energy_mj"] = estimated_energy_joules(entry["flops"], moved, entry["latency_ms_p50"] / 1e3, ev.energy) * 1e3
-        entry["energy_source"] = "estimated"
-    entry["energy_device"] = ev.energy.device
     for key in ("tier", "budget_bytes", "trained_with", "val_accuracy", "train_seconds", "design", "objective", "history"):
         if key in meta:
             entry[key] = meta[key]
     if "budget_bytes" in meta:
         entry["within_budget"] = entry["param_bytes_fp32"] <= meta["budget_bytes"]
-    return entry
+    predictor = Predictor(name, model, specs, modalities, meta)
+    raw_one = {m: raw[m][0].numpy() for m in specs}
+    timers = {"model": lambda: model(inputs), "predict": lambda: predictor.predict(**raw_one)}
+    return entry, timers
+
+
+def add_latency_and_energy(models: dict[str, dict[str, Any]], timers: dict[str, dict[str, Any]], ev: EvalConfig) -> None:
+    """Latency of every model (round-robin, one thread), then energy: RAPL-measured where readable,
+    else estimated from FLOPs, bytes moved and the measured latency."""
+    model_lat = latency_round_robin({n: t["model"] for n, t in timers.items()}, ev.latency_warmup, ev.latency_iters, ev.latency_rounds)
+    predict_lat = latency_round_robin({n: t["predict"] for n, t in timers.items()}, ev.latency_warmup, ev.latency_iters // 2, ev.latency_rounds)
+    for name, entry in models.items():
+        entry["latency_ms_p50"], entry["latency_ms_p95"] = model_lat[name]["p50"], model_lat[name]["p95"]
+        entry["predict_latency_ms_p50"] = predict_lat[name]["p50"]
+        with torch_threads(1):
+            measured = measured_energy_joules(timers[name]["model"], ev.latency_iters, Path(ev.rapl_root))
+        if measured is not None:
+            entry["energy_mj"], entry["energy_source"] = measured * 1e3, "measured"
+        else:
+            moved = entry["param_bytes_fp32"] + 2 * entry["activation_bytes_written"]  # weights read once, activations written and read
+            entry["energy_mj"] = estimated_energy_joules(entry["flops"], moved, entry["latency_ms_p50"] / 1e3, ev.energy) * 1e3
+            entry["energy_source"] = "estimated"
+        entry["energy_device"] = ev.energy.device
 
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -127,10 +133,11 @@ def evaluate_run(run_dir: str | Path, dataset: PairedDataset | None = None) -> d
     paths = sorted((run_dir / "checkpoints").glob("*.pt"), key=lambda p: report_order(p.stem))
     if not paths:
         raise FileNotFoundError(f"{run_dir}/checkpoints: no models to evaluate. Run `racmkd train-teacher` and `racmkd distill` first.")
-    models = {}
+    models, timers = {}, {}
     with torch_threads(cfg.threads):
         for path in progress(paths, desc="evaluate", leave=True):
-            models[path.stem] = measure(path.stem, path, dataset, cfg)
+            models[path.stem], timers[path.stem] = measure(path.stem, path, dataset)
+    add_latency_and_energy(models, timers, cfg.eval)
     teacher_accuracy = models["teacher"]["accuracy"] if "teacher" in models else None
     for entry in models.values():
         if entry.get("role") in ("student", "baseline") and teacher_accuracy:
@@ -189,13 +196,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     image_info = report["data"].get("modalities", {}).get("image", {})
     if "pca_components" in image_info:
         lines += [f"avmnist images: {image_info['pca_components']} PCA components ({image_info['pca_explained_variance']:.1%} of the variance kept; {image_info['energy_removed']:.1%} of the train images' variance removed). Audio: white noise at a uniform 0-10 dB SNR.", ""]
-    lines += ["## Models", "", "| model | inputs | accuracy | macro-F1 | AUC | retention | params | fp32 bytes | FLOPs | peak act. | latency p50 / p95 (ms) | energy (mJ) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Models", "", "| model | inputs | accuracy | macro-F1 | AUC | retention | params | fp32 weights | FLOPs | peak act. | latency p50 / p95 (ms) | energy (mJ) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in report["models"].items():
         retention = f"{e['retention']:.1%}" if "retention" in e else ""
         auc = f"{e['auc_roc']:.4f}" if e["auc_roc"] is not None else "n/a"
         lines.append(
-            f"| {name} | {_inputs(e)} | {e['accuracy']:.4f} | {e['f1_macro']:.4f} | {auc} | {retention} | {e['params']:,} | {_fmt_bytes(e['bytes_fp32'])} | {e['flops'] / 1e6:.2f} M | {_fmt_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} / {e['latency_ms_p95']:.3f} | {e['energy_mj']:.4f} ({e['energy_source']}) |"
+            f"| {name} | {_inputs(e)} | {e['accuracy']:.4f} | {e['f1_macro']:.4f} | {auc} | {retention} | {e['params']:,} | {_fmt_bytes(e['param_bytes_fp32'])} | {e['flops'] / 1e6:.2f} M | {_fmt_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} / {e['latency_ms_p95']:.3f} | {e['energy_mj']:.4f} ({e['energy_source']}) |"
         )
+    lines += ["", "fp32 weights is what the tier budgets count; BatchNorm running statistics add `bytes_fp32 - param_bytes_fp32` in report.json and fold into the convolutions on export. Latency: every model is timed in turn over several rounds (`eval.latency_rounds`), so a passing disturbance of the machine hits all alike; absolute figures on a shared VM vary from run to run."]
     missing = {n: e["accuracy_without"] for n, e in report["models"].items() if "accuracy_without" in e}
     if missing:
         lines += ["", "## A missing modality", "", "Accuracy when one input is withheld (the model answers from the rest).", "", "| model | " + " | ".join(f"without {m}" for m in next(iter(missing.values()))) + " |", "|---|" + "---|" * len(next(iter(missing.values())))]

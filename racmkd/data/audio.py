@@ -1,0 +1,119 @@
+"""Audio signal processing in torch: fixed-length windows, noise at a target SNR, log-mel spectrograms
+and spectrogram-domain augmentation.
+
+torchaudio has no CPU build here, so the few pieces we need are written out; each is small and
+checked against hand-computed values in tests/test_audio.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def fix_length(wave: torch.Tensor, length: int) -> tuple[torch.Tensor, int, int]:
+    """Pad or trim a 1-D waveform to `length` samples, centred; return it and the span [start, end)
+    that holds the original samples."""
+    n = wave.shape[-1]
+    if n >= length:
+        start = (n - length) // 2
+        return wave[..., start : start + length], 0, length
+    left = (length - n) // 2
+    return F.pad(wave, (left, length - n - left)), left, left + n
+
+
+def noise_std_for_snr(signal_power: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
+    """Standard deviation of white noise that gives `snr_db` against a signal of mean power `signal_power`."""
+    return torch.sqrt(signal_power / torch.pow(10.0, snr_db / 10.0))
+
+
+def hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
+    """HTK mel scale."""
+    return 2595.0 * torch.log10(1.0 + hz / 700.0)
+
+
+def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+    """Inverse of `hz_to_mel`."""
+    return 700.0 * (torch.pow(10.0, mel / 2595.0) - 1.0)
+
+
+def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
+    """Triangular HTK mel filters, shape (n_mels, n_freqs), each row normalised to sum to one so that
+    a band's value is the mean power under it whatever the number of bands."""
+    freqs = torch.linspace(0.0, sample_rate / 2, n_freqs, dtype=torch.float64)
+    edges = mel_to_hz(torch.linspace(hz_to_mel(torch.tensor(f_min)), hz_to_mel(torch.tensor(f_max)), n_mels + 2, dtype=torch.float64))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (freqs - lower) / (centre - lower)
+    falling = (upper - freqs) / (upper - centre)
+    bank = torch.clamp(torch.minimum(rising, falling), min=0.0)
+    # A band narrower than one FFT bin catches no bin: give it the bin nearest its centre.
+    empty = bank.sum(dim=1) == 0
+    if empty.any():
+        nearest = torch.argmin((freqs[None, :] - centre[empty]).abs(), dim=1)
+        bank[empty.nonzero().squeeze(1), nearest] = 1.0
+    return (bank / bank.sum(dim=1, keepdim=True)).float()
+
+
+def power_spectrogram(wave: torch.Tensor, n_fft: int, win_length: int, hop_length: int) -> torch.Tensor:
+    """|STFT|^2 of a batch of waveforms (B, L) -> (B, n_fft // 2 + 1, frames), Hann window, centred frames."""
+    window = torch.hann_window(win_length, device=wave.device)
+    spec = torch.stft(wave, n_fft, hop_length, win_length, window, center=True, pad_mode="constant", return_complex=True)
+    return spec.real.square() + spec.imag.square()
+
+
+def stretch_and_shift(power: torch.Tensor, time_rate: torch.Tensor, pitch_factor: torch.Tensor) -> torch.Tensor:
+    """Time-stretch and pitch-shift a batch of power spectrograms (B, F, T), one rate/factor per sample.
+
+    A phase vocoder changes a recording's tempo without its pitch; its magnitude spectrogram is the
+    original's, resampled along time. A pitch shift by a factor p scales every frequency by p. The
+    log-mel features throw the phase away, so both are done here as one resampling of the power
+    spectrogram (time about the centre frame, frequency about 0 Hz), batched and cheap.
+    """
+    b = power.shape[0]
+    theta = torch.zeros(b, 2, 3, dtype=power.dtype, device=power.device)
+    theta[:, 0, 0] = time_rate  # output x reads input x * rate: rate > 1 speeds the recording up
+    theta[:, 1, 0] = 0.0
+    theta[:, 1, 1] = 1.0 / pitch_factor  # output bin f reads input bin f / p
+    theta[:, 1, 2] = 1.0 / pitch_factor - 1.0  # keeps 0 Hz (y = -1 in grid coordinates) fixed
+    grid = F.affine_grid(theta, [b, 1, power.shape[1], power.shape[2]], align_corners=True)
+    out = F.grid_sample(power.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.squeeze(1)
+
+
+def log_mel(power: torch.Tensor, filterbank: torch.Tensor, n_frames: int, floor: float = 1e-6) -> torch.Tensor:
+    """Mel bands of a power spectrogram (B, F, T) -> log, average-pooled in time to `n_frames` -> (B, n_mels, n_frames)."""
+    mel = torch.matmul(filterbank, power)  # (B, n_mels, T)
+    if mel.shape[-1] != n_frames:
+        mel = F.adaptive_avg_pool1d(mel, n_frames)
+    return torch.log(mel + floor)
+
+
+def spec_augment(features: torch.Tensor, masks: int, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """SpecAugment (Park et al. 2019) on log-mel features (B, F, T): `masks` frequency bands and
+    `masks` time spans per sample, each up to `fraction` of its axis, set to the sample's mean."""
+    b, n_freq, n_time = features.shape
+    out = features.clone()
+    fill = features.mean(dim=(1, 2))  # (B,)
+    for axis, size in ((1, n_freq), (2, n_time)):
+        widest = max(1, int(size * fraction))
+        for _ in range(masks):
+            width = torch.randint(0, widest + 1, (b,), generator=generator)
+            start = (torch.rand(b, generator=generator) * (size - width + 1)).long()
+            positions = torch.arange(size)
+            hit = (positions[None, :] >= start[:, None]) & (positions[None, :] < (start + width)[:, None])  # (B, size)
+            mask = hit[:, :, None] if axis == 1 else hit[:, None, :]
+            out = torch.where(mask, fill[:, None, None], out)
+    return out
+
+
+def peak_normalise(wave: torch.Tensor) -> torch.Tensor:
+    """Scale each waveform (B, L) to a peak of 1 so that recording gain does not change the features."""
+    peak = wave.abs().amax(dim=-1, keepdim=True)
+    return wave / torch.clamp(peak, min=1e-8)
+
+
+def frames_for(sample_count: int, hop_length: int) -> int:
+    """Number of centred STFT frames `power_spectrogram` yields."""
+    return 1 + math.floor(sample_count / hop_length)

@@ -1,0 +1,169 @@
+"""The paired multimodal dataset: splits, same-label pairing across modalities, caching, batches.
+
+None of the source datasets knows the others. A sample is an item of the first modality (the
+anchor: MNIST images, 50,000 / 10,000 / 10,000) paired with an item of the same digit from each
+other modality, drawn from the same split only, deterministically from the data seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from racmkd.config import DataConfig, to_dict
+from racmkd.data.modalities import SPLITS, Bank, Modality
+from racmkd.data.paths import DataError, data_root
+from racmkd.registry import MODALITIES
+from racmkd.utils import atomic_torch_save
+
+CACHE_VERSION = 1  # bump when the cached content changes meaning
+
+
+@dataclass
+class Split:
+    """One split of paired samples: a label and a bank row per modality for each sample."""
+
+    name: str
+    labels: torch.Tensor  # (N,)
+    index: dict[str, torch.Tensor]  # modality -> (N,) rows of that modality's bank
+    seeds: torch.Tensor  # (N,) fixed corruption seed per sample (used for val and test)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, rows: torch.Tensor) -> Split:
+        """The samples at `rows` (for small runs)."""
+        return Split(self.name, self.labels[rows], {m: i[rows] for m, i in self.index.items()}, self.seeds[rows])
+
+
+@dataclass
+class PairedDataset:
+    """Banks of raw items per modality and split, the paired splits, and what was done to build them."""
+
+    modalities: dict[str, Modality]
+    banks: dict[str, dict[str, Bank]]  # modality -> split -> bank
+    splits: dict[str, Split]
+    info: dict[str, Any]
+
+    def raw_batch(self, split: str, rows: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Raw inputs of some samples, per modality, with the protocol's corruption applied: fresh from
+        `generator` when one is given (training), else the sample's fixed draw (evaluation)."""
+        s = self.splits[split]
+        out = {}
+        for name, modality in self.modalities.items():
+            bank, bank_rows = self.banks[name][split], s.index[name][rows]
+            extra = {k: v[bank_rows] for k, v in bank.extra.items()}
+            raw = modality.gather(bank, bank_rows)
+            out[name] = modality.corrupt(raw, extra, generator, None if generator is not None else s.seeds[rows])
+        return out
+
+    def batches(self, split: str, batch_size: int, generator: torch.Generator | None = None, limit: int = 0) -> Iterator[torch.Tensor]:
+        """Row indices in batches: shuffled with `generator`, in order without; at most `limit` rows."""
+        n = len(self.splits[split])
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        if limit:
+            order = order[:limit]
+        yield from order.split(batch_size)
+
+
+def pair_by_label(anchor_labels: torch.Tensor, bank: Bank, generator: torch.Generator, what: str) -> torch.Tensor:
+    """For every anchor sample, a bank row with the same label; the rows of a label are used equally
+    often (within one), in a seeded random order."""
+    index = torch.empty_like(anchor_labels)
+    for label in anchor_labels.unique().tolist():
+        samples = (anchor_labels == label).nonzero().squeeze(1)
+        rows = (bank.labels == label).nonzero().squeeze(1)
+        if len(rows) == 0:
+            raise DataError(f"{what}: no item with label {label} to pair with")
+        repeats = -(-len(samples) // len(rows))
+        cycle = torch.cat([rows[torch.randperm(len(rows), generator=generator)] for _ in range(repeats)])
+        index[samples[torch.randperm(len(samples), generator=generator)]] = cycle[: len(samples)]
+    return index
+
+
+def make_modalities(cfg: DataConfig) -> dict[str, Modality]:
+    """The configured modalities, each with its validated options."""
+    if not cfg.modalities:
+        raise DataError("data.modalities is empty: name at least one of " + ", ".join(MODALITIES.names()))
+    unknown = set(cfg.options) - set(cfg.modalities)
+    if unknown:
+        raise DataError(f"data.options names modalities that data.modalities does not use: {sorted(unknown)}")
+    return {name: MODALITIES.create(name, protocol=cfg.protocol, **cfg.options.get(name, {})) for name in cfg.modalities}
+
+
+def cache_path(cfg: DataConfig) -> Path:
+    """Where the built dataset for this config is cached: one file per (protocol, split and pairing settings)."""
+    key = {k: v for k, v in to_dict(cfg).items() if k not in ("root", "cache_dir", "max_train", "max_eval", "augment")}
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, key], sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cfg.cache_dir) / f"dataset-{cfg.protocol}-{digest}.pt"
+
+
+def build_dataset(cfg: DataConfig, use_cache: bool = True) -> PairedDataset:
+    """Load, split, degrade and pair the data (or read it back from the cache), then apply the
+    max_train / max_eval limits."""
+    modalities = make_modalities(cfg)
+    path = cache_path(cfg)
+    if use_cache and path.exists():
+        try:
+            stored = torch.load(path, weights_only=True)
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
+            stored = None
+        if stored is not None and stored.get("version") == CACHE_VERSION:
+            return _limit(_from_stored(modalities, stored), cfg)
+    dataset = _build(cfg, modalities)
+    if use_cache:
+        atomic_torch_save(_to_stored(dataset), path)
+    return _limit(dataset, cfg)
+
+
+def _build(cfg: DataConfig, modalities: dict[str, Modality]) -> PairedDataset:
+    root = data_root(cfg.root)
+    banks, info = {}, {"protocol": cfg.protocol, "data_root": str(root), "modalities": {}}
+    for name, modality in modalities.items():
+        loaded = modality.load_banks(root, cfg)
+        banks[name], details = modality.degrade_banks(loaded)
+        info["modalities"][name] = {"items": {s: len(b) for s, b in banks[name].items()}, **details}
+    anchor = next(iter(modalities))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    splits = {}
+    for offset, split in enumerate(SPLITS):
+        labels = banks[anchor][split].labels
+        index = {anchor: torch.arange(len(labels))}
+        for name in list(modalities)[1:]:
+            index[name] = pair_by_label(labels, banks[name][split], generator, f"{name} {split} split")
+        seeds = (cfg.seed + 1) * 10_000_000 + offset * 1_000_000 + torch.arange(len(labels))
+        splits[split] = Split(split, labels, index, seeds)
+    info["samples"] = {s: len(sp) for s, sp in splits.items()}
+    return PairedDataset(modalities, banks, splits, info)
+
+
+def _limit(dataset: PairedDataset, cfg: DataConfig) -> PairedDataset:
+    """Keep the first max_train / max_eval samples (a seeded, stratification-free subset)."""
+    splits = dict(dataset.splits)
+    for split, limit in (("train", cfg.max_train), ("val", cfg.max_eval), ("test", cfg.max_eval)):
+        if limit and limit < len(splits[split]):
+            rows = torch.randperm(len(splits[split]), generator=torch.Generator().manual_seed(cfg.seed))[:limit].sort().values
+            splits[split] = splits[split].subset(rows)
+    info = {**dataset.info, "samples": {s: len(sp) for s, sp in splits.items()}}
+    return replace(dataset, splits=splits, info=info)
+
+
+def _to_stored(d: PairedDataset) -> dict[str, Any]:
+    return {
+        "version": CACHE_VERSION,
+        "info": json.dumps(d.info),
+        "banks": {m: {s: {"data": b.data, "labels": b.labels, "ids": b.ids, "extra": b.extra} for s, b in per.items()} for m, per in d.banks.items()},
+        "splits": {s: {"labels": sp.labels, "index": sp.index, "seeds": sp.seeds} for s, sp in d.splits.items()},
+    }
+
+
+def _from_stored(modalities: dict[str, Modality], stored: dict[str, Any]) -> PairedDataset:
+    banks = {m: {s: Bank(b["data"], b["labels"], list(b["ids"]), dict(b["extra"])) for s, b in per.items()} for m, per in stored["banks"].items()}
+    splits = {s: Split(s, sp["labels"], dict(sp["index"]), sp["seeds"]) for s, sp in stored["splits"].items()}
+    return PairedDataset(modalities, banks, splits, json.loads(stored["info"]))

@@ -1,0 +1,121 @@
+"""Fetch the datasets from their official sources onto a user's machine, checked by sha256.
+
+Nothing here runs unless asked (`racmkd data --download`): the pipeline never downloads behind
+the user's back. Every file lands through a temporary name and a rename, after its check.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import hashlib
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from racmkd.data.fsdd import FSDD_RECORDINGS_SHA256, NAME, recordings_digest
+from racmkd.data.mnist import MNIST_SHA256
+from racmkd.data.paths import DataError
+from racmkd.utils import atomic_write_bytes, byte_progress
+
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",  # the mirror torchvision uses
+    "http://yann.lecun.com/exdb/mnist/",  # the official page (often rate-limited)
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+FSDD_ARCHIVE = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"
+
+
+def fetch(url: str, timeout: float = 60.0) -> bytes:
+    """The bytes at `url` (http, https or file), with a progress bar; errors name the URL."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - URLs are ours or the user's
+            total = int(response.headers.get("Content-Length") or 0) or None
+            chunks = []
+            with byte_progress(f"download {url.rsplit('/', 1)[-1]}", total) as bar:
+                for chunk in iter(lambda: response.read(1 << 16), b""):
+                    chunks.append(chunk)
+                    bar.update(len(chunk))
+            data = b"".join(chunks)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        raise DataError(f"{url}: download failed ({err}). Check the network or fetch the file by hand.") from None
+    if total is not None and len(data) != total:
+        raise DataError(f"{url}: download truncated ({len(data)} of {total} bytes). Try again.")
+    return data
+
+
+def download_mnist(root: Path, mirrors: Sequence[str] = MNIST_MIRRORS, expected: dict[str, str] = MNIST_SHA256) -> list[Path]:
+    """Fetch the four MNIST files into root/mnist/, trying each mirror in turn; each must match
+    its sha256 (of the decompressed content) before it is kept."""
+    target = root / "mnist"
+    saved = []
+    for name, sha256 in expected.items():
+        path = target / f"{name}.gz"
+        if path.exists() and _sha256(_gunzip(path.read_bytes(), path)) == sha256:
+            saved.append(path)
+            continue
+        errors = []
+        for mirror in mirrors:
+            url = mirror.rstrip("/") + f"/{name}.gz"
+            try:
+                data = fetch(url)
+                digest = _sha256(_gunzip(data, Path(url)))
+            except DataError as err:
+                errors.append(str(err))
+                continue
+            if digest != sha256:
+                errors.append(f"{url}: sha256 {digest}, expected {sha256}")
+                continue
+            atomic_write_bytes(path, data)
+            saved.append(path)
+            break
+        else:
+            raise DataError(f"{path}: no mirror gave a valid copy:\n  " + "\n  ".join(errors))
+    return saved
+
+
+def download_fsdd(root: Path, url: str = FSDD_ARCHIVE, expected_sha256: str = FSDD_RECORDINGS_SHA256) -> Path:
+    """Fetch the FSDD release archive and unpack its recordings into root/fsdd/recordings/ once
+    the whole set matches `expected_sha256`."""
+    target = root / "fsdd" / "recordings"
+    data = fetch(url)
+    files: list[tuple[str, bytes]] = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+            for member in archive:
+                name = Path(member.name).name
+                if member.isfile() and Path(member.name).parent.name == "recordings" and NAME.match(name):
+                    handle = archive.extractfile(member)
+                    if handle is not None:
+                        files.append((name, handle.read()))
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"{url}: not a readable tar archive ({err}). Try the download again.") from None
+    if not files:
+        raise DataError(f"{url}: the archive holds no recordings/*.wav files")
+    digest = recordings_digest(files)
+    if digest != expected_sha256:
+        raise DataError(f"{url}: the {len(files)} recordings have digest {digest}, expected {expected_sha256}; nothing was written.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".recordings."))
+    for name, content in files:
+        (staging / name).write_bytes(content)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def _gunzip(data: bytes, source: Path) -> bytes:
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError) as err:
+        raise DataError(f"{source}: not a valid gzip file ({err})") from None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+

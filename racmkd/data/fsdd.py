@@ -1,0 +1,86 @@
+"""The Free Spoken Digit Dataset: 8 kHz mono 16-bit WAV files named {digit}_{speaker}_{index}.wav."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.io import wavfile
+
+from racmkd.data.paths import DataError
+
+FSDD_SAMPLE_RATE = 8000
+FSDD_COUNT = 3000
+# sha256 over the sorted lines "<file name> <sha256 of the file>\n" of all 3,000 recordings of v1.0.10.
+FSDD_RECORDINGS_SHA256 = "dbd573d7cafe79c4b49f65718115e1304e24e067fa39eff18a660dc6cb9c360f"
+NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
+FIX = "Replace it with the official recording (`racmkd data --download` fetches and checks the dataset)."
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One spoken digit."""
+
+    digit: int
+    speaker: str
+    index: int  # repetition number: 0-4 official test, 5-49 train
+    samples: np.ndarray  # int16 mono at 8 kHz
+
+    @property
+    def name(self) -> str:
+        """The file name, which identifies the recording across splits."""
+        return f"{self.digit}_{self.speaker}_{self.index}.wav"
+
+
+def parse_wav(data: bytes, path: Path) -> tuple[int, np.ndarray]:
+    """Sample rate and int16 samples of a mono WAV file; errors name the file and the problem."""
+    try:
+        rate, samples = wavfile.read(io.BytesIO(data))
+    except (ValueError, EOFError, OSError) as err:
+        raise DataError(f"{path}: not a readable WAV file ({err}). {FIX}") from None
+    if samples.ndim != 1:
+        raise DataError(f"{path}: {samples.shape[1]} channels, expected mono. {FIX}")
+    if samples.dtype != np.int16:
+        raise DataError(f"{path}: {samples.dtype} samples, expected 16-bit PCM. {FIX}")
+    if len(samples) == 0:
+        raise DataError(f"{path}: no samples. {FIX}")
+    return int(rate), samples
+
+
+def recordings_digest(named_files: list[tuple[str, bytes]]) -> str:
+    """The dataset-level sha256 that FSDD_RECORDINGS_SHA256 is, for any list of (name, content)."""
+    lines = "".join(f"{name} {hashlib.sha256(data).hexdigest()}\n" for name, data in sorted(named_files))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def load_fsdd(directory: Path, expected_sha256: str | None = FSDD_RECORDINGS_SHA256) -> list[Recording]:
+    """All recordings in `directory` (the dataset's recordings/ folder), checked file by file and,
+    when `expected_sha256` is given, as a whole against the official release."""
+    if not directory.is_dir():
+        raise DataError(f"{directory}: folder not found. Set RACMKD_DATA to the folder holding fsdd/recordings, or run `racmkd data --download`.")
+    files = sorted(directory.glob("*.wav"))
+    if not files:
+        raise DataError(f"{directory}: no .wav recordings. Run `racmkd data --download`.")
+    recordings, contents = [], []
+    for path in files:
+        match = NAME.match(path.name)
+        if not match:
+            raise DataError(f"{path}: name does not follow {{digit}}_{{speaker}}_{{index}}.wav. Remove or rename the file.")
+        data = path.read_bytes()
+        rate, samples = parse_wav(data, path)
+        if rate != FSDD_SAMPLE_RATE:
+            raise DataError(f"{path}: sample rate {rate} Hz, the dataset is {FSDD_SAMPLE_RATE} Hz. {FIX}")
+        contents.append((path.name, data))
+        recordings.append(Recording(int(match[1]), match[2], int(match[3]), samples))
+    if expected_sha256 is not None:
+        digest = recordings_digest(contents)
+        if digest != expected_sha256:
+            raise DataError(
+                f"{directory}: the {len(files)} recordings (official release: {FSDD_COUNT}) do not match FSDD v1.0.10 "
+                f"(digest {digest}, expected {expected_sha256}). Re-download with `racmkd data --download`."
+            )
+    return recordings

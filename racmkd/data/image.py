@@ -1,0 +1,61 @@
+"""Image processing in torch: crop and resize, random affine augmentation, PCA degradation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.decomposition import PCA
+
+
+def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Central `size` x `size` window of a batch (B, H, W)."""
+    h, w = images.shape[-2:]
+    if size > min(h, w):
+        raise ValueError(f"cannot crop {h}x{w} images to {size}x{size}")
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[..., top : top + size, left : left + size]
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased bilinear resize of a batch (B, H, W) to `size` x `size`."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images.unsqueeze(1), size=(size, size), mode="bilinear", antialias=True, align_corners=False).squeeze(1)
+
+
+def random_affine(images: torch.Tensor, generator: torch.Generator, rotation_deg: float, shift: float, zoom: float) -> torch.Tensor:
+    """Rotate by up to +-rotation_deg, shift by up to +-shift of the size, zoom by up to +-zoom,
+    each drawn per image: the augmentation of the seed paper, on a batch (B, H, W)."""
+    b = images.shape[0]
+    uniform = lambda: torch.rand(b, generator=generator) * 2 - 1  # noqa: E731 - in [-1, 1)
+    angle = uniform() * math.radians(rotation_deg)
+    scale = 1.0 + uniform() * zoom
+    tx, ty = uniform() * shift * 2, uniform() * shift * 2  # grid coordinates span 2 units per image
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, [b, 1, *images.shape[-2:]], align_corners=False)
+    return F.grid_sample(images.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros", align_corners=False).squeeze(1)
+
+
+def fit_pca(images: np.ndarray, variance: float) -> tuple[PCA, int]:
+    """PCA of flattened training images; the fewest components whose explained variance reaches `variance`."""
+    flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    pca = PCA(svd_solver="covariance_eigh").fit(flat)
+    kept = int(np.searchsorted(np.cumsum(pca.explained_variance_ratio_), variance) + 1)
+    return pca, kept
+
+
+def pca_reconstruct(images: np.ndarray, pca: PCA, kept: int, batch: int = 10000) -> np.ndarray:
+    """Replace each uint8 image by its reconstruction from the first `kept` components, clipped to
+    [0, 1] and stored as uint8 again, the way a camera would deliver it."""
+    out = np.empty_like(images)
+    comps = pca.components_[:kept].astype(np.float32)
+    mean = pca.mean_.astype(np.float32)
+    for start in range(0, len(images), batch):
+        flat = images[start : start + batch].reshape(-1, comps.shape[1]).astype(np.float32) / 255.0
+        recon = (flat - mean) @ comps.T @ comps + mean
+        out[start : start + batch] = np.clip(np.rint(recon * 255.0), 0, 255).astype(np.uint8).reshape(-1, *images.shape[1:])
+    return out

@@ -1,0 +1,376 @@
+"""Input modalities: everything the pipeline needs to know about one kind of input.
+
+A modality loads its raw items per split (a `Bank`), applies a protocol's degradations (static ones
+to the stored data, dynamic ones per batch), augments training batches, and turns raw inputs into
+model features for a given `spec` (resolution knobs). The dataset, the models, the trainer and the
+predictor only call this interface, so a new modality (e.g. a pen-trajectory / IMU time series) is
+added by registering a subclass in MODALITIES, not by editing the pipeline.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from scipy.signal import resample_poly
+
+from racmkd.config import ConfigError, DataConfig, from_dict
+from racmkd.data import audio as dsp
+from racmkd.data.fsdd import load_fsdd
+from racmkd.data.image import center_crop, fit_pca, pca_reconstruct, random_affine, resize
+from racmkd.data.mnist import load_mnist
+from racmkd.data.paths import DataError
+from racmkd.registry import MODALITIES
+
+PROTOCOLS = ("clean", "avmnist")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Bank:
+    """The raw items of one modality in one split."""
+
+    data: torch.Tensor  # (R, ...) in the modality's storage dtype
+    labels: torch.Tensor  # (R,) int64 class
+    ids: list[str]  # stable identifiers (file names), used to prove no item crosses splits
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # per-item side information
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class Modality(ABC):
+    """One input modality. Subclasses set the class attributes and implement the abstract methods."""
+
+    name: ClassVar[str]
+    options_type: ClassVar[type]  # frozen dataclass of the options under data.options.<name>
+    spec_type: ClassVar[type]  # frozen dataclass of the feature knobs a model is built for
+    teacher_encoder: ClassVar[str]  # MODELS names of the encoders for this kind of input
+    student_encoder: ClassVar[str]
+
+    def __init__(self, protocol: str = "clean", **options: Any) -> None:
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"data.protocol: unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        self.protocol = protocol
+        self.options = from_dict(self.options_type, options, where=f"data.options.{self.name}")
+
+    # Dataset side ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    def load_banks(self, root: Path, cfg: DataConfig) -> dict[str, Bank]:
+        """Raw items for 'train', 'val' and 'test', read from the data root."""
+
+    def degrade_banks(self, banks: dict[str, Bank]) -> tuple[dict[str, Bank], dict[str, Any]]:
+        """The protocol's static degradation of the stored items (fitted on train); info for the report."""
+        return banks, {}
+
+    def gather(self, bank: Bank, rows: torch.Tensor) -> torch.Tensor:
+        """Raw float inputs for some rows of a bank."""
+        return bank.data[rows].float()
+
+    def corrupt(self, raw: torch.Tensor, extra: dict[str, torch.Tensor], generator: torch.Generator | None, seeds: torch.Tensor | None) -> torch.Tensor:
+        """The protocol's per-sample degradation, drawn fresh from `generator` (training) or from one
+        fixed seed per sample (`seeds`, validation and test)."""
+        return raw
+
+    # Model side (shared by training, evaluation and the predictor) ---------------------------------
+
+    @abstractmethod
+    def spec(self, level: int = 0) -> Any:
+        """Feature knobs at a resolution level: 0 is full resolution, higher levels are cheaper."""
+
+    @property
+    @abstractmethod
+    def n_levels(self) -> int:
+        """How many resolution levels `spec` knows."""
+
+    @abstractmethod
+    def features(self, raw: torch.Tensor, spec: Any, augment_seed: int | None = None, memo: dict | None = None) -> torch.Tensor:
+        """Model input (B, C, ...) from raw inputs; with `augment_seed`, a training augmentation drawn
+        from that seed (so every model of a batch sees the same augmented sample). `memo` is scratch
+        space shared by calls on the same raw batch, for intermediate results several specs share."""
+
+    @abstractmethod
+    def feature_shape(self, spec: Any) -> tuple[int, ...]:
+        """Shape of one sample of `features` (without the batch dimension)."""
+
+    @abstractmethod
+    def to_raw(self, value: Any, spec: Any, **kwargs: Any) -> torch.Tensor:
+        """Check one user input and convert it to a raw batch of one, as `gather` returns."""
+
+    def spec_from_dict(self, values: dict[str, Any]) -> Any:
+        """A spec saved in a checkpoint, read back."""
+        return from_dict(self.spec_type, values, where=f"spec.{self.name}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Images: MNIST digits.
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """Options of the image modality (data.options.image)."""
+
+    crop: int = 24  # centre crop of the 28x28 digit (the seed paper's 24x24)
+    levels: tuple[int, ...] = (24, 16, 12, 8)  # input resolution per level
+    pca_variance: float = 0.25  # avmnist: keep the fewest PCA components that explain this much variance
+    rotation_deg: float = 10.0
+    shift: float = 0.10
+    zoom: float = 0.10
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What an image model expects: the 28x28 digit centre-cropped to `crop`, resized to `resolution`."""
+
+    crop: int = 24
+    resolution: int = 24
+
+
+@MODALITIES.register("image")
+class ImageModality(Modality):
+    """28x28 grey digit images; avmnist keeps only the leading PCA components (~75% of the energy gone)."""
+
+    name = "image"
+    options_type = ImageOptions
+    spec_type = ImageSpec
+    teacher_encoder = "cnn2d"
+    student_encoder = "dscnn2d"
+    size = 28
+
+    def load_banks(self, root: Path, cfg: DataConfig) -> dict[str, Bank]:
+        train_images, train_labels = load_mnist(root / "mnist", "train")
+        test_images, test_labels = load_mnist(root / "mnist", "test")
+        if not 0 < cfg.val_images < len(train_images):
+            raise ConfigError(f"data.val_images: {cfg.val_images} must be between 1 and {len(train_images) - 1}")
+        order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(cfg.seed))
+        val_rows, train_rows = order[: cfg.val_images].sort().values, order[cfg.val_images :].sort().values
+
+        def bank(images: np.ndarray, labels: np.ndarray, rows: torch.Tensor, prefix: str) -> Bank:
+            return Bank(torch.from_numpy(images[rows.numpy()].copy()), torch.from_numpy(labels[rows.numpy()].astype(np.int64)), [f"{prefix}-{int(r)}" for r in rows])
+
+        everything = torch.arange(len(test_images))
+        return {"train": bank(train_images, train_labels, train_rows, "mnist-train"), "val": bank(train_images, train_labels, val_rows, "mnist-train"), "test": bank(test_images, test_labels, everything, "mnist-test")}
+
+    def degrade_banks(self, banks: dict[str, Bank]) -> tuple[dict[str, Bank], dict[str, Any]]:
+        if self.protocol != "avmnist":
+            return banks, {}
+        train = banks["train"].data.numpy()
+        pca, kept = fit_pca(train, self.options.pca_variance)
+        degraded = {split: Bank(torch.from_numpy(pca_reconstruct(b.data.numpy(), pca, kept)), b.labels, b.ids, b.extra) for split, b in banks.items()}
+        flat = train.reshape(len(train), -1).astype(np.float64) / 255.0
+        recon = degraded["train"].data.numpy().reshape(len(train), -1).astype(np.float64) / 255.0
+        centred = ((flat - flat.mean(0)) ** 2).sum()
+        info = {
+            "pca_components": kept,
+            "pca_explained_variance": float(np.sum(pca.explained_variance_ratio_[:kept])),
+            "energy_removed": float(((flat - recon) ** 2).sum() / centred),  # share of the train images' variance removed
+        }
+        return degraded, info
+
+    def gather(self, bank: Bank, rows: torch.Tensor) -> torch.Tensor:
+        return bank.data[rows].float() / 255.0  # (B, 28, 28) in [0, 1]
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.options.levels)
+
+    def spec(self, level: int = 0) -> ImageSpec:
+        return ImageSpec(crop=self.options.crop, resolution=self.options.levels[level])
+
+    def features(self, raw: torch.Tensor, spec: ImageSpec, augment_seed: int | None = None, memo: dict | None = None) -> torch.Tensor:
+        if augment_seed is not None:
+            o = self.options
+            raw = random_affine(raw, torch.Generator().manual_seed(augment_seed), o.rotation_deg, o.shift, o.zoom)
+        return resize(center_crop(raw, spec.crop), spec.resolution).unsqueeze(1)  # (B, 1, res, res)
+
+    def feature_shape(self, spec: ImageSpec) -> tuple[int, ...]:
+        return (1, spec.resolution, spec.resolution)
+
+    def to_raw(self, value: Any, spec: ImageSpec, **kwargs: Any) -> torch.Tensor:
+        array = np.asarray(value)
+        if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
+            array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
+        if array.shape != (self.size, self.size):
+            raise ValueError(f"image: expected a {self.size}x{self.size} grey image, got shape {array.shape}")
+        if array.dtype == np.uint8:
+            return torch.from_numpy(array.astype(np.float32) / 255.0).unsqueeze(0)
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"image: expected uint8 (0-255) or float (0-1) pixels, got {array.dtype}")
+        if not np.isfinite(array).all() or array.min() < -1e-6 or array.max() > 1 + 1e-6:
+            raise ValueError("image: float pixels must be finite and in [0, 1] (pass uint8 for 0-255 images)")
+        return torch.from_numpy(array.astype(np.float32)).unsqueeze(0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Audio: spoken digits.
+
+
+@dataclass(frozen=True)
+class AudioOptions:
+    """Options of the audio modality (data.options.audio)."""
+
+    sample_rate: int = 8000
+    duration: float = 1.0  # seconds; recordings are padded or trimmed, centred
+    n_fft: int = 512
+    win_length: int = 400  # 50 ms
+    hop_length: int = 256  # 32 frames per second
+    f_min: float = 0.0
+    f_max: float = 4000.0
+    levels: tuple[tuple[int, int], ...] = ((64, 32), (32, 32), (32, 16), (16, 16))  # (mel bands, frames) per level
+    val_repetitions: tuple[int, int] = (5, 9)  # FSDD repetition indices (inclusive) held out for validation
+    test_repetitions: tuple[int, int] = (0, 4)  # the official test split
+    snr_db: tuple[float, float] = (0.0, 10.0)  # avmnist: white noise at an SNR drawn from this range
+    stretch: float = 0.10  # time-stretch rate in 1 +- stretch
+    semitones: float = 2.0  # pitch shift in +- semitones
+    masks: int = 0  # SpecAugment: this many frequency and this many time masks per training sample
+    mask_fraction: float = 0.125  # each mask covers up to this share of the bands / frames
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    """What an audio model expects: a log-mel spectrogram with these parameters."""
+
+    sample_rate: int = 8000
+    samples: int = 8000
+    n_fft: int = 512
+    win_length: int = 400
+    hop_length: int = 256
+    f_min: float = 0.0
+    f_max: float = 4000.0
+    n_mels: int = 64
+    n_frames: int = 32
+
+
+@functools.lru_cache(maxsize=32)
+def _filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
+    return dsp.mel_filterbank(n_freqs, n_mels, sample_rate, f_min, f_max)
+
+
+@MODALITIES.register("audio")
+class AudioModality(Modality):
+    """Spoken-digit recordings as log-mel spectrograms; avmnist adds white noise at 0-10 dB SNR."""
+
+    name = "audio"
+    options_type = AudioOptions
+    spec_type = AudioSpec
+    teacher_encoder = "cnn2d"
+    student_encoder = "dscnn2d"
+
+    @property
+    def samples(self) -> int:
+        return int(round(self.options.sample_rate * self.options.duration))
+
+    def load_banks(self, root: Path, cfg: DataConfig) -> dict[str, Bank]:
+        recordings = load_fsdd(root / "fsdd" / "recordings")
+        (val_lo, val_hi), (test_lo, test_hi) = self.options.val_repetitions, self.options.test_repetitions
+        if not (val_hi < test_lo or test_hi < val_lo):
+            raise ConfigError(f"data.options.audio: val_repetitions {self.options.val_repetitions} overlap test_repetitions {self.options.test_repetitions}")
+
+        def split_of(index: int) -> str:
+            return "test" if test_lo <= index <= test_hi else "val" if val_lo <= index <= val_hi else "train"
+
+        grouped: dict[str, list] = {s: [] for s in SPLITS}
+        for rec in recordings:
+            grouped[split_of(rec.index)].append(rec)
+        banks = {}
+        for split, recs in grouped.items():
+            if not recs:
+                raise DataError(f"FSDD: no recording falls in the {split} split (repetitions {self.options.val_repetitions} val, {self.options.test_repetitions} test)")
+            windows, spans, power = [], [], []
+            for rec in recs:
+                wave = torch.from_numpy(rec.samples.astype(np.int16))
+                window, start, end = dsp.fix_length(wave, self.samples)
+                windows.append(window)
+                spans.append((start, end))
+                power.append(float(np.mean((rec.samples.astype(np.float64) / 32768.0) ** 2)))
+            banks[split] = Bank(
+                torch.stack(windows),  # (R, samples) int16
+                torch.tensor([r.digit for r in recs], dtype=torch.int64),
+                [r.name for r in recs],
+                {"span": torch.tensor(spans, dtype=torch.int64), "power": torch.tensor(power, dtype=torch.float32)},
+            )
+        return banks
+
+    def gather(self, bank: Bank, rows: torch.Tensor) -> torch.Tensor:
+        return bank.data[rows].float() / 32768.0  # (B, samples) in [-1, 1]
+
+    def corrupt(self, raw: torch.Tensor, extra: dict[str, torch.Tensor], generator: torch.Generator | None, seeds: torch.Tensor | None) -> torch.Tensor:
+        if self.protocol != "avmnist":
+            return raw
+        lo, hi = self.options.snr_db
+        b, n = raw.shape
+        if seeds is None:  # training: fresh draws
+            snr = lo + (hi - lo) * torch.rand(b, generator=generator)
+            noise = torch.randn(b, n, generator=generator)
+        else:  # evaluation: one fixed draw per sample
+            snr, noise = torch.empty(b), torch.empty(b, n)
+            for i, seed in enumerate(seeds.tolist()):
+                g = torch.Generator().manual_seed(int(seed))
+                snr[i] = lo + (hi - lo) * torch.rand(1, generator=g)
+                noise[i] = torch.randn(n, generator=g)
+        # Noise covers the recording itself, not the zero padding around it.
+        positions = torch.arange(n)
+        inside = (positions >= extra["span"][:, :1]) & (positions < extra["span"][:, 1:])
+        std = dsp.noise_std_for_snr(extra["power"], snr)
+        return raw + noise * std[:, None] * inside
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.options.levels)
+
+    def spec(self, level: int = 0) -> AudioSpec:
+        o = self.options
+        n_mels, n_frames = o.levels[level]
+        return AudioSpec(o.sample_rate, self.samples, o.n_fft, o.win_length, o.hop_length, o.f_min, o.f_max, n_mels, n_frames)
+
+    def features(self, raw: torch.Tensor, spec: AudioSpec, augment_seed: int | None = None, memo: dict | None = None) -> torch.Tensor:
+        key = ("power", spec.n_fft, spec.win_length, spec.hop_length)  # every mel/frame count shares the spectrogram
+        if memo is not None and key in memo:
+            power = memo[key]
+        else:
+            power = dsp.power_spectrogram(dsp.peak_normalise(raw), spec.n_fft, spec.win_length, spec.hop_length)
+            if augment_seed is not None:
+                g, b = torch.Generator().manual_seed(augment_seed), raw.shape[0]
+                rate = 1.0 + (torch.rand(b, generator=g) * 2 - 1) * self.options.stretch
+                pitch = torch.pow(2.0, (torch.rand(b, generator=g) * 2 - 1) * self.options.semitones / 12.0)
+                power = dsp.stretch_and_shift(power, rate, pitch)
+            if memo is not None:
+                memo[key] = power
+        bank = _filterbank(power.shape[1], spec.n_mels, spec.sample_rate, spec.f_min, spec.f_max)
+        features = dsp.log_mel(power, bank, spec.n_frames)  # (B, n_mels, n_frames)
+        if augment_seed is not None and self.options.masks > 0:
+            g = torch.Generator().manual_seed(augment_seed + spec.n_mels * 1000 + spec.n_frames)
+            features = dsp.spec_augment(features, self.options.masks, self.options.mask_fraction, g)
+        return features.unsqueeze(1)  # (B, 1, n_mels, n_frames)
+
+    def feature_shape(self, spec: AudioSpec) -> tuple[int, ...]:
+        return (1, spec.n_mels, spec.n_frames)
+
+    def to_raw(self, value: Any, spec: AudioSpec, sample_rate: int | None = None, **kwargs: Any) -> torch.Tensor:
+        array = np.asarray(value)
+        if array.ndim == 2 and 1 in array.shape:
+            array = array.reshape(-1)
+        if array.ndim != 1 or array.size == 0:
+            raise ValueError(f"audio: expected a mono waveform (1-D array), got shape {array.shape}")
+        if array.dtype == np.int16:
+            wave = array.astype(np.float32) / 32768.0
+        elif np.issubdtype(array.dtype, np.floating):
+            if not np.isfinite(array).all():
+                raise ValueError("audio: the waveform holds NaN or infinite samples")
+            wave = array.astype(np.float32)
+        else:
+            raise ValueError(f"audio: expected int16 or float samples, got {array.dtype}")
+        rate = spec.sample_rate if sample_rate is None else int(sample_rate)
+        if rate <= 0:
+            raise ValueError(f"audio: sample_rate must be positive, got {sample_rate}")
+        if rate != spec.sample_rate:
+            g = np.gcd(rate, spec.sample_rate)
+            wave = resample_poly(wave, spec.sample_rate // g, rate // g).astype(np.float32)
+        window, _, _ = dsp.fix_length(torch.from_numpy(wave), spec.samples)
+        return window.unsqueeze(0)
