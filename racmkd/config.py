@@ -59,10 +59,16 @@ class TrainConfig:
     # Arithmetic of the forward passes: "fp32", "bf16" autocast, or "auto" (bf16 where oneDNN has it).
     # bf16 halves a teacher's time on CPUs with AVX512-BF16 but triples a tiny student's (casts dominate).
     precision: str = "fp32"
+    # Mixup: each batch is mixed with a permutation of itself, lam ~ Beta(mixup, mixup); 0 = off.
+    # Distilled students and their teachers see the same mix ("function matching", Beyer et al.
+    # 2022): on a mix the teacher's answer is informative even where it memorised the samples.
+    mixup: float = 0.0
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "auto"):
             raise ConfigError(f"precision {self.precision!r}: choose fp32, bf16 or auto")
+        if self.mixup < 0:
+            raise ConfigError(f"mixup must be >= 0 (0 turns mixing off), got {self.mixup}")
 
 
 @dataclass(frozen=True)

@@ -207,12 +207,24 @@ def batch_one_inputs(model: MultimodalNet) -> dict[str, torch.Tensor]:
     return {m: torch.zeros(1, *spec["shape"]) for m, spec in model.arch["kwargs"]["inputs"].items()}
 
 
+def deepest_per_input(designs: list[Design]) -> list[Design]:
+    """For each (modalities, resolution) pair, its deepest design that fits the budget."""
+    deepest: dict[tuple, Design] = {}
+    for d in designs:
+        key = (d.modalities, d.level)
+        if key not in deepest or d.depth > deepest[key].depth:
+            deepest[key] = d
+    return list(deepest.values())
+
+
 def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teacher], run_dir: Path, tiers: list[TierConfig]) -> dict[str, Design]:
     """Choose each tier's modalities, resolution and depth by measurement. Every candidate is trained
     briefly with its tier's distillation objective and ranked on validation accuracy; the cheapest
     (fewest FLOPs) within `selection.tolerance` of the best wins. The search is coordinate-wise:
-    modality sets x resolution levels at the first depth, then the other depths of each tier's
-    leader. A design that several tiers can afford is trained once. Writes selection.json."""
+    modality sets x resolution levels, each at its deepest depth within the budget, then the other depths of each tier's
+    leader. Inputs are compared deep because a shallow student cannot use a large input: on avmnist
+    the 64x32 log-mel ranked below 32x32 at depth 1 yet won at depth 3. A design that several tiers
+    can afford is trained once. Writes selection.json."""
     sel = cfg.students.selection
     budgets = [t.budget_bytes for t in cfg.students.tiers]
     table: dict[str, Any] = {}
@@ -247,8 +259,7 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
         return max((d for d in designs if d.key in trained), key=lambda d: trained[d.key].best_accuracy)
 
     started = time.perf_counter()
-    first_depth = {name: min(d.depth for d in designs) for name, designs in listed.items()}
-    train({name: [d for d in designs if d.depth == first_depth[name]] for name, designs in listed.items()}, "selection: inputs")
+    train({name: deepest_per_input(designs) for name, designs in listed.items()}, "selection: inputs")
     leaders = {name: leader(designs) for name, designs in listed.items()}
     train({name: [d for d in designs if (d.modalities, d.level) == (leaders[name].modalities, leaders[name].level)] for name, designs in listed.items()}, "selection: depth")
     if listed:

@@ -115,3 +115,14 @@ def test_damaged_checkpoint_is_named(tmp_path: Path) -> None:
     (tmp_path / "checkpoints" / "high.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"high\.pt: unreadable checkpoint"):
         racmkd.load(tmp_path, "high")
+
+
+def test_inputs_are_compared_at_their_deepest_affordable_depth() -> None:
+    from racmkd.pipeline import Design, deepest_per_input
+
+    def design(mods: tuple[str, ...], level: int, depth: int) -> Design:
+        return Design("t", mods, level, depth, 1.0, 100, 1024)
+
+    designs = [design(("image",), 0, 1), design(("image",), 0, 3), design(("image",), 0, 2), design(("image", "audio"), 0, 1), design(("image",), 1, 2)]
+    picked = {(d.modalities, d.level): d.depth for d in deepest_per_input(designs)}
+    assert picked == {(("image",), 0): 3, (("image", "audio"), 0): 1, (("image",), 1): 2}

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from racmkd.config import DistillConfig, Schedule, TrainConfig
+from racmkd.config import ConfigError, DistillConfig, Schedule, TrainConfig
 from racmkd.distill.adaptive import ObjectiveWeights, budget_position, objective_weights
-from racmkd.distill.trainer import Job, attach_projection, objective, presence_masks, resolve_precision, train_mode
+from racmkd.distill.trainer import Job, Mix, attach_projection, objective, presence_masks, resolve_precision, train_mode
 from racmkd.models.multimodal import student, teacher
 
 INPUTS = {"image": {"encoder": "dscnn2d", "shape": [1, 8, 8]}, "audio": {"encoder": "dscnn2d", "shape": [1, 16, 16]}}
@@ -76,3 +76,20 @@ def test_precision_choice() -> None:
     assert resolve_precision("auto") in ("fp32", "bf16")
     with pytest.raises(ValueError, match="choose auto, bf16 or fp32"):
         resolve_precision("fp8")
+
+
+def test_mix_blends_inputs_and_targets_alike() -> None:
+    mix = Mix(torch.tensor([1, 0, 2]), 0.75)
+    x = {"image": torch.tensor([[0.0], [4.0], [8.0]])}
+    assert torch.allclose(mix.inputs(x)["image"], torch.tensor([[1.0], [3.0], [8.0]]))
+    logits, labels = torch.randn(3, 10), torch.tensor([3, 5, 7])
+    ce = nn.functional.cross_entropy
+    assert torch.allclose(mix.task(logits, labels, 0.0), 0.75 * ce(logits, labels) + 0.25 * ce(logits, labels[[1, 0, 2]]))
+    drawn = [Mix.draw(8, 0.4, torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
+    assert drawn[0].weight == drawn[1].weight != drawn[2].weight and 0.0 <= drawn[0].weight <= 1.0
+    assert sorted(drawn[0].permutation.tolist()) == list(range(8))
+
+
+def test_mixup_must_not_be_negative() -> None:
+    with pytest.raises(ConfigError, match="mixup"):
+        TrainConfig(mixup=-0.1)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -75,6 +76,28 @@ class LossInputs:
     config: DistillConfig
 
 
+@dataclass(frozen=True)
+class Mix:
+    """One batch's mixup: sample i becomes weight * x_i + (1 - weight) * x_permutation[i], in the
+    features of every model (teachers and students alike, so they answer the same question)."""
+
+    permutation: torch.Tensor
+    weight: float
+
+    @staticmethod
+    def draw(batch: int, concentration: float, generator: torch.Generator) -> Mix:
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        weight = float(np.random.default_rng(seed).beta(concentration, concentration))
+        return Mix(torch.randperm(batch, generator=generator), weight)
+
+    def inputs(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {m: self.weight * x + (1 - self.weight) * x[self.permutation] for m, x in features.items()}
+
+    def task(self, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+        task = LOSSES.get("task")
+        return self.weight * task(logits, labels, label_smoothing) + (1 - self.weight) * task(logits, labels[self.permutation], label_smoothing)
+
+
 # Which outputs feed each registered loss: the one place that wires models to losses.
 LOSS_INPUTS: dict[str, Callable[[LossInputs], tuple]] = {
     "kd": lambda c: (c.student_logits, c.teacher_logits[0], c.temperature),
@@ -111,9 +134,10 @@ def conv_weights(model: nn.Module) -> list[torch.Tensor]:
     return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-def objective(job: Job, student: dict[str, Any], logits: torch.Tensor, labels: torch.Tensor, teachers: list[dict[str, Any]], teacher_logits: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-    """The job's loss on one batch and its terms (for logging)."""
-    task = LOSSES.get("task")(logits, labels, job.config.label_smoothing)
+def objective(job: Job, student: dict[str, Any], logits: torch.Tensor, labels: torch.Tensor, teachers: list[dict[str, Any]], teacher_logits: list[torch.Tensor], mix: Mix | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The job's loss on one batch and its terms (for logging). With `mix`, the batch's inputs were
+    mixed and the task term is the same mixture of the two samples' cross-entropies."""
+    task = LOSSES.get("task")(logits, labels, job.config.label_smoothing) if mix is None else mix.task(logits, labels, job.config.label_smoothing)
     w, cfg = job.weights, job.distill
     if w is None or cfg is None:
         return task, {"task": float(task.detach())}
@@ -216,6 +240,10 @@ def train_jobs(
         if channels_last:
             t.model.to(memory_format=torch.channels_last)
     distilled = any(job.weights is not None and job.distill is not None for job in jobs)
+    mixups = {job.config.mixup for job in jobs}
+    if len(mixups) > 1:
+        raise ValueError(f"jobs trained in one pass share their mixup (teachers see one mix per batch); got {sorted(mixups)}")
+    mixup = mixups.pop() if mixups else 0.0
     for epoch in range(epochs):
         started = time.perf_counter()
         sums = {job.name: 0.0 for job in jobs}
@@ -226,9 +254,11 @@ def train_jobs(
             raw = dataset.raw_batch("train", rows, generator)
             seed_for_augment = int(torch.randint(2**31 - 1, (1,), generator=generator)) if augment else None
             features = BatchFeatures(dataset.modalities, raw, seed_for_augment, channels_last)
+            mix = Mix.draw(len(rows), mixup, generator) if mixup > 0 else None
             teacher_out, teacher_logits = [], []
             if distilled and teachers:
                 teacher_inputs = [features.get(t.specs) for t in teachers]  # features in fp32, outside autocast
+                teacher_inputs = [mix.inputs(x) for x in teacher_inputs] if mix is not None else teacher_inputs
                 with torch.no_grad(), teacher_autocast:
                     for t, inputs in zip(teachers, teacher_inputs):
                         out = t.model.forward_features(inputs)
@@ -237,10 +267,11 @@ def train_jobs(
             for job in jobs:
                 present = presence_masks(job.model.modalities, len(rows), job.config.modality_dropout, generator)
                 inputs = features.get(job.specs)
+                inputs = mix.inputs(inputs) if mix is not None else inputs
                 with autocast[job.name]:
                     out = job.model.forward_features(inputs, present)
                     logits = job.model.forward_head(out["fused"])
-                    loss, _ = objective(job, out, logits, labels, teacher_out, teacher_logits)
+                    loss, _ = objective(job, out, logits, labels, teacher_out, teacher_logits, mix)
                 opt, sched = optimizers[job.name]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
