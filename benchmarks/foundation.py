@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from racmkd.config import load_config  # noqa: E402
 from racmkd.eval.report import RETENTION_TARGETS, TEACHER_TARGETS, git_commit, machine  # noqa: E402
 from racmkd.pipeline import run_pipeline  # noqa: E402
-from racmkd.utils import atomic_write_json, atomic_write_text  # noqa: E402
+from results_io import write_results  # noqa: E402
 
 TIERS = ["high", "medium", "low", "critical"]
 SEED_PAPER = {"retention": {"high": 0.974, "medium": 0.947, "low": 0.903, "critical": 0.873}, "memory_mb": {"high": 42.6, "medium": 18.3, "low": 6.2}}
@@ -41,7 +41,8 @@ def run_seed(config: Path, protocol: str, seed: int, runs_dir: Path, overrides: 
     name = f"bench-{protocol}-s{seed}"
     report = runs_dir / name / "report.json"
     if not report.exists():
-        cfg = load_config(config, [f"name={name}", f"runs_dir={runs_dir}", f"seed={seed}", f"data.protocol={protocol}", *overrides])
+        # Compression has its own benchmark (benchmarks/compression.py); these runs stop at the report.
+        cfg = load_config(config, [f"name={name}", f"runs_dir={runs_dir}", f"seed={seed}", f"data.protocol={protocol}", "compress.tiers=[]", *overrides])
         started = time.perf_counter()
         run_pipeline(cfg)
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
@@ -156,12 +157,8 @@ def main() -> None:
     summary = summarise(reports)
     result = {"commit": git_commit(), "machine": machine(), "config": str(config), "protocol": args.protocol, "seeds": seeds, "overrides": overrides, "avmnist": summary, "clean_teacher_accuracy": clean_teacher, "runs": [r["run"] for r in reports]}
     result["targets"] = targets(summary, args.protocol, clean_teacher)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "foundation-quick" if args.quick else "foundation"
-    atomic_write_json(args.out / f"{stem}.json", result)
-    plot(summary, args.out / f"{stem}.png")
-    atomic_write_text(args.out / f"{stem}.md", render(result).replace("foundation.png", f"{stem}.png"))
-    print((args.out / f"{stem}.md").read_text())
+    write_results(args.out, stem, result, render(result).replace("foundation.png", f"{stem}.png"), lambda path: plot(summary, path))
 
 
 if __name__ == "__main__":

@@ -121,6 +121,75 @@ def run_all(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: SetOpt
 
 
 @app.command()
+def compress(
+    run: RunOpt = Path("runs/latest"),
+    tier: Annotated[Optional[list[str]], typer.Option(help="Tiers to compress (repeatable; default: all).")] = None,
+    recipe: Annotated[Optional[Path], typer.Option(help="Recipe YAML (default: the run config's compress.recipe, e.g. configs/recipes/default.yaml).")] = None,
+) -> None:
+    """Compress tiers' students with a recipe (prune, low-rank, input reduction, QAT, int8, export) and re-measure the run."""
+    from racmkd.eval.report import evaluate_run
+    from racmkd.pipeline import compress_students, open_run, prepare_data
+
+    try:
+        run_dir, cfg = open_run(run)
+        dataset = prepare_data(cfg)
+        folders = compress_students(cfg, dataset, run_dir, list(tier or [t.name for t in cfg.students.tiers]), recipe)
+        report = evaluate_run(run_dir, dataset)
+    except _errors() as err:
+        raise _fail(err) from None
+    for folder in folders:
+        e = report["models"][f"{folder.name}_compressed"]
+        typer.echo(f"{folder.name + '_compressed':24s} accuracy {e['accuracy']:.4f}  {e['bytes_deployable'] / 1024:9.1f} KB {e['format']}  {e['compression_ratio']:.1f}x  {e['latency_ms_p50']:.3f} ms")
+    typer.echo(f"report: {run_dir / 'report.md'}")
+
+
+@app.command()
+def export(
+    run: RunOpt = Path("runs/latest"),
+    model: Annotated[str, typer.Option(help="Checkpoint to export: teacher, teacher_image, teacher_audio, high, medium, low, critical, ...")] = "high",
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the .onnx files (default: <run>/onnx).")] = None,
+    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also write a static int8 (QDQ) model.")] = True,
+    modality: Annotated[Optional[list[str]], typer.Option(help="Export the graph for these inputs only (repeatable): a variant with a sensor off.")] = None,
+) -> None:
+    """Export a model to ONNX (fp32, and int8) with its preprocessing contract; check parity on the whole test split."""
+    from racmkd.pipeline import export_model, open_run, prepare_data
+
+    try:
+        run_dir, cfg = open_run(run)
+        result = export_model(cfg, prepare_data(cfg), run_dir, model, out, int8, list(modality) if modality else None)
+    except _errors() as err:
+        raise _fail(err) from None
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def profile(
+    model: Annotated[Path, typer.Argument(help="An exported racmkd .onnx model.")],
+    device: Annotated[list[str], typer.Option(help="Device profile: a name in configs/devices/ or a YAML path (repeatable).")],
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object (a list for several devices).")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the profile(s) here as JSON (default: <model>.profile.json).")] = None,
+    latency_ms: Annotated[Optional[float], typer.Option("--latency-ms", help="Latency target for the verdict (default: the device's).")] = None,
+    measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Time the model on this machine too.")] = True,
+) -> None:
+    """ROM, RAM, estimated latency and energy of a model on a device, and whether it fits."""
+    from racmkd.compress.export import ExportError
+    from racmkd.resources.devices import load_device
+    from racmkd.resources.profile import latency_model, profile_model, render_profile
+    from racmkd.utils import atomic_write_json
+
+    try:
+        fitted = latency_model(show_progress=not json_)
+        profiles = [profile_model(model, load_device(d), fitted, measure_here=measure, latency_target_ms=latency_ms) for d in device]
+        atomic_write_json(out or model.with_suffix(".profile.json"), profiles[0] if len(profiles) == 1 else profiles)
+    except (*_errors(), ExportError) as err:
+        raise _fail(err) from None
+    if json_:
+        typer.echo(json.dumps(profiles[0] if len(profiles) == 1 else profiles))
+    else:
+        typer.echo("\n\n".join(render_profile(p) for p in profiles))
+
+
+@app.command()
 def predict(
     run: RunOpt = Path("runs/latest"),
     tier: Annotated[str, typer.Option(help="teacher, teacher_image, teacher_audio, high, medium, low or critical.")] = "high",

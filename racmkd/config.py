@@ -151,6 +151,16 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class CompressConfig:
+    """Which tiers `racmkd run` compresses after distillation, and with which recipe (configs/recipes/)."""
+
+    tiers: tuple[str, ...] = ()  # () = none; `racmkd compress` names tiers itself
+    recipe: str = "configs/recipes/default.yaml"
+    tier_recipes: dict[str, str] = field(default_factory=dict)  # tier -> a recipe that replaces `recipe` for it
+    val_samples: int = 5000  # validation samples that judge every step
+
+
+@dataclass(frozen=True)
 class EnergyModel:
     """E = a * FLOPs + b * bytes moved + c * time, in joules; coefficients per device (see README)."""
 
@@ -183,6 +193,7 @@ class RunConfig:
     teacher: TeacherConfig = TeacherConfig()
     students: StudentsConfig = StudentsConfig()
     distill: DistillConfig = DistillConfig()
+    compress: CompressConfig = CompressConfig()
     eval: EvalConfig = EvalConfig()
 
 
@@ -308,21 +319,30 @@ def _child(node: Any, key: str, path: str) -> Any:
     return node.setdefault(key, {})
 
 
+def read_yaml_mapping(path: str | Path, missing_hint: str) -> dict[str, Any]:
+    """A values-only YAML file that must hold a mapping; errors name the file (and, for a missing
+    file, `missing_hint`: where to find a valid one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist. {missing_hint}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a values-only YAML file (or the defaults) and apply `KEY=VALUE` overrides on top."""
     tree: dict[str, Any] = to_dict(RunConfig())
     source = "defaults"
     if path is not None:
-        path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist. Pass an existing file, e.g. configs/default.yaml.")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+        loaded = read_yaml_mapping(path, "Pass an existing config file, e.g. configs/default.yaml.")
         _merge(tree, loaded, RunConfig, source)
     for assignment in overrides:
         apply_override(tree, assignment)

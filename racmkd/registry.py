@@ -1,6 +1,6 @@
 """One Registry class for everything racmkd looks up by name.
 
-Modalities, models and losses are registered explicitly under a unique name; configs refer to
+Modalities, models, losses and compression steps are registered explicitly under a unique name; configs refer to
 them by that name. A duplicate name is an error, an unknown one suggests the closest names.
 """
 
@@ -60,3 +60,4 @@ class Registry(Generic[T]):
 MODALITIES: Registry = Registry("modality")
 MODELS: Registry = Registry("model")
 LOSSES: Registry = Registry("loss")
+COMPRESSORS: Registry = Registry("compression step")

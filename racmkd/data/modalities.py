@@ -9,7 +9,9 @@ added by registering a subclass in MODALITIES, not by editing the pipeline.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +109,29 @@ class Modality(ABC):
         """A spec saved in a checkpoint, read back."""
         return from_dict(self.spec_type, values, where=f"spec.{self.name}")
 
+    # Input-side compression -----------------------------------------------------------------------
+
+    reductions: ClassVar[dict[str, str]] = {}  # knob -> what lowering it does; the knobs compression and the runtime turn
+
+    def reduce(self, spec: Any, **knobs: Any) -> Any:
+        """A cheaper spec: `spec` with some `reductions` knobs lowered (checked by `check_reduction`)."""
+        unknown = set(knobs) - set(self.reductions)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown input reduction(s) {sorted(unknown)}; this modality knows {sorted(self.reductions)}")
+        reduced = dataclasses.replace(spec, **{k: tuple(v) if isinstance(v, list) else v for k, v in knobs.items()})
+        self.check_reduction(spec, reduced)
+        return reduced
+
+    def check_reduction(self, spec: Any, reduced: Any) -> None:
+        """Raise ValueError when `reduced` is not a valid, no larger input than `spec`."""
+        if math.prod(self.feature_shape(reduced)) > math.prod(self.feature_shape(spec)):
+            raise ValueError(f"{self.name}: {reduced} is larger than {spec}, not a reduction")
+
+    def contract(self, spec: Any) -> dict[str, Any]:
+        """The preprocessing a runtime must apply to raw inputs for a model built for `spec`
+        (written into exported models, so that a runtime needs nothing else)."""
+        return {"spec": dataclasses.asdict(spec), "shape": list(self.feature_shape(spec))}
+
 
 # ------------------------------------------------------------------------------------------------
 # Images: MNIST digits.
@@ -192,6 +217,19 @@ class ImageModality(Modality):
     def feature_shape(self, spec: ImageSpec) -> tuple[int, ...]:
         return (1, spec.resolution, spec.resolution)
 
+    reductions = {"resolution": "side of the square input (24 -> 16 -> 12 -> 8)", "crop": "centre region of interest, in pixels of the 28x28 digit, before resizing"}
+
+    def check_reduction(self, spec: ImageSpec, reduced: ImageSpec) -> None:
+        super().check_reduction(spec, reduced)
+        if not 1 <= reduced.resolution or not reduced.resolution <= reduced.crop <= self.size:
+            raise ValueError(f"image: need 1 <= resolution <= crop <= {self.size}, got resolution {reduced.resolution}, crop {reduced.crop}")
+
+    def contract(self, spec: ImageSpec) -> dict[str, Any]:
+        steps = [f"a {self.size}x{self.size} grey image; uint8 divided by 255 (floats in [0, 1] as they are)", f"centre crop {spec.crop}x{spec.crop}"]
+        if spec.resolution != spec.crop:
+            steps.append(f"antialiased bilinear resize to {spec.resolution}x{spec.resolution}")
+        return {**super().contract(spec), "steps": steps, "layout": "(batch, 1, height, width) float32"}
+
     def to_raw(self, value: Any, spec: ImageSpec, **kwargs: Any) -> torch.Tensor:
         array = np.asarray(value)
         if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
@@ -245,6 +283,7 @@ class AudioSpec:
     f_max: float = 4000.0
     n_mels: int = 64
     n_frames: int = 32
+    bands: tuple[int, ...] = ()  # indices of the mel bands kept (band selection); () keeps all n_mels
 
 
 @functools.lru_cache(maxsize=32)
@@ -344,13 +383,38 @@ class AudioModality(Modality):
                 memo[key] = power
         bank = _filterbank(power.shape[1], spec.n_mels, spec.sample_rate, spec.f_min, spec.f_max)
         features = dsp.log_mel(power, bank, spec.n_frames)  # (B, n_mels, n_frames)
+        if spec.bands:
+            features = features[:, list(spec.bands)]  # (B, len(bands), n_frames)
         if augment_seed is not None and self.options.masks > 0:
             g = torch.Generator().manual_seed(augment_seed + spec.n_mels * 1000 + spec.n_frames)
             features = dsp.spec_augment(features, self.options.masks, self.options.mask_fraction, g)
         return features.unsqueeze(1)  # (B, 1, n_mels, n_frames)
 
     def feature_shape(self, spec: AudioSpec) -> tuple[int, ...]:
-        return (1, spec.n_mels, spec.n_frames)
+        return (1, len(spec.bands) or spec.n_mels, spec.n_frames)
+
+    reductions = {"n_mels": "mel bands (64 -> 32 -> 16 -> 8)", "n_frames": "frames, by temporal average pooling (32 -> 16 -> 8)", "bands": "which mel bands are kept (band selection, most informative first)"}
+
+    def check_reduction(self, spec: AudioSpec, reduced: AudioSpec) -> None:
+        super().check_reduction(spec, reduced)
+        if reduced.n_mels < 1 or reduced.n_frames < 1:
+            raise ValueError(f"audio: n_mels and n_frames must be positive, got {reduced.n_mels}, {reduced.n_frames}")
+        if any(not 0 <= b < reduced.n_mels for b in reduced.bands) or len(set(reduced.bands)) != len(reduced.bands):
+            raise ValueError(f"audio: bands must be distinct indices below n_mels={reduced.n_mels}, got {list(reduced.bands)}")
+
+    def contract(self, spec: AudioSpec) -> dict[str, Any]:
+        steps = [
+            f"mono waveform at {spec.sample_rate} Hz (int16 divided by 32768; other rates resampled)",
+            f"centred pad or trim to {spec.samples} samples",
+            "scale to a peak of 1",
+            f"power spectrogram: Hann window {spec.win_length}, FFT {spec.n_fft}, hop {spec.hop_length}, centred frames, zero padding",
+            f"{spec.n_mels} triangular HTK mel bands from {spec.f_min:g} to {spec.f_max:g} Hz, each normalised to sum to 1",
+            f"average pooling in time to {spec.n_frames} frames",
+            "natural log of (band power + 1e-6)",
+        ]
+        if spec.bands:
+            steps.append(f"keep bands {list(spec.bands)}, in that order")
+        return {**super().contract(spec), "steps": steps, "layout": "(batch, 1, bands, frames) float32"}
 
     def to_raw(self, value: Any, spec: AudioSpec, sample_rate: int | None = None, **kwargs: Any) -> torch.Tensor:
         array = np.asarray(value)

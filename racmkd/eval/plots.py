@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the headless backend
 
-COLOURS = {"teacher": "tab:red", "student": "tab:blue", "baseline": "tab:gray"}
+COLOURS = {"teacher": "tab:red", "student": "tab:blue", "baseline": "tab:gray", "compressed": "tab:green"}
 TIER_ORDER = ["high", "medium", "low", "critical"]
 
 
@@ -19,18 +19,22 @@ def plot_accuracy_vs_cost(models: dict[str, dict[str, Any]], out_dir: Path) -> l
     a point; the distilled tiers are joined by a line."""
     paths = []
     for key, label, filename in (
-        ("memory", "memory at batch 1: fp32 weights + peak activations (bytes, log)", "accuracy_vs_memory.png"),
+        ("memory", "memory at batch 1: weights (fp32, or as deployed) + peak activations (bytes, log)", "accuracy_vs_memory.png"),
         ("latency_ms_p50", "latency p50 at batch 1, one thread (ms, log)", "accuracy_vs_latency.png"),
     ):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        value = (lambda e: e["bytes_fp32"] + e["peak_activation_bytes"]) if key == "memory" else (lambda e: e[key])  # noqa: E731
+        value = (lambda e: e.get("bytes_deployable", e["bytes_fp32"]) + e["peak_activation_bytes"]) if key == "memory" else (lambda e: e[key])  # noqa: E731
         for name, e in models.items():
             ax.scatter(value(e), e["accuracy"], color=COLOURS.get(e.get("role") or "", "black"), zorder=3)
             ax.annotate(name, (value(e), e["accuracy"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
         tiers = [models[t] for t in TIER_ORDER if t in models]
         if len(tiers) > 1:
             ax.plot([value(e) for e in tiers], [e["accuracy"] for e in tiers], color=COLOURS["student"], alpha=0.5, label="racmkd tiers")
-            ax.legend(loc="lower right")
+        compressed = [models[f"{t}_compressed"] for t in TIER_ORDER if f"{t}_compressed" in models]
+        if len(compressed) > 1:
+            ax.plot([value(e) for e in compressed], [e["accuracy"] for e in compressed], color=COLOURS["compressed"], alpha=0.5, label="racmkd tiers, compressed")
+        if len(tiers) > 1 or len(compressed) > 1:
+            ax.legend(loc="center right", fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy")

@@ -30,10 +30,10 @@ TEACHER_TARGETS = {"avmnist": 0.98, "clean": 0.995}
 
 
 def report_order(name: str) -> tuple[float, str]:
-    """Teachers, then each tier followed by its label-only baseline, then anything else."""
-    base = name.removesuffix("_labels_only")
+    """Teachers, then each tier followed by its label-only baseline and its compressed artifact, then anything else."""
+    base = name.removesuffix("_labels_only").removesuffix("_compressed")
     rank = ORDER.index(base) if base in ORDER else len(ORDER)
-    return (rank + (0.5 if base != name else 0.0), name)
+    return (rank + (0.3 if name.endswith("_labels_only") else 0.6 if name.endswith("_compressed") else 0.0), name)
 
 
 def git_commit() -> str | None:
@@ -86,6 +86,45 @@ def measure(name: str, path: Path, dataset: PairedDataset) -> tuple[dict[str, An
     return entry, timers
 
 
+def measure_compressed(name: str, folder: Path, run_dir: Path, dataset: PairedDataset, source: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A compressed tier measured as it is deployed: its ONNX artifact run by ONNX Runtime on the
+    test split; size and RAM from the artifact's graph; FLOPs from its PyTorch twin (model.pt)."""
+    from racmkd.compress.export import onnx_logits
+    from racmkd.resources.profile import graph_cost
+    from racmkd.runtime.predictor import OnnxPredictor
+
+    manifest = json.loads((folder / "compression.json").read_text())
+    artifact = folder / manifest["artifact"]
+    twin, specs, modalities, meta = load_model(folder / "model.pt")
+    predictor = OnnxPredictor(artifact)
+    logits, labels = onnx_logits(predictor.session, specs, dataset, "test")
+    entry: dict[str, Any] = {"role": "compressed", "modalities": list(specs), **classification_metrics(torch.from_numpy(logits), torch.from_numpy(labels))}
+    entry["inputs"] = {m: to_dict(s) for m, s in specs.items()}
+    raw = dataset.raw_batch("test", torch.tensor([0]))
+    inputs = BatchFeatures(dataset.modalities, raw).get(specs)
+    cost = graph_cost(artifact)
+    entry.update(model_bytes(twin))
+    entry.update(
+        flops=count_flops(twin, inputs),
+        peak_activation_bytes=cost.peak_activation_bytes,
+        activation_bytes_written=cost.activation_bytes_written,
+        weight_bytes=cost.weight_bytes,
+        bytes_deployable=artifact.stat().st_size,
+        format=manifest["format"],
+        artifact=str(artifact.relative_to(run_dir)),
+        artifact_reason=manifest["reason"],
+        compression_ratio=(source["bytes_fp32"] / artifact.stat().st_size) if source else None,
+        tier=manifest["tier"],
+        budget_bytes=meta.get("budget_bytes"),
+        recipe=manifest["recipe"],
+        compression_steps=[{"step": s["step"], "before": s["before"], "after": s["after"], "seconds": s["seconds"]} for s in manifest["steps"]],
+    )
+    raw_one = {m: raw[m][0].numpy() for m in specs}
+    feed = {m: x.numpy() for m, x in inputs.items()}
+    timers = {"model": lambda: predictor.session.run(["logits"], feed), "predict": lambda: predictor.predict(**raw_one)}
+    return entry, timers
+
+
 def add_latency_and_energy(models: dict[str, dict[str, Any]], timers: dict[str, dict[str, Any]], ev: EvalConfig) -> None:
     """Latency of every model (round-robin, one thread), then energy: RAPL-measured where readable,
     else estimated from FLOPs, bytes moved and the measured latency."""
@@ -99,7 +138,7 @@ def add_latency_and_energy(models: dict[str, dict[str, Any]], timers: dict[str, 
         if measured is not None:
             entry["energy_mj"], entry["energy_source"] = measured * 1e3, "measured"
         else:
-            moved = entry["param_bytes_fp32"] + 2 * entry["activation_bytes_written"]  # weights read once, activations written and read
+            moved = entry.get("weight_bytes", entry["param_bytes_fp32"]) + 2 * entry["activation_bytes_written"]  # weights read once, activations written and read
             entry["energy_mj"] = estimated_energy_joules(entry["flops"], moved, entry["latency_ms_p50"] / 1e3, ev.energy) * 1e3
             entry["energy_source"] = "estimated"
         entry["energy_device"] = ev.energy.device
@@ -134,13 +173,18 @@ def evaluate_run(run_dir: str | Path, dataset: PairedDataset | None = None) -> d
     if not paths:
         raise FileNotFoundError(f"{run_dir}/checkpoints: no models to evaluate. Run `racmkd train-teacher` and `racmkd distill` first.")
     models, timers = {}, {}
+    compressed = sorted(p.parent for p in (run_dir / "compressed").glob("*/compression.json"))
     with torch_threads(cfg.threads):
         for path in progress(paths, desc="evaluate", leave=True):
             models[path.stem], timers[path.stem] = measure(path.stem, path, dataset)
+        for folder in progress(compressed, desc="evaluate compressed", leave=True):
+            name = f"{folder.name}_compressed"
+            models[name], timers[name] = measure_compressed(name, folder, run_dir, dataset, models.get(folder.name))
+    models = dict(sorted(models.items(), key=lambda kv: report_order(kv[0])))
     add_latency_and_energy(models, timers, cfg.eval)
     teacher_accuracy = models["teacher"]["accuracy"] if "teacher" in models else None
     for entry in models.values():
-        if entry.get("role") in ("student", "baseline") and teacher_accuracy:
+        if entry.get("role") in ("student", "baseline", "compressed") and teacher_accuracy:
             entry["retention"] = entry["accuracy"] / teacher_accuracy
     report: dict[str, Any] = {
         "protocol": cfg.data.protocol,
@@ -196,14 +240,23 @@ def render_markdown(report: dict[str, Any]) -> str:
     image_info = report["data"].get("modalities", {}).get("image", {})
     if "pca_components" in image_info:
         lines += [f"avmnist images: {image_info['pca_components']} PCA components ({image_info['pca_explained_variance']:.1%} of the variance kept; {image_info['energy_removed']:.1%} of the train images' variance removed). Audio: white noise at a uniform 0-10 dB SNR.", ""]
-    lines += ["## Models", "", "| model | inputs | accuracy | macro-F1 | AUC | retention | params | fp32 weights | FLOPs | peak act. | latency p50 / p95 (ms) | energy (mJ) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Models", "", "| model | inputs | accuracy | macro-F1 | AUC | retention | params | weights | FLOPs | peak act. | latency p50 / p95 (ms) | energy (mJ) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in report["models"].items():
         retention = f"{e['retention']:.1%}" if "retention" in e else ""
         auc = f"{e['auc_roc']:.4f}" if e["auc_roc"] is not None else "n/a"
+        weights = _fmt_bytes(e["param_bytes_fp32"]) if "bytes_deployable" not in e else f"{_fmt_bytes(e['weight_bytes'])} ({e['format']})"
         lines.append(
-            f"| {name} | {_inputs(e)} | {e['accuracy']:.4f} | {e['f1_macro']:.4f} | {auc} | {retention} | {e['params']:,} | {_fmt_bytes(e['param_bytes_fp32'])} | {e['flops'] / 1e6:.2f} M | {_fmt_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} / {e['latency_ms_p95']:.3f} | {e['energy_mj']:.4f} ({e['energy_source']}) |"
+            f"| {name} | {_inputs(e)} | {e['accuracy']:.4f} | {e['f1_macro']:.4f} | {auc} | {retention} | {e['params']:,} | {weights} | {e['flops'] / 1e6:.2f} M | {_fmt_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} / {e['latency_ms_p95']:.3f} | {e['energy_mj']:.4f} ({e['energy_source']}) |"
         )
-    lines += ["", "fp32 weights is what the tier budgets count; BatchNorm running statistics add `bytes_fp32 - param_bytes_fp32` in report.json and fold into the convolutions on export. Latency: every model is timed in turn over several rounds (`eval.latency_rounds`), so a passing disturbance of the machine hits all alike; absolute figures on a shared VM vary from run to run."]
+    lines += ["", "Weights: fp32 parameter bytes (what the tier budgets count), or for compressed rows the initializer bytes of the deployed ONNX graph; BatchNorm running statistics add `bytes_fp32 - param_bytes_fp32` in report.json and fold into the convolutions on export. Latency: every model is timed in turn over several rounds (`eval.latency_rounds`), so a passing disturbance of the machine hits all alike; absolute figures on a shared VM vary from run to run."]
+    compressed = {n: e for n, e in report["models"].items() if e.get("role") == "compressed"}
+    if compressed:
+        lines += ["", "## Compressed tiers", "", "Each tier's student after its compression recipe, measured as deployed: the ONNX artifact run by ONNX Runtime (batch 1, one thread). Ratio = fp32 bytes of the uncompressed student / deployable bytes.", "", "| model | format | deployable | ratio | accuracy | vs student | retention | FLOPs | peak act. | latency p50 (ms) | why this artifact |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, e in compressed.items():
+            source = report["models"].get(e["tier"])
+            delta = f"{e['accuracy'] - source['accuracy']:+.4f}" if source else ""
+            ratio = f"{e['compression_ratio']:.1f}x" if e.get("compression_ratio") else ""
+            lines.append(f"| {name} | {e['format']} | {_fmt_bytes(e['bytes_deployable'])} | {ratio} | {e['accuracy']:.4f} | {delta} | {e.get('retention', 0):.1%} | {e['flops'] / 1e6:.2f} M | {_fmt_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} | {e['artifact_reason']} |")
     missing = {n: e["accuracy_without"] for n, e in report["models"].items() if "accuracy_without" in e}
     if missing:
         lines += ["", "## A missing modality", "", "Accuracy when one input is withheld (the model answers from the rest).", "", "| model | " + " | ".join(f"without {m}" for m in next(iter(missing.values()))) + " |", "|---|" + "---|" * len(next(iter(missing.values())))]

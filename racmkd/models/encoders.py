@@ -24,6 +24,12 @@ def downsamplings(size: int, stop: int = 4) -> int:
     return count
 
 
+def _out_channels(block: nn.Sequential) -> int:
+    """Output channels of a conv-BN-ReLU block, whose convolution may be factorised (a Sequential)."""
+    conv = block[0][-1] if isinstance(block[0], nn.Sequential) else block[0]
+    return conv.out_channels
+
+
 @MODELS.register("cnn2d")
 class CNN2dEncoder(nn.Module):
     """Teacher encoder: input BatchNorm without affine terms (standardisation from running statistics; a learned scale would be cancelled by the next BatchNorm), then stages of `depth` conv-BN-ReLU
@@ -41,7 +47,11 @@ class CNN2dEncoder(nn.Module):
             channels = nxt
         self.body = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, embed_dim), nn.ReLU(inplace=True))
-        self.embed_dim = embed_dim
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the embedding."""
+        return self.head[2].out_features
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)  # (B, C', H', W')
@@ -59,26 +69,50 @@ class DSCNN2dEncoder(nn.Module):
     MobileNet: full-resolution maps dominate time and memory), then stages of depthwise-separable
     blocks (3x3 depthwise + 1x1 pointwise; the first of a stage has stride 2, the `depth - 1`
     others stride 1, as in DS-CNN keyword spotters) until the map is 4 wide or less; channels
-    `base * width` doubling up to 8x. The embedding is the pooled last map: no projection to pay for."""
+    `base * width` doubling up to 8x. The embedding is the pooled last map: no projection to pay for.
+
+    `channels` (the output channels of the stem and of every pointwise convolution, in order) and
+    `stem_stride` pin the layer plan instead of deriving it from `in_shape` and `width`: pruning
+    changes channels, and an input reduced after training keeps the plan it was trained with."""
 
     base_channels = 8
 
-    def __init__(self, in_shape: tuple[int, int, int], width: float = 1.0, depth: int = 1) -> None:
+    def __init__(self, in_shape: tuple[int, int, int], width: float = 1.0, depth: int = 1, channels: list[int] | tuple[int, ...] | None = None, stem_stride: int = 0) -> None:
         super().__init__()
         c, h, w = in_shape
-        stem = max(2, round(self.base_channels * width))
-        stride = 2 if min(h, w) >= 16 else 1
-        layers: list[nn.Module] = [nn.BatchNorm2d(c, affine=False), conv_bn_relu(c, stem, stride=stride)]
-        channels = stem
-        for _ in range(downsamplings(min(h, w) // stride)):
-            nxt = min(channels * 2, stem * 8)
-            layers += [conv_bn_relu(channels, channels, stride=2, groups=channels), conv_bn_relu(channels, nxt, kernel=1)]
-            for _ in range(depth - 1):
-                layers += [conv_bn_relu(nxt, nxt, groups=nxt), conv_bn_relu(nxt, nxt, kernel=1)]
-            channels = nxt
+        stride = stem_stride or (2 if min(h, w) >= 16 else 1)
+        plan = list(channels) if channels else self.default_plan(min(h, w) // stride, width, depth)
+        if (len(plan) - 1) % depth:
+            raise ValueError(f"dscnn2d: a plan of {len(plan)} channel counts does not split into a stem and stages of {depth} blocks")
+        layers: list[nn.Module] = [nn.BatchNorm2d(c, affine=False), conv_bn_relu(c, plan[0], stride=stride)]
+        channels_in = plan[0]
+        for i, out in enumerate(plan[1:]):
+            first_of_stage = i % depth == 0
+            layers += [conv_bn_relu(channels_in, channels_in, stride=2 if first_of_stage else 1, groups=channels_in), conv_bn_relu(channels_in, out, kernel=1)]
+            channels_in = out
         self.body = nn.Sequential(*layers)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.embed_dim = channels
+        self.depth, self.stem_stride = depth, stride
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the embedding: the last layer's channels (read off it, so pruning keeps it right)."""
+        return _out_channels(self.body[-1])
+
+    @classmethod
+    def default_plan(cls, size: int, width: float, depth: int) -> list[int]:
+        """Stem channels, then `depth` pointwise outputs per stage until a side of `size` is 4 or less."""
+        stem = max(2, round(cls.base_channels * width))
+        plan, channels = [stem], stem
+        for _ in range(downsamplings(size)):
+            channels = min(channels * 2, stem * 8)
+            plan += [channels] * depth
+        return plan
+
+    def structure(self) -> dict[str, object]:
+        """The layer plan of this encoder as it is now (after pruning, say): rebuilds it exactly."""
+        blocks = [b for b in self.body if isinstance(b, nn.Sequential)]  # conv-BN-ReLU: stem, then (depthwise, pointwise) pairs
+        return {"channels": [_out_channels(b) for b in [blocks[0], *blocks[2::2]]], "stem_stride": self.stem_stride}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

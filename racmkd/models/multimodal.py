@@ -4,7 +4,7 @@ The teacher (cloud tier) and every student (edge tiers) are the same kind of obj
 trainer, the evaluator and the predictor treat them alike:
 
     inputs {modality: (B, C, H, W)} -> encoders -> embeddings (B, d_m), zeroed where a modality is
-    missing -> concat with the presence mask (B, M) -> fusion -> fused (B, D) -> classifier -> logits
+    missing -> concat (B, sum d_m), with the presence mask (B, M) -> fusion -> fused (B, D) -> classifier -> logits
 
 Training hides modalities at random (modality dropout), so a model still answers when a sensor is
 missing: the presence mask tells the fusion which embeddings are real.
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from racmkd.models.encoders import DSCNN2dEncoder
+from racmkd.models.lowrank import factorize_layers
 from racmkd.registry import MODELS
 
 Inputs = dict[str, torch.Tensor]
@@ -31,8 +32,12 @@ class MultimodalNet(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.classifier = nn.Linear(fused_dim, num_classes)
-        self.fused_dim = fused_dim
         self.arch = arch  # the registry name and arguments that rebuild this model (saved in checkpoints)
+
+    @property
+    def fused_dim(self) -> int:
+        """Width of the fused vector (read off the classifier, so it stays right after pruning)."""
+        return self.classifier.in_features
 
     @property
     def modalities(self) -> list[str]:
@@ -64,7 +69,7 @@ class MultimodalNet(nn.Module):
                 parts.append(torch.zeros(batch, encoder.embed_dim, dtype=ref.dtype, device=ref.device))
                 mask = torch.zeros(batch, dtype=ref.dtype, device=ref.device)
             masks.append(mask)
-        return self.fusion(torch.cat([*parts, torch.stack(masks, dim=1)], dim=1))  # (B, sum d_m + M) -> (B, D)
+        return self.fusion(torch.cat(parts, dim=1), torch.stack(masks, dim=1))  # (B, sum d_m), (B, M) -> (B, D)
 
     def forward_features(self, inputs: Inputs, present: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
         """Feature maps and embeddings per modality, and the fused vector (see `fuse`)."""
@@ -82,6 +87,24 @@ class MultimodalNet(nn.Module):
         return self.forward_head(self.forward_features(inputs, present)["fused"])
 
 
+class Fusion(nn.Module):
+    """fused = post(project(joint) + presence(mask)) over the concatenated embeddings (B, sum d_m)
+    and the presence mask (B, M); `hidden` 0 makes `project` the identity (students: the classifier
+    reads the embeddings directly). The mask enters through its own linear map instead of being
+    concatenated to the embeddings: the same function (a linear map of a concatenation is the sum of
+    linear maps of its parts), and a concat of encoder outputs alone, so structured pruning
+    (torch-pruning) can trace which fused channel comes from which encoder."""
+
+    def __init__(self, joint_dim: int, n_modalities: int, hidden: int = 0, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.project = nn.Linear(joint_dim, hidden) if hidden else nn.Identity()
+        self.presence = nn.Linear(n_modalities, hidden or joint_dim, bias=False)
+        self.post = nn.Sequential(nn.ReLU(inplace=True), nn.Dropout(dropout)) if hidden else nn.Identity()
+
+    def forward(self, joint: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.post(self.project(joint) + self.presence(mask))  # (B, D)
+
+
 def _encoders(inputs: dict[str, dict[str, Any]], per_modality: dict[str, dict[str, Any]] | None = None, **kwargs: Any) -> dict[str, nn.Module]:
     per_modality = per_modality or {}
     return {name: MODELS.create(spec["encoder"], tuple(spec["shape"]), **kwargs, **per_modality.get(name, {})) for name, spec in inputs.items()}
@@ -93,26 +116,40 @@ def teacher(inputs: dict[str, dict[str, Any]], width: int = 32, embed_dim: int =
     MLP over [embeddings, presence mask]. `inputs` maps each modality to {"encoder": MODELS name, "shape": (C, H, W)}."""
     depth = {m: d for m, d in (depth or {}).items() if m in inputs}
     encoders = _encoders(inputs, {m: {"depth": d} for m, d in depth.items()}, width=width, embed_dim=embed_dim)
-    joint = embed_dim * len(encoders) + len(encoders)
-    fusion = nn.Sequential(nn.Linear(joint, fusion_hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
+    fusion = Fusion(embed_dim * len(encoders), len(encoders), fusion_hidden, dropout)
     arch = {"name": "teacher", "kwargs": {"inputs": inputs, "width": width, "embed_dim": embed_dim, "fusion_hidden": fusion_hidden, "dropout": dropout, "num_classes": num_classes, "depth": depth}}
     return MultimodalNet(encoders, fusion, fusion_hidden, num_classes, arch)
 
 
 @MODELS.register("student")
-def student(inputs: dict[str, dict[str, Any]], width: float = 1.0, depth: int = 1, num_classes: int = 10) -> MultimodalNet:
+def student(inputs: dict[str, dict[str, Any]], width: float = 1.0, depth: int = 1, num_classes: int = 10, structure: dict[str, dict[str, Any]] | None = None) -> MultimodalNet:
     """Edge-tier student: depthwise-separable encoders scaled by `width` (channels) and `depth`
     (blocks per stage), a linear classifier over [embeddings, presence mask]. Input resolution and
-    active modalities are set through `inputs`."""
-    encoders = _encoders(inputs, width=width, depth=depth)
-    joint = sum(e.embed_dim for e in encoders.values()) + len(encoders)
-    arch = {"name": "student", "kwargs": {"inputs": inputs, "width": width, "depth": depth, "num_classes": num_classes}}
-    return MultimodalNet(encoders, nn.Identity(), joint, num_classes, arch)
+    active modalities are set through `inputs`. `structure` pins an encoder's layer plan (channels
+    per convolution, stem stride) once compression has changed it: pruned channels, or an input
+    reduced below the size the plan was derived from."""
+    structure = {m: s for m, s in (structure or {}).items() if m in inputs}
+    encoders = _encoders(inputs, structure, width=width, depth=depth)
+    joint = sum(e.embed_dim for e in encoders.values())
+    arch = {"name": "student", "kwargs": {"inputs": inputs, "width": width, "depth": depth, "num_classes": num_classes, **({"structure": structure} if structure else {})}}
+    return MultimodalNet(encoders, Fusion(joint, len(encoders)), joint, num_classes, arch)
+
+
+def pin_structure(model: MultimodalNet) -> dict[str, Any]:
+    """The `arch` record of a student with every encoder's current layer plan written in, so that
+    `build` recreates exactly this network (after pruning, or with a reduced input)."""
+    arch = {**model.arch, "kwargs": {**model.arch["kwargs"]}}
+    arch["kwargs"]["structure"] = {m: e.structure() for m, e in model.encoders.items()}
+    return arch
 
 
 def build(arch: dict[str, Any]) -> MultimodalNet:
-    """Rebuild a model from the `arch` record a checkpoint carries."""
-    return MODELS.create(arch["name"], **arch["kwargs"])
+    """Rebuild a model from the `arch` record a checkpoint carries (low-rank factorised layers included)."""
+    model = MODELS.create(arch["name"], **arch["kwargs"])
+    if arch.get("lowrank"):
+        factorize_layers(model, arch["lowrank"])
+    model.arch = arch
+    return model
 
 
 def count_params(model: nn.Module) -> int:

@@ -52,16 +52,52 @@ class Predictor:
             raise TypeError(f"predict() got unknown inputs {sorted(unknown)}; this model uses {self.modalities}")
         inputs = {"image": image, "audio": audio, **other}
         with torch.inference_mode():
-            probs = torch.softmax(self.model(self.features(inputs, sample_rate)), dim=1)[0].numpy()
+            probs = torch.softmax(self.logits(self.features(inputs, sample_rate)), dim=1)[0].numpy()
         return int(probs.argmax()), probs
+
+    def logits(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class logits (1, K) from model inputs."""
+        return self.model(features)
 
     def __repr__(self) -> str:
         return f"Predictor({self.name!r}, modalities={self.modalities})"
 
 
+class OnnxPredictor(Predictor):
+    """An exported model run by ONNX Runtime, preprocessing read from its contract (what an edge
+    device deploys). The graph needs every input it was exported with."""
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        from racmkd.compress.export import read_contract, session, specs_from_contract
+        from racmkd.registry import MODALITIES
+
+        contract = read_contract(path)
+        modalities = {m: MODALITIES.create(m) for m in contract["inputs"]}
+        self.session = session(Path(path), threads)
+        super().__init__(contract.get("model", Path(path).stem), torch.nn.Identity(), specs_from_contract(contract, modalities), modalities, contract)
+
+    def features(self, inputs: dict[str, Any], sample_rate: int = 8000) -> dict[str, torch.Tensor]:
+        missing = [m for m in self.specs if inputs.get(m) is None]
+        if missing:
+            raise ValueError(f"the ONNX model {self.name!r} was exported with inputs {self.modalities} and needs {' and '.join(missing)}; export a variant without it (`racmkd export --modality ...`) to run with that sensor missing")
+        return super().features(inputs, sample_rate)
+
+    def logits(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(["logits"], {m: x.numpy() for m, x in features.items()})[0])
+
+
 def load(run_dir: str | Path = "runs/latest", tier: str = "high") -> Predictor:
     """The predictor of one model of a run: 'teacher', 'teacher_image', 'teacher_audio', a tier
-    ('high', 'medium', 'low', 'critical') or any other checkpoint name ('high_labels_only')."""
+    ('high', 'medium', 'low', 'critical'), any other checkpoint name ('high_labels_only'), or a
+    compressed tier ('high_compressed': its deployed ONNX artifact, run by ONNX Runtime)."""
+    if tier.endswith("_compressed"):
+        import json
+
+        folder = Path(run_dir) / "compressed" / tier.removesuffix("_compressed")
+        manifest = folder / "compression.json"
+        if not manifest.is_file():
+            raise CheckpointError(f"{manifest}: no compressed {tier.removesuffix('_compressed')!r} in run {run_dir}. Run `racmkd compress --run {run_dir}` first.")
+        return OnnxPredictor(folder / json.loads(manifest.read_text())["artifact"])
     path = Path(run_dir) / "checkpoints" / f"{tier}.pt"
     if not path.exists():
         available = sorted(p.stem for p in (Path(run_dir) / "checkpoints").glob("*.pt"))

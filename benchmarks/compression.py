@@ -1,0 +1,249 @@
+"""Benchmark of the compression issue's targets: modality-specific compression ratios, device fit,
+and the compressed row of every tier.
+
+    python benchmarks/compression.py                    # on runs/bench-compression (made if missing)
+    python benchmarks/compression.py --run runs/latest  # on an existing run with compressed tiers
+    python benchmarks/compression.py --quick            # the smoke config: minutes, figures meaningless
+
+What it measures, all on the run's avmnist test split (10,000 samples):
+
+- Visual encoder: each tier's student compressed with configs/recipes/visual.yaml (image encoder
+  only), int8. Ratio = the image encoder's fp32 bytes in the uncompressed student (parameters and
+  BatchNorm buffers) / its bytes in the int8 ONNX artifact (weights, scales and zero points, read
+  off the graph). Loss = the tier's test accuracy minus the artifact's.
+- Audio path: the same with configs/recipes/audio.yaml (audio encoder pruned, fewer frames, band
+  selection). The path counts the encoder's weights and its input and activations: ratio = (fp32
+  encoder bytes + fp32 peak activation bytes of the audio encoder at its original input) / (int8
+  encoder bytes + peak activation bytes at the reduced input, stored as int8). The weights-only
+  ratio and the input ratio are reported beside it.
+- Device fit: `racmkd profile` of each tier's deployed artifact (runs/<run>/compressed/) on every
+  profile in configs/devices/.
+Everything is read from the runs' files; no figure is typed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from racmkd.config import load_config  # noqa: E402
+from racmkd.eval.cost import activation_memory  # noqa: E402
+from racmkd.eval.report import git_commit, machine  # noqa: E402
+from racmkd.models.checkpoint import load_model  # noqa: E402
+from racmkd.pipeline import compress_students, open_run, prepare_data, run_pipeline  # noqa: E402
+from racmkd.resources.devices import device_names, load_device  # noqa: E402
+from racmkd.resources.profile import latency_model, profile_model  # noqa: E402
+from results_io import write_results  # noqa: E402
+
+TIERS = ["high", "medium", "low", "critical"]
+EXPERIMENTS = {"visual": ("image", REPO / "configs" / "recipes" / "visual.yaml", 15.0, 0.01), "audio": ("audio", REPO / "configs" / "recipes" / "audio.yaml", 12.0, 0.02)}
+FIT_TARGETS = {"low": ("cortex-m7", None), "critical": ("cortex-m7", None), "high": ("raspberry-pi-4", 5.0)}
+
+
+def ensure_run(config: Path, run: Path | None, runs_dir: Path) -> Path:
+    """The run to measure: the one given, else runs/bench-compression (made with `config`)."""
+    if run is not None:
+        return run
+    name = "bench-compression"
+    if not (runs_dir / name / "report.json").exists():
+        cfg = load_config(config, [f"name={name}", f"runs_dir={runs_dir}", f"compress.tiers={TIERS}"])
+        started = time.perf_counter()
+        run_pipeline(cfg)
+        print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
+    return runs_dir / name
+
+
+def encoder_bytes(model: torch.nn.Module, modality: str) -> int:
+    """fp32 bytes of one encoder: parameters and floating buffers (what an uncompressed checkpoint stores)."""
+    encoder = model.encoders[modality]
+    return 4 * (sum(p.numel() for p in encoder.parameters()) + sum(b.numel() for b in encoder.buffers() if b.is_floating_point()))
+
+
+def encoder_activation_bytes(model: torch.nn.Module, modality: str, spec: Any, modalities: dict) -> int:
+    """Peak activation bytes (input included) of one encoder at batch 1, in fp32."""
+
+    class One(torch.nn.Module):
+        def __init__(self, encoder: torch.nn.Module) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self.encoder(inputs[modality])
+
+    x = torch.zeros(1, *modalities[modality].feature_shape(spec))
+    return activation_memory(One(model.encoders[modality]).eval(), {modality: x})["peak_activation_bytes"]
+
+
+def modality_experiment(run_dir: Path, name: str, tiers: list[str]) -> list[dict[str, Any]]:
+    """Compress each tier that uses the modality with the experiment's recipe; measure its path."""
+    modality, recipe, ratio_goal, loss_goal = EXPERIMENTS[name]
+    run_dir, cfg = open_run(run_dir)
+    dataset = prepare_data(cfg)
+    report = json.loads((run_dir / "report.json").read_text())
+    use = [t for t in tiers if modality in report["models"][t]["modalities"]]
+    into = f"experiments/{name}"
+    missing = [t for t in use if not (run_dir / into / t / "compression.json").exists()]
+    if missing:
+        compress_students(cfg, dataset, run_dir, missing, recipe, into=into)
+    rows = []
+    for tier in use:
+        folder = run_dir / into / tier
+        manifest = json.loads((folder / "compression.json").read_text())
+        source, source_specs, modalities, _ = load_model(run_dir / "checkpoints" / f"{tier}.pt")
+        twin, specs, _, _ = load_model(folder / "model.pt")
+        int8 = manifest["candidates"].get("int8")
+        chosen = manifest["candidates"][next(k for k, c in manifest["candidates"].items() if c["path"] == manifest["artifact"])]
+        deployed = int8 or chosen
+        bytes_before = encoder_bytes(source, modality)
+        bytes_after = deployed["weight_bytes_by_module"][f"encoders.{modality}"]
+        act_before = encoder_activation_bytes(source, modality, source_specs[modality], modalities)
+        act_after = encoder_activation_bytes(twin, modality, specs[modality], modalities) // (4 if int8 else 1)
+        accuracy_before = report["models"][tier]["accuracy"]
+        accuracy_after = deployed["parity"]["accuracy"]
+        row = {
+            "tier": tier,
+            "modality": modality,
+            "recipe": str(recipe.relative_to(REPO)),
+            "format": "onnx-int8" if int8 else chosen["format"],
+            "encoder_bytes_fp32": bytes_before,
+            "encoder_bytes_deployed": bytes_after,
+            "weights_ratio": bytes_before / bytes_after,
+            "input_values_before": int(torch.tensor(modalities[modality].feature_shape(source_specs[modality])).prod()),
+            "input_values_after": int(torch.tensor(modalities[modality].feature_shape(specs[modality])).prod()),
+            "activation_bytes_before": act_before,
+            "activation_bytes_after": act_after,
+            "path_ratio": (bytes_before + act_before) / (bytes_after + act_after),
+            "accuracy_before": accuracy_before,
+            "accuracy_after": accuracy_after,
+            "accuracy_loss": accuracy_before - accuracy_after,
+            "int8_agreement_with_fp32": deployed["parity"]["argmax_agreement"],
+            "steps": [{"step": s["step"], "params": s["after"]["params"], "val_accuracy": s["after"]["val_accuracy"]} for s in manifest["steps"]],
+        }
+        row["input_ratio"] = row["input_values_before"] / row["input_values_after"]
+        ratio = row["weights_ratio"] if name == "visual" else row["path_ratio"]
+        row["target"] = f"{name}: ratio >= {ratio_goal:g}x with <= {loss_goal * 100:g} point(s) accuracy loss"
+        row["reached"] = ratio >= ratio_goal and row["accuracy_loss"] <= loss_goal
+        rows.append(row)
+    return rows
+
+
+def device_fit(run_dir: Path, tiers: list[str]) -> dict[str, Any]:
+    """Every deployed tier artifact profiled on every device; the fit targets judged."""
+    fitted = latency_model()
+    matrix: dict[str, dict[str, Any]] = {}
+    for tier in tiers:
+        manifest_path = run_dir / "compressed" / tier / "compression.json"
+        if not manifest_path.exists():
+            continue
+        artifact = run_dir / "compressed" / tier / json.loads(manifest_path.read_text())["artifact"]
+        matrix[tier] = {d: profile_model(artifact, load_device(d), fitted, measure_here=(d == "raspberry-pi-4")) for d in device_names()}
+    targets = []
+    for tier, (device, latency) in FIT_TARGETS.items():
+        if tier not in matrix:
+            targets.append({"target": f"{tier} fits {device}", "reached": False, "note": "no compressed artifact"})
+            continue
+        p = matrix[tier][device]
+        ok = p["rom_bytes"] <= load_device(device).rom_bytes and p["ram_bytes"] <= load_device(device).ram_bytes and (latency is None or p["estimated_latency_ms"] <= latency)
+        what = f"{tier} fits {device} (ROM and RAM{f', estimated latency <= {latency:g} ms' if latency else ''})"
+        targets.append({"target": what, "reached": ok, "rom_bytes": p["rom_bytes"], "ram_bytes": p["ram_bytes"], "estimated_latency_ms": p["estimated_latency_ms"], "reason": p["reason"]})
+    return {"latency_model": {k: v for k, v in fitted.__dict__.items() if k != "peaks"} | {"peaks": fitted.peaks.__dict__}, "profiles": matrix, "targets": targets}
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = ["# Compression benchmark", "", f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores), run `{result['run']}` ({result['protocol']} protocol). Every figure below is read from the run's files.", ""]
+    lines += ["## Compressed tiers (the run's default recipe)", "", "| tier | format | deployable | ratio | accuracy | student | fp32 p50 (ms) | int8 p50 (ms) | why |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in result["tiers"]:
+        lines.append(f"| {row['tier']} | {row['format']} | {row['bytes_deployable']:,} B | {row['compression_ratio']:.1f}x | {row['accuracy']:.4f} | {row['student_accuracy']:.4f} | {row['fp32_p50']:.4f} | {row.get('int8_p50', float('nan')):.4f} | {row['reason']} |")
+    for name in ("visual", "audio"):
+        lines += ["", f"## {name.capitalize()} path (configs/recipes/{name}.yaml)", "", "| tier | encoder fp32 | encoder int8 | weights ratio | input values | activations | path ratio | accuracy | loss | target |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in result[name]:
+            lines.append(
+                f"| {r['tier']} | {r['encoder_bytes_fp32']:,} B | {r['encoder_bytes_deployed']:,} B | {r['weights_ratio']:.1f}x | {r['input_values_before']} -> {r['input_values_after']} | {r['activation_bytes_before']:,} -> {r['activation_bytes_after']:,} B | {r['path_ratio']:.1f}x | {r['accuracy_before']:.4f} -> {r['accuracy_after']:.4f} | {r['accuracy_loss'] * 100:+.2f} pt | {'reached' if r['reached'] else '**not reached**'} |"
+            )
+    fit = result["device_fit"]
+    devices = sorted(next(iter(fit["profiles"].values())).keys()) if fit["profiles"] else []
+    lines += ["", "## Device fit (racmkd profile; latency and energy estimated)", "", "| tier | " + " | ".join(devices) + " |", "|---|" + "---|" * len(devices)]
+    for tier, per in fit["profiles"].items():
+        cells = [f"{'fits' if p['fits'] else '**no**'}: {p['estimated_latency_ms']:.3f} ms, RAM {p['ram_bytes'] / 1024:.0f} KB" for _, p in sorted(per.items())]
+        lines.append(f"| {tier} | " + " | ".join(cells) + " |")
+    lm = fit["latency_model"]
+    lines += ["", f"Latency model fitted here ({lm['points']} synthetic graphs): t_op {lm['seconds_per_op'] * 1e6:.2f} us, eta_f {lm['flops_efficiency']:.2f}, eta_b {lm['bandwidth_efficiency']:.2f}, median relative error {lm['fit_relative_error']:.1%}."]
+    lines += ["", "## Targets", "", "| target | measured | reached |", "|---|---|---|"]
+    for t in result["targets"]:
+        lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['reached'] else '**no**'} |")
+    lines += ["", "![compression](compression.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, name, goal in ((axes[0], "visual", 15), (axes[1], "audio", 12)):
+        rows = result[name]
+        key = "weights_ratio" if name == "visual" else "path_ratio"
+        ax.bar([r["tier"] for r in rows], [r[key] for r in rows], color=["tab:green" if r["reached"] else "tab:orange" for r in rows])
+        for i, r in enumerate(rows):
+            ax.annotate(f"{r['accuracy_loss'] * 100:+.2f} pt", (i, r[key]), ha="center", va="bottom", fontsize=8)
+        ax.axhline(goal, color="black", linestyle="--", linewidth=1, label=f"target {goal}x")
+        ax.set_title(f"{name} {'encoder' if name == 'visual' else 'path'}: compression ratio (label: accuracy loss)")
+        ax.set_ylabel("ratio")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
+    parser.add_argument("--run", type=Path, default=None, help="an existing run with compressed tiers (default: make runs/bench-compression)")
+    parser.add_argument("--runs-dir", type=Path, default=REPO / "runs")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--quick", action="store_true", help="the smoke config: minutes, figures meaningless")
+    args = parser.parse_args()
+    if args.quick:
+        args.config, args.runs_dir = REPO / "configs" / "smoke.yaml", args.runs_dir / "quick"
+    run_dir = ensure_run(args.config, args.run, args.runs_dir).resolve()
+    report = json.loads((run_dir / "report.json").read_text())
+    tiers = [t for t in TIERS if t in report["models"]]
+    rows = []
+    for tier in tiers:
+        entry = report["models"].get(f"{tier}_compressed")
+        if entry is None:
+            continue
+        manifest = json.loads((run_dir / "compressed" / tier / "compression.json").read_text())
+        c = manifest["candidates"]
+        rows.append({"tier": tier, "format": entry["format"], "bytes_deployable": entry["bytes_deployable"], "compression_ratio": entry["compression_ratio"], "accuracy": entry["accuracy"], "student_accuracy": report["models"][tier]["accuracy"], "fp32_p50": c["fp32"]["latency_ms"]["p50"], **({"int8_p50": c["int8"]["latency_ms"]["p50"]} if "int8" in c else {}), "reason": entry["artifact_reason"]})
+    result: dict[str, Any] = {"commit": git_commit(), "machine": machine(), "run": run_dir.name, "protocol": report["protocol"], "tiers": rows}
+    for name in EXPERIMENTS:
+        result[name] = modality_experiment(run_dir, name, tiers)
+    result["device_fit"] = device_fit(run_dir, tiers)
+    targets = []
+    for name in EXPERIMENTS:
+        for r in result[name]:
+            key = "weights_ratio" if name == "visual" else "path_ratio"
+            targets.append({"target": f"{r['tier']}: {r['target']}", "measured": f"{r[key]:.1f}x, {r['accuracy_loss'] * 100:+.2f} pt", "reached": r["reached"]})
+    for t in result["device_fit"]["targets"]:
+        measured = f"ROM {t.get('rom_bytes', 0):,} B, RAM {t.get('ram_bytes', 0):,} B" + (f", {t['estimated_latency_ms']:.3f} ms" if "estimated_latency_ms" in t else "")
+        targets.append({"target": t["target"], "measured": measured, "reached": t["reached"]})
+    for row in rows:
+        targets.append({"target": f"{row['tier']}: a compressed row in report.json", "measured": f"{row['format']}, {row['compression_ratio']:.1f}x", "reached": True})
+    result["targets"] = targets
+    stem = "compression-quick" if args.quick else "compression"
+    write_results(args.out, stem, result, render(result).replace("compression.png", f"{stem}.png"), lambda path: plot(result, path))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""What every benchmark script does last: write its JSON, plot and markdown into benchmarks/results/."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from racmkd.utils import atomic_write_json, atomic_write_text
+
+
+def write_results(out: Path, stem: str, result: dict[str, Any], markdown: str, plot: Callable[[Path], None]) -> None:
+    """<out>/<stem>.json, <stem>.png and <stem>.md (the markdown links the PNG by that name); prints the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{stem}.json", result)
+    plot(out / f"{stem}.png")
+    atomic_write_text(out / f"{stem}.md", markdown)
+    print(markdown)

@@ -1,0 +1,275 @@
+"""ONNX export of a racmkd model, with its preprocessing contract, and parity against PyTorch.
+
+An exported model takes one input per modality, named after it, in the shape its spec gives
+(batch first, dynamic), and returns `logits`. BatchNorm is folded into the convolutions before
+export. The model's metadata (`racmkd.contract`) holds what a runtime must do to raw inputs
+(`Modality.contract`): crop and resize for images, the log-mel parameters for audio.
+
+The exporter is chosen explicitly: `dynamo=True` (torch.export + onnxscript), opset 18.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+import warnings
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from racmkd.config import to_dict
+from racmkd.data.dataset import PairedDataset
+from racmkd.data.modalities import Modality
+from racmkd.models.inference import BatchFeatures
+from racmkd.models.multimodal import MultimodalNet
+from racmkd.utils import atomic_write_bytes
+
+OPSET = 18
+CONTRACT_KEY = "racmkd.contract"
+CONTRACT_FORMAT = "racmkd-onnx/1"
+
+
+class ExportError(RuntimeError):
+    """A model could not be exported, or a file is not a racmkd ONNX model; the message names the file."""
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of an eval-mode model with every Conv -> BatchNorm pair of a conv-BN-ReLU block fused
+    into one convolution with a bias (what an edge runtime executes anyway)."""
+    folded = copy.deepcopy(model).eval()
+    for block in folded.modules():
+        if isinstance(block, nn.Sequential) and len(block) >= 2 and isinstance(block[0], nn.Conv2d) and isinstance(block[1], nn.BatchNorm2d) and block[1].affine:
+            block[0] = fuse_conv_bn_eval(block[0], block[1])
+            block[1] = nn.Identity()
+    return folded
+
+
+class InputGraph(nn.Module):
+    """The model specialised for one set of present inputs, taken positionally (one per modality):
+    the same function as `model({m: x for m in present})`, with the presence mask and the zero
+    embeddings of absent modalities folded into the first layer after the concat (their
+    contribution is a constant). What remains is encoders -> concat -> [project -> ReLU] ->
+    classifier: no shape arithmetic for a device to run or store."""
+
+    def __init__(self, model: MultimodalNet, present: list[str]) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict({m: model.encoders[m] for m in present})  # keeps the `encoders.<modality>` weight names
+        widths = {m: e.embed_dim for m, e in model.encoders.items()}
+        starts = dict(zip(widths, [sum(list(widths.values())[:i]) for i in range(len(widths))]))
+        columns = torch.cat([torch.arange(starts[m], starts[m] + widths[m]) for m in present])
+        order = list(model.encoders)
+        presence = model.fusion.presence.weight[:, [order.index(m) for m in present]].sum(dim=1).detach()  # (D,)
+        first = model.fusion.project if isinstance(model.fusion.project, nn.Linear) else model.classifier
+        folded = nn.Linear(len(columns), first.out_features)
+        with torch.no_grad():
+            folded.weight.copy_(first.weight[:, columns])
+            bias = first.bias if first.bias is not None else torch.zeros(first.out_features)
+            # A student's classifier reads joint + presence: W (joint + p) + b = W joint + (W p + b).
+            folded.bias.copy_(bias + (presence if first is model.fusion.project else first.weight @ presence))
+        if first is model.fusion.project:
+            self.head = nn.Sequential(folded, nn.ReLU(), model.classifier)
+        else:
+            self.head = folded
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([encoder(x) for encoder, x in zip(self.encoders.values(), inputs)], dim=1))
+
+
+def contract(model_name: str, specs: dict[str, Any], modalities: dict[str, Modality], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The preprocessing contract written into an exported model."""
+    return {
+        "format": CONTRACT_FORMAT,
+        "model": model_name,
+        "inputs": {m: {"modality": m, **modalities[m].contract(specs[m])} for m in specs},
+        "outputs": {"logits": "(batch, classes) float32; softmax gives the class probabilities"},
+        **(extra or {}),
+    }
+
+
+def strip_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop what the exporter records for debugging (stack traces in node metadata, doc strings,
+    intermediate shapes): bytes a device would store for nothing."""
+    for node in model.graph.node:
+        node.ClearField("metadata_props")
+        node.doc_string = ""
+    model.graph.ClearField("value_info")
+    model.graph.doc_string = ""
+    return model
+
+
+def module_weight_bytes(model: onnx.ModelProto) -> dict[str, int]:
+    """Initializer bytes per top-level module (`encoders.image`, `encoders.audio`, `fusion`,
+    `classifier`, ...), read off the exporter's tensor names (quantization scales included)."""
+    totals: dict[str, int] = {}
+    for init in model.graph.initializer:
+        parts = init.name.removeprefix("model.").split(".")
+        key = ".".join(parts[:2]) if parts[0] == "encoders" and len(parts) > 2 else parts[0] if len(parts) > 1 else "other"
+        totals[key] = totals.get(key, 0) + onnx.numpy_helper.to_array(init).nbytes
+    return totals
+
+
+def compact_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rename every tensor but the graph's inputs and outputs to a short id and drop node names and
+    intermediate shapes: the same graph, without the bytes an exporter's descriptive names cost
+    (a QDQ graph of a tiny student is mostly names)."""
+    keep = {v.name for v in [*model.graph.input, *model.graph.output]}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in names:
+            names[name] = format(len(names), "x")
+        return names[name]
+
+    for init in model.graph.initializer:
+        init.name = short(init.name)
+    for node in model.graph.node:
+        node.name = ""
+        for i, name in enumerate(node.input):
+            node.input[i] = short(name)
+        for i, name in enumerate(node.output):
+            node.output[i] = short(name)
+    model.graph.ClearField("value_info")
+    return model
+
+
+def compact_file(path: Path) -> dict[str, int]:
+    """Compact an exported model's names in place (atomically); returns its weight bytes per module,
+    read before the names go."""
+    model = onnx.load(path)
+    by_module = module_weight_bytes(model)
+    atomic_write_bytes(path, compact_names(model).SerializeToString())
+    return by_module
+
+
+def export_onnx(model: MultimodalNet, specs: dict[str, Any], modalities: dict[str, Modality], path: Path, name: str = "model", present: list[str] | None = None, extra_meta: dict[str, Any] | None = None) -> Path:
+    """Write `model` (BatchNorm folded) to `path` as ONNX with its contract; `present` exports the
+    graph for a subset of its modalities (the runtime's variants with a sensor off)."""
+    present = list(present or specs)
+    unknown = set(present) - set(specs)
+    if unknown:
+        raise ExportError(f"{path}: cannot export inputs {sorted(unknown)}; the model uses {list(specs)}")
+    wrapper = InputGraph(fold_batchnorm(model), present).eval()
+    example = tuple(torch.zeros(1, *modalities[m].feature_shape(specs[m])) for m in present)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # it warns about every torchvision operator it cannot register
+    try:
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), redirect_stdout(StringIO()):
+            warnings.simplefilter("ignore")
+            raw = Path(tmp) / "model.onnx"
+            torch.onnx.export(wrapper, example, raw, input_names=present, output_names=["logits"], opset_version=OPSET, dynamo=True, external_data=False, dynamic_shapes=(tuple({0: batch} for _ in present),), optimize=True)
+            proto = strip_debug_info(onnx.load(raw))
+    except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
+        raise ExportError(f"{path}: ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+    finally:
+        exporter_log.setLevel(level)
+    used = {m: specs[m] for m in present}
+    meta = contract(name, used, modalities, extra_meta)
+    set_metadata(proto, {CONTRACT_KEY: json.dumps(meta)})
+    onnx.checker.check_model(proto)
+    atomic_write_bytes(path, proto.SerializeToString())
+    return path
+
+
+def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    """Set (or replace) metadata_props entries."""
+    kept = [p for p in model.metadata_props if p.key not in values]
+    model.ClearField("metadata_props")
+    for p in kept:
+        model.metadata_props.add(key=p.key, value=p.value)
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def read_contract(path: Path) -> dict[str, Any]:
+    """The contract of an exported racmkd model; a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such file")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf raises DecodeError and others
+        raise ExportError(f"{path}: not an ONNX model ({type(err).__name__}). Export one with `racmkd export`.") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    if CONTRACT_KEY not in meta:
+        raise ExportError(f"{path}: an ONNX model without a racmkd contract (metadata {CONTRACT_KEY!r}); export it with `racmkd export`")
+    return json.loads(meta[CONTRACT_KEY])
+
+
+def specs_from_contract(contract_: dict[str, Any], modalities: dict[str, Modality]) -> dict[str, Any]:
+    """The feature specs of an exported model's inputs, as Modality objects understand them."""
+    return {m: modalities[m].spec_from_dict(entry["spec"]) for m, entry in contract_["inputs"].items()}
+
+
+def session(path: Path | bytes, threads: int = 1) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session on `threads` threads, all graph optimisations on."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    source = str(path) if isinstance(path, Path) else path
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ExportError(f"{path if isinstance(path, Path) else 'model'}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from None
+
+
+def onnx_logits(sess: ort.InferenceSession, specs: dict[str, Any], dataset: PairedDataset, split: str, limit: int = 0, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, K) of an ONNX session on a split (fixed corruption draws) and the labels (N,)."""
+    names = [i.name for i in sess.get_inputs()]
+    outputs, labels = [], []
+    for rows in dataset.batches(split, batch_size, limit=limit):
+        features = BatchFeatures(dataset.modalities, dataset.raw_batch(split, rows)).get({m: specs[m] for m in names})
+        outputs.append(sess.run(["logits"], {m: features[m].numpy() for m in names})[0])
+        labels.append(dataset.splits[split].labels[rows].numpy())
+    return np.concatenate(outputs), np.concatenate(labels)
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How closely one model's outputs follow a reference's on the same samples."""
+
+    samples: int
+    argmax_agreement: float
+    max_abs_logit_diff: float
+    accuracy: float
+    reference_accuracy: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return to_dict(self)  # type: ignore[no-any-return]
+
+
+def parity(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> Parity:
+    """Argmax agreement and largest logit difference of `logits` against `reference`."""
+    return Parity(
+        samples=len(labels),
+        argmax_agreement=float((logits.argmax(1) == reference.argmax(1)).mean()),
+        max_abs_logit_diff=float(np.abs(logits - reference).max()),
+        accuracy=float((logits.argmax(1) == labels).mean()),
+        reference_accuracy=float((reference.argmax(1) == labels).mean()),
+    )
+
+
+def torch_logits(model: MultimodalNet, specs: dict[str, Any], dataset: PairedDataset, split: str, present: list[str] | None = None, limit: int = 0) -> np.ndarray:
+    """PyTorch logits of `model` on a split, with only `present` modalities given (default: all)."""
+    from racmkd.models.inference import predict_split
+
+    withheld = tuple(m for m in specs if present is not None and m not in present)
+    (logits,), _ = predict_split(model, specs, dataset, split, limit=limit, withheld=(withheld,))
+    return logits.numpy()

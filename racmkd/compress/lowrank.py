@@ -1,0 +1,105 @@
+"""Low-rank factorisation of Linear and 1x1 convolution layers by truncated SVD.
+
+W (out x in) = U S V^T; keeping the r largest singular values gives the best rank-r approximation
+(Eckart-Young), stored as V' = sqrt(S_r) V_r^T (r x in) followed by U' = U_r sqrt(S_r) (out x r).
+A layer is factorised only where that is smaller: r (in + out) < in * out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from racmkd.models.lowrank import factorized, is_pointwise, replace_module
+from racmkd.models.multimodal import MultimodalNet
+
+
+@dataclass(frozen=True)
+class Factorisation:
+    """What happened to one layer."""
+
+    layer: str
+    shape: tuple[int, int]  # (out, in)
+    rank: int  # 0: left as it is
+    energy: float  # share of sum(s^2) the kept singular values hold
+    params_before: int
+    params_after: int
+
+
+def matrix_of(layer: nn.Module) -> torch.Tensor:
+    """The (out, in) matrix of a Linear or 1x1 convolution."""
+    return layer.weight.detach().reshape(layer.weight.shape[0], -1)
+
+
+def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
+    """The smallest rank whose singular values hold `energy` of sum(s^2)."""
+    share = torch.cumsum(singular_values**2, 0) / (singular_values**2).sum().clamp_min(1e-30)
+    return int(torch.searchsorted(share, torch.tensor(energy, dtype=share.dtype)).item()) + 1
+
+
+def factorise(layer: nn.Module, rank: int) -> nn.Sequential:
+    """The rank-`rank` truncated-SVD stand-in of a Linear or 1x1 convolution."""
+    w = matrix_of(layer).double()
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    root = s[:rank].sqrt()
+    first, second = (vh[:rank] * root[:, None]).float(), (u[:, :rank] * root[None, :]).float()
+    pair = factorized(layer, rank)
+    with torch.no_grad():
+        pair[0].weight.copy_(first.reshape(pair[0].weight.shape))
+        pair[1].weight.copy_(second.reshape(pair[1].weight.shape))
+        if layer.bias is not None:
+            pair[1].bias.copy_(layer.bias)
+    return pair
+
+
+def candidate_layers(model: MultimodalNet, include_classifier: bool = False) -> dict[str, nn.Module]:
+    """The student's pointwise convolutions (and optionally its classifier)."""
+    found = {name: m for name, m in model.named_modules() if is_pointwise(m)}
+    if include_classifier:
+        found["classifier"] = model.classifier
+    return found
+
+
+def lowrank_model(model: MultimodalNet, energy: float = 0.95, budget_bytes: int = 0, include_classifier: bool = False) -> tuple[MultimodalNet, list[Factorisation]]:
+    """Factorise the model's pointwise layers (in place). With `energy`, each layer keeps the rank that
+    holds that share of its spectrum; with `budget_bytes`, the energy is lowered step by step until the
+    fp32 parameters fit. Ranks are recorded in the model's `arch` (checkpoints rebuild it)."""
+    if not 0 < energy <= 1:
+        raise ValueError(f"lowrank energy must be in (0, 1], got {energy}")
+    layers = candidate_layers(model, include_classifier)
+    spectra = {name: torch.linalg.svdvals(matrix_of(layer).double()) for name, layer in layers.items()}
+
+    def plan(e: float) -> dict[str, int]:
+        ranks = {}
+        for name, layer in layers.items():
+            out_dim, in_dim = matrix_of(layer).shape
+            r = rank_for_energy(spectra[name], e)
+            if r * (in_dim + out_dim) < in_dim * out_dim:
+                ranks[name] = r
+        return ranks
+
+    def size(ranks: dict[str, int]) -> int:
+        saved = sum(matrix_of(layers[n]).numel() - r * sum(matrix_of(layers[n]).shape) for n, r in ranks.items())
+        return 4 * (sum(p.numel() for p in model.parameters()) - saved)
+
+    ranks = plan(energy)
+    if budget_bytes:
+        e = energy
+        while size(ranks) > budget_bytes and e > 0.05:
+            e -= 0.01
+            ranks = plan(e)
+        if size(ranks) > budget_bytes:
+            raise ValueError(f"low-rank factorisation cannot bring this model to {budget_bytes} bytes (smallest: {size(ranks)})")
+    report = []
+    for name, layer in layers.items():
+        out_dim, in_dim = matrix_of(layer).shape
+        rank = ranks.get(name, 0)
+        s2 = spectra[name] ** 2
+        kept = float(s2[:rank].sum() / s2.sum().clamp_min(1e-30)) if rank else 1.0
+        report.append(Factorisation(name, (out_dim, in_dim), rank, kept, in_dim * out_dim, rank * (in_dim + out_dim) if rank else in_dim * out_dim))
+        if rank:
+            replace_module(model, name, factorise(layer, rank))
+    model.arch = {**model.arch, "lowrank": {**model.arch.get("lowrank", {}), **ranks}}
+    return model, report

@@ -1,0 +1,101 @@
+"""Structured channel pruning of a student with torch-pruning.
+
+torch-pruning traces the network into a dependency graph, so removing an output channel of one
+convolution also removes what depends on it: the following BatchNorm, the depthwise convolution
+that reads it (groups shrink with it), the matching slice of the fusion concat, the presence map
+and the classifier's input column. The classifier's outputs (the classes) are protected. After
+pruning, the encoders' layer plans are written into the model's `arch`, so checkpoints rebuild it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from racmkd.models.multimodal import MultimodalNet, pin_structure
+
+
+def example_inputs(model: MultimodalNet) -> dict[str, torch.Tensor]:
+    """Random inputs of batch 2 in the model's input shapes (for tracing)."""
+    return {m: torch.randn(2, *spec["shape"]) for m, spec in model.arch["kwargs"]["inputs"].items()}
+
+
+def _forward(model: nn.Module, inputs: Any) -> torch.Tensor:
+    return model(inputs[0] if isinstance(inputs, (tuple, list)) else inputs)
+
+
+def prunable_channels(model: MultimodalNet) -> int:
+    """Output channels of the encoders' dense convolutions (stem and pointwise): what pruning removes."""
+    return sum(sum(e.structure()["channels"]) for e in model.encoders.values())
+
+
+MAX_RATIO = 0.95  # the most a layer's channels are cut
+
+IMPORTANCES = {
+    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "bn": lambda: tp.importance.BNScaleImportance(),
+}
+
+
+def prune_encoders(model: MultimodalNet, ratios: dict[str, float] | float, importance: str = "l2") -> MultimodalNet:
+    """Remove a share of the output channels of every layer of each encoder (in place): `ratios`
+    per modality (or one for all), least important channels first, at least one kept per layer.
+    Returns the model with its structure pinned."""
+    if not isinstance(ratios, dict):
+        ratios = {m: float(ratios) for m in model.encoders}
+    unknown = set(ratios) - set(model.encoders)
+    if unknown:
+        raise ValueError(f"pruning ratios for {sorted(unknown)}, which this model has no encoder for ({list(model.encoders)})")
+    for m, r in ratios.items():
+        if not 0.0 <= r <= MAX_RATIO:
+            raise ValueError(f"prune ratio for {m} must be in [0, {MAX_RATIO}], got {r}")
+    if importance not in IMPORTANCES:
+        raise ValueError(f"unknown pruning importance {importance!r}; choose {', '.join(IMPORTANCES)}")
+    active = {model.encoders[m]: r for m, r in ratios.items() if r > 0}
+    if not active:
+        return model
+    was_training = model.training
+    model.eval()
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example_inputs=(example_inputs(model),),
+        importance=IMPORTANCES[importance](),
+        pruning_ratio=0.0,
+        pruning_ratio_dict=active,
+        ignored_layers=[model.classifier],
+        root_module_types=[nn.Conv2d],  # groups start at encoder layers; the fusion and classifier follow them
+        forward_fn=_forward,
+    )
+    pruner.step()
+    model.arch = pin_structure(model)
+    return model.train(was_training)
+
+
+def ratio_for_bytes(model: MultimodalNet, target_bytes: int, tolerance: float = 0.01) -> float:
+    """The channel ratio that brings the model's fp32 parameter bytes to about `target_bytes`
+    (found by bisection on copies, up to a ratio of 0.95, past which torch-pruning leaves layers
+    whole rather than empty); raises when even that cannot."""
+    import copy
+
+    def size_after(ratio: float) -> int:
+        trial = prune_encoders(copy.deepcopy(model), ratio)
+        return 4 * sum(p.numel() for p in trial.parameters())
+
+    current = 4 * sum(p.numel() for p in model.parameters())
+    if current <= target_bytes:
+        return 0.0
+    smallest = size_after(MAX_RATIO)
+    if smallest > target_bytes:
+        raise ValueError(f"pruning cannot bring this model to {target_bytes} bytes: with {MAX_RATIO:.0%} of its channels removed it still takes {smallest}")
+    low, high = 0.0, MAX_RATIO
+    while high - low > tolerance:
+        mid = (low + high) / 2
+        if size_after(mid) > target_bytes:
+            low = mid
+        else:
+            high = mid
+    return high

@@ -1,0 +1,259 @@
+"""int8 quantization: post-training static quantization through ONNX Runtime, quantization-aware
+fine-tuning in PyTorch, and mixed precision chosen from measured per-layer sensitivity.
+
+The deployed arithmetic is always ONNX Runtime's QDQ format: signed int8 weights (symmetric, one
+scale per output channel) and signed int8 activations (one scale and zero point per tensor, from
+min-max calibration on training samples), around every Conv, Gemm and MatMul; the rest of the graph
+stays float. Quantization-aware training (QAT) fine-tunes the float weights while the forward pass
+rounds weights and layer inputs the same way (fake quantization with a straight-through gradient),
+then goes through the same ONNX Runtime path: its per-channel weight scales (max |w| / 127) are the
+ones QAT trained under. torch.ao.quantization is deprecated, so nothing here builds on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from torch import nn
+from torch.nn.utils import parametrize
+
+from racmkd.compress.export import CONTRACT_KEY, read_contract, session, set_metadata
+from racmkd.data.dataset import PairedDataset
+from racmkd.models.inference import BatchFeatures
+from racmkd.utils import atomic_write_bytes
+
+QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]  # the layers that carry weights and nearly all the arithmetic
+
+
+# Calibration data ----------------------------------------------------------------------------------
+
+
+def calibration_inputs(dataset: PairedDataset, specs: dict[str, Any], samples: int, split: str = "train") -> dict[str, np.ndarray]:
+    """Model inputs of the first `samples` samples of a split (fixed corruption draws, no augmentation)."""
+    rows = torch.arange(min(samples, len(dataset.splits[split])))
+    features = BatchFeatures(dataset.modalities, dataset.raw_batch(split, rows)).get(specs)
+    return {m: x.numpy() for m, x in features.items()}
+
+
+class _Feeder(CalibrationDataReader):
+    """Feeds ONNX Runtime's calibrator batches of the calibration inputs."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], names: list[str], batch: int = 64) -> None:
+        n = len(next(iter(inputs.values())))
+        self._batches = iter([{m: inputs[m][i : i + batch] for m in names} for i in range(0, n, batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+# Post-training static quantization -----------------------------------------------------------------
+
+
+def preprocess(fp32_path: Path, out_path: Path) -> Path:
+    """ONNX Runtime's recommended step before quantization (shape inference, graph optimisation)."""
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    return out_path
+
+
+def quantizable_nodes(model_path: Path) -> list[onnx.NodeProto]:
+    """The nodes static quantization acts on, in graph order."""
+    return [n for n in onnx.load(model_path).graph.node if n.op_type in QUANTIZED_OPS]
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.ndarray], keep_float: list[str] | tuple[str, ...] = (), only: list[str] | None = None) -> Path:
+    """Static QDQ int8 quantization of an exported model; `keep_float` names layers (nodes of the
+    pre-processed graph) left in fp32, `only` quantizes just these. Keeps the racmkd contract, adds
+    the precision of every layer to it."""
+    contract = read_contract(fp32_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
+        names = [i.name for i in onnx.load(pre).graph.input]
+        layers = [n.name for n in quantizable_nodes(pre)]
+        unknown = set(keep_float) - set(layers)
+        if unknown:
+            raise ValueError(f"{fp32_path}: no quantizable layers named {sorted(unknown)}; it has {layers}")
+        quantized = Path(tmp) / "int8.onnx"
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantizer logs per-tensor notes on the root logger
+        try:
+            quantize_static(
+                str(pre), str(quantized), _Feeder(calibration, names), quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS, per_channel=True,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(keep_float), nodes_to_quantize=only,
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
+        finally:
+            root.setLevel(level)
+        model = onnx.load(quantized)
+    precision = {n: ("int8" if (only is None or n in only) and n not in keep_float else "fp32") for n in layers}
+    set_metadata(model, {CONTRACT_KEY: _json({**contract, "precision": "int8" if not keep_float and only is None else "mixed", "layer_precision": precision})})
+    atomic_write_bytes(out_path, model.SerializeToString())
+    return out_path
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj)
+
+
+# Mixed precision ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """What quantizing one layer alone does to the model's outputs."""
+
+    layer: str
+    op: str
+    weights: int  # weight elements
+    kl: float  # mean KL(p_fp32 || p_layer_int8) over the evaluation samples
+    accuracy_change: float
+    bytes_fp32: int
+    bytes_int8: int
+
+
+def weight_elements(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
+    """(weight elements, output channels) of each quantizable node's weight initializer."""
+    init = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type in QUANTIZED_OPS and len(node.input) > 1 and node.input[1] in init:
+            dims = init[node.input[1]]
+            out[node.name] = (int(np.prod(dims)), int(dims[0]) if dims else 1)
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def mean_kl(reference_logits: np.ndarray, logits: np.ndarray) -> float:
+    """Mean KL(softmax(reference) || softmax(logits)) over samples."""
+    p, q = softmax(reference_logits.astype(np.float64)), softmax(logits.astype(np.float64))
+    return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
+
+
+def layer_sensitivity(fp32_path: Path, calibration: dict[str, np.ndarray], evaluation: dict[str, np.ndarray], labels: np.ndarray) -> list[LayerSensitivity]:
+    """Quantize each layer alone and measure the change of the outputs on `evaluation` samples."""
+    reference = session(Path(fp32_path)).run(["logits"], evaluation)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
+        sizes = weight_elements(onnx.load(pre))
+        rows = []
+        for node in quantizable_nodes(pre):
+            one = quantize_int8(fp32_path, Path(tmp) / "one.onnx", calibration, only=[node.name])
+            logits = session(one).run(["logits"], evaluation)[0]
+            elements, channels = sizes.get(node.name, (0, 1))
+            rows.append(
+                LayerSensitivity(
+                    node.name, node.op_type, elements, mean_kl(reference, logits),
+                    float((logits.argmax(1) == labels).mean() - (reference.argmax(1) == labels).mean()),
+                    4 * elements, elements + 5 * channels,  # int8 weights + a float scale and an int8 zero point per channel
+                )
+            )
+    return rows
+
+
+def choose_mixed_precision(sensitivity: list[LayerSensitivity], budget_bytes: int) -> tuple[list[str], int]:
+    """Layers kept in fp32, most sensitive first (by KL per extra byte), while the weights fit
+    `budget_bytes`; returns them and the resulting weight bytes."""
+    total = sum(s.bytes_int8 for s in sensitivity)
+    if total > budget_bytes:
+        raise ValueError(f"mixed precision: even all-int8 weights take {total} bytes, more than the budget of {budget_bytes}")
+    kept = []
+    for s in sorted(sensitivity, key=lambda s: s.kl / max(s.bytes_fp32 - s.bytes_int8, 1), reverse=True):
+        extra = s.bytes_fp32 - s.bytes_int8
+        if s.kl > 0 and total + extra <= budget_bytes:
+            kept.append(s.layer)
+            total += extra
+    return kept, total
+
+
+# Quantization-aware training -------------------------------------------------------------------------
+
+
+class _FakeQuantWeight(nn.Module):
+    """Parametrization: the weight as int8 would hold it, symmetric, one scale per output channel
+    (max |w| / 127), with a straight-through gradient."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        flat = weight.detach().reshape(weight.shape[0], -1)
+        scale = (flat.abs().amax(dim=1) / 127.0).clamp_min(1e-8)
+        zero = torch.zeros(weight.shape[0], dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -127, 127)
+
+
+class _FakeQuantInput:
+    """Forward pre-hook: the layer's input as int8 would hold it, one scale and zero point per
+    tensor, from a running min-max of what it has seen (as the calibrator will measure)."""
+
+    def __init__(self, momentum: float = 0.01) -> None:
+        self.low: float | None = None
+        self.high: float | None = None
+        self.momentum = momentum
+
+    def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        x = args[0]
+        if module.training or self.low is None:
+            low, high = float(x.detach().min()), float(x.detach().max())
+            if self.low is None:
+                self.low, self.high = low, high
+            else:
+                self.low += self.momentum * (low - self.low)
+                self.high += self.momentum * (high - self.high)
+        low, high = min(self.low, 0.0), max(self.high, 0.0)  # the range always holds 0 (exact zero padding)
+        scale = max((high - low) / 255.0, 1e-8)
+        zero_point = int(round(-128 - low / scale))
+        return (torch.fake_quantize_per_tensor_affine(x, scale, max(-128, min(127, zero_point)), -128, 127), *args[1:])
+
+
+def absorb_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold each conv-BN pair's scale into the convolution (in place), leaving the BatchNorm a frozen
+    bias (mean 0, variance 1 - eps, weight 1): the same function, and the same weights the exported,
+    folded graph will quantize, yet the same module structure, so checkpoints still load."""
+    for block in model.modules():
+        if isinstance(block, nn.Sequential) and len(block) >= 2 and isinstance(block[1], nn.BatchNorm2d) and block[1].affine:
+            conv = block[0][-1] if isinstance(block[0], nn.Sequential) else block[0]
+            bn = block[1]
+            with torch.no_grad():
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                conv.weight.mul_(scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+                bn.bias.copy_(bn.bias - bn.running_mean * scale)
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1.0 - bn.eps)
+                bn.weight.fill_(1.0)
+            bn.requires_grad_(False)
+    return model
+
+
+@contextmanager
+def fake_quantized(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, `model` computes with int8-rounded weights and layer inputs (BatchNorm
+    absorbed first); on exit the rounding is removed and the trained float weights stay."""
+    absorb_batchnorm(model)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad]
+    hooks = []
+    for layer in layers:
+        parametrize.register_parametrization(layer, "weight", _FakeQuantWeight())
+        hooks.append(layer.register_forward_pre_hook(_FakeQuantInput()))
+    try:
+        yield model
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for layer in layers:
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)

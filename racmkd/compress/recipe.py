@@ -1,0 +1,128 @@
+"""Compression recipes: registered steps chained from a values-only YAML file.
+
+    # configs/recipes/default.yaml
+    steps:
+      - prune: {ratio: 0.5, steps: 2}
+      - qat: {epochs: 1}
+      - export: {int8: static}
+
+Every step is measured before and after (params, fp32 bytes, FLOPs, validation accuracy, input
+values) and its own details are logged; the log, the artifacts and the chosen deployable model
+land in one folder. A recipe is checked whole before any step runs: an unknown step or option, a
+step order that would undo work, or a budget the model cannot reach is an error naming the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from racmkd.compress.inputs import input_values
+from racmkd.compress.steps import Context, Step, Subject, val_accuracy
+from racmkd.config import ConfigError, from_dict, read_yaml_mapping, to_dict
+from racmkd.eval.cost import count_flops
+from racmkd.registry import COMPRESSORS
+from racmkd.utils import progress
+
+REFINING = {"prune", "lowrank", "inputs", "bands", "distill"}  # steps that retrain float weights
+
+
+class RecipeError(ConfigError):
+    """A recipe file is malformed or cannot be applied; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated sequence of compression steps."""
+
+    source: str
+    steps: tuple[tuple[str, Step], ...]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{name: to_dict(step.options)} for name, step in self.steps]
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file."""
+    try:
+        data = read_yaml_mapping(path, "Name a recipe file; configs/recipes/ holds examples.")
+    except ConfigError as err:
+        raise RecipeError(str(err)) from None
+    return parse_recipe(data, str(path))
+
+
+def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
+    """Validate plain recipe values: {"steps": [{name: {options}} or name, ...]}."""
+    if not isinstance(data, dict) or set(data) != {"steps"} or not isinstance(data["steps"], list) or not data["steps"]:
+        raise RecipeError(f"{source}: expected a mapping with one key, steps, holding a non-empty list of steps")
+    steps = []
+    for i, entry in enumerate(data["steps"]):
+        if isinstance(entry, str):
+            entry = {entry: {}}
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise RecipeError(f"{source}: steps[{i}]: expected one step name with its options, e.g. `- prune: {{ratio: 0.5}}`")
+        (name, options), = entry.items()
+        if name not in COMPRESSORS:
+            close = difflib.get_close_matches(str(name), COMPRESSORS.names(), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise RecipeError(f"{source}: steps[{i}]: unknown step {name!r}.{hint} Known steps: {', '.join(COMPRESSORS.names())}")
+        step_cls = COMPRESSORS.get(name)
+        try:
+            steps.append((name, step_cls(from_dict(step_cls.options_type, options or {}, where=f"steps[{i}].{name}", source=source))))
+        except ConfigError as err:
+            raise RecipeError(str(err)) from None
+    names = [n for n, _ in steps]
+    if names.count("export") != 1 or names[-1] != "export":
+        raise RecipeError(f"{source}: a recipe ends with exactly one export step (it writes the deployable model); got {names}")
+    if "lowrank" in names and any(n == "prune" for n in names[names.index("lowrank") :]):
+        raise RecipeError(f"{source}: prune after lowrank would cut factorised layers; prune first, then factorise")
+    if "qat" in names and any(n in REFINING for n in names[names.index("qat") :]):
+        raise RecipeError(f"{source}: {[n for n in names[names.index('qat'):] if n in REFINING]} after qat would retrain the weights in float and undo it; put qat last before export")
+    return Recipe(source, tuple(steps))
+
+
+def measure(subject: Subject, ctx: Context) -> dict[str, Any]:
+    """What every step is judged by: size, arithmetic, inputs and validation accuracy."""
+    from racmkd.compress.prune import example_inputs
+
+    params = sum(p.numel() for p in subject.model.parameters())
+    one = {m: x[:1] for m, x in example_inputs(subject.model).items()}
+    return {
+        "params": params,
+        "param_bytes_fp32": 4 * params,
+        "flops": count_flops(subject.model.eval(), one),
+        "input_values": input_values(ctx.dataset.modalities, subject.specs),
+        "val_accuracy": val_accuracy(subject, ctx),
+    }
+
+
+def check_recipe(recipe: Recipe, subject: Subject, ctx: Context) -> None:
+    """Every step's own check, before anything runs."""
+    for i, (name, step) in enumerate(recipe.steps):
+        try:
+            step.check(subject, ctx)
+        except ValueError as err:
+            raise RecipeError(f"{recipe.source}: steps[{i}].{name}: {err}") from None
+
+
+def run_recipe(recipe: Recipe, subject: Subject, ctx: Context) -> list[dict[str, Any]]:
+    """Apply the steps in order; returns the step log (each with before, after, details, seconds)."""
+    check_recipe(recipe, subject, ctx)
+    log = []
+    state = measure(subject, ctx)
+    for name, step in progress(recipe.steps, desc=f"compress {subject.name}", leave=True):
+        started = time.perf_counter()
+        try:
+            details = step.apply(subject, ctx)
+        except ValueError as err:
+            raise RecipeError(f"{recipe.source}: step {name} on {subject.name}: {err}") from None
+        after = measure(subject, ctx)
+        if name == "export":
+            candidate = subject.manifest["candidates"][next(k for k, c in subject.manifest["candidates"].items() if c["path"] == subject.manifest["artifact"])]
+            after.update(bytes_deployable=candidate["bytes"], format=subject.manifest["format"], test_accuracy=candidate["parity"]["accuracy"])
+        log.append({"step": name, "options": to_dict(step.options), "before": state, "after": after, "details": details, "seconds": round(time.perf_counter() - started, 1)})
+        state = after
+    return log

@@ -1,0 +1,406 @@
+"""The compression steps a recipe chains, registered by name in COMPRESSORS.
+
+Each step has a frozen options dataclass (what the recipe YAML may set under its name) and an
+`apply` that changes the `Subject` (the student being compressed) and returns what it did. The
+recipe runner measures the subject before and after every step (params, bytes, FLOPs, validation
+accuracy), so a step only reports what is particular to it.
+
+    prune    structured channel pruning (torch-pruning), iterative, each round followed by distillation
+    lowrank  truncated-SVD factorisation of pointwise and linear layers
+    inputs   modality-specific input reduction (resolution, region of interest, mel bands, frames)
+    bands    band selection: keep the most informative mel bands
+    distill  distillation fine-tuning from the run's teachers
+    qat      quantization-aware distillation fine-tuning (int8 fake quantization)
+    export   ONNX fp32 and int8 (static or mixed precision), parity checks, the artifact chosen
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from racmkd.compress.export import compact_file, export_onnx, onnx_logits, parity, session, torch_logits
+from racmkd.compress.inputs import band_importance, most_informative, reduce_inputs
+from racmkd.compress.lowrank import lowrank_model
+from racmkd.compress.prune import MAX_RATIO, prune_encoders, ratio_for_bytes
+from racmkd.compress.quantize import calibration_inputs, choose_mixed_precision, fake_quantized, layer_sensitivity, quantize_int8
+from racmkd.config import RunConfig, TrainConfig
+from racmkd.data.dataset import PairedDataset
+from racmkd.distill.adaptive import ObjectiveWeights
+from racmkd.distill.trainer import Job, Teacher, attach_projection, train_jobs
+from racmkd.eval.cost import latency_round_robin
+from racmkd.models.multimodal import MultimodalNet
+from racmkd.registry import COMPRESSORS
+from racmkd.utils import torch_threads
+
+
+@dataclass
+class Subject:
+    """The student being compressed, as it moves through a recipe."""
+
+    name: str  # the tier
+    model: MultimodalNet
+    specs: dict[str, Any]
+    weights: ObjectiveWeights  # the tier's distillation objective (eq. 28), reused by every fine-tune
+    workdir: Path  # where artifacts are written (renamed into place when the recipe succeeds)
+    manifest: dict[str, Any] = field(default_factory=dict)  # what the export step chose
+
+
+@dataclass
+class Context:
+    """What every step may use: the run's config, data and teachers."""
+
+    cfg: RunConfig
+    dataset: PairedDataset
+    teachers: list[Teacher]
+    val_samples: int = 5000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """A distillation fine-tune from the run's teachers (the tier's own objective)."""
+
+    epochs: int = 1
+    samples: int = 0  # training samples per epoch; 0 = the whole training split
+    lr: float = 0.003
+
+
+def finetune(subject: Subject, ctx: Context, options: Finetune, desc: str) -> float:
+    """Distil the subject from the teachers; keeps its best validation epoch. Returns that accuracy."""
+    if options.epochs <= 0:
+        return float("nan")
+    base = ctx.cfg.students.train
+    train = TrainConfig(epochs=options.epochs, batch_size=base.batch_size, lr=options.lr, weight_decay=base.weight_decay, modality_dropout=base.modality_dropout, precision="fp32", mixup=base.mixup)
+    job = Job(subject.name, subject.model, subject.specs, train, subject.weights, ctx.cfg.distill)
+    attach_projection(job, ctx.teachers[0].model)
+    ctx.seed += 1
+    with torch_threads(ctx.cfg.threads):
+        train_jobs(ctx.dataset, [job], options.epochs, train.batch_size, ctx.cfg.seed + 1000 + ctx.seed, ctx.teachers, samples_per_epoch=options.samples, val_limit=ctx.val_samples, augment=ctx.cfg.data.augment, teacher_precision=ctx.cfg.teacher.fused.precision, desc=desc)
+    return job.best_accuracy
+
+
+def val_accuracy(subject: Subject, ctx: Context) -> float:
+    """The subject's accuracy on (the first `ctx.val_samples` of) the validation split."""
+    logits = torch_logits(subject.model, subject.specs, ctx.dataset, "val", limit=ctx.val_samples)
+    labels = ctx.dataset.splits["val"].labels[: len(logits)].numpy()
+    return float((logits.argmax(1) == labels).mean())
+
+
+class Step(ABC):
+    """One compression step; `options_type` is the dataclass its recipe entry fills."""
+
+    options_type: ClassVar[type]
+    changes_structure: ClassVar[bool] = False  # prunes or factorises layers
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    @abstractmethod
+    def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
+        """Change `subject`; return what was done (for the step log)."""
+
+    def check(self, subject: Subject, ctx: Context) -> None:
+        """Raise ValueError before anything runs when this step cannot succeed on `subject`."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options})"
+
+
+# Pruning ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """Remove `ratio` of the output channels of every encoder layer (a float, or one per modality),
+    or as many as bring the fp32 parameters to `target_bytes`, in `steps` rounds, each followed by a
+    distillation fine-tune; stop early when validation accuracy falls more than `max_drop` below
+    where it started (the last round within the bound is kept)."""
+
+    ratio: float | dict[str, float] = 0.5
+    target_bytes: int = 0
+    steps: int = 2
+    importance: str = "l2"  # l1 | l2 (group weight magnitude) | bn (BatchNorm scale)
+    max_drop: float = 0.02
+    finetune: Finetune = Finetune()
+
+
+@COMPRESSORS.register("prune")
+class Prune(Step):
+    options_type = PruneOptions
+    changes_structure = True
+
+    def ratios(self, subject: Subject) -> dict[str, float]:
+        o = self.options
+        if o.target_bytes:
+            r = ratio_for_bytes(subject.model, o.target_bytes)
+            return {m: r for m in subject.specs}
+        if isinstance(o.ratio, dict):
+            unknown = set(o.ratio) - set(subject.specs)
+            if unknown:
+                raise ValueError(f"prune: ratio for {sorted(unknown)}, which {subject.name} does not use (it uses {list(subject.specs)})")
+            return {m: float(o.ratio.get(m, 0.0)) for m in subject.specs}
+        return {m: float(o.ratio) for m in subject.specs}
+
+    def check(self, subject: Subject, ctx: Context) -> None:
+        if self.options.steps < 1:
+            raise ValueError("prune: steps must be at least 1")
+        for m, r in self.ratios(subject).items():
+            if not 0.0 <= r <= MAX_RATIO:
+                raise ValueError(f"prune: the ratio for {m} must be in [0, {MAX_RATIO}], got {r}")
+
+    def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
+        o = self.options
+        final = self.ratios(subject)
+        start = val_accuracy(subject, ctx)
+        rounds, kept_ratio = [], {m: 0.0 for m in final}
+        for k in range(1, o.steps + 1):
+            # Remove, of what is left, the share that brings the total to k/steps of the final ratio.
+            goal = {m: r * k / o.steps for m, r in final.items()}
+            step_ratio = {m: 1 - (1 - goal[m]) / (1 - kept_ratio[m]) for m in final}
+            backup = copy.deepcopy(subject.model)
+            prune_encoders(subject.model, step_ratio, o.importance)
+            accuracy = finetune(subject, ctx, o.finetune, f"{subject.name}: prune round {k}/{o.steps}")
+            accuracy = val_accuracy(subject, ctx) if np.isnan(accuracy) else accuracy
+            rounds.append({"round": k, "ratio": goal, "params": sum(p.numel() for p in subject.model.parameters()), "val_accuracy": accuracy})
+            if start - accuracy > o.max_drop:
+                subject.model = backup
+                rounds[-1]["kept"] = False
+                break
+            kept_ratio = goal
+            rounds[-1]["kept"] = True
+        return {"ratio": kept_ratio, "rounds": rounds, "stopped_early": len(rounds) < o.steps or not rounds[-1]["kept"]}
+
+
+# Low-rank factorisation ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LowRankOptions:
+    """Factorise pointwise (1x1) convolutions, and the classifier if asked, keeping `energy` of each
+    spectrum, or lowering it until the fp32 parameters fit `budget_bytes`; then fine-tune."""
+
+    energy: float = 0.95
+    budget_bytes: int = 0
+    include_classifier: bool = False
+    finetune: Finetune = Finetune(epochs=1, samples=12800)
+
+
+@COMPRESSORS.register("lowrank")
+class LowRank(Step):
+    options_type = LowRankOptions
+    changes_structure = True
+
+    def check(self, subject: Subject, ctx: Context) -> None:
+        if not 0 < self.options.energy <= 1:
+            raise ValueError(f"lowrank: energy must be in (0, 1], got {self.options.energy}")
+
+    def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
+        o = self.options
+        subject.model, report = lowrank_model(subject.model, o.energy, o.budget_bytes, o.include_classifier)
+        finetune(subject, ctx, o.finetune, f"{subject.name}: low-rank fine-tune")
+        return {"layers": [asdict(r) for r in report], "factorised": sum(1 for r in report if r.rank)}
+
+
+# Input-side compression ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputsOptions:
+    """Per modality, the input knobs to lower (`Modality.reductions`), e.g.
+    {image: {resolution: 12}, audio: {n_mels: 32, n_frames: 16}}; then fine-tune."""
+
+    reduce: dict[str, dict[str, Any]] = field(default_factory=dict)
+    finetune: Finetune = Finetune()
+
+
+@COMPRESSORS.register("inputs")
+class Inputs(Step):
+    options_type = InputsOptions
+
+    def check(self, subject: Subject, ctx: Context) -> None:
+        for m, knobs in self.options.reduce.items():
+            if m not in subject.specs:
+                raise ValueError(f"inputs: {subject.name} does not use {m} (it uses {list(subject.specs)})")
+            ctx.dataset.modalities[m].reduce(subject.specs[m], **knobs)  # raises on a bad knob or an enlargement
+
+    def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
+        before = {m: asdict(s) for m, s in subject.specs.items()}
+        subject.model, subject.specs = reduce_inputs(subject.model, subject.specs, ctx.dataset.modalities, self.options.reduce)
+        finetune(subject, ctx, self.options.finetune, f"{subject.name}: input reduction fine-tune")
+        return {"before": before, "after": {m: asdict(s) for m, s in subject.specs.items()}}
+
+
+@dataclass(frozen=True)
+class BandsOptions:
+    """Keep the `keep` most informative bands of a spectrogram input, or that `fraction` of them
+    (ranked by occlusion on `samples` validation samples); then fine-tune."""
+
+    modality: str = "audio"
+    keep: int = 0
+    fraction: float = 0.0
+    samples: int = 2000
+    finetune: Finetune = Finetune()
+
+
+@COMPRESSORS.register("bands")
+class Bands(Step):
+    options_type = BandsOptions
+
+    def bands_kept(self, height: int) -> int:
+        o = self.options
+        return o.keep if o.keep else max(1, round(o.fraction * height))
+
+    def check(self, subject: Subject, ctx: Context) -> None:
+        o = self.options
+        if o.modality not in subject.specs:
+            raise ValueError(f"bands: {subject.name} does not use {o.modality} (it uses {list(subject.specs)})")
+        if "bands" not in ctx.dataset.modalities[o.modality].reductions:
+            raise ValueError(f"bands: the {o.modality} modality has no band selection")
+        if bool(o.keep) == bool(o.fraction) or not 0 <= o.fraction <= 1:
+            raise ValueError(f"bands: set either keep (a count) or fraction (in (0, 1]), not both or neither; got keep={o.keep}, fraction={o.fraction}")
+        height = ctx.dataset.modalities[o.modality].feature_shape(subject.specs[o.modality])[1]
+        if not 1 <= self.bands_kept(height) <= height:
+            raise ValueError(f"bands: cannot keep {self.bands_kept(height)} of the {height} bands of {subject.name}'s {o.modality} input")
+
+    def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
+        o = self.options
+        spec = subject.specs[o.modality]
+        scores = band_importance(subject.model, subject.specs, ctx.dataset, o.modality, o.samples)
+        chosen = most_informative(scores, self.bands_kept(len(scores)))
+        current = list(spec.bands) or list(range(spec.n_mels))  # scores index the rows of the current input
+        bands = tuple(current[i] for i in chosen)
+        subject.model, subject.specs = reduce_inputs(subject.model, subject.specs, ctx.dataset.modalities, {o.modality: {"bands": bands}})
+        finetune(subject, ctx, o.finetune, f"{subject.name}: band selection fine-tune")
+        return {"scores": scores, "kept": list(bands)}
+
+
+# Fine-tuning --------------------------------------------------------------------------------------
+
+
+@COMPRESSORS.register("distill")
+class Distill(Step):
+    """A distillation fine-tune on its own (after a step that asked for none)."""
+
+    options_type = Finetune
+
+    def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
+        return {"best_val_accuracy": finetune(subject, ctx, self.options, f"{subject.name}: distill")}
+
+
+@dataclass(frozen=True)
+class QATOptions(Finetune):
+    """Quantization-aware distillation: fine-tune while weights and layer inputs are rounded to int8."""
+
+    lr: float = 0.001
+
+
+@COMPRESSORS.register("qat")
+class QAT(Step):
+    options_type = QATOptions
+
+    def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
+        with fake_quantized(subject.model):
+            accuracy = finetune(subject, ctx, self.options, f"{subject.name}: quantization-aware fine-tune")
+        subject.manifest["qat"] = True
+        return {"best_val_accuracy_fake_quantized": accuracy}
+
+
+# Export -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Export fp32 and int8 ONNX models and choose the tier's artifact.
+
+    `int8`: "static" (every Conv/Gemm int8), "mixed" (the most sensitive layers stay fp32 while the
+    weights fit `mixed_budget` x the all-int8 weight bytes) or "none". The int8 model is acceptable
+    when its argmax agrees with its own fp32 model on at least `min_agreement` of the test samples
+    and its accuracy is at most `max_accuracy_drop` below; of the acceptable artifacts, `prefer`
+    picks the faster (measured here: ONNX Runtime, batch 1, one thread) or the smaller."""
+
+    int8: str = "static"
+    calibration_samples: int = 512
+    sensitivity_samples: int = 1000
+    mixed_budget: float = 1.5
+    min_agreement: float = 0.99
+    max_accuracy_drop: float = 0.01
+    prefer: str = "faster"  # faster | smaller
+    latency_iters: int = 300
+
+
+@COMPRESSORS.register("export")
+class Export(Step):
+    options_type = ExportOptions
+
+    def check(self, subject: Subject, ctx: Context) -> None:
+        o = self.options
+        if o.int8 not in ("static", "mixed", "none"):
+            raise ValueError(f"export: int8 must be static, mixed or none, got {o.int8!r}")
+        if o.prefer not in ("faster", "smaller"):
+            raise ValueError(f"export: prefer must be faster or smaller, got {o.prefer!r}")
+        if o.int8 == "mixed" and o.mixed_budget < 1.0:
+            raise ValueError(f"export: mixed_budget {o.mixed_budget} is below the all-int8 size (1.0), an impossible budget")
+
+    def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
+        o = self.options
+        ds = ctx.dataset
+        fp32_path = export_onnx(subject.model, subject.specs, ds.modalities, subject.workdir / "fp32.onnx", name=f"{subject.name}_compressed", extra_meta={"precision": "fp32", "tier": subject.name})
+        reference = torch_logits(subject.model, subject.specs, ds, "test")
+        fp32_logits, labels = onnx_logits(session(fp32_path), subject.specs, ds, "test")
+        candidates = {"fp32": {"path": fp32_path, "format": "onnx-fp32", "parity": parity(fp32_logits, reference, labels).as_dict()}}
+        details: dict[str, Any] = {}
+        if o.int8 != "none":
+            calibration = calibration_inputs(ds, subject.specs, o.calibration_samples)
+            keep_float: list[str] = []
+            if o.int8 == "mixed":
+                evaluation = calibration_inputs(ds, subject.specs, o.sensitivity_samples, split="val")
+                val_labels = ds.splits["val"].labels[: o.sensitivity_samples].numpy()
+                sensitivity = layer_sensitivity(fp32_path, calibration, evaluation, val_labels)
+                budget = int(o.mixed_budget * sum(s.bytes_int8 for s in sensitivity))
+                keep_float, weight_bytes = choose_mixed_precision(sensitivity, budget)
+                details["mixed_precision"] = {"budget_bytes": budget, "weight_bytes": weight_bytes, "kept_fp32": keep_float, "layers": [asdict(s) for s in sensitivity]}
+            int8_path = quantize_int8(fp32_path, subject.workdir / "int8.onnx", calibration, keep_float=keep_float)
+            int8_logits, _ = onnx_logits(session(int8_path), subject.specs, ds, "test")
+            candidates["int8"] = {"path": int8_path, "format": "onnx-mixed" if keep_float else "onnx-int8", "parity": parity(int8_logits, fp32_logits, labels).as_dict()}
+        for c in candidates.values():  # names were needed to pick layers; the deployed files do without
+            c["weight_bytes_by_module"] = compact_file(c["path"])
+        sessions = {k: session(c["path"]) for k, c in candidates.items()}
+        one = {m: x[:1] for m, x in calibration_inputs(ds, subject.specs, 1, split="test").items()}
+        latency = latency_round_robin({k: (lambda s=s: s.run(["logits"], one)) for k, s in sessions.items()}, warmup=20, iters=o.latency_iters, rounds=3)
+        for key, c in candidates.items():
+            c["latency_ms"] = latency[key]
+            c["bytes"] = c["path"].stat().st_size
+        chosen, reason = choose_artifact(candidates, o)
+        subject.manifest.update(artifact=candidates[chosen]["path"].name, format=candidates[chosen]["format"], reason=reason, specs={m: asdict(s) for m, s in subject.specs.items()})
+        subject.manifest["candidates"] = {k: {kk: (vv.name if isinstance(vv, Path) else vv) for kk, vv in c.items()} for k, c in candidates.items()}
+        return {"chosen": chosen, "reason": reason, "candidates": subject.manifest["candidates"], **details}
+
+
+def choose_artifact(candidates: dict[str, dict[str, Any]], options: ExportOptions) -> tuple[str, str]:
+    """The artifact a tier deploys, and why: of those within the accuracy bound, the faster (or smaller)."""
+    notes = []
+    acceptable = ["fp32"]
+    if "int8" in candidates:
+        p = candidates["int8"]["parity"]
+        drop = p["reference_accuracy"] - p["accuracy"]
+        if p["argmax_agreement"] >= options.min_agreement and drop <= options.max_accuracy_drop:
+            acceptable.append("int8")
+        else:
+            notes.append(f"int8 misses the bound (agreement {p['argmax_agreement']:.4f} < {options.min_agreement} or accuracy drop {drop:+.4f} > {options.max_accuracy_drop})")
+    key = (lambda k: candidates[k]["latency_ms"]["p50"]) if options.prefer == "faster" else (lambda k: candidates[k]["bytes"])  # noqa: E731
+    chosen = min(acceptable, key=key)
+    if len(acceptable) > 1:
+        other = next(k for k in acceptable if k != chosen)
+        c, o = candidates[chosen], candidates[other]
+        notes.append(
+            f"{chosen} is {'faster' if options.prefer == 'faster' else 'smaller'}: p50 {c['latency_ms']['p50']:.3f} ms vs {o['latency_ms']['p50']:.3f} ms for {other}, "
+            f"{c['bytes']:,} vs {o['bytes']:,} bytes"
+        )
+    return chosen, "; ".join(notes) or "the only candidate"

@@ -1,0 +1,59 @@
+"""Device profiles: what a deployment target offers (memory, storage, arithmetic, bandwidth, power).
+
+Profiles are values-only YAML files in configs/devices/ (one per device, the sources of their
+figures cited in comments), read into the frozen `DeviceProfile` with every field required: a
+profile missing a field is an error naming the file and the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from racmkd.config import ConfigError, EnergyModel, from_dict, read_yaml_mapping
+
+DEVICES_DIR = Path(__file__).resolve().parents[2] / "configs" / "devices"
+KINDS = ("mcu", "sbc", "gpu-board", "server", "gpu-node")
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One deployment target. Arithmetic and bandwidth are what one inference thread can use."""
+
+    name: str
+    description: str
+    kind: str  # mcu | sbc | gpu-board | server | gpu-node
+    clock_mhz: float
+    ram_bytes: int  # memory available to the model: activations, runtime, and weights when weights_in is "ram"
+    rom_bytes: int  # storage for the model file (flash on an MCU)
+    weights_in: str  # "rom": executed in place from flash (MCU); "ram": loaded into memory
+    peak_gflops_fp32: float  # one thread's peak fp32 arithmetic, FLOP/s / 1e9
+    peak_gops_int8: float  # one thread's peak int8 arithmetic, op/s / 1e9
+    memory_gbps: float  # sustained memory bandwidth one thread sees, bytes/s / 1e9
+    runtime_overhead_bytes: int  # RAM the inference runtime itself takes (interpreter, arena bookkeeping)
+    energy: EnergyModel  # E = a * FLOPs + b * bytes moved + c * time, for this device
+    op_overhead_us: float = 0.0  # fixed cost per operator (a GPU's kernel launch); 0 = the host's measured dispatch cost, scaled by clock
+    latency_target_ms: float = 0.0  # a default latency target for verdicts; 0 = none
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"device {self.name}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.weights_in not in ("rom", "ram"):
+            raise ConfigError(f"device {self.name}: weights_in must be rom or ram, got {self.weights_in!r}")
+        for name in ("clock_mhz", "ram_bytes", "rom_bytes", "peak_gflops_fp32", "peak_gops_int8", "memory_gbps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"device {self.name}: {name} must be positive, got {getattr(self, name)}")
+
+
+def load_device(name_or_path: str | Path, devices_dir: Path = DEVICES_DIR) -> DeviceProfile:
+    """A profile by name (configs/devices/<name>.yaml) or by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = devices_dir / f"{name_or_path}.yaml"
+    data = read_yaml_mapping(path, f"Name a device profile; known devices: {', '.join(device_names(devices_dir)) or 'none'}.")
+    return from_dict(DeviceProfile, data, source=str(path))
+
+
+def device_names(devices_dir: Path = DEVICES_DIR) -> list[str]:
+    """The profiles shipped in configs/devices/."""
+    return sorted(p.stem for p in Path(devices_dir).glob("*.yaml"))

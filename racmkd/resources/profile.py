@@ -1,0 +1,375 @@
+"""Will this model fit that device, and how fast will it run there? Answered before deploying.
+
+For an exported ONNX model and a device profile:
+
+- ROM: the model file's bytes.
+- RAM: the peak of live activation tensors, from their lifetimes in the graph (a tensor is
+  allocated when its node runs and freed after its last reader), plus the weights when the device
+  loads them into RAM, plus the runtime's own overhead. In a QDQ (int8) graph an int8 runtime fuses
+  DequantizeLinear -> op -> QuantizeLinear into one int8 kernel, so the float tensors around it are
+  never stored: activations count at the width the runtime keeps them.
+- Latency (the seed's eq. 7): T = n_ops * t_op + FLOPs / (eta_f * P) + bytes / (eta_b * B), with
+  P and B the device's peak arithmetic and bandwidth. t_op (dispatch per operator), eta_f and
+  eta_b (the fractions of peak an inference runtime reaches) are fitted on this machine by timing
+  synthetic convolution graphs with ONNX Runtime, against this machine's own measured peak and
+  bandwidth, then carried over to the device (t_op scaled by clock).
+- Energy (the seed's eq. 18): E = a * FLOPs + b * bytes moved + c * T, the device's coefficients.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from racmkd.compress.export import read_contract, session
+from racmkd.eval.cost import estimated_energy_joules, latency_ms, percentiles
+from racmkd.resources.devices import DeviceProfile
+from racmkd.utils import atomic_write_json, progress
+
+COMPUTE_OPS = {"Conv", "Gemm", "MatMul", "ConvInteger", "QLinearConv", "QLinearMatMul", "MatMulInteger"}
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+# The graph -------------------------------------------------------------------------------------------
+
+
+def _with_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """A copy with every symbolic input dimension set to `batch`, shapes inferred through the graph."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for value in model.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") or dim.dim_value <= 0:
+                dim.ClearField("dim_param")
+                dim.dim_value = batch
+    return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+
+
+def _tensor_bytes(value: onnx.ValueInfoProto) -> int | None:
+    t = value.type.tensor_type
+    dims = [d.dim_value for d in t.shape.dim]
+    if not t.HasField("shape") or any(d <= 0 for d in dims):
+        return None
+    return int(np.prod(dims, dtype=np.int64)) * helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+
+
+@dataclass(frozen=True)
+class GraphCost:
+    """What an ONNX graph needs at batch 1."""
+
+    file_bytes: int
+    weight_bytes: int  # initializers
+    peak_activation_bytes: int  # live activations at the worst moment (inputs included)
+    activation_bytes_written: int  # every stored activation, once
+    flops: int  # 2 per multiply-add of Conv / Gemm / MatMul
+    int8_flops: int  # the part of `flops` done by layers quantized to int8
+    operators: int  # nodes a runtime dispatches (QDQ nodes of an int8 graph fuse away)
+    quantized: bool
+
+
+def _conv_flops(node: onnx.NodeProto, shapes: dict[str, list[int]], weights: dict[str, np.ndarray]) -> int:
+    out = shapes.get(node.output[0])
+    w = shapes.get(node.input[1]) if node.input[1] in shapes else (list(weights[node.input[1]].shape) if node.input[1] in weights else None)
+    if not out or not w:
+        return 0
+    return 2 * int(np.prod(out)) * int(np.prod(w[1:]))  # each output value: C_in/groups * kH * kW multiply-adds
+
+
+def _matmul_flops(node: onnx.NodeProto, shapes: dict[str, list[int]], weights: dict[str, np.ndarray]) -> int:
+    a = shapes.get(node.input[0])
+    b = shapes.get(node.input[1]) or (list(weights[node.input[1]].shape) if node.input[1] in weights else None)
+    out = shapes.get(node.output[0])
+    if not a or not b or not out:
+        return 0
+    transposed_a = any(attr.name == "transA" and attr.i for attr in node.attribute)
+    inner = a[-2] if transposed_a else a[-1]
+    return 2 * int(np.prod(out)) * int(inner)
+
+
+def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
+    """Walk the graph in order, allocating each stored output when its node runs and freeing each
+    tensor after its last reader; measure the peak, the FLOPs and the operators."""
+    if isinstance(model, Path):
+        file_bytes = model.stat().st_size
+        model = onnx.load(model)
+    else:
+        file_bytes = model.ByteSize()
+    graph_ = _with_batch(model, batch).graph
+    weights = {i.name: numpy_helper.to_array(i) for i in graph_.initializer}
+    values = {v.name: v for v in [*graph_.input, *graph_.value_info, *graph_.output]}
+    shapes = {n: [d.dim_value for d in v.type.tensor_type.shape.dim] for n, v in values.items()}
+    producer = {out: node for node in graph_.node for out in node.output}
+    quantized = any(n.op_type in QDQ_OPS for n in graph_.node)
+
+    def dequantized_source(name: str) -> str | None:
+        """For a DequantizeLinear output: the quantized tensor it reads (None for weights)."""
+        node = producer.get(name)
+        if node is not None and node.op_type == "DequantizeLinear":
+            return None if node.input[0] in weights else node.input[0]
+        return name
+
+    readers: dict[str, list[int]] = {}
+    for i, node in enumerate(graph_.node):
+        for name in node.input:
+            if name and name not in weights:
+                source = dequantized_source(name) if quantized else name
+                if source is not None:
+                    readers.setdefault(source, []).append(i)
+    outputs = {o.name for o in graph_.output}
+    last_read = {name: max(idx) for name, idx in readers.items()}
+
+    def stored(name: str, node: onnx.NodeProto) -> bool:
+        if not quantized:
+            return True
+        if node.op_type == "DequantizeLinear":
+            return False  # a view of its int8 input, fused into the reading kernel
+        consumers = [graph_.node[i] for i in readers.get(name, [])]
+        return not (consumers and all(c.op_type == "QuantizeLinear" for c in consumers)) or name in outputs  # requantized in the producing kernel
+
+    sizes = {}
+    live = 0
+    for value in graph_.input:
+        if value.name not in weights:
+            sizes[value.name] = _tensor_bytes(value) or 0
+            live += sizes[value.name]
+    peak, written = live, 0  # inputs count towards the peak; `written` counts what the graph writes
+    flops = int8_flops = operators = 0
+    for i, node in enumerate(graph_.node):
+        if node.op_type in COMPUTE_OPS:
+            f = _conv_flops(node, shapes, weights) if "Conv" in node.op_type else _matmul_flops(node, shapes, weights)
+            flops += f
+            if quantized and any(producer.get(n) is not None and producer[n].op_type == "DequantizeLinear" for n in node.input[:2]):
+                int8_flops += f
+        if not (quantized and node.op_type in QDQ_OPS) and node.op_type not in ("Constant", "Identity", "Shape"):
+            operators += 1
+        for name in node.output:
+            if name and stored(name, node) and name in values:
+                sizes[name] = _tensor_bytes(values[name]) or 0
+                live += sizes[name]
+                written += sizes[name]
+        peak = max(peak, live)
+        for name in list(sizes):
+            if name not in outputs and last_read.get(name, -1) <= i:
+                live -= sizes.pop(name)
+    weight_bytes = sum(w.nbytes for w in weights.values())
+    return GraphCost(file_bytes, weight_bytes, peak, written, flops, int8_flops, operators, quantized)
+
+
+# The latency model ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostPeaks:
+    """This machine's own measured one-thread peak arithmetic and memory bandwidth."""
+
+    gflops_fp32: float
+    memory_gbps: float
+
+
+def measure_host_peaks() -> HostPeaks:
+    """One-thread fp32 rate of a large matrix product in ONNX Runtime (the runtime that will be
+    timed) and one-thread large-copy bandwidth, measured here."""
+    n = 1024
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "peak",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])], [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+        [numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "b")],
+    )
+    sess = session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString())
+    feed = {"a": rng.standard_normal((n, n)).astype(np.float32)}
+    matmul = latency_ms(lambda: sess.run(None, feed), warmup=2, iters=9)["p50"] / 1e3
+    src = np.ones(64 * 2**20 // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    copy = latency_ms(lambda: np.copyto(dst, src), warmup=2, iters=9)["p50"] / 1e3
+    return HostPeaks(2 * n**3 / matmul / 1e9, 2 * src.nbytes / copy / 1e9)  # a copy reads and writes
+
+
+def synthetic_graph(channels: int, size: int, blocks: int) -> onnx.ModelProto:
+    """A calibration point shaped like a student: `blocks` depthwise-separable blocks (3x3
+    depthwise + ReLU, 1x1 pointwise + ReLU) on (1, C, size, size), then pooling and a linear layer."""
+    rng = np.random.default_rng(channels * 1000 + size * 10 + blocks)
+    nodes, inits = [], []
+    x = "input"
+    for i in range(blocks):
+        dw = rng.standard_normal((channels, 1, 3, 3)).astype(np.float32) * 0.3
+        pw = (rng.standard_normal((channels, channels, 1, 1)) / np.sqrt(channels)).astype(np.float32)
+        inits += [numpy_helper.from_array(dw, f"dw{i}"), numpy_helper.from_array(pw, f"pw{i}"), numpy_helper.from_array(np.zeros(channels, np.float32), f"b{i}")]
+        nodes += [
+            helper.make_node("Conv", [x, f"dw{i}", f"b{i}"], [f"d{i}"], pads=[1, 1, 1, 1], group=channels),
+            helper.make_node("Relu", [f"d{i}"], [f"dr{i}"]),
+            helper.make_node("Conv", [f"dr{i}", f"pw{i}", f"b{i}"], [f"p{i}"]),
+            helper.make_node("Relu", [f"p{i}"], [f"pr{i}"]),
+        ]
+        x = f"pr{i}"
+    inits += [numpy_helper.from_array(rng.standard_normal((channels, 10)).astype(np.float32), "fc"), numpy_helper.from_array(np.zeros(10, np.float32), "fcb")]
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["pool"]), helper.make_node("Flatten", ["pool"], ["flat"]), helper.make_node("Gemm", ["flat", "fc", "fcb"], ["logits"])]
+    graph = helper.make_graph(nodes, "calibration", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, size, size])], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """T = n_ops * t_op + FLOPs / (eta_f * P) + bytes / (eta_b * B), fitted on `host`."""
+
+    host: str
+    host_clock_mhz: float
+    peaks: HostPeaks
+    seconds_per_op: float
+    flops_efficiency: float  # eta_f: the share of the large-matmul rate small layers reach
+    bandwidth_efficiency: float  # eta_b: traffic rate over the large-copy rate (above 1 when caches serve it)
+    fit_relative_error: float  # median |predicted - measured| / measured over the calibration graphs
+    points: int
+
+    def predict(self, operators: int, flops: float, bytes_moved: float, peak_gflops: float, memory_gbps: float, seconds_per_op: float | None = None) -> float:
+        """Seconds for one inference on a device with these peaks."""
+        t_op = self.seconds_per_op if seconds_per_op is None else seconds_per_op
+        compute = flops / (self.flops_efficiency * peak_gflops * 1e9) if flops else 0.0
+        memory = bytes_moved / (self.bandwidth_efficiency * memory_gbps * 1e9) if bytes_moved else 0.0
+        return operators * t_op + compute + memory
+
+
+def calibrate(host: str, host_clock_mhz: float, show_progress: bool = True) -> LatencyModel:
+    """Time synthetic graphs with ONNX Runtime (one thread) and fit the latency model by
+    non-negative least squares."""
+    from scipy.optimize import nnls
+
+    peaks = measure_host_peaks()
+    grid = [(c, s, n) for c in (4, 16, 64, 256) for s in (4, 8, 16, 32) for n in (1, 3, 6)]
+    rows, times = [], []
+    for channels, size, blocks in progress(grid, desc="calibrate latency model") if show_progress else grid:
+        model = synthetic_graph(channels, size, blocks)
+        cost = graph_cost(model)
+        sess = session(model.SerializeToString())
+        feed = {"input": np.random.default_rng(0).standard_normal((1, channels, size, size)).astype(np.float32)}
+        seconds = latency_ms(lambda: sess.run(None, feed), warmup=5, iters=30)["p50"] / 1e3
+        moved = cost.weight_bytes + 2 * cost.activation_bytes_written
+        rows.append([cost.operators, cost.flops / (peaks.gflops_fp32 * 1e9), moved / (peaks.memory_gbps * 1e9)])
+        times.append(seconds)
+    a, t = np.array(rows), np.array(times)
+    weights = 1.0 / t  # fit relative error: small graphs matter as much as large ones
+    coef, _ = nnls(a * weights[:, None], t * weights)
+    predicted = a @ coef
+    error = float(np.median(np.abs(predicted - t) / t))
+    inv_f, inv_b = coef[1], coef[2]
+    return LatencyModel(host, host_clock_mhz, peaks, float(coef[0]), float(1 / inv_f) if inv_f > 0 else 1.0, float(1 / inv_b) if inv_b > 0 else 1.0, error, len(t))
+
+
+def host_description() -> tuple[str, float]:
+    """This machine's CPU model and clock (MHz)."""
+    import psutil
+
+    from racmkd.eval.report import machine
+
+    freq = psutil.cpu_freq()
+    return machine()["cpu"], float(freq.max or freq.current) if freq else 2000.0
+
+
+def latency_model(cache_dir: Path = Path(".cache/racmkd"), refresh: bool = False, show_progress: bool = True) -> LatencyModel:
+    """The fitted latency model of this machine, read from the cache when it was fitted here before."""
+    host, clock = host_description()
+    path = Path(cache_dir) / "latency-model.json"
+    if path.exists() and not refresh:
+        try:
+            data = json.loads(path.read_text())
+            if data.get("host") == host:
+                return LatencyModel(**{**data, "peaks": HostPeaks(**data["peaks"])})
+        except (ValueError, TypeError, KeyError):
+            pass  # an unreadable cache is refitted
+    fitted = calibrate(host, clock, show_progress)
+    atomic_write_json(path, asdict(fitted))
+    return fitted
+
+
+# The profile --------------------------------------------------------------------------------------
+
+
+def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measure_here: bool = True, latency_target_ms: float | None = None) -> dict[str, Any]:
+    """ROM, RAM, estimated latency and energy of an exported model on `device`, a verdict with its
+    reason, and (with `measure_here`) this machine's measured latency beside its own estimate."""
+    path = Path(path)
+    contract = read_contract(path)
+    cost = graph_cost(path)
+    moved = cost.weight_bytes + 2 * cost.activation_bytes_written
+    fp_flops, q_flops = cost.flops - cost.int8_flops, cost.int8_flops
+    seconds_per_op = device.op_overhead_us * 1e-6 if device.op_overhead_us > 0 else model.seconds_per_op * model.host_clock_mhz / device.clock_mhz
+
+    def on(peak_fp32: float, peak_int8: float, bandwidth: float, t_op: float | None) -> float:
+        compute = model.predict(0, fp_flops, 0, peak_fp32, bandwidth) + model.predict(0, q_flops, 0, peak_int8, bandwidth)
+        return cost.operators * (model.seconds_per_op if t_op is None else t_op) + compute + model.predict(0, 0, moved, peak_fp32, bandwidth)
+
+    seconds = on(device.peak_gflops_fp32, device.peak_gops_int8, device.memory_gbps, seconds_per_op)
+    rom = cost.file_bytes
+    ram = cost.peak_activation_bytes + device.runtime_overhead_bytes + (cost.weight_bytes if device.weights_in == "ram" else 0)
+    target = device.latency_target_ms if latency_target_ms is None else latency_target_ms
+    problems = []
+    if rom > device.rom_bytes:
+        problems.append(f"the model file needs {rom:,} bytes of storage, the device has {device.rom_bytes:,}")
+    if ram > device.ram_bytes:
+        problems.append(f"it needs {ram:,} bytes of RAM (activations {cost.peak_activation_bytes:,} + runtime {device.runtime_overhead_bytes:,}{f' + weights {cost.weight_bytes:,}' if device.weights_in == 'ram' else ''}), the device has {device.ram_bytes:,}")
+    if target and seconds * 1e3 > target:
+        problems.append(f"the estimated latency {seconds * 1e3:.3f} ms exceeds the {target:g} ms target")
+    fits = not problems
+    reason = "; ".join(problems) if problems else f"ROM {rom:,} <= {device.rom_bytes:,}, RAM {ram:,} <= {device.ram_bytes:,}" + (f", {seconds * 1e3:.3f} ms <= {target:g} ms" if target else "")
+    result: dict[str, Any] = {
+        "model": str(path),
+        "model_name": contract.get("model"),
+        "precision": contract.get("precision", "fp32"),
+        "device": device.name,
+        "device_description": device.description,
+        "rom_bytes": rom,
+        "ram_bytes": ram,
+        "ram_breakdown": {"peak_activations": cost.peak_activation_bytes, "runtime": device.runtime_overhead_bytes, "weights": cost.weight_bytes if device.weights_in == "ram" else 0},
+        "flops": cost.flops,
+        "int8_flops": cost.int8_flops,
+        "operators": cost.operators,
+        "estimated_latency_ms": seconds * 1e3,
+        "estimated_energy_mj": estimated_energy_joules(cost.flops, moved, seconds, device.energy) * 1e3,
+        "energy_source": "estimated",
+        "latency_target_ms": target or None,
+        "fits": fits,
+        "verdict": "fits" if fits else "does not fit",
+        "reason": reason,
+        "latency_model": {"host": model.host, "seconds_per_op": model.seconds_per_op, "flops_efficiency": model.flops_efficiency, "bandwidth_efficiency": model.bandwidth_efficiency, "fit_relative_error": model.fit_relative_error},
+    }
+    if measure_here:
+        sess = session(path)
+        feed = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], dtype=np.float32) for i in sess.get_inputs()}
+        timed = percentiles([_time_once(sess, feed) for _ in range(220)][20:])
+        result["this_machine"] = {
+            "host": model.host,
+            "measured_latency_ms_p50": timed["p50"],
+            "measured_latency_ms_p95": timed["p95"],
+            "estimated_latency_ms": on(model.peaks.gflops_fp32, 2 * model.peaks.gflops_fp32, model.peaks.memory_gbps, None) * 1e3,
+            "source": "measured with ONNX Runtime, batch 1, one thread (latency); estimate from the same model as the device's",
+        }
+    return result
+
+
+def _time_once(sess: Any, feed: dict[str, np.ndarray]) -> float:
+    start = time.perf_counter()
+    sess.run(None, feed)
+    return (time.perf_counter() - start) * 1e3
+
+
+def render_profile(p: dict[str, Any]) -> str:
+    """A profile as the lines `racmkd profile` prints."""
+    lines = [
+        f"{p['model']} on {p['device']} ({p['device_description']})",
+        f"  ROM        {p['rom_bytes']:>14,} bytes (model file, {p['precision']})",
+        f"  RAM        {p['ram_bytes']:>14,} bytes (activations {p['ram_breakdown']['peak_activations']:,} + runtime {p['ram_breakdown']['runtime']:,} + weights {p['ram_breakdown']['weights']:,})",
+        f"  FLOPs      {p['flops']:>14,} ({p['int8_flops']:,} in int8), {p['operators']} operators",
+        f"  latency    {p['estimated_latency_ms']:>14.4f} ms (estimated)",
+        f"  energy     {p['estimated_energy_mj']:>14.5f} mJ (estimated)",
+    ]
+    here = p.get("this_machine")
+    if here:
+        lines.append(f"  this machine: measured p50 {here['measured_latency_ms_p50']:.4f} ms / p95 {here['measured_latency_ms_p95']:.4f} ms, estimated {here['estimated_latency_ms']:.4f} ms ({here['host']})")
+    lines.append(f"  verdict    {p['verdict'].upper()}: {p['reason']}")
+    return "\n".join(lines)

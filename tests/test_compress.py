@@ -1,0 +1,346 @@
+"""Compression: pruning, low-rank, input reduction, quantization, export, recipes, and a whole
+recipe on the tiny run's students."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import racmkd
+from racmkd.compress.export import ExportError, compact_names, export_onnx, fold_batchnorm, module_weight_bytes, read_contract, session, specs_from_contract
+from racmkd.compress.inputs import most_informative, reduce_inputs
+from racmkd.compress.lowrank import factorise, lowrank_model, rank_for_energy
+from racmkd.compress.prune import prune_encoders, ratio_for_bytes
+from racmkd.compress.quantize import absorb_batchnorm, choose_mixed_precision, fake_quantized, LayerSensitivity
+from racmkd.compress.recipe import RecipeError, parse_recipe
+from racmkd.models.checkpoint import load_model
+from racmkd.models.multimodal import build, student
+from racmkd.registry import MODALITIES
+
+INPUTS = {"image": {"encoder": "dscnn2d", "shape": [1, 16, 16]}, "audio": {"encoder": "dscnn2d", "shape": [1, 32, 32]}}
+
+
+def batch(n: int = 3) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {m: torch.randn(n, *s["shape"], generator=g) for m, s in INPUTS.items()}
+
+
+def with_running_stats(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics, as a trained model has (fresh ones are the identity)."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model.eval()
+
+
+# Pruning ------------------------------------------------------------------------------------------
+
+
+def test_pruning_halves_every_layer_and_keeps_the_model_runnable() -> None:
+    model = student(INPUTS, width=2.0, depth=2).eval()
+    before = {m: e.structure()["channels"] for m, e in model.encoders.items()}
+    params = sum(p.numel() for p in model.parameters())
+    prune_encoders(model, 0.5)
+    after = {m: e.structure()["channels"] for m, e in model.encoders.items()}
+    for m in before:
+        assert after[m] == [c - int(c * 0.5) for c in before[m]], m  # half of every layer's channels removed
+    remaining = sum(p.numel() for p in model.parameters()) / params
+    assert 0.2 < remaining < 0.35  # pointwise weights scale with channels in and out: about a quarter stay
+    assert model(batch()).shape == (3, 10) and model.classifier.out_features == 10
+    assert model.fused_dim == sum(c[-1] for c in after.values())
+    assert model({"audio": batch()["audio"]}).shape == (3, 10)  # a missing modality still works after pruning
+
+
+def test_pruning_one_modality_leaves_the_other_alone_and_rebuilds_from_its_record() -> None:
+    model = with_running_stats(student(INPUTS, width=2.0, depth=2))
+    audio_before = model.encoders["audio"].structure()
+    prune_encoders(model, {"image": 0.5})
+    assert model.encoders["audio"].structure() == audio_before
+    assert model.encoders["image"].structure()["channels"][-1] == 16  # 32 -> 16
+    rebuilt = build(model.arch)
+    rebuilt.load_state_dict(model.state_dict())
+    x = batch()
+    torch.testing.assert_close(rebuilt.eval()(x), model(x))
+
+
+def test_ratio_for_bytes_reaches_the_budget_or_says_it_cannot() -> None:
+    model = student(INPUTS, width=4.0, depth=1)
+    target = sum(p.numel() for p in model.parameters())  # a quarter of the bytes
+    ratio = ratio_for_bytes(model, target)
+    assert 0.3 < ratio < 0.7
+    pruned = prune_encoders(model, ratio)
+    assert 4 * sum(p.numel() for p in pruned.parameters()) <= target
+    with pytest.raises(ValueError, match="cannot bring this model to 100 bytes"):
+        ratio_for_bytes(student(INPUTS, width=1.0), 100)
+
+
+# Low-rank -----------------------------------------------------------------------------------------
+
+
+def test_lowrank_error_falls_as_rank_grows_and_vanishes_at_full_rank() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(24, 16)
+    x = torch.randn(50, 24)
+    with torch.no_grad():
+        errors = [float((factorise(layer, r)(x) - layer(x)).norm()) for r in (1, 4, 8, 12, 16)]
+    assert all(a > b for a, b in zip(errors, errors[1:]))
+    assert errors[-1] < 1e-4 * float(layer(x).detach().norm())
+    conv = nn.Conv2d(12, 20, 1)
+    image = torch.randn(2, 12, 5, 5)
+    torch.testing.assert_close(factorise(conv, 12)(image), conv(image), atol=1e-5, rtol=1e-4)
+
+
+def test_rank_for_energy_on_a_known_spectrum() -> None:
+    s = torch.tensor([3.0, 2.0, 1.0, 0.0])  # energies 9, 4, 1 of 14
+    assert rank_for_energy(s, 0.6) == 1 and rank_for_energy(s, 0.9) == 2 and rank_for_energy(s, 1.0) == 3
+
+
+def test_lowrank_model_records_ranks_and_checkpoints_rebuild_it() -> None:
+    model = with_running_stats(student(INPUTS, width=4.0, depth=1))
+    params = sum(p.numel() for p in model.parameters())
+    model, report = lowrank_model(model, energy=0.5)
+    assert any(r.rank for r in report) and sum(p.numel() for p in model.parameters()) < params
+    rebuilt = build(model.arch)
+    rebuilt.load_state_dict(model.state_dict())
+    x = batch()
+    torch.testing.assert_close(rebuilt.eval()(x), model(x))
+    assert {r.layer: r.rank for r in report if r.rank} == model.arch["lowrank"]
+
+
+# Input reduction ----------------------------------------------------------------------------------
+
+
+def test_input_reductions_shrink_the_input_and_keep_the_weights() -> None:
+    image, audio = MODALITIES.create("image"), MODALITIES.create("audio")
+    specs = {"image": image.spec(1), "audio": audio.spec(1)}  # 16x16 and 32 mels x 32 frames
+    model = student({m: {"encoder": "dscnn2d", "shape": list(MODALITIES.create(m).feature_shape(s))} for m, s in specs.items()}, width=1.0, depth=1)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    model, reduced = reduce_inputs(model, specs, {"image": image, "audio": audio}, {"image": {"resolution": 12, "crop": 20}, "audio": {"n_mels": 16, "n_frames": 16}})
+    assert reduced["image"].resolution == 12 and reduced["audio"].n_mels == 16
+    assert model.arch["kwargs"]["inputs"]["audio"]["shape"] == [1, 16, 16]
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    x = {"image": torch.rand(2, 1, 12, 12), "audio": torch.randn(2, 1, 16, 16)}
+    assert build(model.arch).eval()(x).shape == (2, 10)  # the pinned plan rebuilds for the smaller input
+    with pytest.raises(ValueError, match="not a reduction"):
+        audio.reduce(audio.spec(2), n_mels=64)
+    with pytest.raises(ValueError, match="unknown input reduction"):
+        image.reduce(image.spec(0), colour=3)
+
+
+def test_band_selection_keeps_the_top_bands_in_frequency_order() -> None:
+    assert most_informative([0.1, 0.5, -0.2, 0.9, 0.3], 3) == (1, 3, 4)
+    audio = MODALITIES.create("audio")
+    spec = audio.reduce(audio.spec(1), bands=[3, 7, 30])
+    assert audio.feature_shape(spec) == (1, 3, 32)
+    wave = audio.to_raw(np.sin(np.arange(8000) / 5.0).astype(np.float32), spec)
+    full = audio.features(wave, audio.spec(1))
+    torch.testing.assert_close(audio.features(wave, spec), full[:, :, [3, 7, 30]])
+
+
+# Quantization -------------------------------------------------------------------------------------
+
+
+def test_absorbed_batchnorm_and_fake_quantization() -> None:
+    model = with_running_stats(student(INPUTS, width=1.0, depth=1))
+    x = batch(8)
+    reference = model(x)
+    absorb_batchnorm(model)
+    torch.testing.assert_close(model(x), reference, atol=1e-5, rtol=1e-4)  # the same function
+    keys = set(model.state_dict())
+    with fake_quantized(model):
+        rounded = model(x)
+        assert not torch.equal(rounded, reference)
+        assert (rounded - reference).abs().max() < 0.2 * reference.abs().max()  # int8 rounding is small
+    assert set(model.state_dict()) == keys  # the rounding is gone, the float weights stay
+
+
+def test_mixed_precision_keeps_the_most_sensitive_layers_within_budget() -> None:
+    rows = [LayerSensitivity("a", "Conv", 100, 0.5, -0.01, 400, 105), LayerSensitivity("b", "Conv", 100, 0.01, 0.0, 400, 105), LayerSensitivity("c", "Gemm", 10, 0.2, 0.0, 40, 15)]
+    kept, total = choose_mixed_precision(rows, budget_bytes=225 + 25 + 295)
+    assert kept == ["c", "a"] and total == 225 + 25 + 295
+    with pytest.raises(ValueError, match="even all-int8"):
+        choose_mixed_precision(rows, budget_bytes=100)
+
+
+# Export -------------------------------------------------------------------------------------------
+
+
+def test_folding_batchnorm_keeps_the_function() -> None:
+    model = with_running_stats(student(INPUTS, width=1.0, depth=2))
+    x = batch()
+    torch.testing.assert_close(fold_batchnorm(model)(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_export_metadata_round_trips_and_onnx_runtime_matches_pytorch(tmp_path: Path) -> None:
+    modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
+    specs = {"image": modalities["image"].spec(1), "audio": modalities["audio"].spec(1)}
+    model = with_running_stats(student({m: {"encoder": "dscnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=1.0, depth=1))
+    path = export_onnx(model, specs, modalities, tmp_path / "m.onnx", name="demo", extra_meta={"tier": "high"})
+    contract = read_contract(path)
+    assert contract["model"] == "demo" and contract["tier"] == "high" and list(contract["inputs"]) == ["image", "audio"]
+    assert specs_from_contract(contract, modalities) == specs
+    assert any("mel bands" in step for step in contract["inputs"]["audio"]["steps"])
+    x = {m: torch.randn(4, *modalities[m].feature_shape(s)) for m, s in specs.items()}
+    out = session(path).run(["logits"], {m: v.numpy() for m, v in x.items()})[0]
+    np.testing.assert_allclose(out, model(x).detach().numpy(), atol=1e-4)
+    compact = compact_names(onnx.load(path))
+    assert compact.ByteSize() < path.stat().st_size
+    np.testing.assert_allclose(session(compact.SerializeToString()).run(["logits"], {m: v.numpy() for m, v in x.items()})[0], out, atol=1e-6)
+    assert {"encoders.image", "encoders.audio"} <= set(module_weight_bytes(onnx.load(path)))
+    audio_only = export_onnx(model, specs, modalities, tmp_path / "a.onnx", present=["audio"])
+    assert [i.name for i in session(audio_only).get_inputs()] == ["audio"]
+    reference = model.forward_head(model.fuse(model.encode({"audio": x["audio"]})[1])).detach().numpy()
+    np.testing.assert_allclose(session(audio_only).run(["logits"], {"audio": x["audio"].numpy()})[0], reference, atol=1e-4)
+
+
+def test_a_teacher_exports_with_its_fusion_and_a_sensor_off(tmp_path: Path) -> None:
+    from racmkd.models.multimodal import teacher
+
+    modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
+    specs = {"image": modalities["image"].spec(2), "audio": modalities["audio"].spec(3)}
+    model = with_running_stats(teacher({m: {"encoder": "cnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=4, embed_dim=8, fusion_hidden=16))
+    x = {m: torch.randn(3, *modalities[m].feature_shape(s)) for m, s in specs.items()}
+    for present in (["image", "audio"], ["image"]):
+        path = export_onnx(model, specs, modalities, tmp_path / f"{'+'.join(present)}.onnx", present=present)
+        ops = {n.op_type for n in onnx.load(path).graph.node}
+        assert not ops & {"Shape", "Expand", "ConstantOfShape"}  # the presence mask is folded away
+        expected = model({m: x[m] for m in present}).detach().numpy()
+        np.testing.assert_allclose(session(path).run(["logits"], {m: x[m].numpy() for m in present})[0], expected, atol=1e-4)
+
+
+def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00\x01 not a protobuf \xff" * 10)
+    with pytest.raises(ExportError, match="not an ONNX model"):
+        read_contract(junk)
+    with pytest.raises(ExportError, match="no such file"):
+        read_contract(tmp_path / "missing.onnx")
+    plain = tmp_path / "plain.onnx"
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])], [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(onnx.helper.make_model(graph), plain)
+    with pytest.raises(ExportError, match="without a racmkd contract"):
+        read_contract(plain)
+
+
+# Recipes ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ([{"prnue": {}}, "export"], "Did you mean 'prune'"),
+        ([{"prune": {"ratoi": 0.5}}, "export"], "Did you mean 'ratio'"),
+        ([{"prune": {"ratio": "half"}}, "export"], "expected float or dict"),
+        (["prune"], "ends with exactly one export"),
+        (["export", "prune", "export"], "ends with exactly one export"),
+        (["lowrank", "prune", "export"], "prune after lowrank"),
+        (["qat", "distill", "export"], "after qat would retrain"),
+        ([["prune", "qat"], "export"], "one step name with its options"),
+    ],
+)
+def test_recipe_validation_errors_name_the_problem(steps: list, message: str) -> None:
+    with pytest.raises(RecipeError, match=message) as err:
+        parse_recipe({"steps": steps}, "my-recipe.yaml")
+    assert "my-recipe.yaml" in str(err.value)
+
+
+def test_every_shipped_recipe_parses() -> None:
+    from racmkd.compress.recipe import load_recipe
+
+    recipes = sorted((Path(__file__).parents[1] / "configs" / "recipes").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        assert load_recipe(path).steps[-1][0] == "export"
+
+
+# A whole recipe on the tiny run --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compressed_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny run with its critical tier compressed by a short recipe and re-measured."""
+    from racmkd.eval.report import evaluate_run
+    from racmkd.pipeline import compress_students, open_run, prepare_data
+
+    run = tmp_path_factory.mktemp("compressed") / "tiny"
+    shutil.copytree(tiny_run, run)
+    recipe = run / "recipe.yaml"
+    recipe.write_text(
+        "steps:\n"
+        "  - prune: {ratio: 0.4, steps: 1, max_drop: 1.0, finetune: {epochs: 1, samples: 512}}\n"
+        "  - qat: {epochs: 1, samples: 256}\n"
+        "  - export: {int8: mixed, calibration_samples: 64, sensitivity_samples: 100, min_agreement: 0.9, max_accuracy_drop: 0.2, latency_iters: 30}\n"
+    )
+    run_dir, cfg = open_run(run)
+    dataset = prepare_data(cfg)
+    compress_students(cfg, dataset, run_dir, ["critical"], recipe)
+    evaluate_run(run_dir, dataset)
+    return run_dir
+
+
+def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) -> None:
+    folder = compressed_run / "compressed" / "critical"
+    manifest = json.loads((folder / "compression.json").read_text())
+    assert [s["step"] for s in manifest["steps"]] == ["prune", "qat", "export"]
+    for step in manifest["steps"]:
+        for key in ("params", "param_bytes_fp32", "flops", "val_accuracy"):
+            assert key in step["before"] and key in step["after"]
+    prune = manifest["steps"][0]
+    assert prune["after"]["params"] < prune["before"]["params"] and prune["after"]["flops"] < prune["before"]["flops"]
+    fp32 = manifest["candidates"]["fp32"]["parity"]
+    assert fp32["argmax_agreement"] == 1.0 and fp32["max_abs_logit_diff"] < 1e-3  # ONNX Runtime vs PyTorch
+    int8 = manifest["candidates"]["int8"]["parity"]
+    assert int8["argmax_agreement"] > 0.8
+    assert manifest["steps"][-1]["details"]["mixed_precision"]["layers"]  # per-layer sensitivity reported
+    assert (folder / manifest["artifact"]).is_file() and manifest["reason"]
+    assert not list((compressed_run / "compressed").glob(".*"))  # no partial folders left
+
+
+def test_the_report_gains_a_compressed_row(compressed_run: Path) -> None:
+    report = json.loads((compressed_run / "report.json").read_text())
+    entry = report["models"]["critical_compressed"]
+    for key in ("accuracy", "f1_macro", "auc_roc", "params", "bytes_fp32", "flops", "peak_activation_bytes", "latency_ms_p50", "latency_ms_p95", "energy_mj", "energy_source", "modalities", "bytes_deployable", "format", "artifact", "compression_ratio"):
+        assert key in entry, key
+    assert entry["format"].startswith("onnx-") and (compressed_run / entry["artifact"]).is_file()
+    assert entry["compression_ratio"] == pytest.approx(report["models"]["critical"]["bytes_fp32"] / entry["bytes_deployable"])
+    assert entry["accuracy"] > 0.3  # chance is 0.1
+    assert "## Compressed tiers" in (compressed_run / "report.md").read_text()
+
+
+def test_the_deployed_artifact_predicts_from_raw_inputs(compressed_run: Path) -> None:
+    predictor = racmkd.load(compressed_run, "critical_compressed")
+    reference = racmkd.load(compressed_run, "critical")
+    image = (np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8)
+    audio = np.random.default_rng(1).standard_normal(6000).astype(np.float32) * 0.1
+    inputs = {m: v for m, v in (("image", image), ("audio", audio)) if m in predictor.modalities}
+    label, probs = predictor.predict(**inputs)
+    assert 0 <= label < 10 and probs.sum() == pytest.approx(1.0, abs=1e-5)
+    assert predictor.modalities == reference.modalities
+    if len(predictor.modalities) > 1:
+        with pytest.raises(ValueError, match="export a variant"):
+            predictor.predict(**{predictor.modalities[0]: inputs[predictor.modalities[0]]})
+
+
+def test_a_failing_recipe_leaves_nothing_half_written(compressed_run: Path, tmp_path: Path) -> None:
+    from racmkd.pipeline import compress_students, open_run, prepare_data
+
+    run_dir, cfg = open_run(compressed_run)
+    before = (run_dir / "compressed" / "critical" / "compression.json").read_text()
+    impossible = tmp_path / "impossible.yaml"
+    impossible.write_text("steps:\n  - prune: {target_bytes: 64}\n  - export: {}\n")
+    with pytest.raises(RecipeError, match="cannot bring this model to 64 bytes"):
+        compress_students(cfg, prepare_data(cfg), run_dir, ["critical"], impossible)
+    assert (run_dir / "compressed" / "critical" / "compression.json").read_text() == before
+    assert not list((run_dir / "compressed").glob(".*"))

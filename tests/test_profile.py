@@ -1,0 +1,158 @@
+"""Device profiles and the per-device estimate: graph memory against hand-computed figures, the
+latency model, verdicts, and the `racmkd profile` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+from racmkd.cli import app
+from racmkd.compress.export import export_onnx
+from racmkd.config import ConfigError
+from racmkd.models.multimodal import student
+from racmkd.registry import MODALITIES
+from racmkd.resources.devices import device_names, load_device
+from racmkd.resources.profile import LatencyModel, HostPeaks, graph_cost, latency_model, profile_model
+
+runner = CliRunner()
+F32 = TensorProto.FLOAT
+
+
+def hand_graph() -> onnx.ModelProto:
+    """input (1,1,4,4) -> Conv 1->2 (3x3, pad 1) -> Relu -> Conv 2->1 (1x1) -> output (1,1,4,4)."""
+    w1 = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w1")
+    w2 = numpy_helper.from_array(np.ones((1, 2, 1, 1), np.float32), "w2")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("Conv", ["b", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "hand", [helper.make_tensor_value_info("x", F32, ["batch", 1, 4, 4])], [helper.make_tensor_value_info("y", F32, ["batch", 1, 4, 4])], [w1, w2])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_peak_activation_memory_matches_the_hand_computed_lifetimes() -> None:
+    # x 64 B is live; conv writes a (128 B): 192; x is dead -> 128. relu writes b (128 B): 256 (the
+    # peak); a dies -> 128. conv writes y (64 B): 192; b dies -> 64.
+    cost = graph_cost(hand_graph())
+    assert cost.peak_activation_bytes == 256
+    assert cost.activation_bytes_written == 128 + 128 + 64
+    assert cost.weight_bytes == 4 * (18 + 2)
+    assert cost.flops == 2 * (2 * 16 * 9) + 2 * (16 * 2)  # conv1: 32 outputs x 9 MACs; conv2: 16 outputs x 2 MACs
+    assert cost.operators == 3 and not cost.quantized
+
+
+def test_an_int8_graph_counts_activations_as_an_int8_runtime_stores_them() -> None:
+    # x (64 B float) -> Q -> xq (16 B int8) -> DQ -> Conv(DQ(w)) -> c (float, only requantized: fused away)
+    # -> Q -> cq (32 B int8) -> DQ -> Relu -> y (128 B float, the output).
+    inits = [
+        numpy_helper.from_array(np.ones((2, 1, 3, 3), np.int8), "wq"),
+        numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+        numpy_helper.from_array(np.array(0, np.int8), "z"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["w"]),
+        helper.make_node("Conv", ["xd", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"]),
+        helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["cd"]),
+        helper.make_node("Relu", ["cd"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", F32, [1, 1, 4, 4])], [helper.make_tensor_value_info("y", F32, [1, 2, 4, 4])], inits)
+    cost = graph_cost(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    # live: x 64; +xq 16 = 80, x dies -> 16; conv (c not stored); +cq 32 = 48 (peak so far 80), xq dies -> 32;
+    # relu: +y 128 = 160 (the peak), cq dies -> 128.
+    assert cost.quantized and cost.peak_activation_bytes == 160
+    assert cost.int8_flops == cost.flops == 2 * 32 * 9
+    assert cost.operators == 2  # Conv and Relu; the Q/DQ nodes fuse into them
+
+
+def test_every_shipped_device_profile_loads() -> None:
+    names = device_names()
+    assert {"cortex-m7", "raspberry-pi-4", "jetson-nano", "fog-server", "cloud-gpu"} <= set(names)
+    m7 = load_device("cortex-m7")
+    assert m7.ram_bytes == 512 * 1024 and m7.rom_bytes == 2 * 1024 * 1024 and m7.weights_in == "rom"
+
+
+def test_a_profile_missing_a_field_or_with_a_bad_value_is_a_clear_error(tmp_path: Path) -> None:
+    good = (Path(__file__).parents[1] / "configs" / "devices" / "cortex-m7.yaml").read_text()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("\n".join(line for line in good.splitlines() if not line.startswith("rom_bytes")))
+    with pytest.raises(ConfigError, match="rom_bytes") as err:
+        load_device(broken)
+    assert str(broken) in str(err.value)
+    broken.write_text(good.replace("kind: mcu", "kind: toaster"))
+    with pytest.raises(ConfigError, match="toaster"):
+        load_device(broken)
+    with pytest.raises(ConfigError, match="known devices: .*cortex-m7"):
+        load_device("no-such-board")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
+    specs = {"image": modalities["image"].spec(1), "audio": modalities["audio"].spec(1)}
+    model = student({m: {"encoder": "dscnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=2.0, depth=2).eval()
+    return export_onnx(model, specs, modalities, tmp_path_factory.mktemp("onnx") / "student.onnx", name="student")
+
+
+FIXED = LatencyModel("test-host", 2000.0, HostPeaks(100.0, 20.0), seconds_per_op=1e-6, flops_efficiency=0.5, bandwidth_efficiency=1.0, fit_relative_error=0.1, points=3)
+
+
+def test_verdicts_say_why(exported: Path) -> None:
+    m7 = profile_model(exported, load_device("cortex-m7"), FIXED, measure_here=False)
+    assert m7["fits"] and m7["ram_breakdown"]["weights"] == 0  # weights stay in flash
+    assert m7["ram_bytes"] == graph_cost(exported).peak_activation_bytes + 16384
+    tight = profile_model(exported, load_device("cortex-m7"), FIXED, measure_here=False, latency_target_ms=1e-6)
+    assert not tight["fits"] and "exceeds the 1e-06 ms target" in tight["reason"]
+    # The estimate follows eq. 7: operators * t_op (scaled by clock) + FLOPs / (eta * peak) + bytes / (eta * B).
+    cost = graph_cost(exported)
+    moved = cost.weight_bytes + 2 * cost.activation_bytes_written
+    device = load_device("raspberry-pi-4")
+    expected = cost.operators * 1e-6 * 2000 / 1500 + cost.flops / (0.5 * 24e9) + moved / (1.0 * 4e9)
+    assert profile_model(exported, device, FIXED, measure_here=False)["estimated_latency_ms"] == pytest.approx(expected * 1e3)
+
+
+def test_a_model_too_big_for_the_device_does_not_fit(exported: Path, tmp_path: Path) -> None:
+    text = (Path(__file__).parents[1] / "configs" / "devices" / "cortex-m7.yaml").read_text()
+    small = tmp_path / "tiny-mcu.yaml"
+    small.write_text(text.replace("ram_bytes: 524288", "ram_bytes: 20000").replace("rom_bytes: 2097152", "rom_bytes: 1000"))
+    p = profile_model(exported, load_device(small), FIXED, measure_here=False)
+    assert not p["fits"] and "bytes of storage" in p["reason"] and "bytes of RAM" in p["reason"]
+
+
+def test_the_latency_model_is_fitted_here_and_cached(tmp_path: Path) -> None:
+    fitted = latency_model(tmp_path, show_progress=False)
+    assert fitted.points >= 30 and fitted.seconds_per_op > 0 and fitted.peaks.gflops_fp32 > 0
+    assert fitted.fit_relative_error < 1.0
+    assert latency_model(tmp_path, show_progress=False) == fitted  # read back, not refitted
+    assert json.loads((tmp_path / "latency-model.json").read_text())["host"] == fitted.host
+
+
+def test_profile_command_prints_json_and_writes_it(exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the latency model's cache goes under ./.cache
+    result = runner.invoke(app, ["profile", str(exported), "--device", "raspberry-pi-4", "--json"])
+    assert result.exit_code == 0, result.output
+    profile = json.loads(result.output)
+    assert profile["device"] == "raspberry-pi-4" and profile["rom_bytes"] == exported.stat().st_size
+    assert profile["this_machine"]["measured_latency_ms_p50"] > 0 and profile["energy_source"] == "estimated"
+    assert json.loads(exported.with_suffix(".profile.json").read_text())["verdict"] == profile["verdict"]
+    text = runner.invoke(app, ["profile", str(exported), "--device", "cortex-m7", "--device", "cloud-gpu", "--no-measure"])
+    assert text.exit_code == 0 and "cortex-m7" in text.output and "verdict" in text.output
+
+
+def test_profile_command_refuses_bad_input(exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("hello")
+    result = runner.invoke(app, ["profile", str(junk), "--device", "cortex-m7"])
+    assert result.exit_code == 2 and "not an ONNX model" in result.output
+    result = runner.invoke(app, ["profile", str(exported), "--device", "toaster"])
+    assert result.exit_code == 2 and "known devices" in result.output
