@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/foundation.py
 	$(BIN)/python benchmarks/compression.py
+	$(BIN)/python benchmarks/runtime.py
 
 clean-runs:
 	rm -rf runs

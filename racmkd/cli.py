@@ -189,6 +189,113 @@ def profile(
         typer.echo("\n\n".join(render_profile(p) for p in profiles))
 
 
+edge_app = typer.Typer(no_args_is_help=True, help="The resource-aware edge runtime: build its variant bank, run it live.")
+app.add_typer(edge_app, name="edge")
+TraceOpt = Annotated[str, typer.Option(help="A synthetic trace (steady, periodic, sudden, random, critical) or a trace file (.csv/.json).")]
+
+
+def _run_config(run: Path, overrides: list[str] | None) -> tuple[Path, RunConfig]:
+    """A run directory and its config, with `--set` overrides (e.g. runtime.latency_target_ms=5)."""
+    from racmkd.pipeline import open_run
+
+    run_dir, _ = open_run(run)
+    return run_dir, load_config(run_dir / "config.yaml", list(overrides or []))
+
+
+@edge_app.command("build")
+def edge_build(
+    run: RunOpt = Path("runs/latest"),
+    val_samples: Annotated[int, typer.Option(help="Validation samples that measure every configuration's accuracy (the allocator's P).")] = 5000,
+    test_samples: Annotated[int, typer.Option(help="Test samples for the reported accuracies (0 = all).")] = 0,
+) -> None:
+    """Export every (tier, modality) variant of a run and measure it: <run>/edge/bank.json."""
+    from racmkd.pipeline import prepare_data
+    from racmkd.runtime.variants import build_bank, load_bank
+
+    try:
+        run_dir, cfg = _run_config(run, None)
+        folder = build_bank(cfg, prepare_data(cfg), run_dir, val_samples=val_samples, test_samples=test_samples)
+        bank = load_bank(folder)
+    except _errors() as err:
+        raise _fail(err) from None
+    for v in bank.data["variants"]:
+        typer.echo(f"{v['tier'] + '/' + v['modality']:18s} {v['precision']:5s} {v['latency_ms']:7.3f} ms  {v['memory_bytes'] / 1024:8.1f} KB  {v['energy_mj']:.4f} mJ")
+    typer.echo(f"bank: {folder / 'bank.json'}")
+
+
+@edge_app.command("run")
+def edge_run(
+    run: RunOpt = Path("runs/latest"),
+    seconds: Annotated[float, typer.Option(help="How long to serve.")] = 10.0,
+    rate: Annotated[float, typer.Option(help="Requests per second (test samples, raw).")] = 50.0,
+    trace: Annotated[Optional[str], typer.Option(help="Replay this trace in real time instead of reading the machine (synthetic name or file).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Serve test samples live with the resource-aware runtime on the real monitor; print its switches."""
+    from racmkd.pipeline import prepare_data
+    from racmkd.resources.monitor import ResourceMonitor
+    from racmkd.resources.sources import SystemSource, TraceError, TraceSource, trace_from
+    from racmkd.runtime.edge import EdgeRuntime, NoVariantError, serve_split
+    from racmkd.runtime.variants import BankError, load_bank
+    from racmkd.utils import atomic_write_json
+
+    try:
+        run_dir, cfg = _run_config(run, set_)
+        bank = load_bank(run_dir / "edge")
+        source = TraceSource(trace_from(trace), loop=True) if trace else SystemSource()
+        dataset = prepare_data(cfg)
+        with ResourceMonitor(source, cfg.runtime.monitor) as monitor:
+            runtime = EdgeRuntime(bank, cfg.runtime, monitor)
+            seen = [0]
+
+            def show(i: int, answer: object) -> None:
+                for d in list(runtime.decisions)[seen[0]:]:
+                    typer.echo(f"{d['t']:10.2f}  {d['from']:>34s} -> {d['to']:<34s} {d['reason']} ({d['adaptation_ms']:.3f} ms)")
+                seen[0] = len(runtime.decisions)
+
+            result = serve_split(runtime, dataset, seconds, rate, on_request=show)
+            result["monitor_overhead"] = monitor.overhead()
+            result["state"] = runtime.state()
+        atomic_write_json(run_dir / "edge" / "live.json", result)
+    except (*_errors(), BankError, TraceError, NoVariantError) as err:
+        raise _fail(err) from None
+    typer.echo(json.dumps(result["summary"], indent=2))
+    typer.echo(f"monitor: {result['monitor_overhead']['cpu_fraction']:.4%} of one core over {result['monitor_overhead']['polls']} polls; log: {run_dir / 'edge' / 'live.json'}")
+
+
+@app.command()
+def simulate(
+    trace: TraceOpt = "sudden",
+    run: RunOpt = Path("runs/latest"),
+    requests: Annotated[int, typer.Option(help="Requests spread evenly over the trace.")] = 2000,
+    duration: Annotated[float, typer.Option(help="Length of a synthetic trace in seconds.")] = 120.0,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for summary.json, timeline.json/png, table.md (default: <run>/simulate/<trace>).")] = None,
+    static: Annotated[bool, typer.Option("--static/--no-static", help="Also replay every static tier on the same requests.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic trace and of the request order.")] = 0,
+    set_: SetOpt = None,
+) -> None:
+    """Replay a resource trace against the edge runtime with real inference; compare with static tiers."""
+    from racmkd.pipeline import prepare_data
+    from racmkd.resources.sources import TraceError, trace_from
+    from racmkd.runtime.simulate import render_table
+    from racmkd.runtime.simulate import simulate as replay_trace
+    from racmkd.runtime.variants import BankError, build_bank, load_bank
+
+    try:
+        run_dir, cfg = _run_config(run, set_)
+        resources = trace_from(trace, duration, seed=seed)
+        dataset = prepare_data(cfg)
+        if not (run_dir / "edge" / "bank.json").is_file():
+            typer.echo("no variant bank yet: building it (racmkd edge build)")
+            build_bank(cfg, dataset, run_dir)
+        folder = out or run_dir / "simulate" / resources.name
+        summary = replay_trace(load_bank(run_dir / "edge"), dataset, resources, cfg.runtime, requests, folder, static, seed)
+    except (*_errors(), BankError, TraceError) as err:
+        raise _fail(err) from None
+    typer.echo(render_table(summary))
+    typer.echo(f"written: {folder}/summary.json, timeline.json, timeline.png, table.md")
+
+
 @app.command()
 def predict(
     run: RunOpt = Path("runs/latest"),

@@ -182,6 +182,53 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """How the resource monitor samples, smooths and forecasts (racmkd/resources/monitor.py)."""
+
+    interval_s: float = 0.5  # the first interval; then adaptive between the two bounds below
+    min_interval_s: float = 0.1  # while readings change
+    max_interval_s: float = 2.0  # while they stay put
+    change_threshold: float = 0.05  # a move of 5 CPU points, or of 5% of free memory, is a change
+    smoothing: float = 0.5  # EWMA weight of a new reading (also Holt's level weight)
+    trend: float = 0.3  # Holt's slope weight
+    horizon_s: float = 1.0  # how far ahead the forecast looks
+
+
+@dataclass(frozen=True)
+class PIDGains:
+    """A PID controller on observed latency / target (simple-pid); its output scales the latency budget."""
+
+    kp: float = 0.4
+    ki: float = 0.4  # per second
+    kd: float = 0.0
+    setpoint: float = 0.8  # aim at 80% of the latency target: headroom for the tail
+    min_scale: float = 0.25
+    max_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """The resource-aware edge runtime (racmkd/runtime/edge.py) and its allocator."""
+
+    build_bank: bool = False  # `racmkd run` ends by building the variant bank (<run>/edge/), as `racmkd edge build` does
+    latency_target_ms: float = 3.0  # per request, preprocessing included
+    threads: int = 1  # torch threads for preprocessing (ONNX Runtime sessions use one): more threads stall under other programs' load
+    priorities: dict[str, float] = field(default_factory=dict)  # modality -> priority in [0, 1] (default 1)
+    critical: dict[str, str] = field(default_factory=dict)  # modality -> lowest tier it may run at; it is never switched off
+    memory_reserve_bytes: int = 4 * 2**20  # free memory left to other programs
+    memory_share: float = 0.5  # of what is free beyond the reserve, the share the runtime may use
+    energy_budget_mj: float = 0.0  # per request on battery power; 0 = no energy limit
+    low_battery_percent: float = 20.0  # below it, the energy budget is halved
+    contention_floor: float = 0.05  # the least CPU share assumed left to us (bounds the predicted slowdown at 20x)
+    step_up_margin: float = 0.2  # a better configuration must fit with this much slack on every resource ...
+    step_up_window_s: float = 1.0  # ... for this long before the runtime switches up to it
+    preload: bool = True  # load every variant at start (memory permitting); else lazily, least recently used out
+    max_loaded: int = 0  # sessions kept loaded at most; 0 = no limit
+    pid: PIDGains = PIDGains()
+    monitor: MonitorConfig = MonitorConfig()
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one run of the pipeline needs; written to runs/<name>/config.yaml."""
 
@@ -195,6 +242,7 @@ class RunConfig:
     distill: DistillConfig = DistillConfig()
     compress: CompressConfig = CompressConfig()
     eval: EvalConfig = EvalConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The pipeline's stages, each a library function that the CLI wraps:
 
     data -> train_teachers -> select_designs + distill_students -> compress_students -> evaluate_run
+         -> build_bank (the edge runtime's variants)
 
 A run lives in runs/<name>/: config.yaml, checkpoints/*.pt, selection.json, compressed/<tier>/,
-report.json, report.md and plots; runs/latest points at the newest run.
+report.json, report.md, plots and edge/; runs/latest points at the newest run.
 """
 
 from __future__ import annotations
@@ -441,5 +442,11 @@ def run_pipeline(cfg: RunConfig) -> Path:
     if cfg.compress.tiers:
         compress_students(cfg, dataset, run_dir, list(cfg.compress.tiers))
     evaluate_run(run_dir, dataset)
+    if cfg.runtime.build_bank:
+        from racmkd.runtime.variants import build_bank
+
+        stage = time.perf_counter()
+        build_bank(cfg, dataset, run_dir)
+        record_timing(run_dir, "edge_bank", time.perf_counter() - stage)
     record_timing(run_dir, "total", time.perf_counter() - started)
     return run_dir

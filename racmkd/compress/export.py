@@ -60,9 +60,14 @@ class InputGraph(nn.Module):
     the same function as `model({m: x for m in present})`, with the presence mask and the zero
     embeddings of absent modalities folded into the first layer after the concat (their
     contribution is a constant). What remains is encoders -> concat -> [project -> ReLU] ->
-    classifier: no shape arithmetic for a device to run or store."""
+    classifier: no shape arithmetic for a device to run or store.
 
-    def __init__(self, model: MultimodalNet, present: list[str]) -> None:
+    `share` exports a student's additive share of the logits for its `present` modalities: the
+    classifier's bias is left out (a student's logits are bias + one term per modality, since its
+    classifier is linear over the concatenated embeddings), so that the edge runtime can add up
+    the terms of variants that run separately. A teacher's fusion MLP does not split that way."""
+
+    def __init__(self, model: MultimodalNet, present: list[str], share: bool = False) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict({m: model.encoders[m] for m in present})  # keeps the `encoders.<modality>` weight names
         widths = {m: e.embed_dim for m, e in model.encoders.items()}
@@ -71,10 +76,12 @@ class InputGraph(nn.Module):
         order = list(model.encoders)
         presence = model.fusion.presence.weight[:, [order.index(m) for m in present]].sum(dim=1).detach()  # (D,)
         first = model.fusion.project if isinstance(model.fusion.project, nn.Linear) else model.classifier
+        if share and first is not model.classifier:
+            raise ExportError("only a student (a linear classifier over the embeddings) splits into additive per-modality shares; this model has a fusion MLP")
         folded = nn.Linear(len(columns), first.out_features)
         with torch.no_grad():
             folded.weight.copy_(first.weight[:, columns])
-            bias = first.bias if first.bias is not None else torch.zeros(first.out_features)
+            bias = first.bias if first.bias is not None and not share else torch.zeros(first.out_features)
             # A student's classifier reads joint + presence: W (joint + p) + b = W joint + (W p + b).
             folded.bias.copy_(bias + (presence if first is model.fusion.project else first.weight @ presence))
         if first is model.fusion.project:
@@ -154,14 +161,15 @@ def compact_file(path: Path) -> dict[str, int]:
     return by_module
 
 
-def export_onnx(model: MultimodalNet, specs: dict[str, Any], modalities: dict[str, Modality], path: Path, name: str = "model", present: list[str] | None = None, extra_meta: dict[str, Any] | None = None) -> Path:
+def export_onnx(model: MultimodalNet, specs: dict[str, Any], modalities: dict[str, Modality], path: Path, name: str = "model", present: list[str] | None = None, extra_meta: dict[str, Any] | None = None, share: bool = False) -> Path:
     """Write `model` (BatchNorm folded) to `path` as ONNX with its contract; `present` exports the
-    graph for a subset of its modalities (the runtime's variants with a sensor off)."""
+    graph for a subset of its modalities (a variant with a sensor off); `share` exports only those
+    modalities' additive share of a student's logits (see `InputGraph`)."""
     present = list(present or specs)
     unknown = set(present) - set(specs)
     if unknown:
         raise ExportError(f"{path}: cannot export inputs {sorted(unknown)}; the model uses {list(specs)}")
-    wrapper = InputGraph(fold_batchnorm(model), present).eval()
+    wrapper = InputGraph(fold_batchnorm(model), present, share).eval()
     example = tuple(torch.zeros(1, *modalities[m].feature_shape(specs[m])) for m in present)
     batch = torch.export.Dim("batch", min=1, max=4096)
     exporter_log = logging.getLogger("torch.onnx")

@@ -127,6 +127,12 @@ class Modality(ABC):
         if math.prod(self.feature_shape(reduced)) > math.prod(self.feature_shape(spec)):
             raise ValueError(f"{self.name}: {reduced} is larger than {spec}, not a reduction")
 
+    def input_quality(self, raw: torch.Tensor) -> float:
+        """How usable one raw input (a batch of one, as `to_raw` returns) looks: 0 for a dead sensor
+        (a constant image, a silent recording), else 1. The edge runtime stops spending resources on
+        a modality whose inputs keep coming in dead."""
+        return 0.0 if float(raw.float().std()) < 1e-4 else 1.0
+
     def contract(self, spec: Any) -> dict[str, Any]:
         """The preprocessing a runtime must apply to raw inputs for a model built for `spec`
         (written into exported models, so that a runtime needs nothing else)."""

@@ -1,0 +1,427 @@
+"""Where resource readings come from: the real machine, a recorded trace, or a synthetic profile.
+
+Every source answers `read(now)` with a `ResourceSnapshot`; a reading the source does not have
+(no battery, no temperature sensor, no RAPL counter, no cgroup limit) is None, never 0, so that
+"absent" and "empty" cannot be confused. The monitor (monitor.py) smooths and forecasts whatever
+source it is given, so the runtime cannot tell a replayed trace from the live machine.
+
+Resource levels follow the seed paper's Table 6.7 (CPU used by other programs, memory available):
+
+    high      20-30% CPU, 120-150 MB free
+    medium    50-60% CPU,  60-80 MB free
+    low       70-80% CPU,  20-40 MB free
+    critical  > 90% CPU,   < 20 MB free
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import psutil
+
+log = logging.getLogger(__name__)
+
+MB = 2**20
+UNLIMITED = 2**60  # cgroup v1 writes a huge number for "no limit"
+
+
+@dataclass(frozen=True)
+class ResourceSnapshot:
+    """One reading of the machine. None means the source has no such reading."""
+
+    t: float  # seconds (monotonic clock, or trace time)
+    cpu_percent: float | None = None  # whole machine, 0-100 (all cores)
+    process_cpu_percent: float | None = None  # this process, % of one core
+    memory_available_bytes: int | None = None  # what a new allocation can get (cgroup limit included)
+    memory_total_bytes: int | None = None
+    process_rss_bytes: int | None = None
+    cpu_cores: float | None = None  # cores this process may use (cgroup cpu quota included)
+    cgroup_memory_max_bytes: int | None = None  # None: no limit, or not in a cgroup
+    cgroup_cpu_max_cores: float | None = None
+    battery_percent: float | None = None
+    power_plugged: bool | None = None
+    temperature_c: float | None = None  # the hottest sensor
+    package_power_w: float | None = None  # from RAPL energy counters
+
+    def other_load(self) -> float | None:
+        """Share (0-1) of the CPU that other programs use: the machine's load minus this process's."""
+        if self.cpu_percent is None:
+            return None
+        ours = (self.process_cpu_percent or 0.0) / max(self.cpu_cores or 1.0, 1.0)
+        return min(1.0, max(0.0, (self.cpu_percent - ours) / 100.0))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+NUMERIC_FIELDS = ("cpu_percent", "process_cpu_percent", "memory_available_bytes", "process_rss_bytes", "battery_percent", "temperature_c", "package_power_w")
+
+
+class Source(Protocol):
+    """Anything that answers readings; `name` says where they come from."""
+
+    name: str
+
+    def read(self, now: float) -> ResourceSnapshot: ...
+
+
+# Resource levels (Table 6.7) ------------------------------------------------------------------------
+
+LEVELS = ("high", "medium", "low", "critical")
+LEVEL_RANGES = {  # level -> (CPU % range, free memory MB range), as the seed paper gives them
+    "high": ((20.0, 30.0), (120.0, 150.0)),
+    "medium": ((50.0, 60.0), (60.0, 80.0)),
+    "low": ((70.0, 80.0), (20.0, 40.0)),
+    "critical": ((90.0, 98.0), (8.0, 19.0)),
+}
+CPU_BOUNDS = (40.0, 65.0, 85.0)  # above each bound the level drops one step (midpoints between the ranges)
+MEMORY_BOUNDS_MB = (100.0, 50.0, 20.0)  # below each bound the level drops one step
+
+
+def resource_level(snapshot: ResourceSnapshot) -> str:
+    """The Table 6.7 level of a reading: the worse of what its CPU load and its free memory say."""
+    step = 0
+    if snapshot.cpu_percent is not None:
+        step = max(step, sum(snapshot.cpu_percent > b for b in CPU_BOUNDS))
+    if snapshot.memory_available_bytes is not None:
+        step = max(step, sum(snapshot.memory_available_bytes / MB < b for b in MEMORY_BOUNDS_MB))
+    return LEVELS[step]
+
+
+# The real machine -----------------------------------------------------------------------------------
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _read_int(path: Path) -> int | None:
+    text = _read_text(path)
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class CgroupLimits:
+    """What the container (cgroup v2, or v1) lets this process use; None where there is no limit."""
+
+    memory_max_bytes: int | None
+    memory_current_bytes: int | None
+    cpu_max_cores: float | None
+    version: int | None  # 2, 1, or None outside any cgroup hierarchy we can read
+
+
+def read_cgroup(root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup: Path = Path("/proc/self/cgroup")) -> CgroupLimits:
+    """Memory and CPU limits of this process's cgroup: v2 (`memory.max`, `memory.current`, `cpu.max`)
+    in its own group or the root, else v1 (`memory.limit_in_bytes`, `cpu.cfs_quota_us`)."""
+    root = Path(root)
+    if (root / "cgroup.controllers").exists():
+        group = root
+        membership = _read_text(proc_self_cgroup) or ""
+        for line in membership.splitlines():
+            if line.startswith("0::"):
+                candidate = root / line[3:].lstrip("/")
+                if (candidate / "memory.max").exists() or (candidate / "cpu.max").exists():
+                    group = candidate
+        memory_max = _read_text(group / "memory.max")
+        cpu_max = (_read_text(group / "cpu.max") or "max").split()
+        cores = None
+        if cpu_max and cpu_max[0] != "max" and len(cpu_max) == 2:
+            try:
+                cores = int(cpu_max[0]) / int(cpu_max[1])
+            except (ValueError, ZeroDivisionError):
+                cores = None
+        limit = None if memory_max in (None, "max") else _parse_int(memory_max)
+        return CgroupLimits(limit, _read_int(group / "memory.current"), cores, 2)
+    if (root / "memory" / "memory.limit_in_bytes").exists() or (root / "cpu" / "cpu.cfs_quota_us").exists():
+        limit = _read_int(root / "memory" / "memory.limit_in_bytes")
+        quota, period = _read_int(root / "cpu" / "cpu.cfs_quota_us"), _read_int(root / "cpu" / "cpu.cfs_period_us")
+        cores = quota / period if quota and quota > 0 and period else None
+        return CgroupLimits(limit if limit is not None and limit < UNLIMITED else None, _read_int(root / "memory" / "memory.usage_in_bytes"), cores, 1)
+    return CgroupLimits(None, None, None, None)
+
+
+def _parse_int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+class SystemSource:
+    """Live readings of this machine through psutil, cgroup files and RAPL counters."""
+
+    name = "system"
+
+    def __init__(self, cgroup_root: Path = Path("/sys/fs/cgroup"), powercap_root: Path = Path("/sys/class/powercap"), proc_self_cgroup: Path = Path("/proc/self/cgroup")) -> None:
+        self.cgroup_root, self.powercap_root, self.proc_self_cgroup = Path(cgroup_root), Path(powercap_root), Path(proc_self_cgroup)
+        self.process = psutil.Process()
+        psutil.cpu_percent(None)  # the first call only starts the measurement interval
+        self.process.cpu_percent(None)
+        self._energy: tuple[float, int] | None = None  # (time, total µJ) of the previous RAPL reading
+
+    def read(self, now: float | None = None) -> ResourceSnapshot:
+        now = time.monotonic() if now is None else now
+        memory = psutil.virtual_memory()
+        cgroup = read_cgroup(self.cgroup_root, self.proc_self_cgroup)
+        available = int(memory.available)
+        if cgroup.memory_max_bytes is not None and cgroup.memory_current_bytes is not None:
+            available = min(available, max(0, cgroup.memory_max_bytes - cgroup.memory_current_bytes))
+        cores = float(os.cpu_count() or 1)
+        if cgroup.cpu_max_cores is not None:
+            cores = min(cores, cgroup.cpu_max_cores)
+        battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
+        return ResourceSnapshot(
+            t=now,
+            cpu_percent=float(psutil.cpu_percent(None)),
+            process_cpu_percent=float(self.process.cpu_percent(None)),
+            memory_available_bytes=available,
+            memory_total_bytes=int(memory.total) if cgroup.memory_max_bytes is None else min(int(memory.total), cgroup.memory_max_bytes),
+            process_rss_bytes=int(self.process.memory_info().rss),
+            cpu_cores=cores,
+            cgroup_memory_max_bytes=cgroup.memory_max_bytes,
+            cgroup_cpu_max_cores=cgroup.cpu_max_cores,
+            battery_percent=float(battery.percent) if battery is not None else None,
+            power_plugged=bool(battery.power_plugged) if battery is not None and battery.power_plugged is not None else None,
+            temperature_c=self._temperature(),
+            package_power_w=self._power(now),
+        )
+
+    @staticmethod
+    def _temperature() -> float | None:
+        if not hasattr(psutil, "sensors_temperatures"):
+            return None
+        try:
+            sensors = psutil.sensors_temperatures()
+        except (OSError, RuntimeError):
+            return None
+        readings = [t.current for entries in sensors.values() for t in entries if t.current is not None and math.isfinite(t.current)]
+        return float(max(readings)) if readings else None
+
+    def _power(self, now: float) -> float | None:
+        """Package power from the change of RAPL energy counters since the previous reading."""
+        from racmkd.eval.cost import rapl_domains
+
+        domains = rapl_domains(self.powercap_root)
+        if not domains:
+            return None
+        total = sum(int(p.read_text()) for p in domains)
+        previous, self._energy = self._energy, (now, total)
+        if previous is None or now <= previous[0] or total < previous[1]:
+            return None  # the first reading, or a counter wrapped
+        return (total - previous[1]) * 1e-6 / (now - previous[0])
+
+
+# Traces: recorded or synthetic ------------------------------------------------------------------------
+
+
+class TraceError(ValueError):
+    """A trace file cannot be used; the message names the file and what is wrong with it."""
+
+
+TRACE_COLUMNS = {  # column -> (snapshot field, scale to the field's unit, valid range in the column's unit)
+    "cpu_percent": ("cpu_percent", 1.0, (0.0, 100.0)),
+    "memory_available_mb": ("memory_available_bytes", MB, (0.0, 1e9)),
+    "battery_percent": ("battery_percent", 1.0, (0.0, 100.0)),
+    "temperature_c": ("temperature_c", 1.0, (-60.0, 200.0)),
+    "package_power_w": ("package_power_w", 1.0, (0.0, 1e5)),
+}
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Readings over time: `times` (s, increasing) and one array per column (NaN: not recorded)."""
+
+    name: str
+    times: np.ndarray
+    columns: dict[str, np.ndarray]
+    skipped_rows: int = 0  # rows dropped as garbage while reading
+
+    @property
+    def duration(self) -> float:
+        return float(self.times[-1] - self.times[0]) if len(self.times) else 0.0
+
+    def at(self, t: float) -> ResourceSnapshot:
+        """The reading in force at trace time `t` (the last row at or before it; the first row before
+        the trace starts, the last after it ends): a gap in a trace holds the last value."""
+        i = int(np.searchsorted(self.times, t + self.times[0], side="right")) - 1
+        i = min(max(i, 0), len(self.times) - 1)
+        values: dict[str, Any] = {}
+        for column, (field_name, scale, _) in TRACE_COLUMNS.items():
+            series = self.columns.get(column)
+            if series is not None and not math.isnan(series[i]):
+                value = float(series[i]) * scale
+                values[field_name] = int(value) if field_name.endswith("_bytes") else value
+        return ResourceSnapshot(t=t, cpu_cores=1.0, **values)
+
+    def to_rows(self) -> list[dict[str, float]]:
+        rows = []
+        for i, t in enumerate(self.times):
+            row = {"t": float(t)}
+            row.update({c: float(v[i]) for c, v in self.columns.items() if not math.isnan(v[i])})
+            rows.append(row)
+        return rows
+
+    def write_csv(self, path: Path) -> None:
+        from racmkd.utils import atomic_write_text
+
+        names = ["t", *self.columns]
+        lines = [",".join(names)] + [",".join(f"{r.get(n, ''):g}" if n in r else "" for n in names) for r in self.to_rows()]
+        atomic_write_text(Path(path), "\n".join(lines) + "\n")
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Read a recorded trace (CSV with a header, or JSON: a list of objects or {"samples": [...]}).
+    Columns: `t` (seconds) and any of cpu_percent, memory_available_mb, battery_percent,
+    temperature_c, package_power_w. Rows with garbage (text, NaN, values out of range, time going
+    backwards) are skipped and counted; a file without two usable rows is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"{path}: no such trace file. Record one, or use a synthetic trace: {', '.join(SYNTHETIC)}")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(path.read_text())
+            rows = data.get("samples") if isinstance(data, dict) else data
+            if not isinstance(rows, list):
+                raise TraceError(f"{path}: expected a JSON list of readings or an object with a 'samples' list")
+        else:
+            with path.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
+        raise TraceError(f"{path}: unreadable trace ({type(err).__name__}: {err})") from None
+    known = [c for c in TRACE_COLUMNS if any(isinstance(r, dict) and c in r for r in rows)]
+    if not known:
+        raise TraceError(f"{path}: no known columns; a trace needs t and at least one of {', '.join(TRACE_COLUMNS)}")
+    times: list[float] = []
+    columns: dict[str, list[float]] = {c: [] for c in known}
+    skipped = 0
+    for row in rows:
+        parsed = _parse_row(row, known)
+        if parsed is None or (times and parsed[0] <= times[-1]):
+            skipped += 1
+            continue
+        times.append(parsed[0])
+        for c in known:
+            columns[c].append(parsed[1].get(c, math.nan))
+    if len(times) < 2:
+        raise TraceError(f"{path}: fewer than two usable readings ({skipped} rows skipped as garbage)")
+    if skipped:
+        log.warning("%s: skipped %d garbage rows of %d", path, skipped, len(rows))
+    return Trace(path.stem, np.array(times), {c: np.array(v) for c, v in columns.items()}, skipped)
+
+
+def _parse_row(row: Any, columns: list[str]) -> tuple[float, dict[str, float]] | None:
+    if not isinstance(row, dict):
+        return None
+    try:
+        t = float(row.get("t"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(t):
+        return None
+    values = {}
+    for c in columns:
+        raw = row.get(c)
+        if raw in (None, ""):
+            continue  # not recorded in this row: held from the previous one at replay
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            return None
+        low, high = TRACE_COLUMNS[c][2]
+        if not math.isfinite(value) or not low <= value <= high:
+            return None
+        values[c] = value
+    return (t, values) if values else None
+
+
+def _level_value(level: str, which: int, fraction: float | np.ndarray) -> float | np.ndarray:
+    """A value inside a level's Table 6.7 range: which 0 = CPU %, 1 = free MB; fraction 0..1."""
+    low, high = LEVEL_RANGES[level][which]
+    return low + (high - low) * fraction
+
+
+def synthetic_trace(kind: str, duration_s: float = 120.0, step_s: float = 0.1, seed: int = 0) -> Trace:
+    """A synthetic resource profile in the seed paper's levels:
+
+    steady    the high level throughout (small noise)
+    periodic  a smooth cycle high -> critical -> high, period duration/3
+    sudden    high, a sudden drop to critical for the middle third, then high again
+    random    a bounded random walk across all levels
+    critical  the critical level throughout
+    """
+    if kind not in SYNTHETIC:
+        raise TraceError(f"unknown synthetic trace {kind!r}; choose one of {', '.join(SYNTHETIC)} or give a trace file")
+    rng = np.random.default_rng(seed)
+    t = np.arange(0.0, duration_s + 1e-9, step_s)
+    n = len(t)
+    noise = rng.uniform(0, 1, size=(2, n))
+    if kind == "steady":
+        cpu, mem = _level_value("high", 0, noise[0]), _level_value("high", 1, noise[1])
+    elif kind == "critical":
+        cpu, mem = _level_value("critical", 0, noise[0]), _level_value("critical", 1, noise[1])
+    elif kind == "periodic":
+        phase = (1 - np.cos(2 * np.pi * t / (duration_s / 3))) / 2  # 0 (high) .. 1 (critical)
+        cpu = 25.0 + (94.0 - 25.0) * phase + rng.normal(0, 1.5, n)
+        mem = 135.0 - (135.0 - 12.0) * phase + rng.normal(0, 2.0, n)
+    elif kind == "sudden":
+        inside = (t >= duration_s / 3) & (t < 2 * duration_s / 3)
+        cpu = np.where(inside, _level_value("critical", 0, noise[0]), _level_value("high", 0, noise[0]))
+        mem = np.where(inside, _level_value("critical", 1, noise[1]), _level_value("high", 1, noise[1]))
+    else:  # random walk, reflected at the edges of the levels' span
+        cpu, mem = np.empty(n), np.empty(n)
+        cpu[0], mem[0] = 25.0, 135.0
+        steps = rng.normal(0, 1, size=(2, n)) * np.sqrt(step_s) * np.array([[6.0], [9.0]])
+        for i in range(1, n):
+            cpu[i] = _reflect(cpu[i - 1] + steps[0, i], 15.0, 98.0)
+            mem[i] = _reflect(mem[i - 1] + steps[1, i], 8.0, 150.0)
+    return Trace(kind, t, {"cpu_percent": np.clip(cpu, 0.0, 100.0), "memory_available_mb": np.clip(mem, 1.0, None)})
+
+
+def _reflect(x: float, low: float, high: float) -> float:
+    if x < low:
+        return 2 * low - x
+    if x > high:
+        return 2 * high - x
+    return x
+
+
+SYNTHETIC = ("steady", "periodic", "sudden", "random", "critical")
+
+
+def trace_from(name_or_path: str | Path, duration_s: float = 120.0, step_s: float = 0.1, seed: int = 0) -> Trace:
+    """A synthetic trace by name, or a trace file by path."""
+    if str(name_or_path) in SYNTHETIC:
+        return synthetic_trace(str(name_or_path), duration_s, step_s, seed)
+    return load_trace(name_or_path)
+
+
+class TraceSource:
+    """Replays a trace: `read(now)` answers the reading in force `now - start` seconds into it
+    (`loop` starts it over at the end instead of holding the last reading)."""
+
+    def __init__(self, trace: Trace, start: float | None = None, loop: bool = False) -> None:
+        self.trace, self.loop = trace, loop
+        self.start = time.monotonic() if start is None else start
+        self.name = f"trace:{trace.name}"
+
+    def read(self, now: float | None = None) -> ResourceSnapshot:
+        now = time.monotonic() if now is None else now
+        offset = now - self.start
+        if self.loop and self.trace.duration > 0:
+            offset %= self.trace.duration
+        return replace(self.trace.at(offset), t=now)

@@ -1,0 +1,395 @@
+"""The resource-aware edge runtime: every variant preloaded, the allocator's choice served, never a
+dropped request.
+
+    monitor --(state)--> budget --> allocator + hysteresis --> current configuration (a pointer)
+    request --> the configuration's variants whose inputs arrived --> sum of logit shares --> answer
+                                  \\-- a variant fails: exclude it, re-solve, go on --/
+    observed latency --> PID --> latency budget scale
+
+- Budget from a reading (`budget_for`): the latency target x the PID's scale, divided by the
+  slowdown other programs' CPU load predicts (processor sharing: the share of a core left to us is
+  cores x (1 - their load), at least `contention_floor`); free memory beyond a reserve, times the
+  runtime's share of it; on battery, an energy budget per request.
+- Switching tier or modality set is a pointer swap: sessions are loaded at start (when they fit
+  the memory budget), else on first use and evicted least recently used.
+- Adaptation time: from the moment a reading arrives (`MonitorState.observed_at`) to the new
+  configuration being in place with its sessions loaded.
+- Input quality: a missing input, or a dead one (constant image, silent audio), has quality 0; a
+  running average per modality weights the allocator, and a request is answered from the inputs it
+  brought.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from racmkd.compress.export import session
+from racmkd.config import RuntimeConfig
+from racmkd.registry import MODALITIES
+from racmkd.resources.allocator import Allocator, Budget, Configuration, Decision, Hysteresis, LatencyController, Variant, config_costs, describe
+from racmkd.resources.monitor import MonitorState, ResourceMonitor
+from racmkd.resources.sources import MB, ResourceSnapshot
+from racmkd.runtime.variants import Bank
+from racmkd.utils import torch_threads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Answer:
+    """One request's answer and how it was produced."""
+
+    label: int
+    probabilities: np.ndarray
+    variants: list[str]  # the variants that answered
+    latency_ms: float  # wall time of this request in the runtime (preprocessing included)
+    fallbacks: list[str] = field(default_factory=list)  # what went wrong and was worked around
+
+
+class NoVariantError(RuntimeError):
+    """No variant could answer a request (all failed, or no input this runtime can use)."""
+
+
+def budget_for(snapshot: ResourceSnapshot | None, config: RuntimeConfig, scale: float = 1.0) -> Budget:
+    """What one request may spend under these readings (see the module docstring)."""
+    if snapshot is None:
+        return Budget(config.latency_target_ms * scale)
+    other = snapshot.other_load() or 0.0
+    share = max(config.contention_floor, min(1.0, (snapshot.cpu_cores or 1.0) * (1.0 - other)))
+    slowdown = 1.0 / share
+    memory = math.inf
+    if snapshot.memory_available_bytes is not None:
+        memory = max(0.0, snapshot.memory_available_bytes - config.memory_reserve_bytes) * config.memory_share
+    energy = math.inf
+    if config.energy_budget_mj > 0 and snapshot.power_plugged is False:
+        low = snapshot.battery_percent is not None and snapshot.battery_percent < config.low_battery_percent
+        energy = config.energy_budget_mj * (0.5 if low else 1.0)
+    return Budget(config.latency_target_ms * scale / slowdown, memory, energy, slowdown)
+
+
+class EdgeRuntime:
+    """Serves requests with the variants the allocator chooses; `pinned` fixes one configuration
+    (modality -> tier or None) instead, for static baselines."""
+
+    def __init__(self, bank: Bank, config: RuntimeConfig | None = None, monitor: ResourceMonitor | None = None, clock: Callable[[], float] = time.monotonic, pinned: dict[str, str | None] | None = None) -> None:
+        self.bank, self.config, self.clock = bank, config or RuntimeConfig(), clock
+        self.table = bank.table
+        self.allocator = Allocator(self.table, self.config.critical)
+        self.hysteresis = Hysteresis(self.config.step_up_margin, self.config.step_up_window_s)
+        self.controller = LatencyController(self.config.pid, self.config.latency_target_ms)
+        self.modalities = {m: MODALITIES.create(m) for m in self.table.modalities}
+        self.quality = {m: 1.0 for m in self.table.modalities}
+        self.failed: dict[str, str] = {v.id: "its input spec could not be read" for v in self.table.variants if bank.specs.get(v.id) is None}
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=200)
+        self.adaptation_ms: list[float] = []
+        self.decision_ms: list[float] = []
+        self.snapshot: ResourceSnapshot | None = None
+        self.level = "unknown"
+        self.budget = budget_for(None, self.config)
+        self._sessions: OrderedDict[str, Any] = OrderedDict()
+        self._protect: set[str] = set()
+        self._lock = threading.RLock()
+        self._unsubscribe: Callable[[], None] | None = None
+        self.pinned = self._pinned_config(pinned) if pinned is not None else None
+        self.current: Decision = self._initial_decision()
+        if self.config.preload:
+            self._preload()
+        self._ensure_loaded(self.current.config)
+        self.monitor = monitor
+        if monitor is not None:
+            self._unsubscribe = monitor.subscribe(self.on_resources)
+            if monitor.state is not None:
+                self.on_resources(monitor.state)
+
+    # Configurations ------------------------------------------------------------------------------------
+
+    def _pinned_config(self, pinned: dict[str, str | None]) -> Configuration:
+        by_id = {v.id: v for v in self.table.variants}
+        unknown = set(pinned) - set(self.table.modalities)
+        if unknown:
+            raise ValueError(f"pinned configuration names {sorted(unknown)}; the bank's modalities are {list(self.table.modalities)}")
+        config = []
+        for m in self.table.modalities:
+            tier = pinned.get(m)
+            if tier is not None and f"{tier}/{m}" not in by_id:
+                raise ValueError(f"pinned configuration: no variant {tier}/{m} in the bank (variants: {', '.join(by_id)})")
+            config.append(by_id[f"{tier}/{m}"] if tier is not None else None)
+        if all(v is None for v in config):
+            raise ValueError("pinned configuration processes no modality")
+        return tuple(config)
+
+    def _initial_decision(self) -> Decision:
+        if self.pinned is not None:
+            return Decision(self.pinned, self.allocator.utility(self.pinned, self.weights()), config_costs(self.pinned), True, "pinned")
+        return self.allocator.solve(self.budget, self.weights(), frozenset(self.failed))
+
+    def weights(self) -> tuple[float, ...]:
+        return self.allocator.weights(self.config.priorities, {m: round(q * 20) / 20 for m, q in self.quality.items()})
+
+    def describe(self, config: Configuration | None = None) -> str:
+        return describe(self.table, self.current.config if config is None else config)
+
+    # Sessions ------------------------------------------------------------------------------------------
+
+    def _preload(self) -> None:
+        total = sum(v.memory_bytes for v in self.table.variants if v.id not in self.failed)
+        if total > self.budget.memory_bytes:
+            log.info("variants need %.1f MB, more than the memory budget: loading them on first use", total / MB)
+            return
+        for v in self.table.variants:
+            if v.id not in self.failed:
+                self._session(v)
+
+    def _session(self, variant: Variant) -> Any:
+        with self._lock:
+            if variant.id in self._sessions:
+                self._sessions.move_to_end(variant.id)
+                return self._sessions[variant.id]
+            try:
+                sess = session(self.bank.path(variant))
+            except Exception as err:  # noqa: BLE001 - a damaged file must not stop the runtime
+                self._fail(variant, f"cannot load {variant.path}: {err}")
+                raise
+            self._sessions[variant.id] = sess
+            self._evict()
+            return sess
+
+    def _evict(self) -> None:
+        limit = self.config.max_loaded or len(self.table.variants)
+        keep = {v.id for v in self.current.config if v is not None} | self._protect
+        for vid in list(self._sessions):
+            if len(self._sessions) <= limit:
+                break
+            if vid not in keep:
+                del self._sessions[vid]
+
+    def _ensure_loaded(self, config: Configuration) -> None:
+        """Load a configuration's sessions (none of them evicted while the others load)."""
+        self._protect = {v.id for v in config if v is not None}
+        try:
+            for v in config:
+                if v is not None and v.id not in self.failed:
+                    try:
+                        self._session(v)
+                    except Exception:  # noqa: BLE001 - recorded in self.failed by _session
+                        continue
+        finally:
+            self._protect = set()
+
+    def loaded(self) -> list[str]:
+        return list(self._sessions)
+
+    def _fail(self, variant: Variant, reason: str) -> None:
+        with self._lock:
+            if variant.id not in self.failed:
+                log.warning("variant %s failed and is excluded: %s", variant.id, reason)
+            self.failed[variant.id] = reason
+            self._sessions.pop(variant.id, None)
+
+    # Decisions -----------------------------------------------------------------------------------------
+
+    def on_resources(self, state: MonitorState) -> None:
+        """Monitor subscriber: plan with the new reading, switch if the allocator says so."""
+        self.snapshot, self.level = state.planning(), state.level
+        self.redecide("resources", state.observed_at or None)
+
+    def redecide(self, cause: str, observed_at: float | None = None) -> Decision:
+        """Recompute the budget and let the allocator (through the hysteresis) choose; returns the
+        decision in force afterwards."""
+        started = time.perf_counter()
+        with self._lock:
+            self.budget = budget_for(self.snapshot, self.config, self.controller.scale)
+            if self.pinned is not None:
+                return self.current
+            previous = self.current
+            chosen, why = self.hysteresis.choose(self.clock(), previous, self.allocator, self.budget, self.weights(), frozenset(self.failed))
+            switched = chosen.config != previous.config
+            if switched:
+                self._ensure_loaded(chosen.config)
+            self.current = chosen
+        ended = time.perf_counter()
+        self.decision_ms.append((ended - started) * 1e3)
+        if switched:
+            adaptation = (ended - (observed_at if observed_at is not None else started)) * 1e3
+            self.adaptation_ms.append(adaptation)
+            self.decisions.append({
+                "t": self.clock(), "cause": cause, "from": self.describe(previous.config), "to": self.describe(chosen.config), "reason": why,
+                "level": self.level, "budget": self.budget.as_dict(), "utility": chosen.utility, "adaptation_ms": adaptation,
+            })
+        return self.current
+
+    def feedback(self, latency_ms: float, now: float | None = None) -> None:
+        """Feed an observed request latency to the PID; re-plan when the budget scale moved."""
+        before = self.controller.scale
+        after = self.controller.update(latency_ms, self.clock() if now is None else now)
+        if abs(after - before) > 0.02:
+            self.redecide("latency")
+
+    def _observe_quality(self, qualities: dict[str, float]) -> None:
+        changed = False
+        for m, q in qualities.items():
+            new = 0.8 * self.quality[m] + 0.2 * q
+            changed |= round(new * 20) != round(self.quality[m] * 20)
+            self.quality[m] = new
+        if changed:
+            self.redecide("input quality")
+
+    # Serving ---------------------------------------------------------------------------------------------
+
+    def infer(self, inputs: dict[str, Any], sample_rate: int = 8000) -> Answer:
+        """Answer one request (raw inputs by modality; None = missing) without feeding its latency
+        back (`predict` does; a simulation feeds the latency it models)."""
+        with torch_threads(self.config.threads):
+            return self._infer(inputs, sample_rate)
+
+    def _infer(self, inputs: dict[str, Any], sample_rate: int) -> Answer:
+        started = time.perf_counter()
+        unknown = set(inputs) - set(self.modalities)
+        if unknown:
+            raise TypeError(f"unknown inputs {sorted(unknown)}; this runtime uses {list(self.modalities)}")
+        raws: dict[str, Any] = {}
+        quality: dict[str, float] = {}
+        for m in self.modalities:
+            value = inputs.get(m)
+            if value is None:
+                quality[m] = 0.0
+                continue
+            spec = next((self.bank.specs[v.id] for v in self.table.variants if v.modality == m and self.bank.specs.get(v.id) is not None), None)
+            raw = self.modalities[m].to_raw(value, spec, sample_rate=sample_rate)  # a bad input raises ValueError naming it
+            quality[m] = self.modalities[m].input_quality(raw)
+            if quality[m] > 0:
+                raws[m] = raw  # a dead input (blank image, silence) is answered like a missing one
+        if not raws:
+            given = [m for m in self.modalities if inputs.get(m) is not None]
+            raise NoVariantError(f"no usable input: this runtime needs {' and/or '.join(self.modalities)}" + (f"; {', '.join(given)} came in dead (constant or silent)" if given else ""))
+        if self.pinned is None:
+            self._observe_quality(quality)
+        fallbacks: list[str] = []
+        config = self.current.config
+        exclude: set[str] = set()
+        while True:
+            active = [v for v in config if v is not None and v.modality in raws and v.id not in self.failed]
+            if not active:
+                config = self._request_config(raws, exclude, fallbacks)
+                active = [v for v in config if v is not None and v.modality in raws]
+            terms, used = [], []
+            for v in active:
+                try:
+                    terms.append(self._run(v, raws[v.modality]))
+                    used.append(v)
+                except Exception as err:  # noqa: BLE001 - a failing variant is skipped, never the request
+                    self._fail(v, f"{type(err).__name__}: {err}")
+                    exclude.add(v.id)
+                    fallbacks.append(f"{v.id} failed ({type(err).__name__})")
+            if len(used) == len(active) and used:
+                break
+            # Something failed: re-plan without it (the monitor's next decision will too), and retry.
+            self.redecide("variant failure")
+            config = self._request_config(raws, exclude, fallbacks)
+        logits = sum(terms) + sum(self.bank.biases[v.tier] for v in used) / len(used)
+        probs = _softmax(logits)
+        return Answer(int(probs.argmax()), probs, [v.id for v in used], (time.perf_counter() - started) * 1e3, fallbacks)
+
+    def _request_config(self, raws: dict[str, Any], exclude: set[str], fallbacks: list[str]) -> Configuration:
+        """For this request only: the best configuration using the inputs it brought."""
+        weights = self.allocator.weights(self.config.priorities, {m: (1.0 if m in raws else 0.0) for m in self.table.modalities})
+        try:
+            decision = self.allocator.solve(self.budget, weights, frozenset(self.failed) | frozenset(exclude))
+        except RuntimeError as err:
+            raise NoVariantError(f"no variant can answer this request: {err}; failures: {self.failed}") from None
+        if not any(v is not None and v.modality in raws for v in decision.config):
+            raise NoVariantError(f"no working variant uses the inputs given ({', '.join(raws)}); failures: {self.failed}")
+        fallbacks.append(f"answered with {self.describe(decision.config)} for the inputs given")
+        return decision.config
+
+    def _run(self, variant: Variant, raw: Any) -> np.ndarray:
+        spec = self.bank.specs[variant.id]
+        features = self.modalities[variant.modality].features(raw, spec).numpy()
+        return self._session(variant).run(None, {variant.modality: features})[0][0]
+
+    def predict(self, image: Any = None, audio: Any = None, sample_rate: int = 8000, **others: Any) -> Answer:
+        """Answer one request from raw inputs (any may be missing) and feed its latency back."""
+        answer = self.infer({"image": image, "audio": audio, **others}, sample_rate)
+        self.feedback(answer.latency_ms)
+        return answer
+
+    # State -----------------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """What the runtime is doing and why, for logs and for the deployment layer."""
+        return {
+            "configuration": self.describe(),
+            "variants": [v.id for v in self.current.config if v is not None],
+            "utility": self.current.utility,
+            "predicted": {"latency_ms": self.current.costs.latency_ms, "memory_bytes": self.current.costs.memory_bytes, "energy_mj": self.current.costs.energy_mj},
+            "budget": self.budget.as_dict(),
+            "level": self.level,
+            "pid": self.controller.state(),
+            "quality": dict(self.quality),
+            "failed": dict(self.failed),
+            "loaded": self.loaded(),
+            "resources": self.snapshot.as_dict() if self.snapshot else None,
+            "recent_decisions": list(self.decisions)[-10:],
+        }
+
+    def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self._sessions.clear()
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def serve_split(runtime: EdgeRuntime, dataset: Any, seconds: float, rate_hz: float, split: str = "test", on_request: Callable[[int, Answer], None] | None = None) -> dict[str, Any]:
+    """Serve a split's samples (raw, with the protocol's degradations) at `rate_hz` for `seconds`
+    of wall time, as a device would see them; returns per-request records and a summary."""
+    import torch
+
+    n = len(dataset.splits[split])
+    target = runtime.config.latency_target_ms
+    records: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    i = 0
+    while time.perf_counter() - started < seconds:
+        due = started + i / rate_hz
+        pause = due - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        row = torch.tensor([i % n])
+        raw = dataset.raw_batch(split, row)
+        answer = runtime.predict(**{m: raw[m][0].numpy() for m in runtime.modalities})
+        label = int(dataset.splits[split].labels[row[0]])
+        records.append({
+            "t": round(time.perf_counter() - started, 4), "latency_ms": answer.latency_ms, "correct": answer.label == label,
+            "configuration": ",".join(answer.variants), "level": runtime.level, "budget_latency_ms": runtime.budget.latency_ms,
+            "slowdown": runtime.budget.slowdown, "pid_scale": runtime.controller.scale,
+            "cpu_percent": runtime.snapshot.cpu_percent if runtime.snapshot else None,
+        })
+        if on_request is not None:
+            on_request(i, answer)
+        i += 1
+    latencies = sorted(r["latency_ms"] for r in records)
+    summary = {
+        "requests": len(records),
+        "accuracy": sum(r["correct"] for r in records) / max(len(records), 1),
+        "deadline_met": sum(r["latency_ms"] <= target for r in records) / max(len(records), 1),
+        "slo_accuracy": sum(r["correct"] and r["latency_ms"] <= target for r in records) / max(len(records), 1),
+        "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
+        "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies else None,
+        "switches": len(runtime.adaptation_ms),
+        "adaptation_ms_p99": float(np.percentile(runtime.adaptation_ms, 99)) if runtime.adaptation_ms else None,
+        "configurations": dict(sorted(((c, sum(r["configuration"] == c for r in records)) for c in {r["configuration"] for r in records}), key=lambda kv: -kv[1])),
+    }
+    return {"summary": summary, "records": records, "decisions": list(runtime.decisions)}

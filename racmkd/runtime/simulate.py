@@ -1,0 +1,255 @@
+"""Trace replay: the real runtime, real inference on test samples, a resource trace driving it.
+
+Requests arrive evenly over the trace (`rate` per second of trace time). Before each request the
+monitor reads the trace at that moment (at its own adaptive interval) and the runtime re-plans;
+the request then runs through the runtime for real (preprocessing, ONNX Runtime, fallbacks). What
+the trace cannot do is load this machine's CPU, so the latency a request would see on the traced
+device is modelled: the measured wall time x the processor-sharing slowdown of the trace's CPU
+load (1 / max(floor, cores x (1 - load)), one core for a trace). The same model and the same
+requests serve every static tier, so the comparison is like for like; real load is the stress
+benchmark's job (benchmarks/runtime.py).
+
+A request meets its SLO when it is answered correctly within the latency target; SLO-accuracy is
+the share of requests that do.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from racmkd.config import RuntimeConfig
+from racmkd.data.dataset import PairedDataset
+from racmkd.resources.monitor import ResourceMonitor
+from racmkd.resources.sources import LEVELS, MB, Trace, TraceSource, resource_level
+from racmkd.runtime.edge import EdgeRuntime, budget_for
+from racmkd.runtime.variants import Bank
+from racmkd.utils import atomic_write_json, atomic_write_text, progress
+
+
+class SimClock:
+    """Trace time, advanced by the simulation."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A runtime to replay: the dynamic allocator, or one configuration held throughout."""
+
+    name: str
+    pinned: dict[str, str | None] | None = None
+
+
+def static_policies(bank: Bank) -> list[Policy]:
+    """One static deployment per tier: its student with every modality it has."""
+    policies = []
+    for tier in bank.table.tiers:
+        pinned = {m: (tier if any(v.tier == tier and v.modality == m for v in bank.table.variants) else None) for m in bank.table.modalities}
+        if any(pinned.values()):
+            policies.append(Policy(f"static-{tier}", pinned))
+    return policies
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values), q))
+
+
+def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, config: RuntimeConfig, requests: int, split: str = "test", seed: int = 0) -> dict[str, Any]:
+    """Replay `trace` with `requests` requests against one policy; returns its timeline and stats."""
+    clock = SimClock()
+    monitor = ResourceMonitor(TraceSource(trace, start=0.0), config.monitor, clock=clock)
+    runtime = EdgeRuntime(bank, config, monitor if policy.pinned is None else None, clock=clock, pinned=policy.pinned)
+    n_test = len(dataset.splits[split])
+    rows = torch.from_numpy(np.random.default_rng(seed).choice(n_test, size=requests, replace=requests > n_test))
+    labels = dataset.splits[split].labels[rows].numpy()
+    duration = max(trace.duration, 1e-9)
+    next_poll, poll_cpu = 0.0, 0.0
+    timeline: list[dict[str, Any]] = []
+    correct_so_far = 0
+    raw_all = dataset.raw_batch(split, rows)
+    for i in progress(range(requests), desc=f"replay {trace.name}: {policy.name}"):
+        clock.now = i * duration / requests
+        if clock.now >= next_poll:
+            started = time.thread_time()
+            monitor.poll(clock.now)
+            poll_cpu += time.thread_time() - started
+            next_poll = clock.now + monitor.interval_s
+        reading = trace.at(clock.now)
+        if policy.pinned is not None:
+            runtime.snapshot = reading  # a static runtime does not re-plan, but its budget is reported
+        inputs = {m: raw_all[m][i].numpy() for m in runtime.modalities}
+        answer = runtime.infer(inputs)
+        slowdown = budget_for(reading, config).slowdown
+        observed = answer.latency_ms * slowdown
+        if policy.pinned is None:
+            runtime.feedback(observed, clock.now)
+        correct = answer.label == int(labels[i])
+        correct_so_far += correct
+        timeline.append({
+            "t": round(clock.now, 4), "cpu_percent": reading.cpu_percent, "memory_available_mb": (reading.memory_available_bytes or 0) / MB,
+            "level": resource_level(reading), "configuration": ",".join(answer.variants), "compute_ms": answer.latency_ms, "latency_ms": observed,
+            "correct": bool(correct), "slo_met": bool(correct and observed <= config.latency_target_ms), "running_accuracy": correct_so_far / (i + 1),
+            "fallbacks": answer.fallbacks,
+        })
+    runtime.close()
+    return {"policy": policy.name, "timeline": timeline, "decisions": list(runtime.decisions), "adaptation_ms": runtime.adaptation_ms, "decision_ms": runtime.decision_ms, "monitor_cpu_seconds": poll_cpu, "monitor_polls": monitor.polls, "trace_seconds": duration}
+
+
+def _summary(result: dict[str, Any], target_ms: float) -> dict[str, Any]:
+    t = result["timeline"]
+    lat = [r["latency_ms"] for r in t]
+    return {
+        "requests": len(t),
+        "accuracy": sum(r["correct"] for r in t) / len(t),
+        "slo_accuracy": sum(r["slo_met"] for r in t) / len(t),
+        "deadline_met": sum(r["latency_ms"] <= target_ms for r in t) / len(t),
+        "latency_ms_p50": _percentile(lat, 50),
+        "latency_ms_p95": _percentile(lat, 95),
+        "latency_ms_p99": _percentile(lat, 99),
+    }
+
+
+def level_rows(timeline: list[dict[str, Any]], target_ms: float) -> list[dict[str, Any]]:
+    """The seed paper's Table 6.7: per resource level, CPU, free memory, accuracy, latency, modalities."""
+    rows = []
+    for level in LEVELS:
+        part = [r for r in timeline if r["level"] == level]
+        if not part:
+            continue
+        modality_sets = Counter("+".join(sorted({v.split("/")[1] for v in r["configuration"].split(",")})) for r in part)
+        configs = Counter(r["configuration"] for r in part)
+        rows.append({
+            "level": level,
+            "requests": len(part),
+            "cpu_percent": statistics.fmean(r["cpu_percent"] for r in part),
+            "memory_available_mb": statistics.fmean(r["memory_available_mb"] for r in part),
+            "accuracy": sum(r["correct"] for r in part) / len(part),
+            "slo_accuracy": sum(r["slo_met"] for r in part) / len(part),
+            "latency_ms_mean": statistics.fmean(r["latency_ms"] for r in part),
+            "latency_ms_p95": _percentile([r["latency_ms"] for r in part], 95),
+            "active_modalities": modality_sets.most_common(1)[0][0],
+            "configurations": dict(configs.most_common()),
+        })
+    return rows
+
+
+def switch_overheads(timeline: list[dict[str, Any]]) -> list[float]:
+    """For each switch of configuration: the compute time of the first request served by the new
+    configuration minus the median compute time of that configuration over the replay (the cost of
+    a cold switch; preloaded sessions keep it near zero)."""
+    medians: dict[str, float] = {}
+    by_config: dict[str, list[float]] = {}
+    for r in timeline:
+        by_config.setdefault(r["configuration"], []).append(r["compute_ms"])
+    medians = {c: statistics.median(v) for c, v in by_config.items()}
+    return [cur["compute_ms"] - medians[cur["configuration"]] for prev, cur in zip(timeline, timeline[1:]) if cur["configuration"] != prev["configuration"]]
+
+
+def simulate(bank: Bank, dataset: PairedDataset, trace: Trace, config: RuntimeConfig, requests: int = 2000, out_dir: Path | None = None, statics: bool = True, seed: int = 0) -> dict[str, Any]:
+    """Replay a trace with the dynamic runtime and (with `statics`) every static tier; writes
+    summary.json, timeline.json, timeline.png and table.md into `out_dir` when given."""
+    dynamic = replay(bank, dataset, trace, Policy("dynamic"), config, requests, seed=seed)
+    static = [replay(bank, dataset, trace, p, config, requests, seed=seed) for p in static_policies(bank)] if statics else []
+    target = config.latency_target_ms
+    overheads = switch_overheads(dynamic["timeline"])
+    summary: dict[str, Any] = {
+        "trace": trace.name,
+        "trace_seconds": dynamic["trace_seconds"],
+        "requests": requests,
+        "latency_target_ms": target,
+        "latency_model": "measured compute time x processor-sharing slowdown of the trace's CPU load",
+        "dynamic": _summary(dynamic, target),
+        "slo_accuracy": _summary(dynamic, target)["slo_accuracy"],
+        "slo_accuracy_static": {r["policy"].removeprefix("static-"): _summary(r, target)["slo_accuracy"] for r in static},
+        "static": {r["policy"].removeprefix("static-"): _summary(r, target) for r in static},
+        "adaptation_ms_p50": _percentile(dynamic["adaptation_ms"], 50),
+        "adaptation_ms_p99": _percentile(dynamic["adaptation_ms"], 99),
+        "adaptation_ms_max": max(dynamic["adaptation_ms"], default=float("nan")),
+        "switches": len(dynamic["adaptation_ms"]),
+        "decision_ms_p99": _percentile(dynamic["decision_ms"], 99),
+        "switch_overhead_ms_p50": _percentile(overheads, 50),
+        "switch_overhead_ms_p99": _percentile(overheads, 99),
+        "monitor_cpu_fraction": dynamic["monitor_cpu_seconds"] / dynamic["trace_seconds"],
+        "monitor_polls": dynamic["monitor_polls"],
+        "levels": level_rows(dynamic["timeline"], target),
+        "levels_static": {r["policy"].removeprefix("static-"): level_rows(r["timeline"], target) for r in static},
+    }
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        atomic_write_json(out_dir / "summary.json", summary)
+        atomic_write_json(out_dir / "timeline.json", {"dynamic": dynamic["timeline"], "decisions": dynamic["decisions"], **{r["policy"]: r["timeline"] for r in static}})
+        atomic_write_text(out_dir / "table.md", render_table(summary))
+        plot_timeline(dynamic, static, target, out_dir / "timeline.png", trace.name)
+    return summary
+
+
+def render_table(summary: dict[str, Any]) -> str:
+    """The summary as markdown: Table 6.7 for the dynamic runtime, then dynamic vs each static tier."""
+    lines = [
+        f"# Trace `{summary['trace']}`: {summary['requests']} requests over {summary['trace_seconds']:.0f} s, latency target {summary['latency_target_ms']:g} ms",
+        "",
+        "| level | requests | CPU (%) | memory free (MB) | accuracy | SLO-accuracy | latency mean / p95 (ms) | active modalities |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["levels"]:
+        lines.append(f"| {r['level']} | {r['requests']} | {r['cpu_percent']:.0f} | {r['memory_available_mb']:.0f} | {r['accuracy']:.4f} | {r['slo_accuracy']:.4f} | {r['latency_ms_mean']:.2f} / {r['latency_ms_p95']:.2f} | {r['active_modalities']} |")
+    lines += ["", "| runtime | accuracy | SLO-accuracy | deadline met | latency p50 / p99 (ms) |", "|---|---|---|---|---|"]
+    rows = {"dynamic": summary["dynamic"], **{f"static {k}": v for k, v in summary["static"].items()}}
+    for name, s in rows.items():
+        lines.append(f"| {name} | {s['accuracy']:.4f} | {s['slo_accuracy']:.4f} | {s['deadline_met']:.4f} | {s['latency_ms_p50']:.2f} / {s['latency_ms_p99']:.2f} |")
+    lines += ["", f"Switches: {summary['switches']}; adaptation p50 {summary['adaptation_ms_p50']:.3f} ms, p99 {summary['adaptation_ms_p99']:.3f} ms; switch overhead p99 {summary['switch_overhead_ms_p99']:.3f} ms; monitor CPU {summary['monitor_cpu_fraction']:.4%} of one core.", ""]
+    return "\n".join(lines)
+
+
+def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_ms: float, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["t"] for r in dynamic["timeline"]]
+    fig, axes = plt.subplots(4, 1, figsize=(11, 10), sharex=True)
+    ax = axes[0]
+    ax.plot(t, [r["cpu_percent"] for r in dynamic["timeline"]], color="tab:red", label="CPU load (%)")
+    ax.set_ylabel("CPU (%)")
+    twin = ax.twinx()
+    twin.plot(t, [r["memory_available_mb"] for r in dynamic["timeline"]], color="tab:blue", label="free memory (MB)")
+    twin.set_ylabel("free memory (MB)")
+    ax.set_title(f"trace {title}: resources")
+    configs = sorted({r["configuration"] for r in dynamic["timeline"]}, key=lambda c: (c.count(","), c))
+    index = {c: i for i, c in enumerate(configs)}
+    axes[1].step(t, [index[r["configuration"]] for r in dynamic["timeline"]], where="post", color="black")
+    axes[1].set_yticks(range(len(configs)), configs, fontsize=7)
+    axes[1].set_title("configuration served (dynamic)")
+    axes[2].plot(t, [r["latency_ms"] for r in dynamic["timeline"]], ".", markersize=2, label="dynamic")
+    for r in static:
+        if r["policy"] == "static-high":
+            axes[2].plot(t, [x["latency_ms"] for x in r["timeline"]], ".", markersize=2, alpha=0.5, label="static high")
+    axes[2].axhline(target_ms, color="black", linestyle="--", linewidth=1, label="target")
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel("latency (ms)")
+    axes[2].legend(fontsize=8, loc="upper right")
+    for r in [dynamic, *static]:
+        met = np.cumsum([x["slo_met"] for x in r["timeline"]]) / np.arange(1, len(r["timeline"]) + 1)
+        axes[3].plot(t, met, label=r["policy"], linewidth=2 if r is dynamic else 1)
+    axes[3].set_ylabel("running SLO-accuracy")
+    axes[3].set_xlabel("trace time (s)")
+    axes[3].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,217 @@
+"""The variant bank: every (tier, modality) the edge runtime can switch to, exported and measured.
+
+A student's logits are its classifier's bias plus one term per modality (the classifier is linear
+over the concatenated embeddings), so each tier's student splits into one ONNX graph per modality,
+its *share* of the logits (encoder + its columns of the classifier + its presence term). The
+runtime runs the shares of the modalities it chose, adds them, and adds the mean of their tiers'
+biases: for variants of one tier this is exactly that student's output; shares of different
+tiers can be combined too, and every such combination is measured here like the others.
+
+`build_bank(run_dir)` writes runs/<run>/edge/:
+
+    <tier>.<modality>.onnx   the share graphs: from the compressed student where the run has one
+                             (int8 where its recipe chose int8), else from the distilled student
+    logits.npz               every share's logits on the validation and test samples
+    bank.json                per variant: latency (raw input to logits, preprocessing included,
+                             ONNX Runtime, one thread), resident memory, FLOPs, energy; per tier the
+                             bias; the accuracy of every configuration on validation and test data
+
+`load_bank(folder)` reads it back as the allocator's `ProfileTable` plus what the runtime needs.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import itertools
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+from racmkd.compress.export import compact_file, export_onnx, onnx_logits, read_contract, session, specs_from_contract
+from racmkd.compress.quantize import calibration_inputs, quantize_int8
+from racmkd.config import RunConfig
+from racmkd.data.dataset import PairedDataset
+from racmkd.eval.cost import estimated_energy_joules, latency_round_robin
+from racmkd.models.checkpoint import load_model
+from racmkd.registry import MODALITIES
+from racmkd.resources.allocator import ProfileTable, Variant
+from racmkd.resources.profile import graph_cost
+from racmkd.utils import atomic_write_bytes, atomic_write_json, progress
+
+BANK_FORMAT = "racmkd-edge-bank/1"
+
+
+class BankError(RuntimeError):
+    """A variant bank is missing or damaged; the message names the file and how to rebuild it."""
+
+
+def _source(run_dir: Path, tier: str) -> tuple[Path, str]:
+    """The model a tier's variants come from, and the precision to export: the compressed student
+    and its recipe's choice where the run has one, else the distilled student in fp32."""
+    manifest = run_dir / "compressed" / tier / "compression.json"
+    if manifest.is_file():
+        chosen = json.loads(manifest.read_text()).get("format", "onnx-fp32")
+        return manifest.parent / "model.pt", "int8" if chosen in ("onnx-int8", "onnx-mixed") else "fp32"
+    return run_dir / "checkpoints" / f"{tier}.pt", "fp32"
+
+
+def configuration_logits(shares: dict[tuple[str, str], np.ndarray], biases: dict[str, np.ndarray], key: dict[str, str | None]) -> np.ndarray:
+    """Logits of a configuration (modality -> tier or None): the sum of its shares and the mean of
+    its tiers' biases."""
+    active = [(m, t) for m, t in key.items() if t is not None]
+    total = sum(shares[(t, m)] for m, t in active)
+    return total + sum(biases[t] for _, t in active) / len(active)  # type: ignore[no-any-return]
+
+
+def _accuracy_table(modalities: list[str], tiers_of: dict[str, list[str]], shares: dict[tuple[str, str], np.ndarray], biases: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    table = {}
+    for combo in itertools.product(*([None, *tiers_of[m]] for m in modalities)):
+        if all(t is None for t in combo):
+            continue
+        logits = configuration_logits(shares, biases, dict(zip(modalities, combo)))
+        table[_key_text(combo)] = float((logits.argmax(1) == labels).mean())
+    return table
+
+
+def _key_text(combo: tuple[str | None, ...]) -> str:
+    return ",".join(t or "-" for t in combo)
+
+
+def _key_tuple(text: str) -> tuple[str | None, ...]:
+    return tuple(None if t == "-" else t for t in text.split(","))
+
+
+def _resident_bytes(path: Path, feed: dict[str, np.ndarray], tries: int = 3) -> int:
+    """Resident memory a session of `path` adds once loaded and run (median of a few loads)."""
+    proc = psutil.Process()
+    grown = []
+    for _ in range(tries):
+        gc.collect()
+        before = proc.memory_info().rss
+        sess = session(path)
+        sess.run(None, feed)
+        grown.append(proc.memory_info().rss - before)
+        del sess
+    return max(0, int(statistics.median(grown)))
+
+
+def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: Path | None = None, val_samples: int = 5000, test_samples: int = 0, latency_iters: int = 300, calibration_samples: int = 512) -> Path:
+    """Export and measure every (tier, modality) variant of a run; returns the bank folder."""
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir or run_dir / "edge")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tiers = [t.name for t in cfg.students.tiers if (run_dir / "checkpoints" / f"{t.name}.pt").is_file()]
+    if not tiers:
+        raise BankError(f"{run_dir}/checkpoints: no tier students to build variants from. Run `racmkd distill --run {run_dir}` first.")
+    records: list[dict[str, Any]] = []
+    biases: dict[str, np.ndarray] = {}
+    shares: dict[str, dict[tuple[str, str], np.ndarray]] = {"val": {}, "test": {}}
+    labels: dict[str, np.ndarray] = {}
+    modality_order = [m for m in dataset.modalities]
+    for tier in progress(tiers, desc="edge variants", leave=True):
+        source, precision = _source(run_dir, tier)
+        model, specs, modalities, _ = load_model(source)
+        biases[tier] = model.classifier.bias.detach().numpy().astype(np.float32)
+        for m in specs:
+            path = out_dir / f"{tier}.{m}.onnx"
+            meta = {"precision": precision, "tier": tier, "share": True, "logit_bias": biases[tier].tolist(), "source": str(source.relative_to(run_dir))}
+            export_onnx(model, specs, modalities, path, name=f"{tier}/{m}", present=[m], extra_meta=meta, share=True)
+            if precision == "int8":
+                quantize_int8(path, path, calibration_inputs(dataset, {m: specs[m]}, calibration_samples))
+            compact_file(path)
+            sess = session(path)
+            for split, limit in (("val", val_samples), ("test", test_samples)):
+                logits, split_labels = onnx_logits(sess, {m: specs[m]}, dataset, split, limit=limit)
+                shares[split][(tier, m)] = logits
+                labels[split] = split_labels
+            records.append({"tier": tier, "modality": m, "path": path.name, "precision": precision, "spec": specs[m]})
+    # Costs, measured on one raw test sample from raw input to logits term, every variant in turn.
+    raw = dataset.raw_batch("test", torch.tensor([0]))
+    runners, feeds = {}, {}
+    for r in records:
+        modality = MODALITIES.create(r["modality"])
+        sess = session(out_dir / r["path"])
+        value = raw[r["modality"]][0].numpy()
+        feed = {r["modality"]: modality.features(modality.to_raw(value, r["spec"]), r["spec"]).numpy()}
+        feeds[r["path"]] = feed
+        runners[r["path"]] = lambda s=sess, mod=modality, v=value, spec=r["spec"], name=r["modality"]: s.run(None, {name: mod.features(mod.to_raw(v, spec), spec).numpy()})
+    latency = latency_round_robin(runners, warmup=20, iters=latency_iters, rounds=3)
+    model_only = latency_round_robin({p: (lambda s=session(out_dir / p), f=feeds[p]: s.run(None, f)) for p in runners}, warmup=20, iters=latency_iters, rounds=3)
+    variants = []
+    for r in records:
+        path = out_dir / r["path"]
+        cost = graph_cost(path)
+        moved = cost.weight_bytes + 2 * cost.activation_bytes_written
+        lat = latency[r["path"]]
+        energy = estimated_energy_joules(cost.flops, moved, lat["p50"] / 1e3, cfg.eval.energy) * 1e3
+        graph_memory = cost.weight_bytes + cost.peak_activation_bytes
+        variants.append({
+            "tier": r["tier"], "modality": r["modality"], "path": r["path"], "precision": r["precision"],
+            "latency_ms": lat["p50"], "latency_ms_p95": lat["p95"], "model_latency_ms": model_only[r["path"]]["p50"],
+            "memory_bytes": max(graph_memory, _resident_bytes(path, feeds[r["path"]])), "graph_memory_bytes": graph_memory,
+            "flops": cost.flops, "file_bytes": cost.file_bytes, "energy_mj": energy, "energy_source": "estimated",
+        })
+    tiers_of = {m: [t for t in tiers if (t, m) in shares["val"]] for m in modality_order}
+    bank = {
+        "format": BANK_FORMAT,
+        "run": run_dir.name,
+        "modalities": modality_order,
+        "tiers": tiers,
+        "biases": {t: b.tolist() for t, b in biases.items()},
+        "variants": variants,
+        "accuracy": {split: _accuracy_table(modality_order, tiers_of, shares[split], biases, labels[split]) for split in ("val", "test")},
+        "samples": {split: int(len(labels[split])) for split in ("val", "test")},
+    }
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"{split}/{t}/{m}": z for split, per in shares.items() for (t, m), z in per.items()}, **{f"labels/{s}": y for s, y in labels.items()})
+    atomic_write_bytes(out_dir / "logits.npz", buffer.getvalue())
+    atomic_write_json(out_dir / "bank.json", bank)
+    return out_dir
+
+
+@dataclass(frozen=True)
+class Bank:
+    """A loaded variant bank: the allocator's table, and per variant its file and input spec."""
+
+    folder: Path
+    table: ProfileTable
+    specs: dict[str, Any]  # variant id -> its input spec
+    biases: dict[str, np.ndarray]
+    data: dict[str, Any]  # bank.json as written
+
+    def path(self, variant: Variant) -> Path:
+        return self.folder / variant.path
+
+    def accuracy(self, split: str = "test") -> dict[tuple[str | None, ...], float]:
+        return {_key_tuple(k): v for k, v in self.data["accuracy"][split].items()}
+
+
+def load_bank(folder: Path, split: str = "val") -> Bank:
+    """Read a bank; the allocator's accuracies come from `split` (validation: test data stays for reporting)."""
+    folder = Path(folder)
+    path = folder / "bank.json"
+    if not path.is_file():
+        raise BankError(f"{path}: no variant bank. Build one with `racmkd edge build --run RUN`.")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise BankError(f"{path}: unreadable ({err}). Rebuild it with `racmkd edge build`.") from None
+    if data.get("format") != BANK_FORMAT:
+        raise BankError(f"{path}: not a {BANK_FORMAT} file. Rebuild it with `racmkd edge build`.")
+    variants = tuple(Variant(v["modality"], v["tier"], float(v["latency_ms"]), int(v["memory_bytes"]), float(v["energy_mj"]), v["path"]) for v in data["variants"])
+    specs = {}
+    for v in variants:
+        try:
+            contract = read_contract(folder / v.path)
+            specs[v.id] = specs_from_contract(contract, {v.modality: MODALITIES.create(v.modality)})[v.modality]
+        except Exception:  # noqa: BLE001 - a damaged variant file is skipped by the runtime, not fatal here
+            specs[v.id] = None
+    table = ProfileTable(tuple(data["modalities"]), tuple(data["tiers"]), variants, {_key_tuple(k): a for k, a in data["accuracy"][split].items()})
+    return Bank(folder, table, specs, {t: np.asarray(b, dtype=np.float32) for t, b in data["biases"].items()}, data)

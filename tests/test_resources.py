@@ -1,0 +1,354 @@
+"""Resource sources, traces, the monitor, and the allocator (eq. 26) with its hysteresis and PID."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from racmkd.config import ConfigError, MonitorConfig, PIDGains
+from racmkd.resources.allocator import Allocator, Budget, Hysteresis, LatencyController, ProfileTable, Variant, brute_force, config_costs
+from racmkd.resources.monitor import ResourceMonitor
+from racmkd.resources.sources import (
+    MB,
+    SYNTHETIC,
+    ResourceSnapshot,
+    SystemSource,
+    TraceError,
+    TraceSource,
+    load_trace,
+    read_cgroup,
+    resource_level,
+    synthetic_trace,
+)
+
+# Sources ---------------------------------------------------------------------------------------------
+
+
+def test_system_source_reads_this_machine(tmp_path: Path) -> None:
+    source = SystemSource(cgroup_root=tmp_path / "no-cgroup", powercap_root=tmp_path / "no-powercap")
+    time.sleep(0.05)
+    s = source.read()
+    assert 0.0 <= s.cpu_percent <= 100.0
+    assert 0 < s.memory_available_bytes <= s.memory_total_bytes == psutil.virtual_memory().total
+    assert s.process_rss_bytes > 10 * MB  # this test process, with torch loaded
+    assert s.cpu_cores >= 1
+    assert s.cgroup_memory_max_bytes is None and s.package_power_w is None  # absent here, reported as absent
+
+
+def test_absent_sensors_are_none_and_present_ones_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(psutil, "sensors_battery", lambda: None)
+    monkeypatch.setattr(psutil, "sensors_temperatures", lambda: {})
+    s = SystemSource(tmp_path, tmp_path).read()
+    assert s.battery_percent is None and s.power_plugged is None and s.temperature_c is None
+
+    class Battery:
+        percent, power_plugged, secsleft = 42.0, False, 3600
+
+    class Temp:
+        def __init__(self, current: float) -> None:
+            self.current = current
+
+    monkeypatch.setattr(psutil, "sensors_battery", lambda: Battery())
+    monkeypatch.setattr(psutil, "sensors_temperatures", lambda: {"coretemp": [Temp(41.0), Temp(57.5)], "nvme": [Temp(35.0)]})
+    s = SystemSource(tmp_path, tmp_path).read()
+    assert (s.battery_percent, s.power_plugged, s.temperature_c) == (42.0, False, 57.5)
+
+
+def test_rapl_counters_give_package_power(tmp_path: Path) -> None:
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "energy_uj").write_text("1000000")
+    source = SystemSource(tmp_path / "none", tmp_path)
+    assert source.read(now=10.0).package_power_w is None  # the first reading has nothing to compare with
+    (zone / "energy_uj").write_text("4000000")  # 3 J later
+    assert source.read(now=12.0).package_power_w == pytest.approx(1.5)  # over 2 s
+
+
+def test_cgroup_v2_and_v1_limits_are_parsed(tmp_path: Path) -> None:
+    v2 = tmp_path / "v2"
+    (v2 / "app").mkdir(parents=True)
+    (v2 / "cgroup.controllers").write_text("cpu memory")
+    (v2 / "app" / "memory.max").write_text("268435456\n")
+    (v2 / "app" / "memory.current").write_text("67108864\n")
+    (v2 / "app" / "cpu.max").write_text("50000 100000\n")
+    membership = tmp_path / "cgroup"
+    membership.write_text("0::/app\n")
+    limits = read_cgroup(v2, membership)
+    assert (limits.version, limits.memory_max_bytes, limits.memory_current_bytes, limits.cpu_max_cores) == (2, 256 * MB, 64 * MB, 0.5)
+    (v2 / "app" / "memory.max").write_text("max\n")
+    (v2 / "app" / "cpu.max").write_text("max 100000\n")
+    limits = read_cgroup(v2, membership)
+    assert limits.memory_max_bytes is None and limits.cpu_max_cores is None  # unlimited
+
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "cpu").mkdir()
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(str(2**63 - 4096))  # v1's "no limit"
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    limits = read_cgroup(v1, membership)
+    assert (limits.version, limits.memory_max_bytes, limits.cpu_max_cores) == (1, None, 2.0)
+    assert read_cgroup(tmp_path / "nothing", membership).version is None
+
+
+def test_a_container_limit_caps_available_memory(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("memory")
+    (tmp_path / "memory.max").write_text(str(100 * MB))
+    (tmp_path / "memory.current").write_text(str(90 * MB))
+    s = SystemSource(tmp_path, tmp_path / "none", tmp_path / "no-membership").read()
+    assert s.memory_available_bytes == 10 * MB and s.cgroup_memory_max_bytes == 100 * MB
+
+
+def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path) -> None:
+    path = tmp_path / "trace.csv"
+    path.write_text(
+        "t,cpu_percent,memory_available_mb\n"
+        "0,20,140\n"
+        "1,abc,130\n"  # text
+        "2,150,130\n"  # CPU out of range
+        "3,nan,120\n"  # NaN
+        "2.5,50,70\n"  # time goes backwards (after t=0? no: 2.5 > 0, kept)
+        "1.5,60,60\n"  # backwards from 2.5: skipped
+        "10,95,10\n"  # a gap of 7.5 s
+    )
+    trace = load_trace(path)
+    assert trace.skipped_rows == 4 and list(trace.times) == [0.0, 2.5, 10.0]
+    assert trace.at(1.0).cpu_percent == 20.0
+    assert trace.at(7.0).cpu_percent == 50.0 and trace.at(7.0).memory_available_bytes == 70 * MB  # the gap holds the last reading
+    assert trace.at(99.0).cpu_percent == 95.0
+    js = tmp_path / "trace.json"
+    js.write_text(json.dumps({"samples": [{"t": 0, "cpu_percent": 10}, {"t": 1, "cpu_percent": 90, "battery_percent": 15}]}))
+    t2 = load_trace(js)
+    assert t2.at(0.5).memory_available_bytes is None and t2.at(1.0).battery_percent == 15.0
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("t,cpu_percent\n0,abc\n", "fewer than two usable readings"), ("a,b\n1,2\n", "no known columns"), ("[1, 2", "unreadable trace")],
+)
+def test_bad_trace_files_are_clear_errors(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / ("bad.json" if content.startswith("[") else "bad.csv")
+    path.write_text(content)
+    with pytest.raises(TraceError, match=message) as err:
+        load_trace(path)
+    assert str(path) in str(err.value)
+    with pytest.raises(TraceError, match="no such trace file"):
+        load_trace(tmp_path / "missing.csv")
+
+
+def test_synthetic_traces_follow_the_seed_levels() -> None:
+    levels = {k: [resource_level(synthetic_trace(k, 60, 0.5).at(t)) for t in np.arange(0, 60, 0.5)] for k in SYNTHETIC}
+    assert set(levels["steady"]) == {"high"} and set(levels["critical"]) == {"critical"}
+    assert levels["sudden"][:30].count("high") == 30 and levels["sudden"][50:70].count("critical") == 20 and levels["sudden"][-10:].count("high") == 10
+    assert set(levels["periodic"]) == {"high", "medium", "low", "critical"}
+    assert len(set(levels["random"])) >= 2
+    a, b = synthetic_trace("random", 30, seed=3), synthetic_trace("random", 30, seed=3)
+    assert np.array_equal(a.columns["cpu_percent"], b.columns["cpu_percent"])
+    critical = synthetic_trace("critical", 30)
+    assert critical.columns["cpu_percent"].min() > 90 and critical.columns["memory_available_mb"].max() < 20
+    with pytest.raises(TraceError, match="unknown synthetic trace"):
+        synthetic_trace("storm")
+
+
+# The monitor -------------------------------------------------------------------------------------------
+
+
+class Scripted:
+    """A source that answers a scripted CPU series (and fails where the script says None)."""
+
+    name = "scripted"
+
+    def __init__(self, cpu: list[float | None], memory_mb: float = 100.0) -> None:
+        self.cpu, self.memory_mb, self.i = cpu, memory_mb, 0
+
+    def read(self, now: float) -> ResourceSnapshot:
+        value = self.cpu[min(self.i, len(self.cpu) - 1)]
+        self.i += 1
+        if value is None:
+            raise OSError("sensor unplugged")
+        return ResourceSnapshot(t=now, cpu_percent=value, memory_available_bytes=int(self.memory_mb * MB), cpu_cores=1.0)
+
+
+def test_monitor_smooths_forecasts_and_adapts_its_interval() -> None:
+    config = MonitorConfig(interval_s=0.5, min_interval_s=0.1, max_interval_s=2.0, smoothing=0.5, trend=0.3, horizon_s=1.0)
+    monitor = ResourceMonitor(Scripted([30.0] * 10 + [30.0 + 8 * i for i in range(1, 8)]), config)
+    intervals = []
+    for step in range(10):
+        monitor.poll(float(step))
+        intervals.append(monitor.interval_s)
+    assert intervals[0] == 0.1 and intervals[-1] == 2.0 and intervals == sorted(intervals)  # stable readings: slower sampling
+    for step in range(10, 17):
+        state = monitor.poll(float(step))
+    assert monitor.interval_s == 0.1  # changing readings: fast sampling
+    raw, smoothed, forecast = state.raw.cpu_percent, state.smoothed.cpu_percent, state.forecast.cpu_percent
+    assert smoothed < raw < forecast  # the EWMA lags a rising load; Holt's trend looks ahead of it
+    assert state.planning().cpu_percent == forecast  # decisions plan for the worse of now and soon
+
+
+def test_subscribers_hear_changes_only_and_a_broken_one_does_not_silence_others() -> None:
+    monitor = ResourceMonitor(Scripted([20.0] * 5 + [95.0] * 5))
+    heard: list[str] = []
+
+    def broken(state: object) -> None:
+        raise RuntimeError("subscriber bug")
+
+    monitor.subscribe(broken)
+    unsubscribe = monitor.subscribe(lambda s: heard.append(s.level))
+    for step in range(10):
+        monitor.poll(float(step))
+    assert heard[0] == "high" and heard[-1] == "critical" and 2 <= len(heard) <= 5  # the first state, then the climb
+    unsubscribe()
+    monitor.poll(10.0)
+    assert heard[-1] == "critical" and len(heard) <= 5
+
+
+def test_a_failing_source_keeps_the_last_state() -> None:
+    monitor = ResourceMonitor(Scripted([40.0, None, None, 40.0]))
+    first = monitor.poll(0.0)
+    assert monitor.poll(1.0) is first and monitor.read_errors == 1
+    monitor.poll(2.0)
+    assert monitor.poll(3.0).raw.cpu_percent == 40.0 and monitor.read_errors == 2
+
+
+def test_monitor_thread_runs_and_measures_its_own_overhead() -> None:
+    monitor = ResourceMonitor(SystemSource(), MonitorConfig(interval_s=0.02, min_interval_s=0.02, max_interval_s=0.02))
+    seen = threading.Event()
+    monitor.subscribe(lambda s: seen.set())
+    with monitor:
+        assert seen.wait(5.0)
+        time.sleep(0.2)
+    overhead = monitor.overhead()
+    assert overhead["polls"] >= 3 and 0.0 <= overhead["cpu_fraction"] < 1.0 and overhead["cpu_seconds"] > 0
+    assert monitor.state is not None and monitor.state.raw.memory_available_bytes > 0
+
+
+def test_trace_source_replays_in_time() -> None:
+    source = TraceSource(synthetic_trace("sudden", 30, 0.5), start=100.0)
+    assert resource_level(source.read(105.0)) == "high" and resource_level(source.read(115.0)) == "critical"
+    looped = TraceSource(synthetic_trace("sudden", 30, 0.5), start=0.0, loop=True)
+    assert resource_level(looped.read(30.0 + 15.0)) == "critical"
+
+
+# The allocator -------------------------------------------------------------------------------------------
+
+TIERS = ("high", "medium", "low", "critical")
+
+
+def random_table(rng: random.Random, modalities: tuple[str, ...] = ("image", "audio")) -> ProfileTable:
+    variants = []
+    for m in modalities:
+        for tier in rng.sample(TIERS, rng.randint(1, 4)):
+            variants.append(Variant(m, tier, rng.uniform(0.1, 3.0), rng.randint(10_000, 2_000_000), rng.uniform(0.1, 5.0)))
+    options = [[None, *(v.tier for v in variants if v.modality == m)] for m in modalities]
+    accuracy = {key: rng.uniform(0.1, 1.0) for key in itertools.product(*options) if any(k is not None for k in key)}
+    return ProfileTable(modalities, TIERS, tuple(variants), accuracy)
+
+
+def test_allocator_is_optimal_against_brute_force() -> None:
+    rng = random.Random(0)
+    checked = 0
+    for _ in range(300):
+        modalities = ("image", "audio", "imu")[: rng.randint(1, 3)]
+        table = random_table(rng, modalities)
+        critical = {}
+        if rng.random() < 0.3:
+            m = rng.choice(modalities)
+            tiers = [v.tier for v in table.variants if v.modality == m]
+            critical = {m: rng.choice(tiers)}
+        allocator = Allocator(table, critical)
+        weights = tuple(rng.choice([0.0, 0.3, 0.7, 1.0]) for _ in modalities)
+        budget = Budget(rng.uniform(0.1, 6.0), rng.uniform(10_000, 5_000_000), rng.uniform(0.1, 10.0))
+        best = brute_force(table, budget, weights, critical)
+        decision = allocator.solve(budget, weights)
+        if best is None:
+            assert not decision.feasible  # nothing fits: the runtime gets the cheapest fallback, marked as such
+            continue
+        checked += 1
+        assert decision.feasible and decision.costs.fits(budget)
+        assert decision.utility == pytest.approx(best, abs=1e-9)
+        for m, tier in critical.items():
+            chosen = decision.config[table.modalities.index(m)]
+            assert chosen is not None and TIERS.index(chosen.tier) <= TIERS.index(tier)
+    assert checked > 100
+
+
+def test_utility_is_the_accuracy_to_expect() -> None:
+    image, audio = Variant("image", "high", 1.0, 1, 1.0), Variant("audio", "high", 1.0, 1, 1.0)
+    table = ProfileTable(("image", "audio"), TIERS, (image, audio), {("high", None): 0.6, (None, "high"): 0.9, ("high", "high"): 0.98})
+    allocator = Allocator(table)
+    both = (image, audio)
+    assert allocator.utility(both, (1.0, 1.0)) == pytest.approx(0.98)
+    assert allocator.utility(both, (1.0, 0.0)) == pytest.approx(0.6)  # audio missing: what image alone gets
+    assert allocator.utility(both, (0.5, 0.5)) == pytest.approx(0.25 * 0.98 + 0.25 * 0.6 + 0.25 * 0.9)
+    # With the audio input dead, the allocator stops paying for its encoder.
+    assert allocator.solve(Budget(), (1.0, 0.0)).config == (image, None)
+    with pytest.raises(ConfigError, match="not a modality"):
+        Allocator(table, {"imu": "high"})
+    with pytest.raises(ConfigError, match="unknown tier"):
+        Allocator(table, {"audio": "tiny"})
+
+
+def oscillating_budgets(n: int) -> list[Budget]:
+    return [Budget(latency_ms=2.05 + 0.1 * math.sin(i)) for i in range(n)]  # hovers around one variant's cost
+
+
+def test_hysteresis_prevents_flapping() -> None:
+    cheap, rich = Variant("audio", "low", 1.0, 1, 1.0), Variant("audio", "high", 2.05, 1, 1.0)
+    table = ProfileTable(("audio",), TIERS, (cheap, rich), {("low",): 0.9, ("high",): 0.97})
+    allocator = Allocator(table)
+
+    def switches(hysteresis: Hysteresis) -> int:
+        current, count = None, 0
+        for i, budget in enumerate(oscillating_budgets(200)):
+            chosen, _ = hysteresis.choose(i * 0.1, current, allocator, budget, (1.0,))
+            count += current is not None and chosen.config != current.config
+            current = chosen
+        return count
+
+    assert switches(Hysteresis(margin=0.0, window_s=0.0)) > 30  # no hysteresis: it flaps with the noise
+    assert switches(Hysteresis(margin=0.2, window_s=1.0)) <= 1  # steps down once, never back up into the noise
+
+
+def test_hysteresis_steps_down_at_once_and_up_only_after_the_window() -> None:
+    cheap, rich = Variant("audio", "low", 1.0, 1, 1.0), Variant("audio", "high", 2.0, 1, 1.0)
+    table = ProfileTable(("audio",), TIERS, (cheap, rich), {("low",): 0.9, ("high",): 0.97})
+    allocator, h = Allocator(table), Hysteresis(margin=0.2, window_s=1.0)
+    current, _ = h.choose(0.0, None, allocator, Budget(5.0), (1.0,))
+    assert current.config == (rich,)
+    current, why = h.choose(0.1, current, allocator, Budget(1.5), (1.0,))
+    assert current.config == (cheap,) and "step down at once" in why
+    for t in (0.2, 0.7, 1.1):
+        current, why = h.choose(t, current, allocator, Budget(5.0), (1.0,))
+        assert current.config == (cheap,) and "pending" in why
+    current, why = h.choose(1.25, current, allocator, Budget(5.0), (1.0,))
+    assert current.config == (rich,) and why.startswith("step up")
+
+
+def test_latency_controller_shrinks_the_budget_when_requests_run_late() -> None:
+    controller = LatencyController(PIDGains(kp=0.4, ki=0.4, setpoint=0.8, min_scale=0.25, max_scale=1.0), target_ms=4.0)
+    assert controller.scale == 1.0
+    for step in range(1, 20):
+        controller.update(8.0, step * 0.1)  # twice the target
+    late = controller.scale
+    assert late < 0.7
+    for step in range(20, 80):
+        controller.update(1.0, step * 0.1)  # well under it
+    assert controller.scale > late and controller.scale <= 1.0
+    with pytest.raises(ConfigError):
+        LatencyController(PIDGains(), 0.0)
+
+
+def test_costs_add_up_over_the_variants_of_a_configuration() -> None:
+    a, b = Variant("image", "low", 0.5, 1000, 0.2), Variant("audio", "high", 1.5, 3000, 0.7)
+    c = config_costs((a, b))
+    assert (c.latency_ms, c.memory_bytes, c.energy_mj) == (2.0, 4000, pytest.approx(0.9))
+    assert c.fits(Budget(2.0, 4000, 1.0)) and not c.fits(Budget(2.0, 4000, 1.0), slack=0.1) and c.over(Budget(1.0, 10, 5)) == ["latency_ms", "memory_bytes"]

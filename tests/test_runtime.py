@@ -1,0 +1,189 @@
+"""The edge runtime on the tiny run: the variant bank, answers on raw inputs, missing inputs, failing
+variants, switching, and trace replay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import racmkd
+from racmkd.cli import app
+from racmkd.config import RuntimeConfig, load_config
+from racmkd.data.dataset import build_dataset
+from racmkd.resources.monitor import ResourceMonitor
+from racmkd.resources.sources import TraceSource, synthetic_trace
+from racmkd.runtime.edge import EdgeRuntime, NoVariantError, budget_for
+from racmkd.runtime.simulate import simulate
+from racmkd.runtime.variants import BankError, build_bank, load_bank
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_run: Path):  # noqa: ANN201 - PairedDataset
+    return build_dataset(load_config(tiny_run / "config.yaml").data)
+
+
+@pytest.fixture(scope="module")
+def bank_dir(tiny_run: Path, dataset) -> Path:  # noqa: ANN001
+    return build_bank(load_config(tiny_run / "config.yaml"), dataset, tiny_run, val_samples=300, test_samples=300, latency_iters=30)
+
+
+@pytest.fixture()
+def samples(dataset) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:  # noqa: ANN001
+    rows = torch.arange(40)
+    raw = dataset.raw_batch("test", rows)
+    return [{m: raw[m][i].numpy() for m in raw} for i in range(len(rows))], dataset.splits["test"].labels[rows].numpy()
+
+
+def test_bank_measures_every_variant_and_configuration(bank_dir: Path, tiny_run: Path) -> None:
+    bank = load_bank(bank_dir)
+    report = json.loads((tiny_run / "report.json").read_text())
+    expected = {f"{t}/{m}" for t in ("high", "medium", "low", "critical") for m in report["models"][t]["modalities"]}
+    assert {v.id for v in bank.table.variants} == expected
+    for v in bank.data["variants"]:
+        assert v["latency_ms"] > 0 and v["memory_bytes"] >= v["graph_memory_bytes"] > 0 and v["flops"] > 0 and v["energy_mj"] > 0
+        assert (bank_dir / v["path"]).is_file()
+    n_options = {m: 1 + sum(v.modality == m for v in bank.table.variants) for m in bank.table.modalities}
+    assert len(bank.data["accuracy"]["test"]) == int(np.prod(list(n_options.values()))) - 1  # every configuration but "nothing"
+    # The shares of one tier add up to that student: its test accuracy is the report's.
+    for tier in ("high", "critical"):
+        key = ",".join(tier if m in report["models"][tier]["modalities"] else "-" for m in bank.data["modalities"])
+        assert bank.data["accuracy"]["test"][key] == pytest.approx(report["models"][tier]["accuracy"], abs=1e-9)
+
+
+def test_a_pinned_tier_answers_like_its_student(bank_dir: Path, tiny_run: Path, samples) -> None:  # noqa: ANN001
+    inputs, _ = samples
+    bank = load_bank(bank_dir)
+    for tier in ("high", "critical"):
+        pinned = {m: (tier if any(v.id == f"{tier}/{m}" for v in bank.table.variants) else None) for m in bank.table.modalities}
+        runtime = EdgeRuntime(bank, RuntimeConfig(), pinned=pinned)
+        student = racmkd.load(tiny_run, tier)
+        for x in inputs[:10]:
+            answer = runtime.predict(**x)
+            label, probs = student.predict(**x)
+            assert answer.label == label and np.allclose(answer.probabilities, probs, atol=1e-4)
+
+
+def test_runtime_answers_raw_inputs_and_missing_ones(bank_dir: Path, samples) -> None:  # noqa: ANN001
+    inputs, labels = samples
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig())
+    assert set(runtime.loaded()) == {v.id for v in runtime.table.variants}  # every variant preloaded
+    answers = [runtime.predict(**x) for x in inputs]
+    assert np.mean([a.label == y for a, y in zip(answers, labels)]) > 0.5
+    assert all(abs(a.probabilities.sum() - 1) < 1e-5 and a.latency_ms > 0 for a in answers)
+    for missing in runtime.table.modalities:
+        answer = runtime.predict(**{m: v for m, v in inputs[0].items() if m != missing})
+        assert answer.variants and all(not v.endswith("/" + missing) for v in answer.variants)
+    silent = {**inputs[0], "audio": np.zeros(8000, dtype=np.int16)}
+    assert all(not v.endswith("/audio") for v in runtime.predict(**silent).variants)  # a dead input is not processed
+    with pytest.raises(NoVariantError, match="no usable input"):
+        runtime.predict()
+    with pytest.raises(NoVariantError, match="came in dead"):
+        runtime.predict(audio=np.zeros(8000, dtype=np.int16))
+    with pytest.raises(ValueError, match="expected a 28x28 grey image"):
+        runtime.predict(image=np.zeros((5, 5)))
+    with pytest.raises(TypeError, match="unknown inputs"):
+        runtime.predict(lidar=np.zeros(3))
+
+
+def test_a_failing_variant_is_skipped_and_no_request_is_dropped(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    inputs, _ = samples
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig())
+    victim = next(v for v in runtime.current.config if v is not None)
+    session = runtime._session(victim)
+
+    class Broken:
+        def run(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("simulated accelerator fault")
+
+    runtime._sessions[victim.id] = Broken()
+    answers = [runtime.predict(**x) for x in inputs[:5]]
+    assert all(a.variants and victim.id not in a.variants for a in answers)
+    assert "failed" in answers[0].fallbacks[0] and victim.id in runtime.failed
+    assert all(victim.id not in (v.id for v in runtime.current.config if v is not None) for _ in [0])
+    del session
+
+
+def test_a_damaged_variant_file_is_excluded_at_start(bank_dir: Path, tmp_path: Path, samples) -> None:  # noqa: ANN001
+    import shutil
+
+    copy = tmp_path / "edge"
+    shutil.copytree(bank_dir, copy)
+    bank = load_bank(copy)
+    victim = bank.table.variants[0]
+    (copy / victim.path).write_bytes(b"not an onnx model")
+    runtime = EdgeRuntime(load_bank(copy), RuntimeConfig())
+    assert victim.id in runtime.failed
+    answer = runtime.predict(**samples[0][0])
+    assert victim.id not in answer.variants
+    (copy / "bank.json").write_text("{broken")
+    with pytest.raises(BankError, match="unreadable"):
+        load_bank(copy)
+
+
+def test_a_resource_drop_switches_to_a_cheaper_configuration(bank_dir: Path, samples) -> None:  # noqa: ANN001
+    inputs, _ = samples
+    bank = load_bank(bank_dir)
+    clock = [0.0]
+    monitor = ResourceMonitor(TraceSource(synthetic_trace("sudden", 30, 0.1), start=0.0), clock=lambda: clock[0])
+    cheapest = min(v.latency_ms for v in bank.table.variants)
+    # A target that the richest configuration meets unloaded and only the cheap ones meet at 94% CPU.
+    config = RuntimeConfig(latency_target_ms=cheapest * 12)
+    runtime = EdgeRuntime(bank, config, monitor, clock=lambda: clock[0])
+    monitor.poll(0.0)
+    rich = runtime.current
+    for t in np.arange(10.0, 14.0, 0.1):  # the drop to critical comes at t = 10 s
+        clock[0] = float(t)
+        monitor.poll(float(t))
+        runtime.predict(**inputs[0])
+    assert runtime.current.costs.latency_ms < rich.costs.latency_ms and runtime.budget.slowdown > 10
+    assert runtime.adaptation_ms and runtime.decisions[-1]["reason"].startswith("step down")
+    state = runtime.state()
+    assert state["level"] == "critical" and state["variants"] and state["recent_decisions"]
+
+
+def test_budget_follows_the_readings() -> None:
+    from racmkd.resources.sources import MB, ResourceSnapshot
+
+    config = RuntimeConfig(latency_target_ms=10.0, memory_reserve_bytes=4 * MB, memory_share=0.5, energy_budget_mj=2.0, low_battery_percent=20)
+    idle = budget_for(ResourceSnapshot(t=0, cpu_percent=0.0, memory_available_bytes=104 * MB, cpu_cores=1.0), config)
+    assert (idle.latency_ms, idle.memory_bytes, idle.energy_mj, idle.slowdown) == (10.0, 50 * MB, float("inf"), 1.0)
+    busy = budget_for(ResourceSnapshot(t=0, cpu_percent=75.0, memory_available_bytes=2 * MB, cpu_cores=1.0, power_plugged=False, battery_percent=10.0), config)
+    assert busy.slowdown == pytest.approx(4.0) and busy.latency_ms == pytest.approx(2.5) and busy.memory_bytes == 0 and busy.energy_mj == 1.0
+    two_cores = budget_for(ResourceSnapshot(t=0, cpu_percent=50.0, cpu_cores=2.0), config)
+    assert two_cores.slowdown == 1.0  # one core is still free
+
+
+def test_simulation_writes_timeline_table_and_summary(bank_dir: Path, dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    summary = simulate(load_bank(bank_dir), dataset, synthetic_trace("sudden", 12, 0.1), RuntimeConfig(), requests=120, out_dir=tmp_path)
+    for name in ("summary.json", "timeline.json", "timeline.png", "table.md"):
+        assert (tmp_path / name).stat().st_size > 0
+    written = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("adaptation_ms_p99", "switch_overhead_ms_p99", "monitor_cpu_fraction", "slo_accuracy", "slo_accuracy_static", "levels"):
+        assert key in written
+    assert {r["level"] for r in summary["levels"]} == {"high", "critical"}
+    assert set(summary["slo_accuracy_static"]) == {"high", "medium", "low", "critical"}
+    assert 0.0 <= summary["slo_accuracy"] <= summary["dynamic"]["accuracy"] <= 1.0
+    timeline = json.loads((tmp_path / "timeline.json").read_text())
+    assert len(timeline["dynamic"]) == 120 and "static-high" in timeline
+    assert "| high |" in (tmp_path / "table.md").read_text()
+
+
+def test_cli_simulate_and_edge_run(tiny_run: Path, bank_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "sim"
+    result = runner.invoke(app, ["simulate", "--run", str(tiny_run), "--trace", "periodic", "--requests", "60", "--duration", "6", "--out", str(out), "--no-static"])
+    assert result.exit_code == 0, result.output
+    assert "| runtime |" in result.output and (out / "timeline.png").is_file()
+    result = runner.invoke(app, ["edge", "run", "--run", str(tiny_run), "--seconds", "1", "--rate", "20", "--trace", "sudden"])
+    assert result.exit_code == 0, result.output
+    live = json.loads((tiny_run / "edge" / "live.json").read_text())
+    assert live["summary"]["requests"] >= 10 and live["monitor_overhead"]["polls"] >= 1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("t,cpu_percent\nx,y\n")
+    result = runner.invoke(app, ["simulate", "--run", str(tiny_run), "--trace", str(bad)])
+    assert result.exit_code == 2 and "fewer than two usable readings" in result.output
