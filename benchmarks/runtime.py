@@ -54,8 +54,8 @@ from racmkd.pipeline import open_run, prepare_data, run_pipeline  # noqa: E402
 from racmkd.resources.allocator import Allocator, Budget, config_costs  # noqa: E402
 from racmkd.resources.monitor import ResourceMonitor  # noqa: E402
 from racmkd.resources.sources import LEVEL_RANGES, SYNTHETIC, SystemSource, TraceSource, synthetic_trace  # noqa: E402
-from racmkd.runtime.edge import EdgeRuntime, serve_split  # noqa: E402
-from racmkd.runtime.simulate import simulate  # noqa: E402
+from racmkd.runtime.edge import EdgeRuntime  # noqa: E402
+from racmkd.runtime.simulate import serve_split, simulate  # noqa: E402
 from racmkd.runtime.variants import build_bank, load_bank  # noqa: E402
 from results_io import write_results  # noqa: E402
 

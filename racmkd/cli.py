@@ -235,7 +235,8 @@ def edge_run(
     from racmkd.pipeline import prepare_data
     from racmkd.resources.monitor import ResourceMonitor
     from racmkd.resources.sources import SystemSource, TraceError, TraceSource, trace_from
-    from racmkd.runtime.edge import EdgeRuntime, NoVariantError, serve_split
+    from racmkd.runtime.edge import EdgeRuntime, NoVariantError
+    from racmkd.runtime.simulate import serve_split
     from racmkd.runtime.variants import BankError, load_bank
     from racmkd.utils import atomic_write_json
 
@@ -261,6 +262,20 @@ def edge_run(
         raise _fail(err) from None
     typer.echo(json.dumps(result["summary"], indent=2))
     typer.echo(f"monitor: {result['monitor_overhead']['cpu_fraction']:.4%} of one core over {result['monitor_overhead']['polls']} polls; log: {run_dir / 'edge' / 'live.json'}")
+
+
+@edge_app.command("record")
+def edge_record(
+    out: Annotated[Path, typer.Option(help="The trace file to write (CSV).")] = Path("trace.csv"),
+    seconds: Annotated[float, typer.Option(help="How long to record.")] = 60.0,
+    interval: Annotated[float, typer.Option(help="Seconds between readings.")] = 0.1,
+) -> None:
+    """Record this machine's resource readings as a trace, for `racmkd simulate --trace FILE`."""
+    from racmkd.resources.sources import SystemSource, record_trace
+
+    trace = record_trace(SystemSource(), seconds, interval, out.stem)
+    trace.write_csv(out)
+    typer.echo(f"{len(trace.times)} readings of {', '.join(trace.columns)} -> {out}")
 
 
 @app.command()

@@ -20,7 +20,6 @@ from racmkd.compress.lowrank import factorise, lowrank_model, rank_for_energy
 from racmkd.compress.prune import prune_encoders, ratio_for_bytes
 from racmkd.compress.quantize import absorb_batchnorm, choose_mixed_precision, fake_quantized, LayerSensitivity
 from racmkd.compress.recipe import RecipeError, parse_recipe
-from racmkd.models.checkpoint import load_model
 from racmkd.models.multimodal import build, student
 from racmkd.registry import MODALITIES
 

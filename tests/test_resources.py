@@ -352,3 +352,13 @@ def test_costs_add_up_over_the_variants_of_a_configuration() -> None:
     c = config_costs((a, b))
     assert (c.latency_ms, c.memory_bytes, c.energy_mj) == (2.0, 4000, pytest.approx(0.9))
     assert c.fits(Budget(2.0, 4000, 1.0)) and not c.fits(Budget(2.0, 4000, 1.0), slack=0.1) and c.over(Budget(1.0, 10, 5)) == ["latency_ms", "memory_bytes"]
+
+
+def test_a_recorded_trace_replays_what_was_read(tmp_path: Path) -> None:
+    from racmkd.resources.sources import record_trace
+
+    trace = record_trace(Scripted([10.0, 20.0, 30.0, 40.0, 50.0, 60.0], memory_mb=64.0), seconds=0.25, interval_s=0.05)
+    assert len(trace.times) >= 4 and set(trace.columns) == {"cpu_percent", "memory_available_mb"}  # absent sensors are not written
+    trace.write_csv(tmp_path / "rec.csv")
+    replayed = load_trace(tmp_path / "rec.csv")
+    assert np.allclose(replayed.columns["cpu_percent"], trace.columns["cpu_percent"]) and replayed.at(0.0).memory_available_bytes == 64 * MB

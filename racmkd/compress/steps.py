@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, parity, session, torch_logits
 from racmkd.compress.inputs import band_importance, most_informative, reduce_inputs

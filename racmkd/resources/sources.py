@@ -410,6 +410,22 @@ def trace_from(name_or_path: str | Path, duration_s: float = 120.0, step_s: floa
     return load_trace(name_or_path)
 
 
+def record_trace(source: Source, seconds: float, interval_s: float = 0.1, name: str = "recorded") -> Trace:
+    """Readings of `source` every `interval_s` for `seconds` of wall time, as a trace to replay
+    (`racmkd edge record`): record a device under its real workload, simulate against it later."""
+    times, columns = [], {c: [] for c in TRACE_COLUMNS}
+    started = time.monotonic()
+    while (now := time.monotonic()) - started <= seconds:
+        reading = source.read(now)
+        times.append(now - started)
+        for column, (field_name, scale, _) in TRACE_COLUMNS.items():
+            value = getattr(reading, field_name)
+            columns[column].append(math.nan if value is None else float(value) / scale)
+        time.sleep(max(0.0, started + len(times) * interval_s - time.monotonic()))
+    kept = {c: np.array(v) for c, v in columns.items() if not all(math.isnan(x) for x in v)}  # absent sensors stay absent
+    return Trace(name, np.array(times), kept)
+
+
 class TraceSource:
     """Replays a trace: `read(now)` answers the reading in force `now - start` seconds into it
     (`loop` starts it over at the end instead of holding the last reading)."""

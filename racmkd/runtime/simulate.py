@@ -1,4 +1,6 @@
-"""Trace replay: the real runtime, real inference on test samples, a resource trace driving it.
+"""Driving the runtime with test data: trace replay in simulated time, and live serving.
+
+Trace replay: the real runtime, real inference on test samples, a resource trace driving it.
 
 Requests arrive evenly over the trace (`rate` per second of trace time). Before each request the
 monitor reads the trace at that moment (at its own adaptive interval) and the runtime re-plans;
@@ -11,6 +13,9 @@ benchmark's job (benchmarks/runtime.py).
 
 A request meets its SLO when it is answered correctly within the latency target; SLO-accuracy is
 the share of requests that do.
+
+Live serving (`serve_split`): test samples at a fixed rate in wall time, latencies measured, on
+whatever monitor the runtime was given (`racmkd edge run`, the stress and soak benchmarks).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +35,7 @@ from racmkd.config import RuntimeConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.resources.monitor import ResourceMonitor
 from racmkd.resources.sources import LEVELS, MB, Trace, TraceSource, resource_level
-from racmkd.runtime.edge import EdgeRuntime, budget_for
+from racmkd.runtime.edge import Answer, EdgeRuntime, budget_for
 from racmkd.runtime.variants import Bank
 from racmkd.utils import atomic_write_json, atomic_write_text, progress
 
@@ -253,3 +259,44 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def serve_split(runtime: EdgeRuntime, dataset: Any, seconds: float, rate_hz: float, split: str = "test", on_request: Callable[[int, Answer], None] | None = None) -> dict[str, Any]:
+    """Serve a split's samples (raw, with the protocol's degradations) at `rate_hz` for `seconds`
+    of wall time, as a device would see them; returns per-request records and a summary."""
+    n = len(dataset.splits[split])
+    target = runtime.config.latency_target_ms
+    records: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    i = 0
+    while time.perf_counter() - started < seconds:
+        due = started + i / rate_hz
+        pause = due - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        row = torch.tensor([i % n])
+        raw = dataset.raw_batch(split, row)
+        answer = runtime.predict(**{m: raw[m][0].numpy() for m in runtime.modalities})
+        label = int(dataset.splits[split].labels[row[0]])
+        records.append({
+            "t": round(time.perf_counter() - started, 4), "latency_ms": answer.latency_ms, "correct": answer.label == label,
+            "configuration": ",".join(answer.variants), "level": runtime.level, "budget_latency_ms": runtime.budget.latency_ms,
+            "slowdown": runtime.budget.slowdown, "pid_scale": runtime.controller.scale,
+            "cpu_percent": runtime.snapshot.cpu_percent if runtime.snapshot else None,
+        })
+        if on_request is not None:
+            on_request(i, answer)
+        i += 1
+    latencies = sorted(r["latency_ms"] for r in records)
+    summary = {
+        "requests": len(records),
+        "accuracy": sum(r["correct"] for r in records) / max(len(records), 1),
+        "deadline_met": sum(r["latency_ms"] <= target for r in records) / max(len(records), 1),
+        "slo_accuracy": sum(r["correct"] and r["latency_ms"] <= target for r in records) / max(len(records), 1),
+        "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
+        "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies else None,
+        "switches": len(runtime.adaptation_ms),
+        "adaptation_ms_p99": float(np.percentile(runtime.adaptation_ms, 99)) if runtime.adaptation_ms else None,
+        "configurations": dict(sorted(((c, sum(r["configuration"] == c for r in records)) for c in {r["configuration"] for r in records}), key=lambda kv: -kv[1])),
+    }
+    return {"summary": summary, "records": records, "decisions": list(runtime.decisions)}
