@@ -212,11 +212,14 @@ def edge_build(
     from racmkd.pipeline import prepare_data
     from racmkd.runtime.variants import build_bank, load_bank
 
+    from racmkd.compress.export import ExportError
+    from racmkd.runtime.variants import BankError
+
     try:
         run_dir, cfg = _run_config(run, None)
         folder = build_bank(cfg, prepare_data(cfg), run_dir, val_samples=val_samples, test_samples=test_samples)
         bank = load_bank(folder)
-    except _errors() as err:
+    except (*_errors(), BankError, ExportError) as err:
         raise _fail(err) from None
     for v in bank.data["variants"]:
         typer.echo(f"{v['tier'] + '/' + v['modality']:18s} {v['precision']:5s} {v['latency_ms']:7.3f} ms  {v['memory_bytes'] / 1024:8.1f} KB  {v['energy_mj']:.4f} mJ")
@@ -229,6 +232,7 @@ def edge_run(
     seconds: Annotated[float, typer.Option(help="How long to serve.")] = 10.0,
     rate: Annotated[float, typer.Option(help="Requests per second (test samples, raw).")] = 50.0,
     trace: Annotated[Optional[str], typer.Option(help="Replay this trace in real time instead of reading the machine (synthetic name or file).")] = None,
+    log: Annotated[Optional[Path], typer.Option(help="Where to write every request and decision as JSON (default: <run>/edge/live.json).")] = None,
     set_: SetOpt = None,
 ) -> None:
     """Serve test samples live with the resource-aware runtime on the real monitor; print its switches."""
@@ -245,23 +249,25 @@ def edge_run(
         bank = load_bank(run_dir / "edge")
         source = TraceSource(trace_from(trace), loop=True) if trace else SystemSource()
         dataset = prepare_data(cfg)
+        log = log or run_dir / "edge" / "live.json"
         with ResourceMonitor(source, cfg.runtime.monitor) as monitor:
             runtime = EdgeRuntime(bank, cfg.runtime, monitor)
-            seen = [0]
+            started, shown = runtime.clock(), [0]
 
             def show(i: int, answer: object) -> None:
-                for d in list(runtime.decisions)[seen[0]:]:
-                    typer.echo(f"{d['t']:10.2f}  {d['from']:>34s} -> {d['to']:<34s} {d['reason']} ({d['adaptation_ms']:.3f} ms)")
-                seen[0] = len(runtime.decisions)
+                new = runtime.decision_count - shown[0]
+                for d in list(runtime.decisions)[len(runtime.decisions) - min(new, len(runtime.decisions)):]:
+                    typer.echo(f"{d['t'] - started:8.2f} s  {d['from']:>34s} -> {d['to']:<34s} {d['reason']} ({d['adaptation_ms']:.3f} ms)")
+                shown[0] = runtime.decision_count
 
             result = serve_split(runtime, dataset, seconds, rate, on_request=show)
             result["monitor_overhead"] = monitor.overhead()
             result["state"] = runtime.state()
-        atomic_write_json(run_dir / "edge" / "live.json", result)
+        atomic_write_json(log, result)
     except (*_errors(), BankError, TraceError, NoVariantError) as err:
         raise _fail(err) from None
     typer.echo(json.dumps(result["summary"], indent=2))
-    typer.echo(f"monitor: {result['monitor_overhead']['cpu_fraction']:.4%} of one core over {result['monitor_overhead']['polls']} polls; log: {run_dir / 'edge' / 'live.json'}")
+    typer.echo(f"monitor: {result['monitor_overhead']['cpu_fraction']:.4%} of one core over {result['monitor_overhead']['polls']} polls; log: {log}")
 
 
 @edge_app.command("record")

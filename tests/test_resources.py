@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from racmkd.config import ConfigError, MonitorConfig, PIDGains
-from racmkd.resources.allocator import Allocator, Budget, Hysteresis, LatencyController, ProfileTable, Variant, brute_force, config_costs
+from racmkd.resources.allocator import Allocator, Budget, Hysteresis, LatencyController, NoConfigurationError, ProfileTable, Variant, config_costs
 from racmkd.resources.monitor import ResourceMonitor
 from racmkd.resources.sources import (
     MB,
@@ -83,8 +83,12 @@ def test_cgroup_v2_and_v1_limits_are_parsed(tmp_path: Path) -> None:
     membership = tmp_path / "cgroup"
     membership.write_text("0::/app\n")
     limits = read_cgroup(v2, membership)
-    assert (limits.version, limits.memory_max_bytes, limits.memory_current_bytes, limits.cpu_max_cores) == (2, 256 * MB, 64 * MB, 0.5)
+    (v2 / "app" / "memory.stat").write_text("anon 40000000\ninactive_file 16777216\nactive_file 100\n")
+    (v2 / "memory.max").write_text("134217728\n")  # the parent is tighter than the group
+    limits = read_cgroup(v2, membership)
+    assert (limits.version, limits.memory_max_bytes, limits.memory_used_bytes, limits.cpu_max_cores) == (2, 128 * MB, 48 * MB, 0.5)
     (v2 / "app" / "memory.max").write_text("max\n")
+    (v2 / "memory.max").write_text("max\n")
     (v2 / "app" / "cpu.max").write_text("max 100000\n")
     limits = read_cgroup(v2, membership)
     assert limits.memory_max_bytes is None and limits.cpu_max_cores is None  # unlimited
@@ -106,6 +110,16 @@ def test_a_container_limit_caps_available_memory(tmp_path: Path) -> None:
     (tmp_path / "memory.current").write_text(str(90 * MB))
     s = SystemSource(tmp_path, tmp_path / "none", tmp_path / "no-membership").read()
     assert s.memory_available_bytes == 10 * MB and s.cgroup_memory_max_bytes == 100 * MB
+
+
+def test_the_cpu_share_left_to_us_counts_other_programs_only() -> None:
+    # A 16-core host at 50% with this process using one core, and a cgroup quota of 2 cores.
+    host = ResourceSnapshot(t=0, cpu_percent=50.0, process_cpu_percent=100.0, host_cores=16, cpu_cores=2.0)
+    assert host.other_load() == pytest.approx(0.4375) and host.cpu_share(0.05) == 1.0  # 9 cores are free
+    device = ResourceSnapshot(t=0, cpu_percent=75.0, host_cores=1, cpu_cores=1.0)
+    assert device.cpu_share(0.05) == pytest.approx(0.25)
+    assert ResourceSnapshot(t=0, cpu_percent=99.0, host_cores=1).cpu_share(0.05) == 0.05  # the floor
+    assert ResourceSnapshot(t=0).other_load() is None and ResourceSnapshot(t=0).cpu_share(0.05) == 1.0  # no reading: no load assumed
 
 
 def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path) -> None:
@@ -167,7 +181,7 @@ class Scripted:
 
     name = "scripted"
 
-    def __init__(self, cpu: list[float | None], memory_mb: float = 100.0) -> None:
+    def __init__(self, cpu: list[float | None], memory_mb: float = 130.0) -> None:
         self.cpu, self.memory_mb, self.i = cpu, memory_mb, 0
 
     def read(self, now: float) -> ResourceSnapshot:
@@ -192,6 +206,37 @@ def test_monitor_smooths_forecasts_and_adapts_its_interval() -> None:
     raw, smoothed, forecast = state.raw.cpu_percent, state.smoothed.cpu_percent, state.forecast.cpu_percent
     assert smoothed < raw < forecast  # the EWMA lags a rising load; Holt's trend looks ahead of it
     assert state.planning().cpu_percent == forecast  # decisions plan for the worse of now and soon
+
+
+class Memory:
+    """A source whose free memory follows a function of time."""
+
+    name = "memory"
+
+    def __init__(self, mb_at) -> None:  # noqa: ANN001 - a callable
+        self.mb_at = mb_at
+
+    def read(self, now: float) -> ResourceSnapshot:
+        return ResourceSnapshot(t=now, cpu_percent=25.0, memory_available_bytes=int(self.mb_at(now) * MB), cpu_cores=1.0)
+
+
+def run_monitor(monitor: ResourceMonitor, until: float) -> list[tuple[float, object]]:
+    states, t = [], 0.0
+    while t < until:
+        states.append((t, monitor.poll(t)))
+        t += monitor.interval_s
+    return states
+
+
+def test_forecast_leads_a_falling_resource_and_settles_after_a_step() -> None:
+    falling = run_monitor(ResourceMonitor(Memory(lambda t: 140.0 - 5.0 * t)), 20.0)
+    leads = [s.raw.memory_available_bytes / MB - s.forecast.memory_available_bytes / MB for t, s in falling if t > 5]
+    assert min(leads) > 2.0  # 5 MB/s for a 1 s horizon: ahead of the reading, by most of the 5 MB
+    step = run_monitor(ResourceMonitor(Memory(lambda t: 140.0 if t < 10 else 10.0)), 30.0)
+    after = [(t - 10, s) for t, s in step if t >= 10]
+    assert after[0][1].planning().memory_available_bytes <= 10 * MB  # the drop is planned for at once
+    settled = [abs(s.forecast.memory_available_bytes / MB - 10.0) for dt, s in after if dt > 5]
+    assert settled and max(settled) < 2.0 and settled[-1] < 0.1  # within 20% after 5 s, then settled: the step is not extrapolated for ever
 
 
 def test_subscribers_hear_changes_only_and_a_broken_one_does_not_silence_others() -> None:
@@ -253,6 +298,30 @@ def random_table(rng: random.Random, modalities: tuple[str, ...] = ("image", "au
     return ProfileTable(modalities, TIERS, tuple(variants), accuracy)
 
 
+def reference_best(table: ProfileTable, budget: Budget, weights: tuple[float, ...], critical: dict[str, str]) -> float | None:
+    """Written apart from the allocator: try every configuration, score it by summing over which
+    inputs turn out usable, keep the best within budget."""
+    mods = table.modalities
+
+    def expected(config: tuple) -> float:
+        active = [i for i, v in enumerate(config) if v is not None]
+        total = 0.0
+        for pattern in itertools.product([False, True], repeat=len(active)):
+            present = {mods[i] for i, bit in zip(active, pattern) if bit}
+            chance = math.prod(weights[i] if bit else 1 - weights[i] for i, bit in zip(active, pattern))
+            if present:
+                total += chance * table.accuracy[tuple(v.tier if v is not None and m in present else None for m, v in zip(mods, config))]
+        return total
+
+    def meets(config: tuple) -> bool:
+        return all(config[mods.index(m)] is not None and TIERS.index(config[mods.index(m)].tier) <= TIERS.index(t) for m, t in critical.items())
+
+    configs = [c for c in itertools.product(*([None, *(v for v in table.variants if v.modality == m)] for m in mods)) if any(c) and meets(c)]
+    worthwhile = [c for c in configs if all(v is None or weights[i] > 0 for i, v in enumerate(c))]
+    feasible = [c for c in (worthwhile or configs) if sum(v.latency_ms for v in c if v) <= budget.latency_ms and sum(v.memory_bytes for v in c if v) <= budget.memory_bytes and sum(v.energy_mj for v in c if v) <= budget.energy_mj]
+    return max((expected(c) for c in feasible), default=None)
+
+
 def test_allocator_is_optimal_against_brute_force() -> None:
     rng = random.Random(0)
     checked = 0
@@ -267,7 +336,7 @@ def test_allocator_is_optimal_against_brute_force() -> None:
         allocator = Allocator(table, critical)
         weights = tuple(rng.choice([0.0, 0.3, 0.7, 1.0]) for _ in modalities)
         budget = Budget(rng.uniform(0.1, 6.0), rng.uniform(10_000, 5_000_000), rng.uniform(0.1, 10.0))
-        best = brute_force(table, budget, weights, critical)
+        best = reference_best(table, budget, weights, critical)
         decision = allocator.solve(budget, weights)
         if best is None:
             assert not decision.feasible  # nothing fits: the runtime gets the cheapest fallback, marked as such
@@ -291,10 +360,29 @@ def test_utility_is_the_accuracy_to_expect() -> None:
     assert allocator.utility(both, (0.5, 0.5)) == pytest.approx(0.25 * 0.98 + 0.25 * 0.6 + 0.25 * 0.9)
     # With the audio input dead, the allocator stops paying for its encoder.
     assert allocator.solve(Budget(), (1.0, 0.0)).config == (image, None)
+    # Nothing fits: the configuration that overshoots its budget least (here: the memory one).
+    big_image, big_audio, small = Variant("image", "high", 1.0, 100, 1.0), Variant("audio", "high", 1.0, 100, 1.0), Variant("audio", "low", 5.0, 10, 1.0)
+    tight = ProfileTable(("image", "audio"), TIERS, (big_image, big_audio, small), {**table.accuracy, (None, "low"): 0.8, ("high", "low"): 0.9})
+    fallback = Allocator(tight).solve(Budget(latency_ms=4.0, memory_bytes=5), (1.0, 1.0))
+    assert not fallback.feasible and fallback.config == (None, small) and "least over budget" in fallback.reason  # 1.25x latency beats 20x memory
     with pytest.raises(ConfigError, match="not a modality"):
         Allocator(table, {"imu": "high"})
     with pytest.raises(ConfigError, match="unknown tier"):
         Allocator(table, {"audio": "tiny"})
+
+
+def test_a_critical_modality_is_kept_while_it_can_be() -> None:
+    image, audio, audio_low = Variant("image", "high", 0.5, 1, 1.0), Variant("audio", "high", 2.0, 1, 1.0), Variant("audio", "low", 1.0, 1, 1.0)
+    accuracy = {("high", None): 0.95, (None, "high"): 0.9, (None, "low"): 0.8, ("high", "high"): 0.98, ("high", "low"): 0.97}
+    allocator = Allocator(ProfileTable(("image", "audio"), TIERS, (image, audio, audio_low), accuracy), {"audio": "low"})
+    assert allocator.solve(Budget(latency_ms=1.0), (1.0, 1.0)).config == (None, audio_low)  # image alone would be better, but audio is critical
+    relaxed = allocator.solve(Budget(latency_ms=1.0), (1.0, 1.0), exclude=frozenset({"low/audio", "high/audio"}))
+    assert relaxed.config == (image, None) and "critical audio unavailable" in relaxed.reason  # its variants failed: answer from the rest
+    assert allocator.solve(Budget(), (1.0, 1.0), available={"image"}).config == (image, None)  # its input is missing
+    with pytest.raises(NoConfigurationError):
+        allocator.solve(Budget(), (1.0, 1.0), available={"image"}, exclude=frozenset({"high/image"}))
+    with pytest.raises(ConfigError, match="no audio variant at tier high or above"):
+        Allocator(ProfileTable(("image", "audio"), TIERS, (image, audio_low), accuracy), {"audio": "high"})
 
 
 def oscillating_budgets(n: int) -> list[Budget]:

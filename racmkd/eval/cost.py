@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +90,17 @@ def time_calls(fn: Callable[[], Any], warmup: int, iters: int, threads: int = 1)
     return times
 
 
+def percentile(values: Iterable[float], q: float) -> float:
+    """The q-th percentile (0-100) of some values by nearest rank; NaN when there are none."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
 def percentiles(times: list[float]) -> dict[str, float]:
     """Median and 95th percentile of some timings."""
-    ordered = sorted(times)
-    return {"p50": statistics.median(ordered), "p95": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]}
+    return {"p50": statistics.median(times), "p95": percentile(times, 95)}
 
 
 def latency_ms(fn: Callable[[], Any], warmup: int, iters: int, threads: int = 1) -> dict[str, float]:

@@ -2,7 +2,8 @@
 
     maximise   U(x) = sum over S of Pr_w(S) * P(x | S)
     subject to sum_m R_m(x_m) <= R_available     for every resource (latency, memory, energy)
-               x_m at tier >= min tier            for every modality marked critical
+               x_m at tier >= min tier            for every modality marked critical (while its
+                                                  input is there and such a variant works)
 
 A configuration x picks one variant per modality or leaves it off. A variant is one tier's encoder
 for one modality together with its share of that tier's classifier: a student's logits are a sum
@@ -47,7 +48,7 @@ class Variant:
     tier: str
     latency_ms: float  # p50, raw input to its logits term, preprocessing included
     memory_bytes: int  # resident while loaded and running
-    energy_mj: float  # per inference (estimated unless RAPL was readable)
+    energy_mj: float  # per inference (estimated: E = a * FLOPs + b * bytes moved + c * time)
     path: str = ""  # its ONNX file, relative to the bank folder
 
     @property
@@ -72,6 +73,15 @@ class Costs:
         """The resources this exceeds."""
         return [r for r in RESOURCES if getattr(self, r) > getattr(budget, r)]
 
+    def overshoot(self, budget: Budget) -> float:
+        """The largest ratio of cost to budget over the resources (at most 1: it fits)."""
+        ratios = [0.0]
+        for r in RESOURCES:
+            cost, limit = getattr(self, r), getattr(budget, r)
+            if not math.isinf(limit):
+                ratios.append(cost / limit if limit > 0 else (math.inf if cost > 0 else 0.0))
+        return max(ratios)
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -82,9 +92,6 @@ class Budget:
     memory_bytes: float = math.inf
     energy_mj: float = math.inf
     slowdown: float = 1.0  # for the record: how much slower than measured the CPU is expected to run
-
-    def scaled(self, factor: float) -> Budget:
-        return Budget(self.latency_ms * factor, self.memory_bytes * factor, self.energy_mj * factor, self.slowdown)
 
     def as_dict(self) -> dict[str, float]:
         return {r: getattr(self, r) for r in (*RESOURCES, "slowdown")}
@@ -137,6 +144,10 @@ class Decision:
     reason: str = ""
 
 
+class NoConfigurationError(RuntimeError):
+    """Nothing can run: every variant of every modality the request brought is excluded."""
+
+
 class Allocator:
     """Exact solver of eq. 26 over a measured profile table."""
 
@@ -148,19 +159,12 @@ class Allocator:
                 raise ConfigError(f"runtime.critical: {m!r} is not a modality of this runtime ({', '.join(table.modalities)})")
             if tier not in table.tiers:
                 raise ConfigError(f"runtime.critical.{m}: unknown tier {tier!r}; choose one of {', '.join(table.tiers)}")
-        self.configs = [c for c in itertools.product(*(table.options(m) for m in table.modalities)) if self._allowed(c)]
-        if not self.configs:
-            raise ConfigError(f"runtime.critical {self.critical}: no variant satisfies it (variants: {', '.join(v.id for v in table.variants)})")
+            if not any(v.modality == m and table.tiers.index(v.tier) <= table.tiers.index(tier) for v in table.variants):
+                raise ConfigError(f"runtime.critical.{m}: no {m} variant at tier {tier} or above (variants: {', '.join(v.id for v in table.variants)})")
+        # Every configuration that processes something; the critical constraint is applied per decision.
+        self.configs = [c for c in itertools.product(*(table.options(m) for m in table.modalities)) if any(v is not None for v in c)]
         self.costs = {c: config_costs(c) for c in self.configs}
         self._ranked: dict[tuple[float, ...], list[tuple[float, Configuration]]] = {}
-
-    def _allowed(self, config: Configuration) -> bool:
-        if all(v is None for v in config):
-            return False  # an answer needs at least one input processed
-        for m, v in zip(self.table.modalities, config):
-            if m in self.critical and (v is None or self.table.tiers.index(v.tier) > self.table.tiers.index(self.critical[m])):
-                return False
-        return True
 
     def weights(self, priorities: dict[str, float] | None = None, quality: dict[str, float] | None = None) -> tuple[float, ...]:
         """w_m = priority_m x quality_m, clipped to [0, 1], in table order."""
@@ -179,46 +183,49 @@ class Allocator:
         return total
 
     def ranking(self, weights: tuple[float, ...]) -> list[tuple[float, Configuration]]:
-        """Every allowed configuration, best first (ties: the faster, then the smaller)."""
+        """Every configuration, best first (ties: the faster, then the smaller); cached per weights."""
         key = tuple(round(w, 4) for w in weights)
-        if key not in self._ranked:
+        scored = self._ranked.get(key)
+        if scored is None:
             scored = [(self.utility(c, key), c) for c in self.configs]
             scored.sort(key=lambda uc: (-round(uc[0], 9), self.costs[uc[1]].latency_ms, self.costs[uc[1]].memory_bytes))
             if len(self._ranked) > 256:
-                self._ranked.clear()
+                self._ranked = {}
             self._ranked[key] = scored
-        return self._ranked[key]
+        return scored
 
-    def solve(self, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset(), slack: float = 0.0) -> Decision:
-        """The best configuration within `budget` (with `slack` to spare), not using the variants in
-        `exclude` (ids) nor modalities whose weight is 0; when none fits, the cheapest usable one,
-        marked infeasible (the runtime degrades instead of refusing)."""
-        usable = [
-            (u, c) for u, c in self.ranking(weights)
-            if not any(v is not None and (v.id in exclude or weights[i] == 0.0) for i, v in enumerate(c))
-        ]
-        if not usable:  # every weight is zero or every variant excluded: fall back to whatever still runs
-            usable = [(u, c) for u, c in self.ranking(weights) if not any(v is not None and v.id in exclude for v in c)]
-        if not usable:
-            raise RuntimeError(f"no configuration is left: every variant is excluded ({', '.join(sorted(exclude))})")
-        for u, c in usable:
+    def honoured_critical(self, exclude: frozenset[str], available: set[str]) -> dict[str, int]:
+        """The critical modalities that can be honoured (their input is there and a variant at or
+        above the minimum tier still works), with that tier's rank."""
+        out = {}
+        for m, tier in self.critical.items():
+            rank = self.table.tiers.index(tier)
+            if m in available and any(v.modality == m and v.id not in exclude and self.table.tiers.index(v.tier) <= rank for v in self.table.variants):
+                out[m] = rank
+        return out
+
+    def solve(self, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset(), slack: float = 0.0, available: set[str] | None = None) -> Decision:
+        """The best configuration within `budget` (with `slack` to spare) that uses only the
+        `available` modalities (default: all), none of the variants in `exclude` (ids), no modality
+        of weight 0 unless nothing else can run, and every critical modality that can be honoured
+        at or above its tier. When none fits: the one that overshoots its budget least (the largest
+        ratio of cost to budget over the resources), marked infeasible, so the runtime degrades
+        instead of refusing. Raises NoConfigurationError when nothing can run at all."""
+        available = set(self.table.modalities) if available is None else set(available)
+        candidates = [(u, c) for u, c in self.ranking(weights) if all(v is None or (v.id not in exclude and v.modality in available) for v in c)]
+        if not candidates:
+            raise NoConfigurationError(f"no variant can run with inputs {sorted(available)}; excluded: {', '.join(sorted(exclude)) or 'none'}")
+        critical = self.honoured_critical(exclude, available)
+        index = {m: i for i, m in enumerate(self.table.modalities)}
+        candidates = [(u, c) for u, c in candidates if all(c[index[m]] is not None and self.table.tiers.index(c[index[m]].tier) <= rank for m, rank in critical.items())]
+        weighted = [(u, c) for u, c in candidates if not any(v is not None and weights[i] == 0.0 for i, v in enumerate(c))]
+        candidates = weighted or candidates
+        note = "" if len(critical) == len(self.critical) else f" (critical {', '.join(sorted(set(self.critical) - set(critical)))} unavailable)"
+        for u, c in candidates:
             if self.costs[c].fits(budget, slack):
-                return Decision(c, u, self.costs[c], True, f"best within budget: {describe(self.table, c)}")
-        u, c = min(usable, key=lambda uc: (self.costs[uc[1]].latency_ms, -uc[0]))
-        return Decision(c, u, self.costs[c], False, f"nothing fits ({', '.join(self.costs[c].over(budget))} over); cheapest: {describe(self.table, c)}")
-
-
-def brute_force(table: ProfileTable, budget: Budget, weights: tuple[float, ...], critical: dict[str, str] | None = None) -> float | None:
-    """The best utility within budget found by trying every configuration (a reference for tests)."""
-    allocator = Allocator(table, critical)
-    allowed = [c for c in itertools.product(*(table.options(m) for m in table.modalities)) if allocator._allowed(c)]
-    weighted = [c for c in allowed if not any(v is not None and weights[i] == 0.0 for i, v in enumerate(c))]
-    best = None
-    for config in weighted or allowed:  # a modality with weight 0 is not worth running, unless nothing else is allowed
-        if config_costs(config).fits(budget):
-            u = allocator.utility(config, weights)
-            best = u if best is None else max(best, u)
-    return best
+                return Decision(c, u, self.costs[c], True, f"best within budget: {describe(self.table, c)}{note}")
+        u, c = min(candidates, key=lambda uc: (self.costs[uc[1]].overshoot(budget), -uc[0]))
+        return Decision(c, u, self.costs[c], False, f"nothing fits ({', '.join(self.costs[c].over(budget))} over); least over budget: {describe(self.table, c)}{note}")
 
 
 @dataclass

@@ -19,10 +19,11 @@ call `poll` with trace time; the live runtime uses the thread.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from racmkd.config import MonitorConfig
@@ -31,28 +32,47 @@ from racmkd.resources.sources import NUMERIC_FIELDS, ResourceSnapshot, Source, r
 log = logging.getLogger(__name__)
 
 
+def _weight(weight: float, dt: float, ref_s: float) -> float:
+    """A smoothing weight given per `ref_s` seconds, for a gap of `dt` seconds: sampling faster
+    then takes smaller steps instead of making the estimate jumpier."""
+    return 1.0 - (1.0 - weight) ** (dt / ref_s)
+
+
 @dataclass
 class Holt:
-    """Holt's linear trend for one series sampled at irregular times: level, slope per second."""
+    """Holt's linear trend with a damped slope, for a series sampled at irregular times: a level and
+    a slope per second. Weights are per `ref_s` seconds (see `_weight`); the slope fades by
+    `damping` per second, so one step change is not extrapolated for ever."""
 
     alpha: float
     beta: float
+    damping: float = 0.8
+    ref_s: float = 0.5
+    min_dt: float = 0.01  # closer readings update nothing (a repeated timestamp would make any slope)
     level: float | None = None
     slope: float = 0.0
     t: float | None = None
+
+    def _damped(self, h: float) -> float:
+        """How far the slope carries over `h` seconds: the integral of damping**t from 0 to h."""
+        if self.damping >= 1.0:
+            return h
+        return (1.0 - self.damping**h) / -math.log(self.damping)
 
     def update(self, value: float, t: float) -> None:
         if self.level is None or self.t is None:
             self.level, self.t = value, t
             return
-        dt = max(t - self.t, 1e-6)
-        predicted = self.level + self.slope * dt
-        level = self.alpha * value + (1 - self.alpha) * predicted
-        self.slope = self.beta * (level - self.level) / dt + (1 - self.beta) * self.slope
+        dt = t - self.t
+        if dt < self.min_dt:
+            return
+        a, b = _weight(self.alpha, dt, self.ref_s), _weight(self.beta, dt, self.ref_s)
+        level = a * value + (1 - a) * (self.level + self.slope * self._damped(dt))
+        self.slope = b * (level - self.level) / dt + (1 - b) * self.slope * self.damping**dt
         self.level, self.t = level, t
 
     def forecast(self, horizon_s: float) -> float | None:
-        return None if self.level is None else self.level + self.slope * horizon_s
+        return None if self.level is None else self.level + self.slope * self._damped(horizon_s)
 
 
 @dataclass(frozen=True)
@@ -68,14 +88,15 @@ class MonitorState:
     observed_at: float = 0.0  # time.perf_counter() when the reading arrived (adaptation time starts here)
 
     def planning(self) -> ResourceSnapshot:
-        """The reading decisions should plan for: per resource, the worse of now (smoothed) and soon
-        (forecast): more CPU load, less memory, less battery."""
-        s, f = self.smoothed, self.forecast
+        """The reading decisions should plan for: per resource, the worst of the latest reading, the
+        smoothed one and the forecast (more CPU load, less memory, less battery), so that a sudden
+        drop is acted on at once and a trend before it arrives."""
+        r, s, f = self.raw, self.smoothed, self.forecast
         worse = {
-            "cpu_percent": _pick(max, s.cpu_percent, f.cpu_percent),
-            "memory_available_bytes": _pick(min, s.memory_available_bytes, f.memory_available_bytes),
-            "battery_percent": _pick(min, s.battery_percent, f.battery_percent),
-            "temperature_c": _pick(max, s.temperature_c, f.temperature_c),
+            "cpu_percent": _pick(max, r.cpu_percent, s.cpu_percent, f.cpu_percent),
+            "memory_available_bytes": _pick(min, r.memory_available_bytes, s.memory_available_bytes, f.memory_available_bytes),
+            "battery_percent": _pick(min, r.battery_percent, s.battery_percent, f.battery_percent),
+            "temperature_c": _pick(max, r.temperature_c, s.temperature_c, f.temperature_c),
         }
         return ResourceSnapshot(**{**s.as_dict(), **{k: v for k, v in worse.items() if v is not None}})
 
@@ -83,9 +104,15 @@ class MonitorState:
         return {"level": self.level, "interval_s": self.interval_s, "raw": self.raw.as_dict(), "smoothed": self.smoothed.as_dict(), "forecast": self.forecast.as_dict()}
 
 
-def _pick(fn: Callable[..., Any], a: Any, b: Any) -> Any:
-    values = [v for v in (a, b) if v is not None]
+def _pick(fn: Callable[..., Any], *candidates: Any) -> Any:
+    values = [v for v in candidates if v is not None]
     return fn(values) if values else None
+
+
+def _finite(snapshot: ResourceSnapshot) -> ResourceSnapshot:
+    """The reading with NaN or infinite values marked absent (a glitching sensor)."""
+    bad = {k: None for k, v in snapshot.as_dict().items() if isinstance(v, float) and not math.isfinite(v)}
+    return replace(snapshot, **bad) if bad else snapshot
 
 
 def _clamp_reading(name: str, value: float) -> float:
@@ -101,10 +128,11 @@ class ResourceMonitor:
     def __init__(self, source: Source, config: MonitorConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.source, self.config, self.clock = source, config or MonitorConfig(), clock
         c = self.config
-        self._ewma: dict[str, float] = {}
-        self._holt = {name: Holt(c.smoothing, c.trend) for name in NUMERIC_FIELDS}
+        self._ewma: dict[str, tuple[float, float]] = {}  # name -> (value, time)
+        self._holt = {name: Holt(c.smoothing, c.trend, c.damping, c.interval_s, c.min_interval_s / 2) for name in NUMERIC_FIELDS}
         self._subscribers: list[Callable[[MonitorState], None]] = []
-        self._last_raw: ResourceSnapshot | None = None
+        self._last_smoothed: ResourceSnapshot | None = None
+        self.cpu_seconds = 0.0  # the monitor's own CPU time (reading and smoothing; subscribers not included)
         self._last_published: MonitorState | None = None
         self.interval_s = c.interval_s
         self.state: MonitorState | None = None
@@ -113,7 +141,7 @@ class ResourceMonitor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._cpu_seconds = 0.0
+        self._cpu_at_start = 0.0
         self._wall_started: float | None = None
         self._wall_stopped: float | None = None
 
@@ -137,11 +165,13 @@ class ResourceMonitor:
         """Read the source once, update smoothing and forecast, adapt the interval, and notify
         subscribers when the state moved. A source that fails is logged and the last state kept."""
         now = self.clock() if now is None else now
+        started = time.thread_time()
         try:
-            raw = self.source.read(now)
+            raw = _finite(self.source.read(now))
             observed_at = time.perf_counter()
         except Exception as err:  # noqa: BLE001 - a sensor that fails must not stop the monitor
             self.read_errors += 1
+            self.cpu_seconds += time.thread_time() - started
             log.warning("resource source %s failed (%s: %s); keeping the last reading", getattr(self.source, "name", "?"), type(err).__name__, err)
             return self.state
         self.polls += 1
@@ -151,21 +181,27 @@ class ResourceMonitor:
             if value is None:
                 continue
             previous = self._ewma.get(name)
-            self._ewma[name] = value if previous is None else self.config.smoothing * value + (1 - self.config.smoothing) * previous
+            if previous is None:
+                ewma = float(value)
+            else:
+                a = _weight(self.config.smoothing, max(now - previous[1], 0.0), self.config.interval_s)
+                ewma = a * value + (1 - a) * previous[0]
+            self._ewma[name] = (ewma, now)
             self._holt[name].update(float(value), now)
-            smoothed[name] = self._ewma[name]
+            smoothed[name] = ewma
             forecast[name] = _clamp_reading(name, self._holt[name].forecast(self.config.horizon_s) or value)
         as_int = {"memory_available_bytes", "process_rss_bytes"}
         smoothed_snap = ResourceSnapshot(**{**raw.as_dict(), **{k: (int(v) if k in as_int else v) for k, v in smoothed.items()}})
         forecast_snap = ResourceSnapshot(**{**raw.as_dict(), "t": now + self.config.horizon_s, **{k: (int(v) if k in as_int else v) for k, v in forecast.items()}})
-        moved = self._moved(self._last_raw, raw)
+        moved = self._moved(self._last_smoothed, smoothed_snap)  # the smoothed value moving, not the noise
         self.interval_s = self.config.min_interval_s if moved else min(self.config.max_interval_s, self.interval_s * 1.5)
-        self._last_raw = raw
+        self._last_smoothed = smoothed_snap
         state = MonitorState(raw, smoothed_snap, forecast_snap, "", self.interval_s, False, observed_at)
         level = resource_level(state.planning())
         changed = self._last_published is None or level != self._last_published.level or self._moved(self._last_published.planning(), state.planning())
         state = MonitorState(raw, smoothed_snap, forecast_snap, level, self.interval_s, changed, observed_at)
         self.state = state
+        self.cpu_seconds += time.thread_time() - started
         if changed:
             self._last_published = state
             self._notify(state)
@@ -198,16 +234,17 @@ class ResourceMonitor:
         if self._thread is not None and self._thread.is_alive():
             return self
         self._stop.clear()
-        self._wall_started, self._wall_stopped, self._cpu_seconds = time.perf_counter(), None, 0.0
+        self._wall_started, self._wall_stopped, self._cpu_at_start = time.perf_counter(), None, self.cpu_seconds
         self._thread = threading.Thread(target=self._run, name="racmkd-monitor", daemon=True)
         self._thread.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            started = time.thread_time()
-            self.poll()
-            self._cpu_seconds += time.thread_time() - started
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - the monitor thread must outlive any bad reading
+                log.exception("resource monitor poll failed")
             self._stop.wait(self.interval_s)
 
     def stop(self) -> None:
@@ -223,8 +260,10 @@ class ResourceMonitor:
         self.stop()
 
     def overhead(self) -> dict[str, float | int]:
-        """The monitor thread's CPU time as a share of one core over the time it ran, and its polls."""
+        """The monitor thread's own CPU time (reading and smoothing, not what subscribers do with it)
+        as a share of one core over the time it ran, and its polls."""
         if self._wall_started is None:
-            return {"cpu_fraction": 0.0, "cpu_seconds": 0.0, "wall_seconds": 0.0, "polls": self.polls}
+            return {"cpu_fraction": 0.0, "cpu_seconds": self.cpu_seconds, "wall_seconds": 0.0, "polls": self.polls}
         wall = (self._wall_stopped or time.perf_counter()) - self._wall_started
-        return {"cpu_fraction": self._cpu_seconds / wall if wall > 0 else 0.0, "cpu_seconds": self._cpu_seconds, "wall_seconds": wall, "polls": self.polls}
+        used = self.cpu_seconds - self._cpu_at_start
+        return {"cpu_fraction": used / wall if wall > 0 else 0.0, "cpu_seconds": used, "wall_seconds": wall, "polls": self.polls}

@@ -45,6 +45,7 @@ class ResourceSnapshot:
     memory_total_bytes: int | None = None
     process_rss_bytes: int | None = None
     cpu_cores: float | None = None  # cores this process may use (cgroup cpu quota included)
+    host_cores: int | None = None  # cores of the machine, which `cpu_percent` is a share of
     cgroup_memory_max_bytes: int | None = None  # None: no limit, or not in a cgroup
     cgroup_cpu_max_cores: float | None = None
     battery_percent: float | None = None
@@ -53,11 +54,18 @@ class ResourceSnapshot:
     package_power_w: float | None = None  # from RAPL energy counters
 
     def other_load(self) -> float | None:
-        """Share (0-1) of the CPU that other programs use: the machine's load minus this process's."""
+        """Share (0-1) of the machine's CPU that other programs use: its load minus this process's
+        (which psutil gives in % of one core)."""
         if self.cpu_percent is None:
             return None
-        ours = (self.process_cpu_percent or 0.0) / max(self.cpu_cores or 1.0, 1.0)
+        ours = (self.process_cpu_percent or 0.0) / max(self.host_cores or 1, 1)
         return min(1.0, max(0.0, (self.cpu_percent - ours) / 100.0))
+
+    def cpu_share(self, floor: float) -> float:
+        """The share of one core an inference thread can expect (processor sharing): the cores
+        other programs leave free, at most one, at most this process's quota, at least `floor`."""
+        free = (self.host_cores or 1) * (1.0 - (self.other_load() or 0.0))
+        return max(floor, min(1.0, free, self.cpu_cores or 1.0))
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -107,59 +115,89 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _read_int(path: Path) -> int | None:
-    text = _read_text(path)
+def _read_int_text(text: str | None) -> int | None:
     try:
         return int(text) if text is not None else None
     except ValueError:
         return None
 
 
+def _read_int(path: Path) -> int | None:
+    return _read_int_text(_read_text(path))
+
+
 @dataclass(frozen=True)
 class CgroupLimits:
     """What the container (cgroup v2, or v1) lets this process use; None where there is no limit."""
 
-    memory_max_bytes: int | None
-    memory_current_bytes: int | None
+    memory_max_bytes: int | None  # the tightest limit from this process's group up to the root
+    memory_used_bytes: int | None  # the group's usage without reclaimable page cache (inactive_file)
     cpu_max_cores: float | None
     version: int | None  # 2, 1, or None outside any cgroup hierarchy we can read
 
 
+def _memory_stat(path: Path, key: str) -> int:
+    for line in (_read_text(path) or "").splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return _read_int_text(value) or 0
+    return 0
+
+
+def _membership(proc_self_cgroup: Path, controller: str | None) -> str:
+    """This process's group path: the v2 line (`0::/path`), or the v1 line naming `controller`."""
+    for line in (_read_text(proc_self_cgroup) or "").splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if (controller is None and hierarchy == "0" and controllers == "") or (controller is not None and controller in controllers.split(",")):
+            return path.lstrip("/")
+    return ""
+
+
+def _chain(root: Path, relative: str) -> list[Path]:
+    """The group folder and its parents up to `root`, leaf first, those that exist."""
+    folders, current = [], root / relative if relative else root
+    while True:
+        if current.is_dir():
+            folders.append(current)
+        if current == root or root not in current.parents:
+            break
+        current = current.parent
+    return folders or [root]
+
+
 def read_cgroup(root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup: Path = Path("/proc/self/cgroup")) -> CgroupLimits:
-    """Memory and CPU limits of this process's cgroup: v2 (`memory.max`, `memory.current`, `cpu.max`)
-    in its own group or the root, else v1 (`memory.limit_in_bytes`, `cpu.cfs_quota_us`)."""
+    """Memory and CPU limits of this process's cgroup: v2 (`memory.max`, `memory.current` less
+    `inactive_file`, `cpu.max`) or v1 (`memory.limit_in_bytes`, `memory.usage_in_bytes` less
+    `total_inactive_file`, `cpu.cfs_quota_us`); limits are the tightest up the hierarchy."""
     root = Path(root)
     if (root / "cgroup.controllers").exists():
-        group = root
-        membership = _read_text(proc_self_cgroup) or ""
-        for line in membership.splitlines():
-            if line.startswith("0::"):
-                candidate = root / line[3:].lstrip("/")
-                if (candidate / "memory.max").exists() or (candidate / "cpu.max").exists():
-                    group = candidate
-        memory_max = _read_text(group / "memory.max")
-        cpu_max = (_read_text(group / "cpu.max") or "max").split()
-        cores = None
-        if cpu_max and cpu_max[0] != "max" and len(cpu_max) == 2:
-            try:
-                cores = int(cpu_max[0]) / int(cpu_max[1])
-            except (ValueError, ZeroDivisionError):
-                cores = None
-        limit = None if memory_max in (None, "max") else _parse_int(memory_max)
-        return CgroupLimits(limit, _read_int(group / "memory.current"), cores, 2)
-    if (root / "memory" / "memory.limit_in_bytes").exists() or (root / "cpu" / "cpu.cfs_quota_us").exists():
-        limit = _read_int(root / "memory" / "memory.limit_in_bytes")
-        quota, period = _read_int(root / "cpu" / "cpu.cfs_quota_us"), _read_int(root / "cpu" / "cpu.cfs_period_us")
-        cores = quota / period if quota and quota > 0 and period else None
-        return CgroupLimits(limit if limit is not None and limit < UNLIMITED else None, _read_int(root / "memory" / "memory.usage_in_bytes"), cores, 1)
+        chain = _chain(root, _membership(proc_self_cgroup, None))
+        limits = [v for v in (_read_int(g / "memory.max") for g in chain) if v is not None]  # "max" reads as None
+        quotas = []
+        for g in chain:
+            fields_ = (_read_text(g / "cpu.max") or "max").split()
+            if len(fields_) == 2 and fields_[0] != "max" and (q := _read_int_text(fields_[0])) and (period := _read_int_text(fields_[1])):
+                quotas.append(q / period)
+        leaf = chain[0]
+        used = _read_int(leaf / "memory.current")
+        if used is not None:
+            used = max(0, used - _memory_stat(leaf / "memory.stat", "inactive_file"))
+        return CgroupLimits(min(limits) if limits else None, used, min(quotas) if quotas else None, 2)
+    if (root / "memory").is_dir() or (root / "cpu").is_dir():
+        memory = _chain(root / "memory", _membership(proc_self_cgroup, "memory"))
+        cpu = _chain(root / "cpu", _membership(proc_self_cgroup, "cpu"))
+        limits = [v for v in (_read_int(g / "memory.limit_in_bytes") for g in memory) if v is not None and v < UNLIMITED]
+        quotas = []
+        for g in cpu:
+            q, period = _read_int(g / "cpu.cfs_quota_us"), _read_int(g / "cpu.cfs_period_us")
+            if q and q > 0 and period:
+                quotas.append(q / period)
+        used = _read_int(memory[0] / "memory.usage_in_bytes")
+        if used is not None:
+            used = max(0, used - _memory_stat(memory[0] / "memory.stat", "total_inactive_file"))
+        return CgroupLimits(min(limits) if limits else None, used, min(quotas) if quotas else None, 1)
     return CgroupLimits(None, None, None, None)
-
-
-def _parse_int(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        return None
 
 
 class SystemSource:
@@ -170,29 +208,43 @@ class SystemSource:
     def __init__(self, cgroup_root: Path = Path("/sys/fs/cgroup"), powercap_root: Path = Path("/sys/class/powercap"), proc_self_cgroup: Path = Path("/proc/self/cgroup")) -> None:
         self.cgroup_root, self.powercap_root, self.proc_self_cgroup = Path(cgroup_root), Path(powercap_root), Path(proc_self_cgroup)
         self.process = psutil.Process()
-        psutil.cpu_percent(None)  # the first call only starts the measurement interval
-        self.process.cpu_percent(None)
+        self.process.cpu_percent(None)  # the first call only starts the measurement interval
+        self._cpu_times = psutil.cpu_times()  # this source's own interval (psutil.cpu_percent's is shared by the process)
+        self._cpu_percent: float | None = None
         self._energy: tuple[float, int] | None = None  # (time, total µJ) of the previous RAPL reading
+
+    def _machine_cpu_percent(self) -> float | None:
+        """Busy share of all cores since this source's previous reading."""
+        now = psutil.cpu_times()
+        idle = lambda t: t.idle + getattr(t, "iowait", 0.0)  # noqa: E731
+        total = sum(now) - sum(self._cpu_times)
+        if total > 0:
+            self._cpu_percent = min(100.0, max(0.0, 100.0 * (total - (idle(now) - idle(self._cpu_times))) / total))
+            self._cpu_times = now
+        return self._cpu_percent  # None until some CPU time has passed
 
     def read(self, now: float | None = None) -> ResourceSnapshot:
         now = time.monotonic() if now is None else now
         memory = psutil.virtual_memory()
         cgroup = read_cgroup(self.cgroup_root, self.proc_self_cgroup)
         available = int(memory.available)
-        if cgroup.memory_max_bytes is not None and cgroup.memory_current_bytes is not None:
-            available = min(available, max(0, cgroup.memory_max_bytes - cgroup.memory_current_bytes))
-        cores = float(os.cpu_count() or 1)
-        if cgroup.cpu_max_cores is not None:
-            cores = min(cores, cgroup.cpu_max_cores)
-        battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
+        if cgroup.memory_max_bytes is not None and cgroup.memory_used_bytes is not None:
+            available = min(available, max(0, cgroup.memory_max_bytes - cgroup.memory_used_bytes))
+        host = psutil.cpu_count() or os.cpu_count() or 1
+        cores = float(host) if cgroup.cpu_max_cores is None else min(float(host), cgroup.cpu_max_cores)
+        try:
+            battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
+        except (OSError, RuntimeError):
+            battery = None
         return ResourceSnapshot(
             t=now,
-            cpu_percent=float(psutil.cpu_percent(None)),
+            cpu_percent=self._machine_cpu_percent(),
             process_cpu_percent=float(self.process.cpu_percent(None)),
             memory_available_bytes=available,
             memory_total_bytes=int(memory.total) if cgroup.memory_max_bytes is None else min(int(memory.total), cgroup.memory_max_bytes),
             process_rss_bytes=int(self.process.memory_info().rss),
             cpu_cores=cores,
+            host_cores=host,
             cgroup_memory_max_bytes=cgroup.memory_max_bytes,
             cgroup_cpu_max_cores=cgroup.cpu_max_cores,
             battery_percent=float(battery.percent) if battery is not None else None,
@@ -266,7 +318,7 @@ class Trace:
             if series is not None and not math.isnan(series[i]):
                 value = float(series[i]) * scale
                 values[field_name] = int(value) if field_name.endswith("_bytes") else value
-        return ResourceSnapshot(t=t, cpu_cores=1.0, **values)
+        return ResourceSnapshot(t=t, cpu_cores=1.0, host_cores=1, **values)  # a traced device: its load is of one core
 
     def to_rows(self) -> list[dict[str, float]]:
         rows = []
@@ -280,7 +332,7 @@ class Trace:
         from racmkd.utils import atomic_write_text
 
         names = ["t", *self.columns]
-        lines = [",".join(names)] + [",".join(f"{r.get(n, ''):g}" if n in r else "" for n in names) for r in self.to_rows()]
+        lines = [",".join(names)] + [",".join(format(r[n], ".10g") if n in r else "" for n in names) for r in self.to_rows()]
         atomic_write_text(Path(path), "\n".join(lines) + "\n")
 
 

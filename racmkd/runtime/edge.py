@@ -35,7 +35,7 @@ import numpy as np
 from racmkd.compress.export import session
 from racmkd.config import RuntimeConfig
 from racmkd.registry import MODALITIES
-from racmkd.resources.allocator import Allocator, Budget, Configuration, Decision, Hysteresis, LatencyController, Variant, config_costs, describe
+from racmkd.resources.allocator import Allocator, Budget, Configuration, Decision, Hysteresis, LatencyController, NoConfigurationError, Variant, config_costs, describe
 from racmkd.resources.monitor import MonitorState, ResourceMonitor
 from racmkd.resources.sources import MB, ResourceSnapshot
 from racmkd.runtime.variants import Bank
@@ -59,16 +59,16 @@ class NoVariantError(RuntimeError):
     """No variant could answer a request (all failed, or no input this runtime can use)."""
 
 
-def budget_for(snapshot: ResourceSnapshot | None, config: RuntimeConfig, scale: float = 1.0) -> Budget:
-    """What one request may spend under these readings (see the module docstring)."""
+def budget_for(snapshot: ResourceSnapshot | None, config: RuntimeConfig, scale: float = 1.0, resident_bytes: int = 0) -> Budget:
+    """What one request may spend under these readings (see the module docstring). The memory the
+    runtime's loaded sessions already hold (`resident_bytes`) is not free, but it is the runtime's
+    to spend: it counts back into the budget."""
     if snapshot is None:
         return Budget(config.latency_target_ms * scale)
-    other = snapshot.other_load() or 0.0
-    share = max(config.contention_floor, min(1.0, (snapshot.cpu_cores or 1.0) * (1.0 - other)))
-    slowdown = 1.0 / share
+    slowdown = 1.0 / snapshot.cpu_share(config.contention_floor)
     memory = math.inf
     if snapshot.memory_available_bytes is not None:
-        memory = max(0.0, snapshot.memory_available_bytes - config.memory_reserve_bytes) * config.memory_share
+        memory = max(0.0, snapshot.memory_available_bytes + resident_bytes - config.memory_reserve_bytes) * config.memory_share
     energy = math.inf
     if config.energy_budget_mj > 0 and snapshot.power_plugged is False:
         low = snapshot.battery_percent is not None and snapshot.battery_percent < config.low_battery_percent
@@ -90,8 +90,9 @@ class EdgeRuntime:
         self.quality = {m: 1.0 for m in self.table.modalities}
         self.failed: dict[str, str] = {v.id: "its input spec could not be read" for v in self.table.variants if bank.specs.get(v.id) is None}
         self.decisions: deque[dict[str, Any]] = deque(maxlen=200)
-        self.adaptation_ms: list[float] = []
-        self.decision_ms: list[float] = []
+        self.decision_count = 0  # decisions recorded so far (the deque keeps the last 200)
+        self.adaptation_ms: deque[float] = deque(maxlen=10_000)  # bounded: a device runs for months
+        self.decision_ms: deque[float] = deque(maxlen=10_000)
         self.snapshot: ResourceSnapshot | None = None
         self.level = "unknown"
         self.budget = budget_for(None, self.config)
@@ -100,15 +101,16 @@ class EdgeRuntime:
         self._lock = threading.RLock()
         self._unsubscribe: Callable[[], None] | None = None
         self.pinned = self._pinned_config(pinned) if pinned is not None else None
+        self.monitor = monitor
+        if monitor is not None and monitor.state is not None:
+            self.snapshot, self.level = monitor.state.planning(), monitor.state.level
+            self.budget = budget_for(self.snapshot, self.config)
         self.current: Decision = self._initial_decision()
         if self.config.preload:
             self._preload()
         self._ensure_loaded(self.current.config)
-        self.monitor = monitor
         if monitor is not None:
             self._unsubscribe = monitor.subscribe(self.on_resources)
-            if monitor.state is not None:
-                self.on_resources(monitor.state)
 
     # Configurations ------------------------------------------------------------------------------------
 
@@ -130,7 +132,10 @@ class EdgeRuntime:
     def _initial_decision(self) -> Decision:
         if self.pinned is not None:
             return Decision(self.pinned, self.allocator.utility(self.pinned, self.weights()), config_costs(self.pinned), True, "pinned")
-        return self.allocator.solve(self.budget, self.weights(), frozenset(self.failed))
+        try:
+            return self.allocator.solve(self.budget, self.weights(), frozenset(self.failed))
+        except NoConfigurationError as err:
+            raise NoVariantError(f"{self.bank.folder}: no variant can be used ({err}; failures: {self.failed}). Rebuild the bank with `racmkd edge build`.") from None
 
     def weights(self) -> tuple[float, ...]:
         return self.allocator.weights(self.config.priorities, {m: round(q * 20) / 20 for m, q in self.quality.items()})
@@ -141,13 +146,22 @@ class EdgeRuntime:
     # Sessions ------------------------------------------------------------------------------------------
 
     def _preload(self) -> None:
+        """Load every variant when they fit the memory budget together; else they load on first use."""
         total = sum(v.memory_bytes for v in self.table.variants if v.id not in self.failed)
         if total > self.budget.memory_bytes:
-            log.info("variants need %.1f MB, more than the memory budget: loading them on first use", total / MB)
+            log.info("variants need %.1f MB, more than the memory budget (%.1f MB): loading them on first use", total / MB, self.budget.memory_bytes / MB)
             return
         for v in self.table.variants:
             if v.id not in self.failed:
-                self._session(v)
+                try:
+                    self._session(v)
+                except Exception:  # noqa: BLE001 - recorded in self.failed by _session
+                    continue
+
+    def resident_bytes(self) -> int:
+        """Memory the loaded sessions hold (the variants' measured resident memory)."""
+        by_id = {v.id: v for v in self.table.variants}
+        return sum(by_id[vid].memory_bytes for vid in self._sessions)
 
     def _session(self, variant: Variant) -> Any:
         with self._lock:
@@ -164,10 +178,12 @@ class EdgeRuntime:
             return sess
 
     def _evict(self) -> None:
+        """Drop least recently used sessions (never the current configuration's) while more are
+        loaded than `runtime.max_loaded` or they hold more memory than the budget allows."""
         limit = self.config.max_loaded or len(self.table.variants)
         keep = {v.id for v in self.current.config if v is not None} | self._protect
         for vid in list(self._sessions):
-            if len(self._sessions) <= limit:
+            if len(self._sessions) <= limit and self.resident_bytes() <= self.budget.memory_bytes:
                 break
             if vid not in keep:
                 del self._sessions[vid]
@@ -207,39 +223,47 @@ class EdgeRuntime:
         decision in force afterwards."""
         started = time.perf_counter()
         with self._lock:
-            self.budget = budget_for(self.snapshot, self.config, self.controller.scale)
+            self.budget = budget_for(self.snapshot, self.config, self.controller.scale, self.resident_bytes())
             if self.pinned is not None:
                 return self.current
             previous = self.current
-            chosen, why = self.hysteresis.choose(self.clock(), previous, self.allocator, self.budget, self.weights(), frozenset(self.failed))
+            try:
+                chosen, why = self.hysteresis.choose(self.clock(), previous, self.allocator, self.budget, self.weights(), frozenset(self.failed))
+            except NoConfigurationError as err:  # every variant failed: keep serving what is left, request by request
+                log.error("no configuration can run: %s", err)
+                return self.current
             switched = chosen.config != previous.config
+            self.current = chosen
             if switched:
                 self._ensure_loaded(chosen.config)
-            self.current = chosen
-        ended = time.perf_counter()
-        self.decision_ms.append((ended - started) * 1e3)
-        if switched:
-            adaptation = (ended - (observed_at if observed_at is not None else started)) * 1e3
-            self.adaptation_ms.append(adaptation)
-            self.decisions.append({
-                "t": self.clock(), "cause": cause, "from": self.describe(previous.config), "to": self.describe(chosen.config), "reason": why,
-                "level": self.level, "budget": self.budget.as_dict(), "utility": chosen.utility, "adaptation_ms": adaptation,
-            })
+            self._evict()  # the memory budget may have shrunk
+            ended = time.perf_counter()
+            self.decision_ms.append((ended - started) * 1e3)
+            if switched:
+                adaptation = (ended - (observed_at if observed_at is not None else started)) * 1e3
+                self.adaptation_ms.append(adaptation)
+                self.decision_count += 1
+                self.decisions.append({
+                    "t": self.clock(), "cause": cause, "from": self.describe(previous.config), "to": self.describe(chosen.config), "reason": why,
+                    "level": self.level, "budget": self.budget.as_dict(), "utility": chosen.utility, "adaptation_ms": adaptation,
+                })
         return self.current
 
     def feedback(self, latency_ms: float, now: float | None = None) -> None:
         """Feed an observed request latency to the PID; re-plan when the budget scale moved."""
-        before = self.controller.scale
-        after = self.controller.update(latency_ms, self.clock() if now is None else now)
+        with self._lock:
+            before = self.controller.scale
+            after = self.controller.update(latency_ms, self.clock() if now is None else now)
         if abs(after - before) > 0.02:
             self.redecide("latency")
 
     def _observe_quality(self, qualities: dict[str, float]) -> None:
         changed = False
-        for m, q in qualities.items():
-            new = 0.8 * self.quality[m] + 0.2 * q
-            changed |= round(new * 20) != round(self.quality[m] * 20)
-            self.quality[m] = new
+        with self._lock:
+            for m, q in qualities.items():
+                new = 0.8 * self.quality[m] + 0.2 * q
+                changed |= round(new * 20) != round(self.quality[m] * 20)
+                self.quality[m] = new
         if changed:
             self.redecide("input quality")
 
@@ -253,7 +277,7 @@ class EdgeRuntime:
 
     def _infer(self, inputs: dict[str, Any], sample_rate: int) -> Answer:
         started = time.perf_counter()
-        unknown = set(inputs) - set(self.modalities)
+        unknown = {m for m, v in inputs.items() if v is not None} - set(self.modalities)
         if unknown:
             raise TypeError(f"unknown inputs {sorted(unknown)}; this runtime uses {list(self.modalities)}")
         raws: dict[str, Any] = {}
@@ -300,14 +324,11 @@ class EdgeRuntime:
         return Answer(int(probs.argmax()), probs, [v.id for v in used], (time.perf_counter() - started) * 1e3, fallbacks)
 
     def _request_config(self, raws: dict[str, Any], exclude: set[str], fallbacks: list[str]) -> Configuration:
-        """For this request only: the best configuration using the inputs it brought."""
-        weights = self.allocator.weights(self.config.priorities, {m: (1.0 if m in raws else 0.0) for m in self.table.modalities})
+        """For this request only: the best configuration that uses only the inputs it brought."""
         try:
-            decision = self.allocator.solve(self.budget, weights, frozenset(self.failed) | frozenset(exclude))
-        except RuntimeError as err:
+            decision = self.allocator.solve(self.budget, self.weights(), frozenset(self.failed) | frozenset(exclude), available=set(raws))
+        except NoConfigurationError as err:
             raise NoVariantError(f"no variant can answer this request: {err}; failures: {self.failed}") from None
-        if not any(v is not None and v.modality in raws for v in decision.config):
-            raise NoVariantError(f"no working variant uses the inputs given ({', '.join(raws)}); failures: {self.failed}")
         fallbacks.append(f"answered with {self.describe(decision.config)} for the inputs given")
         return decision.config
 
@@ -318,7 +339,7 @@ class EdgeRuntime:
 
     def predict(self, image: Any = None, audio: Any = None, sample_rate: int = 8000, **others: Any) -> Answer:
         """Answer one request from raw inputs (any may be missing) and feed its latency back."""
-        answer = self.infer({"image": image, "audio": audio, **others}, sample_rate)
+        answer = self.infer({"image": image, "audio": audio, **others}, sample_rate)  # None values are absent inputs
         self.feedback(answer.latency_ms)
         return answer
 

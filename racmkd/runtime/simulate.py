@@ -33,9 +33,10 @@ import torch
 
 from racmkd.config import RuntimeConfig
 from racmkd.data.dataset import PairedDataset
+from racmkd.eval.cost import percentile
 from racmkd.resources.monitor import ResourceMonitor
 from racmkd.resources.sources import LEVELS, MB, Trace, TraceSource, resource_level
-from racmkd.runtime.edge import Answer, EdgeRuntime, budget_for
+from racmkd.runtime.edge import Answer, EdgeRuntime, NoVariantError, budget_for
 from racmkd.runtime.variants import Bank
 from racmkd.utils import atomic_write_json, atomic_write_text, progress
 
@@ -68,12 +69,6 @@ def static_policies(bank: Bank) -> list[Policy]:
     return policies
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return float(np.percentile(np.asarray(values), q))
-
-
 def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, config: RuntimeConfig, requests: int, split: str = "test", seed: int = 0) -> dict[str, Any]:
     """Replay `trace` with `requests` requests against one policy; returns its timeline and stats."""
     clock = SimClock()
@@ -83,49 +78,51 @@ def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, con
     rows = torch.from_numpy(np.random.default_rng(seed).choice(n_test, size=requests, replace=requests > n_test))
     labels = dataset.splits[split].labels[rows].numpy()
     duration = max(trace.duration, 1e-9)
-    next_poll, poll_cpu = 0.0, 0.0
+    next_poll = 0.0
     timeline: list[dict[str, Any]] = []
     correct_so_far = 0
     raw_all = dataset.raw_batch(split, rows)
     for i in progress(range(requests), desc=f"replay {trace.name}: {policy.name}"):
         clock.now = i * duration / requests
         if clock.now >= next_poll:
-            started = time.thread_time()
             monitor.poll(clock.now)
-            poll_cpu += time.thread_time() - started
             next_poll = clock.now + monitor.interval_s
         reading = trace.at(clock.now)
         if policy.pinned is not None:
             runtime.snapshot = reading  # a static runtime does not re-plan, but its budget is reported
         inputs = {m: raw_all[m][i].numpy() for m in runtime.modalities}
-        answer = runtime.infer(inputs)
+        try:
+            answer = runtime.infer(inputs)
+        except NoVariantError as err:  # recorded as an unanswered request, the replay goes on
+            answer = Answer(-1, np.zeros(0), [], float("nan"), [str(err)])
         slowdown = budget_for(reading, config).slowdown
         observed = answer.latency_ms * slowdown
-        if policy.pinned is None:
+        if policy.pinned is None and answer.variants:
             runtime.feedback(observed, clock.now)
         correct = answer.label == int(labels[i])
         correct_so_far += correct
         timeline.append({
             "t": round(clock.now, 4), "cpu_percent": reading.cpu_percent, "memory_available_mb": (reading.memory_available_bytes or 0) / MB,
-            "level": resource_level(reading), "configuration": ",".join(answer.variants), "compute_ms": answer.latency_ms, "latency_ms": observed,
+            "level": resource_level(reading), "configuration": ",".join(answer.variants) or "unanswered", "compute_ms": answer.latency_ms, "latency_ms": observed,
             "correct": bool(correct), "slo_met": bool(correct and observed <= config.latency_target_ms), "running_accuracy": correct_so_far / (i + 1),
             "fallbacks": answer.fallbacks,
         })
     runtime.close()
-    return {"policy": policy.name, "timeline": timeline, "decisions": list(runtime.decisions), "adaptation_ms": runtime.adaptation_ms, "decision_ms": runtime.decision_ms, "monitor_cpu_seconds": poll_cpu, "monitor_polls": monitor.polls, "trace_seconds": duration}
+    return {"policy": policy.name, "timeline": timeline, "decisions": list(runtime.decisions), "adaptation_ms": list(runtime.adaptation_ms), "decision_ms": list(runtime.decision_ms), "monitor_cpu_seconds": monitor.cpu_seconds, "monitor_polls": monitor.polls, "trace_seconds": duration}
 
 
 def _summary(result: dict[str, Any], target_ms: float) -> dict[str, Any]:
     t = result["timeline"]
-    lat = [r["latency_ms"] for r in t]
+    lat = [r["latency_ms"] for r in t if r["configuration"] != "unanswered"]
     return {
         "requests": len(t),
+        "unanswered": sum(r["configuration"] == "unanswered" for r in t),
         "accuracy": sum(r["correct"] for r in t) / len(t),
         "slo_accuracy": sum(r["slo_met"] for r in t) / len(t),
         "deadline_met": sum(r["latency_ms"] <= target_ms for r in t) / len(t),
-        "latency_ms_p50": _percentile(lat, 50),
-        "latency_ms_p95": _percentile(lat, 95),
-        "latency_ms_p99": _percentile(lat, 99),
+        "latency_ms_p50": percentile(lat, 50),
+        "latency_ms_p95": percentile(lat, 95),
+        "latency_ms_p99": percentile(lat, 99),
     }
 
 
@@ -136,7 +133,7 @@ def level_rows(timeline: list[dict[str, Any]], target_ms: float) -> list[dict[st
         part = [r for r in timeline if r["level"] == level]
         if not part:
             continue
-        modality_sets = Counter("+".join(sorted({v.split("/")[1] for v in r["configuration"].split(",")})) for r in part)
+        modality_sets = Counter("+".join(sorted({v.split("/")[1] for v in r["configuration"].split(",") if "/" in v})) or "none" for r in part)
         configs = Counter(r["configuration"] for r in part)
         rows.append({
             "level": level,
@@ -145,8 +142,8 @@ def level_rows(timeline: list[dict[str, Any]], target_ms: float) -> list[dict[st
             "memory_available_mb": statistics.fmean(r["memory_available_mb"] for r in part),
             "accuracy": sum(r["correct"] for r in part) / len(part),
             "slo_accuracy": sum(r["slo_met"] for r in part) / len(part),
-            "latency_ms_mean": statistics.fmean(r["latency_ms"] for r in part),
-            "latency_ms_p95": _percentile([r["latency_ms"] for r in part], 95),
+            "latency_ms_mean": statistics.fmean([r["latency_ms"] for r in part if r["configuration"] != "unanswered"] or [float("nan")]),
+            "latency_ms_p95": percentile([r["latency_ms"] for r in part if r["configuration"] != "unanswered"], 95),
             "active_modalities": modality_sets.most_common(1)[0][0],
             "configurations": dict(configs.most_common()),
         })
@@ -159,6 +156,7 @@ def switch_overheads(timeline: list[dict[str, Any]]) -> list[float]:
     a cold switch; preloaded sessions keep it near zero)."""
     medians: dict[str, float] = {}
     by_config: dict[str, list[float]] = {}
+    timeline = [r for r in timeline if r["configuration"] != "unanswered"]
     for r in timeline:
         by_config.setdefault(r["configuration"], []).append(r["compute_ms"])
     medians = {c: statistics.median(v) for c, v in by_config.items()}
@@ -182,13 +180,13 @@ def simulate(bank: Bank, dataset: PairedDataset, trace: Trace, config: RuntimeCo
         "slo_accuracy": _summary(dynamic, target)["slo_accuracy"],
         "slo_accuracy_static": {r["policy"].removeprefix("static-"): _summary(r, target)["slo_accuracy"] for r in static},
         "static": {r["policy"].removeprefix("static-"): _summary(r, target) for r in static},
-        "adaptation_ms_p50": _percentile(dynamic["adaptation_ms"], 50),
-        "adaptation_ms_p99": _percentile(dynamic["adaptation_ms"], 99),
+        "adaptation_ms_p50": percentile(dynamic["adaptation_ms"], 50),
+        "adaptation_ms_p99": percentile(dynamic["adaptation_ms"], 99),
         "adaptation_ms_max": max(dynamic["adaptation_ms"], default=float("nan")),
         "switches": len(dynamic["adaptation_ms"]),
-        "decision_ms_p99": _percentile(dynamic["decision_ms"], 99),
-        "switch_overhead_ms_p50": _percentile(overheads, 50),
-        "switch_overhead_ms_p99": _percentile(overheads, 99),
+        "decision_ms_p99": percentile(dynamic["decision_ms"], 99),
+        "switch_overhead_ms_p50": percentile(overheads, 50),
+        "switch_overhead_ms_p99": percentile(overheads, 99),
         "monitor_cpu_fraction": dynamic["monitor_cpu_seconds"] / dynamic["trace_seconds"],
         "monitor_polls": dynamic["monitor_polls"],
         "levels": level_rows(dynamic["timeline"], target),
@@ -242,9 +240,8 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
     axes[1].set_yticks(range(len(configs)), configs, fontsize=7)
     axes[1].set_title("configuration served (dynamic)")
     axes[2].plot(t, [r["latency_ms"] for r in dynamic["timeline"]], ".", markersize=2, label="dynamic")
-    for r in static:
-        if r["policy"] == "static-high":
-            axes[2].plot(t, [x["latency_ms"] for x in r["timeline"]], ".", markersize=2, alpha=0.5, label="static high")
+    if static:  # the most capable static tier, the deployment one would pick for normal conditions
+        axes[2].plot(t, [x["latency_ms"] for x in static[0]["timeline"]], ".", markersize=2, alpha=0.5, label=static[0]["policy"].replace("-", " "))
     axes[2].axhline(target_ms, color="black", linestyle="--", linewidth=1, label="target")
     axes[2].set_yscale("log")
     axes[2].set_ylabel("latency (ms)")
@@ -276,27 +273,31 @@ def serve_split(runtime: EdgeRuntime, dataset: Any, seconds: float, rate_hz: flo
             time.sleep(pause)
         row = torch.tensor([i % n])
         raw = dataset.raw_batch(split, row)
-        answer = runtime.predict(**{m: raw[m][0].numpy() for m in runtime.modalities})
+        try:
+            answer = runtime.predict(**{m: raw[m][0].numpy() for m in runtime.modalities})
+        except NoVariantError as err:
+            answer = Answer(-1, np.zeros(0), [], float("nan"), [str(err)])
         label = int(dataset.splits[split].labels[row[0]])
         records.append({
             "t": round(time.perf_counter() - started, 4), "latency_ms": answer.latency_ms, "correct": answer.label == label,
-            "configuration": ",".join(answer.variants), "level": runtime.level, "budget_latency_ms": runtime.budget.latency_ms,
+            "configuration": ",".join(answer.variants) or "unanswered", "level": runtime.level, "budget_latency_ms": runtime.budget.latency_ms,
             "slowdown": runtime.budget.slowdown, "pid_scale": runtime.controller.scale,
             "cpu_percent": runtime.snapshot.cpu_percent if runtime.snapshot else None,
         })
         if on_request is not None:
             on_request(i, answer)
         i += 1
-    latencies = sorted(r["latency_ms"] for r in records)
+    latencies = [r["latency_ms"] for r in records if r["configuration"] != "unanswered"]
     summary = {
         "requests": len(records),
+        "unanswered": len(records) - len(latencies),
         "accuracy": sum(r["correct"] for r in records) / max(len(records), 1),
         "deadline_met": sum(r["latency_ms"] <= target for r in records) / max(len(records), 1),
         "slo_accuracy": sum(r["correct"] and r["latency_ms"] <= target for r in records) / max(len(records), 1),
-        "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
-        "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies else None,
-        "switches": len(runtime.adaptation_ms),
-        "adaptation_ms_p99": float(np.percentile(runtime.adaptation_ms, 99)) if runtime.adaptation_ms else None,
+        "latency_ms_p50": percentile(latencies, 50),
+        "latency_ms_p99": percentile(latencies, 99),
+        "switches": runtime.decision_count,
+        "adaptation_ms_p99": percentile(runtime.adaptation_ms, 99),
         "configurations": dict(sorted(((c, sum(r["configuration"] == c for r in records)) for c in {r["configuration"] for r in records}), key=lambda kv: -kv[1])),
     }
     return {"summary": summary, "records": records, "decisions": list(runtime.decisions)}

@@ -21,17 +21,16 @@ tiers can be combined too, and every such combination is measured here like the 
 
 from __future__ import annotations
 
-import gc
 import io
 import itertools
 import json
-import statistics
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import torch
 
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, read_contract, session, specs_from_contract
@@ -88,18 +87,34 @@ def _key_tuple(text: str) -> tuple[str | None, ...]:
     return tuple(None if t == "-" else t for t in text.split(","))
 
 
-def _resident_bytes(path: Path, feed: dict[str, np.ndarray], tries: int = 3) -> int:
-    """Resident memory a session of `path` adds once loaded and run (median of a few loads)."""
-    proc = psutil.Process()
-    grown = []
-    for _ in range(tries):
-        gc.collect()
-        before = proc.memory_info().rss
-        sess = session(path)
-        sess.run(None, feed)
-        grown.append(proc.memory_info().rss - before)
-        del sess
-    return max(0, int(statistics.median(grown)))
+# Run in a fresh interpreter: the resident memory one more ONNX Runtime session adds once the
+# runtime itself is up (a warm-up session first), loaded and run once. In this process the heap
+# would reuse what earlier sessions freed and the figure would read near zero.
+_RESIDENT = """
+import gc, sys
+import numpy as np, onnxruntime as ort, psutil
+from onnx import TensorProto, helper
+options = ort.SessionOptions()
+options.intra_op_num_threads = options.inter_op_num_threads = 1
+graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "warm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+warm = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString(), options, providers=["CPUExecutionProvider"])
+warm.run(None, {"x": np.zeros((1, 4), np.float32)})
+gc.collect()
+before = psutil.Process().memory_info().rss
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+session.run(None, {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in session.get_inputs()})
+print(psutil.Process().memory_info().rss - before)
+"""
+
+
+def resident_bytes(path: Path) -> int | None:
+    """Resident memory a session of `path` adds (measured in a fresh interpreter), or None when
+    the measurement fails."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _RESIDENT, str(path)], capture_output=True, text=True, timeout=120, check=True)
+        return max(0, int(done.stdout.strip().splitlines()[-1]))
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+        return None
 
 
 def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: Path | None = None, val_samples: int = 5000, test_samples: int = 0, latency_iters: int = 300, calibration_samples: int = 512) -> Path:
@@ -152,10 +167,12 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
         lat = latency[r["path"]]
         energy = estimated_energy_joules(cost.flops, moved, lat["p50"] / 1e3, cfg.eval.energy) * 1e3
         graph_memory = cost.weight_bytes + cost.peak_activation_bytes
+        resident = resident_bytes(path)
         variants.append({
             "tier": r["tier"], "modality": r["modality"], "path": r["path"], "precision": r["precision"],
             "latency_ms": lat["p50"], "latency_ms_p95": lat["p95"], "model_latency_ms": model_only[r["path"]]["p50"],
-            "memory_bytes": max(graph_memory, _resident_bytes(path, feeds[r["path"]])), "graph_memory_bytes": graph_memory,
+            "memory_bytes": resident if resident is not None else graph_memory, "memory_source": "measured" if resident is not None else "graph estimate",
+            "graph_memory_bytes": graph_memory,
             "flops": cost.flops, "file_bytes": cost.file_bytes, "energy_mj": energy, "energy_source": "estimated",
         })
     tiers_of = {m: [t for t in tiers if (t, m) in shares["val"]] for m in modality_order}
