@@ -19,10 +19,24 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/racmkd run --config configs/default.yaml
 
+# Debian packages the tests and benchmarks start themselves on loopback: the Mosquitto MQTT broker
+# (telemetry tests) and stress-ng (the runtime benchmark's real load). Installed when missing and
+# when we may (root with apt-get, as in CI); otherwise install them yourself.
+define need
+	@missing=""; for tool in $(1); do command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing$$missing"; apt-get install -y -q $$missing >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$missing >/dev/null 2>&1) || echo "could not install$$missing"; \
+		else echo "missing:$$missing (apt-get install$$missing); the tests that need them will say so"; fi; \
+	fi
+endef
+
 test: $(STAMP)
+	$(call need,mosquitto)
 	RACMKD_PROGRESS=0 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(call need,mosquitto stress-ng)
 	$(BIN)/python benchmarks/foundation.py
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/runtime.py

@@ -317,6 +317,173 @@ def simulate(
     typer.echo(f"written: {folder}/summary.json, timeline.json, timeline.png, table.md")
 
 
+@app.command("serve")
+def serve_command(
+    role: Annotated[str, typer.Option(help="cloud (the teacher), fog (high/medium students) or edge (the resource-aware runtime).")] = "edge",
+    run: RunOpt = Path("runs/latest"),
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default: serve.host, 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default: serve.port, 8000).")] = None,
+    upstream: Annotated[Optional[list[str]], typer.Option(help="Edge: a fog or cloud server to offload to, nearest first (repeatable).")] = None,
+    mqtt: Annotated[Optional[str], typer.Option(help="Edge: HOST:PORT of the MQTT broker for telemetry.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Edge: this device's name in telemetry.")] = None,
+    public_key: Annotated[Optional[Path], typer.Option(help="Edge: the fleet's public key; updates must be signed with its private key.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Serve a run's models over HTTP (FastAPI + uvicorn): /predict, /health, /metrics, /models."""
+    from racmkd.deploy.server import ROLES, serve
+
+    overrides = list(set_ or [])
+    for key, value in (("host", host), ("port", port), ("device", device), ("public_key", str(public_key) if public_key else None)):
+        if value is not None:
+            overrides.append(f"serve.{key}={value}")
+    if upstream:
+        overrides.append(f"serve.upstreams=[{', '.join(upstream)}]")
+    if mqtt:
+        mqtt_host, _, mqtt_port = mqtt.rpartition(":")
+        overrides += [f"serve.mqtt_host={mqtt_host or mqtt}", f"serve.mqtt_port={mqtt_port if mqtt_host else 1883}"]
+    if role not in ROLES:
+        raise _fail(ValueError(f"--role {role!r}: choose one of {', '.join(ROLES)}"))
+    try:
+        run_dir, cfg = _run_config(run, overrides)
+    except _errors() as err:
+        raise _fail(err) from None
+    typer.echo(f"racmkd {role} server on http://{cfg.serve.host}:{cfg.serve.port} (run {run_dir.name})")
+    serve(role, cfg, run_dir, cfg.serve)
+
+
+registry_app = typer.Typer(no_args_is_help=True, help="The model registry: signing keys, signed versioned releases.")
+app.add_typer(registry_app, name="registry")
+RootOpt = Annotated[Path, typer.Option("--root", help="Registry folder.")]
+
+
+def _registry_errors() -> tuple[type[Exception], ...]:
+    from racmkd.compress.export import ExportError
+    from racmkd.deploy.registry import RegistryError
+    from racmkd.deploy.signing import SignatureError
+
+    return (*_errors(), RegistryError, SignatureError, ExportError)
+
+
+@registry_app.command("keygen")
+def registry_keygen(out: Annotated[Path, typer.Option(help="Folder for racmkd.key (private, keep it in the cloud) and racmkd.pub (for devices).")] = Path("keys")) -> None:
+    """Create the fleet's Ed25519 signing key pair."""
+    from racmkd.deploy.signing import generate_keypair
+
+    try:
+        private, public = generate_keypair(out)
+    except _registry_errors() as err:
+        raise _fail(err) from None
+    typer.echo(f"private key: {private} (mode 0600)\npublic key:  {public}")
+
+
+@registry_app.command("add")
+def registry_add(
+    model: Annotated[str, typer.Argument(help="What to release from the run: `edge` (the variant bank) or a tier (its compressed artifact).")],
+    run: RunOpt = Path("runs/latest"),
+    name: Annotated[Optional[str], typer.Option(help="Release name (default: the model's).")] = None,
+    key: Annotated[Path, typer.Option(help="The fleet's private signing key.")] = Path("keys/racmkd.key"),
+    root: RootOpt = Path("registry"),
+    devices: Annotated[bool, typer.Option("--devices/--no-devices", help="Profile it on every device in configs/devices/ (signed into the manifest).")] = True,
+) -> None:
+    """Register the next signed version of a model from a run."""
+    from racmkd.deploy.orchestrator import artifact_from_run, device_fit
+    from racmkd.deploy.registry import ModelRegistry, pack
+    from racmkd.deploy.signing import load_private_key
+    from racmkd.resources.devices import device_names, load_device
+
+    try:
+        artifact, tier, metrics = artifact_from_run(run, model)
+        fit = device_fit(artifact, pack(artifact)[1], [load_device(d) for d in device_names()]) if devices else {}
+        release = ModelRegistry(root).register(artifact, name or model, load_private_key(key), tier, metrics, fit)
+    except _registry_errors() as err:
+        raise _fail(err) from None
+    typer.echo(json.dumps({**release.summary(), "fits": {d: f["fits"] for d, f in release.device_fit.items()}}, indent=2))
+
+
+@registry_app.command("list")
+def registry_list(root: RootOpt = Path("registry")) -> None:
+    """Every release: name, version, kind, bytes, hash, accuracy."""
+    from racmkd.deploy.registry import ModelRegistry
+
+    for r in ModelRegistry(root).releases():
+        typer.echo(f"{r.name:16s} v{r.version:<3d} {r.kind:5s} {r.bytes:>10,} B  {r.sha256[:12]}  accuracy {r.metrics.get('accuracy', float('nan')):.4f}  parent {r.parent_version or '-'}")
+
+
+@registry_app.command("verify")
+def registry_verify(
+    name: Annotated[str, typer.Argument()],
+    version: Annotated[Optional[int], typer.Option()] = None,
+    public_key: Annotated[Path, typer.Option(help="The fleet's public key.")] = Path("keys/racmkd.pub"),
+    root: RootOpt = Path("registry"),
+) -> None:
+    """Check a release's signature and its blob's hash, as a device would."""
+    from racmkd.deploy.delta import sha256
+    from racmkd.deploy.registry import ModelRegistry
+    from racmkd.deploy.signing import load_public_key, verify
+
+    try:
+        registry = ModelRegistry(root)
+        release = registry.release(name, version)
+        verify(release.manifest, release.signature, load_public_key(public_key))
+        blob = registry.blob(release.sha256)
+        if sha256(blob) != release.manifest["sha256"]:
+            raise ValueError("blob does not match the manifest")
+    except _registry_errors() as err:
+        raise _fail(err) from None
+    typer.echo(f"{name} v{release.version}: signature valid, {len(blob):,} bytes hash to {release.sha256}")
+
+
+deploy_app = typer.Typer(no_args_is_help=True, help="The orchestrator: which release fits which device, and OTA pushes.")
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("plan")
+def deploy_plan(root: RootOpt = Path("registry"), device: Annotated[Optional[list[str]], typer.Option(help="Device profiles (default: all in configs/devices/).")] = None, json_: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The most accurate release that fits each device, or why none does."""
+    from racmkd.deploy.orchestrator import plan
+    from racmkd.deploy.registry import ModelRegistry
+    from racmkd.resources.devices import device_names, load_device
+
+    try:
+        assignments = plan(ModelRegistry(root), [load_device(d) for d in (device or device_names())])
+    except _registry_errors() as err:
+        raise _fail(err) from None
+    if json_:
+        typer.echo(json.dumps([a.as_dict() for a in assignments], indent=2))
+        return
+    for a in assignments:
+        typer.echo(f"{a.device:16s} {a.as_dict()['release'] or '-':20s} {a.reason}")
+
+
+@deploy_app.command("push")
+def deploy_push(
+    name: Annotated[str, typer.Argument(help="Release name.")],
+    url: Annotated[str, typer.Option(help="The edge server, e.g. http://127.0.0.1:8002.")],
+    version: Annotated[Optional[int], typer.Option(help="Default: the latest.")] = None,
+    root: RootOpt = Path("registry"),
+    token_env: Annotated[str, typer.Option(help="Environment variable holding the device's management token.")] = "RACMKD_TOKEN",
+) -> None:
+    """Send a release to an edge device (a delta when smaller); it verifies, checks, swaps or rolls back."""
+    import os
+
+    import httpx
+
+    from racmkd.deploy.orchestrator import push
+    from racmkd.deploy.registry import ModelRegistry
+
+    token = os.environ.get(token_env)
+    if not token:
+        raise _fail(ValueError(f"${token_env} is not set: the device's management token is needed"))
+    try:
+        registry = ModelRegistry(root)
+        result = push(registry, registry.release(name, version), url, token)
+    except (*_registry_errors(), httpx.HTTPError) as err:
+        raise _fail(err) from None
+    typer.echo(json.dumps(result, indent=2))
+    if result.get("status_code", 200) >= 400:
+        raise typer.Exit(code=1)
+
+
 @app.command()
 def predict(
     run: RunOpt = Path("runs/latest"),

@@ -233,6 +233,34 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """The cloud, fog and edge servers (racmkd/deploy/server.py) and what the edge talks to."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token_env: str = "RACMKD_TOKEN"  # environment variable holding the management token (deploy, rollback)
+    protect_inference: bool = False  # also require the token on /predict
+    max_body_bytes: int = 4 * 2**20
+    max_audio_seconds: float = 10.0
+    fog_models: tuple[str, ...] = ("high", "medium")  # what the fog role serves (the first by default)
+    upstreams: tuple[str, ...] = ()  # the edge's fog/cloud URLs, nearest first
+    upstream_timeout_s: float = 0.5
+    upstream_retries: int = 1
+    breaker_failures: int = 3
+    breaker_reset_s: float = 5.0
+    probe_interval_s: float = 5.0  # how often the edge asks its upstreams for their health
+    offload_margin: float = 0.005  # accuracy an upstream must add to be worth the trip
+    fleet: str = "default"
+    device: str = "edge-0"
+    mqtt_host: str = ""  # "" = no telemetry
+    mqtt_port: int = 1883
+    telemetry_interval_s: float = 1.0
+    telemetry_buffer: int = 1000
+    store_dir: str = ""  # the edge's installed releases; "" = <run>/device
+    public_key: str = ""  # the fleet's Ed25519 public key (PEM) that updates must verify with
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one run of the pipeline needs; written to runs/<name>/config.yaml."""
 
@@ -247,6 +275,7 @@ class RunConfig:
     compress: CompressConfig = CompressConfig()
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    serve: ServeConfig = ServeConfig()
 
 
 # --------------------------------------------------------------------------------------------------

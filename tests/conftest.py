@@ -42,3 +42,19 @@ def tiny_run(shared_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPa
 
     runs = tmp_path_factory.mktemp("runs")
     return run_pipeline(tiny_config(cache_dir, runs, "name=tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_run: Path):  # noqa: ANN201 - PairedDataset
+    """The tiny run's dataset (read back from the cache)."""
+    from racmkd.data.dataset import build_dataset
+
+    return build_dataset(load_config(tiny_run / "config.yaml").data)
+
+
+@pytest.fixture(scope="session")
+def bank_dir(tiny_run: Path, tiny_dataset) -> Path:  # noqa: ANN001
+    """The tiny run's edge variant bank (<run>/edge)."""
+    from racmkd.runtime.variants import build_bank
+
+    return build_bank(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, val_samples=300, test_samples=300, latency_iters=30)

@@ -13,30 +13,19 @@ from typer.testing import CliRunner
 
 import racmkd
 from racmkd.cli import app
-from racmkd.config import RuntimeConfig, load_config
-from racmkd.data.dataset import build_dataset
+from racmkd.config import RuntimeConfig
 from racmkd.resources.monitor import ResourceMonitor
 from racmkd.resources.sources import TraceSource, synthetic_trace
 from racmkd.runtime.edge import EdgeRuntime, NoVariantError, budget_for
 from racmkd.runtime.simulate import simulate
-from racmkd.runtime.variants import BankError, build_bank, load_bank
-
-
-@pytest.fixture(scope="module")
-def dataset(tiny_run: Path):  # noqa: ANN201 - PairedDataset
-    return build_dataset(load_config(tiny_run / "config.yaml").data)
-
-
-@pytest.fixture(scope="module")
-def bank_dir(tiny_run: Path, dataset) -> Path:  # noqa: ANN001
-    return build_bank(load_config(tiny_run / "config.yaml"), dataset, tiny_run, val_samples=300, test_samples=300, latency_iters=30)
+from racmkd.runtime.variants import BankError, load_bank
 
 
 @pytest.fixture()
-def samples(dataset) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:  # noqa: ANN001
+def samples(tiny_dataset) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:  # noqa: ANN001
     rows = torch.arange(40)
-    raw = dataset.raw_batch("test", rows)
-    return [{m: raw[m][i].numpy() for m in raw} for i in range(len(rows))], dataset.splits["test"].labels[rows].numpy()
+    raw = tiny_dataset.raw_batch("test", rows)
+    return [{m: raw[m][i].numpy() for m in raw} for i in range(len(rows))], tiny_dataset.splits["test"].labels[rows].numpy()
 
 
 def test_bank_measures_every_variant_and_configuration(bank_dir: Path, tiny_run: Path) -> None:
@@ -161,8 +150,8 @@ def test_budget_follows_the_readings() -> None:
     assert holding.memory_bytes == 53 * MB  # what the runtime's own sessions hold is its to spend
 
 
-def test_simulation_writes_timeline_table_and_summary(bank_dir: Path, dataset, tmp_path: Path) -> None:  # noqa: ANN001
-    summary = simulate(load_bank(bank_dir), dataset, synthetic_trace("sudden", 12, 0.1), RuntimeConfig(), requests=120, out_dir=tmp_path)
+def test_simulation_writes_timeline_table_and_summary(bank_dir: Path, tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    summary = simulate(load_bank(bank_dir), tiny_dataset, synthetic_trace("sudden", 12, 0.1), RuntimeConfig(), requests=120, out_dir=tmp_path)
     for name in ("summary.json", "timeline.json", "timeline.png", "table.md"):
         assert (tmp_path / name).stat().st_size > 0
     written = json.loads((tmp_path / "summary.json").read_text())

@@ -1,0 +1,416 @@
+"""Benchmark of the deployment issue's targets: delta sizes, serving overhead, device fit, offloading
+with the fog killed mid-run, and each role under concurrent load, all on loopback.
+
+    python benchmarks/deploy.py                 # on runs/latest (needs its variant bank: racmkd edge build)
+    python benchmarks/deploy.py --run runs/NAME
+    python benchmarks/deploy.py --quick         # fewer requests and steps: minutes, figures rough
+
+- Delta updates: every tier's student (the compressed one where the run has it) fine-tuned on
+  labels, once with only the classifier head trainable and once with every weight trainable (as
+  a re-distillation changes every weight), the variant bank rebuilt from the fine-tuned students;
+  the zstd patch-from delta between the packed banks against the full new bank.
+- Serving overhead on the edge role, same sample, same variants, one thread: bare ONNX Runtime
+  (preprocessing + the variants' sessions) vs the runtime (`EdgeRuntime.predict`) vs the server
+  (HTTP POST of an .npz over loopback, measured at the client).
+- Device fit: the bank and every tier's compressed artifact registered (signed, profiled on every
+  device in configs/devices/), then `deploy plan`.
+- Offloading: an edge that forwards to a fog server (offload margin -1: the fog first), the fog
+  killed with SIGKILL halfway through a stream of requests; lost requests and latency after.
+- Load: each role's server in its own process, 8 concurrent clients for a bounded count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+
+from racmkd.config import load_config  # noqa: E402
+from racmkd.deploy.delta import make_delta  # noqa: E402
+from racmkd.deploy.orchestrator import artifact_from_run, device_fit, plan  # noqa: E402
+from racmkd.deploy.registry import ModelRegistry, pack  # noqa: E402
+from racmkd.deploy.server import EdgeService, create_app  # noqa: E402
+from racmkd.deploy.signing import generate_keypair, load_private_key  # noqa: E402
+from racmkd.eval.cost import percentile  # noqa: E402
+from racmkd.eval.report import git_commit, machine  # noqa: E402
+from racmkd.models.checkpoint import load_model, save_model  # noqa: E402
+from racmkd.models.inference import BatchFeatures  # noqa: E402
+from racmkd.pipeline import open_run, prepare_data  # noqa: E402
+from racmkd.resources.devices import device_names, load_device  # noqa: E402
+from racmkd.runtime.edge import EdgeRuntime  # noqa: E402
+from racmkd.runtime.variants import build_bank, load_bank  # noqa: E402
+from racmkd.utils import progress, torch_threads  # noqa: E402
+from results_io import write_results  # noqa: E402
+
+DELTA_TARGET = 0.05
+OVERHEAD_TARGET = 0.05
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not come up")
+
+
+# Deltas ----------------------------------------------------------------------------------------------------
+
+
+def fine_tuned_run(run_dir: Path, out: Path, dataset: Any, head_only: bool, steps: int, seed: int = 0) -> Path:
+    """A copy of the run's tier students fine-tuned on labels (head only, or every weight)."""
+    cfg = load_config(run_dir / "config.yaml")
+    out.mkdir(parents=True)
+    shutil.copy(run_dir / "config.yaml", out / "config.yaml")
+    for tier in [t.name for t in cfg.students.tiers]:
+        (out / "checkpoints").mkdir(exist_ok=True)
+        shutil.copy(run_dir / "checkpoints" / f"{tier}.pt", out / "checkpoints" / f"{tier}.pt")
+        compressed = run_dir / "compressed" / tier
+        source = out / "checkpoints" / f"{tier}.pt"
+        if (compressed / "compression.json").is_file():
+            (out / "compressed" / tier).mkdir(parents=True)
+            for name in ("model.pt", "compression.json"):
+                shutil.copy(compressed / name, out / "compressed" / tier / name)
+            source = out / "compressed" / tier / "model.pt"
+        model, specs, _, meta = load_model(source)
+        trainable = list(model.classifier.parameters()) if head_only else list(model.parameters())
+        for p in model.parameters():
+            p.requires_grad_(any(p is q for q in trainable))
+        optimiser = torch.optim.Adam(trainable, lr=1e-3)
+        generator = torch.Generator().manual_seed(seed)
+        model.train()
+        if head_only:
+            model.eval()  # BatchNorm statistics stay as they were: only the head moves
+        with torch_threads(cfg.threads):
+            for step, rows in zip(range(steps), dataset.batches("train", 128, generator=generator)):
+                features = BatchFeatures(dataset.modalities, dataset.raw_batch("train", rows, generator)).get(specs)
+                loss = torch.nn.functional.cross_entropy(model(features), dataset.splits["train"].labels[rows])
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+        save_model(source, model.eval(), specs, meta)
+    build_bank(cfg, dataset, out, val_samples=1000, test_samples=2000, latency_iters=30)
+    return out / "edge"
+
+
+def delta_sizes(run_dir: Path, dataset: Any, steps: int) -> dict[str, Any]:
+    base, _ = pack(run_dir / "edge")
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, head_only in (("head_only", True), ("all_weights", False)):
+            bank = fine_tuned_run(run_dir, Path(tmp) / name, dataset, head_only, steps)
+            target, _ = pack(bank)
+            delta = make_delta(base, target)
+            rows[name] = {"full_bytes": len(target), "delta_bytes": len(delta), "ratio": len(delta) / len(target), "test_accuracy_best": max(json.loads((bank / "bank.json").read_text())["accuracy"]["test"].values())}
+    return rows
+
+
+# Serving overhead -----------------------------------------------------------------------------------------
+
+
+def serving_overhead(run_dir: Path, dataset: Any, iters: int) -> dict[str, Any]:
+    cfg = load_config(run_dir / "config.yaml", ["runtime.latency_target_ms=1000", "serve.upstreams=[]"])
+    bank = load_bank(run_dir / "edge")
+    runtime = EdgeRuntime(bank, cfg.runtime)
+    raw = dataset.raw_batch("test", torch.tensor([0]))
+    inputs = {m: raw[m][0].numpy() for m in bank.table.modalities}
+    variants = [v for v in runtime.current.config if v is not None]
+    sessions = {v.id: runtime._session(v) for v in variants}
+
+    def bare() -> None:
+        for v in variants:
+            modality = runtime.modalities[v.modality]
+            spec = bank.specs[v.id]
+            features = modality.features(modality.to_raw(inputs[v.modality], spec), spec).numpy()
+            sessions[v.id].run(None, {v.modality: features})
+
+    port = free_port()
+    service = EdgeService(cfg, run_dir, cfg.serve)
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(create_app(service, cfg.serve), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_http(f"http://127.0.0.1:{port}/health")
+    buffer = io.BytesIO()
+    np.savez(buffer, **inputs)
+    body = buffer.getvalue()
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
+
+    def served() -> None:
+        reply = client.post("/predict", content=body, headers={"Content-Type": "application/x-npz"})
+        reply.raise_for_status()
+
+    times: dict[str, list[float]] = {"bare": [], "runtime": [], "server": []}
+    calls = {"bare": bare, "runtime": lambda: runtime.predict(**inputs), "server": served}
+    with torch_threads(1):
+        for _ in range(20):
+            for fn in calls.values():
+                fn()
+        for _ in range(3):  # rounds, every path in turn
+            for name, fn in calls.items():
+                for _ in range(iters // 3):
+                    started = time.perf_counter()
+                    fn()
+                    times[name].append((time.perf_counter() - started) * 1e3)
+    server.should_exit = True
+    thread.join(10)
+    client.close()
+    p50 = {k: percentile(v, 50) for k, v in times.items()}
+    return {
+        "configuration": [v.id for v in variants],
+        "p50_ms": p50,
+        "p99_ms": {k: percentile(v, 99) for k, v in times.items()},
+        "runtime_overhead": p50["runtime"] / p50["bare"] - 1,
+        "server_overhead": p50["server"] / p50["bare"] - 1,
+    }
+
+
+# Device fit -----------------------------------------------------------------------------------------------
+
+
+def fit_all(run_dir: Path, registry_root: Path, keys: tuple[Path, Path]) -> dict[str, Any]:
+    cfg = load_config(run_dir / "config.yaml")
+    devices = [load_device(d) for d in device_names()]
+    registry, key = ModelRegistry(registry_root), load_private_key(keys[0])
+    for model in ["edge", *[t.name for t in cfg.students.tiers]]:
+        try:
+            artifact, tier, metrics = artifact_from_run(run_dir, model)
+        except FileNotFoundError:
+            continue
+        registry.register(artifact, model, key, tier, metrics, device_fit(artifact, pack(artifact)[1], devices))
+    return {"releases": [r.summary() for r in registry.latest()], "plan": [a.as_dict() for a in plan(registry, devices)]}
+
+
+# Offloading with the fog killed -----------------------------------------------------------------------------
+
+
+def offload_kill(run_dir: Path, dataset: Any, requests: int, rate_hz: float) -> dict[str, Any]:
+    import uvicorn
+
+    fog_port, edge_port = free_port(), free_port()
+    fog = subprocess.Popen([sys.executable, "-m", "racmkd.cli", "serve", "--role", "fog", "--run", str(run_dir), "--port", str(fog_port)], env={**os.environ, "RACMKD_PROGRESS": "0"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{fog_port}/health")
+        cfg = load_config(run_dir / "config.yaml", [f"serve.upstreams=[http://127.0.0.1:{fog_port}]", "serve.offload_margin=-1.0", "serve.probe_interval_s=0.5", "runtime.latency_target_ms=200"])
+        service = EdgeService(cfg, run_dir, cfg.serve)
+        server = uvicorn.Server(uvicorn.Config(create_app(service, cfg.serve), host="127.0.0.1", port=edge_port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        wait_http(f"http://127.0.0.1:{edge_port}/health")
+        deadline = time.monotonic() + 30
+        while service.upstreams[0].accuracy is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        rows = torch.arange(requests) % len(dataset.splits["test"])
+        raw = dataset.raw_batch("test", rows)
+        labels = dataset.splits["test"].labels[rows].numpy()
+        records = []
+        client = httpx.Client(base_url=f"http://127.0.0.1:{edge_port}", timeout=10)
+        started = time.perf_counter()
+        for i in progress(range(requests), desc="offload: fog killed halfway"):
+            if i == requests // 2:
+                fog.send_signal(signal.SIGKILL)
+            pause = started + i / rate_hz - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            buffer = io.BytesIO()
+            np.savez(buffer, **{m: raw[m][i].numpy() for m in service.modalities()})
+            t0 = time.perf_counter()
+            try:
+                reply = client.post("/predict", content=buffer.getvalue(), headers={"Content-Type": "application/x-npz"})
+                answer = reply.json() if reply.status_code == 200 else None
+                status = reply.status_code
+            except httpx.HTTPError as err:
+                answer, status = None, f"{type(err).__name__}"
+            ms = (time.perf_counter() - t0) * 1e3
+            records.append({"i": i, "after_kill": i >= requests // 2, "status": status, "ms": ms, "offloaded": bool(answer and answer["offloaded"]), "fallback": bool(answer and any("offload failed" in f for f in answer["fallbacks"])), "correct": bool(answer and answer["label"] == int(labels[i]))})
+        client.close()
+        server.should_exit = True
+        thread.join(10)
+    finally:
+        if fog.poll() is None:
+            fog.kill()
+    after = [r for r in records if r["after_kill"]]
+    affected = [r for r in after if r["fallback"]]
+    return {
+        "requests": requests,
+        "lost": sum(r["status"] != 200 for r in records),
+        "offloaded_before_kill": sum(r["offloaded"] for r in records if not r["after_kill"]),
+        "offloaded_after_kill": sum(r["offloaded"] for r in after),
+        "affected": len(affected),
+        "affected_ms_p50": percentile([r["ms"] for r in affected], 50),
+        "affected_ms_p99": percentile([r["ms"] for r in affected], 99),
+        "before_ms_p99": percentile([r["ms"] for r in records if not r["after_kill"]], 99),
+        "after_ms_p99": percentile([r["ms"] for r in after], 99),
+        "accuracy": sum(r["correct"] for r in records) / len(records),
+        "records": records,
+    }
+
+
+# Load ----------------------------------------------------------------------------------------------------------
+
+
+def load_test(run_dir: Path, dataset: Any, role: str, requests: int, seconds: float, clients: int = 8) -> dict[str, Any]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "racmkd.cli", "serve", "--role", role, "--run", str(run_dir), "--port", str(port), "--set", "runtime.latency_target_ms=1000"], env={**os.environ, "RACMKD_PROGRESS": "0"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        raw = dataset.raw_batch("test", torch.arange(64))
+        bodies = []
+        for i in range(64):
+            buffer = io.BytesIO()
+            np.savez(buffer, image=raw["image"][i].numpy(), audio=raw["audio"][i].numpy())
+            bodies.append(buffer.getvalue())
+        deadline = time.monotonic() + seconds
+        latencies: list[float] = []
+        errors = [0]
+        lock = threading.Lock()
+        counter = iter(range(requests))
+
+        def worker() -> None:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                for i in counter:
+                    if time.monotonic() > deadline:
+                        return
+                    t0 = time.perf_counter()
+                    try:
+                        ok = client.post("/predict", content=bodies[i % 64], headers={"Content-Type": "application/x-npz"}).status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    with lock:
+                        latencies.append((time.perf_counter() - t0) * 1e3)
+                        errors[0] += not ok
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            for _ in range(clients):
+                pool.submit(worker)
+        wall = time.perf_counter() - started
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return {"role": role, "clients": clients, "requests": len(latencies), "errors": errors[0], "seconds": wall, "throughput_rps": len(latencies) / wall, "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
+
+
+# Report -----------------------------------------------------------------------------------------------------------
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = ["# Deployment benchmark", "", f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores), run `{result['run']}`, everything on loopback. Every figure below was measured in this run.", ""]
+    d = result["deltas"]
+    lines += ["## Delta updates (zstd patch-from between packed variant banks)", "", "| fine-tune | full bank | delta | ratio | best test accuracy after |", "|---|---|---|---|---|"]
+    for name, r in d.items():
+        lines.append(f"| {name.replace('_', ' ')} ({result['fine_tune_steps']} steps) | {r['full_bytes']:,} B | {r['delta_bytes']:,} B | {r['ratio']:.2%} | {r['test_accuracy_best']:.4f} |")
+    o = result["overhead"]
+    lines += ["", "## Serving overhead on the edge role (one thread, same sample and variants)", "", f"Configuration: {', '.join(o['configuration'])}.", "", "| path | p50 (ms) | p99 (ms) |", "|---|---|---|"]
+    for k in ("bare", "runtime", "server"):
+        lines.append(f"| {k} | {o['p50_ms'][k]:.3f} | {o['p99_ms'][k]:.3f} |")
+    lines += ["", f"Runtime over bare ONNX Runtime: {o['runtime_overhead']:+.1%}; server (HTTP + .npz over loopback) over bare: {o['server_overhead']:+.1%}.", ""]
+    lines += ["## Device fit (`deploy plan`)", "", "| device | release | why |", "|---|---|---|"]
+    for a in result["fit"]["plan"]:
+        lines.append(f"| {a['device']} | {a['release'] or '**none**'} | {a['reason']} |")
+    k = result["offload"]
+    lines += ["", "## Offloading, fog killed halfway", "", f"{k['requests']} requests at {result['offload_rate_hz']:g}/s through the edge to the fog; the fog SIGKILLed at request {k['requests'] // 2}. Lost: **{k['lost']}**. Offloaded before the kill: {k['offloaded_before_kill']}, after: {k['offloaded_after_kill']}. Requests that tried the dead fog first: {k['affected']}, p50 {k['affected_ms_p50']:.1f} ms, p99 {k['affected_ms_p99']:.1f} ms (p99 before the kill {k['before_ms_p99']:.1f} ms, after {k['after_ms_p99']:.1f} ms). Accuracy over the stream {k['accuracy']:.4f}.", ""]
+    lines += ["## Each role under concurrent load (8 clients, .npz requests, server and clients on the same 2 cores)", "", "| role | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) |", "|---|---|---|---|---|---|"]
+    for r in result["load"]:
+        lines.append(f"| {r['role']} | {r['requests']} | {r['errors']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+    lines += ["", "## Targets", "", "| target | measured | reached |", "|---|---|---|"]
+    for t in result["targets"]:
+        lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['reached'] else '**no**'} |")
+    lines += ["", "![deploy](deploy.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    records = result["offload"]["records"]
+    colours = ["tab:blue" if r["offloaded"] else ("tab:red" if r["fallback"] else "tab:green") for r in records]
+    axes[0].scatter([r["i"] for r in records], [r["ms"] for r in records], c=colours, s=6)
+    axes[0].axvline(result["offload"]["requests"] // 2, color="black", linestyle="--", linewidth=1)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("request")
+    axes[0].set_ylabel("latency at the client (ms)")
+    axes[0].set_title("offloading: blue = fog, red = fog failed -> local, green = local")
+    load = result["load"]
+    axes[1].bar([r["role"] for r in load], [r["throughput_rps"] for r in load], color="tab:gray")
+    axes[1].set_ylabel("requests / s (8 clients)")
+    axes[1].set_title("throughput per role")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=REPO / "runs" / "latest")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--steps", type=int, default=300, help="fine-tuning steps for the delta experiment")
+    parser.add_argument("--iters", type=int, default=600, help="timed calls per path for the overhead")
+    parser.add_argument("--requests", type=int, default=400, help="requests in the offload experiment")
+    parser.add_argument("--rate", type=float, default=40.0)
+    parser.add_argument("--load-requests", type=int, default=2000)
+    parser.add_argument("--load-seconds", type=float, default=20.0)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.iters, args.requests, args.load_requests, args.load_seconds = 30, 60, 60, 200, 4.0
+    run_dir, cfg = open_run(args.run)
+    dataset = prepare_data(cfg)
+    if not (run_dir / "edge" / "bank.json").is_file():
+        build_bank(cfg, dataset, run_dir)
+    result: dict[str, Any] = {"commit": git_commit(), "machine": machine(), "run": run_dir.name, "fine_tune_steps": args.steps, "offload_rate_hz": args.rate}
+    result["deltas"] = delta_sizes(run_dir, dataset, args.steps)
+    result["overhead"] = serving_overhead(run_dir, dataset, args.iters)
+    with tempfile.TemporaryDirectory() as tmp:
+        keys = generate_keypair(Path(tmp) / "keys")
+        result["fit"] = fit_all(run_dir, Path(tmp) / "registry", keys)
+    result["offload"] = offload_kill(run_dir, dataset, args.requests, args.rate)
+    result["load"] = [load_test(run_dir, dataset, role, args.load_requests, args.load_seconds) for role in ("cloud", "fog", "edge")]
+    head, overhead = result["deltas"]["head_only"], result["overhead"]
+    unfit = [a["device"] for a in result["fit"]["plan"] if a["release"] is None]
+    result["targets"] = [
+        {"target": f"delta for a head-only fine-tune <= {DELTA_TARGET:.0%} of the full artifact", "measured": f"{head['ratio']:.2%} ({head['delta_bytes']:,} of {head['full_bytes']:,} B); all weights: {result['deltas']['all_weights']['ratio']:.2%}", "reached": head["ratio"] <= DELTA_TARGET},
+        {"target": f"runtime + serving add <= {OVERHEAD_TARGET:.0%} over bare ONNX Runtime (edge)", "measured": f"runtime {overhead['runtime_overhead']:+.1%}, server {overhead['server_overhead']:+.1%}", "reached": overhead["server_overhead"] <= OVERHEAD_TARGET},
+        {"target": "every device profile gets a fitting model, or a clear reason", "measured": f"{len(result['fit']['plan']) - len(unfit)} of {len(result['fit']['plan'])} fitted" + (f"; no fit (with reasons): {', '.join(unfit)}" if unfit else ""), "reached": all(a["release"] is not None or a["reason"].startswith("nothing fits") for a in result["fit"]["plan"])},
+        {"target": "fog killed mid-run: zero lost requests", "measured": f"{result['offload']['lost']} lost of {result['offload']['requests']}; affected p99 {result['offload']['affected_ms_p99']:.1f} ms", "reached": result["offload"]["lost"] == 0},
+    ]
+    stem = "deploy-quick" if args.quick else "deploy"
+    write_results(args.out, stem, result, render(result).replace("deploy.png", f"{stem}.png"), lambda path: plot(result, path))
+
+
+if __name__ == "__main__":
+    main()

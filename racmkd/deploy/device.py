@@ -1,0 +1,172 @@
+"""The device side of over-the-air updates: verify, patch, check, swap, and roll back.
+
+    <root>/slots/<sha256>/            an installed release: model.onnx, or a variant bank's files
+    <root>/slots/<sha256>/release.bin the released bytes themselves (the base the next delta patches)
+    <root>/state.json                 {"current": {manifest, signature}, "previous": {...}}
+
+An update arrives as a signed manifest and either the full bytes or a delta against what is
+installed. It is refused unless the signature verifies with the fleet's public key and the
+(patched) bytes hash to the manifest's sha256. It is unpacked beside the installed slots, checked
+(`health_check`: every ONNX graph loads in ONNX Runtime and answers finite logits), and only then
+made current by rewriting state.json atomically. Until that rename the previous release stays
+current; if anything fails after it, `rollback` makes the previous one current again. A device is
+never left without a working model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from racmkd.deploy.delta import DeltaError, apply_delta, sha256
+from racmkd.deploy.registry import MANIFEST_FORMAT, unpack
+from racmkd.deploy.signing import SignatureError, verify
+from racmkd.utils import atomic_write_json
+
+
+class UpdateRefused(ValueError):
+    """An update failed verification (signature, hash, delta base); nothing was changed."""
+
+
+class UpdateFailed(RuntimeError):
+    """An update verified but its model did not pass the health check; the previous one stays."""
+
+
+@dataclass(frozen=True)
+class Installed:
+    """A release on the device."""
+
+    manifest: dict[str, Any]
+    signature: str
+    slot: Path
+
+    @property
+    def model_path(self) -> Path:
+        """What to load: the ONNX file, or the bank folder."""
+        return self.slot / "model.onnx" if self.manifest["kind"] == "onnx" else self.slot
+
+    @property
+    def label(self) -> str:
+        return f"{self.manifest['name']} v{self.manifest['version']} ({self.manifest['sha256'][:12]})"
+
+
+def default_health_check(path: Path, kind: str) -> None:
+    """Every ONNX graph of the release loads and answers finite logits on zero inputs."""
+    from racmkd.compress.export import session
+
+    files = [path] if kind == "onnx" else sorted(Path(path).glob("*.onnx"))
+    if not files:
+        raise UpdateFailed(f"{path}: the release holds no ONNX model")
+    if kind == "bank":
+        json.loads((Path(path) / "bank.json").read_text())
+    for f in files:
+        sess = session(f)
+        feed = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], dtype=np.float32) for i in sess.get_inputs()}
+        out = sess.run(None, feed)[0]
+        if not np.isfinite(out).all():
+            raise UpdateFailed(f"{f.name}: the model answers non-finite logits")
+
+
+class DeviceStore:
+    """The releases installed on one device and which is current."""
+
+    def __init__(self, root: Path, public_key: Any, health_check: Callable[[Path, str], None] = default_health_check, keep: int = 2) -> None:
+        self.root, self.public_key, self.health_check, self.keep = Path(root), public_key, health_check, keep
+        (self.root / "slots").mkdir(parents=True, exist_ok=True)
+
+    # State ------------------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        path = self.root / "state.json"
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            return {}  # a state file can only be half-written by hand: atomic writes never leave one
+
+    def _installed(self, entry: dict[str, Any] | None) -> Installed | None:
+        if not entry:
+            return None
+        return Installed(entry["manifest"], entry["signature"], self.root / "slots" / entry["manifest"]["sha256"])
+
+    def current(self) -> Installed | None:
+        return self._installed(self._state().get("current"))
+
+    def previous(self) -> Installed | None:
+        return self._installed(self._state().get("previous"))
+
+    # Updates ----------------------------------------------------------------------------------------
+
+    def verify(self, manifest: dict[str, Any], signature: str) -> None:
+        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+            raise UpdateRefused(f"not a {MANIFEST_FORMAT} manifest")
+        try:
+            verify(manifest, signature, self.public_key)
+        except SignatureError as err:
+            raise UpdateRefused(str(err)) from None
+
+    def install(self, manifest: dict[str, Any], signature: str, payload: bytes, delta: bool = False) -> Installed:
+        """Verify, patch (a delta applies to the current release), check and make current."""
+        self.verify(manifest, signature)
+        current = self.current()
+        if delta:
+            if current is None:
+                raise UpdateRefused("a delta needs an installed release to patch; send the full model")
+            try:
+                data = apply_delta((current.slot / "release.bin").read_bytes(), payload)
+            except (DeltaError, OSError) as err:
+                raise UpdateRefused(f"delta refused: {err}") from None
+        else:
+            data = payload
+        if sha256(data) != manifest["sha256"]:
+            raise UpdateRefused(f"the model's bytes hash to {sha256(data)[:12]}, not the signed {manifest['sha256'][:12]}: tampered or damaged in transit")
+        slot = self.root / "slots" / manifest["sha256"]
+        if not (current is not None and current.slot == slot):
+            partial = self.root / "slots" / f".{manifest['sha256']}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            try:
+                (partial / "release.bin").write_bytes(data)
+                unpack(data, manifest["kind"], partial / "model.onnx" if manifest["kind"] == "onnx" else partial)
+                self.health_check(partial / "model.onnx" if manifest["kind"] == "onnx" else partial, manifest["kind"])
+            except Exception as err:  # noqa: BLE001 - whatever went wrong, the current release stays
+                shutil.rmtree(partial, ignore_errors=True)
+                raise UpdateFailed(f"{manifest['name']} v{manifest['version']} failed its health check ({type(err).__name__}: {err}); {current.label if current else 'nothing'} stays current") from None
+            shutil.rmtree(slot, ignore_errors=True)
+            partial.rename(slot)
+        entry = {"manifest": manifest, "signature": signature}
+        state = self._state()
+        atomic_write_json(self.root / "state.json", {"current": entry, "previous": state.get("current") if current is not None and current.slot != slot else state.get("previous")})
+        self._prune()
+        return self.current()  # type: ignore[return-value]
+
+    def rollback(self) -> Installed:
+        """Make the previous release current again (after a failure seen once serving)."""
+        state = self._state()
+        if not state.get("previous"):
+            raise UpdateFailed("no previous release to roll back to")
+        atomic_write_json(self.root / "state.json", {"current": state["previous"], "previous": state.get("current")})
+        return self.current()  # type: ignore[return-value]
+
+    def _prune(self) -> None:
+        """Keep the current and previous slots (and up to `keep` in all); drop older ones."""
+        state = self._state()
+        wanted = {e["manifest"]["sha256"] for e in (state.get("current"), state.get("previous")) if e}
+        slots = sorted((p for p in (self.root / "slots").iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.stat().st_mtime, reverse=True)
+        kept = 0
+        for slot in slots:
+            if slot.name in wanted or kept < self.keep - len(wanted):
+                kept += slot.name not in wanted
+                continue
+            shutil.rmtree(slot, ignore_errors=True)
+
+    def status(self) -> dict[str, Any]:
+        current, previous = self.current(), self.previous()
+        return {"current": current.manifest if current else None, "previous": previous.manifest if previous else None}

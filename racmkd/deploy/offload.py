@@ -1,0 +1,188 @@
+"""Offloading from the edge to the fog or the cloud, and surviving when they are not there.
+
+Per request the edge compares answering locally (its runtime's current configuration: expected
+accuracy, and latency under the present load) with each upstream (the accuracy it reports, and
+the latency the link predicts: measured round-trip time + payload / measured bandwidth + the
+upstream's reported compute time) against the request's latency target. It forwards only when an
+upstream is expected to be more accurate within the target, or when the local answer would miss
+the target and an upstream would not. Every upstream call has a timeout, a bounded number of
+retries with exponential backoff inside the request's deadline, and a circuit breaker; whatever
+goes wrong upstream, the edge answers locally. No request is lost.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+class UpstreamError(RuntimeError):
+    """An upstream could not answer in time (down, slow, refusing, or its breaker is open)."""
+
+
+@dataclass
+class CircuitBreaker:
+    """Closed: calls go through. After `failures_to_open` failures in a row it opens and calls are
+    refused at once; after `reset_after_s` calls are tried again (half-open): the first success
+    closes it, the first failure opens it again."""
+
+    failures_to_open: int = 3
+    reset_after_s: float = 5.0
+    state: str = "closed"
+    failures: int = 0
+    opened_at: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def allow(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if self.state == "open" and now - self.opened_at >= self.reset_after_s:
+                self.state = "half-open"
+            return self.state != "open"
+
+    def success(self) -> None:
+        with self._lock:
+            self.state, self.failures = "closed", 0
+
+    def failure(self, now: float | None = None) -> None:
+        with self._lock:
+            self.failures += 1
+            if self.state == "half-open" or self.failures >= self.failures_to_open:
+                self.state, self.opened_at = "open", time.monotonic() if now is None else now
+
+
+@dataclass
+class LinkEstimate:
+    """Round-trip time and bandwidth of a link, from the calls made over it (EWMA)."""
+
+    rtt_ms: float | None = None
+    bytes_per_ms: float | None = None
+    weight: float = 0.3
+
+    def observe(self, total_ms: float, server_ms: float, payload_bytes: int) -> None:
+        """One call: its wall time, the upstream's own compute time, and the bytes sent."""
+        network = max(total_ms - server_ms, 0.01)
+        if payload_bytes > 4096 and self.rtt_ms is not None:  # a large payload measures bandwidth
+            transfer = max(network - self.rtt_ms, 0.01)
+            rate = payload_bytes / transfer
+            self.bytes_per_ms = rate if self.bytes_per_ms is None else (1 - self.weight) * self.bytes_per_ms + self.weight * rate
+        else:  # a small one measures the round trip
+            self.rtt_ms = network if self.rtt_ms is None else (1 - self.weight) * self.rtt_ms + self.weight * network
+
+    def expected_ms(self, payload_bytes: int, server_ms: float) -> float | None:
+        if self.rtt_ms is None:
+            return None
+        transfer = payload_bytes / self.bytes_per_ms if self.bytes_per_ms else 0.0
+        return self.rtt_ms + transfer + server_ms
+
+
+@dataclass
+class Upstream:
+    """A fog or cloud server the edge may forward requests to."""
+
+    name: str
+    url: str
+    timeout_s: float = 1.0
+    retries: int = 2
+    backoff_s: float = 0.02
+    token: str | None = None
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    link: LinkEstimate = field(default_factory=LinkEstimate)
+    accuracy: float | None = None  # what its model scores on the test split (from its /health)
+    compute_ms: float = 0.0  # its own median time per request (from its /health)
+    _client: httpx.Client | None = field(default=None, repr=False)
+
+    def state(self) -> str:
+        """Its circuit breaker's state: closed, open or half-open."""
+        return self.breaker.state
+
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"} if self.token else {})
+        return self._client
+
+    def probe(self) -> bool:
+        """Ask the upstream's /health for its accuracy and compute time; measures the round trip."""
+        if not self.breaker.allow():
+            return False
+        started = time.perf_counter()
+        try:
+            reply = self.client().get("/health", timeout=self.timeout_s)
+            reply.raise_for_status()
+            health = reply.json()
+        except (httpx.HTTPError, ValueError):
+            self.breaker.failure()
+            return False
+        self.breaker.success()
+        self.accuracy = health.get("accuracy", self.accuracy)
+        self.compute_ms = float(health.get("compute_ms_p50") or self.compute_ms)
+        self.link.observe((time.perf_counter() - started) * 1e3, 0.0, 0)
+        return True
+
+    def predict(self, body: bytes, content_type: str, deadline: float) -> dict[str, Any]:
+        """Forward one request; retries with backoff while the deadline (time.monotonic) allows."""
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if not self.breaker.allow():
+                raise UpstreamError(f"{self.name}: circuit open after {self.breaker.failures} failures")
+            started = time.perf_counter()
+            try:
+                reply = self.client().post("/predict", content=body, headers={"Content-Type": content_type}, timeout=min(self.timeout_s, remaining))
+                if reply.status_code >= 500:
+                    raise UpstreamError(f"{self.name}: HTTP {reply.status_code}")
+                if reply.status_code >= 400:  # our request is wrong for it: no point in retrying
+                    self.breaker.success()
+                    raise UpstreamError(f"{self.name}: refused the request (HTTP {reply.status_code}: {reply.text[:200]})")
+                answer = reply.json()
+            except (httpx.HTTPError, ValueError, UpstreamError) as err:
+                last = err
+                if isinstance(err, UpstreamError) and "refused" in str(err):
+                    raise
+                self.breaker.failure()
+                pause = min(self.backoff_s * 2**attempt, max(deadline - time.monotonic(), 0.0))
+                if pause > 0:
+                    time.sleep(pause)
+                continue
+            self.breaker.success()
+            self.link.observe((time.perf_counter() - started) * 1e3, float(answer.get("compute_ms", 0.0)), len(body))
+            return answer
+        raise UpstreamError(f"{self.name}: no answer within the deadline ({type(last).__name__ if last else 'deadline'}: {last})")
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one request goes, and why."""
+
+    target: str  # "local" or an upstream's name
+    reason: str
+    expected_ms: float | None = None
+
+
+def choose_route(local_accuracy: float, local_ms: float, target_ms: float, upstreams: list[Upstream], payload_bytes: int, margin: float = 0.005) -> Route:
+    """Local unless an upstream is expected to answer within the target and either be more
+    accurate (by `margin`) or be in time where the local answer would not."""
+    local_in_time = local_ms <= target_ms
+    best: Route | None = None
+    best_accuracy = local_accuracy
+    for up in upstreams:
+        if not up.breaker.allow() or up.accuracy is None:
+            continue
+        expected = up.link.expected_ms(payload_bytes, up.compute_ms)
+        if expected is None or expected > target_ms:
+            continue
+        if up.accuracy > best_accuracy + margin or (not local_in_time and best is None):
+            best, best_accuracy = Route(up.name, f"{up.name}: expected {expected:.1f} ms <= {target_ms:g} ms, accuracy {up.accuracy:.4f} vs local {local_accuracy:.4f}" + ("" if local_in_time else f" (local would take {local_ms:.1f} ms)"), expected), max(up.accuracy, best_accuracy)
+    if best is not None:
+        return best
+    return Route("local", f"local: expected {local_ms:.1f} ms, accuracy {local_accuracy:.4f}; no upstream is better within {target_ms:g} ms", local_ms)

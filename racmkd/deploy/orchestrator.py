@@ -1,0 +1,129 @@
+"""The orchestrator: which release each device should run, and getting it there.
+
+`device_fit` profiles a release on every device profile (configs/devices/): an ONNX model through
+`racmkd profile` (ROM, RAM from the graph's tensor lifetimes, estimated latency against the
+device's latency target); a variant bank by its files (ROM) and its sessions' measured resident
+memory plus the runtime's overhead (RAM), on devices that run a full ONNX Runtime (not an MCU).
+`plan` picks, for every device, the most accurate release that fits, with no human step, and says
+why for every candidate; `push` sends the chosen release to a device's edge server, as a delta
+against what it runs when that is smaller than the whole, and reports what the device answered.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from racmkd.deploy.registry import ModelRegistry, Release
+from racmkd.resources.devices import DeviceProfile
+
+
+def device_fit(artifact: Path, kind: str, devices: list[DeviceProfile]) -> dict[str, dict[str, Any]]:
+    """Per device profile: fits or not, why, and the figures behind it."""
+    from racmkd.resources.profile import latency_model, profile_model
+
+    out: dict[str, dict[str, Any]] = {}
+    if kind == "onnx":
+        model = latency_model(show_progress=False)
+        for d in devices:
+            p = profile_model(Path(artifact), d, model, measure_here=False)
+            out[d.name] = {"fits": p["fits"], "reason": p["reason"], "rom_bytes": p["rom_bytes"], "ram_bytes": p["ram_bytes"], "estimated_latency_ms": p["estimated_latency_ms"]}
+        return out
+    bank = json.loads((Path(artifact) / "bank.json").read_text())
+    rom = sum((Path(artifact) / v["path"]).stat().st_size for v in bank["variants"]) + (Path(artifact) / "bank.json").stat().st_size
+    resident = sum(v["memory_bytes"] for v in bank["variants"])
+    fastest = min(v["latency_ms"] for v in bank["variants"])
+    for d in devices:
+        ram = resident + d.runtime_overhead_bytes
+        problems = []
+        if d.kind == "mcu":
+            problems.append("a variant bank needs ONNX Runtime and an operating system; an MCU runs one compiled model")
+        if rom > d.rom_bytes:
+            problems.append(f"its files need {rom:,} bytes of storage, the device has {d.rom_bytes:,}")
+        if ram > d.ram_bytes:
+            problems.append(f"its sessions need {ram:,} bytes of RAM, the device has {d.ram_bytes:,}")
+        out[d.name] = {"fits": not problems, "reason": "; ".join(problems) or f"ROM {rom:,} <= {d.rom_bytes:,}, RAM {ram:,} <= {d.ram_bytes:,}", "rom_bytes": rom, "ram_bytes": ram, "fastest_variant_ms_here": fastest}
+    return out
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The release a device should run, or why none can."""
+
+    device: str
+    release: Release | None
+    reason: str
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "release": f"{self.release.name} v{self.release.version}" if self.release else None, "reason": self.reason, "candidates": self.candidates}
+
+
+def plan(registry: ModelRegistry, devices: list[DeviceProfile]) -> list[Assignment]:
+    """For every device, the most accurate latest release that fits it (by its signed device fit)."""
+    releases = registry.latest()
+    assignments = []
+    for d in devices:
+        rows = []
+        for r in releases:
+            fit = r.device_fit.get(d.name)
+            accuracy = r.metrics.get("accuracy")
+            if fit is None:
+                rows.append({"release": f"{r.name} v{r.version}", "fits": False, "accuracy": accuracy, "reason": "not profiled for this device (register it with --devices)"})
+            else:
+                rows.append({"release": f"{r.name} v{r.version}", "fits": fit["fits"], "accuracy": accuracy, "reason": fit["reason"]})
+        fitting = [(r, row) for r, row in zip(releases, rows) if row["fits"] and row["accuracy"] is not None]
+        if fitting:
+            best, row = max(fitting, key=lambda pair: pair[1]["accuracy"])
+            assignments.append(Assignment(d.name, best, f"{best.name} v{best.version}: the most accurate that fits ({row['accuracy']:.4f}; {row['reason']})", rows))
+        else:
+            why = "; ".join(f"{row['release']}: {row['reason']}" for row in rows) or "the registry holds no releases"
+            assignments.append(Assignment(d.name, None, f"nothing fits: {why}", rows))
+    return assignments
+
+
+def push(registry: ModelRegistry, release: Release, url: str, token: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Send a release to an edge server: a delta against its current release when it runs one of
+    ours and the delta is smaller, else the whole. Returns what was sent and the device's answer."""
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers) as client:
+        status = client.get("/deployment").json()
+        current = (status.get("current") or {}).get("sha256")
+        full = registry.blob(release.sha256)
+        payload, delta = full, False
+        if current == release.sha256:
+            return {"sent": "nothing", "reason": "the device already runs it", "bytes": 0}
+        if current is not None:
+            try:
+                candidate = registry.delta(current, release.sha256)
+            except Exception:  # noqa: BLE001 - the device runs something this registry does not hold: send it whole
+                candidate = None
+            if candidate is not None and len(candidate) < len(full):
+                payload, delta = candidate, True
+        reply = client.post("/deploy", data={"manifest": json.dumps(release.manifest), "signature": release.signature, "delta": str(delta).lower()}, files={"payload": ("release.bin", payload, "application/octet-stream")})
+    answer = reply.json() if reply.headers.get("content-type", "").startswith("application/json") else {"detail": reply.text}
+    return {"sent": "delta" if delta else "full", "bytes": len(payload), "full_bytes": len(full), "status_code": reply.status_code, "answer": answer}
+
+
+def artifact_from_run(run_dir: Path, model: str) -> tuple[Path, str | None, dict[str, Any]]:
+    """What to release from a run, with its tier and test metrics: `edge` is the variant bank
+    (metrics of its best configuration), a tier name its compressed artifact (its report row)."""
+    run_dir = Path(run_dir)
+    if model == "edge":
+        bank_json = run_dir / "edge" / "bank.json"
+        if not bank_json.is_file():
+            raise FileNotFoundError(f"{bank_json}: no variant bank in this run. Build it with `racmkd edge build --run {run_dir}`.")
+        bank = json.loads(bank_json.read_text())
+        best_key, best = max(bank["accuracy"]["test"].items(), key=lambda kv: kv[1])
+        return run_dir / "edge", None, {"accuracy": best, "best_configuration": best_key, "split": "test"}
+    manifest = run_dir / "compressed" / model / "compression.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: no compressed {model!r} in this run. Run `racmkd compress --run {run_dir} --tier {model}`, or name `edge` for the variant bank.")
+    chosen = json.loads(manifest.read_text())["artifact"]
+    report = json.loads((run_dir / "report.json").read_text())["models"].get(f"{model}_compressed", {})
+    metrics = {k: report[k] for k in ("accuracy", "f1_macro", "auc_roc", "latency_ms_p50", "bytes_deployable", "format") if k in report}
+    return manifest.parent / chosen, model, metrics

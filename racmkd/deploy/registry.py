@@ -1,0 +1,241 @@
+"""The model registry: versioned releases, content-addressed blobs, signed manifests.
+
+    <root>/registry.sqlite        one row per release: name, version, kind, tier, modalities,
+                                  metrics, device fit, parent version, sha256, manifest, signature
+    <root>/blobs/<sha256>         the released bytes, written once, named by their hash
+    <root>/deltas/<a>-<b>.delta   zstd patch-from deltas between two blobs, made on demand
+
+A release is one ONNX model (`kind: onnx`, e.g. a tier's compressed artifact) or a whole edge
+variant bank (`kind: bank`: its ONNX files and bank.json packed as a deterministic tar). Its
+manifest says what it is and what it hashes to, and is signed with the fleet's Ed25519 key;
+devices verify the signature and the hash before loading anything (racmkd/deploy/device.py).
+Blobs are checked against their names on every read, so a tampered blob is refused here too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import tarfile
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from racmkd.deploy.delta import make_delta, sha256
+from racmkd.deploy.signing import sign
+from racmkd.utils import atomic_write_bytes
+
+MANIFEST_FORMAT = "racmkd-release/1"
+BANK_FILES = ("*.onnx", "bank.json")  # what a device needs of a variant bank (not the evaluation logits)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS releases (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    tier TEXT,
+    modalities TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    device_fit TEXT NOT NULL,
+    parent_version INTEGER,
+    sha256 TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    manifest TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (name, version)
+);
+"""
+
+
+class RegistryError(ValueError):
+    """A release or blob is missing, damaged or inconsistent; the message names it."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One released version of a model, as the registry stores it."""
+
+    name: str
+    version: int
+    kind: str
+    tier: str | None
+    modalities: list[str]
+    metrics: dict[str, Any]
+    device_fit: dict[str, Any]
+    parent_version: int | None
+    sha256: str
+    bytes: int
+    manifest: dict[str, Any]
+    signature: str
+    created: float
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "kind": self.kind, "tier": self.tier, "modalities": self.modalities, "sha256": self.sha256, "bytes": self.bytes, "parent_version": self.parent_version, "metrics": self.metrics}
+
+
+def pack(path: Path) -> tuple[bytes, str]:
+    """The bytes to release for an artifact and its kind: an ONNX file as it is, a variant bank
+    folder as a deterministic tar (sorted names, no times or owners), so equal content gives an
+    equal hash and small changes give small deltas."""
+    path = Path(path)
+    if path.is_file():
+        return path.read_bytes(), "onnx"
+    if not (path / "bank.json").is_file():
+        raise RegistryError(f"{path}: neither an ONNX file nor a variant bank folder (no bank.json). Build one with `racmkd edge build`.")
+    files = sorted({f for pattern in BANK_FILES for f in path.glob(pattern)})
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for f in files:
+            info = tarfile.TarInfo(f.name)
+            data = f.read_bytes()
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue(), "bank"
+
+
+def unpack(data: bytes, kind: str, destination: Path) -> Path:
+    """Write released bytes to `destination` (a file for onnx, a folder for a bank); returns the
+    path to load. Refuses archive members that would land outside the folder."""
+    destination = Path(destination)
+    if kind == "onnx":
+        atomic_write_bytes(destination, data)
+        return destination
+    destination.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+        for member in tar.getmembers():
+            target = (destination / member.name).resolve()
+            if not member.isfile() or destination.resolve() not in target.parents:
+                raise RegistryError(f"bank archive member {member.name!r} is not a plain file inside the bank")
+            atomic_write_bytes(target, tar.extractfile(member).read())  # type: ignore[union-attr]
+    return destination
+
+
+def artifact_facts(path: Path, kind: str) -> dict[str, Any]:
+    """What a manifest says about the artifact's inputs: the ONNX contract, or the bank's variants."""
+    from racmkd.compress.export import read_contract
+
+    path = Path(path)
+    if kind == "onnx":
+        contract = read_contract(path)
+        return {"modalities": list(contract["inputs"]), "contract": contract}
+    bank = json.loads((path / "bank.json").read_text())
+    return {"modalities": bank["modalities"], "variants": [f"{v['tier']}/{v['modality']}" for v in bank["variants"]], "resident_bytes": sum(v["memory_bytes"] for v in bank["variants"])}
+
+
+class ModelRegistry:
+    """Releases in SQLite, bytes in content-addressed blobs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        (self.root / "blobs").mkdir(parents=True, exist_ok=True)
+        (self.root / "deltas").mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db:
+            db.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.root / "registry.sqlite", timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    # Blobs ------------------------------------------------------------------------------------------
+
+    def put_blob(self, data: bytes) -> str:
+        digest = sha256(data)
+        path = self.root / "blobs" / digest
+        if not path.exists():
+            atomic_write_bytes(path, data)
+        return digest
+
+    def blob(self, digest: str) -> bytes:
+        """A blob's bytes, checked against its name."""
+        path = self.root / "blobs" / digest
+        if not path.is_file():
+            raise RegistryError(f"{path}: no such blob")
+        data = path.read_bytes()
+        if sha256(data) != digest:
+            raise RegistryError(f"{path}: the blob's content no longer hashes to its name: it was altered on disk")
+        return data
+
+    # Releases ---------------------------------------------------------------------------------------
+
+    def register(self, artifact: Path, name: str, signing_key: Any, tier: str | None = None, metrics: dict[str, Any] | None = None, device_fit: dict[str, Any] | None = None) -> Release:
+        """Add the next version of `name` from an artifact (ONNX file or bank folder), signed."""
+        if not name or "/" in name or name.strip() != name:
+            raise RegistryError(f"release name {name!r}: use a plain name such as 'edge-bank' or 'high'")
+        data, kind = pack(artifact)
+        facts = artifact_facts(artifact, kind)
+        digest = self.put_blob(data)
+        with closing(self._connect()) as db, db:
+            row = db.execute("SELECT version, sha256 FROM releases WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)).fetchone()
+            version = (row[0] + 1) if row else 1
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "name": name,
+                "version": version,
+                "kind": kind,
+                "tier": tier,
+                "sha256": digest,
+                "bytes": len(data),
+                "parent": {"version": row[0], "sha256": row[1]} if row else None,
+                "metrics": metrics or {},
+                "device_fit": device_fit or {},
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **facts,
+            }
+            signature = sign(manifest, signing_key)
+            db.execute(
+                "INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, version, kind, tier, json.dumps(facts["modalities"]), json.dumps(metrics or {}), json.dumps(device_fit or {}), row[0] if row else None, digest, len(data), json.dumps(manifest), signature, time.time()),
+            )
+        return self.release(name, version)
+
+    def _from_row(self, row: tuple[Any, ...]) -> Release:
+        name, version, kind, tier, modalities, metrics, fit, parent, digest, size, manifest, signature, created = row
+        return Release(name, version, kind, tier, json.loads(modalities), json.loads(metrics), json.loads(fit), parent, digest, size, json.loads(manifest), signature, created)
+
+    def release(self, name: str, version: int | None = None) -> Release:
+        """A release by name and version (default: the latest)."""
+        with closing(self._connect()) as db:
+            if version is None:
+                row = db.execute("SELECT * FROM releases WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)).fetchone()
+            else:
+                row = db.execute("SELECT * FROM releases WHERE name = ? AND version = ?", (name, version)).fetchone()
+        if row is None:
+            known = ", ".join(f"{r.name} v{r.version}" for r in self.releases()) or "none"
+            raise RegistryError(f"no release {name}{f' v{version}' if version else ''} in {self.root}; releases: {known}")
+        return self._from_row(row)
+
+    def releases(self, name: str | None = None) -> list[Release]:
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT * FROM releases" + (" WHERE name = ?" if name else "") + " ORDER BY name, version", (name,) if name else ()).fetchall()
+        return [self._from_row(r) for r in rows]
+
+    def latest(self) -> list[Release]:
+        """The newest version of every release name."""
+        newest: dict[str, Release] = {}
+        for r in self.releases():
+            newest[r.name] = r
+        return list(newest.values())
+
+    def set_device_fit(self, name: str, version: int, device_fit: dict[str, Any], signing_key: Any) -> Release:
+        """Record where a release fits (the orchestrator's profiles) in its manifest, re-signed."""
+        release = self.release(name, version)
+        manifest = {**release.manifest, "device_fit": device_fit}
+        with closing(self._connect()) as db, db:
+            db.execute("UPDATE releases SET device_fit = ?, manifest = ?, signature = ? WHERE name = ? AND version = ?", (json.dumps(device_fit), json.dumps(manifest), sign(manifest, signing_key), name, version))
+        return self.release(name, version)
+
+    # Deltas -----------------------------------------------------------------------------------------
+
+    def delta(self, base_sha256: str, target_sha256: str) -> bytes:
+        """The delta from one blob to another (made once, then kept)."""
+        path = self.root / "deltas" / f"{base_sha256}-{target_sha256}.delta"
+        if path.is_file():
+            return path.read_bytes()
+        data = make_delta(self.blob(base_sha256), self.blob(target_sha256))
+        atomic_write_bytes(path, data)
+        return data

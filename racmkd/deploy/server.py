@@ -1,0 +1,514 @@
+"""The tier servers: one FastAPI app, three roles.
+
+    cloud   the fused teacher (PyTorch)                          racmkd serve --role cloud
+    fog     the high and medium students (PyTorch)               racmkd serve --role fog
+    edge    the resource-aware runtime over a variant bank,      racmkd serve --role edge
+            offloading to the fog or cloud when that is better, installing signed OTA updates,
+            publishing telemetry over MQTT
+
+Endpoints (every role):
+    POST /predict   image and/or audio, as JSON ({"image": [[...]], "audio": [...], "sample_rate":
+                    8000}) or as an .npz archive (Content-Type application/x-npz, arrays named by
+                    modality); sizes, shapes and dtypes are checked, bad requests get 4xx
+    GET  /health    role, model, its test accuracy and median compute time
+    GET  /metrics   Prometheus text: requests, latency histogram, current variant, resources
+    GET  /models    what the server can answer with
+Edge only, with the management token (Authorization: Bearer <token>):
+    POST /deploy    a signed release (manifest, signature, full bytes or a delta)
+    POST /rollback  back to the previous release
+    GET  /deployment  what is installed
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field, ValidationError
+
+from racmkd.config import RunConfig, ServeConfig
+from racmkd.registry import MODALITIES
+
+log = logging.getLogger(__name__)
+ROLES = ("cloud", "fog", "edge")
+NPZ = "application/x-npz"
+
+
+class PredictRequest(BaseModel):
+    """One sample's raw inputs; either may be missing."""
+
+    image: list[list[float]] | None = Field(None, description="28x28 grey image, 0-255 or 0-1")
+    audio: list[float] | None = Field(None, description="mono waveform")
+    sample_rate: int = Field(8000, gt=0, le=192000)
+    latency_target_ms: float | None = Field(None, gt=0, description="this request's latency target (edge: decides offloading)")
+    model: str | None = Field(None, description="which of the server's models answers (see /models)")
+
+
+class PredictResponse(BaseModel):
+    label: int
+    probabilities: list[float]
+    served_by: str
+    model: str
+    variants: list[str] = []
+    compute_ms: float
+    offloaded: bool = False
+    route: str = "local"
+    fallbacks: list[str] = []
+
+
+class Inputs:
+    """A parsed, checked request."""
+
+    def __init__(self, arrays: dict[str, np.ndarray | None], sample_rate: int, target_ms: float | None, model: str | None) -> None:
+        self.arrays, self.sample_rate, self.target_ms, self.model = arrays, sample_rate, target_ms, model
+
+
+def parse_request(body: bytes, content_type: str, settings: ServeConfig, modalities: list[str]) -> Inputs:
+    """JSON or .npz into arrays; raises HTTPException (413, 415, 422) with a message on bad input."""
+    if len(body) > settings.max_body_bytes:
+        raise HTTPException(413, f"request body of {len(body):,} bytes exceeds the limit of {settings.max_body_bytes:,}")
+    kind = content_type.split(";")[0].strip().lower()
+    if kind == NPZ:
+        try:
+            with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+        except Exception as err:  # noqa: BLE001 - numpy raises many kinds on garbage
+            raise HTTPException(422, f"body is not a readable .npz archive ({type(err).__name__})") from None
+        meta = {k: arrays.pop(k) for k in ("sample_rate", "latency_target_ms") if k in arrays}
+        model = arrays.pop("model", None)
+        sample_rate = int(meta["sample_rate"]) if "sample_rate" in meta else 8000
+        target = float(meta["latency_target_ms"]) if "latency_target_ms" in meta else None
+        model_name = str(model) if model is not None else None
+    elif kind in ("application/json", ""):
+        try:
+            request = PredictRequest.model_validate_json(body or b"{}")
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()[:5])
+            raise HTTPException(422, f"invalid JSON request: {problems}") from None
+        arrays = {m: (np.asarray(getattr(request, m), dtype=np.float32) if getattr(request, m, None) is not None else None) for m in ("image", "audio")}
+        sample_rate, target, model_name = request.sample_rate, request.latency_target_ms, request.model
+    else:
+        raise HTTPException(415, f"unsupported Content-Type {kind!r}; send application/json or {NPZ}")
+    unknown = {k for k, v in arrays.items() if v is not None} - set(modalities)
+    if unknown:
+        raise HTTPException(422, f"unknown inputs {sorted(unknown)}; this server takes {', '.join(modalities)}")
+    for name, array in arrays.items():
+        if array is None:
+            continue
+        if array.dtype.kind not in "iuf":
+            raise HTTPException(422, f"{name}: expected numbers, got dtype {array.dtype}")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise HTTPException(422, f"{name}: NaN or infinite values")
+    audio = arrays.get("audio")
+    if audio is not None and audio.size > settings.max_audio_seconds * sample_rate:
+        raise HTTPException(413, f"audio: {audio.size} samples exceed {settings.max_audio_seconds:g} s at {sample_rate} Hz")
+    if not 0 < sample_rate <= 192000:
+        raise HTTPException(422, f"sample_rate {sample_rate} out of range")
+    if not any(v is not None for v in arrays.values()):
+        raise HTTPException(422, f"no input: send {' and/or '.join(modalities)}")
+    for name, array in arrays.items():  # shapes and ranges, whether or not the answering model uses the input
+        if array is not None:
+            modality = MODALITIES.create(name)
+            try:
+                modality.to_raw(_image_for(array) if name == "image" else array, modality.spec(0), sample_rate=sample_rate)
+            except (ValueError, TypeError) as err:
+                raise HTTPException(422, str(err)) from None
+    return Inputs({m: arrays.get(m) for m in modalities}, sample_rate, target, model_name)
+
+
+def _image_for(array: np.ndarray | None) -> np.ndarray | None:
+    """JSON numbers come as floats: 0-255 images go back to uint8 so the predictor scales them."""
+    if array is None or array.size == 0:
+        return array
+    if array.dtype.kind == "f" and array.max() > 1.0 and np.all(array == np.round(array)) and array.max() <= 255:
+        return array.astype(np.uint8)
+    return array
+
+
+# Services: what each role answers with ------------------------------------------------------------------
+
+
+class Service:
+    """A role's models behind /predict, /health and /models."""
+
+    role = "base"
+
+    def __init__(self) -> None:
+        self.compute_ms: deque[float] = deque(maxlen=500)
+
+    def modalities(self) -> list[str]:
+        raise NotImplementedError
+
+    def answer(self, inputs: Inputs, body: bytes, content_type: str) -> PredictResponse:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def compute_ms_p50(self) -> float | None:
+        return statistics.median(self.compute_ms) if self.compute_ms else None
+
+    def close(self) -> None:
+        pass
+
+
+class ModelService(Service):
+    """Cloud (the teacher) or fog (students): trained models of a run, PyTorch predictors."""
+
+    def __init__(self, role: str, run_dir: Path, names: list[str]) -> None:
+        from racmkd.config import load_config
+        from racmkd.runtime.predictor import load
+
+        super().__init__()
+        self.role, self.run_dir = role, Path(run_dir)
+        self.predictors = {n: load(run_dir, n) for n in names}
+        self.inputs = list(load_config(self.run_dir / "config.yaml").data.modalities)  # a model ignores those it does not use
+        report = self.run_dir / "report.json"
+        models = json.loads(report.read_text())["models"] if report.is_file() else {}
+        self.accuracy = {n: models.get(n, {}).get("accuracy") for n in names}
+        self.default = names[0]
+
+    def modalities(self) -> list[str]:
+        return self.inputs
+
+    def answer(self, inputs: Inputs, body: bytes, content_type: str) -> PredictResponse:
+        name = inputs.model or self.default
+        if name not in self.predictors:
+            raise HTTPException(422, f"model {name!r} is not served here; choose one of {', '.join(self.predictors)}")
+        started = time.perf_counter()
+        try:
+            label, probs = self.predictors[name].predict(image=_image_for(inputs.arrays.get("image")), audio=inputs.arrays.get("audio"), sample_rate=inputs.sample_rate)
+        except (ValueError, TypeError) as err:
+            raise HTTPException(422, str(err)) from None
+        ms = (time.perf_counter() - started) * 1e3
+        self.compute_ms.append(ms)
+        return PredictResponse(label=label, probabilities=probs.tolist(), served_by=self.role, model=name, compute_ms=ms)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.default, "accuracy": self.accuracy.get(self.default), "models": [{"name": n, "uses": p.modalities, "test_accuracy": self.accuracy.get(n)} for n, p in self.predictors.items()]}
+
+
+class EdgeService(Service):
+    """The resource-aware runtime, offloading, OTA updates and telemetry."""
+
+    role = "edge"
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, settings: ServeConfig, monitor: Any | None = None) -> None:
+        from racmkd.deploy.offload import CircuitBreaker, Upstream
+        from racmkd.resources.monitor import ResourceMonitor
+        from racmkd.resources.sources import SystemSource
+
+        super().__init__()
+        self.cfg, self.run_dir, self.settings = cfg, Path(run_dir), settings
+        self.monitor = monitor or ResourceMonitor(SystemSource(), cfg.runtime.monitor).start()
+        self.store = self._store()
+        self.engine, self.engine_label = self._engine()
+        self.upstreams = [
+            Upstream(f"upstream{i}", url.rstrip("/"), settings.upstream_timeout_s, settings.upstream_retries, breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s))
+            for i, url in enumerate(settings.upstreams)
+        ]
+        self.offloads: dict[str, int] = {}
+        self.telemetry = None
+        if settings.mqtt_host:
+            from racmkd.deploy.telemetry import TelemetryPublisher
+
+            self.telemetry = TelemetryPublisher(settings.mqtt_host, settings.mqtt_port, settings.fleet, settings.device, settings.telemetry_buffer)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._background, name="racmkd-edge", daemon=True)
+        self._thread.start()
+
+    # What runs ---------------------------------------------------------------------------------------
+
+    def _store(self) -> Any:
+        if not self.settings.public_key:
+            return None
+        from racmkd.deploy.device import DeviceStore
+        from racmkd.deploy.signing import load_public_key
+
+        return DeviceStore(Path(self.settings.store_dir or self.run_dir / "device"), load_public_key(Path(self.settings.public_key)))
+
+    def _engine(self) -> tuple[Any, str]:
+        """The runtime for the installed release (a bank, or one ONNX model), else the run's bank."""
+        installed = self.store.current() if self.store is not None else None
+        if installed is not None:
+            return self._load(installed.model_path, installed.manifest["kind"]), installed.label
+        return self._load(self.run_dir / "edge", "bank"), f"{self.run_dir.name}/edge"
+
+    def _load(self, path: Path, kind: str) -> Any:
+        from racmkd.runtime.edge import EdgeRuntime
+        from racmkd.runtime.predictor import OnnxPredictor
+        from racmkd.runtime.variants import load_bank
+
+        if kind == "onnx":
+            return OnnxPredictor(path)
+        return EdgeRuntime(load_bank(path), self.cfg.runtime, self.monitor)
+
+    def modalities(self) -> list[str]:
+        from racmkd.runtime.edge import EdgeRuntime
+
+        return list(self.engine.modalities) if isinstance(self.engine, EdgeRuntime) else list(self.engine.specs)
+
+    # Requests ----------------------------------------------------------------------------------------
+
+    def local_expectation(self) -> tuple[float, float]:
+        """Expected accuracy and latency (ms, under the present load) of answering here."""
+        from racmkd.runtime.edge import EdgeRuntime
+
+        if isinstance(self.engine, EdgeRuntime):
+            return self.engine.current.utility, self.engine.current.costs.latency_ms * self.engine.budget.slowdown
+        return 0.0, self.compute_ms_p50() or 0.0
+
+    def answer(self, inputs: Inputs, body: bytes, content_type: str) -> PredictResponse:
+        from racmkd.deploy.offload import UpstreamError, choose_route
+        from racmkd.runtime.edge import EdgeRuntime, NoVariantError
+
+        target = inputs.target_ms or self.cfg.runtime.latency_target_ms
+        fallbacks: list[str] = []
+        if self.upstreams:
+            accuracy, local_ms = self.local_expectation()
+            route = choose_route(accuracy, local_ms, target, self.upstreams, len(body), self.settings.offload_margin)
+            if route.target != "local":
+                upstream = next(u for u in self.upstreams if u.name == route.target)
+                started = time.perf_counter()
+                try:
+                    reply = upstream.predict(body, content_type, time.monotonic() + max(target / 1e3, upstream.timeout_s))
+                    self.offloads[upstream.name] = self.offloads.get(upstream.name, 0) + 1
+                    ms = (time.perf_counter() - started) * 1e3
+                    return PredictResponse(**{**reply, "offloaded": True, "route": route.reason, "compute_ms": ms, "served_by": f"{upstream.name}:{reply.get('served_by')}"})
+                except UpstreamError as err:
+                    fallbacks.append(f"offload failed, answered locally: {err}")
+        started = time.perf_counter()
+        try:
+            if isinstance(self.engine, EdgeRuntime):
+                answer = self.engine.predict(image=_image_for(inputs.arrays.get("image")), audio=inputs.arrays.get("audio"), sample_rate=inputs.sample_rate)
+                label, probs, variants, fallbacks = answer.label, answer.probabilities, answer.variants, fallbacks + answer.fallbacks
+            else:
+                label, probs = self.engine.predict(image=_image_for(inputs.arrays.get("image")), audio=inputs.arrays.get("audio"), sample_rate=inputs.sample_rate)
+                variants = [self.engine_label]
+        except (ValueError, TypeError, NoVariantError) as err:
+            raise HTTPException(422, str(err)) from None
+        ms = (time.perf_counter() - started) * 1e3
+        self.compute_ms.append(ms)
+        return PredictResponse(label=label, probabilities=np.asarray(probs).tolist(), served_by=f"edge:{self.settings.device}", model=self.engine_label, variants=variants, compute_ms=ms, fallbacks=fallbacks)
+
+    def describe(self) -> dict[str, Any]:
+        from racmkd.runtime.edge import EdgeRuntime
+
+        state = self.engine.state() if isinstance(self.engine, EdgeRuntime) else {"configuration": self.engine_label}
+        accuracy, local_ms = self.local_expectation()
+        return {
+            "model": self.engine_label, "accuracy": accuracy, "expected_latency_ms": local_ms, "runtime": state,
+            "upstreams": [{"name": u.name, "url": u.url, "breaker": u.state(), "rtt_ms": u.link.rtt_ms, "accuracy": u.accuracy} for u in self.upstreams],
+            "offloads": dict(self.offloads), "telemetry": self.telemetry.stats() if self.telemetry else None,
+        }
+
+    # Updates -------------------------------------------------------------------------------------------
+
+    def deploy(self, manifest: dict[str, Any], signature: str, payload: bytes, delta: bool) -> dict[str, Any]:
+        """Install a release and serve it; if it cannot be served, roll back to what was."""
+        from racmkd.deploy.device import UpdateFailed, UpdateRefused
+
+        if self.store is None:
+            raise HTTPException(409, "this edge has no public key configured (serve.public_key): it accepts no updates")
+        try:
+            installed = self.store.install(manifest, signature, payload, delta)
+        except UpdateRefused as err:
+            raise HTTPException(422, f"update refused: {err}") from None
+        except UpdateFailed as err:
+            raise HTTPException(409, str(err)) from None
+        try:
+            engine = self._load(installed.model_path, installed.manifest["kind"])
+        except Exception as err:  # noqa: BLE001 - the new release does not serve: back to the old one
+            self.store.rollback()
+            raise HTTPException(409, f"{installed.label} installed but could not be served ({type(err).__name__}: {err}); rolled back") from None
+        old, self.engine, self.engine_label = self.engine, engine, installed.label
+        if hasattr(old, "close"):
+            old.close()
+        return {"installed": installed.label, "delta": delta, "status": self.store.status()}
+
+    def rollback(self) -> dict[str, Any]:
+        from racmkd.deploy.device import UpdateFailed
+
+        if self.store is None:
+            raise HTTPException(409, "this edge has no release store")
+        try:
+            installed = self.store.rollback()
+            engine = self._load(installed.model_path, installed.manifest["kind"])
+        except UpdateFailed as err:
+            raise HTTPException(409, str(err)) from None
+        self.engine, self.engine_label = engine, installed.label
+        return {"current": installed.label}
+
+    # Background: upstream probes and telemetry ------------------------------------------------------------
+
+    def _background(self) -> None:
+        last_probe = 0.0
+        while not self._stop.wait(self.settings.telemetry_interval_s if self.telemetry else 1.0):
+            now = time.monotonic()
+            if self.upstreams and now - last_probe >= self.settings.probe_interval_s:
+                last_probe = now
+                for up in self.upstreams:
+                    up.probe()
+            if self.telemetry is not None:
+                self.publish_telemetry()
+
+    def publish_telemetry(self) -> None:
+        from racmkd.runtime.edge import EdgeRuntime
+
+        assert self.telemetry is not None
+        if isinstance(self.engine, EdgeRuntime):
+            state = self.engine.state()
+            self.telemetry.publish("resources", {"level": state["level"], "readings": state["resources"], "budget": state["budget"]})
+            self.telemetry.publish("variant", {"configuration": state["configuration"], "variants": state["variants"], "pid": state["pid"], "failed": state["failed"]})
+        self.telemetry.publish("stats", {"requests": len(self.compute_ms), "compute_ms_p50": self.compute_ms_p50(), "offloads": dict(self.offloads), "model": self.engine_label})
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.telemetry is not None:
+            self.telemetry.close()
+        for up in self.upstreams:
+            up.close()
+        self.monitor.stop()
+
+
+def build_service(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfig) -> Service:
+    if role == "cloud":
+        service = ModelService("cloud", run_dir, ["teacher"])
+    elif role == "fog":
+        service = ModelService("fog", run_dir, list(settings.fog_models))
+    elif role == "edge":
+        service = EdgeService(cfg, run_dir, settings)
+    else:
+        raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    return service
+
+
+# The app -------------------------------------------------------------------------------------------------
+
+
+async def raw_body(request: Request) -> bytes:
+    """The request body as sent (JSON or .npz), for parsing and for forwarding upstream."""
+    return await request.body()
+
+
+
+def create_app(service: Service, settings: ServeConfig, token: str | None = None) -> FastAPI:
+    """The HTTP face of a service."""
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    app = FastAPI(title=f"racmkd {service.role}", version="1", description=__doc__, lifespan=lifespan)
+    registry = CollectorRegistry()
+    requests = Counter("racmkd_requests", "Requests answered, by outcome and route", ["role", "outcome", "route"], registry=registry)
+    latency = Histogram("racmkd_request_latency_seconds", "Time from request to answer", ["role"], registry=registry, buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2))
+    variant = Gauge("racmkd_variant", "1 for the configuration being served", ["variant"], registry=registry)
+    edge = isinstance(service, EdgeService)  # readings a role does not have are not exported as zeros
+    cpu = Gauge("racmkd_cpu_percent", "CPU load the monitor plans with", registry=registry) if edge else None
+    memory = Gauge("racmkd_memory_available_bytes", "Free memory the monitor plans with", registry=registry) if edge else None
+    breaker = Gauge("racmkd_upstream_open", "1 when an upstream's circuit breaker is open", ["upstream"], registry=registry) if edge else None
+    buffered = Gauge("racmkd_telemetry_buffered", "Telemetry messages waiting for the broker", registry=registry) if edge else None
+    started_at = time.time()
+
+    def require(request: Request, needed: bool) -> None:
+        if not needed:
+            return
+        if not token:
+            raise HTTPException(403, f"no management token is configured (set ${settings.token_env}); this endpoint is disabled")
+        if request.headers.get("authorization", "") != f"Bearer {token}":
+            raise HTTPException(401, "missing or wrong token (Authorization: Bearer <token>)")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception) -> JSONResponse:  # nothing crashes the server
+        log.exception("unhandled error on %s", request.url.path)
+        requests.labels(service.role, "error", "-").inc()
+        return JSONResponse(status_code=500, content={"detail": f"internal error: {type(err).__name__}: {err}"})
+
+    schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")}, NPZ: {"schema": {"type": "string", "format": "binary", "description": "np.savez archive: arrays image and/or audio, optional sample_rate, latency_target_ms"}}}}}
+
+    @app.post("/predict", response_model=PredictResponse, openapi_extra=schema, responses={413: {"description": "too large"}, 415: {"description": "unsupported content type"}, 422: {"description": "invalid input"}})
+    def predict(request: Request, body: bytes = Depends(raw_body)) -> PredictResponse:
+        require(request, settings.protect_inference)
+        started = time.perf_counter()
+        try:
+            inputs = parse_request(body, request.headers.get("content-type", "application/json"), settings, service.modalities())
+            answer = service.answer(inputs, body, request.headers.get("content-type", "application/json"))
+        except HTTPException:
+            requests.labels(service.role, "bad_request", "-").inc()
+            raise
+        latency.labels(service.role).observe(time.perf_counter() - started)
+        requests.labels(service.role, "ok", "offloaded" if answer.offloaded else "local").inc()
+        return answer
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        info = service.describe()
+        return {"status": "ok", "role": service.role, "model": info.get("model"), "accuracy": info.get("accuracy"), "compute_ms_p50": service.compute_ms_p50(), "uptime_s": time.time() - started_at}
+
+    @app.get("/models")
+    def models() -> dict[str, Any]:
+        return {"role": service.role, "modalities": service.modalities(), **service.describe()}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        info = service.describe()
+        state = info.get("runtime") or {}
+        variant.clear()
+        for v in state.get("variants", []) or [info.get("model")]:
+            variant.labels(str(v)).set(1)
+        readings = state.get("resources") or {}
+        if cpu is not None and readings.get("cpu_percent") is not None:
+            cpu.set(readings["cpu_percent"])
+        if memory is not None and readings.get("memory_available_bytes") is not None:
+            memory.set(readings["memory_available_bytes"])
+        for up in info.get("upstreams", []):
+            breaker.labels(up["name"]).set(1.0 if up["breaker"] == "open" else 0.0)  # type: ignore[union-attr]
+        if buffered is not None and info.get("telemetry"):
+            buffered.set(info["telemetry"]["buffered"])
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    if isinstance(service, EdgeService):
+
+        @app.post("/deploy")
+        def deploy(request: Request, manifest: str = Form(...), signature: str = Form(...), delta: bool = Form(False), payload: UploadFile = File(...)) -> dict[str, Any]:
+            require(request, True)
+            try:
+                parsed = json.loads(manifest)
+            except ValueError:
+                raise HTTPException(422, "manifest: not JSON") from None
+            return service.deploy(parsed, signature, payload.file.read(), delta)
+
+        @app.post("/rollback")
+        def rollback(request: Request) -> dict[str, Any]:
+            require(request, True)
+            return service.rollback()
+
+        @app.get("/deployment")
+        def deployment() -> dict[str, Any]:
+            return service.store.status() if service.store is not None else {"current": None, "previous": None}
+
+    return app
+
+
+def serve(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfig) -> None:
+    """Run a role's server with uvicorn until interrupted."""
+    import uvicorn
+
+    service = build_service(role, cfg, run_dir, settings)
+    app = create_app(service, settings, os.environ.get(settings.token_env))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")

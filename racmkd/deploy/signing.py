@@ -1,0 +1,78 @@
+"""Ed25519 signatures over release manifests (the cryptography package).
+
+The cloud keeps the private key; every device holds the public key and refuses a model whose
+manifest signature does not verify, or whose bytes do not hash to the manifest's sha256. A
+manifest is signed in a canonical form (JSON, sorted keys, no spaces), so the same content always
+has the same signature input wherever it was serialised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from racmkd.utils import atomic_write_bytes
+
+
+class SignatureError(ValueError):
+    """A signature or key is missing, malformed or does not verify; the message says which."""
+
+
+def canonical(manifest: dict[str, Any]) -> bytes:
+    """The bytes a manifest's signature covers."""
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def generate_keypair(folder: Path, name: str = "racmkd") -> tuple[Path, Path]:
+    """Write <name>.key (private, PEM, mode 0600) and <name>.pub (public, PEM) into `folder`."""
+    folder = Path(folder)
+    private_path, public_path = folder / f"{name}.key", folder / f"{name}.pub"
+    if private_path.exists():
+        raise SignatureError(f"{private_path} exists; refusing to overwrite a signing key (delete it first if you mean to)")
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    atomic_write_bytes(private_path, private)
+    os.chmod(private_path, 0o600)
+    atomic_write_bytes(public_path, public)
+    return private_path, public_path
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as err:
+        raise SignatureError(f"{path}: not a readable PEM private key ({err}). Create one with `racmkd registry keygen`.") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SignatureError(f"{path}: not an Ed25519 key")
+    return key
+
+
+def load_public_key(path: Path | bytes) -> Ed25519PublicKey:
+    try:
+        data = path if isinstance(path, bytes) else Path(path).read_bytes()
+        key = serialization.load_pem_public_key(data)
+    except (OSError, ValueError, TypeError) as err:
+        raise SignatureError(f"{path if not isinstance(path, bytes) else 'public key'}: not a readable PEM public key ({err})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise SignatureError("not an Ed25519 public key")
+    return key
+
+
+def sign(manifest: dict[str, Any], key: Ed25519PrivateKey) -> str:
+    """The hex signature of a manifest."""
+    return key.sign(canonical(manifest)).hex()
+
+
+def verify(manifest: dict[str, Any], signature: str, key: Ed25519PublicKey) -> None:
+    """Raise SignatureError unless `signature` is the key's signature of exactly this manifest."""
+    try:
+        key.verify(bytes.fromhex(signature), canonical(manifest))
+    except (InvalidSignature, ValueError, TypeError):
+        raise SignatureError(f"bad signature for {manifest.get('name')} v{manifest.get('version')}: the manifest was altered or not signed by this fleet's key") from None

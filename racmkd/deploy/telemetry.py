@@ -1,0 +1,146 @@
+"""Device telemetry over MQTT (paho-mqtt client, any broker such as Mosquitto).
+
+Topic scheme, one subtree per device of a fleet:
+
+    racmkd/<fleet>/<device>/status      {"online": true|false, ...}  retained; the broker publishes
+                                        {"online": false} itself when the device dies (last will)
+    racmkd/<fleet>/<device>/resources   the monitor's readings
+    racmkd/<fleet>/<device>/variant     the configuration being served and why
+    racmkd/<fleet>/<device>/stats       request counts, latency percentiles, offloads
+
+Messages go at QoS 1 (at least once). While the broker is unreachable the device keeps working:
+messages wait in a bounded buffer (the oldest are dropped first, and counted) and are sent when the
+connection returns. `FleetWatcher` is the orchestrator's side: it follows every device's status
+and notices a dead one from its last will.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+KINDS = ("status", "resources", "variant", "stats")
+
+
+def topic(fleet: str, device: str, kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"unknown telemetry kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return f"racmkd/{fleet}/{device}/{kind}"
+
+
+class TelemetryPublisher:
+    """Publishes a device's telemetry; buffers (bounded) while the broker is away."""
+
+    def __init__(self, host: str, port: int, fleet: str, device: str, buffer_size: int = 1000, keepalive_s: int = 5) -> None:
+        self.fleet, self.device = fleet, device
+        self.buffer: deque[tuple[str, bytes, bool]] = deque(maxlen=buffer_size)
+        self.dropped = 0
+        self.sent = 0
+        self.connected = threading.Event()
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"racmkd-{fleet}-{device}", clean_session=True)
+        self.client.will_set(topic(fleet, device, "status"), json.dumps({"online": False, "device": device, "reason": "connection lost"}), qos=1, retain=True)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.connect_async(host, port, keepalive=keepalive_s)
+        self.client.loop_start()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
+        if getattr(reason_code, "is_failure", False):
+            return
+        self.connected.set()
+        client.publish(topic(self.fleet, self.device, "status"), json.dumps({"online": True, "device": self.device, "t": time.time()}), qos=1, retain=True)
+        self._flush()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
+        self.connected.clear()
+
+    def publish(self, kind: str, payload: dict[str, Any], retain: bool = False) -> None:
+        """Send now if connected, else keep it (bounded) for when the broker is back."""
+        message = (topic(self.fleet, self.device, kind), json.dumps({"t": time.time(), **payload}, default=str).encode(), retain)
+        with self._lock:
+            if len(self.buffer) == self.buffer.maxlen:
+                self.dropped += 1  # the oldest message makes room
+            self.buffer.append(message)
+        if self.connected.is_set():
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:
+            while self.buffer and self.connected.is_set():
+                name, body, retain = self.buffer[0]
+                info = self.client.publish(name, body, qos=1, retain=retain)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    break  # not connected after all: keep it for the next connection
+                self.buffer.popleft()
+                self.sent += 1
+
+    def stats(self) -> dict[str, int | bool]:
+        return {"connected": self.connected.is_set(), "buffered": len(self.buffer), "sent": self.sent, "dropped": self.dropped}
+
+    def close(self, offline: bool = True) -> None:
+        """Disconnect cleanly (publishing an offline status first), stop the network thread."""
+        if offline and self.connected.is_set():
+            self.client.publish(topic(self.fleet, self.device, "status"), json.dumps({"online": False, "device": self.device, "reason": "shut down"}), qos=1, retain=True).wait_for_publish(2.0)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@dataclass
+class FleetWatcher:
+    """Follows a fleet's telemetry: which devices are online, and what they last reported."""
+
+    host: str
+    port: int
+    fleet: str
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    messages: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"racmkd-watcher-{self.fleet}-{time.monotonic_ns()}")
+        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(f"racmkd/{self.fleet}/+/+", qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect_async(self.host, self.port, keepalive=5)
+        self.client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        parts = message.topic.split("/")
+        if len(parts) != 4:
+            return
+        _, _, device, kind = parts
+        try:
+            payload = json.loads(message.payload)
+        except ValueError:
+            return
+        with self._lock:
+            self.messages += 1
+            entry = self.devices.setdefault(device, {"online": None, "counts": {}})
+            entry["counts"][kind] = entry["counts"].get(kind, 0) + 1
+            entry[kind] = payload
+            if kind == "status":
+                entry["online"] = bool(payload.get("online"))
+
+    def online(self, device: str) -> bool | None:
+        with self._lock:
+            return self.devices.get(device, {}).get("online")
+
+    def wait_for(self, predicate: Any, timeout_s: float = 10.0) -> bool:
+        """Poll until `predicate(self)` holds or the timeout passes."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,355 @@
+"""Cloud-fog-edge deployment on loopback: signing, deltas, the registry, the device store, the tier
+servers (real uvicorn and a real Mosquitto broker), offloading and telemetry."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+from onnx import numpy_helper
+
+from racmkd.config import ServeConfig, load_config
+from racmkd.deploy.delta import DeltaError, apply_delta, make_delta, sha256
+from racmkd.deploy.device import DeviceStore, UpdateFailed, UpdateRefused
+from racmkd.deploy.orchestrator import device_fit, plan, push
+from racmkd.deploy.registry import ModelRegistry, RegistryError, pack
+from racmkd.deploy.server import EdgeService, ModelService, create_app
+from racmkd.deploy.signing import SignatureError, generate_keypair, load_private_key, load_public_key, sign, verify
+from racmkd.deploy.telemetry import FleetWatcher
+from racmkd.resources.devices import device_names, load_device
+
+TOKEN = "test-token"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return generate_keypair(tmp_path_factory.mktemp("keys"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not come up")
+
+
+def fine_tuned_head(bank: Path, out: Path) -> Path:
+    """A copy of the bank as a fine-tune of the classifier heads would leave it: the last layer of
+    every variant changed, everything else as it was."""
+    shutil.copytree(bank, out)
+    for f in sorted(out.glob("*.onnx")):
+        model = onnx.load(f)
+        last = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul", "Conv")][-1]
+        init = next(i for i in model.graph.initializer if i.name == last.input[1])
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.01, init.name))
+        onnx.save(model, f)
+    return out
+
+
+# Signing, deltas, registry ------------------------------------------------------------------------------
+
+
+def test_signatures_refuse_any_change(keys: tuple[Path, Path]) -> None:
+    private, public = load_private_key(keys[0]), load_public_key(keys[1])
+    manifest = {"name": "edge", "version": 3, "sha256": "ab" * 32, "metrics": {"accuracy": 0.97}}
+    signature = sign(manifest, private)
+    verify(dict(reversed(list(manifest.items()))), signature, public)  # key order does not matter
+    for changed in ({**manifest, "version": 4}, {**manifest, "sha256": "cd" * 32}, {**manifest, "metrics": {"accuracy": 0.99}}):
+        with pytest.raises(SignatureError, match="bad signature"):
+            verify(changed, signature, public)
+    with pytest.raises(SignatureError):
+        verify(manifest, "00" * 64, public)
+    with pytest.raises(SignatureError, match="refusing to overwrite"):
+        generate_keypair(keys[0].parent)
+    assert oct(keys[0].stat().st_mode & 0o777) == "0o600"
+
+
+def test_deltas_are_small_exact_and_checked(bank_dir: Path, tmp_path: Path) -> None:
+    base, _ = pack(bank_dir)
+    target, _ = pack(fine_tuned_head(bank_dir, tmp_path / "v2"))
+    delta = make_delta(base, target)
+    assert apply_delta(base, delta) == target
+    assert len(delta) < 0.1 * len(target)  # only the heads changed
+    with pytest.raises(DeltaError, match="applies to"):
+        apply_delta(target, delta)  # the wrong base
+    corrupted = bytearray(delta)
+    corrupted[-20] ^= 0xFF
+    with pytest.raises(DeltaError):
+        apply_delta(base, bytes(corrupted))
+    with pytest.raises(DeltaError, match="not a racmkd-delta"):
+        apply_delta(base, b"garbage")
+
+
+def test_registry_versions_signs_and_refuses_tampered_blobs(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "registry")
+    key = load_private_key(keys[0])
+    v1 = registry.register(bank_dir, "edge", key, metrics={"accuracy": 0.9})
+    v2 = registry.register(fine_tuned_head(bank_dir, tmp_path / "v2"), "edge", key, metrics={"accuracy": 0.91})
+    assert (v1.version, v2.version, v2.parent_version) == (1, 2, 1) and v2.manifest["parent"]["sha256"] == v1.sha256
+    assert v1.kind == "bank" and set(v1.modalities) <= {"image", "audio"} and v1.manifest["variants"]
+    verify(v2.manifest, v2.signature, load_public_key(keys[1]))
+    assert registry.release("edge").version == 2 and [r.version for r in registry.releases("edge")] == [1, 2]
+    assert sha256(registry.blob(v1.sha256)) == v1.sha256
+    blob = tmp_path / "registry" / "blobs" / v1.sha256
+    blob.write_bytes(blob.read_bytes()[:-1] + b"X")
+    with pytest.raises(RegistryError, match="altered on disk"):
+        registry.blob(v1.sha256)
+    with pytest.raises(RegistryError, match="no release nope"):
+        registry.release("nope")
+
+
+def test_device_store_verifies_patches_checks_and_rolls_back(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    registry, key = ModelRegistry(tmp_path / "registry"), load_private_key(keys[0])
+    v1 = registry.register(bank_dir, "edge", key)
+    v2 = registry.register(fine_tuned_head(bank_dir, tmp_path / "v2"), "edge", key)
+    store = DeviceStore(tmp_path / "device", load_public_key(keys[1]))
+    with pytest.raises(UpdateRefused, match="needs an installed release"):
+        store.install(v1.manifest, v1.signature, registry.delta(v1.sha256, v2.sha256), delta=True)
+    store.install(v1.manifest, v1.signature, registry.blob(v1.sha256))
+    assert store.current().manifest["version"] == 1 and (store.current().model_path / "bank.json").is_file()
+    # Refused: a bad signature, a tampered payload, a corrupted delta. Each leaves v1 current.
+    with pytest.raises(UpdateRefused, match="bad signature"):
+        store.install({**v2.manifest, "version": 99}, v2.signature, registry.blob(v2.sha256))
+    blob = bytearray(registry.blob(v2.sha256))
+    blob[600] ^= 0x01  # one bit, inside the first file
+    with pytest.raises(UpdateRefused, match="tampered"):
+        store.install(v2.manifest, v2.signature, bytes(blob))
+    delta = registry.delta(v1.sha256, v2.sha256)
+    with pytest.raises(UpdateRefused, match="delta refused"):
+        store.install(v2.manifest, v2.signature, delta[:-10] + b"0123456789", delta=True)
+    assert store.current().manifest["version"] == 1
+    store.install(v2.manifest, v2.signature, delta, delta=True)
+    assert store.current().manifest["version"] == 2 and store.previous().manifest["version"] == 1
+    # A release that verifies but does not answer finite logits never becomes current.
+    broken = tmp_path / "broken"
+    shutil.copytree(bank_dir, broken)
+    victim = sorted(broken.glob("*.onnx"))[0]
+    model = onnx.load(victim)
+    init = model.graph.initializer[0]
+    init.CopyFrom(numpy_helper.from_array(np.full_like(numpy_helper.to_array(init), np.nan), init.name))
+    onnx.save(model, victim)
+    v3 = registry.register(broken, "edge", key)
+    with pytest.raises(UpdateFailed, match="failed its health check"):
+        store.install(v3.manifest, v3.signature, registry.blob(v3.sha256))
+    assert store.current().manifest["version"] == 2
+    assert store.rollback().manifest["version"] == 1 and store.current().manifest["version"] == 1
+
+
+def test_every_device_profile_gets_a_model_or_a_reason(bank_dir: Path, keys: tuple[Path, Path], tiny_run: Path, tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    from racmkd.pipeline import export_model
+
+    devices = [load_device(d) for d in device_names()]
+    registry, key = ModelRegistry(tmp_path / "registry"), load_private_key(keys[0])
+    exported = export_model(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, "critical", tmp_path / "onnx", int8=False)
+    onnx_path = Path(exported["fp32"]["path"])
+    registry.register(onnx_path, "critical", key, tier="critical", metrics={"accuracy": 0.8}, device_fit=device_fit(onnx_path, "onnx", devices))
+    registry.register(bank_dir, "edge", key, metrics={"accuracy": 0.9}, device_fit=device_fit(bank_dir, "bank", devices))
+    assignments = {a.device: a for a in plan(registry, devices)}
+    assert set(assignments) == set(device_names())
+    assert assignments["cortex-m7"].release is not None and assignments["cortex-m7"].release.name == "critical"  # the bank needs an OS
+    assert "ONNX Runtime" in next(c["reason"] for c in assignments["cortex-m7"].candidates if c["release"].startswith("edge"))
+    assert assignments["raspberry-pi-4"].release.name == "edge"  # fits, and more accurate
+    for a in assignments.values():
+        assert a.reason and (a.release is not None or a.reason.startswith("nothing fits"))
+
+
+# Servers --------------------------------------------------------------------------------------------------
+
+
+class ThreadServer:
+    """A uvicorn server on a loopback port, in a thread of this process."""
+
+    def __init__(self, app, port: int) -> None:  # noqa: ANN001
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{port}"
+        wait_http(self.url + "/health", 60)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def start_broker(port: int) -> subprocess.Popen:
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        pytest.fail("the MQTT tests need Mosquitto (apt-get install mosquitto; `make test` installs it as root)")
+    proc = subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise TimeoutError("mosquitto did not start")
+
+
+@pytest.fixture(scope="module")
+def fog_app(tiny_run: Path) -> TestClient:
+    service = ModelService("fog", tiny_run, ["high", "medium"])
+    return TestClient(create_app(service, ServeConfig(max_body_bytes=200_000), token=None))
+
+
+def npz(**arrays: object) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_bad_requests_get_4xx_and_good_ones_an_answer(fog_app: TestClient, tiny_dataset) -> None:  # noqa: ANN001
+    import torch
+
+    raw = tiny_dataset.raw_batch("test", torch.tensor([0]))
+    image, audio = raw["image"][0].numpy(), raw["audio"][0].numpy()
+    ok = fog_app.post("/predict", json={"image": image.tolist(), "audio": audio.tolist()})
+    assert ok.status_code == 200 and ok.json()["served_by"] == "fog" and len(ok.json()["probabilities"]) == 10
+    binary = fog_app.post("/predict", content=npz(image=image, audio=audio, sample_rate=np.array(8000)), headers={"Content-Type": "application/x-npz"})
+    assert binary.status_code == 200 and binary.json()["label"] == ok.json()["label"]
+    assert fog_app.post("/predict?x=1", json={"audio": audio.tolist(), "model": "medium"}).json()["model"] == "medium"
+    cases = [
+        (dict(content=b"{not json", headers={"Content-Type": "application/json"}), 422, "invalid JSON"),
+        (dict(json={"image": [[0.0] * 5] * 5}), 422, "28x28"),
+        (dict(json={}), 422, "no input"),
+        (dict(json={"audio": audio.tolist(), "model": "teacher"}), 422, "not served here"),
+        (dict(json={"audio": [1e9] * 10, "sample_rate": -4}), 422, "sample_rate"),
+        (dict(content=b"\x00" * 300_000, headers={"Content-Type": "application/json"}), 413, "exceeds the limit"),
+        (dict(content=b"abc", headers={"Content-Type": "text/plain"}), 415, "unsupported Content-Type"),
+        (dict(content=b"PK garbage", headers={"Content-Type": "application/x-npz"}), 422, "npz"),
+        (dict(content=npz(audio=np.array([np.nan] * 100)), headers={"Content-Type": "application/x-npz"}), 422, "NaN"),
+        (dict(content=npz(lidar=np.zeros(3)), headers={"Content-Type": "application/x-npz"}), 422, "unknown inputs"),
+    ]
+    for kwargs, status, message in cases:
+        reply = fog_app.post("/predict", **kwargs)
+        assert reply.status_code == status and message in reply.text, (kwargs.keys(), reply.status_code, reply.text)
+    assert fog_app.get("/health").json()["status"] == "ok"  # still serving after all that
+    metrics = fog_app.get("/metrics").text
+    assert 'racmkd_requests_total{outcome="bad_request",role="fog",route="-"} 10.0' in metrics and "racmkd_request_latency_seconds_bucket" in metrics
+    spec = fog_app.get("/openapi.json").json()
+    assert set(spec["paths"]["/predict"]["post"]["requestBody"]["content"]) == {"application/json", "application/x-npz"}
+    assert fog_app.post("/deploy").status_code in (404, 405)  # the fog takes no OTA updates
+
+
+def test_edge_end_to_end_with_fog_broker_registry_and_failures(tiny_run: Path, tiny_dataset, bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:  # noqa: ANN001
+    import torch
+
+    broker_port, fog_port, edge_port = free_port(), free_port(), free_port()
+    broker = start_broker(broker_port)
+    watcher = FleetWatcher("127.0.0.1", broker_port, "test")
+    fog = subprocess.Popen([sys.executable, "-m", "racmkd.cli", "serve", "--role", "fog", "--run", str(tiny_run), "--port", str(fog_port)], env={**os.environ, "RACMKD_PROGRESS": "0"})
+    edge_server = None
+    try:
+        wait_http(f"http://127.0.0.1:{fog_port}/health")
+        cfg = load_config(tiny_run / "config.yaml", [
+            f"serve.upstreams=[http://127.0.0.1:{fog_port}]", "serve.offload_margin=-1.0", "serve.probe_interval_s=0.2", "serve.breaker_reset_s=60",
+            "serve.mqtt_host=127.0.0.1", f"serve.mqtt_port={broker_port}", "serve.fleet=test", "serve.device=edge-a", "serve.telemetry_interval_s=0.2",
+            f"serve.public_key={keys[1]}", f"serve.store_dir={tmp_path / 'device'}", "runtime.latency_target_ms=2000",
+        ])
+        service = EdgeService(cfg, tiny_run, cfg.serve)
+        edge_server = ThreadServer(create_app(service, cfg.serve, token=TOKEN), edge_port)
+        edge = httpx.Client(base_url=edge_server.url, timeout=30)
+
+        # Register -> sign -> deploy to the edge (full, then a delta) -> predict.
+        registry, key = ModelRegistry(tmp_path / "registry"), load_private_key(keys[0])
+        v1 = registry.register(bank_dir, "edge", key, metrics={"accuracy": 0.9})
+        assert edge.post("/deploy", data={"manifest": json.dumps(v1.manifest), "signature": v1.signature}, files={"payload": ("b", b"x")}).status_code == 401
+        first = push(registry, v1, edge_server.url, TOKEN)
+        assert first["sent"] == "full" and first["status_code"] == 200, first
+        v2 = registry.register(fine_tuned_head(bank_dir, tmp_path / "v2"), "edge", key, metrics={"accuracy": 0.91})
+        second = push(registry, v2, edge_server.url, TOKEN)
+        assert second["sent"] == "delta" and second["status_code"] == 200 and second["bytes"] < 0.1 * second["full_bytes"], second
+        assert edge.get("/deployment").json()["current"]["version"] == 2 and "edge v2" in edge.get("/health").json()["model"]
+        # A tampered blob and a bad signature are refused; v2 stays.
+        tampered = edge.post("/deploy", headers={"Authorization": f"Bearer {TOKEN}"}, data={"manifest": json.dumps(v1.manifest), "signature": v1.signature}, files={"payload": ("b", registry.blob(v1.sha256)[:-1] + b"!")})
+        forged = edge.post("/deploy", headers={"Authorization": f"Bearer {TOKEN}"}, data={"manifest": json.dumps({**v1.manifest, "version": 7}), "signature": v1.signature}, files={"payload": ("b", registry.blob(v1.sha256))})
+        assert tampered.status_code == 422 and "tampered" in tampered.text and forged.status_code == 422 and "bad signature" in forged.text
+        assert edge.get("/deployment").json()["current"]["version"] == 2
+
+        # Offloading to the fog, then the fog killed mid-stream: every request still answered.
+        deadline = time.monotonic() + 20
+        while service.upstreams[0].accuracy is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        raw = tiny_dataset.raw_batch("test", torch.arange(30))
+        answers = []
+        for i in range(30):
+            if i == 12:
+                fog.send_signal(signal.SIGKILL)
+                fog.wait(10)
+            reply = edge.post("/predict", json={"image": raw["image"][i].numpy().tolist(), "audio": raw["audio"][i].numpy().tolist()})
+            assert reply.status_code == 200, reply.text
+            answers.append(reply.json())
+        assert all(a["offloaded"] and a["served_by"].endswith("fog") for a in answers[:12])
+        assert not any(a["offloaded"] for a in answers[12:])
+        assert any("offload failed" in f for a in answers[12:] for f in a["fallbacks"])
+        labels = tiny_dataset.splits["test"].labels[:30].numpy()
+        assert np.mean([a["label"] == y for a, y in zip(answers, labels)]) > 0.6
+
+        # Telemetry: the watcher hears the edge; with the broker down the edge buffers, and resends after.
+        assert watcher.wait_for(lambda w: w.online("edge-a") and w.devices["edge-a"]["counts"].get("stats", 0) > 0, 15)
+        broker.kill()
+        broker.wait(10)
+        assert edge.post("/predict", json={"audio": raw["audio"][0].numpy().tolist()}).status_code == 200  # the edge goes on
+        assert watcher.wait_for(lambda w: service.telemetry.stats()["buffered"] > 3, 15)
+        before = watcher.devices["edge-a"]["counts"]["stats"]
+        broker = start_broker(broker_port)
+        assert watcher.wait_for(lambda w: service.telemetry.stats()["buffered"] == 0 and w.devices["edge-a"]["counts"]["stats"] > before + 3, 30)
+        assert "racmkd_upstream_open" in edge.get("/metrics").text
+        # A device that dies is announced by its last will.
+        doomed = subprocess.Popen([sys.executable, "-c", f"import time; from racmkd.deploy.telemetry import TelemetryPublisher as T; T('127.0.0.1', {broker_port}, 'test', 'doomed', keepalive_s=1); time.sleep(60)"])
+        assert watcher.wait_for(lambda w: w.online("doomed") is True, 30)
+        doomed.kill()
+        assert watcher.wait_for(lambda w: w.online("doomed") is False, 20)
+    finally:
+        if edge_server is not None:
+            edge_server.stop()
+        if fog.poll() is None:
+            fog.kill()
+        watcher.close()
+        broker.kill()
+
+
+def test_kubernetes_manifests_and_compose_file_are_valid() -> None:
+    import kubernetes_validate
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "deploy"
+    documents = [d for f in sorted((root / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    kinds = {d["kind"] for d in documents}
+    assert {"Deployment", "DaemonSet", "Service", "ConfigMap"} <= kinds
+    for d in documents:
+        kubernetes_validate.validate(d, "1.30", strict=True)
+    roles = {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in documents if d["kind"] in ("Deployment", "DaemonSet")}
+    assert roles == {"cloud", "fog", "edge"}
+    compose = yaml.safe_load((root / "compose.yaml").read_text())
+    assert {"cloud", "fog", "edge", "mqtt"} <= set(compose["services"])
+    for role in ("cloud", "fog", "edge"):
+        dockerfile = (root / "docker" / f"Dockerfile.{role}").read_text()
+        assert "FROM" in dockerfile and f"--role {role}" in dockerfile.replace('"', "").replace(",", "")
