@@ -346,8 +346,10 @@ def test_kubernetes_manifests_and_compose_file_are_valid() -> None:
     assert {"Deployment", "DaemonSet", "Service", "ConfigMap"} <= kinds
     for d in documents:
         kubernetes_validate.validate(d, "1.30", strict=True)
-    roles = {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in documents if d["kind"] in ("Deployment", "DaemonSet")}
-    assert roles == {"cloud", "fog", "edge"}
+    roles = {d["metadata"]["labels"].get("app.kubernetes.io/component") for d in documents if d["kind"] in ("Deployment", "DaemonSet")}
+    assert roles == {"cloud", "fog", "edge", "broker"}
+    edge = next(d for d in documents if d["kind"] == "DaemonSet")
+    assert edge["spec"]["template"]["spec"]["nodeSelector"] == {"racmkd.io/tier": "edge"}
     compose = yaml.safe_load((root / "compose.yaml").read_text())
     assert {"cloud", "fog", "edge", "mqtt"} <= set(compose["services"])
     for role in ("cloud", "fog", "edge"):
