@@ -52,7 +52,7 @@ import httpx  # noqa: E402
 from racmkd.config import load_config  # noqa: E402
 from racmkd.deploy.delta import make_delta  # noqa: E402
 from racmkd.deploy.orchestrator import artifact_from_run, device_fit, plan  # noqa: E402
-from racmkd.deploy.registry import ModelRegistry, pack  # noqa: E402
+from racmkd.deploy.registry import ModelRegistry, artifact_kind, pack  # noqa: E402
 from racmkd.deploy.server import EdgeService, create_app  # noqa: E402
 from racmkd.deploy.signing import generate_keypair, load_private_key  # noqa: E402
 from racmkd.eval.cost import percentile  # noqa: E402
@@ -212,7 +212,7 @@ def fit_all(run_dir: Path, registry_root: Path, keys: tuple[Path, Path]) -> dict
             artifact, tier, metrics = artifact_from_run(run_dir, model)
         except FileNotFoundError:
             continue
-        registry.register(artifact, model, key, tier, metrics, device_fit(artifact, pack(artifact)[1], devices))
+        registry.register(artifact, model, key, tier, metrics, device_fit(artifact, artifact_kind(artifact), devices))
     return {"releases": [r.summary() for r in registry.latest()], "plan": [a.as_dict() for a in plan(registry, devices)]}
 
 

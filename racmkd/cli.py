@@ -348,7 +348,14 @@ def serve_command(
     except _errors() as err:
         raise _fail(err) from None
     typer.echo(f"racmkd {role} server on http://{cfg.serve.host}:{cfg.serve.port} (run {run_dir.name})")
-    serve(role, cfg, run_dir, cfg.serve)
+    from racmkd.compress.export import ExportError
+    from racmkd.deploy.signing import SignatureError
+    from racmkd.runtime.variants import BankError
+
+    try:
+        serve(role, cfg, run_dir, cfg.serve)
+    except (*_errors(), BankError, ExportError, SignatureError) as err:
+        raise _fail(err) from None
 
 
 registry_app = typer.Typer(no_args_is_help=True, help="The model registry: signing keys, signed versioned releases.")
@@ -387,13 +394,13 @@ def registry_add(
 ) -> None:
     """Register the next signed version of a model from a run."""
     from racmkd.deploy.orchestrator import artifact_from_run, device_fit
-    from racmkd.deploy.registry import ModelRegistry, pack
+    from racmkd.deploy.registry import ModelRegistry, artifact_kind
     from racmkd.deploy.signing import load_private_key
     from racmkd.resources.devices import device_names, load_device
 
     try:
         artifact, tier, metrics = artifact_from_run(run, model)
-        fit = device_fit(artifact, pack(artifact)[1], [load_device(d) for d in device_names()]) if devices else {}
+        fit = device_fit(artifact, artifact_kind(artifact), [load_device(d) for d in device_names()]) if devices else {}
         release = ModelRegistry(root).register(artifact, name or model, load_private_key(key), tier, metrics, fit)
     except _registry_errors() as err:
         raise _fail(err) from None
@@ -417,7 +424,6 @@ def registry_verify(
     root: RootOpt = Path("registry"),
 ) -> None:
     """Check a release's signature and its blob's hash, as a device would."""
-    from racmkd.deploy.delta import sha256
     from racmkd.deploy.registry import ModelRegistry
     from racmkd.deploy.signing import load_public_key, verify
 
@@ -425,9 +431,7 @@ def registry_verify(
         registry = ModelRegistry(root)
         release = registry.release(name, version)
         verify(release.manifest, release.signature, load_public_key(public_key))
-        blob = registry.blob(release.sha256)
-        if sha256(blob) != release.manifest["sha256"]:
-            raise ValueError("blob does not match the manifest")
+        blob = registry.blob(release.manifest["sha256"])  # read back and hashed against the signed sha256
     except _registry_errors() as err:
         raise _fail(err) from None
     typer.echo(f"{name} v{release.version}: signature valid, {len(blob):,} bytes hash to {release.sha256}")

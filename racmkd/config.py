@@ -244,6 +244,7 @@ class ServeConfig:
     max_audio_seconds: float = 10.0
     fog_models: tuple[str, ...] = ("high", "medium")  # what the fog role serves (the first by default)
     upstreams: tuple[str, ...] = ()  # the edge's fog/cloud URLs, nearest first
+    upstream_token_env: str = ""  # environment variable with the upstreams' token, when they protect /predict
     upstream_timeout_s: float = 0.5
     upstream_retries: int = 1
     breaker_failures: int = 3
@@ -258,6 +259,7 @@ class ServeConfig:
     telemetry_buffer: int = 1000
     store_dir: str = ""  # the edge's installed releases; "" = <run>/device
     public_key: str = ""  # the fleet's Ed25519 public key (PEM) that updates must verify with
+    accept_releases: tuple[str, ...] = ()  # release names this device installs; () = any
 
 
 @dataclass(frozen=True)

@@ -343,3 +343,35 @@ def test_a_failing_recipe_leaves_nothing_half_written(compressed_run: Path, tmp_
         compress_students(cfg, prepare_data(cfg), run_dir, ["critical"], impossible)
     assert (run_dir / "compressed" / "critical" / "compression.json").read_text() == before
     assert not list((run_dir / "compressed").glob(".*"))
+
+
+def test_int8_weights_leave_headroom_for_kernels_that_saturate(tmp_path: Path) -> None:
+    """A convolution whose 8-bit weights sit at full scale and whose inputs reach the top of their
+    range overflows the 16-bit pairwise sums of x86 int8 kernels without VNNI; the shipped artifact
+    (7-bit weights) must match the float model wherever it runs."""
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from racmkd.compress.export import CONTRACT_KEY, session, set_metadata
+    from racmkd.compress.quantize import WEIGHT_QMAX, quantize_int8
+
+    rng = np.random.default_rng(0)
+    weight = np.sign(rng.standard_normal((8, 1, 3, 3))).astype(np.float32)  # every weight at +-max
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), helper.make_node("GlobalAveragePool", ["y"], ["p"]), helper.make_node("Flatten", ["p"], ["logits"])],
+        "saturating", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 8])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    set_metadata(model, {CONTRACT_KEY: json.dumps({"format": "racmkd-onnx/1", "inputs": {"x": {}}})})
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(model, fp32)
+    x = rng.uniform(0.0, 1.0, (256, 1, 8, 8)).astype(np.float32)
+    x[:, :, 2:6, 2:6] = 1.0  # patches at the top of the range
+    q = quantize_int8(fp32, tmp_path / "int8.onnx", {"x": x})
+    reference, quantized = session(fp32).run(["logits"], {"x": x})[0], session(q).run(["logits"], {"x": x})[0]
+    assert np.abs(quantized - reference).max() < 0.05 * np.abs(reference).max()
+    assert WEIGHT_QMAX < 127

@@ -238,6 +238,11 @@ def session(path: Path | bytes, threads: int = 1) -> ort.InferenceSession:
         raise ExportError(f"{path if isinstance(path, Path) else 'model'}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from None
 
 
+def zero_feed(sess: ort.InferenceSession) -> dict[str, np.ndarray]:
+    """Zero inputs of batch 1 for every input of a session (health checks, timing)."""
+    return {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], dtype=np.float32) for i in sess.get_inputs()}
+
+
 def onnx_logits(sess: ort.InferenceSession, specs: dict[str, Any], dataset: PairedDataset, split: str, limit: int = 0, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """Logits (N, K) of an ONNX session on a split (fixed corruption draws) and the labels (N,)."""
     names = [i.name for i in sess.get_inputs()]

@@ -2,11 +2,11 @@
 fine-tuning in PyTorch, and mixed precision chosen from measured per-layer sensitivity.
 
 The deployed arithmetic is always ONNX Runtime's QDQ format: signed int8 weights (symmetric, one
-scale per output channel) and signed int8 activations (one scale and zero point per tensor, from
-min-max calibration on training samples), around every Conv, Gemm and MatMul; the rest of the graph
-stays float. Quantization-aware training (QAT) fine-tunes the float weights while the forward pass
+scale per output channel, in 7 bits: see WEIGHT_QMAX) and signed int8 activations (one scale and
+zero point per tensor, from min-max calibration on training samples), around every Conv, Gemm and
+MatMul; the rest of the graph stays float. Quantization-aware training (QAT) fine-tunes the float weights while the forward pass
 rounds weights and layer inputs the same way (fake quantization with a straight-through gradient),
-then goes through the same ONNX Runtime path: its per-channel weight scales (max |w| / 127) are the
+then goes through the same ONNX Runtime path: its per-channel weight scales (max |w| / WEIGHT_QMAX) are the
 ones QAT trained under. torch.ao.quantization is deprecated, so nothing here builds on it.
 """
 
@@ -34,6 +34,14 @@ from racmkd.models.inference import BatchFeatures
 from racmkd.utils import atomic_write_bytes
 
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]  # the layers that carry weights and nearly all the arithmetic
+
+# Weights are quantized to 7 bits ([-63, 63]; ONNX Runtime's `reduce_range`). On x86 CPUs without
+# VNNI, ONNX Runtime's int8 kernels multiply u8 activations by s8 weights with an instruction whose
+# pairwise sums saturate at 16 bits; with full 8-bit weights the stem convolution of our audio
+# encoders overflows. Measured here (Xeon without VNNI, critical tier): argmax agreement with the
+# fp32 model 0.44 with 8-bit weights, 0.98 with 7-bit ones (0.99 when the QDQ graph is run
+# unfused, in float). A 7-bit artifact runs correctly on every CPU, so it is the only kind we ship.
+WEIGHT_QMAX = 63
 
 
 # Calibration data ----------------------------------------------------------------------------------
@@ -90,7 +98,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.nda
         try:
             quantize_static(
                 str(pre), str(quantized), _Feeder(calibration, names), quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS, per_channel=True,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(keep_float), nodes_to_quantize=only,
+                reduce_range=WEIGHT_QMAX < 127, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(keep_float), nodes_to_quantize=only,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )
         finally:
@@ -188,13 +196,13 @@ def choose_mixed_precision(sensitivity: list[LayerSensitivity], budget_bytes: in
 
 class _FakeQuantWeight(nn.Module):
     """Parametrization: the weight as int8 would hold it, symmetric, one scale per output channel
-    (max |w| / 127), with a straight-through gradient."""
+    (max |w| / WEIGHT_QMAX), with a straight-through gradient."""
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         flat = weight.detach().reshape(weight.shape[0], -1)
-        scale = (flat.abs().amax(dim=1) / 127.0).clamp_min(1e-8)
+        scale = (flat.abs().amax(dim=1) / WEIGHT_QMAX).clamp_min(1e-8)
         zero = torch.zeros(weight.shape[0], dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -127, 127)
+        return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -WEIGHT_QMAX, WEIGHT_QMAX)
 
 
 class _FakeQuantInput:

@@ -43,7 +43,7 @@ def make_delta(base: bytes, target: bytes, level: int = 19) -> bytes:
 
 
 def delta_header(delta: bytes) -> dict[str, object]:
-    """The delta's header (which base, which result)."""
+    """The delta's header (which base, which result), checked field by field."""
     line, sep, _ = delta.partition(b"\n")
     try:
         header = json.loads(line)
@@ -51,17 +51,26 @@ def delta_header(delta: bytes) -> dict[str, object]:
         header = None
     if not sep or not isinstance(header, dict) or header.get("format") != FORMAT:
         raise DeltaError(f"not a {FORMAT} delta")
+    for key in ("base_sha256", "target_sha256"):
+        if not isinstance(header.get(key), str) or len(header[key]) != 64:
+            raise DeltaError(f"delta header: {key} is not a sha256")
+    if not isinstance(header.get("window_log"), int) or not 10 <= header["window_log"] <= 31:
+        raise DeltaError("delta header: window_log must be an integer in [10, 31]")
     return header
 
 
-def apply_delta(base: bytes, delta: bytes) -> bytes:
+def apply_delta(base: bytes, delta: bytes, max_bytes: int | None = None) -> bytes:
     """`target` from `base` and the delta; raises DeltaError when the base is not the one the delta
-    was made from, or the result does not hash to the promised sha256."""
+    was made from, the result would exceed `max_bytes` (the size the signed manifest promises), or
+    it does not hash to the promised sha256."""
     header = delta_header(delta)
     if sha256(base) != header["base_sha256"]:
-        raise DeltaError(f"this delta applies to {header['base_sha256'][:12]}, not to the installed {sha256(base)[:12]}")
+        raise DeltaError(f"this delta applies to {str(header['base_sha256'])[:12]}, not to the installed {sha256(base)[:12]}")
     body = delta.partition(b"\n")[2]
     try:
+        size = zstd.frame_content_size(body)
+        if max_bytes is not None and (size < 0 or size > max_bytes):
+            raise DeltaError(f"the delta would produce {size} bytes, not the {max_bytes} promised")
         target = zstd.ZstdDecompressor(dict_data=zstd.ZstdCompressionDict(base, dict_type=zstd.DICT_TYPE_RAWCONTENT), max_window_size=2 ** int(header["window_log"])).decompress(body)
     except zstd.ZstdError as err:
         raise DeltaError(f"corrupted delta ({err})") from None

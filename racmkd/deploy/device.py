@@ -5,18 +5,20 @@
     <root>/state.json                 {"current": {manifest, signature}, "previous": {...}}
 
 An update arrives as a signed manifest and either the full bytes or a delta against what is
-installed. It is refused unless the signature verifies with the fleet's public key and the
-(patched) bytes hash to the manifest's sha256. It is unpacked beside the installed slots, checked
-(`health_check`: every ONNX graph loads in ONNX Runtime and answers finite logits), and only then
-made current by rewriting state.json atomically. Until that rename the previous release stays
-current; if anything fails after it, `rollback` makes the previous one current again. A device is
-never left without a working model.
+installed. It is refused unless the signature verifies with the fleet's public key, it is newer
+than the installed version of the same release (no downgrades or replays), and the (patched)
+bytes hash to the manifest's sha256. `stage` unpacks it beside the installed slots and checks it
+(`health_check`: every ONNX graph loads in ONNX Runtime and answers finite logits); the server
+then loads it for serving, and only then does `commit` make it current by rewriting state.json
+atomically. Until that rename the previous release stays current; `rollback` makes the previous
+one current again. A device is never left without a working model.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +60,7 @@ class Installed:
 
 def default_health_check(path: Path, kind: str) -> None:
     """Every ONNX graph of the release loads and answers finite logits on zero inputs."""
-    from racmkd.compress.export import session
+    from racmkd.compress.export import session, zero_feed
 
     files = [path] if kind == "onnx" else sorted(Path(path).glob("*.onnx"))
     if not files:
@@ -67,8 +69,7 @@ def default_health_check(path: Path, kind: str) -> None:
         json.loads((Path(path) / "bank.json").read_text())
     for f in files:
         sess = session(f)
-        feed = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], dtype=np.float32) for i in sess.get_inputs()}
-        out = sess.run(None, feed)[0]
+        out = sess.run(None, zero_feed(sess))[0]
         if not np.isfinite(out).all():
             raise UpdateFailed(f"{f.name}: the model answers non-finite logits")
 
@@ -76,9 +77,10 @@ def default_health_check(path: Path, kind: str) -> None:
 class DeviceStore:
     """The releases installed on one device and which is current."""
 
-    def __init__(self, root: Path, public_key: Any, health_check: Callable[[Path, str], None] = default_health_check, keep: int = 2) -> None:
-        self.root, self.public_key, self.health_check, self.keep = Path(root), public_key, health_check, keep
+    def __init__(self, root: Path, public_key: Any, health_check: Callable[[Path, str], None] = default_health_check, keep: int = 2, accept: tuple[str, ...] = ()) -> None:
+        self.root, self.public_key, self.health_check, self.keep, self.accept = Path(root), public_key, health_check, keep, tuple(accept)
         (self.root / "slots").mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
 
     # State ------------------------------------------------------------------------------------------
 
@@ -112,23 +114,30 @@ class DeviceStore:
         except SignatureError as err:
             raise UpdateRefused(str(err)) from None
 
-    def install(self, manifest: dict[str, Any], signature: str, payload: bytes, delta: bool = False) -> Installed:
-        """Verify, patch (a delta applies to the current release), check and make current."""
+    def stage(self, manifest: dict[str, Any], signature: str, payload: bytes, delta: bool = False) -> Installed:
+        """Verify, patch (a delta applies to the current release), unpack into a slot and
+        health-check it; nothing becomes current yet (`commit` does that). Refused: a bad signature,
+        an older version of the current release (a downgrade or a replay: use `rollback`), a
+        release name this device does not take, bytes that do not hash to the signed sha256."""
         self.verify(manifest, signature)
         current = self.current()
+        if self.accept and manifest.get("name") not in self.accept:
+            raise UpdateRefused(f"this device takes releases named {', '.join(self.accept)}, not {manifest.get('name')!r}")
+        if current is not None and manifest.get("name") == current.manifest["name"] and int(manifest.get("version", 0)) <= int(current.manifest["version"]):
+            raise UpdateRefused(f"{manifest['name']} v{manifest.get('version')} is not newer than the installed v{current.manifest['version']}: downgrades and replays are refused (roll back instead)")
         if delta:
             if current is None:
                 raise UpdateRefused("a delta needs an installed release to patch; send the full model")
             try:
-                data = apply_delta((current.slot / "release.bin").read_bytes(), payload)
-            except (DeltaError, OSError) as err:
+                data = apply_delta((current.slot / "release.bin").read_bytes(), payload, max_bytes=int(manifest["bytes"]))
+            except (DeltaError, OSError, KeyError, ValueError) as err:
                 raise UpdateRefused(f"delta refused: {err}") from None
         else:
             data = payload
         if sha256(data) != manifest["sha256"]:
             raise UpdateRefused(f"the model's bytes hash to {sha256(data)[:12]}, not the signed {manifest['sha256'][:12]}: tampered or damaged in transit")
         slot = self.root / "slots" / manifest["sha256"]
-        if not (current is not None and current.slot == slot):
+        if not (slot / "release.bin").is_file():
             partial = self.root / "slots" / f".{manifest['sha256']}.partial"
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir()
@@ -141,18 +150,36 @@ class DeviceStore:
                 raise UpdateFailed(f"{manifest['name']} v{manifest['version']} failed its health check ({type(err).__name__}: {err}); {current.label if current else 'nothing'} stays current") from None
             shutil.rmtree(slot, ignore_errors=True)
             partial.rename(slot)
-        entry = {"manifest": manifest, "signature": signature}
-        state = self._state()
-        atomic_write_json(self.root / "state.json", {"current": entry, "previous": state.get("current") if current is not None and current.slot != slot else state.get("previous")})
-        self._prune()
+        return Installed(manifest, signature, slot)
+
+    def commit(self, staged: Installed) -> Installed:
+        """Make a staged release current (one atomic rename of state.json); the one it replaces
+        becomes the previous release."""
+        with self._lock:
+            state = self._state()
+            current = state.get("current")
+            replaced = current if current and current["manifest"]["sha256"] != staged.manifest["sha256"] else state.get("previous")
+            atomic_write_json(self.root / "state.json", {"current": {"manifest": staged.manifest, "signature": staged.signature}, "previous": replaced})
+            self._prune()
         return self.current()  # type: ignore[return-value]
 
-    def rollback(self) -> Installed:
-        """Make the previous release current again (after a failure seen once serving)."""
+    def discard(self, staged: Installed) -> None:
+        """Remove a staged slot that will not be committed (unless a committed state names it)."""
         state = self._state()
-        if not state.get("previous"):
-            raise UpdateFailed("no previous release to roll back to")
-        atomic_write_json(self.root / "state.json", {"current": state["previous"], "previous": state.get("current")})
+        if staged.manifest["sha256"] not in {e["manifest"]["sha256"] for e in (state.get("current"), state.get("previous")) if e}:
+            shutil.rmtree(staged.slot, ignore_errors=True)
+
+    def install(self, manifest: dict[str, Any], signature: str, payload: bytes, delta: bool = False) -> Installed:
+        """`stage` then `commit`: for a device that needs no more checks than the health check."""
+        return self.commit(self.stage(manifest, signature, payload, delta))
+
+    def rollback(self) -> Installed:
+        """Make the previous release current again."""
+        with self._lock:
+            state = self._state()
+            if not state.get("previous"):
+                raise UpdateFailed("no previous release to roll back to")
+            atomic_write_json(self.root / "state.json", {"current": state["previous"], "previous": state.get("current")})
         return self.current()  # type: ignore[return-value]
 
     def _prune(self) -> None:

@@ -24,6 +24,10 @@ class UpstreamError(RuntimeError):
     """An upstream could not answer in time (down, slow, refusing, or its breaker is open)."""
 
 
+class InputRefused(UpstreamError):
+    """The upstream answered that the request's input is invalid (4xx): not the upstream's fault."""
+
+
 @dataclass
 class CircuitBreaker:
     """Closed: calls go through. After `failures_to_open` failures in a row it opens and calls are
@@ -114,12 +118,13 @@ class Upstream:
             reply = self.client().get("/health", timeout=self.timeout_s)
             reply.raise_for_status()
             health = reply.json()
-        except (httpx.HTTPError, ValueError):
+            accuracy = health.get("accuracy")
+            self.accuracy = float(accuracy) if accuracy is not None else self.accuracy
+            self.compute_ms = float(health.get("compute_ms_p50") or self.compute_ms)
+        except (httpx.HTTPError, ValueError, TypeError, AttributeError):
             self.breaker.failure()
             return False
         self.breaker.success()
-        self.accuracy = health.get("accuracy", self.accuracy)
-        self.compute_ms = float(health.get("compute_ms_p50") or self.compute_ms)
         self.link.observe((time.perf_counter() - started) * 1e3, 0.0, 0)
         return True
 
@@ -135,16 +140,17 @@ class Upstream:
             started = time.perf_counter()
             try:
                 reply = self.client().post("/predict", content=body, headers={"Content-Type": content_type}, timeout=min(self.timeout_s, remaining))
-                if reply.status_code >= 500:
+                if reply.status_code in (413, 415, 422):  # the input itself is wrong: the upstream is fine, retrying will not help
+                    raise InputRefused(f"{self.name}: refused the input (HTTP {reply.status_code}: {reply.text[:200]})")
+                if reply.status_code >= 400:  # down, overloaded, or it does not accept our token: count it against the upstream
                     raise UpstreamError(f"{self.name}: HTTP {reply.status_code}")
-                if reply.status_code >= 400:  # our request is wrong for it: no point in retrying
-                    self.breaker.success()
-                    raise UpstreamError(f"{self.name}: refused the request (HTTP {reply.status_code}: {reply.text[:200]})")
                 answer = reply.json()
+                if not isinstance(answer, dict):
+                    raise ValueError("the reply is not a JSON object")
+            except InputRefused:
+                raise
             except (httpx.HTTPError, ValueError, UpstreamError) as err:
                 last = err
-                if isinstance(err, UpstreamError) and "refused" in str(err):
-                    raise
                 self.breaker.failure()
                 pause = min(self.backoff_s * 2**attempt, max(deadline - time.monotonic(), 0.0))
                 if pause > 0:

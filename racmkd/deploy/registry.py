@@ -77,15 +77,23 @@ class Release:
         return {"name": self.name, "version": self.version, "kind": self.kind, "tier": self.tier, "modalities": self.modalities, "sha256": self.sha256, "bytes": self.bytes, "parent_version": self.parent_version, "metrics": self.metrics}
 
 
+def artifact_kind(path: Path) -> str:
+    """"onnx" for a model file, "bank" for a variant bank folder."""
+    path = Path(path)
+    if path.is_file():
+        return "onnx"
+    if (path / "bank.json").is_file():
+        return "bank"
+    raise RegistryError(f"{path}: neither an ONNX file nor a variant bank folder (no bank.json). Build one with `racmkd edge build`.")
+
+
 def pack(path: Path) -> tuple[bytes, str]:
     """The bytes to release for an artifact and its kind: an ONNX file as it is, a variant bank
     folder as a deterministic tar (sorted names, no times or owners), so equal content gives an
     equal hash and small changes give small deltas."""
     path = Path(path)
-    if path.is_file():
+    if artifact_kind(path) == "onnx":
         return path.read_bytes(), "onnx"
-    if not (path / "bank.json").is_file():
-        raise RegistryError(f"{path}: neither an ONNX file nor a variant bank folder (no bank.json). Build one with `racmkd edge build`.")
     files = sorted({f for pattern in BANK_FILES for f in path.glob(pattern)})
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -170,6 +178,7 @@ class ModelRegistry:
         facts = artifact_facts(artifact, kind)
         digest = self.put_blob(data)
         with closing(self._connect()) as db, db:
+            db.execute("BEGIN IMMEDIATE")  # two registrations of one name cannot take the same version
             row = db.execute("SELECT version, sha256 FROM releases WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)).fetchone()
             version = (row[0] + 1) if row else 1
             manifest = {

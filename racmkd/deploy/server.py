@@ -21,6 +21,7 @@ Edge only, with the management token (Authorization: Bearer <token>):
 
 from __future__ import annotations
 
+import hmac
 import io
 import json
 import logging
@@ -29,6 +30,7 @@ import statistics
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,9 +38,10 @@ from typing import Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from racmkd.config import RunConfig, ServeConfig
 from racmkd.registry import MODALITIES
@@ -50,6 +53,8 @@ NPZ = "application/x-npz"
 
 class PredictRequest(BaseModel):
     """One sample's raw inputs; either may be missing."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt or unknown input is an error, not ignored
 
     image: list[list[float]] | None = Field(None, description="28x28 grey image, 0-255 or 0-1")
     audio: list[float] | None = Field(None, description="mono waveform")
@@ -83,23 +88,34 @@ def parse_request(body: bytes, content_type: str, settings: ServeConfig, modalit
         raise HTTPException(413, f"request body of {len(body):,} bytes exceeds the limit of {settings.max_body_bytes:,}")
     kind = content_type.split(";")[0].strip().lower()
     if kind == NPZ:
+        limit = 8 * int(settings.max_audio_seconds * 192000) + 2**16  # the largest array a request may hold, decompressed
         try:
             with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+                for info in archive.zip.infolist():
+                    if info.file_size > limit:
+                        raise HTTPException(413, f"{info.filename}: {info.file_size:,} bytes once decompressed, more than {limit:,}")
                 arrays = {k: archive[k] for k in archive.files}
+        except HTTPException:
+            raise
         except Exception as err:  # noqa: BLE001 - numpy raises many kinds on garbage
             raise HTTPException(422, f"body is not a readable .npz archive ({type(err).__name__})") from None
-        meta = {k: arrays.pop(k) for k in ("sample_rate", "latency_target_ms") if k in arrays}
-        model = arrays.pop("model", None)
-        sample_rate = int(meta["sample_rate"]) if "sample_rate" in meta else 8000
-        target = float(meta["latency_target_ms"]) if "latency_target_ms" in meta else None
-        model_name = str(model) if model is not None else None
+        meta = {k: arrays.pop(k) for k in ("sample_rate", "latency_target_ms", "model") if k in arrays}
+        try:
+            sample_rate = int(meta["sample_rate"].item()) if "sample_rate" in meta else 8000
+            target = float(meta["latency_target_ms"].item()) if "latency_target_ms" in meta else None
+            model_name = str(meta["model"].item()) if "model" in meta else None
+        except (ValueError, TypeError) as err:
+            raise HTTPException(422, f"sample_rate, latency_target_ms and model must be single values ({err})") from None
     elif kind in ("application/json", ""):
         try:
             request = PredictRequest.model_validate_json(body or b"{}")
         except ValidationError as err:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()[:5])
             raise HTTPException(422, f"invalid JSON request: {problems}") from None
-        arrays = {m: (np.asarray(getattr(request, m), dtype=np.float32) if getattr(request, m, None) is not None else None) for m in ("image", "audio")}
+        try:
+            arrays = {m: (np.asarray(getattr(request, m), dtype=np.float32) if getattr(request, m, None) is not None else None) for m in ("image", "audio")}
+        except ValueError as err:  # ragged lists
+            raise HTTPException(422, f"an input is not a rectangular array ({err})") from None
         sample_rate, target, model_name = request.sample_rate, request.latency_target_ms, request.model
     else:
         raise HTTPException(415, f"unsupported Content-Type {kind!r}; send application/json or {NPZ}")
@@ -202,6 +218,28 @@ class ModelService(Service):
         return {"model": self.default, "accuracy": self.accuracy.get(self.default), "models": [{"name": n, "uses": p.modalities, "test_accuracy": self.accuracy.get(n)} for n, p in self.predictors.items()]}
 
 
+@dataclass(frozen=True)
+class Engine:
+    """What the edge serves with: an EdgeRuntime over a bank, or one ONNX model; swapped whole."""
+
+    runtime: Any
+    label: str
+    accuracy: float | None  # of a single ONNX model (its release's metrics); a runtime knows its own
+
+    @property
+    def adaptive(self) -> bool:
+        from racmkd.runtime.edge import EdgeRuntime
+
+        return isinstance(self.runtime, EdgeRuntime)
+
+    def modalities(self) -> list[str]:
+        return list(self.runtime.modalities) if self.adaptive else list(self.runtime.specs)
+
+    def close(self) -> None:
+        if self.adaptive:
+            self.runtime.close()
+
+
 class EdgeService(Service):
     """The resource-aware runtime, offloading, OTA updates and telemetry."""
 
@@ -216,12 +254,15 @@ class EdgeService(Service):
         self.cfg, self.run_dir, self.settings = cfg, Path(run_dir), settings
         self.monitor = monitor or ResourceMonitor(SystemSource(), cfg.runtime.monitor).start()
         self.store = self._store()
-        self.engine, self.engine_label = self._engine()
+        self._updating = threading.Lock()  # one deploy or rollback at a time
+        self.engine = self._startup_engine()
+        upstream_token = os.environ.get(settings.upstream_token_env) if settings.upstream_token_env else None
         self.upstreams = [
-            Upstream(f"upstream{i}", url.rstrip("/"), settings.upstream_timeout_s, settings.upstream_retries, breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s))
+            Upstream(f"upstream{i}", url.rstrip("/"), settings.upstream_timeout_s, settings.upstream_retries, token=upstream_token, breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s))
             for i, url in enumerate(settings.upstreams)
         ]
         self.offloads: dict[str, int] = {}
+        self.requests = 0
         self.telemetry = None
         if settings.mqtt_host:
             from racmkd.deploy.telemetry import TelemetryPublisher
@@ -239,79 +280,85 @@ class EdgeService(Service):
         from racmkd.deploy.device import DeviceStore
         from racmkd.deploy.signing import load_public_key
 
-        return DeviceStore(Path(self.settings.store_dir or self.run_dir / "device"), load_public_key(Path(self.settings.public_key)))
+        return DeviceStore(Path(self.settings.store_dir or self.run_dir / "device"), load_public_key(Path(self.settings.public_key)), accept=self.settings.accept_releases)
 
-    def _engine(self) -> tuple[Any, str]:
-        """The runtime for the installed release (a bank, or one ONNX model), else the run's bank."""
-        installed = self.store.current() if self.store is not None else None
-        if installed is not None:
-            return self._load(installed.model_path, installed.manifest["kind"]), installed.label
-        return self._load(self.run_dir / "edge", "bank"), f"{self.run_dir.name}/edge"
+    def _startup_engine(self) -> Engine:
+        """The installed release; if it cannot be served, the previous one; else the run's bank."""
+        candidates = [self.store.current(), self.store.previous()] if self.store is not None else []
+        for installed in candidates:
+            if installed is None:
+                continue
+            try:
+                return self._load(installed)
+            except Exception as err:  # noqa: BLE001 - a release that no longer loads must not stop the device
+                log.error("installed release %s does not load (%s); trying the next", installed.label, err)
+        return Engine(self._runtime(self.run_dir / "edge", "bank"), f"{self.run_dir.name}/edge", None)
 
-    def _load(self, path: Path, kind: str) -> Any:
+    def _runtime(self, path: Path, kind: str) -> Any:
         from racmkd.runtime.edge import EdgeRuntime
         from racmkd.runtime.predictor import OnnxPredictor
         from racmkd.runtime.variants import load_bank
 
-        if kind == "onnx":
-            return OnnxPredictor(path)
-        return EdgeRuntime(load_bank(path), self.cfg.runtime, self.monitor)
+        return OnnxPredictor(path) if kind == "onnx" else EdgeRuntime(load_bank(path), self.cfg.runtime, self.monitor)
+
+    def _load(self, installed: Any) -> Engine:
+        return Engine(self._runtime(installed.model_path, installed.manifest["kind"]), installed.label, installed.manifest.get("metrics", {}).get("accuracy"))
 
     def modalities(self) -> list[str]:
-        from racmkd.runtime.edge import EdgeRuntime
-
-        return list(self.engine.modalities) if isinstance(self.engine, EdgeRuntime) else list(self.engine.specs)
+        return self.engine.modalities()
 
     # Requests ----------------------------------------------------------------------------------------
 
-    def local_expectation(self) -> tuple[float, float]:
+    def local_expectation(self, engine: Engine | None = None) -> tuple[float, float]:
         """Expected accuracy and latency (ms, under the present load) of answering here."""
-        from racmkd.runtime.edge import EdgeRuntime
-
-        if isinstance(self.engine, EdgeRuntime):
-            return self.engine.current.utility, self.engine.current.costs.latency_ms * self.engine.budget.slowdown
-        return 0.0, self.compute_ms_p50() or 0.0
+        engine = engine or self.engine
+        if engine.adaptive:
+            return engine.runtime.current.utility, engine.runtime.current.costs.latency_ms * engine.runtime.budget.slowdown
+        return engine.accuracy or 0.0, self.compute_ms_p50() or 0.0
 
     def answer(self, inputs: Inputs, body: bytes, content_type: str) -> PredictResponse:
         from racmkd.deploy.offload import UpstreamError, choose_route
-        from racmkd.runtime.edge import EdgeRuntime, NoVariantError
+        from racmkd.runtime.edge import NoVariantError
 
+        engine = self.engine  # one engine for the whole request, whatever a deploy swaps meanwhile
+        self.requests += 1
         target = inputs.target_ms or self.cfg.runtime.latency_target_ms
         fallbacks: list[str] = []
         if self.upstreams:
-            accuracy, local_ms = self.local_expectation()
+            accuracy, local_ms = self.local_expectation(engine)
             route = choose_route(accuracy, local_ms, target, self.upstreams, len(body), self.settings.offload_margin)
             if route.target != "local":
                 upstream = next(u for u in self.upstreams if u.name == route.target)
                 started = time.perf_counter()
+                budget_s = max((target - local_ms) / 1e3, 0.001)  # leave the local answer its time
                 try:
-                    reply = upstream.predict(body, content_type, time.monotonic() + max(target / 1e3, upstream.timeout_s))
+                    reply = upstream.predict(body, content_type, time.monotonic() + budget_s)
+                    answer = PredictResponse(**{**reply, "offloaded": True, "route": route.reason, "compute_ms": (time.perf_counter() - started) * 1e3, "served_by": f"{upstream.name}:{reply.get('served_by')}"})
                     self.offloads[upstream.name] = self.offloads.get(upstream.name, 0) + 1
-                    ms = (time.perf_counter() - started) * 1e3
-                    return PredictResponse(**{**reply, "offloaded": True, "route": route.reason, "compute_ms": ms, "served_by": f"{upstream.name}:{reply.get('served_by')}"})
-                except UpstreamError as err:
-                    fallbacks.append(f"offload failed, answered locally: {err}")
+                    return answer
+                except (UpstreamError, ValidationError, TypeError) as err:
+                    fallbacks.append(f"offload failed, answered locally: {str(err).splitlines()[0]}")
         started = time.perf_counter()
+        image, audio = _image_for(inputs.arrays.get("image")), inputs.arrays.get("audio")
         try:
-            if isinstance(self.engine, EdgeRuntime):
-                answer = self.engine.predict(image=_image_for(inputs.arrays.get("image")), audio=inputs.arrays.get("audio"), sample_rate=inputs.sample_rate)
-                label, probs, variants, fallbacks = answer.label, answer.probabilities, answer.variants, fallbacks + answer.fallbacks
+            if engine.adaptive:
+                result = engine.runtime.predict(image=image, audio=audio, sample_rate=inputs.sample_rate)
+                label, probs, variants, fallbacks = result.label, result.probabilities, result.variants, fallbacks + result.fallbacks
             else:
-                label, probs = self.engine.predict(image=_image_for(inputs.arrays.get("image")), audio=inputs.arrays.get("audio"), sample_rate=inputs.sample_rate)
-                variants = [self.engine_label]
+                label, probs = engine.runtime.predict(image=image, audio=audio, sample_rate=inputs.sample_rate)
+                variants = [engine.label]
         except (ValueError, TypeError, NoVariantError) as err:
             raise HTTPException(422, str(err)) from None
         ms = (time.perf_counter() - started) * 1e3
         self.compute_ms.append(ms)
-        return PredictResponse(label=label, probabilities=np.asarray(probs).tolist(), served_by=f"edge:{self.settings.device}", model=self.engine_label, variants=variants, compute_ms=ms, fallbacks=fallbacks)
+        return PredictResponse(label=label, probabilities=np.asarray(probs).tolist(), served_by=f"edge:{self.settings.device}", model=engine.label, variants=variants, compute_ms=ms, fallbacks=fallbacks)
 
     def describe(self) -> dict[str, Any]:
-        from racmkd.runtime.edge import EdgeRuntime
-
-        state = self.engine.state() if isinstance(self.engine, EdgeRuntime) else {"configuration": self.engine_label}
-        accuracy, local_ms = self.local_expectation()
+        engine = self.engine
+        state = engine.runtime.state() if engine.adaptive else {"configuration": engine.label}
+        accuracy, local_ms = self.local_expectation(engine)
         return {
-            "model": self.engine_label, "accuracy": accuracy, "expected_latency_ms": local_ms, "runtime": state,
+            "model": engine.label, "accuracy": accuracy, "expected_latency_ms": local_ms, "runtime": state,
             "upstreams": [{"name": u.name, "url": u.url, "breaker": u.state(), "rtt_ms": u.link.rtt_ms, "accuracy": u.accuracy} for u in self.upstreams],
             "offloads": dict(self.offloads), "telemetry": self.telemetry.stats() if self.telemetry else None,
         }
@@ -319,38 +366,50 @@ class EdgeService(Service):
     # Updates -------------------------------------------------------------------------------------------
 
     def deploy(self, manifest: dict[str, Any], signature: str, payload: bytes, delta: bool) -> dict[str, Any]:
-        """Install a release and serve it; if it cannot be served, roll back to what was."""
+        """Stage a release (verify, patch, health-check), load it for serving, and only then make it
+        current; a release that cannot be served is discarded and nothing changes."""
         from racmkd.deploy.device import UpdateFailed, UpdateRefused
 
         if self.store is None:
             raise HTTPException(409, "this edge has no public key configured (serve.public_key): it accepts no updates")
-        try:
-            installed = self.store.install(manifest, signature, payload, delta)
-        except UpdateRefused as err:
-            raise HTTPException(422, f"update refused: {err}") from None
-        except UpdateFailed as err:
-            raise HTTPException(409, str(err)) from None
-        try:
-            engine = self._load(installed.model_path, installed.manifest["kind"])
-        except Exception as err:  # noqa: BLE001 - the new release does not serve: back to the old one
-            self.store.rollback()
-            raise HTTPException(409, f"{installed.label} installed but could not be served ({type(err).__name__}: {err}); rolled back") from None
-        old, self.engine, self.engine_label = self.engine, engine, installed.label
-        if hasattr(old, "close"):
-            old.close()
+        with self._updating:
+            try:
+                staged = self.store.stage(manifest, signature, payload, delta)
+            except UpdateRefused as err:
+                raise HTTPException(422, f"update refused: {err}") from None
+            except UpdateFailed as err:
+                raise HTTPException(409, str(err)) from None
+            try:
+                engine = self._load(staged)
+            except Exception as err:  # noqa: BLE001 - it does not serve: the current release stays
+                self.store.discard(staged)
+                raise HTTPException(409, f"{staged.label} could not be served ({type(err).__name__}: {err}); {self.engine.label} stays") from None
+            installed = self.store.commit(staged)
+            old, self.engine = self.engine, engine
+        old.close()
         return {"installed": installed.label, "delta": delta, "status": self.store.status()}
 
     def rollback(self) -> dict[str, Any]:
+        """Serve the previous release again (loaded first; the state changes only if it serves)."""
         from racmkd.deploy.device import UpdateFailed
 
         if self.store is None:
             raise HTTPException(409, "this edge has no release store")
-        try:
-            installed = self.store.rollback()
-            engine = self._load(installed.model_path, installed.manifest["kind"])
-        except UpdateFailed as err:
-            raise HTTPException(409, str(err)) from None
-        self.engine, self.engine_label = engine, installed.label
+        with self._updating:
+            previous = self.store.previous()
+            if previous is None:
+                raise HTTPException(409, "no previous release to roll back to")
+            try:
+                engine = self._load(previous)
+            except Exception as err:  # noqa: BLE001
+                raise HTTPException(409, f"the previous release {previous.label} could not be served ({type(err).__name__}: {err}); nothing changed") from None
+            try:
+                installed = self.store.rollback()
+            except UpdateFailed as err:
+                engine.close()
+                raise HTTPException(409, str(err)) from None
+            old, self.engine = self.engine, engine
+        old.close()
         return {"current": installed.label}
 
     # Background: upstream probes and telemetry ------------------------------------------------------------
@@ -358,23 +417,25 @@ class EdgeService(Service):
     def _background(self) -> None:
         last_probe = 0.0
         while not self._stop.wait(self.settings.telemetry_interval_s if self.telemetry else 1.0):
-            now = time.monotonic()
-            if self.upstreams and now - last_probe >= self.settings.probe_interval_s:
-                last_probe = now
-                for up in self.upstreams:
-                    up.probe()
-            if self.telemetry is not None:
-                self.publish_telemetry()
+            try:
+                now = time.monotonic()
+                if self.upstreams and now - last_probe >= self.settings.probe_interval_s:
+                    last_probe = now
+                    for up in self.upstreams:
+                        up.probe()
+                if self.telemetry is not None:
+                    self.publish_telemetry()
+            except Exception:  # noqa: BLE001 - probes and telemetry must outlive any one failure
+                log.exception("edge background work failed; going on")
 
     def publish_telemetry(self) -> None:
-        from racmkd.runtime.edge import EdgeRuntime
-
         assert self.telemetry is not None
-        if isinstance(self.engine, EdgeRuntime):
-            state = self.engine.state()
+        engine = self.engine
+        if engine.adaptive:
+            state = engine.runtime.state()
             self.telemetry.publish("resources", {"level": state["level"], "readings": state["resources"], "budget": state["budget"]})
             self.telemetry.publish("variant", {"configuration": state["configuration"], "variants": state["variants"], "pid": state["pid"], "failed": state["failed"]})
-        self.telemetry.publish("stats", {"requests": len(self.compute_ms), "compute_ms_p50": self.compute_ms_p50(), "offloads": dict(self.offloads), "model": self.engine_label})
+        self.telemetry.publish("stats", {"requests": self.requests, "compute_ms_p50": self.compute_ms_p50(), "offloads": dict(self.offloads), "model": engine.label})
 
     def close(self) -> None:
         self._stop.set()
@@ -400,12 +461,6 @@ def build_service(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfi
 # The app -------------------------------------------------------------------------------------------------
 
 
-async def raw_body(request: Request) -> bytes:
-    """The request body as sent (JSON or .npz), for parsing and for forwarding upstream."""
-    return await request.body()
-
-
-
 def create_app(service: Service, settings: ServeConfig, token: str | None = None) -> FastAPI:
     """The HTTP face of a service."""
     @asynccontextmanager
@@ -425,13 +480,32 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
     buffered = Gauge("racmkd_telemetry_buffered", "Telemetry messages waiting for the broker", registry=registry) if edge else None
     started_at = time.time()
 
-    def require(request: Request, needed: bool) -> None:
-        if not needed:
-            return
+    bearer = HTTPBearer(auto_error=False, description=f"the management token (${settings.token_env})")
+
+    def check(credentials: HTTPAuthorizationCredentials | None) -> None:
         if not token:
             raise HTTPException(403, f"no management token is configured (set ${settings.token_env}); this endpoint is disabled")
-        if request.headers.get("authorization", "") != f"Bearer {token}":
-            raise HTTPException(401, "missing or wrong token (Authorization: Bearer <token>)")
+        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong token (Authorization: Bearer <token>)", headers={"WWW-Authenticate": "Bearer"})
+
+    def management(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        check(credentials)
+
+    async def body_of(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> bytes:
+        """The request body as sent (JSON or .npz), for parsing and forwarding; the token is checked
+        first when inference is protected, and the body is read no further than the size limit."""
+        if settings.protect_inference:
+            check(credentials)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
+            raise HTTPException(413, f"request body of {int(declared):,} bytes exceeds the limit of {settings.max_body_bytes:,}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > settings.max_body_bytes:
+                raise HTTPException(413, f"request body exceeds the limit of {settings.max_body_bytes:,} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, err: Exception) -> JSONResponse:  # nothing crashes the server
@@ -442,8 +516,7 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
     schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")}, NPZ: {"schema": {"type": "string", "format": "binary", "description": "np.savez archive: arrays image and/or audio, optional sample_rate, latency_target_ms"}}}}}
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=schema, responses={413: {"description": "too large"}, 415: {"description": "unsupported content type"}, 422: {"description": "invalid input"}})
-    def predict(request: Request, body: bytes = Depends(raw_body)) -> PredictResponse:
-        require(request, settings.protect_inference)
+    def predict(request: Request, body: bytes = Depends(body_of)) -> PredictResponse:
         started = time.perf_counter()
         try:
             inputs = parse_request(body, request.headers.get("content-type", "application/json"), settings, service.modalities())
@@ -484,21 +557,19 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
 
     if isinstance(service, EdgeService):
 
-        @app.post("/deploy")
-        def deploy(request: Request, manifest: str = Form(...), signature: str = Form(...), delta: bool = Form(False), payload: UploadFile = File(...)) -> dict[str, Any]:
-            require(request, True)
+        @app.post("/deploy", dependencies=[Depends(management)], responses={401: {"description": "missing or wrong token"}, 403: {"description": "no token configured"}, 409: {"description": "failed its health check or could not be served; nothing changed"}, 422: {"description": "refused: signature, hash, downgrade, delta"}})
+        def deploy(manifest: str = Form(...), signature: str = Form(...), delta: bool = Form(False), payload: UploadFile = File(...)) -> dict[str, Any]:
             try:
                 parsed = json.loads(manifest)
             except ValueError:
                 raise HTTPException(422, "manifest: not JSON") from None
             return service.deploy(parsed, signature, payload.file.read(), delta)
 
-        @app.post("/rollback")
-        def rollback(request: Request) -> dict[str, Any]:
-            require(request, True)
+        @app.post("/rollback", dependencies=[Depends(management)], responses={401: {"description": "missing or wrong token"}, 409: {"description": "nothing to roll back to"}})
+        def rollback() -> dict[str, Any]:
             return service.rollback()
 
-        @app.get("/deployment")
+        @app.get("/deployment", dependencies=[Depends(management)], responses={401: {"description": "missing or wrong token"}})
         def deployment() -> dict[str, Any]:
             return service.store.status() if service.store is not None else {"current": None, "previous": None}
 

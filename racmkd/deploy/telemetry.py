@@ -31,6 +31,9 @@ KINDS = ("status", "resources", "variant", "stats")
 def topic(fleet: str, device: str, kind: str) -> str:
     if kind not in KINDS:
         raise ValueError(f"unknown telemetry kind {kind!r}; choose one of {', '.join(KINDS)}")
+    for label, name in (("fleet", fleet), ("device", device)):
+        if not name or any(c in name for c in "/+#"):
+            raise ValueError(f"{label} name {name!r} cannot be part of an MQTT topic (empty, or holds / + #)")
     return f"racmkd/{fleet}/{device}/{kind}"
 
 
@@ -47,6 +50,7 @@ class TelemetryPublisher:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"racmkd-{fleet}-{device}", clean_session=True)
         self.client.will_set(topic(fleet, device, "status"), json.dumps({"online": False, "device": device, "reason": "connection lost"}), qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self.client.max_queued_messages_set(buffer_size)  # paho's own queue is bounded too
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.connect_async(host, port, keepalive=keepalive_s)
@@ -88,7 +92,10 @@ class TelemetryPublisher:
     def close(self, offline: bool = True) -> None:
         """Disconnect cleanly (publishing an offline status first), stop the network thread."""
         if offline and self.connected.is_set():
-            self.client.publish(topic(self.fleet, self.device, "status"), json.dumps({"online": False, "device": self.device, "reason": "shut down"}), qos=1, retain=True).wait_for_publish(2.0)
+            try:
+                self.client.publish(topic(self.fleet, self.device, "status"), json.dumps({"online": False, "device": self.device, "reason": "shut down"}), qos=1, retain=True).wait_for_publish(2.0)
+            except (RuntimeError, ValueError):
+                pass  # the broker went away meanwhile: its last-will message says offline anyway
         self.client.disconnect()
         self.client.loop_stop()
 

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from racmkd.compress.export import read_contract, session
+from racmkd.compress.export import read_contract, session, zero_feed
 from racmkd.eval.cost import estimated_energy_joules, latency_ms, percentiles
 from racmkd.resources.devices import DeviceProfile
 from racmkd.utils import atomic_write_json, progress
@@ -340,7 +340,7 @@ def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measur
     }
     if measure_here:
         sess = session(path)
-        feed = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], dtype=np.float32) for i in sess.get_inputs()}
+        feed = zero_feed(sess)
         timed = percentiles([_time_once(sess, feed) for _ in range(220)][20:])
         result["this_machine"] = {
             "host": model.host,

@@ -363,9 +363,11 @@ class EdgeRuntime:
         }
 
     def close(self) -> None:
+        """Stop following the monitor. Sessions go with the runtime once nothing uses it (a request
+        still running on a replaced runtime finishes on its sessions)."""
         if self._unsubscribe is not None:
             self._unsubscribe()
-        self._sessions.clear()
+            self._unsubscribe = None
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
