@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -17,6 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 T = TypeVar("T")
+
+
+def sha256(data: bytes) -> str:
+    """Hex sha256 of some bytes (datasets, releases, deltas are all checked by it)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -23,7 +23,8 @@ from fastapi.testclient import TestClient
 from onnx import numpy_helper
 
 from racmkd.config import ServeConfig, load_config
-from racmkd.deploy.delta import DeltaError, apply_delta, make_delta, sha256
+from racmkd.deploy.delta import DeltaError, apply_delta, make_delta
+from racmkd.utils import sha256
 from racmkd.deploy.device import DeviceStore, UpdateFailed, UpdateRefused
 from racmkd.deploy.orchestrator import device_fit, plan, push
 from racmkd.deploy.registry import ModelRegistry, RegistryError, pack

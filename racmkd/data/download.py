@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import hashlib
 import shutil
 import tarfile
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 from racmkd.data.fsdd import FSDD_RECORDINGS_SHA256, NAME, recordings_digest
 from racmkd.data.mnist import MNIST_SHA256
 from racmkd.data.paths import DataError
-from racmkd.utils import atomic_write_bytes, byte_progress
+from racmkd.utils import atomic_write_bytes, byte_progress, sha256
 
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",  # the mirror torchvision uses
@@ -53,9 +52,9 @@ def download_mnist(root: Path, mirrors: Sequence[str] = MNIST_MIRRORS, expected:
     its sha256 (of the decompressed content) before it is kept."""
     target = root / "mnist"
     saved = []
-    for name, sha256 in expected.items():
+    for name, wanted in expected.items():
         path = target / f"{name}.gz"
-        if path.exists() and _sha256(_gunzip(path.read_bytes(), path)) == sha256:
+        if path.exists() and sha256(_gunzip(path.read_bytes(), path)) == wanted:
             saved.append(path)
             continue
         errors = []
@@ -63,12 +62,12 @@ def download_mnist(root: Path, mirrors: Sequence[str] = MNIST_MIRRORS, expected:
             url = mirror.rstrip("/") + f"/{name}.gz"
             try:
                 data = fetch(url)
-                digest = _sha256(_gunzip(data, Path(url)))
+                digest = sha256(_gunzip(data, Path(url)))
             except DataError as err:
                 errors.append(str(err))
                 continue
-            if digest != sha256:
-                errors.append(f"{url}: sha256 {digest}, expected {sha256}")
+            if digest != wanted:
+                errors.append(f"{url}: sha256 {digest}, expected {wanted}")
                 continue
             atomic_write_bytes(path, data)
             saved.append(path)
@@ -114,8 +113,3 @@ def _gunzip(data: bytes, source: Path) -> bytes:
         return gzip.decompress(data)
     except (OSError, EOFError) as err:
         raise DataError(f"{source}: not a valid gzip file ({err})") from None
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-

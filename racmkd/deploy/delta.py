@@ -12,21 +12,18 @@ checks both, so a corrupted or misapplied delta is refused instead of installed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 
 import zstandard as zstd
+
+from racmkd.utils import sha256
 
 FORMAT = "racmkd-delta/1"
 
 
 class DeltaError(ValueError):
     """A delta is malformed, meant for another base, or does not produce the promised bytes."""
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _window_log(base: bytes, target: bytes) -> int:

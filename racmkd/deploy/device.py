@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from racmkd.deploy.delta import DeltaError, apply_delta, sha256
+from racmkd.deploy.delta import DeltaError, apply_delta
+from racmkd.utils import sha256
 from racmkd.deploy.registry import MANIFEST_FORMAT, unpack
 from racmkd.deploy.signing import SignatureError, verify
 from racmkd.utils import atomic_write_json

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from racmkd.deploy.delta import make_delta, sha256
+from racmkd.deploy.delta import make_delta
+from racmkd.utils import sha256
 from racmkd.deploy.signing import sign
 from racmkd.utils import atomic_write_bytes
 
