@@ -170,7 +170,7 @@ def soak(bank: Any, dataset: Any, runtime_cfg: Any, minutes: float) -> dict[str,
         runtime = EdgeRuntime(bank, runtime_cfg, monitor)
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        result = serve_split(runtime, dataset, minutes * 60.0, rate_hz=10_000.0)
+        result = serve_split(runtime, dataset, minutes * 60.0, rate_hz=10_000.0, keep_records=False)  # the harness keeps no per-request history
         stop.set()
         sampler.join()
     warm = [s for s in samples if s[0] >= min(60.0, minutes * 60.0 / 4)]

@@ -419,6 +419,11 @@ def test_hysteresis_steps_down_at_once_and_up_only_after_the_window() -> None:
         assert current.config == (cheap,) and "pending" in why
     current, why = h.choose(1.25, current, allocator, Budget(5.0), (1.0,))
     assert current.config == (rich,) and why.startswith("step up")
+    # Nothing fits: a fallback, marked so; when something fits again it is left at once, no window.
+    current, why = h.choose(1.3, current, allocator, Budget(0.5), (1.0,))
+    assert current.config == (cheap,) and not current.feasible
+    current, why = h.choose(1.35, current, allocator, Budget(5.0), (1.0,))
+    assert current.config == (rich,) and why.startswith("recover at once")
 
 
 def test_latency_controller_shrinks_the_budget_when_requests_run_late() -> None:

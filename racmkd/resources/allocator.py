@@ -231,7 +231,8 @@ class Allocator:
 @dataclass
 class Hysteresis:
     """Step down at once when the current configuration no longer fits; step up only when a better
-    one has fitted with `margin` to spare on every resource for `window_s` seconds."""
+    one has fitted with `margin` to spare on every resource for `window_s` seconds; leave a fallback
+    (chosen when nothing fitted) at once when something fits again."""
 
     margin: float = 0.2
     window_s: float = 1.0
@@ -252,6 +253,9 @@ class Hysteresis:
                 return current_now, "over budget, nothing cheaper fits"
             why = "a variant failed" if uses_excluded else f"over budget on {', '.join(current_costs.over(budget))}"
             return best, f"step down at once: {why}"
+        if not current.feasible and best.feasible and best.config != current.config:
+            self._pending = None  # a fallback chosen when nothing fitted is no state to hold on to
+            return best, "recover at once: a configuration fits again"
         up = allocator.solve(budget, weights, exclude, slack=self.margin)
         if not up.feasible or up.utility <= current_now.utility + 1e-9 or up.config == current.config:
             self._pending = None

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,12 +258,14 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
     plt.close(fig)
 
 
-def serve_split(runtime: EdgeRuntime, dataset: Any, seconds: float, rate_hz: float, split: str = "test", on_request: Callable[[int, Answer], None] | None = None) -> dict[str, Any]:
+def serve_split(runtime: EdgeRuntime, dataset: Any, seconds: float, rate_hz: float, split: str = "test", on_request: Callable[[int, Answer], None] | None = None, keep_records: bool = True) -> dict[str, Any]:
     """Serve a split's samples (raw, with the protocol's degradations) at `rate_hz` for `seconds`
-    of wall time, as a device would see them; returns per-request records and a summary."""
+    of wall time, as a device would see them; returns per-request records and a summary. Without
+    `keep_records` only the last 10,000 records are kept (a soak run watches memory)."""
     n = len(dataset.splits[split])
     target = runtime.config.latency_target_ms
-    records: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] | deque[dict[str, Any]] = [] if keep_records else deque(maxlen=10_000)
+    counts = {"requests": 0, "correct": 0, "in_time": 0, "slo": 0, "unanswered": 0}
     started = time.perf_counter()
     i = 0
     while time.perf_counter() - started < seconds:
@@ -278,6 +280,12 @@ def serve_split(runtime: EdgeRuntime, dataset: Any, seconds: float, rate_hz: flo
         except NoVariantError as err:
             answer = Answer(-1, np.zeros(0), [], float("nan"), [str(err)])
         label = int(dataset.splits[split].labels[row[0]])
+        correct, in_time = answer.label == label, answer.latency_ms <= target
+        counts["requests"] += 1
+        counts["correct"] += correct
+        counts["in_time"] += in_time
+        counts["slo"] += correct and in_time
+        counts["unanswered"] += not answer.variants
         records.append({
             "t": round(time.perf_counter() - started, 4), "latency_ms": answer.latency_ms, "correct": answer.label == label,
             "configuration": ",".join(answer.variants) or "unanswered", "level": runtime.level, "budget_latency_ms": runtime.budget.latency_ms,
@@ -287,17 +295,18 @@ def serve_split(runtime: EdgeRuntime, dataset: Any, seconds: float, rate_hz: flo
         if on_request is not None:
             on_request(i, answer)
         i += 1
-    latencies = [r["latency_ms"] for r in records if r["configuration"] != "unanswered"]
+    latencies = [r["latency_ms"] for r in records if r["configuration"] != "unanswered"]  # the kept records
+    n = max(counts["requests"], 1)
     summary = {
-        "requests": len(records),
-        "unanswered": len(records) - len(latencies),
-        "accuracy": sum(r["correct"] for r in records) / max(len(records), 1),
-        "deadline_met": sum(r["latency_ms"] <= target for r in records) / max(len(records), 1),
-        "slo_accuracy": sum(r["correct"] and r["latency_ms"] <= target for r in records) / max(len(records), 1),
+        "requests": counts["requests"],
+        "unanswered": counts["unanswered"],
+        "accuracy": counts["correct"] / n,
+        "deadline_met": counts["in_time"] / n,
+        "slo_accuracy": counts["slo"] / n,
         "latency_ms_p50": percentile(latencies, 50),
         "latency_ms_p99": percentile(latencies, 99),
         "switches": runtime.decision_count,
         "adaptation_ms_p99": percentile(runtime.adaptation_ms, 99),
         "configurations": dict(sorted(((c, sum(r["configuration"] == c for r in records)) for c in {r["configuration"] for r in records}), key=lambda kv: -kv[1])),
     }
-    return {"summary": summary, "records": records, "decisions": list(runtime.decisions)}
+    return {"summary": summary, "records": list(records), "decisions": list(runtime.decisions)}
