@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 
 from racmkd.config import load_config  # noqa: E402
+from racmkd.deploy.loopback import free_port, wait_http  # noqa: E402
 from racmkd.deploy.delta import make_delta  # noqa: E402
 from racmkd.deploy.orchestrator import artifact_from_run, device_fit, plan  # noqa: E402
 from racmkd.deploy.registry import ModelRegistry, artifact_kind, pack  # noqa: E402
@@ -68,24 +68,6 @@ from results_io import write_results  # noqa: E402
 
 DELTA_TARGET = 0.05
 OVERHEAD_TARGET = 0.05
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} did not come up")
 
 
 # Deltas ----------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from onnx import numpy_helper
 
 from racmkd.config import ServeConfig, load_config
+from racmkd.deploy.loopback import free_port, wait_http
 from racmkd.deploy.delta import DeltaError, apply_delta, make_delta
 from racmkd.utils import sha256
 from racmkd.deploy.device import DeviceStore, UpdateFailed, UpdateRefused
@@ -39,24 +40,6 @@ TOKEN = "test-token"
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return generate_keypair(tmp_path_factory.mktemp("keys"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not come up")
 
 
 def fine_tuned_head(bank: Path, out: Path) -> Path:
