@@ -301,14 +301,17 @@ def test_edge_end_to_end_with_fog_broker_registry_and_failures(tiny_run: Path, t
         unservable = tmp_path / "unservable"
         shutil.copytree(bank_dir, unservable)
         (unservable / "bank.json").write_text(json.dumps({**json.loads((unservable / "bank.json").read_text()), "format": "something-else"}))
-        v3 = registry.register(unservable, "edge", key)
-        refused = push(registry, v3, edge_server.url, TOKEN)
+        unservable_release = registry.register(unservable, "edge", key)
+        refused = push(registry, unservable_release, edge_server.url, TOKEN)
         assert refused["status_code"] == 409 and "could not be served" in refused["answer"]["detail"]
         assert edge.get("/deployment", headers=auth).json()["current"]["version"] == 2 and "edge v2" in edge.get("/health").json()["model"]
-        # A tampered blob and a bad signature are refused; v2 stays.
-        tampered = edge.post("/deploy", headers={"Authorization": f"Bearer {TOKEN}"}, data={"manifest": json.dumps(v1.manifest), "signature": v1.signature}, files={"payload": ("b", registry.blob(v1.sha256)[:-1] + b"!")})
-        forged = edge.post("/deploy", headers={"Authorization": f"Bearer {TOKEN}"}, data={"manifest": json.dumps({**v1.manifest, "version": 7}), "signature": v1.signature}, files={"payload": ("b", registry.blob(v1.sha256))})
+        # A tampered blob, a bad signature and a replay of v1 are refused; v2 stays.
+        newer = registry.register(fine_tuned_head(bank_dir, tmp_path / "newer"), "edge", key, metrics={"accuracy": 0.91})
+        tampered = edge.post("/deploy", headers={"Authorization": f"Bearer {TOKEN}"}, data={"manifest": json.dumps(newer.manifest), "signature": newer.signature}, files={"payload": ("b", registry.blob(newer.sha256)[:-1] + b"!")})
+        forged = edge.post("/deploy", headers={"Authorization": f"Bearer {TOKEN}"}, data={"manifest": json.dumps({**newer.manifest, "version": 7}), "signature": newer.signature}, files={"payload": ("b", registry.blob(newer.sha256))})
+        replayed = edge.post("/deploy", headers={"Authorization": f"Bearer {TOKEN}"}, data={"manifest": json.dumps(v1.manifest), "signature": v1.signature}, files={"payload": ("b", registry.blob(v1.sha256))})
         assert tampered.status_code == 422 and "tampered" in tampered.text and forged.status_code == 422 and "bad signature" in forged.text
+        assert replayed.status_code == 422 and "not newer" in replayed.text
         assert edge.get("/deployment", headers=auth).json()["current"]["version"] == 2
 
         # Offloading to the fog, then the fog killed mid-stream: every request still answered.

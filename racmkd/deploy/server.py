@@ -494,17 +494,21 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
     async def body_of(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> bytes:
         """The request body as sent (JSON or .npz), for parsing and forwarding; the token is checked
         first when inference is protected, and the body is read no further than the size limit."""
-        if settings.protect_inference:
-            check(credentials)
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            raise HTTPException(413, f"request body of {int(declared):,} bytes exceeds the limit of {settings.max_body_bytes:,}")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > settings.max_body_bytes:
-                raise HTTPException(413, f"request body exceeds the limit of {settings.max_body_bytes:,} bytes")
-            chunks.append(chunk)
+        try:
+            if settings.protect_inference:
+                check(credentials)
+            declared = request.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
+                raise HTTPException(413, f"request body of {int(declared):,} bytes exceeds the limit of {settings.max_body_bytes:,}")
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > settings.max_body_bytes:
+                    raise HTTPException(413, f"request body exceeds the limit of {settings.max_body_bytes:,} bytes")
+                chunks.append(chunk)
+        except HTTPException:
+            requests.labels(service.role, "bad_request", "-").inc()
+            raise
         return b"".join(chunks)
 
     @app.exception_handler(Exception)
