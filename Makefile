@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 #   make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: run test bench clean-runs
+.PHONY: run test bench bench-all clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,11 +35,17 @@ test: $(STAMP)
 	$(call need,mosquitto)
 	RACMKD_PROGRESS=0 $(BIN)/python -m pytest -q
 
+# The benchmark suite (BENCHMARKS.md): the seed paper's tables, baselines, robustness, cost curves.
 bench: $(STAMP)
+	$(BIN)/python benchmarks/suite.py
+
+# The suite, then each issue's own benchmark (hours: each trains or compresses its own runs).
+bench-all: bench
 	$(call need,mosquitto stress-ng)
 	$(BIN)/python benchmarks/foundation.py
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/runtime.py
+	$(BIN)/python benchmarks/deploy.py
 
 clean-runs:
 	rm -rf runs

@@ -52,6 +52,7 @@ class TrainConfig:
 
     epochs: int = 3
     batch_size: int = 128
+    samples_per_epoch: int = 0  # 0: the whole training split each epoch; fewer for shorter runs (the benchmark suite)
     lr: float = 3e-3
     weight_decay: float = 1e-4
     modality_dropout: float = 0.0  # per-sample chance to hide a modality (never all of them)

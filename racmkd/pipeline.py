@@ -108,9 +108,9 @@ def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> lis
             specs = full_specs(dataset.modalities, [m])
             model = teacher(model_inputs(dataset.modalities, specs, "teacher"), tc.width, tc.embed_dim, tc.fusion_hidden, tc.dropout, depth=tc.depth)
             unimodal.append(Job(f"{TEACHER}_{m}", model, specs, tc.unimodal))
-        train_jobs(dataset, unimodal, tc.unimodal.epochs, tc.unimodal.batch_size, cfg.seed, augment=cfg.data.augment, desc="unimodal teachers")
+        train_jobs(dataset, unimodal, tc.unimodal.epochs, tc.unimodal.batch_size, cfg.seed, samples_per_epoch=tc.unimodal.samples_per_epoch, augment=cfg.data.augment, desc="unimodal teachers")
         for job in unimodal:
-            save_model(checkpoint(run_dir, job.name), job.model, job.specs, _meta(job, role="teacher"))
+            save_model(checkpoint(run_dir, job.name), job.model, job.specs, training_meta(job, role="teacher"))
         fused_jobs = []
         if len(names) > 1:
             seed_everything(cfg.seed + 99)
@@ -121,9 +121,9 @@ def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> lis
                 model.encoders[m].load_state_dict(job.model.encoders[m].state_dict())
                 model.encoders[m].requires_grad_(not tc.freeze_encoders)
             fused_jobs = [Job(TEACHER, model, specs, tc.fused)]
-            train_jobs(dataset, fused_jobs, tc.fused.epochs, tc.fused.batch_size, cfg.seed + 1, augment=cfg.data.augment, desc="fused teacher")
+            train_jobs(dataset, fused_jobs, tc.fused.epochs, tc.fused.batch_size, cfg.seed + 1, samples_per_epoch=tc.fused.samples_per_epoch, augment=cfg.data.augment, desc="fused teacher")
             model.requires_grad_(True)
-            save_model(checkpoint(run_dir, TEACHER), model, specs, _meta(fused_jobs[0], role="teacher"))
+            save_model(checkpoint(run_dir, TEACHER), model, specs, training_meta(fused_jobs[0], role="teacher"))
     record_timing(run_dir, "train_teachers", time.perf_counter() - started)
     return [Teacher(j.name, j.model, j.specs) for j in fused_jobs + unimodal]
 
@@ -306,12 +306,12 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
             jobs.append(Job(f"{tier.name}_labels_only", build_student(design, dataset.modalities, cfg.seed + 7), specs, cfg.students.train))
     started = time.perf_counter()
     with torch_threads(cfg.threads):
-        train_jobs(dataset, jobs, cfg.students.train.epochs, cfg.students.train.batch_size, cfg.seed + 3, teachers, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="students")
+        train_jobs(dataset, jobs, cfg.students.train.epochs, cfg.students.train.batch_size, cfg.seed + 3, teachers, samples_per_epoch=cfg.students.train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="students")
     record_timing(run_dir, "distill_students", time.perf_counter() - started)
     for job in jobs:
         tier = job.name.removesuffix("_labels_only")
         design = designs[tier]
-        meta = _meta(job, role="student" if job.weights is not None else "baseline")
+        meta = training_meta(job, role="student" if job.weights is not None else "baseline")
         meta.update(tier=tier, budget_bytes=design.budget_bytes, design={**asdict(design), "name": design.name})
         save_model(checkpoint(run_dir, job.name), job.model, job.specs, meta)
     return [j.name for j in jobs]
@@ -410,7 +410,8 @@ def export_model(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: st
     return result
 
 
-def _meta(job: Job, role: str) -> dict[str, Any]:
+def training_meta(job: Job, role: str) -> dict[str, Any]:
+    """What a trained model's checkpoint records about its training."""
     return {
         "role": role,
         "trained_with": "labels" if job.weights is None else "distillation",

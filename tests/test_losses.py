@@ -124,3 +124,17 @@ def test_every_loss_has_a_gradient(name: str) -> None:
     loss.backward()
     grads = [t.grad for t in (student_logits, fused, maps["image"], proj_w) if t.grad is not None]
     assert loss.dim() == 0 and torch.isfinite(loss) and grads and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_emd_ignores_which_sample_is_which_but_not_where_features_lie() -> None:
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(16, 8, generator=g)
+    shuffled = teacher[torch.randperm(16, generator=g)]
+    emd = LOSSES.get("emd")
+    assert float(emd(shuffled, teacher)) == pytest.approx(0.0, abs=1e-6)  # same cloud, other order: nothing to move
+    assert float(LOSSES.get("feature")(shuffled, teacher, [], 0.0)) > 0.5  # the per-sample loss does see the order
+    moved = emd(teacher + 0.5 * torch.randn(16, 8, generator=g), teacher)
+    assert 0 < float(moved) <= 4.0  # unit vectors: a squared distance is at most 4
+    # One point each: the EMD is the squared distance of the two unit vectors.
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    assert float(emd(a, b)) == pytest.approx(2.0)

@@ -93,3 +93,20 @@ def test_mix_blends_inputs_and_targets_alike() -> None:
 def test_mixup_must_not_be_negative() -> None:
     with pytest.raises(ConfigError, match="mixup"):
         TrainConfig(mixup=-0.1)
+
+
+def test_a_job_distils_from_the_teacher_it_names() -> None:
+    model = student(INPUTS, width=0.5)
+    x = {"image": torch.randn(6, 1, 8, 8), "audio": torch.randn(6, 1, 16, 16)}
+    labels = torch.arange(6)
+    out = model.forward_features(x)
+    logits = model.forward_head(out["fused"])
+    fused_logits, audio_logits = torch.randn(6, 10), torch.randn(6, 10)
+    cfg = DistillConfig(distill_losses={"kd": 1.0}, align_losses={})
+    weights = ObjectiveWeights(0.0, 1.0, 0.0, 0.0, 2.0, 1.0)
+    named = Job("s", model, {}, TrainConfig(), weights, cfg, teacher="teacher_audio")
+    named.teacher_index = 1  # train_jobs sets it from the pass's teacher names
+    loss_named, _ = objective(named, out, logits, labels, [{}, {}], [fused_logits, audio_logits])
+    loss_audio, _ = objective(Job("s", model, {}, TrainConfig(), weights, cfg), out, logits, labels, [{}], [audio_logits])
+    loss_fused, _ = objective(Job("s", model, {}, TrainConfig(), weights, cfg), out, logits, labels, [{}], [fused_logits])
+    assert torch.allclose(loss_named, loss_audio) and not torch.allclose(loss_named, loss_fused)

@@ -359,10 +359,14 @@ class AudioModality(Modality):
                 g = torch.Generator().manual_seed(int(seed))
                 snr[i] = lo + (hi - lo) * torch.rand(1, generator=g)
                 noise[i] = torch.randn(n, generator=g)
-        # Noise covers the recording itself, not the zero padding around it.
-        positions = torch.arange(n)
+        return self.add_noise(raw, extra, snr, noise)
+
+    def add_noise(self, raw: torch.Tensor, extra: dict[str, torch.Tensor], snr_db: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Recordings (B, n) with unit white `noise` (B, n) scaled to each one's SNR (B,) in dB, over the
+        recording itself, not the zero padding around it (the avmnist corruption; the benchmark's SNR sweep)."""
+        positions = torch.arange(raw.shape[1])
         inside = (positions >= extra["span"][:, :1]) & (positions < extra["span"][:, 1:])
-        std = dsp.noise_std_for_snr(extra["power"], snr)
+        std = dsp.noise_std_for_snr(extra["power"], snr_db)
         return raw + noise * std[:, None] * inside
 
     @property

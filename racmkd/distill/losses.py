@@ -127,3 +127,19 @@ def group_sparsity(weights: list[torch.Tensor]) -> torch.Tensor:
     norm, averaged over channels); it drives whole channels to zero so they can be pruned."""
     norms = [w.flatten(1).norm(dim=1) for w in weights]
     return torch.cat(norms).mean() if norms else torch.zeros(())
+
+
+@LOSSES.register("emd")
+def earth_movers_feature_kd(projected_student: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+    """EMD-KD: the earth mover's distance between the batch's distribution of (projected) student
+    features and the teacher's, each a uniform point cloud of unit vectors with squared Euclidean
+    ground cost. Unlike `feature`, no sample must land on its own teacher point: the student has to
+    match where the teacher's features lie as a whole. The transport plan is exact (POT's network
+    simplex) and held fixed; the gradient flows through the ground costs."""
+    import ot  # POT, imported here: only this loss needs it
+
+    s = F.normalize(projected_student.float(), dim=1)
+    t = F.normalize(teacher_features.float(), dim=1).detach()
+    uniform_s = torch.full((len(s),), 1.0 / len(s), dtype=s.dtype, device=s.device)
+    uniform_t = torch.full((len(t),), 1.0 / len(t), dtype=t.dtype, device=t.device)
+    return ot.emd2(uniform_s, uniform_t, ot.dist(s, t))

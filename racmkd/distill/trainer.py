@@ -52,6 +52,8 @@ class Job:
     weights: ObjectiveWeights | None = None  # None: labels only
     distill: DistillConfig | None = None  # which losses make up L_distill and L_align (with `weights`)
     projection: nn.Module | None = None  # student fused -> teacher fused (feature and contrastive losses)
+    teacher: str | None = None  # the teacher this job distils from; None: the pass's first (fused) teacher
+    teacher_index: int = field(default=0, init=False)  # where `teacher` is in the pass (set by train_jobs)
     history: list[dict[str, float]] = field(default_factory=list)
     best_accuracy: float = -1.0
     best_state: dict[str, torch.Tensor] | None = None
@@ -109,6 +111,7 @@ LOSS_INPUTS: dict[str, Callable[[LossInputs], tuple]] = {
     ),
     "feature": lambda c: (c.projected, c.teachers[0]["fused"], c.projection_weights, c.config.feature_cost),
     "contrastive": lambda c: (c.projected, c.teachers[0]["fused"]),
+    "emd": lambda c: (c.projected, c.teachers[0]["fused"]),
     "rkd": lambda c: (c.student["fused"], c.teachers[0]["fused"]),
     "similarity": lambda c: (c.student["fused"], c.teachers[0]["fused"]),
     "attention": lambda c: (
@@ -116,7 +119,7 @@ LOSS_INPUTS: dict[str, Callable[[LossInputs], tuple]] = {
         [c.teachers[0]["maps"][m] for m in c.student["maps"] if m in c.teachers[0]["maps"]],
     ),
 }
-NEEDS_PROJECTION = {"feature", "contrastive"}
+NEEDS_PROJECTION = {"feature", "contrastive", "emd"}
 
 
 def weighted_sum(losses: dict[str, float], inputs: LossInputs) -> torch.Tensor:
@@ -141,6 +144,10 @@ def objective(job: Job, student: dict[str, Any], logits: torch.Tensor, labels: t
     w, cfg = job.weights, job.distill
     if w is None or cfg is None:
         return task, {"task": float(task.detach())}
+    if job.teacher is not None:  # its own teacher first: the losses read the primary teacher at index 0
+        first = job.teacher_index
+        teachers = [teachers[first]] + teachers[:first] + teachers[first + 1 :]
+        teacher_logits = [teacher_logits[first]] + teacher_logits[:first] + teacher_logits[first + 1 :]
     projected = job.projection(student["fused"]) if job.projection is not None else None
     projection_weights = [p for n, p in job.projection.named_parameters() if n.endswith("weight")] if job.projection is not None else []
     inputs = LossInputs(labels, student, logits, teachers, teacher_logits, projected, projection_weights, w.temperature, cfg)
@@ -240,6 +247,12 @@ def train_jobs(
         if channels_last:
             t.model.to(memory_format=torch.channels_last)
     distilled = any(job.weights is not None and job.distill is not None for job in jobs)
+    names = [t.name for t in teachers]
+    for job in jobs:
+        if job.teacher is not None:
+            if job.teacher not in names:
+                raise ValueError(f"job {job.name!r} distils from teacher {job.teacher!r}, which is not in this pass ({names})")
+            job.teacher_index = names.index(job.teacher)
     mixups = {job.config.mixup for job in jobs}
     if len(mixups) > 1:
         raise ValueError(f"jobs trained in one pass share their mixup (teachers see one mix per batch); got {sorted(mixups)}")

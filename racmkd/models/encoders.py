@@ -63,8 +63,24 @@ class CNN2dEncoder(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+class PooledEncoder(nn.Module):
+    """An encoder whose embedding is its last feature map, globally pooled: `body` then `pool`."""
+
+    body: nn.Sequential
+    pool: nn.Sequential
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.pool(fmap)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
 @MODELS.register("dscnn2d")
-class DSCNN2dEncoder(nn.Module):
+class DSCNN2dEncoder(PooledEncoder):
     """Student encoder: input standardisation (BatchNorm without affine terms), a 3x3 stem (stride 2 on inputs 16 wide or more, as in
     MobileNet: full-resolution maps dominate time and memory), then stages of depthwise-separable
     blocks (3x3 depthwise + 1x1 pointwise; the first of a stage has stride 2, the `depth - 1`
@@ -114,11 +130,91 @@ class DSCNN2dEncoder(nn.Module):
         blocks = [b for b in self.body if isinstance(b, nn.Sequential)]  # conv-BN-ReLU: stem, then (depthwise, pointwise) pairs
         return {"channels": [_out_channels(b) for b in [blocks[0], *blocks[2::2]]], "stem_stride": self.stem_stride}
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
 
-    def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.pool(fmap)
+def make_divisible(value: float, divisor: int = 4) -> int:
+    """`value` rounded to a multiple of `divisor` (at least `divisor`), never more than 10% below it (MobileNet's rule)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class SqueezeExcite(nn.Module):
+    """Channel attention (Hu et al. 2018) as in MobileNetV3: pool, squeeze to a quarter, ReLU, expand, hard-sigmoid gate."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        squeezed = make_divisible(channels / 4)
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, squeezed, 1), nn.ReLU(inplace=True), nn.Conv2d(squeezed, channels, 1), nn.Hardsigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return x * self.gate(x)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2/V3 block: 1x1 expansion, depthwise k x k (with stride), optional squeeze-excite,
+    1x1 linear projection; a residual connection when shape allows."""
+
+    def __init__(self, c_in: int, expanded: int, c_out: int, kernel: int, stride: int, squeeze: bool, hard_swish: bool) -> None:
+        super().__init__()
+        act = nn.Hardswish if hard_swish else nn.ReLU
+        layers: list[nn.Module] = []
+        if expanded != c_in:
+            layers += [nn.Conv2d(c_in, expanded, 1, bias=False), nn.BatchNorm2d(expanded), act()]
+        layers += [nn.Conv2d(expanded, expanded, kernel, stride, kernel // 2, groups=expanded, bias=False), nn.BatchNorm2d(expanded), act()]
+        if squeeze:
+            layers.append(SqueezeExcite(expanded))
+        layers += [nn.Conv2d(expanded, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        return x + out if self.residual else out
+
+
+@MODELS.register("mbv3")
+class MobileNetV3SmallEncoder(PooledEncoder):
+    """A MobileNetV3-Small-style encoder (Howard et al. 2019), the benchmark's architecture baseline:
+    a stride-2 3x3 hard-swish stem, the paper's eleven inverted-residual blocks (kernel, expansion,
+    output, squeeze-excite, activation, stride), a 1x1 hard-swish head convolution and global
+    pooling. Channels scale with `width`; a stride-2 block keeps stride 1 once the map is 4 wide or
+    less, so 8x8 to 64x64 inputs all work."""
+
+    # (kernel, expanded, out, squeeze-excite, hard-swish, stride): Table 2 of the MobileNetV3 paper.
+    blocks = (
+        (3, 16, 16, True, False, 2),
+        (3, 72, 24, False, False, 2),
+        (3, 88, 24, False, False, 1),
+        (5, 96, 40, True, True, 2),
+        (5, 240, 40, True, True, 1),
+        (5, 240, 40, True, True, 1),
+        (5, 120, 48, True, True, 1),
+        (5, 144, 48, True, True, 1),
+        (5, 288, 96, True, True, 2),
+        (5, 576, 96, True, True, 1),
+        (5, 576, 96, True, True, 1),
+    )
+
+    def __init__(self, in_shape: tuple[int, int, int], width: float = 1.0) -> None:
+        super().__init__()
+        c, h, w = in_shape
+        size = min(h, w)
+        stem = make_divisible(16 * width)
+        layers: list[nn.Module] = [nn.BatchNorm2d(c, affine=False), nn.Conv2d(c, stem, 3, 2 if size > 4 else 1, 1, bias=False), nn.BatchNorm2d(stem), nn.Hardswish()]
+        size = -(-size // 2) if size > 4 else size
+        channels = stem
+        for kernel, expanded, out, squeeze, hard_swish, stride in self.blocks:
+            stride = stride if size > 4 else 1
+            size = -(-size // stride)
+            out_c = make_divisible(out * width)
+            layers.append(InvertedResidual(channels, make_divisible(expanded * width), out_c, kernel, stride, squeeze, hard_swish))
+            channels = out_c
+        head = make_divisible(576 * width)
+        layers += [nn.Conv2d(channels, head, 1, bias=False), nn.BatchNorm2d(head), nn.Hardswish()]
+        self.body = nn.Sequential(*layers)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self._embed_dim = head
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the embedding: the head convolution's channels."""
+        return self._embed_dim

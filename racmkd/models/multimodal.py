@@ -135,6 +135,18 @@ def student(inputs: dict[str, dict[str, Any]], width: float = 1.0, depth: int = 
     return MultimodalNet(encoders, Fusion(joint, len(encoders)), joint, num_classes, arch)
 
 
+@MODELS.register("linear_fusion")
+def linear_fusion(inputs: dict[str, dict[str, Any]], encoder: dict[str, Any] | None = None, num_classes: int = 10) -> MultimodalNet:
+    """A benchmark baseline: any registered encoders (named in `inputs`, built with the `encoder`
+    arguments) and a linear classifier over [embeddings, presence mask], like a student's. The
+    MobileNetV3-style and plain-CNN (TinyML) baselines are built this way."""
+    encoder = dict(encoder or {})
+    encoders = _encoders(inputs, **encoder)
+    joint = sum(e.embed_dim for e in encoders.values())
+    arch = {"name": "linear_fusion", "kwargs": {"inputs": inputs, "encoder": encoder, "num_classes": num_classes}}
+    return MultimodalNet(encoders, Fusion(joint, len(encoders)), joint, num_classes, arch)
+
+
 def pin_structure(model: MultimodalNet) -> dict[str, Any]:
     """The `arch` record of a student with every encoder's current layer plan written in, so that
     `build` recreates exactly this network (after pruning, or with a reduced input)."""

@@ -1,0 +1,59 @@
+"""The benchmark suite (`make bench`): the seed paper's Tables 6.6, 6.7 and 6.8, robustness,
+cross-modal transfer, cost growth and the Pareto front, every baseline trained and measured in
+the same run (racmkd.eval.suite says how).
+
+    python benchmarks/suite.py                     # avmnist, seeds 0 1 2 -> BENCHMARKS.md, benchmarks/results/suite.*
+    python benchmarks/suite.py --protocols avmnist clean
+    python benchmarks/suite.py --quick             # the smoke config, two seeds: minutes, figures meaningless
+    python benchmarks/suite.py --teachers-from runs/<run>   # reuse a run's teachers (same data settings)
+
+Runs live in runs/bench/<protocol>-s<seed>/ and are resumed: what exists is not trained again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from racmkd.eval.suite import SuiteSettings, plot_all, render, run_suite  # noqa: E402
+from racmkd.utils import atomic_write_json, atomic_write_text  # noqa: E402
+
+# Training scale of the full suite: each student and baseline sees 3 x 20,000 samples (the make run
+# students see 4 x 50,000), so that three seeds fit the two-hour budget on two cores.
+FULL_SCALE = ("students.train.samples_per_epoch=20000", "students.train.epochs=3", "students.selection.samples=6400")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
+    parser.add_argument("--protocols", nargs="+", default=["avmnist"], choices=["avmnist", "clean"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="the smoke config, two seeds, small sweeps: minutes, figures meaningless")
+    parser.add_argument("--teachers-from", type=Path, help="reuse this run's teachers (its data settings must match)")
+    parser.add_argument("--recipe", type=Path, default=REPO / "configs" / "recipes" / "bench.yaml", help="the tiers' compression recipe")
+    parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "bench")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE config override for every run")
+    args = parser.parse_args()
+    settings = SuiteSettings(config=args.config, protocols=tuple(args.protocols), seeds=tuple(args.seeds), runs_dir=args.runs_dir, overrides=(*FULL_SCALE, *args.overrides), recipe=args.recipe, teachers_from=args.teachers_from)
+    if args.quick:
+        settings = replace(settings.quick(), config=REPO / "configs" / "smoke.yaml", runs_dir=args.runs_dir / "quick", overrides=tuple(args.overrides))
+    result = run_suite(settings)
+    stem = "suite-quick" if args.quick else "suite"
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / f"{stem}.json", result)
+    plots = plot_all(result, args.out, stem)
+    if args.quick:  # the smoke version stays beside its JSON; BENCHMARKS.md holds only the full suite
+        atomic_write_text(args.out / f"{stem}.md", render(result, plots))
+    else:
+        atomic_write_text(REPO / "BENCHMARKS.md", render(result, {title: f"benchmarks/results/{name}" for title, name in plots.items()}))
+    print(render(result, plots))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The benchmark's comparison models, trained on a run's data beside its tiers.
+
+Every baseline is trained by the same trainer, on the same split, with the same augmentation,
+epochs and mixup as the racmkd students, so a table row differs from its neighbour only in what
+its name says:
+
+    standard_kd       Hinton KD into the high tier's student: task + KD terms, no feature alignment,
+                      no resource penalty, fixed weights (also the ablation's "Base KD")
+    emd_kd            the high tier's student with feature distillation by earth mover's distance
+                      between the batch's student and teacher feature distributions (POT)
+    mobilenetv3       a MobileNetV3-Small-style network on the high tier's inputs, width scaled to
+                      the high tier's budget, trained on labels
+    tinyml            the smallest plain CNN (conv-BN-ReLU, max pooling) on the critical tier's
+                      inputs within the critical budget, trained on labels; deployed int8 (PTQ)
+
+and, for the cross-modal transfer study, one single-modality student per modality (the high
+tier's resolution and depth, widest within its budget) trained three ways:
+
+    transfer_<m>_crossmodal   KD from the fused (image + audio) teacher: cross-modal
+    transfer_<m>_unimodal     KD from the teacher of the same modality
+    transfer_<m>_labels       labels only
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from racmkd.config import RunConfig
+from racmkd.data.dataset import PairedDataset
+from racmkd.distill.adaptive import objective_weights
+from racmkd.distill.trainer import Job, attach_projection, train_jobs
+from racmkd.models.checkpoint import load_model, save_model
+from racmkd.models.multimodal import MultimodalNet, count_params, linear_fusion, student, widest_student
+from racmkd.pipeline import TEACHER, RunError, checkpoint, load_teachers, model_inputs, record_timing, training_meta
+from racmkd.utils import seed_everything, torch_threads
+
+BASELINES = ("standard_kd", "emd_kd", "mobilenetv3", "tinyml")
+
+
+@dataclass(frozen=True)
+class TierDesign:
+    """What a tier's student looks like, read back from its checkpoint."""
+
+    modalities: tuple[str, ...]
+    level: int
+    depth: int
+    width: float
+    budget_bytes: int
+
+
+def tier_design(run_dir: Path, tier: str) -> TierDesign:
+    """The design a run chose for `tier` (its checkpoint's metadata)."""
+    path = checkpoint(run_dir, tier)
+    if not path.exists():
+        raise RunError(f"{path}: no {tier} student; the baselines copy its design. Run `racmkd distill --run {run_dir}` first.")
+    _, _, _, meta = load_model(path)
+    d = meta["design"]
+    return TierDesign(tuple(d["modalities"]), d["level"], d["depth"], d["width"], d["budget_bytes"])
+
+
+def widest_within(make: Callable[[float], MultimodalNet], budget_bytes: int, widths: list[float]) -> MultimodalNet:
+    """The model of the largest width in `widths` (ascending) whose fp32 parameters fit the budget;
+    the narrowest when none does (the caller's row then reports its real size)."""
+    best = make(widths[0])
+    for width in widths[1:]:
+        model = make(width)
+        if 4 * count_params(model) > budget_bytes:
+            break
+        best = model
+    return best
+
+
+def _specs(dataset: PairedDataset, modalities: tuple[str, ...], level: int) -> dict[str, Any]:
+    return {m: dataset.modalities[m].spec(level) for m in modalities}
+
+
+def baseline_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher: MultimodalNet, names: tuple[str, ...] = BASELINES) -> list[Job]:
+    """Fresh jobs for the named baselines (seeded from the run's seed)."""
+    high, critical = tier_design(run_dir, "high"), tier_design(run_dir, "critical")
+    budgets = [t.budget_bytes for t in cfg.students.tiers]
+    kd_weights = replace(objective_weights(cfg.distill, high.budget_bytes, budgets), gamma=0.0, delta=0.0)
+    seed = cfg.seed + 7
+    jobs = []
+    for name in names:
+        seed_everything(seed)
+        if name in ("standard_kd", "emd_kd"):
+            specs = _specs(dataset, high.modalities, high.level)
+            model = student(model_inputs(dataset.modalities, specs, "student"), width=high.width, depth=high.depth)
+            if name == "standard_kd":
+                job = Job(name, model, specs, cfg.students.train, kd_weights, replace(cfg.distill, distill_losses={"kd": 1.0}, align_losses={}))
+            else:
+                emd = replace(kd_weights, beta=0.0, gamma=1.0)
+                job = Job(name, model, specs, cfg.students.train, emd, replace(cfg.distill, distill_losses={}, align_losses={"emd": 1.0}))
+            attach_projection(job, teacher)
+        elif name == "mobilenetv3":
+            specs = _specs(dataset, high.modalities, high.level)
+            inputs = {m: {**spec, "encoder": "mbv3"} for m, spec in model_inputs(dataset.modalities, specs, "student").items()}
+            model = widest_within(lambda w, inputs=inputs: linear_fusion(inputs, {"width": w}), high.budget_bytes, [0.1 + 0.05 * i for i in range(40)])
+            job = Job(name, model, specs, cfg.students.train)
+        elif name == "tinyml":
+            specs = _specs(dataset, critical.modalities, critical.level)
+            inputs = {m: {**spec, "encoder": "cnn2d"} for m, spec in model_inputs(dataset.modalities, specs, "student").items()}
+            model = widest_within(lambda w, inputs=inputs: linear_fusion(inputs, {"width": int(w), "embed_dim": 4 * int(w)}), critical.budget_bytes, [float(w) for w in range(1, 33)])
+            job = Job(name, model, specs, cfg.students.train)
+        else:
+            raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+        jobs.append(job)
+    return jobs
+
+
+def transfer_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher: MultimodalNet) -> list[Job]:
+    """For each modality: a single-modality student trained with cross-modal KD, unimodal KD and labels only."""
+    high = tier_design(run_dir, "high")
+    budgets = [t.budget_bytes for t in cfg.students.tiers]
+    kd_weights = replace(objective_weights(cfg.distill, high.budget_bytes, budgets), gamma=0.0, delta=0.0)
+    kd_only = replace(cfg.distill, distill_losses={"kd": 1.0}, align_losses={})
+    jobs = []
+    for m in dataset.modalities:
+        specs = _specs(dataset, (m,), high.level)
+        inputs = model_inputs(dataset.modalities, specs, "student")
+        for how in ("crossmodal", "unimodal", "labels"):
+            seed_everything(cfg.seed + 7)
+            model = widest_student(inputs, high.budget_bytes, high.depth, cfg.students.max_width)
+            if model is None:
+                raise RunError(f"no {m}-only student of depth {high.depth} fits the high budget ({high.budget_bytes} bytes)")
+            if how == "labels":
+                jobs.append(Job(f"transfer_{m}_labels", model, specs, cfg.students.train))
+            else:
+                job = Job(f"transfer_{m}_{how}", model, specs, cfg.students.train, kd_weights, kd_only, teacher=TEACHER if how == "crossmodal" else f"{TEACHER}_{m}")
+                attach_projection(job, teacher)
+                jobs.append(job)
+    return jobs
+
+
+def train_extras(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, baselines: tuple[str, ...] = BASELINES, transfer: bool = True) -> list[str]:
+    """Train the baselines (and the transfer students) that the run does not have yet, in one pass
+    with the run's teachers, and save them as checkpoints/<name>.pt. Returns the names trained."""
+    teachers = load_teachers(run_dir, list(dataset.modalities), unimodal=transfer)
+    fused = teachers[0].model
+    jobs = baseline_jobs(cfg, dataset, run_dir, fused, tuple(b for b in baselines if not checkpoint(run_dir, b).exists()))
+    if transfer:
+        jobs += [j for j in transfer_jobs(cfg, dataset, run_dir, fused) if not checkpoint(run_dir, j.name).exists()]
+    if not jobs:
+        return []
+    started = time.perf_counter()
+    train = cfg.students.train
+    with torch_threads(cfg.threads):
+        train_jobs(dataset, jobs, train.epochs, train.batch_size, cfg.seed + 5, teachers, samples_per_epoch=train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="baselines")
+    record_timing(run_dir, "baselines", time.perf_counter() - started)
+    for job in jobs:
+        meta = {
+            **training_meta(job, role="baseline"),
+            "teacher": None if job.weights is None else (job.teacher or TEACHER),
+            "losses": None if job.distill is None else {"distill": dict(job.distill.distill_losses), "align": dict(job.distill.align_losses)},
+        }
+        save_model(checkpoint(run_dir, job.name), job.model, job.specs, meta)
+    return [j.name for j in jobs]

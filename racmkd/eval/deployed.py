@@ -1,0 +1,246 @@
+"""Models measured as they are deployed, for the benchmark suite's tables.
+
+Every row of a comparison is an ONNX artifact run by ONNX Runtime at batch 1 on one thread:
+accuracy, macro-F1 and AUC on the whole test split from the artifact's own logits; bytes from the
+file; peak memory from the graph's tensor lifetimes (racmkd.resources.profile); FLOPs from the
+PyTorch twin (torch.utils.flop_counter); energy estimated from FLOPs, bytes moved and latency.
+
+Robustness and cost-growth sweeps run the PyTorch twin (same weights; the fp32 export matches it
+argmax for argmax, see `racmkd export`), because they feed inputs the artifact's fixed shapes and
+the protocol's fixed corruption do not allow: another SNR, a degraded image, a missing modality,
+a batch of 256, twice the resolution.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from racmkd.config import EvalConfig, RunConfig
+from racmkd.data.dataset import PairedDataset
+from racmkd.eval.cost import activation_memory, count_flops, estimated_energy_joules, latency_round_robin, model_bytes, time_calls
+from racmkd.eval.metrics import classification_metrics
+from racmkd.models.checkpoint import load_model
+from racmkd.models.inference import BatchFeatures
+from racmkd.models.multimodal import MultimodalNet
+from racmkd.pipeline import checkpoint, compressed_dir, export_model
+from racmkd.utils import torch_threads
+
+INT8_ROWS = ("tinyml",)  # rows deployed as static int8 (post-training quantization), as for TFLite Micro
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """One row's artifact and the PyTorch model it came from."""
+
+    name: str
+    artifact: Path
+    twin: Path  # the checkpoint with the artifact's weights (before int8 rounding)
+    format: str  # onnx-fp32 or onnx-int8 (or the compressed tier's recipe choice)
+
+
+def deploy(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out_dir: Path, compressed: bool = True) -> Deployed:
+    """The artifact a row is measured as: a racmkd tier's compressed artifact where the run has one
+    (unless `compressed` is False: then the row is "<name>_fp32"), else the model exported to ONNX
+    (int8 for the TinyML row, fp32 otherwise). Exports are reused when out_dir already holds them."""
+    folder = compressed_dir(run_dir, name)
+    if compressed and (folder / "compression.json").is_file():
+        manifest = json.loads((folder / "compression.json").read_text())
+        return Deployed(name, folder / manifest["artifact"], folder / "model.pt", manifest["format"])
+    int8 = name in INT8_ROWS
+    record = out_dir / f"{name}.export.json"
+    result = json.loads(record.read_text()) if record.is_file() else None
+    if result is None or (int8 and "int8" not in result) or not Path(result["fp32"]["path"]).is_file():
+        result = export_model(cfg, dataset, run_dir, name, out_dir, int8=int8)
+    key = "int8" if int8 else "fp32"
+    label = name if compressed or not (folder / "compression.json").is_file() else f"{name}_fp32"
+    return Deployed(label, Path(result[key]["path"]), checkpoint(run_dir, name), f"onnx-{key}")
+
+
+def artifact_accuracy(row: Deployed, dataset: PairedDataset, split: str = "test") -> dict[str, Any]:
+    """Accuracy, macro-F1 and AUC of the artifact itself on a split."""
+    from racmkd.compress.export import onnx_logits, read_contract, session, specs_from_contract
+
+    specs = specs_from_contract(read_contract(row.artifact), dataset.modalities)
+    logits, labels = onnx_logits(session(row.artifact), specs, dataset, split)
+    return classification_metrics(torch.from_numpy(logits), torch.from_numpy(labels))
+
+
+def artifact_costs(rows: list[Deployed], dataset: PairedDataset, ev: EvalConfig) -> dict[str, dict[str, Any]]:
+    """Parameters, deployable bytes, peak memory, FLOPs, latency p50/p95 (ONNX Runtime, batch 1, one
+    thread, the rows timed in turn over several rounds) and estimated energy of every row."""
+    from racmkd.compress.export import read_contract, session, specs_from_contract
+    from racmkd.resources.profile import graph_cost
+
+    costs, timers = {}, {}
+    raw = dataset.raw_batch("test", torch.tensor([0]))
+    for row in rows:
+        twin, _, _, _ = load_model(row.twin)
+        specs = specs_from_contract(read_contract(row.artifact), dataset.modalities)
+        inputs = BatchFeatures(dataset.modalities, raw).get(specs)
+        graph = graph_cost(row.artifact)
+        costs[row.name] = {
+            "format": row.format,
+            "params": model_bytes(twin)["params"],
+            "bytes_deployable": row.artifact.stat().st_size,
+            "weight_bytes": graph.weight_bytes,
+            "peak_activation_bytes": graph.peak_activation_bytes,
+            "memory_bytes": graph.weight_bytes + graph.peak_activation_bytes,
+            "flops": count_flops(twin, inputs),
+            "activation_bytes_written": graph.activation_bytes_written,
+            "inputs": {m: list(x.shape[1:]) for m, x in inputs.items()},
+        }
+        sess = session(row.artifact, threads=1)
+        feed = {i.name: inputs[i.name].numpy() for i in sess.get_inputs()}
+        timers[row.name] = lambda sess=sess, feed=feed: sess.run(None, feed)
+    latency = latency_round_robin(timers, ev.latency_warmup, ev.latency_iters, ev.latency_rounds, threads=1)
+    for name, entry in costs.items():
+        entry["latency_ms_p50"], entry["latency_ms_p95"] = latency[name]["p50"], latency[name]["p95"]
+        moved = entry["weight_bytes"] + 2 * entry["activation_bytes_written"]
+        entry["energy_mj_estimated"] = estimated_energy_joules(entry["flops"], moved, entry["latency_ms_p50"] / 1e3, ev.energy) * 1e3
+    return costs
+
+
+# Robustness ----------------------------------------------------------------------------------------
+
+
+def raw_test_batch(dataset: PairedDataset, rows: torch.Tensor, audio_snr_db: float | None = None, image_noise: float = 0.0, split: str = "test") -> dict[str, torch.Tensor]:
+    """Raw test inputs with a chosen degradation instead of the protocol's: audio at one SNR (dB;
+    None keeps the protocol's draw, inf is the clean recording) and images with white noise of
+    standard deviation `image_noise` (on [0, 1], clipped). Noise is drawn from each sample's fixed
+    seed, so every model sees the same degraded sample."""
+    raw = dataset.raw_batch(split, rows)
+    s = dataset.splits[split]
+    seeds = s.seeds[rows].tolist()
+    if audio_snr_db is not None and "audio" in raw:
+        modality, bank = dataset.modalities["audio"], dataset.banks["audio"][split]
+        bank_rows = s.index["audio"][rows]
+        clean = modality.gather(bank, bank_rows)
+        if math.isinf(audio_snr_db):
+            raw["audio"] = clean
+        else:
+            noise = torch.stack([torch.randn(clean.shape[1], generator=torch.Generator().manual_seed(seed + 7)) for seed in seeds])
+            extra = {k: v[bank_rows] for k, v in bank.extra.items()}
+            raw["audio"] = modality.add_noise(clean, extra, torch.full((len(rows),), float(audio_snr_db)), noise)
+    if image_noise > 0 and "image" in raw:
+        noise = torch.stack([torch.randn(raw["image"].shape[1:], generator=torch.Generator().manual_seed(seed + 11)) for seed in seeds])
+        raw["image"] = (raw["image"] + image_noise * noise).clamp(0.0, 1.0)
+    return raw
+
+
+def accuracy_under(model: MultimodalNet, specs: dict[str, Any], dataset: PairedDataset, audio_snr_db: float | None = None, image_noise: float = 0.0, missing: str | None = None, limit: int = 0, batch_size: int = 500) -> float | None:
+    """Test accuracy of a model under one degradation, or with the modality `missing` withheld;
+    None when the model needs the missing modality (it has no other input)."""
+    used = [m for m in specs if m != missing]
+    if not used:
+        return None
+    correct = total = 0
+    with torch.inference_mode():
+        for rows in dataset.batches("test", batch_size, limit=limit):
+            raw = raw_test_batch(dataset, rows, audio_snr_db, image_noise)
+            inputs = BatchFeatures(dataset.modalities, raw).get({m: specs[m] for m in used})
+            labels = dataset.splits["test"].labels[rows]
+            correct += int((model(inputs).argmax(1) == labels).sum())
+            total += len(rows)
+    return correct / max(total, 1)
+
+
+def robustness(models: dict[str, Path], dataset: PairedDataset, snrs: Iterable[float], image_noises: Iterable[float], limit: int = 0, threads: int = 0) -> dict[str, dict[str, Any]]:
+    """Per model: accuracy vs audio SNR (dB; inf = clean), vs image noise, and with each modality missing."""
+    out = {}
+    with torch_threads(threads):
+        for name, path in models.items():
+            model, specs, _, _ = load_model(path)
+            model.eval()
+            out[name] = {
+                "modalities": list(specs),
+                "audio_snr": {str(snr): accuracy_under(model, specs, dataset, audio_snr_db=snr, limit=limit) for snr in snrs} if "audio" in specs else {},
+                "image_noise": {str(sigma): accuracy_under(model, specs, dataset, image_noise=sigma, limit=limit) for sigma in image_noises} if "image" in specs else {},
+                "missing": {m: accuracy_under(model, specs, dataset, missing=m, limit=limit) for m in dataset.modalities},
+                "protocol": accuracy_under(model, specs, dataset, limit=limit),
+            }
+    return out
+
+
+# Cost growth ---------------------------------------------------------------------------------------
+
+
+def scaling_exponent(xs: list[float], ys: list[float]) -> float | None:
+    """Slope of log y against log x (least squares): y grows like x^slope. None with fewer than two points."""
+    points = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x > 0 and y and y > 0]
+    if len(points) < 2:
+        return None
+    lx, ly = np.array(points).T
+    return float(np.polyfit(lx, ly, 1)[0])
+
+
+def _timed_ms(fn: Any, budget_s: float = 0.5) -> float:
+    """Median ms of `fn()` on one thread, with as many calls as fit in about `budget_s` (3 to 30)."""
+    first = time_calls(fn, warmup=1, iters=1)[0]
+    iters = int(min(30, max(3, budget_s * 1e3 / max(first, 1e-3))))
+    return float(np.median(time_calls(fn, warmup=1, iters=iters)))
+
+
+def cost_growth(models: dict[str, Path], dataset: PairedDataset, batches: Iterable[int], scales: Iterable[float]) -> dict[str, dict[str, Any]]:
+    """Per model: latency (PyTorch, one thread) and peak activation memory vs batch size, and vs input
+    resolution (every input's sides scaled), with the fitted scaling exponents."""
+    batches, scales = list(batches), list(scales)
+    out = {}
+    for name, path in models.items():
+        model, specs, _, _ = load_model(path)
+        model.eval()
+        rows = torch.arange(min(max(batches), len(dataset.splits["test"])))
+        features = BatchFeatures(dataset.modalities, dataset.raw_batch("test", rows)).get(specs)
+        by_batch = []
+        for b in batches:
+            inputs = {m: x[torch.arange(b) % len(x)] for m, x in features.items()}
+            by_batch.append({"batch": b, "latency_ms": _timed_ms(lambda inputs=inputs, model=model: model(inputs)), "peak_activation_bytes": activation_memory(model, inputs)["peak_activation_bytes"]})
+        by_scale = []
+        for s in scales:
+            inputs = {m: torch.zeros(1, x.shape[1], max(2, round(x.shape[2] * s)), max(2, round(x.shape[3] * s))) for m, x in features.items()}
+            pixels = sum(x[0].numel() for x in inputs.values())
+            by_scale.append({"scale": s, "input_values": pixels, "latency_ms": _timed_ms(lambda inputs=inputs, model=model: model(inputs)), "peak_activation_bytes": activation_memory(model, inputs)["peak_activation_bytes"]})
+        out[name] = {
+            "batch": by_batch,
+            "resolution": by_scale,
+            "exponent_latency_vs_batch": scaling_exponent([r["batch"] for r in by_batch], [r["latency_ms"] for r in by_batch]),
+            "exponent_memory_vs_batch": scaling_exponent([r["batch"] for r in by_batch], [r["peak_activation_bytes"] for r in by_batch]),
+            "exponent_latency_vs_input": scaling_exponent([r["input_values"] for r in by_scale], [r["latency_ms"] for r in by_scale]),
+            "exponent_memory_vs_input": scaling_exponent([r["input_values"] for r in by_scale], [r["peak_activation_bytes"] for r in by_scale]),
+        }
+    return out
+
+
+# Pareto front --------------------------------------------------------------------------------------
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names of the points (cost, accuracy) no other point beats: none has lower or equal cost and
+    higher or equal accuracy with one of them strictly better. Sorted by cost."""
+    front = []
+    for name, (cost, acc) in points.items():
+        dominated = any((c <= cost and a >= acc) and (c < cost or a > acc) for other, (c, a) in points.items() if other != name)
+        if not dominated:
+            front.append(name)
+    return sorted(front, key=lambda n: points[n][0])
+
+
+def dominates(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Row a dominates row b: higher accuracy at lower or equal bytes and latency."""
+    return a["accuracy"] > b["accuracy"] and a["bytes_deployable"] <= b["bytes_deployable"] and a["latency_ms_p50"] <= b["latency_ms_p50"]
+
+
+def closest_in_cost(row: dict[str, float], others: dict[str, dict[str, float]]) -> str:
+    """The name of the row among `others` nearest to `row` in cost: the smallest sum of |log ratio| of
+    deployable bytes and of latency."""
+    def distance(o: dict[str, float]) -> float:
+        return abs(math.log(o["bytes_deployable"] / row["bytes_deployable"])) + abs(math.log(o["latency_ms_p50"] / row["latency_ms_p50"]))
+
+    return min(others, key=lambda n: distance(others[n]))

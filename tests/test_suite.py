@@ -1,0 +1,113 @@
+"""The benchmark suite's smoke test (what CI runs of `make bench`): baselines, deployed rows,
+Tables 6.6 to 6.8, robustness, transfer, cost growth and the report, on the tiny run."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from racmkd.eval.deployed import closest_in_cost, dominates, pareto_front, raw_test_batch, scaling_exponent
+from racmkd.models.encoders import MobileNetV3SmallEncoder
+from racmkd.models.multimodal import count_params, linear_fusion
+
+TINY = Path(__file__).parent / "tiny.yaml"
+
+
+def test_pareto_front_keeps_only_undominated_points() -> None:
+    points = {"a": (10.0, 0.90), "b": (20.0, 0.95), "c": (20.0, 0.80), "d": (5.0, 0.70), "e": (30.0, 0.95)}
+    assert pareto_front(points) == ["d", "a", "b"]  # c is beaten by a, e by b (same accuracy, more cost)
+
+
+def test_dominance_and_closest_baseline() -> None:
+    tier = {"accuracy": 0.9, "bytes_deployable": 100.0, "latency_ms_p50": 1.0}
+    near = {"accuracy": 0.8, "bytes_deployable": 120.0, "latency_ms_p50": 1.0}
+    far = {"accuracy": 0.5, "bytes_deployable": 10_000.0, "latency_ms_p50": 9.0}
+    assert closest_in_cost(tier, {"near": near, "far": far}) == "near"
+    assert dominates(tier, near) and not dominates(near, tier)
+    assert not dominates(tier, {**near, "latency_ms_p50": 0.5})  # faster baseline: not dominated
+
+
+def test_scaling_exponent_recovers_a_power_law() -> None:
+    xs = [1, 2, 4, 8, 16]
+    assert scaling_exponent(xs, [3 * x**1.5 for x in xs]) == pytest.approx(1.5)
+    assert scaling_exponent([1], [1.0]) is None
+
+
+def test_mobilenetv3_encoder_runs_on_small_inputs_and_scales_with_width() -> None:
+    for shape in [(1, 8, 8), (1, 16, 16), (1, 64, 32)]:
+        encoder = MobileNetV3SmallEncoder(shape, width=0.25)
+        assert encoder(torch.zeros(2, *shape)).shape == (2, encoder.embed_dim)
+    inputs = {"image": {"encoder": "mbv3", "shape": [1, 16, 16]}}
+    assert count_params(linear_fusion(inputs, {"width": 0.5})) > 2 * count_params(linear_fusion(inputs, {"width": 0.25}))
+
+
+def test_raw_test_batch_degrades_reproducibly(tiny_dataset) -> None:
+    rows = torch.arange(8)
+    clean = raw_test_batch(tiny_dataset, rows, audio_snr_db=math.inf)
+    noisy = raw_test_batch(tiny_dataset, rows, audio_snr_db=0.0, image_noise=0.3)
+    again = raw_test_batch(tiny_dataset, rows, audio_snr_db=0.0, image_noise=0.3)
+    assert torch.equal(noisy["audio"], again["audio"]) and torch.equal(noisy["image"], again["image"])
+    power = clean["audio"].pow(2).sum(1)
+    noise = (noisy["audio"] - clean["audio"]).pow(2).sum(1)
+    assert torch.allclose(10 * torch.log10(power / noise), torch.zeros(8), atol=1.5)  # 0 dB: noise as strong as the speech
+    assert noisy["image"].min() >= 0 and noisy["image"].max() <= 1 and not torch.equal(noisy["image"], clean["image"])
+
+
+def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path, tmp_path: Path) -> None:
+    from racmkd.eval.suite import TABLE_ROWS, SuiteSettings, plot_all, render, run_suite
+
+    runs = tmp_path / "bench"
+    shutil.copytree(tiny_run, runs / "clean-s0", ignore=shutil.ignore_patterns("edge", "simulate", "compressed"))  # seed 0: the tiny run's teachers and tiers
+    settings = SuiteSettings(config=TINY, protocols=("clean",), runs_dir=runs, overrides=(f"data.cache_dir={cache_dir}", "students.train.epochs=2"), recipe=None).quick()
+    result = run_suite(replace(settings, requests=60, trace_seconds=6.0))
+    section = result["protocols"]["clean"]
+    rows = section["table_66"]
+    assert set(TABLE_ROWS) <= set(rows)
+    for name, row in rows.items():
+        assert 0.0 <= row["accuracy"]["mean"] <= 1.0 and row["accuracy"]["n"] == 2, name
+        assert row["bytes_deployable"] > 0 and row["latency_ms_p50"] > 0 and row["flops"] > 0, name
+    assert rows["tinyml"]["format"] == "onnx-int8" and rows["tinyml"]["bytes_deployable"] < rows["mobilenetv3"]["bytes_deployable"]
+    assert rows["teacher"]["accuracy"]["std"] == 0.0  # one teacher, shared by the seeds
+    assert rows["teacher"]["accuracy"]["mean"] > 0.5  # the tiny teacher has learned something
+    assert len(section["targets"]) == 8 and section["pareto"]["bytes"]
+    assert [r["row"] for r in section["table_68"]][:2] == ["Base KD (high tier, KD only)", "+ lightweight feature alignment (racmkd objective)"]
+    rob = section["robustness"]["teacher"]
+    assert rob["audio_snr"]["0.0"] <= rob["audio_snr"]["inf"]  # noise does not help
+    assert set(section["transfer"]) == {"image", "audio", "image+audio"}
+    growth = section["cost_growth"]["teacher"]
+    assert growth["exponent_memory_vs_batch"] > 0.5  # activations grow with the batch
+    assert section["table_67"]["random"]["levels"]
+    json.dumps(result)  # the result is plain JSON
+    plots = plot_all(result, tmp_path, "suite")
+    assert all((tmp_path / name).stat().st_size > 0 for name in plots.values())
+    markdown = render(result, plots)
+    for heading in ("Table 6.6", "Table 6.7", "Table 6.8", "Robustness", "Cross-modal transfer", "Cost growth"):
+        assert heading in markdown
+
+
+def test_tables_tolerate_a_row_that_was_not_produced() -> None:
+    from racmkd.eval.suite import table_66, table_targets
+
+    def cost(size: float, ms: float) -> dict:
+        return {"format": "onnx-fp32", "params": 1, "bytes_deployable": size, "weight_bytes": size, "peak_activation_bytes": 1, "memory_bytes": size + 1, "flops": 1, "latency_ms_p50": ms, "latency_ms_p95": ms, "energy_mj_estimated": 0.1}
+
+    def acc(a: float) -> dict:
+        return {"accuracy": a, "f1_macro": a, "auc_roc": None}
+
+    seeds = [
+        {"seed": s, "rows": {"teacher": acc(0.98), "high": acc(0.96 + s / 100), "standard_kd": acc(0.95)}, "missing": {"tinyml": "ExportError: boom"}, "costs": {"teacher": cost(4e6, 6.0), "high": cost(2e5, 0.1), "standard_kd": cost(6e5, 2.0)}}
+        for s in (0, 1)
+    ]
+    rows = table_66(seeds)
+    assert set(rows) == {"teacher", "high", "standard_kd"} and rows["high"]["accuracy"]["std"] > 0
+    assert rows["high"]["retention"] == pytest.approx(0.965 / 0.98)
+    targets = {t["target"]: t for t in table_targets(rows)}
+    dominance = next(t for name, t in targets.items() if name.startswith("racmkd high dominates"))
+    assert dominance["reached"] and "Standard KD" in dominance["target"]
+    assert not next(t for name, t in targets.items() if name.startswith("racmkd medium"))["reached"]  # not produced: reported, not skipped
