@@ -25,8 +25,8 @@ def test_registry_rejects_duplicates_and_suggests_names() -> None:
 
 def test_project_registries_are_filled() -> None:
     assert {"image", "audio"} <= set(MODALITIES.names())
-    assert {"teacher", "student", "cnn2d", "dscnn2d"} <= set(MODELS.names())
-    assert {"kd", "multi_teacher", "feature", "rkd", "similarity", "contrastive", "attention", "group_sparsity", "task"} == set(LOSSES.names())
+    assert {"teacher", "student", "linear_fusion", "cnn2d", "dscnn2d", "mbv3"} <= set(MODELS.names())
+    assert {"kd", "multi_teacher", "feature", "rkd", "similarity", "contrastive", "attention", "group_sparsity", "task", "emd"} == set(LOSSES.names())
 
 
 def test_default_yaml_matches_the_dataclass_defaults_it_documents() -> None:

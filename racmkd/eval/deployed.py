@@ -31,7 +31,7 @@ from racmkd.models.checkpoint import load_model
 from racmkd.models.inference import BatchFeatures
 from racmkd.models.multimodal import MultimodalNet
 from racmkd.pipeline import checkpoint, compressed_dir, export_model
-from racmkd.utils import torch_threads
+from racmkd.utils import progress, torch_threads
 
 INT8_ROWS = ("tinyml",)  # rows deployed as static int8 (post-training quantization), as for TFLite Micro
 
@@ -135,37 +135,47 @@ def raw_test_batch(dataset: PairedDataset, rows: torch.Tensor, audio_snr_db: flo
     return raw
 
 
-def accuracy_under(model: MultimodalNet, specs: dict[str, Any], dataset: PairedDataset, audio_snr_db: float | None = None, image_noise: float = 0.0, missing: str | None = None, limit: int = 0, batch_size: int = 500) -> float | None:
-    """Test accuracy of a model under one degradation, or with the modality `missing` withheld;
-    None when the model needs the missing modality (it has no other input)."""
-    used = [m for m in specs if m != missing]
-    if not used:
-        return None
-    correct = total = 0
+def accuracies_under(models: dict[str, tuple[MultimodalNet, dict[str, Any]]], dataset: PairedDataset, audio_snr_db: float | None = None, image_noise: float = 0.0, missing: str | None = None, limit: int = 0, batch_size: int = 500) -> dict[str, float | None]:
+    """Test accuracy of several models (name -> (model, specs)) under one degradation, or with the
+    modality `missing` withheld; each degraded batch is made once and shared by every model. None
+    for a model that needs the missing modality (it has no other input)."""
+    used = {name: [m for m in specs if m != missing] for name, (_, specs) in models.items()}
+    correct = dict.fromkeys(models, 0)
+    total = 0
     with torch.inference_mode():
         for rows in dataset.batches("test", batch_size, limit=limit):
-            raw = raw_test_batch(dataset, rows, audio_snr_db, image_noise)
-            inputs = BatchFeatures(dataset.modalities, raw).get({m: specs[m] for m in used})
+            features = BatchFeatures(dataset.modalities, raw_test_batch(dataset, rows, audio_snr_db, image_noise))
             labels = dataset.splits["test"].labels[rows]
-            correct += int((model(inputs).argmax(1) == labels).sum())
+            for name, (model, specs) in models.items():
+                if used[name]:
+                    correct[name] += int((model(features.get({m: specs[m] for m in used[name]})).argmax(1) == labels).sum())
             total += len(rows)
-    return correct / max(total, 1)
+    return {name: correct[name] / max(total, 1) if used[name] else None for name in models}
+
+
+def accuracy_under(model: MultimodalNet, specs: dict[str, Any], dataset: PairedDataset, **condition: Any) -> float | None:
+    """`accuracies_under` for one model."""
+    return accuracies_under({"model": (model, specs)}, dataset, **condition)["model"]
 
 
 def robustness(models: dict[str, Path], dataset: PairedDataset, snrs: Iterable[float], image_noises: Iterable[float], limit: int = 0, threads: int = 0) -> dict[str, dict[str, Any]]:
     """Per model: accuracy vs audio SNR (dB; inf = clean), vs image noise, and with each modality missing."""
-    out = {}
+    loaded = {}
+    for name, path in models.items():
+        model, specs, _, _ = load_model(path)
+        loaded[name] = (model.eval(), specs)
+    out: dict[str, dict[str, Any]] = {name: {"modalities": list(specs), "audio_snr": {}, "image_noise": {}, "missing": {}} for name, (_, specs) in loaded.items()}
+    conditions = [("audio_snr", str(snr), {"audio_snr_db": snr}) for snr in snrs] + [("image_noise", str(sigma), {"image_noise": sigma}) for sigma in image_noises]
+    conditions += [("missing", m, {"missing": m}) for m in dataset.modalities] + [("protocol", "", {})]
     with torch_threads(threads):
-        for name, path in models.items():
-            model, specs, _, _ = load_model(path)
-            model.eval()
-            out[name] = {
-                "modalities": list(specs),
-                "audio_snr": {str(snr): accuracy_under(model, specs, dataset, audio_snr_db=snr, limit=limit) for snr in snrs} if "audio" in specs else {},
-                "image_noise": {str(sigma): accuracy_under(model, specs, dataset, image_noise=sigma, limit=limit) for sigma in image_noises} if "image" in specs else {},
-                "missing": {m: accuracy_under(model, specs, dataset, missing=m, limit=limit) for m in dataset.modalities},
-                "protocol": accuracy_under(model, specs, dataset, limit=limit),
-            }
+        for key, label, condition in progress(conditions, desc="robustness"):
+            needs = "audio" if key == "audio_snr" else "image" if key == "image_noise" else None
+            subset = {n: v for n, v in loaded.items() if needs is None or needs in v[1]}  # a sweep of a modality a model lacks is left out
+            for name, accuracy in accuracies_under(subset, dataset, limit=limit, **condition).items():
+                if key == "protocol":
+                    out[name]["protocol"] = accuracy
+                else:
+                    out[name][key][label] = accuracy
     return out
 
 

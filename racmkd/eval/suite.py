@@ -348,7 +348,8 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
         for tier in TIERS:
             if "retention" in rows.get(tier, {}):
                 lines.append(f"| {tier} | {rows[tier]['retention']:.2%} | {SEED_PAPER['retention'][tier]:.1%} | {_kb(rows[tier]['memory_bytes'])} | {SEED_PAPER['memory_mb'][tier]} MB{' (their low tier; critical not given)' if tier == 'critical' else ''} |")
-        lines += ["", f"Pareto front, accuracy vs bytes: {', '.join(LABELS.get(n, n) for n in section['pareto']['bytes'])}; vs latency: {', '.join(LABELS.get(n, n) for n in section['pareto']['latency'])}."]
+        for cost, front in section["pareto"].items():
+            lines += ["", f"Pareto front, accuracy vs {cost} (cheapest first): " + " → ".join(LABELS.get(n, n) for n in front) + "."]
         if "table_67" in section:
             for trace, replay in section["table_67"].items():
                 lines += ["", f"## Table 6.7: performance under dynamic resource constraints ({protocol}, trace '{trace}')", "", f"{replay['requests']} requests replayed by the edge runtime; latency target {replay['latency_target_ms']} ms; latency model: {replay['latency_model']}. SLO-accuracy: answered correctly within the target.", ""]
