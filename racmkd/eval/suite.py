@@ -34,7 +34,7 @@ from racmkd.eval.baselines import BASELINES, train_extras
 from racmkd.eval.deployed import Deployed, artifact_accuracy, artifact_costs, closest_in_cost, cost_growth, deploy, dominates, pareto_front, robustness
 from racmkd.eval.report import git_commit, machine
 from racmkd.pipeline import TEACHER, checkpoint, compress_students, create_run, distill_students, prepare_data, train_teachers
-from racmkd.utils import atomic_write_json
+from racmkd.utils import atomic_write_json, progress
 
 TIERS = ("high", "medium", "low", "critical")
 TABLE_ROWS = ("teacher", "standard_kd", "mobilenetv3", "tinyml", "emd_kd", *TIERS)
@@ -149,7 +149,7 @@ def measure_seed(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, with_cos
     wanted = [(name, True) for name in TABLE_ROWS] + [(t, False) for t in TIERS if (run_dir / "compressed" / t).is_dir()]
     rows: list[Deployed] = []
     result: dict[str, Any] = {"commit": git_commit(), "run": run_dir.name, "seed": cfg.seed, "rows": {}, "missing": {}}
-    for name, compressed in wanted:
+    for name, compressed in progress(wanted, desc=f"measure {run_dir.name}"):
         try:  # a row that cannot be produced is reported with the reason; the others go on
             row = deploy(cfg, dataset, run_dir, name, out_dir, compressed=compressed)
             result["rows"][row.name] = {"artifact": str(row.artifact.relative_to(run_dir)), **artifact_accuracy(row, dataset)}
