@@ -27,13 +27,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from racmkd.config import load_config  # noqa: E402
-from racmkd.eval.report import RETENTION_TARGETS, TEACHER_TARGETS, git_commit, machine  # noqa: E402
-from racmkd.pipeline import run_pipeline  # noqa: E402
 from results_io import write_results  # noqa: E402
 
+from racmkd.config import load_config  # noqa: E402
+from racmkd.eval.report import RETENTION_TARGETS, TEACHER_TARGETS, git_commit, machine  # noqa: E402
+from racmkd.eval.suite import SEED_PAPER, mean_std  # noqa: E402
+from racmkd.pipeline import run_pipeline  # noqa: E402
+
 TIERS = ["high", "medium", "low", "critical"]
-SEED_PAPER = {"retention": {"high": 0.974, "medium": 0.947, "low": 0.903, "critical": 0.873}, "memory_mb": {"high": 42.6, "medium": 18.3, "low": 6.2}}
 
 
 def run_seed(config: Path, protocol: str, seed: int, runs_dir: Path, overrides: list[str]) -> dict:
@@ -47,10 +48,6 @@ def run_seed(config: Path, protocol: str, seed: int, runs_dir: Path, overrides: 
         run_pipeline(cfg)
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
     return json.loads(report.read_text())
-
-
-def mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
 def summarise(reports: list[dict]) -> dict:

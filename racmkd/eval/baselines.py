@@ -23,15 +23,16 @@ tier's resolution and depth, widest within its budget) trained three ways:
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from racmkd.config import RunConfig
+from racmkd.config import DistillConfig, RunConfig
 from racmkd.data.dataset import PairedDataset
-from racmkd.distill.adaptive import objective_weights
+from racmkd.distill.adaptive import ObjectiveWeights, objective_weights
 from racmkd.distill.trainer import Job, attach_projection, train_jobs
 from racmkd.models.checkpoint import load_model, save_model
 from racmkd.models.multimodal import MultimodalNet, count_params, linear_fusion, student, widest_student
@@ -78,11 +79,17 @@ def _specs(dataset: PairedDataset, modalities: tuple[str, ...], level: int) -> d
     return {m: dataset.modalities[m].spec(level) for m in modalities}
 
 
+def kd_objective(cfg: RunConfig, budget_bytes: int) -> tuple[ObjectiveWeights, DistillConfig]:
+    """Plain Hinton KD at a tier's budget: the racmkd task and KD weights, no alignment, no resource term."""
+    budgets = [t.budget_bytes for t in cfg.students.tiers]
+    weights = replace(objective_weights(cfg.distill, budget_bytes, budgets), gamma=0.0, delta=0.0)
+    return weights, replace(cfg.distill, distill_losses={"kd": 1.0}, align_losses={})
+
+
 def baseline_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher: MultimodalNet, names: tuple[str, ...] = BASELINES) -> list[Job]:
     """Fresh jobs for the named baselines (seeded from the run's seed)."""
     high, critical = tier_design(run_dir, "high"), tier_design(run_dir, "critical")
-    budgets = [t.budget_bytes for t in cfg.students.tiers]
-    kd_weights = replace(objective_weights(cfg.distill, high.budget_bytes, budgets), gamma=0.0, delta=0.0)
+    kd_weights, kd_only = kd_objective(cfg, high.budget_bytes)
     seed = cfg.seed + 7
     jobs = []
     for name in names:
@@ -91,7 +98,7 @@ def baseline_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher
             specs = _specs(dataset, high.modalities, high.level)
             model = student(model_inputs(dataset.modalities, specs, "student"), width=high.width, depth=high.depth)
             if name == "standard_kd":
-                job = Job(name, model, specs, cfg.students.train, kd_weights, replace(cfg.distill, distill_losses={"kd": 1.0}, align_losses={}))
+                job = Job(name, model, specs, cfg.students.train, kd_weights, kd_only)
             else:
                 emd = replace(kd_weights, beta=0.0, gamma=1.0)
                 job = Job(name, model, specs, cfg.students.train, emd, replace(cfg.distill, distill_losses={}, align_losses={"emd": 1.0}))
@@ -115,18 +122,16 @@ def baseline_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher
 def transfer_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher: MultimodalNet) -> list[Job]:
     """For each modality: a single-modality student trained with cross-modal KD, unimodal KD and labels only."""
     high = tier_design(run_dir, "high")
-    budgets = [t.budget_bytes for t in cfg.students.tiers]
-    kd_weights = replace(objective_weights(cfg.distill, high.budget_bytes, budgets), gamma=0.0, delta=0.0)
-    kd_only = replace(cfg.distill, distill_losses={"kd": 1.0}, align_losses={})
+    kd_weights, kd_only = kd_objective(cfg, high.budget_bytes)
     jobs = []
     for m in dataset.modalities:
         specs = _specs(dataset, (m,), high.level)
-        inputs = model_inputs(dataset.modalities, specs, "student")
+        seed_everything(cfg.seed + 7)
+        initial = widest_student(model_inputs(dataset.modalities, specs, "student"), high.budget_bytes, high.depth, cfg.students.max_width)
+        if initial is None:
+            raise RunError(f"no {m}-only student of depth {high.depth} fits the high budget ({high.budget_bytes} bytes)")
         for how in ("crossmodal", "unimodal", "labels"):
-            seed_everything(cfg.seed + 7)
-            model = widest_student(inputs, high.budget_bytes, high.depth, cfg.students.max_width)
-            if model is None:
-                raise RunError(f"no {m}-only student of depth {high.depth} fits the high budget ({high.budget_bytes} bytes)")
+            model = copy.deepcopy(initial)  # the three ways start from the same weights
             if how == "labels":
                 jobs.append(Job(f"transfer_{m}_labels", model, specs, cfg.students.train))
             else:
