@@ -3,12 +3,22 @@
 A multimodal teacher (image + audio) is distilled into tiny students at resource tiers; every
 model is measured for accuracy and cost. `racmkd.load(run_dir, tier)` gives a predictor on raw
 inputs; the `racmkd` command runs the pipeline (see README.md).
+
+Subpackages are imported on first use, so that an edge device, which has ONNX Runtime but no
+PyTorch, imports the runtime and deployment modules alone.
 """
 
-from racmkd import data as data
-from racmkd import distill as distill
-from racmkd import models as models
-from racmkd.runtime import Predictor, load
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["Predictor", "load", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """`racmkd.load` and `racmkd.Predictor` (racmkd.runtime.predictor), imported on first use."""
+    if name in ("load", "Predictor", "OnnxPredictor"):
+        return getattr(importlib.import_module("racmkd.runtime.predictor"), name)
+    raise AttributeError(f"module 'racmkd' has no attribute {name!r}")

@@ -4,6 +4,7 @@ racmkd.eval.report and racmkd.runtime."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -38,10 +39,12 @@ def _fail(err: Exception) -> typer.Exit:
 
 
 def _errors() -> tuple[type[Exception], ...]:
-    from racmkd.models.checkpoint import CheckpointError
-    from racmkd.pipeline import RunError
+    """The errors a command reports in one line. A checkpoint error can only come from its module
+    once imported, so torch is not imported for it (the edge server runs without torch)."""
+    from racmkd.runs import RunError
 
-    return (ConfigError, DataError, RunError, CheckpointError, FileNotFoundError, KeyError, ValueError)
+    checkpoints = sys.modules.get("racmkd.models.checkpoint")
+    return (ConfigError, DataError, RunError, FileNotFoundError, KeyError, ValueError, *([checkpoints.CheckpointError] if checkpoints else []))
 
 
 @app.command()
@@ -196,7 +199,7 @@ TraceOpt = Annotated[str, typer.Option(help="A synthetic trace (steady, periodic
 
 def _run_config(run: Path, overrides: list[str] | None) -> tuple[Path, RunConfig]:
     """A run directory and its config, with `--set` overrides (e.g. runtime.latency_target_ms=5)."""
-    from racmkd.pipeline import open_run
+    from racmkd.runs import open_run
 
     run_dir, _ = open_run(run)
     return run_dir, load_config(run_dir / "config.yaml", list(overrides or []))
@@ -348,9 +351,9 @@ def serve_command(
     except _errors() as err:
         raise _fail(err) from None
     typer.echo(f"racmkd {role} server on http://{cfg.serve.host}:{cfg.serve.port} (run {run_dir.name})")
-    from racmkd.compress.export import ExportError
+    from racmkd.compress.artifacts import ExportError
     from racmkd.deploy.signing import SignatureError
-    from racmkd.runtime.variants import BankError
+    from racmkd.runtime.bank import BankError
 
     try:
         serve(role, cfg, run_dir, cfg.serve)

@@ -217,7 +217,8 @@ class RuntimeConfig:
 
     build_bank: bool = False  # `racmkd run` ends by building the variant bank (<run>/edge/), as `racmkd edge build` does
     latency_target_ms: float = 3.0  # per request, preprocessing included
-    threads: int = 1  # torch threads for preprocessing (ONNX Runtime sessions use one): more threads stall under other programs' load
+    threads: int = 1  # ONNX Runtime threads per variant session: more threads stall under other programs' load
+    session_cache: str = ".cache/racmkd/onnxruntime"  # optimised copies of the variants' graphs (racmkd.compress.artifacts); "" = load the plain files
     priorities: dict[str, float] = field(default_factory=dict)  # modality -> priority in [0, 1] (default 1)
     critical: dict[str, str] = field(default_factory=dict)  # modality -> lowest tier it may run at; it is never switched off
     memory_reserve_bytes: int = 4 * 2**20  # free memory left to other programs

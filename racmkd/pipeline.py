@@ -9,7 +9,6 @@ report.json, report.md, plots and edge/; runs/latest points at the newest run.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 import torch
 
-from racmkd.config import RunConfig, TierConfig, load_config, save_config
+from racmkd.config import RunConfig, TierConfig
 from racmkd.data.dataset import PairedDataset, build_dataset
 from racmkd.data.modalities import Modality
 from racmkd.distill.adaptive import objective_weights
@@ -27,56 +26,10 @@ from racmkd.distill.trainer import Job, Teacher, attach_projection, train_jobs
 from racmkd.eval.cost import count_flops
 from racmkd.models.checkpoint import load_model, save_model
 from racmkd.models.multimodal import MultimodalNet, count_params, teacher, widest_student
+from racmkd.runs import RunError, checkpoint, create_run, link_latest, open_run, record_timing  # noqa: F401 - run directories (racmkd.runs, no torch)
 from racmkd.utils import atomic_write_json, seed_everything, torch_threads
 
 TEACHER = "teacher"
-
-
-class RunError(RuntimeError):
-    """A run directory is missing or incomplete for the requested stage; the message says which stage to run."""
-
-
-# Run directories ---------------------------------------------------------------------------------
-
-
-def create_run(cfg: RunConfig) -> Path:
-    """A new runs/<name>/ with its config.yaml; runs/latest now points at it."""
-    name = cfg.name or f"{cfg.data.protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.runs_dir) / name
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    link_latest(run_dir)
-    return run_dir
-
-
-def link_latest(run_dir: Path) -> None:
-    """Point runs/latest at `run_dir` (replaced atomically)."""
-    latest = run_dir.parent / "latest"
-    tmp = run_dir.parent / f".latest.{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run_dir.name)
-    os.replace(tmp, latest)
-
-
-def open_run(run: str | Path) -> tuple[Path, RunConfig]:
-    """An existing run directory and the config it was created with."""
-    run_dir = Path(run)
-    if not (run_dir / "config.yaml").is_file():
-        raise RunError(f"{run_dir}: not a run directory (no config.yaml). Start one with `racmkd train-teacher` or `racmkd run`.")
-    return run_dir.resolve(), load_config(run_dir / "config.yaml")
-
-
-def checkpoint(run_dir: Path, name: str) -> Path:
-    """Where the model `name` of a run is stored."""
-    return run_dir / "checkpoints" / f"{name}.pt"
-
-
-def record_timing(run_dir: Path, stage: str, seconds: float) -> None:
-    """Add a stage's wall time to runs/<name>/timings.json."""
-    path = run_dir / "timings.json"
-    timings = json.loads(path.read_text()) if path.exists() else {}
-    timings[stage] = round(seconds, 1)
-    atomic_write_json(path, timings)
 
 
 # Model inputs ------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """One Registry class for everything racmkd looks up by name.
 
-Modalities, models, losses and compression steps are registered explicitly under a unique name; configs refer to
-them by that name. A duplicate name is an error, an unknown one suggests the closest names.
+Modalities (and their torch-free deployment half, signals), models, losses and compression steps
+are registered explicitly under a unique name; configs refer to them by that name. A duplicate name is an error, an unknown one suggests the closest names.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class Registry(Generic[T]):
 
 
 MODALITIES: Registry = Registry("modality")
+SIGNALS: Registry = Registry("signal")  # a modality's deployment side: input checks and features in numpy (racmkd.data.signals)
 MODELS: Registry = Registry("model")
 LOSSES: Registry = Registry("loss")
 COMPRESSORS: Registry = Registry("compression step")

@@ -1,4 +1,6 @@
-"""Small helpers shared by every stage: atomic writes, seeding, threads, progress bars."""
+"""Small helpers shared by every stage: atomic writes, seeding, threads, progress bars.
+
+torch is imported inside the helpers that need it: the edge side uses this module without it."""
 
 from __future__ import annotations
 
@@ -11,11 +13,13 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 
@@ -51,6 +55,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """`torch.save` through a temporary file and a rename."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -65,6 +71,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch generator for code that takes one explicitly."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -74,6 +82,8 @@ def seed_everything(seed: int) -> torch.Generator:
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run a block with `n` intra-op threads (0 = leave as is), restoring the previous number after."""
+    import torch
+
     before = torch.get_num_threads()
     if n > 0:
         torch.set_num_threads(n)

@@ -357,6 +357,51 @@ def test_edge_end_to_end_with_fog_broker_registry_and_failures(tiny_run: Path, t
         broker.kill()
 
 
+# The edge without the training stack ---------------------------------------------------------------------
+
+# Run a command with the `train` extra's packages made unimportable, as on an edge image (racmkd's core only).
+WITHOUT_TRAINING_STACK = """
+import importlib.abc, sys
+class NoTrainingStack(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "sklearn", "matplotlib", "onnxscript", "torch_pruning", "ot"}:
+            raise ImportError(f"{name} is not installed on an edge device")
+sys.meta_path.insert(0, NoTrainingStack())
+from racmkd.cli import app
+app()
+"""
+
+
+def test_the_edge_serves_without_the_training_stack(tiny_run: Path, tiny_dataset, bank_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    import tomllib
+
+    import torch
+
+    core = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not any(d.split("=")[0].split(">")[0].strip() in {"torch", "scikit-learn", "matplotlib", "onnxscript", "torch-pruning", "pot"} for d in core)
+    port, cache = free_port(), tmp_path / "onnxruntime"
+    command = [sys.executable, "-c", WITHOUT_TRAINING_STACK, "serve", "--role", "edge", "--run", str(tiny_run), "--port", str(port), "--set", f"runtime.session_cache={cache}"]
+    edge = subprocess.Popen(command, env={**os.environ, "RACMKD_PROGRESS": "0"}, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        rows = torch.arange(20)
+        raw = tiny_dataset.raw_batch("test", rows)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            for i in range(len(rows)):
+                image = np.round(raw["image"][i].numpy() * 255).astype(np.uint8)
+                reply = client.post("/predict", content=npz(image=image, audio=raw["audio"][i].numpy()), headers={"Content-Type": "application/x-npz"})
+                assert reply.status_code == 200, reply.text
+                assert reply.json()["variants"] and abs(sum(reply.json()["probabilities"]) - 1) < 1e-4
+            assert client.post("/predict", json={"audio": raw["audio"][0].numpy().tolist(), "sample_rate": 16000}).status_code == 200  # resampled
+            assert client.post("/predict", json={"image": [[0.0] * 5] * 5}).status_code == 422
+            assert "racmkd_cpu_percent" in client.get("/metrics").text  # the monitor reads the machine without torch
+        assert sorted(p.name.split(".")[0] for p in cache.glob("*.onnx"))  # sessions came from optimised copies
+    finally:
+        edge.send_signal(signal.SIGINT)
+        _, errors = edge.communicate(timeout=30)
+    assert "not installed on an edge device" not in errors, errors  # nothing tried the training stack, not even in the background
+
+
 def test_kubernetes_manifests_and_compose_file_are_valid() -> None:
     import kubernetes_validate
     import yaml
@@ -383,3 +428,4 @@ def test_kubernetes_manifests_and_compose_file_are_valid() -> None:
         assert compose["services"][role]["build"]["target"] == role
         stage = dockerfile.split(f" AS {role}\n")[1].split("\nFROM ")[0]
         assert f'"--role", "{role}"' in stage and "USER racmkd" in stage  # each role starts its own server, not as root
+    assert "FROM base AS edge" in dockerfile and "[train]" not in dockerfile.split(" AS edge\n")[1]  # the edge image: racmkd's core, no PyTorch

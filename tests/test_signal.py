@@ -1,4 +1,5 @@
-"""Audio and image processing, checked against values computed by hand."""
+"""Audio and image processing, checked against values computed by hand; the deployment side's numpy
+signals (racmkd.data.signals) held to the training side's torch features on real data."""
 
 from __future__ import annotations
 
@@ -7,14 +8,19 @@ import math
 import numpy as np
 import torch
 
+import pytest
+import torch.nn.functional as F
+
 from racmkd.data import audio as dsp
+from racmkd.data import signals
 from racmkd.data.image import center_crop, fit_pca, pca_reconstruct, random_affine, resize
+from racmkd.registry import SIGNALS
 
 
 def test_fix_length_centres_padding_and_trimming() -> None:
-    padded, start, end = dsp.fix_length(torch.tensor([1.0, 2.0, 3.0]), 7)
+    padded, start, end = signals.fix_length(np.array([1.0, 2.0, 3.0]), 7)
     assert padded.tolist() == [0, 0, 1, 2, 3, 0, 0] and (start, end) == (2, 5)
-    trimmed, start, end = dsp.fix_length(torch.arange(10.0), 4)
+    trimmed, start, end = signals.fix_length(np.arange(10.0), 4)
     assert trimmed.tolist() == [3, 4, 5, 6] and (start, end) == (0, 4)
 
 
@@ -31,8 +37,8 @@ def test_mel_filterbank_rows_are_normalised_and_ordered() -> None:
     assert torch.allclose(bank.sum(1), torch.ones(64))
     centres = (bank * torch.arange(257)).sum(1)
     assert torch.all(centres[1:] > centres[:-1])
-    assert math.isclose(float(dsp.mel_to_hz(dsp.hz_to_mel(torch.tensor(1000.0)))), 1000.0, rel_tol=1e-5)
-    assert math.isclose(float(dsp.hz_to_mel(torch.tensor(1000.0))), 1000.0, rel_tol=1e-3)  # HTK: 1 kHz ~ 1000 mel
+    assert math.isclose(float(signals.mel_to_hz(signals.hz_to_mel(1000.0))), 1000.0, rel_tol=1e-9)
+    assert math.isclose(float(signals.hz_to_mel(1000.0)), 1000.0, rel_tol=1e-3)  # HTK: 1 kHz ~ 1000 mel
 
 
 def sine(freq: float, n: int = 8000, rate: int = 8000) -> torch.Tensor:
@@ -41,8 +47,11 @@ def sine(freq: float, n: int = 8000, rate: int = 8000) -> torch.Tensor:
 
 def test_power_spectrogram_peaks_at_the_tone() -> None:
     power = dsp.power_spectrogram(sine(1000.0), 512, 400, 256)
-    assert power.shape == (1, 257, dsp.frames_for(8000, 256)) == (1, 257, 32)
+    assert power.shape == (1, 257, signals.frames_for(8000, 256)) == (1, 257, 32)
     assert int(power[0, :, 16].argmax()) == 64  # 1000 Hz / (8000 / 512) Hz per bin
+    same = signals.power_spectrogram(sine(1000.0).numpy(), 512, 400, 256)  # numpy, frames first
+    assert same.shape == (1, 32, 257) and int(same[0, 16].argmax()) == 64
+    np.testing.assert_allclose(same.transpose(0, 2, 1), power.numpy(), rtol=1e-4, atol=1e-4 * float(power.max()))
 
 
 def test_stretch_and_shift_identity_pitch_and_tempo() -> None:
@@ -86,3 +95,55 @@ def test_pca_keeps_the_fewest_components_reaching_the_variance() -> None:
     assert ratios[kept - 1] >= 0.5 and (kept == 1 or ratios[kept - 2] < 0.5)
     recon = pca_reconstruct(images, pca, pca.n_components_)
     assert recon.dtype == np.uint8 and np.abs(recon.astype(int) - images.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize(("size_in", "size_out"), [(24, 16), (24, 12), (24, 8), (28, 10), (13, 5), (16, 24)])
+def test_resize_matrices_are_torch_antialiased_bilinear(size_in: int, size_out: int) -> None:
+    images = torch.rand(4, size_in, size_in, generator=torch.Generator().manual_seed(size_in))
+    reference = F.interpolate(images[:, None], size=(size_out, size_out), mode="bilinear", antialias=True, align_corners=False)[:, 0]
+    torch.testing.assert_close(resize(images, size_out), reference, atol=2e-6, rtol=0)
+    np.testing.assert_allclose(signals.resize(images.numpy(), size_out), reference.numpy(), atol=2e-6)
+    np.testing.assert_allclose(signals.resize_matrix(size_in, size_out).sum(axis=1), 1.0, atol=1e-6)  # every output a weighted mean
+
+
+def test_adaptive_pooling_matrix_matches_torch() -> None:
+    x = torch.rand(2, 5, 32)
+    for frames in (32, 16, 8, 7):
+        np.testing.assert_allclose(x.numpy() @ signals.pooling_matrix(32, frames), F.adaptive_avg_pool1d(x, frames).numpy(), atol=1e-6)
+
+
+def test_signals_compute_the_training_features_on_real_data(tiny_dataset) -> None:  # noqa: ANN001
+    """The edge runtime's numpy preprocessing gives what the models were trained on, at every level."""
+    rows = torch.arange(64)
+    raw = tiny_dataset.raw_batch("test", rows)
+    for name, modality in tiny_dataset.modalities.items():
+        signal = SIGNALS.create(name)
+        for level in range(modality.n_levels):
+            spec = modality.spec(level)
+            expected = modality.features(raw[name], spec).numpy()
+            got = signal.features(raw[name].numpy(), spec)
+            assert got.dtype == np.float32 and got.shape == expected.shape == (64, *signal.feature_shape(spec))
+            np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)  # log-mel: float32 FFTs differ by ~3e-4 in the quietest bands
+        if name == "audio":  # band selection picks rows, in the order given
+            spec = modality.reduce(modality.spec(1), bands=(5, 0, 17))
+            np.testing.assert_allclose(signal.features(raw[name].numpy(), spec), modality.features(raw[name], spec).numpy(), atol=1e-3, rtol=0)
+
+
+def test_signals_check_raw_inputs() -> None:
+    image, audio = SIGNALS.create("image"), SIGNALS.create("audio")
+    digit = np.arange(784, dtype=np.uint8).reshape(28, 28)
+    np.testing.assert_allclose(image.to_raw(digit, signals.ImageSpec()), digit[None] / 255.0, atol=1e-7)
+    assert image.to_raw(digit[:, :, None].astype(np.float32) / 255, signals.ImageSpec()).shape == (1, 28, 28)
+    for bad, message in ((np.zeros((28, 27)), "28x28"), (np.full((28, 28), 3.0), r"\[0, 1\]"), (np.zeros((28, 28), dtype=np.int64), "uint8")):
+        with pytest.raises(ValueError, match=message):
+            image.to_raw(bad, signals.ImageSpec())
+    spec = signals.AudioSpec()
+    tone = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)  # 1 s at 16 kHz
+    raw = audio.to_raw(tone, spec, sample_rate=16000)
+    assert raw.shape == (1, 8000) and raw.dtype == np.float32  # resampled to the model's 8 kHz
+    assert audio.to_raw((tone[:4000] * 32767).astype(np.int16), spec).shape == (1, 8000)  # padded, centred
+    for bad, message in ((np.zeros((2, 100)), "mono"), (np.array([0.0, np.nan]), "NaN"), (np.zeros(10, dtype=np.int32), "int16")):
+        with pytest.raises(ValueError, match=message):
+            audio.to_raw(bad, spec)
+    assert audio.input_quality(np.zeros((1, 8000), np.float32)) == 0.0 and audio.input_quality(raw) == 1.0
+    assert image.input_quality(np.full((1, 28, 28), 0.5, np.float32)) == 0.0

@@ -6,6 +6,7 @@ export. The model's metadata (`racmkd.contract`) holds what a runtime must do to
 (`Modality.contract`): crop and resize for images, the log-mel parameters for audio.
 
 The exporter is chosen explicitly: `dynamo=True` (torch.export + onnxscript), opset 18.
+Reading contracts and opening sessions needs no torch: racmkd.compress.artifacts (re-exported here).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from racmkd.compress.artifacts import CONTRACT_FORMAT, CONTRACT_KEY, ExportError, read_contract, session, specs_from_contract, zero_feed  # noqa: F401 - the training side's one import
 from racmkd.config import to_dict
 from racmkd.data.dataset import PairedDataset
 from racmkd.data.modalities import Modality
@@ -36,12 +38,6 @@ from racmkd.models.multimodal import MultimodalNet
 from racmkd.utils import atomic_write_bytes
 
 OPSET = 18
-CONTRACT_KEY = "racmkd.contract"
-CONTRACT_FORMAT = "racmkd-onnx/1"
-
-
-class ExportError(RuntimeError):
-    """A model could not be exported, or a file is not a racmkd ONNX model; the message names the file."""
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -201,46 +197,6 @@ def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
         model.metadata_props.add(key=p.key, value=p.value)
     for key, value in values.items():
         model.metadata_props.add(key=key, value=value)
-
-
-def read_contract(path: Path) -> dict[str, Any]:
-    """The contract of an exported racmkd model; a clear error for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path}: no such file")
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except Exception as err:  # noqa: BLE001 - protobuf raises DecodeError and others
-        raise ExportError(f"{path}: not an ONNX model ({type(err).__name__}). Export one with `racmkd export`.") from None
-    meta = {p.key: p.value for p in model.metadata_props}
-    if CONTRACT_KEY not in meta:
-        raise ExportError(f"{path}: an ONNX model without a racmkd contract (metadata {CONTRACT_KEY!r}); export it with `racmkd export`")
-    return json.loads(meta[CONTRACT_KEY])
-
-
-def specs_from_contract(contract_: dict[str, Any], modalities: dict[str, Modality]) -> dict[str, Any]:
-    """The feature specs of an exported model's inputs, as Modality objects understand them."""
-    return {m: modalities[m].spec_from_dict(entry["spec"]) for m, entry in contract_["inputs"].items()}
-
-
-def session(path: Path | bytes, threads: int = 1) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session on `threads` threads, all graph optimisations on."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    source = str(path) if isinstance(path, Path) else path
-    try:
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ExportError(f"{path if isinstance(path, Path) else 'model'}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from None
-
-
-def zero_feed(sess: ort.InferenceSession) -> dict[str, np.ndarray]:
-    """Zero inputs of batch 1 for every input of a session (health checks, timing)."""
-    return {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], dtype=np.float32) for i in sess.get_inputs()}
 
 
 def onnx_logits(sess: ort.InferenceSession, specs: dict[str, Any], dataset: PairedDataset, split: str, limit: int = 0, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:

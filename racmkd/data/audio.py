@@ -1,27 +1,17 @@
-"""Audio signal processing in torch: fixed-length windows, noise at a target SNR, log-mel spectrograms
-and spectrogram-domain augmentation.
+"""Audio signal processing in torch for training batches: noise at a target SNR, log-mel
+spectrograms and spectrogram-domain augmentation.
 
 torchaudio has no CPU build here, so the few pieces we need are written out; each is small and
-checked against hand-computed values in tests/test_audio.py.
+checked against hand-computed values in tests/test_signal.py. The deployment side computes the same
+features in numpy (racmkd.data.signals, which also owns the mel filters both use).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-
-def fix_length(wave: torch.Tensor, length: int) -> tuple[torch.Tensor, int, int]:
-    """Pad or trim a 1-D waveform to `length` samples, centred; return it and the span [start, end)
-    that holds the original samples."""
-    n = wave.shape[-1]
-    if n >= length:
-        start = (n - length) // 2
-        return wave[..., start : start + length], 0, length
-    left = (length - n) // 2
-    return F.pad(wave, (left, length - n - left)), left, left + n
+from racmkd.data import signals
 
 
 def noise_std_for_snr(signal_power: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
@@ -29,31 +19,10 @@ def noise_std_for_snr(signal_power: torch.Tensor, snr_db: torch.Tensor) -> torch
     return torch.sqrt(signal_power / torch.pow(10.0, snr_db / 10.0))
 
 
-def hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
-    """HTK mel scale."""
-    return 2595.0 * torch.log10(1.0 + hz / 700.0)
-
-
-def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
-    """Inverse of `hz_to_mel`."""
-    return 700.0 * (torch.pow(10.0, mel / 2595.0) - 1.0)
-
-
 def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
-    """Triangular HTK mel filters, shape (n_mels, n_freqs), each row normalised to sum to one so that
-    a band's value is the mean power under it whatever the number of bands."""
-    freqs = torch.linspace(0.0, sample_rate / 2, n_freqs, dtype=torch.float64)
-    edges = mel_to_hz(torch.linspace(hz_to_mel(torch.tensor(f_min)), hz_to_mel(torch.tensor(f_max)), n_mels + 2, dtype=torch.float64))
-    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (freqs - lower) / (centre - lower)
-    falling = (upper - freqs) / (upper - centre)
-    bank = torch.clamp(torch.minimum(rising, falling), min=0.0)
-    # A band narrower than one FFT bin catches no bin: give it the bin nearest its centre.
-    empty = bank.sum(dim=1) == 0
-    if empty.any():
-        nearest = torch.argmin((freqs[None, :] - centre[empty]).abs(), dim=1)
-        bank[empty.nonzero().squeeze(1), nearest] = 1.0
-    return (bank / bank.sum(dim=1, keepdim=True)).float()
+    """The mel filters of `racmkd.data.signals.mel_filterbank` (n_mels, n_freqs), as a tensor: training
+    and deployment use the very same weights."""
+    return torch.from_numpy(signals.mel_filterbank(n_freqs, n_mels, sample_rate, f_min, f_max).copy())
 
 
 def power_spectrogram(wave: torch.Tensor, n_fft: int, win_length: int, hop_length: int) -> torch.Tensor:
@@ -112,8 +81,3 @@ def peak_normalise(wave: torch.Tensor) -> torch.Tensor:
     """Scale each waveform (B, L) to a peak of 1 so that recording gain does not change the features."""
     peak = wave.abs().amax(dim=-1, keepdim=True)
     return wave / torch.clamp(peak, min=1e-8)
-
-
-def frames_for(sample_count: int, hop_length: int) -> int:
-    """Number of centred STFT frames `power_spectrogram` yields."""
-    return 1 + math.floor(sample_count / hop_length)

@@ -1,4 +1,5 @@
-"""Image processing in torch: crop and resize, random affine augmentation, PCA degradation."""
+"""Image processing in torch for training batches: resize, random affine augmentation, PCA degradation.
+The centre crop is array-agnostic and lives with the deployment side (racmkd.data.signals)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,19 @@ import torch
 import torch.nn.functional as F
 from sklearn.decomposition import PCA
 
-
-def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Central `size` x `size` window of a batch (B, H, W)."""
-    h, w = images.shape[-2:]
-    if size > min(h, w):
-        raise ValueError(f"cannot crop {h}x{w} images to {size}x{size}")
-    top, left = (h - size) // 2, (w - size) // 2
-    return images[..., top : top + size, left : left + size]
+from racmkd.data import signals
+from racmkd.data.signals import center_crop as center_crop  # slicing: the same for tensors and arrays
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Antialiased bilinear resize of a batch (B, H, W) to `size` x `size`."""
-    if images.shape[-1] == size and images.shape[-2] == size:
+    """Antialiased bilinear resize of a batch (B, H, W) to `size` x `size`, with the resampling
+    matrices of `racmkd.data.signals.resize_matrix` (the weights torch's antialiased `interpolate`
+    uses): training and deployment resize with the very same weights."""
+    h, w = images.shape[-2:]
+    if h == size and w == size:
         return images
-    return F.interpolate(images.unsqueeze(1), size=(size, size), mode="bilinear", antialias=True, align_corners=False).squeeze(1)
+    rows, cols = (torch.from_numpy(signals.resize_matrix(n, size)).to(images.dtype) for n in (h, w))
+    return rows @ images @ cols.T  # (size, H) @ (B, H, W) @ (W, size)
 
 
 def random_affine(images: torch.Tensor, generator: torch.Generator, rotation_deg: float, shift: float, zoom: float) -> torch.Tensor:

@@ -5,6 +5,10 @@ to the stored data, dynamic ones per batch), augments training batches, and turn
 model features for a given `spec` (resolution knobs). The dataset, the models, the trainer and the
 predictor only call this interface, so a new modality (e.g. a pen-trajectory / IMU time series) is
 added by registering a subclass in MODALITIES, not by editing the pipeline.
+
+What a deployed model needs of a modality (input checks, features from one raw input, the
+contract) is its torch-free half, a `Signal` registered in SIGNALS under the same name
+(racmkd.data.signals); a Modality holds its signal and delegates those to it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from scipy.signal import resample_poly
 
 from racmkd.config import ConfigError, DataConfig, from_dict
 from racmkd.data import audio as dsp
@@ -27,7 +30,8 @@ from racmkd.data.fsdd import load_fsdd
 from racmkd.data.image import center_crop, fit_pca, pca_reconstruct, random_affine, resize
 from racmkd.data.mnist import load_mnist
 from racmkd.data.paths import DataError
-from racmkd.registry import MODALITIES
+from racmkd.data.signals import AudioSpec, ImageSpec, Signal, fix_length
+from racmkd.registry import MODALITIES, SIGNALS
 
 PROTOCOLS = ("clean", "avmnist")
 SPLITS = ("train", "val", "test")
@@ -51,7 +55,6 @@ class Modality(ABC):
 
     name: ClassVar[str]
     options_type: ClassVar[type]  # frozen dataclass of the options under data.options.<name>
-    spec_type: ClassVar[type]  # frozen dataclass of the feature knobs a model is built for
     teacher_encoder: ClassVar[str]  # MODELS names of the encoders for this kind of input
     student_encoder: ClassVar[str]
 
@@ -60,6 +63,12 @@ class Modality(ABC):
             raise ConfigError(f"data.protocol: unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         self.protocol = protocol
         self.options = from_dict(self.options_type, options, where=f"data.options.{self.name}")
+        self.signal: Signal = SIGNALS.create(self.name)  # the deployment half: checks, features, contract
+
+    @property
+    def spec_type(self) -> type:
+        """Frozen dataclass of the feature knobs a model is built for (the signal's)."""
+        return self.signal.spec_type
 
     # Dataset side ---------------------------------------------------------------------------------
 
@@ -97,17 +106,17 @@ class Modality(ABC):
         from that seed (so every model of a batch sees the same augmented sample). `memo` is scratch
         space shared by calls on the same raw batch, for intermediate results several specs share."""
 
-    @abstractmethod
     def feature_shape(self, spec: Any) -> tuple[int, ...]:
         """Shape of one sample of `features` (without the batch dimension)."""
+        return self.signal.feature_shape(spec)
 
-    @abstractmethod
-    def to_raw(self, value: Any, spec: Any, **kwargs: Any) -> torch.Tensor:
+    def to_raw(self, value: Any, spec: Any, sample_rate: int | None = None) -> torch.Tensor:
         """Check one user input and convert it to a raw batch of one, as `gather` returns."""
+        return torch.from_numpy(self.signal.to_raw(value, spec, sample_rate=sample_rate))
 
     def spec_from_dict(self, values: dict[str, Any]) -> Any:
         """A spec saved in a checkpoint, read back."""
-        return from_dict(self.spec_type, values, where=f"spec.{self.name}")
+        return self.signal.spec_from_dict(values)
 
     # Input-side compression -----------------------------------------------------------------------
 
@@ -127,16 +136,9 @@ class Modality(ABC):
         if math.prod(self.feature_shape(reduced)) > math.prod(self.feature_shape(spec)):
             raise ValueError(f"{self.name}: {reduced} is larger than {spec}, not a reduction")
 
-    def input_quality(self, raw: torch.Tensor) -> float:
-        """How usable one raw input (a batch of one, as `to_raw` returns) looks: 0 for a dead sensor
-        (a constant image, a silent recording), else 1. The edge runtime stops spending resources on
-        a modality whose inputs keep coming in dead."""
-        return 0.0 if float(raw.float().std()) < 1e-4 else 1.0
-
     def contract(self, spec: Any) -> dict[str, Any]:
-        """The preprocessing a runtime must apply to raw inputs for a model built for `spec`
-        (written into exported models, so that a runtime needs nothing else)."""
-        return {"spec": dataclasses.asdict(spec), "shape": list(self.feature_shape(spec))}
+        """The preprocessing a runtime must apply to raw inputs for a model built for `spec` (the signal's)."""
+        return self.signal.contract(spec)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -155,24 +157,15 @@ class ImageOptions:
     zoom: float = 0.10
 
 
-@dataclass(frozen=True)
-class ImageSpec:
-    """What an image model expects: the 28x28 digit centre-cropped to `crop`, resized to `resolution`."""
-
-    crop: int = 24
-    resolution: int = 24
-
-
 @MODALITIES.register("image")
 class ImageModality(Modality):
     """28x28 grey digit images; avmnist keeps only the leading PCA components (~75% of the energy gone)."""
 
     name = "image"
     options_type = ImageOptions
-    spec_type = ImageSpec
     teacher_encoder = "cnn2d"
     student_encoder = "dscnn2d"
-    size = 28
+    size = 28  # the digits' side, in pixels
 
     def load_banks(self, root: Path, cfg: DataConfig) -> dict[str, Bank]:
         train_images, train_labels = load_mnist(root / "mnist", "train")
@@ -220,9 +213,6 @@ class ImageModality(Modality):
             raw = random_affine(raw, torch.Generator().manual_seed(augment_seed), o.rotation_deg, o.shift, o.zoom)
         return resize(center_crop(raw, spec.crop), spec.resolution).unsqueeze(1)  # (B, 1, res, res)
 
-    def feature_shape(self, spec: ImageSpec) -> tuple[int, ...]:
-        return (1, spec.resolution, spec.resolution)
-
     reductions = {"resolution": "side of the square input (24 -> 16 -> 12 -> 8)", "crop": "centre region of interest, in pixels of the 28x28 digit, before resizing"}
 
     def check_reduction(self, spec: ImageSpec, reduced: ImageSpec) -> None:
@@ -230,25 +220,6 @@ class ImageModality(Modality):
         if not 1 <= reduced.resolution or not reduced.resolution <= reduced.crop <= self.size:
             raise ValueError(f"image: need 1 <= resolution <= crop <= {self.size}, got resolution {reduced.resolution}, crop {reduced.crop}")
 
-    def contract(self, spec: ImageSpec) -> dict[str, Any]:
-        steps = [f"a {self.size}x{self.size} grey image; uint8 divided by 255 (floats in [0, 1] as they are)", f"centre crop {spec.crop}x{spec.crop}"]
-        if spec.resolution != spec.crop:
-            steps.append(f"antialiased bilinear resize to {spec.resolution}x{spec.resolution}")
-        return {**super().contract(spec), "steps": steps, "layout": "(batch, 1, height, width) float32"}
-
-    def to_raw(self, value: Any, spec: ImageSpec, **kwargs: Any) -> torch.Tensor:
-        array = np.asarray(value)
-        if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
-            array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
-        if array.shape != (self.size, self.size):
-            raise ValueError(f"image: expected a {self.size}x{self.size} grey image, got shape {array.shape}")
-        if array.dtype == np.uint8:
-            return torch.from_numpy(array.astype(np.float32) / 255.0).unsqueeze(0)
-        if not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(f"image: expected uint8 (0-255) or float (0-1) pixels, got {array.dtype}")
-        if not np.isfinite(array).all() or array.min() < -1e-6 or array.max() > 1 + 1e-6:
-            raise ValueError("image: float pixels must be finite and in [0, 1] (pass uint8 for 0-255 images)")
-        return torch.from_numpy(array.astype(np.float32)).unsqueeze(0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -276,22 +247,6 @@ class AudioOptions:
     mask_fraction: float = 0.125  # each mask covers up to this share of the bands / frames
 
 
-@dataclass(frozen=True)
-class AudioSpec:
-    """What an audio model expects: a log-mel spectrogram with these parameters."""
-
-    sample_rate: int = 8000
-    samples: int = 8000
-    n_fft: int = 512
-    win_length: int = 400
-    hop_length: int = 256
-    f_min: float = 0.0
-    f_max: float = 4000.0
-    n_mels: int = 64
-    n_frames: int = 32
-    bands: tuple[int, ...] = ()  # indices of the mel bands kept (band selection); () keeps all n_mels
-
-
 @functools.lru_cache(maxsize=32)
 def _filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
     return dsp.mel_filterbank(n_freqs, n_mels, sample_rate, f_min, f_max)
@@ -303,7 +258,6 @@ class AudioModality(Modality):
 
     name = "audio"
     options_type = AudioOptions
-    spec_type = AudioSpec
     teacher_encoder = "cnn2d"
     student_encoder = "dscnn2d"
 
@@ -329,9 +283,8 @@ class AudioModality(Modality):
                 raise DataError(f"FSDD: no recording falls in the {split} split (repetitions {self.options.val_repetitions} val, {self.options.test_repetitions} test)")
             windows, spans, power = [], [], []
             for rec in recs:
-                wave = torch.from_numpy(rec.samples.astype(np.int16))
-                window, start, end = dsp.fix_length(wave, self.samples)
-                windows.append(window)
+                window, start, end = fix_length(rec.samples.astype(np.int16), self.samples)
+                windows.append(torch.from_numpy(window))
                 spans.append((start, end))
                 power.append(float(np.mean((rec.samples.astype(np.float64) / 32768.0) ** 2)))
             banks[split] = Bank(
@@ -400,9 +353,6 @@ class AudioModality(Modality):
             features = dsp.spec_augment(features, self.options.masks, self.options.mask_fraction, g)
         return features.unsqueeze(1)  # (B, 1, n_mels, n_frames)
 
-    def feature_shape(self, spec: AudioSpec) -> tuple[int, ...]:
-        return (1, len(spec.bands) or spec.n_mels, spec.n_frames)
-
     reductions = {"n_mels": "mel bands (64 -> 32 -> 16 -> 8)", "n_frames": "frames, by temporal average pooling (32 -> 16 -> 8)", "bands": "which mel bands are kept (band selection, most informative first)"}
 
     def check_reduction(self, spec: AudioSpec, reduced: AudioSpec) -> None:
@@ -411,40 +361,3 @@ class AudioModality(Modality):
             raise ValueError(f"audio: n_mels and n_frames must be positive, got {reduced.n_mels}, {reduced.n_frames}")
         if any(not 0 <= b < reduced.n_mels for b in reduced.bands) or len(set(reduced.bands)) != len(reduced.bands):
             raise ValueError(f"audio: bands must be distinct indices below n_mels={reduced.n_mels}, got {list(reduced.bands)}")
-
-    def contract(self, spec: AudioSpec) -> dict[str, Any]:
-        steps = [
-            f"mono waveform at {spec.sample_rate} Hz (int16 divided by 32768; other rates resampled)",
-            f"centred pad or trim to {spec.samples} samples",
-            "scale to a peak of 1",
-            f"power spectrogram: Hann window {spec.win_length}, FFT {spec.n_fft}, hop {spec.hop_length}, centred frames, zero padding",
-            f"{spec.n_mels} triangular HTK mel bands from {spec.f_min:g} to {spec.f_max:g} Hz, each normalised to sum to 1",
-            f"average pooling in time to {spec.n_frames} frames",
-            "natural log of (band power + 1e-6)",
-        ]
-        if spec.bands:
-            steps.append(f"keep bands {list(spec.bands)}, in that order")
-        return {**super().contract(spec), "steps": steps, "layout": "(batch, 1, bands, frames) float32"}
-
-    def to_raw(self, value: Any, spec: AudioSpec, sample_rate: int | None = None, **kwargs: Any) -> torch.Tensor:
-        array = np.asarray(value)
-        if array.ndim == 2 and 1 in array.shape:
-            array = array.reshape(-1)
-        if array.ndim != 1 or array.size == 0:
-            raise ValueError(f"audio: expected a mono waveform (1-D array), got shape {array.shape}")
-        if array.dtype == np.int16:
-            wave = array.astype(np.float32) / 32768.0
-        elif np.issubdtype(array.dtype, np.floating):
-            if not np.isfinite(array).all():
-                raise ValueError("audio: the waveform holds NaN or infinite samples")
-            wave = array.astype(np.float32)
-        else:
-            raise ValueError(f"audio: expected int16 or float samples, got {array.dtype}")
-        rate = spec.sample_rate if sample_rate is None else int(sample_rate)
-        if rate <= 0:
-            raise ValueError(f"audio: sample_rate must be positive, got {sample_rate}")
-        if rate != spec.sample_rate:
-            g = np.gcd(rate, spec.sample_rate)
-            wave = resample_poly(wave, spec.sample_rate // g, rate // g).astype(np.float32)
-        window, _, _ = dsp.fix_length(torch.from_numpy(wave), spec.samples)
-        return window.unsqueeze(0)

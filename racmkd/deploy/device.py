@@ -61,7 +61,7 @@ class Installed:
 
 def default_health_check(path: Path, kind: str) -> None:
     """Every ONNX graph of the release loads and answers finite logits on zero inputs."""
-    from racmkd.compress.export import session, zero_feed
+    from racmkd.compress.artifacts import session, zero_feed
 
     files = [path] if kind == "onnx" else sorted(Path(path).glob("*.onnx"))
     if not files:

@@ -125,7 +125,7 @@ def unpack(data: bytes, kind: str, destination: Path) -> Path:
 
 def artifact_facts(path: Path, kind: str) -> dict[str, Any]:
     """What a manifest says about the artifact's inputs: the ONNX contract, or the bank's variants."""
-    from racmkd.compress.export import read_contract
+    from racmkd.compress.artifacts import read_contract
 
     path = Path(path)
     if kind == "onnx":

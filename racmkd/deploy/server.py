@@ -4,7 +4,7 @@
     fog     the high and medium students (PyTorch)               racmkd serve --role fog
     edge    the resource-aware runtime over a variant bank,      racmkd serve --role edge
             offloading to the fog or cloud when that is better, installing signed OTA updates,
-            publishing telemetry over MQTT
+            publishing telemetry over MQTT; numpy and ONNX Runtime only, no torch
 
 Endpoints (every role):
     POST /predict   image and/or audio, as JSON ({"image": [[...]], "audio": [...], "sample_rate":
@@ -44,7 +44,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from racmkd.config import RunConfig, ServeConfig
-from racmkd.registry import MODALITIES
+from racmkd.data import signals as _signals  # noqa: F401 - registers the image and audio signals
+from racmkd.registry import SIGNALS
 
 log = logging.getLogger(__name__)
 ROLES = ("cloud", "fog", "edge")
@@ -138,9 +139,9 @@ def parse_request(body: bytes, content_type: str, settings: ServeConfig, modalit
         raise HTTPException(422, f"no input: send {' and/or '.join(modalities)}")
     for name, array in arrays.items():  # shapes and ranges, whether or not the answering model uses the input
         if array is not None:
-            modality = MODALITIES.create(name)
-            try:
-                modality.to_raw(_image_for(array) if name == "image" else array, modality.spec(0), sample_rate=sample_rate)
+            signal = SIGNALS.create(name)
+            try:  # at the native rate: the shape and values are what is checked here, the answer resamples
+                signal.to_raw(_image_for(array) if name == "image" else array, signal.spec_type())
             except (ValueError, TypeError) as err:
                 raise HTTPException(422, str(err)) from None
     return Inputs({m: arrays.get(m) for m in modalities}, sample_rate, target, model_name)
@@ -295,9 +296,9 @@ class EdgeService(Service):
         return Engine(self._runtime(self.run_dir / "edge", "bank"), f"{self.run_dir.name}/edge", None)
 
     def _runtime(self, path: Path, kind: str) -> Any:
+        from racmkd.runtime.bank import load_bank
         from racmkd.runtime.edge import EdgeRuntime
         from racmkd.runtime.predictor import OnnxPredictor
-        from racmkd.runtime.variants import load_bank
 
         return OnnxPredictor(path) if kind == "onnx" else EdgeRuntime(load_bank(path), self.cfg.runtime, self.monitor)
 

@@ -22,6 +22,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from racmkd.config import EnergyModel
+from racmkd.resources.sources import rapl_domains
 from racmkd.utils import torch_threads
 
 
@@ -122,19 +123,6 @@ def latency_round_robin(subjects: dict[str, Callable[[], Any]], warmup: int, ite
 def estimated_energy_joules(flops: int, bytes_moved: int, seconds: float, model: EnergyModel) -> float:
     """E = a * FLOPs + b * bytes moved + c * time (see EnergyModel and the README)."""
     return model.joules_per_flop * flops + model.joules_per_byte * bytes_moved + model.static_watts * seconds
-
-
-def rapl_domains(root: Path) -> list[Path]:
-    """Readable top-level RAPL package counters under `root` (/sys/class/powercap), or none."""
-    found = []
-    for path in sorted(Path(root).glob("intel-rapl:*/energy_uj")):
-        if path.parent.name.count(":") == 1:  # packages, not their sub-zones
-            try:
-                int(path.read_text())
-                found.append(path)
-            except (OSError, ValueError):
-                continue
-    return found
 
 
 def _read_uj(path: Path) -> int:

@@ -68,7 +68,7 @@ def artifact_accuracy(row: Deployed, dataset: PairedDataset, split: str = "test"
     """Accuracy, macro-F1 and AUC of the artifact itself on a split."""
     from racmkd.compress.export import onnx_logits, read_contract, session, specs_from_contract
 
-    specs = specs_from_contract(read_contract(row.artifact), dataset.modalities)
+    specs = specs_from_contract(read_contract(row.artifact))
     logits, labels = onnx_logits(session(row.artifact), specs, dataset, split)
     return classification_metrics(torch.from_numpy(logits), torch.from_numpy(labels))
 
@@ -83,7 +83,7 @@ def artifact_costs(rows: list[Deployed], dataset: PairedDataset, ev: EvalConfig)
     raw = dataset.raw_batch("test", torch.tensor([0]))
     for row in rows:
         twin, _, _, _ = load_model(row.twin)
-        specs = specs_from_contract(read_contract(row.artifact), dataset.modalities)
+        specs = specs_from_contract(read_contract(row.artifact))
         inputs = BatchFeatures(dataset.modalities, raw).get(specs)
         graph = graph_cost(row.artifact)
         costs[row.name] = {

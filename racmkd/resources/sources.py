@@ -266,8 +266,6 @@ class SystemSource:
 
     def _power(self, now: float) -> float | None:
         """Package power from the change of RAPL energy counters since the previous reading."""
-        from racmkd.eval.cost import rapl_domains
-
         domains = rapl_domains(self.powercap_root)
         if not domains:
             return None
@@ -276,6 +274,19 @@ class SystemSource:
         if previous is None or now <= previous[0] or total < previous[1]:
             return None  # the first reading, or a counter wrapped
         return (total - previous[1]) * 1e-6 / (now - previous[0])
+
+
+def rapl_domains(root: Path) -> list[Path]:
+    """Readable top-level RAPL package counters under `root` (/sys/class/powercap), or none."""
+    found = []
+    for path in sorted(Path(root).glob("intel-rapl:*/energy_uj")):
+        if path.parent.name.count(":") == 1:  # packages, not their sub-zones
+            try:
+                int(path.read_text())
+                found.append(path)
+            except (OSError, ValueError):
+                continue
+    return found
 
 
 # Traces: recorded or synthetic ------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from racmkd.eval.cost import percentile
 from racmkd.resources.monitor import ResourceMonitor
 from racmkd.resources.sources import LEVELS, MB, Trace, TraceSource, resource_level
 from racmkd.runtime.edge import Answer, EdgeRuntime, NoVariantError, budget_for
-from racmkd.runtime.variants import Bank
+from racmkd.runtime.bank import Bank
 from racmkd.utils import atomic_write_json, atomic_write_text, progress
 
 

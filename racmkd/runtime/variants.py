@@ -12,11 +12,13 @@ tiers can be combined too, and every such combination is measured here like the 
     <tier>.<modality>.onnx   the share graphs: from the compressed student where the run has one
                              (int8 where its recipe chose int8), else from the distilled student
     logits.npz               every share's logits on the validation and test samples
-    bank.json                per variant: latency (raw input to logits, preprocessing included,
-                             ONNX Runtime, one thread), resident memory, FLOPs, energy; per tier the
+    bank.json                per variant: latency (raw input to logits, numpy preprocessing included,
+                             ONNX Runtime, one thread), resident memory (a session loaded from the
+                             optimised copy the runtime uses), FLOPs, energy; per tier the
                              bias; the accuracy of every configuration on validation and test data
 
-`load_bank(folder)` reads it back as the allocator's `ProfileTable` plus what the runtime needs.
+`load_bank(folder)` (racmkd.runtime.bank, which needs no torch) reads it back as the allocator's
+`ProfileTable` plus what the runtime needs.
 """
 
 from __future__ import annotations
@@ -26,30 +28,23 @@ import itertools
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from racmkd.compress.export import compact_file, export_onnx, onnx_logits, read_contract, session, specs_from_contract
+from racmkd.compress.artifacts import optimised_copy
+from racmkd.compress.export import compact_file, export_onnx, onnx_logits, session
 from racmkd.compress.quantize import calibration_inputs, quantize_int8
 from racmkd.config import RunConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.eval.cost import estimated_energy_joules, latency_round_robin
 from racmkd.models.checkpoint import load_model
-from racmkd.registry import MODALITIES
-from racmkd.resources.allocator import ProfileTable, Variant
+from racmkd.registry import SIGNALS
+from racmkd.runtime.bank import BANK_FORMAT, Bank, BankError, key_text, load_bank  # noqa: F401 - loading lives in bank.py (no torch)
 from racmkd.resources.profile import graph_cost
 from racmkd.utils import atomic_write_bytes, atomic_write_json, progress
-
-BANK_FORMAT = "racmkd-edge-bank/1"
-
-
-class BankError(RuntimeError):
-    """A variant bank is missing or damaged; the message names the file and how to rebuild it."""
-
 
 def _source(run_dir: Path, tier: str) -> tuple[Path, str]:
     """The model a tier's variants come from, and the precision to export: the compressed student
@@ -75,16 +70,8 @@ def _accuracy_table(modalities: list[str], tiers_of: dict[str, list[str]], share
         if all(t is None for t in combo):
             continue
         logits = configuration_logits(shares, biases, dict(zip(modalities, combo)))
-        table[_key_text(combo)] = float((logits.argmax(1) == labels).mean())
+        table[key_text(combo)] = float((logits.argmax(1) == labels).mean())
     return table
-
-
-def _key_text(combo: tuple[str | None, ...]) -> str:
-    return ",".join(t or "-" for t in combo)
-
-
-def _key_tuple(text: str) -> tuple[str | None, ...]:
-    return tuple(None if t == "-" else t for t in text.split(","))
 
 
 # Run in a fresh interpreter: the resident memory one more ONNX Runtime session adds once the
@@ -147,18 +134,21 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
                 shares[split][(tier, m)] = logits
                 labels[split] = split_labels
             records.append({"tier": tier, "modality": m, "path": path.name, "precision": precision, "spec": specs[m]})
-    # Costs, measured on one raw test sample from raw input to logits term, every variant in turn.
+    # Costs, measured on one raw test sample from raw input to logits term, every variant in turn, as
+    # the runtime runs them: numpy preprocessing (the modality's signal), sessions from the
+    # optimised copies the runtime loads (`runtime.session_cache`).
+    cache = Path(cfg.runtime.session_cache) if cfg.runtime.session_cache else None
     raw = dataset.raw_batch("test", torch.tensor([0]))
-    runners, feeds = {}, {}
+    runners, feeds, loaded = {}, {}, {}
     for r in records:
-        modality = MODALITIES.create(r["modality"])
-        sess = session(out_dir / r["path"])
+        signal = SIGNALS.create(r["modality"])
+        sess = session(out_dir / r["path"], cfg.runtime.threads, cache)
         value = raw[r["modality"]][0].numpy()
-        feed = {r["modality"]: modality.features(modality.to_raw(value, r["spec"]), r["spec"]).numpy()}
-        feeds[r["path"]] = feed
-        runners[r["path"]] = lambda s=sess, mod=modality, v=value, spec=r["spec"], name=r["modality"]: s.run(None, {name: mod.features(mod.to_raw(v, spec), spec).numpy()})
+        feeds[r["path"]] = {r["modality"]: signal.features(signal.to_raw(value, r["spec"]), r["spec"])}
+        runners[r["path"]] = lambda s=sess, sig=signal, v=value, spec=r["spec"], name=r["modality"]: s.run(None, {name: sig.features(sig.to_raw(v, spec), spec)})
+        loaded[r["path"]] = optimised_copy(out_dir / r["path"], cache) if cache is not None else out_dir / r["path"]
     latency = latency_round_robin(runners, warmup=20, iters=latency_iters, rounds=3)
-    model_only = latency_round_robin({p: (lambda s=session(out_dir / p), f=feeds[p]: s.run(None, f)) for p in runners}, warmup=20, iters=latency_iters, rounds=3)
+    model_only = latency_round_robin({p: (lambda s=session(out_dir / p, cfg.runtime.threads, cache), f=feeds[p]: s.run(None, f)) for p in runners}, warmup=20, iters=latency_iters, rounds=3)
     variants = []
     for r in records:
         path = out_dir / r["path"]
@@ -167,7 +157,7 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
         lat = latency[r["path"]]
         energy = estimated_energy_joules(cost.flops, moved, lat["p50"] / 1e3, cfg.eval.energy) * 1e3
         graph_memory = cost.weight_bytes + cost.peak_activation_bytes
-        resident = resident_bytes(path)
+        resident = resident_bytes(loaded[r["path"]])
         variants.append({
             "tier": r["tier"], "modality": r["modality"], "path": r["path"], "precision": r["precision"],
             "latency_ms": lat["p50"], "latency_ms_p95": lat["p95"], "model_latency_ms": model_only[r["path"]]["p50"],
@@ -191,44 +181,3 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
     atomic_write_bytes(out_dir / "logits.npz", buffer.getvalue())
     atomic_write_json(out_dir / "bank.json", bank)
     return out_dir
-
-
-@dataclass(frozen=True)
-class Bank:
-    """A loaded variant bank: the allocator's table, and per variant its file and input spec."""
-
-    folder: Path
-    table: ProfileTable
-    specs: dict[str, Any]  # variant id -> its input spec
-    biases: dict[str, np.ndarray]
-    data: dict[str, Any]  # bank.json as written
-
-    def path(self, variant: Variant) -> Path:
-        return self.folder / variant.path
-
-    def accuracy(self, split: str = "test") -> dict[tuple[str | None, ...], float]:
-        return {_key_tuple(k): v for k, v in self.data["accuracy"][split].items()}
-
-
-def load_bank(folder: Path, split: str = "val") -> Bank:
-    """Read a bank; the allocator's accuracies come from `split` (validation: test data stays for reporting)."""
-    folder = Path(folder)
-    path = folder / "bank.json"
-    if not path.is_file():
-        raise BankError(f"{path}: no variant bank. Build one with `racmkd edge build --run RUN`.")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise BankError(f"{path}: unreadable ({err}). Rebuild it with `racmkd edge build`.") from None
-    if data.get("format") != BANK_FORMAT:
-        raise BankError(f"{path}: not a {BANK_FORMAT} file. Rebuild it with `racmkd edge build`.")
-    variants = tuple(Variant(v["modality"], v["tier"], float(v["latency_ms"]), int(v["memory_bytes"]), float(v["energy_mj"]), v["path"]) for v in data["variants"])
-    specs = {}
-    for v in variants:
-        try:
-            contract = read_contract(folder / v.path)
-            specs[v.id] = specs_from_contract(contract, {v.modality: MODALITIES.create(v.modality)})[v.modality]
-        except Exception:  # noqa: BLE001 - a damaged variant file is skipped by the runtime, not fatal here
-            specs[v.id] = None
-    table = ProfileTable(tuple(data["modalities"]), tuple(data["tiers"]), variants, {_key_tuple(k): a for k, a in data["accuracy"][split].items()})
-    return Bank(folder, table, specs, {t: np.asarray(b, dtype=np.float32) for t, b in data["biases"].items()}, data)

@@ -1,0 +1,325 @@
+"""What a deployed model needs from a raw input, in numpy: the torch-free half of a modality.
+
+A modality has two halves. Training (`racmkd.data.modalities`) loads datasets, degrades and
+augments whole batches, in torch. Deployment needs much less: check one raw input, turn it into
+the model's features exactly as training did, and describe those steps in the exported model's
+contract. That half lives here, registered in SIGNALS under the modality's name, with no torch
+import, so that the edge runtime, the ONNX predictor and the edge server run on numpy and ONNX
+Runtime alone (the edge image carries no training stack).
+
+Both halves compute the same features; tests/test_signals.py holds them to each other on real
+data. Fixed linear maps (resize, mel bands, frame pooling) are matrices built once per spec, so a
+request costs a few small matrix products:
+
+    image  (B, 28, 28) in [0, 1] -> centre crop -> R_h @ x @ R_w^T (antialiased bilinear) -> (B, 1, res, res)
+    audio  (B, samples) -> peak 1 -> |rfft(frames x Hann)|^2 (B, T, F) -> mel (B, n_mels, T)
+           -> frame pooling (B, n_mels, n_frames) -> log(. + 1e-6) -> kept bands
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.fft
+
+from racmkd.config import from_dict
+from racmkd.registry import SIGNALS
+
+LOG_FLOOR = 1e-6  # added to band power before the log
+
+
+class Signal(ABC):
+    """The deployment side of one modality: input checks, features, contract. Stateless: a spec
+    carries every knob."""
+
+    name: ClassVar[str]
+    spec_type: ClassVar[type]  # frozen dataclass of the feature knobs a model is built for
+
+    @abstractmethod
+    def to_raw(self, value: Any, spec: Any, sample_rate: int | None = None) -> np.ndarray:
+        """Check one user input and convert it to a float32 raw batch of one; ValueError names the problem."""
+
+    @abstractmethod
+    def features(self, raw: np.ndarray, spec: Any) -> np.ndarray:
+        """Model input (B, C, ...) float32 from a raw batch, as training computed it without augmentation."""
+
+    @abstractmethod
+    def feature_shape(self, spec: Any) -> tuple[int, ...]:
+        """Shape of one sample of `features` (without the batch dimension)."""
+
+    @abstractmethod
+    def steps(self, spec: Any) -> list[str]:
+        """The preprocessing from raw input to features, in words, for the contract."""
+
+    layout: ClassVar[str] = "(batch, ...) float32"
+
+    def contract(self, spec: Any) -> dict[str, Any]:
+        """What a runtime must do to raw inputs for a model built for `spec` (written into exported
+        models, so that a runtime needs nothing else)."""
+        return {"spec": dataclasses.asdict(spec), "shape": list(self.feature_shape(spec)), "steps": self.steps(spec), "layout": self.layout}
+
+    def spec_from_dict(self, values: dict[str, Any]) -> Any:
+        """A spec saved in a checkpoint or a contract, read back."""
+        return from_dict(self.spec_type, values, where=f"spec.{self.name}")
+
+    def input_quality(self, raw: np.ndarray) -> float:
+        """How usable one raw input looks: 0 for a dead sensor (a constant image, a silent
+        recording), else 1. The edge runtime stops spending on a modality whose inputs keep coming in dead."""
+        return 0.0 if float(np.std(raw)) < 1e-4 else 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Images
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What an image model expects: the 28x28 digit centre-cropped to `crop`, resized to `resolution`."""
+
+    crop: int = 24
+    resolution: int = 24
+
+
+def center_crop(images: np.ndarray, size: int) -> np.ndarray:
+    """Central `size` x `size` window of a batch (B, H, W)."""
+    h, w = images.shape[-2:]
+    if size > min(h, w):
+        raise ValueError(f"cannot crop {h}x{w} images to {size}x{size}")
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[..., top : top + size, left : left + size]
+
+
+@functools.lru_cache(maxsize=64)
+def resize_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) weights of antialiased bilinear resampling along one axis, as torch's
+    `interpolate(mode="bilinear", antialias=True, align_corners=False)` computes them (a triangle
+    filter stretched over the input pixels one output pixel covers, as in PIL)."""
+    scale = size_in / size_out
+    support = max(scale, 1.0)
+    inv = 1.0 / scale if scale >= 1.0 else 1.0
+    matrix = np.zeros((size_out, size_in), dtype=np.float64)
+    for i in range(size_out):
+        centre = scale * (i + 0.5)
+        lo = max(int(centre - support + 0.5), 0)
+        hi = min(int(centre + support + 0.5), size_in)
+        taps = np.maximum(0.0, 1.0 - np.abs((np.arange(lo, hi) - centre + 0.5) * inv))
+        matrix[i, lo:hi] = taps / taps.sum()
+    return matrix.astype(np.float32)
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+    """Antialiased bilinear resize of a batch (B, H, W) to `size` x `size`."""
+    h, w = images.shape[-2:]
+    if h == size and w == size:
+        return images
+    return resize_matrix(h, size) @ images @ resize_matrix(w, size).T  # (size, H) @ (B, H, W) @ (W, size)
+
+
+@SIGNALS.register("image")
+class ImageSignal(Signal):
+    """28x28 grey digits: scaled to [0, 1], centre-cropped, resized."""
+
+    name = "image"
+    spec_type = ImageSpec
+    size = 28
+    layout = "(batch, 1, height, width) float32"
+
+    def to_raw(self, value: Any, spec: ImageSpec, sample_rate: int | None = None) -> np.ndarray:
+        array = np.asarray(value)
+        if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
+            array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
+        if array.shape != (self.size, self.size):
+            raise ValueError(f"image: expected a {self.size}x{self.size} grey image, got shape {array.shape}")
+        if array.dtype == np.uint8:
+            return (array.astype(np.float32) / 255.0)[None]
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"image: expected uint8 (0-255) or float (0-1) pixels, got {array.dtype}")
+        if not np.isfinite(array).all() or array.min() < -1e-6 or array.max() > 1 + 1e-6:
+            raise ValueError("image: float pixels must be finite and in [0, 1] (pass uint8 for 0-255 images)")
+        return array.astype(np.float32)[None]
+
+    def features(self, raw: np.ndarray, spec: ImageSpec) -> np.ndarray:
+        return resize(center_crop(raw, spec.crop), spec.resolution)[:, None].astype(np.float32, copy=False)  # (B, 1, res, res)
+
+    def feature_shape(self, spec: ImageSpec) -> tuple[int, ...]:
+        return (1, spec.resolution, spec.resolution)
+
+    def steps(self, spec: ImageSpec) -> list[str]:
+        steps = [f"a {self.size}x{self.size} grey image; uint8 divided by 255 (floats in [0, 1] as they are)", f"centre crop {spec.crop}x{spec.crop}"]
+        if spec.resolution != spec.crop:
+            steps.append(f"antialiased bilinear resize to {spec.resolution}x{spec.resolution}")
+        return steps
+
+
+# ------------------------------------------------------------------------------------------------
+# Audio
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    """What an audio model expects: a log-mel spectrogram with these parameters."""
+
+    sample_rate: int = 8000
+    samples: int = 8000
+    n_fft: int = 512
+    win_length: int = 400
+    hop_length: int = 256
+    f_min: float = 0.0
+    f_max: float = 4000.0
+    n_mels: int = 64
+    n_frames: int = 32
+    bands: tuple[int, ...] = ()  # indices of the mel bands kept (band selection); () keeps all n_mels
+
+
+def fix_length(wave: np.ndarray, length: int) -> tuple[np.ndarray, int, int]:
+    """Pad or trim a waveform (..., n) to `length` samples, centred; return it and the span
+    [start, end) that holds the original samples."""
+    n = wave.shape[-1]
+    if n >= length:
+        start = (n - length) // 2
+        return wave[..., start : start + length], 0, length
+    left = (length - n) // 2
+    pad = [(0, 0)] * (wave.ndim - 1) + [(left, length - n - left)]
+    return np.pad(wave, pad), left, left + n
+
+
+def hz_to_mel(hz: Any) -> Any:
+    """HTK mel scale."""
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(mel: Any) -> Any:
+    """Inverse of `hz_to_mel`."""
+    return 700.0 * (np.power(10.0, np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
+
+
+@functools.lru_cache(maxsize=32)
+def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float, f_max: float) -> np.ndarray:
+    """Triangular HTK mel filters, shape (n_mels, n_freqs), each row normalised to sum to one so that
+    a band's value is the mean power under it whatever the number of bands."""
+    freqs = np.linspace(0.0, sample_rate / 2, n_freqs)
+    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (freqs - lower) / (centre - lower)
+    falling = (upper - freqs) / (upper - centre)
+    bank = np.clip(np.minimum(rising, falling), 0.0, None)
+    # A band narrower than one FFT bin catches no bin: give it the bin nearest its centre.
+    empty = bank.sum(axis=1) == 0
+    if empty.any():
+        nearest = np.argmin(np.abs(freqs[None, :] - centre[empty]), axis=1)
+        bank[np.flatnonzero(empty), nearest] = 1.0
+    bank = (bank / bank.sum(axis=1, keepdims=True)).astype(np.float32)
+    bank.flags.writeable = False  # shared by every caller through the cache
+    return bank
+
+
+@functools.lru_cache(maxsize=32)
+def pooling_matrix(frames_in: int, frames_out: int) -> np.ndarray:
+    """(frames_in, frames_out) averaging weights of adaptive average pooling (torch's bins:
+    output i averages inputs floor(i n / m) .. ceil((i + 1) n / m) - 1)."""
+    matrix = np.zeros((frames_in, frames_out), dtype=np.float32)
+    for i in range(frames_out):
+        lo, hi = (i * frames_in) // frames_out, -(-((i + 1) * frames_in) // frames_out)
+        matrix[lo:hi, i] = 1.0 / (hi - lo)
+    return matrix
+
+
+@functools.lru_cache(maxsize=8)
+def _window(win_length: int) -> np.ndarray:
+    """Periodic Hann window (torch.hann_window's default)."""
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win_length) / win_length)).astype(np.float32)
+
+
+def frames_for(sample_count: int, hop_length: int) -> int:
+    """Number of centred STFT frames `power_spectrogram` yields."""
+    return 1 + math.floor(sample_count / hop_length)
+
+
+@functools.lru_cache(maxsize=8)
+def _frame_index(samples: int, n_fft: int, win_length: int, hop_length: int) -> np.ndarray:
+    """(frames, win_length) positions in the zero-padded signal of every frame's windowed samples."""
+    start = (n_fft - win_length) // 2  # the window sits centred in each n_fft frame
+    return start + hop_length * np.arange(frames_for(samples, hop_length))[:, None] + np.arange(win_length)[None, :]
+
+
+def power_spectrogram(wave: np.ndarray, n_fft: int, win_length: int, hop_length: int) -> np.ndarray:
+    """|STFT|^2 of waveforms (B, L) -> (B, frames, n_fft // 2 + 1): centred frames (zero padding of
+    n_fft / 2 each side), periodic Hann window of `win_length` centred in the FFT, as torch.stft.
+    Only the window's samples are transformed (zero-padded to n_fft): a circular shift of a frame
+    changes the phase of its spectrum, not the power."""
+    b, length = wave.shape
+    pad = n_fft // 2
+    padded = np.zeros((b, length + 2 * pad), dtype=np.float32)
+    padded[:, pad : pad + length] = wave
+    frames = padded[:, _frame_index(length, n_fft, win_length, hop_length)] * _window(win_length)  # (B, T, win)
+    return np.abs(scipy.fft.rfft(frames, n=n_fft, axis=-1)) ** 2
+
+
+def peak_normalise(wave: np.ndarray) -> np.ndarray:
+    """Scale each waveform (B, L) to a peak of 1 so that recording gain does not change the features."""
+    return wave / np.maximum(np.abs(wave).max(axis=-1, keepdims=True), 1e-8)
+
+
+@SIGNALS.register("audio")
+class AudioSignal(Signal):
+    """Mono recordings: fixed length, peak-normalised, log-mel spectrogram pooled in time."""
+
+    name = "audio"
+    spec_type = AudioSpec
+    layout = "(batch, 1, bands, frames) float32"
+
+    def to_raw(self, value: Any, spec: AudioSpec, sample_rate: int | None = None) -> np.ndarray:
+        array = np.asarray(value)
+        if array.ndim == 2 and 1 in array.shape:
+            array = array.reshape(-1)
+        if array.ndim != 1 or array.size == 0:
+            raise ValueError(f"audio: expected a mono waveform (1-D array), got shape {array.shape}")
+        if array.dtype == np.int16:
+            wave = array.astype(np.float32) / 32768.0
+        elif np.issubdtype(array.dtype, np.floating):
+            if not np.isfinite(array).all():
+                raise ValueError("audio: the waveform holds NaN or infinite samples")
+            wave = array.astype(np.float32)
+        else:
+            raise ValueError(f"audio: expected int16 or float samples, got {array.dtype}")
+        rate = spec.sample_rate if sample_rate is None else int(sample_rate)
+        if rate <= 0:
+            raise ValueError(f"audio: sample_rate must be positive, got {sample_rate}")
+        if rate != spec.sample_rate:
+            from scipy.signal import resample_poly  # scipy.signal is slow to import: only for other rates
+
+            g = math.gcd(rate, spec.sample_rate)
+            wave = resample_poly(wave, spec.sample_rate // g, rate // g).astype(np.float32)
+        return fix_length(wave, spec.samples)[0][None]
+
+    def features(self, raw: np.ndarray, spec: AudioSpec) -> np.ndarray:
+        power = power_spectrogram(peak_normalise(raw), spec.n_fft, spec.win_length, spec.hop_length)  # (B, T, F)
+        bank = mel_filterbank(spec.n_fft // 2 + 1, spec.n_mels, spec.sample_rate, spec.f_min, spec.f_max)
+        pooled = pooling_matrix(power.shape[1], spec.n_frames).T @ power  # (n_frames, T) @ (B, T, F): pooling first is cheaper
+        features = np.log(bank @ pooled.transpose(0, 2, 1) + LOG_FLOOR)  # (B, n_mels, n_frames)
+        if spec.bands:
+            features = features[:, list(spec.bands)]
+        return features[:, None].astype(np.float32, copy=False)  # (B, 1, bands, frames)
+
+    def feature_shape(self, spec: AudioSpec) -> tuple[int, ...]:
+        return (1, len(spec.bands) or spec.n_mels, spec.n_frames)
+
+    def steps(self, spec: AudioSpec) -> list[str]:
+        steps = [
+            f"mono waveform at {spec.sample_rate} Hz (int16 divided by 32768; other rates resampled)",
+            f"centred pad or trim to {spec.samples} samples",
+            "scale to a peak of 1",
+            f"power spectrogram: Hann window {spec.win_length}, FFT {spec.n_fft}, hop {spec.hop_length}, centred frames, zero padding",
+            f"{spec.n_mels} triangular HTK mel bands from {spec.f_min:g} to {spec.f_max:g} Hz, each normalised to sum to 1",
+            f"average pooling in time to {spec.n_frames} frames",
+            "natural log of (band power + 1e-6)",
+        ]
+        if spec.bands:
+            steps.append(f"keep bands {list(spec.bands)}, in that order")
+        return steps

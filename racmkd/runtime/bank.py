@@ -1,0 +1,70 @@
+"""A variant bank as the edge runtime reads it (no torch): the allocator's profile table, each
+variant's file and input spec, the tiers' biases. `racmkd.runtime.variants.build_bank` writes it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from racmkd.compress.artifacts import read_contract, specs_from_contract
+from racmkd.resources.allocator import ProfileTable, Variant
+
+BANK_FORMAT = "racmkd-edge-bank/1"
+
+
+class BankError(RuntimeError):
+    """A variant bank is missing or damaged; the message names the file and how to rebuild it."""
+
+
+def key_text(combo: tuple[str | None, ...]) -> str:
+    """A configuration (one tier or None per modality) as bank.json writes it: "high,-"."""
+    return ",".join(t or "-" for t in combo)
+
+
+def key_tuple(text: str) -> tuple[str | None, ...]:
+    """The inverse of `key_text`."""
+    return tuple(None if t == "-" else t for t in text.split(","))
+
+
+@dataclass(frozen=True)
+class Bank:
+    """A loaded variant bank: the allocator's table, and per variant its file and input spec."""
+
+    folder: Path
+    table: ProfileTable
+    specs: dict[str, Any]  # variant id -> its input spec
+    biases: dict[str, np.ndarray]
+    data: dict[str, Any]  # bank.json as written
+
+    def path(self, variant: Variant) -> Path:
+        return self.folder / variant.path
+
+    def accuracy(self, split: str = "test") -> dict[tuple[str | None, ...], float]:
+        return {key_tuple(k): v for k, v in self.data["accuracy"][split].items()}
+
+
+def load_bank(folder: Path, split: str = "val") -> Bank:
+    """Read a bank; the allocator's accuracies come from `split` (validation: test data stays for reporting)."""
+    folder = Path(folder)
+    path = folder / "bank.json"
+    if not path.is_file():
+        raise BankError(f"{path}: no variant bank. Build one with `racmkd edge build --run RUN`.")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise BankError(f"{path}: unreadable ({err}). Rebuild it with `racmkd edge build`.") from None
+    if data.get("format") != BANK_FORMAT:
+        raise BankError(f"{path}: not a {BANK_FORMAT} file. Rebuild it with `racmkd edge build`.")
+    variants = tuple(Variant(v["modality"], v["tier"], float(v["latency_ms"]), int(v["memory_bytes"]), float(v["energy_mj"]), v["path"]) for v in data["variants"])
+    specs = {}
+    for v in variants:
+        try:
+            specs[v.id] = specs_from_contract(read_contract(folder / v.path))[v.modality]
+        except Exception:  # noqa: BLE001 - a damaged variant file is skipped by the runtime, not fatal here
+            specs[v.id] = None
+    table = ProfileTable(tuple(data["modalities"]), tuple(data["tiers"]), variants, {key_tuple(k): a for k, a in data["accuracy"][split].items()})
+    return Bank(folder, table, specs, {t: np.asarray(b, dtype=np.float32) for t, b in data["biases"].items()}, data)
