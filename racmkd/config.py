@@ -209,6 +209,7 @@ class PIDGains:
     setpoint: float = 0.8  # aim at 80% of the latency target: headroom for the tail
     min_scale: float = 0.25
     max_scale: float = 1.0
+    interval_s: float = 0.02  # the PID acts on the mean latency of the requests in each such period (per request it would chase noise, and cost every request a step)
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,6 @@ class RuntimeConfig:
     build_bank: bool = False  # `racmkd run` ends by building the variant bank (<run>/edge/), as `racmkd edge build` does
     latency_target_ms: float = 3.0  # per request, preprocessing included
     threads: int = 1  # ONNX Runtime threads per variant session: more threads stall under other programs' load
-    session_cache: str = ".cache/racmkd/onnxruntime"  # optimised copies of the variants' graphs (racmkd.compress.artifacts); "" = load the plain files
     priorities: dict[str, float] = field(default_factory=dict)  # modality -> priority in [0, 1] (default 1)
     critical: dict[str, str] = field(default_factory=dict)  # modality -> lowest tier it may run at; it is never switched off
     memory_reserve_bytes: int = 4 * 2**20  # free memory left to other programs

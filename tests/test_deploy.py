@@ -379,8 +379,8 @@ def test_the_edge_serves_without_the_training_stack(tiny_run: Path, tiny_dataset
 
     core = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
     assert not any(d.split("=")[0].split(">")[0].strip() in {"torch", "scikit-learn", "matplotlib", "onnxscript", "torch-pruning", "pot"} for d in core)
-    port, cache = free_port(), tmp_path / "onnxruntime"
-    command = [sys.executable, "-c", WITHOUT_TRAINING_STACK, "serve", "--role", "edge", "--run", str(tiny_run), "--port", str(port), "--set", f"runtime.session_cache={cache}"]
+    port = free_port()
+    command = [sys.executable, "-c", WITHOUT_TRAINING_STACK, "serve", "--role", "edge", "--run", str(tiny_run), "--port", str(port)]
     edge = subprocess.Popen(command, env={**os.environ, "RACMKD_PROGRESS": "0"}, stderr=subprocess.PIPE, text=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health")
@@ -395,7 +395,6 @@ def test_the_edge_serves_without_the_training_stack(tiny_run: Path, tiny_dataset
             assert client.post("/predict", json={"audio": raw["audio"][0].numpy().tolist(), "sample_rate": 16000}).status_code == 200  # resampled
             assert client.post("/predict", json={"image": [[0.0] * 5] * 5}).status_code == 422
             assert "racmkd_cpu_percent" in client.get("/metrics").text  # the monitor reads the machine without torch
-        assert sorted(p.name.split(".")[0] for p in cache.glob("*.onnx"))  # sessions came from optimised copies
     finally:
         edge.send_signal(signal.SIGINT)
         _, errors = edge.communicate(timeout=30)

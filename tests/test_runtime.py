@@ -18,7 +18,6 @@ from racmkd.resources.monitor import ResourceMonitor
 from racmkd.resources.sources import TraceSource, synthetic_trace
 from racmkd.runtime.edge import EdgeRuntime, NoVariantError, budget_for
 from racmkd.runtime.simulate import simulate
-from racmkd.compress.artifacts import ExportError, session, zero_feed
 from racmkd.runtime.variants import BankError, load_bank
 
 
@@ -180,25 +179,3 @@ def test_cli_simulate_and_edge_run(tiny_run: Path, bank_dir: Path, tmp_path: Pat
     bad.write_text("t,cpu_percent\nx,y\n")
     result = runner.invoke(app, ["simulate", "--run", str(tiny_run), "--trace", str(bad)])
     assert result.exit_code == 2 and "fewer than two usable readings" in result.output
-
-
-def test_sessions_load_from_an_optimised_copy_written_once(bank_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    model = sorted(bank_dir.glob("*.onnx"))[0]
-    plain = session(model)
-    feed = zero_feed(plain)
-    feed = {name: np.random.default_rng(0).standard_normal(x.shape).astype(np.float32) for name, x in feed.items()}
-    cache = tmp_path / "cache"
-    cached = session(model, cache_dir=cache)
-    (copy,) = cache.glob("*.onnx")
-    written = copy.stat().st_mtime_ns
-    np.testing.assert_allclose(cached.run(None, feed)[0], plain.run(None, feed)[0], rtol=1e-4, atol=1e-5)
-    session(model, cache_dir=cache)
-    assert list(cache.glob("*.onnx")) == [copy] and copy.stat().st_mtime_ns == written  # optimised once per model
-    blocked = tmp_path / "blocked"
-    blocked.write_text("a file where the cache folder should be")
-    np.testing.assert_allclose(session(model, cache_dir=blocked).run(None, feed)[0], plain.run(None, feed)[0], rtol=1e-4, atol=1e-5)
-    assert "cannot cache" in caplog.text  # the model still loads, from its own file
-    garbage = tmp_path / "garbage.onnx"
-    garbage.write_bytes(b"not a model")
-    with pytest.raises(ExportError, match="garbage.onnx"):
-        session(garbage, cache_dir=cache)

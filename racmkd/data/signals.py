@@ -68,10 +68,16 @@ class Signal(ABC):
         """A spec saved in a checkpoint or a contract, read back."""
         return from_dict(self.spec_type, values, where=f"spec.{self.name}")
 
+    dead_range: ClassVar[float] = 1e-3  # raw values (in [0, 1] or [-1, 1]) spanning less than this: no signal
+
     def input_quality(self, raw: np.ndarray) -> float:
-        """How usable one raw input looks: 0 for a dead sensor (a constant image, a silent
-        recording), else 1. The edge runtime stops spending on a modality whose inputs keep coming in dead."""
-        return 0.0 if float(np.std(raw)) < 1e-4 else 1.0
+        """How usable one raw input looks: 0 for a dead sensor (a constant image; a recording whose
+        samples all lie within 0.001 of full scale, below -60 dBFS), else 1. The edge runtime stops
+        spending on a modality whose inputs keep coming in dead. This runs on every request: the
+        range of at most 1024 evenly spaced values (a live signal varies all over; a dead one nowhere)."""
+        flat = raw.reshape(-1)
+        flat = flat[:: max(1, flat.size // 1024)]
+        return 0.0 if float(flat.max()) - float(flat.min()) < self.dead_range else 1.0
 
 
 # ------------------------------------------------------------------------------------------------

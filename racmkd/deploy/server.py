@@ -40,6 +40,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -171,7 +172,13 @@ class Service:
         raise NotImplementedError
 
     def answer(self, inputs: Inputs, body: bytes, content_type: str) -> PredictResponse:
+        """The answer to one request; may block (network, long compute): the app runs it in a worker thread."""
         raise NotImplementedError
+
+    def answer_now(self, inputs: Inputs) -> PredictResponse | None:
+        """The answer, when it is quick to compute and waits on nothing (the app then computes it on
+        its event loop, without a worker thread's hand-over); None when `answer` must run instead."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -317,28 +324,51 @@ class EdgeService(Service):
             return engine.runtime.current.utility, engine.runtime.current.costs.latency_ms * engine.runtime.budget.slowdown
         return engine.accuracy or 0.0, self.compute_ms_p50() or 0.0
 
+    def route(self, engine: Engine, inputs: Inputs, body: bytes) -> tuple[Any, Any, float, float] | None:
+        """Where to answer: (the route, its upstream, the target, the local estimate) when offloading
+        is expected to do better (see racmkd.deploy.offload.choose_route), None to answer here."""
+        from racmkd.deploy.offload import choose_route
+
+        if not self.upstreams:
+            return None
+        target = inputs.target_ms or self.cfg.runtime.latency_target_ms
+        accuracy, local_ms = self.local_expectation(engine)
+        route = choose_route(accuracy, local_ms, target, self.upstreams, len(body), self.settings.offload_margin)
+        if route.target == "local":
+            return None
+        return route, next(u for u in self.upstreams if u.name == route.target), target, local_ms
+
     def answer(self, inputs: Inputs, body: bytes, content_type: str) -> PredictResponse:
-        from racmkd.deploy.offload import UpstreamError, choose_route
-        from racmkd.runtime.edge import NoVariantError
+        from racmkd.deploy.offload import UpstreamError
 
         engine = self.engine  # one engine for the whole request, whatever a deploy swaps meanwhile
-        self.requests += 1
-        target = inputs.target_ms or self.cfg.runtime.latency_target_ms
         fallbacks: list[str] = []
-        if self.upstreams:
-            accuracy, local_ms = self.local_expectation(engine)
-            route = choose_route(accuracy, local_ms, target, self.upstreams, len(body), self.settings.offload_margin)
-            if route.target != "local":
-                upstream = next(u for u in self.upstreams if u.name == route.target)
-                started = time.perf_counter()
-                budget_s = max((target - local_ms) / 1e3, 0.001)  # leave the local answer its time
-                try:
-                    reply = upstream.predict(body, content_type, time.monotonic() + budget_s)
-                    answer = PredictResponse(**{**reply, "offloaded": True, "route": route.reason, "compute_ms": (time.perf_counter() - started) * 1e3, "served_by": f"{upstream.name}:{reply.get('served_by')}"})
-                    self.offloads[upstream.name] = self.offloads.get(upstream.name, 0) + 1
-                    return answer
-                except (UpstreamError, ValidationError, TypeError) as err:
-                    fallbacks.append(f"offload failed, answered locally: {str(err).splitlines()[0]}")
+        chosen = self.route(engine, inputs, body)
+        if chosen is not None:
+            route, upstream, target, local_ms = chosen
+            started = time.perf_counter()
+            budget_s = max((target - local_ms) / 1e3, 0.001)  # leave the local answer its time
+            try:
+                reply = upstream.predict(body, content_type, time.monotonic() + budget_s)
+                answer = PredictResponse(**{**reply, "offloaded": True, "route": route.reason, "compute_ms": (time.perf_counter() - started) * 1e3, "served_by": f"{upstream.name}:{reply.get('served_by')}"})
+                self.requests += 1
+                self.offloads[upstream.name] = self.offloads.get(upstream.name, 0) + 1
+                return answer
+            except (UpstreamError, ValidationError, TypeError) as err:
+                fallbacks.append(f"offload failed, answered locally: {str(err).splitlines()[0]}")
+        return self.local(engine, inputs, fallbacks)
+
+    def answer_now(self, inputs: Inputs) -> PredictResponse | None:
+        engine = self.engine
+        if self.upstreams and self.route(engine, inputs, b"") is not None:  # the body's size only refines the link's estimate
+            return None
+        return self.local(engine, inputs, [])
+
+    def local(self, engine: Engine, inputs: Inputs, fallbacks: list[str]) -> PredictResponse:
+        """The answer of this device's own engine."""
+        from racmkd.runtime.edge import NoVariantError
+
+        self.requests += 1
         started = time.perf_counter()
         image, audio = _image_for(inputs.arrays.get("image")), inputs.arrays.get("audio")
         try:
@@ -521,17 +551,20 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
     schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")}, NPZ: {"schema": {"type": "string", "format": "binary", "description": "np.savez archive: arrays image and/or audio, optional sample_rate, latency_target_ms"}}}}}
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=schema, responses={413: {"description": "too large"}, 415: {"description": "unsupported content type"}, 422: {"description": "invalid input"}})
-    def predict(request: Request, body: bytes = Depends(body_of)) -> PredictResponse:
+    async def predict(request: Request, body: bytes = Depends(body_of)) -> Response:
+        # Async: a quick local answer is computed right here; one that waits on an upstream or on a
+        # PyTorch model goes to a worker thread. The answer is serialised once, by its own model.
         started = time.perf_counter()
+        content_type = request.headers.get("content-type", "application/json")
         try:
-            inputs = parse_request(body, request.headers.get("content-type", "application/json"), settings, service.modalities())
-            answer = service.answer(inputs, body, request.headers.get("content-type", "application/json"))
+            inputs = parse_request(body, content_type, settings, service.modalities())
+            answer = service.answer_now(inputs) or await run_in_threadpool(service.answer, inputs, body, content_type)
         except HTTPException:
             requests.labels(service.role, "bad_request", "-").inc()
             raise
         latency.labels(service.role).observe(time.perf_counter() - started)
         requests.labels(service.role, "ok", "offloaded" if answer.offloaded else "local").inc()
-        return answer
+        return Response(answer.model_dump_json(), media_type="application/json")
 
     @app.get("/health")
     def health() -> dict[str, Any]:

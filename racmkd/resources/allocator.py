@@ -279,12 +279,20 @@ class LatencyController:
         self.gains, self.target_ms = gains, target_ms
         self.pid = PID(gains.kp, gains.ki, gains.kd, setpoint=gains.setpoint, sample_time=None, output_limits=(gains.min_scale, gains.max_scale), starting_output=gains.max_scale)
         self.scale = gains.max_scale
-        self._last: float | None = None
+        self._last: float | None = None  # when the PID last stepped
+        self._sum, self._count = 0.0, 0  # observed latency / target since then
 
     def update(self, observed_ms: float, now: float) -> float:
-        dt = 1e-3 if self._last is None else max(now - self._last, 1e-6)
+        """Record one request's latency; the PID steps on the mean of a period once
+        `gains.interval_s` has passed since its last step (at once on the first request)."""
+        self._sum += observed_ms / self.target_ms
+        self._count += 1
+        if self._last is not None and now - self._last < self.gains.interval_s:
+            return self.scale
+        dt = 1e-3 if self._last is None else now - self._last
         self._last = now
-        self.scale = float(self.pid(observed_ms / self.target_ms, dt=dt))
+        self.scale = float(self.pid(self._sum / self._count, dt=dt))
+        self._sum, self._count = 0.0, 0
         return self.scale
 
     def state(self) -> dict[str, Any]:

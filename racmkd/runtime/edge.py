@@ -18,8 +18,7 @@ dropped request.
   running average per modality weights the allocator, and a request is answered from the inputs it
   brought.
 - No torch: preprocessing is the modalities' numpy signals (racmkd.data.signals), inference ONNX
-  Runtime, sessions loaded from their optimised copies (`runtime.session_cache`), which hold a
-  quarter of the memory and load three times faster than from the plain files.
+  Runtime.
 """
 
 from __future__ import annotations
@@ -28,10 +27,9 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,7 +91,6 @@ class EdgeRuntime:
         self.modalities: dict[str, Signal] = {m: SIGNALS.create(m) for m in self.table.modalities}
         # Raw inputs are checked against one variant's spec per modality (their raw forms agree: sample rate, length).
         self._raw_specs = {m: next((bank.specs[v.id] for v in self.table.variants if v.modality == m and bank.specs.get(v.id) is not None), None) for m in self.table.modalities}
-        self._cache_dir = Path(self.config.session_cache) if self.config.session_cache else None
         self.quality = {m: 1.0 for m in self.table.modalities}
         self.failed: dict[str, str] = {v.id: "its input spec could not be read" for v in self.table.variants if bank.specs.get(v.id) is None}
         self.decisions: deque[dict[str, Any]] = deque(maxlen=200)
@@ -103,7 +100,10 @@ class EdgeRuntime:
         self.snapshot: ResourceSnapshot | None = None
         self.level = "unknown"
         self.budget = budget_for(None, self.config)
-        self._sessions: OrderedDict[str, Any] = OrderedDict()
+        self._sessions: dict[str, Any] = {}  # variant id -> its loaded session
+        self._last_used: dict[str, int] = {}  # variant id -> the request that last ran it (eviction order)
+        self._requests = 0
+        self._biases: dict[tuple[str, ...], np.ndarray] = {}  # tiers of the variants used -> their mean bias
         self._protect: set[str] = set()
         self._lock = threading.RLock()
         self._unsubscribe: Callable[[], None] | None = None
@@ -171,12 +171,17 @@ class EdgeRuntime:
         return sum(by_id[vid].memory_bytes for vid in self._sessions)
 
     def _session(self, variant: Variant) -> Any:
+        """The variant's session, loaded if it is not. A loaded one is read without the lock (a dict
+        read is atomic): this is on every request's path."""
+        self._last_used[variant.id] = self._requests
+        sess = self._sessions.get(variant.id)
+        if sess is not None:
+            return sess
         with self._lock:
             if variant.id in self._sessions:
-                self._sessions.move_to_end(variant.id)
                 return self._sessions[variant.id]
             try:
-                sess = session(self.bank.path(variant), self.config.threads, self._cache_dir)
+                sess = session(self.bank.path(variant), self.config.threads)
             except Exception as err:  # noqa: BLE001 - a damaged file must not stop the runtime
                 self._fail(variant, f"cannot load {variant.path}: {err}")
                 raise
@@ -189,7 +194,7 @@ class EdgeRuntime:
         loaded than `runtime.max_loaded` or they hold more memory than the budget allows."""
         limit = self.config.max_loaded or len(self.table.variants)
         keep = {v.id for v in self.current.config if v is not None} | self._protect
-        for vid in list(self._sessions):
+        for vid in sorted(self._sessions, key=lambda v: self._last_used.get(v, -1)):
             if len(self._sessions) <= limit and self.resident_bytes() <= self.budget.memory_bytes:
                 break
             if vid not in keep:
@@ -280,6 +285,7 @@ class EdgeRuntime:
         """Answer one request (raw inputs by modality; None = missing) without feeding its latency
         back (`predict` does; a simulation feeds the latency it models)."""
         started = time.perf_counter()
+        self._requests += 1
         unknown = {m for m, v in inputs.items() if v is not None} - set(self.modalities)
         if unknown:
             raise TypeError(f"unknown inputs {sorted(unknown)}; this runtime uses {list(self.modalities)}")
@@ -321,9 +327,16 @@ class EdgeRuntime:
             # Something failed: re-plan without it (the monitor's next decision will too), and retry.
             self.redecide("variant failure")
             config = self._request_config(raws, exclude, fallbacks)
-        logits = sum(terms) + sum(self.bank.biases[v.tier] for v in used) / len(used)
+        logits = sum(terms) + self._bias(tuple(v.tier for v in used))
         probs = _softmax(logits)
         return Answer(int(probs.argmax()), probs, [v.id for v in used], (time.perf_counter() - started) * 1e3, fallbacks)
+
+    def _bias(self, tiers: tuple[str, ...]) -> np.ndarray:
+        """The logits' bias of a set of variants: the mean of their tiers' biases (cached per set)."""
+        bias = self._biases.get(tiers)
+        if bias is None:
+            bias = self._biases[tiers] = sum(self.bank.biases[t] for t in tiers) / len(tiers)
+        return bias
 
     def _request_config(self, raws: dict[str, Any], exclude: set[str], fallbacks: list[str]) -> Configuration:
         """For this request only: the best configuration that uses only the inputs it brought."""

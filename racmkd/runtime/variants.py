@@ -13,8 +13,7 @@ tiers can be combined too, and every such combination is measured here like the 
                              (int8 where its recipe chose int8), else from the distilled student
     logits.npz               every share's logits on the validation and test samples
     bank.json                per variant: latency (raw input to logits, numpy preprocessing included,
-                             ONNX Runtime, one thread), resident memory (a session loaded from the
-                             optimised copy the runtime uses), FLOPs, energy; per tier the
+                             ONNX Runtime, one thread), resident memory, FLOPs, energy; per tier the
                              bias; the accuracy of every configuration on validation and test data
 
 `load_bank(folder)` (racmkd.runtime.bank, which needs no torch) reads it back as the allocator's
@@ -34,7 +33,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from racmkd.compress.artifacts import optimised_copy
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, session
 from racmkd.compress.quantize import calibration_inputs, quantize_int8
 from racmkd.config import RunConfig
@@ -75,30 +73,33 @@ def _accuracy_table(modalities: list[str], tiers_of: dict[str, list[str]], share
 
 
 # Run in a fresh interpreter: the resident memory one more ONNX Runtime session adds once the
-# runtime itself is up (a warm-up session first), loaded and run once. In this process the heap
-# would reuse what earlier sessions freed and the figure would read near zero.
+# runtime is up with the bank's other variants loaded and run (what the runtime frees by evicting
+# it, and what loading it back costs). In the measuring process the heap would reuse what earlier
+# sessions freed and the figure would read near zero; alone in a fresh interpreter, a session also
+# pays for what every session shares (kernel registries, code paged in): measured here, the eight
+# variants of a bank each read 1.2-2.2 MB alone, 4.7 MB all together.
 _RESIDENT = """
 import gc, sys
 import numpy as np, onnxruntime as ort, psutil
-from onnx import TensorProto, helper
 options = ort.SessionOptions()
 options.intra_op_num_threads = options.inter_op_num_threads = 1
-graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "warm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
-warm = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString(), options, providers=["CPUExecutionProvider"])
-warm.run(None, {"x": np.zeros((1, 4), np.float32)})
+def load(path):
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session.run(None, {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in session.get_inputs()})
+    return session
+others = [load(p) for p in sys.argv[2:]]
 gc.collect()
 before = psutil.Process().memory_info().rss
-session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
-session.run(None, {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in session.get_inputs()})
+target = load(sys.argv[1])
 print(psutil.Process().memory_info().rss - before)
 """
 
 
-def resident_bytes(path: Path) -> int | None:
-    """Resident memory a session of `path` adds (measured in a fresh interpreter), or None when
-    the measurement fails."""
+def resident_bytes(path: Path, others: list[Path]) -> int | None:
+    """Resident memory a session of `path` adds to a process already holding sessions of `others`
+    (measured in a fresh interpreter), or None when the measurement fails."""
     try:
-        done = subprocess.run([sys.executable, "-c", _RESIDENT, str(path)], capture_output=True, text=True, timeout=120, check=True)
+        done = subprocess.run([sys.executable, "-c", _RESIDENT, str(path), *map(str, others)], capture_output=True, text=True, timeout=120, check=True)
         return max(0, int(done.stdout.strip().splitlines()[-1]))
     except (subprocess.SubprocessError, ValueError, IndexError, OSError):
         return None
@@ -135,20 +136,17 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
                 labels[split] = split_labels
             records.append({"tier": tier, "modality": m, "path": path.name, "precision": precision, "spec": specs[m]})
     # Costs, measured on one raw test sample from raw input to logits term, every variant in turn, as
-    # the runtime runs them: numpy preprocessing (the modality's signal), sessions from the
-    # optimised copies the runtime loads (`runtime.session_cache`).
-    cache = Path(cfg.runtime.session_cache) if cfg.runtime.session_cache else None
+    # the runtime runs them: numpy preprocessing (the modality's signal), then ONNX Runtime.
     raw = dataset.raw_batch("test", torch.tensor([0]))
-    runners, feeds, loaded = {}, {}, {}
+    runners, feeds = {}, {}
     for r in records:
         signal = SIGNALS.create(r["modality"])
-        sess = session(out_dir / r["path"], cfg.runtime.threads, cache)
+        sess = session(out_dir / r["path"], cfg.runtime.threads)
         value = raw[r["modality"]][0].numpy()
         feeds[r["path"]] = {r["modality"]: signal.features(signal.to_raw(value, r["spec"]), r["spec"])}
         runners[r["path"]] = lambda s=sess, sig=signal, v=value, spec=r["spec"], name=r["modality"]: s.run(None, {name: sig.features(sig.to_raw(v, spec), spec)})
-        loaded[r["path"]] = optimised_copy(out_dir / r["path"], cache) if cache is not None else out_dir / r["path"]
     latency = latency_round_robin(runners, warmup=20, iters=latency_iters, rounds=3)
-    model_only = latency_round_robin({p: (lambda s=session(out_dir / p, cfg.runtime.threads, cache), f=feeds[p]: s.run(None, f)) for p in runners}, warmup=20, iters=latency_iters, rounds=3)
+    model_only = latency_round_robin({p: (lambda s=session(out_dir / p, cfg.runtime.threads), f=feeds[p]: s.run(None, f)) for p in runners}, warmup=20, iters=latency_iters, rounds=3)
     variants = []
     for r in records:
         path = out_dir / r["path"]
@@ -157,7 +155,7 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
         lat = latency[r["path"]]
         energy = estimated_energy_joules(cost.flops, moved, lat["p50"] / 1e3, cfg.eval.energy) * 1e3
         graph_memory = cost.weight_bytes + cost.peak_activation_bytes
-        resident = resident_bytes(loaded[r["path"]])
+        resident = resident_bytes(path, [out_dir / o["path"] for o in records if o is not r])
         variants.append({
             "tier": r["tier"], "modality": r["modality"], "path": r["path"], "precision": r["precision"],
             "latency_ms": lat["p50"], "latency_ms_p95": lat["p95"], "model_latency_ms": model_only[r["path"]]["p50"],
