@@ -365,6 +365,8 @@ def test_utility_is_the_accuracy_to_expect() -> None:
     tight = ProfileTable(("image", "audio"), TIERS, (big_image, big_audio, small), {**table.accuracy, (None, "low"): 0.8, ("high", "low"): 0.9})
     fallback = Allocator(tight).solve(Budget(latency_ms=4.0, memory_bytes=5), (1.0, 1.0))
     assert not fallback.feasible and fallback.config == (None, small) and "least over budget" in fallback.reason  # 1.25x latency beats 20x memory
+    no_memory = Allocator(tight).solve(Budget(latency_ms=100.0, memory_bytes=0), (1.0, 1.0))
+    assert not no_memory.feasible and no_memory.config == (None, small)  # nothing left at all: the smallest, not the best
     with pytest.raises(ConfigError, match="not a modality"):
         Allocator(table, {"imu": "high"})
     with pytest.raises(ConfigError, match="unknown tier"):
@@ -438,6 +440,16 @@ def test_latency_controller_shrinks_the_budget_when_requests_run_late() -> None:
     assert controller.scale > late and controller.scale <= 1.0
     with pytest.raises(ConfigError):
         LatencyController(PIDGains(), 0.0)
+
+
+def test_latency_controller_steps_on_each_period_mean() -> None:
+    controller = LatencyController(PIDGains(kp=0.4, ki=0.0, setpoint=0.8, min_scale=0.1, max_scale=1.0, interval_s=0.5), target_ms=4.0)
+    controller.update(3.2, 0.0)  # the first request steps at once: at the setpoint
+    assert controller.scale == pytest.approx(1.0)
+    for t in (0.1, 0.2, 0.3):  # within the period: recorded, no step
+        assert controller.update(6.0 if t == 0.2 else 3.2, t) == pytest.approx(1.0)
+    controller.update(3.2, 0.6)  # the period's mean, (3 x 3.2 + 6) / 4 = 3.9 ms, not its one late request
+    assert controller.scale == pytest.approx(1.0 + 0.4 * (0.8 - 3.9 / 4.0), abs=1e-6)
 
 
 def test_costs_add_up_over_the_variants_of_a_configuration() -> None:

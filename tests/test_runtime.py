@@ -136,6 +136,51 @@ def test_a_resource_drop_switches_to_a_cheaper_configuration(bank_dir: Path, sam
     assert state["level"] == "critical" and state["variants"] and state["recent_decisions"]
 
 
+def runtime_configs(bank):  # noqa: ANN001, ANN201
+    from racmkd.resources.allocator import Allocator
+
+    return Allocator(bank.table).configs
+
+
+def test_a_step_up_loads_its_sessions_while_the_hysteresis_holds_it(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from racmkd.resources.sources import Trace
+    from racmkd.runtime import edge
+
+    inputs, _ = samples
+    bank = load_bank(bank_dir)
+    t = np.arange(0.0, 10.0, 0.1)
+    trace = Trace("drop-and-back", t, {"cpu_percent": np.where(t < 5, 80.0, 25.0), "memory_available_mb": np.full(len(t), 140.0)})
+    clock = [0.0]
+    monitor = ResourceMonitor(TraceSource(trace, start=0.0), clock=lambda: clock[0])
+    richest = max(sum(v.latency_ms for v in c if v is not None) for c in runtime_configs(bank))
+    # A target the richest configuration meets on an idle machine, and only cheaper ones at 80% CPU.
+    runtime = EdgeRuntime(bank, RuntimeConfig(latency_target_ms=richest * 2, step_up_window_s=1.0), monitor, clock=lambda: clock[0])
+    monitor.poll(0.0)
+    lean = runtime.current
+    for vid in set(runtime.loaded()) - {v.id for v in lean.config if v is not None}:
+        del runtime._sessions[vid]  # as memory pressure would have left it: only what serves is loaded
+    loads = []
+    monkeypatch.setattr(edge, "session", lambda path, threads: loads.append(path.name) or edge.__dict__["_real_session"](path, threads))
+    monkeypatch.setitem(edge.__dict__, "_real_session", __import__("racmkd.compress.artifacts", fromlist=["session"]).session)
+    pending = None
+    for now in np.arange(5.0, 10.0, 0.1):  # resources are back: once a better configuration fits, the window starts
+        clock[0] = float(now)
+        monitor.poll(float(now))
+        if runtime.hysteresis.pending is not None:
+            pending = runtime.hysteresis.pending
+            break
+    assert pending is not None and runtime.current.config == lean.config  # held back by the window ...
+    assert loads and {v.id for v in pending if v is not None} <= set(runtime.loaded())  # ... while its sessions load
+    loads.clear()
+    for now in np.arange(clock[0] + 0.1, clock[0] + 2.0, 0.1):
+        clock[0] = float(now)
+        monitor.poll(float(now))
+        runtime.predict(**inputs[0])
+        if runtime.current.config == pending:
+            break
+    assert runtime.decisions[-1]["reason"].startswith("step up") and not loads  # the switch itself: a pointer swap
+
+
 def test_budget_follows_the_readings() -> None:
     from racmkd.resources.sources import MB, ResourceSnapshot
 

@@ -46,6 +46,10 @@ class Signal(ABC):
         """Check one user input and convert it to a float32 raw batch of one; ValueError names the problem."""
 
     @abstractmethod
+    def blank(self, spec: Any) -> np.ndarray:
+        """A raw batch of one that holds nothing (zeros), for warming up a model and its feature caches."""
+
+    @abstractmethod
     def features(self, raw: np.ndarray, spec: Any) -> np.ndarray:
         """Model input (B, C, ...) float32 from a raw batch, as training computed it without augmentation."""
 
@@ -149,6 +153,9 @@ class ImageSignal(Signal):
         if not np.isfinite(array).all() or array.min() < -1e-6 or array.max() > 1 + 1e-6:
             raise ValueError("image: float pixels must be finite and in [0, 1] (pass uint8 for 0-255 images)")
         return array.astype(np.float32)[None]
+
+    def blank(self, spec: ImageSpec) -> np.ndarray:
+        return np.zeros((1, self.size, self.size), dtype=np.float32)
 
     def features(self, raw: np.ndarray, spec: ImageSpec) -> np.ndarray:
         return resize(center_crop(raw, spec.crop), spec.resolution)[:, None].astype(np.float32, copy=False)  # (B, 1, res, res)
@@ -303,6 +310,9 @@ class AudioSignal(Signal):
             g = math.gcd(rate, spec.sample_rate)
             wave = resample_poly(wave, spec.sample_rate // g, rate // g).astype(np.float32)
         return fix_length(wave, spec.samples)[0][None]
+
+    def blank(self, spec: AudioSpec) -> np.ndarray:
+        return np.zeros((1, spec.samples), dtype=np.float32)
 
     def features(self, raw: np.ndarray, spec: AudioSpec) -> np.ndarray:
         power = power_spectrogram(peak_normalise(raw), spec.n_fft, spec.win_length, spec.hop_length)  # (B, T, F)

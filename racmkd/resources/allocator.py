@@ -74,12 +74,13 @@ class Costs:
         return [r for r in RESOURCES if getattr(self, r) > getattr(budget, r)]
 
     def overshoot(self, budget: Budget) -> float:
-        """The largest ratio of cost to budget over the resources (at most 1: it fits)."""
+        """The largest ratio of cost to budget over the resources (at most 1: it fits). A budget of
+        zero counts as a tiny one, so that with nothing left the cheapest configuration still wins."""
         ratios = [0.0]
         for r in RESOURCES:
             cost, limit = getattr(self, r), getattr(budget, r)
             if not math.isinf(limit):
-                ratios.append(cost / limit if limit > 0 else (math.inf if cost > 0 else 0.0))
+                ratios.append(cost / max(limit, 1e-9))
         return max(ratios)
 
 
@@ -238,6 +239,16 @@ class Hysteresis:
     window_s: float = 1.0
     _pending: Configuration | None = field(default=None, repr=False)
     _since: float = 0.0
+
+    @property
+    def pending(self) -> Configuration | None:
+        """The better configuration waiting out the window, if any (the runtime loads its sessions meanwhile)."""
+        return self._pending
+
+    def due(self, now: float) -> bool:
+        """Whether a pending step up has waited out its window (the runtime then re-plans, even if
+        no new reading came: steady readings notify nobody)."""
+        return self._pending is not None and now - self._since >= self.window_s
 
     def choose(self, now: float, current: Decision | None, allocator: Allocator, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset()) -> tuple[Decision, str]:
         best = allocator.solve(budget, weights, exclude)

@@ -59,7 +59,8 @@ def load_bank(folder: Path, split: str = "val") -> Bank:
         raise BankError(f"{path}: unreadable ({err}). Rebuild it with `racmkd edge build`.") from None
     if data.get("format") != BANK_FORMAT:
         raise BankError(f"{path}: not a {BANK_FORMAT} file. Rebuild it with `racmkd edge build`.")
-    variants = tuple(Variant(v["modality"], v["tier"], float(v["latency_ms"]), int(v["memory_bytes"]), float(v["energy_mj"]), v["path"]) for v in data["variants"])
+    # Deadlines are about the tail: the allocator plans with each variant's 95th-percentile latency.
+    variants = tuple(Variant(v["modality"], v["tier"], float(v.get("latency_ms_p95", v["latency_ms"])), int(v["memory_bytes"]), float(v["energy_mj"]), v["path"]) for v in data["variants"])
     specs = {}
     for v in variants:
         try:

@@ -11,7 +11,8 @@ dropped request.
   cores x (1 - their load), at least `contention_floor`); free memory beyond a reserve, times the
   runtime's share of it; on battery, an energy budget per request.
 - Switching tier or modality set is a pointer swap: sessions are loaded at start (when they fit
-  the memory budget), else on first use and evicted least recently used.
+  the memory budget), else on first use and evicted least recently used; a step up's sessions load
+  while the hysteresis holds it back, so that it too is a swap when it comes.
 - Adaptation time: from the moment a reading arrives (`MonitorState.observed_at`) to the new
   configuration being in place with its sessions loaded.
 - Input quality: a missing input, or a dead one (constant image, silent audio), has quality 0; a
@@ -61,12 +62,13 @@ class NoVariantError(RuntimeError):
     """No variant could answer a request (all failed, or no input this runtime can use)."""
 
 
-def budget_for(snapshot: ResourceSnapshot | None, config: RuntimeConfig, scale: float = 1.0, resident_bytes: int = 0) -> Budget:
+def budget_for(snapshot: ResourceSnapshot | None, config: RuntimeConfig, scale: float = 1.0, resident_bytes: int = 0, overhead_ms: float = 0.0) -> Budget:
     """What one request may spend under these readings (see the module docstring). The memory the
     runtime's loaded sessions already hold (`resident_bytes`) is not free, but it is the runtime's
-    to spend: it counts back into the budget."""
+    to spend: it counts back into the budget. `overhead_ms` (unloaded) is what a request costs
+    beyond its variants' measured latencies (the runtime's own work): it comes off the latency budget."""
     if snapshot is None:
-        return Budget(config.latency_target_ms * scale)
+        return Budget(max(0.0, config.latency_target_ms * scale - overhead_ms))
     slowdown = 1.0 / snapshot.cpu_share(config.contention_floor)
     memory = math.inf
     if snapshot.memory_available_bytes is not None:
@@ -75,7 +77,7 @@ def budget_for(snapshot: ResourceSnapshot | None, config: RuntimeConfig, scale: 
     if config.energy_budget_mj > 0 and snapshot.power_plugged is False:
         low = snapshot.battery_percent is not None and snapshot.battery_percent < config.low_battery_percent
         energy = config.energy_budget_mj * (0.5 if low else 1.0)
-    return Budget(config.latency_target_ms * scale / slowdown, memory, energy, slowdown)
+    return Budget(max(0.0, config.latency_target_ms * scale / slowdown - overhead_ms), memory, energy, slowdown)
 
 
 class EdgeRuntime:
@@ -99,7 +101,8 @@ class EdgeRuntime:
         self.decision_ms: deque[float] = deque(maxlen=10_000)
         self.snapshot: ResourceSnapshot | None = None
         self.level = "unknown"
-        self.budget = budget_for(None, self.config)
+        self.overhead_ms = float(bank.data.get("request_overhead_ms", 0.0))  # a request's cost beyond its variants' (measured with the bank)
+        self.budget = budget_for(None, self.config, overhead_ms=self.overhead_ms)
         self._sessions: dict[str, Any] = {}  # variant id -> its loaded session
         self._last_used: dict[str, int] = {}  # variant id -> the request that last ran it (eviction order)
         self._requests = 0
@@ -111,7 +114,7 @@ class EdgeRuntime:
         self.monitor = monitor
         if monitor is not None and monitor.state is not None:
             self.snapshot, self.level = monitor.state.planning(), monitor.state.level
-            self.budget = budget_for(self.snapshot, self.config)
+            self.budget = budget_for(self.snapshot, self.config, overhead_ms=self.overhead_ms)
         self.current: Decision = self._initial_decision()
         if self.config.preload:
             self._preload()
@@ -182,6 +185,10 @@ class EdgeRuntime:
                 return self._sessions[variant.id]
             try:
                 sess = session(self.bank.path(variant), self.config.threads)
+                # A variant's first run sets up its session's buffers and its features' matrices
+                # (milliseconds): done here, not on a request.
+                signal, spec = self.modalities[variant.modality], self.bank.specs[variant.id]
+                sess.run(None, {variant.modality: signal.features(signal.blank(spec), spec)})
             except Exception as err:  # noqa: BLE001 - a damaged file must not stop the runtime
                 self._fail(variant, f"cannot load {variant.path}: {err}")
                 raise
@@ -235,7 +242,7 @@ class EdgeRuntime:
         decision in force afterwards."""
         started = time.perf_counter()
         with self._lock:
-            self.budget = budget_for(self.snapshot, self.config, self.controller.scale, self.resident_bytes())
+            self.budget = budget_for(self.snapshot, self.config, self.controller.scale, self.resident_bytes(), self.overhead_ms)
             if self.pinned is not None:
                 return self.current
             previous = self.current
@@ -248,6 +255,10 @@ class EdgeRuntime:
             self.current = chosen
             if switched:
                 self._ensure_loaded(chosen.config)
+            elif self.hysteresis.pending is not None:
+                # A step up waits out the hysteresis window: load its sessions meanwhile (here, off
+                # the requests' path), so that the switch, when it comes, is a pointer swap.
+                self._ensure_loaded(self.hysteresis.pending)
             self._evict()  # the memory budget may have shrunk
             ended = time.perf_counter()
             self.decision_ms.append((ended - started) * 1e3)
@@ -262,12 +273,16 @@ class EdgeRuntime:
         return self.current
 
     def feedback(self, latency_ms: float, now: float | None = None) -> None:
-        """Feed an observed request latency to the PID; re-plan when the budget scale moved."""
+        """Feed an observed request latency to the PID; re-plan when the budget scale moved, or when
+        a pending step up has waited out its window."""
+        now = self.clock() if now is None else now
         with self._lock:
             before = self.controller.scale
-            after = self.controller.update(latency_ms, self.clock() if now is None else now)
+            after = self.controller.update(latency_ms, now)
         if abs(after - before) > 0.02:
             self.redecide("latency")
+        elif self.hysteresis.due(now):
+            self.redecide("step-up window")
 
     def _observe_quality(self, qualities: dict[str, float]) -> None:
         changed = False
@@ -369,6 +384,7 @@ class EdgeRuntime:
             "budget": self.budget.as_dict(),
             "level": self.level,
             "pid": self.controller.state(),
+            "overhead_ms": self.overhead_ms,
             "quality": dict(self.quality),
             "failed": dict(self.failed),
             "loaded": self.loaded(),

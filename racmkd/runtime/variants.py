@@ -178,4 +178,28 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
     np.savez(buffer, **{f"{split}/{t}/{m}": z for split, per in shares.items() for (t, m), z in per.items()}, **{f"labels/{s}": y for s, y in labels.items()})
     atomic_write_bytes(out_dir / "logits.npz", buffer.getvalue())
     atomic_write_json(out_dir / "bank.json", bank)
+    bank["request_overhead_ms"] = request_overhead_ms(out_dir, {m: raw[m][0].numpy() for m in modality_order}, latency_iters)
+    atomic_write_json(out_dir / "bank.json", bank)
     return out_dir
+
+
+def request_overhead_ms(folder: Path, inputs: dict[str, np.ndarray], iters: int) -> float:
+    """What the edge runtime spends on a request beyond its variants' measured latencies (input
+    checks, quality, combining the shares, the answer), unloaded: the median time of requests with
+    every variant of the widest tier pinned, less those variants' median latencies. The runtime
+    takes it off its latency budget."""
+    from racmkd.runtime.edge import EdgeRuntime
+
+    bank = load_bank(folder)
+    widest = max(bank.table.tiers, key=lambda t: sum(v.tier == t for v in bank.table.variants))
+    pinned = {m: widest if any(v.id == f"{widest}/{m}" for v in bank.table.variants) else None for m in bank.table.modalities}
+    runtime = EdgeRuntime(bank, pinned=pinned)
+    used = [v for v in runtime.current.config if v is not None]
+    p50 = {v["tier"] + "/" + v["modality"]: v["latency_ms"] for v in bank.data["variants"]}
+    timings = []
+    for i in range(iters + 20):
+        answer = runtime.infer(inputs)
+        if i >= 20:
+            timings.append(answer.latency_ms)
+    runtime.close()
+    return max(0.0, float(np.median(timings)) - sum(p50[v.id] for v in used))
