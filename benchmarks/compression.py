@@ -11,8 +11,8 @@ What it measures, all on the run's avmnist test split (10,000 samples):
   only), int8. Ratio = the image encoder's fp32 bytes in the uncompressed student (parameters and
   BatchNorm buffers) / its bytes in the int8 ONNX artifact (weights, scales and zero points, read
   off the graph). Loss = the tier's test accuracy minus the artifact's.
-- Audio path: the same with configs/recipes/audio.yaml (audio encoder pruned, fewer frames, band
-  selection). The path counts the encoder's weights and its input and activations: ratio = (fp32
+- Audio path: the same with configs/recipes/audio.yaml (audio encoder pruned, fewer frames; see
+  the recipe for why band selection is left out). The path counts the encoder's weights and its input and activations: ratio = (fp32
   encoder bytes + fp32 peak activation bytes of the audio encoder at its original input) / (int8
   encoder bytes + peak activation bytes at the reduced input, stored as int8). The weights-only
   ratio and the input ratio are reported beside it.

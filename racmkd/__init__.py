@@ -17,8 +17,14 @@ __version__ = "0.1.0"
 __all__ = ["Predictor", "load", "__version__"]
 
 
+SUBPACKAGES = ("data", "models", "distill", "compress", "resources", "runtime", "deploy", "eval")
+
+
 def __getattr__(name: str) -> Any:
-    """`racmkd.load` and `racmkd.Predictor` (racmkd.runtime.predictor), imported on first use."""
+    """`racmkd.load` and `racmkd.Predictor` (racmkd.runtime.predictor), and the subpackages
+    (`racmkd.models`, ...), imported on first use."""
     if name in ("load", "Predictor", "OnnxPredictor"):
         return getattr(importlib.import_module("racmkd.runtime.predictor"), name)
+    if name in SUBPACKAGES:
+        return importlib.import_module(f"racmkd.{name}")
     raise AttributeError(f"module 'racmkd' has no attribute {name!r}")

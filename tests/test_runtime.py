@@ -37,6 +37,8 @@ def test_bank_measures_every_variant_and_configuration(bank_dir: Path, tiny_run:
         assert v["latency_ms"] > 0 and v["flops"] > 0 and v["energy_mj"] > 0 and v["graph_memory_bytes"] > 0
         assert v["memory_source"] == "measured" and v["memory_bytes"] > v["file_bytes"]  # a session holds its weights and more
         assert (bank_dir / v["path"]).is_file()
+    assert 0.0 <= bank.data["request_overhead_ms"] < 5.0  # the runtime's own cost per request, measured
+    assert EdgeRuntime(bank).budget.latency_ms == pytest.approx(RuntimeConfig().latency_target_ms - bank.data["request_overhead_ms"])
     n_options = {m: 1 + sum(v.modality == m for v in bank.table.variants) for m in bank.table.modalities}
     assert len(bank.data["accuracy"]["test"]) == int(np.prod(list(n_options.values()))) - 1  # every configuration but "nothing"
     # The shares of one tier add up to that student: its test accuracy is the report's.

@@ -253,6 +253,7 @@ class EdgeRuntime:
                 return self.current
             switched = chosen.config != previous.config
             self.current = chosen
+            loaded_before = set(self._sessions)
             if switched:
                 self._ensure_loaded(chosen.config)
             elif self.hysteresis.pending is not None:
@@ -269,6 +270,7 @@ class EdgeRuntime:
                 self.decisions.append({
                     "t": self.clock(), "cause": cause, "from": self.describe(previous.config), "to": self.describe(chosen.config), "reason": why,
                     "level": self.level, "budget": self.budget.as_dict(), "utility": chosen.utility, "adaptation_ms": adaptation,
+                    "loaded": sorted(v.id for v in chosen.config if v is not None and v.id not in loaded_before),  # sessions the switch had to load
                 })
         return self.current
 

@@ -183,6 +183,9 @@ def simulate(bank: Bank, dataset: PairedDataset, trace: Trace, config: RuntimeCo
         "adaptation_ms_p50": percentile(dynamic["adaptation_ms"], 50),
         "adaptation_ms_p99": percentile(dynamic["adaptation_ms"], 99),
         "adaptation_ms_max": max(dynamic["adaptation_ms"], default=float("nan")),
+        # A switch to variants evicted under memory pressure loads their sessions first (milliseconds each).
+        "adaptation_ms_p99_swaps": percentile([d["adaptation_ms"] for d in dynamic["decisions"] if not d["loaded"]], 99),
+        "switches_loading": sum(bool(d["loaded"]) for d in dynamic["decisions"]),
         "switches": len(dynamic["adaptation_ms"]),
         "decision_ms_p99": percentile(dynamic["decision_ms"], 99),
         "switch_overhead_ms_p50": percentile(overheads, 50),
