@@ -428,6 +428,21 @@ def test_hysteresis_steps_down_at_once_and_up_only_after_the_window() -> None:
     assert current.config == (rich,) and why.startswith("recover at once")
 
 
+def test_recovery_from_a_fallback_keeps_the_step_up_margin() -> None:
+    """A budget climbing back from nothing: the way out is what fits with headroom, not what barely
+    fits (that would be over budget again at the next dip, and flap)."""
+    cheap, mid, rich = Variant("audio", "low", 1.0, 1, 1.0), Variant("audio", "medium", 1.5, 1, 1.0), Variant("audio", "high", 2.0, 1, 1.0)
+    table = ProfileTable(("audio",), TIERS, (cheap, mid, rich), {("low",): 0.9, ("medium",): 0.95, ("high",): 0.97})
+    allocator, h = Allocator(table), Hysteresis(margin=0.2, window_s=1.0)
+    current, _ = h.choose(0.0, None, allocator, Budget(5.0), (1.0,))
+    current, _ = h.choose(0.1, current, allocator, Budget(0.5), (1.0,))
+    assert current.config == (cheap,) and not current.feasible
+    current, why = h.choose(0.15, current, allocator, Budget(2.2), (1.0,))  # rich fits, but only without headroom
+    assert current.config == (mid,) and current.feasible and why.startswith("recover at once")
+    current, why = h.choose(0.2, current, allocator, Budget(2.2), (1.0,))
+    assert current.config == (mid,) and why == "stay"
+
+
 def test_latency_controller_shrinks_the_budget_when_requests_run_late() -> None:
     controller = LatencyController(PIDGains(kp=0.4, ki=0.4, setpoint=0.8, min_scale=0.25, max_scale=1.0), target_ms=4.0)
     assert controller.scale == 1.0

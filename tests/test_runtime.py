@@ -226,3 +226,26 @@ def test_cli_simulate_and_edge_run(tiny_run: Path, bank_dir: Path, tmp_path: Pat
     bad.write_text("t,cpu_percent\nx,y\n")
     result = runner.invoke(app, ["simulate", "--run", str(tiny_run), "--trace", str(bad)])
     assert result.exit_code == 2 and "fewer than two usable readings" in result.output
+
+
+def test_a_sudden_memory_drop_evicts_by_the_reading_not_the_forecast(bank_dir: Path) -> None:
+    """Holt's trend overshoots a sudden drop (to no free memory at all): the runtime plans with that
+    worst case but keeps the sessions the device still has room for, so the way back needs no reloads."""
+    from racmkd.resources.sources import Trace
+
+    bank = load_bank(bank_dir)
+    t = np.arange(0.0, 10.0, 0.1)
+    trace = Trace("memory-drop", t, {"cpu_percent": np.full(len(t), 25.0), "memory_available_mb": np.where(t < 5, 140.0, 15.0)})
+    clock = [0.0]
+    monitor = ResourceMonitor(TraceSource(trace, start=0.0), clock=lambda: clock[0])
+    runtime = EdgeRuntime(bank, RuntimeConfig(), monitor, clock=lambda: clock[0])
+    every = {v.id for v in bank.table.variants}
+    assert set(runtime.loaded()) == every  # preloaded: the bank fits 140 MB free
+    for now in np.arange(0.0, 5.6, 0.1):
+        clock[0] = float(now)
+        monitor.poll(float(now))
+    reading_mb, planning_mb = runtime.reading.memory_available_bytes / 2**20, runtime.snapshot.memory_available_bytes / 2**20
+    assert reading_mb == pytest.approx(15.0) and planning_mb < reading_mb  # the forecast overshoots the drop
+    total = sum(v.memory_bytes for v in bank.table.variants)
+    assert runtime.budget.memory_bytes < total <= runtime._memory_limit()  # planned with, the forecast would evict; 15 MB still holds the bank
+    assert set(runtime.loaded()) == every

@@ -264,10 +264,15 @@ class Hysteresis:
                 return current_now, "over budget, nothing cheaper fits"
             why = "a variant failed" if uses_excluded else f"over budget on {', '.join(current_costs.over(budget))}"
             return best, f"step down at once: {why}"
-        if not current.feasible and best.feasible and best.config != current.config:
-            self._pending = None  # a fallback chosen when nothing fitted is no state to hold on to
-            return best, "recover at once: a configuration fits again"
         up = allocator.solve(budget, weights, exclude, slack=self.margin)
+        if not current.feasible and best.feasible and best.config != current.config:
+            # A fallback chosen when nothing fitted is no state to hold on to; but the budget is
+            # climbing back from nothing, so the way out is what fits with the margin when anything
+            # does (what barely fits now is over again at the next dip: the flapping a sudden drop causes).
+            self._pending = None
+            if up.feasible:
+                return up, f"recover at once: fits with {self.margin:.0%} headroom"
+            return best, "recover at once: a configuration fits again"
         if not up.feasible or up.utility <= current_now.utility + 1e-9 or up.config == current.config:
             self._pending = None
             return current_now, "stay"

@@ -99,7 +99,8 @@ class EdgeRuntime:
         self.decision_count = 0  # decisions recorded so far (the deque keeps the last 200)
         self.adaptation_ms: deque[float] = deque(maxlen=10_000)  # bounded: a device runs for months
         self.decision_ms: deque[float] = deque(maxlen=10_000)
-        self.snapshot: ResourceSnapshot | None = None
+        self.snapshot: ResourceSnapshot | None = None  # the reading to plan with (the monitor's worst case)
+        self.reading: ResourceSnapshot | None = None  # the latest reading as it is (what evictions go by)
         self.level = "unknown"
         self.overhead_ms = float(bank.data.get("request_overhead_ms", 0.0))  # a request's cost beyond its variants' (measured with the bank)
         self.budget = budget_for(None, self.config, overhead_ms=self.overhead_ms)
@@ -113,7 +114,7 @@ class EdgeRuntime:
         self.pinned = self._pinned_config(pinned) if pinned is not None else None
         self.monitor = monitor
         if monitor is not None and monitor.state is not None:
-            self.snapshot, self.level = monitor.state.planning(), monitor.state.level
+            self.snapshot, self.reading, self.level = monitor.state.planning(), monitor.state.raw, monitor.state.level
             self.budget = budget_for(self.snapshot, self.config, overhead_ms=self.overhead_ms)
         self.current: Decision = self._initial_decision()
         if self.config.preload:
@@ -196,13 +197,22 @@ class EdgeRuntime:
             self._evict()
             return sess
 
+    def _memory_limit(self) -> float:
+        """The memory the loaded sessions may hold. It goes by the latest reading, not the planning
+        one: planning takes the forecast's worst case, right for choosing what runs, but after a
+        sudden drop the trend overshoots (to zero free memory) and evicting by it would throw away
+        sessions the device still has room for, each to be reloaded, in milliseconds, on the way back."""
+        reading = self.reading if self.reading is not None else self.snapshot
+        return budget_for(reading, self.config, resident_bytes=self.resident_bytes()).memory_bytes
+
     def _evict(self) -> None:
         """Drop least recently used sessions (never the current configuration's) while more are
-        loaded than `runtime.max_loaded` or they hold more memory than the budget allows."""
+        loaded than `runtime.max_loaded` or they hold more memory than the latest reading allows."""
         limit = self.config.max_loaded or len(self.table.variants)
         keep = {v.id for v in self.current.config if v is not None} | self._protect
+        memory = self._memory_limit()
         for vid in sorted(self._sessions, key=lambda v: self._last_used.get(v, -1)):
-            if len(self._sessions) <= limit and self.resident_bytes() <= self.budget.memory_bytes:
+            if len(self._sessions) <= limit and self.resident_bytes() <= memory:
                 break
             if vid not in keep:
                 del self._sessions[vid]
@@ -234,7 +244,7 @@ class EdgeRuntime:
 
     def on_resources(self, state: MonitorState) -> None:
         """Monitor subscriber: plan with the new reading, switch if the allocator says so."""
-        self.snapshot, self.level = state.planning(), state.level
+        self.snapshot, self.reading, self.level = state.planning(), state.raw, state.level
         self.redecide("resources", state.observed_at or None)
 
     def redecide(self, cause: str, observed_at: float | None = None) -> Decision:
