@@ -95,6 +95,15 @@ class TierConfig:
     modalities: tuple[str, ...] = ()  # () -> chosen by measurement (see SelectionConfig)
     scale: int = -1  # input-resolution level; -1 -> chosen by measurement
     depth: int = 0  # blocks per encoder stage; 0 -> chosen by measurement
+    # Among candidates within selection.tolerance of the best: "flops" takes the cheapest, "capacity"
+    # the one with the most parameters. A 100-step proxy training cannot tell a deeper student from
+    # a shallower one (on avmnist, high's d2 and d3 tied within 0.1 point in three seeds of four) but
+    # full distillation can (0.984 for d3 vs 0.972-0.979 for d2): the tier whose job is accuracy says "capacity".
+    ties: str = "flops"
+
+    def __post_init__(self) -> None:
+        if self.ties not in ("flops", "capacity"):
+            raise ConfigError(f"tier {self.name!r}: ties {self.ties!r}: choose flops or capacity")
 
 
 @dataclass(frozen=True)
@@ -114,7 +123,7 @@ class StudentsConfig:
     """The student family and its tiers."""
 
     tiers: tuple[TierConfig, ...] = (
-        TierConfig("high", 1024 * 1024),
+        TierConfig("high", 1024 * 1024, ties="capacity"),
         TierConfig("medium", 256 * 1024),
         TierConfig("low", 64 * 1024),
         TierConfig("critical", 16 * 1024),

@@ -9,6 +9,7 @@ report.json, report.md, plots and edge/; runs/latest points at the newest run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -172,6 +173,20 @@ def deepest_per_input(designs: list[Design]) -> list[Design]:
     return list(deepest.values())
 
 
+def break_ties(entries: list[dict[str, Any]], tolerance: float, ties: str) -> tuple[dict[str, Any], str]:
+    """The candidate a tier takes, and why: among those within `tolerance` of the best validation
+    accuracy, the cheapest in FLOPs (`ties="flops"`) or the one with the most parameters ("capacity")."""
+    top = max(entries, key=lambda e: e["val_accuracy"])
+    near = [e for e in entries if e["val_accuracy"] >= top["val_accuracy"] - tolerance]
+    if ties == "flops":
+        pick = min(near, key=lambda e: (e["flops"], -e["val_accuracy"]))
+        why = f"at {top['flops'] / max(pick['flops'], 1):.1f}x fewer FLOPs"
+    else:
+        pick = max(near, key=lambda e: (e["params"], e["val_accuracy"]))
+        why = f"with {pick['params'] / max(top['params'], 1):.1f}x the parameters (ties go to capacity)"
+    return pick, "highest validation accuracy" if pick is top else f"within {tolerance:.1%} of the best ({top['name']}, {top['val_accuracy']:.4f}) {why}"
+
+
 def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teacher], run_dir: Path, tiers: list[TierConfig]) -> dict[str, Design]:
     """Choose each tier's modalities, resolution and depth by measurement. Every candidate is trained
     briefly with its tier's distillation objective and ranked on validation accuracy; the cheapest
@@ -226,14 +241,13 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
                 continue  # a depth variant of a design that did not lead its tier
             job = trained[d.key]
             entries.append({**asdict(d), "name": d.name, "flops": count_flops(job.model, batch_one_inputs(job.model)), "val_accuracy": job.best_accuracy, "trained_as": job.name})
-        best = max(e["val_accuracy"] for e in entries)
-        near = [e for e in entries if e["val_accuracy"] >= best - sel.tolerance]
-        pick = min(near, key=lambda e: (e["flops"], -e["val_accuracy"]))
-        top = max(entries, key=lambda e: e["val_accuracy"])
-        reason = "highest validation accuracy" if pick is top else f"within {sel.tolerance:.1%} of the best ({top['name']}, {top['val_accuracy']:.4f}) at {top['flops'] / max(pick['flops'], 1):.1f}x fewer FLOPs"
+        pick, reason = break_ties(entries, sel.tolerance, next(t for t in tiers if t.name == tier_name).ties)
         table[tier_name].update(candidates=entries, chosen=pick["name"], reason=reason)
         chosen[tier_name] = next(d for d in designs if d.name == pick["name"])
-    atomic_write_json(run_dir / "selection.json", {"samples_per_candidate": sel.samples, "val_samples": sel.val_samples, "tiers": table})
+    # Distilling some tiers again (`racmkd distill --tiers ...`) keeps the other tiers' records.
+    path = run_dir / "selection.json"
+    earlier = json.loads(path.read_text())["tiers"] if path.is_file() else {}
+    atomic_write_json(path, {"samples_per_candidate": sel.samples, "val_samples": sel.val_samples, "tiers": {**earlier, **table}})
     return chosen
 
 

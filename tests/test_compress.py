@@ -138,6 +138,22 @@ def test_input_reductions_shrink_the_input_and_keep_the_weights() -> None:
         image.reduce(image.spec(0), colour=3)
 
 
+def test_an_input_step_caps_knobs_so_one_recipe_serves_every_tier() -> None:
+    from types import SimpleNamespace
+
+    from racmkd.compress.steps import Inputs, InputsOptions
+
+    audio = MODALITIES.create("audio")
+    step = Inputs(InputsOptions(reduce={"audio": {"n_frames": 24}}))
+    high = SimpleNamespace(name="high", specs={"audio": audio.spec(1)})  # 32 frames: lowered to 24
+    low = SimpleNamespace(name="low", specs={"audio": audio.spec(2)})  # 16 frames: within the cap, left alone
+    assert step.knobs(high) == {"audio": {"n_frames": 24}} and step.knobs(low) == {}
+    done = step.apply(low, ctx=None)  # nothing to lower: no fine-tune, nothing changed
+    assert "skipped" in done and low.specs["audio"] == audio.spec(2)
+    with pytest.raises(ValueError, match="does not use image"):
+        Inputs(InputsOptions(reduce={"image": {"resolution": 8}})).knobs(low)
+
+
 def test_band_selection_keeps_the_top_bands_in_frequency_order() -> None:
     assert most_informative([0.1, 0.5, -0.2, 0.9, 0.3], 3) == (1, 3, 4)
     audio = MODALITIES.create("audio")

@@ -126,3 +126,24 @@ def test_inputs_are_compared_at_their_deepest_affordable_depth() -> None:
     designs = [design(("image",), 0, 1), design(("image",), 0, 3), design(("image",), 0, 2), design(("image", "audio"), 0, 1), design(("image",), 1, 2)]
     picked = {(d.modalities, d.level): d.depth for d in deepest_per_input(designs)}
     assert picked == {(("image",), 0): 3, (("image", "audio"), 0): 1, (("image",), 1): 2}
+
+
+def test_ties_go_to_the_cheapest_or_to_capacity() -> None:
+    from racmkd.config import ConfigError, TierConfig
+    from racmkd.pipeline import break_ties
+
+    entries = [
+        {"name": "d1", "val_accuracy": 0.850, "flops": 1, "params": 10},
+        {"name": "d2", "val_accuracy": 0.931, "flops": 8, "params": 164},
+        {"name": "d3", "val_accuracy": 0.932, "flops": 12, "params": 261},
+        {"name": "wide", "val_accuracy": 0.920, "flops": 30, "params": 400},  # more parameters, but not within the tolerance
+    ]
+    pick, why = break_ties(entries, 0.005, "flops")
+    assert pick["name"] == "d2" and "fewer FLOPs" in why
+    pick, why = break_ties(entries, 0.005, "capacity")
+    assert pick["name"] == "d3" and why == "highest validation accuracy"
+    entries[1]["val_accuracy"] = 0.935  # now d2 leads and d3 is within the tolerance: capacity still takes d3
+    pick, why = break_ties(entries, 0.005, "capacity")
+    assert pick["name"] == "d3" and "parameters" in why
+    with pytest.raises(ConfigError, match="ties"):
+        TierConfig("high", 1024, ties="biggest")

@@ -213,7 +213,9 @@ class LowRank(Step):
 @dataclass(frozen=True)
 class InputsOptions:
     """Per modality, the input knobs to lower (`Modality.reductions`), e.g.
-    {image: {resolution: 12}, audio: {n_mels: 32, n_frames: 16}}; then fine-tune."""
+    {image: {resolution: 12}, audio: {n_mels: 32, n_frames: 16}}; then fine-tune. A number is a cap:
+    a knob already at or below it stays as it is, so one recipe serves tiers of different input sizes
+    (a model whose inputs are all within the caps is left alone, without a fine-tune)."""
 
     reduce: dict[str, dict[str, Any]] = field(default_factory=dict)
     finetune: Finetune = Finetune()
@@ -223,15 +225,28 @@ class InputsOptions:
 class Inputs(Step):
     options_type = InputsOptions
 
-    def check(self, subject: Subject, ctx: Context) -> None:
+    def knobs(self, subject: Subject) -> dict[str, dict[str, Any]]:
+        """The knobs that lower something for this subject (numbers are caps; see InputsOptions)."""
+        out = {}
         for m, knobs in self.options.reduce.items():
             if m not in subject.specs:
                 raise ValueError(f"inputs: {subject.name} does not use {m} (it uses {list(subject.specs)})")
+            spec = subject.specs[m]
+            lowering = {k: v for k, v in knobs.items() if not (isinstance(v, (int, float)) and isinstance(getattr(spec, k, None), (int, float)) and getattr(spec, k) <= v)}
+            if lowering:
+                out[m] = lowering
+        return out
+
+    def check(self, subject: Subject, ctx: Context) -> None:
+        for m, knobs in self.knobs(subject).items():
             ctx.dataset.modalities[m].reduce(subject.specs[m], **knobs)  # raises on a bad knob or an enlargement
 
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
         before = {m: asdict(s) for m, s in subject.specs.items()}
-        subject.model, subject.specs = reduce_inputs(subject.model, subject.specs, ctx.dataset.modalities, self.options.reduce)
+        knobs = self.knobs(subject)
+        if not knobs:
+            return {"before": before, "after": before, "skipped": f"inputs already within {self.options.reduce}"}
+        subject.model, subject.specs = reduce_inputs(subject.model, subject.specs, ctx.dataset.modalities, knobs)
         finetune(subject, ctx, self.options.finetune, f"{subject.name}: input reduction fine-tune")
         return {"before": before, "after": {m: asdict(s) for m, s in subject.specs.items()}}
 
