@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import shutil
 import statistics
@@ -55,7 +56,7 @@ from racmkd.eval.report import git_commit, machine  # noqa: E402
 from racmkd.pipeline import open_run, prepare_data, run_pipeline  # noqa: E402
 from racmkd.resources.allocator import Allocator, Budget, config_costs  # noqa: E402
 from racmkd.resources.monitor import ResourceMonitor  # noqa: E402
-from racmkd.resources.sources import LEVEL_RANGES, MB, SYNTHETIC, ResourceSnapshot, SystemSource, TraceSource, synthetic_trace  # noqa: E402
+from racmkd.resources.sources import LEVEL_RANGES, MB, SYNTHETIC, ResourceSnapshot, SystemSource, TraceSource, level_value, synthetic_trace  # noqa: E402
 from racmkd.runtime.edge import EdgeRuntime, budget_for  # noqa: E402
 from racmkd.runtime.simulate import serve_split, simulate  # noqa: E402
 from racmkd.runtime.variants import build_bank, load_bank  # noqa: E402
@@ -91,7 +92,7 @@ def pooled(replays: list[dict[str, Any]]) -> dict[str, Any]:
     first["slo_accuracy_std"] = statistics.stdev(dynamic) if len(dynamic) > 1 else 0.0
     first["slo_accuracy_static"] = {t: statistics.fmean(v) for t, v in first["repeats"]["slo_accuracy_static"].items()}
     for key in ("adaptation_ms_p99", "adaptation_ms_p99_swaps", "adaptation_ms_max"):
-        values = [r[key] for r in replays if r[key] == r[key]]  # NaN where a replay never switched
+        values = [r[key] for r in replays if not math.isnan(r[key])]  # NaN where a replay never switched
         first[key] = max(values, default=float("nan"))
     for key in ("switches", "switches_loading"):
         first[key] = sum(r[key] for r in replays)
@@ -135,8 +136,7 @@ def critical_cut(bank: Any, runtime_cfg: Any) -> dict[str, Any]:
     weights = allocator.weights()
     best_config = allocator.ranking(weights)[0][1]
     richest = config_costs(best_config)
-    (cpu_lo, cpu_hi), (mem_lo, mem_hi) = LEVEL_RANGES["high"]
-    normal_cpu_free, normal_memory_mb = 1.0 - (cpu_lo + cpu_hi) / 200, (mem_lo + mem_hi) / 2
+    normal_cpu_free, normal_memory_mb = 1.0 - level_value("high", 0, 0.5) / 100, level_value("high", 1, 0.5)
     device_reading = ResourceSnapshot(t=0.0, cpu_percent=100.0 * (1.0 - 0.3 * normal_cpu_free), memory_available_bytes=int(0.3 * normal_memory_mb * MB), cpu_cores=1.0)
     cuts = {
         "device": budget_for(device_reading, runtime_cfg, overhead_ms=float(bank.data.get("request_overhead_ms", 0.0))),

@@ -412,7 +412,7 @@ def _parse_row(row: Any, columns: list[str]) -> tuple[float, dict[str, float]] |
     return (t, values) if values else None
 
 
-def _level_value(level: str, which: int, fraction: float | np.ndarray) -> float | np.ndarray:
+def level_value(level: str, which: int, fraction: float | np.ndarray) -> float | np.ndarray:
     """A value inside a level's Table 6.7 range: which 0 = CPU %, 1 = free MB; fraction 0..1."""
     low, high = LEVEL_RANGES[level][which]
     return low + (high - low) * fraction
@@ -434,17 +434,17 @@ def synthetic_trace(kind: str, duration_s: float = 120.0, step_s: float = 0.1, s
     n = len(t)
     noise = rng.uniform(0, 1, size=(2, n))
     if kind == "steady":
-        cpu, mem = _level_value("high", 0, noise[0]), _level_value("high", 1, noise[1])
+        cpu, mem = level_value("high", 0, noise[0]), level_value("high", 1, noise[1])
     elif kind == "critical":
-        cpu, mem = _level_value("critical", 0, noise[0]), _level_value("critical", 1, noise[1])
+        cpu, mem = level_value("critical", 0, noise[0]), level_value("critical", 1, noise[1])
     elif kind == "periodic":
         phase = (1 - np.cos(2 * np.pi * t / (duration_s / 3))) / 2  # 0 (high) .. 1 (critical)
         cpu = 25.0 + (94.0 - 25.0) * phase + rng.normal(0, 1.5, n)
         mem = 135.0 - (135.0 - 12.0) * phase + rng.normal(0, 2.0, n)
     elif kind == "sudden":
         inside = (t >= duration_s / 3) & (t < 2 * duration_s / 3)
-        cpu = np.where(inside, _level_value("critical", 0, noise[0]), _level_value("high", 0, noise[0]))
-        mem = np.where(inside, _level_value("critical", 1, noise[1]), _level_value("high", 1, noise[1]))
+        cpu = np.where(inside, level_value("critical", 0, noise[0]), level_value("high", 0, noise[0]))
+        mem = np.where(inside, level_value("critical", 1, noise[1]), level_value("high", 1, noise[1]))
     else:  # random walk, reflected at the edges of the levels' span
         cpu, mem = np.empty(n), np.empty(n)
         cpu[0], mem[0] = 25.0, 135.0
