@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from racmkd.config import ConfigError, MonitorConfig, PIDGains
-from racmkd.resources.allocator import Allocator, Budget, Hysteresis, LatencyController, NoConfigurationError, ProfileTable, Variant, config_costs
+from racmkd.resources.allocator import RESOURCES, Allocator, Budget, DeadlineRisk, Hysteresis, LatencyController, NoConfigurationError, ProfileTable, Variant, config_costs
 from racmkd.resources.monitor import ResourceMonitor
 from racmkd.resources.sources import (
     MB,
@@ -298,9 +298,11 @@ def random_table(rng: random.Random, modalities: tuple[str, ...] = ("image", "au
     return ProfileTable(modalities, TIERS, tuple(variants), accuracy)
 
 
-def reference_best(table: ProfileTable, budget: Budget, weights: tuple[float, ...], critical: dict[str, str]) -> float | None:
+def reference_best(table: ProfileTable, budget: Budget, weights: tuple[float, ...], critical: dict[str, str], ratios: list[float] | None = None, overhead_ms: float = 0.0) -> float | None:
     """Written apart from the allocator: try every configuration, score it by summing over which
-    inputs turn out usable, keep the best within budget."""
+    inputs turn out usable, keep the best within budget. With `ratios` (observed / predicted latency
+    of past requests), the SLO objective: the score times the share of past ratios under which the
+    configuration would have met its latency budget; memory and energy stay hard."""
     mods = table.modalities
 
     def expected(config: tuple) -> float:
@@ -318,11 +320,17 @@ def reference_best(table: ProfileTable, budget: Budget, weights: tuple[float, ..
 
     configs = [c for c in itertools.product(*([None, *(v for v in table.variants if v.modality == m)] for m in mods)) if any(c) and meets(c)]
     worthwhile = [c for c in configs if all(v is None or weights[i] > 0 for i, v in enumerate(c))]
-    feasible = [c for c in (worthwhile or configs) if sum(v.latency_ms for v in c if v) <= budget.latency_ms and sum(v.memory_bytes for v in c if v) <= budget.memory_bytes and sum(v.energy_mj for v in c if v) <= budget.energy_mj]
-    return max((expected(c) for c in feasible), default=None)
+    within = [c for c in (worthwhile or configs) if sum(v.memory_bytes for v in c if v) <= budget.memory_bytes and sum(v.energy_mj for v in c if v) <= budget.energy_mj]
+    if ratios is None:
+        return max((expected(c) for c in within if sum(v.latency_ms for v in c if v) <= budget.latency_ms), default=None)
+    scores = [expected(c) * sum(r * (sum(v.latency_ms for v in c if v) + overhead_ms) <= budget.latency_ms + overhead_ms for r in ratios) / len(ratios) for c in within]
+    return max((x for x in scores if x > 0), default=None)
 
 
-def test_allocator_is_optimal_against_brute_force() -> None:
+@pytest.mark.parametrize("objective", ["accuracy", "slo"])
+def test_allocator_is_optimal_against_brute_force(objective: str) -> None:
+    """Eq. 26 (latency a hard budget) and its SLO form (expected accuracy x the chance of meeting the
+    deadline, memory and energy hard), each maximised exactly, critical modalities kept."""
     rng = random.Random(0)
     checked = 0
     for _ in range(300):
@@ -333,21 +341,61 @@ def test_allocator_is_optimal_against_brute_force() -> None:
             m = rng.choice(modalities)
             tiers = [v.tier for v in table.variants if v.modality == m]
             critical = {m: rng.choice(tiers)}
-        allocator = Allocator(table, critical)
+        risk, ratios = None, None
+        if objective == "slo":
+            ratios = [rng.lognormvariate(0.0, 0.3) for _ in range(rng.randint(20, 60))]
+            risk = DeadlineRisk(overhead_ms=rng.uniform(0.0, 0.5), window=100)
+            for r in ratios:
+                risk.observe(r * 2.0, 2.0)
+        allocator = Allocator(table, critical, risk)
         weights = tuple(rng.choice([0.0, 0.3, 0.7, 1.0]) for _ in modalities)
         budget = Budget(rng.uniform(0.1, 6.0), rng.uniform(10_000, 5_000_000), rng.uniform(0.1, 10.0))
-        best = reference_best(table, budget, weights, critical)
+        best = reference_best(table, budget, weights, critical, ratios, risk.overhead_ms if risk else 0.0)
         decision = allocator.solve(budget, weights)
         if best is None:
             assert not decision.feasible  # nothing fits: the runtime gets the cheapest fallback, marked as such
             continue
         checked += 1
-        assert decision.feasible and decision.costs.fits(budget)
+        assert decision.feasible and decision.costs.fits(budget, resources=("memory_bytes", "energy_mj") if risk else RESOURCES)
         assert decision.utility == pytest.approx(best, abs=1e-9)
         for m, tier in critical.items():
             chosen = decision.config[table.modalities.index(m)]
             assert chosen is not None and TIERS.index(chosen.tier) <= TIERS.index(tier)
     assert checked > 100
+
+
+def test_deadline_risk_learns_the_latency_tail_per_load_band() -> None:
+    risk = DeadlineRisk(overhead_ms=0.0, window=100, min_samples=20)
+    assert risk.chance(1.0, 1.1) == 1.0 and risk.chance(1.2, 1.1) == 0.0  # nothing observed yet: the hard budget
+    for i in range(100):
+        risk.observe(1.5 if i % 10 == 0 else 1.0, 1.0, slowdown=1.0)  # idle: one request in ten runs 50% late
+    assert risk.chance(1.0, 1.2) == pytest.approx(0.9)
+    assert risk.chance(1.0, 1.5) == 1.0 and risk.chance(1.0, 0.9) == 0.0
+    for _ in range(10):
+        risk.observe(3.0, 1.0, slowdown=20.0)
+    assert risk.chance(1.0, 1.2, slowdown=20.0) == pytest.approx(0.81)  # too few under load yet: every band's ratios
+    for _ in range(20):
+        risk.observe(3.0, 1.0, slowdown=20.0)
+    assert risk.chance(1.0, 1.2, slowdown=20.0) == 0.0 and risk.chance(1.0, 1.2, slowdown=1.0) == pytest.approx(0.9)
+    risk.observe(float("nan"), 1.0)  # a request that was never answered teaches nothing
+    assert len(risk) == 100 and risk.state()["all"]["samples"] == 100
+
+
+def test_slo_objective_does_not_fall_off_the_latency_cliff() -> None:
+    """Fused just over the latency budget, audio alone under it: the hard budget (eq. 26) takes the
+    70%-accurate audio-only configuration; the SLO objective sees that the fused one meets the
+    deadline nine times in ten (95% x 0.9 > 70% x 0.9) and keeps it."""
+    image, audio = Variant("image", "low", 0.2, 1, 0.1), Variant("audio", "low", 1.0, 1, 0.1)
+    table = ProfileTable(("image", "audio"), TIERS, (image, audio), {("low", None): 0.6, (None, "low"): 0.7, ("low", "low"): 0.95})
+    budget = Budget(latency_ms=1.1)
+    assert Allocator(table).solve(budget, (1.0, 1.0)).config == (None, audio)
+    risk = DeadlineRisk(window=100)
+    for i in range(100):
+        risk.observe(1.0 if i % 10 else 2.0, 1.25)  # requests run 20% faster than predicted, one in ten slower
+    decision = Allocator(table, risk=risk).solve(budget, (1.0, 1.0))
+    assert decision.config == (image, audio) and decision.utility == pytest.approx(0.95 * 0.9) and "p=0.90" in decision.reason
+    # Over the memory budget stays out of the question whatever the deadline odds.
+    assert Allocator(table, risk=risk).solve(Budget(latency_ms=1.1, memory_bytes=1), (1.0, 1.0)).config != (image, audio)
 
 
 def test_utility_is_the_accuracy_to_expect() -> None:
@@ -406,6 +454,29 @@ def test_hysteresis_prevents_flapping() -> None:
 
     assert switches(Hysteresis(margin=0.0, window_s=0.0)) > 30  # no hysteresis: it flaps with the noise
     assert switches(Hysteresis(margin=0.2, window_s=1.0)) <= 1  # steps down once, never back up into the noise
+
+
+def test_hysteresis_damps_the_slo_objective_on_an_oscillating_budget() -> None:
+    """With the SLO objective the best configuration changes with the deadline odds; stepping up
+    waits out the window, so a budget swinging every few readings does not drag it along."""
+    cheap, rich = Variant("audio", "low", 1.0, 1, 1.0), Variant("audio", "high", 2.05, 1, 1.0)
+    table = ProfileTable(("audio",), TIERS, (cheap, rich), {("low",): 0.9, ("high",): 0.97})
+    risk = DeadlineRisk(window=100)
+    for i in range(100):
+        risk.observe(1.0 + 0.002 * i, 1.0)  # ratios spread evenly over 1.0-1.2
+    allocator = Allocator(table, risk=risk)
+    budgets = [Budget(latency_ms=2.05 + 0.6 * math.sin(i)) for i in range(200)]
+
+    def switches(hysteresis: Hysteresis) -> int:
+        current, count = None, 0
+        for i, budget in enumerate(budgets):
+            chosen, _ = hysteresis.choose(i * 0.1, current, allocator, budget, (1.0,))
+            count += current is not None and chosen.config != current.config
+            current = chosen
+        return count
+
+    assert switches(Hysteresis(margin=0.0, window_s=0.0)) > 30
+    assert switches(Hysteresis(margin=0.2, window_s=1.0)) <= 1
 
 
 def test_hysteresis_steps_down_at_once_and_up_only_after_the_window() -> None:

@@ -23,12 +23,24 @@ and four tiers, 125 for three) and ranked once per set of weights; a decision sc
 for the first configuration within the budget. Ranking is cached per weights, so a decision costs
 microseconds. `Hysteresis` keeps decisions stable and `LatencyController` (a PID) feeds observed
 latency back into the budget.
+
+Two objectives (`runtime.objective`):
+- `accuracy`: eq. 26 as written, latency a hard constraint like memory and energy.
+- `slo` (the default): what a service level asks for, the chance of answering correctly *within the
+  latency target*: U(x) x P(x meets the deadline), memory and energy still hard constraints. A hard
+  latency budget is a cliff: when the fused configuration is predicted 5% over it, eq. 26 falls back
+  to an image-only one (62% accurate) although the fused one would have met the deadline nine times
+  in ten (95% accurate). P(x meets the deadline) comes from `DeadlineRisk`: how far recent requests'
+  observed latencies strayed from their predictions (host jitter, the load forecast's error), so the
+  runtime learns how much headroom this device needs. Both objectives are solved exactly.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +58,7 @@ class Variant:
 
     modality: str
     tier: str
-    latency_ms: float  # p50, raw input to its logits term, preprocessing included
+    latency_ms: float  # p95 as the bank loads it (a deadline is about the tail), raw input to its logits term, preprocessing included
     memory_bytes: int  # resident while loaded and running
     energy_mj: float  # per inference (estimated: E = a * FLOPs + b * bytes moved + c * time)
     path: str = ""  # its ONNX file, relative to the bank folder
@@ -65,9 +77,9 @@ class Costs:
     memory_bytes: float
     energy_mj: float
 
-    def fits(self, budget: Budget, slack: float = 0.0) -> bool:
-        """Within the budget on every resource, with `slack` (a fraction) to spare."""
-        return all(getattr(self, r) <= getattr(budget, r) * (1.0 - slack) for r in RESOURCES)
+    def fits(self, budget: Budget, slack: float = 0.0, resources: tuple[str, ...] = RESOURCES) -> bool:
+        """Within the budget on every one of `resources`, with `slack` (a fraction) to spare."""
+        return all(getattr(self, r) <= getattr(budget, r) * (1.0 - slack) for r in resources)
 
     def over(self, budget: Budget) -> list[str]:
         """The resources this exceeds."""
@@ -145,15 +157,80 @@ class Decision:
     reason: str = ""
 
 
+class DeadlineRisk:
+    """How likely a configuration is to meet the latency target, learnt from recent requests.
+
+    Each request's observed latency is divided by what the runtime predicted for it (its variants'
+    unloaded latencies plus the runtime's own cost, times the slowdown the load reading predicted).
+    A configuration predicted to cost `cost_ms` against a budget `budget_ms` (both unloaded, net of
+    the runtime's own `overhead_ms`) meets the deadline when ratio x (cost + overhead) <= budget +
+    overhead; its chance is the share of recent ratios for which that holds.
+
+    How far latencies stray depends on the load: on an idle core a request runs as measured, on a
+    busy one it waits on the scheduler and on a load that moved since the last reading. So the
+    ratios are kept per load band (the predicted slowdown's power of two: 1-2x, 2-4x, ... 32x and
+    more), and a decision uses its own band's once it holds `min_samples`, else all bands'. Until
+    `min_samples` requests are in at all, the ratio is taken to be exactly 1: the hard constraint."""
+
+    BANDS = 6
+
+    def __init__(self, overhead_ms: float = 0.0, window: int = 128, min_samples: int = 20) -> None:
+        self.overhead_ms, self.min_samples, self.window = overhead_ms, min_samples, window
+        self._ratios: list[deque[float]] = [deque(maxlen=window) for _ in range(self.BANDS)]
+        self._recent: deque[float] = deque(maxlen=window)  # every band's, the latest first out
+        self._sorted: dict[int, list[float]] = {}  # band (-1: all) -> its ratios sorted, on demand: decisions are rarer than requests
+
+    @classmethod
+    def band(cls, slowdown: float) -> int:
+        return min(cls.BANDS - 1, max(0, int(math.floor(math.log2(max(slowdown, 1.0))))))
+
+    def observe(self, observed_ms: float, predicted_ms: float, slowdown: float = 1.0) -> None:
+        if predicted_ms > 0 and math.isfinite(observed_ms):
+            ratio = observed_ms / predicted_ms
+            self._ratios[self.band(slowdown)].append(ratio)
+            self._recent.append(ratio)
+            self._sorted.clear()
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def _distribution(self, slowdown: float) -> list[float]:
+        band = self.band(slowdown)
+        key = band if len(self._ratios[band]) >= self.min_samples else -1
+        ratios = self._sorted.get(key)
+        if ratios is None:
+            ratios = self._sorted[key] = sorted(self._ratios[band] if key >= 0 else self._recent)
+        return ratios
+
+    def chance(self, cost_ms: float, budget_ms: float, slowdown: float = 1.0) -> float:
+        """P(a configuration of unloaded latency `cost_ms` meets a latency budget of `budget_ms`
+        at a predicted `slowdown`)."""
+        allowed = (budget_ms + self.overhead_ms) / max(cost_ms + self.overhead_ms, 1e-9)
+        if len(self._recent) < self.min_samples:
+            return 1.0 if cost_ms <= budget_ms else 0.0
+        ratios = self._distribution(slowdown)
+        return bisect.bisect_right(ratios, allowed) / len(ratios)
+
+    def state(self) -> dict[str, Any]:
+        def quantiles(values: Iterable[float]) -> dict[str, float]:
+            ordered = sorted(values)
+            pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+            return {"samples": len(ordered), "ratio_p50": pick(0.5), "ratio_p95": pick(0.95), "ratio_max": ordered[-1]} if ordered else {"samples": 0}
+
+        return {"all": quantiles(self._recent), **{f"slowdown {2**b}x+": quantiles(r) for b, r in enumerate(self._ratios) if r}}
+
+
 class NoConfigurationError(RuntimeError):
     """Nothing can run: every variant of every modality the request brought is excluded."""
 
 
 class Allocator:
-    """Exact solver of eq. 26 over a measured profile table."""
+    """Exact solver of eq. 26 over a measured profile table; with a `risk`, of its SLO form (the
+    module docstring): expected accuracy x the chance of meeting the deadline."""
 
-    def __init__(self, table: ProfileTable, critical: dict[str, str] | None = None) -> None:
+    def __init__(self, table: ProfileTable, critical: dict[str, str] | None = None, risk: DeadlineRisk | None = None) -> None:
         self.table = table
+        self.risk = risk
         self.critical = dict(critical or {})
         for m, tier in self.critical.items():
             if m not in table.modalities:
@@ -222,11 +299,42 @@ class Allocator:
         weighted = [(u, c) for u, c in candidates if not any(v is not None and weights[i] == 0.0 for i, v in enumerate(c))]
         candidates = weighted or candidates
         note = "" if len(critical) == len(self.critical) else f" (critical {', '.join(sorted(set(self.critical) - set(critical)))} unavailable)"
-        for u, c in candidates:
-            if self.costs[c].fits(budget, slack):
-                return Decision(c, u, self.costs[c], True, f"best within budget: {describe(self.table, c)}{note}")
+        if self.risk is None:
+            for u, c in candidates:
+                if self.costs[c].fits(budget, slack):
+                    return Decision(c, u, self.costs[c], True, f"best within budget: {describe(self.table, c)}{note}")
+        else:
+            best: tuple[float, float, Configuration] | None = None
+            for u, c in candidates:  # best first; a later one must score strictly higher
+                score, chance = self._slo_score(u, c, budget, slack)
+                if score > 0 and (best is None or score > best[0] + 1e-9):
+                    best = (score, chance, c)
+            if best is not None:
+                score, chance, c = best
+                return Decision(c, score, self.costs[c], True, f"best expected SLO-accuracy: {describe(self.table, c)} (meets the deadline with p={chance:.2f}){note}")
         u, c = min(candidates, key=lambda uc: (self.costs[uc[1]].overshoot(budget), -uc[0]))
-        return Decision(c, u, self.costs[c], False, f"nothing fits ({', '.join(self.costs[c].over(budget))} over); least over budget: {describe(self.table, c)}{note}")
+        return Decision(c, u, self.costs[c], False, f"nothing fits ({', '.join(self.costs[c].over(budget)) or 'latency'} over); least over budget: {describe(self.table, c)}{note}")
+
+    def _slo_score(self, utility: float, config: Configuration, budget: Budget, slack: float = 0.0) -> tuple[float, float]:
+        """(expected SLO-accuracy, chance of meeting the deadline) of a configuration; 0 when it is
+        over the memory or energy budget (those stay hard)."""
+        assert self.risk is not None
+        costs = self.costs.get(config) or config_costs(config)
+        if not costs.fits(budget, slack, ("memory_bytes", "energy_mj")):
+            return 0.0, 0.0
+        chance = self.risk.chance(costs.latency_ms, budget.latency_ms, budget.slowdown)  # the risk is the latency's margin: no slack on top
+        return utility * chance, chance
+
+    def evaluate(self, config: Configuration, budget: Budget, weights: tuple[float, ...]) -> tuple[float, bool]:
+        """What `config` is worth under `budget` (the objective `solve` maximises) and whether it is
+        within the budget's hard constraints (every resource; with a risk, memory and energy, and
+        some chance of meeting the deadline)."""
+        utility = self.utility(config, weights)
+        costs = self.costs.get(config) or config_costs(config)
+        if self.risk is None:
+            return utility, costs.fits(budget)
+        score, _ = self._slo_score(utility, config, budget)
+        return score, score > 0
 
 
 @dataclass
@@ -256,14 +364,20 @@ class Hysteresis:
             self._pending = None
             return best, "start"
         current_costs = allocator.costs.get(current.config, config_costs(current.config))
-        current_now = Decision(current.config, allocator.utility(current.config, weights), current_costs, current_costs.fits(budget), current.reason)
+        worth, fits = allocator.evaluate(current.config, budget, weights)
+        current_now = Decision(current.config, worth, current_costs, fits, current.reason)
         uses_excluded = any(v is not None and v.id in exclude for v in current.config)
         if uses_excluded or not current_now.feasible:
             self._pending = None
             if best.config == current.config:
                 return current_now, "over budget, nothing cheaper fits"
-            why = "a variant failed" if uses_excluded else f"over budget on {', '.join(current_costs.over(budget))}"
+            why = "a variant failed" if uses_excluded else f"over budget on {', '.join(current_costs.over(budget)) or 'latency'}"
             return best, f"step down at once: {why}"
+        if best.config != current.config and best.feasible and best.utility > current_now.utility + 1e-9 and all(getattr(best.costs, r) <= getattr(current_costs, r) for r in RESOURCES):
+            # Better for no more cost on any resource (with the SLO objective: the deadline has
+            # grown too likely to be missed): nothing to wait for.
+            self._pending = None
+            return best, "step down at once: better for less"
         up = allocator.solve(budget, weights, exclude, slack=self.margin)
         if not current.feasible and best.feasible and best.config != current.config:
             # A fallback chosen when nothing fitted is no state to hold on to; but the budget is

@@ -5,6 +5,7 @@ dropped request.
     request --> the configuration's variants whose inputs arrived --> sum of logit shares --> answer
                                   \\-- a variant fails: exclude it, re-solve, go on --/
     observed latency --> PID --> latency budget scale
+                     \-> deadline risk (observed / predicted) --> the allocator's chance of meeting the deadline
 
 - Budget from a reading (`budget_for`): the latency target x the PID's scale, divided by the
   slowdown other programs' CPU load predicts (processor sharing: the share of a core left to us is
@@ -39,7 +40,7 @@ from racmkd.compress.artifacts import session
 from racmkd.config import RuntimeConfig
 from racmkd.data.signals import Signal
 from racmkd.registry import SIGNALS
-from racmkd.resources.allocator import Allocator, Budget, Configuration, Decision, Hysteresis, LatencyController, NoConfigurationError, Variant, config_costs, describe
+from racmkd.resources.allocator import Allocator, Budget, Configuration, Decision, DeadlineRisk, Hysteresis, LatencyController, NoConfigurationError, Variant, config_costs, describe
 from racmkd.resources.monitor import MonitorState, ResourceMonitor
 from racmkd.resources.sources import MB, ResourceSnapshot
 from racmkd.runtime.bank import Bank
@@ -87,7 +88,10 @@ class EdgeRuntime:
     def __init__(self, bank: Bank, config: RuntimeConfig | None = None, monitor: ResourceMonitor | None = None, clock: Callable[[], float] = time.monotonic, pinned: dict[str, str | None] | None = None) -> None:
         self.bank, self.config, self.clock = bank, config or RuntimeConfig(), clock
         self.table = bank.table
-        self.allocator = Allocator(self.table, self.config.critical)
+        self.overhead_ms = float(bank.data.get("request_overhead_ms", 0.0))  # a request's cost beyond its variants' (measured with the bank)
+        self.risk = DeadlineRisk(self.overhead_ms) if self.config.objective == "slo" else None
+        self.allocator = Allocator(self.table, self.config.critical, self.risk)
+        self._variant_latency = {v.id: v.latency_ms for v in self.table.variants}
         self.hysteresis = Hysteresis(self.config.step_up_margin, self.config.step_up_window_s)
         self.controller = LatencyController(self.config.pid, self.config.latency_target_ms)
         self.modalities: dict[str, Signal] = {m: SIGNALS.create(m) for m in self.table.modalities}
@@ -98,11 +102,11 @@ class EdgeRuntime:
         self.decisions: deque[dict[str, Any]] = deque(maxlen=200)
         self.decision_count = 0  # decisions recorded so far (the deque keeps the last 200)
         self.adaptation_ms: deque[float] = deque(maxlen=10_000)  # bounded: a device runs for months
+        self.switch_loads: deque[int] = deque(maxlen=10_000)  # per switch (as adaptation_ms): sessions it had to load
         self.decision_ms: deque[float] = deque(maxlen=10_000)
         self.snapshot: ResourceSnapshot | None = None  # the reading to plan with (the monitor's worst case)
         self.reading: ResourceSnapshot | None = None  # the latest reading as it is (what evictions go by)
         self.level = "unknown"
-        self.overhead_ms = float(bank.data.get("request_overhead_ms", 0.0))  # a request's cost beyond its variants' (measured with the bank)
         self.budget = budget_for(None, self.config, overhead_ms=self.overhead_ms)
         self._sessions: dict[str, Any] = {}  # variant id -> its loaded session
         self._last_used: dict[str, int] = {}  # variant id -> the request that last ran it (eviction order)
@@ -157,10 +161,12 @@ class EdgeRuntime:
     # Sessions ------------------------------------------------------------------------------------------
 
     def _preload(self) -> None:
-        """Load every variant when they fit the memory budget together; else they load on first use."""
+        """Load every variant when they fit the memory budget together (by the latest reading, as
+        evictions go); else they load on first use."""
         total = sum(v.memory_bytes for v in self.table.variants if v.id not in self.failed)
-        if total > self.budget.memory_bytes:
-            log.info("variants need %.1f MB, more than the memory budget (%.1f MB): loading them on first use", total / MB, self.budget.memory_bytes / MB)
+        limit = self._memory_limit()
+        if total > limit:
+            log.info("variants need %.1f MB, more than the memory budget (%.1f MB): loading them on first use", total / MB, limit / MB)
             return
         for v in self.table.variants:
             if v.id not in self.failed:
@@ -275,20 +281,27 @@ class EdgeRuntime:
             self.decision_ms.append((ended - started) * 1e3)
             if switched:
                 adaptation = (ended - (observed_at if observed_at is not None else started)) * 1e3
+                loaded = sorted(v.id for v in chosen.config if v is not None and v.id not in loaded_before)  # sessions the switch had to load
                 self.adaptation_ms.append(adaptation)
+                self.switch_loads.append(len(loaded))
                 self.decision_count += 1
                 self.decisions.append({
                     "t": self.clock(), "cause": cause, "from": self.describe(previous.config), "to": self.describe(chosen.config), "reason": why,
                     "level": self.level, "budget": self.budget.as_dict(), "utility": chosen.utility, "adaptation_ms": adaptation,
-                    "loaded": sorted(v.id for v in chosen.config if v is not None and v.id not in loaded_before),  # sessions the switch had to load
+                    "loaded": loaded,
                 })
         return self.current
 
-    def feedback(self, latency_ms: float, now: float | None = None) -> None:
-        """Feed an observed request latency to the PID; re-plan when the budget scale moved, or when
-        a pending step up has waited out its window."""
+    def feedback(self, latency_ms: float, now: float | None = None, variants: list[str] | None = None) -> None:
+        """Feed an observed request latency (of the request served by `variants`, default the
+        current configuration's) to the PID and the deadline risk; re-plan when the budget scale
+        moved, or when a pending step up has waited out its window."""
         now = self.clock() if now is None else now
         with self._lock:
+            if self.risk is not None:
+                used = variants if variants is not None else [v.id for v in self.current.config if v is not None]
+                predicted = (sum(self._variant_latency.get(v, 0.0) for v in used) + self.overhead_ms) * self.budget.slowdown
+                self.risk.observe(latency_ms, predicted, self.budget.slowdown)
             before = self.controller.scale
             after = self.controller.update(latency_ms, now)
         if abs(after - before) > 0.02:
@@ -381,7 +394,7 @@ class EdgeRuntime:
     def predict(self, image: Any = None, audio: Any = None, sample_rate: int = 8000, **others: Any) -> Answer:
         """Answer one request from raw inputs (any may be missing) and feed its latency back."""
         answer = self.infer({"image": image, "audio": audio, **others}, sample_rate)  # None values are absent inputs
-        self.feedback(answer.latency_ms)
+        self.feedback(answer.latency_ms, variants=answer.variants)
         return answer
 
     # State -----------------------------------------------------------------------------------------------
@@ -396,6 +409,7 @@ class EdgeRuntime:
             "budget": self.budget.as_dict(),
             "level": self.level,
             "pid": self.controller.state(),
+            "deadline_risk": self.risk.state() if self.risk is not None else None,
             "overhead_ms": self.overhead_ms,
             "quality": dict(self.quality),
             "failed": dict(self.failed),

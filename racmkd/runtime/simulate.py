@@ -98,7 +98,7 @@ def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, con
         slowdown = budget_for(reading, config).slowdown
         observed = answer.latency_ms * slowdown
         if policy.pinned is None and answer.variants:
-            runtime.feedback(observed, clock.now)
+            runtime.feedback(observed, clock.now, answer.variants)
         correct = answer.label == int(labels[i])
         correct_so_far += correct
         timeline.append({
@@ -108,7 +108,7 @@ def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, con
             "fallbacks": answer.fallbacks,
         })
     runtime.close()
-    return {"policy": policy.name, "timeline": timeline, "decisions": list(runtime.decisions), "adaptation_ms": list(runtime.adaptation_ms), "decision_ms": list(runtime.decision_ms), "monitor_cpu_seconds": monitor.cpu_seconds, "monitor_polls": monitor.polls, "trace_seconds": duration}
+    return {"policy": policy.name, "timeline": timeline, "decisions": list(runtime.decisions), "adaptation_ms": list(runtime.adaptation_ms), "switch_loads": list(runtime.switch_loads), "decision_ms": list(runtime.decision_ms), "monitor_cpu_seconds": monitor.cpu_seconds, "monitor_polls": monitor.polls, "trace_seconds": duration}
 
 
 def _summary(result: dict[str, Any], target_ms: float) -> dict[str, Any]:
@@ -184,8 +184,8 @@ def simulate(bank: Bank, dataset: PairedDataset, trace: Trace, config: RuntimeCo
         "adaptation_ms_p99": percentile(dynamic["adaptation_ms"], 99),
         "adaptation_ms_max": max(dynamic["adaptation_ms"], default=float("nan")),
         # A switch to variants evicted under memory pressure loads their sessions first (milliseconds each).
-        "adaptation_ms_p99_swaps": percentile([d["adaptation_ms"] for d in dynamic["decisions"] if not d["loaded"]], 99),
-        "switches_loading": sum(bool(d["loaded"]) for d in dynamic["decisions"]),
+        "adaptation_ms_p99_swaps": percentile([a for a, n in zip(dynamic["adaptation_ms"], dynamic["switch_loads"]) if n == 0], 99),
+        "switches_loading": sum(n > 0 for n in dynamic["switch_loads"]),
         "switches": len(dynamic["adaptation_ms"]),
         "decision_ms_p99": percentile(dynamic["decision_ms"], 99),
         "switch_overhead_ms_p50": percentile(overheads, 50),
