@@ -6,6 +6,9 @@ Table 6.7 rows, a run under real CPU and memory load (stress-ng), and a soak run
     python benchmarks/runtime.py --run runs/NAME
     python benchmarks/runtime.py --quick            # the smoke config: minutes, figures meaningless
 
+The runtime settings (`runtime:` of --config, default configs/default.yaml) are this commit's; the
+run supplies the models and their variant bank only.
+
 What it does, all with the real runtime and real inference on the run's test split:
 
 - Trace replay (`racmkd simulate`) of the five synthetic traces, `--requests` requests each over
@@ -13,7 +16,8 @@ What it does, all with the real runtime and real inference on the run's test spl
   times with the requests in different orders (one replay's SLO-accuracy moves by a point or two
   with this host's timing; the targets use the means). A trace
   cannot load this CPU, so latency on the traced device is modelled (measured compute x the
-  processor-sharing slowdown of the trace's CPU load); see racmkd/runtime/simulate.py.
+  processor-sharing slowdown of the trace's CPU load, this host's hiccups added once); see
+  racmkd/runtime/simulate.py.
 - Monitor overhead: the real monitor thread at its default settings on this machine for
   `--monitor-seconds`, its own CPU time over wall time.
 - Critical modality: with audio marked critical, the allocator's choice when the device's CPU share
@@ -243,7 +247,7 @@ def render(result: dict[str, Any]) -> str:
         ratio = s["slo_accuracy"] / s["slo_accuracy_static"]["high"] if s["slo_accuracy_static"].get("high") else float("inf")
         lines.append(f"| {name} | {s['slo_accuracy']:.4f} ± {s.get('slo_accuracy_std', 0.0):.4f} | {statics} | {ratio:.2f}x | {s['adaptation_ms_p99']:.3f} / {s['adaptation_ms_p99_swaps']:.3f} | {s['switches']} ({s['switches_loading']}) |")
     n = next(iter(result["traces"].values())).get("repeats", {}).get("n", 1)
-    lines += ["", f"Each trace replayed {n} times (requests drawn in a different order each time): SLO-accuracies are the means (± the dynamic runtime's standard deviation), adaptation times the worst replay's, switches summed over the replays. Latency on a trace is modelled: measured compute time x the processor-sharing slowdown of the trace's CPU load (one core). Real load is in the stress-ng section.", ""]
+    lines += ["", f"Each trace replayed {n} times (requests drawn in a different order each time): SLO-accuracies are the means (± the dynamic runtime's standard deviation), adaptation times the worst replay's, switches summed over the replays. Latency on a trace is modelled: the work a request needs (its measured compute time, at most its configuration's recent median) x the processor-sharing slowdown of the trace's CPU load (one core), plus any compute time beyond that median (this host's own hiccups) as measured. Real load is in the stress-ng section.", ""]
     if result.get("sweep"):
         sw = result["sweep"]
         lines += ["## SLO-accuracy against the latency target", "", f"The same replays with the latency target set to multiples of what the static high deployment needs on an idle machine ({sw['base_ms']:.3f} ms: its variants' median latencies and the runtime's own cost per request). The configured target above, {result['latency_target_ms']:g} ms, is {result['latency_target_ms'] / sw['base_ms']:.0f}x that.", "", "| target | trace | dynamic | static high | best static tier | dynamic / static high | dynamic / best static |", "|---|---|---|---|---|---|---|"]
@@ -361,7 +365,9 @@ def main() -> None:
     if not (run_dir / "edge" / "bank.json").is_file():
         build_bank(cfg, dataset, run_dir)
     bank = load_bank(run_dir / "edge")
-    rc = cfg.runtime
+    # The runtime's settings come from --config (this commit's), not from the run's config.yaml: the
+    # benchmark measures this commit's runtime on that run's models.
+    rc = load_config(args.config).runtime
     result: dict[str, Any] = {"commit": git_commit(), "machine": machine(), "run": run_dir.name, "latency_target_ms": rc.latency_target_ms, "runtime_config": dataclasses.asdict(rc), "variants": bank.data["variants"], "tiers": list(bank.table.tiers)}
     result["traces"] = {}
     for name in SYNTHETIC:

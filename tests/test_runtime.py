@@ -4,6 +4,7 @@ variants, switching, and trace replay."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +253,19 @@ def test_a_sudden_memory_drop_evicts_by_the_reading_not_the_forecast(bank_dir: P
     total = sum(v.memory_bytes for v in bank.table.variants)
     assert runtime.budget.memory_bytes < total <= runtime._memory_limit()  # planned with, the forecast would evict; 15 MB still holds the bank
     assert set(runtime.loaded()) == every
+
+
+def test_a_replay_scales_a_requests_work_not_this_hosts_hiccups() -> None:
+    """On a traced 10x slowdown, a request's work is slowed 10x; wall time beyond its configuration's
+    median is this host's own interruption, added once."""
+    from collections import deque
+
+    from racmkd.runtime.edge import Answer
+    from racmkd.runtime.simulate import modelled_latency
+
+    recent: dict[str, deque[float]] = {}
+    answer = lambda ms: Answer(1, np.zeros(10), ["high/audio"], ms)  # noqa: E731
+    assert [modelled_latency(answer(ms), 10.0, recent) for ms in (0.1, 0.1, 0.1)] == pytest.approx([1.0, 1.0, 1.0])
+    assert modelled_latency(answer(0.4), 10.0, recent) == pytest.approx(0.1 * 10 + 0.3)  # a 0.3 ms hiccup, not 3 ms
+    assert modelled_latency(answer(0.08), 10.0, recent) == pytest.approx(0.8)  # a fast one is all work
+    assert math.isnan(modelled_latency(Answer(-1, np.zeros(0), [], float("nan")), 10.0, recent))  # unanswered stays unanswered

@@ -381,7 +381,8 @@ class EdgeRuntime:
     def _request_config(self, raws: dict[str, Any], exclude: set[str], fallbacks: list[str]) -> Configuration:
         """For this request only: the best configuration that uses only the inputs it brought."""
         try:
-            decision = self.allocator.solve(self.budget, self.weights(), frozenset(self.failed) | frozenset(exclude), available=set(raws))
+            with self._lock:  # the deadline risk is fed under it
+                decision = self.allocator.solve(self.budget, self.weights(), frozenset(self.failed) | frozenset(exclude), available=set(raws))
         except NoConfigurationError as err:
             raise NoVariantError(f"no variant can answer this request: {err}; failures: {self.failed}") from None
         fallbacks.append(f"answered with {self.describe(decision.config)} for the inputs given")
