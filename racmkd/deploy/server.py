@@ -321,7 +321,7 @@ class EdgeService(Service):
         """Expected accuracy and latency (ms, under the present load) of answering here."""
         engine = engine or self.engine
         if engine.adaptive:
-            return engine.runtime.current.utility, engine.runtime.current.costs.latency_ms * engine.runtime.budget.slowdown
+            return engine.runtime.expected_accuracy(), engine.runtime.current.costs.latency_ms * engine.runtime.budget.slowdown
         return engine.accuracy or 0.0, self.compute_ms_p50() or 0.0
 
     def route(self, engine: Engine, inputs: Inputs, body: bytes) -> tuple[Any, Any, float, float] | None:

@@ -155,6 +155,12 @@ class EdgeRuntime:
     def weights(self) -> tuple[float, ...]:
         return self.allocator.weights(self.config.priorities, {m: round(q * 20) / 20 for m, q in self.quality.items()})
 
+    def expected_accuracy(self) -> float:
+        """The current configuration's accuracy to expect with the inputs' present quality (with
+        the SLO objective the decision's utility also counts the chance of meeting the deadline;
+        this does not: offloading weighs latency apart)."""
+        return self.allocator.utility(self.current.config, self.weights())
+
     def describe(self, config: Configuration | None = None) -> str:
         return describe(self.table, self.current.config if config is None else config)
 
