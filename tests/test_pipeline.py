@@ -128,6 +128,17 @@ def test_inputs_are_compared_at_their_deepest_affordable_depth() -> None:
     assert picked == {(("image",), 0): 3, (("image", "audio"), 0): 1, (("image",), 1): 2}
 
 
+def test_a_tier_trains_for_its_own_number_of_epochs(tiny_run: Path) -> None:
+    """The critical tier's `epochs: 8` against students.train.epochs (6 in the tiny config): its
+    students, distilled and label-only, are trained in a pass of their own."""
+    from racmkd.config import ConfigError, TierConfig
+
+    epochs = {name: len(load_model(tiny_run / "checkpoints" / f"{name}.pt")[3]["history"]) for name in ("high", "critical", "critical_labels_only")}
+    assert epochs == {"high": 6, "critical": 8, "critical_labels_only": 8}
+    with pytest.raises(ConfigError, match="epochs"):
+        TierConfig("critical", 1024, epochs=-1)
+
+
 def test_ties_go_to_the_cheapest_or_to_capacity() -> None:
     from racmkd.config import ConfigError, TierConfig
     from racmkd.pipeline import break_ties
