@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+import racmkd.data  # noqa: F401 - importing the subpackages fills the registries (racmkd imports them lazily)
+import racmkd.distill  # noqa: F401
+import racmkd.models  # noqa: F401
 from racmkd.config import ConfigError, RunConfig, load_config, save_config, to_dict
 from racmkd.registry import LOSSES, MODALITIES, MODELS, Registry
 
