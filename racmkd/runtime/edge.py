@@ -5,7 +5,7 @@ dropped request.
     request --> the configuration's variants whose inputs arrived --> sum of logit shares --> answer
                                   \\-- a variant fails: exclude it, re-solve, go on --/
     observed latency --> PID --> latency budget scale
-                     \-> deadline risk (observed / predicted) --> the allocator's chance of meeting the deadline
+                     \\-> deadline risk (observed / predicted) --> the allocator's chance of meeting the deadline
 
 - Budget from a reading (`budget_for`): the latency target x the PID's scale, divided by the
   slowdown other programs' CPU load predicts (processor sharing: the share of a core left to us is
