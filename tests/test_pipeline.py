@@ -158,3 +158,21 @@ def test_ties_go_to_the_cheapest_or_to_capacity() -> None:
     assert pick["name"] == "d3" and "parameters" in why
     with pytest.raises(ConfigError, match="ties"):
         TierConfig("high", 1024, ties="biggest")
+
+
+def test_a_jobs_training_does_not_depend_on_what_else_shares_its_pass(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001
+    """Trained alone or beside another job, with the same seed: the same weights (each job draws its
+    modality-dropout masks from its own generator; the pass's generator only orders the batches)."""
+    from racmkd.config import TrainConfig
+    from racmkd.distill.trainer import Job, train_jobs
+
+    train = TrainConfig(epochs=1, batch_size=64, lr=0.01, modality_dropout=0.5)
+
+    def job(name: str, checkpoint: str) -> Job:
+        model, specs, _, _ = load_model(tiny_run / "checkpoints" / f"{checkpoint}.pt")
+        return Job(name, model, specs, train)
+
+    alone = train_jobs(tiny_dataset, [job("a", "critical")], 1, 64, seed=5, samples_per_epoch=256, val_limit=64)[0]
+    beside = train_jobs(tiny_dataset, [job("b", "low"), job("a", "critical")], 1, 64, seed=5, samples_per_epoch=256, val_limit=64)[1]
+    for (name, x), (_, y) in zip(alone.model.state_dict().items(), beside.model.state_dict().items()):
+        assert torch.equal(x, y), name
