@@ -175,7 +175,7 @@ class DeadlineRisk:
     BANDS = 6
 
     def __init__(self, overhead_ms: float = 0.0, window: int = 128, min_samples: int = 20) -> None:
-        self.overhead_ms, self.min_samples, self.window = overhead_ms, min_samples, window
+        self.overhead_ms, self.min_samples = overhead_ms, min_samples
         self._ratios: list[deque[float]] = [deque(maxlen=window) for _ in range(self.BANDS)]
         self._recent: deque[float] = deque(maxlen=window)  # every band's, the latest first out
         self._sorted: dict[int, list[float]] = {}  # band (-1: all) -> its ratios sorted, on demand: decisions are rarer than requests
@@ -363,7 +363,7 @@ class Hysteresis:
         if current is None:
             self._pending = None
             return best, "start"
-        current_costs = allocator.costs.get(current.config, config_costs(current.config))
+        current_costs = allocator.costs.get(current.config) or config_costs(current.config)
         worth, fits = allocator.evaluate(current.config, budget, weights)
         current_now = Decision(current.config, worth, current_costs, fits, current.reason)
         uses_excluded = any(v is not None and v.id in exclude for v in current.config)

@@ -91,7 +91,7 @@ class EdgeRuntime:
         self.overhead_ms = float(bank.data.get("request_overhead_ms", 0.0))  # a request's cost beyond its variants' (measured with the bank)
         self.risk = DeadlineRisk(self.overhead_ms) if self.config.objective == "slo" else None
         self.allocator = Allocator(self.table, self.config.critical, self.risk)
-        self._variant_latency = {v.id: v.latency_ms for v in self.table.variants}
+        self._variants = {v.id: v for v in self.table.variants}  # id -> variant
         self.hysteresis = Hysteresis(self.config.step_up_margin, self.config.step_up_window_s)
         self.controller = LatencyController(self.config.pid, self.config.latency_target_ms)
         self.modalities: dict[str, Signal] = {m: SIGNALS.create(m) for m in self.table.modalities}
@@ -130,7 +130,7 @@ class EdgeRuntime:
     # Configurations ------------------------------------------------------------------------------------
 
     def _pinned_config(self, pinned: dict[str, str | None]) -> Configuration:
-        by_id = {v.id: v for v in self.table.variants}
+        by_id = self._variants
         unknown = set(pinned) - set(self.table.modalities)
         if unknown:
             raise ValueError(f"pinned configuration names {sorted(unknown)}; the bank's modalities are {list(self.table.modalities)}")
@@ -183,8 +183,7 @@ class EdgeRuntime:
 
     def resident_bytes(self) -> int:
         """Memory the loaded sessions hold (the variants' measured resident memory)."""
-        by_id = {v.id: v for v in self.table.variants}
-        return sum(by_id[vid].memory_bytes for vid in self._sessions)
+        return sum(self._variants[vid].memory_bytes for vid in self._sessions)
 
     def _session(self, variant: Variant) -> Any:
         """The variant's session, loaded if it is not. A loaded one is read without the lock (a dict
@@ -306,7 +305,7 @@ class EdgeRuntime:
         with self._lock:
             if self.risk is not None:
                 used = variants if variants is not None else [v.id for v in self.current.config if v is not None]
-                predicted = (sum(self._variant_latency.get(v, 0.0) for v in used) + self.overhead_ms) * self.budget.slowdown
+                predicted = (sum(self._variants[v].latency_ms for v in used) + self.overhead_ms) * self.budget.slowdown
                 self.risk.observe(latency_ms, predicted, self.budget.slowdown)
             before = self.controller.scale
             after = self.controller.update(latency_ms, now)
