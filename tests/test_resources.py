@@ -348,20 +348,21 @@ def test_allocator_is_optimal_against_brute_force(objective: str) -> None:
             for r in ratios:
                 risk.observe(r * 2.0, 2.0)
         allocator = Allocator(table, critical, risk)
-        weights = tuple(rng.choice([0.0, 0.3, 0.7, 1.0]) for _ in modalities)
-        budget = Budget(rng.uniform(0.1, 6.0), rng.uniform(10_000, 5_000_000), rng.uniform(0.1, 10.0))
-        best = reference_best(table, budget, weights, critical, ratios, risk.overhead_ms if risk else 0.0)
-        decision = allocator.solve(budget, weights)
-        if best is None:
-            assert not decision.feasible  # nothing fits: the runtime gets the cheapest fallback, marked as such
-            continue
-        checked += 1
-        assert decision.feasible and decision.costs.fits(budget, resources=("memory_bytes", "energy_mj") if risk else RESOURCES)
-        assert decision.utility == pytest.approx(best, abs=1e-9)
-        for m, tier in critical.items():
-            chosen = decision.config[table.modalities.index(m)]
-            assert chosen is not None and TIERS.index(chosen.tier) <= TIERS.index(tier)
-    assert checked > 100
+        for _ in range(3):  # the same allocator on several budgets and weights: its caches must not change the answer
+            weights = tuple(rng.choice([0.0, 0.3, 0.7, 1.0]) for _ in modalities)
+            budget = Budget(rng.uniform(0.1, 6.0), rng.uniform(10_000, 5_000_000), rng.uniform(0.1, 10.0))
+            best = reference_best(table, budget, weights, critical, ratios, risk.overhead_ms if risk else 0.0)
+            decision = allocator.solve(budget, weights)
+            if best is None:
+                assert not decision.feasible  # nothing fits: the runtime gets the cheapest fallback, marked as such
+                continue
+            checked += 1
+            assert decision.feasible and decision.costs.fits(budget, resources=("memory_bytes", "energy_mj") if risk else RESOURCES)
+            assert decision.utility == pytest.approx(best, abs=1e-9)
+            for m, tier in critical.items():
+                chosen = decision.config[table.modalities.index(m)]
+                assert chosen is not None and TIERS.index(chosen.tier) <= TIERS.index(tier)
+    assert checked > 300
 
 
 def test_deadline_risk_learns_the_latency_tail_per_load_band() -> None:

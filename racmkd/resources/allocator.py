@@ -243,6 +243,7 @@ class Allocator:
         self.configs = [c for c in itertools.product(*(table.options(m) for m in table.modalities)) if any(v is not None for v in c)]
         self.costs = {c: config_costs(c) for c in self.configs}
         self._ranked: dict[tuple[float, ...], list[tuple[float, Configuration]]] = {}
+        self._eligible: dict[tuple[Any, ...], tuple[list[tuple[float, Configuration]], str]] = {}
 
     def weights(self, priorities: dict[str, float] | None = None, quality: dict[str, float] | None = None) -> tuple[float, ...]:
         """w_m = priority_m x quality_m, clipped to [0, 1], in table order."""
@@ -282,6 +283,28 @@ class Allocator:
                 out[m] = rank
         return out
 
+    def eligible(self, weights: tuple[float, ...], exclude: frozenset[str], available: frozenset[str]) -> tuple[list[tuple[float, Configuration]], str]:
+        """The ranking (best first) cut to what `solve` may choose from, and a note on critical
+        modalities it cannot honour; cached per arguments (they change far less often than the
+        budget, and a decision runs between two requests: the less it touches, the less it slows
+        the next one)."""
+        key = (tuple(weights), frozenset(exclude), available)
+        hit = self._eligible.get(key)
+        if hit is not None:
+            return hit
+        candidates = [(u, c) for u, c in self.ranking(weights) if all(v is None or (v.id not in exclude and v.modality in available) for v in c)]
+        if not candidates:
+            raise NoConfigurationError(f"no variant can run with inputs {sorted(available)}; excluded: {', '.join(sorted(exclude)) or 'none'}")
+        critical = self.honoured_critical(exclude, set(available))
+        index = {m: i for i, m in enumerate(self.table.modalities)}
+        candidates = [(u, c) for u, c in candidates if all(c[index[m]] is not None and self.table.tiers.index(c[index[m]].tier) <= rank for m, rank in critical.items())]
+        weighted = [(u, c) for u, c in candidates if not any(v is not None and weights[i] == 0.0 for i, v in enumerate(c))]
+        note = "" if len(critical) == len(self.critical) else f" (critical {', '.join(sorted(set(self.critical) - set(critical)))} unavailable)"
+        if len(self._eligible) > 256:
+            self._eligible = {}
+        hit = self._eligible[key] = (weighted or candidates, note)
+        return hit
+
     def solve(self, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset(), slack: float = 0.0, available: set[str] | None = None) -> Decision:
         """The best configuration within `budget` (with `slack` to spare) that uses only the
         `available` modalities (default: all), none of the variants in `exclude` (ids), no modality
@@ -289,16 +312,7 @@ class Allocator:
         at or above its tier. When none fits: the one that overshoots its budget least (the largest
         ratio of cost to budget over the resources), marked infeasible, so the runtime degrades
         instead of refusing. Raises NoConfigurationError when nothing can run at all."""
-        available = set(self.table.modalities) if available is None else set(available)
-        candidates = [(u, c) for u, c in self.ranking(weights) if all(v is None or (v.id not in exclude and v.modality in available) for v in c)]
-        if not candidates:
-            raise NoConfigurationError(f"no variant can run with inputs {sorted(available)}; excluded: {', '.join(sorted(exclude)) or 'none'}")
-        critical = self.honoured_critical(exclude, available)
-        index = {m: i for i, m in enumerate(self.table.modalities)}
-        candidates = [(u, c) for u, c in candidates if all(c[index[m]] is not None and self.table.tiers.index(c[index[m]].tier) <= rank for m, rank in critical.items())]
-        weighted = [(u, c) for u, c in candidates if not any(v is not None and weights[i] == 0.0 for i, v in enumerate(c))]
-        candidates = weighted or candidates
-        note = "" if len(critical) == len(self.critical) else f" (critical {', '.join(sorted(set(self.critical) - set(critical)))} unavailable)"
+        candidates, note = self.eligible(weights, exclude, frozenset(self.table.modalities if available is None else available))
         if self.risk is None:
             for u, c in candidates:
                 if self.costs[c].fits(budget, slack):
@@ -306,6 +320,8 @@ class Allocator:
         else:
             best: tuple[float, float, Configuration] | None = None
             for u, c in candidates:  # best first; a later one must score strictly higher
+                if best is not None and u <= best[0] + 1e-9:
+                    break  # a score is at most its utility: nothing further down can win (the search stays exact)
                 score, chance = self._slo_score(u, c, budget, slack)
                 if score > 0 and (best is None or score > best[0] + 1e-9):
                     best = (score, chance, c)
