@@ -41,7 +41,7 @@ import bisect
 import itertools
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -273,7 +273,7 @@ class Allocator:
             self._ranked[key] = scored
         return scored
 
-    def honoured_critical(self, exclude: frozenset[str], available: set[str]) -> dict[str, int]:
+    def honoured_critical(self, exclude: frozenset[str], available: Collection[str]) -> dict[str, int]:
         """The critical modalities that can be honoured (their input is there and a variant at or
         above the minimum tier still works), with that tier's rank."""
         out = {}
@@ -288,14 +288,14 @@ class Allocator:
         modalities it cannot honour; cached per arguments (they change far less often than the
         budget, and a decision runs between two requests: the less it touches, the less it slows
         the next one)."""
-        key = (tuple(weights), frozenset(exclude), available)
+        key = (tuple(weights), frozenset(exclude), available)  # (frozenset of a frozenset is itself: no copy)
         hit = self._eligible.get(key)
         if hit is not None:
             return hit
         candidates = [(u, c) for u, c in self.ranking(weights) if all(v is None or (v.id not in exclude and v.modality in available) for v in c)]
         if not candidates:
             raise NoConfigurationError(f"no variant can run with inputs {sorted(available)}; excluded: {', '.join(sorted(exclude)) or 'none'}")
-        critical = self.honoured_critical(exclude, set(available))
+        critical = self.honoured_critical(exclude, available)
         index = {m: i for i, m in enumerate(self.table.modalities)}
         candidates = [(u, c) for u, c in candidates if all(c[index[m]] is not None and self.table.tiers.index(c[index[m]].tier) <= rank for m, rank in critical.items())]
         weighted = [(u, c) for u, c in candidates if not any(v is not None and weights[i] == 0.0 for i, v in enumerate(c))]

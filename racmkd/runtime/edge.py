@@ -130,16 +130,15 @@ class EdgeRuntime:
     # Configurations ------------------------------------------------------------------------------------
 
     def _pinned_config(self, pinned: dict[str, str | None]) -> Configuration:
-        by_id = self._variants
         unknown = set(pinned) - set(self.table.modalities)
         if unknown:
             raise ValueError(f"pinned configuration names {sorted(unknown)}; the bank's modalities are {list(self.table.modalities)}")
         config = []
         for m in self.table.modalities:
             tier = pinned.get(m)
-            if tier is not None and f"{tier}/{m}" not in by_id:
-                raise ValueError(f"pinned configuration: no variant {tier}/{m} in the bank (variants: {', '.join(by_id)})")
-            config.append(by_id[f"{tier}/{m}"] if tier is not None else None)
+            if tier is not None and f"{tier}/{m}" not in self._variants:
+                raise ValueError(f"pinned configuration: no variant {tier}/{m} in the bank (variants: {', '.join(self._variants)})")
+            config.append(self._variants[f"{tier}/{m}"] if tier is not None else None)
         if all(v is None for v in config):
             raise ValueError("pinned configuration processes no modality")
         return tuple(config)

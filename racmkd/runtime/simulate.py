@@ -187,14 +187,15 @@ def simulate(bank: Bank, dataset: PairedDataset, trace: Trace, config: RuntimeCo
     static = [replay(bank, dataset, trace, p, config, requests, seed=seed) for p in static_policies(bank)] if statics else []
     target = config.latency_target_ms
     overheads = switch_overheads(dynamic["timeline"])
+    dynamic_summary = _summary(dynamic, target)
     summary: dict[str, Any] = {
         "trace": trace.name,
         "trace_seconds": dynamic["trace_seconds"],
         "requests": requests,
         "latency_target_ms": target,
         "latency_model": "work (measured compute time, at most its configuration's recent median) x processor-sharing slowdown of the trace's CPU load, plus compute time beyond that median as measured",
-        "dynamic": _summary(dynamic, target),
-        "slo_accuracy": _summary(dynamic, target)["slo_accuracy"],
+        "dynamic": dynamic_summary,
+        "slo_accuracy": dynamic_summary["slo_accuracy"],
         "slo_accuracy_static": {r["policy"].removeprefix("static-"): _summary(r, target)["slo_accuracy"] for r in static},
         "static": {r["policy"].removeprefix("static-"): _summary(r, target) for r in static},
         "adaptation_ms_p50": percentile(dynamic["adaptation_ms"], 50),
