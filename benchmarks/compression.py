@@ -8,13 +8,16 @@ and the compressed row of every tier.
 What it measures, all on the run's avmnist test split (10,000 samples):
 
 - Visual encoder: each tier's student compressed with configs/recipes/visual.yaml (image encoder
-  only), int8. Ratio = the image encoder's fp32 bytes in the uncompressed student (parameters and
-  BatchNorm buffers) / its bytes in the int8 ONNX artifact (weights, scales and zero points, read
-  off the graph). Loss = the tier's test accuracy minus the artifact's.
+  only), int8 (mixed: the fewest sensitive layers in fp32 that meet the parity bound). Ratio = the
+  image encoder's fp32 bytes in the uncompressed student (parameters and BatchNorm buffers) / its
+  bytes in the artifact the recipe deploys (weights, scales and zero points, read off the graph):
+  the int8 model only when it passed its parity bound, else the fp32 one. Loss = the tier's test
+  accuracy minus the artifact's.
 - Audio path: the same with configs/recipes/audio.yaml (audio encoder pruned, fewer frames; see
   the recipe for why band selection is left out). The path counts the encoder's weights and its input and activations: ratio = (fp32
   encoder bytes + fp32 peak activation bytes of the audio encoder at its original input) / (int8
-  encoder bytes + peak activation bytes at the reduced input, stored as int8). The weights-only
+  encoder bytes + peak activation bytes at the reduced input, stored as int8; a layer kept in fp32
+  writes its output requantized, as the profiler's graph model counts it). The weights-only
   ratio and the input ratio are reported beside it.
 - Device fit: `racmkd profile` of each tier's deployed artifact (runs/<run>/compressed/) on every
   profile in configs/devices/.
@@ -46,7 +49,7 @@ from racmkd.models.checkpoint import load_model  # noqa: E402
 from racmkd.pipeline import compress_students, open_run, prepare_data, run_pipeline  # noqa: E402
 from racmkd.resources.devices import device_names, load_device  # noqa: E402
 from racmkd.resources.profile import latency_model, profile_model  # noqa: E402
-from results_io import write_results  # noqa: E402
+from results_io import targets_table, write_results  # noqa: E402
 
 TIERS = ["high", "medium", "low", "critical"]
 EXPERIMENTS = {"visual": ("image", REPO / "configs" / "recipes" / "visual.yaml", 15.0, 0.01), "audio": ("audio", REPO / "configs" / "recipes" / "audio.yaml", 12.0, 0.02)}
@@ -104,9 +107,10 @@ def modality_experiment(run_dir: Path, name: str, tiers: list[str]) -> list[dict
         manifest = json.loads((folder / "compression.json").read_text())
         source, source_specs, modalities, _ = load_model(run_dir / "checkpoints" / f"{tier}.pt")
         twin, specs, _, _ = load_model(folder / "model.pt")
-        int8 = manifest["candidates"].get("int8")
-        chosen = manifest["candidates"][next(k for k, c in manifest["candidates"].items() if c["path"] == manifest["artifact"])]
-        deployed = int8 or chosen
+        # The artifact the recipe deploys: int8 only where it passed its parity bound (agreement with
+        # its own fp32 model), else fp32; a refused int8 model's bytes are not counted.
+        deployed = manifest["candidates"][next(k for k, c in manifest["candidates"].items() if c["path"] == manifest["artifact"])]
+        int8 = deployed["format"] != "onnx-fp32"
         bytes_before = encoder_bytes(source, modality)
         bytes_after = deployed["weight_bytes_by_module"][f"encoders.{modality}"]
         act_before = encoder_activation_bytes(source, modality, source_specs[modality], modalities)
@@ -117,7 +121,8 @@ def modality_experiment(run_dir: Path, name: str, tiers: list[str]) -> list[dict
             "tier": tier,
             "modality": modality,
             "recipe": str(recipe.relative_to(REPO)),
-            "format": "onnx-int8" if int8 else chosen["format"],
+            "format": deployed["format"],
+            "why": manifest["reason"],
             "encoder_bytes_fp32": bytes_before,
             "encoder_bytes_deployed": bytes_after,
             "weights_ratio": bytes_before / bytes_after,
@@ -129,7 +134,7 @@ def modality_experiment(run_dir: Path, name: str, tiers: list[str]) -> list[dict
             "accuracy_before": accuracy_before,
             "accuracy_after": accuracy_after,
             "accuracy_loss": accuracy_before - accuracy_after,
-            "int8_agreement_with_fp32": deployed["parity"]["argmax_agreement"],
+            "int8_agreement_with_fp32": manifest["candidates"]["int8"]["parity"]["argmax_agreement"] if "int8" in manifest["candidates"] else None,
             "steps": [{"step": s["step"], "params": s["after"]["params"], "val_accuracy": s["after"]["val_accuracy"]} for s in manifest["steps"]],
         }
         row["input_ratio"] = row["input_values_before"] / row["input_values_after"]
@@ -181,9 +186,7 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"| {tier} | " + " | ".join(cells) + " |")
     lm = fit["latency_model"]
     lines += ["", f"Latency model fitted here ({lm['points']} synthetic graphs): t_op {lm['seconds_per_op'] * 1e6:.2f} us, eta_f {lm['flops_efficiency']:.2f}, eta_b {lm['bandwidth_efficiency']:.2f}, median relative error {lm['fit_relative_error']:.1%}."]
-    lines += ["", "## Targets", "", "| target | measured | reached |", "|---|---|---|"]
-    for t in result["targets"]:
-        lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['reached'] else '**no**'} |")
+    lines += ["", *targets_table(result["targets"])]
     lines += ["", "![compression](compression.png)", ""]
     return "\n".join(lines)
 

@@ -10,7 +10,7 @@ with the fog killed mid-run, and each role under concurrent load, all on loopbac
   a re-distillation changes every weight), the variant bank rebuilt from the fine-tuned students;
   the zstd patch-from delta between the packed banks against the full new bank.
 - Serving overhead on the edge role, same sample, same variants, one thread: bare ONNX Runtime
-  (preprocessing + the variants' sessions) vs the runtime (`EdgeRuntime.predict`) vs the server
+  (preprocessing + the variants' sessions + their logits combined: the same answer, checked) vs the runtime (`EdgeRuntime.predict`) vs the server
   (HTTP POST of an .npz over loopback, measured at the client).
 - Device fit: the bank and every tier's compressed artifact registered (signed, profiled on every
   device in configs/devices/), then `deploy plan`.
@@ -64,7 +64,7 @@ from racmkd.resources.devices import device_names, load_device  # noqa: E402
 from racmkd.runtime.edge import EdgeRuntime  # noqa: E402
 from racmkd.runtime.variants import build_bank, load_bank  # noqa: E402
 from racmkd.utils import progress, torch_threads  # noqa: E402
-from results_io import write_results  # noqa: E402
+from results_io import targets_table, write_results  # noqa: E402
 
 DELTA_TARGET = 0.05
 OVERHEAD_TARGET = 0.05
@@ -143,11 +143,23 @@ def serving_overhead(run_dir: Path, dataset: Any, iters: int) -> dict[str, Any]:
     inputs = {m: raw[m][0].numpy() for m in bank.table.modalities}
     variants = [v for v in runtime.current.config if v is not None]
     sessions = {v.id: runtime._session(v) for v in variants}
+    bias = sum(bank.biases[v.tier] for v in variants) / len(variants)
 
-    def bare() -> None:
+    def bare() -> tuple[int, np.ndarray]:
+        """What a hand-written app does for the same answer: preprocess, run the sessions, add their
+        logits to the bias, softmax."""
+        logits = bias.copy()
         for v in variants:
             signal, spec = runtime.modalities[v.modality], bank.specs[v.id]
-            sessions[v.id].run(None, {v.modality: signal.features(signal.to_raw(inputs[v.modality], spec), spec)})
+            logits += sessions[v.id].run(None, {v.modality: signal.features(signal.to_raw(inputs[v.modality], spec), spec)})[0][0]
+        exp = np.exp(logits - logits.max())
+        probabilities = exp / exp.sum()
+        return int(probabilities.argmax()), probabilities
+
+    label, probabilities = bare()
+    answer = runtime.infer(inputs)
+    if answer.label != label or not np.allclose(answer.probabilities, probabilities, atol=1e-5):
+        raise RuntimeError(f"the bare path answers {label}, the runtime {answer.label} with {answer.variants}: they must compute the same thing to be compared")
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "racmkd.cli", "serve", "--role", "edge", "--run", str(run_dir), "--port", str(port), "--set", "runtime.latency_target_ms=1000"], env={**os.environ, "RACMKD_PROGRESS": "0"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -334,7 +346,7 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"| {name.replace('_', ' ')} ({result['fine_tune_steps']} steps) | {r['full_bytes']:,} B | {r['delta_bytes']:,} B | {r['ratio']:.2%} | {r['test_accuracy_best']:.4f} |")
     o = result["overhead"]
     lines += ["", "## Serving overhead on the edge role (one thread, same sample and variants)", "", f"Configuration: {', '.join(o['configuration'])}.", "", "| path | p50 (ms) | p99 (ms) |", "|---|---|---|"]
-    names = {"bare": "bare: numpy preprocessing + ONNX Runtime sessions", "runtime": "EdgeRuntime.predict (allocator, input checks, quality, PID)", "server": "edge server, its own process: POST /predict (.npz) at the client", "round_trip": "HTTP round trip alone: GET /openapi.json (cached)"}
+    names = {"bare": "bare: numpy preprocessing + ONNX Runtime sessions + logits summed, softmax (the same answer)", "runtime": "EdgeRuntime.predict (allocator, input checks, quality, PID)", "server": "edge server, its own process: POST /predict (.npz) at the client", "round_trip": "HTTP round trip alone: GET /openapi.json (cached)"}
     for k in ("bare", "runtime", "server", "round_trip"):
         lines.append(f"| {names[k]} | {o['p50_ms'][k]:.3f} | {o['p99_ms'][k]:.3f} |")
     lines += [
@@ -352,9 +364,7 @@ def render(result: dict[str, Any]) -> str:
     lines += ["## Each role under concurrent load (8 clients, .npz requests, server and clients on the same 2 cores)", "", "| role | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) |", "|---|---|---|---|---|---|"]
     for r in result["load"]:
         lines.append(f"| {r['role']} | {r['requests']} | {r['errors']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
-    lines += ["", "## Targets", "", "| target | measured | reached |", "|---|---|---|"]
-    for t in result["targets"]:
-        lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['reached'] else '**no**'} |")
+    lines += ["", *targets_table(result["targets"])]
     lines += ["", "![deploy](deploy.png)", ""]
     return "\n".join(lines)
 

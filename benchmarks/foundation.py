@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from results_io import write_results  # noqa: E402
+from results_io import targets_table, write_results  # noqa: E402
 
 from racmkd.config import load_config  # noqa: E402
 from racmkd.eval.report import RETENTION_TARGETS, TEACHER_TARGETS, git_commit, machine  # noqa: E402
@@ -105,9 +105,7 @@ def render(result: dict) -> str:
         ret = f"{m['retention']['mean']:.2%} ± {m['retention']['std']:.2%}" if "retention" in m else ""
         inputs = ", ".join(f"{k} {v.get('resolution', v.get('n_mels'))}" + (f"x{v['n_frames']}" if "n_frames" in v else f"x{v['resolution']}" if "resolution" in v else "") for k, v in m["inputs"].items())
         lines.append(f"| {name} | {inputs} | {m['accuracy']['mean']:.4f} ± {m['accuracy']['std']:.4f} | {ret} | {m['param_bytes_fp32'] / 1024:.1f} KB | {m['memory_bytes'] / 1024:.1f} KB | {m['flops'] / 1e6:.2f} M | {m['latency_ms_p50']:.3f} ms |")
-    lines += ["", "## Targets", "", "| target | measured | reached |", "|---|---|---|"]
-    for t in result["targets"]:
-        lines.append(f"| {t['target']} | {t['measured']:.4f} | {'yes' if t['reached'] else '**no**'} |")
+    lines += ["", *targets_table(result["targets"])]
     lines += ["", "## Beside the seed paper (their figures, not measured here)", "", "| tier | retention here | seed paper's retention | memory here | seed paper's memory |", "|---|---|---|---|---|"]
     for tier in TIERS:
         if tier in s["models"]:

@@ -9,6 +9,15 @@ from typing import Any
 from racmkd.utils import atomic_write_json, atomic_write_text
 
 
+def targets_table(targets: list[dict[str, Any]]) -> list[str]:
+    """The markdown's "Targets" section: every target with its measured figure and verdict."""
+    lines = ["## Targets", "", "| target | measured | reached |", "|---|---|---|"]
+    for t in targets:
+        measured = f"{t['measured']:.4f}" if isinstance(t["measured"], float) else t["measured"]
+        lines.append(f"| {t['target']} | {measured} | {'yes' if t['reached'] else '**no**'} |")
+    return lines
+
+
 def write_results(out: Path, stem: str, result: dict[str, Any], markdown: str, plot: Callable[[Path], None]) -> None:
     """<out>/<stem>.json, <stem>.png and <stem>.md (the markdown links the PNG by that name); prints the markdown."""
     out.mkdir(parents=True, exist_ok=True)

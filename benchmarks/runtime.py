@@ -65,7 +65,7 @@ from racmkd.runtime.edge import EdgeRuntime, budget_for  # noqa: E402
 from racmkd.runtime.simulate import serve_split, simulate  # noqa: E402
 from racmkd.runtime.variants import build_bank, load_bank  # noqa: E402
 from racmkd.utils import progress  # noqa: E402
-from results_io import write_results  # noqa: E402
+from results_io import targets_table, write_results  # noqa: E402
 
 SWEEP_MULTIPLES = (1.5, 2.0, 3.0, 5.0, 10.0, 20.0)  # latency targets, in multiples of what static high needs unloaded
 ADAPTATION_TARGET_MS = 5.0
@@ -279,9 +279,7 @@ def render(result: dict[str, Any]) -> str:
     if result.get("soak"):
         s = result["soak"]
         lines += ["## Soak", "", f"{s['minutes']:g} minutes of the periodic trace in real time: {s['requests']:,} requests, {s['switches']} switches, accuracy {s['accuracy']:.4f}; resident memory after warm-up grew {s['rss_growth_bytes_after_warmup'] / 1024:.0f} KB (fitted slope {s['rss_slope_bytes_per_minute'] / 1024:.1f} KB/min).", ""]
-    lines += ["## Targets", "", "| target | measured | reached |", "|---|---|---|"]
-    for t in result["targets"]:
-        lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['reached'] else '**no**'} |")
+    lines += targets_table(result["targets"])
     lines += ["", "![runtime](runtime.png)", ""]
     return "\n".join(lines)
 

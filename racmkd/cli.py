@@ -177,12 +177,15 @@ def profile(
     """ROM, RAM, estimated latency and energy of a model on a device, and whether it fits."""
     from racmkd.compress.export import ExportError
     from racmkd.resources.devices import load_device
+    from racmkd.compress.export import read_contract
     from racmkd.resources.profile import latency_model, profile_model, render_profile
     from racmkd.utils import atomic_write_json
 
     try:
+        devices = [load_device(d) for d in device]
+        read_contract(model)  # a bad model file or device fails here, before the latency model's calibration
         fitted = latency_model(show_progress=not json_)
-        profiles = [profile_model(model, load_device(d), fitted, measure_here=measure, latency_target_ms=latency_ms) for d in device]
+        profiles = [profile_model(model, d, fitted, measure_here=measure, latency_target_ms=latency_ms) for d in devices]
         atomic_write_json(out or model.with_suffix(".profile.json"), profiles[0] if len(profiles) == 1 else profiles)
     except (*_errors(), ExportError) as err:
         raise _fail(err) from None

@@ -318,7 +318,12 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
     assert fp32["argmax_agreement"] == 1.0 and fp32["max_abs_logit_diff"] < 1e-3  # ONNX Runtime vs PyTorch
     int8 = manifest["candidates"]["int8"]["parity"]
     assert int8["argmax_agreement"] > 0.8
-    assert manifest["steps"][-1]["details"]["mixed_precision"]["layers"]  # per-layer sensitivity reported
+    mixed = manifest["steps"][-1]["details"]["mixed_precision"]
+    assert mixed["layers"]  # per-layer sensitivity reported
+    trials = mixed["trials"]  # layers kept in fp32 one at a time, most useful first, until the agreement holds
+    assert [t["kept_fp32"] for t in trials] == [mixed["allowed_fp32"][:n] for n in range(len(trials))]
+    assert mixed["kept_fp32"] == trials[-1]["kept_fp32"] or len(trials) == len(mixed["allowed_fp32"]) + 1
+    assert all(t["agreement"] < 0.9 for t in trials[:-1])  # it stopped at the first that met min_agreement
     assert (folder / manifest["artifact"]).is_file() and manifest["reason"]
     assert not list((compressed_run / "compressed").glob(".*"))  # no partial folders left
 
@@ -391,3 +396,32 @@ def test_int8_weights_leave_headroom_for_kernels_that_saturate(tmp_path: Path) -
     reference, quantized = session(fp32).run(["logits"], {"x": x})[0], session(q).run(["logits"], {"x": x})[0]
     assert np.abs(quantized - reference).max() < 0.05 * np.abs(reference).max()
     assert WEIGHT_QMAX < 127
+
+
+def test_mixed_precision_keeps_in_fp32_only_as_many_layers_as_the_agreement_needs(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from racmkd.compress.export import CONTRACT_KEY, set_metadata
+    from racmkd.compress.quantize import fewest_float_layers, preprocess, quantizable_nodes
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["h"], ["r"]), helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1]),
+         helper.make_node("GlobalAveragePool", ["y"], ["p"]), helper.make_node("Flatten", ["p"], ["logits"])],
+        "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(rng.standard_normal((6, 1, 3, 3)).astype(np.float32), "w1"), numpy_helper.from_array(rng.standard_normal((10, 6, 3, 3)).astype(np.float32), "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    set_metadata(model, {CONTRACT_KEY: json.dumps({"format": "racmkd-onnx/1", "inputs": {"x": {}}})})
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(model, fp32)
+    x = {"x": rng.standard_normal((200, 1, 8, 8)).astype(np.float32)}
+    layers = [n.name for n in quantizable_nodes(preprocess(fp32, tmp_path / "pre.onnx"))]
+    assert len(layers) == 2
+    kept, trials = fewest_float_layers(fp32, x, x, layers, min_agreement=0.0)  # all-int8 is enough
+    assert kept == [] and len(trials) == 1 and 0.5 < trials[0]["agreement"] < 1.0 + 1e-9
+    kept, trials = fewest_float_layers(fp32, x, x, layers, min_agreement=1.01)  # nothing is: every layer stays fp32
+    assert kept == layers and [t["kept_fp32"] for t in trials] == [[], layers[:1], layers]
+    assert trials[-1]["agreement"] == 1.0  # nothing quantized: the fp32 model itself

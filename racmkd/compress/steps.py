@@ -28,7 +28,7 @@ from racmkd.compress.export import compact_file, export_onnx, onnx_logits, parit
 from racmkd.compress.inputs import band_importance, most_informative, reduce_inputs
 from racmkd.compress.lowrank import lowrank_model
 from racmkd.compress.prune import MAX_RATIO, prune_encoders, ratio_for_bytes
-from racmkd.compress.quantize import calibration_inputs, choose_mixed_precision, fake_quantized, layer_sensitivity, quantize_int8
+from racmkd.compress.quantize import calibration_inputs, choose_mixed_precision, fake_quantized, fewest_float_layers, layer_sensitivity, quantize_int8
 from racmkd.config import RunConfig, TrainConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.distill.adaptive import ObjectiveWeights
@@ -333,8 +333,9 @@ class QAT(Step):
 class ExportOptions:
     """Export fp32 and int8 ONNX models and choose the tier's artifact.
 
-    `int8`: "static" (every Conv/Gemm int8), "mixed" (the most sensitive layers stay fp32 while the
-    weights fit `mixed_budget` x the all-int8 weight bytes) or "none". The int8 model is acceptable
+    `int8`: "static" (every Conv/Gemm int8), "mixed" (the fewest of the most sensitive layers stay
+    fp32 that bring the int8 model's agreement on the validation split to `min_agreement`, within
+    `mixed_budget` x the all-int8 weight bytes) or "none". The int8 model is acceptable
     when its argmax agrees with its own fp32 model on at least `min_agreement` of the test samples
     and its accuracy is at most `max_accuracy_drop` below; of the acceptable artifacts, `prefer`
     picks the faster (measured here: ONNX Runtime, batch 1, one thread) or the smaller."""
@@ -378,8 +379,10 @@ class Export(Step):
                 val_labels = ds.splits["val"].labels[: o.sensitivity_samples].numpy()
                 sensitivity = layer_sensitivity(fp32_path, calibration, evaluation, val_labels)
                 budget = int(o.mixed_budget * sum(s.bytes_int8 for s in sensitivity))
-                keep_float, weight_bytes = choose_mixed_precision(sensitivity, budget)
-                details["mixed_precision"] = {"budget_bytes": budget, "weight_bytes": weight_bytes, "kept_fp32": keep_float, "layers": [asdict(s) for s in sensitivity]}
+                allowed, _ = choose_mixed_precision(sensitivity, budget)
+                validation = calibration_inputs(ds, subject.specs, len(ds.splits["val"]), split="val")
+                keep_float, trials = fewest_float_layers(fp32_path, calibration, validation, allowed, o.min_agreement)
+                details["mixed_precision"] = {"budget_bytes": budget, "allowed_fp32": allowed, "kept_fp32": keep_float, "trials": trials, "layers": [asdict(s) for s in sensitivity]}
             int8_path = quantize_int8(fp32_path, subject.workdir / "int8.onnx", calibration, keep_float=keep_float)
             int8_logits, _ = onnx_logits(session(int8_path), subject.specs, ds, "test")
             candidates["int8"] = {"path": int8_path, "format": "onnx-mixed" if keep_float else "onnx-int8", "parity": parity(int8_logits, fp32_logits, labels).as_dict()}
@@ -407,7 +410,7 @@ def choose_artifact(candidates: dict[str, dict[str, Any]], options: ExportOption
         if p["argmax_agreement"] >= options.min_agreement and drop <= options.max_accuracy_drop:
             acceptable.append("int8")
         else:
-            notes.append(f"int8 misses the bound (agreement {p['argmax_agreement']:.4f} < {options.min_agreement} or accuracy drop {drop:+.4f} > {options.max_accuracy_drop})")
+            notes.append(f"int8 misses the bound (agreement {p['argmax_agreement']:.4f} < {options.min_agreement} or accuracy drop {drop:+.4f} > {options.max_accuracy_drop})" + ("; `int8: mixed` keeps its most sensitive layers in fp32" if options.int8 == "static" else ""))
     key = (lambda k: candidates[k]["latency_ms"]["p50"]) if options.prefer == "faster" else (lambda k: candidates[k]["bytes"])  # noqa: E731
     chosen = min(acceptable, key=key)
     if len(acceptable) > 1:
