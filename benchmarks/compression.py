@@ -173,13 +173,15 @@ def render(result: dict[str, Any]) -> str:
     for row in result["tiers"]:
         lines.append(f"| {row['tier']} | {row['format']} | {row['bytes_deployable']:,} B | {row['compression_ratio']:.1f}x | {row['accuracy']:.4f} | {row['student_accuracy']:.4f} | {row['fp32_p50']:.4f} | {row.get('int8_p50', float('nan')):.4f} | {row['reason']} |")
     for name in ("visual", "audio"):
-        lines += ["", f"## {name.capitalize()} path (configs/recipes/{name}.yaml)", "", "| tier | encoder fp32 | encoder int8 | weights ratio | input values | activations | path ratio | accuracy | loss | target |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"## {name.capitalize()} path (configs/recipes/{name}.yaml)", "", "| tier | encoder fp32 | deployed (format) | weights ratio | input values | activations | path ratio | accuracy | loss | target |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in result[name]:
             lines.append(
-                f"| {r['tier']} | {r['encoder_bytes_fp32']:,} B | {r['encoder_bytes_deployed']:,} B | {r['weights_ratio']:.1f}x | {r['input_values_before']} -> {r['input_values_after']} | {r['activation_bytes_before']:,} -> {r['activation_bytes_after']:,} B | {r['path_ratio']:.1f}x | {r['accuracy_before']:.4f} -> {r['accuracy_after']:.4f} | {r['accuracy_loss'] * 100:+.2f} pt | {'reached' if r['reached'] else '**not reached**'} |"
+                f"| {r['tier']} | {r['encoder_bytes_fp32']:,} B | {r['encoder_bytes_deployed']:,} B ({r['format']}) | {r['weights_ratio']:.1f}x | {r['input_values_before']} -> {r['input_values_after']} | {r['activation_bytes_before']:,} -> {r['activation_bytes_after']:,} B | {r['path_ratio']:.1f}x | {r['accuracy_before']:.4f} -> {r['accuracy_after']:.4f} | {r['accuracy_loss'] * 100:+.2f} pt | {'reached' if r['reached'] else '**not reached**'} |"
             )
     fit = result["device_fit"]
     devices = sorted(next(iter(fit["profiles"].values())).keys()) if fit["profiles"] else []
+    lines += ["", "Deployed: the artifact the recipe chose, int8 (`onnx-mixed`: its most sensitive layers in fp32) only where it passed its parity bound:"]
+    lines += [f"- {name} {r['tier']}: {r['why']}" for name in ("visual", "audio") for r in result[name]]
     lines += ["", "## Device fit (racmkd profile; latency and energy estimated)", "", "| tier | " + " | ".join(devices) + " |", "|---|" + "---|" * len(devices)]
     for tier, per in fit["profiles"].items():
         cells = [f"{'fits' if p['fits'] else '**no**'}: {p['estimated_latency_ms']:.3f} ms, RAM {p['ram_bytes'] / 1024:.0f} KB" for _, p in sorted(per.items())]
