@@ -334,9 +334,8 @@ class ExportOptions:
     """Export fp32 and int8 ONNX models and choose the tier's artifact.
 
     `int8`: "static" (every Conv/Gemm int8), "mixed" (the fewest of the most sensitive layers stay
-    fp32 that bring the int8 model's agreement on the validation split to `min_agreement` (plus two
-    standard errors), within
-    `mixed_budget` x the all-int8 weight bytes) or "none". The int8 model is acceptable
+    fp32 that bring the int8 model's agreement on the validation split to `min_agreement` plus two
+    standard errors, within `mixed_budget` x the all-int8 weight bytes) or "none". The int8 model is acceptable
     when its argmax agrees with its own fp32 model on at least `min_agreement` of the test samples
     and its accuracy is at most `max_accuracy_drop` below; of the acceptable artifacts, `prefer`
     picks the faster (measured here: ONNX Runtime, batch 1, one thread) or the smaller."""
