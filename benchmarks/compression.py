@@ -15,8 +15,8 @@ What it measures, all on the run's avmnist test split (10,000 samples):
   accuracy minus the artifact's.
 - Audio path: the same with configs/recipes/audio.yaml (audio encoder pruned, fewer frames; see
   the recipe for why band selection is left out). The path counts the encoder's weights and its input and activations: ratio = (fp32
-  encoder bytes + fp32 peak activation bytes of the audio encoder at its original input) / (int8
-  encoder bytes + peak activation bytes at the reduced input, stored as int8; a layer kept in fp32
+  encoder bytes + fp32 peak activation bytes of the audio encoder at its original input) / (deployed
+  encoder bytes + peak activation bytes at the reduced input, stored as int8 in an int8 artifact; a layer kept in fp32
   writes its output requantized, as the profiler's graph model counts it). The weights-only
   ratio and the input ratio are reported beside it.
 - Device fit: `racmkd profile` of each tier's deployed artifact (runs/<run>/compressed/) on every

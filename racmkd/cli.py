@@ -175,9 +175,8 @@ def profile(
     measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Time the model on this machine too.")] = True,
 ) -> None:
     """ROM, RAM, estimated latency and energy of a model on a device, and whether it fits."""
-    from racmkd.compress.export import ExportError
+    from racmkd.compress.export import ExportError, read_contract
     from racmkd.resources.devices import load_device
-    from racmkd.compress.export import read_contract
     from racmkd.resources.profile import latency_model, profile_model, render_profile
     from racmkd.utils import atomic_write_json
 
