@@ -375,12 +375,12 @@ class Export(Step):
             calibration = calibration_inputs(ds, subject.specs, o.calibration_samples)
             keep_float: list[str] = []
             if o.int8 == "mixed":
-                evaluation = calibration_inputs(ds, subject.specs, o.sensitivity_samples, split="val")
+                validation = calibration_inputs(ds, subject.specs, len(ds.splits["val"]), split="val")  # the split's features, once
+                evaluation = {m: x[: o.sensitivity_samples] for m, x in validation.items()}
                 val_labels = ds.splits["val"].labels[: o.sensitivity_samples].numpy()
                 sensitivity = layer_sensitivity(fp32_path, calibration, evaluation, val_labels)
                 budget = int(o.mixed_budget * sum(s.bytes_int8 for s in sensitivity))
                 allowed, _ = choose_mixed_precision(sensitivity, budget)
-                validation = calibration_inputs(ds, subject.specs, len(ds.splits["val"]), split="val")
                 keep_float, trials = fewest_float_layers(fp32_path, calibration, validation, allowed, o.min_agreement)
                 details["mixed_precision"] = {"budget_bytes": budget, "allowed_fp32": allowed, "kept_fp32": keep_float, "trials": trials, "layers": [asdict(s) for s in sensitivity]}
             int8_path = quantize_int8(fp32_path, subject.workdir / "int8.onnx", calibration, keep_float=keep_float)
