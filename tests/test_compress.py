@@ -207,6 +207,8 @@ def test_export_metadata_round_trips_and_onnx_runtime_matches_pytorch(tmp_path: 
     assert contract["model"] == "demo" and contract["tier"] == "high" and list(contract["inputs"]) == ["image", "audio"]
     assert specs_from_contract(contract) == specs
     assert any("mel bands" in step for step in contract["inputs"]["audio"]["steps"])
+    exported = onnx.load(path)  # nothing the exporter kept for debugging travels to the device
+    assert not exported.graph.metadata_props and not any(n.metadata_props or n.doc_string for n in exported.graph.node)
     x = {m: torch.randn(4, *modalities[m].feature_shape(s)) for m, s in specs.items()}
     out = session(path).run(["logits"], {m: v.numpy() for m, v in x.items()})[0]
     np.testing.assert_allclose(out, model(x).detach().numpy(), atol=1e-4)

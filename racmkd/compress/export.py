@@ -101,11 +101,13 @@ def contract(model_name: str, specs: dict[str, Any], modalities: dict[str, Modal
 
 
 def strip_debug_info(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop what the exporter records for debugging (stack traces in node metadata, doc strings,
-    intermediate shapes): bytes a device would store for nothing."""
+    """Drop what the exporter records for debugging (stack traces in node metadata, torch.export's
+    graph signature in the graph's metadata, doc strings, intermediate shapes): bytes a device would
+    store for nothing (the signature alone is 3 KB for a tiny student, 43 KB for MobileNetV3)."""
     for node in model.graph.node:
         node.ClearField("metadata_props")
         node.doc_string = ""
+    model.graph.ClearField("metadata_props")
     model.graph.ClearField("value_info")
     model.graph.doc_string = ""
     return model
