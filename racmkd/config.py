@@ -263,6 +263,7 @@ class ServeConfig:
     token_env: str = "RACMKD_TOKEN"  # environment variable holding the management token (deploy, rollback)
     protect_inference: bool = False  # also require the token on /predict
     max_body_bytes: int = 4 * 2**20
+    max_update_bytes: int = 64 * 2**20  # the largest release an edge takes over /deploy
     max_audio_seconds: float = 10.0
     fog_models: tuple[str, ...] = ("high", "medium")  # what the fog role serves (the first by default)
     upstreams: tuple[str, ...] = ()  # the edge's fog/cloud URLs, nearest first

@@ -3,6 +3,7 @@ servers (real uvicorn and a real Mosquitto broker), offloading and telemetry."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -227,6 +229,43 @@ def npz(**arrays: object) -> bytes:
     return buffer.getvalue()
 
 
+def compressed_npz(**arrays: object) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def raw_zip(members: dict[str, bytes]) -> bytes:
+    """A zip whose members are not .npy files (np.load hands them back as bytes)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_an_internal_error_gets_a_500_and_the_server_goes_on(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001
+    """An unhandled error is answered here, not re-raised to uvicorn (which would drop the
+    keep-alive connection and the requests queued on it); its details stay in the server's log."""
+    import torch
+
+    service = ModelService("fog", tiny_run, ["high"])
+    client = TestClient(create_app(service, ServeConfig(), token=None))  # raises what escapes the app
+    raw = tiny_dataset.raw_batch("test", torch.tensor([0]))
+    request = {"image": raw["image"][0].numpy().tolist()}
+    working = service.answer
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("secret detail")
+
+    service.answer = broken  # type: ignore[method-assign]
+    failed = client.post("/predict", json=request)
+    assert failed.status_code == 500 and "RuntimeError" in failed.text and "secret" not in failed.text
+    service.answer = working  # type: ignore[method-assign]
+    assert client.post("/predict", json=request).status_code == 200
+    assert 'racmkd_requests_total{outcome="error",role="fog",route="-"} 1.0' in client.get("/metrics").text
+
+
 def test_bad_requests_get_4xx_and_good_ones_an_answer(fog_app: TestClient, tiny_dataset) -> None:  # noqa: ANN001
     import torch
 
@@ -249,15 +288,24 @@ def test_bad_requests_get_4xx_and_good_ones_an_answer(fog_app: TestClient, tiny_
         (dict(content=npz(audio=np.array([np.nan] * 100)), headers={"Content-Type": "application/x-npz"}), 422, "NaN"),
         (dict(content=npz(lidar=np.zeros(3)), headers={"Content-Type": "application/x-npz"}), 422, "unknown inputs"),
         (dict(json={"image": [[0.0] * 28] * 27 + [[0.0] * 3]}), 422, "rectangular"),
-        (dict(content=npz(audio=audio, sample_rate=np.array([8000, 16000])), headers={"Content-Type": "application/x-npz"}), 422, "single values"),
+        (dict(content=npz(audio=audio, sample_rate=np.array([8000, 16000])), headers={"Content-Type": "application/x-npz"}), 422, "single value"),
         (dict(json={"audio": audio.tolist(), "lidar": [1.0]}), 422, "lidar"),
+        # The archive's settings go through the JSON request's checks; float64 is checked as float32.
+        (dict(content=npz(audio=audio, sample_rate=np.array(np.inf)), headers={"Content-Type": "application/x-npz"}), 422, "sample_rate"),
+        (dict(content=npz(audio=audio, sample_rate=np.array(True)), headers={"Content-Type": "application/x-npz"}), 422, "sample_rate"),
+        (dict(content=npz(audio=audio, latency_target_ms=np.array(-5.0)), headers={"Content-Type": "application/x-npz"}), 422, "latency_target_ms"),
+        (dict(content=npz(audio=np.full(8000, 1e300)), headers={"Content-Type": "application/x-npz"}), 422, "float32"),
+        (dict(content=raw_zip({"image": b"\0" * 784}), headers={"Content-Type": "application/x-npz"}), 422, "not .npy arrays"),
+        # Checked before anything is decompressed: unknown names, and the total size of the rest.
+        (dict(content=compressed_npz(**{f"x{i}": np.zeros(10, np.uint8) for i in range(50)}), headers={"Content-Type": "application/x-npz"}), 422, "unknown inputs"),
+        (dict(content=compressed_npz(image=np.zeros(8_000_000, np.uint8), audio=np.zeros(8_000_000, np.uint8)), headers={"Content-Type": "application/x-npz"}), 413, "once decompressed"),
     ]
     for kwargs, status, message in cases:
         reply = fog_app.post("/predict", **kwargs)
         assert reply.status_code == status and message in reply.text, (kwargs.keys(), reply.status_code, reply.text)
     assert fog_app.get("/health").json()["status"] == "ok"  # still serving after all that
     metrics = fog_app.get("/metrics").text
-    assert 'racmkd_requests_total{outcome="bad_request",role="fog",route="-"} 13.0' in metrics and "racmkd_request_latency_seconds_bucket" in metrics
+    assert f'racmkd_requests_total{{outcome="bad_request",role="fog",route="-"}} {len(cases)}.0' in metrics and "racmkd_request_latency_seconds_bucket" in metrics
     assert "racmkd_cpu_percent" not in metrics  # the fog has no resource monitor: no made-up zeros
     spec = fog_app.get("/openapi.json").json()
     assert set(spec["paths"]["/predict"]["post"]["requestBody"]["content"]) == {"application/json", "application/x-npz"}
@@ -312,6 +360,13 @@ def test_edge_end_to_end_with_fog_broker_registry_and_failures(tiny_run: Path, t
         replayed = edge.post("/deploy", headers={"Authorization": f"Bearer {TOKEN}"}, data={"manifest": json.dumps(v1.manifest), "signature": v1.signature}, files={"payload": ("b", registry.blob(v1.sha256))})
         assert tampered.status_code == 422 and "tampered" in tampered.text and forged.status_code == 422 and "bad signature" in forged.text
         assert replayed.status_code == 422 and "not newer" in replayed.text
+        malformed = {k: v for k, v in newer.manifest.items() if k != "sha256"}  # signed, but not a release
+        refused_manifest = edge.post("/deploy", headers=auth, data={"manifest": json.dumps(malformed), "signature": sign(malformed, key)}, files={"payload": ("b", registry.blob(newer.sha256))})
+        assert refused_manifest.status_code == 422 and "malformed manifest" in refused_manifest.text and "sha256" in refused_manifest.text
+        capped = TestClient(create_app(service, dataclasses.replace(cfg.serve, max_update_bytes=1000), token=TOKEN))
+        upload = {"data": {"manifest": json.dumps(newer.manifest), "signature": newer.signature}, "files": {"payload": ("b", b"x" * 5000)}}
+        assert capped.post("/deploy", **upload).status_code == 401  # the token first, before the body is read
+        assert capped.post("/deploy", headers=auth, **upload).status_code == 413
         assert edge.get("/deployment", headers=auth).json()["current"]["version"] == 2
 
         # Offloading to the fog, then the fog killed mid-stream: every request still answered.

@@ -296,9 +296,10 @@ class AudioSignal(Signal):
         if array.dtype == np.int16:
             wave = array.astype(np.float32) / 32768.0
         elif np.issubdtype(array.dtype, np.floating):
-            if not np.isfinite(array).all():
-                raise ValueError("audio: the waveform holds NaN or infinite samples")
-            wave = array.astype(np.float32)
+            with np.errstate(over="ignore"):  # float64 beyond float32's range becomes infinite: refused below
+                wave = array.astype(np.float32)
+            if not np.isfinite(wave).all():
+                raise ValueError("audio: the waveform holds NaN or infinite samples (or samples beyond float32's range)")
         else:
             raise ValueError(f"audio: expected int16 or float samples, got {array.dtype}")
         rate = spec.sample_rate if sample_rate is None else int(sample_rate)

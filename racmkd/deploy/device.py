@@ -33,6 +33,25 @@ from racmkd.deploy.signing import SignatureError, verify
 from racmkd.utils import atomic_write_json
 
 
+
+def manifest_problems(manifest: dict[str, Any]) -> list[str]:
+    """What is wrong with a release manifest's fields (empty when nothing is)."""
+    problems = []
+    if not isinstance(manifest.get("name"), str) or not manifest.get("name"):
+        problems.append("name must be a non-empty string")
+    for key in ("version", "bytes"):
+        value = manifest.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            problems.append(f"{key} must be a whole number >= 0, got {value!r}")
+    digest = manifest.get("sha256")
+    if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        problems.append(f"sha256 must be 64 lowercase hex digits, got {digest!r}")
+    if manifest.get("kind") not in ("onnx", "bank"):
+        problems.append(f"kind must be 'onnx' or 'bank', got {manifest.get('kind')!r}")
+    if not isinstance(manifest.get("metrics", {}), dict):
+        problems.append("metrics must be a mapping")
+    return problems
+
 class UpdateRefused(ValueError):
     """An update failed verification (signature, hash, delta base); nothing was changed."""
 
@@ -108,12 +127,17 @@ class DeviceStore:
     # Updates ----------------------------------------------------------------------------------------
 
     def verify(self, manifest: dict[str, Any], signature: str) -> None:
+        """The signature, then the fields this device acts on: a signed manifest can still be
+        malformed (a registry bug, another tool's release) and must be refused, not crash the update."""
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
             raise UpdateRefused(f"not a {MANIFEST_FORMAT} manifest")
         try:
             verify(manifest, signature, self.public_key)
         except SignatureError as err:
             raise UpdateRefused(str(err)) from None
+        problems = manifest_problems(manifest)
+        if problems:
+            raise UpdateRefused(f"malformed manifest: {'; '.join(problems)}")
 
     def stage(self, manifest: dict[str, Any], signature: str, payload: bytes, delta: bool = False) -> Installed:
         """Verify, patch (a delta applies to the current release), unpack into a slot and

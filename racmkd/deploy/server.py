@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from racmkd.config import RunConfig, ServeConfig
 from racmkd.data import signals as _signals  # noqa: F401 - registers the image and audio signals
@@ -58,11 +58,18 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")  # a misspelt or unknown input is an error, not ignored
 
-    image: list[list[float]] | None = Field(None, description="28x28 grey image, 0-255 or 0-1")
+    image: list[list[float]] | None = Field(None, description="28x28 grey image: whole numbers 0-255, or fractions in [0, 1]")
     audio: list[float] | None = Field(None, description="mono waveform")
     sample_rate: int = Field(8000, gt=0, le=192000)
-    latency_target_ms: float | None = Field(None, gt=0, description="this request's latency target (edge: decides offloading)")
+    latency_target_ms: float | None = Field(None, gt=0, allow_inf_nan=False, description="this request's latency target (edge: decides offloading)")
     model: str | None = Field(None, description="which of the server's models answers (see /models)")
+
+    @field_validator("sample_rate", mode="before")
+    @classmethod
+    def _not_a_flag(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # pydantic would read true as 1 Hz
+            raise ValueError("a number of samples per second, not true/false")
+        return value
 
 
 class PredictResponse(BaseModel):
@@ -84,68 +91,97 @@ class Inputs:
         self.arrays, self.sample_rate, self.target_ms, self.model = arrays, sample_rate, target_ms, model
 
 
+META = ("sample_rate", "latency_target_ms", "model")  # the request's settings, beside its arrays
+
+
 def parse_request(body: bytes, content_type: str, settings: ServeConfig, modalities: list[str]) -> Inputs:
-    """JSON or .npz into arrays; raises HTTPException (413, 415, 422) with a message on bad input."""
+    """JSON or .npz into arrays; raises HTTPException (413, 415, 422) with a message on bad input.
+    Inputs the server's models do not use are checked and ignored, as a model ignores them."""
     if len(body) > settings.max_body_bytes:
         raise HTTPException(413, f"request body of {len(body):,} bytes exceeds the limit of {settings.max_body_bytes:,}")
     kind = content_type.split(";")[0].strip().lower()
     if kind == NPZ:
-        limit = 8 * int(settings.max_audio_seconds * 192000) + 2**16  # the largest array a request may hold, decompressed
-        try:
-            with np.load(io.BytesIO(body), allow_pickle=False) as archive:
-                for info in archive.zip.infolist():
-                    if info.file_size > limit:
-                        raise HTTPException(413, f"{info.filename}: {info.file_size:,} bytes once decompressed, more than {limit:,}")
-                arrays = {k: archive[k] for k in archive.files}
-        except HTTPException:
-            raise
-        except Exception as err:  # noqa: BLE001 - numpy raises many kinds on garbage
-            raise HTTPException(422, f"body is not a readable .npz archive ({type(err).__name__})") from None
-        meta = {k: arrays.pop(k) for k in ("sample_rate", "latency_target_ms", "model") if k in arrays}
-        try:
-            sample_rate = int(meta["sample_rate"].item()) if "sample_rate" in meta else 8000
-            target = float(meta["latency_target_ms"].item()) if "latency_target_ms" in meta else None
-            model_name = str(meta["model"].item()) if "model" in meta else None
-        except (ValueError, TypeError) as err:
-            raise HTTPException(422, f"sample_rate, latency_target_ms and model must be single values ({err})") from None
+        arrays, meta = read_npz(body, settings)
+        request = validated({k: meta[k] for k in META if k in meta}, where="the archive's settings")
     elif kind in ("application/json", ""):
+        request = validated(body or b"{}", where="JSON request")
         try:
-            request = PredictRequest.model_validate_json(body or b"{}")
-        except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()[:5])
-            raise HTTPException(422, f"invalid JSON request: {problems}") from None
-        try:
-            arrays = {m: (np.asarray(getattr(request, m), dtype=np.float32) if getattr(request, m, None) is not None else None) for m in ("image", "audio")}
+            arrays = {m: np.asarray(getattr(request, m), dtype=np.float32) for m in ("image", "audio") if getattr(request, m, None) is not None}
         except ValueError as err:  # ragged lists
             raise HTTPException(422, f"an input is not a rectangular array ({err})") from None
-        sample_rate, target, model_name = request.sample_rate, request.latency_target_ms, request.model
     else:
         raise HTTPException(415, f"unsupported Content-Type {kind!r}; send application/json or {NPZ}")
-    unknown = {k for k, v in arrays.items() if v is not None} - set(modalities)
+    sample_rate, target, model_name = request.sample_rate, request.latency_target_ms, request.model
+    unknown = set(arrays) - set(SIGNALS.names())
     if unknown:
         raise HTTPException(422, f"unknown inputs {sorted(unknown)}; this server takes {', '.join(modalities)}")
     for name, array in arrays.items():
-        if array is None:
-            continue
         if array.dtype.kind not in "iuf":
             raise HTTPException(422, f"{name}: expected numbers, got dtype {array.dtype}")
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise HTTPException(422, f"{name}: NaN or infinite values")
+        if array.dtype.kind == "f":  # checked as the models will see them: float64 beyond float32's range is infinite there
+            with np.errstate(over="ignore"):
+                if not np.isfinite(array.astype(np.float32, copy=False)).all():
+                    raise HTTPException(422, f"{name}: NaN or infinite values (or beyond float32's range)")
     audio = arrays.get("audio")
     if audio is not None and audio.size > settings.max_audio_seconds * sample_rate:
         raise HTTPException(413, f"audio: {audio.size} samples exceed {settings.max_audio_seconds:g} s at {sample_rate} Hz")
-    if not 0 < sample_rate <= 192000:
-        raise HTTPException(422, f"sample_rate {sample_rate} out of range")
-    if not any(v is not None for v in arrays.values()):
-        raise HTTPException(422, f"no input: send {' and/or '.join(modalities)}")
     for name, array in arrays.items():  # shapes and ranges, whether or not the answering model uses the input
-        if array is not None:
-            signal = SIGNALS.create(name)
-            try:  # at the native rate: the shape and values are what is checked here, the answer resamples
-                signal.to_raw(_image_for(array) if name == "image" else array, signal.spec_type())
-            except (ValueError, TypeError) as err:
-                raise HTTPException(422, str(err)) from None
-    return Inputs({m: arrays.get(m) for m in modalities}, sample_rate, target, model_name)
+        signal = SIGNALS.create(name)
+        try:  # at the native rate: the shape and values are what is checked here, the answer resamples
+            signal.to_raw(_image_for(array) if name == "image" else array, signal.spec_type())
+        except (ValueError, TypeError) as err:
+            raise HTTPException(422, str(err)) from None
+    used = {m: arrays[m] for m in modalities if m in arrays}
+    if not used:
+        brought = f"; the request brought only {', '.join(sorted(arrays))}" if arrays else ""
+        raise HTTPException(422, f"no input: send {' and/or '.join(modalities)}{brought}")
+    return Inputs({m: used.get(m) for m in modalities}, sample_rate, target, model_name)
+
+
+def validated(values: bytes | dict[str, Any], where: str) -> PredictRequest:
+    """The request's fields checked by the one schema, whether they came as JSON or in an archive."""
+    try:
+        return PredictRequest.model_validate_json(values) if isinstance(values, bytes) else PredictRequest.model_validate(values)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()[:5])
+        raise HTTPException(422, f"invalid {where}: {problems}") from None
+
+
+def read_npz(body: bytes, settings: ServeConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """An .npz body's arrays (by modality) and settings (single values). The archive's table of
+    contents is checked before anything is decompressed: only known names, each within the size
+    limit and all of them together too (a few KB of compressed zeros can unpack to gigabytes)."""
+    limit = 8 * int(settings.max_audio_seconds * 192000) + 2**16  # the largest array a request may hold, decompressed
+    try:
+        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+            names = list(archive.files)
+            unknown = sorted(set(names) - set(SIGNALS.names()) - set(META))
+            if unknown:
+                raise HTTPException(422, f"unknown inputs {unknown[:10]}; arrays are named by modality ({', '.join(SIGNALS.names())}) or {', '.join(META)}")
+            if len(names) != len(set(names)):
+                raise HTTPException(422, "the archive holds an array twice")
+            sizes = {info.filename: info.file_size for info in archive.zip.infolist()}
+            for name, size in sizes.items():
+                if size > limit:
+                    raise HTTPException(413, f"{name}: {size:,} bytes once decompressed, more than {limit:,}")
+            if sum(sizes.values()) > limit + 2**16:
+                raise HTTPException(413, f"the archive holds {sum(sizes.values()):,} bytes once decompressed, more than {limit + 2**16:,}")
+            items = {k: archive[k] for k in names}
+    except HTTPException:
+        raise
+    except Exception as err:  # noqa: BLE001 - numpy raises many kinds on garbage
+        raise HTTPException(422, f"body is not a readable .npz archive ({type(err).__name__})") from None
+    not_arrays = sorted(k for k, v in items.items() if not isinstance(v, np.ndarray))
+    if not_arrays:
+        raise HTTPException(422, f"{', '.join(not_arrays)}: not .npy arrays (write the archive with np.savez)")
+    meta: dict[str, Any] = {}
+    for key in META:
+        if key in items:
+            value = items.pop(key)
+            if value.size != 1:
+                raise HTTPException(422, f"{key} must be a single value, got shape {value.shape}")
+            meta[key] = value.item()
+    return items, meta
 
 
 def _image_for(array: np.ndarray | None) -> np.ndarray | None:
@@ -313,7 +349,9 @@ class EdgeService(Service):
         return Engine(self._runtime(installed.model_path, installed.manifest["kind"]), installed.label, installed.manifest.get("metrics", {}).get("accuracy"))
 
     def modalities(self) -> list[str]:
-        return self.engine.modalities()
+        """The inputs the fleet sends (the run's modalities): a release that uses fewer ignores the
+        rest, so that clients keep working across updates."""
+        return list(self.cfg.data.modalities)
 
     # Requests ----------------------------------------------------------------------------------------
 
@@ -342,6 +380,7 @@ class EdgeService(Service):
         from racmkd.deploy.offload import UpstreamError
 
         engine = self.engine  # one engine for the whole request, whatever a deploy swaps meanwhile
+        self.check_model(engine, inputs)
         fallbacks: list[str] = []
         chosen = self.route(engine, inputs, body)
         if chosen is not None:
@@ -360,17 +399,27 @@ class EdgeService(Service):
 
     def answer_now(self, inputs: Inputs) -> PredictResponse | None:
         engine = self.engine
+        self.check_model(engine, inputs)
         if self.upstreams and self.route(engine, inputs, b"") is not None:  # the body's size only refines the link's estimate
             return None
         return self.local(engine, inputs, [])
 
+    @staticmethod
+    def check_model(engine: Engine, inputs: Inputs) -> None:
+        """A request may name the model it wants: the edge serves one, its current release."""
+        if inputs.model is not None and inputs.model != engine.label:
+            raise HTTPException(422, f"model {inputs.model!r} is not served here; this edge serves {engine.label!r}")
+
     def local(self, engine: Engine, inputs: Inputs, fallbacks: list[str]) -> PredictResponse:
-        """The answer of this device's own engine."""
+        """The answer of this device's own engine (from the inputs it uses)."""
         from racmkd.runtime.edge import NoVariantError
 
+        uses = engine.modalities()
+        if not any(inputs.arrays.get(m) is not None for m in uses):
+            raise HTTPException(422, f"no input this edge's model uses: send {' and/or '.join(uses)}")
         self.requests += 1
         started = time.perf_counter()
-        image, audio = _image_for(inputs.arrays.get("image")), inputs.arrays.get("audio")
+        image, audio = (_image_for(inputs.arrays.get("image")) if "image" in uses else None), (inputs.arrays.get("audio") if "audio" in uses else None)
         try:
             if engine.adaptive:
                 result = engine.runtime.predict(image=image, audio=audio, sample_rate=inputs.sample_rate)
@@ -389,7 +438,7 @@ class EdgeService(Service):
         state = engine.runtime.state() if engine.adaptive else {"configuration": engine.label}
         accuracy, local_ms = self.local_expectation(engine)
         return {
-            "model": engine.label, "accuracy": accuracy, "expected_latency_ms": local_ms, "runtime": state,
+            "model": engine.label, "uses": engine.modalities(), "accuracy": accuracy if engine.adaptive else engine.accuracy, "expected_latency_ms": local_ms, "runtime": state,  # a release without metrics: unknown, not 0
             "upstreams": [{"name": u.name, "url": u.url, "breaker": u.state(), "rtt_ms": u.link.rtt_ms, "accuracy": u.accuracy} for u in self.upstreams],
             "offloads": dict(self.offloads), "telemetry": self.telemetry.stats() if self.telemetry else None,
         }
@@ -492,6 +541,68 @@ def build_service(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfi
 # The app -------------------------------------------------------------------------------------------------
 
 
+class AnswerInternalErrors:
+    """ASGI middleware: an unhandled error becomes a 500 answer and the connection stays open.
+    (Starlette's handler for Exception answers and then re-raises; uvicorn then drops the
+    keep-alive connection, and with it the requests a client had queued on it.)"""
+
+    def __init__(self, app: Any, on_error: Callable[[str, Exception], None]) -> None:
+        self.app, self.on_error = app, on_error
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def send_noted(message: dict[str, Any]) -> None:
+            nonlocal answered
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noted)
+        except Exception as err:  # noqa: BLE001 - nothing crashes the server
+            if answered:  # too late for an answer of its own: the client sees a cut response
+                raise
+            self.on_error(scope.get("path", ""), err)
+            detail = f"internal error ({type(err).__name__}); the server logged the details"
+            await JSONResponse(status_code=500, content={"detail": detail})(scope, receive, send)
+
+
+class GuardManagement:
+    """ASGI middleware: a management request's token is checked before its body is read, and the
+    body is capped (FastAPI reads a form before it runs the route's dependencies, so without this
+    anyone could make the server take in an upload of any size)."""
+
+    def __init__(self, app: Any, paths: frozenset[str], refuse: Callable[[str | None], HTTPException | None], max_bytes: int) -> None:
+        self.app, self.paths, self.refuse, self.max_bytes = app, paths, refuse, max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        problem = self.refuse(headers.get("authorization"))
+        declared = headers.get("content-length", "")
+        if problem is None and declared.isdigit() and int(declared) > self.max_bytes:
+            problem = HTTPException(413, f"request body of {int(declared):,} bytes exceeds the limit of {self.max_bytes:,} (serve.max_update_bytes)")
+        if problem is not None:
+            await JSONResponse(status_code=problem.status_code, content={"detail": problem.detail}, headers=problem.headers)(scope, receive, send)
+            return
+        received = 0
+
+        async def capped() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:  # a chunked upload declares no length; FastAPI answers this one
+                raise HTTPException(413, f"request body exceeds the limit of {self.max_bytes:,} bytes (serve.max_update_bytes)")
+            return message
+
+        await self.app(scope, capped, send)
+
+
 def create_app(service: Service, settings: ServeConfig, token: str | None = None) -> FastAPI:
     """The HTTP face of a service."""
     @asynccontextmanager
@@ -513,21 +624,30 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
 
     bearer = HTTPBearer(auto_error=False, description=f"the management token (${settings.token_env})")
 
-    def check(credentials: HTTPAuthorizationCredentials | None) -> None:
+    def refusal(authorization: str | None) -> HTTPException | None:
+        """Why a request's Authorization header does not open a protected endpoint (None: it does)."""
         if not token:
-            raise HTTPException(403, f"no management token is configured (set ${settings.token_env}); this endpoint is disabled")
-        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong token (Authorization: Bearer <token>)", headers={"WWW-Authenticate": "Bearer"})
+            return HTTPException(403, f"no management token is configured (set ${settings.token_env}); this endpoint is disabled")
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return HTTPException(401, "missing or wrong token (Authorization: Bearer <token>)", headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+    def check(credentials: HTTPAuthorizationCredentials | None) -> None:
+        problem = refusal(f"Bearer {credentials.credentials}" if credentials is not None else None)
+        if problem is not None:
+            raise problem
 
     def management(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         check(credentials)
 
-    async def body_of(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> bytes:
+    async def body_of(request: Request) -> bytes:
         """The request body as sent (JSON or .npz), for parsing and forwarding; the token is checked
         first when inference is protected, and the body is read no further than the size limit."""
         try:
-            if settings.protect_inference:
-                check(credentials)
+            problem = refusal(request.headers.get("authorization")) if settings.protect_inference else None
+            if problem is not None:
+                raise problem
             declared = request.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
                 raise HTTPException(413, f"request body of {int(declared):,} bytes exceeds the limit of {settings.max_body_bytes:,}")
@@ -542,15 +662,20 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
             raise
         return b"".join(chunks)
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, err: Exception) -> JSONResponse:  # nothing crashes the server
-        log.exception("unhandled error on %s", request.url.path)
+    def internal_error(path: str, err: Exception) -> None:
+        log.error("unhandled error on %s", path, exc_info=err)
         requests.labels(service.role, "error", "-").inc()
-        return JSONResponse(status_code=500, content={"detail": f"internal error: {type(err).__name__}: {err}"})
 
-    schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")}, NPZ: {"schema": {"type": "string", "format": "binary", "description": "np.savez archive: arrays image and/or audio, optional sample_rate, latency_target_ms"}}}}}
+    app.add_middleware(AnswerInternalErrors, on_error=internal_error)
+    if isinstance(service, EdgeService):
+        app.add_middleware(GuardManagement, paths=frozenset({"/deploy", "/rollback", "/deployment"}), refuse=refusal, max_bytes=settings.max_update_bytes)
 
-    @app.post("/predict", response_model=PredictResponse, openapi_extra=schema, responses={413: {"description": "too large"}, 415: {"description": "unsupported content type"}, 422: {"description": "invalid input"}})
+    schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")}, NPZ: {"schema": {"type": "string", "format": "binary", "description": "np.savez archive: arrays image and/or audio, optional single values sample_rate, latency_target_ms, model"}}}}}
+
+    protected = {401: {"description": "missing or wrong token"}, 403: {"description": "no token configured"}}
+    predict_responses: dict[int | str, dict[str, Any]] = {413: {"description": "too large"}, 415: {"description": "unsupported content type"}, 422: {"description": "invalid input"}}
+
+    @app.post("/predict", response_model=PredictResponse, openapi_extra=schema, dependencies=[Depends(bearer)] if settings.protect_inference else [], responses={**predict_responses, **(protected if settings.protect_inference else {})})
     async def predict(request: Request, body: bytes = Depends(body_of)) -> Response:
         # Async: a quick local answer is computed right here; one that waits on an upstream or on a
         # PyTorch model goes to a worker thread. The answer is serialised once, by its own model.
@@ -595,7 +720,7 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
 
     if isinstance(service, EdgeService):
 
-        @app.post("/deploy", dependencies=[Depends(management)], responses={401: {"description": "missing or wrong token"}, 403: {"description": "no token configured"}, 409: {"description": "failed its health check or could not be served; nothing changed"}, 422: {"description": "refused: signature, hash, downgrade, delta"}})
+        @app.post("/deploy", dependencies=[Depends(management)], responses={**protected, 400: {"description": "not a readable multipart form"}, 409: {"description": "failed its health check or could not be served; nothing changed"}, 413: {"description": "larger than serve.max_update_bytes"}, 422: {"description": "refused: signature, hash, downgrade, delta, malformed manifest"}})
         def deploy(manifest: str = Form(...), signature: str = Form(...), delta: bool = Form(False), payload: UploadFile = File(...)) -> dict[str, Any]:
             try:
                 parsed = json.loads(manifest)
@@ -603,11 +728,11 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
                 raise HTTPException(422, "manifest: not JSON") from None
             return service.deploy(parsed, signature, payload.file.read(), delta)
 
-        @app.post("/rollback", dependencies=[Depends(management)], responses={401: {"description": "missing or wrong token"}, 409: {"description": "nothing to roll back to"}})
+        @app.post("/rollback", dependencies=[Depends(management)], responses={**protected, 409: {"description": "nothing to roll back to"}})
         def rollback() -> dict[str, Any]:
             return service.rollback()
 
-        @app.get("/deployment", dependencies=[Depends(management)], responses={401: {"description": "missing or wrong token"}})
+        @app.get("/deployment", dependencies=[Depends(management)], responses=protected)
         def deployment() -> dict[str, Any]:
             return service.store.status() if service.store is not None else {"current": None, "previous": None}
 
