@@ -73,8 +73,9 @@ def train_teacher(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: 
 
     try:
         cfg = _config(config, protocol, set_, name)
+        dataset = prepare_data(cfg)  # first: a run folder (and runs/latest) only for data that loads
         run_dir = create_run(cfg)
-        train_teachers(cfg, prepare_data(cfg), run_dir)
+        train_teachers(cfg, dataset, run_dir)
     except _errors() as err:
         raise _fail(err) from None
     typer.echo(f"teachers saved in {run_dir}/checkpoints")
@@ -171,7 +172,7 @@ def profile(
     device: Annotated[list[str], typer.Option(help="Device profile: a name in configs/devices/ or a YAML path (repeatable).")],
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object (a list for several devices).")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the profile(s) here as JSON (default: <model>.profile.json).")] = None,
-    latency_ms: Annotated[Optional[float], typer.Option("--latency-ms", help="Latency target for the verdict (default: the device's).")] = None,
+    latency_ms: Annotated[Optional[float], typer.Option("--latency-ms", min=0.000001, max=1e9, help="Latency target for the verdict (default: the device's).")] = None,
     measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Time the model on this machine too.")] = True,
 ) -> None:
     """ROM, RAM, estimated latency and energy of a model on a device, and whether it fits."""
@@ -181,11 +182,16 @@ def profile(
     from racmkd.utils import atomic_write_json
 
     try:
+        if latency_ms is not None and latency_ms != latency_ms:  # click's range lets NaN through
+            raise ValueError("--latency-ms: a number of milliseconds, not NaN")
+        out = out or model.with_suffix(".profile.json")
+        if out.is_dir():
+            raise ValueError(f"--out {out}: a folder; name the JSON file to write")
         devices = [load_device(d) for d in device]
         read_contract(model)  # a bad model file or device fails here, before the latency model's calibration
         fitted = latency_model(show_progress=not json_)
         profiles = [profile_model(model, d, fitted, measure_here=measure, latency_target_ms=latency_ms) for d in devices]
-        atomic_write_json(out or model.with_suffix(".profile.json"), profiles[0] if len(profiles) == 1 else profiles)
+        atomic_write_json(out, profiles[0] if len(profiles) == 1 else profiles)
     except (*_errors(), ExportError) as err:
         raise _fail(err) from None
     if json_:
@@ -234,8 +240,8 @@ def edge_build(
 @edge_app.command("run")
 def edge_run(
     run: RunOpt = Path("runs/latest"),
-    seconds: Annotated[float, typer.Option(help="How long to serve.")] = 10.0,
-    rate: Annotated[float, typer.Option(help="Requests per second (test samples, raw).")] = 50.0,
+    seconds: Annotated[float, typer.Option(min=0.1, help="How long to serve.")] = 10.0,
+    rate: Annotated[float, typer.Option(min=0.1, help="Requests per second (test samples, raw).")] = 50.0,
     trace: Annotated[Optional[str], typer.Option(help="Replay this trace in real time instead of reading the machine (synthetic name or file).")] = None,
     log: Annotated[Optional[Path], typer.Option(help="Where to write every request and decision as JSON (default: <run>/edge/live.json).")] = None,
     set_: SetOpt = None,
@@ -255,6 +261,8 @@ def edge_run(
         source = TraceSource(trace_from(trace), loop=True) if trace else SystemSource()
         dataset = prepare_data(cfg)
         log = log or run_dir / "edge" / "live.json"
+        if log.is_dir():  # found now, not after the whole run
+            raise ValueError(f"--log {log}: a folder; name the JSON file to write")
         with ResourceMonitor(source, cfg.runtime.monitor) as monitor:
             runtime = EdgeRuntime(bank, cfg.runtime, monitor)
             started, shown = runtime.clock(), [0]
@@ -278,12 +286,14 @@ def edge_run(
 @edge_app.command("record")
 def edge_record(
     out: Annotated[Path, typer.Option(help="The trace file to write (CSV).")] = Path("trace.csv"),
-    seconds: Annotated[float, typer.Option(help="How long to record.")] = 60.0,
-    interval: Annotated[float, typer.Option(help="Seconds between readings.")] = 0.1,
+    seconds: Annotated[float, typer.Option(min=0.1, help="How long to record.")] = 60.0,
+    interval: Annotated[float, typer.Option(min=0.01, help="Seconds between readings.")] = 0.1,
 ) -> None:
     """Record this machine's resource readings as a trace, for `racmkd simulate --trace FILE`."""
     from racmkd.resources.sources import SystemSource, record_trace
 
+    if out.is_dir() or not out.parent.is_dir():  # found now, not after the recording
+        raise _fail(ValueError(f"--out {out}: {'a folder' if out.is_dir() else 'its folder does not exist'}; name the CSV file to write"))
     trace = record_trace(SystemSource(), seconds, interval, out.stem)
     trace.write_csv(out)
     typer.echo(f"{len(trace.times)} readings of {', '.join(trace.columns)} -> {out}")
@@ -293,8 +303,8 @@ def edge_record(
 def simulate(
     trace: TraceOpt = "sudden",
     run: RunOpt = Path("runs/latest"),
-    requests: Annotated[int, typer.Option(help="Requests spread evenly over the trace.")] = 2000,
-    duration: Annotated[float, typer.Option(help="Length of a synthetic trace in seconds.")] = 120.0,
+    requests: Annotated[int, typer.Option(min=1, help="Requests spread evenly over the trace.")] = 2000,
+    duration: Annotated[float, typer.Option(min=1.0, help="Length of a synthetic trace in seconds.")] = 120.0,
     out: Annotated[Optional[Path], typer.Option(help="Folder for summary.json, timeline.json/png, table.md (default: <run>/simulate/<trace>).")] = None,
     static: Annotated[bool, typer.Option("--static/--no-static", help="Also replay every static tier on the same requests.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic trace and of the request order.")] = 0,
@@ -352,13 +362,12 @@ def serve_command(
         run_dir, cfg = _run_config(run, overrides)
     except _errors() as err:
         raise _fail(err) from None
-    typer.echo(f"racmkd {role} server on http://{cfg.serve.host}:{cfg.serve.port} (run {run_dir.name})")
     from racmkd.compress.artifacts import ExportError
     from racmkd.deploy.signing import SignatureError
     from racmkd.runtime.bank import BankError
 
     try:
-        serve(role, cfg, run_dir, cfg.serve)
+        serve(role, cfg, run_dir, cfg.serve, announce=lambda url: typer.echo(f"racmkd {role} server on {url} (run {run_dir.name})"))
     except (*_errors(), BankError, ExportError, SignatureError) as err:
         raise _fail(err) from None
 
@@ -404,9 +413,10 @@ def registry_add(
     from racmkd.resources.devices import device_names, load_device
 
     try:
+        signing_key = load_private_key(key)  # before anything is written
         artifact, tier, metrics = artifact_from_run(run, model)
         fit = device_fit(artifact, artifact_kind(artifact), [load_device(d) for d in device_names()]) if devices else {}
-        release = ModelRegistry(root).register(artifact, name or model, load_private_key(key), tier, metrics, fit)
+        release = ModelRegistry(root).register(artifact, name or model, signing_key, tier, metrics, fit)
     except _registry_errors() as err:
         raise _fail(err) from None
     typer.echo(json.dumps({**release.summary(), "fits": {d: f["fits"] for d, f in release.device_fit.items()}}, indent=2))
@@ -417,7 +427,11 @@ def registry_list(root: RootOpt = Path("registry")) -> None:
     """Every release: name, version, kind, bytes, hash, accuracy."""
     from racmkd.deploy.registry import ModelRegistry
 
-    for r in ModelRegistry(root).releases():
+    try:
+        releases = ModelRegistry(root, create=False).releases()
+    except _registry_errors() as err:
+        raise _fail(err) from None
+    for r in releases:
         typer.echo(f"{r.name:16s} v{r.version:<3d} {r.kind:5s} {r.bytes:>10,} B  {r.sha256[:12]}  accuracy {r.metrics.get('accuracy', float('nan')):.4f}  parent {r.parent_version or '-'}")
 
 
@@ -433,7 +447,7 @@ def registry_verify(
     from racmkd.deploy.signing import load_public_key, verify
 
     try:
-        registry = ModelRegistry(root)
+        registry = ModelRegistry(root, create=False)
         release = registry.release(name, version)
         verify(release.manifest, release.signature, load_public_key(public_key))
         blob = registry.blob(release.manifest["sha256"])  # read back and hashed against the signed sha256
@@ -447,14 +461,20 @@ app.add_typer(deploy_app, name="deploy")
 
 
 @deploy_app.command("plan")
-def deploy_plan(root: RootOpt = Path("registry"), device: Annotated[Optional[list[str]], typer.Option(help="Device profiles (default: all in configs/devices/).")] = None, json_: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """The most accurate release that fits each device, or why none does."""
+def deploy_plan(
+    root: RootOpt = Path("registry"),
+    device: Annotated[Optional[list[str]], typer.Option(help="Device profiles (default: all in configs/devices/).")] = None,
+    public_key: Annotated[Path, typer.Option(help="The fleet's public key: a release whose signature does not verify is passed over.")] = Path("keys/racmkd.pub"),
+    json_: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The most accurate release that fits each device (by its signed manifest), or why none does."""
     from racmkd.deploy.orchestrator import plan
     from racmkd.deploy.registry import ModelRegistry
+    from racmkd.deploy.signing import load_public_key
     from racmkd.resources.devices import device_names, load_device
 
     try:
-        assignments = plan(ModelRegistry(root), [load_device(d) for d in (device or device_names())])
+        assignments = plan(ModelRegistry(root, create=False), [load_device(d) for d in (device or device_names())], load_public_key(public_key))
     except _registry_errors() as err:
         raise _fail(err) from None
     if json_:
@@ -484,10 +504,10 @@ def deploy_push(
     if not token:
         raise _fail(ValueError(f"${token_env} is not set: the device's management token is needed"))
     try:
-        registry = ModelRegistry(root)
+        registry = ModelRegistry(root, create=False)
         result = push(registry, registry.release(name, version), url, token)
-    except (*_registry_errors(), httpx.HTTPError) as err:
-        raise _fail(err) from None
+    except (*_registry_errors(), httpx.HTTPError, httpx.InvalidURL) as err:
+        raise _fail(err if isinstance(err, _registry_errors()) else ValueError(f"{url}: {err}")) from None
     typer.echo(json.dumps(result, indent=2))
     if result.get("status_code", 200) >= 400:
         raise typer.Exit(code=1)
@@ -519,7 +539,10 @@ def _read_image(path: Path):  # noqa: ANN202 - numpy array
     import numpy as np
 
     if path.suffix == ".npy":
-        return np.load(path)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, EOFError, ValueError) as err:  # click would turn an EOFError into a bare "Aborted!"
+            raise ValueError(f"{path}: not a readable .npy array ({type(err).__name__}: {err})") from None
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -537,5 +560,21 @@ def _read_wav(path: Path):  # noqa: ANN202 - (samples, rate)
     return samples, rate
 
 
+def main() -> None:
+    """The `racmkd` entry point: the app, with a last line of defence for the errors a command did
+    not report itself. Bad input (our own errors, files, databases, URLs) is told in one line;
+    anything else is a bug, and its traceback is shown."""
+    import sqlite3
+
+    try:
+        app()
+    except Exception as err:
+        module = type(err).__module__
+        if not (module.startswith(("racmkd.", "httpx")) or isinstance(err, (OSError, ValueError, sqlite3.DatabaseError))):
+            raise
+        _fail(err)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -369,6 +369,8 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
 
 def from_dict(cls: type[C], data: dict[str, Any], where: str = "", source: str = "config") -> C:
     """Build the dataclass `cls` from plain values, checking every key and type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {where or cls.__name__} must be a mapping of settings, got {type(data).__name__} {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     for key in data:
@@ -404,11 +406,16 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     for i, key in enumerate(keys[:-1]):
         node = _child(node, key, ".".join(keys[: i + 1]))
     last = keys[-1]
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {assignment!r}: the value is not valid YAML ({str(err).splitlines()[0]}); quote lists and mappings whole, e.g. 'data.modalities=[image, audio]'") from None
     if isinstance(node, list):
         node[_index(node, last, path)] = value
-    else:
+    elif isinstance(node, dict):
         node[last] = value
+    else:
+        raise ConfigError(f"override {path!r}: {path.rsplit('.', 1)[0]!r} is a single value, with no sub-keys")
 
 
 def _index(node: list, key: str, path: str) -> int:
@@ -429,12 +436,16 @@ def read_yaml_mapping(path: str | Path, missing_hint: str) -> dict[str, Any]:
     """A values-only YAML file that must hold a mapping; errors name the file (and, for a missing
     file, `missing_hint`: where to find a valid one)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a YAML file. {missing_hint}")
     if not path.is_file():
         raise ConfigError(f"{path} does not exist. {missing_hint}")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text (UTF-8) file ({err.reason} at byte {err.start})") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

@@ -405,10 +405,11 @@ def run_pipeline(cfg: RunConfig) -> Path:
     """Data, teachers, students, report: everything `make run` does. Returns the run directory."""
     from racmkd.eval.report import evaluate_run
 
-    run_dir = create_run(cfg)
     started = time.perf_counter()
-    dataset = prepare_data(cfg)
-    record_timing(run_dir, "data", time.perf_counter() - started)
+    dataset = prepare_data(cfg)  # first: a run folder (and runs/latest) only for data that loads
+    data_seconds = time.perf_counter() - started
+    run_dir = create_run(cfg)
+    record_timing(run_dir, "data", data_seconds)
     train_teachers(cfg, dataset, run_dir)
     distill_students(cfg, dataset, run_dir)
     if cfg.compress.tiers:

@@ -62,3 +62,57 @@ def test_staged_commands_make_a_run(shared_root: Path, cache_dir: Path, tmp_path
     assert (run / "checkpoints" / "critical.pt").exists() and not (run / "checkpoints" / "high.pt").exists()
     result = runner.invoke(app, ["distill", "--run", str(run), "--tier", "tiny"])
     assert result.exit_code == 2 and "unknown tier" in result.output
+
+
+def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """What a user can get wrong, from the command line: an error that names the problem (exit 2),
+    no traceback, nothing half-written."""
+    import sys
+
+    from racmkd.cli import main
+
+    cases = [
+        (["data", "--set", "data.seed=[1,"], "not valid YAML"),
+        (["data", "--set", "data.seed.x=1"], "a single value"),
+        (["data", "--set", "data.modalities=[image, smell]"], "unknown modalities ['smell']"),
+        (["evaluate", "--run", str(tmp_path / "nope")], "not a run directory"),
+        (["predict", "--run", str(tmp_path / "nope"), "--image", str(tmp_path / "x.png")], "no such run folder"),
+        (["registry", "list", "--root", str(tmp_path / "mistyped")], "no registry here"),
+        (["registry", "keygen", "--out", str(tmp_path / "keys")], None),  # made once ...
+        (["registry", "keygen", "--out", str(tmp_path / "keys")], "refusing to overwrite"),  # ... then refused
+        (["simulate", "--run", str(tiny_run), "--requests", "0"], "--requests"),
+        (["serve", "--run", str(tiny_run), "--role", "fog", "--port", "99999"], "port 99999"),
+        (["edge", "record", "--out", str(tmp_path), "--seconds", "0.2"], "a folder"),
+    ]
+    (tmp_path / "empty.npy").write_bytes(b"")
+    cases.append((["predict", "--run", str(tiny_run), "--image", str(tmp_path / "empty.npy")], "not a readable .npy"))
+    (tmp_path / "short.wav").write_bytes(_wav_head())
+    cases.append((["predict", "--run", str(tiny_run), "--tier", "teacher_audio", "--audio", str(tmp_path / "short.wav")], "not a readable WAV"))
+    compressed = tmp_path / "run"  # a copy of the run whose compression record is damaged
+    (compressed / "compressed" / "critical").mkdir(parents=True)
+    (compressed / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
+    (compressed / "compressed" / "critical" / "compression.json").write_text("{not json")
+    cases.append((["predict", "--run", str(compressed), "--tier", "critical_compressed", "--image", str(tmp_path / "empty.npy")], "compression.json: not readable JSON"))
+    for args, message in cases:
+        monkeypatch.setattr(sys, "argv", ["racmkd", *args])
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        err = capsys.readouterr().err
+        if message is None:
+            assert code == 0, (args, err)
+            continue
+        assert code == 2 and message in err and "Traceback" not in err, (args, code, err)
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["racmkd.key", "racmkd.pub"]
+    assert not (tmp_path / "mistyped").exists()
+
+
+def _wav_head() -> bytes:
+    """The first 100 bytes of a 1 s WAV file: a header promising samples that never come."""
+    import io
+
+    buffer = io.BytesIO()
+    wavfile.write(buffer, 8000, np.zeros(8000, dtype=np.int16))
+    return buffer.getvalue()[:100]

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -180,6 +181,21 @@ def test_every_device_profile_gets_a_model_or_a_reason(bank_dir: Path, keys: tup
     assert "ONNX Runtime" in next(c["reason"] for c in assignments["cortex-m7"].candidates if c["release"].startswith("edge"))
     assert assignments["raspberry-pi-4"].release.name == "edge"  # fits, and more accurate
     assert all(len(a.candidates) == 2 and all(c["reason"] for c in a.candidates) for a in assignments.values())  # every candidate says why
+    # The plan goes by the signed manifests: the table's unsigned copies, or a re-written manifest, change nothing.
+    with sqlite3.connect(tmp_path / "registry" / "registry.sqlite") as db:
+        db.execute("UPDATE releases SET metrics = ? WHERE name = 'critical'", (json.dumps({"accuracy": 1.0}),))
+        manifest = json.loads(db.execute("SELECT manifest FROM releases WHERE name = 'critical'").fetchone()[0])
+        db.execute("UPDATE releases SET manifest = ? WHERE name = 'critical'", (json.dumps({**manifest, "metrics": {"accuracy": 1.0}}),))
+    altered = {a.device: a for a in plan(registry, devices, load_public_key(keys[1]))}
+    assert altered["raspberry-pi-4"].release.name == "edge" and altered["cortex-m7"].release is None
+    assert "signature does not verify" in altered["cortex-m7"].reason
+    with pytest.raises(RegistryError, match="no registry here"):
+        ModelRegistry(tmp_path / "mistyped", create=False)
+    assert not (tmp_path / "mistyped").exists()
+    (tmp_path / "garbage" ).mkdir()
+    (tmp_path / "garbage" / "registry.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(RegistryError, match="not a readable registry database"):
+        ModelRegistry(tmp_path / "garbage")
 
 
 # Servers --------------------------------------------------------------------------------------------------

@@ -35,7 +35,29 @@ def read_contract(path: Path) -> dict[str, Any]:
     meta = {p.key: p.value for p in model.metadata_props}
     if CONTRACT_KEY not in meta:
         raise ExportError(f"{path}: an ONNX model without a racmkd contract (metadata {CONTRACT_KEY!r}); export it with `racmkd export`")
-    return json.loads(meta[CONTRACT_KEY])
+    try:
+        contract = json.loads(meta[CONTRACT_KEY])
+    except ValueError as err:
+        raise ExportError(f"{path}: its racmkd contract is not JSON ({err}); export the model again with `racmkd export`") from None
+    if not isinstance(contract, dict) or contract.get("format") != CONTRACT_FORMAT or not isinstance(contract.get("inputs"), dict) or not contract["inputs"]:
+        raise ExportError(f"{path}: its racmkd contract is not a {CONTRACT_FORMAT} contract with inputs; export the model again with `racmkd export`")
+    return contract
+
+
+def read_compression_record(folder: Path) -> dict[str, Any]:
+    """A compressed tier's compression.json (written by `racmkd compress`: the artifact it deploys,
+    its format, every step's log), checked; errors name the file."""
+    path = Path(folder) / "compression.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file. Compress the tier with `racmkd compress`.")
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ExportError(f"{path}: not readable JSON ({err}); compress the tier again with `racmkd compress`") from None
+    missing = [k for k in ("artifact", "format") if not isinstance(record, dict) or not isinstance(record.get(k), str)]
+    if missing:
+        raise ExportError(f"{path}: no {' or '.join(missing)} recorded; compress the tier again with `racmkd compress`")
+    return record
 
 
 def specs_from_contract(contract: dict[str, Any]) -> dict[str, Any]:

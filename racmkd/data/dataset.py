@@ -91,6 +91,9 @@ def make_modalities(cfg: DataConfig) -> dict[str, Modality]:
     """The configured modalities, each with its validated options."""
     if not cfg.modalities:
         raise DataError("data.modalities is empty: name at least one of " + ", ".join(MODALITIES.names()))
+    unregistered = [m for m in cfg.modalities if m not in MODALITIES]
+    if unregistered:
+        raise DataError(f"data.modalities: unknown modalities {unregistered}; registered: {', '.join(MODALITIES.names())}")
     unknown = set(cfg.options) - set(cfg.modalities)
     if unknown:
         raise DataError(f"data.options names modalities that data.modalities does not use: {sorted(unknown)}")

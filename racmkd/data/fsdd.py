@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,10 @@ class Recording:
 def parse_wav(data: bytes, path: Path) -> tuple[int, np.ndarray]:
     """Sample rate and int16 samples of a mono WAV file; errors name the file and the problem."""
     try:
-        rate, samples = wavfile.read(io.BytesIO(data))
-    except (ValueError, EOFError, OSError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", wavfile.WavFileWarning)  # e.g. "Reached EOF prematurely": a truncated file
+            rate, samples = wavfile.read(io.BytesIO(data))
+    except (ValueError, EOFError, OSError, wavfile.WavFileWarning) as err:
         raise DataError(f"{path}: not a readable WAV file ({err}). {FIX}") from None
     if samples.ndim != 1:
         raise DataError(f"{path}: {samples.shape[1]} channels, expected mono. {FIX}")

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from racmkd.compress.artifacts import read_compression_record
 from racmkd.deploy.registry import ModelRegistry, Release
 from racmkd.resources.devices import DeviceProfile
 
@@ -63,16 +64,28 @@ class Assignment:
         return {"device": self.device, "release": f"{self.release.name} v{self.release.version}" if self.release else None, "reason": self.reason, "candidates": self.candidates}
 
 
-def plan(registry: ModelRegistry, devices: list[DeviceProfile]) -> list[Assignment]:
-    """For every device, the most accurate latest release that fits it (by its signed device fit)."""
+def plan(registry: ModelRegistry, devices: list[DeviceProfile], public_key: Any | None = None) -> list[Assignment]:
+    """For every device, the most accurate latest release that fits it, by the metrics and device
+    fit of its signed manifest; with `public_key`, a release whose signature does not verify (its
+    record altered) is passed over, with the reason."""
+    from racmkd.deploy.signing import SignatureError, verify
+
     releases = registry.latest()
+    forged: dict[str, str] = {}
+    for r in releases if public_key is not None else []:
+        try:
+            verify(r.manifest, r.signature, public_key)
+        except SignatureError as err:
+            forged[f"{r.name} v{r.version}"] = f"its signature does not verify ({err}): passed over"
     assignments = []
     for d in devices:
         rows = []
         for r in releases:
             fit = r.device_fit.get(d.name)
             accuracy = r.metrics.get("accuracy")
-            if fit is None:
+            if f"{r.name} v{r.version}" in forged:
+                rows.append({"release": f"{r.name} v{r.version}", "fits": False, "accuracy": accuracy, "reason": forged[f"{r.name} v{r.version}"]})
+            elif fit is None:
                 rows.append({"release": f"{r.name} v{r.version}", "fits": False, "accuracy": accuracy, "reason": "not profiled for this device (register it with --devices)"})
             else:
                 rows.append({"release": f"{r.name} v{r.version}", "fits": fit["fits"], "accuracy": accuracy, "reason": fit["reason"]})
@@ -91,7 +104,11 @@ def push(registry: ModelRegistry, release: Release, url: str, token: str, timeou
     ours and the delta is smaller, else the whole. Returns what was sent and the device's answer."""
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers) as client:
-        status = client.get("/deployment").json()
+        answer = client.get("/deployment")
+        try:
+            status = answer.json()
+        except ValueError:
+            raise ValueError(f"{url}: /deployment answered {answer.status_code} without JSON; is it a racmkd edge server?") from None
         current = (status.get("current") or {}).get("sha256")
         full = registry.blob(release.sha256)
         payload, delta = full, False
@@ -123,7 +140,7 @@ def artifact_from_run(run_dir: Path, model: str) -> tuple[Path, str | None, dict
     manifest = run_dir / "compressed" / model / "compression.json"
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: no compressed {model!r} in this run. Run `racmkd compress --run {run_dir} --tier {model}`, or name `edge` for the variant bank.")
-    chosen = json.loads(manifest.read_text())["artifact"]
+    chosen = read_compression_record(manifest.parent)["artifact"]
     report = json.loads((run_dir / "report.json").read_text())["models"].get(f"{model}_compressed", {})
     metrics = {k: report[k] for k in ("accuracy", "f1_macro", "auc_roc", "latency_ms_p50", "bytes_deployable", "format") if k in report}
     return manifest.parent / chosen, model, metrics

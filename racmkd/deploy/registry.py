@@ -138,12 +138,22 @@ def artifact_facts(path: Path, kind: str) -> dict[str, Any]:
 class ModelRegistry:
     """Releases in SQLite, bytes in content-addressed blobs."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, create: bool = True) -> None:
+        """Open the registry in `root`; `create=False` (reading commands) refuses a folder that
+        holds none rather than making an empty one where a path was mistyped."""
         self.root = Path(root)
+        database = self.root / "registry.sqlite"
+        if self.root.exists() and not self.root.is_dir():
+            raise RegistryError(f"{self.root}: a file, not a registry folder")
+        if not create and not database.is_file():
+            raise RegistryError(f"{self.root}: no registry here (no registry.sqlite). Check --root, or create one with `racmkd registry add`.")
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
         (self.root / "deltas").mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
-            db.executescript(SCHEMA)
+        try:
+            with closing(self._connect()) as db:
+                db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as err:
+            raise RegistryError(f"{database}: not a readable registry database ({err})") from None
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.root / "registry.sqlite", timeout=30)
@@ -204,8 +214,14 @@ class ModelRegistry:
         return self.release(name, version)
 
     def _from_row(self, row: tuple[Any, ...]) -> Release:
-        name, version, kind, tier, modalities, metrics, fit, parent, digest, size, manifest, signature, created = row
-        return Release(name, version, kind, tier, json.loads(modalities), json.loads(metrics), json.loads(fit), parent, digest, size, json.loads(manifest), signature, created)
+        """A release as its signed manifest describes it (the metrics and device fit too: the
+        table's copies are for queries, and are not signed)."""
+        name, version, kind, tier, modalities, _metrics, _fit, parent, digest, size, manifest, signature, created = row
+        try:
+            signed = json.loads(manifest)
+            return Release(name, version, kind, tier, json.loads(modalities), signed.get("metrics") or {}, signed.get("device_fit") or {}, parent, digest, size, signed, signature, created)
+        except (ValueError, AttributeError) as err:
+            raise RegistryError(f"{self.root / 'registry.sqlite'}: the record of {name} v{version} is damaged ({err}); register it again") from None
 
     def release(self, name: str, version: int | None = None) -> Release:
         """A release by name and version (default: the latest)."""

@@ -739,10 +739,28 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
     return app
 
 
-def serve(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfig) -> None:
-    """Run a role's server with uvicorn until interrupted."""
+def serve(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfig, announce: Callable[[str], None] = print) -> None:
+    """Run a role's server with uvicorn until interrupted; `announce` hears its address once the
+    service is built and the address is free (not before, to be followed by an error)."""
     import uvicorn
 
+    check_listen_address(settings.host, settings.port)
     service = build_service(role, cfg, run_dir, settings)
     app = create_app(service, settings, os.environ.get(settings.token_env))
+    announce(f"http://{settings.host}:{settings.port}")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """A clear error for an address uvicorn could not listen on (it would log and exit)."""
+    import socket
+
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port}: choose one in 1-65535 (serve.port, --port)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as err:
+        raise ValueError(f"cannot listen on {host}:{port} ({err}); choose another --host or --port") from None

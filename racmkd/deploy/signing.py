@@ -33,8 +33,12 @@ def generate_keypair(folder: Path, name: str = "racmkd") -> tuple[Path, Path]:
     """Write <name>.key (private, PEM, mode 0600) and <name>.pub (public, PEM) into `folder`."""
     folder = Path(folder)
     private_path, public_path = folder / f"{name}.key", folder / f"{name}.pub"
-    if private_path.exists():
-        raise SignatureError(f"{private_path} exists; refusing to overwrite a signing key (delete it first if you mean to)")
+    for path in (private_path, public_path):  # both checked before either is written: never half a pair
+        if path.exists():
+            raise SignatureError(f"{path} exists; refusing to overwrite a signing key (delete it first if you mean to)")
+    if folder.exists() and not folder.is_dir():
+        raise SignatureError(f"{folder}: a file, not a folder for the keys")
+    folder.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from racmkd.compress.artifacts import read_compression_record
 from racmkd.config import EvalConfig, RunConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.eval.cost import activation_memory, count_flops, estimated_energy_joules, latency_round_robin, model_bytes, time_calls
@@ -52,7 +53,7 @@ def deploy(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out
     (int8 for the TinyML row, fp32 otherwise). Exports are reused when out_dir already holds them."""
     folder = compressed_dir(run_dir, name)
     if compressed and (folder / "compression.json").is_file():
-        manifest = json.loads((folder / "compression.json").read_text())
+        manifest = read_compression_record(folder)
         return Deployed(name, folder / manifest["artifact"], folder / "model.pt", manifest["format"])
     int8 = name in INT8_ROWS
     record = out_dir / f"{name}.export.json"

@@ -14,13 +14,15 @@ from typing import Any
 import psutil
 import torch
 
-from racmkd.config import EvalConfig, load_config, to_dict
+from racmkd.compress.artifacts import read_compression_record
+from racmkd.config import EvalConfig, to_dict
 from racmkd.data.dataset import PairedDataset, build_dataset
 from racmkd.eval.cost import activation_memory, count_flops, estimated_energy_joules, latency_round_robin, measured_energy_joules, model_bytes
 from racmkd.eval.metrics import classification_metrics
 from racmkd.eval.plots import plot_accuracy_vs_cost, plot_training_curves
 from racmkd.models.checkpoint import load_model
 from racmkd.models.inference import BatchFeatures, predict_split
+from racmkd.runs import open_run
 from racmkd.runtime.predictor import Predictor
 from racmkd.utils import atomic_write_json, atomic_write_text, progress, torch_threads
 
@@ -93,7 +95,7 @@ def measure_compressed(name: str, folder: Path, run_dir: Path, dataset: PairedDa
     from racmkd.resources.profile import graph_cost
     from racmkd.runtime.predictor import OnnxPredictor
 
-    manifest = json.loads((folder / "compression.json").read_text())
+    manifest = read_compression_record(folder)
     artifact = folder / manifest["artifact"]
     twin, specs, modalities, meta = load_model(folder / "model.pt")
     predictor = OnnxPredictor(artifact)
@@ -165,8 +167,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 def evaluate_run(run_dir: str | Path, dataset: PairedDataset | None = None) -> dict[str, Any]:
     """Measure every checkpoint of a run and write report.json, report.md and the plots."""
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
+    run_dir, cfg = open_run(run_dir)
     started = time.perf_counter()
     dataset = dataset or build_dataset(cfg.data)
     paths = sorted((run_dir / "checkpoints").glob("*.pt"), key=lambda p: report_order(p.stem))

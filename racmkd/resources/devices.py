@@ -7,6 +7,8 @@ profile missing a field is an error naming the file and the field.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +43,11 @@ class DeviceProfile:
         if self.weights_in not in ("rom", "ram"):
             raise ConfigError(f"device {self.name}: weights_in must be rom or ram, got {self.weights_in!r}")
         for name in ("clock_mhz", "ram_bytes", "rom_bytes", "peak_gflops_fp32", "peak_gops_int8", "memory_gbps"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"device {self.name}: {name} must be positive, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"device {self.name}: {name} must be a positive finite number, got {getattr(self, name)}")
+        for name in ("joules_per_flop", "joules_per_byte", "static_watts"):
+            if not 0 <= getattr(self.energy, name) < math.inf:
+                raise ConfigError(f"device {self.name}: energy.{name} must be a finite number >= 0, got {getattr(self.energy, name)}")
 
 
 def load_device(name_or_path: str | Path, devices_dir: Path = DEVICES_DIR) -> DeviceProfile:
@@ -51,6 +56,10 @@ def load_device(name_or_path: str | Path, devices_dir: Path = DEVICES_DIR) -> De
     if not path.suffix:
         path = devices_dir / f"{name_or_path}.yaml"
     data = read_yaml_mapping(path, f"Name a device profile; known devices: {', '.join(device_names(devices_dir)) or 'none'}.")
+    energy = data.get("energy")
+    missing = [f.name for f in dataclasses.fields(EnergyModel) if isinstance(energy, dict) and f.name not in energy]
+    if missing:  # the energy model's defaults describe a server core, not this device
+        raise ConfigError(f"{path}: energy is missing {', '.join(missing)}; a device profile states every figure (cite its source)")
     return from_dict(DeviceProfile, data, source=str(path))
 
 

@@ -4,6 +4,7 @@ variant's file and input spec, the tiers' biases. `racmkd.runtime.variants.build
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from racmkd.compress.artifacts import read_contract, specs_from_contract
 from racmkd.resources.allocator import ProfileTable, Variant
 
 BANK_FORMAT = "racmkd-edge-bank/1"
+log = logging.getLogger(__name__)
 
 
 class BankError(RuntimeError):
@@ -59,13 +61,18 @@ def load_bank(folder: Path, split: str = "val") -> Bank:
         raise BankError(f"{path}: unreadable ({err}). Rebuild it with `racmkd edge build`.") from None
     if data.get("format") != BANK_FORMAT:
         raise BankError(f"{path}: not a {BANK_FORMAT} file. Rebuild it with `racmkd edge build`.")
-    # Deadlines are about the tail: the allocator plans with each variant's 95th-percentile latency.
-    variants = tuple(Variant(v["modality"], v["tier"], float(v.get("latency_ms_p95", v["latency_ms"])), int(v["memory_bytes"]), float(v["energy_mj"]), v["path"]) for v in data["variants"])
+    try:
+        # Deadlines are about the tail: the allocator plans with each variant's 95th-percentile latency.
+        variants = tuple(Variant(v["modality"], v["tier"], float(v.get("latency_ms_p95", v["latency_ms"])), int(v["memory_bytes"]), float(v["energy_mj"]), v["path"]) for v in data["variants"])
+        table = ProfileTable(tuple(data["modalities"]), tuple(data["tiers"]), variants, {key_tuple(k): a for k, a in data["accuracy"][split].items()})
+        biases = {t: np.asarray(b, dtype=np.float32) for t, b in data["biases"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise BankError(f"{path}: damaged ({type(err).__name__}: {err}). Rebuild it with `racmkd edge build`.") from None
     specs = {}
     for v in variants:
         try:
             specs[v.id] = specs_from_contract(read_contract(folder / v.path))[v.modality]
-        except Exception:  # noqa: BLE001 - a damaged variant file is skipped by the runtime, not fatal here
+        except Exception as err:  # noqa: BLE001 - a damaged variant file is skipped by the runtime, not fatal here
+            log.warning("%s: variant %s is damaged and will be skipped (%s); rebuild the bank with `racmkd edge build`", folder, v.id, err)
             specs[v.id] = None
-    table = ProfileTable(tuple(data["modalities"]), tuple(data["tiers"]), variants, {key_tuple(k): a for k, a in data["accuracy"][split].items()})
-    return Bank(folder, table, specs, {t: np.asarray(b, dtype=np.float32) for t, b in data["biases"].items()}, data)
+    return Bank(folder, table, specs, biases, data)

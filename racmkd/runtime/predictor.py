@@ -12,7 +12,6 @@ torch is imported only when a checkpoint is loaded.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -99,12 +98,15 @@ def load(run_dir: str | Path = "runs/latest", tier: str = "high") -> Predictor:
     """The predictor of one model of a run: 'teacher', 'teacher_image', 'teacher_audio', a tier
     ('high', 'medium', 'low', 'critical'), any other checkpoint name ('high_labels_only'), or a
     compressed tier ('high_compressed': its deployed ONNX artifact, run by ONNX Runtime)."""
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder. Train one with `racmkd run`, or pass --run.")
     if tier.endswith("_compressed"):
         folder = Path(run_dir) / "compressed" / tier.removesuffix("_compressed")
-        manifest = folder / "compression.json"
-        if not manifest.is_file():
-            raise FileNotFoundError(f"{manifest}: no compressed {tier.removesuffix('_compressed')!r} in run {run_dir}. Run `racmkd compress --run {run_dir}` first.")
-        return OnnxPredictor(folder / json.loads(manifest.read_text())["artifact"])
+        if not (folder / "compression.json").is_file():
+            raise FileNotFoundError(f"{folder / 'compression.json'}: no compressed {tier.removesuffix('_compressed')!r} in run {run_dir}. Run `racmkd compress --run {run_dir}` first.")
+        from racmkd.compress.artifacts import read_compression_record
+
+        return OnnxPredictor(folder / read_compression_record(folder)["artifact"])
     from racmkd.models.checkpoint import CheckpointError, load_model
 
     path = Path(run_dir) / "checkpoints" / f"{tier}.pt"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from racmkd.compress.artifacts import read_compression_record
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, session
 from racmkd.compress.quantize import calibration_inputs, quantize_int8
 from racmkd.config import RunConfig
@@ -49,7 +49,7 @@ def _source(run_dir: Path, tier: str) -> tuple[Path, str]:
     and its recipe's choice where the run has one, else the distilled student in fp32."""
     manifest = run_dir / "compressed" / tier / "compression.json"
     if manifest.is_file():
-        chosen = json.loads(manifest.read_text()).get("format", "onnx-fp32")
+        chosen = read_compression_record(manifest.parent)["format"]
         return manifest.parent / "model.pt", "int8" if chosen in ("onnx-int8", "onnx-mixed") else "fp32"
     return run_dir / "checkpoints" / f"{tier}.pt", "fp32"
 
