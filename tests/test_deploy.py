@@ -306,6 +306,7 @@ def test_bad_requests_get_4xx_and_good_ones_an_answer(fog_app: TestClient, tiny_
         (dict(json={"image": [[0.0] * 28] * 27 + [[0.0] * 3]}), 422, "rectangular"),
         (dict(content=npz(audio=audio, sample_rate=np.array([8000, 16000])), headers={"Content-Type": "application/x-npz"}), 422, "single value"),
         (dict(json={"audio": audio.tolist(), "lidar": [1.0]}), 422, "lidar"),
+        (dict(json={"audio": ["0.5"] * 100}), 422, "valid number"),  # numbers, not strings that look like them
         # The archive's settings go through the JSON request's checks; float64 is checked as float32.
         (dict(content=npz(audio=audio, sample_rate=np.array(np.inf)), headers={"Content-Type": "application/x-npz"}), 422, "sample_rate"),
         (dict(content=npz(audio=audio, sample_rate=np.array(True)), headers={"Content-Type": "application/x-npz"}), 422, "sample_rate"),

@@ -42,7 +42,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError, field_validator
 
 from racmkd.config import RunConfig, ServeConfig
 from racmkd.data import signals as _signals  # noqa: F401 - registers the image and audio signals
@@ -51,6 +51,7 @@ from racmkd.registry import SIGNALS
 log = logging.getLogger(__name__)
 ROLES = ("cloud", "fog", "edge")
 NPZ = "application/x-npz"
+AUDIO_RATE = SIGNALS.create("audio").spec_type().sample_rate  # what the models hear; other rates are resampled
 
 
 class PredictRequest(BaseModel):
@@ -58,8 +59,8 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")  # a misspelt or unknown input is an error, not ignored
 
-    image: list[list[float]] | None = Field(None, description="28x28 grey image: whole numbers 0-255, or fractions in [0, 1]")
-    audio: list[float] | None = Field(None, description="mono waveform")
+    image: list[list[StrictFloat]] | None = Field(None, description="28x28 grey image: whole numbers 0-255, or fractions in [0, 1]")
+    audio: list[StrictFloat] | None = Field(None, description="mono waveform")
     sample_rate: int = Field(8000, gt=0, le=192000)
     latency_target_ms: float | None = Field(None, gt=0, allow_inf_nan=False, description="this request's latency target (edge: decides offloading)")
     model: str | None = Field(None, description="which of the server's models answers (see /models)")
@@ -400,6 +401,8 @@ class EdgeService(Service):
     def answer_now(self, inputs: Inputs) -> PredictResponse | None:
         engine = self.engine
         self.check_model(engine, inputs)
+        if inputs.arrays.get("audio") is not None and inputs.sample_rate != AUDIO_RATE:
+            return None  # resampling can take a while: not on the event loop
         if self.upstreams and self.route(engine, inputs, b"") is not None:  # the body's size only refines the link's estimate
             return None
         return self.local(engine, inputs, [])
