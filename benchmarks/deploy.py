@@ -110,9 +110,11 @@ def fine_tuned_run(run_dir: Path, out: Path, dataset: Any, head_only: bool, step
 
 
 def delta_sizes(run_dir: Path, dataset: Any, steps: int) -> dict[str, Any]:
-    base, _ = pack(run_dir / "edge")
+    """Deltas from the run's bank, rebuilt here by the same code and settings as the fine-tuned
+    banks (the run's own bank may come from an older export: its differences are not the update's)."""
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
+        base, _ = pack(fine_tuned_run(run_dir, Path(tmp) / "base", dataset, head_only=True, steps=0))
         for name, head_only in (("head_only", True), ("all_weights", False)):
             bank = fine_tuned_run(run_dir, Path(tmp) / name, dataset, head_only, steps)
             target, _ = pack(bank)

@@ -182,8 +182,6 @@ def profile(
     from racmkd.utils import atomic_write_json
 
     try:
-        if latency_ms is not None and latency_ms != latency_ms:  # click's range lets NaN through
-            raise ValueError("--latency-ms: a number of milliseconds, not NaN")
         out = out or model.with_suffix(".profile.json")
         if out.is_dir():
             raise ValueError(f"--out {out}: a folder; name the JSON file to write")
@@ -375,6 +373,7 @@ def serve_command(
 registry_app = typer.Typer(no_args_is_help=True, help="The model registry: signing keys, signed versioned releases.")
 app.add_typer(registry_app, name="registry")
 RootOpt = Annotated[Path, typer.Option("--root", help="Registry folder.")]
+DEFAULT_PUBLIC_KEY = Path("keys/racmkd.pub")
 
 
 def _registry_errors() -> tuple[type[Exception], ...]:
@@ -464,7 +463,7 @@ app.add_typer(deploy_app, name="deploy")
 def deploy_plan(
     root: RootOpt = Path("registry"),
     device: Annotated[Optional[list[str]], typer.Option(help="Device profiles (default: all in configs/devices/).")] = None,
-    public_key: Annotated[Path, typer.Option(help="The fleet's public key: a release whose signature does not verify is passed over.")] = Path("keys/racmkd.pub"),
+    public_key: Annotated[Optional[Path], typer.Option(help="The fleet's public key: a release whose signature does not verify is passed over (default: keys/racmkd.pub when present).")] = None,
     json_: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The most accurate release that fits each device (by its signed manifest), or why none does."""
@@ -473,8 +472,11 @@ def deploy_plan(
     from racmkd.deploy.signing import load_public_key
     from racmkd.resources.devices import device_names, load_device
 
+    key = public_key or (DEFAULT_PUBLIC_KEY if DEFAULT_PUBLIC_KEY.is_file() else None)
+    if key is None:
+        typer.secho(f"note: signatures not checked (no --public-key, and no {DEFAULT_PUBLIC_KEY})", fg=typer.colors.YELLOW, err=True)
     try:
-        assignments = plan(ModelRegistry(root, create=False), [load_device(d) for d in (device or device_names())], load_public_key(public_key))
+        assignments = plan(ModelRegistry(root, create=False), [load_device(d) for d in (device or device_names())], load_public_key(key) if key else None)
     except _registry_errors() as err:
         raise _fail(err) from None
     if json_:

@@ -86,6 +86,12 @@ def test_wav_parsing_and_faults(tmp_path: Path) -> None:
         parse_wav(wav_bytes(np.zeros((100, 2), dtype=np.int16)), Path("stereo.wav"))
     with pytest.raises(DataError, match="expected 16-bit PCM"):
         parse_wav(wav_bytes(np.zeros(100, dtype=np.float32)), Path("float.wav"))
+    with pytest.raises(DataError, match="short.wav: not a readable WAV file .*EOF"):  # a header promising more than came
+        parse_wav(wav_bytes(samples)[:100], Path("short.wav"))
+    riff = wav_bytes(samples)  # an extra chunk, as editors and recorders write them, is fine
+    with_cue = riff[:12] + b"cue " + (4).to_bytes(4, "little") + (0).to_bytes(4, "little") + riff[12:]
+    with_cue = with_cue[:4] + (len(with_cue) - 8).to_bytes(4, "little") + with_cue[8:]
+    assert np.array_equal(parse_wav(with_cue, Path("cue.wav"))[1], samples)
 
 
 def test_fsdd_folder_checks(tmp_path: Path) -> None:

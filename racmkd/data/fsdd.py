@@ -41,7 +41,8 @@ def parse_wav(data: bytes, path: Path) -> tuple[int, np.ndarray]:
     """Sample rate and int16 samples of a mono WAV file; errors name the file and the problem."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", wavfile.WavFileWarning)  # e.g. "Reached EOF prematurely": a truncated file
+            warnings.simplefilter("ignore", wavfile.WavFileWarning)  # extra chunks (cue, bext, ...) are fine ...
+            warnings.filterwarnings("error", message="Reached EOF prematurely", category=wavfile.WavFileWarning)  # ... a truncated file is not
             rate, samples = wavfile.read(io.BytesIO(data))
     except (ValueError, EOFError, OSError, wavfile.WavFileWarning) as err:
         raise DataError(f"{path}: not a readable WAV file ({err}). {FIX}") from None

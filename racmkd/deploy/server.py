@@ -42,7 +42,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 from racmkd.config import RunConfig, ServeConfig
 from racmkd.data import signals as _signals  # noqa: F401 - registers the image and audio signals
@@ -61,16 +61,9 @@ class PredictRequest(BaseModel):
 
     image: list[list[StrictFloat]] | None = Field(None, description="28x28 grey image: whole numbers 0-255, or fractions in [0, 1]")
     audio: list[StrictFloat] | None = Field(None, description="mono waveform")
-    sample_rate: int = Field(8000, gt=0, le=192000)
-    latency_target_ms: float | None = Field(None, gt=0, allow_inf_nan=False, description="this request's latency target (edge: decides offloading)")
+    sample_rate: StrictInt = Field(8000, gt=0, le=192000)
+    latency_target_ms: StrictFloat | None = Field(None, gt=0, allow_inf_nan=False, description="this request's latency target (edge: decides offloading)")
     model: str | None = Field(None, description="which of the server's models answers (see /models)")
-
-    @field_validator("sample_rate", mode="before")
-    @classmethod
-    def _not_a_flag(cls, value: Any) -> Any:
-        if isinstance(value, bool):  # pydantic would read true as 1 Hz
-            raise ValueError("a number of samples per second, not true/false")
-        return value
 
 
 class PredictResponse(BaseModel):
@@ -107,26 +100,20 @@ def parse_request(body: bytes, content_type: str, settings: ServeConfig, modalit
     elif kind in ("application/json", ""):
         request = validated(body or b"{}", where="JSON request")
         try:
-            arrays = {m: np.asarray(getattr(request, m), dtype=np.float32) for m in ("image", "audio") if getattr(request, m, None) is not None}
+            with np.errstate(over="ignore"):  # beyond float32's range becomes infinite: refused by the signals' checks below
+                arrays = {m: np.asarray(getattr(request, m), dtype=np.float32) for m in ("image", "audio") if getattr(request, m, None) is not None}
         except ValueError as err:  # ragged lists
             raise HTTPException(422, f"an input is not a rectangular array ({err})") from None
     else:
         raise HTTPException(415, f"unsupported Content-Type {kind!r}; send application/json or {NPZ}")
     sample_rate, target, model_name = request.sample_rate, request.latency_target_ms, request.model
-    unknown = set(arrays) - set(SIGNALS.names())
-    if unknown:
-        raise HTTPException(422, f"unknown inputs {sorted(unknown)}; this server takes {', '.join(modalities)}")
-    for name, array in arrays.items():
+    for name, array in arrays.items():  # (names are known by now: the JSON schema and read_npz checked them)
         if array.dtype.kind not in "iuf":
             raise HTTPException(422, f"{name}: expected numbers, got dtype {array.dtype}")
-        if array.dtype.kind == "f":  # checked as the models will see them: float64 beyond float32's range is infinite there
-            with np.errstate(over="ignore"):
-                if not np.isfinite(array.astype(np.float32, copy=False)).all():
-                    raise HTTPException(422, f"{name}: NaN or infinite values (or beyond float32's range)")
     audio = arrays.get("audio")
     if audio is not None and audio.size > settings.max_audio_seconds * sample_rate:
         raise HTTPException(413, f"audio: {audio.size} samples exceed {settings.max_audio_seconds:g} s at {sample_rate} Hz")
-    for name, array in arrays.items():  # shapes and ranges, whether or not the answering model uses the input
+    for name, array in arrays.items():  # shapes, finiteness (as float32) and ranges, used by the answering model or not
         signal = SIGNALS.create(name)
         try:  # at the native rate: the shape and values are what is checked here, the answer resamples
             signal.to_raw(_image_for(array) if name == "image" else array, signal.spec_type())
@@ -350,9 +337,10 @@ class EdgeService(Service):
         return Engine(self._runtime(installed.model_path, installed.manifest["kind"]), installed.label, installed.manifest.get("metrics", {}).get("accuracy"))
 
     def modalities(self) -> list[str]:
-        """The inputs the fleet sends (the run's modalities): a release that uses fewer ignores the
-        rest, so that clients keep working across updates."""
-        return list(self.cfg.data.modalities)
+        """The inputs the fleet sends (the run's modalities) and any other the current release
+        uses: a release that uses fewer ignores the rest, so that clients keep working across updates."""
+        configured = list(self.cfg.data.modalities)
+        return configured + [m for m in self.engine.modalities() if m not in configured]
 
     # Requests ----------------------------------------------------------------------------------------
 
@@ -368,7 +356,7 @@ class EdgeService(Service):
         is expected to do better (see racmkd.deploy.offload.choose_route), None to answer here."""
         from racmkd.deploy.offload import choose_route
 
-        if not self.upstreams:
+        if not self.upstreams or inputs.model is not None:  # a request that names this edge's model wants its answer
             return None
         target = inputs.target_ms or self.cfg.runtime.latency_target_ms
         accuracy, local_ms = self.local_expectation(engine)
@@ -582,7 +570,7 @@ class GuardManagement:
         self.app, self.paths, self.refuse, self.max_bytes = app, paths, refuse, max_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("path") not in self.paths:
+        if scope["type"] != "http" or scope.get("path", "").removeprefix(scope.get("root_path", "")) not in self.paths:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -758,12 +746,19 @@ def check_listen_address(host: str, port: int) -> None:
     """A clear error for an address uvicorn could not listen on (it would log and exit)."""
     import socket
 
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port}: choose one in 1-65535 (serve.port, --port)")
+    if not 0 <= port < 65536:
+        raise ValueError(f"port {port}: choose one in 1-65535, or 0 for any free one (serve.port, --port)")
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as err:
-        raise ValueError(f"cannot listen on {host}:{port} ({err}); choose another --host or --port") from None
+        raise ValueError(f"cannot listen on {host}:{port} ({err}); choose another --host") from None
+    problems = []
+    for family, kind, proto, _, address in addresses:  # like uvicorn, one address that binds is enough
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+            return
+        except OSError as err:
+            problems.append(str(err))
+    raise ValueError(f"cannot listen on {host}:{port} ({'; '.join(problems)}); choose another --host or --port")

@@ -7,12 +7,13 @@ profile missing a field is an error naming the file and the field.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from racmkd.config import ConfigError, EnergyModel, from_dict, read_yaml_mapping
+
+ENERGY_FIGURES = ("joules_per_flop", "joules_per_byte", "static_watts")  # each profile states its own
 
 DEVICES_DIR = Path(__file__).resolve().parents[2] / "configs" / "devices"
 KINDS = ("mcu", "sbc", "gpu-board", "server", "gpu-node")
@@ -45,7 +46,7 @@ class DeviceProfile:
         for name in ("clock_mhz", "ram_bytes", "rom_bytes", "peak_gflops_fp32", "peak_gops_int8", "memory_gbps"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"device {self.name}: {name} must be a positive finite number, got {getattr(self, name)}")
-        for name in ("joules_per_flop", "joules_per_byte", "static_watts"):
+        for name in ENERGY_FIGURES:
             if not 0 <= getattr(self.energy, name) < math.inf:
                 raise ConfigError(f"device {self.name}: energy.{name} must be a finite number >= 0, got {getattr(self.energy, name)}")
 
@@ -57,7 +58,7 @@ def load_device(name_or_path: str | Path, devices_dir: Path = DEVICES_DIR) -> De
         path = devices_dir / f"{name_or_path}.yaml"
     data = read_yaml_mapping(path, f"Name a device profile; known devices: {', '.join(device_names(devices_dir)) or 'none'}.")
     energy = data.get("energy")
-    missing = [f.name for f in dataclasses.fields(EnergyModel) if isinstance(energy, dict) and f.name not in energy]
+    missing = [name for name in ENERGY_FIGURES if isinstance(energy, dict) and name not in energy]
     if missing:  # the energy model's defaults describe a server core, not this device
         raise ConfigError(f"{path}: energy is missing {', '.join(missing)}; a device profile states every figure (cite its source)")
     return from_dict(DeviceProfile, data, source=str(path))

@@ -59,7 +59,7 @@ def load_bank(folder: Path, split: str = "val") -> Bank:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise BankError(f"{path}: unreadable ({err}). Rebuild it with `racmkd edge build`.") from None
-    if data.get("format") != BANK_FORMAT:
+    if not isinstance(data, dict) or data.get("format") != BANK_FORMAT:
         raise BankError(f"{path}: not a {BANK_FORMAT} file. Rebuild it with `racmkd edge build`.")
     try:
         # Deadlines are about the tail: the allocator plans with each variant's 95th-percentile latency.
