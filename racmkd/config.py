@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -213,6 +214,13 @@ class MonitorConfig:
     damping: float = 0.8
     horizon_s: float = 1.0  # how far ahead the forecast looks
 
+    def __post_init__(self) -> None:
+        for name in ("smoothing", "trend", "damping"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"runtime.monitor.{name} {getattr(self, name)}: a weight in (0, 1]")
+        if not 0 < self.min_interval_s <= self.interval_s <= self.max_interval_s < math.inf or not 0 <= self.horizon_s < math.inf or self.change_threshold < 0:
+            raise ConfigError("runtime.monitor: intervals must satisfy 0 < min_interval_s <= interval_s <= max_interval_s, horizon_s and change_threshold >= 0")
+
 
 @dataclass(frozen=True)
 class PIDGains:
@@ -252,6 +260,15 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         if self.objective not in ("slo", "accuracy"):
             raise ConfigError(f"runtime.objective {self.objective!r}: choose slo or accuracy")
+        if not 0 < self.latency_target_ms < math.inf:
+            raise ConfigError(f"runtime.latency_target_ms {self.latency_target_ms}: a positive number of milliseconds")
+        if self.threads < 1 or self.max_loaded < 0 or self.memory_reserve_bytes < 0:
+            raise ConfigError("runtime: threads must be >= 1, max_loaded and memory_reserve_bytes >= 0")
+        if not 0 < self.memory_share <= 1 or not 0 < self.contention_floor <= 1:
+            raise ConfigError(f"runtime.memory_share {self.memory_share} and contention_floor {self.contention_floor}: shares in (0, 1]")
+        bad = {m: p for m, p in self.priorities.items() if not 0 <= p <= 1}
+        if bad:
+            raise ConfigError(f"runtime.priorities {bad}: each in [0, 1]")
 
 
 @dataclass(frozen=True)

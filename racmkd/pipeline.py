@@ -306,7 +306,7 @@ def compress_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tie
     """Compress each tier's distilled student with its recipe (prune, factorise, reduce inputs,
     fine-tune, quantize, export), writing runs/<name>/compressed/<tier>/. A tier's folder is built
     beside its final place and renamed into it, so a failed recipe leaves the previous result whole."""
-    from racmkd.compress.recipe import load_recipe, run_recipe
+    from racmkd.compress.recipe import check_recipe, load_recipe, run_recipe
     from racmkd.compress.steps import Context, Subject
 
     known = [t.name for t in cfg.students.tiers]
@@ -316,12 +316,17 @@ def compress_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tie
     budgets = [t.budget_bytes for t in cfg.students.tiers]
     recipes = {tier: load_recipe(recipe_for(cfg, tier, recipe)) for tier in tier_names}  # every recipe checked before any work
     teachers = load_teachers(run_dir, list(dataset.modalities), unimodal="multi_teacher" in {**cfg.distill.distill_losses, **cfg.distill.align_losses})
+    for tier_name in tier_names:  # and every recipe checked against its student, before any tier's work
+        path = checkpoint(run_dir, tier_name)
+        if not path.exists():
+            raise RunError(f"{path}: no {tier_name} student to compress. Run `racmkd distill --run {run_dir}` first.")
+        model, specs, _, _ = load_model(path)
+        budget = next(t.budget_bytes for t in cfg.students.tiers if t.name == tier_name)
+        check_recipe(recipes[tier_name], Subject(tier_name, model, specs, objective_weights(cfg.distill, budget, budgets), run_dir), Context(cfg, dataset, teachers))
     written = []
     started = time.perf_counter()
     for tier_name in tier_names:
         path = checkpoint(run_dir, tier_name)
-        if not path.exists():
-            raise RunError(f"{path}: no {tier_name} student to compress. Run `racmkd distill --run {run_dir}` first.")
         model, specs, _, meta = load_model(path)
         tier = next(t for t in cfg.students.tiers if t.name == tier_name)
         final = compressed_dir(run_dir, tier_name, into)

@@ -265,6 +265,12 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         (["lowrank", "prune", "export"], "prune after lowrank"),
         (["qat", "distill", "export"], "after qat would retrain"),
         ([["prune", "qat"], "export"], "one step name with its options"),
+        # Values checked when the recipe is read, not when (after other tiers' work) the step runs.
+        ([{"prune": {"importance": "bogus"}}, "export"], r"steps\[0\]\.prune: prune: importance"),
+        ([{"prune": {"finetune": {"lr": -0.1}}}, "export"], "lr must be a positive number"),
+        ([{"lowrank": {"energy": 1.5}}, "export"], "energy must be in"),
+        ([{"export": {"min_agreement": 1.5}}], "min_agreement must be in"),
+        ([{"export": {"mixed_budget": 0.5}}], "impossible budget"),
     ],
 )
 def test_recipe_validation_errors_name_the_problem(steps: list, message: str) -> None:

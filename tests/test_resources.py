@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -143,6 +144,18 @@ def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path) -> None:
     js.write_text(json.dumps({"samples": [{"t": 0, "cpu_percent": 10}, {"t": 1, "cpu_percent": 90, "battery_percent": 15}]}))
     t2 = load_trace(js)
     assert t2.at(0.5).memory_available_bytes is None and t2.at(1.0).battery_percent == 15.0
+    assert t2.at(0.5).battery_percent is None  # before its first reading a sensor stays absent
+    gaps = tmp_path / "gaps.csv"  # empty cells hold the previous reading; a spreadsheet's BOM and spaces are fine
+    gaps.write_text("\ufefft, cpu_percent, memory_available_mb\n0, 20, 100\n1, , 90\n2, 40, \n", encoding="utf-8")
+    held = load_trace(gaps)
+    assert held.at(1.0).cpu_percent == 20.0 and held.at(2.0).memory_available_bytes == 90 * MB
+    jump = tmp_path / "jump.csv"  # one timestamp far ahead: the rest would be thrown away
+    jump.write_text("t,cpu_percent\n0,10\n1,10\n1000000,10\n" + "".join(f"{t},10\n" for t in range(2, 50)))
+    with pytest.raises(TraceError, match="go back in time"):
+        load_trace(jump)
+    odd = tmp_path / "odd.json"  # booleans and numbers beyond float are garbage, not readings
+    odd.write_text('[{"t": 0, "cpu_percent": 10}, {"t": true, "cpu_percent": 20}, {"t": 2, "cpu_percent": 1' + "0" * 400 + '}, {"t": 3, "cpu_percent": 30}]')
+    assert load_trace(odd).skipped_rows == 2
 
 
 @pytest.mark.parametrize(
@@ -262,6 +275,16 @@ def test_a_failing_source_keeps_the_last_state() -> None:
     assert monitor.poll(1.0) is first and monitor.read_errors == 1
     monitor.poll(2.0)
     assert monitor.poll(3.0).raw.cpu_percent == 40.0 and monitor.read_errors == 2
+    assert monitor.overhead()["read_errors"] == 2 and "sensor unplugged" in monitor.overhead()["last_error"]  # reported, not only logged
+
+
+def test_a_reading_of_the_wrong_type_is_absent_not_a_crash() -> None:
+    class Garbled(Scripted):
+        def read(self, now: float) -> ResourceSnapshot:
+            return dataclasses.replace(super().read(now), cpu_percent="50")  # type: ignore[arg-type]
+
+    state = ResourceMonitor(Garbled([40.0])).poll(0.0)
+    assert state is not None and state.raw.cpu_percent is None and state.raw.memory_available_bytes == 130 * MB
 
 
 def test_monitor_thread_runs_and_measures_its_own_overhead() -> None:

@@ -118,6 +118,53 @@ def test_a_damaged_variant_file_is_excluded_at_start(bank_dir: Path, tmp_path: P
         load_bank(copy)
 
 
+def test_damaged_weights_and_a_modality_without_variants_are_worked_around(bank_dir: Path, tmp_path: Path, samples) -> None:  # noqa: ANN001
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    copy = tmp_path / "edge"
+    shutil.copytree(bank_dir, copy)
+    bank = load_bank(copy)
+    inputs = samples[0][0]
+    # Weights that compute NaN: the variant fails like any other, it does not answer.
+    runtime = EdgeRuntime(bank, RuntimeConfig())
+    victim = next(v for v in runtime.current.config if v is not None)
+    model = onnx.load(copy / victim.path)
+    first = next(i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
+    first.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(first).shape, np.nan, dtype=np.float32), first.name))
+    onnx.save(model, copy / victim.path)
+    runtime = EdgeRuntime(load_bank(copy), RuntimeConfig())
+    answer = runtime.predict(**inputs)
+    assert np.isfinite(answer.probabilities).all() and victim.id not in answer.variants and "non-finite" in runtime.failed[victim.id]
+    from racmkd.runtime.predictor import OnnxPredictor
+
+    with pytest.raises(ValueError, match="non-finite logits"):  # the plain predictor answers nothing rather than NaN
+        OnnxPredictor(copy / victim.path).predict(**{victim.modality: inputs[victim.modality]})
+    for rate, message in ((8, "outside"), (True, "whole number"), (8000.5, "whole number"), ("8000", "whole number")):
+        with pytest.raises(ValueError, match=message):
+            runtime.predict(audio=inputs["audio"], sample_rate=rate)
+    # Every audio variant unreadable: a request with both inputs is answered from the image; audio alone says why not.
+    shutil.rmtree(copy)
+    shutil.copytree(bank_dir, copy)
+    for v in bank.table.variants:
+        if v.modality == "audio":
+            (copy / v.path).write_bytes(b"damaged")
+    runtime = EdgeRuntime(load_bank(copy), RuntimeConfig())
+    answer = runtime.predict(**inputs)
+    assert answer.variants and all(v.endswith("/image") for v in answer.variants)
+    with pytest.raises(NoVariantError, match="audio: no readable variant"):
+        runtime.predict(audio=inputs["audio"])
+    assert "could not be read" in next(reason for vid, reason in runtime.failed.items() if vid.endswith("/audio"))
+    # Numbers the runtime could not plan with are refused when the bank is read.
+    data = json.loads((bank_dir / "bank.json").read_text())
+    data["accuracy"]["val"].pop(next(iter(data["accuracy"]["val"])))
+    (copy / "bank.json").write_text(json.dumps(data))
+    with pytest.raises(BankError, match="no accuracy for 1 configuration"):
+        load_bank(copy)
+
+
 def test_a_resource_drop_switches_to_a_cheaper_configuration(bank_dir: Path, samples) -> None:  # noqa: ANN001
     inputs, _ = samples
     bank = load_bank(bank_dir)

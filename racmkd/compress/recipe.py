@@ -74,6 +74,8 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
             steps.append((name, step_cls(from_dict(step_cls.options_type, options or {}, where=f"steps[{i}].{name}", source=source))))
         except ConfigError as err:
             raise RecipeError(str(err)) from None
+        except ValueError as err:  # an option's own check
+            raise RecipeError(f"{source}: steps[{i}].{name}: {err}") from None
     names = [n for n, _ in steps]
     if names.count("export") != 1 or names[-1] != "export":
         raise RecipeError(f"{source}: a recipe ends with exactly one export step (it writes the deployable model); got {names}")

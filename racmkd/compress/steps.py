@@ -17,6 +17,7 @@ accuracy), so a step only reports what is particular to it.
 from __future__ import annotations
 
 import copy
+import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,6 +71,10 @@ class Finetune:
     samples: int = 0  # training samples per epoch; 0 = the whole training split
     lr: float = 0.003
 
+    def __post_init__(self) -> None:
+        require(self.epochs >= 0 and self.samples >= 0, f"finetune: epochs and samples must be >= 0, got {self.epochs} and {self.samples}")
+        require(0 < self.lr < math.inf, f"finetune: lr must be a positive number, got {self.lr}")
+
 
 def finetune(subject: Subject, ctx: Context, options: Finetune, desc: str) -> float:
     """Distil the subject from the teachers; keeps its best validation epoch. Returns that accuracy."""
@@ -90,6 +95,12 @@ def val_accuracy(subject: Subject, ctx: Context) -> float:
     logits = torch_logits(subject.model, subject.specs, ctx.dataset, "val", limit=ctx.val_samples)
     labels = ctx.dataset.splits["val"].labels[: len(logits)].numpy()
     return float((logits.argmax(1) == labels).mean())
+
+
+def require(condition: bool, message: str) -> None:
+    """An option's own check, when its recipe is read (before any model is loaded)."""
+    if not condition:
+        raise ValueError(message)
 
 
 class Step(ABC):
@@ -128,6 +139,10 @@ class PruneOptions:
     importance: str = "l2"  # l1 | l2 (group weight magnitude) | bn (BatchNorm scale)
     max_drop: float = 0.02
     finetune: Finetune = Finetune()
+
+    def __post_init__(self) -> None:
+        require(self.importance in ("l1", "l2", "bn"), f"prune: importance must be l1, l2 or bn, got {self.importance!r}")
+        require(0 <= self.max_drop <= 1 and self.target_bytes >= 0, f"prune: max_drop must be in [0, 1] and target_bytes >= 0, got {self.max_drop} and {self.target_bytes}")
 
 
 @COMPRESSORS.register("prune")
@@ -188,6 +203,9 @@ class LowRankOptions:
     energy: float = 0.95
     budget_bytes: int = 0
     include_classifier: bool = False
+
+    def __post_init__(self) -> None:
+        require(0 < self.energy <= 1 and self.budget_bytes >= 0, f"lowrank: energy must be in (0, 1] and budget_bytes >= 0, got {self.energy} and {self.budget_bytes}")
     finetune: Finetune = Finetune(epochs=1, samples=12800)
 
 
@@ -195,10 +213,6 @@ class LowRankOptions:
 class LowRank(Step):
     options_type = LowRankOptions
     changes_structure = True
-
-    def check(self, subject: Subject, ctx: Context) -> None:
-        if not 0 < self.options.energy <= 1:
-            raise ValueError(f"lowrank: energy must be in (0, 1], got {self.options.energy}")
 
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
         o = self.options
@@ -260,6 +274,9 @@ class BandsOptions:
     keep: int = 0
     fraction: float = 0.0
     samples: int = 2000
+
+    def __post_init__(self) -> None:
+        require(self.keep >= 0 and self.samples >= 1, f"bands: keep must be >= 0 and samples >= 1, got {self.keep} and {self.samples}")
     finetune: Finetune = Finetune()
 
 
@@ -349,19 +366,17 @@ class ExportOptions:
     prefer: str = "faster"  # faster | smaller
     latency_iters: int = 300
 
+    def __post_init__(self) -> None:
+        require(self.int8 in ("static", "mixed", "none"), f"export: int8 must be static, mixed or none, got {self.int8!r}")
+        require(self.prefer in ("faster", "smaller"), f"export: prefer must be faster or smaller, got {self.prefer!r}")
+        require(0 < self.min_agreement <= 1 and 0 <= self.max_accuracy_drop <= 1, f"export: min_agreement must be in (0, 1] and max_accuracy_drop in [0, 1], got {self.min_agreement} and {self.max_accuracy_drop}")
+        require(min(self.calibration_samples, self.sensitivity_samples, self.latency_iters) >= 1, "export: calibration_samples, sensitivity_samples and latency_iters must be >= 1")
+        require(self.mixed_budget >= 1.0, f"export: mixed_budget {self.mixed_budget} is below the all-int8 size (1.0), an impossible budget")
+
 
 @COMPRESSORS.register("export")
 class Export(Step):
     options_type = ExportOptions
-
-    def check(self, subject: Subject, ctx: Context) -> None:
-        o = self.options
-        if o.int8 not in ("static", "mixed", "none"):
-            raise ValueError(f"export: int8 must be static, mixed or none, got {o.int8!r}")
-        if o.prefer not in ("faster", "smaller"):
-            raise ValueError(f"export: prefer must be faster or smaller, got {o.prefer!r}")
-        if o.int8 == "mixed" and o.mixed_budget < 1.0:
-            raise ValueError(f"export: mixed_budget {o.mixed_budget} is below the all-int8 size (1.0), an impossible budget")
 
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
         o = self.options

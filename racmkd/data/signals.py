@@ -190,6 +190,18 @@ class AudioSpec:
     bands: tuple[int, ...] = ()  # indices of the mel bands kept (band selection); () keeps all n_mels
 
 
+MIN_RATE, MAX_RATE = 1_000, 384_000  # Hz; outside, a typo (8 for 8000) more likely than a recording
+
+
+def audio_rate(value: Any) -> int:
+    """A sample rate as given by a caller, checked: a whole number of Hz in [MIN_RATE, MAX_RATE]."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value) or value != int(value):
+        raise ValueError(f"audio: sample_rate must be a whole number of Hz, got {value!r}")
+    if not MIN_RATE <= value <= MAX_RATE:
+        raise ValueError(f"audio: sample_rate {int(value)} Hz is outside {MIN_RATE:,}-{MAX_RATE:,} Hz")
+    return int(value)
+
+
 def fix_length(wave: np.ndarray, length: int) -> tuple[np.ndarray, int, int]:
     """Pad or trim a waveform (..., n) to `length` samples, centred; return it and the span
     [start, end) that holds the original samples."""
@@ -302,9 +314,7 @@ class AudioSignal(Signal):
                 raise ValueError("audio: the waveform holds NaN or infinite samples (or samples beyond float32's range)")
         else:
             raise ValueError(f"audio: expected int16 or float samples, got {array.dtype}")
-        rate = spec.sample_rate if sample_rate is None else int(sample_rate)
-        if rate <= 0:
-            raise ValueError(f"audio: sample_rate must be positive, got {sample_rate}")
+        rate = spec.sample_rate if sample_rate is None else audio_rate(sample_rate)
         if rate != spec.sample_rate:
             from scipy.signal import resample_poly  # scipy.signal is slow to import: only for other rates
 

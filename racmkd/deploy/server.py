@@ -61,7 +61,7 @@ class PredictRequest(BaseModel):
 
     image: list[list[StrictFloat]] | None = Field(None, description="28x28 grey image: whole numbers 0-255, or fractions in [0, 1]")
     audio: list[StrictFloat] | None = Field(None, description="mono waveform")
-    sample_rate: StrictInt = Field(8000, gt=0, le=192000)
+    sample_rate: StrictInt = Field(8000, ge=1000, le=192000)
     latency_target_ms: StrictFloat | None = Field(None, gt=0, allow_inf_nan=False, description="this request's latency target (edge: decides offloading)")
     model: str | None = Field(None, description="which of the server's models answers (see /models)")
 

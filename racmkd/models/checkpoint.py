@@ -42,11 +42,14 @@ def load_model(path: Path) -> tuple[MultimodalNet, dict[str, Any], dict[str, Mod
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err}). Re-run the stage that writes it.") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint. Re-run the stage that writes it.")
-    model = build(record["arch"])
     try:
+        model = build(record["arch"])
         model.load_state_dict(record["state_dict"])
+        modalities = {m: MODALITIES.create(m) for m in record["specs"]}
+        specs = {m: modalities[m].spec_from_dict(s) for m, s in record["specs"].items()}
+        meta = dict(record["meta"])
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({err})") from None
-    modalities = {m: MODALITIES.create(m) for m in record["specs"]}
-    specs = {m: modalities[m].spec_from_dict(s) for m, s in record["specs"].items()}
-    return model.eval(), specs, modalities, record["meta"]
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # a record with the right format tag and a damaged body
+        raise CheckpointError(f"{path}: damaged checkpoint ({type(err).__name__}: {err}). Re-run the stage that writes it.") from None
+    return model.eval(), specs, modalities, meta

@@ -110,8 +110,8 @@ def _pick(fn: Callable[..., Any], *candidates: Any) -> Any:
 
 
 def _finite(snapshot: ResourceSnapshot) -> ResourceSnapshot:
-    """The reading with NaN or infinite values marked absent (a glitching sensor)."""
-    bad = {k: None for k, v in snapshot.as_dict().items() if isinstance(v, float) and not math.isfinite(v)}
+    """The reading with NaN, infinite or non-numeric values marked absent (a glitching sensor)."""
+    bad = {k: None for k in NUMERIC_FIELDS if (v := getattr(snapshot, k)) is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v))}
     return replace(snapshot, **bad) if bad else snapshot
 
 
@@ -138,6 +138,7 @@ class ResourceMonitor:
         self.state: MonitorState | None = None
         self.polls = 0
         self.read_errors = 0
+        self.last_error: str | None = None  # the source's latest failure, for the runtime's state
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -171,6 +172,7 @@ class ResourceMonitor:
             observed_at = time.perf_counter()
         except Exception as err:  # noqa: BLE001 - a sensor that fails must not stop the monitor
             self.read_errors += 1
+            self.last_error = f"{type(err).__name__}: {err}"
             self.cpu_seconds += time.thread_time() - started
             log.warning("resource source %s failed (%s: %s); keeping the last reading", getattr(self.source, "name", "?"), type(err).__name__, err)
             return self.state
@@ -259,11 +261,12 @@ class ResourceMonitor:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def overhead(self) -> dict[str, float | int]:
+    def overhead(self) -> dict[str, Any]:
         """The monitor thread's own CPU time (reading and smoothing, not what subscribers do with it)
         as a share of one core over the time it ran, and its polls."""
+        errors = {"read_errors": self.read_errors, "last_error": self.last_error}
         if self._wall_started is None:
-            return {"cpu_fraction": 0.0, "cpu_seconds": self.cpu_seconds, "wall_seconds": 0.0, "polls": self.polls}
+            return {"cpu_fraction": 0.0, "cpu_seconds": self.cpu_seconds, "wall_seconds": 0.0, "polls": self.polls, **errors}
         wall = (self._wall_stopped or time.perf_counter()) - self._wall_started
         used = self.cpu_seconds - self._cpu_at_start
-        return {"cpu_fraction": used / wall if wall > 0 else 0.0, "cpu_seconds": used, "wall_seconds": wall, "polls": self.polls}
+        return {"cpu_fraction": used / wall if wall > 0 else 0.0, "cpu_seconds": used, "wall_seconds": wall, "polls": self.polls, **errors}

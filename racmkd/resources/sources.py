@@ -362,37 +362,52 @@ def load_trace(path: str | Path) -> Trace:
             if not isinstance(rows, list):
                 raise TraceError(f"{path}: expected a JSON list of readings or an object with a 'samples' list")
         else:
-            with path.open(newline="") as handle:
-                rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
+            with path.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark is no column name
+                rows = list(csv.DictReader(handle, skipinitialspace=True))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error, RecursionError) as err:
         raise TraceError(f"{path}: unreadable trace ({type(err).__name__}: {err})") from None
     known = [c for c in TRACE_COLUMNS if any(isinstance(r, dict) and c in r for r in rows)]
     if not known:
         raise TraceError(f"{path}: no known columns; a trace needs t and at least one of {', '.join(TRACE_COLUMNS)}")
     times: list[float] = []
     columns: dict[str, list[float]] = {c: [] for c in known}
-    skipped = 0
+    skipped = backwards = 0
     for row in rows:
         parsed = _parse_row(row, known)
         if parsed is None or (times and parsed[0] <= times[-1]):
             skipped += 1
+            backwards += parsed is not None
             continue
         times.append(parsed[0])
         for c in known:
             columns[c].append(parsed[1].get(c, math.nan))
     if len(times) < 2:
         raise TraceError(f"{path}: fewer than two usable readings ({skipped} rows skipped as garbage)")
+    if backwards > len(rows) / 2:  # e.g. one timestamp far ahead: every later row then "goes back"
+        raise TraceError(f"{path}: {backwards} of {len(rows)} rows go back in time after an earlier one (a timestamp far ahead?); check the file")
     if skipped:
         log.warning("%s: skipped %d garbage rows of %d", path, skipped, len(rows))
-    return Trace(path.stem, np.array(times), {c: np.array(v) for c, v in columns.items()}, skipped)
+    return Trace(path.stem, np.array(times), {c: held(np.array(v)) for c, v in columns.items()}, skipped)
+
+
+def held(values: np.ndarray) -> np.ndarray:
+    """A column with its gaps (readings a row did not record) filled with the previous reading: a
+    sensor's value holds until it is read again. Before its first reading it stays absent (NaN)."""
+    known = ~np.isnan(values)
+    if known.all() or not known.any():
+        return values
+    last = np.maximum.accumulate(np.where(known, np.arange(len(values)), -1))
+    return np.where(last >= 0, values[np.maximum(last, 0)], np.nan)
 
 
 def _parse_row(row: Any, columns: list[str]) -> tuple[float, dict[str, float]] | None:
     if not isinstance(row, dict):
         return None
+    if isinstance(row.get("t"), bool):
+        return None
     try:
         t = float(row.get("t"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if not math.isfinite(t):
         return None
@@ -400,10 +415,12 @@ def _parse_row(row: Any, columns: list[str]) -> tuple[float, dict[str, float]] |
     for c in columns:
         raw = row.get(c)
         if raw in (None, ""):
-            continue  # not recorded in this row: held from the previous one at replay
+            continue  # not recorded in this row: held from the previous one (see `held`)
+        if isinstance(raw, bool):
+            return None
         try:
             value = float(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
         low, high = TRACE_COLUMNS[c][2]
         if not math.isfinite(value) or not low <= value <= high:
@@ -429,6 +446,8 @@ def synthetic_trace(kind: str, duration_s: float = 120.0, step_s: float = 0.1, s
     """
     if kind not in SYNTHETIC:
         raise TraceError(f"unknown synthetic trace {kind!r}; choose one of {', '.join(SYNTHETIC)} or give a trace file")
+    if not (0 < step_s < math.inf and step_s < duration_s < 1e7):
+        raise TraceError(f"synthetic trace {kind!r}: duration {duration_s} s and step {step_s} s must be positive, the step shorter, the duration under 1e7 s")
     rng = np.random.default_rng(seed)
     t = np.arange(0.0, duration_s + 1e-9, step_s)
     n = len(t)

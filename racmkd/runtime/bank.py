@@ -3,15 +3,19 @@ variant's file and input spec, the tiers' biases. `racmkd.runtime.variants.build
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from racmkd.compress.artifacts import read_contract, specs_from_contract
+from racmkd.data import signals as _signals  # noqa: F401 - registers the image and audio signals
+from racmkd.registry import SIGNALS
 from racmkd.resources.allocator import ProfileTable, Variant
 
 BANK_FORMAT = "racmkd-edge-bank/1"
@@ -41,6 +45,7 @@ class Bank:
     specs: dict[str, Any]  # variant id -> its input spec
     biases: dict[str, np.ndarray]
     data: dict[str, Any]  # bank.json as written
+    damaged: dict[str, str] = field(default_factory=dict)  # variant id -> why its file could not be read
 
     def path(self, variant: Variant) -> Path:
         return self.folder / variant.path
@@ -68,11 +73,32 @@ def load_bank(folder: Path, split: str = "val") -> Bank:
         biases = {t: np.asarray(b, dtype=np.float32) for t, b in data["biases"].items()}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise BankError(f"{path}: damaged ({type(err).__name__}: {err}). Rebuild it with `racmkd edge build`.") from None
-    specs = {}
+    problems = table_problems(table, biases)
+    if problems:
+        raise BankError(f"{path}: damaged ({'; '.join(problems[:3])}). Rebuild it with `racmkd edge build`.")
+    specs, damaged = {}, {}
     for v in variants:
         try:
             specs[v.id] = specs_from_contract(read_contract(folder / v.path))[v.modality]
         except Exception as err:  # noqa: BLE001 - a damaged variant file is skipped by the runtime, not fatal here
             log.warning("%s: variant %s is damaged and will be skipped (%s); rebuild the bank with `racmkd edge build`", folder, v.id, err)
-            specs[v.id] = None
-    return Bank(folder, table, specs, biases, data)
+            specs[v.id], damaged[v.id] = None, str(err)
+    return Bank(folder, table, specs, biases, data, damaged)
+
+
+def table_problems(table: ProfileTable, biases: dict[str, np.ndarray]) -> list[str]:
+    """What in a bank's numbers the runtime could not work with (empty when nothing)."""
+    problems = [f"unknown modality {m!r}" for m in table.modalities if m not in SIGNALS]
+    for v in table.variants:
+        if not all(0 <= x < math.inf for x in (v.latency_ms, v.memory_bytes, v.energy_mj)):
+            problems.append(f"{v.id}: costs must be finite and >= 0")
+        if v.tier not in biases:
+            problems.append(f"{v.id}: no bias for tier {v.tier!r}")
+    classes = {b.shape for b in biases.values()}
+    if len(classes) > 1 or any(len(shape) != 1 for shape in classes):
+        problems.append(f"the tiers' biases differ in shape ({sorted(classes)})")
+    keys = itertools.product(*([None, *sorted({v.tier for v in table.variants if v.modality == m})] for m in table.modalities))
+    missing = [key_text(k) for k in keys if any(t is not None for t in k) and k not in table.accuracy]
+    if missing:
+        problems.append(f"no accuracy for {len(missing)} configuration(s), e.g. {missing[0]}")
+    return problems

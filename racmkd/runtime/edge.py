@@ -98,7 +98,7 @@ class EdgeRuntime:
         # Raw inputs are checked against one variant's spec per modality (their raw forms agree: sample rate, length).
         self._raw_specs = {m: next((bank.specs[v.id] for v in self.table.variants if v.modality == m and bank.specs.get(v.id) is not None), None) for m in self.table.modalities}
         self.quality = {m: 1.0 for m in self.table.modalities}
-        self.failed: dict[str, str] = {v.id: "its input spec could not be read" for v in self.table.variants if bank.specs.get(v.id) is None}
+        self.failed: dict[str, str] = {v.id: f"its file could not be read: {bank.damaged.get(v.id, 'no input spec')}" for v in self.table.variants if bank.specs.get(v.id) is None}
         self.decisions: deque[dict[str, Any]] = deque(maxlen=200)
         self.decision_count = 0  # decisions recorded so far (the deque keeps the last 200)
         self.adaptation_ms: deque[float] = deque(maxlen=10_000)  # bounded: a device runs for months
@@ -337,7 +337,7 @@ class EdgeRuntime:
         quality: dict[str, float] = {}
         for m in self.modalities:
             value = inputs.get(m)
-            if value is None:
+            if value is None or self._raw_specs[m] is None:  # missing, or every variant for it unreadable
                 quality[m] = 0.0
                 continue
             raw = self.modalities[m].to_raw(value, self._raw_specs[m], sample_rate=sample_rate)  # a bad input raises ValueError naming it
@@ -346,7 +346,10 @@ class EdgeRuntime:
                 raws[m] = raw  # a dead input (blank image, silence) is answered like a missing one
         if not raws:
             given = [m for m in self.modalities if inputs.get(m) is not None]
-            raise NoVariantError(f"no usable input: this runtime needs {' and/or '.join(self.modalities)}" + (f"; {', '.join(given)} came in dead (constant or silent)" if given else ""))
+            unreadable = [m for m in given if self._raw_specs[m] is None]
+            why = [f"{', '.join(unreadable)}: no readable variant (see state()['failed'])"] if unreadable else []
+            why += [f"{', '.join(m for m in given if m not in unreadable)} came in dead (constant or silent)"] if len(given) > len(unreadable) else []
+            raise NoVariantError(f"no usable input: this runtime needs {' and/or '.join(self.modalities)}" + "".join(f"; {w}" for w in why))
         if self.pinned is None:
             self._observe_quality(quality)
         fallbacks: list[str] = []
@@ -394,7 +397,10 @@ class EdgeRuntime:
 
     def _run(self, variant: Variant, raw: np.ndarray) -> np.ndarray:
         features = self.modalities[variant.modality].features(raw, self.bank.specs[variant.id])
-        return self._session(variant).run(None, {variant.modality: features})[0][0]
+        logits = self._session(variant).run(None, {variant.modality: features})[0][0]
+        if not np.isfinite(logits).all():  # damaged weights: a failure like any other, not an answer
+            raise ValueError(f"{variant.id} computed non-finite logits")
+        return logits
 
     def predict(self, image: Any = None, audio: Any = None, sample_rate: int = 8000, **others: Any) -> Answer:
         """Answer one request from raw inputs (any may be missing) and feed its latency back."""
@@ -420,6 +426,7 @@ class EdgeRuntime:
             "failed": dict(self.failed),
             "loaded": self.loaded(),
             "resources": self.snapshot.as_dict() if self.snapshot else None,
+            "monitor_errors": {"read_errors": self.monitor.read_errors, "last_error": self.monitor.last_error} if self.monitor is not None else None,
             "recent_decisions": list(self.decisions)[-10:],
         }
 

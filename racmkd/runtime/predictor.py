@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from racmkd.data import signals as _signals  # noqa: F401 - registers the image and audio signals
+from racmkd.registry import SIGNALS
+
 TIERS = ("teacher", "teacher_image", "teacher_audio", "high", "medium", "low", "critical")
 
 
@@ -52,11 +55,12 @@ class Predictor:
         """(label, class probabilities) for one sample. `image`: 28x28 uint8 or [0, 1] float;
         `audio`: mono waveform (int16 or float) at `sample_rate` Hz; other registered modalities by
         name. Inputs the model does not use are ignored; a missing one is answered from the rest."""
-        known = set(self._preprocess) | {"image", "audio"}
-        unknown = set(other) - known
+        unknown = set(other) - set(SIGNALS.names())
         if unknown:
             raise TypeError(f"predict() got unknown inputs {sorted(unknown)}; this model uses {self.modalities}")
         logits = self.logits(self.features({"image": image, "audio": audio, **other}, sample_rate)).astype(np.float64)
+        if not np.isfinite(logits).all():  # a damaged model: no answer rather than a made-up one
+            raise ValueError(f"model {self.name!r} computed non-finite logits: its weights are damaged; re-export or retrain it")
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         return int(probs.argmax()), probs.astype(np.float32)
@@ -78,7 +82,6 @@ class OnnxPredictor(Predictor):
 
     def __init__(self, path: Path, threads: int = 1) -> None:
         from racmkd.compress.artifacts import read_contract, session, specs_from_contract
-        from racmkd.registry import SIGNALS
 
         contract = read_contract(path)
         self.session = session(Path(path), threads)
