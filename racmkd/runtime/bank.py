@@ -97,6 +97,8 @@ def table_problems(table: ProfileTable, biases: dict[str, np.ndarray]) -> list[s
     classes = {b.shape for b in biases.values()}
     if len(classes) > 1 or any(len(shape) != 1 for shape in classes):
         problems.append(f"the tiers' biases differ in shape ({sorted(classes)})")
+    if not all(np.isfinite(b).all() for b in biases.values()):
+        problems.append("a tier's bias is not finite")
     keys = itertools.product(*([None, *sorted({v.tier for v in table.variants if v.modality == m})] for m in table.modalities))
     missing = [key_text(k) for k in keys if any(t is not None for t in k) and k not in table.accuracy]
     if missing:

@@ -370,11 +370,17 @@ class EdgeRuntime:
                     exclude.add(v.id)
                     fallbacks.append(f"{v.id} failed ({type(err).__name__})")
             if len(used) == len(active) and used:
-                break
+                logits = sum(terms) + self._bias(tuple(v.tier for v in used))
+                damaged = [v for v, term in zip(used, terms) if not np.isfinite(term).all()] if not np.isfinite(logits).all() else []
+                if not damaged:  # (checked once on the sum: a NaN or infinity in any term shows there)
+                    break
+                for v in damaged:  # weights that compute NaN: a failure like any other, not an answer
+                    self._fail(v, "computed non-finite logits")
+                    exclude.add(v.id)
+                    fallbacks.append(f"{v.id} failed (non-finite logits)")
             # Something failed: re-plan without it (the monitor's next decision will too), and retry.
             self.redecide("variant failure")
             config = self._request_config(raws, exclude, fallbacks)
-        logits = sum(terms) + self._bias(tuple(v.tier for v in used))
         probs = _softmax(logits)
         return Answer(int(probs.argmax()), probs, [v.id for v in used], (time.perf_counter() - started) * 1e3, fallbacks)
 
@@ -397,10 +403,7 @@ class EdgeRuntime:
 
     def _run(self, variant: Variant, raw: np.ndarray) -> np.ndarray:
         features = self.modalities[variant.modality].features(raw, self.bank.specs[variant.id])
-        logits = self._session(variant).run(None, {variant.modality: features})[0][0]
-        if not np.isfinite(logits).all():  # damaged weights: a failure like any other, not an answer
-            raise ValueError(f"{variant.id} computed non-finite logits")
-        return logits
+        return self._session(variant).run(None, {variant.modality: features})[0][0]
 
     def predict(self, image: Any = None, audio: Any = None, sample_rate: int = 8000, **others: Any) -> Answer:
         """Answer one request from raw inputs (any may be missing) and feed its latency back."""
