@@ -218,8 +218,8 @@ class MonitorConfig:
         for name in ("smoothing", "trend", "damping"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"runtime.monitor.{name} {getattr(self, name)}: a weight in (0, 1]")
-        if not 0 < self.min_interval_s <= self.interval_s <= self.max_interval_s < math.inf or not 0 <= self.horizon_s < math.inf or self.change_threshold < 0:
-            raise ConfigError("runtime.monitor: intervals must satisfy 0 < min_interval_s <= interval_s <= max_interval_s, horizon_s and change_threshold >= 0")
+        if not 0 < self.min_interval_s <= self.interval_s <= self.max_interval_s < math.inf or not 0 <= self.horizon_s < math.inf or not 0 <= self.change_threshold < math.inf:
+            raise ConfigError(f"runtime.monitor: need 0 < min_interval_s <= interval_s <= max_interval_s (got {self.min_interval_s}, {self.interval_s}, {self.max_interval_s}), horizon_s and change_threshold finite and >= 0 (got {self.horizon_s}, {self.change_threshold})")
 
 
 @dataclass(frozen=True)

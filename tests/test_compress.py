@@ -269,8 +269,8 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         ([{"prune": {"importance": "bogus"}}, "export"], r"steps\[0\]\.prune: prune: importance"),
         ([{"prune": {"finetune": {"lr": -0.1}}}, "export"], "lr must be a positive number"),
         ([{"lowrank": {"energy": 1.5}}, "export"], "energy must be in"),
-        ([{"export": {"min_agreement": 1.5}}], "min_agreement must be in"),
-        ([{"export": {"mixed_budget": 0.5}}], "impossible budget"),
+        ([{"export": {"min_agreement": 1.5}}], "min_agreement and max_accuracy_drop must be in"),
+        ([{"export": {"int8": "mixed", "mixed_budget": 0.5}}], "impossible budget"),
     ],
 )
 def test_recipe_validation_errors_name_the_problem(steps: list, message: str) -> None:

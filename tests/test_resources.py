@@ -286,6 +286,13 @@ def test_a_reading_of_the_wrong_type_is_absent_not_a_crash() -> None:
     state = ResourceMonitor(Garbled([40.0])).poll(0.0)
     assert state is not None and state.raw.cpu_percent is None and state.raw.memory_available_bytes == 130 * MB
 
+    class Numpy(Scripted):  # numpy numbers are numbers
+        def read(self, now: float) -> ResourceSnapshot:
+            return dataclasses.replace(super().read(now), cpu_percent=np.float32(40.0), memory_available_bytes=np.int64(100 * MB))
+
+    state = ResourceMonitor(Numpy([0.0])).poll(0.0)
+    assert state.raw.cpu_percent == 40.0 and state.raw.memory_available_bytes == 100 * MB
+
 
 def test_monitor_thread_runs_and_measures_its_own_overhead() -> None:
     monitor = ResourceMonitor(SystemSource(), MonitorConfig(interval_s=0.02, min_interval_s=0.02, max_interval_s=0.02))

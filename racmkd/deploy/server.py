@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Valid
 
 from racmkd.config import RunConfig, ServeConfig
 from racmkd.data import signals as _signals  # noqa: F401 - registers the image and audio signals
+from racmkd.data.signals import MIN_RATE
 from racmkd.registry import SIGNALS
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class PredictRequest(BaseModel):
 
     image: list[list[StrictFloat]] | None = Field(None, description="28x28 grey image: whole numbers 0-255, or fractions in [0, 1]")
     audio: list[StrictFloat] | None = Field(None, description="mono waveform")
-    sample_rate: StrictInt = Field(8000, ge=1000, le=192000)
+    sample_rate: StrictInt = Field(8000, ge=MIN_RATE, le=192000)  # (the signals take up to MAX_RATE; a request's size limit is set for 192 kHz)
     latency_target_ms: StrictFloat | None = Field(None, gt=0, allow_inf_nan=False, description="this request's latency target (edge: decides offloading)")
     model: str | None = Field(None, description="which of the server's models answers (see /models)")
 

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
+
+import numpy as np
 
 from racmkd.config import MonitorConfig
 from racmkd.resources.sources import NUMERIC_FIELDS, ResourceSnapshot, Source, resource_level
@@ -111,7 +114,7 @@ def _pick(fn: Callable[..., Any], *candidates: Any) -> Any:
 
 def _finite(snapshot: ResourceSnapshot) -> ResourceSnapshot:
     """The reading with NaN, infinite or non-numeric values marked absent (a glitching sensor)."""
-    bad = {k: None for k in NUMERIC_FIELDS if (v := getattr(snapshot, k)) is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v))}
+    bad = {k: None for k in NUMERIC_FIELDS if (v := getattr(snapshot, k)) is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not math.isfinite(v))}
     return replace(snapshot, **bad) if bad else snapshot
 
 

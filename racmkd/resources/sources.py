@@ -376,7 +376,7 @@ def load_trace(path: str | Path) -> Trace:
         parsed = _parse_row(row, known)
         if parsed is None or (times and parsed[0] <= times[-1]):
             skipped += 1
-            backwards += parsed is not None
+            backwards += parsed is not None and parsed[0] < times[-1]  # (an equal time is a duplicate, not a jump)
             continue
         times.append(parsed[0])
         for c in known:
@@ -446,8 +446,8 @@ def synthetic_trace(kind: str, duration_s: float = 120.0, step_s: float = 0.1, s
     """
     if kind not in SYNTHETIC:
         raise TraceError(f"unknown synthetic trace {kind!r}; choose one of {', '.join(SYNTHETIC)} or give a trace file")
-    if not (0 < step_s < math.inf and step_s < duration_s < 1e7):
-        raise TraceError(f"synthetic trace {kind!r}: duration {duration_s} s and step {step_s} s must be positive, the step shorter, the duration under 1e7 s")
+    if not (0 < step_s < duration_s < math.inf and duration_s / step_s <= 1e6):
+        raise TraceError(f"synthetic trace {kind!r}: duration {duration_s} s and step {step_s} s must be positive, the step shorter, at most a million steps")
     rng = np.random.default_rng(seed)
     t = np.arange(0.0, duration_s + 1e-9, step_s)
     n = len(t)
@@ -504,7 +504,7 @@ def record_trace(source: Source, seconds: float, interval_s: float = 0.1, name: 
             value = getattr(reading, field_name)
             columns[column].append(math.nan if value is None else float(value) / scale)
         time.sleep(max(0.0, started + len(times) * interval_s - time.monotonic()))
-    kept = {c: np.array(v) for c, v in columns.items() if not all(math.isnan(x) for x in v)}  # absent sensors stay absent
+    kept = {c: held(np.array(v)) for c, v in columns.items() if not all(math.isnan(x) for x in v)}  # absent sensors stay absent
     return Trace(name, np.array(times), kept)
 
 

@@ -103,4 +103,7 @@ def table_problems(table: ProfileTable, biases: dict[str, np.ndarray]) -> list[s
     missing = [key_text(k) for k in keys if any(t is not None for t in k) and k not in table.accuracy]
     if missing:
         problems.append(f"no accuracy for {len(missing)} configuration(s), e.g. {missing[0]}")
+    odd = [key_text(k) for k, a in table.accuracy.items() if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1]
+    if odd:
+        problems.append(f"accuracy of {odd[0]} is not a number in [0, 1]")
     return problems
