@@ -322,7 +322,8 @@ def compress_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tie
             raise RunError(f"{path}: no {tier_name} student to compress. Run `racmkd distill --run {run_dir}` first.")
         model, specs, _, _ = load_model(path)
         budget = next(t.budget_bytes for t in cfg.students.tiers if t.name == tier_name)
-        check_recipe(recipes[tier_name], Subject(tier_name, model, specs, objective_weights(cfg.distill, budget, budgets), run_dir), Context(cfg, dataset, teachers))
+        with torch_threads(cfg.threads):  # (a target_bytes prune bisects over trial prunes here)
+            check_recipe(recipes[tier_name], Subject(tier_name, model, specs, objective_weights(cfg.distill, budget, budgets), run_dir), Context(cfg, dataset, teachers))
     written = []
     started = time.perf_counter()
     for tier_name in tier_names:

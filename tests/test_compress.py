@@ -209,6 +209,15 @@ def test_export_metadata_round_trips_and_onnx_runtime_matches_pytorch(tmp_path: 
     assert any("mel bands" in step for step in contract["inputs"]["audio"]["steps"])
     exported = onnx.load(path)  # nothing the exporter kept for debugging travels to the device
     assert not exported.graph.metadata_props and not any(n.metadata_props or n.doc_string for n in exported.graph.node)
+    from racmkd.compress.export import CONTRACT_KEY, set_metadata
+    from racmkd.runtime.predictor import OnnxPredictor
+
+    wrong = json.loads(json.dumps(contract))  # a contract that no longer describes its graph is refused at load
+    wrong["inputs"]["image"]["spec"]["resolution"] = specs["image"].resolution // 2
+    set_metadata(exported, {CONTRACT_KEY: json.dumps(wrong)})
+    onnx.save(exported, tmp_path / "wrong.onnx")
+    with pytest.raises(ExportError, match="its graph takes"):
+        OnnxPredictor(tmp_path / "wrong.onnx")
     x = {m: torch.randn(4, *modalities[m].feature_shape(s)) for m, s in specs.items()}
     out = session(path).run(["logits"], {m: v.numpy() for m, v in x.items()})[0]
     np.testing.assert_allclose(out, model(x).detach().numpy(), atol=1e-4)

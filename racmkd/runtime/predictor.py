@@ -83,9 +83,17 @@ class OnnxPredictor(Predictor):
     def __init__(self, path: Path, threads: int = 1) -> None:
         from racmkd.compress.artifacts import read_contract, session, specs_from_contract
 
+        from racmkd.compress.artifacts import ExportError
+
         contract = read_contract(path)
         self.session = session(Path(path), threads)
-        super().__init__(contract.get("model", Path(path).stem), self.session, specs_from_contract(contract), {m: SIGNALS.create(m) for m in contract["inputs"]}, contract)
+        specs = specs_from_contract(contract)
+        signals = {m: SIGNALS.create(m) for m in contract["inputs"]}
+        graph = {i.name: list(i.shape[1:]) for i in self.session.get_inputs()}
+        for m, spec in specs.items():  # the contract must describe the graph it travels with
+            if graph.get(m) != list(signals[m].feature_shape(spec)):
+                raise ExportError(f"{path}: its contract gives {m} features of shape {list(signals[m].feature_shape(spec))}, its graph takes {graph.get(m)}; export it again with `racmkd export`")
+        super().__init__(contract.get("model", Path(path).stem), self.session, specs, signals, contract)
 
     def features(self, inputs: dict[str, Any], sample_rate: int = 8000) -> dict[str, Any]:
         missing = [m for m in self.specs if inputs.get(m) is None]
