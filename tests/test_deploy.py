@@ -148,6 +148,12 @@ def test_device_store_verifies_patches_checks_and_rolls_back(bank_dir: Path, key
     with pytest.raises(UpdateFailed, match="failed its health check"):
         store.install(v3.manifest, v3.signature, registry.blob(v3.sha256))
     assert store.current().manifest["version"] == 2
+    # A state file damaged by hand: nothing installed, rather than a crash at startup.
+    state = (tmp_path / "device" / "state.json").read_text()
+    for damaged in ("[]", json.dumps({"current": {"manifest": {}}, "previous": 5})):
+        (tmp_path / "device" / "state.json").write_text(damaged)
+        assert store.current() is None and store.previous() is None
+    (tmp_path / "device" / "state.json").write_text(state)
     assert store.rollback().manifest["version"] == 1 and store.current().manifest["version"] == 1
 
 

@@ -109,14 +109,18 @@ class DeviceStore:
         if not path.is_file():
             return {}
         try:
-            return json.loads(path.read_text())
-        except ValueError:
-            return {}  # a state file can only be half-written by hand: atomic writes never leave one
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}  # a state file can only be damaged by hand: atomic writes never leave one half-written
+        return state if isinstance(state, dict) else {}
 
-    def _installed(self, entry: dict[str, Any] | None) -> Installed | None:
-        if not entry:
+    def _installed(self, entry: Any) -> Installed | None:
+        """An entry of state.json as a release; None for none, or for an entry damaged by hand (the
+        device then serves the previous release, or its run's bank)."""
+        try:
+            return Installed(entry["manifest"], entry["signature"], self.root / "slots" / entry["manifest"]["sha256"]) if entry else None
+        except (KeyError, TypeError):
             return None
-        return Installed(entry["manifest"], entry["signature"], self.root / "slots" / entry["manifest"]["sha256"])
 
     def current(self) -> Installed | None:
         return self._installed(self._state().get("current"))
