@@ -176,6 +176,8 @@ def test_a_resource_drop_switches_to_a_cheaper_configuration(bank_dir: Path, sam
     runtime = EdgeRuntime(bank, config, monitor, clock=lambda: clock[0])
     monitor.poll(0.0)
     rich = runtime.current
+    health = runtime.state()["monitor_errors"]
+    assert health["read_errors"] == 0 and 0 <= health["reading_age_s"] < 60  # how old the reading planned with is
     for t in np.arange(10.0, 14.0, 0.1):  # the drop to critical comes at t = 10 s
         clock[0] = float(t)
         monitor.poll(float(t))

@@ -429,9 +429,18 @@ class EdgeRuntime:
             "failed": dict(self.failed),
             "loaded": self.loaded(),
             "resources": self.snapshot.as_dict() if self.snapshot else None,
-            "monitor_errors": {"read_errors": self.monitor.read_errors, "last_error": self.monitor.last_error} if self.monitor is not None else None,
+            "monitor_errors": self._monitor_health(),
             "recent_decisions": list(self.decisions)[-10:],
         }
+
+    def _monitor_health(self) -> dict[str, Any] | None:
+        """The monitor's failed reads and the age of the reading the runtime plans with (a sensor
+        read that hangs stops new readings: the age shows it)."""
+        if self.monitor is None:
+            return None
+        state = self.monitor.state
+        age = time.perf_counter() - state.observed_at if state is not None and state.observed_at else None
+        return {"read_errors": self.monitor.read_errors, "last_error": self.monitor.last_error, "reading_age_s": age}
 
     def close(self) -> None:
         """Stop following the monitor. Sessions go with the runtime once nothing uses it (a request
