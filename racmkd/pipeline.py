@@ -316,20 +316,21 @@ def compress_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tie
     budgets = [t.budget_bytes for t in cfg.students.tiers]
     recipes = {tier: load_recipe(recipe_for(cfg, tier, recipe)) for tier in tier_names}  # every recipe checked before any work
     teachers = load_teachers(run_dir, list(dataset.modalities), unimodal="multi_teacher" in {**cfg.distill.distill_losses, **cfg.distill.align_losses})
+    tiers = {t.name: t for t in cfg.students.tiers}
+    students = {}
     for tier_name in tier_names:  # and every recipe checked against its student, before any tier's work
         path = checkpoint(run_dir, tier_name)
         if not path.exists():
             raise RunError(f"{path}: no {tier_name} student to compress. Run `racmkd distill --run {run_dir}` first.")
-        model, specs, _, _ = load_model(path)
-        budget = next(t.budget_bytes for t in cfg.students.tiers if t.name == tier_name)
-        with torch_threads(cfg.threads):  # (a target_bytes prune bisects over trial prunes here)
-            check_recipe(recipes[tier_name], Subject(tier_name, model, specs, objective_weights(cfg.distill, budget, budgets), run_dir), Context(cfg, dataset, teachers))
+        model, specs, _, _ = students[tier_name] = load_model(path)
+        with torch_threads(cfg.threads):  # (a target_bytes prune bisects over trial prunes, on copies, here)
+            check_recipe(recipes[tier_name], Subject(tier_name, model, specs, objective_weights(cfg.distill, tiers[tier_name].budget_bytes, budgets), run_dir), Context(cfg, dataset, teachers))
     written = []
     started = time.perf_counter()
     for tier_name in tier_names:
         path = checkpoint(run_dir, tier_name)
-        model, specs, _, meta = load_model(path)
-        tier = next(t for t in cfg.students.tiers if t.name == tier_name)
+        model, specs, _, meta = students[tier_name]
+        tier = tiers[tier_name]
         final = compressed_dir(run_dir, tier_name, into)
         work = final.parent / f".{tier_name}.partial"
         shutil.rmtree(work, ignore_errors=True)

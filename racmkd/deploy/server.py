@@ -45,14 +45,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 from racmkd.config import RunConfig, ServeConfig
-from racmkd.data import signals as _signals  # noqa: F401 - registers the image and audio signals
-from racmkd.data.signals import MIN_RATE
+from racmkd.data.signals import MIN_RATE, AudioSpec  # (importing the signals registers them)
 from racmkd.registry import SIGNALS
 
 log = logging.getLogger(__name__)
 ROLES = ("cloud", "fog", "edge")
 NPZ = "application/x-npz"
-AUDIO_RATE = SIGNALS.create("audio").spec_type().sample_rate  # what the models hear; other rates are resampled
+AUDIO_RATE = AudioSpec().sample_rate  # what the models hear; other rates are resampled
 
 
 class PredictRequest(BaseModel):

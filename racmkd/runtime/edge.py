@@ -371,8 +371,10 @@ class EdgeRuntime:
                     fallbacks.append(f"{v.id} failed ({type(err).__name__})")
             if len(used) == len(active) and used:
                 logits = sum(terms) + self._bias(tuple(v.tier for v in used))
-                damaged = [v for v, term in zip(used, terms) if not np.isfinite(term).all()] if not np.isfinite(logits).all() else []
-                if not damaged:  # (checked once on the sum: a NaN or infinity in any term shows there)
+                if np.isfinite(logits).all():  # checked once, on the sum: a NaN or infinity in any term shows there
+                    break
+                damaged = [v for v, term in zip(used, terms) if not np.isfinite(term).all()]
+                if not damaged:  # finite terms overflowing together: nothing to exclude
                     break
                 for v in damaged:  # weights that compute NaN: a failure like any other, not an answer
                     self._fail(v, "computed non-finite logits")
