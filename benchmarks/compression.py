@@ -108,9 +108,10 @@ def modality_experiment(run_dir: Path, name: str, tiers: list[str]) -> list[dict
         source, source_specs, modalities, _ = load_model(run_dir / "checkpoints" / f"{tier}.pt")
         twin, specs, _, _ = load_model(folder / "model.pt")
         # The artifact the recipe deploys: int8 only where it passed its parity bound (agreement with
-        # its own fp32 model), else fp32; a refused int8 model's bytes are not counted.
+        # its own fp32 model), else fp32; a refused int8 model's bytes are not counted. Activations
+        # are int8 only in an int8 graph (int8 weights with float arithmetic keep them float).
         deployed = manifest["candidates"][next(k for k, c in manifest["candidates"].items() if c["path"] == manifest["artifact"])]
-        int8 = deployed["format"] != "onnx-fp32"
+        int8 = deployed["format"] in ("onnx-int8", "onnx-mixed")
         bytes_before = encoder_bytes(source, modality)
         bytes_after = deployed["weight_bytes_by_module"][f"encoders.{modality}"]
         act_before = encoder_activation_bytes(source, modality, source_specs[modality], modalities)
@@ -169,9 +170,9 @@ def device_fit(run_dir: Path, tiers: list[str]) -> dict[str, Any]:
 
 def render(result: dict[str, Any]) -> str:
     lines = ["# Compression benchmark", "", f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores), run `{result['run']}` ({result['protocol']} protocol). Every figure below is read from the run's files.", ""]
-    lines += ["## Compressed tiers (the run's default recipe)", "", "| tier | format | deployable | ratio | accuracy | student | fp32 p50 (ms) | int8 p50 (ms) | why |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Compressed tiers (the run's default recipe)", "", "| tier | format | deployable | ratio | accuracy | student | fp32 p50 (ms) | int8 p50 (ms) | int8-weights p50 (ms) | why |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["tiers"]:
-        lines.append(f"| {row['tier']} | {row['format']} | {row['bytes_deployable']:,} B | {row['compression_ratio']:.1f}x | {row['accuracy']:.4f} | {row['student_accuracy']:.4f} | {row['fp32_p50']:.4f} | {row.get('int8_p50', float('nan')):.4f} | {row['reason']} |")
+        lines.append(f"| {row['tier']} | {row['format']} | {row['bytes_deployable']:,} B | {row['compression_ratio']:.1f}x | {row['accuracy']:.4f} | {row['student_accuracy']:.4f} | {row['fp32_p50']:.4f} | {row.get('int8_p50', float('nan')):.4f} | {row.get('int8-weights_p50', float('nan')):.4f} | {row['reason']} |")
     for name in ("visual", "audio"):
         lines += ["", f"## {name.capitalize()} path (configs/recipes/{name}.yaml)", "", "| tier | encoder fp32 | deployed (format) | weights ratio | input values | activations | path ratio | accuracy | loss | target |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in result[name]:
@@ -180,7 +181,7 @@ def render(result: dict[str, Any]) -> str:
             )
     fit = result["device_fit"]
     devices = sorted(next(iter(fit["profiles"].values())).keys()) if fit["profiles"] else []
-    lines += ["", "Deployed: the artifact the recipe chose, int8 (`onnx-mixed`: its most sensitive layers in fp32) only where it passed its parity bound:"]
+    lines += ["", "Deployed: the artifact the recipe chose, int8 (`onnx-mixed`: its most sensitive layers in fp32; `onnx-int8-weights`: int8 weights, float arithmetic) only where it passed its parity bound:"]
     lines += [f"- {name} {r['tier']}: {r['why']}" for name in ("visual", "audio") for r in result[name]]
     lines += ["", "## Device fit (racmkd profile; latency and energy estimated)", "", "| tier | " + " | ".join(devices) + " |", "|---|" + "---|" * len(devices)]
     for tier, per in fit["profiles"].items():
@@ -230,7 +231,7 @@ def main() -> None:
             continue
         manifest = json.loads((run_dir / "compressed" / tier / "compression.json").read_text())
         c = manifest["candidates"]
-        rows.append({"tier": tier, "format": entry["format"], "bytes_deployable": entry["bytes_deployable"], "compression_ratio": entry["compression_ratio"], "accuracy": entry["accuracy"], "student_accuracy": report["models"][tier]["accuracy"], "fp32_p50": c["fp32"]["latency_ms"]["p50"], **({"int8_p50": c["int8"]["latency_ms"]["p50"]} if "int8" in c else {}), "reason": entry["artifact_reason"]})
+        rows.append({"tier": tier, "format": entry["format"], "bytes_deployable": entry["bytes_deployable"], "compression_ratio": entry["compression_ratio"], "accuracy": entry["accuracy"], "student_accuracy": report["models"][tier]["accuracy"], "fp32_p50": c["fp32"]["latency_ms"]["p50"], **{f"{k}_p50": c[k]["latency_ms"]["p50"] for k in ("int8", "int8-weights") if k in c}, "reason": entry["artifact_reason"]})
     result: dict[str, Any] = {"commit": git_commit(), "machine": machine(), "run": run_dir.name, "protocol": report["protocol"], "tiers": rows}
     for name in EXPERIMENTS:
         result[name] = modality_experiment(run_dir, name, tiers)

@@ -335,6 +335,8 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
     assert fp32["argmax_agreement"] == 1.0 and fp32["max_abs_logit_diff"] < 1e-3  # ONNX Runtime vs PyTorch
     int8 = manifest["candidates"]["int8"]["parity"]
     assert int8["argmax_agreement"] > 0.8
+    weights_only = manifest["candidates"]["int8-weights"]
+    assert weights_only["parity"]["argmax_agreement"] >= 0.97 and weights_only["bytes"] < manifest["candidates"]["fp32"]["bytes"]
     mixed = manifest["steps"][-1]["details"]["mixed_precision"]
     assert mixed["layers"]  # per-layer sensitivity reported
     trials = mixed["trials"]  # layers kept in fp32 one at a time, most useful first, until the agreement holds
@@ -414,6 +416,49 @@ def test_int8_weights_leave_headroom_for_kernels_that_saturate(tmp_path: Path) -
     reference, quantized = session(fp32).run(["logits"], {"x": x})[0], session(q).run(["logits"], {"x": x})[0]
     assert np.abs(quantized - reference).max() < 0.05 * np.abs(reference).max()
     assert WEIGHT_QMAX < 127
+
+
+def test_int8_weights_shrink_the_file_and_run_at_float_speed_settings(tmp_path: Path) -> None:
+    from racmkd.compress.quantize import quantize_weights_int8
+
+    modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
+    specs = {"image": modalities["image"].spec(1), "audio": modalities["audio"].spec(1)}
+    model = with_running_stats(student({m: {"encoder": "dscnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=2.0, depth=2))
+    fp32 = export_onnx(model, specs, modalities, tmp_path / "fp32.onnx", name="demo")
+    w8 = quantize_weights_int8(fp32, tmp_path / "w8.onnx")
+    assert read_contract(w8)["precision"] == "int8-weights" and read_contract(w8)["inputs"] == read_contract(fp32)["inputs"]
+    graph = onnx.load(w8).graph
+    dequantized = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+    layers = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    assert len(dequantized) == len(layers) and not any(n.op_type == "QuantizeLinear" for n in graph.node)
+    int8_elements = sum(int(np.prod(i.dims)) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8)
+    float_weights = sum(int(np.prod(i.dims)) for i in onnx.load(fp32).graph.initializer if len(i.dims) >= 2)
+    assert int8_elements == float_weights  # every weight matrix, and nothing else, is stored in int8
+    assert w8.stat().st_size < 0.5 * fp32.stat().st_size
+    # The session folds the weights back into floats at load instead of dequantizing per call.
+    assert session(w8).get_session_options().get_session_config_entry("session.disable_quant_qdq") == "1"
+    x = {m: np.random.default_rng(0).standard_normal((64, *modalities[m].feature_shape(s))).astype(np.float32) for m, s in specs.items()}
+    reference, quantized = session(fp32).run(["logits"], x)[0], session(w8).run(["logits"], x)[0]
+    assert np.abs(quantized - reference).max() < 0.02 * np.abs(reference).max()
+    assert (quantized.argmax(1) == reference.argmax(1)).mean() >= 0.95
+
+
+def test_the_artifact_is_the_fastest_within_the_bound_and_the_smallest_of_a_speed_tie() -> None:
+    from racmkd.compress.steps import ExportOptions, choose_artifact
+
+    def candidate(p50: float, size: int, agreement: float = 1.0) -> dict:
+        return {"latency_ms": {"p50": p50}, "bytes": size, "parity": {"argmax_agreement": agreement, "accuracy": 0.9, "reference_accuracy": 0.9}}
+
+    options = ExportOptions()
+    tied = {"fp32": candidate(0.100, 4000), "int8": candidate(0.150, 1200), "int8-weights": candidate(0.102, 1500)}
+    chosen, reason = choose_artifact(tied, options)
+    assert chosen == "int8-weights" and "as fast" in reason
+    faster = {"fp32": candidate(0.100, 4000), "int8": candidate(0.060, 1200), "int8-weights": candidate(0.101, 1500)}
+    assert choose_artifact(faster, options)[0] == "int8"
+    missed = {"fp32": candidate(0.100, 4000), "int8": candidate(0.060, 1200, agreement=0.9), "int8-weights": candidate(0.200, 1500)}
+    chosen, reason = choose_artifact(missed, options)
+    assert chosen == "fp32" and "int8 misses the bound" in reason
+    assert choose_artifact(missed, ExportOptions(prefer="smaller"))[0] == "int8-weights"
 
 
 def test_mixed_precision_keeps_in_fp32_only_as_many_layers_as_the_agreement_needs(tmp_path: Path) -> None:

@@ -95,6 +95,25 @@ def test_a_profile_missing_a_field_or_with_a_bad_value_is_a_clear_error(tmp_path
         load_device("no-such-board")
 
 
+def test_int8_weights_with_float_arithmetic_count_as_float_once_loaded(tmp_path: Path) -> None:
+    from racmkd.compress.export import CONTRACT_KEY, set_metadata
+    from racmkd.compress.quantize import quantize_weights_int8
+
+    model = hand_graph()
+    set_metadata(model, {CONTRACT_KEY: json.dumps({"format": "racmkd-onnx/1", "inputs": {"x": {}}})})
+    onnx.save(model, tmp_path / "fp32.onnx")
+    fp32, w8 = graph_cost(tmp_path / "fp32.onnx"), graph_cost(quantize_weights_int8(tmp_path / "fp32.onnx", tmp_path / "w8.onnx"))
+    assert w8.weight_bytes == (18 + 2) + 4 * (2 + 1)  # int8 weights and a float scale per output channel
+    assert w8.resident_weight_bytes == fp32.weight_bytes  # ONNX Runtime holds them as floats after loading
+    assert w8.dequantize_scratch_bytes == 4 * 18  # the largest layer, dequantized, on a device reading flash
+    assert not w8.quantized and w8.int8_flops == 0 and w8.flops == fp32.flops
+    assert (w8.operators, w8.peak_activation_bytes, w8.activation_bytes_written) == (fp32.operators, fp32.peak_activation_bytes, fp32.activation_bytes_written)
+    m7 = profile_model(tmp_path / "w8.onnx", load_device("cortex-m7"), FIXED, measure_here=False)
+    assert m7["ram_breakdown"]["weights"] == 4 * 18 and m7["precision"] == "int8-weights"
+    pi = profile_model(tmp_path / "w8.onnx", load_device("raspberry-pi-4"), FIXED, measure_here=False)
+    assert pi["ram_breakdown"]["weights"] == fp32.weight_bytes
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
@@ -114,7 +133,7 @@ def test_verdicts_say_why(exported: Path) -> None:
     assert not tight["fits"] and "exceeds the 1e-06 ms target" in tight["reason"]
     # The estimate follows eq. 7: operators * t_op (scaled by clock) + FLOPs / (eta * peak) + bytes / (eta * B).
     cost = graph_cost(exported)
-    moved = cost.weight_bytes + 2 * cost.activation_bytes_written
+    moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
     device = load_device("raspberry-pi-4")
     expected = cost.operators * 1e-6 * 2000 / 1500 + cost.flops / (0.5 * 24e9) + moved / (1.0 * 4e9)
     assert profile_model(exported, device, FIXED, measure_here=False)["estimated_latency_ms"] == pytest.approx(expected * 1e3)

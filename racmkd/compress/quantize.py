@@ -1,5 +1,6 @@
 """int8 quantization: post-training static quantization through ONNX Runtime, quantization-aware
-fine-tuning in PyTorch, and mixed precision chosen from measured per-layer sensitivity.
+fine-tuning in PyTorch, mixed precision chosen from measured per-layer sensitivity, and int8
+weights with float arithmetic.
 
 The deployed arithmetic is always ONNX Runtime's QDQ format: signed int8 weights (symmetric, one
 scale per output channel, in 7 bits: see WEIGHT_QMAX) and signed int8 activations (one scale and
@@ -8,6 +9,12 @@ MatMul; the rest of the graph stays float. Quantization-aware training (QAT) fin
 rounds weights and layer inputs the same way (fake quantization with a straight-through gradient),
 then goes through the same ONNX Runtime path: its per-channel weight scales (max |w| / WEIGHT_QMAX) are the
 ones QAT trained under. torch.ao.quantization is deprecated, so nothing here builds on it.
+
+Int8 weights with float arithmetic (`quantize_weights_int8`, format `onnx-int8-weights`; TensorFlow
+Lite calls it dynamic-range quantization) store each weight in a quarter of its bytes and run at
+fp32 speed: ONNX Runtime dequantizes them once, when it loads the model (see
+racmkd.compress.artifacts.session). It is the artifact for the tiny students, where int8 kernels
+are slower than fp32 ones and full int8 loses agreement, but the file still has to shrink.
 """
 
 from __future__ import annotations
@@ -115,6 +122,55 @@ def _json(obj: Any) -> str:
     import json
 
     return json.dumps(obj)
+
+
+# Int8 weights, float arithmetic ---------------------------------------------------------------------
+
+# No int8 kernel ever multiplies these weights, so they use all 8 bits (symmetric, [-127, 127]).
+WEIGHTS_ONLY_QMAX = 127
+
+
+def _output_channel_axis(node: onnx.NodeProto, weight: np.ndarray) -> int:
+    """The axis of a layer's weight that indexes its output channels (one scale each)."""
+    if node.op_type == "Gemm":
+        return 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
+    return 0 if node.op_type == "Conv" else weight.ndim - 1  # MatMul: (..., in, out)
+
+
+def quantize_weights_int8(fp32_path: Path, out_path: Path) -> Path:
+    """Store every Conv, Gemm and MatMul weight of an exported model as int8 (symmetric, one scale
+    per output channel) behind a DequantizeLinear; activations, biases and arithmetic stay float.
+    ONNX Runtime's weight-only quantizers cover MatMul in 4-bit blocks, not convolutions, hence
+    this transform. Keeps the racmkd contract, with precision "int8-weights"."""
+    contract = read_contract(fp32_path)
+    model = onnx.load(fp32_path)
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    done: set[str] = set()
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        name = node.input[1] if node.op_type in QUANTIZED_OPS and len(node.input) > 1 else ""
+        if name in initializers and name not in done and len(initializers[name].dims) >= 2:
+            weight = onnx.numpy_helper.to_array(initializers[name]).astype(np.float32)
+            axis = _output_channel_axis(node, weight)
+            others = tuple(i for i in range(weight.ndim) if i != axis)
+            scale = np.abs(weight).max(axis=others) / WEIGHTS_ONLY_QMAX
+            scale[scale == 0] = 1.0  # an all-zero channel (pruning leaves none, but a user's model may)
+            shape = [1] * weight.ndim
+            shape[axis] = -1
+            q = np.clip(np.round(weight / scale.reshape(shape)), -WEIGHTS_ONLY_QMAX, WEIGHTS_ONLY_QMAX).astype(np.int8)
+            graph.initializer.remove(initializers[name])
+            graph.initializer.extend([onnx.numpy_helper.from_array(q, f"{name}_int8"), onnx.numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale")])
+            nodes.append(onnx.helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale"], [name], axis=axis))
+            done.add(name)
+        nodes.append(node)
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    layers = [n.name or n.output[0] for n in graph.node if n.op_type in QUANTIZED_OPS]
+    set_metadata(model, {CONTRACT_KEY: _json({**contract, "precision": "int8-weights", "layer_precision": {n: "int8-weights" for n in layers}})})
+    onnx.checker.check_model(model)
+    atomic_write_bytes(out_path, model.SerializeToString())
+    return out_path
 
 
 # Mixed precision ----------------------------------------------------------------------------------

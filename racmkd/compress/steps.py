@@ -11,7 +11,7 @@ accuracy), so a step only reports what is particular to it.
     bands    band selection: keep the most informative mel bands
     distill  distillation fine-tuning from the run's teachers
     qat      quantization-aware distillation fine-tuning (int8 fake quantization)
-    export   ONNX fp32 and int8 (static or mixed precision), parity checks, the artifact chosen
+    export   ONNX fp32, int8 (static or mixed precision) and int8 weights, parity checks, the artifact chosen
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from racmkd.compress.export import compact_file, export_onnx, onnx_logits, parit
 from racmkd.compress.inputs import band_importance, most_informative, reduce_inputs
 from racmkd.compress.lowrank import lowrank_model
 from racmkd.compress.prune import MAX_RATIO, prune_encoders, ratio_for_bytes
-from racmkd.compress.quantize import calibration_inputs, choose_mixed_precision, fake_quantized, fewest_float_layers, layer_sensitivity, quantize_int8
+from racmkd.compress.quantize import calibration_inputs, choose_mixed_precision, fake_quantized, fewest_float_layers, layer_sensitivity, quantize_int8, quantize_weights_int8
 from racmkd.config import RunConfig, TrainConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.distill.adaptive import ObjectiveWeights
@@ -352,12 +352,16 @@ class ExportOptions:
 
     `int8`: "static" (every Conv/Gemm int8), "mixed" (the fewest of the most sensitive layers stay
     fp32 that bring the int8 model's agreement on the validation split to `min_agreement` plus two
-    standard errors, within `mixed_budget` x the all-int8 weight bytes) or "none". The int8 model is acceptable
-    when its argmax agrees with its own fp32 model on at least `min_agreement` of the test samples
-    and its accuracy is at most `max_accuracy_drop` below; of the acceptable artifacts, `prefer`
-    picks the faster (measured here: ONNX Runtime, batch 1, one thread) or the smaller."""
+    standard errors, within `mixed_budget` x the all-int8 weight bytes) or "none". `int8_weights`
+    also exports int8 weights with float arithmetic (`onnx-int8-weights`: a quarter of the weight
+    bytes at fp32 speed). A quantized model is acceptable when its argmax agrees with its own fp32
+    model on at least `min_agreement` of the test samples and its accuracy is at most
+    `max_accuracy_drop` below; of the acceptable artifacts, `prefer` picks the faster (measured
+    here: ONNX Runtime, batch 1, one thread; p50s within `LATENCY_TIE` of the fastest count as
+    equally fast, and the smallest of those wins) or the smaller."""
 
     int8: str = "static"
+    int8_weights: bool = True
     calibration_samples: int = 512
     sensitivity_samples: int = 1000
     mixed_budget: float = 1.5
@@ -401,6 +405,10 @@ class Export(Step):
             int8_path = quantize_int8(fp32_path, subject.workdir / "int8.onnx", calibration, keep_float=keep_float)
             int8_logits, _ = onnx_logits(session(int8_path), subject.specs, ds, "test")
             candidates["int8"] = {"path": int8_path, "format": "onnx-mixed" if keep_float else "onnx-int8", "parity": parity(int8_logits, fp32_logits, labels).as_dict()}
+        if o.int8_weights:
+            weights_path = quantize_weights_int8(fp32_path, subject.workdir / "int8-weights.onnx")
+            weights_logits, _ = onnx_logits(session(weights_path), subject.specs, ds, "test")
+            candidates["int8-weights"] = {"path": weights_path, "format": "onnx-int8-weights", "parity": parity(weights_logits, fp32_logits, labels).as_dict()}
         for c in candidates.values():  # names were needed to pick layers; the deployed files do without
             c["weight_bytes_by_module"] = compact_file(c["path"])
         sessions = {k: session(c["path"]) for k, c in candidates.items()}
@@ -415,24 +423,35 @@ class Export(Step):
         return {"chosen": chosen, "reason": reason, "candidates": subject.manifest["candidates"], **details}
 
 
+# Timing noise between candidates measured in one round-robin is a few percent here: p50s within 5%
+# of the fastest are a tie, and a tie goes to the smaller file.
+LATENCY_TIE = 0.05
+
+
 def choose_artifact(candidates: dict[str, dict[str, Any]], options: ExportOptions) -> tuple[str, str]:
-    """The artifact a tier deploys, and why: of those within the accuracy bound, the faster (or smaller)."""
+    """The artifact a tier deploys, and why: of those within the accuracy bound, the faster (the
+    smaller of those tied on speed) or the smaller."""
     notes = []
     acceptable = ["fp32"]
-    if "int8" in candidates:
-        p = candidates["int8"]["parity"]
+    for name in ("int8", "int8-weights"):
+        if name not in candidates:
+            continue
+        p = candidates[name]["parity"]
         drop = p["reference_accuracy"] - p["accuracy"]
         if p["argmax_agreement"] >= options.min_agreement and drop <= options.max_accuracy_drop:
-            acceptable.append("int8")
+            acceptable.append(name)
         else:
-            notes.append(f"int8 misses the bound (agreement {p['argmax_agreement']:.4f} < {options.min_agreement} or accuracy drop {drop:+.4f} > {options.max_accuracy_drop})" + ("; `int8: mixed` keeps its most sensitive layers in fp32" if options.int8 == "static" else ""))
-    key = (lambda k: candidates[k]["latency_ms"]["p50"]) if options.prefer == "faster" else (lambda k: candidates[k]["bytes"])  # noqa: E731
-    chosen = min(acceptable, key=key)
+            notes.append(f"{name} misses the bound (agreement {p['argmax_agreement']:.4f} < {options.min_agreement} or accuracy drop {drop:+.4f} > {options.max_accuracy_drop})" + ("; `int8: mixed` keeps its most sensitive layers in fp32" if name == "int8" and options.int8 == "static" else ""))
+    p50 = {k: candidates[k]["latency_ms"]["p50"] for k in acceptable}
+    size = {k: candidates[k]["bytes"] for k in acceptable}
+    if options.prefer == "faster":
+        tied = [k for k in acceptable if p50[k] <= min(p50.values()) * (1 + LATENCY_TIE)]
+        chosen = min(tied, key=lambda k: size[k])
+        why = "faster" if len(tied) == 1 else f"the smallest of {', '.join(tied)} (p50s within {LATENCY_TIE:.0%}: as fast)"
+    else:
+        chosen = min(acceptable, key=lambda k: size[k])
+        why = "smaller"
     if len(acceptable) > 1:
-        other = next(k for k in acceptable if k != chosen)
-        c, o = candidates[chosen], candidates[other]
-        notes.append(
-            f"{chosen} is {'faster' if options.prefer == 'faster' else 'smaller'}: p50 {c['latency_ms']['p50']:.3f} ms vs {o['latency_ms']['p50']:.3f} ms for {other}, "
-            f"{c['bytes']:,} vs {o['bytes']:,} bytes"
-        )
+        others = ", ".join(f"{k} {p50[k]:.3f} ms / {size[k]:,} bytes" for k in acceptable if k != chosen)
+        notes.append(f"{chosen} is {why}: p50 {p50[chosen]:.3f} ms, {size[chosen]:,} bytes (vs {others})")
     return chosen, "; ".join(notes) or "the only candidate"

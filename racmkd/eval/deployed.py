@@ -44,7 +44,7 @@ class Deployed:
     name: str
     artifact: Path
     twin: Path  # the checkpoint with the artifact's weights (before int8 rounding)
-    format: str  # onnx-fp32 or onnx-int8 (or the compressed tier's recipe choice)
+    format: str  # onnx-fp32, onnx-int8, onnx-mixed or onnx-int8-weights (a compressed tier: its recipe's choice)
 
 
 def deploy(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out_dir: Path, compressed: bool = True) -> Deployed:
@@ -92,8 +92,9 @@ def artifact_costs(rows: list[Deployed], dataset: PairedDataset, ev: EvalConfig)
             "params": model_bytes(twin)["params"],
             "bytes_deployable": row.artifact.stat().st_size,
             "weight_bytes": graph.weight_bytes,
+            "resident_weight_bytes": graph.resident_weight_bytes,
             "peak_activation_bytes": graph.peak_activation_bytes,
-            "memory_bytes": graph.weight_bytes + graph.peak_activation_bytes,
+            "memory_bytes": graph.resident_weight_bytes + graph.peak_activation_bytes,
             "flops": count_flops(twin, inputs),
             "activation_bytes_written": graph.activation_bytes_written,
             "inputs": {m: list(x.shape[1:]) for m, x in inputs.items()},
@@ -104,7 +105,7 @@ def artifact_costs(rows: list[Deployed], dataset: PairedDataset, ev: EvalConfig)
     latency = latency_round_robin(timers, ev.latency_warmup, ev.latency_iters, ev.latency_rounds, threads=1)
     for name, entry in costs.items():
         entry["latency_ms_p50"], entry["latency_ms_p95"] = latency[name]["p50"], latency[name]["p95"]
-        moved = entry["weight_bytes"] + 2 * entry["activation_bytes_written"]
+        moved = entry["resident_weight_bytes"] + 2 * entry["activation_bytes_written"]
         entry["energy_mj_estimated"] = estimated_energy_joules(entry["flops"], moved, entry["latency_ms_p50"] / 1e3, ev.energy) * 1e3
     return costs
 

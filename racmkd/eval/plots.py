@@ -23,7 +23,7 @@ def plot_accuracy_vs_cost(models: dict[str, dict[str, Any]], out_dir: Path) -> l
         ("latency_ms_p50", "latency p50 at batch 1, one thread (ms, log)", "accuracy_vs_latency.png"),
     ):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        value = (lambda e: e.get("bytes_deployable", e["bytes_fp32"]) + e["peak_activation_bytes"]) if key == "memory" else (lambda e: e[key])  # noqa: E731
+        value = (lambda e: max(e.get("bytes_deployable", e["bytes_fp32"]), e.get("resident_weight_bytes", 0)) + e["peak_activation_bytes"]) if key == "memory" else (lambda e: e[key])  # noqa: E731 - int8 weights are held as floats once loaded
         for name, e in models.items():
             ax.scatter(value(e), e["accuracy"], color=COLOURS.get(e.get("role") or "", "black"), zorder=3)
             ax.annotate(name, (value(e), e["accuracy"]), textcoords="offset points", xytext=(4, 3), fontsize=7)

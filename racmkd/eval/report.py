@@ -111,6 +111,7 @@ def measure_compressed(name: str, folder: Path, run_dir: Path, dataset: PairedDa
         peak_activation_bytes=cost.peak_activation_bytes,
         activation_bytes_written=cost.activation_bytes_written,
         weight_bytes=cost.weight_bytes,
+        resident_weight_bytes=cost.resident_weight_bytes,
         bytes_deployable=artifact.stat().st_size,
         format=manifest["format"],
         artifact=str(artifact.relative_to(run_dir)),
@@ -140,7 +141,7 @@ def add_latency_and_energy(models: dict[str, dict[str, Any]], timers: dict[str, 
         if measured is not None:
             entry["energy_mj"], entry["energy_source"] = measured * 1e3, "measured"
         else:
-            moved = entry.get("weight_bytes", entry["param_bytes_fp32"]) + 2 * entry["activation_bytes_written"]  # weights read once, activations written and read
+            moved = entry.get("resident_weight_bytes", entry["param_bytes_fp32"]) + 2 * entry["activation_bytes_written"]  # weights read once (as the kernels read them), activations written and read
             entry["energy_mj"] = estimated_energy_joules(entry["flops"], moved, entry["latency_ms_p50"] / 1e3, ev.energy) * 1e3
             entry["energy_source"] = "estimated"
         entry["energy_device"] = ev.energy.device

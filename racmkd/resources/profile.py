@@ -7,7 +7,10 @@ For an exported ONNX model and a device profile:
   allocated when its node runs and freed after its last reader), plus the weights when the device
   loads them into RAM, plus the runtime's own overhead. In a QDQ (int8) graph an int8 runtime fuses
   DequantizeLinear -> op -> QuantizeLinear into one int8 kernel, so the float tensors around it are
-  never stored: activations count at the width the runtime keeps them.
+  never stored: activations count at the width the runtime keeps them. A model with int8 weights
+  and float arithmetic (no QuantizeLinear) is stored small but computes in float: a runtime that
+  loads weights into RAM holds them dequantized (ONNX Runtime folds them at load); one that reads
+  them from flash dequantizes one layer's weights at a time into a scratch buffer.
 - Latency (the seed's eq. 7): T = n_ops * t_op + FLOPs / (eta_f * P) + bytes / (eta_b * B), with
   P and B the device's peak arithmetic and bandwidth. t_op (dispatch per operator), eta_f and
   eta_b (the fractions of peak an inference runtime reaches) are fitted on this machine by timing
@@ -64,13 +67,15 @@ class GraphCost:
     """What an ONNX graph needs at batch 1."""
 
     file_bytes: int
-    weight_bytes: int  # initializers
+    weight_bytes: int  # initializers, as stored in the file
+    resident_weight_bytes: int  # weights as a runtime holds them in RAM (float where the arithmetic is float)
+    dequantize_scratch_bytes: int  # the largest layer's weights dequantized (int8-weights graphs read from flash)
     peak_activation_bytes: int  # live activations at the worst moment (inputs included)
     activation_bytes_written: int  # every stored activation, once
     flops: int  # 2 per multiply-add of Conv / Gemm / MatMul
     int8_flops: int  # the part of `flops` done by layers quantized to int8
     operators: int  # nodes a runtime dispatches (QDQ nodes of an int8 graph fuse away)
-    quantized: bool
+    quantized: bool  # int8 arithmetic (activations quantized too)
 
 
 def _conv_flops(node: onnx.NodeProto, shapes: dict[str, list[int]], weights: dict[str, np.ndarray]) -> int:
@@ -105,7 +110,9 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
     values = {v.name: v for v in [*graph_.input, *graph_.value_info, *graph_.output]}
     shapes = {n: [d.dim_value for d in v.type.tensor_type.shape.dim] for n, v in values.items()}
     producer = {out: node for node in graph_.node for out in node.output}
-    quantized = any(n.op_type in QDQ_OPS for n in graph_.node)
+    quantized = any(n.op_type == "QuantizeLinear" for n in graph_.node)
+    # Weights behind a DequantizeLinear in a graph with float arithmetic: folded to float at load.
+    dequantized_weights = {n.output[0]: n.input[0] for n in graph_.node if not quantized and n.op_type == "DequantizeLinear" and n.input[0] in weights}
 
     def dequantized_source(name: str) -> str | None:
         """For a DequantizeLinear output: the quantized tensor it reads (None for weights)."""
@@ -117,7 +124,7 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
     readers: dict[str, list[int]] = {}
     for i, node in enumerate(graph_.node):
         for name in node.input:
-            if name and name not in weights:
+            if name and name not in weights and name not in dequantized_weights:
                 source = dequantized_source(name) if quantized else name
                 if source is not None:
                     readers.setdefault(source, []).append(i)
@@ -146,10 +153,10 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
             flops += f
             if quantized and any(producer.get(n) is not None and producer[n].op_type == "DequantizeLinear" for n in node.input[:2]):
                 int8_flops += f
-        if not (quantized and node.op_type in QDQ_OPS) and node.op_type not in ("Constant", "Identity", "Shape"):
+        if not (quantized and node.op_type in QDQ_OPS) and node.output[0] not in dequantized_weights and node.op_type not in ("Constant", "Identity", "Shape"):
             operators += 1
         for name in node.output:
-            if name and stored(name, node) and name in values:
+            if name and name not in dequantized_weights and stored(name, node) and name in values:
                 sizes[name] = _tensor_bytes(values[name]) or 0
                 live += sizes[name]
                 written += sizes[name]
@@ -158,7 +165,10 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
             if name not in outputs and last_read.get(name, -1) <= i:
                 live -= sizes.pop(name)
     weight_bytes = sum(w.nbytes for w in weights.values())
-    return GraphCost(file_bytes, weight_bytes, peak, written, flops, int8_flops, operators, quantized)
+    float_bytes = {q: weights[q].size * 4 for q in dequantized_weights.values()}  # each int8 weight as a float32
+    scales = {n.input[1] for n in graph_.node if n.output[0] in dequantized_weights}
+    resident = weight_bytes + sum(float_bytes.values()) - sum(weights[q].nbytes for q in float_bytes) - sum(weights[s].nbytes for s in scales if s in weights)
+    return GraphCost(file_bytes, weight_bytes, resident, max(float_bytes.values(), default=0), peak, written, flops, int8_flops, operators, quantized)
 
 
 # The latency model ------------------------------------------------------------------------------------
@@ -249,7 +259,7 @@ def calibrate(host: str, host_clock_mhz: float, show_progress: bool = True) -> L
         sess = session(model.SerializeToString())
         feed = {"input": np.random.default_rng(0).standard_normal((1, channels, size, size)).astype(np.float32)}
         seconds = latency_ms(lambda: sess.run(None, feed), warmup=5, iters=30)["p50"] / 1e3
-        moved = cost.weight_bytes + 2 * cost.activation_bytes_written
+        moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
         rows.append([cost.operators, cost.flops / (peaks.gflops_fp32 * 1e9), moved / (peaks.memory_gbps * 1e9)])
         times.append(seconds)
     a, t = np.array(rows), np.array(times)
@@ -296,7 +306,7 @@ def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measur
     path = Path(path)
     contract = read_contract(path)
     cost = graph_cost(path)
-    moved = cost.weight_bytes + 2 * cost.activation_bytes_written
+    moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
     fp_flops, q_flops = cost.flops - cost.int8_flops, cost.int8_flops
     seconds_per_op = device.op_overhead_us * 1e-6 if device.op_overhead_us > 0 else model.seconds_per_op * model.host_clock_mhz / device.clock_mhz
 
@@ -306,13 +316,14 @@ def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measur
 
     seconds = on(device.peak_gflops_fp32, device.peak_gops_int8, device.memory_gbps, seconds_per_op)
     rom = cost.file_bytes
-    ram = cost.peak_activation_bytes + device.runtime_overhead_bytes + (cost.weight_bytes if device.weights_in == "ram" else 0)
+    weights_in_ram = cost.resident_weight_bytes if device.weights_in == "ram" else cost.dequantize_scratch_bytes
+    ram = cost.peak_activation_bytes + device.runtime_overhead_bytes + weights_in_ram
     target = device.latency_target_ms if latency_target_ms is None else latency_target_ms
     problems = []
     if rom > device.rom_bytes:
         problems.append(f"the model file needs {rom:,} bytes of storage, the device has {device.rom_bytes:,}")
     if ram > device.ram_bytes:
-        problems.append(f"it needs {ram:,} bytes of RAM (activations {cost.peak_activation_bytes:,} + runtime {device.runtime_overhead_bytes:,}{f' + weights {cost.weight_bytes:,}' if device.weights_in == 'ram' else ''}), the device has {device.ram_bytes:,}")
+        problems.append(f"it needs {ram:,} bytes of RAM (activations {cost.peak_activation_bytes:,} + runtime {device.runtime_overhead_bytes:,}{f' + weights {weights_in_ram:,}' if weights_in_ram else ''}), the device has {device.ram_bytes:,}")
     if target and seconds * 1e3 > target:
         problems.append(f"the estimated latency {seconds * 1e3:.3f} ms exceeds the {target:g} ms target")
     fits = not problems
@@ -325,7 +336,7 @@ def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measur
         "device_description": device.description,
         "rom_bytes": rom,
         "ram_bytes": ram,
-        "ram_breakdown": {"peak_activations": cost.peak_activation_bytes, "runtime": device.runtime_overhead_bytes, "weights": cost.weight_bytes if device.weights_in == "ram" else 0},
+        "ram_breakdown": {"peak_activations": cost.peak_activation_bytes, "runtime": device.runtime_overhead_bytes, "weights": weights_in_ram},
         "flops": cost.flops,
         "int8_flops": cost.int8_flops,
         "operators": cost.operators,

@@ -10,7 +10,7 @@ tiers can be combined too, and every such combination is measured here like the 
 `build_bank(run_dir)` writes runs/<run>/edge/:
 
     <tier>.<modality>.onnx   the share graphs: from the compressed student where the run has one
-                             (int8 where its recipe chose int8), else from the distilled student
+                             (int8, or int8 weights, where its recipe chose so), else from the distilled student
     logits.npz               every share's logits on the validation and test samples
     bank.json                per variant: latency (raw input to logits, numpy preprocessing included,
                              ONNX Runtime, one thread), resident memory, FLOPs, energy; per tier the
@@ -34,7 +34,7 @@ import torch
 
 from racmkd.compress.artifacts import read_compression_record
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, session
-from racmkd.compress.quantize import calibration_inputs, quantize_int8
+from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights_int8
 from racmkd.config import RunConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.eval.cost import estimated_energy_joules, latency_round_robin
@@ -50,7 +50,7 @@ def _source(run_dir: Path, tier: str) -> tuple[Path, str]:
     manifest = run_dir / "compressed" / tier / "compression.json"
     if manifest.is_file():
         chosen = read_compression_record(manifest.parent)["format"]
-        return manifest.parent / "model.pt", "int8" if chosen in ("onnx-int8", "onnx-mixed") else "fp32"
+        return manifest.parent / "model.pt", {"onnx-int8": "int8", "onnx-mixed": "int8", "onnx-int8-weights": "int8-weights"}.get(chosen, "fp32")
     return run_dir / "checkpoints" / f"{tier}.pt", "fp32"
 
 
@@ -80,13 +80,12 @@ def _accuracy_table(modalities: list[str], tiers_of: dict[str, list[str]], share
 # variants of a bank each read 1.2-2.2 MB alone, 4.7 MB all together.
 _RESIDENT = """
 import gc, sys
-import numpy as np, onnxruntime as ort, psutil
-options = ort.SessionOptions()
-options.intra_op_num_threads = options.inter_op_num_threads = 1
+import psutil
+from racmkd.compress.artifacts import session, zero_feed
 def load(path):
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    session.run(None, {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in session.get_inputs()})
-    return session
+    loaded = session(path)
+    loaded.run(None, zero_feed(loaded))
+    return loaded
 others = [load(p) for p in sys.argv[2:]]
 gc.collect()
 before = psutil.Process().memory_info().rss
@@ -128,6 +127,8 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
             export_onnx(model, specs, modalities, path, name=f"{tier}/{m}", present=[m], extra_meta=meta, share=True)
             if precision == "int8":
                 quantize_int8(path, path, calibration_inputs(dataset, {m: specs[m]}, calibration_samples))
+            elif precision == "int8-weights":
+                quantize_weights_int8(path, path)
             compact_file(path)
             sess = session(path)
             for split, limit in (("val", val_samples), ("test", test_samples)):
@@ -151,10 +152,10 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
     for r in records:
         path = out_dir / r["path"]
         cost = graph_cost(path)
-        moved = cost.weight_bytes + 2 * cost.activation_bytes_written
+        moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
         lat = latency[r["path"]]
         energy = estimated_energy_joules(cost.flops, moved, lat["p50"] / 1e3, cfg.eval.energy) * 1e3
-        graph_memory = cost.weight_bytes + cost.peak_activation_bytes
+        graph_memory = cost.resident_weight_bytes + cost.peak_activation_bytes
         resident = resident_bytes(path, [out_dir / o["path"] for o in records if o is not r])
         variants.append({
             "tier": r["tier"], "modality": r["modality"], "path": r["path"], "precision": r["precision"],
