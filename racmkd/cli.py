@@ -153,14 +153,15 @@ def export(
     model: Annotated[str, typer.Option(help="Checkpoint to export: teacher, teacher_image, teacher_audio, high, medium, low, critical, ...")] = "high",
     out: Annotated[Optional[Path], typer.Option(help="Folder for the .onnx files (default: <run>/onnx).")] = None,
     int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also write a static int8 (QDQ) model.")] = True,
+    int8_weights: Annotated[bool, typer.Option("--int8-weights/--no-int8-weights", help="Also write int8 weights with float arithmetic (a quarter of the weight bytes, fp32 speed).")] = True,
     modality: Annotated[Optional[list[str]], typer.Option(help="Export the graph for these inputs only (repeatable): a variant with a sensor off.")] = None,
 ) -> None:
-    """Export a model to ONNX (fp32, and int8) with its preprocessing contract; check parity on the whole test split."""
+    """Export a model to ONNX (fp32, int8 and int8 weights) with its preprocessing contract; check parity on the whole test split."""
     from racmkd.pipeline import export_model, open_run, prepare_data
 
     try:
         run_dir, cfg = open_run(run)
-        result = export_model(cfg, prepare_data(cfg), run_dir, model, out, int8, list(modality) if modality else None)
+        result = export_model(cfg, prepare_data(cfg), run_dir, model, out, int8, list(modality) if modality else None, int8_weights=int8_weights)
     except _errors() as err:
         raise _fail(err) from None
     typer.echo(json.dumps(result, indent=2))

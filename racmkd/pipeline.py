@@ -356,13 +356,14 @@ def compress_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tie
     return written
 
 
-def export_model(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out_dir: Path | None = None, int8: bool = True, present: list[str] | None = None, calibration_samples: int = 512) -> dict[str, Any]:
+def export_model(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out_dir: Path | None = None, int8: bool = True, present: list[str] | None = None, calibration_samples: int = 512, int8_weights: bool = False) -> dict[str, Any]:
     """Export one model of a run (a teacher, a tier, a baseline) to ONNX, fp32 and optionally int8
-    (static QDQ), each checked against its reference on the whole test split. Returns what was
-    written and the parity figures; also writes them to <out_dir>/<name>.export.json."""
+    (static QDQ) and int8 weights with float arithmetic, each checked against its reference on the
+    whole test split. Returns what was written and the parity figures; also writes them to
+    <out_dir>/<name>.export.json."""
     from racmkd.compress.export import compact_file, onnx_logits, parity, session, torch_logits
     from racmkd.compress.export import export_onnx as write_onnx
-    from racmkd.compress.quantize import calibration_inputs, quantize_int8
+    from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights_int8
 
     path = checkpoint(run_dir, name)
     if not path.exists():
@@ -380,7 +381,11 @@ def export_model(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: st
         q = quantize_int8(fp32, out_dir / f"{name}{suffix}.int8.onnx", calibration_inputs(dataset, used, calibration_samples))
         q_logits, _ = onnx_logits(session(q), used, dataset, "test")
         result["int8"] = {"path": str(q), "parity_vs_fp32": parity(q_logits, fp32_logits, labels).as_dict()}
-    for key in ("fp32", "int8"):
+    if int8_weights:
+        w = quantize_weights_int8(fp32, out_dir / f"{name}{suffix}.int8-weights.onnx")
+        w_logits, _ = onnx_logits(session(w), used, dataset, "test")
+        result["int8-weights"] = {"path": str(w), "parity_vs_fp32": parity(w_logits, fp32_logits, labels).as_dict()}
+    for key in ("fp32", "int8", "int8-weights"):
         if key in result:
             result[key]["weight_bytes_by_module"] = compact_file(Path(result[key]["path"]))
             result[key]["bytes"] = Path(result[key]["path"]).stat().st_size

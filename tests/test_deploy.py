@@ -177,8 +177,10 @@ def test_every_device_profile_gets_a_model_or_a_reason(bank_dir: Path, keys: tup
 
     devices = [load_device(d) for d in device_names()]
     registry, key = ModelRegistry(tmp_path / "registry"), load_private_key(keys[0])
-    exported = export_model(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, "critical", tmp_path / "onnx", int8=False)
+    exported = export_model(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, "critical", tmp_path / "onnx", int8=False, int8_weights=True)
     onnx_path = Path(exported["fp32"]["path"])
+    weights_only = exported["int8-weights"]  # written beside it, checked on the whole test split
+    assert weights_only["parity_vs_fp32"]["argmax_agreement"] >= 0.9 and weights_only["bytes"] < exported["fp32"]["bytes"]
     registry.register(onnx_path, "critical", key, tier="critical", metrics={"accuracy": 0.8}, device_fit=device_fit(onnx_path, "onnx", devices))
     registry.register(bank_dir, "edge", key, metrics={"accuracy": 0.9}, device_fit=device_fit(bank_dir, "bank", devices))
     assignments = {a.device: a for a in plan(registry, devices)}
