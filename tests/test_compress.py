@@ -441,6 +441,9 @@ def test_int8_weights_shrink_the_file_and_run_at_float_speed_settings(tmp_path: 
     reference, quantized = session(fp32).run(["logits"], x)[0], session(w8).run(["logits"], x)[0]
     assert np.abs(quantized - reference).max() < 0.02 * np.abs(reference).max()
     assert (quantized.argmax(1) == reference.argmax(1)).mean() >= 0.95
+    with pytest.raises(ExportError, match="already quantized"):
+        quantize_weights_int8(w8, tmp_path / "twice.onnx")
+    assert not (tmp_path / "twice.onnx").exists()
 
 
 def test_the_artifact_is_the_fastest_within_the_bound_and_the_smallest_of_a_speed_tie() -> None:

@@ -36,7 +36,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 from torch.nn.utils import parametrize
 
-from racmkd.compress.export import CONTRACT_KEY, read_contract, session, set_metadata
+from racmkd.compress.export import CONTRACT_KEY, ExportError, read_contract, session, set_metadata
 from racmkd.data.dataset import PairedDataset
 from racmkd.models.inference import BatchFeatures
 from racmkd.utils import atomic_write_bytes
@@ -145,6 +145,8 @@ def quantize_weights_int8(fp32_path: Path, out_path: Path) -> Path:
     contract = read_contract(fp32_path)
     model = onnx.load(fp32_path)
     graph = model.graph
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
+        raise ExportError(f"{fp32_path}: already quantized ({contract.get('precision', 'int8')}); int8 weights are made from the fp32 export")
     initializers = {i.name: i for i in graph.initializer}
     done: set[str] = set()
     nodes: list[onnx.NodeProto] = []
