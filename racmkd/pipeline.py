@@ -364,6 +364,7 @@ def export_model(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: st
     from racmkd.compress.export import compact_file, onnx_logits, parity, session, torch_logits
     from racmkd.compress.export import export_onnx as write_onnx
     from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights_int8
+    from racmkd.eval.report import git_commit
 
     path = checkpoint(run_dir, name)
     if not path.exists():
@@ -389,6 +390,7 @@ def export_model(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: st
         if key in result:
             result[key]["weight_bytes_by_module"] = compact_file(Path(result[key]["path"]))
             result[key]["bytes"] = Path(result[key]["path"]).stat().st_size
+    result["commit"] = git_commit()  # the code that wrote these files
     atomic_write_json(out_dir / f"{name}{suffix}.export.json", result)
     return result
 

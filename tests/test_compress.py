@@ -223,6 +223,9 @@ def test_export_metadata_round_trips_and_onnx_runtime_matches_pytorch(tmp_path: 
     np.testing.assert_allclose(out, model(x).detach().numpy(), atol=1e-4)
     compact = compact_names(onnx.load(path))
     assert compact.ByteSize() < path.stat().st_size
+    convs = [n for n in compact.graph.node if n.op_type == "Conv"]  # attributes that restate defaults are gone
+    assert convs and not any(a.name in ("auto_pad", "dilations") or (a.name == "group" and a.i == 1) or (a.name == "strides" and set(a.ints) == {1}) for n in convs for a in n.attribute)
+    assert any(a.name == "strides" and set(a.ints) == {2} for n in convs for a in n.attribute) and all(any(a.name == "kernel_shape" for a in n.attribute) for n in convs)
     np.testing.assert_allclose(session(compact.SerializeToString()).run(["logits"], {m: v.numpy() for m, v in x.items()})[0], out, atol=1e-6)
     assert {"encoders.image", "encoders.audio"} <= set(module_weight_bytes(onnx.load(path)))
     audio_only = export_onnx(model, specs, modalities, tmp_path / "a.onnx", present=["audio"])

@@ -124,10 +124,45 @@ def module_weight_bytes(model: onnx.ModelProto) -> dict[str, int]:
     return totals
 
 
+# Convolution attributes whose absence means the same value along every axis (ONNX's Conv: "if not
+# present, the stride defaults to 1", likewise dilations; pads default to 0). The schema does not
+# list these as defaults, so `drop_default_attributes` names them.
+_CONV_ABSENT_MEANS = {"strides": 1, "dilations": 1, "pads": 0}
+
+
+def drop_default_attributes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove every attribute set to the value its absence means: the operator schema's default
+    (Conv's group 1 and auto_pad NOTSET, Gemm's alpha, beta, transA, DequantizeLinear's axis 1) and
+    Conv's unit strides and dilations and zero pads. About a third of a tiny convolution node's
+    bytes; ONNX Runtime reads the same graph."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None:
+        return model
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset)
+        except onnx.defs.SchemaError:
+            continue
+        kept = []
+        for attr in node.attribute:
+            default = schema.attributes[attr.name].default_value if attr.name in schema.attributes else None
+            if default is not None and default.type != onnx.AttributeProto.UNDEFINED and onnx.helper.get_attribute_value(default) == onnx.helper.get_attribute_value(attr):
+                continue
+            if node.op_type == "Conv" and attr.name in _CONV_ABSENT_MEANS and list(attr.ints) and all(v == _CONV_ABSENT_MEANS[attr.name] for v in attr.ints):
+                continue
+            kept.append(attr)
+        if len(kept) < len(node.attribute):
+            node.ClearField("attribute")
+            node.attribute.extend(kept)
+    return model
+
+
 def compact_names(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Rename every tensor but the graph's inputs and outputs to a short id and drop node names and
-    intermediate shapes: the same graph, without the bytes an exporter's descriptive names cost
-    (a QDQ graph of a tiny student is mostly names)."""
+    """Rename every tensor but the graph's inputs and outputs to a short id, drop node names,
+    intermediate shapes and attributes that restate defaults: the same graph, without the bytes an
+    exporter's descriptive names cost (a QDQ graph of a tiny student is mostly names)."""
     keep = {v.name for v in [*model.graph.input, *model.graph.output]}
     names: dict[str, str] = {}
 
@@ -147,7 +182,7 @@ def compact_names(model: onnx.ModelProto) -> onnx.ModelProto:
         for i, name in enumerate(node.output):
             node.output[i] = short(name)
     model.graph.ClearField("value_info")
-    return model
+    return drop_default_attributes(model)
 
 
 def compact_file(path: Path) -> dict[str, int]:
@@ -185,7 +220,7 @@ def export_onnx(model: MultimodalNet, specs: dict[str, Any], modalities: dict[st
         exporter_log.setLevel(level)
     used = {m: specs[m] for m in present}
     meta = contract(name, used, modalities, extra_meta)
-    set_metadata(proto, {CONTRACT_KEY: json.dumps(meta)})
+    set_metadata(proto, {CONTRACT_KEY: json.dumps(meta, separators=(",", ":"))})  # compact: it travels in every model file
     onnx.checker.check_model(proto)
     atomic_write_bytes(path, proto.SerializeToString())
     return path

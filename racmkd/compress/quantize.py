@@ -19,6 +19,7 @@ are slower than fp32 ones and full int8 loses agreement, but the file still has 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -112,16 +113,15 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.nda
         finally:
             root.setLevel(level)
         model = onnx.load(quantized)
+    mixed = bool(keep_float) or only is not None
     precision = {n: ("int8" if (only is None or n in only) and n not in keep_float else "fp32") for n in layers}
-    set_metadata(model, {CONTRACT_KEY: _json({**contract, "precision": "int8" if not keep_float and only is None else "mixed", "layer_precision": precision})})
+    set_metadata(model, {CONTRACT_KEY: _json({**contract, "precision": "mixed" if mixed else "int8", **({"layer_precision": precision} if mixed else {})})})
     atomic_write_bytes(out_path, model.SerializeToString())
     return out_path
 
 
 def _json(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj)
+    return json.dumps(obj, separators=(",", ":"))  # compact: the contract travels in every model file
 
 
 # Int8 weights, float arithmetic ---------------------------------------------------------------------
@@ -168,8 +168,7 @@ def quantize_weights_int8(fp32_path: Path, out_path: Path) -> Path:
         nodes.append(node)
     graph.ClearField("node")
     graph.node.extend(nodes)
-    layers = [n.name or n.output[0] for n in graph.node if n.op_type in QUANTIZED_OPS]
-    set_metadata(model, {CONTRACT_KEY: _json({**contract, "precision": "int8-weights", "layer_precision": {n: "int8-weights" for n in layers}})})
+    set_metadata(model, {CONTRACT_KEY: _json({**contract, "precision": "int8-weights"})})
     onnx.checker.check_model(model)
     atomic_write_bytes(out_path, model.SerializeToString())
     return out_path

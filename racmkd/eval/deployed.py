@@ -28,6 +28,7 @@ from racmkd.config import EvalConfig, RunConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.eval.cost import activation_memory, count_flops, estimated_energy_joules, latency_round_robin, model_bytes, time_calls
 from racmkd.eval.metrics import classification_metrics
+from racmkd.eval.report import git_commit
 from racmkd.models.checkpoint import load_model
 from racmkd.models.inference import BatchFeatures
 from racmkd.models.multimodal import MultimodalNet
@@ -50,7 +51,8 @@ class Deployed:
 def deploy(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out_dir: Path, compressed: bool = True) -> Deployed:
     """The artifact a row is measured as: a racmkd tier's compressed artifact where the run has one
     (unless `compressed` is False: then the row is "<name>_fp32"), else the model exported to ONNX
-    (int8 for the TinyML row, fp32 otherwise). Exports are reused when out_dir already holds them."""
+    (int8 for the TinyML row, fp32 otherwise). Exports are reused when out_dir holds them from the
+    same commit: an exporter change since would make the rows' bytes incomparable."""
     folder = compressed_dir(run_dir, name)
     if compressed and (folder / "compression.json").is_file():
         manifest = read_compression_record(folder)
@@ -58,7 +60,8 @@ def deploy(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out
     int8 = name in INT8_ROWS
     record = out_dir / f"{name}.export.json"
     result = json.loads(record.read_text()) if record.is_file() else None
-    if result is None or (int8 and "int8" not in result) or not Path(result["fp32"]["path"]).is_file():
+    commit = git_commit()
+    if result is None or result.get("commit") != commit or commit is None or (int8 and "int8" not in result) or not Path(result["fp32"]["path"]).is_file():
         result = export_model(cfg, dataset, run_dir, name, out_dir, int8=int8)
     key = "int8" if int8 else "fp32"
     label = name if compressed or not (folder / "compression.json").is_file() else f"{name}_fp32"
