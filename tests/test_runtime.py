@@ -48,6 +48,27 @@ def test_bank_measures_every_variant_and_configuration(bank_dir: Path, tiny_run:
         assert bank.data["accuracy"]["test"][key] == pytest.approx(report["models"][tier]["accuracy"], abs=1e-9)
 
 
+def test_a_bank_of_int8_weight_variants_is_smaller_and_answers_alike(bank_dir: Path, tiny_run: Path, tiny_dataset, tmp_path: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Where a tier's recipe chose int8 weights, its variants are exported so: a quarter of the
+    weight bytes, the same answers, memory measured as the session holds them (weights in float)."""
+    from racmkd.config import load_config
+    from racmkd.runtime import variants
+
+    monkeypatch.setattr(variants, "_source", lambda run_dir, tier: (run_dir / "checkpoints" / f"{tier}.pt", "int8-weights"))
+    folder = variants.build_bank(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, out_dir=tmp_path / "edge", val_samples=300, test_samples=300, latency_iters=10)
+    small, full = load_bank(folder), load_bank(bank_dir)
+    by_id = {v["tier"] + "/" + v["modality"]: v for v in full.data["variants"]}
+    for v in small.data["variants"]:
+        reference = by_id[v["tier"] + "/" + v["modality"]]
+        assert v["precision"] == "int8-weights" and v["file_bytes"] < 0.6 * reference["file_bytes"]
+        assert v["graph_memory_bytes"] == reference["graph_memory_bytes"]  # held as floats once loaded
+    for key, accuracy in full.data["accuracy"]["test"].items():
+        assert small.data["accuracy"]["test"][key] == pytest.approx(accuracy, abs=0.03)
+    inputs, labels = samples
+    answers = [EdgeRuntime(small).predict(**x).label for x in inputs]
+    assert np.mean(np.array(answers) == labels) > 0.3  # chance is 0.1
+
+
 def test_a_pinned_tier_answers_like_its_student(bank_dir: Path, tiny_run: Path, samples) -> None:  # noqa: ANN001
     inputs, _ = samples
     bank = load_bank(bank_dir)
