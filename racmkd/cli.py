@@ -232,7 +232,7 @@ def edge_build(
     except (*_errors(), BankError, ExportError) as err:
         raise _fail(err) from None
     for v in bank.data["variants"]:
-        typer.echo(f"{v['tier'] + '/' + v['modality']:18s} {v['precision']:5s} {v['latency_ms']:7.3f} ms  {v['memory_bytes'] / 1024:8.1f} KB  {v['energy_mj']:.4f} mJ")
+        typer.echo(f"{v['tier'] + '/' + v['modality']:18s} {v['precision']:12s} {v['latency_ms']:7.3f} ms  {v['memory_bytes'] / 1024:8.1f} KB  {v['energy_mj']:.4f} mJ")
     typer.echo(f"bank: {folder / 'bank.json'}")
 
 

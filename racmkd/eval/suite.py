@@ -109,8 +109,9 @@ def _copy_teachers(source: Path, run_dir: Path, cfg: RunConfig) -> bool:
     return True
 
 
-def seed_run(settings: SuiteSettings, protocol: str, seed: int, first_run: Path | None, datasets: dict[str, PairedDataset]) -> tuple[RunConfig, Path]:
-    """The run of one (protocol, seed), with everything the tables need trained."""
+def seed_run(settings: SuiteSettings, protocol: str, seed: int, first_run: Path | None, datasets: dict[str, PairedDataset]) -> tuple[RunConfig, Path, list[str]]:
+    """The run of one (protocol, seed), with everything the tables need trained; also returns what
+    this call made (the rest was resumed from an earlier invocation)."""
     name = f"{protocol}-s{seed}"
     overrides = [f"name={name}", f"runs_dir={settings.runs_dir}", f"seed={seed}", f"data.protocol={protocol}", "compress.tiers=[]", "runtime.build_bank=false", *settings.overrides]
     if first_run is not None:  # the first seed's designs, and no label-only twins (only the transfer study uses them)
@@ -120,6 +121,7 @@ def seed_run(settings: SuiteSettings, protocol: str, seed: int, first_run: Path 
     if not (run_dir / "config.yaml").is_file():
         create_run(cfg)
     run_dir = run_dir.resolve()
+    made: list[str] = []
     if protocol not in datasets:
         datasets[protocol] = prepare_data(cfg)
     dataset = datasets[protocol]
@@ -127,13 +129,16 @@ def seed_run(settings: SuiteSettings, protocol: str, seed: int, first_run: Path 
         source = first_run or settings.teachers_from
         if source is None or not _copy_teachers(Path(source), run_dir, cfg):
             train_teachers(cfg, dataset, run_dir)
+            made.append("teachers")  # (a copy of the first seed's is not counted: instant)
     if not all(checkpoint(run_dir, t).exists() for t in TIERS):
         distill_students(cfg, dataset, run_dir)
-    train_extras(cfg, dataset, run_dir, BASELINES, transfer=settings.transfer and first_run is None)
+        made.append("students")
+    made += train_extras(cfg, dataset, run_dir, BASELINES, transfer=settings.transfer and first_run is None)
     todo = [t for t in TIERS if not (run_dir / "compressed" / t / "compression.json").is_file()]
     if settings.recipe is not None and todo:
         compress_students(cfg, dataset, run_dir, todo, recipe=settings.recipe)
-    return cfg, run_dir
+        made += [f"{t} compressed" for t in todo]
+    return cfg, run_dir, made
 
 
 # Measuring -------------------------------------------------------------------------------------------
@@ -270,7 +275,8 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
         first: tuple[RunConfig, Path] | None = None
         per_seed = []
         for seed in settings.seeds:
-            cfg, run_dir = seed_run(settings, protocol, seed, first[1] if first else None, datasets)
+            cfg, run_dir, made = seed_run(settings, protocol, seed, first[1] if first else None, datasets)
+            result.setdefault("made", {})[run_dir.name] = made
             first = first or (cfg, run_dir)
             per_seed.append(measure_seed(cfg, datasets[protocol], run_dir, with_costs=first[1] == run_dir))
         assert first is not None
@@ -281,6 +287,8 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
         section: dict[str, Any] = {"runs": [s["run"] for s in per_seed], "table_66": rows, "missing": missing, "targets": table_targets(rows)}
         section["pareto"] = {"bytes": pareto_front({n: (r["bytes_deployable"], r["accuracy"]["mean"]) for n, r in rows.items()}), "latency": pareto_front({n: (r["latency_ms_p50"], r["accuracy"]["mean"]) for n, r in rows.items()})}
         if protocol == settings.protocols[0]:
+            if not (run_dir / "edge" / "bank.json").is_file():
+                result["made"][run_dir.name].append("edge bank")
             replays = replay_tables(cfg, dataset, run_dir, settings)
             section["table_67"] = replays
             section["table_68"] = ablation(rows, replays)
@@ -295,6 +303,21 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
 
 
 # Presenting ------------------------------------------------------------------------------------------
+
+
+def _in_repo(path: str | None) -> str | None:
+    """A config path as the reader's checkout names it (configs/...), wherever the suite ran from."""
+    return "configs/" + path.split("/configs/", 1)[1] if path and "/configs/" in path else path
+
+
+def _resumed(result: dict[str, Any]) -> str:
+    """What the wall time left out: the models an earlier invocation trained, which this one resumed."""
+    made = result.get("made")
+    if made is None:
+        return ""
+    if not any(made.values()):
+        return " (everything trained was resumed from an earlier invocation; only measured here)"
+    return " (resumed from an earlier invocation, except: " + "; ".join(f"{run}: {', '.join(m)}" for run, m in made.items() if m) + ")"
 
 
 def _pm(stat: dict[str, float] | None, digits: int = 4) -> str:
@@ -319,13 +342,13 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
         "",
         (
             f"Regenerate with `make bench` (or `python benchmarks/suite.py`; `--quick` for the minutes-long smoke version). Commit `{result['commit']}`, {m['cpu']} ({m['cores']} cores), Python {m['python']}, torch {m['torch']}. "
-            f"Seeds {result['seeds']}; config `{result['config']}`{' with ' + ', '.join(f'`{o}`' for o in result['overrides']) if result['overrides'] else ''}; compression recipe `{result['recipe']}`. Wall time {result['seconds'] / 60:.1f} min."
+            f"Seeds {result['seeds']}; config `{_in_repo(result['config'])}`{' with ' + ', '.join(f'`{o}`' for o in result['overrides']) if result['overrides'] else ''}; compression recipe `{_in_repo(result['recipe'])}`. Wall time {result['seconds'] / 60:.1f} min{_resumed(result)}."
         ),
         "",
         (
             "Every figure below was measured in this run, on this machine; nothing is copied. The seed paper's published figures appear only in columns labelled as theirs. "
             "Teachers are trained once per protocol and shared by the seeds, which vary the students and baselines (their spread is the ± column). "
-            "Latency: ONNX Runtime, batch 1, one thread, the models timed in turn over several rounds (median, 95th percentile). Memory: weight bytes + peak activation bytes from the ONNX graph's tensor lifetimes. "
+            "Latency: ONNX Runtime, batch 1, one thread, the models timed in turn over several rounds (median, 95th percentile). Memory: weight bytes as ONNX Runtime holds them (int8-weights artifacts keep a quarter of the bytes on disk and hold floats once loaded) + peak activation bytes from the ONNX graph's tensor lifetimes. "
             "Energy is **estimated** (FLOPs, bytes moved and latency through the energy model of `racmkd.config.EnergyModel`), not measured."
         ),
     ]
