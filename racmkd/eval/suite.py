@@ -114,8 +114,11 @@ def seed_run(settings: SuiteSettings, protocol: str, seed: int, first_run: Path 
     this call made (the rest was resumed from an earlier invocation)."""
     name = f"{protocol}-s{seed}"
     overrides = [f"name={name}", f"runs_dir={settings.runs_dir}", f"seed={seed}", f"data.protocol={protocol}", "compress.tiers=[]", "runtime.build_bank=false", *settings.overrides]
-    if first_run is not None:  # the first seed's designs, and no label-only twins (only the transfer study uses them)
-        overrides += [*_pinned_tiers(first_run), "students.labels_only=false"]
+    transfer = settings.transfer and first_run is None and protocol == settings.protocols[0]  # the transfer table is the first protocol's first seed's
+    if first_run is not None:  # the first seed's designs
+        overrides += _pinned_tiers(first_run)
+    if not transfer:  # no label-only twins: only the transfer study uses them
+        overrides.append("students.labels_only=false")
     cfg = load_config(settings.config, overrides)
     run_dir = settings.runs_dir / name
     if not (run_dir / "config.yaml").is_file():
@@ -133,7 +136,7 @@ def seed_run(settings: SuiteSettings, protocol: str, seed: int, first_run: Path 
     if not all(checkpoint(run_dir, t).exists() for t in TIERS):
         distill_students(cfg, dataset, run_dir)
         made.append("students")
-    made += train_extras(cfg, dataset, run_dir, BASELINES, transfer=settings.transfer and first_run is None)
+    made += train_extras(cfg, dataset, run_dir, BASELINES, transfer=transfer)
     todo = [t for t in TIERS if not (run_dir / "compressed" / t / "compression.json").is_file()]
     if settings.recipe is not None and todo:
         compress_students(cfg, dataset, run_dir, todo, recipe=settings.recipe)
