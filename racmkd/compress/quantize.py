@@ -149,7 +149,7 @@ def quantize_weights_int8(fp32_path: Path, out_path: Path) -> Path:
         raise ExportError(f"{fp32_path}: already quantized ({contract.get('precision', 'int8')}); int8 weights are made from the fp32 export")
     initializers = {i.name: i for i in graph.initializer}
     done: set[str] = set()
-    nodes: list[onnx.NodeProto] = []
+    dequantize: list[onnx.NodeProto] = []  # first in the graph: every reader of a weight comes after
     for node in graph.node:
         name = node.input[1] if node.op_type in QUANTIZED_OPS and len(node.input) > 1 else ""
         if name in initializers and name not in done and len(initializers[name].dims) >= 2:
@@ -163,9 +163,9 @@ def quantize_weights_int8(fp32_path: Path, out_path: Path) -> Path:
             q = np.clip(np.round(weight / scale.reshape(shape)), -WEIGHTS_ONLY_QMAX, WEIGHTS_ONLY_QMAX).astype(np.int8)
             graph.initializer.remove(initializers[name])
             graph.initializer.extend([onnx.numpy_helper.from_array(q, f"{name}_int8"), onnx.numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale")])
-            nodes.append(onnx.helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale"], [name], axis=axis))
+            dequantize.append(onnx.helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale"], [name], axis=axis))
             done.add(name)
-        nodes.append(node)
+    nodes = [*dequantize, *graph.node]
     graph.ClearField("node")
     graph.node.extend(nodes)
     set_metadata(model, {CONTRACT_KEY: _json({**contract, "precision": "int8-weights"})})
