@@ -42,6 +42,7 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from racmkd.compress.artifacts import FORMAT_PRECISION  # noqa: E402
 from racmkd.config import load_config  # noqa: E402
 from racmkd.eval.cost import activation_memory  # noqa: E402
 from racmkd.eval.report import git_commit, machine  # noqa: E402
@@ -111,7 +112,7 @@ def modality_experiment(run_dir: Path, name: str, tiers: list[str]) -> list[dict
         # its own fp32 model), else fp32; a refused int8 model's bytes are not counted. Activations
         # are int8 only in an int8 graph (int8 weights with float arithmetic keep them float).
         deployed = manifest["candidates"][next(k for k, c in manifest["candidates"].items() if c["path"] == manifest["artifact"])]
-        int8 = deployed["format"] in ("onnx-int8", "onnx-mixed")
+        int8 = FORMAT_PRECISION.get(deployed["format"]) == "int8"
         bytes_before = encoder_bytes(source, modality)
         bytes_after = deployed["weight_bytes_by_module"][f"encoders.{modality}"]
         act_before = encoder_activation_bytes(source, modality, source_specs[modality], modalities)

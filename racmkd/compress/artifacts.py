@@ -17,6 +17,8 @@ from racmkd.registry import SIGNALS
 
 CONTRACT_KEY = "racmkd.contract"
 CONTRACT_FORMAT = "racmkd-onnx/1"
+# A deployable artifact's format -> the arithmetic it runs in (a mixed model is int8 but for a few layers).
+FORMAT_PRECISION = {"onnx-fp32": "fp32", "onnx-int8": "int8", "onnx-mixed": "int8", "onnx-int8-weights": "int8-weights"}
 
 
 class ExportError(RuntimeError):

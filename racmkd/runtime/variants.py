@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from racmkd.compress.artifacts import read_compression_record
+from racmkd.compress.artifacts import FORMAT_PRECISION, read_compression_record
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, session
 from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights_int8
 from racmkd.config import RunConfig
@@ -50,7 +50,7 @@ def _source(run_dir: Path, tier: str) -> tuple[Path, str]:
     manifest = run_dir / "compressed" / tier / "compression.json"
     if manifest.is_file():
         chosen = read_compression_record(manifest.parent)["format"]
-        return manifest.parent / "model.pt", {"onnx-int8": "int8", "onnx-mixed": "int8", "onnx-int8-weights": "int8-weights"}.get(chosen, "fp32")
+        return manifest.parent / "model.pt", FORMAT_PRECISION.get(chosen, "fp32")
     return run_dir / "checkpoints" / f"{tier}.pt", "fp32"
 
 
