@@ -78,14 +78,23 @@ def _accuracy_table(modalities: list[str], tiers_of: dict[str, list[str]], share
 # sessions freed and the figure would read near zero; alone in a fresh interpreter, a session also
 # pays for what every session shares (kernel registries, code paged in): measured here, the eight
 # variants of a bank each read 1.2-2.2 MB alone, 4.7 MB all together.
+# The session options are racmkd.compress.artifacts.session's, decided for every file before any
+# session loads: session() parses the model to decide them, and the parse's freed memory would be
+# reused by the measured session, which would then read too small.
 _RESIDENT = """
 import gc, sys
-import psutil
-from racmkd.compress.artifacts import session, zero_feed
+import numpy as np, onnx, onnxruntime as ort, psutil
+from racmkd.compress.artifacts import stores_weights_only_in_int8
+float_weights = {p: stores_weights_only_in_int8(onnx.load(p)) for p in sys.argv[1:]}
+gc.collect()
 def load(path):
-    loaded = session(path)
-    loaded.run(None, zero_feed(loaded))
-    return loaded
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    if float_weights[path]:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session.run(None, {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in session.get_inputs()})
+    return session
 others = [load(p) for p in sys.argv[2:]]
 gc.collect()
 before = psutil.Process().memory_info().rss
