@@ -17,7 +17,7 @@ import racmkd
 from racmkd.compress.export import ExportError, compact_names, export_onnx, fold_batchnorm, module_weight_bytes, read_contract, session, specs_from_contract
 from racmkd.compress.inputs import most_informative, reduce_inputs
 from racmkd.compress.lowrank import factorise, lowrank_model, rank_for_energy
-from racmkd.compress.prune import prune_encoders, ratio_for_bytes
+from racmkd.compress.prune import align_channels, prune_encoders, ratio_for_bytes
 from racmkd.compress.quantize import absorb_batchnorm, choose_mixed_precision, fake_quantized, LayerSensitivity
 from racmkd.compress.recipe import RecipeError, parse_recipe
 from racmkd.models.multimodal import build, student
@@ -72,6 +72,25 @@ def test_pruning_one_modality_leaves_the_other_alone_and_rebuilds_from_its_recor
     rebuilt.load_state_dict(model.state_dict())
     x = batch()
     torch.testing.assert_close(rebuilt.eval()(x), model(x))
+
+
+def test_alignment_cuts_layers_to_multiples_of_four_and_the_record_rebuilds_them() -> None:
+    model = with_running_stats(student(INPUTS, width=23 / 8, depth=2))  # a 23-channel stem, 46 and 92 channels after it
+    before = {m: e.structure()["channels"] for m, e in model.encoders.items()}
+    assert before["image"][:3] == [23, 46, 46]
+    changed = align_channels(model, 4)
+    assert {(c["before"], c["after"]) for c in changed} == {(23, 20), (46, 44), (92, 92)} - {(92, 92)}
+    for m, encoder in model.encoders.items():
+        assert encoder.structure()["channels"] == [c - c % 4 for c in before[m]]  # 92 stays: a multiple already
+    x = batch()
+    rebuilt = build(model.arch)
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt.eval()(x), model(x))
+    assert align_channels(model, 4) == []  # aligned already: nothing to cut
+    small = student(INPUTS, width=3 / 8, depth=1)  # 3-channel stems: fewer than the multiple, left whole
+    assert align_channels(small, 4) == [{"modality": m, "layer": 1, "before": 6, "after": 4} for m in ("image", "audio")]
+    pruned = prune_encoders(student(INPUTS, width=23 / 8, depth=2), 0.5, multiple=4)
+    assert all(c % 4 == 0 for e in pruned.encoders.values() for c in e.structure()["channels"])
 
 
 def test_ratio_for_bytes_reaches_the_budget_or_says_it_cannot() -> None:
@@ -275,6 +294,8 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         (["prune"], "ends with exactly one export"),
         (["export", "prune", "export"], "ends with exactly one export"),
         (["lowrank", "prune", "export"], "prune after lowrank"),
+        (["lowrank", "align", "export"], "align after lowrank"),
+        ([{"align": {"multiple": 1}}, "export"], "multiple must be >= 2"),
         (["qat", "distill", "export"], "after qat would retrain"),
         ([["prune", "qat"], "export"], "one step name with its options"),
         # Values checked when the recipe is read, not when (after other tiers' work) the step runs.
@@ -314,7 +335,8 @@ def compressed_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     recipe = run / "recipe.yaml"
     recipe.write_text(
         "steps:\n"
-        "  - prune: {ratio: 0.4, steps: 1, max_drop: 1.0, finetune: {epochs: 1, samples: 512}}\n"
+        "  - prune: {ratio: 0.35, steps: 1, max_drop: 1.0, multiple: 1, finetune: {epochs: 1, samples: 512}}\n"
+        "  - align: {multiple: 4, max_drop: 1.0, latency_iters: 30, finetune: {epochs: 1, samples: 256}}\n"
         "  - qat: {epochs: 1, samples: 256}\n"
         "  - export: {int8: mixed, calibration_samples: 64, sensitivity_samples: 100, min_agreement: 0.9, max_accuracy_drop: 0.2, latency_iters: 30}\n"
     )
@@ -328,12 +350,15 @@ def compressed_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) -> None:
     folder = compressed_run / "compressed" / "critical"
     manifest = json.loads((folder / "compression.json").read_text())
-    assert [s["step"] for s in manifest["steps"]] == ["prune", "qat", "export"]
+    assert [s["step"] for s in manifest["steps"]] == ["prune", "align", "qat", "export"]
     for step in manifest["steps"]:
         for key in ("params", "param_bytes_fp32", "flops", "val_accuracy"):
             assert key in step["before"] and key in step["after"]
     prune = manifest["steps"][0]
     assert prune["after"]["params"] < prune["before"]["params"] and prune["after"]["flops"] < prune["before"]["flops"]
+    align = manifest["steps"][1]["details"]  # prune (multiple: 1) left a 22-channel stem: cut to 20
+    assert align["kept"] and align["layers"] and all(layer["after"] % 4 == 0 and layer["after"] < layer["before"] for layer in align["layers"])
+    assert set(align["latency_p50_ms"]) == {"before", "after"} and manifest["steps"][1]["after"]["params"] < prune["after"]["params"]
     fp32 = manifest["candidates"]["fp32"]["parity"]
     assert fp32["argmax_agreement"] == 1.0 and fp32["max_abs_logit_diff"] < 1e-3  # ONNX Runtime vs PyTorch
     int8 = manifest["candidates"]["int8"]["parity"]

@@ -6,6 +6,7 @@ recipe runner measures the subject before and after every step (params, bytes, F
 accuracy), so a step only reports what is particular to it.
 
     prune    structured channel pruning (torch-pruning), iterative, each round followed by distillation
+    align    channel counts cut to multiples of 4 (what ONNX Runtime's CPU kernels run fastest), then distillation
     lowrank  truncated-SVD factorisation of pointwise and linear layers
     inputs   modality-specific input reduction (resolution, region of interest, mel bands, frames)
     bands    band selection: keep the most informative mel bands
@@ -28,7 +29,7 @@ import numpy as np
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, parity, session, torch_logits
 from racmkd.compress.inputs import band_importance, most_informative, reduce_inputs
 from racmkd.compress.lowrank import lowrank_model
-from racmkd.compress.prune import MAX_RATIO, prune_encoders, ratio_for_bytes
+from racmkd.compress.prune import MAX_RATIO, align_channels, prune_encoders, ratio_for_bytes
 from racmkd.compress.quantize import calibration_inputs, choose_mixed_precision, fake_quantized, fewest_float_layers, layer_sensitivity, quantize_int8, quantize_weights_int8
 from racmkd.config import RunConfig, TrainConfig
 from racmkd.data.dataset import PairedDataset
@@ -131,18 +132,21 @@ class PruneOptions:
     """Remove `ratio` of the output channels of every encoder layer (a float, or one per modality),
     or as many as bring the fp32 parameters to `target_bytes`, in `steps` rounds, each followed by a
     distillation fine-tune; stop early when validation accuracy falls more than `max_drop` below
-    where it started (the last round within the bound is kept)."""
+    where it started (the last round within the bound is kept). Every pruned layer keeps a multiple
+    of `multiple` channels (rounded down; see `align_channels` for why)."""
 
     ratio: float | dict[str, float] = 0.5
     target_bytes: int = 0
     steps: int = 2
     importance: str = "l2"  # l1 | l2 (group weight magnitude) | bn (BatchNorm scale)
     max_drop: float = 0.02
+    multiple: int = 4
     finetune: Finetune = Finetune()
 
     def __post_init__(self) -> None:
         require(self.importance in ("l1", "l2", "bn"), f"prune: importance must be l1, l2 or bn, got {self.importance!r}")
         require(0 <= self.max_drop <= 1 and self.target_bytes >= 0, f"prune: max_drop must be in [0, 1] and target_bytes >= 0, got {self.max_drop} and {self.target_bytes}")
+        require(self.multiple >= 1, f"prune: multiple must be >= 1, got {self.multiple}")
 
 
 @COMPRESSORS.register("prune")
@@ -153,7 +157,7 @@ class Prune(Step):
     def ratios(self, subject: Subject) -> dict[str, float]:
         o = self.options
         if o.target_bytes:
-            r = ratio_for_bytes(subject.model, o.target_bytes)
+            r = ratio_for_bytes(subject.model, o.target_bytes, multiple=o.multiple)
             return {m: r for m in subject.specs}
         if isinstance(o.ratio, dict):
             unknown = set(o.ratio) - set(subject.specs)
@@ -179,7 +183,7 @@ class Prune(Step):
             goal = {m: r * k / o.steps for m, r in final.items()}
             step_ratio = {m: 1 - (1 - goal[m]) / (1 - kept_ratio[m]) for m in final}
             backup = copy.deepcopy(subject.model)
-            prune_encoders(subject.model, step_ratio, o.importance)
+            prune_encoders(subject.model, step_ratio, o.importance, o.multiple)
             accuracy = finetune(subject, ctx, o.finetune, f"{subject.name}: prune round {k}/{o.steps}")
             accuracy = val_accuracy(subject, ctx) if np.isnan(accuracy) else accuracy
             rounds.append({"round": k, "ratio": goal, "params": sum(p.numel() for p in subject.model.parameters()), "val_accuracy": accuracy})
@@ -190,6 +194,63 @@ class Prune(Step):
             kept_ratio = goal
             rounds[-1]["kept"] = True
         return {"ratio": kept_ratio, "rounds": rounds, "stopped_early": len(rounds) < o.steps or not rounds[-1]["kept"]}
+
+
+# Channel alignment --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlignOptions:
+    """Cut every encoder layer down to a multiple of `multiple` channels (the fewest channels, least
+    important first), then fine-tune; undone when validation accuracy falls more than `max_drop`.
+    For a student the prune step left whole (its rounds cost too much accuracy) or one that was
+    never pruned: its channel counts come from a byte budget, not from what the CPU's kernels like.
+    A model already aligned is left alone, without a fine-tune."""
+
+    multiple: int = 4
+    importance: str = "l2"
+    max_drop: float = 0.01
+    latency_iters: int = 300
+    finetune: Finetune = Finetune(epochs=1, samples=12800)
+
+    def __post_init__(self) -> None:
+        require(self.importance in ("l1", "l2", "bn"), f"align: importance must be l1, l2 or bn, got {self.importance!r}")
+        require(self.multiple >= 2 and 0 <= self.max_drop <= 1 and self.latency_iters >= 1, f"align: multiple must be >= 2, max_drop in [0, 1] and latency_iters >= 1, got {self.multiple}, {self.max_drop} and {self.latency_iters}")
+
+
+@COMPRESSORS.register("align")
+class Align(Step):
+    options_type = AlignOptions
+    changes_structure = True
+
+    def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
+        o = self.options
+        trial = copy.deepcopy(subject.model)
+        layers = align_channels(trial, o.multiple, o.importance)
+        if not layers:
+            return {"layers": [], "kept": True, "why": f"every layer already has a multiple of {o.multiple} channels"}
+        start = val_accuracy(subject, ctx)
+        before = subject.model
+        subject.model = trial
+        accuracy = finetune(subject, ctx, o.finetune, f"{subject.name}: align channels to {o.multiple}")
+        accuracy = val_accuracy(subject, ctx) if np.isnan(accuracy) else accuracy
+        latency = self.latencies({"before": before, "after": subject.model}, subject, ctx)
+        kept = start - accuracy <= o.max_drop
+        if not kept:
+            subject.model = before
+        why = f"validation accuracy {start:.4f} -> {accuracy:.4f} ({'within' if kept else 'beyond'} max_drop {o.max_drop}); fp32 ONNX p50 {latency['before']:.4f} -> {latency['after']:.4f} ms"
+        return {"layers": layers, "kept": kept, "val_accuracy": accuracy, "latency_p50_ms": latency, "why": why}
+
+    def latencies(self, models: dict[str, MultimodalNet], subject: Subject, ctx: Context) -> dict[str, float]:
+        """fp32 ONNX Runtime p50 of each model (batch 1, one thread, timed in turn): what the step is for."""
+        one = {m: x[:1] for m, x in calibration_inputs(ctx.dataset, subject.specs, 1, split="test").items()}
+        sessions = {}
+        for key, model in models.items():
+            path = export_onnx(model, subject.specs, ctx.dataset.modalities, subject.workdir / f"align-{key}.onnx")
+            sessions[key] = session(path)
+            path.unlink()
+        timed = latency_round_robin({k: (lambda s=s: s.run(["logits"], one)) for k, s in sessions.items()}, warmup=20, iters=self.options.latency_iters, rounds=3)
+        return {k: t["p50"] for k, t in timed.items()}
 
 
 # Low-rank factorisation ---------------------------------------------------------------------------

@@ -125,6 +125,12 @@ class DSCNN2dEncoder(PooledEncoder):
             plan += [channels] * depth
         return plan
 
+    def dense_convs(self) -> list[nn.Conv2d]:
+        """The stem and pointwise convolutions, in order: the layers whose output channels make the
+        plan (each depthwise convolution follows the channels of the layer before it)."""
+        blocks = [b for b in self.body if isinstance(b, nn.Sequential)]
+        return [b[0] for b in [blocks[0], *blocks[2::2]]]
+
     def structure(self) -> dict[str, object]:
         """The layer plan of this encoder as it is now (after pruning, say): rebuilds it exactly."""
         blocks = [b for b in self.body if isinstance(b, nn.Sequential)]  # conv-BN-ReLU: stem, then (depthwise, pointwise) pairs
