@@ -38,6 +38,7 @@ Two objectives (`runtime.objective`):
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import math
 from collections import deque
@@ -63,8 +64,8 @@ class Variant:
     energy_mj: float  # per inference (estimated: E = a * FLOPs + b * bytes moved + c * time)
     path: str = ""  # its ONNX file, relative to the bank folder
 
-    @property
-    def id(self) -> str:
+    @functools.cached_property
+    def id(self) -> str:  # cached: read several times on every request's path
         return f"{self.tier}/{self.modality}"
 
 

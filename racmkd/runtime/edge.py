@@ -330,7 +330,7 @@ class EdgeRuntime:
         back (`predict` does; a simulation feeds the latency it models)."""
         started = time.perf_counter()
         self._requests += 1
-        unknown = {m for m, v in inputs.items() if v is not None} - set(self.modalities)
+        unknown = [m for m, v in inputs.items() if v is not None and m not in self.modalities]
         if unknown:
             raise TypeError(f"unknown inputs {sorted(unknown)}; this runtime uses {list(self.modalities)}")
         raws: dict[str, Any] = {}
@@ -350,7 +350,7 @@ class EdgeRuntime:
             why = [f"{', '.join(unreadable)}: no readable variant (see state()['failed'])"] if unreadable else []
             why += [f"{', '.join(m for m in given if m not in unreadable)} came in dead (constant or silent)"] if len(given) > len(unreadable) else []
             raise NoVariantError(f"no usable input: this runtime needs {' and/or '.join(self.modalities)}" + "".join(f"; {w}" for w in why))
-        if self.pinned is None:
+        if self.pinned is None and quality != self.quality:  # equal: the running averages stay where they are
             self._observe_quality(quality)
         fallbacks: list[str] = []
         config = self.current.config
@@ -371,7 +371,7 @@ class EdgeRuntime:
                     fallbacks.append(f"{v.id} failed ({type(err).__name__})")
             if len(used) == len(active) and used:
                 logits = sum(terms) + self._bias(tuple(v.tier for v in used))
-                if np.isfinite(logits).all():  # checked once, on the sum: a NaN or infinity in any term shows there
+                if math.isfinite(logits.sum()):  # checked once, on the total: a NaN or infinity in any term shows there
                     break
                 damaged = [v for v, term in zip(used, terms) if not np.isfinite(term).all()]
                 if not damaged:  # finite terms overflowing together: nothing to exclude
