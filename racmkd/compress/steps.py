@@ -177,21 +177,28 @@ class Prune(Step):
         o = self.options
         final = self.ratios(subject)
         start = val_accuracy(subject, ctx)
+        channels = {m: sum(subject.model.encoders[m].structure()["channels"]) for m in final}
+
+        def removed() -> dict[str, float]:
+            """The share of each encoder's channels gone so far (rounding to `multiple` removes more
+            than a round's goal: the next round counts from what is really left)."""
+            return {m: 1 - sum(subject.model.encoders[m].structure()["channels"]) / channels[m] for m in final}
+
         rounds, kept_ratio = [], {m: 0.0 for m in final}
         for k in range(1, o.steps + 1):
             # Remove, of what is left, the share that brings the total to k/steps of the final ratio.
             goal = {m: r * k / o.steps for m, r in final.items()}
-            step_ratio = {m: 1 - (1 - goal[m]) / (1 - kept_ratio[m]) for m in final}
+            step_ratio = {m: max(0.0, 1 - (1 - goal[m]) / (1 - kept_ratio[m])) for m in final}
             backup = copy.deepcopy(subject.model)
             prune_encoders(subject.model, step_ratio, o.importance, o.multiple)
             accuracy = finetune(subject, ctx, o.finetune, f"{subject.name}: prune round {k}/{o.steps}")
             accuracy = val_accuracy(subject, ctx) if np.isnan(accuracy) else accuracy
-            rounds.append({"round": k, "ratio": goal, "params": sum(p.numel() for p in subject.model.parameters()), "val_accuracy": accuracy})
+            rounds.append({"round": k, "ratio": removed(), "params": sum(p.numel() for p in subject.model.parameters()), "val_accuracy": accuracy})
             if start - accuracy > o.max_drop:
                 subject.model = backup
                 rounds[-1]["kept"] = False
                 break
-            kept_ratio = goal
+            kept_ratio = removed()
             rounds[-1]["kept"] = True
         return {"ratio": kept_ratio, "rounds": rounds, "stopped_early": len(rounds) < o.steps or not rounds[-1]["kept"]}
 
@@ -246,9 +253,11 @@ class Align(Step):
         one = {m: x[:1] for m, x in calibration_inputs(ctx.dataset, subject.specs, 1, split="test").items()}
         sessions = {}
         for key, model in models.items():
-            path = export_onnx(model, subject.specs, ctx.dataset.modalities, subject.workdir / f"align-{key}.onnx")
-            sessions[key] = session(path)
-            path.unlink()
+            path = subject.workdir / f"align-{key}.onnx"
+            try:
+                sessions[key] = session(export_onnx(model, subject.specs, ctx.dataset.modalities, path))
+            finally:
+                path.unlink(missing_ok=True)
         timed = latency_round_robin({k: (lambda s=s: s.run(["logits"], one)) for k, s in sessions.items()}, warmup=20, iters=self.options.latency_iters, rounds=3)
         return {k: t["p50"] for k, t in timed.items()}
 
