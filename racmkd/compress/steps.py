@@ -193,12 +193,13 @@ class Prune(Step):
             prune_encoders(subject.model, step_ratio, o.importance, o.multiple)
             accuracy = finetune(subject, ctx, o.finetune, f"{subject.name}: prune round {k}/{o.steps}")
             accuracy = val_accuracy(subject, ctx) if np.isnan(accuracy) else accuracy
-            rounds.append({"round": k, "ratio": removed(), "params": sum(p.numel() for p in subject.model.parameters()), "val_accuracy": accuracy})
+            ratio = removed()
+            rounds.append({"round": k, "ratio": ratio, "params": sum(p.numel() for p in subject.model.parameters()), "val_accuracy": accuracy})
             if start - accuracy > o.max_drop:
                 subject.model = backup
                 rounds[-1]["kept"] = False
                 break
-            kept_ratio = removed()
+            kept_ratio = ratio
             rounds[-1]["kept"] = True
         return {"ratio": kept_ratio, "rounds": rounds, "stopped_early": len(rounds) < o.steps or not rounds[-1]["kept"]}
 

@@ -125,16 +125,19 @@ class DSCNN2dEncoder(PooledEncoder):
             plan += [channels] * depth
         return plan
 
-    def dense_convs(self) -> list[nn.Conv2d]:
-        """The stem and pointwise convolutions, in order: the layers whose output channels make the
-        plan (each depthwise convolution follows the channels of the layer before it)."""
-        blocks = [b for b in self.body if isinstance(b, nn.Sequential)]
-        return [b[0] for b in [blocks[0], *blocks[2::2]]]
+    def _dense_blocks(self) -> list[nn.Sequential]:
+        """The stem and pointwise conv-BN-ReLU blocks, in order: the layers whose output channels make
+        the plan (each depthwise convolution follows the channels of the layer before it)."""
+        blocks = [b for b in self.body if isinstance(b, nn.Sequential)]  # conv-BN-ReLU: stem, then (depthwise, pointwise) pairs
+        return [blocks[0], *blocks[2::2]]
+
+    def dense_convs(self) -> list[nn.Module]:
+        """The stem and pointwise convolutions (a Sequential where lowrank factorised one), in order."""
+        return [b[0] for b in self._dense_blocks()]
 
     def structure(self) -> dict[str, object]:
         """The layer plan of this encoder as it is now (after pruning, say): rebuilds it exactly."""
-        blocks = [b for b in self.body if isinstance(b, nn.Sequential)]  # conv-BN-ReLU: stem, then (depthwise, pointwise) pairs
-        return {"channels": [_out_channels(b) for b in [blocks[0], *blocks[2::2]]], "stem_stride": self.stem_stride}
+        return {"channels": [_out_channels(b) for b in self._dense_blocks()], "stem_stride": self.stem_stride}
 
 
 def make_divisible(value: float, divisor: int = 4) -> int:
