@@ -91,6 +91,8 @@ def test_alignment_cuts_layers_to_multiples_of_four_and_the_record_rebuilds_them
     assert align_channels(small, 4) == [{"modality": m, "layer": 1, "before": 6, "after": 4} for m in ("image", "audio")]
     pruned = prune_encoders(student(INPUTS, width=23 / 8, depth=2), 0.5, multiple=4)
     assert all(c % 4 == 0 for e in pruned.encoders.values() for c in e.structure()["channels"])
+    gentle = prune_encoders(student(INPUTS, width=10 / 8, depth=2), 0.22, multiple=4)  # 10 and 20 channels lose 22%: 7.8 and 15.6 left
+    assert gentle.encoders["image"].structure()["channels"] == [8, 16, 16]  # the nearest multiples, not 4 and 12 (rounded down)
 
 
 def test_ratio_for_bytes_reaches_the_budget_or_says_it_cannot() -> None:

@@ -15,6 +15,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from racmkd.models.encoders import make_divisible
 from racmkd.models.multimodal import MultimodalNet, pin_structure
 
 
@@ -43,8 +44,9 @@ IMPORTANCES = {
 
 def prune_encoders(model: MultimodalNet, ratios: dict[str, float] | float, importance: str = "l2", multiple: int = 1) -> MultimodalNet:
     """Remove a share of the output channels of every layer of each encoder (in place): `ratios`
-    per modality (or one for all), least important channels first, at least one kept per layer;
-    then, with `multiple` > 1, the pruned encoders' layers down to a multiple of it (`align_channels`).
+    per modality (or one for all), least important channels first, at least one kept per layer.
+    With `multiple` > 1 each layer keeps the multiple of it nearest to that share (`_aligned_ratios`),
+    and `align_channels` cuts whatever torch-pruning left unaligned.
     Returns the model with its structure pinned."""
     if not isinstance(ratios, dict):
         ratios = {m: float(ratios) for m in model.encoders}
@@ -56,9 +58,11 @@ def prune_encoders(model: MultimodalNet, ratios: dict[str, float] | float, impor
             raise ValueError(f"prune ratio for {m} must be in [0, {MAX_RATIO}], got {r}")
     if importance not in IMPORTANCES:
         raise ValueError(f"unknown pruning importance {importance!r}; choose {', '.join(IMPORTANCES)}")
-    active = {model.encoders[m]: r for m, r in ratios.items() if r > 0}
+    active: dict[nn.Module, float] = {model.encoders[m]: r for m, r in ratios.items() if r > 0}
     if not active:
         return model
+    if multiple > 1:
+        active = {conv: r for encoder, ratio in active.items() for conv, r in _aligned_ratios(encoder, ratio, multiple).items()}
     was_training = model.training
     model.eval()
     pruner = tp.pruner.MetaPruner(
@@ -75,6 +79,25 @@ def prune_encoders(model: MultimodalNet, ratios: dict[str, float] | float, impor
     align_channels(model, multiple, importance, [m for m, r in ratios.items() if r > 0], graph=pruner.DG)
     model.arch = pin_structure(model)
     return model.train(was_training)
+
+
+def _aligned_ratios(encoder: nn.Module, ratio: float, multiple: int) -> dict[nn.Module, float]:
+    """Per dense layer of `encoder`: the ratio that leaves the multiple of `multiple` channels nearest
+    to what `ratio` would (`make_divisible`; never more than the largest multiple the layer has, never
+    fewer than `multiple`). Nearest, not rounded down: a 10-channel layer asked to lose 22% keeps 8;
+    rounded down from 7.8 it would keep 4, and the critical tier's encoder lost so much accuracy in its
+    first round that pruning stopped there (measured: 4.8x -> 3.2x on its compression ratio).
+    Layers left as they are get no entry."""
+    ratios = {}
+    for conv in encoder.dense_convs():
+        if not isinstance(conv, nn.Conv2d):  # factorised by lowrank: its rank, not its channels, was chosen
+            continue
+        channels = conv.out_channels
+        keep = min(make_divisible(channels * (1 - ratio), multiple), max(channels - channels % multiple, multiple))
+        if keep < channels:
+            # torch-pruning keeps int(channels x (1 - ratio)): half a channel above `keep` lands on it exactly.
+            ratios[conv] = 1 - (keep + 0.5) / channels
+    return ratios
 
 
 def align_channels(model: MultimodalNet, multiple: int = 4, importance: str = "l2", modalities: list[str] | None = None, graph: tp.DependencyGraph | None = None) -> list[dict[str, Any]]:

@@ -133,7 +133,7 @@ class PruneOptions:
     or as many as bring the fp32 parameters to `target_bytes`, in `steps` rounds, each followed by a
     distillation fine-tune; stop early when validation accuracy falls more than `max_drop` below
     where it started (the last round within the bound is kept). Every pruned layer keeps a multiple
-    of `multiple` channels (rounded down; see `align_channels` for why)."""
+    of `multiple` channels, the one nearest to its share (see `align_channels` for why)."""
 
     ratio: float | dict[str, float] = 0.5
     target_bytes: int = 0
