@@ -93,6 +93,15 @@ def test_alignment_cuts_layers_to_multiples_of_four_and_the_record_rebuilds_them
     assert all(c % 4 == 0 for e in pruned.encoders.values() for c in e.structure()["channels"])
     gentle = prune_encoders(student(INPUTS, width=10 / 8, depth=2), 0.22, multiple=4)  # 10 and 20 channels lose 22%: 7.8 and 15.6 left
     assert gentle.encoders["image"].structure()["channels"] == [8, 16, 16]  # the nearest multiples, not 4 and 12 (rounded down)
+    # Rounds count from the channels they started with: two rounds land where one would (rounding not compounded).
+    once, twice = student(INPUTS, width=23 / 8, depth=2), student(INPUTS, width=23 / 8, depth=2)
+    start = {m: e.structure()["channels"] for m, e in twice.encoders.items()}
+    prune_encoders(once, 0.5, multiple=4)
+    for ratio in (0.25, 0.5):
+        prune_encoders(twice, ratio, multiple=4, reference=start)
+    assert {m: e.structure()["channels"] for m, e in twice.encoders.items()} == {m: e.structure()["channels"] for m, e in once.encoders.items()}
+    with pytest.raises(ValueError, match="has 1 layers; this encoder has 3"):
+        prune_encoders(twice, 0.6, multiple=4, reference={"image": [8]})
 
 
 def test_ratio_for_bytes_reaches_the_budget_or_says_it_cannot() -> None:

@@ -15,7 +15,6 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from racmkd.models.encoders import make_divisible
 from racmkd.models.multimodal import MultimodalNet, pin_structure
 
 
@@ -42,12 +41,13 @@ IMPORTANCES = {
 }
 
 
-def prune_encoders(model: MultimodalNet, ratios: dict[str, float] | float, importance: str = "l2", multiple: int = 1) -> MultimodalNet:
+def prune_encoders(model: MultimodalNet, ratios: dict[str, float] | float, importance: str = "l2", multiple: int = 1, reference: dict[str, list[int]] | None = None) -> MultimodalNet:
     """Remove a share of the output channels of every layer of each encoder (in place): `ratios`
-    per modality (or one for all), least important channels first, at least one kept per layer.
-    With `multiple` > 1 each layer keeps the multiple of it nearest to that share (`_aligned_ratios`),
-    and `align_channels` cuts whatever torch-pruning left unaligned.
-    Returns the model with its structure pinned."""
+    per modality (or one for all), least important channels first. Each layer keeps the multiple of
+    `multiple` nearest to its share (`layer_targets`), at least `multiple` (or the layer's size).
+    `reference`: per modality, the layers' channel counts the ratios are shares of (default: as
+    they are now); iterative pruning passes the counts it started from, so that rounding in one
+    round is not compounded by the next. Returns the model with its structure pinned."""
     if not isinstance(ratios, dict):
         ratios = {m: float(ratios) for m in model.encoders}
     unknown = set(ratios) - set(model.encoders)
@@ -58,11 +58,9 @@ def prune_encoders(model: MultimodalNet, ratios: dict[str, float] | float, impor
             raise ValueError(f"prune ratio for {m} must be in [0, {MAX_RATIO}], got {r}")
     if importance not in IMPORTANCES:
         raise ValueError(f"unknown pruning importance {importance!r}; choose {', '.join(IMPORTANCES)}")
-    active: dict[nn.Module, float] = {model.encoders[m]: r for m, r in ratios.items() if r > 0}
-    if not active:
+    targets = {conv: keep for m, r in ratios.items() if r > 0 for conv, keep in layer_targets(model.encoders[m], r, multiple, (reference or {}).get(m)).items()}
+    if not targets:
         return model
-    if multiple > 1:
-        active = {conv: r for encoder, ratio in active.items() for conv, r in _aligned_ratios(encoder, ratio, multiple).items()}
     was_training = model.training
     model.eval()
     pruner = tp.pruner.MetaPruner(
@@ -70,50 +68,54 @@ def prune_encoders(model: MultimodalNet, ratios: dict[str, float] | float, impor
         example_inputs=(example_inputs(model),),
         importance=IMPORTANCES[importance](),
         pruning_ratio=0.0,
-        pruning_ratio_dict=active,
+        # torch-pruning keeps int(channels x (1 - ratio)): half a channel above the target lands on it exactly.
+        pruning_ratio_dict={conv: 1 - (keep + 0.5) / conv.out_channels for conv, keep in targets.items()},
         ignored_layers=[model.classifier],
         root_module_types=[nn.Conv2d],  # groups start at encoder layers; the fusion and classifier follow them
         forward_fn=_forward,
     )
     pruner.step()
-    align_channels(model, multiple, importance, [m for m, r in ratios.items() if r > 0], graph=pruner.DG)
     model.arch = pin_structure(model)
     return model.train(was_training)
 
 
-def _aligned_ratios(encoder: nn.Module, ratio: float, multiple: int) -> dict[nn.Module, float]:
-    """Per dense layer of `encoder`: the ratio that leaves the multiple of `multiple` channels nearest
-    to what `ratio` would (`make_divisible`; never more than the largest multiple the layer has, never
-    fewer than `multiple`). Nearest, not rounded down: a 10-channel layer asked to lose 22% keeps 8;
-    rounded down from 7.8 it would keep 4, and the critical tier's encoder lost so much accuracy in its
-    first round that pruning stopped there (measured: 4.8x -> 3.2x on its compression ratio).
+def layer_targets(encoder: nn.Module, ratio: float, multiple: int = 1, reference: list[int] | None = None) -> dict[nn.Conv2d, int]:
+    """The channels each dense layer of `encoder` keeps when it loses `ratio` of `reference` (default:
+    its channels now): the nearest multiple of `multiple`, at least `multiple`, never more than the
+    largest multiple the layer has now. Nearest, not the next one down: a 10-channel layer asked to
+    lose 22% keeps 8; rounded down from 7.8 it kept 4, and the critical tier's encoder lost so much
+    accuracy in its first round that pruning stopped there (its visual ratio fell from 4.8x to 3.2x).
     Layers left as they are get no entry."""
-    ratios = {}
-    for conv in encoder.dense_convs():
+    convs = encoder.dense_convs()
+    reference = reference or encoder.structure()["channels"]
+    if len(reference) != len(convs):
+        raise ValueError(f"pruning reference {reference} has {len(reference)} layers; this encoder has {len(convs)}")
+    targets = {}
+    for conv, start in zip(convs, reference):
         if not isinstance(conv, nn.Conv2d):  # factorised by lowrank: its rank, not its channels, was chosen
             continue
         channels = conv.out_channels
-        keep = min(make_divisible(channels * (1 - ratio), multiple), max(channels - channels % multiple, multiple))
+        keep = max(multiple, int(start * (1 - ratio) / multiple + 0.5) * multiple)
+        keep = min(keep, channels - channels % multiple if channels > multiple else channels)
         if keep < channels:
-            # torch-pruning keeps int(channels x (1 - ratio)): half a channel above `keep` lands on it exactly.
-            ratios[conv] = 1 - (keep + 0.5) / channels
-    return ratios
+            targets[conv] = keep
+    return targets
 
 
-def align_channels(model: MultimodalNet, multiple: int = 4, importance: str = "l2", modalities: list[str] | None = None, graph: tp.DependencyGraph | None = None) -> list[dict[str, Any]]:
+def align_channels(model: MultimodalNet, multiple: int = 4, importance: str = "l2", modalities: list[str] | None = None) -> list[dict[str, Any]]:
     """Prune every dense layer (stem, pointwise) of the encoders of `modalities` (default all) down to
     a multiple of `multiple` channels, least important channels first (in place; layers with
     `multiple` channels or fewer stay). Why: ONNX Runtime's CPU convolutions are vectorised over
     channels in blocks of 4 and 8; measured here (x86, one thread), a DS-CNN encoder on 8x8 inputs with
     a 23-channel stem ran 3.1x slower than the same with 24 channels and 1.5x slower with 26, while 20,
-    24 and 28 ran alike. `graph`: the model's dependency graph when a pruner has traced it already.
+    24 and 28 ran alike.
     Returns what changed: one record per layer cut."""
     if multiple <= 1:
         return []
     modalities = list(model.encoders) if modalities is None else modalities
     was_training = model.training
     model.eval()
-    graph = graph or tp.DependencyGraph().build_dependency(model, example_inputs=(example_inputs(model),), forward_fn=_forward)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=(example_inputs(model),), forward_fn=_forward)
     score = IMPORTANCES[importance]()
     changed = []
     for m in modalities:

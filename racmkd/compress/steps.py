@@ -177,20 +177,19 @@ class Prune(Step):
         o = self.options
         final = self.ratios(subject)
         start = val_accuracy(subject, ctx)
-        channels = {m: sum(subject.model.encoders[m].structure()["channels"]) for m in final}
+        reference = {m: subject.model.encoders[m].structure()["channels"] for m in final}
 
         def removed() -> dict[str, float]:
-            """The share of each encoder's channels gone so far (rounding to `multiple` removes more
-            than a round's goal: the next round counts from what is really left)."""
-            return {m: 1 - sum(subject.model.encoders[m].structure()["channels"]) / channels[m] for m in final}
+            """The share of each encoder's channels gone so far (rounding to `multiple` makes it
+            differ a little from the round's goal)."""
+            return {m: 1 - sum(subject.model.encoders[m].structure()["channels"]) / sum(reference[m]) for m in final}
 
         rounds, kept_ratio = [], {m: 0.0 for m in final}
         for k in range(1, o.steps + 1):
-            # Remove, of what is left, the share that brings the total to k/steps of the final ratio.
+            # Round k brings every layer to k/steps of the final ratio of the channels it started with.
             goal = {m: r * k / o.steps for m, r in final.items()}
-            step_ratio = {m: max(0.0, 1 - (1 - goal[m]) / (1 - kept_ratio[m])) for m in final}
             backup = copy.deepcopy(subject.model)
-            prune_encoders(subject.model, step_ratio, o.importance, o.multiple)
+            prune_encoders(subject.model, goal, o.importance, o.multiple, reference)
             accuracy = finetune(subject, ctx, o.finetune, f"{subject.name}: prune round {k}/{o.steps}")
             accuracy = val_accuracy(subject, ctx) if np.isnan(accuracy) else accuracy
             ratio = removed()
