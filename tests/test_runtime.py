@@ -223,7 +223,7 @@ def _planned(bank):  # noqa: ANN001, ANN202
     from dataclasses import replace
 
     table = bank.table
-    variants = tuple(replace(v, latency_ms=_PLANNED_MS[v.tier]) for v in table.variants)
+    variants = tuple(replace(v, latency_ms=_PLANNED_MS[v.tier], latency_p50_ms=_PLANNED_MS[v.tier]) for v in table.variants)
     accuracy = {key: sum(_PLANNED_SCORE[t] for t in key if t is not None) / len(key) for key in table.accuracy}
     return replace(bank, table=replace(table, variants=variants, accuracy=accuracy), data={**bank.data, "request_overhead_ms": 0.0})
 
@@ -275,6 +275,26 @@ def test_a_step_up_loads_its_sessions_while_the_hysteresis_holds_it(bank_dir: Pa
         if runtime.current.config == pending:
             break
     assert runtime.decisions[-1]["reason"].startswith("step up") and not loads  # the switch itself: a pointer swap
+
+
+def test_the_runtime_learns_its_own_cost_per_request_from_its_cpu_time(bank_dir: Path, samples) -> None:  # noqa: ANN001
+    from racmkd.resources.allocator import Variant, config_costs
+
+    inputs, _ = samples
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(latency_target_ms=1000))
+    answer = runtime.predict(**inputs[0])
+    assert 0 < answer.work_ms <= answer.latency_ms + 0.05  # CPU time: at most the wall time (clock granularity aside)
+    assert runtime.overhead_ms == float(runtime.bank.data["request_overhead_ms"])  # the bank's figure until enough requests tell
+    used = [v for v in runtime.current.config if v is not None]
+    typical = sum(v.typical_ms for v in used)
+    for _ in range(64):  # requests whose work runs 0.5 ms beyond their variants' medians
+        runtime.feedback(typical + 0.5, variants=[v.id for v in used], work_ms=typical + 0.5)
+    assert runtime.overhead_ms == pytest.approx(0.5, abs=0.01) and runtime.risk.overhead_ms == runtime.overhead_ms
+    assert runtime.state()["overhead_ms"] == runtime.overhead_ms
+    # The deadline risk scales medians (the ratios are the tail); the hard constraint adds p95s.
+    image, audio = Variant("image", "low", 0.5, 1000, 0.2, "", 0.4), Variant("audio", "high", 1.5, 3000, 0.7)  # no median: its p95 stands in
+    costs = config_costs((image, audio))
+    assert costs.latency_ms == 2.0 and costs.typical_ms == pytest.approx(1.9)
 
 
 def test_budget_follows_the_readings() -> None:

@@ -63,6 +63,11 @@ class Variant:
     memory_bytes: int  # resident while loaded and running
     energy_mj: float  # per inference (estimated: E = a * FLOPs + b * bytes moved + c * time)
     path: str = ""  # its ONNX file, relative to the bank folder
+    latency_p50_ms: float = math.nan  # its median (what a request typically costs; the deadline risk adds the tail); nan: latency_ms
+
+    @property
+    def typical_ms(self) -> float:
+        return self.latency_ms if math.isnan(self.latency_p50_ms) else self.latency_p50_ms
 
     @functools.cached_property
     def id(self) -> str:  # cached: read several times on every request's path
@@ -74,9 +79,10 @@ Configuration = tuple[Variant | None, ...]  # one entry per modality of the tabl
 
 @dataclass(frozen=True)
 class Costs:
-    latency_ms: float
+    latency_ms: float  # the variants' p95s added up: the hard latency constraint's (objective accuracy)
     memory_bytes: float
     energy_mj: float
+    typical_ms: float = math.nan  # their medians added up: what the deadline risk scales (objective slo)
 
     def fits(self, budget: Budget, slack: float = 0.0, resources: tuple[str, ...] = RESOURCES) -> bool:
         """Within the budget on every one of `resources`, with `slack` (a fraction) to spare."""
@@ -139,7 +145,7 @@ class ProfileTable:
 def config_costs(config: Configuration) -> Costs:
     """Variants run one after the other: their costs add up."""
     active = [v for v in config if v is not None]
-    return Costs(sum(v.latency_ms for v in active), sum(v.memory_bytes for v in active), sum(v.energy_mj for v in active))
+    return Costs(sum(v.latency_ms for v in active), sum(v.memory_bytes for v in active), sum(v.energy_mj for v in active), sum(v.typical_ms for v in active))
 
 
 def describe(table: ProfileTable, config: Configuration) -> str:
@@ -162,10 +168,13 @@ class DeadlineRisk:
     """How likely a configuration is to meet the latency target, learnt from recent requests.
 
     Each request's observed latency is divided by what the runtime predicted for it (its variants'
-    unloaded latencies plus the runtime's own cost, times the slowdown the load reading predicted).
-    A configuration predicted to cost `cost_ms` against a budget `budget_ms` (both unloaded, net of
-    the runtime's own `overhead_ms`) meets the deadline when ratio x (cost + overhead) <= budget +
-    overhead; its chance is the share of recent ratios for which that holds.
+    median unloaded latencies plus the runtime's own cost, times the slowdown the load reading
+    predicted). A configuration typically costing `cost_ms` against a budget `budget_ms` (both
+    unloaded, net of the runtime's own `overhead_ms`) meets the deadline when ratio x (cost +
+    overhead) <= budget + overhead; its chance is the share of recent ratios for which that holds.
+    Medians, not p95s: the ratios are the tail. On p95s, a configuration whose variants' p95 lies
+    further above their median than the one the ratios were learnt on is priced too high (and one
+    closer, too low): the high tier's audio variant has the widest spread.
 
     How far latencies stray depends on the load: on an idle core a request runs as measured, on a
     busy one it waits on the scheduler and on a load that moved since the last reading. So the
@@ -339,7 +348,7 @@ class Allocator:
         costs = self.costs.get(config) or config_costs(config)
         if not costs.fits(budget, slack, ("memory_bytes", "energy_mj")):
             return 0.0, 0.0
-        chance = self.risk.chance(costs.latency_ms, budget.latency_ms, budget.slowdown)  # the risk is the latency's margin: no slack on top
+        chance = self.risk.chance(costs.typical_ms, budget.latency_ms, budget.slowdown)  # the risk is the latency's margin: no slack on top
         return utility * chance, chance
 
     def evaluate(self, config: Configuration, budget: Budget, weights: tuple[float, ...]) -> tuple[float, bool]:

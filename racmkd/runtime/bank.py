@@ -68,7 +68,7 @@ def load_bank(folder: Path, split: str = "val") -> Bank:
         raise BankError(f"{path}: not a {BANK_FORMAT} file. Rebuild it with `racmkd edge build`.")
     try:
         # Deadlines are about the tail: the allocator plans with each variant's 95th-percentile latency.
-        variants = tuple(Variant(v["modality"], v["tier"], float(v.get("latency_ms_p95", v["latency_ms"])), int(v["memory_bytes"]), float(v["energy_mj"]), v["path"]) for v in data["variants"])
+        variants = tuple(Variant(v["modality"], v["tier"], float(v.get("latency_ms_p95", v["latency_ms"])), int(v["memory_bytes"]), float(v["energy_mj"]), v["path"], float(v["latency_ms"])) for v in data["variants"])
         table = ProfileTable(tuple(data["modalities"]), tuple(data["tiers"]), variants, {key_tuple(k): a for k, a in data["accuracy"][split].items()})
         biases = {t: np.asarray(b, dtype=np.float32) for t, b in data["biases"].items()}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
@@ -90,7 +90,7 @@ def table_problems(table: ProfileTable, biases: dict[str, np.ndarray]) -> list[s
     """What in a bank's numbers the runtime could not work with (empty when nothing)."""
     problems = [f"unknown modality {m!r}" for m in table.modalities if m not in SIGNALS]
     for v in table.variants:
-        if not all(0 <= x < math.inf for x in (v.latency_ms, v.memory_bytes, v.energy_mj)):
+        if not all(0 <= x < math.inf for x in (v.latency_ms, v.typical_ms, v.memory_bytes, v.energy_mj)):
             problems.append(f"{v.id}: costs must be finite and >= 0")
         if v.tier not in biases:
             problems.append(f"{v.id}: no bias for tier {v.tier!r}")

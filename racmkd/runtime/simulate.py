@@ -103,7 +103,7 @@ def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, con
         slowdown = budget_for(reading, config).slowdown
         observed = modelled_latency(answer, slowdown, recent)
         if policy.pinned is None and answer.variants:
-            runtime.feedback(observed, clock.now, answer.variants)
+            runtime.feedback(observed, clock.now, answer.variants, answer.work_ms)
         correct = answer.label == int(labels[i])
         correct_so_far += correct
         timeline.append({
