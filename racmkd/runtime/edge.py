@@ -95,6 +95,7 @@ class EdgeRuntime:
         self.table = bank.table
         self.overhead_ms = float(bank.data.get("request_overhead_ms", 0.0))  # a request's cost beyond its variants': the bank's figure until requests tell (`_learn_overhead`)
         self._overheads: deque[float] = deque(maxlen=OVERHEAD_WINDOW)  # recent requests' work beyond their variants' latencies
+        self._overhead_count = 0  # requests learnt from (the window holds the last OVERHEAD_WINDOW)
         self.risk = DeadlineRisk(self.overhead_ms) if self.config.objective == "slo" else None
         self.allocator = Allocator(self.table, self.config.critical, self.risk)
         self._variants = {v.id: v for v in self.table.variants}  # id -> variant
@@ -334,7 +335,8 @@ class EdgeRuntime:
         deadline risk, learnt on the cheap ones, overpriced the high tier. CPU time, not wall time:
         under load the wall time grows with the slowdown the budget already divides by."""
         self._overheads.append(extra_ms)
-        if len(self._overheads) >= OVERHEAD_MIN_SAMPLES and len(self._overheads) % 16 == 0:  # a median every 16 requests: cheap
+        self._overhead_count += 1
+        if self._overhead_count >= OVERHEAD_MIN_SAMPLES and self._overhead_count % 16 == 0:  # a median (4 us) every 16 requests, not on each
             self.overhead_ms = max(0.0, statistics.median(self._overheads))
             if self.risk is not None:
                 self.risk.overhead_ms = self.overhead_ms
