@@ -312,7 +312,7 @@ class EdgeRuntime:
         with self._lock:
             used = variants if variants is not None else [v.id for v in self.current.config if v is not None]
             cost = sum(self._variants[v].typical_ms for v in used)
-            if math.isfinite(work_ms) and used:
+            if math.isfinite(work_ms) and used and self.config.threads == 1:  # with more, ONNX Runtime's workers' CPU time is not this thread's
                 self._learn_overhead(work_ms - cost)
             if self.risk is not None:
                 predicted = (cost + self.overhead_ms) * self.budget.slowdown
@@ -333,7 +333,8 @@ class EdgeRuntime:
         trace replays. An additive error is no ratio: with the bank's figure, the cheap
         configurations' requests ran 13% over their predictions and the high tier's 3%, so the
         deadline risk, learnt on the cheap ones, overpriced the high tier. CPU time, not wall time:
-        under load the wall time grows with the slowdown the budget already divides by."""
+        under load the wall time grows with the slowdown the budget already divides by; so with
+        `runtime.threads` > 1 the bank's figure stands (ONNX Runtime's workers are other threads)."""
         self._overheads.append(extra_ms)
         self._overhead_count += 1
         if self._overhead_count >= OVERHEAD_MIN_SAMPLES and self._overhead_count % 16 == 0:  # a median (4 us) every 16 requests, not on each
