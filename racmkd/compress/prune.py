@@ -108,8 +108,7 @@ def align_channels(model: MultimodalNet, multiple: int = 4, importance: str = "l
     `multiple` channels or fewer stay). Why: ONNX Runtime's CPU convolutions are vectorised over
     channels in blocks of 4 and 8; measured here (x86, one thread), a DS-CNN encoder on 8x8 inputs with
     a 23-channel stem ran 3.1x slower than the same with 24 channels and 1.5x slower with 26, while 20,
-    24 and 28 ran alike.
-    Returns what changed: one record per layer cut."""
+    24 and 28 ran alike. Returns what changed: one record per layer cut."""
     if multiple <= 1:
         return []
     modalities = list(model.encoders) if modalities is None else modalities

@@ -79,9 +79,10 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     names = [n for n, _ in steps]
     if names.count("export") != 1 or names[-1] != "export":
         raise RecipeError(f"{source}: a recipe ends with exactly one export step (it writes the deployable model); got {names}")
-    if "lowrank" in names and any(n == "prune" for n in names[names.index("lowrank") :]):
+    after_lowrank = names[names.index("lowrank") :] if "lowrank" in names else []
+    if "prune" in after_lowrank:
         raise RecipeError(f"{source}: prune after lowrank would cut factorised layers; prune first, then factorise")
-    if "lowrank" in names and any(n == "align" for n in names[names.index("lowrank") :]):
+    if "align" in after_lowrank:
         raise RecipeError(f"{source}: align after lowrank would leave the factorised layers unaligned (their rank was chosen, not their channels); align first, then factorise")
     if "qat" in names and any(n in REFINING for n in names[names.index("qat") :]):
         raise RecipeError(f"{source}: {[n for n in names[names.index('qat'):] if n in REFINING]} after qat would retrain the weights in float and undo it; put qat last before export")

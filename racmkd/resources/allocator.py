@@ -65,8 +65,8 @@ class Variant:
     path: str = ""  # its ONNX file, relative to the bank folder
     latency_p50_ms: float = math.nan  # its median (what a request typically costs; the deadline risk adds the tail); nan: latency_ms
 
-    @property
-    def typical_ms(self) -> float:
+    @functools.cached_property
+    def typical_ms(self) -> float:  # cached: read on every request's feedback
         return self.latency_ms if math.isnan(self.latency_p50_ms) else self.latency_p50_ms
 
     @functools.cached_property

@@ -67,7 +67,8 @@ def load_bank(folder: Path, split: str = "val") -> Bank:
     if not isinstance(data, dict) or data.get("format") != BANK_FORMAT:
         raise BankError(f"{path}: not a {BANK_FORMAT} file. Rebuild it with `racmkd edge build`.")
     try:
-        # Deadlines are about the tail: the allocator plans with each variant's 95th-percentile latency.
+        # Deadlines are about the tail: hard latency budgets take each variant's 95th percentile; the
+        # deadline risk scales its median (the risk's learnt ratios are the tail).
         variants = tuple(Variant(v["modality"], v["tier"], float(v.get("latency_ms_p95", v["latency_ms"])), int(v["memory_bytes"]), float(v["energy_mj"]), v["path"], float(v["latency_ms"])) for v in data["variants"])
         table = ProfileTable(tuple(data["modalities"]), tuple(data["tiers"]), variants, {key_tuple(k): a for k, a in data["accuracy"][split].items()})
         biases = {t: np.asarray(b, dtype=np.float32) for t, b in data["biases"].items()}
