@@ -253,8 +253,8 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
 
 def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier_names: list[str] | None = None) -> list[str]:
     """Select each tier's design, then distil the tiers' students from the run's teachers in one
-    shared pass per number of epochs (tiers' `epochs`), alongside the same students trained on
-    labels only. Returns the checkpoint names."""
+    shared pass (a tier with its own `epochs` trains that many, beside the others), alongside the
+    same students trained on labels only. Returns the checkpoint names."""
     tiers = [t for t in cfg.students.tiers if tier_names is None or t.name in tier_names]
     if tier_names:
         unknown = set(tier_names) - {t.name for t in cfg.students.tiers}
@@ -263,22 +263,20 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
     teachers = load_teachers(run_dir, list(dataset.modalities), unimodal="multi_teacher" in {**cfg.distill.distill_losses, **cfg.distill.align_losses})
     designs = select_designs(cfg, dataset, teachers, run_dir, tiers)
     budgets = [t.budget_bytes for t in cfg.students.tiers]
-    passes: dict[int, list[Job]] = {}  # epochs -> the jobs trained together (they share the teachers' forward passes)
+    jobs: list[Job] = []  # trained together: they share the teachers' forward passes
     for tier in tiers:
         design = designs[tier.name]
         specs = design.specs(dataset.modalities)
         train = replace(cfg.students.train, epochs=tier.epochs or cfg.students.train.epochs)
-        job = Job(tier.name, build_student(design, dataset.modalities, cfg.seed + 7), specs, train, objective_weights(cfg.distill, tier.budget_bytes, budgets), cfg.distill)
+        job = Job(tier.name, build_student(design, dataset.modalities, cfg.seed + 7), specs, train, objective_weights(cfg.distill, tier.budget_bytes, budgets), cfg.distill, epochs=train.epochs)
         attach_projection(job, teachers[0].model)
-        passes.setdefault(train.epochs, []).append(job)
+        jobs.append(job)
         if cfg.students.labels_only:
-            passes[train.epochs].append(Job(f"{tier.name}_labels_only", build_student(design, dataset.modalities, cfg.seed + 7), specs, train))
+            jobs.append(Job(f"{tier.name}_labels_only", build_student(design, dataset.modalities, cfg.seed + 7), specs, train, epochs=train.epochs))
     started = time.perf_counter()
     with torch_threads(cfg.threads):
-        for epochs, group in passes.items():
-            train_jobs(dataset, group, epochs, cfg.students.train.batch_size, cfg.seed + 3, teachers, samples_per_epoch=cfg.students.train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="students" if len(passes) == 1 else f"students ({epochs} epochs)")
+        train_jobs(dataset, jobs, cfg.students.train.epochs, cfg.students.train.batch_size, cfg.seed + 3, teachers, samples_per_epoch=cfg.students.train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="students")
     record_timing(run_dir, "distill_students", time.perf_counter() - started)
-    jobs = [job for group in passes.values() for job in group]
     for job in jobs:
         tier = job.name.removesuffix("_labels_only")
         design = designs[tier]

@@ -176,3 +176,15 @@ def test_a_jobs_training_does_not_depend_on_what_else_shares_its_pass(tiny_run: 
     beside = train_jobs(tiny_dataset, [job("b", "low"), job("a", "critical")], 1, 64, seed=5, samples_per_epoch=256, val_limit=64)[1]
     for (name, x), (_, y) in zip(alone.model.state_dict().items(), beside.model.state_dict().items()):
         assert torch.equal(x, y), name
+    # A longer job goes on alone after a shorter one's epochs, on the batches its own pass draws.
+    alone = train_jobs(tiny_dataset, [job("a", "critical")], 3, 64, seed=5, samples_per_epoch=128, val_limit=64)[0]
+    short = job("b", "low")
+    short.epochs = 1
+    beside, short = train_jobs(tiny_dataset, [job("a", "critical"), short], 3, 64, seed=5, samples_per_epoch=128, val_limit=64)
+    assert [h["epoch"] for h in beside.history] == [1, 2, 3] and [h["epoch"] for h in short.history] == [1]
+    assert [h["val_accuracy"] for h in beside.history] == [h["val_accuracy"] for h in alone.history]
+    for (name, x), (_, y) in zip(alone.model.state_dict().items(), beside.model.state_dict().items()):
+        assert torch.equal(x, y), name
+    with pytest.raises(ValueError, match="at least one epoch"):
+        short.epochs = -1
+        train_jobs(tiny_dataset, [short], 1, 64, seed=5, samples_per_epoch=64, val_limit=64)

@@ -55,6 +55,7 @@ class Job:
     projection: nn.Module | None = None  # student fused -> teacher fused (feature and contrastive losses)
     teacher: str | None = None  # the teacher this job distils from; None: the pass's first (fused) teacher
     teacher_index: int = field(default=0, init=False)  # where `teacher` is in the pass (set by train_jobs)
+    epochs: int | None = None  # None: the pass's; a job of other length trains beside the pass's others (sharing the teachers' forward passes) for its own
     history: list[dict[str, float]] = field(default_factory=list)
     best_accuracy: float = -1.0
     best_state: dict[str, torch.Tensor] | None = None
@@ -227,17 +228,23 @@ def train_jobs(
     teacher_precision: str = "fp32",
     desc: str = "train",
 ) -> list[Job]:
-    """Train every job for `epochs` passes over (at most `samples_per_epoch` of) the training split,
-    keep each job's weights from its best validation epoch, and return the jobs. Each job's forward
-    passes run in its config's precision, the teachers' in `teacher_precision`."""
+    """Train every job for `epochs` passes (or its own `Job.epochs`) over (at most `samples_per_epoch`
+    of) the training split, keep each job's weights from its best validation epoch, and return the
+    jobs. Each job's forward passes run in its config's precision, the teachers' in
+    `teacher_precision`. Jobs of different lengths share one pass: an epoch draws the same batches
+    whichever jobs are still training, so a job sees what a pass of its own length would have shown
+    it, and the epochs the jobs have in common share the teachers' forward passes."""
     autocast = {job.name: bf16_autocast(job.config.precision) for job in jobs}
     teacher_autocast = bf16_autocast(teacher_precision)
     generator = torch.Generator().manual_seed(seed)
     n_train = len(dataset.splits["train"])
     per_epoch = min(samples_per_epoch or n_train, n_train)
-    steps = epochs * -(-per_epoch // batch_size)
+    length = {job.name: job.epochs or epochs for job in jobs}
+    if len(length) < len(jobs) or min(length.values(), default=1) < 1:
+        raise ValueError(f"jobs of one pass need distinct names and at least one epoch each; got {[(job.name, job.epochs or epochs) for job in jobs]}")
     optimizers = {}
     for job in jobs:
+        steps = length[job.name] * -(-per_epoch // batch_size)
         if channels_last:
             job.model.to(memory_format=torch.channels_last)
         train_mode(job.model)
@@ -247,7 +254,6 @@ def train_jobs(
         t.model.eval()
         if channels_last:
             t.model.to(memory_format=torch.channels_last)
-    distilled = any(job.weights is not None and job.distill is not None for job in jobs)
     names = [t.name for t in teachers]
     for job in jobs:
         if job.teacher is not None:
@@ -262,11 +268,14 @@ def train_jobs(
     # the batch order after them would depend on which other jobs share the pass (the same seed and
     # design gave the high tier 0.9834 alone, 0.9769 beside the other tiers).
     maskers = {job.name: torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(job.name.encode())) for job in jobs}
-    for epoch in range(epochs):
+    all_jobs, total = jobs, max(length.values(), default=0)
+    for epoch in range(total):
+        jobs = [job for job in all_jobs if epoch < length[job.name]]  # the jobs still training
+        distilled = any(job.weights is not None and job.distill is not None for job in jobs)
         started = time.perf_counter()
         sums = {job.name: 0.0 for job in jobs}
         count = 0
-        bar = progress(dataset.batches("train", batch_size, generator, limit=per_epoch), desc=f"{desc} epoch {epoch + 1}/{epochs}", total=-(-per_epoch // batch_size))
+        bar = progress(dataset.batches("train", batch_size, generator, limit=per_epoch), desc=f"{desc} epoch {epoch + 1}/{total}", total=-(-per_epoch // batch_size))
         for rows in bar:
             labels = dataset.splits["train"].labels[rows]
             raw = dataset.raw_batch("train", rows, generator)
@@ -307,10 +316,10 @@ def train_jobs(
             if accuracy > job.best_accuracy:
                 job.best_accuracy, job.best_state = accuracy, copy.deepcopy(job.model.state_dict())
             train_mode(job.model)
-    for job in jobs:
+    for job in all_jobs:
         if job.best_state is not None:
             job.model.load_state_dict(job.best_state)
         job.model.to(memory_format=torch.contiguous_format).eval()
     for t in teachers:
         t.model.to(memory_format=torch.contiguous_format)
-    return jobs
+    return all_jobs
