@@ -268,12 +268,12 @@ def train_jobs(
     # the batch order after them would depend on which other jobs share the pass (the same seed and
     # design gave the high tier 0.9834 alone, 0.9769 beside the other tiers).
     maskers = {job.name: torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(job.name.encode())) for job in jobs}
-    all_jobs, total = jobs, max(length.values(), default=0)
+    total = max(length.values(), default=0)
     for epoch in range(total):
-        jobs = [job for job in all_jobs if epoch < length[job.name]]  # the jobs still training
-        distilled = any(job.weights is not None and job.distill is not None for job in jobs)
+        active = [job for job in jobs if epoch < length[job.name]]  # the jobs still training
+        distilled = any(job.weights is not None and job.distill is not None for job in active)
         started = time.perf_counter()
-        sums = {job.name: 0.0 for job in jobs}
+        sums = {job.name: 0.0 for job in active}
         count = 0
         bar = progress(dataset.batches("train", batch_size, generator, limit=per_epoch), desc=f"{desc} epoch {epoch + 1}/{total}", total=-(-per_epoch // batch_size))
         for rows in bar:
@@ -291,7 +291,7 @@ def train_jobs(
                         out = t.model.forward_features(inputs)
                         teacher_out.append(out)
                         teacher_logits.append(t.model.forward_head(out["fused"]))
-            for job in jobs:
+            for job in active:
                 present = presence_masks(job.model.modalities, len(rows), job.config.modality_dropout, maskers[job.name])
                 inputs = features.get(job.specs)
                 inputs = mix.inputs(inputs) if mix is not None else inputs
@@ -307,19 +307,19 @@ def train_jobs(
                 sums[job.name] += float(loss.detach()) * len(rows)
             count += len(rows)
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix({j.name: f"{sums[j.name] / count:.3f}" for j in jobs[:4]}, refresh=False)
+                bar.set_postfix({j.name: f"{sums[j.name] / count:.3f}" for j in active[:4]}, refresh=False)
         seconds = time.perf_counter() - started
-        for job in jobs:
+        for job in active:
             (logits,), labels = predict_split(job.model, job.specs, dataset, "val", limit=val_limit, precision=resolve_precision(job.config.precision))
             accuracy = float((logits.argmax(1) == labels).float().mean())
             job.history.append({"epoch": epoch + 1, "train_loss": sums[job.name] / max(count, 1), "val_accuracy": accuracy, "seconds": seconds})
             if accuracy > job.best_accuracy:
                 job.best_accuracy, job.best_state = accuracy, copy.deepcopy(job.model.state_dict())
             train_mode(job.model)
-    for job in all_jobs:
+    for job in jobs:
         if job.best_state is not None:
             job.model.load_state_dict(job.best_state)
         job.model.to(memory_format=torch.contiguous_format).eval()
     for t in teachers:
         t.model.to(memory_format=torch.contiguous_format)
-    return all_jobs
+    return jobs
