@@ -190,8 +190,8 @@ def test_damaged_weights_and_a_modality_without_variants_are_worked_around(bank_
 
 def test_a_resource_drop_switches_to_a_cheaper_configuration(bank_dir: Path, samples) -> None:  # noqa: ANN001
     inputs, _ = samples
-    # Planned costs (high 4, medium 2, low 1, critical 0.5 ms per variant, no request overhead), not
-    # the tiny bank's measured ones: with those, a noisy measurement could make the configuration
+    # Planned costs (high 4, medium 2, low 1, critical 0.5 ms and 400/200/100/50 KB per variant, no
+    # request overhead), not the tiny bank's measured ones: with those, a noisy measurement could make the configuration
     # chosen before the drop the cheapest one already (a full-suite run failed here once).
     bank = _planned(load_bank(bank_dir))
     clock = [0.0]
@@ -222,14 +222,17 @@ def test_a_resource_drop_switches_to_a_cheaper_configuration(bank_dir: Path, sam
 
 _PLANNED_MS = {"high": 4.0, "medium": 2.0, "low": 1.0, "critical": 0.5}  # per variant
 _PLANNED_SCORE = {"high": 0.5, "medium": 0.4, "low": 0.3, "critical": 0.2}  # per modality, summed
+_PLANNED_BYTES = {"high": 400_000, "medium": 200_000, "low": 100_000, "critical": 50_000}  # per variant
 
 
 def _planned(bank):  # noqa: ANN001, ANN202
-    """`bank` with planned latencies (no request overhead) and accuracies: the richer, the better and slower."""
+    """`bank` with planned latencies (no request overhead), memory and accuracies: the richer, the
+    better, slower and larger. Memory too: a sudden drop's forecast can leave no memory budget for a
+    moment, and then the smallest configuration answers; measured, that was once not the fastest."""
     from dataclasses import replace
 
     table = bank.table
-    variants = tuple(replace(v, latency_ms=_PLANNED_MS[v.tier], latency_p50_ms=_PLANNED_MS[v.tier]) for v in table.variants)
+    variants = tuple(replace(v, latency_ms=_PLANNED_MS[v.tier], latency_p50_ms=_PLANNED_MS[v.tier], memory_bytes=_PLANNED_BYTES[v.tier]) for v in table.variants)
     accuracy = {key: sum(_PLANNED_SCORE[t] for t in key if t is not None) / len(key) for key in table.accuracy}
     return replace(bank, table=replace(table, variants=variants, accuracy=accuracy), data={**bank.data, "request_overhead_ms": 0.0})
 
