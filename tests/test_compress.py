@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 import racmkd
-from racmkd.compress.export import ExportError, compact_names, export_onnx, fold_batchnorm, module_weight_bytes, read_contract, session, specs_from_contract
+from racmkd.compress.export import ExportError, compact_names, export_onnx, module_weight_bytes, read_contract, session, specs_from_contract
 from racmkd.compress.inputs import most_informative, reduce_inputs
 from racmkd.compress.lowrank import factorise, lowrank_model, rank_for_energy
 from racmkd.compress.prune import align_channels, prune_encoders, ratio_for_bytes
 from racmkd.compress.quantize import absorb_batchnorm, choose_mixed_precision, fake_quantized, LayerSensitivity
 from racmkd.compress.recipe import RecipeError, parse_recipe
+from racmkd.models.inference import fold_batchnorm
 from racmkd.models.multimodal import build, student
 from racmkd.registry import MODALITIES
 

@@ -188,3 +188,26 @@ def test_a_jobs_training_does_not_depend_on_what_else_shares_its_pass(tiny_run: 
     with pytest.raises(ValueError, match="at least one epoch"):
         short.epochs = -1
         train_jobs(tiny_dataset, [short], 1, 64, seed=5, samples_per_epoch=64, val_limit=64)
+
+
+def test_a_distillation_pass_leaves_its_teacher_as_it_was(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001
+    """The pass runs a folded copy of the teacher (BatchNorm inside the convolutions, for speed);
+    the teacher itself keeps its layers, weights, layout and mode."""
+    from torch import nn
+
+    from racmkd.config import DistillConfig, TrainConfig
+    from racmkd.distill.adaptive import ObjectiveWeights
+    from racmkd.distill.trainer import Job, train_jobs
+    from racmkd.models.inference import uses_channels_last
+    from racmkd.pipeline import load_teachers
+
+    (fused,) = load_teachers(tiny_run, list(tiny_dataset.modalities), unimodal=False)
+    before = {k: v.clone() for k, v in fused.model.state_dict().items()}
+    model, specs, _, _ = load_model(tiny_run / "checkpoints" / "critical.pt")
+    only_kd = ObjectiveWeights(0.0, 1.0, 0.0, 0.0, 2.0, 1.0)
+    (job,) = train_jobs(tiny_dataset, [Job("a", model, specs, TrainConfig(epochs=1, batch_size=64), only_kd, DistillConfig(distill_losses={"kd": 1.0}, align_losses={}))], 1, 64, seed=5, teachers=[fused], samples_per_epoch=128, val_limit=64)
+    assert 0 < job.history[0]["train_loss"] < 10  # it learnt from the teacher's answers alone
+    after = fused.model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert any(isinstance(m, nn.BatchNorm2d) and m.affine for m in fused.model.modules())
+    assert not uses_channels_last(fused.model) and not fused.model.training

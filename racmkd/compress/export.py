@@ -11,7 +11,6 @@ Reading contracts and opening sessions needs no torch: racmkd.compress.artifacts
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import tempfile
@@ -27,28 +26,16 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from racmkd.compress.artifacts import CONTRACT_FORMAT, CONTRACT_KEY, ExportError, read_contract, session, specs_from_contract, zero_feed  # noqa: F401 - the training side's one import
 from racmkd.config import to_dict
 from racmkd.data.dataset import PairedDataset
 from racmkd.data.modalities import Modality
-from racmkd.models.inference import BatchFeatures
+from racmkd.models.inference import BatchFeatures, fold_batchnorm
 from racmkd.models.multimodal import MultimodalNet
 from racmkd.utils import atomic_write_bytes
 
 OPSET = 18
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of an eval-mode model with every Conv -> BatchNorm pair of a conv-BN-ReLU block fused
-    into one convolution with a bias (what an edge runtime executes anyway)."""
-    folded = copy.deepcopy(model).eval()
-    for block in folded.modules():
-        if isinstance(block, nn.Sequential) and len(block) >= 2 and isinstance(block[0], nn.Conv2d) and isinstance(block[1], nn.BatchNorm2d) and block[1].affine:
-            block[0] = fuse_conv_bn_eval(block[0], block[1])
-            block[1] = nn.Identity()
-    return folded
 
 
 class InputGraph(nn.Module):

@@ -27,7 +27,7 @@ from racmkd.config import DistillConfig, TrainConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.distill.adaptive import ObjectiveWeights
 from racmkd.distill.losses import reliability_weights
-from racmkd.models.inference import BatchFeatures, predict_split
+from racmkd.models.inference import BatchFeatures, fold_batchnorm, predict_split
 from racmkd.models.multimodal import MultimodalNet
 from racmkd.registry import LOSSES
 from racmkd.utils import progress
@@ -250,10 +250,9 @@ def train_jobs(
         train_mode(job.model)
         opt = torch.optim.AdamW([p for p in job.parameters() if p.requires_grad], lr=job.config.lr, weight_decay=job.config.weight_decay)
         optimizers[job.name] = (opt, lr_schedule(opt, job.config.lr, steps))
-    for t in teachers:
-        t.model.eval()
-        if channels_last:
-            t.model.to(memory_format=torch.channels_last)
+    # The frozen teachers run as folded copies (BatchNorm inside the convolutions: the same function
+    # up to rounding, about 30% less time, and the teachers' forward passes are much of a pass's).
+    frozen = [fold_batchnorm(t.model).to(memory_format=torch.channels_last if channels_last else torch.contiguous_format) for t in teachers]
     names = [t.name for t in teachers]
     for job in jobs:
         if job.teacher is not None:
@@ -287,10 +286,10 @@ def train_jobs(
                 teacher_inputs = [features.get(t.specs) for t in teachers]  # features in fp32, outside autocast
                 teacher_inputs = [mix.inputs(x) for x in teacher_inputs] if mix is not None else teacher_inputs
                 with torch.no_grad(), teacher_autocast:
-                    for t, inputs in zip(teachers, teacher_inputs):
-                        out = t.model.forward_features(inputs)
+                    for model, inputs in zip(frozen, teacher_inputs):
+                        out = model.forward_features(inputs)
                         teacher_out.append(out)
-                        teacher_logits.append(t.model.forward_head(out["fused"]))
+                        teacher_logits.append(model.forward_head(out["fused"]))
             for job in active:
                 present = presence_masks(job.model.modalities, len(rows), job.config.modality_dropout, maskers[job.name])
                 inputs = features.get(job.specs)
@@ -320,6 +319,4 @@ def train_jobs(
         if job.best_state is not None:
             job.model.load_state_dict(job.best_state)
         job.model.to(memory_format=torch.contiguous_format).eval()
-    for t in teachers:
-        t.model.to(memory_format=torch.contiguous_format)
     return jobs

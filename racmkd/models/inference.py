@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from racmkd.data.dataset import PairedDataset
 from racmkd.data.modalities import Modality
@@ -30,6 +33,19 @@ class BatchFeatures:
                 self._memo[key] = x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
             out[name] = self._memo[key]
         return out
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of an eval-mode model with every Conv -> BatchNorm pair of a conv-BN-ReLU block fused
+    into one convolution with a bias: what an edge runtime executes anyway, and how a frozen teacher
+    runs in training (the same function up to rounding, about 30% faster on a CPU: BatchNorm is a
+    pass over every activation)."""
+    folded = copy.deepcopy(model).eval()
+    for block in folded.modules():
+        if isinstance(block, nn.Sequential) and len(block) >= 2 and isinstance(block[0], nn.Conv2d) and isinstance(block[1], nn.BatchNorm2d) and block[1].affine:
+            block[0] = fuse_conv_bn_eval(block[0], block[1])
+            block[1] = nn.Identity()
+    return folded
 
 
 def uses_channels_last(model: torch.nn.Module) -> bool:
