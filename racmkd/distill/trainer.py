@@ -314,7 +314,6 @@ def train_jobs(
             job.history.append({"epoch": epoch + 1, "train_loss": sums[job.name] / max(count, 1), "val_accuracy": accuracy, "seconds": seconds})
             if accuracy > job.best_accuracy:
                 job.best_accuracy, job.best_state = accuracy, copy.deepcopy(job.model.state_dict())
-            train_mode(job.model)
     for job in jobs:
         if job.best_state is not None:
             job.model.load_state_dict(job.best_state)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from racmkd.data.dataset import PairedDataset
@@ -42,16 +43,11 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     pass over every activation)."""
     folded = copy.deepcopy(model).eval()
     for block in folded.modules():
-        if isinstance(block, nn.Sequential) and len(block) >= 2 and isinstance(block[0], nn.Conv2d) and isinstance(block[1], nn.BatchNorm2d) and block[1].affine:
+        conv_bn = isinstance(block, nn.Sequential) and len(block) >= 2 and isinstance(block[0], nn.Conv2d) and isinstance(block[1], nn.BatchNorm2d) and block[1].affine
+        if conv_bn and not parametrize.is_parametrized(block[0]):  # parametrized weights (quantization-aware training) stay as they are
             block[0] = fuse_conv_bn_eval(block[0], block[1])
             block[1] = nn.Identity()
     return folded
-
-
-def uses_channels_last(model: torch.nn.Module) -> bool:
-    """Whether the model's convolution weights are laid out channels-last."""
-    weights = [p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
-    return bool(weights) and weights[0].is_contiguous(memory_format=torch.channels_last) and not weights[0].is_contiguous()
 
 
 @torch.no_grad()
@@ -68,9 +64,8 @@ def predict_split(
     """Logits (N, K) of `model` on a split (fixed corruption draws), once for each set of withheld
     modalities in `withheld` (the default: nothing withheld), and the labels (N,). The encoders run
     once per batch whatever the number of sets. `precision` "bf16" autocasts (validation only:
-    reported figures are fp32)."""
-    was_training, was_channels_last = model.training, uses_channels_last(model)
-    model.eval().to(memory_format=torch.channels_last)
+    reported figures are fp32). Runs a BatchNorm-folded copy: `model` is left as it was."""
+    model = fold_batchnorm(model).to(memory_format=torch.channels_last)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     logits: list[list[torch.Tensor]] = [[] for _ in withheld]
     labels = []
@@ -84,5 +79,4 @@ def predict_split(
                     raise ValueError(f"withholding {list(drop)} leaves this model ({model.modalities}) no input")
                 out.append(model.forward_head(model.fuse(kept)).float())
         labels.append(dataset.splits[split].labels[rows])
-    model.to(memory_format=torch.channels_last if was_channels_last else torch.contiguous_format).train(was_training)
     return [torch.cat(out) for out in logits], torch.cat(labels)
