@@ -299,7 +299,7 @@ def test_bad_requests_get_4xx_and_good_ones_an_answer(fog_app: TestClient, tiny_
     assert ok.status_code == 200 and ok.json()["served_by"] == "fog" and len(ok.json()["probabilities"]) == 10
     binary = fog_app.post("/predict", content=npz(image=image, audio=audio, sample_rate=np.array(8000)), headers={"Content-Type": "application/x-npz"})
     assert binary.status_code == 200 and binary.json()["label"] == ok.json()["label"]
-    assert fog_app.post("/predict?x=1", json={"audio": audio.tolist(), "model": "medium"}).json()["model"] == "medium"
+    assert fog_app.post("/predict?x=1", json={"image": image.tolist(), "audio": audio.tolist(), "model": "medium"}).json()["model"] == "medium"
     cases = [
         (dict(content=b"{not json", headers={"Content-Type": "application/json"}), 422, "invalid JSON"),
         (dict(json={"image": [[0.0] * 5] * 5}), 422, "28x28"),
