@@ -37,7 +37,7 @@ class BatchFeatures:
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of an eval-mode model with every Conv -> BatchNorm pair of a conv-BN-ReLU block fused
+    """An eval-mode copy of `model` (in whatever mode it is) with every Conv -> BatchNorm pair of a conv-BN-ReLU block fused
     into one convolution with a bias: what an edge runtime executes anyway, and how a frozen teacher
     runs in training (the same function up to rounding, about 30% faster on a CPU: BatchNorm is a
     pass over every activation)."""
