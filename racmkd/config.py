@@ -79,6 +79,10 @@ class TeacherConfig:
 
     width: int = 32  # channels of the first conv; doubled at each stage
     depth: dict[str, int] = field(default_factory=lambda: {"audio": 2})  # convolutions per stage, per modality (1 if absent)
+    # Input-resolution level per modality (0, full resolution, if absent): the teachers may see a
+    # cheaper input than the students' richest. Teachers are the run's costliest stage on a CPU, and
+    # most of it is the audio teacher's 64-band spectrogram; students keep their own levels.
+    level: dict[str, int] = field(default_factory=dict)
     embed_dim: int = 128  # per-modality embedding size
     fusion_hidden: int = 256
     dropout: float = 0.2

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from racmkd.config import RunConfig, TierConfig
+from racmkd.config import ConfigError, RunConfig, TierConfig
 from racmkd.data.dataset import PairedDataset, build_dataset
 from racmkd.data.modalities import Modality
 from racmkd.distill.adaptive import objective_weights
@@ -41,9 +41,14 @@ def model_inputs(modalities: dict[str, Modality], specs: dict[str, Any], role: s
     return {m: {"encoder": getattr(modalities[m], f"{role}_encoder"), "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}
 
 
-def full_specs(modalities: dict[str, Modality], names: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Full-resolution specs (level 0) of some modalities."""
-    return {m: modalities[m].spec(0) for m in names}
+def full_specs(modalities: dict[str, Modality], names: list[str] | tuple[str, ...], levels: dict[str, int] | None = None) -> dict[str, Any]:
+    """Specs of some modalities at full resolution (level 0), or at the level `levels` names for a
+    modality (teacher.level)."""
+    levels = levels or {}
+    for m, level in levels.items():
+        if m in modalities and not 0 <= level < modalities[m].n_levels:
+            raise ConfigError(f"teacher.level.{m} {level}: {m} has levels 0-{modalities[m].n_levels - 1} (data.options.{m}.levels)")
+    return {m: modalities[m].spec(levels.get(m, 0)) for m in names}
 
 
 # Teachers ----------------------------------------------------------------------------------------
@@ -59,7 +64,7 @@ def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> lis
         unimodal = []
         for offset, m in enumerate(names):
             seed_everything(cfg.seed + 100 + offset)
-            specs = full_specs(dataset.modalities, [m])
+            specs = full_specs(dataset.modalities, [m], tc.level)
             model = teacher(model_inputs(dataset.modalities, specs, "teacher"), tc.width, tc.embed_dim, tc.fusion_hidden, tc.dropout, depth=tc.depth)
             unimodal.append(Job(f"{TEACHER}_{m}", model, specs, tc.unimodal))
         train_jobs(dataset, unimodal, tc.unimodal.epochs, tc.unimodal.batch_size, cfg.seed, samples_per_epoch=tc.unimodal.samples_per_epoch, augment=cfg.data.augment, desc="unimodal teachers")
@@ -68,7 +73,7 @@ def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> lis
         fused_jobs = []
         if len(names) > 1:
             seed_everything(cfg.seed + 99)
-            specs = full_specs(dataset.modalities, names)
+            specs = full_specs(dataset.modalities, names, tc.level)
             model = teacher(model_inputs(dataset.modalities, specs, "teacher"), tc.width, tc.embed_dim, tc.fusion_hidden, tc.dropout, depth=tc.depth)
             for job in unimodal:  # start from what each unimodal teacher learned
                 (m,) = job.specs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from racmkd.config import RunConfig
+from racmkd.config import ConfigError, RunConfig
 from racmkd.models.multimodal import build, count_params, teacher, widest_student
 from racmkd.pipeline import build_student, candidates, full_specs, model_inputs
 from racmkd.registry import MODALITIES, MODELS
@@ -49,6 +49,17 @@ def test_teacher_learns_and_answers_with_a_modality_missing() -> None:
     assert torch.allclose(only_audio, masked, atol=1e-5)
     with pytest.raises(ValueError, match="no input for any of this model's modalities"):
         model({"sensor": torch.zeros(1)})
+
+
+def test_teachers_may_see_a_cheaper_input_than_full_resolution() -> None:
+    assert full_specs(MODS, ["image", "audio"]) == {"image": MODS["image"].spec(0), "audio": MODS["audio"].spec(0)}
+    cheaper = full_specs(MODS, ["image", "audio"], {"audio": 1})
+    assert cheaper == {"image": MODS["image"].spec(0), "audio": MODS["audio"].spec(1)}
+    assert cheaper["audio"].n_mels < MODS["audio"].spec(0).n_mels
+    model = teacher(model_inputs(MODS, cheaper, "teacher"))
+    assert model(batch(model)).shape == (3, 10)
+    with pytest.raises(ConfigError, match=r"teacher.level.audio 9: audio has levels 0-3 \(data.options.audio.levels\)"):
+        full_specs(MODS, ["audio"], {"audio": 9})
 
 
 def test_widest_student_is_the_widest_that_fits() -> None:
