@@ -41,9 +41,10 @@ def model_inputs(modalities: dict[str, Modality], specs: dict[str, Any], role: s
     return {m: {"encoder": getattr(modalities[m], f"{role}_encoder"), "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}
 
 
-def full_specs(modalities: dict[str, Modality], names: list[str] | tuple[str, ...], levels: dict[str, int] | None = None) -> dict[str, Any]:
-    """Specs of some modalities at full resolution (level 0), or at the level `levels` names for a
-    modality (teacher.level)."""
+def teacher_specs(modalities: dict[str, Modality], names: list[str] | tuple[str, ...], levels: dict[str, int] | None = None) -> dict[str, Any]:
+    """The teachers' input specs: full resolution (level 0) unless `levels` (teacher.level) names a
+    cheaper level for a modality. A level for a modality the run does not use is ignored, so one
+    config serves runs on fewer modalities."""
     levels = levels or {}
     for m, level in levels.items():
         if m in modalities and not 0 <= level < modalities[m].n_levels:
@@ -64,7 +65,7 @@ def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> lis
         unimodal = []
         for offset, m in enumerate(names):
             seed_everything(cfg.seed + 100 + offset)
-            specs = full_specs(dataset.modalities, [m], tc.level)
+            specs = teacher_specs(dataset.modalities, [m], tc.level)
             model = teacher(model_inputs(dataset.modalities, specs, "teacher"), tc.width, tc.embed_dim, tc.fusion_hidden, tc.dropout, depth=tc.depth)
             unimodal.append(Job(f"{TEACHER}_{m}", model, specs, tc.unimodal))
         train_jobs(dataset, unimodal, tc.unimodal.epochs, tc.unimodal.batch_size, cfg.seed, samples_per_epoch=tc.unimodal.samples_per_epoch, augment=cfg.data.augment, desc="unimodal teachers")
@@ -73,7 +74,7 @@ def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> lis
         fused_jobs = []
         if len(names) > 1:
             seed_everything(cfg.seed + 99)
-            specs = full_specs(dataset.modalities, names, tc.level)
+            specs = teacher_specs(dataset.modalities, names, tc.level)
             model = teacher(model_inputs(dataset.modalities, specs, "teacher"), tc.width, tc.embed_dim, tc.fusion_hidden, tc.dropout, depth=tc.depth)
             for job in unimodal:  # start from what each unimodal teacher learned
                 (m,) = job.specs

@@ -7,7 +7,7 @@ import torch
 
 from racmkd.config import ConfigError, RunConfig
 from racmkd.models.multimodal import build, count_params, teacher, widest_student
-from racmkd.pipeline import build_student, candidates, full_specs, model_inputs
+from racmkd.pipeline import build_student, candidates, model_inputs, teacher_specs
 from racmkd.registry import MODALITIES, MODELS
 
 MODS = {name: MODALITIES.create(name) for name in ("image", "audio")}
@@ -40,7 +40,7 @@ def test_every_student_fits_its_budget_and_learns(design) -> None:
 
 
 def test_teacher_learns_and_answers_with_a_modality_missing() -> None:
-    model = teacher(model_inputs(MODS, full_specs(MODS, ["image", "audio"]), "teacher"))
+    model = teacher(model_inputs(MODS, teacher_specs(MODS, ["image", "audio"]), "teacher"))
     inputs = batch(model)
     assert_every_parameter_learns(model, inputs)
     model.eval()
@@ -52,14 +52,15 @@ def test_teacher_learns_and_answers_with_a_modality_missing() -> None:
 
 
 def test_teachers_may_see_a_cheaper_input_than_full_resolution() -> None:
-    assert full_specs(MODS, ["image", "audio"]) == {"image": MODS["image"].spec(0), "audio": MODS["audio"].spec(0)}
-    cheaper = full_specs(MODS, ["image", "audio"], {"audio": 1})
+    assert teacher_specs(MODS, ["image", "audio"]) == {"image": MODS["image"].spec(0), "audio": MODS["audio"].spec(0)}
+    cheaper = teacher_specs(MODS, ["image", "audio"], {"audio": 1})
     assert cheaper == {"image": MODS["image"].spec(0), "audio": MODS["audio"].spec(1)}
     assert cheaper["audio"].n_mels < MODS["audio"].spec(0).n_mels
     model = teacher(model_inputs(MODS, cheaper, "teacher"))
     assert model(batch(model)).shape == (3, 10)
+    assert teacher_specs(MODS, ["image"], {"audio": 1}) == {"image": MODS["image"].spec(0)}  # a run without audio ignores its level
     with pytest.raises(ConfigError, match=r"teacher.level.audio 9: audio has levels 0-3 \(data.options.audio.levels\)"):
-        full_specs(MODS, ["audio"], {"audio": 9})
+        teacher_specs(MODS, ["audio"], {"audio": 9})
 
 
 def test_widest_student_is_the_widest_that_fits() -> None:
