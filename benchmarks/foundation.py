@@ -51,11 +51,13 @@ def run_seed(config: Path, protocol: str, seed: int, runs_dir: Path, overrides: 
 
 
 def summarise(reports: list[dict]) -> dict:
-    """Per model: accuracy over seeds; per tier: retention and distillation gain against the spread."""
-    names = list(reports[0]["models"])
+    """Per model: accuracy over seeds; per tier: retention and distillation gain against the spread.
+    Only models every seed's report measured are summarised (a seed run by `make run` also has the
+    compressed rows, which have their own benchmark)."""
+    names = [name for name in reports[0]["models"] if all(name in r["models"] for r in reports)]
     models = {}
     for name in names:
-        entries = [r["models"][name] for r in reports if name in r["models"]]
+        entries = [r["models"][name] for r in reports]
         models[name] = {
             "accuracy": mean_std([e["accuracy"] for e in entries]),
             "f1_macro": mean_std([e["f1_macro"] for e in entries]),

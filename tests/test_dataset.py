@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from racmkd.config import DataConfig
-from racmkd.data.dataset import PairedDataset, build_dataset, cache_path, pair_by_label
+from racmkd.data.dataset import FeatureCache, PairedDataset, build_dataset, cache_path, pair_by_label
 from racmkd.data.modalities import Bank
 from racmkd.data.paths import DataError
 
@@ -106,3 +106,44 @@ def test_features_have_the_spec_shapes(avmnist: PairedDataset) -> None:
     same = audio.features(raw["audio"], audio.spec(0), augment_seed=7)
     assert torch.equal(same, audio.features(raw["audio"], audio.spec(0), augment_seed=7))
     assert not torch.equal(same, audio.features(raw["audio"], audio.spec(0), augment_seed=8))
+
+
+def test_feature_cache_evicts_the_least_recently_used_beyond_its_bytes() -> None:
+    cache = FeatureCache(max_bytes=3 * 400)  # room for three 100-float tensors
+    calls = []
+
+    def make(i: int) -> torch.Tensor:
+        calls.append(i)
+        return torch.full((100,), float(i))
+
+    for i in range(3):
+        cache.get(i, lambda i=i: make(i))
+    assert float(cache.get(0, lambda: make(-1))[0]) == 0.0 and calls == [0, 1, 2]  # a hit, and 0 is now the most recent
+    cache.get(3, lambda: make(3))  # evicts 1, the least recently used
+    assert len(cache) == 3 and cache.held == 1200
+    cache.get(1, lambda: make(1))
+    assert calls == [0, 1, 2, 3, 1]
+    big = cache.get("big", lambda: torch.zeros(1000))  # larger than the cache: returned, not kept
+    assert big.numel() == 1000 and "big" not in cache._entries and cache.held <= cache.max_bytes
+
+
+def test_evaluation_inputs_are_computed_once_and_equal_fresh_ones(avmnist: PairedDataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from racmkd.models.inference import BatchFeatures, evaluation_inputs
+
+    dataset = replace(avmnist)  # its own, empty cache
+    specs = {"image": dataset.modalities["image"].spec(1), "audio": dataset.modalities["audio"].spec(2)}
+    rows = torch.arange(10, 30)
+    reads = []
+    raw_batch = dataset.raw_batch
+    monkeypatch.setattr(dataset, "raw_batch", lambda *a, **k: reads.append(a) or raw_batch(*a, **k))
+    first = evaluation_inputs(dataset, "val", rows, specs)
+    again = evaluation_inputs(dataset, "val", rows, specs)
+    assert len(reads) == 1 and all(again[m] is first[m] for m in specs)
+    fresh = BatchFeatures(dataset.modalities, raw_batch("val", rows), channels_last=True).get(specs)
+    assert all(torch.equal(first[m], fresh[m]) for m in specs)
+    evaluation_inputs(dataset, "test", rows, specs)  # same rows of another split: other samples
+    evaluation_inputs(dataset, "val", rows[:10], specs)  # other rows
+    assert len(reads) == 3 and len(dataset.feature_cache) == 6
+    assert len(replace(dataset).feature_cache) == 0

@@ -31,7 +31,7 @@ from racmkd.compress.artifacts import CONTRACT_FORMAT, CONTRACT_KEY, ExportError
 from racmkd.config import to_dict
 from racmkd.data.dataset import PairedDataset
 from racmkd.data.modalities import Modality
-from racmkd.models.inference import BatchFeatures, fold_batchnorm
+from racmkd.models.inference import evaluation_inputs, fold_batchnorm
 from racmkd.models.multimodal import MultimodalNet
 from racmkd.utils import atomic_write_bytes
 
@@ -228,8 +228,8 @@ def onnx_logits(sess: ort.InferenceSession, specs: dict[str, Any], dataset: Pair
     names = [i.name for i in sess.get_inputs()]
     outputs, labels = [], []
     for rows in dataset.batches(split, batch_size, limit=limit):
-        features = BatchFeatures(dataset.modalities, dataset.raw_batch(split, rows)).get({m: specs[m] for m in names})
-        outputs.append(sess.run(["logits"], {m: features[m].numpy() for m in names})[0])
+        features = evaluation_inputs(dataset, split, rows, {m: specs[m] for m in names})
+        outputs.append(sess.run(["logits"], {m: features[m].contiguous().numpy() for m in names})[0])
         labels.append(dataset.splits[split].labels[rows].numpy())
     return np.concatenate(outputs), np.concatenate(labels)
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,37 @@ class Split:
         return Split(self.name, self.labels[rows], {m: i[rows] for m, i in self.index.items()}, self.seeds[rows])
 
 
+class FeatureCache:
+    """Model inputs of evaluation samples, kept in memory between passes. Validation and test samples
+    have one fixed corruption draw and no augmentation, so a model's inputs are the same every time:
+    a students' pass validates eight students on the same 10,000 samples after every epoch, and each
+    of those passes recomputed the log-mels (about 3 s on two cores). The least recently used entries
+    leave first once the tensors held reach `max_bytes`."""
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes = max_bytes
+        self.held = 0  # bytes of the tensors held
+        self._entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+
+    def get(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The tensor stored under `key`, computed (and stored, if it fits) on a miss."""
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        value = compute()
+        size = value.untyped_storage().nbytes()
+        if size <= self.max_bytes:
+            while self._entries and self.held + size > self.max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                self.held -= dropped.untyped_storage().nbytes()
+            self._entries[key] = value
+            self.held += size
+        return value
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 @dataclass
 class PairedDataset:
     """Banks of raw items per modality and split, the paired splits, and what was done to build them."""
@@ -50,6 +82,9 @@ class PairedDataset:
     banks: dict[str, dict[str, Bank]]  # modality -> split -> bank
     splits: dict[str, Split]
     info: dict[str, Any]
+    # Evaluation inputs computed so far (racmkd.models.inference.evaluation_inputs). Not an init
+    # field, so that a dataset made from this one (`replace`, other splits) starts with its own.
+    feature_cache: FeatureCache = field(default_factory=FeatureCache, init=False, repr=False, compare=False)
 
     def raw_batch(self, split: str, rows: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Raw inputs of some samples, per modality, with the protocol's corruption applied: fresh from

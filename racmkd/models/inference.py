@@ -50,6 +50,21 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return folded
 
 
+def evaluation_inputs(dataset: PairedDataset, split: str, rows: torch.Tensor, specs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Channels-last inputs of some evaluation rows (fixed corruption draws, no augmentation) for a
+    model with these specs, through the dataset's feature cache: computed once per (split, rows,
+    modality, spec), whichever models ask."""
+    batch: list[BatchFeatures] = []  # the raw batch, read on the first miss only
+
+    def compute(name: str, spec: Any) -> torch.Tensor:
+        if not batch:
+            batch.append(BatchFeatures(dataset.modalities, dataset.raw_batch(split, rows), channels_last=True))
+        return batch[0].get({name: spec})[name]
+
+    rows_key = rows.numpy().tobytes()
+    return {name: dataset.feature_cache.get((split, rows_key, name, spec), lambda name=name, spec=spec: compute(name, spec)) for name, spec in specs.items()}
+
+
 @torch.no_grad()
 def predict_split(
     model: MultimodalNet,
@@ -70,9 +85,8 @@ def predict_split(
     logits: list[list[torch.Tensor]] = [[] for _ in withheld]
     labels = []
     for rows in dataset.batches(split, batch_size, limit=limit):
-        features = BatchFeatures(dataset.modalities, dataset.raw_batch(split, rows), channels_last=True)
         with autocast:
-            _, embeddings = model.encode(features.get(specs))
+            _, embeddings = model.encode(evaluation_inputs(dataset, split, rows, specs))
             for out, drop in zip(logits, withheld):
                 kept = {m: e for m, e in embeddings.items() if m not in drop}
                 if not kept:
