@@ -115,3 +115,18 @@ def test_tables_tolerate_a_row_that_was_not_produced() -> None:
     dominance = next(t for name, t in targets.items() if name.startswith("racmkd high dominates"))
     assert dominance["reached"] and "Standard KD" in dominance["target"]
     assert not next(t for name, t in targets.items() if name.startswith("racmkd medium"))["reached"]  # not produced: reported, not skipped
+
+
+def test_pinned_tiers_keep_the_first_seeds_designs_and_settings(tiny_run: Path) -> None:
+    from racmkd.config import load_config
+    from racmkd.eval.suite import _pinned_tiers
+    from racmkd.models.checkpoint import load_model
+
+    first = load_config(tiny_run / "config.yaml")
+    pinned = load_config(tiny_run / "config.yaml", ["seed=1", *_pinned_tiers(tiny_run)]).students.tiers
+    assert [t.name for t in pinned] == [t.name for t in first.students.tiers]
+    for tier, before in zip(pinned, first.students.tiers):
+        design = load_model(tiny_run / "checkpoints" / f"{tier.name}.pt")[3]["design"]
+        assert (list(tier.modalities), tier.scale, tier.depth) == (list(design["modalities"]), design["level"], design["depth"])
+        assert (tier.budget_bytes, tier.epochs, tier.ties) == (before.budget_bytes, before.epochs, before.ties)
+    assert pinned[-1].epochs == 8  # tests/tiny.yaml's critical tier trains longer; its pinned seeds must too

@@ -85,14 +85,17 @@ def mean_std(values: list[float]) -> dict[str, float]:
 
 
 def _pinned_tiers(first_run: Path) -> list[str]:
-    """Overrides that fix every tier's design to the one the first seed selected."""
+    """Overrides that fix every tier's design to the one the first seed selected. The rest of each
+    tier's settings is the first seed's: rebuilt from the design alone, the tiers lost their own
+    epochs, and the later seeds' critical students trained for students.train.epochs while the
+    first seed's trained for 8 (one row's mean and spread mixed two recipes)."""
     from racmkd.models.checkpoint import load_model
 
     tiers = []
-    for tier in TIERS:
-        d = load_model(checkpoint(first_run, tier))[3]["design"]
-        tiers.append(f"{{name: {tier}, budget_bytes: {d['budget_bytes']}, modalities: [{', '.join(d['modalities'])}], scale: {d['level']}, depth: {d['depth']}}}")
-    return [f"students.tiers=[{', '.join(tiers)}]"]
+    for tier in load_config(first_run / "config.yaml").students.tiers:
+        d = load_model(checkpoint(first_run, tier.name))[3]["design"]
+        tiers.append({**to_dict(tier), "budget_bytes": d["budget_bytes"], "modalities": list(d["modalities"]), "scale": d["level"], "depth": d["depth"]})
+    return [f"students.tiers={json.dumps(tiers)}"]
 
 
 def _copy_teachers(source: Path, run_dir: Path, cfg: RunConfig) -> bool:
