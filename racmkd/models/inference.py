@@ -54,12 +54,13 @@ def evaluation_inputs(dataset: PairedDataset, split: str, rows: torch.Tensor, sp
     """Channels-last inputs of some evaluation rows (fixed corruption draws, no augmentation) for a
     model with these specs, through the dataset's feature cache: computed once per (split, rows,
     modality, spec), whichever models ask."""
-    batch: list[BatchFeatures] = []  # the raw batch, read on the first miss only
+    batch: BatchFeatures | None = None  # the raw batch, read on the first miss only
 
     def compute(name: str, spec: Any) -> torch.Tensor:
-        if not batch:
-            batch.append(BatchFeatures(dataset.modalities, dataset.raw_batch(split, rows), channels_last=True))
-        return batch[0].get({name: spec})[name]
+        nonlocal batch
+        if batch is None:
+            batch = BatchFeatures(dataset.modalities, dataset.raw_batch(split, rows), channels_last=True)
+        return batch.get({name: spec})[name]
 
     rows_key = rows.numpy().tobytes()
     return {name: dataset.feature_cache.get((split, rows_key, name, spec), lambda name=name, spec=spec: compute(name, spec)) for name, spec in specs.items()}
