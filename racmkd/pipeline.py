@@ -116,6 +116,7 @@ class Design:
     width: float
     params: int
     budget_bytes: int
+    channel_multiple: int = 1  # every layer's channels rounded to a multiple of this (1: none)
 
     @property
     def name(self) -> str:
@@ -124,7 +125,7 @@ class Design:
     @property
     def key(self) -> tuple:
         """What makes two designs the same network, whatever tier lists them."""
-        return (self.modalities, self.level, self.depth, self.width)
+        return (self.modalities, self.level, self.depth, self.width, self.channel_multiple)
 
     def specs(self, modalities: dict[str, Modality]) -> dict[str, Any]:
         return {m: modalities[m].spec(self.level) for m in self.modalities}
@@ -148,11 +149,11 @@ def candidates(cfg: RunConfig, modalities: dict[str, Modality], tier: TierConfig
                 continue
             specs = {m: modalities[m].spec(level) for m in mods}
             for depth in depths:
-                model = widest_student(model_inputs(modalities, specs, "student"), tier.budget_bytes, depth, cfg.students.max_width)
+                model = widest_student(model_inputs(modalities, specs, "student"), tier.budget_bytes, depth, cfg.students.max_width, tier.channel_multiple)
                 if model is None:
                     skipped.append(f"{'+'.join(mods)}@L{level}/d{depth}: even the narrowest student exceeds {tier.budget_bytes} bytes")
                     continue
-                designs.append(Design(tier.name, tuple(mods), level, depth, model.arch["kwargs"]["width"], count_params(model), tier.budget_bytes))
+                designs.append(Design(tier.name, tuple(mods), level, depth, model.arch["kwargs"]["width"], count_params(model), tier.budget_bytes, tier.channel_multiple))
     return designs, skipped
 
 
@@ -161,7 +162,7 @@ def build_student(design: Design, modalities: dict[str, Modality], seed: int) ->
     from racmkd.models.multimodal import student
 
     seed_everything(seed)
-    return student(model_inputs(modalities, design.specs(modalities), "student"), width=design.width, depth=design.depth)
+    return student(model_inputs(modalities, design.specs(modalities), "student"), width=design.width, depth=design.depth, channel_multiple=design.channel_multiple)
 
 
 def batch_one_inputs(model: MultimodalNet) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from racmkd.config import ConfigError, RunConfig
+from racmkd.config import ConfigError, RunConfig, TierConfig
 from racmkd.models.multimodal import build, count_params, teacher, widest_student
 from racmkd.pipeline import build_student, candidates, model_inputs, teacher_specs
 from racmkd.registry import MODALITIES, MODELS
@@ -70,6 +70,20 @@ def test_widest_student_is_the_widest_that_fits() -> None:
     wider = MODELS.create("student", inputs, width=model.arch["kwargs"]["width"] + 1 / 8)
     assert 4 * count_params(wider) > 64 * 1024 or model.arch["kwargs"]["width"] == 8.0
     assert widest_student(inputs, 100) is None
+
+
+def test_aligned_students_round_every_layer_and_keep_the_budget() -> None:
+    inputs = model_inputs(MODS, {m: MODS[m].spec(1) for m in MODS}, "student")
+    plain, aligned = widest_student(inputs, 1 << 20, depth=3), widest_student(inputs, 1 << 20, depth=3, channel_multiple=8)
+    channels = [c for e in aligned.encoders.values() for c in e.structure()["channels"]]
+    assert all(c % 8 == 0 for c in channels), channels
+    assert [c for e in plain.encoders.values() for c in e.structure()["channels"]] != channels  # 63, 126, 252: not aligned by themselves
+    assert 4 * count_params(aligned) <= 1 << 20 and count_params(aligned) >= 0.99 * count_params(plain)
+    width = aligned.arch["kwargs"]["width"]
+    assert 4 * count_params(MODELS.create("student", inputs, width=width + 1 / 64, depth=3, channel_multiple=8)) > 1 << 20  # the widest aligned one
+    assert [e.structure()["channels"] for e in build(aligned.arch).encoders.values()] == [e.structure()["channels"] for e in aligned.encoders.values()]
+    with pytest.raises(ConfigError, match="channel_multiple must be >= 1"):
+        TierConfig("high", 1 << 20, channel_multiple=0)
 
 
 def test_arch_record_rebuilds_the_same_model() -> None:

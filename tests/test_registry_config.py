@@ -72,7 +72,7 @@ def test_configs_are_frozen_and_round_trip(tmp_path: Path) -> None:
     assert cfg.distill.align_losses == {"feature": 2.0}  # a file's loss table replaces the default one
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
-    assert to_dict(RunConfig())["students"]["tiers"][0] == {"name": "high", "budget_bytes": 1 << 20, "modalities": [], "scale": -1, "depth": 0, "ties": "capacity", "epochs": 0}
+    assert to_dict(RunConfig())["students"]["tiers"][0] == {"name": "high", "budget_bytes": 1 << 20, "modalities": [], "scale": -1, "depth": 0, "ties": "capacity", "epochs": 0, "channel_multiple": 8}
 
 
 def test_modality_options_are_validated() -> None:

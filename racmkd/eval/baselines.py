@@ -51,6 +51,7 @@ class TierDesign:
     depth: int
     width: float
     budget_bytes: int
+    channel_multiple: int = 1
 
 
 def tier_design(run_dir: Path, tier: str) -> TierDesign:
@@ -60,7 +61,7 @@ def tier_design(run_dir: Path, tier: str) -> TierDesign:
         raise RunError(f"{path}: no {tier} student; the baselines copy its design. Run `racmkd distill --run {run_dir}` first.")
     _, _, _, meta = load_model(path)
     d = meta["design"]
-    return TierDesign(tuple(d["modalities"]), d["level"], d["depth"], d["width"], d["budget_bytes"])
+    return TierDesign(tuple(d["modalities"]), d["level"], d["depth"], d["width"], d["budget_bytes"], d.get("channel_multiple", 1))
 
 
 def widest_within(make: Callable[[float], MultimodalNet], budget_bytes: int, widths: list[float]) -> MultimodalNet:
@@ -96,7 +97,7 @@ def baseline_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher
         seed_everything(seed)
         if name in ("standard_kd", "emd_kd"):
             specs = _specs(dataset, high.modalities, high.level)
-            model = student(model_inputs(dataset.modalities, specs, "student"), width=high.width, depth=high.depth)
+            model = student(model_inputs(dataset.modalities, specs, "student"), width=high.width, depth=high.depth, channel_multiple=high.channel_multiple)
             if name == "standard_kd":
                 job = Job(name, model, specs, cfg.students.train, kd_weights, kd_only)
             else:
@@ -127,7 +128,7 @@ def transfer_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher
     for m in dataset.modalities:
         specs = _specs(dataset, (m,), high.level)
         seed_everything(cfg.seed + 7)
-        initial = widest_student(model_inputs(dataset.modalities, specs, "student"), high.budget_bytes, high.depth, cfg.students.max_width)
+        initial = widest_student(model_inputs(dataset.modalities, specs, "student"), high.budget_bytes, high.depth, cfg.students.max_width, high.channel_multiple)
         if initial is None:
             raise RunError(f"no {m}-only student of depth {high.depth} fits the high budget ({high.budget_bytes} bytes)")
         for how in ("crossmodal", "unimodal", "labels"):

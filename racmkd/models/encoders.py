@@ -85,7 +85,12 @@ class DSCNN2dEncoder(PooledEncoder):
     MobileNet: full-resolution maps dominate time and memory), then stages of depthwise-separable
     blocks (3x3 depthwise + 1x1 pointwise; the first of a stage has stride 2, the `depth - 1`
     others stride 1, as in DS-CNN keyword spotters) until the map is 4 wide or less; channels
-    `base * width` doubling up to 8x. The embedding is the pooled last map: no projection to pay for.
+    `base * width` doubling up to 8x, each rounded to a multiple of `multiple` when it is above 1
+    (MobileNet's make_divisible, layer by layer: CPU convolution kernels are vectorised over channel
+    blocks; ONNX Runtime ran a high-tier student, fp32, batch 1, one thread, in 0.32 ms with 64/128/248
+    channels and 0.88-0.91 ms with 63/126/252, for 0.5% fewer parameters; its training step at batch
+    128 was about 5% faster on 2 threads and alike on one; measured on an AMD EPYC). The embedding is
+    the pooled last map: no projection to pay for.
 
     `channels` (the output channels of the stem and of every pointwise convolution, in order) and
     `stem_stride` pin the layer plan instead of deriving it from `in_shape` and `width`: pruning
@@ -93,11 +98,11 @@ class DSCNN2dEncoder(PooledEncoder):
 
     base_channels = 8
 
-    def __init__(self, in_shape: tuple[int, int, int], width: float = 1.0, depth: int = 1, channels: list[int] | tuple[int, ...] | None = None, stem_stride: int = 0) -> None:
+    def __init__(self, in_shape: tuple[int, int, int], width: float = 1.0, depth: int = 1, channels: list[int] | tuple[int, ...] | None = None, stem_stride: int = 0, multiple: int = 1) -> None:
         super().__init__()
         c, h, w = in_shape
         stride = stem_stride or (2 if min(h, w) >= 16 else 1)
-        plan = list(channels) if channels else self.default_plan(min(h, w) // stride, width, depth)
+        plan = list(channels) if channels else self.default_plan(min(h, w) // stride, width, depth, multiple)
         if (len(plan) - 1) % depth:
             raise ValueError(f"dscnn2d: a plan of {len(plan)} channel counts does not split into a stem and stages of {depth} blocks")
         layers: list[nn.Module] = [nn.BatchNorm2d(c, affine=False), conv_bn_relu(c, plan[0], stride=stride)]
@@ -116,11 +121,16 @@ class DSCNN2dEncoder(PooledEncoder):
         return _out_channels(self.body[-1])
 
     @classmethod
-    def default_plan(cls, size: int, width: float, depth: int) -> list[int]:
-        """Stem channels, then `depth` pointwise outputs per stage until a side of `size` is 4 or less."""
+    def default_plan(cls, size: int, width: float, depth: int, multiple: int = 1) -> list[int]:
+        """Stem channels, then `depth` pointwise outputs per stage until a side of `size` is 4 or less;
+        with `multiple` > 1 every layer's channel count is rounded to a multiple of it on its own."""
+        stages = downsamplings(size)
+        if multiple > 1:
+            raw = cls.base_channels * width
+            return [make_divisible(raw, multiple)] + [make_divisible(raw * 2 ** min(k, 3), multiple) for k in range(1, stages + 1) for _ in range(depth)]
         stem = max(2, round(cls.base_channels * width))
         plan, channels = [stem], stem
-        for _ in range(downsamplings(size)):
+        for _ in range(stages):
             channels = min(channels * 2, stem * 8)
             plan += [channels] * depth
         return plan

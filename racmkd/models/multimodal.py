@@ -122,16 +122,18 @@ def teacher(inputs: dict[str, dict[str, Any]], width: int = 32, embed_dim: int =
 
 
 @MODELS.register("student")
-def student(inputs: dict[str, dict[str, Any]], width: float = 1.0, depth: int = 1, num_classes: int = 10, structure: dict[str, dict[str, Any]] | None = None) -> MultimodalNet:
+def student(inputs: dict[str, dict[str, Any]], width: float = 1.0, depth: int = 1, num_classes: int = 10, structure: dict[str, dict[str, Any]] | None = None, channel_multiple: int = 1) -> MultimodalNet:
     """Edge-tier student: depthwise-separable encoders scaled by `width` (channels) and `depth`
     (blocks per stage), a linear classifier over [embeddings, presence mask]. Input resolution and
-    active modalities are set through `inputs`. `structure` pins an encoder's layer plan (channels
+    active modalities are set through `inputs`; `channel_multiple` > 1 rounds every layer's channels
+    to a multiple of it (faster kernels). `structure` pins an encoder's layer plan (channels
     per convolution, stem stride) once compression has changed it: pruned channels, or an input
     reduced below the size the plan was derived from."""
     structure = {m: s for m, s in (structure or {}).items() if m in inputs}
-    encoders = _encoders(inputs, structure, width=width, depth=depth)
+    aligned = {"multiple": channel_multiple} if channel_multiple > 1 else {}
+    encoders = _encoders(inputs, structure, width=width, depth=depth, **aligned)
     joint = sum(e.embed_dim for e in encoders.values())
-    arch = {"name": "student", "kwargs": {"inputs": inputs, "width": width, "depth": depth, "num_classes": num_classes, **({"structure": structure} if structure else {})}}
+    arch = {"name": "student", "kwargs": {"inputs": inputs, "width": width, "depth": depth, "num_classes": num_classes, **({"channel_multiple": channel_multiple} if aligned else {}), **({"structure": structure} if structure else {})}}
     return MultimodalNet(encoders, Fusion(joint, len(encoders)), joint, num_classes, arch)
 
 
@@ -169,16 +171,26 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def widest_student(inputs: dict[str, dict[str, Any]], budget_bytes: int, depth: int = 1, max_width: float = 8.0) -> MultimodalNet | None:
+def widest_student(inputs: dict[str, dict[str, Any]], budget_bytes: int, depth: int = 1, max_width: float = 8.0, channel_multiple: int = 1) -> MultimodalNet | None:
     """The student of this depth with the largest width multiplier (in steps of one stem channel,
-    at most `max_width`) whose fp32 parameters fit `budget_bytes`; None when even the narrowest does not fit."""
+    at most `max_width`) whose fp32 parameters fit `budget_bytes`; None when even the narrowest does not fit.
+    With `channel_multiple` > 1 each layer rounds on its own, so later layers change between those
+    steps: the last step that fits is searched again in eighths of it (parameters never shrink as
+    the width grows, so the first that does not fit ends each search)."""
     step = 1.0 / DSCNN2dEncoder.base_channels
-    best = None
-    width = 2 * step  # two stem channels: the narrowest useful encoder
-    while width <= max_width:
-        model = student(inputs, width=width, depth=depth)
-        if 4 * count_params(model) > budget_bytes:
-            break
-        best = model
-        width += step
+
+    def widest(start: float, stop: float, step: float, best: MultimodalNet | None) -> MultimodalNet | None:
+        width = start
+        while width <= stop + 1e-9:
+            model = student(inputs, width=width, depth=depth, channel_multiple=channel_multiple)
+            if 4 * count_params(model) > budget_bytes:
+                break
+            best = model
+            width += step
+        return best
+
+    best = widest(2 * step, max_width, step, None)  # from two stem channels: the narrowest useful encoder
+    if best is not None and channel_multiple > 1:
+        last = best.arch["kwargs"]["width"]
+        best = widest(last + step / 8, min(last + step, max_width), step / 8, best)
     return best
