@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,33 +35,21 @@ from racmkd.data.dataset import PairedDataset
 from racmkd.distill.adaptive import ObjectiveWeights, objective_weights
 from racmkd.distill.trainer import Job, attach_projection, train_jobs
 from racmkd.models.checkpoint import load_model, save_model
-from racmkd.models.multimodal import MultimodalNet, count_params, linear_fusion, student, widest_student
-from racmkd.pipeline import TEACHER, RunError, checkpoint, load_teachers, model_inputs, record_timing, training_meta
+from racmkd.models.multimodal import MultimodalNet, count_params, linear_fusion, widest_student
+from racmkd.pipeline import TEACHER, Design, RunError, build_student, checkpoint, load_teachers, model_inputs, record_timing, training_meta
 from racmkd.utils import seed_everything, torch_threads
 
 BASELINES = ("standard_kd", "emd_kd", "mobilenetv3", "tinyml")
 
 
-@dataclass(frozen=True)
-class TierDesign:
-    """What a tier's student looks like, read back from its checkpoint."""
-
-    modalities: tuple[str, ...]
-    level: int
-    depth: int
-    width: float
-    budget_bytes: int
-    channel_multiple: int = 1
-
-
-def tier_design(run_dir: Path, tier: str) -> TierDesign:
+def tier_design(run_dir: Path, tier: str) -> Design:
     """The design a run chose for `tier` (its checkpoint's metadata)."""
     path = checkpoint(run_dir, tier)
     if not path.exists():
         raise RunError(f"{path}: no {tier} student; the baselines copy its design. Run `racmkd distill --run {run_dir}` first.")
     _, _, _, meta = load_model(path)
     d = meta["design"]
-    return TierDesign(tuple(d["modalities"]), d["level"], d["depth"], d["width"], d["budget_bytes"], d.get("channel_multiple", 1))
+    return Design(tier, tuple(d["modalities"]), d["level"], d["depth"], d["width"], d["params"], d["budget_bytes"], d.get("channel_multiple", 1))
 
 
 def widest_within(make: Callable[[float], MultimodalNet], budget_bytes: int, widths: list[float]) -> MultimodalNet:
@@ -96,8 +84,8 @@ def baseline_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher
     for name in names:
         seed_everything(seed)
         if name in ("standard_kd", "emd_kd"):
-            specs = _specs(dataset, high.modalities, high.level)
-            model = student(model_inputs(dataset.modalities, specs, "student"), width=high.width, depth=high.depth, channel_multiple=high.channel_multiple)
+            specs = high.specs(dataset.modalities)
+            model = build_student(high, dataset.modalities, seed)
             if name == "standard_kd":
                 job = Job(name, model, specs, cfg.students.train, kd_weights, kd_only)
             else:
