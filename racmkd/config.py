@@ -86,7 +86,7 @@ class TeacherConfig:
     embed_dim: int = 128  # per-modality embedding size
     fusion_hidden: int = 256
     dropout: float = 0.2
-    unimodal: TrainConfig = TrainConfig(epochs=3, precision="auto")  # image-only and audio-only teachers
+    unimodal: TrainConfig = TrainConfig(epochs=2, precision="auto")  # image-only and audio-only teachers
     fused: TrainConfig = TrainConfig(epochs=1, modality_dropout=0.25, precision="auto")  # the fusion on top of the unimodal encoders; its precision is also the teachers' during distillation
     freeze_encoders: bool = True  # the fused teacher trains its fusion only, on the unimodal teachers' encoders
 
@@ -323,6 +323,9 @@ class RunConfig:
     runs_dir: str = "runs"
     seed: int = 0  # model initialisation and training order
     threads: int = 0  # torch intra-op threads; 0 = all cores
+    # Students trained in one pass step side by side on this many threads, each op on threads/workers
+    # of them (small models' ops cannot keep two cores busy; two models at once can). 1 = one after another.
+    workers: int = 2
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     students: StudentsConfig = StudentsConfig()
@@ -331,6 +334,10 @@ class RunConfig:
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     serve: ServeConfig = ServeConfig()
+
+    def __post_init__(self) -> None:
+        if self.threads < 0 or self.workers < 1:
+            raise ConfigError(f"threads must be >= 0 (0 = all cores) and workers >= 1; got threads={self.threads}, workers={self.workers}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -229,7 +229,7 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
                     attach_projection(jobs[d.key], teachers[0].model)
         if jobs:
             with torch_threads(cfg.threads):
-                train_jobs(dataset, list(jobs.values()), 1, cfg.students.train.batch_size, cfg.seed + 2, teachers, samples_per_epoch=sel.samples, val_limit=sel.val_samples, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc=label)
+                train_jobs(dataset, list(jobs.values()), 1, cfg.students.train.batch_size, cfg.seed + 2, teachers, samples_per_epoch=sel.samples, val_limit=sel.val_samples, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc=label, workers=cfg.workers)
             trained.update(jobs)
 
     def leader(designs: list[Design]) -> Design:
@@ -282,7 +282,7 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
             jobs.append(Job(f"{tier.name}_labels_only", build_student(design, dataset.modalities, cfg.seed + 7), specs, train, epochs=train.epochs))
     started = time.perf_counter()
     with torch_threads(cfg.threads):
-        train_jobs(dataset, jobs, cfg.students.train.epochs, cfg.students.train.batch_size, cfg.seed + 3, teachers, samples_per_epoch=cfg.students.train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="students")
+        train_jobs(dataset, jobs, cfg.students.train.epochs, cfg.students.train.batch_size, cfg.seed + 3, teachers, samples_per_epoch=cfg.students.train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="students", workers=cfg.workers)
     record_timing(run_dir, "distill_students", time.perf_counter() - started)
     for job in jobs:
         tier = job.name.removesuffix("_labels_only")

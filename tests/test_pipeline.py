@@ -190,6 +190,35 @@ def test_a_jobs_training_does_not_depend_on_what_else_shares_its_pass(tiny_run: 
         train_jobs(tiny_dataset, [short], 1, 64, seed=5, samples_per_epoch=64, val_limit=64)
 
 
+def test_jobs_stepping_side_by_side_in_threads_learn_what_they_learn_one_after_another(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001
+    """workers=2 runs the teachers' forward pass, the label-only job and (after the teachers) the
+    distilled job in two threads; with the ops on one thread either way, every weight and loss is
+    what the same jobs learn one after another: no job reads another's state or the order of the threads."""
+    from racmkd.config import DistillConfig, TrainConfig
+    from racmkd.distill.adaptive import ObjectiveWeights
+    from racmkd.distill.trainer import Job, train_jobs
+    from racmkd.pipeline import load_teachers
+    from racmkd.utils import torch_threads
+
+    (fused,) = load_teachers(tiny_run, list(tiny_dataset.modalities), unimodal=False)
+    train = TrainConfig(epochs=2, batch_size=64, lr=0.01, modality_dropout=0.3, mixup=0.4)
+    weights = ObjectiveWeights(0.5, 1.0, 0.0, 1e-4, 2.0, 1.0)
+
+    def trained(workers: int) -> list[Job]:
+        jobs = []
+        for name, checkpoint in [("kd", "critical"), ("labels", "low"), ("kd2", "low")]:
+            model, specs, _, _ = load_model(tiny_run / "checkpoints" / f"{checkpoint}.pt")
+            jobs.append(Job(name, model, specs, train, None if name == "labels" else weights, None if name == "labels" else DistillConfig(distill_losses={"kd": 1.0}, align_losses={})))
+        with torch_threads(1):
+            return train_jobs(tiny_dataset, jobs, 2, 64, seed=5, teachers=[fused], samples_per_epoch=192, val_limit=64, workers=workers)
+
+    one_after_another, side_by_side = trained(1), trained(2)
+    for a, b in zip(one_after_another, side_by_side):
+        assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history], a.name
+        for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+            assert torch.equal(x, y), f"{a.name}: {name}"
+
+
 def test_a_distillation_pass_leaves_its_teacher_as_it_was(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001
     """The pass runs a folded copy of the teacher (BatchNorm inside the convolutions, for speed);
     the teacher itself keeps its layers, weights, layout and mode."""

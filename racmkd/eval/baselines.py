@@ -143,7 +143,7 @@ def train_extras(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, baseline
     started = time.perf_counter()
     train = cfg.students.train
     with torch_threads(cfg.threads):
-        train_jobs(dataset, jobs, train.epochs, train.batch_size, cfg.seed + 5, teachers, samples_per_epoch=train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="baselines")
+        train_jobs(dataset, jobs, train.epochs, train.batch_size, cfg.seed + 5, teachers, samples_per_epoch=train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="baselines", workers=cfg.workers)
     record_timing(run_dir, "baselines", time.perf_counter() - started)
     for job in jobs:
         meta = {

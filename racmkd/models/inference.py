@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from concurrent.futures import Executor, Future
 from typing import Any
 
 import torch
@@ -34,6 +35,16 @@ class BatchFeatures:
                 self._memo[key] = x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
             out[name] = self._memo[key]
         return out
+
+    def prepare(self, specs: list[dict[str, Any]], executor: Executor) -> list[Future]:
+        """Start computing every input these models need, one task per modality (a modality's specs
+        share its intermediate results, so they are computed one after another, in one task). `get`
+        reads them once the returned futures are done."""
+        wanted: dict[str, dict[Any, None]] = {}
+        for model_specs in specs:
+            for name, spec in model_specs.items():
+                wanted.setdefault(name, {})[spec] = None
+        return [executor.submit(lambda name=name, group=group: [self.get({name: spec}) for spec in group]) for name, group in wanted.items()]
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
