@@ -399,9 +399,10 @@ def train_jobs(
             batches = dataset.batches("train", batch_size, generator, limit=per_epoch)
             bar = progress(itertools.pairwise(itertools.chain(batches, [None])), desc=f"{desc} epoch {epoch + 1}/{total}", total=-(-per_epoch // batch_size))
             with torch_threads(per_op_threads):  # validation, below, runs on all of them
-                batch = None
+                batch = None  # each batch after the first comes drawn by the step before it
                 for rows, upcoming in bar:
-                    batch = batch or draw(rows, active, taught_jobs, pool)  # the first batch; the others come drawn
+                    if batch is None:
+                        batch = draw(rows, active, taught_jobs, pool)
                     losses, batch = learn(batch, upcoming, active, taught_jobs, pool)
                     for name, loss in losses.items():
                         sums[name] += loss * len(rows)
