@@ -63,6 +63,8 @@ def test_wrong_type_names_field(tmp_path: Path) -> None:
         load_config(None, ["students.train.epochs"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="workers >= 1"):
+        load_config(None, ["workers=0"])
 
 
 def test_configs_are_frozen_and_round_trip(tmp_path: Path) -> None:
