@@ -378,8 +378,9 @@ def train_jobs(
             inputs = [features.get(t.specs) for t in teachers]
             inputs = [mix.inputs(x) for x in inputs] if mix is not None else inputs
             slices = min(workers, len(labels))
-            for part in range(slices):  # tensor_split: views, not copies
-                teaching.append(pool.submit(teacher_outputs, frozen, [{m: x.tensor_split(slices)[part] for m, x in xs.items()} for xs in inputs], teacher_autocast))
+            pieces = [{m: x.tensor_split(slices) for m, x in xs.items()} for xs in inputs]  # views, not copies
+            for part in range(slices):
+                teaching.append(pool.submit(teacher_outputs, frozen, [{m: split[part] for m, split in xs.items()} for xs in pieces], teacher_autocast))
         steps = {job.name: step(job, ([], [])) for job in active if job not in taught_jobs}
         drawn = draw(upcoming, active, taught_jobs, pool) if upcoming is not None else None
         if teaching:
