@@ -188,6 +188,13 @@ class CompressConfig:
     recipe: str = "configs/recipes/default.yaml"
     tier_recipes: dict[str, str] = field(default_factory=dict)  # tier -> a recipe that replaces `recipe` for it
     val_samples: int = 5000  # validation samples that judge every step
+    # The teachers' answers on the fine-tunes' training batches, kept for the other tiers' fine-tunes
+    # (they draw the same batches); 0 = every tier's fine-tunes run the teachers themselves.
+    teacher_cache_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if self.teacher_cache_bytes < 0:
+            raise ConfigError(f"compress.teacher_cache_bytes must be >= 0 (0 = no cache), got {self.teacher_cache_bytes}")
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,19 @@ def test_feature_cache_evicts_the_least_recently_used_beyond_its_bytes() -> None
     assert big.numel() == 1000 and "big" not in cache._entries and cache.held <= cache.max_bytes
 
 
+def test_a_cache_that_does_not_evict_keeps_what_it_holds_and_skips_what_no_longer_fits() -> None:
+    """The teachers' answers are read back in the order they were written: the cache keeps the first
+    ones (nested tensors, counted whole) and lets later ones go, instead of evicting each just before its read."""
+    cache = FeatureCache(max_bytes=2 * 480, evict=False)  # room for two answers of 120 floats
+    answer = lambda i: ([{"fused": torch.full((100,), float(i))}], [torch.zeros(20)])  # noqa: E731
+    for i in range(3):
+        cache.put(i, answer(i))
+    assert len(cache) == 2 and cache.held == 960 and cache.lookup(2) is None
+    assert float(cache.lookup(0)[0][0]["fused"][0]) == 0.0 and (cache.hits, cache.misses) == (1, 1)
+    cache.put(0, answer(9))  # a key held is not replaced
+    assert float(cache.lookup(0)[0][0]["fused"][0]) == 0.0
+
+
 def test_evaluation_inputs_are_computed_once_and_equal_fresh_ones(avmnist: PairedDataset, monkeypatch: pytest.MonkeyPatch) -> None:
     from dataclasses import replace
 

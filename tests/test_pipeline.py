@@ -219,6 +219,43 @@ def test_jobs_stepping_side_by_side_in_threads_learn_what_they_learn_one_after_a
             assert torch.equal(x, y), f"{a.name}: {name}"
 
 
+def test_passes_that_draw_the_same_batches_share_the_teachers_answers_and_learn_the_same(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001
+    """A pass with a teacher cache stores the teachers' answer on every batch; a second pass with the
+    same seed, samples and workers reads them all back instead of running the teachers, and its
+    students (distilled through the logits and the fused features) learn exactly what they learn
+    without a cache. Another seed draws other batches: nothing to read."""
+    from racmkd.config import DistillConfig, TrainConfig
+    from racmkd.data.dataset import FeatureCache
+    from racmkd.distill.adaptive import ObjectiveWeights
+    from racmkd.distill.trainer import Job, attach_projection, train_jobs
+    from racmkd.pipeline import load_teachers
+    from racmkd.utils import torch_threads
+
+    (fused,) = load_teachers(tiny_run, list(tiny_dataset.modalities), unimodal=False)
+    train = TrainConfig(epochs=2, batch_size=64, lr=0.01, modality_dropout=0.3, mixup=0.4)
+    weights = ObjectiveWeights(0.5, 1.0, 0.5, 1e-4, 2.0, 1.0)
+
+    def trained(cache: FeatureCache | None, seed: int = 5) -> Job:
+        model, specs, _, _ = load_model(tiny_run / "checkpoints" / "critical.pt")
+        job = Job("kd", model, specs, train, weights, DistillConfig(distill_losses={"kd": 1.0}, align_losses={"feature": 1.0}))
+        torch.manual_seed(0)
+        attach_projection(job, fused.model)
+        with torch_threads(1):
+            return train_jobs(tiny_dataset, [job], 2, 64, seed=seed, teachers=[fused], samples_per_epoch=192, val_limit=64, workers=2, teacher_cache=cache)[0]
+
+    cache = FeatureCache(evict=False)
+    plain, filling = trained(None), trained(cache)
+    assert (cache.hits, len(cache)) == (0, 6)  # 2 epochs x 3 batches, each answered once
+    reading = trained(cache)
+    assert cache.hits == 6 and len(cache) == 6
+    for job in (filling, reading):
+        assert [h["train_loss"] for h in job.history] == [h["train_loss"] for h in plain.history]
+        for (name, x), (_, y) in zip(plain.model.state_dict().items(), job.model.state_dict().items()):
+            assert torch.equal(x, y), name
+    trained(cache, seed=6)
+    assert cache.hits == 6 and len(cache) == 12
+
+
 def test_a_distillation_pass_leaves_its_teacher_as_it_was(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001
     """The pass runs a folded copy of the teacher (BatchNorm inside the convolutions, for speed);
     the teacher itself keeps its layers, weights, layout and mode."""

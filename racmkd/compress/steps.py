@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, parity, session, torch_logits
 from racmkd.compress.inputs import band_importance, most_informative, reduce_inputs
@@ -32,7 +33,7 @@ from racmkd.compress.lowrank import lowrank_model
 from racmkd.compress.prune import MAX_RATIO, align_channels, prune_encoders, ratio_for_bytes
 from racmkd.compress.quantize import calibration_inputs, choose_mixed_precision, fake_quantized, fewest_float_layers, layer_sensitivity, quantize_int8, quantize_weights_int8
 from racmkd.config import RunConfig, TrainConfig
-from racmkd.data.dataset import PairedDataset
+from racmkd.data.dataset import FeatureCache, PairedDataset
 from racmkd.distill.adaptive import ObjectiveWeights
 from racmkd.distill.trainer import Job, Teacher, attach_projection, train_jobs
 from racmkd.eval.cost import latency_round_robin
@@ -61,7 +62,8 @@ class Context:
     dataset: PairedDataset
     teachers: list[Teacher]
     val_samples: int = 5000
-    seed: int = 0
+    seed: int = 0  # fine-tunes so far: the n-th fine-tune of every tier draws the same batches
+    teacher_cache: FeatureCache | None = None  # the teachers' answers on those batches, shared by the tiers
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,13 @@ def finetune(subject: Subject, ctx: Context, options: Finetune, desc: str) -> fl
     base = ctx.cfg.students.train
     train = TrainConfig(epochs=options.epochs, batch_size=base.batch_size, lr=options.lr, weight_decay=base.weight_decay, modality_dropout=base.modality_dropout, precision="fp32", mixup=base.mixup)
     job = Job(subject.name, subject.model, subject.specs, train, subject.weights, ctx.cfg.distill)
-    attach_projection(job, ctx.teachers[0].model)
     ctx.seed += 1
+    seed = ctx.cfg.seed + 1000 + ctx.seed
+    with torch.random.fork_rng(devices=[]):  # the projection starts the same whatever ran before in the process
+        torch.manual_seed(seed)
+        attach_projection(job, ctx.teachers[0].model)
     with torch_threads(ctx.cfg.threads):
-        train_jobs(ctx.dataset, [job], options.epochs, train.batch_size, ctx.cfg.seed + 1000 + ctx.seed, ctx.teachers, samples_per_epoch=options.samples, val_limit=ctx.val_samples, augment=ctx.cfg.data.augment, teacher_precision=ctx.cfg.teacher.fused.precision, desc=desc)
+        train_jobs(ctx.dataset, [job], options.epochs, train.batch_size, seed, ctx.teachers, samples_per_epoch=options.samples, val_limit=ctx.val_samples, augment=ctx.cfg.data.augment, teacher_precision=ctx.cfg.teacher.fused.precision, desc=desc, teacher_cache=ctx.teacher_cache)
     return job.best_accuracy
 
 

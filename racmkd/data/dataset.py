@@ -43,31 +43,63 @@ class Split:
         return Split(self.name, self.labels[rows], {m: i[rows] for m, i in self.index.items()}, self.seeds[rows])
 
 
+def held_bytes(value: Any) -> int:
+    """Bytes of the tensors in `value` (a tensor, or tensors in dicts, lists and tuples)."""
+    if isinstance(value, torch.Tensor):
+        return value.untyped_storage().nbytes()
+    if isinstance(value, dict):
+        return sum(held_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(held_bytes(v) for v in value)
+    return 0
+
+
 class FeatureCache:
-    """Model inputs of evaluation samples, kept in memory between passes. Validation and test samples
-    have one fixed corruption draw and no augmentation, so a model's inputs are the same every time:
-    a students' pass validates eight students on the same 10,000 samples after every epoch, and each
-    of those passes recomputed the log-mels (about 3 s on two cores). The least recently used entries
-    leave first once the tensors held reach `max_bytes`."""
+    """Tensors (or tensors in dicts and lists) kept in memory between passes, up to `max_bytes`.
 
-    def __init__(self, max_bytes: int = 1 << 30) -> None:
-        self.max_bytes = max_bytes
+    Model inputs of evaluation samples: validation and test samples have one fixed corruption draw
+    and no augmentation, so a model's inputs are the same every time: a students' pass validates
+    eight students on the same 10,000 samples after every epoch, and each of those passes
+    recomputed the log-mels (about 3 s on two cores). The least recently used entries leave first
+    once the tensors held reach `max_bytes`.
+
+    With `evict=False` what is held stays and what no longer fits is not kept: the frozen teachers'
+    answers on training batches (`train_jobs(teacher_cache=...)`) are read back in the order they
+    were written, pass after pass, where evicting the oldest would drop each entry just before it is read."""
+
+    def __init__(self, max_bytes: int = 1 << 30, evict: bool = True) -> None:
+        self.max_bytes, self.evict = max_bytes, evict
         self.held = 0  # bytes of the tensors held
-        self._entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
 
-    def get(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """The tensor stored under `key`, computed (and stored, if it fits) on a miss."""
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return self._entries[key]
-        value = compute()
-        size = value.untyped_storage().nbytes()
-        if size <= self.max_bytes:
-            while self._entries and self.held + size > self.max_bytes:
-                _, dropped = self._entries.popitem(last=False)
-                self.held -= dropped.untyped_storage().nbytes()
+    def lookup(self, key: Hashable) -> Any | None:
+        """The value stored under `key`, or None."""
+        if key not in self._entries:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return self._entries[key]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        """Keep `value` under `key` if it fits (after evicting the least recently used, when allowed)."""
+        size = held_bytes(value)
+        if size > self.max_bytes or key in self._entries:
+            return
+        while self.evict and self._entries and self.held + size > self.max_bytes:
+            _, dropped = self._entries.popitem(last=False)
+            self.held -= held_bytes(dropped)
+        if self.held + size <= self.max_bytes:
             self._entries[key] = value
             self.held += size
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """The value stored under `key`, computed (and stored, if it fits) on a miss."""
+        value = self.lookup(key)
+        if value is None:
+            value = compute()
+            self.put(key, value)
         return value
 
     def __len__(self) -> int:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from racmkd.config import DistillConfig, TrainConfig
-from racmkd.data.dataset import PairedDataset
+from racmkd.data.dataset import FeatureCache, PairedDataset
 from racmkd.distill.adaptive import ObjectiveWeights
 from racmkd.distill.losses import reliability_weights
 from racmkd.models.inference import BatchFeatures, fold_batchnorm, predict_split
@@ -106,12 +106,15 @@ class Mix:
 
 @dataclass(frozen=True)
 class Drawn:
-    """One training batch as drawn: its labels, its features (computing until `computing` is done) and its mixup."""
+    """One training batch as drawn: its labels, its features (computing until `computing` is done),
+    its mixup, where the teachers' answers on it are cached (`key`) and those answers if they were."""
 
     labels: torch.Tensor
     features: BatchFeatures
     mix: Mix | None
     computing: list[Future]
+    key: tuple
+    taught: tuple[list, list] | None
 
 
 # Which outputs feed each registered loss: the one place that wires models to losses.
@@ -134,6 +137,7 @@ LOSS_INPUTS: dict[str, Callable[[LossInputs], tuple]] = {
     ),
 }
 NEEDS_PROJECTION = {"feature", "contrastive", "emd"}
+READS_TEACHER_MAPS = {"attention"}  # the teachers' feature maps: most of the bytes of their answers
 
 
 def weighted_sum(losses: dict[str, float], inputs: LossInputs) -> torch.Tensor:
@@ -299,6 +303,7 @@ def train_jobs(
     teacher_precision: str = "fp32",
     desc: str = "train",
     workers: int = 1,
+    teacher_cache: FeatureCache | None = None,
 ) -> list[Job]:
     """Train every job for `epochs` passes (or its own `Job.epochs`) over (at most `samples_per_epoch`
     of) the training split, keep each job's weights from its best validation epoch, and return the
@@ -313,7 +318,13 @@ def train_jobs(
     idle, two of them at once do not (make run's eight students: 0.83x the time of one worker on
     two cores, AMD EPYC). A job's result depends on `workers` (through the ops' thread count), never
     on its companions or the threads' timing. Jobs that draw from torch's global generator (dropout)
-    need `workers=1` to stay reproducible."""
+    need `workers=1` to stay reproducible.
+
+    `teacher_cache` keeps the frozen teachers' answers on every batch, for passes that draw the same
+    batches again with the same teachers (same seed, samples, batch size, augmentation, mixup and
+    workers): the compression fine-tunes of every tier (a recipe's n-th fine-tune has the same
+    seed in every tier) and the selection's rounds. A cached answer is the one a forward pass would
+    give (computed the same way, once), so what a job learns does not depend on the cache."""
     autocast = {job.name: bf16_autocast(job.config.precision) for job in jobs}
     teacher_autocast = bf16_autocast(teacher_precision)
     generator = torch.Generator().manual_seed(seed)
@@ -349,19 +360,29 @@ def train_jobs(
     # the batch order after them would depend on which other jobs share the pass (the same seed and
     # design gave the high tier 0.9834 alone, 0.9769 beside the other tiers).
     maskers = {job.name: torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(job.name.encode())) for job in jobs}
+    # Everything that decides the teachers' answers on a pass's n-th batch of an epoch. The cache keeps
+    # their feature maps only for passes whose losses read them (12.8 KB of the 14.9 KB a sample of make run's fused teacher).
+    keeps_maps = any((set(job.distill.distill_losses) | set(job.distill.align_losses)) & READS_TEACHER_MAPS for job in jobs if learns_from_teachers(job))
+    pass_key = (tuple(id(t.model) for t in teachers), seed, per_epoch, batch_size, augment, mixup, channels_last, teacher_precision, workers, keeps_maps)
 
-    def draw(rows: torch.Tensor, active: list[Job], taught_jobs: list[Job], pool: Executor) -> Drawn:
+    def cached(taught: tuple[list, list]) -> tuple[list, list]:
+        outputs, logits = taught
+        return (outputs if keeps_maps else [{**out, "maps": {}} for out in outputs]), logits
+
+    def draw(rows: torch.Tensor, key: tuple, active: list[Job], taught_jobs: list[Job], pool: Executor) -> Drawn:
         """A batch's random draws (corruption, augmentation seed, mixup: in this thread, batch after
-        batch), then its features start computing on the pool."""
+        batch), then its features start computing on the pool (the teachers' only if their answers
+        are not cached)."""
         labels = dataset.splits["train"].labels[rows]
         raw = dataset.raw_batch("train", rows, generator)
         seed_for_augment = int(torch.randint(2**31 - 1, (1,), generator=generator)) if augment else None
         features = BatchFeatures(dataset.modalities, raw, seed_for_augment, channels_last)
         mix = Mix.draw(len(rows), mixup, generator) if mixup > 0 else None
-        computing = features.prepare(([t.specs for t in teachers] if taught_jobs else []) + [job.specs for job in active], pool)
-        return Drawn(labels, features, mix, computing)
+        taught = teacher_cache.lookup(key) if taught_jobs and teacher_cache is not None else None
+        computing = features.prepare(([t.specs for t in teachers] if taught_jobs and taught is None else []) + [job.specs for job in active], pool)
+        return Drawn(labels, features, mix, computing, key, taught)
 
-    def learn(batch: Drawn, upcoming: torch.Tensor | None, active: list[Job], taught_jobs: list[Job], pool: Executor) -> tuple[dict[str, float], Drawn | None]:
+    def learn(batch: Drawn, upcoming: tuple[torch.Tensor, tuple] | None, active: list[Job], taught_jobs: list[Job], pool: Executor) -> tuple[dict[str, float], Drawn | None]:
         """Every active job's step on `batch`; returns their losses and the next batch, drawn while
         the jobs step (its features computed by whichever worker is free first)."""
         for future in batch.computing:
@@ -374,7 +395,7 @@ def train_jobs(
         # The frozen teachers (eval mode: each sample's answer its own) run on a slice of the batch per
         # worker; jobs on labels alone start beside them, the others wait for their answers.
         teaching = []
-        if taught_jobs:
+        if taught_jobs and batch.taught is None:
             inputs = [features.get(t.specs) for t in teachers]
             inputs = [mix.inputs(x) for x in inputs] if mix is not None else inputs
             slices = min(workers, len(labels))
@@ -382,9 +403,13 @@ def train_jobs(
             for part in range(slices):
                 teaching.append(pool.submit(teacher_outputs, frozen, [{m: split[part] for m, split in xs.items()} for xs in pieces], teacher_autocast))
         steps = {job.name: step(job, ([], [])) for job in active if job not in taught_jobs}
-        drawn = draw(upcoming, active, taught_jobs, pool) if upcoming is not None else None
-        if teaching:
-            taught = joined([future.result() for future in teaching])
+        drawn = draw(*upcoming, active, taught_jobs, pool) if upcoming is not None else None
+        if taught_jobs:
+            taught = batch.taught
+            if taught is None:
+                taught = joined([future.result() for future in teaching])
+                if teacher_cache is not None:
+                    teacher_cache.put(batch.key, cached(taught))
             steps.update({job.name: step(job, taught) for job in taught_jobs})
         return {name: future.result() for name, future in steps.items()}, drawn
 
@@ -397,13 +422,13 @@ def train_jobs(
             started = time.perf_counter()
             sums = {job.name: 0.0 for job in active}
             count = 0
-            batches = dataset.batches("train", batch_size, generator, limit=per_epoch)
+            batches = ((rows, (pass_key, epoch, number)) for number, rows in enumerate(dataset.batches("train", batch_size, generator, limit=per_epoch)))
             bar = progress(itertools.pairwise(itertools.chain(batches, [None])), desc=f"{desc} epoch {epoch + 1}/{total}", total=-(-per_epoch // batch_size))
             with torch_threads(per_op_threads):  # validation, below, runs on all of them
                 batch = None  # each batch after the first comes drawn by the step before it
-                for rows, upcoming in bar:
+                for (rows, key), upcoming in bar:
                     if batch is None:
-                        batch = draw(rows, active, taught_jobs, pool)
+                        batch = draw(rows, key, active, taught_jobs, pool)
                     losses, batch = learn(batch, upcoming, active, taught_jobs, pool)
                     for name, loss in losses.items():
                         sums[name] += loss * len(rows)
