@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, parity, session, torch_logits
 from racmkd.compress.inputs import band_importance, most_informative, reduce_inputs
@@ -88,9 +87,7 @@ def finetune(subject: Subject, ctx: Context, options: Finetune, desc: str) -> fl
     job = Job(subject.name, subject.model, subject.specs, train, subject.weights, ctx.cfg.distill)
     ctx.seed += 1
     seed = ctx.cfg.seed + 1000 + ctx.seed
-    with torch.random.fork_rng(devices=[]):  # the projection starts the same whatever ran before in the process
-        torch.manual_seed(seed)
-        attach_projection(job, ctx.teachers[0].model)
+    attach_projection(job, ctx.teachers[0].model, seed)  # the same start whatever ran before in the process
     with torch_threads(ctx.cfg.threads):
         train_jobs(ctx.dataset, [job], options.epochs, train.batch_size, seed, ctx.teachers, samples_per_epoch=options.samples, val_limit=ctx.val_samples, augment=ctx.cfg.data.augment, teacher_precision=ctx.cfg.teacher.fused.precision, desc=desc, teacher_cache=ctx.teacher_cache)
     return job.best_accuracy

@@ -188,11 +188,16 @@ def presence_masks(modalities: list[str], batch: int, p_drop: float, generator: 
     return {m: keep[:, i].float() for i, m in enumerate(modalities)}
 
 
-def attach_projection(job: Job, teacher: MultimodalNet) -> None:
-    """Give a distilled job the learned projection T of eq. 27 when its losses need one."""
+def attach_projection(job: Job, teacher: MultimodalNet, seed: int | None = None) -> None:
+    """Give a distilled job the learned projection T of eq. 27 when its losses need one. Its initial
+    weights come from torch's global generator, or, with `seed`, from that seed whatever ran before
+    in the process (the global generator left as it was)."""
     cfg = job.distill
     if job.weights is not None and cfg is not None and (set(cfg.align_losses) | set(cfg.distill_losses)) & NEEDS_PROJECTION:
-        job.projection = nn.Linear(job.model.fused_dim, teacher.fused_dim)
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            job.projection = nn.Linear(job.model.fused_dim, teacher.fused_dim)
 
 
 def resolve_precision(precision: str) -> str:
