@@ -152,6 +152,17 @@ class StudentsConfig:
     selection: SelectionConfig = SelectionConfig()
     train: TrainConfig = TrainConfig(epochs=4, lr=0.01, modality_dropout=0.1)
     labels_only: bool = True  # also train each tier's student without a teacher (the report's baseline)
+    # A tier that trains longer than `train.epochs` replays those epochs' batches (the same rows,
+    # corruption, augmentation and mixup) and reads the frozen teachers' answers on them back from
+    # memory (at most `replay_cache_bytes`; 0 keeps none and the teachers answer again) instead of
+    # drawing new batches for the teachers to answer: the teachers' forward pass and their inputs
+    # were most of the critical tier's own epochs. false: draw new batches.
+    replay: bool = True
+    replay_cache_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if self.replay_cache_bytes < 0:
+            raise ConfigError(f"students.replay_cache_bytes must be >= 0 (0 = no cache), got {self.replay_cache_bytes}")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from racmkd.config import ConfigError, RunConfig, TierConfig
 from racmkd.data.dataset import FeatureCache, PairedDataset, build_dataset
 from racmkd.data.modalities import Modality
 from racmkd.distill.adaptive import objective_weights
-from racmkd.distill.trainer import Job, Teacher, attach_projection, train_jobs
+from racmkd.distill.trainer import Job, Teacher, attach_projection, learns_from_teachers, train_jobs
 from racmkd.eval.cost import count_flops
 from racmkd.models.checkpoint import load_model, save_model
 from racmkd.models.multimodal import MultimodalNet, count_params, teacher, widest_student
@@ -281,9 +281,13 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
         jobs.append(job)
         if cfg.students.labels_only:
             jobs.append(Job(f"{tier.name}_labels_only", build_student(design, dataset.modalities, cfg.seed + 7), specs, train, epochs=train.epochs))
+    # A tier that trains longer than the others replays their epochs, the teachers' answers kept from them.
+    shared_epochs = cfg.students.train.epochs
+    replay_after = shared_epochs if cfg.students.replay and any(learns_from_teachers(j) and j.epochs > shared_epochs for j in jobs) else 0
+    answers = FeatureCache(max_bytes=cfg.students.replay_cache_bytes, evict=False) if replay_after and cfg.students.replay_cache_bytes else None
     started = time.perf_counter()
     with torch_threads(cfg.threads):
-        train_jobs(dataset, jobs, cfg.students.train.epochs, cfg.students.train.batch_size, cfg.seed + 3, teachers, samples_per_epoch=cfg.students.train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="students", workers=cfg.workers)
+        train_jobs(dataset, jobs, shared_epochs, cfg.students.train.batch_size, cfg.seed + 3, teachers, samples_per_epoch=cfg.students.train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="students", workers=cfg.workers, teacher_cache=answers, replay_after=replay_after)
     record_timing(run_dir, "distill_students", time.perf_counter() - started)
     for job in jobs:
         tier = job.name.removesuffix("_labels_only")

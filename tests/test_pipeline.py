@@ -219,41 +219,65 @@ def test_jobs_stepping_side_by_side_in_threads_learn_what_they_learn_one_after_a
             assert torch.equal(x, y), f"{a.name}: {name}"
 
 
+def _kd_student_trained(tiny_run: Path, tiny_dataset, fused, cache, seed: int = 5, epochs: int = 2, replay_after: int = 0):  # noqa: ANN001, ANN202
+    """The tiny run's critical student distilled (logits and fused features) from the `fused` teacher
+    (one object for every pass: a cached answer is keyed by the teacher it came from) for `epochs`
+    epochs of 3 batches, two workers, ops on one thread."""
+    from racmkd.config import DistillConfig, TrainConfig
+    from racmkd.distill.adaptive import ObjectiveWeights
+    from racmkd.distill.trainer import Job, attach_projection, train_jobs
+    from racmkd.utils import torch_threads
+
+    model, specs, _, _ = load_model(tiny_run / "checkpoints" / "critical.pt")
+    train = TrainConfig(epochs=epochs, batch_size=64, lr=0.01, modality_dropout=0.3, mixup=0.4)
+    job = Job("kd", model, specs, train, ObjectiveWeights(0.5, 1.0, 0.5, 1e-4, 2.0, 1.0), DistillConfig(distill_losses={"kd": 1.0}, align_losses={"feature": 1.0}))
+    attach_projection(job, fused.model, seed=0)
+    with torch_threads(1):
+        return train_jobs(tiny_dataset, [job], epochs, 64, seed=seed, teachers=[fused], samples_per_epoch=192, val_limit=64, workers=2, teacher_cache=cache, replay_after=replay_after)[0]
+
+
+def _same_training(a, b) -> None:  # noqa: ANN001
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
 def test_passes_that_draw_the_same_batches_share_the_teachers_answers_and_learn_the_same(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001
     """A pass with a teacher cache stores the teachers' answer on every batch; a second pass with the
     same seed, samples and workers reads them all back instead of running the teachers, and its
     students (distilled through the logits and the fused features) learn exactly what they learn
     without a cache. Another seed draws other batches: nothing to read."""
-    from racmkd.config import DistillConfig, TrainConfig
     from racmkd.data.dataset import FeatureCache
-    from racmkd.distill.adaptive import ObjectiveWeights
-    from racmkd.distill.trainer import Job, attach_projection, train_jobs
     from racmkd.pipeline import load_teachers
-    from racmkd.utils import torch_threads
 
     (fused,) = load_teachers(tiny_run, list(tiny_dataset.modalities), unimodal=False)
-    train = TrainConfig(epochs=2, batch_size=64, lr=0.01, modality_dropout=0.3, mixup=0.4)
-    weights = ObjectiveWeights(0.5, 1.0, 0.5, 1e-4, 2.0, 1.0)
-
-    def trained(cache: FeatureCache | None, seed: int = 5) -> Job:
-        model, specs, _, _ = load_model(tiny_run / "checkpoints" / "critical.pt")
-        job = Job("kd", model, specs, train, weights, DistillConfig(distill_losses={"kd": 1.0}, align_losses={"feature": 1.0}))
-        torch.manual_seed(0)
-        attach_projection(job, fused.model)
-        with torch_threads(1):
-            return train_jobs(tiny_dataset, [job], 2, 64, seed=seed, teachers=[fused], samples_per_epoch=192, val_limit=64, workers=2, teacher_cache=cache)[0]
-
     cache = FeatureCache(evict=False)
-    plain, filling = trained(None), trained(cache)
+    plain, filling = _kd_student_trained(tiny_run, tiny_dataset, fused, None), _kd_student_trained(tiny_run, tiny_dataset, fused, cache)
     assert (cache.hits, len(cache)) == (0, 6)  # 2 epochs x 3 batches, each answered once
-    reading = trained(cache)
+    reading = _kd_student_trained(tiny_run, tiny_dataset, fused, cache)
     assert cache.hits == 6 and len(cache) == 6
     for job in (filling, reading):
-        assert [h["train_loss"] for h in job.history] == [h["train_loss"] for h in plain.history]
-        for (name, x), (_, y) in zip(plain.model.state_dict().items(), job.model.state_dict().items()):
-            assert torch.equal(x, y), name
-    trained(cache, seed=6)
+        _same_training(plain, job)
+    _kd_student_trained(tiny_run, tiny_dataset, fused, cache, seed=6)
     assert cache.hits == 6 and len(cache) == 12
+
+
+def test_epochs_past_replay_after_draw_the_first_epochs_batches_again_and_read_the_teachers_answers_back(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001
+    """With `replay_after=1` epochs 2 and 3 draw epoch 1's batches again: the teachers answer its 3
+    batches once and the 6 later ones are read back, and the student learns exactly what it learns
+    when the teachers answer every replayed batch anew (an answer read for a batch other than the
+    one drawn would change its weights). Without replay the later epochs draw other batches."""
+    from racmkd.data.dataset import FeatureCache
+    from racmkd.pipeline import load_teachers
+
+    (fused,) = load_teachers(tiny_run, list(tiny_dataset.modalities), unimodal=False)
+    cache = FeatureCache(evict=False)
+    replayed = _kd_student_trained(tiny_run, tiny_dataset, fused, cache, epochs=3, replay_after=1)
+    assert (cache.hits, len(cache)) == (6, 3)
+    _same_training(_kd_student_trained(tiny_run, tiny_dataset, fused, None, epochs=3, replay_after=1), replayed)
+    fresh = _kd_student_trained(tiny_run, tiny_dataset, fused, None, epochs=3)
+    assert fresh.history[0]["train_loss"] == replayed.history[0]["train_loss"]
+    assert fresh.history[1]["train_loss"] != replayed.history[1]["train_loss"]
 
 
 def test_a_distillation_pass_leaves_its_teacher_as_it_was(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001

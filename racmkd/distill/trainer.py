@@ -309,6 +309,7 @@ def train_jobs(
     desc: str = "train",
     workers: int = 1,
     teacher_cache: FeatureCache | None = None,
+    replay_after: int = 0,
 ) -> list[Job]:
     """Train every job for `epochs` passes (or its own `Job.epochs`) over (at most `samples_per_epoch`
     of) the training split, keep each job's weights from its best validation epoch, and return the
@@ -329,7 +330,12 @@ def train_jobs(
     batches again with the same teachers (same seed, samples, batch size, augmentation, mixup and
     workers): the compression fine-tunes of every tier (a recipe's n-th fine-tune has the same
     seed in every tier) and the selection's rounds. A cached answer is the one a forward pass would
-    give (computed the same way, once), so what a job learns does not depend on the cache."""
+    give (computed the same way, once), so what a job learns does not depend on the cache.
+
+    With `replay_after` > 0, an epoch from that one on draws again the batches of epoch
+    `epoch % replay_after` (the same rows, corruption, augmentation and mixup: the pass's generator
+    goes back to where that epoch started), so a job that trains longer than the others sees their
+    epochs again, and with `teacher_cache` the teachers' answers on them are read back, not computed."""
     autocast = {job.name: bf16_autocast(job.config.precision) for job in jobs}
     teacher_autocast = bf16_autocast(teacher_precision)
     generator = torch.Generator().manual_seed(seed)
@@ -420,6 +426,7 @@ def train_jobs(
 
     total = max(length.values(), default=0)
     per_op_threads = max(1, torch.get_num_threads() // workers) if workers > 1 else torch.get_num_threads()
+    epoch_starts = []  # the pass's generator as each epoch began, for the epochs replayed later
     with job_workers(workers) as pool:
         for epoch in range(total):
             active = [job for job in jobs if epoch < length[job.name]]  # the jobs still training
@@ -427,7 +434,12 @@ def train_jobs(
             started = time.perf_counter()
             sums = {job.name: 0.0 for job in active}
             count = 0
-            batches = ((rows, (pass_key, epoch, number)) for number, rows in enumerate(dataset.batches("train", batch_size, generator, limit=per_epoch)))
+            drawn_as = epoch % replay_after if replay_after and epoch >= replay_after else epoch
+            if drawn_as == epoch:
+                epoch_starts.append(generator.get_state())
+            else:
+                generator.set_state(epoch_starts[drawn_as])
+            batches = ((rows, (pass_key, drawn_as, number)) for number, rows in enumerate(dataset.batches("train", batch_size, generator, limit=per_epoch)))
             bar = progress(itertools.pairwise(itertools.chain(batches, [None])), desc=f"{desc} epoch {epoch + 1}/{total}", total=-(-per_epoch // batch_size))
             with torch_threads(per_op_threads):  # validation, below, runs on all of them
                 batch = None  # each batch after the first comes drawn by the step before it
