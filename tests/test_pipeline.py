@@ -130,11 +130,14 @@ def test_inputs_are_compared_at_their_deepest_affordable_depth() -> None:
 
 def test_a_tier_trains_for_its_own_number_of_epochs(tiny_run: Path) -> None:
     """The critical tier's `epochs: 8` against students.train.epochs (6 in the tiny config): its
-    students, distilled and label-only, are trained in a pass of their own."""
+    students, distilled and label-only, go on after the others, their epochs 7 and 8 replaying the
+    batches of epochs 1 and 2 (`students.replay`)."""
     from racmkd.config import ConfigError, TierConfig
 
-    epochs = {name: len(load_model(tiny_run / "checkpoints" / f"{name}.pt")[3]["history"]) for name in ("high", "critical", "critical_labels_only")}
-    assert epochs == {"high": 6, "critical": 8, "critical_labels_only": 8}
+    histories = {name: load_model(tiny_run / "checkpoints" / f"{name}.pt")[3]["history"] for name in ("high", "critical", "critical_labels_only")}
+    assert {name: len(h) for name, h in histories.items()} == {"high": 6, "critical": 8, "critical_labels_only": 8}
+    assert [h["batches_of_epoch"] for h in histories["critical"]] == [1, 2, 3, 4, 5, 6, 1, 2]
+    assert [h["batches_of_epoch"] for h in histories["high"]] == [1, 2, 3, 4, 5, 6]
     with pytest.raises(ConfigError, match="epochs"):
         TierConfig("critical", 1024, epochs=-1)
 
@@ -274,6 +277,7 @@ def test_epochs_past_replay_after_draw_the_first_epochs_batches_again_and_read_t
     cache = FeatureCache(evict=False)
     replayed = _kd_student_trained(tiny_run, tiny_dataset, fused, cache, epochs=3, replay_after=1)
     assert (cache.hits, len(cache)) == (6, 3)
+    assert [h["batches_of_epoch"] for h in replayed.history] == [1, 1, 1]
     _same_training(_kd_student_trained(tiny_run, tiny_dataset, fused, None, epochs=3, replay_after=1), replayed)
     fresh = _kd_student_trained(tiny_run, tiny_dataset, fused, None, epochs=3)
     assert fresh.history[0]["train_loss"] == replayed.history[0]["train_loss"]

@@ -440,7 +440,7 @@ def train_jobs(
             else:
                 generator.set_state(epoch_starts[drawn_as])
             batches = ((rows, (pass_key, drawn_as, number)) for number, rows in enumerate(dataset.batches("train", batch_size, generator, limit=per_epoch)))
-            bar = progress(itertools.pairwise(itertools.chain(batches, [None])), desc=f"{desc} epoch {epoch + 1}/{total}", total=-(-per_epoch // batch_size))
+            bar = progress(itertools.pairwise(itertools.chain(batches, [None])), desc=f"{desc} epoch {epoch + 1}/{total}" + (f" (epoch {drawn_as + 1}'s batches)" if drawn_as != epoch else ""), total=-(-per_epoch // batch_size))
             with torch_threads(per_op_threads):  # validation, below, runs on all of them
                 batch = None  # each batch after the first comes drawn by the step before it
                 for (rows, key), upcoming in bar:
@@ -456,7 +456,7 @@ def train_jobs(
             for job in active:
                 (logits,), labels = predict_split(job.model, job.specs, dataset, "val", limit=val_limit, precision=resolve_precision(job.config.precision))
                 accuracy = float((logits.argmax(1) == labels).float().mean())
-                job.history.append({"epoch": epoch + 1, "train_loss": sums[job.name] / max(count, 1), "val_accuracy": accuracy, "seconds": seconds})
+                job.history.append({"epoch": epoch + 1, "batches_of_epoch": drawn_as + 1, "train_loss": sums[job.name] / max(count, 1), "val_accuracy": accuracy, "seconds": seconds})
                 if accuracy > job.best_accuracy:
                     job.best_accuracy, job.best_state = accuracy, copy.deepcopy(job.model.state_dict())
     for job in jobs:
