@@ -435,10 +435,10 @@ def train_jobs(
             sums = {job.name: 0.0 for job in active}
             count = 0
             drawn_as = epoch % replay_after if replay_after and epoch >= replay_after else epoch
-            if drawn_as == epoch:
-                epoch_starts.append(generator.get_state())
-            else:
+            if drawn_as != epoch:
                 generator.set_state(epoch_starts[drawn_as])
+            elif epoch < replay_after:
+                epoch_starts.append(generator.get_state())
             batches = ((rows, (pass_key, drawn_as, number)) for number, rows in enumerate(dataset.batches("train", batch_size, generator, limit=per_epoch)))
             bar = progress(itertools.pairwise(itertools.chain(batches, [None])), desc=f"{desc} epoch {epoch + 1}/{total}" + (f" (epoch {drawn_as + 1}'s batches)" if drawn_as != epoch else ""), total=-(-per_epoch // batch_size))
             with torch_threads(per_op_threads):  # validation, below, runs on all of them
