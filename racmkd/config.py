@@ -77,7 +77,9 @@ class TrainConfig:
 class TeacherConfig:
     """The cloud-tier teacher: one CNN encoder per modality plus a fusion MLP."""
 
-    width: int = 32  # channels of the first conv; doubled at each stage
+    # Channels of the first conv, doubled at each stage: one number for every modality, or per
+    # modality (32 if absent).
+    width: int | dict[str, int] = 32
     depth: dict[str, int] = field(default_factory=lambda: {"audio": 2})  # convolutions per stage, per modality (1 if absent)
     # Input-resolution level per modality (0, full resolution, if absent): the teachers may see a
     # cheaper input than the students' richest. Teachers are the run's costliest stage on a CPU, and
@@ -89,6 +91,11 @@ class TeacherConfig:
     unimodal: TrainConfig = TrainConfig(epochs=2, precision="auto")  # image-only and audio-only teachers
     fused: TrainConfig = TrainConfig(epochs=1, modality_dropout=0.25, precision="auto")  # the fusion on top of the unimodal encoders; its precision is also the teachers' during distillation
     freeze_encoders: bool = True  # the fused teacher trains its fusion only, on the unimodal teachers' encoders
+
+    def __post_init__(self) -> None:
+        widths = list(self.width.values()) if isinstance(self.width, dict) else [self.width]
+        if min(widths + list(self.depth.values()), default=1) < 1:
+            raise ConfigError(f"teacher.width and teacher.depth must be >= 1 (one number, or per modality), got width {self.width}, depth {self.depth}")
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,16 @@ def test_teachers_may_see_a_cheaper_input_than_full_resolution() -> None:
         teacher_specs(MODS, ["audio"], {"audio": 9})
 
 
+def test_teacher_width_is_one_number_or_one_per_modality() -> None:
+    inputs = model_inputs(MODS, teacher_specs(MODS, ["image", "audio"]), "teacher")
+    first_convs = lambda model: {m: enc.body[1][0].out_channels for m, enc in model.encoders.items()}  # noqa: E731
+    assert first_convs(teacher(inputs, 8)) == {"image": 8, "audio": 8}
+    per_modality = teacher(inputs, {"image": 16}, depth={"audio": 2})
+    assert first_convs(per_modality) == {"image": 16, "audio": 32}  # 32 where none is given
+    rebuilt = build(per_modality.arch)  # a checkpoint rebuilds the same network from its arch
+    assert count_params(rebuilt) == count_params(per_modality) < count_params(teacher(inputs, depth={"audio": 2}))
+
+
 def test_widest_student_is_the_widest_that_fits() -> None:
     inputs = model_inputs(MODS, {"audio": MODS["audio"].spec(2)}, "student")
     model = widest_student(inputs, 64 * 1024)

@@ -69,6 +69,8 @@ def test_wrong_type_names_field(tmp_path: Path) -> None:
         load_config(None, ["compress.teacher_cache_bytes=-1"])
     with pytest.raises(ConfigError, match=r"students\.replay_cache_bytes must be >= 0"):
         load_config(None, ["students.replay_cache_bytes=-1"])
+    with pytest.raises(ConfigError, match=r"teacher\.width and teacher\.depth must be >= 1"):
+        load_config(None, ["teacher.width={image: 0}"])
 
 
 def test_configs_are_frozen_and_round_trip(tmp_path: Path) -> None:

@@ -111,11 +111,16 @@ def _encoders(inputs: dict[str, dict[str, Any]], per_modality: dict[str, dict[st
 
 
 @MODELS.register("teacher")
-def teacher(inputs: dict[str, dict[str, Any]], width: int = 32, embed_dim: int = 128, fusion_hidden: int = 256, dropout: float = 0.2, num_classes: int = 10, depth: dict[str, int] | None = None) -> MultimodalNet:
-    """Cloud-tier teacher: CNN encoders (`depth[modality]` convolutions per stage, 1 if absent), fusion
+def teacher(inputs: dict[str, dict[str, Any]], width: int | dict[str, int] = 32, embed_dim: int = 128, fusion_hidden: int = 256, dropout: float = 0.2, num_classes: int = 10, depth: dict[str, int] | None = None) -> MultimodalNet:
+    """Cloud-tier teacher: CNN encoders (first-stage channels `width`, one number for every modality
+    or per modality, 32 if absent; `depth[modality]` convolutions per stage, 1 if absent), fusion
     MLP over [embeddings, presence mask]. `inputs` maps each modality to {"encoder": MODELS name, "shape": (C, H, W)}."""
     depth = {m: d for m, d in (depth or {}).items() if m in inputs}
-    encoders = _encoders(inputs, {m: {"depth": d} for m, d in depth.items()}, width=width, embed_dim=embed_dim)
+    if isinstance(width, dict):
+        width = {m: w for m, w in width.items() if m in inputs}
+    widths = width if isinstance(width, dict) else {m: width for m in inputs}
+    per_modality = {m: {"width": widths.get(m, 32), **({"depth": depth[m]} if m in depth else {})} for m in inputs}
+    encoders = _encoders(inputs, per_modality, embed_dim=embed_dim)
     fusion = Fusion(embed_dim * len(encoders), len(encoders), fusion_hidden, dropout)
     arch = {"name": "teacher", "kwargs": {"inputs": inputs, "width": width, "embed_dim": embed_dim, "fusion_hidden": fusion_hidden, "dropout": dropout, "num_classes": num_classes, "depth": depth}}
     return MultimodalNet(encoders, fusion, fusion_hidden, num_classes, arch)
