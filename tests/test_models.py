@@ -65,7 +65,10 @@ def test_teachers_may_see_a_cheaper_input_than_full_resolution() -> None:
 
 def test_teacher_width_is_one_number_or_one_per_modality() -> None:
     inputs = model_inputs(MODS, teacher_specs(MODS, ["image", "audio"]), "teacher")
-    first_convs = lambda model: {m: enc.body[1][0].out_channels for m, enc in model.encoders.items()}  # noqa: E731
+
+    def first_convs(model) -> dict[str, int]:
+        return {m: enc.body[1][0].out_channels for m, enc in model.encoders.items()}
+
     assert first_convs(teacher(inputs, 8)) == {"image": 8, "audio": 8}
     per_modality = teacher(inputs, {"image": 16}, depth={"audio": 2})
     assert first_convs(per_modality) == {"image": 16, "audio": 32}  # 32 where none is given

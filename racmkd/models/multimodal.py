@@ -110,16 +110,19 @@ def _encoders(inputs: dict[str, dict[str, Any]], per_modality: dict[str, dict[st
     return {name: MODELS.create(spec["encoder"], tuple(spec["shape"]), **kwargs, **per_modality.get(name, {})) for name, spec in inputs.items()}
 
 
+TEACHER_WIDTH = 32  # a teacher encoder's first-stage channels when none are given for its modality
+
+
 @MODELS.register("teacher")
-def teacher(inputs: dict[str, dict[str, Any]], width: int | dict[str, int] = 32, embed_dim: int = 128, fusion_hidden: int = 256, dropout: float = 0.2, num_classes: int = 10, depth: dict[str, int] | None = None) -> MultimodalNet:
+def teacher(inputs: dict[str, dict[str, Any]], width: int | dict[str, int] = TEACHER_WIDTH, embed_dim: int = 128, fusion_hidden: int = 256, dropout: float = 0.2, num_classes: int = 10, depth: dict[str, int] | None = None) -> MultimodalNet:
     """Cloud-tier teacher: CNN encoders (first-stage channels `width`, one number for every modality
-    or per modality, 32 if absent; `depth[modality]` convolutions per stage, 1 if absent), fusion
-    MLP over [embeddings, presence mask]. `inputs` maps each modality to {"encoder": MODELS name, "shape": (C, H, W)}."""
+    or per modality, TEACHER_WIDTH if absent; `depth[modality]` convolutions per stage, 1 if absent),
+    fusion MLP over [embeddings, presence mask]. `inputs` maps each modality to {"encoder": MODELS name, "shape": (C, H, W)}."""
     depth = {m: d for m, d in (depth or {}).items() if m in inputs}
-    if isinstance(width, dict):
+    if isinstance(width, dict):  # like depth, the arch record keeps only this model's modalities
         width = {m: w for m, w in width.items() if m in inputs}
-    widths = width if isinstance(width, dict) else {m: width for m in inputs}
-    per_modality = {m: {"width": widths.get(m, 32), **({"depth": depth[m]} if m in depth else {})} for m in inputs}
+    widths = width if isinstance(width, dict) else dict.fromkeys(inputs, width)
+    per_modality = {m: {"width": widths.get(m, TEACHER_WIDTH), **({"depth": depth[m]} if m in depth else {})} for m in inputs}
     encoders = _encoders(inputs, per_modality, embed_dim=embed_dim)
     fusion = Fusion(embed_dim * len(encoders), len(encoders), fusion_hidden, dropout)
     arch = {"name": "teacher", "kwargs": {"inputs": inputs, "width": width, "embed_dim": embed_dim, "fusion_hidden": fusion_hidden, "dropout": dropout, "num_classes": num_classes, "depth": depth}}
