@@ -143,6 +143,14 @@ class SelectionConfig:
     samples: int = 12800  # training samples seen by each candidate (100 steps of 128)
     val_samples: int = 5000  # validation samples that rank the candidates
     tolerance: float = 0.005  # a cheaper candidate within this validation accuracy wins
+    # A modality set whose own teacher (trained on it alone) ended more than this below the fused
+    # teacher on validation is not a candidate: its students cannot get near what the fused teacher
+    # knows. 1.0 keeps every set.
+    teacher_gap: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.teacher_gap:
+            raise ConfigError(f"students.selection.teacher_gap must be >= 0 (1.0 keeps every modality set), got {self.teacher_gap}")
 
 
 @dataclass(frozen=True)
@@ -163,7 +171,8 @@ class StudentsConfig:
     # corruption, augmentation and mixup) and reads the frozen teachers' answers on them back from
     # memory (at most `replay_cache_bytes`; 0 keeps none and the teachers answer again) instead of
     # drawing new batches for the teachers to answer: the teachers' forward pass and their inputs
-    # were most of the critical tier's own epochs. false: draw new batches.
+    # were most of the critical tier's own epochs. Its inputs are kept too (at most as many bytes),
+    # so the replayed batches are not featurised again. false: draw new batches.
     replay: bool = True
     replay_cache_bytes: int = 1 << 30
 
@@ -207,7 +216,8 @@ class CompressConfig:
     tier_recipes: dict[str, str] = field(default_factory=dict)  # tier -> a recipe that replaces `recipe` for it
     val_samples: int = 5000  # validation samples that judge every step
     # The teachers' answers on the fine-tunes' training batches, kept for the other tiers' fine-tunes
-    # (they draw the same batches); 0 = every tier's fine-tunes run the teachers themselves.
+    # (they draw the same batches), and the inputs of students that several tiers share, each cache
+    # at most this many bytes; 0 = every tier's fine-tunes run the teachers and featurise themselves.
     teacher_cache_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:

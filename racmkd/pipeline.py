@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -131,9 +132,10 @@ class Design:
         return {m: modalities[m].spec(self.level) for m in self.modalities}
 
 
-def candidates(cfg: RunConfig, modalities: dict[str, Modality], tier: TierConfig) -> tuple[list[Design], list[str]]:
-    """The designs a tier may use: every configured modality set, resolution level and depth, each
-    at the widest width that fits the budget. Also the reasons for any candidate left out."""
+def candidates(cfg: RunConfig, modalities: dict[str, Modality], tier: TierConfig, out_of_reach: dict[tuple[str, ...], str] | None = None) -> tuple[list[Design], list[str]]:
+    """The designs a tier may use: every configured modality set (but those `out_of_reach` names,
+    with the reason), resolution level and depth, each at the widest width that fits the budget.
+    Also the reasons for any candidate left out."""
     sel = cfg.students.selection
     sets = [tier.modalities] if tier.modalities else list(sel.modality_sets)
     levels = [tier.scale] if tier.scale >= 0 else list(sel.scales)
@@ -142,6 +144,9 @@ def candidates(cfg: RunConfig, modalities: dict[str, Modality], tier: TierConfig
     for mods in sets:
         if not set(mods) <= set(modalities):
             skipped.append(f"{'+'.join(mods)}: not all of these modalities are in data.modalities")
+            continue
+        if not tier.modalities and tuple(mods) in (out_of_reach or {}):
+            skipped.append(f"{'+'.join(mods)}: {out_of_reach[tuple(mods)]}")
             continue
         for level in levels:
             if any(level >= modalities[m].n_levels for m in mods):
@@ -194,6 +199,27 @@ def break_ties(entries: list[dict[str, Any]], tolerance: float, ties: str) -> tu
     return pick, "highest validation accuracy" if pick is top else f"within {tolerance:.1%} of the best ({top['name']}, {top['val_accuracy']:.4f}) {why}"
 
 
+def out_of_reach(cfg: RunConfig, run_dir: Path, names: list[str]) -> dict[tuple[str, ...], str]:
+    """The one-modality sets not worth a candidate, with why: those whose unimodal teacher ended
+    more than `selection.teacher_gap` below the fused teacher on validation (both figures from
+    their checkpoints). A student that sees only those inputs learns about what their teacher
+    could: on avmnist the image teacher reads 0.65 of the validation digits, the fused one 0.98,
+    and the image-only candidates ranked last in every tier (0.54-0.60 after 100 steps, beside
+    0.80-0.92 with the audio; run avmnist-20261202-064431), a fifth of the selection's time."""
+    gap = cfg.students.selection.teacher_gap
+    fused = checkpoint(run_dir, TEACHER)
+    if len(names) < 2 or gap >= 1.0 or not fused.exists():
+        return {}
+    fused_accuracy = load_model(fused)[3]["val_accuracy"]
+    reasons = {}
+    for m in names:
+        path = checkpoint(run_dir, f"{TEACHER}_{m}")
+        accuracy = load_model(path)[3]["val_accuracy"] if path.exists() else None
+        if accuracy is not None and accuracy < fused_accuracy - gap:
+            reasons[(m,)] = f"its teacher reached {accuracy:.4f} on validation, {fused_accuracy - accuracy:.1%} below the fused teacher's {fused_accuracy:.4f} (more than selection.teacher_gap {gap})"
+    return reasons
+
+
 def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teacher], run_dir: Path, tiers: list[TierConfig]) -> dict[str, Design]:
     """Choose each tier's modalities, resolution and depth by measurement. Every candidate is trained
     briefly with its tier's distillation objective and ranked on validation accuracy; the cheapest
@@ -201,7 +227,8 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
     modality sets x resolution levels, each at its deepest depth within the budget, then the other depths of each tier's
     leader. Inputs are compared deep because a shallow student under-uses a large input (on avmnist the
     64x32 log-mel trailed 32x32 by 13 points at depth 1 and by 3.5 at depth 3). A design that several tiers
-    can afford is trained once. Writes selection.json."""
+    can afford is trained once. Modality sets whose own teacher trails the fused one by more than
+    `selection.teacher_gap` are not tried (`out_of_reach`). Writes selection.json."""
     sel = cfg.students.selection
     budgets = [t.budget_bytes for t in cfg.students.tiers]
     table: dict[str, Any] = {}
@@ -209,8 +236,9 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
     trained: dict[tuple, Job] = {}  # one job per distinct design
     answers = FeatureCache(evict=False)  # the teachers' answers: both rounds draw the same batches
     chosen = {}
+    unpromising = out_of_reach(cfg, run_dir, list(dataset.modalities))
     for tier in tiers:
-        designs, skipped = candidates(cfg, dataset.modalities, tier)
+        designs, skipped = candidates(cfg, dataset.modalities, tier, unpromising)
         if not designs:
             raise RunError(f"tier {tier.name!r}: no student design fits {tier.budget_bytes} bytes ({'; '.join(skipped)})")
         table[tier.name] = {"budget_bytes": tier.budget_bytes, "skipped": skipped, "candidates": []}
@@ -285,9 +313,11 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
     shared_epochs = cfg.students.train.epochs
     replay_after = shared_epochs if cfg.students.replay and any(learns_from_teachers(j) and j.epochs > shared_epochs for j in jobs) else 0
     answers = FeatureCache(max_bytes=cfg.students.replay_cache_bytes, evict=False) if replay_after and cfg.students.replay_cache_bytes else None
+    # and the replaying students' inputs (1.3 KB a sample for make run's critical tier: 256 MB for four epochs)
+    inputs = FeatureCache(max_bytes=cfg.students.replay_cache_bytes, evict=False) if answers is not None else None
     started = time.perf_counter()
     with torch_threads(cfg.threads):
-        train_jobs(dataset, jobs, shared_epochs, cfg.students.train.batch_size, cfg.seed + 3, teachers, samples_per_epoch=cfg.students.train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="students", workers=cfg.workers, teacher_cache=answers, replay_after=replay_after)
+        train_jobs(dataset, jobs, shared_epochs, cfg.students.train.batch_size, cfg.seed + 3, teachers, samples_per_epoch=cfg.students.train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="students", workers=cfg.workers, teacher_cache=answers, replay_after=replay_after, input_cache=inputs)
     record_timing(run_dir, "distill_students", time.perf_counter() - started)
     for job in jobs:
         tier = job.name.removesuffix("_labels_only")
@@ -317,7 +347,7 @@ def compress_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tie
     fine-tune, quantize, export), writing runs/<name>/compressed/<tier>/. A tier's folder is built
     beside its final place and renamed into it, so a failed recipe leaves the previous result whole."""
     from racmkd.compress.recipe import check_recipe, load_recipe, run_recipe
-    from racmkd.compress.steps import Context, Subject
+    from racmkd.compress.steps import Context, InputSharing, Subject
 
     known = [t.name for t in cfg.students.tiers]
     unknown = set(tier_names) - set(known)
@@ -341,6 +371,10 @@ def compress_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tie
     # (2.1 KB a sample without the feature maps: 134 MB for the default recipe's 64,000; once the cache
     # is full, later answers are recomputed). Measured: compression 541 -> 355 s in make run.
     teacher_cache = FeatureCache(max_bytes=cfg.compress.teacher_cache_bytes, evict=False)
+    # Tiers whose students read the same inputs share them too (make run's medium, low and critical
+    # tiers: 1.3 KB a sample), so those batches are corrupted, augmented and featurised once.
+    uses = Counter(pair for tier_name in tier_names for pair in students[tier_name][1].items())
+    shared = InputSharing(FeatureCache(max_bytes=cfg.compress.teacher_cache_bytes, evict=False), frozenset(pair for pair, n in uses.items() if n > 1))
     for tier_name in tier_names:
         path = checkpoint(run_dir, tier_name)
         model, specs, _, meta = students[tier_name]
@@ -351,7 +385,7 @@ def compress_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tie
         work.mkdir(parents=True)
         try:
             subject = Subject(tier_name, model, specs, objective_weights(cfg.distill, tier.budget_bytes, budgets), work)
-            ctx = Context(cfg, dataset, teachers, val_samples=cfg.compress.val_samples, teacher_cache=teacher_cache)
+            ctx = Context(cfg, dataset, teachers, val_samples=cfg.compress.val_samples, teacher_cache=teacher_cache, shared_inputs=shared)
             with torch_threads(cfg.threads):
                 log = run_recipe(recipes[tier_name], subject, ctx)
             save_model(work / "model.pt", subject.model, subject.specs, {**meta, "role": "compressed", "compressed_from": str(path.name)})

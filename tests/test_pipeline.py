@@ -128,6 +128,30 @@ def test_inputs_are_compared_at_their_deepest_affordable_depth() -> None:
     assert picked == {(("image",), 0): 3, (("image", "audio"), 0): 1, (("image",), 1): 2}
 
 
+def test_modality_sets_whose_teacher_trails_the_fused_one_are_not_candidates(tiny_run: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from racmkd.config import TierConfig
+    from racmkd.models.checkpoint import save_model
+    from racmkd.pipeline import candidates, out_of_reach
+    from racmkd.registry import MODALITIES
+
+    (tmp_path / "checkpoints").mkdir()
+    for name, accuracy in (("teacher", 0.98), ("teacher_image", 0.65), ("teacher_audio", 0.95)):
+        model, specs, _, meta = load_model(tiny_run / "checkpoints" / f"{name}.pt")
+        save_model(tmp_path / "checkpoints" / f"{name}.pt", model, specs, {**meta, "val_accuracy": accuracy})
+    cfg = load_config(Path("tests/tiny.yaml"))
+    reasons = out_of_reach(cfg, tmp_path, ["image", "audio"])
+    assert list(reasons) == [("image",)] and "0.6500" in reasons[("image",)] and "33.0%" in reasons[("image",)]
+    mods = {m: MODALITIES.create(m) for m in ("image", "audio")}
+    tier = TierConfig("t", 64 * 1024)
+    designs, skipped = candidates(cfg, mods, tier, reasons)
+    assert {d.modalities for d in designs} == {("image", "audio"), ("audio",)} and any(s.startswith("image: its teacher reached") for s in skipped)
+    assert {("image",)} <= {d.modalities for d in candidates(cfg, mods, replace(tier, modalities=("image",)), reasons)[0]}  # a tier's own choice stands
+    wide = replace(cfg, students=replace(cfg.students, selection=replace(cfg.students.selection, teacher_gap=1.0)))
+    assert out_of_reach(wide, tmp_path, ["image", "audio"]) == {} and out_of_reach(cfg, tmp_path, ["audio"]) == {}
+
+
 def test_a_tier_trains_for_its_own_number_of_epochs(tiny_run: Path) -> None:
     """The critical tier's `epochs: 8` against students.train.epochs (6 in the tiny config): its
     students, distilled and label-only, go on after the others, their epochs 7 and 8 replaying the
@@ -222,7 +246,7 @@ def test_jobs_stepping_side_by_side_in_threads_learn_what_they_learn_one_after_a
             assert torch.equal(x, y), f"{a.name}: {name}"
 
 
-def _kd_student_trained(tiny_run: Path, tiny_dataset, fused, cache, seed: int = 5, epochs: int = 2, replay_after: int = 0):  # noqa: ANN001, ANN202
+def _kd_student_trained(tiny_run: Path, tiny_dataset, fused, cache, seed: int = 5, epochs: int = 2, replay_after: int = 0, inputs=None):  # noqa: ANN001, ANN202
     """The tiny run's critical student distilled (logits and fused features) from the `fused` teacher
     (one object for every pass: a cached answer is keyed by the teacher it came from) for `epochs`
     epochs of 3 batches, two workers, ops on one thread."""
@@ -236,7 +260,7 @@ def _kd_student_trained(tiny_run: Path, tiny_dataset, fused, cache, seed: int = 
     job = Job("kd", model, specs, train, ObjectiveWeights(0.5, 1.0, 0.5, 1e-4, 2.0, 1.0), DistillConfig(distill_losses={"kd": 1.0}, align_losses={"feature": 1.0}))
     attach_projection(job, fused.model, seed=0)
     with torch_threads(1):
-        return train_jobs(tiny_dataset, [job], epochs, 64, seed=seed, teachers=[fused], samples_per_epoch=192, val_limit=64, workers=2, teacher_cache=cache, replay_after=replay_after)[0]
+        return train_jobs(tiny_dataset, [job], epochs, 64, seed=seed, teachers=[fused], samples_per_epoch=192, val_limit=64, workers=2, teacher_cache=cache, replay_after=replay_after, input_cache=inputs)[0]
 
 
 def _same_training(a, b) -> None:  # noqa: ANN001
@@ -265,6 +289,28 @@ def test_passes_that_draw_the_same_batches_share_the_teachers_answers_and_learn_
     assert cache.hits == 6 and len(cache) == 12
 
 
+def test_passes_of_the_same_inputs_featurise_each_batch_once_and_learn_the_same(tiny_run: Path, tiny_dataset, monkeypatch) -> None:  # noqa: ANN001
+    """With an input cache too, a second pass that draws the same batches for a student of the same
+    inputs (the compression fine-tunes of tiers that share them) neither corrupts nor featurises any
+    batch again: its generator jumps to where drawing each one left the first pass's, so the mixup
+    and the batches after come out the same, and so do the student's weights."""
+    from racmkd.data.dataset import FeatureCache
+    from racmkd.pipeline import load_teachers
+
+    (fused,) = load_teachers(tiny_run, list(tiny_dataset.modalities), unimodal=False)
+    answers, inputs = FeatureCache(evict=False), FeatureCache(evict=False)
+    plain = _kd_student_trained(tiny_run, tiny_dataset, fused, None)
+    filling = _kd_student_trained(tiny_run, tiny_dataset, fused, answers, inputs=inputs)
+    assert (inputs.hits, len(inputs)) == (0, 6)
+    drawn = []
+    raw_batch = tiny_dataset.raw_batch
+    monkeypatch.setattr(tiny_dataset, "raw_batch", lambda *args, **kwargs: drawn.append(1) or raw_batch(*args, **kwargs))
+    reading = _kd_student_trained(tiny_run, tiny_dataset, fused, answers, inputs=inputs)
+    assert inputs.hits == 6 and not drawn
+    for job in (filling, reading):
+        _same_training(plain, job)
+
+
 def test_epochs_past_replay_after_draw_the_first_epochs_batches_again_and_read_the_teachers_answers_back(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001
     """With `replay_after=1` epochs 2 and 3 draw epoch 1's batches again: the teachers answer its 3
     batches once and the 6 later ones are read back, and the student learns exactly what it learns
@@ -279,6 +325,9 @@ def test_epochs_past_replay_after_draw_the_first_epochs_batches_again_and_read_t
     assert (cache.hits, len(cache)) == (6, 3)
     assert [h["batches_of_epoch"] for h in replayed.history] == [1, 1, 1]
     _same_training(_kd_student_trained(tiny_run, tiny_dataset, fused, None, epochs=3, replay_after=1), replayed)
+    inputs = FeatureCache(evict=False)  # the replayed batches' inputs kept too: not featurised again
+    _same_training(_kd_student_trained(tiny_run, tiny_dataset, fused, FeatureCache(evict=False), epochs=3, replay_after=1, inputs=inputs), replayed)
+    assert (inputs.hits, len(inputs)) == (6, 3)
     fresh = _kd_student_trained(tiny_run, tiny_dataset, fused, None, epochs=3)
     assert fresh.history[0]["train_loss"] == replayed.history[0]["train_loss"]
     assert fresh.history[1]["train_loss"] != replayed.history[1]["train_loss"]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from racmkd.data import audio as dsp
 from racmkd.data import signals
-from racmkd.data.image import center_crop, fit_pca, pca_reconstruct, random_affine, resize
+from racmkd.data.image import affine_grid, center_crop, fit_pca, pca_reconstruct, random_affine, resize
 from racmkd.registry import SIGNALS
 
 
@@ -52,6 +52,14 @@ def test_power_spectrogram_peaks_at_the_tone() -> None:
     same = signals.power_spectrogram(sine(1000.0).numpy(), 512, 400, 256)  # numpy, frames first
     assert same.shape == (1, 32, 257) and int(same[0, 16].argmax()) == 64
     np.testing.assert_allclose(same.transpose(0, 2, 1), power.numpy(), rtol=1e-4, atol=1e-4 * float(power.max()))
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_affine_grid_is_torchs(align_corners: bool) -> None:
+    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0))
+    for height, width in ((257, 32), (24, 24), (1, 7)):
+        ours = affine_grid(theta, height, width, align_corners)
+        assert torch.allclose(ours, F.affine_grid(theta, [5, 1, height, width], align_corners=align_corners), atol=1e-5)
 
 
 def test_stretch_and_shift_identity_pitch_and_tempo() -> None:

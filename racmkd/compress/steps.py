@@ -63,6 +63,19 @@ class Context:
     val_samples: int = 5000
     seed: int = 0  # fine-tunes so far: the n-th fine-tune of every tier draws the same batches
     teacher_cache: FeatureCache | None = None  # the teachers' answers on those batches, shared by the tiers
+    shared_inputs: InputSharing | None = None  # the students' inputs on them, for tiers that read the same ones
+
+
+@dataclass(frozen=True)
+class InputSharing:
+    """The fine-tunes' batches as featurised for the inputs (modality, spec) several tiers' students read."""
+
+    cache: FeatureCache
+    inputs: frozenset
+
+    def cache_for(self, specs: dict[str, Any]) -> FeatureCache | None:
+        """The cache for a student of these inputs, if another tier reads them all too."""
+        return self.cache if specs and set(specs.items()) <= self.inputs else None
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,7 @@ def finetune(subject: Subject, ctx: Context, options: Finetune, desc: str) -> fl
     seed = ctx.cfg.seed + 1000 + ctx.seed
     attach_projection(job, ctx.teachers[0].model, seed)  # the same start whatever ran before in the process
     with torch_threads(ctx.cfg.threads):
-        train_jobs(ctx.dataset, [job], options.epochs, train.batch_size, seed, ctx.teachers, samples_per_epoch=options.samples, val_limit=ctx.val_samples, augment=ctx.cfg.data.augment, teacher_precision=ctx.cfg.teacher.fused.precision, desc=desc, teacher_cache=ctx.teacher_cache)
+        train_jobs(ctx.dataset, [job], options.epochs, train.batch_size, seed, ctx.teachers, samples_per_epoch=options.samples, val_limit=ctx.val_samples, augment=ctx.cfg.data.augment, teacher_precision=ctx.cfg.teacher.fused.precision, desc=desc, teacher_cache=ctx.teacher_cache, input_cache=ctx.shared_inputs.cache_for(subject.specs) if ctx.shared_inputs else None)
     return job.best_accuracy
 
 

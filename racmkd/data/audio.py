@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from racmkd.data import signals
+from racmkd.data.image import affine_grid
 
 
 def noise_std_for_snr(signal_power: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
@@ -46,7 +47,7 @@ def stretch_and_shift(power: torch.Tensor, time_rate: torch.Tensor, pitch_factor
     theta[:, 1, 0] = 0.0
     theta[:, 1, 1] = 1.0 / pitch_factor  # output bin f reads input bin f / p
     theta[:, 1, 2] = 1.0 / pitch_factor - 1.0  # keeps 0 Hz (y = -1 in grid coordinates) fixed
-    grid = F.affine_grid(theta, [b, 1, power.shape[1], power.shape[2]], align_corners=True)
+    grid = affine_grid(theta, power.shape[1], power.shape[2], align_corners=True)
     out = F.grid_sample(power.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return out.squeeze(1)
 

@@ -107,7 +107,8 @@ class Mix:
 @dataclass(frozen=True)
 class Drawn:
     """One training batch as drawn: its labels, its features (computing until `computing` is done),
-    its mixup, where the teachers' answers on it are cached (`key`) and those answers if they were."""
+    its mixup, where the teachers' answers on it are cached (`key`) and those answers if they were,
+    and, when its inputs are to be kept, the pass's generator as drawing them left it."""
 
     labels: torch.Tensor
     features: BatchFeatures
@@ -115,6 +116,7 @@ class Drawn:
     computing: list[Future]
     key: tuple
     taught: tuple[list, list] | None
+    generator_state: torch.Tensor | None = None
 
 
 # Which outputs feed each registered loss: the one place that wires models to losses.
@@ -310,6 +312,7 @@ def train_jobs(
     workers: int = 1,
     teacher_cache: FeatureCache | None = None,
     replay_after: int = 0,
+    input_cache: FeatureCache | None = None,
 ) -> list[Job]:
     """Train every job for `epochs` passes (or its own `Job.epochs`) over (at most `samples_per_epoch`
     of) the training split, keep each job's weights from its best validation epoch, and return the
@@ -335,7 +338,14 @@ def train_jobs(
     With `replay_after` > 0, an epoch from that one on draws again the batches of epoch
     `epoch % replay_after` (the same rows, corruption, augmentation and mixup: the pass's generator
     goes back to where that epoch started), so a job that trains longer than the others sees their
-    epochs again, and with `teacher_cache` the teachers' answers on them are read back, not computed."""
+    epochs again, and with `teacher_cache` the teachers' answers on them are read back, not computed.
+
+    `input_cache` keeps the jobs' inputs on every batch (those of the jobs that train past
+    `replay_after`, with replay), with the generator as drawing them left it, for batches drawn
+    again by jobs of the same inputs: the replayed epochs, and the compression fine-tunes of tiers
+    whose students read the same inputs. Where the teachers' answers are cached too, such a batch
+    is not corrupted, augmented and featurised again: the generator jumps to where that would have
+    left it, so every later draw is the one it would have been."""
     autocast = {job.name: bf16_autocast(job.config.precision) for job in jobs}
     teacher_autocast = bf16_autocast(teacher_precision)
     generator = torch.Generator().manual_seed(seed)
@@ -376,6 +386,9 @@ def train_jobs(
     keeps_maps = any((set(job.distill.distill_losses) | set(job.distill.align_losses)) & READS_TEACHER_MAPS for job in jobs if learns_from_teachers(job))
     pass_key = (tuple(id(t.model) for t in teachers), seed, per_epoch, batch_size, augment, mixup, channels_last, teacher_precision, workers, keeps_maps)
 
+    # The inputs kept for later passes (or the replayed epochs): (modality, spec) pairs.
+    keeps_inputs = {(m, spec) for job in jobs if not replay_after or length[job.name] > replay_after for m, spec in job.specs.items()} if input_cache is not None else set()
+
     def cached(taught: tuple[list, list]) -> tuple[list, list]:
         outputs, logits = taught
         return (outputs if keeps_maps else [{**out, "maps": {}} for out in outputs]), logits
@@ -385,13 +398,19 @@ def train_jobs(
         batch), then its features start computing on the pool (the teachers' only if their answers
         are not cached)."""
         labels = dataset.splits["train"].labels[rows]
+        taught = teacher_cache.lookup(key) if taught_jobs and teacher_cache is not None else None
+        kept = input_cache.lookup(("inputs", key)) if input_cache is not None and (taught is not None or not taught_jobs) else None
+        if kept is not None and {(m, spec) for job in active for m, spec in job.specs.items()} <= kept[0].keys():
+            generator.set_state(kept[1])  # where corrupting and augmenting this batch left it
+            mix = Mix.draw(len(rows), mixup, generator) if mixup > 0 else None
+            return Drawn(labels, BatchFeatures(dataset.modalities, {}, None, channels_last, known=kept[0]), mix, [], key, taught)
         raw = dataset.raw_batch("train", rows, generator)
         seed_for_augment = int(torch.randint(2**31 - 1, (1,), generator=generator)) if augment else None
+        state = generator.get_state() if keeps_inputs else None
         features = BatchFeatures(dataset.modalities, raw, seed_for_augment, channels_last)
         mix = Mix.draw(len(rows), mixup, generator) if mixup > 0 else None
-        taught = teacher_cache.lookup(key) if taught_jobs and teacher_cache is not None else None
         computing = features.prepare(([t.specs for t in teachers] if taught_jobs and taught is None else []) + [job.specs for job in active], pool)
-        return Drawn(labels, features, mix, computing, key, taught)
+        return Drawn(labels, features, mix, computing, key, taught, state)
 
     def learn(batch: Drawn, upcoming: tuple[torch.Tensor, tuple] | None, active: list[Job], taught_jobs: list[Job], pool: Executor) -> tuple[dict[str, float], Drawn | None]:
         """Every active job's step on `batch`; returns their losses and the next batch, drawn while
@@ -399,6 +418,10 @@ def train_jobs(
         for future in batch.computing:
             future.result()
         features, labels, mix = batch.features, batch.labels, batch.mix
+        if batch.generator_state is not None:
+            wanted = keeps_inputs & {(m, spec) for job in active for m, spec in job.specs.items()}
+            if wanted:
+                input_cache.put(("inputs", batch.key), ({(m, spec): features.get({m: spec})[m] for m, spec in wanted}, batch.generator_state))
 
         def step(job: Job, taught: tuple[list, list]) -> Future:
             return pool.submit(train_step, job, optimizers[job.name], features.get(job.specs), labels, mix, maskers[job.name], autocast[job.name], taught)
