@@ -386,8 +386,12 @@ def train_jobs(
     keeps_maps = any((set(job.distill.distill_losses) | set(job.distill.align_losses)) & READS_TEACHER_MAPS for job in jobs if learns_from_teachers(job))
     pass_key = (tuple(id(t.model) for t in teachers), seed, per_epoch, batch_size, augment, mixup, channels_last, teacher_precision, workers, keeps_maps)
 
-    # The inputs kept for later passes (or the replayed epochs): (modality, spec) pairs.
-    keeps_inputs = {(m, spec) for job in jobs if not replay_after or length[job.name] > replay_after for m, spec in job.specs.items()} if input_cache is not None else set()
+    def inputs_of(some: list[Job]) -> set[tuple[str, Any]]:
+        """The (modality, spec) inputs these jobs read."""
+        return {(m, spec) for job in some for m, spec in job.specs.items()}
+
+    # The inputs kept for later passes (or the replayed epochs).
+    keeps_inputs = inputs_of([job for job in jobs if not replay_after or length[job.name] > replay_after]) if input_cache is not None else set()
 
     def cached(taught: tuple[list, list]) -> tuple[list, list]:
         outputs, logits = taught
@@ -400,7 +404,7 @@ def train_jobs(
         labels = dataset.splits["train"].labels[rows]
         taught = teacher_cache.lookup(key) if taught_jobs and teacher_cache is not None else None
         kept = input_cache.lookup(("inputs", key)) if input_cache is not None and (taught is not None or not taught_jobs) else None
-        if kept is not None and {(m, spec) for job in active for m, spec in job.specs.items()} <= kept[0].keys():
+        if kept is not None and inputs_of(active) <= kept[0].keys():
             generator.set_state(kept[1])  # where corrupting and augmenting this batch left it
             mix = Mix.draw(len(rows), mixup, generator) if mixup > 0 else None
             return Drawn(labels, BatchFeatures(dataset.modalities, {}, None, channels_last, known=kept[0]), mix, [], key, taught)
@@ -419,7 +423,7 @@ def train_jobs(
             future.result()
         features, labels, mix = batch.features, batch.labels, batch.mix
         if batch.generator_state is not None:
-            wanted = keeps_inputs & {(m, spec) for job in active for m, spec in job.specs.items()}
+            wanted = keeps_inputs & inputs_of(active)
             if wanted:
                 input_cache.put(("inputs", batch.key), ({(m, spec): features.get({m: spec})[m] for m, spec in wanted}, batch.generator_state))
 
