@@ -83,6 +83,19 @@ def test_predictor_on_raw_inputs_matches_the_evaluation(tiny_run: Path, report: 
     assert labels.shape == (20,)
 
 
+def test_a_bf16_evaluation_leaves_the_shared_inputs_fp32(tiny_run: Path) -> None:
+    # Evaluation inputs are cached for every model that reads them; computed under a bf16 model's
+    # autocast they were bfloat16, and the next fp32 model on them failed (make run on a bf16 CPU).
+    cfg = load_config(tiny_run / "config.yaml")
+    dataset = build_dataset(cfg.data)  # its own feature cache
+    model, specs, _, _ = load_model(tiny_run / "checkpoints" / "teacher.pt")
+    (in_bf16,), labels = predict_split(model, specs, dataset, "test", limit=40, precision="bf16")
+    (in_fp32,), _ = predict_split(model, specs, dataset, "test", limit=40)  # the same inputs, from the cache
+    assert in_bf16.dtype == in_fp32.dtype == torch.float32
+    assert (in_bf16.argmax(1) == in_fp32.argmax(1)).float().mean() >= 0.9  # bf16 rounding may flip a close call
+    assert (in_fp32 - in_bf16).abs().max() > 0  # the first pass did run in bf16
+
+
 def test_predictor_handles_missing_inputs_and_bad_ones(tiny_run: Path) -> None:
     teacher = racmkd.load(tiny_run, "teacher")
     image = np.zeros((28, 28), dtype=np.uint8)

@@ -98,8 +98,11 @@ def predict_split(
     logits: list[list[torch.Tensor]] = [[] for _ in withheld]
     labels = []
     for rows in dataset.batches(split, batch_size, limit=limit):
+        # The inputs are computed outside the autocast: they are cached for every model that reads
+        # them, and an fp32 model fed bfloat16 features from a bf16 teacher's pass fails.
+        inputs = evaluation_inputs(dataset, split, rows, specs)
         with autocast:
-            _, embeddings = model.encode(evaluation_inputs(dataset, split, rows, specs))
+            _, embeddings = model.encode(inputs)
             for out, drop in zip(logits, withheld):
                 kept = {m: e for m, e in embeddings.items() if m not in drop}
                 if not kept:
