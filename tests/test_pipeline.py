@@ -89,7 +89,7 @@ def test_a_bf16_evaluation_leaves_the_shared_inputs_fp32(tiny_run: Path) -> None
     cfg = load_config(tiny_run / "config.yaml")
     dataset = build_dataset(cfg.data)  # its own feature cache
     model, specs, _, _ = load_model(tiny_run / "checkpoints" / "teacher.pt")
-    (in_bf16,), labels = predict_split(model, specs, dataset, "test", limit=40, precision="bf16")
+    (in_bf16,), _ = predict_split(model, specs, dataset, "test", limit=40, precision="bf16")
     (in_fp32,), _ = predict_split(model, specs, dataset, "test", limit=40)  # the same inputs, from the cache
     assert in_bf16.dtype == in_fp32.dtype == torch.float32
     assert (in_bf16.argmax(1) == in_fp32.argmax(1)).float().mean() >= 0.9  # bf16 rounding may flip a close call
