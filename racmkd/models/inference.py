@@ -70,9 +70,12 @@ def evaluation_inputs(dataset: PairedDataset, split: str, rows: torch.Tensor, sp
 
     def compute(name: str, spec: Any) -> torch.Tensor:
         nonlocal batch
-        if batch is None:
-            batch = BatchFeatures(dataset.modalities, dataset.raw_batch(split, rows), channels_last=True)
-        return batch.get({name: spec})[name]
+        # fp32 whatever autocast the caller runs in: the cache serves every model, and an fp32 model
+        # fed the bfloat16 features of a bf16 teacher's evaluation fails.
+        with torch.autocast("cpu", enabled=False):
+            if batch is None:
+                batch = BatchFeatures(dataset.modalities, dataset.raw_batch(split, rows), channels_last=True)
+            return batch.get({name: spec})[name]
 
     rows_key = rows.numpy().tobytes()
     return {name: dataset.feature_cache.get((split, rows_key, name, spec), lambda name=name, spec=spec: compute(name, spec)) for name, spec in specs.items()}
@@ -98,11 +101,8 @@ def predict_split(
     logits: list[list[torch.Tensor]] = [[] for _ in withheld]
     labels = []
     for rows in dataset.batches(split, batch_size, limit=limit):
-        # The inputs are computed outside the autocast: they are cached for every model that reads
-        # them, and an fp32 model fed bfloat16 features from a bf16 teacher's pass fails.
-        inputs = evaluation_inputs(dataset, split, rows, specs)
         with autocast:
-            _, embeddings = model.encode(inputs)
+            _, embeddings = model.encode(evaluation_inputs(dataset, split, rows, specs))
             for out, drop in zip(logits, withheld):
                 kept = {m: e for m, e in embeddings.items() if m not in drop}
                 if not kept:
