@@ -239,9 +239,9 @@ class EnergyModel:
 class EvalConfig:
     """How models are measured."""
 
-    latency_warmup: int = 20  # calls before each timed round
+    latency_warmup: int = 20  # calls of each model before the first timed round
     latency_iters: int = 200  # timed calls per model, split over the rounds
-    latency_rounds: int = 4  # every model is timed in each round, in turn
+    latency_rounds: int = 20  # every model is timed in each round, in turn (short rounds: racmkd.eval.cost.CALLS_PER_ROUND)
     rapl_root: str = "/sys/class/powercap"  # read when present: energy is then "measured"
     energy: EnergyModel = EnergyModel()
 

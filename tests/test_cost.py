@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from racmkd.config import EnergyModel
-from racmkd.eval.cost import activation_memory, count_flops, estimated_energy_joules, latency_ms, latency_round_robin, measured_energy_joules, model_bytes
+from racmkd.eval.cost import CALLS_PER_ROUND, activation_memory, count_flops, estimated_energy_joules, latency_ms, latency_round_robin, measured_energy_joules, model_bytes, rounds_for
 from racmkd.eval.metrics import classification_metrics
 
 
@@ -72,4 +72,5 @@ def test_round_robin_times_every_subject_each_round() -> None:
     subjects = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
     result = latency_round_robin(subjects, warmup=1, iters=4, rounds=2)
     assert set(result) == {"a", "b"} and all(r["p50"] >= 0 for r in result.values())
-    assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3  # (1 warm-up + 2 timed) per round, in turn
+    assert calls == ["a", "b"] + ["a"] * 2 + ["b"] * 2 + ["a"] * 2 + ["b"] * 2  # warm-ups once, then 2 timed per round, in turn
+    assert rounds_for(300) == 300 // CALLS_PER_ROUND and rounds_for(3) == 1

@@ -35,7 +35,7 @@ from racmkd.config import RunConfig, TrainConfig
 from racmkd.data.dataset import FeatureCache, PairedDataset
 from racmkd.distill.adaptive import ObjectiveWeights
 from racmkd.distill.trainer import Job, Teacher, attach_projection, train_jobs
-from racmkd.eval.cost import latency_round_robin
+from racmkd.eval.cost import latency_round_robin, rounds_for
 from racmkd.models.multimodal import MultimodalNet
 from racmkd.registry import COMPRESSORS
 from racmkd.utils import torch_threads
@@ -273,7 +273,7 @@ class Align(Step):
                 sessions[key] = session(export_onnx(model, subject.specs, ctx.dataset.modalities, path))
             finally:
                 path.unlink(missing_ok=True)
-        timed = latency_round_robin({k: (lambda s=s: s.run(["logits"], one)) for k, s in sessions.items()}, warmup=20, iters=self.options.latency_iters, rounds=3)
+        timed = latency_round_robin({k: (lambda s=s: s.run(["logits"], one)) for k, s in sessions.items()}, warmup=20, iters=self.options.latency_iters, rounds=rounds_for(self.options.latency_iters))
         return {k: t["p50"] for k, t in timed.items()}
 
 
@@ -498,7 +498,7 @@ class Export(Step):
             c["weight_bytes_by_module"] = compact_file(c["path"])
         sessions = {k: session(c["path"]) for k, c in candidates.items()}
         one = {m: x[:1] for m, x in calibration_inputs(ds, subject.specs, 1, split="test").items()}
-        latency = latency_round_robin({k: (lambda s=s: s.run(["logits"], one)) for k, s in sessions.items()}, warmup=20, iters=o.latency_iters, rounds=3)
+        latency = latency_round_robin({k: (lambda s=s: s.run(["logits"], one)) for k, s in sessions.items()}, warmup=20, iters=o.latency_iters, rounds=rounds_for(o.latency_iters))
         for key, c in candidates.items():
             c["latency_ms"] = latency[key]
             c["bytes"] = c["path"].stat().st_size

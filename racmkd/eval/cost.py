@@ -110,14 +110,33 @@ def latency_ms(fn: Callable[[], Any], warmup: int, iters: int, threads: int = 1)
 
 
 def latency_round_robin(subjects: dict[str, Callable[[], Any]], warmup: int, iters: int, rounds: int, threads: int = 1) -> dict[str, dict[str, float]]:
-    """Latency of several callables measured in turn, `rounds` times over, each round `iters / rounds`
-    calls: a passing disturbance of the machine hits every subject alike instead of one of them."""
+    """Latency of several callables measured in turn: each is warmed up (`warmup` calls), then
+    `rounds` rounds time `iters / rounds` calls of each. A passing disturbance of the machine then
+    hits every subject alike instead of one of them, if the rounds are short: give them about
+    `CALLS_PER_ROUND` calls (`rounds_for`)."""
     samples: dict[str, list[float]] = {name: [] for name in subjects}
     per_round = max(1, iters // max(rounds, 1))
+    for fn in subjects.values():
+        time_calls(fn, warmup, 0, threads)
     for _ in range(max(rounds, 1)):
         for name, fn in subjects.items():
-            samples[name] += time_calls(fn, warmup, per_round, threads)
+            samples[name] += time_calls(fn, 0, per_round, threads)
     return {name: percentiles(times) for name, times in samples.items()}
+
+
+# Timed calls of one subject in a round. Three rounds of 100 calls of a 0.06 ms model are 6 ms
+# each: a disturbance of a few ms can cover most of one candidate's calls and none of another's.
+# A bench run timed the high tier's int8-weights model at 0.100 ms and its fp32 model at 0.071
+# (the same float graph once loaded; timed again, 0.058 both). Measured on those two models, 300
+# calls each, 40 repetitions: with 3 rounds their p50 ratio strayed by up to 35% (sd of its log
+# 0.010-0.048), with 30 rounds by 2% (0.003-0.005); beside a process busy 8 ms in every 40 on the
+# same core, 13 of 40 ratios left 0.95-1.05 with 3 rounds (0.71-1.54), 1 of 40 with 30 (0.93-1.02).
+CALLS_PER_ROUND = 10
+
+
+def rounds_for(iters: int) -> int:
+    """Rounds of about CALLS_PER_ROUND timed calls each for `iters` calls per subject."""
+    return max(1, iters // CALLS_PER_ROUND)
 
 
 def estimated_energy_joules(flops: int, bytes_moved: int, seconds: float, model: EnergyModel) -> float:

@@ -37,7 +37,7 @@ from racmkd.compress.export import compact_file, export_onnx, onnx_logits, sessi
 from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights_int8
 from racmkd.config import RunConfig
 from racmkd.data.dataset import PairedDataset
-from racmkd.eval.cost import estimated_energy_joules, latency_round_robin
+from racmkd.eval.cost import estimated_energy_joules, latency_round_robin, rounds_for
 from racmkd.models.checkpoint import load_model
 from racmkd.registry import SIGNALS
 from racmkd.runtime.bank import BANK_FORMAT, Bank, BankError, key_text, load_bank  # noqa: F401 - loading lives in bank.py (no torch)
@@ -155,8 +155,8 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
         value = raw[r["modality"]][0].numpy()
         feeds[r["path"]] = {r["modality"]: signal.features(signal.to_raw(value, r["spec"]), r["spec"])}
         runners[r["path"]] = lambda s=sess, sig=signal, v=value, spec=r["spec"], name=r["modality"]: s.run(None, {name: sig.features(sig.to_raw(v, spec), spec)})
-    latency = latency_round_robin(runners, warmup=20, iters=latency_iters, rounds=3)
-    model_only = latency_round_robin({p: (lambda s=session(out_dir / p, cfg.runtime.threads), f=feeds[p]: s.run(None, f)) for p in runners}, warmup=20, iters=latency_iters, rounds=3)
+    latency = latency_round_robin(runners, warmup=20, iters=latency_iters, rounds=rounds_for(latency_iters))
+    model_only = latency_round_robin({p: (lambda s=session(out_dir / p, cfg.runtime.threads), f=feeds[p]: s.run(None, f)) for p in runners}, warmup=20, iters=latency_iters, rounds=rounds_for(latency_iters))
     variants = []
     for r in records:
         path = out_dir / r["path"]
