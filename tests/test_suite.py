@@ -85,14 +85,14 @@ def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path
     assert section["table_67"]["random"]["levels"]
     # What this invocation made (seed 0 came with its teachers and tiers): seed 1's students, the baselines, the bank.
     assert "students" in result["made"]["clean-s1"] and "tinyml" in result["made"]["clean-s0"] and "edge bank" in result["made"]["clean-s0"]
-    assert "teachers" not in result["made"]["clean-s0"]
+    assert "teachers" not in result["made"]["clean-s0"] and result["resumed"]["clean-s0"] == ["teachers", "students"] and not result["resumed"]["clean-s1"]
     json.dumps(result)  # the result is plain JSON
     plots = plot_all(result, tmp_path, "suite")
     assert all((tmp_path / name).stat().st_size > 0 for name in plots.values())
     markdown = render(result, plots)
     for heading in ("Table 6.6", "Table 6.7", "Table 6.8", "Robustness", "Cross-modal transfer", "Cost growth"):
         assert heading in markdown
-    assert "resumed from an earlier invocation, except: clean-s0:" in markdown and f"config `{TINY}`" in markdown
+    assert "this one resumed: clean-s0: teachers, students)" in markdown and f"config `{TINY}`" in markdown
 
 
 def test_tables_tolerate_a_row_that_was_not_produced() -> None:

@@ -112,9 +112,9 @@ def _copy_teachers(source: Path, run_dir: Path, cfg: RunConfig) -> bool:
     return True
 
 
-def seed_run(settings: SuiteSettings, protocol: str, seed: int, first_run: Path | None, datasets: dict[str, PairedDataset]) -> tuple[RunConfig, Path, list[str]]:
+def seed_run(settings: SuiteSettings, protocol: str, seed: int, first_run: Path | None, datasets: dict[str, PairedDataset]) -> tuple[RunConfig, Path, list[str], list[str]]:
     """The run of one (protocol, seed), with everything the tables need trained; also returns what
-    this call made (the rest was resumed from an earlier invocation)."""
+    this call made and what it found made by an earlier invocation (resumed: the wall time leaves it out)."""
     name = f"{protocol}-s{seed}"
     overrides = [f"name={name}", f"runs_dir={settings.runs_dir}", f"seed={seed}", f"data.protocol={protocol}", "compress.tiers=[]", "runtime.build_bank=false", *settings.overrides]
     transfer = settings.transfer and first_run is None and protocol == settings.protocols[0]  # the transfer table is the first protocol's first seed's
@@ -128,23 +128,32 @@ def seed_run(settings: SuiteSettings, protocol: str, seed: int, first_run: Path 
         create_run(cfg)
     run_dir = run_dir.resolve()
     made: list[str] = []
+    resumed: list[str] = []
     if protocol not in datasets:
         datasets[protocol] = prepare_data(cfg)
     dataset = datasets[protocol]
-    if not checkpoint(run_dir, TEACHER).exists():
+    if checkpoint(run_dir, TEACHER).exists():
+        resumed.append("teachers")
+    else:
         source = first_run or settings.teachers_from
         if source is None or not _copy_teachers(Path(source), run_dir, cfg):
             train_teachers(cfg, dataset, run_dir)
             made.append("teachers")  # (a copy of the first seed's is not counted: instant)
-    if not all(checkpoint(run_dir, t).exists() for t in TIERS):
+    if all(checkpoint(run_dir, t).exists() for t in TIERS):
+        resumed.append("students")
+    else:
         distill_students(cfg, dataset, run_dir)
         made.append("students")
+    before = {path.stem for path in (run_dir / "checkpoints").glob("*.pt")}
     made += train_extras(cfg, dataset, run_dir, BASELINES, transfer=transfer)
+    resumed += [name for name in sorted(before) if name in BASELINES or (transfer and name.startswith("transfer_"))]
     todo = [t for t in TIERS if not (run_dir / "compressed" / t / "compression.json").is_file()]
-    if settings.recipe is not None and todo:
-        compress_students(cfg, dataset, run_dir, todo, recipe=settings.recipe)
+    if settings.recipe is not None:
+        if todo:
+            compress_students(cfg, dataset, run_dir, todo, recipe=settings.recipe)
         made += [f"{t} compressed" for t in todo]
-    return cfg, run_dir, made
+        resumed += [f"{t} compressed" for t in TIERS if t not in todo]
+    return cfg, run_dir, made, resumed
 
 
 # Measuring -------------------------------------------------------------------------------------------
@@ -281,8 +290,9 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
         first: tuple[RunConfig, Path] | None = None
         per_seed = []
         for seed in settings.seeds:
-            cfg, run_dir, made = seed_run(settings, protocol, seed, first[1] if first else None, datasets)
+            cfg, run_dir, made, resumed = seed_run(settings, protocol, seed, first[1] if first else None, datasets)
             result.setdefault("made", {})[run_dir.name] = made
+            result.setdefault("resumed", {})[run_dir.name] = resumed
             first = first or (cfg, run_dir)
             per_seed.append(measure_seed(cfg, datasets[protocol], run_dir, with_costs=first[1] == run_dir))
         assert first is not None
@@ -293,8 +303,7 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
         section: dict[str, Any] = {"runs": [s["run"] for s in per_seed], "table_66": rows, "missing": missing, "targets": table_targets(rows)}
         section["pareto"] = {"bytes": pareto_front({n: (r["bytes_deployable"], r["accuracy"]["mean"]) for n, r in rows.items()}), "latency": pareto_front({n: (r["latency_ms_p50"], r["accuracy"]["mean"]) for n, r in rows.items()})}
         if protocol == settings.protocols[0]:
-            if not (run_dir / "edge" / "bank.json").is_file():
-                result["made"][run_dir.name].append("edge bank")
+            result["resumed" if (run_dir / "edge" / "bank.json").is_file() else "made"][run_dir.name].append("edge bank")
             replays = replay_tables(cfg, dataset, run_dir, settings)
             section["table_67"] = replays
             section["table_68"] = ablation(rows, replays)
@@ -318,12 +327,14 @@ def _in_repo(path: str | None) -> str | None:
 
 def _resumed(result: dict[str, Any]) -> str:
     """What the wall time left out: the models an earlier invocation trained, which this one resumed."""
-    made = result.get("made")
-    if made is None:
+    resumed = result.get("resumed")
+    if resumed is None:  # a result written before resumed models were recorded
         return ""
-    if not any(made.values()):
+    if not any(resumed.values()):
+        return " (from scratch: nothing was resumed)"
+    if not any(result["made"].values()):
         return " (everything trained was resumed from an earlier invocation; only measured here)"
-    return " (resumed from an earlier invocation, except: " + "; ".join(f"{run}: {', '.join(m)}" for run, m in made.items() if m) + ")"
+    return " (not counting what an earlier invocation trained and this one resumed: " + "; ".join(f"{run}: {', '.join(r)}" for run, r in resumed.items() if r) + ")"
 
 
 def _pm(stat: dict[str, float] | None, digits: int = 4) -> str:
