@@ -530,6 +530,25 @@ def test_hysteresis_steps_down_at_once_and_up_only_after_the_window() -> None:
     assert current.config == (rich,) and why.startswith("recover at once")
 
 
+def test_a_step_up_is_timed_from_when_headroom_began_while_the_best_keeps_changing() -> None:
+    """A budget swinging between 'mid fits with headroom' and 'rich does too' makes the best step up
+    change at every reading; the one pending since the window began (mid) fitted all along, so the
+    runtime takes it after the window instead of waiting for the best to hold still. Rich, which
+    only fits at every other reading, is never taken."""
+    cheap, mid, rich = Variant("audio", "low", 1.0, 1, 1.0), Variant("audio", "medium", 1.5, 1, 1.0), Variant("audio", "high", 2.0, 1, 1.0)
+    table = ProfileTable(("audio",), TIERS, (cheap, mid, rich), {("low",): 0.9, ("medium",): 0.95, ("high",): 0.97})
+    allocator, h = Allocator(table), Hysteresis(margin=0.2, window_s=1.0)
+    current, _ = h.choose(0.0, None, allocator, Budget(1.2), (1.0,))
+    assert current.config == (cheap,)
+    chosen = []
+    for i in range(1, 41):
+        budget = Budget(2.0 if i % 2 else 2.5)  # with 20% headroom: mid (1.8) always, rich (2.4) every other reading
+        current, why = h.choose(i * 0.1, current, allocator, budget, (1.0,))
+        chosen.append((round(i * 0.1, 1), current.config[0].tier, why))
+    first_mid = next(t for t, tier, _ in chosen if tier == "medium")
+    assert first_mid == 1.1 and all(tier != "high" for _, tier, _ in chosen), chosen  # pending from 0.1 s, taken once 1 s had passed
+
+
 def test_recovery_from_a_fallback_keeps_the_step_up_margin() -> None:
     """A budget climbing back from nothing: the way out is what fits with headroom, not what barely
     fits (that would be over budget again at the next dip, and flap)."""

@@ -351,23 +351,24 @@ class Allocator:
         chance = self.risk.chance(costs.typical_ms, budget.latency_ms, budget.slowdown)  # the risk is the latency's margin: no slack on top
         return utility * chance, chance
 
-    def evaluate(self, config: Configuration, budget: Budget, weights: tuple[float, ...]) -> tuple[float, bool]:
+    def evaluate(self, config: Configuration, budget: Budget, weights: tuple[float, ...], slack: float = 0.0) -> tuple[float, bool]:
         """What `config` is worth under `budget` (the objective `solve` maximises) and whether it is
-        within the budget's hard constraints (every resource; with a risk, memory and energy, and
-        some chance of meeting the deadline)."""
+        within the budget's hard constraints with `slack` to spare (every resource; with a risk,
+        memory and energy, and some chance of meeting the deadline)."""
         utility = self.utility(config, weights)
         costs = self.costs.get(config) or config_costs(config)
         if self.risk is None:
-            return utility, costs.fits(budget)
-        score, _ = self._slo_score(utility, config, budget)
+            return utility, costs.fits(budget, slack)
+        score, _ = self._slo_score(utility, config, budget, slack)
         return score, score > 0
 
 
 @dataclass
 class Hysteresis:
     """Step down at once when the current configuration no longer fits; step up only when a better
-    one has fitted with `margin` to spare on every resource for `window_s` seconds; leave a fallback
-    (chosen when nothing fitted) at once when something fits again."""
+    one has fitted with `margin` to spare on every resource for `window_s` seconds (the first one
+    pending, while it keeps fitting, even if the best changes meanwhile); leave a fallback (chosen
+    when nothing fitted) at once when something fits again."""
 
     margin: float = 0.2
     window_s: float = 1.0
@@ -416,13 +417,26 @@ class Hysteresis:
         if not up.feasible or up.utility <= current_now.utility + 1e-9 or up.config == current.config:
             self._pending = None
             return current_now, "stay"
-        if self._pending != up.config:
-            self._pending, self._since = up.config, now
-            return current_now, f"step up pending: {describe(allocator.table, up.config)}"
-        if now - self._since >= self.window_s:
+        if self._pending is not None and self._pending != up.config and not self._still_better(self._pending, current_now, allocator, budget, weights, exclude):
             self._pending = None
-            return up, f"step up: fitted with {self.margin:.0%} headroom for {now - self._since:.2f} s"
-        return current_now, f"step up pending: {describe(allocator.table, up.config)}"
+        if self._pending is None:
+            self._pending, self._since = up.config, now
+        # While the load falls, each reading makes a better configuration the best: the window times
+        # the one pending since it began, as long as it still fits with the margin and beats the
+        # current one (restarting the clock at every new best held a poor configuration for seconds).
+        if now - self._since >= self.window_s:
+            pending, self._pending = self._pending, None
+            worth, _ = allocator.evaluate(pending, budget, weights)
+            costs = allocator.costs.get(pending) or config_costs(pending)
+            return Decision(pending, worth, costs, True, f"fitted with {self.margin:.0%} headroom: {describe(allocator.table, pending)}"), f"step up: fitted with {self.margin:.0%} headroom for {now - self._since:.2f} s"
+        return current_now, f"step up pending: {describe(allocator.table, self._pending)}"
+
+    def _still_better(self, config: Configuration, current: Decision, allocator: Allocator, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str]) -> bool:
+        """Whether `config` still fits with the margin, uses no excluded variant, and beats `current`."""
+        if any(v is not None and v.id in exclude for v in config):
+            return False
+        worth, fits = allocator.evaluate(config, budget, weights, slack=self.margin)
+        return fits and worth > current.utility + 1e-9
 
 
 class LatencyController:
