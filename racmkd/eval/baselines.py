@@ -130,16 +130,22 @@ def transfer_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher
     return jobs
 
 
-def train_extras(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, baselines: tuple[str, ...] = BASELINES, transfer: bool = True) -> list[str]:
+def train_extras(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, baselines: tuple[str, ...] = BASELINES, transfer: bool = True) -> tuple[list[str], list[str]]:
     """Train the baselines (and the transfer students) that the run does not have yet, in one pass
-    with the run's teachers, and save them as checkpoints/<name>.pt. Returns the names trained."""
+    with the run's teachers, and save them as checkpoints/<name>.pt. Returns the names trained and
+    the names the run already had."""
     teachers = load_teachers(run_dir, list(dataset.modalities), unimodal=transfer)
     fused = teachers[0].model
-    jobs = baseline_jobs(cfg, dataset, run_dir, fused, tuple(b for b in baselines if not checkpoint(run_dir, b).exists()))
+    found = [b for b in baselines if checkpoint(run_dir, b).exists()]
+    jobs = baseline_jobs(cfg, dataset, run_dir, fused, tuple(b for b in baselines if b not in found))
     if transfer:
-        jobs += [j for j in transfer_jobs(cfg, dataset, run_dir, fused) if not checkpoint(run_dir, j.name).exists()]
+        for job in transfer_jobs(cfg, dataset, run_dir, fused):
+            if checkpoint(run_dir, job.name).exists():
+                found.append(job.name)
+            else:
+                jobs.append(job)
     if not jobs:
-        return []
+        return [], found
     started = time.perf_counter()
     train = cfg.students.train
     with torch_threads(cfg.threads):
@@ -152,4 +158,4 @@ def train_extras(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, baseline
             "losses": None if job.distill is None else {"distill": dict(job.distill.distill_losses), "align": dict(job.distill.align_losses)},
         }
         save_model(checkpoint(run_dir, job.name), job.model, job.specs, meta)
-    return [j.name for j in jobs]
+    return [j.name for j in jobs], found

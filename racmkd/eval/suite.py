@@ -144,9 +144,8 @@ def seed_run(settings: SuiteSettings, protocol: str, seed: int, first_run: Path 
     else:
         distill_students(cfg, dataset, run_dir)
         made.append("students")
-    before = {path.stem for path in (run_dir / "checkpoints").glob("*.pt")}
-    made += train_extras(cfg, dataset, run_dir, BASELINES, transfer=transfer)
-    resumed += [name for name in sorted(before) if name in BASELINES or (transfer and name.startswith("transfer_"))]
+    trained, found = train_extras(cfg, dataset, run_dir, BASELINES, transfer=transfer)
+    made, resumed = made + trained, resumed + found
     todo = [t for t in TIERS if not (run_dir / "compressed" / t / "compression.json").is_file()]
     if settings.recipe is not None:
         if todo:

@@ -426,9 +426,10 @@ class Hysteresis:
         # current one (restarting the clock at every new best held a poor configuration for seconds).
         if now - self._since >= self.window_s:
             pending, self._pending = self._pending, None
-            worth, _ = allocator.evaluate(pending, budget, weights)
-            costs = allocator.costs.get(pending) or config_costs(pending)
-            return Decision(pending, worth, costs, True, f"fitted with {self.margin:.0%} headroom: {describe(allocator.table, pending)}"), f"step up: fitted with {self.margin:.0%} headroom for {now - self._since:.2f} s"
+            if pending != up.config:  # an earlier best that still fits with the margin
+                worth, _ = allocator.evaluate(pending, budget, weights)
+                up = Decision(pending, worth, allocator.costs.get(pending) or config_costs(pending), True, f"fitted with {self.margin:.0%} headroom: {describe(allocator.table, pending)}")
+            return up, f"step up: fitted with {self.margin:.0%} headroom for {now - self._since:.2f} s"
         return current_now, f"step up pending: {describe(allocator.table, self._pending)}"
 
     def _still_better(self, config: Configuration, current: Decision, allocator: Allocator, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str]) -> bool:
