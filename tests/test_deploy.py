@@ -28,7 +28,7 @@ from onnx import numpy_helper
 from racmkd.config import ServeConfig, load_config
 from racmkd.deploy.loopback import free_port, wait_http
 from racmkd.deploy.delta import DeltaError, apply_delta, make_delta
-from racmkd.utils import sha256
+from racmkd.utils import UMASK, sha256
 from racmkd.deploy.device import DeviceStore, UpdateFailed, UpdateRefused
 from racmkd.deploy.orchestrator import device_fit, plan, push
 from racmkd.deploy.registry import ModelRegistry, RegistryError, pack
@@ -77,6 +77,7 @@ def test_signatures_refuse_any_change(keys: tuple[Path, Path]) -> None:
     with pytest.raises(SignatureError, match="refusing to overwrite"):
         generate_keypair(keys[0].parent)
     assert oct(keys[0].stat().st_mode & 0o777) == "0o600"
+    assert oct(keys[1].stat().st_mode & 0o777) == oct(0o666 & ~UMASK)  # the public key readable as any file (a container's user)
 
 
 def test_deltas_are_small_exact_and_checked(bank_dir: Path, tmp_path: Path) -> None:
@@ -159,6 +160,72 @@ def test_device_store_verifies_patches_checks_and_rolls_back(bank_dir: Path, key
         assert store.current() is None and store.previous() is None
     (tmp_path / "device" / "state.json").write_text(state)
     assert store.rollback().manifest["version"] == 1 and store.current().manifest["version"] == 1
+    # What was installed once stays refused whatever is current: v1 again is a replay; v2, which the
+    # rollback replaced, may come again (a roll forward); an old version cannot come back by way of
+    # another release name either.
+    with pytest.raises(UpdateRefused, match="not newer than v2"):
+        store.install(v1.manifest, v1.signature, registry.blob(v1.sha256))
+    assert store.install(v2.manifest, v2.signature, registry.blob(v2.sha256)).manifest["version"] == 2
+    other = registry.register(bank_dir, "critical", key)
+    assert store.install(other.manifest, other.signature, registry.blob(other.sha256)).manifest["name"] == "critical"
+    with pytest.raises(UpdateRefused, match="not newer than v2"):
+        store.install(v1.manifest, v1.signature, registry.blob(v1.sha256))
+    assert json.loads((tmp_path / "device" / "state.json").read_text())["newest"] == {"edge": 2, "critical": 1}
+
+
+def test_an_edge_whose_release_no_longer_loads_serves_the_previous_one_and_says_so(tiny_run: Path, bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    registry, key = ModelRegistry(tmp_path / "registry"), load_private_key(keys[0])
+    store = DeviceStore(tmp_path / "device", load_public_key(keys[1]))
+    v1 = registry.register(bank_dir, "edge", key)
+    v2 = registry.register(fine_tuned_head(bank_dir, tmp_path / "v2")[0], "edge", key)
+    store.install(v1.manifest, v1.signature, registry.blob(v1.sha256))
+    store.install(v2.manifest, v2.signature, registry.blob(v2.sha256))
+    (store.current().model_path / "bank.json").write_text("damaged")  # e.g. a bad sector, after the health check
+    cfg = load_config(tiny_run / "config.yaml", [f"serve.public_key={keys[1]}", f"serve.store_dir={tmp_path / 'device'}"])
+    service = EdgeService(cfg, tiny_run, cfg.serve)
+    try:
+        assert "edge v1" in service.engine.label
+        # The state says what serves, so that the next update replaces the broken release, not v1.
+        assert store.current().manifest["version"] == 1 and store.previous().manifest["version"] == 2
+    finally:
+        service.close()
+
+
+def test_an_upstream_is_given_the_time_it_may_take() -> None:
+    from racmkd.deploy.offload import LinkEstimate, Upstream, choose_route
+
+    fog = Upstream("fog", "http://127.0.0.1:9", accuracy=0.99, compute_ms=1.5, link=LinkEstimate(rtt_ms=1.0))  # expected 2.5 ms
+    # The local answer in time: the fog may take what the target leaves after it (a failed offload is
+    # then still answered in time), 2 ms of 3 when local takes 1: not enough; 2.6 ms when local takes 0.4.
+    assert choose_route(0.95, 1.0, 3.0, [fog], 100).target == "local"
+    in_time = choose_route(0.95, 0.4, 3.0, [fog], 100)
+    assert in_time.target == "fog" and in_time.budget_ms == pytest.approx(2.6)
+    # The local answer late: the fog gets the whole target (it had 1 ms before, and timed out).
+    late = choose_route(0.95, 8.0, 3.0, [fog], 100)
+    assert late.target == "fog" and late.budget_ms == pytest.approx(3.0)
+    assert choose_route(0.95, 8.0, 2.0, [fog], 100).target == "local"  # nobody in time: answered here
+
+
+def test_a_fleet_watcher_passes_over_messages_that_are_not_ours() -> None:
+    from types import SimpleNamespace
+
+    watcher = FleetWatcher("127.0.0.1", free_port(), "f")  # no broker: the messages are handed in
+    try:
+        for topic, payload in (("racmkd/f/d/status", b"null"), ("racmkd/f/d/status", b"[1]"), ("racmkd/f/d/stats", b"\xff"), ("racmkd/f/d", b"{}")):
+            watcher._on_message(watcher.client, None, SimpleNamespace(topic=topic, payload=payload))
+        watcher._on_message(watcher.client, None, SimpleNamespace(topic="racmkd/f/d/status", payload=b'{"online": true}'))
+        assert watcher.online("d") is True and watcher.messages == 1
+    finally:
+        watcher.close()
+
+
+def test_port_0_serves_and_announces_a_free_port() -> None:
+    from racmkd.deploy.server import check_listen_address
+
+    port = check_listen_address("127.0.0.1", 0)
+    assert 0 < port < 65536
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # free: the address announced is one uvicorn can take
 
 
 def test_a_bank_archive_cannot_write_outside_its_folder(tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ class DeviceStore:
         try:
             state = json.loads(path.read_text())
         except (OSError, ValueError):
-            return {}  # a state file can only be damaged by hand: atomic writes never leave one half-written
+            return {}  # a state file can only be damaged by hand: atomic writes (flushed to disk) never leave one half-written
         return state if isinstance(state, dict) else {}
 
     def _installed(self, entry: Any) -> Installed | None:
@@ -127,6 +127,23 @@ class DeviceStore:
 
     def previous(self) -> Installed | None:
         return self._installed(self._state().get("previous"))
+
+    def newest(self, state: dict[str, Any] | None = None) -> dict[str, int]:
+        """The highest version of each release name ever committed here. Comparing with the current
+        release alone would let an old signed release back in by way of another name (`edge v1`
+        after `critical v1` replaced `edge v5`)."""
+        state = self._state() if state is None else state
+        newest: dict[str, int] = {}
+        recorded = state.get("newest")
+        if isinstance(recorded, dict):
+            newest.update({n: v for n, v in recorded.items() if isinstance(n, str) and isinstance(v, int)})
+        for entry in (state.get("current"), state.get("previous")):  # a state written before "newest" was kept
+            installed = self._installed(entry)
+            if installed is not None:
+                name, version = installed.manifest.get("name"), installed.manifest.get("version")
+                if isinstance(name, str) and isinstance(version, int):
+                    newest[name] = max(newest.get(name, version), version)
+        return newest
 
     # Updates ----------------------------------------------------------------------------------------
 
@@ -146,14 +163,18 @@ class DeviceStore:
     def stage(self, manifest: dict[str, Any], signature: str, payload: bytes, delta: bool = False) -> Installed:
         """Verify, patch (a delta applies to the current release), unpack into a slot and
         health-check it; nothing becomes current yet (`commit` does that). Refused: a bad signature,
-        an older version of the current release (a downgrade or a replay: use `rollback`), a
-        release name this device does not take, bytes that do not hash to the signed sha256."""
+        a version of a release no newer than one installed here before (a downgrade or a replay:
+        use `rollback`; the release a rollback replaced may come again), a release name this device
+        does not take, bytes that do not hash to the signed sha256."""
         self.verify(manifest, signature)
         current = self.current()
         if self.accept and manifest.get("name") not in self.accept:
             raise UpdateRefused(f"this device takes releases named {', '.join(self.accept)}, not {manifest.get('name')!r}")
-        if current is not None and manifest.get("name") == current.manifest["name"] and int(manifest.get("version", 0)) <= int(current.manifest["version"]):
-            raise UpdateRefused(f"{manifest['name']} v{manifest.get('version')} is not newer than the installed v{current.manifest['version']}: downgrades and replays are refused (roll back instead)")
+        newest, previous = self.newest().get(manifest["name"]), self.previous()
+        # After a rollback the newest release waits as the previous one: sending it again rolls forward.
+        forward_again = previous is not None and previous.manifest["sha256"] == manifest["sha256"] and (previous.manifest["name"], previous.manifest["version"]) == (manifest["name"], newest)
+        if newest is not None and manifest["version"] <= newest and not forward_again:
+            raise UpdateRefused(f"{manifest['name']} v{manifest['version']} is not newer than v{newest}, installed here before: downgrades and replays are refused (roll back instead, or publish it as a new version)")
         if delta:
             if current is None:
                 raise UpdateRefused("a delta needs an installed release to patch; send the full model")
@@ -188,7 +209,10 @@ class DeviceStore:
             state = self._state()
             current = state.get("current")
             replaced = current if current and current["manifest"]["sha256"] != staged.manifest["sha256"] else state.get("previous")
-            atomic_write_json(self.root / "state.json", {"current": {"manifest": staged.manifest, "signature": staged.signature}, "previous": replaced})
+            newest = self.newest(state)
+            name, version = staged.manifest["name"], int(staged.manifest["version"])
+            newest[name] = max(newest.get(name, version), version)
+            atomic_write_json(self.root / "state.json", {"current": {"manifest": staged.manifest, "signature": staged.signature}, "previous": replaced, "newest": newest})
             self._prune()
         return self.current()  # type: ignore[return-value]
 
@@ -208,7 +232,7 @@ class DeviceStore:
             state = self._state()
             if not state.get("previous"):
                 raise UpdateFailed("no previous release to roll back to")
-            atomic_write_json(self.root / "state.json", {"current": state["previous"], "previous": state.get("current")})
+            atomic_write_json(self.root / "state.json", {"current": state["previous"], "previous": state.get("current"), "newest": self.newest(state)})
         return self.current()  # type: ignore[return-value]
 
     def _prune(self) -> None:

@@ -173,22 +173,27 @@ class Route:
     target: str  # "local" or an upstream's name
     reason: str
     expected_ms: float | None = None
+    budget_ms: float | None = None  # the time an upstream may take before the edge answers itself
 
 
 def choose_route(local_accuracy: float, local_ms: float, target_ms: float, upstreams: list[Upstream], payload_bytes: int, margin: float = 0.005) -> Route:
-    """Local unless an upstream is expected to answer within the target and either be more
-    accurate (by `margin`) or be in time where the local answer would not."""
+    """Local unless an upstream is expected to answer in the time it may take and either be more
+    accurate (by `margin`) or be in time where the local answer would not. The time it may take:
+    when the local answer would be in time, what the target leaves after it (an upstream that fails
+    is then still answered for in time, locally); when it would be late, the whole target."""
     local_in_time = local_ms <= target_ms
+    budget_ms = target_ms - local_ms if local_in_time else target_ms
     best: Route | None = None
     best_accuracy = local_accuracy
     for up in upstreams:
         if not up.breaker.allow() or up.accuracy is None:
             continue
         expected = up.link.expected_ms(payload_bytes, up.compute_ms)
-        if expected is None or expected > target_ms:
+        if expected is None or expected > budget_ms:
             continue
         if up.accuracy > best_accuracy + margin or (not local_in_time and best is None):
-            best, best_accuracy = Route(up.name, f"{up.name}: expected {expected:.1f} ms <= {target_ms:g} ms, accuracy {up.accuracy:.4f} vs local {local_accuracy:.4f}" + ("" if local_in_time else f" (local would take {local_ms:.1f} ms)"), expected), max(up.accuracy, best_accuracy)
+            reason = f"{up.name}: expected {expected:.1f} ms <= {budget_ms:.1f} ms of the {target_ms:g} ms target, accuracy {up.accuracy:.4f} vs local {local_accuracy:.4f}" + ("" if local_in_time else f" (local would take {local_ms:.1f} ms)")
+            best, best_accuracy = Route(up.name, reason, expected, budget_ms), max(up.accuracy, best_accuracy)
     if best is not None:
         return best
     return Route("local", f"local: expected {local_ms:.1f} ms, accuracy {local_accuracy:.4f}; no upstream is better within {target_ms:g} ms", local_ms)

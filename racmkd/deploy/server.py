@@ -315,15 +315,30 @@ class EdgeService(Service):
         return DeviceStore(Path(self.settings.store_dir or self.run_dir / "device"), load_public_key(Path(self.settings.public_key)), accept=self.settings.accept_releases)
 
     def _startup_engine(self) -> Engine:
-        """The installed release; if it cannot be served, the previous one; else the run's bank."""
-        candidates = [self.store.current(), self.store.previous()] if self.store is not None else []
-        for installed in candidates:
-            if installed is None:
-                continue
+        """The installed release; if it cannot be served, the previous one, made current (so that
+        the state says what serves, and the next update replaces the broken release, not the one
+        that works); else the run's bank."""
+        if self.store is None:
+            return self._bank_engine()
+        current, previous = self.store.current(), self.store.previous()
+        if current is not None:
             try:
-                return self._load(installed)
+                return self._load(current)
             except Exception as err:  # noqa: BLE001 - a release that no longer loads must not stop the device
-                log.error("installed release %s does not load (%s); trying the next", installed.label, err)
+                log.error("installed release %s does not load (%s); trying the previous one", current.label, err)
+        if previous is not None:
+            try:
+                engine = self._load(previous)
+            except Exception as err:  # noqa: BLE001
+                log.error("previous release %s does not load either (%s); serving the run's bank", previous.label, err)
+            else:
+                if current is not None:
+                    self.store.rollback()
+                    log.warning("rolled back to %s", previous.label)
+                return engine
+        return self._bank_engine()
+
+    def _bank_engine(self) -> Engine:
         return Engine(self._runtime(self.run_dir / "edge", "bank"), f"{self.run_dir.name}/edge", None)
 
     def _runtime(self, path: Path, kind: str) -> Any:
@@ -351,9 +366,9 @@ class EdgeService(Service):
             return engine.runtime.expected_accuracy(), engine.runtime.current.costs.latency_ms * engine.runtime.budget.slowdown
         return engine.accuracy or 0.0, self.compute_ms_p50() or 0.0
 
-    def route(self, engine: Engine, inputs: Inputs, body: bytes) -> tuple[Any, Any, float, float] | None:
-        """Where to answer: (the route, its upstream, the target, the local estimate) when offloading
-        is expected to do better (see racmkd.deploy.offload.choose_route), None to answer here."""
+    def route(self, engine: Engine, inputs: Inputs, body: bytes) -> tuple[Any, Any] | None:
+        """Where to answer: (the route, its upstream) when offloading is expected to do better (see
+        racmkd.deploy.offload.choose_route), None to answer here."""
         from racmkd.deploy.offload import choose_route
 
         if not self.upstreams or inputs.model is not None:  # a request that names this edge's model wants its answer
@@ -363,7 +378,7 @@ class EdgeService(Service):
         route = choose_route(accuracy, local_ms, target, self.upstreams, len(body), self.settings.offload_margin)
         if route.target == "local":
             return None
-        return route, next(u for u in self.upstreams if u.name == route.target), target, local_ms
+        return route, next(u for u in self.upstreams if u.name == route.target)
 
     def answer(self, inputs: Inputs, body: bytes, content_type: str) -> PredictResponse:
         from racmkd.deploy.offload import UpstreamError
@@ -373,11 +388,10 @@ class EdgeService(Service):
         fallbacks: list[str] = []
         chosen = self.route(engine, inputs, body)
         if chosen is not None:
-            route, upstream, target, local_ms = chosen
+            route, upstream = chosen
             started = time.perf_counter()
-            budget_s = max((target - local_ms) / 1e3, 0.001)  # leave the local answer its time
             try:
-                reply = upstream.predict(body, content_type, time.monotonic() + budget_s)
+                reply = upstream.predict(body, content_type, time.monotonic() + route.budget_ms / 1e3)
                 answer = PredictResponse(**{**reply, "offloaded": True, "route": route.reason, "compute_ms": (time.perf_counter() - started) * 1e3, "served_by": f"{upstream.name}:{reply.get('served_by')}"})
                 self.requests += 1
                 self.offloads[upstream.name] = self.offloads.get(upstream.name, 0) + 1
@@ -735,15 +749,17 @@ def serve(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfig, annou
     service is built and the address is free (not before, to be followed by an error)."""
     import uvicorn
 
-    check_listen_address(settings.host, settings.port)
+    port = check_listen_address(settings.host, settings.port)
     service = build_service(role, cfg, run_dir, settings)
     app = create_app(service, settings, os.environ.get(settings.token_env))
-    announce(f"http://{settings.host}:{settings.port}")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    announce(f"http://{settings.host}:{port}")
+    uvicorn.run(app, host=settings.host, port=port, log_level="warning")
 
 
-def check_listen_address(host: str, port: int) -> None:
-    """A clear error for an address uvicorn could not listen on (it would log and exit)."""
+def check_listen_address(host: str, port: int) -> int:
+    """The port to listen on: `port`, or for 0 one free now (so that the address announced is the
+    one served; uvicorn's own line is not shown at log level warning). A clear error for an address
+    uvicorn could not listen on (it would log and exit)."""
     import socket
 
     if not 0 <= port < 65536:
@@ -758,7 +774,7 @@ def check_listen_address(host: str, port: int) -> None:
             with socket.socket(family, kind, proto) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(address)
-            return
+                return int(probe.getsockname()[1])
         except OSError as err:
             problems.append(str(err))
     raise ValueError(f"cannot listen on {host}:{port} ({'; '.join(problems)}); choose another --host or --port")

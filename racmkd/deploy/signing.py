@@ -9,7 +9,6 @@ has the same signature input wherever it was serialised.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +41,7 @@ def generate_keypair(folder: Path, name: str = "racmkd") -> tuple[Path, Path]:
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    atomic_write_bytes(private_path, private)
-    os.chmod(private_path, 0o600)
+    atomic_write_bytes(private_path, private, mode=0o600)  # the public key gets the umask's usual mode
     atomic_write_bytes(public_path, public)
     return private_path, public_path
 

@@ -119,14 +119,17 @@ class FleetWatcher:
         self.client.loop_start()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        parts = message.topic.split("/")
-        if len(parts) != 4:
+        """One message, read if it is ours: anything else on the topics (a payload that is not a JSON
+        object, a topic that is not UTF-8) is passed over. An exception here would end paho's
+        network thread, and a retained bad message would end every watcher that connects after."""
+        try:
+            parts = message.topic.split("/")
+            payload = json.loads(message.payload)
+        except ValueError:  # UnicodeDecodeError included
+            return
+        if len(parts) != 4 or not isinstance(payload, dict):
             return
         _, _, device, kind = parts
-        try:
-            payload = json.loads(message.payload)
-        except ValueError:
-            return
         with self._lock:
             self.messages += 1
             entry = self.devices.setdefault(device, {"online": None, "counts": {}})
