@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import math
 import os
 import shutil
@@ -220,7 +221,9 @@ def soak(bank: Any, dataset: Any, runtime_cfg: Any, minutes: float) -> dict[str,
 
     def sample() -> None:
         started = time.perf_counter()
-        while not stop.wait(5.0):
+        for _ in progress(itertools.count(), desc="soak (resident memory every 5 s)", total=int(minutes * 60 / 5), leave=True):
+            if stop.wait(5.0):
+                break
             samples.append((time.perf_counter() - started, proc.memory_info().rss))
 
     with ResourceMonitor(TraceSource(synthetic_trace("periodic", 120.0), loop=True), runtime_cfg.monitor) as monitor:

@@ -269,6 +269,23 @@ def test_subscribers_hear_changes_only_and_a_broken_one_does_not_silence_others(
     assert heard[-1] == "critical" and len(heard) <= 5
 
 
+def test_subscribers_hear_a_draining_battery_and_a_new_cpu_quota() -> None:
+    class Draining(Scripted):  # steady CPU and memory, on battery, a new container quota at the end
+        def read(self, now: float) -> ResourceSnapshot:
+            return dataclasses.replace(super().read(now), battery_percent=30.0 - 0.5 * now, power_plugged=False, cpu_cores=1.0 if now < 40 else 0.5)
+
+    monitor = ResourceMonitor(Draining([40.0] * 50))
+    heard: list[tuple[float | None, float | None]] = []
+    monitor.subscribe(lambda s: heard.append((s.planning().battery_percent, s.planning().cpu_cores)))
+    for step in range(45):
+        monitor.poll(float(step))
+    batteries = [b for b, _ in heard]
+    assert batteries[0] == 30.0 and min(batteries) <= 11.0 and len(heard) >= 18  # each point of the drain told, not only the first reading
+    steps = [a - b for (a, cores_a), (b, cores_b) in itertools.pairwise(heard) if cores_a == cores_b]
+    assert 1.0 <= min(steps) and max(steps) < 2.0  # a point at a time
+    assert heard[0][1] == 1.0 and heard[-1][1] == 0.5  # the quota's change told too (it came between two points)
+
+
 def test_a_failing_source_keeps_the_last_state() -> None:
     monitor = ResourceMonitor(Scripted([40.0, None, None, 40.0]))
     first = monitor.poll(0.0)

@@ -124,6 +124,30 @@ def test_a_failing_variant_is_skipped_and_no_request_is_dropped(bank_dir: Path, 
     del session
 
 
+def test_a_variant_that_raised_is_tried_again_later_and_less_often_each_time(bank_dir: Path, samples) -> None:  # noqa: ANN001
+    inputs, _ = samples
+    clock = [0.0]
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(), clock=lambda: clock[0])
+    victim = next(v for v in runtime.current.config if v is not None)
+
+    class Refusing:  # an allocation refused while memory ran short
+        def run(self, *args: object, **kwargs: object) -> None:
+            raise MemoryError("simulated: could not allocate")
+
+    runtime._sessions[victim.id] = Refusing()
+    assert victim.id not in runtime.predict(**inputs[0]).variants and victim.id in runtime.failed
+    clock[0] = 29.0
+    assert victim.id not in runtime.predict(**inputs[1]).variants and victim.id in runtime.failed
+    used_again = False
+    for i, now in enumerate(np.arange(31.0, 60.0, 0.5)):  # after 30 s it may be chosen again (past the step-up window)
+        clock[0] = float(now)
+        used_again |= victim.id in runtime.predict(**inputs[i % len(inputs)]).variants
+    assert used_again and victim.id not in runtime.failed  # its session loaded again from its file
+    runtime._sessions[victim.id] = Refusing()
+    runtime.predict(**inputs[0])
+    assert runtime._retry_at[victim.id] == pytest.approx(clock[0] + 60.0)  # the second failure: twice as long
+
+
 def test_a_damaged_variant_file_is_excluded_at_start(bank_dir: Path, tmp_path: Path, samples) -> None:  # noqa: ANN001
     import shutil
 
@@ -186,6 +210,35 @@ def test_damaged_weights_and_a_modality_without_variants_are_worked_around(bank_
     (copy / "bank.json").write_text(json.dumps(data))
     with pytest.raises(BankError, match="no accuracy for 1 configuration"):
         load_bank(copy)
+    data = json.loads((bank_dir / "bank.json").read_text())
+    for cost, value in (("memory_bytes", "Infinity"), ("latency_ms_p95", "NaN"), ("energy_mj", "-1")):
+        damaged = json.loads(json.dumps(data))
+        damaged["variants"][0][cost] = "@"
+        (copy / "bank.json").write_text(json.dumps(damaged).replace('"@"', value))  # what json.dumps writes for a non-finite float
+        with pytest.raises(BankError, match="damaged"):
+            load_bank(copy)
+
+
+def test_a_reading_published_while_the_runtime_loads_is_planned_with(bank_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from racmkd.resources.sources import ResourceSnapshot
+
+    class Rising:  # idle, then loaded for good: the monitor publishes the change once, never again
+        name = "rising"
+
+        def read(self, now: float) -> ResourceSnapshot:
+            return ResourceSnapshot(t=now, cpu_percent=20.0 if now < 1 else 95.0, memory_available_bytes=10 * 2**20 if now >= 1 else 150 * 2**20, cpu_cores=1.0)
+
+    monitor = ResourceMonitor(Rising())
+    monitor.poll(0.0)
+    preload = EdgeRuntime._preload
+
+    def preload_while_the_load_rises(self: EdgeRuntime) -> None:
+        preload(self)
+        monitor.poll(1.0)  # the monitor thread, while the sessions load
+
+    monkeypatch.setattr(EdgeRuntime, "_preload", preload_while_the_load_rises)
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(preload=True), monitor)
+    assert runtime.level == monitor.state.level == "critical" and runtime.snapshot.cpu_percent > 90
 
 
 def test_a_resource_drop_switches_to_a_cheaper_configuration(bank_dir: Path, samples) -> None:  # noqa: ANN001
@@ -334,6 +387,16 @@ def test_simulation_writes_timeline_table_and_summary(bank_dir: Path, tiny_datas
     timeline = json.loads((tmp_path / "timeline.json").read_text())
     assert len(timeline["dynamic"]) == 120 and "static-high" in timeline
     assert "| high |" in (tmp_path / "table.md").read_text()
+
+
+def test_a_trace_without_cpu_readings_replays_and_says_so(bank_dir: Path, tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    from racmkd.resources.sources import load_trace
+
+    path = tmp_path / "memory-only.csv"  # what `racmkd edge record` writes where psutil had no CPU figure yet
+    path.write_text("t,memory_available_mb\n" + "".join(f"{t},{150 - 10 * t}\n" for t in range(8)))
+    summary = simulate(load_bank(bank_dir), tiny_dataset, load_trace(path), RuntimeConfig(), requests=40, out_dir=tmp_path / "sim", statics=False)
+    assert summary["levels"] and all(math.isnan(r["cpu_percent"]) and 70 <= r["memory_available_mb"] <= 150 for r in summary["levels"])
+    assert (tmp_path / "sim" / "timeline.png").stat().st_size > 0 and "| nan |" in (tmp_path / "sim" / "table.md").read_text()
 
 
 def test_cli_simulate_and_edge_run(tiny_run: Path, bank_dir: Path, tmp_path: Path) -> None:

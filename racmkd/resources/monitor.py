@@ -221,7 +221,11 @@ class ResourceMonitor:
         a, b = before.memory_available_bytes, after.memory_available_bytes
         if a is not None and b is not None and abs(b - a) / max(a, 1) > threshold:
             return True
-        return (before.battery_percent is None) != (after.battery_percent is None) or (before.power_plugged != after.power_plugged)
+        if before.cpu_cores != after.cpu_cores or (before.battery_percent is None) != (after.battery_percent is None) or before.power_plugged != after.power_plugged:
+            return True  # a new CPU quota, a battery appearing, unplugged or plugged in
+        # A battery drains a point every few minutes: each point is news to an energy budget that
+        # halves below runtime.low_battery_percent, and costs subscribers next to nothing.
+        return before.battery_percent is not None and after.battery_percent is not None and abs(after.battery_percent - before.battery_percent) >= 1.0
 
     def _notify(self, state: MonitorState) -> None:
         with self._lock:

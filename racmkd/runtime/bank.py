@@ -72,7 +72,7 @@ def load_bank(folder: Path, split: str = "val") -> Bank:
         variants = tuple(Variant(v["modality"], v["tier"], float(v.get("latency_ms_p95", v["latency_ms"])), int(v["memory_bytes"]), float(v["energy_mj"]), v["path"], float(v["latency_ms"])) for v in data["variants"])
         table = ProfileTable(tuple(data["modalities"]), tuple(data["tiers"]), variants, {key_tuple(k): a for k, a in data["accuracy"][split].items()})
         biases = {t: np.asarray(b, dtype=np.float32) for t, b in data["biases"].items()}
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:  # OverflowError: int() of an infinite memory figure
         raise BankError(f"{path}: damaged ({type(err).__name__}: {err}). Rebuild it with `racmkd edge build`.") from None
     problems = table_problems(table, biases)
     if problems:

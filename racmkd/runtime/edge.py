@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 OVERHEAD_WINDOW = 256  # requests the runtime's own cost is learnt from
 OVERHEAD_MIN_SAMPLES = 32  # before that many, the bank's figure stands
+RETRY_FIRST_S, RETRY_MAX_S = 30.0, 600.0  # a variant that raised is tried again after 30 s, 60 s, 120 s, ... at most every 10 minutes
 
 
 @dataclass
@@ -106,6 +107,8 @@ class EdgeRuntime:
         self._raw_specs = {m: next((bank.specs[v.id] for v in self.table.variants if v.modality == m and bank.specs.get(v.id) is not None), None) for m in self.table.modalities}
         self.quality = {m: 1.0 for m in self.table.modalities}
         self.failed: dict[str, str] = {v.id: f"its file could not be read: {bank.damaged.get(v.id, 'no input spec')}" for v in self.table.variants if bank.specs.get(v.id) is None}
+        self._retry_at: dict[str, float] = {}  # variant id -> when a failed variant may be tried again (see _fail)
+        self._strikes: dict[str, int] = {}  # variant id -> failures so far (the retry delay doubles with each)
         self.decisions: deque[dict[str, Any]] = deque(maxlen=200)
         self.decision_count = 0  # decisions recorded so far (the deque keeps the last 200)
         self.adaptation_ms: deque[float] = deque(maxlen=10_000)  # bounded: a device runs for months
@@ -124,8 +127,9 @@ class EdgeRuntime:
         self._unsubscribe: Callable[[], None] | None = None
         self.pinned = self._pinned_config(pinned) if pinned is not None else None
         self.monitor = monitor
-        if monitor is not None and monitor.state is not None:
-            self.snapshot, self.reading, self.level = monitor.state.planning(), monitor.state.raw, monitor.state.level
+        seen = monitor.state if monitor is not None else None
+        if seen is not None:
+            self.snapshot, self.reading, self.level = seen.planning(), seen.raw, seen.level
             self.budget = budget_for(self.snapshot, self.config, overhead_ms=self.overhead_ms)
         self.current: Decision = self._initial_decision()
         if self.config.preload:
@@ -133,6 +137,11 @@ class EdgeRuntime:
         self._ensure_loaded(self.current.config)
         if monitor is not None:
             self._unsubscribe = monitor.subscribe(self.on_resources)
+            # A reading published while the sessions loaded reached no subscriber; the monitor tells
+            # only of changes, so on a steady device nothing would bring it again.
+            latest = monitor.state
+            if latest is not None and latest is not seen:
+                self.on_resources(latest)
 
     # Configurations ------------------------------------------------------------------------------------
 
@@ -250,12 +259,32 @@ class EdgeRuntime:
     def loaded(self) -> list[str]:
         return list(self._sessions)
 
-    def _fail(self, variant: Variant, reason: str) -> None:
+    def _fail(self, variant: Variant, reason: str, for_good: bool = False) -> None:
+        """Exclude a variant. Weights that compute NaN stay excluded (`for_good`); anything else that
+        raised may have been passing (an allocation refused while memory ran short, a sensor
+        glitch): it is tried again after RETRY_FIRST_S, then twice as long after each new failure,
+        at most RETRY_MAX_S, so that months on a device do not end on the smallest tier."""
         with self._lock:
             if variant.id not in self.failed:
                 log.warning("variant %s failed and is excluded: %s", variant.id, reason)
             self.failed[variant.id] = reason
             self._sessions.pop(variant.id, None)
+            if for_good:
+                self._retry_at.pop(variant.id, None)
+                return
+            strikes = self._strikes[variant.id] = self._strikes.get(variant.id, 0) + 1
+            self._retry_at[variant.id] = self.clock() + min(RETRY_FIRST_S * 2 ** (strikes - 1), RETRY_MAX_S)
+
+    def _retry_due(self) -> None:
+        """Let variants whose retry time has come be chosen again (see `_fail`)."""
+        now = self.clock()
+        with self._lock:
+            due = [vid for vid, at in self._retry_at.items() if at <= now]
+            for vid in due:
+                del self._retry_at[vid]
+                log.info("variant %s is tried again (it failed: %s)", vid, self.failed.pop(vid, "?"))
+        if due:
+            self.redecide("retrying failed variants")
 
     # Decisions -----------------------------------------------------------------------------------------
 
@@ -359,6 +388,8 @@ class EdgeRuntime:
         back (`predict` does; a simulation feeds the latency it models)."""
         started, cpu_started = time.perf_counter(), time.thread_time()
         self._requests += 1
+        if self._retry_at:  # a variant excluded for a while (rare): its time may have come
+            self._retry_due()
         unknown = [m for m, v in inputs.items() if v is not None and m not in self.modalities]
         if unknown:
             raise TypeError(f"unknown inputs {sorted(unknown)}; this runtime uses {list(self.modalities)}")
@@ -405,8 +436,8 @@ class EdgeRuntime:
                 damaged = [v for v, term in zip(used, terms) if not np.isfinite(term).all()]
                 if not damaged:  # finite terms overflowing together: nothing to exclude
                     break
-                for v in damaged:  # weights that compute NaN: a failure like any other, not an answer
-                    self._fail(v, "computed non-finite logits")
+                for v in damaged:  # weights that compute NaN: excluded for good, not an answer
+                    self._fail(v, "computed non-finite logits", for_good=True)
                     exclude.add(v.id)
                     fallbacks.append(f"{v.id} failed (non-finite logits)")
             # Something failed: re-plan without it (the monitor's next decision will too), and retry.

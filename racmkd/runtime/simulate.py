@@ -24,10 +24,11 @@ whatever monitor the runtime was given (`racmkd edge run`, the stress and soak b
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, con
         correct = answer.label == int(labels[i])
         correct_so_far += correct
         timeline.append({
-            "t": round(clock.now, 4), "cpu_percent": reading.cpu_percent, "memory_available_mb": (reading.memory_available_bytes or 0) / MB,
+            "t": round(clock.now, 4), "cpu_percent": reading.cpu_percent, "memory_available_mb": None if reading.memory_available_bytes is None else reading.memory_available_bytes / MB,
             "level": resource_level(reading), "configuration": ",".join(answer.variants) or "unanswered", "compute_ms": answer.latency_ms, "latency_ms": observed,
             "correct": bool(correct), "slo_met": bool(correct and observed <= config.latency_target_ms), "running_accuracy": correct_so_far / (i + 1),
             "fallbacks": answer.fallbacks,
@@ -155,8 +156,8 @@ def level_rows(timeline: list[dict[str, Any]], target_ms: float) -> list[dict[st
         rows.append({
             "level": level,
             "requests": len(part),
-            "cpu_percent": statistics.fmean(r["cpu_percent"] for r in part),
-            "memory_available_mb": statistics.fmean(r["memory_available_mb"] for r in part),
+            "cpu_percent": _mean_of_present(r["cpu_percent"] for r in part),  # a trace may lack a column, or start it late
+            "memory_available_mb": _mean_of_present(r["memory_available_mb"] for r in part),
             "accuracy": sum(r["correct"] for r in part) / len(part),
             "slo_accuracy": sum(r["slo_met"] for r in part) / len(part),
             "latency_ms_mean": statistics.fmean([r["latency_ms"] for r in part if r["configuration"] != "unanswered"] or [float("nan")]),
@@ -165,6 +166,12 @@ def level_rows(timeline: list[dict[str, Any]], target_ms: float) -> list[dict[st
             "configurations": dict(configs.most_common()),
         })
     return rows
+
+
+def _mean_of_present(values: Iterable[float | None]) -> float:
+    """The mean of the readings a trace had (NaN when it had none): an absent reading is not a zero."""
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else float("nan")
 
 
 def switch_overheads(timeline: list[dict[str, Any]]) -> list[float]:
@@ -249,10 +256,10 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
     t = [r["t"] for r in dynamic["timeline"]]
     fig, axes = plt.subplots(4, 1, figsize=(11, 10), sharex=True)
     ax = axes[0]
-    ax.plot(t, [r["cpu_percent"] for r in dynamic["timeline"]], color="tab:red", label="CPU load (%)")
+    ax.plot(t, [math.nan if r["cpu_percent"] is None else r["cpu_percent"] for r in dynamic["timeline"]], color="tab:red", label="CPU load (%)")  # absent: a gap
     ax.set_ylabel("CPU (%)")
     twin = ax.twinx()
-    twin.plot(t, [r["memory_available_mb"] for r in dynamic["timeline"]], color="tab:blue", label="free memory (MB)")
+    twin.plot(t, [math.nan if r["memory_available_mb"] is None else r["memory_available_mb"] for r in dynamic["timeline"]], color="tab:blue", label="free memory (MB)")
     twin.set_ylabel("free memory (MB)")
     ax.set_title(f"trace {title}: resources")
     configs = sorted({r["configuration"] for r in dynamic["timeline"]}, key=lambda c: (c.count(","), c))
