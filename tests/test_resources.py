@@ -48,8 +48,14 @@ def test_system_source_reads_this_machine(tmp_path: Path) -> None:
 def test_absent_sensors_are_none_and_present_ones_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(psutil, "sensors_battery", lambda: None)
     monkeypatch.setattr(psutil, "sensors_temperatures", lambda: {})
-    s = SystemSource(tmp_path, tmp_path).read()
-    assert s.battery_percent is None and s.power_plugged is None and s.temperature_c is None
+    s = SystemSource(tmp_path, tmp_path, proc_stat=tmp_path / "no-stat").read()
+    assert s.battery_percent is None and s.power_plugged is None and s.temperature_c is None and s.runnable_tasks is None
+    stat = tmp_path / "stat"
+    for text, expected in (("cpu  1 2 3 4\nprocs_running 5\nprocs_blocked 0\n", (3.0, 4.0)), ("procs_running many\n", None), ("cpu  1 2 3 4\n", None)):
+        stat.write_text(text)
+        runnable = SystemSource(tmp_path, tmp_path, proc_stat=stat).read().runnable_tasks
+        # 5 running, less the reader, less this process's other threads as often as they ran (little: it slept)
+        assert runnable is None if expected is None else expected[0] <= runnable <= expected[1]
 
     class Battery:
         percent, power_plugged, secsleft = 42.0, False, 3600
@@ -121,6 +127,11 @@ def test_the_cpu_share_left_to_us_counts_other_programs_only() -> None:
     assert device.cpu_share(0.05) == pytest.approx(0.25)
     assert ResourceSnapshot(t=0, cpu_percent=99.0, host_cores=1).cpu_share(0.05) == 0.05  # the floor
     assert ResourceSnapshot(t=0).other_load() is None and ResourceSnapshot(t=0).cpu_share(0.05) == 1.0  # no reading: no load assumed
+    # Two programs spinning on a 2-core machine: 100% busy, yet the scheduler gives one more thread
+    # two thirds of a core (measured with stress-ng: the load alone held the runtime at its floor).
+    spinning = ResourceSnapshot(t=0, cpu_percent=100.0, host_cores=2, cpu_cores=2.0, runnable_tasks=2.0)
+    assert spinning.cpu_share(0.05) == pytest.approx(2 / 3) and dataclasses.replace(spinning, runnable_tasks=None).cpu_share(0.05) == 0.05
+    assert dataclasses.replace(spinning, cpu_percent=20.0, runnable_tasks=6.0).cpu_share(0.05) == 1.0  # a momentary crowd in a light load: the load's figure stands
 
 
 def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path) -> None:

@@ -100,6 +100,7 @@ class MonitorState:
             "memory_available_bytes": _pick(min, r.memory_available_bytes, s.memory_available_bytes, f.memory_available_bytes),
             "battery_percent": _pick(min, r.battery_percent, s.battery_percent, f.battery_percent),
             "temperature_c": _pick(max, r.temperature_c, s.temperature_c, f.temperature_c),
+            "runnable_tasks": _pick(max, r.runnable_tasks, s.runnable_tasks, f.runnable_tasks),
         }
         return ResourceSnapshot(**{**s.as_dict(), **{k: v for k, v in worse.items() if v is not None}})
 

@@ -52,6 +52,7 @@ class ResourceSnapshot:
     power_plugged: bool | None = None
     temperature_c: float | None = None  # the hottest sensor
     package_power_w: float | None = None  # from RAPL energy counters
+    runnable_tasks: float | None = None  # other threads running or waiting for a core (Linux's procs_running, less the reader)
 
     def other_load(self) -> float | None:
         """Share (0-1) of the machine's CPU that other programs use: its load minus this process's
@@ -62,16 +63,25 @@ class ResourceSnapshot:
         return min(1.0, max(0.0, (self.cpu_percent - ours) / 100.0))
 
     def cpu_share(self, floor: float) -> float:
-        """The share of one core an inference thread can expect (processor sharing): the cores
-        other programs leave free, at most one, at most this process's quota, at least `floor`."""
-        free = (self.host_cores or 1) * (1.0 - (self.other_load() or 0.0))
+        """The share of one core an inference thread can expect: at most one, at most this
+        process's quota, at least `floor`. From the load alone, the cores other programs leave free
+        (processor sharing). A time-sharing scheduler (Linux's CFS) gives a thread that wants a core
+        a fair share of one however busy the others keep them: with k threads runnable on n cores,
+        n / (k + 1). Where the run queue was read, the larger of the two counts: two programs that
+        spin keep a 2-core machine 100% busy, which the load alone reads as no core left (a
+        20x slowdown at the floor), while the thread gets two thirds of one. Under random bursts
+        of work the two agree on average (processor sharing's k is load / (1 - load))."""
+        cores = self.host_cores or 1
+        free = cores * (1.0 - (self.other_load() or 0.0))
+        if self.runnable_tasks is not None:
+            free = max(free, cores / (self.runnable_tasks + 1.0))
         return max(floor, min(1.0, free, self.cpu_cores or 1.0))
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-NUMERIC_FIELDS = ("cpu_percent", "process_cpu_percent", "memory_available_bytes", "process_rss_bytes", "battery_percent", "temperature_c", "package_power_w")
+NUMERIC_FIELDS = ("cpu_percent", "process_cpu_percent", "memory_available_bytes", "process_rss_bytes", "battery_percent", "temperature_c", "package_power_w", "runnable_tasks")
 
 
 class Source(Protocol):
@@ -205,8 +215,8 @@ class SystemSource:
 
     name = "system"
 
-    def __init__(self, cgroup_root: Path = Path("/sys/fs/cgroup"), powercap_root: Path = Path("/sys/class/powercap"), proc_self_cgroup: Path = Path("/proc/self/cgroup")) -> None:
-        self.cgroup_root, self.powercap_root, self.proc_self_cgroup = Path(cgroup_root), Path(powercap_root), Path(proc_self_cgroup)
+    def __init__(self, cgroup_root: Path = Path("/sys/fs/cgroup"), powercap_root: Path = Path("/sys/class/powercap"), proc_self_cgroup: Path = Path("/proc/self/cgroup"), proc_stat: Path = Path("/proc/stat")) -> None:
+        self.cgroup_root, self.powercap_root, self.proc_self_cgroup, self.proc_stat = Path(cgroup_root), Path(powercap_root), Path(proc_self_cgroup), Path(proc_stat)
         self.process = psutil.Process()
         self.process.cpu_percent(None)  # the first call only starts the measurement interval
         self._cpu_times = psutil.cpu_times()  # this source's own interval (psutil.cpu_percent's is shared by the process)
@@ -236,10 +246,11 @@ class SystemSource:
             battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
         except (OSError, RuntimeError):
             battery = None
+        process_cpu = float(self.process.cpu_percent(None))
         return ResourceSnapshot(
             t=now,
             cpu_percent=self._machine_cpu_percent(),
-            process_cpu_percent=float(self.process.cpu_percent(None)),
+            process_cpu_percent=process_cpu,
             memory_available_bytes=available,
             memory_total_bytes=int(memory.total) if cgroup.memory_max_bytes is None else min(int(memory.total), cgroup.memory_max_bytes),
             process_rss_bytes=int(self.process.memory_info().rss),
@@ -251,7 +262,24 @@ class SystemSource:
             power_plugged=bool(battery.power_plugged) if battery is not None and battery.power_plugged is not None else None,
             temperature_c=self._temperature(),
             package_power_w=self._power(now),
+            runnable_tasks=self._runnable_tasks(process_cpu),
         )
+
+    def _runnable_tasks(self, process_cpu_percent: float) -> float | None:
+        """Other programs' threads running or waiting for a core right now: `procs_running` in
+        /proc/stat (Linux; None elsewhere) less this reader, and less this process's other threads
+        as often as they run (its CPU share: an inference thread busy half the time is counted
+        half). One sample per reading; the monitor smooths it."""
+        text = _read_text(self.proc_stat)
+        if text is None:
+            return None
+        for line in text.splitlines():
+            if line.startswith("procs_running "):
+                try:
+                    return max(0.0, float(line.split()[1]) - 1.0 - process_cpu_percent / 100.0)
+                except (IndexError, ValueError):
+                    return None
+        return None
 
     @staticmethod
     def _temperature() -> float | None:
@@ -302,6 +330,7 @@ TRACE_COLUMNS = {  # column -> (snapshot field, scale to the field's unit, valid
     "battery_percent": ("battery_percent", 1.0, (0.0, 100.0)),
     "temperature_c": ("temperature_c", 1.0, (-60.0, 200.0)),
     "package_power_w": ("package_power_w", 1.0, (0.0, 1e5)),
+    "runnable_tasks": ("runnable_tasks", 1.0, (0.0, 1e6)),
 }
 
 
