@@ -10,11 +10,13 @@ from racmkd.utils import atomic_write_json, atomic_write_text
 
 
 def targets_table(targets: list[dict[str, Any]]) -> list[str]:
-    """The markdown's "Targets" section: every target with its measured figure and verdict."""
+    """The markdown's "Targets" section: every target with its measured figure and verdict (yes, no,
+    or a sentence saying why there is none: a target the run could not exercise is not reached)."""
     lines = ["## Targets", "", "| target | measured | reached |", "|---|---|---|"]
     for t in targets:
         measured = f"{t['measured']:.4f}" if isinstance(t["measured"], float) else t["measured"]
-        lines.append(f"| {t['target']} | {measured} | {'yes' if t['reached'] else '**no**'} |")
+        verdict = t["reached"] if isinstance(t["reached"], str) else "yes" if t["reached"] else "**no**"
+        lines.append(f"| {t['target']} | {measured} | {verdict} |")
     return lines
 
 
