@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,7 @@ def ensure_run(config: Path, run: Path | None, runs_dir: Path) -> Path:
     name = "bench-compression"
     if not (runs_dir / name / "report.json").exists():
         cfg = load_config(config, [f"name={name}", f"runs_dir={runs_dir}", f"compress.tiers={TIERS}"])
+        shutil.rmtree(runs_dir / name, ignore_errors=True)  # an attempt that never reached its report: start over
         started = time.perf_counter()
         run_pipeline(cfg)
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -44,6 +45,7 @@ def run_seed(config: Path, protocol: str, seed: int, runs_dir: Path, overrides: 
     if not report.exists():
         # Compression has its own benchmark (benchmarks/compression.py); these runs stop at the report.
         cfg = load_config(config, [f"name={name}", f"runs_dir={runs_dir}", f"seed={seed}", f"data.protocol={protocol}", "compress.tiers=[]", *overrides])
+        shutil.rmtree(runs_dir / name, ignore_errors=True)  # an attempt that never reached its report: start over
         started = time.perf_counter()
         run_pipeline(cfg)
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)

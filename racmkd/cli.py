@@ -549,18 +549,31 @@ def _read_image(path: Path):  # noqa: ANN202 - numpy array
     from PIL import Image, UnidentifiedImageError
 
     try:
-        return np.asarray(Image.open(path).convert("L"))
+        with Image.open(path) as picture:
+            if picture.mode.startswith("I") or picture.mode == "F":  # 16/32-bit or float pixels: "L" would clip them to 255
+                raise ValueError(f"{path}: {picture.mode} pixels; pass an 8-bit image (grey or colour), or a .npy array of floats in [0, 1]")
+            return np.asarray(picture.convert("L"))
     except (OSError, UnidentifiedImageError) as err:
         raise ValueError(f"{path}: not a readable image ({err})") from None
 
 
 def _read_wav(path: Path):  # noqa: ANN202 - (samples, rate)
-    from racmkd.data.fsdd import parse_wav
+    """A user's recording as mono float samples: any PCM width or float, channels averaged (the
+    predictor itself takes int16 or float mono)."""
+    import numpy as np
+
+    from racmkd.data.fsdd import read_wav
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    rate, samples = parse_wav(path.read_bytes(), path)
-    return samples, rate
+    rate, samples = read_wav(path.read_bytes(), path, "Pass a PCM or float WAV recording.")
+    if samples.dtype == np.uint8:  # 8-bit PCM is unsigned, centred on 128
+        samples = (samples.astype(np.float32) - 128.0) / 128.0
+    elif np.issubdtype(samples.dtype, np.integer):  # 16-, 24- (read as 32) and 32-bit PCM
+        samples = samples.astype(np.float32) / float(-np.iinfo(samples.dtype).min)
+    else:
+        samples = samples.astype(np.float32)
+    return (samples.mean(axis=1) if samples.ndim == 2 else samples), rate
 
 
 def main() -> None:

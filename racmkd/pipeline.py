@@ -24,7 +24,7 @@ from racmkd.config import ConfigError, RunConfig, TierConfig
 from racmkd.data.dataset import FeatureCache, PairedDataset, build_dataset
 from racmkd.data.modalities import Modality
 from racmkd.distill.adaptive import objective_weights
-from racmkd.distill.trainer import Job, Teacher, attach_projection, learns_from_teachers, train_jobs
+from racmkd.distill.trainer import Job, Teacher, attach_projection, check_loss_names, learns_from_teachers, train_jobs
 from racmkd.eval.cost import count_flops
 from racmkd.models.checkpoint import load_model, save_model
 from racmkd.models.multimodal import MultimodalNet, count_params, teacher, widest_student
@@ -291,6 +291,7 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
     """Select each tier's design, then distil the tiers' students from the run's teachers in one
     shared pass (a tier with its own `epochs` trains that many, beside the others), alongside the
     same students trained on labels only. Returns the checkpoint names."""
+    check_loss_names(cfg.distill, f"{run_dir}/config.yaml")
     tiers = [t for t in cfg.students.tiers if tier_names is None or t.name in tier_names]
     if tier_names:
         unknown = set(tier_names) - {t.name for t in cfg.students.tiers}
@@ -468,6 +469,7 @@ def run_pipeline(cfg: RunConfig) -> Path:
     """Data, teachers, students, report: everything `make run` does. Returns the run directory."""
     from racmkd.eval.report import evaluate_run
 
+    check_loss_names(cfg.distill, "the run's config (--config file or --set overrides)")  # before the teachers' minutes
     started = time.perf_counter()
     dataset = prepare_data(cfg)  # first: a run folder (and runs/latest) only for data that loads
     data_seconds = time.perf_counter() - started

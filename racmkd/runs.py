@@ -17,9 +17,19 @@ class RunError(RuntimeError):
 
 
 def create_run(cfg: RunConfig) -> Path:
-    """A new runs/<name>/ with its config.yaml; runs/latest now points at it."""
-    name = cfg.name or f"{cfg.data.protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.runs_dir) / name
+    """A new runs/<name>/ with its config.yaml; runs/latest now points at it. An existing run is
+    never written over (its checkpoints would no longer match its config): a name already taken is
+    an error, and a name made from the time gets a suffix."""
+    runs = Path(cfg.runs_dir)
+    if cfg.name:
+        if cfg.name in ("latest", ".", "..") or any(c in cfg.name for c in "/\\") or cfg.name.startswith("."):
+            raise RunError(f"name {cfg.name!r}: not a run folder's name ('latest' is the link to the newest run; no slashes, no leading dot). Choose another --name.")
+        run_dir = runs / cfg.name
+        if (run_dir / "config.yaml").exists():
+            raise RunError(f"{run_dir}: a run of that name exists; choose another --name, or delete that folder first. (`racmkd distill --run {run_dir}` and the later stages go on with an existing run.)")
+    else:
+        stem = f"{cfg.data.protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = next(runs / n for n in (stem, *(f"{stem}-{i}" for i in range(2, 10_000))) if not (runs / n).exists())
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     link_latest(run_dir)

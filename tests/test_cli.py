@@ -26,6 +26,8 @@ def test_bad_config_is_a_clean_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "Did you mean 'protocol'" in result.output
     result = runner.invoke(app, ["data", "--protocol", "noisy", "--set", f"data.cache_dir={tmp_path}"])
     assert result.exit_code == 2 and "unknown protocol 'noisy'" in result.output
+    result = runner.invoke(app, ["run", "--set", "distill.distill_losses={kdd: 1.0}", "--set", f"runs_dir={tmp_path / 'runs'}"])  # before any data or training
+    assert result.exit_code == 2 and "unknown loss 'kdd'. Did you mean 'kd'?" in result.output and not (tmp_path / "runs").exists()
 
 
 def test_stages_on_a_missing_run_fail_cleanly(tmp_path: Path) -> None:
@@ -48,6 +50,14 @@ def test_evaluate_and_predict_on_the_tiny_run(tiny_run: Path, tmp_path: Path) ->
     assert 0 <= answer["label"] <= 9 and abs(sum(answer["probabilities"]) - 1) < 1e-3
     result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher_audio", "--image", str(tmp_path / "one.png")])
     assert result.exit_code == 2 and "needs audio" in result.output
+    # A user's own recording: float samples, two channels (averaged), as the predictor takes them; the same answer as the int16 mono file.
+    wave = (np.sin(np.arange(6000) / 4) * 5000).astype(np.int16)
+    wavfile.write(tmp_path / "stereo.wav", 8000, np.stack([wave, wave], axis=1).astype(np.float32) / 32768)
+    result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher", "--image", str(tmp_path / "one.png"), "--audio", str(tmp_path / "stereo.wav")])
+    assert result.exit_code == 0 and json.loads(result.output)["label"] == answer["label"], result.output
+    Image.fromarray(image.astype(np.uint16) * 257).save(tmp_path / "deep.png")  # 16-bit grey: refused, not clipped to white
+    result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher", "--image", str(tmp_path / "deep.png")])
+    assert result.exit_code == 2 and "pass an 8-bit image" in result.output
 
 
 def test_staged_commands_make_a_run(shared_root: Path, cache_dir: Path, tmp_path: Path) -> None:
@@ -62,6 +72,8 @@ def test_staged_commands_make_a_run(shared_root: Path, cache_dir: Path, tmp_path
     assert (run / "checkpoints" / "critical.pt").exists() and not (run / "checkpoints" / "high.pt").exists()
     result = runner.invoke(app, ["distill", "--run", str(run), "--tier", "tiny"])
     assert result.exit_code == 2 and "unknown tier" in result.output
+    result = runner.invoke(app, ["train-teacher", *base, *small, "--name", "staged"])  # the name taken: the run is not written over
+    assert result.exit_code == 2 and "a run of that name exists" in result.output and (run / "checkpoints" / "critical.pt").exists()
 
 
 def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001

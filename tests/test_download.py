@@ -35,6 +35,24 @@ def test_mnist_download_tries_mirrors_and_checks_sha256(tmp_path: Path) -> None:
     assert gzip.decompress((tmp_path / "root" / "mnist" / "tiny-labels-idx1-ubyte.gz").read_bytes()) == files["tiny-labels-idx1-ubyte"]
 
 
+def test_mnist_download_replaces_a_damaged_file_past_a_damaged_mirror(tmp_path: Path) -> None:
+    files = {"tiny-labels-idx1-ubyte": bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 1, 4] + [0] * 64)}
+    expected = {name: hashlib.sha256(content).hexdigest() for name, content in files.items()}
+    good = make_mirror(tmp_path / "good", files)
+    damaged = tmp_path / "damaged"
+    make_mirror(damaged, files)
+    gz = damaged / "tiny-labels-idx1-ubyte.gz"
+    flipped = bytearray(gz.read_bytes())
+    flipped[12:20] = bytes(8)  # inside the deflate stream: zlib.error, not OSError
+    gz.write_bytes(bytes(flipped))
+    # The user's copy is damaged in the same way: the loader sent them to `racmkd data --download`.
+    local = tmp_path / "root" / "mnist" / "tiny-labels-idx1-ubyte.gz"
+    local.parent.mkdir(parents=True)
+    local.write_bytes(bytes(flipped))
+    download_mnist(tmp_path / "root", mirrors=[damaged.as_uri() + "/", good], expected=expected)
+    assert gzip.decompress(local.read_bytes()) == files["tiny-labels-idx1-ubyte"]
+
+
 def test_mnist_download_keeps_nothing_when_no_mirror_is_valid(tmp_path: Path) -> None:
     tampered = make_mirror(tmp_path / "tampered", {"a-idx1-ubyte": b"wrong"})
     with pytest.raises(DataError, match="no mirror gave a valid copy"):
@@ -66,6 +84,13 @@ def test_fsdd_download_unpacks_checked_recordings(tmp_path: Path) -> None:
     recordings = load_fsdd(target, expected_sha256=recordings_digest(contents))
     assert sorted(r.name for r in recordings) == ["1_bob_0.wav", "2_bob_9.wav"]
     assert not (tmp_path / "root" / "fsdd" / "README.md").exists()
+    archive.unlink()  # recordings already in place and valid: nothing is fetched
+    assert download_fsdd(tmp_path / "root", url=archive.as_uri(), expected_sha256=recordings_digest(contents)) == target
+    (target / "1_bob_0.wav").write_bytes(b"damaged")  # one damaged: fetched again, the old folder swapped out whole
+    make_release(archive, {"1_bob_0.wav": np.arange(500, dtype=np.int16), "2_bob_9.wav": -np.arange(300, dtype=np.int16)})
+    download_fsdd(tmp_path / "root", url=archive.as_uri(), expected_sha256=recordings_digest(contents))
+    assert len(load_fsdd(target, expected_sha256=recordings_digest(contents))) == 2
+    assert [p.name for p in (tmp_path / "root" / "fsdd").iterdir()] == ["recordings"]  # no staging or old folder left
 
 
 def test_fsdd_download_refuses_a_mismatch_and_a_broken_archive(tmp_path: Path) -> None:

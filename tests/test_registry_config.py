@@ -88,3 +88,18 @@ def test_modality_options_are_validated() -> None:
         MODALITIES.create("audio", n_melz=3)
     with pytest.raises(ConfigError, match="unknown protocol"):
         MODALITIES.create("image", protocol="noisy")
+
+
+def test_a_run_is_never_written_over(tmp_path: Path) -> None:
+    from racmkd.runs import RunError, create_run, open_run
+
+    first = create_run(load_config(None, [f"runs_dir={tmp_path}", "name=first", "seed=1"]))
+    with pytest.raises(RunError, match="a run of that name exists"):
+        create_run(load_config(None, [f"runs_dir={tmp_path}", "name=first", "seed=2"]))
+    assert open_run(first)[1].seed == 1  # its config still matches its checkpoints
+    for bad in ("latest", "../elsewhere", ".hidden"):
+        with pytest.raises(RunError, match="not a run folder's name"):
+            create_run(load_config(None, [f"runs_dir={tmp_path}", f"name={bad}"]))
+    assert open_run(tmp_path / "latest")[0] == first.resolve()  # runs/latest still a link to a run
+    unnamed = [create_run(load_config(None, [f"runs_dir={tmp_path}"])) for _ in range(3)]  # within the same second
+    assert len(set(unnamed)) == 3 and open_run(tmp_path / "latest")[0] == unnamed[-1].resolve()

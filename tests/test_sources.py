@@ -88,6 +88,14 @@ def test_wav_parsing_and_faults(tmp_path: Path) -> None:
         parse_wav(wav_bytes(np.zeros(100, dtype=np.float32)), Path("float.wav"))
     with pytest.raises(DataError, match="short.wav: not a readable WAV file .*EOF"):  # a header promising more than came
         parse_wav(wav_bytes(samples)[:100], Path("short.wav"))
+    for cut in (16, 30, 40):  # the file ends inside its header: scipy raises struct.error and kin
+        with pytest.raises(DataError, match="cut.wav: not a readable WAV file"):
+            parse_wav(wav_bytes(samples)[:cut], Path("cut.wav"))
+    for start, width in ((22, 2), (36, 2)):  # channels 0 (scipy divides by it); the data chunk's tag gone (scipy's UnboundLocalError)
+        garbled = bytearray(wav_bytes(samples))
+        garbled[start : start + width] = bytes(width)
+        with pytest.raises(DataError, match="garbled.wav: not a readable WAV file"):
+            parse_wav(bytes(garbled), Path("garbled.wav"))
     riff = wav_bytes(samples)  # an extra chunk, as editors and recorders write them, is fine
     with_cue = riff[:12] + b"cue " + (4).to_bytes(4, "little") + (0).to_bytes(4, "little") + riff[12:]
     with_cue = with_cue[:4] + (len(with_cue) - 8).to_bytes(4, "little") + with_cue[8:]

@@ -7,12 +7,14 @@ the user's back. Every file lands through a temporary name and a rename, after i
 from __future__ import annotations
 
 import gzip
+import http.client
 import io
 import shutil
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,8 +42,8 @@ def fetch(url: str, timeout: float = 60.0) -> bytes:
                     chunks.append(chunk)
                     bar.update(len(chunk))
             data = b"".join(chunks)
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        raise DataError(f"{url}: download failed ({err}). Check the network or fetch the file by hand.") from None
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:  # HTTPException: a connection dropped mid-body (IncompleteRead)
+        raise DataError(f"{url}: download failed ({type(err).__name__}: {err}). Check the network or fetch the file by hand.") from None
     if total is not None and len(data) != total:
         raise DataError(f"{url}: download truncated ({len(data)} of {total} bytes). Try again.")
     return data
@@ -54,7 +56,7 @@ def download_mnist(root: Path, mirrors: Sequence[str] = MNIST_MIRRORS, expected:
     saved = []
     for name, wanted in expected.items():
         path = target / f"{name}.gz"
-        if path.exists() and sha256(_gunzip(path.read_bytes(), path)) == wanted:
+        if _holds(path, wanted):
             saved.append(path)
             continue
         errors = []
@@ -77,10 +79,23 @@ def download_mnist(root: Path, mirrors: Sequence[str] = MNIST_MIRRORS, expected:
     return saved
 
 
+def _holds(path: Path, wanted: str) -> bool:
+    """Whether `path` is a gzip file whose content hashes to `wanted`. A damaged one (the reason a
+    loader sent the user here) is not an error: it is fetched again."""
+    try:
+        return sha256(_gunzip(path.read_bytes(), path)) == wanted
+    except (OSError, DataError):
+        return False
+
+
 def download_fsdd(root: Path, url: str = FSDD_ARCHIVE, expected_sha256: str = FSDD_RECORDINGS_SHA256) -> Path:
     """Fetch the FSDD release archive and unpack its recordings into root/fsdd/recordings/ once
-    the whole set matches `expected_sha256`."""
+    the whole set matches `expected_sha256` (nothing is fetched when the recordings there already
+    do). The old folder is set aside, not deleted, until the new one is in place: an interrupted
+    install leaves one of the two whole."""
     target = root / "fsdd" / "recordings"
+    if _recordings_match(target, expected_sha256):
+        return target
     data = fetch(url)
     files: list[tuple[str, bytes]] = []
     try:
@@ -102,14 +117,29 @@ def download_fsdd(root: Path, url: str = FSDD_ARCHIVE, expected_sha256: str = FS
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".recordings."))
     for name, content in files:
         (staging / name).write_bytes(content)
+    old = None
     if target.exists():
-        shutil.rmtree(target)
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=".recordings.old."))
+        target.rename(old / "recordings")
     staging.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _recordings_match(folder: Path, expected_sha256: str) -> bool:
+    """Whether `folder` holds exactly the recordings whose digest is `expected_sha256`."""
+    if not folder.is_dir():
+        return False
+    try:
+        files = [(p.name, p.read_bytes()) for p in folder.iterdir() if p.is_file() and NAME.match(p.name)]
+    except OSError:
+        return False
+    return bool(files) and recordings_digest(files) == expected_sha256
 
 
 def _gunzip(data: bytes, source: Path) -> bytes:
     try:
         return gzip.decompress(data)
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{source}: not a valid gzip file ({err})") from None

@@ -37,22 +37,30 @@ class Recording:
         return f"{self.digit}_{self.speaker}_{self.index}.wav"
 
 
-def parse_wav(data: bytes, path: Path) -> tuple[int, np.ndarray]:
-    """Sample rate and int16 samples of a mono WAV file; errors name the file and the problem."""
+def read_wav(data: bytes, path: Path, fix: str = "") -> tuple[int, np.ndarray]:
+    """Sample rate and samples of a WAV file, as stored (any sample type; (n,) or (n, channels));
+    a file that cannot be parsed, or holds no samples, is a DataError naming it (`fix` appended)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", wavfile.WavFileWarning)  # extra chunks (cue, bext, ...) are fine ...
             warnings.filterwarnings("error", message="Reached EOF prematurely", category=wavfile.WavFileWarning)  # ... a truncated file is not
             rate, samples = wavfile.read(io.BytesIO(data))
-    except (ValueError, EOFError, OSError, wavfile.WavFileWarning) as err:
-        raise DataError(f"{path}: not a readable WAV file ({err}). {FIX}") from None
+    except Exception as err:  # noqa: BLE001 - scipy's parser meets a garbled header with whatever it hits (struct.error, ZeroDivisionError, UnboundLocalError, ...)
+        raise DataError(f"{path}: not a readable WAV file ({type(err).__name__}: {err}). {fix}".rstrip()) from None
+    if len(samples) == 0:
+        raise DataError(f"{path}: no samples. {fix}".rstrip())
+    return int(rate), samples
+
+
+def parse_wav(data: bytes, path: Path) -> tuple[int, np.ndarray]:
+    """Sample rate and int16 samples of a dataset recording (mono 16-bit PCM, as FSDD's are); errors
+    name the file and the problem."""
+    rate, samples = read_wav(data, path, FIX)
     if samples.ndim != 1:
         raise DataError(f"{path}: {samples.shape[1]} channels, expected mono. {FIX}")
     if samples.dtype != np.int16:
         raise DataError(f"{path}: {samples.dtype} samples, expected 16-bit PCM. {FIX}")
-    if len(samples) == 0:
-        raise DataError(f"{path}: no samples. {FIX}")
-    return int(rate), samples
+    return rate, samples
 
 
 def recordings_digest(named_files: list[tuple[str, bytes]]) -> str:

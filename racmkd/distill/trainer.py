@@ -13,6 +13,7 @@ Which model outputs feed which registered loss is declared once, in LOSS_INPUTS.
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import time
 import zlib
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from racmkd.config import DistillConfig, TrainConfig
+from racmkd.config import ConfigError, DistillConfig, TrainConfig
 from racmkd.data.dataset import FeatureCache, PairedDataset
 from racmkd.distill.adaptive import ObjectiveWeights
 from racmkd.distill.losses import reliability_weights
@@ -140,6 +141,18 @@ LOSS_INPUTS: dict[str, Callable[[LossInputs], tuple]] = {
 }
 NEEDS_PROJECTION = {"feature", "contrastive", "emd"}
 READS_TEACHER_MAPS = {"attention"}  # the teachers' feature maps: most of the bytes of their answers
+
+
+def check_loss_names(cfg: DistillConfig, source: str) -> None:
+    """Every loss the objective names is registered and wired: a typo is an error before anything
+    trains, not at the first distillation step after the teachers' minutes. `source`: the file to fix."""
+    named = [("distill.distill_losses", n, LOSS_INPUTS) for n in cfg.distill_losses] + [("distill.align_losses", n, LOSS_INPUTS) for n in cfg.align_losses]
+    of_weights = {n: None for n in LOSSES if n not in LOSS_INPUTS and n != "task"}  # the resource term is a loss of the weights; task is the labels'
+    for key, name, known in [*named, ("distill.resource_loss", cfg.resource_loss, of_weights)]:
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{source}: {key}: unknown loss {name!r}.{hint} Known: {', '.join(sorted(known))}. Fix it in {source}.")
 
 
 def weighted_sum(losses: dict[str, float], inputs: LossInputs) -> torch.Tensor:
