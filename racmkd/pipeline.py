@@ -411,7 +411,7 @@ def export_model(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: st
     (static QDQ) and int8 weights with float arithmetic, each checked against its reference on the
     whole test split. Returns what was written and the parity figures; also writes them to
     <out_dir>/<name>.export.json."""
-    from racmkd.compress.export import compact_file, onnx_logits, parity, session, torch_logits
+    from racmkd.compress.export import ExportError, compact_file, fp32_parity, onnx_logits, parity, session, torch_logits
     from racmkd.compress.export import export_onnx as write_onnx
     from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights_int8
     from racmkd.eval.report import git_commit
@@ -427,7 +427,12 @@ def export_model(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: st
     used = {m: specs[m] for m in (present or specs)}
     reference = torch_logits(model, specs, dataset, "test", present=present)
     fp32_logits, labels = onnx_logits(session(fp32), used, dataset, "test")
-    result: dict[str, Any] = {"model": name, "fp32": {"path": str(fp32), "parity_vs_pytorch": parity(fp32_logits, reference, labels).as_dict()}}
+    try:
+        fp32_check = fp32_parity(fp32_logits, reference, labels, fp32)
+    except ExportError:
+        fp32.unlink(missing_ok=True)  # a wrong export is not left where a runtime could pick it up
+        raise
+    result: dict[str, Any] = {"model": name, "fp32": {"path": str(fp32), "parity_vs_pytorch": fp32_check.as_dict()}}
     if int8:
         q = quantize_int8(fp32, out_dir / f"{name}{suffix}.int8.onnx", calibration_inputs(dataset, used, calibration_samples))
         q_logits, _ = onnx_logits(session(q), used, dataset, "test")

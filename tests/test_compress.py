@@ -167,6 +167,9 @@ def test_input_reductions_shrink_the_input_and_keep_the_weights() -> None:
         audio.reduce(audio.spec(2), n_mels=64)
     with pytest.raises(ValueError, match="unknown input reduction"):
         image.reduce(image.spec(0), colour=3)
+    for m, knobs in ((image, {"resolution": "12"}), (image, {"resolution": 12.5}), (audio, {"n_frames": 16.0}), (audio, {"bands": 5})):  # as a recipe may spell them
+        with pytest.raises(ValueError, match="expected a (whole number|list of whole numbers)"):
+            m.reduce(m.spec(0), **knobs)
 
 
 def test_an_input_step_caps_knobs_so_one_recipe_serves_every_tier() -> None:
@@ -531,3 +534,15 @@ def test_mixed_precision_keeps_in_fp32_only_as_many_layers_as_the_agreement_need
     kept, trials = fewest_float_layers(fp32, x, x, layers, min_agreement=1.01)  # nothing is: every layer stays fp32
     assert kept == layers and [t["kept_fp32"] for t in trials] == [[], layers[:1], layers]
     assert trials[-1]["agreement"] == 1.0  # nothing quantized: the fp32 model itself
+
+
+def test_an_fp32_export_that_does_not_compute_what_pytorch_does_is_refused(tmp_path: Path) -> None:
+    from racmkd.compress.export import fp32_parity
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(50, 10)).astype(np.float32)
+    labels = reference.argmax(1)
+    assert fp32_parity(reference + 2e-5, reference, labels, tmp_path / "m.onnx").argmax_agreement == 1.0  # rounding
+    for wrong in (reference + 0.01, reference * np.nan):  # e.g. a mis-folded batch norm; damaged weights
+        with pytest.raises(ExportError, match="m.onnx: its logits differ from PyTorch's"):
+            fp32_parity(wrong, reference, labels, tmp_path / "m.onnx")

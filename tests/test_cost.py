@@ -36,6 +36,10 @@ def test_peak_activation_is_observed() -> None:
     # input + (conv1 out, relu out) or (relu out, conv2 out): at least 8 + 8 channels live at once
     assert out["peak_activation_bytes"] >= per_map * (1 + 16)
     assert out["activation_bytes_written"] >= per_map * (8 + 8 + 4)
+    # Linear layers read their weights through a transposed view: weights, not activations.
+    wide = Dict(nn.Sequential(*[nn.Linear(1000, 1000) for _ in range(3)]))
+    out = activation_memory(wide, {"x": torch.zeros(1, 1000)})
+    assert out["peak_activation_bytes"] <= 3 * 4000 and out["activation_bytes_written"] <= 3 * 4000  # the input and two 1000-wide rows at most; 12 MB of weights
 
 
 def test_latency_percentiles() -> None:

@@ -3,6 +3,7 @@ latency model, verdicts, and the `racmkd profile` command."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -91,6 +92,9 @@ def test_a_profile_missing_a_field_or_with_a_bad_value_is_a_clear_error(tmp_path
     broken.write_text(good.replace("kind: mcu", "kind: toaster"))
     with pytest.raises(ConfigError, match="toaster"):
         load_device(broken)
+    broken.write_text(good.replace("runtime_overhead_bytes: ", "runtime_overhead_bytes: -"))  # RAM would come out negative
+    with pytest.raises(ConfigError, match="runtime_overhead_bytes must be a finite number >= 0"):
+        load_device(broken)
     with pytest.raises(ConfigError, match="known devices: .*cortex-m7"):
         load_device("no-such-board")
 
@@ -175,3 +179,9 @@ def test_profile_command_refuses_bad_input(exported: Path, tmp_path: Path, monke
     assert result.exit_code == 2 and "not an ONNX model" in result.output
     result = runner.invoke(app, ["profile", str(exported), "--device", "toaster"])
     assert result.exit_code == 2 and "known devices" in result.output
+
+
+def test_no_estimate_outruns_the_devices_peak() -> None:
+    fitted_above_one = dataclasses.replace(FIXED, flops_efficiency=1.32, seconds_per_op=0.0)  # this host's measured peak fell short of its real one
+    flops, peak_gflops = 2e9, 10.0
+    assert fitted_above_one.predict(0, flops, 0.0, peak_gflops, 1.0) == pytest.approx(flops / (peak_gflops * 1e9))  # at the peak, not 32% past it

@@ -84,6 +84,18 @@ def test_a_pinned_tier_answers_like_its_student(bank_dir: Path, tiny_run: Path, 
             assert answer.label == label and np.allclose(answer.probabilities, probs, atol=1e-4)
 
 
+def test_one_variant_of_the_bank_run_alone_answers_as_the_runtime_does(bank_dir: Path, samples) -> None:  # noqa: ANN001
+    from racmkd.runtime.predictor import OnnxPredictor
+
+    inputs, _ = samples
+    bank = load_bank(bank_dir)
+    variant = next(v for v in bank.table.variants if v.modality == "image")
+    alone = OnnxPredictor(bank_dir / variant.path)  # a share of its student's logits: the bias is added back
+    runtime = EdgeRuntime(bank, RuntimeConfig(), pinned={m: variant.tier if m == "image" else None for m in bank.table.modalities})
+    for x in inputs[:5]:
+        assert np.allclose(alone.predict(image=x["image"])[1], runtime.predict(image=x["image"]).probabilities, atol=1e-5)
+
+
 def test_runtime_answers_raw_inputs_and_missing_ones(bank_dir: Path, samples) -> None:  # noqa: ANN001
     inputs, labels = samples
     runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig())

@@ -259,6 +259,21 @@ def parity(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> Par
     )
 
 
+# The fp32 graph computes what PyTorch does, in another order of float operations: its logits have
+# stayed within 3e-5 of PyTorch's on every test split (make bench's 24 tiers, 2026-12-03). A
+# difference 30 times that is a wrong export (a mis-folded batch norm or presence map), not rounding.
+FP32_LOGIT_TOLERANCE = 1e-3
+
+
+def fp32_parity(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray, path: Path) -> Parity:
+    """`parity` of an fp32 export against PyTorch, which must be exact but for rounding: the int8
+    models are judged against it, so a wrong one would ship and set the reference for the rest."""
+    p = parity(logits, reference, labels)
+    if not p.max_abs_logit_diff <= FP32_LOGIT_TOLERANCE:  # NaN included
+        raise ExportError(f"{path}: its logits differ from PyTorch's by up to {p.max_abs_logit_diff:.3g} (argmax agreement {p.argmax_agreement:.4f} over {p.samples} test samples; rounding stays below {FP32_LOGIT_TOLERANCE:g}): the export is wrong, nothing is deployed from it")
+    return p
+
+
 def torch_logits(model: MultimodalNet, specs: dict[str, Any], dataset: PairedDataset, split: str, present: list[str] | None = None, limit: int = 0) -> np.ndarray:
     """PyTorch logits of `model` on a split, with only `present` modalities given (default: all)."""
     from racmkd.models.inference import predict_split

@@ -54,21 +54,21 @@ def factorise(layer: nn.Module, rank: int) -> nn.Sequential:
     return pair
 
 
-def candidate_layers(model: MultimodalNet, include_classifier: bool = False) -> dict[str, nn.Module]:
-    """The student's pointwise convolutions (and optionally its classifier)."""
-    found = {name: m for name, m in model.named_modules() if is_pointwise(m)}
-    if include_classifier:
-        found["classifier"] = model.classifier
-    return found
+def candidate_layers(model: MultimodalNet) -> dict[str, nn.Module]:
+    """The student's pointwise convolutions. Not its classifier: with ten classes its rank is at most
+    ten, so factorising it saves next to nothing, and two layers in its place would break what the
+    export relies on (one linear map over the concatenated embeddings: the edge runtime adds up
+    per-modality shares of it, and its bias)."""
+    return {name: m for name, m in model.named_modules() if is_pointwise(m)}
 
 
-def lowrank_model(model: MultimodalNet, energy: float = 0.95, budget_bytes: int = 0, include_classifier: bool = False) -> tuple[MultimodalNet, list[Factorisation]]:
+def lowrank_model(model: MultimodalNet, energy: float = 0.95, budget_bytes: int = 0) -> tuple[MultimodalNet, list[Factorisation]]:
     """Factorise the model's pointwise layers (in place). With `energy`, each layer keeps the rank that
     holds that share of its spectrum; with `budget_bytes`, the energy is lowered step by step until the
     fp32 parameters fit. Ranks are recorded in the model's `arch` (checkpoints rebuild it)."""
     if not 0 < energy <= 1:
         raise ValueError(f"lowrank energy must be in (0, 1], got {energy}")
-    layers = candidate_layers(model, include_classifier)
+    layers = candidate_layers(model)
     spectra = {name: torch.linalg.svdvals(matrix_of(layer).double()) for name, layer in layers.items()}
 
     def plan(e: float) -> dict[str, int]:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from racmkd.compress.export import compact_file, export_onnx, onnx_logits, parity, session, torch_logits
+from racmkd.compress.export import compact_file, export_onnx, fp32_parity, onnx_logits, parity, session, torch_logits
 from racmkd.compress.inputs import band_importance, most_informative, reduce_inputs
 from racmkd.compress.lowrank import lowrank_model
 from racmkd.compress.prune import MAX_RATIO, align_channels, prune_encoders, ratio_for_bytes
@@ -282,12 +282,11 @@ class Align(Step):
 
 @dataclass(frozen=True)
 class LowRankOptions:
-    """Factorise pointwise (1x1) convolutions, and the classifier if asked, keeping `energy` of each
-    spectrum, or lowering it until the fp32 parameters fit `budget_bytes`; then fine-tune."""
+    """Factorise pointwise (1x1) convolutions, keeping `energy` of each spectrum, or lowering it
+    until the fp32 parameters fit `budget_bytes`; then fine-tune."""
 
     energy: float = 0.95
     budget_bytes: int = 0
-    include_classifier: bool = False
 
     def __post_init__(self) -> None:
         require(0 < self.energy <= 1 and self.budget_bytes >= 0, f"lowrank: energy must be in (0, 1] and budget_bytes >= 0, got {self.energy} and {self.budget_bytes}")
@@ -301,7 +300,7 @@ class LowRank(Step):
 
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
         o = self.options
-        subject.model, report = lowrank_model(subject.model, o.energy, o.budget_bytes, o.include_classifier)
+        subject.model, report = lowrank_model(subject.model, o.energy, o.budget_bytes)
         finetune(subject, ctx, o.finetune, f"{subject.name}: low-rank fine-tune")
         return {"layers": [asdict(r) for r in report], "factorised": sum(1 for r in report if r.rank)}
 
@@ -473,7 +472,7 @@ class Export(Step):
         fp32_path = export_onnx(subject.model, subject.specs, ds.modalities, subject.workdir / "fp32.onnx", name=f"{subject.name}_compressed", extra_meta={"precision": "fp32", "tier": subject.name})
         reference = torch_logits(subject.model, subject.specs, ds, "test")
         fp32_logits, labels = onnx_logits(session(fp32_path), subject.specs, ds, "test")
-        candidates = {"fp32": {"path": fp32_path, "format": "onnx-fp32", "parity": parity(fp32_logits, reference, labels).as_dict()}}
+        candidates = {"fp32": {"path": fp32_path, "format": "onnx-fp32", "parity": fp32_parity(fp32_logits, reference, labels, fp32_path).as_dict()}}
         details: dict[str, Any] = {}
         if o.int8 != "none":
             calibration = calibration_inputs(ds, subject.specs, o.calibration_samples)

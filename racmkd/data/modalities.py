@@ -127,6 +127,11 @@ class Modality(ABC):
         unknown = set(knobs) - set(self.reductions)
         if unknown:
             raise ValueError(f"{self.name}: unknown input reduction(s) {sorted(unknown)}; this modality knows {sorted(self.reductions)}")
+        for k, v in knobs.items():  # a knob takes what the spec holds: a whole number, or a list of them
+            listed = isinstance(getattr(spec, k), tuple)
+            values = (v if isinstance(v, (list, tuple)) else None) if listed else [v]
+            if values is None or not all(isinstance(x, int) and not isinstance(x, bool) for x in values):
+                raise ValueError(f"{self.name}: input reduction {k}={v!r}: expected {'a list of whole numbers' if listed else 'a whole number'}")
         reduced = dataclasses.replace(spec, **{k: tuple(v) if isinstance(v, list) else v for k, v in knobs.items()})
         self.check_reduction(spec, reduced)
         return reduced

@@ -42,10 +42,13 @@ def count_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
 
 
 class _ActivationTracker(TorchDispatchMode):
-    """Tracks bytes of live tensor storages created inside the mode: current, peak and total written."""
+    """Tracks bytes of live tensor storages created inside the mode: current, peak and total written.
+    Storages in `weights` are not activations: a view of a parameter (`aten.t` of a Linear's weight)
+    comes out of an op like a new tensor, and counting it would add the weights to the activations."""
 
-    def __init__(self) -> None:
+    def __init__(self, weights: set[int] | None = None) -> None:
         super().__init__()
+        self.weights = weights or set()
         self.live: dict[int, int] = {}
         self.current = self.peak = self.written = 0
 
@@ -55,7 +58,7 @@ class _ActivationTracker(TorchDispatchMode):
             if isinstance(tensor, torch.Tensor):
                 storage = tensor.untyped_storage()
                 key = storage.data_ptr()
-                if key in self.live or storage.nbytes() == 0:
+                if key in self.live or key in self.weights or storage.nbytes() == 0:
                     continue
                 self.live[key] = storage.nbytes()
                 self.current += storage.nbytes()
@@ -72,7 +75,7 @@ def activation_memory(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict
     """Peak bytes held by activations during one forward pass (the inputs included) and the total
     bytes of tensors written, which the energy model counts as memory traffic."""
     input_bytes = sum(x.numel() * x.element_size() for x in inputs.values())
-    tracker = _ActivationTracker()
+    tracker = _ActivationTracker({t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())})
     with torch.no_grad(), tracker:
         model(inputs)
     return {"peak_activation_bytes": input_bytes + tracker.peak, "activation_bytes_written": tracker.written}

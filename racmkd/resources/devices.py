@@ -46,6 +46,9 @@ class DeviceProfile:
         for name in ("clock_mhz", "ram_bytes", "rom_bytes", "peak_gflops_fp32", "peak_gops_int8", "memory_gbps"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"device {self.name}: {name} must be a positive finite number, got {getattr(self, name)}")
+        for name in ("runtime_overhead_bytes", "op_overhead_us", "latency_target_ms"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"device {self.name}: {name} must be a finite number >= 0, got {getattr(self, name)}")
         for name in ENERGY_FIGURES:
             if not 0 <= getattr(self.energy, name) < math.inf:
                 raise ConfigError(f"device {self.name}: energy.{name} must be a finite number >= 0, got {getattr(self.energy, name)}")

@@ -240,7 +240,9 @@ class LatencyModel:
     def predict(self, operators: int, flops: float, bytes_moved: float, peak_gflops: float, memory_gbps: float, seconds_per_op: float | None = None) -> float:
         """Seconds for one inference on a device with these peaks."""
         t_op = self.seconds_per_op if seconds_per_op is None else seconds_per_op
-        compute = flops / (self.flops_efficiency * peak_gflops * 1e9) if flops else 0.0
+        # No layer outruns a device's peak: a fit above 1 says this host's measured peak (a median of
+        # large matmuls) fell short of its real one, not that another device computes faster than its datasheet.
+        compute = flops / (min(self.flops_efficiency, 1.0) * peak_gflops * 1e9) if flops else 0.0
         memory = bytes_moved / (self.bandwidth_efficiency * memory_gbps * 1e9) if bytes_moved else 0.0
         return operators * t_op + compute + memory
 

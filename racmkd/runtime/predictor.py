@@ -94,6 +94,9 @@ class OnnxPredictor(Predictor):
             if graph.get(m) != list(signals[m].feature_shape(spec)):
                 raise ExportError(f"{path}: its contract gives {m} features of shape {list(signals[m].feature_shape(spec))}, its graph takes {graph.get(m)}; export it again with `racmkd export`")
         super().__init__(contract.get("model", Path(path).stem), self.session, specs, signals, contract)
+        # An edge bank's variant is a share of a student's logits, its classifier's bias left out
+        # for the runtime to add once however many shares it sums: added back here.
+        self.logit_bias = np.asarray(contract.get("logit_bias", 0.0), dtype=np.float32) if contract.get("share") else np.float32(0.0)
 
     def features(self, inputs: dict[str, Any], sample_rate: int = 8000) -> dict[str, Any]:
         missing = [m for m in self.specs if inputs.get(m) is None]
@@ -102,7 +105,7 @@ class OnnxPredictor(Predictor):
         return super().features(inputs, sample_rate)
 
     def logits(self, features: dict[str, Any]) -> np.ndarray:
-        return self.session.run(["logits"], features)[0][0]
+        return self.session.run(["logits"], features)[0][0] + self.logit_bias
 
 
 def load(run_dir: str | Path = "runs/latest", tier: str = "high") -> Predictor:
