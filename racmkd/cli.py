@@ -29,8 +29,14 @@ def _config(config: Path | None, protocol: str | None, overrides: list[str] | No
     if protocol:
         extra.append(f"data.protocol={protocol}")
     if name:
-        extra.append(f"name={name}")
+        extra.append(f"name={_text(name)}")
     return load_config(path, extra)
+
+
+def _text(value: str) -> str:
+    """A string option as a YAML override that reads back as that string (a name like 20261203,
+    yes or `a: b` would otherwise become a number, a boolean or a mapping)."""
+    return json.dumps(str(value))
 
 
 def _fail(err: Exception) -> typer.Exit:
@@ -349,12 +355,12 @@ def serve_command(
     overrides = list(set_ or [])
     for key, value in (("host", host), ("port", port), ("device", device), ("public_key", str(public_key) if public_key else None)):
         if value is not None:
-            overrides.append(f"serve.{key}={value}")
+            overrides.append(f"serve.{key}={value if isinstance(value, int) else _text(value)}")
     if upstream:
         overrides.append(f"serve.upstreams=[{', '.join(upstream)}]")
     if mqtt:
         mqtt_host, _, mqtt_port = mqtt.rpartition(":")
-        overrides += [f"serve.mqtt_host={mqtt_host or mqtt}", f"serve.mqtt_port={mqtt_port if mqtt_host else 1883}"]
+        overrides += [f"serve.mqtt_host={_text(mqtt_host or mqtt)}", f"serve.mqtt_port={mqtt_port if mqtt_host else 1883}"]
     if role not in ROLES:
         raise _fail(ValueError(f"--role {role!r}: choose one of {', '.join(ROLES)}"))
     try:

@@ -30,6 +30,13 @@ def test_bad_config_is_a_clean_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "unknown loss 'kdd'. Did you mean 'kd'?" in result.output and not (tmp_path / "runs").exists()
 
 
+def test_a_name_is_taken_as_written() -> None:
+    from racmkd.cli import _config
+
+    for name in ("20261203", "yes", "exp: a", "null"):  # YAML would read a number, a boolean, a mapping, nothing
+        assert _config(None, None, [], name).name == name
+
+
 def test_stages_on_a_missing_run_fail_cleanly(tmp_path: Path) -> None:
     for args in (["distill", "--run", str(tmp_path / "nope")], ["evaluate", "--run", str(tmp_path)]):
         result = runner.invoke(app, args)
