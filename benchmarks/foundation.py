@@ -103,7 +103,7 @@ def targets(summary: dict, protocol: str, clean_teacher: float | None) -> list[d
 
 def render(result: dict) -> str:
     s = result["avmnist"]
-    lines = ["# Foundation benchmark", "", f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores). Protocol {result['protocol']}, seeds {result['seeds']}; every figure read from the runs' report.json files. Accuracy is mean ± std over seeds on the 10,000 test samples.", ""]
+    lines = ["# Foundation benchmark", "", f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores). Protocol {result['protocol']}, seeds {result['seeds']}; every figure read from the runs' report.json files. Accuracy is mean ± std over seeds on the {result['test_samples']:,} test samples.", ""]
     lines += ["| model | inputs | accuracy | retention | fp32 params | memory (weights + peak act.) | FLOPs | latency p50 |", "|---|---|---|---|---|---|---|---|"]
     for name, m in s["models"].items():
         ret = f"{m['retention']['mean']:.2%} ± {m['retention']['std']:.2%}" if "retention" in m else ""
@@ -154,7 +154,7 @@ def main() -> None:
     if not args.no_clean and args.protocol != "clean":
         clean_teacher = run_seed(config, "clean", seeds[0], args.runs_dir, overrides)["models"]["teacher"]["accuracy"]
     summary = summarise(reports)
-    result = {"commit": git_commit(), "machine": machine(), "config": str(config), "protocol": args.protocol, "seeds": seeds, "overrides": overrides, "avmnist": summary, "clean_teacher_accuracy": clean_teacher, "runs": [r["run"] for r in reports]}
+    result = {"commit": git_commit(), "machine": machine(), "config": str(config), "protocol": args.protocol, "seeds": seeds, "overrides": overrides, "avmnist": summary, "clean_teacher_accuracy": clean_teacher, "runs": [r["run"] for r in reports], "test_samples": reports[0]["data"]["samples"]["test"]}
     result["targets"] = targets(summary, args.protocol, clean_teacher)
     stem = "foundation-quick" if args.quick else "foundation"
     write_results(args.out, stem, result, render(result).replace("foundation.png", f"{stem}.png"), lambda path: plot(summary, path))

@@ -125,6 +125,8 @@ class TierConfig:
     channel_multiple: int = 1
 
     def __post_init__(self) -> None:
+        if self.budget_bytes <= 0:
+            raise ConfigError(f"tier {self.name!r}: budget_bytes must be positive (fp32 parameter bytes), got {self.budget_bytes}")
         if self.ties not in ("flops", "capacity"):
             raise ConfigError(f"tier {self.name!r}: ties {self.ties!r}: choose flops or capacity")
         if self.epochs < 0:
@@ -454,6 +456,8 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "", source: str =
     try:
         return cls(**kwargs)
     except TypeError as err:  # a required field is missing
+        raise ConfigError(f"{source}: {where or cls.__name__}: {err}") from None
+    except ConfigError as err:  # a value its section's own checks refuse: say which file and key
         raise ConfigError(f"{source}: {where or cls.__name__}: {err}") from None
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from racmkd.config import ConfigError, RunConfig, TierConfig
+from racmkd.config import ConfigError, RunConfig, TierConfig, TrainConfig
 from racmkd.data.dataset import FeatureCache, PairedDataset, build_dataset
 from racmkd.data.modalities import Modality
 from racmkd.distill.adaptive import objective_weights
@@ -287,6 +287,13 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
     return chosen
 
 
+def tier_training(cfg: RunConfig, tier_name: str) -> TrainConfig:
+    """How a tier's students train: students.train, with the tier's own epochs where it sets them
+    (the benchmark's baselines that copy a tier's design train as long)."""
+    tier = next(t for t in cfg.students.tiers if t.name == tier_name)
+    return replace(cfg.students.train, epochs=tier.epochs or cfg.students.train.epochs)
+
+
 def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier_names: list[str] | None = None) -> list[str]:
     """Select each tier's design, then distil the tiers' students from the run's teachers in one
     shared pass (a tier with its own `epochs` trains that many, beside the others), alongside the
@@ -304,7 +311,7 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
     for tier in tiers:
         design = designs[tier.name]
         specs = design.specs(dataset.modalities)
-        train = replace(cfg.students.train, epochs=tier.epochs or cfg.students.train.epochs)
+        train = tier_training(cfg, tier.name)
         job = Job(tier.name, build_student(design, dataset.modalities, cfg.seed + 7), specs, train, objective_weights(cfg.distill, tier.budget_bytes, budgets), cfg.distill, epochs=train.epochs)
         attach_projection(job, teachers[0].model)
         jobs.append(job)

@@ -26,6 +26,8 @@ def test_bad_config_is_a_clean_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "Did you mean 'protocol'" in result.output
     result = runner.invoke(app, ["data", "--protocol", "noisy", "--set", f"data.cache_dir={tmp_path}"])
     assert result.exit_code == 2 and "unknown protocol 'noisy'" in result.output
+    result = runner.invoke(app, ["run", "--set", "students.tiers.0.budget_bytes=-5", "--set", f"runs_dir={tmp_path / 'runs'}"])  # a section's own check names the file and key too
+    assert result.exit_code == 2 and "configs/default.yaml + overrides" in result.output and "students.tiers[0]: tier 'high': budget_bytes must be positive" in result.output
     result = runner.invoke(app, ["run", "--set", "distill.distill_losses={kdd: 1.0}", "--set", f"runs_dir={tmp_path / 'runs'}"])  # before any data or training
     assert result.exit_code == 2 and "unknown loss 'kdd'. Did you mean 'kd'?" in result.output and not (tmp_path / "runs").exists()
 

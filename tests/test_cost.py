@@ -69,6 +69,9 @@ def test_metrics_hand_values() -> None:
     assert m["f1_macro"] == pytest.approx((2 / 3 + 0.8) / 2)  # class 0: P=1/2 R=1; class 1: P=1 R=2/3
     assert m["auc_roc"] == pytest.approx(5 / 6)
     assert classification_metrics(logits[:1], labels[:1])["auc_roc"] is None
+    # A class neither in the labels nor among the answers (a small test set) is no error of the model's.
+    perfect = torch.nn.functional.one_hot(torch.arange(9).repeat(2), 10).float()
+    assert classification_metrics(perfect, torch.arange(9).repeat(2))["f1_macro"] == 1.0
 
 
 def test_round_robin_times_every_subject_each_round() -> None:

@@ -61,6 +61,9 @@ def test_relational_kd_is_zero_for_scaled_features_and_positive_otherwise() -> N
     rkd = LOSSES.get("rkd")
     assert float(rkd(3.0 * t, t)) == pytest.approx(0.0, abs=1e-6)  # distances normalised, angles scale-free
     assert float(rkd(torch.randn(6, 4, generator=torch.Generator().manual_seed(1)), t)) > 0.01
+    # A last batch of one has no pairs, and a teacher whose features collapse to one point no scale:
+    # finite either way (a NaN made the epoch's logged loss NaN).
+    assert float(rkd(torch.randn(1, 4), t[:1])) == 0.0 and math.isfinite(float(rkd(torch.randn(6, 4), torch.ones(6, 4))))
 
 
 def test_similarity_preserving_hand_value() -> None:

@@ -63,6 +63,25 @@ def test_distilled_objective_combines_the_weighted_terms() -> None:
     assert math.isclose(float(loss.detach()), expected, rel_tol=1e-5) and terms["distill"] > 0 and terms["align"] > 0
 
 
+def test_every_alignment_loss_takes_a_teacher_that_answered_in_bf16() -> None:
+    # Teachers answer in bf16 where the CPU has it; students train in fp32 by default. contrastive
+    # (a matmul) and rkd (torch.cdist) refused the mixed dtypes, at the first step after the teachers.
+    model = student(INPUTS, width=0.5)
+    big = teacher({k: {**v, "encoder": "cnn2d"} for k, v in INPUTS.items()}, width=4, embed_dim=8, fusion_hidden=16)
+    x = {"image": torch.randn(6, 1, 8, 8), "audio": torch.randn(6, 1, 16, 16)}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        t_out = big.forward_features(x)
+        t_logits = big.forward_head(t_out["fused"])
+    assert t_out["fused"].dtype == t_logits.dtype == torch.bfloat16
+    out = model.forward_features(x)
+    logits = model.forward_head(out["fused"])
+    for align in ("contrastive", "rkd", "similarity", "feature", "emd"):
+        job = Job("s", model, {}, TrainConfig(), ObjectiveWeights(0.5, 1.0, 1.0, 0.0, 2.0, 1.0), DistillConfig(distill_losses={"kd": 1.0}, align_losses={align: 1.0}))
+        attach_projection(job, big)
+        loss, terms = objective(job, out, logits, torch.arange(6), [t_out], [t_logits])
+        assert loss.dtype == torch.float32 and math.isfinite(float(loss.detach())) and terms["align"] >= 0, align
+
+
 def test_frozen_modules_stay_in_eval_mode() -> None:
     model = teacher({k: {**v, "encoder": "cnn2d"} for k, v in INPUTS.items()}, width=4, embed_dim=8, fusion_hidden=16)
     model.encoders["audio"].requires_grad_(False)

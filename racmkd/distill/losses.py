@@ -65,12 +65,15 @@ def _pairwise_distances(x: torch.Tensor) -> torch.Tensor:
 @LOSSES.register("rkd")
 def relational_kd(student_features: torch.Tensor, teacher_features: torch.Tensor, distance_weight: float = 1.0, angle_weight: float = 2.0) -> torch.Tensor:
     """Park et al. 2019: match the normalised pairwise distances and the angles of triplets of the
-    batch, in each model's own feature space (so dimensions need not agree)."""
+    batch, in each model's own feature space (so dimensions need not agree). A batch of one has no
+    pairs: nothing to match (zero, not the NaN of an empty mean)."""
+    if len(student_features) < 2:
+        return student_features.sum() * 0.0
     with torch.no_grad():
         t_dist = _pairwise_distances(teacher_features)
-        t_dist = t_dist / t_dist[t_dist > 1e-6].mean()
+        t_dist = t_dist / t_dist[t_dist > 1e-6].mean().nan_to_num(1.0)  # all in one point: no scale to divide by
     s_dist = _pairwise_distances(student_features)
-    s_dist = s_dist / s_dist[s_dist > 1e-6].mean()
+    s_dist = s_dist / s_dist[s_dist > 1e-6].mean().nan_to_num(1.0)
     off_diagonal = ~torch.eye(len(s_dist), dtype=torch.bool, device=s_dist.device)
     loss_distance = F.smooth_l1_loss(s_dist[off_diagonal], t_dist[off_diagonal])
 

@@ -177,6 +177,9 @@ def objective(job: Job, student: dict[str, Any], logits: torch.Tensor, labels: t
     w, cfg = job.weights, job.distill
     if w is None or cfg is None:
         return task, {"task": float(task.detach())}
+    # Teachers answer in their own precision (bf16 where the CPU has it), students may train in fp32:
+    # the losses see one dtype (a matmul and torch.cdist refuse to mix them).
+    teachers, teacher_logits = _cast(teachers, logits.dtype), _cast(teacher_logits, logits.dtype)
     if job.teacher is not None:  # its own teacher first: the losses read the primary teacher at index 0
         first = job.teacher_index
         teachers = [teachers[first]] + teachers[:first] + teachers[first + 1 :]
@@ -190,6 +193,17 @@ def objective(job: Job, student: dict[str, Any], logits: torch.Tensor, labels: t
     total = w.alpha * task + w.beta * distill + w.gamma * align + w.delta * resource
     terms = {"task": task, "distill": distill, "align": align, "resource": resource}
     return total, {k: float(v.detach()) for k, v in terms.items()}
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors in `value` (nested lists and dicts) as `dtype`; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
+    if isinstance(value, list):
+        return [_cast(v, dtype) for v in value]
+    if isinstance(value, dict):
+        return {k: _cast(v, dtype) for k, v in value.items()}
+    return value
 
 
 def presence_masks(modalities: list[str], batch: int, p_drop: float, generator: torch.Generator) -> dict[str, torch.Tensor] | None:

@@ -1,8 +1,8 @@
 """The benchmark's comparison models, trained on a run's data beside its tiers.
 
-Every baseline is trained by the same trainer, on the same split, with the same augmentation,
-epochs and mixup as the racmkd students, so a table row differs from its neighbour only in what
-its name says:
+Every baseline is trained by the same trainer, on the same split, with the same augmentation and
+mixup as the racmkd students, and as many epochs as the tier whose design or budget it copies (the
+critical tier's 8 for TinyML), so a table row differs from its neighbour only in what its name says:
 
     standard_kd       Hinton KD into the high tier's student: task + KD terms, no feature alignment,
                       no resource penalty, fixed weights (also the ablation's "Base KD")
@@ -36,7 +36,7 @@ from racmkd.distill.adaptive import ObjectiveWeights, objective_weights
 from racmkd.distill.trainer import Job, attach_projection, train_jobs
 from racmkd.models.checkpoint import load_model, save_model
 from racmkd.models.multimodal import MultimodalNet, count_params, linear_fusion, widest_student
-from racmkd.pipeline import TEACHER, Design, RunError, build_student, checkpoint, load_teachers, model_inputs, record_timing, training_meta
+from racmkd.pipeline import TEACHER, Design, RunError, build_student, checkpoint, load_teachers, model_inputs, record_timing, tier_training, training_meta
 from racmkd.utils import seed_everything, torch_threads
 
 BASELINES = ("standard_kd", "emd_kd", "mobilenetv3", "tinyml")
@@ -78,6 +78,7 @@ def kd_objective(cfg: RunConfig, budget_bytes: int) -> tuple[ObjectiveWeights, D
 def baseline_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher: MultimodalNet, names: tuple[str, ...] = BASELINES) -> list[Job]:
     """Fresh jobs for the named baselines (seeded from the run's seed)."""
     high, critical = tier_design(run_dir, "high"), tier_design(run_dir, "critical")
+    high_train, critical_train = tier_training(cfg, "high"), tier_training(cfg, "critical")  # each baseline trains as long as the tier it copies
     kd_weights, kd_only = kd_objective(cfg, high.budget_bytes)
     seed = cfg.seed + 7
     jobs = []
@@ -87,21 +88,21 @@ def baseline_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher
             specs = high.specs(dataset.modalities)
             model = build_student(high, dataset.modalities, seed)
             if name == "standard_kd":
-                job = Job(name, model, specs, cfg.students.train, kd_weights, kd_only)
+                job = Job(name, model, specs, high_train, kd_weights, kd_only, epochs=high_train.epochs)
             else:
                 emd = replace(kd_weights, beta=0.0, gamma=1.0)
-                job = Job(name, model, specs, cfg.students.train, emd, replace(cfg.distill, distill_losses={}, align_losses={"emd": 1.0}))
+                job = Job(name, model, specs, high_train, emd, replace(cfg.distill, distill_losses={}, align_losses={"emd": 1.0}), epochs=high_train.epochs)
             attach_projection(job, teacher)
         elif name == "mobilenetv3":
             specs = _specs(dataset, high.modalities, high.level)
             inputs = {m: {**spec, "encoder": "mbv3"} for m, spec in model_inputs(dataset.modalities, specs, "student").items()}
             model = widest_within(lambda w, inputs=inputs: linear_fusion(inputs, {"width": w}), high.budget_bytes, [0.1 + 0.05 * i for i in range(40)])
-            job = Job(name, model, specs, cfg.students.train)
+            job = Job(name, model, specs, high_train, epochs=high_train.epochs)
         elif name == "tinyml":
             specs = _specs(dataset, critical.modalities, critical.level)
             inputs = {m: {**spec, "encoder": "cnn2d"} for m, spec in model_inputs(dataset.modalities, specs, "student").items()}
             model = widest_within(lambda w, inputs=inputs: linear_fusion(inputs, {"width": int(w), "embed_dim": 4 * int(w)}), critical.budget_bytes, [float(w) for w in range(1, 33)])
-            job = Job(name, model, specs, cfg.students.train)
+            job = Job(name, model, specs, critical_train, epochs=critical_train.epochs)  # as long as the critical tier it is set against
         else:
             raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
         jobs.append(job)

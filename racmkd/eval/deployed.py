@@ -61,11 +61,20 @@ def deploy(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out
     record = out_dir / f"{name}.export.json"
     result = json.loads(record.read_text()) if record.is_file() else None
     commit = git_commit()
-    if result is None or result.get("commit") != commit or commit is None or (int8 and "int8" not in result) or not Path(result["fp32"]["path"]).is_file():
+    stale = result is None or not Path(result["fp32"]["path"]).is_file() or Path(result["fp32"]["path"]).stat().st_mtime_ns < checkpoint(run_dir, name).stat().st_mtime_ns  # retrained since
+    if stale or result.get("commit") != commit or commit is None or commit.endswith("-dirty") or (int8 and "int8" not in result):
         result = export_model(cfg, dataset, run_dir, name, out_dir, int8=int8)
     key = "int8" if int8 else "fp32"
     label = name if compressed or not (folder / "compression.json").is_file() else f"{name}_fp32"
     return Deployed(label, Path(result[key]["path"]), checkpoint(run_dir, name), f"onnx-{key}")
+
+
+def twin(run_dir: Path, name: str) -> Path:
+    """The PyTorch model a row deploys: a tier's compressed model where the run has one (pruned and
+    fine-tuned; its artifact rounds these weights), else the checkpoint. The sweeps label their rows
+    as Table 6.6 does, so they must run these, not the uncompressed students."""
+    folder = compressed_dir(run_dir, name)
+    return folder / "model.pt" if (folder / "compression.json").is_file() else checkpoint(run_dir, name)
 
 
 def artifact_accuracy(row: Deployed, dataset: PairedDataset, split: str = "test") -> dict[str, Any]:

@@ -261,9 +261,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {e['format']} | {_fmt_bytes(e['bytes_deployable'])} | {ratio} | {e['accuracy']:.4f} | {delta} | {e.get('retention', 0):.1%} | {e['flops'] / 1e6:.2f} M | {_fmt_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} | {e['artifact_reason']} |")
     missing = {n: e["accuracy_without"] for n, e in report["models"].items() if "accuracy_without" in e}
     if missing:
-        lines += ["", "## A missing modality", "", "Accuracy when one input is withheld (the model answers from the rest).", "", "| model | " + " | ".join(f"without {m}" for m in next(iter(missing.values()))) + " |", "|---|" + "---|" * len(next(iter(missing.values())))]
+        withheld = list(dict.fromkeys(m for row in missing.values() for m in row))  # one column per modality, whatever order a model lists them in
+        lines += ["", "## A missing modality", "", "Accuracy when one input is withheld (the model answers from the rest).", "", "| model | " + " | ".join(f"without {m}" for m in withheld) + " |", "|---|" + "---|" * len(withheld)]
         for name, row in missing.items():
-            lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in row.values()) + " |")
+            lines.append(f"| {name} | " + " | ".join(f"{row[m]:.4f}" if m in row else "" for m in withheld) + " |")
     lines += ["", "## Targets", "", "| target | measured | reached |", "|---|---|---|"]
     for t in report["targets"]:
         value = f"{t['measured']:+.4f}" if "beats" in t["target"] else f"{t['measured']:.4f}"
