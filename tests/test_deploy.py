@@ -168,8 +168,9 @@ def test_device_store_verifies_patches_checks_and_rolls_back(bank_dir: Path, key
     assert store.install(v2.manifest, v2.signature, registry.blob(v2.sha256)).manifest["version"] == 2
     other = registry.register(bank_dir, "critical", key)
     assert store.install(other.manifest, other.signature, registry.blob(other.sha256)).manifest["name"] == "critical"
-    with pytest.raises(UpdateRefused, match="not newer than v2"):
-        store.install(v1.manifest, v1.signature, registry.blob(v1.sha256))
+    for replayed in (v1, v2):  # v2 too: an update replaced it, not a rollback
+        with pytest.raises(UpdateRefused, match="not newer than v2"):
+            store.install(replayed.manifest, replayed.signature, registry.blob(replayed.sha256))
     assert json.loads((tmp_path / "device" / "state.json").read_text())["newest"] == {"edge": 2, "critical": 1}
 
 
@@ -189,6 +190,9 @@ def test_an_edge_whose_release_no_longer_loads_serves_the_previous_one_and_says_
         assert store.current().manifest["version"] == 1 and store.previous().manifest["version"] == 2
     finally:
         service.close()
+    # v2 sent again (the rollback replaced it) is unpacked afresh, not served from its damaged slot.
+    assert store.install(v2.manifest, v2.signature, registry.blob(v2.sha256)).manifest["version"] == 2
+    assert json.loads((store.current().model_path / "bank.json").read_text())["format"]
 
 
 def test_an_upstream_is_given_the_time_it_may_take() -> None:

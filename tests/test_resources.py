@@ -297,6 +297,19 @@ def test_subscribers_hear_a_draining_battery_and_a_new_cpu_quota() -> None:
     assert heard[0][1] == 1.0 and heard[-1][1] == 0.5  # the quota's change told too (it came between two points)
 
 
+def test_subscribers_hear_the_run_queue_when_the_load_is_pinned_at_100_percent() -> None:
+    class Crowding(Scripted):  # CPU 100% throughout: only the number of spinning programs changes
+        def read(self, now: float) -> ResourceSnapshot:
+            return dataclasses.replace(super().read(now), host_cores=2, cpu_cores=2.0, runnable_tasks=2.0 if now < 20 else 8.0)
+
+    monitor = ResourceMonitor(Crowding([100.0] * 60))
+    shares: list[float] = []
+    monitor.subscribe(lambda s: shares.append(s.planning().cpu_share(0.05)))
+    for step in range(40):
+        monitor.poll(float(step))
+    assert shares[0] == pytest.approx(2 / 3) and shares[-1] == pytest.approx(2 / 9, rel=0.05)  # 8 others: two ninths of a core
+
+
 def test_a_failing_source_keeps_the_last_state() -> None:
     monitor = ResourceMonitor(Scripted([40.0, None, None, 40.0]))
     first = monitor.poll(0.0)

@@ -170,9 +170,11 @@ class DeviceStore:
         current = self.current()
         if self.accept and manifest.get("name") not in self.accept:
             raise UpdateRefused(f"this device takes releases named {', '.join(self.accept)}, not {manifest.get('name')!r}")
-        newest, previous = self.newest().get(manifest["name"]), self.previous()
-        # After a rollback the newest release waits as the previous one: sending it again rolls forward.
-        forward_again = previous is not None and previous.manifest["sha256"] == manifest["sha256"] and (previous.manifest["name"], previous.manifest["version"]) == (manifest["name"], newest)
+        state = self._state()
+        newest = self.newest(state).get(manifest["name"])
+        # The release a rollback replaced may come again (a roll forward), and only that one: a
+        # release that an update to another name replaced is as old as any other.
+        forward_again = state.get("rolled_back_from") == manifest["sha256"]
         if newest is not None and manifest["version"] <= newest and not forward_again:
             raise UpdateRefused(f"{manifest['name']} v{manifest['version']} is not newer than v{newest}, installed here before: downgrades and replays are refused (roll back instead, or publish it as a new version)")
         if delta:
@@ -187,6 +189,8 @@ class DeviceStore:
         if sha256(data) != manifest["sha256"]:
             raise UpdateRefused(f"the model's bytes hash to {sha256(data)[:12]}, not the signed {manifest['sha256'][:12]}: tampered or damaged in transit")
         slot = self.root / "slots" / manifest["sha256"]
+        if (slot / "release.bin").is_file() and not self._healthy(slot, manifest["kind"]):
+            shutil.rmtree(slot, ignore_errors=True)  # damaged since it was installed: unpacked again below
         if not (slot / "release.bin").is_file():
             partial = self.root / "slots" / f".{manifest['sha256']}.partial"
             shutil.rmtree(partial, ignore_errors=True)
@@ -201,6 +205,14 @@ class DeviceStore:
             shutil.rmtree(slot, ignore_errors=True)
             partial.rename(slot)
         return Installed(manifest, signature, slot)
+
+    def _healthy(self, slot: Path, kind: str) -> bool:
+        """Whether an installed slot still passes the health check."""
+        try:
+            self.health_check(slot / "model.onnx" if kind == "onnx" else slot, kind)
+        except Exception:  # noqa: BLE001 - any failure means unpack it again
+            return False
+        return True
 
     def commit(self, staged: Installed) -> Installed:
         """Make a staged release current (one atomic rename of state.json); the one it replaces
@@ -232,7 +244,8 @@ class DeviceStore:
             state = self._state()
             if not state.get("previous"):
                 raise UpdateFailed("no previous release to roll back to")
-            atomic_write_json(self.root / "state.json", {"current": state["previous"], "previous": state.get("current"), "newest": self.newest(state)})
+            replaced = state.get("current")
+            atomic_write_json(self.root / "state.json", {"current": state["previous"], "previous": replaced, "newest": self.newest(state), "rolled_back_from": replaced["manifest"]["sha256"] if replaced else None})
         return self.current()  # type: ignore[return-value]
 
     def _prune(self) -> None:

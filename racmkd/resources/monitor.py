@@ -100,7 +100,9 @@ class MonitorState:
             "memory_available_bytes": _pick(min, r.memory_available_bytes, s.memory_available_bytes, f.memory_available_bytes),
             "battery_percent": _pick(min, r.battery_percent, s.battery_percent, f.battery_percent),
             "temperature_c": _pick(max, r.temperature_c, s.temperature_c, f.temperature_c),
-            "runnable_tasks": _pick(max, r.runnable_tasks, s.runnable_tasks, f.runnable_tasks),
+            # Not the latest reading: a run queue read at one instant jumps between 1 and 5 under two
+            # programs busy 60% of the time; its average, and where it heads, are the news.
+            "runnable_tasks": _pick(max, s.runnable_tasks, f.runnable_tasks),
         }
         return ResourceSnapshot(**{**s.as_dict(), **{k: v for k, v in worse.items() if v is not None}})
 
@@ -221,6 +223,9 @@ class ResourceMonitor:
             return True
         a, b = before.memory_available_bytes, after.memory_available_bytes
         if a is not None and b is not None and abs(b - a) / max(a, 1) > threshold:
+            return True
+        a, b = before.runnable_tasks, after.runnable_tasks  # the CPU share at 100% load moves with it alone
+        if a is not None and b is not None and abs(b - a) >= 0.5:
             return True
         if before.cpu_cores != after.cpu_cores or (before.battery_percent is None) != (after.battery_percent is None) or before.power_plugged != after.power_plugged:
             return True  # a new CPU quota, a battery appearing, unplugged or plugged in

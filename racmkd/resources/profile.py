@@ -240,8 +240,9 @@ class LatencyModel:
     def predict(self, operators: int, flops: float, bytes_moved: float, peak_gflops: float, memory_gbps: float, seconds_per_op: float | None = None) -> float:
         """Seconds for one inference on a device with these peaks."""
         t_op = self.seconds_per_op if seconds_per_op is None else seconds_per_op
-        # No layer outruns a device's peak: a fit above 1 says this host's measured peak (a median of
-        # large matmuls) fell short of its real one, not that another device computes faster than its datasheet.
+        # No layer outruns a device's peak (`calibrate` holds eta_f at 1 at most: a fit above 1 says this
+        # host's measured peak, a median of large matmuls, fell short of its real one, not that
+        # another device computes faster than its datasheet).
         compute = flops / (min(self.flops_efficiency, 1.0) * peak_gflops * 1e9) if flops else 0.0
         memory = bytes_moved / (self.bandwidth_efficiency * memory_gbps * 1e9) if bytes_moved else 0.0
         return operators * t_op + compute + memory
@@ -267,6 +268,9 @@ def calibrate(host: str, host_clock_mhz: float, show_progress: bool = True) -> L
     a, t = np.array(rows), np.array(times)
     weights = 1.0 / t  # fit relative error: small graphs matter as much as large ones
     coef, _ = nnls(a * weights[:, None], t * weights)
+    if coef[1] < 1.0:  # eta_f above 1: faster than the measured peak. Held at 1, the rest refitted around it
+        rest, _ = nnls(a[:, [0, 2]] * weights[:, None], (t - a[:, 1]) * weights)
+        coef = np.array([rest[0], 1.0, rest[1]])
     predicted = a @ coef
     error = float(np.median(np.abs(predicted - t) / t))
     inv_f, inv_b = coef[1], coef[2]
@@ -290,7 +294,7 @@ def latency_model(cache_dir: Path = Path(".cache/racmkd"), refresh: bool = False
     if path.exists() and not refresh:
         try:
             data = json.loads(path.read_text())
-            if data.get("host") == host:
+            if data.get("host") == host and data.get("flops_efficiency", 0.0) <= 1.0:  # above 1: fitted before eta_f was held at 1
                 return LatencyModel(**{**data, "peaks": HostPeaks(**data["peaks"])})
         except (ValueError, TypeError, KeyError):
             pass  # an unreadable cache is refitted

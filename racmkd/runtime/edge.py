@@ -125,11 +125,13 @@ class EdgeRuntime:
         self._protect: set[str] = set()
         self._lock = threading.RLock()
         self._unsubscribe: Callable[[], None] | None = None
+        self._applied_at = 0.0  # observed_at of the monitor reading planned with
         self.pinned = self._pinned_config(pinned) if pinned is not None else None
         self.monitor = monitor
         seen = monitor.state if monitor is not None else None
         if seen is not None:
             self.snapshot, self.reading, self.level = seen.planning(), seen.raw, seen.level
+            self._applied_at = seen.observed_at
             self.budget = budget_for(self.snapshot, self.config, overhead_ms=self.overhead_ms)
         self.current: Decision = self._initial_decision()
         if self.config.preload:
@@ -289,8 +291,13 @@ class EdgeRuntime:
     # Decisions -----------------------------------------------------------------------------------------
 
     def on_resources(self, state: MonitorState) -> None:
-        """Monitor subscriber: plan with the new reading, switch if the allocator says so."""
-        self.snapshot, self.reading, self.level = state.planning(), state.raw, state.level
+        """Monitor subscriber: plan with the new reading, switch if the allocator says so. A reading
+        older than the one applied (the constructor's catch-up racing the monitor thread) is passed over."""
+        with self._lock:
+            if state.observed_at and state.observed_at < self._applied_at:
+                return
+            self._applied_at = state.observed_at or self._applied_at
+            self.snapshot, self.reading, self.level = state.planning(), state.raw, state.level
         self.redecide("resources", state.observed_at or None)
 
     def redecide(self, cause: str, observed_at: float | None = None) -> Decision:
@@ -426,7 +433,8 @@ class EdgeRuntime:
                     terms.append(self._run(v, raws[v.modality]))
                     used.append(v)
                 except Exception as err:  # noqa: BLE001 - a failing variant is skipped, never the request
-                    self._fail(v, f"{type(err).__name__}: {err}")
+                    if v.id not in self.failed:  # a load that failed was recorded (one strike) by _session
+                        self._fail(v, f"{type(err).__name__}: {err}")
                     exclude.add(v.id)
                     fallbacks.append(f"{v.id} failed ({type(err).__name__})")
             if len(used) == len(active) and used:
