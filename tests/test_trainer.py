@@ -109,6 +109,17 @@ def test_mix_blends_inputs_and_targets_alike() -> None:
     assert sorted(drawn[0].permutation.tolist()) == list(range(8))
 
 
+def test_a_teacher_is_scored_on_both_labels_of_a_mixed_sample() -> None:
+    from racmkd.distill.trainer import LossInputs, teacher_reliability
+
+    labels, permutation = torch.tensor([0, 1]), torch.tensor([1, 0])
+    sees_the_second = torch.tensor([[0.0, 9.0], [9.0, 0.0]])  # right about the sample that dominates the mixture
+    uniform = torch.zeros(2, 2)
+    inputs = LossInputs(labels, {}, uniform, [], [sees_the_second, uniform], None, [], 2.0, DistillConfig(), Mix(permutation, 0.1))
+    weights = teacher_reliability(inputs)
+    assert (weights[:, 0] > weights[:, 1]).all() and torch.allclose(weights.sum(dim=1), torch.ones(2))  # it was 0.27 against 0.73
+
+
 def test_mixup_must_not_be_negative() -> None:
     with pytest.raises(ConfigError, match="mixup"):
         TrainConfig(mixup=-0.1)

@@ -81,6 +81,7 @@ class LossInputs:
     projection_weights: list[torch.Tensor]
     temperature: float
     config: DistillConfig
+    mix: Mix | None = None  # the batch's mixup, if any: each sample is two samples, weighted
 
 
 @dataclass(frozen=True)
@@ -123,12 +124,7 @@ class Drawn:
 # Which outputs feed each registered loss: the one place that wires models to losses.
 LOSS_INPUTS: dict[str, Callable[[LossInputs], tuple]] = {
     "kd": lambda c: (c.student_logits, c.teacher_logits[0], c.temperature),
-    "multi_teacher": lambda c: (
-        c.student_logits,
-        c.teacher_logits,
-        reliability_weights(c.teacher_logits, c.labels, torch.ones(len(c.teacher_logits)), c.config.reliability_temperature),
-        c.temperature,
-    ),
+    "multi_teacher": lambda c: (c.student_logits, c.teacher_logits, teacher_reliability(c), c.temperature),
     "feature": lambda c: (c.projected, c.teachers[0]["fused"], c.projection_weights, c.config.feature_cost),
     "contrastive": lambda c: (c.projected, c.teachers[0]["fused"]),
     "emd": lambda c: (c.projected, c.teachers[0]["fused"]),
@@ -153,6 +149,18 @@ def check_loss_names(cfg: DistillConfig, source: str) -> None:
             close = difflib.get_close_matches(name, list(known), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{source}: {key}: unknown loss {name!r}.{hint} Known: {', '.join(sorted(known))}. Fix it in {source}.")
+
+
+def teacher_reliability(c: LossInputs) -> torch.Tensor:
+    """Eq. 3's per-sample teacher weights. A mixed sample is both its samples: a teacher is scored
+    on each sample's label in the mixture's proportions (on the first's alone, a teacher that sees
+    the mixture's dominant second sample rightly would score near zero)."""
+    prior = torch.ones(len(c.teacher_logits))
+    weights = reliability_weights(c.teacher_logits, c.labels, prior, c.config.reliability_temperature)
+    if c.mix is None:
+        return weights
+    other = reliability_weights(c.teacher_logits, c.labels[c.mix.permutation], prior, c.config.reliability_temperature)
+    return c.mix.weight * weights + (1.0 - c.mix.weight) * other
 
 
 def weighted_sum(losses: dict[str, float], inputs: LossInputs) -> torch.Tensor:
@@ -186,7 +194,7 @@ def objective(job: Job, student: dict[str, Any], logits: torch.Tensor, labels: t
         teacher_logits = [teacher_logits[first]] + teacher_logits[:first] + teacher_logits[first + 1 :]
     projected = job.projection(student["fused"]) if job.projection is not None else None
     projection_weights = [p for n, p in job.projection.named_parameters() if n.endswith("weight")] if job.projection is not None else []
-    inputs = LossInputs(labels, student, logits, teachers, teacher_logits, projected, projection_weights, w.temperature, cfg)
+    inputs = LossInputs(labels, student, logits, teachers, teacher_logits, projected, projection_weights, w.temperature, cfg, mix)
     distill = weighted_sum(cfg.distill_losses, inputs)
     align = weighted_sum(cfg.align_losses, inputs)
     resource = LOSSES.get(cfg.resource_loss)(conv_weights(job.model))
