@@ -319,6 +319,7 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         ([{"lowrank": {"energy": 1.5}}, "export"], "energy must be in"),
         ([{"export": {"min_agreement": 1.5}}], "min_agreement and max_accuracy_drop must be in"),
         ([{"export": {"int8": "mixed", "mixed_budget": 0.5}}], "impossible budget"),
+        ([{"export": {"int8": "mixed", "mixed_budget": float("inf")}}], "must be a finite multiple"),
     ],
 )
 def test_recipe_validation_errors_name_the_problem(steps: list, message: str) -> None:

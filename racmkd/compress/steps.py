@@ -459,7 +459,7 @@ class ExportOptions:
         require(self.prefer in ("faster", "smaller"), f"export: prefer must be faster or smaller, got {self.prefer!r}")
         require(0 <= self.min_agreement <= 1 and 0 <= self.max_accuracy_drop <= 1, f"export: min_agreement and max_accuracy_drop must be in [0, 1], got {self.min_agreement} and {self.max_accuracy_drop}")
         require(self.latency_iters >= 1 and (self.int8 == "none" or min(self.calibration_samples, self.sensitivity_samples) >= 1), "export: latency_iters, and for int8 calibration_samples and sensitivity_samples, must be >= 1")
-        require(self.int8 != "mixed" or self.mixed_budget >= 1.0, f"export: mixed_budget {self.mixed_budget} is below the all-int8 size (1.0), an impossible budget")
+        require(self.int8 != "mixed" or 1.0 <= self.mixed_budget < math.inf, f"export: mixed_budget {self.mixed_budget} must be a finite multiple of the all-int8 size, at least 1.0 (below, an impossible budget)")
 
 
 @COMPRESSORS.register("export")
