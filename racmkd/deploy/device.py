@@ -174,7 +174,8 @@ class DeviceStore:
         newest = self.newest(state).get(manifest["name"])
         # The release a rollback replaced may come again (a roll forward), and only that one: a
         # release that an update to another name replaced is as old as any other.
-        forward_again = state.get("rolled_back_from") == manifest["sha256"]
+        replaced = self._installed(state.get("previous"))
+        forward_again = state.get("rolled_back_from") == manifest["sha256"] and replaced is not None and all(replaced.manifest.get(k) == manifest[k] for k in ("name", "version", "sha256"))
         if newest is not None and manifest["version"] <= newest and not forward_again:
             raise UpdateRefused(f"{manifest['name']} v{manifest['version']} is not newer than v{newest}, installed here before: downgrades and replays are refused (roll back instead, or publish it as a new version)")
         if delta:
