@@ -63,7 +63,7 @@ from racmkd.resources.allocator import Allocator, Budget, config_costs  # noqa: 
 from racmkd.resources.monitor import ResourceMonitor  # noqa: E402
 from racmkd.resources.sources import LEVEL_RANGES, MB, SYNTHETIC, ResourceSnapshot, SystemSource, TraceSource, level_value, synthetic_trace  # noqa: E402
 from racmkd.runtime.edge import EdgeRuntime, budget_for  # noqa: E402
-from racmkd.runtime.simulate import serve_split, simulate  # noqa: E402
+from racmkd.runtime.simulate import mean_of_present, serve_split, simulate  # noqa: E402
 from racmkd.runtime.variants import build_bank, load_bank  # noqa: E402
 from racmkd.utils import progress  # noqa: E402
 from results_io import targets_table, write_results  # noqa: E402
@@ -209,7 +209,7 @@ def real_load(bank: Any, dataset: Any, runtime_cfg: Any, pinned: dict[str, str |
             for r in records:
                 r["t"] += offset
             offset += seconds
-            phases.append({"phase": name, **result["summary"], "cpu_percent_mean": statistics.fmean([r["cpu_percent"] for r in records if r["cpu_percent"] is not None] or [float("nan")]), "records": records})
+            phases.append({"phase": name, **result["summary"], "cpu_percent_mean": mean_of_present(r["cpu_percent"] for r in records), "records": records})
         decisions = list(runtime.decisions)
     return {"phases": phases, "decisions": decisions, "monitor": monitor.overhead()}
 

@@ -60,6 +60,11 @@ class UpdateFailed(RuntimeError):
     """An update verified but its model did not pass the health check; the previous one stays."""
 
 
+def model_path(folder: Path, kind: str) -> Path:
+    """What to load from a release's folder: the ONNX file, or the bank folder itself."""
+    return folder / "model.onnx" if kind == "onnx" else folder
+
+
 @dataclass(frozen=True)
 class Installed:
     """A release on the device."""
@@ -70,8 +75,7 @@ class Installed:
 
     @property
     def model_path(self) -> Path:
-        """What to load: the ONNX file, or the bank folder."""
-        return self.slot / "model.onnx" if self.manifest["kind"] == "onnx" else self.slot
+        return model_path(self.slot, self.manifest["kind"])
 
     @property
     def label(self) -> str:
@@ -167,15 +171,14 @@ class DeviceStore:
         use `rollback`; the release a rollback replaced may come again), a release name this device
         does not take, bytes that do not hash to the signed sha256."""
         self.verify(manifest, signature)
-        current = self.current()
         if self.accept and manifest.get("name") not in self.accept:
             raise UpdateRefused(f"this device takes releases named {', '.join(self.accept)}, not {manifest.get('name')!r}")
         state = self._state()
+        current, replaced = self._installed(state.get("current")), self._installed(state.get("previous"))
         newest = self.newest(state).get(manifest["name"])
-        # The release a rollback replaced may come again (a roll forward), and only that one: a
-        # release that an update to another name replaced is as old as any other.
-        replaced = self._installed(state.get("previous"))
-        forward_again = state.get("rolled_back_from") == manifest["sha256"] and replaced is not None and all(replaced.manifest.get(k) == manifest[k] for k in ("name", "version", "sha256"))
+        # The release a rollback replaced (now the previous one) may come again, a roll forward, and
+        # only that one: a release that an update to another name replaced is as old as any other.
+        forward_again = state.get("rolled_back_from") == manifest["sha256"] and replaced is not None and (replaced.manifest.get("name"), replaced.manifest.get("version")) == (manifest["name"], manifest["version"])
         if newest is not None and manifest["version"] <= newest and not forward_again:
             raise UpdateRefused(f"{manifest['name']} v{manifest['version']} is not newer than v{newest}, installed here before: downgrades and replays are refused (roll back instead, or publish it as a new version)")
         if delta:
@@ -198,8 +201,8 @@ class DeviceStore:
             partial.mkdir()
             try:
                 (partial / "release.bin").write_bytes(data)
-                unpack(data, manifest["kind"], partial / "model.onnx" if manifest["kind"] == "onnx" else partial)
-                self.health_check(partial / "model.onnx" if manifest["kind"] == "onnx" else partial, manifest["kind"])
+                unpack(data, manifest["kind"], model_path(partial, manifest["kind"]))
+                self.health_check(model_path(partial, manifest["kind"]), manifest["kind"])
             except Exception as err:  # noqa: BLE001 - whatever went wrong, the current release stays
                 shutil.rmtree(partial, ignore_errors=True)
                 raise UpdateFailed(f"{manifest['name']} v{manifest['version']} failed its health check ({type(err).__name__}: {err}); {current.label if current else 'nothing'} stays current") from None
@@ -210,7 +213,7 @@ class DeviceStore:
     def _healthy(self, slot: Path, kind: str) -> bool:
         """Whether an installed slot still passes the health check."""
         try:
-            self.health_check(slot / "model.onnx" if kind == "onnx" else slot, kind)
+            self.health_check(model_path(slot, kind), kind)
         except Exception:  # noqa: BLE001 - any failure means unpack it again
             return False
         return True

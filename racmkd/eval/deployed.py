@@ -56,7 +56,7 @@ def deploy(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out
     folder = compressed_dir(run_dir, name)
     if compressed and (folder / "compression.json").is_file():
         manifest = read_compression_record(folder)
-        return Deployed(name, folder / manifest["artifact"], folder / "model.pt", manifest["format"])
+        return Deployed(name, folder / manifest["artifact"], twin(run_dir, name), manifest["format"])
     int8 = name in INT8_ROWS
     record = out_dir / f"{name}.export.json"
     result = json.loads(record.read_text()) if record.is_file() else None

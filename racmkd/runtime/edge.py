@@ -267,6 +267,8 @@ class EdgeRuntime:
         glitch): it is tried again after RETRY_FIRST_S, then twice as long after each new failure,
         at most RETRY_MAX_S, so that months on a device do not end on the smallest tier."""
         with self._lock:
+            if variant.id in self.failed and not for_good:
+                return  # already excluded, one strike: a failed load is recorded where it happens, then seen again by the request
             if variant.id not in self.failed:
                 log.warning("variant %s failed and is excluded: %s", variant.id, reason)
             self.failed[variant.id] = reason
@@ -433,8 +435,7 @@ class EdgeRuntime:
                     terms.append(self._run(v, raws[v.modality]))
                     used.append(v)
                 except Exception as err:  # noqa: BLE001 - a failing variant is skipped, never the request
-                    if v.id not in self.failed:  # a load that failed was recorded (one strike) by _session
-                        self._fail(v, f"{type(err).__name__}: {err}")
+                    self._fail(v, f"{type(err).__name__}: {err}")
                     exclude.add(v.id)
                     fallbacks.append(f"{v.id} failed ({type(err).__name__})")
             if len(used) == len(active) and used:

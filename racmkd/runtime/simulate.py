@@ -156,8 +156,8 @@ def level_rows(timeline: list[dict[str, Any]], target_ms: float) -> list[dict[st
         rows.append({
             "level": level,
             "requests": len(part),
-            "cpu_percent": _mean_of_present(r["cpu_percent"] for r in part),  # a trace may lack a column, or start it late
-            "memory_available_mb": _mean_of_present(r["memory_available_mb"] for r in part),
+            "cpu_percent": mean_of_present(r["cpu_percent"] for r in part),  # a trace may lack a column, or start it late
+            "memory_available_mb": mean_of_present(r["memory_available_mb"] for r in part),
             "accuracy": sum(r["correct"] for r in part) / len(part),
             "slo_accuracy": sum(r["slo_met"] for r in part) / len(part),
             "latency_ms_mean": statistics.fmean([r["latency_ms"] for r in part if r["configuration"] != "unanswered"] or [float("nan")]),
@@ -168,7 +168,7 @@ def level_rows(timeline: list[dict[str, Any]], target_ms: float) -> list[dict[st
     return rows
 
 
-def _mean_of_present(values: Iterable[float | None]) -> float:
+def mean_of_present(values: Iterable[float | None]) -> float:
     """The mean of the readings a trace had (NaN when it had none): an absent reading is not a zero."""
     present = [v for v in values if v is not None]
     return statistics.fmean(present) if present else float("nan")
