@@ -508,6 +508,25 @@ def test_the_artifact_is_the_fastest_within_the_bound_and_the_smallest_of_a_spee
     assert choose_artifact(missed, ExportOptions(prefer="smaller"))[0] == "int8-weights"
 
 
+def test_a_faster_p50_that_the_paired_rounds_do_not_back_is_a_speed_tie() -> None:
+    """A bench run deployed a tier's fp32 model (twice the bytes) over its int8-weights twin on a p50
+    10% lower, from rounds that went either way: noise, which must not decide the artifact."""
+    from racmkd.compress.steps import ExportOptions, choose_artifact
+    from racmkd.eval.cost import clearly_faster
+
+    def candidate(p50: float, size: int, rounds: list[float]) -> dict:
+        return {"latency_ms": {"p50": p50, "rounds": rounds}, "bytes": size, "parity": {"argmax_agreement": 1.0, "accuracy": 0.9, "reference_accuracy": 0.9}}
+
+    split = [0.040, 0.060] * 15  # each wins half of the 30 rounds against the other's [0.050, 0.050, ...]
+    noisy = {"fp32": candidate(0.047, 23749, split), "int8-weights": candidate(0.052, 11857, [0.050] * 30)}
+    chosen, reason = choose_artifact(noisy, ExportOptions())
+    assert chosen == "int8-weights" and "paired timing rounds" in reason
+    steady = {"fp32": candidate(0.047, 23749, [0.047] * 27 + [0.060] * 3), "int8-weights": candidate(0.052, 11857, [0.052] * 30)}
+    assert choose_artifact(steady, ExportOptions())[0] == "fp32"  # 27 of 30 rounds: a real difference
+    assert not clearly_faster({"p50": 0.049}, {"p50": 0.050})  # within 5%, whatever the rounds
+    assert clearly_faster({"p50": 0.040}, {"p50": 0.050})  # no rounds kept: the p50s decide
+
+
 def test_mixed_precision_keeps_in_fp32_only_as_many_layers_as_the_agreement_needs(tmp_path: Path) -> None:
     import numpy as np
     import onnx

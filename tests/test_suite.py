@@ -130,3 +130,44 @@ def test_pinned_tiers_keep_the_first_seeds_designs_and_settings(tiny_run: Path) 
         assert (list(tier.modalities), tier.scale, tier.depth) == (list(design["modalities"]), design["level"], design["depth"])
         assert (tier.budget_bytes, tier.epochs, tier.ties) == (before.budget_bytes, before.epochs, before.ties)
     assert pinned[-1].epochs == 8  # tests/tiny.yaml's critical tier trains longer; its pinned seeds must too
+
+
+def test_a_rows_seeds_of_different_sizes_are_shown_and_dominance_takes_the_largest() -> None:
+    """A prune step can stop early in one seed only: that seed deploys more bytes, and a mean accuracy
+    over all three seeds cannot be claimed at the smaller seeds' size."""
+    from racmkd.eval.suite import _seed_sizes, table_66, table_targets
+
+    def cost(size: float, ms: float) -> dict:
+        return {"format": "onnx-int8", "params": 1, "bytes_deployable": size, "weight_bytes": size, "peak_activation_bytes": 1, "memory_bytes": size + 1, "flops": 1, "latency_ms_p50": ms, "latency_ms_p95": ms, "energy_mj_estimated": 0.1}
+
+    def acc(a: float, size: float) -> dict:
+        return {"accuracy": a, "f1_macro": a, "auc_roc": None, "bytes_deployable": size}
+
+    seeds = [{"seed": s, "rows": {"teacher": acc(0.99, 4e6), "low": acc(0.94, 11_000 if s < 2 else 21_000), "tinyml": acc(0.93, 12_000)}, "costs": {"teacher": cost(4e6, 6.0), "low": cost(11_000, 0.03), "tinyml": cost(12_000, 0.05)}} for s in range(3)]
+    rows = table_66(seeds)
+    assert rows["low"]["bytes_deployable_seeds"] == [11_000, 11_000, 21_000] and "bytes_deployable_seeds" not in rows["tinyml"]
+    assert _seed_sizes(rows["low"]) == " (seeds: 10.7 KB, 10.7 KB, 20.5 KB)" and _seed_sizes(rows["tinyml"]) == ""
+    low = next(t for t in table_targets(rows) if t["target"].startswith("racmkd low dominates"))
+    assert not low["reached"] and "20.5 vs 11.7 KB" in low["measured"]  # judged on the largest seed
+    for s in seeds:
+        s["rows"]["low"]["bytes_deployable"] = 11_000
+    low = next(t for t in table_targets(table_66(seeds)) if t["target"].startswith("racmkd low dominates"))
+    assert low["reached"]
+
+
+def test_a_tier_is_compressed_again_when_its_recipe_changed(tmp_path: Path) -> None:
+    from racmkd.compress.recipe import load_recipe
+    from racmkd.eval.suite import compressed_with
+
+    recipes = Path(__file__).parents[1] / "configs" / "recipes"
+    manifest = tmp_path / "compressed" / "low" / "compression.json"
+    assert not compressed_with(tmp_path, "low", recipes / "bench.yaml")  # nothing compressed yet
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"tier": "low", "recipe_steps": load_recipe(recipes / "bench.yaml").describe()}))
+    assert compressed_with(tmp_path, "low", recipes / "bench.yaml")
+    assert not compressed_with(tmp_path, "low", recipes / "bench-critical.yaml")  # another max_drop: compress again
+    edited = tmp_path / "edited.yaml"
+    edited.write_text((recipes / "bench.yaml").read_text().replace("epochs: 2, samples: 20000", "epochs: 3, samples: 20000", 1))
+    assert not compressed_with(tmp_path, "low", edited)
+    manifest.write_text("{not json")
+    assert not compressed_with(tmp_path, "low", recipes / "bench.yaml")  # unreadable: made again

@@ -35,7 +35,7 @@ from racmkd.config import RunConfig, TrainConfig
 from racmkd.data.dataset import FeatureCache, PairedDataset
 from racmkd.distill.adaptive import ObjectiveWeights
 from racmkd.distill.trainer import Job, Teacher, attach_projection, train_jobs
-from racmkd.eval.cost import latency_round_robin, rounds_for
+from racmkd.eval.cost import LATENCY_TIE, ROUNDS_WON, clearly_faster, latency_round_robin, rounds_for
 from racmkd.models.multimodal import MultimodalNet
 from racmkd.registry import COMPRESSORS
 from racmkd.utils import torch_threads
@@ -441,8 +441,9 @@ class ExportOptions:
     bytes at fp32 speed). A quantized model is acceptable when its argmax agrees with its own fp32
     model on at least `min_agreement` of the test samples and its accuracy is at most
     `max_accuracy_drop` below; of the acceptable artifacts, `prefer` picks the faster (measured
-    here: ONNX Runtime, batch 1, one thread; p50s within `LATENCY_TIE` of the fastest count as
-    equally fast, and the smallest of those wins) or the smaller."""
+    here: ONNX Runtime, batch 1, one thread, in paired rounds; a candidate the fastest does not
+    beat beyond noise (`racmkd.eval.cost.clearly_faster`) counts as equally fast, and the smallest
+    of those wins) or the smaller."""
 
     int8: str = "static"
     int8_weights: bool = True
@@ -497,7 +498,7 @@ class Export(Step):
             c["weight_bytes_by_module"] = compact_file(c["path"])
         sessions = {k: session(c["path"]) for k, c in candidates.items()}
         one = {m: x[:1] for m, x in calibration_inputs(ds, subject.specs, 1, split="test").items()}
-        latency = latency_round_robin({k: (lambda s=s: s.run(["logits"], one)) for k, s in sessions.items()}, warmup=20, iters=o.latency_iters, rounds=rounds_for(o.latency_iters))
+        latency = latency_round_robin({k: (lambda s=s: s.run(["logits"], one)) for k, s in sessions.items()}, warmup=20, iters=o.latency_iters, rounds=rounds_for(o.latency_iters), keep_rounds=True)
         for key, c in candidates.items():
             c["latency_ms"] = latency[key]
             c["bytes"] = c["path"].stat().st_size
@@ -505,11 +506,6 @@ class Export(Step):
         subject.manifest.update(artifact=candidates[chosen]["path"].name, format=candidates[chosen]["format"], reason=reason, specs={m: asdict(s) for m, s in subject.specs.items()})
         subject.manifest["candidates"] = {k: {kk: (vv.name if isinstance(vv, Path) else vv) for kk, vv in c.items()} for k, c in candidates.items()}
         return {"chosen": chosen, "reason": reason, "candidates": subject.manifest["candidates"], **details}
-
-
-# Timing noise between candidates measured in one round-robin is a few percent here: p50s within 5%
-# of the fastest are a tie, and a tie goes to the smaller file.
-LATENCY_TIE = 0.05
 
 
 def choose_artifact(candidates: dict[str, dict[str, Any]], options: ExportOptions) -> tuple[str, str]:
@@ -529,9 +525,10 @@ def choose_artifact(candidates: dict[str, dict[str, Any]], options: ExportOption
     p50 = {k: candidates[k]["latency_ms"]["p50"] for k in acceptable}
     size = {k: candidates[k]["bytes"] for k in acceptable}
     if options.prefer == "faster":
-        tied = [k for k in acceptable if p50[k] <= min(p50.values()) * (1 + LATENCY_TIE)]
+        fastest = min(acceptable, key=lambda k: p50[k])
+        tied = [k for k in acceptable if not clearly_faster(candidates[fastest]["latency_ms"], candidates[k]["latency_ms"])]
         chosen = min(tied, key=lambda k: size[k])
-        why = "faster" if len(tied) == 1 else f"the smallest of {', '.join(tied)} (p50s within {LATENCY_TIE:.0%}: as fast)"
+        why = "faster" if len(tied) == 1 else f"the smallest of {', '.join(tied)} (as fast: p50s within {LATENCY_TIE:.0%}, or the faster won fewer than {ROUNDS_WON:.0%} of the paired timing rounds)"
     else:
         chosen = min(acceptable, key=lambda k: size[k])
         why = "smaller"
