@@ -15,7 +15,9 @@ with the fog killed mid-run, and each role under concurrent load, all on loopbac
 - Device fit: the bank and every tier's compressed artifact registered (signed, profiled on every
   device in configs/devices/), then `deploy plan`.
 - Offloading: an edge that forwards to a fog server (offload margin -1: the fog first), the fog
-  killed with SIGKILL halfway through a stream of requests; lost requests and latency after.
+  killed with SIGKILL halfway through a stream of requests; lost requests and latency after. The
+  fog advertises its models' accuracy from the run's report.json: a run without one (make bench's)
+  is measured first (`racmkd evaluate`), or the edge would never forward.
 - Load: each role's server in its own process, 8 concurrent clients for a bounded count and time.
 """
 
@@ -56,7 +58,7 @@ from racmkd.deploy.registry import ModelRegistry, artifact_kind, pack  # noqa: E
 from racmkd.deploy.server import EdgeService, create_app  # noqa: E402
 from racmkd.deploy.signing import generate_keypair, load_private_key  # noqa: E402
 from racmkd.eval.cost import percentile  # noqa: E402
-from racmkd.eval.report import git_commit, machine  # noqa: E402
+from racmkd.eval.report import evaluate_run, git_commit, machine  # noqa: E402
 from racmkd.models.checkpoint import load_model, save_model  # noqa: E402
 from racmkd.models.inference import BatchFeatures  # noqa: E402
 from racmkd.pipeline import open_run, prepare_data  # noqa: E402
@@ -364,7 +366,7 @@ def render(result: dict[str, Any]) -> str:
     for a in result["fit"]["plan"]:
         lines.append(f"| {a['device']} | {a['release'] or '**none**'} | {a['reason']} |")
     k = result["offload"]
-    lines += ["", "## Offloading, fog killed halfway", "", f"{k['requests']} requests at {result['offload_rate_hz']:g}/s through the edge to the fog; the fog SIGKILLed at request {k['requests'] // 2}. Lost: **{k['lost']}**. Offloaded before the kill: {k['offloaded_before_kill']}, after: {k['offloaded_after_kill']}. Requests that tried the dead fog first: {k['affected']}, p50 {k['affected_ms_p50']:.1f} ms, p99 {k['affected_ms_p99']:.1f} ms (p99 before the kill {k['before_ms_p99']:.1f} ms, after {k['after_ms_p99']:.1f} ms). Accuracy over the stream {k['accuracy']:.4f}." + ("" if k.get("fog_accuracy") is not None else " **The fog reported no test accuracy** (its run has no report.json: pass `--run` a run `make run` made), so the edge never forwarded and the offload path was not exercised."), ""]
+    lines += ["", "## Offloading, fog killed halfway", "", f"{k['requests']} requests at {result['offload_rate_hz']:g}/s through the edge to the fog; the fog SIGKILLed at request {k['requests'] // 2}. Lost: **{k['lost']}**. Offloaded before the kill: {k['offloaded_before_kill']}, after: {k['offloaded_after_kill']}. Requests that tried the dead fog first: {k['affected']}, p50 {k['affected_ms_p50']:.1f} ms, p99 {k['affected_ms_p99']:.1f} ms (p99 before the kill {k['before_ms_p99']:.1f} ms, after {k['after_ms_p99']:.1f} ms). Accuracy over the stream {k['accuracy']:.4f}." + ("" if k.get("fog_accuracy") is not None else " **The fog reported no test accuracy** (its run's report.json has none for its models), so the edge never forwarded and the offload path was not exercised."), ""]
     lines += ["## Each role under concurrent load (8 clients, .npz requests, server and clients on the same 2 cores)", "", "| role | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) |", "|---|---|---|---|---|---|"]
     for r in result["load"]:
         lines.append(f"| {r['role']} | {r['requests']} | {r['errors']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
@@ -410,6 +412,12 @@ def main() -> None:
     dataset = prepare_data(cfg)
     if not (run_dir / "edge" / "bank.json").is_file():
         build_bank(cfg, dataset, run_dir)
+    if not (run_dir / "report.json").is_file():
+        # The fog advertises its models' test accuracy from the run's report; without one the edge
+        # has no reason to forward, and the offload experiment would measure nothing (make bench's
+        # runs have none).
+        print(f"{run_dir}: no report.json; measuring the run (racmkd evaluate) so that the fog has an accuracy to advertise")
+        evaluate_run(run_dir, dataset)
     result: dict[str, Any] = {"commit": git_commit(), "machine": machine(), "run": run_dir.name, "fine_tune_steps": args.steps, "offload_rate_hz": args.rate}
     result["deltas"] = delta_sizes(run_dir, dataset, args.steps)
     result["overhead"] = serving_overhead(run_dir, dataset, args.iters)

@@ -541,7 +541,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         apply_override(tree, assignment)
     if overrides:
         source = f"{source} + overrides {list(overrides)}"
-    return from_dict(RunConfig, tree, source=source)
+    cfg = from_dict(RunConfig, tree, source=source)
+    check_modality_options(cfg.data, source)
+    return cfg
+
+
+def check_modality_options(data: DataConfig, source: str) -> None:
+    """Check `data.options` against each modality's options dataclass when the config is read, so
+    that a mistyped key fails at once and names its file (it failed when the dataset was built,
+    minutes into a run, naming only "config")."""
+    from racmkd.data import options as _options  # noqa: F401 - registers image and audio (torch-free)
+    from racmkd.registry import MODALITY_OPTIONS
+
+    for name, options in data.options.items():
+        if name not in MODALITY_OPTIONS:
+            raise ConfigError(f"{source}: data.options.{name}: no modality of that name; registered: {', '.join(MODALITY_OPTIONS.names())}")
+        from_dict(MODALITY_OPTIONS.get(name), options, where=f"data.options.{name}", source=source)
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any], cls: type, source: str) -> None:

@@ -58,6 +58,7 @@ class Registry(Generic[T]):
 
 
 MODALITIES: Registry = Registry("modality")
+MODALITY_OPTIONS: Registry = Registry("modality options")  # the dataclass of data.options.<name>, torch-free (racmkd.data.options)
 SIGNALS: Registry = Registry("signal")  # a modality's deployment side: input checks and features in numpy (racmkd.data.signals)
 MODELS: Registry = Registry("model")
 LOSSES: Registry = Registry("loss")

@@ -328,6 +328,23 @@ def test_recipe_validation_errors_name_the_problem(steps: list, message: str) ->
     assert "my-recipe.yaml" in str(err.value)
 
 
+def test_an_impossible_lowrank_budget_fails_before_any_step_runs(tmp_path: Path) -> None:
+    """Checked on the model the step will see: with nothing before it that changes the layers. After
+    a prune, the step checks itself (the pruned model may meet a budget the whole one cannot)."""
+    from racmkd.compress.recipe import check_recipe
+    from racmkd.compress.steps import Subject
+
+    model = with_running_stats(student(INPUTS, width=4.0, depth=1))
+    subject = Subject("low", model, {}, None, tmp_path)  # (the checks read the model alone)
+    weights = [p.detach().clone() for p in model.parameters()]
+    impossible = parse_recipe({"steps": [{"distill": {"epochs": 1}}, {"lowrank": {"budget_bytes": 64}}, "export"]}, "small.yaml")
+    with pytest.raises(RecipeError, match=r"small\.yaml: steps\[1\]\.lowrank: low-rank factorisation cannot bring this model to 64 bytes"):
+        check_recipe(impossible, subject, None)
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True)) and "lowrank" not in model.arch  # tried on a copy
+    check_recipe(parse_recipe({"steps": [{"lowrank": {"budget_bytes": 10**9}}, "export"]}, "roomy.yaml"), subject, None)
+    check_recipe(parse_recipe({"steps": [{"prune": {"ratio": 0.5}}, {"lowrank": {"budget_bytes": 64}}, "export"]}, "pruned.yaml"), subject, None)  # left to the step
+
+
 def test_every_shipped_recipe_parses() -> None:
     from racmkd.compress.recipe import load_recipe
 

@@ -29,6 +29,7 @@ from racmkd.data import audio as dsp
 from racmkd.data.fsdd import load_fsdd
 from racmkd.data.image import center_crop, fit_pca, pca_reconstruct, random_affine, resize
 from racmkd.data.mnist import load_mnist
+from racmkd.data.options import AudioOptions, ImageOptions
 from racmkd.data.paths import DataError
 from racmkd.data.signals import AudioSpec, ImageSpec, Signal, fix_length
 from racmkd.registry import MODALITIES, SIGNALS
@@ -150,18 +151,6 @@ class Modality(ABC):
 # Images: MNIST digits.
 
 
-@dataclass(frozen=True)
-class ImageOptions:
-    """Options of the image modality (data.options.image)."""
-
-    crop: int = 24  # centre crop of the 28x28 digit (the seed paper's 24x24)
-    levels: tuple[int, ...] = (24, 16, 12, 8)  # input resolution per level
-    pca_variance: float = 0.25  # avmnist: keep the fewest PCA components that explain this much variance
-    rotation_deg: float = 10.0
-    shift: float = 0.10
-    zoom: float = 0.10
-
-
 @MODALITIES.register("image")
 class ImageModality(Modality):
     """28x28 grey digit images; avmnist keeps only the leading PCA components (~75% of the energy gone)."""
@@ -229,27 +218,6 @@ class ImageModality(Modality):
 
 # ------------------------------------------------------------------------------------------------
 # Audio: spoken digits.
-
-
-@dataclass(frozen=True)
-class AudioOptions:
-    """Options of the audio modality (data.options.audio)."""
-
-    sample_rate: int = 8000
-    duration: float = 1.0  # seconds; recordings are padded or trimmed, centred
-    n_fft: int = 512
-    win_length: int = 400  # 50 ms
-    hop_length: int = 256  # 32 frames per second
-    f_min: float = 0.0
-    f_max: float = 4000.0
-    levels: tuple[tuple[int, int], ...] = ((64, 32), (32, 32), (32, 16), (16, 16))  # (mel bands, frames) per level
-    val_repetitions: tuple[int, int] = (5, 9)  # FSDD repetition indices (inclusive) held out for validation
-    test_repetitions: tuple[int, int] = (0, 4)  # the official test split
-    snr_db: tuple[float, float] = (0.0, 10.0)  # avmnist: white noise at an SNR drawn from this range
-    stretch: float = 0.10  # time-stretch rate in 1 +- stretch
-    semitones: float = 2.0  # pitch shift in +- semitones
-    masks: int = 0  # SpecAugment: this many frequency and this many time masks per training sample
-    mask_fraction: float = 0.125  # each mask covers up to this share of the bands / frames
 
 
 @functools.lru_cache(maxsize=32)
