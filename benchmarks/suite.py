@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from racmkd.eval.suite import SuiteSettings, plot_all, render, run_suite  # noqa: E402
+from racmkd.eval.suite import TIERS, SuiteSettings, plot_all, render, run_suite  # noqa: E402
 from racmkd.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 # Training scale of the full suite: each student and baseline sees 3 x 20,000 samples (the make run
@@ -47,8 +47,8 @@ def main() -> None:
         if not sep or not tier or not path:
             parser.error(f"--tier-recipe {pair!r}: expected TIER=PATH, e.g. critical=configs/recipes/bench-critical.yaml")
         tier_recipes[tier] = Path(path)
-    if set(tier_recipes) - {"high", "medium", "low", "critical"}:
-        parser.error(f"--tier-recipe: unknown tier in {sorted(tier_recipes)}; the tiers are high, medium, low, critical")
+    if set(tier_recipes) - set(TIERS):
+        parser.error(f"--tier-recipe: unknown tier in {sorted(tier_recipes)}; the tiers are {', '.join(TIERS)}")
     settings = SuiteSettings(config=args.config, protocols=tuple(args.protocols), seeds=tuple(args.seeds), runs_dir=args.runs_dir, overrides=(*FULL_SCALE, *args.overrides), recipe=args.recipe, tier_recipes=tier_recipes, teachers_from=args.teachers_from)
     if args.quick:
         settings = replace(settings.quick(), config=REPO / "configs" / "smoke.yaml", runs_dir=args.runs_dir / "quick", overrides=tuple(args.overrides))

@@ -555,7 +555,7 @@ def check_modality_options(data: DataConfig, source: str) -> None:
 
     for name, options in data.options.items():
         if name not in MODALITY_OPTIONS:
-            raise ConfigError(f"{source}: data.options.{name}: no modality of that name; registered: {', '.join(MODALITY_OPTIONS.names())}")
+            raise ConfigError(f"{source}: data.options.{name}: no options registered for a modality {name!r} (racmkd/data/options.py, MODALITY_OPTIONS); registered: {', '.join(MODALITY_OPTIONS.names())}")
         from_dict(MODALITY_OPTIONS.get(name), options, where=f"data.options.{name}", source=source)
 
 

@@ -1,6 +1,6 @@
 """One Registry class for everything racmkd looks up by name.
 
-Modalities (and their torch-free deployment half, signals), models, losses and compression steps
+Modalities (with their torch-free halves: signals, and the options of data.options), models, losses and compression steps
 are registered explicitly under a unique name; configs refer to them by that name. A duplicate name is an error, an unknown one suggests the closest names.
 """
 

@@ -381,8 +381,11 @@ def compressed_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) -> None:
+    from racmkd.eval.suite import compressed_with
+
     folder = compressed_run / "compressed" / "critical"
     manifest = json.loads((folder / "compression.json").read_text())
+    assert compressed_with(compressed_run, "critical", compressed_run / "recipe.yaml")  # what the file records reads back as the recipe
     assert [s["step"] for s in manifest["steps"]] == ["prune", "align", "qat", "export"]
     for step in manifest["steps"]:
         for key in ("params", "param_bytes_fp32", "flops", "val_accuracy"):

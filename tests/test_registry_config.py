@@ -98,13 +98,14 @@ def test_modality_options_are_checked_when_the_config_is_read(tmp_path: Path) ->
     with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'data\.options\.audio\.snr_dbb'\. Did you mean 'snr_db'"):
         load_config(path)
     path.write_text("data:\n  options:\n    imagee: {crop: 24}\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: data\.options\.imagee: no modality of that name; registered: audio, image"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: data\.options\.imagee: no options registered for a modality 'imagee' .*; registered: audio, image"):
         load_config(path)
     with pytest.raises(ConfigError, match=r"data\.options\.image\.crop: expected an integer"):
         load_config(None, ["data.options={image: {crop: big}}"])
     assert load_config(REPO / "configs" / "default.yaml").data.options["image"]["crop"] == 24
     from racmkd.registry import MODALITY_OPTIONS
 
+    assert MODALITY_OPTIONS.names() == MODALITIES.names()
     for name in MODALITIES:  # what the config is checked against is what the modality reads
         assert MODALITIES.get(name).options_type is MODALITY_OPTIONS.get(name)
 

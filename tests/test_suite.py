@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -153,6 +154,13 @@ def test_a_rows_seeds_of_different_sizes_are_shown_and_dominance_takes_the_large
         s["rows"]["low"]["bytes_deployable"] = 11_000
     low = next(t for t in table_targets(table_66(seeds)) if t["target"].startswith("racmkd low dominates"))
     assert low["reached"]
+    # A large seed does not choose a bigger, weaker baseline to be judged against: the first seed's costs choose.
+    for s in seeds:
+        s["rows"]["mobilenetv3"] = acc(0.90, 50_000)
+        s["costs"]["mobilenetv3"] = cost(50_000, 0.08)
+    seeds[2]["rows"]["low"]["bytes_deployable"] = 45_000
+    low = next(t for t in table_targets(table_66(seeds)) if t["target"].startswith("racmkd low dominates"))
+    assert "TinyML" in low["target"] and not low["reached"]
 
 
 def test_a_tier_is_compressed_again_when_its_recipe_changed(tmp_path: Path) -> None:
@@ -171,3 +179,13 @@ def test_a_tier_is_compressed_again_when_its_recipe_changed(tmp_path: Path) -> N
     assert not compressed_with(tmp_path, "low", edited)
     manifest.write_text("{not json")
     assert not compressed_with(tmp_path, "low", recipes / "bench.yaml")  # unreadable: made again
+    manifest.write_text("[]")
+    assert not compressed_with(tmp_path, "low", recipes / "bench.yaml")
+    manifest.write_text(json.dumps({"tier": "low", "recipe_steps": load_recipe(recipes / "bench.yaml").describe()}))
+    student = tmp_path / "checkpoints" / "low.pt"
+    student.parent.mkdir()
+    student.write_bytes(b"retrained")
+    os.utime(student, ns=(manifest.stat().st_mtime_ns + 10**9,) * 2)
+    assert not compressed_with(tmp_path, "low", recipes / "bench.yaml")  # the student is newer than its compression
+    os.utime(student, ns=(manifest.stat().st_mtime_ns - 10**9,) * 2)
+    assert compressed_with(tmp_path, "low", recipes / "bench.yaml")

@@ -145,8 +145,10 @@ def clearly_faster(a: dict[str, Any], b: dict[str, Any]) -> bool:
     `LATENCY_TIE` lower and, where both kept their rounds, a lower median in `ROUNDS_WON` of them."""
     if a["p50"] * (1 + LATENCY_TIE) >= b["p50"]:
         return False
-    paired = list(zip(a.get("rounds", []), b.get("rounds", []), strict=False))
-    return not paired or sum(x < y for x, y in paired) >= ROUNDS_WON * len(paired)
+    rounds_a, rounds_b = a.get("rounds", []), b.get("rounds", [])
+    if not rounds_a or len(rounds_a) != len(rounds_b):  # not timed in the same rounds: the p50s decide
+        return True
+    return sum(x < y for x, y in zip(rounds_a, rounds_b, strict=True)) >= ROUNDS_WON * len(rounds_a)
 
 
 # Timed calls of one subject in a round. Three rounds of 100 calls of a 0.06 ms model are 6 ms
