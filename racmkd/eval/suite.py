@@ -402,9 +402,10 @@ def _tier_recipes(result: dict[str, Any]) -> str:
 
 
 def _seed_sizes(row: dict[str, Any]) -> str:
-    """The seeds' deployable bytes, when they differ from one another."""
-    sizes = row.get("bytes_deployable_seeds")
-    return f" (seeds: {', '.join(_kb(n) for n in sizes)})" if sizes else ""
+    """The seeds' deployable bytes, when they differ from one another as printed (int8 files of one
+    design differ by a few bytes of scales: TinyML's read "11.7 KB" three times)."""
+    sizes = [_kb(n) for n in row.get("bytes_deployable_seeds", [])]
+    return f" (seeds: {', '.join(sizes)})" if len(set(sizes)) > 1 else ""
 
 
 def _acc(value: float | None) -> str:
