@@ -134,7 +134,7 @@ def run_all(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: SetOpt
 def compress(
     run: RunOpt = Path("runs/latest"),
     tier: Annotated[Optional[list[str]], typer.Option(help="Tiers to compress (repeatable; default: all).")] = None,
-    recipe: Annotated[Optional[Path], typer.Option(help="Recipe YAML (default: the run config's compress.recipe, e.g. configs/recipes/default.yaml).")] = None,
+    recipe: Annotated[Optional[Path], typer.Option(help="Recipe YAML for every tier named (default: the run config's compress.tier_recipes for its tiers, else compress.recipe, e.g. configs/recipes/default.yaml).")] = None,
 ) -> None:
     """Compress tiers' students with a recipe (prune, low-rank, input reduction, QAT, int8, export) and re-measure the run."""
     from racmkd.eval.report import evaluate_run

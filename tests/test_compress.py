@@ -545,6 +545,8 @@ def test_a_faster_p50_that_the_paired_rounds_do_not_back_is_a_speed_tie() -> Non
     assert choose_artifact(steady, ExportOptions())[0] == "fp32"  # 27 of 30 rounds: a real difference
     assert not clearly_faster({"p50": 0.049}, {"p50": 0.050})  # within 5%, whatever the rounds
     assert clearly_faster({"p50": 0.040}, {"p50": 0.050})  # no rounds kept: the p50s decide
+    assert clearly_faster({"p50": 0.040, "rounds": [0.060] * 30}, {"p50": 0.050, "rounds": [0.050] * 10})  # not paired: the p50s decide
+    assert not clearly_faster({"p50": 0.040, "rounds": [0.060] * 30}, {"p50": 0.050, "rounds": [0.050] * 30})  # paired, and lost every round
 
 
 def test_mixed_precision_keeps_in_fp32_only_as_many_layers_as_the_agreement_needs(tmp_path: Path) -> None:

@@ -157,11 +157,12 @@ def seed_run(settings: SuiteSettings, protocol: str, seed: int, first_run: Path 
         recipes = {t: settings.tier_recipes.get(t, settings.recipe) for t in TIERS}
         todo = [t for t in TIERS if not compressed_with(run_dir, t, recipes[t])]
         if todo:  # (through the config, so that one call shares the fine-tunes' caches across recipes)
+            # The variant bank (Table 6.7, the ablation) is built from the compressed students: one
+            # built before holds the models these replace (dropped first, so that an interrupted
+            # compression cannot leave it standing beside the new models).
+            shutil.rmtree(run_dir / "edge", ignore_errors=True)
             compress_cfg = replace(cfg.compress, recipe=str(settings.recipe), tier_recipes={t: str(r) for t, r in settings.tier_recipes.items()})
             compress_students(replace(cfg, compress=compress_cfg), dataset, run_dir, todo)
-            # The variant bank (Table 6.7, the ablation) is built from the compressed students: one
-            # built before holds the models these replaced.
-            shutil.rmtree(run_dir / "edge", ignore_errors=True)
         made += [f"{t} compressed" for t in todo]
         resumed += [f"{t} compressed" for t in TIERS if t not in todo]
     return cfg, run_dir, made, resumed
@@ -426,7 +427,7 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
         (
             "Every figure below was measured in this run, on this machine; nothing is copied. The seed paper's published figures appear only in columns labelled as theirs. "
             "Teachers are trained once per protocol and shared by the seeds, which vary the students and baselines (their spread is the ± column). "
-            "Costs are the first seed's models'; where the seeds' deployable files differ in size the column lists each seed's, and a dominance target is judged on the largest. "
+            "Costs are the first seed's models'; where the seeds' deployable files differ in size as printed the column lists each seed's; a tier's baseline is the closest in the first seed's costs, and dominance is judged on the largest seed. "
             "Latency: ONNX Runtime, batch 1, one thread, the models timed in turn over several rounds (median, 95th percentile). Memory: weight bytes as ONNX Runtime holds them (int8-weights artifacts keep a quarter of the bytes on disk and hold floats once loaded) + peak activation bytes from the ONNX graph's tensor lifetimes. "
             "Energy is **estimated** (FLOPs, bytes moved and latency through the energy model of `racmkd.config.EnergyModel`), not measured."
         ),
