@@ -62,10 +62,11 @@ def candidate_layers(model: MultimodalNet) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if is_pointwise(m)}
 
 
-def lowrank_model(model: MultimodalNet, energy: float = 0.95, budget_bytes: int = 0) -> tuple[MultimodalNet, list[Factorisation]]:
-    """Factorise the model's pointwise layers (in place). With `energy`, each layer keeps the rank that
-    holds that share of its spectrum; with `budget_bytes`, the energy is lowered step by step until the
-    fp32 parameters fit. Ranks are recorded in the model's `arch` (checkpoints rebuild it)."""
+def plan_ranks(model: MultimodalNet, energy: float = 0.95, budget_bytes: int = 0) -> tuple[dict[str, nn.Module], dict[str, torch.Tensor], dict[str, int]]:
+    """The pointwise layers, their singular values and the rank each is cut to (layers whose
+    factorisation would not save parameters are left out): each keeps `energy` of its spectrum, or,
+    with `budget_bytes`, the energy is lowered step by step until the fp32 parameters fit (a
+    ValueError when they never do). Reads the model, changes nothing: a recipe's check calls it."""
     if not 0 < energy <= 1:
         raise ValueError(f"lowrank energy must be in (0, 1], got {energy}")
     layers = candidate_layers(model)
@@ -92,6 +93,13 @@ def lowrank_model(model: MultimodalNet, energy: float = 0.95, budget_bytes: int 
             ranks = plan(e)
         if size(ranks) > budget_bytes:
             raise ValueError(f"low-rank factorisation cannot bring this model to {budget_bytes} bytes (smallest: {size(ranks)})")
+    return layers, spectra, ranks
+
+
+def lowrank_model(model: MultimodalNet, energy: float = 0.95, budget_bytes: int = 0) -> tuple[MultimodalNet, list[Factorisation]]:
+    """Factorise the model's pointwise layers (in place) to the ranks `plan_ranks` chooses. Ranks are
+    recorded in the model's `arch` (checkpoints rebuild it)."""
+    layers, spectra, ranks = plan_ranks(model, energy, budget_bytes)
     report = []
     for name, layer in layers.items():
         out_dim, in_dim = matrix_of(layer).shape

@@ -28,7 +28,7 @@ import numpy as np
 
 from racmkd.compress.export import compact_file, export_onnx, fp32_parity, onnx_logits, parity, session, torch_logits
 from racmkd.compress.inputs import band_importance, most_informative, reduce_inputs
-from racmkd.compress.lowrank import lowrank_model
+from racmkd.compress.lowrank import lowrank_model, plan_ranks
 from racmkd.compress.prune import MAX_RATIO, align_channels, prune_encoders, ratio_for_bytes
 from racmkd.compress.quantize import calibration_inputs, choose_mixed_precision, fake_quantized, fewest_float_layers, layer_sensitivity, quantize_int8, quantize_weights_int8
 from racmkd.config import RunConfig, TrainConfig
@@ -304,7 +304,7 @@ class LowRank(Step):
 
     def check(self, subject: Subject, ctx: Context) -> None:
         if self.options.budget_bytes:  # an impossible budget fails here, not after the steps before it
-            lowrank_model(copy.deepcopy(subject.model), self.options.energy, self.options.budget_bytes)
+            plan_ranks(subject.model, self.options.energy, self.options.budget_bytes)
 
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
         o = self.options

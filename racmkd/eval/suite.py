@@ -34,7 +34,7 @@ from racmkd.data.dataset import PairedDataset
 from racmkd.eval.baselines import BASELINES, train_extras
 from racmkd.eval.deployed import Deployed, artifact_accuracy, artifact_costs, closest_in_cost, cost_growth, deploy, dominates, pareto_front, robustness, twin
 from racmkd.eval.report import git_commit, machine
-from racmkd.pipeline import TEACHER, checkpoint, compress_students, create_run, distill_students, prepare_data, train_teachers
+from racmkd.pipeline import TEACHER, checkpoint, compress_students, create_run, distill_students, prepare_data, recipe_for, train_teachers
 from racmkd.utils import atomic_write_json, progress, sha256
 
 TIERS = ("high", "medium", "low", "critical")
@@ -154,26 +154,34 @@ def seed_run(settings: SuiteSettings, protocol: str, seed: int, first_run: Path 
     trained, found = train_extras(cfg, dataset, run_dir, BASELINES, transfer=transfer)
     made, resumed = made + trained, resumed + found
     if settings.recipe is not None:
-        recipes = {t: settings.tier_recipes.get(t, settings.recipe) for t in TIERS}
-        todo = [t for t in TIERS if not compressed_with(run_dir, t, recipes[t])]
-        if todo:  # (through the config, so that one call shares the fine-tunes' caches across recipes)
+        # The suite's recipes go through the config, so that the check below and the compression
+        # read them alike (recipe_for), and one call shares the fine-tunes' caches across recipes.
+        compress_cfg = replace(cfg, compress=replace(cfg.compress, recipe=str(settings.recipe), tier_recipes={t: str(r) for t, r in settings.tier_recipes.items()}))
+        steps = {path: recipe_steps(path) for path in {recipe_for(compress_cfg, t) for t in TIERS}}
+        todo = [t for t in TIERS if not compressed_with(run_dir, t, recipe_for(compress_cfg, t), steps[recipe_for(compress_cfg, t)])]
+        if todo:
             # The variant bank (Table 6.7, the ablation) is built from the compressed students: one
             # built before holds the models these replace (dropped first, so that an interrupted
             # compression cannot leave it standing beside the new models).
             shutil.rmtree(run_dir / "edge", ignore_errors=True)
-            compress_cfg = replace(cfg.compress, recipe=str(settings.recipe), tier_recipes={t: str(r) for t, r in settings.tier_recipes.items()})
-            compress_students(replace(cfg, compress=compress_cfg), dataset, run_dir, todo)
+            compress_students(compress_cfg, dataset, run_dir, todo)
         made += [f"{t} compressed" for t in todo]
         resumed += [f"{t} compressed" for t in TIERS if t not in todo]
     return cfg, run_dir, made, resumed
 
 
-def compressed_with(run_dir: Path, tier: str, recipe: Path) -> bool:
-    """The tier's compressed artifact exists, was made after its student was trained, and came from
-    this recipe's steps as they read now, defaults included (an edited recipe or step compresses
-    again; before, a resumed suite kept the old artifacts under the new name)."""
+def recipe_steps(recipe: Path) -> list[dict[str, Any]]:
+    """A recipe's steps with every option, defaults included, as compression.json records them."""
     from racmkd.compress.recipe import load_recipe
 
+    return json.loads(json.dumps(load_recipe(recipe).describe()))
+
+
+def compressed_with(run_dir: Path, tier: str, recipe: Path, steps: list[dict[str, Any]] | None = None) -> bool:
+    """The tier's compressed artifact exists, was made after its student was trained, and came from
+    this recipe's steps as they read now, defaults included (an edited recipe or step compresses
+    again; before, a resumed suite kept the old artifacts under the new name). `steps`: the
+    recipe's, when the caller has read them already."""
     manifest = run_dir / "compressed" / tier / "compression.json"
     student = checkpoint(run_dir, tier)
     if not manifest.is_file() or (student.is_file() and student.stat().st_mtime_ns > manifest.stat().st_mtime_ns):
@@ -182,7 +190,7 @@ def compressed_with(run_dir: Path, tier: str, recipe: Path) -> bool:
         made = json.loads(manifest.read_text())
     except (OSError, ValueError):
         return False  # unreadable: made again
-    return isinstance(made, dict) and made.get("recipe_steps") == json.loads(json.dumps(load_recipe(recipe).describe()))
+    return isinstance(made, dict) and made.get("recipe_steps") == (recipe_steps(recipe) if steps is None else steps)
 
 
 # Measuring -------------------------------------------------------------------------------------------
