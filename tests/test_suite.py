@@ -190,3 +190,35 @@ def test_a_tier_is_compressed_again_when_its_recipe_changed(tmp_path: Path) -> N
     assert not compressed_with(tmp_path, "low", recipes / "bench.yaml")  # the student is newer than its compression
     os.utime(student, ns=(manifest.stat().st_mtime_ns - 10**9,) * 2)
     assert compressed_with(tmp_path, "low", recipes / "bench.yaml")
+
+
+def test_a_seed_run_compresses_the_tiers_whose_recipe_changed_and_drops_the_stale_bank(tiny_run: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite's compression branch end to end: each tier with its recipe (the critical tier's own
+    where one is given), the variant bank built from the replaced models dropped, a resumed call
+    compressing nothing, and a changed tier recipe compressing that tier alone."""
+    from racmkd.eval import suite
+
+    runs = tmp_path / "bench"
+    shutil.copytree(tiny_run, runs / "clean-s0", ignore=shutil.ignore_patterns("compressed", "simulate"))
+    (runs / "clean-s0" / "edge").mkdir(exist_ok=True)
+    (runs / "clean-s0" / "edge" / "bank.json").write_text("{}")  # a bank of the models about to be replaced
+    monkeypatch.setattr(suite, "train_extras", lambda *args, **kwargs: ([], []))  # the baselines are not this test's
+    common, own = tmp_path / "common.yaml", tmp_path / "own.yaml"
+    common.write_text("steps:\n  - export: {int8: none, int8_weights: true, latency_iters: 5}\n")
+    own.write_text("steps:\n  - export: {int8: none, int8_weights: false, latency_iters: 5}\n")
+    settings = suite.SuiteSettings(config=TINY, protocols=("clean",), runs_dir=runs, overrides=(f"data.cache_dir={cache_dir}",), recipe=common, tier_recipes={"critical": own})
+    datasets: dict = {}
+
+    _, run_dir, made, resumed = suite.seed_run(settings, "clean", 0, None, datasets)
+    assert made == [f"{t} compressed" for t in suite.TIERS] and resumed == ["teachers", "students"]
+    assert not (run_dir / "edge").exists()  # built from the students' old compressed models: dropped
+    recipes = {t: json.loads((run_dir / "compressed" / t / "compression.json").read_text())["recipe"] for t in suite.TIERS}
+    assert recipes == {**{t: str(common) for t in suite.TIERS}, "critical": str(own)}
+    assert json.loads((run_dir / "compressed" / "critical" / "compression.json").read_text())["format"] == "onnx-fp32"  # its recipe exports no int8
+
+    _, _, made, resumed = suite.seed_run(settings, "clean", 0, None, datasets)
+    assert made == [] and resumed == ["teachers", "students", *(f"{t} compressed" for t in suite.TIERS)]
+
+    _, _, made, _ = suite.seed_run(replace(settings, tier_recipes={}), "clean", 0, None, datasets)
+    assert made == ["critical compressed"]  # back to the common recipe: that tier alone
+    assert json.loads((run_dir / "compressed" / "critical" / "compression.json").read_text())["recipe"] == str(common)

@@ -7,7 +7,7 @@ contract. That half lives here, registered in SIGNALS under the modality's name,
 import, so that the edge runtime, the ONNX predictor and the edge server run on numpy and ONNX
 Runtime alone (the edge image carries no training stack).
 
-Both halves compute the same features; tests/test_signals.py holds them to each other on real
+Both halves compute the same features; tests/test_signal.py holds them to each other on real
 data. Fixed linear maps (resize, mel bands, frame pooling) are matrices built once per spec, so a
 request costs a few small matrix products:
 
@@ -256,9 +256,14 @@ def pooling_matrix(frames_in: int, frames_out: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _window(win_length: int) -> np.ndarray:
-    """Periodic Hann window (torch.hann_window's default)."""
-    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win_length) / win_length)).astype(np.float32)
+def _window(win_length: int, n_fft: int) -> np.ndarray:
+    """Periodic Hann window (torch.hann_window's default) of `win_length`, centred in `n_fft` zeros
+    as torch.stft places it."""
+    window = np.zeros(n_fft, dtype=np.float32)
+    start = (n_fft - win_length) // 2
+    window[start : start + win_length] = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win_length) / win_length)
+    window.flags.writeable = False  # shared by every caller through the cache
+    return window
 
 
 def frames_for(sample_count: int, hop_length: int) -> int:
@@ -266,24 +271,22 @@ def frames_for(sample_count: int, hop_length: int) -> int:
     return 1 + math.floor(sample_count / hop_length)
 
 
-@functools.lru_cache(maxsize=8)
-def _frame_index(samples: int, n_fft: int, win_length: int, hop_length: int) -> np.ndarray:
-    """(frames, win_length) positions in the zero-padded signal of every frame's windowed samples."""
-    start = (n_fft - win_length) // 2  # the window sits centred in each n_fft frame
-    return start + hop_length * np.arange(frames_for(samples, hop_length))[:, None] + np.arange(win_length)[None, :]
-
-
 def power_spectrogram(wave: np.ndarray, n_fft: int, win_length: int, hop_length: int) -> np.ndarray:
     """|STFT|^2 of waveforms (B, L) -> (B, frames, n_fft // 2 + 1): centred frames (zero padding of
     n_fft / 2 each side), periodic Hann window of `win_length` centred in the FFT, as torch.stft.
-    Only the window's samples are transformed (zero-padded to n_fft): a circular shift of a frame
-    changes the phase of its spectrum, not the power."""
+    The frames are a strided view of the padded signal at the FFT's length, copied once by the
+    window's product: gathering the window's samples by index and padding each frame to the FFT's
+    length took a quarter longer (one second at 8 kHz, interleaved runs here: 0.060-0.098 ms against
+    0.044-0.073; a whole log-mel 0.076-0.134 against 0.061-0.104)."""
     b, length = wave.shape
     pad = n_fft // 2
     padded = np.zeros((b, length + 2 * pad), dtype=np.float32)
     padded[:, pad : pad + length] = wave
-    frames = padded[:, _frame_index(length, n_fft, win_length, hop_length)] * _window(win_length)  # (B, T, win)
-    return np.abs(scipy.fft.rfft(frames, n=n_fft, axis=-1)) ** 2
+    step, item = padded.strides
+    frames = np.lib.stride_tricks.as_strided(padded, shape=(b, frames_for(length, hop_length), n_fft), strides=(step, hop_length * item, item), writeable=False)
+    power = np.abs(scipy.fft.rfft(frames * _window(win_length, n_fft), axis=-1))
+    power *= power
+    return power
 
 
 def peak_normalise(wave: np.ndarray) -> np.ndarray:
@@ -328,8 +331,9 @@ class AudioSignal(Signal):
     def features(self, raw: np.ndarray, spec: AudioSpec) -> np.ndarray:
         power = power_spectrogram(peak_normalise(raw), spec.n_fft, spec.win_length, spec.hop_length)  # (B, T, F)
         bank = mel_filterbank(spec.n_fft // 2 + 1, spec.n_mels, spec.sample_rate, spec.f_min, spec.f_max)
-        pooled = pooling_matrix(power.shape[1], spec.n_frames).T @ power  # (n_frames, T) @ (B, T, F): pooling first is cheaper
-        features = np.log(bank @ pooled.transpose(0, 2, 1) + LOG_FLOOR)  # (B, n_mels, n_frames)
+        if power.shape[1] != spec.n_frames:  # (as many frames as asked: nothing to pool)
+            power = pooling_matrix(power.shape[1], spec.n_frames).T @ power  # (n_frames, T) @ (B, T, F): pooling first is cheaper
+        features = np.log(bank @ power.transpose(0, 2, 1) + LOG_FLOOR)  # (B, n_mels, n_frames)
         if spec.bands:
             features = features[:, list(spec.bands)]
         return features[:, None].astype(np.float32, copy=False)  # (B, 1, bands, frames)
