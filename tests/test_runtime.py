@@ -396,9 +396,48 @@ def test_simulation_writes_timeline_table_and_summary(bank_dir: Path, tiny_datas
     assert {r["level"] for r in summary["levels"]} == {"high", "critical"}
     assert set(summary["slo_accuracy_static"]) == {"high", "medium", "low", "critical"}
     assert 0.0 <= summary["slo_accuracy"] <= summary["dynamic"]["accuracy"] <= 1.0
+    assert 0.0 <= summary["oracle"]["slo_accuracy"] <= 1.0 and "oracle" in (tmp_path / "table.md").read_text()
     timeline = json.loads((tmp_path / "timeline.json").read_text())
     assert len(timeline["dynamic"]) == 120 and "static-high" in timeline
     assert "| high |" in (tmp_path / "table.md").read_text()
+
+
+def test_the_oracle_counts_a_request_when_some_configuration_gets_it_right_in_time(bank_dir: Path, tmp_path: Path) -> None:
+    """The ceiling of the replays: brute force over every configuration's answers, held to the
+    latency target under the trace's slowdown and to the memory budget."""
+    import dataclasses
+    import shutil
+
+    from racmkd.resources.sources import Trace
+    from racmkd.runtime.simulate import oracle, request_rows
+    from racmkd.runtime.variants import configuration_logits
+
+    bank = load_bank(bank_dir)
+    stored = np.load(bank_dir / "logits.npz")
+    labels = stored["labels/test"]
+    rows = request_rows(len(labels), 200, seed=3)
+    shares = {(t, m): stored[f"test/{t}/{m}"] for t in bank.table.tiers for m in bank.table.modalities if f"test/{t}/{m}" in stored.files}
+    right = np.array([configuration_logits(shares, bank.biases, dict(zip(bank.table.modalities, key))).argmax(1) == labels for key in bank.accuracy("test")])[:, rows]
+
+    def trace(cpu: float, memory_mb: float) -> Trace:
+        return Trace("flat", np.array([0.0, 10.0]), {"cpu_percent": np.array([cpu, cpu]), "memory_available_mb": np.array([memory_mb, memory_mb])})
+
+    roomy = dataclasses.replace(RuntimeConfig(), latency_target_ms=1e6)
+    assert oracle(bank, trace(0.0, 1e4), roomy, rows)["slo_accuracy"] == pytest.approx(right.any(axis=0).mean())
+    assert right.any(axis=0).mean() >= right.mean(axis=1).max()  # at least the best configuration's accuracy on these rows
+    assert oracle(bank, trace(0.0, 1e4), dataclasses.replace(roomy, latency_target_ms=1e-6), rows)["slo_accuracy"] == 0.0  # nothing is that fast
+    assert oracle(bank, trace(0.0, 0.0), roomy, rows)["slo_accuracy"] == 0.0  # no memory for any session
+    # The slowdown of a loaded core: at 90% load only what runs in a tenth of the target counts.
+    cheapest = min(v.typical_ms for v in bank.table.variants) + float(bank.data.get("request_overhead_ms", 0.0))
+    squeezed = dataclasses.replace(RuntimeConfig(), latency_target_ms=cheapest * 10 * 0.99, contention_floor=0.01)
+    assert oracle(bank, trace(90.0, 1e4), squeezed, rows)["slo_accuracy"] == 0.0
+    assert oracle(bank, trace(90.0, 1e4), dataclasses.replace(squeezed, latency_target_ms=cheapest * 10 * 1.01), rows)["slo_accuracy"] > 0.0
+
+    partial = tmp_path / "edge"
+    shutil.copytree(bank_dir, partial)
+    np.savez(partial / "logits.npz", **{k: stored[k][:50] for k in stored.files})  # a bank built on 50 test samples
+    result = oracle(load_bank(partial), trace(0.0, 1e4), roomy, rows)
+    assert math.isnan(result["slo_accuracy"]) and "50 test samples" in result["why_not"]
 
 
 def test_a_trace_without_cpu_readings_replays_and_says_so(bank_dir: Path, tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001

@@ -74,13 +74,17 @@ def static_policies(bank: Bank) -> list[Policy]:
     return policies
 
 
+def request_rows(n_samples: int, requests: int, seed: int) -> np.ndarray:
+    """The split's rows a replay's requests carry, in order (drawn with replacement only when there are more requests than rows)."""
+    return np.random.default_rng(seed).choice(n_samples, size=requests, replace=requests > n_samples)
+
+
 def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, config: RuntimeConfig, requests: int, split: str = "test", seed: int = 0) -> dict[str, Any]:
     """Replay `trace` with `requests` requests against one policy; returns its timeline and stats."""
     clock = SimClock()
     monitor = ResourceMonitor(TraceSource(trace, start=0.0), config.monitor, clock=clock)
     runtime = EdgeRuntime(bank, config, monitor if policy.pinned is None else None, clock=clock, pinned=policy.pinned)
-    n_test = len(dataset.splits[split])
-    rows = torch.from_numpy(np.random.default_rng(seed).choice(n_test, size=requests, replace=requests > n_test))
+    rows = torch.from_numpy(request_rows(len(dataset.splits[split]), requests, seed))
     labels = dataset.splits[split].labels[rows].numpy()
     duration = max(trace.duration, 1e-9)
     next_poll = 0.0
@@ -115,6 +119,51 @@ def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, con
         })
     runtime.close()
     return {"policy": policy.name, "timeline": timeline, "decisions": list(runtime.decisions), "adaptation_ms": list(runtime.adaptation_ms), "switch_loads": list(runtime.switch_loads), "decision_ms": list(runtime.decision_ms), "monitor_cpu_seconds": monitor.cpu_seconds, "monitor_polls": monitor.polls, "trace_seconds": duration}
+
+
+def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray) -> dict[str, Any]:
+    """The most any policy could get from this bank on a replay of `trace` whose requests carry
+    these test rows (`request_rows`, as `replay` draws them): a request counts when some configuration answers it
+    correctly within the latency target, at the configurations' median latencies (the bank's) plus
+    the runtime's own cost (the bank's figure), times the trace's slowdown, and within the memory
+    (its own sessions counted back in) and energy budgets. An upper bound: the runtime cannot know
+    which configuration a request needs, and it pays for its decisions and for the tail. The
+    ceiling of every ratio of the dynamic runtime to a static deployment on that trace, too.
+    Needs the test shares of those rows in the bank's logits.npz; says why when it has not."""
+    from itertools import product
+
+    from racmkd.resources.allocator import config_costs
+
+    path = bank.folder / "logits.npz"
+    try:
+        with np.load(path) as stored:
+            logits = {k: stored[k] for k in stored.files}
+    except (OSError, ValueError) as err:
+        return {"slo_accuracy": float("nan"), "why_not": f"{path}: unreadable ({err})"}
+    labels = logits.get("labels/test")
+    table = bank.table
+    variants = {(v.tier, v.modality): v for v in table.variants}
+    if labels is None or any(f"test/{t}/{m}" not in logits for t, m in variants):
+        return {"slo_accuracy": float("nan"), "why_not": f"{path}: no test logits for every variant (rebuild the bank)"}
+    if len(rows) == 0 or rows.max() >= len(labels):
+        return {"slo_accuracy": float("nan"), "why_not": f"{path}: the bank holds the logits of {len(labels)} test samples, the replay draws from more (build it with every test sample)"}
+    requests = len(rows)
+    overhead = float(bank.data.get("request_overhead_ms", 0.0))
+    configurations = []
+    for combo in product(*([None, *sorted({t for t, m in variants if m == modality})] for modality in table.modalities)):
+        chosen = tuple(None if t is None else variants[(t, m)] for t, m in zip(combo, table.modalities))
+        if any(chosen):
+            total = sum(logits[f"test/{v.tier}/{v.modality}"] for v in chosen if v is not None) + sum(bank.biases[v.tier] for v in chosen if v is not None) / sum(v is not None for v in chosen)
+            configurations.append((config_costs(chosen), (total.argmax(1) == labels)[rows]))
+    duration = max(trace.duration, 1e-9)
+    met = np.zeros(requests, dtype=bool)
+    for i in range(requests):
+        reading = trace.at(i * duration / requests)
+        for costs, correct in configurations:
+            if correct[i] and not met[i]:
+                budget = budget_for(reading, config, resident_bytes=int(costs.memory_bytes))
+                met[i] = (costs.typical_ms + overhead) * budget.slowdown <= config.latency_target_ms and costs.memory_bytes <= budget.memory_bytes and costs.energy_mj <= budget.energy_mj
+    return {"slo_accuracy": float(met.mean()), "latency_model": "each configuration at its variants' median latencies plus the runtime's own cost, x the trace's slowdown"}
 
 
 def modelled_latency(answer: Answer, slowdown: float, recent: dict[str, deque[float]]) -> float:
@@ -203,6 +252,7 @@ def simulate(bank: Bank, dataset: PairedDataset, trace: Trace, config: RuntimeCo
         "latency_model": "work (measured compute time, at most its configuration's recent median) x processor-sharing slowdown of the trace's CPU load, plus compute time beyond that median as measured",
         "dynamic": dynamic_summary,
         "slo_accuracy": dynamic_summary["slo_accuracy"],
+        "oracle": oracle(bank, trace, config, request_rows(len(dataset.splits["test"]), requests, seed)),  # the ceiling of the SLO-accuracies above
         "slo_accuracy_static": {r["policy"].removeprefix("static-"): _summary(r, target)["slo_accuracy"] for r in static},
         "static": {r["policy"].removeprefix("static-"): _summary(r, target) for r in static},
         "adaptation_ms_p50": percentile(dynamic["adaptation_ms"], 50),
@@ -243,6 +293,8 @@ def render_table(summary: dict[str, Any]) -> str:
     rows = {"dynamic": summary["dynamic"], **{f"static {k}": v for k, v in summary["static"].items()}}
     for name, s in rows.items():
         lines.append(f"| {name} | {s['accuracy']:.4f} | {s['slo_accuracy']:.4f} | {s['deadline_met']:.4f} | {s['latency_ms_p50']:.2f} / {s['latency_ms_p99']:.2f} |")
+    oracle = summary["oracle"]
+    lines.append(f"| oracle: each request's best configuration (an upper bound) | | {oracle['slo_accuracy']:.4f} | | |" if math.isfinite(oracle["slo_accuracy"]) else f"| oracle | | not computed: {oracle['why_not']} | | |")
     lines += ["", f"Switches: {summary['switches']}; adaptation p50 {summary['adaptation_ms_p50']:.3f} ms, p99 {summary['adaptation_ms_p99']:.3f} ms; switch overhead p99 {summary['switch_overhead_ms_p99']:.3f} ms; monitor CPU {summary['monitor_cpu_fraction']:.4%} of one core.", ""]
     return "\n".join(lines)
 
