@@ -142,7 +142,9 @@ def test_signals_check_raw_inputs() -> None:
     digit = np.arange(784, dtype=np.uint8).reshape(28, 28)
     np.testing.assert_allclose(image.to_raw(digit, signals.ImageSpec()), digit[None] / 255.0, atol=1e-7)
     assert image.to_raw(digit[:, :, None].astype(np.float32) / 255, signals.ImageSpec()).shape == (1, 28, 28)
-    for bad, message in ((np.zeros((28, 27)), "28x28"), (np.full((28, 28), 3.0), r"\[0, 1\]"), (np.zeros((28, 28), dtype=np.int64), "uint8")):
+    nan, infinite = np.full((28, 28), 0.5, np.float32), np.full((28, 28), 0.5)
+    nan[3, 4], infinite[5, 6] = np.nan, -np.inf
+    for bad, message in ((np.zeros((28, 27)), "28x28"), (np.full((28, 28), 3.0), r"\[0, 1\]"), (nan, "finite"), (infinite, "finite"), (np.zeros((28, 28), dtype=np.int64), "uint8"), (np.zeros((28, 28), dtype=complex), "uint8")):
         with pytest.raises(ValueError, match=message):
             image.to_raw(bad, signals.ImageSpec())
     spec = signals.AudioSpec()
@@ -150,8 +152,17 @@ def test_signals_check_raw_inputs() -> None:
     raw = audio.to_raw(tone, spec, sample_rate=16000)
     assert raw.shape == (1, 8000) and raw.dtype == np.float32  # resampled to the model's 8 kHz
     assert audio.to_raw((tone[:4000] * 32767).astype(np.int16), spec).shape == (1, 8000)  # padded, centred
-    for bad, message in ((np.zeros((2, 100)), "mono"), (np.array([0.0, np.nan]), "NaN"), (np.zeros(10, dtype=np.int32), "int16")):
+    for bad, message in ((np.zeros((2, 100)), "mono"), (np.array([0.0, np.nan]), "NaN"), (np.array([0.0, np.inf], np.float32), "NaN"), (np.array([1e300]), "float32's range"), (np.zeros(10, dtype=np.int32), "int16")):
         with pytest.raises(ValueError, match=message):
             audio.to_raw(bad, spec)
+    for rate in (8000.0, np.int64(8000), True):  # the usual rate given otherwise still goes through its checks
+        if rate is True:
+            with pytest.raises(ValueError, match="whole number"):
+                audio.to_raw(tone[:8000], spec, sample_rate=rate)
+        else:
+            assert audio.to_raw(tone[:8000], spec, sample_rate=rate).shape == (1, 8000)
+    kept = tone[:8000].copy()
+    audio.to_raw(kept, spec)[0, :] = 0.0  # what a caller gets is its own: the input stays as it was
+    np.testing.assert_array_equal(kept, tone[:8000])
     assert audio.input_quality(np.zeros((1, 8000), np.float32)) == 0.0 and audio.input_quality(raw) == 1.0
     assert image.input_quality(np.full((1, 28, 28), 0.5, np.float32)) == 0.0

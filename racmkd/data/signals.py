@@ -148,9 +148,9 @@ class ImageSignal(Signal):
             raise ValueError(f"image: expected a {self.size}x{self.size} grey image, got shape {array.shape}")
         if array.dtype == np.uint8:
             return (array.astype(np.float32) / 255.0)[None]
-        if not np.issubdtype(array.dtype, np.floating):
+        if array.dtype.kind != "f":  # (np.issubdtype's answer, at a fiftieth of its cost: this runs on every request)
             raise ValueError(f"image: expected uint8 (0-255) or float (0-1) pixels, got {array.dtype}")
-        if not np.isfinite(array).all() or array.min() < -1e-6 or array.max() > 1 + 1e-6:
+        if not (float(array.min()) >= -1e-6 and float(array.max()) <= 1 + 1e-6):  # NaN fails both comparisons, infinities one
             raise ValueError("image: float pixels must be finite and in [0, 1] (pass uint8 for 0-255 images)")
         return array.astype(np.float32)[None]
 
@@ -210,8 +210,9 @@ def fix_length(wave: np.ndarray, length: int) -> tuple[np.ndarray, int, int]:
         start = (n - length) // 2
         return wave[..., start : start + length], 0, length
     left = (length - n) // 2
-    pad = [(0, 0)] * (wave.ndim - 1) + [(left, length - n - left)]
-    return np.pad(wave, pad), left, left + n
+    padded = np.zeros((*wave.shape[:-1], length), dtype=wave.dtype)  # (np.pad took six times as long: 19 against 3 us, on every request)
+    padded[..., left : left + n] = wave
+    return padded, left, left + n
 
 
 def hz_to_mel(hz: Any) -> Any:
@@ -310,14 +311,18 @@ class AudioSignal(Signal):
             raise ValueError(f"audio: expected a mono waveform (1-D array), got shape {array.shape}")
         if array.dtype == np.int16:
             wave = array.astype(np.float32) / 32768.0
-        elif np.issubdtype(array.dtype, np.floating):
-            with np.errstate(over="ignore"):  # float64 beyond float32's range becomes infinite: refused below
-                wave = array.astype(np.float32)
+        elif array.dtype.kind == "f":  # (np.issubdtype's answer, at a fiftieth of its cost: this runs on every request)
+            if array.dtype == np.float32:
+                wave = array.copy()  # (a copy, as for the other types: callers may write to what they get)
+            else:
+                with np.errstate(over="ignore"):  # float64 beyond float32's range becomes infinite: refused below
+                    wave = array.astype(np.float32)
             if not np.isfinite(wave).all():
                 raise ValueError("audio: the waveform holds NaN or infinite samples (or samples beyond float32's range)")
         else:
             raise ValueError(f"audio: expected int16 or float samples, got {array.dtype}")
-        rate = spec.sample_rate if sample_rate is None else audio_rate(sample_rate)
+        usual = sample_rate is None or (type(sample_rate) is int and sample_rate == spec.sample_rate)  # the usual call: nothing to check
+        rate = spec.sample_rate if usual else audio_rate(sample_rate)
         if rate != spec.sample_rate:
             from scipy.signal import resample_poly  # scipy.signal is slow to import: only for other rates
 

@@ -399,9 +399,10 @@ class EdgeRuntime:
         self._requests += 1
         if self._retry_at:  # a variant excluded for a while (rare): its time may have come
             self._retry_due()
-        unknown = [m for m, v in inputs.items() if v is not None and m not in self.modalities]
-        if unknown:
-            raise TypeError(f"unknown inputs {sorted(unknown)}; this runtime uses {list(self.modalities)}")
+        if not self.modalities.keys() >= inputs.keys():  # (the set comparison first: this runs on every request)
+            unknown = [m for m, v in inputs.items() if v is not None and m not in self.modalities]
+            if unknown:
+                raise TypeError(f"unknown inputs {sorted(unknown)}; this runtime uses {list(self.modalities)}")
         raws: dict[str, Any] = {}
         quality: dict[str, float] = {}
         for m in self.modalities:
@@ -439,7 +440,9 @@ class EdgeRuntime:
                     exclude.add(v.id)
                     fallbacks.append(f"{v.id} failed ({type(err).__name__})")
             if len(used) == len(active) and used:
-                logits = sum(terms) + self._bias(tuple(v.tier for v in used))
+                logits = self._bias(tuple(v.tier for v in used)) + terms[0]
+                for term in terms[1:]:
+                    logits += term
                 if math.isfinite(logits.sum()):  # checked once, on the total: a NaN or infinity in any term shows there
                     break
                 damaged = [v for v, term in zip(used, terms) if not np.isfinite(term).all()]
