@@ -47,11 +47,25 @@ def sine(freq: float, n: int = 8000, rate: int = 8000) -> torch.Tensor:
 
 def test_power_spectrogram_peaks_at_the_tone() -> None:
     power = dsp.power_spectrogram(sine(1000.0), 512, 400, 256)
-    assert power.shape == (1, 257, signals.frames_for(8000, 256)) == (1, 257, 32)
+    assert power.shape == (1, 257, signals.frames_for(8000, 512, 256)) == (1, 257, 32)
     assert int(power[0, :, 16].argmax()) == 64  # 1000 Hz / (8000 / 512) Hz per bin
     same = signals.power_spectrogram(sine(1000.0).numpy(), 512, 400, 256)  # numpy, frames first
     assert same.shape == (1, 32, 257) and int(same[0, 16].argmax()) == 64
     np.testing.assert_allclose(same.transpose(0, 2, 1), power.numpy(), rtol=1e-4, atol=1e-4 * float(power.max()))
+
+
+@pytest.mark.parametrize(("n_fft", "win_length", "hop_length", "samples"), [(511, 400, 250, 8000), (401, 401, 200, 8000), (512, 512, 256, 8192), (64, 48, 16, 1000)])
+def test_the_numpy_stft_is_torchs_for_odd_sizes_and_whole_hops(n_fft: int, win_length: int, hop_length: int, samples: int) -> None:
+    """The frames are a strided view of the padded signal: every frame must lie inside it (an odd
+    FFT length with a whole number of hops once read one sample past its end)."""
+    waves = torch.randn(3, samples, generator=torch.Generator().manual_seed(n_fft))
+    window = torch.hann_window(win_length)
+    expected = torch.stft(waves, n_fft, hop_length, win_length, window, center=True, pad_mode="constant", return_complex=True).abs().pow(2).transpose(1, 2).numpy()
+    got = signals.power_spectrogram(waves.numpy(), n_fft, win_length, hop_length)
+    assert got.shape == expected.shape == (3, signals.frames_for(samples, n_fft, hop_length), n_fft // 2 + 1)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(expected.max()))
+    with pytest.raises(ValueError, match="win_length <= n_fft"):
+        signals.power_spectrogram(waves.numpy(), n_fft, n_fft + 1, hop_length)
 
 
 @pytest.mark.parametrize("align_corners", [True, False])
