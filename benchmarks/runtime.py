@@ -86,6 +86,12 @@ def ensure_run(config: Path, run: Path | None, runs_dir: Path) -> Path:
     return run_pipeline(cfg)
 
 
+def over_high(value: float, trace: dict[str, Any]) -> float:
+    """A trace's SLO-accuracy figure as a multiple of the static high tier's (inf when that is 0)."""
+    high = trace["slo_accuracy_static"].get("high")
+    return value / high if high else float("inf")
+
+
 def pooled(replays: list[dict[str, Any]]) -> dict[str, Any]:
     """One trace's replays (the same trace, requests drawn in a different order each) as one summary:
     SLO-accuracies are their means (with the dynamic one's spread: a replay's wall-time latencies move
@@ -249,9 +255,8 @@ def render(result: dict[str, Any]) -> str:
     lines += ["", "## Trace replay: SLO-accuracy (correct within the latency target), dynamic vs static", "", "| trace | dynamic | " + " | ".join(f"static {t}" for t in result["tiers"]) + " | dynamic / static high | clairvoyant allocator / static high | oracle (ceiling) / static high | adaptation p99 (ms): all / pointer swaps | switches (loading sessions) |", "|---|---|" + "---|" * len(result["tiers"]) + "---|---|---|---|---|"]
     for name, s in result["traces"].items():
         statics = " | ".join(f"{s['slo_accuracy_static'].get(t, float('nan')):.4f}" for t in result["tiers"])
-        ratio = s["slo_accuracy"] / s["slo_accuracy_static"]["high"] if s["slo_accuracy_static"].get("high") else float("inf")
-        ceiling = s["oracle"]["slo_accuracy"] / s["slo_accuracy_static"]["high"] if s["slo_accuracy_static"].get("high") else float("inf")
-        lines.append(f"| {name} | {s['slo_accuracy']:.4f} ± {s.get('slo_accuracy_std', 0.0):.4f} | {statics} | {ratio:.2f}x | {s['oracle']['clairvoyant_allocator']:.4f}: {s['oracle']['clairvoyant_allocator'] / s['slo_accuracy_static']['high'] if s['slo_accuracy_static'].get('high') else float('inf'):.2f}x | {s['oracle']['slo_accuracy']:.4f}: {ceiling:.2f}x | {s['adaptation_ms_p99']:.3f} / {s['adaptation_ms_p99_swaps']:.3f} | {s['switches']} ({s['switches_loading']}) |")
+        ratio, ceiling = over_high(s["slo_accuracy"], s), over_high(s["oracle"]["slo_accuracy"], s)
+        lines.append(f"| {name} | {s['slo_accuracy']:.4f} ± {s.get('slo_accuracy_std', 0.0):.4f} | {statics} | {ratio:.2f}x | {s['oracle']['clairvoyant_allocator']:.4f}: {over_high(s['oracle']['clairvoyant_allocator'], s):.2f}x | {s['oracle']['slo_accuracy']:.4f}: {ceiling:.2f}x | {s['adaptation_ms_p99']:.3f} / {s['adaptation_ms_p99_swaps']:.3f} | {s['switches']} ({s['switches_loading']}) |")
     n = next(iter(result["traces"].values())).get("repeats", {}).get("n", 1)
     lines += ["", f"Each trace replayed {n} times (requests drawn in a different order each time): SLO-accuracies are the means (± the dynamic runtime's standard deviation), adaptation times the worst replay's, switches summed over the replays. Latency on a trace is modelled: the work a request needs (its measured compute time, at most its configuration's recent median) x the processor-sharing slowdown of the trace's CPU load (one core), plus any compute time beyond that median (this host's own hiccups) as measured. Real load is in the stress-ng section. Two ceilings, estimated at the bank's median latencies plus the runtime's cost (not strict bounds: a replayed request can run faster than its median): the clairvoyant allocator answers each request with the most accurate configuration that meets its deadline (an allocator that knows the latencies); the oracle with a configuration that gets it right in time, if any does (no runtime knows which one a request needs).", ""]
     missing = {name: s["oracle"]["why_not"] for name, s in result["traces"].items() if s["oracle"].get("why_not")}
@@ -401,11 +406,10 @@ def main() -> None:
     ]
     for name in ("sudden", "periodic"):
         s = traces[name]
-        ratio = s["slo_accuracy"] / s["slo_accuracy_static"]["high"] if s["slo_accuracy_static"]["high"] else float("inf")
+        ratio = over_high(s["slo_accuracy"], s)
         swept = [r["dynamic"] / r["static"]["high"] for r in result.get("sweep", {}).get("rows", []) if r["trace"] == name and r["static"].get("high")]
         span = f"; {min(swept):.2f}x-{max(swept):.2f}x over targets of {SWEEP_MULTIPLES[0]:g}-{SWEEP_MULTIPLES[-1]:g}x static high's cost" if swept else ""
-        ceiling = s["oracle"]["slo_accuracy"] / s["slo_accuracy_static"]["high"] if s["slo_accuracy_static"]["high"] else float("inf")
-        clairvoyant = s["oracle"]["clairvoyant_allocator"] / s["slo_accuracy_static"]["high"] if s["slo_accuracy_static"]["high"] else float("inf")
+        ceiling, clairvoyant = over_high(s["oracle"]["slo_accuracy"], s), over_high(s["oracle"]["clairvoyant_allocator"], s)
         targets.append({"target": f"{name}: SLO-accuracy dynamic >= {SLO_RATIO_TARGET}x static high (at {rc.latency_target_ms:g} ms)", "measured": f"{s['slo_accuracy']:.4f} vs {s['slo_accuracy_static']['high']:.4f} ({ratio:.2f}x; a clairvoyant allocator {clairvoyant:.2f}x, the oracle's ceiling {ceiling:.2f}x){span}", "reached": ratio >= SLO_RATIO_TARGET})
         best = max(s["slo_accuracy_static"].values())
         targets.append({"target": f"{name}: dynamic no worse than the best static tier", "measured": f"{s['slo_accuracy']:.4f} ± {s['slo_accuracy_std']:.4f} vs {best:.4f} (means of {s['repeats']['n']} replays)", "reached": s["slo_accuracy"] >= best})

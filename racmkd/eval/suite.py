@@ -470,13 +470,9 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
                 lines += ["", "| policy | accuracy | SLO-accuracy | latency p50 / p95 | unanswered |", "|---|---|---|---|---|"]
                 for policy, s in {"dynamic": replay["dynamic"], **{f"static {k}": v for k, v in replay["static"].items()}}.items():
                     lines.append(f"| {policy} | {s['accuracy']:.4f} | {s['slo_accuracy']:.4f} | {s['latency_ms_p50']:.2f} / {s['latency_ms_p95']:.2f} ms | {s['unanswered']} |")
-                oracle = replay.get("oracle", {})
-                if math.isfinite(oracle.get("slo_accuracy", math.nan)):
-                    lines.append(f"| clairvoyant allocator: the most accurate configuration that meets each deadline | | {oracle['clairvoyant_allocator']:.4f} | | |")
-                    lines.append(f"| oracle: any configuration right in time, per request | | {oracle['slo_accuracy']:.4f} | | |")
-                    lines += ["", f"The last two are ceilings at the bank's costs ({oracle['latency_model']})."]
-                elif oracle.get("why_not"):
-                    lines += ["", f"No ceilings: {oracle['why_not']}."]
+                from racmkd.runtime.simulate import ceiling_rows
+
+                lines += ceiling_rows(replay.get("oracle", {}))  # (replays cached before the ceilings have none)
         if "table_68" in section:
             lines += ["", f"## Table 6.8: ablation, edge deployment ({protocol})", "", "Each row adds one component to the row above, on the high tier. A component helps accuracy when its gain exceeds the seed spread; the dynamic rows compare SLO-accuracy under a trace with the static high tier, and help when the gain exceeds twice its standard error over the replay's requests.", ""]
             lines += ["| configuration | accuracy | change | helps accuracy | memory | deployable | latency p50 | energy (est.) |", "|---|---|---|---|---|---|---|---|"]

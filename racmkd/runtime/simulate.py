@@ -142,6 +142,7 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray) ->
     from itertools import product
 
     from racmkd.resources.allocator import config_costs
+    from racmkd.runtime.variants import configuration_logits
 
     path = bank.folder / "logits.npz"
     why_not = ""
@@ -161,11 +162,12 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray) ->
         return {"slo_accuracy": float("nan"), "clairvoyant_allocator": float("nan"), "why_not": why_not}
     overhead = float(bank.data.get("request_overhead_ms", 0.0))
     accuracy = bank.accuracy("test")
+    shares = {(t, m): logits[f"test/{t}/{m}"] for t, m in variants}
     configurations = []  # (costs, right on each request, test accuracy), the most accurate first
     for combo in product(*([None, *sorted({t for t, m in variants if m == modality})] for modality in table.modalities)):
         chosen = tuple(None if t is None else variants[(t, m)] for t, m in zip(combo, table.modalities))
         if any(chosen):
-            total = sum(logits[f"test/{v.tier}/{v.modality}"] for v in chosen if v is not None) + sum(bank.biases[v.tier] for v in chosen if v is not None) / sum(v is not None for v in chosen)
+            total = configuration_logits(shares, bank.biases, dict(zip(table.modalities, combo)))
             configurations.append((config_costs(chosen), (total.argmax(1) == labels)[rows], accuracy[combo]))
     configurations.sort(key=lambda c: (-c[2], c[0].typical_ms))
     duration = max(trace.duration, 1e-9)
@@ -312,14 +314,22 @@ def render_table(summary: dict[str, Any]) -> str:
     rows = {"dynamic": summary["dynamic"], **{f"static {k}": v for k, v in summary["static"].items()}}
     for name, s in rows.items():
         lines.append(f"| {name} | {s['accuracy']:.4f} | {s['slo_accuracy']:.4f} | {s['deadline_met']:.4f} | {s['latency_ms_p50']:.2f} / {s['latency_ms_p99']:.2f} |")
-    oracle = summary["oracle"]
-    if math.isfinite(oracle["slo_accuracy"]):
-        lines.append(f"| clairvoyant allocator: the most accurate configuration that meets each deadline | | {oracle['clairvoyant_allocator']:.4f} | | |")
-        lines.append(f"| oracle: any configuration right in time, per request | | {oracle['slo_accuracy']:.4f} | | |")
-    else:
-        lines.append(f"| oracle | | not computed: {oracle['why_not']} | | |")
+    lines += ceiling_rows(summary["oracle"])
     lines += ["", f"Switches: {summary['switches']}; adaptation p50 {summary['adaptation_ms_p50']:.3f} ms, p99 {summary['adaptation_ms_p99']:.3f} ms; switch overhead p99 {summary['switch_overhead_ms_p99']:.3f} ms; monitor CPU {summary['monitor_cpu_fraction']:.4%} of one core.", ""]
     return "\n".join(lines)
+
+
+def ceiling_rows(oracle: dict[str, Any]) -> list[str]:
+    """The ceilings (`oracle`) as rows of a policy table (SLO-accuracy in the third of five columns),
+    or a line saying why there are none."""
+    if not math.isfinite(oracle.get("slo_accuracy", math.nan)):
+        return ["", f"No ceilings: {oracle.get('why_not', 'not computed')}."]
+    return [
+        f"| clairvoyant allocator: the most accurate configuration that meets each deadline | | {oracle['clairvoyant_allocator']:.4f} | | |",
+        f"| oracle: any configuration right in time, per request | | {oracle['slo_accuracy']:.4f} | | |",
+        "",
+        f"The last two are ceilings at the bank's costs ({oracle['latency_model']}).",
+    ]
 
 
 def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_ms: float, path: Path, title: str) -> None:
