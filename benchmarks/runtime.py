@@ -385,6 +385,10 @@ def main() -> None:
     for name in SYNTHETIC:
         replays = [simulate(bank, dataset, synthetic_trace(name, 120.0, seed=0), rc, args.requests, run_dir / "simulate" / name if seed == 0 else None, seed=seed) for seed in range(args.repeats)]
         summary = pooled(replays)
+        # The same trace with every request at the bank's costs: no wall time enters, so the figure
+        # is the same on every run and host (the one to compare versions of the runtime by).
+        fixed = simulate(bank, dataset, synthetic_trace(name, 120.0, seed=0), rc, args.requests, latency="bank")
+        summary["bank_latency"] = {"slo_accuracy": fixed["slo_accuracy"], "slo_accuracy_static": fixed["slo_accuracy_static"], "latency_model": fixed["latency_model"]}
         result["traces"][name] = summary
         print(f"{name}: dynamic {summary['slo_accuracy']:.4f} ± {summary['slo_accuracy_std']:.4f}, static {summary['slo_accuracy_static']}", flush=True)
     if not args.no_sweep:
@@ -410,7 +414,9 @@ def main() -> None:
         swept = [r["dynamic"] / r["static"]["high"] for r in result.get("sweep", {}).get("rows", []) if r["trace"] == name and r["static"].get("high")]
         span = f"; {min(swept):.2f}x-{max(swept):.2f}x over targets of {SWEEP_MULTIPLES[0]:g}-{SWEEP_MULTIPLES[-1]:g}x static high's cost" if swept else ""
         ceiling, clairvoyant = over_high(s["oracle"]["slo_accuracy"], s), over_high(s["oracle"]["clairvoyant_allocator"], s)
-        targets.append({"target": f"{name}: SLO-accuracy dynamic >= {SLO_RATIO_TARGET}x static high (at {rc.latency_target_ms:g} ms)", "measured": f"{s['slo_accuracy']:.4f} vs {s['slo_accuracy_static']['high']:.4f} ({ratio:.2f}x; a clairvoyant allocator {clairvoyant:.2f}x, the oracle's ceiling {ceiling:.2f}x){span}", "reached": ratio >= SLO_RATIO_TARGET})
+        fixed = s["bank_latency"]
+        at_bank = f"; at the bank's costs (deterministic) {fixed['slo_accuracy']:.4f} vs {fixed['slo_accuracy_static']['high']:.4f}, {over_high(fixed['slo_accuracy'], fixed):.2f}x"
+        targets.append({"target": f"{name}: SLO-accuracy dynamic >= {SLO_RATIO_TARGET}x static high (at {rc.latency_target_ms:g} ms)", "measured": f"{s['slo_accuracy']:.4f} vs {s['slo_accuracy_static']['high']:.4f} ({ratio:.2f}x; a clairvoyant allocator {clairvoyant:.2f}x, the oracle's ceiling {ceiling:.2f}x){at_bank}{span}", "reached": ratio >= SLO_RATIO_TARGET})
         best = max(s["slo_accuracy_static"].values())
         targets.append({"target": f"{name}: dynamic no worse than the best static tier", "measured": f"{s['slo_accuracy']:.4f} ± {s['slo_accuracy_std']:.4f} vs {best:.4f} (means of {s['repeats']['n']} replays)", "reached": s["slo_accuracy"] >= best})
     c = result["critical_cut"]

@@ -313,15 +313,18 @@ def simulate(
     out: Annotated[Optional[Path], typer.Option(help="Folder for summary.json, timeline.json/png, table.md (default: <run>/simulate/<trace>).")] = None,
     static: Annotated[bool, typer.Option("--static/--no-static", help="Also replay every static tier on the same requests.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic trace and of the request order.")] = 0,
+    latency: Annotated[str, typer.Option(help="Latency model: measured (this host's compute time x the trace's slowdown) or bank (the bank's median costs x the slowdown: the same on every run, to compare runtime versions).")] = "measured",
     set_: SetOpt = None,
 ) -> None:
     """Replay a resource trace against the edge runtime with real inference; compare with static tiers."""
     from racmkd.pipeline import prepare_data
     from racmkd.resources.sources import TraceError, trace_from
-    from racmkd.runtime.simulate import render_table
+    from racmkd.runtime.simulate import LATENCY_MODELS, render_table
     from racmkd.runtime.simulate import simulate as replay_trace
     from racmkd.runtime.variants import BankError, build_bank, load_bank
 
+    if latency not in LATENCY_MODELS:
+        raise _fail(ValueError(f"--latency {latency!r}: choose one of {', '.join(LATENCY_MODELS)}"))
     try:
         run_dir, cfg = _run_config(run, set_)
         resources = trace_from(trace, duration, seed=seed)
@@ -330,7 +333,7 @@ def simulate(
             typer.echo("no variant bank yet: building it (racmkd edge build)")
             build_bank(cfg, dataset, run_dir)
         folder = out or run_dir / "simulate" / resources.name
-        summary = replay_trace(load_bank(run_dir / "edge"), dataset, resources, cfg.runtime, requests, folder, static, seed)
+        summary = replay_trace(load_bank(run_dir / "edge"), dataset, resources, cfg.runtime, requests, folder, static, seed, latency)
     except (*_errors(), BankError, TraceError) as err:
         raise _fail(err) from None
     typer.echo(render_table(summary))

@@ -292,6 +292,7 @@ class RuntimeConfig:
     build_bank: bool = False  # `racmkd run` ends by building the variant bank (<run>/edge/), as `racmkd edge build` does
     latency_target_ms: float = 3.0  # per request, preprocessing included
     objective: str = "slo"  # slo: accuracy x chance of meeting the latency target; accuracy: eq. 26, latency a hard budget
+    risk_memory_s: float = 30.0  # the deadline risk forgets a load band's latency ratios after this long (objective slo)
     threads: int = 1  # ONNX Runtime threads per variant session: more threads stall under other programs' load
     priorities: dict[str, float] = field(default_factory=dict)  # modality -> priority in [0, 1] (default 1)
     critical: dict[str, str] = field(default_factory=dict)  # modality -> lowest tier it may run at; it is never switched off
@@ -312,6 +313,8 @@ class RuntimeConfig:
             raise ConfigError(f"runtime.objective {self.objective!r}: choose slo or accuracy")
         if not 0 < self.latency_target_ms < math.inf:
             raise ConfigError(f"runtime.latency_target_ms {self.latency_target_ms}: a positive number of milliseconds")
+        if not 0 < self.risk_memory_s <= math.inf:
+            raise ConfigError(f"runtime.risk_memory_s {self.risk_memory_s}: a positive number of seconds (.inf: never forget)")
         if self.threads < 1 or self.max_loaded < 0 or self.memory_reserve_bytes < 0:
             raise ConfigError("runtime: threads must be >= 1, max_loaded and memory_reserve_bytes >= 0")
         if not 0 < self.memory_share <= 1 or not 0 < self.contention_floor <= 1:

@@ -15,7 +15,7 @@ import numpy as np
 import psutil
 import pytest
 
-from racmkd.config import ConfigError, MonitorConfig, PIDGains
+from racmkd.config import ConfigError, MonitorConfig, PIDGains, RuntimeConfig
 from racmkd.resources.allocator import RESOURCES, Allocator, Budget, DeadlineRisk, Hysteresis, LatencyController, NoConfigurationError, ProfileTable, Variant, config_costs
 from racmkd.resources.monitor import ResourceMonitor
 from racmkd.resources.sources import (
@@ -453,6 +453,28 @@ def test_deadline_risk_learns_the_latency_tail_per_load_band() -> None:
     assert len(risk) == 100 and risk.state()["all"]["samples"] == 100
 
 
+def test_deadline_risk_forgets_a_band_it_left_long_ago() -> None:
+    """The requests a sudden rise of the load caught before the next reading (14x over their
+    predictions) stop pricing the idle band once `memory_s` has passed; the band, short of fresh
+    samples, falls back on every band's latest ratios."""
+    risk = DeadlineRisk(window=128, min_samples=20, memory_s=30.0)
+    for i in range(120):
+        risk.observe(1.0, 1.0, slowdown=1.0, now=i * 0.06)
+    for i in range(8):
+        risk.observe(14.0, 1.0, slowdown=1.0, now=7.2 + i * 0.06)  # caught by the rise
+    assert risk.chance(1.0, 1.5, slowdown=1.0) == pytest.approx(120 / 128)
+    for i in range(600):  # 36 s under load, in another band, running as predicted
+        risk.observe(1.0, 1.0, slowdown=20.0, now=8.0 + i * 0.06)
+    assert risk.chance(1.0, 1.5, slowdown=1.0) == 1.0  # forgotten: the idle band is back to every band's latest
+    kept = DeadlineRisk(window=128, min_samples=20)  # memory_s inf (and observations without a time): never forgotten
+    for i in range(20):
+        kept.observe(14.0, 1.0, slowdown=1.0, now=i)
+    kept.observe(1.0, 1.0, slowdown=20.0, now=1e9)
+    assert kept.chance(1.0, 1.5, slowdown=1.0) == 0.0
+    with pytest.raises(ConfigError, match="risk_memory_s"):
+        RuntimeConfig(risk_memory_s=0.0)
+
+
 def test_slo_objective_does_not_fall_off_the_latency_cliff() -> None:
     """Fused just over the latency budget, audio alone under it: the hard budget (eq. 26) takes the
     70%-accurate audio-only configuration; the SLO objective sees that the fused one meets the
@@ -588,6 +610,33 @@ def test_a_step_up_is_timed_from_when_headroom_began_while_the_best_keeps_changi
         chosen.append((round(i * 0.1, 1), current.config[0].tier, why))
     first_mid = next(t for t, tier, _ in chosen if tier == "medium")
     assert first_mid == 1.1 and all(tier != "high" for _, tier, _ in chosen), chosen  # pending from 0.1 s, taken once 1 s had passed
+
+
+def test_each_better_configuration_is_timed_on_its_own() -> None:
+    """A falling load: mid fits with headroom from 0.1 s, rich from 0.3 s. The runtime takes mid
+    when its window is out (1.1 s) and rich when its own is (1.3 s), not a window after mid's: a
+    climb of several steps takes one window, not one per step."""
+    cheap, mid, rich = Variant("audio", "low", 1.0, 1, 1.0), Variant("audio", "medium", 1.5, 1, 1.0), Variant("audio", "high", 2.0, 1, 1.0)
+    table = ProfileTable(("audio",), TIERS, (cheap, mid, rich), {("low",): 0.9, ("medium",): 0.95, ("high",): 0.97})
+    allocator, h = Allocator(table), Hysteresis(margin=0.2, window_s=1.0)
+    current, _ = h.choose(0.0, None, allocator, Budget(1.2), (1.0,))
+    assert current.config == (cheap,)
+    served = {}
+    for i in range(1, 21):
+        now = round(i * 0.1, 1)
+        current, why = h.choose(now, current, allocator, Budget(2.0 if now < 0.3 else 2.6), (1.0,))  # headroom: mid needs 1.875, rich 2.5
+        served[now] = current.config[0].tier
+        assert not h.due(now)  # what has waited out its window is taken at once
+        if now == 0.5:
+            assert h.pending == (rich,) and h.due(1.1) and not h.due(1.05)  # without a new reading, due when mid's window is out
+    assert served[1.0] == "low" and served[1.1] == "medium" and served[1.2] == "medium" and served[1.3] == "high", served
+    assert h.pending is None and not h.due(5.0)
+    # A break in the headroom restarts that configuration's clock.
+    h = Hysteresis(margin=0.2, window_s=1.0)
+    current, _ = h.choose(0.0, None, allocator, Budget(1.2), (1.0,))
+    for now, budget in ((0.1, 2.6), (0.6, 2.0), (0.7, 2.6), (1.2, 2.6), (1.6, 2.6), (1.7, 2.6)):
+        current, _ = h.choose(now, current, allocator, Budget(budget), (1.0,))
+    assert current.config == (rich,) and h.pending is None  # mid fitted throughout and came at 1.2; rich, broken at 0.6, at 1.7
 
 
 def test_recovery_from_a_fallback_keeps_the_step_up_margin() -> None:

@@ -403,6 +403,26 @@ def test_simulation_writes_timeline_table_and_summary(bank_dir: Path, tiny_datas
     assert "| high |" in (tmp_path / "table.md").read_text()
 
 
+def test_a_replay_at_the_banks_costs_is_the_same_on_every_run(bank_dir: Path, tiny_dataset) -> None:  # noqa: ANN001
+    """`latency="bank"`: each request costs its variants' medians plus the bank's overhead, x the
+    trace's slowdown; no wall time enters, so two replays agree request for request (measured ones
+    do not), and the answers are still the variants' own."""
+    from racmkd.runtime.simulate import Policy, replay
+
+    bank, trace = load_bank(bank_dir), synthetic_trace("periodic", 12, 0.1)
+    runs = [replay(bank, tiny_dataset, trace, Policy("dynamic"), RuntimeConfig(), 150, latency="bank") for _ in range(2)]
+    strip = lambda timeline: [{k: v for k, v in r.items() if k != "compute_ms"} for r in timeline]  # noqa: E731 - compute_ms is the wall time, kept for the record
+    assert strip(runs[0]["timeline"]) == strip(runs[1]["timeline"])
+    typical = {v.id: v.typical_ms for v in bank.table.variants}
+    overhead = float(bank.data.get("request_overhead_ms", 0.0))
+    for r in runs[0]["timeline"]:
+        slowdown = 1.0 / max(RuntimeConfig().contention_floor, 1.0 - r["cpu_percent"] / 100.0)
+        assert r["latency_ms"] == pytest.approx((sum(typical[v] for v in r["configuration"].split(",")) + overhead) * slowdown)
+    assert len({r["configuration"] for r in runs[0]["timeline"]}) > 1  # the load moved it
+    with pytest.raises(ValueError, match="latency model"):
+        replay(bank, tiny_dataset, trace, Policy("dynamic"), RuntimeConfig(), 10, latency="guessed")
+
+
 def test_the_oracle_counts_a_request_when_some_configuration_gets_it_right_in_time(bank_dir: Path, tmp_path: Path) -> None:
     """The ceilings of the replays: brute force over every configuration's answers, held to the
     latency target under the trace's slowdown, as replays score them."""
@@ -464,6 +484,10 @@ def test_cli_simulate_and_edge_run(tiny_run: Path, bank_dir: Path, tmp_path: Pat
     result = runner.invoke(app, ["simulate", "--run", str(tiny_run), "--trace", "periodic", "--requests", "60", "--duration", "6", "--out", str(out), "--no-static"])
     assert result.exit_code == 0, result.output
     assert "| runtime |" in result.output and (out / "timeline.png").is_file()
+    result = runner.invoke(app, ["simulate", "--run", str(tiny_run), "--trace", "periodic", "--requests", "30", "--duration", "6", "--out", str(out), "--no-static", "--latency", "bank"])
+    assert result.exit_code == 0 and "the bank's figures" in json.loads((out / "summary.json").read_text())["latency_model"], result.output
+    result = runner.invoke(app, ["simulate", "--run", str(tiny_run), "--latency", "wall"])
+    assert result.exit_code == 2 and "choose one of measured, bank" in result.output
     result = runner.invoke(app, ["edge", "run", "--run", str(tiny_run), "--seconds", "1", "--rate", "20", "--trace", "sudden", "--log", str(tmp_path / "live.json")])
     assert result.exit_code == 0, result.output
     live = json.loads((tmp_path / "live.json").read_text())

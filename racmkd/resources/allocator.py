@@ -180,13 +180,23 @@ class DeadlineRisk:
     busy one it waits on the scheduler and on a load that moved since the last reading. So the
     ratios are kept per load band (the predicted slowdown's power of two: 1-2x, 2-4x, ... 32x and
     more), and a decision uses its own band's once it holds `min_samples`, else all bands'. Until
-    `min_samples` requests are in at all, the ratio is taken to be exactly 1: the hard constraint."""
+    `min_samples` requests are in at all, the ratio is taken to be exactly 1: the hard constraint.
+
+    A band's ratios are forgotten after `memory_s` seconds (of the `now` given to `observe`): a load
+    band is left for minutes at a time, and what its last requests saw is no news by the time it
+    comes back. The requests caught by a sudden rise of the load, before the next reading told of
+    it, ran up to 14x over their predictions; kept in the idle band's window until 128 requests
+    there replaced them, they priced every fused configuration as late one time in twenty when the
+    load fell back 40 s later, and held the runtime on cheaper ones for 10 s (the sudden trace).
+    The all-bands window, the latest requests whatever their age, is what a band short of samples
+    falls back on."""
 
     BANDS = 6
 
-    def __init__(self, overhead_ms: float = 0.0, window: int = 128, min_samples: int = 20) -> None:
-        self.overhead_ms, self.min_samples = overhead_ms, min_samples
+    def __init__(self, overhead_ms: float = 0.0, window: int = 128, min_samples: int = 20, memory_s: float = math.inf) -> None:
+        self.overhead_ms, self.min_samples, self.memory_s = overhead_ms, min_samples, memory_s
         self._ratios: list[deque[float]] = [deque(maxlen=window) for _ in range(self.BANDS)]
+        self._times: list[deque[float]] = [deque(maxlen=window) for _ in range(self.BANDS)]  # when each of a band's ratios was observed
         self._recent: deque[float] = deque(maxlen=window)  # every band's, the latest first out
         self._sorted: dict[int, list[float]] = {}  # band (-1: all) -> its ratios sorted, on demand: decisions are rarer than requests
 
@@ -194,12 +204,24 @@ class DeadlineRisk:
     def band(cls, slowdown: float) -> int:
         return min(cls.BANDS - 1, max(0, int(math.floor(math.log2(max(slowdown, 1.0))))))
 
-    def observe(self, observed_ms: float, predicted_ms: float, slowdown: float = 1.0) -> None:
+    def observe(self, observed_ms: float, predicted_ms: float, slowdown: float = 1.0, now: float = math.nan) -> None:
+        """Learn from one request (`now`: when, on the clock the runtime plans with; NaN: never forgotten)."""
         if predicted_ms > 0 and math.isfinite(observed_ms):
             ratio = observed_ms / predicted_ms
-            self._ratios[self.band(slowdown)].append(ratio)
+            band = self.band(slowdown)
+            self._ratios[band].append(ratio)
+            self._times[band].append(now)
             self._recent.append(ratio)
             self._sorted.clear()
+        self.forget(now - self.memory_s)
+
+    def forget(self, before: float) -> None:
+        """Drop the bands' ratios observed before `before`."""
+        for ratios, times in zip(self._ratios, self._times):
+            while times and times[0] < before:  # (NaN compares False: kept)
+                times.popleft()
+                ratios.popleft()
+                self._sorted.clear()
 
     def __len__(self) -> int:
         return len(self._recent)
@@ -351,6 +373,23 @@ class Allocator:
         chance = self.risk.chance(costs.typical_ms, budget.latency_ms, budget.slowdown)  # the risk is the latency's margin: no slack on top
         return utility * chance, chance
 
+    def better_than(self, worth: float, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset(), slack: float = 0.0) -> dict[Configuration, float]:
+        """Every configuration `solve` may choose from that is worth more than `worth` (the objective
+        `solve` maximises) within `budget` with `slack` to spare, with what it is worth; best first."""
+        candidates, _ = self.eligible(weights, exclude, frozenset(self.table.modalities))
+        out: dict[Configuration, float] = {}
+        for u, c in candidates:  # best first: a score is at most its utility, so the rest cannot be worth more
+            if u <= worth + 1e-9:
+                break
+            if self.risk is None:
+                score, fits = u, self.costs[c].fits(budget, slack)
+            else:
+                score, _ = self._slo_score(u, c, budget, slack)
+                fits = score > 0
+            if fits and score > worth + 1e-9:
+                out[c] = score
+        return dict(sorted(out.items(), key=lambda cs: -cs[1]))
+
     def evaluate(self, config: Configuration, budget: Budget, weights: tuple[float, ...], slack: float = 0.0) -> tuple[float, bool]:
         """What `config` is worth under `budget` (the objective `solve` maximises) and whether it is
         within the budget's hard constraints with `slack` to spare (every resource; with a risk,
@@ -365,37 +404,46 @@ class Allocator:
 
 @dataclass
 class Hysteresis:
-    """Step down at once when the current configuration no longer fits; step up only when a better
-    one has fitted with `margin` to spare on every resource for `window_s` seconds (the first one
-    pending, while it keeps fitting, even if the best changes meanwhile); leave a fallback (chosen
-    when nothing fitted) at once when something fits again."""
+    """Step down at once when the current configuration no longer fits; step up only to a better
+    one that has fitted with `margin` to spare on every resource for `window_s` seconds without a
+    break (of those, the best now); leave a fallback (chosen when nothing fitted) at once when
+    something fits again.
+
+    Every better configuration is timed on its own. While the load falls, each reading makes a
+    richer configuration fit: timing only the best (restarting the clock at every new best) held a
+    poor configuration for seconds after the load had gone, and timing only the first one pending
+    climbed one step per window (image only, then audio only, then both at low tiers, ... a second
+    each, after the sudden trace's drop and on each descent of the periodic one)."""
 
     margin: float = 0.2
     window_s: float = 1.0
+    _fitting: dict[Configuration, float] = field(default_factory=dict, repr=False)  # better than the current one, fitting with the margin -> since when, without a break
     _pending: Configuration | None = field(default=None, repr=False)
-    _since: float = 0.0
 
     @property
     def pending(self) -> Configuration | None:
-        """The better configuration waiting out the window, if any (the runtime loads its sessions meanwhile)."""
+        """The best configuration waiting out the window, if any (the runtime loads its sessions meanwhile)."""
         return self._pending
 
     def due(self, now: float) -> bool:
-        """Whether a pending step up has waited out its window (the runtime then re-plans, even if
-        no new reading came: steady readings notify nobody)."""
-        return self._pending is not None and now - self._since >= self.window_s
+        """Whether a better configuration has waited out its window (the runtime then re-plans, even
+        if no new reading came: steady readings notify nobody)."""
+        return bool(self._fitting) and now - min(self._fitting.values()) >= self.window_s
+
+    def _wait_no_more(self) -> None:
+        self._fitting, self._pending = {}, None
 
     def choose(self, now: float, current: Decision | None, allocator: Allocator, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset()) -> tuple[Decision, str]:
         best = allocator.solve(budget, weights, exclude)
         if current is None:
-            self._pending = None
+            self._wait_no_more()
             return best, "start"
         current_costs = allocator.costs.get(current.config) or config_costs(current.config)
         worth, fits = allocator.evaluate(current.config, budget, weights)
         current_now = Decision(current.config, worth, current_costs, fits, current.reason)
         uses_excluded = any(v is not None and v.id in exclude for v in current.config)
         if uses_excluded or not current_now.feasible:
-            self._pending = None
+            self._wait_no_more()
             if best.config == current.config:
                 return current_now, "over budget, nothing cheaper fits"
             why = "a variant failed" if uses_excluded else f"over budget on {', '.join(current_costs.over(budget)) or 'latency'}"
@@ -403,41 +451,32 @@ class Hysteresis:
         if best.config != current.config and best.feasible and best.utility > current_now.utility + 1e-9 and all(getattr(best.costs, r) <= getattr(current_costs, r) for r in RESOURCES):
             # Better for no more cost on any resource (with the SLO objective: the deadline has
             # grown too likely to be missed): nothing to wait for.
-            self._pending = None
+            self._wait_no_more()
             return best, "step down at once: better for less"
-        up = allocator.solve(budget, weights, exclude, slack=self.margin)
         if not current.feasible and best.feasible and best.config != current.config:
             # A fallback chosen when nothing fitted is no state to hold on to; but the budget is
             # climbing back from nothing, so the way out is what fits with the margin when anything
             # does (what barely fits now is over again at the next dip: the flapping a sudden drop causes).
-            self._pending = None
+            self._wait_no_more()
+            up = allocator.solve(budget, weights, exclude, slack=self.margin)
             if up.feasible:
                 return up, f"recover at once: fits with {self.margin:.0%} headroom"
             return best, "recover at once: a configuration fits again"
-        if not up.feasible or up.utility <= current_now.utility + 1e-9 or up.config == current.config:
+        better = allocator.better_than(current_now.utility, budget, weights, exclude, self.margin)
+        self._fitting = {c: self._fitting.get(c, now) for c in better}
+        ready = [c for c, since in self._fitting.items() if now - since >= self.window_s]
+        if ready:
+            chosen = max(ready, key=better.__getitem__)  # (max keeps the first of a tie: better is best first)
+            waited = now - self._fitting[chosen]
+            self._fitting = {c: since for c, since in self._fitting.items() if better[c] > better[chosen] + 1e-9}
+            self._pending = max(self._fitting, key=better.__getitem__) if self._fitting else None
+            decision = Decision(chosen, better[chosen], allocator.costs.get(chosen) or config_costs(chosen), True, f"fitted with {self.margin:.0%} headroom: {describe(allocator.table, chosen)}")
+            return decision, f"step up: fitted with {self.margin:.0%} headroom for {waited:.2f} s"
+        if not self._fitting:
             self._pending = None
             return current_now, "stay"
-        if self._pending is not None and self._pending != up.config and not self._still_better(self._pending, current_now, allocator, budget, weights, exclude):
-            self._pending = None
-        if self._pending is None:
-            self._pending, self._since = up.config, now
-        # While the load falls, each reading makes a better configuration the best: the window times
-        # the one pending since it began, as long as it still fits with the margin and beats the
-        # current one (restarting the clock at every new best held a poor configuration for seconds).
-        if now - self._since >= self.window_s:
-            pending, self._pending = self._pending, None
-            if pending != up.config:  # an earlier best that still fits with the margin
-                worth, _ = allocator.evaluate(pending, budget, weights)
-                up = Decision(pending, worth, allocator.costs.get(pending) or config_costs(pending), True, f"fitted with {self.margin:.0%} headroom: {describe(allocator.table, pending)}")
-            return up, f"step up: fitted with {self.margin:.0%} headroom for {now - self._since:.2f} s"
+        self._pending = max(self._fitting, key=better.__getitem__)
         return current_now, f"step up pending: {describe(allocator.table, self._pending)}"
-
-    def _still_better(self, config: Configuration, current: Decision, allocator: Allocator, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str]) -> bool:
-        """Whether `config` still fits with the margin, uses no excluded variant, and beats `current`."""
-        if any(v is not None and v.id in exclude for v in config):
-            return False
-        worth, fits = allocator.evaluate(config, budget, weights, slack=self.margin)
-        return fits and worth > current.utility + 1e-9
 
 
 class LatencyController:

@@ -97,7 +97,7 @@ class EdgeRuntime:
         self.overhead_ms = float(bank.data.get("request_overhead_ms", 0.0))  # a request's cost beyond its variants': the bank's figure until requests tell (`_learn_overhead`)
         self._overheads: deque[float] = deque(maxlen=OVERHEAD_WINDOW)  # recent requests' work beyond their variants' latencies
         self._overhead_count = 0  # requests learnt from (the window holds the last OVERHEAD_WINDOW)
-        self.risk = DeadlineRisk(self.overhead_ms) if self.config.objective == "slo" else None
+        self.risk = DeadlineRisk(self.overhead_ms, memory_s=self.config.risk_memory_s) if self.config.objective == "slo" else None
         self.allocator = Allocator(self.table, self.config.critical, self.risk)
         self._variants = {v.id: v for v in self.table.variants}  # id -> variant
         self.hysteresis = Hysteresis(self.config.step_up_margin, self.config.step_up_window_s)
@@ -177,6 +177,10 @@ class EdgeRuntime:
         the SLO objective the decision's utility also counts the chance of meeting the deadline;
         this does not: offloading weighs latency apart)."""
         return self.allocator.utility(self.current.config, self.weights())
+
+    def variant(self, variant_id: str) -> Variant:
+        """The bank's variant of this id ("tier/modality")."""
+        return self._variants[variant_id]
 
     def describe(self, config: Configuration | None = None) -> str:
         return describe(self.table, self.current.config if config is None else config)
@@ -354,7 +358,7 @@ class EdgeRuntime:
                 self._learn_overhead(work_ms - cost)
             if self.risk is not None:
                 predicted = (cost + self.overhead_ms) * self.budget.slowdown
-                self.risk.observe(latency_ms, predicted, self.budget.slowdown)
+                self.risk.observe(latency_ms, predicted, self.budget.slowdown, now)
             before = self.controller.scale
             after = self.controller.update(latency_ms, now)
         if abs(after - before) > 0.02:

@@ -18,6 +18,12 @@ load is the stress benchmark's job (benchmarks/runtime.py).
 A request meets its SLO when it is answered correctly within the latency target; SLO-accuracy is
 the share of requests that do.
 
+`latency="bank"` replaces the measured work by the bank's: each request costs its variants' median
+latencies plus the runtime's own cost (the bank's figures) x the slowdown. Answers are still real
+inference, but no wall time enters, so a replay is the same on every run and every host: the way
+to compare two versions of the runtime's decisions (a measured replay moves by a point or two
+between runs, as much as many changes are worth).
+
 Live serving (`serve_split`): test samples at a fixed rate in wall time, latencies measured, on
 whatever monitor the runtime was given (`racmkd edge run`, the stress and soak benchmarks).
 """
@@ -80,8 +86,17 @@ def request_rows(n_samples: int, requests: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).choice(n_samples, size=requests, replace=requests > n_samples)
 
 
-def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, config: RuntimeConfig, requests: int, split: str = "test", seed: int = 0) -> dict[str, Any]:
-    """Replay `trace` with `requests` requests against one policy; returns its timeline and stats."""
+LATENCY_MODELS = {
+    "measured": "work (measured compute time, at most its configuration's recent median) x processor-sharing slowdown of the trace's CPU load, plus compute time beyond that median as measured",
+    "bank": "work (the variants' median latencies plus the runtime's own cost, the bank's figures) x processor-sharing slowdown of the trace's CPU load: no wall time, the same on every run",
+}
+
+
+def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, config: RuntimeConfig, requests: int, split: str = "test", seed: int = 0, latency: str = "measured") -> dict[str, Any]:
+    """Replay `trace` with `requests` requests against one policy; returns its timeline and stats.
+    `latency`: how a request's latency on the traced device is modelled (LATENCY_MODELS)."""
+    if latency not in LATENCY_MODELS:
+        raise ValueError(f"latency model {latency!r}: choose one of {', '.join(LATENCY_MODELS)}")
     clock = SimClock()
     monitor = ResourceMonitor(TraceSource(trace, start=0.0), config.monitor, clock=clock)
     runtime = EdgeRuntime(bank, config, monitor if policy.pinned is None else None, clock=clock, pinned=policy.pinned)
@@ -107,9 +122,13 @@ def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, con
         except NoVariantError as err:  # recorded as an unanswered request, the replay goes on
             answer = Answer(-1, np.zeros(0), [], float("nan"), [str(err)])
         slowdown = budget_for(reading, config).slowdown
-        observed = modelled_latency(answer, slowdown, recent)
+        if latency == "bank":
+            work = bank_work_ms(runtime, answer.variants)
+            observed, work_ms = work * slowdown, work
+        else:
+            observed, work_ms = modelled_latency(answer, slowdown, recent), answer.work_ms
         if policy.pinned is None and answer.variants:
-            runtime.feedback(observed, clock.now, answer.variants, answer.work_ms)
+            runtime.feedback(observed, clock.now, answer.variants, work_ms)
         correct = answer.label == int(labels[i])
         correct_so_far += correct
         timeline.append({
@@ -187,6 +206,14 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray) ->
     return {"slo_accuracy": float(any_right.mean()), "clairvoyant_allocator": float(best_right.mean()), "latency_model": "each configuration at its variants' median latencies plus the runtime's own cost (the bank's), x the trace's slowdown: estimates, not strict bounds"}
 
 
+def bank_work_ms(runtime: EdgeRuntime, variants: list[str]) -> float:
+    """A request's unloaded cost by the bank: its variants' median latencies plus the bank's figure
+    for the runtime's own cost (NaN for an unanswered request)."""
+    if not variants:
+        return math.nan
+    return sum(runtime.variant(v).typical_ms for v in variants) + float(runtime.bank.data.get("request_overhead_ms", 0.0))
+
+
 def modelled_latency(answer: Answer, slowdown: float, recent: dict[str, deque[float]]) -> float:
     """The latency `answer` would have had on the traced device (the module docstring): its work
     (measured, at most its configuration's recent median) x the slowdown, plus any wall time beyond
@@ -257,11 +284,12 @@ def switch_overheads(timeline: list[dict[str, Any]]) -> list[float]:
     return [cur["compute_ms"] - medians[cur["configuration"]] for prev, cur in zip(timeline, timeline[1:]) if cur["configuration"] != prev["configuration"]]
 
 
-def simulate(bank: Bank, dataset: PairedDataset, trace: Trace, config: RuntimeConfig, requests: int = 2000, out_dir: Path | None = None, statics: bool = True, seed: int = 0) -> dict[str, Any]:
-    """Replay a trace with the dynamic runtime and (with `statics`) every static tier; writes
-    summary.json, timeline.json, timeline.png and table.md into `out_dir` when given."""
-    dynamic = replay(bank, dataset, trace, Policy("dynamic"), config, requests, seed=seed)
-    static = [replay(bank, dataset, trace, p, config, requests, seed=seed) for p in static_policies(bank)] if statics else []
+def simulate(bank: Bank, dataset: PairedDataset, trace: Trace, config: RuntimeConfig, requests: int = 2000, out_dir: Path | None = None, statics: bool = True, seed: int = 0, latency: str = "measured") -> dict[str, Any]:
+    """Replay a trace with the dynamic runtime and (with `statics`) every static tier, latencies
+    modelled by `latency` (LATENCY_MODELS); writes summary.json, timeline.json, timeline.png and
+    table.md into `out_dir` when given."""
+    dynamic = replay(bank, dataset, trace, Policy("dynamic"), config, requests, seed=seed, latency=latency)
+    static = [replay(bank, dataset, trace, p, config, requests, seed=seed, latency=latency) for p in static_policies(bank)] if statics else []
     target = config.latency_target_ms
     overheads = switch_overheads(dynamic["timeline"])
     dynamic_summary = _summary(dynamic, target)
@@ -270,7 +298,7 @@ def simulate(bank: Bank, dataset: PairedDataset, trace: Trace, config: RuntimeCo
         "trace_seconds": dynamic["trace_seconds"],
         "requests": requests,
         "latency_target_ms": target,
-        "latency_model": "work (measured compute time, at most its configuration's recent median) x processor-sharing slowdown of the trace's CPU load, plus compute time beyond that median as measured",
+        "latency_model": LATENCY_MODELS[latency],
         "dynamic": dynamic_summary,
         "slo_accuracy": dynamic_summary["slo_accuracy"],
         "oracle": oracle(bank, trace, config, request_rows(len(dataset.splits["test"]), requests, seed)),  # the ceiling of the SLO-accuracies above
