@@ -450,8 +450,22 @@ def test_the_oracle_counts_a_request_when_some_configuration_gets_it_right_in_ti
     most_accurate = [k for k, a in enumerate(accuracies) if a == max(accuracies)]  # (ties: any of them)
     assert any(unbound["clairvoyant_allocator"] == pytest.approx(right[k].mean()) for k in most_accurate) and unbound["clairvoyant_allocator"] <= unbound["slo_accuracy"]
     assert right.any(axis=0).mean() >= right.mean(axis=1).max()  # at least the best configuration's accuracy on these rows
+    assert unbound["best_per_level"] == pytest.approx(right.mean(axis=1).max()) and list(unbound["per_level"]) == ["high"]  # one level: the best configuration
+    # Two levels, each half of the requests: idle, then a 95% load under which only what runs in a
+    # twentieth of the target counts (the contention floor's 20x). Brute force per level.
+    costs = {key: sum(v.typical_ms for v in bank.table.variants if (v.tier, v.modality) in zip(key, bank.table.modalities)) + float(bank.data.get("request_overhead_ms", 0.0)) for key in bank.accuracy("test")}
+    target = sorted(costs.values())[len(costs) // 2] * 20  # under load, about half the configurations meet it
+    split = Trace("split", np.array([0.0, 5.0, 10.0]), {"cpu_percent": np.array([0.0, 95.0, 95.0]), "memory_available_mb": np.array([1e4, 1e4, 1e4])})
+    two = oracle(bank, split, dataclasses.replace(RuntimeConfig(), latency_target_ms=target), rows)
+    idle, loaded = np.arange(len(rows)) < len(rows) // 2, np.arange(len(rows)) >= len(rows) // 2
+    fast = np.array([costs[key] * 20 <= target for key in bank.accuracy("test")])
+    expected = right[:, idle].sum(axis=1).max() + (right[:, loaded] & fast[:, None]).sum(axis=1).max()
+    assert two["best_per_level"] == pytest.approx(expected / len(rows)) and set(two["per_level"]) == {"high", "critical"}
+    assert two["best_per_level"] <= two["slo_accuracy"]
     assert oracle(bank, trace(0.0, 1e4), dataclasses.replace(roomy, latency_target_ms=1e-6), rows)["slo_accuracy"] == 0.0  # nothing is that fast
-    assert oracle(bank, trace(0.0, 0.0), roomy, rows) == unbound  # scored as replays are: memory is the runtime's choice, not the score's
+    figures = ("slo_accuracy", "clairvoyant_allocator", "best_per_level")
+    no_memory = oracle(bank, trace(0.0, 0.0), roomy, rows)
+    assert [no_memory[k] for k in figures] == [unbound[k] for k in figures]  # scored as replays are: memory is the runtime's choice, not the score's (it only names the level)
     # The slowdown of a loaded core: at 90% load only what runs in a tenth of the target counts.
     cheapest = min(v.typical_ms for v in bank.table.variants) + float(bank.data.get("request_overhead_ms", 0.0))
     squeezed = dataclasses.replace(RuntimeConfig(), latency_target_ms=cheapest * 10 * 0.99, contention_floor=0.01)
