@@ -103,7 +103,7 @@ def pooled(replays: list[dict[str, Any]]) -> dict[str, Any]:
     first["slo_accuracy"] = statistics.fmean(dynamic)
     first["slo_accuracy_std"] = statistics.stdev(dynamic) if len(dynamic) > 1 else 0.0
     first["slo_accuracy_static"] = {t: statistics.fmean(v) for t, v in first["repeats"]["slo_accuracy_static"].items()}
-    first["oracle"] = {**first["oracle"], **{k: statistics.fmean(r["oracle"][k] for r in replays) for k in ("slo_accuracy", "clairvoyant_allocator", "best_per_level")}}  # NaN where it could not be computed
+    first["oracle"] = {**{k: v for k, v in first["oracle"].items() if k != "per_level"}, **{k: statistics.fmean(r["oracle"][k] for r in replays) for k in ("slo_accuracy", "clairvoyant_allocator", "best_per_level")}}  # NaN where it could not be computed; per_level (one replay's) left out
     for key in ("adaptation_ms_p99", "adaptation_ms_p99_swaps", "adaptation_ms_max"):
         values = [r[key] for r in replays if not math.isnan(r[key])]  # NaN where a replay never switched
         first[key] = max(values, default=float("nan"))

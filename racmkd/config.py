@@ -292,7 +292,7 @@ class RuntimeConfig:
     build_bank: bool = False  # `racmkd run` ends by building the variant bank (<run>/edge/), as `racmkd edge build` does
     latency_target_ms: float = 3.0  # per request, preprocessing included
     objective: str = "slo"  # slo: accuracy x chance of meeting the latency target; accuracy: eq. 26, latency a hard budget
-    risk_memory_s: float = 30.0  # the deadline risk forgets a load band's latency ratios after this long (objective slo)
+    risk_memory_s: float = 30.0  # the deadline risk forgets a load band no request has fallen in for this long (objective slo)
     threads: int = 1  # ONNX Runtime threads per variant session: more threads stall under other programs' load
     priorities: dict[str, float] = field(default_factory=dict)  # modality -> priority in [0, 1] (default 1)
     critical: dict[str, str] = field(default_factory=dict)  # modality -> lowest tier it may run at; it is never switched off

@@ -466,11 +466,20 @@ def test_deadline_risk_forgets_a_band_it_left_long_ago() -> None:
     for i in range(600):  # 36 s under load, in another band, running as predicted
         risk.observe(1.0, 1.0, slowdown=20.0, now=8.0 + i * 0.06)
     assert risk.chance(1.0, 1.5, slowdown=1.0) == 1.0  # forgotten: the idle band is back to every band's latest
-    kept = DeadlineRisk(window=128, min_samples=20)  # memory_s inf (and observations without a time): never forgotten
-    for i in range(20):
-        kept.observe(14.0, 1.0, slowdown=1.0, now=i)
-    kept.observe(1.0, 1.0, slowdown=20.0, now=1e9)
-    assert kept.chance(1.0, 1.5, slowdown=1.0) == 0.0
+    quiet = DeadlineRisk(window=128, min_samples=20, memory_s=30.0)  # the band in use is kept, however slowly requests come
+    for i in range(40):
+        quiet.observe(14.0 if i % 2 else 1.0, 1.0, slowdown=1.0, now=i * 20.0)  # one request every 20 s, till 780 s
+    for i in range(128):
+        quiet.observe(1.0, 1.0, slowdown=20.0, now=790.0 + i * 0.01)  # a busy spell in another band
+    assert quiet.chance(1.0, 1.5, slowdown=1.0) == pytest.approx(0.5)  # the idle band's own 40, kept
+    quiet.forget_left(780.0 + 31.0)  # a decision 31 s after its last request: the band was left
+    assert quiet.chance(1.0, 1.5, slowdown=1.0) == 1.0 and quiet.state().get("slowdown 1x+") is None  # every band's latest
+    for memory_s, now in ((math.inf, 1e9), (30.0, math.nan)):  # never forgotten: memory inf, or no time given
+        kept = DeadlineRisk(window=128, min_samples=20, memory_s=memory_s)
+        for i in range(20):
+            kept.observe(14.0, 1.0, slowdown=1.0, now=i if memory_s == math.inf else math.nan)
+        kept.observe(1.0, 1.0, slowdown=20.0, now=now)
+        assert kept.chance(1.0, 1.5, slowdown=1.0) == 0.0
     with pytest.raises(ConfigError, match="risk_memory_s"):
         RuntimeConfig(risk_memory_s=0.0)
 
@@ -627,16 +636,19 @@ def test_each_better_configuration_is_timed_on_its_own() -> None:
         current, why = h.choose(now, current, allocator, Budget(2.0 if now < 0.3 else 2.6), (1.0,))  # headroom: mid needs 1.875, rich 2.5
         served[now] = current.config[0].tier
         assert not h.due(now)  # what has waited out its window is taken at once
-        if now == 0.5:
-            assert h.pending == (rich,) and h.due(1.1) and not h.due(1.05)  # without a new reading, due when mid's window is out
+        if now == 0.5:  # mid is taken next (its window ends first), rich is the best waiting: both load meanwhile
+            assert h.pending == (mid,) and h.best_pending == (rich,) and h.due(1.1) and not h.due(1.05)  # without a new reading, due when mid's window is out
     assert served[1.0] == "low" and served[1.1] == "medium" and served[1.2] == "medium" and served[1.3] == "high", served
     assert h.pending is None and not h.due(5.0)
     # A break in the headroom restarts that configuration's clock.
     h = Hysteresis(margin=0.2, window_s=1.0)
     current, _ = h.choose(0.0, None, allocator, Budget(1.2), (1.0,))
+    steps = {}
     for now, budget in ((0.1, 2.6), (0.6, 2.0), (0.7, 2.6), (1.2, 2.6), (1.6, 2.6), (1.7, 2.6)):
         current, _ = h.choose(now, current, allocator, Budget(budget), (1.0,))
-    assert current.config == (rich,) and h.pending is None  # mid fitted throughout and came at 1.2; rich, broken at 0.6, at 1.7
+        steps[now] = current.config[0].tier
+    assert steps == {0.1: "low", 0.6: "low", 0.7: "low", 1.2: "medium", 1.6: "medium", 1.7: "high"}, steps  # mid fitted throughout; rich, broken at 0.6, from 0.7
+    assert h.pending is None
 
 
 def test_recovery_from_a_fallback_keeps_the_step_up_margin() -> None:

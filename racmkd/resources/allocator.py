@@ -182,21 +182,22 @@ class DeadlineRisk:
     more), and a decision uses its own band's once it holds `min_samples`, else all bands'. Until
     `min_samples` requests are in at all, the ratio is taken to be exactly 1: the hard constraint.
 
-    A band's ratios are forgotten after `memory_s` seconds (of the `now` given to `observe`): a load
-    band is left for minutes at a time, and what its last requests saw is no news by the time it
-    comes back. The requests caught by a sudden rise of the load, before the next reading told of
-    it, ran up to 14x over their predictions; kept in the idle band's window until 128 requests
-    there replaced them, they priced every fused configuration as late one time in twenty when the
-    load fell back 40 s later, and held the runtime on cheaper ones for 10 s (the sudden trace).
-    The all-bands window, the latest requests whatever their age, is what a band short of samples
-    falls back on."""
+    A band no request has fallen in for `memory_s` seconds (of the `now` given to `observe` and
+    `forget_left`) is forgotten whole: a load band is left for minutes at a time, and what its last
+    requests saw is no news by the time it comes back. The requests caught by a sudden rise of the
+    load, before the next reading told of it, ran up to 14x over their predictions; kept in the
+    idle band's window until 128 requests there replaced them, they priced every fused
+    configuration as late one time in twenty when the load fell back 40 s later, and held the
+    runtime on cheaper ones for 10 s (the sudden trace). The band in use is never trimmed by age (a
+    device that serves a request a second keeps its window), and the all-bands window, the latest
+    requests whatever their age, is what a band short of samples falls back on."""
 
     BANDS = 6
 
     def __init__(self, overhead_ms: float = 0.0, window: int = 128, min_samples: int = 20, memory_s: float = math.inf) -> None:
         self.overhead_ms, self.min_samples, self.memory_s = overhead_ms, min_samples, memory_s
         self._ratios: list[deque[float]] = [deque(maxlen=window) for _ in range(self.BANDS)]
-        self._times: list[deque[float]] = [deque(maxlen=window) for _ in range(self.BANDS)]  # when each of a band's ratios was observed
+        self._last_seen = [math.nan] * self.BANDS  # when each band last had a request (NaN: never, or no time given)
         self._recent: deque[float] = deque(maxlen=window)  # every band's, the latest first out
         self._sorted: dict[int, list[float]] = {}  # band (-1: all) -> its ratios sorted, on demand: decisions are rarer than requests
 
@@ -205,22 +206,22 @@ class DeadlineRisk:
         return min(cls.BANDS - 1, max(0, int(math.floor(math.log2(max(slowdown, 1.0))))))
 
     def observe(self, observed_ms: float, predicted_ms: float, slowdown: float = 1.0, now: float = math.nan) -> None:
-        """Learn from one request (`now`: when, on the clock the runtime plans with; NaN: never forgotten)."""
+        """Learn from one request (`now`: when, on the clock the runtime plans with; NaN: its band is never forgotten)."""
         if predicted_ms > 0 and math.isfinite(observed_ms):
             ratio = observed_ms / predicted_ms
             band = self.band(slowdown)
             self._ratios[band].append(ratio)
-            self._times[band].append(now)
+            self._last_seen[band] = now
             self._recent.append(ratio)
             self._sorted.clear()
-        self.forget(now - self.memory_s)
+        self.forget_left(now)
 
-    def forget(self, before: float) -> None:
-        """Drop the bands' ratios observed before `before`."""
-        for ratios, times in zip(self._ratios, self._times):
-            while times and times[0] < before:  # (NaN compares False: kept)
-                times.popleft()
-                ratios.popleft()
+    def forget_left(self, now: float) -> None:
+        """Forget the bands no request has fallen in for `memory_s` seconds before `now`."""
+        for band, seen in enumerate(self._last_seen):
+            if now - seen > self.memory_s:  # (NaN compares False: kept)
+                self._ratios[band].clear()
+                self._last_seen[band] = math.nan
                 self._sorted.clear()
 
     def __len__(self) -> int:
@@ -422,13 +423,21 @@ class Hysteresis:
 
     @property
     def pending(self) -> Configuration | None:
-        """The best configuration waiting out the window, if any (the runtime loads its sessions meanwhile)."""
+        """The configuration the runtime steps up to next if nothing changes (of those waiting out
+        their window, the first whose window ends), if any: the runtime loads its sessions meanwhile."""
+        fitting = self._fitting
+        return min(fitting, key=fitting.__getitem__) if fitting else None  # (min keeps the first of a tie: the best)
+
+    @property
+    def best_pending(self) -> Configuration | None:
+        """The best configuration waiting out its window (its sessions load meanwhile too)."""
         return self._pending
 
     def due(self, now: float) -> bool:
         """Whether a better configuration has waited out its window (the runtime then re-plans, even
         if no new reading came: steady readings notify nobody)."""
-        return bool(self._fitting) and now - min(self._fitting.values()) >= self.window_s
+        fitting = self._fitting  # (read once: another thread's decision may replace it meanwhile)
+        return now - min(fitting.values(), default=math.inf) >= self.window_s
 
     def _wait_no_more(self) -> None:
         self._fitting, self._pending = {}, None
@@ -463,6 +472,7 @@ class Hysteresis:
                 return up, f"recover at once: fits with {self.margin:.0%} headroom"
             return best, "recover at once: a configuration fits again"
         better = allocator.better_than(current_now.utility, budget, weights, exclude, self.margin)
+        better.pop(current.config, None)  # (its score against itself: equal but for rounding)
         self._fitting = {c: self._fitting.get(c, now) for c in better}
         ready = [c for c, since in self._fitting.items() if now - since >= self.window_s]
         if ready:

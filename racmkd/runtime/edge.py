@@ -249,12 +249,13 @@ class EdgeRuntime:
             if vid not in keep:
                 del self._sessions[vid]
 
-    def _ensure_loaded(self, config: Configuration) -> None:
-        """Load a configuration's sessions (none of them evicted while the others load)."""
-        self._protect = {v.id for v in config if v is not None}
+    def _ensure_loaded(self, *configs: Configuration | None) -> None:
+        """Load configurations' sessions (none of them evicted while the others load)."""
+        chosen = [v for config in configs if config is not None for v in config if v is not None]
+        self._protect = {v.id for v in chosen}
         try:
-            for v in config:
-                if v is not None and v.id not in self.failed:
+            for v in chosen:
+                if v.id not in self.failed:
                     try:
                         self._session(v)
                     except Exception:  # noqa: BLE001 - recorded in self.failed by _session
@@ -311,6 +312,8 @@ class EdgeRuntime:
         decision in force afterwards."""
         started = time.perf_counter()
         with self._lock:
+            if self.risk is not None:
+                self.risk.forget_left(self.clock())  # (a decision between requests sees no stale band either)
             self.budget = budget_for(self.snapshot, self.config, self.controller.scale, self.resident_bytes(), self.overhead_ms)
             if self.pinned is not None:
                 return self.current
@@ -327,8 +330,9 @@ class EdgeRuntime:
                 self._ensure_loaded(chosen.config)
             elif self.hysteresis.pending is not None:
                 # A step up waits out the hysteresis window: load its sessions meanwhile (here, off
-                # the requests' path), so that the switch, when it comes, is a pointer swap.
-                self._ensure_loaded(self.hysteresis.pending)
+                # the requests' path), so that the switch, when it comes, is a pointer swap; and
+                # the best one's waiting, which may come next.
+                self._ensure_loaded(self.hysteresis.pending, self.hysteresis.best_pending)
             self._evict()  # the memory budget may have shrunk
             ended = time.perf_counter()
             self.decision_ms.append((ended - started) * 1e3)

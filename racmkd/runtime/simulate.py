@@ -196,6 +196,8 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray) ->
             total = configuration_logits(shares, bank.biases, dict(zip(table.modalities, combo)))
             name = ",".join(f"{t}/{m}" for t, m in zip(combo, table.modalities) if t is not None)
             configurations.append((name, config_costs(chosen).typical_ms + overhead, (total.argmax(1) == labels)[rows], accuracy[combo]))
+    if not configurations:
+        return {"slo_accuracy": float("nan"), "clairvoyant_allocator": float("nan"), "best_per_level": float("nan"), "why_not": f"{bank.folder}: no readable variant"}
     configurations.sort(key=lambda c: (-c[3], c[1]))  # the most accurate first, the cheaper of a tie
     duration = max(trace.duration, 1e-9)
     readings = [trace.at(i * duration / len(rows)) for i in range(len(rows))]
@@ -215,7 +217,7 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray) ->
     best_per_level = sum(p["slo_accuracy"] * p["requests"] for p in per_level.values()) / len(rows)
     return {
         "slo_accuracy": float(met.any(axis=0).mean()), "clairvoyant_allocator": float(clairvoyant.mean()), "best_per_level": float(best_per_level), "per_level": per_level,
-        "latency_model": "each configuration at its variants' median latencies plus the runtime's own cost (the bank's), x the trace's slowdown: estimates, not strict bounds",
+        "latency_model": "each configuration at its variants' median latencies plus the runtime's own cost (the bank's), x the trace's slowdown: estimates for measured replays, the oracle a strict bound for replays at the bank's costs",
     }
 
 
