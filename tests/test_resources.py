@@ -474,6 +474,12 @@ def test_deadline_risk_forgets_a_band_it_left_long_ago() -> None:
     assert quiet.chance(1.0, 1.5, slowdown=1.0) == pytest.approx(0.5)  # the idle band's own 40, kept
     quiet.forget_left(780.0 + 31.0)  # a decision 31 s after its last request: the band was left
     assert quiet.chance(1.0, 1.5, slowdown=1.0) == 1.0 and quiet.state().get("slowdown 1x+") is None  # every band's latest
+    quiet.forget_left(2000.0)  # every band forgotten; then a band seen again is forgotten in its turn
+    for i in range(30):
+        quiet.observe(14.0, 1.0, slowdown=1.0, now=2000.0 + i)
+    assert quiet.chance(1.0, 1.5, slowdown=1.0) == 0.0
+    quiet.forget_left(2029.0 + 31.0)
+    assert quiet.state().get("slowdown 1x+") is None
     for memory_s, now in ((math.inf, 1e9), (30.0, math.nan)):  # never forgotten: memory inf, or no time given
         kept = DeadlineRisk(window=128, min_samples=20, memory_s=memory_s)
         for i in range(20):

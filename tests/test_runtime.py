@@ -3,6 +3,7 @@ variants, switching, and trace replay."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -116,6 +117,35 @@ def test_runtime_answers_raw_inputs_and_missing_ones(bank_dir: Path, samples) ->
         runtime.predict(image=np.zeros((5, 5)))
     with pytest.raises(TypeError, match="unknown inputs"):
         runtime.predict(lidar=np.zeros(3))
+
+
+def test_inputs_the_configuration_does_not_use_are_left_unread(bank_dir: Path, samples) -> None:  # noqa: ANN001
+    """With audio weighted 0 the runtime serves image only: a malformed audio input does not fail
+    its requests (it is not read), the requests that look at it count it as dead and say so once;
+    when the image comes in dead, the audio is read after all (the request needs it), and a bad one
+    is then refused."""
+    import logging
+
+    from racmkd.runtime.edge import UNUSED_LOOK_EVERY
+
+    inputs, _ = samples
+    runtime = EdgeRuntime(load_bank(bank_dir), dataclasses.replace(RuntimeConfig(), priorities={"audio": 0.0}))
+    assert {v.modality for v in runtime.current.config if v is not None} == {"image"}
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("racmkd.runtime.edge").addHandler(handler)
+    try:
+        for x in inputs[: 2 * UNUSED_LOOK_EVERY]:
+            answer = runtime.predict(image=x["image"], audio=np.zeros((5, 5)))  # not a waveform
+            assert answer.variants and all(v.endswith("/image") for v in answer.variants)
+    finally:
+        logging.getLogger("racmkd.runtime.edge").removeHandler(handler)
+    assert sum("input audio refused" in m for m in said) == 1 and runtime.quality["audio"] == pytest.approx(0.8**2)  # looked at twice in 32 requests, dead both times
+    alive = runtime.predict(image=np.zeros((28, 28), dtype=np.uint8), audio=inputs[0]["audio"])  # the image dead: the audio answers
+    assert alive.variants and all(v.endswith("/audio") for v in alive.variants)
+    with pytest.raises(ValueError, match="mono waveform"):
+        runtime.predict(image=np.zeros((28, 28), dtype=np.uint8), audio=np.zeros((5, 5)))
 
 
 def test_a_failing_variant_is_skipped_and_no_request_is_dropped(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001

@@ -198,6 +198,7 @@ class DeadlineRisk:
         self.overhead_ms, self.min_samples, self.memory_s = overhead_ms, min_samples, memory_s
         self._ratios: list[deque[float]] = [deque(maxlen=window) for _ in range(self.BANDS)]
         self._last_seen = [math.nan] * self.BANDS  # when each band last had a request (NaN: never, or no time given)
+        self._next_forget = -math.inf  # no band can be forgotten before then (forget_left runs on every request: it looks only then)
         self._recent: deque[float] = deque(maxlen=window)  # every band's, the latest first out
         self._sorted: dict[int, list[float]] = {}  # band (-1: all) -> its ratios sorted, on demand: decisions are rarer than requests
 
@@ -212,17 +213,22 @@ class DeadlineRisk:
             band = self.band(slowdown)
             self._ratios[band].append(ratio)
             self._last_seen[band] = now
+            if now + self.memory_s < self._next_forget:  # (the first band seen since all were forgotten)
+                self._next_forget = now + self.memory_s
             self._recent.append(ratio)
             self._sorted.clear()
         self.forget_left(now)
 
     def forget_left(self, now: float) -> None:
         """Forget the bands no request has fallen in for `memory_s` seconds before `now`."""
+        if not now > self._next_forget:  # (NaN: nothing to do)
+            return
         for band, seen in enumerate(self._last_seen):
             if now - seen > self.memory_s:  # (NaN compares False: kept)
                 self._ratios[band].clear()
                 self._last_seen[band] = math.nan
                 self._sorted.clear()
+        self._next_forget = min((seen for seen in self._last_seen if not math.isnan(seen)), default=math.inf) + self.memory_s  # (a band seen since only moves it later)
 
     def __len__(self) -> int:
         return len(self._recent)
@@ -436,8 +442,8 @@ class Hysteresis:
     def due(self, now: float) -> bool:
         """Whether a better configuration has waited out its window (the runtime then re-plans, even
         if no new reading came: steady readings notify nobody)."""
-        fitting = self._fitting  # (read once: another thread's decision may replace it meanwhile)
-        return now - min(fitting.values(), default=math.inf) >= self.window_s
+        fitting = self._fitting  # (read once: another thread's decision may replace it meanwhile; it is never changed in place)
+        return bool(fitting) and now - min(fitting.values()) >= self.window_s
 
     def _wait_no_more(self) -> None:
         self._fitting, self._pending = {}, None
