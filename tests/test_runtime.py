@@ -141,11 +141,29 @@ def test_inputs_the_configuration_does_not_use_are_left_unread(bank_dir: Path, s
             assert answer.variants and all(v.endswith("/image") for v in answer.variants)
     finally:
         logging.getLogger("racmkd.runtime.edge").removeHandler(handler)
-    assert sum("input audio refused" in m for m in said) == 1 and runtime.quality["audio"] == pytest.approx(0.8**2)  # looked at twice in 32 requests, dead both times
+    # Looked at on request 16, found dead, then on every request while its quality is doubtful (17-32).
+    assert sum("input audio refused" in m for m in said) == 1 and runtime.quality["audio"] == pytest.approx(0.8**17)
     alive = runtime.predict(image=np.zeros((28, 28), dtype=np.uint8), audio=inputs[0]["audio"])  # the image dead: the audio answers
     assert alive.variants and all(v.endswith("/audio") for v in alive.variants)
     with pytest.raises(ValueError, match="mono waveform"):
         runtime.predict(image=np.zeros((28, 28), dtype=np.uint8), audio=np.zeros((5, 5)))
+
+    # A variant failing mid-request: the fallback answers from what it can read, the bad audio passed over.
+    fresh = EdgeRuntime(load_bank(bank_dir), dataclasses.replace(RuntimeConfig(), priorities={"audio": 0.0}))
+    victim = next(v for v in fresh.current.config if v is not None)
+
+    class Broken:
+        def run(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("simulated fault")
+
+    fresh._sessions[victim.id] = Broken()
+    answer = fresh.predict(image=inputs[0]["image"], audio=np.zeros((5, 5)))
+    assert answer.variants and victim.id not in answer.variants and any("audio input passed over" in f for f in answer.fallbacks), answer.fallbacks
+    # A static image-only runtime whose variant failed: the audio it does not use answers.
+    pinned = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(), pinned={"image": "low", "audio": None})
+    pinned.failed["low/image"] = "simulated: its file could not be read"
+    answer = pinned.predict(**inputs[0])
+    assert "low/image" not in answer.variants and any(v.endswith("/audio") for v in answer.variants), answer
 
 
 def test_a_failing_variant_is_skipped_and_no_request_is_dropped(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001

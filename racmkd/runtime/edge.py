@@ -20,10 +20,11 @@ dropped request.
   running average per modality weights the allocator, and a request is answered from the inputs it
   brought.
 - An input the configuration in force does not use is left unread (not checked, not converted: an
-  image-only configuration's requests cost 40% less CPU without the audio's checks), except on one
-  request in `UNUSED_LOOK_EVERY`, which reads it to follow its quality (a bad one counts as dead
-  there, with a warning), and when a fallback needs it (then a bad one is refused, as any input the
-  answer needs).
+  image-only request spent 11 of ~60 us of CPU on the audio it did not use), except on one request
+  in `UNUSED_LOOK_EVERY` and on every request while its quality is doubtful, which read it to
+  follow its quality (a bad one counts as dead there, with a warning), and when the answer comes to
+  need it: when nothing the configuration uses came in alive (then a bad one is refused, as any
+  input the answer needs) or a variant failed (then a bad one is passed over and noted).
 - No torch: preprocessing is the modalities' numpy signals (racmkd.data.signals), inference ONNX
   Runtime.
 """
@@ -248,7 +249,7 @@ class EdgeRuntime:
         """Drop least recently used sessions (never the current configuration's) while more are
         loaded than `runtime.max_loaded` or they hold more memory than the latest reading allows."""
         limit = self.config.max_loaded or len(self.table.variants)
-        keep = {v.id for v in self.current.config if v is not None} | self._protect
+        keep = {v.id for config in (self.current.config, self.hysteresis.pending or ()) for v in config if v is not None} | self._protect  # (and the step up's sessions)
         memory = self._memory_limit()
         for vid in sorted(self._sessions, key=lambda v: self._last_used.get(v, -1)):
             if len(self._sessions) <= limit and self.resident_bytes() <= memory:
@@ -256,13 +257,19 @@ class EdgeRuntime:
             if vid not in keep:
                 del self._sessions[vid]
 
-    def _ensure_loaded(self, *configs: Configuration | None) -> None:
-        """Load configurations' sessions (none of them evicted while the others load)."""
-        chosen = [v for config in configs if config is not None for v in config if v is not None]
-        self._protect = {v.id for v in chosen}
+    def _fits_loaded(self, config: Configuration) -> bool:
+        """Whether a configuration's sessions could be loaded beside those loaded now without
+        evicting any (by count and by memory)."""
+        new = [v for v in config if v is not None and v.id not in self._sessions and v.id not in self.failed]
+        limit = self.config.max_loaded or len(self.table.variants)
+        return len(self._sessions) + len(new) <= limit and self.resident_bytes() + sum(v.memory_bytes for v in new) <= self._memory_limit()
+
+    def _ensure_loaded(self, config: Configuration) -> None:
+        """Load a configuration's sessions (none of them evicted while the others load)."""
+        self._protect = {v.id for v in config if v is not None}
         try:
-            for v in chosen:
-                if v.id not in self.failed:
+            for v in config:
+                if v is not None and v.id not in self.failed:
                     try:
                         self._session(v)
                     except Exception:  # noqa: BLE001 - recorded in self.failed by _session
@@ -338,8 +345,11 @@ class EdgeRuntime:
             elif self.hysteresis.pending is not None:
                 # A step up waits out the hysteresis window: load its sessions meanwhile (here, off
                 # the requests' path), so that the switch, when it comes, is a pointer swap; and
-                # the best one's waiting, which may come next.
-                self._ensure_loaded(self.hysteresis.pending, self.hysteresis.best_pending)
+                # the best one's waiting, which may come next, when they fit beside them.
+                self._ensure_loaded(self.hysteresis.pending)
+                best = self.hysteresis.best_pending
+                if best is not None and self._fits_loaded(best):
+                    self._ensure_loaded(best)
             self._evict()  # the memory budget may have shrunk
             ended = time.perf_counter()
             self.decision_ms.append((ended - started) * 1e3)
@@ -419,22 +429,24 @@ class EdgeRuntime:
             if unknown:
                 raise TypeError(f"unknown inputs {sorted(unknown)}; this runtime uses {list(self.modalities)}")
         config = self.current.config
-        using = {v.modality for v in config if v is not None}
-        look = self._requests % UNUSED_LOOK_EVERY == 0  # this request also reads the inputs the configuration does not use
+        using = {v.modality for v in config if v is not None and v.id not in self.failed}  # (a failed variant's input answers nothing)
+        periodic_look = self._requests % UNUSED_LOOK_EVERY == 0
         raws: dict[str, Any] = {}
         quality: dict[str, float] = {}  # this request's, of the inputs read
-        unread: dict[str, Any] = {}  # given, but not used by the configuration in force: read only if a fallback needs them
+        unread: dict[str, Any] = {}  # given, but not used by the configuration in force: read only if the answer comes to need them
+        refused: list[ValueError] = []  # unused inputs found bad when looked at
         for m in self.modalities:
             value = inputs.get(m)
             if value is None or self._raw_specs[m] is None:  # missing, or every variant for it unreadable
                 quality[m] = 0.0
             elif m in using:
                 self._read(m, value, sample_rate, raws, quality)  # a bad input raises ValueError naming it
-            elif look:
+            elif periodic_look or self.quality[m] < 0.95:  # looked at: to follow its quality (every request while it is doubtful)
                 try:
                     self._read(m, value, sample_rate, raws, quality)
                 except ValueError as err:  # not needed for this answer: counted as a dead input, and said
                     quality[m] = 0.0
+                    refused.append(err)
                     if m not in self._refused:
                         log.warning("input %s refused (%s): counted as dead while no configuration needs it", m, err)
                     self._refused.add(m)
@@ -442,7 +454,9 @@ class EdgeRuntime:
                     self._refused.discard(m)
             else:
                 unread[m] = value
-        if unread and not using & raws.keys():  # nothing the configuration uses came alive: the others answer
+        if not using & raws.keys():  # nothing the configuration uses came alive: the answer needs the others
+            if refused:
+                raise refused[0]  # (as a request that had not looked at it would, reading it now)
             unread = self._read_all(unread, sample_rate, raws, quality)
         if not raws:
             given = [m for m in self.modalities if inputs.get(m) is not None]
@@ -457,6 +471,7 @@ class EdgeRuntime:
         while True:
             active = [v for v in config if v is not None and v.modality in raws and v.id not in self.failed]
             if not active:
+                unread = self._read_all(unread, sample_rate, raws, quality, fallbacks)  # (a variant failed meanwhile, on another thread)
                 config = self._request_config(raws, exclude, fallbacks)
                 active = [v for v in config if v is not None and v.modality in raws]
             terms, used = [], []
@@ -484,7 +499,7 @@ class EdgeRuntime:
             # Something failed: re-plan without it (the monitor's next decision will too), and retry,
             # with every input the request brought.
             self.redecide("variant failure")
-            unread = self._read_all(unread, sample_rate, raws, quality)
+            unread = self._read_all(unread, sample_rate, raws, quality, fallbacks)
             config = self._request_config(raws, exclude, fallbacks)
         probs = _softmax(logits)
         return Answer(int(probs.argmax()), probs, [v.id for v in used], (time.perf_counter() - started) * 1e3, fallbacks, (time.thread_time() - cpu_started) * 1e3)
@@ -497,10 +512,18 @@ class EdgeRuntime:
         if quality[modality] > 0:
             raws[modality] = raw
 
-    def _read_all(self, unread: dict[str, Any], sample_rate: int, raws: dict[str, Any], quality: dict[str, float]) -> dict[str, Any]:
-        """Read the inputs left unread (now needed: a bad one raises); returns what is left unread (nothing)."""
+    def _read_all(self, unread: dict[str, Any], sample_rate: int, raws: dict[str, Any], quality: dict[str, float], fallbacks: list[str] | None = None) -> dict[str, Any]:
+        """Read the inputs left unread; returns what is left unread (nothing). A bad one raises,
+        unless there are `fallbacks` under way: then it is passed over and noted there (a fallback
+        answers from what it can read)."""
         for m, value in unread.items():
-            self._read(m, value, sample_rate, raws, quality)
+            try:
+                self._read(m, value, sample_rate, raws, quality)
+            except ValueError as err:
+                if fallbacks is None:
+                    raise
+                quality[m] = 0.0
+                fallbacks.append(f"{m} input passed over ({err})")
         return {}
 
     def _bias(self, tiers: tuple[str, ...]) -> np.ndarray:
