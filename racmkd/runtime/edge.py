@@ -246,7 +246,7 @@ class EdgeRuntime:
         return budget_for(reading, self.config, resident_bytes=self.resident_bytes()).memory_bytes
 
     def _evict(self) -> None:
-        """Drop least recently used sessions (never the current configuration's) while more are
+        """Drop least recently used sessions (never the current configuration's, nor the pending step up's) while more are
         loaded than `runtime.max_loaded` or they hold more memory than the latest reading allows."""
         limit = self.config.max_loaded or len(self.table.variants)
         keep = {v.id for config in (self.current.config, self.hysteresis.pending or ()) for v in config if v is not None} | self._protect  # (and the step up's sessions)

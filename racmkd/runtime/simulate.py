@@ -142,7 +142,7 @@ def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, con
 
 
 def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray) -> dict[str, Any]:
-    """Three ceilings for a replay of `trace` whose requests carry these test rows (`request_rows`,
+    """Three reference figures for a replay of `trace` whose requests carry these test rows (`request_rows`,
     as `replay` draws them), scored as replays are (correct, and within the latency target), with
     every configuration at its variants' median latencies (the bank's) plus the runtime's own cost
     (the bank's figure), times the trace's slowdown:
@@ -375,7 +375,7 @@ def ceiling_rows(oracle: dict[str, Any]) -> list[str]:
         f"| clairvoyant allocator: the most accurate configuration that meets each deadline | | {oracle['clairvoyant_allocator']:.4f} | | |",
         f"| oracle: any configuration right in time, per request | | {oracle['slo_accuracy']:.4f} | | |",
     ]
-    return [*rows, "", f"The last {len(rows)} rows are ceilings at the bank's costs ({oracle['latency_model']})."]
+    return [*rows, "", f"The last {len(rows)} rows are reference figures at the bank's costs ({oracle['latency_model']}); only the last, the oracle, bounds what a runtime can reach."]
 
 
 def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_ms: float, path: Path, title: str) -> None:
