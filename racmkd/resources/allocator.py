@@ -388,11 +388,7 @@ class Allocator:
         for u, c in candidates:  # best first: a score is at most its utility, so the rest cannot be worth more
             if u <= worth + 1e-9:
                 break
-            if self.risk is None:
-                score, fits = u, self.costs[c].fits(budget, slack)
-            else:
-                score, _ = self._slo_score(u, c, budget, slack)
-                fits = score > 0
+            score, fits = self._score(u, c, budget, slack)
             if fits and score > worth + 1e-9:
                 out[c] = score
         return dict(sorted(out.items(), key=lambda cs: -cs[1]))
@@ -401,10 +397,12 @@ class Allocator:
         """What `config` is worth under `budget` (the objective `solve` maximises) and whether it is
         within the budget's hard constraints with `slack` to spare (every resource; with a risk,
         memory and energy, and some chance of meeting the deadline)."""
-        utility = self.utility(config, weights)
-        costs = self.costs.get(config) or config_costs(config)
+        return self._score(self.utility(config, weights), config, budget, slack)
+
+    def _score(self, utility: float, config: Configuration, budget: Budget, slack: float) -> tuple[float, bool]:
+        """`evaluate` for a configuration whose utility is known."""
         if self.risk is None:
-            return utility, costs.fits(budget, slack)
+            return utility, (self.costs.get(config) or config_costs(config)).fits(budget, slack)
         score, _ = self._slo_score(utility, config, budget, slack)
         return score, score > 0
 
@@ -481,17 +479,16 @@ class Hysteresis:
         better.pop(current.config, None)  # (its score against itself: equal but for rounding)
         self._fitting = {c: self._fitting.get(c, now) for c in better}
         ready = [c for c, since in self._fitting.items() if now - since >= self.window_s]
-        if ready:
-            chosen = max(ready, key=better.__getitem__)  # (max keeps the first of a tie: better is best first)
+        chosen = max(ready, key=better.__getitem__) if ready else None  # (max keeps the first of a tie: better is best first)
+        if chosen is not None:
             waited = now - self._fitting[chosen]
             self._fitting = {c: since for c, since in self._fitting.items() if better[c] > better[chosen] + 1e-9}
-            self._pending = max(self._fitting, key=better.__getitem__) if self._fitting else None
+        self._pending = max(self._fitting, key=better.__getitem__) if self._fitting else None
+        if chosen is not None:
             decision = Decision(chosen, better[chosen], allocator.costs.get(chosen) or config_costs(chosen), True, f"fitted with {self.margin:.0%} headroom: {describe(allocator.table, chosen)}")
             return decision, f"step up: fitted with {self.margin:.0%} headroom for {waited:.2f} s"
-        if not self._fitting:
-            self._pending = None
+        if self._pending is None:
             return current_now, "stay"
-        self._pending = max(self._fitting, key=better.__getitem__)
         return current_now, f"step up pending: {describe(allocator.table, self._pending)}"
 
 

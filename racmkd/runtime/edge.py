@@ -186,9 +186,9 @@ class EdgeRuntime:
         this does not: offloading weighs latency apart)."""
         return self.allocator.utility(self.current.config, self.weights())
 
-    def variant(self, variant_id: str) -> Variant:
-        """The bank's variant of this id ("tier/modality")."""
-        return self._variants[variant_id]
+    def cost_ms(self, variant_ids: list[str]) -> float:
+        """What these variants typically cost together, unloaded: their median latencies added up."""
+        return sum(self._variants[v].typical_ms for v in variant_ids)
 
     def describe(self, config: Configuration | None = None) -> str:
         return describe(self.table, self.current.config if config is None else config)
@@ -374,7 +374,7 @@ class EdgeRuntime:
         now = self.clock() if now is None else now
         with self._lock:
             used = variants if variants is not None else [v.id for v in self.current.config if v is not None]
-            cost = sum(self._variants[v].typical_ms for v in used)
+            cost = self.cost_ms(used)
             if math.isfinite(work_ms) and used and self.config.threads == 1:  # with more, ONNX Runtime's workers' CPU time is not this thread's
                 self._learn_overhead(work_ms - cost)
             if self.risk is not None:
@@ -457,7 +457,7 @@ class EdgeRuntime:
         if not using & raws.keys():  # nothing the configuration uses came alive: the answer needs the others
             if refused:
                 raise refused[0]  # (as a request that had not looked at it would, reading it now)
-            unread = self._read_all(unread, sample_rate, raws, quality)
+            self._read_all(unread, sample_rate, raws, quality)
         if not raws:
             given = [m for m in self.modalities if inputs.get(m) is not None]
             unreadable = [m for m in given if self._raw_specs[m] is None]
@@ -471,7 +471,7 @@ class EdgeRuntime:
         while True:
             active = [v for v in config if v is not None and v.modality in raws and v.id not in self.failed]
             if not active:
-                unread = self._read_all(unread, sample_rate, raws, quality, fallbacks)  # (a variant failed meanwhile, on another thread)
+                self._read_all(unread, sample_rate, raws, quality, fallbacks)  # (a variant failed meanwhile, on another thread)
                 config = self._request_config(raws, exclude, fallbacks)
                 active = [v for v in config if v is not None and v.modality in raws]
             terms, used = [], []
@@ -499,7 +499,7 @@ class EdgeRuntime:
             # Something failed: re-plan without it (the monitor's next decision will too), and retry,
             # with every input the request brought.
             self.redecide("variant failure")
-            unread = self._read_all(unread, sample_rate, raws, quality, fallbacks)
+            self._read_all(unread, sample_rate, raws, quality, fallbacks)
             config = self._request_config(raws, exclude, fallbacks)
         probs = _softmax(logits)
         return Answer(int(probs.argmax()), probs, [v.id for v in used], (time.perf_counter() - started) * 1e3, fallbacks, (time.thread_time() - cpu_started) * 1e3)
@@ -512,10 +512,10 @@ class EdgeRuntime:
         if quality[modality] > 0:
             raws[modality] = raw
 
-    def _read_all(self, unread: dict[str, Any], sample_rate: int, raws: dict[str, Any], quality: dict[str, float], fallbacks: list[str] | None = None) -> dict[str, Any]:
-        """Read the inputs left unread; returns what is left unread (nothing). A bad one raises,
-        unless there are `fallbacks` under way: then it is passed over and noted there (a fallback
-        answers from what it can read)."""
+    def _read_all(self, unread: dict[str, Any], sample_rate: int, raws: dict[str, Any], quality: dict[str, float], fallbacks: list[str] | None = None) -> None:
+        """Read the inputs left unread, emptying `unread`. A bad one raises, unless there are
+        `fallbacks` under way: then it is passed over and noted there (a fallback answers from what
+        it can read)."""
         for m, value in unread.items():
             try:
                 self._read(m, value, sample_rate, raws, quality)
@@ -524,7 +524,7 @@ class EdgeRuntime:
                     raise
                 quality[m] = 0.0
                 fallbacks.append(f"{m} input passed over ({err})")
-        return {}
+        unread.clear()
 
     def _bias(self, tiers: tuple[str, ...]) -> np.ndarray:
         """The logits' bias of a set of variants: the mean of their tiers' biases (cached per set)."""

@@ -108,6 +108,7 @@ def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, con
     correct_so_far = 0
     raw_all = dataset.raw_batch(split, rows)
     recent: dict[str, deque[float]] = {}  # configuration -> its last compute times (the work a request needs: their median)
+    bank_overhead = float(bank.data.get("request_overhead_ms", 0.0))  # the runtime's own cost per request, by the bank (latency "bank")
     for i in progress(range(requests), desc=f"replay {trace.name}: {policy.name}"):
         clock.now = i * duration / requests
         if clock.now >= next_poll:
@@ -123,8 +124,8 @@ def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, con
             answer = Answer(-1, np.zeros(0), [], float("nan"), [str(err)])
         slowdown = budget_for(reading, config).slowdown
         if latency == "bank":
-            work = bank_work_ms(runtime, answer.variants)
-            observed, work_ms = work * slowdown, work
+            work_ms = runtime.cost_ms(answer.variants) + bank_overhead if answer.variants else math.nan  # (NaN: unanswered)
+            observed = work_ms * slowdown
         else:
             observed, work_ms = modelled_latency(answer, slowdown, recent), answer.work_ms
         if policy.pinned is None and answer.variants:
@@ -180,7 +181,9 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray) ->
     labels = logits.get("labels/test")
     table = bank.table
     variants = {(v.tier, v.modality): v for v in table.variants if bank.specs.get(v.id) is not None}  # (a damaged file runs nowhere)
-    if not why_not and (labels is None or any(f"test/{t}/{m}" not in logits for t, m in variants)):
+    if not why_not and not variants:
+        why_not = f"{bank.folder}: no readable variant"
+    elif not why_not and (labels is None or any(f"test/{t}/{m}" not in logits for t, m in variants)):
         why_not = f"{path}: no test logits for every variant (rebuild the bank)"
     elif not why_not and (len(rows) == 0 or rows.max() >= len(labels)):
         why_not = f"{path}: the bank holds the logits of {len(labels)} test samples, the replay draws from more (build it with every test sample)"
@@ -196,8 +199,6 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray) ->
             total = configuration_logits(shares, bank.biases, dict(zip(table.modalities, combo)))
             name = ",".join(f"{t}/{m}" for t, m in zip(combo, table.modalities) if t is not None)
             configurations.append((name, config_costs(chosen).typical_ms + overhead, (total.argmax(1) == labels)[rows], accuracy[combo]))
-    if not configurations:
-        return {"slo_accuracy": float("nan"), "clairvoyant_allocator": float("nan"), "best_per_level": float("nan"), "why_not": f"{bank.folder}: no readable variant"}
     configurations.sort(key=lambda c: (-c[3], c[1]))  # the most accurate first, the cheaper of a tie
     duration = max(trace.duration, 1e-9)
     readings = [trace.at(i * duration / len(rows)) for i in range(len(rows))]
@@ -219,14 +220,6 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray) ->
         "slo_accuracy": float(met.any(axis=0).mean()), "clairvoyant_allocator": float(clairvoyant.mean()), "best_per_level": float(best_per_level), "per_level": per_level,
         "latency_model": "each configuration at its variants' median latencies plus the runtime's own cost (the bank's), x the trace's slowdown: estimates for measured replays, the oracle a strict bound for replays at the bank's costs",
     }
-
-
-def bank_work_ms(runtime: EdgeRuntime, variants: list[str]) -> float:
-    """A request's unloaded cost by the bank: its variants' median latencies plus the bank's figure
-    for the runtime's own cost (NaN for an unanswered request)."""
-    if not variants:
-        return math.nan
-    return sum(runtime.variant(v).typical_ms for v in variants) + float(runtime.bank.data.get("request_overhead_ms", 0.0))
 
 
 def modelled_latency(answer: Answer, slowdown: float, recent: dict[str, deque[float]]) -> float:
