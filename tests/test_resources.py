@@ -417,7 +417,7 @@ def test_allocator_is_optimal_against_brute_force(objective: str) -> None:
             ratios = [rng.lognormvariate(0.0, 0.3) for _ in range(rng.randint(20, 60))]
             risk = DeadlineRisk(overhead_ms=rng.uniform(0.0, 0.5), window=100)
             for r in ratios:
-                risk.observe(r * 2.0, 2.0)
+                risk.observe(r * (2.0 + risk.overhead_ms), 2.0)
         allocator = Allocator(table, critical, risk)
         for _ in range(3):  # the same allocator on several budgets and weights: its caches must not change the answer
             weights = tuple(rng.choice([0.0, 0.3, 0.7, 1.0]) for _ in modalities)
@@ -444,13 +444,27 @@ def test_deadline_risk_learns_the_latency_tail_per_load_band() -> None:
     assert risk.chance(1.0, 1.2) == pytest.approx(0.9)
     assert risk.chance(1.0, 1.5) == 1.0 and risk.chance(1.0, 0.9) == 0.0
     for _ in range(10):
-        risk.observe(3.0, 1.0, slowdown=20.0)
+        risk.observe(60.0, 1.0, slowdown=20.0)  # 3x its prediction (20 ms)
     assert risk.chance(1.0, 1.2, slowdown=20.0) == pytest.approx(0.81)  # too few under load yet: every band's ratios
     for _ in range(20):
-        risk.observe(3.0, 1.0, slowdown=20.0)
+        risk.observe(60.0, 1.0, slowdown=20.0)
     assert risk.chance(1.0, 1.2, slowdown=20.0) == 0.0 and risk.chance(1.0, 1.2, slowdown=1.0) == pytest.approx(0.9)
     risk.observe(float("nan"), 1.0)  # a request that was never answered teaches nothing
     assert len(risk) == 100 and risk.state()["all"]["samples"] == 100
+
+
+def test_deadline_risk_takes_ratios_against_the_runtime_cost_known_at_decision() -> None:
+    """On a host 3x slower than when the bank was measured, the first requests run 3.5x over a
+    prediction made with the bank's figure for the runtime's own cost; once the runtime has learnt
+    its cost from them (0.64 ms), the same requests are on time for the fused configuration: they
+    must not price it as late (ratios fixed at observation did, and stepped the runtime down)."""
+    risk = DeadlineRisk(overhead_ms=0.0, window=128, min_samples=20)
+    for i in range(64):
+        risk.observe(0.9 + 0.001 * i, 0.26)  # 3.5x-3.7x the bank's prediction (0.26 ms)
+    assert risk.chance(0.26, 0.8) == 0.0  # 0.8 ms of budget: under the bank's figure, every one late
+    risk.overhead_ms = 0.64  # learnt: now each is 0.93x-1.0x of 0.26 + 0.64 ms
+    assert risk.chance(0.26, 3.0 - 0.64) == 1.0 and risk.state()["all"]["ratio_max"] == pytest.approx(0.963 / 0.9)
+    assert risk.chance(0.26, 0.9 - 0.64 - 0.01) == pytest.approx(0.0) and risk.chance(0.26, 0.93 - 0.64) == pytest.approx(31 / 64)
 
 
 def test_deadline_risk_forgets_a_band_it_left_long_ago() -> None:
@@ -464,13 +478,13 @@ def test_deadline_risk_forgets_a_band_it_left_long_ago() -> None:
         risk.observe(14.0, 1.0, slowdown=1.0, now=7.2 + i * 0.06)  # caught by the rise
     assert risk.chance(1.0, 1.5, slowdown=1.0) == pytest.approx(120 / 128)
     for i in range(600):  # 36 s under load, in another band, running as predicted
-        risk.observe(1.0, 1.0, slowdown=20.0, now=8.0 + i * 0.06)
+        risk.observe(20.0, 1.0, slowdown=20.0, now=8.0 + i * 0.06)
     assert risk.chance(1.0, 1.5, slowdown=1.0) == 1.0  # forgotten: the idle band is back to every band's latest
     quiet = DeadlineRisk(window=128, min_samples=20, memory_s=30.0)  # the band in use is kept, however slowly requests come
     for i in range(40):
         quiet.observe(14.0 if i % 2 else 1.0, 1.0, slowdown=1.0, now=i * 20.0)  # one request every 20 s, till 780 s
     for i in range(128):
-        quiet.observe(1.0, 1.0, slowdown=20.0, now=790.0 + i * 0.01)  # a busy spell in another band
+        quiet.observe(20.0, 1.0, slowdown=20.0, now=790.0 + i * 0.01)  # a busy spell in another band
     assert quiet.chance(1.0, 1.5, slowdown=1.0) == pytest.approx(0.5)  # the idle band's own 40, kept
     quiet.forget_left(780.0 + 31.0)  # a decision 31 s after its last request: the band was left
     assert quiet.chance(1.0, 1.5, slowdown=1.0) == 1.0 and quiet.state().get("slowdown 1x+") is None  # every band's latest
@@ -484,7 +498,7 @@ def test_deadline_risk_forgets_a_band_it_left_long_ago() -> None:
         kept = DeadlineRisk(window=128, min_samples=20, memory_s=memory_s)
         for i in range(20):
             kept.observe(14.0, 1.0, slowdown=1.0, now=i if memory_s == math.inf else math.nan)
-        kept.observe(1.0, 1.0, slowdown=20.0, now=now)
+        kept.observe(20.0, 1.0, slowdown=20.0, now=now)
         assert kept.chance(1.0, 1.5, slowdown=1.0) == 0.0
     with pytest.raises(ConfigError, match="risk_memory_s"):
         RuntimeConfig(risk_memory_s=0.0)

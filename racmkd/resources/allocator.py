@@ -167,7 +167,7 @@ class Decision:
 class DeadlineRisk:
     """How likely a configuration is to meet the latency target, learnt from recent requests.
 
-    Each request's observed latency is divided by what the runtime predicted for it (its variants'
+    Each request's observed latency is divided by what the runtime predicts for it (its variants'
     median unloaded latencies plus the runtime's own cost, times the slowdown the load reading
     predicted). A configuration typically costing `cost_ms` against a budget `budget_ms` (both
     unloaded, net of the runtime's own `overhead_ms`) meets the deadline when ratio x (cost +
@@ -190,32 +190,55 @@ class DeadlineRisk:
     configuration as late one time in twenty when the load fell back 40 s later, and held the
     runtime on cheaper ones for 10 s (the sudden trace). The band in use is never trimmed by age (a
     device that serves a request a second keeps its window), and the all-bands window, the latest
-    requests whatever their age, is what a band short of samples falls back on."""
+    requests whatever their age, is what a band short of samples falls back on.
+
+    Requests are kept as they came (latency over the predicted slowdown, and the variants' cost),
+    not as ratios: a ratio is taken at decision time, against the runtime's own cost as known then
+    (`overhead_ms`, which the runtime learns from its requests and sets here). Ratios fixed at
+    observation mixed two models of that cost: on a host running 3x slower than when the bank was
+    measured, the first 32 requests' ratios (3.4x, against the bank's figure) stayed in the window
+    after the runtime had learnt its cost (0.71 ms), and priced the fused configuration as late one
+    time in three: the runtime stepped down to a single modality for seconds with every request
+    well within its deadline (the real-load benchmark's idle phase)."""
 
     BANDS = 6
 
     def __init__(self, overhead_ms: float = 0.0, window: int = 128, min_samples: int = 20, memory_s: float = math.inf) -> None:
-        self.overhead_ms, self.min_samples, self.memory_s = overhead_ms, min_samples, memory_s
-        self._ratios: list[deque[float]] = [deque(maxlen=window) for _ in range(self.BANDS)]
+        self._overhead_ms, self.min_samples, self.memory_s = overhead_ms, min_samples, memory_s
+        # Per request: (observed latency / predicted slowdown, its variants' unloaded cost), in ms.
+        self._samples: list[deque[tuple[float, float]]] = [deque(maxlen=window) for _ in range(self.BANDS)]
         self._last_seen = [math.nan] * self.BANDS  # when each band last had a request (NaN: never, or no time given)
         self._next_forget = -math.inf  # no band can be forgotten before then (forget_left runs on every request: it looks only then)
-        self._recent: deque[float] = deque(maxlen=window)  # every band's, the latest first out
+        self._recent: deque[tuple[float, float]] = deque(maxlen=window)  # every band's, the latest first out
         self._sorted: dict[int, list[float]] = {}  # band (-1: all) -> its ratios sorted, on demand: decisions are rarer than requests
+
+    @property
+    def overhead_ms(self) -> float:
+        """The runtime's own cost per request (unloaded), which every ratio is taken against."""
+        return self._overhead_ms
+
+    @overhead_ms.setter
+    def overhead_ms(self, value: float) -> None:
+        if value != self._overhead_ms:
+            self._overhead_ms = value
+            self._sorted.clear()  # the ratios change with it
 
     @classmethod
     def band(cls, slowdown: float) -> int:
         return min(cls.BANDS - 1, max(0, int(math.floor(math.log2(max(slowdown, 1.0))))))
 
-    def observe(self, observed_ms: float, predicted_ms: float, slowdown: float = 1.0, now: float = math.nan) -> None:
-        """Learn from one request (`now`: when, on the clock the runtime plans with; NaN: its band is never forgotten)."""
-        if predicted_ms > 0 and math.isfinite(observed_ms):
-            ratio = observed_ms / predicted_ms
+    def observe(self, observed_ms: float, cost_ms: float, slowdown: float = 1.0, now: float = math.nan) -> None:
+        """Learn from one request: it took `observed_ms` with variants whose median unloaded
+        latencies sum to `cost_ms`, under a predicted `slowdown` (`now`: when, on the clock the
+        runtime plans with; NaN: its band is never forgotten)."""
+        if cost_ms > 0 and slowdown > 0 and math.isfinite(observed_ms):
+            sample = (observed_ms / slowdown, cost_ms)
             band = self.band(slowdown)
-            self._ratios[band].append(ratio)
+            self._samples[band].append(sample)
             self._last_seen[band] = now
             if now + self.memory_s < self._next_forget:  # (the first band seen since all were forgotten)
                 self._next_forget = now + self.memory_s
-            self._recent.append(ratio)
+            self._recent.append(sample)
             self._sorted.clear()
         self.forget_left(now)
 
@@ -225,7 +248,7 @@ class DeadlineRisk:
             return
         for band, seen in enumerate(self._last_seen):
             if now - seen > self.memory_s:  # (NaN compares False: kept)
-                self._ratios[band].clear()
+                self._samples[band].clear()
                 self._last_seen[band] = math.nan
                 self._sorted.clear()
         self._next_forget = min((seen for seen in self._last_seen if not math.isnan(seen)), default=math.inf) + self.memory_s  # (a band seen since only moves it later)
@@ -233,12 +256,16 @@ class DeadlineRisk:
     def __len__(self) -> int:
         return len(self._recent)
 
+    def _ratios(self, samples: Iterable[tuple[float, float]]) -> list[float]:
+        """Observed over predicted latency, sorted, against the runtime's cost as known now."""
+        return sorted(observed / max(cost + self._overhead_ms, 1e-9) for observed, cost in samples)
+
     def _distribution(self, slowdown: float) -> list[float]:
         band = self.band(slowdown)
-        key = band if len(self._ratios[band]) >= self.min_samples else -1
+        key = band if len(self._samples[band]) >= self.min_samples else -1
         ratios = self._sorted.get(key)
         if ratios is None:
-            ratios = self._sorted[key] = sorted(self._ratios[band] if key >= 0 else self._recent)
+            ratios = self._sorted[key] = self._ratios(self._samples[band] if key >= 0 else self._recent)
         return ratios
 
     def chance(self, cost_ms: float, budget_ms: float, slowdown: float = 1.0) -> float:
@@ -251,12 +278,12 @@ class DeadlineRisk:
         return bisect.bisect_right(ratios, allowed) / len(ratios)
 
     def state(self) -> dict[str, Any]:
-        def quantiles(values: Iterable[float]) -> dict[str, float]:
-            ordered = sorted(values)
+        def quantiles(samples: Iterable[tuple[float, float]]) -> dict[str, float]:
+            ordered = self._ratios(samples)
             pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
             return {"samples": len(ordered), "ratio_p50": pick(0.5), "ratio_p95": pick(0.95), "ratio_max": ordered[-1]} if ordered else {"samples": 0}
 
-        return {"all": quantiles(self._recent), **{f"slowdown {2**b}x+": quantiles(r) for b, r in enumerate(self._ratios) if r}}
+        return {"all": quantiles(self._recent), **{f"slowdown {2**b}x+": quantiles(r) for b, r in enumerate(self._samples) if r}}
 
 
 class NoConfigurationError(RuntimeError):

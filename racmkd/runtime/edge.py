@@ -378,8 +378,7 @@ class EdgeRuntime:
             if math.isfinite(work_ms) and used and self.config.threads == 1:  # with more, ONNX Runtime's workers' CPU time is not this thread's
                 self._learn_overhead(work_ms - cost)
             if self.risk is not None:
-                predicted = (cost + self.overhead_ms) * self.budget.slowdown
-                self.risk.observe(latency_ms, predicted, self.budget.slowdown, now)
+                self.risk.observe(latency_ms, cost, self.budget.slowdown, now)
             before = self.controller.scale
             after = self.controller.update(latency_ms, now)
         if abs(after - before) > 0.02:
