@@ -413,6 +413,7 @@ def test_the_runtime_learns_its_own_cost_per_request_from_its_cpu_time(bank_dir:
     for _ in range(64):  # requests whose work runs 0.5 ms beyond their variants' medians
         runtime.feedback(typical + 0.5, variants=[v.id for v in used], work_ms=typical + 0.5)
     assert runtime.overhead_ms == pytest.approx(0.5, abs=0.01) and runtime.risk.overhead_ms == runtime.overhead_ms
+    assert runtime.budget.latency_ms == pytest.approx(1000 - runtime.overhead_ms)  # the budget is net of it: re-planned once it moved
     assert runtime.state()["overhead_ms"] == runtime.overhead_ms
     # The deadline risk scales medians (the ratios are the tail); the hard constraint adds p95s.
     image, audio = Variant("image", "low", 0.5, 1000, 0.2, "", 0.4), Variant("audio", "high", 1.5, 3000, 0.7)  # no median: its p95 stands in

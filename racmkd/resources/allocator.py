@@ -204,7 +204,7 @@ class DeadlineRisk:
     BANDS = 6
 
     def __init__(self, overhead_ms: float = 0.0, window: int = 128, min_samples: int = 20, memory_s: float = math.inf) -> None:
-        self._overhead_ms, self.min_samples, self.memory_s = overhead_ms, min_samples, memory_s
+        self._overhead_ms, self.min_samples, self.memory_s = max(0.0, overhead_ms), min_samples, memory_s
         # Per request: (observed latency / predicted slowdown, its variants' unloaded cost), in ms.
         self._samples: list[deque[tuple[float, float]]] = [deque(maxlen=window) for _ in range(self.BANDS)]
         self._last_seen = [math.nan] * self.BANDS  # when each band last had a request (NaN: never, or no time given)
@@ -219,6 +219,7 @@ class DeadlineRisk:
 
     @overhead_ms.setter
     def overhead_ms(self, value: float) -> None:
+        value = max(0.0, value)  # (a cost: a negative one would leave the ratios' denominators at zero)
         if value != self._overhead_ms:
             self._overhead_ms = value
             self._sorted.clear()  # the ratios change with it

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 OVERHEAD_WINDOW = 256  # requests the runtime's own cost is learnt from
 OVERHEAD_MIN_SAMPLES = 32  # before that many, the bank's figure stands
+OVERHEAD_REPLAN_MS = 0.02  # the budget is recomputed when the learnt cost moves this far from the one it was planned with
 UNUSED_LOOK_EVERY = 16  # an input the configuration in force does not use is read on one request in this many (its quality tracked), else left unread
 RETRY_FIRST_S, RETRY_MAX_S = 30.0, 600.0  # a variant that raised is tried again after 30 s, 60 s, 120 s, ... at most every 10 minutes
 
@@ -126,6 +127,7 @@ class EdgeRuntime:
         self.reading: ResourceSnapshot | None = None  # the latest reading as it is (what evictions go by)
         self.level = "unknown"
         self.budget = budget_for(None, self.config, overhead_ms=self.overhead_ms)
+        self._planned_overhead_ms = self.overhead_ms  # the runtime's own cost the budget in force was computed with
         self._sessions: dict[str, Any] = {}  # variant id -> its loaded session
         self._last_used: dict[str, int] = {}  # variant id -> the request that last ran it (eviction order)
         self._requests = 0
@@ -329,6 +331,7 @@ class EdgeRuntime:
             if self.risk is not None:
                 self.risk.forget_left(self.clock())  # (a decision between requests sees no stale band either)
             self.budget = budget_for(self.snapshot, self.config, self.controller.scale, self.resident_bytes(), self.overhead_ms)
+            self._planned_overhead_ms = self.overhead_ms
             if self.pinned is not None:
                 return self.current
             previous = self.current
@@ -369,8 +372,9 @@ class EdgeRuntime:
     def feedback(self, latency_ms: float, now: float | None = None, variants: list[str] | None = None, work_ms: float = math.nan) -> None:
         """Feed an observed request latency (of the request served by `variants`, default the
         current configuration's; `work_ms`: its CPU time, when measured) to the PID, the deadline
-        risk and the runtime's estimate of its own cost; re-plan when the budget scale moved, or
-        when a pending step up has waited out its window."""
+        risk and the runtime's estimate of its own cost; re-plan when the budget scale or that
+        estimate moved (the budget is net of it), or when a pending step up has waited out its
+        window."""
         now = self.clock() if now is None else now
         with self._lock:
             used = variants if variants is not None else [v.id for v in self.current.config if v is not None]
@@ -381,8 +385,11 @@ class EdgeRuntime:
                 self.risk.observe(latency_ms, cost, self.budget.slowdown, now)
             before = self.controller.scale
             after = self.controller.update(latency_ms, now)
+            own_cost_moved = abs(self.overhead_ms - self._planned_overhead_ms) > OVERHEAD_REPLAN_MS
         if abs(after - before) > 0.02:
             self.redecide("latency")
+        elif own_cost_moved:
+            self.redecide("own cost")
         elif self.hysteresis.due(now):
             self.redecide("step-up window")
 
@@ -564,7 +571,7 @@ class EdgeRuntime:
             "budget": self.budget.as_dict(),
             "level": self.level,
             "pid": self.controller.state(),
-            "deadline_risk": self.risk.state() if self.risk is not None else None,
+            "deadline_risk": self._risk_state(),
             "overhead_ms": self.overhead_ms,
             "quality": dict(self.quality),
             "failed": dict(self.failed),
@@ -573,6 +580,13 @@ class EdgeRuntime:
             "monitor_errors": self._monitor_health(),
             "recent_decisions": list(self.decisions)[-10:],
         }
+
+    def _risk_state(self) -> dict[str, Any] | None:
+        """The deadline risk's quantiles, read under the lock (requests append to its windows)."""
+        if self.risk is None:
+            return None
+        with self._lock:
+            return self.risk.state()
 
     def _monitor_health(self) -> dict[str, Any] | None:
         """The monitor's failed reads and the age of the reading the runtime plans with (a sensor
