@@ -23,8 +23,9 @@ What it does, all with the real runtime and real inference on the run's test spl
 - Critical modality: with audio marked critical, the allocator's choice when the device's CPU share
   and free memory are cut to 30% of normal, and (stricter) when every budget is cut to 30% of what
   the richest configuration needs; the accuracy of its audio variant alone against the best one.
-- Real load: the runtime on the real monitor while stress-ng loads the CPU and memory in phases;
-  the same phases again with the static high tier. Latencies here are measured, not modelled.
+- Real load: the runtime on the real monitor while stress-ng loads the CPU and memory in phases,
+  the static high tier beside it answering the same samples in turn (both under the same load;
+  `--rate` samples a second, each answered by both). Latencies here are measured, not modelled.
 - Soak: the periodic trace looped in real time with requests as fast as the runtime answers, for
   `--soak-minutes`, resident memory sampled throughout.
 Everything is measured in this run; no figure is typed in.
@@ -63,7 +64,7 @@ from racmkd.resources.allocator import Allocator, Budget, config_costs  # noqa: 
 from racmkd.resources.monitor import ResourceMonitor  # noqa: E402
 from racmkd.resources.sources import LEVEL_RANGES, MB, SYNTHETIC, ResourceSnapshot, SystemSource, TraceSource, level_value, synthetic_trace  # noqa: E402
 from racmkd.runtime.edge import EdgeRuntime, budget_for  # noqa: E402
-from racmkd.runtime.simulate import mean_of_present, serve_split, simulate  # noqa: E402
+from racmkd.runtime.simulate import mean_of_present, serve_split, serve_together, simulate  # noqa: E402
 from racmkd.runtime.variants import build_bank, load_bank  # noqa: E402
 from racmkd.utils import progress  # noqa: E402
 from results_io import targets_table, write_results  # noqa: E402
@@ -203,28 +204,35 @@ def ensure_stress_ng() -> str | None:
     return shutil.which("stress-ng")
 
 
-def real_load(bank: Any, dataset: Any, runtime_cfg: Any, pinned: dict[str, str | None] | None, rate_hz: float, stress: str) -> dict[str, Any]:
-    """Serve test samples through the stress-ng phases; returns per-phase latency and accuracy."""
-    phases = []
+def real_load(bank: Any, dataset: Any, runtime_cfg: Any, high: dict[str, str | None], rate_hz: float, stress: str) -> dict[str, Any]:
+    """Serve test samples through the stress-ng phases with the dynamic runtime (on the real
+    monitor) and the static high tier together, each answering every sample in turn
+    (`serve_together`), so that both see the same load; returns, per runtime, per-phase latency and
+    accuracy and its decisions."""
+    out: dict[str, Any] = {"dynamic": {"phases": []}, "static_high": {"phases": []}}
     with ResourceMonitor(SystemSource(), runtime_cfg.monitor) as monitor:
-        runtime = EdgeRuntime(bank, runtime_cfg, monitor if pinned is None else None, pinned=pinned)
+        runtimes = {"dynamic": EdgeRuntime(bank, runtime_cfg, monitor), "static_high": EdgeRuntime(bank, runtime_cfg, pinned=high)}
         offset = 0.0
         for name, seconds, args in STRESS_PHASES:
             proc = subprocess.Popen([stress, *args, "--timeout", f"{seconds + 5}s", "--quiet"]) if args else None
             try:
                 time.sleep(0.5 if proc else 0.0)  # let the load start
-                result = serve_split(runtime, dataset, seconds, rate_hz)
+                served = serve_together(runtimes, dataset, seconds, rate_hz)
             finally:
                 if proc is not None:
                     proc.terminate()
                     proc.wait(timeout=10)
-            records = result["records"]
-            for r in records:
-                r["t"] += offset
+            cpu = mean_of_present(r["cpu_percent"] for r in served["dynamic"]["records"])  # (the static runtime reads no monitor)
+            for key, result in served.items():
+                records = result["records"]
+                for r in records:
+                    r["t"] += offset
+                out[key]["phases"].append({"phase": name, **result["summary"], "cpu_percent_mean": cpu, "records": records})
             offset += seconds
-            phases.append({"phase": name, **result["summary"], "cpu_percent_mean": mean_of_present(r["cpu_percent"] for r in records), "records": records})
-        decisions = list(runtime.decisions)
-    return {"phases": phases, "decisions": decisions, "monitor": monitor.overhead()}
+        for key, runtime in runtimes.items():
+            out[key]["decisions"] = list(runtime.decisions)
+        out["monitor"] = monitor.overhead()
+    return out
 
 
 def soak(bank: Any, dataset: Any, runtime_cfg: Any, minutes: float) -> dict[str, Any]:
@@ -291,7 +299,7 @@ def render(result: dict[str, Any]) -> str:
               f"| the device's CPU share and free memory at 30% of normal ({c['device_reading']['cpu_percent']:.1f}% CPU, {c['device_reading']['memory_available_mb']:.1f} MB free) | {d['cut_budget']['latency_ms']:.3f} / {d['cut_budget']['memory_bytes'] / MB:.2f} | {', '.join(d['chosen'])} | {d['feasible']} | {d['chosen_test_accuracy']:.4f} | {d['critical_alone_accuracy']:.4f} | {d['retention']:.1%} |",
               f"| stricter: every budget at 30% of what the best configuration needs | {n['cut_budget']['latency_ms']:.3f} / {n['cut_budget']['memory_bytes'] / MB:.2f} | {', '.join(n['chosen'])} | {n['feasible']} | {n['chosen_test_accuracy']:.4f} | {n['critical_alone_accuracy']:.4f} | {n['retention']:.1%} |", ""]
     if result.get("real_load"):
-        lines += ["## Under real load (stress-ng), latencies measured", "", "| phase | CPU (%) | dynamic: deadline met | SLO-acc. | p50 / p99 (ms) | main configuration | static high: deadline met | SLO-acc. | p50 / p99 (ms) |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["## Under real load (stress-ng), latencies measured", "", "The dynamic runtime and static high answer each sample in turn (the order alternating), under the same load.", "", "| phase | CPU (%) | dynamic: deadline met | SLO-acc. | p50 / p99 (ms) | main configuration | static high: deadline met | SLO-acc. | p50 / p99 (ms) |", "|---|---|---|---|---|---|---|---|---|"]
         for d, s in zip(result["real_load"]["dynamic"]["phases"], result["real_load"]["static_high"]["phases"]):
             main = next(iter(d["configurations"]), "")
             lines.append(f"| {d['phase']} | {d['cpu_percent_mean']:.0f} | {d['deadline_met']:.3f} | {d['slo_accuracy']:.3f} | {d['latency_ms_p50']:.2f} / {d['latency_ms_p99']:.2f} | {main} | {s['deadline_met']:.3f} | {s['slo_accuracy']:.3f} | {s['latency_ms_p50']:.2f} / {s['latency_ms_p99']:.2f} |")
@@ -370,7 +378,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="replays of each trace (request orders); SLO-accuracies are their means")
     parser.add_argument("--monitor-seconds", type=float, default=30.0)
     parser.add_argument("--soak-minutes", type=float, default=10.0)
-    parser.add_argument("--rate", type=float, default=100.0, help="requests per second under real load")
+    parser.add_argument("--rate", type=float, default=100.0, help="samples per second under real load (each answered by the dynamic runtime and by static high)")
     parser.add_argument("--no-stress", action="store_true")
     parser.add_argument("--no-sweep", action="store_true", help="skip the latency-target sweep (12 more replays)")
     parser.add_argument("--quick", action="store_true", help="the smoke config and short runs: minutes, figures meaningless")
@@ -406,7 +414,7 @@ def main() -> None:
     stress = None if args.no_stress else ensure_stress_ng()
     if stress:
         high = {m: ("high" if any(v.id == f"high/{m}" for v in bank.table.variants) else None) for m in bank.table.modalities}
-        result["real_load"] = {"dynamic": real_load(bank, dataset, rc, None, args.rate, stress), "static_high": real_load(bank, dataset, rc, high, args.rate, stress)}
+        result["real_load"] = real_load(bank, dataset, rc, high, args.rate, stress)
     else:
         result["real_load_note"] = "not run: " + ("--no-stress" if args.no_stress else "stress-ng is not installed and could not be installed (apt-get install stress-ng)")
     if args.soak_minutes > 0:

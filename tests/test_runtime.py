@@ -541,6 +541,30 @@ def test_a_trace_without_cpu_readings_replays_and_says_so(bank_dir: Path, tiny_d
     assert (tmp_path / "sim" / "timeline.png").stat().st_size > 0 and "| nan |" in (tmp_path / "sim" / "table.md").read_text()
 
 
+def test_runtimes_served_together_answer_the_same_samples_in_turn(bank_dir: Path, tiny_dataset) -> None:  # noqa: ANN001
+    """The stress benchmark's comparison: the dynamic runtime and a static tier answer every sample,
+    the order turning with each, so both are measured under the same load."""
+    from racmkd.runtime.simulate import serve_together
+
+    bank = load_bank(bank_dir)
+    runtimes = {"dynamic": EdgeRuntime(bank, RuntimeConfig(latency_target_ms=1000)), "static": EdgeRuntime(bank, RuntimeConfig(latency_target_ms=1000), pinned={"image": "critical", "audio": None})}
+    order: list[tuple[int, str]] = []
+    served = serve_together(runtimes, tiny_dataset, seconds=0.3, rate_hz=100.0, on_request=lambda i, name, answer: order.append((i, name)))
+    n = served["dynamic"]["summary"]["requests"]
+    assert n >= 5 and served["static"]["summary"]["requests"] == n and len(order) == 2 * n
+    assert order[:4] == [(0, "dynamic"), (0, "static"), (1, "static"), (1, "dynamic")]  # the order turns
+    for result in served.values():
+        assert result["summary"]["accuracy"] == pytest.approx(sum(r["correct"] for r in result["records"]) / n)
+        assert result["summary"]["deadline_met"] == 1.0 and result["summary"]["unanswered"] == 0
+    assert set(served["static"]["summary"]["configurations"]) == {"critical/image"}
+    # Record i is sample i's answer: a fresh runtime of the same tier, asked sample i, agrees.
+    fresh = EdgeRuntime(bank, RuntimeConfig(latency_target_ms=1000), pinned={"image": "critical", "audio": None})
+    raw = tiny_dataset.raw_batch("test", torch.arange(n))
+    labels = tiny_dataset.splits["test"].labels[:n]
+    expected = [fresh.predict(image=raw["image"][i].numpy(), audio=raw["audio"][i].numpy()).label == int(labels[i]) for i in range(n)]
+    assert [r["correct"] for r in served["static"]["records"]] == expected
+
+
 def test_cli_simulate_and_edge_run(tiny_run: Path, bank_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "sim"
