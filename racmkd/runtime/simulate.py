@@ -438,13 +438,13 @@ def serve_together(runtimes: dict[str, EdgeRuntime], dataset: Any, seconds: floa
         if pause > 0:
             time.sleep(pause)
         row = torch.tensor([i % n])
-        raw = dataset.raw_batch(split, row)
+        raw = {m: values[0].numpy() for m, values in dataset.raw_batch(split, row).items()}  # (once per sample, whatever the runtimes)
         label = int(dataset.splits[split].labels[row[0]])
         for k in range(len(names)):
             name = names[(i + k) % len(names)]
             runtime = runtimes[name]
             try:
-                answer = runtime.predict(**{m: raw[m][0].numpy() for m in runtime.modalities})
+                answer = runtime.predict(**{m: raw[m] for m in runtime.modalities})
             except NoVariantError as err:
                 answer = Answer(-1, np.zeros(0), [], float("nan"), [str(err)])
             correct, in_time = answer.label == label, answer.latency_ms <= runtime.config.latency_target_ms
@@ -480,6 +480,6 @@ def _served(runtime: EdgeRuntime, counts: dict[str, int], records: list[dict[str
         "latency_ms_p99": percentile(latencies, 99),
         "switches": runtime.decision_count,
         "adaptation_ms_p99": percentile(runtime.adaptation_ms, 99),
-        "configurations": dict(sorted(Counter(r["configuration"] for r in records).items(), key=lambda kv: -kv[1])),
+        "configurations": dict(Counter(r["configuration"] for r in records).most_common()),
     }
     return {"summary": summary, "records": records, "decisions": list(runtime.decisions)}
