@@ -59,16 +59,22 @@ def replacing(path: Path, mode: int | None = None) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:  # the rename itself reaches the disk with the folder's entry (POSIX; Windows cannot open a folder)
-        folder = os.open(path.parent, os.O_RDONLY)
+    fsync_folder(path.parent)  # the rename itself reaches the disk with the folder's entry
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where a folder cannot be opened
+    (Windows) or synced."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
     except OSError:
         return
     try:
-        os.fsync(folder)
+        os.fsync(handle)
     except OSError:
         pass
     finally:
-        os.close(folder)
+        os.close(handle)
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:

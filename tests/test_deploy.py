@@ -160,12 +160,13 @@ def test_device_store_verifies_patches_checks_and_rolls_back(bank_dir: Path, key
         assert store.current() is None and store.previous() is None
     (tmp_path / "device" / "state.json").write_text(state)
     assert store.rollback().manifest["version"] == 1 and store.current().manifest["version"] == 1
-    # What was installed once stays refused whatever is current: v1 again is a replay; v2, which the
-    # rollback replaced, may come again (a roll forward); an old version cannot come back by way of
-    # another release name either.
-    with pytest.raises(UpdateRefused, match="not newer than v2"):
-        store.install(v1.manifest, v1.signature, registry.blob(v1.sha256))
+    # What was installed once stays refused whatever is current: v1, current, sent again is a repair
+    # (nothing else changes); v2, which the rollback replaced, may come again (a roll forward); an old
+    # version cannot come back by way of another release name either.
+    assert store.install(v1.manifest, v1.signature, registry.blob(v1.sha256)).manifest["version"] == 1 and store.previous().manifest["version"] == 2
     assert store.install(v2.manifest, v2.signature, registry.blob(v2.sha256)).manifest["version"] == 2
+    with pytest.raises(UpdateRefused, match="not newer than v2"):  # v1 again, no longer current: a replay
+        store.install(v1.manifest, v1.signature, registry.blob(v1.sha256))
     other = registry.register(bank_dir, "critical", key)
     assert store.install(other.manifest, other.signature, registry.blob(other.sha256)).manifest["name"] == "critical"
     for replayed in (v1, v2):  # v2 too: an update replaced it, not a rollback
@@ -193,6 +194,16 @@ def test_an_edge_whose_release_no_longer_loads_serves_the_previous_one_and_says_
     # v2 sent again (the rollback replaced it) is unpacked afresh, not served from its damaged slot.
     assert store.install(v2.manifest, v2.signature, registry.blob(v2.sha256)).manifest["version"] == 2
     assert json.loads((store.current().model_path / "bank.json").read_text())["format"]
+    # Neither release loads: the run's bank serves, /deployment says so, and the current release sent again repairs it.
+    for installed in (store.current(), store.previous()):
+        (installed.model_path / "bank.json").write_text("damaged")
+    service = EdgeService(cfg, tiny_run, cfg.serve)
+    try:
+        status = TestClient(create_app(service, cfg.serve, token=TOKEN)).get("/deployment", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        assert status["current"]["version"] == 2 and status["serving"] == {"label": f"{tiny_run.name}/edge", "sha256": None}
+        assert "edge v2" in service.deploy(v2.manifest, v2.signature, registry.blob(v2.sha256), False)["installed"] and service.engine.sha256 == v2.sha256
+    finally:
+        service.close()
 
 
 def test_an_upstream_is_given_the_time_it_may_take() -> None:
@@ -210,12 +221,29 @@ def test_an_upstream_is_given_the_time_it_may_take() -> None:
     assert choose_route(0.95, 8.0, 2.0, [fog], 100).target == "local"  # nobody in time: answered here
 
 
+def test_a_malformed_upstream_answer_counts_as_a_failure() -> None:
+    """An answer whose compute time is not a time (a string, NaN, JSON nested past the parser's
+    depth) is a failed call, not a crash of the request, and NaN never enters the link estimate
+    (NaN is over no budget: that upstream would get every request)."""
+    from racmkd.deploy.offload import LinkEstimate, Upstream, UpstreamError
+
+    for body in (b'{"label": 1, "compute_ms": "abc"}', b'{"label": 1, "compute_ms": NaN}', b"[" * 100000, b'{"label": 1, "compute_ms": 0.5}'):
+        fog = Upstream("fog", "http://fog", retries=0, link=LinkEstimate(rtt_ms=1.0))
+        fog._client = httpx.Client(base_url=fog.url, transport=httpx.MockTransport(lambda request, body=body: httpx.Response(200, content=body, headers={"content-type": "application/json"})))
+        if body.endswith(b"0.5}"):
+            assert fog.predict(b"{}", "application/json", time.monotonic() + 1)["label"] == 1 and np.isfinite(fog.link.rtt_ms)
+            continue
+        with pytest.raises(UpstreamError):
+            fog.predict(b"{}", "application/json", time.monotonic() + 1)
+        assert fog.breaker.failures == 1 and fog.link.rtt_ms == 1.0
+
+
 def test_a_fleet_watcher_passes_over_messages_that_are_not_ours() -> None:
     from types import SimpleNamespace
 
     watcher = FleetWatcher("127.0.0.1", free_port(), "f")  # no broker: the messages are handed in
     try:
-        for topic, payload in (("racmkd/f/d/status", b"null"), ("racmkd/f/d/status", b"[1]"), ("racmkd/f/d/stats", b"\xff"), ("racmkd/f/d", b"{}")):
+        for topic, payload in (("racmkd/f/d/status", b"null"), ("racmkd/f/d/status", b"[1]"), ("racmkd/f/d/stats", b"\xff"), ("racmkd/f/d", b"{}"), ("racmkd/f/d/status", b"[" * 100000)):
             watcher._on_message(watcher.client, None, SimpleNamespace(topic=topic, payload=payload))
         watcher._on_message(watcher.client, None, SimpleNamespace(topic="racmkd/f/d/status", payload=b'{"online": true}'))
         assert watcher.online("d") is True and watcher.messages == 1
@@ -272,6 +300,12 @@ def test_every_device_profile_gets_a_model_or_a_reason(bank_dir: Path, keys: tup
     altered = {a.device: a for a in plan(registry, devices, load_public_key(keys[1]))}
     assert altered["raspberry-pi-4"].release.name == "edge" and altered["cortex-m7"].release is None
     assert "signature does not verify" in altered["cortex-m7"].reason
+    # A record whose version column was raised does not pass for a newer release: the manifest's version stands, and the plan passes it over.
+    with sqlite3.connect(tmp_path / "registry" / "registry.sqlite") as db:
+        db.execute("UPDATE releases SET version = 9 WHERE name = 'edge'")
+    assert [(r.name, r.version, r.altered) for r in registry.latest() if r.name == "edge"] == [("edge", 1, ("version",))]
+    raised = {a.device: a for a in plan(registry, devices, load_public_key(keys[1]))}
+    assert raised["raspberry-pi-4"].release is None and "disagrees with its signed manifest on version" in raised["raspberry-pi-4"].reason
     with pytest.raises(RegistryError, match="no registry here"):
         ModelRegistry(tmp_path / "mistyped", create=False)
     assert not (tmp_path / "mistyped").exists()
@@ -464,11 +498,19 @@ def test_edge_end_to_end_with_fog_broker_registry_and_failures(tiny_run: Path, t
         malformed = {k: v for k, v in newer.manifest.items() if k != "sha256"}  # signed, but not a release
         refused_manifest = edge.post("/deploy", headers=auth, data={"manifest": json.dumps(malformed), "signature": sign(malformed, key)}, files={"payload": ("b", registry.blob(newer.sha256))})
         assert refused_manifest.status_code == 422 and "malformed manifest" in refused_manifest.text and "sha256" in refused_manifest.text
+        nested = edge.post("/deploy", headers=auth, data={"manifest": "[" * 100000, "signature": newer.signature}, files={"payload": ("b", b"x")})
+        assert nested.status_code == 422 and "not JSON" in nested.text
         capped = TestClient(create_app(service, dataclasses.replace(cfg.serve, max_update_bytes=1000), token=TOKEN))
         upload = {"data": {"manifest": json.dumps(newer.manifest), "signature": newer.signature}, "files": {"payload": ("b", b"x" * 5000)}}
         assert capped.post("/deploy", **upload).status_code == 401  # the token first, before the body is read
         assert capped.post("/deploy", headers=auth, **upload).status_code == 413
         assert edge.get("/deployment", headers=auth).json()["current"]["version"] == 2
+        # The device's copy of its current release damaged: the delta against it is refused, and the whole release follows.
+        (tmp_path / "device" / "slots" / v2.sha256 / "release.bin").write_bytes(b"damaged")
+        republished = registry.register(bank_dir, "edge", key, metrics={"accuracy": 0.9})  # v1's bytes as a new version: a delta from v2 exists
+        healed = push(registry, republished, edge_server.url, TOKEN)
+        assert healed["sent"] == "full" and healed["status_code"] == 200 and "delta" in healed["notes"][0] and "refused" in healed["notes"][0], healed
+        assert edge.get("/deployment", headers=auth).json()["current"]["version"] == republished.version
 
         # Offloading to the fog, then the fog killed mid-stream: every request still answered.
         deadline = time.monotonic() + 20

@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 
 from racmkd.deploy.delta import DeltaError, apply_delta
-from racmkd.utils import sha256
 from racmkd.deploy.registry import MANIFEST_FORMAT, unpack
 from racmkd.deploy.signing import SignatureError, verify
-from racmkd.utils import atomic_write_json
+from racmkd.utils import atomic_write_bytes, atomic_write_json, fsync_folder, sha256
 
 
 
@@ -169,7 +168,8 @@ class DeviceStore:
         health-check it; nothing becomes current yet (`commit` does that). Refused: a bad signature,
         a version of a release no newer than one installed here before (a downgrade or a replay:
         use `rollback`; the release a rollback replaced may come again), a release name this device
-        does not take, bytes that do not hash to the signed sha256."""
+        does not take, bytes that do not hash to the signed sha256. The current release sent again
+        is a repair: its slot is unpacked afresh if it no longer passes the health check."""
         self.verify(manifest, signature)
         if self.accept and manifest.get("name") not in self.accept:
             raise UpdateRefused(f"this device takes releases named {', '.join(self.accept)}, not {manifest.get('name')!r}")
@@ -179,7 +179,10 @@ class DeviceStore:
         # The release a rollback replaced (now the previous one) may come again, a roll forward, and
         # only that one: a release that an update to another name replaced is as old as any other.
         forward_again = state.get("rolled_back_from") == manifest["sha256"] and replaced is not None and (replaced.manifest.get("name"), replaced.manifest.get("version")) == (manifest["name"], manifest["version"])
-        if newest is not None and manifest["version"] <= newest and not forward_again:
+        # The current release itself, sent again, repairs a slot damaged since it was installed (no
+        # downgrade: the same signed bytes).
+        repair = current is not None and all(current.manifest.get(k) == manifest[k] for k in ("name", "version", "sha256"))
+        if newest is not None and manifest["version"] <= newest and not (forward_again or repair):
             raise UpdateRefused(f"{manifest['name']} v{manifest['version']} is not newer than v{newest}, installed here before: downgrades and replays are refused (roll back instead, or publish it as a new version)")
         if delta:
             if current is None:
@@ -200,7 +203,7 @@ class DeviceStore:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir()
             try:
-                (partial / "release.bin").write_bytes(data)
+                atomic_write_bytes(partial / "release.bin", data)  # on disk before state.json names it: later deltas patch it
                 unpack(data, manifest["kind"], model_path(partial, manifest["kind"]))
                 self.health_check(model_path(partial, manifest["kind"]), manifest["kind"])
             except Exception as err:  # noqa: BLE001 - whatever went wrong, the current release stays
@@ -208,6 +211,7 @@ class DeviceStore:
                 raise UpdateFailed(f"{manifest['name']} v{manifest['version']} failed its health check ({type(err).__name__}: {err}); {current.label if current else 'nothing'} stays current") from None
             shutil.rmtree(slot, ignore_errors=True)
             partial.rename(slot)
+            fsync_folder(slot.parent)  # the rename too, before a commit can name the slot
         return Installed(manifest, signature, slot)
 
     def _healthy(self, slot: Path, kind: str) -> bool:
@@ -228,7 +232,9 @@ class DeviceStore:
             newest = self.newest(state)
             name, version = staged.manifest["name"], int(staged.manifest["version"])
             newest[name] = max(newest.get(name, version), version)
-            atomic_write_json(self.root / "state.json", {"current": {"manifest": staged.manifest, "signature": staged.signature}, "previous": replaced, "newest": newest})
+            repaired = current is not None and all(current["manifest"].get(k) == staged.manifest[k] for k in ("name", "version", "sha256"))  # the current release again: what a rollback replaced may still come forward
+            kept = {"rolled_back_from": state["rolled_back_from"]} if repaired and state.get("rolled_back_from") else {}
+            atomic_write_json(self.root / "state.json", {"current": {"manifest": staged.manifest, "signature": staged.signature}, "previous": replaced, "newest": newest, **kept})
             self._prune()
         return self.current()  # type: ignore[return-value]
 

@@ -12,6 +12,7 @@ goes wrong upstream, the edge answers locally. No request is lost.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -119,9 +120,11 @@ class Upstream:
             reply.raise_for_status()
             health = reply.json()
             accuracy = health.get("accuracy")
+            if accuracy is not None and not 0.0 <= float(accuracy) <= 1.0:  # (NaN fails too)
+                raise ValueError(f"accuracy {accuracy!r} is not a share in [0, 1]")
             self.accuracy = float(accuracy) if accuracy is not None else self.accuracy
-            self.compute_ms = float(health.get("compute_ms_p50") or self.compute_ms)
-        except (httpx.HTTPError, ValueError, TypeError, AttributeError):
+            self.compute_ms = _time_ms(health.get("compute_ms_p50") or self.compute_ms, "compute_ms_p50")
+        except (httpx.HTTPError, ValueError, TypeError, AttributeError, RecursionError):
             self.breaker.failure()
             return False
         self.breaker.success()
@@ -147,9 +150,10 @@ class Upstream:
                 answer = reply.json()
                 if not isinstance(answer, dict):
                     raise ValueError("the reply is not a JSON object")
+                compute_ms = _time_ms(answer.get("compute_ms", 0.0), "compute_ms")
             except InputRefused:
                 raise
-            except (httpx.HTTPError, ValueError, UpstreamError) as err:
+            except (httpx.HTTPError, ValueError, TypeError, RecursionError, UpstreamError) as err:  # (RecursionError: JSON nested past the parser's depth)
                 last = err
                 self.breaker.failure()
                 pause = min(self.backoff_s * 2**attempt, max(deadline - time.monotonic(), 0.0))
@@ -157,13 +161,23 @@ class Upstream:
                     time.sleep(pause)
                 continue
             self.breaker.success()
-            self.link.observe((time.perf_counter() - started) * 1e3, float(answer.get("compute_ms", 0.0)), len(body))
+            self.link.observe((time.perf_counter() - started) * 1e3, compute_ms, len(body))
             return answer
         raise UpstreamError(f"{self.name}: no answer within the deadline ({type(last).__name__ if last else 'deadline'}: {last})")
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+
+def _time_ms(value: Any, name: str) -> float:
+    """A time an upstream reports, in ms: a finite number >= 0, or ValueError (a NaN taken in would
+    make every expected time NaN, and NaN is never over a budget: that upstream would get every
+    request whatever the target)."""
+    ms = float(value)
+    if not 0.0 <= ms < math.inf:
+        raise ValueError(f"{name} {value!r} is not a time in ms")
+    return ms
 
 
 @dataclass(frozen=True)

@@ -66,15 +66,20 @@ class Assignment:
 
 def plan(registry: ModelRegistry, devices: list[DeviceProfile], public_key: Any | None = None) -> list[Assignment]:
     """For every device, the most accurate latest release that fits it, by the metrics and device
-    fit of its signed manifest; with `public_key`, a release whose signature does not verify (its
-    record altered) is passed over, with the reason."""
+    fit of its signed manifest; a release whose registry record disagrees with its manifest, or,
+    with `public_key`, whose signature does not verify (its record altered), is passed over, with
+    the reason."""
     from racmkd.deploy.signing import SignatureError, verify
 
     releases = registry.latest()
     forged: dict[str, str] = {}
-    for r in releases if public_key is not None else []:
+    for r in releases:
+        if r.altered:
+            forged[f"{r.name} v{r.version}"] = f"its registry record disagrees with its signed manifest on {', '.join(r.altered)}: passed over"
+            continue
         try:
-            verify(r.manifest, r.signature, public_key)
+            if public_key is not None:
+                verify(r.manifest, r.signature, public_key)
         except SignatureError as err:
             forged[f"{r.name} v{r.version}"] = f"its signature does not verify ({err}): passed over"
     assignments = []
@@ -99,9 +104,11 @@ def plan(registry: ModelRegistry, devices: list[DeviceProfile], public_key: Any 
     return assignments
 
 
-def push(registry: ModelRegistry, release: Release, url: str, token: str, timeout_s: float = 60.0) -> dict[str, Any]:
+def push(registry: ModelRegistry, release: Release, url: str, token: str, timeout_s: float = 60.0, full: bool = False) -> dict[str, Any]:
     """Send a release to an edge server: a delta against its current release when it runs one of
-    ours and the delta is smaller, else the whole. Returns what was sent and the device's answer."""
+    ours and the delta is smaller (unless `full`), else the whole. A refused delta (the device's
+    copy of its current release damaged, or not the one its state names) is followed by the whole
+    release. Returns what was sent and the device's answer."""
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers) as client:
         answer = client.get("/deployment")
@@ -110,20 +117,45 @@ def push(registry: ModelRegistry, release: Release, url: str, token: str, timeou
         except ValueError:
             raise ValueError(f"{url}: /deployment answered {answer.status_code} without JSON; is it a racmkd edge server?") from None
         current = (status.get("current") or {}).get("sha256")
-        full = registry.blob(release.sha256)
-        payload, delta = full, False
+        serving = status.get("serving") or {"sha256": current}  # (an edge before 2026-12 does not say)
+        full_bytes = registry.blob(release.sha256)
+        notes = []
         if current == release.sha256:
-            return {"sent": "nothing", "reason": "the device already runs it", "bytes": 0}
-        if current is not None:
-            try:
-                candidate = registry.delta(current, release.sha256)
-            except Exception:  # noqa: BLE001 - the device runs something this registry does not hold: send it whole
-                candidate = None
-            if candidate is not None and len(candidate) < len(full):
-                payload, delta = candidate, True
-        reply = client.post("/deploy", data={"manifest": json.dumps(release.manifest), "signature": release.signature, "delta": str(delta).lower()}, files={"payload": ("release.bin", payload, "application/octet-stream")})
+            if serving.get("sha256") == current:
+                return {"sent": "nothing", "reason": "the device already runs it", "bytes": 0}
+            full = True  # installed but not serving (it did not load): a repair, whole
+            notes.append(f"installed but not serving (the device serves {serving.get('label')}): sent whole again")
+        delta = None if full or current is None else _delta_or_none(registry, current, release.sha256)
+        if delta is not None and len(delta) < len(full_bytes):
+            reply = _post_release(client, release, delta, True)
+            if reply.status_code != 422:
+                return _pushed("delta", delta, full_bytes, reply)
+            notes.append(f"delta of {len(delta):,} bytes refused ({_detail(reply)}): sent whole")
+        reply = _post_release(client, release, full_bytes, False)
+    return {**_pushed("full", full_bytes, full_bytes, reply), **({"notes": notes} if notes else {})}
+
+
+def _delta_or_none(registry: ModelRegistry, base: str, target: str) -> bytes | None:
+    try:
+        return registry.delta(base, target)
+    except Exception:  # noqa: BLE001 - the device runs something this registry does not hold: send it whole
+        return None
+
+
+def _post_release(client: httpx.Client, release: Release, payload: bytes, delta: bool) -> httpx.Response:
+    return client.post("/deploy", data={"manifest": json.dumps(release.manifest), "signature": release.signature, "delta": str(delta).lower()}, files={"payload": ("release.bin", payload, "application/octet-stream")})
+
+
+def _detail(reply: httpx.Response) -> Any:
+    try:
+        return reply.json().get("detail")
+    except (ValueError, AttributeError):
+        return reply.text[:200]
+
+
+def _pushed(sent: str, payload: bytes, full_bytes: bytes, reply: httpx.Response) -> dict[str, Any]:
     answer = reply.json() if reply.headers.get("content-type", "").startswith("application/json") else {"detail": reply.text}
-    return {"sent": "delta" if delta else "full", "bytes": len(payload), "full_bytes": len(full), "status_code": reply.status_code, "answer": answer}
+    return {"sent": sent, "bytes": len(payload), "full_bytes": len(full_bytes), "status_code": reply.status_code, "answer": answer}
 
 
 def artifact_from_run(run_dir: Path, model: str) -> tuple[Path, str | None, dict[str, Any]]:

@@ -73,6 +73,7 @@ class Release:
     manifest: dict[str, Any]
     signature: str
     created: float
+    altered: tuple[str, ...] = ()  # the table's columns that disagree with the signed manifest (a tampered or damaged record)
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "kind": self.kind, "tier": self.tier, "modalities": self.modalities, "sha256": self.sha256, "bytes": self.bytes, "parent_version": self.parent_version, "metrics": self.metrics}
@@ -214,13 +215,21 @@ class ModelRegistry:
         return self.release(name, version)
 
     def _from_row(self, row: tuple[Any, ...]) -> Release:
-        """A release as its signed manifest describes it (the metrics and device fit too: the
-        table's copies are for queries, and are not signed)."""
+        """A release as its signed manifest describes it: name, version, blob hash and the rest are
+        the manifest's, not the table's (its columns are for queries, and are not signed). Columns
+        that disagree with the manifest are listed in `altered`, and the orchestrator passes such a
+        release over: a record whose version column was raised would otherwise pass for the latest."""
         name, version, kind, tier, modalities, _metrics, _fit, parent, digest, size, manifest, signature, created = row
         try:
             signed = json.loads(manifest)
-            return Release(name, version, kind, tier, json.loads(modalities), signed.get("metrics") or {}, signed.get("device_fit") or {}, parent, digest, size, signed, signature, created)
-        except (ValueError, AttributeError) as err:
+            columns = {"name": name, "version": version, "kind": kind, "tier": tier, "sha256": digest, "bytes": size, "modalities": json.loads(modalities), "parent_version": parent}
+            declared = {**{k: signed.get(k) for k in ("name", "version", "kind", "tier", "sha256", "bytes", "modalities")}, "parent_version": (signed.get("parent") or {}).get("version")}
+            altered = tuple(k for k in columns if columns[k] != declared[k])
+            return Release(
+                declared["name"], declared["version"], declared["kind"], declared["tier"], declared["modalities"], signed.get("metrics") or {}, signed.get("device_fit") or {},
+                declared["parent_version"], declared["sha256"], declared["bytes"], signed, signature, created, altered,
+            )
+        except (ValueError, AttributeError, TypeError) as err:
             raise RegistryError(f"{self.root / 'registry.sqlite'}: the record of {name} v{version} is damaged ({err}); register it again") from None
 
     def release(self, name: str, version: int | None = None) -> Release:
@@ -243,8 +252,9 @@ class ModelRegistry:
     def latest(self) -> list[Release]:
         """The newest version of every release name."""
         newest: dict[str, Release] = {}
-        for r in self.releases():
-            newest[r.name] = r
+        for r in self.releases():  # (by the signed versions: a record's version column may have been altered)
+            if r.name not in newest or (r.version or 0) > (newest[r.name].version or 0):
+                newest[r.name] = r
         return list(newest.values())
 
     def set_device_fit(self, name: str, version: int, device_fit: dict[str, Any], signing_key: Any) -> Release:

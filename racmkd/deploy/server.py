@@ -257,6 +257,7 @@ class Engine:
     runtime: Any
     label: str
     accuracy: float | None  # of a single ONNX model (its release's metrics); a runtime knows its own
+    sha256: str | None = None  # of the installed release it serves; None: the run's own bank
 
     @property
     def adaptive(self) -> bool:
@@ -349,7 +350,7 @@ class EdgeService(Service):
         return OnnxPredictor(path) if kind == "onnx" else EdgeRuntime(load_bank(path), self.cfg.runtime, self.monitor)
 
     def _load(self, installed: Any) -> Engine:
-        return Engine(self._runtime(installed.model_path, installed.manifest["kind"]), installed.label, installed.manifest.get("metrics", {}).get("accuracy"))
+        return Engine(self._runtime(installed.model_path, installed.manifest["kind"]), installed.label, installed.manifest.get("metrics", {}).get("accuracy"), installed.manifest.get("sha256"))
 
     def modalities(self) -> list[str]:
         """The inputs the fleet sends (the run's modalities) and any other the current release
@@ -381,8 +382,6 @@ class EdgeService(Service):
         return route, next(u for u in self.upstreams if u.name == route.target)
 
     def answer(self, inputs: Inputs, body: bytes, content_type: str) -> PredictResponse:
-        from racmkd.deploy.offload import UpstreamError
-
         engine = self.engine  # one engine for the whole request, whatever a deploy swaps meanwhile
         self.check_model(engine, inputs)
         fallbacks: list[str] = []
@@ -396,7 +395,7 @@ class EdgeService(Service):
                 self.requests += 1
                 self.offloads[upstream.name] = self.offloads.get(upstream.name, 0) + 1
                 return answer
-            except (UpstreamError, ValidationError, TypeError) as err:
+            except Exception as err:  # noqa: BLE001 - whatever goes wrong upstream (a refusal, a malformed answer), the edge answers locally
                 fallbacks.append(f"offload failed, answered locally: {str(err).splitlines()[0]}")
         return self.local(engine, inputs, fallbacks)
 
@@ -729,7 +728,7 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         def deploy(manifest: str = Form(...), signature: str = Form(...), delta: bool = Form(False), payload: UploadFile = File(...)) -> dict[str, Any]:
             try:
                 parsed = json.loads(manifest)
-            except ValueError:
+            except (ValueError, RecursionError):  # (RecursionError: nested past the parser's depth)
                 raise HTTPException(422, "manifest: not JSON") from None
             return service.deploy(parsed, signature, payload.file.read(), delta)
 
@@ -739,7 +738,11 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
 
         @app.get("/deployment", dependencies=[Depends(management)], responses=protected)
         def deployment() -> dict[str, Any]:
-            return service.store.status() if service.store is not None else {"current": None, "previous": None}
+            """The store's current and previous releases, and what serves: not the current release
+            when neither it nor the previous one loaded at start (the run's bank serves then)."""
+            engine = service.engine
+            status = service.store.status() if service.store is not None else {"current": None, "previous": None}
+            return {**status, "serving": {"label": engine.label, "sha256": engine.sha256}}
 
     return app
 

@@ -125,7 +125,7 @@ class FleetWatcher:
         try:
             parts = message.topic.split("/")
             payload = json.loads(message.payload)
-        except ValueError:  # UnicodeDecodeError included
+        except (ValueError, RecursionError):  # UnicodeDecodeError included; RecursionError: JSON nested past the parser's depth
             return
         if len(parts) != 4 or not isinstance(payload, dict):
             return
