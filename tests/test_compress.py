@@ -147,6 +147,10 @@ def test_lowrank_model_records_ranks_and_checkpoints_rebuild_it() -> None:
     x = batch()
     torch.testing.assert_close(rebuilt.eval()(x), model(x))
     assert {r.layer: r.rank for r in report if r.rank} == model.arch["lowrank"]
+    # Exported, a factorised layer's BatchNorm folds into its second convolution, as any layer's does.
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and m.affine for m in folded.modules())  # (the input normalisation, not affine, stays)
+    torch.testing.assert_close(folded(x), model.eval()(x), atol=1e-5, rtol=1e-4)
 
 
 # Input reduction ----------------------------------------------------------------------------------

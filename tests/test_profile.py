@@ -75,6 +75,31 @@ def test_an_int8_graph_counts_activations_as_an_int8_runtime_stores_them() -> No
     assert cost.operators == 2  # Conv and Relu; the Q/DQ nodes fuse into them
 
 
+def test_an_int8_graph_in_onnx_runtimes_qoperator_format_counts_its_flops(tmp_path: Path) -> None:
+    """QLinearConv and QGemm carry their weight fourth (after the input's scale and zero point):
+    the same FLOPs as the float graph, all of them int8."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from racmkd.resources.profile import synthetic_graph
+
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(synthetic_graph(8, 6, 2), fp32)
+
+    class Feed(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": np.random.default_rng(i).random((1, 8, 6, 6), dtype=np.float32)} for i in range(4)])
+
+        def get_next(self):  # noqa: ANN202
+            return next(self.batches, None)
+
+    quantize_static(str(fp32), str(tmp_path / "q.onnx"), Feed(), quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantized = onnx.load(tmp_path / "q.onnx")
+    assert {"QLinearConv", "QGemm"} <= {n.op_type for n in quantized.graph.node}
+    expected = graph_cost(onnx.load(fp32)).flops
+    cost = graph_cost(quantized)
+    assert expected > 0 and cost.flops == cost.int8_flops == expected
+
+
 def test_every_shipped_device_profile_loads() -> None:
     names = device_names()
     assert {"cortex-m7", "raspberry-pi-4", "jetson-nano", "fog-server", "cloud-gpu"} <= set(names)
@@ -94,6 +119,9 @@ def test_a_profile_missing_a_field_or_with_a_bad_value_is_a_clear_error(tmp_path
         load_device(broken)
     broken.write_text(good.replace("runtime_overhead_bytes: ", "runtime_overhead_bytes: -"))  # RAM would come out negative
     with pytest.raises(ConfigError, match="runtime_overhead_bytes must be a finite number >= 0"):
+        load_device(broken)
+    broken.write_text("\n".join(line for line in good.splitlines() if not line.strip().startswith("device:")))  # the energy model's label
+    with pytest.raises(ConfigError, match="energy is missing device"):
         load_device(broken)
     with pytest.raises(ConfigError, match="known devices: .*cortex-m7"):
         load_device("no-such-board")

@@ -208,7 +208,10 @@ def export_onnx(model: MultimodalNet, specs: dict[str, Any], modalities: dict[st
     used = {m: specs[m] for m in present}
     meta = contract(name, used, modalities, extra_meta)
     set_metadata(proto, {CONTRACT_KEY: json.dumps(meta, separators=(",", ":"))})  # compact: it travels in every model file
-    onnx.checker.check_model(proto)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as err:
+        raise ExportError(f"{path}: the exported graph fails ONNX's checker ({str(err).splitlines()[0]}); nothing written") from None
     atomic_write_bytes(path, proto.SerializeToString())
     return path
 

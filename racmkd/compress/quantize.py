@@ -3,7 +3,7 @@ fine-tuning in PyTorch, mixed precision chosen from measured per-layer sensitivi
 weights with float arithmetic.
 
 The deployed arithmetic is always ONNX Runtime's QDQ format: signed int8 weights (symmetric, one
-scale per output channel, in 7 bits: see WEIGHT_QMAX) and signed int8 activations (one scale and
+scale per output channel, in [-64, 64]: see WEIGHT_QMAX) and signed int8 activations (one scale and
 zero point per tensor, from min-max calibration on training samples), around every Conv, Gemm and
 MatMul; the rest of the graph stays float. Quantization-aware training (QAT) fine-tunes the float weights while the forward pass
 rounds weights and layer inputs the same way (fake quantization with a straight-through gradient),
@@ -44,13 +44,15 @@ from racmkd.utils import atomic_write_bytes
 
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]  # the layers that carry weights and nearly all the arithmetic
 
-# Weights are quantized to 7 bits ([-63, 63]; ONNX Runtime's `reduce_range`). On x86 CPUs without
-# VNNI, ONNX Runtime's int8 kernels multiply u8 activations by s8 weights with an instruction whose
-# pairwise sums saturate at 16 bits; with full 8-bit weights the stem convolution of our audio
-# encoders overflows. Measured here (Xeon without VNNI, critical tier): argmax agreement with the
-# fp32 model 0.44 with 8-bit weights, 0.98 with 7-bit ones (0.99 when the QDQ graph is run
-# unfused, in float). A 7-bit artifact runs correctly on every CPU, so it is the only kind we ship.
-WEIGHT_QMAX = 63
+# Weights are quantized to [-64, 64], 129 levels (ONNX Runtime's `reduce_range`, "7 bits"). On x86
+# CPUs without VNNI, ONNX Runtime's int8 kernels multiply u8 activations by s8 weights with an
+# instruction whose pairwise sums saturate at 16 bits (2 x 255 x 64 = 32,640 fits; x 127 does not);
+# with full 8-bit weights the stem convolution of our audio encoders overflows. Measured here (Xeon
+# without VNNI, critical tier): argmax agreement with the fp32 model 0.44 with 8-bit weights, 0.98
+# with reduced-range ones (0.99 when the QDQ graph is run unfused, in float). A reduced-range
+# artifact runs correctly on every CPU, so it is the only kind we ship. QAT rounds to the same grid
+# (scale max |w| / 64: the quantizer's, read off a deployed graph's weights, which span -64..64).
+WEIGHT_QMAX = 64
 
 
 # Calibration data ----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ accuracy), so a step only reports what is particular to it.
 
     prune    structured channel pruning (torch-pruning), iterative, each round followed by distillation
     align    channel counts cut to multiples of 4 (what ONNX Runtime's CPU kernels run fastest), then distillation
-    lowrank  truncated-SVD factorisation of pointwise and linear layers
+    lowrank  truncated-SVD factorisation of pointwise (1x1) convolutions
     inputs   modality-specific input reduction (resolution, region of interest, mel bands, frames)
     bands    band selection: keep the most informative mel bands
     distill  distillation fine-tuning from the run's teachers

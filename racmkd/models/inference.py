@@ -50,14 +50,18 @@ class BatchFeatures:
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of `model` (in whatever mode it is) with every Conv -> BatchNorm pair of a conv-BN-ReLU block fused
-    into one convolution with a bias: what an edge runtime executes anyway, and how a frozen teacher
+    into one convolution with a bias (into the second convolution of a low-rank factorised pair): what an edge runtime executes anyway, and how a frozen teacher
     runs in training (the same function up to rounding, about 30% faster on a CPU: BatchNorm is a
     pass over every activation)."""
     folded = copy.deepcopy(model).eval()
     for block in folded.modules():
-        conv_bn = isinstance(block, nn.Sequential) and len(block) >= 2 and isinstance(block[0], nn.Conv2d) and isinstance(block[1], nn.BatchNorm2d) and block[1].affine
-        if conv_bn and not parametrize.is_parametrized(block[0]):  # parametrized weights (quantization-aware training) stay as they are
-            block[0] = fuse_conv_bn_eval(block[0], block[1])
+        if not (isinstance(block, nn.Sequential) and len(block) >= 2 and isinstance(block[1], nn.BatchNorm2d) and block[1].affine):
+            continue
+        # A low-rank factorised layer is a Sequential of two convolutions: the BatchNorm folds into the second.
+        owner, index = (block[0], len(block[0]) - 1) if isinstance(block[0], nn.Sequential) and len(block[0]) > 0 else (block, 0)
+        conv = owner[index]
+        if isinstance(conv, nn.Conv2d) and not parametrize.is_parametrized(conv):  # parametrized weights (quantization-aware training) stay as they are
+            owner[index] = fuse_conv_bn_eval(conv, block[1])
             block[1] = nn.Identity()
     return folded
 

@@ -61,8 +61,8 @@ def load_device(name_or_path: str | Path, devices_dir: Path = DEVICES_DIR) -> De
         path = devices_dir / f"{name_or_path}.yaml"
     data = read_yaml_mapping(path, f"Name a device profile; known devices: {', '.join(device_names(devices_dir)) or 'none'}.")
     energy = data.get("energy")
-    missing = [name for name in ENERGY_FIGURES if isinstance(energy, dict) and name not in energy]
-    if missing:  # the energy model's defaults describe a server core, not this device
+    missing = [name for name in ("device", *ENERGY_FIGURES) if isinstance(energy, dict) and name not in energy]
+    if missing:  # the energy model's defaults describe a server core (and say so in `device`), not this device
         raise ConfigError(f"{path}: energy is missing {', '.join(missing)}; a device profile states every figure (cite its source)")
     return from_dict(DeviceProfile, data, source=str(path))
 

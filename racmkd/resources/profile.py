@@ -36,7 +36,7 @@ from racmkd.eval.cost import estimated_energy_joules, latency_ms, percentiles
 from racmkd.resources.devices import DeviceProfile
 from racmkd.utils import atomic_write_json, progress
 
-COMPUTE_OPS = {"Conv", "Gemm", "MatMul", "ConvInteger", "QLinearConv", "QLinearMatMul", "MatMulInteger"}
+COMPUTE_OPS = {"Conv", "Gemm", "MatMul", "ConvInteger", "QLinearConv", "QLinearMatMul", "MatMulInteger", "QGemm"}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
@@ -78,22 +78,35 @@ class GraphCost:
     quantized: bool  # int8 arithmetic (activations quantized too)
 
 
+# Where a compute op's second operand (a convolution's weight, a product's B) is among its inputs:
+# the QOperator ops put their input's scale and zero point before it.
+SECOND_OPERAND = {"QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3}
+INT8_OPS = {"ConvInteger", "QLinearConv", "QLinearMatMul", "MatMulInteger", "QGemm"}  # int8 arithmetic whatever surrounds them
+
+
+def _operand_shape(name: str, shapes: dict[str, list[int]], weights: dict[str, np.ndarray]) -> list[int] | None:
+    return shapes.get(name) if name in shapes else (list(weights[name].shape) if name in weights else None)
+
+
 def _conv_flops(node: onnx.NodeProto, shapes: dict[str, list[int]], weights: dict[str, np.ndarray]) -> int:
     out = shapes.get(node.output[0])
-    w = shapes.get(node.input[1]) if node.input[1] in shapes else (list(weights[node.input[1]].shape) if node.input[1] in weights else None)
+    w = _operand_shape(node.input[SECOND_OPERAND.get(node.op_type, 1)], shapes, weights)
     if not out or not w:
         return 0
     return 2 * int(np.prod(out)) * int(np.prod(w[1:]))  # each output value: C_in/groups * kH * kW multiply-adds
 
 
-def _matmul_flops(node: onnx.NodeProto, shapes: dict[str, list[int]], weights: dict[str, np.ndarray]) -> int:
+def _matmul_flops(node: onnx.NodeProto, shapes: dict[str, list[int]], weights: dict[str, np.ndarray], batch: int = 1) -> int:
     a = shapes.get(node.input[0])
-    b = shapes.get(node.input[1]) or (list(weights[node.input[1]].shape) if node.input[1] in weights else None)
+    b = _operand_shape(node.input[SECOND_OPERAND.get(node.op_type, 1)], shapes, weights)
     out = shapes.get(node.output[0])
+    transposed = {attr.name: bool(attr.i) for attr in node.attribute if attr.name in ("transA", "transB")}
+    if b and len(b) == 2 and not out and node.op_type in ("Gemm", "QGemm"):  # a contrib op (QGemm) ONNX's shape inference does not know
+        rows = (a[-1] if transposed.get("transA") else a[0]) if a else batch
+        return 2 * int(rows) * int(np.prod(b))  # rows x (K x N) multiply-adds
     if not a or not b or not out:
         return 0
-    transposed_a = any(attr.name == "transA" and attr.i for attr in node.attribute)
-    inner = a[-2] if transposed_a else a[-1]
+    inner = a[-2] if transposed.get("transA") else a[-1]
     return 2 * int(np.prod(out)) * int(inner)
 
 
@@ -149,9 +162,9 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
     flops = int8_flops = operators = 0
     for i, node in enumerate(graph_.node):
         if node.op_type in COMPUTE_OPS:
-            f = _conv_flops(node, shapes, weights) if "Conv" in node.op_type else _matmul_flops(node, shapes, weights)
+            f = _conv_flops(node, shapes, weights) if "Conv" in node.op_type else _matmul_flops(node, shapes, weights, batch)
             flops += f
-            if quantized and any(producer.get(n) is not None and producer[n].op_type == "DequantizeLinear" for n in node.input[:2]):
+            if node.op_type in INT8_OPS or (quantized and any(producer.get(n) is not None and producer[n].op_type == "DequantizeLinear" for n in node.input[:2])):
                 int8_flops += f
         if not (quantized and node.op_type in QDQ_OPS) and node.output[0] not in dequantized_weights and node.op_type not in ("Constant", "Identity", "Shape"):
             operators += 1
