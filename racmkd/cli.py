@@ -45,12 +45,13 @@ def _fail(err: Exception) -> typer.Exit:
 
 
 def _errors() -> tuple[type[Exception], ...]:
-    """The errors a command reports in one line. A checkpoint error can only come from its module
-    once imported, so torch is not imported for it (the edge server runs without torch)."""
+    """The errors a command reports in one line (OSError: a file that cannot be read or written,
+    FileNotFoundError included). A checkpoint or export error can only come from its module once
+    imported, so torch is not imported for it (the edge server runs without torch)."""
     from racmkd.runs import RunError
 
-    checkpoints = sys.modules.get("racmkd.models.checkpoint")
-    return (ConfigError, DataError, RunError, FileNotFoundError, KeyError, ValueError, *([checkpoints.CheckpointError] if checkpoints else []))
+    checkpoints, artifacts = sys.modules.get("racmkd.models.checkpoint"), sys.modules.get("racmkd.compress.artifacts")
+    return (ConfigError, DataError, RunError, OSError, KeyError, ValueError, *([checkpoints.CheckpointError] if checkpoints else []), *([artifacts.ExportError] if artifacts else []))
 
 
 @app.command()
@@ -503,8 +504,9 @@ def deploy_push(
     version: Annotated[Optional[int], typer.Option(help="Default: the latest.")] = None,
     root: RootOpt = Path("registry"),
     token_env: Annotated[str, typer.Option(help="Environment variable holding the device's management token.")] = "RACMKD_TOKEN",
+    full: Annotated[bool, typer.Option("--full", help="Send the whole release, never a delta.")] = False,
 ) -> None:
-    """Send a release to an edge device (a delta when smaller); it verifies, checks, swaps or rolls back."""
+    """Send a release to an edge device (a delta when smaller; the whole when the delta is refused); it verifies, checks, swaps or rolls back."""
     import os
 
     import httpx
@@ -517,7 +519,7 @@ def deploy_push(
         raise _fail(ValueError(f"${token_env} is not set: the device's management token is needed"))
     try:
         registry = ModelRegistry(root, create=False)
-        result = push(registry, registry.release(name, version), url, token)
+        result = push(registry, registry.release(name, version), url, token, full=full)
     except (*_registry_errors(), httpx.HTTPError, httpx.InvalidURL) as err:
         raise _fail(err if isinstance(err, _registry_errors()) else ValueError(f"{url}: {err}")) from None
     typer.echo(json.dumps(result, indent=2))

@@ -43,8 +43,12 @@ class DataConfig:
     max_eval: int = 0  # 0 = all validation / test samples
     augment: bool = True  # training-time augmentation of every modality
     # Per-modality options, validated by the modality's own options dataclass
-    # (e.g. image: {pca_variance: 0.25}, audio: {snr_db: [0, 10], n_mels: 64}).
+    # (e.g. image: {pca_variance: 0.25}, audio: {snr_db: [0, 10], levels: [[64, 32], [32, 16]]}).
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_train < 0 or self.max_eval < 0:
+            raise ConfigError(f"max_train and max_eval must be >= 0 (0 = all samples), got {self.max_train} and {self.max_eval}")
 
 
 @dataclass(frozen=True)
@@ -475,26 +479,52 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def apply_override(tree: dict[str, Any], assignment: str) -> None:
-    """Set one `dotted.path=value` in a plain dict; the value is parsed as YAML (`3`, `[a, b]`, `true`)."""
+def apply_override(tree: dict[str, Any], assignment: str, root: type | None = None) -> None:
+    """Set one `dotted.path=value` in a plain dict; the value is parsed as YAML (`3`, `[a, b]`, `true`).
+    Given the tree's config class (`root`), a mapping set on a config section merges into it as a
+    config file's does (`students.train={epochs: 2}` changes the epochs and keeps the rest); any
+    other value replaces what was there whole."""
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r}: expected KEY=VALUE, e.g. students.train.epochs=2")
     path, raw = assignment.split("=", 1)
     keys = path.strip().split(".")
     node: Any = tree
+    section = root
     for i, key in enumerate(keys[:-1]):
         node = _child(node, key, ".".join(keys[: i + 1]))
+        section = _field_type(section, key)
     last = keys[-1]
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as err:
         raise ConfigError(f"override {assignment!r}: the value is not valid YAML ({str(err).splitlines()[0]}); quote lists and mappings whole, e.g. 'data.modalities=[image, audio]'") from None
-    if isinstance(node, list):
-        node[_index(node, last, path)] = value
-    elif isinstance(node, dict):
-        node[last] = value
-    else:
+    if not isinstance(node, (list, dict)):
         raise ConfigError(f"override {path!r}: {path.rsplit('.', 1)[0]!r} is a single value, with no sub-keys")
+    slot = _index(node, last, path) if isinstance(node, list) else last
+    target = _field_type(section, last)
+    if root is RunConfig and keys[:-1] == ["data", "options"]:  # a modality's options: a section too, of its registered class
+        from racmkd.data import options as _options  # noqa: F401 - registers image and audio (torch-free)
+        from racmkd.registry import MODALITY_OPTIONS
+
+        target = MODALITY_OPTIONS.get(last) if last in MODALITY_OPTIONS else None
+    current = node[slot] if isinstance(node, list) else node.get(last)
+    if isinstance(value, dict) and dataclasses.is_dataclass(target) and isinstance(current, dict):
+        _merge(current, value, target, f"override {assignment!r}")  # type: ignore[arg-type]
+    else:
+        node[slot] = value
+
+
+def _field_type(owner: Any, key: str) -> Any:
+    """The declared type of `owner`'s field `key` (a dataclass's field, or a tuple's item for an
+    index), or None where the path leaves the config classes (a plain dict's values)."""
+    if owner is None:
+        return None
+    if typing.get_origin(owner) in (tuple, list):
+        items = [a for a in typing.get_args(owner) if a is not Ellipsis]
+        return items[0] if key.isdigit() and len(items) == 1 else None
+    if dataclasses.is_dataclass(owner):
+        return typing.get_type_hints(owner).get(key)
+    return None
 
 
 def _index(node: list, key: str, path: str) -> int:
@@ -541,11 +571,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         loaded = read_yaml_mapping(path, "Pass an existing config file, e.g. configs/default.yaml.")
         _merge(tree, loaded, RunConfig, source)
     for assignment in overrides:
-        apply_override(tree, assignment)
+        apply_override(tree, assignment, RunConfig)
     if overrides:
         source = f"{source} + overrides {list(overrides)}"
     cfg = from_dict(RunConfig, tree, source=source)
     check_modality_options(cfg.data, source)
+    check_modality_keys(cfg, source)
     return cfg
 
 
@@ -560,6 +591,25 @@ def check_modality_options(data: DataConfig, source: str) -> None:
         if name not in MODALITY_OPTIONS:
             raise ConfigError(f"{source}: data.options.{name}: no options registered for a modality {name!r} (racmkd/data/options.py, MODALITY_OPTIONS); registered: {', '.join(MODALITY_OPTIONS.names())}")
         from_dict(MODALITY_OPTIONS.get(name), options, where=f"data.options.{name}", source=source)
+
+
+def check_modality_keys(cfg: RunConfig, source: str) -> None:
+    """The per-modality settings name modalities that exist: a misspelt one (`teacher.level.adio`)
+    would otherwise be ignored in silence, as a setting for a modality the run does not use is (so
+    that one config serves runs on fewer modalities)."""
+    from racmkd.data import options as _options  # noqa: F401 - registers image and audio (torch-free)
+    from racmkd.registry import MODALITY_OPTIONS
+
+    known = MODALITY_OPTIONS.names()
+    per_modality = {"teacher.level": cfg.teacher.level, "teacher.depth": cfg.teacher.depth, "runtime.priorities": cfg.runtime.priorities, "runtime.critical": cfg.runtime.critical}
+    if isinstance(cfg.teacher.width, dict):
+        per_modality["teacher.width"] = cfg.teacher.width
+    for where, values in per_modality.items():
+        for name in values:
+            if name not in known:
+                close = difflib.get_close_matches(str(name), known, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else f" Modalities: {', '.join(known)}."
+                raise ConfigError(f"{source}: {where}.{name}: no modality {name!r}.{hint}")
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any], cls: type, source: str) -> None:

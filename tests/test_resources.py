@@ -117,6 +117,17 @@ def test_a_container_limit_caps_available_memory(tmp_path: Path) -> None:
     (tmp_path / "memory.current").write_text(str(90 * MB))
     s = SystemSource(tmp_path, tmp_path / "none", tmp_path / "no-membership").read()
     assert s.memory_available_bytes == 10 * MB and s.cgroup_memory_max_bytes == 100 * MB
+    # A limit on the parent group is shared by its children: what the siblings use counts against it.
+    nested = tmp_path / "nested"
+    (nested / "parent" / "leaf").mkdir(parents=True)
+    (nested / "cgroup.controllers").write_text("memory")
+    (nested / "parent" / "memory.max").write_text(str(1024 * MB))
+    (nested / "parent" / "memory.current").write_text(str(900 * MB))
+    (nested / "parent" / "leaf" / "memory.max").write_text("max")
+    (nested / "parent" / "leaf" / "memory.current").write_text(str(100 * MB))
+    (tmp_path / "membership").write_text("0::/parent/leaf\n")
+    s = SystemSource(nested, tmp_path / "none", tmp_path / "membership").read()
+    assert s.memory_available_bytes == 124 * MB and s.cgroup_memory_max_bytes == 1024 * MB
 
 
 def test_the_cpu_share_left_to_us_counts_other_programs_only() -> None:
@@ -230,6 +241,20 @@ def test_monitor_smooths_forecasts_and_adapts_its_interval() -> None:
     raw, smoothed, forecast = state.raw.cpu_percent, state.smoothed.cpu_percent, state.forecast.cpu_percent
     assert smoothed < raw < forecast  # the EWMA lags a rising load; Holt's trend looks ahead of it
     assert state.planning().cpu_percent == forecast  # decisions plan for the worse of now and soon
+
+
+def test_a_reading_that_appears_is_published() -> None:
+    """A trace column absent before its first value: the CPU load arriving is news, level or not."""
+
+    class CpuFromTwo:
+        name = "late cpu"
+
+        def read(self, now: float) -> ResourceSnapshot:
+            return ResourceSnapshot(t=now, cpu_percent=None if now < 2 else 38.0, memory_available_bytes=140 * MB, cpu_cores=1.0)
+
+    monitor = ResourceMonitor(CpuFromTwo(), MonitorConfig())
+    published = [monitor.poll(float(t)).changed for t in range(4)]
+    assert published == [True, False, True, False] and monitor.state.planning().cpu_percent == pytest.approx(38.0)
 
 
 class Memory:
@@ -693,6 +718,9 @@ def test_latency_controller_shrinks_the_budget_when_requests_run_late() -> None:
         controller.update(8.0, step * 0.1)  # twice the target
     late = controller.scale
     assert late < 0.7
+    controller.update(math.nan, 1.95)  # a latency that is no number, and a time that is none: passed over, not kept in the integral
+    controller.update(1.0, math.nan)
+    assert controller.state()["ignored"] == 2 and math.isfinite(controller.scale)
     for step in range(20, 80):
         controller.update(1.0, step * 0.1)  # well under it
     assert controller.scale > late and controller.scale <= 1.0
@@ -721,7 +749,18 @@ def test_a_recorded_trace_replays_what_was_read(tmp_path: Path) -> None:
     from racmkd.resources.sources import record_trace
 
     trace = record_trace(Scripted([10.0, 20.0, 30.0, 40.0, 50.0, 60.0], memory_mb=64.0), seconds=0.25, interval_s=0.05)
-    assert len(trace.times) >= 4 and set(trace.columns) == {"cpu_percent", "memory_available_mb"}  # absent sensors are not written
+    assert len(trace.times) >= 4 and set(trace.columns) == {"cpu_percent", "memory_available_mb", "cpu_cores"}  # absent sensors are not written
     trace.write_csv(tmp_path / "rec.csv")
     replayed = load_trace(tmp_path / "rec.csv")
     assert np.allclose(replayed.columns["cpu_percent"], trace.columns["cpu_percent"]) and replayed.at(0.0).memory_available_bytes == 64 * MB
+
+    class Server:  # a 16-core host half busy: 8 free cores, no slowdown for one more thread
+        name = "server"
+
+        def read(self, now: float) -> ResourceSnapshot:
+            return ResourceSnapshot(t=now, cpu_percent=50.0, runnable_tasks=8.0, host_cores=16, cpu_cores=16.0)
+
+    live = Server().read(0.0)
+    record_trace(Server(), seconds=0.1, interval_s=0.05).write_csv(tmp_path / "server.csv")
+    again = load_trace(tmp_path / "server.csv").at(0.0)
+    assert (again.host_cores, again.cpu_cores) == (16, 16.0) and again.cpu_share(0.05) == live.cpu_share(0.05) == 1.0

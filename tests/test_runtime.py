@@ -184,6 +184,27 @@ def test_a_failing_variant_is_skipped_and_no_request_is_dropped(bank_dir: Path, 
     del session
 
 
+def test_a_variant_whose_session_will_not_load_is_planned_around_at_once(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A chosen variant that cannot be loaded (memory refused) leaves the configuration in force
+    before any request comes: not answered around, silently, until some other re-plan."""
+    from racmkd.runtime import edge
+
+    inputs, _ = samples
+    victim = next(v for v in EdgeRuntime(load_bank(bank_dir), RuntimeConfig(preload=False)).current.config if v is not None)
+    real = edge.session
+
+    def refusing(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if Path(path).name == Path(victim.path).name:
+            raise MemoryError("simulated: no memory for it")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(edge, "session", refusing)
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(preload=False))
+    assert victim.id in runtime.failed and victim.id not in {v.id for v in runtime.current.config if v is not None}
+    answer = runtime.predict(**inputs[0])
+    assert answer.variants and victim.id not in answer.variants and not answer.fallbacks
+
+
 def test_a_variant_that_raised_is_tried_again_later_and_less_often_each_time(bank_dir: Path, samples) -> None:  # noqa: ANN001
     inputs, _ = samples
     clock = [0.0]
@@ -276,6 +297,11 @@ def test_damaged_weights_and_a_modality_without_variants_are_worked_around(bank_
         damaged["variants"][0][cost] = "@"
         (copy / "bank.json").write_text(json.dumps(damaged).replace('"@"', value))  # what json.dumps writes for a non-finite float
         with pytest.raises(BankError, match="damaged"):
+            load_bank(copy)
+    for key, value, why in (("request_overhead_ms", "NaN", "request_overhead_ms"), ("request_overhead_ms", '"fast"', "request_overhead_ms"), ("tiers", json.dumps(data["tiers"][:-1]), "is not in the bank's tiers")):
+        damaged = {**data, key: "@"}
+        (copy / "bank.json").write_text(json.dumps(damaged).replace('"@"', value))
+        with pytest.raises(BankError, match=why):
             load_bank(copy)
 
 

@@ -180,3 +180,19 @@ def test_signals_check_raw_inputs() -> None:
     np.testing.assert_array_equal(kept, tone[:8000])
     assert audio.input_quality(np.zeros((1, 8000), np.float32)) == 0.0 and audio.input_quality(raw) == 1.0
     assert image.input_quality(np.full((1, 28, 28), 0.5, np.float32)) == 0.0
+
+
+def test_a_configured_sample_rate_resamples_training_recordings_as_serving_does(shared_root) -> None:  # noqa: ANN001
+    """FSDD is 8 kHz; a config asking for 16 kHz gets its recordings resampled, so the features a
+    model trains on equal those a predictor computes from the user's 8 kHz waveform."""
+    from racmkd.data.fsdd import load_fsdd
+    from racmkd.data.modalities import MODALITIES
+
+    modality = MODALITIES.create("audio", protocol="clean", sample_rate=16000)
+    recording = load_fsdd(shared_root / "fsdd" / "recordings")[0]
+    window, _, _ = signals.fix_length(modality._at_rate(recording.samples), modality.samples)
+    assert window.dtype == np.int16 and window.shape == (16000,)
+    spec = modality.spec(1)
+    trained_on = modality.features(torch.from_numpy(window[None]).float() / 32768.0, spec).numpy()
+    served = SIGNALS.create("audio").features(SIGNALS.create("audio").to_raw(recording.samples.astype(np.int16), spec, sample_rate=8000), spec)
+    np.testing.assert_allclose(served, trained_on, atol=1e-2, rtol=0)  # (the dataset keeps the resampled recording as int16; unresampled, they differed by 20)

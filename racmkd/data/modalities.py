@@ -26,12 +26,12 @@ import torch
 
 from racmkd.config import ConfigError, DataConfig, from_dict
 from racmkd.data import audio as dsp
-from racmkd.data.fsdd import load_fsdd
+from racmkd.data.fsdd import FSDD_SAMPLE_RATE, load_fsdd
 from racmkd.data.image import center_crop, fit_pca, pca_reconstruct, random_affine, resize
 from racmkd.data.mnist import load_mnist
 from racmkd.data.options import AudioOptions, ImageOptions
 from racmkd.data.paths import DataError
-from racmkd.data.signals import AudioSpec, ImageSpec, Signal, fix_length
+from racmkd.data.signals import AudioSpec, ImageSpec, Signal, fix_length, resample
 from racmkd.registry import MODALITIES, SIGNALS
 
 PROTOCOLS = ("clean", "avmnist")
@@ -256,7 +256,7 @@ class AudioModality(Modality):
                 raise DataError(f"FSDD: no recording falls in the {split} split (repetitions {self.options.val_repetitions} val, {self.options.test_repetitions} test)")
             windows, spans, power = [], [], []
             for rec in recs:
-                window, start, end = fix_length(rec.samples.astype(np.int16), self.samples)
+                window, start, end = fix_length(self._at_rate(rec.samples), self.samples)
                 windows.append(torch.from_numpy(window))
                 spans.append((start, end))
                 power.append(float(np.mean((rec.samples.astype(np.float64) / 32768.0) ** 2)))
@@ -267,6 +267,14 @@ class AudioModality(Modality):
                 {"span": torch.tensor(spans, dtype=torch.int64), "power": torch.tensor(power, dtype=torch.float32)},
             )
         return banks
+
+    def _at_rate(self, samples: np.ndarray) -> np.ndarray:
+        """A recording (int16 at FSDD's 8 kHz) at the configured sample rate, as a runtime given an
+        8 kHz waveform resamples it (racmkd.data.signals.resample)."""
+        if self.options.sample_rate == FSDD_SAMPLE_RATE:
+            return samples.astype(np.int16)
+        wave = resample(samples.astype(np.float32) / 32768.0, FSDD_SAMPLE_RATE, self.options.sample_rate)
+        return np.clip(np.round(wave * 32768.0), -32768, 32767).astype(np.int16)
 
     def gather(self, bank: Bank, rows: torch.Tensor) -> torch.Tensor:
         return bank.data[rows].float() / 32768.0  # (B, samples) in [-1, 1]

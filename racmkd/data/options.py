@@ -7,7 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from racmkd.config import ConfigError
 from racmkd.registry import MODALITY_OPTIONS
+
+IMAGE_SIDE = 28  # MNIST digits' side, in pixels
+
+
+def _require(ok: bool, message: str) -> None:
+    """Refuse a value when the config is read: later, in the middle of a run, it would surface as a
+    traceback from torch or numpy that names no key (the key is prefixed by `from_dict`)."""
+    if not ok:
+        raise ConfigError(message)
 
 
 @MODALITY_OPTIONS.register("image")
@@ -21,6 +31,12 @@ class ImageOptions:
     rotation_deg: float = 10.0
     shift: float = 0.10
     zoom: float = 0.10
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.crop <= IMAGE_SIDE, f"crop {self.crop}: the centre crop of the {IMAGE_SIDE}x{IMAGE_SIDE} digit, 1-{IMAGE_SIDE} pixels")
+        _require(len(self.levels) > 0 and all(1 <= r <= self.crop for r in self.levels), f"levels {list(self.levels)}: at least one resolution, each 1-{self.crop} (crop)")
+        _require(0 < self.pca_variance <= 1, f"pca_variance {self.pca_variance}: the share of variance the avmnist images keep, in (0, 1]")
+        _require(min(self.rotation_deg, self.shift, self.zoom) >= 0, f"rotation_deg, shift and zoom must be >= 0 (0: none), got {self.rotation_deg}, {self.shift}, {self.zoom}")
 
 
 @MODALITY_OPTIONS.register("audio")
@@ -43,3 +59,16 @@ class AudioOptions:
     semitones: float = 2.0  # pitch shift in +- semitones
     masks: int = 0  # SpecAugment: this many frequency and this many time masks per training sample
     mask_fraction: float = 0.125  # each mask covers up to this share of the bands / frames
+
+    def __post_init__(self) -> None:
+        _require(self.sample_rate >= 1 and self.duration > 0, f"sample_rate {self.sample_rate} and duration {self.duration}: positive (Hz, seconds)")
+        _require(1 <= self.win_length <= self.n_fft and self.hop_length >= 1, f"need 1 <= win_length <= n_fft and hop_length >= 1, got win_length {self.win_length}, n_fft {self.n_fft}, hop_length {self.hop_length}")
+        _require(0 <= self.f_min < self.f_max <= self.sample_rate / 2, f"need 0 <= f_min < f_max <= sample_rate / 2 ({self.sample_rate / 2:g} Hz), got f_min {self.f_min}, f_max {self.f_max}")
+        bins = self.n_fft // 2 + 1
+        _require(len(self.levels) > 0 and all(1 <= mels <= bins and frames >= 1 for mels, frames in self.levels), f"levels {[list(level) for level in self.levels]}: at least one (mel bands, frames), bands 1-{bins} (n_fft // 2 + 1), frames >= 1")
+        for name in ("val_repetitions", "test_repetitions"):
+            lo, hi = getattr(self, name)
+            _require(0 <= lo <= hi, f"{name} {[lo, hi]}: a range of FSDD repetition indices, first <= last")
+        _require(self.snr_db[0] <= self.snr_db[1], f"snr_db {list(self.snr_db)}: a range, low <= high")
+        _require(min(self.stretch, self.semitones) >= 0 and 0 <= self.stretch < 1, f"stretch {self.stretch} (in [0, 1)) and semitones {self.semitones} (>= 0)")
+        _require(self.masks >= 0 and 0 <= self.mask_fraction <= 1, f"masks {self.masks} (>= 0) and mask_fraction {self.mask_fraction} (in [0, 1])")

@@ -298,6 +298,15 @@ def peak_normalise(wave: np.ndarray) -> np.ndarray:
     return wave / np.maximum(np.abs(wave).max(axis=-1, keepdims=True), 1e-8)
 
 
+def resample(wave: np.ndarray, rate: int, to_rate: int) -> np.ndarray:
+    """A waveform (float32) sampled at `rate` Hz, resampled to `to_rate` (polyphase, as the dataset's
+    recordings are when a config asks for another rate than theirs: training and serving alike)."""
+    from scipy.signal import resample_poly  # scipy.signal is slow to import: only for other rates
+
+    g = math.gcd(rate, to_rate)
+    return resample_poly(wave, to_rate // g, rate // g).astype(np.float32)
+
+
 @SIGNALS.register("audio")
 class AudioSignal(Signal):
     """Mono recordings: fixed length, peak-normalised, log-mel spectrogram pooled in time."""
@@ -327,10 +336,7 @@ class AudioSignal(Signal):
         usual = sample_rate is None or (type(sample_rate) is int and sample_rate == spec.sample_rate)  # the usual call: nothing to check
         rate = spec.sample_rate if usual else audio_rate(sample_rate)
         if rate != spec.sample_rate:
-            from scipy.signal import resample_poly  # scipy.signal is slow to import: only for other rates
-
-            g = math.gcd(rate, spec.sample_rate)
-            wave = resample_poly(wave, spec.sample_rate // g, rate // g).astype(np.float32)
+            wave = resample(wave, rate, spec.sample_rate)
         return fix_length(wave, spec.samples)[0][None]
 
     def blank(self, spec: AudioSpec) -> np.ndarray:

@@ -532,10 +532,16 @@ class LatencyController:
         self.scale = gains.max_scale
         self._last: float | None = None  # when the PID last stepped
         self._sum, self._count = 0.0, 0  # observed latency / target since then
+        self.ignored = 0  # feedback passed over: a latency or time that was not a finite number
 
     def update(self, observed_ms: float, now: float) -> float:
         """Record one request's latency; the PID steps on the mean of a period once
-        `gains.interval_s` has passed since its last step (at once on the first request)."""
+        `gains.interval_s` has passed since its last step (at once on the first request). A
+        latency or time that is not a finite number is passed over: one NaN taken in would stay in
+        the PID's integral for good, and the budget with it (zero: nothing would fit again)."""
+        if not (math.isfinite(observed_ms) and math.isfinite(now)):
+            self.ignored += 1
+            return self.scale
         self._sum += observed_ms / self.target_ms
         self._count += 1
         if self._last is not None and now - self._last < self.gains.interval_s:
@@ -548,4 +554,4 @@ class LatencyController:
 
     def state(self) -> dict[str, Any]:
         p, i, d = self.pid.components
-        return {"scale": self.scale, "p": p, "i": i, "d": d, "setpoint": self.gains.setpoint}
+        return {"scale": self.scale, "p": p, "i": i, "d": d, "setpoint": self.gains.setpoint, "ignored": self.ignored}

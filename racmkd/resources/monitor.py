@@ -219,6 +219,9 @@ class ResourceMonitor:
         if before is None:
             return True
         threshold = self.config.change_threshold
+        readings = ("cpu_percent", "memory_available_bytes", "runnable_tasks", "battery_percent")
+        if any((getattr(before, name) is None) != (getattr(after, name) is None) for name in readings):
+            return True  # a reading appearing (a trace column's first value, a battery) or going away
         if before.cpu_percent is not None and after.cpu_percent is not None and abs(after.cpu_percent - before.cpu_percent) / 100.0 > threshold:
             return True
         a, b = before.memory_available_bytes, after.memory_available_bytes
@@ -227,8 +230,8 @@ class ResourceMonitor:
         a, b = before.runnable_tasks, after.runnable_tasks  # the CPU share at 100% load moves with it alone
         if a is not None and b is not None and abs(b - a) >= 0.5:
             return True
-        if before.cpu_cores != after.cpu_cores or (before.battery_percent is None) != (after.battery_percent is None) or before.power_plugged != after.power_plugged:
-            return True  # a new CPU quota, a battery appearing, unplugged or plugged in
+        if before.cpu_cores != after.cpu_cores or before.power_plugged != after.power_plugged:
+            return True  # a new CPU quota, unplugged or plugged in
         # A battery drains a point every few minutes: each point is news to an energy budget that
         # halves below runtime.low_battery_percent, and costs subscribers next to nothing.
         return before.battery_percent is not None and after.battery_percent is not None and abs(after.battery_percent - before.battery_percent) >= 1.0

@@ -144,6 +144,16 @@ class CgroupLimits:
     memory_used_bytes: int | None  # the group's usage without reclaimable page cache (inactive_file)
     cpu_max_cores: float | None
     version: int | None  # 2, 1, or None outside any cgroup hierarchy we can read
+    # What a new allocation can still get: the least, over the groups with a limit, of the limit less
+    # that group's own usage. A parent's limit is shared by its children: against it, what this
+    # process's siblings use counts too (None: no limit, or no usage to read).
+    memory_headroom_bytes: int | None = None
+
+
+def _headroom(groups: list[tuple[int | None, int | None]]) -> int | None:
+    """min(limit - used) over (limit, used) pairs that have both."""
+    room = [max(0, limit - used) for limit, used in groups if limit is not None and used is not None]
+    return min(room) if room else None
 
 
 def _memory_stat(path: Path, key: str) -> int:
@@ -176,6 +186,12 @@ def _chain(root: Path, relative: str) -> list[Path]:
     return folders or [root]
 
 
+def _net_usage(usage_file: Path, stat_file: Path, reclaimable: str) -> int | None:
+    """A group's memory usage without its reclaimable page cache (None when unreadable)."""
+    used = _read_int(usage_file)
+    return None if used is None else max(0, used - _memory_stat(stat_file, reclaimable))
+
+
 def read_cgroup(root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup: Path = Path("/proc/self/cgroup")) -> CgroupLimits:
     """Memory and CPU limits of this process's cgroup: v2 (`memory.max`, `memory.current` less
     `inactive_file`, `cpu.max`) or v1 (`memory.limit_in_bytes`, `memory.usage_in_bytes` less
@@ -189,11 +205,9 @@ def read_cgroup(root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup: Path = Pa
             fields_ = (_read_text(g / "cpu.max") or "max").split()
             if len(fields_) == 2 and fields_[0] != "max" and (q := _read_int_text(fields_[0])) and (period := _read_int_text(fields_[1])):
                 quotas.append(q / period)
-        leaf = chain[0]
-        used = _read_int(leaf / "memory.current")
-        if used is not None:
-            used = max(0, used - _memory_stat(leaf / "memory.stat", "inactive_file"))
-        return CgroupLimits(min(limits) if limits else None, used, min(quotas) if quotas else None, 2)
+        usage = [_net_usage(g / "memory.current", g / "memory.stat", "inactive_file") for g in chain]
+        headroom = _headroom([(_read_int(g / "memory.max"), u) for g, u in zip(chain, usage)])
+        return CgroupLimits(min(limits) if limits else None, usage[0], min(quotas) if quotas else None, 2, headroom)
     if (root / "memory").is_dir() or (root / "cpu").is_dir():
         memory = _chain(root / "memory", _membership(proc_self_cgroup, "memory"))
         cpu = _chain(root / "cpu", _membership(proc_self_cgroup, "cpu"))
@@ -203,10 +217,9 @@ def read_cgroup(root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup: Path = Pa
             q, period = _read_int(g / "cpu.cfs_quota_us"), _read_int(g / "cpu.cfs_period_us")
             if q and q > 0 and period:
                 quotas.append(q / period)
-        used = _read_int(memory[0] / "memory.usage_in_bytes")
-        if used is not None:
-            used = max(0, used - _memory_stat(memory[0] / "memory.stat", "total_inactive_file"))
-        return CgroupLimits(min(limits) if limits else None, used, min(quotas) if quotas else None, 1)
+        usage = [_net_usage(g / "memory.usage_in_bytes", g / "memory.stat", "total_inactive_file") for g in memory]
+        limit_of = [v if v is not None and v < UNLIMITED else None for v in (_read_int(g / "memory.limit_in_bytes") for g in memory)]
+        return CgroupLimits(min(limits) if limits else None, usage[0], min(quotas) if quotas else None, 1, _headroom(list(zip(limit_of, usage))))
     return CgroupLimits(None, None, None, None)
 
 
@@ -238,8 +251,8 @@ class SystemSource:
         memory = psutil.virtual_memory()
         cgroup = read_cgroup(self.cgroup_root, self.proc_self_cgroup)
         available = int(memory.available)
-        if cgroup.memory_max_bytes is not None and cgroup.memory_used_bytes is not None:
-            available = min(available, max(0, cgroup.memory_max_bytes - cgroup.memory_used_bytes))
+        if cgroup.memory_headroom_bytes is not None:
+            available = min(available, cgroup.memory_headroom_bytes)
         host = psutil.cpu_count() or os.cpu_count() or 1
         cores = float(host) if cgroup.cpu_max_cores is None else min(float(host), cgroup.cpu_max_cores)
         try:
@@ -331,6 +344,10 @@ TRACE_COLUMNS = {  # column -> (snapshot field, scale to the field's unit, valid
     "temperature_c": ("temperature_c", 1.0, (-60.0, 200.0)),
     "package_power_w": ("package_power_w", 1.0, (0.0, 1e5)),
     "runnable_tasks": ("runnable_tasks", 1.0, (0.0, 1e6)),
+    # The recording machine's cores, which cpu_percent and runnable_tasks are of, and those the
+    # recording process could use; a trace without them (a synthetic one) is of a one-core device.
+    "host_cores": ("host_cores", 1.0, (1.0, 1e5)),
+    "cpu_cores": ("cpu_cores", 1.0, (0.001, 1e5)),
 }
 
 
@@ -357,8 +374,8 @@ class Trace:
             series = self.columns.get(column)
             if series is not None and not math.isnan(series[i]):
                 value = float(series[i]) * scale
-                values[field_name] = int(value) if field_name.endswith("_bytes") else value
-        return ResourceSnapshot(t=t, cpu_cores=1.0, host_cores=1, **values)  # a traced device: its load is of one core
+                values[field_name] = int(value) if field_name.endswith("_bytes") or field_name == "host_cores" else value
+        return ResourceSnapshot(t=t, **{"cpu_cores": 1.0, "host_cores": 1, **values})  # without core counts, a traced device's load is of one core
 
     def to_rows(self) -> list[dict[str, float]]:
         rows = []
@@ -379,7 +396,7 @@ class Trace:
 def load_trace(path: str | Path) -> Trace:
     """Read a recorded trace (CSV with a header, or JSON: a list of objects or {"samples": [...]}).
     Columns: `t` (seconds) and any of cpu_percent, memory_available_mb, battery_percent,
-    temperature_c, package_power_w. Rows with garbage (text, NaN, values out of range, time going
+    temperature_c, package_power_w, runnable_tasks, host_cores, cpu_cores. Rows with garbage (text, NaN, values out of range, time going
     backwards) are skipped and counted; a file without two usable rows is an error."""
     path = Path(path)
     if not path.is_file():

@@ -75,6 +75,9 @@ def load_bank(folder: Path, split: str = "val") -> Bank:
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:  # OverflowError: int() of an infinite memory figure
         raise BankError(f"{path}: damaged ({type(err).__name__}: {err}). Rebuild it with `racmkd edge build`.") from None
     problems = table_problems(table, biases)
+    overhead = data.get("request_overhead_ms", 0.0)
+    if isinstance(overhead, bool) or not isinstance(overhead, (int, float)) or not 0 <= overhead < math.inf:  # (NaN fails too)
+        problems.append(f"request_overhead_ms {overhead!r} is not a finite number of ms >= 0")
     if problems:
         raise BankError(f"{path}: damaged ({'; '.join(problems[:3])}). Rebuild it with `racmkd edge build`.")
     specs, damaged = {}, {}
@@ -90,7 +93,11 @@ def load_bank(folder: Path, split: str = "val") -> Bank:
 def table_problems(table: ProfileTable, biases: dict[str, np.ndarray]) -> list[str]:
     """What in a bank's numbers the runtime could not work with (empty when nothing)."""
     problems = [f"unknown modality {m!r}" for m in table.modalities if m not in SIGNALS]
+    if len(set(table.tiers)) != len(table.tiers):
+        problems.append(f"tiers {list(table.tiers)} repeat a tier")
     for v in table.variants:
+        if v.tier not in table.tiers:
+            problems.append(f"{v.id}: tier {v.tier!r} is not in the bank's tiers {list(table.tiers)}")
         if not all(0 <= x < math.inf for x in (v.latency_ms, v.typical_ms, v.memory_bytes, v.energy_mj)):
             problems.append(f"{v.id}: costs must be finite and >= 0")
         if v.tier not in biases:

@@ -147,6 +147,9 @@ class EdgeRuntime:
         if self.config.preload:
             self._preload()
         self._ensure_loaded(self.current.config)
+        while self.pinned is None and any(v is not None and v.id in self.failed for v in self.current.config):  # a session that would not load: plan without it
+            self.current = self._initial_decision()  # (the failed set has grown, or this configuration loads: this ends)
+            self._ensure_loaded(self.current.config)
         if monitor is not None:
             self._unsubscribe = monitor.subscribe(self.on_resources)
             # A reading published while the sessions loaded reached no subscriber; the monitor tells
@@ -345,6 +348,8 @@ class EdgeRuntime:
             loaded_before = set(self._sessions)
             if switched:
                 self._ensure_loaded(chosen.config)
+                if any(v is not None and v.id in self.failed for v in chosen.config):  # a session that would not load: plan again without it
+                    return self.redecide("variant failure", observed_at)  # (the failed set has grown: this ends)
             elif self.hysteresis.pending is not None:
                 # A step up waits out the hysteresis window: load its sessions meanwhile (here, off
                 # the requests' path), so that the switch, when it comes, is a pointer swap; and
@@ -473,6 +478,8 @@ class EdgeRuntime:
         if self.pinned is None and any(self.quality[m] != q for m, q in quality.items()):  # equal: the running averages stay where they are
             self._observe_quality(quality)
         fallbacks: list[str] = []
+        if self.failed:  # (rare: a variant excluded since the configuration was chosen answers nothing)
+            fallbacks += [f"{v.id} excluded ({self.failed[v.id]}): answered without it" for v in config if v is not None and v.id in self.failed]
         exclude: set[str] = set()
         while True:
             active = [v for v in config if v is not None and v.modality in raws and v.id not in self.failed]

@@ -54,7 +54,9 @@ class Predictor:
     def predict(self, image: Any = None, audio: Any = None, sample_rate: int = 8000, **other: Any) -> tuple[int, np.ndarray]:
         """(label, class probabilities) for one sample. `image`: 28x28 uint8 or [0, 1] float;
         `audio`: mono waveform (int16 or float) at `sample_rate` Hz; other registered modalities by
-        name. Inputs the model does not use are ignored; a missing one is answered from the rest."""
+        name. Inputs the model does not use are ignored. A missing one is answered from the rest by
+        a checkpoint's predictor; an ONNX artifact needs every input it was exported with, and says
+        so (`racmkd export --modality ...` writes a variant without one)."""
         unknown = set(other) - set(SIGNALS.names())
         if unknown:
             raise TypeError(f"predict() got unknown inputs {sorted(unknown)}; this model uses {self.modalities}")
