@@ -420,8 +420,11 @@ def main() -> None:
     if args.soak_minutes > 0:
         result["soak"] = soak(bank, dataset, rc, args.soak_minutes)
     traces = result["traces"]
+    switched = [t for t in traces.values() if t["switches"]]  # (none in a quick run can happen: then the target is not shown reached)
+    worst = max((t["adaptation_ms_p99"] for t in switched), default=math.nan)
+    worst_swaps = max((t["adaptation_ms_p99_swaps"] for t in switched), default=math.nan)
     targets = [
-        {"target": f"adaptation time p99 <= {ADAPTATION_TARGET_MS:g} ms (worst trace)", "measured": f"{max(t['adaptation_ms_p99'] for t in traces.values() if t['switches']):.3f} ms; switches that loaded no session (pointer swaps): {max(t['adaptation_ms_p99_swaps'] for t in traces.values() if t['switches']):.3f} ms; switches that had to load sessions evicted under memory pressure: {sum(t['switches_loading'] for t in traces.values())} of {sum(t['switches'] for t in traces.values())}", "reached": max(t["adaptation_ms_p99"] for t in traces.values() if t["switches"]) <= ADAPTATION_TARGET_MS},
+        {"target": f"adaptation time p99 <= {ADAPTATION_TARGET_MS:g} ms (worst trace)", "measured": f"{worst:.3f} ms; switches that loaded no session (pointer swaps): {worst_swaps:.3f} ms; switches that had to load sessions evicted under memory pressure: {sum(t['switches_loading'] for t in traces.values())} of {sum(t['switches'] for t in traces.values())}", "reached": worst <= ADAPTATION_TARGET_MS},
         {"target": f"monitor overhead <= {MONITOR_TARGET:.0%} of one core (default interval)", "measured": f"{result['monitor_overhead']['cpu_fraction']:.4%}", "reached": result["monitor_overhead"]["cpu_fraction"] <= MONITOR_TARGET},
     ]
     for name in ("sudden", "periodic"):

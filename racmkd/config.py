@@ -73,6 +73,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "auto"):
             raise ConfigError(f"precision {self.precision!r}: choose fp32, bf16 or auto")
+        if self.batch_size < 1 or self.epochs < 0 or self.samples_per_epoch < 0:
+            raise ConfigError(f"batch_size must be >= 1, epochs and samples_per_epoch >= 0; got {self.batch_size}, {self.epochs}, {self.samples_per_epoch}")
+        if not (0 < self.lr < math.inf and 0 <= self.weight_decay < math.inf and 0 <= self.modality_dropout < 1 and 0 <= self.label_smoothing < 1):
+            raise ConfigError(f"need lr > 0, weight_decay >= 0, modality_dropout and label_smoothing in [0, 1); got {self.lr}, {self.weight_decay}, {self.modality_dropout}, {self.label_smoothing}")
         if self.mixup < 0:
             raise ConfigError(f"mixup must be >= 0 (0 turns mixing off), got {self.mixup}")
 
@@ -157,6 +161,8 @@ class SelectionConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.teacher_gap:
             raise ConfigError(f"students.selection.teacher_gap must be >= 0 (1.0 keeps every modality set), got {self.teacher_gap}")
+        if not 0.0 <= self.tolerance or self.samples < 1 or self.val_samples < 1:
+            raise ConfigError(f"tolerance must be >= 0, samples and val_samples >= 1; got {self.tolerance}, {self.samples}, {self.val_samples}")
 
 
 @dataclass(frozen=True)
@@ -211,6 +217,16 @@ class DistillConfig:
     resource_loss: str = "group_sparsity"
     feature_cost: float = 1e-3  # lambda of eq. 27: cost penalty on the learned feature projection
     reliability_temperature: float = 0.1  # sharpness of the per-sample teacher reliability weights (eq. 3)
+
+    def __post_init__(self) -> None:
+        # A temperature of 0 makes the KD loss NaN, and a NaN student would be saved as the best one;
+        # a negative one trains towards the teacher's reversed ranking.
+        if not (self.temperature.low > 0 and self.temperature.high > 0 and self.reliability_temperature > 0):
+            raise ConfigError(f"temperature (low {self.temperature.low}, high {self.temperature.high}) and reliability_temperature ({self.reliability_temperature}) must be > 0")
+        weights = {name: getattr(self, name) for name in ("alpha", "beta", "gamma", "delta")}
+        bad = {name: (w.low, w.high) for name, w in weights.items() if not (0 <= w.low < math.inf and 0 <= w.high < math.inf)}
+        if bad or not 0 <= self.feature_cost < math.inf:
+            raise ConfigError(f"the objective's weights must be finite and >= 0; got {bad or {'feature_cost': self.feature_cost}}")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ report.json, report.md, plots and edge/; runs/latest points at the newest run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -30,6 +31,8 @@ from racmkd.models.checkpoint import load_model, save_model
 from racmkd.models.multimodal import MultimodalNet, count_params, teacher, widest_student
 from racmkd.runs import RunError, checkpoint, create_run, link_latest, open_run, record_timing  # noqa: F401 - run directories (racmkd.runs, no torch)
 from racmkd.utils import atomic_write_json, seed_everything, torch_threads
+
+log = logging.getLogger(__name__)
 
 TEACHER = "teacher"
 
@@ -222,8 +225,9 @@ def out_of_reach(cfg: RunConfig, run_dir: Path, names: list[str]) -> dict[tuple[
 
 def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teacher], run_dir: Path, tiers: list[TierConfig]) -> dict[str, Design]:
     """Choose each tier's modalities, resolution and depth by measurement. Every candidate is trained
-    briefly with its tier's distillation objective and ranked on validation accuracy; the cheapest
-    (fewest FLOPs) within `selection.tolerance` of the best wins. The search is coordinate-wise:
+    briefly with its tier's distillation objective and ranked on validation accuracy; of those within
+    `selection.tolerance` of the best, the tier's `ties` picks the cheapest (fewest FLOPs) or the
+    one with the most parameters. The search is coordinate-wise:
     modality sets x resolution levels, each at its deepest depth within the budget, then the other depths of each tier's
     leader. Inputs are compared deep because a shallow student under-uses a large input (on avmnist the
     64x32 log-mel trailed 32x32 by 13 points at depth 1 and by 3.5 at depth 3). A design that several tiers
@@ -327,6 +331,7 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
     with torch_threads(cfg.threads):
         train_jobs(dataset, jobs, shared_epochs, cfg.students.train.batch_size, cfg.seed + 3, teachers, samples_per_epoch=cfg.students.train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="students", workers=cfg.workers, teacher_cache=answers, replay_after=replay_after, input_cache=inputs)
     record_timing(run_dir, "distill_students", time.perf_counter() - started)
+    remove_derived(run_dir, [t.name for t in tiers])
     for job in jobs:
         tier = job.name.removesuffix("_labels_only")
         design = designs[tier]
@@ -334,6 +339,17 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
         meta.update(tier=tier, budget_bytes=design.budget_bytes, design={**asdict(design), "name": design.name})
         save_model(checkpoint(run_dir, job.name), job.model, job.specs, meta)
     return [j.name for j in jobs]
+
+
+def remove_derived(run_dir: Path, tiers: list[str]) -> None:
+    """Remove what was made from these tiers' students before they are replaced: their compressed
+    artifacts (the compression benchmark's too) and the edge bank. Left, they would be measured
+    against students they were not made from, and served."""
+    folders = [compressed_dir(run_dir, t) for t in tiers] + [p for t in tiers for p in (run_dir / "experiments").glob(f"*/{t}")] + [run_dir / "edge"]
+    for folder in folders:
+        if folder.exists():
+            shutil.rmtree(folder)
+            log.warning("%s was made from a student now retrained: removed (make it again: `racmkd compress` / `racmkd edge build`)", folder)
 
 
 # Compression ---------------------------------------------------------------------------------------

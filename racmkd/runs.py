@@ -30,7 +30,14 @@ def create_run(cfg: RunConfig) -> Path:
             raise RunError(f"{run_dir}: a run of that name exists; choose another --name, or delete that folder first. (`racmkd distill --run {run_dir}` and the later stages go on with an existing run.)")
     else:
         stem = f"{cfg.data.protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = next(runs / n for n in itertools.chain([stem], (f"{stem}-{i}" for i in range(2, 10_000))) if not (runs / n).exists())
+        runs.mkdir(parents=True, exist_ok=True)
+        for name in itertools.chain([stem], (f"{stem}-{i}" for i in range(2, 10_000))):
+            try:
+                (runs / name).mkdir()  # taken by whoever creates it: two runs started in one second never share a folder
+            except FileExistsError:
+                continue
+            run_dir = runs / name
+            break
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     link_latest(run_dir)

@@ -39,6 +39,7 @@ def test_report_has_the_promised_shape(report: dict) -> None:
         assert not missing, f"{name} lacks {missing}"
         assert 0.0 <= entry["accuracy"] <= 1.0 and entry["energy_source"] in ("estimated", "measured")
         assert entry["flops"] > 0 and entry["peak_activation_bytes"] > 0 and entry["latency_ms_p95"] >= entry["latency_ms_p50"] > 0
+        assert entry["latency_engine"] == "onnxruntime", name  # every row on the engine it deploys on, checkpoints through their fp32 export
     assert report["models"]["teacher"]["modalities"] == ["image", "audio"]
 
 

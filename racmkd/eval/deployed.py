@@ -86,40 +86,51 @@ def artifact_accuracy(row: Deployed, dataset: PairedDataset, split: str = "test"
     return classification_metrics(torch.from_numpy(logits), torch.from_numpy(labels))
 
 
-def artifact_costs(rows: list[Deployed], dataset: PairedDataset, ev: EvalConfig) -> dict[str, dict[str, Any]]:
+def artifact_costs(rows: list[Deployed], dataset: PairedDataset, ev: EvalConfig, missing: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """Parameters, deployable bytes, peak memory, FLOPs, latency p50/p95 (ONNX Runtime, batch 1, one
-    thread, the rows timed in turn over several rounds) and estimated energy of every row."""
-    from racmkd.compress.export import read_contract, session, specs_from_contract
-    from racmkd.resources.profile import graph_cost
-
+    thread, the rows timed in turn over several rounds) and estimated energy of every row; a row
+    whose costs cannot be measured is left out and its reason put in `missing` (the others go on)."""
     costs, timers = {}, {}
     raw = dataset.raw_batch("test", torch.tensor([0]))
     for row in rows:
-        twin, _, _, _ = load_model(row.twin)
-        specs = specs_from_contract(read_contract(row.artifact))
-        inputs = BatchFeatures(dataset.modalities, raw).get(specs)
-        graph = graph_cost(row.artifact)
-        costs[row.name] = {
-            "format": row.format,
-            "params": model_bytes(twin)["params"],
-            "bytes_deployable": row.artifact.stat().st_size,
-            "weight_bytes": graph.weight_bytes,
-            "resident_weight_bytes": graph.resident_weight_bytes,
-            "peak_activation_bytes": graph.peak_activation_bytes,
-            "memory_bytes": graph.resident_weight_bytes + graph.peak_activation_bytes,
-            "flops": count_flops(twin, inputs),
-            "activation_bytes_written": graph.activation_bytes_written,
-            "inputs": {m: list(x.shape[1:]) for m, x in inputs.items()},
-        }
-        sess = session(row.artifact, threads=1)
-        feed = {i.name: inputs[i.name].numpy() for i in sess.get_inputs()}
-        timers[row.name] = lambda sess=sess, feed=feed: sess.run(None, feed)
+        try:
+            costs[row.name], timers[row.name] = _row_costs(row, dataset, raw)
+        except Exception as err:  # noqa: BLE001 - recorded in the table's rows not produced, never hidden
+            if missing is None:
+                raise
+            missing[row.name] = f"costs: {type(err).__name__}: {err}"
     latency = latency_round_robin(timers, ev.latency_warmup, ev.latency_iters, ev.latency_rounds, threads=1)
     for name, entry in costs.items():
         entry["latency_ms_p50"], entry["latency_ms_p95"] = latency[name]["p50"], latency[name]["p95"]
         moved = entry["resident_weight_bytes"] + 2 * entry["activation_bytes_written"]
         entry["energy_mj_estimated"] = estimated_energy_joules(entry["flops"], moved, entry["latency_ms_p50"] / 1e3, ev.energy) * 1e3
     return costs
+
+
+def _row_costs(row: Deployed, dataset: PairedDataset, raw: dict[str, torch.Tensor]) -> tuple[dict[str, Any], Any]:
+    """One row's measured costs, and what times it."""
+    from racmkd.compress.export import read_contract, session, specs_from_contract
+    from racmkd.resources.profile import graph_cost
+
+    twin, _, _, _ = load_model(row.twin)
+    specs = specs_from_contract(read_contract(row.artifact))
+    inputs = BatchFeatures(dataset.modalities, raw).get(specs)
+    graph = graph_cost(row.artifact)
+    costs = {
+        "format": row.format,
+        "params": model_bytes(twin)["params"],
+        "bytes_deployable": row.artifact.stat().st_size,
+        "weight_bytes": graph.weight_bytes,
+        "resident_weight_bytes": graph.resident_weight_bytes,
+        "peak_activation_bytes": graph.peak_activation_bytes,
+        "memory_bytes": graph.resident_weight_bytes + graph.peak_activation_bytes,
+        "flops": count_flops(twin, inputs),
+        "activation_bytes_written": graph.activation_bytes_written,
+        "inputs": {m: list(x.shape[1:]) for m, x in inputs.items()},
+    }
+    sess = session(row.artifact, threads=1)
+    feed = {i.name: inputs[i.name].numpy() for i in sess.get_inputs()}
+    return costs, (lambda: sess.run(None, feed))
 
 
 # Robustness ----------------------------------------------------------------------------------------
@@ -205,11 +216,20 @@ def scaling_exponent(xs: list[float], ys: list[float]) -> float | None:
     return float(np.polyfit(lx, ly, 1)[0])
 
 
-def _timed_ms(fn: Any, budget_s: float = 0.5) -> float:
-    """Median ms of `fn()` on one thread, with as many calls as fit in about `budget_s` (3 to 30)."""
-    first = time_calls(fn, warmup=1, iters=1)[0]
-    iters = int(min(30, max(3, budget_s * 1e3 / max(first, 1e-3))))
-    return float(np.median(time_calls(fn, warmup=1, iters=iters)))
+def _timed_sweep(calls: list[Any], budget_s: float = 0.5, rounds: int = 5) -> list[float]:
+    """Median ms of each of a sweep's calls on one thread, timed in turn over `rounds` rounds (a
+    passing disturbance of the machine hits every point alike, not the few it falls on: one-shot
+    timings of 3-30 calls each bent a sweep, 2.1, 1.6, 2.1 ms over three input sizes), each with as
+    many calls as fit in about `budget_s` over the rounds (5 to 200)."""
+    per_round = []
+    for fn in calls:
+        first = min(time_calls(fn, warmup=2, iters=3))
+        per_round.append(int(min(200, max(5, budget_s * 1e3 / max(first, 1e-3)))) // rounds + 1)
+    samples: list[list[float]] = [[] for _ in calls]
+    for _ in range(rounds):
+        for i, fn in enumerate(calls):
+            samples[i] += time_calls(fn, warmup=0, iters=per_round[i])
+    return [float(np.median(times)) for times in samples]
 
 
 def cost_growth(models: dict[str, Path], dataset: PairedDataset, batches: Iterable[int], scales: Iterable[float]) -> dict[str, dict[str, Any]]:
@@ -222,15 +242,14 @@ def cost_growth(models: dict[str, Path], dataset: PairedDataset, batches: Iterab
         model.eval()
         rows = torch.arange(min(max(batches), len(dataset.splits["test"])))
         features = BatchFeatures(dataset.modalities, dataset.raw_batch("test", rows)).get(specs)
-        by_batch = []
-        for b in batches:
-            inputs = {m: x[torch.arange(b) % len(x)] for m, x in features.items()}
-            by_batch.append({"batch": b, "latency_ms": _timed_ms(lambda inputs=inputs, model=model: model(inputs)), "peak_activation_bytes": activation_memory(model, inputs)["peak_activation_bytes"]})
-        by_scale = []
-        for s in scales:
-            inputs = {m: torch.zeros(1, x.shape[1], max(2, round(x.shape[2] * s)), max(2, round(x.shape[3] * s))) for m, x in features.items()}
-            pixels = sum(x[0].numel() for x in inputs.values())
-            by_scale.append({"scale": s, "input_values": pixels, "latency_ms": _timed_ms(lambda inputs=inputs, model=model: model(inputs)), "peak_activation_bytes": activation_memory(model, inputs)["peak_activation_bytes"]})
+        batch_inputs = [{m: x[torch.arange(b) % len(x)] for m, x in features.items()} for b in batches]
+        scaled_inputs = [{m: torch.zeros(1, x.shape[1], max(2, round(x.shape[2] * s)), max(2, round(x.shape[3] * s))) for m, x in features.items()} for s in scales]
+        latency = _timed_sweep([lambda inputs=inputs, model=model: model(inputs) for inputs in batch_inputs + scaled_inputs])
+        by_batch = [{"batch": b, "latency_ms": ms, "peak_activation_bytes": activation_memory(model, inputs)["peak_activation_bytes"]} for b, inputs, ms in zip(batches, batch_inputs, latency)]
+        by_scale = [
+            {"scale": s, "input_values": sum(x[0].numel() for x in inputs.values()), "latency_ms": ms, "peak_activation_bytes": activation_memory(model, inputs)["peak_activation_bytes"]}
+            for s, inputs, ms in zip(scales, scaled_inputs, latency[len(batches) :])
+        ]
         out[name] = {
             "batch": by_batch,
             "resolution": by_scale,

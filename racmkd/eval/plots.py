@@ -20,7 +20,7 @@ def plot_accuracy_vs_cost(models: dict[str, dict[str, Any]], out_dir: Path) -> l
     paths = []
     for key, label, filename in (
         ("memory", "memory at batch 1: weights (fp32, or as deployed) + peak activations (bytes, log)", "accuracy_vs_memory.png"),
-        ("latency_ms_p50", "latency p50 at batch 1, one thread (ms, log)", "accuracy_vs_latency.png"),
+        ("latency_ms_p50", "latency p50 at batch 1, one thread, ONNX Runtime (ms, log)", "accuracy_vs_latency.png"),
     ):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         value = (lambda e: max(e.get("bytes_deployable", e["bytes_fp32"]), e.get("resident_weight_bytes", 0)) + e["peak_activation_bytes"]) if key == "memory" else (lambda e: e[key])  # noqa: E731 - int8 weights are held as floats once loaded

@@ -4,6 +4,7 @@ report.md and PNG plots in the run directory."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -25,6 +26,8 @@ from racmkd.models.inference import BatchFeatures, predict_split
 from racmkd.runs import open_run
 from racmkd.runtime.predictor import Predictor
 from racmkd.utils import atomic_write_json, atomic_write_text, progress, torch_threads
+
+log = logging.getLogger(__name__)
 
 ORDER = ["teacher", "teacher_image", "teacher_audio", "high", "medium", "low", "critical"]
 RETENTION_TARGETS = {"high": 0.99, "medium": 0.97, "low": 0.95, "critical": 0.90}
@@ -84,8 +87,28 @@ def measure(name: str, path: Path, dataset: PairedDataset) -> tuple[dict[str, An
         entry["within_budget"] = entry["param_bytes_fp32"] <= meta["budget_bytes"]
     predictor = Predictor(name, model, specs, modalities, meta)
     raw_one = {m: raw[m][0].numpy() for m in specs}
-    timers = {"model": lambda: model(inputs), "predict": lambda: predictor.predict(**raw_one)}
+    run_model, entry["latency_engine"] = onnx_timer(name, model, specs, modalities, inputs)
+    timers = {"model": run_model, "predict": lambda: predictor.predict(**raw_one)}
     return entry, timers
+
+
+def onnx_timer(name: str, model: torch.nn.Module, specs: dict[str, Any], modalities: dict[str, Any], inputs: dict[str, torch.Tensor]) -> tuple[Any, str]:
+    """What times a checkpoint at batch 1: its fp32 ONNX export run by ONNX Runtime on one thread,
+    the engine every compressed row runs on (PyTorch eager ran the same students 10-50x slower at
+    batch 1, and put the engine's difference into the compressed rows' gains); PyTorch itself only
+    when the export fails, and the entry says which (`latency_engine`)."""
+    import tempfile
+
+    from racmkd.compress.export import ExportError, export_onnx, session
+
+    feed = {m: x.numpy() for m, x in inputs.items()}
+    try:
+        with tempfile.TemporaryDirectory() as scratch:  # the session holds the graph once created
+            onnx_session = session(export_onnx(model, specs, modalities, Path(scratch) / f"{name}.onnx", name=name))
+    except ExportError as err:
+        log.warning("%s: timed in PyTorch: its ONNX export failed (%s)", name, err)
+        return (lambda: model(inputs)), "pytorch"
+    return (lambda: onnx_session.run(["logits"], feed)), "onnxruntime"
 
 
 def measure_compressed(name: str, folder: Path, run_dir: Path, dataset: PairedDataset, source: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -125,6 +148,7 @@ def measure_compressed(name: str, folder: Path, run_dir: Path, dataset: PairedDa
     raw_one = {m: raw[m][0].numpy() for m in specs}
     feed = {m: x.numpy() for m, x in inputs.items()}
     timers = {"model": lambda: predictor.session.run(["logits"], feed), "predict": lambda: predictor.predict(**raw_one)}
+    entry["latency_engine"] = "onnxruntime"
     return entry, timers
 
 
@@ -250,7 +274,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {_inputs(e)} | {e['accuracy']:.4f} | {e['f1_macro']:.4f} | {auc} | {retention} | {e['params']:,} | {weights} | {e['flops'] / 1e6:.2f} M | {_fmt_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} / {e['latency_ms_p95']:.3f} | {e['energy_mj']:.4f} ({e['energy_source']}) |"
         )
-    lines += ["", "Weights: fp32 parameter bytes (what the tier budgets count), or for compressed rows the initializer bytes of the deployed ONNX graph; BatchNorm running statistics add `bytes_fp32 - param_bytes_fp32` in report.json and fold into the convolutions on export. Latency: every model is timed in turn over several rounds (`eval.latency_rounds`), so a passing disturbance of the machine hits all alike; absolute figures on a shared VM vary from run to run."]
+    lines += ["", "Weights: fp32 parameter bytes (what the tier budgets count), or for compressed rows the initializer bytes of the deployed ONNX graph; BatchNorm running statistics add `bytes_fp32 - param_bytes_fp32` in report.json and fold into the convolutions on export. Latency: batch 1, one thread, ONNX Runtime for every row (a checkpoint through its fp32 export; a row timed in PyTorch, its export having failed, says so in report.json's `latency_engine`), every model timed in turn over several rounds (`eval.latency_rounds`), so a passing disturbance of the machine hits all alike; absolute figures on a shared VM vary from run to run."]
     compressed = {n: e for n, e in report["models"].items() if e.get("role") == "compressed"}
     if compressed:
         lines += ["", "## Compressed tiers", "", "Each tier's student after its compression recipe, measured as deployed: the ONNX artifact run by ONNX Runtime (batch 1, one thread). Ratio = fp32 bytes of the uncompressed student / deployable bytes.", "", "| model | format | deployable | ratio | accuracy | vs student | retention | FLOPs | peak act. | latency p50 (ms) | why this artifact |", "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -126,7 +126,7 @@ def teacher(inputs: dict[str, dict[str, Any]], width: int | dict[str, int] = TEA
     encoders = _encoders(inputs, per_modality, embed_dim=embed_dim)
     fusion = Fusion(embed_dim * len(encoders), len(encoders), fusion_hidden, dropout)
     arch = {"name": "teacher", "kwargs": {"inputs": inputs, "width": width, "embed_dim": embed_dim, "fusion_hidden": fusion_hidden, "dropout": dropout, "num_classes": num_classes, "depth": depth}}
-    return MultimodalNet(encoders, fusion, fusion_hidden, num_classes, arch)
+    return MultimodalNet(encoders, fusion, fusion_hidden or embed_dim * len(encoders), num_classes, arch)  # (hidden 0: the fusion passes the embeddings through)
 
 
 @MODELS.register("student")
