@@ -150,8 +150,8 @@ class SelectionConfig:
     modality_sets: tuple[tuple[str, ...], ...] = (("image", "audio"), ("audio",), ("image",))
     scales: tuple[int, ...] = (0, 1, 2, 3)  # resolution levels defined by each modality
     depths: tuple[int, ...] = (1, 2, 3)  # depthwise-separable blocks per encoder stage
-    samples: int = 12800  # training samples seen by each candidate (100 steps of 128)
-    val_samples: int = 5000  # validation samples that rank the candidates
+    samples: int = 12800  # training samples seen by each candidate (100 steps of 128; 0: the whole split)
+    val_samples: int = 5000  # validation samples that rank the candidates (0: all)
     tolerance: float = 0.005  # a cheaper candidate within this validation accuracy wins
     # A modality set whose own teacher (trained on it alone) ended more than this below the fused
     # teacher on validation is not a candidate: its students cannot get near what the fused teacher
@@ -161,8 +161,8 @@ class SelectionConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.teacher_gap:
             raise ConfigError(f"students.selection.teacher_gap must be >= 0 (1.0 keeps every modality set), got {self.teacher_gap}")
-        if not 0.0 <= self.tolerance or self.samples < 1 or self.val_samples < 1:
-            raise ConfigError(f"tolerance must be >= 0, samples and val_samples >= 1; got {self.tolerance}, {self.samples}, {self.val_samples}")
+        if not 0.0 <= self.tolerance or self.samples < 0 or self.val_samples < 0:
+            raise ConfigError(f"tolerance, samples and val_samples must be >= 0 (samples 0: all); got {self.tolerance}, {self.samples}, {self.val_samples}")
 
 
 @dataclass(frozen=True)

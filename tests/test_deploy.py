@@ -495,6 +495,8 @@ def test_edge_end_to_end_with_fog_broker_registry_and_failures(tiny_run: Path, t
         replayed = edge.post("/deploy", headers={"Authorization": f"Bearer {TOKEN}"}, data={"manifest": json.dumps(v1.manifest), "signature": v1.signature}, files={"payload": ("b", registry.blob(v1.sha256))})
         assert tampered.status_code == 422 and "tampered" in tampered.text and forged.status_code == 422 and "bad signature" in forged.text
         assert replayed.status_code == 422 and "not newer" in replayed.text
+        pushed_again = push(registry, v1, edge_server.url, TOKEN)  # refused for what it is, not for its delta: not sent whole again
+        assert pushed_again["status_code"] == 422 and pushed_again["sent"] == "delta" and "notes" not in pushed_again, pushed_again
         malformed = {k: v for k, v in newer.manifest.items() if k != "sha256"}  # signed, but not a release
         refused_manifest = edge.post("/deploy", headers=auth, data={"manifest": json.dumps(malformed), "signature": sign(malformed, key)}, files={"payload": ("b", registry.blob(newer.sha256))})
         assert refused_manifest.status_code == 422 and "malformed manifest" in refused_manifest.text and "sha256" in refused_manifest.text

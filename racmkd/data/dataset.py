@@ -23,7 +23,7 @@ from racmkd.data.paths import DataError, data_root
 from racmkd.registry import MODALITIES
 from racmkd.utils import atomic_torch_save
 
-CACHE_VERSION = 1  # bump when the cached content changes meaning
+CACHE_VERSION = 2  # bump when the cached content changes meaning (2: recordings resampled to a configured sample rate)
 
 
 @dataclass

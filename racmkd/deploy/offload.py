@@ -122,8 +122,9 @@ class Upstream:
             accuracy = health.get("accuracy")
             if accuracy is not None and not 0.0 <= float(accuracy) <= 1.0:  # (NaN fails too)
                 raise ValueError(f"accuracy {accuracy!r} is not a share in [0, 1]")
-            self.accuracy = float(accuracy) if accuracy is not None else self.accuracy
-            self.compute_ms = _time_ms(health.get("compute_ms_p50") or self.compute_ms, "compute_ms_p50")
+            compute_ms = _time_ms(health.get("compute_ms_p50") or self.compute_ms, "compute_ms_p50")
+            self.accuracy = float(accuracy) if accuracy is not None else self.accuracy  # (both checked first: a bad probe changes nothing)
+            self.compute_ms = compute_ms
         except (httpx.HTTPError, ValueError, TypeError, AttributeError, RecursionError):
             self.breaker.failure()
             return False

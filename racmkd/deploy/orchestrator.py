@@ -128,7 +128,8 @@ def push(registry: ModelRegistry, release: Release, url: str, token: str, timeou
         delta = None if full or current is None else _delta_or_none(registry, current, release.sha256)
         if delta is not None and len(delta) < len(full_bytes):
             reply = _post_release(client, release, delta, True)
-            if reply.status_code != 422:
+            detail = str(_detail(reply)) if reply.status_code == 422 else ""
+            if not ("delta refused" in detail or "hash to" in detail):  # refused for the release itself (a replay, a signature): sending it whole changes nothing
                 return _pushed("delta", delta, full_bytes, reply)
             notes.append(f"delta of {len(delta):,} bytes refused ({_detail(reply)}): sent whole")
         reply = _post_release(client, release, full_bytes, False)

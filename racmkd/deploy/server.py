@@ -396,7 +396,7 @@ class EdgeService(Service):
                 self.offloads[upstream.name] = self.offloads.get(upstream.name, 0) + 1
                 return answer
             except Exception as err:  # noqa: BLE001 - whatever goes wrong upstream (a refusal, a malformed answer), the edge answers locally
-                fallbacks.append(f"offload failed, answered locally: {str(err).splitlines()[0]}")
+                fallbacks.append(f"offload failed, answered locally: {(str(err).splitlines() or [type(err).__name__])[0]}")
         return self.local(engine, inputs, fallbacks)
 
     def answer_now(self, inputs: Inputs) -> PredictResponse | None:

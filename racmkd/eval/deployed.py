@@ -220,11 +220,11 @@ def _timed_sweep(calls: list[Any], budget_s: float = 0.5, rounds: int = 5) -> li
     """Median ms of each of a sweep's calls on one thread, timed in turn over `rounds` rounds (a
     passing disturbance of the machine hits every point alike, not the few it falls on: one-shot
     timings of 3-30 calls each bent a sweep, 2.1, 1.6, 2.1 ms over three input sizes), each with as
-    many calls as fit in about `budget_s` over the rounds (5 to 200)."""
+    many calls as fit in about `budget_s` over the rounds (at least one a round, at most 200 in all)."""
     per_round = []
     for fn in calls:
         first = min(time_calls(fn, warmup=2, iters=3))
-        per_round.append(int(min(200, max(5, budget_s * 1e3 / max(first, 1e-3)))) // rounds + 1)
+        per_round.append(math.ceil(min(200, max(rounds, budget_s * 1e3 / max(first, 1e-3))) / rounds))
     samples: list[list[float]] = [[] for _ in calls]
     for _ in range(rounds):
         for i, fn in enumerate(calls):

@@ -479,7 +479,8 @@ class EdgeRuntime:
             self._observe_quality(quality)
         fallbacks: list[str] = []
         if self.failed:  # (rare: a variant excluded since the configuration was chosen answers nothing)
-            fallbacks += [f"{v.id} excluded ({self.failed[v.id]}): answered without it" for v in config if v is not None and v.id in self.failed]
+            failed = dict(self.failed)  # (a copy: another request's retry may take an entry out meanwhile)
+            fallbacks += [f"{v.id} excluded ({failed[v.id]}): answered without it" for v in config if v is not None and v.id in failed]
         exclude: set[str] = set()
         while True:
             active = [v for v in config if v is not None and v.modality in raws and v.id not in self.failed]
