@@ -36,7 +36,7 @@ class ImageOptions:
         _require(1 <= self.crop <= IMAGE_SIDE, f"crop {self.crop}: the centre crop of the {IMAGE_SIDE}x{IMAGE_SIDE} digit, 1-{IMAGE_SIDE} pixels")
         _require(len(self.levels) > 0 and all(1 <= r <= self.crop for r in self.levels), f"levels {list(self.levels)}: at least one resolution, each 1-{self.crop} (crop)")
         _require(0 < self.pca_variance <= 1, f"pca_variance {self.pca_variance}: the share of variance the avmnist images keep, in (0, 1]")
-        _require(min(self.rotation_deg, self.shift, self.zoom) >= 0, f"rotation_deg, shift and zoom must be >= 0 (0: none), got {self.rotation_deg}, {self.shift}, {self.zoom}")
+        _require(all(x >= 0 for x in (self.rotation_deg, self.shift, self.zoom)), f"rotation_deg, shift and zoom must be >= 0 (0: none), got {self.rotation_deg}, {self.shift}, {self.zoom}")
 
 
 @MODALITY_OPTIONS.register("audio")
@@ -70,5 +70,5 @@ class AudioOptions:
             lo, hi = getattr(self, name)
             _require(0 <= lo <= hi, f"{name} {[lo, hi]}: a range of FSDD repetition indices, first <= last")
         _require(self.snr_db[0] <= self.snr_db[1], f"snr_db {list(self.snr_db)}: a range, low <= high")
-        _require(min(self.stretch, self.semitones) >= 0 and 0 <= self.stretch < 1, f"stretch {self.stretch} (in [0, 1)) and semitones {self.semitones} (>= 0)")
+        _require(self.semitones >= 0 and 0 <= self.stretch < 1, f"stretch {self.stretch} (in [0, 1)) and semitones {self.semitones} (>= 0)")
         _require(self.masks >= 0 and 0 <= self.mask_fraction <= 1, f"masks {self.masks} (>= 0) and mask_fraction {self.mask_fraction} (in [0, 1])")
