@@ -201,17 +201,18 @@ def serving_overhead(run_dir: Path, dataset: Any, iters: int) -> dict[str, Any]:
         server.terminate()
         server.wait(timeout=30)
     p50 = {k: percentile(v, 50) for k, v in times.items()}
+    bare_mean = statistics.fmean(times["bare"])
     handler_ms = 1e3 * (handler_after[0] - handler_before[0]) / max(handler_after[1] - handler_before[1], 1)
     return {
         "configuration": [v.id for v in variants],
         "p50_ms": p50,
         "p99_ms": {k: percentile(v, 99) for k, v in times.items()},
         "server_handler_ms_mean": handler_ms,
-        "bare_ms_mean": statistics.fmean(times["bare"]),
+        "bare_ms_mean": bare_mean,
         "server_compute_ms_p50": percentile(compute, 50),
         "runtime_overhead": p50["runtime"] / p50["bare"] - 1,
         "server_overhead": p50["server"] / p50["bare"] - 1,
-        "handler_overhead": handler_ms / statistics.fmean(times["bare"]) - 1,  # means both: the server's metrics give its handlers' mean
+        "handler_overhead": handler_ms / bare_mean - 1,  # means both: the server's metrics give its handlers' mean
     }
 
 

@@ -495,17 +495,17 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def apply_override(tree: dict[str, Any], assignment: str, root: type | None = None) -> None:
-    """Set one `dotted.path=value` in a plain dict; the value is parsed as YAML (`3`, `[a, b]`, `true`).
-    Given the tree's config class (`root`), a mapping set on a config section merges into it as a
-    config file's does (`students.train={epochs: 2}` changes the epochs and keeps the rest); any
-    other value replaces what was there whole."""
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Set one `dotted.path=value` in a RunConfig's plain-dict tree; the value is parsed as YAML (`3`,
+    `[a, b]`, `true`). A mapping set on a config section merges into it as a config file's does
+    (`students.train={epochs: 2}` changes the epochs and keeps the rest); any other value replaces
+    what was there whole."""
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r}: expected KEY=VALUE, e.g. students.train.epochs=2")
     path, raw = assignment.split("=", 1)
     keys = path.strip().split(".")
     node: Any = tree
-    section = root
+    section: Any = RunConfig
     for i, key in enumerate(keys[:-1]):
         node = _child(node, key, ".".join(keys[: i + 1]))
         section = _field_type(section, key)
@@ -518,11 +518,6 @@ def apply_override(tree: dict[str, Any], assignment: str, root: type | None = No
         raise ConfigError(f"override {path!r}: {path.rsplit('.', 1)[0]!r} is a single value, with no sub-keys")
     slot = _index(node, last, path) if isinstance(node, list) else last
     target = _field_type(section, last)
-    if root is RunConfig and keys[:-1] == ["data", "options"]:  # a modality's options: a section too, of its registered class
-        from racmkd.data import options as _options  # noqa: F401 - registers image and audio (torch-free)
-        from racmkd.registry import MODALITY_OPTIONS
-
-        target = MODALITY_OPTIONS.get(last) if last in MODALITY_OPTIONS else None
     current = node[slot] if isinstance(node, list) else node.get(last)
     if isinstance(value, dict) and dataclasses.is_dataclass(target) and isinstance(current, dict):
         _merge(current, value, target, f"override {assignment!r}")  # type: ignore[arg-type]
@@ -530,11 +525,22 @@ def apply_override(tree: dict[str, Any], assignment: str, root: type | None = No
         node[slot] = value
 
 
+class _ModalityOptions:
+    """The type of `data.options`: each key a modality, its value a section of that modality's
+    registered options class."""
+
+
 def _field_type(owner: Any, key: str) -> Any:
-    """The declared type of `owner`'s field `key` (a dataclass's field, or a tuple's item for an
-    index), or None where the path leaves the config classes (a plain dict's values)."""
+    """The declared type of `owner`'s field `key` (a dataclass's field, a tuple's item for an index,
+    a modality's options class under `data.options`), or None where the path leaves the config
+    classes (a plain dict's values)."""
     if owner is None:
         return None
+    if owner is DataConfig and key == "options":
+        return _ModalityOptions
+    if owner is _ModalityOptions:
+        registry = modality_options()
+        return registry.get(key) if key in registry else None
     if typing.get_origin(owner) in (tuple, list):
         items = [a for a in typing.get_args(owner) if a is not Ellipsis]
         return items[0] if key.isdigit() and len(items) == 1 else None
@@ -587,7 +593,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         loaded = read_yaml_mapping(path, "Pass an existing config file, e.g. configs/default.yaml.")
         _merge(tree, loaded, RunConfig, source)
     for assignment in overrides:
-        apply_override(tree, assignment, RunConfig)
+        apply_override(tree, assignment)
     if overrides:
         source = f"{source} + overrides {list(overrides)}"
     cfg = from_dict(RunConfig, tree, source=source)
@@ -596,27 +602,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
+def modality_options() -> Any:
+    """The registry of modality options classes, with image's and audio's registered (torch-free)."""
+    from racmkd.data import options as _options  # noqa: F401 - registers image and audio
+    from racmkd.registry import MODALITY_OPTIONS
+
+    return MODALITY_OPTIONS
+
+
 def check_modality_options(data: DataConfig, source: str) -> None:
     """Check `data.options` against each modality's options dataclass when the config is read, so
     that a mistyped key fails at once and names its file (it failed when the dataset was built,
     minutes into a run, naming only "config")."""
-    from racmkd.data import options as _options  # noqa: F401 - registers image and audio (torch-free)
-    from racmkd.registry import MODALITY_OPTIONS
-
+    registry = modality_options()
     for name, options in data.options.items():
-        if name not in MODALITY_OPTIONS:
-            raise ConfigError(f"{source}: data.options.{name}: no options registered for a modality {name!r} (racmkd/data/options.py, MODALITY_OPTIONS); registered: {', '.join(MODALITY_OPTIONS.names())}")
-        from_dict(MODALITY_OPTIONS.get(name), options, where=f"data.options.{name}", source=source)
+        if name not in registry:
+            raise ConfigError(f"{source}: data.options.{name}: no options registered for a modality {name!r} (racmkd/data/options.py, MODALITY_OPTIONS); registered: {', '.join(registry.names())}")
+        from_dict(registry.get(name), options, where=f"data.options.{name}", source=source)
 
 
 def check_modality_keys(cfg: RunConfig, source: str) -> None:
     """The per-modality settings name modalities that exist: a misspelt one (`teacher.level.adio`)
     would otherwise be ignored in silence, as a setting for a modality the run does not use is (so
     that one config serves runs on fewer modalities)."""
-    from racmkd.data import options as _options  # noqa: F401 - registers image and audio (torch-free)
-    from racmkd.registry import MODALITY_OPTIONS
-
-    known = MODALITY_OPTIONS.names()
+    known = modality_options().names()
     per_modality = {"teacher.level": cfg.teacher.level, "teacher.depth": cfg.teacher.depth, "runtime.priorities": cfg.runtime.priorities, "runtime.critical": cfg.runtime.critical}
     if isinstance(cfg.teacher.width, dict):
         per_modality["teacher.width"] = cfg.teacher.width

@@ -97,6 +97,11 @@ def default_health_check(path: Path, kind: str) -> None:
             raise UpdateFailed(f"{f.name}: the model answers non-finite logits")
 
 
+def same_release(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two manifests of one release: the same name, version and bytes."""
+    return all(a.get(k) == b.get(k) for k in ("name", "version", "sha256"))
+
+
 class DeviceStore:
     """The releases installed on one device and which is current."""
 
@@ -181,7 +186,7 @@ class DeviceStore:
         forward_again = state.get("rolled_back_from") == manifest["sha256"] and replaced is not None and (replaced.manifest.get("name"), replaced.manifest.get("version")) == (manifest["name"], manifest["version"])
         # The current release itself, sent again, repairs a slot damaged since it was installed (no
         # downgrade: the same signed bytes).
-        repair = current is not None and all(current.manifest.get(k) == manifest[k] for k in ("name", "version", "sha256"))
+        repair = current is not None and same_release(current.manifest, manifest)
         if newest is not None and manifest["version"] <= newest and not (forward_again or repair):
             raise UpdateRefused(f"{manifest['name']} v{manifest['version']} is not newer than v{newest}, installed here before: downgrades and replays are refused (roll back instead, or publish it as a new version)")
         if delta:
@@ -232,7 +237,7 @@ class DeviceStore:
             newest = self.newest(state)
             name, version = staged.manifest["name"], int(staged.manifest["version"])
             newest[name] = max(newest.get(name, version), version)
-            repaired = current is not None and all(current["manifest"].get(k) == staged.manifest[k] for k in ("name", "version", "sha256"))  # the current release again: what a rollback replaced may still come forward
+            repaired = current is not None and same_release(current["manifest"], staged.manifest)  # the current release again: what a rollback replaced may still come forward
             kept = {"rolled_back_from": state["rolled_back_from"]} if repaired and state.get("rolled_back_from") else {}
             atomic_write_json(self.root / "state.json", {"current": {"manifest": staged.manifest, "signature": staged.signature}, "previous": replaced, "newest": newest, **kept})
             self._prune()

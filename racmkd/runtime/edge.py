@@ -147,7 +147,7 @@ class EdgeRuntime:
         if self.config.preload:
             self._preload()
         self._ensure_loaded(self.current.config)
-        while self.pinned is None and any(v is not None and v.id in self.failed for v in self.current.config):  # a session that would not load: plan without it
+        while self.pinned is None and self._holds_failed(self.current.config):  # a session that would not load: plan without it
             self.current = self._initial_decision()  # (the failed set has grown, or this configuration loads: this ends)
             self._ensure_loaded(self.current.config)
         if monitor is not None:
@@ -282,6 +282,9 @@ class EdgeRuntime:
         finally:
             self._protect = set()
 
+    def _holds_failed(self, config: Configuration) -> bool:
+        return any(v is not None and v.id in self.failed for v in config)
+
     def loaded(self) -> list[str]:
         return list(self._sessions)
 
@@ -348,7 +351,7 @@ class EdgeRuntime:
             loaded_before = set(self._sessions)
             if switched:
                 self._ensure_loaded(chosen.config)
-                if any(v is not None and v.id in self.failed for v in chosen.config):  # a session that would not load: plan again without it
+                if self._holds_failed(chosen.config):  # a session that would not load: plan again without it
                     return self.redecide("variant failure", observed_at)  # (the failed set has grown: this ends)
             elif self.hysteresis.pending is not None:
                 # A step up waits out the hysteresis window: load its sessions meanwhile (here, off
