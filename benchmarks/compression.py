@@ -199,7 +199,7 @@ def render(result: dict[str, Any]) -> str:
         cells = [f"{'fits' if p['fits'] else '**no**'}: {p['estimated_latency_ms']:.3f} ms, RAM {p['ram_bytes'] / 1024:.0f} KB" for _, p in sorted(per.items())]
         lines.append(f"| {tier} | " + " | ".join(cells) + " |")
     lm = fit["latency_model"]
-    lines += ["", f"Latency model fitted here ({lm['points']} synthetic graphs): t_op {lm['seconds_per_op'] * 1e6:.2f} us, eta_f {lm['flops_efficiency']:.2f}, eta_b {lm['bandwidth_efficiency']:.2f}, median relative error {lm['fit_relative_error']:.1%}."]
+    lines += ["", f"Latency model fitted here ({lm['points']} synthetic graphs): t_op {lm['seconds_per_op'] * 1e6:.2f} us, eta_f {lm['flops_efficiency']:.2f}, eta_b {'none (traffic cost no time in the fit)' if lm['bandwidth_efficiency'] is None else format(lm['bandwidth_efficiency'], '.2f')}, median relative error {lm['fit_relative_error']:.1%}."]
     lines += ["", *targets_table(result["targets"])]
     lines += ["", "![compression](compression.png)", ""]
     return "\n".join(lines)

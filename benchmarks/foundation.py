@@ -32,7 +32,7 @@ from results_io import targets_table, write_results  # noqa: E402
 
 from racmkd.config import load_config  # noqa: E402
 from racmkd.eval.report import RETENTION_TARGETS, TEACHER_TARGETS, git_commit, machine  # noqa: E402
-from racmkd.eval.suite import SEED_PAPER, mean_std  # noqa: E402
+from racmkd.eval.suite import SEED_PAPER, mean_pm, mean_std, seed_spread  # noqa: E402
 from racmkd.pipeline import run_pipeline  # noqa: E402
 
 TIERS = ["high", "medium", "low", "critical"]
@@ -79,7 +79,7 @@ def summarise(reports: list[dict]) -> dict:
         distilled = [r["models"][tier]["accuracy"] for r in reports]
         baseline = [r["models"][f"{tier}_labels_only"]["accuracy"] for r in reports if f"{tier}_labels_only" in r["models"]]
         gain = statistics.fmean(distilled) - statistics.fmean(baseline) if baseline else None
-        spread = max(mean_std(distilled)["std"], mean_std(baseline)["std"] if baseline else 0.0)
+        spread = seed_spread(mean_std(distilled), mean_std(baseline)) if baseline else None
         tiers[tier] = {"gain": gain, "spread": spread, "budget_bytes": reports[0]["models"][tier]["budget_bytes"], "modalities": models[tier]["modalities"]}
     return {"models": models, "tiers": tiers}
 
@@ -97,7 +97,10 @@ def targets(summary: dict, protocol: str, clean_teacher: float | None) -> list[d
         fits = m["param_bytes_fp32"] <= t["budget_bytes"]
         rows.append({"target": f"{tier}: retention >= {goal:.0%} within {t['budget_bytes'] // 1024} KB", "measured": m["retention"]["mean"], "reached": m["retention"]["mean"] >= goal and fits})
         if t["gain"] is not None:
-            rows.append({"target": f"{tier}: distillation beats labels only by more than the seed spread ({t['spread']:.4f})", "measured": t["gain"], "reached": t["gain"] > t["spread"]})
+            if t["spread"] is None:  # one seed: no spread to beat
+                rows.append({"target": f"{tier}: distillation beats labels only by more than the seed spread", "measured": t["gain"], "reached": "undecided: one seed has no spread (run --seeds with two or more)"})
+            else:
+                rows.append({"target": f"{tier}: distillation beats labels only by more than the seed spread ({t['spread']:.4f})", "measured": t["gain"], "reached": t["gain"] > t["spread"]})
     return rows
 
 
@@ -106,9 +109,9 @@ def render(result: dict) -> str:
     lines = ["# Foundation benchmark", "", f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores). Protocol {result['protocol']}, seeds {result['seeds']}; every figure read from the runs' report.json files. Accuracy is mean ± std over seeds on the {result['test_samples']:,} test samples.", ""]
     lines += ["| model | inputs | accuracy | retention | fp32 params | memory (weights + peak act.) | FLOPs | latency p50 |", "|---|---|---|---|---|---|---|---|"]
     for name, m in s["models"].items():
-        ret = f"{m['retention']['mean']:.2%} ± {m['retention']['std']:.2%}" if "retention" in m else ""
+        ret = (f"{m['retention']['mean']:.2%}" + (f" ± {m['retention']['std']:.2%}" if m["retention"]["std"] is not None else "")) if "retention" in m else ""
         inputs = ", ".join(f"{k} {v.get('resolution', v.get('n_mels'))}" + (f"x{v['n_frames']}" if "n_frames" in v else f"x{v['resolution']}" if "resolution" in v else "") for k, v in m["inputs"].items())
-        lines.append(f"| {name} | {inputs} | {m['accuracy']['mean']:.4f} ± {m['accuracy']['std']:.4f} | {ret} | {m['param_bytes_fp32'] / 1024:.1f} KB | {m['memory_bytes'] / 1024:.1f} KB | {m['flops'] / 1e6:.2f} M | {m['latency_ms_p50']:.3f} ms |")
+        lines.append(f"| {name} | {inputs} | {mean_pm(m['accuracy'])} | {ret} | {m['param_bytes_fp32'] / 1024:.1f} KB | {m['memory_bytes'] / 1024:.1f} KB | {m['flops'] / 1e6:.2f} M | {m['latency_ms_p50']:.3f} ms |")
     lines += ["", *targets_table(result["targets"])]
     lines += ["", "## Beside the seed paper (their figures, not measured here)", "", "| tier | retention here | seed paper's retention | memory here | seed paper's memory |", "|---|---|---|---|---|"]
     for tier in TIERS:

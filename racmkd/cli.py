@@ -172,6 +172,10 @@ def export(
     except _errors() as err:
         raise _fail(err) from None
     typer.echo(json.dumps(result, indent=2))
+    for key in ("fp32", "int8", "int8-weights"):
+        if key in result and not result[key]["meets_bound"]:
+            p = result[key].get("parity_vs_fp32", result[key].get("parity_vs_pytorch"))
+            typer.echo(f"warning: {result[key]['path']} misses the parity bound (argmax agreement {p['argmax_agreement']:.4f}, accuracy {p['accuracy']:.4f} vs {p['reference_accuracy']:.4f}): do not deploy it as is", err=True)
 
 
 @app.command()
@@ -524,6 +528,53 @@ def deploy_push(
         raise _fail(err if isinstance(err, _registry_errors()) else ValueError(f"{url}: {err}")) from None
     typer.echo(json.dumps(result, indent=2))
     if result.get("status_code", 200) >= 400:
+        raise typer.Exit(code=1)
+
+
+@deploy_app.command("apply")
+def deploy_apply(
+    fleet: Annotated[Path, typer.Option(help="Fleet file (YAML): `devices: [{name, profile, url}, ...]`, each device's profile and edge server.")],
+    root: RootOpt = Path("registry"),
+    public_key: Annotated[Optional[Path], typer.Option(help="The fleet's public key: a release whose signature does not verify is passed over (default: keys/racmkd.pub when present).")] = None,
+    token_env: Annotated[str, typer.Option(help="Environment variable holding the devices' management token.")] = "RACMKD_TOKEN",
+    mqtt_host: Annotated[Optional[str], typer.Option(help="The telemetry broker: devices whose last will says offline are passed over.")] = None,
+    mqtt_port: Annotated[int, typer.Option(min=1, max=65535)] = 1883,
+    fleet_name: Annotated[str, typer.Option(help="The fleet's name in the telemetry topics (racmkd/<fleet>/<device>/status).")] = "default",
+    full: Annotated[bool, typer.Option("--full", help="Send whole releases, never deltas.")] = False,
+    json_: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Plan each device's release by its profile and push it (no human step); exits 1 if a device could not be updated."""
+    import os
+
+    from racmkd.deploy.orchestrator import apply_fleet, load_fleet
+    from racmkd.deploy.registry import ModelRegistry
+    from racmkd.deploy.signing import load_public_key
+
+    token = os.environ.get(token_env)
+    if not token:
+        raise _fail(ValueError(f"${token_env} is not set: the devices' management token is needed"))
+    key = public_key or (DEFAULT_PUBLIC_KEY if DEFAULT_PUBLIC_KEY.is_file() else None)
+    watcher = None
+    try:
+        devices, profiles = load_fleet(fleet)
+        registry = ModelRegistry(root, create=False)
+        if mqtt_host:
+            from racmkd.deploy.telemetry import FleetWatcher
+
+            watcher = FleetWatcher(mqtt_host, mqtt_port, fleet_name)  # statuses are retained: they arrive at once
+            watcher.wait_for(lambda w: all(w.online(d.name) is not None for d in devices.devices), timeout_s=3.0)
+        results = apply_fleet(registry, devices, profiles, token, load_public_key(key) if key else None, watcher.online if watcher else None, full=full)
+    except _registry_errors() as err:
+        raise _fail(err) from None
+    finally:
+        if watcher is not None:
+            watcher.close()
+    if json_:
+        typer.echo(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            typer.echo(f"{r['device']:16s} {r['action']:10s} {r['release'] or '-':16s} {r['reason']}")
+    if any(r["action"] in ("failed", "refused") for r in results):
         raise typer.Exit(code=1)
 
 

@@ -432,11 +432,13 @@ def compress_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tie
 def export_model(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out_dir: Path | None = None, int8: bool = True, present: list[str] | None = None, calibration_samples: int = 512, int8_weights: bool = False) -> dict[str, Any]:
     """Export one model of a run (a teacher, a tier, a baseline) to ONNX, fp32 and optionally int8
     (static QDQ) and int8 weights with float arithmetic, each checked against its reference on the
-    whole test split. Returns what was written and the parity figures; also writes them to
-    <out_dir>/<name>.export.json."""
+    whole test split. Returns what was written and the parity figures, each file with `meets_bound`
+    (fp32: every argmax as PyTorch's; int8: the recipe export step's default bound against fp32,
+    which the command warns of when missed); also writes them to <out_dir>/<name>.export.json."""
     from racmkd.compress.export import ExportError, compact_file, fp32_parity, onnx_logits, parity, session, torch_logits
     from racmkd.compress.export import export_onnx as write_onnx
     from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights_int8
+    from racmkd.compress.steps import ExportOptions
     from racmkd.eval.report import git_commit
 
     path = checkpoint(run_dir, name)
@@ -464,8 +466,12 @@ def export_model(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: st
         w = quantize_weights_int8(fp32, out_dir / f"{name}{suffix}.int8-weights.onnx")
         w_logits, _ = onnx_logits(session(w), used, dataset, "test")
         result["int8-weights"] = {"path": str(w), "parity_vs_fp32": parity(w_logits, fp32_logits, labels).as_dict()}
+    bound = ExportOptions()  # a recipe's export step judges its candidates by the same bound
     for key in ("fp32", "int8", "int8-weights"):
         if key in result:
+            p = result[key].get("parity_vs_fp32", result[key].get("parity_vs_pytorch"))
+            drop = p["reference_accuracy"] - p["accuracy"]
+            result[key]["meets_bound"] = p["argmax_agreement"] == 1.0 if key == "fp32" else p["argmax_agreement"] >= bound.min_agreement and drop <= bound.max_accuracy_drop
             result[key]["weight_bytes_by_module"] = compact_file(Path(result[key]["path"]))
             result[key]["bytes"] = Path(result[key]["path"]).stat().st_size
     result["commit"] = git_commit()  # the code that wrote these files

@@ -403,6 +403,9 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
     assert fp32["argmax_agreement"] == 1.0 and fp32["max_abs_logit_diff"] < 1e-3  # ONNX Runtime vs PyTorch
     int8 = manifest["candidates"]["int8"]["parity"]
     assert int8["argmax_agreement"] > 0.8
+    for c in manifest["candidates"].values():  # each candidate judged against the bound; one that missed it is not left as a deployable name
+        assert (folder / c["path"]).is_file() and c["path"].endswith(".rejected.onnx") == (not c["meets_bound"])
+    assert manifest["candidates"]["fp32"]["meets_bound"] and manifest["artifact"] in [c["path"] for c in manifest["candidates"].values() if c["meets_bound"]]
     weights_only = manifest["candidates"]["int8-weights"]
     assert weights_only["parity"]["argmax_agreement"] >= 0.9 and weights_only["bytes"] < manifest["candidates"]["fp32"]["bytes"]
     mixed = manifest["steps"][-1]["details"]["mixed_precision"]
@@ -529,6 +532,7 @@ def test_the_artifact_is_the_fastest_within_the_bound_and_the_smallest_of_a_spee
     missed = {"fp32": candidate(0.100, 4000), "int8": candidate(0.060, 1200, agreement=0.9), "int8-weights": candidate(0.200, 1500)}
     chosen, reason = choose_artifact(missed, options)
     assert chosen == "fp32" and "int8 misses the bound" in reason
+    assert {k: c["meets_bound"] for k, c in missed.items()} == {"fp32": True, "int8": False, "int8-weights": True}
     assert choose_artifact(missed, ExportOptions(prefer="smaller"))[0] == "int8-weights"
 
 

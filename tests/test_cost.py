@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from racmkd.config import EnergyModel
-from racmkd.eval.cost import CALLS_PER_ROUND, activation_memory, count_flops, estimated_energy_joules, latency_ms, latency_round_robin, measured_energy_joules, model_bytes, rounds_for
+from racmkd.eval.cost import CALLS_PER_ROUND, activation_memory, count_flops, estimated_energy_joules, latency_ms, latency_round_robin, measured_energy_joules, model_bytes, percentiles, rounds_for
 from racmkd.eval.metrics import classification_metrics
 
 
@@ -42,9 +43,11 @@ def test_peak_activation_is_observed() -> None:
     assert out["peak_activation_bytes"] <= 3 * 4000 and out["activation_bytes_written"] <= 3 * 4000  # the input and two 1000-wide rows at most; 12 MB of weights
 
 
-def test_latency_percentiles() -> None:
-    lat = latency_ms(lambda: torch.ones(200, 200) @ torch.ones(200, 200), warmup=2, iters=20)
-    assert 0 < lat["p50"] <= lat["p95"]
+def test_latency_measures_what_the_calls_take() -> None:
+    """A 4 ms sleep times at 4 ms or more (sleep never returns early); percentiles of known values."""
+    lat = latency_ms(lambda: time.sleep(0.004), warmup=1, iters=10)
+    assert 3.9 <= lat["p50"] <= lat["p95"] < 1000
+    assert percentiles([float(x) for x in range(100, 0, -1)]) == {"p50": 50.5, "p95": 95.0}
 
 
 def test_energy_model_and_rapl(tmp_path: Path) -> None:
@@ -79,5 +82,7 @@ def test_round_robin_times_every_subject_each_round() -> None:
     subjects = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
     result = latency_round_robin(subjects, warmup=1, iters=4, rounds=2)
     assert set(result) == {"a", "b"} and all(r["p50"] >= 0 for r in result.values())
+    timed = latency_round_robin({"fast": lambda: None, "slow": lambda: time.sleep(0.003)}, warmup=1, iters=4, rounds=2)
+    assert timed["slow"]["p50"] >= 2.9 and timed["fast"]["p50"] < 1.0  # each subject's own time, not its neighbour's
     assert calls == ["a", "b"] + ["a"] * 2 + ["b"] * 2 + ["a"] * 2 + ["b"] * 2  # warm-ups once, then 2 timed per round, in turn
     assert rounds_for(300) == 300 // CALLS_PER_ROUND and rounds_for(3) == 1

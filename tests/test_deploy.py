@@ -175,13 +175,20 @@ def test_device_store_verifies_patches_checks_and_rolls_back(bank_dir: Path, key
     assert json.loads((tmp_path / "device" / "state.json").read_text())["newest"] == {"edge": 2, "critical": 1}
 
 
-def test_an_edge_whose_release_no_longer_loads_serves_the_previous_one_and_says_so(tiny_run: Path, bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+def _v1_then_v2_installed(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path):  # noqa: ANN202
+    """A registry with the bank as edge v1 and a fine-tuned head as v2, both installed on a device
+    store in tmp_path/device (v2 current, v1 previous)."""
     registry, key = ModelRegistry(tmp_path / "registry"), load_private_key(keys[0])
     store = DeviceStore(tmp_path / "device", load_public_key(keys[1]))
     v1 = registry.register(bank_dir, "edge", key)
     v2 = registry.register(fine_tuned_head(bank_dir, tmp_path / "v2")[0], "edge", key)
     store.install(v1.manifest, v1.signature, registry.blob(v1.sha256))
     store.install(v2.manifest, v2.signature, registry.blob(v2.sha256))
+    return registry, store, v1, v2
+
+
+def test_an_edge_whose_release_no_longer_loads_serves_the_previous_one_and_says_so(tiny_run: Path, bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    registry, store, v1, v2 = _v1_then_v2_installed(bank_dir, keys, tmp_path)
     (store.current().model_path / "bank.json").write_text("damaged")  # e.g. a bad sector, after the health check
     cfg = load_config(tiny_run / "config.yaml", [f"serve.public_key={keys[1]}", f"serve.store_dir={tmp_path / 'device'}"])
     service = EdgeService(cfg, tiny_run, cfg.serve)
@@ -204,6 +211,76 @@ def test_an_edge_whose_release_no_longer_loads_serves_the_previous_one_and_says_
         assert "edge v2" in service.deploy(v2.manifest, v2.signature, registry.blob(v2.sha256), False)["installed"] and service.engine.sha256 == v2.sha256
     finally:
         service.close()
+
+
+def test_an_installed_release_changed_on_the_device_is_not_served(tiny_run: Path, bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    """A slot whose files were swapped for others that still load (one variant's model copied over
+    another's), or whose release.bin changed, is refused at start-up: the previous release serves,
+    and the changed release sent again is unpacked afresh."""
+    from racmkd.deploy.device import UpdateRefused
+
+    registry, store, v1, v2 = _v1_then_v2_installed(bank_dir, keys, tmp_path)
+    store.check(store.current())  # as installed: passes
+    slot = store.current().slot
+    models = sorted(slot.glob("*.onnx"))
+    models[0].write_bytes(models[-1].read_bytes())  # loads and answers: only the bytes tell
+    with pytest.raises(UpdateRefused, match=f"{models[0].name} changed on the device"):
+        store.check(store.current())
+    cfg = load_config(tiny_run / "config.yaml", [f"serve.public_key={keys[1]}", f"serve.store_dir={tmp_path / 'device'}"])
+    service = EdgeService(cfg, tiny_run, cfg.serve)
+    try:
+        assert "edge v1" in service.engine.label and store.current().manifest["version"] == 1
+    finally:
+        service.close()
+    assert store.install(v2.manifest, v2.signature, registry.blob(v2.sha256)).manifest["version"] == 2  # a repair: unpacked afresh
+    store.check(store.current())
+    (store.current().slot / "release.bin").write_bytes(b"changed")
+    with pytest.raises(UpdateRefused, match="release.bin hashes to"):
+        store.check(store.current())
+
+
+def test_a_fleet_is_planned_and_pushed_with_no_human_step(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`racmkd deploy apply`: every device gets the release its profile fits, pushed to its server;
+    one its telemetry calls offline is passed over, one nothing fits is told why, one that cannot
+    be reached is reported while the others are still served (and the command exits 1)."""
+    from typer.testing import CliRunner
+
+    from racmkd.cli import app
+    from racmkd.deploy import orchestrator
+
+    devices = [load_device(d) for d in device_names()]
+    registry, key = ModelRegistry(tmp_path / "registry"), load_private_key(keys[0])
+    release = registry.register(bank_dir, "edge", key, metrics={"accuracy": 0.9}, device_fit=device_fit(bank_dir, "bank", devices))
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "devices:\n"
+        "  - {name: gate-1, profile: raspberry-pi-4, url: http://gate-1.test}\n"
+        f"  - {{name: gate-2, profile: raspberry-pi-4, url: '{closed}'}}\n"
+        f"  - {{name: sleeper, profile: jetson-nano, url: '{closed}'}}\n"
+        "  - {name: sensor, profile: cortex-m7, url: http://sensor.test}\n"
+    )
+    real_push, pushed = orchestrator.push, []
+
+    def push(registry_, release_, url, token, full=False):  # noqa: ANN001, ANN202 - a device that accepts, or the real attempt
+        if url == "http://gate-1.test":
+            pushed.append((release_.name, release_.version, url, token))
+            return {"sent": "full", "bytes": 1, "full_bytes": 1, "status_code": 200, "answer": {"installed": "edge v1"}}
+        return real_push(registry_, release_, url, token, full=full)
+
+    monkeypatch.setattr(orchestrator, "push", push)
+    fleet_config, profiles = orchestrator.load_fleet(fleet)
+    results = {r["device"]: r for r in orchestrator.apply_fleet(registry, fleet_config, profiles, TOKEN, load_public_key(keys[1]), online=lambda name: False if name == "sleeper" else None)}
+    assert pushed == [("edge", release.version, "http://gate-1.test", TOKEN)] and results["gate-1"]["action"] == "pushed"
+    assert results["gate-2"]["action"] == "failed" and closed in results["gate-2"]["reason"]
+    assert results["sleeper"]["action"] == "skipped" and "offline" in results["sleeper"]["reason"]
+    assert results["sensor"]["action"] == "skipped" and "nothing fits" in results["sensor"]["reason"]
+    monkeypatch.setenv("RACMKD_TOKEN", TOKEN)
+    out = CliRunner().invoke(app, ["deploy", "apply", "--fleet", str(fleet), "--root", str(tmp_path / "registry"), "--public-key", str(keys[1]), "--json"])
+    assert out.exit_code == 1 and {r["device"]: r["action"] for r in json.loads(out.stdout)} == {"gate-1": "pushed", "gate-2": "failed", "sleeper": "failed", "sensor": "skipped"}
+    fleet.write_text("devices:\n  - {name: a, profile: raspberry-pi-4, url: http://a}\n  - {name: a, profile: cortex-m7, url: http://b}\n")
+    bad = CliRunner().invoke(app, ["deploy", "apply", "--fleet", str(fleet), "--root", str(tmp_path / "registry")])
+    assert bad.exit_code != 0 and "more than once" in bad.output and str(fleet) in bad.output
 
 
 def test_an_upstream_is_given_the_time_it_may_take() -> None:
@@ -284,6 +361,8 @@ def test_every_device_profile_gets_a_model_or_a_reason(bank_dir: Path, keys: tup
     onnx_path = Path(exported["fp32"]["path"])
     weights_only = exported["int8-weights"]  # written beside it, checked on the whole test split
     assert weights_only["parity_vs_fp32"]["argmax_agreement"] >= 0.9 and weights_only["bytes"] < exported["fp32"]["bytes"]
+    q = weights_only["parity_vs_fp32"]
+    assert exported["fp32"]["meets_bound"] and weights_only["meets_bound"] == (q["argmax_agreement"] >= 0.99 and q["reference_accuracy"] - q["accuracy"] <= 0.01)
     registry.register(onnx_path, "critical", key, tier="critical", metrics={"accuracy": 0.8}, device_fit=device_fit(onnx_path, "onnx", devices))
     registry.register(bank_dir, "edge", key, metrics={"accuracy": 0.9}, device_fit=device_fit(bank_dir, "bank", devices))
     assignments = {a.device: a for a in plan(registry, devices)}
@@ -397,6 +476,33 @@ def test_an_internal_error_gets_a_500_and_the_server_goes_on(tiny_run: Path, tin
     service.answer = working  # type: ignore[method-assign]
     assert client.post("/predict", json=request).status_code == 200
     assert 'racmkd_requests_total{outcome="error",role="fog",route="-"} 1.0' in client.get("/metrics").text
+
+
+def test_an_edge_whose_every_variant_fails_answers_503_not_a_client_error(tiny_run: Path, tiny_dataset, bank_dir: Path) -> None:  # noqa: ANN001
+    """Every variant failing is the device's fault: 503 with the failures named, counted as an
+    error in /metrics (not as a bad request)."""
+    import torch
+
+    cfg = load_config(tiny_run / "config.yaml")
+    service = EdgeService(cfg, tiny_run, cfg.serve)
+    try:
+        runtime = service.engine.runtime
+
+        class Broken:
+            def run(self, *args: object, **kwargs: object) -> None:
+                raise RuntimeError("simulated accelerator fault")
+
+        for variant in runtime.table.variants:
+            runtime._session(variant)
+            runtime._sessions[variant.id] = Broken()
+        client = TestClient(create_app(service, cfg.serve, token=None))
+        raw = tiny_dataset.raw_batch("test", torch.tensor([0]))
+        reply = client.post("/predict", json={"image": raw["image"][0].numpy().tolist(), "audio": raw["audio"][0].numpy().tolist()})
+        assert reply.status_code == 503 and "no variant can answer this request" in reply.json()["detail"]
+        metrics = client.get("/metrics").text
+        assert 'outcome="error"' in metrics and 'outcome="bad_request"' not in metrics
+    finally:
+        service.close()
 
 
 def test_bad_requests_get_4xx_and_good_ones_an_answer(fog_app: TestClient, tiny_dataset) -> None:  # noqa: ANN001

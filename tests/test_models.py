@@ -78,10 +78,12 @@ def test_teacher_width_is_one_number_or_one_per_modality() -> None:
 
 def test_widest_student_is_the_widest_that_fits() -> None:
     inputs = model_inputs(MODS, {"audio": MODS["audio"].spec(2)}, "student")
-    model = widest_student(inputs, 64 * 1024)
-    assert model is not None and 4 * count_params(model) <= 64 * 1024
-    wider = MODELS.create("student", inputs, width=model.arch["kwargs"]["width"] + 1 / 8)
-    assert 4 * count_params(wider) > 64 * 1024 or model.arch["kwargs"]["width"] == 8.0
+    model = widest_student(inputs, 16 * 1024)  # a budget that binds below the width cap of 8
+    assert model is not None and model.arch["kwargs"]["width"] < 8.0 and 4 * count_params(model) <= 16 * 1024
+    wider = MODELS.create("student", inputs, width=model.arch["kwargs"]["width"] + 1 / 8)  # the next step
+    assert 4 * count_params(wider) > 16 * 1024
+    capped = widest_student(inputs, 1 << 30)  # a budget that does not bind: the cap
+    assert capped is not None and capped.arch["kwargs"]["width"] == 8.0
     assert widest_student(inputs, 100) is None
 
 

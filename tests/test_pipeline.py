@@ -81,7 +81,9 @@ def test_predictor_on_raw_inputs_matches_the_evaluation(tiny_run: Path, report: 
         for i in range(len(rows)):
             label, probs = predictor.predict(image=images[i], audio=clips[i])
             assert label == int(logits[i].argmax()) and probs.shape == (10,) and abs(probs.sum() - 1) < 1e-5
-    assert labels.shape == (20,)
+    teacher = racmkd.load(tiny_run, "teacher")
+    right = sum(teacher.predict(image=images[i], audio=clips[i])[0] == int(labels[i]) for i in range(len(rows)))
+    assert right >= 12  # the raw images and recordings are the test rows' own (chance: 2 of 20)
 
 
 def test_a_bf16_evaluation_leaves_the_shared_inputs_fp32(tiny_run: Path) -> None:
@@ -367,3 +369,31 @@ def test_a_distillation_pass_leaves_its_teacher_as_it_was(tiny_run: Path, tiny_d
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert any(isinstance(m, nn.BatchNorm2d) and m.affine for m in fused.model.modules())
     assert all(p.is_contiguous() for p in fused.model.parameters()) and not fused.model.training
+
+
+def test_a_job_distils_from_the_teacher_it_names_among_the_pass_s_teachers(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001
+    """A job naming the audio teacher, in a pass whose first teacher is the fused one, learns exactly
+    what it learns in a pass of the audio teacher alone, and not what it learns from the fused one
+    (the benchmark's unimodal-KD students depend on it)."""
+    from racmkd.config import DistillConfig, TrainConfig
+    from racmkd.distill.adaptive import ObjectiveWeights
+    from racmkd.distill.trainer import Job, train_jobs
+    from racmkd.pipeline import load_teachers
+
+    fused, _, audio = load_teachers(tiny_run, list(tiny_dataset.modalities), unimodal=True)
+    assert (fused.name, audio.name) == ("teacher", "teacher_audio")
+    only_kd = ObjectiveWeights(0.0, 1.0, 0.0, 0.0, 2.0, 1.0)
+
+    def distilled(teachers: list, named: str | None) -> Job:  # noqa: ANN001
+        model, specs, _, _ = load_model(tiny_run / "checkpoints" / "critical.pt")
+        job = Job("a", model, specs, TrainConfig(epochs=1, batch_size=64), only_kd, DistillConfig(distill_losses={"kd": 1.0}, align_losses={}), teacher=named)
+        return train_jobs(tiny_dataset, [job], 1, 64, seed=5, teachers=teachers, samples_per_epoch=128, val_limit=64)[0]
+
+    named = distilled([fused, audio], "teacher_audio")
+    assert named.teacher_index == 1
+    alone, from_fused = distilled([audio], None), distilled([fused, audio], None)
+    same = [torch.equal(x, y) for x, y in zip(named.model.state_dict().values(), alone.model.state_dict().values())]
+    assert all(same)
+    assert not all(torch.equal(x, y) for x, y in zip(named.model.state_dict().values(), from_fused.model.state_dict().values()))
+    with pytest.raises(ValueError, match="not in this pass"):
+        distilled([fused], "teacher_audio")

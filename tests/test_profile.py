@@ -187,6 +187,34 @@ def test_the_latency_model_is_fitted_here_and_cached(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "latency-model.json").read_text())["host"] == fitted.host
 
 
+def test_a_fit_that_finds_traffic_free_charges_no_traffic_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Timings that memory traffic does not explain (operators and FLOPs only): eta_b is no rate
+    (None, not a made-up 1.0), and bytes add nothing to an estimate; the other terms are recovered."""
+    import racmkd.resources.profile as profile
+
+    peaks = HostPeaks(50.0, 10.0)
+    last: dict[str, object] = {}
+
+    def costing(model):  # noqa: ANN001, ANN202 - the synthetic graph's cost, noted for the fake timing
+        last["cost"] = graph_cost(model)
+        return last["cost"]
+
+    def fake_latency(fn, warmup: int, iters: int, threads: int = 1) -> dict[str, float]:  # noqa: ANN001
+        cost = last["cost"]
+        moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
+        seconds = cost.operators * 2e-6 + cost.flops / (0.25 * peaks.gflops_fp32 * 1e9) - 0.01 * moved / (peaks.memory_gbps * 1e9)  # traffic a hair faster, if anything
+        return {"p50": seconds * 1e3, "p95": seconds * 1e3}
+
+    monkeypatch.setattr(profile, "measure_host_peaks", lambda: peaks)
+    monkeypatch.setattr(profile, "graph_cost", costing)
+    monkeypatch.setattr(profile, "latency_ms", fake_latency)
+    fitted = profile.calibrate("fake-host", 2000.0, show_progress=False)
+    assert fitted.bandwidth_efficiency is None and fitted.fit_relative_error < 0.05
+    assert fitted.seconds_per_op == pytest.approx(2e-6, rel=0.05) and fitted.flops_efficiency == pytest.approx(0.25, rel=0.05)
+    assert fitted.predict(0, 0, 1e9, 10.0, 4.0) == 0.0
+    assert fitted.predict(3, 0, 1e9, 10.0, 4.0) == pytest.approx(3 * fitted.seconds_per_op)
+
+
 def test_profile_command_prints_json_and_writes_it(exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the latency model's cache goes under ./.cache
     result = runner.invoke(app, ["profile", str(exported), "--device", "raspberry-pi-4", "--json"])

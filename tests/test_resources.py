@@ -45,6 +45,35 @@ def test_system_source_reads_this_machine(tmp_path: Path) -> None:
     assert s.cgroup_memory_max_bytes is None and s.package_power_w is None  # absent here, reported as absent
 
 
+def test_this_machines_cgroup_files_and_run_queue_are_read() -> None:
+    """The real /sys/fs/cgroup and /proc/stat (the fakes below test the parsing): the cgroup version
+    is found and what it reports is sane; a busy process elsewhere shows in the run queue."""
+    import subprocess
+    import sys
+
+    from racmkd.resources.sources import read_cgroup
+
+    limits = read_cgroup()
+    expected = 2 if Path("/sys/fs/cgroup/cgroup.controllers").exists() else 1 if Path("/sys/fs/cgroup/memory").is_dir() or Path("/sys/fs/cgroup/cpu").is_dir() else None
+    assert limits.version == expected
+    assert limits.memory_max_bytes is None or limits.memory_max_bytes > 0
+    assert limits.memory_used_bytes is None or 0 < limits.memory_used_bytes <= psutil.virtual_memory().total
+    source = SystemSource()
+    idle = source.read().runnable_tasks
+    assert idle is not None and idle >= 0.0
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        loaded = []
+        for _ in range(5):
+            time.sleep(0.05)
+            loaded.append(source.read().runnable_tasks)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert max(loaded) >= 0.9  # the other process, always runnable
+
+
 def test_absent_sensors_are_none_and_present_ones_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(psutil, "sensors_battery", lambda: None)
     monkeypatch.setattr(psutil, "sensors_temperatures", lambda: {})
@@ -289,20 +318,25 @@ def test_forecast_leads_a_falling_resource_and_settles_after_a_step() -> None:
 
 
 def test_subscribers_hear_changes_only_and_a_broken_one_does_not_silence_others() -> None:
-    monitor = ResourceMonitor(Scripted([20.0] * 5 + [95.0] * 5))
+    monitor = ResourceMonitor(Scripted([20.0] * 5 + [95.0] * 5 + [20.0] * 10))
     heard: list[str] = []
+    still: list[str] = []
 
     def broken(state: object) -> None:
         raise RuntimeError("subscriber bug")
 
     monitor.subscribe(broken)
     unsubscribe = monitor.subscribe(lambda s: heard.append(s.level))
+    monitor.subscribe(lambda s: still.append(s.level))
     for step in range(10):
         monitor.poll(float(step))
     assert heard[0] == "high" and heard[-1] == "critical" and 2 <= len(heard) <= 5  # the first state, then the climb
     unsubscribe()
-    monitor.poll(10.0)
-    assert heard[-1] == "critical" and len(heard) <= 5
+    before, others_before = list(heard), len(still)
+    for step in range(10, 20):  # the load falls back: changes are published...
+        monitor.poll(float(step))
+    assert len(still) > others_before and still[-1] == "high"
+    assert heard == before  # ...but not to the one that left
 
 
 def test_subscribers_hear_a_draining_battery_and_a_new_cpu_quota() -> None:

@@ -51,6 +51,26 @@ def test_bank_measures_every_variant_and_configuration(bank_dir: Path, tiny_run:
         assert bank.data["accuracy"]["test"][key] == pytest.approx(report["models"][tier]["accuracy"], abs=1e-9)
 
 
+def test_the_request_overhead_is_what_requests_take_beyond_their_variants(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A runtime whose every request spends 3 ms more on its own bookkeeping measures an overhead
+    3 ms larger (the measurement times requests, not a constant)."""
+    import time
+
+    from racmkd.runtime import edge
+    from racmkd.runtime.variants import request_overhead_ms
+
+    inputs = samples[0][0]
+    usual = request_overhead_ms(bank_dir, inputs, 10)
+    softmax = edge._softmax
+
+    def slow_softmax(z: np.ndarray) -> np.ndarray:
+        time.sleep(0.003)
+        return softmax(z)
+
+    monkeypatch.setattr(edge, "_softmax", slow_softmax)
+    assert request_overhead_ms(bank_dir, inputs, 10) - usual == pytest.approx(3.0, abs=1.0)
+
+
 def test_a_bank_of_int8_weight_variants_is_smaller_and_answers_alike(bank_dir: Path, tiny_run: Path, tiny_dataset, tmp_path: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """Where a tier's recipe chose int8 weights, its variants are exported so: a quarter of the
     weight bytes, the same answers, memory measured as the session holds them (weights in float)."""

@@ -28,7 +28,7 @@ def wav_bytes(samples: np.ndarray, rate: int = 8000) -> bytes:
     return buffer.getvalue()
 
 
-def test_idx_round_trip_plain_and_gzip(tmp_path: Path) -> None:
+def test_idx_round_trip_plain_and_gzip(tmp_path: Path, shared_root: Path) -> None:
     images = np.arange(2 * 28 * 28).reshape(2, 28, 28) % 256
     data = idx_bytes(images)
     (tmp_path / "x-idx3-ubyte").write_bytes(data)
@@ -36,7 +36,8 @@ def test_idx_round_trip_plain_and_gzip(tmp_path: Path) -> None:
     for path in (tmp_path / "x-idx3-ubyte", tmp_path / "y-idx3-ubyte.gz"):
         parsed = parse_idx(read_idx_bytes(path), path, hashlib.sha256(data).hexdigest())
         assert parsed.shape == (2, 28, 28) and np.array_equal(parsed, images)
-    assert int.from_bytes(data[:4], "big") == 2051
+    real = read_idx_bytes(shared_root / "mnist" / "t10k-images-idx3-ubyte.gz")[:16]
+    assert data[:4] == real[:4] and data[8:16] == real[8:16]  # the files made here are laid out as the real ones (magic, rows, columns)
     assert parse_idx(idx_bytes(np.array([3, 1, 4])), Path("l")).tolist() == [3, 1, 4]
 
 
@@ -53,9 +54,10 @@ def test_idx_round_trip_plain_and_gzip(tmp_path: Path) -> None:
 def test_idx_faults_are_named(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "bad-idx1-ubyte"
     path.write_bytes(content)
-    with pytest.raises(DataError, match=message) as err:
-        parse_idx(read_idx_bytes(path), path)
-    assert str(path) in str(err.value)
+    for checksum in (None, "0" * 64):  # with a checksum expected too (as every real load does), the fault is still named
+        with pytest.raises(DataError, match=message) as err:
+            parse_idx(read_idx_bytes(path), path, checksum)
+        assert str(path) in str(err.value)
 
 
 def test_gzip_corruption_checksum_and_missing_file(tmp_path: Path) -> None:
@@ -110,7 +112,7 @@ def test_fsdd_folder_checks(tmp_path: Path) -> None:
     assert [(r.digit, r.speaker, r.index, len(r.samples)) for r in recs] == [(3, "alice", 7, 400)]
     digest = recordings_digest([("3_alice_7.wav", (folder / "3_alice_7.wav").read_bytes())])
     assert load_fsdd(folder, expected_sha256=digest)[0].name == "3_alice_7.wav"
-    with pytest.raises(DataError, match="do not match FSDD"):
+    with pytest.raises(DataError, match=r"do not match FSDD.*missing 0_george_0\.wav, .* and 2995 more; not in the release: 3_alice_7\.wav"):
         load_fsdd(folder)
     (folder / "3_alice_8.wav").write_bytes(wav_bytes(np.ones(400, dtype=np.int16), rate=16000))
     with pytest.raises(DataError, match=r"3_alice_8\.wav: sample rate 16000 Hz"):
@@ -123,9 +125,17 @@ def test_fsdd_folder_checks(tmp_path: Path) -> None:
         load_fsdd(tmp_path / "nowhere")
 
 
-def test_real_fsdd_matches_the_release(shared_root: Path) -> None:
+def test_real_fsdd_matches_the_release(shared_root: Path, tmp_path: Path) -> None:
     recs = load_fsdd(shared_root / "fsdd" / "recordings")
     assert len(recs) == 3000
+    # One recording missing, one changed in place: each named or told apart.
+    copy = tmp_path / "recordings"
+    copy.mkdir()
+    for rec in recs:
+        (copy / rec.name).write_bytes(wav_bytes(rec.samples))
+    (copy / "7_theo_12.wav").unlink()
+    with pytest.raises(DataError, match=r"missing 7_theo_12\.wav\. Re-download"):
+        load_fsdd(copy)
     assert len({r.speaker for r in recs}) == 6 and {r.index for r in recs} == set(range(50))
 
 

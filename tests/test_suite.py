@@ -118,6 +118,22 @@ def test_tables_tolerate_a_row_that_was_not_produced() -> None:
     assert not next(t for name, t in targets.items() if name.startswith("racmkd medium"))["reached"]  # not produced: reported, not skipped
 
 
+def test_one_seed_has_no_spread_and_leaves_the_ablation_undecided() -> None:
+    """One seed: no standard deviation (None, not 0.0), so a 0.0001 gain is not called a help; two
+    seeds judge the gain against their spread."""
+    from racmkd.eval.suite import ablation, mean_pm, mean_std
+
+    assert mean_std([0.9])["std"] is None and mean_pm(mean_std([0.9])) == "0.9000"
+
+    def row(*accuracies: float) -> dict:
+        return {"accuracy": mean_std(list(accuracies)), "memory_bytes": 10, "bytes_deployable": 10, "latency_ms_p50": 0.1, "energy_mj_estimated": 0.1}
+
+    one = ablation({"standard_kd": row(0.9000), "high": row(0.9001)}, {})
+    assert one[1]["spread"] is None and one[1]["helps_accuracy"] is None
+    two = ablation({"standard_kd": row(0.9000, 0.9002), "high": row(0.9101, 0.9103)}, {})
+    assert two[1]["spread"] == pytest.approx(0.0002 / 2**0.5) and two[1]["helps_accuracy"] is True
+
+
 def test_pinned_tiers_keep_the_first_seeds_designs_and_settings(tiny_run: Path) -> None:
     from racmkd.config import load_config
     from racmkd.eval.suite import _pinned_tiers

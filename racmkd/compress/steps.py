@@ -511,6 +511,10 @@ class Export(Step):
             c["latency_ms"] = latency[key]
             c["bytes"] = c["path"].stat().st_size
         chosen, reason = choose_artifact(candidates, o)
+        for c in candidates.values():  # a file that missed the bound is kept for inspection, named so that no one deploys it
+            if not c["meets_bound"]:
+                rejected = c["path"].with_name(f"{c['path'].stem}.rejected.onnx")
+                c["path"] = c["path"].replace(rejected)
         subject.manifest.update(artifact=candidates[chosen]["path"].name, format=candidates[chosen]["format"], reason=reason, specs={m: asdict(s) for m, s in subject.specs.items()})
         subject.manifest["candidates"] = {k: {kk: (vv.name if isinstance(vv, Path) else vv) for kk, vv in c.items()} for k, c in candidates.items()}
         return {"chosen": chosen, "reason": reason, "candidates": subject.manifest["candidates"], **details}
@@ -518,15 +522,21 @@ class Export(Step):
 
 def choose_artifact(candidates: dict[str, dict[str, Any]], options: ExportOptions) -> tuple[str, str]:
     """The artifact a tier deploys, and why: of those within the accuracy bound, the faster (the
-    smaller of those tied on speed) or the smaller."""
+    smaller of those tied on speed) or the smaller. Marks each candidate's `meets_bound` (fp32: its
+    argmax agrees with PyTorch's on every test sample; an int8 one: the options' bound against fp32)."""
     notes = []
     acceptable = ["fp32"]
+    fp32 = candidates["fp32"]["parity"]
+    candidates["fp32"]["meets_bound"] = fp32["argmax_agreement"] == 1.0
+    if fp32["argmax_agreement"] < 1.0:  # logits within rounding (fp32_parity checked), an argmax flipped on a near tie
+        notes.append(f"fp32 agrees with PyTorch on {fp32['argmax_agreement']:.4%} of the test samples (max logit difference {fp32['max_abs_logit_diff']:.2g}: near ties)")
     for name in ("int8", "int8-weights"):
         if name not in candidates:
             continue
         p = candidates[name]["parity"]
         drop = p["reference_accuracy"] - p["accuracy"]
-        if p["argmax_agreement"] >= options.min_agreement and drop <= options.max_accuracy_drop:
+        candidates[name]["meets_bound"] = p["argmax_agreement"] >= options.min_agreement and drop <= options.max_accuracy_drop
+        if candidates[name]["meets_bound"]:
             acceptable.append(name)
         else:
             notes.append(f"{name} misses the bound (agreement {p['argmax_agreement']:.4f} < {options.min_agreement} or accuracy drop {drop:+.4f} > {options.max_accuracy_drop})" + ("; `int8: mixed` keeps its most sensitive layers in fp32" if name == "int8" and options.int8 == "static" else ""))

@@ -16,6 +16,8 @@ from racmkd.data.paths import DataError
 
 FSDD_SAMPLE_RATE = 8000
 FSDD_COUNT = 3000
+FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")  # 10 digits x 50 repetitions each
+FSDD_REPETITIONS = 50
 # sha256 over the sorted lines "<file name> <sha256 of the file>\n" of all 3,000 recordings of v1.0.10.
 FSDD_RECORDINGS_SHA256 = "dbd573d7cafe79c4b49f65718115e1304e24e067fa39eff18a660dc6cb9c360f"
 NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
@@ -93,6 +95,19 @@ def load_fsdd(directory: Path, expected_sha256: str | None = FSDD_RECORDINGS_SHA
         if digest != expected_sha256:
             raise DataError(
                 f"{directory}: the {len(files)} recordings (official release: {FSDD_COUNT}) do not match FSDD v1.0.10 "
-                f"(digest {digest}, expected {expected_sha256}). Re-download with `racmkd data --download`."
+                f"(digest {digest}, expected {expected_sha256}){_names_astray([name for name, _ in contents])}. Re-download with `racmkd data --download`."
             )
     return recordings
+
+
+def _names_astray(names: list[str]) -> str:
+    """The official recordings missing from `names` and the files that are not official, for the
+    checksum's error ("" when the names are the release's: then a file's content differs)."""
+    official = {f"{d}_{s}_{i}.wav" for d in range(10) for s in FSDD_SPEAKERS for i in range(FSDD_REPETITIONS)}
+    missing, extra = sorted(official - set(names)), sorted(set(names) - official)
+
+    def listed(files: list[str]) -> str:
+        return ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+
+    parts = ([f"missing {listed(missing)}"] if missing else []) + ([f"not in the release: {listed(extra)}"] if extra else [])
+    return "; " + "; ".join(parts) if parts else "; every official file name is there, so a recording's content differs"

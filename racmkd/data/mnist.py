@@ -38,11 +38,9 @@ def read_idx_bytes(path: Path) -> bytes:
 
 
 def parse_idx(data: bytes, path: Path, expected_sha256: str | None = None) -> np.ndarray:
-    """Parse unsigned-byte IDX content: magic 0x0000 08 <ndim>, big-endian dims, then the raw values."""
-    if expected_sha256 is not None:
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != expected_sha256:
-            raise DataError(f"{path}: sha256 of the decompressed content is {digest}, expected {expected_sha256}. {FIX}")
+    """Parse unsigned-byte IDX content: magic 0x0000 08 <ndim>, big-endian dims, then the raw values.
+    The layout is checked before the checksum, so that a damaged file is told by what is wrong with
+    it (truncated, not IDX) rather than by a digest mismatch alone."""
     if len(data) < 4:
         raise DataError(f"{path}: {len(data)} bytes, too short for an IDX header. {FIX}")
     if data[0] != 0 or data[1] != 0 or data[2] != IDX_UBYTE or not 1 <= data[3] <= 4:
@@ -57,6 +55,10 @@ def parse_idx(data: bytes, path: Path, expected_sha256: str | None = None) -> np
     if len(data) != expected:
         state = "truncated" if len(data) < expected else "longer than its header says"
         raise DataError(f"{path}: {state}: header announces dims {dims} = {expected} bytes, file has {len(data)}. {FIX}")
+    if expected_sha256 is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != expected_sha256:
+            raise DataError(f"{path}: sha256 of the decompressed content is {digest}, expected {expected_sha256} (its layout is sound: the values differ). {FIX}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 

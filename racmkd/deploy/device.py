@@ -16,8 +16,10 @@ one current again. A device is never left without a working model.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import tarfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,6 +97,27 @@ def default_health_check(path: Path, kind: str) -> None:
         out = sess.run(None, zero_feed(sess))[0]
         if not np.isfinite(out).all():
             raise UpdateFailed(f"{f.name}: the model answers non-finite logits")
+
+
+def _slot_problem(slot: Path, manifest: dict[str, Any]) -> str | None:
+    """What is wrong with an installed slot's files, or None: release.bin must hash to the signed
+    sha256, and what was unpacked from it must still be its content, byte for byte."""
+    try:
+        data = (slot / "release.bin").read_bytes()
+    except OSError as err:
+        return f"release.bin unreadable ({err})"
+    if sha256(data) != manifest["sha256"]:
+        return f"release.bin hashes to {sha256(data)[:12]}, not the signed {manifest['sha256'][:12]}: changed on the device"
+    try:
+        if manifest["kind"] == "onnx":
+            expected = {"model.onnx": data}
+        else:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+                expected = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+        changed = sorted(name for name, content in expected.items() if not (slot / name).is_file() or (slot / name).read_bytes() != content)
+    except (OSError, tarfile.TarError) as err:
+        return f"its files cannot be compared with release.bin ({err})"
+    return f"{', '.join(changed)} changed on the device since it was installed" if changed else None
 
 
 def same_release(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -201,7 +224,7 @@ class DeviceStore:
         if sha256(data) != manifest["sha256"]:
             raise UpdateRefused(f"the model's bytes hash to {sha256(data)[:12]}, not the signed {manifest['sha256'][:12]}: tampered or damaged in transit")
         slot = self.root / "slots" / manifest["sha256"]
-        if (slot / "release.bin").is_file() and not self._healthy(slot, manifest["kind"]):
+        if (slot / "release.bin").is_file() and (_slot_problem(slot, manifest) or not self._healthy(slot, manifest["kind"])):
             shutil.rmtree(slot, ignore_errors=True)  # damaged since it was installed: unpacked again below
         if not (slot / "release.bin").is_file():
             partial = self.root / "slots" / f".{manifest['sha256']}.partial"
@@ -218,6 +241,16 @@ class DeviceStore:
             partial.rename(slot)
             fsync_folder(slot.parent)  # the rename too, before a commit can name the slot
         return Installed(manifest, signature, slot)
+
+    def check(self, installed: Installed) -> None:
+        """Before an installed release is loaded (at start-up, say): its manifest's signature, its
+        slot's release.bin against the signed sha256, and the unpacked files against release.bin.
+        Files changed on the device since they were installed are refused like a tampered update
+        (UpdateRefused); the server then falls back to the previous release."""
+        self.verify(installed.manifest, installed.signature)
+        problem = _slot_problem(installed.slot, installed.manifest)
+        if problem:
+            raise UpdateRefused(f"{installed.label}: {problem}")
 
     def _healthy(self, slot: Path, kind: str) -> bool:
         """Whether an installed slot still passes the health check."""

@@ -7,11 +7,14 @@ memory plus the runtime's overhead (RAM), on devices that run a full ONNX Runtim
 `plan` picks, for every device, the most accurate release that fits, with no human step, and says
 why for every candidate; `push` sends the chosen release to a device's edge server, as a delta
 against what it runs when that is smaller than the whole, and reports what the device answered.
+`apply_fleet` does both for a fleet file (each device's profile and edge server), passing over the
+devices whose telemetry says they are offline and going on past those that cannot be reached.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,8 @@ import httpx
 
 from racmkd.compress.artifacts import read_compression_record
 from racmkd.deploy.registry import ModelRegistry, Release
-from racmkd.resources.devices import DeviceProfile
+from racmkd.config import ConfigError, from_dict, read_yaml_mapping
+from racmkd.resources.devices import DeviceProfile, load_device
 
 
 def device_fit(artifact: Path, kind: str, devices: list[DeviceProfile]) -> dict[str, dict[str, Any]]:
@@ -134,6 +138,68 @@ def push(registry: ModelRegistry, release: Release, url: str, token: str, timeou
             notes.append(f"delta of {len(delta):,} bytes refused ({_detail(reply)}): sent whole")
         reply = _post_release(client, release, full_bytes, False)
     return {**_pushed("full", full_bytes, full_bytes, reply), **({"notes": notes} if notes else {})}
+
+
+@dataclass(frozen=True)
+class FleetDevice:
+    """One device of a fleet file."""
+
+    name: str  # as it names itself in telemetry (its serve.device)
+    profile: str  # its device profile: a name in configs/devices/ or a YAML path
+    url: str  # its edge server
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """A fleet file (values-only YAML): `devices: [{name, profile, url}, ...]`."""
+
+    devices: tuple[FleetDevice, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [d.name for d in self.devices]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"devices: each device once; {sorted({n for n in names if names.count(n) > 1})} more than once")
+
+
+def load_fleet(path: Path) -> tuple[Fleet, dict[str, DeviceProfile]]:
+    """A fleet file and the device profiles it names (errors name the file and the key)."""
+    fleet = from_dict(Fleet, read_yaml_mapping(path, "Write one: `devices: [{name: gate-1, profile: raspberry-pi-4, url: http://10.0.0.12:8002}]`."), source=str(path))
+    if not fleet.devices:
+        raise ConfigError(f"{path}: no devices listed (`devices: [{{name, profile, url}}, ...]`)")
+    profiles = {}
+    for d in fleet.devices:
+        try:
+            profiles[d.profile] = profiles.get(d.profile) or load_device(d.profile)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: device {d.name!r}: {err}") from None
+    return fleet, profiles
+
+
+def apply_fleet(registry: ModelRegistry, fleet: Fleet, profiles: dict[str, DeviceProfile], token: str, public_key: Any | None = None, online: Callable[[str], bool | None] | None = None, full: bool = False) -> list[dict[str, Any]]:
+    """Plan every device's release by its profile and push it, with no human step: per device what
+    was done and why. Passed over: a device nothing fits, or one whose telemetry says it is offline
+    (`online(name)` False: its last will; None, unknown, is tried). A device that cannot be reached
+    or refuses is reported, and the others are still served."""
+    assignments = {a.device: a for a in plan(registry, list({p.name: p for p in profiles.values()}.values()), public_key)}
+    results = []
+    for device in fleet.devices:
+        assignment = assignments[profiles[device.profile].name]
+        entry: dict[str, Any] = {"device": device.name, "profile": profiles[device.profile].name, "url": device.url, "release": assignment.as_dict()["release"]}
+        if assignment.release is None:
+            results.append({**entry, "action": "skipped", "reason": assignment.reason})
+            continue
+        if online is not None and online(device.name) is False:
+            results.append({**entry, "action": "skipped", "reason": "offline: its telemetry's last will says so; pushed when it is back"})
+            continue
+        try:
+            outcome = push(registry, assignment.release, device.url, token, full=full)
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as err:
+            results.append({**entry, "action": "failed", "reason": f"{device.url}: {type(err).__name__}: {err}"})
+            continue
+        refused = outcome.get("status_code", 200) >= 400
+        action = "refused" if refused else "up to date" if outcome["sent"] == "nothing" else "pushed"
+        results.append({**entry, "action": action, "reason": str(outcome.get("answer", {}).get("detail", "")) if refused else assignment.reason, **outcome})
+    return results
 
 
 def _delta_or_none(registry: ModelRegistry, base: str, target: str) -> bytes | None:

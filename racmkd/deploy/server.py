@@ -350,6 +350,8 @@ class EdgeService(Service):
         return OnnxPredictor(path) if kind == "onnx" else EdgeRuntime(load_bank(path), self.cfg.runtime, self.monitor)
 
     def _load(self, installed: Any) -> Engine:
+        """An installed release, checked (signature, hash, files) before it serves."""
+        self.store.check(installed)
         return Engine(self._runtime(installed.model_path, installed.manifest["kind"]), installed.label, installed.manifest.get("metrics", {}).get("accuracy"), installed.manifest.get("sha256"))
 
     def modalities(self) -> list[str]:
@@ -416,7 +418,7 @@ class EdgeService(Service):
 
     def local(self, engine: Engine, inputs: Inputs, fallbacks: list[str]) -> PredictResponse:
         """The answer of this device's own engine (from the inputs it uses)."""
-        from racmkd.runtime.edge import NoVariantError
+        from racmkd.runtime.edge import NoVariantError, VariantsFailedError
 
         uses = engine.modalities()
         if not any(inputs.arrays.get(m) is not None for m in uses):
@@ -431,6 +433,8 @@ class EdgeService(Service):
             else:
                 label, probs = engine.runtime.predict(image=image, audio=audio, sample_rate=inputs.sample_rate)
                 variants = [engine.label]
+        except VariantsFailedError as err:  # the device's fault: the client may try again, or elsewhere
+            raise HTTPException(503, str(err)) from None
         except (ValueError, TypeError, NoVariantError) as err:
             raise HTTPException(422, str(err)) from None
         ms = (time.perf_counter() - started) * 1e3
@@ -688,8 +692,8 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         try:
             inputs = parse_request(body, content_type, settings, service.modalities())
             answer = service.answer_now(inputs) or await run_in_threadpool(service.answer, inputs, body, content_type)
-        except HTTPException:
-            requests.labels(service.role, "bad_request", "-").inc()
+        except HTTPException as err:
+            requests.labels(service.role, "bad_request" if err.status_code < 500 else "error", "-").inc()
             raise
         latency.labels(service.role).observe(time.perf_counter() - started)
         requests.labels(service.role, "ok", "offloaded" if answer.offloaded else "local").inc()

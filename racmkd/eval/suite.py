@@ -84,8 +84,16 @@ class SuiteSettings:
         return replace(self, seeds=self.seeds[:2], robustness_samples=300, snrs=(0.0, 10.0, math.inf), image_noises=(0.0, 0.3), batches=(1, 8, 32), scales=(0.5, 1.0, 2.0), traces=("random",), trace_seconds=20.0, requests=200, bank_test_samples=300)
 
 
-def mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+def mean_std(values: list[float]) -> dict[str, float | None]:
+    """Mean, sample standard deviation and count. One value has no spread (None, not 0.0): a
+    verdict that weighs a difference against the seeds' spread is left undecided on one seed."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+
+
+def seed_spread(*stats: dict[str, float | None]) -> float | None:
+    """The larger standard deviation of some mean_std results; None when one has a single seed."""
+    stds = [s["std"] for s in stats]
+    return None if any(x is None for x in stds) else max(stds)
 
 
 # Training --------------------------------------------------------------------------------------------
@@ -309,8 +317,8 @@ def ablation(rows: dict[str, Any], replays: dict[str, Any]) -> list[dict[str, An
         entry = {"row": label, "model": name, "accuracy": r["accuracy"], "memory_bytes": r["memory_bytes"], "bytes_deployable": r["bytes_deployable"], "latency_ms_p50": r["latency_ms_p50"], "energy_mj_estimated": r["energy_mj_estimated"]}
         if previous is not None:
             gain = r["accuracy"]["mean"] - previous["accuracy"]["mean"]
-            spread = max(r["accuracy"]["std"], previous["accuracy"]["std"])
-            entry.update(accuracy_change=gain, spread=spread, helps_accuracy=gain > spread, memory_ratio=previous["memory_bytes"] / r["memory_bytes"], latency_ratio=previous["latency_ms_p50"] / r["latency_ms_p50"])
+            spread = seed_spread(r["accuracy"], previous["accuracy"])
+            entry.update(accuracy_change=gain, spread=spread, helps_accuracy=None if spread is None else gain > spread, memory_ratio=previous["memory_bytes"] / r["memory_bytes"], latency_ratio=previous["latency_ms_p50"] / r["latency_ms_p50"])
         out.append(entry)
         previous = r
     for trace, replay in replays.items():
@@ -397,7 +405,8 @@ def _resumed(result: dict[str, Any]) -> str:
     return " (not counting what an earlier invocation trained and this one resumed: " + "; ".join(f"{run}: {', '.join(r)}" for run, r in resumed.items() if r) + ")"
 
 
-def _pm(stat: dict[str, float] | None, digits: int = 4) -> str:
+def mean_pm(stat: dict[str, float] | None, digits: int = 4) -> str:
+    """A mean_std result as "mean ± std" (the mean alone for one seed or no spread)."""
     if not stat:
         return "n/a"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}" if stat["n"] > 1 and stat["std"] > 0 else f"{stat['mean']:.{digits}f}"
@@ -455,7 +464,7 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
         for name, r in rows.items():
             ret = f"{r['retention']:.2%}" if "retention" in r else ""
             lines.append(
-                f"| {r['label']} | {_pm(r['accuracy'])} | {_pm(r['f1_macro'])} | {_pm(r['auc_roc'])} | {ret} | {r['params']:,} | {_kb(r['bytes_deployable'])}{_seed_sizes(r)} | {_kb(r['memory_bytes'])} | {r['flops'] / 1e6:.2f} M | {r['latency_ms_p50']:.3f} / {r['latency_ms_p95']:.3f} ms | {r['energy_mj_estimated']:.4f} mJ | {r['format']} |"
+                f"| {r['label']} | {mean_pm(r['accuracy'])} | {mean_pm(r['f1_macro'])} | {mean_pm(r['auc_roc'])} | {ret} | {r['params']:,} | {_kb(r['bytes_deployable'])}{_seed_sizes(r)} | {_kb(r['memory_bytes'])} | {r['flops'] / 1e6:.2f} M | {r['latency_ms_p50']:.3f} / {r['latency_ms_p95']:.3f} ms | {r['energy_mj_estimated']:.4f} mJ | {r['format']} |"
             )
         if section.get("missing"):
             lines += ["", "Rows not produced: " + "; ".join(f"{name}: {why}" for name, why in section["missing"].items()) + "."]
@@ -487,9 +496,10 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
                     change = f"{r['slo_gain']:+.4f} (noise {r['slo_noise']:.4f})" if "slo_gain" in r else ""
                     lines.append(f"| {r['row']} | SLO-accuracy {r['slo_accuracy']:.4f} (static high {_acc(r['slo_accuracy_static_high'])}) | {change} | {'yes' if r['helps_accuracy'] else 'no'} | | | {r['latency_ms_p50']:.2f} ms (static high {_ms(r['latency_ms_p50_static_high'])}) | |")
                 else:
-                    change = f"{r['accuracy_change']:+.4f} (spread {r['spread']:.4f})" if "accuracy_change" in r else ""
-                    helps = ("yes" if r["helps_accuracy"] else "no") if "helps_accuracy" in r else ""
-                    lines.append(f"| {r['row']} | {_pm(r['accuracy'])} | {change} | {helps} | {_kb(r['memory_bytes'])} | {_kb(r['bytes_deployable'])} | {r['latency_ms_p50']:.3f} ms | {r['energy_mj_estimated']:.4f} mJ |")
+                    spread = "no spread: one seed" if r.get("spread") is None else f"spread {r['spread']:.4f}"
+                    change = f"{r['accuracy_change']:+.4f} ({spread})" if "accuracy_change" in r else ""
+                    helps = ("undecided" if r["helps_accuracy"] is None else "yes" if r["helps_accuracy"] else "no") if "helps_accuracy" in r else ""
+                    lines.append(f"| {r['row']} | {mean_pm(r['accuracy'])} | {change} | {helps} | {_kb(r['memory_bytes'])} | {_kb(r['bytes_deployable'])} | {r['latency_ms_p50']:.3f} ms | {r['energy_mj_estimated']:.4f} mJ |")
         if "robustness" in section:
             rob = section["robustness"]
             snrs = sorted({k for r in rob.values() for k in r["audio_snr"]}, key=float)

@@ -246,7 +246,7 @@ class LatencyModel:
     peaks: HostPeaks
     seconds_per_op: float
     flops_efficiency: float  # eta_f: the share of the large-matmul rate small layers reach
-    bandwidth_efficiency: float  # eta_b: traffic rate over the large-copy rate (above 1 when caches serve it)
+    bandwidth_efficiency: float | None  # eta_b: traffic rate over the large-copy rate (above 1 when caches serve it); None: the fit found traffic costs no time
     fit_relative_error: float  # median |predicted - measured| / measured over the calibration graphs
     points: int
 
@@ -257,7 +257,7 @@ class LatencyModel:
         # host's measured peak, a median of large matmuls, fell short of its real one, not that
         # another device computes faster than its datasheet).
         compute = flops / (min(self.flops_efficiency, 1.0) * peak_gflops * 1e9) if flops else 0.0
-        memory = bytes_moved / (self.bandwidth_efficiency * memory_gbps * 1e9) if bytes_moved else 0.0
+        memory = bytes_moved / (self.bandwidth_efficiency * memory_gbps * 1e9) if bytes_moved and self.bandwidth_efficiency is not None else 0.0
         return operators * t_op + compute + memory
 
 
@@ -286,8 +286,8 @@ def calibrate(host: str, host_clock_mhz: float, show_progress: bool = True) -> L
         coef = np.array([rest[0], 1.0, rest[1]])
     predicted = a @ coef
     error = float(np.median(np.abs(predicted - t) / t))
-    inv_f, inv_b = coef[1], coef[2]
-    return LatencyModel(host, host_clock_mhz, peaks, float(coef[0]), float(1 / inv_f) if inv_f > 0 else 1.0, float(1 / inv_b) if inv_b > 0 else 1.0, error, len(t))
+    inv_f, inv_b = coef[1], coef[2]  # inv_f >= 1 (held there above); inv_b 0 when traffic explained no time: no term, not a made-up rate
+    return LatencyModel(host, host_clock_mhz, peaks, float(coef[0]), float(1 / inv_f), float(1 / inv_b) if inv_b > 0 else None, error, len(t))
 
 
 def host_description() -> tuple[str, float]:

@@ -77,6 +77,11 @@ class NoVariantError(RuntimeError):
     """No variant could answer a request (all failed, or no input this runtime can use)."""
 
 
+class VariantsFailedError(NoVariantError):
+    """Every variant that could answer the inputs given has failed: the device's fault, not the
+    request's (a server answers 503, not 4xx)."""
+
+
 def budget_for(snapshot: ResourceSnapshot | None, config: RuntimeConfig, scale: float = 1.0, resident_bytes: int = 0, overhead_ms: float = 0.0) -> Budget:
     """What one request may spend under these readings (see the module docstring). The memory the
     runtime's loaded sessions already hold (`resident_bytes`) is not free, but it is the runtime's
@@ -556,7 +561,7 @@ class EdgeRuntime:
             with self._lock:  # the deadline risk is fed under it
                 decision = self.allocator.solve(self.budget, self.weights(), frozenset(self.failed) | frozenset(exclude), available=set(raws))
         except NoConfigurationError as err:
-            raise NoVariantError(f"no variant can answer this request: {err}; failures: {self.failed}") from None
+            raise VariantsFailedError(f"no variant can answer this request: {err}; failures: {self.failed}") from None
         fallbacks.append(f"answered with {self.describe(decision.config)} for the inputs given")
         return decision.config
 

@@ -386,7 +386,17 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
     twin = ax.twinx()
     twin.plot(t, [math.nan if r["memory_available_mb"] is None else r["memory_available_mb"] for r in dynamic["timeline"]], color="tab:blue", label="free memory (MB)")
     twin.set_ylabel("free memory (MB)")
-    ax.set_title(f"trace {title}: resources")
+    ax.set_title(f"trace {title}: resources, shaded by resource level")
+    shades = {"high": "tab:green", "medium": "gold", "low": "tab:orange", "critical": "tab:red"}
+    timeline = dynamic["timeline"]
+    start, labelled = 0, set()
+    for i in range(1, len(timeline) + 1):  # one band per run of requests at one level
+        if i == len(timeline) or timeline[i]["level"] != timeline[start]["level"]:
+            level = timeline[start]["level"]
+            ax.axvspan(t[start], t[min(i, len(t) - 1)], color=shades.get(level, "grey"), alpha=0.12, linewidth=0, label=None if level in labelled else level)
+            labelled.add(level)
+            start = i
+    ax.legend(fontsize=7, loc="upper left", ncol=4)
     configs = sorted({r["configuration"] for r in dynamic["timeline"]}, key=lambda c: (c.count(","), c))
     index = {c: i for i, c in enumerate(configs)}
     axes[1].step(t, [index[r["configuration"]] for r in dynamic["timeline"]], where="post", color="black")
@@ -402,7 +412,8 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
     for r in [dynamic, *static]:
         met = np.cumsum([x["slo_met"] for x in r["timeline"]]) / np.arange(1, len(r["timeline"]) + 1)
         axes[3].plot(t, met, label=r["policy"], linewidth=2 if r is dynamic else 1)
-    axes[3].set_ylabel("running SLO-accuracy")
+    axes[3].plot(t, [x["running_accuracy"] for x in dynamic["timeline"]], color="black", linestyle=":", label=f"{dynamic['policy']}: running accuracy (any latency)")
+    axes[3].set_ylabel("running SLO-accuracy / accuracy")
     axes[3].set_xlabel("trace time (s)")
     axes[3].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
