@@ -136,10 +136,28 @@ def slo_sweep(bank: Any, dataset: Any, runtime_cfg: Any, requests: int) -> dict[
 
 
 def monitor_overhead(seconds: float, config: Any) -> dict[str, Any]:
-    """The real monitor thread at its default settings, on an otherwise idle process."""
+    """The real monitor thread at its default settings, on an otherwise idle process: its CPU share,
+    then (a second run, traced: tracemalloc slows allocation, so not while the CPU share is timed)
+    the memory it holds, the Python heap the monitor and its source keep once running (every
+    allocation of the process, which does nothing else meanwhile, traced from before they were made),
+    its peak, and the process's resident growth over the run."""
+    import tracemalloc
+
+    import psutil
+
     with ResourceMonitor(SystemSource(), config) as monitor:
         time.sleep(seconds)
-    return monitor.overhead()
+    cpu = monitor.overhead()
+    process = psutil.Process()
+    rss_before = process.memory_info().rss
+    tracemalloc.start()
+    try:
+        with ResourceMonitor(SystemSource(), config) as traced:
+            time.sleep(min(seconds, 30.0))
+            held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return {**cpu, "memory_held_bytes": held, "memory_peak_bytes": peak, "rss_growth_bytes": process.memory_info().rss - rss_before, "memory_polls": traced.polls}
 
 
 def critical_cut(bank: Any, runtime_cfg: Any) -> dict[str, Any]:
@@ -425,7 +443,7 @@ def main() -> None:
     worst_swaps = max((t["adaptation_ms_p99_swaps"] for t in switched), default=math.nan)
     targets = [
         {"target": f"adaptation time p99 <= {ADAPTATION_TARGET_MS:g} ms (worst trace)", "measured": f"{worst:.3f} ms; switches that loaded no session (pointer swaps): {worst_swaps:.3f} ms; switches that had to load sessions evicted under memory pressure: {sum(t['switches_loading'] for t in traces.values())} of {sum(t['switches'] for t in traces.values())}", "reached": worst <= ADAPTATION_TARGET_MS},
-        {"target": f"monitor overhead <= {MONITOR_TARGET:.0%} of one core (default interval)", "measured": f"{result['monitor_overhead']['cpu_fraction']:.4%}", "reached": result["monitor_overhead"]["cpu_fraction"] <= MONITOR_TARGET},
+        {"target": f"monitor overhead <= {MONITOR_TARGET:.0%} of one core (default interval)", "measured": f"{result['monitor_overhead']['cpu_fraction']:.4%}; memory held {result['monitor_overhead']['memory_held_bytes'] / 1024:.1f} KB (peak {result['monitor_overhead']['memory_peak_bytes'] / 1024:.1f} KB)", "reached": result["monitor_overhead"]["cpu_fraction"] <= MONITOR_TARGET},
     ]
     for name in ("sudden", "periodic"):
         s = traces[name]

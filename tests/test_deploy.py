@@ -369,6 +369,12 @@ def test_every_device_profile_gets_a_model_or_a_reason(bank_dir: Path, keys: tup
     assert set(assignments) == set(device_names())
     assert assignments["cortex-m7"].release is not None and assignments["cortex-m7"].release.name == "critical"  # the bank needs an OS
     assert "ONNX Runtime" in next(c["reason"] for c in assignments["cortex-m7"].candidates if c["release"].startswith("edge"))
+    # A bank's latency is judged too: its cheapest configuration against the device's target.
+    pi = (Path(__file__).parents[1] / "configs" / "devices" / "raspberry-pi-4.yaml").read_text()
+    (tmp_path / "hurried-pi.yaml").write_text(pi.replace("latency_target_ms: 5.0", "latency_target_ms: 0.001").replace("name: raspberry-pi-4", "name: hurried-pi"))
+    fits = device_fit(bank_dir, "bank", [load_device("raspberry-pi-4"), load_device(tmp_path / "hurried-pi.yaml")])
+    assert fits["raspberry-pi-4"]["fits"] and 0 < fits["raspberry-pi-4"]["estimated_latency_ms"] <= 5.0 and "cheapest configuration" in fits["raspberry-pi-4"]["reason"]
+    assert not fits["hurried-pi"]["fits"] and "exceeds the 0.001 ms target" in fits["hurried-pi"]["reason"]
     assert assignments["raspberry-pi-4"].release.name == "edge"  # fits, and more accurate
     assert all(len(a.candidates) == 2 and all(c["reason"] for c in a.candidates) for a in assignments.values())  # every candidate says why
     # The plan goes by the signed manifests: the table's unsigned copies, or a re-written manifest, change nothing.

@@ -66,6 +66,21 @@ def test_relational_kd_is_zero_for_scaled_features_and_positive_otherwise() -> N
     assert float(rkd(torch.randn(1, 4), t[:1])) == 0.0 and math.isfinite(float(rkd(torch.randn(6, 4), torch.ones(6, 4))))
 
 
+def test_relational_kd_hand_value() -> None:
+    """Three points on a line (student) against an equilateral triangle (teacher).
+    Distances, each over its mean: student 1, 2, 1 / (4/3) = 0.75, 1.5, 0.75; teacher all 1; smooth L1
+    over the 6 ordered pairs: (4 * 0.5 * 0.25**2 + 2 * 0.5 * 0.5**2) / 6 = 0.0625.
+    Angles, <e_ij, e_ik> over all 27 (i, j, k) (0 where j or k is i): the teacher's 0.5 at every
+    vertex (60 degrees) against the student's 1, -1 (the middle point) and 1: smooth L1 of 0.5 four
+    times (0.125 each) and of 1.5 twice (1.0 each), 2.5 / 27."""
+    student = torch.tensor([[0.0], [1.0], [2.0]])
+    teacher = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]])
+    rkd = LOSSES.get("rkd")
+    assert float(rkd(student, teacher, distance_weight=1.0, angle_weight=0.0)) == pytest.approx(0.0625)
+    assert float(rkd(student, teacher, distance_weight=0.0, angle_weight=1.0)) == pytest.approx(2.5 / 27)
+    assert float(rkd(student, teacher)) == pytest.approx(0.0625 + 2 * 2.5 / 27)  # the default weights 1 and 2
+
+
 def test_similarity_preserving_hand_value() -> None:
     sp = LOSSES.get("similarity")
     t = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

@@ -55,10 +55,12 @@ def factorise(layer: nn.Module, rank: int) -> nn.Sequential:
 
 
 def candidate_layers(model: MultimodalNet) -> dict[str, nn.Module]:
-    """The student's pointwise convolutions. Not its classifier: with ten classes its rank is at most
-    ten, so factorising it saves next to nothing, and two layers in its place would break what the
-    export relies on (one linear map over the concatenated embeddings: the edge runtime adds up
-    per-modality shares of it, and its bias)."""
+    """The student's pointwise convolutions. A student's only Linear layers are its classifier and
+    its presence map, and neither is a candidate (`factorise` itself takes Linear layers). Not the
+    classifier: with ten classes its rank is at most ten, so factorising it saves next to nothing,
+    and two layers in its place would break what the export relies on (one linear map over the
+    concatenated embeddings: the edge runtime adds up per-modality shares of it, and its bias).
+    Not the presence map: one input per modality (rank two at most), a few hundred parameters."""
     return {name: m for name, m in model.named_modules() if is_pointwise(m)}
 
 

@@ -40,6 +40,7 @@ from torch.nn.utils import parametrize
 from racmkd.compress.export import CONTRACT_KEY, ExportError, read_contract, session, set_metadata
 from racmkd.data.dataset import PairedDataset
 from racmkd.models.inference import BatchFeatures
+from racmkd.utils import progress
 from racmkd.utils import atomic_write_bytes
 
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]  # the layers that carry weights and nearly all the arithmetic
@@ -222,7 +223,7 @@ def layer_sensitivity(fp32_path: Path, calibration: dict[str, np.ndarray], evalu
         pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
         sizes = weight_elements(onnx.load(pre))
         rows = []
-        for node in quantizable_nodes(pre):
+        for node in progress(quantizable_nodes(pre), desc="layer sensitivity"):
             one = quantize_int8(fp32_path, Path(tmp) / "one.onnx", calibration, only=[node.name])
             logits = session(one).run(["logits"], evaluation)[0]
             elements, channels = sizes.get(node.name, (0, 1))
@@ -265,7 +266,7 @@ def fewest_float_layers(fp32_path: Path, calibration: dict[str, np.ndarray], eva
     needed = min_agreement + 2 * math.sqrt(min_agreement * (1 - min_agreement) / len(reference)) if 0 < min_agreement < 1 else min_agreement
     trials: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for count in range(len(candidates) + 1):
+        for count in progress(range(len(candidates) + 1), desc="fp32 layers kept"):
             trial = quantize_int8(fp32_path, Path(tmp) / "trial.onnx", calibration, keep_float=candidates[:count])
             agreement = float((session(trial).run(["logits"], evaluation)[0].argmax(1) == reference).mean())
             trials.append({"kept_fp32": candidates[:count], "agreement": agreement, "needed": needed})

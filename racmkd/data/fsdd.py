@@ -13,6 +13,7 @@ import numpy as np
 from scipy.io import wavfile
 
 from racmkd.data.paths import DataError
+from racmkd.utils import progress
 
 FSDD_SAMPLE_RATE = 8000
 FSDD_COUNT = 3000
@@ -80,7 +81,7 @@ def load_fsdd(directory: Path, expected_sha256: str | None = FSDD_RECORDINGS_SHA
     if not files:
         raise DataError(f"{directory}: no .wav recordings. Run `racmkd data --download`.")
     recordings, contents = [], []
-    for path in files:
+    for path in progress(files, desc="FSDD recordings"):
         match = NAME.match(path.name)
         if not match:
             raise DataError(f"{path}: name does not follow {{digit}}_{{speaker}}_{{index}}.wav. Remove or rename the file.")

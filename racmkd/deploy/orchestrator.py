@@ -2,8 +2,9 @@
 
 `device_fit` profiles a release on every device profile (configs/devices/): an ONNX model through
 `racmkd profile` (ROM, RAM from the graph's tensor lifetimes, estimated latency against the
-device's latency target); a variant bank by its files (ROM) and its sessions' measured resident
-memory plus the runtime's overhead (RAM), on devices that run a full ONNX Runtime (not an MCU).
+device's latency target); a variant bank by its files (ROM), its sessions' measured resident
+memory plus the runtime's overhead (RAM) and its cheapest configuration's estimated latency
+against the target, on devices that run a full ONNX Runtime (not an MCU).
 `plan` picks, for every device, the most accurate release that fits, with no human step, and says
 why for every candidate; `push` sends the chosen release to a device's edge server, as a delta
 against what it runs when that is smaller than the whole, and reports what the device answered.
@@ -38,12 +39,22 @@ def device_fit(artifact: Path, kind: str, devices: list[DeviceProfile]) -> dict[
             p = profile_model(Path(artifact), d, model, measure_here=False)
             out[d.name] = {"fits": p["fits"], "reason": p["reason"], "rom_bytes": p["rom_bytes"], "ram_bytes": p["ram_bytes"], "estimated_latency_ms": p["estimated_latency_ms"]}
         return out
+    from racmkd.resources.profile import device_seconds, graph_cost, host_seconds
+
     bank = json.loads((Path(artifact) / "bank.json").read_text())
     rom = sum((Path(artifact) / v["path"]).stat().st_size for v in bank["variants"]) + (Path(artifact) / "bank.json").stat().st_size
     resident = sum(v["memory_bytes"] for v in bank["variants"])
     fastest = min(v["latency_ms"] for v in bank["variants"])
+    # The cheapest configuration the runtime can fall to is one variant: its latency here (raw input
+    # to logits, measured when the bank was built) scaled by eq. 7's device-to-host ratio for its
+    # graph, plus the runtime's own cost per request scaled by clock.
+    model = latency_model(show_progress=False)
+    costs = [(v["latency_ms"], graph_cost(Path(artifact) / v["path"])) for v in bank["variants"]]
+    host = [host_seconds(cost, model) for _, cost in costs]
+    overhead_here = float(bank.get("request_overhead_ms", 0.0))
     for d in devices:
         ram = resident + d.runtime_overhead_bytes
+        cheapest = min(ms * device_seconds(cost, d, model) / h for (ms, cost), h in zip(costs, host)) + overhead_here * model.host_clock_mhz / d.clock_mhz
         problems = []
         if d.kind == "mcu":
             problems.append("a variant bank needs ONNX Runtime and an operating system; an MCU runs one compiled model")
@@ -51,7 +62,10 @@ def device_fit(artifact: Path, kind: str, devices: list[DeviceProfile]) -> dict[
             problems.append(f"its files need {rom:,} bytes of storage, the device has {d.rom_bytes:,}")
         if ram > d.ram_bytes:
             problems.append(f"its sessions need {ram:,} bytes of RAM, the device has {d.ram_bytes:,}")
-        out[d.name] = {"fits": not problems, "reason": "; ".join(problems) or f"ROM {rom:,} <= {d.rom_bytes:,}, RAM {ram:,} <= {d.ram_bytes:,}", "rom_bytes": rom, "ram_bytes": ram, "fastest_variant_ms_here": fastest}
+        if d.latency_target_ms and cheapest > d.latency_target_ms:
+            problems.append(f"even its cheapest configuration, estimated at {cheapest:.3f} ms there, exceeds the {d.latency_target_ms:g} ms target")
+        within = f", cheapest configuration {cheapest:.3f} ms <= {d.latency_target_ms:g} ms" if d.latency_target_ms else ""
+        out[d.name] = {"fits": not problems, "reason": "; ".join(problems) or f"ROM {rom:,} <= {d.rom_bytes:,}, RAM {ram:,} <= {d.ram_bytes:,}{within}", "rom_bytes": rom, "ram_bytes": ram, "estimated_latency_ms": cheapest, "fastest_variant_ms_here": fastest}
     return out
 
 

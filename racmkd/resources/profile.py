@@ -319,6 +319,26 @@ def latency_model(cache_dir: Path = Path(".cache/racmkd"), refresh: bool = False
 # The profile --------------------------------------------------------------------------------------
 
 
+def estimated_seconds(cost: GraphCost, model: LatencyModel, peak_fp32: float, peak_int8: float, bandwidth: float, t_op: float | None = None) -> float:
+    """Eq. 7 for one graph on a processor with these peaks (t_op: its dispatch time per operator;
+    None: this machine's, as fitted)."""
+    moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
+    fp_flops, q_flops = cost.flops - cost.int8_flops, cost.int8_flops
+    compute = model.predict(0, fp_flops, 0, peak_fp32, bandwidth) + model.predict(0, q_flops, 0, peak_int8, bandwidth)
+    return cost.operators * (model.seconds_per_op if t_op is None else t_op) + compute + model.predict(0, 0, moved, peak_fp32, bandwidth)
+
+
+def device_seconds(cost: GraphCost, device: DeviceProfile, model: LatencyModel) -> float:
+    """Eq. 7 on a device profile (its dispatch time: stated, else this machine's scaled by clock)."""
+    seconds_per_op = device.op_overhead_us * 1e-6 if device.op_overhead_us > 0 else model.seconds_per_op * model.host_clock_mhz / device.clock_mhz
+    return estimated_seconds(cost, model, device.peak_gflops_fp32, device.peak_gops_int8, device.memory_gbps, seconds_per_op)
+
+
+def host_seconds(cost: GraphCost, model: LatencyModel) -> float:
+    """Eq. 7 on this machine, with its measured peaks (int8 at twice the fp32 rate)."""
+    return estimated_seconds(cost, model, model.peaks.gflops_fp32, 2 * model.peaks.gflops_fp32, model.peaks.memory_gbps)
+
+
 def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measure_here: bool = True, latency_target_ms: float | None = None) -> dict[str, Any]:
     """ROM, RAM, estimated latency and energy of an exported model on `device`, a verdict with its
     reason, and (with `measure_here`) this machine's measured latency beside its own estimate."""
@@ -326,14 +346,7 @@ def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measur
     contract = read_contract(path)
     cost = graph_cost(path)
     moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
-    fp_flops, q_flops = cost.flops - cost.int8_flops, cost.int8_flops
-    seconds_per_op = device.op_overhead_us * 1e-6 if device.op_overhead_us > 0 else model.seconds_per_op * model.host_clock_mhz / device.clock_mhz
-
-    def on(peak_fp32: float, peak_int8: float, bandwidth: float, t_op: float | None) -> float:
-        compute = model.predict(0, fp_flops, 0, peak_fp32, bandwidth) + model.predict(0, q_flops, 0, peak_int8, bandwidth)
-        return cost.operators * (model.seconds_per_op if t_op is None else t_op) + compute + model.predict(0, 0, moved, peak_fp32, bandwidth)
-
-    seconds = on(device.peak_gflops_fp32, device.peak_gops_int8, device.memory_gbps, seconds_per_op)
+    seconds = device_seconds(cost, device, model)
     rom = cost.file_bytes
     weights_in_ram = cost.resident_weight_bytes if device.weights_in == "ram" else cost.dequantize_scratch_bytes
     ram = cost.peak_activation_bytes + device.runtime_overhead_bytes + weights_in_ram
@@ -376,7 +389,7 @@ def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measur
             "host": model.host,
             "measured_latency_ms_p50": timed["p50"],
             "measured_latency_ms_p95": timed["p95"],
-            "estimated_latency_ms": on(model.peaks.gflops_fp32, 2 * model.peaks.gflops_fp32, model.peaks.memory_gbps, None) * 1e3,
+            "estimated_latency_ms": host_seconds(cost, model) * 1e3,
             "source": "measured with ONNX Runtime, batch 1, one thread (latency); estimate from the same model as the device's",
         }
     return result

@@ -396,7 +396,7 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
             ax.axvspan(t[start], t[min(i, len(t) - 1)], color=shades.get(level, "grey"), alpha=0.12, linewidth=0, label=None if level in labelled else level)
             labelled.add(level)
             start = i
-    ax.legend(fontsize=7, loc="upper left", ncol=4)
+    ax.legend(fontsize=7, loc="center left", ncol=5, framealpha=0.6)  # between the load (top or bottom) and the memory curves
     configs = sorted({r["configuration"] for r in dynamic["timeline"]}, key=lambda c: (c.count(","), c))
     index = {c: i for i, c in enumerate(configs)}
     axes[1].step(t, [index[r["configuration"]] for r in dynamic["timeline"]], where="post", color="black")
