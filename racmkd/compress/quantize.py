@@ -40,8 +40,7 @@ from torch.nn.utils import parametrize
 from racmkd.compress.export import CONTRACT_KEY, ExportError, read_contract, session, set_metadata
 from racmkd.data.dataset import PairedDataset
 from racmkd.models.inference import BatchFeatures
-from racmkd.utils import progress
-from racmkd.utils import atomic_write_bytes
+from racmkd.utils import atomic_write_bytes, progress
 
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]  # the layers that carry weights and nearly all the arithmetic
 

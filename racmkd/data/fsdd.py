@@ -102,8 +102,8 @@ def load_fsdd(directory: Path, expected_sha256: str | None = FSDD_RECORDINGS_SHA
 
 
 def _names_astray(names: list[str]) -> str:
-    """The official recordings missing from `names` and the files that are not official, for the
-    checksum's error ("" when the names are the release's: then a file's content differs)."""
+    """For the checksum's error: the official recordings missing from `names` and the files that are
+    not official, or, when the names are the release's, that a recording's content differs."""
     official = {f"{d}_{s}_{i}.wav" for d in range(10) for s in FSDD_SPEAKERS for i in range(FSDD_REPETITIONS)}
     missing, extra = sorted(official - set(names)), sorted(set(names) - official)
 

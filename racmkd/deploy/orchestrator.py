@@ -30,7 +30,7 @@ from racmkd.resources.devices import DeviceProfile, load_device
 
 def device_fit(artifact: Path, kind: str, devices: list[DeviceProfile]) -> dict[str, dict[str, Any]]:
     """Per device profile: fits or not, why, and the figures behind it."""
-    from racmkd.resources.profile import latency_model, profile_model
+    from racmkd.resources.profile import device_seconds, graph_cost, host_seconds, latency_model, profile_model
 
     out: dict[str, dict[str, Any]] = {}
     if kind == "onnx":
@@ -39,8 +39,6 @@ def device_fit(artifact: Path, kind: str, devices: list[DeviceProfile]) -> dict[
             p = profile_model(Path(artifact), d, model, measure_here=False)
             out[d.name] = {"fits": p["fits"], "reason": p["reason"], "rom_bytes": p["rom_bytes"], "ram_bytes": p["ram_bytes"], "estimated_latency_ms": p["estimated_latency_ms"]}
         return out
-    from racmkd.resources.profile import device_seconds, graph_cost, host_seconds
-
     bank = json.loads((Path(artifact) / "bank.json").read_text())
     rom = sum((Path(artifact) / v["path"]).stat().st_size for v in bank["variants"]) + (Path(artifact) / "bank.json").stat().st_size
     resident = sum(v["memory_bytes"] for v in bank["variants"])
