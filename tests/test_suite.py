@@ -78,6 +78,8 @@ def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path
     assert rows["teacher"]["accuracy"]["mean"] > 0.5  # the tiny teacher has learned something
     assert len(section["targets"]) == 8 and section["pareto"]["bytes"]
     assert [r["row"] for r in section["table_68"]][:2] == ["Base KD (high tier, KD only)", "+ lightweight feature alignment (racmkd objective)"]
+    assert "--recipe" in section["table_68"][2]["not_produced"]  # this quick run compressed nothing: said
+    assert section["robustness_not_measured"] == {} and section["cost_growth_not_measured"] == {}
     rob = section["robustness"]["teacher"]
     assert rob["audio_snr"]["0.0"] <= rob["audio_snr"]["inf"]  # noise does not help
     assert set(section["transfer"]) == {"image", "audio", "image+audio"}
@@ -94,6 +96,8 @@ def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path
     for heading in ("Table 6.6", "Table 6.7", "Table 6.8", "Robustness", "Cross-modal transfer", "Cost growth"):
         assert heading in markdown
     assert "this one resumed: clean-s0: teachers, students)" in markdown and f"config `{TINY}`" in markdown
+    assert "| level | dynamic | static high | static medium | static low | static critical |" in markdown  # Table 6.7 per level, dynamic beside each static tier
+    assert "not produced: the suite ran without a compression recipe" in markdown
 
 
 def test_tables_tolerate_a_row_that_was_not_produced() -> None:
@@ -116,6 +120,13 @@ def test_tables_tolerate_a_row_that_was_not_produced() -> None:
     dominance = next(t for name, t in targets.items() if name.startswith("racmkd high dominates"))
     assert dominance["reached"] and "Standard KD" in dominance["target"]
     assert not next(t for name, t in targets.items() if name.startswith("racmkd medium"))["reached"]  # not produced: reported, not skipped
+    # The ablation says which row was not produced and why, instead of leaving it out.
+    from racmkd.eval.suite import ablation
+
+    rows["high_fp32"] = rows.pop("high")
+    table = ablation(rows, {}, {"high (seed 0)": "ExportError: boom"}, compressed=True)
+    assert [r.get("not_produced") for r in table] == [None, None, "ExportError: boom"]
+    assert ablation(rows, {}, {}, compressed=False)[1]["not_produced"] == "not measured"  # "high" absent, no reason recorded
 
 
 def test_one_seed_has_no_spread_and_leaves_the_ablation_undecided() -> None:
@@ -128,10 +139,35 @@ def test_one_seed_has_no_spread_and_leaves_the_ablation_undecided() -> None:
     def row(*accuracies: float) -> dict:
         return {"accuracy": mean_std(list(accuracies)), "memory_bytes": 10, "bytes_deployable": 10, "latency_ms_p50": 0.1, "energy_mj_estimated": 0.1}
 
-    one = ablation({"standard_kd": row(0.9000), "high": row(0.9001)}, {})
+    one = ablation({"standard_kd": row(0.9000), "high": row(0.9001)}, {}, compressed=False)
     assert one[1]["spread"] is None and one[1]["helps_accuracy"] is None
-    two = ablation({"standard_kd": row(0.9000, 0.9002), "high": row(0.9101, 0.9103)}, {})
+    two = ablation({"standard_kd": row(0.9000, 0.9002), "high": row(0.9101, 0.9103)}, {}, compressed=False)
     assert two[1]["spread"] == pytest.approx(0.0002 / 2**0.5) and two[1]["helps_accuracy"] is True
+
+
+def test_measurements_are_reused_only_on_the_machine_that_made_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rows.json is read back for the same commit, models and machine; another host measures again."""
+    from types import SimpleNamespace
+
+    from racmkd.eval import suite
+
+    calls: list[str] = []
+
+    def deploy(cfg, dataset, run_dir, name, out_dir, compressed=True):  # noqa: ANN001, ANN202 - every row fails at once: only the bookkeeping is under test
+        calls.append(name)
+        raise RuntimeError("not built here")
+
+    host = {"cpu": "A", "cores": 2}
+    monkeypatch.setattr(suite, "deploy", deploy)
+    monkeypatch.setattr(suite, "git_commit", lambda: "0" * 40)
+    monkeypatch.setattr(suite, "machine", lambda: dict(host))
+    cfg = SimpleNamespace(seed=0)
+    first = suite.measure_seed(cfg, None, tmp_path, with_costs=False)
+    assert calls and first["machine"] == host and "RuntimeError: not built here" in next(iter(first["missing"].values()))
+    measured = len(calls)
+    assert suite.measure_seed(cfg, None, tmp_path, with_costs=False) == first and len(calls) == measured  # read back
+    host["cpu"] = "B"
+    assert suite.measure_seed(cfg, None, tmp_path, with_costs=False)["machine"]["cpu"] == "B" and len(calls) == 2 * measured  # measured again
 
 
 def test_pinned_tiers_keep_the_first_seeds_designs_and_settings(tiny_run: Path) -> None:

@@ -183,11 +183,18 @@ def accuracy_under(model: MultimodalNet, specs: dict[str, Any], dataset: PairedD
     return accuracies_under({"model": (model, specs)}, dataset, **condition)["model"]
 
 
-def robustness(models: dict[str, Path], dataset: PairedDataset, snrs: Iterable[float], image_noises: Iterable[float], limit: int = 0, threads: int = 0) -> dict[str, dict[str, Any]]:
-    """Per model: accuracy vs audio SNR (dB; inf = clean), vs image noise, and with each modality missing."""
+def robustness(models: dict[str, Path], dataset: PairedDataset, snrs: Iterable[float], image_noises: Iterable[float], limit: int = 0, threads: int = 0, not_measured: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per model: accuracy vs audio SNR (dB; inf = clean), vs image noise, and with each modality
+    missing. A model that cannot be loaded is left out, and why goes into `not_measured`."""
     loaded = {}
     for name, path in models.items():
-        model, specs, _, _ = load_model(path)
+        try:
+            model, specs, _, _ = load_model(path)
+        except Exception as err:  # noqa: BLE001 - said in the table, the other models go on
+            if not_measured is None:
+                raise
+            not_measured[name] = f"{type(err).__name__}: {err}"
+            continue
         loaded[name] = (model.eval(), specs)
     out: dict[str, dict[str, Any]] = {name: {"modalities": list(specs), "audio_snr": {}, "image_noise": {}, "missing": {}} for name, (_, specs) in loaded.items()}
     conditions = [("audio_snr", str(snr), {"audio_snr_db": snr}) for snr in snrs] + [("image_noise", str(sigma), {"image_noise": sigma}) for sigma in image_noises]
@@ -232,33 +239,44 @@ def _timed_sweep(calls: list[Any], budget_s: float = 0.5, rounds: int = 5) -> li
     return [float(np.median(times)) for times in samples]
 
 
-def cost_growth(models: dict[str, Path], dataset: PairedDataset, batches: Iterable[int], scales: Iterable[float]) -> dict[str, dict[str, Any]]:
+def cost_growth(models: dict[str, Path], dataset: PairedDataset, batches: Iterable[int], scales: Iterable[float], not_measured: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """Per model: latency (PyTorch, one thread) and peak activation memory vs batch size, and vs input
-    resolution (every input's sides scaled), with the fitted scaling exponents."""
+    resolution (every input's sides scaled), with the fitted scaling exponents. A model whose sweep
+    fails is left out, and why goes into `not_measured`."""
     batches, scales = list(batches), list(scales)
     out = {}
     for name, path in models.items():
-        model, specs, _, _ = load_model(path)
-        model.eval()
-        rows = torch.arange(min(max(batches), len(dataset.splits["test"])))
-        features = BatchFeatures(dataset.modalities, dataset.raw_batch("test", rows)).get(specs)
-        batch_inputs = [{m: x[torch.arange(b) % len(x)] for m, x in features.items()} for b in batches]
-        scaled_inputs = [{m: torch.zeros(1, x.shape[1], max(2, round(x.shape[2] * s)), max(2, round(x.shape[3] * s))) for m, x in features.items()} for s in scales]
-        latency = _timed_sweep([lambda inputs=inputs, model=model: model(inputs) for inputs in batch_inputs + scaled_inputs])
-        by_batch = [{"batch": b, "latency_ms": ms, "peak_activation_bytes": activation_memory(model, inputs)["peak_activation_bytes"]} for b, inputs, ms in zip(batches, batch_inputs, latency)]
-        by_scale = [
-            {"scale": s, "input_values": sum(x[0].numel() for x in inputs.values()), "latency_ms": ms, "peak_activation_bytes": activation_memory(model, inputs)["peak_activation_bytes"]}
-            for s, inputs, ms in zip(scales, scaled_inputs, latency[len(batches) :])
-        ]
-        out[name] = {
-            "batch": by_batch,
-            "resolution": by_scale,
-            "exponent_latency_vs_batch": scaling_exponent([r["batch"] for r in by_batch], [r["latency_ms"] for r in by_batch]),
-            "exponent_memory_vs_batch": scaling_exponent([r["batch"] for r in by_batch], [r["peak_activation_bytes"] for r in by_batch]),
-            "exponent_latency_vs_input": scaling_exponent([r["input_values"] for r in by_scale], [r["latency_ms"] for r in by_scale]),
-            "exponent_memory_vs_input": scaling_exponent([r["input_values"] for r in by_scale], [r["peak_activation_bytes"] for r in by_scale]),
-        }
+        try:
+            out[name] = _growth(path, dataset, batches, scales)
+        except Exception as err:  # noqa: BLE001 - said in the table, the other models go on
+            if not_measured is None:
+                raise
+            not_measured[name] = f"{type(err).__name__}: {err}"
     return out
+
+
+def _growth(path: Path, dataset: PairedDataset, batches: list[int], scales: list[float]) -> dict[str, Any]:
+    """`cost_growth` of one model."""
+    model, specs, _, _ = load_model(path)
+    model.eval()
+    rows = torch.arange(min(max(batches), len(dataset.splits["test"])))
+    features = BatchFeatures(dataset.modalities, dataset.raw_batch("test", rows)).get(specs)
+    batch_inputs = [{m: x[torch.arange(b) % len(x)] for m, x in features.items()} for b in batches]
+    scaled_inputs = [{m: torch.zeros(1, x.shape[1], max(2, round(x.shape[2] * s)), max(2, round(x.shape[3] * s))) for m, x in features.items()} for s in scales]
+    latency = _timed_sweep([lambda inputs=inputs, model=model: model(inputs) for inputs in batch_inputs + scaled_inputs])
+    by_batch = [{"batch": b, "latency_ms": ms, "peak_activation_bytes": activation_memory(model, inputs)["peak_activation_bytes"]} for b, inputs, ms in zip(batches, batch_inputs, latency)]
+    by_scale = [
+        {"scale": s, "input_values": sum(x[0].numel() for x in inputs.values()), "latency_ms": ms, "peak_activation_bytes": activation_memory(model, inputs)["peak_activation_bytes"]}
+        for s, inputs, ms in zip(scales, scaled_inputs, latency[len(batches) :])
+    ]
+    return {
+        "batch": by_batch,
+        "resolution": by_scale,
+        "exponent_latency_vs_batch": scaling_exponent([r["batch"] for r in by_batch], [r["latency_ms"] for r in by_batch]),
+        "exponent_memory_vs_batch": scaling_exponent([r["batch"] for r in by_batch], [r["peak_activation_bytes"] for r in by_batch]),
+        "exponent_latency_vs_input": scaling_exponent([r["input_values"] for r in by_scale], [r["latency_ms"] for r in by_scale]),
+        "exponent_memory_vs_input": scaling_exponent([r["input_values"] for r in by_scale], [r["peak_activation_bytes"] for r in by_scale]),
+    }
 
 
 # Pareto front --------------------------------------------------------------------------------------

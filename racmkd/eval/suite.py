@@ -20,6 +20,7 @@ Then every row is measured as deployed (racmkd.eval.deployed) and the tables are
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -217,12 +218,12 @@ def measure_seed(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, with_cos
     commit, models = git_commit(), models_stamp(run_dir)
     # Reused only when measured by this very code on these very models: not from a tree with
     # uncommitted changes (every such tree reads "<sha>-dirty") or outside git, nor after a retrain.
-    if commit is not None and not commit.endswith("-dirty") and stored.get("commit") == commit and stored.get("models") == models and (stored.get("costs") or not with_costs):
-        return stored
+    if commit is not None and not commit.endswith("-dirty") and stored.get("commit") == commit and stored.get("models") == models and stored.get("machine") == machine() and (stored.get("costs") or not with_costs):
+        return stored  # (and on this machine: a run moved elsewhere is measured again)
     out_dir = run_dir / "bench" / "onnx"
     wanted = [(name, True) for name in TABLE_ROWS] + [(t, False) for t in TIERS if (run_dir / "compressed" / t).is_dir()]
     rows: list[Deployed] = []
-    result: dict[str, Any] = {"commit": commit, "models": models, "run": run_dir.name, "seed": cfg.seed, "rows": {}, "missing": {}}
+    result: dict[str, Any] = {"commit": commit, "models": models, "machine": machine(), "run": run_dir.name, "seed": cfg.seed, "rows": {}, "missing": {}}
     for name, compressed in progress(wanted, desc=f"measure {run_dir.name}"):
         try:  # a row that cannot be produced is reported with the reason; the others go on
             row = deploy(cfg, dataset, run_dir, name, out_dir, compressed=compressed)
@@ -290,7 +291,8 @@ def replay_tables(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, setting
     from racmkd.runtime.variants import build_bank, load_bank
 
     folder = run_dir / "edge"
-    if not (folder / "bank.json").is_file():
+    built_on = json.loads((folder / "bank.json").read_text()).get("machine") if (folder / "bank.json").is_file() else None
+    if built_on != machine():  # none yet, or its latencies measured on another machine
         build_bank(cfg, dataset, run_dir, test_samples=settings.bank_test_samples)
     bank = load_bank(folder)
     out = {}
@@ -300,18 +302,22 @@ def replay_tables(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, setting
     return out
 
 
-def ablation(rows: dict[str, Any], replays: dict[str, Any]) -> list[dict[str, Any]]:
+def ablation(rows: dict[str, Any], replays: dict[str, Any], missing: dict[str, str] | None = None, compressed: bool = True) -> list[dict[str, Any]]:
     """Table 6.8: each component added to the previous rows, measured on the high tier. The order is
     Base KD -> + feature alignment -> + modality-specific compression -> + dynamic allocation
-    (the runtime needs the compressed tiers, so it comes last); the dynamic row is the trace replay."""
-    out = []
-    aligned = "high_fp32" if "high_fp32" in rows else "high"  # without compression, "high" is the uncompressed student
-    steps = [("Base KD (high tier, KD only)", "standard_kd"), ("+ lightweight feature alignment (racmkd objective)", aligned)]
-    if aligned == "high_fp32":
-        steps.append(("+ modality-specific compression", "high"))
+    (the runtime needs the compressed tiers, so it comes last); the dynamic row is the trace replay.
+    A row that could not be produced says why (`missing`: Table 6.6's reasons, by "<row> (seed n)";
+    `compressed`: whether the suite compressed the tiers)."""
+    missing = missing or {}
+    out: list[dict[str, Any]] = []
+    aligned = "high_fp32" if compressed else "high"  # without compression, "high" is the uncompressed student
+    steps = [("Base KD (high tier, KD only)", "standard_kd"), ("+ lightweight feature alignment (racmkd objective)", aligned), ("+ modality-specific compression", "high" if compressed else None)]
     previous = None
     for label, name in steps:
-        if name not in rows:
+        if name is None or name not in rows:  # said, not skipped; the next row has nothing to compare with
+            why = "the suite ran without a compression recipe (--recipe)" if name is None else next((w for k, w in missing.items() if k.split(" (seed")[0] == name), "not measured")
+            out.append({"row": label, "model": name, "not_produced": why})
+            previous = None
             continue
         r = rows[name]
         entry = {"row": label, "model": name, "accuracy": r["accuracy"], "memory_bytes": r["memory_bytes"], "bytes_deployable": r["bytes_deployable"], "latency_ms_p50": r["latency_ms_p50"], "energy_mj_estimated": r["energy_mj_estimated"]}
@@ -374,12 +380,13 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
             result["resumed" if (run_dir / "edge" / "bank.json").is_file() else "made"][run_dir.name].append("edge bank")
             replays = replay_tables(cfg, dataset, run_dir, settings)
             section["table_67"] = replays
-            section["table_68"] = ablation(rows, replays)
+            section["table_68"] = ablation(rows, replays, missing, compressed=settings.recipe is not None)
             models = {n: twin(run_dir, n) for n in ("teacher", *TIERS, *BASELINES)}  # what each row deploys
-            section["robustness"] = robustness(models, dataset, settings.snrs, settings.image_noises, limit=settings.robustness_samples, threads=cfg.threads)
+            section["robustness_not_measured"], section["cost_growth_not_measured"] = {}, {}
+            section["robustness"] = robustness(models, dataset, settings.snrs, settings.image_noises, limit=settings.robustness_samples, threads=cfg.threads, not_measured=section["robustness_not_measured"])
             if settings.transfer:
                 section["transfer"] = transfer_table(run_dir, dataset, settings.robustness_samples)
-            section["cost_growth"] = cost_growth({n: twin(run_dir, n) for n in ("teacher", *TIERS)}, dataset, settings.batches, settings.scales)
+            section["cost_growth"] = cost_growth({n: twin(run_dir, n) for n in ("teacher", *TIERS)}, dataset, settings.batches, settings.scales, not_measured=section["cost_growth_not_measured"])
         result["protocols"][protocol] = section
     result["seconds"] = time.perf_counter() - started
     return result
@@ -403,6 +410,25 @@ def _resumed(result: dict[str, Any]) -> str:
     if not any(result["made"].values()):
         return " (everything trained was resumed from an earlier invocation; only measured here)"
     return " (not counting what an earlier invocation trained and this one resumed: " + "; ".join(f"{run}: {', '.join(r)}" for run, r in resumed.items() if r) + ")"
+
+
+def _not_measured(reasons: dict[str, str] | None, section: str) -> list[str]:
+    """A section's models that could not be measured, and why."""
+    return ["", f"Not measured for {section}: " + "; ".join(f"{LABELS.get(n, n)}: {why}" for n, why in reasons.items()) + "."] if reasons else []
+
+
+def _levels_side_by_side(replay: dict[str, Any]) -> list[str]:
+    """Table 6.7 per level, dynamic beside each static tier: SLO-accuracy (accuracy, mean latency)."""
+    statics = replay.get("levels_static") or {}
+    if not statics:
+        return []
+    per = {policy: {r["level"]: r for r in rows} for policy, rows in {"dynamic": replay["levels"], **{f"static {k}": v for k, v in statics.items()}}.items()}
+    levels = [r["level"] for r in replay["levels"]]
+    lines = ["", "Per level, each policy's SLO-accuracy (accuracy; mean latency):", "", "| level | " + " | ".join(per) + " |", "|---|" + "---|" * len(per)]
+    for level in levels:
+        cells = [f"{r['slo_accuracy']:.4f} ({r['accuracy']:.4f}; {r['latency_ms_mean']:.2f} ms)" if (r := rows.get(level)) else "n/a" for rows in per.values()]
+        lines.append(f"| {level} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def mean_pm(stat: dict[str, float] | None, digits: int = 4) -> str:
@@ -488,6 +514,7 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
                 from racmkd.runtime.simulate import ceiling_rows
 
                 lines += ceiling_rows(replay.get("oracle", {}))  # (replays cached before the ceilings have none)
+                lines += _levels_side_by_side(replay)
         if "table_68" in section:
             lines += ["", f"## Table 6.8: ablation, edge deployment ({protocol})", "", "Each row adds one component to the row above, on the high tier. A component helps accuracy when its gain exceeds the seed spread; the dynamic rows compare SLO-accuracy under a trace with the static high tier, and help when the gain exceeds twice its standard error over the replay's requests.", ""]
             lines += ["| configuration | accuracy | change | helps accuracy | memory | deployable | latency p50 | energy (est.) |", "|---|---|---|---|---|---|---|---|"]
@@ -495,12 +522,14 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
                 if r["model"] == "runtime":
                     change = f"{r['slo_gain']:+.4f} (noise {r['slo_noise']:.4f})" if "slo_gain" in r else ""
                     lines.append(f"| {r['row']} | SLO-accuracy {r['slo_accuracy']:.4f} (static high {_acc(r['slo_accuracy_static_high'])}) | {change} | {'yes' if r['helps_accuracy'] else 'no'} | | | {r['latency_ms_p50']:.2f} ms (static high {_ms(r['latency_ms_p50_static_high'])}) | |")
+                elif "not_produced" in r:
+                    lines.append(f"| {r['row']} | not produced: {r['not_produced']} | | | | | | |")
                 else:
                     spread = "no spread: one seed" if r.get("spread") is None else f"spread {r['spread']:.4f}"
                     change = f"{r['accuracy_change']:+.4f} ({spread})" if "accuracy_change" in r else ""
                     helps = ("undecided" if r["helps_accuracy"] is None else "yes" if r["helps_accuracy"] else "no") if "helps_accuracy" in r else ""
                     lines.append(f"| {r['row']} | {mean_pm(r['accuracy'])} | {change} | {helps} | {_kb(r['memory_bytes'])} | {_kb(r['bytes_deployable'])} | {r['latency_ms_p50']:.3f} ms | {r['energy_mj_estimated']:.4f} mJ |")
-        if "robustness" in section:
+        if section.get("robustness"):  # (every model failing leaves only the reasons, below)
             rob = section["robustness"]
             snrs = sorted({k for r in rob.values() for k in r["audio_snr"]}, key=float)
             noises = sorted({k for r in rob.values() for k in r["image_noise"]}, key=float)
@@ -509,8 +538,9 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
             lines.append("|---|" + "---|" * (len(snrs) + len(noises) + len(next(iter(rob.values()))["missing"])))
             for name, r in rob.items():
                 lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(_acc(r["audio_snr"].get(s)) for s in snrs) + " | " + " | ".join(_acc(r["image_noise"].get(n)) for n in noises) + " | " + " | ".join(_acc(v) for v in r["missing"].values()) + " |")
+        lines += _not_measured(section.get("robustness_not_measured"), "robustness")
         if "transfer" in section:
-            lines += ["", f"## Cross-modal transfer ({protocol})", "", "Students of the high tier's resolution and depth, widest within its budget, each trained three ways with the same recipe. Cross-modal KD: from the fused image + audio teacher; unimodal KD: from the teacher of the student's own modality.", ""]
+            lines += ["", f"## Cross-modal transfer ({protocol})", "", "Students of the high tier's resolution and depth, widest within its budget, each trained three ways with the same recipe. Cross-modal KD: from the fused image + audio teacher; unimodal KD: from the teacher of the student's own modality. n/a: for image+audio unimodal KD, no single-modality teacher sees what the student sees; elsewhere, that student was not trained (its checkpoint is missing).", ""]
             lines += ["| student sees | cross-modal KD | unimodal KD | labels only |", "|---|---|---|---|"]
             for mods, r in section["transfer"].items():
                 lines.append(f"| {mods} | {_acc(r['crossmodal_kd'])} | {_acc(r['unimodal_kd'])} | {_acc(r['labels_only'])} |")
@@ -520,6 +550,7 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
             for name, r in section["cost_growth"].items():
                 k = [r[f"exponent_{what}"] for what in ("latency_vs_batch", "memory_vs_batch", "latency_vs_input", "memory_vs_input")]
                 lines.append(f"| {LABELS.get(name, name)} | " + " | ".join("n/a" if v is None else f"{v:.2f}" for v in k) + " |")
+        lines += _not_measured(section.get("cost_growth_not_measured"), "cost growth")
     lines += [""] + [f"![{title}]({path})" for title, path in plots.items()] + [""]
     return "\n".join(lines)
 
@@ -554,7 +585,7 @@ def plot_all(result: dict[str, Any], out: Path, stem: str) -> dict[str, str]:
     plt.close(fig)
     made["Pareto: accuracy vs bytes and latency"] = f"{stem}-pareto.png"
 
-    if "robustness" in section:
+    if section.get("robustness"):
         rob = section["robustness"]
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         for name, r in rob.items():
@@ -575,19 +606,21 @@ def plot_all(result: dict[str, Any], out: Path, stem: str) -> dict[str, str]:
         plt.close(fig)
         made["Robustness: accuracy vs audio SNR and image noise"] = f"{stem}-robustness.png"
 
-    if "cost_growth" in section:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        for name, r in section["cost_growth"].items():
-            axes[0].loglog([p["batch"] for p in r["batch"]], [p["latency_ms"] for p in r["batch"]], "o-", label=LABELS.get(name, name))
-            axes[1].loglog([p["input_values"] for p in r["resolution"]], [p["latency_ms"] for p in r["resolution"]], "o-", label=LABELS.get(name, name))
-        axes[0].set_xlabel("batch size")
-        axes[1].set_xlabel("input values per sample (all inputs, scaled sides)")
-        for ax in axes:
-            ax.set_ylabel("latency (ms, PyTorch, one thread)")
+    if section.get("cost_growth"):
+        fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), sharex="col")
+        for (row, key, unit), (col, sweep, x) in itertools.product([(0, "latency_ms", 1.0), (1, "peak_activation_bytes", 1 / 1024)], [(0, "batch", "batch"), (1, "resolution", "input_values")]):
+            for name, r in section["cost_growth"].items():
+                axes[row][col].loglog([p[x] for p in r[sweep]], [p[key] * unit for p in r[sweep]], "o-", label=LABELS.get(name, name))
+        axes[1][0].set_xlabel("batch size")
+        axes[1][1].set_xlabel("input values per sample (all inputs, scaled sides)")
+        for col in (0, 1):
+            axes[0][col].set_ylabel("latency (ms, PyTorch, one thread)")
+            axes[1][col].set_ylabel("peak activation memory (KB)")
+        for ax in axes.flat:
             ax.grid(True, which="both", alpha=0.3)
-        axes[0].legend(fontsize=7)
+        axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / f"{stem}-cost-growth.png", dpi=120)
         plt.close(fig)
-        made["Cost growth: latency vs batch size and input size (log-log)"] = f"{stem}-cost-growth.png"
+        made["Cost growth: latency and memory vs batch size and input size (log-log)"] = f"{stem}-cost-growth.png"
     return made

@@ -38,6 +38,7 @@ from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize
 from racmkd.config import RunConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.eval.cost import estimated_energy_joules, latency_round_robin, rounds_for
+from racmkd.eval.report import machine
 from racmkd.models.checkpoint import load_model
 from racmkd.registry import SIGNALS
 from racmkd.runtime.bank import BANK_FORMAT, Bank, BankError, key_text, load_bank  # noqa: F401 - loading lives in bank.py (no torch)
@@ -182,6 +183,7 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
     bank = {
         "format": BANK_FORMAT,
         "run": run_dir.name,
+        "machine": machine(),  # where the latencies were measured
         "modalities": modality_order,
         "tiers": tiers,
         "biases": {t: b.tolist() for t, b in biases.items()},
