@@ -304,14 +304,14 @@ def replay_tables(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, setting
 
 def ablation(rows: dict[str, Any], replays: dict[str, Any], missing: dict[str, str] | None = None, compressed: bool = True) -> list[dict[str, Any]]:
     """Table 6.8: each component added to the previous rows, measured on the high tier. The order is
-    Base KD -> + feature alignment -> + modality-specific compression -> + dynamic allocation
+    Base KD -> + feature alignment -> + compression -> + dynamic allocation
     (the runtime needs the compressed tiers, so it comes last); the dynamic row is the trace replay.
     A row that could not be produced says why (`missing`: Table 6.6's reasons, by "<row> (seed n)";
     `compressed`: whether the suite compressed the tiers)."""
     missing = missing or {}
     out: list[dict[str, Any]] = []
     aligned = "high_fp32" if compressed else "high"  # without compression, "high" is the uncompressed student
-    steps = [("Base KD (high tier, KD only)", "standard_kd"), ("+ lightweight feature alignment (racmkd objective)", aligned), ("+ modality-specific compression", "high" if compressed else None)]
+    steps = [("Base KD (high tier, KD only)", "standard_kd"), ("+ lightweight feature alignment (racmkd objective)", aligned), ("+ compression (the suite's recipe: pruning, QAT, int8; the same steps for every modality)", "high" if compressed else None)]
     previous = None
     for label, name in steps:
         if name is None or name not in rows:  # said, not skipped; the next row has nothing to compare with
@@ -526,7 +526,7 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
                     lines.append(f"| {r['row']} | not produced: {r['not_produced']} | | | | | | |")
                 else:
                     spread = "no spread: one seed" if r.get("spread") is None else f"spread {r['spread']:.4f}"
-                    change = f"{r['accuracy_change']:+.4f} ({spread})" if "accuracy_change" in r else ""
+                    change = f"{r['accuracy_change']:+.4f} ({spread}); memory / {r['memory_ratio']:.2f}, latency / {r['latency_ratio']:.2f}" if "accuracy_change" in r else ""
                     helps = ("undecided" if r["helps_accuracy"] is None else "yes" if r["helps_accuracy"] else "no") if "helps_accuracy" in r else ""
                     lines.append(f"| {r['row']} | {mean_pm(r['accuracy'])} | {change} | {helps} | {_kb(r['memory_bytes'])} | {_kb(r['bytes_deployable'])} | {r['latency_ms_p50']:.3f} ms | {r['energy_mj_estimated']:.4f} mJ |")
         if section.get("robustness"):  # (every model failing leaves only the reasons, below)
