@@ -77,8 +77,9 @@ def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path
     assert rows["teacher"]["accuracy"]["std"] == 0.0  # one teacher, shared by the seeds
     assert rows["teacher"]["accuracy"]["mean"] > 0.5  # the tiny teacher has learned something
     assert len(section["targets"]) == 8 and section["pareto"]["bytes"]
-    assert [r["row"] for r in section["table_68"]][:2] == ["Base KD (high tier, KD only)", "+ lightweight feature alignment (racmkd objective)"]
-    assert "--recipe" in section["table_68"][2]["not_produced"]  # this quick run compressed nothing: said
+    ablation_rows = section["table_68"]
+    assert [r["model"] for r in ablation_rows][:3] == ["standard_kd", "kd_align", "high"] and all("accuracy" in r for r in ablation_rows[:3])  # each a configuration trained and measured
+    assert "--recipe" in ablation_rows[3]["not_produced"]  # this quick run compressed nothing: said
     assert section["robustness_not_measured"] == {} and section["cost_growth_not_measured"] == {}
     rob = section["robustness"]["teacher"]
     assert rob["audio_snr"]["0.0"] <= rob["audio_snr"]["inf"]  # noise does not help
@@ -124,9 +125,10 @@ def test_tables_tolerate_a_row_that_was_not_produced() -> None:
     from racmkd.eval.suite import ablation
 
     rows["high_fp32"] = rows.pop("high")
-    table = ablation(rows, {}, {"high (seed 0)": "ExportError: boom"}, compressed=True)
-    assert [r.get("not_produced") for r in table] == [None, None, "ExportError: boom"]
-    assert ablation(rows, {}, {}, compressed=False)[1]["not_produced"] == "not measured"  # "high" absent, no reason recorded
+    table = ablation(rows, {}, {"kd_align (seed 1)": "RuntimeError: diverged", "high (seed 0)": "ExportError: boom"}, compressed=True)
+    assert [r.get("not_produced") for r in table] == [None, "RuntimeError: diverged", None, "ExportError: boom"]
+    assert "accuracy_change" not in table[2]  # nothing above it to compare with
+    assert ablation(rows, {}, {}, compressed=False)[2]["not_produced"] == "not measured"  # "high" absent, no reason recorded
 
 
 def test_one_seed_has_no_spread_and_leaves_the_ablation_undecided() -> None:
@@ -139,9 +141,9 @@ def test_one_seed_has_no_spread_and_leaves_the_ablation_undecided() -> None:
     def row(*accuracies: float) -> dict:
         return {"accuracy": mean_std(list(accuracies)), "memory_bytes": 10, "bytes_deployable": 10, "latency_ms_p50": 0.1, "energy_mj_estimated": 0.1}
 
-    one = ablation({"standard_kd": row(0.9000), "high": row(0.9001)}, {}, compressed=False)
+    one = ablation({"standard_kd": row(0.9000), "kd_align": row(0.9001)}, {}, compressed=False)
     assert one[1]["spread"] is None and one[1]["helps_accuracy"] is None
-    two = ablation({"standard_kd": row(0.9000, 0.9002), "high": row(0.9101, 0.9103)}, {}, compressed=False)
+    two = ablation({"standard_kd": row(0.9000, 0.9002), "kd_align": row(0.9101, 0.9103)}, {}, compressed=False)
     assert two[1]["spread"] == pytest.approx(0.0002 / 2**0.5) and two[1]["helps_accuracy"] is True
 
 

@@ -13,6 +13,11 @@ critical tier's 8 for TinyML), so a table row differs from its neighbour only in
     tinyml            the smallest plain CNN (conv-BN-ReLU, max pooling) on the critical tier's
                       inputs within the critical budget, trained on labels; deployed int8 (PTQ)
 
+and, for the ablation (Table 6.8) only, not a baseline a tier is judged against:
+
+    kd_align          the high tier's student with the racmkd objective but its resource term
+                      (task + KD + feature alignment, delta 0): Base KD plus alignment alone
+
 and, for the cross-modal transfer study, one single-modality student per modality (the high
 tier's resolution and depth, widest within its budget) trained three ways:
 
@@ -40,6 +45,7 @@ from racmkd.pipeline import TEACHER, Design, RunError, build_student, checkpoint
 from racmkd.utils import seed_everything, torch_threads
 
 BASELINES = ("standard_kd", "emd_kd", "mobilenetv3", "tinyml")
+ABLATION = ("kd_align",)
 
 
 def tier_design(run_dir: Path, tier: str) -> Design:
@@ -84,11 +90,14 @@ def baseline_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher
     jobs = []
     for name in names:
         seed_everything(seed)
-        if name in ("standard_kd", "emd_kd"):
+        if name in ("standard_kd", "emd_kd", "kd_align"):
             specs = high.specs(dataset.modalities)
             model = build_student(high, dataset.modalities, seed)
             if name == "standard_kd":
                 job = Job(name, model, specs, high_train, kd_weights, kd_only, epochs=high_train.epochs)
+            elif name == "kd_align":
+                racmkd = objective_weights(cfg.distill, high.budget_bytes, [t.budget_bytes for t in cfg.students.tiers])
+                job = Job(name, model, specs, high_train, replace(racmkd, delta=0.0), cfg.distill, epochs=high_train.epochs)
             else:
                 emd = replace(kd_weights, beta=0.0, gamma=1.0)
                 job = Job(name, model, specs, high_train, emd, replace(cfg.distill, distill_losses={}, align_losses={"emd": 1.0}), epochs=high_train.epochs)
@@ -104,7 +113,7 @@ def baseline_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher
             model = widest_within(lambda w, inputs=inputs: linear_fusion(inputs, {"width": int(w), "embed_dim": 4 * int(w)}), critical.budget_bytes, [float(w) for w in range(1, 33)])
             job = Job(name, model, specs, critical_train, epochs=critical_train.epochs)  # as long as the critical tier it is set against
         else:
-            raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+            raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES + ABLATION)}")
         jobs.append(job)
     return jobs
 
