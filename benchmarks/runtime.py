@@ -19,7 +19,8 @@ What it does, all with the real runtime and real inference on the run's test spl
   processor-sharing slowdown of the trace's CPU load, this host's hiccups added once); see
   racmkd/runtime/simulate.py.
 - Monitor overhead: the real monitor thread at its default settings on this machine for
-  `--monitor-seconds`, its own CPU time over wall time.
+  `--monitor-seconds`, its own CPU time over wall time, then the memory it holds (tracemalloc, a
+  second run of at most 30 s).
 - Critical modality: with audio marked critical, the allocator's choice when the device's CPU share
   and free memory are cut to 30% of normal, and (stricter) when every budget is cut to 30% of what
   the richest configuration needs; the accuracy of its audio variant alone against the best one.
