@@ -469,9 +469,7 @@ def export_model(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: st
     bound = ExportOptions()  # a recipe's export step judges its candidates by the same bound
     for key in ("fp32", "int8", "int8-weights"):
         if key in result:
-            p = result[key].get("parity_vs_fp32", result[key].get("parity_vs_pytorch"))
-            drop = p["reference_accuracy"] - p["accuracy"]
-            result[key]["meets_bound"] = p["argmax_agreement"] == 1.0 if key == "fp32" else p["argmax_agreement"] >= bound.min_agreement and drop <= bound.max_accuracy_drop
+            result[key]["meets_bound"] = bound.meets_bound(key, result[key]["parity_vs_pytorch" if key == "fp32" else "parity_vs_fp32"])
             result[key]["weight_bytes_by_module"] = compact_file(Path(result[key]["path"]))
             result[key]["bytes"] = Path(result[key]["path"]).stat().st_size
     result["commit"] = git_commit()  # the code that wrote these files

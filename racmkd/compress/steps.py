@@ -470,6 +470,14 @@ class ExportOptions:
         require(self.latency_iters >= 1 and (self.int8 == "none" or min(self.calibration_samples, self.sensitivity_samples) >= 1), "export: latency_iters, and for int8 calibration_samples and sensitivity_samples, must be >= 1")
         require(self.int8 != "mixed" or 1.0 <= self.mixed_budget < math.inf, f"export: mixed_budget {self.mixed_budget} must be a finite multiple of the all-int8 size, at least 1.0 (below, an impossible budget)")
 
+    def meets_bound(self, kind: str, parity: dict[str, Any]) -> bool:
+        """Whether an exported file of this `kind` is within the parity bound: fp32 must agree with
+        PyTorch's argmax on every test sample, an int8 file with its fp32 model on `min_agreement`
+        of them, losing at most `max_accuracy_drop`."""
+        if kind == "fp32":
+            return parity["argmax_agreement"] == 1.0
+        return parity["argmax_agreement"] >= self.min_agreement and parity["reference_accuracy"] - parity["accuracy"] <= self.max_accuracy_drop
+
 
 @COMPRESSORS.register("export")
 class Export(Step):
@@ -527,19 +535,18 @@ def choose_artifact(candidates: dict[str, dict[str, Any]], options: ExportOption
     notes = []
     acceptable = ["fp32"]
     fp32 = candidates["fp32"]["parity"]
-    candidates["fp32"]["meets_bound"] = fp32["argmax_agreement"] == 1.0
-    if fp32["argmax_agreement"] < 1.0:  # logits within rounding (fp32_parity checked), an argmax flipped on a near tie
+    candidates["fp32"]["meets_bound"] = options.meets_bound("fp32", fp32)
+    if not candidates["fp32"]["meets_bound"]:  # logits within rounding (fp32_parity checked), an argmax flipped on a near tie
         notes.append(f"fp32 agrees with PyTorch on {fp32['argmax_agreement']:.4%} of the test samples (max logit difference {fp32['max_abs_logit_diff']:.2g}: near ties)")
     for name in ("int8", "int8-weights"):
         if name not in candidates:
             continue
         p = candidates[name]["parity"]
-        drop = p["reference_accuracy"] - p["accuracy"]
-        candidates[name]["meets_bound"] = p["argmax_agreement"] >= options.min_agreement and drop <= options.max_accuracy_drop
+        candidates[name]["meets_bound"] = options.meets_bound(name, p)
         if candidates[name]["meets_bound"]:
             acceptable.append(name)
         else:
-            notes.append(f"{name} misses the bound (agreement {p['argmax_agreement']:.4f} < {options.min_agreement} or accuracy drop {drop:+.4f} > {options.max_accuracy_drop})" + ("; `int8: mixed` keeps its most sensitive layers in fp32" if name == "int8" and options.int8 == "static" else ""))
+            notes.append(f"{name} misses the bound (agreement {p['argmax_agreement']:.4f} < {options.min_agreement} or accuracy drop {p['reference_accuracy'] - p['accuracy']:+.4f} > {options.max_accuracy_drop})" + ("; `int8: mixed` keeps its most sensitive layers in fp32" if name == "int8" and options.int8 == "static" else ""))
     p50 = {k: candidates[k]["latency_ms"]["p50"] for k in acceptable}
     size = {k: candidates[k]["bytes"] for k in acceptable}
     if options.prefer == "faster":

@@ -324,12 +324,12 @@ class EdgeService(Service):
         current, previous = self.store.current(), self.store.previous()
         if current is not None:
             try:
-                return self._load(current)
+                return self._load_checked(current)
             except Exception as err:  # noqa: BLE001 - a release that no longer loads must not stop the device
                 log.error("installed release %s does not load (%s); trying the previous one", current.label, err)
         if previous is not None:
             try:
-                engine = self._load(previous)
+                engine = self._load_checked(previous)
             except Exception as err:  # noqa: BLE001
                 log.error("previous release %s does not load either (%s); serving the run's bank", previous.label, err)
             else:
@@ -349,9 +349,13 @@ class EdgeService(Service):
 
         return OnnxPredictor(path) if kind == "onnx" else EdgeRuntime(load_bank(path), self.cfg.runtime, self.monitor)
 
-    def _load(self, installed: Any) -> Engine:
-        """An installed release, checked (signature, hash, files) before it serves."""
+    def _load_checked(self, installed: Any) -> Engine:
+        """An installed release read back from the store (at start-up, or to roll back to), checked
+        again (signature, hash, files) before it serves: its files may have changed since `stage`."""
         self.store.check(installed)
+        return self._load(installed)
+
+    def _load(self, installed: Any) -> Engine:
         return Engine(self._runtime(installed.model_path, installed.manifest["kind"]), installed.label, installed.manifest.get("metrics", {}).get("accuracy"), installed.manifest.get("sha256"))
 
     def modalities(self) -> list[str]:
@@ -488,7 +492,7 @@ class EdgeService(Service):
             if previous is None:
                 raise HTTPException(409, "no previous release to roll back to")
             try:
-                engine = self._load(previous)
+                engine = self._load_checked(previous)
             except Exception as err:  # noqa: BLE001
                 raise HTTPException(409, f"the previous release {previous.label} could not be served ({type(err).__name__}: {err}); nothing changed") from None
             try:
