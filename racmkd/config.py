@@ -323,7 +323,7 @@ class RuntimeConfig:
     contention_floor: float = 0.05  # the least CPU share assumed left to us (bounds the predicted slowdown at 20x)
     step_up_margin: float = 0.2  # a better configuration must fit with this much slack on every resource ...
     step_up_window_s: float = 1.0  # ... for this long before the runtime switches up to it
-    preload: bool = True  # load every variant at start (memory permitting); else lazily, least recently used out
+    preload: bool = True  # load every variant at start (memory permitting; a pinned runtime, its configuration alone); else lazily, least recently used out
     max_loaded: int = 0  # sessions kept loaded at most; 0 = no limit
     pid: PIDGains = PIDGains()
     monitor: MonitorConfig = MonitorConfig()

@@ -496,6 +496,17 @@ def test_simulation_writes_timeline_table_and_summary(bank_dir: Path, tiny_datas
     timeline = json.loads((tmp_path / "timeline.json").read_text())
     assert len(timeline["dynamic"]) == 120 and "static-high" in timeline
     assert "| high |" in (tmp_path / "table.md").read_text()
+    # Energy and memory by the bank's figures: a static tier holds its own variants alone, the
+    # dynamic runtime every variant it may switch to; energy is that of the variants that answered.
+    bank = load_bank(bank_dir)
+    held = {v.id: v.memory_bytes for v in bank.table.variants}
+    high = [v for v in held if v.startswith("high/")]
+    assert summary["static"]["high"]["memory_held_bytes_max"] == sum(held[v] for v in high)
+    assert summary["dynamic"]["memory_held_bytes_max"] == sum(held.values())
+    energy = {v.id: v.energy_mj for v in bank.table.variants}
+    first = timeline["static-high"][0]
+    assert first["energy_mj"] == pytest.approx(sum(energy[v] for v in first["configuration"].split(",")))
+    assert summary["static"]["high"]["energy_mj_mean"] > summary["static"]["critical"]["energy_mj_mean"] > 0
 
 
 def test_a_replay_at_the_banks_costs_is_the_same_on_every_run(bank_dir: Path, tiny_dataset) -> None:  # noqa: ANN001

@@ -80,6 +80,10 @@ def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path
     ablation_rows = section["table_68"]
     assert [r["model"] for r in ablation_rows][:3] == ["standard_kd", "kd_align", "high"] and all("accuracy" in r for r in ablation_rows[:3])  # each a configuration trained and measured
     assert "--recipe" in ablation_rows[3]["not_produced"]  # this quick run compressed nothing: said
+    dynamic_rows = [r for r in ablation_rows if r["model"] == "runtime"]
+    assert dynamic_rows and all(r["memory_bytes"] > r["memory_bytes_static_high"] > 0 and r["energy_mj_estimated"] > 0 and r["energy_mj_estimated_static_high"] > 0 for r in dynamic_rows)  # the runtime holds every tier's variants
+    bank = runs / "clean-s0" / "edge"
+    assert section["table_67"]["random"]["bytes_deployable"] == sum((bank / v["path"]).stat().st_size for v in json.loads((bank / "bank.json").read_text())["variants"])  # the runtime's point on the Pareto plot: every variant's file
     assert section["robustness_not_measured"] == {} and section["cost_growth_not_measured"] == {}
     rob = section["robustness"]["teacher"]
     assert rob["audio_snr"]["0.0"] <= rob["audio_snr"]["inf"]  # noise does not help
@@ -99,6 +103,7 @@ def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path
     assert "this one resumed: clean-s0: teachers, students)" in markdown and f"config `{TINY}`" in markdown
     assert "| level | dynamic | static high | static medium | static low | static critical |" in markdown  # Table 6.7 per level, dynamic beside each static tier
     assert "not produced: the suite ran without a compression recipe" in markdown
+    assert "held (static high" in markdown and "not recorded" not in markdown  # the dynamic rows' memory and energy
 
 
 def test_tables_tolerate_a_row_that_was_not_produced() -> None:

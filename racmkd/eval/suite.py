@@ -296,10 +296,12 @@ def replay_tables(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, setting
     if built_on != machine():  # none yet, or its latencies measured on another machine
         build_bank(cfg, dataset, run_dir, test_samples=settings.bank_test_samples)
     bank = load_bank(folder)
+    bank_bytes = sum(int(v["file_bytes"]) for v in bank.data["variants"])  # what a device holds to run the runtime: every variant's file
     out = {}
     for trace in settings.traces:
         summary = simulate(bank, dataset, synthetic_trace(trace, settings.trace_seconds, seed=0), cfg.runtime, settings.requests, run_dir / "bench" / "replay" / trace)
         out[trace] = {k: summary[k] for k in ("trace", "requests", "latency_target_ms", "latency_model", "dynamic", "static", "oracle", "levels", "levels_static")}
+        out[trace]["bytes_deployable"] = bank_bytes
     return out
 
 
@@ -340,7 +342,14 @@ def ablation(rows: dict[str, Any], replays: dict[str, Any], missing: dict[str, s
         # requests (a single replay: one seed, no spread; 0.003 on 2,000 requests is noise).
         gain = dynamic["slo_accuracy"] - static["slo_accuracy"] if static else math.nan
         noise = 2 * math.sqrt(sum(x["slo_accuracy"] * (1 - x["slo_accuracy"]) / x["requests"] for x in (dynamic, static))) if static else math.nan
-        out.append({"row": f"+ dynamic resource allocation (trace '{trace}')", "model": "runtime", "slo_accuracy": dynamic["slo_accuracy"], "slo_accuracy_static_high": static["slo_accuracy"] if static else None, "accuracy_served": dynamic["accuracy"], "latency_ms_p50": dynamic["latency_ms_p50"], "latency_ms_p50_static_high": static["latency_ms_p50"] if static else None, "slo_gain": gain, "slo_noise": noise, "helps_accuracy": bool(gain > noise)})
+        # Memory and energy by the bank's figures for its variants (not Table 6.6's graph measure):
+        # the sessions the runtime held (every variant it may switch to; static high its own two) and
+        # the estimated energy of the variants that answered, per request.
+        costs = {
+            "memory_bytes": dynamic.get("memory_held_bytes_max"), "memory_bytes_static_high": (static or {}).get("memory_held_bytes_max"),
+            "energy_mj_estimated": dynamic.get("energy_mj_mean"), "energy_mj_estimated_static_high": (static or {}).get("energy_mj_mean"),
+        }
+        out.append({"row": f"+ dynamic resource allocation (trace '{trace}')", "model": "runtime", "slo_accuracy": dynamic["slo_accuracy"], "slo_accuracy_static_high": static["slo_accuracy"] if static else None, "accuracy_served": dynamic["accuracy"], "latency_ms_p50": dynamic["latency_ms_p50"], "latency_ms_p50_static_high": static["latency_ms_p50"] if static else None, **costs, "slo_gain": gain, "slo_noise": noise, "helps_accuracy": bool(gain > noise)})
     return out
 
 
@@ -527,7 +536,9 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
             for r in section["table_68"]:
                 if r["model"] == "runtime":
                     change = f"{r['slo_gain']:+.4f} (noise {r['slo_noise']:.4f})" if "slo_gain" in r else ""
-                    lines.append(f"| {r['row']} | SLO-accuracy {r['slo_accuracy']:.4f} (static high {_acc(r['slo_accuracy_static_high'])}) | {change} | {'yes' if r['helps_accuracy'] else 'no'} | | | {r['latency_ms_p50']:.2f} ms (static high {_ms(r['latency_ms_p50_static_high'])}) | |")
+                    memory = f"{_kb(r['memory_bytes'])} held (static high {_kb(r['memory_bytes_static_high'])}; the bank's figures)" if r.get("memory_bytes") and r.get("memory_bytes_static_high") else "not recorded (a replay from before it was)"
+                    energy = f"{r['energy_mj_estimated']:.4f} mJ (static high {r['energy_mj_estimated_static_high']:.4f})" if r.get("energy_mj_estimated") is not None and r.get("energy_mj_estimated_static_high") is not None else "not recorded"
+                    lines.append(f"| {r['row']} | SLO-accuracy {r['slo_accuracy']:.4f} (static high {_acc(r['slo_accuracy_static_high'])}) | {change} | {'yes' if r['helps_accuracy'] else 'no'} | {memory} | | {r['latency_ms_p50']:.2f} ms (static high {_ms(r['latency_ms_p50_static_high'])}) | {energy} |")
                 elif "not_produced" in r:
                     lines.append(f"| {r['row']} | not produced: {r['not_produced']} | | | | | | |")
                 else:
@@ -562,30 +573,43 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
 
 
 def plot_all(result: dict[str, Any], out: Path, stem: str) -> dict[str, str]:
-    """Pareto, robustness and cost-growth plots of the first protocol as PNGs in `out`; returns title -> file name."""
+    """The Pareto plot of every protocol, robustness and cost-growth plots of the first, as PNGs in `out`; returns title -> file name."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     protocol, section = next(iter(result["protocols"].items()))
-    rows = section["table_66"]
     made = {}
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, key, xlabel in ((axes[0], "bytes_deployable", "deployable bytes"), (axes[1], "latency_ms_p50", "latency p50 (ms, ONNX Runtime, batch 1)")):
-        for name, r in rows.items():
-            colour = "tab:blue" if name in TIERS else "tab:cyan" if name.endswith("_fp32") else "tab:red" if name == "teacher" else "tab:gray"
-            ax.errorbar(r[key], r["accuracy"]["mean"], yerr=r["accuracy"]["std"], fmt="o", color=colour, capsize=3)
-            ax.annotate(LABELS.get(name, name), (r[key], r["accuracy"]["mean"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
-        tiers = [t for t in TIERS if t in rows]
-        ax.plot([rows[t][key] for t in tiers], [rows[t]["accuracy"]["mean"] for t in tiers], "-", color="tab:blue", alpha=0.6, label="racmkd tiers")
+    # Every model of every table on one plot: each protocol's Table 6.6 rows (the first protocol's
+    # points filled, the others' hollow; each protocol's tiers connected) and the first protocol's
+    # runtime in each trace replay (accuracy served; every variant's bytes, as the device holds them;
+    # its latency is under the trace's load, not idle as the others').
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6))
+    for ax, key, xlabel in ((axes[0], "bytes_deployable", "deployable bytes"), (axes[1], "latency_ms_p50", "latency p50 (ms, ONNX Runtime, batch 1; runtime: replayed under the trace's load)")):
+        for i, (name_of_protocol, part) in enumerate(result["protocols"].items()):
+            rows = part["table_66"]
+            suffix = "" if i == 0 else f" ({name_of_protocol})"
+            for name, r in rows.items():
+                colour = "tab:blue" if name in TIERS else "tab:cyan" if name.endswith("_fp32") else "tab:red" if name == "teacher" else "tab:gray"
+                ax.errorbar(r[key], r["accuracy"]["mean"], yerr=r["accuracy"]["std"], fmt="o" if i == 0 else "s", color=colour, mfc=colour if i == 0 else "none", capsize=3)
+                ax.annotate(LABELS.get(name, name) + suffix, (r[key], r["accuracy"]["mean"]), textcoords="offset points", xytext=(4, 3), fontsize=6)
+            tiers = [t for t in TIERS if t in rows]
+            ax.plot([rows[t][key] for t in tiers], [rows[t]["accuracy"]["mean"] for t in tiers], "-" if i == 0 else "--", color="tab:blue", alpha=0.6, label=f"racmkd tiers ({name_of_protocol})")
+        for trace, replay in section.get("table_67", {}).items():
+            x = replay.get("bytes_deployable") if key == "bytes_deployable" else replay["dynamic"]["latency_ms_p50"]
+            if x:
+                ax.plot(x, replay["dynamic"]["accuracy"], "*", markersize=11, color="tab:green")
+                ax.annotate(f"runtime, '{trace}' ({protocol})", (x, replay["dynamic"]["accuracy"]), textcoords="offset points", xytext=(4, -9), fontsize=6, color="tab:green")
         ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # (labelled minor ticks overlap on a short log axis)
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel("test accuracy")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Accuracy vs cost ({protocol})")
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle("Accuracy vs cost: every table's models (" + ", ".join(result["protocols"]) + ")")
     fig.tight_layout()
     fig.savefig(out / f"{stem}-pareto.png", dpi=120)
     plt.close(fig)

@@ -149,7 +149,7 @@ class EdgeRuntime:
             self._applied_at = seen.observed_at
             self.budget = budget_for(self.snapshot, self.config, overhead_ms=self.overhead_ms)
         self.current: Decision = self._initial_decision()
-        if self.config.preload:
+        if self.config.preload and self.pinned is None:  # a pinned runtime holds its configuration alone (a fallback loads on use)
             self._preload()
         self._ensure_loaded(self.current.config)
         while self.pinned is None and self._holds_failed(self.current.config):  # a session that would not load: plan without it

@@ -110,6 +110,7 @@ def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, con
     raw_all = dataset.raw_batch(split, rows)
     recent: dict[str, deque[float]] = {}  # configuration -> its last compute times (the work a request needs: their median)
     bank_overhead = float(bank.data.get("request_overhead_ms", 0.0))  # the runtime's own cost per request, by the bank (latency "bank")
+    energy_of = {v.id: v.energy_mj for v in bank.table.variants}  # the bank's estimate per inference of each variant
     for i in progress(range(requests), desc=f"replay {trace.name}: {policy.name}"):
         clock.now = i * duration / requests
         if clock.now >= next_poll:
@@ -137,6 +138,7 @@ def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, con
             "t": round(clock.now, 4), "cpu_percent": reading.cpu_percent, "memory_available_mb": None if reading.memory_available_bytes is None else reading.memory_available_bytes / MB,
             "level": resource_level(reading), "configuration": ",".join(answer.variants) or "unanswered", "compute_ms": answer.latency_ms, "latency_ms": observed,
             "correct": bool(correct), "slo_met": bool(correct and observed <= config.latency_target_ms), "running_accuracy": correct_so_far / (i + 1),
+            "energy_mj": sum(energy_of[v] for v in answer.variants) if answer.variants else None, "memory_held_bytes": runtime.resident_bytes(),
             "fallbacks": answer.fallbacks,
         })
     runtime.close()
@@ -238,6 +240,8 @@ def modelled_latency(answer: Answer, slowdown: float, recent: dict[str, deque[fl
 def _summary(result: dict[str, Any], target_ms: float) -> dict[str, Any]:
     t = result["timeline"]
     lat = [r["latency_ms"] for r in t if r["configuration"] != "unanswered"]
+    energy = [r["energy_mj"] for r in t if r.get("energy_mj") is not None]  # (timelines written before energy was recorded have none)
+    held = [r["memory_held_bytes"] for r in t if "memory_held_bytes" in r]
     return {
         "requests": len(t),
         "unanswered": sum(r["configuration"] == "unanswered" for r in t),
@@ -247,6 +251,10 @@ def _summary(result: dict[str, Any], target_ms: float) -> dict[str, Any]:
         "latency_ms_p50": percentile(lat, 50),
         "latency_ms_p95": percentile(lat, 95),
         "latency_ms_p99": percentile(lat, 99),
+        # The bank's figures for what served: estimated energy per answered request, and the memory
+        # the runtime's loaded sessions held (every variant it may switch to, when they fit).
+        "energy_mj_mean": statistics.fmean(energy) if energy else None,
+        "memory_held_bytes_max": max(held) if held else None,
     }
 
 
