@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from racmkd.data.fsdd import load_fsdd, parse_wav, recordings_digest
+from racmkd.data.fsdd import load_fsdd, parse_wav, recordings_digest, release_manifest
 from racmkd.data.mnist import find_idx, load_mnist, parse_idx, read_idx_bytes
 from racmkd.data.paths import DataError, data_root
 
@@ -126,15 +126,20 @@ def test_fsdd_folder_checks(tmp_path: Path) -> None:
 
 
 def test_real_fsdd_matches_the_release(shared_root: Path, tmp_path: Path) -> None:
-    recs = load_fsdd(shared_root / "fsdd" / "recordings")
+    recs = load_fsdd(shared_root / "fsdd" / "recordings")  # the release's digest holds ...
     assert len(recs) == 3000
-    # One recording missing, one changed in place: each named or told apart.
+    assert release_manifest() == {r.name: hashlib.sha256((shared_root / "fsdd" / "recordings" / r.name).read_bytes()).hexdigest()[:16] for r in recs}  # ... and so does each file's line
+    # One recording missing, one changed in place (still a valid recording): each named.
     copy = tmp_path / "recordings"
     copy.mkdir()
     for rec in recs:
-        (copy / rec.name).write_bytes(wav_bytes(rec.samples))
+        (copy / rec.name).write_bytes((shared_root / "fsdd" / "recordings" / rec.name).read_bytes())
     (copy / "7_theo_12.wav").unlink()
     with pytest.raises(DataError, match=r"missing 7_theo_12\.wav\. Re-download"):
+        load_fsdd(copy)
+    changed = next(r for r in recs if r.name == "2_lucas_30.wav")
+    (copy / changed.name).write_bytes(wav_bytes(np.clip(changed.samples.astype(np.int32) + 1, -32768, 32767).astype(np.int16)))
+    with pytest.raises(DataError, match=r"missing 7_theo_12\.wav; content differs from the release: 2_lucas_30\.wav\. Re-download"):
         load_fsdd(copy)
     assert len({r.speaker for r in recs}) == 6 and {r.index for r in recs} == set(range(50))
 

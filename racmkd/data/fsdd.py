@@ -17,9 +17,8 @@ from racmkd.utils import progress
 
 FSDD_SAMPLE_RATE = 8000
 FSDD_COUNT = 3000
-FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")  # 10 digits x 50 repetitions each
-FSDD_REPETITIONS = 50
-# sha256 over the sorted lines "<file name> <sha256 of the file>\n" of all 3,000 recordings of v1.0.10.
+# sha256 over the sorted lines "<file name> <sha256 of the file>\n" of all 3,000 recordings of v1.0.10
+# (fsdd_sha256.txt beside this file lists each recording's, to name one that differs).
 FSDD_RECORDINGS_SHA256 = "dbd573d7cafe79c4b49f65718115e1304e24e067fa39eff18a660dc6cb9c360f"
 NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 FIX = "Replace it with the official recording (`racmkd data --download` fetches and checks the dataset)."
@@ -96,19 +95,27 @@ def load_fsdd(directory: Path, expected_sha256: str | None = FSDD_RECORDINGS_SHA
         if digest != expected_sha256:
             raise DataError(
                 f"{directory}: the {len(files)} recordings (official release: {FSDD_COUNT}) do not match FSDD v1.0.10 "
-                f"(digest {digest}, expected {expected_sha256}){_names_astray([name for name, _ in contents])}. Re-download with `racmkd data --download`."
+                f"(digest {digest}, expected {expected_sha256}){_names_astray(contents)}. Re-download with `racmkd data --download`."
             )
     return recordings
 
 
-def _names_astray(names: list[str]) -> str:
-    """For the checksum's error: the official recordings missing from `names` and the files that are
-    not official, or, when the names are the release's, that a recording's content differs."""
-    official = {f"{d}_{s}_{i}.wav" for d in range(10) for s in FSDD_SPEAKERS for i in range(FSDD_REPETITIONS)}
-    missing, extra = sorted(official - set(names)), sorted(set(names) - official)
+def release_manifest() -> dict[str, str]:
+    """Each official recording's name -> the first 16 hex digits of its sha256 (fsdd_sha256.txt)."""
+    lines = (Path(__file__).parent / "fsdd_sha256.txt").read_text().splitlines()
+    return dict(line.split() for line in lines if line and not line.startswith("#"))
+
+
+def _names_astray(named_files: list[tuple[str, bytes]]) -> str:
+    """For the checksum's error: the official recordings missing, the files that are not official,
+    and the official ones whose content differs from the release's (by the per-file manifest)."""
+    manifest = release_manifest()
+    names = {name for name, _ in named_files}
+    missing, extra = sorted(manifest.keys() - names), sorted(names - manifest.keys())
+    changed = sorted(name for name, data in named_files if name in manifest and hashlib.sha256(data).hexdigest()[:16] != manifest[name])
 
     def listed(files: list[str]) -> str:
         return ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
 
-    parts = ([f"missing {listed(missing)}"] if missing else []) + ([f"not in the release: {listed(extra)}"] if extra else [])
-    return "; " + "; ".join(parts) if parts else "; every official file name is there, so a recording's content differs"
+    parts = [f"{what} {listed(files)}" for what, files in (("missing", missing), ("not in the release:", extra), ("content differs from the release:", changed)) if files]
+    return "; " + "; ".join(parts) if parts else ""
