@@ -489,6 +489,36 @@ def test_int8_weights_leave_headroom_for_kernels_that_saturate(tmp_path: Path) -
     assert WEIGHT_QMAX < 127
 
 
+def test_a_trained_students_int8_model_keeps_its_fp32_models_answers(tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    """The issue's parity bound on a trained model, not random weights: a student trained on the
+    tiny run's real images and recordings, exported, then int8 post-training quantized (static QDQ,
+    calibrated on 256 training samples), agrees with its fp32 model on >= 99% of the test split."""
+    from racmkd.compress.export import onnx_logits, parity
+    from racmkd.compress.quantize import calibration_inputs, quantize_int8
+
+    ds = tiny_dataset
+    specs = {m: ds.modalities[m].spec(1) for m in ds.modalities}
+    torch.manual_seed(0)
+    model = student({m: {"encoder": "dscnn2d", "shape": list(ds.modalities[m].feature_shape(s))} for m, s in specs.items()}, width=2.0, depth=2)
+    train = {m: torch.from_numpy(x) for m, x in calibration_inputs(ds, specs, len(ds.splits["train"])).items()}
+    labels = ds.splits["train"].labels[: len(next(iter(train.values())))]
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    for _ in range(8):
+        for rows in torch.randperm(len(labels)).split(64):
+            optimiser.zero_grad()
+            nn.functional.cross_entropy(model({m: x[rows] for m, x in train.items()}), labels[rows]).backward()
+            optimiser.step()
+    model.eval()
+    fp32 = export_onnx(model, specs, ds.modalities, tmp_path / "fp32.onnx", name="trained")
+    int8 = quantize_int8(fp32, tmp_path / "int8.onnx", calibration_inputs(ds, specs, 256))
+    reference, test_labels = onnx_logits(session(fp32), specs, ds, "test")
+    quantized, _ = onnx_logits(session(int8), specs, ds, "test")
+    result = parity(quantized, reference, test_labels)
+    assert result.reference_accuracy > 0.9, result  # trained: the bound is about a model that works
+    assert result.argmax_agreement >= 0.99 and result.accuracy >= result.reference_accuracy - 0.01, result
+
+
 def test_int8_weights_shrink_the_file_and_run_at_float_speed_settings(tmp_path: Path) -> None:
     from racmkd.compress.quantize import quantize_weights_int8
 

@@ -536,8 +536,8 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
             for r in section["table_68"]:
                 if r["model"] == "runtime":
                     change = f"{r['slo_gain']:+.4f} (noise {r['slo_noise']:.4f})" if "slo_gain" in r else ""
-                    memory = f"{_kb(r['memory_bytes'])} held (static high {_kb(r['memory_bytes_static_high'])}; the bank's figures)" if r.get("memory_bytes") and r.get("memory_bytes_static_high") else "not recorded (a replay from before it was)"
-                    energy = f"{r['energy_mj_estimated']:.4f} mJ (static high {r['energy_mj_estimated_static_high']:.4f})" if r.get("energy_mj_estimated") is not None and r.get("energy_mj_estimated_static_high") is not None else "not recorded"
+                    memory = f"{_kb(r['memory_bytes'])} held" + (f" (static high {_kb(r['memory_bytes_static_high'])})" if r["memory_bytes_static_high"] else "") + ", the bank's figures"
+                    energy = "none answered" if r["energy_mj_estimated"] is None else f"{r['energy_mj_estimated']:.4f} mJ" + (f" (static high {r['energy_mj_estimated_static_high']:.4f})" if r["energy_mj_estimated_static_high"] is not None else "")
                     lines.append(f"| {r['row']} | SLO-accuracy {r['slo_accuracy']:.4f} (static high {_acc(r['slo_accuracy_static_high'])}) | {change} | {'yes' if r['helps_accuracy'] else 'no'} | {memory} | | {r['latency_ms_p50']:.2f} ms (static high {_ms(r['latency_ms_p50_static_high'])}) | {energy} |")
                 elif "not_produced" in r:
                     lines.append(f"| {r['row']} | not produced: {r['not_produced']} | | | | | | |")

@@ -240,8 +240,8 @@ def modelled_latency(answer: Answer, slowdown: float, recent: dict[str, deque[fl
 def _summary(result: dict[str, Any], target_ms: float) -> dict[str, Any]:
     t = result["timeline"]
     lat = [r["latency_ms"] for r in t if r["configuration"] != "unanswered"]
-    energy = [r["energy_mj"] for r in t if r.get("energy_mj") is not None]  # (timelines written before energy was recorded have none)
-    held = [r["memory_held_bytes"] for r in t if "memory_held_bytes" in r]
+    energy = [r["energy_mj"] for r in t if r["energy_mj"] is not None]  # (None: unanswered)
+    held = [r["memory_held_bytes"] for r in t]
     return {
         "requests": len(t),
         "unanswered": sum(r["configuration"] == "unanswered" for r in t),
