@@ -17,7 +17,7 @@ import racmkd
 from racmkd.cli import app
 from racmkd.config import RuntimeConfig
 from racmkd.resources.monitor import ResourceMonitor
-from racmkd.resources.sources import TraceSource, synthetic_trace
+from racmkd.resources.sources import TraceSource, rapl_domains, synthetic_trace
 from racmkd.runtime.edge import EdgeRuntime, NoVariantError, budget_for
 from racmkd.runtime.simulate import simulate
 from racmkd.runtime.variants import BankError, load_bank
@@ -78,8 +78,21 @@ def test_a_bank_of_int8_weight_variants_is_smaller_and_answers_alike(bank_dir: P
     from racmkd.runtime import variants
 
     monkeypatch.setattr(variants, "_source", lambda run_dir, tier: (run_dir / "checkpoints" / f"{tier}.pt", "int8-weights"))
-    folder = variants.build_bank(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, out_dir=tmp_path / "edge", val_samples=300, test_samples=300, latency_iters=10)
+    read_from = []
+
+    def rapl(fn, iters: int, root: Path) -> float:  # noqa: ANN001 - RAPL counters readable: 0.25 mJ a call, say
+        fn()
+        read_from.append(root)
+        return 2.5e-4
+
+    monkeypatch.setattr(variants, "measured_energy_joules", rapl)
+    cfg = load_config(tiny_run / "config.yaml", [f"eval.rapl_root={tmp_path / 'powercap'}"])
+    folder = variants.build_bank(cfg, tiny_dataset, tiny_run, out_dir=tmp_path / "edge", val_samples=300, test_samples=300, latency_iters=10)
     small, full = load_bank(folder), load_bank(bank_dir)
+    assert all(v["energy_source"] == "measured" and v["energy_mj"] == pytest.approx(0.25) for v in small.data["variants"])  # the counters, not the estimate
+    assert set(read_from) == {tmp_path / "powercap"} and len(read_from) == len(small.data["variants"])
+    estimated = not rapl_domains(Path(load_config(tiny_run / "config.yaml").eval.rapl_root))  # the fixture's bank: this machine's counters, if any
+    assert all(v["energy_source"] == ("estimated" if estimated else "measured") for v in full.data["variants"])
     by_id = {v["tier"] + "/" + v["modality"]: v for v in full.data["variants"]}
     for v in small.data["variants"]:
         reference = by_id[v["tier"] + "/" + v["modality"]]
