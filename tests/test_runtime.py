@@ -75,6 +75,7 @@ def test_a_bank_of_int8_weight_variants_is_smaller_and_answers_alike(bank_dir: P
     """Where a tier's recipe chose int8 weights, its variants are exported so: a quarter of the
     weight bytes, the same answers, memory measured as the session holds them (weights in float)."""
     from racmkd.config import load_config
+    from racmkd.eval import cost
     from racmkd.runtime import variants
 
     monkeypatch.setattr(variants, "_source", lambda run_dir, tier: (run_dir / "checkpoints" / f"{tier}.pt", "int8-weights"))
@@ -85,7 +86,7 @@ def test_a_bank_of_int8_weight_variants_is_smaller_and_answers_alike(bank_dir: P
         read_from.append(root)
         return 2.5e-4
 
-    monkeypatch.setattr(variants, "measured_energy_joules", rapl)
+    monkeypatch.setattr(cost, "measured_energy_joules", rapl)
     cfg = load_config(tiny_run / "config.yaml", [f"eval.rapl_root={tmp_path / 'powercap'}"])
     folder = variants.build_bank(cfg, tiny_dataset, tiny_run, out_dir=tmp_path / "edge", val_samples=300, test_samples=300, latency_iters=10)
     small, full = load_bank(folder), load_bank(bank_dir)

@@ -193,3 +193,14 @@ def measured_energy_joules(fn: Callable[[], Any], iters: int, root: Path) -> flo
             end += _read_uj(limit_file) if limit_file.exists() else 0
         total += end - start
     return total * 1e-6 / iters
+
+
+
+def energy_per_call_mj(fn: Callable[[], Any], iters: int, rapl_root: Path, flops: float, bytes_moved: float, seconds: float, model: EnergyModel) -> tuple[float, str]:
+    """Energy per call of `fn` in mJ and where it came from: the RAPL counters where readable
+    ("measured", over `iters` calls), else the energy model's estimate from FLOPs, bytes moved and
+    the call's measured time ("estimated")."""
+    measured = measured_energy_joules(fn, iters, rapl_root)
+    if measured is not None:
+        return measured * 1e3, "measured"
+    return estimated_energy_joules(flops, bytes_moved, seconds, model) * 1e3, "estimated"

@@ -18,7 +18,7 @@ import torch
 from racmkd.compress.artifacts import read_compression_record
 from racmkd.config import EvalConfig, to_dict
 from racmkd.data.dataset import PairedDataset, build_dataset
-from racmkd.eval.cost import activation_memory, count_flops, estimated_energy_joules, latency_round_robin, measured_energy_joules, model_bytes
+from racmkd.eval.cost import activation_memory, count_flops, energy_per_call_mj, latency_round_robin, model_bytes
 from racmkd.eval.metrics import classification_metrics
 from racmkd.eval.plots import plot_accuracy_vs_cost, plot_training_curves
 from racmkd.models.checkpoint import load_model
@@ -160,14 +160,9 @@ def add_latency_and_energy(models: dict[str, dict[str, Any]], timers: dict[str, 
     for name, entry in models.items():
         entry["latency_ms_p50"], entry["latency_ms_p95"] = model_lat[name]["p50"], model_lat[name]["p95"]
         entry["predict_latency_ms_p50"] = predict_lat[name]["p50"]
+        moved = entry.get("resident_weight_bytes", entry["param_bytes_fp32"]) + 2 * entry["activation_bytes_written"]  # weights read once (as the kernels read them), activations written and read
         with torch_threads(1):
-            measured = measured_energy_joules(timers[name]["model"], ev.latency_iters, Path(ev.rapl_root))
-        if measured is not None:
-            entry["energy_mj"], entry["energy_source"] = measured * 1e3, "measured"
-        else:
-            moved = entry.get("resident_weight_bytes", entry["param_bytes_fp32"]) + 2 * entry["activation_bytes_written"]  # weights read once (as the kernels read them), activations written and read
-            entry["energy_mj"] = estimated_energy_joules(entry["flops"], moved, entry["latency_ms_p50"] / 1e3, ev.energy) * 1e3
-            entry["energy_source"] = "estimated"
+            entry["energy_mj"], entry["energy_source"] = energy_per_call_mj(timers[name]["model"], ev.latency_iters, Path(ev.rapl_root), entry["flops"], moved, entry["latency_ms_p50"] / 1e3, ev.energy)
         entry["energy_device"] = ev.energy.device
 
 

@@ -344,7 +344,7 @@ def ablation(rows: dict[str, Any], replays: dict[str, Any], missing: dict[str, s
         noise = 2 * math.sqrt(sum(x["slo_accuracy"] * (1 - x["slo_accuracy"]) / x["requests"] for x in (dynamic, static))) if static else math.nan
         # Memory and energy by the bank's figures for its variants (not Table 6.6's graph measure):
         # the sessions the runtime held (every variant it may switch to; static high its own two) and
-        # the estimated energy of the variants that answered, per request.
+        # the energy of the variants that answered, per request (RAPL where readable, else estimated).
         costs = {
             "memory_bytes": dynamic.get("memory_held_bytes_max"), "memory_bytes_static_high": (static or {}).get("memory_held_bytes_max"),
             "energy_mj_estimated": dynamic.get("energy_mj_mean"), "energy_mj_estimated_static_high": (static or {}).get("energy_mj_mean"),
@@ -599,8 +599,8 @@ def plot_all(result: dict[str, Any], out: Path, stem: str) -> dict[str, str]:
             tiers = [t for t in TIERS if t in rows]
             ax.plot([rows[t][key] for t in tiers], [rows[t]["accuracy"]["mean"] for t in tiers], "-" if i == 0 else "--", color="tab:blue", alpha=0.6, label=f"racmkd tiers ({name_of_protocol})")
         for trace, replay in section.get("table_67", {}).items():
-            x = replay.get("bytes_deployable") if key == "bytes_deployable" else replay["dynamic"]["latency_ms_p50"]
-            if x:
+            x = replay["bytes_deployable"] if key == "bytes_deployable" else replay["dynamic"]["latency_ms_p50"]
+            if math.isfinite(x):  # (a replay with nothing answered has no latency)
                 ax.plot(x, replay["dynamic"]["accuracy"], "*", markersize=11, color="tab:green")
                 ax.annotate(f"runtime, '{trace}' ({protocol})", (x, replay["dynamic"]["accuracy"]), textcoords="offset points", xytext=(4, -9), fontsize=6, color="tab:green")
         ax.set_xscale("log")

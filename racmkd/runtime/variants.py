@@ -37,7 +37,7 @@ from racmkd.compress.export import compact_file, export_onnx, onnx_logits, sessi
 from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights_int8
 from racmkd.config import RunConfig
 from racmkd.data.dataset import PairedDataset
-from racmkd.eval.cost import estimated_energy_joules, latency_round_robin, measured_energy_joules, rounds_for
+from racmkd.eval.cost import energy_per_call_mj, latency_round_robin, rounds_for
 from racmkd.eval.report import machine
 from racmkd.models.checkpoint import load_model
 from racmkd.registry import SIGNALS
@@ -164,11 +164,7 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
         cost = graph_cost(path)
         moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
         lat = latency[r["path"]]
-        # Energy per inference from the RAPL package counters where they are readable (the whole
-        # package: what else runs counts too), else the energy model's estimate.
-        measured = measured_energy_joules(runners[r["path"]], latency_iters, Path(cfg.eval.rapl_root))
-        energy_source = "estimated" if measured is None else "measured"
-        energy = (estimated_energy_joules(cost.flops, moved, lat["p50"] / 1e3, cfg.eval.energy) if measured is None else measured) * 1e3
+        energy, energy_source = energy_per_call_mj(runners[r["path"]], latency_iters, Path(cfg.eval.rapl_root), cost.flops, moved, lat["p50"] / 1e3, cfg.eval.energy)
         graph_memory = cost.resident_weight_bytes + cost.peak_activation_bytes
         resident = resident_bytes(path, [out_dir / o["path"] for o in records if o is not r])
         # A session holds at least its file's bytes and the graph's weights (as it runs them) and
