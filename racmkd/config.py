@@ -184,7 +184,9 @@ class StudentsConfig:
     # memory (at most `replay_cache_bytes`; 0 keeps none and the teachers answer again) instead of
     # drawing new batches for the teachers to answer: the teachers' forward pass and their inputs
     # were most of the critical tier's own epochs. Its inputs are kept too (at most as many bytes),
-    # so the replayed batches are not featurised again. false: draw new batches.
+    # so the replayed batches are not featurised again. false: draw new batches. The process holds
+    # more than the caches: the heap fragments around what they keep (the high tier replaying its
+    # 0.8 MB-a-batch inputs took `make run` from 3.4 to 9.9 GB resident; docs/measurements.md).
     replay: bool = True
     replay_cache_bytes: int = 1 << 30
 
