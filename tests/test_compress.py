@@ -384,6 +384,35 @@ def compressed_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return run_dir
 
 
+def test_a_cost_matched_baseline_gets_at_least_the_tiers_bytes(compressed_run: Path, tmp_path: Path) -> None:
+    """The TinyML recipe sized to the compressed critical tier: its int8 artifact, as the suite
+    deploys it, holds at least as many bytes as the tier's, and one channel narrower would not."""
+    from racmkd.eval.baselines import SIZE_SLACK, deployed_bytes, int8_bytes, plain_cnn, train_extras
+    from racmkd.models.checkpoint import load_model
+    from racmkd.eval.deployed import deploy
+    from racmkd.pipeline import checkpoint, open_run, prepare_data
+
+    run = tmp_path / "tiny"
+    shutil.copytree(compressed_run, run, ignore=shutil.ignore_patterns("edge", "onnx"))
+    run_dir, cfg = open_run(run)
+    dataset = prepare_data(cfg)
+    trained, found = train_extras(cfg, dataset, run_dir, ("tinyml_critical",), transfer=False)
+    assert trained == ["tinyml_critical"] and not found
+    model, specs, modalities, meta = load_model(checkpoint(run_dir, "tinyml_critical"))
+    target = deployed_bytes(run_dir, "critical")
+    assert meta["matched"]["tier"] == "critical" and meta["matched"]["target_bytes"] == target and meta["trained_with"] == "labels"
+    row = deploy(cfg, dataset, run_dir, "tinyml_critical", run_dir / "bench" / "onnx")
+    deployed = row.artifact.stat().st_size
+    assert row.format == "onnx-int8" and deployed >= target and abs(deployed - meta["matched"]["bytes_sized"]) < 0.01 * target  # the search's size is the deployed file's, within the slack
+    width = meta["matched"]["width"]
+    if width > 1:
+        from racmkd.compress.quantize import calibration_inputs
+
+        inputs = model.arch["kwargs"]["inputs"]
+        assert int8_bytes(plain_cnn(inputs, width - 1), specs, modalities, calibration_inputs(dataset, specs, 16), "tinyml_critical") < target * (1 + SIZE_SLACK) + 64
+    assert train_extras(cfg, dataset, run_dir, ("tinyml_critical",), transfer=False) == ([], ["tinyml_critical"])  # resumed: the tier is unchanged
+
+
 def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) -> None:
     from racmkd.eval.suite import compressed_with
 

@@ -34,6 +34,26 @@ def test_dominance_and_closest_baseline() -> None:
     assert not dominates(tier, {**near, "latency_ms_p50": 0.5})  # faster baseline: not dominated
 
 
+def test_narrowest_reaching_hands_the_baseline_at_least_the_target() -> None:
+    from racmkd.eval.baselines import narrowest_reaching
+
+    asked: list[int] = []
+
+    def size_of(width: int) -> int:
+        asked.append(width)
+        return 1000 + 40 * width * width  # bytes grow with width, as a network's do
+
+    widths = list(range(1, 65))
+    for target in (1, 1040, 1041, 5000, 1000 + 40 * 64 * 64):
+        width, size = narrowest_reaching(size_of, target, widths)
+        assert size == size_of(width) >= target and (width == 1 or size_of(width - 1) < target)
+    asked.clear()
+    assert narrowest_reaching(size_of, 10**9, widths) == (64, size_of(64))  # none reaches it: the widest, its real size
+    asked.clear()
+    narrowest_reaching(size_of, 30_000, widths)
+    assert len(asked) <= 8  # bisection: each size is an export, seconds each
+
+
 def test_scaling_exponent_recovers_a_power_law() -> None:
     xs = [1, 2, 4, 8, 16]
     assert scaling_exponent(xs, [3 * x**1.5 for x in xs]) == pytest.approx(1.5)
@@ -61,7 +81,7 @@ def test_raw_test_batch_degrades_reproducibly(tiny_dataset) -> None:
 
 
 def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path, tmp_path: Path) -> None:
-    from racmkd.eval.suite import TABLE_ROWS, SuiteSettings, plot_all, render, run_suite
+    from racmkd.eval.suite import MATCHED, TABLE_ROWS, SuiteSettings, plot_all, render, run_suite
 
     runs = tmp_path / "bench"
     shutil.copytree(tiny_run, runs / "clean-s0", ignore=shutil.ignore_patterns("edge", "simulate", "compressed"))  # seed 0: the tiny run's teachers and tiers
@@ -69,7 +89,8 @@ def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path
     result = run_suite(replace(settings, requests=60, trace_seconds=6.0))
     section = result["protocols"]["clean"]
     rows = section["table_66"]
-    assert set(TABLE_ROWS) <= set(rows)
+    assert set(TABLE_ROWS) - set(MATCHED) <= set(rows) and not set(MATCHED) & set(rows)  # nothing compressed: no tier's bytes to match, said
+    assert any("no tier was compressed" in why for why in section["missing"].values())
     for name, row in rows.items():
         assert 0.0 <= row["accuracy"]["mean"] <= 1.0 and row["accuracy"]["n"] == 2, name
         assert row["bytes_deployable"] > 0 and row["latency_ms_p50"] > 0 and row["flops"] > 0, name

@@ -26,6 +26,7 @@ import torch
 from racmkd.compress.artifacts import read_compression_record
 from racmkd.config import EvalConfig, RunConfig
 from racmkd.data.dataset import PairedDataset
+from racmkd.eval.baselines import matched_tier
 from racmkd.eval.cost import activation_memory, count_flops, estimated_energy_joules, latency_round_robin, model_bytes, time_calls
 from racmkd.eval.metrics import classification_metrics
 from racmkd.eval.report import git_commit
@@ -35,7 +36,7 @@ from racmkd.models.multimodal import MultimodalNet
 from racmkd.pipeline import checkpoint, compressed_dir, export_model
 from racmkd.utils import progress, torch_threads
 
-INT8_ROWS = ("tinyml",)  # rows deployed as static int8 (post-training quantization), as for TFLite Micro
+INT8_ROWS = ("tinyml",)  # rows deployed as static int8 (post-training quantization), as for TFLite Micro; and every cost-matched TinyML row
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def deploy(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out
     if compressed and (folder / "compression.json").is_file():
         manifest = read_compression_record(folder)
         return Deployed(name, folder / manifest["artifact"], twin(run_dir, name), manifest["format"])
-    int8 = name in INT8_ROWS
+    int8 = name in INT8_ROWS or matched_tier(name) is not None
     record = out_dir / f"{name}.export.json"
     result = json.loads(record.read_text()) if record.is_file() else None
     commit = git_commit()
