@@ -50,8 +50,9 @@ def test_narrowest_reaching_hands_the_baseline_at_least_the_target() -> None:
     asked.clear()
     assert narrowest_reaching(size_of, 10**9, widths) == (64, size_of(64))  # none reaches it: the widest, its real size
     asked.clear()
-    narrowest_reaching(size_of, 30_000, widths)
-    assert len(asked) <= 8  # bisection: each size is an export, seconds each
+    assert narrowest_reaching(size_of, 30_000, widths)[0] == 27 and len(asked) <= 10 and max(asked) < 2 * 27 + 2  # each size is an export, seconds each: never far wider than the answer
+    asked.clear()
+    assert narrowest_reaching(size_of, 1, widths) == (1, 1040) and asked == [1]  # a tiny tier: one export
 
 
 def test_scaling_exponent_recovers_a_power_law() -> None:

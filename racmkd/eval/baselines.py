@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from racmkd.compress.artifacts import read_compression_record
 from racmkd.config import DistillConfig, RunConfig
 from racmkd.data.dataset import PairedDataset
@@ -130,9 +131,10 @@ def int8_bytes(model: MultimodalNet, specs: dict[str, Any], modalities: dict[str
 
 def narrowest_reaching(size_of: Callable[[int], int], target: int, widths: list[int]) -> tuple[int, int]:
     """(width, its size): the narrowest of `widths` (ascending; sizes grow with width) whose size is
-    at least `target`, by bisection: a dominance test must not hand the baseline fewer bytes than the
-    tier has. The widest when none reaches it (the row then reports its real size)."""
-    lo, hi = 0, len(widths) - 1
+    at least `target`: a dominance test must not hand the baseline fewer bytes than the tier has.
+    The widest when none reaches it (the row then reports its real size). Each size is an export
+    (seconds), so the search gallops up from the narrowest (1, 2, 4, 8, ... widths in), never
+    exporting a network far wider than the answer, then bisects the last step."""
     sizes: dict[int, int] = {}
 
     def size(i: int) -> int:
@@ -140,15 +142,18 @@ def narrowest_reaching(size_of: Callable[[int], int], target: int, widths: list[
             sizes[i] = size_of(widths[i])
         return sizes[i]
 
-    if size(hi) < target:
-        return widths[hi], size(hi)
-    while lo < hi:
+    lo, hi = -1, 0  # size(lo) < target (lo = -1: nothing below), hi: the index being tried
+    while size(hi) < target:
+        if hi == len(widths) - 1:
+            return widths[hi], size(hi)
+        lo, hi = hi, min(2 * hi + 1, len(widths) - 1)
+    while hi - lo > 1:
         mid = (lo + hi) // 2
         if size(mid) >= target:
             hi = mid
         else:
-            lo = mid + 1
-    return widths[lo], size(lo)
+            lo = mid
+    return widths[hi], size(hi)
 
 
 def matched_job(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, width: int | None = None) -> tuple[Job, dict[str, Any]]:
