@@ -148,6 +148,10 @@ def test_tables_tolerate_a_row_that_was_not_produced() -> None:
     dominance = next(t for name, t in targets.items() if name.startswith("racmkd high dominates"))
     assert dominance["reached"] and "Standard KD" in dominance["target"]
     assert not next(t for name, t in targets.items() if name.startswith("racmkd medium"))["reached"]  # not produced: reported, not skipped
+    # A cost-matched TinyML row gets a verdict of its own beside the closest by bytes and latency together.
+    seeds[0]["rows"]["tinyml_high"], seeds[0]["costs"]["tinyml_high"] = acc(0.94), cost(2.1e5, 0.3)
+    matched = {t["target"]: t for t in table_targets(table_66(seeds[:1]))}["racmkd high dominates the TinyML recipe at its bytes"]
+    assert matched["reached"] and "0.9600 vs 0.9400" in matched["measured"]
     # The ablation says which row was not produced and why, instead of leaving it out.
     from racmkd.eval.suite import ablation
 

@@ -284,12 +284,18 @@ def table_targets(rows: dict[str, Any]) -> list[dict[str, Any]]:
             out.append({"target": f"racmkd {tier}: dominance and retention", "measured": "not produced (see the rows not produced)", "reached": False})
             continue
         near = closest_in_cost(flat[tier], baselines)
-        a, b = largest[tier], largest[near]
-        out.append({"target": f"racmkd {tier} dominates the baseline closest in cost ({LABELS[near]})", "measured": f"accuracy {a['accuracy']:.4f} vs {b['accuracy']:.4f}, {a['bytes_deployable'] / 1024:.1f} vs {b['bytes_deployable'] / 1024:.1f} KB, {a['latency_ms_p50']:.3f} vs {b['latency_ms_p50']:.3f} ms", "reached": dominates(a, b)})
+        out.append(_dominance(f"racmkd {tier} dominates the baseline closest in cost ({LABELS[near]})", largest[tier], largest[near]))
+        if matched_name(tier) in flat:  # (the closest by bytes and latency together may be another: a plain int8 CNN is slower at the same bytes)
+            out.append(_dominance(f"racmkd {tier} dominates the TinyML recipe at its bytes", largest[tier], largest[matched_name(tier)]))
         goal, paper_mb = SEED_PAPER["retention"][tier], SEED_PAPER["memory_mb"].get(tier, SEED_PAPER["memory_mb"]["low"])
         retention, memory_mb = rows[tier]["retention"], rows[tier]["memory_bytes"] / 2**20
         out.append({"target": f"racmkd {tier}: retention > {goal:.1%} (seed paper) at memory <= {paper_mb / 10:.2f} MB (a tenth of theirs)", "measured": f"{retention:.2%} at {memory_mb:.3f} MB", "reached": retention > goal and memory_mb <= paper_mb / 10})
     return out
+
+
+def _dominance(target: str, a: dict[str, float], b: dict[str, float]) -> dict[str, Any]:
+    measured = f"accuracy {a['accuracy']:.4f} vs {b['accuracy']:.4f}, {a['bytes_deployable'] / 1024:.1f} vs {b['bytes_deployable'] / 1024:.1f} KB, {a['latency_ms_p50']:.3f} vs {b['latency_ms_p50']:.3f} ms"
+    return {"target": target, "measured": measured, "reached": dominates(a, b)}
 
 
 def replay_tables(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, settings: SuiteSettings) -> dict[str, Any]:
