@@ -270,6 +270,13 @@ def test_export_metadata_round_trips_and_onnx_runtime_matches_pytorch(tmp_path: 
     assert [i.name for i in session(audio_only).get_inputs()] == ["audio"]
     reference = model.forward_head(model.fuse(model.encode({"audio": x["audio"]})[1])).detach().numpy()
     np.testing.assert_allclose(session(audio_only).run(["logits"], {"audio": x["audio"].numpy()})[0], reference, atol=1e-4)
+    from torch.onnx._internal.exporter import _registration
+
+    from racmkd.compress.export import _torchlib_registry
+
+    # The two exports built torch's operator registry once (per opset), and left torch's own builder in place.
+    assert _torchlib_registry.cache_info().currsize == 1 and _torchlib_registry.cache_info().hits >= 1
+    assert "<lambda>" not in repr(_registration.ONNXRegistry.__dict__["from_torchlib"].__func__)
 
 
 def test_a_teacher_exports_with_its_fusion_and_a_sensor_off(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ MODS = {name: MODALITIES.create(name) for name in ("image", "audio")}
 CFG = RunConfig()
 
 
+@functools.cache  # read at collection and again by a test
 def all_designs():  # every design any default tier may pick
     return [d for tier in CFG.students.tiers for d in candidates(CFG, MODS, tier)[0]]
 
@@ -85,6 +88,11 @@ def test_widest_student_is_the_widest_that_fits() -> None:
     capped = widest_student(inputs, 1 << 30)  # a budget that does not bind: the cap
     assert capped is not None and capped.arch["kwargs"]["width"] == 8.0
     assert widest_student(inputs, 100) is None
+    torch.manual_seed(3)
+    searched = widest_student(inputs, 16 * 1024)
+    torch.manual_seed(3)
+    direct = MODELS.create("student", inputs, width=searched.arch["kwargs"]["width"])
+    assert all(torch.equal(a, b) for a, b in zip(searched.state_dict().values(), direct.state_dict().values()))  # the search draws nothing: the seed alone sets the weights
 
 
 def test_aligned_students_round_every_layer_and_keep_the_budget() -> None:
