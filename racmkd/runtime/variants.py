@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
-from racmkd.compress.artifacts import FORMAT_PRECISION, read_compression_record
+from racmkd.compress.artifacts import FORMAT_PRECISION, read_compression_record, stores_weights_only_in_int8
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, session
 from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights_int8
 from racmkd.config import RunConfig
@@ -84,19 +85,18 @@ def _accuracy_table(modalities: list[str], tiers_of: dict[str, list[str]], share
 # reused by the measured session, which would then read too small.
 _RESIDENT = """
 import gc, sys
-import numpy as np, onnx, onnxruntime as ort, psutil
-from racmkd.compress.artifacts import stores_weights_only_in_int8
-float_weights = {p: stores_weights_only_in_int8(onnx.load(p)) for p in sys.argv[1:]}
+import numpy as np, onnxruntime as ort, psutil
 gc.collect()
-def load(path):
+def load(argument):
+    float_weights, path = argument.split(":", 1)
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
-    if float_weights[path]:
+    if float_weights == "1":
         options.add_session_config_entry("session.disable_quant_qdq", "1")
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     session.run(None, {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in session.get_inputs()})
     return session
-others = [load(p) for p in sys.argv[2:]]
+others = [load(a) for a in sys.argv[2:]]
 gc.collect()
 before = psutil.Process().memory_info().rss
 target = load(sys.argv[1])
@@ -106,9 +106,12 @@ print(psutil.Process().memory_info().rss - before)
 
 def resident_bytes(path: Path, others: list[Path]) -> int | None:
     """Resident memory a session of `path` adds to a process already holding sessions of `others`
-    (measured in a fresh interpreter), or None when the measurement fails."""
+    (measured in a fresh interpreter), or None when the measurement fails. Each file's session
+    options (int8 weights folded to float, as `session` opens them) are decided here: importing
+    onnx took the fresh interpreter 2 of its 3 seconds, once per variant of a bank."""
     try:
-        done = subprocess.run([sys.executable, "-c", _RESIDENT, str(path), *map(str, others)], capture_output=True, text=True, timeout=120, check=True)
+        arguments = [f"{int(stores_weights_only_in_int8(onnx.load(p)))}:{p}" for p in [path, *others]]
+        done = subprocess.run([sys.executable, "-c", _RESIDENT, *arguments], capture_output=True, text=True, timeout=120, check=True)
         return max(0, int(done.stdout.strip().splitlines()[-1]))
     except (subprocess.SubprocessError, ValueError, IndexError, OSError):
         return None
