@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from google.protobuf.message import DecodeError
 
 from racmkd.compress.artifacts import FORMAT_PRECISION, read_compression_record, stores_weights_only_in_int8
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, session
@@ -113,7 +114,7 @@ def resident_bytes(path: Path, others: list[Path]) -> int | None:
         arguments = [f"{int(stores_weights_only_in_int8(onnx.load(p)))}:{p}" for p in [path, *others]]
         done = subprocess.run([sys.executable, "-c", _RESIDENT, *arguments], capture_output=True, text=True, timeout=120, check=True)
         return max(0, int(done.stdout.strip().splitlines()[-1]))
-    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError, DecodeError):  # (DecodeError: a file onnx cannot read)
         return None
 
 
