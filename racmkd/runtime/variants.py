@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from google.protobuf.message import DecodeError
 
 from racmkd.compress.artifacts import FORMAT_PRECISION, read_compression_record, stores_weights_only_in_int8
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, session
@@ -105,16 +104,16 @@ print(psutil.Process().memory_info().rss - before)
 """
 
 
-def resident_bytes(path: Path, others: list[Path]) -> int | None:
+def resident_bytes(path: Path, others: list[Path], float_weights: dict[Path, bool]) -> int | None:
     """Resident memory a session of `path` adds to a process already holding sessions of `others`
-    (measured in a fresh interpreter), or None when the measurement fails. Each file's session
-    options (int8 weights folded to float, as `session` opens them) are decided here: importing
-    onnx took the fresh interpreter 2 of its 3 seconds, once per variant of a bank."""
+    (measured in a fresh interpreter), or None when the measurement fails. `float_weights` says
+    which files store int8 weights for float arithmetic (opened as `session` opens them): read by
+    the caller, since importing onnx took the fresh interpreter 2 of its 3 seconds."""
     try:
-        arguments = [f"{int(stores_weights_only_in_int8(onnx.load(p)))}:{p}" for p in [path, *others]]
+        arguments = [f"{int(float_weights[p])}:{p}" for p in [path, *others]]
         done = subprocess.run([sys.executable, "-c", _RESIDENT, *arguments], capture_output=True, text=True, timeout=120, check=True)
         return max(0, int(done.stdout.strip().splitlines()[-1]))
-    except (subprocess.SubprocessError, ValueError, IndexError, OSError, DecodeError):  # (DecodeError: a file onnx cannot read)
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
         return None
 
 
@@ -163,6 +162,7 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
     latency = latency_round_robin(runners, warmup=20, iters=latency_iters, rounds=rounds_for(latency_iters))
     model_only = latency_round_robin({p: (lambda s=session(out_dir / p, cfg.runtime.threads), f=feeds[p]: s.run(None, f)) for p in runners}, warmup=20, iters=latency_iters, rounds=rounds_for(latency_iters))
     variants = []
+    float_weights = {out_dir / r["path"]: stores_weights_only_in_int8(onnx.load(out_dir / r["path"])) for r in records}
     for r in records:
         path = out_dir / r["path"]
         cost = graph_cost(path)
@@ -170,7 +170,7 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
         lat = latency[r["path"]]
         energy, energy_source = energy_per_call_mj(runners[r["path"]], latency_iters, Path(cfg.eval.rapl_root), cost.flops, moved, lat["p50"] / 1e3, cfg.eval.energy)
         graph_memory = cost.resident_weight_bytes + cost.peak_activation_bytes
-        resident = resident_bytes(path, [out_dir / o["path"] for o in records if o is not r])
+        resident = resident_bytes(path, [out_dir / o["path"] for o in records if o is not r], float_weights)
         # A session holds at least its file's bytes and the graph's weights (as it runs them) and
         # activations; a resident-memory delta below that (the heap reused memory the other sessions'
         # loading freed: 60 KB read for a 64 KB model in one CI run) gives way to that floor.
