@@ -32,7 +32,7 @@ from racmkd.utils import UMASK, sha256
 from racmkd.deploy.device import DeviceStore, UpdateFailed, UpdateRefused
 from racmkd.deploy.orchestrator import device_fit, plan, push
 from racmkd.deploy.registry import ModelRegistry, RegistryError, pack
-from racmkd.deploy.server import EdgeService, ModelService, create_app
+from racmkd.deploy.server import EdgeService, ModelService, create_app, read_npy
 from racmkd.deploy.signing import SignatureError, generate_keypair, load_private_key, load_public_key, sign, verify
 from racmkd.deploy.telemetry import FleetWatcher
 from racmkd.resources.devices import device_names, load_device
@@ -453,6 +453,11 @@ def compressed_npz(**arrays: object) -> bytes:
     return buffer.getvalue()
 
 
+def flipped(data: bytes) -> bytes:
+    """`data` with its middle byte changed (in an archive's array: a zip's CRC no longer matches)."""
+    return data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1 :]
+
+
 def raw_zip(members: dict[str, bytes]) -> bytes:
     """A zip whose members are not .npy files (np.load hands them back as bytes)."""
     buffer = io.BytesIO()
@@ -460,6 +465,26 @@ def raw_zip(members: dict[str, bytes]) -> bytes:
         for name, data in members.items():
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0)])
+def test_the_servers_npy_reader_reads_what_np_load_reads_and_refuses_the_rest(version: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 255, (28, 28)).astype(np.uint8), np.asfortranarray(rng.random((5, 7))), rng.random(10).astype(">f4"), np.zeros(0, np.float32), np.array(16000)]
+    for array in arrays:
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, array, version=version)
+        ours, numpys = read_npy(buffer.getvalue()), np.load(io.BytesIO(buffer.getvalue()))
+        assert ours.dtype == numpys.dtype and ours.shape == numpys.shape and np.array_equal(ours, numpys) and ours.flags.f_contiguous == numpys.flags.f_contiguous
+        if array.size:  # a truncated file
+            with pytest.raises(ValueError, match="smaller"):
+                read_npy(buffer.getvalue()[:-1])
+    pickled = io.BytesIO()
+    np.lib.format.write_array(pickled, np.array([{"a": 1}], dtype=object), version=version, allow_pickle=True)
+    with pytest.raises(ValueError, match="Python objects"):
+        read_npy(pickled.getvalue())
+    with pytest.raises(ValueError, match="magic"):
+        read_npy(b"PK\x03\x04 not an npy file")
 
 
 def test_an_internal_error_gets_a_500_and_the_server_goes_on(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001
@@ -542,6 +567,8 @@ def test_bad_requests_get_4xx_and_good_ones_an_answer(fog_app: TestClient, tiny_
         (dict(content=npz(audio=audio, latency_target_ms=np.array(-5.0)), headers={"Content-Type": "application/x-npz"}), 422, "latency_target_ms"),
         (dict(content=npz(audio=np.full(8000, 1e300)), headers={"Content-Type": "application/x-npz"}), 422, "float32"),
         (dict(content=raw_zip({"image": b"\0" * 784}), headers={"Content-Type": "application/x-npz"}), 422, "not .npy arrays"),
+        (dict(content=flipped(npz(audio=audio)), headers={"Content-Type": "application/x-npz"}), 422, "CRC"),
+        (dict(content=flipped(compressed_npz(audio=audio)), headers={"Content-Type": "application/x-npz"}), 422, "npz"),
         # Checked before anything is decompressed: unknown names, and the total size of the rest.
         (dict(content=compressed_npz(**{f"x{i}": np.zeros(10, np.uint8) for i in range(50)}), headers={"Content-Type": "application/x-npz"}), 422, "unknown inputs"),
         (dict(content=compressed_npz(image=np.zeros(8_000_000, np.uint8), audio=np.zeros(8_000_000, np.uint8)), headers={"Content-Type": "application/x-npz"}), 413, "once decompressed"),
