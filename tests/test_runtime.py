@@ -239,35 +239,36 @@ def test_a_variant_whose_session_will_not_load_is_planned_around_at_once(bank_di
     assert answer.variants and victim.id not in answer.variants and not answer.fallbacks
 
 
+def served(runtime: EdgeRuntime, inputs: dict) -> list[str]:
+    """One request, its latency fed back as the bank measured its variants: in a test of decisions,
+    the host's own load (CI runs tests beside other work) must not step the runtime down."""
+    answer = runtime.infer(inputs)
+    runtime.feedback(runtime.cost_ms(answer.variants), variants=answer.variants)
+    return answer.variants
+
+
 def test_a_variant_that_raised_is_tried_again_later_and_less_often_each_time(bank_dir: Path, samples) -> None:  # noqa: ANN001
     inputs, _ = samples
     clock = [0.0]
     runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(), clock=lambda: clock[0])
     victim = next(v for v in runtime.current.config if v is not None)
 
-    def serve(x: dict) -> list[str]:
-        """One request, its latency fed back as the bank measured it: the host's own load (CI
-        runs tests beside other work) must not step the runtime down mid-test."""
-        answer = runtime.infer(x)
-        runtime.feedback(runtime.cost_ms(answer.variants), variants=answer.variants)
-        return answer.variants
-
     class Refusing:  # an allocation refused while memory ran short
         def run(self, *args: object, **kwargs: object) -> None:
             raise MemoryError("simulated: could not allocate")
 
     runtime._sessions[victim.id] = Refusing()
-    assert victim.id not in serve(inputs[0]) and victim.id in runtime.failed
+    assert victim.id not in served(runtime, inputs[0]) and victim.id in runtime.failed
     clock[0] = 29.0
-    assert victim.id not in serve(inputs[1]) and victim.id in runtime.failed
+    assert victim.id not in served(runtime, inputs[1]) and victim.id in runtime.failed
     used_again = False
     for i, now in enumerate(np.arange(31.0, 60.0, 0.5)):  # after 30 s it may be chosen again (past the step-up window)
         clock[0] = float(now)
-        used_again |= victim.id in serve(inputs[i % len(inputs)])
+        used_again |= victim.id in served(runtime, inputs[i % len(inputs)])
     assert used_again and victim.id not in runtime.failed  # its session loaded again from its file
     assert victim in runtime.current.config  # (still chosen: the second failure below happens in service)
     runtime._sessions[victim.id] = Refusing()
-    serve(inputs[0])
+    served(runtime, inputs[0])
     assert runtime._retry_at[victim.id] == pytest.approx(clock[0] + 60.0)  # the second failure: twice as long
 
 
@@ -462,7 +463,7 @@ def test_a_step_up_loads_its_sessions_while_the_hysteresis_holds_it(bank_dir: Pa
     for now in np.arange(clock[0] + 0.1, clock[0] + 2.0, 0.1):
         clock[0] = float(now)
         monitor.poll(float(now))
-        runtime.predict(**inputs[0])
+        served(runtime, inputs[0])
         if runtime.current.config == pending:
             break
     assert runtime.decisions[-1]["reason"].startswith("step up") and not loads  # the switch itself: a pointer swap
