@@ -236,6 +236,31 @@ def test_folding_batchnorm_keeps_the_function() -> None:
     torch.testing.assert_close(fold_batchnorm(model)(x), model(x), atol=1e-5, rtol=1e-4)
 
 
+def test_a_model_exported_again_reuses_its_graph_and_a_changed_one_does_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections import OrderedDict
+
+    from racmkd.compress import export
+
+    monkeypatch.setattr(export, "_GRAPHS", OrderedDict())  # (other tests' exports may hold this model's graph)
+    traced: list[str] = []
+    real = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: traced.append("export") or real(*args, **kwargs))
+    modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
+    specs = {"image": modalities["image"].spec(1), "audio": modalities["audio"].spec(1)}
+    model = with_running_stats(student({m: {"encoder": "dscnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=1.0, depth=1))
+    first = onnx.load(export_onnx(model, specs, modalities, tmp_path / "a.onnx", name="a"))
+    second = onnx.load(export_onnx(model, specs, modalities, tmp_path / "b.onnx", name="b", extra_meta={"tier": "high"}))
+    assert len(traced) == 1 and first.graph == second.graph  # one trace, two files ...
+    assert read_contract(tmp_path / "b.onnx")["model"] == "b" and read_contract(tmp_path / "b.onnx")["tier"] == "high"  # ... each with its own contract
+    export_onnx(model, specs, modalities, tmp_path / "audio.onnx", present=["audio"])  # another graph of the same weights
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1.0  # one weight changed
+    changed = onnx.load(export_onnx(model, specs, modalities, tmp_path / "c.onnx", name="a"))
+    assert len(traced) == 3 and changed.graph != first.graph
+    x = {m: torch.randn(2, *modalities[m].feature_shape(s)) for m, s in specs.items()}
+    np.testing.assert_allclose(session(tmp_path / "c.onnx").run(["logits"], {m: v.numpy() for m, v in x.items()})[0], model(x).detach().numpy(), atol=1e-4)
+
+
 def test_export_metadata_round_trips_and_onnx_runtime_matches_pytorch(tmp_path: Path) -> None:
     modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
     specs = {"image": modalities["image"].spec(1), "audio": modalities["audio"].spec(1)}

@@ -12,11 +12,13 @@ Reading contracts and opening sessions needs no torch: racmkd.compress.artifacts
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import tempfile
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
@@ -40,6 +42,9 @@ from racmkd.utils import atomic_write_bytes
 
 OPSET = 18
 _EXPORTING = threading.Lock()  # one export at a time: the exporter's tracing is process-global state, and see below
+_GRAPHS: OrderedDict[str, bytes] = OrderedDict()  # graph_key -> an exported graph, before its contract: this process's latest
+_GRAPHS_LOCK = threading.Lock()
+GRAPH_CACHE_BYTES = 256 * 2**20  # the most the kept graphs may take together
 
 
 @functools.cache
@@ -225,20 +230,15 @@ def export_onnx(model: MultimodalNet, specs: dict[str, Any], modalities: dict[st
         raise ExportError(f"{path}: cannot export inputs {sorted(unknown)}; the model uses {list(specs)}")
     wrapper = InputGraph(fold_batchnorm(model), present, share).eval()
     example = tuple(torch.zeros(1, *modalities[m].feature_shape(specs[m])) for m in present)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)  # it warns about every torchvision operator it cannot register
-    try:
-        with _EXPORTING, _torchlib_registry_reused(), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), redirect_stdout(StringIO()):
-            warnings.simplefilter("ignore")
-            raw = Path(tmp) / "model.onnx"
-            torch.onnx.export(wrapper, example, raw, input_names=present, output_names=["logits"], opset_version=OPSET, dynamo=True, external_data=False, dynamic_shapes=(tuple({0: batch} for _ in present),), optimize=True)
-            proto = strip_debug_info(onnx.load(raw))
-    except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
-        raise ExportError(f"{path}: ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
-    finally:
-        exporter_log.setLevel(level)
+    key = graph_key(wrapper, example)
+    with _GRAPHS_LOCK:
+        graph = _GRAPHS.get(key)
+        if graph is not None:
+            _GRAPHS.move_to_end(key)
+    if graph is None:
+        graph = strip_debug_info(_exported(wrapper, example, present, path)).SerializeToString()
+        _keep_graph(key, graph)
+    proto = onnx.load_from_string(graph)
     used = {m: specs[m] for m in present}
     meta = contract(name, used, modalities, extra_meta)
     set_metadata(proto, {CONTRACT_KEY: json.dumps(meta, separators=(",", ":"))})  # compact: it travels in every model file
@@ -248,6 +248,78 @@ def export_onnx(model: MultimodalNet, specs: dict[str, Any], modalities: dict[st
         raise ExportError(f"{path}: the exported graph fails ONNX's checker ({str(err).splitlines()[0]}); nothing written") from None
     atomic_write_bytes(path, proto.SerializeToString())
     return path
+
+
+def _exported(wrapper: nn.Module, example: tuple[torch.Tensor, ...], present: list[str], path: Path) -> onnx.ModelProto:
+    """torch's ONNX exporter run on the wrapped model (dynamo, a dynamic batch dimension, optimised)."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # it warns about every torchvision operator it cannot register
+    try:
+        with _EXPORTING, _torchlib_registry_reused(), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), redirect_stdout(StringIO()):
+            warnings.simplefilter("ignore")
+            raw = Path(tmp) / "model.onnx"
+            torch.onnx.export(wrapper, example, raw, input_names=present, output_names=["logits"], opset_version=OPSET, dynamo=True, external_data=False, dynamic_shapes=(tuple({0: batch} for _ in present),), optimize=True)
+            return onnx.load(raw)
+    except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
+        raise ExportError(f"{path}: ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+    finally:
+        exporter_log.setLevel(level)
+
+
+def graph_key(wrapper: nn.Module, example: tuple[torch.Tensor, ...]) -> str:
+    """What an exported graph depends on, hashed: every module's class, extra repr and attributes
+    (tensors and arrays by their bytes, anything else by its repr), every parameter and buffer,
+    the example inputs and the opset. Within one process the classes' code is fixed, and the
+    exporter is deterministic (byte-identical files): two exports with one key write one graph.
+    Why it is worth knowing: an export takes seconds (torch traces the model twice), and a run's
+    models are exported again and again (its evaluation, its bank, the benchmark's rows: 50 of the
+    test suite's 95 exports)."""
+    digest = hashlib.sha256(f"{OPSET};{[(tuple(x.shape), x.dtype) for x in example]}".encode())
+    for name, module in wrapper.named_modules():
+        digest.update(f"{name}:{type(module).__module__}.{type(module).__qualname__}:{module.extra_repr()};".encode())
+        for attribute, value in sorted(vars(module).items()):
+            if not attribute.startswith("_") and not isinstance(value, nn.Module):
+                digest.update(f"{attribute}=".encode())
+                _fingerprint(value, digest)
+    for name, tensor in [*wrapper.named_parameters(), *wrapper.named_buffers()]:
+        digest.update(f"{name}=".encode())
+        _fingerprint(tensor, digest)
+    return digest.hexdigest()
+
+
+def _fingerprint(value: Any, digest: Any) -> None:
+    """Feed a value to a hash: tensors and arrays whole (their reprs elide), containers item by
+    item, anything else by its repr (an object without one shows its address: never equal)."""
+    if isinstance(value, torch.Tensor):
+        digest.update(f"tensor{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(value.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, np.ndarray):
+        digest.update(f"array{value.dtype}{value.shape}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__}{len(value)}(".encode())
+        for item in value:
+            _fingerprint(item, digest)
+        digest.update(b")")
+    elif isinstance(value, dict):
+        digest.update(f"dict{len(value)}(".encode())
+        for k, v in value.items():
+            digest.update(f"{k!r}:".encode())
+            _fingerprint(v, digest)
+        digest.update(b")")
+    else:
+        digest.update(repr(value).encode())
+
+
+def _keep_graph(key: str, graph: bytes) -> None:
+    """Keep an exported graph for the next export of the same model, the oldest dropped beyond
+    GRAPH_CACHE_BYTES."""
+    with _GRAPHS_LOCK:
+        _GRAPHS[key] = graph
+        while sum(len(g) for g in _GRAPHS.values()) > GRAPH_CACHE_BYTES and len(_GRAPHS) > 1:
+            _GRAPHS.popitem(last=False)
 
 
 def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
