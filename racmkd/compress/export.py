@@ -223,7 +223,8 @@ def compact_file(path: Path) -> dict[str, int]:
 def export_onnx(model: MultimodalNet, specs: dict[str, Any], modalities: dict[str, Modality], path: Path, name: str = "model", present: list[str] | None = None, extra_meta: dict[str, Any] | None = None, share: bool = False) -> Path:
     """Write `model` (BatchNorm folded) to `path` as ONNX with its contract; `present` exports the
     graph for a subset of its modalities (a variant with a sensor off); `share` exports only those
-    modalities' additive share of a student's logits (see `InputGraph`)."""
+    modalities' additive share of a student's logits (see `InputGraph`). A graph this process
+    exported before is written again from memory with this file's contract (see `graph_key`)."""
     present = list(present or specs)
     unknown = set(present) - set(specs)
     if unknown:
