@@ -13,6 +13,7 @@ import argparse
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request, Response
@@ -22,25 +23,37 @@ from racmkd.registry import SIGNALS
 from racmkd.runtime.variants import load_bank
 
 
+class BarePath:
+    """The same answer as the edge runtime's for a fixed set of variants, with nothing around it:
+    each variant's preprocessing and session, their logits added to the bias, softmax. `sessions`
+    (by variant id) are opened here unless given (the benchmark times the runtime's own)."""
+
+    def __init__(self, bank: Any, variant_ids: list[str], sessions: dict[str, Any] | None = None) -> None:
+        by_id = {v.id: v for v in bank.table.variants}
+        self.variants = [by_id[i] for i in variant_ids]
+        self.specs = {v.id: bank.specs[v.id] for v in self.variants}
+        self.signals = {v.id: SIGNALS.create(v.modality) for v in self.variants}
+        self.sessions = sessions or {v.id: session(bank.path(v), threads=1) for v in self.variants}
+        self.bias = sum(bank.biases[v.tier] for v in self.variants) / len(self.variants)
+
+    def __call__(self, arrays: Any) -> tuple[int, np.ndarray]:
+        logits = self.bias.copy()
+        for v in self.variants:
+            signal, spec = self.signals[v.id], self.specs[v.id]
+            logits += self.sessions[v.id].run(None, {v.modality: signal.features(signal.to_raw(arrays[v.modality], spec), spec)})[0][0]
+        exp = np.exp(logits - logits.max())
+        probabilities = exp / exp.sum()
+        return int(probabilities.argmax()), probabilities
+
+
 def create_app(bank_dir: Path, variant_ids: list[str]) -> FastAPI:
-    bank = load_bank(bank_dir)
-    by_id = {v.id: v for v in bank.table.variants}
-    variants = [by_id[i] for i in variant_ids]
-    signals = {v.id: SIGNALS.create(v.modality) for v in variants}
-    sessions = {v.id: session(bank.path(v), threads=1) for v in variants}
-    bias = sum(bank.biases[v.tier] for v in variants) / len(variants)
+    answer = BarePath(load_bank(bank_dir), variant_ids)
     app = FastAPI()
 
     @app.post("/predict")
     async def predict(request: Request) -> Response:
-        arrays = np.load(io.BytesIO(await request.body()))
-        logits = bias.copy()
-        for v in variants:
-            signal, spec = signals[v.id], bank.specs[v.id]
-            logits += sessions[v.id].run(None, {v.modality: signal.features(signal.to_raw(arrays[v.modality], spec), spec)})[0][0]
-        exp = np.exp(logits - logits.max())
-        probabilities = exp / exp.sum()
-        return Response(json.dumps({"label": int(probabilities.argmax()), "probabilities": probabilities.tolist()}), media_type="application/json")
+        label, probabilities = answer(np.load(io.BytesIO(await request.body())))
+        return Response(json.dumps({"label": label, "probabilities": probabilities.tolist()}), media_type="application/json")
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -70,6 +70,7 @@ from racmkd.resources.devices import device_names, load_device  # noqa: E402
 from racmkd.runtime.edge import EdgeRuntime  # noqa: E402
 from racmkd.runtime.variants import build_bank, load_bank  # noqa: E402
 from racmkd.utils import progress, torch_threads  # noqa: E402
+from bare_edge import BarePath  # noqa: E402
 from results_io import targets_table, write_results  # noqa: E402
 
 DELTA_TARGET = 0.05
@@ -159,19 +160,10 @@ def serving_overhead(run_dir: Path, dataset: Any, iters: int) -> dict[str, Any]:
     raw = dataset.raw_batch("test", torch.tensor([0]))
     inputs = {m: raw[m][0].numpy() for m in bank.table.modalities}
     variants = [v for v in runtime.current.config if v is not None]
-    sessions = {v.id: runtime._session(v) for v in variants}
-    bias = sum(bank.biases[v.tier] for v in variants) / len(variants)
+    bare_path = BarePath(bank, [v.id for v in variants], sessions={v.id: runtime._session(v) for v in variants})  # (the runtime's sessions: the same engine timed)
 
     def bare() -> tuple[int, np.ndarray]:
-        """What a hand-written app does for the same answer: preprocess, run the sessions, add their
-        logits to the bias, softmax."""
-        logits = bias.copy()
-        for v in variants:
-            signal, spec = runtime.modalities[v.modality], bank.specs[v.id]
-            logits += sessions[v.id].run(None, {v.modality: signal.features(signal.to_raw(inputs[v.modality], spec), spec)})[0][0]
-        exp = np.exp(logits - logits.max())
-        probabilities = exp / exp.sum()
-        return int(probabilities.argmax()), probabilities
+        return bare_path(inputs)
 
     label, probabilities = bare()
     answer = runtime.infer(inputs)
@@ -191,17 +183,18 @@ def serving_overhead(run_dir: Path, dataset: Any, iters: int) -> dict[str, Any]:
         bare_client = httpx.Client(base_url=f"http://127.0.0.1:{bare_port}")
         compute: list[float] = []
 
-        def served() -> None:
-            reply = client.post("/predict", content=body, headers={"Content-Type": "application/x-npz"})
+        def post(to: httpx.Client) -> dict[str, Any]:
+            reply = to.post("/predict", content=body, headers={"Content-Type": "application/x-npz"})
             reply.raise_for_status()
-            compute.append(reply.json()["compute_ms"])
+            return reply.json()  # type: ignore[no-any-return]
+
+        def served() -> None:
+            compute.append(post(client)["compute_ms"])
 
         def bare_served() -> dict[str, Any]:
-            reply = bare_client.post("/predict", content=body, headers={"Content-Type": "application/x-npz"})
-            reply.raise_for_status()
-            return reply.json()
+            return post(bare_client)
 
-        ours, theirs = client.post("/predict", content=body, headers={"Content-Type": "application/x-npz"}).json(), bare_served()
+        ours, theirs = post(client), bare_served()
         if ours["variants"] != [v.id for v in variants] or theirs["label"] != label or not np.allclose(ours["probabilities"], theirs["probabilities"], atol=1e-5):
             raise RuntimeError(f"the edge server answered with {ours['variants']} ({ours['label']}), the bare server {theirs['label']} with {[v.id for v in variants]}: they must compute the same thing to be compared")
         times: dict[str, list[float]] = {"bare": [], "runtime": [], "bare_server": [], "server": [], "round_trip": []}
