@@ -365,7 +365,7 @@ def serve_command(
         if value is not None:
             overrides.append(f"serve.{key}={value if isinstance(value, int) else _text(value)}")
     if upstream:
-        overrides.append(f"serve.upstreams=[{', '.join(upstream)}]")
+        overrides.append(f"serve.upstreams={json.dumps(list(upstream))}")  # (quoted: an IPv6 address's brackets or a comma is YAML too)
     if mqtt:
         mqtt_host, _, mqtt_port = mqtt.rpartition(":")
         overrides += [f"serve.mqtt_host={_text(mqtt_host or mqtt)}", f"serve.mqtt_port={mqtt_port if mqtt_host else 1883}"]

@@ -111,6 +111,8 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
         (["registry", "keygen", "--out", str(tmp_path / "keys")], "refusing to overwrite"),  # ... then refused
         (["simulate", "--run", str(tiny_run), "--requests", "0"], "--requests"),
         (["serve", "--run", str(tiny_run), "--role", "fog", "--port", "99999"], "port 99999"),
+        # Upstreams reach the config as they were typed (an IPv6 address's brackets, a comma), to the port check.
+        (["serve", "--run", str(tiny_run), "--role", "edge", "--port", "99999", "--upstream", "http://[::1]:8002", "--upstream", "http://fog:8001/a,b"], "port 99999"),
         (["edge", "record", "--out", str(tmp_path), "--seconds", "0.2"], "a folder"),
     ]
     (tmp_path / "empty.npy").write_bytes(b"")

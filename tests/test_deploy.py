@@ -74,6 +74,11 @@ def test_signatures_refuse_any_change(keys: tuple[Path, Path]) -> None:
             verify(changed, signature, public)
     with pytest.raises(SignatureError):
         verify(manifest, "00" * 64, public)
+    nested: list = []
+    for _ in range(5000):  # deeper than json can write out: refused, not a RecursionError (a 500 at /deploy)
+        nested = [nested]
+    with pytest.raises(SignatureError, match="bad signature"):
+        verify({**manifest, "notes": nested}, signature, public)
     with pytest.raises(SignatureError, match="refusing to overwrite"):
         generate_keypair(keys[0].parent)
     assert oct(keys[0].stat().st_mode & 0o777) == "0o600"
@@ -93,8 +98,9 @@ def test_deltas_are_small_exact_and_checked(bank_dir: Path, tmp_path: Path) -> N
     corrupted[-20] ^= 0xFF
     with pytest.raises(DeltaError):
         apply_delta(base, bytes(corrupted))
-    with pytest.raises(DeltaError, match="not a racmkd-delta"):
-        apply_delta(base, b"garbage")
+    for garbage in (b"garbage", b"[" * 100_000 + b"\n"):  # (the second nested past json's depth)
+        with pytest.raises(DeltaError, match="not a racmkd-delta"):
+            apply_delta(base, garbage)
 
 
 def test_registry_versions_signs_and_refuses_tampered_blobs(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
@@ -139,6 +145,9 @@ def test_device_store_verifies_patches_checks_and_rolls_back(bank_dir: Path, key
     assert store.current().manifest["version"] == 2 and store.previous().manifest["version"] == 1
     with pytest.raises(UpdateRefused, match="not newer"):  # a validly signed old version: a downgrade or a replay
         store.install(v1.manifest, v1.signature, registry.blob(v1.sha256))
+    not_a_share = {**v2.manifest, "metrics": {"accuracy": "high"}}  # signed, but offloading would weigh a string on every request
+    with pytest.raises(UpdateRefused, match="metrics.accuracy"):
+        store.install(not_a_share, sign(not_a_share, key), registry.blob(v2.sha256))
     with pytest.raises(UpdateRefused, match="takes releases named"):
         DeviceStore(tmp_path / "other", load_public_key(keys[1]), accept=("critical",)).install(v1.manifest, v1.signature, registry.blob(v1.sha256))
     # A release that verifies but does not answer finite logits never becomes current.
@@ -158,6 +167,16 @@ def test_device_store_verifies_patches_checks_and_rolls_back(bank_dir: Path, key
     for damaged in ("[]", json.dumps({"current": {"manifest": {}}, "previous": 5})):
         (tmp_path / "device" / "state.json").write_text(damaged)
         assert store.current() is None and store.previous() is None
+    # One entry damaged: updates and rollbacks go on past it (they crashed on it, a 500 for every
+    # later /deploy and /rollback: the device could not be repaired over the air).
+    shutil.copytree(tmp_path / "device", tmp_path / "damaged")
+    (tmp_path / "damaged" / "state.json").write_text(json.dumps({**json.loads(state), "current": {"manifest": "garbage"}}))
+    damaged = DeviceStore(tmp_path / "damaged", load_public_key(keys[1]))
+    spare = registry.register(bank_dir, "spare", key)
+    assert damaged.current() is None and damaged.install(spare.manifest, spare.signature, registry.blob(spare.sha256)).manifest["name"] == "spare"
+    assert damaged.previous().manifest["version"] == 1  # the entry that was whole, not the damaged one
+    (tmp_path / "damaged" / "state.json").write_text(json.dumps({**json.loads(state), "current": {"manifest": "garbage"}}))
+    assert damaged.rollback().manifest["version"] == 1 and damaged.previous() is None
     (tmp_path / "device" / "state.json").write_text(state)
     assert store.rollback().manifest["version"] == 1 and store.current().manifest["version"] == 1
     # What was installed once stays refused whatever is current: v1, current, sent again is a repair
@@ -283,6 +302,35 @@ def test_a_fleet_is_planned_and_pushed_with_no_human_step(bank_dir: Path, keys: 
     assert bad.exit_code != 0 and "more than once" in bad.output and str(fleet) in bad.output
 
 
+def test_a_device_that_does_not_answer_as_an_edge_is_a_clear_error(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    """A fleet URL whose /deployment answers JSON that is not an edge's status (a list, null): a
+    ValueError naming the URL, which apply_fleet reports for that device while serving the others
+    (it was an AttributeError that ended `deploy apply` for the whole fleet)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotAnEdge(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(self.server.answer)  # type: ignore[attr-defined]
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    registry = ModelRegistry(tmp_path / "registry")
+    release = registry.register(bank_dir, "edge", load_private_key(keys[0]))
+    with ThreadingHTTPServer(("127.0.0.1", 0), NotAnEdge) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        for answer in (b"[]", b"null", b'{"current": "v1"}'):
+            server.answer = answer  # type: ignore[attr-defined]
+            with pytest.raises(ValueError, match="not a racmkd edge's status"):
+                push(registry, release, url, TOKEN)
+        server.shutdown()
+
+
 def test_an_upstream_is_given_the_time_it_may_take() -> None:
     from racmkd.deploy.offload import LinkEstimate, Upstream, choose_route
 
@@ -296,6 +344,36 @@ def test_an_upstream_is_given_the_time_it_may_take() -> None:
     late = choose_route(0.95, 8.0, 3.0, [fog], 100)
     assert late.target == "fog" and late.budget_ms == pytest.approx(3.0)
     assert choose_route(0.95, 8.0, 2.0, [fog], 100).target == "local"  # nobody in time: answered here
+
+
+def test_an_upstream_slow_in_every_phase_is_given_up_on_at_the_deadline() -> None:
+    """httpx's timeouts bound each phase of a call, not the whole: an upstream that sends its
+    headers late, then its body late, each within the timeout, kept a request past its deadline."""
+    import socket
+    import threading
+
+    from racmkd.deploy.offload import Upstream, UpstreamError
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    body = b'{"label": 1, "probabilities": [0.1, 0.9], "compute_ms": 1.0}'
+
+    def slow_upstream() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            time.sleep(0.45)  # each phase within the 0.5 s the call may take ...
+            connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body))
+            time.sleep(0.45)  # ... the whole not
+            connection.sendall(body)
+
+    threading.Thread(target=slow_upstream, daemon=True).start()
+    fog = Upstream("fog", f"http://127.0.0.1:{listener.getsockname()[1]}", timeout_s=1.0, retries=0)
+    started = time.monotonic()
+    with pytest.raises(UpstreamError, match="deadline"):
+        fog.predict(b"{}", "application/json", started + 0.5)
+    assert time.monotonic() - started < 0.8  # given up at 0.5 s; the whole reply took 0.9
+    assert fog.breaker.failures == 1
+    listener.close()
 
 
 def test_a_malformed_upstream_answer_counts_as_a_failure() -> None:
@@ -549,6 +627,7 @@ def test_bad_requests_get_4xx_and_good_ones_an_answer(fog_app: TestClient, tiny_
     cases = [
         (dict(content=b"{not json", headers={"Content-Type": "application/json"}), 422, "invalid JSON"),
         (dict(json={"image": [[0.0] * 5] * 5}), 422, "28x28"),
+        (dict(json={"image": [[-1.0, 255.0] + [0.0] * 26] * 28}), 422, "[0, 1]"),  # not a 0-255 image: a negative pixel must not wrap to 255
         (dict(json={}), 422, "no input"),
         (dict(json={"audio": audio.tolist(), "model": "teacher"}), 422, "not served here"),
         (dict(json={"audio": [1e9] * 10, "sample_rate": -4}), 422, "sample_rate"),

@@ -44,7 +44,7 @@ def delta_header(delta: bytes) -> dict[str, object]:
     line, sep, _ = delta.partition(b"\n")
     try:
         header = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested too deep to read: not ours either)
         header = None
     if not sep or not isinstance(header, dict) or header.get("format") != FORMAT:
         raise DeltaError(f"not a {FORMAT} delta")

@@ -49,8 +49,11 @@ def manifest_problems(manifest: dict[str, Any]) -> list[str]:
         problems.append(f"sha256 must be 64 lowercase hex digits, got {digest!r}")
     if manifest.get("kind") not in ("onnx", "bank"):
         problems.append(f"kind must be 'onnx' or 'bank', got {manifest.get('kind')!r}")
-    if not isinstance(manifest.get("metrics", {}), dict):
+    metrics = manifest.get("metrics", {})
+    if not isinstance(metrics, dict):
         problems.append("metrics must be a mapping")
+    elif "accuracy" in metrics and not (isinstance(metrics["accuracy"], (int, float)) and not isinstance(metrics["accuracy"], bool) and 0 <= metrics["accuracy"] <= 1):
+        problems.append(f"metrics.accuracy must be a number in [0, 1], got {metrics['accuracy']!r}")  # (offloading weighs it on every request)
     return problems
 
 class UpdateRefused(ValueError):
@@ -152,6 +155,12 @@ class DeviceStore:
             return Installed(entry["manifest"], entry["signature"], self.root / "slots" / entry["manifest"]["sha256"]) if entry else None
         except (KeyError, TypeError):
             return None
+
+    def _entry(self, state: dict[str, Any], key: str) -> dict[str, Any] | None:
+        """state.json's `current` or `previous` entry as it is written, or None for none or for one
+        damaged by hand (as `_installed` reads it: updates and rollbacks go on past it)."""
+        entry = state.get(key)
+        return entry if self._installed(entry) is not None else None
 
     def current(self) -> Installed | None:
         return self._installed(self._state().get("current"))
@@ -265,8 +274,8 @@ class DeviceStore:
         becomes the previous release."""
         with self._lock:
             state = self._state()
-            current = state.get("current")
-            replaced = current if current and current["manifest"]["sha256"] != staged.manifest["sha256"] else state.get("previous")
+            current = self._entry(state, "current")
+            replaced = current if current and current["manifest"]["sha256"] != staged.manifest["sha256"] else self._entry(state, "previous")
             newest = self.newest(state)
             name, version = staged.manifest["name"], int(staged.manifest["version"])
             newest[name] = max(newest.get(name, version), version)
@@ -279,7 +288,7 @@ class DeviceStore:
     def discard(self, staged: Installed) -> None:
         """Remove a staged slot that will not be committed (unless a committed state names it)."""
         state = self._state()
-        if staged.manifest["sha256"] not in {e["manifest"]["sha256"] for e in (state.get("current"), state.get("previous")) if e}:
+        if staged.manifest["sha256"] not in {e["manifest"]["sha256"] for e in (self._entry(state, "current"), self._entry(state, "previous")) if e}:
             shutil.rmtree(staged.slot, ignore_errors=True)
 
     def install(self, manifest: dict[str, Any], signature: str, payload: bytes, delta: bool = False) -> Installed:
@@ -290,16 +299,17 @@ class DeviceStore:
         """Make the previous release current again."""
         with self._lock:
             state = self._state()
-            if not state.get("previous"):
+            previous = self._entry(state, "previous")
+            if not previous:
                 raise UpdateFailed("no previous release to roll back to")
-            replaced = state.get("current")
-            atomic_write_json(self.root / "state.json", {"current": state["previous"], "previous": replaced, "newest": self.newest(state), "rolled_back_from": replaced["manifest"]["sha256"] if replaced else None})
+            replaced = self._entry(state, "current")
+            atomic_write_json(self.root / "state.json", {"current": previous, "previous": replaced, "newest": self.newest(state), "rolled_back_from": replaced["manifest"]["sha256"] if replaced else None})
         return self.current()  # type: ignore[return-value]
 
     def _prune(self) -> None:
         """Keep the current and previous slots (and up to `keep` in all); drop older ones."""
         state = self._state()
-        wanted = {e["manifest"]["sha256"] for e in (state.get("current"), state.get("previous")) if e}
+        wanted = {e["manifest"]["sha256"] for e in (self._entry(state, "current"), self._entry(state, "previous")) if e}
         slots = sorted((p for p in (self.root / "slots").iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.stat().st_mtime, reverse=True)
         kept = 0
         for slot in slots:

@@ -15,10 +15,20 @@ from __future__ import annotations
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+
+# Calls to upstreams run here, so that a request waits for one no longer than its deadline: httpx's
+# timeouts bound each phase of a call (connect, write, every read), not the whole, and an upstream
+# slow in two phases answered a 500 ms deadline after 843 ms. A call given up on finishes in the
+# background within its own timeouts; while every worker is taken (an upstream hanging), requests
+# wait their deadline out in the queue and are answered locally, and the breaker soon opens.
+_CALLS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="racmkd-upstream")
 
 
 class UpstreamError(RuntimeError):
@@ -100,15 +110,17 @@ class Upstream:
     accuracy: float | None = None  # what its model scores on the test split (from its /health)
     compute_ms: float = 0.0  # its own median time per request (from its /health)
     _client: httpx.Client | None = field(default=None, repr=False)
+    _client_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def state(self) -> str:
         """Its circuit breaker's state: closed, open or half-open."""
         return self.breaker.state
 
     def client(self) -> httpx.Client:
-        if self._client is None:
-            self._client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"} if self.token else {})
-        return self._client
+        with self._client_lock:  # (two requests' threads at once would open two, one never closed)
+            if self._client is None:
+                self._client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"} if self.token else {})
+            return self._client
 
     def probe(self) -> bool:
         """Ask the upstream's /health for its accuracy and compute time; measures the round trip."""
@@ -143,7 +155,12 @@ class Upstream:
                 raise UpstreamError(f"{self.name}: circuit open after {self.breaker.failures} failures")
             started = time.perf_counter()
             try:
-                reply = self.client().post("/predict", content=body, headers={"Content-Type": content_type}, timeout=min(self.timeout_s, remaining))
+                call = _CALLS.submit(self.client().post, "/predict", content=body, headers={"Content-Type": content_type}, timeout=min(self.timeout_s, remaining))
+                try:
+                    reply = call.result(timeout=remaining)
+                except FutureTimeout:
+                    call.cancel()  # (still queued: never sent)
+                    raise UpstreamError(f"{self.name}: no reply within the request's deadline ({remaining * 1e3:.0f} ms)") from None
                 if reply.status_code in (413, 415, 422):  # the input itself is wrong: the upstream is fine, retrying will not help
                     raise InputRefused(f"{self.name}: refused the input (HTTP {reply.status_code}: {reply.text[:200]})")
                 if reply.status_code >= 400:  # down, overloaded, or it does not accept our token: count it against the upstream

@@ -131,7 +131,10 @@ def push(registry: ModelRegistry, release: Release, url: str, token: str, timeou
         try:
             status = answer.json()
         except ValueError:
-            raise ValueError(f"{url}: /deployment answered {answer.status_code} without JSON; is it a racmkd edge server?") from None
+            status = None
+        # (a fleet's other devices are still served: apply_fleet records a ValueError per device)
+        if answer.status_code != 200 or not isinstance(status, dict) or not isinstance(status.get("current") or {}, dict) or not isinstance(status.get("serving") or {}, dict):
+            raise ValueError(f"{url}: /deployment answered {answer.status_code} {answer.text[:200]!r}, not a racmkd edge's status; is it a racmkd edge server, and is the token right?")
         current = (status.get("current") or {}).get("sha256")
         serving = status.get("serving") or {"sha256": current}  # (an edge before 2026-12 does not say)
         full_bytes = registry.blob(release.sha256)

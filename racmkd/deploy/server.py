@@ -240,10 +240,11 @@ def npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
 
 
 def _image_for(array: np.ndarray | None) -> np.ndarray | None:
-    """JSON numbers come as floats: 0-255 images go back to uint8 so the predictor scales them."""
+    """JSON numbers come as floats: 0-255 images go back to uint8 so the predictor scales them (any
+    other image stays as it came, for the predictor's checks: a negative pixel must not wrap to 255)."""
     if array is None or array.size == 0:
         return array
-    if array.dtype.kind == "f" and array.max() > 1.0 and np.all(array == np.round(array)) and array.max() <= 255:
+    if array.dtype.kind == "f" and array.max() > 1.0 and array.min() >= 0 and np.all(array == np.round(array)) and array.max() <= 255:
         return array.astype(np.uint8)
     return array
 
@@ -543,7 +544,11 @@ class EdgeService(Service):
             except Exception as err:  # noqa: BLE001 - it does not serve: the current release stays
                 self.store.discard(staged)
                 raise HTTPException(409, f"{staged.label} could not be served ({type(err).__name__}: {err}); {self.engine.label} stays") from None
-            installed = self.store.commit(staged)
+            try:
+                installed = self.store.commit(staged)
+            except BaseException:  # (state.json not written: the loaded engine would never serve, nor be closed)
+                engine.close()
+                raise
             old, self.engine = self.engine, engine
         old.close()
         return {"installed": installed.label, "delta": delta, "status": self.store.status()}
@@ -567,6 +572,9 @@ class EdgeService(Service):
             except UpdateFailed as err:
                 engine.close()
                 raise HTTPException(409, str(err)) from None
+            except BaseException:
+                engine.close()
+                raise
             old, self.engine = self.engine, engine
         old.close()
         return {"current": installed.label}

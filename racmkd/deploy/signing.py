@@ -76,5 +76,5 @@ def verify(manifest: dict[str, Any], signature: str, key: Ed25519PublicKey) -> N
     """Raise SignatureError unless `signature` is the key's signature of exactly this manifest."""
     try:
         key.verify(bytes.fromhex(signature), canonical(manifest))
-    except (InvalidSignature, ValueError, TypeError):
+    except (InvalidSignature, ValueError, TypeError, RecursionError):  # (RecursionError: JSON nested too deep to write out)
         raise SignatureError(f"bad signature for {manifest.get('name')} v{manifest.get('version')}: the manifest was altered or not signed by this fleet's key") from None
