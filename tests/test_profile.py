@@ -187,6 +187,18 @@ def test_the_latency_model_is_fitted_here_and_cached(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "latency-model.json").read_text())["host"] == fitted.host
 
 
+def test_a_cache_that_is_json_but_no_model_is_refitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import racmkd.resources.profile as profile
+
+    host, clock = profile.host_description()
+    refit = LatencyModel(host, clock, HostPeaks(50.0, 10.0), 2e-6, 0.25, None, 0.01, 40)
+    monkeypatch.setattr(profile, "calibrate", lambda host, clock, show_progress: refit)  # (a real fit takes seconds)
+    for damaged in ("[]", "42", '"model"', "null"):
+        (tmp_path / "latency-model.json").write_text(damaged)
+        assert latency_model(tmp_path, show_progress=False) == refit
+        assert json.loads((tmp_path / "latency-model.json").read_text())["host"] == host  # and the cache is written again
+
+
 def test_a_fit_that_finds_traffic_free_charges_no_traffic_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """Timings that memory traffic does not explain (operators and FLOPs only): eta_b is no rate
     (None, not a made-up 1.0), and bytes add nothing to an estimate; the other terms are recovered."""

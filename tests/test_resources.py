@@ -102,6 +102,17 @@ def test_absent_sensors_are_none_and_present_ones_are_read(tmp_path: Path, monke
     assert (s.battery_percent, s.power_plugged, s.temperature_c) == (42.0, False, 57.5)
 
 
+def test_machine_cpu_load_counts_guest_time_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linux's guest time is inside its user time (guest_nice inside nice): counted again, a host
+    half busy running a virtual machine read 64% busy."""
+    from collections import namedtuple
+
+    CpuTimes = namedtuple("CpuTimes", "user nice system idle iowait guest guest_nice")  # psutil's fields on Linux, fewer of them
+    readings = iter([CpuTimes(0, 0, 0, 0, 0, 0, 0), CpuTimes(40, 10, 0, 50, 0, 30, 10)])  # half the time busy, 40 s of it in guests
+    monkeypatch.setattr(psutil, "cpu_times", lambda: next(readings))
+    assert SystemSource(tmp_path, tmp_path).read().cpu_percent == pytest.approx(50.0)
+
+
 def test_rapl_counters_give_package_power(tmp_path: Path) -> None:
     zone = tmp_path / "intel-rapl:0"
     zone.mkdir()
@@ -203,8 +214,16 @@ def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path) -> None:
     gaps.write_text("\ufefft, cpu_percent, memory_available_mb\n0, 20, 100\n1, , 90\n2, 40, \n", encoding="utf-8")
     held = load_trace(gaps)
     assert held.at(1.0).cpu_percent == 20.0 and held.at(2.0).memory_available_bytes == 90 * MB
-    jump = tmp_path / "jump.csv"  # one timestamp far ahead: the rest would be thrown away
-    jump.write_text("t,cpu_percent\n0,10\n1,10\n1000000,10\n" + "".join(f"{t},10\n" for t in range(2, 50)))
+    far = tmp_path / "far.csv"  # 0.1 s steps, one timestamp far ahead in the second half: that row is garbage, not the rest
+    far.write_text("t,cpu_percent\n" + "".join(f"{1e6 if i == 600 else i / 10},{50 if i == 600 else 20 if i < 600 else 90}\n" for i in range(1000)))
+    kept = load_trace(far)
+    assert kept.skipped_rows == 1 and len(kept.times) == 999 and kept.duration == pytest.approx(99.9) and kept.at(99.0).cpu_percent == 90.0
+    pause = tmp_path / "pause.csv"  # a long pause the recording goes on from is no garbage
+    pause.write_text("t,cpu_percent\n0,10\n1,10\n2,10\n1000,20\n1001,30\n")
+    paused = load_trace(pause)
+    assert paused.skipped_rows == 0 and paused.at(1000.5).cpu_percent == 20.0
+    jump = tmp_path / "jump.csv"  # two rows far ahead, one going on from the other: most of the rest goes back in time
+    jump.write_text("t,cpu_percent\n0,10\n1,10\n1000000,10\n1000001,10\n" + "".join(f"{t},10\n" for t in range(2, 50)))
     with pytest.raises(TraceError, match="go back in time"):
         load_trace(jump)
     odd = tmp_path / "odd.json"  # booleans and numbers beyond float are garbage, not readings
@@ -448,8 +467,8 @@ def reference_best(table: ProfileTable, budget: Budget, weights: tuple[float, ..
                 total += chance * table.accuracy[tuple(v.tier if v is not None and m in present else None for m, v in zip(mods, config))]
         return total
 
-    def meets(config: tuple) -> bool:
-        return all(config[mods.index(m)] is not None and TIERS.index(config[mods.index(m)].tier) <= TIERS.index(t) for m, t in critical.items())
+    def meets(config: tuple) -> bool:  # a critical modality whose input is dead (weight 0) binds nothing
+        return all(config[mods.index(m)] is not None and TIERS.index(config[mods.index(m)].tier) <= TIERS.index(t) for m, t in critical.items() if weights[mods.index(m)] > 0)
 
     configs = [c for c in itertools.product(*([None, *(v for v in table.variants if v.modality == m)] for m in mods)) if any(c) and meets(c)]
     worthwhile = [c for c in configs if all(v is None or weights[i] > 0 for i, v in enumerate(c))]
@@ -494,7 +513,7 @@ def test_allocator_is_optimal_against_brute_force(objective: str) -> None:
             assert decision.utility == pytest.approx(best, abs=1e-9)
             for m, tier in critical.items():
                 chosen = decision.config[table.modalities.index(m)]
-                assert chosen is not None and TIERS.index(chosen.tier) <= TIERS.index(tier)
+                assert weights[table.modalities.index(m)] == 0 or (chosen is not None and TIERS.index(chosen.tier) <= TIERS.index(tier))
     assert checked > 300
 
 
@@ -600,6 +619,9 @@ def test_utility_is_the_accuracy_to_expect() -> None:
     assert not fallback.feasible and fallback.config == (None, small) and "least over budget" in fallback.reason  # 1.25x latency beats 20x memory
     no_memory = Allocator(tight).solve(Budget(latency_ms=100.0, memory_bytes=0), (1.0, 1.0))
     assert not no_memory.feasible and no_memory.config == (None, small)  # nothing left at all: the smallest, not the best
+    # Nothing fits, but something fits memory: the fallback keeps within it, however far over the deadline.
+    within_memory = Allocator(tight).solve(Budget(latency_ms=0.01, memory_bytes=50), (1.0, 1.0))
+    assert not within_memory.feasible and within_memory.config == (None, small) and "memory" not in within_memory.reason  # 500x latency, not 100x latency and 2x memory
     with pytest.raises(ConfigError, match="not a modality"):
         Allocator(table, {"imu": "high"})
     with pytest.raises(ConfigError, match="unknown tier"):
@@ -614,6 +636,8 @@ def test_a_critical_modality_is_kept_while_it_can_be() -> None:
     relaxed = allocator.solve(Budget(latency_ms=1.0), (1.0, 1.0), exclude=frozenset({"low/audio", "high/audio"}))
     assert relaxed.config == (image, None) and "critical audio unavailable" in relaxed.reason  # its variants failed: answer from the rest
     assert allocator.solve(Budget(), (1.0, 1.0), available={"image"}).config == (image, None)  # its input is missing
+    dead = allocator.solve(Budget(latency_ms=1.0), (1.0, 0.0))  # its input there but dead (weight 0): as good as missing
+    assert dead.config == (image, None) and dead.utility == pytest.approx(0.95) and "critical audio unavailable" in dead.reason
     with pytest.raises(NoConfigurationError):
         allocator.solve(Budget(), (1.0, 1.0), available={"image"}, exclude=frozenset({"high/image"}))
     with pytest.raises(ConfigError, match="no audio variant at tier high or above"):

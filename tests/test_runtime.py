@@ -289,6 +289,26 @@ def test_a_damaged_variant_file_is_excluded_at_start(bank_dir: Path, tmp_path: P
         load_bank(copy)
 
 
+def test_an_input_that_makes_sound_weights_compute_nan_is_refused_and_their_variants_stay(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """One crafted request must not take a modality out of service: non-finite logits from weights
+    that answer a blank input finitely are the input's doing (a ValueError, as for other bad inputs)."""
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(critical={"audio": "critical"}))  # (audio is in every configuration)
+    inputs = samples[0][0]
+    near_the_limit = np.tile(np.float32([3.3e38, -3.3e38]), 2000)  # finite, but infinite once resampled to 8 kHz
+    with pytest.raises(ValueError, match="float32's range"):
+        runtime.infer({"image": inputs["image"], "audio": near_the_limit}, sample_rate=4000)
+    # An input that gets past the checks and still makes the model compute NaN (an infinite sample):
+    monkeypatch.setattr(runtime.modalities["audio"], "to_raw", lambda value, spec, sample_rate=None: np.asarray(value, np.float32)[None])
+    poisoned = np.linspace(-1, 1, 8000, dtype=np.float32)
+    poisoned[0] = np.inf
+    with pytest.raises(ValueError, match="audio: the input makes the model compute non-finite logits"):
+        runtime.infer({"image": inputs["image"], "audio": poisoned})
+    assert runtime.failed == {}
+    monkeypatch.undo()
+    answer = runtime.infer(inputs)
+    assert any(v.endswith("/audio") for v in answer.variants) and not answer.fallbacks
+
+
 def test_damaged_weights_and_a_modality_without_variants_are_worked_around(bank_dir: Path, tmp_path: Path, samples) -> None:  # noqa: ANN001
     import shutil
 
@@ -346,6 +366,11 @@ def test_damaged_weights_and_a_modality_without_variants_are_worked_around(bank_
         (copy / "bank.json").write_text(json.dumps(damaged).replace('"@"', value))
         with pytest.raises(BankError, match=why):
             load_bank(copy)
+    # Biases that agree with one another but not with the variants' logits: every request would fail.
+    truncated = {**data, "biases": {tier: bias[:5] for tier, bias in data["biases"].items()}}
+    (copy / "bank.json").write_text(json.dumps(truncated))
+    with pytest.raises(BankError, match=r"tier '\w+' has a bias of 5 classes, but .*\.image\.onnx computes 10 logits"):  # (the audio files are damaged above: skipped)
+        load_bank(copy)
 
 
 def test_a_reading_published_while_the_runtime_loads_is_planned_with(bank_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

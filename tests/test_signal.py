@@ -169,6 +169,10 @@ def test_signals_check_raw_inputs() -> None:
     for bad, message in ((np.zeros((2, 100)), "mono"), (np.array([0.0, np.nan]), "NaN"), (np.array([0.0, np.inf], np.float32), "NaN"), (np.array([1e300]), "float32's range"), (np.zeros(10, dtype=np.int32), "int16")):
         with pytest.raises(ValueError, match=message):
             audio.to_raw(bad, spec)
+    near_the_limit = np.tile(np.float32([3.3e38, -3.3e38]), 2000)  # finite, but interpolated beyond float32's range
+    assert np.isfinite(audio.to_raw(near_the_limit, spec)).all()  # (at the model's rate: nothing interpolated)
+    with pytest.raises(ValueError, match="resampled from 4000 Hz.*float32's range"):
+        audio.to_raw(near_the_limit, spec, sample_rate=4000)
     for rate in (8000.0, np.int64(8000), True):  # the usual rate given otherwise still goes through its checks
         if rate is True:
             with pytest.raises(ValueError, match="whole number"):

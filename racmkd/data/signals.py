@@ -337,6 +337,8 @@ class AudioSignal(Signal):
         rate = spec.sample_rate if usual else audio_rate(sample_rate)
         if rate != spec.sample_rate:
             wave = resample(wave, rate, spec.sample_rate)
+            if not np.isfinite(wave).all():  # interpolation overshoots samples near float32's limits into infinities (NaN features)
+                raise ValueError(f"audio: resampled from {rate} Hz to {spec.sample_rate} Hz, the waveform goes beyond float32's range (its samples lie near float32's limits): scale it to [-1, 1]")
         return fix_length(wave, spec.samples)[0][None]
 
     def blank(self, spec: AudioSpec) -> np.ndarray:

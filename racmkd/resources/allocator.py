@@ -51,6 +51,7 @@ from simple_pid import PID
 from racmkd.config import ConfigError, PIDGains
 
 RESOURCES = ("latency_ms", "memory_bytes", "energy_mj")
+HARD_RESOURCES = ("memory_bytes", "energy_mj")  # never traded for latency: over the latency budget an answer comes late; over these it may not come at all
 
 
 @dataclass(frozen=True)
@@ -362,7 +363,8 @@ class Allocator:
         candidates = [(u, c) for u, c in self.ranking(weights) if all(v is None or (v.id not in exclude and v.modality in available) for v in c)]
         if not candidates:
             raise NoConfigurationError(f"no variant can run with inputs {sorted(available)}; excluded: {', '.join(sorted(exclude)) or 'none'}")
-        critical = self.honoured_critical(exclude, available)
+        there = {m for m, w in zip(self.table.modalities, weights) if w > 0 and m in available}  # a dead input (weight 0) is no more there than a missing one
+        critical = self.honoured_critical(exclude, there)
         index = {m: i for i, m in enumerate(self.table.modalities)}
         candidates = [(u, c) for u, c in candidates if all(c[index[m]] is not None and self.table.tiers.index(c[index[m]].tier) <= rank for m, rank in critical.items())]
         weighted = [(u, c) for u, c in candidates if not any(v is not None and weights[i] == 0.0 for i, v in enumerate(c))]
@@ -376,9 +378,10 @@ class Allocator:
         """The best configuration within `budget` (with `slack` to spare) that uses only the
         `available` modalities (default: all), none of the variants in `exclude` (ids), no modality
         of weight 0 unless nothing else can run, and every critical modality that can be honoured
-        at or above its tier. When none fits: the one that overshoots its budget least (the largest
-        ratio of cost to budget over the resources), marked infeasible, so the runtime degrades
-        instead of refusing. Raises NoConfigurationError when nothing can run at all."""
+        at or above its tier. When none fits: of those within the memory and energy budgets (if
+        any), the one that overshoots its budget least (the largest ratio of cost to budget over the
+        resources), marked infeasible, so the runtime degrades instead of refusing. Raises
+        NoConfigurationError when nothing can run at all."""
         candidates, note = self.eligible(weights, exclude, frozenset(self.table.modalities if available is None else available))
         if self.risk is None:
             for u, c in candidates:
@@ -395,7 +398,7 @@ class Allocator:
             if best is not None:
                 score, chance, c = best
                 return Decision(c, score, self.costs[c], True, f"best expected SLO-accuracy: {describe(self.table, c)} (meets the deadline with p={chance:.2f}){note}")
-        u, c = min(candidates, key=lambda uc: (self.costs[uc[1]].overshoot(budget), -uc[0]))
+        u, c = min(candidates, key=lambda uc: (not self.costs[uc[1]].fits(budget, 0.0, HARD_RESOURCES), self.costs[uc[1]].overshoot(budget), -uc[0]))
         return Decision(c, u, self.costs[c], False, f"nothing fits ({', '.join(self.costs[c].over(budget)) or 'latency'} over); least over budget: {describe(self.table, c)}{note}")
 
     def _slo_score(self, utility: float, config: Configuration, budget: Budget, slack: float = 0.0) -> tuple[float, float]:
@@ -403,7 +406,7 @@ class Allocator:
         over the memory or energy budget (those stay hard)."""
         assert self.risk is not None
         costs = self.costs.get(config) or config_costs(config)
-        if not costs.fits(budget, slack, ("memory_bytes", "energy_mj")):
+        if not costs.fits(budget, slack, HARD_RESOURCES):
             return 0.0, 0.0
         chance = self.risk.chance(costs.typical_ms, budget.latency_ms, budget.slowdown)  # the risk is the latency's margin: no slack on top
         return utility * chance, chance

@@ -307,7 +307,7 @@ def latency_model(cache_dir: Path = Path(".cache/racmkd"), refresh: bool = False
     if path.exists() and not refresh:
         try:
             data = json.loads(path.read_text())
-            if data.get("host") == host and data.get("flops_efficiency", 0.0) <= 1.0:  # above 1: fitted before eta_f was held at 1
+            if isinstance(data, dict) and data.get("host") == host and data.get("flops_efficiency", 0.0) <= 1.0:  # above 1: fitted before eta_f was held at 1
                 return LatencyModel(**{**data, "peaks": HostPeaks(**data["peaks"])})
         except (ValueError, TypeError, KeyError):
             pass  # an unreadable cache is refitted

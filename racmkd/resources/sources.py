@@ -223,6 +223,13 @@ def read_cgroup(root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup: Path = Pa
     return CgroupLimits(None, None, None, None)
 
 
+def cpu_time_total(times: Any) -> float:
+    """All the CPU time in a psutil.cpu_times() reading. Linux counts the time spent running virtual
+    machines' CPUs twice: within user (nice) and again as guest (guest_nice); summed as they come,
+    a host running guests read busier than it was. psutil's own cpu_percent takes them out too."""
+    return sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+
+
 class SystemSource:
     """Live readings of this machine through psutil, cgroup files and RAPL counters."""
 
@@ -240,7 +247,7 @@ class SystemSource:
         """Busy share of all cores since this source's previous reading."""
         now = psutil.cpu_times()
         idle = lambda t: t.idle + getattr(t, "iowait", 0.0)  # noqa: E731
-        total = sum(now) - sum(self._cpu_times)
+        total = cpu_time_total(now) - cpu_time_total(self._cpu_times)
         if total > 0:
             self._cpu_percent = min(100.0, max(0.0, 100.0 * (total - (idle(now) - idle(self._cpu_times))) / total))
             self._cpu_times = now
@@ -349,6 +356,7 @@ TRACE_COLUMNS = {  # column -> (snapshot field, scale to the field's unit, valid
     "host_cores": ("host_cores", 1.0, (1.0, 1e5)),
     "cpu_cores": ("cpu_cores", 1.0, (0.001, 1e5)),
 }
+FAR_AHEAD_STEPS = 100  # a timestamp this many median steps after the previous reading, that the next does not go on from, is garbage
 
 
 @dataclass(frozen=True)
@@ -397,7 +405,10 @@ def load_trace(path: str | Path) -> Trace:
     """Read a recorded trace (CSV with a header, or JSON: a list of objects or {"samples": [...]}).
     Columns: `t` (seconds) and any of cpu_percent, memory_available_mb, battery_percent,
     temperature_c, package_power_w, runnable_tasks, host_cores, cpu_cores. Rows with garbage (text, NaN, values out of range, time going
-    backwards) are skipped and counted; a file without two usable rows is an error."""
+    backwards, a timestamp more than FAR_AHEAD_STEPS median steps after the previous row that the
+    next row does not go on from) are skipped and counted; a file without two usable rows is an
+    error. Kept, one mistyped timestamp far ahead made every later row go back in time: the rest of
+    the trace was thrown away. A long pause that the recording goes on from is kept."""
     path = Path(path)
     if not path.is_file():
         raise TraceError(f"{path}: no such trace file. Record one, or use a synthetic trace: {', '.join(SYNTHETIC)}")
@@ -417,19 +428,26 @@ def load_trace(path: str | Path) -> Trace:
         raise TraceError(f"{path}: no known columns; a trace needs t and at least one of {', '.join(TRACE_COLUMNS)}")
     times: list[float] = []
     columns: dict[str, list[float]] = {c: [] for c in known}
-    skipped = backwards = 0
-    for row in rows:
-        parsed = _parse_row(row, known)
-        if parsed is None or (times and parsed[0] <= times[-1]):
+    usable = [parsed for parsed in (_parse_row(row, known) for row in rows) if parsed is not None]
+    skipped, backwards = len(rows) - len(usable), 0
+    steps = np.diff([t for t, _ in usable])
+    steps = steps[steps > 0]
+    far_ahead = FAR_AHEAD_STEPS * float(np.median(steps)) if len(steps) else math.inf
+    for i, (t, values) in enumerate(usable):
+        if times and t <= times[-1]:
             skipped += 1
-            backwards += parsed is not None and parsed[0] < times[-1]  # (an equal time is a duplicate, not a jump)
+            backwards += t < times[-1]  # (an equal time is a duplicate, not a jump)
             continue
-        times.append(parsed[0])
+        gone_on_from = i + 1 < len(usable) and usable[i + 1][0] > t
+        if times and t - times[-1] > far_ahead and not gone_on_from:
+            skipped += 1
+            continue
+        times.append(t)
         for c in known:
-            columns[c].append(parsed[1].get(c, math.nan))
+            columns[c].append(values.get(c, math.nan))
     if len(times) < 2:
         raise TraceError(f"{path}: fewer than two usable readings ({skipped} rows skipped as garbage)")
-    if backwards > len(rows) / 2:  # e.g. one timestamp far ahead: every later row then "goes back"
+    if backwards > len(rows) / 2:  # e.g. timestamps far ahead that go on from one another: every later row then "goes back"
         raise TraceError(f"{path}: {backwards} of {len(rows)} rows go back in time after an earlier one (a timestamp far ahead?); check the file")
     if skipped:
         log.warning("%s: skipped %d garbage rows of %d", path, skipped, len(rows))

@@ -83,10 +83,17 @@ def load_bank(folder: Path, split: str = "val") -> Bank:
     specs, damaged = {}, {}
     for v in variants:
         try:
-            specs[v.id] = specs_from_contract(read_contract(folder / v.path))[v.modality]
+            contract = read_contract(folder / v.path)
+            specs[v.id] = specs_from_contract(contract)[v.modality]
         except Exception as err:  # noqa: BLE001 - a damaged variant file is skipped by the runtime, not fatal here
             log.warning("%s: variant %s is damaged and will be skipped (%s); rebuild the bank with `racmkd edge build`", folder, v.id, err)
             specs[v.id], damaged[v.id] = None, str(err)
+            continue
+        # The variant's file carries the bias it was exported with, one per logit: a tier's bias of
+        # another length would fail every request the variant answers (a broadcast error).
+        exported = contract.get("logit_bias")
+        if exported is not None and np.size(exported) != biases[v.tier].size:
+            raise BankError(f"{path}: damaged (tier {v.tier!r} has a bias of {biases[v.tier].size} classes, but {folder / v.path} computes {np.size(exported)} logits). Rebuild it with `racmkd edge build`.")
     return Bank(folder, table, specs, biases, data, damaged)
 
 

@@ -514,6 +514,9 @@ class EdgeRuntime:
                 damaged = [v for v, term in zip(used, terms) if not np.isfinite(term).all()]
                 if not damaged:  # finite terms overflowing together: nothing to exclude
                     break
+                blamed_inputs = sorted({v.modality for v in damaged if self._finite_on_blank(v)})
+                if blamed_inputs:  # the weights answer a blank input: this request's input is to blame, not them
+                    raise ValueError(f"{', '.join(blamed_inputs)}: the input makes the model compute non-finite logits (it answers a blank input finitely): check the input's values")
                 for v in damaged:  # weights that compute NaN: excluded for good, not an answer
                     self._fail(v, "computed non-finite logits", for_good=True)
                     exclude.add(v.id)
@@ -568,6 +571,17 @@ class EdgeRuntime:
     def _run(self, variant: Variant, raw: np.ndarray) -> np.ndarray:
         features = self.modalities[variant.modality].features(raw, self.bank.specs[variant.id])
         return self._session(variant).run(None, {variant.modality: features})[0][0]
+
+    def _finite_on_blank(self, variant: Variant) -> bool:
+        """Whether a variant that computed non-finite logits computes finite ones for a blank input
+        (a blank image, silence; as its warm-up does). If so its weights are sound and the request's
+        input is to blame: excluding the variant for good would let one crafted request take a whole
+        modality out of service. A blank run that raises clears nothing: the variant is excluded as before."""
+        signal, spec = self.modalities[variant.modality], self.bank.specs[variant.id]
+        try:
+            return bool(np.isfinite(self._run(variant, signal.blank(spec))).all())
+        except Exception:  # noqa: BLE001 - see the docstring
+            return False
 
     def predict(self, image: Any = None, audio: Any = None, sample_rate: int = 8000, **others: Any) -> Answer:
         """Answer one request from raw inputs (any may be missing) and feed its latency back."""
