@@ -351,6 +351,7 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         ([["prune", "qat"], "export"], "one step name with its options"),
         # Values checked when the recipe is read, not when (after other tiers' work) the step runs.
         ([{"prune": {"importance": "bogus"}}, "export"], r"steps\[0\]\.prune: prune: importance"),
+        ([{"prune": {"target_bytes": 1000, "steps": 0}}, "export"], "prune: steps must be at least 1"),
         ([{"prune": {"finetune": {"lr": -0.1}}}, "export"], "lr must be a positive number"),
         ([{"lowrank": {"energy": 1.5}}, "export"], "energy must be in"),
         ([{"export": {"min_agreement": 1.5}}], "min_agreement and max_accuracy_drop must be in"),
@@ -379,6 +380,32 @@ def test_an_impossible_lowrank_budget_fails_before_any_step_runs(tmp_path: Path)
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True)) and "lowrank" not in model.arch  # tried on a copy
     check_recipe(parse_recipe({"steps": [{"lowrank": {"budget_bytes": 10**9}}, "export"]}, "roomy.yaml"), subject, None)
     check_recipe(parse_recipe({"steps": [{"prune": {"ratio": 0.5}}, {"lowrank": {"budget_bytes": 64}}, "export"]}, "pruned.yaml"), subject, None)  # left to the step
+
+
+def test_a_byte_budget_in_reach_after_an_earlier_prune_is_left_to_its_step(tmp_path: Path) -> None:
+    """A second prune's target_bytes is turned into a ratio on the model's layers: checked on the
+    whole model it may be out of reach (95% of the channels removed still too big) although the
+    model the step will see, pruned once already, reaches it."""
+    import copy
+
+    from racmkd.compress.prune import MAX_RATIO
+    from racmkd.compress.recipe import check_recipe
+    from racmkd.compress.steps import Subject
+
+    model = with_running_stats(student(INPUTS, width=4.0, depth=1))
+    subject = Subject("low", model, {"image": None, "audio": None}, None, tmp_path)  # (the checks read the model alone)
+
+    def smallest_bytes(start: nn.Module) -> int:
+        return 4 * sum(p.numel() for p in prune_encoders(copy.deepcopy(start), MAX_RATIO, multiple=4).parameters())
+
+    whole, halved = smallest_bytes(model), smallest_bytes(prune_encoders(copy.deepcopy(model), 0.5, multiple=4))
+    assert halved < whole  # the second prune's channels are counted from the first one's result
+    budget = (whole + halved) // 2
+    with pytest.raises(RecipeError, match=rf"steps\[0\]\.prune: pruning cannot bring this model to {budget} bytes"):
+        check_recipe(parse_recipe({"steps": [{"prune": {"target_bytes": budget}}, "export"]}, "one-prune.yaml"), subject, None)
+    two_prunes = parse_recipe({"steps": [{"prune": {"ratio": 0.5, "steps": 1}}, {"prune": {"target_bytes": budget}}, "export"]}, "two-prunes.yaml")
+    check_recipe(two_prunes, subject, None)  # left to the second prune, which reaches it
+    assert 4 * sum(p.numel() for p in model.parameters()) > whole  # the check pruned nothing
 
 
 def test_every_shipped_recipe_parses() -> None:
@@ -464,8 +491,8 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
     assert fp32["argmax_agreement"] == 1.0 and fp32["max_abs_logit_diff"] < 1e-3  # ONNX Runtime vs PyTorch
     int8 = manifest["candidates"]["int8"]["parity"]
     assert int8["argmax_agreement"] > 0.8
-    for c in manifest["candidates"].values():  # each candidate judged against the bound; one that missed it is not left as a deployable name
-        assert (folder / c["path"]).is_file() and c["path"].endswith(".rejected.onnx") == (not c["meets_bound"])
+    for c in manifest["candidates"].values():  # each candidate judged against the bound; one that missed it and was not chosen is not left as a deployable name
+        assert (folder / c["path"]).is_file() and c["path"].endswith(".rejected.onnx") == (not c["meets_bound"] and c["path"] != manifest["artifact"])
     assert manifest["candidates"]["fp32"]["meets_bound"] and manifest["artifact"] in [c["path"] for c in manifest["candidates"].values() if c["meets_bound"]]
     weights_only = manifest["candidates"]["int8-weights"]
     assert weights_only["parity"]["argmax_agreement"] >= 0.9 and weights_only["bytes"] < manifest["candidates"]["fp32"]["bytes"]
@@ -625,6 +652,44 @@ def test_the_artifact_is_the_fastest_within_the_bound_and_the_smallest_of_a_spee
     assert chosen == "fp32" and "int8 misses the bound" in reason
     assert {k: c["meets_bound"] for k, c in missed.items()} == {"fp32": True, "int8": False, "int8-weights": True}
     assert choose_artifact(missed, ExportOptions(prefer="smaller"))[0] == "int8-weights"
+
+
+def test_a_file_that_missed_its_bound_is_deployed_only_as_the_last_resort_and_never_named_rejected(tmp_path: Path) -> None:
+    """fp32 must agree with PyTorch's argmax on every test sample; one that does not (a near tie
+    flipped) competes no more than an int8 model that missed its bound, and is deployed only when
+    nothing met its bound, with the reason saying so. Only files neither within their bound nor
+    chosen are renamed *.rejected.onnx."""
+    from racmkd.compress.steps import ExportOptions, choose_artifact, set_aside_rejected
+
+    def candidates(folder: str, fp32_agreement: float, weights_agreement: float) -> dict:
+        made = {}
+        for name, agreement, p50, size in (("fp32", fp32_agreement, 0.020, 4000), ("int8-weights", weights_agreement, 0.050, 1500)):
+            path = tmp_path / folder / f"{name}.onnx"
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(b"model")
+            made[name] = {"path": path, "latency_ms": {"p50": p50}, "bytes": size, "parity": {"argmax_agreement": agreement, "accuracy": 0.9, "reference_accuracy": 0.9, "max_abs_logit_diff": 2e-5}}
+        return made
+
+    def names(made: dict) -> dict[str, str]:
+        return {k: c["path"].name for k, c in made.items() if c["path"].is_file()}
+
+    nothing_met = candidates("nothing-met", fp32_agreement=0.9999, weights_agreement=0.97)
+    chosen, reason = choose_artifact(nothing_met, ExportOptions())
+    set_aside_rejected(nothing_met, chosen)
+    assert chosen == "fp32" and "fp32 misses its bound" in reason and "no candidate is within its bound" in reason
+    assert names(nothing_met) == {"fp32": "fp32.onnx", "int8-weights": "int8-weights.rejected.onnx"}
+
+    fp32_missed = candidates("fp32-missed", fp32_agreement=0.9999, weights_agreement=0.995)
+    chosen, reason = choose_artifact(fp32_missed, ExportOptions())  # fp32 is the faster, but out of its bound
+    set_aside_rejected(fp32_missed, chosen)
+    assert chosen == "int8-weights" and "fp32 misses its bound" in reason
+    assert names(fp32_missed) == {"fp32": "fp32.rejected.onnx", "int8-weights": "int8-weights.onnx"}
+
+    all_met = candidates("all-met", fp32_agreement=1.0, weights_agreement=0.995)
+    chosen, reason = choose_artifact(all_met, ExportOptions())
+    set_aside_rejected(all_met, chosen)
+    assert chosen == "fp32" and "misses" not in reason
+    assert names(all_met) == {"fp32": "fp32.onnx", "int8-weights": "int8-weights.onnx"}
 
 
 def test_a_faster_p50_that_the_paired_rounds_do_not_back_is_a_speed_tie() -> None:

@@ -93,6 +93,41 @@ def test_fsdd_download_unpacks_checked_recordings(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "root" / "fsdd").iterdir()] == ["recordings"]  # no staging or old folder left
 
 
+def test_fsdd_download_that_fails_while_writing_leaves_no_staging_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = tmp_path / "release.tar.gz"
+    contents = make_release(archive, {"1_bob_0.wav": np.arange(500, dtype=np.int16), "2_bob_9.wav": -np.arange(300, dtype=np.int16)})
+    real_write = Path.write_bytes
+    written = []
+
+    def disk_full_at_the_second_file(path: Path, data: bytes) -> int:
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(path)
+        return real_write(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full_at_the_second_file)
+    with pytest.raises(OSError, match="No space left"):
+        download_fsdd(tmp_path / "root", url=archive.as_uri(), expected_sha256=recordings_digest(contents))
+    assert written and written[0].parent.name.startswith(".recordings.")  # it failed partway through the staging folder
+    assert list((tmp_path / "root" / "fsdd").iterdir()) == []  # which is gone, and no recordings were installed
+    monkeypatch.undo()
+    # Recordings already there are set aside before the new ones move in: when that move fails, they come back.
+    installed = download_fsdd(tmp_path / "root", url=archive.as_uri(), expected_sha256=recordings_digest(contents))
+    (installed / "1_bob_0.wav").write_bytes(b"damaged")  # (else nothing is fetched: they match)
+    before = {p.name: p.read_bytes() for p in installed.iterdir()}
+    real_rename = Path.rename
+
+    def staging_stuck(path: Path, target: Path) -> Path:
+        if path.name.startswith(".recordings.") and not path.name.startswith(".recordings.old."):
+            raise OSError(5, "Input/output error")
+        return real_rename(path, target)
+
+    monkeypatch.setattr(Path, "rename", staging_stuck)
+    with pytest.raises(OSError, match="Input/output"):
+        download_fsdd(tmp_path / "root", url=archive.as_uri(), expected_sha256=recordings_digest(contents))
+    assert {p.name: p.read_bytes() for p in installed.iterdir()} == before and [p.name for p in installed.parent.iterdir()] == ["recordings"]
+
+
 def test_fsdd_download_refuses_a_mismatch_and_a_broken_archive(tmp_path: Path) -> None:
     archive = tmp_path / "release.tar.gz"
     make_release(archive, {"1_bob_0.wav": np.arange(500, dtype=np.int16)})

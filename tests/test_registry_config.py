@@ -110,6 +110,39 @@ def test_modality_options_are_checked_when_the_config_is_read(tmp_path: Path) ->
         assert MODALITIES.get(name).options_type is MODALITY_OPTIONS.get(name)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("audio.duration=.inf", r"duration inf: .*finite"),  # an OverflowError when the recordings were windowed
+        ("audio.duration=0.00001", r"duration 1e-05: .*at least one sample long"),  # 0 samples at 8 kHz
+        ("audio.snr_db=[-.inf, 10]", r"snr_db \[-inf, 10\.0\]: a range of finite decibels"),
+        ("audio.semitones=.inf", r"semitones inf \(a finite number"),
+        ("image.rotation_deg=.inf", r"rotation_deg and shift must be finite"),  # NaN images in training
+        ("image.shift=.inf", r"rotation_deg and shift must be finite"),
+        ("image.zoom=1.0", r"zoom in \[0, 1\)"),  # a scale drawn as 0: a division by zero
+    ],
+)
+def test_a_modality_option_out_of_range_names_the_file_and_key(tmp_path: Path, override: str, message: str) -> None:
+    """A value YAML reads as a float but no modality can use (.inf, .nan, a duration under one sample)
+    is refused when the config is read, as every other out-of-range option is."""
+    modality, assignment = override.split(".", 1)
+    key, value = assignment.split("=")
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"data:\n  options:\n    {modality}: {{{key}: {value}}}\n")
+    with pytest.raises(ConfigError, match=rf"bad\.yaml: data\.options\.{modality}: .*{message}"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=rf"overrides .*: data\.options\.{modality}: .*{message}"):
+        load_config(None, [f"data.options.{override}"])
+
+
+def test_the_shortest_audio_window_is_one_sample() -> None:
+    from racmkd.data.options import AudioOptions
+
+    assert AudioOptions(sample_rate=8000, duration=1 / 8000).duration == 1 / 8000  # one sample: one STFT frame
+    with pytest.raises(ConfigError, match="at least one sample long"):
+        AudioOptions(sample_rate=8000, duration=0.4 / 8000)  # rounds to no sample at all
+
+
 def test_a_run_is_never_written_over(tmp_path: Path) -> None:
     from racmkd.runs import RunError, create_run, open_run
 

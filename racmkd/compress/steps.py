@@ -126,6 +126,7 @@ class Step(ABC):
     changes_structure: ClassVar[bool] = False  # prunes or factorises layers
     # Its check reads the model's layers (a byte budget): after a step that changes them, the check
     # would judge a model the step never sees, so the recipe check leaves it to the step itself.
+    # (A step whose options decide it overrides this with a property.)
     checks_structure: ClassVar[bool] = False
 
     def __init__(self, options: Any) -> None:
@@ -165,12 +166,19 @@ class PruneOptions:
         require(self.importance in ("l1", "l2", "bn"), f"prune: importance must be l1, l2 or bn, got {self.importance!r}")
         require(0 <= self.max_drop <= 1 and self.target_bytes >= 0, f"prune: max_drop must be in [0, 1] and target_bytes >= 0, got {self.max_drop} and {self.target_bytes}")
         require(self.multiple >= 1, f"prune: multiple must be >= 1, got {self.multiple}")
+        require(self.steps >= 1, f"prune: steps must be at least 1, got {self.steps}")
 
 
 @COMPRESSORS.register("prune")
 class Prune(Step):
     options_type = PruneOptions
     changes_structure = True
+
+    @property
+    def checks_structure(self) -> bool:  # type: ignore[override]
+        """A byte budget is turned into a ratio on the model's layers (after an earlier prune, a
+        budget the whole model cannot reach may be in reach); a ratio is checked on its own."""
+        return bool(self.options.target_bytes)
 
     def ratios(self, subject: Subject) -> dict[str, float]:
         o = self.options
@@ -185,8 +193,6 @@ class Prune(Step):
         return {m: float(o.ratio) for m in subject.specs}
 
     def check(self, subject: Subject, ctx: Context) -> None:
-        if self.options.steps < 1:
-            raise ValueError("prune: steps must be at least 1")
         for m, r in self.ratios(subject).items():
             if not 0.0 <= r <= MAX_RATIO:
                 raise ValueError(f"prune: the ratio for {m} must be in [0, {MAX_RATIO}], got {r}")
@@ -519,34 +525,36 @@ class Export(Step):
             c["latency_ms"] = latency[key]
             c["bytes"] = c["path"].stat().st_size
         chosen, reason = choose_artifact(candidates, o)
-        for c in candidates.values():  # a file that missed the bound is kept for inspection, named so that no one deploys it
-            if not c["meets_bound"]:
-                rejected = c["path"].with_name(f"{c['path'].stem}.rejected.onnx")
-                c["path"] = c["path"].replace(rejected)
+        set_aside_rejected(candidates, chosen)
         subject.manifest.update(artifact=candidates[chosen]["path"].name, format=candidates[chosen]["format"], reason=reason, specs={m: asdict(s) for m, s in subject.specs.items()})
         subject.manifest["candidates"] = {k: {kk: (vv.name if isinstance(vv, Path) else vv) for kk, vv in c.items()} for k, c in candidates.items()}
         return {"chosen": chosen, "reason": reason, "candidates": subject.manifest["candidates"], **details}
 
 
 def choose_artifact(candidates: dict[str, dict[str, Any]], options: ExportOptions) -> tuple[str, str]:
-    """The artifact a tier deploys, and why: of those within the accuracy bound, the faster (the
-    smaller of those tied on speed) or the smaller. Marks each candidate's `meets_bound` (fp32: its
-    argmax agrees with PyTorch's on every test sample; an int8 one: the options' bound against fp32)."""
+    """The artifact a tier deploys, and why: of those within their bound, the faster (the smaller of
+    those tied on speed) or the smaller. Marks each candidate's `meets_bound` (fp32: its argmax
+    agrees with PyTorch's on every test sample; an int8 one: the options' bound against fp32).
+
+    When none is within its bound, fp32: the model the others were judged against, its logits within
+    rounding of PyTorch's (`fp32_parity` refused the export otherwise), so its misses are argmaxes
+    flipped on near ties. The reason then says that fp32 missed its bound and why it was kept."""
     notes = []
-    acceptable = ["fp32"]
     fp32 = candidates["fp32"]["parity"]
     candidates["fp32"]["meets_bound"] = options.meets_bound("fp32", fp32)
-    if not candidates["fp32"]["meets_bound"]:  # logits within rounding (fp32_parity checked), an argmax flipped on a near tie
-        notes.append(f"fp32 agrees with PyTorch on {fp32['argmax_agreement']:.4%} of the test samples (max logit difference {fp32['max_abs_logit_diff']:.2g}: near ties)")
+    if not candidates["fp32"]["meets_bound"]:
+        notes.append(f"fp32 misses its bound: it agrees with PyTorch on {fp32['argmax_agreement']:.4%} of the test samples, not all (max logit difference {fp32['max_abs_logit_diff']:.2g}: near ties)")
     for name in ("int8", "int8-weights"):
         if name not in candidates:
             continue
         p = candidates[name]["parity"]
         candidates[name]["meets_bound"] = options.meets_bound(name, p)
-        if candidates[name]["meets_bound"]:
-            acceptable.append(name)
-        else:
+        if not candidates[name]["meets_bound"]:
             notes.append(f"{name} misses the bound (agreement {p['argmax_agreement']:.4f} < {options.min_agreement} or accuracy drop {p['reference_accuracy'] - p['accuracy']:+.4f} > {options.max_accuracy_drop})" + ("; `int8: mixed` keeps its most sensitive layers in fp32" if name == "int8" and options.int8 == "static" else ""))
+    acceptable = [k for k, c in candidates.items() if c["meets_bound"]]
+    if not acceptable:
+        notes.append("no candidate is within its bound: fp32 is deployed as the nearest to PyTorch")
+        return "fp32", "; ".join(notes)
     p50 = {k: candidates[k]["latency_ms"]["p50"] for k in acceptable}
     size = {k: candidates[k]["bytes"] for k in acceptable}
     if options.prefer == "faster":
@@ -561,3 +569,13 @@ def choose_artifact(candidates: dict[str, dict[str, Any]], options: ExportOption
         others = ", ".join(f"{k} {p50[k]:.3f} ms / {size[k]:,} bytes" for k in acceptable if k != chosen)
         notes.append(f"{chosen} is {why}: p50 {p50[chosen]:.3f} ms, {size[chosen]:,} bytes (vs {others})")
     return chosen, "; ".join(notes) or "the only candidate"
+
+
+def set_aside_rejected(candidates: dict[str, dict[str, Any]], chosen: str) -> None:
+    """Rename every file that missed its bound and was not chosen to `<stem>.rejected.onnx`: kept for
+    inspection, named so that no one deploys it. The chosen file keeps its name even when it missed
+    (fp32 when nothing met its bound; the manifest's reason says so): what is deployed is never
+    called rejected."""
+    for name, c in candidates.items():
+        if not c["meets_bound"] and name != chosen:
+            c["path"] = c["path"].replace(c["path"].with_name(f"{c['path'].stem}.rejected.onnx"))

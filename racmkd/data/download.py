@@ -115,13 +115,22 @@ def download_fsdd(root: Path, url: str = FSDD_ARCHIVE, expected_sha256: str = FS
         raise DataError(f"{url}: the {len(files)} recordings have digest {digest}, expected {expected_sha256}; nothing was written.")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".recordings."))
-    for name, content in files:
-        (staging / name).write_bytes(content)
     old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=".recordings.old."))
-        target.rename(old / "recordings")
-    staging.rename(target)
+    try:
+        for name, content in files:
+            (staging / name).write_bytes(content)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=".recordings.old."))
+            target.rename(old / "recordings")
+        staging.rename(target)
+    except BaseException:  # a disk that fills up partway (or Ctrl-C) leaves no hidden half-copy behind
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            if (old / "recordings").exists() and not target.exists():  # the recordings set aside go back
+                (old / "recordings").rename(target)
+            if target.exists():
+                shutil.rmtree(old, ignore_errors=True)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target

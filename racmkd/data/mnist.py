@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import zlib
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def parse_idx(data: bytes, path: Path, expected_sha256: str | None = None) -> np
     if len(data) < header:
         raise DataError(f"{path}: header truncated ({len(data)} of {header} bytes). {FIX}")
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(np.prod(dims))
+    expected = header + math.prod(dims)  # Python ints: np.prod wraps at 2**63 on a damaged header's huge dims
     if len(data) != expected:
         state = "truncated" if len(data) < expected else "longer than its header says"
         raise DataError(f"{path}: {state}: header announces dims {dims} = {expected} bytes, file has {len(data)}. {FIX}")
