@@ -108,6 +108,25 @@ def test_features_have_the_spec_shapes(avmnist: PairedDataset) -> None:
     assert not torch.equal(same, audio.features(raw["audio"], audio.spec(0), augment_seed=8))
 
 
+def test_spec_augment_masks_the_same_spans_at_every_resolution() -> None:
+    """A teacher and a student of one batch draw from one seed: they must see the same frequencies
+    and times masked, whatever their numbers of bands and frames."""
+    from racmkd.data.audio import spec_augment
+
+    spans = {}
+    for bands, frames in ((64, 32), (16, 16)):
+        features = torch.randn(32, bands, frames, generator=torch.Generator().manual_seed(1))
+        out = spec_augment(features, 1, 0.5, torch.Generator().manual_seed(7))
+        fill = features.mean(dim=(1, 2))
+        band_masked = (out == fill[:, None, None]).all(dim=2)  # (B, bands): rows wholly masked
+        centres = (torch.arange(bands) + 0.5) / bands
+        spans[bands] = [centres[row].tolist() for row in band_masked]
+    assert sum(map(bool, spans[16])) > 10  # most samples have a band mask wide enough to cover a coarse band
+    for fine, coarse in zip(spans[64], spans[16]):
+        if coarse:
+            assert fine and min(fine) - 1 / 64 <= min(coarse) and max(coarse) <= max(fine) + 1 / 64
+
+
 def test_feature_cache_evicts_the_least_recently_used_beyond_its_bytes() -> None:
     cache = FeatureCache(max_bytes=3 * 400)  # room for three 100-float tensors
     calls = []

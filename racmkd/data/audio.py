@@ -62,17 +62,20 @@ def log_mel(power: torch.Tensor, filterbank: torch.Tensor, n_frames: int, floor:
 
 def spec_augment(features: torch.Tensor, masks: int, fraction: float, generator: torch.Generator) -> torch.Tensor:
     """SpecAugment (Park et al. 2019) on log-mel features (B, F, T): `masks` frequency bands and
-    `masks` time spans per sample, each up to `fraction` of its axis, set to the sample's mean."""
+    `masks` time spans per sample, each up to `fraction` of its axis, set to the sample's mean.
+    Spans are drawn as shares of the axis and a bin is masked when its centre falls inside: the
+    same generator state masks the same frequencies and times at any number of bands and frames,
+    so a teacher on 64 x 32 and a student on 16 x 16 see one augmented sample (spans drawn in each
+    input's own bins masked unrelated parts: the distillation targets described another input)."""
     b, n_freq, n_time = features.shape
     out = features.clone()
     fill = features.mean(dim=(1, 2))  # (B,)
     for axis, size in ((1, n_freq), (2, n_time)):
-        widest = max(1, int(size * fraction))
+        centres = (torch.arange(size) + 0.5) / size  # each bin's centre, as a share of the axis
         for _ in range(masks):
-            width = torch.randint(0, widest + 1, (b,), generator=generator)
-            start = (torch.rand(b, generator=generator) * (size - width + 1)).long()
-            positions = torch.arange(size)
-            hit = (positions[None, :] >= start[:, None]) & (positions[None, :] < (start + width)[:, None])  # (B, size)
+            width = torch.rand(b, generator=generator) * fraction
+            start = torch.rand(b, generator=generator) * (1 - width)
+            hit = (centres[None, :] >= start[:, None]) & (centres[None, :] < (start + width)[:, None])  # (B, size)
             mask = hit[:, :, None] if axis == 1 else hit[:, None, :]
             out = torch.where(mask, fill[:, None, None], out)
     return out

@@ -327,11 +327,10 @@ class AudioModality(Modality):
                 memo[key] = power
         bank = _filterbank(power.shape[1], spec.n_mels, spec.sample_rate, spec.f_min, spec.f_max)
         features = dsp.log_mel(power, bank, spec.n_frames)  # (B, n_mels, n_frames)
+        if augment_seed is not None and self.options.masks > 0:  # on all the bands, before selection: the same spans whatever the spec
+            features = dsp.spec_augment(features, self.options.masks, self.options.mask_fraction, torch.Generator().manual_seed(augment_seed))
         if spec.bands:
             features = features[:, list(spec.bands)]  # (B, len(bands), n_frames)
-        if augment_seed is not None and self.options.masks > 0:
-            g = torch.Generator().manual_seed(augment_seed + spec.n_mels * 1000 + spec.n_frames)
-            features = dsp.spec_augment(features, self.options.masks, self.options.mask_fraction, g)
         return features.unsqueeze(1)  # (B, 1, n_mels, n_frames)
 
     reductions = {"n_mels": "mel bands (64 -> 32 -> 16 -> 8)", "n_frames": "frames, by temporal average pooling (32 -> 16 -> 8)", "bands": "which mel bands are kept (band selection, most informative first)"}

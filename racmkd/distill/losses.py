@@ -141,8 +141,9 @@ def earth_movers_feature_kd(projected_student: torch.Tensor, teacher_features: t
     simplex) and held fixed; the gradient flows through the ground costs."""
     import ot  # POT, imported here: only this loss needs it
 
-    s = F.normalize(projected_student.float(), dim=1)
-    t = F.normalize(teacher_features.float(), dim=1).detach()
-    uniform_s = torch.full((len(s),), 1.0 / len(s), dtype=s.dtype, device=s.device)
-    uniform_t = torch.full((len(t),), 1.0 / len(t), dtype=t.dtype, device=t.device)
-    return ot.emd2(uniform_s, uniform_t, ot.dist(s, t))
+    with torch.autocast(projected_student.device.type, enabled=False):  # a bf16 student's autocast would make the costs bf16, which POT cannot read
+        s = F.normalize(projected_student.float(), dim=1)
+        t = F.normalize(teacher_features.float(), dim=1).detach()
+        uniform_s = torch.full((len(s),), 1.0 / len(s), dtype=s.dtype, device=s.device)
+        uniform_t = torch.full((len(t),), 1.0 / len(t), dtype=t.dtype, device=t.device)
+        return ot.emd2(uniform_s, uniform_t, ot.dist(s, t))
