@@ -658,6 +658,20 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def config_differences(made_with: RunConfig, wanted: RunConfig, ignore: tuple[str, ...] = ("name", "runs_dir")) -> list[str]:
+    """The settings (dotted keys) in which two configs differ, `ignore`d keys aside: what a caller
+    that resumes a run checks before taking its models as the ones its settings would make (a
+    benchmark resumed with `--set students.train.epochs=8` kept the old students and printed the
+    new setting)."""
+
+    def walk(a: Any, b: Any, where: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b), key=str) if f"{where}{k}" not in ignore for d in walk(a.get(k), b.get(k), f"{where}{k}.")]
+        return [] if a == b else [where.rstrip(".")]
+
+    return walk(to_dict(made_with), to_dict(wanted), "")
+
+
 def replace(cfg: C, **changes: Any) -> C:
     """`dataclasses.replace`, re-exported so callers need one import for config work."""
     return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]

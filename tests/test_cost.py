@@ -1,4 +1,4 @@
-"""Cost measurement: FLOPs, observed peak activation memory, latency, energy (estimated and RAPL)."""
+"""Cost measurement: FLOPs, observed peak activation memory (and the run report's, on the fp32 graph), latency, energy (estimated and RAPL)."""
 
 from __future__ import annotations
 
@@ -86,3 +86,33 @@ def test_round_robin_times_every_subject_each_round() -> None:
     assert timed["slow"]["p50"] >= 2.9 and timed["fast"]["p50"] < 1.0  # each subject's own time, not its neighbour's
     assert calls == ["a", "b"] + ["a"] * 2 + ["b"] * 2 + ["a"] * 2 + ["b"] * 2  # warm-ups once, then 2 timed per round, in turn
     assert rounds_for(300) == 300 // CALLS_PER_ROUND and rounds_for(3) == 1
+
+
+def test_a_checkpoints_peak_memory_is_measured_on_its_fp32_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report's peak-memory column for a checkpoint comes from its fp32 ONNX export, as a
+    compressed row's comes from its artifact (BatchNorm folded, Conv + activation fused); from
+    PyTorch's allocations, and said so, only when there is no export."""
+    import racmkd.compress.export as export
+    from racmkd.eval import report
+    from racmkd.models.multimodal import student
+    from racmkd.registry import MODALITIES
+    from racmkd.resources.profile import graph_cost
+
+    modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
+    specs = {m: modalities[m].spec(1) for m in modalities}
+    model = student({m: {"encoder": "dscnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=1.0, depth=2).eval()
+    inputs = {m: torch.zeros(1, *modalities[m].feature_shape(s)) for m, s in specs.items()}
+    _, engine, graph = report.onnx_timer("student", model, specs, modalities, inputs)
+    row = report.checkpoint_memory(model, inputs, graph)
+    expected = graph_cost(export.export_onnx(model, specs, modalities, tmp_path / "student.onnx", name="student"))
+    assert engine == "onnxruntime" and row == {"peak_activation_bytes": expected.peak_activation_bytes, "activation_bytes_written": expected.activation_bytes_written, "memory_method": "onnx-graph"}
+    eager = activation_memory(model, inputs)
+    assert row["peak_activation_bytes"] < eager["peak_activation_bytes"]  # eager also holds every BatchNorm output and pre-activation map
+
+    def no_export(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise export.ExportError("no export here")
+
+    monkeypatch.setattr(export, "export_onnx", no_export)
+    _, engine, graph = report.onnx_timer("student", model, specs, modalities, inputs)
+    assert engine == "pytorch" and graph is None
+    assert report.checkpoint_memory(model, inputs, graph) == {**eager, "memory_method": "pytorch"}

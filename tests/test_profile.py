@@ -25,13 +25,13 @@ runner = CliRunner()
 F32 = TensorProto.FLOAT
 
 
-def hand_graph() -> onnx.ModelProto:
-    """input (1,1,4,4) -> Conv 1->2 (3x3, pad 1) -> Relu -> Conv 2->1 (1x1) -> output (1,1,4,4)."""
+def hand_graph(activation: str = "Relu") -> onnx.ModelProto:
+    """input (1,1,4,4) -> Conv 1->2 (3x3, pad 1) -> activation -> Conv 2->1 (1x1) -> output (1,1,4,4)."""
     w1 = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w1")
     w2 = numpy_helper.from_array(np.ones((1, 2, 1, 1), np.float32), "w2")
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node(activation, ["a"], ["b"]),
         helper.make_node("Conv", ["b", "w2"], ["y"]),
     ]
     graph = helper.make_graph(nodes, "hand", [helper.make_tensor_value_info("x", F32, ["batch", 1, 4, 4])], [helper.make_tensor_value_info("y", F32, ["batch", 1, 4, 4])], [w1, w2])
@@ -39,14 +39,36 @@ def hand_graph() -> onnx.ModelProto:
 
 
 def test_peak_activation_memory_matches_the_hand_computed_lifetimes() -> None:
-    # x 64 B is live; conv writes a (128 B): 192; x is dead -> 128. relu writes b (128 B): 256 (the
-    # peak); a dies -> 128. conv writes y (64 B): 192; b dies -> 64.
+    # Conv -> Relu is one fused kernel (as DQ -> Conv -> Q is in an int8 graph): a is never stored,
+    # and x stays live until the kernel writes b. x 64 B is live; conv+relu write b (128 B): 192
+    # (the peak); x is dead -> 128. conv writes y (64 B): 192; b dies -> 64.
     cost = graph_cost(hand_graph())
-    assert cost.peak_activation_bytes == 256
-    assert cost.activation_bytes_written == 128 + 128 + 64
+    assert cost.peak_activation_bytes == 192
+    assert cost.activation_bytes_written == 128 + 64
     assert cost.weight_bytes == 4 * (18 + 2)
     assert cost.flops == 2 * (2 * 16 * 9) + 2 * (16 * 2)  # conv1: 32 outputs x 9 MACs; conv2: 16 outputs x 2 MACs
     assert cost.operators == 3 and not cost.quantized
+    # Abs is no activation a Conv kernel applies, so a is stored: x 64; conv writes a (128 B): 192;
+    # x dies -> 128; abs writes b (128 B): 256 (the peak); a dies -> 128; conv writes y: 192.
+    unfused = graph_cost(hand_graph("Abs"))
+    assert unfused.peak_activation_bytes == 256 and unfused.activation_bytes_written == 128 + 128 + 64
+
+
+def test_a_float_product_its_bias_and_activation_store_only_the_activation() -> None:
+    """MatMul -> bias Add -> Relu is one kernel; not when the Add's output has another reader."""
+    inits = [numpy_helper.from_array(np.ones((4, 8), np.float32), "w"), numpy_helper.from_array(np.zeros(8, np.float32), "bias")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "bias"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+
+    def cost(extra_output: bool) -> tuple[int, int]:
+        outputs = [helper.make_tensor_value_info("y", F32, [1, 8])] + ([helper.make_tensor_value_info("c", F32, [1, 8])] if extra_output else [])
+        graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", F32, [1, 4])], outputs, inits)
+        c = graph_cost(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+        return c.peak_activation_bytes, c.activation_bytes_written
+
+    assert cost(extra_output=False) == (16 + 32, 32)  # x (16 B, read until the kernel writes y) and y (32 B); m and c never stored
+    # c is also a graph output, so it is stored and nothing fuses into the Relu: x 16 + m 32 = 48;
+    # x dies -> 32; + c 32 = 64; m dies -> 32; + y 32 = 64.
+    assert cost(extra_output=True) == (64, 3 * 32)
 
 
 def test_an_int8_graph_counts_activations_as_an_int8_runtime_stores_them() -> None:
@@ -197,6 +219,13 @@ def test_a_cache_that_is_json_but_no_model_is_refitted(tmp_path: Path, monkeypat
         (tmp_path / "latency-model.json").write_text(damaged)
         assert latency_model(tmp_path, show_progress=False) == refit
         assert json.loads((tmp_path / "latency-model.json").read_text())["host"] == host  # and the cache is written again
+    # A fit of this host made before graph_cost stopped counting fused pre-activation tensors: its
+    # eta_b is a rate over bytes no longer counted, so it is refitted, not read back.
+    stale = LatencyModel(host, clock, HostPeaks(50.0, 10.0), 1e-6, 0.5, 1.0, 0.01, 40)
+    (tmp_path / "latency-model.json").write_text(json.dumps(dataclasses.asdict(stale)))
+    assert latency_model(tmp_path, show_progress=False) == refit
+    monkeypatch.setattr(profile, "calibrate", lambda host, clock, show_progress: pytest.fail("a current cache was refitted"))
+    assert latency_model(tmp_path, show_progress=False) == refit  # the refit, recorded with its rules, is read back
 
 
 def test_a_fit_that_finds_traffic_free_charges_no_traffic_time(monkeypatch: pytest.MonkeyPatch) -> None:

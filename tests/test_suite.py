@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from racmkd.config import ConfigError, save_config
 from racmkd.eval.deployed import closest_in_cost, dominates, pareto_front, raw_test_batch, scaling_exponent
 from racmkd.models.encoders import MobileNetV3SmallEncoder
 from racmkd.models.multimodal import count_params, linear_fusion
@@ -82,12 +83,13 @@ def test_raw_test_batch_degrades_reproducibly(tiny_dataset) -> None:
 
 
 def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path, tmp_path: Path) -> None:
-    from racmkd.eval.suite import MATCHED, TABLE_ROWS, SuiteSettings, plot_all, render, run_suite
+    from racmkd.eval.suite import MATCHED, TABLE_ROWS, SuiteSettings, plot_all, render, run_suite, seed_config
 
     runs = tmp_path / "bench"
-    shutil.copytree(tiny_run, runs / "clean-s0", ignore=shutil.ignore_patterns("edge", "simulate", "compressed"))  # seed 0: the tiny run's teachers and tiers
-    settings = SuiteSettings(config=TINY, protocols=("clean",), runs_dir=runs, overrides=(f"data.cache_dir={cache_dir}", "students.train.epochs=2"), recipe=None).quick()
-    result = run_suite(replace(settings, requests=60, trace_seconds=6.0))
+    shutil.copytree(tiny_run, runs / "clean-s0", ignore=shutil.ignore_patterns("edge", "simulate", "compressed"))  # seed 0: the tiny run's teachers and tiers ...
+    settings = replace(SuiteSettings(config=TINY, protocols=("clean",), runs_dir=runs, overrides=(f"data.cache_dir={cache_dir}", "students.train.epochs=2"), recipe=None).quick(), requests=60, trace_seconds=6.0)
+    save_config(seed_config(settings, "clean", 0, None), runs / "clean-s0" / "config.yaml")  # ... taken as made with the suite's settings
+    result = run_suite(settings)
     section = result["protocols"]["clean"]
     rows = section["table_66"]
     assert set(TABLE_ROWS) - set(MATCHED) <= set(rows) and not set(MATCHED) & set(rows)  # nothing compressed: no tier's bytes to match, said
@@ -126,6 +128,24 @@ def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path
     assert "| level | dynamic | static high | static medium | static low | static critical |" in markdown  # Table 6.7 per level, dynamic beside each static tier
     assert "not produced: the suite ran without a compression recipe" in markdown
     assert "held (static high" in markdown and "mJ (static high" in markdown  # the dynamic rows' memory and energy
+
+
+def test_a_run_report_without_retention_leaves_it_blank_and_sets_it_no_target() -> None:
+    """A teacher with no accuracy to divide by (or none at all) gives no retention: the run report's
+    cell is blank, not 0.0%, and the tier's retention target is left out, not a KeyError."""
+    from racmkd.eval.report import render_markdown, targets
+
+    row = {"inputs": {"image": {"resolution": 28}}, "accuracy": 0.5, "f1_macro": 0.5, "auc_roc": None, "params": 10, "param_bytes_fp32": 40, "flops": 1e6, "peak_activation_bytes": 100, "latency_ms_p50": 1.0, "latency_ms_p95": 1.0, "energy_mj": 0.1, "energy_source": "estimated"}
+    models = {
+        "teacher": {**row, "role": "teacher", "accuracy": 0.0},
+        "high": {**row, "role": "student", "budget_bytes": 1024, "within_budget": True},
+        "high_compressed": {**row, "role": "compressed", "tier": "high", "format": "onnx-int8", "bytes_deployable": 30, "weight_bytes": 10, "compression_ratio": 1.3, "artifact_reason": "the smallest"},
+    }
+    report = {"run": "r", "protocol": "clean", "commit": None, "machine": {"cpu": "c", "cores": 1, "torch": "2"}, "seed": 0, "data": {}, "models": models}
+    report["targets"] = targets(report)
+    assert [t["target"] for t in report["targets"]] == ["teacher accuracy >= 99.5%"]
+    compressed_row = next(line for line in render_markdown(report).splitlines() if line.startswith("| high_compressed | onnx-int8"))
+    assert "| +0.0000 |  | 1.00 M |" in compressed_row and "%" not in compressed_row
 
 
 def test_tables_tolerate_a_row_that_was_not_produced() -> None:
@@ -179,9 +199,11 @@ def test_one_seed_has_no_spread_and_leaves_the_ablation_undecided() -> None:
 
 
 def test_measurements_are_reused_only_on_the_machine_that_made_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """rows.json is read back for the same commit, models and machine; another host measures again."""
-    from types import SimpleNamespace
+    """rows.json is read back for the same commit, models, settings and machine; another host, an
+    evaluation or data setting, or another ONNX Runtime measures again."""
+    import onnxruntime
 
+    from racmkd.config import load_config
     from racmkd.eval import suite
 
     calls: list[str] = []
@@ -194,13 +216,63 @@ def test_measurements_are_reused_only_on_the_machine_that_made_them(tmp_path: Pa
     monkeypatch.setattr(suite, "deploy", deploy)
     monkeypatch.setattr(suite, "git_commit", lambda: "0" * 40)
     monkeypatch.setattr(suite, "machine", lambda: dict(host))
-    cfg = SimpleNamespace(seed=0)
+    cfg = load_config(TINY)
     first = suite.measure_seed(cfg, None, tmp_path, with_costs=False)
     assert calls and first["machine"] == host and "RuntimeError: not built here" in next(iter(first["missing"].values()))
     measured = len(calls)
     assert suite.measure_seed(cfg, None, tmp_path, with_costs=False) == first and len(calls) == measured  # read back
     host["cpu"] = "B"
     assert suite.measure_seed(cfg, None, tmp_path, with_costs=False)["machine"]["cpu"] == "B" and len(calls) == 2 * measured  # measured again
+    # Figures of other settings are not republished: every energy figure follows eval.energy, every
+    # accuracy the data, every latency ONNX Runtime.
+    for changed in (["eval.energy.static_watts=50"], ["data.max_eval=10"]):
+        count = len(calls)
+        suite.measure_seed(load_config(TINY, changed), None, tmp_path, with_costs=False)
+        assert len(calls) == count + measured, changed
+        suite.measure_seed(cfg, None, tmp_path, with_costs=False)  # back to the first settings: measured again too
+    count = len(calls)
+    monkeypatch.setattr(onnxruntime, "__version__", "0.0.0")
+    suite.measure_seed(cfg, None, tmp_path, with_costs=False)
+    assert len(calls) == count + measured
+    suite.measure_seed(cfg, None, tmp_path, with_costs=False)
+    assert len(calls) == count + measured  # and read back under that version
+
+
+def test_a_bank_is_replayed_only_where_and_by_the_code_that_built_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables 6.7 and 6.8 come from a bank built by this commit on this machine: one of an older
+    commit (or none recorded), of an uncommitted tree or of another host is built again."""
+    from types import SimpleNamespace
+
+    import racmkd.runtime.variants as variants
+    from racmkd.eval import suite
+
+    here = {"commit": "1" * 40, "machine": {"cpu": "A"}}
+    built: list[dict] = []
+
+    def build_bank(cfg, dataset, run_dir, test_samples=0):  # noqa: ANN001, ANN202 - what build_bank records, without the minutes of building
+        built.append(dict(here))
+        (run_dir / "edge").mkdir(exist_ok=True)
+        (run_dir / "edge" / "bank.json").write_text(json.dumps({"commit": here["commit"], "machine": here["machine"], "variants": []}))
+
+    monkeypatch.setattr(variants, "build_bank", build_bank)
+    monkeypatch.setattr(variants, "load_bank", lambda folder: SimpleNamespace(data=json.loads((folder / "bank.json").read_text())))
+    monkeypatch.setattr(suite, "git_commit", lambda: here["commit"])
+    monkeypatch.setattr(suite, "machine", lambda: here["machine"])
+
+    def replay() -> int:
+        suite.replay_tables(None, None, tmp_path, SimpleNamespace(bank_test_samples=0, traces=()))
+        return len(built)
+
+    assert replay() == 1 and replay() == 1  # built, then replayed as it is
+    bank = tmp_path / "edge" / "bank.json"
+    for stale in ({"commit": "0" * 40}, {"commit": None}, {}):  # an older commit's bank, or one that recorded none
+        bank.write_text(json.dumps({"machine": here["machine"], "variants": [], **stale}))
+        count = len(built)
+        assert replay() == count + 1, stale
+    here["machine"] = {"cpu": "B"}
+    assert replay() == len(built) == 5
+    here["commit"] += "-dirty"  # an uncommitted tree: its own bank is no record of any commit's code
+    assert replay() == 6 and replay() == 7
 
 
 def test_pinned_tiers_keep_the_first_seeds_designs_and_settings(tiny_run: Path) -> None:
@@ -293,6 +365,9 @@ def test_a_seed_run_compresses_the_tiers_whose_recipe_changed_and_drops_the_stal
     own.write_text("steps:\n  - export: {int8: none, int8_weights: false, latency_iters: 5}\n")
     settings = suite.SuiteSettings(config=TINY, protocols=("clean",), runs_dir=runs, overrides=(f"data.cache_dir={cache_dir}",), recipe=common, tier_recipes={"critical": own})
     datasets: dict = {}
+    with pytest.raises(ConfigError, match="made with other settings"):  # the tiny run's own config: its models are not this seed's
+        suite.seed_run(settings, "clean", 0, None, datasets)
+    save_config(suite.seed_config(settings, "clean", 0, None), runs / "clean-s0" / "config.yaml")  # (taken as made with the suite's settings)
 
     _, run_dir, made, resumed = suite.seed_run(settings, "clean", 0, None, datasets)
     assert made == [f"{t} compressed" for t in suite.TIERS] and resumed == ["teachers", "students"]

@@ -79,7 +79,6 @@ def measure(name: str, path: Path, dataset: PairedDataset) -> tuple[dict[str, An
     inputs = BatchFeatures(dataset.modalities, raw).get(specs)
     entry.update(model_bytes(model))
     entry["flops"] = count_flops(model, inputs)
-    entry.update(activation_memory(model, inputs))
     for key in ("tier", "budget_bytes", "trained_with", "val_accuracy", "train_seconds", "design", "objective", "history"):
         if key in meta:
             entry[key] = meta[key]
@@ -87,28 +86,43 @@ def measure(name: str, path: Path, dataset: PairedDataset) -> tuple[dict[str, An
         entry["within_budget"] = entry["param_bytes_fp32"] <= meta["budget_bytes"]
     predictor = Predictor(name, model, specs, modalities, meta)
     raw_one = {m: raw[m][0].numpy() for m in specs}
-    run_model, entry["latency_engine"] = onnx_timer(name, model, specs, modalities, inputs)
+    run_model, entry["latency_engine"], graph = onnx_timer(name, model, specs, modalities, inputs)
+    entry.update(checkpoint_memory(model, inputs, graph))
     timers = {"model": run_model, "predict": lambda: predictor.predict(**raw_one)}
     return entry, timers
 
 
-def onnx_timer(name: str, model: torch.nn.Module, specs: dict[str, Any], modalities: dict[str, Any], inputs: dict[str, torch.Tensor]) -> tuple[Any, str]:
+def onnx_timer(name: str, model: torch.nn.Module, specs: dict[str, Any], modalities: dict[str, Any], inputs: dict[str, torch.Tensor]) -> tuple[Any, str, Any]:
     """What times a checkpoint at batch 1: its fp32 ONNX export run by ONNX Runtime on one thread,
     the engine every compressed row runs on (PyTorch eager ran the same students 10-50x slower at
     batch 1, and put the engine's difference into the compressed rows' gains); PyTorch itself only
-    when the export fails, and the entry says which (`latency_engine`)."""
+    when the export fails, and the entry says which (`latency_engine`). Also the export's
+    `graph_cost` (None when there is no export), what the row's memory is measured on."""
     import tempfile
 
     from racmkd.compress.export import ExportError, export_onnx, session
+    from racmkd.resources.profile import graph_cost
 
     feed = {m: x.numpy() for m, x in inputs.items()}
     try:
         with tempfile.TemporaryDirectory() as scratch:  # the session holds the graph once created
-            onnx_session = session(export_onnx(model, specs, modalities, Path(scratch) / f"{name}.onnx", name=name))
+            exported = export_onnx(model, specs, modalities, Path(scratch) / f"{name}.onnx", name=name)
+            onnx_session = session(exported)
+            cost = graph_cost(exported)
     except ExportError as err:
         log.warning("%s: timed in PyTorch: its ONNX export failed (%s)", name, err)
-        return (lambda: model(inputs)), "pytorch"
-    return (lambda: onnx_session.run(["logits"], feed)), "onnxruntime"
+        return (lambda: model(inputs)), "pytorch", None
+    return (lambda: onnx_session.run(["logits"], feed)), "onnxruntime", cost
+
+
+def checkpoint_memory(model: torch.nn.Module, inputs: dict[str, torch.Tensor], graph: Any) -> dict[str, Any]:
+    """A checkpoint's activation memory measured as the compressed rows' is, on its fp32 ONNX graph
+    (`graph`: BatchNorm folded, Conv + activation fused), so the peak-memory column compares like
+    with like (PyTorch eager also stores every BatchNorm output, which no deployed graph has).
+    PyTorch's own allocations only when there is no export, and the row says which (`memory_method`)."""
+    if graph is None:
+        return {**activation_memory(model, inputs), "memory_method": "pytorch"}
+    return {"peak_activation_bytes": graph.peak_activation_bytes, "activation_bytes_written": graph.activation_bytes_written, "memory_method": "onnx-graph"}
 
 
 def measure_compressed(name: str, folder: Path, run_dir: Path, dataset: PairedDataset, source: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -133,6 +147,7 @@ def measure_compressed(name: str, folder: Path, run_dir: Path, dataset: PairedDa
         flops=count_flops(twin, inputs),
         peak_activation_bytes=cost.peak_activation_bytes,
         activation_bytes_written=cost.activation_bytes_written,
+        memory_method="onnx-graph",
         weight_bytes=cost.weight_bytes,
         resident_weight_bytes=cost.resident_weight_bytes,
         bytes_deployable=artifact.stat().st_size,
@@ -174,8 +189,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         goal = TEACHER_TARGETS[report["protocol"]]
         rows.append({"target": f"teacher accuracy >= {goal:.1%}", "measured": teacher["accuracy"], "reached": teacher["accuracy"] >= goal})
     for tier, goal in RETENTION_TARGETS.items():
-        if tier not in models or teacher is None:
-            continue
+        if tier not in models or teacher is None or "retention" not in models[tier]:
+            continue  # no retention to hold to its target (no teacher accuracy to divide by, or no student's row)
         m = models[tier]
         rows.append({"target": f"{tier}: retention >= {goal:.0%} within {m['budget_bytes'] // 1024} KB", "measured": m["retention"], "bytes": m["param_bytes_fp32"], "reached": m["retention"] >= goal and m["within_budget"]})
         baseline = models.get(f"{tier}_labels_only")
@@ -269,7 +284,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {_inputs(e)} | {e['accuracy']:.4f} | {e['f1_macro']:.4f} | {auc} | {retention} | {e['params']:,} | {weights} | {e['flops'] / 1e6:.2f} M | {_fmt_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} / {e['latency_ms_p95']:.3f} | {e['energy_mj']:.4f} ({e['energy_source']}) |"
         )
-    lines += ["", "Weights: fp32 parameter bytes (what the tier budgets count), or for compressed rows the initializer bytes of the deployed ONNX graph; BatchNorm running statistics add `bytes_fp32 - param_bytes_fp32` in report.json and fold into the convolutions on export. Latency: batch 1, one thread, ONNX Runtime for every row (a checkpoint through its fp32 export; a row timed in PyTorch, its export having failed, says so in report.json's `latency_engine`), every model timed in turn over several rounds (`eval.latency_rounds`), so a passing disturbance of the machine hits all alike; absolute figures on a shared VM vary from run to run."]
+    lines += ["", "Weights: fp32 parameter bytes (what the tier budgets count), or for compressed rows the initializer bytes of the deployed ONNX graph; BatchNorm running statistics add `bytes_fp32 - param_bytes_fp32` in report.json and fold into the convolutions on export. Latency: batch 1, one thread, ONNX Runtime for every row (a checkpoint through its fp32 export; a row timed in PyTorch, its export having failed, says so in report.json's `latency_engine`), every model timed in turn over several rounds (`eval.latency_rounds`), so a passing disturbance of the machine hits all alike; absolute figures on a shared VM vary from run to run. Peak act.: live activations at the worst moment of the row's ONNX graph (a checkpoint's fp32 export, BatchNorm folded, Conv + activation fused, as a compressed row's artifact), or of PyTorch's forward pass where report.json's `memory_method` says `pytorch`."]
     compressed = {n: e for n, e in report["models"].items() if e.get("role") == "compressed"}
     if compressed:
         lines += ["", "## Compressed tiers", "", "Each tier's student after its compression recipe, measured as deployed: the ONNX artifact run by ONNX Runtime (batch 1, one thread). Ratio = fp32 bytes of the uncompressed student / deployable bytes.", "", "| model | format | deployable | ratio | accuracy | vs student | retention | FLOPs | peak act. | latency p50 (ms) | why this artifact |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -277,7 +292,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             source = report["models"].get(e["tier"])
             delta = f"{e['accuracy'] - source['accuracy']:+.4f}" if source else ""
             ratio = f"{e['compression_ratio']:.1f}x" if e.get("compression_ratio") else ""
-            lines.append(f"| {name} | {e['format']} | {_fmt_bytes(e['bytes_deployable'])} | {ratio} | {e['accuracy']:.4f} | {delta} | {e.get('retention', 0):.1%} | {e['flops'] / 1e6:.2f} M | {_fmt_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} | {e['artifact_reason']} |")
+            retention = f"{e['retention']:.1%}" if "retention" in e else ""  # blank, not 0.0%, without a teacher
+            lines.append(f"| {name} | {e['format']} | {_fmt_bytes(e['bytes_deployable'])} | {ratio} | {e['accuracy']:.4f} | {delta} | {retention} | {e['flops'] / 1e6:.2f} M | {_fmt_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} | {e['artifact_reason']} |")
     missing = {n: e["accuracy_without"] for n, e in report["models"].items() if "accuracy_without" in e}
     if missing:
         withheld = list(dict.fromkeys(m for row in missing.values() for m in row))  # one column per modality, whatever order a model lists them in

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from racmkd.config import RunConfig, load_config, to_dict
+from racmkd.config import ConfigError, RunConfig, config_differences, load_config, to_dict
 from racmkd.data.dataset import PairedDataset
 from racmkd.eval.baselines import ABLATION, BASELINES, matched_name, matched_widths, train_extras
 from racmkd.eval.deployed import Deployed, artifact_accuracy, artifact_costs, closest_in_cost, cost_growth, deploy, dominates, pareto_front, robustness, twin
@@ -131,20 +131,33 @@ def _copy_teachers(source: Path, run_dir: Path, cfg: RunConfig) -> bool:
     return True
 
 
+def seed_config(settings: SuiteSettings, protocol: str, seed: int, first_run: Path | None) -> RunConfig:
+    """The config of one (protocol, seed)'s run: the suite's settings, the first seed's designs
+    pinned for the others, label-only twins only where the transfer table reads them."""
+    overrides = [f"name={protocol}-s{seed}", f"runs_dir={settings.runs_dir}", f"seed={seed}", f"data.protocol={protocol}", "compress.tiers=[]", "runtime.build_bank=false", *settings.overrides]
+    if first_run is not None:  # the first seed's designs
+        overrides += _pinned_tiers(first_run)
+    if not _has_transfer(settings, protocol, first_run):  # no label-only twins: only the transfer study uses them
+        overrides.append("students.labels_only=false")
+    return load_config(settings.config, overrides)
+
+
+def _has_transfer(settings: SuiteSettings, protocol: str, first_run: Path | None) -> bool:
+    return settings.transfer and first_run is None and protocol == settings.protocols[0]  # the transfer table is the first protocol's first seed's
+
+
 def seed_run(settings: SuiteSettings, protocol: str, seed: int, first_run: Path | None, datasets: dict[str, PairedDataset]) -> tuple[RunConfig, Path, list[str], list[str]]:
     """The run of one (protocol, seed), with everything the tables need trained; also returns what
     this call made and what it found made by an earlier invocation (resumed: the wall time leaves it out)."""
-    name = f"{protocol}-s{seed}"
-    overrides = [f"name={name}", f"runs_dir={settings.runs_dir}", f"seed={seed}", f"data.protocol={protocol}", "compress.tiers=[]", "runtime.build_bank=false", *settings.overrides]
-    transfer = settings.transfer and first_run is None and protocol == settings.protocols[0]  # the transfer table is the first protocol's first seed's
-    if first_run is not None:  # the first seed's designs
-        overrides += _pinned_tiers(first_run)
-    if not transfer:  # no label-only twins: only the transfer study uses them
-        overrides.append("students.labels_only=false")
-    cfg = load_config(settings.config, overrides)
-    run_dir = settings.runs_dir / name
+    transfer = _has_transfer(settings, protocol, first_run)
+    cfg = seed_config(settings, protocol, seed, first_run)
+    run_dir = settings.runs_dir / f"{protocol}-s{seed}"
     if not (run_dir / "config.yaml").is_file():
         create_run(cfg)
+    else:  # resumed: its models are taken as done only if they were made with these settings
+        differences = config_differences(load_config(run_dir / "config.yaml"), cfg)
+        if differences:
+            raise ConfigError(f"{run_dir}/config.yaml: this run was made with other settings ({', '.join(differences[:5])}{', ...' if len(differences) > 5 else ''}) than the suite's now; its models would be reported as this configuration's. Remove the folder, or give another --runs-dir.")
     run_dir = run_dir.resolve()
     made: list[str] = []
     resumed: list[str] = []
@@ -216,20 +229,36 @@ def models_stamp(run_dir: Path) -> str:
     return sha256(json.dumps([(str(f.relative_to(run_dir)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode())
 
 
+def settings_stamp(cfg: RunConfig) -> str:
+    """A digest of what the figures depend on besides the code, the models and the machine: the
+    evaluation and data settings (`--set eval.energy.static_watts=50` changes every energy figure,
+    `data.max_eval` every accuracy) and ONNX Runtime's version (every row runs on it)."""
+    import onnxruntime
+
+    settings = {"eval": to_dict(cfg.eval), "data": to_dict(cfg.data), "onnxruntime": onnxruntime.__version__}
+    return sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+
+
+def committed(commit: str | None) -> bool:
+    """Whether a checkout's commit names the code exactly: not outside git, not a tree with
+    uncommitted changes (every such tree reads "<sha>-dirty")."""
+    return commit is not None and not commit.endswith("-dirty")
+
+
 def measure_seed(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, with_costs: bool) -> dict[str, Any]:
     """Accuracy of every row's artifact (and, with `with_costs`, its costs), cached in <run>/bench/rows.json."""
     cache = run_dir / "bench" / "rows.json"
     stored = json.loads(cache.read_text()) if cache.is_file() else {}
-    commit, models = git_commit(), models_stamp(run_dir)
-    # Reused only when measured by this very code on these very models: not from a tree with
-    # uncommitted changes (every such tree reads "<sha>-dirty") or outside git, nor after a retrain.
-    if commit is not None and not commit.endswith("-dirty") and stored.get("commit") == commit and stored.get("models") == models and stored.get("machine") == machine() and (stored.get("costs") or not with_costs):
+    commit, models, settings = git_commit(), models_stamp(run_dir), settings_stamp(cfg)
+    # Reused only when measured by this very code on these very models with these settings: not
+    # from an uncommitted tree, nor after a retrain or a changed evaluation setting.
+    if committed(commit) and stored.get("commit") == commit and stored.get("models") == models and stored.get("settings") == settings and stored.get("machine") == machine() and (stored.get("costs") or not with_costs):
         return stored  # (and on this machine: a run moved elsewhere is measured again)
     out_dir = run_dir / "bench" / "onnx"
     compressed_tiers = [t for t in TIERS if (run_dir / "compressed" / t).is_dir()]
     wanted = [(name, True) for name in TABLE_ROWS if name not in MATCHED or checkpoint(run_dir, name).exists()] + [(t, False) for t in compressed_tiers]
     rows: list[Deployed] = []
-    result: dict[str, Any] = {"commit": commit, "models": models, "machine": machine(), "run": run_dir.name, "seed": cfg.seed, "rows": {}, "missing": {}}
+    result: dict[str, Any] = {"commit": commit, "models": models, "settings": settings, "machine": machine(), "run": run_dir.name, "seed": cfg.seed, "rows": {}, "missing": {}}
     for name, compressed in progress(wanted, desc=f"measure {run_dir.name}"):
         try:  # a row that cannot be produced is reported with the reason; the others go on
             row = deploy(cfg, dataset, run_dir, name, out_dir, compressed=compressed)
@@ -299,6 +328,18 @@ def _dominance(target: str, a: dict[str, float], b: dict[str, float]) -> dict[st
     return {"target": target, "measured": measured, "reached": dominates(a, b)}
 
 
+def bank_is_current(folder: Path) -> bool:
+    """Whether a run's variant bank can be replayed as it is: built by this very code (its commit,
+    as rows.json's: a bank from an older commit or an uncommitted tree is built again, since its
+    costs come from that code's graph_cost and exports) on this machine (its latencies)."""
+    try:
+        bank = json.loads((folder / "bank.json").read_text())
+    except (OSError, ValueError):
+        return False  # none yet, or unreadable
+    commit = git_commit()
+    return isinstance(bank, dict) and committed(commit) and bank.get("commit") == commit and bank.get("machine") == machine()
+
+
 def replay_tables(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, settings: SuiteSettings) -> dict[str, Any]:
     """Table 6.7 from the runtime's trace replay (dynamic and every static tier) on the first seed's bank."""
     from racmkd.resources.sources import synthetic_trace
@@ -306,8 +347,7 @@ def replay_tables(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, setting
     from racmkd.runtime.variants import build_bank, load_bank
 
     folder = run_dir / "edge"
-    built_on = json.loads((folder / "bank.json").read_text()).get("machine") if (folder / "bank.json").is_file() else None
-    if built_on != machine():  # none yet, or its latencies measured on another machine
+    if not bank_is_current(folder):
         build_bank(cfg, dataset, run_dir, test_samples=settings.bank_test_samples)
     bank = load_bank(folder)
     bank_bytes = sum(int(v["file_bytes"]) for v in bank.data["variants"])  # what a device holds to run the runtime: every variant's file
@@ -406,7 +446,7 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
         section: dict[str, Any] = {"runs": [s["run"] for s in per_seed], "table_66": rows, "missing": missing, "targets": table_targets(rows)}
         section["pareto"] = {"bytes": pareto_front({n: (r["bytes_deployable"], r["accuracy"]["mean"]) for n, r in rows.items()}), "latency": pareto_front({n: (r["latency_ms_p50"], r["accuracy"]["mean"]) for n, r in rows.items()})}
         if protocol == settings.protocols[0]:
-            result["resumed" if (run_dir / "edge" / "bank.json").is_file() else "made"][run_dir.name].append("edge bank")
+            result["resumed" if bank_is_current(run_dir / "edge") else "made"][run_dir.name].append("edge bank")
             replays = replay_tables(cfg, dataset, run_dir, settings)
             section["table_67"] = replays
             section["table_68"] = ablation(rows, replays, missing, compressed=settings.recipe is not None)

@@ -7,7 +7,11 @@ For an exported ONNX model and a device profile:
   allocated when its node runs and freed after its last reader), plus the weights when the device
   loads them into RAM, plus the runtime's own overhead. In a QDQ (int8) graph an int8 runtime fuses
   DequantizeLinear -> op -> QuantizeLinear into one int8 kernel, so the float tensors around it are
-  never stored: activations count at the width the runtime keeps them. A model with int8 weights
+  never stored: activations count at the width the runtime keeps them. The float rule is the same
+  one: a float runtime fuses Conv / Gemm / MatMul (with a bias Add) into the elementwise activation
+  that is its output's only reader (ONNX Runtime's FusedConv / FusedGemm; its optimised graph has no
+  Relu), so the pre-activation tensor is never stored either. Counting it in float graphs only would
+  overstate fp32 memory and with it the int8 saving. A model with int8 weights
   and float arithmetic (no QuantizeLinear) is stored small but computes in float: a runtime that
   loads weights into RAM holds them dequantized (ONNX Runtime folds them at load); one that reads
   them from flash dequantizes one layer's weights at a time into a scratch buffer.
@@ -38,6 +42,9 @@ from racmkd.utils import atomic_write_json, progress
 
 COMPUTE_OPS = {"Conv", "Gemm", "MatMul", "ConvInteger", "QLinearConv", "QLinearMatMul", "MatMulInteger", "QGemm"}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+# Elementwise activations a float runtime applies inside the Conv / Gemm / MatMul kernel that feeds them.
+FUSED_ACTIVATIONS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Elu", "Selu", "Softplus", "Gelu"}
+GRAPH_COST_RULES = 2  # what `graph_cost` stores; 2: float pre-activation tensors fused away. Cached fits record it
 
 
 # The graph -------------------------------------------------------------------------------------------
@@ -112,7 +119,12 @@ def _matmul_flops(node: onnx.NodeProto, shapes: dict[str, list[int]], weights: d
 
 def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
     """Walk the graph in order, allocating each stored output when its node runs and freeing each
-    tensor after its last reader; measure the peak, the FLOPs and the operators."""
+    tensor after its last reader; measure the peak, the FLOPs and the operators.
+
+    "Stored" follows what a runtime's fused kernels keep, by one rule for both precisions: in an
+    int8 graph DequantizeLinear -> op -> QuantizeLinear is one kernel (the float tensors inside it
+    are not stored); in a float graph Conv / Gemm / MatMul (+ bias Add) -> activation is one kernel
+    (the pre-activation tensor is not stored). A graph output is always stored."""
     if isinstance(model, Path):
         file_bytes = model.stat().st_size
         model = onnx.load(model)
@@ -142,11 +154,34 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
                 if source is not None:
                     readers.setdefault(source, []).append(i)
     outputs = {o.name for o in graph_.output}
-    last_read = {name: max(idx) for name, idx in readers.items()}
+
+    def sole_reader(name: str) -> onnx.NodeProto | None:
+        idx = readers.get(name, [])
+        return graph_.node[idx[0]] if len(idx) == 1 and name not in outputs else None
+
+    # Float graphs: the counterpart of the int8 rule below. A Conv / Gemm / MatMul output (and the
+    # bias Add after it) whose only reader is an elementwise activation is computed in registers by
+    # the fused kernel, never stored; the kernel reads its inputs until it writes the activation's
+    # output, so they stay live until then.
+    fused_into_activation: set[str] = set()
+    kernel_end: dict[int, int] = {}  # node index -> index of the node whose output its fused kernel writes
+    for i, node in enumerate(graph_.node):
+        if quantized or node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        chain, members = [node.output[0]], [i]  # the tensors fused away, the nodes of the kernel
+        reader = sole_reader(chain[-1])
+        if reader is not None and reader.op_type == "Add" and all(n in weights or n in dequantized_weights for n in reader.input if n != chain[-1]):
+            members.append(readers[chain[-1]][0])  # a bias add
+            chain.append(reader.output[0])
+            reader = sole_reader(chain[-1])
+        if reader is not None and reader.op_type in FUSED_ACTIVATIONS and reader.input[0] == chain[-1]:
+            fused_into_activation.update(chain)
+            kernel_end.update({m: readers[chain[-1]][0] for m in members})
+    last_read = {name: max(kernel_end.get(i, i) for i in idx) for name, idx in readers.items()}
 
     def stored(name: str, node: onnx.NodeProto) -> bool:
         if not quantized:
-            return True
+            return name not in fused_into_activation
         if node.op_type == "DequantizeLinear":
             return False  # a view of its int8 input, fused into the reading kernel
         consumers = [graph_.node[i] for i in readers.get(name, [])]
@@ -301,18 +336,20 @@ def host_description() -> tuple[str, float]:
 
 
 def latency_model(cache_dir: Path = Path(".cache/racmkd"), refresh: bool = False, show_progress: bool = True) -> LatencyModel:
-    """The fitted latency model of this machine, read from the cache when it was fitted here before."""
+    """The fitted latency model of this machine, read from the cache when it was fitted here before
+    and against the bytes `graph_cost` counts now (eta_b is a rate over those bytes: a fit made when
+    fused pre-activation tensors still counted would be applied to fewer bytes than it was fitted on)."""
     host, clock = host_description()
     path = Path(cache_dir) / "latency-model.json"
     if path.exists() and not refresh:
         try:
             data = json.loads(path.read_text())
-            if isinstance(data, dict) and data.get("host") == host and data.get("flops_efficiency", 0.0) <= 1.0:  # above 1: fitted before eta_f was held at 1
+            if isinstance(data, dict) and data.get("host") == host and data.get("flops_efficiency", 0.0) <= 1.0 and data.pop("graph_cost_rules", None) == GRAPH_COST_RULES:  # eta_f above 1: fitted before it was held at 1
                 return LatencyModel(**{**data, "peaks": HostPeaks(**data["peaks"])})
         except (ValueError, TypeError, KeyError):
             pass  # an unreadable cache is refitted
     fitted = calibrate(host, clock, show_progress)
-    atomic_write_json(path, asdict(fitted))
+    atomic_write_json(path, {**asdict(fitted), "graph_cost_rules": GRAPH_COST_RULES})
     return fitted
 
 

@@ -39,7 +39,7 @@ from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize
 from racmkd.config import RunConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.eval.cost import energy_per_call_mj, latency_round_robin, rounds_for
-from racmkd.eval.report import machine
+from racmkd.eval.report import git_commit, machine
 from racmkd.models.checkpoint import load_model
 from racmkd.registry import SIGNALS
 from racmkd.runtime.bank import BANK_FORMAT, Bank, BankError, key_text, load_bank  # noqa: F401 - loading lives in bank.py (no torch)
@@ -188,6 +188,7 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
         "format": BANK_FORMAT,
         "run": run_dir.name,
         "machine": machine(),  # where the latencies were measured
+        "commit": git_commit(),  # the code that measured them (the suite builds the bank again under another)
         "modalities": modality_order,
         "tiers": tiers,
         "biases": {t: b.tolist() for t, b in biases.items()},
