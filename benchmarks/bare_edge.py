@@ -1,10 +1,10 @@
 """The baseline of the serving-overhead benchmark (benchmarks/deploy.py): what a hand-written edge
 server does to answer with the same variants of a bank. FastAPI and uvicorn as `racmkd serve`,
-np.load of the .npz body, the variants' preprocessing and ONNX Runtime sessions (one thread), their
+np.load of the .npz body, the variants' preprocessing and ONNX Runtime sessions (--threads, default one), their
 logits added to the bias, softmax, JSON. Nothing else: no input checks beyond numpy's and ONNX
 Runtime's, no resource awareness, no offloading, no metrics.
 
-    python benchmarks/bare_edge.py --bank runs/latest/edge --variants critical/image,high/audio --port 8100
+    python benchmarks/bare_edge.py --bank runs/latest/edge --variants critical/image,high/audio --threads 1 --port 8100
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ class BarePath:
     each variant's preprocessing and session, their logits added to the bias, softmax. `sessions`
     (by variant id) are opened here unless given (the benchmark times the runtime's own)."""
 
-    def __init__(self, bank: Any, variant_ids: list[str], sessions: dict[str, Any] | None = None) -> None:
+    def __init__(self, bank: Any, variant_ids: list[str], sessions: dict[str, Any] | None = None, threads: int = 1) -> None:
         by_id = {v.id: v for v in bank.table.variants}
         self.variants = [by_id[i] for i in variant_ids]
         self.specs = {v.id: bank.specs[v.id] for v in self.variants}
         self.signals = {v.id: SIGNALS.create(v.modality) for v in self.variants}
-        self.sessions = sessions or {v.id: session(bank.path(v), threads=1) for v in self.variants}
+        self.sessions = sessions or {v.id: session(bank.path(v), threads=threads) for v in self.variants}
         self.bias = sum(bank.biases[v.tier] for v in self.variants) / len(self.variants)
 
     def __call__(self, arrays: Any) -> tuple[int, np.ndarray]:
@@ -46,8 +46,8 @@ class BarePath:
         return int(probabilities.argmax()), probabilities
 
 
-def create_app(bank_dir: Path, variant_ids: list[str]) -> FastAPI:
-    answer = BarePath(load_bank(bank_dir), variant_ids)
+def create_app(bank_dir: Path, variant_ids: list[str], threads: int = 1) -> FastAPI:
+    answer = BarePath(load_bank(bank_dir), variant_ids, threads=threads)
     app = FastAPI()
 
     @app.post("/predict")
@@ -68,6 +68,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bank", type=Path, required=True, help="a variant bank folder (racmkd edge build)")
     parser.add_argument("--variants", required=True, help="comma-separated variant ids, e.g. critical/image,high/audio")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per session: the edge server's runtime.threads, so both sides compute alike")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    uvicorn.run(create_app(args.bank, args.variants.split(",")), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(create_app(args.bank, args.variants.split(","), args.threads), host="127.0.0.1", port=args.port, log_level="warning")

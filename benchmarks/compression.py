@@ -49,9 +49,10 @@ from racmkd.compress.artifacts import FORMAT_PRECISION  # noqa: E402
 from racmkd.config import load_config  # noqa: E402
 from racmkd.eval.cost import activation_memory  # noqa: E402
 from racmkd.eval.report import git_commit, machine  # noqa: E402
+from racmkd.eval.suite import recipe_steps  # noqa: E402
 from racmkd.models.checkpoint import load_model  # noqa: E402
 from racmkd.models.inference import fold_batchnorm  # noqa: E402
-from racmkd.pipeline import compress_students, open_run, prepare_data, run_pipeline  # noqa: E402
+from racmkd.pipeline import checkpoint, compress_students, open_run, prepare_data, run_pipeline  # noqa: E402
 from racmkd.resources.devices import device_names, load_device  # noqa: E402
 from racmkd.resources.profile import latency_model, profile_model  # noqa: E402
 from results_io import targets_table, write_results  # noqa: E402
@@ -96,6 +97,20 @@ def encoder_activation_bytes(model: torch.nn.Module, modality: str, spec: Any, m
     return activation_memory(One(model.encoders[modality]).eval(), {modality: x})["peak_activation_bytes"]
 
 
+def experiment_current(run_dir: Path, into: str, tier: str, steps: list[dict[str, Any]]) -> bool:
+    """An experiment's tier (<run>/<into>/<tier>/) is reused only when made after its student was
+    trained and from the recipe's steps as they read now (`compressed_with`'s test, which reads
+    <run>/compressed/ only): before, an edited recipe or a retrained student kept the old artifact,
+    and its row carried the current recipe's name and checkpoint."""
+    manifest, student = run_dir / into / tier / "compression.json", checkpoint(run_dir, tier)
+    if not manifest.is_file() or (student.is_file() and student.stat().st_mtime_ns > manifest.stat().st_mtime_ns):
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("recipe_steps") == steps
+    except (OSError, ValueError, AttributeError):
+        return False  # unreadable (or not a manifest): made again
+
+
 def modality_experiment(run_dir: Path, name: str, tiers: list[str]) -> list[dict[str, Any]]:
     """Compress each tier that uses the modality with the experiment's recipe; measure its path."""
     modality, recipe, ratio_goal, loss_goal = EXPERIMENTS[name]
@@ -104,7 +119,10 @@ def modality_experiment(run_dir: Path, name: str, tiers: list[str]) -> list[dict
     report = json.loads((run_dir / "report.json").read_text())
     use = [t for t in tiers if modality in report["models"][t]["modalities"]]
     into = f"experiments/{name}"
-    missing = [t for t in use if not (run_dir / into / t / "compression.json").exists()]
+    steps = recipe_steps(recipe)
+    missing = [t for t in use if not experiment_current(run_dir, into, t, steps)]
+    for tier in missing:  # stale: gone before compressing again, so a failed recipe cannot leave it to be read
+        shutil.rmtree(run_dir / into / tier, ignore_errors=True)
     if missing:
         compress_students(cfg, dataset, run_dir, missing, recipe, into=into)
     rows = []
@@ -183,6 +201,8 @@ def render(result: dict[str, Any]) -> str:
     lines += ["## Compressed tiers (the run's default recipe)", "", "| tier | format | deployable | ratio | accuracy | student | fp32 p50 (ms) | int8 p50 (ms) | int8-weights p50 (ms) | why |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["tiers"]:
         lines.append(f"| {row['tier']} | {row['format']} | {row['bytes_deployable']:,} B | {row['compression_ratio']:.1f}x | {row['accuracy']:.4f} | {row['student_accuracy']:.4f} | {row['fp32_p50']:.4f} | {row.get('int8_p50', float('nan')):.4f} | {row.get('int8-weights_p50', float('nan')):.4f} | {row['reason']} |")
+    for tier, why in result["tiers_not_compressed"].items():
+        lines.append(f"| {tier} | not produced: {why} |" + " |" * 8)
     for name in ("visual", "audio"):
         lines += ["", f"## {name.capitalize()} path (configs/recipes/{name}.yaml)", "", "Ratios against the uncompressed student's fp32 encoder (the issue's measure: parameters and BatchNorm statistics), and, stricter, against its fp32 export, where BatchNorm folds into the convolutions at no cost.", ""]
         lines += ["| tier | encoder fp32 (folded) | deployed (format) | weights ratio (vs folded) | input values | activations | path ratio (vs folded) | accuracy | loss | target |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -236,14 +256,16 @@ def main() -> None:
     report = json.loads((run_dir / "report.json").read_text())
     tiers = [t for t in TIERS if t in report["models"]]
     rows = []
+    not_compressed = {}  # tier -> why it has no row: said in the table and judged as a target, never dropped
     for tier in tiers:
         entry = report["models"].get(f"{tier}_compressed")
         if entry is None:
+            not_compressed[tier] = "no compressed row in report.json"
             continue
         manifest = json.loads((run_dir / "compressed" / tier / "compression.json").read_text())
         c = manifest["candidates"]
         rows.append({"tier": tier, "format": entry["format"], "bytes_deployable": entry["bytes_deployable"], "compression_ratio": entry["compression_ratio"], "accuracy": entry["accuracy"], "student_accuracy": report["models"][tier]["accuracy"], "fp32_p50": c["fp32"]["latency_ms"]["p50"], **{f"{k}_p50": c[k]["latency_ms"]["p50"] for k in ("int8", "int8-weights") if k in c}, "reason": entry["artifact_reason"]})
-    result: dict[str, Any] = {"commit": git_commit(), "machine": machine(), "run": run_dir.name, "protocol": report["protocol"], "tiers": rows}
+    result: dict[str, Any] = {"commit": git_commit(), "machine": machine(), "run": run_dir.name, "protocol": report["protocol"], "tiers": rows, "tiers_not_compressed": not_compressed}
     for name in EXPERIMENTS:
         result[name] = modality_experiment(run_dir, name, tiers)
     result["device_fit"] = device_fit(run_dir, tiers)
@@ -253,10 +275,12 @@ def main() -> None:
             key = "weights_ratio" if name == "visual" else "path_ratio"
             targets.append({"target": f"{r['tier']}: {r['target']}", "measured": f"{r[key]:.1f}x, {r['accuracy_loss'] * 100:+.2f} pt", "reached": r["reached"]})
     for t in result["device_fit"]["targets"]:
-        measured = f"ROM {t.get('rom_bytes', 0):,} B, RAM {t.get('ram_bytes', 0):,} B" + (f", {t['estimated_latency_ms']:.3f} ms" if "estimated_latency_ms" in t else "")
+        measured = t["note"] if "note" in t else f"ROM {t['rom_bytes']:,} B, RAM {t['ram_bytes']:,} B" + (f", {t['estimated_latency_ms']:.3f} ms" if "estimated_latency_ms" in t else "")
         targets.append({"target": t["target"], "measured": measured, "reached": t["reached"]})
     for row in rows:
         targets.append({"target": f"{row['tier']}: a compressed row in report.json", "measured": f"{row['format']}, {row['compression_ratio']:.1f}x", "reached": True})
+    for tier, why in not_compressed.items():
+        targets.append({"target": f"{tier}: a compressed row in report.json", "measured": why, "reached": False})
     result["targets"] = targets
     stem = "compression-quick" if args.quick else "compression"
     write_results(args.out, stem, result, render(result).replace("compression.png", f"{stem}.png"), lambda path: plot(result, path))

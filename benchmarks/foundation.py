@@ -3,7 +3,8 @@
     python benchmarks/foundation.py                 # avmnist, seeds 0 1 2, then a clean run
     python benchmarks/foundation.py --quick         # the smoke config: minutes, for trying it out
 
-Each seed is a full `racmkd run` (runs/bench-<protocol>-s<seed>/, reused when its report exists).
+Each seed is a full `racmkd run` (runs/bench-<protocol>-s<seed>/, reused when its report exists and
+its config.yaml holds the settings asked for; one made with others is refused, not retrained).
 The script writes benchmarks/results/foundation.json and foundation.md (accuracy mean +- std over
 seeds, retention, distillation gain against label-only training and the seed-to-seed spread, the
 targets reached or not) and foundation.png. No figure is typed in: everything is read from the
@@ -30,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from results_io import targets_table, write_results  # noqa: E402
 
-from racmkd.config import load_config  # noqa: E402
+from racmkd.config import config_differences, load_config  # noqa: E402
 from racmkd.eval.report import RETENTION_TARGETS, TEACHER_TARGETS, git_commit, machine  # noqa: E402
 from racmkd.eval.suite import SEED_PAPER, mean_pm, mean_std, seed_spread  # noqa: E402
 from racmkd.pipeline import run_pipeline  # noqa: E402
@@ -39,12 +40,18 @@ TIERS = ["high", "medium", "low", "critical"]
 
 
 def run_seed(config: Path, protocol: str, seed: int, runs_dir: Path, overrides: list[str]) -> dict:
-    """The report of one seed's run, running it when it is not there yet."""
+    """The report of one seed's run, running it when it is not there yet. A saved run is reused only
+    when it was made with the settings this call asks for: before, one made with other --config or
+    --set values was read while the result claimed the new settings."""
     name = f"bench-{protocol}-s{seed}"
     report = runs_dir / name / "report.json"
-    if not report.exists():
-        # Compression has its own benchmark (benchmarks/compression.py); these runs stop at the report.
-        cfg = load_config(config, [f"name={name}", f"runs_dir={runs_dir}", f"seed={seed}", f"data.protocol={protocol}", "compress.tiers=[]", *overrides])
+    # Compression has its own benchmark (benchmarks/compression.py); these runs stop at the report.
+    cfg = load_config(config, [f"name={name}", f"runs_dir={runs_dir}", f"seed={seed}", f"data.protocol={protocol}", "compress.tiers=[]", *overrides])
+    if report.exists():
+        differ = config_differences(load_config(runs_dir / name / "config.yaml"), cfg)
+        if differ:  # refused, not retrained: the run may be hours of work
+            raise SystemExit(f"{runs_dir / name}: made with other settings than {config} and --set now give ({', '.join(differ)}). Remove that folder to run it again with these settings, or choose another --runs-dir.")
+    else:
         shutil.rmtree(runs_dir / name, ignore_errors=True)  # an attempt that never reached its report: start over
         started = time.perf_counter()
         run_pipeline(cfg)
@@ -76,8 +83,11 @@ def summarise(reports: list[dict]) -> dict:
     for tier in TIERS:
         if tier not in models:
             continue
-        distilled = [r["models"][tier]["accuracy"] for r in reports]
-        baseline = [r["models"][f"{tier}_labels_only"]["accuracy"] for r in reports if f"{tier}_labels_only" in r["models"]]
+        # Both over the seeds that have both rows: a gain from distilled seeds without a labels-only
+        # twin would compare different seeds.
+        paired = [r for r in reports if f"{tier}_labels_only" in r["models"]]
+        distilled = [r["models"][tier]["accuracy"] for r in paired]
+        baseline = [r["models"][f"{tier}_labels_only"]["accuracy"] for r in paired]
         gain = statistics.fmean(distilled) - statistics.fmean(baseline) if baseline else None
         spread = seed_spread(mean_std(distilled), mean_std(baseline)) if baseline else None
         tiers[tier] = {"gain": gain, "spread": spread, "budget_bytes": reports[0]["models"][tier]["budget_bytes"], "modalities": models[tier]["modalities"]}

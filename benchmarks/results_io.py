@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,16 @@ def targets_table(targets: list[dict[str, Any]]) -> list[str]:
 
 
 def write_results(out: Path, stem: str, result: dict[str, Any], markdown: str, plot: Callable[[Path], None]) -> None:
-    """<out>/<stem>.json, <stem>.png and <stem>.md (the markdown links the PNG by that name); prints the markdown."""
+    """<out>/<stem>.json, <stem>.md and <stem>.png (the markdown links the PNG by that name); prints the
+    markdown. The figures are written before the plot, so a failing plot loses no measurement, and the
+    PNG is drawn beside its place and renamed into it, so a failure never leaves half an image."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / f"{stem}.json", result)
-    plot(out / f"{stem}.png")
     atomic_write_text(out / f"{stem}.md", markdown)
     print(markdown)
+    partial = out / f".{stem}.{os.getpid()}.partial.png"  # (ends in .png: matplotlib picks the format by it)
+    try:
+        plot(partial)
+        os.replace(partial, out / f"{stem}.png")
+    finally:
+        partial.unlink(missing_ok=True)
