@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import math
 import os
 import shutil
@@ -64,6 +63,7 @@ sys.path.insert(0, str(REPO))
 
 from racmkd.config import load_config  # noqa: E402
 from racmkd.eval.report import git_commit, machine  # noqa: E402
+from racmkd.eval.suite import bank_record  # noqa: E402
 from racmkd.pipeline import open_run, prepare_data, run_pipeline  # noqa: E402
 from racmkd.resources.allocator import Allocator, Budget, config_costs  # noqa: E402
 from racmkd.resources.monitor import ResourceMonitor  # noqa: E402
@@ -419,8 +419,8 @@ def main() -> None:
     run_dir, cfg = open_run(run_dir)
     dataset = prepare_data(cfg)
     bank_file = run_dir / "edge" / "bank.json"
-    built_on = json.loads(bank_file.read_text()).get("machine") if bank_file.is_file() else None
-    if built_on != machine():  # none yet, or its latencies measured on another machine (as the suite's replay_tables)
+    built = bank_record(run_dir / "edge")
+    if built is None or built.get("machine") != machine():  # none yet, or its latencies measured on another machine (as the suite's replay_tables)
         build_bank(cfg, dataset, run_dir)
     bank = load_bank(run_dir / "edge")
     # The runtime's settings come from --config (this commit's), not from the run's config.yaml: the

@@ -328,16 +328,22 @@ def _dominance(target: str, a: dict[str, float], b: dict[str, float]) -> dict[st
     return {"target": target, "measured": measured, "reached": dominates(a, b)}
 
 
+def bank_record(folder: Path) -> dict[str, Any] | None:
+    """A variant bank's bank.json as written (where and by which code it was built), or None when
+    there is none or it cannot be read: then it is built again."""
+    try:
+        bank = json.loads((folder / "bank.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return bank if isinstance(bank, dict) else None
+
+
 def bank_is_current(folder: Path) -> bool:
     """Whether a run's variant bank can be replayed as it is: built by this very code (its commit,
     as rows.json's: a bank from an older commit or an uncommitted tree is built again, since its
     costs come from that code's graph_cost and exports) on this machine (its latencies)."""
-    try:
-        bank = json.loads((folder / "bank.json").read_text())
-    except (OSError, ValueError):
-        return False  # none yet, or unreadable
-    commit = git_commit()
-    return isinstance(bank, dict) and committed(commit) and bank.get("commit") == commit and bank.get("machine") == machine()
+    bank, commit = bank_record(folder), git_commit()
+    return bank is not None and committed(commit) and bank.get("commit") == commit and bank.get("machine") == machine()
 
 
 def replay_tables(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, settings: SuiteSettings) -> dict[str, Any]:
