@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
 import json
 import math
@@ -17,7 +18,7 @@ import pytest
 
 from racmkd.config import ConfigError, MonitorConfig, PIDGains, RuntimeConfig
 from racmkd.resources.allocator import RESOURCES, Allocator, Budget, DeadlineRisk, Hysteresis, LatencyController, NoConfigurationError, ProfileTable, Variant, config_costs
-from racmkd.resources.monitor import ResourceMonitor
+from racmkd.resources.monitor import ResourceMonitor, collector_held
 from racmkd.resources.sources import (
     MB,
     SYNTHETIC,
@@ -359,6 +360,51 @@ def test_subscribers_hear_changes_only_and_a_broken_one_does_not_silence_others(
         monitor.poll(float(step))
     assert len(still) > others_before and still[-1] == "high"
     assert heard == before  # ...but not to the one that left
+
+
+def test_no_garbage_collection_starts_between_a_reading_and_its_subscribers_switch() -> None:
+    """A collection there would add milliseconds to the runtime's adaptation time."""
+    monitor = ResourceMonitor(Scripted([20.0] * 3 + [95.0] * 3))
+    collector_on: list[bool] = []
+    monitor.subscribe(lambda state: collector_on.append(gc.isenabled()))
+    assert gc.isenabled()
+    for step in range(6):
+        monitor.poll(float(step))
+    assert collector_on and not any(collector_on)
+    assert gc.isenabled()  # and it collects again afterwards
+
+
+def test_held_collector_sections_nest_overlap_across_threads_and_respect_a_disabled_collector() -> None:
+    assert gc.isenabled()
+    inside, release = threading.Event(), threading.Event()
+
+    def other_section() -> None:
+        with collector_held():
+            inside.set()
+            release.wait(5)
+
+    with collector_held():
+        with collector_held():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer section still holds it
+        thread = threading.Thread(target=other_section)
+        thread.start()
+        assert inside.wait(5)
+    assert not gc.isenabled()  # the other thread's section has not ended
+    release.set()
+    thread.join(5)
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError, match="inside"):
+        with collector_held():
+            raise RuntimeError("raised inside")
+    assert gc.isenabled()  # an error in the section does not leave the collector off
+    gc.disable()
+    try:
+        with collector_held():
+            pass
+        assert not gc.isenabled()  # a program that turned it off keeps it off
+    finally:
+        gc.enable()
 
 
 def test_subscribers_hear_a_draining_battery_and_a_new_cpu_quota() -> None:

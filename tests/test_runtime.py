@@ -4,6 +4,7 @@ variants, switching, and trace replay."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 from pathlib import Path
@@ -412,6 +413,14 @@ def test_a_resource_drop_switches_to_a_cheaper_configuration(bank_dir: Path, sam
     health = runtime.state()["monitor_errors"]
     assert health["read_errors"] == 0 and 0 <= health["reading_age_s"] < 60  # how old the reading planned with is
     seen = runtime.decision_count
+    choose, collector_on = runtime.hysteresis.choose, []
+
+    def choose_noting_the_collector(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        collector_on.append(gc.isenabled())
+        return choose(*args, **kwargs)
+
+    runtime.hysteresis.choose = choose_noting_the_collector
+    runtime.redecide("a decision outside the monitor's reading")
     for t in np.arange(10.0, 14.0, 0.1):  # the drop to critical comes at t = 10 s
         clock[0] = float(t)
         monitor.poll(float(t))
@@ -422,6 +431,7 @@ def test_a_resource_drop_switches_to_a_cheaper_configuration(bank_dir: Path, sam
         runtime.feedback(sum(runtime._variants[v].typical_ms for v in answer.variants) * runtime.budget.slowdown, float(t), answer.variants)
         assert runtime.current.costs.latency_ms <= 0.5 + 1e-9 and runtime.budget.slowdown > 10
     assert runtime.adaptation_ms and runtime.decision_count > seen
+    assert len(collector_on) > 1 and not any(collector_on) and gc.isenabled()  # no collection can start within a decision (adaptation time)
     assert list(runtime.decisions)[seen - runtime.decision_count]["reason"].startswith("step down")  # the first switch after the drop
     state = runtime.state()
     assert state["level"] == "critical" and state["variants"] and state["recent_decisions"]
