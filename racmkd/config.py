@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -73,12 +74,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "auto"):
             raise ConfigError(f"precision {self.precision!r}: choose fp32, bf16 or auto")
-        if self.batch_size < 1 or self.epochs < 0 or self.samples_per_epoch < 0:
-            raise ConfigError(f"batch_size must be >= 1, epochs and samples_per_epoch >= 0; got {self.batch_size}, {self.epochs}, {self.samples_per_epoch}")
+        # No training means no model: an `epochs: 0` was refused by the trainer only when its stage
+        # began, after the stages before it had run (the students' after the teachers' minutes).
+        if self.batch_size < 1 or self.epochs < 1 or self.samples_per_epoch < 0:
+            raise ConfigError(f"batch_size and epochs must be >= 1, samples_per_epoch >= 0 (0: the whole training split); got {self.batch_size}, {self.epochs}, {self.samples_per_epoch}")
         if not (0 < self.lr < math.inf and 0 <= self.weight_decay < math.inf and 0 <= self.modality_dropout < 1 and 0 <= self.label_smoothing < 1):
             raise ConfigError(f"need lr > 0, weight_decay >= 0, modality_dropout and label_smoothing in [0, 1); got {self.lr}, {self.weight_decay}, {self.modality_dropout}, {self.label_smoothing}")
-        if self.mixup < 0:
-            raise ConfigError(f"mixup must be >= 0 (0 turns mixing off), got {self.mixup}")
+        # Beta(inf, inf) draws NaN: every mixed batch, and so every weight, went NaN without an error.
+        if not 0 <= self.mixup < math.inf:
+            raise ConfigError(f"mixup must be a finite number >= 0 (0 turns mixing off), got {self.mixup}")
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,28 @@ class TeacherConfig:
         widths = list(self.width.values()) if isinstance(self.width, dict) else [self.width]
         if min(widths + list(self.depth.values()), default=1) < 1:
             raise ConfigError(f"teacher.width and teacher.depth must be >= 1 (one number, or per modality), got width {self.width}, depth {self.depth}")
+        # These reach torch only when the first teacher is built (or, for dropout, trained), whose
+        # errors name no setting; an embedding of 0 even trains, on nothing.
+        if self.embed_dim < 1:
+            raise ConfigError(f"teacher.embed_dim must be >= 1 (each modality's embedding size), got {self.embed_dim}")
+        if self.fusion_hidden < 0:
+            raise ConfigError(f"teacher.fusion_hidden must be >= 0 (0: no hidden layer, the embeddings go straight to the classifier), got {self.fusion_hidden}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"teacher.dropout must be in [0, 1) (the fusion layer's dropout probability), got {self.dropout}")
+
+
+# A tier's name is the file stem of its students' checkpoints (checkpoints/<tier>.pt and
+# <tier>_labels_only.pt), of its compressed folder (compressed/<tier>/) and of its report rows
+# (<tier>, <tier>_labels_only, <tier>_compressed). So it is a plain file name, and none of the names
+# the run gives its other models, whose files it would overwrite (a tier named `teacher` replaced the
+# fused teacher's checkpoint with its student): the teachers (racmkd.pipeline.TEACHER and
+# teacher_<modality>), the benchmark's baselines (racmkd.eval.baselines: standard_kd, emd_kd,
+# mobilenetv3, tinyml, tinyml_<tier>, kd_align, transfer_<modality>_*) and `edge`, the name a
+# release takes for the run's variant bank (racmkd.deploy.orchestrator.artifact_from_run).
+TIER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+RESERVED_NAMES = ("teacher", "edge", "standard_kd", "emd_kd", "mobilenetv3", "tinyml", "kd_align")
+RESERVED_PREFIXES = ("teacher_", "tinyml_", "transfer_")
+RESERVED_SUFFIXES = ("_labels_only", "_compressed")
 
 
 @dataclass(frozen=True)
@@ -133,6 +159,11 @@ class TierConfig:
     channel_multiple: int = 1
 
     def __post_init__(self) -> None:
+        if not TIER_NAME.fullmatch(self.name):
+            raise ConfigError(f"tier {self.name!r}: name it with 1-64 letters, digits, '_' or '-', starting with a letter or digit (e.g. high, edge-16k): the name is its checkpoints' file name")
+        folded = self.name.lower()  # on a case-insensitive file system Teacher.pt is teacher.pt
+        if folded in RESERVED_NAMES or folded.startswith(RESERVED_PREFIXES) or folded.endswith(RESERVED_SUFFIXES):
+            raise ConfigError(f"tier {self.name!r}: the name is taken by the run's other models, whose checkpoints and report rows the tier's would overwrite; rename the tier: not {', '.join(RESERVED_NAMES)}, not starting with {', '.join(RESERVED_PREFIXES)}, not ending in {', '.join(RESERVED_SUFFIXES)}")
         if self.budget_bytes <= 0:
             raise ConfigError(f"tier {self.name!r}: budget_bytes must be positive (fp32 parameter bytes), got {self.budget_bytes}")
         if self.ties not in ("flops", "capacity"):
@@ -141,6 +172,8 @@ class TierConfig:
             raise ConfigError(f"tier {self.name!r}: epochs must be >= 0 (0 = students.train.epochs), got {self.epochs}")
         if self.channel_multiple < 1:
             raise ConfigError(f"tier {self.name!r}: channel_multiple must be >= 1 (1 = no rounding), got {self.channel_multiple}")
+        if self.scale < -1 or self.depth < 0:  # any other negative value was read as "chosen by measurement"
+            raise ConfigError(f"tier {self.name!r}: scale must be >= -1 (-1 = chosen by measurement) and depth >= 0 (0 = chosen by measurement), got scale {self.scale}, depth {self.depth}")
 
 
 @dataclass(frozen=True)
@@ -163,6 +196,18 @@ class SelectionConfig:
             raise ConfigError(f"students.selection.teacher_gap must be >= 0 (1.0 keeps every modality set), got {self.teacher_gap}")
         if not 0.0 <= self.tolerance or self.samples < 0 or self.val_samples < 0:
             raise ConfigError(f"tolerance, samples and val_samples must be >= 0 (samples 0: all); got {self.tolerance}, {self.samples}, {self.val_samples}")
+        # Each of these met its first use in `candidates`, after the teachers had trained: no
+        # candidate at all (an empty list), a ZeroDivisionError (depth 0), a level -1 that Python's
+        # indexing took as the coarsest one.
+        if not self.modality_sets or not all(self.modality_sets):
+            raise ConfigError(f"students.selection.modality_sets must list at least one set of modalities, none of them empty (e.g. [[image, audio], [audio]]); got {[list(s) for s in self.modality_sets]}")
+        if not self.scales or min(self.scales) < 0:
+            raise ConfigError(f"students.selection.scales must list at least one resolution level, each >= 0 (0: full resolution); got {list(self.scales)}")
+        if not self.depths or min(self.depths) < 1:
+            raise ConfigError(f"students.selection.depths must list at least one depth, each >= 1 (blocks per encoder stage); got {list(self.depths)}")
+
+
+MIN_STUDENT_WIDTH = 0.25  # 2 / DSCNN2dEncoder.base_channels: two stem channels (a test keeps them equal)
 
 
 @dataclass(frozen=True)
@@ -193,6 +238,18 @@ class StudentsConfig:
     def __post_init__(self) -> None:
         if self.replay_cache_bytes < 0:
             raise ConfigError(f"students.replay_cache_bytes must be >= 0 (0 = no cache), got {self.replay_cache_bytes}")
+        # Two tiers of one name write one checkpoint; the trainer refused them only when distillation
+        # began, naming no setting. (Without case: one file on a case-insensitive file system.)
+        seen: dict[str, str] = {}
+        for tier in self.tiers:
+            if tier.name.lower() in seen:
+                raise ConfigError(f"students.tiers: two tiers are named {seen[tier.name.lower()]!r} and {tier.name!r}; each tier's name names its checkpoints, so rename one")
+            seen[tier.name.lower()] = tier.name
+        # The narrowest student `widest_student` tries (racmkd/models/multimodal.py) is two stem
+        # channels: width 2 / DSCNN2dEncoder.base_channels. Below it no tier has a design; NaN and inf
+        # failed in its search, after the teachers had trained.
+        if not MIN_STUDENT_WIDTH <= self.max_width < math.inf:
+            raise ConfigError(f"students.max_width must be a finite number >= {MIN_STUDENT_WIDTH} (the narrowest student's width multiplier), got {self.max_width}")
 
 
 @dataclass(frozen=True)
@@ -400,6 +457,15 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.threads < 0 or self.workers < 1:
             raise ConfigError(f"threads must be >= 0 (0 = all cores) and workers >= 1; got threads={self.threads}, workers={self.workers}")
+        # A misspelt tier in compress.tiers was refused after the teachers and students had trained,
+        # and one in compress.tier_recipes left that tier on the default recipe, silently.
+        tiers = [t.name for t in self.students.tiers]
+        for where, names in (("compress.tiers", list(self.compress.tiers)), ("compress.tier_recipes", list(self.compress.tier_recipes))):
+            unknown = [n for n in names if n not in tiers]
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], tiers, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"{where} names {unknown}, not tiers of students.tiers ({', '.join(tiers) or 'none'}).{hint} Name the tiers it should apply to.")
 
 
 # --------------------------------------------------------------------------------------------------

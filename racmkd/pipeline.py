@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,6 +31,9 @@ from racmkd.models.checkpoint import load_model, save_model
 from racmkd.models.multimodal import MultimodalNet, count_params, teacher, widest_student
 from racmkd.runs import RunError, checkpoint, create_run, link_latest, open_run, record_timing  # noqa: F401 - run directories (racmkd.runs, no torch)
 from racmkd.utils import atomic_write_json, seed_everything, torch_threads
+
+if TYPE_CHECKING:
+    from racmkd.compress.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +275,7 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
     train({name: deepest_per_input(designs) for name, designs in listed.items()}, "selection: inputs")
     leaders = {name: leader(designs) for name, designs in listed.items()}
     train({name: [d for d in designs if (d.modalities, d.level) == (leaders[name].modalities, leaders[name].level)] for name, designs in listed.items()}, "selection: depth")
-    if listed:
-        record_timing(run_dir, "select_designs", time.perf_counter() - started)
+    seconds = time.perf_counter() - started
     for tier_name, designs in listed.items():
         entries = []
         for d in designs:
@@ -288,6 +290,8 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
     path = run_dir / "selection.json"
     earlier = json.loads(path.read_text())["tiers"] if path.is_file() else {}
     atomic_write_json(path, {"samples_per_candidate": sel.samples, "val_samples": sel.val_samples, "tiers": {**earlier, **table}})
+    if listed:
+        record_timing(run_dir, "select_designs", seconds)  # after the choices are written
     return chosen
 
 
@@ -330,7 +334,7 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
     started = time.perf_counter()
     with torch_threads(cfg.threads):
         train_jobs(dataset, jobs, shared_epochs, cfg.students.train.batch_size, cfg.seed + 3, teachers, samples_per_epoch=cfg.students.train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="students", workers=cfg.workers, teacher_cache=answers, replay_after=replay_after, input_cache=inputs)
-    record_timing(run_dir, "distill_students", time.perf_counter() - started)
+    seconds = time.perf_counter() - started
     remove_derived(run_dir, [t.name for t in tiers])
     for job in jobs:
         tier = job.name.removesuffix("_labels_only")
@@ -338,6 +342,7 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
         meta = training_meta(job, role="student" if job.weights is not None else "baseline")
         meta.update(tier=tier, budget_bytes=design.budget_bytes, design={**asdict(design), "name": design.name})
         save_model(checkpoint(run_dir, job.name), job.model, job.specs, meta)
+    record_timing(run_dir, "distill_students", seconds)  # last: the students are saved whatever their bookkeeping meets
     return [j.name for j in jobs]
 
 
@@ -366,19 +371,35 @@ def recipe_for(cfg: RunConfig, tier: str, recipe: str | Path | None = None) -> P
     return Path(recipe or cfg.compress.tier_recipes.get(tier) or cfg.compress.recipe)
 
 
-def compress_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier_names: list[str], recipe: str | Path | None = None, into: str = "compressed") -> list[Path]:
-    """Compress each tier's distilled student with its recipe (prune, factorise, reduce inputs,
-    fine-tune, quantize, export), writing runs/<name>/compressed/<tier>/. A tier's folder is built
-    beside its final place and renamed into it, so a failed recipe leaves the previous result whole."""
-    from racmkd.compress.recipe import check_recipe, load_recipe, run_recipe
-    from racmkd.compress.steps import Context, InputSharing, Subject
+def compression_recipes(cfg: RunConfig, tier_names: list[str], recipe: str | Path | None = None) -> dict[str, Recipe]:
+    """Each tier's recipe, read and checked, for tiers the config defines: what compression needs
+    before any model is loaded, so that `run_pipeline` checks it before the teachers train (a
+    misspelt recipe file was reported after the teachers and students had trained)."""
+    from racmkd.compress.recipe import RecipeError, load_recipe
 
     known = [t.name for t in cfg.students.tiers]
     unknown = set(tier_names) - set(known)
     if unknown:
         raise RunError(f"unknown tier(s) {sorted(unknown)}; the config defines {known}")
+    recipes = {}
+    for tier in tier_names:
+        try:
+            recipes[tier] = load_recipe(recipe_for(cfg, tier, recipe))
+        except RecipeError as err:  # say which setting named the file
+            key = "--recipe" if recipe else f"compress.tier_recipes.{tier}" if cfg.compress.tier_recipes.get(tier) else "compress.recipe"
+            raise RecipeError(f"{key} (tier {tier!r}): {err}") from None
+    return recipes
+
+
+def compress_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier_names: list[str], recipe: str | Path | None = None, into: str = "compressed") -> list[Path]:
+    """Compress each tier's distilled student with its recipe (prune, factorise, reduce inputs,
+    fine-tune, quantize, export), writing runs/<name>/compressed/<tier>/. A tier's folder is built
+    beside its final place and renamed into it, so a failed recipe leaves the previous result whole."""
+    from racmkd.compress.recipe import check_recipe, run_recipe
+    from racmkd.compress.steps import Context, InputSharing, Subject
+
+    recipes = compression_recipes(cfg, tier_names, recipe)  # every recipe checked before any work
     budgets = [t.budget_bytes for t in cfg.students.tiers]
-    recipes = {tier: load_recipe(recipe_for(cfg, tier, recipe)) for tier in tier_names}  # every recipe checked before any work
     teachers = load_teachers(run_dir, list(dataset.modalities), unimodal="multi_teacher" in {**cfg.distill.distill_losses, **cfg.distill.align_losses})
     tiers = {t.name: t for t in cfg.students.tiers}
     students = {}
@@ -502,6 +523,7 @@ def run_pipeline(cfg: RunConfig) -> Path:
     from racmkd.eval.report import evaluate_run
 
     check_loss_names(cfg.distill, "the run's config (--config file or --set overrides)")  # before the teachers' minutes
+    compression_recipes(cfg, list(cfg.compress.tiers))  # and the compression's tiers and recipe files
     started = time.perf_counter()
     dataset = prepare_data(cfg)  # first: a run folder (and runs/latest) only for data that loads
     data_seconds = time.perf_counter() - started

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 from racmkd.config import RunConfig, load_config, save_config
 from racmkd.utils import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 
 class RunError(RuntimeError):
@@ -20,14 +24,16 @@ class RunError(RuntimeError):
 def create_run(cfg: RunConfig) -> Path:
     """A new runs/<name>/ with its config.yaml; runs/latest now points at it. An existing run is
     never written over (its checkpoints would no longer match its config): a name already taken is
-    an error, and a name made from the time gets a suffix."""
+    an error, and a name made from the time gets a suffix. Nothing is left behind when it fails."""
     runs = Path(cfg.runs_dir)
+    check_latest(runs / "latest")  # before any folder is made: the run could not be linked
     if cfg.name:
         if cfg.name in ("latest", ".", "..") or any(c in cfg.name for c in "/\\") or cfg.name.startswith("."):
             raise RunError(f"name {cfg.name!r}: not a run folder's name ('latest' is the link to the newest run; no slashes, no leading dot). Choose another --name.")
         run_dir = runs / cfg.name
         if (run_dir / "config.yaml").exists():
             raise RunError(f"{run_dir}: a run of that name exists; choose another --name, or delete that folder first. (`racmkd distill --run {run_dir}` and the later stages go on with an existing run.)")
+        made = not run_dir.exists()  # (a folder of that name without a config is taken over, and left as it was on failure)
     else:
         stem = f"{cfg.data.protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
         runs.mkdir(parents=True, exist_ok=True)
@@ -37,20 +43,46 @@ def create_run(cfg: RunConfig) -> Path:
             except FileExistsError:
                 continue
             run_dir = runs / name
+            made = True
             break
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    link_latest(run_dir)
+    had_checkpoints = (run_dir / "checkpoints").exists()
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        link_latest(run_dir)
+    except BaseException:  # a half-made run would take its name, and look like a run to `open_run`
+        if made:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            (run_dir / "config.yaml").unlink(missing_ok=True)
+            if not had_checkpoints:
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        raise
     return run_dir
+
+
+def check_latest(latest: Path) -> None:
+    """runs/latest is the link to the newest run, or absent. A folder there (what `cp -rL` or
+    `scp -r` of a runs folder makes of the link) is refused rather than written over: os.replace
+    cannot put a link in its place, and every new run failed with IsADirectoryError."""
+    if latest.is_symlink() or not latest.exists():
+        return
+    kind = "a folder" if latest.is_dir() else "a file"
+    raise RunError(f"{latest} is {kind}, not the link to the newest run: rename or remove it (e.g. `mv {latest} {latest}-copy`), and racmkd makes the link again")
 
 
 def link_latest(run_dir: Path) -> None:
     """Point runs/latest at `run_dir` (replaced atomically)."""
     latest = run_dir.parent / "latest"
+    check_latest(latest)
     tmp = run_dir.parent / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(run_dir.name)
-    os.replace(tmp, latest)
+    try:
+        os.replace(tmp, latest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def open_run(run: str | Path) -> tuple[Path, RunConfig]:
@@ -67,8 +99,19 @@ def checkpoint(run_dir: Path, name: str) -> Path:
 
 
 def record_timing(run_dir: Path, stage: str, seconds: float) -> None:
-    """Add a stage's wall time to runs/<name>/timings.json."""
+    """Add a stage's wall time to runs/<name>/timings.json. It is bookkeeping: a file that does not
+    read as a mapping (emptied, truncated, edited) is started again with a warning, never an error
+    that would cost the stage's work."""
     path = run_dir / "timings.json"
-    timings = json.loads(path.read_text()) if path.exists() else {}
+    timings: dict[str, float] = {}
+    if path.exists():
+        try:
+            timings = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
+            log.warning("%s: unreadable (%s); written anew with %s's time, the earlier stages' times lost", path, err, stage)
+            timings = {}
+        if not isinstance(timings, dict):
+            log.warning("%s: holds a %s, not stage timings; written anew with %s's time", path, type(timings).__name__, stage)
+            timings = {}
     timings[stage] = round(seconds, 1)
     atomic_write_json(path, timings)

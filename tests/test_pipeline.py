@@ -397,3 +397,59 @@ def test_a_job_distils_from_the_teacher_it_names_among_the_pass_s_teachers(tiny_
     assert not all(torch.equal(x, y) for x, y in zip(named.model.state_dict().values(), from_fused.model.state_dict().values()))
     with pytest.raises(ValueError, match="not in this pass"):
         distilled([fused], "teacher_audio")
+
+
+def test_a_run_checks_its_compression_recipes_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A misspelt recipe file was reported by compress_students, after the teachers and students had
+    trained; now run_pipeline reads every recipe first, and the error names the setting."""
+    from racmkd import pipeline
+    from racmkd.compress.recipe import RecipeError
+
+    def no_data(cfg: object) -> None:
+        raise AssertionError("the data was read before the recipes were checked")
+
+    monkeypatch.setattr(pipeline, "prepare_data", no_data)
+    runs = tmp_path / "runs"
+    missing = tmp_path / "defualt.yaml"
+    for overrides, key in (([f"compress.recipe={missing}"], "compress.recipe"), ([f"compress.tier_recipes={{high: {missing}}}"], r"compress\.tier_recipes\.high")):
+        cfg = load_config(Path(__file__).parent / "tiny.yaml", [f"runs_dir={runs}", "compress.tiers=[high]", *overrides])
+        with pytest.raises(RecipeError, match=rf"{key} \(tier 'high'\): .*defualt\.yaml does not exist"):
+            pipeline.run_pipeline(cfg)
+    assert not runs.exists()
+
+
+def test_distilled_students_are_saved_before_their_timing_is_recorded(shared_root: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """distill_students recorded its time (a read-modify-write of timings.json) before it saved the
+    students: an unreadable timings.json raised a JSONDecodeError naming no file, and every student
+    just trained was lost. Now the students are saved first, and the timings file is bookkeeping."""
+    from racmkd import pipeline
+
+    overrides = [
+        f"data.cache_dir={cache_dir}",
+        f"runs_dir={tmp_path / 'runs'}",
+        "name=timings",
+        "teacher.unimodal={epochs: 1, samples_per_epoch: 64}",
+        "teacher.fused={epochs: 1, samples_per_epoch: 64}",
+        "students.tiers=[{name: edge-a, budget_bytes: 16384, modalities: [audio], scale: 3, depth: 1}]",  # one candidate: no selection training
+        "students.train={epochs: 1, samples_per_epoch: 64}",
+        "students.labels_only=false",
+        "data.max_eval=64",
+    ]
+    cfg = load_config(Path(__file__).parent / "tiny.yaml", overrides)
+    dataset = pipeline.prepare_data(cfg)
+    run = pipeline.create_run(cfg)
+    pipeline.train_teachers(cfg, dataset, run)
+    (run / "timings.json").write_text("")  # emptied (a full disk, an editor)
+    with caplog.at_level("WARNING", logger="racmkd.runs"):
+        assert pipeline.distill_students(cfg, dataset, run) == ["edge-a"]
+    assert f"{run / 'timings.json'}: unreadable" in caplog.text
+    assert set(json.loads((run / "timings.json").read_text())) == {"distill_students"}
+    (run / "checkpoints" / "edge-a.pt").unlink()
+
+    def disk_full(run_dir: Path, stage: str, seconds: float) -> None:
+        raise OSError(f"{run_dir / 'timings.json'}: no space left")
+
+    monkeypatch.setattr(pipeline, "record_timing", disk_full)
+    with pytest.raises(OSError, match="no space left"):
+        pipeline.distill_students(cfg, dataset, run)
+    assert load_model(run / "checkpoints" / "edge-a.pt")[3]["tier"] == "edge-a"  # saved before the timing failed

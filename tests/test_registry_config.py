@@ -156,3 +156,131 @@ def test_a_run_is_never_written_over(tmp_path: Path) -> None:
     assert open_run(tmp_path / "latest")[0] == first.resolve()  # runs/latest still a link to a run
     unnamed = [create_run(load_config(None, [f"runs_dir={tmp_path}"])) for _ in range(3)]  # within the same second
     assert len(set(unnamed)) == 3 and open_run(tmp_path / "latest")[0] == unnamed[-1].resolve()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["teacher", "Teacher", "teacher_image", "high_labels_only", "high_compressed", "edge", "standard_kd", "emd_kd", "mobilenetv3", "tinyml", "tinyml_high", "kd_align", "transfer_audio_labels", "edge/high", ".hidden", "high tier", "", "x" * 65],
+)
+def test_a_tier_name_is_a_plain_file_stem_no_other_model_of_the_run_has(tmp_path: Path, name: str) -> None:
+    """A tier's students are saved as checkpoints/<tier>.pt: a tier named `teacher` overwrote the
+    fused teacher, and a name with a slash was a path. Refused when the config is read."""
+    path = tmp_path / "tiers.yaml"
+    path.write_text(f"students:\n  tiers:\n    - {{name: '{name}', budget_bytes: 16384}}\n")
+    with pytest.raises(ConfigError, match=rf"tiers\.yaml: students\.tiers\[0\]: tier .*(taken by the run's other models|letters, digits).*"):
+        load_config(path)
+
+
+def test_every_name_the_run_gives_its_other_models_is_refused_as_a_tier_name() -> None:
+    """The names the teachers, the baselines, the ablation and the release of the variant bank are
+    saved or looked up under (kept in step with the modules that make them)."""
+    from racmkd.config import MIN_STUDENT_WIDTH, TierConfig
+    from racmkd.eval.baselines import ABLATION, BASELINES, matched_name
+    from racmkd.models.encoders import DSCNN2dEncoder
+    from racmkd.pipeline import TEACHER
+
+    others = [TEACHER, f"{TEACHER}_audio", *BASELINES, *ABLATION, matched_name("high"), "transfer_image_crossmodal", "transfer_image_unimodal", "edge", "high_labels_only", "high_compressed"]
+    for name in others:
+        with pytest.raises(ConfigError, match="taken by the run's other models"):
+            TierConfig(name, 16384)
+    for name in ("high", "t", "edge-16k", "tier_2", "Critical"):
+        assert TierConfig(name, 16384).name == name
+    assert MIN_STUDENT_WIDTH == 2 / DSCNN2dEncoder.base_channels  # the narrowest width `widest_student` tries
+
+
+def test_two_tiers_of_one_name_are_refused_when_the_config_is_read() -> None:
+    """They wrote one checkpoint; the trainer refused them hours later, naming no setting."""
+    for second in ("edge-a", "EDGE-A"):  # one file on a case-insensitive file system
+        with pytest.raises(ConfigError, match=rf"overrides .*: students: students\.tiers: two tiers are named 'edge-a' and '{second}'"):
+            load_config(REPO / "tests" / "tiny.yaml", [f"students.tiers=[{{name: edge-a, budget_bytes: 262144}}, {{name: {second}, budget_bytes: 16384}}]"])
+
+
+def test_compression_names_tiers_the_config_defines() -> None:
+    with pytest.raises(ConfigError, match=r"compress\.tiers names \['hgh'\], not tiers of students\.tiers \(high, medium, low, critical\)\. Did you mean 'high'\?"):
+        load_config(REPO / "tests" / "tiny.yaml", ["compress.tiers=[hgh]"])
+    with pytest.raises(ConfigError, match=r"compress\.tier_recipes names \['critcal'\].*Did you mean 'critical'\?"):
+        load_config(REPO / "tests" / "tiny.yaml", ["compress.tier_recipes={critcal: configs/recipes/critical.yaml}"])
+    assert load_config(REPO / "configs" / "default.yaml").compress.tiers == ("high", "medium", "low", "critical")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("students.train.mixup=.inf", r"students\.train: mixup must be a finite number >= 0"),  # NaN weights, silently
+        ("teacher.unimodal.mixup=.nan", r"teacher\.unimodal: mixup must be a finite number >= 0"),
+        ("students.train.epochs=0", r"students\.train: batch_size and epochs must be >= 1"),  # refused by the trainer after the teachers
+        ("teacher.fused.epochs=0", r"teacher\.fused: batch_size and epochs must be >= 1"),
+        ("students.selection.depths=[1, 0]", r"students\.selection\.depths must list at least one depth, each >= 1"),  # ZeroDivisionError after the teachers
+        ("students.selection.scales=[-1]", r"students\.selection\.scales must list at least one resolution level, each >= 0"),
+        ("students.selection.modality_sets=[]", r"students\.selection\.modality_sets must list at least one set"),
+        ("students.selection.modality_sets=[[]]", r"students\.selection\.modality_sets must list .* none of them empty"),
+        ("students.max_width=.nan", r"students\.max_width must be a finite number >= 0\.25"),
+        ("students.max_width=.inf", r"students\.max_width must be a finite number >= 0\.25"),
+        ("students.max_width=0.2", r"students\.max_width must be a finite number >= 0\.25"),  # no design for any tier
+        ("teacher.dropout=1.5", r"teacher\.dropout must be in \[0, 1\)"),
+        ("teacher.dropout=1.0", r"teacher\.dropout must be in \[0, 1\)"),
+        ("teacher.dropout=.nan", r"teacher\.dropout must be in \[0, 1\)"),
+        ("teacher.fusion_hidden=-4", r"teacher\.fusion_hidden must be >= 0 \(0: no hidden layer"),
+        ("teacher.embed_dim=0", r"teacher\.embed_dim must be >= 1"),
+        ("students.tiers.0.scale=-2", r"students\.tiers\[0\]: tier 'high': scale must be >= -1"),
+        ("students.tiers.0.depth=-1", r"students\.tiers\[0\]: tier 'high': .*depth >= 0"),
+    ],
+)
+def test_a_value_that_would_fail_after_the_teachers_trained_is_refused_when_read(override: str, message: str) -> None:
+    """Each was accepted and failed (or trained NaN weights) only at the stage that used it, after
+    the stages before it had run; now the config names the file and the key."""
+    with pytest.raises(ConfigError, match=rf"tiny\.yaml \+ overrides .*: {message}"):
+        load_config(REPO / "tests" / "tiny.yaml", [override])
+
+
+def test_the_limits_keep_the_values_that_mean_something() -> None:
+    cfg = load_config(REPO / "tests" / "tiny.yaml", ["teacher.fusion_hidden=0", "teacher.dropout=0", "students.max_width=0.25", "students.train.mixup=0", "students.tiers.3.epochs=0", "students.tiers.0.scale=-1"])
+    assert (cfg.teacher.fusion_hidden, cfg.students.max_width, cfg.students.train.mixup, cfg.students.tiers[3].epochs) == (0, 0.25, 0.0, 0)
+
+
+def test_a_folder_at_runs_latest_is_named_and_nothing_is_left_behind(tmp_path: Path) -> None:
+    """runs/latest copied as a folder (`cp -rL`, `scp -r`): every new run failed with
+    IsADirectoryError from os.replace, leaving an empty run folder and a `.latest.<pid>` link."""
+    from racmkd.runs import RunError, create_run
+
+    (tmp_path / "latest" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "latest" / "config.yaml").write_text("{}\n")
+    for name in ("", "named"):
+        with pytest.raises(RunError, match=r"latest is a folder, not the link to the newest run: rename or remove it"):
+            create_run(load_config(None, [f"runs_dir={tmp_path}", f"name='{name}'"]))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]
+    assert sorted(p.name for p in (tmp_path / "latest").iterdir()) == ["checkpoints", "config.yaml"]  # left as it was
+
+
+def test_a_run_that_cannot_be_linked_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from racmkd import runs
+
+    def fail(src: object, dst: object) -> None:
+        raise OSError("no room")
+
+    monkeypatch.setattr(runs.os, "replace", fail)
+    (tmp_path / "kept" / "notes").mkdir(parents=True)  # a folder of the name, not a run: left as it was
+    for name in ("", "fresh", "kept"):
+        with pytest.raises(OSError, match="no room"):
+            runs.create_run(load_config(None, [f"runs_dir={tmp_path}", f"name='{name}'"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["notes"]
+
+
+def test_an_unreadable_timings_file_is_written_anew_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """timings.json is bookkeeping: an emptied one raised a JSONDecodeError naming no file, and
+    distill_students lost the students it had just trained."""
+    import json
+
+    from racmkd.runs import record_timing
+
+    path = tmp_path / "timings.json"
+    for content in ("", "[1, 2]", "\xff"):
+        path.write_text(content, encoding="latin-1")
+        with caplog.at_level("WARNING", logger="racmkd.runs"):
+            record_timing(tmp_path, "distill_students", 12.34)
+        assert json.loads(path.read_text()) == {"distill_students": 12.3}
+        assert str(path) in caplog.text
+        caplog.clear()
+    record_timing(tmp_path, "compress_students", 1.0)
+    assert json.loads(path.read_text()) == {"distill_students": 12.3, "compress_students": 1.0}
