@@ -398,6 +398,9 @@ def compress_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tie
     from racmkd.compress.recipe import check_recipe, run_recipe
     from racmkd.compress.steps import Context, InputSharing, Subject
 
+    # A tier named twice (`--tier critical --tier critical`, or twice in compress.tiers) is compressed
+    # once: a second pass compressed the first one's result again, recorded as from the checkpoint.
+    tier_names = list(dict.fromkeys(tier_names))
     recipes = compression_recipes(cfg, tier_names, recipe)  # every recipe checked before any work
     budgets = [t.budget_bytes for t in cfg.students.tiers]
     teachers = load_teachers(run_dir, list(dataset.modalities), unimodal="multi_teacher" in {**cfg.distill.distill_losses, **cfg.distill.align_losses})

@@ -438,7 +438,7 @@ def compressed_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     )
     run_dir, cfg = open_run(run)
     dataset = prepare_data(cfg)
-    compress_students(cfg, dataset, run_dir, ["critical"], recipe)
+    compress_students(cfg, dataset, run_dir, ["critical", "critical"], recipe)  # named twice: compressed once
     evaluate_run(run_dir, dataset)
     return run_dir
 
@@ -474,6 +474,7 @@ def test_a_cost_matched_baseline_gets_at_least_the_tiers_bytes(compressed_run: P
 
 def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) -> None:
     from racmkd.eval.suite import compressed_with
+    from racmkd.models.checkpoint import load_model
 
     folder = compressed_run / "compressed" / "critical"
     manifest = json.loads((folder / "compression.json").read_text())
@@ -483,6 +484,8 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
         for key in ("params", "param_bytes_fp32", "flops", "val_accuracy"):
             assert key in step["before"] and key in step["after"]
     prune = manifest["steps"][0]
+    student, _, _, _ = load_model(compressed_run / "checkpoints" / "critical.pt")
+    assert prune["before"]["params"] == sum(p.numel() for p in student.parameters())  # from the checkpoint, once (the tier was named twice)
     assert prune["after"]["params"] < prune["before"]["params"] and prune["after"]["flops"] < prune["before"]["flops"]
     align = manifest["steps"][1]["details"]  # prune (multiple: 1) left a 22-channel stem: cut to 20
     assert align["kept"] and align["layers"] and all(layer["after"] % 4 == 0 and layer["after"] < layer["before"] for layer in align["layers"])
