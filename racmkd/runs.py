@@ -98,20 +98,27 @@ def checkpoint(run_dir: Path, name: str) -> Path:
     return run_dir / "checkpoints" / f"{name}.pt"
 
 
-def record_timing(run_dir: Path, stage: str, seconds: float) -> None:
-    """Add a stage's wall time to runs/<name>/timings.json. It is bookkeeping: a file that does not
-    read as a mapping (emptied, truncated, edited) is started again with a warning, never an error
-    that would cost the stage's work."""
+def read_timings(run_dir: Path) -> dict[str, float]:
+    """The stages' wall times in runs/<name>/timings.json. It is bookkeeping: a file that does not
+    read as a mapping (emptied, truncated, edited) reads as none, with a warning, never an error
+    that would cost a stage's work."""
     path = run_dir / "timings.json"
-    timings: dict[str, float] = {}
-    if path.exists():
-        try:
-            timings = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
-            log.warning("%s: unreadable (%s); written anew with %s's time, the earlier stages' times lost", path, err, stage)
-            timings = {}
-        if not isinstance(timings, dict):
-            log.warning("%s: holds a %s, not stage timings; written anew with %s's time", path, type(timings).__name__, stage)
-            timings = {}
+    if not path.exists():
+        return {}
+    try:
+        timings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
+        log.warning("%s: unreadable (%s); the earlier stages' times are lost, the next stage's written anew", path, err)
+        return {}
+    if not isinstance(timings, dict):
+        log.warning("%s: holds a %s, not stage timings; the next stage's written anew", path, type(timings).__name__)
+        return {}
+    return timings
+
+
+def record_timing(run_dir: Path, stage: str, seconds: float) -> dict[str, float]:
+    """Add a stage's wall time to runs/<name>/timings.json (see `read_timings`); returns them all."""
+    timings = read_timings(run_dir)
     timings[stage] = round(seconds, 1)
-    atomic_write_json(path, timings)
+    atomic_write_json(run_dir / "timings.json", timings)
+    return timings

@@ -300,7 +300,7 @@ def train_extras(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, baseline
     train = cfg.students.train
     with torch_threads(cfg.threads):
         train_jobs(dataset, jobs, train.epochs, train.batch_size, cfg.seed + 5, teachers, samples_per_epoch=train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="baselines", workers=cfg.workers)
-    record_timing(run_dir, "baselines", time.perf_counter() - started)
+    seconds = time.perf_counter() - started
     for job in jobs:
         meta = {
             **training_meta(job, role="baseline"),
@@ -309,4 +309,5 @@ def train_extras(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, baseline
             **({"matched": matched[job.name]} if job.name in matched else {}),
         }
         save_model(checkpoint(run_dir, job.name), job.model, job.specs, meta)
+    record_timing(run_dir, "baselines", seconds)  # last: the baselines are saved whatever their bookkeeping meets
     return [j.name for j in jobs], found

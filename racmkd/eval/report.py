@@ -23,7 +23,7 @@ from racmkd.eval.metrics import classification_metrics
 from racmkd.eval.plots import plot_accuracy_vs_cost, plot_training_curves
 from racmkd.models.checkpoint import load_model
 from racmkd.models.inference import BatchFeatures, predict_split
-from racmkd.runs import open_run
+from racmkd.runs import open_run, record_timing
 from racmkd.runtime.predictor import Predictor
 from racmkd.utils import atomic_write_json, atomic_write_text, progress, torch_threads
 
@@ -236,11 +236,7 @@ def evaluate_run(run_dir: str | Path, dataset: PairedDataset | None = None) -> d
     selection = run_dir / "selection.json"
     if selection.exists():
         report["selection"] = json.loads(selection.read_text())
-    timings = run_dir / "timings.json"
-    timings_data = json.loads(timings.read_text()) if timings.exists() else {}
-    timings_data["evaluate"] = round(time.perf_counter() - started, 1)
-    report["timings_s"] = timings_data
-    atomic_write_json(run_dir / "timings.json", timings_data)
+    report["timings_s"] = record_timing(run_dir, "evaluate", time.perf_counter() - started)
     plots = plot_accuracy_vs_cost(models, run_dir) + plot_training_curves(models, run_dir)
     report["plots"] = [p.name for p in plots]
     atomic_write_json(run_dir / "report.json", report)
