@@ -95,6 +95,24 @@ def test_cache_is_reused_and_limits_apply(avmnist: PairedDataset, cache_dir: Pat
     assert build_dataset(cfg).info["samples"]["train"] == 100
 
 
+def test_the_cache_answers_only_for_its_own_data_root_and_files(avmnist: PairedDataset, cache_dir: Path, tmp_path: Path) -> None:
+    """Another data root (data.root, RACMKD_DATA), or a file replaced or truncated since the build,
+    is another dataset: the cache of the bundled data answered for both, so their files were never
+    read, let alone checked."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="mnist"):
+        build_dataset(DataConfig(cache_dir=str(cache_dir), root=str(empty)))  # (the bundled data's cache exists: `avmnist`)
+    root = tmp_path / "root"
+    (root / "mnist").mkdir(parents=True)
+    (root / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"x" * 100)
+    keys = {cache_path(DataConfig(cache_dir=str(cache_dir), root=str(r))) for r in (root, empty, tmp_path / "gone")}
+    assert len(keys) == 3 and cache_path(DataConfig(cache_dir=str(cache_dir))) not in keys
+    before = cache_path(DataConfig(cache_dir=str(cache_dir), root=str(root)))
+    (root / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"x" * 50)  # truncated
+    assert cache_path(DataConfig(cache_dir=str(cache_dir), root=str(root))) != before
+
+
 def test_features_have_the_spec_shapes(avmnist: PairedDataset) -> None:
     raw = avmnist.raw_batch("val", torch.arange(4))
     image, audio = avmnist.modalities["image"], avmnist.modalities["audio"]

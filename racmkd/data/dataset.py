@@ -167,10 +167,23 @@ def make_modalities(cfg: DataConfig) -> dict[str, Modality]:
     return {name: MODALITIES.create(name, protocol=cfg.protocol, **cfg.options.get(name, {})) for name in cfg.modalities}
 
 
+def source_fingerprint(root: Path) -> list[Any]:
+    """The data root as the cache knows it: its resolved path and every file under it by relative
+    path, size and modification time (4,040 files stat in about 15 ms). A cache keyed without it
+    answered for another root (RACMKD_DATA, data.root) and for files truncated or replaced since, which
+    then were never read, let alone checked; the sha256 checks run when the dataset is built."""
+    root = root.expanduser()
+    if not root.is_dir():
+        return [str(root), "missing"]  # no cache answers for it: the build names what is missing
+    files = sorted((str(f.relative_to(root)), (st := f.stat()).st_size, st.st_mtime_ns) for f in root.rglob("*") if f.is_file())
+    return [str(root.resolve()), hashlib.sha256(json.dumps(files).encode()).hexdigest()]
+
+
 def cache_path(cfg: DataConfig) -> Path:
-    """Where the built dataset for this config is cached: one file per (protocol, split and pairing settings)."""
+    """Where the built dataset for this config is cached: one file per (data root and its files,
+    protocol, split and pairing settings)."""
     key = {k: v for k, v in to_dict(cfg).items() if k not in ("root", "cache_dir", "max_train", "max_eval", "augment")}
-    digest = hashlib.sha256(json.dumps([CACHE_VERSION, key], sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, key, source_fingerprint(data_root(cfg.root))], sort_keys=True).encode()).hexdigest()[:12]
     return Path(cfg.cache_dir) / f"dataset-{cfg.protocol}-{digest}.pt"
 
 
