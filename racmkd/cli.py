@@ -263,7 +263,7 @@ def edge_run(
     from racmkd.runtime.edge import EdgeRuntime, NoVariantError
     from racmkd.runtime.simulate import serve_split
     from racmkd.runtime.variants import BankError, load_bank
-    from racmkd.utils import atomic_write_json
+    from racmkd.utils import atomic_write_json, json_safe
 
     try:
         run_dir, cfg = _run_config(run, set_)
@@ -286,16 +286,16 @@ def edge_run(
             result = serve_split(runtime, dataset, seconds, rate, on_request=show)
             result["monitor_overhead"] = monitor.overhead()
             result["state"] = runtime.state()
-        atomic_write_json(log, result)
+        atomic_write_json(log, json_safe(result))  # (for other tools: no NaN, no Infinity)
     except (*_errors(), BankError, TraceError, NoVariantError) as err:
         raise _fail(err) from None
-    typer.echo(json.dumps(result["summary"], indent=2))
+    typer.echo(json.dumps(json_safe(result["summary"]), indent=2))
     typer.echo(f"monitor: {result['monitor_overhead']['cpu_fraction']:.4%} of one core over {result['monitor_overhead']['polls']} polls; log: {log}")
 
 
 @edge_app.command("record")
 def edge_record(
-    out: Annotated[Path, typer.Option(help="The trace file to write (CSV).")] = Path("trace.csv"),
+    out: Annotated[Path, typer.Option(help="The trace file to write: JSON if it ends in .json, else CSV.")] = Path("trace.csv"),
     seconds: Annotated[float, typer.Option(min=0.1, help="How long to record.")] = 60.0,
     interval: Annotated[float, typer.Option(min=0.01, help="Seconds between readings.")] = 0.1,
 ) -> None:
@@ -303,9 +303,9 @@ def edge_record(
     from racmkd.resources.sources import SystemSource, record_trace
 
     if out.is_dir() or not out.parent.is_dir():  # found now, not after the recording
-        raise _fail(ValueError(f"--out {out}: {'a folder' if out.is_dir() else 'its folder does not exist'}; name the CSV file to write"))
+        raise _fail(ValueError(f"--out {out}: {'a folder' if out.is_dir() else 'its folder does not exist'}; name the trace file to write (.csv or .json)"))
     trace = record_trace(SystemSource(), seconds, interval, out.stem)
-    trace.write_csv(out)
+    trace.write(out)
     typer.echo(f"{len(trace.times)} readings of {', '.join(trace.columns)} -> {out}")
 
 

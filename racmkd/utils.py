@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import sys
@@ -91,6 +92,19 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Pretty JSON, written atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float as None (null): Python's json writes them as NaN and
+    Infinity, which no other JSON reader accepts. For files and output meant for other tools (a
+    simulation's timeline: no switch, no adaptation time; no energy budget, an infinite one)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -857,9 +857,11 @@ def test_a_recorded_trace_replays_what_was_read(tmp_path: Path) -> None:
 
     trace = record_trace(Scripted([10.0, 20.0, 30.0, 40.0, 50.0, 60.0], memory_mb=64.0), seconds=0.25, interval_s=0.05)
     assert len(trace.times) >= 4 and set(trace.columns) == {"cpu_percent", "memory_available_mb", "cpu_cores"}  # absent sensors are not written
-    trace.write_csv(tmp_path / "rec.csv")
-    replayed = load_trace(tmp_path / "rec.csv")
-    assert np.allclose(replayed.columns["cpu_percent"], trace.columns["cpu_percent"]) and replayed.at(0.0).memory_available_bytes == 64 * MB
+    for name in ("rec.csv", "rec.json"):  # the format follows the name (CSV under a .json name was refused on replay)
+        trace.write(tmp_path / name)
+        replayed = load_trace(tmp_path / name)
+        assert np.allclose(replayed.columns["cpu_percent"], trace.columns["cpu_percent"]) and replayed.at(0.0).memory_available_bytes == 64 * MB
+        assert np.allclose(replayed.times, trace.times)
 
     class Server:  # a 16-core host half busy: 8 free cores, no slowdown for one more thread
         name = "server"

@@ -8,6 +8,7 @@ import gc
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -539,11 +540,20 @@ def test_budget_follows_the_readings() -> None:
     assert holding.memory_bytes == 53 * MB  # what the runtime's own sessions hold is its to spend
 
 
+def strict_json(path: Path) -> Any:
+    """A JSON file as any other reader takes it: NaN and Infinity are not JSON (Python writes them)."""
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{path.name} holds {constant}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
 def test_simulation_writes_timeline_table_and_summary(bank_dir: Path, tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
     summary = simulate(load_bank(bank_dir), tiny_dataset, synthetic_trace("sudden", 12, 0.1), RuntimeConfig(), requests=120, out_dir=tmp_path)
     for name in ("summary.json", "timeline.json", "timeline.png", "table.md"):
         assert (tmp_path / name).stat().st_size > 0
-    written = json.loads((tmp_path / "summary.json").read_text())
+    written = strict_json(tmp_path / "summary.json")
     for key in ("adaptation_ms_p99", "switch_overhead_ms_p99", "monitor_cpu_fraction", "slo_accuracy", "slo_accuracy_static", "levels"):
         assert key in written
     assert {r["level"] for r in summary["levels"]} == {"high", "critical"}
@@ -551,7 +561,7 @@ def test_simulation_writes_timeline_table_and_summary(bank_dir: Path, tiny_datas
     assert 0.0 <= summary["slo_accuracy"] <= summary["dynamic"]["accuracy"] <= 1.0
     assert 0.0 <= summary["oracle"]["clairvoyant_allocator"] <= summary["oracle"]["slo_accuracy"] <= 1.0  # the tiny bank holds every test sample
     assert "| clairvoyant allocator" in (tmp_path / "table.md").read_text()
-    timeline = json.loads((tmp_path / "timeline.json").read_text())
+    timeline = strict_json(tmp_path / "timeline.json")
     assert len(timeline["dynamic"]) == 120 and "static-high" in timeline
     assert "| high |" in (tmp_path / "table.md").read_text()
     # Energy and memory by the bank's figures: a static tier holds its own variants alone, the
@@ -694,7 +704,7 @@ def test_cli_simulate_and_edge_run(tiny_run: Path, bank_dir: Path, tmp_path: Pat
     assert result.exit_code == 2 and "choose one of measured, bank" in result.output
     result = runner.invoke(app, ["edge", "run", "--run", str(tiny_run), "--seconds", "1", "--rate", "20", "--trace", "sudden", "--log", str(tmp_path / "live.json")])
     assert result.exit_code == 0, result.output
-    live = json.loads((tmp_path / "live.json").read_text())
+    live = strict_json(tmp_path / "live.json")
     assert live["summary"]["requests"] >= 10 and live["monitor_overhead"]["polls"] >= 1
     bad = tmp_path / "bad.csv"
     bad.write_text("t,cpu_percent\nx,y\n")

@@ -400,6 +400,16 @@ class Trace:
         lines = [",".join(names)] + [",".join(format(r[n], ".10g") if n in r else "" for n in names) for r in self.to_rows()]
         atomic_write_text(Path(path), "\n".join(lines) + "\n")
 
+    def write(self, path: Path) -> None:
+        """Write the trace as `load_trace` reads it back: JSON ({"samples": [...]}) for a .json file,
+        CSV otherwise (CSV under a .json name was refused as unreadable on replay)."""
+        from racmkd.utils import atomic_write_json
+
+        if Path(path).suffix.lower() == ".json":
+            atomic_write_json(Path(path), {"samples": self.to_rows()})
+        else:
+            self.write_csv(path)
+
 
 def load_trace(path: str | Path) -> Trace:
     """Read a recorded trace (CSV with a header, or JSON: a list of objects or {"samples": [...]}).

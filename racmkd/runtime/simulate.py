@@ -51,7 +51,7 @@ from racmkd.resources.monitor import ResourceMonitor
 from racmkd.resources.sources import LEVELS, MB, Trace, TraceSource, resource_level
 from racmkd.runtime.edge import Answer, EdgeRuntime, NoVariantError, budget_for
 from racmkd.runtime.bank import Bank
-from racmkd.utils import atomic_write_json, atomic_write_text, progress
+from racmkd.utils import atomic_write_json, atomic_write_text, json_safe, progress
 
 
 class SimClock:
@@ -338,8 +338,8 @@ def simulate(bank: Bank, dataset: PairedDataset, trace: Trace, config: RuntimeCo
     }
     if out_dir is not None:
         out_dir = Path(out_dir)
-        atomic_write_json(out_dir / "summary.json", summary)
-        atomic_write_json(out_dir / "timeline.json", {"dynamic": dynamic["timeline"], "decisions": dynamic["decisions"], **{r["policy"]: r["timeline"] for r in static}})
+        atomic_write_json(out_dir / "summary.json", json_safe(summary))  # (for other tools: no NaN, no Infinity)
+        atomic_write_json(out_dir / "timeline.json", json_safe({"dynamic": dynamic["timeline"], "decisions": dynamic["decisions"], **{r["policy"]: r["timeline"] for r in static}}))
         atomic_write_text(out_dir / "table.md", render_table(summary))
         plot_timeline(dynamic, static, target, out_dir / "timeline.png", trace.name)
     return summary
