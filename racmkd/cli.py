@@ -76,11 +76,12 @@ def data(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: SetOpt = 
 @app.command("train-teacher")
 def train_teacher(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: SetOpt = None, name: NameOpt = None) -> None:
     """Train the unimodal teachers and the fused teacher into a new run directory."""
-    from racmkd.pipeline import create_run, prepare_data, train_teachers
+    from racmkd.pipeline import check_teacher_inputs, create_run, prepare_data, train_teachers
 
     try:
         cfg = _config(config, protocol, set_, name)
         dataset = prepare_data(cfg)  # first: a run folder (and runs/latest) only for data that loads
+        check_teacher_inputs(cfg, dataset)
         run_dir = create_run(cfg)
         train_teachers(cfg, dataset, run_dir)
     except _errors() as err:

@@ -59,6 +59,13 @@ def teacher_specs(modalities: dict[str, Modality], names: list[str] | tuple[str,
     return {m: modalities[m].spec(levels.get(m, 0)) for m in names}
 
 
+def check_teacher_inputs(cfg: RunConfig, dataset: PairedDataset) -> None:
+    """The teachers' inputs as the config sets them (teacher.level), checked against the data's
+    modalities before a run folder is made: out of range, it failed after `create_run` had made the
+    folder and pointed runs/latest at it, empty, and taken the run's name."""
+    teacher_specs(dataset.modalities, list(dataset.modalities), cfg.teacher.level)
+
+
 # Teachers ----------------------------------------------------------------------------------------
 
 
@@ -530,6 +537,7 @@ def run_pipeline(cfg: RunConfig) -> Path:
     started = time.perf_counter()
     dataset = prepare_data(cfg)  # first: a run folder (and runs/latest) only for data that loads
     data_seconds = time.perf_counter() - started
+    check_teacher_inputs(cfg, dataset)  # and a teacher config that fits the data
     run_dir = create_run(cfg)
     record_timing(run_dir, "data", data_seconds)
     train_teachers(cfg, dataset, run_dir)

@@ -30,6 +30,9 @@ def test_bad_config_is_a_clean_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "configs/default.yaml + overrides" in result.output and "students.tiers[0]: tier 'high': budget_bytes must be positive" in result.output
     result = runner.invoke(app, ["run", "--set", "distill.distill_losses={kdd: 1.0}", "--set", f"runs_dir={tmp_path / 'runs'}"])  # before any data or training
     assert result.exit_code == 2 and "unknown loss 'kdd'. Did you mean 'kd'?" in result.output and not (tmp_path / "runs").exists()
+    for command in ("run", "train-teacher"):  # a teacher level the data does not have: refused before a run folder (and runs/latest) is made
+        result = runner.invoke(app, [command, "--set", "teacher.level.audio=9", "--set", f"runs_dir={tmp_path / 'runs'}"])
+        assert result.exit_code == 2 and "teacher.level.audio 9: audio has levels 0-3" in result.output and not (tmp_path / "runs").exists(), result.output
 
 
 def test_a_name_is_taken_as_written() -> None:
