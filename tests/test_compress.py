@@ -533,6 +533,11 @@ def test_the_deployed_artifact_predicts_from_raw_inputs(compressed_run: Path) ->
     if len(predictor.modalities) > 1:
         with pytest.raises(ValueError, match="export a variant"):
             predictor.predict(**{predictor.modalities[0]: inputs[predictor.modalities[0]]})
+    folder = compressed_run / "compressed" / "critical"  # the same artifact through racmkd.load: a path to an .onnx file is taken as the model
+    artifact = folder / json.loads((folder / "compression.json").read_text())["artifact"]
+    assert racmkd.load(artifact).predict(**inputs)[0] == label
+    with pytest.raises(FileNotFoundError, match=r"\(compressed: critical\)\. Only the tiers' students are compressed"):
+        racmkd.load(compressed_run, "teacher_compressed")
 
 
 def test_a_failing_recipe_leaves_nothing_half_written(compressed_run: Path, tmp_path: Path) -> None:

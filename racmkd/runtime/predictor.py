@@ -110,16 +110,23 @@ class OnnxPredictor(Predictor):
         return self.session.run(["logits"], features)[0][0] + self.logit_bias
 
 
-def load(run_dir: str | Path = "runs/latest", tier: str = "high") -> Predictor:
+def load(run_dir: str | Path = "runs/latest", tier: str = "high") -> Predictor | OnnxPredictor:
     """The predictor of one model of a run: 'teacher', 'teacher_image', 'teacher_audio', a tier
     ('high', 'medium', 'low', 'critical'), any other checkpoint name ('high_labels_only'), or a
-    compressed tier ('high_compressed': its deployed ONNX artifact, run by ONNX Runtime)."""
+    compressed tier ('high_compressed': its deployed ONNX artifact, run by ONNX Runtime). Given an
+    .onnx file instead of a run folder, that model (`OnnxPredictor`; `tier` is not used)."""
+    if Path(run_dir).suffix.lower() == ".onnx" and Path(run_dir).is_file():
+        return OnnxPredictor(Path(run_dir))  # (an exported or compressed artifact: its contract says the rest)
     if not Path(run_dir).is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such run folder. Train one with `racmkd run`, or pass --run.")
+        what = "not a run folder (an ONNX model is a file ending in .onnx)" if Path(run_dir).exists() else "no such run folder"
+        raise FileNotFoundError(f"{run_dir}: {what}. Train one with `racmkd run`, or pass --run.")
     if tier.endswith("_compressed"):
         folder = Path(run_dir) / "compressed" / tier.removesuffix("_compressed")
         if not (folder / "compression.json").is_file():
-            raise FileNotFoundError(f"{folder / 'compression.json'}: no compressed {tier.removesuffix('_compressed')!r} in run {run_dir}. Run `racmkd compress --run {run_dir}` first.")
+            base = tier.removesuffix("_compressed")
+            tiers = sorted(p.parent.name for p in (Path(run_dir) / "compressed").glob("*/compression.json"))
+            hint = f"Run `racmkd compress --run {run_dir} --tier {base}` first" if (Path(run_dir) / "checkpoints" / f"{base}.pt").is_file() and not base.startswith("teacher") else "Only the tiers' students are compressed"
+            raise FileNotFoundError(f"{folder / 'compression.json'}: no compressed {base!r} in run {run_dir} (compressed: {', '.join(tiers) or 'none'}). {hint}.")
         from racmkd.compress.artifacts import read_compression_record
 
         return OnnxPredictor(folder / read_compression_record(folder)["artifact"])
