@@ -54,6 +54,14 @@ def test_peak_activation_memory_matches_the_hand_computed_lifetimes() -> None:
     assert unfused.peak_activation_bytes == 256 and unfused.activation_bytes_written == 128 + 128 + 64
 
 
+@pytest.mark.parametrize("activation", ["HardSwish", "Elu", "Selu", "Softplus"])
+def test_an_activation_onnx_runtime_keeps_apart_from_the_conv_stores_its_input(activation: str) -> None:
+    """ONNX Runtime's CPU provider fuses Relu, Clip, Sigmoid, HardSigmoid, LeakyRelu and Tanh into a
+    Conv, not these: the pre-activation tensor is stored, as with Abs above (256 B peak, not 192)."""
+    cost = graph_cost(hand_graph(activation))
+    assert cost.peak_activation_bytes == 256 and cost.activation_bytes_written == 128 + 128 + 64
+
+
 def test_a_float_product_its_bias_and_activation_store_only_the_activation() -> None:
     """MatMul -> bias Add -> Relu is one kernel; not when the Add's output has another reader."""
     inits = [numpy_helper.from_array(np.ones((4, 8), np.float32), "w"), numpy_helper.from_array(np.zeros(8, np.float32), "bias")]
@@ -90,11 +98,64 @@ def test_an_int8_graph_counts_activations_as_an_int8_runtime_stores_them() -> No
     ]
     graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", F32, [1, 1, 4, 4])], [helper.make_tensor_value_info("y", F32, [1, 2, 4, 4])], inits)
     cost = graph_cost(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
-    # live: x 64; +xq 16 = 80, x dies -> 16; conv (c not stored); +cq 32 = 48 (peak so far 80), xq dies -> 32;
-    # relu: +y 128 = 160 (the peak), cq dies -> 128.
+    # live: x 64; +xq 16 = 80, x dies -> 16; conv (c not stored, xq read until the Q writes); +cq 32 = 48
+    # (peak so far 80), xq dies -> 32; relu: +y 128 = 160 (the peak), cq dies -> 128.
     assert cost.quantized and cost.peak_activation_bytes == 160
     assert cost.int8_flops == cost.flops == 2 * 32 * 9
     assert cost.operators == 2  # Conv and Relu; the Q/DQ nodes fuse into them
+
+
+def qdq_model(nodes: list[onnx.NodeProto], x: list[int], y: list[int], inits: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """A graph of `nodes` from float input x to float output y, with one scale s and zero point z."""
+    inits = [*inits, numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", F32, x)], [helper.make_tensor_value_info("y", F32, y)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_an_int8_kernel_reads_its_input_while_it_writes_its_output() -> None:
+    """DQ -> Conv -> Q is one int8 kernel: the int8 tensor it reads is live until the Q writes the
+    int8 tensor it produces, as a float Conv -> Relu kernel's input is."""
+    inits = [numpy_helper.from_array(np.ones((64, 1, 1, 1), np.int8), "w1q"), numpy_helper.from_array(np.ones((64, 64, 1, 1), np.int8), "w2q")]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),  # (1,1,8,8) int8: 64 B
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w1q", "s", "z"], ["w1"]),
+        helper.make_node("Conv", ["xd", "w1"], ["c1"]),
+        helper.make_node("QuantizeLinear", ["c1", "s", "z"], ["c1q"]),  # (1,64,8,8) int8: 4096 B
+        helper.make_node("DequantizeLinear", ["c1q", "s", "z"], ["c1d"]),
+        helper.make_node("DequantizeLinear", ["w2q", "s", "z"], ["w2"]),
+        helper.make_node("Conv", ["c1d", "w2"], ["c2"]),
+        helper.make_node("QuantizeLinear", ["c2", "s", "z"], ["c2q"]),  # (1,64,8,8) int8: 4096 B
+        helper.make_node("DequantizeLinear", ["c2q", "s", "z"], ["c2d"]),
+        helper.make_node("GlobalAveragePool", ["c2d"], ["y"]),  # (1,64,1,1) float: 256 B
+    ]
+    cost = graph_cost(qdq_model(nodes, [1, 1, 8, 8], [1, 64, 1, 1], inits))
+    # live: x 256; +xq 64 = 320, x dies -> 64; conv 1 (c1 not stored, xq read until its Q); +c1q 4096 =
+    # 4160, xq dies -> 4096; conv 2 (c2 not stored); +c2q 4096 = 8192 (the peak: conv 2 reads c1q
+    # while it writes c2q), c1q dies -> 4096; pool: +y 256 = 4352, c2q dies -> 256.
+    assert cost.quantized and cost.peak_activation_bytes == 8192
+    assert cost.activation_bytes_written == 64 + 4096 + 4096 + 256
+
+
+def test_a_float_op_before_a_quantize_stores_its_float_output() -> None:
+    """Abs on the float graph input is no int8 kernel (its input is not dequantized): ONNX Runtime
+    runs it in float and stores its output before the QuantizeLinear reads it, as it does an exported
+    model's input BatchNormalization. A Conv kept in fp32 between DQ and Q is a kernel all the same:
+    its float output is requantized, never stored. The dequantized graph output is stored."""
+    inits = [numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")]
+    nodes = [
+        helper.make_node("Abs", ["x"], ["a"]),  # (1,1,8,8) float: 256 B
+        helper.make_node("QuantizeLinear", ["a", "s", "z"], ["aq"]),  # 64 B
+        helper.make_node("DequantizeLinear", ["aq", "s", "z"], ["ad"]),
+        helper.make_node("Conv", ["ad", "w"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),  # (1,2,4,4) float, float weights
+        helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"]),  # 32 B
+        helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["y"]),  # the output: (1,2,4,4) float, 128 B
+    ]
+    cost = graph_cost(qdq_model(nodes, [1, 1, 8, 8], [1, 2, 4, 4], inits))
+    # live: x 256; abs: +a 256 = 512 (the peak), x dies -> 256; +aq 64 = 320, a dies -> 64; conv (c not
+    # stored); +cq 32 = 96, aq dies -> 32; +y 128 = 160, cq dies -> 128.
+    assert cost.quantized and cost.peak_activation_bytes == 512
+    assert cost.activation_bytes_written == 256 + 64 + 32 + 128
 
 
 def test_an_int8_graph_in_onnx_runtimes_qoperator_format_counts_its_flops(tmp_path: Path) -> None:
@@ -224,6 +285,10 @@ def test_a_cache_that_is_json_but_no_model_is_refitted(tmp_path: Path, monkeypat
     stale = LatencyModel(host, clock, HostPeaks(50.0, 10.0), 1e-6, 0.5, 1.0, 0.01, 40)
     (tmp_path / "latency-model.json").write_text(json.dumps(dataclasses.asdict(stale)))
     assert latency_model(tmp_path, show_progress=False) == refit
+    # One fitted under the previous counting rules (int8 kernels' inputs freed before their output
+    # was written, HardSwish counted fused) is refitted too.
+    (tmp_path / "latency-model.json").write_text(json.dumps({**dataclasses.asdict(stale), "graph_cost_rules": profile.GRAPH_COST_RULES - 1}))
+    assert latency_model(tmp_path, show_progress=False) == refit
     monkeypatch.setattr(profile, "calibrate", lambda host, clock, show_progress: pytest.fail("a current cache was refitted"))
     assert latency_model(tmp_path, show_progress=False) == refit  # the refit, recorded with its rules, is read back
 
@@ -282,3 +347,21 @@ def test_no_estimate_outruns_the_devices_peak() -> None:
     fitted_above_one = dataclasses.replace(FIXED, flops_efficiency=1.32, seconds_per_op=0.0)  # this host's measured peak fell short of its real one
     flops, peak_gflops = 2e9, 10.0
     assert fitted_above_one.predict(0, flops, 0.0, peak_gflops, 1.0) == pytest.approx(flops / (peak_gflops * 1e9))  # at the peak, not 32% past it
+
+
+def test_no_estimate_outruns_the_devices_bus_but_the_host_keeps_its_fitted_rate(exported: Path) -> None:
+    """eta_b above 1 is this host's caches serving traffic faster than its large copy: a device's
+    memory term is held at its datasheet bandwidth, while the host's own estimate (printed beside
+    its measurement, and the denominator of device-to-host ratios) keeps the fitted rate."""
+    from racmkd.resources.profile import device_seconds, host_seconds
+
+    cached = dataclasses.replace(FIXED, bandwidth_efficiency=4.7, seconds_per_op=0.0)
+    moved, gbps = 1e9, 4.0
+    assert cached.predict(0, 0.0, moved, 10.0, gbps) == pytest.approx(moved / (gbps * 1e9))  # at the bus rate, not 4.7x past it
+    assert cached.predict(0, 0.0, moved, 10.0, gbps, fitted_host=True) == pytest.approx(moved / (4.7 * gbps * 1e9))
+    cost = graph_cost(exported)
+    traffic = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
+    device = load_device("raspberry-pi-4")
+    as_one = dataclasses.replace(cached, bandwidth_efficiency=1.0)
+    assert device_seconds(cost, device, cached) == pytest.approx(device_seconds(cost, device, as_one))
+    assert host_seconds(cost, as_one) - host_seconds(cost, cached) == pytest.approx(traffic / (FIXED.peaks.memory_gbps * 1e9) * (1 - 1 / 4.7))

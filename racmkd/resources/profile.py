@@ -19,7 +19,9 @@ For an exported ONNX model and a device profile:
   P and B the device's peak arithmetic and bandwidth. t_op (dispatch per operator), eta_f and
   eta_b (the fractions of peak an inference runtime reaches) are fitted on this machine by timing
   synthetic convolution graphs with ONNX Runtime, against this machine's own measured peak and
-  bandwidth, then carried over to the device (t_op scaled by clock).
+  bandwidth, then carried over to the device (t_op scaled by clock). On a device neither fraction
+  exceeds 1: the datasheet peaks bound it. The host's eta_b often does (its caches serve traffic
+  faster than a large copy streams), which holds for the host's own estimate, not for another bus.
 - Energy (the seed's eq. 18): E = a * FLOPs + b * bytes moved + c * T, the device's coefficients.
 """
 
@@ -42,9 +44,18 @@ from racmkd.utils import atomic_write_json, progress
 
 COMPUTE_OPS = {"Conv", "Gemm", "MatMul", "ConvInteger", "QLinearConv", "QLinearMatMul", "MatMulInteger", "QGemm"}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
-# Elementwise activations a float runtime applies inside the Conv / Gemm / MatMul kernel that feeds them.
-FUSED_ACTIVATIONS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Elu", "Selu", "Softplus", "Gelu"}
-GRAPH_COST_RULES = 2  # what `graph_cost` stores; 2: float pre-activation tensors fused away. Cached fits record it
+# Elementwise activations a float runtime applies inside the Conv / Gemm / MatMul kernel that feeds
+# them: the ones ONNX Runtime 1.32's CPU provider fuses into Conv (its optimised graph at
+# ENABLE_EXTENDED and ENABLE_ALL holds one FusedConv / NCHWc Conv carrying the activation). It keeps
+# HardSwish (as HardSigmoid + Mul), Elu, Selu, Softplus and Gelu as nodes of their own, reading a
+# stored pre-activation tensor, so counting those as fused would understate a model's memory.
+# Gemm and MatMul (+ bias Add) are held to the same set, an approximation: ORT's FusedGemm takes
+# Elu, Selu and Softplus but not Clip, and fuses a MatMul only once a bias Add makes it a 2-D Gemm.
+FUSED_ACTIVATIONS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "LeakyRelu", "Tanh"}
+# What `graph_cost` stores; 2: float pre-activation tensors fused away; 3: only the activations above
+# fuse, an int8 kernel's input lives until its QuantizeLinear writes, and a float op before a
+# QuantizeLinear stores its output. Cached latency fits record it (eta_b is a rate over these bytes).
+GRAPH_COST_RULES = 3
 
 
 # The graph -------------------------------------------------------------------------------------------
@@ -124,7 +135,13 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
     "Stored" follows what a runtime's fused kernels keep, by one rule for both precisions: in an
     int8 graph DequantizeLinear -> op -> QuantizeLinear is one kernel (the float tensors inside it
     are not stored); in a float graph Conv / Gemm / MatMul (+ bias Add) -> activation is one kernel
-    (the pre-activation tensor is not stored). A graph output is always stored."""
+    (the pre-activation tensor is not stored). Either kernel reads its inputs until it writes its
+    output, so they stay live until the node that writes it (the QuantizeLinear, the activation):
+    a kernel's input and output are never counted apart. An op is an int8 kernel only when its
+    activation inputs are dequantized tensors; a float op on float inputs (an exported model's input
+    BatchNormalization) stores its float output before a QuantizeLinear reads it, as ONNX Runtime
+    runs it. A layer kept in fp32 inside an int8 graph, DQ(activation) -> op -> Q, counts as a kernel
+    writing requantized output. A graph output is always stored."""
     if isinstance(model, Path):
         file_bytes = model.stat().st_size
         model = onnx.load(model)
@@ -177,15 +194,33 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
         if reader is not None and reader.op_type in FUSED_ACTIVATIONS and reader.input[0] == chain[-1]:
             fused_into_activation.update(chain)
             kernel_end.update({m: readers[chain[-1]][0] for m in members})
+
+    # Int8 graphs: an op whose activation inputs are all dequantized and whose outputs only
+    # QuantizeLinear nodes read is one int8 kernel, DQ -> op -> Q: its output is requantized in
+    # registers (never stored as float), and its int8 inputs stay live until the last of those
+    # QuantizeLinear nodes writes, as in the float rule above.
+    requantizing: set[int] = set()  # node indices of such kernels
+    for i, node in enumerate(graph_.node):
+        if not quantized or node.op_type in QDQ_OPS or any(o in outputs for o in node.output):
+            continue
+        activations = [n for n in node.input if n and n not in weights and not (producer.get(n) is not None and producer[n].op_type == "Constant")]
+        from_dequantize = [n for n in activations if producer.get(n) is not None and producer[n].op_type == "DequantizeLinear"]
+        if not activations or len(from_dequantize) < len(activations) or all(dequantized_source(n) is None for n in activations):
+            continue  # a float op (a graph input or float tensor among its inputs), or one on weights alone
+        quantizers = [j for o in node.output for j in readers.get(o, [])]
+        if quantizers and all(graph_.node[j].op_type == "QuantizeLinear" for j in quantizers):
+            requantizing.add(i)
+            kernel_end[i] = max(quantizers)
     last_read = {name: max(kernel_end.get(i, i) for i in idx) for name, idx in readers.items()}
 
-    def stored(name: str, node: onnx.NodeProto) -> bool:
+    def stored(name: str, node: onnx.NodeProto, i: int) -> bool:
+        if name in outputs:
+            return True
         if not quantized:
             return name not in fused_into_activation
         if node.op_type == "DequantizeLinear":
             return False  # a view of its int8 input, fused into the reading kernel
-        consumers = [graph_.node[i] for i in readers.get(name, [])]
-        return not (consumers and all(c.op_type == "QuantizeLinear" for c in consumers)) or name in outputs  # requantized in the producing kernel
+        return i not in requantizing  # requantized in the producing kernel
 
     sizes = {}
     live = 0
@@ -204,7 +239,7 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
         if not (quantized and node.op_type in QDQ_OPS) and node.output[0] not in dequantized_weights and node.op_type not in ("Constant", "Identity", "Shape"):
             operators += 1
         for name in node.output:
-            if name and name not in dequantized_weights and stored(name, node) and name in values:
+            if name and name not in dequantized_weights and stored(name, node, i) and name in values:
                 sizes[name] = _tensor_bytes(values[name]) or 0
                 live += sizes[name]
                 written += sizes[name]
@@ -281,18 +316,23 @@ class LatencyModel:
     peaks: HostPeaks
     seconds_per_op: float
     flops_efficiency: float  # eta_f: the share of the large-matmul rate small layers reach
-    bandwidth_efficiency: float | None  # eta_b: traffic rate over the large-copy rate (above 1 when caches serve it); None: the fit found traffic costs no time
+    bandwidth_efficiency: float | None  # eta_b: traffic rate over the large-copy rate (above 1 when caches serve it, applied so on this host only); None: the fit found traffic costs no time
     fit_relative_error: float  # median |predicted - measured| / measured over the calibration graphs
     points: int
 
-    def predict(self, operators: int, flops: float, bytes_moved: float, peak_gflops: float, memory_gbps: float, seconds_per_op: float | None = None) -> float:
-        """Seconds for one inference on a device with these peaks."""
+    def predict(self, operators: int, flops: float, bytes_moved: float, peak_gflops: float, memory_gbps: float, seconds_per_op: float | None = None, fitted_host: bool = False) -> float:
+        """Seconds for one inference on a device with these peaks (`fitted_host`: the host the
+        model was fitted on, with its own measured peaks)."""
         t_op = self.seconds_per_op if seconds_per_op is None else seconds_per_op
         # No layer outruns a device's peak (`calibrate` holds eta_f at 1 at most: a fit above 1 says this
         # host's measured peak, a median of large matmuls, fell short of its real one, not that
-        # another device computes faster than its datasheet).
+        # another device computes faster than its datasheet). eta_b likewise: above 1 it is this
+        # host's caches serving traffic faster than its large-copy bandwidth, a property of this
+        # host, not a device's bus running past its datasheet. The host itself keeps its fitted rate,
+        # so its estimate stays comparable with what it measures.
+        eta_b = self.bandwidth_efficiency if fitted_host or self.bandwidth_efficiency is None else min(self.bandwidth_efficiency, 1.0)
         compute = flops / (min(self.flops_efficiency, 1.0) * peak_gflops * 1e9) if flops else 0.0
-        memory = bytes_moved / (self.bandwidth_efficiency * memory_gbps * 1e9) if bytes_moved and self.bandwidth_efficiency is not None else 0.0
+        memory = bytes_moved / (eta_b * memory_gbps * 1e9) if bytes_moved and eta_b is not None else 0.0
         return operators * t_op + compute + memory
 
 
@@ -356,13 +396,13 @@ def latency_model(cache_dir: Path = Path(".cache/racmkd"), refresh: bool = False
 # The profile --------------------------------------------------------------------------------------
 
 
-def estimated_seconds(cost: GraphCost, model: LatencyModel, peak_fp32: float, peak_int8: float, bandwidth: float, t_op: float | None = None) -> float:
+def estimated_seconds(cost: GraphCost, model: LatencyModel, peak_fp32: float, peak_int8: float, bandwidth: float, t_op: float | None = None, fitted_host: bool = False) -> float:
     """Eq. 7 for one graph on a processor with these peaks (t_op: its dispatch time per operator;
-    None: this machine's, as fitted)."""
+    None: this machine's, as fitted; `fitted_host`: the processor is the host the model was fitted on)."""
     moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
     fp_flops, q_flops = cost.flops - cost.int8_flops, cost.int8_flops
     compute = model.predict(0, fp_flops, 0, peak_fp32, bandwidth) + model.predict(0, q_flops, 0, peak_int8, bandwidth)
-    return cost.operators * (model.seconds_per_op if t_op is None else t_op) + compute + model.predict(0, 0, moved, peak_fp32, bandwidth)
+    return cost.operators * (model.seconds_per_op if t_op is None else t_op) + compute + model.predict(0, 0, moved, peak_fp32, bandwidth, fitted_host=fitted_host)
 
 
 def device_seconds(cost: GraphCost, device: DeviceProfile, model: LatencyModel) -> float:
@@ -372,8 +412,9 @@ def device_seconds(cost: GraphCost, device: DeviceProfile, model: LatencyModel) 
 
 
 def host_seconds(cost: GraphCost, model: LatencyModel) -> float:
-    """Eq. 7 on this machine, with its measured peaks (int8 at twice the fp32 rate)."""
-    return estimated_seconds(cost, model, model.peaks.gflops_fp32, 2 * model.peaks.gflops_fp32, model.peaks.memory_gbps)
+    """Eq. 7 on this machine, with its measured peaks (int8 at twice the fp32 rate) and its fitted
+    bandwidth efficiency as it is (its caches included): the estimate printed beside its measurement."""
+    return estimated_seconds(cost, model, model.peaks.gflops_fp32, 2 * model.peaks.gflops_fp32, model.peaks.memory_gbps, fitted_host=True)
 
 
 def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measure_here: bool = True, latency_target_ms: float | None = None) -> dict[str, Any]:
