@@ -153,6 +153,40 @@ def test_lowrank_model_records_ranks_and_checkpoints_rebuild_it() -> None:
     torch.testing.assert_close(folded(x), model.eval()(x), atol=1e-5, rtol=1e-4)
 
 
+def test_lowrank_twice_lowers_each_pairs_rank_in_its_place() -> None:
+    """A second lowrank cuts each pair the first made, as one layer (its product), to a lower rank:
+    one level of pairs, which checkpoints rebuild, BatchNorm folds into and QAT runs on. Factorising
+    the factors again nested pairs, and QAT's BatchNorm absorption failed on them."""
+    model = with_running_stats(student(INPUTS, width=4.0, depth=2))
+    model, first = lowrank_model(model, energy=0.6)
+    once = {r.layer: r.rank for r in first if r.rank}
+    pairs = {name: (model.get_submodule(name)[1].weight.detach().flatten(1) @ model.get_submodule(name)[0].weight.detach().flatten(1)) for name in once}
+    model, second = lowrank_model(model, energy=0.6)
+    twice = {r.layer: r.rank for r in second if r.rank}
+    assert twice and set(twice) <= set(once) and all(twice[n] < once[n] for n in twice)
+    assert model.arch["lowrank"] == {**once, **twice}  # the pairs' paths, no factor of a factor
+    for name, rank in twice.items():
+        pair = model.get_submodule(name)
+        assert [type(m) for m in pair] == [nn.Conv2d, nn.Conv2d] and pair[0].out_channels == rank
+        product = pair[1].weight.detach().flatten(1) @ pair[0].weight.detach().flatten(1)
+        u, s, vh = torch.linalg.svd(pairs[name].double())
+        best = (u[:, :rank] * s[:rank]) @ vh[:rank]  # the best rank-r approximation of the pair it replaced
+        torch.testing.assert_close(product.double(), best, atol=1e-5, rtol=1e-4)
+    report = {r.layer: r for r in second}
+    assert all(report[n].params_before == once[n] * sum(report[n].shape) for n in twice)
+    x = batch()
+    rebuilt = build(model.arch)
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x))
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and m.affine for m in folded.modules())
+    torch.testing.assert_close(folded(x), model.eval()(x), atol=1e-5, rtol=1e-4)
+    with fake_quantized(model):  # absorbs BatchNorm first
+        assert model(x).shape == (3, 10)
+    model, third = lowrank_model(model, energy=1.0)  # the whole spectrum of every pair: nothing to cut
+    assert not any(r.rank for r in third) and model.arch["lowrank"] == {**once, **twice}
+
+
 # Input reduction ----------------------------------------------------------------------------------
 
 

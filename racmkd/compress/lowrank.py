@@ -3,6 +3,11 @@
 W (out x in) = U S V^T; keeping the r largest singular values gives the best rank-r approximation
 (Eckart-Young), stored as V' = sqrt(S_r) V_r^T (r x in) followed by U' = U_r sqrt(S_r) (out x r).
 A layer is factorised only where that is smaller: r (in + out) < in * out.
+
+A second factorisation (a recipe may hold two lowrank steps) takes a pair the first made as one
+layer, the product of its two factors, and cuts it to a lower rank in its place: the model keeps one
+level of pairs, the structure BatchNorm folding, quantization-aware training, pruning and the
+export look into. Factorising each factor again would nest pairs there.
 """
 
 from __future__ import annotations
@@ -33,6 +38,23 @@ def matrix_of(layer: nn.Module) -> torch.Tensor:
     return layer.weight.detach().reshape(layer.weight.shape[0], -1)
 
 
+def merged(pair: nn.Sequential) -> nn.Conv2d:
+    """The 1x1 convolution a factorised pair computes (the product of its factors, the second's
+    bias): what a second factorisation cuts, in the pair's place."""
+    first, second = pair
+    layer = nn.Conv2d(first.in_channels, second.out_channels, 1, bias=second.bias is not None)
+    with torch.no_grad():
+        layer.weight.copy_((matrix_of(second).double() @ matrix_of(first).double()).float().reshape(layer.weight.shape))
+        if second.bias is not None:
+            layer.bias.copy_(second.bias)
+    return layer
+
+
+def weight_count(module: nn.Module) -> int:
+    """The weights (not biases) a layer holds now: in * out, or r * (in + out) for a factorised pair."""
+    return sum(p.numel() for name, p in module.named_parameters() if name.rpartition(".")[2] == "weight")
+
+
 def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
     """The smallest rank whose singular values hold `energy` of sum(s^2)."""
     share = torch.cumsum(singular_values**2, 0) / (singular_values**2).sum().clamp_min(1e-30)
@@ -60,8 +82,17 @@ def candidate_layers(model: MultimodalNet) -> dict[str, nn.Module]:
     classifier: with ten classes its rank is at most ten, so factorising it saves next to nothing,
     and two layers in its place would break what the export relies on (one linear map over the
     concatenated embeddings: the edge runtime adds up per-modality shares of it, and its bias).
-    Not the presence map: one input per modality (rank two at most), a few hundred parameters."""
-    return {name: m for name, m in model.named_modules() if is_pointwise(m)}
+    Not the presence map: one input per modality (rank two at most), a few hundred parameters.
+    A pair factorised before (named in the model's `arch`) is one candidate, its product
+    (`merged`), and its two factors are none: see the module's docstring."""
+    pairs = set(getattr(model, "arch", {}).get("lowrank", {}))
+    layers: dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        if name in pairs and isinstance(m, nn.Sequential):
+            layers[name] = merged(m)
+        elif is_pointwise(m) and name.rpartition(".")[0] not in pairs:
+            layers[name] = m
+    return layers
 
 
 def plan_ranks(model: MultimodalNet, energy: float = 0.95, budget_bytes: int = 0) -> tuple[dict[str, nn.Module], dict[str, torch.Tensor], dict[str, int]]:
@@ -73,18 +104,19 @@ def plan_ranks(model: MultimodalNet, energy: float = 0.95, budget_bytes: int = 0
         raise ValueError(f"lowrank energy must be in (0, 1], got {energy}")
     layers = candidate_layers(model)
     spectra = {name: torch.linalg.svdvals(matrix_of(layer).double()) for name, layer in layers.items()}
+    now = {name: weight_count(model.get_submodule(name)) for name in layers}  # a pair: its factors' weights
 
     def plan(e: float) -> dict[str, int]:
         ranks = {}
         for name, layer in layers.items():
             out_dim, in_dim = matrix_of(layer).shape
             r = rank_for_energy(spectra[name], e)
-            if r * (in_dim + out_dim) < in_dim * out_dim:
+            if r * (in_dim + out_dim) < now[name]:
                 ranks[name] = r
         return ranks
 
     def size(ranks: dict[str, int]) -> int:
-        saved = sum(matrix_of(layers[n]).numel() - r * sum(matrix_of(layers[n]).shape) for n, r in ranks.items())
+        saved = sum(now[n] - r * sum(matrix_of(layers[n]).shape) for n, r in ranks.items())
         return 4 * (sum(p.numel() for p in model.parameters()) - saved)
 
     ranks = plan(energy)
@@ -99,8 +131,9 @@ def plan_ranks(model: MultimodalNet, energy: float = 0.95, budget_bytes: int = 0
 
 
 def lowrank_model(model: MultimodalNet, energy: float = 0.95, budget_bytes: int = 0) -> tuple[MultimodalNet, list[Factorisation]]:
-    """Factorise the model's pointwise layers (in place) to the ranks `plan_ranks` chooses. Ranks are
-    recorded in the model's `arch` (checkpoints rebuild it)."""
+    """Factorise the model's pointwise layers (in place) to the ranks `plan_ranks` chooses; a pair
+    factorised before is cut to a lower rank in its place, keeping `energy` of its current spectrum.
+    Ranks are recorded in the model's `arch` (checkpoints rebuild it)."""
     layers, spectra, ranks = plan_ranks(model, energy, budget_bytes)
     report = []
     for name, layer in layers.items():
@@ -108,7 +141,8 @@ def lowrank_model(model: MultimodalNet, energy: float = 0.95, budget_bytes: int 
         rank = ranks.get(name, 0)
         s2 = spectra[name] ** 2
         kept = float(s2[:rank].sum() / s2.sum().clamp_min(1e-30)) if rank else 1.0
-        report.append(Factorisation(name, (out_dim, in_dim), rank, kept, in_dim * out_dim, rank * (in_dim + out_dim) if rank else in_dim * out_dim))
+        before = weight_count(model.get_submodule(name))
+        report.append(Factorisation(name, (out_dim, in_dim), rank, kept, before, rank * (in_dim + out_dim) if rank else before))
         if rank:
             replace_module(model, name, factorise(layer, rank))
     model.arch = {**model.arch, "lowrank": {**model.arch.get("lowrank", {}), **ranks}}

@@ -318,7 +318,9 @@ def absorb_batchnorm(model: nn.Module) -> nn.Module:
     folded graph will quantize, yet the same module structure, so checkpoints still load."""
     for block in model.modules():
         if isinstance(block, nn.Sequential) and len(block) >= 2 and isinstance(block[1], nn.BatchNorm2d) and block[1].affine:
-            conv = block[0][-1] if isinstance(block[0], nn.Sequential) else block[0]
+            conv = block[0]
+            while isinstance(conv, nn.Sequential):  # a factorised layer: the BatchNorm scales its last convolution
+                conv = conv[-1]
             bn = block[1]
             with torch.no_grad():
                 scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
