@@ -416,6 +416,30 @@ def test_an_impossible_lowrank_budget_fails_before_any_step_runs(tmp_path: Path)
     check_recipe(parse_recipe({"steps": [{"prune": {"ratio": 0.5}}, {"lowrank": {"budget_bytes": 64}}, "export"]}, "pruned.yaml"), subject, None)  # left to the step
 
 
+def test_each_steps_check_sees_the_inputs_the_steps_before_it_leave(tmp_path: Path) -> None:
+    """`inputs` shrinking the audio to 16 mel bands, then `bands` keeping 24 of them: refused when
+    the recipe is checked, not after the inputs step's fine-tune (checked against the 32-band input
+    the recipe starts from, it passed)."""
+    from types import SimpleNamespace
+
+    from racmkd.compress.recipe import check_recipe
+    from racmkd.compress.steps import Subject
+
+    modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
+    specs = {m: modalities[m].spec(1) for m in modalities}  # audio: 32 mels x 32 frames
+    assert specs["audio"].n_mels == 32
+    subject = Subject("high", student(INPUTS, width=1.0, depth=1), dict(specs), None, tmp_path)
+    ctx = SimpleNamespace(dataset=SimpleNamespace(modalities=modalities))  # (the input checks read the modalities alone)
+    shrink_then_keep = parse_recipe({"steps": [{"inputs": {"reduce": {"audio": {"n_mels": 16}}}}, {"bands": {"keep": 24}}, "export"]}, "bands.yaml")
+    with pytest.raises(RecipeError, match=r"bands\.yaml: steps\[1\]\.bands: bands: cannot keep 24 of the 16 bands"):
+        check_recipe(shrink_then_keep, subject, ctx)
+    check_recipe(parse_recipe({"steps": [{"inputs": {"reduce": {"audio": {"n_mels": 16}}}}, {"bands": {"keep": 12}}, "export"]}), subject, ctx)
+    with pytest.raises(RecipeError, match=r"steps\[1\]\.bands: bands: cannot keep 12 of the 8 bands"):  # a second band selection reads the first's count
+        check_recipe(parse_recipe({"steps": [{"bands": {"keep": 8}}, {"bands": {"keep": 12}}, "export"]}), subject, ctx)
+    check_recipe(parse_recipe({"steps": [{"bands": {"keep": 16}}, {"bands": {"fraction": 0.5}}, "export"]}), subject, ctx)
+    assert subject.specs == specs  # the subject itself is left as it is
+
+
 def test_a_byte_budget_in_reach_after_an_earlier_prune_is_left_to_its_step(tmp_path: Path) -> None:
     """A second prune's target_bytes is turned into a ratio on the model's layers: checked on the
     whole model it may be out of reach (95% of the channels removed still too big) although the

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,14 +105,19 @@ def measure(subject: Subject, ctx: Context) -> dict[str, Any]:
 
 
 def check_recipe(recipe: Recipe, subject: Subject, ctx: Context) -> None:
-    """Every step's own check, before anything runs; a check that reads the model's layers only
-    while no earlier step has changed them (a budget the pruned model meets may be out of the
-    unpruned one's reach: that step checks itself when it runs)."""
+    """Every step's own check, before anything runs, on the inputs the steps before it leave (an
+    `inputs` step that shrinks the mel bands before a `bands` step: the band count is checked on
+    the shrunk input, not found wrong after the first step's fine-tune); a check that reads the
+    model's layers only while no earlier step has changed them (a budget the pruned model meets may
+    be out of the unpruned one's reach: that step checks itself when it runs). `subject` is left as
+    it is."""
     changed = False
+    seen = replace(subject)  # the subject as the steps so far leave it: its specs move on
     for i, (name, step) in enumerate(recipe.steps):
         try:
             if not (changed and step.checks_structure):
-                step.check(subject, ctx)
+                step.check(seen, ctx)
+            seen.specs = step.specs_after(seen, ctx)
         except ValueError as err:
             raise RecipeError(f"{recipe.source}: steps[{i}].{name}: {err}") from None
         changed = changed or step.changes_structure

@@ -139,6 +139,12 @@ class Step(ABC):
     def check(self, subject: Subject, ctx: Context) -> None:
         """Raise ValueError before anything runs when this step cannot succeed on `subject`."""
 
+    def specs_after(self, subject: Subject, ctx: Context) -> dict[str, Any]:
+        """The input specs this step leaves `subject` with, worked out without running it: the
+        recipe check hands them to the next step's check, which would otherwise judge inputs an
+        earlier step shrinks before it runs. Most steps leave the inputs as they are."""
+        return subject.specs
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options})"
 
@@ -350,8 +356,10 @@ class Inputs(Step):
         return out
 
     def check(self, subject: Subject, ctx: Context) -> None:
-        for m, knobs in self.knobs(subject).items():
-            ctx.dataset.modalities[m].reduce(subject.specs[m], **knobs)  # raises on a bad knob or an enlargement
+        self.specs_after(subject, ctx)  # raises on a bad knob or an enlargement
+
+    def specs_after(self, subject: Subject, ctx: Context) -> dict[str, Any]:
+        return {**subject.specs, **{m: ctx.dataset.modalities[m].reduce(subject.specs[m], **knobs) for m, knobs in self.knobs(subject).items()}}
 
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
         before = {m: asdict(s) for m, s in subject.specs.items()}
@@ -397,6 +405,14 @@ class Bands(Step):
         height = ctx.dataset.modalities[o.modality].feature_shape(subject.specs[o.modality])[1]
         if not 1 <= self.bands_kept(height) <= height:
             raise ValueError(f"bands: cannot keep {self.bands_kept(height)} of the {height} bands of {subject.name}'s {o.modality} input")
+
+    def specs_after(self, subject: Subject, ctx: Context) -> dict[str, Any]:
+        """Which bands are kept is known only once they are scored; how many is known now, and the
+        steps after read that (the first ones of the current input stand for them)."""
+        spec = subject.specs[self.options.modality]
+        current = list(spec.bands) or list(range(spec.n_mels))
+        kept = current[: self.bands_kept(len(current))]
+        return {**subject.specs, self.options.modality: ctx.dataset.modalities[self.options.modality].reduce(spec, bands=kept)}
 
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
         o = self.options
