@@ -353,6 +353,34 @@ def test_a_teacher_exports_with_its_fusion_and_a_sensor_off(tmp_path: Path) -> N
         np.testing.assert_allclose(session(path).run(["logits"], {m: x[m].numpy() for m in present})[0], expected, atol=1e-4)
 
 
+def test_a_modality_listed_twice_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`racmkd export --modality image --modality image`: the graph takes one input per modality,
+    named after it; refused before tracing with the modality named, not inside torch.export."""
+    modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
+    specs = {m: modalities[m].spec(1) for m in modalities}
+    model = student({m: {"encoder": "dscnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=1.0, depth=1).eval()
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: pytest.fail("traced a graph with a repeated input"))
+    with pytest.raises(ExportError, match=r"twice\.onnx: image listed more than once .* name each modality once"):
+        export_onnx(model, specs, modalities, tmp_path / "twice.onnx", present=["image", "audio", "image"])
+    assert not (tmp_path / "twice.onnx").exists()
+
+
+def test_an_export_removes_the_variants_an_earlier_one_left_that_it_did_not_write(tmp_path: Path) -> None:
+    """An earlier export wrote fp32, int8 and int8 weights; this one fp32 only: the old int8 files
+    would sit beside an export.json that lists none of them, deployable-looking and stale. Only this
+    model's variants go: another model's and a subset's (`<name>-image.*`) stay."""
+    from racmkd.compress.export import remove_unwritten_variants
+
+    for name in ("critical.fp32.onnx", "critical.int8.onnx", "critical.int8-weights.onnx", "critical-image.int8.onnx", "high.int8.onnx", "critical.export.json", "critical.fp32.profile.json"):
+        (tmp_path / name).write_bytes(b"earlier")
+    removed = remove_unwritten_variants(tmp_path, "critical", [tmp_path / "critical.fp32.onnx"])
+    assert sorted(p.name for p in removed) == ["critical.int8-weights.onnx", "critical.int8.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["critical-image.int8.onnx", "critical.export.json", "critical.fp32.onnx", "critical.fp32.profile.json", "high.int8.onnx"]
+    assert remove_unwritten_variants(tmp_path, "critical", [tmp_path / "critical.fp32.onnx"]) == []  # nothing more to remove
+    (tmp_path / "critical.int8.onnx").write_bytes(b"new")
+    assert remove_unwritten_variants(tmp_path, "critical", [tmp_path / "critical.fp32.onnx", tmp_path / "critical.int8.onnx"]) == []  # written now: kept
+
+
 def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00\x01 not a protobuf \xff" * 10)

@@ -229,6 +229,9 @@ def export_onnx(model: MultimodalNet, specs: dict[str, Any], modalities: dict[st
     unknown = set(present) - set(specs)
     if unknown:
         raise ExportError(f"{path}: cannot export inputs {sorted(unknown)}; the model uses {list(specs)}")
+    repeated = sorted({m for m in present if present.count(m) > 1})
+    if repeated:  # the graph takes one input per modality, named after it; torch's exporter fails obscurely on two
+        raise ExportError(f"{path}: {', '.join(repeated)} listed more than once in the inputs to export ({present}); name each modality once")
     wrapper = InputGraph(fold_batchnorm(model), present, share).eval()
     example = tuple(torch.zeros(1, *modalities[m].feature_shape(specs[m])) for m in present)
     key = graph_key(wrapper, example)
@@ -249,6 +252,25 @@ def export_onnx(model: MultimodalNet, specs: dict[str, Any], modalities: dict[st
         raise ExportError(f"{path}: the exported graph fails ONNX's checker ({str(err).splitlines()[0]}); nothing written") from None
     atomic_write_bytes(path, proto.SerializeToString())
     return path
+
+
+VARIANT_SUFFIXES = (".fp32.onnx", ".int8.onnx", ".int8-weights.onnx")  # the files one `racmkd export` of a model may write
+
+
+def remove_unwritten_variants(out_dir: Path, stem: str, written: list[Path]) -> list[Path]:
+    """Delete the variants of model `stem` in `out_dir` (`<stem>.int8.onnx`, ...) that this export
+    did not write: an earlier export's int8 file left beside a new fp32-only export looks deployable,
+    yet the new `<stem>.export.json` lists nothing it matches. Called after the new files are written,
+    so a failed export leaves the earlier set whole; files named for other models (`<stem>-image.*`,
+    a subset's variant) stay. Returns what was removed."""
+    keep = {Path(p).resolve() for p in written}
+    removed = []
+    for suffix in VARIANT_SUFFIXES:
+        old = Path(out_dir) / f"{stem}{suffix}"
+        if old.resolve() not in keep and old.is_file():
+            old.unlink()
+            removed.append(old)
+    return removed
 
 
 def _exported(wrapper: nn.Module, example: tuple[torch.Tensor, ...], present: list[str], path: Path) -> onnx.ModelProto:
