@@ -466,7 +466,7 @@ def export_model(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: st
     whole test split. Returns what was written and the parity figures, each file with `meets_bound`
     (fp32: every argmax as PyTorch's; int8: the recipe export step's default bound against fp32,
     which the command warns of when missed); also writes them to <out_dir>/<name>.export.json."""
-    from racmkd.compress.export import ExportError, compact_file, fp32_parity, onnx_logits, parity, session, torch_logits
+    from racmkd.compress.export import ExportError, compact_file, fp32_parity, onnx_logits, parity, remove_unwritten_variants, session, torch_logits
     from racmkd.compress.export import export_onnx as write_onnx
     from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights_int8
     from racmkd.compress.steps import ExportOptions
@@ -504,6 +504,7 @@ def export_model(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: st
             result[key]["weight_bytes_by_module"] = compact_file(Path(result[key]["path"]))
             result[key]["bytes"] = Path(result[key]["path"]).stat().st_size
     result["commit"] = git_commit()  # the code that wrote these files
+    remove_unwritten_variants(out_dir, f"{name}{suffix}", [Path(result[k]["path"]) for k in ("fp32", "int8", "int8-weights") if k in result])  # an earlier export's, stale beside this record
     atomic_write_json(out_dir / f"{name}{suffix}.export.json", result)
     return result
 

@@ -441,6 +441,8 @@ def test_every_device_profile_gets_a_model_or_a_reason(bank_dir: Path, keys: tup
     assert weights_only["parity_vs_fp32"]["argmax_agreement"] >= 0.9 and weights_only["bytes"] < exported["fp32"]["bytes"]
     q = weights_only["parity_vs_fp32"]
     assert exported["fp32"]["meets_bound"] and weights_only["meets_bound"] == (q["argmax_agreement"] >= 0.99 and q["reference_accuracy"] - q["accuracy"] <= 0.01)
+    again = export_model(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, "critical", tmp_path / "onnx", int8=False, int8_weights=False)
+    assert "int8-weights" not in again and not Path(weights_only["path"]).exists() and onnx_path.is_file()  # the earlier export's variant is not left beside the new record
     registry.register(onnx_path, "critical", key, tier="critical", metrics={"accuracy": 0.8}, device_fit=device_fit(onnx_path, "onnx", devices))
     registry.register(bank_dir, "edge", key, metrics={"accuracy": 0.9}, device_fit=device_fit(bank_dir, "bank", devices))
     assignments = {a.device: a for a in plan(registry, devices)}
