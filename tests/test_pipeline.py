@@ -129,8 +129,9 @@ def test_predictor_handles_missing_inputs_and_bad_ones(tiny_run: Path) -> None:
 def test_damaged_checkpoint_is_named(tmp_path: Path) -> None:
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "high.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"high\.pt: unreadable checkpoint"):
+    with pytest.raises(CheckpointError, match=r"high\.pt: unreadable checkpoint") as caught:
         racmkd.load(tmp_path, "high")
+    assert "weights_only" not in str(caught.value)  # torch's advice to load it unsafely is not passed on
 
 
 def test_inputs_are_compared_at_their_deepest_affordable_depth() -> None:
@@ -416,6 +417,21 @@ def test_a_run_checks_its_compression_recipes_before_any_work(tmp_path: Path, mo
         with pytest.raises(RecipeError, match=rf"{key} \(tier 'high'\): .*defualt\.yaml does not exist"):
             pipeline.run_pipeline(cfg)
     assert not runs.exists()
+
+
+def test_a_configs_recipe_paths_are_found_from_any_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/recipes/... in a config is the checkout's: `racmkd compress` outside the checkout
+    failed with "does not exist" (device profiles were found from anywhere)."""
+    from racmkd.data.paths import REPO_ROOT
+    from racmkd.pipeline import recipe_for
+
+    cfg = load_config(REPO_ROOT / "configs" / "default.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert recipe_for(cfg, "high") == REPO_ROOT / "configs" / "recipes" / "default.yaml"
+    assert recipe_for(cfg, "critical") == REPO_ROOT / "configs" / "recipes" / "critical.yaml"
+    (tmp_path / "configs" / "recipes").mkdir(parents=True)
+    (tmp_path / "configs" / "recipes" / "default.yaml").write_text("steps: [export]\n")
+    assert recipe_for(cfg, "high") == Path("configs/recipes/default.yaml")  # the working directory's own comes first
 
 
 def test_distilled_students_are_saved_before_their_timing_is_recorded(shared_root: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
