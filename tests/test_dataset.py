@@ -110,7 +110,12 @@ def test_the_cache_answers_only_for_its_own_data_root_and_files(avmnist: PairedD
     assert len(keys) == 3 and cache_path(DataConfig(cache_dir=str(cache_dir))) not in keys
     before = cache_path(DataConfig(cache_dir=str(cache_dir), root=str(root)))
     (root / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"x" * 50)  # truncated
-    assert cache_path(DataConfig(cache_dir=str(cache_dir), root=str(root))) != before
+    truncated = cache_path(DataConfig(cache_dir=str(cache_dir), root=str(root)))
+    assert truncated != before
+    (root / "cache").mkdir()  # a cache kept inside the data root, and a download's hidden staging: not data
+    (root / "cache" / "dataset-avmnist-0.pt").write_bytes(b"cached")
+    (root / ".fsdd.partial").mkdir()
+    assert cache_path(DataConfig(cache_dir=str(root / "cache"), root=str(root))).name == truncated.name
 
 
 def test_features_have_the_spec_shapes(avmnist: PairedDataset) -> None:

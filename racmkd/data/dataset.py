@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field, replace
@@ -167,15 +168,30 @@ def make_modalities(cfg: DataConfig) -> dict[str, Modality]:
     return {name: MODALITIES.create(name, protocol=cfg.protocol, **cfg.options.get(name, {})) for name in cfg.modalities}
 
 
-def source_fingerprint(root: Path) -> list[Any]:
+def source_fingerprint(root: Path, cache_dir: Path | None = None) -> list[Any]:
     """The data root as the cache knows it: its resolved path and every file under it by relative
     path, size and modification time (4,040 files stat in about 15 ms). A cache keyed without it
     answered for another root (RACMKD_DATA, data.root) and for files truncated or replaced since, which
-    then were never read, let alone checked; the sha256 checks run when the dataset is built."""
+    then were never read, let alone checked; the sha256 checks run when the dataset is built.
+    Hidden entries (a download's staging folder) and a cache folder inside the root are left out:
+    writing the cache must not change its own key."""
     root = root.expanduser()
     if not root.is_dir():
         return [str(root), "missing"]  # no cache answers for it: the build names what is missing
-    files = sorted((str(f.relative_to(root)), (st := f.stat()).st_size, st.st_mtime_ns) for f in root.rglob("*") if f.is_file())
+    skip = cache_dir.expanduser().resolve() if cache_dir is not None else None
+    files = []
+    for folder, dirs, names in os.walk(root):
+        if skip is not None and Path(folder).resolve() == skip:
+            dirs[:] = []
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(n for n in names if not n.startswith(".")):
+            path = Path(folder) / name
+            try:
+                st = path.stat()
+            except OSError:  # gone meanwhile, or a dangling link: not data the build could read
+                continue
+            files.append((str(path.relative_to(root)), st.st_size, st.st_mtime_ns))
     return [str(root.resolve()), hashlib.sha256(json.dumps(files).encode()).hexdigest()]
 
 
@@ -183,7 +199,7 @@ def cache_path(cfg: DataConfig) -> Path:
     """Where the built dataset for this config is cached: one file per (data root and its files,
     protocol, split and pairing settings)."""
     key = {k: v for k, v in to_dict(cfg).items() if k not in ("root", "cache_dir", "max_train", "max_eval", "augment")}
-    digest = hashlib.sha256(json.dumps([CACHE_VERSION, key, source_fingerprint(data_root(cfg.root))], sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, key, source_fingerprint(data_root(cfg.root), Path(cfg.cache_dir))], sort_keys=True).encode()).hexdigest()[:12]
     return Path(cfg.cache_dir) / f"dataset-{cfg.protocol}-{digest}.pt"
 
 
