@@ -112,10 +112,24 @@ def test_the_cache_answers_only_for_its_own_data_root_and_files(avmnist: PairedD
     (root / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"x" * 50)  # truncated
     truncated = cache_path(DataConfig(cache_dir=str(cache_dir), root=str(root)))
     assert truncated != before
-    (root / "cache").mkdir()  # a cache kept inside the data root, and a download's hidden staging: not data
+    (root / "cache").mkdir()  # a cache kept inside the data root, a download's hidden staging, other datasets: not this data
     (root / "cache" / "dataset-avmnist-0.pt").write_bytes(b"cached")
     (root / ".fsdd.partial").mkdir()
+    (root / "cifar").mkdir()
+    (root / "cifar" / "batch-1").write_bytes(b"x")
     assert cache_path(DataConfig(cache_dir=str(root / "cache"), root=str(root))).name == truncated.name
+    store = tmp_path / "store"  # the data behind a link: followed, and the link's target is part of the key
+    (store / "a" / "recordings").mkdir(parents=True)
+    (store / "b" / "recordings").mkdir(parents=True)
+    for copy in ("a", "b"):
+        (store / copy / "recordings" / "0_george_0.wav").write_bytes(b"x" * 100)
+    (root / "fsdd").symlink_to(store / "a")
+    linked = cache_path(DataConfig(cache_dir=str(cache_dir), root=str(root)))
+    (store / "a" / "recordings" / "0_george_0.wav").write_bytes(b"x" * 50)
+    assert cache_path(DataConfig(cache_dir=str(cache_dir), root=str(root))) != linked
+    (root / "fsdd").unlink()
+    (root / "fsdd").symlink_to(store / "b")
+    assert cache_path(DataConfig(cache_dir=str(cache_dir), root=str(root))) != linked
 
 
 def test_features_have_the_spec_shapes(avmnist: PairedDataset) -> None:

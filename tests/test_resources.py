@@ -7,6 +7,7 @@ import gc
 import itertools
 import json
 import math
+import os
 import random
 import threading
 import time
@@ -405,6 +406,14 @@ def test_held_collector_sections_nest_overlap_across_threads_and_respect_a_disab
         assert not gc.isenabled()  # a program that turned it off keeps it off
     finally:
         gc.enable()
+    with collector_held():  # a child forked inside a section holds none: its collector runs again after its own
+        pid = os.fork()
+        if pid == 0:
+            with collector_held():
+                pass
+            os._exit(0 if gc.isenabled() else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and gc.isenabled()
 
 
 def test_subscribers_hear_a_draining_battery_and_a_new_cpu_quota() -> None:

@@ -58,6 +58,9 @@ class Modality(ABC):
     options_type: ClassVar[type]  # frozen dataclass of the options under data.options.<name>
     teacher_encoder: ClassVar[str]  # MODELS names of the encoders for this kind of input
     student_encoder: ClassVar[str]
+    # The folders under the data root that `load_banks` reads (the dataset cache's key fingerprints
+    # them); empty: the whole root.
+    data_folders: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, protocol: str = "clean", **options: Any) -> None:
         if protocol not in PROTOCOLS:
@@ -159,6 +162,7 @@ class ImageModality(Modality):
     options_type = ImageOptions
     teacher_encoder = "cnn2d"
     student_encoder = "dscnn2d"
+    data_folders = ("mnist",)
     size = 28  # the digits' side, in pixels
 
     def load_banks(self, root: Path, cfg: DataConfig) -> dict[str, Bank]:
@@ -233,6 +237,7 @@ class AudioModality(Modality):
     options_type = AudioOptions
     teacher_encoder = "cnn2d"
     student_encoder = "dscnn2d"
+    data_folders = ("fsdd",)
 
     @property
     def samples(self) -> int:

@@ -26,6 +26,7 @@ import gc
 import logging
 import math
 import numbers
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -52,7 +53,9 @@ def collector_held() -> Iterator[None]:
     its way to a switch of configuration): a collection that starts there pauses every thread for
     milliseconds; held off, it runs at the first allocation after the section. Sections nest and may
     overlap across threads: the collector is enabled again when the last one ends, and only if it was
-    enabled when the first began (a program that turned it off keeps it off). Reference counting,
+    enabled when the first began (a program that turned it off before keeps it off; one that turns
+    it off while a section is held, in another thread, finds it on again after). A child forked
+    meanwhile starts with none held and its collector as the parent had it. Reference counting,
     which frees almost everything, goes on."""
     global _held, _reenable
     with _held_lock:
@@ -67,6 +70,19 @@ def collector_held() -> Iterator[None]:
             _held -= 1
             if _held == 0 and _reenable:
                 gc.enable()
+
+
+def _release_in_child() -> None:
+    """After os.fork(): the child holds no section (the threads holding them were not copied)."""
+    global _held, _held_lock
+    _held_lock = threading.Lock()
+    if _held:
+        _held = 0
+        if _reenable:
+            gc.enable()
+
+
+os.register_at_fork(after_in_child=_release_in_child)
 
 
 def _weight(weight: float, dt: float, ref_s: float) -> float:
@@ -207,15 +223,15 @@ class ResourceMonitor:
         subscribers when the state moved. A source that fails is logged and the last state kept."""
         now = self.clock() if now is None else now
         started = time.thread_time()
-        try:
-            raw = _finite(self.source.read(now))
-        except Exception as err:  # noqa: BLE001 - a sensor that fails must not stop the monitor
-            self.read_errors += 1
-            self.last_error = f"{type(err).__name__}: {err}"
-            self.cpu_seconds += time.thread_time() - started
-            log.warning("resource source %s failed (%s: %s); keeping the last reading", getattr(self.source, "name", "?"), type(err).__name__, err)
-            return self.state
-        with collector_held():  # from here to the subscribers' switch: see the module's docstring
+        with collector_held():  # from the reading to the subscribers' switch: see the module's docstring
+            try:
+                raw = _finite(self.source.read(now))
+            except Exception as err:  # noqa: BLE001 - a sensor that fails must not stop the monitor
+                self.read_errors += 1
+                self.last_error = f"{type(err).__name__}: {err}"
+                self.cpu_seconds += time.thread_time() - started
+                log.warning("resource source %s failed (%s: %s); keeping the last reading", getattr(self.source, "name", "?"), type(err).__name__, err)
+                return self.state
             return self._update(raw, now, time.perf_counter(), started)
 
     def _update(self, raw: ResourceSnapshot, now: float, observed_at: float, started: float) -> MonitorState:
