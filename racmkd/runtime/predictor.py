@@ -38,16 +38,29 @@ class Predictor:
         """The inputs this model can use."""
         return list(self.specs)
 
-    def features(self, inputs: dict[str, Any], sample_rate: int = 8000) -> dict[str, Any]:
-        """Model inputs (batch of one) from the raw inputs that this model uses and that were given."""
-        out = {}
+    def live_features(self, inputs: dict[str, Any], sample_rate: int = 8000) -> tuple[dict[str, Any], list[str]]:
+        """Model inputs (batch of one) from the raw inputs that this model uses and that were given,
+        and the names of those that came in dead (a constant image, silence): a dead sensor is a
+        missing one, as the edge runtime takes it; read as an input, silence got a confident answer."""
+        out, dead = {}, []
         for name, value in inputs.items():
             if value is None or name not in self.specs:
                 continue  # a missing sensor, or an input this model does not use
-            raw = self._preprocess[name].to_raw(value, self.specs[name], sample_rate=sample_rate)
-            out[name] = self._preprocess[name].features(raw, self.specs[name])
+            preprocess = self._preprocess[name]
+            raw = preprocess.to_raw(value, self.specs[name], sample_rate=sample_rate)
+            if getattr(preprocess, "signal", preprocess).input_quality(np.asarray(raw)) == 0.0:
+                dead.append(name)
+                continue
+            out[name] = preprocess.features(raw, self.specs[name])
+        return out, dead
+
+    def features(self, inputs: dict[str, Any], sample_rate: int = 8000) -> dict[str, Any]:
+        """Model inputs (batch of one) from the live raw inputs that this model uses and that were given."""
+        out, dead = self.live_features(inputs, sample_rate)
         if not out:
             wanted = " and/or ".join(self.modalities)
+            if dead:
+                raise ValueError(f"model {self.name!r} needs {wanted}; {' and '.join(dead)} came in dead (constant or silent): no live input to answer from")
             raise ValueError(f"model {self.name!r} needs {wanted}; got {'no input' if not any(v is not None for v in inputs.values()) else 'only ' + ', '.join(k for k, v in inputs.items() if v is not None)}")
         return out
 
@@ -104,7 +117,10 @@ class OnnxPredictor(Predictor):
         missing = [m for m in self.specs if inputs.get(m) is None]
         if missing:
             raise ValueError(f"the ONNX model {self.name!r} was exported with inputs {self.modalities} and needs {' and '.join(missing)}; export a variant without it (`racmkd export --modality ...`) to run with that sensor missing")
-        return super().features(inputs, sample_rate)
+        out, dead = self.live_features(inputs, sample_rate)
+        if dead:
+            raise ValueError(f"the ONNX model {self.name!r} needs {' and '.join(self.modalities)} alive; {' and '.join(dead)} came in dead (constant or silent); export a variant without it (`racmkd export --modality ...`) to answer from the rest")
+        return out
 
     def logits(self, features: dict[str, Any]) -> np.ndarray:
         return self.session.run(["logits"], features)[0][0] + self.logit_bias
