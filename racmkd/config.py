@@ -50,6 +50,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.max_train < 0 or self.max_eval < 0:
             raise ConfigError(f"max_train and max_eval must be >= 0 (0 = all samples), got {self.max_train} and {self.max_eval}")
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ConfigError(f"modalities names a modality twice: {list(self.modalities)}; name each once")
 
 
 @dataclass(frozen=True)
@@ -362,6 +364,13 @@ class PIDGains:
     min_scale: float = 0.25
     max_scale: float = 1.0
     interval_s: float = 0.02  # the PID acts on the mean latency of the requests in each such period (per request it would chase noise, and cost every request a step)
+
+    def __post_init__(self) -> None:
+        # simple-pid refused reversed limits only when the runtime started, naming no setting.
+        if not all(0 <= g < math.inf for g in (self.kp, self.ki, self.kd)) or not 0 < self.setpoint < math.inf or not 0 < self.interval_s < math.inf:
+            raise ConfigError(f"kp, ki and kd must be finite and >= 0, setpoint and interval_s finite and > 0; got kp {self.kp}, ki {self.ki}, kd {self.kd}, setpoint {self.setpoint}, interval_s {self.interval_s}")
+        if not 0 < self.min_scale <= self.max_scale < math.inf:
+            raise ConfigError(f"need 0 < min_scale <= max_scale (the latency budget's scale bounds), got min_scale {self.min_scale}, max_scale {self.max_scale}")
 
 
 @dataclass(frozen=True)

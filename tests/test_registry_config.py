@@ -224,6 +224,9 @@ def test_compression_names_tiers_the_config_defines() -> None:
         ("teacher.embed_dim=0", r"teacher\.embed_dim must be >= 1"),
         ("students.tiers.0.scale=-2", r"students\.tiers\[0\]: tier 'high': scale must be >= -1"),
         ("students.tiers.0.depth=-1", r"students\.tiers\[0\]: tier 'high': .*depth >= 0"),
+        ("runtime.pid.min_scale=2.0", r"runtime\.pid: need 0 < min_scale <= max_scale"),  # simple-pid refused it when the runtime started
+        ("runtime.pid.ki=.nan", r"runtime\.pid: kp, ki and kd must be finite and >= 0"),
+        ("data.modalities=[image, image]", r"data: modalities names a modality twice"),
     ],
 )
 def test_a_value_that_would_fail_after_the_teachers_trained_is_refused_when_read(override: str, message: str) -> None:
