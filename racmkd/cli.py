@@ -582,7 +582,7 @@ def deploy_apply(
 @app.command()
 def predict(
     run: RunOpt = Path("runs/latest"),
-    tier: Annotated[str, typer.Option(help="teacher, teacher_image, teacher_audio, high, medium, low or critical.")] = "high",
+    tier: Annotated[str, typer.Option(help="teacher, teacher_image, teacher_audio, high, medium, low or critical; <tier>_compressed for a compressed tier's deployed ONNX artifact.")] = "high",
     image: Annotated[Optional[Path], typer.Option(help="A 28x28 grey digit: .png or .npy.")] = None,
     audio: Annotated[Optional[Path], typer.Option(help="A mono .wav recording.")] = None,
 ) -> None:

@@ -442,6 +442,18 @@ class ServeConfig:
     public_key: str = ""  # the fleet's Ed25519 public key (PEM) that updates must verify with
     accept_releases: tuple[str, ...] = ()  # release names this device installs; () = any
 
+    def __post_init__(self) -> None:
+        # A URL without a scheme or host was accepted and only ever failed at request time, where
+        # the edge's circuit breaker opened on it: the operator saw offloading silently off.
+        from urllib.parse import urlsplit
+
+        for url in self.upstreams:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"upstreams: {url!r} is not an http(s) URL with a host (e.g. http://fog.local:8001)")
+        if not 0 < self.upstream_timeout_s < math.inf or self.upstream_retries < 0:
+            raise ConfigError(f"upstream_timeout_s must be finite and > 0 and upstream_retries >= 0; got {self.upstream_timeout_s}, {self.upstream_retries}")
+
 
 @dataclass(frozen=True)
 class RunConfig:

@@ -227,6 +227,8 @@ def test_compression_names_tiers_the_config_defines() -> None:
         ("runtime.pid.min_scale=2.0", r"runtime\.pid: need 0 < min_scale <= max_scale"),  # simple-pid refused it when the runtime started
         ("runtime.pid.ki=.nan", r"runtime\.pid: kp, ki and kd must be finite and >= 0"),
         ("data.modalities=[image, image]", r"data: modalities names a modality twice"),
+        ("serve.upstreams=[notaurl]", r"serve: upstreams: 'notaurl' is not an http\(s\) URL with a host"),  # the breaker opened on it, silently
+        ("serve.upstreams=['ftp://fog:21']", r"serve: upstreams: 'ftp://fog:21' is not an http\(s\) URL"),
     ],
 )
 def test_a_value_that_would_fail_after_the_teachers_trained_is_refused_when_read(override: str, message: str) -> None:

@@ -200,3 +200,21 @@ def test_a_configured_sample_rate_resamples_training_recordings_as_serving_does(
     trained_on = modality.features(torch.from_numpy(window[None]).float() / 32768.0, spec).numpy()
     served = SIGNALS.create("audio").features(SIGNALS.create("audio").to_raw(recording.samples.astype(np.int16), spec, sample_rate=8000), spec)
     np.testing.assert_allclose(served, trained_on, atol=1e-2, rtol=0)  # (the dataset keeps the resampled recording as int16; unresampled, they differed by 20)
+
+
+@pytest.mark.parametrize(
+    ("modality", "spec", "message"),
+    [
+        ("audio", {"sample_rate": -5}, "sample_rate -5: each must be a whole number >= 1"),  # failed in resampling: "up and down must be >= 1"
+        ("audio", {"samples": 0}, "samples 0: each must be"),  # a zero-size array deep in the log-mel
+        ("audio", {"win_length": 600}, "win_length 600 is longer than n_fft 512"),
+        ("audio", {"f_max": 9000.0}, r"f_max <= sample_rate / 2"),
+        ("audio", {"bands": [3, 3]}, "distinct mel band indices"),
+        ("image", {"crop": 0}, "crop and resolution must be whole numbers of pixels >= 1"),  # answered from an empty image
+    ],
+)
+def test_a_hand_damaged_contract_spec_is_refused_by_name(modality: str, spec: dict, message: str) -> None:
+    from racmkd.compress.artifacts import ExportError, specs_from_contract
+
+    with pytest.raises(ExportError, match=rf"model 'edited': its contract's inputs are damaged .*{message}"):
+        specs_from_contract({"model": "edited", "inputs": {modality: {"spec": spec}}})

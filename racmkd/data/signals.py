@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.fft
 
-from racmkd.config import from_dict
+from racmkd.config import ConfigError, from_dict
 from racmkd.registry import SIGNALS
 
 LOG_FLOOR = 1e-6  # added to band power before the log
@@ -94,6 +94,11 @@ class ImageSpec:
 
     crop: int = 24
     resolution: int = 24
+
+    def __post_init__(self) -> None:
+        # A contract edited by hand (crop 0) was read and answered from an empty image.
+        if not (isinstance(self.crop, int) and isinstance(self.resolution, int) and self.crop >= 1 and self.resolution >= 1):
+            raise ConfigError(f"crop and resolution must be whole numbers of pixels >= 1, got crop {self.crop!r}, resolution {self.resolution!r}")
 
 
 def center_crop(images: np.ndarray, size: int) -> np.ndarray:
@@ -188,6 +193,20 @@ class AudioSpec:
     n_mels: int = 64
     n_frames: int = 32
     bands: tuple[int, ...] = ()  # indices of the mel bands kept (band selection); () keeps all n_mels
+
+    def __post_init__(self) -> None:
+        # Values a hand-edited contract can carry, each of which failed deep in resampling or the
+        # mel filterbank (sample_rate -5: "up and down must be >= 1"; samples 0: a zero-size array).
+        counts = {"sample_rate": self.sample_rate, "samples": self.samples, "n_fft": self.n_fft, "win_length": self.win_length, "hop_length": self.hop_length, "n_mels": self.n_mels, "n_frames": self.n_frames}
+        bad = {k: v for k, v in counts.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+        if bad:
+            raise ConfigError(f"{', '.join(f'{k} {v!r}' for k, v in bad.items())}: each must be a whole number >= 1")
+        if self.win_length > self.n_fft:
+            raise ConfigError(f"win_length {self.win_length} is longer than n_fft {self.n_fft}")
+        if not (0 <= self.f_min < self.f_max <= self.sample_rate / 2):
+            raise ConfigError(f"need 0 <= f_min < f_max <= sample_rate / 2 ({self.sample_rate / 2:g} Hz), got f_min {self.f_min}, f_max {self.f_max}")
+        if any(isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < self.n_mels for b in self.bands) or len(set(self.bands)) != len(self.bands):
+            raise ConfigError(f"bands {list(self.bands)}: distinct mel band indices in [0, {self.n_mels})")
 
 
 MIN_RATE, MAX_RATE = 1_000, 384_000  # Hz; outside, a typo (8 for 8000) more likely than a recording
