@@ -49,7 +49,7 @@ from racmkd.compress.artifacts import FORMAT_PRECISION  # noqa: E402
 from racmkd.config import load_config  # noqa: E402
 from racmkd.eval.cost import activation_memory  # noqa: E402
 from racmkd.eval.report import git_commit, machine  # noqa: E402
-from racmkd.eval.suite import recipe_steps  # noqa: E402
+from racmkd.eval.suite import compressed_with, recipe_steps  # noqa: E402
 from racmkd.models.checkpoint import load_model  # noqa: E402
 from racmkd.models.inference import fold_batchnorm  # noqa: E402
 from racmkd.pipeline import checkpoint, compress_students, open_run, prepare_data, run_pipeline  # noqa: E402
@@ -97,20 +97,6 @@ def encoder_activation_bytes(model: torch.nn.Module, modality: str, spec: Any, m
     return activation_memory(One(model.encoders[modality]).eval(), {modality: x})["peak_activation_bytes"]
 
 
-def experiment_current(run_dir: Path, into: str, tier: str, steps: list[dict[str, Any]]) -> bool:
-    """An experiment's tier (<run>/<into>/<tier>/) is reused only when made after its student was
-    trained and from the recipe's steps as they read now (`compressed_with`'s test, which reads
-    <run>/compressed/ only): before, an edited recipe or a retrained student kept the old artifact,
-    and its row carried the current recipe's name and checkpoint."""
-    manifest, student = run_dir / into / tier / "compression.json", checkpoint(run_dir, tier)
-    if not manifest.is_file() or (student.is_file() and student.stat().st_mtime_ns > manifest.stat().st_mtime_ns):
-        return False
-    try:
-        return json.loads(manifest.read_text()).get("recipe_steps") == steps
-    except (OSError, ValueError, AttributeError):
-        return False  # unreadable (or not a manifest): made again
-
-
 def modality_experiment(run_dir: Path, name: str, tiers: list[str]) -> list[dict[str, Any]]:
     """Compress each tier that uses the modality with the experiment's recipe; measure its path."""
     modality, recipe, ratio_goal, loss_goal = EXPERIMENTS[name]
@@ -120,7 +106,7 @@ def modality_experiment(run_dir: Path, name: str, tiers: list[str]) -> list[dict
     use = [t for t in tiers if modality in report["models"][t]["modalities"]]
     into = f"experiments/{name}"
     steps = recipe_steps(recipe)
-    missing = [t for t in use if not experiment_current(run_dir, into, t, steps)]
+    missing = [t for t in use if not compressed_with(run_dir, t, recipe, steps, into=into)]  # (made before the student, or from other steps: stale)
     for tier in missing:  # stale: gone before compressing again, so a failed recipe cannot leave it to be read
         shutil.rmtree(run_dir / into / tier, ignore_errors=True)
     if missing:

@@ -420,7 +420,7 @@ def main() -> None:
     dataset = prepare_data(cfg)
     bank_file = run_dir / "edge" / "bank.json"
     built = bank_record(run_dir / "edge")
-    if built is None or built.get("machine") != machine():  # none yet, or its latencies measured on another machine (as the suite's replay_tables)
+    if built is None or built.get("machine") != machine():  # none yet, or its latencies measured on another machine (the bank of another commit is kept: the benchmark measures this commit's runtime on the bank's variants)
         build_bank(cfg, dataset, run_dir)
     bank = load_bank(run_dir / "edge")
     # The runtime's settings come from --config (this commit's), not from the run's config.yaml: the

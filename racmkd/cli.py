@@ -287,10 +287,11 @@ def edge_run(
             result = serve_split(runtime, dataset, seconds, rate, on_request=show)
             result["monitor_overhead"] = monitor.overhead()
             result["state"] = runtime.state()
-        atomic_write_json(log, json_safe(result))  # (for other tools: no NaN, no Infinity)
+        written = json_safe(result)  # (for other tools: no NaN, no Infinity)
+        atomic_write_json(log, written)
     except (*_errors(), BankError, TraceError, NoVariantError) as err:
         raise _fail(err) from None
-    typer.echo(json.dumps(json_safe(result["summary"]), indent=2))
+    typer.echo(json.dumps(written["summary"], indent=2))
     typer.echo(f"monitor: {result['monitor_overhead']['cpu_fraction']:.4%} of one core over {result['monitor_overhead']['polls']} polls; log: {log}")
 
 

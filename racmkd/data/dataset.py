@@ -187,7 +187,8 @@ def source_fingerprint(root: Path, folders: list[str] | None = None, cache_dir: 
         for folder, dirs, names in os.walk(top, followlinks=True):
             here = Path(folder).resolve()
             try:
-                key = (here.stat().st_dev, here.stat().st_ino)
+                st = here.stat()
+                key = (st.st_dev, st.st_ino)
             except OSError:
                 dirs[:] = []
                 continue
@@ -228,8 +229,8 @@ def build_dataset(cfg: DataConfig, use_cache: bool = True) -> PairedDataset:
     """Load, split, degrade and pair the data (or read it back from the cache), then apply the
     max_train / max_eval limits."""
     modalities = make_modalities(cfg)
-    path = cache_path(cfg)
-    if use_cache and path.exists():
+    path = cache_path(cfg) if use_cache else None  # (its key reads the data folders' file list)
+    if path is not None and path.exists():
         try:
             stored = torch.load(path, weights_only=True)
         except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
@@ -237,7 +238,7 @@ def build_dataset(cfg: DataConfig, use_cache: bool = True) -> PairedDataset:
         if stored is not None and stored.get("version") == CACHE_VERSION:
             return _limit(_from_stored(modalities, stored), cfg)
     dataset = _build(cfg, modalities)
-    if use_cache:
+    if path is not None:
         atomic_torch_save(_to_stored(dataset), path)
     return _limit(dataset, cfg)
 

@@ -145,6 +145,10 @@ class Modality(ABC):
         if math.prod(self.feature_shape(reduced)) > math.prod(self.feature_shape(spec)):
             raise ValueError(f"{self.name}: {reduced} is larger than {spec}, not a reduction")
 
+    def input_quality(self, raw: Any) -> float:
+        """The signal's: 0 for a dead input (a constant image, silence), else 1."""
+        return self.signal.input_quality(np.asarray(raw))
+
     def contract(self, spec: Any) -> dict[str, Any]:
         """The preprocessing a runtime must apply to raw inputs for a model built for `spec` (the signal's)."""
         return self.signal.contract(spec)

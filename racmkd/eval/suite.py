@@ -35,7 +35,7 @@ from racmkd.data.dataset import PairedDataset
 from racmkd.eval.baselines import ABLATION, BASELINES, matched_name, matched_widths, train_extras
 from racmkd.eval.deployed import Deployed, artifact_accuracy, artifact_costs, closest_in_cost, cost_growth, deploy, dominates, pareto_front, robustness, twin
 from racmkd.eval.report import git_commit, machine
-from racmkd.pipeline import TEACHER, checkpoint, compress_students, create_run, distill_students, prepare_data, recipe_for, train_teachers
+from racmkd.pipeline import TEACHER, checkpoint, compress_students, compressed_dir, create_run, distill_students, prepare_data, recipe_for, train_teachers
 from racmkd.utils import atomic_write_json, progress, sha256
 
 TIERS = ("high", "medium", "low", "critical")
@@ -204,12 +204,12 @@ def recipe_steps(recipe: Path) -> list[dict[str, Any]]:
     return json.loads(json.dumps(load_recipe(recipe).describe()))
 
 
-def compressed_with(run_dir: Path, tier: str, recipe: Path, steps: list[dict[str, Any]] | None = None) -> bool:
-    """The tier's compressed artifact exists, was made after its student was trained, and came from
-    this recipe's steps as they read now, defaults included (an edited recipe or step compresses
-    again; before, a resumed suite kept the old artifacts under the new name). `steps`: the
-    recipe's, when the caller has read them already."""
-    manifest = run_dir / "compressed" / tier / "compression.json"
+def compressed_with(run_dir: Path, tier: str, recipe: Path, steps: list[dict[str, Any]] | None = None, into: str = "compressed") -> bool:
+    """The tier's compressed artifact (in <run>/<into>/) exists, was made after its student was
+    trained, and came from this recipe's steps as they read now, defaults included (an edited recipe
+    or step compresses again; before, a resumed suite kept the old artifacts under the new name).
+    `steps`: the recipe's, when the caller has read them already."""
+    manifest = compressed_dir(run_dir, tier, into) / "compression.json"
     student = checkpoint(run_dir, tier)
     if not manifest.is_file() or (student.is_file() and student.stat().st_mtime_ns > manifest.stat().st_mtime_ns):
         return False

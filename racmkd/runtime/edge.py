@@ -363,7 +363,7 @@ class EdgeRuntime:
             if switched:
                 self._ensure_loaded(chosen.config)
                 if self._holds_failed(chosen.config):  # a session that would not load: plan again without it
-                    return self.redecide("variant failure", observed_at)  # (the failed set has grown: this ends)
+                    return self._redecide("variant failure", observed_at)  # (the failed set has grown: this ends)
             elif self.hysteresis.pending is not None:
                 # A step up waits out the hysteresis window: load its sessions meanwhile (here, off
                 # the requests' path), so that the switch, when it comes, is a pointer swap; and

@@ -48,7 +48,7 @@ class Predictor:
                 continue  # a missing sensor, or an input this model does not use
             preprocess = self._preprocess[name]
             raw = preprocess.to_raw(value, self.specs[name], sample_rate=sample_rate)
-            if getattr(preprocess, "signal", preprocess).input_quality(np.asarray(raw)) == 0.0:
+            if preprocess.input_quality(raw) == 0.0:
                 dead.append(name)
                 continue
             out[name] = preprocess.features(raw, self.specs[name])
