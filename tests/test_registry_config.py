@@ -195,6 +195,12 @@ def test_two_tiers_of_one_name_are_refused_when_the_config_is_read() -> None:
             load_config(REPO / "tests" / "tiny.yaml", [f"students.tiers=[{{name: edge-a, budget_bytes: 262144}}, {{name: {second}, budget_bytes: 16384}}]"])
 
 
+def test_a_run_without_tiers_is_refused_when_the_config_is_read() -> None:
+    """The students' pass ran the teachers over the data with no student to teach."""
+    with pytest.raises(ConfigError, match=r"students\.tiers is empty: .*racmkd train-teacher"):
+        load_config(REPO / "tests" / "tiny.yaml", ["students.tiers=[]", "compress.tiers=[]"])
+
+
 def test_compression_names_tiers_the_config_defines() -> None:
     with pytest.raises(ConfigError, match=r"compress\.tiers names \['hgh'\], not tiers of students\.tiers \(high, medium, low, critical\)\. Did you mean 'high'\?"):
         load_config(REPO / "tests" / "tiny.yaml", ["compress.tiers=[hgh]"])
