@@ -586,6 +586,7 @@ def predict(
     tier: Annotated[str, typer.Option(help="teacher, teacher_image, teacher_audio, high, medium, low or critical; <tier>_compressed for a compressed tier's deployed ONNX artifact.")] = "high",
     image: Annotated[Optional[Path], typer.Option(help="A 28x28 grey digit: .png or .npy.")] = None,
     audio: Annotated[Optional[Path], typer.Option(help="A mono .wav recording.")] = None,
+    input_: Annotated[Optional[list[str]], typer.Option("--input", help="Another modality's raw input as NAME=FILE.npy, e.g. --input imu=trace.npy (repeatable).")] = None,
 ) -> None:
     """Classify one sample from files with a trained model."""
     import numpy as np
@@ -593,13 +594,36 @@ def predict(
     from racmkd.runtime.predictor import load
 
     try:
+        others = _read_inputs(input_ or [])
         predictor = load(run, tier)
         image_array = _read_image(image) if image else None
         audio_array, rate = _read_wav(audio) if audio else (None, 8000)
-        label, probs = predictor.predict(image=image_array, audio=audio_array, sample_rate=rate)
+        label, probs = predictor.predict(image=image_array, audio=audio_array, sample_rate=rate, **others)
     except _errors() as err:
         raise _fail(err) from None
     typer.echo(json.dumps({"label": label, "probabilities": np.round(probs, 4).tolist(), "model": tier}))
+
+
+def _read_inputs(pairs: list[str]) -> dict[str, object]:
+    """`--input NAME=FILE.npy` values: a modality beyond image and audio (a sensor registered beside
+    them) has no option of its own, so its raw input comes as an array file named by modality."""
+    import numpy as np
+
+    from racmkd.data import signals as _signals  # noqa: F401 - registers image and audio
+    from racmkd.registry import SIGNALS
+
+    arrays: dict[str, object] = {}
+    for pair in pairs:
+        name, _, file = pair.partition("=")
+        if not name or not file or name in ("image", "audio") or name in arrays:
+            raise ValueError(f"--input {pair!r}: expected NAME=FILE.npy, each modality once (image and audio have --image and --audio)")
+        if name not in SIGNALS:
+            raise ValueError(f"--input {pair!r}: no modality {name!r}; registered: {', '.join(SIGNALS.names())}")
+        try:
+            arrays[name] = np.load(file, allow_pickle=False)
+        except ValueError as err:  # not an .npy file, or pickled objects
+            raise ValueError(f"--input {pair!r}: {file} is not a numeric .npy array ({err})") from None
+    return arrays
 
 
 def _read_image(path: Path):  # noqa: ANN202 - numpy array

@@ -31,6 +31,14 @@ class Registry(Generic[T]):
 
         return add
 
+    def unregister(self, name: str) -> T:
+        """Remove `name` and return what it held: a plugin or a test that registered a modality (its
+        signal, options and class under one name) takes it out again, so a later `register` of that
+        name is not a duplicate and other code no longer lists it."""
+        if name not in self._entries:
+            raise KeyError(f"{self.kind} {name!r} is not registered. Known: {', '.join(sorted(self._entries))}")
+        return self._entries.pop(name)
+
     def get(self, name: str) -> T:
         """The object registered as `name`; an unknown name names the close matches."""
         if name not in self._entries:

@@ -8,8 +8,9 @@
 
 Endpoints (every role):
     POST /predict   image and/or audio, as JSON ({"image": [[...]], "audio": [...], "sample_rate":
-                    8000}) or as an .npz archive (Content-Type application/x-npz, arrays named by
-                    modality); sizes, shapes and dtypes are checked, bad requests get 4xx
+                    8000}; any other registered modality by its name, as nested lists of numbers) or
+                    as an .npz archive (Content-Type application/x-npz, arrays named by modality);
+                    sizes, shapes and dtypes are checked, bad requests get 4xx
     GET  /health    role, model, its test accuracy and median compute time
     GET  /metrics   Prometheus text: requests, latency histogram, current variant, resources
     GET  /models    what the server can answer with
@@ -59,9 +60,11 @@ AUDIO_RATE = AudioSpec().sample_rate  # what the models hear; other rates are re
 
 
 class PredictRequest(BaseModel):
-    """One sample's raw inputs; either may be missing."""
+    """One sample's raw inputs; any may be missing. Image and audio have their fields; another
+    registered modality (a sensor added beside them) comes under its own name as nested lists of
+    numbers, checked by `extra_arrays` (a name no modality has is an error, not ignored)."""
 
-    model_config = ConfigDict(extra="forbid")  # a misspelt or unknown input is an error, not ignored
+    model_config = ConfigDict(extra="allow")
 
     image: list[list[StrictFloat]] | None = Field(None, description="28x28 grey image: whole numbers 0-255, or fractions in [0, 1]")
     audio: list[StrictFloat] | None = Field(None, description="mono waveform")
@@ -88,6 +91,12 @@ class Inputs:
     def __init__(self, arrays: dict[str, np.ndarray | None], sample_rate: int, target_ms: float | None, model: str | None) -> None:
         self.arrays, self.sample_rate, self.target_ms, self.model = arrays, sample_rate, target_ms, model
 
+    def raws(self, uses: list[str] | None = None) -> dict[str, Any]:
+        """The arrays as a predictor or the runtime takes them, by modality (JSON images back to
+        uint8: `_image_for`), those in `uses` only if given: every modality the request brought
+        (naming image and audio here dropped a third one on its way to the model)."""
+        return {m: _image_for(a) if m == "image" else a for m, a in self.arrays.items() if uses is None or m in uses}
+
 
 META = ("sample_rate", "latency_target_ms", "model")  # the request's settings, beside its arrays
 
@@ -106,6 +115,7 @@ def parse_request(body: bytes, content_type: str, settings: ServeConfig, modalit
         try:
             with np.errstate(over="ignore"):  # beyond float32's range becomes infinite: refused by the signals' checks below
                 arrays = {m: np.asarray(getattr(request, m), dtype=np.float32) for m in ("image", "audio") if getattr(request, m, None) is not None}
+                arrays.update(extra_arrays(request.model_extra or {}))
         except ValueError as err:  # ragged lists
             raise HTTPException(422, f"an input is not a rectangular array ({err})") from None
     else:
@@ -136,6 +146,24 @@ def input_checker(name: str) -> tuple[Any, Any]:
     once: this is on every request's path)."""
     signal = SIGNALS.create(name)
     return signal, signal.spec_type()
+
+
+def extra_arrays(extra: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A JSON request's inputs beyond image and audio, as float32 arrays: each named by a registered
+    modality and holding numbers only (nested lists: strings, booleans and nulls in them are refused,
+    as the typed fields refuse them, rather than converted by numpy); a null value is a missing input."""
+    unknown = sorted(set(extra) - set(SIGNALS.names()))
+    if unknown:
+        raise HTTPException(422, f"unknown inputs {unknown[:10]}; inputs are named by modality ({', '.join(SIGNALS.names())}) or {', '.join(META)}")
+    arrays = {}
+    for name, value in extra.items():
+        if value is None:  # missing, as a null image or audio is
+            continue
+        array = np.asarray(value)  # (ragged lists: ValueError, said by the caller)
+        if array.dtype.kind not in "iuf":
+            raise HTTPException(422, f"{name}: expected a (nested) list of numbers")
+        arrays[name] = array.astype(np.float32)
+    return arrays
 
 
 def validated(values: bytes | dict[str, Any], where: str) -> PredictRequest:
@@ -307,7 +335,7 @@ class ModelService(Service):
             raise HTTPException(422, f"model {name!r} is not served here; choose one of {', '.join(self.predictors)}")
         started = time.perf_counter()
         try:
-            label, probs = self.predictors[name].predict(image=_image_for(inputs.arrays.get("image")), audio=inputs.arrays.get("audio"), sample_rate=inputs.sample_rate)
+            label, probs = self.predictors[name].predict(**inputs.raws(), sample_rate=inputs.sample_rate)
         except (ValueError, TypeError) as err:
             raise HTTPException(422, str(err)) from None
         ms = (time.perf_counter() - started) * 1e3
@@ -497,13 +525,13 @@ class EdgeService(Service):
             raise HTTPException(422, f"no input this edge's model uses: send {' and/or '.join(uses)}")
         self.requests += 1
         started = time.perf_counter()
-        image, audio = (_image_for(inputs.arrays.get("image")) if "image" in uses else None), (inputs.arrays.get("audio") if "audio" in uses else None)
+        raws = inputs.raws(uses)
         try:
             if engine.adaptive:
-                result = engine.runtime.predict(image=image, audio=audio, sample_rate=inputs.sample_rate)
+                result = engine.runtime.predict(**raws, sample_rate=inputs.sample_rate)
                 label, probs, variants, fallbacks = result.label, result.probabilities, result.variants, fallbacks + result.fallbacks
             else:
-                label, probs = engine.runtime.predict(image=image, audio=audio, sample_rate=inputs.sample_rate)
+                label, probs = engine.runtime.predict(**raws, sample_rate=inputs.sample_rate)
                 variants = [engine.label]
         except VariantsFailedError as err:  # the device's fault: the client may try again, or elsewhere
             raise HTTPException(503, str(err)) from None
@@ -757,7 +785,7 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
     if isinstance(service, EdgeService):
         app.add_middleware(GuardManagement, paths=frozenset({"/deploy", "/rollback", "/deployment"}), refuse=refusal, max_bytes=settings.max_update_bytes)
 
-    schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")}, NPZ: {"schema": {"type": "string", "format": "binary", "description": "np.savez archive: arrays image and/or audio, optional single values sample_rate, latency_target_ms, model"}}}}}
+    schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")}, NPZ: {"schema": {"type": "string", "format": "binary", "description": "np.savez archive: arrays named by modality (image, audio, any other registered one), optional single values sample_rate, latency_target_ms, model"}}}}}
 
     protected = {401: {"description": "missing or wrong token"}, 403: {"description": "no token configured"}}
     predict_responses: dict[int | str, dict[str, Any]] = {413: {"description": "too large"}, 415: {"description": "unsupported content type"}, 422: {"description": "invalid input"}}
