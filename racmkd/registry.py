@@ -2,23 +2,69 @@
 
 Modalities (with their torch-free halves: signals, and the options of data.options), models, losses and compression steps
 are registered explicitly under a unique name; configs refer to them by that name. A duplicate name is an error, an unknown one suggests the closest names.
+
+Code outside racmkd registers itself through entry points (the mechanism pytest and others use for
+plugins), so that the `racmkd` commands and servers, which start as their own processes, know it: a
+distribution declares modules under the group `racmkd.signals` (a modality's torch-free half, its
+Signal and options: read on edge devices, which have no torch) and `racmkd.training` (its Modality,
+encoders, losses, compression steps), e.g. in its pyproject.toml
+
+    [project.entry-points."racmkd.signals"]
+    imu = "mypkg.imu_signal"
+    [project.entry-points."racmkd.training"]
+    imu = "mypkg.imu_modality"
+
+and each module registers what it defines when imported, at a registry's first lookup.
 """
 
 from __future__ import annotations
 
 import difflib
+import threading
+import warnings
 from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+_PLUGINS_LOCK = threading.RLock()  # re-entrant: a plugin may look names up while it is imported
+_PLUGINS: dict[str, dict[str, str]] = {}  # group -> {entry point: why it failed to load}
+
+
+def load_plugins(group: str) -> dict[str, str]:
+    """Import every module installed distributions declare under the entry-point group `group`,
+    once per process; returns the entry points that failed to load, with why. A broken plugin is a
+    warning, not the end of the process: what it registers is missing, and asking for it says why."""
+    with _PLUGINS_LOCK:
+        if group in _PLUGINS:  # loaded, or being loaded by this thread (a plugin's own lookups)
+            return _PLUGINS[group]
+        failed = _PLUGINS[group] = {}
+        for point in entry_points(group=group):
+            try:
+                point.load()
+            except Exception as err:  # noqa: BLE001 - any error in a third party's import
+                failed[point.name] = f"{point.value}: {type(err).__name__}: {err}"
+                warnings.warn(f"racmkd plugin {point.name!r} ({point.value}, entry-point group {group}) failed to load: {type(err).__name__}: {err}; what it registers is unavailable", RuntimeWarning, stacklevel=2)
+        return failed
 
 
 class Registry(Generic[T]):
     """A named table of classes or functions, filled by the `register` decorator."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plugins: str | None = None) -> None:
         self.kind = kind
+        self.plugins = plugins  # the entry-point group whose modules register here (module docstring)
+        self._plugins_loaded = plugins is None
         self._entries: dict[str, T] = {}
+
+    @property
+    def entries(self) -> dict[str, T]:
+        """The registered objects, the plugins' included (imported at the first lookup)."""
+        if not self._plugins_loaded and self.plugins is not None:
+            load_plugins(self.plugins)
+            self._plugins_loaded = True
+        return self._entries
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: add the decorated object under `name`; a second object with that name is an error."""
@@ -41,11 +87,14 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The object registered as `name`; an unknown name names the close matches."""
-        if name not in self._entries:
-            close = difflib.get_close_matches(name, self._entries, n=3)
+        entries = self.entries
+        if name not in entries:
+            close = difflib.get_close_matches(name, entries, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise KeyError(f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self._entries))}")
-        return self._entries[name]
+            failed = load_plugins(self.plugins) if self.plugins else {}
+            broken = f" Plugins that failed to load ({self.plugins}): {'; '.join(f'{n} ({why})' for n, why in failed.items())}." if failed else ""
+            raise KeyError(f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(entries))}.{broken}")
+        return entries[name]
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call the registered class or factory: `MODELS.create("student", ...)`."""
@@ -53,10 +102,10 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Registered names, sorted (for parametrized tests and help texts)."""
-        return sorted(self._entries)
+        return sorted(self.entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self.entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
@@ -65,9 +114,9 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, {self.names()})"
 
 
-MODALITIES: Registry = Registry("modality")
-MODALITY_OPTIONS: Registry = Registry("modality options")  # the dataclass of data.options.<name>, torch-free (racmkd.data.options)
-SIGNALS: Registry = Registry("signal")  # a modality's deployment side: input checks and features in numpy (racmkd.data.signals)
-MODELS: Registry = Registry("model")
-LOSSES: Registry = Registry("loss")
-COMPRESSORS: Registry = Registry("compression step")
+MODALITIES: Registry = Registry("modality", plugins="racmkd.training")
+MODALITY_OPTIONS: Registry = Registry("modality options", plugins="racmkd.signals")  # the dataclass of data.options.<name>, torch-free (racmkd.data.options)
+SIGNALS: Registry = Registry("signal", plugins="racmkd.signals")  # a modality's deployment side: input checks and features in numpy (racmkd.data.signals)
+MODELS: Registry = Registry("model", plugins="racmkd.training")
+LOSSES: Registry = Registry("loss", plugins="racmkd.training")
+COMPRESSORS: Registry = Registry("compression step", plugins="racmkd.training")

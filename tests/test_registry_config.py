@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,36 @@ def test_registry_rejects_duplicates_and_suggests_names() -> None:
         reg.get("cnv")
     assert reg.create("conv", "7") == 7
     assert "conv" in reg and reg.names() == ["conv"]
+
+
+def test_plugins_register_through_entry_points_and_a_broken_one_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry with a plugin group imports the modules installed distributions declare there at
+    its first lookup, once; one that fails to import is a warning, and asking for what it would have
+    registered says why it is missing."""
+    from racmkd import registry as registry_module
+
+    group = "racmkd.test_widgets"
+    widgets: Registry = Registry("widget", plugins=group)
+    monkeypatch.setattr(registry_module, "TEST_WIDGETS", widgets, raising=False)  # where the plugin finds it
+    info = tmp_path / "widget_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: widget-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\ngear = widget_gear\nbroken = widget_broken\n")
+    (tmp_path / "widget_gear.py").write_text("from racmkd.registry import TEST_WIDGETS\nTEST_WIDGETS.register('gear')(complex)\nassert 'gear' in TEST_WIDGETS  # a lookup while loading\n")
+    (tmp_path / "widget_broken.py").write_text("raise ImportError('needs libwidget')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry_module, "_PLUGINS", {})
+    widgets.register("cog")(int)  # registering never loads plugins
+    assert "widget_gear" not in sys.modules
+    with pytest.warns(RuntimeWarning, match=r"plugin 'broken' \(widget_broken, entry-point group racmkd.test_widgets\) failed to load: ImportError: needs libwidget"):
+        assert widgets.names() == ["cog", "gear"] and widgets.get("gear") is complex
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        assert widgets.names() == ["cog", "gear"]
+    assert not again  # loaded once per process: no second try, no second warning
+    with pytest.raises(KeyError, match=r"unknown widget 'sprocket'.*failed to load \(racmkd.test_widgets\): broken \(widget_broken: ImportError: needs libwidget\)"):
+        widgets.get("sprocket")
+    sys.modules.pop("widget_gear", None)
 
 
 def test_project_registries_are_filled() -> None:

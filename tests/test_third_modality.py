@@ -306,6 +306,39 @@ def test_cli_predict_takes_imu_as_a_named_input(three: tuple[RunConfig, PairedDa
         assert result.exit_code == 2 and message in result.output, (pair, result.output)
 
 
+def install_plugin(folder: Path) -> Path:
+    """This module's imu as an installed distribution would declare it: entry points under
+    racmkd.signals (the Signal and options) and racmkd.training (the Modality), each a module that
+    registers what it names. Returns the folder to put on PYTHONPATH."""
+    info = folder / "racmkd_imu_test-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: racmkd-imu-test\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[racmkd.signals]\n{NAME} = imu_signal_plugin\n\n[racmkd.training]\n{NAME} = imu_training_plugin\n")
+    here = f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+    (folder / "imu_signal_plugin.py").write_text(here + f"from test_third_modality import ImuOptions, ImuSignal\nfrom racmkd.registry import MODALITY_OPTIONS, SIGNALS\nSIGNALS.register({NAME!r})(ImuSignal)\nMODALITY_OPTIONS.register({NAME!r})(ImuOptions)\n")
+    (folder / "imu_training_plugin.py").write_text(here + f"from test_third_modality import ImuModality\nfrom racmkd.registry import MODALITIES\nMODALITIES.register({NAME!r})(ImuModality)\n")
+    return folder
+
+
+def test_a_plugin_modality_reaches_the_commands_through_entry_points(three: tuple[RunConfig, PairedDataset, Path], tmp_path: Path) -> None:
+    """`racmkd predict` in its own process knows imu only through the installed plugin's entry
+    points (nothing in it registers imu by hand); without the plugin it refuses the input by name."""
+    import os
+    import subprocess
+    import sys
+
+    _, dataset, run_dir = three
+    x = raw_inputs(dataset, range(1))[0]
+    np.save(tmp_path / "trace.npy", x[NAME])
+    command = [sys.executable, "-m", "racmkd.cli", "predict", "--run", str(run_dir), "--tier", "low", "--input", f"{NAME}={tmp_path / 'trace.npy'}"]
+    env = {**os.environ, "RACMKD_PROGRESS": "0", "PYTHONPATH": os.pathsep.join([str(install_plugin(tmp_path / "site")), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    answer = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0 and json.loads(answer.stdout)["label"] == racmkd.load(run_dir, "low").predict(imu=x[NAME])[0], answer.stderr[-2000:]
+    env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and f"no modality {NAME!r}" in refused.stderr + refused.stdout, refused.stderr[-2000:]
+
+
 def test_inputs_step_lowers_imu_and_the_contract_says_so(three: tuple[RunConfig, PairedDataset, Path]) -> None:
     from racmkd.compress.artifacts import read_contract, specs_from_contract
 
