@@ -20,8 +20,6 @@ import numpy as np
 from racmkd.data import signals as _signals  # noqa: F401 - registers the image and audio signals
 from racmkd.registry import SIGNALS
 
-TIERS = ("teacher", "teacher_image", "teacher_audio", "high", "medium", "low", "critical")
-
 
 class Predictor:
     """A model with its preprocessing; `predict` takes raw inputs, any of which may be missing.
