@@ -382,3 +382,11 @@ def test_a_seed_run_compresses_the_tiers_whose_recipe_changed_and_drops_the_stal
     _, _, made, _ = suite.seed_run(replace(settings, tier_recipes={}), "clean", 0, None, datasets)
     assert made == ["critical compressed"]  # back to the common recipe: that tier alone
     assert json.loads((run_dir / "compressed" / "critical" / "compression.json").read_text())["recipe"] == str(common)
+
+
+def test_the_report_lists_teachers_then_each_tier_with_its_twins() -> None:
+    """A third modality's unimodal teacher sits with the teachers, not after the tiers."""
+    from racmkd.eval.report import report_order
+
+    names = ["standard_kd", "low", "teacher_imu", "high_compressed", "high", "teacher", "high_labels_only", "teacher_audio", "teacher_image"]
+    assert sorted(names, key=report_order) == ["teacher", "teacher_image", "teacher_audio", "teacher_imu", "high", "high_labels_only", "high_compressed", "low", "standard_kd"]

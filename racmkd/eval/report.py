@@ -35,9 +35,10 @@ TEACHER_TARGETS = {"avmnist": 0.98, "clean": 0.995}
 
 
 def report_order(name: str) -> tuple[float, str]:
-    """Teachers, then each tier followed by its label-only baseline and its compressed artifact, then anything else."""
+    """Teachers, then each tier followed by its label-only baseline and its compressed artifact, then anything else
+    (a unimodal teacher of a modality beyond image and audio among the teachers)."""
     base = name.removesuffix("_labels_only").removesuffix("_compressed")
-    rank = ORDER.index(base) if base in ORDER else len(ORDER)
+    rank = ORDER.index(base) if base in ORDER else ORDER.index("teacher_audio") + 0.5 if base.startswith("teacher_") else len(ORDER)
     return (rank + (0.3 if name.endswith("_labels_only") else 0.6 if name.endswith("_compressed") else 0.0), name)
 
 
