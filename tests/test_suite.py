@@ -390,3 +390,10 @@ def test_the_report_lists_teachers_then_each_tier_with_its_twins() -> None:
 
     names = ["standard_kd", "low", "teacher_imu", "high_compressed", "high", "teacher", "high_labels_only", "teacher_audio", "teacher_image"]
     assert sorted(names, key=report_order) == ["teacher", "teacher_image", "teacher_audio", "teacher_imu", "high", "high_labels_only", "high_compressed", "low", "standard_kd"]
+
+
+def test_the_report_gives_every_input_its_size() -> None:
+    from racmkd.eval.report import _inputs
+
+    entry = {"inputs": {"image": {"resolution": 12, "crop": 24}, "audio": {"n_mels": 32, "n_frames": 16}, "imu": {"samples": 64, "length": 16}}}
+    assert _inputs(entry) == "image 12x12, audio 32x16, imu samples=64 length=16"  # imu had its name alone

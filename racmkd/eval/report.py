@@ -260,8 +260,8 @@ def _inputs(entry: dict[str, Any]) -> str:
             parts.append(f"{m} {spec['resolution']}x{spec['resolution']}")
         elif "n_mels" in spec:
             parts.append(f"{m} {spec['n_mels']}x{spec['n_frames']}")
-        else:
-            parts.append(m)
+        else:  # another modality: its spec's fields as they are
+            parts.append(" ".join([m, *(f"{k}={v}" for k, v in spec.items())]))
     return ", ".join(parts)
 
 
