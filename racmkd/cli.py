@@ -583,7 +583,7 @@ def deploy_apply(
 @app.command()
 def predict(
     run: RunOpt = Path("runs/latest"),
-    tier: Annotated[str, typer.Option(help="teacher, teacher_image, teacher_audio, high, medium, low or critical; <tier>_compressed for a compressed tier's deployed ONNX artifact.")] = "high",
+    tier: Annotated[str, typer.Option(help="teacher, teacher_<modality> (teacher_image, teacher_audio, ...), high, medium, low or critical; <tier>_compressed for a compressed tier's deployed ONNX artifact.")] = "high",
     image: Annotated[Optional[Path], typer.Option(help="A 28x28 grey digit: .png or .npy.")] = None,
     audio: Annotated[Optional[Path], typer.Option(help="A mono .wav recording.")] = None,
     input_: Annotated[Optional[list[str]], typer.Option("--input", help="Another modality's raw input as NAME=FILE.npy, e.g. --input imu=trace.npy (repeatable).")] = None,
@@ -619,21 +619,31 @@ def _read_inputs(pairs: list[str]) -> dict[str, object]:
             raise ValueError(f"--input {pair!r}: expected NAME=FILE.npy, each modality once (image and audio have --image and --audio)")
         if name not in SIGNALS:
             raise ValueError(f"--input {pair!r}: no modality {name!r}; registered: {', '.join(SIGNALS.names())}")
-        try:
-            arrays[name] = np.load(file, allow_pickle=False)
-        except ValueError as err:  # not an .npy file, or pickled objects
-            raise ValueError(f"--input {pair!r}: {file} is not a numeric .npy array ({err})") from None
+        arrays[name] = _read_npy(Path(file))
     return arrays
+
+
+def _read_npy(path: Path):  # noqa: ANN202 - numpy array
+    """One numeric array from an .npy file (an .npz archive, text or pickled objects are not one)."""
+    import numpy as np
+
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as err:  # click would turn an EOFError into a bare "Aborted!"
+        raise ValueError(f"{path}: not a readable .npy array ({type(err).__name__}: {err})") from None
+    if not isinstance(loaded, np.ndarray):
+        loaded.close()
+        raise ValueError(f"{path}: an .npz archive; pass one array saved with np.save (.npy)")
+    if loaded.dtype.kind not in "iuf":
+        raise ValueError(f"{path}: {loaded.dtype} values; pass an array of numbers")
+    return loaded
 
 
 def _read_image(path: Path):  # noqa: ANN202 - numpy array
     import numpy as np
 
     if path.suffix == ".npy":
-        try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, EOFError, ValueError) as err:  # click would turn an EOFError into a bare "Aborted!"
-            raise ValueError(f"{path}: not a readable .npy array ({type(err).__name__}: {err})") from None
+        return _read_npy(path)
     from PIL import Image, UnidentifiedImageError
 
     try:

@@ -240,9 +240,6 @@ class StudentsConfig:
     def __post_init__(self) -> None:
         if self.replay_cache_bytes < 0:
             raise ConfigError(f"students.replay_cache_bytes must be >= 0 (0 = no cache), got {self.replay_cache_bytes}")
-        # Without a tier the students' pass ran the teachers over the data for nothing to learn from them.
-        if not self.tiers:
-            raise ConfigError("students.tiers is empty: a run distils at least one tier (name and budget_bytes, see configs/default.yaml); for the teachers alone use `racmkd train-teacher`")
         # Two tiers of one name write one checkpoint; the trainer refused them only when distillation
         # began, naming no setting. (Without case: one file on a case-insensitive file system.)
         seen: dict[str, str] = {}

@@ -314,6 +314,7 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
     shared pass (a tier with its own `epochs` trains that many, beside the others), alongside the
     same students trained on labels only. Returns the checkpoint names."""
     check_loss_names(cfg.distill, f"{run_dir}/config.yaml")
+    check_tiers(cfg, f"{run_dir}/config.yaml")
     tiers = [t for t in cfg.students.tiers if tier_names is None or t.name in tier_names]
     if tier_names:
         unknown = set(tier_names) - {t.name for t in cfg.students.tiers}
@@ -536,11 +537,19 @@ def prepare_data(cfg: RunConfig) -> PairedDataset:
     return build_dataset(cfg.data)
 
 
+def check_tiers(cfg: RunConfig, where: str) -> None:
+    """Distillation needs a tier: without one the students' pass ran the teachers over the data for
+    no student (`racmkd train-teacher` reads such a config: it trains the teachers alone)."""
+    if not cfg.students.tiers:
+        raise ConfigError(f"{where}: students.tiers is empty: name at least one tier (name and budget_bytes, as configs/default.yaml does); `racmkd train-teacher` trains the teachers alone")
+
+
 def run_pipeline(cfg: RunConfig) -> Path:
     """Data, teachers, students, report: everything `make run` does. Returns the run directory."""
     from racmkd.eval.report import evaluate_run
 
     check_loss_names(cfg.distill, "the run's config (--config file or --set overrides)")  # before the teachers' minutes
+    check_tiers(cfg, "the run's config (--config file or --set overrides)")
     compression_recipes(cfg, list(cfg.compress.tiers))  # and the compression's tiers and recipe files
     started = time.perf_counter()
     dataset = prepare_data(cfg)  # first: a run folder (and runs/latest) only for data that loads

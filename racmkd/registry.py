@@ -22,30 +22,47 @@ from __future__ import annotations
 import difflib
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-_PLUGINS_LOCK = threading.RLock()  # re-entrant: a plugin may look names up while it is imported
-_PLUGINS: dict[str, dict[str, str]] = {}  # group -> {entry point: why it failed to load}
+# Plugins load under one lock, at the first lookup of a registry of their group. The lock is
+# re-entrant: a plugin that looks names up while it is imported sees what is loaded so far. It is not
+# a lock Python's import deadlock detection knows of, so a plugin module should register what it
+# defines and look nothing up at import time.
+_PLUGINS_LOCK = threading.RLock()
+_FAILED: dict[str, dict[str, str]] = {}  # group -> {entry point: why it failed}; a group is here from when it starts loading
+_LOADED: set[str] = set()  # the groups whose every entry point has been tried
+_REGISTRIES: weakref.WeakSet[Registry] = weakref.WeakSet()  # restored when a plugin fails halfway
 
 
 def load_plugins(group: str) -> dict[str, str]:
     """Import every module installed distributions declare under the entry-point group `group`,
     once per process; returns the entry points that failed to load, with why. A broken plugin is a
-    warning, not the end of the process: what it registers is missing, and asking for it says why."""
+    warning, not the end of the process: nothing it registered stays (not a signal without its
+    options), and looking its names up says why they are missing."""
     with _PLUGINS_LOCK:
-        if group in _PLUGINS:  # loaded, or being loaded by this thread (a plugin's own lookups)
-            return _PLUGINS[group]
-        failed = _PLUGINS[group] = {}
-        for point in entry_points(group=group):
-            try:
-                point.load()
-            except Exception as err:  # noqa: BLE001 - any error in a third party's import
-                failed[point.name] = f"{point.value}: {type(err).__name__}: {err}"
-                warnings.warn(f"racmkd plugin {point.name!r} ({point.value}, entry-point group {group}) failed to load: {type(err).__name__}: {err}; what it registers is unavailable", RuntimeWarning, stacklevel=2)
+        if group in _FAILED:  # loaded, or being loaded by this thread (a plugin's own lookups)
+            return _FAILED[group]
+        failed = _FAILED[group] = {}
+        try:
+            for point in entry_points(group=group):
+                before = {registry: set(registry._entries) for registry in _REGISTRIES}
+                try:
+                    point.load()
+                except Exception as err:  # noqa: BLE001 - any error in a third party's import
+                    for registry, names in before.items():
+                        for name in set(registry._entries) - names:
+                            del registry._entries[name]
+                    failed[point.name] = f"{point.value}: {type(err).__name__}: {err}"
+                    warnings.warn(f"racmkd plugin {point.name!r} ({point.value}, entry-point group {group}) failed to load: {type(err).__name__}: {err}; nothing it registers is available", RuntimeWarning, stacklevel=4)
+        except BaseException:  # interrupted (KeyboardInterrupt, SystemExit): the next lookup tries again
+            del _FAILED[group]
+            raise
+        _LOADED.add(group)
         return failed
 
 
@@ -57,13 +74,14 @@ class Registry(Generic[T]):
         self.plugins = plugins  # the entry-point group whose modules register here (module docstring)
         self._plugins_loaded = plugins is None
         self._entries: dict[str, T] = {}
+        _REGISTRIES.add(self)
 
     @property
     def entries(self) -> dict[str, T]:
-        """The registered objects, the plugins' included (imported at the first lookup)."""
-        if not self._plugins_loaded and self.plugins is not None:
-            load_plugins(self.plugins)
-            self._plugins_loaded = True
+        """The registered objects, the plugins' included: the first lookup imports them (load_plugins)."""
+        if not self._plugins_loaded:
+            load_plugins(self.plugins)  # type: ignore[arg-type] - not loaded means a group is named
+            self._plugins_loaded = self.plugins in _LOADED  # not yet while this thread is still importing one of them
         return self._entries
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -91,7 +109,7 @@ class Registry(Generic[T]):
         if name not in entries:
             close = difflib.get_close_matches(name, entries, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            failed = load_plugins(self.plugins) if self.plugins else {}
+            failed = _FAILED.get(self.plugins, {}) if self.plugins else {}
             broken = f" Plugins that failed to load ({self.plugins}): {'; '.join(f'{n} ({why})' for n, why in failed.items())}." if failed else ""
             raise KeyError(f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(entries))}.{broken}")
         return entries[name]

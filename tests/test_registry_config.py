@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -30,31 +31,47 @@ def test_registry_rejects_duplicates_and_suggests_names() -> None:
 
 def test_plugins_register_through_entry_points_and_a_broken_one_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A registry with a plugin group imports the modules installed distributions declare there at
-    its first lookup, once; one that fails to import is a warning, and asking for what it would have
-    registered says why it is missing."""
+    its first lookup, once; another thread's lookup meanwhile waits for the whole group (it read a
+    half-loaded table); one that fails to import is a warning, leaves nothing half-registered, and
+    asking for what it would have registered says why it is missing."""
+    import threading
+
     from racmkd import registry as registry_module
 
     group = "racmkd.test_widgets"
     widgets: Registry = Registry("widget", plugins=group)
-    monkeypatch.setattr(registry_module, "TEST_WIDGETS", widgets, raising=False)  # where the plugin finds it
+    monkeypatch.setattr(registry_module, "TEST_WIDGETS", widgets, raising=False)  # where the plugins find it
+    monkeypatch.setattr(registry_module, "_FAILED", {})
+    monkeypatch.setattr(registry_module, "_LOADED", set())
     info = tmp_path / "widget_plugins-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: widget-plugins\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(f"[{group}]\ngear = widget_gear\nbroken = widget_broken\n")
-    (tmp_path / "widget_gear.py").write_text("from racmkd.registry import TEST_WIDGETS\nTEST_WIDGETS.register('gear')(complex)\nassert 'gear' in TEST_WIDGETS  # a lookup while loading\n")
-    (tmp_path / "widget_broken.py").write_text("raise ImportError('needs libwidget')\n")
+    (tmp_path / "widget_gear.py").write_text(
+        "import time\nfrom racmkd.registry import TEST_WIDGETS\n"
+        "assert 'gear' not in TEST_WIDGETS  # its own lookup while it loads: what is loaded so far\n"
+        "time.sleep(0.5)\nTEST_WIDGETS.register('gear')(complex)\n"
+    )
+    (tmp_path / "widget_broken.py").write_text("from racmkd.registry import TEST_WIDGETS\nTEST_WIDGETS.register('half')(float)\nraise ImportError('needs libwidget')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry_module, "_PLUGINS", {})
     widgets.register("cog")(int)  # registering never loads plugins
     assert "widget_gear" not in sys.modules
-    with pytest.warns(RuntimeWarning, match=r"plugin 'broken' \(widget_broken, entry-point group racmkd.test_widgets\) failed to load: ImportError: needs libwidget"):
-        assert widgets.names() == ["cog", "gear"] and widgets.get("gear") is complex
+    seen: list[list[str]] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = threading.Thread(target=lambda: seen.append(widgets.names()))
+        first.start()
+        time.sleep(0.2)  # the first lookup is inside widget_gear's import
+        seen.append(widgets.names())
+        first.join()
+    assert seen == [["cog", "gear"], ["cog", "gear"]] and widgets.get("gear") is complex  # 'half' undone with its plugin
+    assert [str(w.message) for w in caught] == ["racmkd plugin 'broken' (widget_broken, entry-point group racmkd.test_widgets) failed to load: ImportError: needs libwidget; nothing it registers is available"]
     with warnings.catch_warnings(record=True) as again:
         warnings.simplefilter("always")
         assert widgets.names() == ["cog", "gear"]
     assert not again  # loaded once per process: no second try, no second warning
-    with pytest.raises(KeyError, match=r"unknown widget 'sprocket'.*failed to load \(racmkd.test_widgets\): broken \(widget_broken: ImportError: needs libwidget\)"):
-        widgets.get("sprocket")
+    with pytest.raises(KeyError, match=r"unknown widget 'half'.*failed to load \(racmkd.test_widgets\): broken \(widget_broken: ImportError: needs libwidget\)"):
+        widgets.get("half")
     sys.modules.pop("widget_gear", None)
 
 
@@ -227,10 +244,15 @@ def test_two_tiers_of_one_name_are_refused_when_the_config_is_read() -> None:
             load_config(REPO / "tests" / "tiny.yaml", [f"students.tiers=[{{name: edge-a, budget_bytes: 262144}}, {{name: {second}, budget_bytes: 16384}}]"])
 
 
-def test_a_run_without_tiers_is_refused_when_the_config_is_read() -> None:
-    """The students' pass ran the teachers over the data with no student to teach."""
-    with pytest.raises(ConfigError, match=r"students\.tiers is empty: .*racmkd train-teacher"):
-        load_config(REPO / "tests" / "tiny.yaml", ["students.tiers=[]", "compress.tiers=[]"])
+def test_a_run_without_tiers_is_refused_before_the_teachers_train(tmp_path: Path) -> None:
+    """The students' pass ran the teachers over the data with no student to teach; the teachers
+    alone (`racmkd train-teacher`) read such a config."""
+    from racmkd.pipeline import run_pipeline
+
+    cfg = load_config(REPO / "tests" / "tiny.yaml", ["students.tiers=[]", "compress.tiers=[]", f"runs_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"students\.tiers is empty: .*racmkd train-teacher. trains the teachers alone"):
+        run_pipeline(cfg)
+    assert not any(tmp_path.iterdir())  # refused before a run folder was made
 
 
 def test_compression_names_tiers_the_config_defines() -> None:

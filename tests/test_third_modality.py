@@ -301,7 +301,11 @@ def test_cli_predict_takes_imu_as_a_named_input(three: tuple[RunConfig, PairedDa
     np.save(tmp_path / "trace.npy", x[NAME])
     result = CliRunner().invoke(app, ["predict", "--run", str(run_dir), "--tier", "low", "--input", f"{NAME}={tmp_path / 'trace.npy'}"])
     assert result.exit_code == 0 and json.loads(result.output)["label"] == racmkd.load(run_dir, "low").predict(imu=x[NAME])[0], result.output
-    for pair, message in ((f"gyro={tmp_path / 'trace.npy'}", "no modality 'gyro'"), (f"{NAME}={tmp_path / 'none.npy'}", "none.npy"), ("imu", "expected NAME=FILE.npy")):
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.savez(tmp_path / "both.npz", a=x[NAME])
+    np.save(tmp_path / "words.npy", np.array(["a", "b"]))
+    bad = {"empty.npy": "not a readable .npy array (EOFError", "both.npz": "an .npz archive", "words.npy": "<U1 values; pass an array of numbers"}  # an empty file said a bare "Aborted."
+    for pair, message in ((f"gyro={tmp_path / 'trace.npy'}", "no modality 'gyro'"), (f"{NAME}={tmp_path / 'none.npy'}", "none.npy"), ("imu", "expected NAME=FILE.npy"), *((f"{NAME}={tmp_path / f}", m) for f, m in bad.items())):
         result = CliRunner().invoke(app, ["predict", "--run", str(run_dir), "--tier", "low", "--input", pair])
         assert result.exit_code == 2 and message in result.output, (pair, result.output)
 
@@ -411,7 +415,8 @@ def test_edge_runtime_and_servers_answer_from_imu(three: tuple[RunConfig, Paired
         np.savez(archive, **given)
         reply = client.post("/predict", content=archive.getvalue(), headers={"Content-Type": "application/x-npz"})
         assert reply.status_code == 200 and np.allclose(reply.json()["probabilities"], expected.predict(**given)[1], atol=1e-5), reply.text
-    for body, message in (({NAME: [["0.5"] * SAMPLES] * AXES}, "list of numbers"), ({NAME: [[True] * SAMPLES] * AXES}, "list of numbers"), ({NAME: [[0.0] * 10] * AXES}, "3 axes x 64 samples"), ({"gyro": [1.0]}, "unknown inputs ['gyro']"), ({NAME: [[0.0], [0.0, 1.0]]}, "rectangular")):
+    mixed = [[1.0, True] + [0.0] * (SAMPLES - 2)] * AXES  # numpy had made numbers of the boolean
+    for body, message in (({NAME: [["0.5"] * SAMPLES] * AXES}, "valid number"), ({NAME: [[True] * SAMPLES] * AXES}, "valid number"), ({NAME: mixed}, "valid number"), ({NAME: [[0.0] * 10] * AXES}, "3 axes x 64 samples"), ({"gyro": [1.0]}, "unknown inputs ['gyro']"), ({NAME: [[0.0], [0.0, 1.0]]}, "rectangular")):
         reply = client.post("/predict", json=body)
         assert reply.status_code == 422 and message in reply.text, (body, reply.text)
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
@@ -48,6 +48,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
+from typing_extensions import TypeAliasType
 
 from racmkd.config import RunConfig, ServeConfig
 from racmkd.data.signals import MIN_RATE, AudioSpec  # (importing the signals registers them)
@@ -59,12 +60,18 @@ NPZ = "application/x-npz"
 AUDIO_RATE = AudioSpec().sample_rate  # what the models hear; other rates are resampled
 
 
+# Another modality's input in JSON: numbers, or lists of them to any depth (strings, booleans and
+# nulls inside are refused, as the image's and audio's typed fields refuse them).
+Numbers = TypeAliasType("Numbers", Union[StrictFloat, "list[Numbers]"])
+
+
 class PredictRequest(BaseModel):
     """One sample's raw inputs; any may be missing. Image and audio have their fields; another
     registered modality (a sensor added beside them) comes under its own name as nested lists of
-    numbers, checked by `extra_arrays` (a name no modality has is an error, not ignored)."""
+    numbers (a name no modality has is an error, not ignored: `extra_arrays`)."""
 
     model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, list[Numbers] | None] = Field(init=False)
 
     image: list[list[StrictFloat]] | None = Field(None, description="28x28 grey image: whole numbers 0-255, or fractions in [0, 1]")
     audio: list[StrictFloat] | None = Field(None, description="mono waveform")
@@ -92,9 +99,8 @@ class Inputs:
         self.arrays, self.sample_rate, self.target_ms, self.model = arrays, sample_rate, target_ms, model
 
     def raws(self, uses: list[str] | None = None) -> dict[str, Any]:
-        """The arrays as a predictor or the runtime takes them, by modality (JSON images back to
-        uint8: `_image_for`), those in `uses` only if given: every modality the request brought
-        (naming image and audio here dropped a third one on its way to the model)."""
+        """Every array the request brought, by modality, as a predictor or the runtime takes them
+        (JSON images back to uint8: `_image_for`); only those in `uses` if given."""
         return {m: _image_for(a) if m == "image" else a for m, a in self.arrays.items() if uses is None or m in uses}
 
 
@@ -149,21 +155,12 @@ def input_checker(name: str) -> tuple[Any, Any]:
 
 
 def extra_arrays(extra: dict[str, Any]) -> dict[str, np.ndarray]:
-    """A JSON request's inputs beyond image and audio, as float32 arrays: each named by a registered
-    modality and holding numbers only (nested lists: strings, booleans and nulls in them are refused,
-    as the typed fields refuse them, rather than converted by numpy); a null value is a missing input."""
+    """A JSON request's inputs beyond image and audio (numbers already, by the schema), as float32
+    arrays; each must be named by a registered modality. A null value is a missing input."""
     unknown = sorted(set(extra) - set(SIGNALS.names()))
     if unknown:
         raise HTTPException(422, f"unknown inputs {unknown[:10]}; inputs are named by modality ({', '.join(SIGNALS.names())}) or {', '.join(META)}")
-    arrays = {}
-    for name, value in extra.items():
-        if value is None:  # missing, as a null image or audio is
-            continue
-        array = np.asarray(value)  # (ragged lists: ValueError, said by the caller)
-        if array.dtype.kind not in "iuf":
-            raise HTTPException(422, f"{name}: expected a (nested) list of numbers")
-        arrays[name] = array.astype(np.float32)
-    return arrays
+    return {name: np.asarray(value, dtype=np.float32) for name, value in extra.items() if value is not None}  # (ragged lists: ValueError, said by the caller)
 
 
 def validated(values: bytes | dict[str, Any], where: str) -> PredictRequest:
