@@ -52,7 +52,7 @@ from racmkd.eval.report import git_commit, machine  # noqa: E402
 from racmkd.eval.suite import compressed_with, recipe_steps  # noqa: E402
 from racmkd.models.checkpoint import load_model  # noqa: E402
 from racmkd.models.inference import fold_batchnorm  # noqa: E402
-from racmkd.pipeline import checkpoint, compress_students, open_run, prepare_data, run_pipeline  # noqa: E402
+from racmkd.pipeline import compress_students, open_run, prepare_data, run_pipeline  # noqa: E402
 from racmkd.resources.devices import device_names, load_device  # noqa: E402
 from racmkd.resources.profile import latency_model, profile_model  # noqa: E402
 from results_io import targets_table, write_results  # noqa: E402

@@ -14,7 +14,9 @@ encoders, losses, compression steps), e.g. in its pyproject.toml
     [project.entry-points."racmkd.training"]
     imu = "mypkg.imu_modality"
 
-and each module registers what it defines when imported, at a registry's first lookup.
+and each module registers what it defines when imported, at a registry's first lookup; an entry
+point may also name a function (`mypkg.imu_signal:register`), called once to register.
+examples/imu_plugin is such a distribution.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ def load_plugins(group: str) -> dict[str, str]:
             for point in entry_points(group=group):
                 before = {registry: set(registry._entries) for registry in _REGISTRIES}
                 try:
-                    point.load()
+                    loaded = point.load()
+                    if callable(loaded):  # `module:function`: the function registers (a module registers when imported)
+                        loaded()
                 except Exception as err:  # noqa: BLE001 - any error in a third party's import
                     for registry, names in before.items():
                         for name in set(registry._entries) - names:

@@ -216,7 +216,7 @@ def test_a_tier_name_is_a_plain_file_stem_no_other_model_of_the_run_has(tmp_path
     fused teacher, and a name with a slash was a path. Refused when the config is read."""
     path = tmp_path / "tiers.yaml"
     path.write_text(f"students:\n  tiers:\n    - {{name: '{name}', budget_bytes: 16384}}\n")
-    with pytest.raises(ConfigError, match=rf"tiers\.yaml: students\.tiers\[0\]: tier .*(taken by the run's other models|letters, digits).*"):
+    with pytest.raises(ConfigError, match=r"tiers\.yaml: students\.tiers\[0\]: tier .*(taken by the run's other models|letters, digits).*"):
         load_config(path)
 
 

@@ -1,162 +1,41 @@
-"""A third modality added as README's "Adding a modality" says: a `Signal`, a `Modality` and its
-options registered under one name (here, in this module: nothing of it lives in the package), then
-`data.modalities: [image, audio, imu]` and nothing else changed. The synthetic sensor is a 3-axis
-accelerometer trace per item, written as .npy files under a data root beside MNIST and FSDD: each
-digit has its own mean posture (a point on a ring, plus up or down) and rhythm, blurred by per-item
-and per-sample noise, so the trace tells the digit often but not always.
+"""A third modality added as README's "Adding a modality" says, by the example plugin in
+examples/imu_plugin (nothing of it lives in the package): its `Signal` and options and its
+`Modality` registered under one name, then `data.modalities: [image, audio, imu]` and nothing else
+changed. The synthetic sensor (racmkd_imu.synthetic) is a 3-axis motion trace per item, written as
+.npy files under a data root beside MNIST and FSDD; each digit has its own posture and rhythm,
+blurred by noise, so the trace tells the digit often but not always.
 
 One small run goes the whole way: the dataset pairs the traces by label within each split, the
 teachers and a student get an imu encoder, the predictor takes `imu=`, the `inputs` compression
 step lowers imu's own knob, the exported ONNX model's contract describes imu's preprocessing, the
-edge runtime and the servers answer from it."""
+edge runtime and the servers answer from it, and `racmkd predict` in a process of its own finds
+the plugin through the entry points of examples/imu_plugin/pyproject.toml."""
 
 from __future__ import annotations
 
 import io
 import json
-import math
-from dataclasses import dataclass
+import tomllib
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import racmkd
-from racmkd.config import ConfigError, DataConfig, RunConfig, load_config
+from racmkd.config import RunConfig, load_config
 from racmkd.data.dataset import PairedDataset
-from racmkd.data.modalities import SPLITS, Bank, Modality
-from racmkd.data.paths import DataError
-from racmkd.data.signals import Signal, pooling_matrix
+from racmkd.data.modalities import SPLITS
 from racmkd.registry import MODALITIES, MODALITY_OPTIONS, SIGNALS
+from racmkd_imu import modality as imu_modality
+from racmkd_imu import signal as imu_signal
+from racmkd_imu.modality import ImuModality
+from racmkd_imu.signal import AXES, NAME, SAMPLES, ImuOptions, ImuSignal, ImuSpec
+from racmkd_imu.synthetic import ITEMS, write_traces
 
 TINY = Path(__file__).parent / "tiny.yaml"
-NAME = "imu"
-AXES, SAMPLES = 3, 64  # one trace: 3 axes x 64 samples
-ITEMS = {"train": 60, "val": 20, "test": 20}  # traces per digit and split
-
-
-# The modality, as a plugin would write it ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ImuOptions:
-    """data.options.imu: the time steps the models read per level (average pooling of the trace)."""
-
-    levels: tuple[int, ...] = (64, 32, 16, 8)
-
-    def __post_init__(self) -> None:
-        if not self.levels or not all(1 <= n <= SAMPLES for n in self.levels):
-            raise ConfigError(f"levels {list(self.levels)}: at least one, each 1-{SAMPLES} time steps")
-
-
-@dataclass(frozen=True)
-class ImuSpec:
-    """What an imu model expects: the trace's `samples`, average-pooled to `length` steps."""
-
-    samples: int = SAMPLES
-    length: int = SAMPLES
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.samples, int) and isinstance(self.length, int) and 1 <= self.length <= self.samples):
-            raise ConfigError(f"need whole numbers 1 <= length <= samples, got length {self.length!r}, samples {self.samples!r}")
-
-
-class ImuSignal(Signal):
-    """3-axis traces: checked, average-pooled in time; the axes are the feature's channels."""
-
-    name = NAME
-    spec_type = ImuSpec
-    layout = "(batch, axes, 1, steps) float32"
-
-    def to_raw(self, value: Any, spec: ImuSpec, sample_rate: int | None = None) -> np.ndarray:
-        array = np.asarray(value)
-        if array.shape != (AXES, spec.samples) or array.dtype.kind not in "iuf":
-            raise ValueError(f"imu: expected {AXES} axes x {spec.samples} samples of numbers, got shape {array.shape}, dtype {array.dtype}")
-        raw = array.astype(np.float32)
-        if not np.isfinite(raw).all():
-            raise ValueError("imu: the trace holds NaN or infinite samples")
-        return raw[None]
-
-    def blank(self, spec: ImuSpec) -> np.ndarray:
-        return np.zeros((1, AXES, spec.samples), dtype=np.float32)
-
-    def features(self, raw: np.ndarray, spec: ImuSpec) -> np.ndarray:
-        pooled = raw if raw.shape[-1] == spec.length else raw @ pooling_matrix(raw.shape[-1], spec.length)  # (B, 3, T) @ (T, L)
-        return pooled[:, :, None].astype(np.float32, copy=False)  # (B, 3, 1, L)
-
-    def feature_shape(self, spec: ImuSpec) -> tuple[int, ...]:
-        return (AXES, 1, spec.length)
-
-    def steps(self, spec: ImuSpec) -> list[str]:
-        steps = [f"{AXES} axes x {spec.samples} samples, float"]
-        if spec.length != spec.samples:
-            steps.append(f"average pooling in time to {spec.length} steps")
-        return steps
-
-
-class ImuModality(Modality):
-    """Traces stored as <root>/imu/<split>/<digit>-<item>.npy, split by folder (as the sensor's
-    dataset ships them)."""
-
-    name = NAME
-    options_type = ImuOptions
-    teacher_encoder = "cnn2d"
-    student_encoder = "dscnn2d"
-    data_folders = ("imu",)
-    reductions: ClassVar[dict[str, str]] = {"length": "time steps, by average pooling (64 -> 32 -> 16 -> 8)"}
-
-    def load_banks(self, root: Path, cfg: DataConfig) -> dict[str, Bank]:
-        banks = {}
-        for split in SPLITS:
-            files = sorted((root / "imu" / split).glob("*.npy"))
-            if not files:
-                raise DataError(f"{root / 'imu' / split}: no traces (<digit>-<item>.npy)")
-            data = torch.from_numpy(np.stack([np.load(f) for f in files]))  # (R, 3, 64) float32
-            banks[split] = Bank(data, torch.tensor([int(f.name.split("-")[0]) for f in files]), [f.name for f in files])
-        return banks
-
-    @property
-    def n_levels(self) -> int:
-        return len(self.options.levels)
-
-    def spec(self, level: int = 0) -> ImuSpec:
-        return ImuSpec(SAMPLES, self.options.levels[level])
-
-    def features(self, raw: torch.Tensor, spec: ImuSpec, augment_seed: int | None = None, memo: dict | None = None) -> torch.Tensor:
-        if augment_seed is not None:  # a sensor's gain varies a little from device to device
-            raw = raw * (1 + 0.1 * (2 * torch.rand(raw.shape[0], 1, 1, generator=torch.Generator().manual_seed(augment_seed)) - 1))
-        pooled = raw if raw.shape[-1] == spec.length else F.adaptive_avg_pool1d(raw, spec.length)
-        return pooled.unsqueeze(2)  # (B, 3, 1, L)
-
-    def check_reduction(self, spec: ImuSpec, reduced: ImuSpec) -> None:
-        super().check_reduction(spec, reduced)
-        if reduced.samples != spec.samples:
-            raise ValueError("imu: the trace's samples are the sensor's, not a knob")
-
-
-def trace(digit: int, rng: np.random.Generator) -> np.ndarray:
-    """One synthetic (3, 64) trace of a digit: its posture (a point on a ring, up for 5-9), blurred
-    per item, a rhythm of 1-3 cycles, and sample noise."""
-    angle = 2 * math.pi * digit / 10
-    posture = np.array([math.cos(angle), math.sin(angle), 1.0 if digit >= 5 else -1.0]) + 0.3 * rng.standard_normal(AXES)
-    t = np.arange(SAMPLES)
-    rhythm = 0.5 * np.sin(2 * math.pi * (1 + digit % 3) * t / SAMPLES + rng.uniform(0, 2 * math.pi, (AXES, 1)))
-    return (posture[:, None] + rhythm + 0.3 * rng.standard_normal((AXES, SAMPLES))).astype(np.float32)
-
-
-def write_traces(root: Path, seed: int = 0) -> None:
-    """ITEMS traces per digit and split; items are numbered across splits (an id is one trace)."""
-    rng, item = np.random.default_rng(seed), 0
-    for split, per_digit in ITEMS.items():
-        folder = root / "imu" / split
-        folder.mkdir(parents=True)
-        for digit in range(10):
-            for _ in range(per_digit):
-                np.save(folder / f"{digit}-{item:05d}.npy", trace(digit, rng))
-                item += 1
+PLUGIN = Path(__file__).parents[1] / "examples" / "imu_plugin"  # on pytest's pythonpath (pyproject.toml)
 
 
 # Registration and the run ------------------------------------------------------------------------------
@@ -164,14 +43,14 @@ def write_traces(root: Path, seed: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def imu_registered() -> Any:
-    """The three registrations under one name, taken out again after this module's tests."""
+    """The example plugin's registrations, done as its entry points do (`register()`), taken out
+    again after this module's tests."""
     from racmkd.data import modalities as _modalities  # noqa: F401 - image and audio first, as the package registers them
 
-    added = [(SIGNALS, ImuSignal), (MODALITY_OPTIONS, ImuOptions), (MODALITIES, ImuModality)]
-    for registry, obj in added:
-        registry.register(NAME)(obj)
+    imu_signal.register()
+    imu_modality.register()
     yield
-    for registry, obj in added:
+    for registry, obj in ((SIGNALS, ImuSignal), (MODALITY_OPTIONS, ImuOptions), (MODALITIES, ImuModality)):
         assert registry.unregister(NAME) is obj
     from racmkd.deploy.server import input_checker
 
@@ -310,18 +189,17 @@ def test_cli_predict_takes_imu_as_a_named_input(three: tuple[RunConfig, PairedDa
         assert result.exit_code == 2 and message in result.output, (pair, result.output)
 
 
-def install_plugin(folder: Path) -> Path:
-    """This module's imu as an installed distribution would declare it: entry points under
-    racmkd.signals (the Signal and options) and racmkd.training (the Modality), each a module that
-    registers what it names. Returns the folder to put on PYTHONPATH."""
-    info = folder / "racmkd_imu_test-0.1.dist-info"
+def install_plugin(folder: Path) -> list[Path]:
+    """examples/imu_plugin as `pip install` would leave it, without touching the environment: its
+    pyproject's entry points in a dist-info folder. Returns the folders to put on PYTHONPATH."""
+    project = tomllib.loads((PLUGIN / "pyproject.toml").read_text())["project"]
+    info = folder / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: racmkd-imu-test\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[racmkd.signals]\n{NAME} = imu_signal_plugin\n\n[racmkd.training]\n{NAME} = imu_training_plugin\n")
-    here = f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-    (folder / "imu_signal_plugin.py").write_text(here + f"from test_third_modality import ImuOptions, ImuSignal\nfrom racmkd.registry import MODALITY_OPTIONS, SIGNALS\nSIGNALS.register({NAME!r})(ImuSignal)\nMODALITY_OPTIONS.register({NAME!r})(ImuOptions)\n")
-    (folder / "imu_training_plugin.py").write_text(here + f"from test_third_modality import ImuModality\nfrom racmkd.registry import MODALITIES\nMODALITIES.register({NAME!r})(ImuModality)\n")
-    return folder
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    groups = project["entry-points"]
+    assert set(groups) == {"racmkd.signals", "racmkd.training"}
+    (info / "entry_points.txt").write_text("".join(f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in points.items()) + "\n" for group, points in groups.items()))
+    return [folder, PLUGIN]
 
 
 def test_a_plugin_modality_reaches_the_commands_through_entry_points(three: tuple[RunConfig, PairedDataset, Path], tmp_path: Path) -> None:
@@ -335,7 +213,7 @@ def test_a_plugin_modality_reaches_the_commands_through_entry_points(three: tupl
     x = raw_inputs(dataset, range(1))[0]
     np.save(tmp_path / "trace.npy", x[NAME])
     command = [sys.executable, "-m", "racmkd.cli", "predict", "--run", str(run_dir), "--tier", "low", "--input", f"{NAME}={tmp_path / 'trace.npy'}"]
-    env = {**os.environ, "RACMKD_PROGRESS": "0", "PYTHONPATH": os.pathsep.join([str(install_plugin(tmp_path / "site")), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {**os.environ, "RACMKD_PROGRESS": "0", "PYTHONPATH": os.pathsep.join([*map(str, install_plugin(tmp_path / "site")), *filter(None, [os.environ.get("PYTHONPATH")])])}
     answer = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert answer.returncode == 0 and json.loads(answer.stdout)["label"] == racmkd.load(run_dir, "low").predict(imu=x[NAME])[0], answer.stderr[-2000:]
     env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")

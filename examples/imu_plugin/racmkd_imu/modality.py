@@ -1,0 +1,62 @@
+"""The imu modality's training half (torch): where its items come from, how training batches are
+augmented, and its features for a spec, the same as the signal's (racmkd_imu.signal)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from racmkd.config import DataConfig
+from racmkd.data.modalities import SPLITS, Bank, Modality
+from racmkd.data.paths import DataError
+from racmkd.registry import MODALITIES
+from racmkd_imu.signal import NAME, SAMPLES, ImuOptions, ImuSpec
+
+
+class ImuModality(Modality):
+    """Traces stored as <data root>/imu/<split>/<digit>-<item>.npy, split by folder (as a sensor's
+    dataset ships them; racmkd_imu.synthetic writes such a folder)."""
+
+    name = NAME
+    options_type = ImuOptions
+    teacher_encoder = "cnn2d"  # a (3, 1, steps) input: the axes as channels, a 1-high image
+    student_encoder = "dscnn2d"
+    data_folders = (NAME,)
+    reductions: ClassVar[dict[str, str]] = {"length": "time steps, by average pooling (64 -> 32 -> 16 -> 8)"}
+
+    def load_banks(self, root: Path, cfg: DataConfig) -> dict[str, Bank]:
+        banks = {}
+        for split in SPLITS:
+            files = sorted((root / NAME / split).glob("*.npy"))
+            if not files:
+                raise DataError(f"{root / NAME / split}: no traces (<digit>-<item>.npy); racmkd_imu.synthetic.write_traces writes a synthetic set")
+            data = torch.from_numpy(np.stack([np.load(f, allow_pickle=False) for f in files]))  # (R, 3, 64) float32
+            banks[split] = Bank(data, torch.tensor([int(f.name.split("-")[0]) for f in files]), [f.name for f in files])
+        return banks
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.options.levels)
+
+    def spec(self, level: int = 0) -> ImuSpec:
+        return ImuSpec(SAMPLES, self.options.levels[level])
+
+    def features(self, raw: torch.Tensor, spec: ImuSpec, augment_seed: int | None = None, memo: dict | None = None) -> torch.Tensor:
+        if augment_seed is not None:  # a sensor's gain varies a little from device to device
+            raw = raw * (1 + 0.1 * (2 * torch.rand(raw.shape[0], 1, 1, generator=torch.Generator().manual_seed(augment_seed)) - 1))
+        pooled = raw if raw.shape[-1] == spec.length else F.adaptive_avg_pool1d(raw, spec.length)
+        return pooled.unsqueeze(2)  # (B, 3, 1, L)
+
+    def check_reduction(self, spec: ImuSpec, reduced: ImuSpec) -> None:
+        super().check_reduction(spec, reduced)
+        if reduced.samples != spec.samples:
+            raise ValueError("imu: the trace's samples are the sensor's, not a knob")
+
+
+def register() -> None:
+    """The entry point of group racmkd.training: the modality under its name."""
+    MODALITIES.register(NAME)(ImuModality)
