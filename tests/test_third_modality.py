@@ -305,3 +305,13 @@ def test_edge_runtime_and_servers_answer_from_imu(three: tuple[RunConfig, Paired
         assert reply.status_code == 200 and reply.json()["variants"] == [f"low/{NAME}"] and reply.json()["label"] == share.predict(imu=x[NAME])[0], reply.text
     finally:
         edge.close()
+
+
+def test_the_example_signal_half_loads_without_torch() -> None:
+    """What an edge device imports of the plugin (group racmkd.signals) needs no torch."""
+    import subprocess
+    import sys
+
+    code = f"import sys; sys.modules['torch'] = None; sys.path.insert(0, {str(PLUGIN)!r}); import racmkd_imu.signal as s, racmkd_imu.synthetic; s.register(); from racmkd.registry import SIGNALS, MODALITY_OPTIONS; print(SIGNALS.names(), MODALITY_OPTIONS.names())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "['audio', 'image', 'imu'] ['audio', 'image', 'imu']", done.stderr[-2000:]
