@@ -312,6 +312,6 @@ def test_the_example_signal_half_loads_without_torch() -> None:
     import subprocess
     import sys
 
-    code = f"import sys; sys.modules['torch'] = None; sys.path.insert(0, {str(PLUGIN)!r}); import racmkd_imu.signal as s, racmkd_imu.synthetic; s.register(); from racmkd.registry import SIGNALS, MODALITY_OPTIONS; print(SIGNALS.names(), MODALITY_OPTIONS.names())"
+    code = f"import sys; sys.modules['torch'] = None; sys.path.insert(0, {str(PLUGIN)!r}); import racmkd_imu.signal as s, racmkd_imu.synthetic; s.register(); from racmkd.config import modality_options; from racmkd.registry import SIGNALS; print(SIGNALS.names(), modality_options().names())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "['audio', 'image', 'imu'] ['audio', 'image', 'imu']", done.stderr[-2000:]
