@@ -5,26 +5,26 @@ are registered explicitly under a unique name; configs refer to them by that nam
 
 Code outside racmkd registers itself through entry points (the mechanism pytest and others use for
 plugins), so that the `racmkd` commands and servers, which start as their own processes, know it: a
-distribution declares modules under the group `racmkd.signals` (a modality's torch-free half, its
-Signal and options: read on edge devices, which have no torch) and `racmkd.training` (its Modality,
-encoders, losses, compression steps), e.g. in its pyproject.toml
+distribution declares entry points under the group `racmkd.signals` (a modality's torch-free half,
+its Signal and options: read on edge devices, which have no torch) and `racmkd.training` (its
+Modality, encoders, losses, compression steps), e.g. in its pyproject.toml
 
     [project.entry-points."racmkd.signals"]
-    imu = "mypkg.imu_signal"
+    imu = "racmkd_imu.signal:register"
     [project.entry-points."racmkd.training"]
-    imu = "mypkg.imu_modality"
+    imu = "racmkd_imu.modality:register"
 
-and each module registers what it defines when imported, at a registry's first lookup; an entry
-point may also name a function (`mypkg.imu_signal:register`), called once to register.
+An entry point names a function, called once to register (as here), or a module (or anything else
+in it) whose import registers; they load at the first lookup of a registry of their group.
 examples/imu_plugin is such a distribution.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
 import threading
 import warnings
-import weakref
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
@@ -32,42 +32,57 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 # Plugins load under one lock, at the first lookup of a registry of their group. The lock is
-# re-entrant: a plugin that looks names up while it is imported sees what is loaded so far. It is not
-# a lock Python's import deadlock detection knows of, so a plugin module should register what it
-# defines and look nothing up at import time.
+# re-entrant: a plugin that looks names up while it loads sees what is loaded so far. It is not a lock
+# Python's import deadlock detection knows of, so a plugin should register what it defines and look
+# nothing up while it loads.
 _PLUGINS_LOCK = threading.RLock()
-_FAILED: dict[str, dict[str, str]] = {}  # group -> {entry point: why it failed}; a group is here from when it starts loading
+_FAILED: dict[str, dict[str, str]] = {}  # group -> {entry point: why it failed}
+_LOADING: set[str] = set()  # the groups the thread holding the lock is loading
 _LOADED: set[str] = set()  # the groups whose every entry point has been tried
-_REGISTRIES: weakref.WeakSet[Registry] = weakref.WeakSet()  # restored when a plugin fails halfway
+_TRIED: set[tuple[str, str, str]] = set()  # (group, name, value): not tried again after an interrupted load
+_recording = threading.local()  # .added: what the plugin this thread is loading has registered so far
 
 
 def load_plugins(group: str) -> dict[str, str]:
-    """Import every module installed distributions declare under the entry-point group `group`,
-    once per process; returns the entry points that failed to load, with why. A broken plugin is a
-    warning, not the end of the process: nothing it registered stays (not a signal without its
-    options), and looking its names up says why they are missing."""
+    """Load every entry point installed distributions declare under `group`, once per process;
+    returns the ones that failed, with why. A broken plugin is a warning, not the end of the process:
+    nothing it registered stays (not a signal without its options), and looking its names up says
+    why they are missing."""
     with _PLUGINS_LOCK:
-        if group in _FAILED:  # loaded, or being loaded by this thread (a plugin's own lookups)
-            return _FAILED[group]
-        failed = _FAILED[group] = {}
+        failed = _FAILED.setdefault(group, {})
+        if group in _LOADED or group in _LOADING:  # (being loaded: a plugin's own lookups)
+            return dict(failed)
+        _LOADING.add(group)
         try:
             for point in entry_points(group=group):
-                before = {registry: set(registry._entries) for registry in _REGISTRIES}
-                try:
-                    loaded = point.load()
-                    if callable(loaded):  # `module:function`: the function registers (a module registers when imported)
-                        loaded()
-                except Exception as err:  # noqa: BLE001 - any error in a third party's import
-                    for registry, names in before.items():
-                        for name in set(registry._entries) - names:
-                            del registry._entries[name]
-                    failed[point.name] = f"{point.value}: {type(err).__name__}: {err}"
-                    warnings.warn(f"racmkd plugin {point.name!r} ({point.value}, entry-point group {group}) failed to load: {type(err).__name__}: {err}; nothing it registers is available", RuntimeWarning, stacklevel=4)
-        except BaseException:  # interrupted (KeyboardInterrupt, SystemExit): the next lookup tries again
-            del _FAILED[group]
+                if (group, point.name, point.value) not in _TRIED:
+                    _load_plugin(point, group, failed)
+                    _TRIED.add((group, point.name, point.value))
+            _LOADED.add(group)
+        finally:  # (interrupted: KeyboardInterrupt, SystemExit: the next lookup loads what is left)
+            _LOADING.discard(group)
+        return dict(failed)
+
+
+def _load_plugin(point: Any, group: str, failed: dict[str, str]) -> None:
+    """One entry point: import it and call it if it names a function; on an error, take out what it
+    registered (racmkd's own names, which its import may have registered first, stay: their modules
+    are imported and would not register them again)."""
+    _recording.added = added = []
+    try:
+        loaded = point.load()
+        if inspect.isfunction(loaded):  # `module:register`; a class or a decorated loss registered when imported
+            loaded()
+    except BaseException as err:
+        for registry, name, obj in added:
+            if getattr(obj, "__module__", "").partition(".")[0] != "racmkd":
+                registry._entries.pop(name, None)
+        if not isinstance(err, Exception):
             raise
-        _LOADED.add(group)
-        return failed
+        failed[point.name] = f"{point.value}: {type(err).__name__}: {err}"
+        warnings.warn(f"racmkd plugin {point.name!r} ({point.value}, entry-point group {group}) failed to load: {type(err).__name__}: {err}; nothing it registers is available", RuntimeWarning, stacklevel=5)
+    finally:
+        _recording.added = None
 
 
 class Registry(Generic[T]):
@@ -78,7 +93,6 @@ class Registry(Generic[T]):
         self.plugins = plugins  # the entry-point group whose modules register here (module docstring)
         self._plugins_loaded = plugins is None
         self._entries: dict[str, T] = {}
-        _REGISTRIES.add(self)
 
     @property
     def entries(self) -> dict[str, T]:
@@ -95,6 +109,9 @@ class Registry(Generic[T]):
             if name in self._entries:
                 raise KeyError(f"{self.kind} {name!r} is registered twice ({self._entries[name]!r} and {obj!r})")
             self._entries[name] = obj
+            added = getattr(_recording, "added", None)
+            if added is not None:  # a plugin is loading on this thread: undone if it fails
+                added.append((self, name, obj))
             return obj
 
         return add
@@ -113,7 +130,7 @@ class Registry(Generic[T]):
         if name not in entries:
             close = difflib.get_close_matches(name, entries, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            failed = _FAILED.get(self.plugins, {}) if self.plugins else {}
+            failed = dict(_FAILED.get(self.plugins, {})) if self.plugins else {}
             broken = f" Plugins that failed to load ({self.plugins}): {'; '.join(f'{n} ({why})' for n, why in failed.items())}." if failed else ""
             raise KeyError(f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(entries))}.{broken}")
         return entries[name]

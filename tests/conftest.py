@@ -30,6 +30,17 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+def fake_distribution(folder: Path, name: str, version: str, groups: dict[str, dict[str, str]]) -> Path:
+    """What `pip install` leaves of a distribution's entry points, without touching the environment:
+    a dist-info folder in `folder` (put it on sys.path or PYTHONPATH) declaring `groups`
+    ({group: {entry point: value}}). Returns `folder`."""
+    info = folder / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text("".join(f"[{group}]\n" + "".join(f"{point} = {value}\n" for point, value in points.items()) + "\n" for group, points in groups.items()))
+    return folder
+
+
 def tiny_config(cache: Path, runs: Path, *overrides: str) -> RunConfig:
     """The tiny run of tests/tiny.yaml with its cache and runs folder inside the test's temp dir."""
     return load_config(TINY, [f"data.cache_dir={cache}", f"runs_dir={runs}", *overrides])

@@ -29,31 +29,40 @@ def test_registry_rejects_duplicates_and_suggests_names() -> None:
     assert "conv" in reg and reg.names() == ["conv"]
 
 
-def test_plugins_register_through_entry_points_and_a_broken_one_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A registry with a plugin group imports the modules installed distributions declare there at
-    its first lookup, once; another thread's lookup meanwhile waits for the whole group (it read a
-    half-loaded table); one that fails to import is a warning, leaves nothing half-registered, and
-    asking for what it would have registered says why it is missing."""
-    import threading
+def install_widget_plugins(root: Path, monkeypatch: pytest.MonkeyPatch, modules: dict[str, str], points: dict[str, str]) -> Registry:
+    """A fresh registry of group racmkd.test_widgets (as `racmkd.registry.TEST_WIDGETS`, where the
+    plugin modules find it), and a distribution under `root` declaring `points` (name -> value) with
+    the `modules` (name -> source) beside it, on sys.path; the plugin bookkeeping starts empty."""
+    from conftest import fake_distribution
 
     from racmkd import registry as registry_module
 
-    group = "racmkd.test_widgets"
-    widgets: Registry = Registry("widget", plugins=group)
-    monkeypatch.setattr(registry_module, "TEST_WIDGETS", widgets, raising=False)  # where the plugins find it
-    monkeypatch.setattr(registry_module, "_FAILED", {})
-    monkeypatch.setattr(registry_module, "_LOADED", set())
-    info = tmp_path / "widget_plugins-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: widget-plugins\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[{group}]\ngear = widget_gear\nbroken = widget_broken\n")
-    (tmp_path / "widget_gear.py").write_text(
-        "import time\nfrom racmkd.registry import TEST_WIDGETS\n"
-        "assert 'gear' not in TEST_WIDGETS  # its own lookup while it loads: what is loaded so far\n"
-        "time.sleep(0.5)\nTEST_WIDGETS.register('gear')(complex)\n"
-    )
-    (tmp_path / "widget_broken.py").write_text("from racmkd.registry import TEST_WIDGETS\nTEST_WIDGETS.register('half')(float)\nraise ImportError('needs libwidget')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    widgets: Registry = Registry("widget", plugins="racmkd.test_widgets")
+    monkeypatch.setattr(registry_module, "TEST_WIDGETS", widgets, raising=False)
+    for name in ("_FAILED", "_LOADED", "_LOADING", "_TRIED"):
+        monkeypatch.setattr(registry_module, name, type(getattr(registry_module, name))())
+    fake_distribution(root, "widget-plugins", "0.1", {"racmkd.test_widgets": points})
+    for module, source in modules.items():
+        (root / f"{module}.py").write_text("from racmkd.registry import TEST_WIDGETS\n" + source)
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.syspath_prepend(str(root))
+    return widgets
+
+
+def test_plugins_register_through_entry_points_and_a_broken_one_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry with a plugin group loads what installed distributions declare there at its
+    first lookup, once: a module (its import registers), a function (called), a class (registered by
+    its module, not called); another thread's lookup meanwhile waits for the whole group (it read a
+    half-loaded table); one that fails is a warning, leaves nothing of its own registered, and asking
+    for what it would have registered says why it is missing."""
+    import threading
+
+    widgets = install_widget_plugins(tmp_path, monkeypatch, {
+        "widget_gear": "import time\nassert 'gear' not in TEST_WIDGETS  # its own lookup while it loads: what is loaded so far\ntime.sleep(0.5)\nTEST_WIDGETS.register('gear')(complex)\n",
+        "widget_fn": "def register():\n    TEST_WIDGETS.register('spring')(bytes)\n",
+        "widget_cls": "@TEST_WIDGETS.register('sprocket')\nclass Sprocket:\n    def __init__(self, teeth):\n        self.teeth = teeth\n",
+        "widget_broken": "def register():\n    TEST_WIDGETS.register('half')(float)\n    raise ImportError('needs libwidget')\n",
+    }, {"gear": "widget_gear", "spring": "widget_fn:register", "sprocket": "widget_cls:Sprocket", "broken": "widget_broken:register"})
     widgets.register("cog")(int)  # registering never loads plugins
     assert "widget_gear" not in sys.modules
     seen: list[list[str]] = []
@@ -64,15 +73,33 @@ def test_plugins_register_through_entry_points_and_a_broken_one_is_named(tmp_pat
         time.sleep(0.2)  # the first lookup is inside widget_gear's import
         seen.append(widgets.names())
         first.join()
-    assert seen == [["cog", "gear"], ["cog", "gear"]] and widgets.get("gear") is complex  # 'half' undone with its plugin
-    assert [str(w.message) for w in caught] == ["racmkd plugin 'broken' (widget_broken, entry-point group racmkd.test_widgets) failed to load: ImportError: needs libwidget; nothing it registers is available"]
+    loaded = ["cog", "gear", "spring", "sprocket"]  # 'half' undone with its plugin
+    assert seen == [loaded, loaded] and widgets.get("gear") is complex and widgets.get("sprocket").__name__ == "Sprocket"
+    assert [str(w.message) for w in caught] == ["racmkd plugin 'broken' (widget_broken:register, entry-point group racmkd.test_widgets) failed to load: ImportError: needs libwidget; nothing it registers is available"]
     with warnings.catch_warnings(record=True) as again:
         warnings.simplefilter("always")
-        assert widgets.names() == ["cog", "gear"]
+        assert widgets.names() == loaded
     assert not again  # loaded once per process: no second try, no second warning
-    with pytest.raises(KeyError, match=r"unknown widget 'half'.*failed to load \(racmkd.test_widgets\): broken \(widget_broken: ImportError: needs libwidget\)"):
+    with pytest.raises(KeyError, match=r"unknown widget 'half'.*failed to load \(racmkd.test_widgets\): broken \(widget_broken:register: ImportError: needs libwidget\)"):
         widgets.get("half")
-    sys.modules.pop("widget_gear", None)
+
+
+def test_an_interrupted_plugin_load_goes_on_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C inside a plugin: its own registrations are undone, and the next lookup loads it and
+    the rest without loading the ones done again (their register() said 'registered twice')."""
+    widgets = install_widget_plugins(tmp_path, monkeypatch, {
+        "widget_a": "def register():\n    TEST_WIDGETS.register('a')(int)\n",
+        "widget_b": "import os\ndef register():\n    TEST_WIDGETS.register('b')(float)\n    if not os.environ.get('WIDGET_B_OK'):\n        raise KeyboardInterrupt\n",
+        "widget_c": "def register():\n    TEST_WIDGETS.register('c')(complex)\n",
+    }, {"a": "widget_a:register", "b": "widget_b:register", "c": "widget_c:register"})
+    with pytest.raises(KeyboardInterrupt):
+        widgets.names()
+    assert widgets._entries == {"a": int}  # b's registration undone, c not reached
+    monkeypatch.setenv("WIDGET_B_OK", "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert widgets.names() == ["a", "b", "c"]
+    assert not caught
 
 
 def test_project_registries_are_filled() -> None:

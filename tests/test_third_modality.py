@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import tomllib
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +30,18 @@ from racmkd.config import RunConfig, load_config
 from racmkd.data.dataset import PairedDataset
 from racmkd.data.modalities import SPLITS
 from racmkd.registry import MODALITIES, MODALITY_OPTIONS, SIGNALS
-from racmkd_imu import modality as imu_modality
-from racmkd_imu import signal as imu_signal
-from racmkd_imu.modality import ImuModality
-from racmkd_imu.signal import AXES, NAME, SAMPLES, ImuOptions, ImuSignal, ImuSpec
-from racmkd_imu.synthetic import ITEMS, write_traces
 
 TINY = Path(__file__).parent / "tiny.yaml"
-PLUGIN = Path(__file__).parents[1] / "examples" / "imu_plugin"  # on pytest's pythonpath (pyproject.toml)
+PLUGIN = Path(__file__).parents[1] / "examples" / "imu_plugin"
+# The example's modules, imported from its folder, which leaves sys.path again: left there, a build's
+# egg-info in it would be an installed plugin to every later test.
+sys.path.insert(0, str(PLUGIN))
+try:
+    from racmkd_imu.modality import ImuModality
+    from racmkd_imu.signal import AXES, NAME, SAMPLES, ImuOptions, ImuSignal, ImuSpec
+    from racmkd_imu.synthetic import ITEMS, write_traces
+finally:
+    sys.path.remove(str(PLUGIN))
 
 
 # Registration and the run ------------------------------------------------------------------------------
@@ -43,14 +49,16 @@ PLUGIN = Path(__file__).parents[1] / "examples" / "imu_plugin"  # on pytest's py
 
 @pytest.fixture(scope="module")
 def imu_registered() -> Any:
-    """The example plugin's registrations, done as its entry points do (`register()`), taken out
-    again after this module's tests."""
+    """The example plugin's registrations (what its `register()` functions do), taken out again
+    after this module's tests."""
     from racmkd.data import modalities as _modalities  # noqa: F401 - image and audio first, as the package registers them
 
-    imu_signal.register()
-    imu_modality.register()
+    # (An installed example registered itself through its entry points: only what is missing here is registered and taken out.)
+    ours = [(registry, obj) for registry, obj in ((SIGNALS, ImuSignal), (MODALITY_OPTIONS, ImuOptions), (MODALITIES, ImuModality)) if NAME not in registry]
+    for registry, obj in ours:
+        registry.register(NAME)(obj)
     yield
-    for registry, obj in ((SIGNALS, ImuSignal), (MODALITY_OPTIONS, ImuOptions), (MODALITIES, ImuModality)):
+    for registry, obj in ours:
         assert registry.unregister(NAME) is obj
     from racmkd.deploy.server import input_checker
 
@@ -192,14 +200,11 @@ def test_cli_predict_takes_imu_as_a_named_input(three: tuple[RunConfig, PairedDa
 def install_plugin(folder: Path) -> list[Path]:
     """examples/imu_plugin as `pip install` would leave it, without touching the environment: its
     pyproject's entry points in a dist-info folder. Returns the folders to put on PYTHONPATH."""
+    from conftest import fake_distribution
+
     project = tomllib.loads((PLUGIN / "pyproject.toml").read_text())["project"]
-    info = folder / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
-    groups = project["entry-points"]
-    assert set(groups) == {"racmkd.signals", "racmkd.training"}
-    (info / "entry_points.txt").write_text("".join(f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in points.items()) + "\n" for group, points in groups.items()))
-    return [folder, PLUGIN]
+    assert set(project["entry-points"]) == {"racmkd.signals", "racmkd.training"}
+    return [fake_distribution(folder, project["name"], project["version"], project["entry-points"]), PLUGIN]
 
 
 def test_a_plugin_modality_reaches_the_commands_through_entry_points(three: tuple[RunConfig, PairedDataset, Path], tmp_path: Path) -> None:
@@ -217,6 +222,8 @@ def test_a_plugin_modality_reaches_the_commands_through_entry_points(three: tupl
     answer = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert answer.returncode == 0 and json.loads(answer.stdout)["label"] == racmkd.load(run_dir, "low").predict(imu=x[NAME])[0], answer.stderr[-2000:]
     env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
+    if any(point.name == NAME for point in entry_points(group="racmkd.signals")):
+        return  # the example is installed where racmkd is (README warns): no process without it to compare
     refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and f"no modality {NAME!r}" in refused.stderr + refused.stdout, refused.stderr[-2000:]
 
@@ -315,3 +322,17 @@ def test_the_example_signal_half_loads_without_torch() -> None:
     code = f"import sys; sys.modules['torch'] = None; sys.path.insert(0, {str(PLUGIN)!r}); import racmkd_imu.signal as s, racmkd_imu.synthetic; s.register(); from racmkd.config import modality_options; from racmkd.registry import SIGNALS; print(SIGNALS.names(), modality_options().names())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "['audio', 'image', 'imu'] ['audio', 'image', 'imu']", done.stderr[-2000:]
+
+
+def test_the_example_data_is_written_once_and_stray_files_are_named(imu_registered: Any, tmp_path: Path) -> None:
+    from racmkd.config import DataConfig
+    from racmkd.data.paths import DataError
+
+    assert write_traces(str(tmp_path), items={"train": 2, "val": 1, "test": 1}) == tmp_path / NAME
+    with pytest.raises(FileExistsError, match="remove the folder"):
+        write_traces(tmp_path)
+    banks = ImuModality(protocol="avmnist").load_banks(tmp_path, DataConfig())
+    assert {s: len(b) for s, b in banks.items()} == {"train": 20, "val": 10, "test": 10} and banks["train"].data.shape[1:] == (AXES, SAMPLES)
+    np.save(tmp_path / NAME / "val" / "notes.npy", np.zeros(3))
+    with pytest.raises(DataError, match=r"\['notes.npy'\] are not named <digit>-<item>.npy"):
+        ImuModality(protocol="avmnist").load_banks(tmp_path, DataConfig())

@@ -14,7 +14,7 @@ from racmkd.config import DataConfig
 from racmkd.data.modalities import SPLITS, Bank, Modality
 from racmkd.data.paths import DataError
 from racmkd.registry import MODALITIES
-from racmkd_imu.signal import NAME, SAMPLES, ImuOptions, ImuSpec
+from racmkd_imu.signal import AXES, NAME, SAMPLES, ImuOptions, ImuSpec
 
 
 class ImuModality(Modality):
@@ -34,8 +34,16 @@ class ImuModality(Modality):
             files = sorted((root / NAME / split).glob("*.npy"))
             if not files:
                 raise DataError(f"{root / NAME / split}: no traces (<digit>-<item>.npy); racmkd_imu.synthetic.write_traces writes a synthetic set")
-            data = torch.from_numpy(np.stack([np.load(f, allow_pickle=False) for f in files]))  # (R, 3, 64) float32
-            banks[split] = Bank(data, torch.tensor([int(f.name.split("-")[0]) for f in files]), [f.name for f in files])
+            digits = [f.name.split("-")[0] for f in files]
+            stray = [f.name for f, d in zip(files, digits) if d not in "0123456789" or len(d) != 1]
+            if stray:
+                raise DataError(f"{root / NAME / split}: {stray[:3]} are not named <digit>-<item>.npy; move them out of the folder")
+            traces = [np.load(f, allow_pickle=False) for f in files]
+            bad = [f.name for f, t in zip(files, traces) if t.shape != (AXES, SAMPLES)]
+            if bad:
+                raise DataError(f"{root / NAME / split}: {bad[:3]} are not {AXES} x {SAMPLES} traces; write the set again (racmkd_imu.synthetic)")
+            data = torch.from_numpy(np.stack(traces).astype(np.float32))  # (R, 3, 64)
+            banks[split] = Bank(data, torch.tensor([int(d) for d in digits]), [f.name for f in files])
         return banks
 
     @property

@@ -23,14 +23,19 @@ def trace(digit: int, rng: np.random.Generator) -> np.ndarray:
     return (posture[:, None] + rhythm + 0.3 * rng.standard_normal((AXES, SAMPLES))).astype(np.float32)
 
 
-def write_traces(root: Path, items: dict[str, int] = ITEMS, seed: int = 0) -> None:
-    """`items[split]` traces per digit and split under <root>/imu/<split>/<digit>-<item>.npy; items
-    are numbered across splits, so an id is one trace."""
+def write_traces(root: str | Path, items: dict[str, int] = ITEMS, seed: int = 0) -> Path:
+    """`items[split]` traces per digit and split under <root>/imu/<split>/<digit>-<item>.npy (items
+    are numbered across splits, so an id is one trace); returns <root>/imu. An existing set is kept:
+    remove the folder to write another."""
+    target = Path(root) / NAME
+    if target.exists():
+        raise FileExistsError(f"{target} exists: its traces are kept; remove the folder to write a new synthetic set")
     rng, item = np.random.default_rng(seed), 0
     for split, per_digit in items.items():
-        folder = root / NAME / split
+        folder = target / split
         folder.mkdir(parents=True)
         for digit in range(10):
             for _ in range(per_digit):
                 np.save(folder / f"{digit}-{item:05d}.npy", trace(digit, rng))
                 item += 1
+    return target
