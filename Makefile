@@ -33,6 +33,7 @@ endef
 
 test: $(STAMP)
 	$(call need,mosquitto)
+	$(BIN)/ruff check racmkd tests benchmarks examples
 	RACMKD_PROGRESS=0 $(BIN)/python -m pytest -q
 
 # The benchmark suite (BENCHMARKS.md): the seed paper's tables, baselines, robustness, cost curves.
