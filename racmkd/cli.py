@@ -628,7 +628,7 @@ def _read_npy(path: Path):  # noqa: ANN202 - numpy array
 
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, EOFError, ValueError) as err:  # click would turn an EOFError into a bare "Aborted!"
+    except (OSError, EOFError, ValueError, MemoryError) as err:  # click would turn an EOFError into a bare "Aborted!"; a header may claim any shape
         raise ValueError(f"{path}: not a readable .npy array ({type(err).__name__}: {err})") from None
     if not isinstance(loaded, np.ndarray):
         loaded.close()

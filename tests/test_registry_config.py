@@ -44,7 +44,8 @@ def install_widget_plugins(root: Path, monkeypatch: pytest.MonkeyPatch, modules:
     fake_distribution(root, "widget-plugins", "0.1", {"racmkd.test_widgets": points})
     for module, source in modules.items():
         (root / f"{module}.py").write_text("from racmkd.registry import TEST_WIDGETS\n" + source)
-        monkeypatch.delitem(sys.modules, module, raising=False)
+        monkeypatch.setitem(sys.modules, module, None)  # (so that the undo takes out what the test imports)
+        monkeypatch.delitem(sys.modules, module)
     monkeypatch.syspath_prepend(str(root))
     return widgets
 
