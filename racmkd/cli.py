@@ -92,10 +92,11 @@ def train_teacher(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: 
 @app.command()
 def distill(run: RunOpt = Path("runs/latest"), tier: Annotated[Optional[list[str]], typer.Option(help="Only these tiers (repeatable; default: all).")] = None) -> None:
     """Choose each tier's student design by measurement and distil it from the run's teachers."""
-    from racmkd.pipeline import distill_students, open_run, prepare_data
+    from racmkd.pipeline import check_tiers, distill_students, open_run, prepare_data
 
     try:
         run_dir, cfg = open_run(run)
+        check_tiers(cfg, f"{run_dir}/config.yaml")  # before the data loads
         names = distill_students(cfg, prepare_data(cfg), run_dir, tier)
     except _errors() as err:
         raise _fail(err) from None
