@@ -54,8 +54,9 @@ def test_bank_measures_every_variant_and_configuration(bank_dir: Path, tiny_run:
 
 
 def test_the_request_overhead_is_what_requests_take_beyond_their_variants(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    """A runtime whose every request spends 3 ms more on its own bookkeeping measures an overhead
-    3 ms larger (the measurement times requests, not a constant)."""
+    """A runtime whose every request spends 20 ms more on its own bookkeeping measures an overhead
+    about 20 ms larger (the measurement times requests, not a constant). (With 3 ms +- 1 it failed
+    once in CI: a loaded host's sleep overshot by a millisecond.)"""
     import time
 
     from racmkd.runtime import edge
@@ -66,11 +67,11 @@ def test_the_request_overhead_is_what_requests_take_beyond_their_variants(bank_d
     softmax = edge._softmax
 
     def slow_softmax(z: np.ndarray) -> np.ndarray:
-        time.sleep(0.003)
+        time.sleep(0.020)
         return softmax(z)
 
     monkeypatch.setattr(edge, "_softmax", slow_softmax)
-    assert request_overhead_ms(bank_dir, inputs, 10) - usual == pytest.approx(3.0, abs=1.0)
+    assert 15.0 <= request_overhead_ms(bank_dir, inputs, 10) - usual <= 30.0
 
 
 def test_a_bank_of_int8_weight_variants_is_smaller_and_answers_alike(bank_dir: Path, tiny_run: Path, tiny_dataset, tmp_path: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
