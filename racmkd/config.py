@@ -25,6 +25,8 @@ C = TypeVar("C")
 class ConfigError(ValueError):
     """A config file or override is malformed; the message names the file, the field and the fix."""
 
+    where: str | None = None  # the dotted field a value check failed at (`students.tiers[0].epochs`), when known
+
 
 # --------------------------------------------------------------------------------------------------
 # The dataclasses, in pipeline order.
@@ -501,7 +503,9 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
     """Check `value` against the annotation `tp`, converting YAML lists to tuples and dicts to dataclasses."""
 
     def fail(expected: str) -> ConfigError:
-        return ConfigError(f"{source}: {where}: expected {expected}, got {value!r}. Fix this value in {source}.")
+        error = ConfigError(f"{source}: {where}: expected {expected}, got {value!r}. Fix this value in {source}.")
+        error.where = where
+        return error
 
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -685,10 +689,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         apply_override(tree, assignment)
     if overrides:
         source = f"{source} + overrides {list(overrides)}"
-    cfg = from_dict(RunConfig, tree, source=source)
+    try:
+        cfg = from_dict(RunConfig, tree, source=source)
+    except ConfigError as err:
+        raise _blame_override(err, overrides, source) from None
     check_modality_options(cfg.data, source)
     check_modality_keys(cfg, source)
     return cfg
+
+
+def _blame_override(err: ConfigError, overrides: list[str] | tuple[str, ...], source: str) -> ConfigError:
+    """A bad value that came from `--set` is fixed there, not in the file the message named."""
+    for assignment in reversed(overrides):  # the last one that set the field is the one that counts
+        key = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", assignment.split("=", 1)[0].strip())  # students.tiers.0.epochs -> students.tiers[0].epochs
+        if err.where is not None and (err.where == key or err.where.startswith((key + ".", key + "["))):
+            return ConfigError(str(err).replace(f"Fix this value in {source}.", f"Fix the override {assignment!r} (--set)."))
+    return err
 
 
 def modality_options() -> Any:

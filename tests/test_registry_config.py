@@ -283,6 +283,18 @@ def test_a_run_without_tiers_is_refused_before_the_teachers_train(tmp_path: Path
     assert not any(tmp_path.iterdir())  # refused before a run folder was made
 
 
+def test_a_bad_value_from_the_command_line_is_fixed_there(tmp_path: Path) -> None:
+    """It said "Fix this value in tests/tiny.yaml + overrides [...]": the file was not where it came from."""
+    with pytest.raises(ConfigError, match=r"data\.seed: expected an integer, got 'abc'\. Fix the override 'data\.seed=abc' \(--set\)\.$"):
+        load_config(REPO / "tests" / "tiny.yaml", ["seed=1", "data.seed=abc"])
+    with pytest.raises(ConfigError, match=r"students\.tiers\[0\]\.epochs: .*Fix the override 'students\.tiers\.0\.epochs=x' \(--set\)"):
+        load_config(REPO / "tests" / "tiny.yaml", ["students.tiers.0.epochs=x"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {seed: abc}\n")
+    with pytest.raises(ConfigError, match=r"Fix this value in .*bad\.yaml \+ overrides \['seed=1'\]\.$"):  # a file's value: the file
+        load_config(bad, ["seed=1"])
+
+
 def test_compression_names_tiers_the_config_defines() -> None:
     with pytest.raises(ConfigError, match=r"compress\.tiers names \['hgh'\], not tiers of students\.tiers \(high, medium, low, critical\)\. Did you mean 'high'\?"):
         load_config(REPO / "tests" / "tiny.yaml", ["compress.tiers=[hgh]"])
