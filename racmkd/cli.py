@@ -608,7 +608,6 @@ def predict(
 def _read_inputs(pairs: list[str]) -> dict[str, object]:
     """`--input NAME=FILE.npy` values: a modality beyond image and audio (a sensor registered beside
     them) has no option of its own, so its raw input comes as an array file named by modality."""
-
     from racmkd.data import signals as _signals  # noqa: F401 - registers image and audio
     from racmkd.registry import SIGNALS
 

@@ -130,7 +130,7 @@ class Registry(Generic[T]):
         if name not in entries:
             close = difflib.get_close_matches(name, entries, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            failed = dict(_FAILED.get(self.plugins, {})) if self.plugins else {}
+            failed = _FAILED.get(self.plugins, {}) if self.plugins else {}
             broken = f" Plugins that failed to load ({self.plugins}): {'; '.join(f'{n} ({why})' for n, why in failed.items())}." if failed else ""
             raise KeyError(f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(entries))}.{broken}")
         return entries[name]

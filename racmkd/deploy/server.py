@@ -36,7 +36,7 @@ import zipfile
 import zlib
 from collections import deque
 from dataclasses import dataclass
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Union
@@ -68,7 +68,7 @@ Numbers = TypeAliasType("Numbers", Union[StrictFloat, "list[Numbers]"])
 class PredictRequest(BaseModel):
     """One sample's raw inputs; any may be missing. Image and audio have their fields; another
     registered modality (a sensor added beside them) comes under its own name as nested lists of
-    numbers (a name no modality has is an error, not ignored: `extra_arrays`)."""
+    numbers (a name no modality has is an error, not ignored: `refuse_unknown_inputs`)."""
 
     model_config = ConfigDict(extra="allow")
     __pydantic_extra__: dict[str, list[Numbers] | None] = Field(init=False)
@@ -118,10 +118,11 @@ def parse_request(body: bytes, content_type: str, settings: ServeConfig, modalit
         request = validated({k: meta[k] for k in META if k in meta}, where="the archive's settings")
     elif kind in ("application/json", ""):
         request = validated(body or b"{}", where="JSON request")
+        extra = request.model_extra or {}  # another modality's nested lists of numbers (the schema checked them)
+        refuse_unknown_inputs(extra, "inputs")
         try:
             with np.errstate(over="ignore"):  # beyond float32's range becomes infinite: refused by the signals' checks below
-                arrays = {m: np.asarray(getattr(request, m), dtype=np.float32) for m in ("image", "audio") if getattr(request, m, None) is not None}
-                arrays.update(extra_arrays(request.model_extra or {}))
+                arrays = {m: np.asarray(v, dtype=np.float32) for m, v in {"image": request.image, "audio": request.audio, **extra}.items() if v is not None}
         except ValueError as err:  # ragged lists
             raise HTTPException(422, f"an input is not a rectangular array ({err})") from None
     else:
@@ -154,13 +155,12 @@ def input_checker(name: str) -> tuple[Any, Any]:
     return signal, signal.spec_type()
 
 
-def extra_arrays(extra: dict[str, Any]) -> dict[str, np.ndarray]:
-    """A JSON request's inputs beyond image and audio (numbers already, by the schema), as float32
-    arrays; each must be named by a registered modality. A null value is a missing input."""
-    unknown = sorted(set(extra) - set(SIGNALS.names()))
+def refuse_unknown_inputs(names: Iterable[str], what: str) -> None:
+    """Inputs are named by a registered modality (or are a request setting): any other name is an
+    error, not ignored."""
+    unknown = sorted(n for n in names if n not in SIGNALS and n not in META)
     if unknown:
-        raise HTTPException(422, f"unknown inputs {unknown[:10]}; inputs are named by modality ({', '.join(SIGNALS.names())}) or {', '.join(META)}")
-    return {name: np.asarray(value, dtype=np.float32) for name, value in extra.items() if value is not None}  # (ragged lists: ValueError, said by the caller)
+        raise HTTPException(422, f"unknown inputs {unknown[:10]}; {what} are named by modality ({', '.join(SIGNALS.names())}) or {', '.join(META)}")
 
 
 def validated(values: bytes | dict[str, Any], where: str) -> PredictRequest:
@@ -185,9 +185,7 @@ def read_npz(body: bytes, settings: ServeConfig) -> tuple[dict[str, np.ndarray],
         with zipfile.ZipFile(io.BytesIO(body)) as archive:
             members = archive.infolist()
             names = [m.filename.removesuffix(".npy") for m in members]
-            unknown = sorted(set(names) - set(SIGNALS.names()) - set(META))
-            if unknown:
-                raise HTTPException(422, f"unknown inputs {unknown[:10]}; arrays are named by modality ({', '.join(SIGNALS.names())}) or {', '.join(META)}")
+            refuse_unknown_inputs(names, "arrays")
             if len(names) != len(set(names)):
                 raise HTTPException(422, "the archive holds an array twice")
             for member in members:
