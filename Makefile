@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 #   make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: run test bench bench-all clean-runs
+.PHONY: run test format bench bench-all clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,12 @@ endef
 test: $(STAMP)
 	$(call need,mosquitto)
 	$(BIN)/ruff check racmkd tests benchmarks examples
+	$(BIN)/ruff format --check racmkd tests benchmarks examples
 	RACMKD_PROGRESS=0 $(BIN)/python -m pytest -q
+
+# Lay the code out as `make test` checks it (ruff format, [tool.ruff] in pyproject.toml).
+format: $(STAMP)
+	$(BIN)/ruff format racmkd tests benchmarks examples
 
 # The benchmark suite (BENCHMARKS.md): the seed paper's tables, baselines, robustness, cost curves.
 bench: $(STAMP)

@@ -68,7 +68,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bank", type=Path, required=True, help="a variant bank folder (racmkd edge build)")
     parser.add_argument("--variants", required=True, help="comma-separated variant ids, e.g. critical/image,high/audio")
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per session: the edge server's runtime.threads, so both sides compute alike")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="ONNX Runtime threads per session: the edge server's runtime.threads, so both sides compute alike"
+    )
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     uvicorn.run(create_app(args.bank, args.variants.split(","), args.threads), host="127.0.0.1", port=args.port, log_level="warning")

@@ -58,7 +58,10 @@ from racmkd.resources.profile import latency_model, profile_model  # noqa: E402
 from results_io import targets_table, write_results  # noqa: E402
 
 TIERS = ["high", "medium", "low", "critical"]
-EXPERIMENTS = {"visual": ("image", REPO / "configs" / "recipes" / "visual.yaml", 15.0, 0.01), "audio": ("audio", REPO / "configs" / "recipes" / "audio.yaml", 12.0, 0.02)}
+EXPERIMENTS = {
+    "visual": ("image", REPO / "configs" / "recipes" / "visual.yaml", 15.0, 0.01),
+    "audio": ("audio", REPO / "configs" / "recipes" / "audio.yaml", 12.0, 0.02),
+}
 FIT_TARGETS = {"low": ("cortex-m7", None), "critical": ("cortex-m7", None), "high": ("raspberry-pi-4", 5.0)}
 
 
@@ -176,36 +179,80 @@ def device_fit(run_dir: Path, tiers: list[str]) -> dict[str, Any]:
             targets.append({"target": f"{tier} fits {device}", "reached": False, "note": "no compressed artifact"})
             continue
         p = matrix[tier][device]
-        ok = p["rom_bytes"] <= load_device(device).rom_bytes and p["ram_bytes"] <= load_device(device).ram_bytes and (latency is None or p["estimated_latency_ms"] <= latency)
+        ok = (
+            p["rom_bytes"] <= load_device(device).rom_bytes
+            and p["ram_bytes"] <= load_device(device).ram_bytes
+            and (latency is None or p["estimated_latency_ms"] <= latency)
+        )
         what = f"{tier} fits {device} (ROM and RAM{f', estimated latency <= {latency:g} ms' if latency else ''})"
-        targets.append({"target": what, "reached": ok, "rom_bytes": p["rom_bytes"], "ram_bytes": p["ram_bytes"], "estimated_latency_ms": p["estimated_latency_ms"], "reason": p["reason"]})
-    return {"latency_model": {k: v for k, v in fitted.__dict__.items() if k != "peaks"} | {"peaks": fitted.peaks.__dict__}, "profiles": matrix, "targets": targets}
+        targets.append(
+            {
+                "target": what,
+                "reached": ok,
+                "rom_bytes": p["rom_bytes"],
+                "ram_bytes": p["ram_bytes"],
+                "estimated_latency_ms": p["estimated_latency_ms"],
+                "reason": p["reason"],
+            }
+        )
+    return {
+        "latency_model": {k: v for k, v in fitted.__dict__.items() if k != "peaks"} | {"peaks": fitted.peaks.__dict__},
+        "profiles": matrix,
+        "targets": targets,
+    }
 
 
 def render(result: dict[str, Any]) -> str:
-    lines = ["# Compression benchmark", "", f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores), run `{result['run']}` ({result['protocol']} protocol). Every figure below is read from the run's files.", ""]
-    lines += ["## Compressed tiers (the run's default recipe)", "", "| tier | format | deployable | ratio | accuracy | student | fp32 p50 (ms) | int8 p50 (ms) | int8-weights p50 (ms) | why |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Compression benchmark",
+        "",
+        f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores), run `{result['run']}` ({result['protocol']} protocol). Every figure below is read from the run's files.",
+        "",
+    ]
+    lines += [
+        "## Compressed tiers (the run's default recipe)",
+        "",
+        "| tier | format | deployable | ratio | accuracy | student | fp32 p50 (ms) | int8 p50 (ms) | int8-weights p50 (ms) | why |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in result["tiers"]:
-        lines.append(f"| {row['tier']} | {row['format']} | {row['bytes_deployable']:,} B | {row['compression_ratio']:.1f}x | {row['accuracy']:.4f} | {row['student_accuracy']:.4f} | {row['fp32_p50']:.4f} | {row.get('int8_p50', float('nan')):.4f} | {row.get('int8-weights_p50', float('nan')):.4f} | {row['reason']} |")
+        lines.append(
+            f"| {row['tier']} | {row['format']} | {row['bytes_deployable']:,} B | {row['compression_ratio']:.1f}x | {row['accuracy']:.4f} | {row['student_accuracy']:.4f} | {row['fp32_p50']:.4f} | {row.get('int8_p50', float('nan')):.4f} | {row.get('int8-weights_p50', float('nan')):.4f} | {row['reason']} |"
+        )
     for tier, why in result["tiers_not_compressed"].items():
         lines.append(f"| {tier} | not produced: {why} |" + " |" * 8)
     for name in ("visual", "audio"):
-        lines += ["", f"## {name.capitalize()} path (configs/recipes/{name}.yaml)", "", "Ratios against the uncompressed student's fp32 encoder (the issue's measure: parameters and BatchNorm statistics), and, stricter, against its fp32 export, where BatchNorm folds into the convolutions at no cost.", ""]
-        lines += ["| tier | encoder fp32 (folded) | deployed (format) | weights ratio (vs folded) | input values | activations | path ratio (vs folded) | accuracy | loss | target |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {name.capitalize()} path (configs/recipes/{name}.yaml)",
+            "",
+            "Ratios against the uncompressed student's fp32 encoder (the issue's measure: parameters and BatchNorm statistics), and, stricter, against its fp32 export, where BatchNorm folds into the convolutions at no cost.",
+            "",
+        ]
+        lines += [
+            "| tier | encoder fp32 (folded) | deployed (format) | weights ratio (vs folded) | input values | activations | path ratio (vs folded) | accuracy | loss | target |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in result[name]:
             lines.append(
                 f"| {r['tier']} | {r['encoder_bytes_fp32']:,} B ({r['encoder_bytes_fp32_folded']:,} B) | {r['encoder_bytes_deployed']:,} B ({r['format']}) | {r['weights_ratio']:.1f}x ({r['weights_ratio_vs_folded']:.1f}x) | {r['input_values_before']} -> {r['input_values_after']} | {r['activation_bytes_before']:,} -> {r['activation_bytes_after']:,} B | {r['path_ratio']:.1f}x ({r['path_ratio_vs_folded']:.1f}x) | {r['accuracy_before']:.4f} -> {r['accuracy_after']:.4f} | {r['accuracy_loss'] * 100:+.2f} pt | {'reached' if r['reached'] else '**not reached**'} |"
             )
     fit = result["device_fit"]
     devices = sorted(next(iter(fit["profiles"].values())).keys()) if fit["profiles"] else []
-    lines += ["", "Deployed: the artifact the recipe chose, int8 (`onnx-mixed`: its most sensitive layers in fp32; `onnx-int8-weights`: int8 weights, float arithmetic) only where it passed its parity bound:"]
+    lines += [
+        "",
+        "Deployed: the artifact the recipe chose, int8 (`onnx-mixed`: its most sensitive layers in fp32; `onnx-int8-weights`: int8 weights, float arithmetic) only where it passed its parity bound:",
+    ]
     lines += [f"- {name} {r['tier']}: {r['why']}" for name in ("visual", "audio") for r in result[name]]
     lines += ["", "## Device fit (racmkd profile; latency and energy estimated)", "", "| tier | " + " | ".join(devices) + " |", "|---|" + "---|" * len(devices)]
     for tier, per in fit["profiles"].items():
         cells = [f"{'fits' if p['fits'] else '**no**'}: {p['estimated_latency_ms']:.3f} ms, RAM {p['ram_bytes'] / 1024:.0f} KB" for _, p in sorted(per.items())]
         lines.append(f"| {tier} | " + " | ".join(cells) + " |")
     lm = fit["latency_model"]
-    lines += ["", f"Latency model fitted here ({lm['points']} synthetic graphs): t_op {lm['seconds_per_op'] * 1e6:.2f} us, eta_f {lm['flops_efficiency']:.2f}, eta_b {'none (traffic cost no time in the fit)' if lm['bandwidth_efficiency'] is None else format(lm['bandwidth_efficiency'], '.2f')}, median relative error {lm['fit_relative_error']:.1%}."]
+    lines += [
+        "",
+        f"Latency model fitted here ({lm['points']} synthetic graphs): t_op {lm['seconds_per_op'] * 1e6:.2f} us, eta_f {lm['flops_efficiency']:.2f}, eta_b {'none (traffic cost no time in the fit)' if lm['bandwidth_efficiency'] is None else format(lm['bandwidth_efficiency'], '.2f')}, median relative error {lm['fit_relative_error']:.1%}.",
+    ]
     lines += ["", *targets_table(result["targets"])]
     lines += ["", "![compression](compression.png)", ""]
     return "\n".join(lines)
@@ -250,8 +297,27 @@ def main() -> None:
             continue
         manifest = json.loads((run_dir / "compressed" / tier / "compression.json").read_text())
         c = manifest["candidates"]
-        rows.append({"tier": tier, "format": entry["format"], "bytes_deployable": entry["bytes_deployable"], "compression_ratio": entry["compression_ratio"], "accuracy": entry["accuracy"], "student_accuracy": report["models"][tier]["accuracy"], "fp32_p50": c["fp32"]["latency_ms"]["p50"], **{f"{k}_p50": c[k]["latency_ms"]["p50"] for k in ("int8", "int8-weights") if k in c}, "reason": entry["artifact_reason"]})
-    result: dict[str, Any] = {"commit": git_commit(), "machine": machine(), "run": run_dir.name, "protocol": report["protocol"], "tiers": rows, "tiers_not_compressed": not_compressed}
+        rows.append(
+            {
+                "tier": tier,
+                "format": entry["format"],
+                "bytes_deployable": entry["bytes_deployable"],
+                "compression_ratio": entry["compression_ratio"],
+                "accuracy": entry["accuracy"],
+                "student_accuracy": report["models"][tier]["accuracy"],
+                "fp32_p50": c["fp32"]["latency_ms"]["p50"],
+                **{f"{k}_p50": c[k]["latency_ms"]["p50"] for k in ("int8", "int8-weights") if k in c},
+                "reason": entry["artifact_reason"],
+            }
+        )
+    result: dict[str, Any] = {
+        "commit": git_commit(),
+        "machine": machine(),
+        "run": run_dir.name,
+        "protocol": report["protocol"],
+        "tiers": rows,
+        "tiers_not_compressed": not_compressed,
+    }
     for name in EXPERIMENTS:
         result[name] = modality_experiment(run_dir, name, tiers)
     result["device_fit"] = device_fit(run_dir, tiers)
@@ -261,10 +327,16 @@ def main() -> None:
             key = "weights_ratio" if name == "visual" else "path_ratio"
             targets.append({"target": f"{r['tier']}: {r['target']}", "measured": f"{r[key]:.1f}x, {r['accuracy_loss'] * 100:+.2f} pt", "reached": r["reached"]})
     for t in result["device_fit"]["targets"]:
-        measured = t["note"] if "note" in t else f"ROM {t['rom_bytes']:,} B, RAM {t['ram_bytes']:,} B" + (f", {t['estimated_latency_ms']:.3f} ms" if "estimated_latency_ms" in t else "")
+        measured = (
+            t["note"]
+            if "note" in t
+            else f"ROM {t['rom_bytes']:,} B, RAM {t['ram_bytes']:,} B" + (f", {t['estimated_latency_ms']:.3f} ms" if "estimated_latency_ms" in t else "")
+        )
         targets.append({"target": t["target"], "measured": measured, "reached": t["reached"]})
     for row in rows:
-        targets.append({"target": f"{row['tier']}: a compressed row in report.json", "measured": f"{row['format']}, {row['compression_ratio']:.1f}x", "reached": True})
+        targets.append(
+            {"target": f"{row['tier']}: a compressed row in report.json", "measured": f"{row['format']}, {row['compression_ratio']:.1f}x", "reached": True}
+        )
     for tier, why in not_compressed.items():
         targets.append({"target": f"{tier}: a compressed row in report.json", "measured": why, "reached": False})
     result["targets"] = targets

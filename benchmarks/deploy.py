@@ -126,7 +126,12 @@ def delta_sizes(run_dir: Path, dataset: Any, steps: int) -> dict[str, Any]:
             bank = fine_tuned_run(run_dir, Path(tmp) / name, dataset, head_only, steps)
             target, _ = pack(bank)
             delta = make_delta(base, target)
-            rows[name] = {"full_bytes": len(target), "delta_bytes": len(delta), "ratio": len(delta) / len(target), "test_accuracy_best": max(json.loads((bank / "bank.json").read_text())["accuracy"]["test"].values())}
+            rows[name] = {
+                "full_bytes": len(target),
+                "delta_bytes": len(delta),
+                "ratio": len(delta) / len(target),
+                "test_accuracy_best": max(json.loads((bank / "bank.json").read_text())["accuracy"]["test"].values()),
+            }
     return rows
 
 
@@ -136,7 +141,11 @@ def delta_sizes(run_dir: Path, dataset: Any, steps: int) -> dict[str, Any]:
 def handler_seconds(client: httpx.Client) -> tuple[float, float]:
     """(sum, count) of the edge's own request-latency histogram: time inside its /predict handler."""
     text = client.get("/metrics").text
-    values = {line.split("{")[0].split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("racmkd_request_latency_seconds_") and 'role="edge"' in line and "_bucket" not in line}
+    values = {
+        line.split("{")[0].split(" ")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("racmkd_request_latency_seconds_") and 'role="edge"' in line and "_bucket" not in line
+    }
     return values.get("racmkd_request_latency_seconds_sum", 0.0), values.get("racmkd_request_latency_seconds_count", 0.0)
 
 
@@ -160,7 +169,8 @@ def serving_overhead(run_dir: Path, dataset: Any, iters: int) -> dict[str, Any]:
     raw = dataset.raw_batch("test", torch.tensor([0]))
     inputs = {m: raw[m][0].numpy() for m in bank.table.modalities}
     variants = [v for v in runtime.current.config if v is not None]
-    bare_path = BarePath(bank, [v.id for v in variants], sessions={v.id: runtime._session(v) for v in variants})  # (the runtime's sessions: the same engine timed)
+    # (the runtime's sessions: the same engine timed)
+    bare_path = BarePath(bank, [v.id for v in variants], sessions={v.id: runtime._session(v) for v in variants})
 
     def bare() -> tuple[int, np.ndarray]:
         return bare_path(inputs)
@@ -171,8 +181,29 @@ def serving_overhead(run_dir: Path, dataset: Any, iters: int) -> dict[str, Any]:
         raise RuntimeError(f"the bare path answers {label}, the runtime {answer.label} with {answer.variants}: they must compute the same thing to be compared")
 
     port, bare_port = free_port(), free_port()
-    server = subprocess.Popen([sys.executable, "-m", "racmkd.cli", "serve", "--role", "edge", "--run", str(run_dir), "--port", str(port), "--set", "runtime.latency_target_ms=1000"], env={**os.environ, "RACMKD_PROGRESS": "0"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    bare_server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("bare_edge.py")), "--bank", str(run_dir / "edge"), "--variants", ",".join(v.id for v in variants), "--threads", str(cfg.runtime.threads), "--port", str(bare_port)], env={**os.environ, "RACMKD_PROGRESS": "0"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "racmkd.cli", "serve", "--role", "edge", "--run", str(run_dir), "--port", str(port), "--set", "runtime.latency_target_ms=1000"],
+        env={**os.environ, "RACMKD_PROGRESS": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    bare_server = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("bare_edge.py")),
+            "--bank",
+            str(run_dir / "edge"),
+            "--variants",
+            ",".join(v.id for v in variants),
+            "--threads",
+            str(cfg.runtime.threads),
+            "--port",
+            str(bare_port),
+        ],
+        env={**os.environ, "RACMKD_PROGRESS": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/health")
         wait_http(f"http://127.0.0.1:{bare_port}/health")
@@ -195,10 +226,22 @@ def serving_overhead(run_dir: Path, dataset: Any, iters: int) -> dict[str, Any]:
             return post(bare_client)
 
         ours, theirs = post(client), bare_served()
-        if ours["variants"] != [v.id for v in variants] or theirs["label"] != label or not np.allclose(ours["probabilities"], theirs["probabilities"], atol=1e-5):
-            raise RuntimeError(f"the edge server answered with {ours['variants']} ({ours['label']}), the bare server {theirs['label']} with {[v.id for v in variants]}: they must compute the same thing to be compared")
+        if (
+            ours["variants"] != [v.id for v in variants]
+            or theirs["label"] != label
+            or not np.allclose(ours["probabilities"], theirs["probabilities"], atol=1e-5)
+        ):
+            raise RuntimeError(
+                f"the edge server answered with {ours['variants']} ({ours['label']}), the bare server {theirs['label']} with {[v.id for v in variants]}: they must compute the same thing to be compared"
+            )
         times: dict[str, list[float]] = {"bare": [], "runtime": [], "bare_server": [], "server": [], "round_trip": []}
-        calls = {"bare": bare, "runtime": lambda: runtime.predict(**inputs), "bare_server": bare_served, "server": served, "round_trip": lambda: client.get("/openapi.json")}
+        calls = {
+            "bare": bare,
+            "runtime": lambda: runtime.predict(**inputs),
+            "bare_server": bare_served,
+            "server": served,
+            "round_trip": lambda: client.get("/openapi.json"),
+        }
         with torch_threads(1):
             for _ in range(50):
                 for fn in calls.values():
@@ -232,7 +275,9 @@ def serving_overhead(run_dir: Path, dataset: Any, iters: int) -> dict[str, Any]:
         "runtime_overhead": p50["runtime"] / p50["bare"] - 1,
         "server_overhead": p50["server"] / p50["bare"] - 1,
         "served_overhead": p50["server"] / p50["bare_server"] - 1,  # a request's latency at the client, ours vs a bare server's
-        "served_overhead_by_round": [percentile(ours, 50) / percentile(theirs, 50) - 1 for ours, theirs in zip(rounds(times["server"], ROUNDS), rounds(times["bare_server"], ROUNDS))],  # the host's drift, seen
+        "served_overhead_by_round": [
+            percentile(ours, 50) / percentile(theirs, 50) - 1 for ours, theirs in zip(rounds(times["server"], ROUNDS), rounds(times["bare_server"], ROUNDS))
+        ],  # the host's drift, seen
         "handler_overhead": handler_ms / bare_mean - 1,  # means both: the server's metrics give its handlers' mean
     }
 
@@ -260,10 +305,18 @@ def offload_kill(run_dir: Path, dataset: Any, requests: int, rate_hz: float) -> 
     import uvicorn
 
     fog_port, edge_port = free_port(), free_port()
-    fog = subprocess.Popen([sys.executable, "-m", "racmkd.cli", "serve", "--role", "fog", "--run", str(run_dir), "--port", str(fog_port)], env={**os.environ, "RACMKD_PROGRESS": "0"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fog = subprocess.Popen(
+        [sys.executable, "-m", "racmkd.cli", "serve", "--role", "fog", "--run", str(run_dir), "--port", str(fog_port)],
+        env={**os.environ, "RACMKD_PROGRESS": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_http(f"http://127.0.0.1:{fog_port}/health")
-        cfg = load_config(run_dir / "config.yaml", [f"serve.upstreams=[http://127.0.0.1:{fog_port}]", "serve.offload_margin=-1.0", "serve.probe_interval_s=0.5", "runtime.latency_target_ms=200"])
+        cfg = load_config(
+            run_dir / "config.yaml",
+            [f"serve.upstreams=[http://127.0.0.1:{fog_port}]", "serve.offload_margin=-1.0", "serve.probe_interval_s=0.5", "runtime.latency_target_ms=200"],
+        )
         service = EdgeService(cfg, run_dir, cfg.serve)
         server = uvicorn.Server(uvicorn.Config(create_app(service, cfg.serve), host="127.0.0.1", port=edge_port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
@@ -295,7 +348,17 @@ def offload_kill(run_dir: Path, dataset: Any, requests: int, rate_hz: float) -> 
             except httpx.HTTPError as err:
                 answer, status = None, f"{type(err).__name__}"
             ms = (time.perf_counter() - t0) * 1e3
-            records.append({"i": i, "after_kill": i >= requests // 2, "status": status, "ms": ms, "offloaded": bool(answer and answer["offloaded"]), "fallback": bool(answer and any("offload failed" in f for f in answer["fallbacks"])), "correct": bool(answer and answer["label"] == int(labels[i]))})
+            records.append(
+                {
+                    "i": i,
+                    "after_kill": i >= requests // 2,
+                    "status": status,
+                    "ms": ms,
+                    "offloaded": bool(answer and answer["offloaded"]),
+                    "fallback": bool(answer and any("offload failed" in f for f in answer["fallbacks"])),
+                    "correct": bool(answer and answer["label"] == int(labels[i])),
+                }
+            )
         client.close()
         server.should_exit = True
         thread.join(10)
@@ -325,7 +388,12 @@ def offload_kill(run_dir: Path, dataset: Any, requests: int, rate_hz: float) -> 
 
 def load_test(run_dir: Path, dataset: Any, role: str, requests: int, seconds: float, clients: int = 8) -> dict[str, Any]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "racmkd.cli", "serve", "--role", role, "--run", str(run_dir), "--port", str(port), "--set", "runtime.latency_target_ms=1000"], env={**os.environ, "RACMKD_PROGRESS": "0"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "racmkd.cli", "serve", "--role", role, "--run", str(run_dir), "--port", str(port), "--set", "runtime.latency_target_ms=1000"],
+        env={**os.environ, "RACMKD_PROGRESS": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/health")
         raw = dataset.raw_batch("test", torch.arange(64))
@@ -363,21 +431,56 @@ def load_test(run_dir: Path, dataset: Any, role: str, requests: int, seconds: fl
     finally:
         proc.terminate()
         proc.wait(10)
-    return {"role": role, "clients": clients, "requests": len(latencies), "errors": errors[0], "seconds": wall, "throughput_rps": len(latencies) / wall, "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
+    return {
+        "role": role,
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors[0],
+        "seconds": wall,
+        "throughput_rps": len(latencies) / wall,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+    }
 
 
 # Report -----------------------------------------------------------------------------------------------------------
 
 
 def render(result: dict[str, Any]) -> str:
-    lines = ["# Deployment benchmark", "", f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores), run `{result['run']}`, everything on loopback. Every figure below was measured in this run.", ""]
+    lines = [
+        "# Deployment benchmark",
+        "",
+        f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores), run `{result['run']}`, everything on loopback. Every figure below was measured in this run.",
+        "",
+    ]
     d = result["deltas"]
-    lines += ["## Delta updates (zstd patch-from between packed variant banks)", "", "| fine-tune | full bank | delta | ratio | best test accuracy after |", "|---|---|---|---|---|"]
+    lines += [
+        "## Delta updates (zstd patch-from between packed variant banks)",
+        "",
+        "| fine-tune | full bank | delta | ratio | best test accuracy after |",
+        "|---|---|---|---|---|",
+    ]
     for name, r in d.items():
-        lines.append(f"| {name.replace('_', ' ')} ({result['fine_tune_steps']} steps) | {r['full_bytes']:,} B | {r['delta_bytes']:,} B | {r['ratio']:.2%} | {r['test_accuracy_best']:.4f} |")
+        lines.append(
+            f"| {name.replace('_', ' ')} ({result['fine_tune_steps']} steps) | {r['full_bytes']:,} B | {r['delta_bytes']:,} B | {r['ratio']:.2%} | {r['test_accuracy_best']:.4f} |"
+        )
     o = result["overhead"]
-    lines += ["", f"## Serving overhead on the edge role ({o['threads']} ONNX Runtime thread(s) a session, same sample and variants)", "", f"Configuration: {', '.join(o['configuration'])}.", "", "| path | p50 (ms) | p99 (ms) |", "|---|---|---|"]
-    names = {"bare": "bare: numpy preprocessing + ONNX Runtime sessions + logits summed, softmax (the same answer)", "runtime": "EdgeRuntime.predict (allocator, input checks, quality, PID)", "bare_server": "bare server, its own process (benchmarks/bare_edge.py: FastAPI, np.load, the bare path, JSON): POST /predict at the client", "server": "edge server, its own process: POST /predict (.npz) at the client", "round_trip": "HTTP round trip alone: GET /openapi.json (cached)"}
+    lines += [
+        "",
+        f"## Serving overhead on the edge role ({o['threads']} ONNX Runtime thread(s) a session, same sample and variants)",
+        "",
+        f"Configuration: {', '.join(o['configuration'])}.",
+        "",
+        "| path | p50 (ms) | p99 (ms) |",
+        "|---|---|---|",
+    ]
+    names = {
+        "bare": "bare: numpy preprocessing + ONNX Runtime sessions + logits summed, softmax (the same answer)",
+        "runtime": "EdgeRuntime.predict (allocator, input checks, quality, PID)",
+        "bare_server": "bare server, its own process (benchmarks/bare_edge.py: FastAPI, np.load, the bare path, JSON): POST /predict at the client",
+        "server": "edge server, its own process: POST /predict (.npz) at the client",
+        "round_trip": "HTTP round trip alone: GET /openapi.json (cached)",
+    }
     for k in ("bare", "runtime", "bare_server", "server", "round_trip"):
         lines.append(f"| {names[k]} | {o['p50_ms'][k]:.3f} | {o['p99_ms'][k]:.3f} |")
     lines += [
@@ -393,8 +496,24 @@ def render(result: dict[str, Any]) -> str:
     for a in result["fit"]["plan"]:
         lines.append(f"| {a['device']} | {a['release'] or '**none**'} | {a['reason']} |")
     k = result["offload"]
-    lines += ["", "## Offloading, fog killed halfway", "", f"{k['requests']} requests at {result['offload_rate_hz']:g}/s through the edge to the fog; the fog SIGKILLed at request {k['requests'] // 2}. Lost: **{k['lost']}**. Offloaded before the kill: {k['offloaded_before_kill']}, after: {k['offloaded_after_kill']}. Requests that tried the dead fog first: {k['affected']}, p50 {k['affected_ms_p50']:.1f} ms, p99 {k['affected_ms_p99']:.1f} ms (p99 before the kill {k['before_ms_p99']:.1f} ms, after {k['after_ms_p99']:.1f} ms). Accuracy over the stream {k['accuracy']:.4f}." + ("" if k.get("fog_accuracy") is not None else " **The fog reported no test accuracy** (its run's report.json has none for its models), so the edge never forwarded and the offload path was not exercised."), ""]
-    lines += ["## Each role under concurrent load (8 clients, .npz requests, server and clients on the same 2 cores)", "", "| role | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Offloading, fog killed halfway",
+        "",
+        f"{k['requests']} requests at {result['offload_rate_hz']:g}/s through the edge to the fog; the fog SIGKILLed at request {k['requests'] // 2}. Lost: **{k['lost']}**. Offloaded before the kill: {k['offloaded_before_kill']}, after: {k['offloaded_after_kill']}. Requests that tried the dead fog first: {k['affected']}, p50 {k['affected_ms_p50']:.1f} ms, p99 {k['affected_ms_p99']:.1f} ms (p99 before the kill {k['before_ms_p99']:.1f} ms, after {k['after_ms_p99']:.1f} ms). Accuracy over the stream {k['accuracy']:.4f}."
+        + (
+            ""
+            if k.get("fog_accuracy") is not None
+            else " **The fog reported no test accuracy** (its run's report.json has none for its models), so the edge never forwarded and the offload path was not exercised."
+        ),
+        "",
+    ]
+    lines += [
+        "## Each role under concurrent load (8 clients, .npz requests, server and clients on the same 2 cores)",
+        "",
+        "| role | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in result["load"]:
         lines.append(f"| {r['role']} | {r['requests']} | {r['errors']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
     lines += ["", *targets_table(result["targets"])]
@@ -456,10 +575,27 @@ def main() -> None:
     head, overhead = result["deltas"]["head_only"], result["overhead"]
     unfit = [a["device"] for a in result["fit"]["plan"] if a["release"] is None]
     result["targets"] = [
-        {"target": f"delta for a head-only fine-tune <= {DELTA_TARGET:.0%} of the full artifact", "measured": f"{head['ratio']:.2%} ({head['delta_bytes']:,} of {head['full_bytes']:,} B); all weights: {result['deltas']['all_weights']['ratio']:.2%}", "reached": head["ratio"] <= DELTA_TARGET},
-        {"target": f"runtime + serving add <= {OVERHEAD_TARGET:.0%} over bare ONNX Runtime (edge), judged at the HTTP client against a bare ONNX Runtime server (benchmarks/bare_edge.py, the run's runtime.threads)", "measured": f"at the HTTP client, over a bare ONNX Runtime server: {overhead['served_overhead']:+.1%} (rounds {min(overhead['served_overhead_by_round']):+.1%} to {max(overhead['served_overhead_by_round']):+.1%}); in process: runtime {overhead['runtime_overhead']:+.1%}, server handler {overhead['handler_overhead']:+.1%}; at the HTTP client over in-process bare {overhead['server_overhead']:+.1%}", "reached": overhead["served_overhead"] <= OVERHEAD_TARGET},
-        {"target": "every device profile gets a fitting model, or a clear reason", "measured": f"{len(result['fit']['plan']) - len(unfit)} of {len(result['fit']['plan'])} fitted" + (f"; no fit (with reasons): {', '.join(unfit)}" if unfit else ""), "reached": all(a["release"] is not None or a["reason"].startswith("nothing fits") for a in result["fit"]["plan"])},
-        {"target": "fog killed mid-run: zero lost requests", "measured": f"{result['offload']['lost']} lost of {result['offload']['requests']}; affected p99 {result['offload']['affected_ms_p99']:.1f} ms", "reached": result["offload"]["lost"] == 0 if result["offload"]["offloaded_before_kill"] else "not measured (nothing was offloaded)"},
+        {
+            "target": f"delta for a head-only fine-tune <= {DELTA_TARGET:.0%} of the full artifact",
+            "measured": f"{head['ratio']:.2%} ({head['delta_bytes']:,} of {head['full_bytes']:,} B); all weights: {result['deltas']['all_weights']['ratio']:.2%}",
+            "reached": head["ratio"] <= DELTA_TARGET,
+        },
+        {
+            "target": f"runtime + serving add <= {OVERHEAD_TARGET:.0%} over bare ONNX Runtime (edge), judged at the HTTP client against a bare ONNX Runtime server (benchmarks/bare_edge.py, the run's runtime.threads)",
+            "measured": f"at the HTTP client, over a bare ONNX Runtime server: {overhead['served_overhead']:+.1%} (rounds {min(overhead['served_overhead_by_round']):+.1%} to {max(overhead['served_overhead_by_round']):+.1%}); in process: runtime {overhead['runtime_overhead']:+.1%}, server handler {overhead['handler_overhead']:+.1%}; at the HTTP client over in-process bare {overhead['server_overhead']:+.1%}",
+            "reached": overhead["served_overhead"] <= OVERHEAD_TARGET,
+        },
+        {
+            "target": "every device profile gets a fitting model, or a clear reason",
+            "measured": f"{len(result['fit']['plan']) - len(unfit)} of {len(result['fit']['plan'])} fitted"
+            + (f"; no fit (with reasons): {', '.join(unfit)}" if unfit else ""),
+            "reached": all(a["release"] is not None or a["reason"].startswith("nothing fits") for a in result["fit"]["plan"]),
+        },
+        {
+            "target": "fog killed mid-run: zero lost requests",
+            "measured": f"{result['offload']['lost']} lost of {result['offload']['requests']}; affected p99 {result['offload']['affected_ms_p99']:.1f} ms",
+            "reached": result["offload"]["lost"] == 0 if result["offload"]["offloaded_before_kill"] else "not measured (nothing was offloaded)",
+        },
     ]
     stem = "deploy-quick" if args.quick else "deploy"
     write_results(args.out, stem, result, render(result).replace("deploy.png", f"{stem}.png"), lambda path: plot(result, path))

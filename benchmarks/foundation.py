@@ -50,7 +50,9 @@ def run_seed(config: Path, protocol: str, seed: int, runs_dir: Path, overrides: 
     if report.exists():
         differ = config_differences(load_config(runs_dir / name / "config.yaml"), cfg)
         if differ:  # refused, not retrained: the run may be hours of work
-            raise SystemExit(f"{runs_dir / name}: made with other settings than {config} and --set now give ({', '.join(differ)}). Remove that folder to run it again with these settings, or choose another --runs-dir.")
+            raise SystemExit(
+                f"{runs_dir / name}: made with other settings than {config} and --set now give ({', '.join(differ)}). Remove that folder to run it again with these settings, or choose another --runs-dir."
+            )
     else:
         shutil.rmtree(runs_dir / name, ignore_errors=True)  # an attempt that never reached its report: start over
         started = time.perf_counter()
@@ -97,37 +99,84 @@ def summarise(reports: list[dict]) -> dict:
 def targets(summary: dict, protocol: str, clean_teacher: float | None) -> list[dict]:
     rows = []
     teacher = summary["models"]["teacher"]["accuracy"]["mean"]
-    rows.append({"target": f"{protocol} teacher accuracy >= {TEACHER_TARGETS[protocol]:.1%}", "measured": teacher, "reached": teacher >= TEACHER_TARGETS[protocol]})
+    rows.append(
+        {"target": f"{protocol} teacher accuracy >= {TEACHER_TARGETS[protocol]:.1%}", "measured": teacher, "reached": teacher >= TEACHER_TARGETS[protocol]}
+    )
     if clean_teacher is not None:
-        rows.append({"target": f"clean teacher accuracy >= {TEACHER_TARGETS['clean']:.1%}", "measured": clean_teacher, "reached": clean_teacher >= TEACHER_TARGETS["clean"]})
+        rows.append(
+            {
+                "target": f"clean teacher accuracy >= {TEACHER_TARGETS['clean']:.1%}",
+                "measured": clean_teacher,
+                "reached": clean_teacher >= TEACHER_TARGETS["clean"],
+            }
+        )
     for tier, goal in RETENTION_TARGETS.items():
         if tier not in summary["tiers"]:
             continue
         m, t = summary["models"][tier], summary["tiers"][tier]
         fits = m["param_bytes_fp32"] <= t["budget_bytes"]
-        rows.append({"target": f"{tier}: retention >= {goal:.0%} within {t['budget_bytes'] // 1024} KB", "measured": m["retention"]["mean"], "reached": m["retention"]["mean"] >= goal and fits})
+        rows.append(
+            {
+                "target": f"{tier}: retention >= {goal:.0%} within {t['budget_bytes'] // 1024} KB",
+                "measured": m["retention"]["mean"],
+                "reached": m["retention"]["mean"] >= goal and fits,
+            }
+        )
         if t["gain"] is not None:
             if t["spread"] is None:  # one seed: no spread to beat
-                rows.append({"target": f"{tier}: distillation beats labels only by more than the seed spread", "measured": t["gain"], "reached": "undecided: one seed has no spread (run --seeds with two or more)"})
+                rows.append(
+                    {
+                        "target": f"{tier}: distillation beats labels only by more than the seed spread",
+                        "measured": t["gain"],
+                        "reached": "undecided: one seed has no spread (run --seeds with two or more)",
+                    }
+                )
             else:
-                rows.append({"target": f"{tier}: distillation beats labels only by more than the seed spread ({t['spread']:.4f})", "measured": t["gain"], "reached": t["gain"] > t["spread"]})
+                rows.append(
+                    {
+                        "target": f"{tier}: distillation beats labels only by more than the seed spread ({t['spread']:.4f})",
+                        "measured": t["gain"],
+                        "reached": t["gain"] > t["spread"],
+                    }
+                )
     return rows
 
 
 def render(result: dict) -> str:
     s = result["avmnist"]
-    lines = ["# Foundation benchmark", "", f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores). Protocol {result['protocol']}, seeds {result['seeds']}; every figure read from the runs' report.json files. Accuracy is mean ± std over seeds on the {result['test_samples']:,} test samples.", ""]
-    lines += ["| model | inputs | accuracy | retention | fp32 params | memory (weights + peak act.) | FLOPs | latency p50 |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Foundation benchmark",
+        "",
+        f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores). Protocol {result['protocol']}, seeds {result['seeds']}; every figure read from the runs' report.json files. Accuracy is mean ± std over seeds on the {result['test_samples']:,} test samples.",
+        "",
+    ]
+    lines += [
+        "| model | inputs | accuracy | retention | fp32 params | memory (weights + peak act.) | FLOPs | latency p50 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, m in s["models"].items():
         ret = (f"{m['retention']['mean']:.2%}" + (f" ± {m['retention']['std']:.2%}" if m["retention"]["std"] is not None else "")) if "retention" in m else ""
-        inputs = ", ".join(f"{k} {v.get('resolution', v.get('n_mels'))}" + (f"x{v['n_frames']}" if "n_frames" in v else f"x{v['resolution']}" if "resolution" in v else "") for k, v in m["inputs"].items())
-        lines.append(f"| {name} | {inputs} | {mean_pm(m['accuracy'])} | {ret} | {m['param_bytes_fp32'] / 1024:.1f} KB | {m['memory_bytes'] / 1024:.1f} KB | {m['flops'] / 1e6:.2f} M | {m['latency_ms_p50']:.3f} ms |")
+        inputs = ", ".join(
+            f"{k} {v.get('resolution', v.get('n_mels'))}" + (f"x{v['n_frames']}" if "n_frames" in v else f"x{v['resolution']}" if "resolution" in v else "")
+            for k, v in m["inputs"].items()
+        )
+        lines.append(
+            f"| {name} | {inputs} | {mean_pm(m['accuracy'])} | {ret} | {m['param_bytes_fp32'] / 1024:.1f} KB | {m['memory_bytes'] / 1024:.1f} KB | {m['flops'] / 1e6:.2f} M | {m['latency_ms_p50']:.3f} ms |"
+        )
     lines += ["", *targets_table(result["targets"])]
-    lines += ["", "## Beside the seed paper (their figures, not measured here)", "", "| tier | retention here | seed paper's retention | memory here | seed paper's memory |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Beside the seed paper (their figures, not measured here)",
+        "",
+        "| tier | retention here | seed paper's retention | memory here | seed paper's memory |",
+        "|---|---|---|---|---|",
+    ]
     for tier in TIERS:
         if tier in s["models"]:
             paper_mem = SEED_PAPER["memory_mb"].get(tier)
-            lines.append(f"| {tier} | {s['models'][tier]['retention']['mean']:.2%} | {SEED_PAPER['retention'][tier]:.1%} | {s['models'][tier]['memory_bytes'] / 2**20:.3f} MB | {f'{paper_mem} MB' if paper_mem else 'less than 6.2 MB'} |")
+            lines.append(
+                f"| {tier} | {s['models'][tier]['retention']['mean']:.2%} | {SEED_PAPER['retention'][tier]:.1%} | {s['models'][tier]['memory_bytes'] / 2**20:.3f} MB | {f'{paper_mem} MB' if paper_mem else 'less than 6.2 MB'} |"
+            )
     lines += ["", "![accuracy vs memory](foundation.png)", ""]
     return "\n".join(lines)
 
@@ -167,7 +216,18 @@ def main() -> None:
     if not args.no_clean and args.protocol != "clean":
         clean_teacher = run_seed(config, "clean", seeds[0], args.runs_dir, overrides)["models"]["teacher"]["accuracy"]
     summary = summarise(reports)
-    result = {"commit": git_commit(), "machine": machine(), "config": str(config), "protocol": args.protocol, "seeds": seeds, "overrides": overrides, "avmnist": summary, "clean_teacher_accuracy": clean_teacher, "runs": [r["run"] for r in reports], "test_samples": reports[0]["data"]["samples"]["test"]}
+    result = {
+        "commit": git_commit(),
+        "machine": machine(),
+        "config": str(config),
+        "protocol": args.protocol,
+        "seeds": seeds,
+        "overrides": overrides,
+        "avmnist": summary,
+        "clean_teacher_accuracy": clean_teacher,
+        "runs": [r["run"] for r in reports],
+        "test_samples": reports[0]["data"]["samples"]["test"],
+    }
     result["targets"] = targets(summary, args.protocol, clean_teacher)
     stem = "foundation-quick" if args.quick else "foundation"
     write_results(args.out, stem, result, render(result).replace("foundation.png", f"{stem}.png"), lambda path: plot(summary, path))

@@ -109,11 +109,18 @@ def pooled(replays: list[dict[str, Any]]) -> dict[str, Any]:
     rest (levels, latencies) is the first replay's."""
     first = dict(replays[0])
     dynamic = [r["slo_accuracy"] for r in replays]
-    first["repeats"] = {"n": len(replays), "slo_accuracy": dynamic, "slo_accuracy_static": {t: [r["slo_accuracy_static"][t] for r in replays] for t in first["slo_accuracy_static"]}}
+    first["repeats"] = {
+        "n": len(replays),
+        "slo_accuracy": dynamic,
+        "slo_accuracy_static": {t: [r["slo_accuracy_static"][t] for r in replays] for t in first["slo_accuracy_static"]},
+    }
     first["slo_accuracy"] = statistics.fmean(dynamic)
     first["slo_accuracy_std"] = statistics.stdev(dynamic) if len(dynamic) > 1 else 0.0
     first["slo_accuracy_static"] = {t: statistics.fmean(v) for t, v in first["repeats"]["slo_accuracy_static"].items()}
-    first["oracle"] = {**{k: v for k, v in first["oracle"].items() if k != "per_level"}, **{k: statistics.fmean(r["oracle"][k] for r in replays) for k in ("slo_accuracy", "clairvoyant_allocator", "best_per_level")}}  # NaN where it could not be computed; per_level (one replay's) left out
+    first["oracle"] = {
+        **{k: v for k, v in first["oracle"].items() if k != "per_level"},
+        **{k: statistics.fmean(r["oracle"][k] for r in replays) for k in ("slo_accuracy", "clairvoyant_allocator", "best_per_level")},
+    }  # NaN where it could not be computed; per_level (one replay's) left out
     for key in ("adaptation_ms_p99", "adaptation_ms_p99_swaps", "adaptation_ms_max"):
         values = [r[key] for r in replays if not math.isnan(r[key])]  # NaN where a replay never switched
         first[key] = max(values, default=float("nan"))
@@ -135,8 +142,19 @@ def slo_sweep(bank: Any, dataset: Any, runtime_cfg: Any, requests: int) -> dict[
         for name in ("sudden", "periodic"):
             s = simulate(bank, dataset, synthetic_trace(name, 120.0, seed=0), cfg, requests)
             fixed = simulate(bank, dataset, synthetic_trace(name, 120.0, seed=0), cfg, requests, latency="bank")  # the deterministic figures
-            rows.append({"multiple": multiple, "target_ms": multiple * base, "trace": name, "dynamic": s["slo_accuracy"], "static": s["slo_accuracy_static"], "oracle": s["oracle"]["slo_accuracy"], "clairvoyant_allocator": s["oracle"]["clairvoyant_allocator"],
-                         "best_per_level": s["oracle"].get("best_per_level", float("nan")), "bank_latency": {"dynamic": fixed["slo_accuracy"], "static": fixed["slo_accuracy_static"]}})
+            rows.append(
+                {
+                    "multiple": multiple,
+                    "target_ms": multiple * base,
+                    "trace": name,
+                    "dynamic": s["slo_accuracy"],
+                    "static": s["slo_accuracy_static"],
+                    "oracle": s["oracle"]["slo_accuracy"],
+                    "clairvoyant_allocator": s["oracle"]["clairvoyant_allocator"],
+                    "best_per_level": s["oracle"].get("best_per_level", float("nan")),
+                    "bank_latency": {"dynamic": fixed["slo_accuracy"], "static": fixed["slo_accuracy_static"]},
+                }
+            )
     return {"base_ms": base, "rows": rows}
 
 
@@ -162,7 +180,13 @@ def monitor_overhead(seconds: float, config: Any) -> dict[str, Any]:
             held, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    return {**cpu, "memory_held_bytes": held, "memory_peak_bytes": peak, "rss_growth_bytes": process.memory_info().rss - rss_before, "memory_polls": traced.polls}
+    return {
+        **cpu,
+        "memory_held_bytes": held,
+        "memory_peak_bytes": peak,
+        "rss_growth_bytes": process.memory_info().rss - rss_before,
+        "memory_polls": traced.polls,
+    }
 
 
 def critical_cut(bank: Any, runtime_cfg: Any) -> dict[str, Any]:
@@ -180,18 +204,25 @@ def critical_cut(bank: Any, runtime_cfg: Any) -> dict[str, Any]:
     best_config = allocator.ranking(weights)[0][1]
     richest = config_costs(best_config)
     normal_cpu_free, normal_memory_mb = 1.0 - level_value("high", 0, 0.5) / 100, level_value("high", 1, 0.5)
-    device_reading = ResourceSnapshot(t=0.0, cpu_percent=100.0 * (1.0 - 0.3 * normal_cpu_free), memory_available_bytes=int(0.3 * normal_memory_mb * MB), cpu_cores=1.0)
+    device_reading = ResourceSnapshot(
+        t=0.0, cpu_percent=100.0 * (1.0 - 0.3 * normal_cpu_free), memory_available_bytes=int(0.3 * normal_memory_mb * MB), cpu_cores=1.0
+    )
     cuts = {
         "device": budget_for(device_reading, runtime_cfg, overhead_ms=float(bank.data.get("request_overhead_ms", 0.0))),
         "model_needs": Budget(0.3 * richest.latency_ms, 0.3 * richest.memory_bytes, 0.3 * richest.energy_mj),
     }
     test = bank.accuracy("test")
     index = table.modalities.index(critical_modality)
-    alone = {v.tier: test[tuple(v.tier if i == index else None for i in range(len(table.modalities)))] for v in table.variants if v.modality == critical_modality}
+    alone = {
+        v.tier: test[tuple(v.tier if i == index else None for i in range(len(table.modalities)))] for v in table.variants if v.modality == critical_modality
+    }
     result: dict[str, Any] = {
         "critical_modality": critical_modality,
         "critical_best_accuracy": max(alone.values()),
-        "unconstrained": {"configuration": [v.id for v in best_config if v is not None], "test_accuracy": test[tuple(v.tier if v is not None else None for v in best_config)]},
+        "unconstrained": {
+            "configuration": [v.id for v in best_config if v is not None],
+            "test_accuracy": test[tuple(v.tier if v is not None else None for v in best_config)],
+        },
         "device_reading": {"cpu_percent": device_reading.cpu_percent, "memory_available_mb": 0.3 * normal_memory_mb},
     }
     for name, cut in cuts.items():
@@ -284,59 +315,136 @@ def soak(bank: Any, dataset: Any, runtime_cfg: Any, minutes: float) -> dict[str,
     warm = [s for s in samples if s[0] >= min(60.0, minutes * 60.0 / 4)]
     growth = (warm[-1][1] - warm[0][1]) if len(warm) >= 2 else 0
     slope = float(np.polyfit([s[0] for s in warm], [s[1] for s in warm], 1)[0]) if len(warm) >= 3 else 0.0
-    return {"minutes": minutes, "requests": result["summary"]["requests"], "switches": result["summary"]["switches"], "rss_samples": samples, "rss_growth_bytes_after_warmup": growth, "rss_slope_bytes_per_minute": slope * 60, "accuracy": result["summary"]["accuracy"]}
+    return {
+        "minutes": minutes,
+        "requests": result["summary"]["requests"],
+        "switches": result["summary"]["switches"],
+        "rss_samples": samples,
+        "rss_growth_bytes_after_warmup": growth,
+        "rss_slope_bytes_per_minute": slope * 60,
+        "accuracy": result["summary"]["accuracy"],
+    }
 
 
 def render(result: dict[str, Any]) -> str:
     b = result["bank"]
     bank = f"variant bank built {b['built']} on {b['machine']['cpu']} ({b['machine']['cores']} cores)"
-    lines = ["# Edge runtime benchmark", "", f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores), run `{result['run']}`, latency target {result['latency_target_ms']:g} ms. Every figure below was measured in this run except the variants' latencies and energies and what is computed from them (the sweep's base, the replays at the bank's costs), read from the {bank}.", ""]
-    lines += ["## Variants (one thread, unloaded)", "", f"From the {bank}.", "", "| variant | precision | latency p50 (ms) | model only (ms) | memory | energy (mJ, estimated) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Edge runtime benchmark",
+        "",
+        f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores), run `{result['run']}`, latency target {result['latency_target_ms']:g} ms. Every figure below was measured in this run except the variants' latencies and energies and what is computed from them (the sweep's base, the replays at the bank's costs), read from the {bank}.",
+        "",
+    ]
+    lines += [
+        "## Variants (one thread, unloaded)",
+        "",
+        f"From the {bank}.",
+        "",
+        "| variant | precision | latency p50 (ms) | model only (ms) | memory | energy (mJ, estimated) |",
+        "|---|---|---|---|---|---|",
+    ]
     for v in result["variants"]:
-        lines.append(f"| {v['tier']}/{v['modality']} | {v['precision']} | {v['latency_ms']:.3f} | {v['model_latency_ms']:.3f} | {v['memory_bytes'] / 1024:.0f} KB | {v['energy_mj']:.4f} |")
-    lines += ["", "## Trace replay: SLO-accuracy (correct within the latency target), dynamic vs static", "", "| trace | dynamic | " + " | ".join(f"static {t}" for t in result["tiers"]) + " | dynamic / static high | dynamic at the bank's costs / static high | best configuration per level (hindsight) / static high | clairvoyant allocator / static high | oracle (ceiling) / static high | adaptation p99 (ms): all / pointer swaps | switches (loading sessions) |", "|---|---|" + "---|" * len(result["tiers"]) + "---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {v['tier']}/{v['modality']} | {v['precision']} | {v['latency_ms']:.3f} | {v['model_latency_ms']:.3f} | {v['memory_bytes'] / 1024:.0f} KB | {v['energy_mj']:.4f} |"
+        )
+    lines += [
+        "",
+        "## Trace replay: SLO-accuracy (correct within the latency target), dynamic vs static",
+        "",
+        "| trace | dynamic | "
+        + " | ".join(f"static {t}" for t in result["tiers"])
+        + " | dynamic / static high | dynamic at the bank's costs / static high | best configuration per level (hindsight) / static high | clairvoyant allocator / static high | oracle (ceiling) / static high | adaptation p99 (ms): all / pointer swaps | switches (loading sessions) |",
+        "|---|---|" + "---|" * len(result["tiers"]) + "---|---|---|---|---|---|---|",
+    ]
     for name, s in result["traces"].items():
         statics = " | ".join(f"{s['slo_accuracy_static'].get(t, float('nan')):.4f}" for t in result["tiers"])
         gain, ceiling = over_high(s["slo_accuracy"], s), over_high(s["oracle"]["slo_accuracy"], s)
         fixed = s["bank_latency"]
-        lines.append(f"| {name} | {s['slo_accuracy']:.4f} ± {s.get('slo_accuracy_std', 0.0):.4f} | {statics} | {gain:.2f}x | {fixed['slo_accuracy']:.4f}: {over_high(fixed['slo_accuracy'], fixed):.2f}x | {s['oracle']['best_per_level']:.4f}: {over_high(s['oracle']['best_per_level'], s):.2f}x | {s['oracle']['clairvoyant_allocator']:.4f}: {over_high(s['oracle']['clairvoyant_allocator'], s):.2f}x | {s['oracle']['slo_accuracy']:.4f}: {ceiling:.2f}x | {s['adaptation_ms_p99']:.3f} / {s['adaptation_ms_p99_swaps']:.3f} | {s['switches']} ({s['switches_loading']}) |")
+        lines.append(
+            f"| {name} | {s['slo_accuracy']:.4f} ± {s.get('slo_accuracy_std', 0.0):.4f} | {statics} | {gain:.2f}x | {fixed['slo_accuracy']:.4f}: {over_high(fixed['slo_accuracy'], fixed):.2f}x | {s['oracle']['best_per_level']:.4f}: {over_high(s['oracle']['best_per_level'], s):.2f}x | {s['oracle']['clairvoyant_allocator']:.4f}: {over_high(s['oracle']['clairvoyant_allocator'], s):.2f}x | {s['oracle']['slo_accuracy']:.4f}: {ceiling:.2f}x | {s['adaptation_ms_p99']:.3f} / {s['adaptation_ms_p99_swaps']:.3f} | {s['switches']} ({s['switches_loading']}) |"
+        )
     n = next(iter(result["traces"].values())).get("repeats", {}).get("n", 1)
-    lines += ["", f"Each trace replayed {n} times (requests drawn in a different order each time): SLO-accuracies are the means (± the dynamic runtime's standard deviation), adaptation times the worst replay's, switches summed over the replays. Latency on a trace is modelled: the work a request needs (its measured compute time, at most its configuration's recent median) x the processor-sharing slowdown of the trace's CPU load (one core), plus any compute time beyond that median (this host's own hiccups) as measured. Real load is in the stress-ng section. The same trace once more with every request at the bank's costs (its variants' medians plus the runtime's own cost, x the slowdown: no wall time, the same on every run) against static high at those costs. Three reference figures, estimated at the bank's median latencies plus the runtime's cost (not strict bounds: a replayed request can run faster than its median; a runtime can beat the first two): the best configuration per resource level, chosen in hindsight on each level's requests (the most a runtime choosing one configuration per level could get); the clairvoyant allocator answers each request with the most accurate configuration that meets its deadline (an allocator that knows the latencies); the oracle with a configuration that gets it right in time, if any does (no runtime knows which one a request needs).", ""]
+    lines += [
+        "",
+        f"Each trace replayed {n} times (requests drawn in a different order each time): SLO-accuracies are the means (± the dynamic runtime's standard deviation), adaptation times the worst replay's, switches summed over the replays. Latency on a trace is modelled: the work a request needs (its measured compute time, at most its configuration's recent median) x the processor-sharing slowdown of the trace's CPU load (one core), plus any compute time beyond that median (this host's own hiccups) as measured. Real load is in the stress-ng section. The same trace once more with every request at the bank's costs (its variants' medians plus the runtime's own cost, x the slowdown: no wall time, the same on every run) against static high at those costs. Three reference figures, estimated at the bank's median latencies plus the runtime's cost (not strict bounds: a replayed request can run faster than its median; a runtime can beat the first two): the best configuration per resource level, chosen in hindsight on each level's requests (the most a runtime choosing one configuration per level could get); the clairvoyant allocator answers each request with the most accurate configuration that meets its deadline (an allocator that knows the latencies); the oracle with a configuration that gets it right in time, if any does (no runtime knows which one a request needs).",
+        "",
+    ]
     missing = {name: s["oracle"]["why_not"] for name, s in result["traces"].items() if s["oracle"].get("why_not")}
     if missing:
         lines += [f"No ceilings for {', '.join(missing)}: {next(iter(missing.values()))}.", ""]
     if result.get("sweep"):
         sw = result["sweep"]
-        lines += ["## SLO-accuracy against the latency target", "", f"The same replays with the latency target set to multiples of what the static high deployment needs on an idle machine ({sw['base_ms']:.3f} ms: its variants' median latencies and the runtime's own cost per request, from the {bank}). The configured target above, {result['latency_target_ms']:g} ms, is {result['latency_target_ms'] / sw['base_ms']:.0f}x that.", "", "| target | trace | dynamic | static high | best static tier | best configuration per level (hindsight) | clairvoyant allocator | oracle (ceiling) | dynamic / static high | at the bank's costs: dynamic / static high | best per level / static high | oracle / static high | dynamic / best static |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## SLO-accuracy against the latency target",
+            "",
+            f"The same replays with the latency target set to multiples of what the static high deployment needs on an idle machine ({sw['base_ms']:.3f} ms: its variants' median latencies and the runtime's own cost per request, from the {bank}). The configured target above, {result['latency_target_ms']:g} ms, is {result['latency_target_ms'] / sw['base_ms']:.0f}x that.",
+            "",
+            "| target | trace | dynamic | static high | best static tier | best configuration per level (hindsight) | clairvoyant allocator | oracle (ceiling) | dynamic / static high | at the bank's costs: dynamic / static high | best per level / static high | oracle / static high | dynamic / best static |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in sw["rows"]:
             best_tier = max(r["static"], key=r["static"].get)
             high = r["static"].get("high", float("nan"))
             fixed = r["bank_latency"]
-            lines.append(f"| {r['multiple']:g}x = {r['target_ms']:.3f} ms | {r['trace']} | {r['dynamic']:.4f} | {high:.4f} | {r['static'][best_tier]:.4f} ({best_tier}) | {r['best_per_level']:.4f} | {r['clairvoyant_allocator']:.4f} | {r['oracle']:.4f} | {ratio(r['dynamic'], high):.2f}x | {fixed['dynamic']:.4f} / {fixed['static'].get('high', float('nan')):.4f} = {ratio(fixed['dynamic'], fixed['static'].get('high', float('nan'))):.2f}x | {ratio(r['best_per_level'], high):.2f}x | {ratio(r['oracle'], high):.2f}x | {ratio(r['dynamic'], r['static'][best_tier]):.2f}x |")
+            lines.append(
+                f"| {r['multiple']:g}x = {r['target_ms']:.3f} ms | {r['trace']} | {r['dynamic']:.4f} | {high:.4f} | {r['static'][best_tier]:.4f} ({best_tier}) | {r['best_per_level']:.4f} | {r['clairvoyant_allocator']:.4f} | {r['oracle']:.4f} | {ratio(r['dynamic'], high):.2f}x | {fixed['dynamic']:.4f} / {fixed['static'].get('high', float('nan')):.4f} = {ratio(fixed['dynamic'], fixed['static'].get('high', float('nan'))):.2f}x | {ratio(r['best_per_level'], high):.2f}x | {ratio(r['oracle'], high):.2f}x | {ratio(r['dynamic'], r['static'][best_tier]):.2f}x |"
+            )
         lines.append("")
-    lines += ["## Table 6.7: per resource level (dynamic runtime, periodic trace)", "", "| level | seed's CPU / free memory | our CPU (%) | our free memory (MB) | accuracy | SLO-accuracy | latency mean / p95 (ms) | active modalities |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Table 6.7: per resource level (dynamic runtime, periodic trace)",
+        "",
+        "| level | seed's CPU / free memory | our CPU (%) | our free memory (MB) | accuracy | SLO-accuracy | latency mean / p95 (ms) | active modalities |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["traces"]["periodic"]["levels"]:
         (c0, c1), (m0, m1) = LEVEL_RANGES[r["level"]]
         seed = f"{c0:.0f}-{c1:.0f}% / {m0:.0f}-{m1:.0f} MB" if r["level"] != "critical" else "> 90% / < 20 MB"
-        lines.append(f"| {r['level']} | {seed} | {r['cpu_percent']:.0f} | {r['memory_available_mb']:.0f} | {r['accuracy']:.4f} | {r['slo_accuracy']:.4f} | {r['latency_ms_mean']:.2f} / {r['latency_ms_p95']:.2f} | {r['active_modalities']} |")
-    lines += ["", "The seed paper's accuracy and latency per level are not in this repository (the issue quotes only its CPU and memory ranges), so only those ranges stand beside ours.", ""]
+        lines.append(
+            f"| {r['level']} | {seed} | {r['cpu_percent']:.0f} | {r['memory_available_mb']:.0f} | {r['accuracy']:.4f} | {r['slo_accuracy']:.4f} | {r['latency_ms_mean']:.2f} / {r['latency_ms_p95']:.2f} | {r['active_modalities']} |"
+        )
+    lines += [
+        "",
+        "The seed paper's accuracy and latency per level are not in this repository (the issue quotes only its CPU and memory ranges), so only those ranges stand beside ours.",
+        "",
+    ]
     c = result["critical_cut"]
     m, d, n = c["critical_modality"], c["device"], c["model_needs"]
-    lines += ["## The critical modality under a 70% resource cut", "", f"{m} marked critical; unconstrained, the best configuration is {', '.join(c['unconstrained']['configuration'])} (test accuracy {c['unconstrained']['test_accuracy']:.4f}); the best {m} variant alone: {c['critical_best_accuracy']:.4f}.", "",
-              "| the cut | budget (latency ms / memory MB) | chosen | fits | accuracy | its " + m + " variant alone | retained |", "|---|---|---|---|---|---|---|",
-              f"| the device's CPU share and free memory at 30% of normal ({c['device_reading']['cpu_percent']:.1f}% CPU, {c['device_reading']['memory_available_mb']:.1f} MB free) | {d['cut_budget']['latency_ms']:.3f} / {d['cut_budget']['memory_bytes'] / MB:.2f} | {', '.join(d['chosen'])} | {d['feasible']} | {d['chosen_test_accuracy']:.4f} | {d['critical_alone_accuracy']:.4f} | {d['retention']:.1%} |",
-              f"| stricter: every budget at 30% of what the best configuration needs | {n['cut_budget']['latency_ms']:.3f} / {n['cut_budget']['memory_bytes'] / MB:.2f} | {', '.join(n['chosen'])} | {n['feasible']} | {n['chosen_test_accuracy']:.4f} | {n['critical_alone_accuracy']:.4f} | {n['retention']:.1%} |", ""]
+    lines += [
+        "## The critical modality under a 70% resource cut",
+        "",
+        f"{m} marked critical; unconstrained, the best configuration is {', '.join(c['unconstrained']['configuration'])} (test accuracy {c['unconstrained']['test_accuracy']:.4f}); the best {m} variant alone: {c['critical_best_accuracy']:.4f}.",
+        "",
+        "| the cut | budget (latency ms / memory MB) | chosen | fits | accuracy | its " + m + " variant alone | retained |",
+        "|---|---|---|---|---|---|---|",
+        f"| the device's CPU share and free memory at 30% of normal ({c['device_reading']['cpu_percent']:.1f}% CPU, {c['device_reading']['memory_available_mb']:.1f} MB free) | {d['cut_budget']['latency_ms']:.3f} / {d['cut_budget']['memory_bytes'] / MB:.2f} | {', '.join(d['chosen'])} | {d['feasible']} | {d['chosen_test_accuracy']:.4f} | {d['critical_alone_accuracy']:.4f} | {d['retention']:.1%} |",
+        f"| stricter: every budget at 30% of what the best configuration needs | {n['cut_budget']['latency_ms']:.3f} / {n['cut_budget']['memory_bytes'] / MB:.2f} | {', '.join(n['chosen'])} | {n['feasible']} | {n['chosen_test_accuracy']:.4f} | {n['critical_alone_accuracy']:.4f} | {n['retention']:.1%} |",
+        "",
+    ]
     if result.get("real_load"):
-        lines += ["## Under real load (stress-ng), latencies measured", "", "The dynamic runtime and static high answer each sample in turn (the order alternating), under the same load.", "", "| phase | CPU (%) | dynamic: deadline met | SLO-acc. | p50 / p99 (ms) | main configuration | static high: deadline met | SLO-acc. | p50 / p99 (ms) |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Under real load (stress-ng), latencies measured",
+            "",
+            "The dynamic runtime and static high answer each sample in turn (the order alternating), under the same load.",
+            "",
+            "| phase | CPU (%) | dynamic: deadline met | SLO-acc. | p50 / p99 (ms) | main configuration | static high: deadline met | SLO-acc. | p50 / p99 (ms) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for d, s in zip(result["real_load"]["dynamic"]["phases"], result["real_load"]["static_high"]["phases"]):
             main = next(iter(d["configurations"]), "")
-            lines.append(f"| {d['phase']} | {d['cpu_percent_mean']:.0f} | {d['deadline_met']:.3f} | {d['slo_accuracy']:.3f} | {d['latency_ms_p50']:.2f} / {d['latency_ms_p99']:.2f} | {main} | {s['deadline_met']:.3f} | {s['slo_accuracy']:.3f} | {s['latency_ms_p50']:.2f} / {s['latency_ms_p99']:.2f} |")
+            lines.append(
+                f"| {d['phase']} | {d['cpu_percent_mean']:.0f} | {d['deadline_met']:.3f} | {d['slo_accuracy']:.3f} | {d['latency_ms_p50']:.2f} / {d['latency_ms_p99']:.2f} | {main} | {s['deadline_met']:.3f} | {s['slo_accuracy']:.3f} | {s['latency_ms_p50']:.2f} / {s['latency_ms_p99']:.2f} |"
+            )
         lines.append("")
     elif result.get("real_load_note"):
         lines += ["## Under real load", "", result["real_load_note"], ""]
     if result.get("soak"):
         s = result["soak"]
-        lines += ["## Soak", "", f"{s['minutes']:g} minutes of the periodic trace in real time: {s['requests']:,} requests, {s['switches']} switches, accuracy {s['accuracy']:.4f}; resident memory after warm-up grew {s['rss_growth_bytes_after_warmup'] / 1024:.0f} KB (fitted slope {s['rss_slope_bytes_per_minute'] / 1024:.1f} KB/min).", ""]
+        lines += [
+            "## Soak",
+            "",
+            f"{s['minutes']:g} minutes of the periodic trace in real time: {s['requests']:,} requests, {s['switches']} switches, accuracy {s['accuracy']:.4f}; resident memory after warm-up grew {s['rss_growth_bytes_after_warmup'] / 1024:.0f} KB (fitted slope {s['rss_slope_bytes_per_minute'] / 1024:.1f} KB/min).",
+            "",
+        ]
     lines += targets_table(result["targets"])
     lines += ["", "![runtime](runtime.png)", ""]
     return "\n".join(lines)
@@ -406,7 +514,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="replays of each trace (request orders); SLO-accuracies are their means")
     parser.add_argument("--monitor-seconds", type=float, default=30.0)
     parser.add_argument("--soak-minutes", type=float, default=10.0)
-    parser.add_argument("--rate", type=float, default=100.0, help="samples per second under real load (each answered by the dynamic runtime and by static high)")
+    parser.add_argument(
+        "--rate", type=float, default=100.0, help="samples per second under real load (each answered by the dynamic runtime and by static high)"
+    )
     parser.add_argument("--no-stress", action="store_true")
     parser.add_argument("--no-sweep", action="store_true", help="skip the latency-target sweep (12 more replays)")
     parser.add_argument("--quick", action="store_true", help="the smoke config and short runs: minutes, figures meaningless")
@@ -420,24 +530,40 @@ def main() -> None:
     dataset = prepare_data(cfg)
     bank_file = run_dir / "edge" / "bank.json"
     built = bank_record(run_dir / "edge")
-    if built is None or built.get("machine") != machine():  # none yet, or its latencies measured on another machine (the bank of another commit is kept: the benchmark measures this commit's runtime on the bank's variants)
+    # none yet, or its latencies measured on another machine (the bank of another commit is kept: the benchmark measures this commit's runtime on the bank's variants)
+    if built is None or built.get("machine") != machine():
         build_bank(cfg, dataset, run_dir)
     bank = load_bank(run_dir / "edge")
     # The runtime's settings come from --config (this commit's), not from the run's config.yaml: the
     # benchmark measures this commit's runtime on that run's models.
     rc = load_config(args.config).runtime
-    result: dict[str, Any] = {"commit": git_commit(), "machine": machine(), "run": run_dir.name, "latency_target_ms": rc.latency_target_ms, "runtime_config": dataclasses.asdict(rc), "variants": bank.data["variants"], "tiers": list(bank.table.tiers)}
+    result: dict[str, Any] = {
+        "commit": git_commit(),
+        "machine": machine(),
+        "run": run_dir.name,
+        "latency_target_ms": rc.latency_target_ms,
+        "runtime_config": dataclasses.asdict(rc),
+        "variants": bank.data["variants"],
+        "tiers": list(bank.table.tiers),
+    }
     # The variants' figures (and the sweep's base, and the replays at the bank's costs) are the bank's,
     # measured when it was built: the result says when and where, not "in this run".
     result["bank"] = {"machine": bank.data["machine"], "built": datetime.fromtimestamp(bank_file.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     result["traces"] = {}
     for name in SYNTHETIC:
-        replays = [simulate(bank, dataset, synthetic_trace(name, 120.0, seed=0), rc, args.requests, run_dir / "simulate" / name if seed == 0 else None, seed=seed) for seed in range(args.repeats)]
+        replays = [
+            simulate(bank, dataset, synthetic_trace(name, 120.0, seed=0), rc, args.requests, run_dir / "simulate" / name if seed == 0 else None, seed=seed)
+            for seed in range(args.repeats)
+        ]
         summary = pooled(replays)
         # The same trace with every request at the bank's costs: no wall time enters, so the figure
         # is the same on every run and host (the one to compare versions of the runtime by).
         fixed = simulate(bank, dataset, synthetic_trace(name, 120.0, seed=0), rc, args.requests, latency="bank")
-        summary["bank_latency"] = {"slo_accuracy": fixed["slo_accuracy"], "slo_accuracy_static": fixed["slo_accuracy_static"], "latency_model": fixed["latency_model"]}
+        summary["bank_latency"] = {
+            "slo_accuracy": fixed["slo_accuracy"],
+            "slo_accuracy_static": fixed["slo_accuracy_static"],
+            "latency_model": fixed["latency_model"],
+        }
         result["traces"][name] = summary
         print(f"{name}: dynamic {summary['slo_accuracy']:.4f} ± {summary['slo_accuracy_std']:.4f}, static {summary['slo_accuracy_static']}", flush=True)
     if not args.no_sweep:
@@ -449,7 +575,9 @@ def main() -> None:
         high = {m: ("high" if any(v.id == f"high/{m}" for v in bank.table.variants) else None) for m in bank.table.modalities}
         result["real_load"] = real_load(bank, dataset, rc, high, args.rate, stress)
     else:
-        result["real_load_note"] = "not run: " + ("--no-stress" if args.no_stress else "stress-ng is not installed and could not be installed (apt-get install stress-ng)")
+        result["real_load_note"] = "not run: " + (
+            "--no-stress" if args.no_stress else "stress-ng is not installed and could not be installed (apt-get install stress-ng)"
+        )
     if args.soak_minutes > 0:
         result["soak"] = soak(bank, dataset, rc, args.soak_minutes)
     traces = result["traces"]
@@ -457,26 +585,62 @@ def main() -> None:
     worst = max((t["adaptation_ms_p99"] for t in switched), default=math.nan)
     worst_swaps = max((t["adaptation_ms_p99_swaps"] for t in switched), default=math.nan)
     targets = [
-        {"target": f"adaptation time p99 <= {ADAPTATION_TARGET_MS:g} ms (worst trace)", "measured": f"{worst:.3f} ms; switches that loaded no session (pointer swaps): {worst_swaps:.3f} ms; switches that had to load sessions evicted under memory pressure: {sum(t['switches_loading'] for t in traces.values())} of {sum(t['switches'] for t in traces.values())}", "reached": worst <= ADAPTATION_TARGET_MS},
-        {"target": f"monitor overhead <= {MONITOR_TARGET:.0%} of one core (default interval)", "measured": f"{result['monitor_overhead']['cpu_fraction']:.4%}; memory held {result['monitor_overhead']['memory_held_bytes'] / 1024:.1f} KB (peak {result['monitor_overhead']['memory_peak_bytes'] / 1024:.1f} KB)", "reached": result["monitor_overhead"]["cpu_fraction"] <= MONITOR_TARGET},
+        {
+            "target": f"adaptation time p99 <= {ADAPTATION_TARGET_MS:g} ms (worst trace)",
+            "measured": f"{worst:.3f} ms; switches that loaded no session (pointer swaps): {worst_swaps:.3f} ms; switches that had to load sessions evicted under memory pressure: {sum(t['switches_loading'] for t in traces.values())} of {sum(t['switches'] for t in traces.values())}",
+            "reached": worst <= ADAPTATION_TARGET_MS,
+        },
+        {
+            "target": f"monitor overhead <= {MONITOR_TARGET:.0%} of one core (default interval)",
+            "measured": f"{result['monitor_overhead']['cpu_fraction']:.4%}; memory held {result['monitor_overhead']['memory_held_bytes'] / 1024:.1f} KB (peak {result['monitor_overhead']['memory_peak_bytes'] / 1024:.1f} KB)",
+            "reached": result["monitor_overhead"]["cpu_fraction"] <= MONITOR_TARGET,
+        },
     ]
     for name in ("sudden", "periodic"):
         s = traces[name]
         gain = over_high(s["slo_accuracy"], s)
         swept = [r["dynamic"] / r["static"]["high"] for r in result.get("sweep", {}).get("rows", []) if r["trace"] == name and r["static"].get("high")]
         span = f"; {min(swept):.2f}x-{max(swept):.2f}x over targets of {SWEEP_MULTIPLES[0]:g}-{SWEEP_MULTIPLES[-1]:g}x static high's cost" if swept else ""
-        ceiling, clairvoyant, per_level = over_high(s["oracle"]["slo_accuracy"], s), over_high(s["oracle"]["clairvoyant_allocator"], s), over_high(s["oracle"]["best_per_level"], s)
+        ceiling, clairvoyant, per_level = (
+            over_high(s["oracle"]["slo_accuracy"], s),
+            over_high(s["oracle"]["clairvoyant_allocator"], s),
+            over_high(s["oracle"]["best_per_level"], s),
+        )
         fixed = s["bank_latency"]
         at_bank = f"; at the bank's costs (deterministic) {fixed['slo_accuracy']:.4f} vs {fixed['slo_accuracy_static'].get('high', float('nan')):.4f}, {over_high(fixed['slo_accuracy'], fixed):.2f}x"
-        targets.append({"target": f"{name}: SLO-accuracy dynamic >= {SLO_RATIO_TARGET}x static high (at {rc.latency_target_ms:g} ms)", "measured": f"{s['slo_accuracy']:.4f} vs {s['slo_accuracy_static']['high']:.4f} ({gain:.2f}x; the best configuration per level in hindsight {per_level:.2f}x, a clairvoyant allocator {clairvoyant:.2f}x, the oracle's ceiling {ceiling:.2f}x){at_bank}{span}", "reached": gain >= SLO_RATIO_TARGET})
+        targets.append(
+            {
+                "target": f"{name}: SLO-accuracy dynamic >= {SLO_RATIO_TARGET}x static high (at {rc.latency_target_ms:g} ms)",
+                "measured": f"{s['slo_accuracy']:.4f} vs {s['slo_accuracy_static']['high']:.4f} ({gain:.2f}x; the best configuration per level in hindsight {per_level:.2f}x, a clairvoyant allocator {clairvoyant:.2f}x, the oracle's ceiling {ceiling:.2f}x){at_bank}{span}",
+                "reached": gain >= SLO_RATIO_TARGET,
+            }
+        )
         best = max(s["slo_accuracy_static"].values())
-        targets.append({"target": f"{name}: dynamic no worse than the best static tier", "measured": f"{s['slo_accuracy']:.4f} ± {s['slo_accuracy_std']:.4f} vs {best:.4f} (means of {s['repeats']['n']} replays)", "reached": s["slo_accuracy"] >= best})
+        targets.append(
+            {
+                "target": f"{name}: dynamic no worse than the best static tier",
+                "measured": f"{s['slo_accuracy']:.4f} ± {s['slo_accuracy_std']:.4f} vs {best:.4f} (means of {s['repeats']['n']} replays)",
+                "reached": s["slo_accuracy"] >= best,
+            }
+        )
     c = result["critical_cut"]
     for name, reading in (("device", "the device's resources"), ("model_needs", "stricter: 30% of the best configuration's needs")):
-        targets.append({"target": f"70% resource cut ({reading}): the critical modality keeps >= {CRITICAL_RETENTION_TARGET:.0%} of its best accuracy", "measured": f"{c[name]['retention']:.1%}", "reached": c[name]["retention"] >= CRITICAL_RETENTION_TARGET})
+        targets.append(
+            {
+                "target": f"70% resource cut ({reading}): the critical modality keeps >= {CRITICAL_RETENTION_TARGET:.0%} of its best accuracy",
+                "measured": f"{c[name]['retention']:.1%}",
+                "reached": c[name]["retention"] >= CRITICAL_RETENTION_TARGET,
+            }
+        )
     if result.get("soak"):
         s = result["soak"]
-        targets.append({"target": "soak: no memory growth", "measured": f"{s['rss_growth_bytes_after_warmup'] / 1024:.0f} KB over {s['minutes']:g} min", "reached": s["rss_growth_bytes_after_warmup"] < 8 * 2**20})
+        targets.append(
+            {
+                "target": "soak: no memory growth",
+                "measured": f"{s['rss_growth_bytes_after_warmup'] / 1024:.0f} KB over {s['minutes']:g} min",
+                "reached": s["rss_growth_bytes_after_warmup"] < 8 * 2**20,
+            }
+        )
     result["targets"] = targets
     stem = "runtime-quick" if args.quick else "runtime"
     write_results(args.out, stem, result, render(result).replace("runtime.png", f"{stem}.png"), lambda path: plot(result, path))

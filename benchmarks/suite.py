@@ -36,7 +36,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the smoke config, two seeds, small sweeps: minutes, figures meaningless")
     parser.add_argument("--teachers-from", type=Path, help="reuse this run's teachers (its data settings must match)")
     parser.add_argument("--recipe", type=Path, default=REPO / "configs" / "recipes" / "bench.yaml", help="the tiers' compression recipe")
-    parser.add_argument("--tier-recipe", action="append", default=[], metavar="TIER=PATH", help="a recipe that replaces --recipe for one tier (default: critical=configs/recipes/bench-critical.yaml)")
+    parser.add_argument(
+        "--tier-recipe",
+        action="append",
+        default=[],
+        metavar="TIER=PATH",
+        help="a recipe that replaces --recipe for one tier (default: critical=configs/recipes/bench-critical.yaml)",
+    )
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "bench")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE config override for every run")
@@ -49,7 +55,16 @@ def main() -> None:
         tier_recipes[tier] = Path(path)
     if set(tier_recipes) - set(TIERS):
         parser.error(f"--tier-recipe: unknown tier in {sorted(tier_recipes)}; the tiers are {', '.join(TIERS)}")
-    settings = SuiteSettings(config=args.config, protocols=tuple(args.protocols), seeds=tuple(args.seeds), runs_dir=args.runs_dir, overrides=(*FULL_SCALE, *args.overrides), recipe=args.recipe, tier_recipes=tier_recipes, teachers_from=args.teachers_from)
+    settings = SuiteSettings(
+        config=args.config,
+        protocols=tuple(args.protocols),
+        seeds=tuple(args.seeds),
+        runs_dir=args.runs_dir,
+        overrides=(*FULL_SCALE, *args.overrides),
+        recipe=args.recipe,
+        tier_recipes=tier_recipes,
+        teachers_from=args.teachers_from,
+    )
     if args.quick:
         settings = replace(settings.quick(), config=REPO / "configs" / "smoke.yaml", runs_dir=args.runs_dir / "quick", overrides=tuple(args.overrides))
     result = run_suite(settings)

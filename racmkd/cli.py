@@ -51,11 +51,25 @@ def _errors() -> tuple[type[Exception], ...]:
     from racmkd.runs import RunError
 
     checkpoints, artifacts = sys.modules.get("racmkd.models.checkpoint"), sys.modules.get("racmkd.compress.artifacts")
-    return (ConfigError, DataError, RunError, OSError, KeyError, ValueError, *([checkpoints.CheckpointError] if checkpoints else []), *([artifacts.ExportError] if artifacts else []))
+    return (
+        ConfigError,
+        DataError,
+        RunError,
+        OSError,
+        KeyError,
+        ValueError,
+        *([checkpoints.CheckpointError] if checkpoints else []),
+        *([artifacts.ExportError] if artifacts else []),
+    )
 
 
 @app.command()
-def data(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: SetOpt = None, download: Annotated[bool, typer.Option(help="First fetch MNIST and FSDD from their official sources into the data root.")] = False) -> None:
+def data(
+    config: ConfigOpt = None,
+    protocol: ProtocolOpt = None,
+    set_: SetOpt = None,
+    download: Annotated[bool, typer.Option(help="First fetch MNIST and FSDD from their official sources into the data root.")] = False,
+) -> None:
     """Build and cache the paired dataset; print what it holds."""
     from racmkd.data.dataset import build_dataset
     from racmkd.data.download import download_fsdd, download_mnist
@@ -90,7 +104,9 @@ def train_teacher(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: 
 
 
 @app.command()
-def distill(run: RunOpt = Path("runs/latest"), tier: Annotated[Optional[list[str]], typer.Option(help="Only these tiers (repeatable; default: all).")] = None) -> None:
+def distill(
+    run: RunOpt = Path("runs/latest"), tier: Annotated[Optional[list[str]], typer.Option(help="Only these tiers (repeatable; default: all).")] = None
+) -> None:
     """Choose each tier's student design by measurement and distil it from the run's teachers."""
     from racmkd.pipeline import check_tiers, distill_students, open_run, prepare_data
 
@@ -137,7 +153,12 @@ def run_all(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: SetOpt
 def compress(
     run: RunOpt = Path("runs/latest"),
     tier: Annotated[Optional[list[str]], typer.Option(help="Tiers to compress (repeatable; default: all).")] = None,
-    recipe: Annotated[Optional[Path], typer.Option(help="Recipe YAML for every tier named (default: the run config's compress.tier_recipes for its tiers, else compress.recipe, e.g. configs/recipes/default.yaml).")] = None,
+    recipe: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Recipe YAML for every tier named (default: the run config's compress.tier_recipes for its tiers, else compress.recipe, e.g. configs/recipes/default.yaml)."
+        ),
+    ] = None,
 ) -> None:
     """Compress tiers' students with a recipe (prune, low-rank, input reduction, QAT, int8, export) and re-measure the run."""
     from racmkd.eval.report import evaluate_run
@@ -152,7 +173,9 @@ def compress(
         raise _fail(err) from None
     for folder in folders:
         e = report["models"][f"{folder.name}_compressed"]
-        typer.echo(f"{folder.name + '_compressed':24s} accuracy {e['accuracy']:.4f}  {e['bytes_deployable'] / 1024:9.1f} KB {e['format']}  {e['compression_ratio']:.1f}x  {e['latency_ms_p50']:.3f} ms")
+        typer.echo(
+            f"{folder.name + '_compressed':24s} accuracy {e['accuracy']:.4f}  {e['bytes_deployable'] / 1024:9.1f} KB {e['format']}  {e['compression_ratio']:.1f}x  {e['latency_ms_p50']:.3f} ms"
+        )
     typer.echo(f"report: {run_dir / 'report.md'}")
 
 
@@ -162,7 +185,10 @@ def export(
     model: Annotated[str, typer.Option(help="Checkpoint to export: teacher, teacher_image, teacher_audio, high, medium, low, critical, ...")] = "high",
     out: Annotated[Optional[Path], typer.Option(help="Folder for the .onnx files (default: <run>/onnx).")] = None,
     int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also write a static int8 (QDQ) model.")] = True,
-    int8_weights: Annotated[bool, typer.Option("--int8-weights/--no-int8-weights", help="Also write int8 weights with float arithmetic (a quarter of the weight bytes, fp32 speed).")] = True,
+    int8_weights: Annotated[
+        bool,
+        typer.Option("--int8-weights/--no-int8-weights", help="Also write int8 weights with float arithmetic (a quarter of the weight bytes, fp32 speed)."),
+    ] = True,
     modality: Annotated[Optional[list[str]], typer.Option(help="Export the graph for these inputs only (repeatable): a variant with a sensor off.")] = None,
 ) -> None:
     """Export a model to ONNX (fp32, int8 and int8 weights) with its preprocessing contract; check parity on the whole test split."""
@@ -177,7 +203,10 @@ def export(
     for key in ("fp32", "int8", "int8-weights"):
         if key in result and not result[key]["meets_bound"]:
             p = result[key].get("parity_vs_fp32", result[key].get("parity_vs_pytorch"))
-            typer.echo(f"warning: {result[key]['path']} misses the parity bound (argmax agreement {p['argmax_agreement']:.4f}, accuracy {p['accuracy']:.4f} vs {p['reference_accuracy']:.4f}): do not deploy it as is", err=True)
+            typer.echo(
+                f"warning: {result[key]['path']} misses the parity bound (argmax agreement {p['argmax_agreement']:.4f}, accuracy {p['accuracy']:.4f} vs {p['reference_accuracy']:.4f}): do not deploy it as is",
+                err=True,
+            )
 
 
 @app.command()
@@ -186,7 +215,9 @@ def profile(
     device: Annotated[list[str], typer.Option(help="Device profile: a name in configs/devices/ or a YAML path (repeatable).")],
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object (a list for several devices).")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the profile(s) here as JSON (default: <model>.profile.json).")] = None,
-    latency_ms: Annotated[Optional[float], typer.Option("--latency-ms", min=0.000001, max=1e9, help="Latency target for the verdict (default: the device's).")] = None,
+    latency_ms: Annotated[
+        Optional[float], typer.Option("--latency-ms", min=0.000001, max=1e9, help="Latency target for the verdict (default: the device's).")
+    ] = None,
     measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Time the model on this machine too.")] = True,
 ) -> None:
     """ROM, RAM, estimated latency and energy of a model on a device, and whether it fits."""
@@ -245,7 +276,9 @@ def edge_build(
     except (*_errors(), BankError, ExportError) as err:
         raise _fail(err) from None
     for v in bank.data["variants"]:
-        typer.echo(f"{v['tier'] + '/' + v['modality']:18s} {v['precision']:12s} {v['latency_ms']:7.3f} ms  {v['memory_bytes'] / 1024:8.1f} KB  {v['energy_mj']:.4f} mJ")
+        typer.echo(
+            f"{v['tier'] + '/' + v['modality']:18s} {v['precision']:12s} {v['latency_ms']:7.3f} ms  {v['memory_bytes'] / 1024:8.1f} KB  {v['energy_mj']:.4f} mJ"
+        )
     typer.echo(f"bank: {folder / 'bank.json'}")
 
 
@@ -281,7 +314,7 @@ def edge_run(
 
             def show(i: int, answer: object) -> None:
                 new = runtime.decision_count - shown[0]
-                for d in list(runtime.decisions)[len(runtime.decisions) - min(new, len(runtime.decisions)):]:
+                for d in list(runtime.decisions)[len(runtime.decisions) - min(new, len(runtime.decisions)) :]:
                     typer.echo(f"{d['t'] - started:8.2f} s  {d['from']:>34s} -> {d['to']:<34s} {d['reason']} ({d['adaptation_ms']:.3f} ms)")
                 shown[0] = runtime.decision_count
 
@@ -321,7 +354,12 @@ def simulate(
     out: Annotated[Optional[Path], typer.Option(help="Folder for summary.json, timeline.json/png, table.md (default: <run>/simulate/<trace>).")] = None,
     static: Annotated[bool, typer.Option("--static/--no-static", help="Also replay every static tier on the same requests.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic trace and of the request order.")] = 0,
-    latency: Annotated[str, typer.Option(help="Latency model: measured (this host's compute time x the trace's slowdown) or bank (the bank's median costs x the slowdown: the same on every run, to compare runtime versions).")] = "measured",
+    latency: Annotated[
+        str,
+        typer.Option(
+            help="Latency model: measured (this host's compute time x the trace's slowdown) or bank (the bank's median costs x the slowdown: the same on every run, to compare runtime versions)."
+        ),
+    ] = "measured",
     set_: SetOpt = None,
 ) -> None:
     """Replay a resource trace against the edge runtime with real inference; compare with static tiers."""
@@ -403,7 +441,9 @@ def _registry_errors() -> tuple[type[Exception], ...]:
 
 
 @registry_app.command("keygen")
-def registry_keygen(out: Annotated[Path, typer.Option(help="Folder for racmkd.key (private, keep it in the cloud) and racmkd.pub (for devices).")] = Path("keys")) -> None:
+def registry_keygen(
+    out: Annotated[Path, typer.Option(help="Folder for racmkd.key (private, keep it in the cloud) and racmkd.pub (for devices).")] = Path("keys"),
+) -> None:
     """Create the fleet's Ed25519 signing key pair."""
     from racmkd.deploy.signing import generate_keypair
 
@@ -449,7 +489,9 @@ def registry_list(root: RootOpt = Path("registry")) -> None:
     except _registry_errors() as err:
         raise _fail(err) from None
     for r in releases:
-        typer.echo(f"{r.name:16s} v{r.version:<3d} {r.kind:5s} {r.bytes:>10,} B  {r.sha256[:12]}  accuracy {r.metrics.get('accuracy', float('nan')):.4f}  parent {r.parent_version or '-'}")
+        typer.echo(
+            f"{r.name:16s} v{r.version:<3d} {r.kind:5s} {r.bytes:>10,} B  {r.sha256[:12]}  accuracy {r.metrics.get('accuracy', float('nan')):.4f}  parent {r.parent_version or '-'}"
+        )
 
 
 @registry_app.command("verify")
@@ -481,7 +523,10 @@ app.add_typer(deploy_app, name="deploy")
 def deploy_plan(
     root: RootOpt = Path("registry"),
     device: Annotated[Optional[list[str]], typer.Option(help="Device profiles (default: all in configs/devices/).")] = None,
-    public_key: Annotated[Optional[Path], typer.Option(help="The fleet's public key: a release whose signature does not verify is passed over (default: keys/racmkd.pub when present).")] = None,
+    public_key: Annotated[
+        Optional[Path],
+        typer.Option(help="The fleet's public key: a release whose signature does not verify is passed over (default: keys/racmkd.pub when present)."),
+    ] = None,
     json_: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The most accurate release that fits each device (by its signed manifest), or why none does."""
@@ -538,7 +583,10 @@ def deploy_push(
 def deploy_apply(
     fleet: Annotated[Path, typer.Option(help="Fleet file (YAML): `devices: [{name, profile, url}, ...]`, each device's profile and edge server.")],
     root: RootOpt = Path("registry"),
-    public_key: Annotated[Optional[Path], typer.Option(help="The fleet's public key: a release whose signature does not verify is passed over (default: keys/racmkd.pub when present).")] = None,
+    public_key: Annotated[
+        Optional[Path],
+        typer.Option(help="The fleet's public key: a release whose signature does not verify is passed over (default: keys/racmkd.pub when present)."),
+    ] = None,
     token_env: Annotated[str, typer.Option(help="Environment variable holding the devices' management token.")] = "RACMKD_TOKEN",
     mqtt_host: Annotated[Optional[str], typer.Option(help="The telemetry broker: devices whose last will says offline are passed over.")] = None,
     mqtt_port: Annotated[int, typer.Option(min=1, max=65535)] = 1883,
@@ -584,10 +632,17 @@ def deploy_apply(
 @app.command()
 def predict(
     run: RunOpt = Path("runs/latest"),
-    tier: Annotated[str, typer.Option(help="teacher, teacher_<modality> (teacher_image, teacher_audio, ...), high, medium, low or critical; <tier>_compressed for a compressed tier's deployed ONNX artifact.")] = "high",
+    tier: Annotated[
+        str,
+        typer.Option(
+            help="teacher, teacher_<modality> (teacher_image, teacher_audio, ...), high, medium, low or critical; <tier>_compressed for a compressed tier's deployed ONNX artifact."
+        ),
+    ] = "high",
     image: Annotated[Optional[Path], typer.Option(help="A 28x28 grey digit: .png or .npy.")] = None,
     audio: Annotated[Optional[Path], typer.Option(help="A mono .wav recording.")] = None,
-    input_: Annotated[Optional[list[str]], typer.Option("--input", help="Another modality's raw input as NAME=FILE.npy, e.g. --input imu=trace.npy (repeatable).")] = None,
+    input_: Annotated[
+        Optional[list[str]], typer.Option("--input", help="Another modality's raw input as NAME=FILE.npy, e.g. --input imu=trace.npy (repeatable).")
+    ] = None,
 ) -> None:
     """Classify one sample from files with a trained model."""
     import numpy as np

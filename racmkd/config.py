@@ -81,9 +81,13 @@ class TrainConfig:
         # No training means no model: an `epochs: 0` was refused by the trainer only when its stage
         # began, after the stages before it had run (the students' after the teachers' minutes).
         if self.batch_size < 1 or self.epochs < 1 or self.samples_per_epoch < 0:
-            raise ConfigError(f"batch_size and epochs must be >= 1, samples_per_epoch >= 0 (0: the whole training split); got {self.batch_size}, {self.epochs}, {self.samples_per_epoch}")
+            raise ConfigError(
+                f"batch_size and epochs must be >= 1, samples_per_epoch >= 0 (0: the whole training split); got {self.batch_size}, {self.epochs}, {self.samples_per_epoch}"
+            )
         if not (0 < self.lr < math.inf and 0 <= self.weight_decay < math.inf and 0 <= self.modality_dropout < 1 and 0 <= self.label_smoothing < 1):
-            raise ConfigError(f"need lr > 0, weight_decay >= 0, modality_dropout and label_smoothing in [0, 1); got {self.lr}, {self.weight_decay}, {self.modality_dropout}, {self.label_smoothing}")
+            raise ConfigError(
+                f"need lr > 0, weight_decay >= 0, modality_dropout and label_smoothing in [0, 1); got {self.lr}, {self.weight_decay}, {self.modality_dropout}, {self.label_smoothing}"
+            )
         # Beta(inf, inf) draws NaN: every mixed batch, and so every weight, went NaN without an error.
         if not 0 <= self.mixup < math.inf:
             raise ConfigError(f"mixup must be a finite number >= 0 (0 turns mixing off), got {self.mixup}")
@@ -105,7 +109,8 @@ class TeacherConfig:
     fusion_hidden: int = 256
     dropout: float = 0.2
     unimodal: TrainConfig = TrainConfig(epochs=2, precision="auto")  # image-only and audio-only teachers
-    fused: TrainConfig = TrainConfig(epochs=1, modality_dropout=0.25, precision="auto")  # the fusion on top of the unimodal encoders; its precision is also the teachers' during distillation
+    # the fusion on top of the unimodal encoders; its precision is also the teachers' during distillation
+    fused: TrainConfig = TrainConfig(epochs=1, modality_dropout=0.25, precision="auto")
     freeze_encoders: bool = True  # the fused teacher trains its fusion only, on the unimodal teachers' encoders
 
     def __post_init__(self) -> None:
@@ -117,7 +122,9 @@ class TeacherConfig:
         if self.embed_dim < 1:
             raise ConfigError(f"teacher.embed_dim must be >= 1 (each modality's embedding size), got {self.embed_dim}")
         if self.fusion_hidden < 0:
-            raise ConfigError(f"teacher.fusion_hidden must be >= 0 (0: no hidden layer, the embeddings go straight to the classifier), got {self.fusion_hidden}")
+            raise ConfigError(
+                f"teacher.fusion_hidden must be >= 0 (0: no hidden layer, the embeddings go straight to the classifier), got {self.fusion_hidden}"
+            )
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"teacher.dropout must be in [0, 1) (the fusion layer's dropout probability), got {self.dropout}")
 
@@ -164,10 +171,14 @@ class TierConfig:
 
     def __post_init__(self) -> None:
         if not TIER_NAME.fullmatch(self.name):
-            raise ConfigError(f"tier {self.name!r}: name it with 1-64 letters, digits, '_' or '-', starting with a letter or digit (e.g. high, edge-16k): the name is its checkpoints' file name")
+            raise ConfigError(
+                f"tier {self.name!r}: name it with 1-64 letters, digits, '_' or '-', starting with a letter or digit (e.g. high, edge-16k): the name is its checkpoints' file name"
+            )
         folded = self.name.lower()  # on a case-insensitive file system Teacher.pt is teacher.pt
         if folded in RESERVED_NAMES or folded.startswith(RESERVED_PREFIXES) or folded.endswith(RESERVED_SUFFIXES):
-            raise ConfigError(f"tier {self.name!r}: the name is taken by the run's other models, whose checkpoints and report rows the tier's would overwrite; rename the tier: not {', '.join(RESERVED_NAMES)}, not starting with {', '.join(RESERVED_PREFIXES)}, not ending in {', '.join(RESERVED_SUFFIXES)}")
+            raise ConfigError(
+                f"tier {self.name!r}: the name is taken by the run's other models, whose checkpoints and report rows the tier's would overwrite; rename the tier: not {', '.join(RESERVED_NAMES)}, not starting with {', '.join(RESERVED_PREFIXES)}, not ending in {', '.join(RESERVED_SUFFIXES)}"
+            )
         if self.budget_bytes <= 0:
             raise ConfigError(f"tier {self.name!r}: budget_bytes must be positive (fp32 parameter bytes), got {self.budget_bytes}")
         if self.ties not in ("flops", "capacity"):
@@ -177,7 +188,9 @@ class TierConfig:
         if self.channel_multiple < 1:
             raise ConfigError(f"tier {self.name!r}: channel_multiple must be >= 1 (1 = no rounding), got {self.channel_multiple}")
         if self.scale < -1 or self.depth < 0:  # any other negative value was read as "chosen by measurement"
-            raise ConfigError(f"tier {self.name!r}: scale must be >= -1 (-1 = chosen by measurement) and depth >= 0 (0 = chosen by measurement), got scale {self.scale}, depth {self.depth}")
+            raise ConfigError(
+                f"tier {self.name!r}: scale must be >= -1 (-1 = chosen by measurement) and depth >= 0 (0 = chosen by measurement), got scale {self.scale}, depth {self.depth}"
+            )
 
 
 @dataclass(frozen=True)
@@ -204,7 +217,9 @@ class SelectionConfig:
         # candidate at all (an empty list), a ZeroDivisionError (depth 0), a level -1 that Python's
         # indexing took as the coarsest one.
         if not self.modality_sets or not all(self.modality_sets):
-            raise ConfigError(f"students.selection.modality_sets must list at least one set of modalities, none of them empty (e.g. [[image, audio], [audio]]); got {[list(s) for s in self.modality_sets]}")
+            raise ConfigError(
+                f"students.selection.modality_sets must list at least one set of modalities, none of them empty (e.g. [[image, audio], [audio]]); got {[list(s) for s in self.modality_sets]}"
+            )
         if not self.scales or min(self.scales) < 0:
             raise ConfigError(f"students.selection.scales must list at least one resolution level, each >= 0 (0: full resolution); got {list(self.scales)}")
         if not self.depths or min(self.depths) < 1:
@@ -247,13 +262,17 @@ class StudentsConfig:
         seen: dict[str, str] = {}
         for tier in self.tiers:
             if tier.name.lower() in seen:
-                raise ConfigError(f"students.tiers: two tiers are named {seen[tier.name.lower()]!r} and {tier.name!r}; each tier's name names its checkpoints, so rename one")
+                raise ConfigError(
+                    f"students.tiers: two tiers are named {seen[tier.name.lower()]!r} and {tier.name!r}; each tier's name names its checkpoints, so rename one"
+                )
             seen[tier.name.lower()] = tier.name
         # The narrowest student `widest_student` tries (racmkd/models/multimodal.py) is two stem
         # channels: width 2 / DSCNN2dEncoder.base_channels. Below it no tier has a design; NaN and inf
         # failed in its search, after the teachers had trained.
         if not MIN_STUDENT_WIDTH <= self.max_width < math.inf:
-            raise ConfigError(f"students.max_width must be a finite number >= {MIN_STUDENT_WIDTH} (the narrowest student's width multiplier), got {self.max_width}")
+            raise ConfigError(
+                f"students.max_width must be a finite number >= {MIN_STUDENT_WIDTH} (the narrowest student's width multiplier), got {self.max_width}"
+            )
 
 
 @dataclass(frozen=True)
@@ -285,7 +304,9 @@ class DistillConfig:
         # A temperature of 0 makes the KD loss NaN, and a NaN student would be saved as the best one;
         # a negative one trains towards the teacher's reversed ranking.
         if not (self.temperature.low > 0 and self.temperature.high > 0 and self.reliability_temperature > 0):
-            raise ConfigError(f"temperature (low {self.temperature.low}, high {self.temperature.high}) and reliability_temperature ({self.reliability_temperature}) must be > 0")
+            raise ConfigError(
+                f"temperature (low {self.temperature.low}, high {self.temperature.high}) and reliability_temperature ({self.reliability_temperature}) must be > 0"
+            )
         weights = {name: getattr(self, name) for name in ("alpha", "beta", "gamma", "delta")}
         bad = {name: (w.low, w.high) for name, w in weights.items() if not (0 <= w.low < math.inf and 0 <= w.high < math.inf)}
         if bad or not 0 <= self.feature_cost < math.inf:
@@ -351,8 +372,14 @@ class MonitorConfig:
         for name in ("smoothing", "trend", "damping"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"runtime.monitor.{name} {getattr(self, name)}: a weight in (0, 1]")
-        if not 0 < self.min_interval_s <= self.interval_s <= self.max_interval_s < math.inf or not 0 <= self.horizon_s < math.inf or not 0 <= self.change_threshold < math.inf:
-            raise ConfigError(f"runtime.monitor: need 0 < min_interval_s <= interval_s <= max_interval_s (got {self.min_interval_s}, {self.interval_s}, {self.max_interval_s}), horizon_s and change_threshold finite and >= 0 (got {self.horizon_s}, {self.change_threshold})")
+        if (
+            not 0 < self.min_interval_s <= self.interval_s <= self.max_interval_s < math.inf
+            or not 0 <= self.horizon_s < math.inf
+            or not 0 <= self.change_threshold < math.inf
+        ):
+            raise ConfigError(
+                f"runtime.monitor: need 0 < min_interval_s <= interval_s <= max_interval_s (got {self.min_interval_s}, {self.interval_s}, {self.max_interval_s}), horizon_s and change_threshold finite and >= 0 (got {self.horizon_s}, {self.change_threshold})"
+            )
 
 
 @dataclass(frozen=True)
@@ -362,17 +389,23 @@ class PIDGains:
     kp: float = 0.4
     ki: float = 0.4  # per second
     kd: float = 0.0
-    setpoint: float = 1.2  # step in when a period's mean latency runs 20% over the target (a load the readings miss); the tail is the deadline risk's (runtime.objective slo); with objective accuracy, 0.8 leaves headroom for it
+    # step in when a period's mean latency runs 20% over the target (a load the readings miss); the tail is the deadline risk's (runtime.objective slo); with objective accuracy, 0.8 leaves headroom for it
+    setpoint: float = 1.2
     min_scale: float = 0.25
     max_scale: float = 1.0
-    interval_s: float = 0.02  # the PID acts on the mean latency of the requests in each such period (per request it would chase noise, and cost every request a step)
+    # the PID acts on the mean latency of the requests in each such period (per request it would chase noise, and cost every request a step)
+    interval_s: float = 0.02
 
     def __post_init__(self) -> None:
         # simple-pid refused reversed limits only when the runtime started, naming no setting.
         if not all(0 <= g < math.inf for g in (self.kp, self.ki, self.kd)) or not 0 < self.setpoint < math.inf or not 0 < self.interval_s < math.inf:
-            raise ConfigError(f"kp, ki and kd must be finite and >= 0, setpoint and interval_s finite and > 0; got kp {self.kp}, ki {self.ki}, kd {self.kd}, setpoint {self.setpoint}, interval_s {self.interval_s}")
+            raise ConfigError(
+                f"kp, ki and kd must be finite and >= 0, setpoint and interval_s finite and > 0; got kp {self.kp}, ki {self.ki}, kd {self.kd}, setpoint {self.setpoint}, interval_s {self.interval_s}"
+            )
         if not 0 < self.min_scale <= self.max_scale < math.inf:
-            raise ConfigError(f"need 0 < min_scale <= max_scale (the latency budget's scale bounds), got min_scale {self.min_scale}, max_scale {self.max_scale}")
+            raise ConfigError(
+                f"need 0 < min_scale <= max_scale (the latency budget's scale bounds), got min_scale {self.min_scale}, max_scale {self.max_scale}"
+            )
 
 
 @dataclass(frozen=True)
@@ -488,7 +521,9 @@ class RunConfig:
             if unknown:
                 close = difflib.get_close_matches(unknown[0], tiers, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"{where} names {unknown}, not tiers of students.tiers ({', '.join(tiers) or 'none'}).{hint} Name the tiers it should apply to.")
+                raise ConfigError(
+                    f"{where} names {unknown}, not tiers of students.tiers ({', '.join(tiers) or 'none'}).{hint} Name the tiers it should apply to."
+                )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -606,7 +641,9 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {assignment!r}: the value is not valid YAML ({str(err).splitlines()[0]}); quote lists and mappings whole, e.g. 'data.modalities=[image, audio]'") from None
+        raise ConfigError(
+            f"override {assignment!r}: the value is not valid YAML ({str(err).splitlines()[0]}); quote lists and mappings whole, e.g. 'data.modalities=[image, audio]'"
+        ) from None
     if not isinstance(node, (list, dict)):
         raise ConfigError(f"override {path!r}: {path.rsplit('.', 1)[0]!r} is a single value, with no sub-keys")
     slot = _index(node, last, path) if isinstance(node, list) else last
@@ -722,7 +759,9 @@ def check_modality_options(data: DataConfig, source: str) -> None:
     registry = modality_options()
     for name, options in data.options.items():
         if name not in registry:
-            raise ConfigError(f"{source}: data.options.{name}: no options registered for a modality {name!r} (racmkd/data/options.py, MODALITY_OPTIONS); registered: {', '.join(registry.names())}")
+            raise ConfigError(
+                f"{source}: data.options.{name}: no options registered for a modality {name!r} (racmkd/data/options.py, MODALITY_OPTIONS); registered: {', '.join(registry.names())}"
+            )
         from_dict(registry.get(name), options, where=f"data.options.{name}", source=source)
 
 
@@ -731,7 +770,12 @@ def check_modality_keys(cfg: RunConfig, source: str) -> None:
     would otherwise be ignored in silence, as a setting for a modality the run does not use is (so
     that one config serves runs on fewer modalities)."""
     known = modality_options().names()
-    per_modality = {"teacher.level": cfg.teacher.level, "teacher.depth": cfg.teacher.depth, "runtime.priorities": cfg.runtime.priorities, "runtime.critical": cfg.runtime.critical}
+    per_modality = {
+        "teacher.level": cfg.teacher.level,
+        "teacher.depth": cfg.teacher.depth,
+        "runtime.priorities": cfg.runtime.priorities,
+        "runtime.critical": cfg.runtime.critical,
+    }
     if isinstance(cfg.teacher.width, dict):
         per_modality["teacher.width"] = cfg.teacher.width
     for where, values in per_modality.items():

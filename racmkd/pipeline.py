@@ -82,7 +82,16 @@ def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> lis
             specs = teacher_specs(dataset.modalities, [m], tc.level)
             model = teacher(model_inputs(dataset.modalities, specs, "teacher"), tc.width, tc.embed_dim, tc.fusion_hidden, tc.dropout, depth=tc.depth)
             unimodal.append(Job(f"{TEACHER}_{m}", model, specs, tc.unimodal))
-        train_jobs(dataset, unimodal, tc.unimodal.epochs, tc.unimodal.batch_size, cfg.seed, samples_per_epoch=tc.unimodal.samples_per_epoch, augment=cfg.data.augment, desc="unimodal teachers")
+        train_jobs(
+            dataset,
+            unimodal,
+            tc.unimodal.epochs,
+            tc.unimodal.batch_size,
+            cfg.seed,
+            samples_per_epoch=tc.unimodal.samples_per_epoch,
+            augment=cfg.data.augment,
+            desc="unimodal teachers",
+        )
         for job in unimodal:
             save_model(checkpoint(run_dir, job.name), job.model, job.specs, training_meta(job, role="teacher"))
         fused_jobs = []
@@ -95,7 +104,16 @@ def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> lis
                 model.encoders[m].load_state_dict(job.model.encoders[m].state_dict())
                 model.encoders[m].requires_grad_(not tc.freeze_encoders)
             fused_jobs = [Job(TEACHER, model, specs, tc.fused)]
-            train_jobs(dataset, fused_jobs, tc.fused.epochs, tc.fused.batch_size, cfg.seed + 1, samples_per_epoch=tc.fused.samples_per_epoch, augment=cfg.data.augment, desc="fused teacher")
+            train_jobs(
+                dataset,
+                fused_jobs,
+                tc.fused.epochs,
+                tc.fused.batch_size,
+                cfg.seed + 1,
+                samples_per_epoch=tc.fused.samples_per_epoch,
+                augment=cfg.data.augment,
+                desc="fused teacher",
+            )
             model.requires_grad_(True)
             save_model(checkpoint(run_dir, TEACHER), model, specs, training_meta(fused_jobs[0], role="teacher"))
     record_timing(run_dir, "train_teachers", time.perf_counter() - started)
@@ -145,7 +163,9 @@ class Design:
         return {m: modalities[m].spec(self.level) for m in self.modalities}
 
 
-def candidates(cfg: RunConfig, modalities: dict[str, Modality], tier: TierConfig, out_of_reach: dict[tuple[str, ...], str] | None = None) -> tuple[list[Design], list[str]]:
+def candidates(
+    cfg: RunConfig, modalities: dict[str, Modality], tier: TierConfig, out_of_reach: dict[tuple[str, ...], str] | None = None
+) -> tuple[list[Design], list[str]]:
     """The designs a tier may use: every configured modality set (but those `out_of_reach` names,
     with the reason), resolution level and depth, each at the widest width that fits the budget.
     Also the reasons for any candidate left out."""
@@ -171,7 +191,9 @@ def candidates(cfg: RunConfig, modalities: dict[str, Modality], tier: TierConfig
                 if model is None:
                     skipped.append(f"{'+'.join(mods)}@L{level}/d{depth}: even the narrowest student exceeds {tier.budget_bytes} bytes")
                     continue
-                designs.append(Design(tier.name, tuple(mods), level, depth, model.arch["kwargs"]["width"], count_params(model), tier.budget_bytes, tier.channel_multiple))
+                designs.append(
+                    Design(tier.name, tuple(mods), level, depth, model.arch["kwargs"]["width"], count_params(model), tier.budget_bytes, tier.channel_multiple)
+                )
     return designs, skipped
 
 
@@ -180,7 +202,9 @@ def build_student(design: Design, modalities: dict[str, Modality], seed: int) ->
     from racmkd.models.multimodal import student
 
     seed_everything(seed)
-    return student(model_inputs(modalities, design.specs(modalities), "student"), width=design.width, depth=design.depth, channel_multiple=design.channel_multiple)
+    return student(
+        model_inputs(modalities, design.specs(modalities), "student"), width=design.width, depth=design.depth, channel_multiple=design.channel_multiple
+    )
 
 
 def batch_one_inputs(model: MultimodalNet) -> dict[str, torch.Tensor]:
@@ -229,7 +253,9 @@ def out_of_reach(cfg: RunConfig, run_dir: Path, names: list[str]) -> dict[tuple[
         path = checkpoint(run_dir, f"{TEACHER}_{m}")
         accuracy = load_model(path)[3]["val_accuracy"] if path.exists() else None
         if accuracy is not None and accuracy < fused_accuracy - gap:
-            reasons[(m,)] = f"its teacher reached {accuracy:.4f} on validation, {fused_accuracy - accuracy:.1%} below the fused teacher's {fused_accuracy:.4f} (more than selection.teacher_gap {gap})"
+            reasons[(m,)] = (
+                f"its teacher reached {accuracy:.4f} on validation, {fused_accuracy - accuracy:.1%} below the fused teacher's {fused_accuracy:.4f} (more than selection.teacher_gap {gap})"
+            )
     return reasons
 
 
@@ -268,11 +294,32 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
             tier = next(t for t in tiers if t.name == tier_name)
             for d in designs:
                 if d.key not in trained and d.key not in jobs:
-                    jobs[d.key] = Job(d.name, build_student(d, dataset.modalities, cfg.seed), d.specs(dataset.modalities), cfg.students.train, objective_weights(cfg.distill, tier.budget_bytes, budgets), cfg.distill)
+                    jobs[d.key] = Job(
+                        d.name,
+                        build_student(d, dataset.modalities, cfg.seed),
+                        d.specs(dataset.modalities),
+                        cfg.students.train,
+                        objective_weights(cfg.distill, tier.budget_bytes, budgets),
+                        cfg.distill,
+                    )
                     attach_projection(jobs[d.key], teachers[0].model)
         if jobs:
             with torch_threads(cfg.threads):
-                train_jobs(dataset, list(jobs.values()), 1, cfg.students.train.batch_size, cfg.seed + 2, teachers, samples_per_epoch=sel.samples, val_limit=sel.val_samples, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc=label, workers=cfg.workers, teacher_cache=answers)
+                train_jobs(
+                    dataset,
+                    list(jobs.values()),
+                    1,
+                    cfg.students.train.batch_size,
+                    cfg.seed + 2,
+                    teachers,
+                    samples_per_epoch=sel.samples,
+                    val_limit=sel.val_samples,
+                    augment=cfg.data.augment,
+                    teacher_precision=cfg.teacher.fused.precision,
+                    desc=label,
+                    workers=cfg.workers,
+                    teacher_cache=answers,
+                )
             trained.update(jobs)
 
     def leader(designs: list[Design]) -> Design:
@@ -281,7 +328,10 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
     started = time.perf_counter()
     train({name: deepest_per_input(designs) for name, designs in listed.items()}, "selection: inputs")
     leaders = {name: leader(designs) for name, designs in listed.items()}
-    train({name: [d for d in designs if (d.modalities, d.level) == (leaders[name].modalities, leaders[name].level)] for name, designs in listed.items()}, "selection: depth")
+    train(
+        {name: [d for d in designs if (d.modalities, d.level) == (leaders[name].modalities, leaders[name].level)] for name, designs in listed.items()},
+        "selection: depth",
+    )
     seconds = time.perf_counter() - started
     for tier_name, designs in listed.items():
         entries = []
@@ -289,7 +339,15 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
             if d.key not in trained:
                 continue  # a depth variant of a design that did not lead its tier
             job = trained[d.key]
-            entries.append({**asdict(d), "name": d.name, "flops": count_flops(job.model, batch_one_inputs(job.model)), "val_accuracy": job.best_accuracy, "trained_as": job.name})
+            entries.append(
+                {
+                    **asdict(d),
+                    "name": d.name,
+                    "flops": count_flops(job.model, batch_one_inputs(job.model)),
+                    "val_accuracy": job.best_accuracy,
+                    "trained_as": job.name,
+                }
+            )
         pick, reason = break_ties(entries, sel.tolerance, next(t for t in tiers if t.name == tier_name).ties)
         table[tier_name].update(candidates=entries, chosen=pick["name"], reason=reason)
         chosen[tier_name] = next(d for d in designs if d.name == pick["name"])
@@ -328,7 +386,15 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
         design = designs[tier.name]
         specs = design.specs(dataset.modalities)
         train = tier_training(cfg, tier.name)
-        job = Job(tier.name, build_student(design, dataset.modalities, cfg.seed + 7), specs, train, objective_weights(cfg.distill, tier.budget_bytes, budgets), cfg.distill, epochs=train.epochs)
+        job = Job(
+            tier.name,
+            build_student(design, dataset.modalities, cfg.seed + 7),
+            specs,
+            train,
+            objective_weights(cfg.distill, tier.budget_bytes, budgets),
+            cfg.distill,
+            epochs=train.epochs,
+        )
         attach_projection(job, teachers[0].model)
         jobs.append(job)
         if cfg.students.labels_only:
@@ -341,7 +407,22 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
     inputs = FeatureCache(max_bytes=cfg.students.replay_cache_bytes, evict=False) if answers is not None else None
     started = time.perf_counter()
     with torch_threads(cfg.threads):
-        train_jobs(dataset, jobs, shared_epochs, cfg.students.train.batch_size, cfg.seed + 3, teachers, samples_per_epoch=cfg.students.train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="students", workers=cfg.workers, teacher_cache=answers, replay_after=replay_after, input_cache=inputs)
+        train_jobs(
+            dataset,
+            jobs,
+            shared_epochs,
+            cfg.students.train.batch_size,
+            cfg.seed + 3,
+            teachers,
+            samples_per_epoch=cfg.students.train.samples_per_epoch,
+            augment=cfg.data.augment,
+            teacher_precision=cfg.teacher.fused.precision,
+            desc="students",
+            workers=cfg.workers,
+            teacher_cache=answers,
+            replay_after=replay_after,
+            input_cache=inputs,
+        )
     seconds = time.perf_counter() - started
     remove_derived(run_dir, [t.name for t in tiers])
     for job in jobs:
@@ -406,7 +487,9 @@ def compression_recipes(cfg: RunConfig, tier_names: list[str], recipe: str | Pat
     return recipes
 
 
-def compress_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier_names: list[str], recipe: str | Path | None = None, into: str = "compressed") -> list[Path]:
+def compress_students(
+    cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier_names: list[str], recipe: str | Path | None = None, into: str = "compressed"
+) -> list[Path]:
     """Compress each tier's distilled student with its recipe (prune, factorise, reduce inputs,
     fine-tune, quantize, export), writing runs/<name>/compressed/<tier>/. A tier's folder is built
     beside its final place and renamed into it, so a failed recipe leaves the previous result whole."""
@@ -427,7 +510,11 @@ def compress_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tie
             raise RunError(f"{path}: no {tier_name} student to compress. Run `racmkd distill --run {run_dir}` first.")
         model, specs, _, _ = students[tier_name] = load_model(path)
         with torch_threads(cfg.threads):  # (a target_bytes prune bisects over trial prunes, on copies, here)
-            check_recipe(recipes[tier_name], Subject(tier_name, model, specs, objective_weights(cfg.distill, tiers[tier_name].budget_bytes, budgets), run_dir), Context(cfg, dataset, teachers))
+            check_recipe(
+                recipes[tier_name],
+                Subject(tier_name, model, specs, objective_weights(cfg.distill, tiers[tier_name].budget_bytes, budgets), run_dir),
+                Context(cfg, dataset, teachers),
+            )
     written = []
     started = time.perf_counter()
     # The n-th fine-tune of every tier's recipe draws the same batches: the teachers answer each once
@@ -453,7 +540,17 @@ def compress_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tie
             with torch_threads(cfg.threads):
                 log = run_recipe(recipes[tier_name], subject, ctx)
             save_model(work / "model.pt", subject.model, subject.specs, {**meta, "role": "compressed", "compressed_from": str(path.name)})
-            atomic_write_json(work / "compression.json", {"tier": tier_name, "source": path.name, "recipe": recipes[tier_name].source, "recipe_steps": recipes[tier_name].describe(), **subject.manifest, "steps": log})
+            atomic_write_json(
+                work / "compression.json",
+                {
+                    "tier": tier_name,
+                    "source": path.name,
+                    "recipe": recipes[tier_name].source,
+                    "recipe_steps": recipes[tier_name].describe(),
+                    **subject.manifest,
+                    "steps": log,
+                },
+            )
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -468,7 +565,17 @@ def compress_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tie
     return written
 
 
-def export_model(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out_dir: Path | None = None, int8: bool = True, present: list[str] | None = None, calibration_samples: int = 512, int8_weights: bool = False) -> dict[str, Any]:
+def export_model(
+    cfg: RunConfig,
+    dataset: PairedDataset,
+    run_dir: Path,
+    name: str,
+    out_dir: Path | None = None,
+    int8: bool = True,
+    present: list[str] | None = None,
+    calibration_samples: int = 512,
+    int8_weights: bool = False,
+) -> dict[str, Any]:
     """Export one model of a run (a teacher, a tier, a baseline) to ONNX, fp32 and optionally int8
     (static QDQ) and int8 weights with float arithmetic, each checked against its reference on the
     whole test split. Returns what was written and the parity figures, each file with `meets_bound`
@@ -487,7 +594,9 @@ def export_model(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: st
     model, specs, modalities, meta = load_model(path)
     out_dir = Path(out_dir or run_dir / "onnx")
     suffix = "" if present is None or set(present) == set(specs) else "-" + "+".join(present)
-    fp32 = write_onnx(model, specs, modalities, out_dir / f"{name}{suffix}.fp32.onnx", name=name, present=present, extra_meta={"precision": "fp32", "role": meta.get("role")})
+    fp32 = write_onnx(
+        model, specs, modalities, out_dir / f"{name}{suffix}.fp32.onnx", name=name, present=present, extra_meta={"precision": "fp32", "role": meta.get("role")}
+    )
     used = {m: specs[m] for m in (present or specs)}
     reference = torch_logits(model, specs, dataset, "test", present=present)
     fp32_logits, labels = onnx_logits(session(fp32), used, dataset, "test")
@@ -512,7 +621,8 @@ def export_model(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: st
             result[key]["weight_bytes_by_module"] = compact_file(Path(result[key]["path"]))
             result[key]["bytes"] = Path(result[key]["path"]).stat().st_size
     result["commit"] = git_commit()  # the code that wrote these files
-    remove_unwritten_variants(out_dir, f"{name}{suffix}", [Path(result[k]["path"]) for k in ("fp32", "int8", "int8-weights") if k in result])  # an earlier export's, stale beside this record
+    # an earlier export's, stale beside this record
+    remove_unwritten_variants(out_dir, f"{name}{suffix}", [Path(result[k]["path"]) for k in ("fp32", "int8", "int8-weights") if k in result])
     atomic_write_json(out_dir / f"{name}{suffix}.export.json", result)
     return result
 
@@ -541,7 +651,9 @@ def check_tiers(cfg: RunConfig, where: str) -> None:
     """Distillation needs a tier: without one the students' pass ran the teachers over the data for
     no student (`racmkd train-teacher` reads such a config: it trains the teachers alone)."""
     if not cfg.students.tiers:
-        raise ConfigError(f"{where}: students.tiers is empty: name at least one tier (name and budget_bytes, as configs/default.yaml does); `racmkd train-teacher` trains the teachers alone")
+        raise ConfigError(
+            f"{where}: students.tiers is empty: name at least one tier (name and budget_bytes, as configs/default.yaml does); `racmkd train-teacher` trains the teachers alone"
+        )
 
 
 def run_pipeline(cfg: RunConfig) -> Path:

@@ -80,7 +80,11 @@ def _load_plugin(point: Any, group: str, failed: dict[str, str]) -> None:
         if not isinstance(err, Exception):
             raise
         failed[point.name] = f"{point.value}: {type(err).__name__}: {err}"
-        warnings.warn(f"racmkd plugin {point.name!r} ({point.value}, entry-point group {group}) failed to load: {type(err).__name__}: {err}; nothing it registers is available", RuntimeWarning, stacklevel=5)
+        warnings.warn(
+            f"racmkd plugin {point.name!r} ({point.value}, entry-point group {group}) failed to load: {type(err).__name__}: {err}; nothing it registers is available",
+            RuntimeWarning,
+            stacklevel=5,
+        )
     finally:
         _recording.added = None
 

@@ -29,10 +29,14 @@ def create_run(cfg: RunConfig) -> Path:
     check_latest(runs / "latest")  # before any folder is made: the run could not be linked
     if cfg.name:
         if cfg.name in ("latest", ".", "..") or any(c in cfg.name for c in "/\\") or cfg.name.startswith("."):
-            raise RunError(f"name {cfg.name!r}: not a run folder's name ('latest' is the link to the newest run; no slashes, no leading dot). Choose another --name.")
+            raise RunError(
+                f"name {cfg.name!r}: not a run folder's name ('latest' is the link to the newest run; no slashes, no leading dot). Choose another --name."
+            )
         run_dir = runs / cfg.name
         if (run_dir / "config.yaml").exists():
-            raise RunError(f"{run_dir}: a run of that name exists; choose another --name, or delete that folder first. (`racmkd distill --run {run_dir}` and the later stages go on with an existing run.)")
+            raise RunError(
+                f"{run_dir}: a run of that name exists; choose another --name, or delete that folder first. (`racmkd distill --run {run_dir}` and the later stages go on with an existing run.)"
+            )
         made = not run_dir.exists()  # (a folder of that name without a config is taken over, and left as it was on failure)
     else:
         stem = f"{cfg.data.protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -68,7 +72,9 @@ def check_latest(latest: Path) -> None:
     if latest.is_symlink() or not latest.exists():
         return
     kind = "a folder" if latest.is_dir() else "a file"
-    raise RunError(f"{latest} is {kind}, not the link to the newest run: rename or remove it (e.g. `mv {latest} {latest}-copy`), and racmkd makes the link again")
+    raise RunError(
+        f"{latest} is {kind}, not the link to the newest run: rename or remove it (e.g. `mv {latest} {latest}-copy`), and racmkd makes the link again"
+    )
 
 
 def link_latest(run_dir: Path) -> None:

@@ -37,7 +37,9 @@ def fake_distribution(folder: Path, name: str, version: str, groups: dict[str, d
     info = folder / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    (info / "entry_points.txt").write_text("".join(f"[{group}]\n" + "".join(f"{point} = {value}\n" for point, value in points.items()) + "\n" for group, points in groups.items()))
+    (info / "entry_points.txt").write_text(
+        "".join(f"[{group}]\n" + "".join(f"{point} = {value}\n" for point, value in points.items()) + "\n" for group, points in groups.items())
+    )
     return folder
 
 

@@ -26,8 +26,13 @@ def test_bad_config_is_a_clean_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "Did you mean 'protocol'" in result.output
     result = runner.invoke(app, ["data", "--protocol", "noisy", "--set", f"data.cache_dir={tmp_path}"])
     assert result.exit_code == 2 and "unknown protocol 'noisy'" in result.output
-    result = runner.invoke(app, ["run", "--set", "students.tiers.0.budget_bytes=-5", "--set", f"runs_dir={tmp_path / 'runs'}"])  # a section's own check names the file and key too
-    assert result.exit_code == 2 and "configs/default.yaml + overrides" in result.output and "students.tiers[0]: tier 'high': budget_bytes must be positive" in result.output
+    # a section's own check names the file and key too
+    result = runner.invoke(app, ["run", "--set", "students.tiers.0.budget_bytes=-5", "--set", f"runs_dir={tmp_path / 'runs'}"])
+    assert (
+        result.exit_code == 2
+        and "configs/default.yaml + overrides" in result.output
+        and "students.tiers[0]: tier 'high': budget_bytes must be positive" in result.output
+    )
     result = runner.invoke(app, ["run", "--set", "distill.distill_losses={kdd: 1.0}", "--set", f"runs_dir={tmp_path / 'runs'}"])  # before any data or training
     assert result.exit_code == 2 and "unknown loss 'kdd'. Did you mean 'kd'?" in result.output and not (tmp_path / "runs").exists()
     for command in ("run", "train-teacher"):  # a teacher level the data does not have: refused before a run folder (and runs/latest) is made
@@ -63,7 +68,9 @@ def test_evaluate_and_predict_on_the_tiny_run(tiny_run: Path, tmp_path: Path) ->
     image[5:23, 12:16] = 255
     Image.fromarray(image).save(tmp_path / "one.png")
     wavfile.write(tmp_path / "one.wav", 8000, (np.sin(np.arange(6000) / 4) * 5000).astype(np.int16))
-    result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher", "--image", str(tmp_path / "one.png"), "--audio", str(tmp_path / "one.wav")])
+    result = runner.invoke(
+        app, ["predict", "--run", str(tiny_run), "--tier", "teacher", "--image", str(tmp_path / "one.png"), "--audio", str(tmp_path / "one.wav")]
+    )
     assert result.exit_code == 0, result.output
     answer = json.loads(result.output)
     assert 0 <= answer["label"] <= 9 and abs(sum(answer["probabilities"]) - 1) < 1e-3
@@ -72,7 +79,9 @@ def test_evaluate_and_predict_on_the_tiny_run(tiny_run: Path, tmp_path: Path) ->
     # A user's own recording: float samples, two channels (averaged), as the predictor takes them; the same answer as the int16 mono file.
     wave = (np.sin(np.arange(6000) / 4) * 5000).astype(np.int16)
     wavfile.write(tmp_path / "stereo.wav", 8000, np.stack([wave, wave], axis=1).astype(np.float32) / 32768)
-    result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher", "--image", str(tmp_path / "one.png"), "--audio", str(tmp_path / "stereo.wav")])
+    result = runner.invoke(
+        app, ["predict", "--run", str(tiny_run), "--tier", "teacher", "--image", str(tmp_path / "one.png"), "--audio", str(tmp_path / "stereo.wav")]
+    )
     assert result.exit_code == 0 and json.loads(result.output)["label"] == answer["label"], result.output
     Image.fromarray(image.astype(np.uint16) * 257).save(tmp_path / "deep.png")  # 16-bit grey: refused, not clipped to white
     result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher", "--image", str(tmp_path / "deep.png")])
@@ -122,7 +131,10 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
         (["simulate", "--run", str(tiny_run), "--requests", "0"], "--requests"),
         (["serve", "--run", str(tiny_run), "--role", "fog", "--port", "99999"], "port 99999"),
         # Upstreams reach the config as they were typed (an IPv6 address's brackets, a comma), to the port check.
-        (["serve", "--run", str(tiny_run), "--role", "edge", "--port", "99999", "--upstream", "http://[::1]:8002", "--upstream", "http://fog:8001/a,b"], "port 99999"),
+        (
+            ["serve", "--run", str(tiny_run), "--role", "edge", "--port", "99999", "--upstream", "http://[::1]:8002", "--upstream", "http://fog:8001/a,b"],
+            "port 99999",
+        ),
         (["edge", "record", "--out", str(tmp_path), "--seconds", "0.2"], "a folder"),
     ]
     (tmp_path / "empty.npy").write_bytes(b"")
@@ -133,7 +145,9 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
     (compressed / "compressed" / "critical").mkdir(parents=True)
     (compressed / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
     (compressed / "compressed" / "critical" / "compression.json").write_text("{not json")
-    cases.append((["predict", "--run", str(compressed), "--tier", "critical_compressed", "--image", str(tmp_path / "empty.npy")], "compression.json: not readable JSON"))
+    cases.append(
+        (["predict", "--run", str(compressed), "--tier", "critical_compressed", "--image", str(tmp_path / "empty.npy")], "compression.json: not readable JSON")
+    )
     for args, message in cases:
         monkeypatch.setattr(sys, "argv", ["racmkd", *args])
         try:

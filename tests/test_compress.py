@@ -195,7 +195,9 @@ def test_input_reductions_shrink_the_input_and_keep_the_weights() -> None:
     specs = {"image": image.spec(1), "audio": audio.spec(1)}  # 16x16 and 32 mels x 32 frames
     model = student({m: {"encoder": "dscnn2d", "shape": list(MODALITIES.create(m).feature_shape(s))} for m, s in specs.items()}, width=1.0, depth=1)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
-    model, reduced = reduce_inputs(model, specs, {"image": image, "audio": audio}, {"image": {"resolution": 12, "crop": 20}, "audio": {"n_mels": 16, "n_frames": 16}})
+    model, reduced = reduce_inputs(
+        model, specs, {"image": image, "audio": audio}, {"image": {"resolution": 12, "crop": 20}, "audio": {"n_mels": 16, "n_frames": 16}}
+    )
     assert reduced["image"].resolution == 12 and reduced["audio"].n_mels == 16
     assert model.arch["kwargs"]["inputs"]["audio"]["shape"] == [1, 16, 16]
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
@@ -205,7 +207,8 @@ def test_input_reductions_shrink_the_input_and_keep_the_weights() -> None:
         audio.reduce(audio.spec(2), n_mels=64)
     with pytest.raises(ValueError, match="unknown input reduction"):
         image.reduce(image.spec(0), colour=3)
-    for m, knobs in ((image, {"resolution": "12"}), (image, {"resolution": 12.5}), (audio, {"n_frames": 16.0}), (audio, {"bands": 5})):  # as a recipe may spell them
+    # as a recipe may spell them
+    for m, knobs in ((image, {"resolution": "12"}), (image, {"resolution": 12.5}), (audio, {"n_frames": 16.0}), (audio, {"bands": 5})):
         with pytest.raises(ValueError, match="expected a (whole number|list of whole numbers)"):
             m.reduce(m.spec(0), **knobs)
 
@@ -254,7 +257,11 @@ def test_absorbed_batchnorm_and_fake_quantization() -> None:
 
 
 def test_mixed_precision_keeps_the_most_sensitive_layers_within_budget() -> None:
-    rows = [LayerSensitivity("a", "Conv", 100, 0.5, -0.01, 400, 105), LayerSensitivity("b", "Conv", 100, 0.01, 0.0, 400, 105), LayerSensitivity("c", "Gemm", 10, 0.2, 0.0, 40, 15)]
+    rows = [
+        LayerSensitivity("a", "Conv", 100, 0.5, -0.01, 400, 105),
+        LayerSensitivity("b", "Conv", 100, 0.01, 0.0, 400, 105),
+        LayerSensitivity("c", "Gemm", 10, 0.2, 0.0, 40, 15),
+    ]
     kept, total = choose_mixed_precision(rows, budget_bytes=225 + 25 + 295)
     assert kept == ["c", "a"] and total == 225 + 25 + 295
     with pytest.raises(ValueError, match="even all-int8"):
@@ -281,7 +288,9 @@ def test_a_model_exported_again_reuses_its_graph_and_a_changed_one_does_not(tmp_
     monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: traced.append("export") or real(*args, **kwargs))
     modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
     specs = {"image": modalities["image"].spec(1), "audio": modalities["audio"].spec(1)}
-    model = with_running_stats(student({m: {"encoder": "dscnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=1.0, depth=1))
+    model = with_running_stats(
+        student({m: {"encoder": "dscnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=1.0, depth=1)
+    )
     first = onnx.load(export_onnx(model, specs, modalities, tmp_path / "a.onnx", name="a"))
     second = onnx.load(export_onnx(model, specs, modalities, tmp_path / "b.onnx", name="b", extra_meta={"tier": "high"}))
     assert len(traced) == 1 and first.graph == second.graph  # one trace, two files ...
@@ -298,7 +307,9 @@ def test_a_model_exported_again_reuses_its_graph_and_a_changed_one_does_not(tmp_
 def test_export_metadata_round_trips_and_onnx_runtime_matches_pytorch(tmp_path: Path) -> None:
     modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
     specs = {"image": modalities["image"].spec(1), "audio": modalities["audio"].spec(1)}
-    model = with_running_stats(student({m: {"encoder": "dscnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=1.0, depth=1))
+    model = with_running_stats(
+        student({m: {"encoder": "dscnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=1.0, depth=1)
+    )
     path = export_onnx(model, specs, modalities, tmp_path / "m.onnx", name="demo", extra_meta={"tier": "high"})
     contract = read_contract(path)
     assert contract["model"] == "demo" and contract["tier"] == "high" and list(contract["inputs"]) == ["image", "audio"]
@@ -321,8 +332,14 @@ def test_export_metadata_round_trips_and_onnx_runtime_matches_pytorch(tmp_path: 
     compact = compact_names(onnx.load(path))
     assert compact.ByteSize() < path.stat().st_size
     convs = [n for n in compact.graph.node if n.op_type == "Conv"]  # attributes that restate defaults are gone
-    assert convs and not any(a.name in ("auto_pad", "dilations") or (a.name == "group" and a.i == 1) or (a.name == "strides" and set(a.ints) == {1}) for n in convs for a in n.attribute)
-    assert any(a.name == "strides" and set(a.ints) == {2} for n in convs for a in n.attribute) and all(any(a.name == "kernel_shape" for a in n.attribute) for n in convs)
+    assert convs and not any(
+        a.name in ("auto_pad", "dilations") or (a.name == "group" and a.i == 1) or (a.name == "strides" and set(a.ints) == {1})
+        for n in convs
+        for a in n.attribute
+    )
+    assert any(a.name == "strides" and set(a.ints) == {2} for n in convs for a in n.attribute) and all(
+        any(a.name == "kernel_shape" for a in n.attribute) for n in convs
+    )
     np.testing.assert_allclose(session(compact.SerializeToString()).run(["logits"], {m: v.numpy() for m, v in x.items()})[0], out, atol=1e-6)
     assert {"encoders.image", "encoders.audio"} <= set(module_weight_bytes(onnx.load(path)))
     audio_only = export_onnx(model, specs, modalities, tmp_path / "a.onnx", present=["audio"])
@@ -343,7 +360,9 @@ def test_a_teacher_exports_with_its_fusion_and_a_sensor_off(tmp_path: Path) -> N
 
     modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
     specs = {"image": modalities["image"].spec(2), "audio": modalities["audio"].spec(3)}
-    model = with_running_stats(teacher({m: {"encoder": "cnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=4, embed_dim=8, fusion_hidden=16))
+    model = with_running_stats(
+        teacher({m: {"encoder": "cnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=4, embed_dim=8, fusion_hidden=16)
+    )
     x = {m: torch.randn(3, *modalities[m].feature_shape(s)) for m, s in specs.items()}
     for present in (["image", "audio"], ["image"]):
         path = export_onnx(model, specs, modalities, tmp_path / f"{'+'.join(present)}.onnx", present=present)
@@ -371,11 +390,25 @@ def test_an_export_removes_the_variants_an_earlier_one_left_that_it_did_not_writ
     model's variants go: another model's and a subset's (`<name>-image.*`) stay."""
     from racmkd.compress.export import remove_unwritten_variants
 
-    for name in ("critical.fp32.onnx", "critical.int8.onnx", "critical.int8-weights.onnx", "critical-image.int8.onnx", "high.int8.onnx", "critical.export.json", "critical.fp32.profile.json"):
+    for name in (
+        "critical.fp32.onnx",
+        "critical.int8.onnx",
+        "critical.int8-weights.onnx",
+        "critical-image.int8.onnx",
+        "high.int8.onnx",
+        "critical.export.json",
+        "critical.fp32.profile.json",
+    ):
         (tmp_path / name).write_bytes(b"earlier")
     removed = remove_unwritten_variants(tmp_path, "critical", [tmp_path / "critical.fp32.onnx"])
     assert sorted(p.name for p in removed) == ["critical.int8-weights.onnx", "critical.int8.onnx"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["critical-image.int8.onnx", "critical.export.json", "critical.fp32.onnx", "critical.fp32.profile.json", "high.int8.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "critical-image.int8.onnx",
+        "critical.export.json",
+        "critical.fp32.onnx",
+        "critical.fp32.profile.json",
+        "high.int8.onnx",
+    ]
     assert remove_unwritten_variants(tmp_path, "critical", [tmp_path / "critical.fp32.onnx"]) == []  # nothing more to remove
     (tmp_path / "critical.int8.onnx").write_bytes(b"new")
     assert remove_unwritten_variants(tmp_path, "critical", [tmp_path / "critical.fp32.onnx", tmp_path / "critical.int8.onnx"]) == []  # written now: kept
@@ -389,7 +422,12 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="no such file"):
         read_contract(tmp_path / "missing.onnx")
     plain = tmp_path / "plain.onnx"
-    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])], [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
     onnx.save(onnx.helper.make_model(graph), plain)
     with pytest.raises(ExportError, match="without a racmkd contract"):
         read_contract(plain)
@@ -441,7 +479,8 @@ def test_an_impossible_lowrank_budget_fails_before_any_step_runs(tmp_path: Path)
         check_recipe(impossible, subject, None)
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True)) and "lowrank" not in model.arch  # tried on a copy
     check_recipe(parse_recipe({"steps": [{"lowrank": {"budget_bytes": 10**9}}, "export"]}, "roomy.yaml"), subject, None)
-    check_recipe(parse_recipe({"steps": [{"prune": {"ratio": 0.5}}, {"lowrank": {"budget_bytes": 64}}, "export"]}, "pruned.yaml"), subject, None)  # left to the step
+    # left to the step
+    check_recipe(parse_recipe({"steps": [{"prune": {"ratio": 0.5}}, {"lowrank": {"budget_bytes": 64}}, "export"]}, "pruned.yaml"), subject, None)
 
 
 def test_each_steps_check_sees_the_inputs_the_steps_before_it_leave(tmp_path: Path) -> None:
@@ -548,13 +587,17 @@ def test_a_cost_matched_baseline_gets_at_least_the_tiers_bytes(compressed_run: P
     assert meta["matched"]["tier"] == "critical" and meta["matched"]["target_bytes"] == target and meta["trained_with"] == "labels"
     row = deploy(cfg, dataset, run_dir, "tinyml_critical", run_dir / "bench" / "onnx")
     deployed = row.artifact.stat().st_size
-    assert row.format == "onnx-int8" and deployed >= target and abs(deployed - meta["matched"]["bytes_sized"]) < 0.01 * target  # the search's size is the deployed file's, within the slack
+    # the search's size is the deployed file's, within the slack
+    assert row.format == "onnx-int8" and deployed >= target and abs(deployed - meta["matched"]["bytes_sized"]) < 0.01 * target
     width = meta["matched"]["width"]
     if width > 1:
         from racmkd.compress.quantize import calibration_inputs
 
         inputs = model.arch["kwargs"]["inputs"]
-        assert int8_bytes(plain_cnn(inputs, width - 1), specs, modalities, calibration_inputs(dataset, specs, 16), "tinyml_critical") < target * (1 + SIZE_SLACK) + 64
+        assert (
+            int8_bytes(plain_cnn(inputs, width - 1), specs, modalities, calibration_inputs(dataset, specs, 16), "tinyml_critical")
+            < target * (1 + SIZE_SLACK) + 64
+        )
     assert train_extras(cfg, dataset, run_dir, ("tinyml_critical",), transfer=False) == ([], ["tinyml_critical"])  # resumed: the tier is unchanged
 
 
@@ -599,7 +642,24 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
 def test_the_report_gains_a_compressed_row(compressed_run: Path) -> None:
     report = json.loads((compressed_run / "report.json").read_text())
     entry = report["models"]["critical_compressed"]
-    for key in ("accuracy", "f1_macro", "auc_roc", "params", "bytes_fp32", "flops", "peak_activation_bytes", "latency_ms_p50", "latency_ms_p95", "energy_mj", "energy_source", "modalities", "bytes_deployable", "format", "artifact", "compression_ratio"):
+    for key in (
+        "accuracy",
+        "f1_macro",
+        "auc_roc",
+        "params",
+        "bytes_fp32",
+        "flops",
+        "peak_activation_bytes",
+        "latency_ms_p50",
+        "latency_ms_p95",
+        "energy_mj",
+        "energy_source",
+        "modalities",
+        "bytes_deployable",
+        "format",
+        "artifact",
+        "compression_ratio",
+    ):
         assert key in entry, key
     assert entry["format"].startswith("onnx-") and (compressed_run / entry["artifact"]).is_file()
     assert entry["compression_ratio"] == pytest.approx(report["models"]["critical"]["bytes_fp32"] / entry["bytes_deployable"])
@@ -655,8 +715,14 @@ def test_int8_weights_leave_headroom_for_kernels_that_saturate(tmp_path: Path) -
     rng = np.random.default_rng(0)
     weight = np.sign(rng.standard_normal((8, 1, 3, 3))).astype(np.float32)  # every weight at +-max
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), helper.make_node("GlobalAveragePool", ["y"], ["p"]), helper.make_node("Flatten", ["p"], ["logits"])],
-        "saturating", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 8])],
+        [
+            helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+            helper.make_node("GlobalAveragePool", ["y"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["logits"]),
+        ],
+        "saturating",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 8])],
         [numpy_helper.from_array(weight, "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -706,7 +772,9 @@ def test_int8_weights_shrink_the_file_and_run_at_float_speed_settings(tmp_path: 
 
     modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
     specs = {"image": modalities["image"].spec(1), "audio": modalities["audio"].spec(1)}
-    model = with_running_stats(student({m: {"encoder": "dscnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=2.0, depth=2))
+    model = with_running_stats(
+        student({m: {"encoder": "dscnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=2.0, depth=2)
+    )
     fp32 = export_onnx(model, specs, modalities, tmp_path / "fp32.onnx", name="demo")
     w8 = quantize_weights_int8(fp32, tmp_path / "w8.onnx")
     assert read_contract(w8)["precision"] == "int8-weights" and read_contract(w8)["inputs"] == read_contract(fp32)["inputs"]
@@ -761,7 +829,12 @@ def test_a_file_that_missed_its_bound_is_deployed_only_as_the_last_resort_and_ne
             path = tmp_path / folder / f"{name}.onnx"
             path.parent.mkdir(exist_ok=True)
             path.write_bytes(b"model")
-            made[name] = {"path": path, "latency_ms": {"p50": p50}, "bytes": size, "parity": {"argmax_agreement": agreement, "accuracy": 0.9, "reference_accuracy": 0.9, "max_abs_logit_diff": 2e-5}}
+            made[name] = {
+                "path": path,
+                "latency_ms": {"p50": p50},
+                "bytes": size,
+                "parity": {"argmax_agreement": agreement, "accuracy": 0.9, "reference_accuracy": 0.9, "max_abs_logit_diff": 2e-5},
+            }
         return made
 
     def names(made: dict) -> dict[str, str]:
@@ -817,10 +890,20 @@ def test_mixed_precision_keeps_in_fp32_only_as_many_layers_as_the_agreement_need
 
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["h"], ["r"]), helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1]),
-         helper.make_node("GlobalAveragePool", ["y"], ["p"]), helper.make_node("Flatten", ["p"], ["logits"])],
-        "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        [numpy_helper.from_array(rng.standard_normal((6, 1, 3, 3)).astype(np.float32), "w1"), numpy_helper.from_array(rng.standard_normal((10, 6, 3, 3)).astype(np.float32), "w2")],
+        [
+            helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1]),
+            helper.make_node("GlobalAveragePool", ["y"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["logits"]),
+        ],
+        "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [
+            numpy_helper.from_array(rng.standard_normal((6, 1, 3, 3)).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.standard_normal((10, 6, 3, 3)).astype(np.float32), "w2"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     set_metadata(model, {CONTRACT_KEY: json.dumps({"format": "racmkd-onnx/1", "inputs": {"x": {}}})})

@@ -10,7 +10,18 @@ import torch
 from torch import nn
 
 from racmkd.config import EnergyModel
-from racmkd.eval.cost import CALLS_PER_ROUND, activation_memory, count_flops, estimated_energy_joules, latency_ms, latency_round_robin, measured_energy_joules, model_bytes, percentiles, rounds_for
+from racmkd.eval.cost import (
+    CALLS_PER_ROUND,
+    activation_memory,
+    count_flops,
+    estimated_energy_joules,
+    latency_ms,
+    latency_round_robin,
+    measured_energy_joules,
+    model_bytes,
+    percentiles,
+    rounds_for,
+)
 from racmkd.eval.metrics import classification_metrics
 
 
@@ -40,7 +51,8 @@ def test_peak_activation_is_observed() -> None:
     # Linear layers read their weights through a transposed view: weights, not activations.
     wide = Dict(nn.Sequential(*[nn.Linear(1000, 1000) for _ in range(3)]))
     out = activation_memory(wide, {"x": torch.zeros(1, 1000)})
-    assert out["peak_activation_bytes"] <= 3 * 4000 and out["activation_bytes_written"] <= 3 * 4000  # the input and two 1000-wide rows at most; 12 MB of weights
+    # the input and two 1000-wide rows at most; 12 MB of weights
+    assert out["peak_activation_bytes"] <= 3 * 4000 and out["activation_bytes_written"] <= 3 * 4000
 
 
 def test_latency_measures_what_the_calls_take() -> None:
@@ -105,7 +117,11 @@ def test_a_checkpoints_peak_memory_is_measured_on_its_fp32_graph(tmp_path: Path,
     _, engine, graph = report.onnx_timer("student", model, specs, modalities, inputs)
     row = report.checkpoint_memory(model, inputs, graph)
     expected = graph_cost(export.export_onnx(model, specs, modalities, tmp_path / "student.onnx", name="student"))
-    assert engine == "onnxruntime" and row == {"peak_activation_bytes": expected.peak_activation_bytes, "activation_bytes_written": expected.activation_bytes_written, "memory_method": "onnx-graph"}
+    assert engine == "onnxruntime" and row == {
+        "peak_activation_bytes": expected.peak_activation_bytes,
+        "activation_bytes_written": expected.activation_bytes_written,
+        "memory_method": "onnx-graph",
+    }
     eager = activation_memory(model, inputs)
     assert row["peak_activation_bytes"] < eager["peak_activation_bytes"]  # eager also holds every BatchNorm output and pre-activation map
 

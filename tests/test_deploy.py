@@ -206,7 +206,9 @@ def _v1_then_v2_installed(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Pat
     return registry, store, v1, v2
 
 
-def test_an_edge_whose_release_no_longer_loads_serves_the_previous_one_and_says_so(tiny_run: Path, bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+def test_an_edge_whose_release_no_longer_loads_serves_the_previous_one_and_says_so(
+    tiny_run: Path, bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
     registry, store, v1, v2 = _v1_then_v2_installed(bank_dir, keys, tmp_path)
     (store.current().model_path / "bank.json").write_text("damaged")  # e.g. a bad sector, after the health check
     cfg = load_config(tiny_run / "config.yaml", [f"serve.public_key={keys[1]}", f"serve.store_dir={tmp_path / 'device'}"])
@@ -289,14 +291,24 @@ def test_a_fleet_is_planned_and_pushed_with_no_human_step(bank_dir: Path, keys: 
 
     monkeypatch.setattr(orchestrator, "push", push)
     fleet_config, profiles = orchestrator.load_fleet(fleet)
-    results = {r["device"]: r for r in orchestrator.apply_fleet(registry, fleet_config, profiles, TOKEN, load_public_key(keys[1]), online=lambda name: False if name == "sleeper" else None)}
+    results = {
+        r["device"]: r
+        for r in orchestrator.apply_fleet(
+            registry, fleet_config, profiles, TOKEN, load_public_key(keys[1]), online=lambda name: False if name == "sleeper" else None
+        )
+    }
     assert pushed == [("edge", release.version, "http://gate-1.test", TOKEN)] and results["gate-1"]["action"] == "pushed"
     assert results["gate-2"]["action"] == "failed" and closed in results["gate-2"]["reason"]
     assert results["sleeper"]["action"] == "skipped" and "offline" in results["sleeper"]["reason"]
     assert results["sensor"]["action"] == "skipped" and "nothing fits" in results["sensor"]["reason"]
     monkeypatch.setenv("RACMKD_TOKEN", TOKEN)
     out = CliRunner().invoke(app, ["deploy", "apply", "--fleet", str(fleet), "--root", str(tmp_path / "registry"), "--public-key", str(keys[1]), "--json"])
-    assert out.exit_code == 1 and {r["device"]: r["action"] for r in json.loads(out.stdout)} == {"gate-1": "pushed", "gate-2": "failed", "sleeper": "failed", "sensor": "skipped"}
+    assert out.exit_code == 1 and {r["device"]: r["action"] for r in json.loads(out.stdout)} == {
+        "gate-1": "pushed",
+        "gate-2": "failed",
+        "sleeper": "failed",
+        "sensor": "skipped",
+    }
     fleet.write_text("devices:\n  - {name: a, profile: raspberry-pi-4, url: http://a}\n  - {name: a, profile: cortex-m7, url: http://b}\n")
     bad = CliRunner().invoke(app, ["deploy", "apply", "--fleet", str(fleet), "--root", str(tmp_path / "registry")])
     assert bad.exit_code != 0 and "more than once" in bad.output and str(fleet) in bad.output
@@ -384,7 +396,10 @@ def test_a_malformed_upstream_answer_counts_as_a_failure() -> None:
 
     for body in (b'{"label": 1, "compute_ms": "abc"}', b'{"label": 1, "compute_ms": NaN}', b"[" * 100000, b'{"label": 1, "compute_ms": 0.5}'):
         fog = Upstream("fog", "http://fog", retries=0, link=LinkEstimate(rtt_ms=1.0))
-        fog._client = httpx.Client(base_url=fog.url, transport=httpx.MockTransport(lambda request, body=body: httpx.Response(200, content=body, headers={"content-type": "application/json"})))
+        fog._client = httpx.Client(
+            base_url=fog.url,
+            transport=httpx.MockTransport(lambda request, body=body: httpx.Response(200, content=body, headers={"content-type": "application/json"})),
+        )
         if body.endswith(b"0.5}"):
             assert fog.predict(b"{}", "application/json", time.monotonic() + 1)["label"] == 1 and np.isfinite(fog.link.rtt_ms)
             continue
@@ -398,7 +413,13 @@ def test_a_fleet_watcher_passes_over_messages_that_are_not_ours() -> None:
 
     watcher = FleetWatcher("127.0.0.1", free_port(), "f")  # no broker: the messages are handed in
     try:
-        for topic, payload in (("racmkd/f/d/status", b"null"), ("racmkd/f/d/status", b"[1]"), ("racmkd/f/d/stats", b"\xff"), ("racmkd/f/d", b"{}"), ("racmkd/f/d/status", b"[" * 100000)):
+        for topic, payload in (
+            ("racmkd/f/d/status", b"null"),
+            ("racmkd/f/d/status", b"[1]"),
+            ("racmkd/f/d/stats", b"\xff"),
+            ("racmkd/f/d", b"{}"),
+            ("racmkd/f/d/status", b"[" * 100000),
+        ):
             watcher._on_message(watcher.client, None, SimpleNamespace(topic=topic, payload=payload))
         watcher._on_message(watcher.client, None, SimpleNamespace(topic="racmkd/f/d/status", payload=b'{"online": true}'))
         assert watcher.online("d") is True and watcher.messages == 1
@@ -440,9 +461,12 @@ def test_every_device_profile_gets_a_model_or_a_reason(bank_dir: Path, keys: tup
     weights_only = exported["int8-weights"]  # written beside it, checked on the whole test split
     assert weights_only["parity_vs_fp32"]["argmax_agreement"] >= 0.9 and weights_only["bytes"] < exported["fp32"]["bytes"]
     q = weights_only["parity_vs_fp32"]
-    assert exported["fp32"]["meets_bound"] and weights_only["meets_bound"] == (q["argmax_agreement"] >= 0.99 and q["reference_accuracy"] - q["accuracy"] <= 0.01)
+    assert exported["fp32"]["meets_bound"] and weights_only["meets_bound"] == (
+        q["argmax_agreement"] >= 0.99 and q["reference_accuracy"] - q["accuracy"] <= 0.01
+    )
     again = export_model(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, "critical", tmp_path / "onnx", int8=False, int8_weights=False)
-    assert "int8-weights" not in again and not Path(weights_only["path"]).exists() and onnx_path.is_file()  # the earlier export's variant is not left beside the new record
+    # the earlier export's variant is not left beside the new record
+    assert "int8-weights" not in again and not Path(weights_only["path"]).exists() and onnx_path.is_file()
     registry.register(onnx_path, "critical", key, tier="critical", metrics={"accuracy": 0.8}, device_fit=device_fit(onnx_path, "onnx", devices))
     registry.register(bank_dir, "edge", key, metrics={"accuracy": 0.9}, device_fit=device_fit(bank_dir, "bank", devices))
     assignments = {a.device: a for a in plan(registry, devices)}
@@ -451,9 +475,15 @@ def test_every_device_profile_gets_a_model_or_a_reason(bank_dir: Path, keys: tup
     assert "ONNX Runtime" in next(c["reason"] for c in assignments["cortex-m7"].candidates if c["release"].startswith("edge"))
     # A bank's latency is judged too: its cheapest configuration against the device's target.
     pi = (Path(__file__).parents[1] / "configs" / "devices" / "raspberry-pi-4.yaml").read_text()
-    (tmp_path / "hurried-pi.yaml").write_text(pi.replace("latency_target_ms: 5.0", "latency_target_ms: 0.001").replace("name: raspberry-pi-4", "name: hurried-pi"))
+    (tmp_path / "hurried-pi.yaml").write_text(
+        pi.replace("latency_target_ms: 5.0", "latency_target_ms: 0.001").replace("name: raspberry-pi-4", "name: hurried-pi")
+    )
     fits = device_fit(bank_dir, "bank", [load_device("raspberry-pi-4"), load_device(tmp_path / "hurried-pi.yaml")])
-    assert fits["raspberry-pi-4"]["fits"] and 0 < fits["raspberry-pi-4"]["estimated_latency_ms"] <= 5.0 and "cheapest configuration" in fits["raspberry-pi-4"]["reason"]
+    assert (
+        fits["raspberry-pi-4"]["fits"]
+        and 0 < fits["raspberry-pi-4"]["estimated_latency_ms"] <= 5.0
+        and "cheapest configuration" in fits["raspberry-pi-4"]["reason"]
+    )
     assert not fits["hurried-pi"]["fits"] and "exceeds the 0.001 ms target" in fits["hurried-pi"]["reason"]
     assert assignments["raspberry-pi-4"].release.name == "edge"  # fits, and more accurate
     assert all(len(a.candidates) == 2 and all(c["reason"] for c in a.candidates) for a in assignments.values())  # every candidate says why
@@ -474,7 +504,7 @@ def test_every_device_profile_gets_a_model_or_a_reason(bank_dir: Path, keys: tup
     with pytest.raises(RegistryError, match="no registry here"):
         ModelRegistry(tmp_path / "mistyped", create=False)
     assert not (tmp_path / "mistyped").exists()
-    (tmp_path / "garbage" ).mkdir()
+    (tmp_path / "garbage").mkdir()
     (tmp_path / "garbage" / "registry.sqlite").write_bytes(b"not a database" * 100)
     with pytest.raises(RegistryError, match="not a readable registry database"):
         ModelRegistry(tmp_path / "garbage")
@@ -550,12 +580,20 @@ def raw_zip(members: dict[str, bytes]) -> bytes:
 @pytest.mark.parametrize("version", [(1, 0), (2, 0)])
 def test_the_servers_npy_reader_reads_what_np_load_reads_and_refuses_the_rest(version: tuple[int, int]) -> None:
     rng = np.random.default_rng(0)
-    arrays = [rng.integers(0, 255, (28, 28)).astype(np.uint8), np.asfortranarray(rng.random((5, 7))), rng.random(10).astype(">f4"), np.zeros(0, np.float32), np.array(16000)]
+    arrays = [
+        rng.integers(0, 255, (28, 28)).astype(np.uint8),
+        np.asfortranarray(rng.random((5, 7))),
+        rng.random(10).astype(">f4"),
+        np.zeros(0, np.float32),
+        np.array(16000),
+    ]
     for array in arrays:
         buffer = io.BytesIO()
         np.lib.format.write_array(buffer, array, version=version)
         ours, numpys = read_npy(buffer.getvalue()), np.load(io.BytesIO(buffer.getvalue()))
-        assert ours.dtype == numpys.dtype and ours.shape == numpys.shape and np.array_equal(ours, numpys) and ours.flags.f_contiguous == numpys.flags.f_contiguous
+        assert (
+            ours.dtype == numpys.dtype and ours.shape == numpys.shape and np.array_equal(ours, numpys) and ours.flags.f_contiguous == numpys.flags.f_contiguous
+        )
         if array.size:  # a truncated file
             with pytest.raises(ValueError, match="smaller"):
                 read_npy(buffer.getvalue()[:-1])
@@ -651,15 +689,27 @@ def test_bad_requests_get_4xx_and_good_ones_an_answer(fog_app: TestClient, tiny_
         (dict(content=flipped(npz(audio=audio)), headers={"Content-Type": "application/x-npz"}), 422, "CRC"),
         (dict(content=flipped(compressed_npz(audio=audio)), headers={"Content-Type": "application/x-npz"}), 422, "npz"),
         # Checked before anything is decompressed: unknown names, and the total size of the rest.
-        (dict(content=compressed_npz(**{f"x{i}": np.zeros(10, np.uint8) for i in range(50)}), headers={"Content-Type": "application/x-npz"}), 422, "unknown inputs"),
-        (dict(content=compressed_npz(image=np.zeros(8_000_000, np.uint8), audio=np.zeros(8_000_000, np.uint8)), headers={"Content-Type": "application/x-npz"}), 413, "once decompressed"),
+        (
+            dict(content=compressed_npz(**{f"x{i}": np.zeros(10, np.uint8) for i in range(50)}), headers={"Content-Type": "application/x-npz"}),
+            422,
+            "unknown inputs",
+        ),
+        (
+            dict(
+                content=compressed_npz(image=np.zeros(8_000_000, np.uint8), audio=np.zeros(8_000_000, np.uint8)), headers={"Content-Type": "application/x-npz"}
+            ),
+            413,
+            "once decompressed",
+        ),
     ]
     for kwargs, status, message in cases:
         reply = fog_app.post("/predict", **kwargs)
         assert reply.status_code == status and message in reply.text, (kwargs.keys(), reply.status_code, reply.text)
     assert fog_app.get("/health").json()["status"] == "ok"  # still serving after all that
     metrics = fog_app.get("/metrics").text
-    assert f'racmkd_requests_total{{outcome="bad_request",role="fog",route="-"}} {len(cases)}.0' in metrics and "racmkd_request_latency_seconds_bucket" in metrics
+    assert (
+        f'racmkd_requests_total{{outcome="bad_request",role="fog",route="-"}} {len(cases)}.0' in metrics and "racmkd_request_latency_seconds_bucket" in metrics
+    )
     assert "racmkd_cpu_percent" not in metrics  # the fog has no resource monitor: no made-up zeros
     spec = fog_app.get("/openapi.json").json()
     assert set(spec["paths"]["/predict"]["post"]["requestBody"]["content"]) == {"application/json", "application/x-npz"}
@@ -672,15 +722,30 @@ def test_edge_end_to_end_with_fog_broker_registry_and_failures(tiny_run: Path, t
     broker_port, fog_port, edge_port = free_port(), free_port(), free_port()
     broker = start_broker(broker_port)
     watcher = FleetWatcher("127.0.0.1", broker_port, "test")
-    fog = subprocess.Popen([sys.executable, "-m", "racmkd.cli", "serve", "--role", "fog", "--run", str(tiny_run), "--port", str(fog_port)], env={**os.environ, "RACMKD_PROGRESS": "0"})
+    fog = subprocess.Popen(
+        [sys.executable, "-m", "racmkd.cli", "serve", "--role", "fog", "--run", str(tiny_run), "--port", str(fog_port)],
+        env={**os.environ, "RACMKD_PROGRESS": "0"},
+    )
     edge_server = None
     try:
         wait_http(f"http://127.0.0.1:{fog_port}/health")
-        cfg = load_config(tiny_run / "config.yaml", [
-            f"serve.upstreams=[http://127.0.0.1:{fog_port}]", "serve.offload_margin=-1.0", "serve.probe_interval_s=0.2", "serve.breaker_reset_s=60",
-            "serve.mqtt_host=127.0.0.1", f"serve.mqtt_port={broker_port}", "serve.fleet=test", "serve.device=edge-a", "serve.telemetry_interval_s=0.2",
-            f"serve.public_key={keys[1]}", f"serve.store_dir={tmp_path / 'device'}", "runtime.latency_target_ms=2000",
-        ])
+        cfg = load_config(
+            tiny_run / "config.yaml",
+            [
+                f"serve.upstreams=[http://127.0.0.1:{fog_port}]",
+                "serve.offload_margin=-1.0",
+                "serve.probe_interval_s=0.2",
+                "serve.breaker_reset_s=60",
+                "serve.mqtt_host=127.0.0.1",
+                f"serve.mqtt_port={broker_port}",
+                "serve.fleet=test",
+                "serve.device=edge-a",
+                "serve.telemetry_interval_s=0.2",
+                f"serve.public_key={keys[1]}",
+                f"serve.store_dir={tmp_path / 'device'}",
+                "runtime.latency_target_ms=2000",
+            ],
+        )
         service = EdgeService(cfg, tiny_run, cfg.serve)
         edge_server = ThreadServer(create_app(service, cfg.serve, token=TOKEN), edge_port)
         edge = httpx.Client(base_url=edge_server.url, timeout=30)
@@ -710,15 +775,35 @@ def test_edge_end_to_end_with_fog_broker_registry_and_failures(tiny_run: Path, t
         assert edge.get("/deployment", headers=auth).json()["current"]["version"] == 2 and "edge v2" in edge.get("/health").json()["model"]
         # A tampered blob, a bad signature and a replay of v1 are refused; v2 stays.
         newer = registry.register(fine_tuned_head(bank_dir, tmp_path / "newer")[0], "edge", key, metrics={"accuracy": 0.91})
-        tampered = edge.post("/deploy", headers={"Authorization": f"Bearer {TOKEN}"}, data={"manifest": json.dumps(newer.manifest), "signature": newer.signature}, files={"payload": ("b", registry.blob(newer.sha256)[:-1] + b"!")})
-        forged = edge.post("/deploy", headers={"Authorization": f"Bearer {TOKEN}"}, data={"manifest": json.dumps({**newer.manifest, "version": 7}), "signature": newer.signature}, files={"payload": ("b", registry.blob(newer.sha256))})
-        replayed = edge.post("/deploy", headers={"Authorization": f"Bearer {TOKEN}"}, data={"manifest": json.dumps(v1.manifest), "signature": v1.signature}, files={"payload": ("b", registry.blob(v1.sha256))})
+        tampered = edge.post(
+            "/deploy",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            data={"manifest": json.dumps(newer.manifest), "signature": newer.signature},
+            files={"payload": ("b", registry.blob(newer.sha256)[:-1] + b"!")},
+        )
+        forged = edge.post(
+            "/deploy",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            data={"manifest": json.dumps({**newer.manifest, "version": 7}), "signature": newer.signature},
+            files={"payload": ("b", registry.blob(newer.sha256))},
+        )
+        replayed = edge.post(
+            "/deploy",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            data={"manifest": json.dumps(v1.manifest), "signature": v1.signature},
+            files={"payload": ("b", registry.blob(v1.sha256))},
+        )
         assert tampered.status_code == 422 and "tampered" in tampered.text and forged.status_code == 422 and "bad signature" in forged.text
         assert replayed.status_code == 422 and "not newer" in replayed.text
         pushed_again = push(registry, v1, edge_server.url, TOKEN)  # refused for what it is, not for its delta: not sent whole again
         assert pushed_again["status_code"] == 422 and pushed_again["sent"] == "delta" and "notes" not in pushed_again, pushed_again
         malformed = {k: v for k, v in newer.manifest.items() if k != "sha256"}  # signed, but not a release
-        refused_manifest = edge.post("/deploy", headers=auth, data={"manifest": json.dumps(malformed), "signature": sign(malformed, key)}, files={"payload": ("b", registry.blob(newer.sha256))})
+        refused_manifest = edge.post(
+            "/deploy",
+            headers=auth,
+            data={"manifest": json.dumps(malformed), "signature": sign(malformed, key)},
+            files={"payload": ("b", registry.blob(newer.sha256))},
+        )
         assert refused_manifest.status_code == 422 and "malformed manifest" in refused_manifest.text and "sha256" in refused_manifest.text
         nested = edge.post("/deploy", headers=auth, data={"manifest": "[" * 100000, "signature": newer.signature}, files={"payload": ("b", b"x")})
         assert nested.status_code == 422 and "not JSON" in nested.text
@@ -764,7 +849,13 @@ def test_edge_end_to_end_with_fog_broker_registry_and_failures(tiny_run: Path, t
         assert watcher.wait_for(lambda w: service.telemetry.stats()["buffered"] == 0 and w.devices["edge-a"]["counts"]["stats"] > before + 3, 30)
         assert "racmkd_upstream_open" in edge.get("/metrics").text
         # A device that dies is announced by its last will.
-        doomed = subprocess.Popen([sys.executable, "-c", f"import time; from racmkd.deploy.telemetry import TelemetryPublisher as T; T('127.0.0.1', {broker_port}, 'test', 'doomed', keepalive_s=1); time.sleep(60)"])
+        doomed = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"import time; from racmkd.deploy.telemetry import TelemetryPublisher as T; T('127.0.0.1', {broker_port}, 'test', 'doomed', keepalive_s=1); time.sleep(60)",
+            ]
+        )
         assert watcher.wait_for(lambda w: w.online("doomed") is True, 30)
         doomed.kill()
         assert watcher.wait_for(lambda w: w.online("doomed") is False, 20)

@@ -25,7 +25,10 @@ def make_mirror(folder: Path, files: dict[str, bytes]) -> str:
 
 
 def test_mnist_download_tries_mirrors_and_checks_sha256(tmp_path: Path) -> None:
-    files = {"tiny-images-idx3-ubyte": bytes([0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 2, 1, 2, 3, 4]), "tiny-labels-idx1-ubyte": bytes([0, 0, 8, 1, 0, 0, 0, 1, 7])}
+    files = {
+        "tiny-images-idx3-ubyte": bytes([0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 2, 1, 2, 3, 4]),
+        "tiny-labels-idx1-ubyte": bytes([0, 0, 8, 1, 0, 0, 0, 1, 7]),
+    }
     expected = {name: hashlib.sha256(content).hexdigest() for name, content in files.items()}
     good = make_mirror(tmp_path / "good", files)
     tampered = make_mirror(tmp_path / "tampered", {name: content + b"x" for name, content in files.items()})

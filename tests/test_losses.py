@@ -132,7 +132,17 @@ def test_every_loss_has_a_gradient(name: str) -> None:
     teacher = {"fused": torch.randn(8, 12, generator=g), "maps": {"image": torch.randn(8, 16, 3, 3, generator=g)}}
     labels = torch.randint(10, (8,), generator=g)
     proj_w = torch.randn(12, 12, generator=g, requires_grad=True)
-    inputs = LossInputs(labels, {"fused": fused, "maps": maps}, student_logits, [teacher, teacher], [torch.randn(8, 10, generator=g)] * 2, fused @ proj_w, [proj_w], 2.0, DistillConfig())
+    inputs = LossInputs(
+        labels,
+        {"fused": fused, "maps": maps},
+        student_logits,
+        [teacher, teacher],
+        [torch.randn(8, 10, generator=g)] * 2,
+        fused @ proj_w,
+        [proj_w],
+        2.0,
+        DistillConfig(),
+    )
     if name == "task":
         loss = LOSSES.get(name)(student_logits, labels)
     elif name == "group_sparsity":

@@ -92,7 +92,8 @@ def test_widest_student_is_the_widest_that_fits() -> None:
     searched = widest_student(inputs, 16 * 1024)
     torch.manual_seed(3)
     direct = MODELS.create("student", inputs, width=searched.arch["kwargs"]["width"])
-    assert all(torch.equal(a, b) for a, b in zip(searched.state_dict().values(), direct.state_dict().values()))  # the search draws nothing: the seed alone sets the weights
+    # the search draws nothing: the seed alone sets the weights
+    assert all(torch.equal(a, b) for a, b in zip(searched.state_dict().values(), direct.state_dict().values()))
 
 
 def test_aligned_students_round_every_layer_and_keep_the_budget() -> None:

@@ -15,7 +15,20 @@ from racmkd.data.dataset import build_dataset
 from racmkd.models.checkpoint import CheckpointError, load_model
 from racmkd.models.inference import predict_split
 
-REQUIRED = ["accuracy", "f1_macro", "auc_roc", "params", "bytes_fp32", "flops", "peak_activation_bytes", "latency_ms_p50", "latency_ms_p95", "energy_mj", "energy_source", "modalities"]
+REQUIRED = [
+    "accuracy",
+    "f1_macro",
+    "auc_roc",
+    "params",
+    "bytes_fp32",
+    "flops",
+    "peak_activation_bytes",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "energy_mj",
+    "energy_source",
+    "modalities",
+]
 TIERS = ["high", "medium", "low", "critical"]
 
 
@@ -256,7 +269,16 @@ def test_jobs_stepping_side_by_side_in_threads_learn_what_they_learn_one_after_a
         jobs = []
         for name, checkpoint in [("kd", "critical"), ("labels", "low"), ("kd2", "low")]:
             model, specs, _, _ = load_model(tiny_run / "checkpoints" / f"{checkpoint}.pt")
-            jobs.append(Job(name, model, specs, train, None if name == "labels" else weights, None if name == "labels" else DistillConfig(distill_losses={"kd": 1.0}, align_losses={})))
+            jobs.append(
+                Job(
+                    name,
+                    model,
+                    specs,
+                    train,
+                    None if name == "labels" else weights,
+                    None if name == "labels" else DistillConfig(distill_losses={"kd": 1.0}, align_losses={}),
+                )
+            )
         with torch_threads(1):
             return train_jobs(tiny_dataset, jobs, 2, 64, seed=5, teachers=[fused], samples_per_epoch=192, val_limit=64, workers=workers)
 
@@ -278,10 +300,25 @@ def _kd_student_trained(tiny_run: Path, tiny_dataset, fused, cache, seed: int = 
 
     model, specs, _, _ = load_model(tiny_run / "checkpoints" / "critical.pt")
     train = TrainConfig(epochs=epochs, batch_size=64, lr=0.01, modality_dropout=0.3, mixup=0.4)
-    job = Job("kd", model, specs, train, ObjectiveWeights(0.5, 1.0, 0.5, 1e-4, 2.0, 1.0), DistillConfig(distill_losses={"kd": 1.0}, align_losses={"feature": 1.0}))
+    job = Job(
+        "kd", model, specs, train, ObjectiveWeights(0.5, 1.0, 0.5, 1e-4, 2.0, 1.0), DistillConfig(distill_losses={"kd": 1.0}, align_losses={"feature": 1.0})
+    )
     attach_projection(job, fused.model, seed=0)
     with torch_threads(1):
-        return train_jobs(tiny_dataset, [job], epochs, 64, seed=seed, teachers=[fused], samples_per_epoch=192, val_limit=64, workers=2, teacher_cache=cache, replay_after=replay_after, input_cache=inputs)[0]
+        return train_jobs(
+            tiny_dataset,
+            [job],
+            epochs,
+            64,
+            seed=seed,
+            teachers=[fused],
+            samples_per_epoch=192,
+            val_limit=64,
+            workers=2,
+            teacher_cache=cache,
+            replay_after=replay_after,
+            input_cache=inputs,
+        )[0]
 
 
 def _same_training(a, b) -> None:  # noqa: ANN001
@@ -368,7 +405,16 @@ def test_a_distillation_pass_leaves_its_teacher_as_it_was(tiny_run: Path, tiny_d
     before = {k: v.clone() for k, v in fused.model.state_dict().items()}
     model, specs, _, _ = load_model(tiny_run / "checkpoints" / "critical.pt")
     only_kd = ObjectiveWeights(0.0, 1.0, 0.0, 0.0, 2.0, 1.0)
-    (job,) = train_jobs(tiny_dataset, [Job("a", model, specs, TrainConfig(epochs=1, batch_size=64), only_kd, DistillConfig(distill_losses={"kd": 1.0}, align_losses={}))], 1, 64, seed=5, teachers=[fused], samples_per_epoch=128, val_limit=64)
+    (job,) = train_jobs(
+        tiny_dataset,
+        [Job("a", model, specs, TrainConfig(epochs=1, batch_size=64), only_kd, DistillConfig(distill_losses={"kd": 1.0}, align_losses={}))],
+        1,
+        64,
+        seed=5,
+        teachers=[fused],
+        samples_per_epoch=128,
+        val_limit=64,
+    )
     assert 0 < job.history[0]["train_loss"] < 10  # it learnt from the teacher's answers alone
     after = fused.model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
@@ -416,7 +462,10 @@ def test_a_run_checks_its_compression_recipes_before_any_work(tmp_path: Path, mo
     monkeypatch.setattr(pipeline, "prepare_data", no_data)
     runs = tmp_path / "runs"
     missing = tmp_path / "defualt.yaml"
-    for overrides, key in (([f"compress.recipe={missing}"], "compress.recipe"), ([f"compress.tier_recipes={{high: {missing}}}"], r"compress\.tier_recipes\.high")):
+    for overrides, key in (
+        ([f"compress.recipe={missing}"], "compress.recipe"),
+        ([f"compress.tier_recipes={{high: {missing}}}"], r"compress\.tier_recipes\.high"),
+    ):
         cfg = load_config(Path(__file__).parent / "tiny.yaml", [f"runs_dir={runs}", "compress.tiers=[high]", *overrides])
         with pytest.raises(RecipeError, match=rf"{key} \(tier 'high'\): .*defualt\.yaml does not exist"):
             pipeline.run_pipeline(cfg)
@@ -438,7 +487,9 @@ def test_a_configs_recipe_paths_are_found_from_any_working_directory(tmp_path: P
     assert recipe_for(cfg, "high") == Path("configs/recipes/default.yaml")  # the working directory's own comes first
 
 
-def test_distilled_students_are_saved_before_their_timing_is_recorded(shared_root: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_distilled_students_are_saved_before_their_timing_is_recorded(
+    shared_root: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """distill_students recorded its time (a read-modify-write of timings.json) before it saved the
     students: an unreadable timings.json raised a JSONDecodeError naming no file, and every student
     just trained was lost. Now the students are saved first, and the timings file is bookkeeping."""

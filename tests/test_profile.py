@@ -34,7 +34,9 @@ def hand_graph(activation: str = "Relu") -> onnx.ModelProto:
         helper.make_node(activation, ["a"], ["b"]),
         helper.make_node("Conv", ["b", "w2"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "hand", [helper.make_tensor_value_info("x", F32, ["batch", 1, 4, 4])], [helper.make_tensor_value_info("y", F32, ["batch", 1, 4, 4])], [w1, w2])
+    graph = helper.make_graph(
+        nodes, "hand", [helper.make_tensor_value_info("x", F32, ["batch", 1, 4, 4])], [helper.make_tensor_value_info("y", F32, ["batch", 1, 4, 4])], [w1, w2]
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
@@ -96,7 +98,9 @@ def test_an_int8_graph_counts_activations_as_an_int8_runtime_stores_them() -> No
         helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["cd"]),
         helper.make_node("Relu", ["cd"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", F32, [1, 1, 4, 4])], [helper.make_tensor_value_info("y", F32, [1, 2, 4, 4])], inits)
+    graph = helper.make_graph(
+        nodes, "qdq", [helper.make_tensor_value_info("x", F32, [1, 1, 4, 4])], [helper.make_tensor_value_info("y", F32, [1, 2, 4, 4])], inits
+    )
     cost = graph_cost(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
     # live: x 64; +xq 16 = 80, x dies -> 16; conv (c not stored, xq read until the Q writes); +cq 32 = 48
     # (peak so far 80), xq dies -> 32; relu: +y 128 = 160 (the peak), cq dies -> 128.
@@ -175,7 +179,9 @@ def test_an_int8_graph_in_onnx_runtimes_qoperator_format_counts_its_flops(tmp_pa
         def get_next(self):  # noqa: ANN202
             return next(self.batches, None)
 
-    quantize_static(str(fp32), str(tmp_path / "q.onnx"), Feed(), quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(fp32), str(tmp_path / "q.onnx"), Feed(), quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8
+    )
     quantized = onnx.load(tmp_path / "q.onnx")
     assert {"QLinearConv", "QGemm"} <= {n.op_type for n in quantized.graph.node}
     expected = graph_cost(onnx.load(fp32)).flops
@@ -237,7 +243,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_onnx(model, specs, modalities, tmp_path_factory.mktemp("onnx") / "student.onnx", name="student")
 
 
-FIXED = LatencyModel("test-host", 2000.0, HostPeaks(100.0, 20.0), seconds_per_op=1e-6, flops_efficiency=0.5, bandwidth_efficiency=1.0, fit_relative_error=0.1, points=3)
+FIXED = LatencyModel(
+    "test-host", 2000.0, HostPeaks(100.0, 20.0), seconds_per_op=1e-6, flops_efficiency=0.5, bandwidth_efficiency=1.0, fit_relative_error=0.1, points=3
+)
 
 
 def test_verdicts_say_why(exported: Path) -> None:
@@ -308,7 +316,8 @@ def test_a_fit_that_finds_traffic_free_charges_no_traffic_time(monkeypatch: pyte
     def fake_latency(fn, warmup: int, iters: int, threads: int = 1) -> dict[str, float]:  # noqa: ANN001
         cost = last["cost"]
         moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
-        seconds = cost.operators * 2e-6 + cost.flops / (0.25 * peaks.gflops_fp32 * 1e9) - 0.01 * moved / (peaks.memory_gbps * 1e9)  # traffic a hair faster, if anything
+        # traffic a hair faster, if anything
+        seconds = cost.operators * 2e-6 + cost.flops / (0.25 * peaks.gflops_fp32 * 1e9) - 0.01 * moved / (peaks.memory_gbps * 1e9)
         return {"p50": seconds * 1e3, "p95": seconds * 1e3}
 
     monkeypatch.setattr(profile, "measure_host_peaks", lambda: peaks)

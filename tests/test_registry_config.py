@@ -58,12 +58,17 @@ def test_plugins_register_through_entry_points_and_a_broken_one_is_named(tmp_pat
     for what it would have registered says why it is missing."""
     import threading
 
-    widgets = install_widget_plugins(tmp_path, monkeypatch, {
-        "widget_gear": "import time\nassert 'gear' not in TEST_WIDGETS  # its own lookup while it loads: what is loaded so far\ntime.sleep(0.5)\nTEST_WIDGETS.register('gear')(complex)\n",
-        "widget_fn": "def register():\n    TEST_WIDGETS.register('spring')(bytes)\n",
-        "widget_cls": "@TEST_WIDGETS.register('sprocket')\nclass Sprocket:\n    def __init__(self, teeth):\n        self.teeth = teeth\n",
-        "widget_broken": "def register():\n    TEST_WIDGETS.register('half')(float)\n    raise ImportError('needs libwidget')\n",
-    }, {"gear": "widget_gear", "spring": "widget_fn:register", "sprocket": "widget_cls:Sprocket", "broken": "widget_broken:register"})
+    widgets = install_widget_plugins(
+        tmp_path,
+        monkeypatch,
+        {
+            "widget_gear": "import time\nassert 'gear' not in TEST_WIDGETS  # its own lookup while it loads: what is loaded so far\ntime.sleep(0.5)\nTEST_WIDGETS.register('gear')(complex)\n",
+            "widget_fn": "def register():\n    TEST_WIDGETS.register('spring')(bytes)\n",
+            "widget_cls": "@TEST_WIDGETS.register('sprocket')\nclass Sprocket:\n    def __init__(self, teeth):\n        self.teeth = teeth\n",
+            "widget_broken": "def register():\n    TEST_WIDGETS.register('half')(float)\n    raise ImportError('needs libwidget')\n",
+        },
+        {"gear": "widget_gear", "spring": "widget_fn:register", "sprocket": "widget_cls:Sprocket", "broken": "widget_broken:register"},
+    )
     widgets.register("cog")(int)  # registering never loads plugins
     assert "widget_gear" not in sys.modules
     seen: list[list[str]] = []
@@ -76,23 +81,32 @@ def test_plugins_register_through_entry_points_and_a_broken_one_is_named(tmp_pat
         first.join()
     loaded = ["cog", "gear", "spring", "sprocket"]  # 'half' undone with its plugin
     assert seen == [loaded, loaded] and widgets.get("gear") is complex and widgets.get("sprocket").__name__ == "Sprocket"
-    assert [str(w.message) for w in caught] == ["racmkd plugin 'broken' (widget_broken:register, entry-point group racmkd.test_widgets) failed to load: ImportError: needs libwidget; nothing it registers is available"]
+    assert [str(w.message) for w in caught] == [
+        "racmkd plugin 'broken' (widget_broken:register, entry-point group racmkd.test_widgets) failed to load: ImportError: needs libwidget; nothing it registers is available"
+    ]
     with warnings.catch_warnings(record=True) as again:
         warnings.simplefilter("always")
         assert widgets.names() == loaded
     assert not again  # loaded once per process: no second try, no second warning
-    with pytest.raises(KeyError, match=r"unknown widget 'half'.*failed to load \(racmkd.test_widgets\): broken \(widget_broken:register: ImportError: needs libwidget\)"):
+    with pytest.raises(
+        KeyError, match=r"unknown widget 'half'.*failed to load \(racmkd.test_widgets\): broken \(widget_broken:register: ImportError: needs libwidget\)"
+    ):
         widgets.get("half")
 
 
 def test_an_interrupted_plugin_load_goes_on_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C inside a plugin: its own registrations are undone, and the next lookup loads it and
     the rest without loading the ones done again (their register() said 'registered twice')."""
-    widgets = install_widget_plugins(tmp_path, monkeypatch, {
-        "widget_a": "def register():\n    TEST_WIDGETS.register('a')(int)\n",
-        "widget_b": "import os\ndef register():\n    TEST_WIDGETS.register('b')(float)\n    if not os.environ.get('WIDGET_B_OK'):\n        raise KeyboardInterrupt\n",
-        "widget_c": "def register():\n    TEST_WIDGETS.register('c')(complex)\n",
-    }, {"a": "widget_a:register", "b": "widget_b:register", "c": "widget_c:register"})
+    widgets = install_widget_plugins(
+        tmp_path,
+        monkeypatch,
+        {
+            "widget_a": "def register():\n    TEST_WIDGETS.register('a')(int)\n",
+            "widget_b": "import os\ndef register():\n    TEST_WIDGETS.register('b')(float)\n    if not os.environ.get('WIDGET_B_OK'):\n        raise KeyboardInterrupt\n",
+            "widget_c": "def register():\n    TEST_WIDGETS.register('c')(complex)\n",
+        },
+        {"a": "widget_a:register", "b": "widget_b:register", "c": "widget_c:register"},
+    )
     with pytest.raises(KeyboardInterrupt):
         widgets.names()
     assert widgets._entries == {"a": int}  # b's registration undone, c not reached
@@ -157,7 +171,16 @@ def test_configs_are_frozen_and_round_trip(tmp_path: Path) -> None:
     assert cfg.distill.align_losses == {"feature": 2.0}  # a file's loss table replaces the default one
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
-    assert to_dict(RunConfig())["students"]["tiers"][0] == {"name": "high", "budget_bytes": 1 << 20, "modalities": [], "scale": -1, "depth": 0, "ties": "capacity", "epochs": 0, "channel_multiple": 8}
+    assert to_dict(RunConfig())["students"]["tiers"][0] == {
+        "name": "high",
+        "budget_bytes": 1 << 20,
+        "modalities": [],
+        "scale": -1,
+        "depth": 0,
+        "ties": "capacity",
+        "epochs": 0,
+        "channel_multiple": 8,
+    }
 
 
 def test_modality_options_are_validated() -> None:
@@ -237,7 +260,26 @@ def test_a_run_is_never_written_over(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["teacher", "Teacher", "teacher_image", "high_labels_only", "high_compressed", "edge", "standard_kd", "emd_kd", "mobilenetv3", "tinyml", "tinyml_high", "kd_align", "transfer_audio_labels", "edge/high", ".hidden", "high tier", "", "x" * 65],
+    [
+        "teacher",
+        "Teacher",
+        "teacher_image",
+        "high_labels_only",
+        "high_compressed",
+        "edge",
+        "standard_kd",
+        "emd_kd",
+        "mobilenetv3",
+        "tinyml",
+        "tinyml_high",
+        "kd_align",
+        "transfer_audio_labels",
+        "edge/high",
+        ".hidden",
+        "high tier",
+        "",
+        "x" * 65,
+    ],
 )
 def test_a_tier_name_is_a_plain_file_stem_no_other_model_of_the_run_has(tmp_path: Path, name: str) -> None:
     """A tier's students are saved as checkpoints/<tier>.pt: a tier named `teacher` overwrote the
@@ -256,7 +298,18 @@ def test_every_name_the_run_gives_its_other_models_is_refused_as_a_tier_name() -
     from racmkd.models.encoders import DSCNN2dEncoder
     from racmkd.pipeline import TEACHER
 
-    others = [TEACHER, f"{TEACHER}_audio", *BASELINES, *ABLATION, matched_name("high"), "transfer_image_crossmodal", "transfer_image_unimodal", "edge", "high_labels_only", "high_compressed"]
+    others = [
+        TEACHER,
+        f"{TEACHER}_audio",
+        *BASELINES,
+        *ABLATION,
+        matched_name("high"),
+        "transfer_image_crossmodal",
+        "transfer_image_unimodal",
+        "edge",
+        "high_labels_only",
+        "high_compressed",
+    ]
     for name in others:
         with pytest.raises(ConfigError, match="taken by the run's other models"):
             TierConfig(name, 16384)
@@ -296,7 +349,9 @@ def test_a_bad_value_from_the_command_line_is_fixed_there(tmp_path: Path) -> Non
 
 
 def test_compression_names_tiers_the_config_defines() -> None:
-    with pytest.raises(ConfigError, match=r"compress\.tiers names \['hgh'\], not tiers of students\.tiers \(high, medium, low, critical\)\. Did you mean 'high'\?"):
+    with pytest.raises(
+        ConfigError, match=r"compress\.tiers names \['hgh'\], not tiers of students\.tiers \(high, medium, low, critical\)\. Did you mean 'high'\?"
+    ):
         load_config(REPO / "tests" / "tiny.yaml", ["compress.tiers=[hgh]"])
     with pytest.raises(ConfigError, match=r"compress\.tier_recipes names \['critcal'\].*Did you mean 'critical'\?"):
         load_config(REPO / "tests" / "tiny.yaml", ["compress.tier_recipes={critcal: configs/recipes/critical.yaml}"])
@@ -339,7 +394,17 @@ def test_a_value_that_would_fail_after_the_teachers_trained_is_refused_when_read
 
 
 def test_the_limits_keep_the_values_that_mean_something() -> None:
-    cfg = load_config(REPO / "tests" / "tiny.yaml", ["teacher.fusion_hidden=0", "teacher.dropout=0", "students.max_width=0.25", "students.train.mixup=0", "students.tiers.3.epochs=0", "students.tiers.0.scale=-1"])
+    cfg = load_config(
+        REPO / "tests" / "tiny.yaml",
+        [
+            "teacher.fusion_hidden=0",
+            "teacher.dropout=0",
+            "students.max_width=0.25",
+            "students.train.mixup=0",
+            "students.tiers.3.epochs=0",
+            "students.tiers.0.scale=-1",
+        ],
+    )
     assert (cfg.teacher.fusion_hidden, cfg.students.max_width, cfg.students.train.mixup, cfg.students.tiers[3].epochs) == (0, 0.25, 0.0, 0)
 
 

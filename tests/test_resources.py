@@ -18,7 +18,18 @@ import psutil
 import pytest
 
 from racmkd.config import ConfigError, MonitorConfig, PIDGains, RuntimeConfig
-from racmkd.resources.allocator import RESOURCES, Allocator, Budget, DeadlineRisk, Hysteresis, LatencyController, NoConfigurationError, ProfileTable, Variant, config_costs
+from racmkd.resources.allocator import (
+    RESOURCES,
+    Allocator,
+    Budget,
+    DeadlineRisk,
+    Hysteresis,
+    LatencyController,
+    NoConfigurationError,
+    ProfileTable,
+    Variant,
+    config_costs,
+)
 from racmkd.resources.monitor import ResourceMonitor, collector_held
 from racmkd.resources.sources import (
     MB,
@@ -56,7 +67,13 @@ def test_this_machines_cgroup_files_and_run_queue_are_read() -> None:
     from racmkd.resources.sources import read_cgroup
 
     limits = read_cgroup()
-    expected = 2 if Path("/sys/fs/cgroup/cgroup.controllers").exists() else 1 if Path("/sys/fs/cgroup/memory").is_dir() or Path("/sys/fs/cgroup/cpu").is_dir() else None
+    expected = (
+        2
+        if Path("/sys/fs/cgroup/cgroup.controllers").exists()
+        else 1
+        if Path("/sys/fs/cgroup/memory").is_dir() or Path("/sys/fs/cgroup/cpu").is_dir()
+        else None
+    )
     assert limits.version == expected
     assert limits.memory_max_bytes is None or limits.memory_max_bytes > 0
     assert limits.memory_used_bytes is None or 0 < limits.memory_used_bytes <= psutil.virtual_memory().total
@@ -187,7 +204,8 @@ def test_the_cpu_share_left_to_us_counts_other_programs_only() -> None:
     # two thirds of a core (measured with stress-ng: the load alone held the runtime at its floor).
     spinning = ResourceSnapshot(t=0, cpu_percent=100.0, host_cores=2, cpu_cores=2.0, runnable_tasks=2.0)
     assert spinning.cpu_share(0.05) == pytest.approx(2 / 3) and dataclasses.replace(spinning, runnable_tasks=None).cpu_share(0.05) == 0.05
-    assert dataclasses.replace(spinning, cpu_percent=20.0, runnable_tasks=6.0).cpu_share(0.05) == 1.0  # a momentary crowd in a light load: the load's figure stands
+    # a momentary crowd in a light load: the load's figure stands
+    assert dataclasses.replace(spinning, cpu_percent=20.0, runnable_tasks=6.0).cpu_share(0.05) == 1.0
 
 
 def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path) -> None:
@@ -505,7 +523,9 @@ def random_table(rng: random.Random, modalities: tuple[str, ...] = ("image", "au
     return ProfileTable(modalities, TIERS, tuple(variants), accuracy)
 
 
-def reference_best(table: ProfileTable, budget: Budget, weights: tuple[float, ...], critical: dict[str, str], ratios: list[float] | None = None, overhead_ms: float = 0.0) -> float | None:
+def reference_best(
+    table: ProfileTable, budget: Budget, weights: tuple[float, ...], critical: dict[str, str], ratios: list[float] | None = None, overhead_ms: float = 0.0
+) -> float | None:
     """Written apart from the allocator: try every configuration, score it by summing over which
     inputs turn out usable, keep the best within budget. With `ratios` (observed / predicted latency
     of past requests), the SLO objective: the score times the share of past ratios under which the
@@ -523,14 +543,25 @@ def reference_best(table: ProfileTable, budget: Budget, weights: tuple[float, ..
         return total
 
     def meets(config: tuple) -> bool:  # a critical modality whose input is dead (weight 0) binds nothing
-        return all(config[mods.index(m)] is not None and TIERS.index(config[mods.index(m)].tier) <= TIERS.index(t) for m, t in critical.items() if weights[mods.index(m)] > 0)
+        return all(
+            config[mods.index(m)] is not None and TIERS.index(config[mods.index(m)].tier) <= TIERS.index(t)
+            for m, t in critical.items()
+            if weights[mods.index(m)] > 0
+        )
 
     configs = [c for c in itertools.product(*([None, *(v for v in table.variants if v.modality == m)] for m in mods)) if any(c) and meets(c)]
     worthwhile = [c for c in configs if all(v is None or weights[i] > 0 for i, v in enumerate(c))]
-    within = [c for c in (worthwhile or configs) if sum(v.memory_bytes for v in c if v) <= budget.memory_bytes and sum(v.energy_mj for v in c if v) <= budget.energy_mj]
+    within = [
+        c
+        for c in (worthwhile or configs)
+        if sum(v.memory_bytes for v in c if v) <= budget.memory_bytes and sum(v.energy_mj for v in c if v) <= budget.energy_mj
+    ]
     if ratios is None:
         return max((expected(c) for c in within if sum(v.latency_ms for v in c if v) <= budget.latency_ms), default=None)
-    scores = [expected(c) * sum(r * (sum(v.latency_ms for v in c if v) + overhead_ms) <= budget.latency_ms + overhead_ms for r in ratios) / len(ratios) for c in within]
+    scores = [
+        expected(c) * sum(r * (sum(v.latency_ms for v in c if v) + overhead_ms) <= budget.latency_ms + overhead_ms for r in ratios) / len(ratios)
+        for c in within
+    ]
     return max((x for x in scores if x > 0), default=None)
 
 
@@ -676,7 +707,8 @@ def test_utility_is_the_accuracy_to_expect() -> None:
     assert not no_memory.feasible and no_memory.config == (None, small)  # nothing left at all: the smallest, not the best
     # Nothing fits, but something fits memory: the fallback keeps within it, however far over the deadline.
     within_memory = Allocator(tight).solve(Budget(latency_ms=0.01, memory_bytes=50), (1.0, 1.0))
-    assert not within_memory.feasible and within_memory.config == (None, small) and "memory" not in within_memory.reason  # 500x latency, not 100x latency and 2x memory
+    # 500x latency, not 100x latency and 2x memory
+    assert not within_memory.feasible and within_memory.config == (None, small) and "memory" not in within_memory.reason
     with pytest.raises(ConfigError, match="not a modality"):
         Allocator(table, {"imu": "high"})
     with pytest.raises(ConfigError, match="unknown tier"):
@@ -808,7 +840,8 @@ def test_each_better_configuration_is_timed_on_its_own() -> None:
     for now, budget in ((0.1, 2.6), (0.6, 2.0), (0.7, 2.6), (1.2, 2.6), (1.6, 2.6), (1.7, 2.6)):
         current, _ = h.choose(now, current, allocator, Budget(budget), (1.0,))
         steps[now] = current.config[0].tier
-    assert steps == {0.1: "low", 0.6: "low", 0.7: "low", 1.2: "medium", 1.6: "medium", 1.7: "high"}, steps  # mid fitted throughout; rich, broken at 0.6, from 0.7
+    # mid fitted throughout; rich, broken at 0.6, from 0.7
+    assert steps == {0.1: "low", 0.6: "low", 0.7: "low", 1.2: "medium", 1.6: "medium", 1.7: "high"}, steps
     assert h.pending is None
 
 

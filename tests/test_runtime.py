@@ -41,7 +41,9 @@ def test_bank_measures_every_variant_and_configuration(bank_dir: Path, tiny_run:
         assert v["latency_ms"] > 0 and v["flops"] > 0 and v["energy_mj"] > 0 and v["graph_memory_bytes"] > 0
         assert v["memory_measured_bytes"] > 0  # measured in a fresh interpreter...
         assert v["memory_bytes"] == max(v["memory_measured_bytes"], v["graph_memory_bytes"], v["file_bytes"])  # ...never below what a session must hold
-        assert v["memory_source"] == ("measured" if v["memory_measured_bytes"] >= max(v["graph_memory_bytes"], v["file_bytes"]) else "floor (measured below it)")
+        assert v["memory_source"] == (
+            "measured" if v["memory_measured_bytes"] >= max(v["graph_memory_bytes"], v["file_bytes"]) else "floor (measured below it)"
+        )
         assert (bank_dir / v["path"]).is_file()
     assert 0.0 <= bank.data["request_overhead_ms"] < 5.0  # the runtime's own cost per request, measured
     assert EdgeRuntime(bank).budget.latency_ms == pytest.approx(RuntimeConfig().latency_target_ms - bank.data["request_overhead_ms"])
@@ -74,7 +76,9 @@ def test_the_request_overhead_is_what_requests_take_beyond_their_variants(bank_d
     assert 15.0 <= request_overhead_ms(bank_dir, inputs, 10) - usual <= 30.0
 
 
-def test_a_bank_of_int8_weight_variants_is_smaller_and_answers_alike(bank_dir: Path, tiny_run: Path, tiny_dataset, tmp_path: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_a_bank_of_int8_weight_variants_is_smaller_and_answers_alike(
+    bank_dir: Path, tiny_run: Path, tiny_dataset, tmp_path: Path, samples, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
     """Where a tier's recipe chose int8 weights, its variants are exported so: a quarter of the
     weight bytes, the same answers, memory measured as the session holds them (weights in float)."""
     from racmkd.config import load_config
@@ -364,7 +368,11 @@ def test_damaged_weights_and_a_modality_without_variants_are_worked_around(bank_
         (copy / "bank.json").write_text(json.dumps(damaged).replace('"@"', value))  # what json.dumps writes for a non-finite float
         with pytest.raises(BankError, match="damaged"):
             load_bank(copy)
-    for key, value, why in (("request_overhead_ms", "NaN", "request_overhead_ms"), ("request_overhead_ms", '"fast"', "request_overhead_ms"), ("tiers", json.dumps(data["tiers"][:-1]), "is not in the bank's tiers")):
+    for key, value, why in (
+        ("request_overhead_ms", "NaN", "request_overhead_ms"),
+        ("request_overhead_ms", '"fast"', "request_overhead_ms"),
+        ("tiers", json.dumps(data["tiers"][:-1]), "is not in the bank's tiers"),
+    ):
         damaged = {**data, key: "@"}
         (copy / "bank.json").write_text(json.dumps(damaged).replace('"@"', value))
         with pytest.raises(BankError, match=why):
@@ -372,7 +380,8 @@ def test_damaged_weights_and_a_modality_without_variants_are_worked_around(bank_
     # Biases that agree with one another but not with the variants' logits: every request would fail.
     truncated = {**data, "biases": {tier: bias[:5] for tier, bias in data["biases"].items()}}
     (copy / "bank.json").write_text(json.dumps(truncated))
-    with pytest.raises(BankError, match=r"tier '\w+' has a bias of 5 classes, but .*\.image\.onnx computes 10 logits"):  # (the audio files are damaged above: skipped)
+    # (the audio files are damaged above: skipped)
+    with pytest.raises(BankError, match=r"tier '\w+' has a bias of 5 classes, but .*\.image\.onnx computes 10 logits"):
         load_bank(copy)
 
 
@@ -451,7 +460,9 @@ def _planned(bank):  # noqa: ANN001, ANN202
     from dataclasses import replace
 
     table = bank.table
-    variants = tuple(replace(v, latency_ms=_PLANNED_MS[v.tier], latency_p50_ms=_PLANNED_MS[v.tier], memory_bytes=_PLANNED_BYTES[v.tier]) for v in table.variants)
+    variants = tuple(
+        replace(v, latency_ms=_PLANNED_MS[v.tier], latency_p50_ms=_PLANNED_MS[v.tier], memory_bytes=_PLANNED_BYTES[v.tier]) for v in table.variants
+    )
     accuracy = {key: sum(_PLANNED_SCORE[t] for t in key if t is not None) / len(key) for key in table.accuracy}
     return replace(bank, table=replace(table, variants=variants, accuracy=accuracy), data={**bank.data, "request_overhead_ms": 0.0})
 
@@ -615,7 +626,9 @@ def test_the_oracle_counts_a_request_when_some_configuration_gets_it_right_in_ti
     labels = stored["labels/test"]
     rows = request_rows(len(labels), 200, seed=3)
     shares = {(t, m): stored[f"test/{t}/{m}"] for t in bank.table.tiers for m in bank.table.modalities if f"test/{t}/{m}" in stored.files}
-    right = np.array([configuration_logits(shares, bank.biases, dict(zip(bank.table.modalities, key))).argmax(1) == labels for key in bank.accuracy("test")])[:, rows]
+    right = np.array([configuration_logits(shares, bank.biases, dict(zip(bank.table.modalities, key))).argmax(1) == labels for key in bank.accuracy("test")])[
+        :, rows
+    ]
 
     def trace(cpu: float, memory_mb: float) -> Trace:
         return Trace("flat", np.array([0.0, 10.0]), {"cpu_percent": np.array([cpu, cpu]), "memory_available_mb": np.array([memory_mb, memory_mb])})
@@ -625,12 +638,19 @@ def test_the_oracle_counts_a_request_when_some_configuration_gets_it_right_in_ti
     assert unbound["slo_accuracy"] == pytest.approx(right.any(axis=0).mean())
     accuracies = list(bank.accuracy("test").values())
     most_accurate = [k for k, a in enumerate(accuracies) if a == max(accuracies)]  # (ties: any of them)
-    assert any(unbound["clairvoyant_allocator"] == pytest.approx(right[k].mean()) for k in most_accurate) and unbound["clairvoyant_allocator"] <= unbound["slo_accuracy"]
+    assert (
+        any(unbound["clairvoyant_allocator"] == pytest.approx(right[k].mean()) for k in most_accurate)
+        and unbound["clairvoyant_allocator"] <= unbound["slo_accuracy"]
+    )
     assert right.any(axis=0).mean() >= right.mean(axis=1).max()  # at least the best configuration's accuracy on these rows
     assert unbound["best_per_level"] == pytest.approx(right.mean(axis=1).max()) and list(unbound["per_level"]) == ["high"]  # one level: the best configuration
     # Two levels, each half of the requests: idle, then a 95% load under which only what runs in a
     # twentieth of the target counts (the contention floor's 20x). Brute force per level.
-    costs = {key: sum(v.typical_ms for v in bank.table.variants if (v.tier, v.modality) in zip(key, bank.table.modalities)) + float(bank.data.get("request_overhead_ms", 0.0)) for key in bank.accuracy("test")}
+    costs = {
+        key: sum(v.typical_ms for v in bank.table.variants if (v.tier, v.modality) in zip(key, bank.table.modalities))
+        + float(bank.data.get("request_overhead_ms", 0.0))
+        for key in bank.accuracy("test")
+    }
     target = sorted(costs.values())[len(costs) // 2] * 20  # under load, about half the configurations meet it
     split = Trace("split", np.array([0.0, 5.0, 10.0]), {"cpu_percent": np.array([0.0, 95.0, 95.0]), "memory_available_mb": np.array([1e4, 1e4, 1e4])})
     two = oracle(bank, split, dataclasses.replace(RuntimeConfig(), latency_target_ms=target), rows)
@@ -642,7 +662,8 @@ def test_the_oracle_counts_a_request_when_some_configuration_gets_it_right_in_ti
     assert oracle(bank, trace(0.0, 1e4), dataclasses.replace(roomy, latency_target_ms=1e-6), rows)["slo_accuracy"] == 0.0  # nothing is that fast
     figures = ("slo_accuracy", "clairvoyant_allocator", "best_per_level")
     no_memory = oracle(bank, trace(0.0, 0.0), roomy, rows)
-    assert [no_memory[k] for k in figures] == [unbound[k] for k in figures]  # scored as replays are: memory is the runtime's choice, not the score's (it only names the level)
+    # scored as replays are: memory is the runtime's choice, not the score's (it only names the level)
+    assert [no_memory[k] for k in figures] == [unbound[k] for k in figures]
     # The slowdown of a loaded core: at 90% load only what runs in a tenth of the target counts.
     cheapest = min(v.typical_ms for v in bank.table.variants) + float(bank.data.get("request_overhead_ms", 0.0))
     squeezed = dataclasses.replace(RuntimeConfig(), latency_target_ms=cheapest * 10 * 0.99, contention_floor=0.01)
@@ -675,7 +696,10 @@ def test_runtimes_served_together_answer_the_same_samples_in_turn(bank_dir: Path
     from racmkd.runtime.simulate import serve_together
 
     bank = load_bank(bank_dir)
-    runtimes = {"dynamic": EdgeRuntime(bank, RuntimeConfig(latency_target_ms=1000)), "static": EdgeRuntime(bank, RuntimeConfig(latency_target_ms=1000), pinned={"image": "critical", "audio": None})}
+    runtimes = {
+        "dynamic": EdgeRuntime(bank, RuntimeConfig(latency_target_ms=1000)),
+        "static": EdgeRuntime(bank, RuntimeConfig(latency_target_ms=1000), pinned={"image": "critical", "audio": None}),
+    }
     order: list[tuple[int, str]] = []
     served = serve_together(runtimes, tiny_dataset, seconds=0.3, rate_hz=100.0, on_request=lambda i, name, answer: order.append((i, name)))
     n = served["dynamic"]["summary"]["requests"]
@@ -696,14 +720,36 @@ def test_runtimes_served_together_answer_the_same_samples_in_turn(bank_dir: Path
 def test_cli_simulate_and_edge_run(tiny_run: Path, bank_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "sim"
-    result = runner.invoke(app, ["simulate", "--run", str(tiny_run), "--trace", "periodic", "--requests", "60", "--duration", "6", "--out", str(out), "--no-static"])
+    result = runner.invoke(
+        app, ["simulate", "--run", str(tiny_run), "--trace", "periodic", "--requests", "60", "--duration", "6", "--out", str(out), "--no-static"]
+    )
     assert result.exit_code == 0, result.output
     assert "| runtime |" in result.output and (out / "timeline.png").is_file()
-    result = runner.invoke(app, ["simulate", "--run", str(tiny_run), "--trace", "periodic", "--requests", "30", "--duration", "6", "--out", str(out), "--no-static", "--latency", "bank"])
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--run",
+            str(tiny_run),
+            "--trace",
+            "periodic",
+            "--requests",
+            "30",
+            "--duration",
+            "6",
+            "--out",
+            str(out),
+            "--no-static",
+            "--latency",
+            "bank",
+        ],
+    )
     assert result.exit_code == 0 and "the bank's figures" in json.loads((out / "summary.json").read_text())["latency_model"], result.output
     result = runner.invoke(app, ["simulate", "--run", str(tiny_run), "--latency", "wall"])
     assert result.exit_code == 2 and "choose one of measured, bank" in result.output
-    result = runner.invoke(app, ["edge", "run", "--run", str(tiny_run), "--seconds", "1", "--rate", "20", "--trace", "sudden", "--log", str(tmp_path / "live.json")])
+    result = runner.invoke(
+        app, ["edge", "run", "--run", str(tiny_run), "--seconds", "1", "--rate", "20", "--trace", "sudden", "--log", str(tmp_path / "live.json")]
+    )
     assert result.exit_code == 0, result.output
     live = strict_json(tmp_path / "live.json")
     assert live["summary"]["requests"] >= 10 and live["monitor_overhead"]["polls"] >= 1

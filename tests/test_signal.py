@@ -54,13 +54,17 @@ def test_power_spectrogram_peaks_at_the_tone() -> None:
     np.testing.assert_allclose(same.transpose(0, 2, 1), power.numpy(), rtol=1e-4, atol=1e-4 * float(power.max()))
 
 
-@pytest.mark.parametrize(("n_fft", "win_length", "hop_length", "samples"), [(511, 400, 250, 8000), (401, 401, 200, 8000), (512, 512, 256, 8192), (64, 48, 16, 1000)])
+@pytest.mark.parametrize(
+    ("n_fft", "win_length", "hop_length", "samples"), [(511, 400, 250, 8000), (401, 401, 200, 8000), (512, 512, 256, 8192), (64, 48, 16, 1000)]
+)
 def test_the_numpy_stft_is_torchs_for_odd_sizes_and_whole_hops(n_fft: int, win_length: int, hop_length: int, samples: int) -> None:
     """The frames are a strided view of the padded signal: every frame must lie inside it (an odd
     FFT length with a whole number of hops once read one sample past its end)."""
     waves = torch.randn(3, samples, generator=torch.Generator().manual_seed(n_fft))
     window = torch.hann_window(win_length)
-    expected = torch.stft(waves, n_fft, hop_length, win_length, window, center=True, pad_mode="constant", return_complex=True).abs().pow(2).transpose(1, 2).numpy()
+    expected = (
+        torch.stft(waves, n_fft, hop_length, win_length, window, center=True, pad_mode="constant", return_complex=True).abs().pow(2).transpose(1, 2).numpy()
+    )
     got = signals.power_spectrogram(waves.numpy(), n_fft, win_length, hop_length)
     assert got.shape == expected.shape == (3, signals.frames_for(samples, n_fft, hop_length), n_fft // 2 + 1)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(expected.max()))
@@ -158,7 +162,14 @@ def test_signals_check_raw_inputs() -> None:
     assert image.to_raw(digit[:, :, None].astype(np.float32) / 255, signals.ImageSpec()).shape == (1, 28, 28)
     nan, infinite = np.full((28, 28), 0.5, np.float32), np.full((28, 28), 0.5)
     nan[3, 4], infinite[5, 6] = np.nan, -np.inf
-    for bad, message in ((np.zeros((28, 27)), "28x28"), (np.full((28, 28), 3.0), r"\[0, 1\]"), (nan, "finite"), (infinite, "finite"), (np.zeros((28, 28), dtype=np.int64), "uint8"), (np.zeros((28, 28), dtype=complex), "uint8")):
+    for bad, message in (
+        (np.zeros((28, 27)), "28x28"),
+        (np.full((28, 28), 3.0), r"\[0, 1\]"),
+        (nan, "finite"),
+        (infinite, "finite"),
+        (np.zeros((28, 28), dtype=np.int64), "uint8"),
+        (np.zeros((28, 28), dtype=complex), "uint8"),
+    ):
         with pytest.raises(ValueError, match=message):
             image.to_raw(bad, signals.ImageSpec())
     spec = signals.AudioSpec()
@@ -166,7 +177,13 @@ def test_signals_check_raw_inputs() -> None:
     raw = audio.to_raw(tone, spec, sample_rate=16000)
     assert raw.shape == (1, 8000) and raw.dtype == np.float32  # resampled to the model's 8 kHz
     assert audio.to_raw((tone[:4000] * 32767).astype(np.int16), spec).shape == (1, 8000)  # padded, centred
-    for bad, message in ((np.zeros((2, 100)), "mono"), (np.array([0.0, np.nan]), "NaN"), (np.array([0.0, np.inf], np.float32), "NaN"), (np.array([1e300]), "float32's range"), (np.zeros(10, dtype=np.int32), "int16")):
+    for bad, message in (
+        (np.zeros((2, 100)), "mono"),
+        (np.array([0.0, np.nan]), "NaN"),
+        (np.array([0.0, np.inf], np.float32), "NaN"),
+        (np.array([1e300]), "float32's range"),
+        (np.zeros(10, dtype=np.int32), "int16"),
+    ):
         with pytest.raises(ValueError, match=message):
             audio.to_raw(bad, spec)
     near_the_limit = np.tile(np.float32([3.3e38, -3.3e38]), 2000)  # finite, but interpolated beyond float32's range

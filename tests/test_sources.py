@@ -128,7 +128,8 @@ def test_fsdd_folder_checks(tmp_path: Path) -> None:
 def test_real_fsdd_matches_the_release(shared_root: Path, tmp_path: Path) -> None:
     recs = load_fsdd(shared_root / "fsdd" / "recordings")  # the release's digest holds ...
     assert len(recs) == 3000
-    assert release_manifest() == {r.name: hashlib.sha256((shared_root / "fsdd" / "recordings" / r.name).read_bytes()).hexdigest()[:16] for r in recs}  # ... and so does each file's line
+    # ... and so does each file's line
+    assert release_manifest() == {r.name: hashlib.sha256((shared_root / "fsdd" / "recordings" / r.name).read_bytes()).hexdigest()[:16] for r in recs}
     # One recording missing, one changed in place (still a valid recording): each named.
     copy = tmp_path / "recordings"
     copy.mkdir()

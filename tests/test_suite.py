@@ -51,7 +51,8 @@ def test_narrowest_reaching_hands_the_baseline_at_least_the_target() -> None:
     asked.clear()
     assert narrowest_reaching(size_of, 10**9, widths) == (64, size_of(64))  # none reaches it: the widest, its real size
     asked.clear()
-    assert narrowest_reaching(size_of, 30_000, widths)[0] == 27 and len(asked) <= 10 and max(asked) < 2 * 27 + 2  # each size is an export, seconds each: never far wider than the answer
+    # each size is an export, seconds each: never far wider than the answer
+    assert narrowest_reaching(size_of, 30_000, widths)[0] == 27 and len(asked) <= 10 and max(asked) < 2 * 27 + 2
     asked.clear()
     assert narrowest_reaching(size_of, 1, widths) == (1, 1040) and asked == [1]  # a tiny tier: one export
 
@@ -86,8 +87,15 @@ def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path
     from racmkd.eval.suite import MATCHED, TABLE_ROWS, SuiteSettings, plot_all, render, run_suite, seed_config
 
     runs = tmp_path / "bench"
-    shutil.copytree(tiny_run, runs / "clean-s0", ignore=shutil.ignore_patterns("edge", "simulate", "compressed"))  # seed 0: the tiny run's teachers and tiers ...
-    settings = replace(SuiteSettings(config=TINY, protocols=("clean",), runs_dir=runs, overrides=(f"data.cache_dir={cache_dir}", "students.train.epochs=2"), recipe=None).quick(), requests=60, trace_seconds=6.0)
+    # seed 0: the tiny run's teachers and tiers ...
+    shutil.copytree(tiny_run, runs / "clean-s0", ignore=shutil.ignore_patterns("edge", "simulate", "compressed"))
+    settings = replace(
+        SuiteSettings(
+            config=TINY, protocols=("clean",), runs_dir=runs, overrides=(f"data.cache_dir={cache_dir}", "students.train.epochs=2"), recipe=None
+        ).quick(),
+        requests=60,
+        trace_seconds=6.0,
+    )
     save_config(seed_config(settings, "clean", 0, None), runs / "clean-s0" / "config.yaml")  # ... taken as made with the suite's settings
     result = run_suite(settings)
     section = result["protocols"]["clean"]
@@ -102,12 +110,18 @@ def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path
     assert rows["teacher"]["accuracy"]["mean"] > 0.5  # the tiny teacher has learned something
     assert len(section["targets"]) == 8 and section["pareto"]["bytes"]
     ablation_rows = section["table_68"]
-    assert [r["model"] for r in ablation_rows][:3] == ["standard_kd", "kd_align", "high"] and all("accuracy" in r for r in ablation_rows[:3])  # each a configuration trained and measured
+    # each a configuration trained and measured
+    assert [r["model"] for r in ablation_rows][:3] == ["standard_kd", "kd_align", "high"] and all("accuracy" in r for r in ablation_rows[:3])
     assert "--recipe" in ablation_rows[3]["not_produced"]  # this quick run compressed nothing: said
     dynamic_rows = [r for r in ablation_rows if r["model"] == "runtime"]
-    assert dynamic_rows and all(r["memory_bytes"] > r["memory_bytes_static_high"] > 0 and r["energy_mj_estimated"] > 0 and r["energy_mj_estimated_static_high"] > 0 for r in dynamic_rows)  # the runtime holds every tier's variants
+    assert dynamic_rows and all(
+        r["memory_bytes"] > r["memory_bytes_static_high"] > 0 and r["energy_mj_estimated"] > 0 and r["energy_mj_estimated_static_high"] > 0
+        for r in dynamic_rows
+    )  # the runtime holds every tier's variants
     bank = runs / "clean-s0" / "edge"
-    assert section["table_67"]["random"]["bytes_deployable"] == sum((bank / v["path"]).stat().st_size for v in json.loads((bank / "bank.json").read_text())["variants"])  # the runtime's point on the Pareto plot: every variant's file
+    assert section["table_67"]["random"]["bytes_deployable"] == sum(
+        (bank / v["path"]).stat().st_size for v in json.loads((bank / "bank.json").read_text())["variants"]
+    )  # the runtime's point on the Pareto plot: every variant's file
     assert section["robustness_not_measured"] == {} and section["cost_growth_not_measured"] == {}
     rob = section["robustness"]["teacher"]
     assert rob["audio_snr"]["0.0"] <= rob["audio_snr"]["inf"]  # noise does not help
@@ -125,7 +139,8 @@ def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path
     for heading in ("Table 6.6", "Table 6.7", "Table 6.8", "Robustness", "Cross-modal transfer", "Cost growth"):
         assert heading in markdown
     assert "this one resumed: clean-s0: teachers, students)" in markdown and f"config `{TINY}`" in markdown
-    assert "| level | dynamic | static high | static medium | static low | static critical |" in markdown  # Table 6.7 per level, dynamic beside each static tier
+    # Table 6.7 per level, dynamic beside each static tier
+    assert "| level | dynamic | static high | static medium | static low | static critical |" in markdown
     assert "not produced: the suite ran without a compression recipe" in markdown
     assert "held (static high" in markdown and "mJ (static high" in markdown  # the dynamic rows' memory and energy
 
@@ -135,11 +150,33 @@ def test_a_run_report_without_retention_leaves_it_blank_and_sets_it_no_target() 
     cell is blank, not 0.0%, and the tier's retention target is left out, not a KeyError."""
     from racmkd.eval.report import render_markdown, targets
 
-    row = {"inputs": {"image": {"resolution": 28}}, "accuracy": 0.5, "f1_macro": 0.5, "auc_roc": None, "params": 10, "param_bytes_fp32": 40, "flops": 1e6, "peak_activation_bytes": 100, "latency_ms_p50": 1.0, "latency_ms_p95": 1.0, "energy_mj": 0.1, "energy_source": "estimated"}
+    row = {
+        "inputs": {"image": {"resolution": 28}},
+        "accuracy": 0.5,
+        "f1_macro": 0.5,
+        "auc_roc": None,
+        "params": 10,
+        "param_bytes_fp32": 40,
+        "flops": 1e6,
+        "peak_activation_bytes": 100,
+        "latency_ms_p50": 1.0,
+        "latency_ms_p95": 1.0,
+        "energy_mj": 0.1,
+        "energy_source": "estimated",
+    }
     models = {
         "teacher": {**row, "role": "teacher", "accuracy": 0.0},
         "high": {**row, "role": "student", "budget_bytes": 1024, "within_budget": True},
-        "high_compressed": {**row, "role": "compressed", "tier": "high", "format": "onnx-int8", "bytes_deployable": 30, "weight_bytes": 10, "compression_ratio": 1.3, "artifact_reason": "the smallest"},
+        "high_compressed": {
+            **row,
+            "role": "compressed",
+            "tier": "high",
+            "format": "onnx-int8",
+            "bytes_deployable": 30,
+            "weight_bytes": 10,
+            "compression_ratio": 1.3,
+            "artifact_reason": "the smallest",
+        },
     }
     report = {"run": "r", "protocol": "clean", "commit": None, "machine": {"cpu": "c", "cores": 1, "torch": "2"}, "seed": 0, "data": {}, "models": models}
     report["targets"] = targets(report)
@@ -148,17 +185,35 @@ def test_a_run_report_without_retention_leaves_it_blank_and_sets_it_no_target() 
     assert "| +0.0000 |  | 1.00 M |" in compressed_row and "%" not in compressed_row
 
 
+def cost(size: float, ms: float, format: str = "onnx-fp32") -> dict:
+    """A table row's measured costs, as `measure_seed` writes them: `size` bytes, `ms` per call."""
+    return {
+        "format": format,
+        "params": 1,
+        "bytes_deployable": size,
+        "weight_bytes": size,
+        "peak_activation_bytes": 1,
+        "memory_bytes": size + 1,
+        "flops": 1,
+        "latency_ms_p50": ms,
+        "latency_ms_p95": ms,
+        "energy_mj_estimated": 0.1,
+    }
+
+
 def test_tables_tolerate_a_row_that_was_not_produced() -> None:
     from racmkd.eval.suite import table_66, table_targets
-
-    def cost(size: float, ms: float) -> dict:
-        return {"format": "onnx-fp32", "params": 1, "bytes_deployable": size, "weight_bytes": size, "peak_activation_bytes": 1, "memory_bytes": size + 1, "flops": 1, "latency_ms_p50": ms, "latency_ms_p95": ms, "energy_mj_estimated": 0.1}
 
     def acc(a: float) -> dict:
         return {"accuracy": a, "f1_macro": a, "auc_roc": None}
 
     seeds = [
-        {"seed": s, "rows": {"teacher": acc(0.98), "high": acc(0.96 + s / 100), "standard_kd": acc(0.95)}, "missing": {"tinyml": "ExportError: boom"}, "costs": {"teacher": cost(4e6, 6.0), "high": cost(2e5, 0.1), "standard_kd": cost(6e5, 2.0)}}
+        {
+            "seed": s,
+            "rows": {"teacher": acc(0.98), "high": acc(0.96 + s / 100), "standard_kd": acc(0.95)},
+            "missing": {"tinyml": "ExportError: boom"},
+            "costs": {"teacher": cost(4e6, 6.0), "high": cost(2e5, 0.1), "standard_kd": cost(6e5, 2.0)},
+        }
         for s in (0, 1)
     ]
     rows = table_66(seeds)
@@ -295,13 +350,17 @@ def test_a_rows_seeds_of_different_sizes_are_shown_and_dominance_takes_the_large
     over all three seeds cannot be claimed at the smaller seeds' size."""
     from racmkd.eval.suite import _seed_sizes, table_66, table_targets
 
-    def cost(size: float, ms: float) -> dict:
-        return {"format": "onnx-int8", "params": 1, "bytes_deployable": size, "weight_bytes": size, "peak_activation_bytes": 1, "memory_bytes": size + 1, "flops": 1, "latency_ms_p50": ms, "latency_ms_p95": ms, "energy_mj_estimated": 0.1}
-
     def acc(a: float, size: float) -> dict:
         return {"accuracy": a, "f1_macro": a, "auc_roc": None, "bytes_deployable": size}
 
-    seeds = [{"seed": s, "rows": {"teacher": acc(0.99, 4e6), "low": acc(0.94, 11_000 if s < 2 else 21_000), "tinyml": acc(0.93, 12_000)}, "costs": {"teacher": cost(4e6, 6.0), "low": cost(11_000, 0.03), "tinyml": cost(12_000, 0.05)}} for s in range(3)]
+    seeds = [
+        {
+            "seed": s,
+            "rows": {"teacher": acc(0.99, 4e6), "low": acc(0.94, 11_000 if s < 2 else 21_000), "tinyml": acc(0.93, 12_000)},
+            "costs": {"teacher": cost(4e6, 6.0, "onnx-int8"), "low": cost(11_000, 0.03, "onnx-int8"), "tinyml": cost(12_000, 0.05, "onnx-int8")},
+        }
+        for s in range(3)
+    ]
     rows = table_66(seeds)
     assert rows["low"]["bytes_deployable_seeds"] == [11_000, 11_000, 21_000] and "bytes_deployable_seeds" not in rows["tinyml"]
     assert _seed_sizes(rows["low"]) == " (seeds: 10.7 KB, 10.7 KB, 20.5 KB)"
@@ -349,7 +408,9 @@ def test_a_tier_is_compressed_again_when_its_recipe_changed(tmp_path: Path) -> N
     assert compressed_with(tmp_path, "low", recipes / "bench.yaml")
 
 
-def test_a_seed_run_compresses_the_tiers_whose_recipe_changed_and_drops_the_stale_bank(tiny_run: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_seed_run_compresses_the_tiers_whose_recipe_changed_and_drops_the_stale_bank(
+    tiny_run: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The suite's compression branch end to end: each tier with its recipe (the critical tier's own
     where one is given), the variant bank built from the replaced models dropped, a resumed call
     compressing nothing, and a changed tier recipe compressing that tier alone."""
@@ -363,7 +424,9 @@ def test_a_seed_run_compresses_the_tiers_whose_recipe_changed_and_drops_the_stal
     common, own = tmp_path / "common.yaml", tmp_path / "own.yaml"
     common.write_text("steps:\n  - export: {int8: none, int8_weights: true, latency_iters: 5}\n")
     own.write_text("steps:\n  - export: {int8: none, int8_weights: false, latency_iters: 5}\n")
-    settings = suite.SuiteSettings(config=TINY, protocols=("clean",), runs_dir=runs, overrides=(f"data.cache_dir={cache_dir}",), recipe=common, tier_recipes={"critical": own})
+    settings = suite.SuiteSettings(
+        config=TINY, protocols=("clean",), runs_dir=runs, overrides=(f"data.cache_dir={cache_dir}",), recipe=common, tier_recipes={"critical": own}
+    )
     datasets: dict = {}
     other = replace(settings, overrides=(*settings.overrides, "students.train.lr=0.123"))
     with pytest.raises(ConfigError, match=r"made with other settings \(students.train.lr\)"):  # its models are not that configuration's
@@ -389,7 +452,17 @@ def test_the_report_lists_teachers_then_each_tier_with_its_twins() -> None:
     from racmkd.eval.report import report_order
 
     names = ["standard_kd", "low", "teacher_imu", "high_compressed", "high", "teacher", "high_labels_only", "teacher_audio", "teacher_image"]
-    assert sorted(names, key=report_order) == ["teacher", "teacher_image", "teacher_audio", "teacher_imu", "high", "high_labels_only", "high_compressed", "low", "standard_kd"]
+    assert sorted(names, key=report_order) == [
+        "teacher",
+        "teacher_image",
+        "teacher_audio",
+        "teacher_imu",
+        "high",
+        "high_labels_only",
+        "high_compressed",
+        "low",
+        "standard_kd",
+    ]
 
 
 def test_the_report_gives_every_input_its_size() -> None:

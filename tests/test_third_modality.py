@@ -89,11 +89,21 @@ def three(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Ru
     from racmkd.pipeline import compress_students, create_run, distill_students, train_teachers
 
     work = tmp_path_factory.mktemp("three")
-    cfg = load_config(TINY, [
-        f"data.cache_dir={work / 'cache'}", f"runs_dir={work / 'runs'}", "name=three", f"data.root={data_root}", "data.modalities=[image, audio, imu]",
-        "teacher.unimodal={epochs: 4}", "teacher.fused={epochs: 1}", "students.train={epochs: 4, modality_dropout: 0.3}", "students.labels_only=false",
-        "students.tiers=[{name: low, budget_bytes: 65536, modalities: [image, audio, imu], scale: 2, depth: 1}]",
-    ])
+    cfg = load_config(
+        TINY,
+        [
+            f"data.cache_dir={work / 'cache'}",
+            f"runs_dir={work / 'runs'}",
+            "name=three",
+            f"data.root={data_root}",
+            "data.modalities=[image, audio, imu]",
+            "teacher.unimodal={epochs: 4}",
+            "teacher.fused={epochs: 1}",
+            "students.train={epochs: 4, modality_dropout: 0.3}",
+            "students.labels_only=false",
+            "students.tiers=[{name: low, budget_bytes: 65536, modalities: [image, audio, imu], scale: 2, depth: 1}]",
+        ],
+    )
     dataset = build_dataset(cfg.data, use_cache=False)
     run_dir = create_run(cfg)
     train_teachers(cfg, dataset, run_dir)
@@ -167,7 +177,9 @@ def test_predictor_takes_imu_as_a_keyword(three: tuple[RunConfig, PairedDataset,
     predictor = racmkd.load(run_dir, "low")
     assert predictor.modalities == ["image", "audio", NAME]
     samples = raw_inputs(dataset, range(12))
-    (everything, without_imu, imu_only), _ = predict_split(predictor.model, predictor.specs, dataset, "test", limit=12, withheld=((), (NAME,), ("image", "audio")))
+    (everything, without_imu, imu_only), _ = predict_split(
+        predictor.model, predictor.specs, dataset, "test", limit=12, withheld=((), (NAME,), ("image", "audio"))
+    )
     for i, x in enumerate(samples):
         for given, reference in ((x, everything), ({"image": x["image"], "audio": x["audio"]}, without_imu), ({NAME: x[NAME]}, imu_only)):
             label, probs = predictor.predict(**given)
@@ -191,8 +203,14 @@ def test_cli_predict_takes_imu_as_a_named_input(three: tuple[RunConfig, PairedDa
     (tmp_path / "empty.npy").write_bytes(b"")
     np.savez(tmp_path / "both.npz", a=x[NAME])
     np.save(tmp_path / "words.npy", np.array(["a", "b"]))
-    bad = {"empty.npy": "not a readable .npy array (EOFError", "both.npz": "an .npz archive", "words.npy": "<U1 values; pass an array of numbers"}  # an empty file said a bare "Aborted."
-    for pair, message in ((f"gyro={tmp_path / 'trace.npy'}", "no modality 'gyro'"), (f"{NAME}={tmp_path / 'none.npy'}", "none.npy"), ("imu", "expected NAME=FILE.npy"), *((f"{NAME}={tmp_path / f}", m) for f, m in bad.items())):
+    # an empty file said a bare "Aborted."
+    bad = {"empty.npy": "not a readable .npy array (EOFError", "both.npz": "an .npz archive", "words.npy": "<U1 values; pass an array of numbers"}
+    for pair, message in (
+        (f"gyro={tmp_path / 'trace.npy'}", "no modality 'gyro'"),
+        (f"{NAME}={tmp_path / 'none.npy'}", "none.npy"),
+        ("imu", "expected NAME=FILE.npy"),
+        *((f"{NAME}={tmp_path / f}", m) for f, m in bad.items()),
+    ):
         result = CliRunner().invoke(app, ["predict", "--run", str(run_dir), "--tier", "low", "--input", pair])
         assert result.exit_code == 2 and message in result.output, (pair, result.output)
 
@@ -218,7 +236,11 @@ def test_a_plugin_modality_reaches_the_commands_through_entry_points(three: tupl
     x = raw_inputs(dataset, range(1))[0]
     np.save(tmp_path / "trace.npy", x[NAME])
     command = [sys.executable, "-m", "racmkd.cli", "predict", "--run", str(run_dir), "--tier", "low", "--input", f"{NAME}={tmp_path / 'trace.npy'}"]
-    env = {**os.environ, "RACMKD_PROGRESS": "0", "PYTHONPATH": os.pathsep.join([*map(str, install_plugin(tmp_path / "site")), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {
+        **os.environ,
+        "RACMKD_PROGRESS": "0",
+        "PYTHONPATH": os.pathsep.join([*map(str, install_plugin(tmp_path / "site")), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
     answer = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert answer.returncode == 0 and json.loads(answer.stdout)["label"] == racmkd.load(run_dir, "low").predict(imu=x[NAME])[0], answer.stderr[-2000:]
     env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
@@ -238,7 +260,13 @@ def test_inputs_step_lowers_imu_and_the_contract_says_so(three: tuple[RunConfig,
     assert inputs["details"]["after"][NAME] == {"samples": SAMPLES, "length": 8} and inputs["details"]["after"]["image"] == inputs["details"]["before"]["image"]
     artifact = run_dir / "compressed" / "low" / record["artifact"]
     contract = read_contract(artifact)
-    assert contract["inputs"][NAME] == {"modality": NAME, "spec": {"samples": SAMPLES, "length": 8}, "shape": [3, 1, 8], "steps": ["3 axes x 64 samples, float", "average pooling in time to 8 steps"], "layout": ImuSignal.layout}
+    assert contract["inputs"][NAME] == {
+        "modality": NAME,
+        "spec": {"samples": SAMPLES, "length": 8},
+        "shape": [3, 1, 8],
+        "steps": ["3 axes x 64 samples, float", "average pooling in time to 8 steps"],
+        "layout": ImuSignal.layout,
+    }
     assert specs_from_contract(contract)[NAME] == ImuSpec(SAMPLES, 8)
     deployed = racmkd.load(run_dir, "low_compressed")
     assert type(deployed).__name__ == "OnnxPredictor" and deployed.modalities == ["image", "audio", NAME]
@@ -301,7 +329,14 @@ def test_edge_runtime_and_servers_answer_from_imu(three: tuple[RunConfig, Paired
         reply = client.post("/predict", content=archive.getvalue(), headers={"Content-Type": "application/x-npz"})
         assert reply.status_code == 200 and np.allclose(reply.json()["probabilities"], expected.predict(**given)[1], atol=1e-5), reply.text
     mixed = [[1.0, True] + [0.0] * (SAMPLES - 2)] * AXES  # numpy had made numbers of the boolean
-    for body, message in (({NAME: [["0.5"] * SAMPLES] * AXES}, "valid number"), ({NAME: [[True] * SAMPLES] * AXES}, "valid number"), ({NAME: mixed}, "valid number"), ({NAME: [[0.0] * 10] * AXES}, "3 axes x 64 samples"), ({"gyro": [1.0]}, "unknown inputs ['gyro']"), ({NAME: [[0.0], [0.0, 1.0]]}, "rectangular")):
+    for body, message in (
+        ({NAME: [["0.5"] * SAMPLES] * AXES}, "valid number"),
+        ({NAME: [[True] * SAMPLES] * AXES}, "valid number"),
+        ({NAME: mixed}, "valid number"),
+        ({NAME: [[0.0] * 10] * AXES}, "3 axes x 64 samples"),
+        ({"gyro": [1.0]}, "unknown inputs ['gyro']"),
+        ({NAME: [[0.0], [0.0, 1.0]]}, "rectangular"),
+    ):
         reply = client.post("/predict", json=body)
         assert reply.status_code == 422 and message in reply.text, (body, reply.text)
 

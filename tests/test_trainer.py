@@ -76,7 +76,9 @@ def test_every_alignment_loss_takes_a_teacher_that_answered_in_bf16() -> None:
     out = model.forward_features(x)
     logits = model.forward_head(out["fused"])
     for align in ("contrastive", "rkd", "similarity", "feature", "emd"):
-        job = Job("s", model, {}, TrainConfig(), ObjectiveWeights(0.5, 1.0, 1.0, 0.0, 2.0, 1.0), DistillConfig(distill_losses={"kd": 1.0}, align_losses={align: 1.0}))
+        job = Job(
+            "s", model, {}, TrainConfig(), ObjectiveWeights(0.5, 1.0, 1.0, 0.0, 2.0, 1.0), DistillConfig(distill_losses={"kd": 1.0}, align_losses={align: 1.0})
+        )
         attach_projection(job, big)
         loss, terms = objective(job, out, logits, torch.arange(6), [t_out], [t_logits])
         assert loss.dtype == torch.float32 and math.isfinite(float(loss.detach())) and terms["align"] >= 0, align

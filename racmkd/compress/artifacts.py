@@ -67,7 +67,9 @@ def specs_from_contract(contract: dict[str, Any]) -> dict[str, Any]:
     try:
         return {m: SIGNALS.create(m).spec_from_dict(entry["spec"]) for m, entry in contract["inputs"].items()}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise ExportError(f"model {contract.get('model', '?')!r}: its contract's inputs are damaged ({type(err).__name__}: {err}); export it again with `racmkd export`") from None
+        raise ExportError(
+            f"model {contract.get('model', '?')!r}: its contract's inputs are damaged ({type(err).__name__}: {err}); export it again with `racmkd export`"
+        ) from None
 
 
 def stores_weights_only_in_int8(model: onnx.ModelProto) -> bool:

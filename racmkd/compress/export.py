@@ -174,7 +174,11 @@ def drop_default_attributes(model: onnx.ModelProto) -> onnx.ModelProto:
         kept = []
         for attr in node.attribute:
             default = schema.attributes[attr.name].default_value if attr.name in schema.attributes else None
-            if default is not None and default.type != onnx.AttributeProto.UNDEFINED and onnx.helper.get_attribute_value(default) == onnx.helper.get_attribute_value(attr):
+            if (
+                default is not None
+                and default.type != onnx.AttributeProto.UNDEFINED
+                and onnx.helper.get_attribute_value(default) == onnx.helper.get_attribute_value(attr)
+            ):
                 continue
             if node.op_type == "Conv" and attr.name in _CONV_ABSENT_MEANS and list(attr.ints) and all(v == _CONV_ABSENT_MEANS[attr.name] for v in attr.ints):
                 continue
@@ -220,7 +224,16 @@ def compact_file(path: Path) -> dict[str, int]:
     return by_module
 
 
-def export_onnx(model: MultimodalNet, specs: dict[str, Any], modalities: dict[str, Modality], path: Path, name: str = "model", present: list[str] | None = None, extra_meta: dict[str, Any] | None = None, share: bool = False) -> Path:
+def export_onnx(
+    model: MultimodalNet,
+    specs: dict[str, Any],
+    modalities: dict[str, Modality],
+    path: Path,
+    name: str = "model",
+    present: list[str] | None = None,
+    extra_meta: dict[str, Any] | None = None,
+    share: bool = False,
+) -> Path:
     """Write `model` (BatchNorm folded) to `path` as ONNX with its contract; `present` exports the
     graph for a subset of its modalities (a variant with a sensor off); `share` exports only those
     modalities' additive share of a student's logits (see `InputGraph`). A graph this process
@@ -283,7 +296,18 @@ def _exported(wrapper: nn.Module, example: tuple[torch.Tensor, ...], present: li
         with _EXPORTING, _torchlib_registry_reused(), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), redirect_stdout(StringIO()):
             warnings.simplefilter("ignore")
             raw = Path(tmp) / "model.onnx"
-            torch.onnx.export(wrapper, example, raw, input_names=present, output_names=["logits"], opset_version=OPSET, dynamo=True, external_data=False, dynamic_shapes=(tuple({0: batch} for _ in present),), optimize=True)
+            torch.onnx.export(
+                wrapper,
+                example,
+                raw,
+                input_names=present,
+                output_names=["logits"],
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                dynamic_shapes=(tuple({0: batch} for _ in present),),
+                optimize=True,
+            )
             return onnx.load(raw)
     except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
         raise ExportError(f"{path}: ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
@@ -355,7 +379,9 @@ def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
         model.metadata_props.add(key=key, value=value)
 
 
-def onnx_logits(sess: ort.InferenceSession, specs: dict[str, Any], dataset: PairedDataset, split: str, limit: int = 0, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+def onnx_logits(
+    sess: ort.InferenceSession, specs: dict[str, Any], dataset: PairedDataset, split: str, limit: int = 0, batch_size: int = 500
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits (N, K) of an ONNX session on a split (fixed corruption draws) and the labels (N,)."""
     names = [i.name for i in sess.get_inputs()]
     outputs, labels = [], []
@@ -402,11 +428,15 @@ def fp32_parity(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray, p
     models are judged against it, so a wrong one would ship and set the reference for the rest."""
     p = parity(logits, reference, labels)
     if not p.max_abs_logit_diff <= FP32_LOGIT_TOLERANCE:  # NaN included
-        raise ExportError(f"{path}: its logits differ from PyTorch's by up to {p.max_abs_logit_diff:.3g} (argmax agreement {p.argmax_agreement:.4f} over {p.samples} test samples; rounding stays below {FP32_LOGIT_TOLERANCE:g}): the export is wrong, nothing is deployed from it")
+        raise ExportError(
+            f"{path}: its logits differ from PyTorch's by up to {p.max_abs_logit_diff:.3g} (argmax agreement {p.argmax_agreement:.4f} over {p.samples} test samples; rounding stays below {FP32_LOGIT_TOLERANCE:g}): the export is wrong, nothing is deployed from it"
+        )
     return p
 
 
-def torch_logits(model: MultimodalNet, specs: dict[str, Any], dataset: PairedDataset, split: str, present: list[str] | None = None, limit: int = 0) -> np.ndarray:
+def torch_logits(
+    model: MultimodalNet, specs: dict[str, Any], dataset: PairedDataset, split: str, present: list[str] | None = None, limit: int = 0
+) -> np.ndarray:
     """PyTorch logits of `model` on a split, with only `present` modalities given (default: all)."""
     from racmkd.models.inference import predict_split
 

@@ -27,7 +27,9 @@ def input_values(modalities: dict[str, Modality], specs: dict[str, Any]) -> dict
     return {m: math.prod(modalities[m].feature_shape(s)) for m, s in specs.items()}
 
 
-def reduce_inputs(model: MultimodalNet, specs: dict[str, Any], modalities: dict[str, Modality], knobs: dict[str, dict[str, Any]]) -> tuple[MultimodalNet, dict[str, Any]]:
+def reduce_inputs(
+    model: MultimodalNet, specs: dict[str, Any], modalities: dict[str, Modality], knobs: dict[str, dict[str, Any]]
+) -> tuple[MultimodalNet, dict[str, Any]]:
     """The model (structure pinned, input shapes updated in its arch) and its new specs, with each
     modality in `knobs` reduced by its own `Modality.reduce`."""
     unknown = set(knobs) - set(specs)
@@ -43,7 +45,9 @@ def reduce_inputs(model: MultimodalNet, specs: dict[str, Any], modalities: dict[
 
 
 @torch.no_grad()
-def band_importance(model: MultimodalNet, specs: dict[str, Any], dataset: PairedDataset, modality: str = "audio", samples: int = 2000, split: str = "val") -> list[float]:
+def band_importance(
+    model: MultimodalNet, specs: dict[str, Any], dataset: PairedDataset, modality: str = "audio", samples: int = 2000, split: str = "val"
+) -> list[float]:
     """For each band (row) of a 2-D input: the growth of the model's mean cross-entropy when that
     band alone is replaced by its mean over the samples."""
     model.eval()

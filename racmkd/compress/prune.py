@@ -41,7 +41,9 @@ IMPORTANCES = {
 }
 
 
-def prune_encoders(model: MultimodalNet, ratios: dict[str, float] | float, importance: str = "l2", multiple: int = 1, reference: dict[str, list[int]] | None = None) -> MultimodalNet:
+def prune_encoders(
+    model: MultimodalNet, ratios: dict[str, float] | float, importance: str = "l2", multiple: int = 1, reference: dict[str, list[int]] | None = None
+) -> MultimodalNet:
     """Remove a share of the output channels of every layer of each encoder (in place): `ratios`
     per modality (or one for all), least important channels first. Each layer keeps the multiple of
     `multiple` nearest to its share (`layer_targets`), at least `multiple` (or the layer's size).

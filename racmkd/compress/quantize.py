@@ -90,7 +90,9 @@ def quantizable_nodes(model_path: Path) -> list[onnx.NodeProto]:
     return [n for n in onnx.load(model_path).graph.node if n.op_type in QUANTIZED_OPS]
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.ndarray], keep_float: list[str] | tuple[str, ...] = (), only: list[str] | None = None) -> Path:
+def quantize_int8(
+    fp32_path: Path, out_path: Path, calibration: dict[str, np.ndarray], keep_float: list[str] | tuple[str, ...] = (), only: list[str] | None = None
+) -> Path:
     """Static QDQ int8 quantization of an exported model; `keep_float` names layers (nodes of the
     pre-processed graph) left in fp32, `only` quantizes just these. Keeps the racmkd contract, adds
     the precision of every layer to it."""
@@ -108,8 +110,17 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: dict[str, np.nda
         root.setLevel(logging.ERROR)  # the quantizer logs per-tensor notes on the root logger
         try:
             quantize_static(
-                str(pre), str(quantized), _Feeder(calibration, names), quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS, per_channel=True,
-                reduce_range=WEIGHT_QMAX < 127, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(keep_float), nodes_to_quantize=only,
+                str(pre),
+                str(quantized),
+                _Feeder(calibration, names),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=QUANTIZED_OPS,
+                per_channel=True,
+                reduce_range=WEIGHT_QMAX < 127,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(keep_float),
+                nodes_to_quantize=only,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )
         finally:
@@ -228,9 +239,13 @@ def layer_sensitivity(fp32_path: Path, calibration: dict[str, np.ndarray], evalu
             elements, channels = sizes.get(node.name, (0, 1))
             rows.append(
                 LayerSensitivity(
-                    node.name, node.op_type, elements, mean_kl(reference, logits),
+                    node.name,
+                    node.op_type,
+                    elements,
+                    mean_kl(reference, logits),
                     float((logits.argmax(1) == labels).mean() - (reference.argmax(1) == labels).mean()),
-                    4 * elements, elements + 5 * channels,  # int8 weights + a float scale and an int8 zero point per channel
+                    4 * elements,
+                    elements + 5 * channels,  # int8 weights + a float scale and an int8 zero point per channel
                 )
             )
     return rows
@@ -251,7 +266,9 @@ def choose_mixed_precision(sensitivity: list[LayerSensitivity], budget_bytes: in
     return kept, total
 
 
-def fewest_float_layers(fp32_path: Path, calibration: dict[str, np.ndarray], evaluation: dict[str, np.ndarray], candidates: list[str], min_agreement: float) -> tuple[list[str], list[dict[str, Any]]]:
+def fewest_float_layers(
+    fp32_path: Path, calibration: dict[str, np.ndarray], evaluation: dict[str, np.ndarray], candidates: list[str], min_agreement: float
+) -> tuple[list[str], list[dict[str, Any]]]:
     """The fewest layers to keep in fp32: the shortest head of `candidates` (most useful first, as
     `choose_mixed_precision` orders them) whose int8 model agrees with the fp32 model's argmax on
     `min_agreement` of new samples; all of them when no head does. One or two sensitive layers

@@ -64,7 +64,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
             entry = {entry: {}}
         if not isinstance(entry, dict) or len(entry) != 1:
             raise RecipeError(f"{source}: steps[{i}]: expected one step name with its options, e.g. `- prune: {{ratio: 0.5}}`")
-        (name, options), = entry.items()
+        ((name, options),) = entry.items()
         if name not in COMPRESSORS:
             close = difflib.get_close_matches(str(name), COMPRESSORS.names(), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -83,9 +83,13 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     if "prune" in after_lowrank:
         raise RecipeError(f"{source}: prune after lowrank would cut factorised layers; prune first, then factorise")
     if "align" in after_lowrank:
-        raise RecipeError(f"{source}: align after lowrank would leave the factorised layers unaligned (their rank was chosen, not their channels); align first, then factorise")
+        raise RecipeError(
+            f"{source}: align after lowrank would leave the factorised layers unaligned (their rank was chosen, not their channels); align first, then factorise"
+        )
     if "qat" in names and any(n in REFINING for n in names[names.index("qat") :]):
-        raise RecipeError(f"{source}: {[n for n in names[names.index('qat'):] if n in REFINING]} after qat would retrain the weights in float and undo it; put qat last before export")
+        raise RecipeError(
+            f"{source}: {[n for n in names[names.index('qat') :] if n in REFINING]} after qat would retrain the weights in float and undo it; put qat last before export"
+        )
     return Recipe(source, tuple(steps))
 
 
@@ -138,6 +142,15 @@ def run_recipe(recipe: Recipe, subject: Subject, ctx: Context) -> list[dict[str,
         if name == "export":
             candidate = subject.manifest["candidates"][next(k for k, c in subject.manifest["candidates"].items() if c["path"] == subject.manifest["artifact"])]
             after.update(bytes_deployable=candidate["bytes"], format=subject.manifest["format"], test_accuracy=candidate["parity"]["accuracy"])
-        log.append({"step": name, "options": to_dict(step.options), "before": state, "after": after, "details": details, "seconds": round(time.perf_counter() - started, 1)})
+        log.append(
+            {
+                "step": name,
+                "options": to_dict(step.options),
+                "before": state,
+                "after": after,
+                "details": details,
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
         state = after
     return log

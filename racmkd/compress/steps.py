@@ -30,7 +30,15 @@ from racmkd.compress.export import compact_file, export_onnx, fp32_parity, onnx_
 from racmkd.compress.inputs import band_importance, most_informative, reduce_inputs
 from racmkd.compress.lowrank import lowrank_model, plan_ranks
 from racmkd.compress.prune import MAX_RATIO, align_channels, prune_encoders, ratio_for_bytes
-from racmkd.compress.quantize import calibration_inputs, choose_mixed_precision, fake_quantized, fewest_float_layers, layer_sensitivity, quantize_int8, quantize_weights_int8
+from racmkd.compress.quantize import (
+    calibration_inputs,
+    choose_mixed_precision,
+    fake_quantized,
+    fewest_float_layers,
+    layer_sensitivity,
+    quantize_int8,
+    quantize_weights_int8,
+)
 from racmkd.config import RunConfig, TrainConfig
 from racmkd.data.dataset import FeatureCache, PairedDataset
 from racmkd.distill.adaptive import ObjectiveWeights
@@ -96,13 +104,35 @@ def finetune(subject: Subject, ctx: Context, options: Finetune, desc: str) -> fl
     if options.epochs <= 0:
         return float("nan")
     base = ctx.cfg.students.train
-    train = TrainConfig(epochs=options.epochs, batch_size=base.batch_size, lr=options.lr, weight_decay=base.weight_decay, modality_dropout=base.modality_dropout, precision="fp32", mixup=base.mixup)
+    train = TrainConfig(
+        epochs=options.epochs,
+        batch_size=base.batch_size,
+        lr=options.lr,
+        weight_decay=base.weight_decay,
+        modality_dropout=base.modality_dropout,
+        precision="fp32",
+        mixup=base.mixup,
+    )
     job = Job(subject.name, subject.model, subject.specs, train, subject.weights, ctx.cfg.distill)
     ctx.seed += 1
     seed = ctx.cfg.seed + 1000 + ctx.seed
     attach_projection(job, ctx.teachers[0].model, seed)  # the same start whatever ran before in the process
     with torch_threads(ctx.cfg.threads):
-        train_jobs(ctx.dataset, [job], options.epochs, train.batch_size, seed, ctx.teachers, samples_per_epoch=options.samples, val_limit=ctx.val_samples, augment=ctx.cfg.data.augment, teacher_precision=ctx.cfg.teacher.fused.precision, desc=desc, teacher_cache=ctx.teacher_cache, input_cache=ctx.shared_inputs.cache_for(subject.specs) if ctx.shared_inputs else None)
+        train_jobs(
+            ctx.dataset,
+            [job],
+            options.epochs,
+            train.batch_size,
+            seed,
+            ctx.teachers,
+            samples_per_epoch=options.samples,
+            val_limit=ctx.val_samples,
+            augment=ctx.cfg.data.augment,
+            teacher_precision=ctx.cfg.teacher.fused.precision,
+            desc=desc,
+            teacher_cache=ctx.teacher_cache,
+            input_cache=ctx.shared_inputs.cache_for(subject.specs) if ctx.shared_inputs else None,
+        )
     return job.best_accuracy
 
 
@@ -170,7 +200,10 @@ class PruneOptions:
 
     def __post_init__(self) -> None:
         require(self.importance in ("l1", "l2", "bn"), f"prune: importance must be l1, l2 or bn, got {self.importance!r}")
-        require(0 <= self.max_drop <= 1 and self.target_bytes >= 0, f"prune: max_drop must be in [0, 1] and target_bytes >= 0, got {self.max_drop} and {self.target_bytes}")
+        require(
+            0 <= self.max_drop <= 1 and self.target_bytes >= 0,
+            f"prune: max_drop must be in [0, 1] and target_bytes >= 0, got {self.max_drop} and {self.target_bytes}",
+        )
         require(self.multiple >= 1, f"prune: multiple must be >= 1, got {self.multiple}")
         require(self.steps >= 1, f"prune: steps must be at least 1, got {self.steps}")
 
@@ -252,7 +285,10 @@ class AlignOptions:
 
     def __post_init__(self) -> None:
         require(self.importance in ("l1", "l2", "bn"), f"align: importance must be l1, l2 or bn, got {self.importance!r}")
-        require(self.multiple >= 2 and 0 <= self.max_drop <= 1 and self.latency_iters >= 1, f"align: multiple must be >= 2, max_drop in [0, 1] and latency_iters >= 1, got {self.multiple}, {self.max_drop} and {self.latency_iters}")
+        require(
+            self.multiple >= 2 and 0 <= self.max_drop <= 1 and self.latency_iters >= 1,
+            f"align: multiple must be >= 2, max_drop in [0, 1] and latency_iters >= 1, got {self.multiple}, {self.max_drop} and {self.latency_iters}",
+        )
 
 
 @COMPRESSORS.register("align")
@@ -288,7 +324,12 @@ class Align(Step):
                 sessions[key] = session(export_onnx(model, subject.specs, ctx.dataset.modalities, path))
             finally:
                 path.unlink(missing_ok=True)
-        timed = latency_round_robin({k: (lambda s=s: s.run(["logits"], one)) for k, s in sessions.items()}, warmup=20, iters=self.options.latency_iters, rounds=rounds_for(self.options.latency_iters))
+        timed = latency_round_robin(
+            {k: (lambda s=s: s.run(["logits"], one)) for k, s in sessions.items()},
+            warmup=20,
+            iters=self.options.latency_iters,
+            rounds=rounds_for(self.options.latency_iters),
+        )
         return {k: t["p50"] for k, t in timed.items()}
 
 
@@ -304,7 +345,11 @@ class LowRankOptions:
     budget_bytes: int = 0
 
     def __post_init__(self) -> None:
-        require(0 < self.energy <= 1 and self.budget_bytes >= 0, f"lowrank: energy must be in (0, 1] and budget_bytes >= 0, got {self.energy} and {self.budget_bytes}")
+        require(
+            0 < self.energy <= 1 and self.budget_bytes >= 0,
+            f"lowrank: energy must be in (0, 1] and budget_bytes >= 0, got {self.energy} and {self.budget_bytes}",
+        )
+
     finetune: Finetune = Finetune(epochs=1, samples=12800)
 
 
@@ -350,7 +395,11 @@ class Inputs(Step):
             if m not in subject.specs:
                 raise ValueError(f"inputs: {subject.name} does not use {m} (it uses {list(subject.specs)})")
             spec = subject.specs[m]
-            lowering = {k: v for k, v in knobs.items() if not (isinstance(v, (int, float)) and isinstance(getattr(spec, k, None), (int, float)) and getattr(spec, k) <= v)}
+            lowering = {
+                k: v
+                for k, v in knobs.items()
+                if not (isinstance(v, (int, float)) and isinstance(getattr(spec, k, None), (int, float)) and getattr(spec, k) <= v)
+            }
             if lowering:
                 out[m] = lowering
         return out
@@ -383,6 +432,7 @@ class BandsOptions:
 
     def __post_init__(self) -> None:
         require(self.keep >= 0 and self.samples >= 1, f"bands: keep must be >= 0 and samples >= 1, got {self.keep} and {self.samples}")
+
     finetune: Finetune = Finetune()
 
 
@@ -488,9 +538,18 @@ class ExportOptions:
     def __post_init__(self) -> None:
         require(self.int8 in ("static", "mixed", "none"), f"export: int8 must be static, mixed or none, got {self.int8!r}")
         require(self.prefer in ("faster", "smaller"), f"export: prefer must be faster or smaller, got {self.prefer!r}")
-        require(0 <= self.min_agreement <= 1 and 0 <= self.max_accuracy_drop <= 1, f"export: min_agreement and max_accuracy_drop must be in [0, 1], got {self.min_agreement} and {self.max_accuracy_drop}")
-        require(self.latency_iters >= 1 and (self.int8 == "none" or min(self.calibration_samples, self.sensitivity_samples) >= 1), "export: latency_iters, and for int8 calibration_samples and sensitivity_samples, must be >= 1")
-        require(self.int8 != "mixed" or 1.0 <= self.mixed_budget < math.inf, f"export: mixed_budget {self.mixed_budget} must be a finite multiple of the all-int8 size, at least 1.0 (below, an impossible budget)")
+        require(
+            0 <= self.min_agreement <= 1 and 0 <= self.max_accuracy_drop <= 1,
+            f"export: min_agreement and max_accuracy_drop must be in [0, 1], got {self.min_agreement} and {self.max_accuracy_drop}",
+        )
+        require(
+            self.latency_iters >= 1 and (self.int8 == "none" or min(self.calibration_samples, self.sensitivity_samples) >= 1),
+            "export: latency_iters, and for int8 calibration_samples and sensitivity_samples, must be >= 1",
+        )
+        require(
+            self.int8 != "mixed" or 1.0 <= self.mixed_budget < math.inf,
+            f"export: mixed_budget {self.mixed_budget} must be a finite multiple of the all-int8 size, at least 1.0 (below, an impossible budget)",
+        )
 
     def meets_bound(self, kind: str, parity: dict[str, Any]) -> bool:
         """Whether an exported file of this `kind` is within the parity bound: fp32 must agree with
@@ -508,7 +567,14 @@ class Export(Step):
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
         o = self.options
         ds = ctx.dataset
-        fp32_path = export_onnx(subject.model, subject.specs, ds.modalities, subject.workdir / "fp32.onnx", name=f"{subject.name}_compressed", extra_meta={"precision": "fp32", "tier": subject.name})
+        fp32_path = export_onnx(
+            subject.model,
+            subject.specs,
+            ds.modalities,
+            subject.workdir / "fp32.onnx",
+            name=f"{subject.name}_compressed",
+            extra_meta={"precision": "fp32", "tier": subject.name},
+        )
         reference = torch_logits(subject.model, subject.specs, ds, "test")
         fp32_logits, labels = onnx_logits(session(fp32_path), subject.specs, ds, "test")
         candidates = {"fp32": {"path": fp32_path, "format": "onnx-fp32", "parity": fp32_parity(fp32_logits, reference, labels, fp32_path).as_dict()}}
@@ -524,10 +590,20 @@ class Export(Step):
                 budget = int(o.mixed_budget * sum(s.bytes_int8 for s in sensitivity))
                 allowed, _ = choose_mixed_precision(sensitivity, budget)
                 keep_float, trials = fewest_float_layers(fp32_path, calibration, validation, allowed, o.min_agreement)
-                details["mixed_precision"] = {"budget_bytes": budget, "allowed_fp32": allowed, "kept_fp32": keep_float, "trials": trials, "layers": [asdict(s) for s in sensitivity]}
+                details["mixed_precision"] = {
+                    "budget_bytes": budget,
+                    "allowed_fp32": allowed,
+                    "kept_fp32": keep_float,
+                    "trials": trials,
+                    "layers": [asdict(s) for s in sensitivity],
+                }
             int8_path = quantize_int8(fp32_path, subject.workdir / "int8.onnx", calibration, keep_float=keep_float)
             int8_logits, _ = onnx_logits(session(int8_path), subject.specs, ds, "test")
-            candidates["int8"] = {"path": int8_path, "format": "onnx-mixed" if keep_float else "onnx-int8", "parity": parity(int8_logits, fp32_logits, labels).as_dict()}
+            candidates["int8"] = {
+                "path": int8_path,
+                "format": "onnx-mixed" if keep_float else "onnx-int8",
+                "parity": parity(int8_logits, fp32_logits, labels).as_dict(),
+            }
         if o.int8_weights:
             weights_path = quantize_weights_int8(fp32_path, subject.workdir / "int8-weights.onnx")
             weights_logits, _ = onnx_logits(session(weights_path), subject.specs, ds, "test")
@@ -536,13 +612,21 @@ class Export(Step):
             c["weight_bytes_by_module"] = compact_file(c["path"])
         sessions = {k: session(c["path"]) for k, c in candidates.items()}
         one = {m: x[:1] for m, x in calibration_inputs(ds, subject.specs, 1, split="test").items()}
-        latency = latency_round_robin({k: (lambda s=s: s.run(["logits"], one)) for k, s in sessions.items()}, warmup=20, iters=o.latency_iters, rounds=rounds_for(o.latency_iters), keep_rounds=True)
+        latency = latency_round_robin(
+            {k: (lambda s=s: s.run(["logits"], one)) for k, s in sessions.items()},
+            warmup=20,
+            iters=o.latency_iters,
+            rounds=rounds_for(o.latency_iters),
+            keep_rounds=True,
+        )
         for key, c in candidates.items():
             c["latency_ms"] = latency[key]
             c["bytes"] = c["path"].stat().st_size
         chosen, reason = choose_artifact(candidates, o)
         set_aside_rejected(candidates, chosen)
-        subject.manifest.update(artifact=candidates[chosen]["path"].name, format=candidates[chosen]["format"], reason=reason, specs={m: asdict(s) for m, s in subject.specs.items()})
+        subject.manifest.update(
+            artifact=candidates[chosen]["path"].name, format=candidates[chosen]["format"], reason=reason, specs={m: asdict(s) for m, s in subject.specs.items()}
+        )
         subject.manifest["candidates"] = {k: {kk: (vv.name if isinstance(vv, Path) else vv) for kk, vv in c.items()} for k, c in candidates.items()}
         return {"chosen": chosen, "reason": reason, "candidates": subject.manifest["candidates"], **details}
 
@@ -559,14 +643,19 @@ def choose_artifact(candidates: dict[str, dict[str, Any]], options: ExportOption
     fp32 = candidates["fp32"]["parity"]
     candidates["fp32"]["meets_bound"] = options.meets_bound("fp32", fp32)
     if not candidates["fp32"]["meets_bound"]:
-        notes.append(f"fp32 misses its bound: it agrees with PyTorch on {fp32['argmax_agreement']:.4%} of the test samples, not all (max logit difference {fp32['max_abs_logit_diff']:.2g}: near ties)")
+        notes.append(
+            f"fp32 misses its bound: it agrees with PyTorch on {fp32['argmax_agreement']:.4%} of the test samples, not all (max logit difference {fp32['max_abs_logit_diff']:.2g}: near ties)"
+        )
     for name in ("int8", "int8-weights"):
         if name not in candidates:
             continue
         p = candidates[name]["parity"]
         candidates[name]["meets_bound"] = options.meets_bound(name, p)
         if not candidates[name]["meets_bound"]:
-            notes.append(f"{name} misses the bound (agreement {p['argmax_agreement']:.4f} < {options.min_agreement} or accuracy drop {p['reference_accuracy'] - p['accuracy']:+.4f} > {options.max_accuracy_drop})" + ("; `int8: mixed` keeps its most sensitive layers in fp32" if name == "int8" and options.int8 == "static" else ""))
+            notes.append(
+                f"{name} misses the bound (agreement {p['argmax_agreement']:.4f} < {options.min_agreement} or accuracy drop {p['reference_accuracy'] - p['accuracy']:+.4f} > {options.max_accuracy_drop})"
+                + ("; `int8: mixed` keeps its most sensitive layers in fp32" if name == "int8" and options.int8 == "static" else "")
+            )
     acceptable = [k for k, c in candidates.items() if c["meets_bound"]]
     if not acceptable:
         notes.append("no candidate is within its bound: fp32 is deployed as the nearest to PyTorch")
@@ -577,7 +666,11 @@ def choose_artifact(candidates: dict[str, dict[str, Any]], options: ExportOption
         fastest = min(acceptable, key=lambda k: p50[k])
         tied = [k for k in acceptable if not clearly_faster(candidates[fastest]["latency_ms"], candidates[k]["latency_ms"])]
         chosen = min(tied, key=lambda k: size[k])
-        why = "faster" if len(tied) == 1 else f"the smallest of {', '.join(tied)} (as fast: p50s within {LATENCY_TIE:.0%}, or the faster won fewer than {ROUNDS_WON:.0%} of the paired timing rounds)"
+        why = (
+            "faster"
+            if len(tied) == 1
+            else f"the smallest of {', '.join(tied)} (as fast: p50s within {LATENCY_TIE:.0%}, or the faster won fewer than {ROUNDS_WON:.0%} of the paired timing rounds)"
+        )
     else:
         chosen = min(acceptable, key=lambda k: size[k])
         why = "smaller"

@@ -221,7 +221,9 @@ def cache_path(cfg: DataConfig) -> Path:
     """Where the built dataset for this config is cached: one file per (data root and its files,
     protocol, split and pairing settings)."""
     key = {k: v for k, v in to_dict(cfg).items() if k not in ("root", "cache_dir", "max_train", "max_eval", "augment")}
-    digest = hashlib.sha256(json.dumps([CACHE_VERSION, key, source_fingerprint(data_root(cfg.root), data_folders(cfg), Path(cfg.cache_dir))], sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(
+        json.dumps([CACHE_VERSION, key, source_fingerprint(data_root(cfg.root), data_folders(cfg), Path(cfg.cache_dir))], sort_keys=True).encode()
+    ).hexdigest()[:12]
     return Path(cfg.cache_dir) / f"dataset-{cfg.protocol}-{digest}.pt"
 
 

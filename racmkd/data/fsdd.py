@@ -117,5 +117,9 @@ def _names_astray(named_files: list[tuple[str, bytes]]) -> str:
     def listed(files: list[str]) -> str:
         return ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
 
-    parts = [f"{what} {listed(files)}" for what, files in (("missing", missing), ("not in the release:", extra), ("content differs from the release:", changed)) if files]
+    parts = [
+        f"{what} {listed(files)}"
+        for what, files in (("missing", missing), ("not in the release:", extra), ("content differs from the release:", changed))
+        if files
+    ]
     return "; " + "; ".join(parts) if parts else ""

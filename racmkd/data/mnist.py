@@ -59,7 +59,9 @@ def parse_idx(data: bytes, path: Path, expected_sha256: str | None = None) -> np
     if expected_sha256 is not None:
         digest = hashlib.sha256(data).hexdigest()
         if digest != expected_sha256:
-            raise DataError(f"{path}: sha256 of the decompressed content is {digest}, expected {expected_sha256} (its layout is sound: the values differ). {FIX}")
+            raise DataError(
+                f"{path}: sha256 of the decompressed content is {digest}, expected {expected_sha256} (its layout is sound: the values differ). {FIX}"
+            )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 

@@ -178,10 +178,16 @@ class ImageModality(Modality):
         val_rows, train_rows = order[: cfg.val_images].sort().values, order[cfg.val_images :].sort().values
 
         def bank(images: np.ndarray, labels: np.ndarray, rows: torch.Tensor, prefix: str) -> Bank:
-            return Bank(torch.from_numpy(images[rows.numpy()].copy()), torch.from_numpy(labels[rows.numpy()].astype(np.int64)), [f"{prefix}-{int(r)}" for r in rows])
+            return Bank(
+                torch.from_numpy(images[rows.numpy()].copy()), torch.from_numpy(labels[rows.numpy()].astype(np.int64)), [f"{prefix}-{int(r)}" for r in rows]
+            )
 
         everything = torch.arange(len(test_images))
-        return {"train": bank(train_images, train_labels, train_rows, "mnist-train"), "val": bank(train_images, train_labels, val_rows, "mnist-train"), "test": bank(test_images, test_labels, everything, "mnist-test")}
+        return {
+            "train": bank(train_images, train_labels, train_rows, "mnist-train"),
+            "val": bank(train_images, train_labels, val_rows, "mnist-train"),
+            "test": bank(test_images, test_labels, everything, "mnist-test"),
+        }
 
     def degrade_banks(self, banks: dict[str, Bank]) -> tuple[dict[str, Bank], dict[str, Any]]:
         if self.protocol != "avmnist":
@@ -215,13 +221,15 @@ class ImageModality(Modality):
             raw = random_affine(raw, torch.Generator().manual_seed(augment_seed), o.rotation_deg, o.shift, o.zoom)
         return resize(center_crop(raw, spec.crop), spec.resolution).unsqueeze(1)  # (B, 1, res, res)
 
-    reductions = {"resolution": "side of the square input (24 -> 16 -> 12 -> 8)", "crop": "centre region of interest, in pixels of the 28x28 digit, before resizing"}
+    reductions = {
+        "resolution": "side of the square input (24 -> 16 -> 12 -> 8)",
+        "crop": "centre region of interest, in pixels of the 28x28 digit, before resizing",
+    }
 
     def check_reduction(self, spec: ImageSpec, reduced: ImageSpec) -> None:
         super().check_reduction(spec, reduced)
         if not 1 <= reduced.resolution or not reduced.resolution <= reduced.crop <= self.size:
             raise ValueError(f"image: need 1 <= resolution <= crop <= {self.size}, got resolution {reduced.resolution}, crop {reduced.crop}")
-
 
 
 # ------------------------------------------------------------------------------------------------
@@ -262,7 +270,9 @@ class AudioModality(Modality):
         banks = {}
         for split, recs in grouped.items():
             if not recs:
-                raise DataError(f"FSDD: no recording falls in the {split} split (repetitions {self.options.val_repetitions} val, {self.options.test_repetitions} test)")
+                raise DataError(
+                    f"FSDD: no recording falls in the {split} split (repetitions {self.options.val_repetitions} val, {self.options.test_repetitions} test)"
+                )
             windows, spans, power = [], [], []
             for rec in recs:
                 window, start, end = fix_length(self._at_rate(rec.samples), self.samples)
@@ -342,7 +352,11 @@ class AudioModality(Modality):
             features = features[:, list(spec.bands)]  # (B, len(bands), n_frames)
         return features.unsqueeze(1)  # (B, 1, n_mels, n_frames)
 
-    reductions = {"n_mels": "mel bands (64 -> 32 -> 16 -> 8)", "n_frames": "frames, by temporal average pooling (32 -> 16 -> 8)", "bands": "which mel bands are kept (band selection, most informative first)"}
+    reductions = {
+        "n_mels": "mel bands (64 -> 32 -> 16 -> 8)",
+        "n_frames": "frames, by temporal average pooling (32 -> 16 -> 8)",
+        "bands": "which mel bands are kept (band selection, most informative first)",
+    }
 
     def check_reduction(self, spec: AudioSpec, reduced: AudioSpec) -> None:
         super().check_reduction(spec, reduced)

@@ -197,7 +197,15 @@ class AudioSpec:
     def __post_init__(self) -> None:
         # Values a hand-edited contract can carry, each of which failed deep in resampling or the
         # mel filterbank (sample_rate -5: "up and down must be >= 1"; samples 0: a zero-size array).
-        counts = {"sample_rate": self.sample_rate, "samples": self.samples, "n_fft": self.n_fft, "win_length": self.win_length, "hop_length": self.hop_length, "n_mels": self.n_mels, "n_frames": self.n_frames}
+        counts = {
+            "sample_rate": self.sample_rate,
+            "samples": self.samples,
+            "n_fft": self.n_fft,
+            "win_length": self.win_length,
+            "hop_length": self.hop_length,
+            "n_mels": self.n_mels,
+            "n_frames": self.n_frames,
+        }
         bad = {k: v for k, v in counts.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
         if bad:
             raise ConfigError(f"{', '.join(f'{k} {v!r}' for k, v in bad.items())}: each must be a whole number >= 1")
@@ -300,13 +308,17 @@ def power_spectrogram(wave: np.ndarray, n_fft: int, win_length: int, hop_length:
     length took a quarter longer (one second at 8 kHz, interleaved runs here: 0.060-0.098 ms against
     0.044-0.073; a whole log-mel 0.076-0.134 against 0.061-0.104)."""
     if not 0 < win_length <= n_fft or hop_length < 1:
-        raise ValueError(f"audio: the STFT needs 0 < win_length <= n_fft and hop_length >= 1, got win_length {win_length}, n_fft {n_fft}, hop_length {hop_length}")
+        raise ValueError(
+            f"audio: the STFT needs 0 < win_length <= n_fft and hop_length >= 1, got win_length {win_length}, n_fft {n_fft}, hop_length {hop_length}"
+        )
     b, length = wave.shape
     pad = n_fft // 2
     padded = np.zeros((b, length + 2 * pad), dtype=np.float32)
     padded[:, pad : pad + length] = wave
     step, item = padded.strides
-    frames = np.lib.stride_tricks.as_strided(padded, shape=(b, frames_for(length, n_fft, hop_length), n_fft), strides=(step, hop_length * item, item), writeable=False)
+    frames = np.lib.stride_tricks.as_strided(
+        padded, shape=(b, frames_for(length, n_fft, hop_length), n_fft), strides=(step, hop_length * item, item), writeable=False
+    )
     power = np.abs(scipy.fft.rfft(frames * _window(win_length, n_fft), axis=-1))
     power *= power
     return power
@@ -357,7 +369,9 @@ class AudioSignal(Signal):
         if rate != spec.sample_rate:
             wave = resample(wave, rate, spec.sample_rate)
             if not np.isfinite(wave).all():  # interpolation overshoots samples near float32's limits into infinities (NaN features)
-                raise ValueError(f"audio: resampled from {rate} Hz to {spec.sample_rate} Hz, the waveform goes beyond float32's range (its samples lie near float32's limits): scale it to [-1, 1]")
+                raise ValueError(
+                    f"audio: resampled from {rate} Hz to {spec.sample_rate} Hz, the waveform goes beyond float32's range (its samples lie near float32's limits): scale it to [-1, 1]"
+                )
         return fix_length(wave, spec.samples)[0][None]
 
     def blank(self, spec: AudioSpec) -> np.ndarray:

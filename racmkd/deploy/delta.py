@@ -68,7 +68,9 @@ def apply_delta(base: bytes, delta: bytes, max_bytes: int | None = None) -> byte
         size = zstd.frame_content_size(body)
         if max_bytes is not None and (size < 0 or size > max_bytes):
             raise DeltaError(f"the delta would produce {size} bytes, not the {max_bytes} promised")
-        target = zstd.ZstdDecompressor(dict_data=zstd.ZstdCompressionDict(base, dict_type=zstd.DICT_TYPE_RAWCONTENT), max_window_size=2 ** int(header["window_log"])).decompress(body)
+        target = zstd.ZstdDecompressor(
+            dict_data=zstd.ZstdCompressionDict(base, dict_type=zstd.DICT_TYPE_RAWCONTENT), max_window_size=2 ** int(header["window_log"])
+        ).decompress(body)
     except zstd.ZstdError as err:
         raise DeltaError(f"corrupted delta ({err})") from None
     if sha256(target) != header["target_sha256"]:

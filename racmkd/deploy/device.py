@@ -34,7 +34,6 @@ from racmkd.deploy.signing import SignatureError, verify
 from racmkd.utils import atomic_write_bytes, atomic_write_json, fsync_folder, sha256
 
 
-
 def manifest_problems(manifest: dict[str, Any]) -> list[str]:
     """What is wrong with a release manifest's fields (empty when nothing is)."""
     problems = []
@@ -52,9 +51,12 @@ def manifest_problems(manifest: dict[str, Any]) -> list[str]:
     metrics = manifest.get("metrics", {})
     if not isinstance(metrics, dict):
         problems.append("metrics must be a mapping")
-    elif "accuracy" in metrics and not (isinstance(metrics["accuracy"], (int, float)) and not isinstance(metrics["accuracy"], bool) and 0 <= metrics["accuracy"] <= 1):
+    elif "accuracy" in metrics and not (
+        isinstance(metrics["accuracy"], (int, float)) and not isinstance(metrics["accuracy"], bool) and 0 <= metrics["accuracy"] <= 1
+    ):
         problems.append(f"metrics.accuracy must be a number in [0, 1], got {metrics['accuracy']!r}")  # (offloading weighs it on every request)
     return problems
+
 
 class UpdateRefused(ValueError):
     """An update failed verification (signature, hash, delta base); nothing was changed."""
@@ -131,7 +133,9 @@ def same_release(a: dict[str, Any], b: dict[str, Any]) -> bool:
 class DeviceStore:
     """The releases installed on one device and which is current."""
 
-    def __init__(self, root: Path, public_key: Any, health_check: Callable[[Path, str], None] = default_health_check, keep: int = 2, accept: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, root: Path, public_key: Any, health_check: Callable[[Path, str], None] = default_health_check, keep: int = 2, accept: tuple[str, ...] = ()
+    ) -> None:
         self.root, self.public_key, self.health_check, self.keep, self.accept = Path(root), public_key, health_check, keep, tuple(accept)
         (self.root / "slots").mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -215,12 +219,18 @@ class DeviceStore:
         newest = self.newest(state).get(manifest["name"])
         # The release a rollback replaced (now the previous one) may come again, a roll forward, and
         # only that one: a release that an update to another name replaced is as old as any other.
-        forward_again = state.get("rolled_back_from") == manifest["sha256"] and replaced is not None and (replaced.manifest.get("name"), replaced.manifest.get("version")) == (manifest["name"], manifest["version"])
+        forward_again = (
+            state.get("rolled_back_from") == manifest["sha256"]
+            and replaced is not None
+            and (replaced.manifest.get("name"), replaced.manifest.get("version")) == (manifest["name"], manifest["version"])
+        )
         # The current release itself, sent again, repairs a slot damaged since it was installed (no
         # downgrade: the same signed bytes).
         repair = current is not None and same_release(current.manifest, manifest)
         if newest is not None and manifest["version"] <= newest and not (forward_again or repair):
-            raise UpdateRefused(f"{manifest['name']} v{manifest['version']} is not newer than v{newest}, installed here before: downgrades and replays are refused (roll back instead, or publish it as a new version)")
+            raise UpdateRefused(
+                f"{manifest['name']} v{manifest['version']} is not newer than v{newest}, installed here before: downgrades and replays are refused (roll back instead, or publish it as a new version)"
+            )
         if delta:
             if current is None:
                 raise UpdateRefused("a delta needs an installed release to patch; send the full model")
@@ -245,7 +255,9 @@ class DeviceStore:
                 self.health_check(model_path(partial, manifest["kind"]), manifest["kind"])
             except Exception as err:  # noqa: BLE001 - whatever went wrong, the current release stays
                 shutil.rmtree(partial, ignore_errors=True)
-                raise UpdateFailed(f"{manifest['name']} v{manifest['version']} failed its health check ({type(err).__name__}: {err}); {current.label if current else 'nothing'} stays current") from None
+                raise UpdateFailed(
+                    f"{manifest['name']} v{manifest['version']} failed its health check ({type(err).__name__}: {err}); {current.label if current else 'nothing'} stays current"
+                ) from None
             shutil.rmtree(slot, ignore_errors=True)
             partial.rename(slot)
             fsync_folder(slot.parent)  # the rename too, before a commit can name the slot
@@ -279,9 +291,13 @@ class DeviceStore:
             newest = self.newest(state)
             name, version = staged.manifest["name"], int(staged.manifest["version"])
             newest[name] = max(newest.get(name, version), version)
-            repaired = current is not None and same_release(current["manifest"], staged.manifest)  # the current release again: what a rollback replaced may still come forward
+            # the current release again: what a rollback replaced may still come forward
+            repaired = current is not None and same_release(current["manifest"], staged.manifest)
             kept = {"rolled_back_from": state["rolled_back_from"]} if repaired and state.get("rolled_back_from") else {}
-            atomic_write_json(self.root / "state.json", {"current": {"manifest": staged.manifest, "signature": staged.signature}, "previous": replaced, "newest": newest, **kept})
+            atomic_write_json(
+                self.root / "state.json",
+                {"current": {"manifest": staged.manifest, "signature": staged.signature}, "previous": replaced, "newest": newest, **kept},
+            )
             self._prune()
         return self.current()  # type: ignore[return-value]
 
@@ -303,7 +319,15 @@ class DeviceStore:
             if not previous:
                 raise UpdateFailed("no previous release to roll back to")
             replaced = self._entry(state, "current")
-            atomic_write_json(self.root / "state.json", {"current": previous, "previous": replaced, "newest": self.newest(state), "rolled_back_from": replaced["manifest"]["sha256"] if replaced else None})
+            atomic_write_json(
+                self.root / "state.json",
+                {
+                    "current": previous,
+                    "previous": replaced,
+                    "newest": self.newest(state),
+                    "rolled_back_from": replaced["manifest"]["sha256"] if replaced else None,
+                },
+            )
         return self.current()  # type: ignore[return-value]
 
     def _prune(self) -> None:

@@ -155,7 +155,9 @@ class Upstream:
                 raise UpstreamError(f"{self.name}: circuit open after {self.breaker.failures} failures")
             started = time.perf_counter()
             try:
-                call = _CALLS.submit(self.client().post, "/predict", content=body, headers={"Content-Type": content_type}, timeout=min(self.timeout_s, remaining))
+                call = _CALLS.submit(
+                    self.client().post, "/predict", content=body, headers={"Content-Type": content_type}, timeout=min(self.timeout_s, remaining)
+                )
                 try:
                     reply = call.result(timeout=remaining)
                 except FutureTimeout:
@@ -224,7 +226,10 @@ def choose_route(local_accuracy: float, local_ms: float, target_ms: float, upstr
         if expected is None or expected > budget_ms:
             continue
         if up.accuracy > best_accuracy + margin or (not local_in_time and best is None):
-            reason = f"{up.name}: expected {expected:.1f} ms <= {budget_ms:.1f} ms of the {target_ms:g} ms target, accuracy {up.accuracy:.4f} vs local {local_accuracy:.4f}" + ("" if local_in_time else f" (local would take {local_ms:.1f} ms)")
+            reason = (
+                f"{up.name}: expected {expected:.1f} ms <= {budget_ms:.1f} ms of the {target_ms:g} ms target, accuracy {up.accuracy:.4f} vs local {local_accuracy:.4f}"
+                + ("" if local_in_time else f" (local would take {local_ms:.1f} ms)")
+            )
             best, best_accuracy = Route(up.name, reason, expected, budget_ms), max(up.accuracy, best_accuracy)
     if best is not None:
         return best

@@ -37,7 +37,13 @@ def device_fit(artifact: Path, kind: str, devices: list[DeviceProfile]) -> dict[
         model = latency_model(show_progress=False)
         for d in devices:
             p = profile_model(Path(artifact), d, model, measure_here=False)
-            out[d.name] = {"fits": p["fits"], "reason": p["reason"], "rom_bytes": p["rom_bytes"], "ram_bytes": p["ram_bytes"], "estimated_latency_ms": p["estimated_latency_ms"]}
+            out[d.name] = {
+                "fits": p["fits"],
+                "reason": p["reason"],
+                "rom_bytes": p["rom_bytes"],
+                "ram_bytes": p["ram_bytes"],
+                "estimated_latency_ms": p["estimated_latency_ms"],
+            }
         return out
     bank = json.loads((Path(artifact) / "bank.json").read_text())
     rom = sum((Path(artifact) / v["path"]).stat().st_size for v in bank["variants"]) + (Path(artifact) / "bank.json").stat().st_size
@@ -63,7 +69,14 @@ def device_fit(artifact: Path, kind: str, devices: list[DeviceProfile]) -> dict[
         if d.latency_target_ms and cheapest > d.latency_target_ms:
             problems.append(f"even its cheapest configuration, estimated at {cheapest:.3f} ms there, exceeds the {d.latency_target_ms:g} ms target")
         within = f", cheapest configuration {cheapest:.3f} ms <= {d.latency_target_ms:g} ms" if d.latency_target_ms else ""
-        out[d.name] = {"fits": not problems, "reason": "; ".join(problems) or f"ROM {rom:,} <= {d.rom_bytes:,}, RAM {ram:,} <= {d.ram_bytes:,}{within}", "rom_bytes": rom, "ram_bytes": ram, "estimated_latency_ms": cheapest, "fastest_variant_ms_here": fastest}
+        out[d.name] = {
+            "fits": not problems,
+            "reason": "; ".join(problems) or f"ROM {rom:,} <= {d.rom_bytes:,}, RAM {ram:,} <= {d.ram_bytes:,}{within}",
+            "rom_bytes": rom,
+            "ram_bytes": ram,
+            "estimated_latency_ms": cheapest,
+            "fastest_variant_ms_here": fastest,
+        }
     return out
 
 
@@ -77,7 +90,12 @@ class Assignment:
     candidates: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "release": f"{self.release.name} v{self.release.version}" if self.release else None, "reason": self.reason, "candidates": self.candidates}
+        return {
+            "device": self.device,
+            "release": f"{self.release.name} v{self.release.version}" if self.release else None,
+            "reason": self.reason,
+            "candidates": self.candidates,
+        }
 
 
 def plan(registry: ModelRegistry, devices: list[DeviceProfile], public_key: Any | None = None) -> list[Assignment]:
@@ -107,13 +125,22 @@ def plan(registry: ModelRegistry, devices: list[DeviceProfile], public_key: Any 
             if f"{r.name} v{r.version}" in forged:
                 rows.append({"release": f"{r.name} v{r.version}", "fits": False, "accuracy": accuracy, "reason": forged[f"{r.name} v{r.version}"]})
             elif fit is None:
-                rows.append({"release": f"{r.name} v{r.version}", "fits": False, "accuracy": accuracy, "reason": "not profiled for this device (register it with --devices)"})
+                rows.append(
+                    {
+                        "release": f"{r.name} v{r.version}",
+                        "fits": False,
+                        "accuracy": accuracy,
+                        "reason": "not profiled for this device (register it with --devices)",
+                    }
+                )
             else:
                 rows.append({"release": f"{r.name} v{r.version}", "fits": fit["fits"], "accuracy": accuracy, "reason": fit["reason"]})
         fitting = [(r, row) for r, row in zip(releases, rows) if row["fits"] and row["accuracy"] is not None]
         if fitting:
             best, row = max(fitting, key=lambda pair: pair[1]["accuracy"])
-            assignments.append(Assignment(d.name, best, f"{best.name} v{best.version}: the most accurate that fits ({row['accuracy']:.4f}; {row['reason']})", rows))
+            assignments.append(
+                Assignment(d.name, best, f"{best.name} v{best.version}: the most accurate that fits ({row['accuracy']:.4f}; {row['reason']})", rows)
+            )
         else:
             why = "; ".join(f"{row['release']}: {row['reason']}" for row in rows) or "the registry holds no releases"
             assignments.append(Assignment(d.name, None, f"nothing fits: {why}", rows))
@@ -133,8 +160,15 @@ def push(registry: ModelRegistry, release: Release, url: str, token: str, timeou
         except ValueError:
             status = None
         # (a fleet's other devices are still served: apply_fleet records a ValueError per device)
-        if answer.status_code != 200 or not isinstance(status, dict) or not isinstance(status.get("current") or {}, dict) or not isinstance(status.get("serving") or {}, dict):
-            raise ValueError(f"{url}: /deployment answered {answer.status_code} {answer.text[:200]!r}, not a racmkd edge's status; is it a racmkd edge server, and is the token right?")
+        if (
+            answer.status_code != 200
+            or not isinstance(status, dict)
+            or not isinstance(status.get("current") or {}, dict)
+            or not isinstance(status.get("serving") or {}, dict)
+        ):
+            raise ValueError(
+                f"{url}: /deployment answered {answer.status_code} {answer.text[:200]!r}, not a racmkd edge's status; is it a racmkd edge server, and is the token right?"
+            )
         current = (status.get("current") or {}).get("sha256")
         serving = status.get("serving") or {"sha256": current}  # (an edge before 2026-12 does not say)
         full_bytes = registry.blob(release.sha256)
@@ -148,7 +182,8 @@ def push(registry: ModelRegistry, release: Release, url: str, token: str, timeou
         if delta is not None and len(delta) < len(full_bytes):
             reply = _post_release(client, release, delta, True)
             detail = str(_detail(reply)) if reply.status_code == 422 else ""
-            if not ("delta refused" in detail or "hash to" in detail):  # refused for the release itself (a replay, a signature): sending it whole changes nothing
+            # refused for the release itself (a replay, a signature): sending it whole changes nothing
+            if not ("delta refused" in detail or "hash to" in detail):
                 return _pushed("delta", delta, full_bytes, reply)
             notes.append(f"delta of {len(delta):,} bytes refused ({_detail(reply)}): sent whole")
         reply = _post_release(client, release, full_bytes, False)
@@ -178,7 +213,9 @@ class Fleet:
 
 def load_fleet(path: Path) -> tuple[Fleet, dict[str, DeviceProfile]]:
     """A fleet file and the device profiles it names (errors name the file and the key)."""
-    fleet = from_dict(Fleet, read_yaml_mapping(path, "Write one: `devices: [{name: gate-1, profile: raspberry-pi-4, url: http://10.0.0.12:8002}]`."), source=str(path))
+    fleet = from_dict(
+        Fleet, read_yaml_mapping(path, "Write one: `devices: [{name: gate-1, profile: raspberry-pi-4, url: http://10.0.0.12:8002}]`."), source=str(path)
+    )
     if not fleet.devices:
         raise ConfigError(f"{path}: no devices listed (`devices: [{{name, profile, url}}, ...]`)")
     profiles = {}
@@ -190,7 +227,15 @@ def load_fleet(path: Path) -> tuple[Fleet, dict[str, DeviceProfile]]:
     return fleet, profiles
 
 
-def apply_fleet(registry: ModelRegistry, fleet: Fleet, profiles: dict[str, DeviceProfile], token: str, public_key: Any | None = None, online: Callable[[str], bool | None] | None = None, full: bool = False) -> list[dict[str, Any]]:
+def apply_fleet(
+    registry: ModelRegistry,
+    fleet: Fleet,
+    profiles: dict[str, DeviceProfile],
+    token: str,
+    public_key: Any | None = None,
+    online: Callable[[str], bool | None] | None = None,
+    full: bool = False,
+) -> list[dict[str, Any]]:
     """Plan every device's release by its profile and push it, with no human step: per device what
     was done and why. Passed over: a device nothing fits, or one whose telemetry says it is offline
     (`online(name)` False: its last will; None, unknown, is tried). A device that cannot be reached
@@ -225,7 +270,11 @@ def _delta_or_none(registry: ModelRegistry, base: str, target: str) -> bytes | N
 
 
 def _post_release(client: httpx.Client, release: Release, payload: bytes, delta: bool) -> httpx.Response:
-    return client.post("/deploy", data={"manifest": json.dumps(release.manifest), "signature": release.signature, "delta": str(delta).lower()}, files={"payload": ("release.bin", payload, "application/octet-stream")})
+    return client.post(
+        "/deploy",
+        data={"manifest": json.dumps(release.manifest), "signature": release.signature, "delta": str(delta).lower()},
+        files={"payload": ("release.bin", payload, "application/octet-stream")},
+    )
 
 
 def _detail(reply: httpx.Response) -> Any:
@@ -253,7 +302,9 @@ def artifact_from_run(run_dir: Path, model: str) -> tuple[Path, str | None, dict
         return run_dir / "edge", None, {"accuracy": best, "best_configuration": best_key, "split": "test"}
     manifest = run_dir / "compressed" / model / "compression.json"
     if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: no compressed {model!r} in this run. Run `racmkd compress --run {run_dir} --tier {model}`, or name `edge` for the variant bank.")
+        raise FileNotFoundError(
+            f"{manifest}: no compressed {model!r} in this run. Run `racmkd compress --run {run_dir} --tier {model}`, or name `edge` for the variant bank."
+        )
     chosen = read_compression_record(manifest.parent)["artifact"]
     report = json.loads((run_dir / "report.json").read_text())["models"].get(f"{model}_compressed", {})
     metrics = {k: report[k] for k in ("accuracy", "f1_macro", "auc_roc", "latency_ms_p50", "bytes_deployable", "format") if k in report}

@@ -76,11 +76,21 @@ class Release:
     altered: tuple[str, ...] = ()  # the table's columns that disagree with the signed manifest (a tampered or damaged record)
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "kind": self.kind, "tier": self.tier, "modalities": self.modalities, "sha256": self.sha256, "bytes": self.bytes, "parent_version": self.parent_version, "metrics": self.metrics}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "kind": self.kind,
+            "tier": self.tier,
+            "modalities": self.modalities,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "parent_version": self.parent_version,
+            "metrics": self.metrics,
+        }
 
 
 def artifact_kind(path: Path) -> str:
-    """"onnx" for a model file, "bank" for a variant bank folder."""
+    """ "onnx" for a model file, "bank" for a variant bank folder."""
     path = Path(path)
     if path.is_file():
         return "onnx"
@@ -133,7 +143,11 @@ def artifact_facts(path: Path, kind: str) -> dict[str, Any]:
         contract = read_contract(path)
         return {"modalities": list(contract["inputs"]), "contract": contract}
     bank = json.loads((path / "bank.json").read_text())
-    return {"modalities": bank["modalities"], "variants": [f"{v['tier']}/{v['modality']}" for v in bank["variants"]], "resident_bytes": sum(v["memory_bytes"] for v in bank["variants"])}
+    return {
+        "modalities": bank["modalities"],
+        "variants": [f"{v['tier']}/{v['modality']}" for v in bank["variants"]],
+        "resident_bytes": sum(v["memory_bytes"] for v in bank["variants"]),
+    }
 
 
 class ModelRegistry:
@@ -182,7 +196,15 @@ class ModelRegistry:
 
     # Releases ---------------------------------------------------------------------------------------
 
-    def register(self, artifact: Path, name: str, signing_key: Any, tier: str | None = None, metrics: dict[str, Any] | None = None, device_fit: dict[str, Any] | None = None) -> Release:
+    def register(
+        self,
+        artifact: Path,
+        name: str,
+        signing_key: Any,
+        tier: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        device_fit: dict[str, Any] | None = None,
+    ) -> Release:
         """Add the next version of `name` from an artifact (ONNX file or bank folder), signed."""
         if not name or "/" in name or name.strip() != name:
             raise RegistryError(f"release name {name!r}: use a plain name such as 'edge-bank' or 'high'")
@@ -210,7 +232,21 @@ class ModelRegistry:
             signature = sign(manifest, signing_key)
             db.execute(
                 "INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, version, kind, tier, json.dumps(facts["modalities"]), json.dumps(metrics or {}), json.dumps(device_fit or {}), row[0] if row else None, digest, len(data), json.dumps(manifest), signature, time.time()),
+                (
+                    name,
+                    version,
+                    kind,
+                    tier,
+                    json.dumps(facts["modalities"]),
+                    json.dumps(metrics or {}),
+                    json.dumps(device_fit or {}),
+                    row[0] if row else None,
+                    digest,
+                    len(data),
+                    json.dumps(manifest),
+                    signature,
+                    time.time(),
+                ),
             )
         return self.release(name, version)
 
@@ -222,12 +258,36 @@ class ModelRegistry:
         name, version, kind, tier, modalities, _metrics, _fit, parent, digest, size, manifest, signature, created = row
         try:
             signed = json.loads(manifest)
-            columns = {"name": name, "version": version, "kind": kind, "tier": tier, "sha256": digest, "bytes": size, "modalities": json.loads(modalities), "parent_version": parent}
-            declared = {**{k: signed.get(k) for k in ("name", "version", "kind", "tier", "sha256", "bytes", "modalities")}, "parent_version": (signed.get("parent") or {}).get("version")}
+            columns = {
+                "name": name,
+                "version": version,
+                "kind": kind,
+                "tier": tier,
+                "sha256": digest,
+                "bytes": size,
+                "modalities": json.loads(modalities),
+                "parent_version": parent,
+            }
+            declared = {
+                **{k: signed.get(k) for k in ("name", "version", "kind", "tier", "sha256", "bytes", "modalities")},
+                "parent_version": (signed.get("parent") or {}).get("version"),
+            }
             altered = tuple(k for k in columns if columns[k] != declared[k])
             return Release(
-                declared["name"], declared["version"], declared["kind"], declared["tier"], declared["modalities"], signed.get("metrics") or {}, signed.get("device_fit") or {},
-                declared["parent_version"], declared["sha256"], declared["bytes"], signed, signature, created, altered,
+                declared["name"],
+                declared["version"],
+                declared["kind"],
+                declared["tier"],
+                declared["modalities"],
+                signed.get("metrics") or {},
+                signed.get("device_fit") or {},
+                declared["parent_version"],
+                declared["sha256"],
+                declared["bytes"],
+                signed,
+                signature,
+                created,
+                altered,
             )
         except (ValueError, AttributeError, TypeError) as err:
             raise RegistryError(f"{self.root / 'registry.sqlite'}: the record of {name} v{version} is damaged ({err}); register it again") from None
@@ -262,7 +322,10 @@ class ModelRegistry:
         release = self.release(name, version)
         manifest = {**release.manifest, "device_fit": device_fit}
         with closing(self._connect()) as db, db:
-            db.execute("UPDATE releases SET device_fit = ?, manifest = ?, signature = ? WHERE name = ? AND version = ?", (json.dumps(device_fit), json.dumps(manifest), sign(manifest, signing_key), name, version))
+            db.execute(
+                "UPDATE releases SET device_fit = ?, manifest = ?, signature = ? WHERE name = ? AND version = ?",
+                (json.dumps(device_fit), json.dumps(manifest), sign(manifest, signing_key), name, version),
+            )
         return self.release(name, version)
 
     # Deltas -----------------------------------------------------------------------------------------

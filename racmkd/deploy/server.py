@@ -338,7 +338,11 @@ class ModelService(Service):
         return PredictResponse(label=label, probabilities=probs.tolist(), served_by=self.role, model=name, compute_ms=ms)
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.default, "accuracy": self.accuracy.get(self.default), "models": [{"name": n, "uses": p.modalities, "test_accuracy": self.accuracy.get(n)} for n, p in self.predictors.items()]}
+        return {
+            "model": self.default,
+            "accuracy": self.accuracy.get(self.default),
+            "models": [{"name": n, "uses": p.modalities, "test_accuracy": self.accuracy.get(n)} for n, p in self.predictors.items()],
+        }
 
 
 @dataclass(frozen=True)
@@ -382,7 +386,14 @@ class EdgeService(Service):
         self.engine = self._startup_engine()
         upstream_token = os.environ.get(settings.upstream_token_env) if settings.upstream_token_env else None
         self.upstreams = [
-            Upstream(f"upstream{i}", url.rstrip("/"), settings.upstream_timeout_s, settings.upstream_retries, token=upstream_token, breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s))
+            Upstream(
+                f"upstream{i}",
+                url.rstrip("/"),
+                settings.upstream_timeout_s,
+                settings.upstream_retries,
+                token=upstream_token,
+                breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
+            )
             for i, url in enumerate(settings.upstreams)
         ]
         self.offloads: dict[str, int] = {}
@@ -404,7 +415,9 @@ class EdgeService(Service):
         from racmkd.deploy.device import DeviceStore
         from racmkd.deploy.signing import load_public_key
 
-        return DeviceStore(Path(self.settings.store_dir or self.run_dir / "device"), load_public_key(Path(self.settings.public_key)), accept=self.settings.accept_releases)
+        return DeviceStore(
+            Path(self.settings.store_dir or self.run_dir / "device"), load_public_key(Path(self.settings.public_key)), accept=self.settings.accept_releases
+        )
 
     def _startup_engine(self) -> Engine:
         """The installed release; if it cannot be served, the previous one, made current (so that
@@ -447,7 +460,12 @@ class EdgeService(Service):
         return self._load(installed)
 
     def _load(self, installed: Any) -> Engine:
-        return Engine(self._runtime(installed.model_path, installed.manifest["kind"]), installed.label, installed.manifest.get("metrics", {}).get("accuracy"), installed.manifest.get("sha256"))
+        return Engine(
+            self._runtime(installed.model_path, installed.manifest["kind"]),
+            installed.label,
+            installed.manifest.get("metrics", {}).get("accuracy"),
+            installed.manifest.get("sha256"),
+        )
 
     def modalities(self) -> list[str]:
         """The inputs the fleet sends (the run's modalities) and any other the current release
@@ -488,7 +506,15 @@ class EdgeService(Service):
             started = time.perf_counter()
             try:
                 reply = upstream.predict(body, content_type, time.monotonic() + route.budget_ms / 1e3)
-                answer = PredictResponse(**{**reply, "offloaded": True, "route": route.reason, "compute_ms": (time.perf_counter() - started) * 1e3, "served_by": f"{upstream.name}:{reply.get('served_by')}"})
+                answer = PredictResponse(
+                    **{
+                        **reply,
+                        "offloaded": True,
+                        "route": route.reason,
+                        "compute_ms": (time.perf_counter() - started) * 1e3,
+                        "served_by": f"{upstream.name}:{reply.get('served_by')}",
+                    }
+                )
                 self.requests += 1
                 self.offloads[upstream.name] = self.offloads.get(upstream.name, 0) + 1
                 return answer
@@ -534,16 +560,29 @@ class EdgeService(Service):
             raise HTTPException(422, str(err)) from None
         ms = (time.perf_counter() - started) * 1e3
         self.compute_ms.append(ms)
-        return PredictResponse(label=label, probabilities=np.asarray(probs).tolist(), served_by=f"edge:{self.settings.device}", model=engine.label, variants=variants, compute_ms=ms, fallbacks=fallbacks)
+        return PredictResponse(
+            label=label,
+            probabilities=np.asarray(probs).tolist(),
+            served_by=f"edge:{self.settings.device}",
+            model=engine.label,
+            variants=variants,
+            compute_ms=ms,
+            fallbacks=fallbacks,
+        )
 
     def describe(self) -> dict[str, Any]:
         engine = self.engine
         state = engine.runtime.state() if engine.adaptive else {"configuration": engine.label}
         accuracy, local_ms = self.local_expectation(engine)
         return {
-            "model": engine.label, "uses": engine.modalities(), "accuracy": accuracy if engine.adaptive else engine.accuracy, "expected_latency_ms": local_ms, "runtime": state,  # a release without metrics: unknown, not 0
+            "model": engine.label,
+            "uses": engine.modalities(),
+            "accuracy": accuracy if engine.adaptive else engine.accuracy,  # a release without metrics: unknown, not 0
+            "expected_latency_ms": local_ms,
+            "runtime": state,
             "upstreams": [{"name": u.name, "url": u.url, "breaker": u.state(), "rtt_ms": u.link.rtt_ms, "accuracy": u.accuracy} for u in self.upstreams],
-            "offloads": dict(self.offloads), "telemetry": self.telemetry.stats() if self.telemetry else None,
+            "offloads": dict(self.offloads),
+            "telemetry": self.telemetry.stats() if self.telemetry else None,
         }
 
     # Updates -------------------------------------------------------------------------------------------
@@ -624,8 +663,12 @@ class EdgeService(Service):
         if engine.adaptive:
             state = engine.runtime.state()
             self.telemetry.publish("resources", {"level": state["level"], "readings": state["resources"], "budget": state["budget"]})
-            self.telemetry.publish("variant", {"configuration": state["configuration"], "variants": state["variants"], "pid": state["pid"], "failed": state["failed"]})
-        self.telemetry.publish("stats", {"requests": self.requests, "compute_ms_p50": self.compute_ms_p50(), "offloads": dict(self.offloads), "model": engine.label})
+            self.telemetry.publish(
+                "variant", {"configuration": state["configuration"], "variants": state["variants"], "pid": state["pid"], "failed": state["failed"]}
+            )
+        self.telemetry.publish(
+            "stats", {"requests": self.requests, "compute_ms_p50": self.compute_ms_p50(), "offloads": dict(self.offloads), "model": engine.label}
+        )
 
     def close(self) -> None:
         self._stop.set()
@@ -715,6 +758,7 @@ class GuardManagement:
 
 def create_app(service: Service, settings: ServeConfig, token: str | None = None) -> FastAPI:
     """The HTTP face of a service."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -723,7 +767,13 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
     app = FastAPI(title=f"racmkd {service.role}", version="1", description=__doc__, lifespan=lifespan)
     registry = CollectorRegistry()
     requests = Counter("racmkd_requests", "Requests answered, by outcome and route", ["role", "outcome", "route"], registry=registry)
-    latency = Histogram("racmkd_request_latency_seconds", "Time from request to answer", ["role"], registry=registry, buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2))
+    latency = Histogram(
+        "racmkd_request_latency_seconds",
+        "Time from request to answer",
+        ["role"],
+        registry=registry,
+        buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
+    )
     variant = Gauge("racmkd_variant", "1 for the configuration being served", ["variant"], registry=registry)
     edge = isinstance(service, EdgeService)  # readings a role does not have are not exported as zeros
     cpu = Gauge("racmkd_cpu_percent", "CPU load the monitor plans with", registry=registry) if edge else None
@@ -780,12 +830,36 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
     if isinstance(service, EdgeService):
         app.add_middleware(GuardManagement, paths=frozenset({"/deploy", "/rollback", "/deployment"}), refuse=refusal, max_bytes=settings.max_update_bytes)
 
-    schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")}, NPZ: {"schema": {"type": "string", "format": "binary", "description": "np.savez archive: arrays named by modality (image, audio, any other registered one), optional single values sample_rate, latency_target_ms, model"}}}}}
+    schema = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+                NPZ: {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "np.savez archive: arrays named by modality (image, audio, any other registered one), optional single values sample_rate, latency_target_ms, model",
+                    }
+                },
+            },
+        }
+    }
 
     protected = {401: {"description": "missing or wrong token"}, 403: {"description": "no token configured"}}
-    predict_responses: dict[int | str, dict[str, Any]] = {413: {"description": "too large"}, 415: {"description": "unsupported content type"}, 422: {"description": "invalid input"}}
+    predict_responses: dict[int | str, dict[str, Any]] = {
+        413: {"description": "too large"},
+        415: {"description": "unsupported content type"},
+        422: {"description": "invalid input"},
+    }
 
-    @app.post("/predict", response_model=PredictResponse, openapi_extra=schema, dependencies=[Depends(bearer)] if settings.protect_inference else [], responses={**predict_responses, **(protected if settings.protect_inference else {})})
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        openapi_extra=schema,
+        dependencies=[Depends(bearer)] if settings.protect_inference else [],
+        responses={**predict_responses, **(protected if settings.protect_inference else {})},
+    )
     async def predict(request: Request, body: bytes = Depends(body_of)) -> Response:
         # Async: a quick local answer is computed right here; one that waits on an upstream or on a
         # PyTorch model goes to a worker thread. The answer is serialised once, by its own model.
@@ -804,7 +878,14 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
     @app.get("/health")
     def health() -> dict[str, Any]:
         info = service.describe()
-        return {"status": "ok", "role": service.role, "model": info.get("model"), "accuracy": info.get("accuracy"), "compute_ms_p50": service.compute_ms_p50(), "uptime_s": time.time() - started_at}
+        return {
+            "status": "ok",
+            "role": service.role,
+            "model": info.get("model"),
+            "accuracy": info.get("accuracy"),
+            "compute_ms_p50": service.compute_ms_p50(),
+            "uptime_s": time.time() - started_at,
+        }
 
     @app.get("/models")
     def models() -> dict[str, Any]:
@@ -830,7 +911,17 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
 
     if isinstance(service, EdgeService):
 
-        @app.post("/deploy", dependencies=[Depends(management)], responses={**protected, 400: {"description": "not a readable multipart form"}, 409: {"description": "failed its health check or could not be served; nothing changed"}, 413: {"description": "larger than serve.max_update_bytes"}, 422: {"description": "refused: signature, hash, downgrade, delta, malformed manifest"}})
+        @app.post(
+            "/deploy",
+            dependencies=[Depends(management)],
+            responses={
+                **protected,
+                400: {"description": "not a readable multipart form"},
+                409: {"description": "failed its health check or could not be served; nothing changed"},
+                413: {"description": "larger than serve.max_update_bytes"},
+                422: {"description": "refused: signature, hash, downgrade, delta, malformed manifest"},
+            },
+        )
         def deploy(manifest: str = Form(...), signature: str = Form(...), delta: bool = Form(False), payload: UploadFile = File(...)) -> dict[str, Any]:
             try:
                 parsed = json.loads(manifest)

@@ -93,7 +93,9 @@ class TelemetryPublisher:
         """Disconnect cleanly (publishing an offline status first), stop the network thread."""
         if offline and self.connected.is_set():
             try:
-                self.client.publish(topic(self.fleet, self.device, "status"), json.dumps({"online": False, "device": self.device, "reason": "shut down"}), qos=1, retain=True).wait_for_publish(2.0)
+                self.client.publish(
+                    topic(self.fleet, self.device, "status"), json.dumps({"online": False, "device": self.device, "reason": "shut down"}), qos=1, retain=True
+                ).wait_for_publish(2.0)
             except (RuntimeError, ValueError):
                 pass  # the broker went away meanwhile: its last-will message says offline anyway
         self.client.disconnect()

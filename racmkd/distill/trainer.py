@@ -178,7 +178,15 @@ def conv_weights(model: nn.Module) -> list[torch.Tensor]:
     return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-def objective(job: Job, student: dict[str, Any], logits: torch.Tensor, labels: torch.Tensor, teachers: list[dict[str, Any]], teacher_logits: list[torch.Tensor], mix: Mix | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def objective(
+    job: Job,
+    student: dict[str, Any],
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    teachers: list[dict[str, Any]],
+    teacher_logits: list[torch.Tensor],
+    mix: Mix | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The job's loss on one batch and its terms (for logging). With `mix`, the batch's inputs were
     mixed and the task term is the same mixture of the two samples' cross-entropies."""
     task = LOSSES.get("task")(logits, labels, job.config.label_smoothing) if mix is None else mix.task(logits, labels, job.config.label_smoothing)
@@ -238,7 +246,7 @@ def attach_projection(job: Job, teacher: MultimodalNet, seed: int | None = None)
 
 
 def resolve_precision(precision: str) -> str:
-    """"auto" -> "bf16" where oneDNN runs bfloat16 on this CPU, else "fp32"."""
+    """ "auto" -> "bf16" where oneDNN runs bfloat16 on this CPU, else "fp32"."""
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision {precision!r}: choose auto, bf16 or fp32")
     if precision != "auto":
@@ -293,7 +301,9 @@ def learns_from_teachers(job: Job) -> bool:
     return job.weights is not None and job.distill is not None
 
 
-def teacher_outputs(frozen: list[MultimodalNet], inputs: list[dict[str, torch.Tensor]], autocast: torch.autocast) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+def teacher_outputs(
+    frozen: list[MultimodalNet], inputs: list[dict[str, torch.Tensor]], autocast: torch.autocast
+) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
     """The frozen teachers' features and logits on (a slice of) one batch."""
     outputs, logits = [], []
     with torch.no_grad(), autocast:
@@ -314,7 +324,16 @@ def joined(parts: list[Any]) -> Any:
     return [joined(list(items)) for items in zip(*parts)]
 
 
-def train_step(job: Job, optimizer: tuple[torch.optim.Optimizer, Any], inputs: dict[str, torch.Tensor], labels: torch.Tensor, mix: Mix | None, masker: torch.Generator, autocast: torch.autocast, taught: tuple[list, list]) -> float:
+def train_step(
+    job: Job,
+    optimizer: tuple[torch.optim.Optimizer, Any],
+    inputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    mix: Mix | None,
+    masker: torch.Generator,
+    autocast: torch.autocast,
+    taught: tuple[list, list],
+) -> float:
     """One optimisation step of one job on one batch; returns its loss. Touches nothing but the job's
     own model, optimizer and generator, so jobs may step side by side in threads."""
     present = presence_masks(job.model.modalities, len(labels), job.config.modality_dropout, masker)
@@ -451,7 +470,9 @@ def train_jobs(
         computing = features.prepare(([t.specs for t in teachers] if taught_jobs and taught is None else []) + [job.specs for job in active], pool)
         return Drawn(labels, features, mix, computing, key, taught, state)
 
-    def learn(batch: Drawn, upcoming: tuple[torch.Tensor, tuple] | None, active: list[Job], taught_jobs: list[Job], pool: Executor) -> tuple[dict[str, float], Drawn | None]:
+    def learn(
+        batch: Drawn, upcoming: tuple[torch.Tensor, tuple] | None, active: list[Job], taught_jobs: list[Job], pool: Executor
+    ) -> tuple[dict[str, float], Drawn | None]:
         """Every active job's step on `batch`; returns their losses and the next batch, drawn while
         the jobs step (its features computed by whichever worker is free first)."""
         for future in batch.computing:
@@ -502,7 +523,11 @@ def train_jobs(
             elif epoch < replay_after:
                 epoch_starts.append(generator.get_state())
             batches = ((rows, (pass_key, drawn_as, number)) for number, rows in enumerate(dataset.batches("train", batch_size, generator, limit=per_epoch)))
-            bar = progress(itertools.pairwise(itertools.chain(batches, [None])), desc=f"{desc} epoch {epoch + 1}/{total}" + (f" (epoch {drawn_as + 1}'s batches)" if drawn_as != epoch else ""), total=-(-per_epoch // batch_size))
+            bar = progress(
+                itertools.pairwise(itertools.chain(batches, [None])),
+                desc=f"{desc} epoch {epoch + 1}/{total}" + (f" (epoch {drawn_as + 1}'s batches)" if drawn_as != epoch else ""),
+                total=-(-per_epoch // batch_size),
+            )
             with torch_threads(per_op_threads):  # validation, below, runs on all of them
                 batch = None  # each batch after the first comes drawn by the step before it
                 for (rows, key), upcoming in bar:
@@ -518,7 +543,15 @@ def train_jobs(
             for job in active:
                 (logits,), labels = predict_split(job.model, job.specs, dataset, "val", limit=val_limit, precision=resolve_precision(job.config.precision))
                 accuracy = float((logits.argmax(1) == labels).float().mean())
-                job.history.append({"epoch": epoch + 1, "batches_of_epoch": drawn_as + 1, "train_loss": sums[job.name] / max(count, 1), "val_accuracy": accuracy, "seconds": seconds})
+                job.history.append(
+                    {
+                        "epoch": epoch + 1,
+                        "batches_of_epoch": drawn_as + 1,
+                        "train_loss": sums[job.name] / max(count, 1),
+                        "val_accuracy": accuracy,
+                        "seconds": seconds,
+                    }
+                )
                 if accuracy > job.best_accuracy:
                     job.best_accuracy, job.best_state = accuracy, copy.deepcopy(job.model.state_dict())
     for job in jobs:

@@ -53,7 +53,19 @@ from racmkd.distill.adaptive import ObjectiveWeights, objective_weights
 from racmkd.distill.trainer import Job, attach_projection, train_jobs
 from racmkd.models.checkpoint import load_model, save_model
 from racmkd.models.multimodal import MultimodalNet, count_params, linear_fusion, widest_student
-from racmkd.pipeline import TEACHER, Design, RunError, build_student, checkpoint, compressed_dir, load_teachers, model_inputs, record_timing, tier_training, training_meta
+from racmkd.pipeline import (
+    TEACHER,
+    Design,
+    RunError,
+    build_student,
+    checkpoint,
+    compressed_dir,
+    load_teachers,
+    model_inputs,
+    record_timing,
+    tier_training,
+    training_meta,
+)
 from racmkd.utils import seed_everything, torch_threads
 
 BASELINES = ("standard_kd", "emd_kd", "mobilenetv3", "tinyml")
@@ -104,7 +116,9 @@ def deployed_bytes(run_dir: Path, tier: str) -> int:
     """The bytes of a tier's compressed artifact: what Table 6.6 deploys for it."""
     folder = compressed_dir(run_dir, tier)
     if not (folder / "compression.json").is_file():
-        raise RunError(f"{folder}: the {tier} tier is not compressed; its cost-matched baseline copies the compressed artifact's bytes (run the suite with a recipe)")
+        raise RunError(
+            f"{folder}: the {tier} tier is not compressed; its cost-matched baseline copies the compressed artifact's bytes (run the suite with a recipe)"
+        )
     return (folder / read_compression_record(folder)["artifact"]).stat().st_size
 
 
@@ -172,7 +186,11 @@ def matched_job(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str
     info: dict[str, Any] = {"tier": tier, "target_bytes": target}
     if width is None:
         calibration = calibration_inputs(dataset, specs, 16)
-        width, info["bytes_sized"] = narrowest_reaching(lambda w: int8_bytes(plain_cnn(inputs, w), specs, dataset.modalities, calibration, name), math.ceil(target * (1 + SIZE_SLACK)) + 64, PLAIN_CNN_WIDTHS)
+        width, info["bytes_sized"] = narrowest_reaching(
+            lambda w: int8_bytes(plain_cnn(inputs, w), specs, dataset.modalities, calibration, name),
+            math.ceil(target * (1 + SIZE_SLACK)) + 64,
+            PLAIN_CNN_WIDTHS,
+        )
     info["width"] = width
     seed_everything(cfg.seed + 7)  # as every baseline (the search above drew from the generator)
     model = plain_cnn(inputs, width)
@@ -258,7 +276,9 @@ def transfer_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher
     for m in dataset.modalities:
         specs = _specs(dataset, (m,), high.level)
         seed_everything(cfg.seed + 7)
-        initial = widest_student(model_inputs(dataset.modalities, specs, "student"), high.budget_bytes, high.depth, cfg.students.max_width, high.channel_multiple)
+        initial = widest_student(
+            model_inputs(dataset.modalities, specs, "student"), high.budget_bytes, high.depth, cfg.students.max_width, high.channel_multiple
+        )
         if initial is None:
             raise RunError(f"no {m}-only student of depth {high.depth} fits the high budget ({high.budget_bytes} bytes)")
         for how in ("crossmodal", "unimodal", "labels"):
@@ -266,13 +286,17 @@ def transfer_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher
             if how == "labels":
                 jobs.append(Job(f"transfer_{m}_labels", model, specs, cfg.students.train))
             else:
-                job = Job(f"transfer_{m}_{how}", model, specs, cfg.students.train, kd_weights, kd_only, teacher=TEACHER if how == "crossmodal" else f"{TEACHER}_{m}")
+                job = Job(
+                    f"transfer_{m}_{how}", model, specs, cfg.students.train, kd_weights, kd_only, teacher=TEACHER if how == "crossmodal" else f"{TEACHER}_{m}"
+                )
                 attach_projection(job, teacher)
                 jobs.append(job)
     return jobs
 
 
-def train_extras(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, baselines: tuple[str, ...] = BASELINES, transfer: bool = True, widths: dict[str, int] | None = None) -> tuple[list[str], list[str]]:
+def train_extras(
+    cfg: RunConfig, dataset: PairedDataset, run_dir: Path, baselines: tuple[str, ...] = BASELINES, transfer: bool = True, widths: dict[str, int] | None = None
+) -> tuple[list[str], list[str]]:
     """Train the baselines (and the transfer students) that the run does not have yet, in one pass
     with the run's teachers, and save them as checkpoints/<name>.pt. Cost-matched baselines
     (tinyml_<tier>) are sized here (their tiers must be compressed) unless `widths` gives theirs, and
@@ -299,7 +323,19 @@ def train_extras(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, baseline
     started = time.perf_counter()
     train = cfg.students.train
     with torch_threads(cfg.threads):
-        train_jobs(dataset, jobs, train.epochs, train.batch_size, cfg.seed + 5, teachers, samples_per_epoch=train.samples_per_epoch, augment=cfg.data.augment, teacher_precision=cfg.teacher.fused.precision, desc="baselines", workers=cfg.workers)
+        train_jobs(
+            dataset,
+            jobs,
+            train.epochs,
+            train.batch_size,
+            cfg.seed + 5,
+            teachers,
+            samples_per_epoch=train.samples_per_epoch,
+            augment=cfg.data.augment,
+            teacher_precision=cfg.teacher.fused.precision,
+            desc="baselines",
+            workers=cfg.workers,
+        )
     seconds = time.perf_counter() - started
     for job in jobs:
         meta = {

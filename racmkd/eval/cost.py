@@ -112,7 +112,9 @@ def latency_ms(fn: Callable[[], Any], warmup: int, iters: int, threads: int = 1)
     return percentiles(time_calls(fn, warmup, iters, threads))
 
 
-def latency_round_robin(subjects: dict[str, Callable[[], Any]], warmup: int, iters: int, rounds: int, threads: int = 1, keep_rounds: bool = False) -> dict[str, dict[str, Any]]:
+def latency_round_robin(
+    subjects: dict[str, Callable[[], Any]], warmup: int, iters: int, rounds: int, threads: int = 1, keep_rounds: bool = False
+) -> dict[str, dict[str, Any]]:
     """Latency of several callables measured in turn: each is warmed up (`warmup` calls), then
     `rounds` rounds time `iters / rounds` calls of each. A passing disturbance of the machine then
     hits every subject alike instead of one of them, if the rounds are short: give them about
@@ -195,8 +197,9 @@ def measured_energy_joules(fn: Callable[[], Any], iters: int, root: Path) -> flo
     return total * 1e-6 / iters
 
 
-
-def energy_per_call_mj(fn: Callable[[], Any], iters: int, rapl_root: Path, flops: float, bytes_moved: float, seconds: float, model: EnergyModel) -> tuple[float, str]:
+def energy_per_call_mj(
+    fn: Callable[[], Any], iters: int, rapl_root: Path, flops: float, bytes_moved: float, seconds: float, model: EnergyModel
+) -> tuple[float, str]:
     """Energy per call of `fn` in mJ and where it came from: the RAPL counters where readable
     ("measured", over `iters` calls), else the energy model's estimate from FLOPs, bytes moved and
     the call's measured time ("estimated")."""

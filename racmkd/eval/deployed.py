@@ -62,7 +62,11 @@ def deploy(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out
     record = out_dir / f"{name}.export.json"
     result = json.loads(record.read_text()) if record.is_file() else None
     commit = git_commit()
-    stale = result is None or not Path(result["fp32"]["path"]).is_file() or Path(result["fp32"]["path"]).stat().st_mtime_ns < checkpoint(run_dir, name).stat().st_mtime_ns  # retrained since
+    stale = (
+        result is None
+        or not Path(result["fp32"]["path"]).is_file()
+        or Path(result["fp32"]["path"]).stat().st_mtime_ns < checkpoint(run_dir, name).stat().st_mtime_ns
+    )  # retrained since
     if stale or result.get("commit") != commit or commit is None or commit.endswith("-dirty") or (int8 and "int8" not in result):
         result = export_model(cfg, dataset, run_dir, name, out_dir, int8=int8)
     key = "int8" if int8 else "fp32"
@@ -137,7 +141,9 @@ def _row_costs(row: Deployed, dataset: PairedDataset, raw: dict[str, torch.Tenso
 # Robustness ----------------------------------------------------------------------------------------
 
 
-def raw_test_batch(dataset: PairedDataset, rows: torch.Tensor, audio_snr_db: float | None = None, image_noise: float = 0.0, split: str = "test") -> dict[str, torch.Tensor]:
+def raw_test_batch(
+    dataset: PairedDataset, rows: torch.Tensor, audio_snr_db: float | None = None, image_noise: float = 0.0, split: str = "test"
+) -> dict[str, torch.Tensor]:
     """Raw test inputs with a chosen degradation instead of the protocol's: audio at one SNR (dB;
     None keeps the protocol's draw, inf is the clean recording) and images with white noise of
     standard deviation `image_noise` (on [0, 1], clipped). Noise is drawn from each sample's fixed
@@ -161,7 +167,15 @@ def raw_test_batch(dataset: PairedDataset, rows: torch.Tensor, audio_snr_db: flo
     return raw
 
 
-def accuracies_under(models: dict[str, tuple[MultimodalNet, dict[str, Any]]], dataset: PairedDataset, audio_snr_db: float | None = None, image_noise: float = 0.0, missing: str | None = None, limit: int = 0, batch_size: int = 500) -> dict[str, float | None]:
+def accuracies_under(
+    models: dict[str, tuple[MultimodalNet, dict[str, Any]]],
+    dataset: PairedDataset,
+    audio_snr_db: float | None = None,
+    image_noise: float = 0.0,
+    missing: str | None = None,
+    limit: int = 0,
+    batch_size: int = 500,
+) -> dict[str, float | None]:
     """Test accuracy of several models (name -> (model, specs)) under one degradation, or with the
     modality `missing` withheld; each degraded batch is made once and shared by every model. None
     for a model that needs the missing modality (it has no other input)."""
@@ -184,7 +198,15 @@ def accuracy_under(model: MultimodalNet, specs: dict[str, Any], dataset: PairedD
     return accuracies_under({"model": (model, specs)}, dataset, **condition)["model"]
 
 
-def robustness(models: dict[str, Path], dataset: PairedDataset, snrs: Iterable[float], image_noises: Iterable[float], limit: int = 0, threads: int = 0, not_measured: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+def robustness(
+    models: dict[str, Path],
+    dataset: PairedDataset,
+    snrs: Iterable[float],
+    image_noises: Iterable[float],
+    limit: int = 0,
+    threads: int = 0,
+    not_measured: dict[str, str] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Per model: accuracy vs audio SNR (dB; inf = clean), vs image noise, and with each modality
     missing. A model that cannot be loaded is left out, and why goes into `not_measured`."""
     loaded = {}
@@ -197,8 +219,12 @@ def robustness(models: dict[str, Path], dataset: PairedDataset, snrs: Iterable[f
             not_measured[name] = f"{type(err).__name__}: {err}"
             continue
         loaded[name] = (model.eval(), specs)
-    out: dict[str, dict[str, Any]] = {name: {"modalities": list(specs), "audio_snr": {}, "image_noise": {}, "missing": {}} for name, (_, specs) in loaded.items()}
-    conditions = [("audio_snr", str(snr), {"audio_snr_db": snr}) for snr in snrs] + [("image_noise", str(sigma), {"image_noise": sigma}) for sigma in image_noises]
+    out: dict[str, dict[str, Any]] = {
+        name: {"modalities": list(specs), "audio_snr": {}, "image_noise": {}, "missing": {}} for name, (_, specs) in loaded.items()
+    }
+    conditions = [("audio_snr", str(snr), {"audio_snr_db": snr}) for snr in snrs] + [
+        ("image_noise", str(sigma), {"image_noise": sigma}) for sigma in image_noises
+    ]
     conditions += [("missing", m, {"missing": m}) for m in dataset.modalities] + [("protocol", "", {})]
     with torch_threads(threads):
         for key, label, condition in progress(conditions, desc="robustness"):
@@ -240,7 +266,9 @@ def _timed_sweep(calls: list[Any], budget_s: float = 0.5, rounds: int = 5) -> li
     return [float(np.median(times)) for times in samples]
 
 
-def cost_growth(models: dict[str, Path], dataset: PairedDataset, batches: Iterable[int], scales: Iterable[float], not_measured: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+def cost_growth(
+    models: dict[str, Path], dataset: PairedDataset, batches: Iterable[int], scales: Iterable[float], not_measured: dict[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
     """Per model: latency (PyTorch, one thread) and peak activation memory vs batch size, and vs input
     resolution (every input's sides scaled), with the fitted scaling exponents. A model whose sweep
     fails is left out, and why goes into `not_measured`."""
@@ -265,9 +293,17 @@ def _growth(path: Path, dataset: PairedDataset, batches: list[int], scales: list
     batch_inputs = [{m: x[torch.arange(b) % len(x)] for m, x in features.items()} for b in batches]
     scaled_inputs = [{m: torch.zeros(1, x.shape[1], max(2, round(x.shape[2] * s)), max(2, round(x.shape[3] * s))) for m, x in features.items()} for s in scales]
     latency = _timed_sweep([lambda inputs=inputs, model=model: model(inputs) for inputs in batch_inputs + scaled_inputs])
-    by_batch = [{"batch": b, "latency_ms": ms, "peak_activation_bytes": activation_memory(model, inputs)["peak_activation_bytes"]} for b, inputs, ms in zip(batches, batch_inputs, latency)]
+    by_batch = [
+        {"batch": b, "latency_ms": ms, "peak_activation_bytes": activation_memory(model, inputs)["peak_activation_bytes"]}
+        for b, inputs, ms in zip(batches, batch_inputs, latency)
+    ]
     by_scale = [
-        {"scale": s, "input_values": sum(x[0].numel() for x in inputs.values()), "latency_ms": ms, "peak_activation_bytes": activation_memory(model, inputs)["peak_activation_bytes"]}
+        {
+            "scale": s,
+            "input_values": sum(x[0].numel() for x in inputs.values()),
+            "latency_ms": ms,
+            "peak_activation_bytes": activation_memory(model, inputs)["peak_activation_bytes"],
+        }
         for s, inputs, ms in zip(scales, scaled_inputs, latency[len(batches) :])
     ]
     return {
@@ -302,6 +338,7 @@ def dominates(a: dict[str, float], b: dict[str, float]) -> bool:
 def closest_in_cost(row: dict[str, float], others: dict[str, dict[str, float]]) -> str:
     """The name of the row among `others` nearest to `row` in cost: the smallest sum of |log ratio| of
     deployable bytes and of latency."""
+
     def distance(o: dict[str, float]) -> float:
         return abs(math.log(o["bytes_deployable"] / row["bytes_deployable"])) + abs(math.log(o["latency_ms_p50"] / row["latency_ms_p50"]))
 

@@ -23,7 +23,11 @@ def plot_accuracy_vs_cost(models: dict[str, dict[str, Any]], out_dir: Path) -> l
         ("latency_ms_p50", "latency p50 at batch 1, one thread, ONNX Runtime (ms, log)", "accuracy_vs_latency.png"),
     ):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        value = (lambda e: max(e.get("bytes_deployable", e["bytes_fp32"]), e.get("resident_weight_bytes", 0)) + e["peak_activation_bytes"]) if key == "memory" else (lambda e: e[key])  # noqa: E731 - int8 weights are held as floats once loaded
+        value = (
+            (lambda e: max(e.get("bytes_deployable", e["bytes_fp32"]), e.get("resident_weight_bytes", 0)) + e["peak_activation_bytes"])
+            if key == "memory"
+            else (lambda e: e[key])
+        )  # noqa: E731 - int8 weights are held as floats once loaded
         for name, e in models.items():
             ax.scatter(value(e), e["accuracy"], color=COLOURS.get(e.get("role") or "", "black"), zorder=3)
             ax.annotate(name, (value(e), e["accuracy"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
@@ -32,7 +36,9 @@ def plot_accuracy_vs_cost(models: dict[str, dict[str, Any]], out_dir: Path) -> l
             ax.plot([value(e) for e in tiers], [e["accuracy"] for e in tiers], color=COLOURS["student"], alpha=0.5, label="racmkd tiers")
         compressed = [models[f"{t}_compressed"] for t in TIER_ORDER if f"{t}_compressed" in models]
         if len(compressed) > 1:
-            ax.plot([value(e) for e in compressed], [e["accuracy"] for e in compressed], color=COLOURS["compressed"], alpha=0.5, label="racmkd tiers, compressed")
+            ax.plot(
+                [value(e) for e in compressed], [e["accuracy"] for e in compressed], color=COLOURS["compressed"], alpha=0.5, label="racmkd tiers, compressed"
+            )
         if len(tiers) > 1 or len(compressed) > 1:
             ax.legend(loc="center right", fontsize=8)
         ax.set_xscale("log")

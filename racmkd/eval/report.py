@@ -63,7 +63,13 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(), "torch": torch.__version__}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def measure(name: str, path: Path, dataset: PairedDataset) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -176,9 +182,12 @@ def add_latency_and_energy(models: dict[str, dict[str, Any]], timers: dict[str, 
     for name, entry in models.items():
         entry["latency_ms_p50"], entry["latency_ms_p95"] = model_lat[name]["p50"], model_lat[name]["p95"]
         entry["predict_latency_ms_p50"] = predict_lat[name]["p50"]
-        moved = entry.get("resident_weight_bytes", entry["param_bytes_fp32"]) + 2 * entry["activation_bytes_written"]  # weights read once (as the kernels read them), activations written and read
+        # weights read once (as the kernels read them), activations written and read
+        moved = entry.get("resident_weight_bytes", entry["param_bytes_fp32"]) + 2 * entry["activation_bytes_written"]
         with torch_threads(1):
-            entry["energy_mj"], entry["energy_source"] = energy_per_call_mj(timers[name]["model"], ev.latency_iters, Path(ev.rapl_root), entry["flops"], moved, entry["latency_ms_p50"] / 1e3, ev.energy)
+            entry["energy_mj"], entry["energy_source"] = energy_per_call_mj(
+                timers[name]["model"], ev.latency_iters, Path(ev.rapl_root), entry["flops"], moved, entry["latency_ms_p50"] / 1e3, ev.energy
+            )
         entry["energy_device"] = ev.energy.device
 
 
@@ -193,11 +202,25 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         if tier not in models or teacher is None or "retention" not in models[tier]:
             continue  # no retention to hold to its target (no teacher accuracy to divide by, or no student's row)
         m = models[tier]
-        rows.append({"target": f"{tier}: retention >= {goal:.0%} within {m['budget_bytes'] // 1024} KB", "measured": m["retention"], "bytes": m["param_bytes_fp32"], "reached": m["retention"] >= goal and m["within_budget"]})
+        rows.append(
+            {
+                "target": f"{tier}: retention >= {goal:.0%} within {m['budget_bytes'] // 1024} KB",
+                "measured": m["retention"],
+                "bytes": m["param_bytes_fp32"],
+                "reached": m["retention"] >= goal and m["within_budget"],
+            }
+        )
         baseline = models.get(f"{tier}_labels_only")
         if baseline is not None:
             gain = m["accuracy"] - baseline["accuracy"]
-            rows.append({"target": f"{tier}: distillation beats labels only", "measured": gain, "reached": gain > 0, "note": "single seed here; the benchmark compares against the seed-to-seed spread"})
+            rows.append(
+                {
+                    "target": f"{tier}: distillation beats labels only",
+                    "measured": gain,
+                    "reached": gain > 0,
+                    "note": "single seed here; the benchmark compares against the seed-to-seed spread",
+                }
+            )
     return rows
 
 
@@ -267,13 +290,29 @@ def _inputs(entry: dict[str, Any]) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """report.md: the tables a reader looks at first."""
-    lines = [f"# racmkd report: {report['run']}", "", f"Protocol **{report['protocol']}**, commit `{report['commit']}`, {report['machine']['cpu']} ({report['machine']['cores']} cores), torch {report['machine']['torch']}, seed {report['seed']}.", ""]
+    lines = [
+        f"# racmkd report: {report['run']}",
+        "",
+        f"Protocol **{report['protocol']}**, commit `{report['commit']}`, {report['machine']['cpu']} ({report['machine']['cores']} cores), torch {report['machine']['torch']}, seed {report['seed']}.",
+        "",
+    ]
     samples = report["data"].get("samples", {})
-    lines += [f"Samples: train {samples.get('train')}, validation {samples.get('val')}, test {samples.get('test')}. All figures on the test split; latency at batch 1 on one thread.", ""]
+    lines += [
+        f"Samples: train {samples.get('train')}, validation {samples.get('val')}, test {samples.get('test')}. All figures on the test split; latency at batch 1 on one thread.",
+        "",
+    ]
     image_info = report["data"].get("modalities", {}).get("image", {})
     if "pca_components" in image_info:
-        lines += [f"avmnist images: {image_info['pca_components']} PCA components ({image_info['pca_explained_variance']:.1%} of the variance kept; {image_info['energy_removed']:.1%} of the train images' variance removed). Audio: white noise at a uniform 0-10 dB SNR.", ""]
-    lines += ["## Models", "", "| model | inputs | accuracy | macro-F1 | AUC | retention | params | weights | FLOPs | peak act. | latency p50 / p95 (ms) | energy (mJ) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"avmnist images: {image_info['pca_components']} PCA components ({image_info['pca_explained_variance']:.1%} of the variance kept; {image_info['energy_removed']:.1%} of the train images' variance removed). Audio: white noise at a uniform 0-10 dB SNR.",
+            "",
+        ]
+    lines += [
+        "## Models",
+        "",
+        "| model | inputs | accuracy | macro-F1 | AUC | retention | params | weights | FLOPs | peak act. | latency p50 / p95 (ms) | energy (mJ) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, e in report["models"].items():
         retention = f"{e['retention']:.1%}" if "retention" in e else ""
         auc = f"{e['auc_roc']:.4f}" if e["auc_roc"] is not None else "n/a"
@@ -281,20 +320,41 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {_inputs(e)} | {e['accuracy']:.4f} | {e['f1_macro']:.4f} | {auc} | {retention} | {e['params']:,} | {weights} | {e['flops'] / 1e6:.2f} M | {_fmt_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} / {e['latency_ms_p95']:.3f} | {e['energy_mj']:.4f} ({e['energy_source']}) |"
         )
-    lines += ["", "Weights: fp32 parameter bytes (what the tier budgets count), or for compressed rows the initializer bytes of the deployed ONNX graph; BatchNorm running statistics add `bytes_fp32 - param_bytes_fp32` in report.json and fold into the convolutions on export. Latency: batch 1, one thread, ONNX Runtime for every row (a checkpoint through its fp32 export; a row timed in PyTorch, its export having failed, says so in report.json's `latency_engine`), every model timed in turn over several rounds (`eval.latency_rounds`), so a passing disturbance of the machine hits all alike; absolute figures on a shared VM vary from run to run. Peak act.: live activations at the worst moment of the row's ONNX graph (a checkpoint's fp32 export, BatchNorm folded, Conv + activation fused, as a compressed row's artifact), or of PyTorch's forward pass where report.json's `memory_method` says `pytorch`."]
+    lines += [
+        "",
+        "Weights: fp32 parameter bytes (what the tier budgets count), or for compressed rows the initializer bytes of the deployed ONNX graph; BatchNorm running statistics add `bytes_fp32 - param_bytes_fp32` in report.json and fold into the convolutions on export. Latency: batch 1, one thread, ONNX Runtime for every row (a checkpoint through its fp32 export; a row timed in PyTorch, its export having failed, says so in report.json's `latency_engine`), every model timed in turn over several rounds (`eval.latency_rounds`), so a passing disturbance of the machine hits all alike; absolute figures on a shared VM vary from run to run. Peak act.: live activations at the worst moment of the row's ONNX graph (a checkpoint's fp32 export, BatchNorm folded, Conv + activation fused, as a compressed row's artifact), or of PyTorch's forward pass where report.json's `memory_method` says `pytorch`.",
+    ]
     compressed = {n: e for n, e in report["models"].items() if e.get("role") == "compressed"}
     if compressed:
-        lines += ["", "## Compressed tiers", "", "Each tier's student after its compression recipe, measured as deployed: the ONNX artifact run by ONNX Runtime (batch 1, one thread). Ratio = fp32 bytes of the uncompressed student / deployable bytes.", "", "| model | format | deployable | ratio | accuracy | vs student | retention | FLOPs | peak act. | latency p50 (ms) | why this artifact |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Compressed tiers",
+            "",
+            "Each tier's student after its compression recipe, measured as deployed: the ONNX artifact run by ONNX Runtime (batch 1, one thread). Ratio = fp32 bytes of the uncompressed student / deployable bytes.",
+            "",
+            "| model | format | deployable | ratio | accuracy | vs student | retention | FLOPs | peak act. | latency p50 (ms) | why this artifact |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, e in compressed.items():
             source = report["models"].get(e["tier"])
             delta = f"{e['accuracy'] - source['accuracy']:+.4f}" if source else ""
             ratio = f"{e['compression_ratio']:.1f}x" if e.get("compression_ratio") else ""
             retention = f"{e['retention']:.1%}" if "retention" in e else ""  # blank, not 0.0%, without a teacher
-            lines.append(f"| {name} | {e['format']} | {_fmt_bytes(e['bytes_deployable'])} | {ratio} | {e['accuracy']:.4f} | {delta} | {retention} | {e['flops'] / 1e6:.2f} M | {_fmt_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} | {e['artifact_reason']} |")
+            lines.append(
+                f"| {name} | {e['format']} | {_fmt_bytes(e['bytes_deployable'])} | {ratio} | {e['accuracy']:.4f} | {delta} | {retention} | {e['flops'] / 1e6:.2f} M | {_fmt_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} | {e['artifact_reason']} |"
+            )
     missing = {n: e["accuracy_without"] for n, e in report["models"].items() if "accuracy_without" in e}
     if missing:
         withheld = list(dict.fromkeys(m for row in missing.values() for m in row))  # one column per modality, whatever order a model lists them in
-        lines += ["", "## A missing modality", "", "Accuracy when one input is withheld (the model answers from the rest).", "", "| model | " + " | ".join(f"without {m}" for m in withheld) + " |", "|---|" + "---|" * len(withheld)]
+        lines += [
+            "",
+            "## A missing modality",
+            "",
+            "Accuracy when one input is withheld (the model answers from the rest).",
+            "",
+            "| model | " + " | ".join(f"without {m}" for m in withheld) + " |",
+            "|---|" + "---|" * len(withheld),
+        ]
         for name, row in missing.items():
             lines.append(f"| {name} | " + " | ".join(f"{row[m]:.4f}" if m in row else "" for m in withheld) + " |")
     lines += ["", "## Targets", "", "| target | measured | reached |", "|---|---|---|"]
@@ -302,15 +362,31 @@ def render_markdown(report: dict[str, Any]) -> str:
         value = f"{t['measured']:+.4f}" if "beats" in t["target"] else f"{t['measured']:.4f}"
         lines.append(f"| {t['target']} | {value} | {'yes' if t['reached'] else '**no**'} |")
     if "selection" in report:
-        lines += ["", "## Why each tier uses what it uses", "", f"Every candidate below was trained on {report['selection']['samples_per_candidate']} samples with its tier's distillation objective, at the widest width within the budget, and ranked on {report['selection']['val_samples']} validation samples.", ""]
+        lines += [
+            "",
+            "## Why each tier uses what it uses",
+            "",
+            f"Every candidate below was trained on {report['selection']['samples_per_candidate']} samples with its tier's distillation objective, at the widest width within the budget, and ranked on {report['selection']['val_samples']} validation samples.",
+            "",
+        ]
         for tier, t in report["selection"]["tiers"].items():
-            lines += [f"**{tier}** (budget {_fmt_bytes(t['budget_bytes'])}): chose `{t.get('chosen')}`, {t.get('reason', '')}.", "", "| candidate | width | params | FLOPs | val accuracy |", "|---|---|---|---|---|"]
+            lines += [
+                f"**{tier}** (budget {_fmt_bytes(t['budget_bytes'])}): chose `{t.get('chosen')}`, {t.get('reason', '')}.",
+                "",
+                "| candidate | width | params | FLOPs | val accuracy |",
+                "|---|---|---|---|---|",
+            ]
             for c in sorted(t["candidates"], key=lambda c: -c["val_accuracy"]):
                 lines.append(f"| {c['name']} | {c['width']:.3f} | {c['params']:,} | {c['flops'] / 1e6:.2f} M | {c['val_accuracy']:.4f} |")
             for s in t["skipped"]:
                 lines.append(f"| {s} | | | | skipped |")
             lines.append("")
-    lines += ["## Energy", "", "Energy per inference is *estimated* unless marked measured: E = a·FLOPs + b·bytes moved + c·time, with the coefficients of the device profile in the run's config (eval.energy); bytes moved = fp32 weights read once + activations written and read once. Measured energy comes from RAPL package counters where the machine exposes them.", ""]
+    lines += [
+        "## Energy",
+        "",
+        "Energy per inference is *estimated* unless marked measured: E = a·FLOPs + b·bytes moved + c·time, with the coefficients of the device profile in the run's config (eval.energy); bytes moved = fp32 weights read once + activations written and read once. Measured energy comes from RAPL package counters where the machine exposes them.",
+        "",
+    ]
     lines += ["## Time", "", " | ".join(f"{k}: {v:.0f} s" for k, v in report.get("timings_s", {}).items()), ""]
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report.get("plots", [])] + [""]
     return "\n".join(lines)

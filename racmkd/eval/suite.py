@@ -53,7 +53,10 @@ LABELS = {
     **{f"{t}_fp32": f"racmkd {t}, uncompressed (fp32)" for t in TIERS},
 }
 # The seed paper's published figures (their Table 6.6 tiers; not measured here, shown for reference).
-SEED_PAPER = {"retention": {"high": 0.974, "medium": 0.947, "low": 0.903, "critical": 0.873}, "memory_mb": {"high": 42.6, "medium": 18.3, "low": 6.2}}  # no memory given for their critical tier
+SEED_PAPER = {
+    "retention": {"high": 0.974, "medium": 0.947, "low": 0.903, "critical": 0.873},
+    "memory_mb": {"high": 42.6, "medium": 18.3, "low": 6.2},
+}  # no memory given for their critical tier
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,19 @@ class SuiteSettings:
             raise ValueError(f"tier recipes for {unknown}: the suite's tiers are {list(TIERS)}")
 
     def quick(self) -> SuiteSettings:
-        return replace(self, seeds=self.seeds[:2], robustness_samples=300, snrs=(0.0, 10.0, math.inf), image_noises=(0.0, 0.3), batches=(1, 8, 32), scales=(0.5, 1.0, 2.0), traces=("random",), trace_seconds=20.0, requests=200, bank_test_samples=300)
+        return replace(
+            self,
+            seeds=self.seeds[:2],
+            robustness_samples=300,
+            snrs=(0.0, 10.0, math.inf),
+            image_noises=(0.0, 0.3),
+            batches=(1, 8, 32),
+            scales=(0.5, 1.0, 2.0),
+            traces=("random",),
+            trace_seconds=20.0,
+            requests=200,
+            bank_test_samples=300,
+        )
 
 
 def mean_std(values: list[float]) -> dict[str, float | None]:
@@ -124,7 +139,9 @@ def _copy_teachers(source: Path, run_dir: Path, cfg: RunConfig) -> bool:
     theirs = load_config(source / "config.yaml")
     differ = [k for k in keys if to_dict(theirs.data)[k] != to_dict(cfg.data)[k]]
     if differ or not (source / "checkpoints" / f"{TEACHER}.pt").is_file():
-        print(f"{source}: not reusing its teachers for {run_dir.name} ({'its data ' + ', '.join(differ) + ' differ' if differ else 'it has no teacher'}); training them")
+        print(
+            f"{source}: not reusing its teachers for {run_dir.name} ({'its data ' + ', '.join(differ) + ' differ' if differ else 'it has no teacher'}); training them"
+        )
         return False
     for path in sorted((source / "checkpoints").glob(f"{TEACHER}*.pt")):
         shutil.copy2(path, run_dir / "checkpoints" / path.name)
@@ -134,7 +151,15 @@ def _copy_teachers(source: Path, run_dir: Path, cfg: RunConfig) -> bool:
 def seed_config(settings: SuiteSettings, protocol: str, seed: int, first_run: Path | None) -> RunConfig:
     """The config of one (protocol, seed)'s run: the suite's settings, the first seed's designs
     pinned for the others, label-only twins only where the transfer table reads them."""
-    overrides = [f"name={protocol}-s{seed}", f"runs_dir={settings.runs_dir}", f"seed={seed}", f"data.protocol={protocol}", "compress.tiers=[]", "runtime.build_bank=false", *settings.overrides]
+    overrides = [
+        f"name={protocol}-s{seed}",
+        f"runs_dir={settings.runs_dir}",
+        f"seed={seed}",
+        f"data.protocol={protocol}",
+        "compress.tiers=[]",
+        "runtime.build_bank=false",
+        *settings.overrides,
+    ]
     if first_run is not None:  # the first seed's designs
         overrides += _pinned_tiers(first_run)
     if not _has_transfer(settings, protocol, first_run):  # no label-only twins: only the transfer study uses them
@@ -146,7 +171,9 @@ def _has_transfer(settings: SuiteSettings, protocol: str, first_run: Path | None
     return settings.transfer and first_run is None and protocol == settings.protocols[0]  # the transfer table is the first protocol's first seed's
 
 
-def seed_run(settings: SuiteSettings, protocol: str, seed: int, first_run: Path | None, datasets: dict[str, PairedDataset]) -> tuple[RunConfig, Path, list[str], list[str]]:
+def seed_run(
+    settings: SuiteSettings, protocol: str, seed: int, first_run: Path | None, datasets: dict[str, PairedDataset]
+) -> tuple[RunConfig, Path, list[str], list[str]]:
     """The run of one (protocol, seed), with everything the tables need trained; also returns what
     this call made and what it found made by an earlier invocation (resumed: the wall time leaves it out)."""
     transfer = _has_transfer(settings, protocol, first_run)
@@ -157,7 +184,9 @@ def seed_run(settings: SuiteSettings, protocol: str, seed: int, first_run: Path 
     else:  # resumed: its models are taken as done only if they were made with these settings
         differences = config_differences(load_config(run_dir / "config.yaml"), cfg)
         if differences:
-            raise ConfigError(f"{run_dir}/config.yaml: this run was made with other settings ({', '.join(differences[:5])}{', ...' if len(differences) > 5 else ''}) than the suite's now; its models would be reported as this configuration's. Remove the folder, or give another --runs-dir.")
+            raise ConfigError(
+                f"{run_dir}/config.yaml: this run was made with other settings ({', '.join(differences[:5])}{', ...' if len(differences) > 5 else ''}) than the suite's now; its models would be reported as this configuration's. Remove the folder, or give another --runs-dir."
+            )
     run_dir = run_dir.resolve()
     made: list[str] = []
     resumed: list[str] = []
@@ -181,7 +210,9 @@ def seed_run(settings: SuiteSettings, protocol: str, seed: int, first_run: Path 
     if settings.recipe is not None:
         # The suite's recipes go through the config, so that the check below and the compression
         # read them alike (recipe_for), and one call shares the fine-tunes' caches across recipes.
-        compress_cfg = replace(cfg, compress=replace(cfg.compress, recipe=str(settings.recipe), tier_recipes={t: str(r) for t, r in settings.tier_recipes.items()}))
+        compress_cfg = replace(
+            cfg, compress=replace(cfg.compress, recipe=str(settings.recipe), tier_recipes={t: str(r) for t, r in settings.tier_recipes.items()})
+        )
         steps = {path: recipe_steps(path) for path in {recipe_for(compress_cfg, t) for t in TIERS}}
         todo = [t for t in TIERS if not compressed_with(run_dir, t, recipe_for(compress_cfg, t), steps[recipe_for(compress_cfg, t)])]
         if todo:
@@ -252,22 +283,44 @@ def measure_seed(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, with_cos
     commit, models, settings = git_commit(), models_stamp(run_dir), settings_stamp(cfg)
     # Reused only when measured by this very code on these very models with these settings: not
     # from an uncommitted tree, nor after a retrain or a changed evaluation setting.
-    if committed(commit) and stored.get("commit") == commit and stored.get("models") == models and stored.get("settings") == settings and stored.get("machine") == machine() and (stored.get("costs") or not with_costs):
+    if (
+        committed(commit)
+        and stored.get("commit") == commit
+        and stored.get("models") == models
+        and stored.get("settings") == settings
+        and stored.get("machine") == machine()
+        and (stored.get("costs") or not with_costs)
+    ):
         return stored  # (and on this machine: a run moved elsewhere is measured again)
     out_dir = run_dir / "bench" / "onnx"
     compressed_tiers = [t for t in TIERS if (run_dir / "compressed" / t).is_dir()]
     wanted = [(name, True) for name in TABLE_ROWS if name not in MATCHED or checkpoint(run_dir, name).exists()] + [(t, False) for t in compressed_tiers]
     rows: list[Deployed] = []
-    result: dict[str, Any] = {"commit": commit, "models": models, "settings": settings, "machine": machine(), "run": run_dir.name, "seed": cfg.seed, "rows": {}, "missing": {}}
+    result: dict[str, Any] = {
+        "commit": commit,
+        "models": models,
+        "settings": settings,
+        "machine": machine(),
+        "run": run_dir.name,
+        "seed": cfg.seed,
+        "rows": {},
+        "missing": {},
+    }
     for name, compressed in progress(wanted, desc=f"measure {run_dir.name}"):
         try:  # a row that cannot be produced is reported with the reason; the others go on
             row = deploy(cfg, dataset, run_dir, name, out_dir, compressed=compressed)
-            result["rows"][row.name] = {"artifact": str(row.artifact.relative_to(run_dir)), "bytes_deployable": row.artifact.stat().st_size, **artifact_accuracy(row, dataset)}
+            result["rows"][row.name] = {
+                "artifact": str(row.artifact.relative_to(run_dir)),
+                "bytes_deployable": row.artifact.stat().st_size,
+                **artifact_accuracy(row, dataset),
+            }
             rows.append(row)
         except Exception as err:  # noqa: BLE001 - recorded in the table, never hidden
             result["missing"][name if compressed else f"{name}_fp32"] = f"{type(err).__name__}: {err}"
     if not compressed_tiers:
-        result["missing"]["TinyML at each tier's bytes"] = "not trained: no tier was compressed (the suite ran without a recipe), and these copy a compressed tier's bytes"
+        result["missing"]["TinyML at each tier's bytes"] = (
+            "not trained: no tier was compressed (the suite ran without a recipe), and these copy a compressed tier's bytes"
+        )
     if with_costs:
         result["costs"] = artifact_costs(rows, dataset, cfg.eval, result["missing"])
     atomic_write_json(cache, result)
@@ -319,7 +372,13 @@ def table_targets(rows: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(_dominance(f"racmkd {tier} dominates the TinyML recipe at its bytes", largest[tier], largest[matched_name(tier)]))
         goal, paper_mb = SEED_PAPER["retention"][tier], SEED_PAPER["memory_mb"].get(tier, SEED_PAPER["memory_mb"]["low"])
         retention, memory_mb = rows[tier]["retention"], rows[tier]["memory_bytes"] / 2**20
-        out.append({"target": f"racmkd {tier}: retention > {goal:.1%} (seed paper) at memory <= {paper_mb / 10:.2f} MB (a tenth of theirs)", "measured": f"{retention:.2%} at {memory_mb:.3f} MB", "reached": retention > goal and memory_mb <= paper_mb / 10})
+        out.append(
+            {
+                "target": f"racmkd {tier}: retention > {goal:.1%} (seed paper) at memory <= {paper_mb / 10:.2f} MB (a tenth of theirs)",
+                "measured": f"{retention:.2%} at {memory_mb:.3f} MB",
+                "reached": retention > goal and memory_mb <= paper_mb / 10,
+            }
+        )
     return out
 
 
@@ -359,8 +418,12 @@ def replay_tables(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, setting
     bank_bytes = sum(int(v["file_bytes"]) for v in bank.data["variants"])  # what a device holds to run the runtime: every variant's file
     out = {}
     for trace in settings.traces:
-        summary = simulate(bank, dataset, synthetic_trace(trace, settings.trace_seconds, seed=0), cfg.runtime, settings.requests, run_dir / "bench" / "replay" / trace)
-        out[trace] = {k: summary[k] for k in ("trace", "requests", "latency_target_ms", "latency_model", "dynamic", "static", "oracle", "levels", "levels_static")}
+        summary = simulate(
+            bank, dataset, synthetic_trace(trace, settings.trace_seconds, seed=0), cfg.runtime, settings.requests, run_dir / "bench" / "replay" / trace
+        )
+        out[trace] = {
+            k: summary[k] for k in ("trace", "requests", "latency_target_ms", "latency_model", "dynamic", "static", "oracle", "levels", "levels_static")
+        }
         out[trace]["bytes_deployable"] = bank_bytes
     return out
 
@@ -383,16 +446,34 @@ def ablation(rows: dict[str, Any], replays: dict[str, Any], missing: dict[str, s
     previous = None
     for label, name in steps:
         if name is None or name not in rows:  # said, not skipped; the next row has nothing to compare with
-            why = "the suite ran without a compression recipe (--recipe)" if name is None else next((w for k, w in missing.items() if k.split(" (seed")[0] == name), "not measured")
+            why = (
+                "the suite ran without a compression recipe (--recipe)"
+                if name is None
+                else next((w for k, w in missing.items() if k.split(" (seed")[0] == name), "not measured")
+            )
             out.append({"row": label, "model": name, "not_produced": why})
             previous = None
             continue
         r = rows[name]
-        entry = {"row": label, "model": name, "accuracy": r["accuracy"], "memory_bytes": r["memory_bytes"], "bytes_deployable": r["bytes_deployable"], "latency_ms_p50": r["latency_ms_p50"], "energy_mj_estimated": r["energy_mj_estimated"]}
+        entry = {
+            "row": label,
+            "model": name,
+            "accuracy": r["accuracy"],
+            "memory_bytes": r["memory_bytes"],
+            "bytes_deployable": r["bytes_deployable"],
+            "latency_ms_p50": r["latency_ms_p50"],
+            "energy_mj_estimated": r["energy_mj_estimated"],
+        }
         if previous is not None:
             gain = r["accuracy"]["mean"] - previous["accuracy"]["mean"]
             spread = seed_spread(r["accuracy"], previous["accuracy"])
-            entry.update(accuracy_change=gain, spread=spread, helps_accuracy=None if spread is None else gain > spread, memory_ratio=previous["memory_bytes"] / r["memory_bytes"], latency_ratio=previous["latency_ms_p50"] / r["latency_ms_p50"])
+            entry.update(
+                accuracy_change=gain,
+                spread=spread,
+                helps_accuracy=None if spread is None else gain > spread,
+                memory_ratio=previous["memory_bytes"] / r["memory_bytes"],
+                latency_ratio=previous["latency_ms_p50"] / r["latency_ms_p50"],
+            )
         out.append(entry)
         previous = r
     for trace, replay in replays.items():
@@ -406,10 +487,26 @@ def ablation(rows: dict[str, Any], replays: dict[str, Any], missing: dict[str, s
         # the sessions the runtime held (every variant it may switch to; static high its own two) and
         # the energy of the variants that answered, per request (RAPL where readable, else estimated).
         costs = {
-            "memory_bytes": dynamic.get("memory_held_bytes_max"), "memory_bytes_static_high": (static or {}).get("memory_held_bytes_max"),
-            "energy_mj_estimated": dynamic.get("energy_mj_mean"), "energy_mj_estimated_static_high": (static or {}).get("energy_mj_mean"),
+            "memory_bytes": dynamic.get("memory_held_bytes_max"),
+            "memory_bytes_static_high": (static or {}).get("memory_held_bytes_max"),
+            "energy_mj_estimated": dynamic.get("energy_mj_mean"),
+            "energy_mj_estimated_static_high": (static or {}).get("energy_mj_mean"),
         }
-        out.append({"row": f"+ dynamic resource allocation (trace '{trace}')", "model": "runtime", "slo_accuracy": dynamic["slo_accuracy"], "slo_accuracy_static_high": static["slo_accuracy"] if static else None, "accuracy_served": dynamic["accuracy"], "latency_ms_p50": dynamic["latency_ms_p50"], "latency_ms_p50_static_high": static["latency_ms_p50"] if static else None, **costs, "slo_gain": gain, "slo_noise": noise, "helps_accuracy": bool(gain > noise)})
+        out.append(
+            {
+                "row": f"+ dynamic resource allocation (trace '{trace}')",
+                "model": "runtime",
+                "slo_accuracy": dynamic["slo_accuracy"],
+                "slo_accuracy_static_high": static["slo_accuracy"] if static else None,
+                "accuracy_served": dynamic["accuracy"],
+                "latency_ms_p50": dynamic["latency_ms_p50"],
+                "latency_ms_p50_static_high": static["latency_ms_p50"] if static else None,
+                **costs,
+                "slo_gain": gain,
+                "slo_noise": noise,
+                "helps_accuracy": bool(gain > noise),
+            }
+        )
     return out
 
 
@@ -425,7 +522,10 @@ def transfer_table(run_dir: Path, dataset: PairedDataset, limit: int) -> dict[st
         model, specs, _, _ = load_model(path)
         return accuracy_under(model.eval(), specs, dataset, limit=limit)
 
-    table = {m: {"crossmodal_kd": acc(f"transfer_{m}_crossmodal"), "unimodal_kd": acc(f"transfer_{m}_unimodal"), "labels_only": acc(f"transfer_{m}_labels")} for m in dataset.modalities}
+    table = {
+        m: {"crossmodal_kd": acc(f"transfer_{m}_crossmodal"), "unimodal_kd": acc(f"transfer_{m}_unimodal"), "labels_only": acc(f"transfer_{m}_labels")}
+        for m in dataset.modalities
+    }
     table["+".join(dataset.modalities)] = {"crossmodal_kd": acc("standard_kd"), "unimodal_kd": None, "labels_only": acc("high_labels_only")}
     return table
 
@@ -434,7 +534,17 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
     """Train what is missing, measure everything, and return the suite's result."""
     started = time.perf_counter()
     datasets: dict[str, PairedDataset] = {}
-    result: dict[str, Any] = {"commit": git_commit(), "machine": machine(), "config": str(settings.config), "seeds": list(settings.seeds), "overrides": list(settings.overrides), "recipe": str(settings.recipe) if settings.recipe else None, "tier_recipes": {t: str(r) for t, r in settings.tier_recipes.items()}, "teachers_from": str(settings.teachers_from) if settings.teachers_from else None, "protocols": {}}
+    result: dict[str, Any] = {
+        "commit": git_commit(),
+        "machine": machine(),
+        "config": str(settings.config),
+        "seeds": list(settings.seeds),
+        "overrides": list(settings.overrides),
+        "recipe": str(settings.recipe) if settings.recipe else None,
+        "tier_recipes": {t: str(r) for t, r in settings.tier_recipes.items()},
+        "teachers_from": str(settings.teachers_from) if settings.teachers_from else None,
+        "protocols": {},
+    }
     for protocol in settings.protocols:
         first: tuple[RunConfig, Path] | None = None
         per_seed = []
@@ -450,7 +560,10 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
         rows = table_66(per_seed)
         missing = {f"{name} (seed {s['seed']})": why for s in per_seed for name, why in s.get("missing", {}).items()}
         section: dict[str, Any] = {"runs": [s["run"] for s in per_seed], "table_66": rows, "missing": missing, "targets": table_targets(rows)}
-        section["pareto"] = {"bytes": pareto_front({n: (r["bytes_deployable"], r["accuracy"]["mean"]) for n, r in rows.items()}), "latency": pareto_front({n: (r["latency_ms_p50"], r["accuracy"]["mean"]) for n, r in rows.items()})}
+        section["pareto"] = {
+            "bytes": pareto_front({n: (r["bytes_deployable"], r["accuracy"]["mean"]) for n, r in rows.items()}),
+            "latency": pareto_front({n: (r["latency_ms_p50"], r["accuracy"]["mean"]) for n, r in rows.items()}),
+        }
         if protocol == settings.protocols[0]:
             result["resumed" if bank_is_current(run_dir / "edge") else "made"][run_dir.name].append("edge bank")
             replays = replay_tables(cfg, dataset, run_dir, settings)
@@ -458,10 +571,20 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
             section["table_68"] = ablation(rows, replays, missing, compressed=settings.recipe is not None)
             models = {n: twin(run_dir, n) for n in ("teacher", *TIERS, *BASELINES)}  # what each row deploys
             section["robustness_not_measured"], section["cost_growth_not_measured"] = {}, {}
-            section["robustness"] = robustness(models, dataset, settings.snrs, settings.image_noises, limit=settings.robustness_samples, threads=cfg.threads, not_measured=section["robustness_not_measured"])
+            section["robustness"] = robustness(
+                models,
+                dataset,
+                settings.snrs,
+                settings.image_noises,
+                limit=settings.robustness_samples,
+                threads=cfg.threads,
+                not_measured=section["robustness_not_measured"],
+            )
             if settings.transfer:
                 section["transfer"] = transfer_table(run_dir, dataset, settings.robustness_samples)
-            section["cost_growth"] = cost_growth({n: twin(run_dir, n) for n in ("teacher", *TIERS)}, dataset, settings.batches, settings.scales, not_measured=section["cost_growth_not_measured"])
+            section["cost_growth"] = cost_growth(
+                {n: twin(run_dir, n) for n in ("teacher", *TIERS)}, dataset, settings.batches, settings.scales, not_measured=section["cost_growth_not_measured"]
+            )
         result["protocols"][protocol] = section
     result["seconds"] = time.perf_counter() - started
     return result
@@ -484,7 +607,11 @@ def _resumed(result: dict[str, Any]) -> str:
         return " (from scratch: nothing was resumed)"
     if not any(result["made"].values()):
         return " (everything trained was resumed from an earlier invocation; only measured here)"
-    return " (not counting what an earlier invocation trained and this one resumed: " + "; ".join(f"{run}: {', '.join(r)}" for run, r in resumed.items() if r) + ")"
+    return (
+        " (not counting what an earlier invocation trained and this one resumed: "
+        + "; ".join(f"{run}: {', '.join(r)}" for run, r in resumed.items() if r)
+        + ")"
+    )
 
 
 def _not_measured(reasons: dict[str, str] | None, section: str) -> list[str]:
@@ -561,7 +688,10 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
     for protocol, section in result["protocols"].items():
         rows = section["table_66"]
         lines += ["", f"## Table 6.6: comparison with existing approaches ({protocol})", "", f"Runs: {', '.join(section['runs'])}.", ""]
-        lines += ["| model | accuracy | macro-F1 | AUC-ROC | retention | params | deployable | peak memory | FLOPs | latency p50 / p95 | energy (est.) | format |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| model | accuracy | macro-F1 | AUC-ROC | retention | params | deployable | peak memory | FLOPs | latency p50 / p95 | energy (est.) | format |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in rows.items():
             ret = f"{r['retention']:.2%}" if "retention" in r else ""
             lines.append(
@@ -571,58 +701,139 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
             lines += ["", "Rows not produced: " + "; ".join(f"{name}: {why}" for name, why in section["missing"].items()) + "."]
         lines += ["", "### Targets", "", "| target | measured | reached |", "|---|---|---|"]
         lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['reached'] else '**no**'} |" for t in section["targets"]]
-        lines += ["", "### Beside the seed paper (their figures, not measured here)", "", "| tier | retention here | seed paper's retention | memory here | seed paper's memory |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "### Beside the seed paper (their figures, not measured here)",
+            "",
+            "| tier | retention here | seed paper's retention | memory here | seed paper's memory |",
+            "|---|---|---|---|---|",
+        ]
         for tier in TIERS:
             if "retention" in rows.get(tier, {}):
-                lines.append(f"| {tier} | {rows[tier]['retention']:.2%} | {SEED_PAPER['retention'][tier]:.1%} | {_kb(rows[tier]['memory_bytes'])} | {SEED_PAPER['memory_mb'].get(tier, SEED_PAPER['memory_mb']['low'])} MB{' (their low tier; critical not given)' if tier == 'critical' else ''} |")
+                lines.append(
+                    f"| {tier} | {rows[tier]['retention']:.2%} | {SEED_PAPER['retention'][tier]:.1%} | {_kb(rows[tier]['memory_bytes'])} | {SEED_PAPER['memory_mb'].get(tier, SEED_PAPER['memory_mb']['low'])} MB{' (their low tier; critical not given)' if tier == 'critical' else ''} |"
+                )
         for cost, front in section["pareto"].items():
             lines += ["", f"Pareto front, accuracy vs {cost} (cheapest first): " + " → ".join(LABELS.get(n, n) for n in front) + "."]
         if "table_67" in section:
             for trace, replay in section["table_67"].items():
-                lines += ["", f"## Table 6.7: performance under dynamic resource constraints ({protocol}, trace '{trace}')", "", f"{replay['requests']} requests replayed by the edge runtime; latency target {replay['latency_target_ms']} ms; latency model: {replay['latency_model']}. SLO-accuracy: answered correctly within the target.", ""]
-                lines += ["| level | requests | CPU load | memory available | accuracy | SLO-accuracy | latency mean / p95 | active modalities |", "|---|---|---|---|---|---|---|---|"]
+                lines += [
+                    "",
+                    f"## Table 6.7: performance under dynamic resource constraints ({protocol}, trace '{trace}')",
+                    "",
+                    f"{replay['requests']} requests replayed by the edge runtime; latency target {replay['latency_target_ms']} ms; latency model: {replay['latency_model']}. SLO-accuracy: answered correctly within the target.",
+                    "",
+                ]
+                lines += [
+                    "| level | requests | CPU load | memory available | accuracy | SLO-accuracy | latency mean / p95 | active modalities |",
+                    "|---|---|---|---|---|---|---|---|",
+                ]
                 for r in replay["levels"]:
-                    lines.append(f"| {r['level']} | {r['requests']} | {r['cpu_percent']:.0f}% | {r['memory_available_mb']:.1f} MB | {r['accuracy']:.4f} | {r['slo_accuracy']:.4f} | {r['latency_ms_mean']:.2f} / {r['latency_ms_p95']:.2f} ms | {r['active_modalities']} |")
+                    lines.append(
+                        f"| {r['level']} | {r['requests']} | {r['cpu_percent']:.0f}% | {r['memory_available_mb']:.1f} MB | {r['accuracy']:.4f} | {r['slo_accuracy']:.4f} | {r['latency_ms_mean']:.2f} / {r['latency_ms_p95']:.2f} ms | {r['active_modalities']} |"
+                    )
                 lines += ["", "| policy | accuracy | SLO-accuracy | latency p50 / p95 | unanswered |", "|---|---|---|---|---|"]
                 for policy, s in {"dynamic": replay["dynamic"], **{f"static {k}": v for k, v in replay["static"].items()}}.items():
-                    lines.append(f"| {policy} | {s['accuracy']:.4f} | {s['slo_accuracy']:.4f} | {s['latency_ms_p50']:.2f} / {s['latency_ms_p95']:.2f} ms | {s['unanswered']} |")
+                    lines.append(
+                        f"| {policy} | {s['accuracy']:.4f} | {s['slo_accuracy']:.4f} | {s['latency_ms_p50']:.2f} / {s['latency_ms_p95']:.2f} ms | {s['unanswered']} |"
+                    )
                 from racmkd.runtime.simulate import ceiling_rows
 
                 lines += ceiling_rows(replay.get("oracle", {}))  # (replays cached before the ceilings have none)
                 lines += _levels_side_by_side(replay)
         if "table_68" in section:
-            lines += ["", f"## Table 6.8: ablation, edge deployment ({protocol})", "", "Each row adds one component to the row above, on the high tier. A component helps accuracy when its gain exceeds the seed spread; the dynamic rows compare SLO-accuracy under a trace with the static high tier, and help when the gain exceeds twice its standard error over the replay's requests.", ""]
-            lines += ["| configuration | accuracy | change | helps accuracy | memory | deployable | latency p50 | energy (est.) |", "|---|---|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                f"## Table 6.8: ablation, edge deployment ({protocol})",
+                "",
+                "Each row adds one component to the row above, on the high tier. A component helps accuracy when its gain exceeds the seed spread; the dynamic rows compare SLO-accuracy under a trace with the static high tier, and help when the gain exceeds twice its standard error over the replay's requests.",
+                "",
+            ]
+            lines += [
+                "| configuration | accuracy | change | helps accuracy | memory | deployable | latency p50 | energy (est.) |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
             for r in section["table_68"]:
                 if r["model"] == "runtime":
                     change = f"{r['slo_gain']:+.4f} (noise {r['slo_noise']:.4f})" if "slo_gain" in r else ""
-                    memory = f"{_kb(r['memory_bytes'])} held" + (f" (static high {_kb(r['memory_bytes_static_high'])})" if r["memory_bytes_static_high"] else "") + ", the bank's figures"
-                    energy = "none answered" if r["energy_mj_estimated"] is None else f"{r['energy_mj_estimated']:.4f} mJ" + (f" (static high {r['energy_mj_estimated_static_high']:.4f})" if r["energy_mj_estimated_static_high"] is not None else "")
-                    lines.append(f"| {r['row']} | SLO-accuracy {r['slo_accuracy']:.4f} (static high {_acc(r['slo_accuracy_static_high'])}) | {change} | {'yes' if r['helps_accuracy'] else 'no'} | {memory} | | {r['latency_ms_p50']:.2f} ms (static high {_ms(r['latency_ms_p50_static_high'])}) | {energy} |")
+                    memory = (
+                        f"{_kb(r['memory_bytes'])} held"
+                        + (f" (static high {_kb(r['memory_bytes_static_high'])})" if r["memory_bytes_static_high"] else "")
+                        + ", the bank's figures"
+                    )
+                    energy = (
+                        "none answered"
+                        if r["energy_mj_estimated"] is None
+                        else f"{r['energy_mj_estimated']:.4f} mJ"
+                        + (f" (static high {r['energy_mj_estimated_static_high']:.4f})" if r["energy_mj_estimated_static_high"] is not None else "")
+                    )
+                    lines.append(
+                        f"| {r['row']} | SLO-accuracy {r['slo_accuracy']:.4f} (static high {_acc(r['slo_accuracy_static_high'])}) | {change} | {'yes' if r['helps_accuracy'] else 'no'} | {memory} | | {r['latency_ms_p50']:.2f} ms (static high {_ms(r['latency_ms_p50_static_high'])}) | {energy} |"
+                    )
                 elif "not_produced" in r:
                     lines.append(f"| {r['row']} | not produced: {r['not_produced']} | | | | | | |")
                 else:
                     spread = "no spread: one seed" if r.get("spread") is None else f"spread {r['spread']:.4f}"
-                    change = f"{r['accuracy_change']:+.4f} ({spread}); memory / {r['memory_ratio']:.2f}, latency / {r['latency_ratio']:.2f}" if "accuracy_change" in r else ""
+                    change = (
+                        f"{r['accuracy_change']:+.4f} ({spread}); memory / {r['memory_ratio']:.2f}, latency / {r['latency_ratio']:.2f}"
+                        if "accuracy_change" in r
+                        else ""
+                    )
                     helps = ("undecided" if r["helps_accuracy"] is None else "yes" if r["helps_accuracy"] else "no") if "helps_accuracy" in r else ""
-                    lines.append(f"| {r['row']} | {mean_pm(r['accuracy'])} | {change} | {helps} | {_kb(r['memory_bytes'])} | {_kb(r['bytes_deployable'])} | {r['latency_ms_p50']:.3f} ms | {r['energy_mj_estimated']:.4f} mJ |")
+                    lines.append(
+                        f"| {r['row']} | {mean_pm(r['accuracy'])} | {change} | {helps} | {_kb(r['memory_bytes'])} | {_kb(r['bytes_deployable'])} | {r['latency_ms_p50']:.3f} ms | {r['energy_mj_estimated']:.4f} mJ |"
+                    )
         if section.get("robustness"):  # (every model failing leaves only the reasons, below)
             rob = section["robustness"]
             snrs = sorted({k for r in rob.values() for k in r["audio_snr"]}, key=float)
             noises = sorted({k for r in rob.values() for k in r["image_noise"]}, key=float)
-            lines += ["", f"## Robustness ({protocol}): accuracy under acquisition noise (the seed's eq. 25)", "", "Audio at a fixed SNR (inf = the clean recording), images with added white noise (std on [0, 1]), and each modality missing; PyTorch models, test split: each row's deployed weights (a racmkd tier's compressed model), in float arithmetic (the TinyML row's fp32 twin, not its int8 rounding)."]
-            lines += ["", "| model | " + " | ".join(f"audio {s} dB" for s in snrs) + " | " + " | ".join(f"image noise {n}" for n in noises) + " | " + " | ".join(f"without {m}" for m in next(iter(rob.values()))["missing"]) + " |"]
+            lines += [
+                "",
+                f"## Robustness ({protocol}): accuracy under acquisition noise (the seed's eq. 25)",
+                "",
+                "Audio at a fixed SNR (inf = the clean recording), images with added white noise (std on [0, 1]), and each modality missing; PyTorch models, test split: each row's deployed weights (a racmkd tier's compressed model), in float arithmetic (the TinyML row's fp32 twin, not its int8 rounding).",
+            ]
+            lines += [
+                "",
+                "| model | "
+                + " | ".join(f"audio {s} dB" for s in snrs)
+                + " | "
+                + " | ".join(f"image noise {n}" for n in noises)
+                + " | "
+                + " | ".join(f"without {m}" for m in next(iter(rob.values()))["missing"])
+                + " |",
+            ]
             lines.append("|---|" + "---|" * (len(snrs) + len(noises) + len(next(iter(rob.values()))["missing"])))
             for name, r in rob.items():
-                lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(_acc(r["audio_snr"].get(s)) for s in snrs) + " | " + " | ".join(_acc(r["image_noise"].get(n)) for n in noises) + " | " + " | ".join(_acc(v) for v in r["missing"].values()) + " |")
+                lines.append(
+                    f"| {LABELS.get(name, name)} | "
+                    + " | ".join(_acc(r["audio_snr"].get(s)) for s in snrs)
+                    + " | "
+                    + " | ".join(_acc(r["image_noise"].get(n)) for n in noises)
+                    + " | "
+                    + " | ".join(_acc(v) for v in r["missing"].values())
+                    + " |"
+                )
         lines += _not_measured(section.get("robustness_not_measured"), "robustness")
         if "transfer" in section:
-            lines += ["", f"## Cross-modal transfer ({protocol})", "", "Students of the high tier's resolution and depth, widest within its budget, each trained three ways with the same recipe. Cross-modal KD: from the fused image + audio teacher; unimodal KD: from the teacher of the student's own modality. n/a: for image+audio unimodal KD, no single-modality teacher sees what the student sees; elsewhere, that student was not trained (its checkpoint is missing).", ""]
+            lines += [
+                "",
+                f"## Cross-modal transfer ({protocol})",
+                "",
+                "Students of the high tier's resolution and depth, widest within its budget, each trained three ways with the same recipe. Cross-modal KD: from the fused image + audio teacher; unimodal KD: from the teacher of the student's own modality. n/a: for image+audio unimodal KD, no single-modality teacher sees what the student sees; elsewhere, that student was not trained (its checkpoint is missing).",
+                "",
+            ]
             lines += ["| student sees | cross-modal KD | unimodal KD | labels only |", "|---|---|---|---|"]
             for mods, r in section["transfer"].items():
                 lines.append(f"| {mods} | {_acc(r['crossmodal_kd'])} | {_acc(r['unimodal_kd'])} | {_acc(r['labels_only'])} |")
         if "cost_growth" in section:
-            lines += ["", f"## Cost growth ({protocol})", "", "PyTorch, one thread, every point of a model timed in turn over several rounds. Exponent: slope of log cost against log batch size, or against log input values (every input side scaled). Each call also pays a fixed cost (eager dispatch, the same for any input): where it dominates, small students at batch 1, the latency exponent stays near 0, which says the model is overhead-bound, not that its arithmetic does not grow.", ""]
+            lines += [
+                "",
+                f"## Cost growth ({protocol})",
+                "",
+                "PyTorch, one thread, every point of a model timed in turn over several rounds. Exponent: slope of log cost against log batch size, or against log input values (every input side scaled). Each call also pays a fixed cost (eager dispatch, the same for any input): where it dominates, small students at batch 1, the latency exponent stays near 0, which says the model is overhead-bound, not that its arithmetic does not grow.",
+                "",
+            ]
             lines += ["| model | latency ~ batch^k | memory ~ batch^k | latency ~ input^k | memory ~ input^k |", "|---|---|---|---|---|"]
             for name, r in section["cost_growth"].items():
                 k = [r[f"exponent_{what}"] for what in ("latency_vs_batch", "memory_vs_batch", "latency_vs_input", "memory_vs_input")]
@@ -648,21 +859,46 @@ def plot_all(result: dict[str, Any], out: Path, stem: str) -> dict[str, str]:
     # runtime in each trace replay (accuracy served; every variant's bytes, as the device holds them;
     # its latency is under the trace's load, not idle as the others').
     fig, axes = plt.subplots(1, 2, figsize=(15, 6))
-    for ax, key, xlabel in ((axes[0], "bytes_deployable", "deployable bytes"), (axes[1], "latency_ms_p50", "latency p50 (ms, ONNX Runtime, batch 1; runtime: replayed under the trace's load)")):
+    for ax, key, xlabel in (
+        (axes[0], "bytes_deployable", "deployable bytes"),
+        (axes[1], "latency_ms_p50", "latency p50 (ms, ONNX Runtime, batch 1; runtime: replayed under the trace's load)"),
+    ):
         for i, (name_of_protocol, part) in enumerate(result["protocols"].items()):
             rows = part["table_66"]
             suffix = "" if i == 0 else f" ({name_of_protocol})"
             for name, r in rows.items():
                 colour = "tab:blue" if name in TIERS else "tab:cyan" if name.endswith("_fp32") else "tab:red" if name == "teacher" else "tab:gray"
-                ax.errorbar(r[key], r["accuracy"]["mean"], yerr=r["accuracy"]["std"], fmt="o" if i == 0 else "s", color=colour, mfc=colour if i == 0 else "none", capsize=3)
+                ax.errorbar(
+                    r[key],
+                    r["accuracy"]["mean"],
+                    yerr=r["accuracy"]["std"],
+                    fmt="o" if i == 0 else "s",
+                    color=colour,
+                    mfc=colour if i == 0 else "none",
+                    capsize=3,
+                )
                 ax.annotate(LABELS.get(name, name) + suffix, (r[key], r["accuracy"]["mean"]), textcoords="offset points", xytext=(4, 3), fontsize=6)
             tiers = [t for t in TIERS if t in rows]
-            ax.plot([rows[t][key] for t in tiers], [rows[t]["accuracy"]["mean"] for t in tiers], "-" if i == 0 else "--", color="tab:blue", alpha=0.6, label=f"racmkd tiers ({name_of_protocol})")
+            ax.plot(
+                [rows[t][key] for t in tiers],
+                [rows[t]["accuracy"]["mean"] for t in tiers],
+                "-" if i == 0 else "--",
+                color="tab:blue",
+                alpha=0.6,
+                label=f"racmkd tiers ({name_of_protocol})",
+            )
         for trace, replay in section.get("table_67", {}).items():
             x = replay["bytes_deployable"] if key == "bytes_deployable" else replay["dynamic"]["latency_ms_p50"]
             if math.isfinite(x):  # (a replay with nothing answered has no latency)
                 ax.plot(x, replay["dynamic"]["accuracy"], "*", markersize=11, color="tab:green")
-                ax.annotate(f"runtime, '{trace}' ({protocol})", (x, replay["dynamic"]["accuracy"]), textcoords="offset points", xytext=(4, -9), fontsize=6, color="tab:green")
+                ax.annotate(
+                    f"runtime, '{trace}' ({protocol})",
+                    (x, replay["dynamic"]["accuracy"]),
+                    textcoords="offset points",
+                    xytext=(4, -9),
+                    fontsize=6,
+                    color="tab:green",
+                )
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # (labelled minor ticks overlap on a short log axis)
         ax.set_xlabel(xlabel, fontsize=8)
@@ -698,7 +934,9 @@ def plot_all(result: dict[str, Any], out: Path, stem: str) -> dict[str, str]:
 
     if section.get("cost_growth"):
         fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), sharex="col")
-        for (row, key, unit), (col, sweep, x) in itertools.product([(0, "latency_ms", 1.0), (1, "peak_activation_bytes", 1 / 1024)], [(0, "batch", "batch"), (1, "resolution", "input_values")]):
+        for (row, key, unit), (col, sweep, x) in itertools.product(
+            [(0, "latency_ms", 1.0), (1, "peak_activation_bytes", 1 / 1024)], [(0, "batch", "batch"), (1, "resolution", "input_values")]
+        ):
             for name, r in section["cost_growth"].items():
                 axes[row][col].loglog([p[x] for p in r[sweep]], [p[key] * unit for p in r[sweep]], "o-", label=LABELS.get(name, name))
         axes[1][0].set_xlabel("batch size")

@@ -41,7 +41,11 @@ def load_model(path: Path) -> tuple[MultimodalNet, dict[str, Any], dict[str, Mod
     except Exception as err:  # noqa: BLE001 - torch raises many kinds on damaged files
         # torch's own text for a file its safe loader refuses advises weights_only=False, which runs
         # whatever the file holds: wrong advice for a damaged checkpoint, so it is not passed on.
-        why = "damaged, or not a checkpoint: the safe loader cannot read it" if "weights_only" in str(err) else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        why = (
+            "damaged, or not a checkpoint: the safe loader cannot read it"
+            if "weights_only" in str(err)
+            else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        )
         raise CheckpointError(f"{path}: unreadable checkpoint ({why}). Re-run the stage that writes it.") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint. Re-run the stage that writes it.")

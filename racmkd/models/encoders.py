@@ -98,7 +98,15 @@ class DSCNN2dEncoder(PooledEncoder):
 
     base_channels = 8
 
-    def __init__(self, in_shape: tuple[int, int, int], width: float = 1.0, depth: int = 1, channels: list[int] | tuple[int, ...] | None = None, stem_stride: int = 0, multiple: int = 1) -> None:
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        width: float = 1.0,
+        depth: int = 1,
+        channels: list[int] | tuple[int, ...] | None = None,
+        stem_stride: int = 0,
+        multiple: int = 1,
+    ) -> None:
         super().__init__()
         c, h, w = in_shape
         stride = stem_stride or (2 if min(h, w) >= 16 else 1)
@@ -162,7 +170,9 @@ class SqueezeExcite(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         squeezed = make_divisible(channels / 4)
-        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, squeezed, 1), nn.ReLU(inplace=True), nn.Conv2d(squeezed, channels, 1), nn.Hardsigmoid())
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, squeezed, 1), nn.ReLU(inplace=True), nn.Conv2d(squeezed, channels, 1), nn.Hardsigmoid()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gate(x)
@@ -218,7 +228,12 @@ class MobileNetV3SmallEncoder(PooledEncoder):
         c, h, w = in_shape
         size = min(h, w)
         stem = make_divisible(16 * width)
-        layers: list[nn.Module] = [nn.BatchNorm2d(c, affine=False), nn.Conv2d(c, stem, 3, 2 if size > 4 else 1, 1, bias=False), nn.BatchNorm2d(stem), nn.Hardswish()]
+        layers: list[nn.Module] = [
+            nn.BatchNorm2d(c, affine=False),
+            nn.Conv2d(c, stem, 3, 2 if size > 4 else 1, 1, bias=False),
+            nn.BatchNorm2d(stem),
+            nn.Hardswish(),
+        ]
         size = -(-size // 2) if size > 4 else size
         channels = stem
         for kernel, expanded, out, squeeze, hard_swish, stride in self.blocks:

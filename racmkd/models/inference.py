@@ -20,7 +20,14 @@ class BatchFeatures:
     """Features of one raw batch, computed once per (modality, spec) and shared by every model
     that asks for the same input (teachers and students in a shared training pass)."""
 
-    def __init__(self, modalities: dict[str, Modality], raw: dict[str, torch.Tensor], augment_seed: int | None = None, channels_last: bool = False, known: dict[tuple[str, Any], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        modalities: dict[str, Modality],
+        raw: dict[str, torch.Tensor],
+        augment_seed: int | None = None,
+        channels_last: bool = False,
+        known: dict[tuple[str, Any], torch.Tensor] | None = None,
+    ) -> None:
         """`known`: inputs already computed, per (modality, spec), from a pass that drew the same batch."""
         self.modalities, self.raw, self.augment_seed, self.channels_last = modalities, raw, augment_seed, channels_last
         self._memo: dict[tuple[str, Any], torch.Tensor] = dict(known or {})

@@ -115,7 +115,15 @@ TEACHER_WIDTH = 32  # a teacher encoder's first-stage channels when none are giv
 
 
 @MODELS.register("teacher")
-def teacher(inputs: dict[str, dict[str, Any]], width: int | dict[str, int] = TEACHER_WIDTH, embed_dim: int = 128, fusion_hidden: int = 256, dropout: float = 0.2, num_classes: int = 10, depth: dict[str, int] | None = None) -> MultimodalNet:
+def teacher(
+    inputs: dict[str, dict[str, Any]],
+    width: int | dict[str, int] = TEACHER_WIDTH,
+    embed_dim: int = 128,
+    fusion_hidden: int = 256,
+    dropout: float = 0.2,
+    num_classes: int = 10,
+    depth: dict[str, int] | None = None,
+) -> MultimodalNet:
     """Cloud-tier teacher: CNN encoders (first-stage channels `width`, one number for every modality
     or per modality, TEACHER_WIDTH if absent; `depth[modality]` convolutions per stage, 1 if absent),
     fusion MLP over [embeddings, presence mask]. `inputs` maps each modality to {"encoder": MODELS name, "shape": (C, H, W)}."""
@@ -126,12 +134,31 @@ def teacher(inputs: dict[str, dict[str, Any]], width: int | dict[str, int] = TEA
     per_modality = {m: {"width": widths.get(m, TEACHER_WIDTH), **({"depth": depth[m]} if m in depth else {})} for m in inputs}
     encoders = _encoders(inputs, per_modality, embed_dim=embed_dim)
     fusion = Fusion(embed_dim * len(encoders), len(encoders), fusion_hidden, dropout)
-    arch = {"name": "teacher", "kwargs": {"inputs": inputs, "width": width, "embed_dim": embed_dim, "fusion_hidden": fusion_hidden, "dropout": dropout, "num_classes": num_classes, "depth": depth}}
-    return MultimodalNet(encoders, fusion, fusion_hidden or embed_dim * len(encoders), num_classes, arch)  # (hidden 0: the fusion passes the embeddings through)
+    arch = {
+        "name": "teacher",
+        "kwargs": {
+            "inputs": inputs,
+            "width": width,
+            "embed_dim": embed_dim,
+            "fusion_hidden": fusion_hidden,
+            "dropout": dropout,
+            "num_classes": num_classes,
+            "depth": depth,
+        },
+    }
+    # (hidden 0: the fusion passes the embeddings through)
+    return MultimodalNet(encoders, fusion, fusion_hidden or embed_dim * len(encoders), num_classes, arch)
 
 
 @MODELS.register("student")
-def student(inputs: dict[str, dict[str, Any]], width: float = 1.0, depth: int = 1, num_classes: int = 10, structure: dict[str, dict[str, Any]] | None = None, channel_multiple: int = 1) -> MultimodalNet:
+def student(
+    inputs: dict[str, dict[str, Any]],
+    width: float = 1.0,
+    depth: int = 1,
+    num_classes: int = 10,
+    structure: dict[str, dict[str, Any]] | None = None,
+    channel_multiple: int = 1,
+) -> MultimodalNet:
     """Edge-tier student: depthwise-separable encoders scaled by `width` (channels) and `depth`
     (blocks per stage), a linear classifier over [embeddings, presence mask]. Input resolution and
     active modalities are set through `inputs`; `channel_multiple` > 1 rounds every layer's channels
@@ -142,7 +169,17 @@ def student(inputs: dict[str, dict[str, Any]], width: float = 1.0, depth: int = 
     aligned = {"multiple": channel_multiple} if channel_multiple > 1 else {}
     encoders = _encoders(inputs, structure, width=width, depth=depth, **aligned)
     joint = sum(e.embed_dim for e in encoders.values())
-    arch = {"name": "student", "kwargs": {"inputs": inputs, "width": width, "depth": depth, "num_classes": num_classes, **({"channel_multiple": channel_multiple} if aligned else {}), **({"structure": structure} if structure else {})}}
+    arch = {
+        "name": "student",
+        "kwargs": {
+            "inputs": inputs,
+            "width": width,
+            "depth": depth,
+            "num_classes": num_classes,
+            **({"channel_multiple": channel_multiple} if aligned else {}),
+            **({"structure": structure} if structure else {}),
+        },
+    }
     return MultimodalNet(encoders, Fusion(joint, len(encoders)), joint, num_classes, arch)
 
 
@@ -180,7 +217,9 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def widest_student(inputs: dict[str, dict[str, Any]], budget_bytes: int, depth: int = 1, max_width: float = 8.0, channel_multiple: int = 1) -> MultimodalNet | None:
+def widest_student(
+    inputs: dict[str, dict[str, Any]], budget_bytes: int, depth: int = 1, max_width: float = 8.0, channel_multiple: int = 1
+) -> MultimodalNet | None:
     """The student of this depth with the largest width multiplier (in steps of one stem channel,
     at most `max_width`) whose fp32 parameters fit `budget_bytes`, freshly initialised; None when
     even the narrowest does not fit. With `channel_multiple` > 1 each layer rounds on its own, so

@@ -253,7 +253,8 @@ class DeadlineRisk:
                 self._samples[band].clear()
                 self._last_seen[band] = math.nan
                 self._sorted.clear()
-        self._next_forget = min((seen for seen in self._last_seen if not math.isnan(seen)), default=math.inf) + self.memory_s  # (a band seen since only moves it later)
+        # (a band seen since only moves it later)
+        self._next_forget = min((seen for seen in self._last_seen if not math.isnan(seen)), default=math.inf) + self.memory_s
 
     def __len__(self) -> int:
         return len(self._recent)
@@ -366,7 +367,9 @@ class Allocator:
         there = {m for m, w in zip(self.table.modalities, weights) if w > 0 and m in available}  # a dead input (weight 0) is no more there than a missing one
         critical = self.honoured_critical(exclude, there)
         index = {m: i for i, m in enumerate(self.table.modalities)}
-        candidates = [(u, c) for u, c in candidates if all(c[index[m]] is not None and self.table.tiers.index(c[index[m]].tier) <= rank for m, rank in critical.items())]
+        candidates = [
+            (u, c) for u, c in candidates if all(c[index[m]] is not None and self.table.tiers.index(c[index[m]].tier) <= rank for m, rank in critical.items())
+        ]
         weighted = [(u, c) for u, c in candidates if not any(v is not None and weights[i] == 0.0 for i, v in enumerate(c))]
         note = "" if len(critical) == len(self.critical) else f" (critical {', '.join(sorted(set(self.critical) - set(critical)))} unavailable)"
         if len(self._eligible) > 256:
@@ -374,7 +377,9 @@ class Allocator:
         hit = self._eligible[key] = (weighted or candidates, note)
         return hit
 
-    def solve(self, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset(), slack: float = 0.0, available: set[str] | None = None) -> Decision:
+    def solve(
+        self, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset(), slack: float = 0.0, available: set[str] | None = None
+    ) -> Decision:
         """The best configuration within `budget` (with `slack` to spare) that uses only the
         `available` modalities (default: all), none of the variants in `exclude` (ids), no modality
         of weight 0 unless nothing else can run, and every critical modality that can be honoured
@@ -397,9 +402,17 @@ class Allocator:
                     best = (score, chance, c)
             if best is not None:
                 score, chance, c = best
-                return Decision(c, score, self.costs[c], True, f"best expected SLO-accuracy: {describe(self.table, c)} (meets the deadline with p={chance:.2f}){note}")
+                return Decision(
+                    c, score, self.costs[c], True, f"best expected SLO-accuracy: {describe(self.table, c)} (meets the deadline with p={chance:.2f}){note}"
+                )
         u, c = min(candidates, key=lambda uc: (not self.costs[uc[1]].fits(budget, 0.0, HARD_RESOURCES), self.costs[uc[1]].overshoot(budget), -uc[0]))
-        return Decision(c, u, self.costs[c], False, f"nothing fits ({', '.join(self.costs[c].over(budget)) or 'latency'} over); least over budget: {describe(self.table, c)}{note}")
+        return Decision(
+            c,
+            u,
+            self.costs[c],
+            False,
+            f"nothing fits ({', '.join(self.costs[c].over(budget)) or 'latency'} over); least over budget: {describe(self.table, c)}{note}",
+        )
 
     def _slo_score(self, utility: float, config: Configuration, budget: Budget, slack: float = 0.0) -> tuple[float, float]:
         """(expected SLO-accuracy, chance of meeting the deadline) of a configuration; 0 when it is
@@ -411,7 +424,9 @@ class Allocator:
         chance = self.risk.chance(costs.typical_ms, budget.latency_ms, budget.slowdown)  # the risk is the latency's margin: no slack on top
         return utility * chance, chance
 
-    def better_than(self, worth: float, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset(), slack: float = 0.0) -> dict[Configuration, float]:
+    def better_than(
+        self, worth: float, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset(), slack: float = 0.0
+    ) -> dict[Configuration, float]:
         """Every configuration `solve` may choose from that is worth more than `worth` (the objective
         `solve` maximises) within `budget` with `slack` to spare, with what it is worth; best first."""
         candidates, _ = self.eligible(weights, exclude, frozenset(self.table.modalities))
@@ -453,7 +468,8 @@ class Hysteresis:
 
     margin: float = 0.2
     window_s: float = 1.0
-    _fitting: dict[Configuration, float] = field(default_factory=dict, repr=False)  # better than the current one, fitting with the margin -> since when, without a break
+    # better than the current one, fitting with the margin -> since when, without a break
+    _fitting: dict[Configuration, float] = field(default_factory=dict, repr=False)
     _pending: Configuration | None = field(default=None, repr=False)
 
     @property
@@ -477,7 +493,9 @@ class Hysteresis:
     def _wait_no_more(self) -> None:
         self._fitting, self._pending = {}, None
 
-    def choose(self, now: float, current: Decision | None, allocator: Allocator, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset()) -> tuple[Decision, str]:
+    def choose(
+        self, now: float, current: Decision | None, allocator: Allocator, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset()
+    ) -> tuple[Decision, str]:
         best = allocator.solve(budget, weights, exclude)
         if current is None:
             self._wait_no_more()
@@ -492,7 +510,12 @@ class Hysteresis:
                 return current_now, "over budget, nothing cheaper fits"
             why = "a variant failed" if uses_excluded else f"over budget on {', '.join(current_costs.over(budget)) or 'latency'}"
             return best, f"step down at once: {why}"
-        if best.config != current.config and best.feasible and best.utility > current_now.utility + 1e-9 and all(getattr(best.costs, r) <= getattr(current_costs, r) for r in RESOURCES):
+        if (
+            best.config != current.config
+            and best.feasible
+            and best.utility > current_now.utility + 1e-9
+            and all(getattr(best.costs, r) <= getattr(current_costs, r) for r in RESOURCES)
+        ):
             # Better for no more cost on any resource (with the SLO objective: the deadline has
             # grown too likely to be missed): nothing to wait for.
             self._wait_no_more()
@@ -516,7 +539,13 @@ class Hysteresis:
             self._fitting = {c: since for c, since in self._fitting.items() if better[c] > better[chosen] + 1e-9}
         self._pending = max(self._fitting, key=better.__getitem__) if self._fitting else None
         if chosen is not None:
-            decision = Decision(chosen, better[chosen], allocator.costs.get(chosen) or config_costs(chosen), True, f"fitted with {self.margin:.0%} headroom: {describe(allocator.table, chosen)}")
+            decision = Decision(
+                chosen,
+                better[chosen],
+                allocator.costs.get(chosen) or config_costs(chosen),
+                True,
+                f"fitted with {self.margin:.0%} headroom: {describe(allocator.table, chosen)}",
+            )
             return decision, f"step up: fitted with {self.margin:.0%} headroom for {waited:.2f} s"
         if self._pending is None:
             return current_now, "stay"
@@ -531,7 +560,15 @@ class LatencyController:
         if target_ms <= 0:
             raise ConfigError(f"runtime.latency_target_ms must be positive, got {target_ms}")
         self.gains, self.target_ms = gains, target_ms
-        self.pid = PID(gains.kp, gains.ki, gains.kd, setpoint=gains.setpoint, sample_time=None, output_limits=(gains.min_scale, gains.max_scale), starting_output=gains.max_scale)
+        self.pid = PID(
+            gains.kp,
+            gains.ki,
+            gains.kd,
+            setpoint=gains.setpoint,
+            sample_time=None,
+            output_limits=(gains.min_scale, gains.max_scale),
+            starting_output=gains.max_scale,
+        )
         self.scale = gains.max_scale
         self._last: float | None = None  # when the PID last stepped
         self._sum, self._count = 0.0, 0  # observed latency / target since then

@@ -157,7 +157,13 @@ class MonitorState:
         return ResourceSnapshot(**{**s.as_dict(), **{k: v for k, v in worse.items() if v is not None}})
 
     def as_dict(self) -> dict[str, Any]:
-        return {"level": self.level, "interval_s": self.interval_s, "raw": self.raw.as_dict(), "smoothed": self.smoothed.as_dict(), "forecast": self.forecast.as_dict()}
+        return {
+            "level": self.level,
+            "interval_s": self.interval_s,
+            "raw": self.raw.as_dict(),
+            "smoothed": self.smoothed.as_dict(),
+            "forecast": self.forecast.as_dict(),
+        }
 
 
 def _pick(fn: Callable[..., Any], *candidates: Any) -> Any:
@@ -167,7 +173,11 @@ def _pick(fn: Callable[..., Any], *candidates: Any) -> Any:
 
 def _finite(snapshot: ResourceSnapshot) -> ResourceSnapshot:
     """The reading with NaN, infinite or non-numeric values marked absent (a glitching sensor)."""
-    bad = {k: None for k in NUMERIC_FIELDS if (v := getattr(snapshot, k)) is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not math.isfinite(v))}
+    bad = {
+        k: None
+        for k in NUMERIC_FIELDS
+        if (v := getattr(snapshot, k)) is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not math.isfinite(v))
+    }
     return replace(snapshot, **bad) if bad else snapshot
 
 
@@ -254,7 +264,9 @@ class ResourceMonitor:
             forecast[name] = _clamp_reading(name, self._holt[name].forecast(self.config.horizon_s) or value)
         as_int = {"memory_available_bytes", "process_rss_bytes"}
         smoothed_snap = ResourceSnapshot(**{**raw.as_dict(), **{k: (int(v) if k in as_int else v) for k, v in smoothed.items()}})
-        forecast_snap = ResourceSnapshot(**{**raw.as_dict(), "t": now + self.config.horizon_s, **{k: (int(v) if k in as_int else v) for k, v in forecast.items()}})
+        forecast_snap = ResourceSnapshot(
+            **{**raw.as_dict(), "t": now + self.config.horizon_s, **{k: (int(v) if k in as_int else v) for k, v in forecast.items()}}
+        )
         moved = self._moved(self._last_smoothed, smoothed_snap)  # the smoothed value moving, not the noise
         self.interval_s = self.config.min_interval_s if moved else min(self.config.max_interval_s, self.interval_s * 1.5)
         self._last_smoothed = smoothed_snap

@@ -234,7 +234,9 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
         if node.op_type in COMPUTE_OPS:
             f = _conv_flops(node, shapes, weights) if "Conv" in node.op_type else _matmul_flops(node, shapes, weights, batch)
             flops += f
-            if node.op_type in INT8_OPS or (quantized and any(producer.get(n) is not None and producer[n].op_type == "DequantizeLinear" for n in node.input[:2])):
+            if node.op_type in INT8_OPS or (
+                quantized and any(producer.get(n) is not None and producer[n].op_type == "DequantizeLinear" for n in node.input[:2])
+            ):
                 int8_flops += f
         if not (quantized and node.op_type in QDQ_OPS) and node.output[0] not in dequantized_weights and node.op_type not in ("Constant", "Identity", "Shape"):
             operators += 1
@@ -271,8 +273,10 @@ def measure_host_peaks() -> HostPeaks:
     n = 1024
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])], "peak",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])], [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "peak",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
         [numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "b")],
     )
     sess = session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString())
@@ -293,7 +297,11 @@ def synthetic_graph(channels: int, size: int, blocks: int) -> onnx.ModelProto:
     for i in range(blocks):
         dw = rng.standard_normal((channels, 1, 3, 3)).astype(np.float32) * 0.3
         pw = (rng.standard_normal((channels, channels, 1, 1)) / np.sqrt(channels)).astype(np.float32)
-        inits += [numpy_helper.from_array(dw, f"dw{i}"), numpy_helper.from_array(pw, f"pw{i}"), numpy_helper.from_array(np.zeros(channels, np.float32), f"b{i}")]
+        inits += [
+            numpy_helper.from_array(dw, f"dw{i}"),
+            numpy_helper.from_array(pw, f"pw{i}"),
+            numpy_helper.from_array(np.zeros(channels, np.float32), f"b{i}"),
+        ]
         nodes += [
             helper.make_node("Conv", [x, f"dw{i}", f"b{i}"], [f"d{i}"], pads=[1, 1, 1, 1], group=channels),
             helper.make_node("Relu", [f"d{i}"], [f"dr{i}"]),
@@ -302,8 +310,18 @@ def synthetic_graph(channels: int, size: int, blocks: int) -> onnx.ModelProto:
         ]
         x = f"pr{i}"
     inits += [numpy_helper.from_array(rng.standard_normal((channels, 10)).astype(np.float32), "fc"), numpy_helper.from_array(np.zeros(10, np.float32), "fcb")]
-    nodes += [helper.make_node("GlobalAveragePool", [x], ["pool"]), helper.make_node("Flatten", ["pool"], ["flat"]), helper.make_node("Gemm", ["flat", "fc", "fcb"], ["logits"])]
-    graph = helper.make_graph(nodes, "calibration", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, size, size])], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    nodes += [
+        helper.make_node("GlobalAveragePool", [x], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc", "fcb"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "calibration",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
@@ -316,11 +334,21 @@ class LatencyModel:
     peaks: HostPeaks
     seconds_per_op: float
     flops_efficiency: float  # eta_f: the share of the large-matmul rate small layers reach
-    bandwidth_efficiency: float | None  # eta_b: traffic rate over the large-copy rate (above 1 when caches serve it, applied so on this host only); None: the fit found traffic costs no time
+    # eta_b: traffic rate over the large-copy rate (above 1 when caches serve it, applied so on this host only); None: the fit found traffic costs no time
+    bandwidth_efficiency: float | None
     fit_relative_error: float  # median |predicted - measured| / measured over the calibration graphs
     points: int
 
-    def predict(self, operators: int, flops: float, bytes_moved: float, peak_gflops: float, memory_gbps: float, seconds_per_op: float | None = None, fitted_host: bool = False) -> float:
+    def predict(
+        self,
+        operators: int,
+        flops: float,
+        bytes_moved: float,
+        peak_gflops: float,
+        memory_gbps: float,
+        seconds_per_op: float | None = None,
+        fitted_host: bool = False,
+    ) -> float:
         """Seconds for one inference on a device with these peaks (`fitted_host`: the host the
         model was fitted on, with its own measured peaks)."""
         t_op = self.seconds_per_op if seconds_per_op is None else seconds_per_op
@@ -384,7 +412,12 @@ def latency_model(cache_dir: Path = Path(".cache/racmkd"), refresh: bool = False
     if path.exists() and not refresh:
         try:
             data = json.loads(path.read_text())
-            if isinstance(data, dict) and data.get("host") == host and data.get("flops_efficiency", 0.0) <= 1.0 and data.pop("graph_cost_rules", None) == GRAPH_COST_RULES:  # eta_f above 1: fitted before it was held at 1
+            if (
+                isinstance(data, dict)
+                and data.get("host") == host
+                and data.get("flops_efficiency", 0.0) <= 1.0
+                and data.pop("graph_cost_rules", None) == GRAPH_COST_RULES
+            ):  # eta_f above 1: fitted before it was held at 1
                 return LatencyModel(**{**data, "peaks": HostPeaks(**data["peaks"])})
         except (ValueError, TypeError, KeyError):
             pass  # an unreadable cache is refitted
@@ -396,13 +429,17 @@ def latency_model(cache_dir: Path = Path(".cache/racmkd"), refresh: bool = False
 # The profile --------------------------------------------------------------------------------------
 
 
-def estimated_seconds(cost: GraphCost, model: LatencyModel, peak_fp32: float, peak_int8: float, bandwidth: float, t_op: float | None = None, fitted_host: bool = False) -> float:
+def estimated_seconds(
+    cost: GraphCost, model: LatencyModel, peak_fp32: float, peak_int8: float, bandwidth: float, t_op: float | None = None, fitted_host: bool = False
+) -> float:
     """Eq. 7 for one graph on a processor with these peaks (t_op: its dispatch time per operator;
     None: this machine's, as fitted; `fitted_host`: the processor is the host the model was fitted on)."""
     moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
     fp_flops, q_flops = cost.flops - cost.int8_flops, cost.int8_flops
     compute = model.predict(0, fp_flops, 0, peak_fp32, bandwidth) + model.predict(0, q_flops, 0, peak_int8, bandwidth)
-    return cost.operators * (model.seconds_per_op if t_op is None else t_op) + compute + model.predict(0, 0, moved, peak_fp32, bandwidth, fitted_host=fitted_host)
+    return (
+        cost.operators * (model.seconds_per_op if t_op is None else t_op) + compute + model.predict(0, 0, moved, peak_fp32, bandwidth, fitted_host=fitted_host)
+    )
 
 
 def device_seconds(cost: GraphCost, device: DeviceProfile, model: LatencyModel) -> float:
@@ -433,11 +470,17 @@ def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measur
     if rom > device.rom_bytes:
         problems.append(f"the model file needs {rom:,} bytes of storage, the device has {device.rom_bytes:,}")
     if ram > device.ram_bytes:
-        problems.append(f"it needs {ram:,} bytes of RAM (activations {cost.peak_activation_bytes:,} + runtime {device.runtime_overhead_bytes:,}{f' + weights {weights_in_ram:,}' if weights_in_ram else ''}), the device has {device.ram_bytes:,}")
+        problems.append(
+            f"it needs {ram:,} bytes of RAM (activations {cost.peak_activation_bytes:,} + runtime {device.runtime_overhead_bytes:,}{f' + weights {weights_in_ram:,}' if weights_in_ram else ''}), the device has {device.ram_bytes:,}"
+        )
     if target and seconds * 1e3 > target:
         problems.append(f"the estimated latency {seconds * 1e3:.3f} ms exceeds the {target:g} ms target")
     fits = not problems
-    reason = "; ".join(problems) if problems else f"ROM {rom:,} <= {device.rom_bytes:,}, RAM {ram:,} <= {device.ram_bytes:,}" + (f", {seconds * 1e3:.3f} ms <= {target:g} ms" if target else "")
+    reason = (
+        "; ".join(problems)
+        if problems
+        else f"ROM {rom:,} <= {device.rom_bytes:,}, RAM {ram:,} <= {device.ram_bytes:,}" + (f", {seconds * 1e3:.3f} ms <= {target:g} ms" if target else "")
+    )
     result: dict[str, Any] = {
         "model": str(path),
         "model_name": contract.get("model"),
@@ -457,7 +500,13 @@ def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measur
         "fits": fits,
         "verdict": "fits" if fits else "does not fit",
         "reason": reason,
-        "latency_model": {"host": model.host, "seconds_per_op": model.seconds_per_op, "flops_efficiency": model.flops_efficiency, "bandwidth_efficiency": model.bandwidth_efficiency, "fit_relative_error": model.fit_relative_error},
+        "latency_model": {
+            "host": model.host,
+            "seconds_per_op": model.seconds_per_op,
+            "flops_efficiency": model.flops_efficiency,
+            "bandwidth_efficiency": model.bandwidth_efficiency,
+            "fit_relative_error": model.fit_relative_error,
+        },
     }
     if measure_here:
         sess = session(path)
@@ -491,6 +540,8 @@ def render_profile(p: dict[str, Any]) -> str:
     ]
     here = p.get("this_machine")
     if here:
-        lines.append(f"  this machine: measured p50 {here['measured_latency_ms_p50']:.4f} ms / p95 {here['measured_latency_ms_p95']:.4f} ms, estimated {here['estimated_latency_ms']:.4f} ms ({here['host']})")
+        lines.append(
+            f"  this machine: measured p50 {here['measured_latency_ms_p50']:.4f} ms / p95 {here['measured_latency_ms_p95']:.4f} ms, estimated {here['estimated_latency_ms']:.4f} ms ({here['host']})"
+        )
     lines.append(f"  verdict    {p['verdict'].upper()}: {p['reason']}")
     return "\n".join(lines)

@@ -81,7 +81,16 @@ class ResourceSnapshot:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-NUMERIC_FIELDS = ("cpu_percent", "process_cpu_percent", "memory_available_bytes", "process_rss_bytes", "battery_percent", "temperature_c", "package_power_w", "runnable_tasks")
+NUMERIC_FIELDS = (
+    "cpu_percent",
+    "process_cpu_percent",
+    "memory_available_bytes",
+    "process_rss_bytes",
+    "battery_percent",
+    "temperature_c",
+    "package_power_w",
+    "runnable_tasks",
+)
 
 
 class Source(Protocol):
@@ -235,8 +244,19 @@ class SystemSource:
 
     name = "system"
 
-    def __init__(self, cgroup_root: Path = Path("/sys/fs/cgroup"), powercap_root: Path = Path("/sys/class/powercap"), proc_self_cgroup: Path = Path("/proc/self/cgroup"), proc_stat: Path = Path("/proc/stat")) -> None:
-        self.cgroup_root, self.powercap_root, self.proc_self_cgroup, self.proc_stat = Path(cgroup_root), Path(powercap_root), Path(proc_self_cgroup), Path(proc_stat)
+    def __init__(
+        self,
+        cgroup_root: Path = Path("/sys/fs/cgroup"),
+        powercap_root: Path = Path("/sys/class/powercap"),
+        proc_self_cgroup: Path = Path("/proc/self/cgroup"),
+        proc_stat: Path = Path("/proc/stat"),
+    ) -> None:
+        self.cgroup_root, self.powercap_root, self.proc_self_cgroup, self.proc_stat = (
+            Path(cgroup_root),
+            Path(powercap_root),
+            Path(proc_self_cgroup),
+            Path(proc_stat),
+        )
         self.process = psutil.Process()
         self.process.cpu_percent(None)  # the first call only starts the measurement interval
         self._cpu_times = psutil.cpu_times()  # this source's own interval (psutil.cpu_percent's is shared by the process)

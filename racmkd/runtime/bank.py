@@ -69,7 +69,18 @@ def load_bank(folder: Path, split: str = "val") -> Bank:
     try:
         # Deadlines are about the tail: hard latency budgets take each variant's 95th percentile; the
         # deadline risk scales its median (the risk's learnt ratios are the tail).
-        variants = tuple(Variant(v["modality"], v["tier"], float(v.get("latency_ms_p95", v["latency_ms"])), int(v["memory_bytes"]), float(v["energy_mj"]), v["path"], float(v["latency_ms"])) for v in data["variants"])
+        variants = tuple(
+            Variant(
+                v["modality"],
+                v["tier"],
+                float(v.get("latency_ms_p95", v["latency_ms"])),
+                int(v["memory_bytes"]),
+                float(v["energy_mj"]),
+                v["path"],
+                float(v["latency_ms"]),
+            )
+            for v in data["variants"]
+        )
         table = ProfileTable(tuple(data["modalities"]), tuple(data["tiers"]), variants, {key_tuple(k): a for k, a in data["accuracy"][split].items()})
         biases = {t: np.asarray(b, dtype=np.float32) for t, b in data["biases"].items()}
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:  # OverflowError: int() of an infinite memory figure
@@ -93,7 +104,9 @@ def load_bank(folder: Path, split: str = "val") -> Bank:
         # another length would fail every request the variant answers (a broadcast error).
         exported = contract.get("logit_bias")
         if exported is not None and np.size(exported) != biases[v.tier].size:
-            raise BankError(f"{path}: damaged (tier {v.tier!r} has a bias of {biases[v.tier].size} classes, but {folder / v.path} computes {np.size(exported)} logits). Rebuild it with `racmkd edge build`.")
+            raise BankError(
+                f"{path}: damaged (tier {v.tier!r} has a bias of {biases[v.tier].size} classes, but {folder / v.path} computes {np.size(exported)} logits). Rebuild it with `racmkd edge build`."
+            )
     return Bank(folder, table, specs, biases, data, damaged)
 
 

@@ -48,7 +48,19 @@ from racmkd.compress.artifacts import session
 from racmkd.config import RuntimeConfig
 from racmkd.data.signals import Signal
 from racmkd.registry import SIGNALS
-from racmkd.resources.allocator import Allocator, Budget, Configuration, Decision, DeadlineRisk, Hysteresis, LatencyController, NoConfigurationError, Variant, config_costs, describe
+from racmkd.resources.allocator import (
+    Allocator,
+    Budget,
+    Configuration,
+    Decision,
+    DeadlineRisk,
+    Hysteresis,
+    LatencyController,
+    NoConfigurationError,
+    Variant,
+    config_costs,
+    describe,
+)
 from racmkd.resources.monitor import MonitorState, ResourceMonitor, collector_held
 from racmkd.resources.sources import MB, ResourceSnapshot
 from racmkd.runtime.bank import Bank
@@ -105,10 +117,18 @@ class EdgeRuntime:
     """Serves requests with the variants the allocator chooses; `pinned` fixes one configuration
     (modality -> tier or None) instead, for static baselines."""
 
-    def __init__(self, bank: Bank, config: RuntimeConfig | None = None, monitor: ResourceMonitor | None = None, clock: Callable[[], float] = time.monotonic, pinned: dict[str, str | None] | None = None) -> None:
+    def __init__(
+        self,
+        bank: Bank,
+        config: RuntimeConfig | None = None,
+        monitor: ResourceMonitor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        pinned: dict[str, str | None] | None = None,
+    ) -> None:
         self.bank, self.config, self.clock = bank, config or RuntimeConfig(), clock
         self.table = bank.table
-        self.overhead_ms = float(bank.data.get("request_overhead_ms", 0.0))  # a request's cost beyond its variants': the bank's figure until requests tell (`_learn_overhead`)
+        # a request's cost beyond its variants': the bank's figure until requests tell (`_learn_overhead`)
+        self.overhead_ms = float(bank.data.get("request_overhead_ms", 0.0))
         self._overheads: deque[float] = deque(maxlen=OVERHEAD_WINDOW)  # recent requests' work beyond their variants' latencies
         self._overhead_count = 0  # requests learnt from (the window holds the last OVERHEAD_WINDOW)
         self.risk = DeadlineRisk(self.overhead_ms, memory_s=self.config.risk_memory_s) if self.config.objective == "slo" else None
@@ -118,10 +138,15 @@ class EdgeRuntime:
         self.controller = LatencyController(self.config.pid, self.config.latency_target_ms)
         self.modalities: dict[str, Signal] = {m: SIGNALS.create(m) for m in self.table.modalities}
         # Raw inputs are checked against one variant's spec per modality (their raw forms agree: sample rate, length).
-        self._raw_specs = {m: next((bank.specs[v.id] for v in self.table.variants if v.modality == m and bank.specs.get(v.id) is not None), None) for m in self.table.modalities}
+        self._raw_specs = {
+            m: next((bank.specs[v.id] for v in self.table.variants if v.modality == m and bank.specs.get(v.id) is not None), None)
+            for m in self.table.modalities
+        }
         self.quality = {m: 1.0 for m in self.table.modalities}
         self._refused: set[str] = set()  # unused inputs refused as bad (warned once), see infer
-        self.failed: dict[str, str] = {v.id: f"its file could not be read: {bank.damaged.get(v.id, 'no input spec')}" for v in self.table.variants if bank.specs.get(v.id) is None}
+        self.failed: dict[str, str] = {
+            v.id: f"its file could not be read: {bank.damaged.get(v.id, 'no input spec')}" for v in self.table.variants if bank.specs.get(v.id) is None
+        }
         self._retry_at: dict[str, float] = {}  # variant id -> when a failed variant may be tried again (see _fail)
         self._strikes: dict[str, int] = {}  # variant id -> failures so far (the retry delay doubles with each)
         self.decisions: deque[dict[str, Any]] = deque(maxlen=200)
@@ -186,7 +211,9 @@ class EdgeRuntime:
         try:
             return self.allocator.solve(self.budget, self.weights(), frozenset(self.failed))
         except NoConfigurationError as err:
-            raise NoVariantError(f"{self.bank.folder}: no variant can be used ({err}; failures: {self.failed}). Rebuild the bank with `racmkd edge build`.") from None
+            raise NoVariantError(
+                f"{self.bank.folder}: no variant can be used ({err}; failures: {self.failed}). Rebuild the bank with `racmkd edge build`."
+            ) from None
 
     def weights(self) -> tuple[float, ...]:
         return self.allocator.weights(self.config.priorities, {m: round(q * 20) / 20 for m, q in self.quality.items()})
@@ -260,7 +287,8 @@ class EdgeRuntime:
         """Drop least recently used sessions (never the current configuration's, nor the pending step up's) while more are
         loaded than `runtime.max_loaded` or they hold more memory than the latest reading allows."""
         limit = self.config.max_loaded or len(self.table.variants)
-        keep = {v.id for config in (self.current.config, self.hysteresis.pending or ()) for v in config if v is not None} | self._protect  # (and the step up's sessions)
+        # (and the step up's sessions)
+        keep = {v.id for config in (self.current.config, self.hysteresis.pending or ()) for v in config if v is not None} | self._protect
         memory = self._memory_limit()
         for vid in sorted(self._sessions, key=lambda v: self._last_used.get(v, -1)):
             if len(self._sessions) <= limit and self.resident_bytes() <= memory:
@@ -381,11 +409,20 @@ class EdgeRuntime:
                 self.adaptation_ms.append(adaptation)
                 self.switch_loads.append(len(loaded))
                 self.decision_count += 1
-                self.decisions.append({
-                    "t": self.clock(), "cause": cause, "from": self.describe(previous.config), "to": self.describe(chosen.config), "reason": why,
-                    "level": self.level, "budget": self.budget.as_dict(), "utility": chosen.utility, "adaptation_ms": adaptation,
-                    "loaded": loaded,
-                })
+                self.decisions.append(
+                    {
+                        "t": self.clock(),
+                        "cause": cause,
+                        "from": self.describe(previous.config),
+                        "to": self.describe(chosen.config),
+                        "reason": why,
+                        "level": self.level,
+                        "budget": self.budget.as_dict(),
+                        "utility": chosen.utility,
+                        "adaptation_ms": adaptation,
+                        "loaded": loaded,
+                    }
+                )
         return self.current
 
     def feedback(self, latency_ms: float, now: float | None = None, variants: list[str] | None = None, work_ms: float = math.nan) -> None:
@@ -522,7 +559,9 @@ class EdgeRuntime:
                     break
                 blamed_inputs = sorted({v.modality for v in damaged if self._finite_on_blank(v)})
                 if blamed_inputs:  # the weights answer a blank input: this request's input is to blame, not them
-                    raise ValueError(f"{', '.join(blamed_inputs)}: the input makes the model compute non-finite logits (it answers a blank input finitely): check the input's values")
+                    raise ValueError(
+                        f"{', '.join(blamed_inputs)}: the input makes the model compute non-finite logits (it answers a blank input finitely): check the input's values"
+                    )
                 for v in damaged:  # weights that compute NaN: excluded for good, not an answer
                     self._fail(v, "computed non-finite logits", for_good=True)
                     exclude.add(v.id)
@@ -533,7 +572,9 @@ class EdgeRuntime:
             self._read_all(unread, sample_rate, raws, quality, fallbacks)
             config = self._request_config(raws, exclude, fallbacks)
         probs = _softmax(logits)
-        return Answer(int(probs.argmax()), probs, [v.id for v in used], (time.perf_counter() - started) * 1e3, fallbacks, (time.thread_time() - cpu_started) * 1e3)
+        return Answer(
+            int(probs.argmax()), probs, [v.id for v in used], (time.perf_counter() - started) * 1e3, fallbacks, (time.thread_time() - cpu_started) * 1e3
+        )
 
     def _read(self, modality: str, value: Any, sample_rate: int, raws: dict[str, Any], quality: dict[str, float]) -> None:
         """Check and convert one raw input (ValueError when it is bad) and note its quality; a live
@@ -603,7 +644,11 @@ class EdgeRuntime:
             "configuration": self.describe(),
             "variants": [v.id for v in self.current.config if v is not None],
             "utility": self.current.utility,
-            "predicted": {"latency_ms": self.current.costs.latency_ms, "memory_bytes": self.current.costs.memory_bytes, "energy_mj": self.current.costs.energy_mj},
+            "predicted": {
+                "latency_ms": self.current.costs.latency_ms,
+                "memory_bytes": self.current.costs.memory_bytes,
+                "energy_mj": self.current.costs.energy_mj,
+            },
             "budget": self.budget.as_dict(),
             "level": self.level,
             "pid": self.controller.state(),
@@ -644,4 +689,3 @@ class EdgeRuntime:
 def _softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max())
     return e / e.sum()
-

@@ -59,7 +59,9 @@ class Predictor:
             wanted = " and/or ".join(self.modalities)
             if dead:
                 raise ValueError(f"model {self.name!r} needs {wanted}; {' and '.join(dead)} came in dead (constant or silent): no live input to answer from")
-            raise ValueError(f"model {self.name!r} needs {wanted}; got {'no input' if not any(v is not None for v in inputs.values()) else 'only ' + ', '.join(k for k, v in inputs.items() if v is not None)}")
+            raise ValueError(
+                f"model {self.name!r} needs {wanted}; got {'no input' if not any(v is not None for v in inputs.values()) else 'only ' + ', '.join(k for k, v in inputs.items() if v is not None)}"
+            )
         return out
 
     def predict(self, image: Any = None, audio: Any = None, sample_rate: int = 8000, **other: Any) -> tuple[int, np.ndarray]:
@@ -105,7 +107,9 @@ class OnnxPredictor(Predictor):
         graph = {i.name: list(i.shape[1:]) for i in self.session.get_inputs()}
         for m, spec in specs.items():  # the contract must describe the graph it travels with
             if graph.get(m) != list(signals[m].feature_shape(spec)):
-                raise ExportError(f"{path}: its contract gives {m} features of shape {list(signals[m].feature_shape(spec))}, its graph takes {graph.get(m)}; export it again with `racmkd export`")
+                raise ExportError(
+                    f"{path}: its contract gives {m} features of shape {list(signals[m].feature_shape(spec))}, its graph takes {graph.get(m)}; export it again with `racmkd export`"
+                )
         super().__init__(contract.get("model", Path(path).stem), self.session, specs, signals, contract)
         # An edge bank's variant is a share of a student's logits, its classifier's bias left out
         # for the runtime to add once however many shares it sums: added back here.
@@ -114,10 +118,14 @@ class OnnxPredictor(Predictor):
     def features(self, inputs: dict[str, Any], sample_rate: int = 8000) -> dict[str, Any]:
         missing = [m for m in self.specs if inputs.get(m) is None]
         if missing:
-            raise ValueError(f"the ONNX model {self.name!r} was exported with inputs {self.modalities} and needs {' and '.join(missing)}; export a variant without it (`racmkd export --modality ...`) to run with that sensor missing")
+            raise ValueError(
+                f"the ONNX model {self.name!r} was exported with inputs {self.modalities} and needs {' and '.join(missing)}; export a variant without it (`racmkd export --modality ...`) to run with that sensor missing"
+            )
         out, dead = self.live_features(inputs, sample_rate)
         if dead:
-            raise ValueError(f"the ONNX model {self.name!r} needs {' and '.join(self.modalities)} alive; {' and '.join(dead)} came in dead (constant or silent); export a variant without it (`racmkd export --modality ...`) to answer from the rest")
+            raise ValueError(
+                f"the ONNX model {self.name!r} needs {' and '.join(self.modalities)} alive; {' and '.join(dead)} came in dead (constant or silent); export a variant without it (`racmkd export --modality ...`) to answer from the rest"
+            )
         return out
 
     def logits(self, features: dict[str, Any]) -> np.ndarray:
@@ -139,8 +147,14 @@ def load(run_dir: str | Path = "runs/latest", tier: str = "high") -> Predictor |
         if not (folder / "compression.json").is_file():
             base = tier.removesuffix("_compressed")
             tiers = sorted(p.parent.name for p in (Path(run_dir) / "compressed").glob("*/compression.json"))
-            hint = f"Run `racmkd compress --run {run_dir} --tier {base}` first" if (Path(run_dir) / "checkpoints" / f"{base}.pt").is_file() and not base.startswith("teacher") else "Only the tiers' students are compressed"
-            raise FileNotFoundError(f"{folder / 'compression.json'}: no compressed {base!r} in run {run_dir} (compressed: {', '.join(tiers) or 'none'}). {hint}.")
+            hint = (
+                f"Run `racmkd compress --run {run_dir} --tier {base}` first"
+                if (Path(run_dir) / "checkpoints" / f"{base}.pt").is_file() and not base.startswith("teacher")
+                else "Only the tiers' students are compressed"
+            )
+            raise FileNotFoundError(
+                f"{folder / 'compression.json'}: no compressed {base!r} in run {run_dir} (compressed: {', '.join(tiers) or 'none'}). {hint}."
+            )
         from racmkd.compress.artifacts import read_compression_record
 
         return OnnxPredictor(folder / read_compression_record(folder)["artifact"])

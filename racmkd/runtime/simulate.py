@@ -93,7 +93,17 @@ LATENCY_MODELS = {
 }
 
 
-def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, config: RuntimeConfig, requests: int, split: str = "test", seed: int = 0, latency: str = "measured") -> dict[str, Any]:
+def replay(
+    bank: Bank,
+    dataset: PairedDataset,
+    trace: Trace,
+    policy: Policy,
+    config: RuntimeConfig,
+    requests: int,
+    split: str = "test",
+    seed: int = 0,
+    latency: str = "measured",
+) -> dict[str, Any]:
     """Replay `trace` with `requests` requests against one policy; returns its timeline and stats.
     `latency`: how a request's latency on the traced device is modelled (LATENCY_MODELS)."""
     if latency not in LATENCY_MODELS:
@@ -134,15 +144,35 @@ def replay(bank: Bank, dataset: PairedDataset, trace: Trace, policy: Policy, con
             runtime.feedback(observed, clock.now, answer.variants, work_ms)
         correct = answer.label == int(labels[i])
         correct_so_far += correct
-        timeline.append({
-            "t": round(clock.now, 4), "cpu_percent": reading.cpu_percent, "memory_available_mb": None if reading.memory_available_bytes is None else reading.memory_available_bytes / MB,
-            "level": resource_level(reading), "configuration": ",".join(answer.variants) or "unanswered", "compute_ms": answer.latency_ms, "latency_ms": observed,
-            "correct": bool(correct), "slo_met": bool(correct and observed <= config.latency_target_ms), "running_accuracy": correct_so_far / (i + 1),
-            "energy_mj": sum(energy_of[v] for v in answer.variants) if answer.variants else None, "memory_held_bytes": runtime.resident_bytes(),
-            "fallbacks": answer.fallbacks,
-        })
+        timeline.append(
+            {
+                "t": round(clock.now, 4),
+                "cpu_percent": reading.cpu_percent,
+                "memory_available_mb": None if reading.memory_available_bytes is None else reading.memory_available_bytes / MB,
+                "level": resource_level(reading),
+                "configuration": ",".join(answer.variants) or "unanswered",
+                "compute_ms": answer.latency_ms,
+                "latency_ms": observed,
+                "correct": bool(correct),
+                "slo_met": bool(correct and observed <= config.latency_target_ms),
+                "running_accuracy": correct_so_far / (i + 1),
+                "energy_mj": sum(energy_of[v] for v in answer.variants) if answer.variants else None,
+                "memory_held_bytes": runtime.resident_bytes(),
+                "fallbacks": answer.fallbacks,
+            }
+        )
     runtime.close()
-    return {"policy": policy.name, "timeline": timeline, "decisions": list(runtime.decisions), "adaptation_ms": list(runtime.adaptation_ms), "switch_loads": list(runtime.switch_loads), "decision_ms": list(runtime.decision_ms), "monitor_cpu_seconds": monitor.cpu_seconds, "monitor_polls": monitor.polls, "trace_seconds": duration}
+    return {
+        "policy": policy.name,
+        "timeline": timeline,
+        "decisions": list(runtime.decisions),
+        "adaptation_ms": list(runtime.adaptation_ms),
+        "switch_loads": list(runtime.switch_loads),
+        "decision_ms": list(runtime.decision_ms),
+        "monitor_cpu_seconds": monitor.cpu_seconds,
+        "monitor_polls": monitor.polls,
+        "trace_seconds": duration,
+    }
 
 
 def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray) -> dict[str, Any]:
@@ -220,7 +250,10 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray) ->
             per_level[level] = {"configuration": configurations[best][0], "requests": int(mine.sum()), "slo_accuracy": float(scores[best] / mine.sum())}
     best_per_level = sum(p["slo_accuracy"] * p["requests"] for p in per_level.values()) / len(rows)
     return {
-        "slo_accuracy": float(met.any(axis=0).mean()), "clairvoyant_allocator": float(clairvoyant.mean()), "best_per_level": float(best_per_level), "per_level": per_level,
+        "slo_accuracy": float(met.any(axis=0).mean()),
+        "clairvoyant_allocator": float(clairvoyant.mean()),
+        "best_per_level": float(best_per_level),
+        "per_level": per_level,
         "latency_model": "each configuration at its variants' median latencies plus the runtime's own cost (the bank's), x the trace's slowdown: estimates for measured replays, the oracle a strict bound for replays at the bank's costs",
     }
 
@@ -267,18 +300,20 @@ def level_rows(timeline: list[dict[str, Any]], target_ms: float) -> list[dict[st
             continue
         modality_sets = Counter("+".join(sorted({v.split("/")[1] for v in r["configuration"].split(",") if "/" in v})) or "none" for r in part)
         configs = Counter(r["configuration"] for r in part)
-        rows.append({
-            "level": level,
-            "requests": len(part),
-            "cpu_percent": mean_of_present(r["cpu_percent"] for r in part),  # a trace may lack a column, or start it late
-            "memory_available_mb": mean_of_present(r["memory_available_mb"] for r in part),
-            "accuracy": sum(r["correct"] for r in part) / len(part),
-            "slo_accuracy": sum(r["slo_met"] for r in part) / len(part),
-            "latency_ms_mean": statistics.fmean([r["latency_ms"] for r in part if r["configuration"] != "unanswered"] or [float("nan")]),
-            "latency_ms_p95": percentile([r["latency_ms"] for r in part if r["configuration"] != "unanswered"], 95),
-            "active_modalities": modality_sets.most_common(1)[0][0],
-            "configurations": dict(configs.most_common()),
-        })
+        rows.append(
+            {
+                "level": level,
+                "requests": len(part),
+                "cpu_percent": mean_of_present(r["cpu_percent"] for r in part),  # a trace may lack a column, or start it late
+                "memory_available_mb": mean_of_present(r["memory_available_mb"] for r in part),
+                "accuracy": sum(r["correct"] for r in part) / len(part),
+                "slo_accuracy": sum(r["slo_met"] for r in part) / len(part),
+                "latency_ms_mean": statistics.fmean([r["latency_ms"] for r in part if r["configuration"] != "unanswered"] or [float("nan")]),
+                "latency_ms_p95": percentile([r["latency_ms"] for r in part if r["configuration"] != "unanswered"], 95),
+                "active_modalities": modality_sets.most_common(1)[0][0],
+                "configurations": dict(configs.most_common()),
+            }
+        )
     return rows
 
 
@@ -301,7 +336,17 @@ def switch_overheads(timeline: list[dict[str, Any]]) -> list[float]:
     return [cur["compute_ms"] - medians[cur["configuration"]] for prev, cur in zip(timeline, timeline[1:]) if cur["configuration"] != prev["configuration"]]
 
 
-def simulate(bank: Bank, dataset: PairedDataset, trace: Trace, config: RuntimeConfig, requests: int = 2000, out_dir: Path | None = None, statics: bool = True, seed: int = 0, latency: str = "measured") -> dict[str, Any]:
+def simulate(
+    bank: Bank,
+    dataset: PairedDataset,
+    trace: Trace,
+    config: RuntimeConfig,
+    requests: int = 2000,
+    out_dir: Path | None = None,
+    statics: bool = True,
+    seed: int = 0,
+    latency: str = "measured",
+) -> dict[str, Any]:
     """Replay a trace with the dynamic runtime and (with `statics`) every static tier, latencies
     modelled by `latency` (LATENCY_MODELS); writes summary.json, timeline.json, timeline.png and
     table.md into `out_dir` when given."""
@@ -339,7 +384,10 @@ def simulate(bank: Bank, dataset: PairedDataset, trace: Trace, config: RuntimeCo
     if out_dir is not None:
         out_dir = Path(out_dir)
         atomic_write_json(out_dir / "summary.json", json_safe(summary))  # (for other tools: no NaN, no Infinity)
-        atomic_write_json(out_dir / "timeline.json", json_safe({"dynamic": dynamic["timeline"], "decisions": dynamic["decisions"], **{r["policy"]: r["timeline"] for r in static}}))
+        atomic_write_json(
+            out_dir / "timeline.json",
+            json_safe({"dynamic": dynamic["timeline"], "decisions": dynamic["decisions"], **{r["policy"]: r["timeline"] for r in static}}),
+        )
         atomic_write_text(out_dir / "table.md", render_table(summary))
         plot_timeline(dynamic, static, target, out_dir / "timeline.png", trace.name)
     return summary
@@ -354,13 +402,21 @@ def render_table(summary: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["levels"]:
-        lines.append(f"| {r['level']} | {r['requests']} | {r['cpu_percent']:.0f} | {r['memory_available_mb']:.0f} | {r['accuracy']:.4f} | {r['slo_accuracy']:.4f} | {r['latency_ms_mean']:.2f} / {r['latency_ms_p95']:.2f} | {r['active_modalities']} |")
+        lines.append(
+            f"| {r['level']} | {r['requests']} | {r['cpu_percent']:.0f} | {r['memory_available_mb']:.0f} | {r['accuracy']:.4f} | {r['slo_accuracy']:.4f} | {r['latency_ms_mean']:.2f} / {r['latency_ms_p95']:.2f} | {r['active_modalities']} |"
+        )
     lines += ["", "| runtime | accuracy | SLO-accuracy | deadline met | latency p50 / p99 (ms) |", "|---|---|---|---|---|"]
     rows = {"dynamic": summary["dynamic"], **{f"static {k}": v for k, v in summary["static"].items()}}
     for name, s in rows.items():
-        lines.append(f"| {name} | {s['accuracy']:.4f} | {s['slo_accuracy']:.4f} | {s['deadline_met']:.4f} | {s['latency_ms_p50']:.2f} / {s['latency_ms_p99']:.2f} |")
+        lines.append(
+            f"| {name} | {s['accuracy']:.4f} | {s['slo_accuracy']:.4f} | {s['deadline_met']:.4f} | {s['latency_ms_p50']:.2f} / {s['latency_ms_p99']:.2f} |"
+        )
     lines += ceiling_rows(summary["oracle"])
-    lines += ["", f"Switches: {summary['switches']}; adaptation p50 {summary['adaptation_ms_p50']:.3f} ms, p99 {summary['adaptation_ms_p99']:.3f} ms; switch overhead p99 {summary['switch_overhead_ms_p99']:.3f} ms; monitor CPU {summary['monitor_cpu_fraction']:.4%} of one core.", ""]
+    lines += [
+        "",
+        f"Switches: {summary['switches']}; adaptation p50 {summary['adaptation_ms_p50']:.3f} ms, p99 {summary['adaptation_ms_p99']:.3f} ms; switch overhead p99 {summary['switch_overhead_ms_p99']:.3f} ms; monitor CPU {summary['monitor_cpu_fraction']:.4%} of one core.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -377,7 +433,11 @@ def ceiling_rows(oracle: dict[str, Any]) -> list[str]:
         f"| clairvoyant allocator: the most accurate configuration that meets each deadline | | {oracle['clairvoyant_allocator']:.4f} | | |",
         f"| oracle: any configuration right in time, per request | | {oracle['slo_accuracy']:.4f} | | |",
     ]
-    return [*rows, "", f"The last {len(rows)} rows are reference figures at the bank's costs ({oracle['latency_model']}); only the last, the oracle, bounds what a runtime can reach."]
+    return [
+        *rows,
+        "",
+        f"The last {len(rows)} rows are reference figures at the bank's costs ({oracle['latency_model']}); only the last, the oracle, bounds what a runtime can reach.",
+    ]
 
 
 def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_ms: float, path: Path, title: str) -> None:
@@ -389,10 +449,13 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
     t = [r["t"] for r in dynamic["timeline"]]
     fig, axes = plt.subplots(4, 1, figsize=(11, 10), sharex=True)
     ax = axes[0]
-    ax.plot(t, [math.nan if r["cpu_percent"] is None else r["cpu_percent"] for r in dynamic["timeline"]], color="tab:red", label="CPU load (%)")  # absent: a gap
+    # absent: a gap
+    ax.plot(t, [math.nan if r["cpu_percent"] is None else r["cpu_percent"] for r in dynamic["timeline"]], color="tab:red", label="CPU load (%)")
     ax.set_ylabel("CPU (%)")
     twin = ax.twinx()
-    twin.plot(t, [math.nan if r["memory_available_mb"] is None else r["memory_available_mb"] for r in dynamic["timeline"]], color="tab:blue", label="free memory (MB)")
+    twin.plot(
+        t, [math.nan if r["memory_available_mb"] is None else r["memory_available_mb"] for r in dynamic["timeline"]], color="tab:blue", label="free memory (MB)"
+    )
     twin.set_ylabel("free memory (MB)")
     ax.set_title(f"trace {title}: resources, shaded by resource level")
     shades = {"high": "tab:green", "medium": "gold", "low": "tab:orange", "critical": "tab:red"}
@@ -420,7 +483,9 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
     for r in [dynamic, *static]:
         met = np.cumsum([x["slo_met"] for x in r["timeline"]]) / np.arange(1, len(r["timeline"]) + 1)
         axes[3].plot(t, met, label=r["policy"], linewidth=2 if r is dynamic else 1)
-    axes[3].plot(t, [x["running_accuracy"] for x in dynamic["timeline"]], color="black", linestyle=":", label=f"{dynamic['policy']}: running accuracy (any latency)")
+    axes[3].plot(
+        t, [x["running_accuracy"] for x in dynamic["timeline"]], color="black", linestyle=":", label=f"{dynamic['policy']}: running accuracy (any latency)"
+    )
     axes[3].set_ylabel("running SLO-accuracy / accuracy")
     axes[3].set_xlabel("trace time (s)")
     axes[3].legend(fontsize=8, loc="lower left")
@@ -430,7 +495,15 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
     plt.close(fig)
 
 
-def serve_split(runtime: EdgeRuntime, dataset: Any, seconds: float, rate_hz: float, split: str = "test", on_request: Callable[[int, Answer], None] | None = None, keep_records: bool = True) -> dict[str, Any]:
+def serve_split(
+    runtime: EdgeRuntime,
+    dataset: Any,
+    seconds: float,
+    rate_hz: float,
+    split: str = "test",
+    on_request: Callable[[int, Answer], None] | None = None,
+    keep_records: bool = True,
+) -> dict[str, Any]:
     """Serve a split's samples (raw, with the protocol's degradations) at `rate_hz` for `seconds`
     of wall time, as a device would see them; returns per-request records and a summary. Without
     `keep_records` only the last 10,000 records are kept (a soak run watches memory)."""
@@ -438,7 +511,15 @@ def serve_split(runtime: EdgeRuntime, dataset: Any, seconds: float, rate_hz: flo
     return serve_together({"": runtime}, dataset, seconds, rate_hz, split, call, keep_records)[""]
 
 
-def serve_together(runtimes: dict[str, EdgeRuntime], dataset: Any, seconds: float, rate_hz: float, split: str = "test", on_request: Callable[[int, str, Answer], None] | None = None, keep_records: bool = True) -> dict[str, dict[str, Any]]:
+def serve_together(
+    runtimes: dict[str, EdgeRuntime],
+    dataset: Any,
+    seconds: float,
+    rate_hz: float,
+    split: str = "test",
+    on_request: Callable[[int, str, Answer], None] | None = None,
+    keep_records: bool = True,
+) -> dict[str, dict[str, Any]]:
     """`serve_split` for several runtimes at once: every runtime answers each sample, one after
     the other (the order turning with each sample, so that none always runs first after the pause),
     so runtimes compared under a load that moves by the second see the same load. Served one after
@@ -473,12 +554,19 @@ def serve_together(runtimes: dict[str, EdgeRuntime], dataset: Any, seconds: floa
             tally["in_time"] += in_time
             tally["slo"] += correct and in_time
             tally["unanswered"] += not answer.variants
-            records[name].append({
-                "t": round(time.perf_counter() - started, 4), "latency_ms": answer.latency_ms, "correct": correct,
-                "configuration": ",".join(answer.variants) or "unanswered", "level": runtime.level, "budget_latency_ms": runtime.budget.latency_ms,
-                "slowdown": runtime.budget.slowdown, "pid_scale": runtime.controller.scale,
-                "cpu_percent": runtime.snapshot.cpu_percent if runtime.snapshot else None,
-            })
+            records[name].append(
+                {
+                    "t": round(time.perf_counter() - started, 4),
+                    "latency_ms": answer.latency_ms,
+                    "correct": correct,
+                    "configuration": ",".join(answer.variants) or "unanswered",
+                    "level": runtime.level,
+                    "budget_latency_ms": runtime.budget.latency_ms,
+                    "slowdown": runtime.budget.slowdown,
+                    "pid_scale": runtime.controller.scale,
+                    "cpu_percent": runtime.snapshot.cpu_percent if runtime.snapshot else None,
+                }
+            )
             if on_request is not None:
                 on_request(i, name, answer)
         i += 1

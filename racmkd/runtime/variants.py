@@ -46,6 +46,7 @@ from racmkd.runtime.bank import BANK_FORMAT, Bank, BankError, key_text, load_ban
 from racmkd.resources.profile import graph_cost
 from racmkd.utils import atomic_write_bytes, atomic_write_json, progress
 
+
 def _source(run_dir: Path, tier: str) -> tuple[Path, str]:
     """The model a tier's variants come from, and the precision to export: the compressed student
     and its recipe's choice where the run has one, else the distilled student in fp32."""
@@ -64,7 +65,9 @@ def configuration_logits(shares: dict[tuple[str, str], np.ndarray], biases: dict
     return total + sum(biases[t] for _, t in active) / len(active)  # type: ignore[no-any-return]
 
 
-def _accuracy_table(modalities: list[str], tiers_of: dict[str, list[str]], shares: dict[tuple[str, str], np.ndarray], biases: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+def _accuracy_table(
+    modalities: list[str], tiers_of: dict[str, list[str]], shares: dict[tuple[str, str], np.ndarray], biases: dict[str, np.ndarray], labels: np.ndarray
+) -> dict[str, float]:
     table = {}
     for combo in itertools.product(*([None, *tiers_of[m]] for m in modalities)):
         if all(t is None for t in combo):
@@ -117,7 +120,16 @@ def resident_bytes(path: Path, others: list[Path], float_weights: dict[Path, boo
         return None
 
 
-def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: Path | None = None, val_samples: int = 5000, test_samples: int = 0, latency_iters: int = 300, calibration_samples: int = 512) -> Path:
+def build_bank(
+    cfg: RunConfig,
+    dataset: PairedDataset,
+    run_dir: Path,
+    out_dir: Path | None = None,
+    val_samples: int = 5000,
+    test_samples: int = 0,
+    latency_iters: int = 300,
+    calibration_samples: int = 512,
+) -> Path:
     """Export and measure every (tier, modality) variant of a run; returns the bank folder."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir or run_dir / "edge")
@@ -158,9 +170,16 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
         sess = session(out_dir / r["path"], cfg.runtime.threads)
         value = raw[r["modality"]][0].numpy()
         feeds[r["path"]] = {r["modality"]: signal.features(signal.to_raw(value, r["spec"]), r["spec"])}
-        runners[r["path"]] = lambda s=sess, sig=signal, v=value, spec=r["spec"], name=r["modality"]: s.run(None, {name: sig.features(sig.to_raw(v, spec), spec)})
+        runners[r["path"]] = lambda s=sess, sig=signal, v=value, spec=r["spec"], name=r["modality"]: s.run(
+            None, {name: sig.features(sig.to_raw(v, spec), spec)}
+        )
     latency = latency_round_robin(runners, warmup=20, iters=latency_iters, rounds=rounds_for(latency_iters))
-    model_only = latency_round_robin({p: (lambda s=session(out_dir / p, cfg.runtime.threads), f=feeds[p]: s.run(None, f)) for p in runners}, warmup=20, iters=latency_iters, rounds=rounds_for(latency_iters))
+    model_only = latency_round_robin(
+        {p: (lambda s=session(out_dir / p, cfg.runtime.threads), f=feeds[p]: s.run(None, f)) for p in runners},
+        warmup=20,
+        iters=latency_iters,
+        rounds=rounds_for(latency_iters),
+    )
     variants = []
     float_weights = {out_dir / r["path"]: stores_weights_only_in_int8(onnx.load(out_dir / r["path"])) for r in records}
     for r in records:
@@ -168,21 +187,37 @@ def build_bank(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, out_dir: P
         cost = graph_cost(path)
         moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
         lat = latency[r["path"]]
-        energy, energy_source = energy_per_call_mj(runners[r["path"]], latency_iters, Path(cfg.eval.rapl_root), cost.flops, moved, lat["p50"] / 1e3, cfg.eval.energy)
+        energy, energy_source = energy_per_call_mj(
+            runners[r["path"]], latency_iters, Path(cfg.eval.rapl_root), cost.flops, moved, lat["p50"] / 1e3, cfg.eval.energy
+        )
         graph_memory = cost.resident_weight_bytes + cost.peak_activation_bytes
         resident = resident_bytes(path, [out_dir / o["path"] for o in records if o is not r], float_weights)
         # A session holds at least its file's bytes and the graph's weights (as it runs them) and
         # activations; a resident-memory delta below that (the heap reused memory the other sessions'
         # loading freed: 60 KB read for a 64 KB model in one CI run) gives way to that floor.
         floor = max(graph_memory, cost.file_bytes)
-        memory, source = (graph_memory, "graph estimate") if resident is None else (max(resident, floor), "measured" if resident >= floor else "floor (measured below it)")
-        variants.append({
-            "tier": r["tier"], "modality": r["modality"], "path": r["path"], "precision": r["precision"],
-            "latency_ms": lat["p50"], "latency_ms_p95": lat["p95"], "model_latency_ms": model_only[r["path"]]["p50"],
-            "memory_bytes": memory, "memory_source": source, "memory_measured_bytes": resident,
-            "graph_memory_bytes": graph_memory,
-            "flops": cost.flops, "file_bytes": cost.file_bytes, "energy_mj": energy, "energy_source": energy_source,
-        })
+        memory, source = (
+            (graph_memory, "graph estimate") if resident is None else (max(resident, floor), "measured" if resident >= floor else "floor (measured below it)")
+        )
+        variants.append(
+            {
+                "tier": r["tier"],
+                "modality": r["modality"],
+                "path": r["path"],
+                "precision": r["precision"],
+                "latency_ms": lat["p50"],
+                "latency_ms_p95": lat["p95"],
+                "model_latency_ms": model_only[r["path"]]["p50"],
+                "memory_bytes": memory,
+                "memory_source": source,
+                "memory_measured_bytes": resident,
+                "graph_memory_bytes": graph_memory,
+                "flops": cost.flops,
+                "file_bytes": cost.file_bytes,
+                "energy_mj": energy,
+                "energy_source": energy_source,
+            }
+        )
     tiers_of = {m: [t for t in tiers if (t, m) in shares["val"]] for m in modality_order}
     bank = {
         "format": BANK_FORMAT,
