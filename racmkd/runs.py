@@ -49,6 +49,8 @@ def create_run(cfg: RunConfig) -> Path:
             run_dir = runs / name
             made = True
             break
+        else:
+            raise RunError(f"{runs}: every run name of this second is taken ({stem} to {stem}-9999); give the run a --name")
     had_checkpoints = (run_dir / "checkpoints").exists()
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)

@@ -258,6 +258,18 @@ def test_a_run_is_never_written_over(tmp_path: Path) -> None:
     assert len(set(unnamed)) == 3 and open_run(tmp_path / "latest")[0] == unnamed[-1].resolve()
 
 
+def test_a_second_whose_run_names_are_all_taken_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import racmkd.runs as runs
+
+    monkeypatch.setattr(runs.time, "strftime", lambda _: "20261205-093000")
+    stem = "avmnist-20261205-093000"
+    for name in [stem, *(f"{stem}-{i}" for i in range(2, 10_000))]:
+        (tmp_path / name).mkdir()
+    with pytest.raises(runs.RunError, match="every run name of this second is taken"):  # (it was a NameError)
+        runs.create_run(load_config(None, [f"runs_dir={tmp_path}"]))
+    assert not (tmp_path / "latest").exists()
+
+
 @pytest.mark.parametrize(
     "name",
     [
