@@ -73,14 +73,32 @@ def test_mobilenetv3_encoder_runs_on_small_inputs_and_scales_with_width() -> Non
 
 def test_raw_test_batch_degrades_reproducibly(tiny_dataset) -> None:
     rows = torch.arange(8)
-    clean = raw_test_batch(tiny_dataset, rows, audio_snr_db=math.inf)
-    noisy = raw_test_batch(tiny_dataset, rows, audio_snr_db=0.0, image_noise=0.3)
-    again = raw_test_batch(tiny_dataset, rows, audio_snr_db=0.0, image_noise=0.3)
+    protocol = raw_test_batch(tiny_dataset, rows)
+    clean = raw_test_batch(tiny_dataset, rows, {"audio": math.inf, "image": 0.0})
+    noisy = raw_test_batch(tiny_dataset, rows, {"audio": 0.0, "image": 0.3})
+    again = raw_test_batch(tiny_dataset, rows, {"audio": 0.0, "image": 0.3})
     assert torch.equal(noisy["audio"], again["audio"]) and torch.equal(noisy["image"], again["image"])
+    assert torch.equal(clean["image"], protocol["image"])  # level 0: the image as the protocol has it
     power = clean["audio"].pow(2).sum(1)
     noise = (noisy["audio"] - clean["audio"]).pow(2).sum(1)
     assert torch.allclose(10 * torch.log10(power / noise), torch.zeros(8), atol=1.5)  # 0 dB: noise as strong as the speech
     assert noisy["image"].min() >= 0 and noisy["image"].max() <= 1 and not torch.equal(noisy["image"], clean["image"])
+    # one modality degraded, the other as the protocol has it; each modality's noise its own stream
+    audio_only = raw_test_batch(tiny_dataset, rows, {"audio": 0.0})
+    assert torch.equal(audio_only["audio"], noisy["audio"]) and torch.equal(audio_only["image"], protocol["image"])
+
+
+def test_the_suite_sweeps_each_modalitys_own_degradation_unless_told(tiny_dataset) -> None:
+    from racmkd.eval.suite import SuiteSettings, degradation_sweeps
+
+    settings = SuiteSettings(config=TINY)
+    sweeps = degradation_sweeps(settings, tiny_dataset)
+    assert sweeps == {m: tiny_dataset.modalities[m].degradation_levels for m in ("image", "audio")} and math.inf in sweeps["audio"]
+    assert degradation_sweeps(replace(settings, degradations={"audio": (0.0, 10.0)}), tiny_dataset)["audio"] == (0.0, 10.0)
+    assert degradation_sweeps(settings.quick(), tiny_dataset)["audio"] == (-5.0, math.inf)  # quick: each sweep's ends
+    assert "image" not in degradation_sweeps(replace(settings, degradations={"image": ()}), tiny_dataset)  # () : not swept
+    with pytest.raises(ValueError, match=r"degradations for \['gyro'\]"):
+        degradation_sweeps(replace(settings, degradations={"gyro": (1.0,)}), tiny_dataset)
 
 
 def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path, tmp_path: Path) -> None:
@@ -124,7 +142,8 @@ def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path
     )  # the runtime's point on the Pareto plot: every variant's file
     assert section["robustness_not_measured"] == {} and section["cost_growth_not_measured"] == {}
     rob = section["robustness"]["teacher"]
-    assert rob["audio_snr"]["0.0"] <= rob["audio_snr"]["inf"]  # noise does not help
+    assert rob["degraded"]["audio"]["-5.0"] <= rob["degraded"]["audio"]["inf"]  # noise does not help
+    assert set(rob["degraded"]["image"]) == {"0.0", "0.5"} and set(rob["missing"]) == {"image", "audio"}
     assert set(section["transfer"]) == {"image", "audio", "image+audio"}
     growth = section["cost_growth"]["teacher"]
     assert growth["exponent_memory_vs_batch"] > 0.5  # activations grow with the batch
@@ -143,6 +162,8 @@ def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path
     assert "| level | dynamic | static high | static medium | static low | static critical |" in markdown
     assert "not produced: the suite ran without a compression recipe" in markdown
     assert "held (static high" in markdown and "mJ (static high" in markdown  # the dynamic rows' memory and energy
+    # the robustness table: each modality's sweep in its own words, in the dataset's order
+    assert "| model | image noise 0.0 | image noise 0.5 | audio -5.0 dB | audio inf dB | without image | without audio |" in markdown
 
 
 def test_a_run_report_without_retention_leaves_it_blank_and_sets_it_no_target() -> None:

@@ -170,6 +170,20 @@ def test_teachers_and_student_use_imu(three: tuple[RunConfig, PairedDataset, Pat
     assert (everything.argmax(1) == labels).float().mean() > (imu_only.argmax(1) == labels).float().mean()
 
 
+def test_the_robustness_sweeps_take_imu_through_its_own_degradation(three: tuple[RunConfig, PairedDataset, Path]) -> None:
+    from racmkd.eval.deployed import robustness
+    from racmkd.eval.suite import SuiteSettings, degradation_sweeps
+
+    cfg, dataset, run_dir = three
+    sweeps = degradation_sweeps(SuiteSettings(config=Path("unused.yaml")), dataset)
+    assert sweeps[NAME] == ImuModality.degradation_levels  # registered by the plugin, swept without naming it
+    rob = robustness({"imu_teacher": run_dir / "checkpoints" / f"teacher_{NAME}.pt"}, dataset, {NAME: (0.0, 4.0)})["imu_teacher"]
+    degraded = rob["degraded"][NAME]
+    assert list(rob["degraded"]) == [NAME] and degraded["0.0"] == rob["protocol"]  # level 0: the traces as they are
+    assert degraded["4.0"] < degraded["0.0"] - 0.05  # noise 4x the posture's scale: 0.37 against 0.47 here
+    assert rob["missing"][NAME] is None  # its only input withheld: no answer, not a number
+
+
 def test_predictor_takes_imu_as_a_keyword(three: tuple[RunConfig, PairedDataset, Path]) -> None:
     from racmkd.models.inference import predict_split
 

@@ -93,6 +93,17 @@ class Modality(ABC):
         fixed seed per sample (`seeds`, validation and test)."""
         return raw
 
+    # The benchmark suite's robustness sweeps (the seed's eq. 25): one degradation per modality, at
+    # levels the suite names, instead of the protocol's. A modality without one is only withheld.
+    degradation: ClassVar[str] = ""  # what a level means, for the report ("": no sweep)
+    degradation_column: ClassVar[str] = "{level}"  # a level's column heading, after the modality's name
+    degradation_levels: ClassVar[tuple[float, ...]] = ()  # the levels the suite sweeps unless told others
+
+    def degraded(self, clean: torch.Tensor, extra: dict[str, torch.Tensor], level: float, seeds: list[int]) -> torch.Tensor:
+        """Raw inputs gathered from a bank (`gather`), at one level of this modality's degradation, its
+        noise drawn from each sample's fixed seed: every model sees the same degraded sample."""
+        raise NotImplementedError(f"{self.name}: no degradation for the robustness sweeps (set `degradation` and write `degraded`)")
+
     # Model side (shared by training, evaluation and the predictor) ---------------------------------
 
     @abstractmethod
@@ -154,6 +165,12 @@ class Modality(ABC):
         return self.signal.contract(spec)
 
 
+def seeded_noise(shape: tuple[int, ...] | torch.Size, seeds: list[int], offset: int) -> torch.Tensor:
+    """Standard normal noise (B, *shape), sample i's drawn from seed seeds[i] + offset (a modality's
+    own stream: the noise of one modality does not follow another's)."""
+    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed + offset)) for seed in seeds])
+
+
 # ------------------------------------------------------------------------------------------------
 # Images: MNIST digits.
 
@@ -207,6 +224,15 @@ class ImageModality(Modality):
 
     def gather(self, bank: Bank, rows: torch.Tensor) -> torch.Tensor:
         return bank.data[rows].float() / 255.0  # (B, 28, 28) in [0, 1]
+
+    degradation = "added white noise, its standard deviation on [0, 1] (clipped)"
+    degradation_column = "noise {level}"
+    degradation_levels = (0.0, 0.1, 0.2, 0.3, 0.5)
+
+    def degraded(self, clean: torch.Tensor, extra: dict[str, torch.Tensor], level: float, seeds: list[int]) -> torch.Tensor:
+        if level == 0:
+            return clean
+        return (clean + level * seeded_noise(clean.shape[1:], seeds, offset=11)).clamp(0.0, 1.0)
 
     @property
     def n_levels(self) -> int:
@@ -313,6 +339,15 @@ class AudioModality(Modality):
                 snr[i] = lo + (hi - lo) * torch.rand(1, generator=g)
                 noise[i] = torch.randn(n, generator=g)
         return self.add_noise(raw, extra, snr, noise)
+
+    degradation = "white noise at a fixed SNR in dB over the clean recording (inf: the recording as it is)"
+    degradation_column = "{level} dB"
+    degradation_levels = (-5.0, 0.0, 5.0, 10.0, 20.0, math.inf)
+
+    def degraded(self, clean: torch.Tensor, extra: dict[str, torch.Tensor], level: float, seeds: list[int]) -> torch.Tensor:
+        if math.isinf(level):
+            return clean
+        return self.add_noise(clean, extra, torch.full((len(clean),), float(level)), seeded_noise(clean.shape[1:], seeds, offset=7))
 
     def add_noise(self, raw: torch.Tensor, extra: dict[str, torch.Tensor], snr_db: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Recordings (B, n) with unit white `noise` (B, n) scaled to each one's SNR (B,) in dB, over the

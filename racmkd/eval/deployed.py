@@ -141,50 +141,39 @@ def _row_costs(row: Deployed, dataset: PairedDataset, raw: dict[str, torch.Tenso
 # Robustness ----------------------------------------------------------------------------------------
 
 
-def raw_test_batch(
-    dataset: PairedDataset, rows: torch.Tensor, audio_snr_db: float | None = None, image_noise: float = 0.0, split: str = "test"
-) -> dict[str, torch.Tensor]:
-    """Raw test inputs with a chosen degradation instead of the protocol's: audio at one SNR (dB;
-    None keeps the protocol's draw, inf is the clean recording) and images with white noise of
-    standard deviation `image_noise` (on [0, 1], clipped). Noise is drawn from each sample's fixed
-    seed, so every model sees the same degraded sample."""
+def raw_test_batch(dataset: PairedDataset, rows: torch.Tensor, degrade: dict[str, float] | None = None, split: str = "test") -> dict[str, torch.Tensor]:
+    """Raw test inputs, each modality in `degrade` at that level of its own degradation
+    (`Modality.degraded`: audio at one SNR in dB, inf the clean recording; images with white noise
+    of that standard deviation) instead of the protocol's; the others as the protocol has them."""
     raw = dataset.raw_batch(split, rows)
     s = dataset.splits[split]
-    seeds = s.seeds[rows].tolist()
-    if audio_snr_db is not None and "audio" in raw:
-        modality, bank = dataset.modalities["audio"], dataset.banks["audio"][split]
-        bank_rows = s.index["audio"][rows]
-        clean = modality.gather(bank, bank_rows)
-        if math.isinf(audio_snr_db):
-            raw["audio"] = clean
-        else:
-            noise = torch.stack([torch.randn(clean.shape[1], generator=torch.Generator().manual_seed(seed + 7)) for seed in seeds])
-            extra = {k: v[bank_rows] for k, v in bank.extra.items()}
-            raw["audio"] = modality.add_noise(clean, extra, torch.full((len(rows),), float(audio_snr_db)), noise)
-    if image_noise > 0 and "image" in raw:
-        noise = torch.stack([torch.randn(raw["image"].shape[1:], generator=torch.Generator().manual_seed(seed + 11)) for seed in seeds])
-        raw["image"] = (raw["image"] + image_noise * noise).clamp(0.0, 1.0)
+    for name, level in (degrade or {}).items():
+        if name not in raw:
+            continue
+        modality, bank = dataset.modalities[name], dataset.banks[name][split]
+        bank_rows = s.index[name][rows]
+        extra = {k: v[bank_rows] for k, v in bank.extra.items()}
+        raw[name] = modality.degraded(modality.gather(bank, bank_rows), extra, level, s.seeds[rows].tolist())
     return raw
 
 
 def accuracies_under(
     models: dict[str, tuple[MultimodalNet, dict[str, Any]]],
     dataset: PairedDataset,
-    audio_snr_db: float | None = None,
-    image_noise: float = 0.0,
+    degrade: dict[str, float] | None = None,
     missing: str | None = None,
     limit: int = 0,
     batch_size: int = 500,
 ) -> dict[str, float | None]:
-    """Test accuracy of several models (name -> (model, specs)) under one degradation, or with the
-    modality `missing` withheld; each degraded batch is made once and shared by every model. None
-    for a model that needs the missing modality (it has no other input)."""
+    """Test accuracy of several models (name -> (model, specs)) under one degradation (`raw_test_batch`),
+    or with the modality `missing` withheld; each degraded batch is made once and shared by every
+    model. None for a model that needs the missing modality (it has no other input)."""
     used = {name: [m for m in specs if m != missing] for name, (_, specs) in models.items()}
     correct = dict.fromkeys(models, 0)
     total = 0
     with torch.inference_mode():
         for rows in dataset.batches("test", batch_size, limit=limit):
-            features = BatchFeatures(dataset.modalities, raw_test_batch(dataset, rows, audio_snr_db, image_noise))
+            features = BatchFeatures(dataset.modalities, raw_test_batch(dataset, rows, degrade))
             labels = dataset.splits["test"].labels[rows]
             for name, (model, specs) in models.items():
                 if used[name]:
@@ -201,14 +190,14 @@ def accuracy_under(model: MultimodalNet, specs: dict[str, Any], dataset: PairedD
 def robustness(
     models: dict[str, Path],
     dataset: PairedDataset,
-    snrs: Iterable[float],
-    image_noises: Iterable[float],
+    sweeps: dict[str, Iterable[float]],
     limit: int = 0,
     threads: int = 0,
     not_measured: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per model: accuracy vs audio SNR (dB; inf = clean), vs image noise, and with each modality
-    missing. A model that cannot be loaded is left out, and why goes into `not_measured`."""
+    """Per model: accuracy at each level of each modality's degradation in `sweeps` (modality ->
+    levels; a modality the dataset lacks is left out), with each modality missing, and under the
+    protocol. A model that cannot be loaded is left out, and why goes into `not_measured`."""
     loaded = {}
     for name, path in models.items():
         try:
@@ -219,22 +208,23 @@ def robustness(
             not_measured[name] = f"{type(err).__name__}: {err}"
             continue
         loaded[name] = (model.eval(), specs)
+    swept = {m: list(levels) for m, levels in sweeps.items() if m in dataset.modalities}
     out: dict[str, dict[str, Any]] = {
-        name: {"modalities": list(specs), "audio_snr": {}, "image_noise": {}, "missing": {}} for name, (_, specs) in loaded.items()
+        name: {"modalities": list(specs), "degraded": {m: {} for m in swept}, "missing": {}} for name, (_, specs) in loaded.items()
     }
-    conditions = [("audio_snr", str(snr), {"audio_snr_db": snr}) for snr in snrs] + [
-        ("image_noise", str(sigma), {"image_noise": sigma}) for sigma in image_noises
-    ]
-    conditions += [("missing", m, {"missing": m}) for m in dataset.modalities] + [("protocol", "", {})]
+    conditions = [("degraded", m, str(level), {"degrade": {m: level}}) for m, levels in swept.items() for level in levels]
+    conditions += [("missing", m, m, {"missing": m}) for m in dataset.modalities] + [("protocol", None, None, {})]
     with torch_threads(threads):
-        for key, label, condition in progress(conditions, desc="robustness"):
-            needs = "audio" if key == "audio_snr" else "image" if key == "image_noise" else None
-            subset = {n: v for n, v in loaded.items() if needs is None or needs in v[1]}  # a sweep of a modality a model lacks is left out
+        for kind, modality, label, condition in progress(conditions, desc="robustness"):
+            # a sweep of a modality a model lacks is left out
+            subset = {n: v for n, v in loaded.items() if kind != "degraded" or modality in v[1]}
             for name, accuracy in accuracies_under(subset, dataset, limit=limit, **condition).items():
-                if key == "protocol":
+                if kind == "protocol":
                     out[name]["protocol"] = accuracy
+                elif kind == "missing":
+                    out[name]["missing"][label] = accuracy
                 else:
-                    out[name][key][label] = accuracy
+                    out[name]["degraded"][modality][label] = accuracy
     return out
 
 

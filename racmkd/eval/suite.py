@@ -73,8 +73,10 @@ class SuiteSettings:
     teachers_from: Path | None = None  # an existing run whose teachers to reuse (same data settings)
     transfer: bool = True
     robustness_samples: int = 0  # test samples per robustness point; 0 = all
-    snrs: tuple[float, ...] = (-5.0, 0.0, 5.0, 10.0, 20.0, math.inf)
-    image_noises: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5)
+    # modality -> the levels of its degradation to sweep (`Modality.degraded`: audio SNR in dB, image
+    # noise std); a modality not named here sweeps its own `degradation_levels`
+    degradations: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    degradation_ends: bool = False  # sweep only each modality's first and last level
     batches: tuple[int, ...] = (1, 4, 16, 64, 256)
     scales: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     traces: tuple[str, ...] = ("periodic", "random")
@@ -92,8 +94,7 @@ class SuiteSettings:
             self,
             seeds=self.seeds[:2],
             robustness_samples=300,
-            snrs=(0.0, 10.0, math.inf),
-            image_noises=(0.0, 0.3),
+            degradation_ends=True,
             batches=(1, 8, 32),
             scales=(0.5, 1.0, 2.0),
             traces=("random",),
@@ -101,6 +102,22 @@ class SuiteSettings:
             requests=200,
             bank_test_samples=300,
         )
+
+
+def degradation_sweeps(settings: SuiteSettings, dataset: PairedDataset) -> dict[str, tuple[float, ...]]:
+    """The levels swept per modality of the dataset: the settings' or the modality's own; a modality
+    without a degradation is only withheld."""
+    unknown = sorted(set(settings.degradations) - set(dataset.modalities))
+    if unknown:
+        raise ValueError(f"degradations for {unknown}: the dataset's modalities are {list(dataset.modalities)}")
+    sweeps = {}
+    for name, modality in dataset.modalities.items():
+        levels = tuple(settings.degradations.get(name, modality.degradation_levels))
+        if levels and not modality.degradation:
+            raise ValueError(f"{name}: levels {levels} to sweep, but the modality has no degradation (`Modality.degraded`)")
+        if levels:
+            sweeps[name] = (levels[0], levels[-1]) if settings.degradation_ends and len(levels) > 2 else levels
+    return sweeps
 
 
 def mean_std(values: list[float]) -> dict[str, float | None]:
@@ -571,11 +588,12 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
             section["table_68"] = ablation(rows, replays, missing, compressed=settings.recipe is not None)
             models = {n: twin(run_dir, n) for n in ("teacher", *TIERS, *BASELINES)}  # what each row deploys
             section["robustness_not_measured"], section["cost_growth_not_measured"] = {}, {}
+            sweeps = degradation_sweeps(settings, dataset)
+            section["degradations"] = {m: {"what": dataset.modalities[m].degradation, "column": dataset.modalities[m].degradation_column} for m in sweeps}
             section["robustness"] = robustness(
                 models,
                 dataset,
-                settings.snrs,
-                settings.image_noises,
+                sweeps,
                 limit=settings.robustness_samples,
                 threads=cfg.threads,
                 not_measured=section["robustness_not_measured"],
@@ -785,35 +803,21 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
                     )
         if section.get("robustness"):  # (every model failing leaves only the reasons, below)
             rob = section["robustness"]
-            snrs = sorted({k for r in rob.values() for k in r["audio_snr"]}, key=float)
-            noises = sorted({k for r in rob.values() for k in r["image_noise"]}, key=float)
+            degradations = section.get("degradations", {})
+            levels = {m: sorted({k for r in rob.values() for k in r["degraded"].get(m, {})}, key=float) for m in degradations}
+            withheld = list(next(iter(rob.values()))["missing"])
+            what = "; ".join(f"{m}: {d['what']}" for m, d in degradations.items())
             lines += [
                 "",
                 f"## Robustness ({protocol}): accuracy under acquisition noise (the seed's eq. 25)",
                 "",
-                "Audio at a fixed SNR (inf = the clean recording), images with added white noise (std on [0, 1]), and each modality missing; PyTorch models, test split: each row's deployed weights (a racmkd tier's compressed model), in float arithmetic (the TinyML row's fp32 twin, not its int8 rounding).",
+                f"Each modality degraded on its own ({what}), and each modality missing; PyTorch models, test split: each row's deployed weights (a racmkd tier's compressed model), in float arithmetic (the TinyML row's fp32 twin, not its int8 rounding).",
             ]
-            lines += [
-                "",
-                "| model | "
-                + " | ".join(f"audio {s} dB" for s in snrs)
-                + " | "
-                + " | ".join(f"image noise {n}" for n in noises)
-                + " | "
-                + " | ".join(f"without {m}" for m in next(iter(rob.values()))["missing"])
-                + " |",
-            ]
-            lines.append("|---|" + "---|" * (len(snrs) + len(noises) + len(next(iter(rob.values()))["missing"])))
+            headings = [f"{m} {degradations[m]['column'].format(level=level)}" for m in levels for level in levels[m]] + [f"without {m}" for m in withheld]
+            lines += ["", "| model | " + " | ".join(headings) + " |", "|---|" + "---|" * len(headings)]
             for name, r in rob.items():
-                lines.append(
-                    f"| {LABELS.get(name, name)} | "
-                    + " | ".join(_acc(r["audio_snr"].get(s)) for s in snrs)
-                    + " | "
-                    + " | ".join(_acc(r["image_noise"].get(n)) for n in noises)
-                    + " | "
-                    + " | ".join(_acc(v) for v in r["missing"].values())
-                    + " |"
-                )
+                cells = [_acc(r["degraded"].get(m, {}).get(level)) for m in levels for level in levels[m]] + [_acc(v) for v in r["missing"].values()]
+                lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
         lines += _not_measured(section.get("robustness_not_measured"), "robustness")
         if "transfer" in section:
             lines += [
@@ -913,24 +917,27 @@ def plot_all(result: dict[str, Any], out: Path, stem: str) -> dict[str, str]:
 
     if section.get("robustness"):
         rob = section["robustness"]
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        for name, r in rob.items():
-            if r["audio_snr"]:
-                xs = [float(k) for k in r["audio_snr"]]
-                finite = max((x for x in xs if math.isfinite(x)), default=0.0)
-                axes[0].plot([x if math.isfinite(x) else finite + 10 for x in xs], list(r["audio_snr"].values()), "o-", label=LABELS.get(name, name))
-            if r["image_noise"]:
-                axes[1].plot([float(k) for k in r["image_noise"]], list(r["image_noise"].values()), "o-", label=LABELS.get(name, name))
-        axes[0].set_xlabel("audio SNR (dB; rightmost point: clean)")
-        axes[1].set_xlabel("image noise std")
-        for ax in axes:
+        swept = list(section.get("degradations", {}))
+        fig, axes = plt.subplots(1, max(1, len(swept)), figsize=(6 * max(1, len(swept)), 4.5), squeeze=False)
+        for ax, modality in zip(axes[0], swept):
+            for name, r in rob.items():
+                points = r["degraded"].get(modality)
+                if points:
+                    xs = [float(k) for k in points]
+                    finite = [x for x in xs if math.isfinite(x)]
+                    span = (max(finite) - min(finite)) if len(finite) > 1 else 1.0
+                    # an infinite level (audio: the clean recording) plotted one step beyond the largest finite one
+                    ax.plot(
+                        [x if math.isfinite(x) else max(finite, default=0.0) + span / 2 for x in xs], list(points.values()), "o-", label=LABELS.get(name, name)
+                    )
+            ax.set_xlabel(f"{modality}: {section['degradations'][modality]['what']}", fontsize=8)
             ax.set_ylabel("test accuracy")
             ax.grid(True, alpha=0.3)
-        axes[1].legend(fontsize=7)
+        axes[0][-1].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / f"{stem}-robustness.png", dpi=120)
         plt.close(fig)
-        made["Robustness: accuracy vs audio SNR and image noise"] = f"{stem}-robustness.png"
+        made["Robustness: accuracy vs each modality's degradation"] = f"{stem}-robustness.png"
 
     if section.get("cost_growth"):
         fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), sharex="col")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from racmkd.config import DataConfig
-from racmkd.data.modalities import SPLITS, Bank, Modality
+from racmkd.data.modalities import SPLITS, Bank, Modality, seeded_noise
 from racmkd.data.paths import DataError
 from racmkd.registry import MODALITIES
 from racmkd_imu.signal import AXES, NAME, SAMPLES, ImuOptions, ImuSpec
@@ -58,6 +58,14 @@ class ImuModality(Modality):
             raw = raw * (1 + 0.1 * (2 * torch.rand(raw.shape[0], 1, 1, generator=torch.Generator().manual_seed(augment_seed)) - 1))
         pooled = raw if raw.shape[-1] == spec.length else F.adaptive_avg_pool1d(raw, spec.length)
         return pooled.unsqueeze(2)  # (B, 3, 1, L)
+
+    # The benchmark suite's robustness sweep: sensor noise on every axis.
+    degradation = "added white noise, its standard deviation in the trace's units"
+    degradation_column = "noise {level}"
+    degradation_levels = (0.0, 0.25, 0.5, 1.0)
+
+    def degraded(self, clean: torch.Tensor, extra: dict[str, torch.Tensor], level: float, seeds: list[int]) -> torch.Tensor:
+        return clean if level == 0 else clean + level * seeded_noise(clean.shape[1:], seeds, offset=13)
 
     def check_reduction(self, spec: ImuSpec, reduced: ImuSpec) -> None:
         super().check_reduction(spec, reduced)
