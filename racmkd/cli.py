@@ -88,15 +88,34 @@ def data(
 
 
 @app.command("train-teacher")
-def train_teacher(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: SetOpt = None, name: NameOpt = None) -> None:
-    """Train the unimodal teachers and the fused teacher into a new run directory."""
-    from racmkd.pipeline import check_teacher_inputs, create_run, prepare_data, train_teachers
+def train_teacher(
+    config: ConfigOpt = None,
+    protocol: ProtocolOpt = None,
+    set_: SetOpt = None,
+    name: NameOpt = None,
+    run: Annotated[
+        Optional[Path],
+        typer.Option("--run", "-r", help="Train into this existing run that has no teachers yet (an interrupted `racmkd run`), with its config.yaml."),
+    ] = None,
+) -> None:
+    """Train the unimodal teachers and the fused teacher into a new run directory (or, with --run, into an existing one that has none)."""
+    from racmkd.pipeline import check_no_teachers, check_teacher_inputs, create_run, open_run, prepare_data, train_teachers
 
     try:
-        cfg = _config(config, protocol, set_, name)
+        if run is not None:
+            given = [option for option, value in (("--config", config), ("--protocol", protocol), ("--set", set_), ("--name", name)) if value]
+            if given:
+                raise ValueError(
+                    f"--run {run}: the run's own config.yaml sets its teachers; {', '.join(given)} cannot change it (leave them out, or start a new run)"
+                )
+            run_dir, cfg = open_run(run)
+            check_no_teachers(cfg, run_dir)  # before the data loads
+        else:
+            cfg = _config(config, protocol, set_, name)
         dataset = prepare_data(cfg)  # first: a run folder (and runs/latest) only for data that loads
         check_teacher_inputs(cfg, dataset)
-        run_dir = create_run(cfg)
+        if run is None:
+            run_dir = create_run(cfg)
         train_teachers(cfg, dataset, run_dir)
     except _errors() as err:
         raise _fail(err) from None

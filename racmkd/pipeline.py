@@ -68,6 +68,17 @@ def check_teacher_inputs(cfg: RunConfig, dataset: PairedDataset) -> None:
 # Teachers ----------------------------------------------------------------------------------------
 
 
+def check_no_teachers(cfg: RunConfig, run_dir: Path) -> None:
+    """An existing run takes teachers only when it has none (an interrupted `racmkd run` leaves a run
+    with its config and no checkpoints): teachers trained again would no longer be those its
+    students were distilled from."""
+    found = [p.name for p in [checkpoint(run_dir, TEACHER), *(checkpoint(run_dir, f"{TEACHER}_{m}") for m in cfg.data.modalities)] if p.exists()]
+    if found:
+        raise RunError(
+            f"{run_dir}/checkpoints: the run's teachers exist already ({', '.join(found)}). Go on with `racmkd distill --run {run_dir}`; to train them again, delete those files first, or start a new run (`racmkd train-teacher --name NAME`)."
+        )
+
+
 def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> list[Teacher]:
     """Train one unimodal teacher per modality, then the fused teacher initialised from their
     encoders (with modality dropout); save all of them. Returns [fused, unimodal...]."""

@@ -108,6 +108,43 @@ def test_staged_commands_make_a_run(shared_root: Path, cache_dir: Path, tmp_path
     assert result.exit_code == 2 and "a run of that name exists" in result.output and (run / "checkpoints" / "critical.pt").exists()
 
 
+def test_a_run_interrupted_before_its_teachers_goes_on_with_train_teacher_run(shared_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """Ctrl-C during the teachers left runs/<name>/ with a config and no checkpoints; `racmkd run
+    --name` again and `racmkd distill` both pointed at `train-teacher --run`, which did not exist."""
+    from racmkd.runs import create_run
+
+    from conftest import tiny_config
+
+    small = ("data.max_train=256", "teacher.unimodal.epochs=1", "teacher.fused.epochs=1")
+    run = create_run(tiny_config(cache_dir, tmp_path, "name=cut", *small))  # what the interrupted run left
+    again = [
+        "train-teacher",
+        "--config",
+        str(Path(__file__).parent / "tiny.yaml"),
+        "--set",
+        f"data.cache_dir={cache_dir}",
+        "--set",
+        f"runs_dir={tmp_path}",
+        "--name",
+        "cut",
+    ]
+    result = runner.invoke(app, again)
+    assert result.exit_code == 2 and f"racmkd train-teacher --run {run}" in result.output, result.output
+    result = runner.invoke(app, ["distill", "--run", str(run)])
+    assert result.exit_code == 2 and f"racmkd train-teacher --run {run.resolve()}" in result.output, result.output
+    result = runner.invoke(app, ["train-teacher", "--run", str(run), "--set", "teacher.width=4"])
+    assert result.exit_code == 2 and "--set cannot change it" in result.output and not any((run / "checkpoints").iterdir())
+    result = runner.invoke(app, ["train-teacher", "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    assert {p.stem for p in (run / "checkpoints").glob("*.pt")} == {"teacher", "teacher_image", "teacher_audio"}
+    saved = (run / "checkpoints" / "teacher.pt").read_bytes()
+    result = runner.invoke(app, ["train-teacher", "--run", str(run)])  # its teachers exist: refused, named, kept
+    assert result.exit_code == 2 and "teachers exist already (teacher.pt, teacher_image.pt, teacher_audio.pt)" in result.output, result.output
+    assert (run / "checkpoints" / "teacher.pt").read_bytes() == saved
+    result = runner.invoke(app, again)
+    assert result.exit_code == 2 and f"racmkd distill --run {run}" in result.output, result.output
+
+
 def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
     """What a user can get wrong, from the command line: an error that names the problem (exit 2),
     no traceback, nothing half-written."""
