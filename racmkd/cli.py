@@ -16,15 +16,35 @@ from racmkd.data.paths import DataError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Resource-aware cross-modal knowledge distillation for edge AI.")
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/default.yaml when present).")]
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="YAML config (default: ./configs/default.yaml, else the racmkd checkout's, else built-in defaults).")
+]
 ProtocolOpt = Annotated[Optional[str], typer.Option(help="Data protocol: avmnist (default) or clean.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override one config field, e.g. --set students.train.epochs=2 (repeatable).")]
 NameOpt = Annotated[Optional[str], typer.Option(help="Run name (default: <protocol>-<timestamp>).")]
 RunOpt = Annotated[Path, typer.Option("--run", "-r", help="Run directory.")]
 
 
+def default_config() -> Path | None:
+    """The config a command reads without --config: ./configs/default.yaml, else the checkout's
+    (as recipes and device profiles are found from anywhere), else None: the built-in defaults,
+    said on stderr. Outside the checkout the built-in defaults were used silently, and they differ
+    from configs/default.yaml (mixup, the tiers, compression, the edge bank...)."""
+    from racmkd.data.paths import REPO_ROOT
+
+    for path in (DEFAULT_CONFIG, REPO_ROOT / DEFAULT_CONFIG):
+        if path.is_file():
+            return path
+    typer.secho(
+        f"note: no {DEFAULT_CONFIG} here or in the racmkd checkout ({REPO_ROOT}): using the built-in defaults of racmkd/config.py (pass --config FILE to choose)",
+        fg=typer.colors.YELLOW,
+        err=True,
+    )
+    return None
+
+
 def _config(config: Path | None, protocol: str | None, overrides: list[str] | None, name: str | None = None) -> RunConfig:
-    path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    path = config if config is not None else default_config()
     extra = list(overrides or [])
     if protocol:
         extra.append(f"data.protocol={protocol}")

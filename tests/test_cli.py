@@ -47,6 +47,28 @@ def test_a_name_is_taken_as_written() -> None:
         assert _config(None, None, [], name).name == name
 
 
+def test_outside_the_checkout_the_checkouts_default_config_is_read(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """`cd /tmp && racmkd run` used the built-in defaults silently (they differ from
+    configs/default.yaml in mixup, the tiers, compression, the edge bank...): the checkout's
+    configs/default.yaml is read, as recipes are; without one, a line says which defaults are used."""
+    from racmkd.cli import _config
+    from racmkd.config import RunConfig, load_config
+    from racmkd.data import paths
+
+    checkout = load_config(paths.REPO_ROOT / "configs" / "default.yaml")
+    assert checkout != RunConfig()  # (else this test would tell nothing)
+    assert _config(None, None, []) == checkout and capsys.readouterr().err == ""  # inside the checkout, as before
+    monkeypatch.chdir(tmp_path)
+    assert _config(None, None, []) == checkout and capsys.readouterr().err == ""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "default.yaml").write_text("seed: 7\n")
+    assert _config(None, None, []).seed == 7  # the working directory's own comes first
+    monkeypatch.chdir(tmp_path / "configs")
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path / "installed")  # a wheel: no checkout beside the package
+    assert _config(None, None, []) == RunConfig()
+    assert "using the built-in defaults" in capsys.readouterr().err
+
+
 def test_stages_on_a_missing_run_fail_cleanly(tmp_path: Path) -> None:
     for args in (["distill", "--run", str(tmp_path / "nope")], ["evaluate", "--run", str(tmp_path)]):
         result = runner.invoke(app, args)
