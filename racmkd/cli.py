@@ -234,6 +234,8 @@ def export(
     from racmkd.pipeline import export_model, open_run, prepare_data
 
     try:
+        if out is not None and out.exists() and not out.is_dir():  # found now, not after the data loads ("[Errno 17] File exists")
+            raise ValueError(f"--out {out}: a file; --out must be a folder for the .onnx files (made if missing)")
         run_dir, cfg = open_run(run)
         result = export_model(cfg, prepare_data(cfg), run_dir, model, out, int8, list(modality) if modality else None, int8_weights=int8_weights)
     except _errors() as err:
