@@ -174,7 +174,7 @@ def evaluate(run: RunOpt = Path("runs/latest")) -> None:
 
 @app.command("run")
 def run_all(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: SetOpt = None, name: NameOpt = None) -> None:
-    """The whole pipeline: data, teachers, students, report."""
+    """The whole pipeline: data, teachers, students, report; also compression (compress.tiers) and the edge variant bank (runtime.build_bank) when the config asks."""
     from racmkd.pipeline import run_pipeline
 
     try:
