@@ -16,15 +16,35 @@ from racmkd.data.paths import DataError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Resource-aware cross-modal knowledge distillation for edge AI.")
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/default.yaml when present).")]
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="YAML config (default: ./configs/default.yaml, else the racmkd checkout's, else built-in defaults).")
+]
 ProtocolOpt = Annotated[Optional[str], typer.Option(help="Data protocol: avmnist (default) or clean.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override one config field, e.g. --set students.train.epochs=2 (repeatable).")]
 NameOpt = Annotated[Optional[str], typer.Option(help="Run name (default: <protocol>-<timestamp>).")]
 RunOpt = Annotated[Path, typer.Option("--run", "-r", help="Run directory.")]
 
 
+def default_config() -> Path | None:
+    """The config a command reads without --config: ./configs/default.yaml, else the checkout's
+    (as recipes and device profiles are found from anywhere), else None: the built-in defaults,
+    said on stderr. Outside the checkout the built-in defaults were used silently, and they differ
+    from configs/default.yaml (mixup, the tiers, compression, the edge bank...)."""
+    from racmkd.data.paths import REPO_ROOT
+
+    for path in (DEFAULT_CONFIG, REPO_ROOT / DEFAULT_CONFIG):
+        if path.is_file():
+            return path
+    typer.secho(
+        f"note: no {DEFAULT_CONFIG} here or in the racmkd checkout ({REPO_ROOT}): using the built-in defaults of racmkd/config.py (pass --config FILE to choose)",
+        fg=typer.colors.YELLOW,
+        err=True,
+    )
+    return None
+
+
 def _config(config: Path | None, protocol: str | None, overrides: list[str] | None, name: str | None = None) -> RunConfig:
-    path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    path = config if config is not None else default_config()
     extra = list(overrides or [])
     if protocol:
         extra.append(f"data.protocol={protocol}")
@@ -88,15 +108,34 @@ def data(
 
 
 @app.command("train-teacher")
-def train_teacher(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: SetOpt = None, name: NameOpt = None) -> None:
-    """Train the unimodal teachers and the fused teacher into a new run directory."""
-    from racmkd.pipeline import check_teacher_inputs, create_run, prepare_data, train_teachers
+def train_teacher(
+    config: ConfigOpt = None,
+    protocol: ProtocolOpt = None,
+    set_: SetOpt = None,
+    name: NameOpt = None,
+    run: Annotated[
+        Optional[Path],
+        typer.Option("--run", "-r", help="Train into this existing run that has no teachers yet (an interrupted `racmkd run`), with its config.yaml."),
+    ] = None,
+) -> None:
+    """Train the unimodal teachers and the fused teacher into a new run directory (or, with --run, into an existing one that has none)."""
+    from racmkd.pipeline import check_no_teachers, check_teacher_inputs, create_run, open_run, prepare_data, train_teachers
 
     try:
-        cfg = _config(config, protocol, set_, name)
+        if run is not None:
+            given = [option for option, value in (("--config", config), ("--protocol", protocol), ("--set", set_), ("--name", name)) if value]
+            if given:
+                raise ValueError(
+                    f"--run {run}: the run's own config.yaml sets its teachers; {', '.join(given)} cannot change it (leave them out, or start a new run)"
+                )
+            run_dir, cfg = open_run(run)
+            check_no_teachers(cfg, run_dir)  # before the data loads
+        else:
+            cfg = _config(config, protocol, set_, name)
         dataset = prepare_data(cfg)  # first: a run folder (and runs/latest) only for data that loads
         check_teacher_inputs(cfg, dataset)
-        run_dir = create_run(cfg)
+        if run is None:
+            run_dir = create_run(cfg)
         train_teachers(cfg, dataset, run_dir)
     except _errors() as err:
         raise _fail(err) from None
@@ -135,7 +174,7 @@ def evaluate(run: RunOpt = Path("runs/latest")) -> None:
 
 @app.command("run")
 def run_all(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: SetOpt = None, name: NameOpt = None) -> None:
-    """The whole pipeline: data, teachers, students, report."""
+    """The whole pipeline: data, teachers, students, report; also compression (compress.tiers) and the edge variant bank (runtime.build_bank) when the config asks."""
     from racmkd.pipeline import run_pipeline
 
     try:
@@ -195,6 +234,8 @@ def export(
     from racmkd.pipeline import export_model, open_run, prepare_data
 
     try:
+        if out is not None and out.exists() and not out.is_dir():  # found now, not after the data loads ("[Errno 17] File exists")
+            raise ValueError(f"--out {out}: a file; --out must be a folder for the .onnx files (made if missing)")
         run_dir, cfg = open_run(run)
         result = export_model(cfg, prepare_data(cfg), run_dir, model, out, int8, list(modality) if modality else None, int8_weights=int8_weights)
     except _errors() as err:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections import Counter
@@ -30,7 +29,7 @@ from racmkd.eval.cost import count_flops
 from racmkd.models.checkpoint import load_model, save_model
 from racmkd.models.multimodal import MultimodalNet, count_params, teacher, widest_student
 from racmkd.runs import RunError, checkpoint, create_run, link_latest, open_run, record_timing  # noqa: F401 - run directories (racmkd.runs, no torch)
-from racmkd.utils import atomic_write_json, seed_everything, torch_threads
+from racmkd.utils import atomic_write_json, building_folder, seed_everything, torch_threads
 
 if TYPE_CHECKING:
     from racmkd.compress.recipe import Recipe
@@ -67,6 +66,17 @@ def check_teacher_inputs(cfg: RunConfig, dataset: PairedDataset) -> None:
 
 
 # Teachers ----------------------------------------------------------------------------------------
+
+
+def check_no_teachers(cfg: RunConfig, run_dir: Path) -> None:
+    """An existing run takes teachers only when it has none (an interrupted `racmkd run` leaves a run
+    with its config and no checkpoints): teachers trained again would no longer be those its
+    students were distilled from."""
+    found = [p.name for p in [checkpoint(run_dir, TEACHER), *(checkpoint(run_dir, f"{TEACHER}_{m}") for m in cfg.data.modalities)] if p.exists()]
+    if found:
+        raise RunError(
+            f"{run_dir}/checkpoints: the run's teachers exist already ({', '.join(found)}). Go on with `racmkd distill --run {run_dir}`; to train them again, delete those files first, or start a new run (`racmkd train-teacher --name NAME`)."
+        )
 
 
 def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> list[Teacher]:
@@ -530,11 +540,7 @@ def compress_students(
         path = checkpoint(run_dir, tier_name)
         model, specs, _, meta = students[tier_name]
         tier = tiers[tier_name]
-        final = compressed_dir(run_dir, tier_name, into)
-        work = final.parent / f".{tier_name}.partial"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        try:
+        with building_folder(compressed_dir(run_dir, tier_name, into)) as work:  # an interrupted compression leaves the tier's earlier artifacts whole
             subject = Subject(tier_name, model, specs, objective_weights(cfg.distill, tier.budget_bytes, budgets), work)
             ctx = Context(cfg, dataset, teachers, val_samples=cfg.compress.val_samples, teacher_cache=teacher_cache, shared_inputs=shared)
             with torch_threads(cfg.threads):
@@ -551,16 +557,7 @@ def compress_students(
                     "steps": log,
                 },
             )
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        old = final.parent / f".{tier_name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(work, final)
-        shutil.rmtree(old, ignore_errors=True)
-        written.append(final)
+        written.append(compressed_dir(run_dir, tier_name, into))
     record_timing(run_dir, "compress_students", time.perf_counter() - started)
     return written
 

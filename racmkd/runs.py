@@ -34,9 +34,12 @@ def create_run(cfg: RunConfig) -> Path:
             )
         run_dir = runs / cfg.name
         if (run_dir / "config.yaml").exists():
-            raise RunError(
-                f"{run_dir}: a run of that name exists; choose another --name, or delete that folder first. (`racmkd distill --run {run_dir}` and the later stages go on with an existing run.)"
+            go_on = (
+                f"`racmkd distill --run {run_dir}` and the later stages go on with an existing run"
+                if any((run_dir / "checkpoints").glob("teacher*.pt"))
+                else f"it has no teachers yet, as an interrupted run leaves it: `racmkd train-teacher --run {run_dir}` trains them, then `racmkd distill --run {run_dir}` and the later stages go on"
             )
+            raise RunError(f"{run_dir}: a run of that name exists; choose another --name, or delete that folder first. ({go_on}.)")
         made = not run_dir.exists()  # (a folder of that name without a config is taken over, and left as it was on failure)
     else:
         stem = f"{cfg.data.protocol}-{time.strftime('%Y%m%d-%H%M%S')}"

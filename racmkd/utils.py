@@ -9,9 +9,10 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -61,6 +62,36 @@ def replacing(path: Path, mode: int | None = None) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_folder(path.parent)  # the rename itself reaches the disk with the folder's entry
+
+
+@contextmanager
+def building_folder(final: Path, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """A sibling temporary folder (.<name>.partial) to write a folder's new content into: when the
+    block ends it takes the place of `final` whole, and when it fails (an error, Ctrl-C) it is
+    removed and `final` is left as it was. Written in place, an interrupted stage left a folder
+    half old and half new that the next stage used as it was (an edge bank whose bank.json
+    described files since replaced). `keep` names the old folder's entries to carry over into the
+    new one (files the stage does not write, such as an edge bank's live.json), unless the new
+    content has an entry of that name."""
+    final = Path(final)
+    work = final.parent / f".{final.name}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        yield work
+        if keep is not None and final.is_dir():
+            for entry in final.iterdir():
+                if keep(entry) and not (work / entry.name).exists():
+                    (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, work / entry.name)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    old = final.parent / f".{final.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(work, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def fsync_folder(folder: Path) -> None:

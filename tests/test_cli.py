@@ -47,6 +47,28 @@ def test_a_name_is_taken_as_written() -> None:
         assert _config(None, None, [], name).name == name
 
 
+def test_outside_the_checkout_the_checkouts_default_config_is_read(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """`cd /tmp && racmkd run` used the built-in defaults silently (they differ from
+    configs/default.yaml in mixup, the tiers, compression, the edge bank...): the checkout's
+    configs/default.yaml is read, as recipes are; without one, a line says which defaults are used."""
+    from racmkd.cli import _config
+    from racmkd.config import RunConfig, load_config
+    from racmkd.data import paths
+
+    checkout = load_config(paths.REPO_ROOT / "configs" / "default.yaml")
+    assert checkout != RunConfig()  # (else this test would tell nothing)
+    assert _config(None, None, []) == checkout and capsys.readouterr().err == ""  # inside the checkout, as before
+    monkeypatch.chdir(tmp_path)
+    assert _config(None, None, []) == checkout and capsys.readouterr().err == ""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "default.yaml").write_text("seed: 7\n")
+    assert _config(None, None, []).seed == 7  # the working directory's own comes first
+    monkeypatch.chdir(tmp_path / "configs")
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path / "installed")  # a wheel: no checkout beside the package
+    assert _config(None, None, []) == RunConfig()
+    assert "using the built-in defaults" in capsys.readouterr().err
+
+
 def test_stages_on_a_missing_run_fail_cleanly(tmp_path: Path) -> None:
     for args in (["distill", "--run", str(tmp_path / "nope")], ["evaluate", "--run", str(tmp_path)]):
         result = runner.invoke(app, args)
@@ -108,6 +130,43 @@ def test_staged_commands_make_a_run(shared_root: Path, cache_dir: Path, tmp_path
     assert result.exit_code == 2 and "a run of that name exists" in result.output and (run / "checkpoints" / "critical.pt").exists()
 
 
+def test_a_run_interrupted_before_its_teachers_goes_on_with_train_teacher_run(shared_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """Ctrl-C during the teachers left runs/<name>/ with a config and no checkpoints; `racmkd run
+    --name` again and `racmkd distill` both pointed at `train-teacher --run`, which did not exist."""
+    from racmkd.runs import create_run
+
+    from conftest import tiny_config
+
+    small = ("data.max_train=256", "teacher.unimodal.epochs=1", "teacher.fused.epochs=1")
+    run = create_run(tiny_config(cache_dir, tmp_path, "name=cut", *small))  # what the interrupted run left
+    again = [
+        "train-teacher",
+        "--config",
+        str(Path(__file__).parent / "tiny.yaml"),
+        "--set",
+        f"data.cache_dir={cache_dir}",
+        "--set",
+        f"runs_dir={tmp_path}",
+        "--name",
+        "cut",
+    ]
+    result = runner.invoke(app, again)
+    assert result.exit_code == 2 and f"racmkd train-teacher --run {run}" in result.output, result.output
+    result = runner.invoke(app, ["distill", "--run", str(run)])
+    assert result.exit_code == 2 and f"racmkd train-teacher --run {run.resolve()}" in result.output, result.output
+    result = runner.invoke(app, ["train-teacher", "--run", str(run), "--set", "teacher.width=4"])
+    assert result.exit_code == 2 and "--set cannot change it" in result.output and not any((run / "checkpoints").iterdir())
+    result = runner.invoke(app, ["train-teacher", "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    assert {p.stem for p in (run / "checkpoints").glob("*.pt")} == {"teacher", "teacher_image", "teacher_audio"}
+    saved = (run / "checkpoints" / "teacher.pt").read_bytes()
+    result = runner.invoke(app, ["train-teacher", "--run", str(run)])  # its teachers exist: refused, named, kept
+    assert result.exit_code == 2 and "teachers exist already (teacher.pt, teacher_image.pt, teacher_audio.pt)" in result.output, result.output
+    assert (run / "checkpoints" / "teacher.pt").read_bytes() == saved
+    result = runner.invoke(app, again)
+    assert result.exit_code == 2 and f"racmkd distill --run {run}" in result.output, result.output
+
+
 def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
     """What a user can get wrong, from the command line: an error that names the problem (exit 2),
     no traceback, nothing half-written."""
@@ -137,6 +196,8 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
         ),
         (["edge", "record", "--out", str(tmp_path), "--seconds", "0.2"], "a folder"),
     ]
+    (tmp_path / "notdir").write_text("a file")
+    cases.append((["export", "--run", str(tiny_run), "--model", "critical", "--out", str(tmp_path / "notdir")], "--out must be a folder"))
     (tmp_path / "empty.npy").write_bytes(b"")
     cases.append((["predict", "--run", str(tiny_run), "--image", str(tmp_path / "empty.npy")], "not a readable .npy"))
     (tmp_path / "short.wav").write_bytes(_wav_head())

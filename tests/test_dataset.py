@@ -216,3 +216,15 @@ def test_evaluation_inputs_are_computed_once_and_equal_fresh_ones(avmnist: Paire
     evaluation_inputs(dataset, "val", rows[:10], specs)  # other rows
     assert len(reads) == 3 and len(dataset.feature_cache) == 6
     assert len(replace(dataset).feature_cache) == 0
+
+
+def test_a_missing_dataset_under_data_root_says_to_fix_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`racmkd run --set data.root=/tmp/empty` said to set RACMKD_DATA, which data.root overrides."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"Set data\.root \(now '.*empty'.*overrides RACMKD_DATA\) to the folder holding mnist/") as caught:
+        build_dataset(DataConfig(cache_dir=str(tmp_path / "cache"), root=str(empty)))
+    assert "Set RACMKD_DATA" not in str(caught.value)
+    monkeypatch.setenv("RACMKD_DATA", str(empty))  # the root from the environment: its advice stands
+    with pytest.raises(DataError, match="Set RACMKD_DATA to the folder holding mnist/"):
+        build_dataset(DataConfig(cache_dir=str(tmp_path / "cache")))

@@ -121,6 +121,43 @@ def test_registry_versions_signs_and_refuses_tampered_blobs(bank_dir: Path, keys
         registry.release("nope")
 
 
+def test_registry_add_refuses_a_damaged_bank_and_a_missing_run_in_one_line(
+    tiny_run: Path, bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A truncated variant file crashed `racmkd registry add edge` with onnx's DecodeError (profiling
+    the devices), and with --no-devices was signed and registered; a mistyped --run was told to
+    build a bank. Now each is one line naming the file and the fix, and nothing is registered."""
+    from racmkd.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
+    shutil.copytree(bank_dir, run / "edge")
+    victim = run / "edge" / json.loads((run / "edge" / "bank.json").read_text())["variants"][0]["path"]
+    whole = victim.read_bytes()
+    victim.write_bytes(whole[: len(whole) // 2])
+
+    def add(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["racmkd", "registry", "add", "edge", "--key", str(keys[0]), "--root", str(tmp_path / "registry"), *args])
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        return code, capsys.readouterr().err
+
+    for devices in ("--devices", "--no-devices"):
+        code, err = add("--run", str(run), devices)
+        assert code == 2 and str(victim) in err and f"racmkd edge build --run {run}" in err and "Traceback" not in err, err
+        assert "will be skipped" not in err  # (the runtime's warning: not what happens here)
+    code, err = add("--run", str(tmp_path / "no-such-run"))
+    assert code == 2 and "not a run directory" in err and "edge build" not in err, err
+    assert not (tmp_path / "registry").exists()
+    victim.write_bytes(whole)
+    code, err = add("--run", str(run), "--no-devices")
+    assert code == 0 and ModelRegistry(tmp_path / "registry", create=False).release("edge").version == 1, err
+
+
 def test_device_store_verifies_patches_checks_and_rolls_back(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
     registry, key = ModelRegistry(tmp_path / "registry"), load_private_key(keys[0])
     v1 = registry.register(bank_dir, "edge", key)

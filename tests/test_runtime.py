@@ -796,3 +796,63 @@ def test_a_replay_scales_a_requests_work_not_this_hosts_hiccups() -> None:
     assert modelled_latency(answer(0.4), 10.0, recent) == pytest.approx(0.1 * 10 + 0.3)  # a 0.3 ms hiccup, not 3 ms
     assert modelled_latency(answer(0.08), 10.0, recent) == pytest.approx(0.8)  # a fast one is all work
     assert math.isnan(modelled_latency(Answer(-1, np.zeros(0), [], float("nan")), 10.0, recent))  # unanswered stays unanswered
+
+
+def test_an_interrupted_bank_build_leaves_the_previous_bank_whole(bank_dir: Path, tiny_run: Path, tiny_dataset, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """Ctrl-C during `racmkd edge build` left bank.json from before beside variant files partly
+    replaced (an int8-weights file listed at 7,677 B was a 31,767 B fp32 graph), and the runtime
+    served it without a warning. The bank is now built aside and swapped in whole."""
+    import shutil
+
+    from racmkd.config import load_config
+    from racmkd.runtime import variants
+
+    previous = tmp_path / "edge"
+    shutil.copytree(bank_dir, previous)
+    (previous / "live.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in previous.iterdir()}
+    real, calls = variants.compact_file, []
+
+    def interrupted(path: Path) -> Any:
+        calls.append(path)
+        if len(calls) == 2:  # the first variant already exported, the second half-made
+            raise KeyboardInterrupt
+        return real(path)
+
+    monkeypatch.setattr(variants, "compact_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        variants.build_bank(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, out_dir=previous, val_samples=50, test_samples=50)
+    assert {p.name: p.read_bytes() for p in previous.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edge"]  # no half-built folder left beside it
+
+
+def test_a_finished_folder_replaces_the_old_whole_and_keeps_what_it_is_told_to() -> None:
+    """`building_folder` (the bank's and a compressed tier's writes): the new content replaces the
+    old at the end, entries named by `keep` that the new content lacks are carried over."""
+    import tempfile
+
+    from racmkd.utils import building_folder
+
+    with tempfile.TemporaryDirectory() as top:
+        final = Path(top) / "edge"
+        final.mkdir()
+        for name in ("bank.json", "old.onnx", "live.json"):
+            (final / name).write_text(f"old {name}")
+        with building_folder(final, keep=lambda p: p.suffix != ".onnx") as work:
+            (work / "bank.json").write_text("new bank.json")
+            assert (final / "bank.json").read_text() == "old bank.json"  # untouched until the block ends
+        assert {p.name: p.read_text() for p in final.iterdir()} == {"bank.json": "new bank.json", "live.json": "old live.json"}
+        assert sorted(p.name for p in Path(top).iterdir()) == ["edge"]
+
+
+def test_a_bank_build_without_students_makes_no_folder(tiny_run: Path, tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    """A run without tier students failed with "no tier students" but left an empty edge/ behind."""
+    from racmkd.config import load_config
+    from racmkd.runtime.variants import build_bank
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
+    with pytest.raises(BankError, match="no tier students"):
+        build_bank(load_config(run / "config.yaml"), tiny_dataset, run)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]

@@ -249,7 +249,10 @@ def _build(cfg: DataConfig, modalities: dict[str, Modality]) -> PairedDataset:
     root = data_root(cfg.root)
     banks, info = {}, {"protocol": cfg.protocol, "data_root": str(root), "modalities": {}}
     for name, modality in modalities.items():
-        loaded = modality.load_banks(root, cfg)
+        try:
+            loaded = modality.load_banks(root, cfg)
+        except DataError as err:
+            raise root_set_in_config(err, cfg.root) from None
         banks[name], details = modality.degrade_banks(loaded)
         info["modalities"][name] = {"items": {s: len(b) for s, b in banks[name].items()}, **details}
     anchor = next(iter(modalities))
@@ -264,6 +267,14 @@ def _build(cfg: DataConfig, modalities: dict[str, Modality]) -> PairedDataset:
         splits[split] = Split(split, labels, index, seeds)
     info["samples"] = {s: len(sp) for s, sp in splits.items()}
     return PairedDataset(modalities, banks, splits, info)
+
+
+def root_set_in_config(err: DataError, configured: str) -> DataError:
+    """A loader's error as the user can act on it: the loaders say to set RACMKD_DATA, but a
+    data.root in the config (or --set) overrides it, so there the fix is data.root."""
+    if not configured:
+        return err
+    return DataError(str(err).replace("Set RACMKD_DATA to", f"Set data.root (now {configured!r}, from the config or --set; it overrides RACMKD_DATA) to"))
 
 
 def _limit(dataset: PairedDataset, cfg: DataConfig) -> PairedDataset:

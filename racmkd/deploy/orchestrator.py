@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from racmkd.compress.artifacts import read_compression_record
-from racmkd.deploy.registry import ModelRegistry, Release
+from racmkd.deploy.registry import ModelRegistry, RegistryError, Release
 from racmkd.config import ConfigError, from_dict, read_yaml_mapping
 from racmkd.resources.devices import DeviceProfile, load_device
 
@@ -291,13 +291,28 @@ def _pushed(sent: str, payload: bytes, full_bytes: bytes, reply: httpx.Response)
 
 def artifact_from_run(run_dir: Path, model: str) -> tuple[Path, str | None, dict[str, Any]]:
     """What to release from a run, with its tier and test metrics: `edge` is the variant bank
-    (metrics of its best configuration), a tier name its compressed artifact (its report row)."""
+    (metrics of its best configuration), a tier name its compressed artifact (its report row).
+    A bank is read as the runtime reads it, every variant file included, before anything is signed:
+    a damaged file (a truncated .onnx) was signed and registered, or crashed the device profiling."""
+    from racmkd.runs import open_run
+    from racmkd.runtime.bank import BankError, load_bank
+
     run_dir = Path(run_dir)
+    open_run(run_dir)  # a run, first: "no variant bank in this run" was wrong advice for a mistyped --run
     if model == "edge":
         bank_json = run_dir / "edge" / "bank.json"
         if not bank_json.is_file():
             raise FileNotFoundError(f"{bank_json}: no variant bank in this run. Build it with `racmkd edge build --run {run_dir}`.")
-        bank = json.loads(bank_json.read_text())
+        try:
+            loaded = load_bank(run_dir / "edge", warn=False)
+        except BankError as err:
+            raise RegistryError(f"{err} Nothing was registered.") from None
+        if loaded.damaged:
+            files = "; ".join(f"{run_dir / 'edge' / v.path}: {loaded.damaged[v.id]}" for v in loaded.table.variants if v.id in loaded.damaged)
+            raise RegistryError(
+                f"{run_dir / 'edge'}: {len(loaded.damaged)} variant file(s) damaged, nothing was signed or registered ({files}). Rebuild the bank with `racmkd edge build --run {run_dir}`, then add it again."
+            )
+        bank = loaded.data
         best_key, best = max(bank["accuracy"]["test"].items(), key=lambda kv: kv[1])
         return run_dir / "edge", None, {"accuracy": best, "best_configuration": best_key, "split": "test"}
     manifest = run_dir / "compressed" / model / "compression.json"

@@ -54,8 +54,10 @@ class Bank:
         return {key_tuple(k): v for k, v in self.data["accuracy"][split].items()}
 
 
-def load_bank(folder: Path, split: str = "val") -> Bank:
-    """Read a bank; the allocator's accuracies come from `split` (validation: test data stays for reporting)."""
+def load_bank(folder: Path, split: str = "val", warn: bool = True) -> Bank:
+    """Read a bank; the allocator's accuracies come from `split` (validation: test data stays for
+    reporting). A variant file that cannot be read is recorded in `Bank.damaged` (the runtime skips
+    it), with a warning unless `warn` is False (a caller that refuses such a bank says so itself)."""
     folder = Path(folder)
     path = folder / "bank.json"
     if not path.is_file():
@@ -97,7 +99,8 @@ def load_bank(folder: Path, split: str = "val") -> Bank:
             contract = read_contract(folder / v.path)
             specs[v.id] = specs_from_contract(contract)[v.modality]
         except Exception as err:  # noqa: BLE001 - a damaged variant file is skipped by the runtime, not fatal here
-            log.warning("%s: variant %s is damaged and will be skipped (%s); rebuild the bank with `racmkd edge build`", folder, v.id, err)
+            if warn:
+                log.warning("%s: variant %s is damaged and will be skipped (%s); rebuild the bank with `racmkd edge build`", folder, v.id, err)
             specs[v.id], damaged[v.id] = None, str(err)
             continue
         # The variant's file carries the bias it was exported with, one per logit: a tier's bias of

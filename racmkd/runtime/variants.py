@@ -44,7 +44,7 @@ from racmkd.models.checkpoint import load_model
 from racmkd.registry import SIGNALS
 from racmkd.runtime.bank import BANK_FORMAT, Bank, BankError, key_text, load_bank  # noqa: F401 - loading lives in bank.py (no torch)
 from racmkd.resources.profile import graph_cost
-from racmkd.utils import atomic_write_bytes, atomic_write_json, progress
+from racmkd.utils import atomic_write_bytes, atomic_write_json, building_folder, progress
 
 
 def _source(run_dir: Path, tier: str) -> tuple[Path, str]:
@@ -130,13 +130,39 @@ def build_bank(
     latency_iters: int = 300,
     calibration_samples: int = 512,
 ) -> Path:
-    """Export and measure every (tier, modality) variant of a run; returns the bank folder."""
+    """Export and measure every (tier, modality) variant of a run; returns the bank folder. The bank
+    is built in a sibling temporary folder that replaces the old one whole at the end: an
+    interrupted build leaves the previous bank as it was (written in place, it left a bank.json
+    describing files since replaced, which the runtime served without a warning)."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir or run_dir / "edge")
-    out_dir.mkdir(parents=True, exist_ok=True)
     tiers = [t.name for t in cfg.students.tiers if (run_dir / "checkpoints" / f"{t.name}.pt").is_file()]
-    if not tiers:
+    if not tiers:  # before any folder is made
         raise BankError(f"{run_dir}/checkpoints: no tier students to build variants from. Run `racmkd distill --run {run_dir}` first.")
+    with building_folder(out_dir, keep=_not_bank_output) as work:
+        _build_bank(cfg, dataset, run_dir, work, tiers, val_samples, test_samples, latency_iters, calibration_samples)
+    return out_dir
+
+
+def _not_bank_output(entry: Path) -> bool:
+    """What a rebuilt bank carries over from the old folder: what the build does not write (the
+    live log of `racmkd edge run`, a variant's profile), not an old variant file that the new bank
+    no longer lists (a registry release would pack it)."""
+    return entry.suffix != ".onnx" and entry.name not in ("bank.json", "logits.npz")
+
+
+def _build_bank(
+    cfg: RunConfig,
+    dataset: PairedDataset,
+    run_dir: Path,
+    out_dir: Path,
+    tiers: list[str],
+    val_samples: int,
+    test_samples: int,
+    latency_iters: int,
+    calibration_samples: int,
+) -> None:
+    """`build_bank`'s work, written into `out_dir` (the temporary folder)."""
     records: list[dict[str, Any]] = []
     biases: dict[str, np.ndarray] = {}
     shares: dict[str, dict[tuple[str, str], np.ndarray]] = {"val": {}, "test": {}}
@@ -237,7 +263,6 @@ def build_bank(
     atomic_write_json(out_dir / "bank.json", bank)
     bank["request_overhead_ms"] = request_overhead_ms(out_dir, {m: raw[m][0].numpy() for m in modality_order}, latency_iters)
     atomic_write_json(out_dir / "bank.json", bank)
-    return out_dir
 
 
 def request_overhead_ms(folder: Path, inputs: dict[str, np.ndarray], iters: int) -> float:
