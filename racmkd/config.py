@@ -135,10 +135,10 @@ class TeacherConfig:
 # the run gives its other models, whose files it would overwrite (a tier named `teacher` replaced the
 # fused teacher's checkpoint with its student): the teachers (racmkd.pipeline.TEACHER and
 # teacher_<modality>), the benchmark's baselines (racmkd.eval.baselines: standard_kd, emd_kd,
-# mobilenetv3, tinyml, tinyml_<tier>, kd_align, transfer_<modality>_*) and `edge`, the name a
+# mobilenetv3, tinyml, tinyml_<tier>, kd_align, kd_align_resource, transfer_<modality>_*) and `edge`, the name a
 # release takes for the run's variant bank (racmkd.deploy.orchestrator.artifact_from_run).
 TIER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-RESERVED_NAMES = ("teacher", "edge", "standard_kd", "emd_kd", "mobilenetv3", "tinyml", "kd_align")
+RESERVED_NAMES = ("teacher", "edge", "standard_kd", "emd_kd", "mobilenetv3", "tinyml", "kd_align", "kd_align_resource")
 RESERVED_PREFIXES = ("teacher_", "tinyml_", "transfer_")
 RESERVED_SUFFIXES = ("_labels_only", "_compressed")
 

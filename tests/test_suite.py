@@ -88,17 +88,20 @@ def test_raw_test_batch_degrades_reproducibly(tiny_dataset) -> None:
     assert torch.equal(audio_only["audio"], noisy["audio"]) and torch.equal(audio_only["image"], protocol["image"])
 
 
-def test_the_suite_sweeps_each_modalitys_own_degradation_unless_told(tiny_dataset) -> None:
-    from racmkd.eval.suite import SuiteSettings, degradation_sweeps
+def test_the_suite_sweeps_each_modalitys_own_degradation_unless_told(tiny_dataset, tmp_path: Path) -> None:
+    from racmkd.eval.suite import SuiteSettings, degradation_sweeps, run_suite
 
     settings = SuiteSettings(config=TINY)
-    sweeps = degradation_sweeps(settings, tiny_dataset)
+    sweeps = degradation_sweeps(settings, tiny_dataset.modalities)
     assert sweeps == {m: tiny_dataset.modalities[m].degradation_levels for m in ("image", "audio")} and math.inf in sweeps["audio"]
-    assert degradation_sweeps(replace(settings, degradations={"audio": (0.0, 10.0)}), tiny_dataset)["audio"] == (0.0, 10.0)
-    assert degradation_sweeps(settings.quick(), tiny_dataset)["audio"] == (-5.0, math.inf)  # quick: each sweep's ends
-    assert "image" not in degradation_sweeps(replace(settings, degradations={"image": ()}), tiny_dataset)  # () : not swept
+    assert degradation_sweeps(replace(settings, degradations={"audio": (0.0, 10.0)}), tiny_dataset.modalities)["audio"] == (0.0, 10.0)
+    assert degradation_sweeps(settings.quick(), tiny_dataset.modalities)["audio"] == (-5.0, math.inf)  # quick: each sweep's ends
+    assert "image" not in degradation_sweeps(replace(settings, degradations={"image": ()}), tiny_dataset.modalities)  # () : not swept
     with pytest.raises(ValueError, match=r"degradations for \['gyro'\]"):
-        degradation_sweeps(replace(settings, degradations={"gyro": (1.0,)}), tiny_dataset)
+        degradation_sweeps(replace(settings, degradations={"gyro": (1.0,)}), tiny_dataset.modalities)
+    with pytest.raises(ValueError, match="degradations for"):  # before any training, not after it
+        run_suite(replace(settings, degradations={"gyro": (1.0,)}, runs_dir=tmp_path / "never"))
+    assert not (tmp_path / "never").exists()
 
 
 def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path, tmp_path: Path) -> None:
@@ -129,8 +132,9 @@ def test_quick_suite_trains_measures_and_reports(tiny_run: Path, cache_dir: Path
     assert len(section["targets"]) == 8 and section["pareto"]["bytes"]
     ablation_rows = section["table_68"]
     # each a configuration trained and measured
-    assert [r["model"] for r in ablation_rows][:3] == ["standard_kd", "kd_align", "high"] and all("accuracy" in r for r in ablation_rows[:3])
-    assert "--recipe" in ablation_rows[3]["not_produced"]  # this quick run compressed nothing: said
+    assert [r["model"] for r in ablation_rows][:4] == ["standard_kd", "kd_align", "kd_align_resource", "high"]
+    assert all("accuracy" in r for r in ablation_rows[:4])
+    assert "--recipe" in ablation_rows[4]["not_produced"]  # this quick run compressed nothing: said
     dynamic_rows = [r for r in ablation_rows if r["model"] == "runtime"]
     assert dynamic_rows and all(
         r["memory_bytes"] > r["memory_bytes_static_high"] > 0 and r["energy_mj_estimated"] > 0 and r["energy_mj_estimated_static_high"] > 0
@@ -253,9 +257,25 @@ def test_tables_tolerate_a_row_that_was_not_produced() -> None:
 
     rows["high_fp32"] = rows.pop("high")
     table = ablation(rows, {}, {"kd_align (seed 1)": "RuntimeError: diverged", "high (seed 0)": "ExportError: boom"}, compressed=True)
-    assert [r.get("not_produced") for r in table] == [None, "RuntimeError: diverged", None, "ExportError: boom"]
-    assert "accuracy_change" not in table[2]  # nothing above it to compare with
-    assert ablation(rows, {}, {}, compressed=False)[2]["not_produced"] == "not measured"  # "high" absent, no reason recorded
+    assert [r.get("not_produced") for r in table] == [None, "RuntimeError: diverged", "not measured", None, "ExportError: boom"]
+    assert "accuracy_change" not in table[3]  # nothing above it to compare with
+    assert ablation(rows, {}, {}, compressed=False)[3]["not_produced"] == "not measured"  # "high" absent, no reason recorded
+
+
+def test_the_ablation_steps_hold_their_component_where_the_high_tier_schedules_it_out() -> None:
+    """configs/default.yaml fades alignment and the resource term out at the 1 MB budget: the
+    ablation's steps still add each at its largest scheduled weight (they were copies of plain KD)."""
+    from racmkd.config import load_config
+    from racmkd.distill.adaptive import objective_weights
+    from racmkd.eval.baselines import ablation_objective, kd_objective
+
+    cfg = load_config(Path("configs/default.yaml"))
+    high = cfg.students.tiers[0].budget_bytes
+    racmkd = objective_weights(cfg.distill, high, [t.budget_bytes for t in cfg.students.tiers])
+    kd, align, align_resource = kd_objective(cfg, high)[0], ablation_objective(cfg, high, False), ablation_objective(cfg, high, True)
+    assert (racmkd.gamma, racmkd.delta) == (0.0, 0.0) and (kd.gamma, kd.delta) == (0.0, 0.0)
+    assert (align.gamma, align.delta) == (0.5, 0.0) and (align_resource.gamma, align_resource.delta) == (0.5, 1e-4)
+    assert align.beta == kd.beta and align.temperature == kd.temperature  # only the component differs
 
 
 def test_one_seed_has_no_spread_and_leaves_the_ablation_undecided() -> None:

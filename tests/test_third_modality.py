@@ -175,7 +175,7 @@ def test_the_robustness_sweeps_take_imu_through_its_own_degradation(three: tuple
     from racmkd.eval.suite import SuiteSettings, degradation_sweeps
 
     cfg, dataset, run_dir = three
-    sweeps = degradation_sweeps(SuiteSettings(config=Path("unused.yaml")), dataset)
+    sweeps = degradation_sweeps(SuiteSettings(config=Path("unused.yaml")), dataset.modalities)
     assert sweeps[NAME] == ImuModality.degradation_levels  # registered by the plugin, swept without naming it
     rob = robustness({"imu_teacher": run_dir / "checkpoints" / f"teacher_{NAME}.pt"}, dataset, {NAME: (0.0, 4.0)})["imu_teacher"]
     degraded = rob["degraded"][NAME]

@@ -69,7 +69,7 @@ from racmkd.pipeline import (
 from racmkd.utils import seed_everything, torch_threads
 
 BASELINES = ("standard_kd", "emd_kd", "mobilenetv3", "tinyml")
-ABLATION = ("kd_align",)
+ABLATION = ("kd_align", "kd_align_resource")  # the ablation's steps between plain KD and the racmkd objective
 MATCHED_PREFIX = "tinyml_"  # + a tier's name: the TinyML recipe at that tier's deployed bytes
 PLAIN_CNN_WIDTHS = list(range(1, 65))
 SIZE_SLACK = 0.01  # sized to reach the tier's bytes + 1% + 64 B: the file's size moves a little with
@@ -231,6 +231,17 @@ def kd_objective(cfg: RunConfig, budget_bytes: int) -> tuple[ObjectiveWeights, D
     return weights, replace(cfg.distill, distill_losses={"kd": 1.0}, align_losses={})
 
 
+def ablation_objective(cfg: RunConfig, budget_bytes: int, resource: bool) -> ObjectiveWeights:
+    """An ablation step at a tier's budget: KD plus feature alignment at the largest weight the
+    config's schedule gives it, and with `resource` the group-sparsity term at its largest too. The
+    racmkd objective's own weights at the high tier's budget may be 0 (the schedule fades out what
+    did not pay there), so the steps fix theirs: each row shows what its component does."""
+    kd_weights, _ = kd_objective(cfg, budget_bytes)
+    gamma = max(cfg.distill.gamma.low, cfg.distill.gamma.high)
+    delta = max(cfg.distill.delta.low, cfg.distill.delta.high) if resource else 0.0
+    return replace(kd_weights, gamma=gamma, delta=delta)
+
+
 def baseline_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher: MultimodalNet, names: tuple[str, ...] = BASELINES) -> list[Job]:
     """Fresh jobs for the named baselines (seeded from the run's seed)."""
     high, critical = tier_design(run_dir, "high"), tier_design(run_dir, "critical")
@@ -240,14 +251,14 @@ def baseline_jobs(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, teacher
     jobs = []
     for name in names:
         seed_everything(seed)
-        if name in ("standard_kd", "emd_kd", "kd_align"):
+        if name in ("standard_kd", "emd_kd", *ABLATION):
             specs = high.specs(dataset.modalities)
             model = build_student(high, dataset.modalities, seed)
             if name == "standard_kd":
                 job = Job(name, model, specs, high_train, kd_weights, kd_only, epochs=high_train.epochs)
-            elif name == "kd_align":
-                racmkd = objective_weights(cfg.distill, high.budget_bytes, [t.budget_bytes for t in cfg.students.tiers])
-                job = Job(name, model, specs, high_train, replace(racmkd, delta=0.0), cfg.distill, epochs=high_train.epochs)
+            elif name in ABLATION:
+                weights = ablation_objective(cfg, high.budget_bytes, resource=name == "kd_align_resource")
+                job = Job(name, model, specs, high_train, weights, cfg.distill, epochs=high_train.epochs)
             else:
                 emd = replace(kd_weights, beta=0.0, gamma=1.0)
                 job = Job(name, model, specs, high_train, emd, replace(cfg.distill, distill_losses={}, align_losses={"emd": 1.0}), epochs=high_train.epochs)

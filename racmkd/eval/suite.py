@@ -26,12 +26,15 @@ import math
 import shutil
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from racmkd.config import ConfigError, RunConfig, config_differences, load_config, to_dict
 from racmkd.data.dataset import PairedDataset
+from racmkd.data.modalities import Modality
+from racmkd.registry import MODALITIES
 from racmkd.eval.baselines import ABLATION, BASELINES, matched_name, matched_widths, train_extras
 from racmkd.eval.deployed import Deployed, artifact_accuracy, artifact_costs, closest_in_cost, cost_growth, deploy, dominates, pareto_front, robustness, twin
 from racmkd.eval.report import git_commit, machine
@@ -40,7 +43,7 @@ from racmkd.utils import atomic_write_json, progress, sha256
 
 TIERS = ("high", "medium", "low", "critical")
 MATCHED = tuple(matched_name(t) for t in TIERS)  # the TinyML recipe at each compressed tier's bytes (trained only when the suite compresses)
-TABLE_ROWS = ("teacher", "standard_kd", "mobilenetv3", "tinyml", *MATCHED, "emd_kd", "kd_align", *TIERS)
+TABLE_ROWS = ("teacher", "standard_kd", "mobilenetv3", "tinyml", *MATCHED, "emd_kd", "kd_align", "kd_align_resource", *TIERS)
 LABELS = {
     "teacher": "Teacher (image + audio)",
     "standard_kd": "Standard KD",
@@ -49,6 +52,7 @@ LABELS = {
     **{matched_name(t): f"TinyML at racmkd {t}'s bytes" for t in TIERS},
     "emd_kd": "EMD-KD",
     "kd_align": "KD + feature alignment (the ablation's step)",
+    "kd_align_resource": "KD + alignment + resource term (the ablation's step)",
     **{t: f"racmkd {t}" for t in TIERS},
     **{f"{t}_fp32": f"racmkd {t}, uncompressed (fp32)" for t in TIERS},
 }
@@ -104,14 +108,14 @@ class SuiteSettings:
         )
 
 
-def degradation_sweeps(settings: SuiteSettings, dataset: PairedDataset) -> dict[str, tuple[float, ...]]:
-    """The levels swept per modality of the dataset: the settings' or the modality's own; a modality
-    without a degradation is only withheld."""
-    unknown = sorted(set(settings.degradations) - set(dataset.modalities))
+def degradation_sweeps(settings: SuiteSettings, modalities: Mapping[str, Modality | type[Modality]]) -> dict[str, tuple[float, ...]]:
+    """The levels swept per modality of the dataset (its modalities, or their registered classes):
+    the settings' or the modality's own; a modality without a degradation is only withheld."""
+    unknown = sorted(set(settings.degradations) - set(modalities))
     if unknown:
-        raise ValueError(f"degradations for {unknown}: the dataset's modalities are {list(dataset.modalities)}")
+        raise ValueError(f"degradations for {unknown}: the dataset's modalities are {list(modalities)}")
     sweeps = {}
-    for name, modality in dataset.modalities.items():
+    for name, modality in modalities.items():
         levels = tuple(settings.degradations.get(name, modality.degradation_levels))
         if levels and not modality.degradation:
             raise ValueError(f"{name}: levels {levels} to sweep, but the modality has no degradation (`Modality.degraded`)")
@@ -447,8 +451,10 @@ def replay_tables(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, setting
 
 def ablation(rows: dict[str, Any], replays: dict[str, Any], missing: dict[str, str] | None = None, compressed: bool = True) -> list[dict[str, Any]]:
     """Table 6.8: each component added to the previous rows, measured on the high tier. The order is
-    Base KD -> + feature alignment -> + resource term -> + compression -> + dynamic allocation
-    (the runtime needs the compressed tiers, so it comes last); the dynamic row is the trace replay.
+    Base KD -> + feature alignment -> + resource term (both at the largest weights the config's
+    schedule gives them) -> the racmkd objective as scheduled at the high tier's budget (where they
+    may fade out) -> + compression -> + dynamic allocation (the runtime needs the compressed tiers,
+    so it comes last); the dynamic row is the trace replay.
     A row that could not be produced says why (`missing`: Table 6.6's reasons, by "<row> (seed n)";
     `compressed`: whether the suite compressed the tiers)."""
     missing = missing or {}
@@ -456,8 +462,9 @@ def ablation(rows: dict[str, Any], replays: dict[str, Any], missing: dict[str, s
     racmkd = "high_fp32" if compressed else "high"  # without compression, "high" is the uncompressed student
     steps = [
         ("Base KD (high tier, KD only)", "standard_kd"),
-        ("+ lightweight feature alignment (KD + alignment, no resource term)", "kd_align"),
-        ("+ resource term (the racmkd objective: group sparsity)", racmkd),
+        ("+ lightweight feature alignment (KD + alignment at its largest scheduled weight, no resource term)", "kd_align"),
+        ("+ resource term (group sparsity at its largest scheduled weight)", "kd_align_resource"),
+        ("the racmkd objective at the high tier's budget (alignment and resource term as distill schedules them)", racmkd),
         ("+ compression (the suite's recipe: pruning, QAT, int8; the same steps for every modality)", "high" if compressed else None),
     ]
     previous = None
@@ -562,6 +569,8 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
         "teachers_from": str(settings.teachers_from) if settings.teachers_from else None,
         "protocols": {},
     }
+    # the sweeps' settings checked now, not after hours of training
+    degradation_sweeps(settings, {m: MODALITIES.get(m) for m in load_config(settings.config, list(settings.overrides)).data.modalities})
     for protocol in settings.protocols:
         first: tuple[RunConfig, Path] | None = None
         per_seed = []
@@ -588,7 +597,7 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
             section["table_68"] = ablation(rows, replays, missing, compressed=settings.recipe is not None)
             models = {n: twin(run_dir, n) for n in ("teacher", *TIERS, *BASELINES)}  # what each row deploys
             section["robustness_not_measured"], section["cost_growth_not_measured"] = {}, {}
-            sweeps = degradation_sweeps(settings, dataset)
+            sweeps = degradation_sweeps(settings, dataset.modalities)
             section["degradations"] = {m: {"what": dataset.modalities[m].degradation, "column": dataset.modalities[m].degradation_column} for m in sweeps}
             section["robustness"] = robustness(
                 models,
@@ -926,11 +935,12 @@ def plot_all(result: dict[str, Any], out: Path, stem: str) -> dict[str, str]:
                     xs = [float(k) for k in points]
                     finite = [x for x in xs if math.isfinite(x)]
                     span = (max(finite) - min(finite)) if len(finite) > 1 else 1.0
-                    # an infinite level (audio: the clean recording) plotted one step beyond the largest finite one
+                    # an infinite level (audio: the clean recording) plotted a third of the axis beyond the largest finite one
                     ax.plot(
-                        [x if math.isfinite(x) else max(finite, default=0.0) + span / 2 for x in xs], list(points.values()), "o-", label=LABELS.get(name, name)
+                        [x if math.isfinite(x) else max(finite, default=0.0) + span / 3 for x in xs], list(points.values()), "o-", label=LABELS.get(name, name)
                     )
-            ax.set_xlabel(f"{modality}: {section['degradations'][modality]['what']}", fontsize=8)
+            infinite = any(not math.isfinite(float(k)) for r in rob.values() for k in r["degraded"].get(modality, {}))
+            ax.set_xlabel(f"{modality}: {section['degradations'][modality]['what']}" + ("; rightmost point: inf" if infinite else ""), fontsize=8)
             ax.set_ylabel("test accuracy")
             ax.grid(True, alpha=0.3)
         axes[0][-1].legend(fontsize=7)
