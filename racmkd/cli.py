@@ -115,11 +115,11 @@ def train_teacher(
     name: NameOpt = None,
     run: Annotated[
         Optional[Path],
-        typer.Option("--run", "-r", help="Train into this existing run that has no teachers yet (an interrupted `racmkd run`), with its config.yaml."),
+        typer.Option("--run", "-r", help="Train into this existing run that has no whole teacher set yet (an interrupted `racmkd run`), with its config.yaml."),
     ] = None,
 ) -> None:
-    """Train the unimodal teachers and the fused teacher into a new run directory (or, with --run, into an existing one that has none)."""
-    from racmkd.pipeline import check_no_teachers, check_teacher_inputs, create_run, open_run, prepare_data, train_teachers
+    """Train the unimodal teachers and the fused teacher into a new run directory (or, with --run, into an existing one that has no whole teacher set yet)."""
+    from racmkd.pipeline import check_teacher_inputs, check_teachers_trainable, create_run, open_run, prepare_data, train_teachers
 
     try:
         if run is not None:
@@ -129,7 +129,7 @@ def train_teacher(
                     f"--run {run}: the run's own config.yaml sets its teachers; {', '.join(given)} cannot change it (leave them out, or start a new run)"
                 )
             run_dir, cfg = open_run(run)
-            check_no_teachers(cfg, run_dir)  # before the data loads
+            check_teachers_trainable(cfg, run_dir)  # before the data loads
         else:
             cfg = _config(config, protocol, set_, name)
         dataset = prepare_data(cfg)  # first: a run folder (and runs/latest) only for data that loads

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from scipy.io import wavfile
 from typer.testing import CliRunner
@@ -165,6 +166,30 @@ def test_a_run_interrupted_before_its_teachers_goes_on_with_train_teacher_run(sh
     assert (run / "checkpoints" / "teacher.pt").read_bytes() == saved
     result = runner.invoke(app, again)
     assert result.exit_code == 2 and f"racmkd distill --run {run}" in result.output, result.output
+
+
+def test_a_partial_teacher_set_is_trained_again_and_every_message_agrees(cache_dir: Path, tmp_path: Path, caplog) -> None:  # noqa: ANN001
+    """Ctrl-C during the fused teacher leaves teacher_image.pt and teacher_audio.pt: `racmkd run
+    --name` said go on with distill, distill said teacher.pt is missing (train-teacher --run), and
+    train-teacher --run said the teachers exist (go on with distill), round in a circle."""
+    import re
+
+    from racmkd.pipeline import check_teachers_trainable, load_teachers
+    from racmkd.runs import RunError, create_run
+
+    from conftest import tiny_config
+
+    cfg = tiny_config(cache_dir, tmp_path, "name=cut")
+    run = create_run(cfg)
+    for m in ("image", "audio"):
+        (run / "checkpoints" / f"teacher_{m}.pt").write_bytes(b"what the interrupted run saved")
+    with pytest.raises(RunError, match=re.escape(f"`racmkd train-teacher --run {run}` trains them")):
+        create_run(cfg)
+    with pytest.raises(RunError, match=re.escape(f"teacher.pt: teacher missing. Run `racmkd train-teacher --run {run}`")):
+        load_teachers(run, ["image", "audio"])
+    with caplog.at_level("WARNING"):
+        check_teachers_trainable(cfg, run)  # the set is trained again whole
+    assert "a partial teacher set (teacher_image.pt, teacher_audio.pt; no teacher.pt)" in caplog.text
 
 
 def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
