@@ -77,12 +77,18 @@ def check_teacher_inputs(cfg: RunConfig, dataset: PairedDataset) -> None:
 
 
 def check_teachers_trainable(cfg: RunConfig, run_dir: Path) -> None:
-    """An existing run takes teachers (`train-teacher --run`) only when it has no whole set: an
-    interrupted `racmkd run` leaves a run with its config and no teachers, or with the unimodal
-    teachers and no fused one (Ctrl-C during the fused teacher), and that partial set is trained
-    again whole. A whole set is kept: teachers trained again would no longer be those its students
-    were distilled from."""
+    """An existing run takes teachers (`train-teacher --run`) only while nothing else was made from
+    them: an interrupted `racmkd run` leaves a run with its config and no teachers, or with the
+    unimodal teachers and no fused one (Ctrl-C during the fused teacher), and that partial set is
+    trained again whole. Teachers trained under existing students, compressed tiers or an edge bank
+    would no longer be those these were made from; a whole teacher set is kept (distillation goes on)."""
     names = teacher_names(cfg.data.modalities)
+    made = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt") if p.stem not in names)
+    made += [f"{folder}/" for folder in ("compressed", "edge", "experiments", "onnx") if (run_dir / folder).exists()]
+    if made:
+        raise RunError(
+            f"{run_dir}: made from the run's teachers already ({', '.join(made)}); teachers trained again would not be theirs. Start a new run to train teachers (`racmkd run --name NAME` or `racmkd train-teacher --name NAME`)."
+        )
     missing = missing_teachers(run_dir, cfg.data.modalities)
     if not missing:
         raise RunError(

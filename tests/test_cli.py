@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,25 @@ def test_a_partial_teacher_set_is_trained_again_and_every_message_agrees(cache_d
     with caplog.at_level("WARNING"):
         check_teachers_trainable(cfg, run)  # the set is trained again whole
     assert "a partial teacher set (teacher_image.pt, teacher_audio.pt; no teacher.pt)" in caplog.text
+
+
+def test_teachers_are_not_trained_again_under_what_was_made_from_them(cache_dir: Path, tmp_path: Path) -> None:
+    """Deleting a run's teachers (as the refusal said) let `train-teacher --run` train new ones
+    while its students, compressed tiers and edge bank, made from the old teachers, stayed."""
+    from racmkd.runs import create_run
+
+    from conftest import tiny_config
+
+    run = create_run(tiny_config(cache_dir, tmp_path, "name=made"))
+    (run / "checkpoints" / "high.pt").write_bytes(b"a student")
+    for made, shown in (("compressed/high", "compressed/"), ("edge", "edge/"), (None, "high.pt")):
+        if made:
+            (run / made).mkdir(parents=True)
+        result = runner.invoke(app, ["train-teacher", "--run", str(run)])
+        assert result.exit_code == 2 and "Start a new run to train teachers (`racmkd run --name NAME`" in result.output, result.output
+        assert shown in result.output and not any((run / "checkpoints").glob("teacher*.pt"))
+        shutil.rmtree(run / "compressed", ignore_errors=True)
+        shutil.rmtree(run / "edge", ignore_errors=True)
 
 
 def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
