@@ -893,6 +893,28 @@ def test_a_folder_build_follows_a_link_and_survives_a_cut_short_swap(tmp_path: P
     assert sorted(p.name for p in target.parent.iterdir()) == ["edge"]
 
 
+def test_a_rebuilt_bank_carries_over_only_the_live_log(tmp_path: Path) -> None:
+    """The bank rebuild kept every non-.onnx file of the old bank: `racmkd profile`'s
+    <variant>.profile.json, describing the old .onnx files (and variants the new bank lacks), stayed
+    beside the new ones as if theirs."""
+    from racmkd.runtime.variants import _carried_over
+    from racmkd.utils import building_folder
+
+    edge = tmp_path / "edge"
+    edge.mkdir()
+    for name in ("bank.json", "logits.npz", "high.audio.onnx", "high.audio.profile.json", "gone.image.profile.json", "live.json"):
+        (edge / name).write_text(f"old {name}")
+    with building_folder(edge, keep=_carried_over) as work:
+        for name in ("bank.json", "logits.npz", "high.audio.onnx"):
+            (work / name).write_text(f"new {name}")
+    assert {p.name: p.read_text() for p in edge.iterdir()} == {
+        "bank.json": "new bank.json",
+        "logits.npz": "new logits.npz",
+        "high.audio.onnx": "new high.audio.onnx",
+        "live.json": "old live.json",
+    }
+
+
 def test_a_bank_build_without_students_makes_no_folder(tiny_run: Path, tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
     """A run without tier students failed with "no tier students" but left an empty edge/ behind."""
     from racmkd.config import load_config
