@@ -29,14 +29,17 @@ def default_config() -> Path | None:
     """The config a command reads without --config: ./configs/default.yaml, else the checkout's
     (as recipes and device profiles are found from anywhere), else None: the built-in defaults,
     said on stderr. Outside the checkout the built-in defaults were used silently, and they differ
-    from configs/default.yaml (mixup, the tiers, compression, the edge bank...)."""
-    from racmkd.data.paths import REPO_ROOT
+    from configs/default.yaml (mixup, the tiers, compression, the edge bank...). Installed, there
+    is no checkout (`checkout`): site-packages/configs/default.yaml is another distribution's."""
+    from racmkd.data.paths import REPO_ROOT, checkout
 
-    for path in (DEFAULT_CONFIG, REPO_ROOT / DEFAULT_CONFIG):
+    root = checkout()
+    for path in (DEFAULT_CONFIG, *([root / DEFAULT_CONFIG] if root else [])):
         if path.is_file():
             return path
+    where = f"in the racmkd checkout ({root})" if root else f"racmkd checkout ({REPO_ROOT} holds no racmkd pyproject.toml: racmkd is installed)"
     typer.secho(
-        f"note: no {DEFAULT_CONFIG} here or in the racmkd checkout ({REPO_ROOT}): using the built-in defaults of racmkd/config.py (pass --config FILE to choose)",
+        f"note: no {DEFAULT_CONFIG} here or {where}: using the built-in defaults of racmkd/config.py (pass --config FILE to choose)",
         fg=typer.colors.YELLOW,
         err=True,
     )

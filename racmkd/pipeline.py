@@ -493,12 +493,13 @@ def compressed_dir(run_dir: Path, tier: str, into: str = "compressed") -> Path:
 def recipe_for(cfg: RunConfig, tier: str, recipe: str | Path | None = None) -> Path:
     """The recipe a tier is compressed with: the one given, else the config's for this tier, else the
     config's default. A relative path is read from the working directory, else from the checkout (a
-    config's `configs/recipes/...`, as device profiles are found from anywhere)."""
-    from racmkd.data.paths import REPO_ROOT
+    config's `configs/recipes/...`, as device profiles are found from anywhere; installed, there is
+    none: see `checkout`)."""
+    from racmkd.data.paths import checkout
 
-    path = Path(recipe or cfg.compress.tier_recipes.get(tier) or cfg.compress.recipe)
-    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).is_file():
-        return REPO_ROOT / path
+    path, root = Path(recipe or cfg.compress.tier_recipes.get(tier) or cfg.compress.recipe), checkout()
+    if root and not path.is_absolute() and not path.exists() and (root / path).is_file():
+        return root / path
     return path
 
 

@@ -71,6 +71,36 @@ def test_outside_the_checkout_the_checkouts_default_config_is_read(tmp_path: Pat
     assert "using the built-in defaults" in capsys.readouterr().err
 
 
+def test_installed_racmkd_reads_nothing_of_site_packages_as_its_checkout(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """Installed (a wheel), the folder above the package is site-packages: a configs/default.yaml,
+    recipe or device profile there (another distribution's) was read silently as racmkd's, and the
+    note called site-packages "the racmkd checkout". Only a folder with racmkd's pyproject.toml is one."""
+    from racmkd.cli import _config
+    from racmkd.config import ConfigError, RunConfig
+    from racmkd.data import paths
+    from racmkd.eval.report import git_commit
+    from racmkd.pipeline import recipe_for
+    from racmkd.resources.devices import device_names, load_device
+
+    site = tmp_path / "site-packages"
+    for name, text in (("default.yaml", "seed: 99\n"), ("recipes/default.yaml", "steps: [export]\n"), ("devices/stray.yaml", "name: stray\n")):
+        (site / "configs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / "configs" / name).write_text(text)
+    (site / "pyproject.toml").write_text('[project]\nname = "someone-else"\n')
+    monkeypatch.setattr(paths, "REPO_ROOT", site)
+    monkeypatch.chdir(tmp_path)
+    assert paths.checkout() is None
+    assert _config(None, None, []) == RunConfig()
+    note = capsys.readouterr().err
+    assert "racmkd is installed" in note and "in the racmkd checkout" not in note
+    assert recipe_for(RunConfig(), "high") == Path(RunConfig().compress.recipe)
+    assert device_names() == [] and git_commit() is None
+    with pytest.raises(ConfigError, match="pass the profile's YAML path"):
+        load_device("stray")
+    (site / "pyproject.toml").write_text('[project]\nname = "racmkd"\n')  # a checkout
+    assert paths.checkout() == site and _config(None, None, []).seed == 99 and device_names() == ["stray"]
+
+
 def test_stages_on_a_missing_run_fail_cleanly(tmp_path: Path) -> None:
     for args in (["distill", "--run", str(tmp_path / "nope")], ["evaluate", "--run", str(tmp_path)]):
         result = runner.invoke(app, args)
