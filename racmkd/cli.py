@@ -29,14 +29,17 @@ def default_config() -> Path | None:
     """The config a command reads without --config: ./configs/default.yaml, else the checkout's
     (as recipes and device profiles are found from anywhere), else None: the built-in defaults,
     said on stderr. Outside the checkout the built-in defaults were used silently, and they differ
-    from configs/default.yaml (mixup, the tiers, compression, the edge bank...)."""
-    from racmkd.data.paths import REPO_ROOT
+    from configs/default.yaml (mixup, the tiers, compression, the edge bank...). Installed, there
+    is no checkout (`checkout`): site-packages/configs/default.yaml is another distribution's."""
+    from racmkd.data.paths import REPO_ROOT, checkout
 
-    for path in (DEFAULT_CONFIG, REPO_ROOT / DEFAULT_CONFIG):
+    root = checkout()
+    for path in (DEFAULT_CONFIG, *([root / DEFAULT_CONFIG] if root else [])):
         if path.is_file():
             return path
+    where = f"in the racmkd checkout ({root})" if root else f"racmkd checkout ({REPO_ROOT} holds no racmkd pyproject.toml: racmkd is installed)"
     typer.secho(
-        f"note: no {DEFAULT_CONFIG} here or in the racmkd checkout ({REPO_ROOT}): using the built-in defaults of racmkd/config.py (pass --config FILE to choose)",
+        f"note: no {DEFAULT_CONFIG} here or {where}: using the built-in defaults of racmkd/config.py (pass --config FILE to choose)",
         fg=typer.colors.YELLOW,
         err=True,
     )
@@ -115,11 +118,11 @@ def train_teacher(
     name: NameOpt = None,
     run: Annotated[
         Optional[Path],
-        typer.Option("--run", "-r", help="Train into this existing run that has no teachers yet (an interrupted `racmkd run`), with its config.yaml."),
+        typer.Option("--run", "-r", help="Train into this existing run that has no whole teacher set yet (an interrupted `racmkd run`), with its config.yaml."),
     ] = None,
 ) -> None:
-    """Train the unimodal teachers and the fused teacher into a new run directory (or, with --run, into an existing one that has none)."""
-    from racmkd.pipeline import check_no_teachers, check_teacher_inputs, create_run, open_run, prepare_data, train_teachers
+    """Train the unimodal teachers and the fused teacher into a new run directory (or, with --run, into an existing one that has no whole teacher set yet)."""
+    from racmkd.pipeline import check_teacher_inputs, check_teachers_trainable, create_run, open_run, prepare_data, train_teachers
 
     try:
         if run is not None:
@@ -129,7 +132,7 @@ def train_teacher(
                     f"--run {run}: the run's own config.yaml sets its teachers; {', '.join(given)} cannot change it (leave them out, or start a new run)"
                 )
             run_dir, cfg = open_run(run)
-            check_no_teachers(cfg, run_dir)  # before the data loads
+            check_teachers_trainable(cfg, run_dir)  # before the data loads
         else:
             cfg = _config(config, protocol, set_, name)
         dataset = prepare_data(cfg)  # first: a run folder (and runs/latest) only for data that loads

@@ -28,15 +28,23 @@ from racmkd.distill.trainer import Job, Teacher, attach_projection, check_loss_n
 from racmkd.eval.cost import count_flops
 from racmkd.models.checkpoint import load_model, save_model
 from racmkd.models.multimodal import MultimodalNet, count_params, teacher, widest_student
-from racmkd.runs import RunError, checkpoint, create_run, link_latest, open_run, record_timing  # noqa: F401 - run directories (racmkd.runs, no torch)
+from racmkd.runs import (  # noqa: F401 - run directories (racmkd.runs, no torch)
+    TEACHER,
+    RunError,
+    checkpoint,
+    create_run,
+    link_latest,
+    missing_teachers,
+    open_run,
+    record_timing,
+    teacher_names,
+)
 from racmkd.utils import atomic_write_json, building_folder, seed_everything, torch_threads
 
 if TYPE_CHECKING:
     from racmkd.compress.recipe import Recipe
 
 log = logging.getLogger(__name__)
-
-TEACHER = "teacher"
 
 
 # Model inputs ------------------------------------------------------------------------------------
@@ -68,14 +76,31 @@ def check_teacher_inputs(cfg: RunConfig, dataset: PairedDataset) -> None:
 # Teachers ----------------------------------------------------------------------------------------
 
 
-def check_no_teachers(cfg: RunConfig, run_dir: Path) -> None:
-    """An existing run takes teachers only when it has none (an interrupted `racmkd run` leaves a run
-    with its config and no checkpoints): teachers trained again would no longer be those its
-    students were distilled from."""
-    found = [p.name for p in [checkpoint(run_dir, TEACHER), *(checkpoint(run_dir, f"{TEACHER}_{m}") for m in cfg.data.modalities)] if p.exists()]
-    if found:
+def check_teachers_trainable(cfg: RunConfig, run_dir: Path) -> None:
+    """An existing run takes teachers (`train-teacher --run`) only while nothing else was made from
+    them: an interrupted `racmkd run` leaves a run with its config and no teachers, or with the
+    unimodal teachers and no fused one (Ctrl-C during the fused teacher), and that partial set is
+    trained again whole. Teachers trained under existing students, compressed tiers or an edge bank
+    would no longer be those these were made from; a whole teacher set is kept (distillation goes on)."""
+    names = teacher_names(cfg.data.modalities)
+    made = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt") if p.stem not in names)
+    made += [f"{folder}/" for folder in ("compressed", "edge", "experiments", "onnx") if (run_dir / folder).exists()]
+    if made:
         raise RunError(
-            f"{run_dir}/checkpoints: the run's teachers exist already ({', '.join(found)}). Go on with `racmkd distill --run {run_dir}`; to train them again, delete those files first, or start a new run (`racmkd train-teacher --name NAME`)."
+            f"{run_dir}: made from the run's teachers already ({', '.join(made)}); teachers trained again would not be theirs. Start a new run to train teachers (`racmkd run --name NAME` or `racmkd train-teacher --name NAME`)."
+        )
+    missing = missing_teachers(run_dir, cfg.data.modalities)
+    if not missing:
+        raise RunError(
+            f"{run_dir}/checkpoints: the run's teachers exist already ({', '.join(f'{n}.pt' for n in names)}). Go on with `racmkd distill --run {run_dir}`; to train them again, delete those files first, or start a new run (`racmkd train-teacher --name NAME`)."
+        )
+    partial = [f"{n}.pt" for n in names if n not in missing]
+    if partial:
+        log.warning(
+            "%s/checkpoints: a partial teacher set (%s; no %s): the whole set is trained again",
+            run_dir,
+            ", ".join(partial),
+            ", ".join(f"{n}.pt" for n in missing),
         )
 
 
@@ -133,7 +158,7 @@ def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> lis
 def load_teachers(run_dir: Path, names: list[str], unimodal: bool = True) -> list[Teacher]:
     """The run's teachers, fused first (the primary teacher for feature losses), then the unimodal
     ones when `unimodal` (multi-teacher distillation needs them; the other losses do not)."""
-    wanted = ([TEACHER] if len(names) > 1 else []) + ([f"{TEACHER}_{m}" for m in names] if unimodal or len(names) == 1 else [])
+    wanted = teacher_names(names) if unimodal or len(names) == 1 else [TEACHER]
     teachers = []
     for name in wanted:
         path = checkpoint(run_dir, name)
@@ -468,12 +493,13 @@ def compressed_dir(run_dir: Path, tier: str, into: str = "compressed") -> Path:
 def recipe_for(cfg: RunConfig, tier: str, recipe: str | Path | None = None) -> Path:
     """The recipe a tier is compressed with: the one given, else the config's for this tier, else the
     config's default. A relative path is read from the working directory, else from the checkout (a
-    config's `configs/recipes/...`, as device profiles are found from anywhere)."""
-    from racmkd.data.paths import REPO_ROOT
+    config's `configs/recipes/...`, as device profiles are found from anywhere; installed, there is
+    none: see `checkout`)."""
+    from racmkd.data.paths import checkout
 
-    path = Path(recipe or cfg.compress.tier_recipes.get(tier) or cfg.compress.recipe)
-    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).is_file():
-        return REPO_ROOT / path
+    path, root = Path(recipe or cfg.compress.tier_recipes.get(tier) or cfg.compress.recipe), checkout()
+    if root and not path.is_absolute() and not path.exists() and (root / path).is_file():
+        return root / path
     return path
 
 

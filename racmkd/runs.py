@@ -11,10 +11,12 @@ import shutil
 import time
 from pathlib import Path
 
-from racmkd.config import RunConfig, load_config, save_config
+from racmkd.config import ConfigError, RunConfig, load_config, save_config
 from racmkd.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
+
+TEACHER = "teacher"  # the fused teacher's checkpoint name; a unimodal teacher's is teacher_<modality>
 
 
 class RunError(RuntimeError):
@@ -34,12 +36,7 @@ def create_run(cfg: RunConfig) -> Path:
             )
         run_dir = runs / cfg.name
         if (run_dir / "config.yaml").exists():
-            go_on = (
-                f"`racmkd distill --run {run_dir}` and the later stages go on with an existing run"
-                if any((run_dir / "checkpoints").glob("teacher*.pt"))
-                else f"it has no teachers yet, as an interrupted run leaves it: `racmkd train-teacher --run {run_dir}` trains them, then `racmkd distill --run {run_dir}` and the later stages go on"
-            )
-            raise RunError(f"{run_dir}: a run of that name exists; choose another --name, or delete that folder first. ({go_on}.)")
+            raise RunError(f"{run_dir}: a run of that name exists; choose another --name, or delete that folder first. ({_going_on(run_dir)}.)")
         made = not run_dir.exists()  # (a folder of that name without a config is taken over, and left as it was on failure)
     else:
         stem = f"{cfg.data.protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -68,6 +65,31 @@ def create_run(cfg: RunConfig) -> Path:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         raise
     return run_dir
+
+
+def _going_on(run_dir: Path) -> str:
+    """How an existing run goes on, by its own config's teacher set (`missing_teachers`)."""
+    try:
+        modalities = load_config(run_dir / "config.yaml").data.modalities
+    except (ConfigError, OSError) as err:
+        return f"its config.yaml does not load, so it cannot go on: {err}"
+    if not missing_teachers(run_dir, modalities):
+        return f"`racmkd distill --run {run_dir}` and the later stages go on with an existing run"
+    return f"it has no whole teacher set, as an interrupted run leaves it: `racmkd train-teacher --run {run_dir}` trains them, then `racmkd distill --run {run_dir}` and the later stages go on"
+
+
+def teacher_names(modalities: list[str] | tuple[str, ...]) -> list[str]:
+    """A run's teacher set, as `train_teachers` saves it: one unimodal teacher per modality, and the
+    fused one (first here: the primary teacher) when there are several modalities."""
+    return ([TEACHER] if len(modalities) > 1 else []) + [f"{TEACHER}_{m}" for m in modalities]
+
+
+def missing_teachers(run_dir: Path, modalities: list[str] | tuple[str, ...]) -> list[str]:
+    """The checkpoint names of the teacher set that a run lacks; none: its teachers are whole. The
+    one judgement of `racmkd run --name` on a taken name, `train-teacher --run` and distillation:
+    Ctrl-C during the fused teacher leaves the unimodal ones alone, and three different tests of
+    "has teachers" sent the user round in a circle (distill, train-teacher, distill...)."""
+    return [name for name in teacher_names(modalities) if not checkpoint(run_dir, name).is_file()]
 
 
 def check_latest(latest: Path) -> None:

@@ -66,32 +66,59 @@ def replacing(path: Path, mode: int | None = None) -> Iterator[Path]:
 
 @contextmanager
 def building_folder(final: Path, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
-    """A sibling temporary folder (.<name>.partial) to write a folder's new content into: when the
-    block ends it takes the place of `final` whole, and when it fails (an error, Ctrl-C) it is
-    removed and `final` is left as it was. Written in place, an interrupted stage left a folder
-    half old and half new that the next stage used as it was (an edge bank whose bank.json
-    described files since replaced). `keep` names the old folder's entries to carry over into the
-    new one (files the stage does not write, such as an edge bank's live.json), unless the new
-    content has an entry of that name."""
+    """A sibling temporary folder to write a folder's new content into: when the block ends it takes
+    the place of `final` whole, and when it fails (an error, Ctrl-C) it is removed and `final` is
+    left as it was. Written in place, an interrupted stage left a folder half old and half new that
+    the next stage used as it was (an edge bank whose bank.json described files since replaced).
+    `keep` names the old folder's entries to carry over into the new one (files the stage does not
+    write, such as an edge bank's live.json), unless the new content has an entry of that name.
+    A `final` that is a link is built at its target (renamed aside, the link would have been
+    replaced by a folder and its target kept the old content); each build has its own work folder
+    (two builds at once shared one, and swapped in a mix of both); and the old folder, renamed aside
+    while the new one moves in, is put back by the next build if the swap was cut short."""
     final = Path(final)
-    work = final.parent / f".{final.name}.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if final.is_symlink():
+        final = final.resolve()
+        if not final.parent.is_dir():
+            raise FileNotFoundError(f"{final.parent}: missing, and a link to {final} names it: make that folder (mount it), or remove the link")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.parent / f".{final.name}.old"
+    _put_back(final, old)
+    work = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
     try:
+        os.chmod(work, 0o777 & ~UMASK)  # as a plain mkdir makes it, not mkdtemp's 0o700
         yield work
         if keep is not None and final.is_dir():
             for entry in final.iterdir():
                 if keep(entry) and not (work / entry.name).exists():
                     (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, work / entry.name)
+        _swap(work, final, old)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    old = final.parent / f".{final.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
+
+
+def _swap(work: Path, final: Path, old: Path) -> None:
+    """`work` renamed to `final`, the old content renamed aside to `old` first and removed after. A
+    folder cannot replace a full one in one rename; if the second fails, the old one goes back."""
+    _put_back(final, old)
     if final.exists():
         os.replace(final, old)
-    os.replace(work, final)
+    try:
+        os.replace(work, final)
+    except BaseException:
+        _put_back(final, old)
+        raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _put_back(final: Path, old: Path) -> None:
+    """The old folder that a cut-short swap (killed between its two renames) left aside, put back at
+    `final`; else a leftover old folder removed. Deleted as stale, it was the previous content's only copy."""
+    if old.exists() and not final.exists():
+        os.replace(old, final)
+    else:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def fsync_folder(folder: Path) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from scipy.io import wavfile
 from typer.testing import CliRunner
@@ -67,6 +69,36 @@ def test_outside_the_checkout_the_checkouts_default_config_is_read(tmp_path: Pat
     monkeypatch.setattr(paths, "REPO_ROOT", tmp_path / "installed")  # a wheel: no checkout beside the package
     assert _config(None, None, []) == RunConfig()
     assert "using the built-in defaults" in capsys.readouterr().err
+
+
+def test_installed_racmkd_reads_nothing_of_site_packages_as_its_checkout(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """Installed (a wheel), the folder above the package is site-packages: a configs/default.yaml,
+    recipe or device profile there (another distribution's) was read silently as racmkd's, and the
+    note called site-packages "the racmkd checkout". Only a folder with racmkd's pyproject.toml is one."""
+    from racmkd.cli import _config
+    from racmkd.config import ConfigError, RunConfig
+    from racmkd.data import paths
+    from racmkd.eval.report import git_commit
+    from racmkd.pipeline import recipe_for
+    from racmkd.resources.devices import device_names, load_device
+
+    site = tmp_path / "site-packages"
+    for name, text in (("default.yaml", "seed: 99\n"), ("recipes/default.yaml", "steps: [export]\n"), ("devices/stray.yaml", "name: stray\n")):
+        (site / "configs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / "configs" / name).write_text(text)
+    (site / "pyproject.toml").write_text('[project]\nname = "someone-else"\n')
+    monkeypatch.setattr(paths, "REPO_ROOT", site)
+    monkeypatch.chdir(tmp_path)
+    assert paths.checkout() is None
+    assert _config(None, None, []) == RunConfig()
+    note = capsys.readouterr().err
+    assert "racmkd is installed" in note and "in the racmkd checkout" not in note
+    assert recipe_for(RunConfig(), "high") == Path(RunConfig().compress.recipe)
+    assert device_names() == [] and git_commit() is None
+    with pytest.raises(ConfigError, match="pass the profile's YAML path"):
+        load_device("stray")
+    (site / "pyproject.toml").write_text('[project]\nname = "racmkd"\n')  # a checkout
+    assert paths.checkout() == site and _config(None, None, []).seed == 99 and device_names() == ["stray"]
 
 
 def test_stages_on_a_missing_run_fail_cleanly(tmp_path: Path) -> None:
@@ -165,6 +197,49 @@ def test_a_run_interrupted_before_its_teachers_goes_on_with_train_teacher_run(sh
     assert (run / "checkpoints" / "teacher.pt").read_bytes() == saved
     result = runner.invoke(app, again)
     assert result.exit_code == 2 and f"racmkd distill --run {run}" in result.output, result.output
+
+
+def test_a_partial_teacher_set_is_trained_again_and_every_message_agrees(cache_dir: Path, tmp_path: Path, caplog) -> None:  # noqa: ANN001
+    """Ctrl-C during the fused teacher leaves teacher_image.pt and teacher_audio.pt: `racmkd run
+    --name` said go on with distill, distill said teacher.pt is missing (train-teacher --run), and
+    train-teacher --run said the teachers exist (go on with distill), round in a circle."""
+    import re
+
+    from racmkd.pipeline import check_teachers_trainable, load_teachers
+    from racmkd.runs import RunError, create_run
+
+    from conftest import tiny_config
+
+    cfg = tiny_config(cache_dir, tmp_path, "name=cut")
+    run = create_run(cfg)
+    for m in ("image", "audio"):
+        (run / "checkpoints" / f"teacher_{m}.pt").write_bytes(b"what the interrupted run saved")
+    with pytest.raises(RunError, match=re.escape(f"`racmkd train-teacher --run {run}` trains them")):
+        create_run(cfg)
+    with pytest.raises(RunError, match=re.escape(f"teacher.pt: teacher missing. Run `racmkd train-teacher --run {run}`")):
+        load_teachers(run, ["image", "audio"])
+    with caplog.at_level("WARNING"):
+        check_teachers_trainable(cfg, run)  # the set is trained again whole
+    assert "a partial teacher set (teacher_image.pt, teacher_audio.pt; no teacher.pt)" in caplog.text
+
+
+def test_teachers_are_not_trained_again_under_what_was_made_from_them(cache_dir: Path, tmp_path: Path) -> None:
+    """Deleting a run's teachers (as the refusal said) let `train-teacher --run` train new ones
+    while its students, compressed tiers and edge bank, made from the old teachers, stayed."""
+    from racmkd.runs import create_run
+
+    from conftest import tiny_config
+
+    run = create_run(tiny_config(cache_dir, tmp_path, "name=made"))
+    (run / "checkpoints" / "high.pt").write_bytes(b"a student")
+    for made, shown in (("compressed/high", "compressed/"), ("edge", "edge/"), (None, "high.pt")):
+        if made:
+            (run / made).mkdir(parents=True)
+        result = runner.invoke(app, ["train-teacher", "--run", str(run)])
+        assert result.exit_code == 2 and "Start a new run to train teachers (`racmkd run --name NAME`" in result.output, result.output
+        assert shown in result.output and not any((run / "checkpoints").glob("teacher*.pt"))
+        shutil.rmtree(run / "compressed", ignore_errors=True)
+        shutil.rmtree(run / "edge", ignore_errors=True)
 
 
 def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001

@@ -845,6 +845,76 @@ def test_a_finished_folder_replaces_the_old_whole_and_keeps_what_it_is_told_to()
         assert sorted(p.name for p in Path(top).iterdir()) == ["edge"]
 
 
+def test_a_folder_build_follows_a_link_and_survives_a_cut_short_swap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`building_folder`: (a) a linked folder (edge -> /mnt/sd/edge) was renamed aside and a real
+    folder put in the link's place, the target kept the old bank and the next build failed with
+    NotADirectoryError; (b) a broken link failed and left .edge.partial behind; (c) killed between
+    its two renames, a build left no folder, and the next one deleted the old, its only copy;
+    (d) two builds at once shared one work folder, each deleting the other's work."""
+    import os
+
+    from racmkd import utils
+    from racmkd.utils import building_folder
+
+    def build(final: Path, text: str) -> None:
+        with building_folder(final) as work:
+            (work / "bank.json").write_text(text)
+
+    target, link = tmp_path / "sd" / "edge", tmp_path / "run" / "edge"
+    target.parent.mkdir()
+    link.parent.mkdir()
+    link.symlink_to(target)  # (b) broken: its target is made
+    for text in ("first", "second"):  # (a) then rebuilt through the link
+        build(link, text)
+        assert link.is_symlink() and (link / "bank.json").read_text() == text
+    assert sorted(p.name for p in target.parent.iterdir()) == ["edge"] and sorted(p.name for p in link.parent.iterdir()) == ["edge"]
+    # (c) killed between the renames: the next build puts the old folder back first; a failed second rename puts it back at once
+    os.replace(target, target.parent / ".edge.old")
+    real = os.replace
+
+    def cut_short(src: Path, dst: Path) -> None:  # Ctrl-C as the new folder moves in
+        if Path(src).name.endswith(".partial"):
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    with pytest.raises(KeyboardInterrupt), building_folder(target) as work:
+        assert (target / "bank.json").read_text() == "second"
+        (work / "bank.json").write_text("third")
+        monkeypatch.setattr(utils.os, "replace", cut_short)
+    monkeypatch.undo()
+    assert (target / "bank.json").read_text() == "second" and sorted(p.name for p in target.parent.iterdir()) == ["edge"]
+    # (d) two builds at once: each has its own work folder; the one that finishes last is the folder, whole
+    with building_folder(target) as one, building_folder(target) as two:
+        assert one != two
+        (one / "bank.json").write_text("one")
+        (two / "bank.json").write_text("two")
+        (two / "two.onnx").write_text("two")
+    assert sorted(p.name for p in target.iterdir()) == ["bank.json"] and (target / "bank.json").read_text() == "one"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["edge"]
+
+
+def test_a_rebuilt_bank_carries_over_only_the_live_log(tmp_path: Path) -> None:
+    """The bank rebuild kept every non-.onnx file of the old bank: `racmkd profile`'s
+    <variant>.profile.json, describing the old .onnx files (and variants the new bank lacks), stayed
+    beside the new ones as if theirs."""
+    from racmkd.runtime.variants import _carried_over
+    from racmkd.utils import building_folder
+
+    edge = tmp_path / "edge"
+    edge.mkdir()
+    for name in ("bank.json", "logits.npz", "high.audio.onnx", "high.audio.profile.json", "gone.image.profile.json", "live.json"):
+        (edge / name).write_text(f"old {name}")
+    with building_folder(edge, keep=_carried_over) as work:
+        for name in ("bank.json", "logits.npz", "high.audio.onnx"):
+            (work / name).write_text(f"new {name}")
+    assert {p.name: p.read_text() for p in edge.iterdir()} == {
+        "bank.json": "new bank.json",
+        "logits.npz": "new logits.npz",
+        "high.audio.onnx": "new high.audio.onnx",
+        "live.json": "old live.json",
+    }
+
+
 def test_a_bank_build_without_students_makes_no_folder(tiny_run: Path, tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
     """A run without tier students failed with "no tier students" but left an empty edge/ behind."""
     from racmkd.config import load_config

@@ -1,25 +1,40 @@
-"""Where the datasets are, and the error raised when one is missing or damaged."""
+"""Where the datasets are, and the error raised when one is missing or damaged; where the racmkd
+checkout is, when racmkd runs from one (its configs, recipes and device profiles)."""
 
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the folder above the package: the checkout, or site-packages when installed
 
 
 class DataError(RuntimeError):
     """A dataset file is missing, truncated or corrupt; the message names the file and the fix."""
 
 
+def checkout() -> Path | None:
+    """The racmkd checkout the package runs from (REPO_ROOT, holding racmkd's pyproject.toml), or
+    None when racmkd is installed: there the folder above the package is site-packages, and a
+    configs/default.yaml (or recipe, or device profile) in it is another distribution's, read
+    silently as racmkd's own."""
+    try:
+        project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")).get("project", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    return REPO_ROOT if isinstance(project, dict) and project.get("name") == "racmkd" else None
+
+
 def data_root(configured: str = "") -> Path:
     """The data root: the configured path, else $RACMKD_DATA, else ../shared/data (beside the
-    checkout or the working directory) if it exists, else ./data."""
+    working directory or the checkout) if it exists, else ./data."""
     if configured:
         return Path(configured).expanduser()
     if os.environ.get("RACMKD_DATA"):
         return Path(os.environ["RACMKD_DATA"]).expanduser()
-    for candidate in (Path.cwd().parent / "shared" / "data", REPO_ROOT.parent / "shared" / "data"):
+    root = checkout()
+    for candidate in (Path.cwd().parent / "shared" / "data", *([root.parent / "shared" / "data"] if root else [])):
         if candidate.is_dir():
             return candidate
     return Path("data")

@@ -18,6 +18,7 @@ import torch
 from racmkd.compress.artifacts import read_compression_record
 from racmkd.config import EvalConfig, to_dict
 from racmkd.data.dataset import PairedDataset, build_dataset
+from racmkd.data.paths import checkout
 from racmkd.eval.cost import activation_memory, count_flops, energy_per_call_mj, latency_round_robin, model_bytes
 from racmkd.eval.metrics import classification_metrics
 from racmkd.eval.plots import plot_accuracy_vs_cost, plot_training_curves
@@ -43,8 +44,12 @@ def report_order(name: str) -> tuple[float, str]:
 
 
 def git_commit() -> str | None:
-    """The checkout's commit (with '-dirty' when files changed), or None outside git."""
-    root = Path(__file__).resolve().parents[2]
+    """The checkout's commit (with '-dirty' when files changed), or None outside git or installed
+    (`checkout`): the folder above an installed package is site-packages, and the git repository
+    around it (a project's .venv) is not racmkd's."""
+    root = checkout()
+    if root is None:
+        return None
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from racmkd.config import ConfigError, EnergyModel, from_dict, read_yaml_mapping
+from racmkd.data.paths import checkout
 
 ENERGY_FIGURES = ("joules_per_flop", "joules_per_byte", "static_watts")  # each profile states its own
 
-DEVICES_DIR = Path(__file__).resolve().parents[2] / "configs" / "devices"
 KINDS = ("mcu", "sbc", "gpu-board", "server", "gpu-node")
 
 
@@ -54,11 +54,23 @@ class DeviceProfile:
                 raise ConfigError(f"device {self.name}: energy.{name} must be a finite number >= 0, got {getattr(self.energy, name)}")
 
 
-def load_device(name_or_path: str | Path, devices_dir: Path = DEVICES_DIR) -> DeviceProfile:
-    """A profile by name (configs/devices/<name>.yaml) or by path."""
+def shipped_devices() -> Path | None:
+    """configs/devices/ of the racmkd checkout, or None when racmkd is installed (`checkout`): the
+    folder above the package is then site-packages, and its configs/devices/ another distribution's."""
+    root = checkout()
+    return root / "configs" / "devices" if root else None
+
+
+def load_device(name_or_path: str | Path, devices_dir: Path | None = None) -> DeviceProfile:
+    """A profile by name (configs/devices/<name>.yaml of the checkout, or of `devices_dir`) or by path."""
     path = Path(name_or_path)
     if not path.suffix:
-        path = devices_dir / f"{name_or_path}.yaml"
+        folder = devices_dir or shipped_devices()
+        if folder is None:
+            raise ConfigError(
+                f"device {name_or_path!r}: a profile name is looked up in the racmkd checkout's configs/devices/, and racmkd is installed, not run from a checkout; pass the profile's YAML path"
+            )
+        path = folder / f"{name_or_path}.yaml"
     data = read_yaml_mapping(path, f"Name a device profile; known devices: {', '.join(device_names(devices_dir)) or 'none'}.")
     energy = data.get("energy")
     missing = [name for name in ("device", *ENERGY_FIGURES) if isinstance(energy, dict) and name not in energy]
@@ -67,6 +79,7 @@ def load_device(name_or_path: str | Path, devices_dir: Path = DEVICES_DIR) -> De
     return from_dict(DeviceProfile, data, source=str(path))
 
 
-def device_names(devices_dir: Path = DEVICES_DIR) -> list[str]:
-    """The profiles shipped in configs/devices/."""
-    return sorted(p.stem for p in Path(devices_dir).glob("*.yaml"))
+def device_names(devices_dir: Path | None = None) -> list[str]:
+    """The profiles shipped in the checkout's configs/devices/ (or in `devices_dir`); none installed."""
+    folder = devices_dir or shipped_devices()
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder else []
