@@ -38,7 +38,18 @@ from racmkd.registry import MODALITIES
 from racmkd.eval.baselines import ABLATION, BASELINES, matched_name, matched_widths, train_extras
 from racmkd.eval.deployed import Deployed, artifact_accuracy, artifact_costs, closest_in_cost, cost_growth, deploy, dominates, pareto_front, robustness, twin
 from racmkd.eval.report import git_commit, machine
-from racmkd.pipeline import TEACHER, checkpoint, compress_students, compressed_dir, create_run, distill_students, prepare_data, recipe_for, train_teachers
+from racmkd.pipeline import (
+    checkpoint,
+    compress_students,
+    compressed_dir,
+    create_run,
+    distill_students,
+    missing_teachers,
+    prepare_data,
+    recipe_for,
+    teacher_names,
+    train_teachers,
+)
 from racmkd.utils import atomic_write_json, progress, sha256
 
 TIERS = ("high", "medium", "low", "critical")
@@ -159,13 +170,13 @@ def _copy_teachers(source: Path, run_dir: Path, cfg: RunConfig) -> bool:
     keys = ("protocol", "modalities", "options", "seed", "val_images")
     theirs = load_config(source / "config.yaml")
     differ = [k for k in keys if to_dict(theirs.data)[k] != to_dict(cfg.data)[k]]
-    if differ or not (source / "checkpoints" / f"{TEACHER}.pt").is_file():
+    if differ or missing_teachers(source, cfg.data.modalities):
         print(
-            f"{source}: not reusing its teachers for {run_dir.name} ({'its data ' + ', '.join(differ) + ' differ' if differ else 'it has no teacher'}); training them"
+            f"{source}: not reusing its teachers for {run_dir.name} ({'its data ' + ', '.join(differ) + ' differ' if differ else 'it has no whole teacher set'}); training them"
         )
         return False
-    for path in sorted((source / "checkpoints").glob(f"{TEACHER}*.pt")):
-        shutil.copy2(path, run_dir / "checkpoints" / path.name)
+    for name in teacher_names(cfg.data.modalities):
+        shutil.copy2(checkpoint(source, name), checkpoint(run_dir, name))
     return True
 
 
@@ -214,7 +225,7 @@ def seed_run(
     if protocol not in datasets:
         datasets[protocol] = prepare_data(cfg)
     dataset = datasets[protocol]
-    if checkpoint(run_dir, TEACHER).exists():
+    if not missing_teachers(run_dir, cfg.data.modalities):
         resumed.append("teachers")
     else:
         source = first_run or settings.teachers_from
