@@ -71,3 +71,22 @@ def bank_dir(tiny_run: Path, tiny_dataset) -> Path:  # noqa: ANN001
     from racmkd.runtime.variants import build_bank
 
     return build_bank(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, val_samples=300, test_samples=300, latency_iters=30)
+
+
+@pytest.fixture
+def report_fields() -> list[str]:
+    """The fields issue 2 promises for every model of report.json (scripts read them; do not rename)."""
+    return [
+        "accuracy",
+        "f1_macro",
+        "auc_roc",
+        "params",
+        "bytes_fp32",
+        "flops",
+        "peak_activation_bytes",
+        "latency_ms_p50",
+        "latency_ms_p95",
+        "energy_mj",
+        "energy_source",
+        "modalities",
+    ]
