@@ -303,8 +303,10 @@ def _run_config(run: Path, overrides: list[str] | None) -> tuple[Path, RunConfig
 @edge_app.command("build")
 def edge_build(
     run: RunOpt = Path("runs/latest"),
-    val_samples: Annotated[int, typer.Option(help="Validation samples that measure every configuration's accuracy (the allocator's P).")] = 5000,
-    test_samples: Annotated[int, typer.Option(help="Test samples for the reported accuracies (0 = all).")] = 0,
+    val_samples: Annotated[
+        int, typer.Option(min=0, help="Validation samples that measure every configuration's accuracy (the allocator's P; 0 = all).")
+    ] = 5000,
+    test_samples: Annotated[int, typer.Option(min=0, help="Test samples for the reported accuracies (0 = all).")] = 0,
 ) -> None:
     """Export every (tier, modality) variant of a run and measure it: <run>/edge/bank.json."""
     from racmkd.pipeline import prepare_data
@@ -347,13 +349,17 @@ def edge_run(
     try:
         run_dir, cfg = _run_config(run, set_)
         bank = load_bank(run_dir / "edge")
-        source = TraceSource(trace_from(trace), loop=True) if trace else SystemSource()
-        dataset = prepare_data(cfg)
+        # A synthetic trace as long as the run: its shape (sudden's critical middle third) plays within it.
+        replayed = trace_from(trace, seconds, step_s=min(0.1, seconds / 10)) if trace else None
         log = log or run_dir / "edge" / "live.json"
         if log.is_dir():  # found now, not after the whole run
             raise ValueError(f"--log {log}: a folder; name the JSON file to write")
+        dataset = prepare_data(cfg)
+        source = TraceSource(replayed, loop=True) if replayed is not None else SystemSource()
         with ResourceMonitor(source, cfg.runtime.monitor) as monitor:
             runtime = EdgeRuntime(bank, cfg.runtime, monitor)
+            if isinstance(source, TraceSource):  # the trace plays from the first request (the sessions took a second to load: a tenth of a short run)
+                source.start = runtime.clock()
             started, shown = runtime.clock(), [0]
 
             def show(i: int, answer: object) -> None:
@@ -415,6 +421,8 @@ def simulate(
 
     if latency not in LATENCY_MODELS:
         raise _fail(ValueError(f"--latency {latency!r}: choose one of {', '.join(LATENCY_MODELS)}"))
+    if out is not None and out.exists() and not out.is_dir():  # found now, not after the replay ("[Errno 17] File exists")
+        raise _fail(ValueError(f"--out {out}: a file; --out must be a folder for summary.json, timeline.json/png and table.md (made if missing)"))
     try:
         run_dir, cfg = _run_config(run, set_)
         resources = trace_from(trace, duration, seed=seed)
@@ -541,7 +549,7 @@ def registry_list(root: RootOpt = Path("registry")) -> None:
 @registry_app.command("verify")
 def registry_verify(
     name: Annotated[str, typer.Argument()],
-    version: Annotated[Optional[int], typer.Option()] = None,
+    version: Annotated[Optional[int], typer.Option(min=1, help="Default: the latest.")] = None,
     public_key: Annotated[Path, typer.Option(help="The fleet's public key.")] = Path("keys/racmkd.pub"),
     root: RootOpt = Path("registry"),
 ) -> None:
@@ -597,7 +605,7 @@ def deploy_plan(
 def deploy_push(
     name: Annotated[str, typer.Argument(help="Release name.")],
     url: Annotated[str, typer.Option(help="The edge server, e.g. http://127.0.0.1:8002.")],
-    version: Annotated[Optional[int], typer.Option(help="Default: the latest.")] = None,
+    version: Annotated[Optional[int], typer.Option(min=1, help="Default: the latest.")] = None,
     root: RootOpt = Path("registry"),
     token_env: Annotated[str, typer.Option(help="Environment variable holding the device's management token.")] = "RACMKD_TOKEN",
     full: Annotated[bool, typer.Option("--full", help="Send the whole release, never a delta.")] = False,

@@ -270,7 +270,14 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
             "port 99999",
         ),
         (["edge", "record", "--out", str(tmp_path), "--seconds", "0.2"], "a folder"),
+        # Negative counts: a negative slice used 9,995 of 10,000 validation samples.
+        (["edge", "build", "--run", str(tiny_run), "--val-samples", "-5"], "--val-samples"),
+        (["edge", "build", "--run", str(tiny_run), "--test-samples", "-3"], "--test-samples"),
+        (["registry", "verify", "edge", "--version", "0", "--root", str(tmp_path / "mistyped")], "--version"),
+        (["simulate", "--run", str(tiny_run), "--trace", str(tmp_path)], "a folder, not a trace file"),
     ]
+    (tmp_path / "summary-file").write_text("a file")  # --out names a file: said so, not "[Errno 17] File exists"
+    cases.append((["simulate", "--run", str(tiny_run), "--out", str(tmp_path / "summary-file")], "--out must be a folder"))
     (tmp_path / "notdir").write_text("a file")
     cases.append((["export", "--run", str(tiny_run), "--model", "critical", "--out", str(tmp_path / "notdir")], "--out must be a folder"))
     (tmp_path / "empty.npy").write_bytes(b"")

@@ -30,6 +30,7 @@ from racmkd.resources.allocator import (
     Variant,
     config_costs,
 )
+from racmkd.resources import sources
 from racmkd.resources.monitor import ResourceMonitor, collector_held
 from racmkd.resources.sources import (
     MB,
@@ -102,6 +103,7 @@ def test_absent_sensors_are_none_and_present_ones_are_read(tmp_path: Path, monke
     # This process's CPU share, fixed: measured between a source's creation and its reading (a few
     # microseconds here, in 10 ms clock ticks), it read anywhere from 0 to 1000% on a busy CI host.
     monkeypatch.setattr(psutil.Process, "cpu_percent", lambda self, interval=None: 50.0)
+    monkeypatch.setattr(sources, "CPU_MIN_INTERVAL_S", 0.0)  # (read at once: measured, not left unknown)
     for text, expected in (("cpu  1 2 3 4\nprocs_running 5\nprocs_blocked 0\n", 3.5), ("procs_running many\n", None), ("cpu  1 2 3 4\n", None)):
         stat.write_text(text)
         runnable = SystemSource(tmp_path, tmp_path, proc_stat=stat).read().runnable_tasks
@@ -119,6 +121,22 @@ def test_absent_sensors_are_none_and_present_ones_are_read(tmp_path: Path, monke
     monkeypatch.setattr(psutil, "sensors_temperatures", lambda: {"coretemp": [Temp(41.0), Temp(57.5)], "nvme": [Temp(35.0)]})
     s = SystemSource(tmp_path, tmp_path).read()
     assert (s.battery_percent, s.power_plugged, s.temperature_c) == (42.0, False, 57.5)
+
+
+def test_a_first_reading_claims_no_impossible_cpu_share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read right after construction, psutil's process share came from a fraction of a millisecond
+    in 10 ms ticks: 1141% on a 2-core host. Now a too-short interval is no reading (None), and a
+    measured one is at most every core's."""
+    share = [1141.4]
+    monkeypatch.setattr(psutil.Process, "cpu_percent", lambda self, interval=None: share[0])
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 2)
+    source = SystemSource(tmp_path, tmp_path, proc_stat=tmp_path / "no-stat")
+    first = source.read()
+    assert first.process_cpu_percent is None and first.cpu_percent is None  # nothing measured yet: unknown, not 1141% or 0%
+    monkeypatch.setattr(sources, "CPU_MIN_INTERVAL_S", 0.0)
+    assert source.read().process_cpu_percent == 200.0  # clamped to the host's two cores
+    share[0] = -3.0
+    assert source.read().process_cpu_percent == 0.0
 
 
 def test_machine_cpu_load_counts_guest_time_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -253,7 +271,15 @@ def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("t,cpu_percent\n0,abc\n", "fewer than two usable readings"), ("a,b\n1,2\n", "no known columns"), ("[1, 2", "unreadable trace")],
+    [
+        ("t,cpu_percent\n0,abc\n", "fewer than two usable readings"),
+        ("t,a,b\n1,2,3\n", "no known columns"),
+        ("[1, 2", "unreadable trace"),
+        # named, not "fewer than two usable readings (2 rows skipped as garbage)"
+        ("time,cpu_percent\n0,20\n1,30\n", "no `t` column"),
+        # newest first: the documented refusal, not "fewer than two usable readings (19 rows skipped as garbage)"
+        ("t,cpu_percent\n" + "".join(f"{t},20\n" for t in range(19, -1, -1)), r"19 of 20 rows go back in time .*newest first\? sort the rows by t"),
+    ],
 )
 def test_bad_trace_files_are_clear_errors(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / ("bad.json" if content.startswith("[") else "bad.csv")
@@ -263,6 +289,43 @@ def test_bad_trace_files_are_clear_errors(tmp_path: Path, content: str, message:
     assert str(path) in str(err.value)
     with pytest.raises(TraceError, match="no such trace file"):
         load_trace(tmp_path / "missing.csv")
+    with pytest.raises(TraceError, match="a folder, not a trace file"):
+        load_trace(tmp_path)
+
+
+def test_a_trace_says_whether_the_device_ran_on_battery(tmp_path: Path) -> None:
+    """The energy budget holds on battery alone: a trace could never say so (no power_plugged
+    column), so a replayed draining battery spent 1.3 mJ a request against a budget of 0.2."""
+    path = tmp_path / "plugged.csv"
+    path.write_text("t,cpu_percent,battery_percent,power_plugged\n0,20,50,1\n1,20,49,true\n2,20,48,0\n3,20,47,no\n4,20,46,maybe\n5,20,45,\n")
+    trace = load_trace(path)
+    assert trace.skipped_rows == 1  # "maybe" is garbage
+    assert [trace.at(t).power_plugged for t in (0, 1, 2, 3, 5)] == [True, True, False, False, False]  # an empty cell holds the last reading
+    js = tmp_path / "plugged.json"
+    js.write_text(json.dumps([{"t": 0, "cpu_percent": 20, "power_plugged": True}, {"t": 1, "cpu_percent": 20, "power_plugged": False}]))
+    assert [load_trace(js).at(t).power_plugged for t in (0, 1)] == [True, False]
+    # A battery and no power state (a hand-written trace): on battery, so the energy budget applies.
+    draining = tmp_path / "draining.csv"
+    draining.write_text("t,cpu_percent,memory_available_mb,battery_percent\n" + "".join(f"{i},25,130,{50 - i}\n" for i in range(50)))
+    reading = load_trace(draining).at(10.0)
+    assert reading.power_plugged is False
+    from racmkd.runtime.edge import budget_for
+
+    assert budget_for(reading, RuntimeConfig(energy_budget_mj=0.2)).energy_mj == 0.2
+    # No battery (the synthetic traces): a device on mains, no energy budget.
+    assert all(synthetic_trace(kind, 10).at(5.0).power_plugged is None for kind in SYNTHETIC)
+    assert budget_for(synthetic_trace("sudden", 10).at(5.0), RuntimeConfig(energy_budget_mj=0.2)).energy_mj == math.inf
+
+
+def test_synthetic_traces_fit_their_length() -> None:
+    """`racmkd edge run --seconds 10 --trace sudden` played the first 10 s of a 120 s trace: all of it
+    high. Each shape fits the length asked for; the random walk crosses levels in 10 s too, and a
+    120 s one is what it was."""
+    short = {k: [resource_level(synthetic_trace(k, 10).at(t)) for t in np.arange(0, 10, 0.1)] for k in ("sudden", "periodic", "random")}
+    assert short["sudden"][35:65].count("critical") == 30 and set(short["periodic"]) == {"high", "medium", "low", "critical"}
+    assert len(set(short["random"])) >= 2
+    walk = synthetic_trace("random", 120)
+    assert walk.columns["cpu_percent"][:3] == pytest.approx([25.0, 23.759328256, 20.983239869])  # (the default length's walk, as before)
 
 
 def test_synthetic_traces_follow_the_seed_levels() -> None:
@@ -898,6 +961,15 @@ def test_a_recorded_trace_replays_what_was_read(tmp_path: Path) -> None:
     from racmkd.resources.sources import record_trace
 
     trace = record_trace(Scripted([10.0, 20.0, 30.0, 40.0, 50.0, 60.0], memory_mb=64.0), seconds=0.25, interval_s=0.05)
+
+    class Unplugged(Scripted):  # a laptop on battery: the power state is recorded and replayed
+        def read(self, now: float) -> ResourceSnapshot:
+            return dataclasses.replace(super().read(now), battery_percent=80.0, power_plugged=False)
+
+    on_battery = record_trace(Unplugged([10.0]), seconds=0.1, interval_s=0.05)
+    on_battery.write(tmp_path / "battery.csv")
+    assert "power_plugged" in (tmp_path / "battery.csv").read_text().splitlines()[0]
+    assert load_trace(tmp_path / "battery.csv").at(0.0).power_plugged is False
     assert len(trace.times) >= 4 and set(trace.columns) == {"cpu_percent", "memory_available_mb", "cpu_cores"}  # absent sensors are not written
     for name in ("rec.csv", "rec.json"):  # the format follows the name (CSV under a .json name was refused on replay)
         trace.write(tmp_path / name)

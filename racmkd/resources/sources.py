@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 MB = 2**20
 UNLIMITED = 2**60  # cgroup v1 writes a huge number for "no limit"
+# CPU shares are taken over at least this long (of wall time for this process's, of CPU time summed
+# over the cores for the machine's): Linux counts CPU time in 10 ms clock ticks, so over a shorter
+# interval one tick reads as hundreds of percent, or the machine as 0% or 100% busy (see SystemSource).
+CPU_MIN_INTERVAL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -259,19 +263,34 @@ class SystemSource:
         )
         self.process = psutil.Process()
         self.process.cpu_percent(None)  # the first call only starts the measurement interval
+        self._process_cpu_since = time.monotonic()  # when that interval began
+        self._process_cpu: float | None = None
         self._cpu_times = psutil.cpu_times()  # this source's own interval (psutil.cpu_percent's is shared by the process)
         self._cpu_percent: float | None = None
         self._energy: tuple[float, int] | None = None  # (time, total µJ) of the previous RAPL reading
 
     def _machine_cpu_percent(self) -> float | None:
-        """Busy share of all cores since this source's previous reading."""
+        """Busy share of all cores since this source's previous reading (0-100), once
+        CPU_MIN_INTERVAL_S of CPU time has passed."""
         now = psutil.cpu_times()
         idle = lambda t: t.idle + getattr(t, "iowait", 0.0)  # noqa: E731
         total = cpu_time_total(now) - cpu_time_total(self._cpu_times)
-        if total > 0:
+        if total > 0 and total >= CPU_MIN_INTERVAL_S:
             self._cpu_percent = min(100.0, max(0.0, 100.0 * (total - (idle(now) - idle(self._cpu_times))) / total))
             self._cpu_times = now
         return self._cpu_percent  # None until some CPU time has passed
+
+    def _process_cpu_percent(self, host_cores: int) -> float | None:
+        """This process's CPU use since the previous measurement, in % of one core, within
+        0-100 x the host's cores. psutil divides the CPU time since its previous call (in 10 ms
+        ticks) by the wall time since: read right after construction, one tick over a fraction of
+        a millisecond said 1141% on a 2-core host. So an interval shorter than
+        CPU_MIN_INTERVAL_S is not measured: the previous value stands (None at first)."""
+        now = time.monotonic()
+        if now - self._process_cpu_since >= CPU_MIN_INTERVAL_S:
+            self._process_cpu = min(100.0 * host_cores, max(0.0, float(self.process.cpu_percent(None))))
+            self._process_cpu_since = now
+        return self._process_cpu
 
     def read(self, now: float | None = None) -> ResourceSnapshot:
         now = time.monotonic() if now is None else now
@@ -286,7 +305,7 @@ class SystemSource:
             battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
         except (OSError, RuntimeError):
             battery = None
-        process_cpu = float(self.process.cpu_percent(None))
+        process_cpu = self._process_cpu_percent(host)
         return ResourceSnapshot(
             t=now,
             cpu_percent=self._machine_cpu_percent(),
@@ -302,7 +321,7 @@ class SystemSource:
             power_plugged=bool(battery.power_plugged) if battery is not None and battery.power_plugged is not None else None,
             temperature_c=self._temperature(),
             package_power_w=self._power(now),
-            runnable_tasks=self._runnable_tasks(process_cpu),
+            runnable_tasks=self._runnable_tasks(process_cpu or 0.0),
         )
 
     def _runnable_tasks(self, process_cpu_percent: float) -> float | None:
@@ -375,7 +394,12 @@ TRACE_COLUMNS = {  # column -> (snapshot field, scale to the field's unit, valid
     # recording process could use; a trace without them (a synthetic one) is of a one-core device.
     "host_cores": ("host_cores", 1.0, (1.0, 1e5)),
     "cpu_cores": ("cpu_cores", 1.0, (0.001, 1e5)),
+    # Whether the device ran on mains (1) or on its battery (0): the energy budget holds on battery
+    # alone. Read as 0/1, true/false or yes/no; see `Trace.at` for a trace that has a battery but
+    # not this column.
+    "power_plugged": ("power_plugged", 1.0, (0.0, 1.0)),
 }
+PLUGGED_WORDS = {"true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0}
 FAR_AHEAD_STEPS = 100  # a timestamp this many median steps after the previous reading, that the next does not go on from, is garbage
 
 
@@ -394,7 +418,14 @@ class Trace:
 
     def at(self, t: float) -> ResourceSnapshot:
         """The reading in force at trace time `t` (the last row at or before it; the first row before
-        the trace starts, the last after it ends): a gap in a trace holds the last value."""
+        the trace starts, the last after it ends): a gap in a trace holds the last value.
+
+        A reading with a battery level and no power state (a trace without a `power_plugged`
+        column, written by hand or before racmkd recorded it) is taken as on battery: a battery
+        column is what someone replaying a drained battery writes, and read as "unknown" the energy
+        budget (`runtime.energy_budget_mj`, on battery only) could never apply to a replay. A
+        recording of a plugged-in machine has the column (`record_trace` writes it), and a trace
+        without a battery (the synthetic ones) is of a device on mains."""
         i = int(np.searchsorted(self.times, t + self.times[0], side="right")) - 1
         i = min(max(i, 0), len(self.times) - 1)
         values: dict[str, Any] = {}
@@ -402,7 +433,12 @@ class Trace:
             series = self.columns.get(column)
             if series is not None and not math.isnan(series[i]):
                 value = float(series[i]) * scale
-                values[field_name] = int(value) if field_name.endswith("_bytes") or field_name == "host_cores" else value
+                if field_name == "power_plugged":
+                    values[field_name] = value >= 0.5
+                else:
+                    values[field_name] = int(value) if field_name.endswith("_bytes") or field_name == "host_cores" else value
+        if "battery_percent" in values and "power_plugged" not in values:
+            values["power_plugged"] = False
         return ResourceSnapshot(t=t, **{"cpu_cores": 1.0, "host_cores": 1, **values})  # without core counts, a traced device's load is of one core
 
     def to_rows(self) -> list[dict[str, float]]:
@@ -434,14 +470,17 @@ class Trace:
 def load_trace(path: str | Path) -> Trace:
     """Read a recorded trace (CSV with a header, or JSON: a list of objects or {"samples": [...]}).
     Columns: `t` (seconds) and any of cpu_percent, memory_available_mb, battery_percent,
-    temperature_c, package_power_w, runnable_tasks, host_cores, cpu_cores. Rows with garbage (text, NaN, values out of range, time going
+    temperature_c, package_power_w, runnable_tasks, host_cores, cpu_cores, power_plugged (0/1,
+    true/false, yes/no). Rows with garbage (text, NaN, values out of range, time going
     backwards, a timestamp more than FAR_AHEAD_STEPS median steps after the previous row that the
     next row does not go on from) are skipped and counted; a file without two usable rows is an
     error. Kept, one mistyped timestamp far ahead made every later row go back in time: the rest of
     the trace was thrown away. A long pause that the recording goes on from is kept."""
     path = Path(path)
+    if path.is_dir():
+        raise TraceError(f"{path}: a folder, not a trace file; name the .csv or .json trace inside it, or use a synthetic trace: {', '.join(SYNTHETIC)}")
     if not path.is_file():
-        raise TraceError(f"{path}: no such trace file. Record one, or use a synthetic trace: {', '.join(SYNTHETIC)}")
+        raise TraceError(f"{path}: no such trace file. Record one (`racmkd edge record`), or use a synthetic trace: {', '.join(SYNTHETIC)}")
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(path.read_text())
@@ -453,6 +492,8 @@ def load_trace(path: str | Path) -> Trace:
                 rows = list(csv.DictReader(handle, skipinitialspace=True))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error, RecursionError) as err:
         raise TraceError(f"{path}: unreadable trace ({type(err).__name__}: {err})") from None
+    if rows and not any(isinstance(r, dict) and "t" in r for r in rows):
+        raise TraceError(f"{path}: no `t` column (the reading's time in seconds); a trace needs t and at least one of {', '.join(TRACE_COLUMNS)}")
     known = [c for c in TRACE_COLUMNS if any(isinstance(r, dict) and c in r for r in rows)]
     if not known:
         raise TraceError(f"{path}: no known columns; a trace needs t and at least one of {', '.join(TRACE_COLUMNS)}")
@@ -475,10 +516,12 @@ def load_trace(path: str | Path) -> Trace:
         times.append(t)
         for c in known:
             columns[c].append(values.get(c, math.nan))
+    if backwards > len(rows) / 2:  # (before counting what is left: a file newest first leaves one row)
+        newest_first = all(a[0] >= b[0] for a, b in zip(usable, usable[1:]))
+        why = "newest first? sort the rows by t" if newest_first else "a timestamp far ahead?"
+        raise TraceError(f"{path}: {backwards} of {len(rows)} rows go back in time after an earlier one ({why}); check the file")
     if len(times) < 2:
         raise TraceError(f"{path}: fewer than two usable readings ({skipped} rows skipped as garbage)")
-    if backwards > len(rows) / 2:  # e.g. timestamps far ahead that go on from one another: every later row then "goes back"
-        raise TraceError(f"{path}: {backwards} of {len(rows)} rows go back in time after an earlier one (a timestamp far ahead?); check the file")
     if skipped:
         log.warning("%s: skipped %d garbage rows of %d", path, skipped, len(rows))
     return Trace(path.stem, np.array(times), {c: held(np.array(v)) for c, v in columns.items()}, skipped)
@@ -510,6 +553,12 @@ def _parse_row(row: Any, columns: list[str]) -> tuple[float, dict[str, float]] |
         raw = row.get(c)
         if raw in (None, ""):
             continue  # not recorded in this row: held from the previous one (see `held`)
+        if c == "power_plugged":
+            plugged = _plugged(raw)
+            if plugged is None:
+                return None
+            values[c] = plugged
+            continue
         if isinstance(raw, bool):
             return None
         try:
@@ -523,10 +572,29 @@ def _parse_row(row: Any, columns: list[str]) -> tuple[float, dict[str, float]] |
     return (t, values) if values else None
 
 
+def _plugged(raw: Any) -> float | None:
+    """A `power_plugged` cell as 1.0 (mains) or 0.0 (battery): a JSON boolean, 0/1, or the words
+    true/false, yes/no; None for anything else (a garbage row)."""
+    if isinstance(raw, bool):
+        return float(raw)
+    if isinstance(raw, str):
+        word = raw.strip().lower()
+        if word in PLUGGED_WORDS:
+            return PLUGGED_WORDS[word]
+        try:
+            raw = float(word)
+        except ValueError:
+            return None
+    return float(raw) if isinstance(raw, (int, float)) and raw in (0, 1) else None
+
+
 def level_value(level: str, which: int, fraction: float | np.ndarray) -> float | np.ndarray:
     """A value inside a level's Table 6.7 range: which 0 = CPU %, 1 = free MB; fraction 0..1."""
     low, high = LEVEL_RANGES[level][which]
     return low + (high - low) * fraction
+
+
+RANDOM_WALK_SPAN_S = 120.0  # the length over which the random walk keeps its original pace (see synthetic_trace)
 
 
 def synthetic_trace(kind: str, duration_s: float = 120.0, step_s: float = 0.1, seed: int = 0) -> Trace:
@@ -537,7 +605,9 @@ def synthetic_trace(kind: str, duration_s: float = 120.0, step_s: float = 0.1, s
     sudden    high, a sudden drop to critical for the middle third, then high again
     random    a bounded random walk across all levels
     critical  the critical level throughout
-    """
+
+    Each shape fits `duration_s`: a trace of any length shows the whole of it (`racmkd edge run`
+    makes its trace as long as the run)."""
     if kind not in SYNTHETIC:
         raise TraceError(f"unknown synthetic trace {kind!r}; choose one of {', '.join(SYNTHETIC)} or give a trace file")
     if not (0 < step_s < duration_s < math.inf and duration_s / step_s <= 1e6):
@@ -561,7 +631,11 @@ def synthetic_trace(kind: str, duration_s: float = 120.0, step_s: float = 0.1, s
     else:  # random walk, reflected at the edges of the levels' span
         cpu, mem = np.empty(n), np.empty(n)
         cpu[0], mem[0] = 25.0, 135.0
-        steps = rng.normal(0, 1, size=(2, n)) * np.sqrt(step_s) * np.array([[6.0], [9.0]])
+        # The walk's pace fits the trace's length, as the other profiles' shapes do: 6 CPU points
+        # and 9 MB per √s over RANDOM_WALK_SPAN_S, so a 10 s trace crosses the levels as a 120 s
+        # one does (at a fixed pace, 10 s of it stayed at the high level throughout).
+        pace = np.sqrt(step_s * RANDOM_WALK_SPAN_S / duration_s)
+        steps = rng.normal(0, 1, size=(2, n)) * pace * np.array([[6.0], [9.0]])
         for i in range(1, n):
             cpu[i] = _reflect(cpu[i - 1] + steps[0, i], 15.0, 98.0)
             mem[i] = _reflect(mem[i - 1] + steps[1, i], 8.0, 150.0)

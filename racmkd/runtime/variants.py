@@ -134,6 +134,8 @@ def build_bank(
     is built in a sibling temporary folder that replaces the old one whole at the end: an
     interrupted build leaves the previous bank as it was (written in place, it left a bank.json
     describing files since replaced, which the runtime served without a warning)."""
+    if val_samples < 0 or test_samples < 0:  # a negative limit slices from the end: 9,995 of 10,000 for -5
+        raise BankError(f"val_samples {val_samples}, test_samples {test_samples}: give counts of 0 (all) or more")
     run_dir = Path(run_dir)
     out_dir = Path(out_dir or run_dir / "edge")
     tiers = [t.name for t in cfg.students.tiers if (run_dir / "checkpoints" / f"{t.name}.pt").is_file()]
