@@ -421,6 +421,10 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         read_contract(junk)
     with pytest.raises(ExportError, match="no such file"):
         read_contract(tmp_path / "missing.onnx")
+    tiny = tmp_path / "tiny.onnx"  # protobuf reads b"x\n" as an empty message: no model, not "a model without a contract"
+    tiny.write_bytes(b"x\n")
+    with pytest.raises(ExportError, match=r"not an ONNX model \(no graph in it\); export it with `racmkd export`"):
+        read_contract(tiny)
     plain = tmp_path / "plain.onnx"
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Relu", ["x"], ["y"])],

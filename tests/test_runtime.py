@@ -296,6 +296,39 @@ def test_a_damaged_variant_file_is_excluded_at_start(bank_dir: Path, tmp_path: P
         load_bank(copy)
 
 
+def test_a_bank_is_built_on_no_negative_sample_count(tiny_run: Path) -> None:
+    """A negative limit slices from the end: -5 measured the allocator's accuracies on 9,995 samples."""
+    from racmkd.config import load_config
+    from racmkd.runtime.variants import build_bank
+
+    with pytest.raises(BankError, match="val_samples -5, test_samples 0: give counts of 0 \\(all\\) or more"):
+        build_bank(load_config(tiny_run / "config.yaml"), None, tiny_run, val_samples=-5)
+
+
+def test_a_damaged_variant_file_says_what_is_wrong_and_how_to_rebuild_it(bank_dir: Path, tmp_path: Path) -> None:
+    """Another variant's file copied over one said only ('audio') (a bare KeyError); garbage said
+    "Export one with `racmkd export`", which makes no bank variant; b"x\\n" read as an ONNX model
+    without a contract."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(bank_dir, run / "edge")
+    bank = load_bank(run / "edge")
+    by_id = {v.id: v for v in bank.table.variants}
+    image, audio = next(v for v in by_id.values() if v.modality == "image"), next(v for v in by_id.values() if v.modality == "audio")
+    shutil.copy(run / "edge" / image.path, run / "edge" / audio.path)
+    others = [v for v in by_id.values() if v.modality == "image" and v is not image][:2]
+    whole = (run / "edge" / others[0].path).read_bytes()
+    (run / "edge" / others[0].path).write_bytes(whole[: len(whole) // 2])
+    (run / "edge" / others[1].path).write_bytes(b"x\n")
+    damaged = load_bank(run / "edge", warn=False).damaged
+    rebuild = f"rebuild the bank with `racmkd edge build --run {run}`"
+    assert f"a model for image input, but variant {audio.id} takes audio: the file is another variant's; {rebuild}" in damaged[audio.id]
+    assert "not an ONNX model, or a truncated one" in damaged[others[0].id] and rebuild in damaged[others[0].id]
+    assert f"not an ONNX model (no graph in it); {rebuild}" in damaged[others[1].id]
+    assert not any("racmkd export" in why for why in damaged.values())
+
+
 def test_an_input_that_makes_sound_weights_compute_nan_is_refused_and_their_variants_stay(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """One crafted request must not take a modality out of service: non-finite logits from weights
     that answer a blank input finitely are the input's doing (a ValueError, as for other bad inputs)."""

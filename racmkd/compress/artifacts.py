@@ -25,24 +25,27 @@ class ExportError(RuntimeError):
     """A model could not be exported, or a file is not a racmkd ONNX model; the message names the file."""
 
 
-def read_contract(path: Path) -> dict[str, Any]:
-    """The contract of an exported racmkd model; a clear error for anything else."""
+def read_contract(path: Path, fix: str = "export it with `racmkd export`") -> dict[str, Any]:
+    """The contract of an exported racmkd model; a clear error for anything else, ending in `fix`
+    (how to make the file again: a bank's variant is rebuilt with the bank, not exported alone)."""
     path = Path(path)
     if not path.is_file():
-        raise ExportError(f"{path}: no such file")
+        raise ExportError(f"{path}: no such file; {fix}")
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as err:  # noqa: BLE001 - protobuf raises DecodeError and others
-        raise ExportError(f"{path}: not an ONNX model ({type(err).__name__}). Export one with `racmkd export`.") from None
+        raise ExportError(f"{path}: not an ONNX model, or a truncated one ({type(err).__name__}); {fix}") from None
+    if not model.HasField("graph"):  # protobuf reads many short byte strings (b"x\n") as an empty message
+        raise ExportError(f"{path}: not an ONNX model (no graph in it); {fix}")
     meta = {p.key: p.value for p in model.metadata_props}
     if CONTRACT_KEY not in meta:
-        raise ExportError(f"{path}: an ONNX model without a racmkd contract (metadata {CONTRACT_KEY!r}); export it with `racmkd export`")
+        raise ExportError(f"{path}: an ONNX model without a racmkd contract (metadata {CONTRACT_KEY!r}); {fix}")
     try:
         contract = json.loads(meta[CONTRACT_KEY])
     except ValueError as err:
-        raise ExportError(f"{path}: its racmkd contract is not JSON ({err}); export the model again with `racmkd export`") from None
+        raise ExportError(f"{path}: its racmkd contract is not JSON ({err}); {fix}") from None
     if not isinstance(contract, dict) or contract.get("format") != CONTRACT_FORMAT or not isinstance(contract.get("inputs"), dict) or not contract["inputs"]:
-        raise ExportError(f"{path}: its racmkd contract is not a {CONTRACT_FORMAT} contract with inputs; export the model again with `racmkd export`")
+        raise ExportError(f"{path}: its racmkd contract is not a {CONTRACT_FORMAT} contract with inputs; {fix}")
     return contract
 
 
@@ -62,14 +65,12 @@ def read_compression_record(folder: Path) -> dict[str, Any]:
     return record
 
 
-def specs_from_contract(contract: dict[str, Any]) -> dict[str, Any]:
+def specs_from_contract(contract: dict[str, Any], fix: str = "export it again with `racmkd export`") -> dict[str, Any]:
     """The feature specs of an exported model's inputs, as the modalities' signals read them."""
     try:
         return {m: SIGNALS.create(m).spec_from_dict(entry["spec"]) for m, entry in contract["inputs"].items()}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise ExportError(
-            f"model {contract.get('model', '?')!r}: its contract's inputs are damaged ({type(err).__name__}: {err}); export it again with `racmkd export`"
-        ) from None
+        raise ExportError(f"model {contract.get('model', '?')!r}: its contract's inputs are damaged ({type(err).__name__}: {err}); {fix}") from None
 
 
 def stores_weights_only_in_int8(model: onnx.ModelProto) -> bool:

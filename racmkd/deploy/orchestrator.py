@@ -308,7 +308,7 @@ def artifact_from_run(run_dir: Path, model: str) -> tuple[Path, str | None, dict
         except BankError as err:
             raise RegistryError(f"{err} Nothing was registered.") from None
         if loaded.damaged:
-            files = "; ".join(f"{run_dir / 'edge' / v.path}: {loaded.damaged[v.id]}" for v in loaded.table.variants if v.id in loaded.damaged)
+            files = "; ".join(loaded.damaged[v.id] for v in loaded.table.variants if v.id in loaded.damaged)  # (each names its file)
             raise RegistryError(
                 f"{run_dir / 'edge'}: {len(loaded.damaged)} variant file(s) damaged, nothing was signed or registered ({files}). Rebuild the bank with `racmkd edge build --run {run_dir}`, then add it again."
             )

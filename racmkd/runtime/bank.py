@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from racmkd.compress.artifacts import read_contract, specs_from_contract
+from racmkd.compress.artifacts import ExportError, read_contract, specs_from_contract
 from racmkd.data import signals as _signals  # noqa: F401 - registers the image and audio signals
 from racmkd.registry import SIGNALS
 from racmkd.resources.allocator import ProfileTable, Variant
@@ -94,13 +94,14 @@ def load_bank(folder: Path, split: str = "val", warn: bool = True) -> Bank:
     if problems:
         raise BankError(f"{path}: damaged ({'; '.join(problems[:3])}). Rebuild it with `racmkd edge build`.")
     specs, damaged = {}, {}
+    rebuild = rebuild_hint(folder)
     for v in variants:
         try:
-            contract = read_contract(folder / v.path)
-            specs[v.id] = specs_from_contract(contract)[v.modality]
+            contract = read_contract(folder / v.path, rebuild)
+            specs[v.id] = variant_spec(folder / v.path, contract, v, rebuild)
         except Exception as err:  # noqa: BLE001 - a damaged variant file is skipped by the runtime, not fatal here
             if warn:
-                log.warning("%s: variant %s is damaged and will be skipped (%s); rebuild the bank with `racmkd edge build`", folder, v.id, err)
+                log.warning("%s: variant %s is damaged and will be skipped: %s", folder, v.id, err)
             specs[v.id], damaged[v.id] = None, str(err)
             continue
         # The variant's file carries the bias it was exported with, one per logit: a tier's bias of
@@ -111,6 +112,28 @@ def load_bank(folder: Path, split: str = "val", warn: bool = True) -> Bank:
                 f"{path}: damaged (tier {v.tier!r} has a bias of {biases[v.tier].size} classes, but {folder / v.path} computes {np.size(exported)} logits). Rebuild it with `racmkd edge build`."
             )
     return Bank(folder, table, specs, biases, data, damaged)
+
+
+def rebuild_hint(folder: Path) -> str:
+    """How to make a bank's variant files again: the bank is rebuilt whole from its run (a variant
+    exported alone with `racmkd export` would lack the bank's measurements). A bank in a run's
+    edge/ folder names that run."""
+    run = f"--run {folder.parent}" if folder.name == "edge" else "--run RUN"
+    return f"rebuild the bank with `racmkd edge build {run}`"
+
+
+def variant_spec(path: Path, contract: dict[str, Any], variant: Variant, fix: str) -> Any:
+    """The input spec a variant's file takes for its modality; an error that says so when the file
+    is for other inputs (another variant's file copied over it: a bare KeyError said only 'audio')."""
+    inputs = list(contract["inputs"])
+    if variant.modality not in inputs:
+        raise ExportError(
+            f"{path}: a model for {' and '.join(inputs)} input, but variant {variant.id} takes {variant.modality}: the file is another variant's; {fix}"
+        )
+    try:
+        return specs_from_contract(contract, fix)[variant.modality]
+    except ExportError as err:
+        raise ExportError(f"{path}: {err}") from None
 
 
 def table_problems(table: ProfileTable, biases: dict[str, np.ndarray]) -> list[str]:
