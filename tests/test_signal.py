@@ -203,6 +203,38 @@ def test_signals_check_raw_inputs() -> None:
     assert image.input_quality(np.full((1, 28, 28), 0.5, np.float32)) == 0.0
 
 
+def test_a_short_sound_padded_with_silence_is_no_dead_input() -> None:
+    """One click, padded to 8000 samples, fell between the 1024 values the dead check looked at:
+    `predict(audio=np.array([0.5]))` was refused as silent."""
+    audio, spec = SIGNALS.create("audio"), signals.AudioSpec()
+    click = audio.to_raw(np.array([0.5], np.float32), spec)
+    assert audio.input_quality(click) == 1.0
+    assert audio.input_quality(audio.to_raw(np.array([0.0], np.float32), spec)) == 0.0  # silence still is
+
+
+def test_any_sample_rate_resamples_fast_and_the_usual_ones_exactly() -> None:
+    """44,101 Hz (co-prime with 8 kHz) made resample_poly build a 900,000-tap filter, 146 ms a call;
+    the nearest ratio with factors of at most 1000 is off by parts per million. The usual rates keep
+    their exact ratios (training resamples with them too)."""
+    for rate, ratio in ((16000, (1, 2)), (44100, (80, 441)), (48000, (1, 6)), (22050, (160, 441)), (4000, (2, 1))):
+        assert signals.resample_ratio(rate, 8000).as_integer_ratio() == ratio
+    for rate in (44101, 12345, 7999, 1009, 383_999):
+        ratio = signals.resample_ratio(rate, 8000)
+        assert max(ratio.as_integer_ratio()) <= signals.MAX_RESAMPLE_FACTOR and abs(float(ratio) * rate / 8000 - 1) < 1e-3
+    t = np.arange(44101) / 44101
+    tone = signals.resample(np.sin(2 * np.pi * 440 * t).astype(np.float32), 44101, 8000)
+    expected = np.sin(2 * np.pi * 440 * np.arange(len(tone)) / 8000)
+    assert abs(len(tone) - 8000) <= 1 and np.abs(tone - expected)[100:-100].max() < 0.01  # (the edges ring: the filter's zero padding)
+
+
+def test_the_resampler_is_imported_when_the_audio_signal_is_made() -> None:
+    """scipy.signal took 745 ms to import on the first request at 16 kHz: now it is made ready when
+    the audio signal is (a runtime or predictor loading)."""
+    signals.polyphase_resampler.cache_clear()
+    SIGNALS.create("audio")
+    assert signals.polyphase_resampler.cache_info().currsize == 1
+
+
 def test_a_configured_sample_rate_resamples_training_recordings_as_serving_does(shared_root) -> None:  # noqa: ANN001
     """FSDD is 8 kHz; a config asking for 16 kHz gets its recordings resampled, so the features a
     model trains on equal those a predictor computes from the user's 8 kHz waveform."""

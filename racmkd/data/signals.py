@@ -22,7 +22,9 @@ import dataclasses
 import functools
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, ClassVar
 
 import numpy as np
@@ -77,10 +79,15 @@ class Signal(ABC):
     def input_quality(self, raw: np.ndarray) -> float:
         """How usable one raw input looks: 0 for a dead sensor (a constant image; a recording whose
         samples all lie within 0.001 of full scale, below -60 dBFS), else 1. The edge runtime stops
-        spending on a modality whose inputs keep coming in dead. This runs on every request: the
-        range of at most 1024 evenly spaced values (a live signal varies all over; a dead one nowhere)."""
+        spending on a modality whose inputs keep coming in dead. This runs on every request: a live
+        signal varies all over, so the range of at most 1024 evenly spaced values says so; only an
+        input that looks dead there is judged on every value. Judged on the sample alone, a short
+        recording (one click, padded with silence to 8000 samples) fell between the sampled values
+        and was refused as silent."""
         flat = raw.reshape(-1)
-        flat = flat[:: max(1, flat.size // 1024)]
+        sample = flat[:: max(1, flat.size // 1024)]
+        if float(sample.max()) - float(sample.min()) >= self.dead_range:
+            return 1.0
         return 0.0 if float(flat.max()) - float(flat.min()) < self.dead_range else 1.0
 
 
@@ -329,13 +336,40 @@ def peak_normalise(wave: np.ndarray) -> np.ndarray:
     return wave / np.maximum(np.abs(wave).max(axis=-1, keepdims=True), 1e-8)
 
 
+MAX_RESAMPLE_FACTOR = 1000  # the largest up or down factor resampled exactly (44.1 -> 8 kHz is 80/441)
+
+
+@functools.cache
+def polyphase_resampler() -> Callable[..., np.ndarray]:
+    """scipy.signal's resample_poly, imported once. scipy.signal takes 0.5-1 s to import: the audio
+    signal imports it when it is made (a runtime or predictor loading), not the first request at
+    another rate (which took 745 ms); a process that never makes one never pays it."""
+    from scipy.signal import resample_poly
+
+    return resample_poly
+
+
+def resample_ratio(rate: int, to_rate: int) -> Fraction:
+    """The up/down ratio `resample` applies: exact when both factors are at most
+    MAX_RESAMPLE_FACTOR (the usual rates: 16, 22.05, 44.1, 48 kHz to 8 kHz), else the nearest
+    ratio whose factors are. An exact ratio of co-prime rates (44,101 Hz: 8000/44101) made
+    resample_poly design and run a filter of 900,000 taps, 146 ms a call; the nearest (119/656) is
+    off by 4e-6 (a pitch shift a thousandth of a semitone; at most 3e-4 over 1-384 kHz), 5 ms."""
+    exact = Fraction(to_rate, rate)
+    if max(exact.numerator, exact.denominator) <= MAX_RESAMPLE_FACTOR:
+        return exact
+    upsampling = max(1.0, to_rate / rate)  # the numerator is the denominator times this
+    return exact.limit_denominator(max(1, int(MAX_RESAMPLE_FACTOR / upsampling)))
+
+
 def resample(wave: np.ndarray, rate: int, to_rate: int) -> np.ndarray:
     """A waveform (float32) sampled at `rate` Hz, resampled to `to_rate` (polyphase, as the dataset's
-    recordings are when a config asks for another rate than theirs: training and serving alike)."""
-    from scipy.signal import resample_poly  # scipy.signal is slow to import: only for other rates
-
-    g = math.gcd(rate, to_rate)
-    return resample_poly(wave, to_rate // g, rate // g).astype(np.float32)
+    recordings are when a config asks for another rate than theirs: training and serving alike),
+    by `resample_ratio`."""
+    ratio = resample_ratio(rate, to_rate)
+    if ratio == 1:
+        return wave.astype(np.float32, copy=False)
+    return polyphase_resampler()(wave, ratio.numerator, ratio.denominator).astype(np.float32)
 
 
 @SIGNALS.register("audio")
@@ -345,6 +379,9 @@ class AudioSignal(Signal):
     name = "audio"
     spec_type = AudioSpec
     layout = "(batch, 1, bands, frames) float32"
+
+    def __init__(self) -> None:
+        polyphase_resampler()  # imported at load, not on the first request at another rate (see there)
 
     def to_raw(self, value: Any, spec: AudioSpec, sample_rate: int | None = None) -> np.ndarray:
         array = np.asarray(value)
