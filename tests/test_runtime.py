@@ -571,6 +571,63 @@ def test_the_runtime_learns_its_own_cost_per_request_from_its_cpu_time(bank_dir:
     assert costs.latency_ms == 2.0 and costs.typical_ms == pytest.approx(1.9)
 
 
+def test_the_state_names_no_configuration_when_every_variant_failed(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """With every variant failed the runtime keeps its last decision (there is no other): its state
+    said `image=low` while `failed` listed low/image."""
+    from racmkd.runtime.edge import VariantsFailedError
+
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig())
+    assert runtime.state()["configuration"] == runtime.describe() and runtime.state()["unavailable"] is None
+
+    def broken(variant: Any, raw: np.ndarray) -> np.ndarray:
+        raise RuntimeError("the accelerator is gone")
+
+    monkeypatch.setattr(runtime, "_run", broken)
+    with pytest.raises(VariantsFailedError):
+        runtime.infer(samples[0][0])
+    state = runtime.state()
+    assert set(state["failed"]) == {v.id for v in runtime.table.variants}
+    assert state["configuration"] is None and state["variants"] == [] and "has failed" in state["unavailable"]
+
+
+def test_the_reference_rows_leave_out_variants_that_failed_in_the_replay(bank_dir: Path, tiny_dataset) -> None:  # noqa: ANN001
+    from racmkd.runtime.simulate import oracle, request_rows
+
+    bank, trace = load_bank(bank_dir), synthetic_trace("sudden", 12, 0.1)
+    rows = request_rows(len(tiny_dataset.splits["test"]), 60, 0)
+    everything = oracle(bank, trace, RuntimeConfig(), rows)
+    named = {v for p in everything["per_level"].values() for v in p["configuration"].split(",")}
+    failed = sorted(named)[:1]
+    without = oracle(bank, trace, RuntimeConfig(), rows, failed)
+    assert without["left_out"] == failed and not any(failed[0] in p["configuration"].split(",") for p in without["per_level"].values())
+    assert without["slo_accuracy"] <= everything["slo_accuracy"]
+
+
+def test_the_timeline_legend_names_the_free_memory_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.figure
+
+    from racmkd.runtime.simulate import plot_timeline
+
+    drawn = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *args, **kwargs: drawn.append(fig))
+    timeline = [
+        {
+            "t": t,
+            "cpu_percent": 25.0,
+            "memory_available_mb": 130.0,
+            "level": "high",
+            "configuration": "high/image",
+            "latency_ms": 1.0,
+            "slo_met": True,
+            "running_accuracy": 1.0,
+        }
+        for t in (0.0, 1.0)
+    ]
+    plot_timeline({"policy": "dynamic", "timeline": timeline}, [], 3.0, tmp_path / "timeline.png", "steady")
+    labels = [text.get_text() for ax in drawn[0].axes if ax.get_legend() for text in ax.get_legend().get_texts()]
+    assert "free memory (MB)" in labels and "CPU load (%)" in labels
+
+
 def test_budget_follows_the_readings() -> None:
     from racmkd.resources.sources import MB, ResourceSnapshot
 

@@ -639,10 +639,20 @@ class EdgeRuntime:
     # State -----------------------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """What the runtime is doing and why, for logs and for the deployment layer."""
+        """What the runtime is doing and why, for logs and for the deployment layer. The
+        configuration is what can run of the one in force: with every variant failed the runtime
+        keeps the last decision (nothing better to choose), and naming it said `image=low` while
+        `failed` listed low/image; then it is None, and `unavailable` says why."""
+        failed = dict(self.failed)  # (a copy: a request may fail or retry a variant meanwhile)
+        runnable = tuple(v if v is not None and v.id not in failed else None for v in self.current.config)
+        stale = [v.id for v in self.current.config if v is not None and v.id in failed]
+        unavailable = None
+        if all(v is None for v in runnable):
+            unavailable = f"every variant of the configuration in force ({', '.join(stale)}) has failed, and no other could be chosen: see failed"
         return {
-            "configuration": self.describe(),
-            "variants": [v.id for v in self.current.config if v is not None],
+            "configuration": self.describe(runnable) if unavailable is None else None,
+            "unavailable": unavailable,
+            "variants": [v.id for v in runnable if v is not None],
             "utility": self.current.utility,
             "predicted": {
                 "latency_ms": self.current.costs.latency_ms,

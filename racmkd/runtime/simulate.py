@@ -36,7 +36,7 @@ import statistics
 import time
 import zipfile
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,7 @@ def replay(
     recent: dict[str, deque[float]] = {}  # configuration -> its last compute times (the work a request needs: their median)
     bank_overhead = float(bank.data.get("request_overhead_ms", 0.0))  # the runtime's own cost per request, by the bank (latency "bank")
     energy_of = {v.id: v.energy_mj for v in bank.table.variants}  # the bank's estimate per inference of each variant
+    failed: set[str] = set()  # variants that failed at any time in the replay (a retried one included)
     for i in progress(range(requests), desc=f"replay {trace.name}: {policy.name}"):
         clock.now = i * duration / requests
         if clock.now >= next_poll:
@@ -134,6 +135,8 @@ def replay(
             answer = runtime.infer(inputs)
         except NoVariantError as err:  # recorded as an unanswered request, the replay goes on
             answer = Answer(-1, np.zeros(0), [], float("nan"), [str(err)])
+        if runtime.failed:
+            failed.update(runtime.failed)
         slowdown = budget_for(reading, config).slowdown
         if latency == "bank":
             work_ms = runtime.cost_ms(answer.variants) + bank_overhead if answer.variants else math.nan  # (NaN: unanswered)
@@ -172,10 +175,11 @@ def replay(
         "monitor_cpu_seconds": monitor.cpu_seconds,
         "monitor_polls": monitor.polls,
         "trace_seconds": duration,
+        "failed": sorted(failed),
     }
 
 
-def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray) -> dict[str, Any]:
+def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray, failed: Collection[str] = ()) -> dict[str, Any]:
     """Three reference figures for a replay of `trace` whose requests carry these test rows (`request_rows`,
     as `replay` draws them), scored as replays are (correct, and within the latency target), with
     every configuration at its variants' median latencies (the bank's) plus the runtime's own cost
@@ -198,7 +202,8 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray) ->
     request that runs faster than its configuration's median meets deadlines these count as missed
     (and replays' requests have mostly run slower: the runtime's own work, cold caches between
     requests); for replays at the bank's costs (`latency="bank"`) the first is a strict bound.
-    Needs the test shares of those rows in the bank's logits.npz; says why when it has not."""
+    Variants that `failed` in the replays are left out: a reference that names a configuration
+    the replayed runtime could not run is none it could have reached. Needs the test shares of those rows in the bank's logits.npz; says why when it has not."""
     from itertools import product
 
     from racmkd.resources.allocator import config_costs
@@ -213,9 +218,9 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray) ->
         logits, why_not = {}, f"{path}: unreadable ({err})"
     labels = logits.get("labels/test")
     table = bank.table
-    variants = {(v.tier, v.modality): v for v in table.variants if bank.specs.get(v.id) is not None}  # (a damaged file runs nowhere)
+    variants = {(v.tier, v.modality): v for v in table.variants if bank.specs.get(v.id) is not None and v.id not in failed}  # (a damaged file runs nowhere)
     if not why_not and not variants:
-        why_not = f"{bank.folder}: no readable variant"
+        why_not = f"{bank.folder}: no readable variant that ran in the replay"
     elif not why_not and (labels is None or any(f"test/{t}/{m}" not in logits for t, m in variants)):
         why_not = f"{path}: no test logits for every variant (rebuild the bank)"
     elif not why_not and (len(rows) == 0 or rows.max() >= len(labels)):
@@ -254,6 +259,7 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray) ->
         "clairvoyant_allocator": float(clairvoyant.mean()),
         "best_per_level": float(best_per_level),
         "per_level": per_level,
+        "left_out": sorted(set(failed)),  # variants that failed in the replays
         "latency_model": "each configuration at its variants' median latencies plus the runtime's own cost (the bank's), x the trace's slowdown: estimates for measured replays, the oracle a strict bound for replays at the bank's costs",
     }
 
@@ -363,7 +369,8 @@ def simulate(
         "latency_model": LATENCY_MODELS[latency],
         "dynamic": dynamic_summary,
         "slo_accuracy": dynamic_summary["slo_accuracy"],
-        "oracle": oracle(bank, trace, config, request_rows(len(dataset.splits["test"]), requests, seed)),  # the ceiling of the SLO-accuracies above
+        # the ceiling of the SLO-accuracies above, with the variants that could run
+        "oracle": oracle(bank, trace, config, request_rows(len(dataset.splits["test"]), requests, seed), {v for r in [dynamic, *static] for v in r["failed"]}),
         "slo_accuracy_static": {r["policy"].removeprefix("static-"): _summary(r, target)["slo_accuracy"] for r in static},
         "static": {r["policy"].removeprefix("static-"): _summary(r, target) for r in static},
         "adaptation_ms_p50": percentile(dynamic["adaptation_ms"], 50),
@@ -467,7 +474,10 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
             ax.axvspan(t[start], t[min(i, len(t) - 1)], color=shades.get(level, "grey"), alpha=0.12, linewidth=0, label=None if level in labelled else level)
             labelled.add(level)
             start = i
-    ax.legend(fontsize=7, loc="center left", ncol=5, framealpha=0.6)  # between the load (top or bottom) and the memory curves
+    # One legend for both axes (the free memory's line is the twin's), drawn on the twin, which lies
+    # above: between the load (top or bottom) and the memory curves.
+    handles, labels = (sum(pair, []) for pair in zip(ax.get_legend_handles_labels(), twin.get_legend_handles_labels()))
+    twin.legend(handles, labels, fontsize=7, loc="center left", ncol=6, framealpha=0.6)
     configs = sorted({r["configuration"] for r in dynamic["timeline"]}, key=lambda c: (c.count(","), c))
     index = {c: i for i, c in enumerate(configs)}
     axes[1].step(t, [index[r["configuration"]] for r in dynamic["timeline"]], where="post", color="black")
