@@ -62,6 +62,42 @@ def _text(value: str) -> str:
     return json.dumps(str(value))
 
 
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing path above `path` that is a file, not a folder: writing under it fails
+    ("File exists", "Not a directory"), and a command should say so before its work, not after."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def _check_out_folder(out: Path) -> None:
+    """--out as a folder to write into (made if missing): refused up front when it or a path above it is a file."""
+    blocking = out if out.exists() and not out.is_dir() else _file_above(out)
+    if blocking is not None:
+        raise ValueError(f"--out {out}: {blocking} is a file; --out must be a folder (made if missing) with no file on its path")
+
+
+def _check_out_json(out: Path, inputs: list[Path]) -> None:
+    """--out as the JSON file to write, checked before the work: not a folder or under a file, not
+    one of the command's own inputs (`profile m.onnx --out m.onnx` replaced the model with JSON),
+    and no existing file other than JSON (an earlier profile), which would be lost."""
+    if out.is_dir():
+        raise ValueError(f"--out {out}: a folder; name the JSON file to write")
+    blocking = _file_above(out)
+    if blocking is not None:
+        raise ValueError(f"--out {out}: {blocking} is a file, not a folder; name a JSON file in an existing or new folder")
+    if not out.exists():
+        return
+    for given in inputs:
+        if given.exists() and out.samefile(given):
+            raise ValueError(f"--out {out}: that is the input {given} itself; name another file for the JSON (default: <model>.profile.json)")
+    try:
+        json.loads(out.read_bytes())
+    except (ValueError, OSError):
+        raise ValueError(f"--out {out}: an existing file that is not JSON; it is not overwritten. Name a new file, or remove it first") from None
+
+
 def _fail(err: Exception) -> typer.Exit:
     typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
@@ -237,8 +273,8 @@ def export(
     from racmkd.pipeline import export_model, open_run, prepare_data
 
     try:
-        if out is not None and out.exists() and not out.is_dir():  # found now, not after the data loads ("[Errno 17] File exists")
-            raise ValueError(f"--out {out}: a file; --out must be a folder for the .onnx files (made if missing)")
+        if out is not None:
+            _check_out_folder(out)  # found now, not after the data loads ("[Errno 17] File exists", "[Errno 20] Not a directory")
         run_dir, cfg = open_run(run)
         result = export_model(cfg, prepare_data(cfg), run_dir, model, out, int8, list(modality) if modality else None, int8_weights=int8_weights)
     except _errors() as err:
@@ -272,8 +308,7 @@ def profile(
 
     try:
         out = out or model.with_suffix(".profile.json")
-        if out.is_dir():
-            raise ValueError(f"--out {out}: a folder; name the JSON file to write")
+        _check_out_json(out, [model, *(Path(d) for d in device if Path(d).suffix)])  # a device given by path is an input too
         devices = [load_device(d) for d in device]
         read_contract(model)  # a bad model file or device fails here, before the latency model's calibration
         fitted = latency_model(show_progress=not json_)

@@ -273,6 +273,7 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
     ]
     (tmp_path / "notdir").write_text("a file")
     cases.append((["export", "--run", str(tiny_run), "--model", "critical", "--out", str(tmp_path / "notdir")], "--out must be a folder"))
+    cases.append((["export", "--run", str(tiny_run), "--model", "critical", "--out", str(tmp_path / "notdir" / "sub")], "notdir is a file"))
     (tmp_path / "empty.npy").write_bytes(b"")
     cases.append((["predict", "--run", str(tiny_run), "--image", str(tmp_path / "empty.npy")], "not a readable .npy"))
     (tmp_path / "short.wav").write_bytes(_wav_head())

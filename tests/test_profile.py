@@ -352,6 +352,26 @@ def test_profile_command_refuses_bad_input(exported: Path, tmp_path: Path, monke
     assert result.exit_code == 2 and "known devices" in result.output
 
 
+def test_profile_command_refuses_an_out_that_would_overwrite_an_input(exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out is checked before any work: the model itself (it was replaced by JSON, exit 0), a device
+    profile or any other file that is not JSON, a path under a file."""
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(exported.read_bytes())
+    device = tmp_path / "board.yaml"
+    device.write_text((Path(__file__).parents[1] / "configs" / "devices" / "cortex-m7.yaml").read_text())
+    cases = [
+        (["--device", "cortex-m7", "--out", "m.onnx"], "that is the input m.onnx itself"),
+        (["--device", str(device), "--out", str(device)], "that is the input"),
+        (["--device", "cortex-m7", "--out", str(Path(__file__).parents[1] / "configs" / "devices" / "cortex-m7.yaml")], "not JSON; it is not overwritten"),
+        (["--device", "cortex-m7", "--out", "m.onnx/p.json"], "is a file, not a folder"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["profile", "m.onnx", "--no-measure", *args])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    assert model.read_bytes() == exported.read_bytes() and device.read_text().startswith(("#", "name"))
+
+
 def test_no_estimate_outruns_the_devices_peak() -> None:
     fitted_above_one = dataclasses.replace(FIXED, flops_efficiency=1.32, seconds_per_op=0.0)  # this host's measured peak fell short of its real one
     flops, peak_gflops = 2e9, 10.0
