@@ -807,12 +807,26 @@ def _read_wav(path: Path):  # noqa: ANN202 - (samples, rate)
     return (samples.mean(axis=1) if samples.ndim == 2 else samples), rate
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (`kill`, a container or service stopping) raised as SystemExit in the main thread, as
+    Ctrl-C raises KeyboardInterrupt, so a command's cleanup runs: its half-built folder is removed
+    and the earlier one kept. The default handler ended the process on the spot and left the
+    hidden work folder behind (`racmkd compress`'s compressed/.low.*.partial)."""
+    import signal
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # the status a shell reports for a process the signal ended
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def main() -> None:
     """The `racmkd` entry point: the app, with a last line of defence for the errors a command did
     not report itself. Bad input (our own errors, files, databases, URLs) is told in one line;
     anything else is a bug, and its traceback is shown."""
     import sqlite3
 
+    exit_on_sigterm()
     try:
         app()
     except Exception as err:
