@@ -301,16 +301,16 @@ def profile(
     measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Time the model on this machine too.")] = True,
 ) -> None:
     """ROM, RAM, estimated latency and energy of a model on a device, and whether it fits."""
-    from racmkd.compress.export import ExportError, read_contract
+    from racmkd.compress.export import ExportError
     from racmkd.resources.devices import load_device
-    from racmkd.resources.profile import latency_model, profile_model, render_profile
+    from racmkd.resources.profile import latency_model, profile_model, profiled_contract, render_profile
     from racmkd.utils import atomic_write_json
 
     try:
         out = out or model.with_suffix(".profile.json")
         _check_out_json(out, [model, *(Path(d) for d in device if Path(d).suffix)])  # a device given by path is an input too
         devices = [load_device(d) for d in device]
-        read_contract(model)  # a bad model file or device fails here, before the latency model's calibration
+        profiled_contract(model)  # a bad model file or device fails here, before the latency model's calibration
         fitted = latency_model(show_progress=not json_)
         profiles = [profile_model(model, d, fitted, measure_here=measure, latency_target_ms=latency_ms) for d in devices]
         atomic_write_json(out, profiles[0] if len(profiles) == 1 else profiles)

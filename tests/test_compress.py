@@ -421,6 +421,14 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         read_contract(junk)
     with pytest.raises(ExportError, match="no such file"):
         read_contract(tmp_path / "missing.onnx")
+    # Protobuf reads 0 bytes, and many a short text, as a model with nothing in it: it was called
+    # "an ONNX model without a racmkd contract".
+    for content, message in ((b"", "an empty file"), (b"xx", "no graph")):
+        junk.write_bytes(content)
+        with pytest.raises(ExportError, match=message):
+            read_contract(junk)
+    with pytest.raises(ExportError, match="a folder, not a model file"):  # was "no such file"
+        read_contract(tmp_path)
     plain = tmp_path / "plain.onnx"
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Relu", ["x"], ["y"])],

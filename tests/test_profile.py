@@ -350,6 +350,8 @@ def test_profile_command_refuses_bad_input(exported: Path, tmp_path: Path, monke
     assert result.exit_code == 2 and "not an ONNX model" in result.output
     result = runner.invoke(app, ["profile", str(exported), "--device", "toaster"])
     assert result.exit_code == 2 and "known devices" in result.output
+    result = runner.invoke(app, ["profile", str(exported), "--device", str(tmp_path)])  # was "<tmp_path>.yaml does not exist"
+    assert result.exit_code == 2 and "a folder; name a device profile's YAML file" in result.output, result.output
 
 
 def test_profile_command_refuses_an_out_that_would_overwrite_an_input(exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -370,6 +372,41 @@ def test_profile_command_refuses_an_out_that_would_overwrite_an_input(exported: 
         result = runner.invoke(app, ["profile", "m.onnx", "--no-measure", *args])
         assert result.exit_code == 2 and message in result.output, (args, result.output)
     assert model.read_bytes() == exported.read_bytes() and device.read_text().startswith(("#", "name"))
+
+
+def test_a_model_with_external_data_is_refused_in_one_line(exported: Path, tmp_path: Path) -> None:
+    """Saved with external data, a model's weights live in another file: missing, onnx.load raised a
+    traceback; present, ONNX Runtime failed obscurely and the ROM figure would leave them out."""
+    model = tmp_path / "ext.onnx"
+    onnx.save(onnx.load(exported), model, save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
+    result = runner.invoke(app, ["profile", str(model), "--device", "cortex-m7", "--no-measure"])
+    assert result.exit_code == 2 and "stores its weights in external data (ext.onnx.data)" in result.output, result.output
+    (tmp_path / "ext.onnx.data").unlink()
+    result = runner.invoke(app, ["profile", str(model), "--device", "cortex-m7", "--no-measure"])
+    assert result.exit_code == 2 and f"{tmp_path / 'ext.onnx.data'}, which is missing" in result.output, result.output
+
+
+def test_a_model_onnx_runtime_cannot_run_here_is_profiled_without_measurement(tmp_path: Path) -> None:
+    """A Tile whose output passes ONNX Runtime's 4 GB limit: timing it raised a traceback; now the
+    measured figures are absent with the reason, and the estimate and verdict stand."""
+    from racmkd.compress.export import CONTRACT_KEY, set_metadata
+    from racmkd.resources.profile import render_profile
+
+    graph = helper.make_graph(
+        [helper.make_node("Tile", ["x", "repeats"], ["y"])],
+        "huge",
+        [helper.make_tensor_value_info("x", F32, [1, 4])],
+        [helper.make_tensor_value_info("y", F32, None)],
+        [numpy_helper.from_array(np.array([1, 2**30], np.int64), "repeats")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    set_metadata(model, {CONTRACT_KEY: json.dumps({"format": "racmkd-onnx/1", "inputs": {"x": {}}})})
+    onnx.save(model, tmp_path / "huge.onnx")
+    p = profile_model(tmp_path / "huge.onnx", load_device("raspberry-pi-4"), FIXED)
+    here = p["this_machine"]
+    assert here["measured_latency_ms_p50"] is None and "4294967296 bytes" in here["not_measured"] and here["estimated_latency_ms"] > 0
+    assert not p["fits"] and "bytes of RAM" in p["reason"]
+    assert "this machine: not measured (" in render_profile(p)
 
 
 def test_no_estimate_outruns_the_devices_peak() -> None:
