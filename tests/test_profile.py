@@ -278,6 +278,29 @@ def test_the_latency_model_is_fitted_here_and_cached(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "latency-model.json").read_text())["host"] == fitted.host
 
 
+def test_the_latency_model_is_cached_once_per_machine_not_per_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cached under ./.cache, every folder a command ran in fitted again (10 s) and printed slightly
+    different estimates; now $RACMKD_CACHE, else the checkout's .cache/racmkd, else ~/.cache/racmkd."""
+    import racmkd.data.paths as paths
+    import racmkd.resources.profile as profile
+
+    host, clock = profile.host_description()
+    fitted = LatencyModel(host, clock, HostPeaks(50.0, 10.0), 2e-6, 0.25, None, 0.01, 40)
+    monkeypatch.setenv("RACMKD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(profile, "calibrate", lambda host, clock, show_progress: fitted)
+    (tmp_path / "one").mkdir()
+    monkeypatch.chdir(tmp_path / "one")
+    assert latency_model(show_progress=False) == fitted
+    monkeypatch.setattr(profile, "calibrate", lambda host, clock, show_progress: pytest.fail("fitted again in another folder"))
+    monkeypatch.chdir(tmp_path)
+    assert latency_model(show_progress=False) == fitted and (tmp_path / "cache" / "latency-model.json").is_file()
+    monkeypatch.delenv("RACMKD_CACHE")
+    assert paths.cache_root() == Path(__file__).resolve().parents[1] / ".cache" / "racmkd"  # run from the checkout
+    monkeypatch.setattr(paths, "checkout", lambda: None)  # installed
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert paths.cache_root() == tmp_path / "xdg" / "racmkd"
+
+
 def test_a_cache_that_is_json_but_no_model_is_refitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import racmkd.resources.profile as profile
 
@@ -331,7 +354,8 @@ def test_a_fit_that_finds_traffic_free_charges_no_traffic_time(monkeypatch: pyte
 
 
 def test_profile_command_prints_json_and_writes_it(exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # the latency model's cache goes under ./.cache
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RACMKD_CACHE", str(tmp_path / "cache"))  # the latency model fitted here, not read from the user's cache
     result = runner.invoke(app, ["profile", str(exported), "--device", "raspberry-pi-4", "--json"])
     assert result.exit_code == 0, result.output
     profile = json.loads(result.output)

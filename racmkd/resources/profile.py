@@ -40,6 +40,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from racmkd.compress.export import ExportError, external_data_files, read_contract, session, zero_feed
+from racmkd.data.paths import cache_root
 from racmkd.eval.cost import estimated_energy_joules, latency_ms, percentiles
 from racmkd.resources.devices import DeviceProfile
 from racmkd.utils import atomic_write_json, progress
@@ -405,12 +406,13 @@ def host_description() -> tuple[str, float]:
     return machine()["cpu"], float(freq.max or freq.current) if freq else 2000.0
 
 
-def latency_model(cache_dir: Path = Path(".cache/racmkd"), refresh: bool = False, show_progress: bool = True) -> LatencyModel:
-    """The fitted latency model of this machine, read from the cache when it was fitted here before
-    and against the bytes `graph_cost` counts now (eta_b is a rate over those bytes: a fit made when
+def latency_model(cache_dir: Path | None = None, refresh: bool = False, show_progress: bool = True) -> LatencyModel:
+    """The fitted latency model of this machine, read from the cache (`cache_dir`, else the
+    per-machine `cache_root()`, wherever the command runs) when it was fitted here before and
+    against the bytes `graph_cost` counts now (eta_b is a rate over those bytes: a fit made when
     fused pre-activation tensors still counted would be applied to fewer bytes than it was fitted on)."""
     host, clock = host_description()
-    path = Path(cache_dir) / "latency-model.json"
+    path = Path(cache_dir or cache_root()) / "latency-model.json"
     if path.exists() and not refresh:
         try:
             data = json.loads(path.read_text())
