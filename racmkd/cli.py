@@ -270,12 +270,13 @@ def export(
     modality: Annotated[Optional[list[str]], typer.Option(help="Export the graph for these inputs only (repeatable): a variant with a sensor off.")] = None,
 ) -> None:
     """Export a model to ONNX (fp32, int8 and int8 weights) with its preprocessing contract; check parity on the whole test split."""
-    from racmkd.pipeline import export_model, open_run, prepare_data
+    from racmkd.pipeline import export_model, exportable_checkpoint, open_run, prepare_data
 
     try:
         if out is not None:
             _check_out_folder(out)  # found now, not after the data loads ("[Errno 17] File exists", "[Errno 20] Not a directory")
         run_dir, cfg = open_run(run)
+        exportable_checkpoint(run_dir, model)  # before the data loads
         result = export_model(cfg, prepare_data(cfg), run_dir, model, out, int8, list(modality) if modality else None, int8_weights=int8_weights)
     except _errors() as err:
         raise _fail(err) from None

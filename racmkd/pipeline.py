@@ -589,6 +589,26 @@ def compress_students(
     return written
 
 
+def exportable_checkpoint(run_dir: Path, name: str) -> Path:
+    """The checkpoint `racmkd export` writes for model `name` of a run, checked before the data
+    loads. A compressed tier (`<tier>_compressed`) has no checkpoint there: `racmkd compress`
+    exported it already, and the error names its file."""
+    from racmkd.compress.artifacts import read_compression_record
+
+    path = checkpoint(run_dir, name)
+    if path.exists():
+        return path
+    folder = compressed_dir(run_dir, name.removesuffix("_compressed"))
+    if name.endswith("_compressed") and (folder / "compression.json").is_file():
+        record = read_compression_record(folder)
+        raise RunError(
+            f"{name}: a compressed tier is exported already, by `racmkd compress`: {folder / record['artifact']} ({record['format']}, the file it deploys); "
+            f"copy it from there, or export the uncompressed student with --model {name.removesuffix('_compressed')}"
+        )
+    available = sorted(p.stem for p in (run_dir / "checkpoints").glob("*.pt"))
+    raise RunError(f"{path}: no model {name!r} in {run_dir}; available: {', '.join(available) or 'none'}")
+
+
 def export_model(
     cfg: RunConfig,
     dataset: PairedDataset,
@@ -613,14 +633,9 @@ def export_model(
     from racmkd.compress.steps import ExportOptions
     from racmkd.eval.report import git_commit
 
-    path = checkpoint(run_dir, name)
-    if not path.exists():
-        available = sorted(p.stem for p in (run_dir / "checkpoints").glob("*.pt"))
-        raise RunError(f"{path}: no model {name!r} in {run_dir}; available: {', '.join(available) or 'none'}")
-    model, specs, modalities, meta = load_model(path)
+    model, specs, modalities, meta = load_model(exportable_checkpoint(run_dir, name))
     out_dir = Path(out_dir or run_dir / "onnx")
     stem = f"{name}{'' if present is None or set(present) == set(specs) else '-' + '+'.join(present)}"
-    used = {m: specs[m] for m in (present or specs)}
     # Every file is built and checked in a work folder, then moved in: written in place, a failed or
     # killed export left new .onnx files beside the earlier export's others and its export.json.
     with work_folder(out_dir, stem) as work:
@@ -629,6 +644,7 @@ def export_model(
                 model, specs, modalities, work / f"{stem}.fp32.onnx", name=name, present=present, extra_meta={"precision": "fp32", "role": meta.get("role")}
             )
         }
+        used = {m: specs[m] for m in (present or specs)}  # (after the export, which names inputs the model lacks)
         reference = torch_logits(model, specs, dataset, "test", present=present)
         fp32_logits, labels = onnx_logits(session(built["fp32"]), used, dataset, "test")
         result: dict[str, Any] = {

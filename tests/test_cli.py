@@ -285,6 +285,14 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
     cases.append(
         (["predict", "--run", str(compressed), "--tier", "critical_compressed", "--image", str(tmp_path / "empty.npy")], "compression.json: not readable JSON")
     )
+    (compressed / "compressed" / "low").mkdir()
+    (compressed / "compressed" / "low" / "compression.json").write_text(json.dumps({"artifact": "int8.onnx", "format": "onnx-int8"}))
+    cases.append(
+        (
+            ["export", "--run", str(compressed), "--model", "low_compressed"],
+            f"exported already, by `racmkd compress`: {compressed / 'compressed' / 'low' / 'int8.onnx'}",
+        )
+    )
     for args, message in cases:
         monkeypatch.setattr(sys, "argv", ["racmkd", *args])
         try:

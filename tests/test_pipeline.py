@@ -534,3 +534,20 @@ def test_a_failed_export_leaves_the_earlier_set_whole(tiny_run: Path, tiny_datas
     monkeypatch.undo()
     again = export_model(cfg, tiny_dataset, tiny_run, "critical", out, int8=False, int8_weights=False)
     assert sorted(p.name for p in out.iterdir()) == ["critical.export.json", "critical.fp32.onnx"] and Path(again["fp32"]["path"]) == out / "critical.fp32.onnx"
+
+
+def test_a_compressed_tier_to_export_names_the_file_compress_wrote(tmp_path: Path) -> None:
+    """`export --model critical_compressed` said "no model" of a model the run has: compress
+    exported it already; the error names that file (and comes before the data loads)."""
+    from racmkd.pipeline import exportable_checkpoint
+    from racmkd.runs import RunError
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "critical.pt").write_bytes(b"")
+    (tmp_path / "compressed" / "critical").mkdir(parents=True)
+    (tmp_path / "compressed" / "critical" / "compression.json").write_text(json.dumps({"artifact": "int8-weights.onnx", "format": "onnx-int8-weights"}))
+    assert exportable_checkpoint(tmp_path, "critical") == tmp_path / "checkpoints" / "critical.pt"
+    with pytest.raises(RunError, match=r"exported already, by `racmkd compress`: .*compressed/critical/int8-weights\.onnx .*--model critical$"):
+        exportable_checkpoint(tmp_path, "critical_compressed")
+    with pytest.raises(RunError, match="no model 'high_compressed'.*available: critical"):  # no such compressed tier
+        exportable_checkpoint(tmp_path, "high_compressed")
