@@ -62,6 +62,42 @@ def _text(value: str) -> str:
     return json.dumps(str(value))
 
 
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing path above `path` that is a file, not a folder: writing under it fails
+    ("File exists", "Not a directory"), and a command should say so before its work, not after."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def _check_out_folder(out: Path) -> None:
+    """--out as a folder to write into (made if missing): refused up front when it or a path above it is a file."""
+    blocking = out if out.exists() and not out.is_dir() else _file_above(out)
+    if blocking is not None:
+        raise ValueError(f"--out {out}: {blocking} is a file; --out must be a folder (made if missing) with no file on its path")
+
+
+def _check_out_json(out: Path, inputs: list[Path]) -> None:
+    """--out as the JSON file to write, checked before the work: not a folder or under a file, not
+    one of the command's own inputs (`profile m.onnx --out m.onnx` replaced the model with JSON),
+    and no existing file other than JSON (an earlier profile), which would be lost."""
+    if out.is_dir():
+        raise ValueError(f"--out {out}: a folder; name the JSON file to write")
+    blocking = _file_above(out)
+    if blocking is not None:
+        raise ValueError(f"--out {out}: {blocking} is a file, not a folder; name a JSON file in an existing or new folder")
+    if not out.exists():
+        return
+    for given in inputs:
+        if given.exists() and out.samefile(given):
+            raise ValueError(f"--out {out}: that is the input {given} itself; name another file for the JSON (default: <model>.profile.json)")
+    try:
+        json.loads(out.read_bytes())
+    except (ValueError, OSError):
+        raise ValueError(f"--out {out}: an existing file that is not JSON; it is not overwritten. Name a new file, or remove it first") from None
+
+
 def _fail(err: Exception) -> typer.Exit:
     typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
@@ -234,12 +270,13 @@ def export(
     modality: Annotated[Optional[list[str]], typer.Option(help="Export the graph for these inputs only (repeatable): a variant with a sensor off.")] = None,
 ) -> None:
     """Export a model to ONNX (fp32, int8 and int8 weights) with its preprocessing contract; check parity on the whole test split."""
-    from racmkd.pipeline import export_model, open_run, prepare_data
+    from racmkd.pipeline import export_model, exportable_checkpoint, open_run, prepare_data
 
     try:
-        if out is not None and out.exists() and not out.is_dir():  # found now, not after the data loads ("[Errno 17] File exists")
-            raise ValueError(f"--out {out}: a file; --out must be a folder for the .onnx files (made if missing)")
+        if out is not None:
+            _check_out_folder(out)  # found now, not after the data loads ("[Errno 17] File exists", "[Errno 20] Not a directory")
         run_dir, cfg = open_run(run)
+        exportable_checkpoint(run_dir, model)  # before the data loads
         result = export_model(cfg, prepare_data(cfg), run_dir, model, out, int8, list(modality) if modality else None, int8_weights=int8_weights)
     except _errors() as err:
         raise _fail(err) from None
@@ -265,17 +302,16 @@ def profile(
     measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Time the model on this machine too.")] = True,
 ) -> None:
     """ROM, RAM, estimated latency and energy of a model on a device, and whether it fits."""
-    from racmkd.compress.export import ExportError, read_contract
+    from racmkd.compress.export import ExportError
     from racmkd.resources.devices import load_device
-    from racmkd.resources.profile import latency_model, profile_model, render_profile
+    from racmkd.resources.profile import latency_model, profile_model, profiled_contract, render_profile
     from racmkd.utils import atomic_write_json
 
     try:
         out = out or model.with_suffix(".profile.json")
-        if out.is_dir():
-            raise ValueError(f"--out {out}: a folder; name the JSON file to write")
+        _check_out_json(out, [model, *(Path(d) for d in device if Path(d).suffix)])  # a device given by path is an input too
         devices = [load_device(d) for d in device]
-        read_contract(model)  # a bad model file or device fails here, before the latency model's calibration
+        profiled_contract(model)  # a bad model file or device fails here, before the latency model's calibration
         fitted = latency_model(show_progress=not json_)
         profiles = [profile_model(model, d, fitted, measure_here=measure, latency_target_ms=latency_ms) for d in devices]
         atomic_write_json(out, profiles[0] if len(profiles) == 1 else profiles)
@@ -780,12 +816,26 @@ def _read_wav(path: Path):  # noqa: ANN202 - (samples, rate)
     return (samples.mean(axis=1) if samples.ndim == 2 else samples), rate
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (`kill`, a container or service stopping) raised as SystemExit in the main thread, as
+    Ctrl-C raises KeyboardInterrupt, so a command's cleanup runs: its half-built folder is removed
+    and the earlier one kept. The default handler ended the process on the spot and left the
+    hidden work folder behind (`racmkd compress`'s compressed/.low.*.partial)."""
+    import signal
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # the status a shell reports for a process the signal ended
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def main() -> None:
     """The `racmkd` entry point: the app, with a last line of defence for the errors a command did
     not report itself. Bad input (our own errors, files, databases, URLs) is told in one line;
     anything else is a bug, and its traceback is shown."""
     import sqlite3
 
+    exit_on_sigterm()
     try:
         app()
     except Exception as err:

@@ -603,11 +603,20 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "", source: str =
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(names)}."
             raise ConfigError(f"{source}: unknown key {(where + '.' if where else '') + str(key)!r}.{hint}")
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        keys = ", ".join((where + "." if where else "") + name for name in missing)
+        one = len(missing) == 1
+        raise ConfigError(
+            f"{source}: {keys} {'is' if one else 'are'} missing: {where or cls.__name__} has no default for {'it' if one else 'them'}; add {'it' if one else 'them'}"
+        )
     kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k, source) for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except TypeError as err:  # a required field is missing
-        raise ConfigError(f"{source}: {where or cls.__name__}: {err}") from None
     except ConfigError as err:  # a value its section's own checks refuse: say which file and key
         raise ConfigError(f"{source}: {where or cls.__name__}: {err}") from None
 
@@ -639,7 +648,7 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         section = _field_type(section, key)
     last = keys[-1]
     try:
-        value = yaml.safe_load(raw)
+        value = load_yaml(raw)
     except yaml.YAMLError as err:
         raise ConfigError(
             f"override {assignment!r}: the value is not valid YAML ({str(err).splitlines()[0]}); quote lists and mappings whole, e.g. 'data.modalities=[image, audio]'"
@@ -693,6 +702,29 @@ def _child(node: Any, key: str, path: str) -> Any:
     return node.setdefault(key, {})
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping names one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that names a key twice: the plain one keeps the last
+    value silently, so of two `ram_bytes:` lines in a device profile one was ignored unseen."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise DuplicateKeyError(f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as plain values (PyYAML's safe subset), a key named twice in one mapping an error."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml_mapping(path: str | Path, missing_hint: str) -> dict[str, Any]:
     """A values-only YAML file that must hold a mapping; errors name the file (and, for a missing
     file, `missing_hint`: where to find a valid one)."""
@@ -702,7 +734,7 @@ def read_yaml_mapping(path: str | Path, missing_hint: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path} does not exist. {missing_hint}")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     except UnicodeDecodeError as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections import Counter
@@ -39,7 +40,7 @@ from racmkd.runs import (  # noqa: F401 - run directories (racmkd.runs, no torch
     record_timing,
     teacher_names,
 )
-from racmkd.utils import atomic_write_json, building_folder, seed_everything, torch_threads
+from racmkd.utils import atomic_write_json, building_folder, fsync_folder, seed_everything, torch_threads, work_folder
 
 if TYPE_CHECKING:
     from racmkd.compress.recipe import Recipe
@@ -588,6 +589,26 @@ def compress_students(
     return written
 
 
+def exportable_checkpoint(run_dir: Path, name: str) -> Path:
+    """The checkpoint `racmkd export` writes for model `name` of a run, checked before the data
+    loads. A compressed tier (`<tier>_compressed`) has no checkpoint there: `racmkd compress`
+    exported it already, and the error names its file."""
+    from racmkd.compress.artifacts import read_compression_record
+
+    path = checkpoint(run_dir, name)
+    if path.exists():
+        return path
+    folder = compressed_dir(run_dir, name.removesuffix("_compressed"))
+    if name.endswith("_compressed") and (folder / "compression.json").is_file():
+        record = read_compression_record(folder)
+        raise RunError(
+            f"{name}: a compressed tier is exported already, by `racmkd compress`: {folder / record['artifact']} ({record['format']}, the file it deploys); "
+            f"copy it from there, or export the uncompressed student with --model {name.removesuffix('_compressed')}"
+        )
+    available = sorted(p.stem for p in (run_dir / "checkpoints").glob("*.pt"))
+    raise RunError(f"{path}: no model {name!r} in {run_dir}; available: {', '.join(available) or 'none'}")
+
+
 def export_model(
     cfg: RunConfig,
     dataset: PairedDataset,
@@ -603,50 +624,56 @@ def export_model(
     (static QDQ) and int8 weights with float arithmetic, each checked against its reference on the
     whole test split. Returns what was written and the parity figures, each file with `meets_bound`
     (fp32: every argmax as PyTorch's; int8: the recipe export step's default bound against fp32,
-    which the command warns of when missed); also writes them to <out_dir>/<name>.export.json."""
-    from racmkd.compress.export import ExportError, compact_file, fp32_parity, onnx_logits, parity, remove_unwritten_variants, session, torch_logits
+    which the command warns of when missed); also writes them to <out_dir>/<name>.export.json.
+    The files are built in a work folder and moved in once all are written and checked: a failed or
+    interrupted export leaves the earlier export's set whole."""
+    from racmkd.compress.export import compact_file, fp32_parity, onnx_logits, parity, remove_unwritten_variants, session, torch_logits
     from racmkd.compress.export import export_onnx as write_onnx
     from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights_int8
     from racmkd.compress.steps import ExportOptions
     from racmkd.eval.report import git_commit
 
-    path = checkpoint(run_dir, name)
-    if not path.exists():
-        available = sorted(p.stem for p in (run_dir / "checkpoints").glob("*.pt"))
-        raise RunError(f"{path}: no model {name!r} in {run_dir}; available: {', '.join(available) or 'none'}")
-    model, specs, modalities, meta = load_model(path)
+    model, specs, modalities, meta = load_model(exportable_checkpoint(run_dir, name))
     out_dir = Path(out_dir or run_dir / "onnx")
-    suffix = "" if present is None or set(present) == set(specs) else "-" + "+".join(present)
-    fp32 = write_onnx(
-        model, specs, modalities, out_dir / f"{name}{suffix}.fp32.onnx", name=name, present=present, extra_meta={"precision": "fp32", "role": meta.get("role")}
-    )
-    used = {m: specs[m] for m in (present or specs)}
-    reference = torch_logits(model, specs, dataset, "test", present=present)
-    fp32_logits, labels = onnx_logits(session(fp32), used, dataset, "test")
-    try:
-        fp32_check = fp32_parity(fp32_logits, reference, labels, fp32)
-    except ExportError:
-        fp32.unlink(missing_ok=True)  # a wrong export is not left where a runtime could pick it up
-        raise
-    result: dict[str, Any] = {"model": name, "fp32": {"path": str(fp32), "parity_vs_pytorch": fp32_check.as_dict()}}
-    if int8:
-        q = quantize_int8(fp32, out_dir / f"{name}{suffix}.int8.onnx", calibration_inputs(dataset, used, calibration_samples))
-        q_logits, _ = onnx_logits(session(q), used, dataset, "test")
-        result["int8"] = {"path": str(q), "parity_vs_fp32": parity(q_logits, fp32_logits, labels).as_dict()}
-    if int8_weights:
-        w = quantize_weights_int8(fp32, out_dir / f"{name}{suffix}.int8-weights.onnx")
-        w_logits, _ = onnx_logits(session(w), used, dataset, "test")
-        result["int8-weights"] = {"path": str(w), "parity_vs_fp32": parity(w_logits, fp32_logits, labels).as_dict()}
-    bound = ExportOptions()  # a recipe's export step judges its candidates by the same bound
-    for key in ("fp32", "int8", "int8-weights"):
-        if key in result:
+    stem = f"{name}{'' if present is None or set(present) == set(specs) else '-' + '+'.join(present)}"
+    # Every file is built and checked in a work folder, then moved in: written in place, a failed or
+    # killed export left new .onnx files beside the earlier export's others and its export.json.
+    with work_folder(out_dir, stem) as work:
+        built = {
+            "fp32": write_onnx(
+                model, specs, modalities, work / f"{stem}.fp32.onnx", name=name, present=present, extra_meta={"precision": "fp32", "role": meta.get("role")}
+            )
+        }
+        used = {m: specs[m] for m in (present or specs)}  # (after the export, which names inputs the model lacks)
+        reference = torch_logits(model, specs, dataset, "test", present=present)
+        fp32_logits, labels = onnx_logits(session(built["fp32"]), used, dataset, "test")
+        result: dict[str, Any] = {
+            "model": name,
+            "fp32": {
+                "path": str(out_dir / built["fp32"].name),
+                "parity_vs_pytorch": fp32_parity(fp32_logits, reference, labels, out_dir / built["fp32"].name).as_dict(),
+            },
+        }
+        if int8:
+            built["int8"] = quantize_int8(built["fp32"], work / f"{stem}.int8.onnx", calibration_inputs(dataset, used, calibration_samples))
+            q_logits, _ = onnx_logits(session(built["int8"]), used, dataset, "test")
+            result["int8"] = {"path": str(out_dir / built["int8"].name), "parity_vs_fp32": parity(q_logits, fp32_logits, labels).as_dict()}
+        if int8_weights:
+            built["int8-weights"] = quantize_weights_int8(built["fp32"], work / f"{stem}.int8-weights.onnx")
+            w_logits, _ = onnx_logits(session(built["int8-weights"]), used, dataset, "test")
+            result["int8-weights"] = {"path": str(out_dir / built["int8-weights"].name), "parity_vs_fp32": parity(w_logits, fp32_logits, labels).as_dict()}
+        bound = ExportOptions()  # a recipe's export step judges its candidates by the same bound
+        for key, file in built.items():
             result[key]["meets_bound"] = bound.meets_bound(key, result[key]["parity_vs_pytorch" if key == "fp32" else "parity_vs_fp32"])
-            result[key]["weight_bytes_by_module"] = compact_file(Path(result[key]["path"]))
-            result[key]["bytes"] = Path(result[key]["path"]).stat().st_size
-    result["commit"] = git_commit()  # the code that wrote these files
+            result[key]["weight_bytes_by_module"] = compact_file(file)
+            result[key]["bytes"] = file.stat().st_size
+        result["commit"] = git_commit()  # the code that wrote these files
+        for file in built.values():
+            os.replace(file, out_dir / file.name)
+        fsync_folder(out_dir)
     # an earlier export's, stale beside this record
-    remove_unwritten_variants(out_dir, f"{name}{suffix}", [Path(result[k]["path"]) for k in ("fp32", "int8", "int8-weights") if k in result])
-    atomic_write_json(out_dir / f"{name}{suffix}.export.json", result)
+    remove_unwritten_variants(out_dir, stem, [out_dir / file.name for file in built.values()])
+    atomic_write_json(out_dir / f"{stem}.export.json", result)
     return result
 
 

@@ -4,12 +4,15 @@ torch is imported inside the helpers that need it: the edge side uses this modul
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
 import os
 import random
+import re
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -75,7 +78,8 @@ def building_folder(final: Path, keep: Callable[[Path], bool] | None = None) -> 
     A `final` that is a link is built at its target (renamed aside, the link would have been
     replaced by a folder and its target kept the old content); each build has its own work folder
     (two builds at once shared one, and swapped in a mix of both); and the old folder, renamed aside
-    while the new one moves in, is put back by the next build if the swap was cut short."""
+    while the new one moves in, is put back by the next build if the swap was cut short; a work
+    folder a killed build left is removed by the next (`work_folder`)."""
     final = Path(final)
     if final.is_symlink():
         final = final.resolve()
@@ -84,18 +88,50 @@ def building_folder(final: Path, keep: Callable[[Path], bool] | None = None) -> 
     final.parent.mkdir(parents=True, exist_ok=True)
     old = final.parent / f".{final.name}.old"
     _put_back(final, old)
-    work = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
-    try:
-        os.chmod(work, 0o777 & ~UMASK)  # as a plain mkdir makes it, not mkdtemp's 0o700
+    with work_folder(final.parent, final.name) as work:
         yield work
         if keep is not None and final.is_dir():
             for entry in final.iterdir():
                 if keep(entry) and not (work / entry.name).exists():
                     (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, work / entry.name)
         _swap(work, final, old)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+
+
+@contextmanager
+def work_folder(parent: Path, name: str) -> Iterator[Path]:
+    """A new hidden folder in `parent` to build `name`'s new content in, removed if the block fails
+    (an error, Ctrl-C, a SIGTERM the CLI turns into an exit); the caller moves its content into
+    place before the block ends. Its name carries this process's id and host
+    (`.<name>.<pid>-<host>-<random>.partial`), so the next build of `name` removes the work folders
+    of processes that are gone (killed outright, they left theirs beside the result forever) and
+    leaves those of live builders alone (two builds of one folder at once each keep their own)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_work_folders(parent, name)
+    work = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.{os.getpid()}-{_HOST}-", suffix=".partial"))
+    try:
+        os.chmod(work, 0o777 & ~UMASK)  # as a plain mkdir makes it, not mkdtemp's 0o700
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # (gone already when its content moved in whole)
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # another container's pids are not ours to judge
+
+
+def remove_stale_work_folders(parent: Path, name: str) -> list[Path]:
+    """The `work_folder`s of `name` in `parent` whose process, on this host, has ended: removed.
+    Returns what was removed."""
+    import psutil
+
+    pattern = re.compile(rf"\.{re.escape(name)}\.(\d+)-([0-9a-f]{{8}})-[^.]*\.partial")
+    removed = []
+    for entry in Path(parent).glob(f".{glob.escape(name)}.*.partial"):
+        match = pattern.fullmatch(entry.name)
+        if match and match[2] == _HOST and not psutil.pid_exists(int(match[1])) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def _swap(work: Path, final: Path, old: Path) -> None:

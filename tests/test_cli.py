@@ -280,6 +280,7 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
     cases.append((["simulate", "--run", str(tiny_run), "--out", str(tmp_path / "summary-file")], "--out must be a folder"))
     (tmp_path / "notdir").write_text("a file")
     cases.append((["export", "--run", str(tiny_run), "--model", "critical", "--out", str(tmp_path / "notdir")], "--out must be a folder"))
+    cases.append((["export", "--run", str(tiny_run), "--model", "critical", "--out", str(tmp_path / "notdir" / "sub")], "notdir is a file"))
     (tmp_path / "empty.npy").write_bytes(b"")
     cases.append((["predict", "--run", str(tiny_run), "--image", str(tmp_path / "empty.npy")], "not a readable .npy"))
     (tmp_path / "short.wav").write_bytes(_wav_head())
@@ -290,6 +291,14 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
     (compressed / "compressed" / "critical" / "compression.json").write_text("{not json")
     cases.append(
         (["predict", "--run", str(compressed), "--tier", "critical_compressed", "--image", str(tmp_path / "empty.npy")], "compression.json: not readable JSON")
+    )
+    (compressed / "compressed" / "low").mkdir()
+    (compressed / "compressed" / "low" / "compression.json").write_text(json.dumps({"artifact": "int8.onnx", "format": "onnx-int8"}))
+    cases.append(
+        (
+            ["export", "--run", str(compressed), "--model", "low_compressed"],
+            f"exported already, by `racmkd compress`: {compressed / 'compressed' / 'low' / 'int8.onnx'}",
+        )
     )
     for args, message in cases:
         monkeypatch.setattr(sys, "argv", ["racmkd", *args])

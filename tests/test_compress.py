@@ -425,6 +425,14 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
     tiny.write_bytes(b"x\n")
     with pytest.raises(ExportError, match=r"not an ONNX model \(no graph in it\); export it with `racmkd export`"):
         read_contract(tiny)
+    # Protobuf reads 0 bytes, and many a short text, as a model with nothing in it: it was called
+    # "an ONNX model without a racmkd contract".
+    for content, message in ((b"", "an empty file"), (b"xx", "no graph")):
+        junk.write_bytes(content)
+        with pytest.raises(ExportError, match=message):
+            read_contract(junk)
+    with pytest.raises(ExportError, match="a folder, not a model file"):  # was "no such file"
+        read_contract(tmp_path)
     plain = tmp_path / "plain.onnx"
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Relu", ["x"], ["y"])],
@@ -454,7 +462,7 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         (["qat", "distill", "export"], "after qat would retrain"),
         ([["prune", "qat"], "export"], "one step name with its options"),
         # Values checked when the recipe is read, not when (after other tiers' work) the step runs.
-        ([{"prune": {"importance": "bogus"}}, "export"], r"steps\[0\]\.prune: prune: importance"),
+        ([{"prune": {"importance": "bogus"}}, "export"], r"steps\[0\]\.prune: importance"),
         ([{"prune": {"target_bytes": 1000, "steps": 0}}, "export"], "prune: steps must be at least 1"),
         ([{"prune": {"finetune": {"lr": -0.1}}}, "export"], "lr must be a positive number"),
         ([{"lowrank": {"energy": 1.5}}, "export"], "energy must be in"),
@@ -502,10 +510,10 @@ def test_each_steps_check_sees_the_inputs_the_steps_before_it_leave(tmp_path: Pa
     subject = Subject("high", student(INPUTS, width=1.0, depth=1), dict(specs), None, tmp_path)
     ctx = SimpleNamespace(dataset=SimpleNamespace(modalities=modalities))  # (the input checks read the modalities alone)
     shrink_then_keep = parse_recipe({"steps": [{"inputs": {"reduce": {"audio": {"n_mels": 16}}}}, {"bands": {"keep": 24}}, "export"]}, "bands.yaml")
-    with pytest.raises(RecipeError, match=r"bands\.yaml: steps\[1\]\.bands: bands: cannot keep 24 of the 16 bands"):
+    with pytest.raises(RecipeError, match=r"bands\.yaml: steps\[1\]\.bands: cannot keep 24 of the 16 bands"):
         check_recipe(shrink_then_keep, subject, ctx)
     check_recipe(parse_recipe({"steps": [{"inputs": {"reduce": {"audio": {"n_mels": 16}}}}, {"bands": {"keep": 12}}, "export"]}), subject, ctx)
-    with pytest.raises(RecipeError, match=r"steps\[1\]\.bands: bands: cannot keep 12 of the 8 bands"):  # a second band selection reads the first's count
+    with pytest.raises(RecipeError, match=r"steps\[1\]\.bands: cannot keep 12 of the 8 bands"):  # a second band selection reads the first's count
         check_recipe(parse_recipe({"steps": [{"bands": {"keep": 8}}, {"bands": {"keep": 12}}, "export"]}), subject, ctx)
     check_recipe(parse_recipe({"steps": [{"bands": {"keep": 16}}, {"bands": {"fraction": 0.5}}, "export"]}), subject, ctx)
     assert subject.specs == specs  # the subject itself is left as it is
@@ -798,9 +806,11 @@ def test_the_artifact_is_the_fastest_within_the_bound_and_the_smallest_of_a_spee
     assert choose_artifact(faster, options)[0] == "int8"
     missed = {"fp32": candidate(0.100, 4000), "int8": candidate(0.060, 1200, agreement=0.9), "int8-weights": candidate(0.200, 1500)}
     chosen, reason = choose_artifact(missed, options)
-    assert chosen == "fp32" and "int8 misses the bound" in reason
+    assert chosen == "fp32" and "int8 misses the bound (agreement 0.9000 < 0.99)" in reason  # the failed condition alone, not "... or accuracy drop"
     assert {k: c["meets_bound"] for k, c in missed.items()} == {"fp32": True, "int8": False, "int8-weights": True}
     assert choose_artifact(missed, ExportOptions(prefer="smaller"))[0] == "int8-weights"
+    missed["int8"]["parity"] = {"argmax_agreement": 0.995, "accuracy": 0.85, "reference_accuracy": 0.9}
+    assert "int8 misses the bound (accuracy drop +0.0500 > 0.01)" in choose_artifact(missed, options)[1]
 
 
 def test_a_file_that_missed_its_bound_is_deployed_only_as_the_last_resort_and_never_named_rejected(tmp_path: Path) -> None:

@@ -510,3 +510,44 @@ def test_distilled_students_are_saved_before_their_timing_is_recorded(
     with pytest.raises(OSError, match="no space left"):
         pipeline.distill_students(cfg, dataset, run)
     assert load_model(run / "checkpoints" / "edge-a.pt")[3]["tier"] == "edge-a"  # saved before the timing failed
+
+
+def test_a_failed_export_leaves_the_earlier_set_whole(tiny_run: Path, tiny_dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Written in place, an export that failed at the int8 step (or was killed there) left its new
+    fp32 file beside the earlier int8 weights and export.json; now every file is built aside and
+    moved in at the end, and a failure leaves the earlier files byte for byte and nothing else."""
+    import racmkd.compress.quantize as quantize
+    from racmkd.pipeline import export_model
+
+    cfg, out = load_config(tiny_run / "config.yaml"), tmp_path / "onnx"
+    export_model(cfg, tiny_dataset, tiny_run, "critical", out, int8=False, int8_weights=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["critical.export.json", "critical.fp32.onnx", "critical.int8-weights.onnx"]
+
+    def fails(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("calibration failed")
+
+    monkeypatch.setattr(quantize, "quantize_int8", fails)
+    with pytest.raises(RuntimeError, match="calibration failed"):
+        export_model(cfg, tiny_dataset, tiny_run, "critical", out, int8=True, int8_weights=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no hidden work folder either
+    monkeypatch.undo()
+    again = export_model(cfg, tiny_dataset, tiny_run, "critical", out, int8=False, int8_weights=False)
+    assert sorted(p.name for p in out.iterdir()) == ["critical.export.json", "critical.fp32.onnx"] and Path(again["fp32"]["path"]) == out / "critical.fp32.onnx"
+
+
+def test_a_compressed_tier_to_export_names_the_file_compress_wrote(tmp_path: Path) -> None:
+    """`export --model critical_compressed` said "no model" of a model the run has: compress
+    exported it already; the error names that file (and comes before the data loads)."""
+    from racmkd.pipeline import exportable_checkpoint
+    from racmkd.runs import RunError
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "critical.pt").write_bytes(b"")
+    (tmp_path / "compressed" / "critical").mkdir(parents=True)
+    (tmp_path / "compressed" / "critical" / "compression.json").write_text(json.dumps({"artifact": "int8-weights.onnx", "format": "onnx-int8-weights"}))
+    assert exportable_checkpoint(tmp_path, "critical") == tmp_path / "checkpoints" / "critical.pt"
+    with pytest.raises(RunError, match=r"exported already, by `racmkd compress`: .*compressed/critical/int8-weights\.onnx .*--model critical$"):
+        exportable_checkpoint(tmp_path, "critical_compressed")
+    with pytest.raises(RunError, match="no model 'high_compressed'.*available: critical"):  # no such compressed tier
+        exportable_checkpoint(tmp_path, "high_compressed")

@@ -200,7 +200,7 @@ def test_a_profile_missing_a_field_or_with_a_bad_value_is_a_clear_error(tmp_path
     good = (Path(__file__).parents[1] / "configs" / "devices" / "cortex-m7.yaml").read_text()
     broken = tmp_path / "broken.yaml"
     broken.write_text("\n".join(line for line in good.splitlines() if not line.startswith("rom_bytes")))
-    with pytest.raises(ConfigError, match="rom_bytes") as err:
+    with pytest.raises(ConfigError, match="rom_bytes is missing") as err:  # was "DeviceProfile.__init__() missing 1 required positional argument"
         load_device(broken)
     assert str(broken) in str(err.value)
     broken.write_text(good.replace("kind: mcu", "kind: toaster"))
@@ -278,6 +278,29 @@ def test_the_latency_model_is_fitted_here_and_cached(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "latency-model.json").read_text())["host"] == fitted.host
 
 
+def test_the_latency_model_is_cached_once_per_machine_not_per_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cached under ./.cache, every folder a command ran in fitted again (10 s) and printed slightly
+    different estimates; now $RACMKD_CACHE, else the checkout's .cache/racmkd, else ~/.cache/racmkd."""
+    import racmkd.data.paths as paths
+    import racmkd.resources.profile as profile
+
+    host, clock = profile.host_description()
+    fitted = LatencyModel(host, clock, HostPeaks(50.0, 10.0), 2e-6, 0.25, None, 0.01, 40)
+    monkeypatch.setenv("RACMKD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(profile, "calibrate", lambda host, clock, show_progress: fitted)
+    (tmp_path / "one").mkdir()
+    monkeypatch.chdir(tmp_path / "one")
+    assert latency_model(show_progress=False) == fitted
+    monkeypatch.setattr(profile, "calibrate", lambda host, clock, show_progress: pytest.fail("fitted again in another folder"))
+    monkeypatch.chdir(tmp_path)
+    assert latency_model(show_progress=False) == fitted and (tmp_path / "cache" / "latency-model.json").is_file()
+    monkeypatch.delenv("RACMKD_CACHE")
+    assert paths.cache_root() == Path(__file__).resolve().parents[1] / ".cache" / "racmkd"  # run from the checkout
+    monkeypatch.setattr(paths, "checkout", lambda: None)  # installed
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert paths.cache_root() == tmp_path / "xdg" / "racmkd"
+
+
 def test_a_cache_that_is_json_but_no_model_is_refitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import racmkd.resources.profile as profile
 
@@ -331,7 +354,8 @@ def test_a_fit_that_finds_traffic_free_charges_no_traffic_time(monkeypatch: pyte
 
 
 def test_profile_command_prints_json_and_writes_it(exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # the latency model's cache goes under ./.cache
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RACMKD_CACHE", str(tmp_path / "cache"))  # the latency model fitted here, not read from the user's cache
     result = runner.invoke(app, ["profile", str(exported), "--device", "raspberry-pi-4", "--json"])
     assert result.exit_code == 0, result.output
     profile = json.loads(result.output)
@@ -350,6 +374,63 @@ def test_profile_command_refuses_bad_input(exported: Path, tmp_path: Path, monke
     assert result.exit_code == 2 and "not an ONNX model" in result.output
     result = runner.invoke(app, ["profile", str(exported), "--device", "toaster"])
     assert result.exit_code == 2 and "known devices" in result.output
+    result = runner.invoke(app, ["profile", str(exported), "--device", str(tmp_path)])  # was "<tmp_path>.yaml does not exist"
+    assert result.exit_code == 2 and "a folder; name a device profile's YAML file" in result.output, result.output
+
+
+def test_profile_command_refuses_an_out_that_would_overwrite_an_input(exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out is checked before any work: the model itself (it was replaced by JSON, exit 0), a device
+    profile or any other file that is not JSON, a path under a file."""
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(exported.read_bytes())
+    device = tmp_path / "board.yaml"
+    device.write_text((Path(__file__).parents[1] / "configs" / "devices" / "cortex-m7.yaml").read_text())
+    cases = [
+        (["--device", "cortex-m7", "--out", "m.onnx"], "that is the input m.onnx itself"),
+        (["--device", str(device), "--out", str(device)], "that is the input"),
+        (["--device", "cortex-m7", "--out", str(Path(__file__).parents[1] / "configs" / "devices" / "cortex-m7.yaml")], "not JSON; it is not overwritten"),
+        (["--device", "cortex-m7", "--out", "m.onnx/p.json"], "is a file, not a folder"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["profile", "m.onnx", "--no-measure", *args])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    assert model.read_bytes() == exported.read_bytes() and device.read_text().startswith(("#", "name"))
+
+
+def test_a_model_with_external_data_is_refused_in_one_line(exported: Path, tmp_path: Path) -> None:
+    """Saved with external data, a model's weights live in another file: missing, onnx.load raised a
+    traceback; present, ONNX Runtime failed obscurely and the ROM figure would leave them out."""
+    model = tmp_path / "ext.onnx"
+    onnx.save(onnx.load(exported), model, save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
+    result = runner.invoke(app, ["profile", str(model), "--device", "cortex-m7", "--no-measure"])
+    assert result.exit_code == 2 and "stores its weights in external data (ext.onnx.data)" in result.output, result.output
+    (tmp_path / "ext.onnx.data").unlink()
+    result = runner.invoke(app, ["profile", str(model), "--device", "cortex-m7", "--no-measure"])
+    assert result.exit_code == 2 and f"{tmp_path / 'ext.onnx.data'}, which is missing" in result.output, result.output
+
+
+def test_a_model_onnx_runtime_cannot_run_here_is_profiled_without_measurement(tmp_path: Path) -> None:
+    """A Tile whose output passes ONNX Runtime's 4 GB limit: timing it raised a traceback; now the
+    measured figures are absent with the reason, and the estimate and verdict stand."""
+    from racmkd.compress.export import CONTRACT_KEY, set_metadata
+    from racmkd.resources.profile import render_profile
+
+    graph = helper.make_graph(
+        [helper.make_node("Tile", ["x", "repeats"], ["y"])],
+        "huge",
+        [helper.make_tensor_value_info("x", F32, [1, 4])],
+        [helper.make_tensor_value_info("y", F32, None)],
+        [numpy_helper.from_array(np.array([1, 2**30], np.int64), "repeats")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    set_metadata(model, {CONTRACT_KEY: json.dumps({"format": "racmkd-onnx/1", "inputs": {"x": {}}})})
+    onnx.save(model, tmp_path / "huge.onnx")
+    p = profile_model(tmp_path / "huge.onnx", load_device("raspberry-pi-4"), FIXED)
+    here = p["this_machine"]
+    assert here["measured_latency_ms_p50"] is None and "4294967296 bytes" in here["not_measured"] and here["estimated_latency_ms"] > 0
+    assert not p["fits"] and "bytes of RAM" in p["reason"]
+    assert "this machine: not measured (" in render_profile(p)
 
 
 def test_no_estimate_outruns_the_devices_peak() -> None:

@@ -145,6 +145,20 @@ def test_unknown_key_names_file_and_suggestion(tmp_path: Path) -> None:
         load_config(path)
 
 
+def test_a_key_given_twice_or_a_required_field_left_out_is_named(tmp_path: Path) -> None:
+    """A key twice in one mapping was read silently as its last value; a tier without its budget
+    said `TierConfig.__init__() missing 1 required positional argument`."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("teacher:\n  epochs: 3\nseed: 1\nteacher:\n  epochs: 4\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML: key 'teacher' appears twice in one mapping \(lines 1 and 4\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="appears twice"):
+        load_config(None, ["teacher.width={image: 8, image: 16}"])
+    path.write_text("students:\n  tiers:\n    - name: small\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: students\.tiers\[0\]\.budget_bytes is missing: students\.tiers\[0\] has no default for it"):
+        load_config(path)
+
+
 def test_wrong_type_names_field(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("students:\n  train:\n    epochs: three\n")

@@ -29,14 +29,23 @@ def read_contract(path: Path, fix: str = "export it with `racmkd export`") -> di
     """The contract of an exported racmkd model; a clear error for anything else, ending in `fix`
     (how to make the file again: a bank's variant is rebuilt with the bank, not exported alone)."""
     path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"{path}: a folder, not a model file; name the .onnx file in it (`racmkd export` writes <model>.fp32.onnx)")
     if not path.is_file():
         raise ExportError(f"{path}: no such file; {fix}")
+    if path.stat().st_size == 0:
+        raise ExportError(f"{path}: an empty file, not an ONNX model; {fix}")
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as err:  # noqa: BLE001 - protobuf raises DecodeError and others
         raise ExportError(f"{path}: not an ONNX model, or a truncated one ({type(err).__name__}); {fix}") from None
-    if not model.HasField("graph"):  # protobuf reads many short byte strings (b"x\n") as an empty message
+    if not model.graph.node and not model.graph.input:  # protobuf reads many a short text (b"x\n") as a message with nothing in it
         raise ExportError(f"{path}: not an ONNX model (no graph in it); {fix}")
+    missing = [name for name in external_data_files(model) if not (path.parent / name).is_file()]
+    if missing:
+        raise ExportError(
+            f"{path}: its weights are stored in {', '.join(str(path.parent / m) for m in missing)}, which is missing; put it beside the model, or save the model as one file"
+        )
     meta = {p.key: p.value for p in model.metadata_props}
     if CONTRACT_KEY not in meta:
         raise ExportError(f"{path}: an ONNX model without a racmkd contract (metadata {CONTRACT_KEY!r}); {fix}")
@@ -47,6 +56,14 @@ def read_contract(path: Path, fix: str = "export it with `racmkd export`") -> di
     if not isinstance(contract, dict) or contract.get("format") != CONTRACT_FORMAT or not isinstance(contract.get("inputs"), dict) or not contract["inputs"]:
         raise ExportError(f"{path}: its racmkd contract is not a {CONTRACT_FORMAT} contract with inputs; {fix}")
     return contract
+
+
+def external_data_files(model: onnx.ModelProto) -> list[str]:
+    """The files, relative to the model's folder, that hold tensors of a model saved with external
+    data (`onnx.save(..., save_as_external_data=True)`); none for a single-file model, as racmkd writes."""
+    tensors = [*model.graph.initializer, *(a.t for n in model.graph.node for a in n.attribute if a.HasField("t"))]
+    names = {e.value for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL for e in t.external_data if e.key == "location"}
+    return sorted(names)
 
 
 def read_compression_record(folder: Path) -> dict[str, Any]:

@@ -32,7 +32,16 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from racmkd.compress.artifacts import CONTRACT_FORMAT, CONTRACT_KEY, ExportError, read_contract, session, specs_from_contract, zero_feed  # noqa: F401 - the training side's one import
+from racmkd.compress.artifacts import (  # noqa: F401 - the training side's one import
+    CONTRACT_FORMAT,
+    CONTRACT_KEY,
+    ExportError,
+    external_data_files,
+    read_contract,
+    session,
+    specs_from_contract,
+    zero_feed,
+)
 from racmkd.config import to_dict
 from racmkd.data.dataset import PairedDataset
 from racmkd.data.modalities import Modality

@@ -54,6 +54,13 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(data, str(path))
 
 
+def step_error(source: str, where: str, name: str, err: Exception) -> RecipeError:
+    """A step's error with the recipe file and the step's place in it. A step's own message starts
+    with the step's name where it is raised alone; said once (`steps[0].inputs: inputs: ...` read twice)."""
+    message = str(err)
+    return RecipeError(f"{source}: {where}: {message.removeprefix(f'{name}: ')}")
+
+
 def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     """Validate plain recipe values: {"steps": [{name: {options}} or name, ...]}."""
     if not isinstance(data, dict) or set(data) != {"steps"} or not isinstance(data["steps"], list) or not data["steps"]:
@@ -75,7 +82,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         except ConfigError as err:
             raise RecipeError(str(err)) from None
         except ValueError as err:  # an option's own check
-            raise RecipeError(f"{source}: steps[{i}].{name}: {err}") from None
+            raise step_error(source, f"steps[{i}].{name}", name, err) from None
     names = [n for n, _ in steps]
     if names.count("export") != 1 or names[-1] != "export":
         raise RecipeError(f"{source}: a recipe ends with exactly one export step (it writes the deployable model); got {names}")
@@ -123,7 +130,7 @@ def check_recipe(recipe: Recipe, subject: Subject, ctx: Context) -> None:
                 step.check(seen, ctx)
             seen.specs = step.specs_after(seen, ctx)
         except ValueError as err:
-            raise RecipeError(f"{recipe.source}: steps[{i}].{name}: {err}") from None
+            raise step_error(recipe.source, f"steps[{i}].{name}", name, err) from None
         changed = changed or step.changes_structure
 
 
@@ -137,7 +144,7 @@ def run_recipe(recipe: Recipe, subject: Subject, ctx: Context) -> list[dict[str,
         try:
             details = step.apply(subject, ctx)
         except ValueError as err:
-            raise RecipeError(f"{recipe.source}: step {name} on {subject.name}: {err}") from None
+            raise step_error(recipe.source, f"step {name} on {subject.name}", name, err) from None
         after = measure(subject, ctx)
         if name == "export":
             candidate = subject.manifest["candidates"][next(k for k, c in subject.manifest["candidates"].items() if c["path"] == subject.manifest["artifact"])]

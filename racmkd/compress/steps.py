@@ -652,8 +652,13 @@ def choose_artifact(candidates: dict[str, dict[str, Any]], options: ExportOption
         p = candidates[name]["parity"]
         candidates[name]["meets_bound"] = options.meets_bound(name, p)
         if not candidates[name]["meets_bound"]:
+            drop = p["reference_accuracy"] - p["accuracy"]
+            missed = [
+                *([f"agreement {p['argmax_agreement']:.4f} < {options.min_agreement}"] if p["argmax_agreement"] < options.min_agreement else []),
+                *([f"accuracy drop {drop:+.4f} > {options.max_accuracy_drop}"] if drop > options.max_accuracy_drop else []),
+            ]  # the conditions that failed, not both whichever did
             notes.append(
-                f"{name} misses the bound (agreement {p['argmax_agreement']:.4f} < {options.min_agreement} or accuracy drop {p['reference_accuracy'] - p['accuracy']:+.4f} > {options.max_accuracy_drop})"
+                f"{name} misses the bound ({' and '.join(missed)})"
                 + ("; `int8: mixed` keeps its most sensitive layers in fp32" if name == "int8" and options.int8 == "static" else "")
             )
     acceptable = [k for k, c in candidates.items() if c["meets_bound"]]

@@ -1,5 +1,6 @@
 """Where the datasets are, and the error raised when one is missing or damaged; where the racmkd
-checkout is, when racmkd runs from one (its configs, recipes and device profiles)."""
+checkout is, when racmkd runs from one (its configs, recipes and device profiles); where the
+per-machine cache is."""
 
 from __future__ import annotations
 
@@ -24,6 +25,19 @@ def checkout() -> Path | None:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
     return REPO_ROOT if isinstance(project, dict) and project.get("name") == "racmkd" else None
+
+
+def cache_root() -> Path:
+    """Where racmkd keeps what it measures once per machine (the latency model's fit): $RACMKD_CACHE,
+    else the checkout's .cache/racmkd when racmkd runs from one, else $XDG_CACHE_HOME/racmkd
+    (~/.cache/racmkd). Relative to the working directory, as it was, every folder a command ran in
+    fitted again (10 s) and printed slightly different estimates."""
+    if os.environ.get("RACMKD_CACHE"):
+        return Path(os.environ["RACMKD_CACHE"]).expanduser()
+    root = checkout()
+    if root is not None:
+        return root / ".cache" / "racmkd"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "racmkd"
 
 
 def data_root(configured: str = "") -> Path:

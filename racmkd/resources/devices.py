@@ -71,6 +71,10 @@ def load_device(name_or_path: str | Path, devices_dir: Path | None = None) -> De
                 f"device {name_or_path!r}: a profile name is looked up in the racmkd checkout's configs/devices/, and racmkd is installed, not run from a checkout; pass the profile's YAML path"
             )
         path = folder / f"{name_or_path}.yaml"
+        if not path.is_file() and Path(name_or_path).is_dir():  # `--device /tmp` read as the name of /tmp.yaml
+            raise ConfigError(
+                f"device {name_or_path}: a folder; name a device profile's YAML file, or a known device: {', '.join(device_names(devices_dir)) or 'none'}"
+            )
     data = read_yaml_mapping(path, f"Name a device profile; known devices: {', '.join(device_names(devices_dir)) or 'none'}.")
     energy = data.get("energy")
     missing = [name for name in ("device", *ENERGY_FIGURES) if isinstance(energy, dict) and name not in energy]

@@ -28,6 +28,7 @@ For an exported ONNX model and a device profile:
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,9 +36,11 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from racmkd.compress.export import read_contract, session, zero_feed
+from racmkd.compress.export import ExportError, external_data_files, read_contract, session, zero_feed
+from racmkd.data.paths import cache_root
 from racmkd.eval.cost import estimated_energy_joules, latency_ms, percentiles
 from racmkd.resources.devices import DeviceProfile
 from racmkd.utils import atomic_write_json, progress
@@ -403,12 +406,13 @@ def host_description() -> tuple[str, float]:
     return machine()["cpu"], float(freq.max or freq.current) if freq else 2000.0
 
 
-def latency_model(cache_dir: Path = Path(".cache/racmkd"), refresh: bool = False, show_progress: bool = True) -> LatencyModel:
-    """The fitted latency model of this machine, read from the cache when it was fitted here before
-    and against the bytes `graph_cost` counts now (eta_b is a rate over those bytes: a fit made when
+def latency_model(cache_dir: Path | None = None, refresh: bool = False, show_progress: bool = True) -> LatencyModel:
+    """The fitted latency model of this machine, read from the cache (`cache_dir`, else the
+    per-machine `cache_root()`, wherever the command runs) when it was fitted here before and
+    against the bytes `graph_cost` counts now (eta_b is a rate over those bytes: a fit made when
     fused pre-activation tensors still counted would be applied to fewer bytes than it was fitted on)."""
     host, clock = host_description()
-    path = Path(cache_dir) / "latency-model.json"
+    path = Path(cache_dir or cache_root()) / "latency-model.json"
     if path.exists() and not refresh:
         try:
             data = json.loads(path.read_text())
@@ -454,11 +458,26 @@ def host_seconds(cost: GraphCost, model: LatencyModel) -> float:
     return estimated_seconds(cost, model, model.peaks.gflops_fp32, 2 * model.peaks.gflops_fp32, model.peaks.memory_gbps, fitted_host=True)
 
 
+def profiled_contract(path: Path) -> dict[str, Any]:
+    """The contract of a model `profile_model` can judge: a racmkd model in one file. A model saved
+    with external data has its weights in other files, which the ROM figure (the model file's
+    size) would leave out, and ONNX Runtime could not load some of them (constants it must read to
+    infer shapes); `racmkd export` never writes one."""
+    contract = read_contract(path)
+    external = external_data_files(onnx.load(path, load_external_data=False))
+    if external:
+        raise ExportError(
+            f"{path}: stores its weights in external data ({', '.join(external)}); racmkd profiles single-file models. Save it as one: "
+            f"python -c \"import onnx; onnx.save(onnx.load('{path}'), 'one-file.onnx')\""
+        )
+    return contract
+
+
 def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measure_here: bool = True, latency_target_ms: float | None = None) -> dict[str, Any]:
     """ROM, RAM, estimated latency and energy of an exported model on `device`, a verdict with its
     reason, and (with `measure_here`) this machine's measured latency beside its own estimate."""
     path = Path(path)
-    contract = read_contract(path)
+    contract = profiled_contract(path)
     cost = graph_cost(path)
     moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
     seconds = device_seconds(cost, device, model)
@@ -509,22 +528,34 @@ def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measur
         },
     }
     if measure_here:
-        sess = session(path)
-        feed = zero_feed(sess)
-        timed = percentiles([_time_once(sess, feed) for _ in range(220)][20:])
-        result["this_machine"] = {
-            "host": model.host,
-            "measured_latency_ms_p50": timed["p50"],
-            "measured_latency_ms_p95": timed["p95"],
-            "estimated_latency_ms": host_seconds(cost, model) * 1e3,
-            "source": "measured with ONNX Runtime, batch 1, one thread (latency); estimate from the same model as the device's",
-        }
+        result["this_machine"] = measured_here(path, cost, model)
     return result
 
 
-def _time_once(sess: Any, feed: dict[str, np.ndarray]) -> float:
+def measured_here(path: Path, cost: GraphCost, model: LatencyModel) -> dict[str, Any]:
+    """This machine's measured latency of the model beside its own estimate. A model ONNX Runtime
+    cannot load or run here (a tensor past its 4 GB limit, an operator it lacks, too little
+    memory) has no measured figures and says why; the estimate and the device's verdict stand."""
+    here: dict[str, Any] = {"host": model.host, "measured_latency_ms_p50": None, "measured_latency_ms_p95": None}
+    try:
+        sess = session(path)
+        feed = zero_feed(sess)
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # the failure is reported below, once, not also logged by ONNX Runtime
+        timed = percentiles([_time_once(sess, feed, quiet) for _ in range(220)][20:])
+        here.update(measured_latency_ms_p50=timed["p50"], measured_latency_ms_p95=timed["p95"])
+        source = "measured with ONNX Runtime, batch 1, one thread (latency); estimate from the same model as the device's"
+    except Exception as err:  # noqa: BLE001 - ONNX Runtime's own exception types share no base but Exception
+        if not isinstance(err, (ExportError, MemoryError)) and not type(err).__module__.startswith("onnxruntime"):
+            raise
+        here["not_measured"] = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(err)).splitlines()[0]
+        source = "not measured: ONNX Runtime could not run the model here; estimate from the same model as the device's"
+    return {**here, "estimated_latency_ms": host_seconds(cost, model) * 1e3, "source": source}
+
+
+def _time_once(sess: Any, feed: dict[str, np.ndarray], options: ort.RunOptions | None = None) -> float:
     start = time.perf_counter()
-    sess.run(None, feed)
+    sess.run(None, feed, options)
     return (time.perf_counter() - start) * 1e3
 
 
@@ -539,7 +570,9 @@ def render_profile(p: dict[str, Any]) -> str:
         f"  energy     {p['estimated_energy_mj']:>14.5f} mJ (estimated)",
     ]
     here = p.get("this_machine")
-    if here:
+    if here and here["measured_latency_ms_p50"] is None:
+        lines.append(f"  this machine: not measured ({here['not_measured']}), estimated {here['estimated_latency_ms']:.4f} ms ({here['host']})")
+    elif here:
         lines.append(
             f"  this machine: measured p50 {here['measured_latency_ms_p50']:.4f} ms / p95 {here['measured_latency_ms_p95']:.4f} ms, estimated {here['estimated_latency_ms']:.4f} ms ({here['host']})"
         )

@@ -1,0 +1,58 @@
+"""Shared helpers: the work folders a build leaves when it is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from racmkd import utils
+from racmkd.utils import building_folder
+
+
+def ended_pid() -> int:
+    """The id of a process that has ended."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+def test_a_build_removes_the_work_folders_of_ended_builders_only(tmp_path: Path) -> None:
+    """A build killed outright (SIGKILL, a power cut) left compressed/.low.*.partial forever; the
+    next build of the folder removes it. A live builder's (two builds at once), another host's
+    (a shared volume) and another folder's work folders stay."""
+    dead = tmp_path / f".low.{ended_pid()}-{utils._HOST}-abc123.partial"
+    live = tmp_path / f".low.{os.getpid()}-{utils._HOST}-def456.partial"
+    elsewhere = tmp_path / f".low.{ended_pid()}-00000000-ghi789.partial"
+    other = tmp_path / f".lower.{ended_pid()}-{utils._HOST}-jkl012.partial"
+    for folder in (dead, live, elsewhere, other):
+        folder.mkdir()
+        (folder / "model.onnx").write_text("half")
+    with building_folder(tmp_path / "low") as work:
+        (work / "model.onnx").write_text("whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["low", live.name, elsewhere.name, other.name])
+    assert (tmp_path / "low" / "model.onnx").read_text() == "whole"
+
+
+def test_sigterm_to_the_command_removes_its_half_built_folder(tmp_path: Path) -> None:
+    """SIGTERM ended the process on the spot, skipping the cleanup Ctrl-C runs; the CLI turns it into an exit."""
+    script = f"""
+import sys, time
+from pathlib import Path
+from racmkd.cli import exit_on_sigterm
+from racmkd.utils import building_folder
+exit_on_sigterm()
+with building_folder(Path({str(tmp_path / "low")!r})) as work:
+    (work / "model.onnx").write_text("half")
+    print("building", flush=True)
+    time.sleep(60)
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "building"
+    proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM and time.monotonic() - started < 30
+    assert list(tmp_path.iterdir()) == []
