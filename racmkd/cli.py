@@ -481,7 +481,9 @@ def serve_command(
     host: Annotated[Optional[str], typer.Option(help="Address to listen on (default: serve.host, 127.0.0.1).")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port (default: serve.port, 8000).")] = None,
     upstream: Annotated[Optional[list[str]], typer.Option(help="Edge: a fog or cloud server to offload to, nearest first (repeatable).")] = None,
-    mqtt: Annotated[Optional[str], typer.Option(help="Edge: HOST:PORT of the MQTT broker for telemetry.")] = None,
+    mqtt: Annotated[
+        Optional[str], typer.Option(help="Edge: the MQTT broker for telemetry, HOST[:PORT] (port 1883 by default; IPv6 in brackets: [::1]:1883).")
+    ] = None,
     device: Annotated[Optional[str], typer.Option(help="Edge: this device's name in telemetry.")] = None,
     public_key: Annotated[Optional[Path], typer.Option(help="Edge: the fleet's public key; updates must be signed with its private key.")] = None,
     set_: SetOpt = None,
@@ -495,11 +497,16 @@ def serve_command(
             overrides.append(f"serve.{key}={value if isinstance(value, int) else _text(value)}")
     if upstream:
         overrides.append(f"serve.upstreams={json.dumps(list(upstream))}")  # (quoted: an IPv6 address's brackets or a comma is YAML too)
-    if mqtt:
-        mqtt_host, _, mqtt_port = mqtt.rpartition(":")
-        overrides += [f"serve.mqtt_host={_text(mqtt_host or mqtt)}", f"serve.mqtt_port={mqtt_port if mqtt_host else 1883}"]
     if role not in ROLES:
         raise _fail(ValueError(f"--role {role!r}: choose one of {', '.join(ROLES)}"))
+    if mqtt:
+        from racmkd.deploy.telemetry import broker_address
+
+        try:
+            mqtt_host, mqtt_port = broker_address(mqtt)
+        except ValueError as err:
+            raise _fail(ValueError(f"--mqtt: {err}")) from None
+        overrides += [f"serve.mqtt_host={_text(mqtt_host)}", f"serve.mqtt_port={mqtt_port}"]
     try:
         run_dir, cfg = _run_config(run, overrides)
     except _errors() as err:
@@ -577,9 +584,28 @@ def registry_list(root: RootOpt = Path("registry")) -> None:
     except _registry_errors() as err:
         raise _fail(err) from None
     for r in releases:
+        if r.damaged:
+            typer.echo(f"{r.name:16s} v{r.version:<3d} DAMAGED: {r.damaged}; remove it with `racmkd registry remove {r.name} --version {r.version}`")
+            continue
         typer.echo(
             f"{r.name:16s} v{r.version:<3d} {r.kind:5s} {r.bytes:>10,} B  {r.sha256[:12]}  accuracy {r.metrics.get('accuracy', float('nan')):.4f}  parent {r.parent_version or '-'}"
         )
+
+
+@registry_app.command("remove")
+def registry_remove(
+    name: Annotated[str, typer.Argument(help="Release name.")],
+    version: Annotated[int, typer.Option(min=1, help="The version to remove (a damaged record, typically: `registry list` marks them).")],
+    root: RootOpt = Path("registry"),
+) -> None:
+    """Remove one release's record (its version is never given again; blobs stay)."""
+    from racmkd.deploy.registry import ModelRegistry
+
+    try:
+        removed = ModelRegistry(root, create=False).remove(name, version)
+    except _registry_errors() as err:
+        raise _fail(err) from None
+    typer.echo(f"removed {removed.label}{f' ({removed.damaged})' if removed.damaged else ''}; the next `registry add` of {name} makes a new version")
 
 
 @registry_app.command("verify")
@@ -603,6 +629,9 @@ def registry_verify(
     typer.echo(f"{name} v{release.version}: signature valid, {len(blob):,} bytes hash to {release.sha256}")
 
 
+TimeoutOpt = Annotated[
+    float, typer.Option(min=0.001, help="Seconds each call to a device may wait (connect, send, answer); raise it for large releases over slow links.")
+]
 deploy_app = typer.Typer(no_args_is_help=True, help="The orchestrator: which release fits which device, and OTA pushes.")
 app.add_typer(deploy_app, name="deploy")
 
@@ -640,11 +669,12 @@ def deploy_plan(
 @deploy_app.command("push")
 def deploy_push(
     name: Annotated[str, typer.Argument(help="Release name.")],
-    url: Annotated[str, typer.Option(help="The edge server, e.g. http://127.0.0.1:8002.")],
+    url: Annotated[str, typer.Option(help="The edge server, e.g. http://127.0.0.1:8003.")],
     version: Annotated[Optional[int], typer.Option(min=1, help="Default: the latest.")] = None,
     root: RootOpt = Path("registry"),
     token_env: Annotated[str, typer.Option(help="Environment variable holding the device's management token.")] = "RACMKD_TOKEN",
     full: Annotated[bool, typer.Option("--full", help="Send the whole release, never a delta.")] = False,
+    timeout: TimeoutOpt = 60.0,
 ) -> None:
     """Send a release to an edge device (a delta when smaller; the whole when the delta is refused); it verifies, checks, swaps or rolls back."""
     import os
@@ -659,7 +689,7 @@ def deploy_push(
         raise _fail(ValueError(f"${token_env} is not set: the device's management token is needed"))
     try:
         registry = ModelRegistry(root, create=False)
-        result = push(registry, registry.release(name, version), url, token, full=full)
+        result = push(registry, registry.release(name, version), url, token, timeout, full=full)
     except (*_registry_errors(), httpx.HTTPError, httpx.InvalidURL) as err:
         raise _fail(err if isinstance(err, _registry_errors()) else ValueError(f"{url}: {err}")) from None
     typer.echo(json.dumps(result, indent=2))
@@ -680,6 +710,7 @@ def deploy_apply(
     mqtt_port: Annotated[int, typer.Option(min=1, max=65535)] = 1883,
     fleet_name: Annotated[str, typer.Option(help="The fleet's name in the telemetry topics (racmkd/<fleet>/<device>/status).")] = "default",
     full: Annotated[bool, typer.Option("--full", help="Send whole releases, never deltas.")] = False,
+    timeout: TimeoutOpt = 60.0,
     json_: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Plan each device's release by its profile and push it (no human step); exits 1 if a device could not be updated."""
@@ -702,7 +733,9 @@ def deploy_apply(
 
             watcher = FleetWatcher(mqtt_host, mqtt_port, fleet_name)  # statuses are retained: they arrive at once
             watcher.wait_for(lambda w: all(w.online(d.name) is not None for d in devices.devices), timeout_s=3.0)
-        results = apply_fleet(registry, devices, profiles, token, load_public_key(key) if key else None, watcher.online if watcher else None, full=full)
+        results = apply_fleet(
+            registry, devices, profiles, token, load_public_key(key) if key else None, watcher.online if watcher else None, full=full, timeout_s=timeout
+        )
     except _registry_errors() as err:
         raise _fail(err) from None
     finally:

@@ -447,6 +447,23 @@ class RuntimeConfig:
             raise ConfigError(f"runtime.priorities {bad}: each in [0, 1]")
 
 
+def url_problem(url: str) -> str | None:
+    """What makes `url` unusable as a server's address, or None: an http(s) scheme, a host, and a
+    port in 1-65535 if one is given (port 99999 was taken, and failed as "connection refused")."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "is not an http(s) URL with a host (e.g. http://fog.local:8001)"
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        return f"has an invalid port {parts.netloc.rpartition(':')[2]!r} (a port is a number in 1-65535)"
+    return None
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """The cloud, fog and edge servers (racmkd/deploy/server.py) and what the edge talks to."""
@@ -480,12 +497,14 @@ class ServeConfig:
     def __post_init__(self) -> None:
         # A URL without a scheme or host was accepted and only ever failed at request time, where
         # the edge's circuit breaker opened on it: the operator saw offloading silently off.
-        from urllib.parse import urlsplit
-
         for url in self.upstreams:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(f"upstreams: {url!r} is not an http(s) URL with a host (e.g. http://fog.local:8001)")
+            problem = url_problem(url)
+            if problem:
+                raise ConfigError(f"upstreams: {url!r} {problem}")
+        if self.mqtt_host and (not 1 <= self.mqtt_port <= 65535 or self.mqtt_host.startswith("[")):
+            raise ConfigError(
+                f"mqtt_host {self.mqtt_host!r}, mqtt_port {self.mqtt_port}: a host name or address (an IPv6 one without brackets) and a port in 1-65535"
+            )
         if not 0 < self.upstream_timeout_s < math.inf or self.upstream_retries < 0:
             raise ConfigError(f"upstream_timeout_s must be finite and > 0 and upstream_retries >= 0; got {self.upstream_timeout_s}, {self.upstream_retries}")
 

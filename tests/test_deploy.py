@@ -119,6 +119,62 @@ def test_registry_versions_signs_and_refuses_tampered_blobs(bank_dir: Path, keys
         registry.blob(v1.sha256)
     with pytest.raises(RegistryError, match="no release nope"):
         registry.release("nope")
+    blob.write_bytes(pack(bank_dir)[0])
+    # A cached delta damaged on disk is made again, not sent to be refused by every device.
+    cached = tmp_path / "registry" / "deltas" / f"{v1.sha256}-{v2.sha256}.delta"
+    good = registry.delta(v1.sha256, v2.sha256)
+    cached.write_bytes(good[:-20] + bytes(20))
+    assert registry.delta(v1.sha256, v2.sha256) == good and cached.read_bytes() == good
+
+
+def test_a_damaged_registry_record_is_listed_passed_over_and_removable(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    """One record whose manifest is not JSON made `registry list`, `deploy plan` and `deploy apply`
+    fail for every release, and its advice ("register it again") added a v2 beside it. It is now
+    listed as damaged, passed over with the reason, and `registry remove` takes it out for good."""
+    from typer.testing import CliRunner
+
+    from racmkd.cli import app
+
+    root, key = tmp_path / "registry", load_private_key(keys[0])
+    registry = ModelRegistry(root)
+    registry.register(bank_dir, "critical", key, metrics={"accuracy": 0.9}, device_fit={"pi": {"fits": True, "reason": "fits"}})
+    registry.register(bank_dir, "edge", key, metrics={"accuracy": 0.8}, device_fit={"pi": {"fits": True, "reason": "fits"}})
+    with sqlite3.connect(root / "registry.sqlite") as db:
+        db.execute("UPDATE releases SET manifest = '{broken' WHERE name = 'critical'")
+    listed = CliRunner().invoke(app, ["registry", "list", "--root", str(root)])
+    assert listed.exit_code == 0 and any(line.startswith("critical") and "v1   DAMAGED" in line for line in listed.output.splitlines())
+    assert "registry remove critical --version 1" in listed.output
+    assert "edge" in listed.output
+    assert [r.label for r in registry.latest()] == ["edge v1"]
+    pi = dataclasses.replace(load_device("raspberry-pi-4"), name="pi")
+    [assignment] = plan(registry, [pi], load_public_key(keys[1]))
+    assert assignment.release.label == "edge v1" and any(c["release"] == "critical v1" and "damaged" in c["reason"] for c in assignment.candidates)
+    with pytest.raises(RegistryError, match="registry remove critical --version 1"):
+        registry.release("critical")
+    removed = CliRunner().invoke(app, ["registry", "remove", "critical", "--version", "1", "--root", str(root)])
+    assert removed.exit_code == 0 and "removed critical v1" in removed.output
+    assert registry.register(bank_dir, "critical", key).version == 2  # v1 is never given again: a device may have installed it
+    assert "DAMAGED" not in CliRunner().invoke(app, ["registry", "list", "--root", str(root)]).output
+
+
+def test_a_database_that_is_not_a_registry_is_refused_and_left_unwritten(tmp_path: Path) -> None:
+    """Another program's SQLite file at --root: "not enough values to unpack", after a releases
+    table had been written into it."""
+    from typer.testing import CliRunner
+
+    from racmkd.cli import app
+
+    (tmp_path / "foreign").mkdir()
+    database = tmp_path / "foreign" / "registry.sqlite"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE users (id INTEGER, name TEXT)")
+    before = database.read_bytes()
+    for command in (["registry", "list"], ["deploy", "plan", "--json"]):
+        out = CliRunner().invoke(app, [*command, "--root", str(tmp_path / "foreign")])
+        assert out.exit_code == 2 and "not a racmkd registry" in out.output and "users" in out.output, out.output
+    with pytest.raises(RegistryError, match="not a racmkd registry"):
+        ModelRegistry(tmp_path / "foreign")  # nor when adding to it
+    assert database.read_bytes() == before and sorted(p.name for p in (tmp_path / "foreign").iterdir()) == ["registry.sqlite"]
 
 
 def test_registry_add_refuses_a_damaged_bank_and_a_missing_run_in_one_line(
@@ -199,11 +255,10 @@ def test_device_store_verifies_patches_checks_and_rolls_back(bank_dir: Path, key
     with pytest.raises(UpdateFailed, match="failed its health check"):
         store.install(v3.manifest, v3.signature, registry.blob(v3.sha256))
     assert store.current().manifest["version"] == 2
-    # A state file damaged by hand: nothing installed, rather than a crash at startup.
+    # A state file's entries damaged by hand: nothing installed, rather than a crash at startup.
     state = (tmp_path / "device" / "state.json").read_text()
-    for damaged in ("[]", json.dumps({"current": {"manifest": {}}, "previous": 5})):
-        (tmp_path / "device" / "state.json").write_text(damaged)
-        assert store.current() is None and store.previous() is None
+    (tmp_path / "device" / "state.json").write_text(json.dumps({"current": {"manifest": {}}, "previous": 5}))
+    assert store.current() is None and store.previous() is None
     # One entry damaged: updates and rollbacks go on past it (they crashed on it, a 500 for every
     # later /deploy and /rollback: the device could not be repaired over the air).
     shutil.copytree(tmp_path / "device", tmp_path / "damaged")
@@ -241,6 +296,29 @@ def _v1_then_v2_installed(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Pat
     store.install(v1.manifest, v1.signature, registry.blob(v1.sha256))
     store.install(v2.manifest, v2.signature, registry.blob(v2.sha256))
     return registry, store, v1, v2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not an object"])
+def test_a_damaged_device_state_is_rebuilt_from_the_signed_slots(
+    damage: str, bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state.json that cannot be read was taken as empty: the device lost its release (the run's
+    bank served) and its downgrade protection (an older signed release was installed). It is rebuilt
+    from the slots' signed manifests, said in the log, and written back whole."""
+    registry, store, v1, v2 = _v1_then_v2_installed(bank_dir, keys, tmp_path)
+    path = tmp_path / "device" / "state.json"
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2] if damage == "truncated" else b"[]")
+    with caplog.at_level("ERROR", logger="racmkd.deploy.device"):
+        assert store.current().manifest["version"] == 2 and store.previous().manifest["version"] == 1
+    assert "rebuilt from the 2 intact signed release(s)" in caplog.text and "edge v2" in caplog.text
+    assert json.loads(path.read_text())["newest"] == {"edge": 2} and (tmp_path / "device" / "state.json.damaged").is_file()
+    with pytest.raises(UpdateRefused, match="not newer than v2"):
+        store.install(v1.manifest, v1.signature, registry.blob(v1.sha256))
+    # A slot whose files changed is not taken as the current release.
+    (store.current().slot / "bank.json").write_text("{}")
+    path.write_bytes(b"{")
+    assert store.current().manifest["version"] == 1 and store.previous() is None
 
 
 def test_an_edge_whose_release_no_longer_loads_serves_the_previous_one_and_says_so(
@@ -320,21 +398,21 @@ def test_a_fleet_is_planned_and_pushed_with_no_human_step(bank_dir: Path, keys: 
     )
     real_push, pushed = orchestrator.push, []
 
-    def push(registry_, release_, url, token, full=False):  # noqa: ANN001, ANN202 - a device that accepts, or the real attempt
+    def push(registry_, release_, url, token, timeout_s=60.0, full=False):  # noqa: ANN001, ANN202 - a device that accepts, or the real attempt
         if url == "http://gate-1.test":
-            pushed.append((release_.name, release_.version, url, token))
+            pushed.append((release_.name, release_.version, url, token, timeout_s))
             return {"sent": "full", "bytes": 1, "full_bytes": 1, "status_code": 200, "answer": {"installed": "edge v1"}}
-        return real_push(registry_, release_, url, token, full=full)
+        return real_push(registry_, release_, url, token, timeout_s, full=full)
 
     monkeypatch.setattr(orchestrator, "push", push)
     fleet_config, profiles = orchestrator.load_fleet(fleet)
     results = {
         r["device"]: r
         for r in orchestrator.apply_fleet(
-            registry, fleet_config, profiles, TOKEN, load_public_key(keys[1]), online=lambda name: False if name == "sleeper" else None
+            registry, fleet_config, profiles, TOKEN, load_public_key(keys[1]), online=lambda name: False if name == "sleeper" else None, timeout_s=7.5
         )
     }
-    assert pushed == [("edge", release.version, "http://gate-1.test", TOKEN)] and results["gate-1"]["action"] == "pushed"
+    assert pushed == [("edge", release.version, "http://gate-1.test", TOKEN, 7.5)] and results["gate-1"]["action"] == "pushed"
     assert results["gate-2"]["action"] == "failed" and closed in results["gate-2"]["reason"]
     assert results["sleeper"]["action"] == "skipped" and "offline" in results["sleeper"]["reason"]
     assert results["sensor"]["action"] == "skipped" and "nothing fits" in results["sensor"]["reason"]
@@ -349,6 +427,16 @@ def test_a_fleet_is_planned_and_pushed_with_no_human_step(bank_dir: Path, keys: 
     fleet.write_text("devices:\n  - {name: a, profile: raspberry-pi-4, url: http://a}\n  - {name: a, profile: cortex-m7, url: http://b}\n")
     bad = CliRunner().invoke(app, ["deploy", "apply", "--fleet", str(fleet), "--root", str(tmp_path / "registry")])
     assert bad.exit_code != 0 and "more than once" in bad.output and str(fleet) in bad.output
+    for device, expected in (
+        ("{name: a, profile: raspberry-pi-4}", "url missing"),
+        ("{name: a, profile: raspberry-pi-4, url: 'http://a:99999'}", "invalid port"),
+    ):
+        fleet.write_text(f"devices:\n  - {device}\n")
+        bad = CliRunner().invoke(app, ["deploy", "apply", "--fleet", str(fleet), "--root", str(tmp_path / "registry")])
+        assert bad.exit_code == 2 and expected in bad.output and str(fleet) in bad.output and "positional" not in bad.output, bad.output
+    bad = CliRunner().invoke(app, ["deploy", "push", "edge", "--url", "http://127.0.0.1:99999", "--root", str(tmp_path / "registry"), "--timeout", "5"])
+    assert bad.exit_code == 2 and "invalid port '99999'" in bad.output
+    assert "8003" in CliRunner().invoke(app, ["deploy", "push", "--help"]).output  # the edge's port in the README, not the fog's
 
 
 def test_a_device_that_does_not_answer_as_an_edge_is_a_clear_error(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
@@ -425,24 +513,70 @@ def test_an_upstream_slow_in_every_phase_is_given_up_on_at_the_deadline() -> Non
     listener.close()
 
 
+GOOD_ANSWER = b'{"label": 1, "probabilities": [0.1, 0.9], "served_by": "fog", "model": "high", "compute_ms": 0.5}'
+
+
 def test_a_malformed_upstream_answer_counts_as_a_failure() -> None:
     """An answer whose compute time is not a time (a string, NaN, JSON nested past the parser's
     depth) is a failed call, not a crash of the request, and NaN never enters the link estimate
     (NaN is over no budget: that upstream would get every request)."""
     from racmkd.deploy.offload import LinkEstimate, Upstream, UpstreamError
 
-    for body in (b'{"label": 1, "compute_ms": "abc"}', b'{"label": 1, "compute_ms": NaN}', b"[" * 100000, b'{"label": 1, "compute_ms": 0.5}'):
+    for body in (b'{"label": 1, "compute_ms": "abc"}', b'{"label": 1, "compute_ms": NaN}', b"[" * 100000, GOOD_ANSWER):
         fog = Upstream("fog", "http://fog", retries=0, link=LinkEstimate(rtt_ms=1.0))
         fog._client = httpx.Client(
             base_url=fog.url,
             transport=httpx.MockTransport(lambda request, body=body: httpx.Response(200, content=body, headers={"content-type": "application/json"})),
         )
-        if body.endswith(b"0.5}"):
+        if body == GOOD_ANSWER:
             assert fog.predict(b"{}", "application/json", time.monotonic() + 1)["label"] == 1 and np.isfinite(fog.link.rtt_ms)
             continue
         with pytest.raises(UpstreamError):
             fog.predict(b"{}", "application/json", time.monotonic() + 1)
         assert fog.breaker.failures == 1 and fog.link.rtt_ms == 1.0
+
+
+def test_a_malformed_upstream_prediction_is_answered_locally_and_says_why(tiny_run: Path, tiny_dataset, bank_dir: Path) -> None:  # noqa: ANN001
+    """An upstream answering a label outside the classes, or no probability per class, is a failed
+    offload: the edge answers itself and names the reason in `fallbacks` (it relayed it as a
+    success, `offloaded: true`)."""
+    import torch
+
+    from racmkd.deploy.offload import LinkEstimate
+
+    replies = iter(
+        [
+            {"label": 99, "probabilities": [], "served_by": "fog", "model": "high", "compute_ms": 1},
+            {"label": 99, "probabilities": [0.1] * 10, "served_by": "fog", "model": "high", "compute_ms": 1},
+            {"label": 1, "probabilities": [0.5, 0.5], "served_by": "fog", "model": "high", "compute_ms": 1},
+            {"label": 1, "probabilities": [float("nan")] * 10, "served_by": "fog", "model": "high", "compute_ms": 1},
+        ]
+    )
+
+    def fake_fog(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(200, json={"accuracy": 0.999, "compute_ms_p50": 0.1})
+        return httpx.Response(200, content=json.dumps(next(replies)).encode(), headers={"content-type": "application/json"})
+
+    cfg = load_config(
+        tiny_run / "config.yaml", ["serve.upstreams=[http://fog]", "serve.upstream_retries=0", "serve.offload_margin=-1.0", "serve.breaker_failures=100"]
+    )
+    service = EdgeService(cfg, tiny_run, cfg.serve)
+    try:
+        fog = service.upstreams[0]
+        fog._client = httpx.Client(base_url=fog.url, transport=httpx.MockTransport(fake_fog))
+        fog.accuracy, fog.link = 0.999, LinkEstimate(rtt_ms=0.1)
+        client = TestClient(create_app(service, cfg.serve, token=None))
+        raw = tiny_dataset.raw_batch("test", torch.tensor([0]))
+        request = {"image": raw["image"][0].numpy().tolist(), "latency_target_ms": 10000.0}
+        for reason in ("probabilities", "label 99", "2 probabilities for 10 classes", "not a distribution"):
+            reply = client.post("/predict", json=request)
+            assert reply.status_code == 200, reply.text
+            answer = reply.json()
+            assert answer["offloaded"] is False and answer["served_by"].startswith("edge:") and len(answer["probabilities"]) == 10
+            assert any("offload failed" in f and reason in f for f in answer["fallbacks"]), answer["fallbacks"]
+    finally:
+        service.close()
 
 
 def test_a_fleet_watcher_passes_over_messages_that_are_not_ours() -> None:
@@ -462,6 +596,52 @@ def test_a_fleet_watcher_passes_over_messages_that_are_not_ours() -> None:
         assert watcher.online("d") is True and watcher.messages == 1
     finally:
         watcher.close()
+
+
+def test_a_broker_address_is_parsed_or_refused_at_startup_and_a_lost_broker_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """`--mqtt` was cut at its last colon: "[::1]:18884" kept its brackets and never connected,
+    ":1883" became a host, "::1" port 1, port 99999 was taken; and nothing said the broker was
+    never reached."""
+    from typer.testing import CliRunner
+
+    from racmkd.cli import app
+    from racmkd.deploy.telemetry import TelemetryPublisher, broker_address
+
+    assert broker_address("[::1]:18884") == ("::1", 18884) and broker_address("::1") == ("::1", 1883) and broker_address("[::1]") == ("::1", 1883)
+    assert broker_address("broker.local") == ("broker.local", 1883) and broker_address("127.0.0.1:1884") == ("127.0.0.1", 1884)
+    for text, expected in (
+        (":1883", "no host"),
+        ("127.0.0.1:99999", "invalid port"),
+        ("host:0", "invalid port"),
+        ("[::1", "in brackets"),
+        ("h:x", "invalid port"),
+    ):
+        with pytest.raises(ValueError, match=expected):
+            broker_address(text)
+    out = CliRunner().invoke(app, ["serve", "--role", "edge", "--run", "no-such-run", "--mqtt", "127.0.0.1:99999"])
+    assert out.exit_code == 2 and "--mqtt" in out.output and "invalid port" in out.output
+    with caplog.at_level("ERROR", logger="racmkd.deploy.telemetry"):
+        publisher = TelemetryPublisher("127.0.0.1", free_port(), "f", "d")  # nothing listens there
+        try:
+            deadline = time.monotonic() + 10
+            while "cannot connect" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            publisher.close()
+    assert "MQTT broker at 127.0.0.1:" in caplog.text and "cannot connect" in caplog.text
+
+
+def test_protected_inference_without_a_token_is_refused_at_startup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """serve.protect_inference with $RACMKD_TOKEN unset started, then answered every /predict 403."""
+    from racmkd.config import RunConfig
+    from racmkd.deploy.server import serve
+
+    monkeypatch.delenv("RACMKD_TOKEN", raising=False)
+    settings = ServeConfig(protect_inference=True)
+    with pytest.raises(ValueError, match=r"protect_inference is on but \$RACMKD_TOKEN is not set"):
+        serve("edge", RunConfig(), tmp_path / "no-run", settings)  # before any model is loaded
+    with pytest.raises(ValueError, match="protect_inference"):
+        create_app(ModelService.__new__(ModelService), settings, token=None)
 
 
 def test_port_0_serves_and_announces_a_free_port() -> None:
@@ -942,7 +1122,9 @@ def test_the_edge_serves_without_the_training_stack(tiny_run: Path, tiny_dataset
                 assert reply.json()["variants"] and abs(sum(reply.json()["probabilities"]) - 1) < 1e-4
             assert client.post("/predict", json={"audio": raw["audio"][0].numpy().tolist(), "sample_rate": 16000}).status_code == 200  # resampled
             assert client.post("/predict", json={"image": [[0.0] * 5] * 5}).status_code == 422
-            assert "racmkd_cpu_percent" in client.get("/metrics").text  # the monitor reads the machine without torch
+            metrics = client.get("/metrics").text
+            assert "racmkd_cpu_percent" in metrics  # the monitor reads the machine without torch
+            assert "racmkd_telemetry_buffered" not in metrics  # no --mqtt: no backlog to report, not a made-up 0.0
     finally:
         edge.send_signal(signal.SIGINT)
         _, errors = edge.communicate(timeout=30)

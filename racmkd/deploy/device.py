@@ -2,7 +2,8 @@
 
     <root>/slots/<sha256>/            an installed release: model.onnx, or a variant bank's files
     <root>/slots/<sha256>/release.bin the released bytes themselves (the base the next delta patches)
-    <root>/state.json                 {"current": {manifest, signature}, "previous": {...}}
+    <root>/slots/<sha256>/release.json its signed manifest: {manifest, signature}
+    <root>/state.json                 {"current": {manifest, signature}, "previous": {...}, "newest": {...}}
 
 An update arrives as a signed manifest and either the full bytes or a delta against what is
 installed. It is refused unless the signature verifies with the fleet's public key, it is newer
@@ -11,13 +12,16 @@ bytes hash to the manifest's sha256. `stage` unpacks it beside the installed slo
 (`health_check`: every ONNX graph loads in ONNX Runtime and answers finite logits); the server
 then loads it for serving, and only then does `commit` make it current by rewriting state.json
 atomically. Until that rename the previous release stays current; `rollback` makes the previous
-one current again. A device is never left without a working model.
+one current again. A device is never left without a working model. A state.json that cannot be
+read (damaged on disk) is rebuilt from the slots' signed manifests (`_rebuilt_state`), so that the
+device keeps serving its release and refusing older ones.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import shutil
 import tarfile
 import threading
@@ -32,6 +36,9 @@ from racmkd.deploy.delta import DeltaError, apply_delta
 from racmkd.deploy.registry import MANIFEST_FORMAT, unpack
 from racmkd.deploy.signing import SignatureError, verify
 from racmkd.utils import atomic_write_bytes, atomic_write_json, fsync_folder, sha256
+
+log = logging.getLogger(__name__)
+SIGNED = "release.json"  # in each slot: the signed manifest it was installed with
 
 
 def manifest_problems(manifest: dict[str, Any]) -> list[str]:
@@ -139,6 +146,7 @@ class DeviceStore:
         self.root, self.public_key, self.health_check, self.keep, self.accept = Path(root), public_key, health_check, keep, tuple(accept)
         (self.root / "slots").mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._rebuilding = threading.Lock()
 
     # State ------------------------------------------------------------------------------------------
 
@@ -148,9 +156,57 @@ class DeviceStore:
             return {}
         try:
             state = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}  # a state file can only be damaged by hand: atomic writes (flushed to disk) never leave one half-written
-        return state if isinstance(state, dict) else {}
+        except (OSError, ValueError, RecursionError) as err:  # atomic writes never leave one half-written: a disk fault, or a hand
+            return self._rebuilt_state(f"not readable JSON ({type(err).__name__}: {err})")
+        return state if isinstance(state, dict) else self._rebuilt_state(f"not a JSON object ({type(state).__name__})")
+
+    def _rebuilt_state(self, problem: str) -> dict[str, Any]:
+        """A state.json that cannot be read, rebuilt from the slots whose signed manifest verifies
+        and whose files are intact: the highest version current, the next previous, the versions
+        seen as the newest installed. Read as empty, it cost the device its release (the run's
+        bank served) and its downgrade protection (an old signed release was taken). The damaged
+        file is kept beside it (state.json.damaged); the rebuilt one is written atomically."""
+        path = self.root / "state.json"
+        with self._rebuilding:
+            try:  # (another thread may have rebuilt it meanwhile)
+                state = json.loads(path.read_text())
+                if isinstance(state, dict):
+                    return state
+            except (OSError, ValueError, RecursionError):
+                pass
+            found = []
+            for slot in sorted(p for p in (self.root / "slots").iterdir() if p.is_dir() and not p.name.startswith(".")):
+                try:
+                    signed = json.loads((slot / SIGNED).read_text())
+                    installed = Installed(signed["manifest"], signed["signature"], slot)
+                    if installed.manifest.get("sha256") != slot.name:
+                        continue
+                    self.check(installed)
+                except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, UpdateRefused):
+                    continue
+                found.append(installed)
+            found.sort(key=lambda i: (i.manifest["version"], (i.slot / SIGNED).stat().st_mtime), reverse=True)
+            entries = [{"manifest": i.manifest, "signature": i.signature} for i in found[:2]]
+            newest: dict[str, int] = {}
+            for i in found:
+                newest[i.manifest["name"]] = max(newest.get(i.manifest["name"], 0), i.manifest["version"])
+            state = {"current": entries[0] if entries else None, "previous": entries[1] if len(entries) > 1 else None, "newest": newest}
+            try:
+                atomic_write_bytes(path.with_name("state.json.damaged"), path.read_bytes())
+            except OSError:
+                pass
+            atomic_write_json(path, state)
+            log.error(
+                "%s: %s; rebuilt from the %d intact signed release(s) in %s: current %s, previous %s, newest versions %s (the damaged file is kept as state.json.damaged)",
+                path,
+                problem,
+                len(found),
+                self.root / "slots",
+                found[0].label if found else "none (the run's bank serves)",
+                found[1].label if len(found) > 1 else "none",
+                newest or "unknown: releases installed before are no longer known here",
+            )
+            return state
 
     def _installed(self, entry: Any) -> Installed | None:
         """An entry of state.json as a release; None for none, or for an entry damaged by hand (the
@@ -251,6 +307,7 @@ class DeviceStore:
             partial.mkdir()
             try:
                 atomic_write_bytes(partial / "release.bin", data)  # on disk before state.json names it: later deltas patch it
+                atomic_write_json(partial / SIGNED, {"manifest": manifest, "signature": signature})  # what a damaged state.json is rebuilt from
                 unpack(data, manifest["kind"], model_path(partial, manifest["kind"]))
                 self.health_check(model_path(partial, manifest["kind"]), manifest["kind"])
             except Exception as err:  # noqa: BLE001 - whatever went wrong, the current release stays
@@ -261,6 +318,8 @@ class DeviceStore:
             shutil.rmtree(slot, ignore_errors=True)
             partial.rename(slot)
             fsync_folder(slot.parent)  # the rename too, before a commit can name the slot
+        elif not (slot / SIGNED).is_file():  # a slot installed before slots kept their manifest
+            atomic_write_json(slot / SIGNED, {"manifest": manifest, "signature": signature})
         return Installed(manifest, signature, slot)
 
     def check(self, installed: Installed) -> None:

@@ -144,8 +144,10 @@ class Upstream:
         self.link.observe((time.perf_counter() - started) * 1e3, 0.0, 0)
         return True
 
-    def predict(self, body: bytes, content_type: str, deadline: float) -> dict[str, Any]:
-        """Forward one request; retries with backoff while the deadline (time.monotonic) allows."""
+    def predict(self, body: bytes, content_type: str, deadline: float, classes: int | None = None) -> dict[str, Any]:
+        """Forward one request; retries with backoff while the deadline (time.monotonic) allows. A
+        malformed answer (see `check_answer`; `classes`: how many the edge's own model tells apart)
+        counts as a failed call: it is never passed on as the upstream's answer."""
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             remaining = deadline - time.monotonic()
@@ -171,6 +173,7 @@ class Upstream:
                 if not isinstance(answer, dict):
                     raise ValueError("the reply is not a JSON object")
                 compute_ms = _time_ms(answer.get("compute_ms", 0.0), "compute_ms")
+                check_answer(answer, classes)
             except InputRefused:
                 raise
             except (httpx.HTTPError, ValueError, TypeError, RecursionError, UpstreamError) as err:  # (RecursionError: JSON nested past the parser's depth)
@@ -198,6 +201,23 @@ def _time_ms(value: Any, name: str) -> float:
     if not 0.0 <= ms < math.inf:
         raise ValueError(f"{name} {value!r} is not a time in ms")
     return ms
+
+
+def check_answer(answer: dict[str, Any], classes: int | None) -> None:
+    """ValueError unless an upstream's answer is one a client can use: a label among the classes,
+    and a probability for each class, finite, in [0, 1], summing to 1 (an upstream serving another
+    model, or a broken one, answered label 99 with no probabilities, and the edge relayed it)."""
+    label, probabilities = answer.get("label"), answer.get("probabilities")
+    if not isinstance(probabilities, list) or not probabilities or not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in probabilities):
+        raise ValueError(f"probabilities {str(probabilities)[:80]} are not a list of numbers")
+    if classes is not None and len(probabilities) != classes:
+        raise ValueError(f"{len(probabilities)} probabilities for {classes} classes")
+    if not all(0.0 <= p <= 1.0 for p in probabilities) or abs(math.fsum(probabilities) - 1.0) > 1e-3:  # (NaN fails too)
+        raise ValueError(f"probabilities {str(probabilities)[:80]} are not a distribution (each in [0, 1], summing to 1)")
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(probabilities):
+        raise ValueError(f"label {label!r} is not one of the {len(probabilities)} classes")
+    if not isinstance(answer.get("model"), str) or not isinstance(answer.get("served_by", ""), str):
+        raise ValueError("model or served_by is not a string")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import httpx
 
 from racmkd.compress.artifacts import read_compression_record
 from racmkd.deploy.registry import ModelRegistry, RegistryError, Release
-from racmkd.config import ConfigError, from_dict, read_yaml_mapping
+from racmkd.config import ConfigError, from_dict, read_yaml_mapping, url_problem
 from racmkd.resources.devices import DeviceProfile, load_device
 
 
@@ -107,7 +107,13 @@ def plan(registry: ModelRegistry, devices: list[DeviceProfile], public_key: Any 
 
     releases = registry.latest()
     forged: dict[str, str] = {}
+    for r in registry.releases():  # a damaged record is listed with its reason, never chosen
+        if r.damaged:
+            releases.append(r)
+            forged[r.label] = f"{r.damaged}: passed over (remove it with `racmkd registry remove {r.name} --version {r.version}`)"
     for r in releases:
+        if r.damaged:
+            continue
         if r.altered:
             forged[f"{r.name} v{r.version}"] = f"its registry record disagrees with its signed manifest on {', '.join(r.altered)}: passed over"
             continue
@@ -151,7 +157,13 @@ def push(registry: ModelRegistry, release: Release, url: str, token: str, timeou
     """Send a release to an edge server: a delta against its current release when it runs one of
     ours and the delta is smaller (unless `full`), else the whole. A refused delta (the device's
     copy of its current release damaged, or not the one its state names) is followed by the whole
-    release. Returns what was sent and the device's answer."""
+    release. Returns what was sent and the device's answer. `timeout_s` bounds each phase of each
+    call (a large release over a slow link needs more than the default)."""
+    problem = url_problem(url)
+    if problem:
+        raise ValueError(f"{url} {problem}")
+    if not 0 < timeout_s < float("inf"):
+        raise ValueError(f"timeout {timeout_s!r}: a number of seconds > 0")
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers) as client:
         answer = client.get("/deployment")
@@ -194,9 +206,20 @@ def push(registry: ModelRegistry, release: Release, url: str, token: str, timeou
 class FleetDevice:
     """One device of a fleet file."""
 
-    name: str  # as it names itself in telemetry (its serve.device)
-    profile: str  # its device profile: a name in configs/devices/ or a YAML path
-    url: str  # its edge server
+    name: str = ""  # as it names itself in telemetry (its serve.device)
+    profile: str = ""  # its device profile: a name in configs/devices/ or a YAML path
+    url: str = ""  # its edge server
+
+    def __post_init__(self) -> None:
+        # (required fields left out were reported as "FleetDevice.__init__() missing 1 required positional argument")
+        missing = [f for f in ("name", "profile", "url") if not getattr(self, f)]
+        if missing:
+            raise ConfigError(
+                f"{', '.join(missing)} missing: each device needs name, profile and url (e.g. {{name: gate-1, profile: raspberry-pi-4, url: http://10.0.0.12:8003}})"
+            )
+        problem = url_problem(self.url)
+        if problem:
+            raise ConfigError(f"url {self.url!r} {problem}")
 
 
 @dataclass(frozen=True)
@@ -214,7 +237,7 @@ class Fleet:
 def load_fleet(path: Path) -> tuple[Fleet, dict[str, DeviceProfile]]:
     """A fleet file and the device profiles it names (errors name the file and the key)."""
     fleet = from_dict(
-        Fleet, read_yaml_mapping(path, "Write one: `devices: [{name: gate-1, profile: raspberry-pi-4, url: http://10.0.0.12:8002}]`."), source=str(path)
+        Fleet, read_yaml_mapping(path, "Write one: `devices: [{name: gate-1, profile: raspberry-pi-4, url: http://10.0.0.12:8003}]`."), source=str(path)
     )
     if not fleet.devices:
         raise ConfigError(f"{path}: no devices listed (`devices: [{{name, profile, url}}, ...]`)")
@@ -235,6 +258,7 @@ def apply_fleet(
     public_key: Any | None = None,
     online: Callable[[str], bool | None] | None = None,
     full: bool = False,
+    timeout_s: float = 60.0,
 ) -> list[dict[str, Any]]:
     """Plan every device's release by its profile and push it, with no human step: per device what
     was done and why. Passed over: a device nothing fits, or one whose telemetry says it is offline
@@ -252,7 +276,7 @@ def apply_fleet(
             results.append({**entry, "action": "skipped", "reason": "offline: its telemetry's last will says so; pushed when it is back"})
             continue
         try:
-            outcome = push(registry, assignment.release, device.url, token, full=full)
+            outcome = push(registry, assignment.release, device.url, token, timeout_s=timeout_s, full=full)
         except (httpx.HTTPError, httpx.InvalidURL, ValueError) as err:
             results.append({**entry, "action": "failed", "reason": f"{device.url}: {type(err).__name__}: {err}"})
             continue

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from racmkd.deploy.delta import make_delta
+from racmkd.deploy.delta import DeltaError, apply_delta, delta_header, make_delta
 from racmkd.utils import sha256
 from racmkd.deploy.signing import sign
 from racmkd.utils import atomic_write_bytes
@@ -32,7 +32,7 @@ from racmkd.utils import atomic_write_bytes
 MANIFEST_FORMAT = "racmkd-release/1"
 BANK_FILES = ("*.onnx", "bank.json")  # what a device needs of a variant bank (not the evaluation logits)
 
-SCHEMA = """
+RELEASES_TABLE = """
 CREATE TABLE IF NOT EXISTS releases (
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -50,6 +50,17 @@ CREATE TABLE IF NOT EXISTS releases (
     PRIMARY KEY (name, version)
 );
 """
+REMOVED_TABLE = """
+CREATE TABLE IF NOT EXISTS removed (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    removed REAL NOT NULL,
+    PRIMARY KEY (name, version)
+);
+"""  # the versions `remove` took out, never given again
+SCHEMA = RELEASES_TABLE + REMOVED_TABLE
+COLUMNS = ("name", "version", "kind", "tier", "modalities", "metrics", "device_fit", "parent_version", "sha256", "bytes", "manifest", "signature", "created")
 
 
 class RegistryError(ValueError):
@@ -74,6 +85,11 @@ class Release:
     signature: str
     created: float
     altered: tuple[str, ...] = ()  # the table's columns that disagree with the signed manifest (a tampered or damaged record)
+    damaged: str | None = None  # why its record cannot be read (its manifest is not JSON, ...): listed, never planned or pushed
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} v{self.version}"
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -162,6 +178,10 @@ class ModelRegistry:
             raise RegistryError(f"{self.root}: a file, not a registry folder")
         if not create and not database.is_file():
             raise RegistryError(f"{self.root}: no registry here (no registry.sqlite). Check --root, or create one with `racmkd registry add`.")
+        if database.is_file():
+            self._check_schema(database, create)  # (before anything is written to it: it may be another program's database)
+        if not create:
+            return
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
         (self.root / "deltas").mkdir(parents=True, exist_ok=True)
         try:
@@ -169,6 +189,23 @@ class ModelRegistry:
                 db.executescript(SCHEMA)
         except sqlite3.DatabaseError as err:
             raise RegistryError(f"{database}: not a readable registry database ({err})") from None
+
+    @staticmethod
+    def _check_schema(database: Path, create: bool) -> None:
+        """RegistryError unless `database` holds a releases table of ours (read-only: an SQLite
+        file of another program was answered "not enough values to unpack", and got a releases
+        table written into it). An empty database is taken when creating."""
+        try:
+            with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as db:
+                tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+                columns = tuple(row[1] for row in db.execute("PRAGMA table_info(releases)"))
+        except sqlite3.DatabaseError as err:
+            raise RegistryError(f"{database}: not a readable registry database ({err}); check --root") from None
+        if not tables and create:
+            return
+        if columns != COLUMNS:
+            found = f"its releases table has columns {list(columns)}" if columns else f"it holds tables {tables or 'none'}, no releases table"
+            raise RegistryError(f"{database}: not a racmkd registry ({found}); check --root, or move that file away")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.root / "registry.sqlite", timeout=30)
@@ -214,7 +251,8 @@ class ModelRegistry:
         with closing(self._connect()) as db, db:
             db.execute("BEGIN IMMEDIATE")  # two registrations of one name cannot take the same version
             row = db.execute("SELECT version, sha256 FROM releases WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)).fetchone()
-            version = (row[0] + 1) if row else 1
+            gone = db.execute("SELECT MAX(version) FROM removed WHERE name = ?", (name,)).fetchone()[0] or 0  # (a removed version is not taken again)
+            version = max(row[0] if row else 0, gone) + 1
             manifest = {
                 "format": MANIFEST_FORMAT,
                 "name": name,
@@ -289,8 +327,16 @@ class ModelRegistry:
                 created,
                 altered,
             )
-        except (ValueError, AttributeError, TypeError) as err:
-            raise RegistryError(f"{self.root / 'registry.sqlite'}: the record of {name} v{version} is damaged ({err}); register it again") from None
+        except (ValueError, AttributeError, TypeError, RecursionError) as err:
+            reason = f"its record is damaged ({type(err).__name__}: {err})"[:300]
+            return Release(name, version, kind, tier, [], {}, {}, parent, digest, size, {}, signature, created, damaged=reason)
+
+    def damage_advice(self, release: Release) -> str:
+        """What to do about a damaged record (registering again would add a new version beside it)."""
+        return (
+            f"{self.root / 'registry.sqlite'}: {release.label}: {release.damaged}. Remove it with "
+            f"`racmkd registry remove {release.name} --version {release.version} --root {self.root}`, then `racmkd registry add` the model again if it is needed"
+        )
 
     def release(self, name: str, version: int | None = None) -> Release:
         """A release by name and version (default: the latest)."""
@@ -300,11 +346,15 @@ class ModelRegistry:
             else:
                 row = db.execute("SELECT * FROM releases WHERE name = ? AND version = ?", (name, version)).fetchone()
         if row is None:
-            known = ", ".join(f"{r.name} v{r.version}" for r in self.releases()) or "none"
+            known = ", ".join(r.label for r in self.releases()) or "none"
             raise RegistryError(f"no release {name}{f' v{version}' if version else ''} in {self.root}; releases: {known}")
-        return self._from_row(row)
+        release = self._from_row(row)
+        if release.damaged:
+            raise RegistryError(self.damage_advice(release))
+        return release
 
     def releases(self, name: str | None = None) -> list[Release]:
+        """Every record, a damaged one included (marked `damaged`, with the reason)."""
         with closing(self._connect()) as db:
             rows = db.execute("SELECT * FROM releases" + (" WHERE name = ?" if name else "") + " ORDER BY name, version", (name,) if name else ()).fetchall()
         return [self._from_row(r) for r in rows]
@@ -313,9 +363,27 @@ class ModelRegistry:
         """The newest version of every release name."""
         newest: dict[str, Release] = {}
         for r in self.releases():  # (by the signed versions: a record's version column may have been altered)
+            if r.damaged:  # (passed over: the orchestrator lists it with its reason)
+                continue
             if r.name not in newest or (r.version or 0) > (newest[r.name].version or 0):
                 newest[r.name] = r
         return list(newest.values())
+
+    def remove(self, name: str, version: int) -> Release:
+        """Delete one release's record (a damaged one, typically); its version is remembered, so
+        that the next `register` of the name does not take it again (a device that installed it
+        would refuse a different release under that version as a replay). Blobs stay."""
+        with closing(self._connect()) as db, db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT * FROM releases WHERE name = ? AND version = ?", (name, version)).fetchone()
+            if row is None:
+                known = ", ".join(r.label for r in self.releases(name)) or "none"
+                raise RegistryError(f"no release {name} v{version} in {self.root}; versions of {name}: {known}")
+            release = self._from_row(row)
+            db.execute(REMOVED_TABLE)  # (a registry opened for reading has not made it)
+            db.execute("INSERT OR REPLACE INTO removed VALUES (?, ?, ?, ?)", (name, version, release.damaged or "removed intact", time.time()))
+            db.execute("DELETE FROM releases WHERE name = ? AND version = ?", (name, version))
+        return release
 
     def set_device_fit(self, name: str, version: int, device_fit: dict[str, Any], signing_key: Any) -> Release:
         """Record where a release fits (the orchestrator's profiles) in its manifest, re-signed."""
@@ -333,8 +401,15 @@ class ModelRegistry:
     def delta(self, base_sha256: str, target_sha256: str) -> bytes:
         """The delta from one blob to another (made once, then kept)."""
         path = self.root / "deltas" / f"{base_sha256}-{target_sha256}.delta"
+        base = self.blob(base_sha256)
         if path.is_file():
-            return path.read_bytes()
-        data = make_delta(self.blob(base_sha256), self.blob(target_sha256))
+            cached = path.read_bytes()
+            try:  # (apply_delta checks the result against the target hash in the delta's header)
+                if delta_header(cached)["target_sha256"] == target_sha256:
+                    apply_delta(base, cached)
+                    return cached
+            except DeltaError:  # damaged on disk: made again, not sent to devices to be refused forever
+                pass
+        data = make_delta(base, self.blob(target_sha256))
         atomic_write_bytes(path, data)
         return data

@@ -363,6 +363,15 @@ class Engine:
     def modalities(self) -> list[str]:
         return list(self.runtime.modalities) if self.adaptive else list(self.runtime.specs)
 
+    @functools.cached_property
+    def classes(self) -> int | None:
+        """How many classes it tells apart (an upstream's answer must have as many); None when an
+        ONNX model's graph does not say."""
+        if self.adaptive:
+            return int(next(iter(self.runtime.bank.biases.values())).size)
+        last = self.runtime.session.get_outputs()[0].shape[-1]
+        return last if isinstance(last, int) else None
+
     def close(self) -> None:
         if self.adaptive:
             self.runtime.close()
@@ -505,7 +514,7 @@ class EdgeService(Service):
             route, upstream = chosen
             started = time.perf_counter()
             try:
-                reply = upstream.predict(body, content_type, time.monotonic() + route.budget_ms / 1e3)
+                reply = upstream.predict(body, content_type, time.monotonic() + route.budget_ms / 1e3, engine.classes)
                 answer = PredictResponse(
                     **{
                         **reply,
@@ -758,6 +767,7 @@ class GuardManagement:
 
 def create_app(service: Service, settings: ServeConfig, token: str | None = None) -> FastAPI:
     """The HTTP face of a service."""
+    check_inference_token(settings, token)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -775,11 +785,25 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
     )
     variant = Gauge("racmkd_variant", "1 for the configuration being served", ["variant"], registry=registry)
-    edge = isinstance(service, EdgeService)  # readings a role does not have are not exported as zeros
-    cpu = Gauge("racmkd_cpu_percent", "CPU load the monitor plans with", registry=registry) if edge else None
-    memory = Gauge("racmkd_memory_available_bytes", "Free memory the monitor plans with", registry=registry) if edge else None
-    breaker = Gauge("racmkd_upstream_open", "1 when an upstream's circuit breaker is open", ["upstream"], registry=registry) if edge else None
-    buffered = Gauge("racmkd_telemetry_buffered", "Telemetry messages waiting for the broker", registry=registry) if edge else None
+    breaker = Gauge("racmkd_upstream_open", "1 when an upstream's circuit breaker is open", ["upstream"], registry=registry)
+    readings_help = {
+        "racmkd_cpu_percent": "CPU load the monitor plans with",
+        "racmkd_memory_available_bytes": "Free memory the monitor plans with",
+        "racmkd_telemetry_buffered": "Telemetry messages waiting for the broker",
+    }
+    readings_exported: dict[str, Gauge] = {}
+
+    def export_reading(name: str, value: float | None) -> None:
+        """A reading's gauge while there is a reading, none without (a role or an edge without the
+        reading, e.g. no --mqtt, exported 0.0, which reads as a real value)."""
+        if value is None:
+            if name in readings_exported:
+                registry.unregister(readings_exported.pop(name))
+            return
+        if name not in readings_exported:
+            readings_exported[name] = Gauge(name, readings_help[name], registry=registry)
+        readings_exported[name].set(value)
+
     started_at = time.time()
 
     bearer = HTTPBearer(auto_error=False, description=f"the management token (${settings.token_env})")
@@ -899,14 +923,11 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         for v in state.get("variants", []) or [info.get("model")]:
             variant.labels(str(v)).set(1)
         readings = state.get("resources") or {}
-        if cpu is not None and readings.get("cpu_percent") is not None:
-            cpu.set(readings["cpu_percent"])
-        if memory is not None and readings.get("memory_available_bytes") is not None:
-            memory.set(readings["memory_available_bytes"])
+        export_reading("racmkd_cpu_percent", readings.get("cpu_percent"))
+        export_reading("racmkd_memory_available_bytes", readings.get("memory_available_bytes"))
+        export_reading("racmkd_telemetry_buffered", (info.get("telemetry") or {}).get("buffered"))
         for up in info.get("upstreams", []):
-            breaker.labels(up["name"]).set(1.0 if up["breaker"] == "open" else 0.0)  # type: ignore[union-attr]
-        if buffered is not None and info.get("telemetry"):
-            buffered.set(info["telemetry"]["buffered"])
+            breaker.labels(up["name"]).set(1.0 if up["breaker"] == "open" else 0.0)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     if isinstance(service, EdgeService):
@@ -949,11 +970,22 @@ def serve(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfig, annou
     service is built and the address is free (not before, to be followed by an error)."""
     import uvicorn
 
+    token = os.environ.get(settings.token_env)
+    check_inference_token(settings, token)  # (before the models load)
     port = check_listen_address(settings.host, settings.port)
     service = build_service(role, cfg, run_dir, settings)
-    app = create_app(service, settings, os.environ.get(settings.token_env))
+    app = create_app(service, settings, token)
     announce(f"http://{settings.host}:{port}")
     uvicorn.run(app, host=settings.host, port=port, log_level="warning")
+
+
+def check_inference_token(settings: ServeConfig, token: str | None) -> None:
+    """ValueError when /predict is to be protected by a token that is not set: the server started,
+    and then refused every request (403)."""
+    if settings.protect_inference and not token:
+        raise ValueError(
+            f"serve.protect_inference is on but ${settings.token_env} is not set: every /predict would be refused. Set ${settings.token_env} (serve.token_env), or turn serve.protect_inference off."
+        )
 
 
 def check_listen_address(host: str, port: int) -> int:

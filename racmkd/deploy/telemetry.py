@@ -17,6 +17,7 @@ and notices a dead one from its last will.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import deque
@@ -26,6 +27,33 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 KINDS = ("status", "resources", "variant", "stats")
+DEFAULT_PORT = 1883
+log = logging.getLogger(__name__)
+
+
+def broker_address(text: str) -> tuple[str, int]:
+    """A broker's HOST[:PORT] as (host, port): an IPv6 address in brackets when a port follows
+    ([::1]:1883) or bare without one (::1), port 1883 when none is given. Cut at the last colon,
+    "[::1]:18884" kept its brackets and never connected, ":1883" became the host, "::1" port 1."""
+    usage = "write HOST[:PORT], e.g. 127.0.0.1:1883, broker.local or [::1]:1883"
+    text = text.strip()
+    if text.startswith("["):
+        host, closed, rest = text[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r}: an IPv6 address in brackets, then nothing or :PORT; {usage}")
+        port = rest[1:] if rest else None
+    elif text.count(":") > 1:  # a bare IPv6 address: no port can follow it
+        host, port = text, None
+    else:
+        host, colon, port = text.partition(":")
+        port = port if colon else None
+    if not host:
+        raise ValueError(f"{text!r}: no host; {usage}")
+    if port is None:
+        return host, DEFAULT_PORT
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: invalid port {port!r}, a number in 1-65535; {usage}")
+    return host, int(port)
 
 
 def topic(fleet: str, device: str, kind: str) -> str:
@@ -45,6 +73,8 @@ class TelemetryPublisher:
         self.buffer: deque[tuple[str, bytes, bool]] = deque(maxlen=buffer_size)
         self.dropped = 0
         self.sent = 0
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.unreachable = False  # said once per outage in the log, not at every retry
         self.connected = threading.Event()
         self._lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"racmkd-{fleet}-{device}", clean_session=True)
@@ -52,16 +82,31 @@ class TelemetryPublisher:
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
         self.client.max_queued_messages_set(buffer_size)  # paho's own queue is bounded too
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.connect_async(host, port, keepalive=keepalive_s)
         self.client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
         if getattr(reason_code, "is_failure", False):
+            self._unreachable(f"the broker refused the connection ({reason_code})")
             return
+        if self.unreachable:
+            log.warning("telemetry: connected to the MQTT broker at %s again; sending %d buffered message(s)", self.address, len(self.buffer))
+        self.unreachable = False
         self.connected.set()
         client.publish(topic(self.fleet, self.device, "status"), json.dumps({"online": True, "device": self.device, "t": time.time()}), qos=1, retain=True)
         self._flush()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._unreachable("cannot connect (no broker there, or the host does not resolve)")
+
+    def _unreachable(self, why: str) -> None:
+        """Say so in the log when the broker cannot be reached (nothing did: a mistyped --mqtt
+        looked like a working edge); once per outage, as paho retries every few seconds."""
+        if not self.unreachable:
+            log.error("telemetry: MQTT broker at %s: %s; retrying, messages wait in a buffer of %d", self.address, why, self.buffer.maxlen)
+        self.unreachable = True
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
         self.connected.clear()
