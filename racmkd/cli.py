@@ -3,8 +3,10 @@ racmkd.eval.report and racmkd.runtime."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -78,10 +80,15 @@ def _check_out_folder(out: Path) -> None:
         raise ValueError(f"--out {out}: {blocking} is a file; --out must be a folder (made if missing) with no file on its path")
 
 
+_OUT_JSON_MAX_BYTES = 10 << 20  # a profile JSON is a few kB; a file above this is not one
+
+
 def _check_out_json(out: Path, inputs: list[Path]) -> None:
     """--out as the JSON file to write, checked before the work: not a folder or under a file, not
     one of the command's own inputs (`profile m.onnx --out m.onnx` replaced the model with JSON),
-    and no existing file other than JSON (an earlier profile), which would be lost."""
+    and no existing file other than JSON (an earlier profile) or an empty one, which would be lost.
+    Only a file up to `_OUT_JSON_MAX_BYTES` is read to tell: a profile is a few kB, so a larger
+    file is something else (a model, a dataset) and is refused without reading it whole."""
     if out.is_dir():
         raise ValueError(f"--out {out}: a folder; name the JSON file to write")
     blocking = _file_above(out)
@@ -92,8 +99,14 @@ def _check_out_json(out: Path, inputs: list[Path]) -> None:
     for given in inputs:
         if given.exists() and out.samefile(given):
             raise ValueError(f"--out {out}: that is the input {given} itself; name another file for the JSON (default: <model>.profile.json)")
+    size = out.stat().st_size
+    if size > _OUT_JSON_MAX_BYTES:
+        raise ValueError(
+            f"--out {out}: an existing file of {size} bytes, too large to be a profile; it is not overwritten. Name a new file, or remove it first"
+        )
     try:
-        json.loads(out.read_bytes())
+        if size:
+            json.loads(out.read_bytes())
     except (ValueError, OSError):
         raise ValueError(f"--out {out}: an existing file that is not JSON; it is not overwritten. Name a new file, or remove it first") from None
 
@@ -849,17 +862,28 @@ def _read_wav(path: Path):  # noqa: ANN202 - (samples, rate)
     return (samples.mean(axis=1) if samples.ndim == 2 else samples), rate
 
 
-def exit_on_sigterm() -> None:
+@contextlib.contextmanager
+def exit_on_sigterm() -> Iterator[None]:
     """SIGTERM (`kill`, a container or service stopping) raised as SystemExit in the main thread, as
     Ctrl-C raises KeyboardInterrupt, so a command's cleanup runs: its half-built folder is removed
     and the earlier one kept. The default handler ended the process on the spot and left the
-    hidden work folder behind (`racmkd compress`'s compressed/.low.*.partial)."""
+    hidden work folder behind (`racmkd compress`'s compressed/.low.*.partial). The handler it
+    replaced comes back on leaving, so a process that calls `main()` in-process (a test, a
+    notebook) keeps its own; outside the main thread, which cannot set one, nothing changes."""
     import signal
+    import threading
 
     def terminate(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)  # the status a shell reports for a process the signal ended
 
-    signal.signal(signal.SIGTERM, terminate)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:  # None: the handler was not set from Python; the default is the nearest Python can restore
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def main() -> None:
@@ -868,15 +892,15 @@ def main() -> None:
     anything else is a bug, and its traceback is shown."""
     import sqlite3
 
-    exit_on_sigterm()
-    try:
-        app()
-    except Exception as err:
-        module = type(err).__module__
-        if not (module.startswith(("racmkd.", "httpx")) or isinstance(err, (OSError, ValueError, sqlite3.DatabaseError))):
-            raise
-        _fail(err)
-        sys.exit(2)
+    with exit_on_sigterm():
+        try:
+            app()
+        except Exception as err:
+            module = type(err).__module__
+            if not (module.startswith(("racmkd.", "httpx")) or isinstance(err, (OSError, ValueError, sqlite3.DatabaseError))):
+                raise
+            _fail(err)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -398,6 +398,22 @@ def test_profile_command_refuses_an_out_that_would_overwrite_an_input(exported: 
     assert model.read_bytes() == exported.read_bytes() and device.read_text().startswith(("#", "name"))
 
 
+def test_profile_out_may_be_an_empty_file_and_a_large_one_is_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty --out (made by `touch`) was refused as "not JSON"; a large file was read whole
+    into memory only to be parsed as JSON and refused."""
+    from racmkd.cli import _OUT_JSON_MAX_BYTES, _check_out_json
+
+    empty = tmp_path / "p.json"
+    empty.touch()
+    _check_out_json(empty, [])
+    big = tmp_path / "big.json"
+    with big.open("wb") as handle:
+        handle.truncate(_OUT_JSON_MAX_BYTES + 1)  # sparse: no disk used
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"{self} was read"))
+    with pytest.raises(ValueError, match=r"big\.json: an existing file of 10485761 bytes, too large to be a profile; it is not overwritten"):
+        _check_out_json(big, [])
+
+
 def test_a_model_with_external_data_is_refused_in_one_line(exported: Path, tmp_path: Path) -> None:
     """Saved with external data, a model's weights live in another file: missing, onnx.load raised a
     traceback; present, ONNX Runtime failed obscurely and the ROM figure would leave them out."""

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from racmkd import utils
 from racmkd.utils import building_folder
 
@@ -41,10 +43,11 @@ def test_sigterm_to_the_command_removes_its_half_built_folder(tmp_path: Path) ->
     script = f"""
 import sys, time
 from pathlib import Path
+
+import pytest
 from racmkd.cli import exit_on_sigterm
 from racmkd.utils import building_folder
-exit_on_sigterm()
-with building_folder(Path({str(tmp_path / "low")!r})) as work:
+with exit_on_sigterm(), building_folder(Path({str(tmp_path / "low")!r})) as work:
     (work / "model.onnx").write_text("half")
     print("building", flush=True)
     time.sleep(60)
@@ -56,3 +59,35 @@ with building_folder(Path({str(tmp_path / "low")!r})) as work:
     started = time.monotonic()
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM and time.monotonic() - started < 30
     assert list(tmp_path.iterdir()) == []
+
+
+def test_main_gives_back_the_sigterm_handler_it_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() left its SIGTERM handler installed, so in a process that called it (pytest) a later
+    SIGTERM raised SystemExit; and off the main thread signal.signal raises ValueError."""
+    import threading
+
+    from racmkd.cli import main
+
+    def own(_signum: int, _frame: object) -> None:
+        pass
+
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        monkeypatch.setattr(sys, "argv", ["racmkd", "--help"])
+        with pytest.raises(SystemExit):
+            main()
+        assert signal.getsignal(signal.SIGTERM) is own
+        outcome: list[BaseException] = []
+
+        def in_thread() -> None:
+            try:
+                main()
+            except BaseException as err:  # noqa: BLE001 - the test reads which one
+                outcome.append(err)
+
+        thread = threading.Thread(target=in_thread)
+        thread.start()
+        thread.join(timeout=60)
+        assert [type(err) for err in outcome] == [SystemExit] and signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
