@@ -8,12 +8,15 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from racmkd.config import ConfigError, RunConfig, load_config
 from racmkd.data.paths import DataError
+
+if TYPE_CHECKING:
+    from racmkd.resources.sources import Trace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Resource-aware cross-modal knowledge distillation for edge AI.")
 
@@ -377,6 +380,15 @@ def edge_build(
     typer.echo(f"bank: {folder / 'bank.json'}")
 
 
+def _live_trace(trace: str, seconds: float) -> Trace:
+    """The trace `edge run --trace` replays. A synthetic one is made as long as the run, so its
+    shape (sudden's critical middle third) plays within it: a step of 0.1 s (a tenth of a short
+    run), longer for a run past 50,000 s, since a synthetic trace holds at most a million steps."""
+    from racmkd.resources.sources import trace_from
+
+    return trace_from(trace, seconds, step_s=max(min(0.1, seconds / 10), seconds / 500_000))
+
+
 @edge_app.command("run")
 def edge_run(
     run: RunOpt = Path("runs/latest"),
@@ -389,7 +401,7 @@ def edge_run(
     """Serve test samples live with the resource-aware runtime on the real monitor; print its switches."""
     from racmkd.pipeline import prepare_data
     from racmkd.resources.monitor import ResourceMonitor
-    from racmkd.resources.sources import SystemSource, TraceError, TraceSource, trace_from
+    from racmkd.resources.sources import SystemSource, TraceError, TraceSource
     from racmkd.runtime.edge import EdgeRuntime, NoVariantError
     from racmkd.runtime.simulate import serve_split
     from racmkd.runtime.variants import BankError, load_bank
@@ -398,8 +410,7 @@ def edge_run(
     try:
         run_dir, cfg = _run_config(run, set_)
         bank = load_bank(run_dir / "edge")
-        # A synthetic trace as long as the run: its shape (sudden's critical middle third) plays within it.
-        replayed = trace_from(trace, seconds, step_s=min(0.1, seconds / 10)) if trace else None
+        replayed = _live_trace(trace, seconds) if trace else None
         log = log or run_dir / "edge" / "live.json"
         if log.is_dir():  # found now, not after the whole run
             raise ValueError(f"--log {log}: a folder; name the JSON file to write")
