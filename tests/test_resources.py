@@ -985,6 +985,19 @@ def test_a_recorded_trace_replays_what_was_read(tmp_path: Path) -> None:
     on_battery.write(tmp_path / "battery.csv")
     assert "power_plugged" in (tmp_path / "battery.csv").read_text().splitlines()[0]
     assert load_trace(tmp_path / "battery.csv").at(0.0).power_plugged is False
+
+    class Unknown(Scripted):  # psutil read a battery but not whether the machine was plugged in
+        def read(self, now: float) -> ResourceSnapshot:
+            return dataclasses.replace(super().read(now), battery_percent=80.0, power_plugged=None)
+
+    # Recorded without its power_plugged column, this was read back as on battery (energy budget on).
+    unknown = record_trace(Unknown([10.0]), seconds=0.1, interval_s=0.05)
+    for name in ("unknown.csv", "unknown.json"):
+        unknown.write(tmp_path / name)
+        replayed = load_trace(tmp_path / name)
+        assert replayed.skipped_rows == 0 and "power_plugged" in replayed.columns, name  # an empty cell is unknown, not garbage
+        assert (replayed.at(0.0).battery_percent, replayed.at(0.0).power_plugged) == (80.0, None), name
+    assert (tmp_path / "unknown.csv").read_text().splitlines()[1].endswith(",")
     assert len(trace.times) >= 4 and set(trace.columns) == {"cpu_percent", "memory_available_mb", "cpu_cores"}  # absent sensors are not written
     for name in ("rec.csv", "rec.json"):  # the format follows the name (CSV under a .json name was refused on replay)
         trace.write(tmp_path / name)
