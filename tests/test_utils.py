@@ -91,3 +91,21 @@ def test_main_gives_back_the_sigterm_handler_it_replaced(monkeypatch: pytest.Mon
         assert [type(err) for err in outcome] == [SystemExit] and signal.getsignal(signal.SIGTERM) is own
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_host_token_tells_pid_namespaces_and_boots_apart(tmp_path: Path) -> None:
+    """Two containers with one hostname on a shared volume had one token: each judged the other's
+    pids by its own and could remove live work folders. The pid namespace and boot id count too,
+    and where /proc cannot tell, the hostname alone still gives a token."""
+    boot_a, boot_b, namespace = tmp_path / "boot_a", tmp_path / "boot_b", tmp_path / "ns"
+    boot_a.write_text("1111\n")
+    boot_b.write_text("2222\n")
+    namespace.write_text("")
+    other_namespace = tmp_path / "ns2"
+    other_namespace.write_text("")
+    here = utils.host_token(namespace, boot_a)
+    assert len(here) == 8 and here == utils.host_token(namespace, boot_a)
+    assert len({here, utils.host_token(namespace, boot_b), utils.host_token(other_namespace, boot_a)}) == 3
+    alone = utils.host_token(tmp_path / "missing", tmp_path / "missing")
+    assert len(alone) == 8 and alone not in {here, utils.host_token(namespace, tmp_path / "missing")}
+    assert utils._HOST == utils.host_token()  # this process's, as its work folders are named
