@@ -324,6 +324,24 @@ def test_a_cache_that_is_json_but_no_model_is_refitted(tmp_path: Path, monkeypat
     assert latency_model(tmp_path, show_progress=False) == refit  # the refit, recorded with its rules, is read back
 
 
+def test_an_unwritable_cache_costs_a_warning_not_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A read-only checkout (or no usable home folder) made the cache write raise PermissionError,
+    failing `profile`, `registry add` and `deploy plan` after the fit they needed had been made."""
+    import racmkd.resources.profile as profile
+
+    host, clock = profile.host_description()
+    fitted = LatencyModel(host, clock, HostPeaks(50.0, 10.0), 2e-6, 0.25, None, 0.01, 40)
+    monkeypatch.setattr(profile, "calibrate", lambda host, clock, show_progress: fitted)
+
+    def read_only(path: Path, data: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(profile, "atomic_write_json", read_only)
+    with caplog.at_level("WARNING", logger="racmkd.resources.profile"):
+        assert latency_model(tmp_path / "cache", show_progress=False) == fitted
+    assert "the latency model is not cached" in caplog.text and "RACMKD_CACHE" in caplog.text
+
+
 def test_a_fit_that_finds_traffic_free_charges_no_traffic_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """Timings that memory traffic does not explain (operators and FLOPs only): eta_b is no rate
     (None, not a made-up 1.0), and bytes add nothing to an estimate; the other terms are recovered."""
