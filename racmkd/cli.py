@@ -3,15 +3,20 @@ racmkd.eval.report and racmkd.runtime."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from racmkd.config import ConfigError, RunConfig, load_config
 from racmkd.data.paths import DataError
+
+if TYPE_CHECKING:
+    from racmkd.resources.sources import Trace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Resource-aware cross-modal knowledge distillation for edge AI.")
 
@@ -78,10 +83,15 @@ def _check_out_folder(out: Path) -> None:
         raise ValueError(f"--out {out}: {blocking} is a file; --out must be a folder (made if missing) with no file on its path")
 
 
+_OUT_JSON_MAX_BYTES = 10 << 20  # a profile JSON is a few kB; a file above this is not one
+
+
 def _check_out_json(out: Path, inputs: list[Path]) -> None:
     """--out as the JSON file to write, checked before the work: not a folder or under a file, not
     one of the command's own inputs (`profile m.onnx --out m.onnx` replaced the model with JSON),
-    and no existing file other than JSON (an earlier profile), which would be lost."""
+    and no existing file other than JSON (an earlier profile) or an empty one, which would be lost.
+    Only a file up to `_OUT_JSON_MAX_BYTES` is read to tell: a profile is a few kB, so a larger
+    file is something else (a model, a dataset) and is refused without reading it whole."""
     if out.is_dir():
         raise ValueError(f"--out {out}: a folder; name the JSON file to write")
     blocking = _file_above(out)
@@ -92,8 +102,14 @@ def _check_out_json(out: Path, inputs: list[Path]) -> None:
     for given in inputs:
         if given.exists() and out.samefile(given):
             raise ValueError(f"--out {out}: that is the input {given} itself; name another file for the JSON (default: <model>.profile.json)")
+    size = out.stat().st_size
+    if size > _OUT_JSON_MAX_BYTES:
+        raise ValueError(
+            f"--out {out}: an existing file of {size} bytes, too large to be a profile; it is not overwritten. Name a new file, or remove it first"
+        )
     try:
-        json.loads(out.read_bytes())
+        if size:
+            json.loads(out.read_bytes())
     except (ValueError, OSError):
         raise ValueError(f"--out {out}: an existing file that is not JSON; it is not overwritten. Name a new file, or remove it first") from None
 
@@ -364,6 +380,15 @@ def edge_build(
     typer.echo(f"bank: {folder / 'bank.json'}")
 
 
+def _live_trace(trace: str, seconds: float) -> Trace:
+    """The trace `edge run --trace` replays. A synthetic one is made as long as the run, so its
+    shape (sudden's critical middle third) plays within it: a step of 0.1 s (a tenth of a short
+    run), longer for a run past 50,000 s, since a synthetic trace holds at most a million steps."""
+    from racmkd.resources.sources import trace_from
+
+    return trace_from(trace, seconds, step_s=max(min(0.1, seconds / 10), seconds / 500_000))
+
+
 @edge_app.command("run")
 def edge_run(
     run: RunOpt = Path("runs/latest"),
@@ -376,7 +401,7 @@ def edge_run(
     """Serve test samples live with the resource-aware runtime on the real monitor; print its switches."""
     from racmkd.pipeline import prepare_data
     from racmkd.resources.monitor import ResourceMonitor
-    from racmkd.resources.sources import SystemSource, TraceError, TraceSource, trace_from
+    from racmkd.resources.sources import SystemSource, TraceError, TraceSource
     from racmkd.runtime.edge import EdgeRuntime, NoVariantError
     from racmkd.runtime.simulate import serve_split
     from racmkd.runtime.variants import BankError, load_bank
@@ -385,8 +410,7 @@ def edge_run(
     try:
         run_dir, cfg = _run_config(run, set_)
         bank = load_bank(run_dir / "edge")
-        # A synthetic trace as long as the run: its shape (sudden's critical middle third) plays within it.
-        replayed = trace_from(trace, seconds, step_s=min(0.1, seconds / 10)) if trace else None
+        replayed = _live_trace(trace, seconds) if trace else None
         log = log or run_dir / "edge" / "live.json"
         if log.is_dir():  # found now, not after the whole run
             raise ValueError(f"--log {log}: a folder; name the JSON file to write")
@@ -849,17 +873,28 @@ def _read_wav(path: Path):  # noqa: ANN202 - (samples, rate)
     return (samples.mean(axis=1) if samples.ndim == 2 else samples), rate
 
 
-def exit_on_sigterm() -> None:
+@contextlib.contextmanager
+def exit_on_sigterm() -> Iterator[None]:
     """SIGTERM (`kill`, a container or service stopping) raised as SystemExit in the main thread, as
     Ctrl-C raises KeyboardInterrupt, so a command's cleanup runs: its half-built folder is removed
     and the earlier one kept. The default handler ended the process on the spot and left the
-    hidden work folder behind (`racmkd compress`'s compressed/.low.*.partial)."""
+    hidden work folder behind (`racmkd compress`'s compressed/.low.*.partial). The handler it
+    replaced comes back on leaving, so a process that calls `main()` in-process (a test, a
+    notebook) keeps its own; outside the main thread, which cannot set one, nothing changes."""
     import signal
+    import threading
 
     def terminate(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)  # the status a shell reports for a process the signal ended
 
-    signal.signal(signal.SIGTERM, terminate)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:  # None: the handler was not set from Python; the default is the nearest Python can restore
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def main() -> None:
@@ -868,15 +903,15 @@ def main() -> None:
     anything else is a bug, and its traceback is shown."""
     import sqlite3
 
-    exit_on_sigterm()
-    try:
-        app()
-    except Exception as err:
-        module = type(err).__module__
-        if not (module.startswith(("racmkd.", "httpx")) or isinstance(err, (OSError, ValueError, sqlite3.DatabaseError))):
-            raise
-        _fail(err)
-        sys.exit(2)
+    with exit_on_sigterm():
+        try:
+            app()
+        except Exception as err:
+            module = type(err).__module__
+            if not (module.startswith(("racmkd.", "httpx")) or isinstance(err, (OSError, ValueError, sqlite3.DatabaseError))):
+                raise
+            _fail(err)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -730,13 +731,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     value silently, so of two `ram_bytes:` lines in a device profile one was ignored unseen."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # Only keys written in this mapping count: a merge key (`<<: *base`) is not a key, and a
+        # key set here on top of a merged one overrides it (YAML's merge rule), so it is no repeat.
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if not isinstance(key, Hashable):
+                break  # PyYAML's own construct_mapping names it ("found unhashable key")
             if key in seen:
                 raise DuplicateKeyError(f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); keep one")
             seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep)
+        return super().construct_mapping(node, deep)  # flattens merges, as the plain SafeLoader does
 
 
 def load_yaml(text: str) -> Any:

@@ -9,12 +9,15 @@ report.json, report.md, plots and edge/; runs/latest points at the newest run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -625,8 +628,11 @@ def export_model(
     whole test split. Returns what was written and the parity figures, each file with `meets_bound`
     (fp32: every argmax as PyTorch's; int8: the recipe export step's default bound against fp32,
     which the command warns of when missed); also writes them to <out_dir>/<name>.export.json.
-    The files are built in a work folder and moved in once all are written and checked: a failed or
-    interrupted export leaves the earlier export's set whole."""
+    The files are built in a work folder and moved in once all are written and checked: an export
+    that fails or is stopped before then leaves the earlier export's files whole, its export.json
+    included. The earlier export.json is removed before the first file moves in and the new one
+    written after the last, so an export killed while moving files in leaves a mix of old and new
+    files with no export.json: it cannot pass as a whole export, and the next one redoes it."""
     from racmkd.compress.export import compact_file, fp32_parity, onnx_logits, parity, remove_unwritten_variants, session, torch_logits
     from racmkd.compress.export import export_onnx as write_onnx
     from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights_int8
@@ -638,7 +644,7 @@ def export_model(
     stem = f"{name}{'' if present is None or set(present) == set(specs) else '-' + '+'.join(present)}"
     # Every file is built and checked in a work folder, then moved in: written in place, a failed or
     # killed export left new .onnx files beside the earlier export's others and its export.json.
-    with work_folder(out_dir, stem) as work:
+    with work_folder(out_dir, stem) as work, _named_as_exported(work, out_dir):
         built = {
             "fp32": write_onnx(
                 model, specs, modalities, work / f"{stem}.fp32.onnx", name=name, present=present, extra_meta={"precision": "fp32", "role": meta.get("role")}
@@ -651,7 +657,7 @@ def export_model(
             "model": name,
             "fp32": {
                 "path": str(out_dir / built["fp32"].name),
-                "parity_vs_pytorch": fp32_parity(fp32_logits, reference, labels, out_dir / built["fp32"].name).as_dict(),
+                "parity_vs_pytorch": fp32_parity(fp32_logits, reference, labels, built["fp32"]).as_dict(),
             },
         }
         if int8:
@@ -668,13 +674,32 @@ def export_model(
             result[key]["weight_bytes_by_module"] = compact_file(file)
             result[key]["bytes"] = file.stat().st_size
         result["commit"] = git_commit()  # the code that wrote these files
+        record = out_dir / f"{stem}.export.json"
+        record.unlink(missing_ok=True)  # until the new one is written, a mix of old and new files is no export
+        fsync_folder(out_dir)  # (gone before any file moves in)
         for file in built.values():
             os.replace(file, out_dir / file.name)
         fsync_folder(out_dir)
     # an earlier export's, stale beside this record
     remove_unwritten_variants(out_dir, stem, [out_dir / file.name for file in built.values()])
-    atomic_write_json(out_dir / f"{stem}.export.json", result)
+    atomic_write_json(record, result)
     return result
+
+
+@contextlib.contextmanager
+def _named_as_exported(work: Path, out_dir: Path) -> Iterator[None]:
+    """An exporter error names the file it was building, in the work folder, which is removed with
+    the failure; named as out_dir's file, it blamed the earlier export's good one. So the message
+    names it as the new <out_dir>/<file> (not written)."""
+    from racmkd.compress.artifacts import ExportError
+
+    try:
+        yield
+    except (ExportError, ValueError) as err:
+        if type(err) not in (ExportError, ValueError) or str(work) not in str(err):
+            raise
+        message = re.sub(rf"{re.escape(str(work))}{re.escape(os.sep)}([^\s:,;)]+)", lambda m: f"the new {out_dir / m[1]} (not written)", str(err))
+        raise type(err)(message) from None
 
 
 def training_meta(job: Job, role: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -102,7 +103,7 @@ def work_folder(parent: Path, name: str) -> Iterator[Path]:
     """A new hidden folder in `parent` to build `name`'s new content in, removed if the block fails
     (an error, Ctrl-C, a SIGTERM the CLI turns into an exit); the caller moves its content into
     place before the block ends. Its name carries this process's id and host
-    (`.<name>.<pid>-<host>-<random>.partial`), so the next build of `name` removes the work folders
+    (`.<name>.<pid>-<host>-<random>.partial`, `<host>` from `host_token`), so the next build of `name` removes the work folders
     of processes that are gone (killed outright, they left theirs beside the result forever) and
     leaves those of live builders alone (two builds of one folder at once each keep their own)."""
     parent = Path(parent)
@@ -116,7 +117,20 @@ def work_folder(parent: Path, name: str) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)  # (gone already when its content moved in whole)
 
 
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # another container's pids are not ours to judge
+def host_token(ns_pid: Path = Path("/proc/self/ns/pid"), boot_id: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
+    """Who may judge a work folder's pid, as 8 hex digits: the hostname, the pid namespace and the
+    boot. A pid means a process only within its namespace and boot: two containers sharing a
+    volume may have one hostname (`--hostname`, a pod's), and the hostname alone let each remove
+    the other's live folders. Where /proc cannot tell, the hostname alone."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(f"pidns:{os.stat(ns_pid).st_ino}")
+    with contextlib.suppress(OSError):
+        parts.append(f"boot:{boot_id.read_text().strip()}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:8]
+
+
+_HOST = host_token()  # another container's pids are not ours to judge
 
 
 def remove_stale_work_folders(parent: Path, name: str) -> list[Path]:

@@ -846,7 +846,8 @@ def test_an_internal_error_gets_a_500_and_the_server_goes_on(tiny_run: Path, tin
 
 def test_an_edge_whose_every_variant_fails_answers_503_not_a_client_error(tiny_run: Path, tiny_dataset, bank_dir: Path) -> None:  # noqa: ANN001
     """Every variant failing is the device's fault: 503 with the failures named, counted as an
-    error in /metrics (not as a bad request)."""
+    error in /metrics (not as a bad request), and with no variant in force racmkd_variant names
+    none (it named the release as if it served)."""
     import torch
 
     cfg = load_config(tiny_run / "config.yaml")
@@ -867,6 +868,7 @@ def test_an_edge_whose_every_variant_fails_answers_503_not_a_client_error(tiny_r
         assert reply.status_code == 503 and "no variant can answer this request" in reply.json()["detail"]
         metrics = client.get("/metrics").text
         assert 'outcome="error"' in metrics and 'outcome="bad_request"' not in metrics
+        assert service.describe()["runtime"]["unavailable"] and "racmkd_variant{" not in metrics, metrics
     finally:
         service.close()
 

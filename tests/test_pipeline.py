@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 import racmkd
+from racmkd.compress.artifacts import ExportError
 from racmkd.config import load_config
 from racmkd.data.dataset import build_dataset
 from racmkd.models.checkpoint import CheckpointError, load_model
@@ -532,6 +535,27 @@ def test_a_failed_export_leaves_the_earlier_set_whole(tiny_run: Path, tiny_datas
         export_model(cfg, tiny_dataset, tiny_run, "critical", out, int8=True, int8_weights=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no hidden work folder either
     monkeypatch.undo()
+    # A failed fp32 check named out/critical.fp32.onnx, the earlier good file; the bad one was in the work folder.
+    monkeypatch.setattr("racmkd.compress.export.FP32_LOGIT_TOLERANCE", -1.0)
+    with pytest.raises(ExportError, match=rf"^the new {re.escape(str(out / 'critical.fp32.onnx'))} \(not written\): its logits differ") as failed:
+        export_model(cfg, tiny_dataset, tiny_run, "critical", out, int8=False, int8_weights=True)
+    assert ".partial" not in str(failed.value) and {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.undo()
+    # Killed while moving files in: the earlier export.json is gone first, so the mix is no export.
+    moves, replace = [], os.replace
+
+    def killed_after_one_move(src, dst):  # noqa: ANN001, ANN202
+        if Path(dst).parent == out:  # (files written in the work folder are replaced into place too)
+            if moves:
+                raise KeyboardInterrupt
+            moves.append(dst)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_after_one_move)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(cfg, tiny_dataset, tiny_run, "critical", out, int8=False, int8_weights=True)
+    monkeypatch.undo()
+    assert moves == [out / "critical.fp32.onnx"] and sorted(p.name for p in out.iterdir()) == ["critical.fp32.onnx", "critical.int8-weights.onnx"]
     again = export_model(cfg, tiny_dataset, tiny_run, "critical", out, int8=False, int8_weights=False)
     assert sorted(p.name for p in out.iterdir()) == ["critical.export.json", "critical.fp32.onnx"] and Path(again["fp32"]["path"]) == out / "critical.fp32.onnx"
 

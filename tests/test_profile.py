@@ -324,6 +324,24 @@ def test_a_cache_that_is_json_but_no_model_is_refitted(tmp_path: Path, monkeypat
     assert latency_model(tmp_path, show_progress=False) == refit  # the refit, recorded with its rules, is read back
 
 
+def test_an_unwritable_cache_costs_a_warning_not_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A read-only checkout (or no usable home folder) made the cache write raise PermissionError,
+    failing `profile`, `registry add` and `deploy plan` after the fit they needed had been made."""
+    import racmkd.resources.profile as profile
+
+    host, clock = profile.host_description()
+    fitted = LatencyModel(host, clock, HostPeaks(50.0, 10.0), 2e-6, 0.25, None, 0.01, 40)
+    monkeypatch.setattr(profile, "calibrate", lambda host, clock, show_progress: fitted)
+
+    def read_only(path: Path, data: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(profile, "atomic_write_json", read_only)
+    with caplog.at_level("WARNING", logger="racmkd.resources.profile"):
+        assert latency_model(tmp_path / "cache", show_progress=False) == fitted
+    assert "the latency model is not cached" in caplog.text and "RACMKD_CACHE" in caplog.text
+
+
 def test_a_fit_that_finds_traffic_free_charges_no_traffic_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """Timings that memory traffic does not explain (operators and FLOPs only): eta_b is no rate
     (None, not a made-up 1.0), and bytes add nothing to an estimate; the other terms are recovered."""
@@ -396,6 +414,22 @@ def test_profile_command_refuses_an_out_that_would_overwrite_an_input(exported: 
         result = runner.invoke(app, ["profile", "m.onnx", "--no-measure", *args])
         assert result.exit_code == 2 and message in result.output, (args, result.output)
     assert model.read_bytes() == exported.read_bytes() and device.read_text().startswith(("#", "name"))
+
+
+def test_profile_out_may_be_an_empty_file_and_a_large_one_is_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty --out (made by `touch`) was refused as "not JSON"; a large file was read whole
+    into memory only to be parsed as JSON and refused."""
+    from racmkd.cli import _OUT_JSON_MAX_BYTES, _check_out_json
+
+    empty = tmp_path / "p.json"
+    empty.touch()
+    _check_out_json(empty, [])
+    big = tmp_path / "big.json"
+    with big.open("wb") as handle:
+        handle.truncate(_OUT_JSON_MAX_BYTES + 1)  # sparse: no disk used
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"{self} was read"))
+    with pytest.raises(ValueError, match=r"big\.json: an existing file of 10485761 bytes, too large to be a profile; it is not overwritten"):
+        _check_out_json(big, [])
 
 
 def test_a_model_with_external_data_is_refused_in_one_line(exported: Path, tmp_path: Path) -> None:

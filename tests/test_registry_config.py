@@ -12,7 +12,7 @@ import pytest
 import racmkd.data  # noqa: F401 - importing the subpackages fills the registries (racmkd imports them lazily)
 import racmkd.distill  # noqa: F401
 import racmkd.models  # noqa: F401
-from racmkd.config import ConfigError, RunConfig, load_config, save_config, to_dict
+from racmkd.config import ConfigError, RunConfig, load_config, read_yaml_mapping, save_config, to_dict
 from racmkd.registry import LOSSES, MODALITIES, MODELS, Registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,6 +157,20 @@ def test_a_key_given_twice_or_a_required_field_left_out_is_named(tmp_path: Path)
     path.write_text("students:\n  tiers:\n    - name: small\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: students\.tiers\[0\]\.budget_bytes is missing: students\.tiers\[0\] has no default for it"):
         load_config(path)
+
+
+def test_yaml_merge_keys_still_work_and_a_list_key_is_a_clear_error(tmp_path: Path) -> None:
+    """The duplicate-key loader refused `<<: *base` (no constructor for the merge tag) and let a
+    list key escape as a bare TypeError instead of the usual "not valid YAML" error."""
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &b {a: 1, c: 2}\nx: {<<: *b, a: 3}\ny: {<<: [*b, {c: 5}], d: 4}\n")
+    assert read_yaml_mapping(path, "") == {"base": {"a": 1, "c": 2}, "x": {"a": 3, "c": 2}, "y": {"a": 1, "c": 2, "d": 4}}
+    path.write_text("base: &b {a: 1}\nx: {<<: *b, a: 3, a: 4}\n")
+    with pytest.raises(ConfigError, match="key 'a' appears twice"):
+        read_yaml_mapping(path, "")
+    path.write_text("? [a, b]\n: 1\n")
+    with pytest.raises(ConfigError, match=r"(?s)merge\.yaml: not valid YAML: .*found unhashable key"):
+        read_yaml_mapping(path, "")
 
 
 def test_wrong_type_names_field(tmp_path: Path) -> None:

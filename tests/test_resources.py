@@ -129,6 +129,8 @@ def test_a_first_reading_claims_no_impossible_cpu_share(tmp_path: Path, monkeypa
     measured one is at most every core's."""
     share = [1141.4]
     monkeypatch.setattr(psutil.Process, "cpu_percent", lambda self, interval=None: share[0])
+    cpu_times = psutil.cpu_times()
+    monkeypatch.setattr(psutil, "cpu_times", lambda: cpu_times)  # no machine time passes (48 cores pass 0.05 s in 1 ms)
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 2)
     source = SystemSource(tmp_path, tmp_path, proc_stat=tmp_path / "no-stat")
     first = source.read()
@@ -326,6 +328,19 @@ def test_synthetic_traces_fit_their_length() -> None:
     assert len(set(short["random"])) >= 2
     walk = synthetic_trace("random", 120)
     assert walk.columns["cpu_percent"][:3] == pytest.approx([25.0, 23.759328256, 20.983239869])  # (the default length's walk, as before)
+
+
+def test_edge_runs_synthetic_trace_is_made_for_a_long_run_too() -> None:
+    """`edge run --trace sudden --seconds 100001` failed: its 0.1 s step made more than the million
+    steps a synthetic trace may hold. A long run's step grows instead; a short run's is as before."""
+    from racmkd.cli import _live_trace
+
+    for seconds in (100_001.0, 3e6):
+        long = _live_trace("sudden", seconds)
+        assert long.times[-1] == pytest.approx(seconds, rel=1e-3) and len(long.times) <= 1_000_001
+        assert resource_level(long.at(seconds / 2)) == "critical"  # the critical middle third, within the run
+    assert np.diff(_live_trace("sudden", 60).times)[0] == pytest.approx(0.1)
+    assert np.diff(_live_trace("sudden", 0.5).times)[0] == pytest.approx(0.05)
 
 
 def test_synthetic_traces_follow_the_seed_levels() -> None:
@@ -970,6 +985,19 @@ def test_a_recorded_trace_replays_what_was_read(tmp_path: Path) -> None:
     on_battery.write(tmp_path / "battery.csv")
     assert "power_plugged" in (tmp_path / "battery.csv").read_text().splitlines()[0]
     assert load_trace(tmp_path / "battery.csv").at(0.0).power_plugged is False
+
+    class Unknown(Scripted):  # psutil read a battery but not whether the machine was plugged in
+        def read(self, now: float) -> ResourceSnapshot:
+            return dataclasses.replace(super().read(now), battery_percent=80.0, power_plugged=None)
+
+    # Recorded without its power_plugged column, this was read back as on battery (energy budget on).
+    unknown = record_trace(Unknown([10.0]), seconds=0.1, interval_s=0.05)
+    for name in ("unknown.csv", "unknown.json"):
+        unknown.write(tmp_path / name)
+        replayed = load_trace(tmp_path / name)
+        assert replayed.skipped_rows == 0 and "power_plugged" in replayed.columns, name  # an empty cell is unknown, not garbage
+        assert (replayed.at(0.0).battery_percent, replayed.at(0.0).power_plugged) == (80.0, None), name
+    assert (tmp_path / "unknown.csv").read_text().splitlines()[1].endswith(",")
     assert len(trace.times) >= 4 and set(trace.columns) == {"cpu_percent", "memory_available_mb", "cpu_cores"}  # absent sensors are not written
     for name in ("rec.csv", "rec.json"):  # the format follows the name (CSV under a .json name was refused on replay)
         trace.write(tmp_path / name)

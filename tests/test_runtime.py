@@ -588,6 +588,7 @@ def test_the_state_names_no_configuration_when_every_variant_failed(bank_dir: Pa
     state = runtime.state()
     assert set(state["failed"]) == {v.id for v in runtime.table.variants}
     assert state["configuration"] is None and state["variants"] == [] and "has failed" in state["unavailable"]
+    assert state["utility"] is None and state["predicted"] is None  # (they were of the configuration that cannot run)
 
 
 def test_the_reference_rows_leave_out_variants_that_failed_in_the_replay(bank_dir: Path, tiny_dataset) -> None:  # noqa: ANN001

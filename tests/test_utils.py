@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from racmkd import utils
 from racmkd.utils import building_folder
 
@@ -41,10 +43,11 @@ def test_sigterm_to_the_command_removes_its_half_built_folder(tmp_path: Path) ->
     script = f"""
 import sys, time
 from pathlib import Path
+
+import pytest
 from racmkd.cli import exit_on_sigterm
 from racmkd.utils import building_folder
-exit_on_sigterm()
-with building_folder(Path({str(tmp_path / "low")!r})) as work:
+with exit_on_sigterm(), building_folder(Path({str(tmp_path / "low")!r})) as work:
     (work / "model.onnx").write_text("half")
     print("building", flush=True)
     time.sleep(60)
@@ -56,3 +59,53 @@ with building_folder(Path({str(tmp_path / "low")!r})) as work:
     started = time.monotonic()
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM and time.monotonic() - started < 30
     assert list(tmp_path.iterdir()) == []
+
+
+def test_main_gives_back_the_sigterm_handler_it_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() left its SIGTERM handler installed, so in a process that called it (pytest) a later
+    SIGTERM raised SystemExit; and off the main thread signal.signal raises ValueError."""
+    import threading
+
+    from racmkd.cli import main
+
+    def own(_signum: int, _frame: object) -> None:
+        pass
+
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        monkeypatch.setattr(sys, "argv", ["racmkd", "--help"])
+        with pytest.raises(SystemExit):
+            main()
+        assert signal.getsignal(signal.SIGTERM) is own
+        outcome: list[BaseException] = []
+
+        def in_thread() -> None:
+            try:
+                main()
+            except BaseException as err:  # noqa: BLE001 - the test reads which one
+                outcome.append(err)
+
+        thread = threading.Thread(target=in_thread)
+        thread.start()
+        thread.join(timeout=60)
+        assert [type(err) for err in outcome] == [SystemExit] and signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_host_token_tells_pid_namespaces_and_boots_apart(tmp_path: Path) -> None:
+    """Two containers with one hostname on a shared volume had one token: each judged the other's
+    pids by its own and could remove live work folders. The pid namespace and boot id count too,
+    and where /proc cannot tell, the hostname alone still gives a token."""
+    boot_a, boot_b, namespace = tmp_path / "boot_a", tmp_path / "boot_b", tmp_path / "ns"
+    boot_a.write_text("1111\n")
+    boot_b.write_text("2222\n")
+    namespace.write_text("")
+    other_namespace = tmp_path / "ns2"
+    other_namespace.write_text("")
+    here = utils.host_token(namespace, boot_a)
+    assert len(here) == 8 and here == utils.host_token(namespace, boot_a)
+    assert len({here, utils.host_token(namespace, boot_b), utils.host_token(other_namespace, boot_a)}) == 3
+    alone = utils.host_token(tmp_path / "missing", tmp_path / "missing")
+    assert len(alone) == 8 and alone not in {here, utils.host_token(namespace, tmp_path / "missing")}
+    assert utils._HOST == utils.host_token()  # this process's, as its work folders are named

@@ -919,8 +919,8 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
     def metrics() -> Response:
         info = service.describe()
         state = info.get("runtime") or {}
-        variant.clear()
-        for v in state.get("variants", []) or [info.get("model")]:
+        variant.clear()  # an adaptive engine's variants in force (none while every one has failed), else the one model
+        for v in state["variants"] if "variants" in state else [info.get("model")]:
             variant.labels(str(v)).set(1)
         readings = state.get("resources") or {}
         export_reading("racmkd_cpu_percent", readings.get("cpu_percent"))

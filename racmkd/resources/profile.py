@@ -28,6 +28,7 @@ For an exported ONNX model and a device profile:
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -44,6 +45,8 @@ from racmkd.data.paths import cache_root
 from racmkd.eval.cost import estimated_energy_joules, latency_ms, percentiles
 from racmkd.resources.devices import DeviceProfile
 from racmkd.utils import atomic_write_json, progress
+
+log = logging.getLogger(__name__)
 
 COMPUTE_OPS = {"Conv", "Gemm", "MatMul", "ConvInteger", "QLinearConv", "QLinearMatMul", "MatMulInteger", "QGemm"}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
@@ -410,7 +413,9 @@ def latency_model(cache_dir: Path | None = None, refresh: bool = False, show_pro
     """The fitted latency model of this machine, read from the cache (`cache_dir`, else the
     per-machine `cache_root()`, wherever the command runs) when it was fitted here before and
     against the bytes `graph_cost` counts now (eta_b is a rate over those bytes: a fit made when
-    fused pre-activation tensors still counted would be applied to fewer bytes than it was fitted on)."""
+    fused pre-activation tensors still counted would be applied to fewer bytes than it was fitted on).
+    A cache that cannot be read or written (a read-only checkout, a home folder that is not there)
+    costs a fit on each run, with a warning, not the command: the fit is what it needs."""
     host, clock = host_description()
     path = Path(cache_dir or cache_root()) / "latency-model.json"
     if path.exists() and not refresh:
@@ -423,10 +428,13 @@ def latency_model(cache_dir: Path | None = None, refresh: bool = False, show_pro
                 and data.pop("graph_cost_rules", None) == GRAPH_COST_RULES
             ):  # eta_f above 1: fitted before it was held at 1
                 return LatencyModel(**{**data, "peaks": HostPeaks(**data["peaks"])})
-        except (ValueError, TypeError, KeyError):
+        except (OSError, ValueError, TypeError, KeyError):
             pass  # an unreadable cache is refitted
     fitted = calibrate(host, clock, show_progress)
-    atomic_write_json(path, {**asdict(fitted), "graph_cost_rules": GRAPH_COST_RULES})
+    try:
+        atomic_write_json(path, {**asdict(fitted), "graph_cost_rules": GRAPH_COST_RULES})
+    except OSError as err:
+        log.warning("%s: the latency model is not cached (%s); the next command fits it again. Set RACMKD_CACHE to a writable folder to keep it", path, err)
     return fitted
 
 

@@ -420,12 +420,13 @@ class Trace:
         """The reading in force at trace time `t` (the last row at or before it; the first row before
         the trace starts, the last after it ends): a gap in a trace holds the last value.
 
-        A reading with a battery level and no power state (a trace without a `power_plugged`
-        column, written by hand or before racmkd recorded it) is taken as on battery: a battery
-        column is what someone replaying a drained battery writes, and read as "unknown" the energy
-        budget (`runtime.energy_budget_mj`, on battery only) could never apply to a replay. A
-        recording of a plugged-in machine has the column (`record_trace` writes it), and a trace
-        without a battery (the synthetic ones) is of a device on mains."""
+        A trace with a battery column and no `power_plugged` column at all (written by hand) is
+        taken as on battery: a battery column is what someone replaying a drained battery writes,
+        and read as "unknown" the energy budget (`runtime.energy_budget_mj`, on battery only) could
+        never apply to a replay. `record_trace` writes the column wherever it read a battery, its
+        cells empty where the machine did not say (unknown: None, no energy budget). A recording
+        made before it did so has no column: on a plugged-in machine, add one (`power_plugged`, 1
+        in every row). A trace without a battery (the synthetic ones) is of a device on mains."""
         i = int(np.searchsorted(self.times, t + self.times[0], side="right")) - 1
         i = min(max(i, 0), len(self.times) - 1)
         values: dict[str, Any] = {}
@@ -437,15 +438,19 @@ class Trace:
                     values[field_name] = value >= 0.5
                 else:
                     values[field_name] = int(value) if field_name.endswith("_bytes") or field_name == "host_cores" else value
-        if "battery_percent" in values and "power_plugged" not in values:
+        if "battery_percent" in values and "power_plugged" not in self.columns:
             values["power_plugged"] = False
         return ResourceSnapshot(t=t, **{"cpu_cores": 1.0, "host_cores": 1, **values})  # without core counts, a traced device's load is of one core
 
-    def to_rows(self) -> list[dict[str, float]]:
+    def to_rows(self) -> list[dict[str, float | None]]:
+        """One dict per reading; a value not recorded is left out, but for `power_plugged`, where it
+        is None: the column's presence says the power state was asked for (see `at`)."""
         rows = []
         for i, t in enumerate(self.times):
-            row = {"t": float(t)}
+            row: dict[str, float | None] = {"t": float(t)}
             row.update({c: float(v[i]) for c, v in self.columns.items() if not math.isnan(v[i])})
+            if "power_plugged" in self.columns and "power_plugged" not in row:
+                row["power_plugged"] = None
             rows.append(row)
         return rows
 
@@ -453,7 +458,7 @@ class Trace:
         from racmkd.utils import atomic_write_text
 
         names = ["t", *self.columns]
-        lines = [",".join(names)] + [",".join(format(r[n], ".10g") if n in r else "" for n in names) for r in self.to_rows()]
+        lines = [",".join(names)] + [",".join("" if r.get(n) is None else format(r[n], ".10g") for n in names) for r in self.to_rows()]
         atomic_write_text(Path(path), "\n".join(lines) + "\n")
 
     def write(self, path: Path) -> None:
@@ -673,6 +678,8 @@ def record_trace(source: Source, seconds: float, interval_s: float = 0.1, name: 
             columns[column].append(math.nan if value is None else float(value) / scale)
         time.sleep(max(0.0, started + len(times) * interval_s - time.monotonic()))
     kept = {c: held(np.array(v)) for c, v in columns.items() if not all(math.isnan(x) for x in v)}  # absent sensors stay absent
+    if "battery_percent" in kept:  # the power state asked for, even if never told: without the column a battery reads as on battery
+        kept.setdefault("power_plugged", np.array(columns["power_plugged"]))
     return Trace(name, np.array(times), kept)
 
 

@@ -642,7 +642,8 @@ class EdgeRuntime:
         """What the runtime is doing and why, for logs and for the deployment layer. The
         configuration is what can run of the one in force: with every variant failed the runtime
         keeps the last decision (nothing better to choose), and naming it said `image=low` while
-        `failed` listed low/image; then it is None, and `unavailable` says why."""
+        `failed` listed low/image; then it is None, and `unavailable` says why (its utility and
+        predicted costs too, which were of a configuration that cannot run)."""
         failed = dict(self.failed)  # (a copy: a request may fail or retry a variant meanwhile)
         runnable = tuple(v if v is not None and v.id not in failed else None for v in self.current.config)
         stale = [v.id for v in self.current.config if v is not None and v.id in failed]
@@ -653,8 +654,10 @@ class EdgeRuntime:
             "configuration": self.describe(runnable) if unavailable is None else None,
             "unavailable": unavailable,
             "variants": [v.id for v in runnable if v is not None],
-            "utility": self.current.utility,
-            "predicted": {
+            "utility": self.current.utility if unavailable is None else None,
+            "predicted": None
+            if unavailable is not None
+            else {
                 "latency_ms": self.current.costs.latency_ms,
                 "memory_bytes": self.current.costs.memory_bytes,
                 "energy_mj": self.current.costs.energy_mj,
