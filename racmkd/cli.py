@@ -481,8 +481,11 @@ def simulate(
 
     if latency not in LATENCY_MODELS:
         raise _fail(ValueError(f"--latency {latency!r}: choose one of {', '.join(LATENCY_MODELS)}"))
-    if out is not None and out.exists() and not out.is_dir():  # found now, not after the replay ("[Errno 17] File exists")
-        raise _fail(ValueError(f"--out {out}: a file; --out must be a folder for summary.json, timeline.json/png and table.md (made if missing)"))
+    if out is not None:  # found now, not after the replay ("[Errno 17] File exists")
+        try:
+            _check_out_folder(out)
+        except ValueError as err:
+            raise _fail(err) from None
     try:
         run_dir, cfg = _run_config(run, set_)
         resources = trace_from(trace, duration, seed=seed)

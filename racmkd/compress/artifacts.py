@@ -25,9 +25,11 @@ class ExportError(RuntimeError):
     """A model could not be exported, or a file is not a racmkd ONNX model; the message names the file."""
 
 
-def read_contract(path: Path, fix: str = "export it with `racmkd export`") -> dict[str, Any]:
+def read_contract(path: Path, fix: str = "export it with `racmkd export`", single_file: bool = False) -> dict[str, Any]:
     """The contract of an exported racmkd model; a clear error for anything else, ending in `fix`
-    (how to make the file again: a bank's variant is rebuilt with the bank, not exported alone)."""
+    (how to make the file again: a bank's variant is rebuilt with the bank, not exported alone).
+    `single_file`: a model whose weights are in external data files is refused too (see
+    `racmkd.resources.profile.profiled_contract`)."""
     path = Path(path)
     if path.is_dir():
         raise ExportError(f"{path}: a folder, not a model file; name the .onnx file in it (`racmkd export` writes <model>.fp32.onnx)")
@@ -41,10 +43,16 @@ def read_contract(path: Path, fix: str = "export it with `racmkd export`") -> di
         raise ExportError(f"{path}: not an ONNX model, or a truncated one ({type(err).__name__}); {fix}") from None
     if not model.graph.node and not model.graph.input:  # protobuf reads many a short text (b"x\n") as a message with nothing in it
         raise ExportError(f"{path}: not an ONNX model (no graph in it); {fix}")
-    missing = [name for name in external_data_files(model) if not (path.parent / name).is_file()]
+    external = external_data_files(model)
+    missing = [name for name in external if not (path.parent / name).is_file()]
     if missing:
         raise ExportError(
             f"{path}: its weights are stored in {', '.join(str(path.parent / m) for m in missing)}, which is missing; put it beside the model, or save the model as one file"
+        )
+    if single_file and external:
+        raise ExportError(
+            f"{path}: stores its weights in external data ({', '.join(external)}); racmkd profiles single-file models. Save it as one: "
+            f"python -c \"import onnx; onnx.save(onnx.load('{path}'), 'one-file.onnx')\""
         )
     meta = {p.key: p.value for p in model.metadata_props}
     if CONTRACT_KEY not in meta:

@@ -350,6 +350,7 @@ def polyphase_resampler() -> Callable[..., np.ndarray]:
     return resample_poly
 
 
+@functools.cache
 def resample_ratio(rate: int, to_rate: int) -> Fraction:
     """The up/down ratio `resample` applies: exact when both factors are at most
     MAX_RESAMPLE_FACTOR (the usual rates: 16, 22.05, 44.1, 48 kHz to 8 kHz), else the nearest

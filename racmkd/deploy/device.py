@@ -188,8 +188,8 @@ class DeviceStore:
             found.sort(key=lambda i: (i.manifest["version"], (i.slot / SIGNED).stat().st_mtime), reverse=True)
             entries = [{"manifest": i.manifest, "signature": i.signature} for i in found[:2]]
             newest: dict[str, int] = {}
-            for i in found:
-                newest[i.manifest["name"]] = max(newest.get(i.manifest["name"], 0), i.manifest["version"])
+            for i in found:  # newest first
+                newest.setdefault(i.manifest["name"], i.manifest["version"])
             state = {"current": entries[0] if entries else None, "previous": entries[1] if len(entries) > 1 else None, "newest": newest}
             try:
                 atomic_write_bytes(path.with_name("state.json.damaged"), path.read_bytes())

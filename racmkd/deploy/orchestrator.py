@@ -115,21 +115,21 @@ def plan(registry: ModelRegistry, devices: list[DeviceProfile], public_key: Any 
         if r.damaged:
             continue
         if r.altered:
-            forged[f"{r.name} v{r.version}"] = f"its registry record disagrees with its signed manifest on {', '.join(r.altered)}: passed over"
+            forged[r.label] = f"its registry record disagrees with its signed manifest on {', '.join(r.altered)}: passed over"
             continue
         try:
             if public_key is not None:
                 verify(r.manifest, r.signature, public_key)
         except SignatureError as err:
-            forged[f"{r.name} v{r.version}"] = f"its signature does not verify ({err}): passed over"
+            forged[r.label] = f"its signature does not verify ({err}): passed over"
     assignments = []
     for d in devices:
         rows = []
         for r in releases:
             fit = r.device_fit.get(d.name)
             accuracy = r.metrics.get("accuracy")
-            if f"{r.name} v{r.version}" in forged:
-                rows.append({"release": f"{r.name} v{r.version}", "fits": False, "accuracy": accuracy, "reason": forged[f"{r.name} v{r.version}"]})
+            if r.label in forged:
+                rows.append({"release": f"{r.name} v{r.version}", "fits": False, "accuracy": accuracy, "reason": forged[r.label]})
             elif fit is None:
                 rows.append(
                     {

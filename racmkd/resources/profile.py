@@ -40,7 +40,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from racmkd.compress.export import ExportError, external_data_files, read_contract, session, zero_feed
+from racmkd.compress.export import ExportError, read_contract, session, zero_feed
 from racmkd.data.paths import cache_root
 from racmkd.eval.cost import estimated_energy_joules, latency_ms, percentiles
 from racmkd.resources.devices import DeviceProfile
@@ -471,14 +471,7 @@ def profiled_contract(path: Path) -> dict[str, Any]:
     with external data has its weights in other files, which the ROM figure (the model file's
     size) would leave out, and ONNX Runtime could not load some of them (constants it must read to
     infer shapes); `racmkd export` never writes one."""
-    contract = read_contract(path)
-    external = external_data_files(onnx.load(path, load_external_data=False))
-    if external:
-        raise ExportError(
-            f"{path}: stores its weights in external data ({', '.join(external)}); racmkd profiles single-file models. Save it as one: "
-            f"python -c \"import onnx; onnx.save(onnx.load('{path}'), 'one-file.onnx')\""
-        )
-    return contract
+    return read_contract(path, single_file=True)
 
 
 def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measure_here: bool = True, latency_target_ms: float | None = None) -> dict[str, Any]:

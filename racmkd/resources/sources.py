@@ -275,7 +275,7 @@ class SystemSource:
         now = psutil.cpu_times()
         idle = lambda t: t.idle + getattr(t, "iowait", 0.0)  # noqa: E731
         total = cpu_time_total(now) - cpu_time_total(self._cpu_times)
-        if total > 0 and total >= CPU_MIN_INTERVAL_S:
+        if total > 0 and total >= CPU_MIN_INTERVAL_S:  # (> 0 too: the tests set the minimum to 0)
             self._cpu_percent = min(100.0, max(0.0, 100.0 * (total - (idle(now) - idle(self._cpu_times))) / total))
             self._cpu_times = now
         return self._cpu_percent  # None until some CPU time has passed
