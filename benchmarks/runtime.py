@@ -79,6 +79,8 @@ ADAPTATION_TARGET_MS = 5.0
 MONITOR_TARGET = 0.01
 SLO_RATIO_TARGET = 1.4
 CRITICAL_RETENTION_TARGET = 0.9
+SOAK_SAMPLE_S = 5.0  # resident memory read this often
+SOAK_TARGET_MULTIPLE = 3.0  # the soak's latency target, in multiples of what static high needs unloaded (see soak)
 
 
 def ensure_run(config: Path, run: Path | None, runs_dir: Path) -> Path:
@@ -129,13 +131,19 @@ def pooled(replays: list[dict[str, Any]]) -> dict[str, Any]:
     return first
 
 
+def idle_high_ms(bank: Any) -> float:
+    """What the static high deployment needs per request on an idle machine: its variants' median
+    latencies and the runtime's own cost, from the bank."""
+    high = [v for v in bank.data["variants"] if v["tier"] == "high"]
+    return sum(v["latency_ms"] for v in high) + float(bank.data.get("request_overhead_ms", 0.0))
+
+
 def slo_sweep(bank: Any, dataset: Any, runtime_cfg: Any, requests: int) -> dict[str, Any]:
     """SLO-accuracy of the dynamic runtime and of every static tier on the sudden and periodic
     traces, for latency targets that are multiples of what the static high deployment needs on an
     idle machine (its variants' median latencies and the runtime's own cost per request). Whether
     adapting pays depends on that ratio: with a loose target every tier meets it under any load."""
-    high = [v for v in bank.data["variants"] if v["tier"] == "high"]
-    base = sum(v["latency_ms"] for v in high) + float(bank.data.get("request_overhead_ms", 0.0))
+    base = idle_high_ms(bank)
     rows = []
     for multiple in progress(SWEEP_MULTIPLES, desc="latency-target sweep", leave=True):
         cfg = dataclasses.replace(runtime_cfg, latency_target_ms=multiple * base)
@@ -293,30 +301,43 @@ def real_load(bank: Any, dataset: Any, runtime_cfg: Any, high: dict[str, str | N
 
 
 def soak(bank: Any, dataset: Any, runtime_cfg: Any, minutes: float) -> dict[str, Any]:
-    """The periodic trace looped in real time, requests back to back; RSS every few seconds."""
+    """The periodic trace looped in real time, requests back to back; RSS every few seconds.
+
+    The latency target is SOAK_TARGET_MULTIPLE times what static high needs on an idle machine,
+    so that the trace's busy phases make the runtime switch (at the configured 3 ms, an idle host
+    serves high through the whole trace: a soak that never switches tests half the runtime). The
+    samples go into an array made before the first one: a list of them grew 40 KB in 30 minutes,
+    measured with what it measures."""
     proc = psutil.Process()
-    samples: list[tuple[float, int]] = []
+    capacity = int(minutes * 60 / SOAK_SAMPLE_S) + 2
+    samples = np.zeros((capacity, 2))  # (seconds since the start, resident bytes)
+    taken = 0
     stop = threading.Event()
 
     def sample() -> None:
+        nonlocal taken
         started = time.perf_counter()
-        for _ in progress(itertools.count(), desc="soak (resident memory every 5 s)", total=int(minutes * 60 / 5), leave=True):
-            if stop.wait(5.0):
+        for _ in progress(itertools.count(), desc=f"soak (resident memory every {SOAK_SAMPLE_S:g} s)", total=capacity - 2, leave=True):
+            if stop.wait(SOAK_SAMPLE_S) or taken == capacity:
                 break
-            samples.append((time.perf_counter() - started, proc.memory_info().rss))
+            samples[taken] = (time.perf_counter() - started, proc.memory_info().rss)
+            taken += 1
 
-    with ResourceMonitor(TraceSource(synthetic_trace("periodic", 120.0), loop=True), runtime_cfg.monitor) as monitor:
-        runtime = EdgeRuntime(bank, runtime_cfg, monitor)
+    config = dataclasses.replace(runtime_cfg, latency_target_ms=SOAK_TARGET_MULTIPLE * idle_high_ms(bank))
+    with ResourceMonitor(TraceSource(synthetic_trace("periodic", 120.0), loop=True), config.monitor) as monitor:
+        runtime = EdgeRuntime(bank, config, monitor)
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         result = serve_split(runtime, dataset, minutes * 60.0, rate_hz=10_000.0, keep_records=False)  # the harness keeps no per-request history
         stop.set()
         sampler.join()
+    samples = samples[:taken].tolist()
     warm = [s for s in samples if s[0] >= min(60.0, minutes * 60.0 / 4)]
     growth = (warm[-1][1] - warm[0][1]) if len(warm) >= 2 else 0
     slope = float(np.polyfit([s[0] for s in warm], [s[1] for s in warm], 1)[0]) if len(warm) >= 3 else 0.0
     return {
         "minutes": minutes,
+        "latency_target_ms": config.latency_target_ms,
         "requests": result["summary"]["requests"],
         "switches": result["summary"]["switches"],
         "rss_samples": samples,

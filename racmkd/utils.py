@@ -264,3 +264,36 @@ def _progress_disabled() -> bool:
 def _refresh_seconds() -> float:
     """Redraw often on a terminal; in a log file (CI, nohup) a line every 30 s is enough."""
     return 0.1 if sys.stderr.isatty() else 30.0
+
+
+class Window:
+    """The last `capacity` numbers appended, oldest first, in one array allocated at the start.
+
+    A device runs for months: a window of recent latencies must not make its memory creep up
+    while it fills. A `deque(maxlen=10_000)` of Python floats grows by 32 bytes a value until it
+    is full (320 KB, reached after hours when values come once a switch), which a soak run reads
+    as growth; this holds 80 KB from the first value to the last."""
+
+    def __init__(self, capacity: int, dtype: type = float) -> None:
+        if capacity < 1:
+            raise ValueError(f"a window holds at least one value, got capacity {capacity}")
+        self._values = np.zeros(capacity, dtype=np.float64 if dtype is float else np.int64)
+        self._next = 0  # where the next value goes
+        self._count = 0  # values held (at most capacity)
+
+    def append(self, value: float) -> None:
+        self._values[self._next] = value
+        self._next = (self._next + 1) % len(self._values)
+        self._count = min(self._count + 1, len(self._values))
+
+    def values(self) -> np.ndarray:
+        """The values held, oldest first (a copy)."""
+        if self._count < len(self._values):
+            return self._values[: self._count].copy()
+        return np.concatenate((self._values[self._next :], self._values[: self._next]))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.values().tolist())  # Python numbers: JSON and statistics take them as they are

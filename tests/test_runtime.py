@@ -808,6 +808,25 @@ def test_runtimes_served_together_answer_the_same_samples_in_turn(bank_dir: Path
     assert [r["correct"] for r in served["static"]["records"]] == expected
 
 
+def test_serving_without_records_keeps_the_summary_and_no_records(bank_dir: Path, tiny_dataset) -> None:  # noqa: ANN001
+    """The soak run's mode: nothing kept per request (a window of records turning over read as
+    memory growth), the same summary figures, percentiles over the last answers' latencies."""
+    from racmkd.runtime.simulate import serve_split
+
+    bank = load_bank(bank_dir)
+    runtime = EdgeRuntime(bank, RuntimeConfig(latency_target_ms=1000), pinned={"image": "critical", "audio": None})
+    latencies: list[float] = []
+    served = serve_split(
+        runtime, tiny_dataset, seconds=0.3, rate_hz=100.0, keep_records=False, on_request=lambda i, answer: latencies.append(answer.latency_ms)
+    )
+    summary = served["summary"]
+    assert served["records"] == [] and summary["requests"] == len(latencies) >= 5
+    assert summary["configurations"] == {"critical/image": len(latencies)}
+    ordered = sorted(latencies)
+    assert summary["latency_ms_p50"] == ordered[round(0.5 * (len(ordered) - 1))]
+    assert summary["latency_ms_p99"] == ordered[round(0.99 * (len(ordered) - 1))]
+
+
 def test_cli_simulate_and_edge_run(tiny_run: Path, bank_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "sim"

@@ -109,3 +109,28 @@ def test_the_host_token_tells_pid_namespaces_and_boots_apart(tmp_path: Path) -> 
     alone = utils.host_token(tmp_path / "missing", tmp_path / "missing")
     assert len(alone) == 8 and alone not in {here, utils.host_token(namespace, tmp_path / "missing")}
     assert utils._HOST == utils.host_token()  # this process's, as its work folders are named
+
+
+def test_a_window_keeps_the_last_values_in_order_in_the_memory_it_started_with() -> None:
+    """The runtime's latency windows: a deque of Python floats grew 32 bytes a value until full,
+    which a soak run read as memory growth; a Window allocates nothing after it is made."""
+    import tracemalloc
+
+    window = utils.Window(1000)
+    assert len(window) == 0 and list(window) == [] and window.values().size == 0
+    tracemalloc.start()
+    try:
+        for i in range(2500):
+            window.append(i * 0.5)
+        grown, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert grown < 1024  # (a deque of 1000 floats: about 32 KB)
+    assert len(window) == 1000 and list(window) == [i * 0.5 for i in range(1500, 2500)]
+    assert all(type(v) is float for v in window)  # JSON and statistics take them as they are
+    counts = utils.Window(3, int)
+    for n in (1, 2, 3, 4):
+        counts.append(n)
+    assert list(counts) == [2, 3, 4] and all(type(v) is int for v in counts)
+    with pytest.raises(ValueError, match="at least one"):
+        utils.Window(0)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import threading
 import time
 from collections import deque
@@ -64,6 +63,7 @@ from racmkd.resources.allocator import (
 from racmkd.resources.monitor import MonitorState, ResourceMonitor, collector_held
 from racmkd.resources.sources import MB, ResourceSnapshot
 from racmkd.runtime.bank import Bank
+from racmkd.utils import Window
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class EdgeRuntime:
         self.table = bank.table
         # a request's cost beyond its variants': the bank's figure until requests tell (`_learn_overhead`)
         self.overhead_ms = float(bank.data.get("request_overhead_ms", 0.0))
-        self._overheads: deque[float] = deque(maxlen=OVERHEAD_WINDOW)  # recent requests' work beyond their variants' latencies
+        self._overheads = Window(OVERHEAD_WINDOW)  # recent requests' work beyond their variants' latencies
         self._overhead_count = 0  # requests learnt from (the window holds the last OVERHEAD_WINDOW)
         self.risk = DeadlineRisk(self.overhead_ms, memory_s=self.config.risk_memory_s) if self.config.objective == "slo" else None
         self.allocator = Allocator(self.table, self.config.critical, self.risk)
@@ -151,9 +151,10 @@ class EdgeRuntime:
         self._strikes: dict[str, int] = {}  # variant id -> failures so far (the retry delay doubles with each)
         self.decisions: deque[dict[str, Any]] = deque(maxlen=200)
         self.decision_count = 0  # decisions recorded so far (the deque keeps the last 200)
-        self.adaptation_ms: deque[float] = deque(maxlen=10_000)  # bounded: a device runs for months
-        self.switch_loads: deque[int] = deque(maxlen=10_000)  # per switch (as adaptation_ms): sessions it had to load
-        self.decision_ms: deque[float] = deque(maxlen=10_000)
+        # The last 10,000 switches' and decisions' figures, in arrays of their full size from the start (see Window)
+        self.adaptation_ms = Window(10_000)
+        self.switch_loads = Window(10_000, int)  # per switch (as adaptation_ms): sessions it had to load
+        self.decision_ms = Window(10_000)
         self.snapshot: ResourceSnapshot | None = None  # the reading to plan with (the monitor's worst case)
         self.reading: ResourceSnapshot | None = None  # the latest reading as it is (what evictions go by)
         self.level = "unknown"
@@ -463,7 +464,7 @@ class EdgeRuntime:
         self._overheads.append(extra_ms)
         self._overhead_count += 1
         if self._overhead_count >= OVERHEAD_MIN_SAMPLES and self._overhead_count % 16 == 0:  # a median (4 us) every 16 requests, not on each
-            self.overhead_ms = max(0.0, statistics.median(self._overheads))
+            self.overhead_ms = max(0.0, float(np.median(self._overheads.values())))
             if self.risk is not None:
                 self.risk.overhead_ms = self.overhead_ms
 

@@ -51,7 +51,7 @@ from racmkd.resources.monitor import ResourceMonitor
 from racmkd.resources.sources import LEVELS, MB, Trace, TraceSource, resource_level
 from racmkd.runtime.edge import Answer, EdgeRuntime, NoVariantError, budget_for
 from racmkd.runtime.bank import Bank
-from racmkd.utils import atomic_write_json, atomic_write_text, json_safe, progress
+from racmkd.utils import Window, atomic_write_json, atomic_write_text, json_safe, progress
 
 
 class SimClock:
@@ -516,7 +516,9 @@ def serve_split(
 ) -> dict[str, Any]:
     """Serve a split's samples (raw, with the protocol's degradations) at `rate_hz` for `seconds`
     of wall time, as a device would see them; returns per-request records and a summary. Without
-    `keep_records` only the last 10,000 records are kept (a soak run watches memory)."""
+    `keep_records` no record is kept, and the latency percentiles are those of the last 10,000
+    answers, held in a Window: a soak run watches memory, and a bounded window of records (one dict
+    each) filling up and turning over reads as growth."""
     call = (lambda i, _name, answer: on_request(i, answer)) if on_request is not None else None
     return serve_together({"": runtime}, dataset, seconds, rate_hz, split, call, keep_records)[""]
 
@@ -538,7 +540,9 @@ def serve_together(
     figures are its own; the load on the host is every runtime's requests together."""
     n = len(dataset.splits[split])
     names = list(runtimes)
-    records: dict[str, list[dict[str, Any]] | deque[dict[str, Any]]] = {name: [] if keep_records else deque(maxlen=10_000) for name in names}
+    records: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    latencies = {name: [] if keep_records else Window(10_000) for name in names}  # answered requests'
+    configurations: dict[str, Counter[str]] = {name: Counter() for name in names}
     counts = {name: {"requests": 0, "correct": 0, "in_time": 0, "slo": 0, "unanswered": 0} for name in names}
     started = time.perf_counter()
     i = 0
@@ -564,28 +568,34 @@ def serve_together(
             tally["in_time"] += in_time
             tally["slo"] += correct and in_time
             tally["unanswered"] += not answer.variants
-            records[name].append(
-                {
-                    "t": round(time.perf_counter() - started, 4),
-                    "latency_ms": answer.latency_ms,
-                    "correct": correct,
-                    "configuration": ",".join(answer.variants) or "unanswered",
-                    "level": runtime.level,
-                    "budget_latency_ms": runtime.budget.latency_ms,
-                    "slowdown": runtime.budget.slowdown,
-                    "pid_scale": runtime.controller.scale,
-                    "cpu_percent": runtime.snapshot.cpu_percent if runtime.snapshot else None,
-                }
-            )
+            configuration = ",".join(answer.variants) or "unanswered"
+            configurations[name][configuration] += 1
+            if answer.variants:
+                latencies[name].append(answer.latency_ms)
+            if keep_records:
+                records[name].append(
+                    {
+                        "t": round(time.perf_counter() - started, 4),
+                        "latency_ms": answer.latency_ms,
+                        "correct": correct,
+                        "configuration": configuration,
+                        "level": runtime.level,
+                        "budget_latency_ms": runtime.budget.latency_ms,
+                        "slowdown": runtime.budget.slowdown,
+                        "pid_scale": runtime.controller.scale,
+                        "cpu_percent": runtime.snapshot.cpu_percent if runtime.snapshot else None,
+                    }
+                )
             if on_request is not None:
                 on_request(i, name, answer)
         i += 1
-    return {name: _served(runtimes[name], counts[name], list(records[name])) for name in names}
+    return {name: _served(runtimes[name], counts[name], records[name], latencies[name], configurations[name]) for name in names}
 
 
-def _served(runtime: EdgeRuntime, counts: dict[str, int], records: list[dict[str, Any]]) -> dict[str, Any]:
+def _served(
+    runtime: EdgeRuntime, counts: dict[str, int], records: list[dict[str, Any]], latencies: Iterable[float], configurations: Counter[str]
+) -> dict[str, Any]:
     """One runtime's figures from live serving: the summary over every request, the kept records."""
-    latencies = [r["latency_ms"] for r in records if r["configuration"] != "unanswered"]
     n = max(counts["requests"], 1)
     summary = {
         "requests": counts["requests"],
@@ -597,6 +607,6 @@ def _served(runtime: EdgeRuntime, counts: dict[str, int], records: list[dict[str
         "latency_ms_p99": percentile(latencies, 99),
         "switches": runtime.decision_count,
         "adaptation_ms_p99": percentile(runtime.adaptation_ms, 99),
-        "configurations": dict(Counter(r["configuration"] for r in records).most_common()),
+        "configurations": dict(configurations.most_common()),
     }
     return {"summary": summary, "records": records, "decisions": list(runtime.decisions)}
