@@ -15,6 +15,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 import contextlib
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     import torch
+    from numpy.typing import DTypeLike
 
 T = TypeVar("T")
 
@@ -272,25 +274,30 @@ class Window:
     A device runs for months: a window of recent latencies must not make its memory creep up
     while it fills. A `deque(maxlen=10_000)` of Python floats grows by 32 bytes a value until it
     is full (320 KB, reached after hours when values come once a switch), which a soak run reads
-    as growth; this holds 80 KB from the first value to the last."""
+    as growth; this holds 80 KB, written through when made (so resident from the start), from the
+    first value to the last. Safe to read while another thread appends (as a deque is): the
+    runtime appends under its lock, summaries read without it."""
 
-    def __init__(self, capacity: int, dtype: type = float) -> None:
+    def __init__(self, capacity: int, dtype: DTypeLike = np.float64) -> None:
         if capacity < 1:
             raise ValueError(f"a window holds at least one value, got capacity {capacity}")
-        self._values = np.zeros(capacity, dtype=np.float64 if dtype is float else np.int64)
+        self._values = np.full(capacity, 0, dtype=np.dtype(dtype))  # (np.zeros may leave its pages untouched until written)
         self._next = 0  # where the next value goes
         self._count = 0  # values held (at most capacity)
+        self._lock = threading.Lock()
 
     def append(self, value: float) -> None:
-        self._values[self._next] = value
-        self._next = (self._next + 1) % len(self._values)
-        self._count = min(self._count + 1, len(self._values))
+        with self._lock:
+            self._values[self._next] = value
+            self._next = (self._next + 1) % len(self._values)
+            self._count = min(self._count + 1, len(self._values))
 
     def values(self) -> np.ndarray:
         """The values held, oldest first (a copy)."""
-        if self._count < len(self._values):
-            return self._values[: self._count].copy()
-        return np.concatenate((self._values[self._next :], self._values[: self._next]))
+        with self._lock:
+            if self._count < len(self._values):
+                return self._values[: self._count].copy()
+            return np.concatenate((self._values[self._next :], self._values[: self._next]))
 
     def __len__(self) -> int:
         return self._count

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from racmkd import utils
@@ -128,9 +129,34 @@ def test_a_window_keeps_the_last_values_in_order_in_the_memory_it_started_with()
     assert grown < 1024  # (a deque of 1000 floats: about 32 KB)
     assert len(window) == 1000 and list(window) == [i * 0.5 for i in range(1500, 2500)]
     assert all(type(v) is float for v in window)  # JSON and statistics take them as they are
-    counts = utils.Window(3, int)
+    counts = utils.Window(3, np.int64)
     for n in (1, 2, 3, 4):
         counts.append(n)
     assert list(counts) == [2, 3, 4] and all(type(v) is int for v in counts)
     with pytest.raises(ValueError, match="at least one"):
         utils.Window(0)
+
+
+def test_a_window_read_while_another_thread_appends_is_a_whole_snapshot() -> None:
+    """Summaries read the runtime's windows while the monitor thread may append (as a deque
+    allowed): every read is some run of consecutive appended values, oldest first."""
+    import threading
+
+    window = utils.Window(100)
+    stop = threading.Event()
+
+    def append() -> None:
+        i = 0
+        while not stop.is_set():
+            window.append(float(i))
+            i += 1
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        reads = [window.values() for _ in range(20_000)]
+    finally:
+        stop.set()
+        writer.join()
+    for values in reads:
+        assert len(values) <= 100 and (np.diff(values) == 1.0).all()

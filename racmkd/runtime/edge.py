@@ -153,7 +153,7 @@ class EdgeRuntime:
         self.decision_count = 0  # decisions recorded so far (the deque keeps the last 200)
         # The last 10,000 switches' and decisions' figures, in arrays of their full size from the start (see Window)
         self.adaptation_ms = Window(10_000)
-        self.switch_loads = Window(10_000, int)  # per switch (as adaptation_ms): sessions it had to load
+        self.switch_loads = Window(10_000, np.int64)  # per switch (as adaptation_ms): sessions it had to load
         self.decision_ms = Window(10_000)
         self.snapshot: ResourceSnapshot | None = None  # the reading to plan with (the monitor's worst case)
         self.reading: ResourceSnapshot | None = None  # the latest reading as it is (what evictions go by)
