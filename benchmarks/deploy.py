@@ -22,6 +22,8 @@ with the fog killed mid-run, and each role under concurrent load, all on loopbac
   fog advertises its models' accuracy from the run's report.json: a run without one (make bench's)
   is measured first (`racmkd evaluate`), or the edge would never forward.
 - Load: each role's server in its own process, 8 concurrent clients for a bounded count and time.
+- Soak: the edge server under 2 clients for `--soak-minutes` (5), its resident memory every 5 s;
+  judged over the second half, as the runtime benchmark's soak.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ from racmkd.runtime.edge import EdgeRuntime  # noqa: E402
 from racmkd.runtime.variants import build_bank, load_bank  # noqa: E402
 from racmkd.utils import progress, torch_threads  # noqa: E402
 from bare_edge import BarePath  # noqa: E402
-from results_io import targets_table, write_results  # noqa: E402
+from results_io import ResidentSampler, soak_target, targets_table, write_results  # noqa: E402
 
 DELTA_TARGET = 0.05
 OVERHEAD_TARGET = 0.05
@@ -386,7 +388,10 @@ def offload_kill(run_dir: Path, dataset: Any, requests: int, rate_hz: float) -> 
 # Load ----------------------------------------------------------------------------------------------------------
 
 
-def load_test(run_dir: Path, dataset: Any, role: str, requests: int, seconds: float, clients: int = 8) -> dict[str, Any]:
+def load_test(run_dir: Path, dataset: Any, role: str, requests: int, seconds: float, clients: int = 8, soak: bool = False) -> dict[str, Any]:
+    """A role's server in its own process under `clients` concurrent clients for `requests` or
+    `seconds`, whichever ends first; with `soak`, the server's resident memory sampled throughout
+    (`soak` in the result: a long-running server must not grow)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "racmkd.cli", "serve", "--role", role, "--run", str(run_dir), "--port", str(port), "--set", "runtime.latency_target_ms=1000"],
@@ -424,10 +429,12 @@ def load_test(run_dir: Path, dataset: Any, role: str, requests: int, seconds: fl
                         errors[0] += not ok
 
         started = time.perf_counter()
+        sampler = ResidentSampler(proc.pid, seconds / 60, f"{role} server soak").start() if soak else None
         with ThreadPoolExecutor(clients) as pool:
             for _ in range(clients):
                 pool.submit(worker)
         wall = time.perf_counter() - started
+        memory = sampler.stop() if sampler is not None else None
     finally:
         proc.terminate()
         proc.wait(10)
@@ -440,6 +447,7 @@ def load_test(run_dir: Path, dataset: Any, role: str, requests: int, seconds: fl
         "throughput_rps": len(latencies) / wall,
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
+        **({"soak": memory} if memory is not None else {}),
     }
 
 
@@ -516,6 +524,14 @@ def render(result: dict[str, Any]) -> str:
     ]
     for r in result["load"]:
         lines.append(f"| {r['role']} | {r['requests']} | {r['errors']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+    if result.get("soak"):
+        r, m = result["soak"], result["soak"]["soak"]
+        lines += [
+            "",
+            "## Soak (the edge server, 2 clients back to back)",
+            "",
+            f"{m['minutes']:g} minutes: {r['requests']:,} requests, {r['errors']} errors, p50 {r['p50_ms']:.2f} ms; the server's resident memory grew {m['rss_growth_bytes_after_warmup'] / 1024:+.0f} KB over the second half (fitted slope {m['rss_slope_bytes_per_minute'] / 1024:+.1f} KB/min), {m['rss_growth_bytes_after_first_minute'] / 1024:+.0f} KB after the first minute; the first half is the warm-up.",
+        ]
     lines += ["", *targets_table(result["targets"])]
     lines += ["", "![deploy](deploy.png)", ""]
     return "\n".join(lines)
@@ -550,10 +566,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=40.0)
     parser.add_argument("--load-requests", type=int, default=2000)
     parser.add_argument("--load-seconds", type=float, default=20.0)
+    parser.add_argument("--soak-minutes", type=float, default=5.0, help="the edge server under 2 clients, its memory watched (0: skip)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.iters, args.requests, args.load_requests, args.load_seconds = 30, 60, 60, 200, 4.0
+        args.steps, args.iters, args.requests, args.load_requests, args.load_seconds, args.soak_minutes = 30, 60, 60, 200, 4.0, 0.5
     run_dir, cfg = open_run(args.run)
     dataset = prepare_data(cfg)
     if not (run_dir / "edge" / "bank.json").is_file():
@@ -572,6 +589,8 @@ def main() -> None:
         result["fit"] = fit_all(run_dir, Path(tmp) / "registry", keys)
     result["offload"] = offload_kill(run_dir, dataset, args.requests, args.rate)
     result["load"] = [load_test(run_dir, dataset, role, args.load_requests, args.load_seconds) for role in ("cloud", "fog", "edge")]
+    if args.soak_minutes > 0:
+        result["soak"] = load_test(run_dir, dataset, "edge", 10**12, args.soak_minutes * 60, clients=2, soak=True)
     head, overhead = result["deltas"]["head_only"], result["overhead"]
     unfit = [a["device"] for a in result["fit"]["plan"] if a["release"] is None]
     result["targets"] = [
@@ -597,6 +616,10 @@ def main() -> None:
             "reached": result["offload"]["lost"] == 0 if result["offload"]["offloaded_before_kill"] else "not measured (nothing was offloaded)",
         },
     ]
+    if result.get("soak"):
+        result["targets"].append(
+            soak_target("edge server soak", result["soak"]["soak"], f"{result['soak']['requests']:,} requests, {result['soak']['errors']} errors")
+        )
     stem = "deploy-quick" if args.quick else "deploy"
     write_results(args.out, stem, result, render(result).replace("deploy.png", f"{stem}.png"), lambda path: plot(result, path))
 

@@ -38,14 +38,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import math
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,7 +54,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -72,21 +69,13 @@ from racmkd.runtime.edge import EdgeRuntime, budget_for  # noqa: E402
 from racmkd.runtime.simulate import mean_of_present, serve_split, serve_together, simulate  # noqa: E402
 from racmkd.runtime.variants import build_bank, load_bank  # noqa: E402
 from racmkd.utils import progress  # noqa: E402
-from results_io import targets_table, write_results  # noqa: E402
+from results_io import ResidentSampler, soak_target, targets_table, write_results  # noqa: E402
 
 SWEEP_MULTIPLES = (1.5, 2.0, 3.0, 5.0, 10.0, 20.0)  # latency targets, in multiples of what static high needs unloaded
 ADAPTATION_TARGET_MS = 5.0
 MONITOR_TARGET = 0.01
 SLO_RATIO_TARGET = 1.4
 CRITICAL_RETENTION_TARGET = 0.9
-SOAK_SAMPLE_S = 5.0  # resident memory read this often
-# Resident memory moves in 4 KB pages as allocators touch them; 64 KB is 16 of those, and less
-# than a byte a request over the second half of any soak of two minutes (over 60,000 requests
-# here): anything kept per request (16 bytes at the least, a Python object) goes past it. Kept
-# per switch (a decision record is about a kilobyte), only in a soak whose second half makes more
-# than 64 switches: the 30-minute soak made 380 in all, the default 10 minutes 44. The windows of
-# records this harness kept until 6efa166 read as +712 KB in 30 min.
-SOAK_GROWTH_LIMIT = 64 * 1024
 SOAK_TARGET_MULTIPLE = 3.0  # the soak's latency target, in multiples of what static high needs unloaded (see soak)
 
 
@@ -312,55 +301,18 @@ def soak(bank: Any, dataset: Any, runtime_cfg: Any, minutes: float) -> dict[str,
 
     The latency target is SOAK_TARGET_MULTIPLE times what static high needs on an idle machine,
     so that the trace's busy phases make the runtime switch (at the configured 3 ms, an idle host
-    serves high through the whole trace: a soak that never switches tests half the runtime). The
-    samples go into an array made before the first one: a list of them grew 40 KB in 30 minutes,
-    measured with what it measures."""
-    proc = psutil.Process()
-    capacity = int(minutes * 60 / SOAK_SAMPLE_S) + 2
-    samples = np.zeros((capacity, 2))  # (seconds since the start, resident bytes)
-    taken = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal taken
-        started = time.perf_counter()
-        for _ in progress(itertools.count(), desc=f"soak (resident memory every {SOAK_SAMPLE_S:g} s)", total=capacity - 2, leave=True):
-            if stop.wait(SOAK_SAMPLE_S) or taken == capacity:
-                break
-            samples[taken] = (time.perf_counter() - started, proc.memory_info().rss)
-            taken += 1
-
+    serves high through the whole trace: a soak that never switches tests half the runtime)."""
     config = dataclasses.replace(runtime_cfg, latency_target_ms=SOAK_TARGET_MULTIPLE * idle_high_ms(bank))
     with ResourceMonitor(TraceSource(synthetic_trace("periodic", 120.0), loop=True), config.monitor) as monitor:
         runtime = EdgeRuntime(bank, config, monitor)
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        sampler = ResidentSampler(os.getpid(), minutes, "soak").start()
         result = serve_split(runtime, dataset, minutes * 60.0, rate_hz=10_000.0, keep_records=False)  # the harness keeps no per-request history
-        stop.set()
-        sampler.join()
-    samples = samples[:taken].tolist()
-
-    def growth_from(seconds: float) -> tuple[float, float]:
-        """Resident bytes gained from `seconds` in to the end, and the fitted slope (bytes/s);
-        NaN from fewer than three samples (a soak too short to judge)."""
-        kept = [s for s in samples if s[0] >= seconds]
-        if len(kept) < 3:
-            return math.nan, math.nan
-        return kept[-1][1] - kept[0][1], float(np.polyfit([s[0] for s in kept], [s[1] for s in kept], 1)[0])
-
-    # The first half is the warm-up: pools and bounded windows settle in it (the 30-minute soak at
-    # 6efa166 gained 264 KB in minutes 1-7, then nothing in 23 minutes). A leak, growing with the
-    # requests, grows in the second half as in the first.
-    growth, slope = growth_from(minutes * 60.0 / 2)
+        memory = sampler.stop()
     return {
-        "minutes": minutes,
+        **memory,
         "latency_target_ms": config.latency_target_ms,
         "requests": result["summary"]["requests"],
         "switches": result["summary"]["switches"],
-        "rss_samples": samples,
-        "rss_growth_bytes_after_warmup": growth,  # over the second half
-        "rss_slope_bytes_per_minute": slope * 60,
-        "rss_growth_bytes_after_first_minute": growth_from(min(60.0, minutes * 60.0 / 4))[0],
         "accuracy": result["summary"]["accuracy"],
     }
 
@@ -673,15 +625,7 @@ def main() -> None:
         )
     if result.get("soak"):
         s = result["soak"]
-        targets.append(
-            {
-                "target": f"soak: no memory growth (resident memory grows less than {SOAK_GROWTH_LIMIT // 1024} KB over the second half)",
-                "measured": f"{s['rss_growth_bytes_after_warmup'] / 1024:+.0f} KB over the last {s['minutes'] / 2:g} of {s['minutes']:g} min ({s['requests']:,} requests, {s['switches']} switches)"
-                if math.isfinite(s["rss_growth_bytes_after_warmup"])
-                else f"too short to judge ({s['minutes']:g} min: fewer than three samples of resident memory over its second half, one every {SOAK_SAMPLE_S:g} s)",
-                "reached": s["rss_growth_bytes_after_warmup"] < SOAK_GROWTH_LIMIT,  # (NaN, too short to judge: not reached)
-            }
-        )
+        targets.append(soak_target("soak", s, f"{s['requests']:,} requests, {s['switches']} switches"))
     result["targets"] = targets
     stem = "runtime-quick" if args.quick else "runtime"
     write_results(args.out, stem, result, render(result).replace("runtime.png", f"{stem}.png"), lambda path: plot(result, path))
