@@ -22,7 +22,7 @@ with the fog killed mid-run, and each role under concurrent load, all on loopbac
   fog advertises its models' accuracy from the run's report.json: a run without one (make bench's)
   is measured first (`racmkd evaluate`), or the edge would never forward.
 - Load: each role's server in its own process, 8 concurrent clients for a bounded count and time.
-- Soak: the edge server under 2 clients for `--soak-minutes` (5), its resident memory every 5 s;
+- Soak: the edge server under 2 clients for `--soak-minutes` (10), its resident memory every 5 s;
   judged over the second half, as the runtime benchmark's soak.
 """
 
@@ -566,7 +566,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=40.0)
     parser.add_argument("--load-requests", type=int, default=2000)
     parser.add_argument("--load-seconds", type=float, default=20.0)
-    parser.add_argument("--soak-minutes", type=float, default=5.0, help="the edge server under 2 clients, its memory watched (0: skip)")
+    # 10 minutes: the server's first five fill its runtime's log of the last 200 decisions (switches
+    # come often under load; a 5-minute soak at 41f25e4 grew +128 KB over its second half, a
+    # 10-minute one +20 KB)
+    parser.add_argument("--soak-minutes", type=float, default=10.0, help="the edge server under 2 clients, its memory watched (0: skip)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
