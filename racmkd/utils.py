@@ -17,8 +17,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
-import contextlib
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -125,9 +124,9 @@ def host_token(ns_pid: Path = Path("/proc/self/ns/pid"), boot_id: Path = Path("/
     volume may have one hostname (`--hostname`, a pod's), and the hostname alone let each remove
     the other's live folders. Where /proc cannot tell, the hostname alone."""
     parts = [socket.gethostname()]
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         parts.append(f"pidns:{os.stat(ns_pid).st_ino}")
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         parts.append(f"boot:{boot_id.read_text().strip()}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:8]
 

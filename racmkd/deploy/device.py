@@ -178,8 +178,8 @@ class DeviceStore:
             for slot in sorted(p for p in (self.root / "slots").iterdir() if p.is_dir() and not p.name.startswith(".")):
                 try:
                     signed = json.loads((slot / SIGNED).read_text())
-                    installed = Installed(signed["manifest"], signed["signature"], slot)
-                    if installed.manifest.get("sha256") != slot.name:
+                    installed = self._installed(signed)  # (its slot named by the manifest's sha256)
+                    if installed is None or installed.slot != slot:
                         continue
                     self.check(installed)
                 except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, UpdateRefused):

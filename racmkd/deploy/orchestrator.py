@@ -105,15 +105,11 @@ def plan(registry: ModelRegistry, devices: list[DeviceProfile], public_key: Any 
     the reason."""
     from racmkd.deploy.signing import SignatureError, verify
 
-    releases = registry.latest()
-    forged: dict[str, str] = {}
-    for r in registry.releases():  # a damaged record is listed with its reason, never chosen
-        if r.damaged:
-            releases.append(r)
-            forged[r.label] = f"{r.damaged}: passed over (remove it with `racmkd registry remove {r.name} --version {r.version}`)"
+    everything = registry.releases()
+    damaged = [r for r in everything if r.damaged]  # listed with their reasons, never chosen
+    releases = registry.latest(everything)
+    forged = {r.label: f"{r.damaged}: passed over (remove it with `racmkd registry remove {r.name} --version {r.version}`)" for r in damaged}
     for r in releases:
-        if r.damaged:
-            continue
         if r.altered:
             forged[r.label] = f"its registry record disagrees with its signed manifest on {', '.join(r.altered)}: passed over"
             continue
@@ -122,6 +118,7 @@ def plan(registry: ModelRegistry, devices: list[DeviceProfile], public_key: Any 
                 verify(r.manifest, r.signature, public_key)
         except SignatureError as err:
             forged[r.label] = f"its signature does not verify ({err}): passed over"
+    releases += damaged
     assignments = []
     for d in devices:
         rows = []
@@ -129,24 +126,22 @@ def plan(registry: ModelRegistry, devices: list[DeviceProfile], public_key: Any 
             fit = r.device_fit.get(d.name)
             accuracy = r.metrics.get("accuracy")
             if r.label in forged:
-                rows.append({"release": f"{r.name} v{r.version}", "fits": False, "accuracy": accuracy, "reason": forged[r.label]})
+                rows.append({"release": r.label, "fits": False, "accuracy": accuracy, "reason": forged[r.label]})
             elif fit is None:
                 rows.append(
                     {
-                        "release": f"{r.name} v{r.version}",
+                        "release": r.label,
                         "fits": False,
                         "accuracy": accuracy,
                         "reason": "not profiled for this device (register it with --devices)",
                     }
                 )
             else:
-                rows.append({"release": f"{r.name} v{r.version}", "fits": fit["fits"], "accuracy": accuracy, "reason": fit["reason"]})
+                rows.append({"release": r.label, "fits": fit["fits"], "accuracy": accuracy, "reason": fit["reason"]})
         fitting = [(r, row) for r, row in zip(releases, rows) if row["fits"] and row["accuracy"] is not None]
         if fitting:
             best, row = max(fitting, key=lambda pair: pair[1]["accuracy"])
-            assignments.append(
-                Assignment(d.name, best, f"{best.name} v{best.version}: the most accurate that fits ({row['accuracy']:.4f}; {row['reason']})", rows)
-            )
+            assignments.append(Assignment(d.name, best, f"{best.label}: the most accurate that fits ({row['accuracy']:.4f}; {row['reason']})", rows))
         else:
             why = "; ".join(f"{row['release']}: {row['reason']}" for row in rows) or "the registry holds no releases"
             assignments.append(Assignment(d.name, None, f"nothing fits: {why}", rows))

@@ -359,10 +359,10 @@ class ModelRegistry:
             rows = db.execute("SELECT * FROM releases" + (" WHERE name = ?" if name else "") + " ORDER BY name, version", (name,) if name else ()).fetchall()
         return [self._from_row(r) for r in rows]
 
-    def latest(self) -> list[Release]:
-        """The newest version of every release name."""
+    def latest(self, releases: list[Release] | None = None) -> list[Release]:
+        """The newest version of every release name (of `releases`, read from the registry when not given)."""
         newest: dict[str, Release] = {}
-        for r in self.releases():  # (by the signed versions: a record's version column may have been altered)
+        for r in self.releases() if releases is None else releases:  # (by the signed versions: a record's version column may have been altered)
             if r.damaged:  # (passed over: the orchestrator lists it with its reason)
                 continue
             if r.name not in newest or (r.version or 0) > (newest[r.name].version or 0):
