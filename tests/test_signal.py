@@ -237,6 +237,17 @@ def test_the_resampler_is_imported_when_the_audio_signal_is_made() -> None:
     assert signals.polyphase_resampler.cache_info().currsize == 1
 
 
+def test_reading_a_contract_makes_no_signal() -> None:
+    """Reading an exported model's specs (profile, registry checks) parses them without making the
+    signals, so it pays for none of their set-up (audio's import of scipy.signal)."""
+    from racmkd.compress.artifacts import specs_from_contract
+
+    signals.polyphase_resampler.cache_clear()
+    specs = specs_from_contract({"model": "m", "inputs": {"audio": {"spec": {"n_mels": 16, "n_frames": 8}}, "image": {"spec": {}}}})
+    assert specs["audio"] == signals.AudioSpec(n_mels=16, n_frames=8) and specs["image"] == signals.ImageSpec()
+    assert signals.polyphase_resampler.cache_info().currsize == 0
+
+
 def test_a_configured_sample_rate_resamples_training_recordings_as_serving_does(shared_root) -> None:  # noqa: ANN001
     """FSDD is 8 kHz; a config asking for 16 kHz gets its recordings resampled, so the features a
     model trains on equal those a predictor computes from the user's 8 kHz waveform."""

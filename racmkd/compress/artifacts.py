@@ -93,7 +93,7 @@ def read_compression_record(folder: Path) -> dict[str, Any]:
 def specs_from_contract(contract: dict[str, Any], fix: str = "export it again with `racmkd export`") -> dict[str, Any]:
     """The feature specs of an exported model's inputs, as the modalities' signals read them."""
     try:
-        return {m: SIGNALS.create(m).spec_from_dict(entry["spec"]) for m, entry in contract["inputs"].items()}
+        return {m: SIGNALS.get(m).spec_from_dict(entry["spec"]) for m, entry in contract["inputs"].items()}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ExportError(f"model {contract.get('model', '?')!r}: its contract's inputs are damaged ({type(err).__name__}: {err}); {fix}") from None
 

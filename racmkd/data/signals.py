@@ -70,9 +70,11 @@ class Signal(ABC):
         models, so that a runtime needs nothing else)."""
         return {"spec": dataclasses.asdict(spec), "shape": list(self.feature_shape(spec)), "steps": self.steps(spec), "layout": self.layout}
 
-    def spec_from_dict(self, values: dict[str, Any]) -> Any:
-        """A spec saved in a checkpoint or a contract, read back."""
-        return from_dict(self.spec_type, values, where=f"spec.{self.name}")
+    @classmethod
+    def spec_from_dict(cls, values: dict[str, Any]) -> Any:
+        """A spec saved in a checkpoint or a contract, read back (a class method: reading a contract
+        makes no signal, so it costs no signal's set-up, such as audio's scipy.signal import)."""
+        return from_dict(cls.spec_type, values, where=f"spec.{cls.name}")
 
     dead_range: ClassVar[float] = 1e-3  # raw values (in [0, 1] or [-1, 1]) spanning less than this: no signal
 

@@ -20,7 +20,7 @@ import sqlite3
 import tarfile
 import time
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,6 @@ CREATE TABLE IF NOT EXISTS removed (
 );
 """  # the versions `remove` took out, never given again
 SCHEMA = RELEASES_TABLE + REMOVED_TABLE
-COLUMNS = ("name", "version", "kind", "tier", "modalities", "metrics", "device_fit", "parent_version", "sha256", "bytes", "manifest", "signature", "created")
 
 
 class RegistryError(ValueError):
@@ -103,6 +102,11 @@ class Release:
             "parent_version": self.parent_version,
             "metrics": self.metrics,
         }
+
+
+# The releases table's columns, in order: Release's fields without a default (those with one are
+# judged on reading). A database whose table has other columns is not ours (see Registry._check).
+COLUMNS = tuple(f.name for f in fields(Release) if f.default is MISSING)
 
 
 def artifact_kind(path: Path) -> str:
