@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from racmkd.config import ConfigError, RunConfig, load_config
+from racmkd.config import ConfigError, RunConfig, load_config, read_token
 from racmkd.data.paths import DataError
 
 if TYPE_CHECKING:
@@ -94,6 +94,8 @@ def _check_out_json(out: Path, inputs: list[Path]) -> None:
     file is something else (a model, a dataset) and is refused without reading it whole."""
     if out.is_dir():
         raise ValueError(f"--out {out}: a folder; name the JSON file to write")
+    if out.exists() and not out.is_file():
+        raise ValueError(f"--out {out}: not a regular file (a device, a pipe or a socket); name the JSON file to write")
     blocking = _file_above(out)
     if blocking is not None:
         raise ValueError(f"--out {out}: {blocking} is a file, not a folder; name a JSON file in an existing or new folder")
@@ -256,12 +258,14 @@ def compress(
 ) -> None:
     """Compress tiers' students with a recipe (prune, low-rank, input reduction, QAT, int8, export) and re-measure the run."""
     from racmkd.eval.report import evaluate_run
-    from racmkd.pipeline import compress_students, open_run, prepare_data
+    from racmkd.pipeline import compress_students, compression_recipes, open_run, prepare_data
 
     try:
         run_dir, cfg = open_run(run)
+        tiers = list(tier or [t.name for t in cfg.students.tiers])
+        compression_recipes(cfg, tiers, recipe)  # a recipe's mistakes said now, not after the data loads (11 s)
         dataset = prepare_data(cfg)
-        folders = compress_students(cfg, dataset, run_dir, list(tier or [t.name for t in cfg.students.tiers]), recipe)
+        folders = compress_students(cfg, dataset, run_dir, tiers, recipe)
         report = evaluate_run(run_dir, dataset)
     except _errors() as err:
         raise _fail(err) from None
@@ -412,8 +416,8 @@ def edge_run(
         bank = load_bank(run_dir / "edge")
         replayed = _live_trace(trace, seconds) if trace else None
         log = log or run_dir / "edge" / "live.json"
-        if log.is_dir():  # found now, not after the whole run
-            raise ValueError(f"--log {log}: a folder; name the JSON file to write")
+        if log.is_dir() or (log.exists() and not log.is_file()):  # found now, not after the whole run
+            raise ValueError(f"--log {log}: {'a folder' if log.is_dir() else 'not a regular file (a device, a pipe or a socket)'}; name the JSON file to write")
         dataset = prepare_data(cfg)
         source = TraceSource(replayed, loop=True) if replayed is not None else SystemSource()
         with ResourceMonitor(source, cfg.runtime.monitor) as monitor:
@@ -603,19 +607,22 @@ def registry_add(
 
 @registry_app.command("list")
 def registry_list(root: RootOpt = Path("registry")) -> None:
-    """Every release: name, version, kind, bytes, hash, accuracy."""
+    """Every release: name, version, kind, bytes, hash, accuracy; a damaged record or blob is marked."""
     from racmkd.deploy.registry import ModelRegistry
 
     try:
-        releases = ModelRegistry(root, create=False).releases()
+        registry = ModelRegistry(root, create=False)
+        releases = registry.releases()
     except _registry_errors() as err:
         raise _fail(err) from None
     for r in releases:
         if r.damaged:
             typer.echo(f"{r.name:16s} v{r.version:<3d} DAMAGED: {r.damaged}; remove it with `racmkd registry remove {r.name} --version {r.version}`")
             continue
+        problem = registry.blob_problem(r.sha256)
         typer.echo(
             f"{r.name:16s} v{r.version:<3d} {r.kind:5s} {r.bytes:>10,} B  {r.sha256[:12]}  accuracy {r.metrics.get('accuracy', float('nan')):.4f}  parent {r.parent_version or '-'}"
+            + (f"  BLOB DAMAGED: {problem}" if problem else "")
         )
 
 
@@ -704,14 +711,15 @@ def deploy_push(
     timeout: TimeoutOpt = 60.0,
 ) -> None:
     """Send a release to an edge device (a delta when smaller; the whole when the delta is refused); it verifies, checks, swaps or rolls back."""
-    import os
-
     import httpx
 
     from racmkd.deploy.orchestrator import push
     from racmkd.deploy.registry import ModelRegistry
 
-    token = os.environ.get(token_env)
+    try:
+        token = read_token(token_env)
+    except ValueError as err:
+        raise _fail(err) from None
     if not token:
         raise _fail(ValueError(f"${token_env} is not set: the device's management token is needed"))
     try:
@@ -741,13 +749,14 @@ def deploy_apply(
     json_: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Plan each device's release by its profile and push it (no human step); exits 1 if a device could not be updated."""
-    import os
-
     from racmkd.deploy.orchestrator import apply_fleet, load_fleet
     from racmkd.deploy.registry import ModelRegistry
     from racmkd.deploy.signing import load_public_key
 
-    token = os.environ.get(token_env)
+    try:
+        token = read_token(token_env)
+    except ValueError as err:
+        raise _fail(err) from None
     if not token:
         raise _fail(ValueError(f"${token_env} is not set: the devices' management token is needed"))
     key = public_key or (DEFAULT_PUBLIC_KEY if DEFAULT_PUBLIC_KEY.is_file() else None)
@@ -832,7 +841,9 @@ def _read_npy(path: Path):  # noqa: ANN202 - numpy array
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, EOFError, ValueError, MemoryError) as err:  # click would turn an EOFError into a bare "Aborted!"; a header may claim any shape
-        raise ValueError(f"{path}: not a readable .npy array ({type(err).__name__}: {err})") from None
+        # (numpy takes a file without its header for a pickle, and advises loading it unsafely: wrong advice for a damaged file)
+        why = "no .npy header: damaged, or not saved with np.save" if "allow_pickle" in str(err) else f"{type(err).__name__}: {err}"
+        raise ValueError(f"{path}: not a readable .npy array ({why})") from None
     if not isinstance(loaded, np.ndarray):
         loaded.close()
         raise ValueError(f"{path}: an .npz archive; pass one array saved with np.save (.npy)")

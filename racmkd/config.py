@@ -453,8 +453,12 @@ def url_problem(url: str) -> str | None:
     port in 1-65535 if one is given (port 99999 was taken, and failed as "connection refused")."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as err:  # ("http://[::1": "Invalid IPv6 URL", naming no URL)
+        return f"is not a valid URL ({err})"
+    if parts.scheme not in ("http", "https") or not host:
         return "is not an http(s) URL with a host (e.g. http://fog.local:8001)"
     try:
         port = parts.port
@@ -463,6 +467,26 @@ def url_problem(url: str) -> str | None:
     if port is not None and not 1 <= port <= 65535:
         return f"has an invalid port {parts.netloc.rpartition(':')[2]!r} (a port is a number in 1-65535)"
     return None
+
+
+def read_token(variable: str) -> str | None:
+    """The management token held in environment variable `variable`, without surrounding
+    whitespace, or None when it is unset or blank. A token file written with `echo`, or a
+    Kubernetes secret made from one, ends in a newline: the server compared it whole and refused
+    every client, and the client could not send it. ValueError (naming the variable, never the
+    token) when what is left holds what an HTTP header cannot carry as sent: a space, a control
+    character, a non-ASCII one."""
+    import os
+
+    token = os.environ.get(variable, "").strip()
+    if not token:
+        return None
+    kinds = {
+        "a space" if c == " " else "a control character" if ord(c) < 0x20 or c == "\x7f" else "a non-ASCII character" for c in token if not "!" <= c <= "~"
+    }
+    if kinds:
+        raise ValueError(f"${variable}: the token holds {' and '.join(sorted(kinds))}; a token is printable ASCII without spaces (e.g. `openssl rand -hex 32`)")
+    return token
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,15 @@ def replacing(path: Path, mode: int | None = None) -> Iterator[Path]:
     relies on this). The default mode is what a plain `open` gives (0o666 less the umask), not
     mkstemp's 0o600, which would hide run outputs and public keys from other users and containers."""
     path = Path(path)
+    if path.is_symlink():  # written through: the link stays, its target gets the content
+        path = path.resolve()
+    if path.exists() and not path.is_file() and not path.is_dir():  # (a folder: os.replace refuses it below)
+        raise ValueError(f"{path}: not a regular file (a device, a pipe or a socket); it is not replaced: name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # (named the temporary file, which the caller never asked for)
+        raise OSError(err.errno, f"cannot write a file there ({err.strerror})", str(path)) from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -108,14 +115,20 @@ def work_folder(parent: Path, name: str) -> Iterator[Path]:
     of processes that are gone (killed outright, they left theirs beside the result forever) and
     leaves those of live builders alone (two builds of one folder at once each keep their own)."""
     parent = Path(parent)
+    made = not parent.exists()
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_work_folders(parent, name)
     work = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.{os.getpid()}-{_HOST}-", suffix=".partial"))
+    done = False
     try:
         os.chmod(work, 0o777 & ~UMASK)  # as a plain mkdir makes it, not mkdtemp's 0o700
         yield work
+        done = True
     finally:
         shutil.rmtree(work, ignore_errors=True)  # (gone already when its content moved in whole)
+        if made and not done:  # a folder made for this build alone (`export --out new`), left empty by its failure
+            with suppress(OSError):
+                parent.rmdir()
 
 
 def host_token(ns_pid: Path = Path("/proc/self/ns/pid"), boot_id: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
@@ -134,14 +147,14 @@ def host_token(ns_pid: Path = Path("/proc/self/ns/pid"), boot_id: Path = Path("/
 _HOST = host_token()  # another container's pids are not ours to judge
 
 
-def remove_stale_work_folders(parent: Path, name: str) -> list[Path]:
-    """The `work_folder`s of `name` in `parent` whose process, on this host, has ended: removed.
-    Returns what was removed."""
+def remove_stale_work_folders(parent: Path, name: str | None = None) -> list[Path]:
+    """The `work_folder`s of `name` (None: of any name) in `parent` whose process, on this host,
+    has ended: removed. Returns what was removed."""
     import psutil
 
-    pattern = re.compile(rf"\.{re.escape(name)}\.(\d+)-([0-9a-f]{{8}})-[^.]*\.partial")
+    pattern = re.compile(rf"\.{'.+' if name is None else re.escape(name)}\.(\d+)-([0-9a-f]{{8}})-[^.]*\.partial")
     removed = []
-    for entry in Path(parent).glob(f".{glob.escape(name)}.*.partial"):
+    for entry in Path(parent).glob(f".{'*' if name is None else glob.escape(name)}.*.partial"):
         match = pattern.fullmatch(entry.name)
         if match and match[2] == _HOST and not psutil.pid_exists(int(match[1])) and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)

@@ -283,6 +283,9 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
     cases.append((["export", "--run", str(tiny_run), "--model", "critical", "--out", str(tmp_path / "notdir" / "sub")], "notdir is a file"))
     (tmp_path / "empty.npy").write_bytes(b"")
     cases.append((["predict", "--run", str(tiny_run), "--image", str(tmp_path / "empty.npy")], "not a readable .npy"))
+    (tmp_path / "garbage.npy").write_bytes(bytes(range(256)))  # numpy advised loading it unsafely, as a pickle
+    cases.append((["predict", "--run", str(tiny_run), "--image", str(tmp_path / "garbage.npy")], "no .npy header: damaged, or not saved with np.save"))
+    cases.append((["export", "--run", str(tiny_run), "--model", "critical", "--modality", "lidar", "--out", str(tmp_path / "new-out")], "lidar"))
     (tmp_path / "short.wav").write_bytes(_wav_head())
     cases.append((["predict", "--run", str(tiny_run), "--tier", "teacher_audio", "--audio", str(tmp_path / "short.wav")], "not a readable WAV"))
     compressed = tmp_path / "run"  # a copy of the run whose compression record is damaged
@@ -314,6 +317,7 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
         assert code == 2 and message in err and "Traceback" not in err, (args, code, err)
     assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["racmkd.key", "racmkd.pub"]
     assert not (tmp_path / "mistyped").exists()
+    assert not (tmp_path / "new-out").exists()  # a failed export leaves no empty folder it made
 
 
 def _wav_head() -> bytes:

@@ -681,6 +681,13 @@ def test_the_deployed_artifact_predicts_from_raw_inputs(compressed_run: Path) ->
         racmkd.load(compressed_run, "teacher_compressed")
 
 
+def test_another_tiers_artifact_copied_over_a_tiers_is_refused(compressed_run: Path, tmp_path: Path) -> None:
+    """compressed/high holding critical's files answered as high_compressed with critical's model."""
+    shutil.copytree(compressed_run / "compressed" / "critical", tmp_path / "run" / "compressed" / "high")
+    with pytest.raises(ExportError, match=r"the 'critical' tier's model, not 'high''s; compress the tier again"):
+        racmkd.load(tmp_path / "run", "high_compressed")
+
+
 def test_a_failing_recipe_leaves_nothing_half_written(compressed_run: Path, tmp_path: Path) -> None:
     from racmkd.pipeline import compress_students, open_run, prepare_data
 

@@ -157,6 +157,58 @@ def test_a_damaged_registry_record_is_listed_passed_over_and_removable(bank_dir:
     assert "DAMAGED" not in CliRunner().invoke(app, ["registry", "list", "--root", str(root)]).output
 
 
+def test_a_device_store_removes_what_a_server_killed_while_staging_left(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    """A server SIGKILLed while it staged an update left slots/.<sha>.partial, a release's bytes,
+    forever (nothing ever removed it). Staging now works in a folder named for its process, and a
+    store removes those of ended processes when it opens; a live stager's stays."""
+    from racmkd import utils
+
+    from test_utils import ended_pid
+
+    slots = tmp_path / "device" / "slots"
+    slots.mkdir(parents=True)
+    dead = slots / f".{'a' * 64}.{ended_pid()}-{utils._HOST}-abc123.partial"
+    live = slots / f".{'b' * 64}.{os.getpid()}-{utils._HOST}-def456.partial"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "release.bin").write_bytes(b"half a release")
+    store = DeviceStore(tmp_path / "device", load_public_key(keys[1]))
+    assert not dead.exists() and live.exists()
+    release = ModelRegistry(tmp_path / "registry").register(bank_dir, "edge", load_private_key(keys[0]))
+    store.install(release.manifest, release.signature, ModelRegistry(tmp_path / "registry").blob(release.sha256))
+    assert sorted(p.name for p in slots.iterdir()) == sorted([live.name, release.sha256])
+
+
+def test_a_release_whose_blob_was_altered_is_marked_passed_over_and_repaired_by_adding_it_again(
+    bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`deploy plan` chose a release whose blob was altered on disk (the push then failed, and the
+    next best that fits was never tried), `registry list` showed it as whole, and adding the model
+    again kept the altered blob (a blob already there was never rewritten)."""
+    from typer.testing import CliRunner
+
+    from racmkd.cli import app
+
+    root, key = tmp_path / "registry", load_private_key(keys[0])
+    registry = ModelRegistry(root)
+    fits = {"pi": {"fits": True, "reason": "fits"}}
+    registry.register(bank_dir, "edge", key, metrics={"accuracy": 0.8}, device_fit=fits)
+    better = fine_tuned_head(bank_dir, tmp_path / "v2")[0]
+    high = registry.register(better, "high", key, metrics={"accuracy": 0.9}, device_fit=fits)
+    blob = root / "blobs" / high.sha256
+    blob.write_bytes(blob.read_bytes()[:-1] + b"X")
+    pi = dataclasses.replace(load_device("raspberry-pi-4"), name="pi")
+    [assignment] = plan(registry, [pi], load_public_key(keys[1]))
+    assert assignment.release.label == "edge v1" and any(c["release"] == "high v1" and "altered on disk" in c["reason"] for c in assignment.candidates)
+    listed = CliRunner().invoke(app, ["registry", "list", "--root", str(root)]).output
+    assert any(line.startswith("high") and "BLOB DAMAGED" in line and "registry add" in line for line in listed.splitlines())
+    assert not any(line.startswith("edge") and "DAMAGED" in line for line in listed.splitlines())
+    assert registry.register(better, "high", key, metrics={"accuracy": 0.9}, device_fit=fits).version == 2
+    assert sha256(registry.blob(high.sha256)) == high.sha256  # v1 shares the repaired blob
+    [assignment] = plan(registry, [pi], load_public_key(keys[1]))
+    assert assignment.release.label == "high v2"
+
+
 def test_a_database_that_is_not_a_registry_is_refused_and_left_unwritten(tmp_path: Path) -> None:
     """Another program's SQLite file at --root: "not enough values to unpack", after a releases
     table had been written into it."""
@@ -255,6 +307,7 @@ def test_device_store_verifies_patches_checks_and_rolls_back(bank_dir: Path, key
     with pytest.raises(UpdateFailed, match="failed its health check"):
         store.install(v3.manifest, v3.signature, registry.blob(v3.sha256))
     assert store.current().manifest["version"] == 2
+    assert not list((tmp_path / "device" / "slots").glob(".*"))  # the failed stage's work folder went with it
     # A state file's entries damaged by hand: nothing installed, rather than a crash at startup.
     state = (tmp_path / "device" / "state.json").read_text()
     (tmp_path / "device" / "state.json").write_text(json.dumps({"current": {"manifest": {}}, "previous": 5}))
@@ -440,9 +493,11 @@ def test_a_fleet_is_planned_and_pushed_with_no_human_step(bank_dir: Path, keys: 
 
 
 def test_a_device_that_does_not_answer_as_an_edge_is_a_clear_error(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
-    """A fleet URL whose /deployment answers JSON that is not an edge's status (a list, null): a
-    ValueError naming the URL, which apply_fleet reports for that device while serving the others
-    (it was an AttributeError that ended `deploy apply` for the whole fleet)."""
+    """A fleet URL whose /deployment answers JSON that is not an edge's status (a list, null, an
+    empty object): a ValueError naming the URL, which apply_fleet reports for that device while
+    serving the others (it was an AttributeError that ended `deploy apply` for the whole fleet).
+    One that takes the status but answers the push with bytes labelled JSON: a ValueError naming
+    the URL (it was a codec's error naming neither)."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -453,6 +508,13 @@ def test_a_device_that_does_not_answer_as_an_edge_is_a_clear_error(bank_dir: Pat
             self.end_headers()
             self.wfile.write(self.server.answer)  # type: ignore[attr-defined]
 
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"\x00l\xff garbage")
+
         def log_message(self, *args: object) -> None:
             pass
 
@@ -461,10 +523,13 @@ def test_a_device_that_does_not_answer_as_an_edge_is_a_clear_error(bank_dir: Pat
     with ThreadingHTTPServer(("127.0.0.1", 0), NotAnEdge) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        for answer in (b"[]", b"null", b'{"current": "v1"}'):
+        for answer in (b"[]", b"null", b"{}", b'{"current": "v1"}'):
             server.answer = answer  # type: ignore[attr-defined]
             with pytest.raises(ValueError, match="not a racmkd edge's status"):
                 push(registry, release, url, TOKEN)
+        server.answer = b'{"current": null}'  # type: ignore[attr-defined]
+        with pytest.raises(ValueError, match=f"{url}/deploy: answered 200 .* not JSON: not a racmkd edge server's answer"):
+            push(registry, release, url, TOKEN)
         server.shutdown()
 
 
@@ -642,6 +707,31 @@ def test_protected_inference_without_a_token_is_refused_at_startup(monkeypatch: 
         serve("edge", RunConfig(), tmp_path / "no-run", settings)  # before any model is loaded
     with pytest.raises(ValueError, match="protect_inference"):
         create_app(ModelService.__new__(ModelService), settings, token=None)
+
+
+def test_a_management_token_read_with_its_newline_opens_and_one_no_header_can_carry_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A token file written with `echo` ends in a newline: the edge compared it whole and refused
+    every client for good (401), and `deploy push` failed on "Illegal header value", printing the
+    token. The token is read stripped; one with a space or a non-ASCII character inside is refused
+    at start, naming the variable and not the token."""
+    from typer.testing import CliRunner
+
+    from racmkd.cli import app
+    from racmkd.config import RunConfig, read_token
+    from racmkd.deploy.server import serve
+
+    monkeypatch.setenv("RACMKD_TOKEN", "s3cret\n")
+    assert read_token("RACMKD_TOKEN") == "s3cret"
+    for value in (" ", ""):
+        monkeypatch.setenv("RACMKD_TOKEN", value)
+        assert read_token("RACMKD_TOKEN") is None
+    for value, kind in (("s3c ret", "a space"), ("s3cr\u00e9t", "a non-ASCII character"), ("s3\tcret", "a control character")):
+        monkeypatch.setenv("RACMKD_TOKEN", value)
+        with pytest.raises(ValueError, match=kind) as refused:
+            serve("edge", RunConfig(), tmp_path / "no-run", ServeConfig())  # before any model is loaded
+        assert "$RACMKD_TOKEN" in str(refused.value) and "s3c" not in str(refused.value)
+        pushed = CliRunner().invoke(app, ["deploy", "push", "edge", "--url", "http://127.0.0.1:9", "--root", str(tmp_path / "none")])
+        assert pushed.exit_code == 2 and kind in pushed.output and "s3c" not in pushed.output, pushed.output
 
 
 def test_port_0_serves_and_announces_a_free_port() -> None:

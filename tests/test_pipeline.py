@@ -140,6 +140,15 @@ def test_damaged_checkpoint_is_named(tmp_path: Path) -> None:
     assert "weights_only" not in str(caught.value)  # torch's advice to load it unsafely is not passed on
 
 
+def test_a_checkpoint_whose_specs_miss_an_encoders_input_is_named(tiny_run: Path, tmp_path: Path) -> None:
+    """Empty specs failed at export as "torch.cat(): expected a non-empty list of Tensors"."""
+    record = torch.load(tiny_run / "checkpoints" / "critical.pt", weights_only=True)
+    damaged = tmp_path / "critical.pt"
+    torch.save({**record, "specs": {}}, damaged)
+    with pytest.raises(CheckpointError, match=r"critical\.pt: damaged checkpoint \(input specs for \[\], encoders for \["):
+        load_model(damaged)
+
+
 def test_inputs_are_compared_at_their_deepest_affordable_depth() -> None:
     from racmkd.pipeline import Design, deepest_per_input
 

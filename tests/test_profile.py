@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -430,6 +431,10 @@ def test_profile_out_may_be_an_empty_file_and_a_large_one_is_refused_unread(tmp_
     monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"{self} was read"))
     with pytest.raises(ValueError, match=r"big\.json: an existing file of 10485761 bytes, too large to be a profile; it is not overwritten"):
         _check_out_json(big, [])
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # (size 0, like /dev/null: passed as an empty file, then replaced by one)
+    with pytest.raises(ValueError, match="not a regular file"):
+        _check_out_json(fifo, [])
 
 
 def test_a_model_with_external_data_is_refused_in_one_line(exported: Path, tmp_path: Path) -> None:

@@ -281,6 +281,9 @@ def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path) -> None:
         ("time,cpu_percent\n0,20\n1,30\n", "no `t` column"),
         # newest first: the documented refusal, not "fewer than two usable readings (19 rows skipped as garbage)"
         ("t,cpu_percent\n" + "".join(f"{t},20\n" for t in range(19, -1, -1)), r"19 of 20 rows go back in time .*newest first\? sort the rows by t"),
+        # spans no replay can use: a nanosecond (replayed in no time, a monitor share of 20,062,800%), and 7e307 s
+        ("t,cpu_percent\n0,20\n1e-9,30\n", r"its readings span 1e-09 s .*is t in seconds\?"),
+        ("t,cpu_percent\n1e308,20\n1.7e308,30\n", r"its readings span 7e\+307 s"),
     ],
 )
 def test_bad_trace_files_are_clear_errors(tmp_path: Path, content: str, message: str) -> None:

@@ -395,7 +395,12 @@ def test_damaged_weights_and_a_modality_without_variants_are_worked_around(bank_
     with pytest.raises(BankError, match="no accuracy for 1 configuration"):
         load_bank(copy)
     data = json.loads((bank_dir / "bank.json").read_text())
-    for cost, value in (("memory_bytes", "Infinity"), ("latency_ms_p95", "NaN"), ("energy_mj", "-1")):
+    for cost, value in (
+        ("memory_bytes", "Infinity"),
+        ("latency_ms_p95", "NaN"),
+        ("latency_ms", "NaN"),
+        ("energy_mj", "-1"),
+    ):  # (a NaN median was read as none given)
         damaged = json.loads(json.dumps(data))
         damaged["variants"][0][cost] = "@"
         (copy / "bank.json").write_text(json.dumps(damaged).replace('"@"', value))  # what json.dumps writes for a non-finite float

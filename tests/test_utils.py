@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -160,3 +161,21 @@ def test_a_window_read_while_another_thread_appends_is_a_whole_snapshot() -> Non
         writer.join()
     for values in reads:
         assert len(values) <= 100 and (np.diff(values) == 1.0).all()
+
+
+def test_an_atomic_write_goes_through_a_symlink_and_never_replaces_a_special_file(tmp_path: Path) -> None:
+    """As root, `profile --out /dev/full` replaced the device node with a JSON file (a size-0 path
+    passed for an empty file), and a symlink was replaced by a file, its target left as it was."""
+    target = tmp_path / "target.json"
+    target.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    utils.atomic_write_json(link, {"a": 1})
+    assert link.is_symlink() and json.loads(target.read_text()) == {"a": 1}
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        utils.atomic_write_json(fifo, {"a": 1})
+    assert fifo.is_fifo() and [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    with pytest.raises(OSError, match=r"cannot write a file there .*'/proc/x\.json'"):
+        utils.atomic_write_json(Path("/proc/x.json"), {"a": 1})  # (the error named the temporary file)

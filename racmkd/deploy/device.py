@@ -35,7 +35,7 @@ import numpy as np
 from racmkd.deploy.delta import DeltaError, apply_delta
 from racmkd.deploy.registry import MANIFEST_FORMAT, unpack
 from racmkd.deploy.signing import SignatureError, verify
-from racmkd.utils import atomic_write_bytes, atomic_write_json, fsync_folder, sha256
+from racmkd.utils import atomic_write_bytes, atomic_write_json, fsync_folder, remove_stale_work_folders, sha256, work_folder
 
 log = logging.getLogger(__name__)
 SIGNED = "release.json"  # in each slot: the signed manifest it was installed with
@@ -144,7 +144,13 @@ class DeviceStore:
         self, root: Path, public_key: Any, health_check: Callable[[Path, str], None] = default_health_check, keep: int = 2, accept: tuple[str, ...] = ()
     ) -> None:
         self.root, self.public_key, self.health_check, self.keep, self.accept = Path(root), public_key, health_check, keep, tuple(accept)
-        (self.root / "slots").mkdir(parents=True, exist_ok=True)
+        try:
+            (self.root / "slots").mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(err.errno, f"cannot hold the device's releases there ({err.strerror}); set serve.store_dir to a folder", str(self.root)) from None
+        # A server killed while it staged an update left that release's files in a work folder: up
+        # to a release's bytes each time, on a device with little storage. Those of ended processes go.
+        remove_stale_work_folders(self.root / "slots")
         self._lock = threading.Lock()
         self._rebuilding = threading.Lock()
 
@@ -302,22 +308,19 @@ class DeviceStore:
         if (slot / "release.bin").is_file() and (_slot_problem(slot, manifest) or not self._healthy(slot, manifest["kind"])):
             shutil.rmtree(slot, ignore_errors=True)  # damaged since it was installed: unpacked again below
         if not (slot / "release.bin").is_file():
-            partial = self.root / "slots" / f".{manifest['sha256']}.partial"
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir()
-            try:
-                atomic_write_bytes(partial / "release.bin", data)  # on disk before state.json names it: later deltas patch it
-                atomic_write_json(partial / SIGNED, {"manifest": manifest, "signature": signature})  # what a damaged state.json is rebuilt from
-                unpack(data, manifest["kind"], model_path(partial, manifest["kind"]))
-                self.health_check(model_path(partial, manifest["kind"]), manifest["kind"])
-            except Exception as err:  # noqa: BLE001 - whatever went wrong, the current release stays
-                shutil.rmtree(partial, ignore_errors=True)
-                raise UpdateFailed(
-                    f"{manifest['name']} v{manifest['version']} failed its health check ({type(err).__name__}: {err}); {current.label if current else 'nothing'} stays current"
-                ) from None
-            shutil.rmtree(slot, ignore_errors=True)
-            partial.rename(slot)
-            fsync_folder(slot.parent)  # the rename too, before a commit can name the slot
+            with work_folder(slot.parent, slot.name) as partial:  # (removed if this fails; a killed server's, at the next start)
+                try:
+                    atomic_write_bytes(partial / "release.bin", data)  # on disk before state.json names it: later deltas patch it
+                    atomic_write_json(partial / SIGNED, {"manifest": manifest, "signature": signature})  # what a damaged state.json is rebuilt from
+                    unpack(data, manifest["kind"], model_path(partial, manifest["kind"]))
+                    self.health_check(model_path(partial, manifest["kind"]), manifest["kind"])
+                except Exception as err:  # noqa: BLE001 - whatever went wrong, the current release stays
+                    raise UpdateFailed(
+                        f"{manifest['name']} v{manifest['version']} failed its health check ({type(err).__name__}: {err}); {current.label if current else 'nothing'} stays current"
+                    ) from None
+                shutil.rmtree(slot, ignore_errors=True)
+                partial.rename(slot)
+                fsync_folder(slot.parent)  # the rename too, before a commit can name the slot
         elif not (slot / SIGNED).is_file():  # a slot installed before slots kept their manifest
             atomic_write_json(slot / SIGNED, {"manifest": manifest, "signature": signature})
         return Installed(manifest, signature, slot)

@@ -100,9 +100,9 @@ class Assignment:
 
 def plan(registry: ModelRegistry, devices: list[DeviceProfile], public_key: Any | None = None) -> list[Assignment]:
     """For every device, the most accurate latest release that fits it, by the metrics and device
-    fit of its signed manifest; a release whose registry record disagrees with its manifest, or,
-    with `public_key`, whose signature does not verify (its record altered), is passed over, with
-    the reason."""
+    fit of its signed manifest; a release whose registry record disagrees with its manifest, whose
+    blob is missing or altered on disk, or, with `public_key`, whose signature does not verify (its
+    record altered), is passed over, with the reason."""
     from racmkd.deploy.signing import SignatureError, verify
 
     everything = registry.releases()
@@ -118,6 +118,10 @@ def plan(registry: ModelRegistry, devices: list[DeviceProfile], public_key: Any 
                 verify(r.manifest, r.signature, public_key)
         except SignatureError as err:
             forged[r.label] = f"its signature does not verify ({err}): passed over"
+            continue
+        problem = registry.blob_problem(r.sha256)  # (a push would fail on it, and the next best that fits never be tried)
+        if problem:
+            forged[r.label] = f"{problem}: passed over"
     releases += damaged
     assignments = []
     for d in devices:
@@ -170,6 +174,7 @@ def push(registry: ModelRegistry, release: Release, url: str, token: str, timeou
         if (
             answer.status_code != 200
             or not isinstance(status, dict)
+            or "current" not in status  # (every racmkd edge says, None when it has installed nothing)
             or not isinstance(status.get("current") or {}, dict)
             or not isinstance(status.get("serving") or {}, dict)
         ):
@@ -304,7 +309,16 @@ def _detail(reply: httpx.Response) -> Any:
 
 
 def _pushed(sent: str, payload: bytes, full_bytes: bytes, reply: httpx.Response) -> dict[str, Any]:
-    answer = reply.json() if reply.headers.get("content-type", "").startswith("application/json") else {"detail": reply.text}
+    """What was sent and the device's answer; ValueError when the answer is JSON in name only (a
+    server that is not a racmkd edge: it was reported as a codec's error naming neither)."""
+    answer: Any = {"detail": reply.text[:2000]}
+    if reply.headers.get("content-type", "").startswith("application/json"):
+        try:
+            answer = reply.json()
+        except ValueError:
+            raise ValueError(
+                f"{reply.request.url}: answered {reply.status_code} with {reply.content[:200]!r}, which is not JSON: not a racmkd edge server's answer"
+            ) from None
     return {"sent": sent, "bytes": len(payload), "full_bytes": len(full_bytes), "status_code": reply.status_code, "answer": answer}
 
 

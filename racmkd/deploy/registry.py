@@ -186,8 +186,11 @@ class ModelRegistry:
             self._check_schema(database, create)  # (before anything is written to it: it may be another program's database)
         if not create:
             return
-        (self.root / "blobs").mkdir(parents=True, exist_ok=True)
-        (self.root / "deltas").mkdir(parents=True, exist_ok=True)
+        try:
+            (self.root / "blobs").mkdir(parents=True, exist_ok=True)
+            (self.root / "deltas").mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # (a parent, blobs or deltas that is a file: "[Errno 17] File exists")
+            raise RegistryError(f"{self.root}: cannot make the registry's folders ({err.strerror}: {err.filename}); check --root") from None
         try:
             with closing(self._connect()) as db:
                 db.executescript(SCHEMA)
@@ -219,21 +222,32 @@ class ModelRegistry:
     # Blobs ------------------------------------------------------------------------------------------
 
     def put_blob(self, data: bytes) -> str:
+        """Store bytes under their hash; a blob already there is kept only if it still hashes to its
+        name, so adding the artifact again repairs one altered on disk (every version of it shares it)."""
         digest = sha256(data)
         path = self.root / "blobs" / digest
-        if not path.exists():
+        if not (path.is_file() and sha256(path.read_bytes()) == digest):
             atomic_write_bytes(path, data)
         return digest
 
     def blob(self, digest: str) -> bytes:
         """A blob's bytes, checked against its name."""
         path = self.root / "blobs" / digest
+        restore = "`racmkd registry add` the model again to restore it (its releases share the blob)"
         if not path.is_file():
-            raise RegistryError(f"{path}: no such blob")
+            raise RegistryError(f"{path}: no such blob; {restore}")
         data = path.read_bytes()
         if sha256(data) != digest:
-            raise RegistryError(f"{path}: the blob's content no longer hashes to its name: it was altered on disk")
+            raise RegistryError(f"{path}: the blob's content no longer hashes to its name: it was altered on disk; {restore}")
         return data
+
+    def blob_problem(self, digest: str) -> str | None:
+        """Why a release's blob cannot be sent (missing, altered), or None when it is whole."""
+        try:
+            self.blob(digest)
+        except RegistryError as err:
+            return str(err)
+        return None
 
     # Releases ---------------------------------------------------------------------------------------
 

@@ -28,7 +28,6 @@ import io
 import json
 import logging
 import math
-import os
 import statistics
 import threading
 import time
@@ -50,7 +49,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 from typing_extensions import TypeAliasType
 
-from racmkd.config import RunConfig, ServeConfig
+from racmkd.config import RunConfig, ServeConfig, read_token
 from racmkd.data.signals import MIN_RATE, AudioSpec  # (importing the signals registers them)
 from racmkd.registry import SIGNALS
 
@@ -393,7 +392,7 @@ class EdgeService(Service):
         self.store = self._store()
         self._updating = threading.Lock()  # one deploy or rollback at a time
         self.engine = self._startup_engine()
-        upstream_token = os.environ.get(settings.upstream_token_env) if settings.upstream_token_env else None
+        upstream_token = read_token(settings.upstream_token_env) if settings.upstream_token_env else None
         self.upstreams = [
             Upstream(
                 f"upstream{i}",
@@ -970,7 +969,7 @@ def serve(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfig, annou
     service is built and the address is free (not before, to be followed by an error)."""
     import uvicorn
 
-    token = os.environ.get(settings.token_env)
+    token = read_token(settings.token_env)
     check_inference_token(settings, token)  # (before the models load)
     port = check_listen_address(settings.host, settings.port)
     service = build_service(role, cfg, run_dir, settings)

@@ -59,4 +59,8 @@ def load_model(path: Path) -> tuple[MultimodalNet, dict[str, Any], dict[str, Mod
         raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({err})") from None
     except (KeyError, TypeError, ValueError, AttributeError) as err:  # a record with the right format tag and a damaged body
         raise CheckpointError(f"{path}: damaged checkpoint ({type(err).__name__}: {err}). Re-run the stage that writes it.") from None
+    if sorted(specs) != sorted(model.modalities):  # (no specs: "torch.cat(): expected a non-empty list of Tensors", naming no file)
+        raise CheckpointError(
+            f"{path}: damaged checkpoint (input specs for {sorted(specs)}, encoders for {sorted(model.modalities)}). Re-run the stage that writes it."
+        )
     return model.eval(), specs, modalities, meta

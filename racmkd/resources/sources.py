@@ -472,6 +472,9 @@ class Trace:
             self.write_csv(path)
 
 
+MIN_TRACE_SPAN_S, MAX_TRACE_SPAN_S = 1e-3, 1e9  # the time a trace file's readings may span: a millisecond to about 30 years
+
+
 def load_trace(path: str | Path) -> Trace:
     """Read a recorded trace (CSV with a header, or JSON: a list of objects or {"samples": [...]}).
     Columns: `t` (seconds) and any of cpu_percent, memory_available_mb, battery_percent,
@@ -527,6 +530,11 @@ def load_trace(path: str | Path) -> Trace:
         raise TraceError(f"{path}: {backwards} of {len(rows)} rows go back in time after an earlier one ({why}); check the file")
     if len(times) < 2:
         raise TraceError(f"{path}: fewer than two usable readings ({skipped} rows skipped as garbage)")
+    span = times[-1] - times[0]
+    if not MIN_TRACE_SPAN_S <= span <= MAX_TRACE_SPAN_S:  # (a nanosecond's trace replayed in no time: a monitor share of 20,062,800%)
+        raise TraceError(
+            f"{path}: its readings span {span:.3g} s (t from {times[0]:.6g} to {times[-1]:.6g}); a trace spans {MIN_TRACE_SPAN_S:g} s to {MAX_TRACE_SPAN_S:.0e} s: is t in seconds?"
+        )
     if skipped:
         log.warning("%s: skipped %d garbage rows of %d", path, skipped, len(rows))
     return Trace(path.stem, np.array(times), {c: held(np.array(v)) for c, v in columns.items()}, skipped)

@@ -143,9 +143,9 @@ def load(run_dir: str | Path = "runs/latest", tier: str = "high") -> Predictor |
         what = "not a run folder (an ONNX model is a file ending in .onnx)" if Path(run_dir).exists() else "no such run folder"
         raise FileNotFoundError(f"{run_dir}: {what}. Train one with `racmkd run`, or pass --run.")
     if tier.endswith("_compressed"):
-        folder = Path(run_dir) / "compressed" / tier.removesuffix("_compressed")
+        base = tier.removesuffix("_compressed")
+        folder = Path(run_dir) / "compressed" / base
         if not (folder / "compression.json").is_file():
-            base = tier.removesuffix("_compressed")
             tiers = sorted(p.parent.name for p in (Path(run_dir) / "compressed").glob("*/compression.json"))
             hint = (
                 f"Run `racmkd compress --run {run_dir} --tier {base}` first"
@@ -155,9 +155,16 @@ def load(run_dir: str | Path = "runs/latest", tier: str = "high") -> Predictor |
             raise FileNotFoundError(
                 f"{folder / 'compression.json'}: no compressed {base!r} in run {run_dir} (compressed: {', '.join(tiers) or 'none'}). {hint}."
             )
-        from racmkd.compress.artifacts import read_compression_record
+        from racmkd.compress.artifacts import ExportError, read_compression_record
 
-        return OnnxPredictor(folder / read_compression_record(folder)["artifact"])
+        artifact = folder / read_compression_record(folder)["artifact"]
+        predictor = OnnxPredictor(artifact)
+        made_for = predictor.meta.get("tier")
+        if made_for is not None and made_for != base:  # (another tier's file copied over it answered as this tier)
+            raise ExportError(
+                f"{artifact}: its contract says it is the {made_for!r} tier's model, not {base!r}'s; compress the tier again with `racmkd compress --run {run_dir} --tier {base}`"
+            )
+        return predictor
     from racmkd.models.checkpoint import CheckpointError, load_model
 
     path = Path(run_dir) / "checkpoints" / f"{tier}.pt"
