@@ -23,6 +23,7 @@ from racmkd.resources.allocator import (
     Allocator,
     Budget,
     DeadlineRisk,
+    Decision,
     Hysteresis,
     LatencyController,
     NoConfigurationError,
@@ -554,6 +555,25 @@ def test_a_failing_source_keeps_the_last_state() -> None:
     assert monitor.overhead()["read_errors"] == 2 and "sensor unplugged" in monitor.overhead()["last_error"]  # reported, not only logged
 
 
+def test_a_reading_that_goes_missing_is_held_for_a_while_then_absent() -> None:
+    """One NaN CPU and memory reading at 95% CPU and 10 MB free made the budget plan for an idle
+    CPU and unlimited memory (absent sensors), and was published as a change."""
+    from racmkd.resources.monitor import MISSING_HOLD_S
+
+    class Glitching(Scripted):
+        def read(self, now: float) -> ResourceSnapshot:
+            snapshot = super().read(now)
+            return dataclasses.replace(snapshot, cpu_percent=math.nan, memory_available_bytes=None) if 2.0 <= now else snapshot
+
+    monitor = ResourceMonitor(Glitching([95.0] * 100, memory_mb=10.0))
+    monitor.poll(0.0), monitor.poll(1.0)
+    state = monitor.poll(2.0)
+    assert state.raw.cpu_percent is None and not state.changed
+    assert state.planning().cpu_percent == pytest.approx(95.0) and state.planning().memory_available_bytes == 10 * MB
+    late = monitor.poll(1.0 + MISSING_HOLD_S + 0.5)  # missing for longer: the sensor is gone
+    assert late.planning().cpu_percent is None and late.planning().memory_available_bytes is None
+
+
 def test_a_reading_of_the_wrong_type_is_absent_not_a_crash() -> None:
     class Garbled(Scripted):
         def read(self, now: float) -> ResourceSnapshot:
@@ -812,6 +832,43 @@ def test_a_critical_modality_is_kept_while_it_can_be() -> None:
         Allocator(ProfileTable(("image", "audio"), TIERS, (image, audio_low), accuracy), {"audio": "high"})
 
 
+def test_a_critical_modality_whose_input_comes_back_is_taken_up_at_once() -> None:
+    """While the critical input was dead the runtime went on without it; when it came back, the
+    configuration without it still fitted, so taking it up again was a step up waiting for a
+    headroom that a tight budget never gave (600 s later still without it)."""
+    image, audio = Variant("image", "high", 0.1, 1, 1.0), Variant("audio", "low", 0.2, 1, 1.0)
+    accuracy = {("high", None): 0.6, (None, "low"): 0.85, ("high", "low"): 0.93}
+    allocator = Allocator(ProfileTable(("image", "audio"), TIERS, (image, audio), accuracy), {"audio": "low"})
+    tight = Budget(latency_ms=0.22)  # audio alone fits, without the 20% headroom a step up needs
+    hysteresis = Hysteresis(margin=0.2, window_s=1.0)
+    current, _ = hysteresis.choose(0.0, None, allocator, tight, (1.0, 0.0))  # the microphone dead
+    assert current.config == (image, None)
+    current, why = hysteresis.choose(1.0, current, allocator, tight, (1.0, 1.0))  # back
+    assert current.config == (None, audio) and "critical modalities or the live inputs changed" in why
+    assert hysteresis.choose(60.0, current, allocator, tight, (1.0, 1.0))[0].config == (None, audio)
+
+
+def test_a_better_cheaper_configuration_is_taken_at_once_though_it_holds_more_of_plentiful_memory() -> None:
+    """With the SLO objective, a configuration whose deadline grew unlikely was left at once only
+    for one that cost no more on every resource: 24 KB more memory, with memory unlimited, made
+    the safer one wait out the step-up window while requests missed their deadlines."""
+    image = Variant("image", "high", 0.09, 372_736, 0.2, latency_p50_ms=0.033)
+    audio = Variant("audio", "medium", 0.24, 348_160, 0.6, latency_p50_ms=0.12)
+    table = ProfileTable(("image", "audio"), TIERS, (image, audio), {("high", None): 0.6, (None, "medium"): 0.89, ("high", "medium"): 0.96})
+    risk = DeadlineRisk(0.037, min_samples=20)
+    for k in range(100):  # observed / predicted spread evenly over 0.8-1.2 (the host's jitter) at a slowdown of 20
+        risk.observe((0.8 + 0.4 * k / 99) * (0.12 + 0.037) * 20, 0.12, 20.0, now=float(k))
+    allocator = Allocator(table, risk=risk)
+    budget = Budget(latency_ms=0.113, slowdown=20.0)  # 95% CPU, a 3 ms target
+    assert allocator.evaluate((None, audio), budget, (1.0, 1.0))[1]  # a chance of its deadline: it still "fits"
+    hysteresis = Hysteresis(margin=0.2, window_s=1.0)
+    held = Decision((None, audio), 0.5, config_costs((None, audio)), True, "was best")
+    chosen, why = hysteresis.choose(0.1, held, allocator, budget, (1.0, 1.0))
+    assert chosen.config == (image, None) and why == "step down at once: better for less"
+    scarce = Budget(latency_ms=0.113, memory_bytes=360_000, slowdown=20.0)  # memory near its budget: the extra bytes count
+    assert hysteresis.choose(0.2, held, allocator, scarce, (1.0, 1.0))[1] != "step down at once: better for less"
+
+
 def oscillating_budgets(n: int) -> list[Budget]:
     return [Budget(latency_ms=2.05 + 0.1 * math.sin(i)) for i in range(n)]  # hovers around one variant's cost
 
@@ -966,6 +1023,21 @@ def test_latency_controller_steps_on_each_period_mean() -> None:
         assert controller.update(6.0 if t == 0.2 else 3.2, t) == pytest.approx(1.0)
     controller.update(3.2, 0.6)  # the period's mean, (3 x 3.2 + 6) / 4 = 3.9 ms, not its one late request
     assert controller.scale == pytest.approx(1.0 + 0.4 * (0.8 - 3.9 / 4.0), abs=1e-6)
+
+
+def test_one_slow_request_after_an_idle_gap_is_not_integrated_over_the_gap() -> None:
+    """After 30 s without requests, one request at 1.5x the target took the budget to its floor
+    (the integral stepped by the whole gap); it weighs as if the gap were PID_STEP_MAX_S."""
+    from racmkd.resources.allocator import PID_STEP_MAX_S
+
+    def after(gap_s: float) -> float:
+        controller = LatencyController(PIDGains(), target_ms=3.0)
+        for step in range(50):
+            controller.update(3.0, step * 0.02)  # at the target: steady
+        return controller.update(4.5 * PIDGains().setpoint, 0.98 + gap_s)
+
+    gains = PIDGains()
+    assert after(30.0) == pytest.approx(after(PID_STEP_MAX_S)) and after(30.0) > gains.min_scale + 0.25
 
 
 def test_costs_add_up_over_the_variants_of_a_configuration() -> None:

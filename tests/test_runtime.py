@@ -246,6 +246,38 @@ def test_a_variant_whose_session_will_not_load_is_planned_around_at_once(bank_di
     assert answer.variants and victim.id not in answer.variants and not answer.fallbacks
 
 
+def test_a_switch_swaps_only_once_its_sessions_are_loaded(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A switch pointed requests at the new configuration before loading its sessions: a request
+    arriving meanwhile waited for the loading (256 ms for one of 0.26 ms, with 300 ms loads). It
+    is answered by the configuration in force, whose sessions are loaded."""
+    import threading
+
+    from racmkd.resources.sources import ResourceSnapshot
+    from racmkd.runtime import edge
+
+    inputs, _ = samples
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(objective="accuracy", preload=False))
+    before = {v.id for v in runtime.current.config if v is not None}
+    runtime.infer(inputs[0])
+    loading, release = threading.Event(), threading.Event()
+    real = edge.session
+
+    def slow(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        loading.set()
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(edge, "session", slow)
+    runtime.snapshot = ResourceSnapshot(t=0.0, cpu_percent=99.0, memory_available_bytes=10**10, host_cores=1, cpu_cores=1.0)  # the load jumps
+    switching = threading.Thread(target=runtime.redecide, args=("resources",))
+    switching.start()
+    assert loading.wait(10)  # the switch is loading a session of its new configuration
+    answer = runtime.infer(inputs[0])
+    release.set()
+    switching.join(10)
+    assert set(answer.variants) <= before and {v.id for v in runtime.current.config if v is not None} != before
+
+
 def served(runtime: EdgeRuntime, inputs: dict) -> list[str]:
     """One request, its latency fed back as the bank measured its variants: in a test of decisions,
     the host's own load (CI runs tests beside other work) must not step the runtime down."""

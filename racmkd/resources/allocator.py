@@ -313,6 +313,7 @@ class Allocator:
         self.costs = {c: config_costs(c) for c in self.configs}
         self._ranked: dict[tuple[float, ...], list[tuple[float, Configuration]]] = {}
         self._eligible: dict[tuple[Any, ...], tuple[list[tuple[float, Configuration]], str]] = {}
+        self._allowed: dict[tuple[Any, ...], frozenset[Configuration]] = {}  # (allowed: eligible as a set)
 
     def weights(self, priorities: dict[str, float] | None = None, quality: dict[str, float] | None = None) -> tuple[float, ...]:
         """w_m = priority_m x quality_m, clipped to [0, 1], in table order."""
@@ -375,6 +376,16 @@ class Allocator:
         if len(self._eligible) > 256:
             self._eligible = {}
         hit = self._eligible[key] = (weighted or candidates, note)
+        return hit
+
+    def allowed(self, weights: tuple[float, ...], exclude: frozenset[str]) -> frozenset[Configuration]:
+        """The configurations `solve` may choose from with every modality available, as a set."""
+        key = (tuple(weights), frozenset(exclude))
+        hit = self._allowed.get(key)
+        if hit is None:
+            if len(self._allowed) > 256:
+                self._allowed = {}
+            hit = self._allowed[key] = frozenset(c for _, c in self.eligible(weights, exclude, frozenset(self.table.modalities))[0])
         return hit
 
     def solve(
@@ -504,20 +515,33 @@ class Hysteresis:
         worth, fits = allocator.evaluate(current.config, budget, weights)
         current_now = Decision(current.config, worth, current_costs, fits, current.reason)
         uses_excluded = any(v is not None and v.id in exclude for v in current.config)
-        if uses_excluded or not current_now.feasible:
+        # Not one `solve` may choose now: it lacks a critical modality whose input came back, or uses
+        # one whose input went dead. Held as long as it fitted, a critical modality dropped during a
+        # short outage was a step up away, waiting for headroom a tight budget never gave.
+        breaks_rules = not uses_excluded and current.config not in allocator.allowed(weights, exclude)
+        if uses_excluded or breaks_rules or not current_now.feasible:
             self._wait_no_more()
             if best.config == current.config:
                 return current_now, "over budget, nothing cheaper fits"
-            why = "a variant failed" if uses_excluded else f"over budget on {', '.join(current_costs.over(budget)) or 'latency'}"
+            why = (
+                "a variant failed"
+                if uses_excluded
+                else "the critical modalities or the live inputs changed"
+                if breaks_rules
+                else f"over budget on {', '.join(current_costs.over(budget)) or 'latency'}"
+            )
             return best, f"step down at once: {why}"
         if (
             best.config != current.config
             and best.feasible
             and best.utility > current_now.utility + 1e-9
-            and all(getattr(best.costs, r) <= getattr(current_costs, r) for r in RESOURCES)
+            and best.costs.latency_ms <= current_costs.latency_ms
+            and all(getattr(best.costs, r) <= getattr(current_costs, r) or best.costs.fits(budget, self.margin, (r,)) for r in HARD_RESOURCES)
         ):
-            # Better for no more cost on any resource (with the SLO objective: the deadline has
-            # grown too likely to be missed): nothing to wait for.
+            # Better for no more time, and no more memory or energy than the current one unless it
+            # fits those with the margin to spare (with the SLO objective: the deadline has grown
+            # too likely to be missed): nothing to wait for. (A cheaper, safer configuration that
+            # held a few more KB while memory was plentiful waited out the step-up window.)
             self._wait_no_more()
             return best, "step down at once: better for less"
         if not current.feasible and best.feasible and best.config != current.config:
@@ -550,6 +574,9 @@ class Hysteresis:
         if self._pending is None:
             return current_now, "stay"
         return current_now, f"step up pending: {describe(allocator.table, self._pending)}"
+
+
+PID_STEP_MAX_S = 1.0  # the longest time one PID step integrates its period's error over
 
 
 class LatencyController:
@@ -586,7 +613,9 @@ class LatencyController:
         self._count += 1
         if self._last is not None and now - self._last < self.gains.interval_s:
             return self.scale
-        dt = 1e-3 if self._last is None else now - self._last
+        # A period's mean stands for at most PID_STEP_MAX_S of the integral: after an idle gap (30 s
+        # without requests), one slow request taken over the whole gap drove the budget to its floor.
+        dt = 1e-3 if self._last is None else min(now - self._last, PID_STEP_MAX_S)
         self._last = now
         self.scale = float(self.pid(self._sum / self._count, dt=dt))
         self._sum, self._count = 0.0, 0

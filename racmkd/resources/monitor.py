@@ -166,6 +166,9 @@ class MonitorState:
         }
 
 
+MISSING_HOLD_S = 10.0  # how long a reading that goes missing is held at its last smoothed value (see ResourceMonitor._update)
+
+
 def _pick(fn: Callable[..., Any], *candidates: Any) -> Any:
     values = [v for v in candidates if v is not None]
     return fn(values) if values else None
@@ -250,9 +253,15 @@ class ResourceMonitor:
         smoothed, forecast = {}, {}
         for name in NUMERIC_FIELDS:
             value = getattr(raw, name)
-            if value is None:
-                continue
             previous = self._ewma.get(name)
+            if value is None:
+                # A reading that had a value and went missing (one NaN, a sensor's failed read) is held
+                # at its last smoothed value for a while: taken as "no such sensor", a NaN read at 95% CPU
+                # and 10 MB free planned as if the CPU were idle and memory unlimited. Absent for longer,
+                # the sensor is gone. The raw reading stays missing.
+                if previous is not None and now - previous[1] <= MISSING_HOLD_S:
+                    smoothed[name] = forecast[name] = previous[0]
+                continue
             if previous is None:
                 ewma = float(value)
             else:

@@ -198,6 +198,10 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray, fa
                            between readings (the synthetic traces' noise), only the clairvoyant
                            allocator, which sees each jump, gets far above it.
 
+    All three judge configurations by latency alone: the memory and energy budgets and the
+    critical modalities the runtime must obey are not applied (on a trace that binds those, the
+    first two may name configurations the runtime may not run, and overstate what it could reach).
+
     Estimates at the bank's median costs, not strict bounds for measured replays: a replayed
     request that runs faster than its configuration's median meets deadlines these count as missed
     (and replays' requests have mostly run slower: the runtime's own work, cold caches between
