@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch.nn.utils import parametrize
 from torch import nn
 
 import racmkd
@@ -253,6 +254,8 @@ def test_absorbed_batchnorm_and_fake_quantization() -> None:
         rounded = model(x)
         assert not torch.equal(rounded, reference)
         assert (rounded - reference).abs().max() < 0.2 * reference.abs().max()  # int8 rounding is small
+        assert not parametrize.is_parametrized(model.fusion.presence)  # folded into a bias at export: never an int8 layer
+        assert parametrize.is_parametrized(model.classifier)
     assert set(model.state_dict()) == keys  # the rounding is gone, the float weights stay
 
 
@@ -516,6 +519,9 @@ def test_each_steps_check_sees_the_inputs_the_steps_before_it_leave(tmp_path: Pa
     with pytest.raises(RecipeError, match=r"steps\[1\]\.bands: cannot keep 12 of the 8 bands"):  # a second band selection reads the first's count
         check_recipe(parse_recipe({"steps": [{"bands": {"keep": 8}}, {"bands": {"keep": 12}}, "export"]}), subject, ctx)
     check_recipe(parse_recipe({"steps": [{"bands": {"keep": 16}}, {"bands": {"fraction": 0.5}}, "export"]}), subject, ctx)
+    # Fewer mel bands after band selection: the kept indices would name other frequencies (16 of 32 kept, then a cap of 24 bands).
+    with pytest.raises(RecipeError, match=r"steps\[1\]\.inputs: .*lowering n_mels to 24 would keep other frequencies"):
+        check_recipe(parse_recipe({"steps": [{"bands": {"keep": 16}}, {"inputs": {"reduce": {"audio": {"n_mels": 24}}}}, "export"]}), subject, ctx)
     assert subject.specs == specs  # the subject itself is left as it is
 
 

@@ -355,7 +355,10 @@ def fake_quantized(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, `model` computes with int8-rounded weights and layer inputs (BatchNorm
     absorbed first); on exit the rounding is removed and the trained float weights stay."""
     absorb_batchnorm(model)
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad]
+    # The presence map is folded into the classifier's bias at export (it never runs as an int8
+    # layer): rounding it here trained against an error the deployed graph does not have.
+    presence = getattr(getattr(model, "fusion", None), "presence", None)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad and m is not presence]
     hooks = []
     for layer in layers:
         parametrize.register_parametrization(layer, "weight", _FakeQuantWeight())

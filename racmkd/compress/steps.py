@@ -589,7 +589,9 @@ class Export(Step):
                 sensitivity = layer_sensitivity(fp32_path, calibration, evaluation, val_labels)
                 budget = int(o.mixed_budget * sum(s.bytes_int8 for s in sensitivity))
                 allowed, _ = choose_mixed_precision(sensitivity, budget)
-                keep_float, trials = fewest_float_layers(fp32_path, calibration, validation, allowed, o.min_agreement)
+                # judged on the validation samples the ranking did not see, when it left some (its "new samples")
+                unseen = {m: x[o.sensitivity_samples :] for m, x in validation.items()} if len(ds.splits["val"]) > o.sensitivity_samples else validation
+                keep_float, trials = fewest_float_layers(fp32_path, calibration, unseen, allowed, o.min_agreement)
                 details["mixed_precision"] = {
                     "budget_bytes": budget,
                     "allowed_fp32": allowed,

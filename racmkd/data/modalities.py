@@ -399,3 +399,8 @@ class AudioModality(Modality):
             raise ValueError(f"audio: n_mels and n_frames must be positive, got {reduced.n_mels}, {reduced.n_frames}")
         if any(not 0 <= b < reduced.n_mels for b in reduced.bands) or len(set(reduced.bands)) != len(reduced.bands):
             raise ValueError(f"audio: bands must be distinct indices below n_mels={reduced.n_mels}, got {list(reduced.bands)}")
+        if spec.bands and reduced.bands == spec.bands and reduced.n_mels != spec.n_mels:
+            # (the same indices of another filterbank are other frequencies: the model would read bands it never learnt, its input no smaller)
+            raise ValueError(
+                f"audio: the kept bands {list(spec.bands)} are rows of the {spec.n_mels}-band filterbank; lowering n_mels to {reduced.n_mels} would keep other frequencies under the same indices. Lower n_mels before selecting bands, not after"
+            )
