@@ -532,6 +532,11 @@ class ServeConfig:
             )
         if not 0 < self.upstream_timeout_s < math.inf or self.upstream_retries < 0:
             raise ConfigError(f"upstream_timeout_s must be finite and > 0 and upstream_retries >= 0; got {self.upstream_timeout_s}, {self.upstream_retries}")
+        if self.telemetry_buffer < 1 or not 0 < self.telemetry_interval_s < math.inf:
+            # (0 kept nothing: every message dropped, none sent, even while connected; -1 failed when the server started)
+            raise ConfigError(
+                f"telemetry_buffer {self.telemetry_buffer} and telemetry_interval_s {self.telemetry_interval_s}: a buffer of at least 1 message, an interval finite and > 0"
+            )
 
 
 @dataclass(frozen=True)

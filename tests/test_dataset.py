@@ -91,8 +91,18 @@ def test_cache_is_reused_and_limits_apply(avmnist: PairedDataset, cache_dir: Pat
     small = build_dataset(cfg)
     assert small.info["samples"] == {"train": 100, "val": 40, "test": 40}
     assert torch.equal(small.banks["audio"]["train"].data, avmnist.banks["audio"]["train"].data)
-    cache_path(cfg).write_bytes(b"damaged")  # a damaged cache is rebuilt, not trusted
-    assert build_dataset(cfg).info["samples"]["train"] == 100
+    whole = cache_path(cfg).read_bytes()
+    flipped = bytearray(whole)
+    flipped[len(whole) // 2] ^= 0xFF  # inside a tensor: torch.load reads it without complaint
+    cache_path(cfg).write_bytes(bytes(flipped))  # a damaged cache is rebuilt, not trusted
+    rebuilt = build_dataset(cfg)
+    assert rebuilt.info["samples"]["train"] == 100 and torch.equal(rebuilt.banks["image"]["train"].data, small.banks["image"]["train"].data)
+    assert cache_path(cfg).read_bytes() == whole
+    from racmkd.data.dataset import _read_cache, _write_cache
+
+    other = cache_dir / "other.pt"
+    _write_cache(other, [1, 2])  # whole, but not a stored dataset: failed outside the loader's guard (AttributeError)
+    assert _read_cache(other, avmnist.modalities) is None
 
 
 def test_the_cache_answers_only_for_its_own_data_root_and_files(avmnist: PairedDataset, cache_dir: Path, tmp_path: Path) -> None:

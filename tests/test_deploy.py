@@ -659,8 +659,45 @@ def test_a_fleet_watcher_passes_over_messages_that_are_not_ours() -> None:
             watcher._on_message(watcher.client, None, SimpleNamespace(topic=topic, payload=payload))
         watcher._on_message(watcher.client, None, SimpleNamespace(topic="racmkd/f/d/status", payload=b'{"online": true}'))
         assert watcher.online("d") is True and watcher.messages == 1
+        for payload in (b"{}", b'{"online": "false"}', b'{"device": "d"}'):  # no true or false: unknown (tried), not offline (passed over)
+            watcher._on_message(watcher.client, None, SimpleNamespace(topic="racmkd/f/d/status", payload=payload))
+            assert watcher.online("d") is None, payload
     finally:
         watcher.close()
+
+
+def test_the_online_status_refused_at_reconnection_is_sent_before_anything_else() -> None:
+    """Reconnected with paho's queue still full of unacknowledged messages, the "online" status was
+    refused and never sent again: the retained last will kept a live device "offline", and `deploy
+    apply` passed it over. It is owed until paho takes it, ahead of the buffered messages."""
+    from types import SimpleNamespace
+
+    import paho.mqtt.client as mqtt
+
+    from racmkd.deploy.telemetry import TelemetryPublisher
+
+    publisher = TelemetryPublisher("127.0.0.1", free_port(), "f", "d", buffer_size=4)  # no broker: paho is replaced below
+    try:
+        publisher.client.loop_stop()
+        sent: list[str] = []
+        full = [True]
+
+        def publish(topic: str, body: object, qos: int = 0, retain: bool = False) -> object:
+            if full[0]:
+                return SimpleNamespace(rc=mqtt.MQTT_ERR_QUEUE_SIZE)
+            sent.append(topic)
+            return SimpleNamespace(rc=mqtt.MQTT_ERR_SUCCESS)
+
+        publisher.client.publish = publish  # type: ignore[method-assign]
+        publisher._on_connect(publisher.client, None, None, SimpleNamespace(is_failure=False))
+        publisher.publish("stats", {"n": 1})
+        assert sent == [] and publisher._status_due and publisher.stats()["buffered"] == 1
+        full[0] = False
+        publisher._on_publish(publisher.client, None, 1)  # an acknowledgement frees room
+        assert sent == ["racmkd/f/d/status", "racmkd/f/d/stats"] and not publisher._status_due
+    finally:
+        publisher.connected.clear()
+        publisher.close(offline=False)
 
 
 def test_a_broker_address_is_parsed_or_refused_at_startup_and_a_lost_broker_is_logged(caplog: pytest.LogCaptureFixture) -> None:

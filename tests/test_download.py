@@ -87,6 +87,9 @@ def test_fsdd_download_unpacks_checked_recordings(tmp_path: Path) -> None:
     recordings = load_fsdd(target, expected_sha256=recordings_digest(contents))
     assert sorted(r.name for r in recordings) == ["1_bob_0.wav", "2_bob_9.wav"]
     assert not (tmp_path / "root" / "fsdd" / "README.md").exists()
+    from racmkd.utils import UMASK
+
+    assert target.stat().st_mode & 0o777 == 0o777 & ~UMASK  # as mkdir makes a folder, not mkdtemp's 0o700 (other users read a shared root)
     archive.unlink()  # recordings already in place and valid: nothing is fetched
     assert download_fsdd(tmp_path / "root", url=archive.as_uri(), expected_sha256=recordings_digest(contents)) == target
     (target / "1_bob_0.wav").write_bytes(b"damaged")  # one damaged: fetched again, the old folder swapped out whole

@@ -271,7 +271,9 @@ def fewest_float_layers(
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """The fewest layers to keep in fp32: the shortest head of `candidates` (most useful first, as
     `choose_mixed_precision` orders them) whose int8 model agrees with the fp32 model's argmax on
-    `min_agreement` of new samples; all of them when no head does. One or two sensitive layers
+    `min_agreement` of the `evaluation` samples (the export step passes the whole validation split,
+    which holds the samples the layers were ranked on: the margin below covers that); all of them
+    when no head does. One or two sensitive layers
     (typically an encoder's stem, which sees the widest-ranging input) usually carry the
     disagreement, and every layer left in fp32 costs bytes. The agreement measured on the
     `evaluation` samples must clear `min_agreement` by two binomial standard errors, so that it

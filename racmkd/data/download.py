@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import io
+import os
 import shutil
 import tarfile
 import tempfile
@@ -21,7 +22,7 @@ from pathlib import Path
 from racmkd.data.fsdd import FSDD_RECORDINGS_SHA256, NAME, recordings_digest
 from racmkd.data.mnist import MNIST_SHA256
 from racmkd.data.paths import DataError
-from racmkd.utils import atomic_write_bytes, byte_progress, sha256
+from racmkd.utils import UMASK, atomic_write_bytes, byte_progress, sha256
 
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",  # the mirror torchvision uses
@@ -64,7 +65,7 @@ def download_mnist(root: Path, mirrors: Sequence[str] = MNIST_MIRRORS, expected:
             url = mirror.rstrip("/") + f"/{name}.gz"
             try:
                 data = fetch(url)
-                digest = sha256(_gunzip(data, Path(url)))
+                digest = sha256(_gunzip(data, url))  # (a Path of the URL read http:/host...)
             except DataError as err:
                 errors.append(str(err))
                 continue
@@ -92,7 +93,8 @@ def download_fsdd(root: Path, url: str = FSDD_ARCHIVE, expected_sha256: str = FS
     """Fetch the FSDD release archive and unpack its recordings into root/fsdd/recordings/ once
     the whole set matches `expected_sha256` (nothing is fetched when the recordings there already
     do). The old folder is set aside, not deleted, until the new one is in place: an interrupted
-    install leaves one of the two whole."""
+    install leaves one of the two whole. The folder is replaced whole: files of one's own kept in
+    it go with it."""
     target = root / "fsdd" / "recordings"
     if _recordings_match(target, expected_sha256):
         return target
@@ -117,6 +119,7 @@ def download_fsdd(root: Path, url: str = FSDD_ARCHIVE, expected_sha256: str = FS
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".recordings."))
     old = None
     try:
+        os.chmod(staging, 0o777 & ~UMASK)  # as a plain mkdir makes it: mkdtemp's 0o700 hid a shared data root's recordings from other users
         for name, content in files:
             (staging / name).write_bytes(content)
         if target.exists():
@@ -147,7 +150,7 @@ def _recordings_match(folder: Path, expected_sha256: str) -> bool:
     return bool(files) and recordings_digest(files) == expected_sha256
 
 
-def _gunzip(data: bytes, source: Path) -> bytes:
+def _gunzip(data: bytes, source: str | Path) -> bytes:
     try:
         return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as err:

@@ -80,10 +80,15 @@ class TelemetryPublisher:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"racmkd-{fleet}-{device}", clean_session=True)
         self.client.will_set(topic(fleet, device, "status"), json.dumps({"online": False, "device": device, "reason": "connection lost"}), qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
-        self.client.max_queued_messages_set(buffer_size)  # paho's own queue is bounded too
+        # paho's own queue (messages handed over, not yet acknowledged) is bounded too, with room
+        # beyond our buffer: at the buffer's size, a queue still full of unacknowledged messages
+        # when the broker came back refused the "online" status, leaving a live device marked offline.
+        self.client.max_queued_messages_set(2 * buffer_size + 16)
+        self._status_due = False  # the "online" status, owed since the last connection until paho takes it
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
         self.client.connect_async(host, port, keepalive=keepalive_s)
         self.client.loop_start()
 
@@ -94,8 +99,8 @@ class TelemetryPublisher:
         if self.unreachable:
             log.warning("telemetry: connected to the MQTT broker at %s again; sending %d buffered message(s)", self.address, len(self.buffer))
         self.unreachable = False
+        self._status_due = True
         self.connected.set()
-        client.publish(topic(self.fleet, self.device, "status"), json.dumps({"online": True, "device": self.device, "t": time.time()}), qos=1, retain=True)
         self._flush()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -111,6 +116,11 @@ class TelemetryPublisher:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
         self.connected.clear()
 
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any = None, properties: Any = None) -> None:
+        """An acknowledgement frees room in paho's queue: what waits in ours goes on (it waited for the next publish)."""
+        if self.buffer or self._status_due:
+            self._flush(blocking=False)
+
     def publish(self, kind: str, payload: dict[str, Any], retain: bool = False) -> None:
         """Send now if connected, else keep it (bounded) for when the broker is back."""
         message = (topic(self.fleet, self.device, kind), json.dumps({"t": time.time(), **payload}, default=str).encode(), retain)
@@ -121,8 +131,17 @@ class TelemetryPublisher:
         if self.connected.is_set():
             self._flush()
 
-    def _flush(self) -> None:
-        with self._lock:
+    def _flush(self, blocking: bool = True) -> None:
+        """Hand paho the owed "online" status, then the buffered messages, oldest first, while it
+        takes them. From paho's own thread (`blocking` False) it gives way to a flush under way."""
+        if not self._lock.acquire(blocking=blocking):
+            return
+        try:
+            if self._status_due and self.connected.is_set():
+                status = json.dumps({"online": True, "device": self.device, "t": time.time()})
+                if self.client.publish(topic(self.fleet, self.device, "status"), status, qos=1, retain=True).rc != mqtt.MQTT_ERR_SUCCESS:
+                    return  # paho's queue full, or not connected after all: owed still, before anything else
+                self._status_due = False
             while self.buffer and self.connected.is_set():
                 name, body, retain = self.buffer[0]
                 info = self.client.publish(name, body, qos=1, retain=retain)
@@ -130,6 +149,8 @@ class TelemetryPublisher:
                     break  # not connected after all: keep it for the next connection
                 self.buffer.popleft()
                 self.sent += 1
+        finally:
+            self._lock.release()
 
     def stats(self) -> dict[str, int | bool]:
         return {"connected": self.connected.is_set(), "buffered": len(self.buffer), "sent": self.sent, "dropped": self.dropped}
@@ -182,8 +203,9 @@ class FleetWatcher:
             entry = self.devices.setdefault(device, {"online": None, "counts": {}})
             entry["counts"][kind] = entry["counts"].get(kind, 0) + 1
             entry[kind] = payload
-            if kind == "status":
-                entry["online"] = bool(payload.get("online"))
+            if kind == "status":  # (a status without a true or false "online" says nothing: {} read as offline, "false" as online)
+                online = payload.get("online")
+                entry["online"] = online if isinstance(online, bool) else None
 
     def online(self, device: str) -> bool | None:
         with self._lock:
