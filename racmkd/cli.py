@@ -615,11 +615,14 @@ def registry_list(root: RootOpt = Path("registry")) -> None:
         releases = registry.releases()
     except _registry_errors() as err:
         raise _fail(err) from None
+    problems: dict[str, str | None] = {}
     for r in releases:
         if r.damaged:
             typer.echo(f"{r.name:16s} v{r.version:<3d} DAMAGED: {r.damaged}; remove it with `racmkd registry remove {r.name} --version {r.version}`")
             continue
-        problem = registry.blob_problem(r.sha256)
+        if r.sha256 not in problems:  # (versions share blobs: each read and hashed once)
+            problems[r.sha256] = registry.blob_problem(r.sha256)
+        problem = problems[r.sha256]
         typer.echo(
             f"{r.name:16s} v{r.version:<3d} {r.kind:5s} {r.bytes:>10,} B  {r.sha256[:12]}  accuracy {r.metrics.get('accuracy', float('nan')):.4f}  parent {r.parent_version or '-'}"
             + (f"  BLOB DAMAGED: {problem}" if problem else "")

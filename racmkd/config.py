@@ -474,18 +474,17 @@ def read_token(variable: str) -> str | None:
     whitespace, or None when it is unset or blank. A token file written with `echo`, or a
     Kubernetes secret made from one, ends in a newline: the server compared it whole and refused
     every client, and the client could not send it. ValueError (naming the variable, never the
-    token) when what is left holds what an HTTP header cannot carry as sent: a space, a control
-    character, a non-ASCII one."""
+    token) when what is left holds what an HTTP header cannot carry as sent: a control character
+    (a tab aside), a non-ASCII one."""
     import os
 
     token = os.environ.get(variable, "").strip()
     if not token:
         return None
-    kinds = {
-        "a space" if c == " " else "a control character" if ord(c) < 0x20 or c == "\x7f" else "a non-ASCII character" for c in token if not "!" <= c <= "~"
-    }
+    # (a space or tab inside is carried, and compared, as it is: such tokens worked before this check)
+    kinds = {"a control character" if ord(c) < 0x80 else "a non-ASCII character" for c in token if (ord(c) < 0x20 and c != "\t") or ord(c) >= 0x7F}
     if kinds:
-        raise ValueError(f"${variable}: the token holds {' and '.join(sorted(kinds))}; a token is printable ASCII without spaces (e.g. `openssl rand -hex 32`)")
+        raise ValueError(f"${variable}: the token holds {' and '.join(sorted(kinds))}; a token is printable ASCII (e.g. `openssl rand -hex 32`)")
     return token
 
 

@@ -53,9 +53,10 @@ def replacing(path: Path, mode: int | None = None) -> Iterator[Path]:
     relies on this). The default mode is what a plain `open` gives (0o666 less the umask), not
     mkstemp's 0o600, which would hide run outputs and public keys from other users and containers."""
     path = Path(path)
-    if path.is_symlink():  # written through: the link stays, its target gets the content
-        path = path.resolve()
-    if path.exists() and not path.is_file() and not path.is_dir():  # (a folder: os.replace refuses it below)
+    # A device, pipe or socket is never replaced (as root, `--out /dev/full` replaced the device
+    # node with a file). A symbolic link is replaced, not written through: following one another
+    # user planted would write wherever it points.
+    if not path.is_symlink() and path.exists() and not path.is_file() and not path.is_dir():  # (a folder: os.replace refuses it below)
         raise ValueError(f"{path}: not a regular file (a device, a pipe or a socket); it is not replaced: name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

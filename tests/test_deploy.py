@@ -159,8 +159,9 @@ def test_a_damaged_registry_record_is_listed_passed_over_and_removable(bank_dir:
 
 def test_a_device_store_removes_what_a_server_killed_while_staging_left(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
     """A server SIGKILLed while it staged an update left slots/.<sha>.partial, a release's bytes,
-    forever (nothing ever removed it). Staging now works in a folder named for its process, and a
-    store removes those of ended processes when it opens; a live stager's stays."""
+    forever (nothing ever removed it). A store that opens with the store's lock removes every work
+    folder there (another container's, an old version's); one that finds the lock held by another
+    store removes only those of this host's ended processes."""
     from racmkd import utils
 
     from test_utils import ended_pid
@@ -169,14 +170,22 @@ def test_a_device_store_removes_what_a_server_killed_while_staging_left(bank_dir
     slots.mkdir(parents=True)
     dead = slots / f".{'a' * 64}.{ended_pid()}-{utils._HOST}-abc123.partial"
     live = slots / f".{'b' * 64}.{os.getpid()}-{utils._HOST}-def456.partial"
-    for folder in (dead, live):
+    elsewhere = slots / f".{'c' * 64}.{ended_pid()}-00000000-ghi789.partial"  # a container since restarted
+    old = slots / f".{'d' * 64}.partial"  # an earlier version's
+    for folder in (dead, live, elsewhere, old):
         folder.mkdir()
         (folder / "release.bin").write_bytes(b"half a release")
     store = DeviceStore(tmp_path / "device", load_public_key(keys[1]))
-    assert not dead.exists() and live.exists()
+    assert sorted(p.name for p in slots.iterdir()) == []
+    for folder in (dead, live, elsewhere):
+        folder.mkdir()
+    second = DeviceStore(tmp_path / "device", load_public_key(keys[1]))  # the lock is held: this host's ended ones only
+    assert second._owner is None and sorted(p.name for p in slots.iterdir()) == sorted([live.name, elsewhere.name])
+    for folder in (live, elsewhere):
+        folder.rmdir()
     release = ModelRegistry(tmp_path / "registry").register(bank_dir, "edge", load_private_key(keys[0]))
     store.install(release.manifest, release.signature, ModelRegistry(tmp_path / "registry").blob(release.sha256))
-    assert sorted(p.name for p in slots.iterdir()) == sorted([live.name, release.sha256])
+    assert sorted(p.name for p in slots.iterdir()) == [release.sha256]
 
 
 def test_a_release_whose_blob_was_altered_is_marked_passed_over_and_repaired_by_adding_it_again(
@@ -749,7 +758,7 @@ def test_protected_inference_without_a_token_is_refused_at_startup(monkeypatch: 
 def test_a_management_token_read_with_its_newline_opens_and_one_no_header_can_carry_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A token file written with `echo` ends in a newline: the edge compared it whole and refused
     every client for good (401), and `deploy push` failed on "Illegal header value", printing the
-    token. The token is read stripped; one with a space or a non-ASCII character inside is refused
+    token. The token is read stripped; one with a control or non-ASCII character inside is refused
     at start, naming the variable and not the token."""
     from typer.testing import CliRunner
 
@@ -762,7 +771,9 @@ def test_a_management_token_read_with_its_newline_opens_and_one_no_header_can_ca
     for value in (" ", ""):
         monkeypatch.setenv("RACMKD_TOKEN", value)
         assert read_token("RACMKD_TOKEN") is None
-    for value, kind in (("s3c ret", "a space"), ("s3cr\u00e9t", "a non-ASCII character"), ("s3\tcret", "a control character")):
+    monkeypatch.setenv("RACMKD_TOKEN", "s3c ret\tx")
+    assert read_token("RACMKD_TOKEN") == "s3c ret\tx"  # a space or tab inside is carried as it is (such tokens worked)
+    for value, kind in (("s3cr\u00e9t", "a non-ASCII character"), ("s3\x01cret", "a control character")):
         monkeypatch.setenv("RACMKD_TOKEN", value)
         with pytest.raises(ValueError, match=kind) as refused:
             serve("edge", RunConfig(), tmp_path / "no-run", ServeConfig())  # before any model is loaded

@@ -248,8 +248,9 @@ def test_a_variant_whose_session_will_not_load_is_planned_around_at_once(bank_di
 
 def test_a_switch_swaps_only_once_its_sessions_are_loaded(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """A switch pointed requests at the new configuration before loading its sessions: a request
-    arriving meanwhile waited for the loading (256 ms for one of 0.26 ms, with 300 ms loads). It
-    is answered by the configuration in force, whose sessions are loaded."""
+    arriving meanwhile waited for the loading (256 ms for one of 0.26 ms, with 300 ms loads), and
+    its latency's feedback waited for the lock the loading switch holds. It is answered by the
+    configuration in force, whose sessions are loaded, and its feedback is dropped (counted)."""
     import threading
 
     from racmkd.resources.sources import ResourceSnapshot
@@ -259,12 +260,13 @@ def test_a_switch_swaps_only_once_its_sessions_are_loaded(bank_dir: Path, sample
     runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(objective="accuracy", preload=False))
     before = {v.id for v in runtime.current.config if v is not None}
     runtime.infer(inputs[0])
-    loading, release = threading.Event(), threading.Event()
+    loading, release, loaded = threading.Event(), threading.Event(), threading.Event()
     real = edge.session
 
     def slow(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         loading.set()
         release.wait(10)
+        loaded.set()
         return real(*args, **kwargs)
 
     monkeypatch.setattr(edge, "session", slow)
@@ -272,9 +274,11 @@ def test_a_switch_swaps_only_once_its_sessions_are_loaded(bank_dir: Path, sample
     switching = threading.Thread(target=runtime.redecide, args=("resources",))
     switching.start()
     assert loading.wait(10)  # the switch is loading a session of its new configuration
-    answer = runtime.infer(inputs[0])
+    answer = runtime.predict(**inputs[0])  # (predict feeds its latency back, which waited for the lock the switch holds)
+    answered_while_loading = not loaded.is_set()
     release.set()
     switching.join(10)
+    assert answered_while_loading and runtime.feedback_dropped == 1 and runtime.state()["feedback_dropped"] == 1
     assert set(answer.variants) <= before and {v.id for v in runtime.current.config if v is not None} != before
 
 

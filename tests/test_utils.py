@@ -163,15 +163,16 @@ def test_a_window_read_while_another_thread_appends_is_a_whole_snapshot() -> Non
         assert len(values) <= 100 and (np.diff(values) == 1.0).all()
 
 
-def test_an_atomic_write_goes_through_a_symlink_and_never_replaces_a_special_file(tmp_path: Path) -> None:
+def test_an_atomic_write_never_replaces_a_special_file_nor_follows_a_symlink(tmp_path: Path) -> None:
     """As root, `profile --out /dev/full` replaced the device node with a JSON file (a size-0 path
-    passed for an empty file), and a symlink was replaced by a file, its target left as it was."""
+    passed for an empty file). A symlink is replaced, its target left as it was: followed, one
+    another user planted would have root write wherever it points."""
     target = tmp_path / "target.json"
     target.write_text("{}")
     link = tmp_path / "link.json"
     link.symlink_to(target)
     utils.atomic_write_json(link, {"a": 1})
-    assert link.is_symlink() and json.loads(target.read_text()) == {"a": 1}
+    assert not link.is_symlink() and json.loads(link.read_text()) == {"a": 1} and target.read_text() == "{}"
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     with pytest.raises(ValueError, match="not a regular file"):

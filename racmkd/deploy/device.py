@@ -148,11 +148,34 @@ class DeviceStore:
             (self.root / "slots").mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OSError(err.errno, f"cannot hold the device's releases there ({err.strerror}); set serve.store_dir to a folder", str(self.root)) from None
-        # A server killed while it staged an update left that release's files in a work folder: up
-        # to a release's bytes each time, on a device with little storage. Those of ended processes go.
-        remove_stale_work_folders(self.root / "slots")
+        self._owner = self._own_store()  # (held open for the store's life)
         self._lock = threading.Lock()
         self._rebuilding = threading.Lock()
+
+    def _own_store(self) -> Any | None:
+        """An exclusive lock on the store, or None when another process holds it. A server killed
+        while it staged an update left that release's files in a work folder: up to a release's
+        bytes each time, on a device with little storage. Holding the lock, every work folder in
+        slots/ is such an orphan, whichever container or boot made it (a restarted container has
+        another pid namespace, a device after a power cut another boot: their folders never
+        matched this process's host), and goes; without it, those of this host's ended processes."""
+        try:
+            import fcntl
+
+            handle = open(self.root / ".lock", "a+")  # noqa: SIM115 - held open for the store's life
+        except (ImportError, OSError):
+            remove_stale_work_folders(self.root / "slots")
+            return None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another store is open on this folder
+            handle.close()
+            remove_stale_work_folders(self.root / "slots")
+            return None
+        for entry in (self.root / "slots").glob(".*.partial"):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+        return handle
 
     # State ------------------------------------------------------------------------------------------
 

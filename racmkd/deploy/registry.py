@@ -242,11 +242,13 @@ class ModelRegistry:
         return data
 
     def blob_problem(self, digest: str) -> str | None:
-        """Why a release's blob cannot be sent (missing, altered), or None when it is whole."""
+        """Why a release's blob cannot be sent (missing, altered, unreadable), or None when it is whole."""
         try:
             self.blob(digest)
         except RegistryError as err:
             return str(err)
+        except OSError as err:  # (a disk error, a permission: that release passed over, not the command ended)
+            return f"{self.root / 'blobs' / digest}: cannot be read ({err.strerror or err})"
         return None
 
     # Releases ---------------------------------------------------------------------------------------

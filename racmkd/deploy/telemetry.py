@@ -117,7 +117,9 @@ class TelemetryPublisher:
         self.connected.clear()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any = None, properties: Any = None) -> None:
-        """An acknowledgement frees room in paho's queue: what waits in ours goes on (it waited for the next publish)."""
+        """An acknowledgement frees room in paho's queue, which paho takes after this callback: what
+        waits in ours goes on here once earlier acknowledgements made room (it waited for the next
+        publish), one message behind at worst."""
         if self.buffer or self._status_due:
             self._flush(blocking=False)
 

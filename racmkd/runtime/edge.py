@@ -72,6 +72,7 @@ OVERHEAD_MIN_SAMPLES = 32  # before that many, the bank's figure stands
 OVERHEAD_REPLAN_MS = 0.02  # the budget is recomputed when the learnt cost moves this far from the one it was planned with
 UNUSED_LOOK_EVERY = 16  # an input the configuration in force does not use is read on one request in this many (its quality tracked), else left unread
 RETRY_FIRST_S, RETRY_MAX_S = 30.0, 600.0  # a variant that raised is tried again after 30 s, 60 s, 120 s, ... at most every 10 minutes
+FEEDBACK_WAIT_S = 0.002  # a request's feedback waits this long for the lock (a decision takes ~0.3 ms; a switch loading sessions longer): then it is dropped
 
 
 @dataclass
@@ -151,6 +152,7 @@ class EdgeRuntime:
         self._strikes: dict[str, int] = {}  # variant id -> failures so far (the retry delay doubles with each)
         self.decisions: deque[dict[str, Any]] = deque(maxlen=200)
         self.decision_count = 0  # decisions recorded so far (the deque keeps the last 200)
+        self.feedback_dropped = 0  # observations passed over while a switch loaded sessions (see feedback)
         # The last 10,000 switches' and decisions' figures, in arrays of their full size from the start (see Window)
         self.adaptation_ms = Window(10_000)
         self.switch_loads = Window(10_000, np.int64)  # per switch (as adaptation_ms): sessions it had to load
@@ -282,6 +284,8 @@ class EdgeRuntime:
         sudden drop the trend overshoots (to zero free memory) and evicting by it would throw away
         sessions the device still has room for, each to be reloaded, in milliseconds, on the way back."""
         reading = self.reading if self.reading is not None else self.snapshot
+        if reading is not None and reading.memory_available_bytes is None and self.snapshot is not None:
+            reading = self.snapshot  # (a reading gone missing: the monitor holds its last value there, not in the raw one)
         return budget_for(reading, self.config, resident_bytes=self.resident_bytes()).memory_bytes
 
     def _evict(self) -> None:
@@ -436,7 +440,12 @@ class EdgeRuntime:
         estimate moved (the budget is net of it), or when a pending step up has waited out its
         window."""
         now = self.clock() if now is None else now
-        with self._lock:
+        # A switch that must load sessions holds the lock while it loads (milliseconds to seconds):
+        # the request it would hold up has been answered, so its observation is dropped (counted).
+        if not self._lock.acquire(timeout=FEEDBACK_WAIT_S):
+            self.feedback_dropped += 1
+            return
+        try:
             used = variants if variants is not None else [v.id for v in self.current.config if v is not None]
             cost = self.cost_ms(used)
             if math.isfinite(work_ms) and used and self.config.threads == 1:  # with more, ONNX Runtime's workers' CPU time is not this thread's
@@ -446,6 +455,8 @@ class EdgeRuntime:
             before = self.controller.scale
             after = self.controller.update(latency_ms, now)
             own_cost_moved = abs(self.overhead_ms - self._planned_overhead_ms) > OVERHEAD_REPLAN_MS
+        finally:
+            self._lock.release()
         if abs(after - before) > 0.02:
             self.redecide("latency")
         elif own_cost_moved:
@@ -669,6 +680,7 @@ class EdgeRuntime:
             "budget": self.budget.as_dict(),
             "level": self.level,
             "pid": self.controller.state(),
+            "feedback_dropped": self.feedback_dropped,
             "deadline_risk": self._risk_state(),
             "overhead_ms": self.overhead_ms,
             "quality": dict(self.quality),
