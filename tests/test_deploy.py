@@ -236,6 +236,13 @@ def test_a_database_that_is_not_a_registry_is_refused_and_left_unwritten(tmp_pat
     with pytest.raises(RegistryError, match="not a racmkd registry"):
         ModelRegistry(tmp_path / "foreign")  # nor when adding to it
     assert database.read_bytes() == before and sorted(p.name for p in (tmp_path / "foreign").iterdir()) == ["registry.sqlite"]
+    # A registry's database truncated to nothing beside its blobs: taken as a new registry, its versions started again at 1.
+    (tmp_path / "lost" / "blobs").mkdir(parents=True)
+    (tmp_path / "lost" / "blobs" / ("0" * 64)).write_bytes(b"a release")
+    (tmp_path / "lost" / "registry.sqlite").write_bytes(b"")
+    with pytest.raises(RegistryError, match=r"empty, but .*blobs holds 1 blob\(s\): the registry's records were lost"):
+        ModelRegistry(tmp_path / "lost")
+    assert (tmp_path / "lost" / "registry.sqlite").read_bytes() == b""
 
 
 def test_registry_add_refuses_a_damaged_bank_and_a_missing_run_in_one_line(

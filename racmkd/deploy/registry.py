@@ -209,6 +209,12 @@ class ModelRegistry:
         except sqlite3.DatabaseError as err:
             raise RegistryError(f"{database}: not a readable registry database ({err}); check --root") from None
         if not tables and create:
+            blobs = database.parent / "blobs"
+            held = sum(1 for _ in blobs.iterdir()) if blobs.is_dir() else 0
+            if held:  # a database lost (truncated to nothing) beside the releases' bytes
+                raise RegistryError(
+                    f"{database}: empty, but {blobs} holds {held} blob(s): the registry's records were lost. Versions would start again at 1, and devices refuse a version not newer than theirs as a replay. Restore registry.sqlite from a backup, or move the folder away to start a new registry"
+                )
             return
         if columns != COLUMNS:
             found = f"its releases table has columns {list(columns)}" if columns else f"it holds tables {tables or 'none'}, no releases table"
