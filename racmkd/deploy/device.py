@@ -163,13 +163,12 @@ class DeviceStore:
             import fcntl
 
             handle = open(self.root / ".lock", "a+")  # noqa: SIM115 - held open for the store's life
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # another store is open on this folder
+                handle.close()
+                raise
         except (ImportError, OSError):
-            remove_stale_work_folders(self.root / "slots")
-            return None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # another store is open on this folder
-            handle.close()
             remove_stale_work_folders(self.root / "slots")
             return None
         for entry in (self.root / "slots").glob(".*.partial"):

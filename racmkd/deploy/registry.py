@@ -105,7 +105,7 @@ class Release:
 
 
 # The releases table's columns, in order: Release's fields without a default (those with one are
-# judged on reading). A database whose table has other columns is not ours (see Registry._check).
+# judged on reading). A database whose table has other columns is not ours (see ModelRegistry._check_schema).
 COLUMNS = tuple(f.name for f in fields(Release) if f.default is MISSING)
 
 

@@ -312,8 +312,7 @@ class Allocator:
         self.configs = [c for c in itertools.product(*(table.options(m) for m in table.modalities)) if any(v is not None for v in c)]
         self.costs = {c: config_costs(c) for c in self.configs}
         self._ranked: dict[tuple[float, ...], list[tuple[float, Configuration]]] = {}
-        self._eligible: dict[tuple[Any, ...], tuple[list[tuple[float, Configuration]], str]] = {}
-        self._allowed: dict[tuple[Any, ...], frozenset[Configuration]] = {}  # (allowed: eligible as a set)
+        self._eligible: dict[tuple[Any, ...], tuple[list[tuple[float, Configuration]], str, frozenset[Configuration]]] = {}
 
     def weights(self, priorities: dict[str, float] | None = None, quality: dict[str, float] | None = None) -> tuple[float, ...]:
         """w_m = priority_m x quality_m, clipped to [0, 1], in table order."""
@@ -358,6 +357,17 @@ class Allocator:
         modalities it cannot honour; cached per arguments (they change far less often than the
         budget, and a decision runs between two requests: the less it touches, the less it slows
         the next one)."""
+        ranking, note, _ = self._eligible_entry(weights, exclude, available)
+        return ranking, note
+
+    def allowed(self, weights: tuple[float, ...], exclude: frozenset[str]) -> frozenset[Configuration]:
+        """The configurations `solve` may choose from with every modality available, as a set."""
+        return self._eligible_entry(weights, exclude, frozenset(self.table.modalities))[2]
+
+    def _eligible_entry(
+        self, weights: tuple[float, ...], exclude: frozenset[str], available: frozenset[str]
+    ) -> tuple[list[tuple[float, Configuration]], str, frozenset[Configuration]]:
+        """`eligible`'s ranking and note, and the same configurations as a set (`allowed`), cached."""
         key = (tuple(weights), frozenset(exclude), available)  # (frozenset of a frozenset is itself: no copy)
         hit = self._eligible.get(key)
         if hit is not None:
@@ -375,17 +385,8 @@ class Allocator:
         note = "" if len(critical) == len(self.critical) else f" (critical {', '.join(sorted(set(self.critical) - set(critical)))} unavailable)"
         if len(self._eligible) > 256:
             self._eligible = {}
-        hit = self._eligible[key] = (weighted or candidates, note)
-        return hit
-
-    def allowed(self, weights: tuple[float, ...], exclude: frozenset[str]) -> frozenset[Configuration]:
-        """The configurations `solve` may choose from with every modality available, as a set."""
-        key = (tuple(weights), frozenset(exclude))
-        hit = self._allowed.get(key)
-        if hit is None:
-            if len(self._allowed) > 256:
-                self._allowed = {}
-            hit = self._allowed[key] = frozenset(c for _, c in self.eligible(weights, exclude, frozenset(self.table.modalities))[0])
+        ranking = weighted or candidates
+        hit = self._eligible[key] = (ranking, note, frozenset(c for _, c in ranking))
         return hit
 
     def solve(
