@@ -41,6 +41,9 @@ class DataConfig:
     modalities: tuple[str, ...] = ("image", "audio")  # names in racmkd.registry.MODALITIES
     root: str = ""  # "" -> $RACMKD_DATA, else ../shared/data if it exists, else ./data
     cache_dir: str = ".cache/racmkd"  # decoded and degraded data are cached here
+    # The dataset caches there may hold this much together (GB; one AV-MNIST cache is 0.1): writing
+    # a new one removes the least recently used beyond it. 0 keeps every one.
+    cache_max_gb: float = 2.0
     seed: int = 0  # split, pairing and fixed-noise seed
     val_images: int = 10000  # carved out of MNIST train (the rest, 50,000, is train)
     max_train: int = 0  # 0 = all; small values make smoke runs and tests fast
@@ -53,6 +56,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.max_train < 0 or self.max_eval < 0:
             raise ConfigError(f"max_train and max_eval must be >= 0 (0 = all samples), got {self.max_train} and {self.max_eval}")
+        if not self.cache_max_gb >= 0:  # (NaN fails too)
+            raise ConfigError(f"cache_max_gb must be >= 0 (0 = keep every cache), got {self.cache_max_gb}")
         if len(set(self.modalities)) != len(self.modalities):
             raise ConfigError(f"modalities names a modality twice: {list(self.modalities)}; name each once")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from racmkd.config import DataConfig
+from racmkd.config import ConfigError, DataConfig
 from racmkd.data.dataset import FeatureCache, PairedDataset, build_dataset, cache_path, pair_by_label
 from racmkd.data.modalities import Bank
 from racmkd.data.paths import DataError
@@ -103,6 +103,30 @@ def test_cache_is_reused_and_limits_apply(avmnist: PairedDataset, cache_dir: Pat
     other = cache_dir / "other.pt"
     _write_cache(other, [1, 2])  # whole, but not a stored dataset: failed outside the loader's guard (AttributeError)
     assert _read_cache(other, avmnist.modalities) is None
+
+
+def test_caches_beyond_the_size_bound_go_least_recently_used_first(avmnist: PairedDataset, tmp_path: Path) -> None:
+    import os
+
+    from racmkd.data.dataset import _read_cache, _to_stored, _write_cache, trim_caches
+
+    paths = [tmp_path / f"dataset-avmnist-{i}.pt" for i in range(4)]
+    for i, path in enumerate(paths):
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (1000 + i, 1000 + i))  # 0 is the least recently used
+    (tmp_path / "latency-model.json").write_bytes(b"y" * 1000)  # not a dataset cache: never counted or removed
+    assert trim_caches(tmp_path, 0, keep=paths[3]) == []  # 0 keeps every one
+    assert trim_caches(tmp_path, 250, keep=paths[0]) == [paths[1], paths[2]]  # the one asked to keep stays, old as it is
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset-avmnist-0.pt", "dataset-avmnist-3.pt", "latency-model.json"]
+    # A cache read is used: it goes last.
+    cached = tmp_path / "dataset-avmnist-read.pt"
+    _write_cache(cached, _to_stored(avmnist))
+    os.utime(cached, (10, 10))
+    assert _read_cache(cached, avmnist.modalities) is not None and cached.stat().st_mtime > 1003
+    assert trim_caches(tmp_path, cached.stat().st_size + 100, keep=paths[0]) == [paths[3]]
+    assert cached.exists() and paths[0].exists()
+    with pytest.raises(ConfigError, match="cache_max_gb"):
+        DataConfig(cache_max_gb=float("nan"))
 
 
 def test_the_cache_answers_only_for_its_own_data_root_and_files(avmnist: PairedDataset, cache_dir: Path, tmp_path: Path) -> None:

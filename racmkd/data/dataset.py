@@ -7,6 +7,7 @@ other modality, drawn from the same split only, deterministically from the data 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -222,7 +223,7 @@ def data_folders(cfg: DataConfig) -> list[str] | None:
 def cache_path(cfg: DataConfig) -> Path:
     """Where the built dataset for this config is cached: one file per (data root and its files,
     protocol, split and pairing settings)."""
-    key = {k: v for k, v in to_dict(cfg).items() if k not in ("root", "cache_dir", "max_train", "max_eval", "augment")}
+    key = {k: v for k, v in to_dict(cfg).items() if k not in ("root", "cache_dir", "cache_max_gb", "max_train", "max_eval", "augment")}
     digest = hashlib.sha256(
         json.dumps([CACHE_VERSION, key, source_fingerprint(data_root(cfg.root), data_folders(cfg), Path(cfg.cache_dir))], sort_keys=True).encode()
     ).hexdigest()[:12]
@@ -241,7 +242,38 @@ def build_dataset(cfg: DataConfig, use_cache: bool = True) -> PairedDataset:
     dataset = _build(cfg, modalities)
     if path is not None:
         _write_cache(path, _to_stored(dataset))
+        trim_caches(path.parent, cfg.cache_max_gb * 1e9, keep=path)
     return _limit(dataset, cfg)
+
+
+def trim_caches(folder: Path, max_bytes: float, keep: Path) -> list[Path]:
+    """Remove the least recently used dataset caches in `folder` (by modification time: a read
+    touches its file) while they hold more than `max_bytes` together, never `keep`; returns what
+    went. Each settings' and data seed's cache is 0.1 GB (AV-MNIST), and none was ever removed: a
+    day of benchmarks left 1.2 GB. A cache another process reads meanwhile is rebuilt there."""
+    if max_bytes <= 0:
+        return []
+    caches = []
+    for path in folder.glob("dataset-*.pt"):
+        try:
+            info = path.stat()
+        except OSError:  # removed meanwhile
+            continue
+        caches.append((info.st_mtime, info.st_size, path))
+    total = sum(size for _, size, _ in caches)
+    removed = []
+    for _, size, path in sorted(caches):
+        if total <= max_bytes:
+            break
+        if path == keep:
+            continue
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        total -= size
+        removed.append(path)
+    return removed
 
 
 CACHE_TAIL = b"racmkd-crc32"  # a cache file ends in the CRC-32 of what precedes it, then this
@@ -265,9 +297,14 @@ def _read_cache(path: Path, modalities: dict[str, Modality]) -> PairedDataset | 
         if not data.endswith(CACHE_TAIL) or zlib.crc32(body) != int.from_bytes(crc, "little"):
             return None
         stored = torch.load(io.BytesIO(body), weights_only=True)
-        return _from_stored(modalities, stored) if stored.get("version") == CACHE_VERSION else None
+        if stored.get("version") != CACHE_VERSION:
+            return None
+        dataset = _from_stored(modalities, stored)
     except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
         return None
+    with contextlib.suppress(OSError):  # used now: the last to go when caches are trimmed (a read-only cache stays as it is)
+        os.utime(path)
+    return dataset
 
 
 def _build(cfg: DataConfig, modalities: dict[str, Modality]) -> PairedDataset:
