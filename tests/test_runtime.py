@@ -246,11 +246,12 @@ def test_a_variant_whose_session_will_not_load_is_planned_around_at_once(bank_di
     assert answer.variants and victim.id not in answer.variants and not answer.fallbacks
 
 
-def test_a_switch_swaps_only_once_its_sessions_are_loaded(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_a_switch_swaps_only_once_its_sessions_are_loaded_and_holds_no_lock_meanwhile(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """A switch pointed requests at the new configuration before loading its sessions: a request
-    arriving meanwhile waited for the loading (256 ms for one of 0.26 ms, with 300 ms loads), and
-    its latency's feedback waited for the lock the loading switch holds. It is answered by the
-    configuration in force, whose sessions are loaded, and its feedback is dropped (counted)."""
+    arriving meanwhile waited for the loading (256 ms for one of 0.26 ms, with 300 ms loads). It is
+    answered by the configuration in force, whose sessions are loaded; and since the loading holds
+    no lock, its latency's feedback is taken (it was dropped), the state is read and another
+    decision is made meanwhile."""
     import threading
 
     from racmkd.resources.sources import ResourceSnapshot
@@ -274,12 +275,47 @@ def test_a_switch_swaps_only_once_its_sessions_are_loaded(bank_dir: Path, sample
     switching = threading.Thread(target=runtime.redecide, args=("resources",))
     switching.start()
     assert loading.wait(10)  # the switch is loading a session of its new configuration
-    answer = runtime.predict(**inputs[0])  # (predict feeds its latency back, which waited for the lock the switch holds)
+    answer = runtime.predict(**inputs[0])
+    state = runtime.state()
     answered_while_loading = not loaded.is_set()
     release.set()
     switching.join(10)
-    assert answered_while_loading and runtime.feedback_dropped == 1 and runtime.state()["feedback_dropped"] == 1
+    assert answered_while_loading and runtime.feedback_dropped == 0 and state["feedback_dropped"] == 0
     assert set(answer.variants) <= before and {v.id for v in runtime.current.config if v is not None} != before
+    assert runtime.decisions[-1]["loaded"] and runtime.switch_loads.values()[-1] >= 1
+
+
+def test_a_switch_decided_again_while_its_sessions_loaded_goes_by_the_newest_decision(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """The load jumps and a switch starts loading a cheaper configuration's sessions; the load
+    falls back before they are loaded and another decision keeps the configuration in force. The
+    first switch, decided for a reading no longer there, must not go ahead when its loading ends."""
+    import threading
+
+    from racmkd.resources.sources import ResourceSnapshot
+    from racmkd.runtime import edge
+
+    inputs, _ = samples
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(objective="accuracy", preload=False))
+    before = runtime.current.config
+    calm = runtime.snapshot
+    loading, release = threading.Event(), threading.Event()
+    real = edge.session
+
+    def slow(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        loading.set()
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(edge, "session", slow)
+    runtime.snapshot = ResourceSnapshot(t=0.0, cpu_percent=99.0, memory_available_bytes=10**10, host_cores=1, cpu_cores=1.0)  # the load jumps
+    switching = threading.Thread(target=runtime.redecide, args=("resources",))
+    switching.start()
+    assert loading.wait(10)
+    runtime.snapshot = calm  # and is gone again: this decision keeps what is in force
+    assert runtime.redecide("resources").config == before
+    release.set()
+    switching.join(10)
+    assert not switching.is_alive() and runtime.current.config == before and runtime.decision_count == 0
 
 
 def served(runtime: EdgeRuntime, inputs: dict) -> list[str]:

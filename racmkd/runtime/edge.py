@@ -13,7 +13,9 @@ dropped request.
   runtime's share of it; on battery, an energy budget per request.
 - Switching tier or modality set is a pointer swap: sessions are loaded at start (when they fit
   the memory budget), else on first use and evicted least recently used; a step up's sessions load
-  while the hysteresis holds it back, so that it too is a swap when it comes.
+  while the hysteresis holds it back, so that it too is a swap when it comes. Sessions load one at
+  a time (`_loading`) and never under the runtime's lock: requests, their feedback, other
+  decisions and `state()` go on meanwhile (a load takes milliseconds to seconds, a decision ~0.3 ms).
 - Adaptation time: from the moment a reading arrives (`MonitorState.observed_at`) to the new
   configuration being in place with its sessions loaded. Python's cyclic garbage collector waits
   meanwhile (`collector_held`): one of its collections took up to 6 ms, a switch 0.2-0.5 ms.
@@ -32,12 +34,13 @@ dropped request.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +75,8 @@ OVERHEAD_MIN_SAMPLES = 32  # before that many, the bank's figure stands
 OVERHEAD_REPLAN_MS = 0.02  # the budget is recomputed when the learnt cost moves this far from the one it was planned with
 UNUSED_LOOK_EVERY = 16  # an input the configuration in force does not use is read on one request in this many (its quality tracked), else left unread
 RETRY_FIRST_S, RETRY_MAX_S = 30.0, 600.0  # a variant that raised is tried again after 30 s, 60 s, 120 s, ... at most every 10 minutes
-FEEDBACK_WAIT_S = 0.002  # a request's feedback waits this long for the lock (a decision takes ~0.3 ms; a switch loading sessions longer): then it is dropped
+FEEDBACK_WAIT_S = 0.002  # a request's feedback waits this long for the lock (a decision holds it ~0.3 ms): then it is dropped
+SWITCH_ATTEMPTS = 4  # a switch whose sessions loaded while other decisions were made is decided again, at most this often
 
 
 @dataclass
@@ -166,8 +170,10 @@ class EdgeRuntime:
         self._last_used: dict[str, int] = {}  # variant id -> the request that last ran it (eviction order)
         self._requests = 0
         self._biases: dict[tuple[str, ...], np.ndarray] = {}  # tiers of the variants used -> their mean bias
-        self._protect: set[str] = set()
-        self._lock = threading.RLock()
+        self._protected: dict[str, int] = {}  # variant id -> loads or switches under way that need its session (never evicted meanwhile)
+        self._lock = threading.RLock()  # decisions, failures, the loaded sessions; never held while a session loads
+        self._loading = threading.Lock()  # one session loads at a time; taken before self._lock, never under it
+        self._decided = 0  # decisions made so far: a switch that loaded its sessions goes ahead only if none came meanwhile
         self._unsubscribe: Callable[[], None] | None = None
         self._applied_at = 0.0  # observed_at of the monitor reading planned with
         self.pinned = self._pinned_config(pinned) if pinned is not None else None
@@ -256,15 +262,17 @@ class EdgeRuntime:
         return sum(self._variants[vid].memory_bytes for vid in self._sessions)
 
     def _session(self, variant: Variant) -> Any:
-        """The variant's session, loaded if it is not. A loaded one is read without the lock (a dict
-        read is atomic): this is on every request's path."""
+        """The variant's session, loaded if it is not. A loaded one is read without a lock (a dict
+        read is atomic): this is on every request's path. A load holds `_loading`, not the
+        runtime's lock (see the module docstring): the caller must not hold that one."""
         self._last_used[variant.id] = self._requests
         sess = self._sessions.get(variant.id)
         if sess is not None:
             return sess
-        with self._lock:
-            if variant.id in self._sessions:
-                return self._sessions[variant.id]
+        with self._loading:
+            sess = self._sessions.get(variant.id)
+            if sess is not None:  # loaded by another thread while this one waited
+                return sess
             try:
                 sess = session(self.bank.path(variant), self.config.threads)
                 # A variant's first run sets up its session's buffers and its features' matrices
@@ -274,8 +282,10 @@ class EdgeRuntime:
             except Exception as err:  # noqa: BLE001 - a damaged file must not stop the runtime
                 self._fail(variant, f"cannot load {variant.path}: {err}")
                 raise
-            self._sessions[variant.id] = sess
-            self._evict()
+            with self._lock:
+                if variant.id not in self.failed:  # (failed for good meanwhile, by a request: not kept)
+                    self._sessions[variant.id] = sess
+                    self._evict()
             return sess
 
     def _memory_limit(self) -> float:
@@ -293,7 +303,7 @@ class EdgeRuntime:
         loaded than `runtime.max_loaded` or they hold more memory than the latest reading allows."""
         limit = self.config.max_loaded or len(self.table.variants)
         # (and the step up's sessions)
-        keep = {v.id for config in (self.current.config, self.hysteresis.pending or ()) for v in config if v is not None} | self._protect
+        keep = {v.id for config in (self.current.config, self.hysteresis.pending or ()) for v in config if v is not None} | self._protected.keys()
         memory = self._memory_limit()
         for vid in sorted(self._sessions, key=lambda v: self._last_used.get(v, -1)):
             if len(self._sessions) <= limit and self.resident_bytes() <= memory:
@@ -309,17 +319,36 @@ class EdgeRuntime:
         return len(self._sessions) + len(new) <= limit and self.resident_bytes() + sum(v.memory_bytes for v in new) <= self._memory_limit()
 
     def _ensure_loaded(self, config: Configuration) -> None:
-        """Load a configuration's sessions (none of them evicted while the others load)."""
-        self._protect = {v.id for v in config if v is not None}
-        try:
+        """Load a configuration's sessions (none of them evicted while the others load). Not under
+        the runtime's lock (see `_session`)."""
+        with self._protecting(config):
             for v in config:
                 if v is not None and v.id not in self.failed:
                     try:
                         self._session(v)
                     except Exception:  # noqa: BLE001 - recorded in self.failed by _session
                         continue
+
+    @contextlib.contextmanager
+    def _protecting(self, config: Configuration) -> Iterator[None]:
+        """Keep a configuration's sessions from eviction while this lasts (loads and switches on
+        several threads each protect their own)."""
+        ids = [v.id for v in config if v is not None]
+        with self._lock:
+            for vid in ids:
+                self._protected[vid] = self._protected.get(vid, 0) + 1
+        try:
+            yield
         finally:
-            self._protect = set()
+            with self._lock:
+                for vid in ids:
+                    if self._protected[vid] == 1:
+                        del self._protected[vid]
+                    else:
+                        self._protected[vid] -= 1
+
+    def _all_loaded(self, config: Configuration) -> bool:
+        return all(v is None or v.id in self._sessions for v in config)
 
     def _holds_failed(self, config: Configuration) -> bool:
         return any(v is not None and v.id in self.failed for v in config)
@@ -376,62 +405,84 @@ class EdgeRuntime:
             return self._redecide(cause, observed_at)
 
     def _redecide(self, cause: str, observed_at: float | None) -> Decision:
+        """Decide under the lock; a switch whose sessions are not all loaded releases it, loads
+        them, and goes ahead if no other decision came meanwhile (else it is decided again, with
+        the newest reading: at most SWITCH_ATTEMPTS times, then left to the next decision)."""
         started = time.perf_counter()
-        with self._lock:
-            if self.risk is not None:
-                self.risk.forget_left(self.clock())  # (a decision between requests sees no stale band either)
-            self.budget = budget_for(self.snapshot, self.config, self.controller.scale, self.resident_bytes(), self.overhead_ms)
-            self._planned_overhead_ms = self.overhead_ms
-            if self.pinned is not None:
-                return self.current
-            previous = self.current
-            try:
-                chosen, why = self.hysteresis.choose(self.clock(), previous, self.allocator, self.budget, self.weights(), frozenset(self.failed))
-            except NoConfigurationError as err:  # every variant failed: keep serving what is left, request by request
-                log.error("no configuration can run: %s", err)
-                return self.current
-            switched = chosen.config != previous.config
-            loaded_before = set(self._sessions)
-            if switched:
-                # Its sessions load before the swap: requests meanwhile are served by the configuration
-                # in force, whose sessions are loaded (they were pointed at the new one and waited for
-                # its loading, 256 ms for a request of 0.26 when a load took 300).
+        loaded_before = set(self._sessions)
+        for _ in range(SWITCH_ATTEMPTS):
+            with self._lock:
+                if self.risk is not None:
+                    self.risk.forget_left(self.clock())  # (a decision between requests sees no stale band either)
+                self.budget = budget_for(self.snapshot, self.config, self.controller.scale, self.resident_bytes(), self.overhead_ms)
+                self._planned_overhead_ms = self.overhead_ms
+                if self.pinned is not None:
+                    return self.current
+                previous = self.current
+                try:
+                    chosen, why = self.hysteresis.choose(self.clock(), previous, self.allocator, self.budget, self.weights(), frozenset(self.failed))
+                except NoConfigurationError as err:  # every variant failed: keep serving what is left, request by request
+                    log.error("no configuration can run: %s", err)
+                    return self.current
+                self._decided += 1
+                decided = self._decided
+                if chosen.config == previous.config:
+                    self.current = chosen  # (its utility and costs under this budget)
+                    self._evict()  # the memory budget may have shrunk
+                    self.decision_ms.append((time.perf_counter() - started) * 1e3)
+                    pending, best = self.hysteresis.pending, self.hysteresis.best_pending
+                    break
+                if self._all_loaded(chosen.config):
+                    return self._switch(previous, chosen, why, cause, observed_at, started, loaded_before)
+            # Its sessions load before the swap, without the lock: requests meanwhile are served by
+            # the configuration in force, whose sessions are loaded (they were pointed at the new
+            # one and waited for its loading, 256 ms for a request of 0.26 when a load took 300).
+            with self._protecting(chosen.config):
                 self._ensure_loaded(chosen.config)
-                if self._holds_failed(chosen.config):  # a session that would not load: plan again without it
-                    return self._redecide("variant failure", observed_at)  # (the failed set has grown: this ends)
-            self.current = chosen
-            if not switched and self.hysteresis.pending is not None:
-                # A step up waits out the hysteresis window: load its sessions meanwhile (here, off
-                # the requests' path), so that the switch, when it comes, is a pointer swap; and
-                # the best one's waiting, which may come next, when they fit beside them.
-                self._ensure_loaded(self.hysteresis.pending)
-                best = self.hysteresis.best_pending
-                if best is not None and self._fits_loaded(best):
-                    self._ensure_loaded(best)
-            self._evict()  # the memory budget may have shrunk
-            ended = time.perf_counter()
-            self.decision_ms.append((ended - started) * 1e3)
-            if switched:
-                adaptation = (ended - (observed_at if observed_at is not None else started)) * 1e3
-                loaded = sorted(v.id for v in chosen.config if v is not None and v.id not in loaded_before)  # sessions the switch had to load
-                self.adaptation_ms.append(adaptation)
-                self.switch_loads.append(len(loaded))
-                self.decision_count += 1
-                self.decisions.append(
-                    {
-                        "t": self.clock(),
-                        "cause": cause,
-                        "from": self.describe(previous.config),
-                        "to": self.describe(chosen.config),
-                        "reason": why,
-                        "level": self.level,
-                        "budget": self.budget.as_dict(),
-                        "utility": chosen.utility,
-                        "adaptation_ms": adaptation,
-                        "loaded": loaded,
-                    }
-                )
+                with self._lock:
+                    if self._decided == decided and self.current is previous and self._all_loaded(chosen.config):
+                        return self._switch(previous, chosen, why, cause, observed_at, started, loaded_before)
+            cause = "variant failure" if self._holds_failed(chosen.config) else cause  # a session that would not load: plan again without it
+        else:
+            log.warning("a switch was decided again %d times while its sessions loaded: left to the next decision", SWITCH_ATTEMPTS)
+            return self.current
+        if pending is not None:
+            # A step up waits out the hysteresis window: load its sessions meanwhile (off the
+            # requests' path and the lock), so that the switch, when it comes, is a pointer swap;
+            # and the best one's waiting, which may come next, when they fit beside them.
+            self._ensure_loaded(pending)
+            if best is not None and self._fits_loaded(best):
+                self._ensure_loaded(best)
         return self.current
+
+    def _switch(
+        self, previous: Decision, chosen: Decision, why: str, cause: str, observed_at: float | None, started: float, loaded_before: set[str]
+    ) -> Decision:
+        """Put a decided configuration, its sessions loaded, in force and record the switch (under the lock)."""
+        self.current = chosen
+        self._evict()  # the memory budget may have shrunk
+        ended = time.perf_counter()
+        self.decision_ms.append((ended - started) * 1e3)
+        adaptation = (ended - (observed_at if observed_at is not None else started)) * 1e3
+        loaded = sorted(v.id for v in chosen.config if v is not None and v.id not in loaded_before)  # sessions the switch had to load
+        self.adaptation_ms.append(adaptation)
+        self.switch_loads.append(len(loaded))
+        self.decision_count += 1
+        self.decisions.append(
+            {
+                "t": self.clock(),
+                "cause": cause,
+                "from": self.describe(previous.config),
+                "to": self.describe(chosen.config),
+                "reason": why,
+                "level": self.level,
+                "budget": self.budget.as_dict(),
+                "utility": chosen.utility,
+                "adaptation_ms": adaptation,
+                "loaded": loaded,
+            }
+        )
+        return chosen
 
     def feedback(self, latency_ms: float, now: float | None = None, variants: list[str] | None = None, work_ms: float = math.nan) -> None:
         """Feed an observed request latency (of the request served by `variants`, default the
@@ -440,8 +491,8 @@ class EdgeRuntime:
         estimate moved (the budget is net of it), or when a pending step up has waited out its
         window."""
         now = self.clock() if now is None else now
-        # A switch that must load sessions holds the lock while it loads (milliseconds to seconds):
-        # the request it would hold up has been answered, so its observation is dropped (counted).
+        # A decision holds the lock ~0.3 ms (a switch loads its sessions outside it); should one hold
+        # it longer, the request it would hold up has been answered: its observation is dropped (counted).
         if not self._lock.acquire(timeout=FEEDBACK_WAIT_S):
             self.feedback_dropped += 1
             return
