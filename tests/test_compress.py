@@ -641,6 +641,8 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
     assert fp32["argmax_agreement"] == 1.0 and fp32["max_abs_logit_diff"] < 1e-3  # ONNX Runtime vs PyTorch
     int8 = manifest["candidates"]["int8"]["parity"]
     assert int8["argmax_agreement"] > 0.8
+    judged = manifest["candidates"]["int8"]["validation_parity"]  # where its accuracy bound was judged
+    assert judged["samples"] > 0 and 0 < judged["reference_accuracy"] <= 1 and judged["argmax_agreement"] > 0.8
     for c in manifest["candidates"].values():  # each candidate judged against the bound; one that missed it and was not chosen is not left as a deployable name
         assert (folder / c["path"]).is_file() and c["path"].endswith(".rejected.onnx") == (not c["meets_bound"] and c["path"] != manifest["artifact"])
     assert manifest["candidates"]["fp32"]["meets_bound"] and manifest["artifact"] in [c["path"] for c in manifest["candidates"].values() if c["meets_bound"]]
@@ -819,11 +821,18 @@ def test_the_artifact_is_the_fastest_within_the_bound_and_the_smallest_of_a_spee
     assert choose_artifact(faster, options)[0] == "int8"
     missed = {"fp32": candidate(0.100, 4000), "int8": candidate(0.060, 1200, agreement=0.9), "int8-weights": candidate(0.200, 1500)}
     chosen, reason = choose_artifact(missed, options)
-    assert chosen == "fp32" and "int8 misses the bound (agreement 0.9000 < 0.99)" in reason  # the failed condition alone, not "... or accuracy drop"
+    assert chosen == "fp32" and "int8 misses the bound (test agreement 0.9000 < 0.99)" in reason  # the failed condition alone, not "... or accuracy drop"
     assert {k: c["meets_bound"] for k, c in missed.items()} == {"fp32": True, "int8": False, "int8-weights": True}
     assert choose_artifact(missed, ExportOptions(prefer="smaller"))[0] == "int8-weights"
     missed["int8"]["parity"] = {"argmax_agreement": 0.995, "accuracy": 0.85, "reference_accuracy": 0.9}
-    assert "int8 misses the bound (accuracy drop +0.0500 > 0.01)" in choose_artifact(missed, options)[1]
+    assert "int8 misses the bound (test accuracy drop +0.0500 > 0.01)" in choose_artifact(missed, options)[1]
+    # The export step's candidates carry their validation parity: the accuracy bound, which chooses
+    # what ships, is judged there (test labels only report); agreement, label-free, stays on test.
+    missed["int8"]["validation_parity"] = {"argmax_agreement": 0.995, "accuracy": 0.895, "reference_accuracy": 0.9}
+    assert choose_artifact(missed, options)[0] == "int8" and missed["int8"]["meets_bound"]
+    missed["int8"]["parity"], missed["int8"]["validation_parity"]["accuracy"] = {"argmax_agreement": 0.995, "accuracy": 0.9, "reference_accuracy": 0.9}, 0.88
+    chosen, reason = choose_artifact(missed, options)
+    assert chosen == "fp32" and "int8 misses the bound (validation accuracy drop +0.0200 > 0.01)" in reason
 
 
 def test_a_file_that_missed_its_bound_is_deployed_only_as_the_last_resort_and_never_named_rejected(tmp_path: Path) -> None:
