@@ -317,6 +317,11 @@ class DistillConfig:
         bad = {name: (w.low, w.high) for name, w in weights.items() if not (0 <= w.low < math.inf and 0 <= w.high < math.inf)}
         if bad or not 0 <= self.feature_cost < math.inf:
             raise ConfigError(f"the objective's weights must be finite and >= 0; got {bad or {'feature_cost': self.feature_cost}}")
+        # A NaN weight made every student NaN; a negative one pushes the student away from the teacher.
+        losses = {f"{term}.{name}": w for term in ("distill_losses", "align_losses") for name, w in getattr(self, term).items()}
+        bad_losses = {name: w for name, w in losses.items() if isinstance(w, bool) or not (isinstance(w, (int, float)) and 0 <= w < math.inf)}
+        if bad_losses:
+            raise ConfigError(f"loss weights must be finite numbers >= 0; got {', '.join(f'distill.{k}: {v!r}' for k, v in bad_losses.items())}")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ report.json, report.md, plots and edge/; runs/latest points at the newest run.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -40,6 +39,7 @@ from racmkd.runs import (  # noqa: F401 - run directories (racmkd.runs, no torch
     link_latest,
     missing_teachers,
     open_run,
+    read_selection,
     record_timing,
     teacher_names,
 )
@@ -315,6 +315,7 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
     trained: dict[tuple, Job] = {}  # one job per distinct design
     answers = FeatureCache(evict=False)  # the teachers' answers: both rounds draw the same batches
     chosen = {}
+    earlier = read_selection(run_dir).get("tiers", {})  # the other tiers' records, kept (said now if unreadable, not after the training)
     unpromising = out_of_reach(cfg, run_dir, list(dataset.modalities))
     for tier in tiers:
         designs, skipped = candidates(cfg, dataset.modalities, tier, unpromising)
@@ -391,9 +392,7 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
         table[tier_name].update(candidates=entries, chosen=pick["name"], reason=reason)
         chosen[tier_name] = next(d for d in designs if d.name == pick["name"])
     # Distilling some tiers again (`racmkd distill --tiers ...`) keeps the other tiers' records.
-    path = run_dir / "selection.json"
-    earlier = json.loads(path.read_text())["tiers"] if path.is_file() else {}
-    atomic_write_json(path, {"samples_per_candidate": sel.samples, "val_samples": sel.val_samples, "tiers": {**earlier, **table}})
+    atomic_write_json(run_dir / "selection.json", {"samples_per_candidate": sel.samples, "val_samples": sel.val_samples, "tiers": {**earlier, **table}})
     if listed:
         record_timing(run_dir, "select_designs", seconds)  # after the choices are written
     return chosen

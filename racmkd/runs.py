@@ -10,6 +10,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from racmkd.config import ConfigError, RunConfig, load_config, save_config
 from racmkd.utils import atomic_write_json
@@ -147,6 +148,26 @@ def read_timings(run_dir: Path) -> dict[str, float]:
         log.warning("%s: holds a %s, not stage timings; the next stage's written anew", path, type(timings).__name__)
         return {}
     return timings
+
+
+def read_selection(run_dir: Path) -> dict[str, Any]:
+    """The design selection's record, runs/<name>/selection.json ({} when there is none). It is a
+    record (the report shows it; the chosen designs live in the checkpoints): one that does not
+    read as {"tiers": {...}} reads as none, with a warning naming it, and the next selection writes
+    its tiers anew. Read before a selection trains: it failed after minutes of training, as a bare
+    "Expecting value" or "'tiers'", or a traceback."""
+    path = run_dir / "selection.json"
+    if not path.exists():
+        return {}
+    try:
+        selection = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        log.warning("%s: unreadable (%s); the other tiers' selection records are lost, this selection's written anew", path, err)
+        return {}
+    if not isinstance(selection, dict) or not isinstance(selection.get("tiers"), dict):
+        log.warning('%s: not a selection record ({"tiers": {...}}); this selection\'s written anew', path)
+        return {}
+    return selection
 
 
 def record_timing(run_dir: Path, stage: str, seconds: float) -> dict[str, float]:

@@ -13,7 +13,7 @@ import torch
 
 import racmkd
 from racmkd.compress.artifacts import ExportError
-from racmkd.config import load_config
+from racmkd.config import ConfigError, DistillConfig, load_config
 from racmkd.data.dataset import build_dataset
 from racmkd.models.checkpoint import CheckpointError, load_model
 from racmkd.models.inference import predict_split
@@ -149,6 +149,20 @@ def test_a_checkpoint_whose_specs_miss_an_encoders_input_is_named(tiny_run: Path
         load_model(damaged)
 
 
+def test_a_checkpoint_whose_weights_do_not_fit_its_architecture_is_named_briefly_with_the_fix(tiny_run: Path, tmp_path: Path) -> None:
+    """torch lists every mismatched tensor (about 30 lines for a student of another width), and the
+    message, unlike every other checkpoint error, said nothing of what to do."""
+    record = torch.load(tiny_run / "checkpoints" / "critical.pt", weights_only=True)
+    kwargs = record["arch"]["kwargs"]
+    damaged = tmp_path / "critical.pt"
+    torch.save({**record, "arch": {**record["arch"], "kwargs": {**kwargs, "width": kwargs["width"] * 2}}}, damaged)
+    with pytest.raises(
+        CheckpointError, match=r"critical\.pt: weights do not fit the recorded architecture \(.*\)\. Re-run the stage that writes it\.$"
+    ) as caught:
+        load_model(damaged)
+    assert str(caught.value).count("size mismatch") <= 3 and "\n" not in str(caught.value)
+
+
 def test_inputs_are_compared_at_their_deepest_affordable_depth() -> None:
     from racmkd.pipeline import Design, deepest_per_input
 
@@ -247,6 +261,21 @@ def test_a_jobs_training_does_not_depend_on_what_else_shares_its_pass(tiny_run: 
     with pytest.raises(ValueError, match="at least one epoch"):
         short.epochs = -1
         train_jobs(tiny_dataset, [short], 1, 64, seed=5, samples_per_epoch=64, val_limit=64)
+
+
+def test_a_job_whose_training_diverges_stops_the_pass_with_an_error_naming_it(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001
+    """A learning rate of 1e8 makes the loss NaN: NaN logits still have an argmax, scored about
+    chance, which beat the "no best yet" start and was saved as the best model, silently."""
+    from racmkd.config import TrainConfig
+    from racmkd.distill.trainer import Job, TrainingDiverged, train_jobs
+
+    model, specs, _, _ = load_model(tiny_run / "checkpoints" / "critical.pt")
+    with pytest.raises(TrainingDiverged, match=r"training wild diverged: its loss is nan .*lower train.lr"):
+        train_jobs(tiny_dataset, [Job("wild", model, specs, TrainConfig(epochs=1, lr=1e8))], 1, 64, seed=5, samples_per_epoch=256, val_limit=64)
+    with pytest.raises(ConfigError, match=r"distill.distill_losses.kd: nan"):  # a NaN loss weight: refused when the config is read
+        DistillConfig(distill_losses={"kd": float("nan")})
+    with pytest.raises(ConfigError, match=r"distill.align_losses.feature: -1.0"):
+        DistillConfig(align_losses={"feature": -1.0})
 
 
 def test_jobs_stepping_side_by_side_in_threads_learn_what_they_learn_one_after_another(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001

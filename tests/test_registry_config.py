@@ -497,3 +497,21 @@ def test_an_unreadable_timings_file_is_written_anew_with_a_warning(tmp_path: Pat
         caplog.clear()
     record_timing(tmp_path, "compress_students", 1.0)
     assert json.loads(path.read_text()) == {"distill_students": 12.3, "compress_students": 1.0}
+
+
+def test_an_unreadable_selection_record_reads_as_none_with_a_warning_naming_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """selection.json was read after a selection's minutes of training: a truncated one failed as
+    "Expecting value", `{}` as "'tiers'", `[]` with a traceback. It is a record: read first, warned
+    of, written anew."""
+    from racmkd.runs import read_selection
+
+    path = tmp_path / "selection.json"
+    assert read_selection(tmp_path) == {}
+    for content in ('{"tiers": ', "{}", "[]", '{"tiers": [1]}', "\xff"):
+        path.write_text(content, encoding="latin-1")
+        with caplog.at_level("WARNING", logger="racmkd.runs"):
+            assert read_selection(tmp_path) == {}
+        assert str(path) in caplog.text
+        caplog.clear()
+    path.write_text('{"samples_per_candidate": 10, "tiers": {"low": {"chosen": "x"}}}')
+    assert read_selection(tmp_path)["tiers"] == {"low": {"chosen": "x"}} and not caplog.text

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import math
 import time
 import zlib
 from collections.abc import Callable
@@ -324,6 +325,12 @@ def joined(parts: list[Any]) -> Any:
     return [joined(list(items)) for items in zip(*parts)]
 
 
+class TrainingDiverged(ValueError):
+    """A job's loss or validation logits became NaN or infinite: its settings (learning rate, loss
+    weights) make training diverge. Nothing of the pass is saved: NaN logits still have an argmax,
+    scored about chance, which beat the "no best yet" start and was saved as the best model."""
+
+
 def train_step(
     job: Job,
     optimizer: tuple[torch.optim.Optimizer, Any],
@@ -342,12 +349,17 @@ def train_step(
         out = job.model.forward_features(inputs, present)
         logits = job.model.forward_head(out["fused"])
         loss, _ = objective(job, out, logits, labels, *taught, mix)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise TrainingDiverged(
+            f"training {job.name} diverged: its loss is {value} (lr {job.config.lr}); lower train.lr or check the loss weights (distill.*) in the config"
+        )
     opt, sched = optimizer
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     sched.step()
-    return float(loss.detach())
+    return value
 
 
 def train_jobs(
@@ -542,6 +554,10 @@ def train_jobs(
             seconds = time.perf_counter() - started
             for job in active:
                 (logits,), labels = predict_split(job.model, job.specs, dataset, "val", limit=val_limit, precision=resolve_precision(job.config.precision))
+                if not torch.isfinite(logits).all():
+                    raise TrainingDiverged(
+                        f"training {job.name} diverged: its validation logits are not finite after epoch {epoch + 1} (lr {job.config.lr}); lower train.lr or check the loss weights (distill.*) in the config"
+                    )
                 accuracy = float((logits.argmax(1) == labels).float().mean())
                 job.history.append(
                     {

@@ -3,7 +3,6 @@ report.md and PNG plots in the run directory."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -24,7 +23,7 @@ from racmkd.eval.metrics import classification_metrics
 from racmkd.eval.plots import plot_accuracy_vs_cost, plot_training_curves
 from racmkd.models.checkpoint import load_model
 from racmkd.models.inference import BatchFeatures, predict_split
-from racmkd.runs import open_run, record_timing
+from racmkd.runs import open_run, read_selection, record_timing
 from racmkd.runtime.predictor import Predictor
 from racmkd.utils import atomic_write_json, atomic_write_text, progress, torch_threads
 
@@ -262,9 +261,9 @@ def evaluate_run(run_dir: str | Path, dataset: PairedDataset | None = None) -> d
         "models": models,
     }
     report["targets"] = targets(report)
-    selection = run_dir / "selection.json"
-    if selection.exists():
-        report["selection"] = json.loads(selection.read_text())
+    selection = read_selection(run_dir)
+    if selection:
+        report["selection"] = selection
     report["timings_s"] = record_timing(run_dir, "evaluate", time.perf_counter() - started)
     plots = plot_accuracy_vs_cost(models, run_dir) + plot_training_curves(models, run_dir)
     report["plots"] = [p.name for p in plots]

@@ -55,8 +55,10 @@ def load_model(path: Path) -> tuple[MultimodalNet, dict[str, Any], dict[str, Mod
         modalities = {m: MODALITIES.create(m) for m in record["specs"]}
         specs = {m: modalities[m].spec_from_dict(s) for m, s in record["specs"].items()}
         meta = dict(record["meta"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({err})") from None
+    except RuntimeError as err:  # torch lists every mismatch, dozens of lines: the first few tell
+        lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()] or [str(err)]
+        shown = "; ".join(lines[:3]) + (f"; and {len(lines) - 3} more" if len(lines) > 3 else "")
+        raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({shown}). Re-run the stage that writes it.") from None
     except (KeyError, TypeError, ValueError, AttributeError) as err:  # a record with the right format tag and a damaged body
         raise CheckpointError(f"{path}: damaged checkpoint ({type(err).__name__}: {err}). Re-run the stage that writes it.") from None
     if sorted(specs) != sorted(model.modalities):  # (no specs: "torch.cat(): expected a non-empty list of Tensors", naming no file)
