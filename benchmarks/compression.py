@@ -48,7 +48,8 @@ sys.path.insert(0, str(REPO))
 from racmkd.compress.artifacts import FORMAT_PRECISION  # noqa: E402
 from racmkd.config import load_config  # noqa: E402
 from racmkd.eval.cost import activation_memory  # noqa: E402
-from racmkd.eval.report import git_commit, machine  # noqa: E402
+from racmkd.eval.plots import save_figure  # noqa: E402
+from racmkd.eval.report import evaluate_run, git_commit, machine  # noqa: E402
 from racmkd.eval.suite import compressed_with, recipe_steps  # noqa: E402
 from racmkd.models.checkpoint import load_model  # noqa: E402
 from racmkd.models.inference import fold_batchnorm  # noqa: E402
@@ -66,8 +67,13 @@ FIT_TARGETS = {"low": ("cortex-m7", None), "critical": ("cortex-m7", None), "hig
 
 
 def ensure_run(config: Path, run: Path | None, runs_dir: Path) -> Path:
-    """The run to measure: the one given, else runs/bench-compression (made with `config`)."""
+    """The run to measure: the one given (measured first if it has no report.json, as make bench's
+    runs have none), else runs/bench-compression (made with `config`)."""
     if run is not None:
+        if not (run / "report.json").exists():
+            print(f"{run}: no report.json; measuring the run first (racmkd evaluate)", flush=True)
+            run_dir, cfg = open_run(run)
+            evaluate_run(run_dir, prepare_data(cfg))
         return run
     name = "bench-compression"
     if not (runs_dir / name / "report.json").exists():
@@ -271,8 +277,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("ratio")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> None:

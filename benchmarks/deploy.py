@@ -64,6 +64,7 @@ from racmkd.deploy.registry import ModelRegistry, artifact_kind, pack  # noqa: E
 from racmkd.deploy.server import EdgeService, create_app  # noqa: E402
 from racmkd.deploy.signing import generate_keypair, load_private_key  # noqa: E402
 from racmkd.eval.cost import percentile  # noqa: E402
+from racmkd.eval.plots import save_figure  # noqa: E402
 from racmkd.eval.report import evaluate_run, git_commit, machine  # noqa: E402
 from racmkd.models.checkpoint import load_model, save_model  # noqa: E402
 from racmkd.models.inference import BatchFeatures  # noqa: E402
@@ -552,8 +553,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     axes[1].set_ylabel("requests / s (8 clients)")
     axes[1].set_title("throughput per role")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main() -> None:

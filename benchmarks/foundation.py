@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from results_io import targets_table, write_results  # noqa: E402
 
 from racmkd.config import config_differences, load_config  # noqa: E402
+from racmkd.eval.plots import save_figure  # noqa: E402
 from racmkd.eval.report import RETENTION_TARGETS, TEACHER_TARGETS, git_commit, machine  # noqa: E402
 from racmkd.eval.suite import SEED_PAPER, mean_pm, mean_std, seed_spread  # noqa: E402
 from racmkd.pipeline import run_pipeline  # noqa: E402
@@ -192,8 +193,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> None:

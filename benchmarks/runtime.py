@@ -59,6 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from racmkd.config import load_config  # noqa: E402
+from racmkd.eval.plots import save_figure  # noqa: E402
 from racmkd.eval.report import git_commit, machine  # noqa: E402
 from racmkd.eval.suite import bank_record  # noqa: E402
 from racmkd.pipeline import open_run, prepare_data, run_pipeline  # noqa: E402
@@ -100,6 +101,12 @@ def over_high(value: float, trace: dict[str, Any]) -> float:
     return ratio(value, trace["slo_accuracy_static"].get("high"))
 
 
+def pm_spread(s: dict[str, Any]) -> str:
+    """A pooled trace's dynamic SLO-accuracy with its spread over replays ("one replay" when it has none)."""
+    std = s.get("slo_accuracy_std")
+    return f"{s['slo_accuracy']:.4f} ± {std:.4f}" if std is not None else f"{s['slo_accuracy']:.4f} (one replay)"
+
+
 def pooled(replays: list[dict[str, Any]]) -> dict[str, Any]:
     """One trace's replays (the same trace, requests drawn in a different order each) as one summary:
     SLO-accuracies are their means (with the dynamic one's spread: a replay's wall-time latencies move
@@ -113,7 +120,7 @@ def pooled(replays: list[dict[str, Any]]) -> dict[str, Any]:
         "slo_accuracy_static": {t: [r["slo_accuracy_static"][t] for r in replays] for t in first["slo_accuracy_static"]},
     }
     first["slo_accuracy"] = statistics.fmean(dynamic)
-    first["slo_accuracy_std"] = statistics.stdev(dynamic) if len(dynamic) > 1 else 0.0
+    first["slo_accuracy_std"] = statistics.stdev(dynamic) if len(dynamic) > 1 else None  # one replay: no spread (not a spread of 0)
     first["slo_accuracy_static"] = {t: statistics.fmean(v) for t, v in first["repeats"]["slo_accuracy_static"].items()}
     first["oracle"] = {
         **{k: v for k, v in first["oracle"].items() if k != "per_level"},
@@ -352,7 +359,7 @@ def render(result: dict[str, Any]) -> str:
         gain, ceiling = over_high(s["slo_accuracy"], s), over_high(s["oracle"]["slo_accuracy"], s)
         fixed = s["bank_latency"]
         lines.append(
-            f"| {name} | {s['slo_accuracy']:.4f} ± {s.get('slo_accuracy_std', 0.0):.4f} | {statics} | {gain:.2f}x | {fixed['slo_accuracy']:.4f}: {over_high(fixed['slo_accuracy'], fixed):.2f}x | {s['oracle']['best_per_level']:.4f}: {over_high(s['oracle']['best_per_level'], s):.2f}x | {s['oracle']['clairvoyant_allocator']:.4f}: {over_high(s['oracle']['clairvoyant_allocator'], s):.2f}x | {s['oracle']['slo_accuracy']:.4f}: {ceiling:.2f}x | {s['adaptation_ms_p99']:.3f} / {s['adaptation_ms_p99_swaps']:.3f} | {s['switches']} ({s['switches_loading']}) |"
+            f"| {name} | {pm_spread(s)} | {statics} | {gain:.2f}x | {fixed['slo_accuracy']:.4f}: {over_high(fixed['slo_accuracy'], fixed):.2f}x | {s['oracle']['best_per_level']:.4f}: {over_high(s['oracle']['best_per_level'], s):.2f}x | {s['oracle']['clairvoyant_allocator']:.4f}: {over_high(s['oracle']['clairvoyant_allocator'], s):.2f}x | {s['oracle']['slo_accuracy']:.4f}: {ceiling:.2f}x | {s['adaptation_ms_p99']:.3f} / {s['adaptation_ms_p99_swaps']:.3f} | {s['switches']} ({s['switches_loading']}) |"
         )
     n = next(iter(result["traces"].values())).get("repeats", {}).get("n", 1)
     lines += [
@@ -491,8 +498,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 ax.annotate(name, (end, ax.get_ylim()[1]), fontsize=6, va="top")
                 end += seconds
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main() -> None:
@@ -556,7 +562,7 @@ def main() -> None:
             "latency_model": fixed["latency_model"],
         }
         result["traces"][name] = summary
-        print(f"{name}: dynamic {summary['slo_accuracy']:.4f} ± {summary['slo_accuracy_std']:.4f}, static {summary['slo_accuracy_static']}", flush=True)
+        print(f"{name}: dynamic {pm_spread(summary)}, static {summary['slo_accuracy_static']}", flush=True)
     if not args.no_sweep:
         result["sweep"] = slo_sweep(bank, dataset, rc, args.requests)
     result["monitor_overhead"] = monitor_overhead(args.monitor_seconds, rc.monitor)
@@ -610,7 +616,7 @@ def main() -> None:
         targets.append(
             {
                 "target": f"{name}: dynamic no worse than the best static tier",
-                "measured": f"{s['slo_accuracy']:.4f} ± {s['slo_accuracy_std']:.4f} vs {best:.4f} (means of {s['repeats']['n']} replays)",
+                "measured": f"{pm_spread(s)} vs {best:.4f} (means of {s['repeats']['n']} replays)",
                 "reached": s["slo_accuracy"] >= best,
             }
         )

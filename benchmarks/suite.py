@@ -13,6 +13,7 @@ Runs live in runs/bench/<protocol>-s<seed>/ and are resumed: what exists is not 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -75,7 +76,9 @@ def main() -> None:
     if args.quick:  # the smoke version stays beside its JSON; BENCHMARKS.md holds only the full suite
         atomic_write_text(args.out / f"{stem}.md", render(result, plots))
     else:
-        atomic_write_text(REPO / "BENCHMARKS.md", render(result, {title: f"benchmarks/results/{name}" for title, name in plots.items()}))
+        # (linked from the repository's root wherever --out put them)
+        links = {title: Path(os.path.relpath(args.out.resolve() / name, REPO)).as_posix() for title, name in plots.items()}
+        atomic_write_text(REPO / "BENCHMARKS.md", render(result, links))
     print(render(result, plots))
 
 

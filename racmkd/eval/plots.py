@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the headless backend
 
+from racmkd.utils import atomic_write_bytes  # noqa: E402
+
 COLOURS = {"teacher": "tab:red", "student": "tab:blue", "baseline": "tab:gray", "compressed": "tab:green"}
 TIER_ORDER = ["high", "medium", "low", "critical"]
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
+    """Write a figure as PNG atomically (a plot stopped halfway is no PNG: the earlier one stays
+    whole) and close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
 
 
 def plot_accuracy_vs_cost(models: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]:
@@ -47,8 +60,7 @@ def plot_accuracy_vs_cost(models: dict[str, dict[str, Any]], out_dir: Path) -> l
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         path = out_dir / filename
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        save_figure(fig, path, dpi=120)
         paths.append(path)
     return paths
 
@@ -67,6 +79,5 @@ def plot_training_curves(models: dict[str, dict[str, Any]], out_dir: Path) -> li
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path = out_dir / "training_curves.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return [path]

@@ -863,7 +863,9 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
                 k = [r[f"exponent_{what}"] for what in ("latency_vs_batch", "memory_vs_batch", "latency_vs_input", "memory_vs_input")]
                 lines.append(f"| {LABELS.get(name, name)} | " + " | ".join("n/a" if v is None else f"{v:.2f}" for v in k) + " |")
         lines += _not_measured(section.get("cost_growth_not_measured"), "cost growth")
-    lines += [""] + [f"![{title}]({path})" for title, path in plots.items()] + [""]
+    if plots:  # (the JSON and PNGs are run outputs, kept out of git: a fresh clone has them once the suite has run)
+        lines += ["", "Plots, written beside the suite's JSON by the run (not kept in git: `make bench` makes them):", ""]
+    lines += [f"![{title}]({path})" for title, path in plots.items()] + [""]
     return "\n".join(lines)
 
 
@@ -874,6 +876,8 @@ def plot_all(result: dict[str, Any], out: Path, stem: str) -> dict[str, str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from racmkd.eval.plots import save_figure
 
     protocol, section = next(iter(result["protocols"].items()))
     made = {}
@@ -931,8 +935,7 @@ def plot_all(result: dict[str, Any], out: Path, stem: str) -> dict[str, str]:
         ax.legend(fontsize=8, loc="best")
     fig.suptitle("Accuracy vs cost: every table's models (" + ", ".join(result["protocols"]) + ")")
     fig.tight_layout()
-    fig.savefig(out / f"{stem}-pareto.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / f"{stem}-pareto.png", dpi=120)
     made["Pareto: accuracy vs bytes and latency"] = f"{stem}-pareto.png"
 
     if section.get("robustness"):
@@ -956,8 +959,7 @@ def plot_all(result: dict[str, Any], out: Path, stem: str) -> dict[str, str]:
             ax.grid(True, alpha=0.3)
         axes[0][-1].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / f"{stem}-robustness.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, out / f"{stem}-robustness.png", dpi=120)
         made["Robustness: accuracy vs each modality's degradation"] = f"{stem}-robustness.png"
 
     if section.get("cost_growth"):
@@ -976,7 +978,6 @@ def plot_all(result: dict[str, Any], out: Path, stem: str) -> dict[str, str]:
             ax.grid(True, which="both", alpha=0.3)
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / f"{stem}-cost-growth.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, out / f"{stem}-cost-growth.png", dpi=120)
         made["Cost growth: latency and memory vs batch size and input size (log-log)"] = f"{stem}-cost-growth.png"
     return made

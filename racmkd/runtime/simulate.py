@@ -457,6 +457,8 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from racmkd.eval.plots import save_figure
+
     t = [r["t"] for r in dynamic["timeline"]]
     fig, axes = plt.subplots(4, 1, figsize=(11, 10), sharex=True)
     ax = axes[0]
@@ -505,8 +507,7 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
     axes[3].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def serve_split(
