@@ -7,6 +7,7 @@ import dataclasses
 import gc
 import json
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import racmkd
 from racmkd.cli import app
 from racmkd.config import RuntimeConfig
 from racmkd.resources.monitor import ResourceMonitor
-from racmkd.resources.sources import TraceSource, rapl_domains, synthetic_trace
+from racmkd.resources.sources import ResourceSnapshot, TraceSource, rapl_domains, synthetic_trace
 from racmkd.runtime.edge import EdgeRuntime, NoVariantError, budget_for
 from racmkd.runtime.simulate import simulate
 from racmkd.runtime.variants import BankError, load_bank
@@ -246,6 +247,28 @@ def test_a_variant_whose_session_will_not_load_is_planned_around_at_once(bank_di
     assert answer.variants and victim.id not in answer.variants and not answer.fallbacks
 
 
+def held_loads(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event, threading.Event]:
+    """Sessions load only once `release` is set: (loading, release, loaded) events."""
+    from racmkd.runtime import edge
+
+    loading, release, loaded = threading.Event(), threading.Event(), threading.Event()
+    real = edge.session
+
+    def held(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        loading.set()
+        release.wait(10)
+        loaded.set()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(edge, "session", held)
+    return loading, release, loaded
+
+
+def load_spike() -> ResourceSnapshot:
+    """A reading under which the runtime switches to cheaper variants."""
+    return ResourceSnapshot(t=0.0, cpu_percent=99.0, memory_available_bytes=10**10, host_cores=1, cpu_cores=1.0)
+
+
 def test_a_switch_swaps_only_once_its_sessions_are_loaded_and_holds_no_lock_meanwhile(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """A switch pointed requests at the new configuration before loading its sessions: a request
     arriving meanwhile waited for the loading (256 ms for one of 0.26 ms, with 300 ms loads). It is
@@ -254,24 +277,12 @@ def test_a_switch_swaps_only_once_its_sessions_are_loaded_and_holds_no_lock_mean
     decision is made meanwhile."""
     import threading
 
-    from racmkd.resources.sources import ResourceSnapshot
-    from racmkd.runtime import edge
-
     inputs, _ = samples
     runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(objective="accuracy", preload=False))
     before = {v.id for v in runtime.current.config if v is not None}
     runtime.infer(inputs[0])
-    loading, release, loaded = threading.Event(), threading.Event(), threading.Event()
-    real = edge.session
-
-    def slow(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        loading.set()
-        release.wait(10)
-        loaded.set()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(edge, "session", slow)
-    runtime.snapshot = ResourceSnapshot(t=0.0, cpu_percent=99.0, memory_available_bytes=10**10, host_cores=1, cpu_cores=1.0)  # the load jumps
+    loading, release, loaded = held_loads(monkeypatch)
+    runtime.snapshot = load_spike()
     switching = threading.Thread(target=runtime.redecide, args=("resources",))
     switching.start()
     assert loading.wait(10)  # the switch is loading a session of its new configuration
@@ -291,23 +302,12 @@ def test_a_switch_decided_again_while_its_sessions_loaded_goes_by_the_newest_dec
     first switch, decided for a reading no longer there, must not go ahead when its loading ends."""
     import threading
 
-    from racmkd.resources.sources import ResourceSnapshot
-    from racmkd.runtime import edge
-
     inputs, _ = samples
     runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(objective="accuracy", preload=False))
     before = runtime.current.config
     calm = runtime.snapshot
-    loading, release = threading.Event(), threading.Event()
-    real = edge.session
-
-    def slow(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        loading.set()
-        release.wait(10)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(edge, "session", slow)
-    runtime.snapshot = ResourceSnapshot(t=0.0, cpu_percent=99.0, memory_available_bytes=10**10, host_cores=1, cpu_cores=1.0)  # the load jumps
+    loading, release, _ = held_loads(monkeypatch)
+    runtime.snapshot = load_spike()
     switching = threading.Thread(target=runtime.redecide, args=("resources",))
     switching.start()
     assert loading.wait(10)
@@ -316,6 +316,83 @@ def test_a_switch_decided_again_while_its_sessions_loaded_goes_by_the_newest_dec
     release.set()
     switching.join(10)
     assert not switching.is_alive() and runtime.current.config == before and runtime.decision_count == 0
+
+
+def test_a_decision_made_on_a_requests_thread_loads_its_sessions_in_the_background(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A request's feedback that moves the budget re-plans on the request's thread; a switch that
+    needs sessions loaded held that request (predict) for the loads, 2 s when another switch was
+    loading too. The request returns at once; a background thread loads and switches."""
+    import time
+
+    inputs, _ = samples
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(objective="accuracy", preload=False))
+    before = runtime.current.config
+    loading, release, _ = held_loads(monkeypatch)
+    runtime.snapshot = load_spike()
+    started = time.perf_counter()
+    decided = runtime.redecide("latency", on_request=True)
+    assert time.perf_counter() - started < 5 and decided.config == before and runtime.decision_count == 0  # not waiting for the load
+    assert loading.wait(10)  # the background thread loads
+    release.set()
+    deadline = time.monotonic() + 10
+    while runtime.decision_count == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert runtime.current.config != before and runtime.decisions[-1]["cause"] == "latency" and runtime.decisions[-1]["loaded"]
+    assert runtime.infer(inputs[0]).variants  # serving the new configuration
+
+
+def test_a_switch_landed_by_another_decision_is_timed_from_the_reading_that_caused_it(bank_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reading's switch loads its sessions; before it takes the lock again another decision finds
+    them loaded and lands the same switch. It was recorded as that decision's pointer swap
+    (nothing loaded, its own fraction of a millisecond)."""
+    import threading
+    import time
+
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(objective="accuracy", preload=False))
+    loaded, go_on = threading.Event(), threading.Event()
+    ensure = runtime._ensure_loaded
+
+    def then_pause(config):  # noqa: ANN001, ANN202 - the reading's thread is preempted right after its loads
+        ensure(config)
+        if threading.current_thread().name == "reading":
+            loaded.set()
+            go_on.wait(10)
+
+    monkeypatch.setattr(runtime, "_ensure_loaded", then_pause)
+    runtime.snapshot = load_spike()
+    observed_at = time.perf_counter() - 0.5  # the reading arrived half a second ago
+    reading = threading.Thread(target=runtime.redecide, args=("resources", observed_at), name="reading")
+    reading.start()
+    assert loaded.wait(10)
+    runtime.redecide("latency")  # lands the switch
+    go_on.set()
+    reading.join(10)
+    assert runtime.decision_count == 1 and runtime.decisions[-1]["loaded"] and runtime.adaptation_ms.values()[-1] >= 500
+    assert runtime.switch_loads.values()[-1] >= 1 and not runtime._loading_switches
+
+
+def test_failed_loads_do_not_use_up_a_switchs_attempts(bank_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under memory pressure loads fail together: each failure re-plans without the variant, until
+    one loads (the failed set only grows). Counted as superseded attempts, four failures left the
+    configuration in force, one variant failed, until the next reading."""
+    from racmkd.runtime import edge
+
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(preload=False, max_loaded=2))
+    survivor = min((v for v in runtime.table.variants if v.modality == "audio"), key=lambda v: v.typical_ms)
+    real = edge.session
+
+    def refusing(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if Path(path).name != Path(survivor.path).name:
+            raise MemoryError("allocation refused")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(edge, "session", refusing)
+    monkeypatch.setattr(edge, "SWITCH_ATTEMPTS", 1)  # (the tiny bank fails fewer loads than the real one's 4 attempts)
+    runtime.snapshot = load_spike()
+    in_force = next(v for v in runtime.current.config if v is not None)
+    runtime._fail(in_force, "RuntimeException: allocation refused")  # as a request's failing run does
+    runtime.redecide("variant failure")
+    assert not runtime._holds_failed(runtime.current.config) and runtime.state()["variants"] == [survivor.id]
 
 
 def served(runtime: EdgeRuntime, inputs: dict) -> list[str]:

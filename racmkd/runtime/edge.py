@@ -15,7 +15,8 @@ dropped request.
   the memory budget), else on first use and evicted least recently used; a step up's sessions load
   while the hysteresis holds it back, so that it too is a swap when it comes. Sessions load one at
   a time (`_loading`) and never under the runtime's lock: requests, their feedback, other
-  decisions and `state()` go on meanwhile (a load takes milliseconds to seconds, a decision ~0.3 ms).
+  decisions and `state()` go on meanwhile (a load takes milliseconds to seconds, a decision ~0.3 ms);
+  a decision made on a request's thread has a background thread load what it needs.
 - Adaptation time: from the moment a reading arrives (`MonitorState.observed_at`) to the new
   configuration being in place with its sessions loaded. Python's cyclic garbage collector waits
   meanwhile (`collector_held`): one of its collections took up to 6 ms, a switch 0.2-0.5 ms.
@@ -129,8 +130,13 @@ class EdgeRuntime:
         monitor: ResourceMonitor | None = None,
         clock: Callable[[], float] = time.monotonic,
         pinned: dict[str, str | None] | None = None,
+        background_loads: bool = True,
     ) -> None:
         self.bank, self.config, self.clock = bank, config or RuntimeConfig(), clock
+        # Decisions made on a request's thread (its feedback, its inputs' quality, a failure) hand
+        # the loading of sessions to a background thread (see `_load_in_background`); a replay on a
+        # modelled clock (racmkd simulate) loads where it decides, so that it replays alike.
+        self.background_loads = background_loads
         self.table = bank.table
         # a request's cost beyond its variants': the bank's figure until requests tell (`_learn_overhead`)
         self.overhead_ms = float(bank.data.get("request_overhead_ms", 0.0))
@@ -174,6 +180,9 @@ class EdgeRuntime:
         self._lock = threading.RLock()  # decisions, failures, the loaded sessions; never held while a session loads
         self._loading = threading.Lock()  # one session loads at a time; taken before self._lock, never under it
         self._decided = 0  # decisions made so far: a switch that loaded its sessions goes ahead only if none came meanwhile
+        self._loading_switches: dict[Configuration, tuple[float, frozenset[str]]] = {}  # switch loading -> since when, sessions it loads
+        self._background: threading.Thread | None = None  # the thread loading for decisions made on requests' threads
+        self._background_due: tuple[str, float | None] | None = None  # the decision it is to make next (the newest asked for)
         self._unsubscribe: Callable[[], None] | None = None
         self._applied_at = 0.0  # observed_at of the monitor reading planned with
         self.pinned = self._pinned_config(pinned) if pinned is not None else None
@@ -259,7 +268,7 @@ class EdgeRuntime:
 
     def resident_bytes(self) -> int:
         """Memory the loaded sessions hold (the variants' measured resident memory)."""
-        return sum(self._variants[vid].memory_bytes for vid in self._sessions)
+        return sum(self._variants[vid].memory_bytes for vid in tuple(self._sessions))  # (a copy: a load may add one meanwhile)
 
     def _session(self, variant: Variant) -> Any:
         """The variant's session, loaded if it is not. A loaded one is read without a lock (a dict
@@ -383,7 +392,7 @@ class EdgeRuntime:
                 del self._retry_at[vid]
                 log.info("variant %s is tried again (it failed: %s)", vid, self.failed.pop(vid, "?"))
         if due:
-            self.redecide("retrying failed variants")
+            self.redecide("retrying failed variants", on_request=True)
 
     # Decisions -----------------------------------------------------------------------------------------
 
@@ -397,20 +406,25 @@ class EdgeRuntime:
             self.snapshot, self.reading, self.level = state.planning(), state.raw, state.level
         self.redecide("resources", state.observed_at or None)
 
-    def redecide(self, cause: str, observed_at: float | None = None) -> Decision:
+    def redecide(self, cause: str, observed_at: float | None = None, on_request: bool = False) -> Decision:
         """Recompute the budget and let the allocator (through the hysteresis) choose; returns the
         decision in force afterwards. No garbage collection starts meanwhile (`collector_held`):
-        one would add milliseconds to the switch's adaptation time."""
+        one would add milliseconds to the switch's adaptation time. `on_request`: made on a
+        request's thread, whose answer waits to be sent: sessions the decision needs load on a
+        background thread, which then decides again (with `background_loads`)."""
         with collector_held():
-            return self._redecide(cause, observed_at)
+            return self._redecide(cause, observed_at, on_request and self.background_loads)
 
-    def _redecide(self, cause: str, observed_at: float | None) -> Decision:
+    def _redecide(self, cause: str, observed_at: float | None, in_background: bool = False) -> Decision:
         """Decide under the lock; a switch whose sessions are not all loaded releases it, loads
-        them, and goes ahead if no other decision came meanwhile (else it is decided again, with
-        the newest reading: at most SWITCH_ATTEMPTS times, then left to the next decision)."""
+        them (or has them loaded in the background, `in_background`), and goes ahead if no other
+        decision came meanwhile; else it is decided again with the newest reading, at most
+        SWITCH_ATTEMPTS times, then left to the next decision. (A load that failed is no such
+        attempt: the failed set only grows, so deciding again without it ends.)"""
         started = time.perf_counter()
         loaded_before = set(self._sessions)
-        for _ in range(SWITCH_ATTEMPTS):
+        superseded = 0
+        while True:
             with self._lock:
                 if self.risk is not None:
                     self.risk.forget_left(self.clock())  # (a decision between requests sees no stale band either)
@@ -430,30 +444,71 @@ class EdgeRuntime:
                     self.current = chosen  # (its utility and costs under this budget)
                     self._evict()  # the memory budget may have shrunk
                     self.decision_ms.append((time.perf_counter() - started) * 1e3)
-                    pending, best = self.hysteresis.pending, self.hysteresis.best_pending
+                    pending = self.hysteresis.pending
+                    if pending is not None and in_background and not self._all_loaded(pending):
+                        self._load_in_background(cause, observed_at)
+                        return self.current
                     break
                 if self._all_loaded(chosen.config):
                     return self._switch(previous, chosen, why, cause, observed_at, started, loaded_before)
+                if in_background:
+                    self._load_in_background(cause, observed_at)
+                    return self.current
+                since, loading = self._loading_switches.get(chosen.config, (math.inf, frozenset()))
+                needed = frozenset(v.id for v in chosen.config if v is not None and v.id not in self._sessions)
+                mine = self._loading_switches[chosen.config] = (min(since, observed_at if observed_at is not None else started), loading | needed)
             # Its sessions load before the swap, without the lock: requests meanwhile are served by
             # the configuration in force, whose sessions are loaded (they were pointed at the new
             # one and waited for its loading, 256 ms for a request of 0.26 when a load took 300).
-            with self._protecting(chosen.config):
-                self._ensure_loaded(chosen.config)
+            try:
+                with self._protecting(chosen.config):
+                    self._ensure_loaded(chosen.config)
+                    with self._lock:
+                        if self._decided == decided and self.current is previous and self._all_loaded(chosen.config):
+                            return self._switch(previous, chosen, why, cause, observed_at, started, loaded_before)
+            finally:
                 with self._lock:
-                    if self._decided == decided and self.current is previous and self._all_loaded(chosen.config):
-                        return self._switch(previous, chosen, why, cause, observed_at, started, loaded_before)
-            cause = "variant failure" if self._holds_failed(chosen.config) else cause  # a session that would not load: plan again without it
-        else:
-            log.warning("a switch was decided again %d times while its sessions loaded: left to the next decision", SWITCH_ATTEMPTS)
-            return self.current
+                    if self._loading_switches.get(chosen.config) is mine:  # (not another decision's, which took it over)
+                        del self._loading_switches[chosen.config]
+            if self._holds_failed(chosen.config):
+                cause = "variant failure"  # a session that would not load: plan again without it
+                continue
+            superseded += 1
+            if superseded >= SWITCH_ATTEMPTS:
+                log.warning("a switch was superseded %d times while its sessions loaded: left to the next decision", superseded)
+                return self.current
+        # A step up waits out the hysteresis window: load its sessions meanwhile (off the
+        # requests' path and the lock), so that the switch, when it comes, is a pointer swap;
+        # and the best one's waiting, which may come next, when they fit beside them.
         if pending is not None:
-            # A step up waits out the hysteresis window: load its sessions meanwhile (off the
-            # requests' path and the lock), so that the switch, when it comes, is a pointer swap;
-            # and the best one's waiting, which may come next, when they fit beside them.
             self._ensure_loaded(pending)
-            if best is not None and self._fits_loaded(best):
+            with self._lock:
+                best = self.hysteresis.best_pending
+                fits = best is not None and self._fits_loaded(best)
+            if fits:
                 self._ensure_loaded(best)
         return self.current
+
+    def _load_in_background(self, cause: str, observed_at: float | None) -> None:
+        """Have a background thread make this decision again, loading what it needs there (called
+        under the lock). One such thread at a time; a decision asked for while it works replaces
+        the one due, so the thread ends on the newest."""
+        self._background_due = (cause, observed_at)
+        if self._background is None:
+            self._background = threading.Thread(target=self._decide_in_background, name="racmkd-session-loader", daemon=True)
+            self._background.start()
+
+    def _decide_in_background(self) -> None:
+        while True:
+            with self._lock:
+                due, self._background_due = self._background_due, None
+                if due is None:
+                    self._background = None
+                    return
+            try:
+                self.redecide(*due)
+            except Exception:  # noqa: BLE001 - the loader must go on (a decision failing is logged)
+                log.exception("a decision made for a request failed while loading its sessions")
 
     def _switch(
         self, previous: Decision, chosen: Decision, why: str, cause: str, observed_at: float | None, started: float, loaded_before: set[str]
@@ -463,8 +518,11 @@ class EdgeRuntime:
         self._evict()  # the memory budget may have shrunk
         ended = time.perf_counter()
         self.decision_ms.append((ended - started) * 1e3)
-        adaptation = (ended - (observed_at if observed_at is not None else started)) * 1e3
-        loaded = sorted(v.id for v in chosen.config if v is not None and v.id not in loaded_before)  # sessions the switch had to load
+        # A switch whose sessions another decision loaded (and was superseded before landing it) is
+        # timed from that one's start and counts its loads: it is the same switch.
+        since, loaded_for_it = self._loading_switches.pop(chosen.config, (math.inf, frozenset()))
+        adaptation = (ended - min(since, observed_at if observed_at is not None else started)) * 1e3
+        loaded = sorted({v.id for v in chosen.config if v is not None and v.id not in loaded_before} | loaded_for_it)  # sessions the switch had to load
         self.adaptation_ms.append(adaptation)
         self.switch_loads.append(len(loaded))
         self.decision_count += 1
@@ -509,11 +567,11 @@ class EdgeRuntime:
         finally:
             self._lock.release()
         if abs(after - before) > 0.02:
-            self.redecide("latency")
+            self.redecide("latency", on_request=True)
         elif own_cost_moved:
-            self.redecide("own cost")
+            self.redecide("own cost", on_request=True)
         elif self.hysteresis.due(now):
-            self.redecide("step-up window")
+            self.redecide("step-up window", on_request=True)
 
     def _learn_overhead(self, extra_ms: float) -> None:
         """The runtime's own cost per request (input checks, preprocessing beyond the variants'
@@ -541,7 +599,7 @@ class EdgeRuntime:
                 changed |= round(new * 20) != round(self.quality[m] * 20)
                 self.quality[m] = new
         if changed:
-            self.redecide("input quality")
+            self.redecide("input quality", on_request=True)
 
     # Serving ---------------------------------------------------------------------------------------------
 
@@ -634,7 +692,7 @@ class EdgeRuntime:
                     fallbacks.append(f"{v.id} failed (non-finite logits)")
             # Something failed: re-plan without it (the monitor's next decision will too), and retry,
             # with every input the request brought.
-            self.redecide("variant failure")
+            self.redecide("variant failure", on_request=True)
             self._read_all(unread, sample_rate, raws, quality, fallbacks)
             config = self._request_config(raws, exclude, fallbacks)
         probs = _softmax(logits)

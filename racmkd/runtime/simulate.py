@@ -110,7 +110,7 @@ def replay(
         raise ValueError(f"latency model {latency!r}: choose one of {', '.join(LATENCY_MODELS)}")
     clock = SimClock()
     monitor = ResourceMonitor(TraceSource(trace, start=0.0), config.monitor, clock=clock)
-    runtime = EdgeRuntime(bank, config, monitor if policy.pinned is None else None, clock=clock, pinned=policy.pinned)
+    runtime = EdgeRuntime(bank, config, monitor if policy.pinned is None else None, clock=clock, pinned=policy.pinned, background_loads=False)
     rows = torch.from_numpy(request_rows(len(dataset.splits[split]), requests, seed))
     labels = dataset.splits[split].labels[rows].numpy()
     duration = max(trace.duration, 1e-9)
