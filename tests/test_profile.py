@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from racmkd.cli import app
-from racmkd.compress.export import export_onnx
+from racmkd.compress.export import ExportError, export_onnx
 from racmkd.config import ConfigError
 from racmkd.models.multimodal import student
 from racmkd.registry import MODALITIES
@@ -55,6 +55,41 @@ def test_peak_activation_memory_matches_the_hand_computed_lifetimes() -> None:
     # x dies -> 128; abs writes b (128 B): 256 (the peak); a dies -> 128; conv writes y: 192.
     unfused = graph_cost(hand_graph("Abs"))
     assert unfused.peak_activation_bytes == 256 and unfused.activation_bytes_written == 128 + 128 + 64
+
+
+def test_weights_held_as_constants_count_as_weights_and_control_flow_is_refused() -> None:
+    """A weight stored in a Constant node counted as an activation (4 MB of RAM for a 1000x1000
+    MatMul weight an MCU reads from flash); an If's branches read tensors the walk freed early and
+    their FLOPs went uncounted: refused, not estimated wrong."""
+    weight = np.ones((1000, 1000), np.float32)
+    x, y = helper.make_tensor_value_info("x", F32, [1, 1000]), helper.make_tensor_value_info("y", F32, [1, 1000])
+    as_constant = helper.make_graph(
+        [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(weight, "w")), helper.make_node("MatMul", ["x", "w"], ["y"])], "c", [x], [y]
+    )
+    as_initializer = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "i", [x], [y], [numpy_helper.from_array(weight, "w")])
+    costs = [graph_cost(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])) for g in (as_constant, as_initializer)]
+    assert costs[0].weight_bytes == costs[1].weight_bytes == 4_000_000
+    assert costs[0].peak_activation_bytes == costs[1].peak_activation_bytes == 8_000 and costs[0].flops == costs[1].flops == 2_000_000
+    branch = helper.make_graph([helper.make_node("Relu", ["x"], ["z"])], "branch", [], [helper.make_tensor_value_info("z", F32, [1, 1000])])
+    flow = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)],
+        "flow",
+        [x, helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [y],
+    )
+    with pytest.raises(ExportError, match="control flow \\(If\\)"):
+        graph_cost(helper.make_model(flow, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+def test_sizes_past_int64_do_not_wrap_around() -> None:
+    """np.prod in int64 wrapped: a [2^31, 2^31, 4] float tensor counted 0 bytes, and the model fitted anywhere."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "huge",
+        [helper.make_tensor_value_info("x", F32, [2**31, 2**31, 4])],
+        [helper.make_tensor_value_info("y", F32, [2**31, 2**31, 4])],
+    )
+    assert graph_cost(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])).peak_activation_bytes == 2 * 4 * 2**64
 
 
 @pytest.mark.parametrize("activation", ["HardSwish", "Elu", "Selu", "Softplus"])
@@ -259,7 +294,7 @@ def test_verdicts_say_why(exported: Path) -> None:
     cost = graph_cost(exported)
     moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
     device = load_device("raspberry-pi-4")
-    expected = cost.operators * 1e-6 * 2000 / 1500 + cost.flops / (0.5 * 24e9) + moved / (1.0 * 4e9)
+    expected = cost.operators * 1e-6 * 2000 / 1500 + cost.flops / (0.5 * device.peak_gflops_fp32 * 1e9) + moved / (1.0 * 4e9)
     assert profile_model(exported, device, FIXED, measure_here=False)["estimated_latency_ms"] == pytest.approx(expected * 1e3)
 
 
@@ -320,6 +355,16 @@ def test_a_cache_that_is_json_but_no_model_is_refitted(tmp_path: Path, monkeypat
     # One fitted under the previous counting rules (int8 kernels' inputs freed before their output
     # was written, HardSwish counted fused) is refitted too.
     (tmp_path / "latency-model.json").write_text(json.dumps({**dataclasses.asdict(stale), "graph_cost_rules": profile.GRAPH_COST_RULES - 1}))
+    assert latency_model(tmp_path, show_progress=False) == refit
+    # A current cache edited or damaged to impossible values: a zero efficiency divided by zero, a
+    # negative time per operator made negative latencies that "fit", NaN printed as JSON NaN.
+    for field, bad in (("flops_efficiency", 0), ("bandwidth_efficiency", 0), ("seconds_per_op", -1), ("seconds_per_op", "x"), ("host_clock_mhz", 0)):
+        current = {**dataclasses.asdict(stale), "graph_cost_rules": profile.GRAPH_COST_RULES, field: bad}
+        (tmp_path / "latency-model.json").write_text(json.dumps(current))
+        assert latency_model(tmp_path, show_progress=False) == refit, field
+    (tmp_path / "latency-model.json").write_text(
+        json.dumps({**dataclasses.asdict(stale), "graph_cost_rules": profile.GRAPH_COST_RULES}).replace("1e-06", "NaN")
+    )
     assert latency_model(tmp_path, show_progress=False) == refit
     monkeypatch.setattr(profile, "calibrate", lambda host, clock, show_progress: pytest.fail("a current cache was refitted"))
     assert latency_model(tmp_path, show_progress=False) == refit  # the refit, recorded with its rules, is read back

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -83,7 +84,7 @@ def _tensor_bytes(value: onnx.ValueInfoProto) -> int | None:
     dims = [d.dim_value for d in t.shape.dim]
     if not t.HasField("shape") or any(d <= 0 for d in dims):
         return None
-    return int(np.prod(dims, dtype=np.int64)) * helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+    return math.prod(dims) * helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize  # (Python ints: np.int64 wrapped to 0 at 2^64)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def _conv_flops(node: onnx.NodeProto, shapes: dict[str, list[int]], weights: dic
     w = _operand_shape(node.input[SECOND_OPERAND.get(node.op_type, 1)], shapes, weights)
     if not out or not w:
         return 0
-    return 2 * int(np.prod(out)) * int(np.prod(w[1:]))  # each output value: C_in/groups * kH * kW multiply-adds
+    return 2 * math.prod(out) * math.prod(w[1:])  # each output value: C_in/groups * kH * kW multiply-adds
 
 
 def _matmul_flops(node: onnx.NodeProto, shapes: dict[str, list[int]], weights: dict[str, np.ndarray], batch: int = 1) -> int:
@@ -127,11 +128,11 @@ def _matmul_flops(node: onnx.NodeProto, shapes: dict[str, list[int]], weights: d
     transposed = {attr.name: bool(attr.i) for attr in node.attribute if attr.name in ("transA", "transB")}
     if b and len(b) == 2 and not out and node.op_type in ("Gemm", "QGemm"):  # a contrib op (QGemm) ONNX's shape inference does not know
         rows = (a[-1] if transposed.get("transA") else a[0]) if a else batch
-        return 2 * int(rows) * int(np.prod(b))  # rows x (K x N) multiply-adds
+        return 2 * int(rows) * math.prod(b)  # rows x (K x N) multiply-adds
     if not a or not b or not out:
         return 0
     inner = a[-2] if transposed.get("transA") else a[-1]
-    return 2 * int(np.prod(out)) * int(inner)
+    return 2 * math.prod(out) * int(inner)
 
 
 def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
@@ -154,7 +155,13 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
     else:
         file_bytes = model.ByteSize()
     graph_ = _with_batch(model, batch).graph
+    control_flow = sorted({n.op_type for n in graph_.node if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)})
+    if control_flow:  # (a tensor read only inside a branch was freed early, a branch's FLOPs never counted)
+        raise ExportError(f"the graph holds control flow ({', '.join(control_flow)}): its subgraphs' costs cannot be estimated; racmkd exports none")
+    # Weights: initializers, and constants a graph may hold them in instead (counted as activations,
+    # a 1000x1000 weight charged 4 MB of RAM a microcontroller reads from flash).
     weights = {i.name: numpy_helper.to_array(i) for i in graph_.initializer}
+    weights |= {n.output[0]: numpy_helper.to_array(a.t) for n in graph_.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"}
     values = {v.name: v for v in [*graph_.input, *graph_.value_info, *graph_.output]}
     shapes = {n: [d.dim_value for d in v.type.tensor_type.shape.dim] for n, v in values.items()}
     producer = {out: node for node in graph_.node for out in node.output}
@@ -247,7 +254,7 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
         if not (quantized and node.op_type in QDQ_OPS) and node.output[0] not in dequantized_weights and node.op_type not in ("Constant", "Identity", "Shape"):
             operators += 1
         for name in node.output:
-            if name and name not in dequantized_weights and stored(name, node, i) and name in values:
+            if name and name not in dequantized_weights and name not in weights and stored(name, node, i) and name in values:
                 sizes[name] = _tensor_bytes(values[name]) or 0
                 live += sizes[name]
                 written += sizes[name]
@@ -345,6 +352,16 @@ class LatencyModel:
     fit_relative_error: float  # median |predicted - measured| / measured over the calibration graphs
     points: int
 
+    def is_sound(self) -> bool:
+        """Whether every figure can be a fit's: a cache edited or damaged to a zero efficiency
+        divided by zero, a negative time per operator gave negative latencies that "fit"."""
+
+        def positive(x: object) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf
+
+        rates = (self.host_clock_mhz, self.peaks.gflops_fp32, self.peaks.memory_gbps, self.seconds_per_op, self.flops_efficiency)
+        return all(positive(x) for x in rates) and (self.bandwidth_efficiency is None or positive(self.bandwidth_efficiency))
+
     def predict(
         self,
         operators: int,
@@ -427,7 +444,10 @@ def latency_model(cache_dir: Path | None = None, refresh: bool = False, show_pro
                 and data.get("flops_efficiency", 0.0) <= 1.0
                 and data.pop("graph_cost_rules", None) == GRAPH_COST_RULES
             ):  # eta_f above 1: fitted before it was held at 1
-                return LatencyModel(**{**data, "peaks": HostPeaks(**data["peaks"])})
+                cached = LatencyModel(**{**data, "peaks": HostPeaks(**data["peaks"])})
+                if cached.is_sound():
+                    return cached
+                log.warning("%s: a latency model with impossible values (zero, negative or not a number); fitting it again", path)
         except (OSError, ValueError, TypeError, KeyError):
             pass  # an unreadable cache is refitted
     fitted = calibrate(host, clock, show_progress)
@@ -493,7 +513,9 @@ def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measur
         problems.append(
             f"it needs {ram:,} bytes of RAM (activations {cost.peak_activation_bytes:,} + runtime {device.runtime_overhead_bytes:,}{f' + weights {weights_in_ram:,}' if weights_in_ram else ''}), the device has {device.ram_bytes:,}"
         )
-    if target and seconds * 1e3 > target:
+    if not 0 <= seconds < math.inf:  # (a device profile or fit gone wrong: never a verdict of "fits")
+        problems.append(f"the latency estimate is {seconds * 1e3} ms: check the device profile's peaks and the latency model")
+    elif target and seconds * 1e3 > target:
         problems.append(f"the estimated latency {seconds * 1e3:.3f} ms exceeds the {target:g} ms target")
     fits = not problems
     reason = (
@@ -547,7 +569,7 @@ def measured_here(path: Path, cost: GraphCost, model: LatencyModel) -> dict[str,
         here.update(measured_latency_ms_p50=timed["p50"], measured_latency_ms_p95=timed["p95"])
         source = "measured with ONNX Runtime, batch 1, one thread (latency); estimate from the same model as the device's"
     except Exception as err:  # noqa: BLE001 - ONNX Runtime's own exception types share no base but Exception
-        if not isinstance(err, (ExportError, MemoryError)) and not type(err).__module__.startswith("onnxruntime"):
+        if not isinstance(err, (ExportError, MemoryError, ValueError)) and not type(err).__module__.startswith("onnxruntime"):
             raise
         here["not_measured"] = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(err)).splitlines()[0]
         source = "not measured: ONNX Runtime could not run the model here; estimate from the same model as the device's"
