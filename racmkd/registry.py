@@ -14,15 +14,18 @@ Modality, encoders, losses, compression steps), e.g. in its pyproject.toml
     [project.entry-points."racmkd.training"]
     imu = "racmkd_imu.modality:register"
 
-An entry point names a function, called once to register (as here), or a module (or anything else
-in it) whose import registers; they load at the first lookup of a registry of their group.
-examples/imu_plugin is such a distribution.
+An entry point names a function (or any callable, a class's method), called once to register (as
+here), or a module, or anything else in it whose import registers (a class, a decorated loss: not
+called); they load at the first lookup of a registry of their group. racmkd's own names are
+racmkd's: a plugin that registered one first (before racmkd's module was imported) loses it when
+racmkd's registers, with a warning. examples/imu_plugin is such a distribution.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -65,18 +68,20 @@ def load_plugins(group: str) -> dict[str, str]:
 
 
 def _load_plugin(point: Any, group: str, failed: dict[str, str]) -> None:
-    """One entry point: import it and call it if it names a function; on an error, take out what it
-    registered (racmkd's own names, which its import may have registered first, stay: their modules
-    are imported and would not register them again)."""
+    """One entry point: import it and call it if it names a callable its import did not register;
+    on an error, take out what it registered (what racmkd's own modules registered meanwhile, imported
+    by it, stays: they are imported and would not register it again)."""
     _recording.added = added = []
     try:
         loaded = point.load()
-        if inspect.isfunction(loaded):  # `module:register`; a class or a decorated loss registered when imported
-            loaded()
+        registered = any(obj is loaded for _, _, obj, _ in added)  # a class or a decorated loss, registered when imported
+        if callable(loaded) and not inspect.isclass(loaded) and not inspect.ismodule(loaded) and not registered:
+            loaded()  # `module:register` (a classmethod, a callable object: called too; they were passed over in silence)
     except BaseException as err:
-        for registry, name, obj in added:
-            if getattr(obj, "__module__", "").partition(".")[0] != "racmkd":
-                registry._entries.pop(name, None)
+        for registry, name, obj, by_racmkd in added:
+            if not by_racmkd and registry._entries.get(name) is obj:  # (a plugin's alias of a racmkd class included)
+                registry._entries.pop(name)
+                registry._by_plugin.discard(name)
         if not isinstance(err, Exception):
             raise
         failed[point.name] = f"{point.value}: {type(err).__name__}: {err}"
@@ -97,6 +102,7 @@ class Registry(Generic[T]):
         self.plugins = plugins  # the entry-point group whose modules register here (module docstring)
         self._plugins_loaded = plugins is None
         self._entries: dict[str, T] = {}
+        self._by_plugin: set[str] = set()  # names registered by code outside racmkd
 
     @property
     def entries(self) -> dict[str, T]:
@@ -107,15 +113,24 @@ class Registry(Generic[T]):
         return self._entries
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: add the decorated object under `name`; a second object with that name is an error."""
+        """Decorator: add the decorated object under `name`; a second object with that name is an
+        error, except that racmkd's own module registering a name a plugin took first takes it back
+        (the plugin's entry is dropped, with a warning): a plugin loaded before racmkd's module was
+        imported made racmkd's own registration fail, and every later lookup with it."""
+        by_racmkd = str(sys._getframe(1).f_globals.get("__name__", "")).partition(".")[0] == "racmkd"  # who registers, not what
 
         def add(obj: T) -> T:
             if name in self._entries:
-                raise KeyError(f"{self.kind} {name!r} is registered twice ({self._entries[name]!r} and {obj!r})")
+                if not (by_racmkd and name in self._by_plugin):
+                    raise KeyError(f"{self.kind} {name!r} is registered twice ({self._entries[name]!r} and {obj!r})")
+                warnings.warn(f"a plugin registered racmkd's own {self.kind} {name!r} ({self._entries[name]!r}); racmkd's stays", RuntimeWarning, stacklevel=3)
+                self._by_plugin.discard(name)
+            elif not by_racmkd:
+                self._by_plugin.add(name)
             self._entries[name] = obj
             added = getattr(_recording, "added", None)
             if added is not None:  # a plugin is loading on this thread: undone if it fails
-                added.append((self, name, obj))
+                added.append((self, name, obj, by_racmkd))
             return obj
 
         return add
@@ -126,6 +141,7 @@ class Registry(Generic[T]):
         name is not a duplicate and other code no longer lists it."""
         if name not in self._entries:
             raise KeyError(f"{self.kind} {name!r} is not registered. Known: {', '.join(sorted(self._entries))}")
+        self._by_plugin.discard(name)
         return self._entries.pop(name)
 
     def get(self, name: str) -> T:

@@ -94,6 +94,36 @@ def test_plugins_register_through_entry_points_and_a_broken_one_is_named(tmp_pat
         widgets.get("half")
 
 
+def test_plugin_entry_points_of_every_callable_kind_and_racmkds_own_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A classmethod named by an entry point was passed over in silence (only functions were
+    called), a decorated function registered at import was called as if it registered (a loss,
+    with no arguments), a failed plugin's alias of a racmkd class stayed registered, and a plugin
+    that took one of racmkd's own names before racmkd's module was imported made racmkd's own
+    registration fail ("registered twice"), and every later lookup in that process."""
+    widgets = install_widget_plugins(
+        tmp_path,
+        monkeypatch,
+        {
+            "widget_cm": "class Maker:\n    @classmethod\n    def register(cls):\n        TEST_WIDGETS.register('made')(cls)\n",
+            "widget_dec": "@TEST_WIDGETS.register('spin')\ndef spin(speed):\n    return speed\n",
+            "widget_alias": "from racmkd.registry import Registry\ndef register():\n    TEST_WIDGETS.register('alias')(Registry)\n    raise ImportError('half done')\n",
+            "widget_taker": "def register():\n    TEST_WIDGETS.register('gear')(str)\n",
+        },
+        {"made": "widget_cm:Maker.register", "spin": "widget_dec:spin", "alias": "widget_alias:register", "taker": "widget_taker:register"},
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert widgets.names() == ["gear", "made", "spin"]  # the alias undone with its plugin
+        assert widgets.get("spin")(3) == 3 and widgets.get("made").__name__ == "Maker"
+        exec("TEST_WIDGETS.register('gear')(complex)", {"__name__": "racmkd.widgets", "TEST_WIDGETS": widgets})  # racmkd's own module, imported late
+    assert widgets.get("gear") is complex
+    assert [str(w.message) for w in caught][-1] == "a plugin registered racmkd's own widget 'gear' (<class 'str'>); racmkd's stays"
+    with pytest.raises(KeyError, match="registered twice"):  # racmkd's names are not taken back from racmkd, nor by a plugin
+        exec("TEST_WIDGETS.register('gear')(float)", {"__name__": "racmkd.widgets", "TEST_WIDGETS": widgets})
+    with pytest.raises(KeyError, match="registered twice"):
+        exec("TEST_WIDGETS.register('gear')(float)", {"__name__": "someone_else", "TEST_WIDGETS": widgets})
+
+
 def test_an_interrupted_plugin_load_goes_on_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C inside a plugin: its own registrations are undone, and the next lookup loads it and
     the rest without loading the ones done again (their register() said 'registered twice')."""

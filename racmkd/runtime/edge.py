@@ -603,7 +603,7 @@ class EdgeRuntime:
 
     # Serving ---------------------------------------------------------------------------------------------
 
-    def infer(self, inputs: dict[str, Any], sample_rate: int = 8000) -> Answer:
+    def infer(self, inputs: dict[str, Any], sample_rate: int | None = None) -> Answer:
         """Answer one request (raw inputs by modality; None = missing) without feeding its latency
         back (`predict` does; a simulation feeds the latency it models)."""
         started, cpu_started = time.perf_counter(), time.thread_time()
@@ -754,7 +754,7 @@ class EdgeRuntime:
         except Exception:  # noqa: BLE001 - see the docstring
             return False
 
-    def predict(self, image: Any = None, audio: Any = None, sample_rate: int = 8000, **others: Any) -> Answer:
+    def predict(self, image: Any = None, audio: Any = None, sample_rate: int | None = None, **others: Any) -> Answer:
         """Answer one request from raw inputs (any may be missing) and feed its latency back."""
         answer = self.infer({"image": image, "audio": audio, **others}, sample_rate)  # None values are absent inputs
         self.feedback(answer.latency_ms, variants=answer.variants, work_ms=answer.work_ms)

@@ -36,7 +36,7 @@ class Predictor:
         """The inputs this model can use."""
         return list(self.specs)
 
-    def live_features(self, inputs: dict[str, Any], sample_rate: int = 8000) -> tuple[dict[str, Any], list[str]]:
+    def live_features(self, inputs: dict[str, Any], sample_rate: int | None = None) -> tuple[dict[str, Any], list[str]]:
         """Model inputs (batch of one) from the raw inputs that this model uses and that were given,
         and the names of those that came in dead (a constant image, silence): a dead sensor is a
         missing one, as the edge runtime takes it; read as an input, silence got a confident answer."""
@@ -52,7 +52,7 @@ class Predictor:
             out[name] = preprocess.features(raw, self.specs[name])
         return out, dead
 
-    def features(self, inputs: dict[str, Any], sample_rate: int = 8000) -> dict[str, Any]:
+    def features(self, inputs: dict[str, Any], sample_rate: int | None = None) -> dict[str, Any]:
         """Model inputs (batch of one) from the live raw inputs that this model uses and that were given."""
         out, dead = self.live_features(inputs, sample_rate)
         if not out:
@@ -64,9 +64,9 @@ class Predictor:
             )
         return out
 
-    def predict(self, image: Any = None, audio: Any = None, sample_rate: int = 8000, **other: Any) -> tuple[int, np.ndarray]:
+    def predict(self, image: Any = None, audio: Any = None, sample_rate: int | None = None, **other: Any) -> tuple[int, np.ndarray]:
         """(label, class probabilities) for one sample. `image`: 28x28 uint8 or [0, 1] float;
-        `audio`: mono waveform (int16 or float) at `sample_rate` Hz; other registered modalities by
+        `audio`: mono waveform (int16 or float) at `sample_rate` Hz (default: the model's own rate); other registered modalities by
         name. Inputs the model does not use are ignored. A missing one is answered from the rest by
         a checkpoint's predictor; an ONNX artifact needs every input it was exported with, and says
         so (`racmkd export --modality ...` writes a variant without one)."""
@@ -75,7 +75,9 @@ class Predictor:
             raise TypeError(f"predict() got unknown inputs {sorted(unknown)}; this model uses {self.modalities}")
         logits = self.logits(self.features({"image": image, "audio": audio, **other}, sample_rate)).astype(np.float64)
         if not np.isfinite(logits).all():  # a damaged model: no answer rather than a made-up one
-            raise ValueError(f"model {self.name!r} computed non-finite logits: its weights are damaged; re-export or retrain it")
+            raise ValueError(
+                f"model {self.name!r} computed non-finite logits: an input's values are far out of the range it was trained on, or its weights are damaged (re-export or retrain it)"
+            )
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         return int(probs.argmax()), probs.astype(np.float32)
@@ -115,7 +117,7 @@ class OnnxPredictor(Predictor):
         # for the runtime to add once however many shares it sums: added back here.
         self.logit_bias = np.asarray(contract.get("logit_bias", 0.0), dtype=np.float32) if contract.get("share") else np.float32(0.0)
 
-    def features(self, inputs: dict[str, Any], sample_rate: int = 8000) -> dict[str, Any]:
+    def features(self, inputs: dict[str, Any], sample_rate: int | None = None) -> dict[str, Any]:
         missing = [m for m in self.specs if inputs.get(m) is None]
         if missing:
             raise ValueError(
