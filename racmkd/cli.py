@@ -782,6 +782,10 @@ def deploy_apply(
 
             watcher = FleetWatcher(mqtt_host, mqtt_port, fleet_name)  # statuses are retained: they arrive at once
             watcher.wait_for(lambda w: all(w.online(d.name) is not None for d in devices.devices), timeout_s=3.0)
+            if not watcher.connected.is_set():
+                typer.echo(
+                    f"note: the MQTT broker at {mqtt_host}:{mqtt_port} did not answer in 3 s: no device's status is known, none is skipped as offline", err=True
+                )
         results = apply_fleet(
             registry, devices, profiles, token, load_public_key(key) if key else None, watcher.online if watcher else None, full=full, timeout_s=timeout
         )

@@ -418,6 +418,20 @@ def test_an_edge_whose_release_no_longer_loads_serves_the_previous_one_and_says_
         service.close()
 
 
+def test_an_edge_started_without_its_public_key_says_its_installed_releases_are_not_served(
+    tiny_run: Path, bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It served the run's bank, /deployment answering `current: null`, and logged nothing."""
+    _v1_then_v2_installed(bank_dir, keys, tmp_path)
+    cfg = load_config(tiny_run / "config.yaml", [f"serve.store_dir={tmp_path / 'device'}"])
+    with caplog.at_level("WARNING", logger="racmkd.deploy.server"):
+        service = EdgeService(cfg, tiny_run, cfg.serve)
+    try:
+        assert service.store is None and "holds installed releases, but no public key is configured" in caplog.text
+    finally:
+        service.close()
+
+
 def test_an_installed_release_changed_on_the_device_is_not_served(tiny_run: Path, bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
     """A slot whose files were swapped for others that still load (one variant's model copied over
     another's), or whose release.bin changed, is refused at start-up: the previous release serves,
@@ -733,6 +747,10 @@ def test_a_broker_address_is_parsed_or_refused_at_startup_and_a_lost_broker_is_l
         ("host:0", "invalid port"),
         ("[::1", "in brackets"),
         ("h:x", "invalid port"),
+        ("mqtt://127.0.0.1:1883", "a URL"),  # (its colons made it a "bare IPv6 address", accepted, never connected)
+        ("a b", "no host name"),
+        ("host/x", "no host name"),
+        ("1:2:zz", "no IPv6 address"),
     ):
         with pytest.raises(ValueError, match=expected):
             broker_address(text)
@@ -747,6 +765,18 @@ def test_a_broker_address_is_parsed_or_refused_at_startup_and_a_lost_broker_is_l
         finally:
             publisher.close()
     assert "MQTT broker at 127.0.0.1:" in caplog.text and "cannot connect" in caplog.text
+
+
+def test_a_fleet_watcher_without_a_broker_says_it_is_not_connected() -> None:
+    """deploy apply read every status as unknown and said nothing (and paho printed "Client is not
+    connected" on closing): the command now notes that no device is skipped as offline."""
+    from racmkd.deploy.telemetry import FleetWatcher
+
+    watcher = FleetWatcher("127.0.0.1", free_port(), "fleet")  # nothing listens there
+    try:
+        assert not watcher.wait_for(lambda w: w.connected.is_set(), timeout_s=0.5) and watcher.online("any") is None
+    finally:
+        watcher.close()
 
 
 def test_protected_inference_without_a_token_is_refused_at_startup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

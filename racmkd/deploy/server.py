@@ -419,6 +419,12 @@ class EdgeService(Service):
 
     def _store(self) -> Any:
         if not self.settings.public_key:
+            folder = Path(self.settings.store_dir or self.run_dir / "device")
+            if (folder / "state.json").exists():  # (served the run's bank in silence, `current: null`)
+                log.warning(
+                    "%s holds installed releases, but no public key is configured (serve.public_key): they are not served and no update is accepted; the run's bank serves",
+                    folder,
+                )
             return None
         from racmkd.deploy.device import DeviceStore
         from racmkd.deploy.signing import load_public_key

@@ -16,6 +16,7 @@ and notices a dead one from its last will.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import threading
@@ -49,11 +50,25 @@ def broker_address(text: str) -> tuple[str, int]:
         port = port if colon else None
     if not host:
         raise ValueError(f"{text!r}: no host; {usage}")
+    if "://" in text:  # (a URL's two colons made it a "bare IPv6 address": accepted, then never connected)
+        raise ValueError(f"{text!r}: a URL; {usage} (the scheme is MQTT's own)")
+    if ":" in host and not _is_ipv6(host):
+        raise ValueError(f"{text!r}: {host!r} is no IPv6 address; {usage}")
+    if any(c.isspace() or c in "/?#@" for c in host):
+        raise ValueError(f"{text!r}: {host!r} is no host name; {usage}")
     if port is None:
         return host, DEFAULT_PORT
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"{text!r}: invalid port {port!r}, a number in 1-65535; {usage}")
     return host, int(port)
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def topic(fleet: str, device: str, kind: str) -> str:
@@ -182,11 +197,17 @@ class FleetWatcher:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self.connected = threading.Event()  # the broker took the connection (else every status stays unknown)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"racmkd-watcher-{self.fleet}-{time.monotonic_ns()}")
-        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(f"racmkd/{self.fleet}/+/+", qos=1)
+        self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.connect_async(self.host, self.port, keepalive=5)
         self.client.loop_start()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
+        if not getattr(reason_code, "is_failure", False):
+            client.subscribe(f"racmkd/{self.fleet}/+/+", qos=1)
+            self.connected.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         """One message, read if it is ours: anything else on the topics (a payload that is not a JSON
@@ -223,5 +244,6 @@ class FleetWatcher:
         return False
 
     def close(self) -> None:
-        self.client.disconnect()
+        if self.connected.is_set():  # (never connected: paho printed "Client is not connected" on stderr)
+            self.client.disconnect()
         self.client.loop_stop()
