@@ -447,6 +447,12 @@ class RuntimeConfig:
             raise ConfigError(f"runtime.objective {self.objective!r}: choose slo or accuracy")
         if not 0 < self.latency_target_ms < math.inf:
             raise ConfigError(f"runtime.latency_target_ms {self.latency_target_ms}: a positive number of milliseconds")
+        # A negative margin marked over-budget configurations as fitting (a step up, then a step down,
+        # flapping); a margin of 1 or more, or a NaN window, never let the runtime step up.
+        if not 0 <= self.step_up_margin < 1:
+            raise ConfigError(f"runtime.step_up_margin {self.step_up_margin}: a share of the budget in [0, 1)")
+        if not 0 <= self.step_up_window_s < math.inf:
+            raise ConfigError(f"runtime.step_up_window_s {self.step_up_window_s}: a number of seconds >= 0")
         if not 0 < self.risk_memory_s <= math.inf:
             raise ConfigError(f"runtime.risk_memory_s {self.risk_memory_s}: a positive number of seconds (.inf: never forget)")
         if self.threads < 1 or self.max_loaded < 0 or self.memory_reserve_bytes < 0:

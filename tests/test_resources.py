@@ -38,6 +38,7 @@ from racmkd.resources.sources import (
     SYNTHETIC,
     ResourceSnapshot,
     SystemSource,
+    Trace,
     TraceError,
     TraceSource,
     load_trace,
@@ -119,9 +120,19 @@ def test_absent_sensors_are_none_and_present_ones_are_read(tmp_path: Path, monke
             self.current = current
 
     monkeypatch.setattr(psutil, "sensors_battery", lambda: Battery())
-    monkeypatch.setattr(psutil, "sensors_temperatures", lambda: {"coretemp": [Temp(41.0), Temp(57.5)], "nvme": [Temp(35.0)]})
+    monkeypatch.setattr(psutil, "sensors_temperatures", lambda: {"coretemp": [Temp(41.0), Temp(57.5)], "nvme": [Temp(35.0)], "bogus": [Temp(255.0)]})
     s = SystemSource(tmp_path, tmp_path).read()
-    assert (s.battery_percent, s.power_plugged, s.temperature_c) == (42.0, False, 57.5)
+    assert (s.battery_percent, s.power_plugged, s.temperature_c) == (42.0, False, 57.5)  # (255 degrees: a bogus sensor, passed over)
+    Battery.percent = 105.0  # psutil's reading when the charge counter passes the design full: a trace refused the row
+    assert SystemSource(tmp_path, tmp_path).read().battery_percent == 100.0
+
+    def unreadable() -> None:  # psutil itself, for a sysfs battery whose capacity reads "N/A"
+        raise ValueError("invalid literal for int() with base 10: 'N/A'")
+
+    monkeypatch.setattr(psutil, "sensors_battery", unreadable)
+    monkeypatch.setattr(psutil, "sensors_temperatures", lambda: {"x": [Temp("N/A")]})  # type: ignore[arg-type]
+    s = SystemSource(tmp_path, tmp_path).read()  # an optional sensor never costs the reading
+    assert s.battery_percent is None and s.power_plugged is None and s.temperature_c is None and s.memory_available_bytes > 0
 
 
 def test_a_first_reading_claims_no_impossible_cpu_share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,6 +172,16 @@ def test_rapl_counters_give_package_power(tmp_path: Path) -> None:
     assert source.read(now=10.0).package_power_w is None  # the first reading has nothing to compare with
     (zone / "energy_uj").write_text("4000000")  # 3 J later
     assert source.read(now=12.0).package_power_w == pytest.approx(1.5)  # over 2 s
+    # A second package unreadable for one reading, then back: its whole counter was added to the
+    # change of the total (40 kW); each package's own change counts, over those read both times.
+    other = tmp_path / "intel-rapl:1"
+    other.mkdir()
+    (other / "energy_uj").write_text("80000000000")
+    (zone / "energy_uj").write_text("6000000")
+    assert source.read(now=14.0).package_power_w == pytest.approx(1.0)  # package 0 alone: package 1 has nothing to compare with
+    (zone / "energy_uj").write_text("8000000")
+    (other / "energy_uj").write_text("80002000000")
+    assert source.read(now=16.0).package_power_w == pytest.approx(2.0)
 
 
 def test_cgroup_v2_and_v1_limits_are_parsed(tmp_path: Path) -> None:
@@ -229,7 +250,7 @@ def test_the_cpu_share_left_to_us_counts_other_programs_only() -> None:
     assert dataclasses.replace(spinning, cpu_percent=20.0, runnable_tasks=6.0).cpu_share(0.05) == 1.0
 
 
-def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path) -> None:
+def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "trace.csv"
     path.write_text(
         "t,cpu_percent,memory_available_mb\n"
@@ -246,6 +267,11 @@ def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path) -> None:
     assert trace.at(1.0).cpu_percent == 20.0
     assert trace.at(7.0).cpu_percent == 50.0 and trace.at(7.0).memory_available_bytes == 70 * MB  # the gap holds the last reading
     assert trace.at(99.0).cpu_percent == 95.0
+    named = tmp_path / "named.csv"  # a column the snapshot calls so, not a trace: replayed as absent memory, in silence
+    named.write_text("t,cpu_percent,memory_available_bytes\n0,20,1000\n1,30,1000\n")
+    with caplog.at_level("WARNING", logger="racmkd.resources.sources"):
+        assert load_trace(named).at(0.5).memory_available_bytes is None
+    assert "columns memory_available_bytes are not read" in caplog.text
     js = tmp_path / "trace.json"
     js.write_text(json.dumps({"samples": [{"t": 0, "cpu_percent": 10}, {"t": 1, "cpu_percent": 90, "battery_percent": 15}]}))
     t2 = load_trace(js)
@@ -607,6 +633,11 @@ def test_trace_source_replays_in_time() -> None:
     assert resource_level(source.read(105.0)) == "high" and resource_level(source.read(115.0)) == "critical"
     looped = TraceSource(synthetic_trace("sudden", 30, 0.5), start=0.0, loop=True)
     assert resource_level(looped.read(30.0 + 15.0)) == "critical"
+    # A looped trace plays its last row for a step before it starts over (by its duration alone the
+    # last row was never reached: a hand-written draining battery never drained).
+    two = Trace("two", np.array([0.0, 5.0]), {"cpu_percent": np.array([20.0, 95.0])})
+    replayed = [TraceSource(two, start=0.0, loop=True).read(float(t)).cpu_percent for t in range(20)]
+    assert replayed == [20.0] * 5 + [95.0] * 5 + [20.0] * 5 + [95.0] * 5
 
 
 # The allocator -------------------------------------------------------------------------------------------
@@ -770,6 +801,11 @@ def test_deadline_risk_forgets_a_band_it_left_long_ago() -> None:
         assert kept.chance(1.0, 1.5, slowdown=1.0) == 0.0
     with pytest.raises(ConfigError, match="risk_memory_s"):
         RuntimeConfig(risk_memory_s=0.0)
+    # A negative step-up margin marked over-budget configurations as fitting (flapping); a margin of
+    # 1 or a NaN window never let the runtime step up.
+    for bad in ({"step_up_margin": -0.5}, {"step_up_margin": 1.0}, {"step_up_margin": math.nan}, {"step_up_window_s": -1.0}, {"step_up_window_s": math.nan}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            RuntimeConfig(**bad)
 
 
 def test_slo_objective_does_not_fall_off_the_latency_cliff() -> None:

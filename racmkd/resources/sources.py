@@ -30,6 +30,11 @@ import psutil
 
 log = logging.getLogger(__name__)
 
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 MB = 2**20
 UNLIMITED = 2**60  # cgroup v1 writes a huge number for "no limit"
 # CPU shares are taken over at least this long (of wall time for this process's, of CPU time summed
@@ -267,7 +272,8 @@ class SystemSource:
         self._process_cpu: float | None = None
         self._cpu_times = psutil.cpu_times()  # this source's own interval (psutil.cpu_percent's is shared by the process)
         self._cpu_percent: float | None = None
-        self._energy: tuple[float, int] | None = None  # (time, total µJ) of the previous RAPL reading
+        self._energy: tuple[float, dict[Path, int]] | None = None  # (time, each package's µJ) of the previous RAPL reading
+        self._failed_sensors: set[str] = set()  # optional sensors whose read failed (said once)
 
     def _machine_cpu_percent(self) -> float | None:
         """Busy share of all cores since this source's previous reading (0-100), once
@@ -301,10 +307,7 @@ class SystemSource:
             available = min(available, cgroup.memory_headroom_bytes)
         host = psutil.cpu_count() or os.cpu_count() or 1
         cores = float(host) if cgroup.cpu_max_cores is None else min(float(host), cgroup.cpu_max_cores)
-        try:
-            battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
-        except (OSError, RuntimeError):
-            battery = None
+        battery = self._battery()
         process_cpu = self._process_cpu_percent(host)
         return ResourceSnapshot(
             t=now,
@@ -317,7 +320,8 @@ class SystemSource:
             host_cores=host,
             cgroup_memory_max_bytes=cgroup.memory_max_bytes,
             cgroup_cpu_max_cores=cgroup.cpu_max_cores,
-            battery_percent=float(battery.percent) if battery is not None else None,
+            # (psutil says over 100% when the charge counter passes the design full: a trace refused those rows)
+            battery_percent=min(100.0, max(0.0, float(battery.percent))) if battery is not None and _finite(battery.percent) else None,
             power_plugged=bool(battery.power_plugged) if battery is not None and battery.power_plugged is not None else None,
             temperature_c=self._temperature(),
             package_power_w=self._power(now),
@@ -340,27 +344,53 @@ class SystemSource:
                     return None
         return None
 
-    @staticmethod
-    def _temperature() -> float | None:
+    def _battery(self) -> Any:
+        """psutil's battery reading, or None. An optional sensor never costs the reading: psutil
+        raises ValueError for a sysfs battery whose capacity reads "N/A" and TypeError for a
+        non-numeric charge, and each such read failed the whole snapshot (CPU and memory included)."""
+        if not hasattr(psutil, "sensors_battery"):
+            return None
+        try:
+            return psutil.sensors_battery()
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            self._sensor_failed("battery", err)
+            return None
+
+    def _temperature(self) -> float | None:
+        """The hottest plausible sensor (a bogus 255 or -273 degrees is passed over: a trace refuses it)."""
         if not hasattr(psutil, "sensors_temperatures"):
             return None
         try:
             sensors = psutil.sensors_temperatures()
-        except (OSError, RuntimeError):
+            low, high = TRACE_COLUMNS["temperature_c"][2]
+            readings = [float(t.current) for entries in sensors.values() for t in entries if _finite(t.current) and low <= t.current <= high]
+        except Exception as err:  # noqa: BLE001 - as _battery
+            self._sensor_failed("temperature", err)
             return None
-        readings = [t.current for entries in sensors.values() for t in entries if t.current is not None and math.isfinite(t.current)]
-        return float(max(readings)) if readings else None
+        return max(readings) if readings else None
+
+    def _sensor_failed(self, sensor: str, err: Exception) -> None:
+        if sensor not in self._failed_sensors:  # once per sensor, not at every reading
+            log.warning("the %s sensor cannot be read (%s: %s): reported as absent", sensor, type(err).__name__, err)
+            self._failed_sensors.add(sensor)
 
     def _power(self, now: float) -> float | None:
-        """Package power from the change of RAPL energy counters since the previous reading."""
-        domains = rapl_domains(self.powercap_root)
-        if not domains:
-            return None
-        total = sum(int(p.read_text()) for p in domains)
-        previous, self._energy = self._energy, (now, total)
-        if previous is None or now <= previous[0] or total < previous[1]:
-            return None  # the first reading, or a counter wrapped
-        return (total - previous[1]) * 1e-6 / (now - previous[0])
+        """Package power from the change of RAPL energy counters since the previous reading: each
+        package's own change (a package unreadable for one reading and back at the next added its
+        whole counter to the total: 40 kW), over the packages read both times."""
+        counters = {}
+        for path in rapl_domains(self.powercap_root):
+            try:
+                counters[path] = int(path.read_text())
+            except (OSError, ValueError):
+                continue
+        previous, self._energy = self._energy, (now, counters)
+        if not counters or previous is None or now <= previous[0]:
+            return None  # no counter, or the first reading
+        common = counters.keys() & previous[1].keys()
+        if not common or any(counters[p] < previous[1][p] for p in common):
+            return None  # nothing to compare, or a counter wrapped
+        return sum(counters[p] - previous[1][p] for p in common) * 1e-6 / (now - previous[0])
 
 
 def rapl_domains(root: Path) -> list[Path]:
@@ -415,6 +445,14 @@ class Trace:
     @property
     def duration(self) -> float:
         return float(self.times[-1] - self.times[0]) if len(self.times) else 0.0
+
+    @property
+    def loop_period(self) -> float:
+        """A looped replay's period: the duration and one median step, so the last row holds for a
+        step before the trace starts over (by the duration alone it was never reached: a looped
+        draining battery never drained)."""
+        steps = np.diff(self.times)
+        return self.duration + (float(np.median(steps)) if len(steps) else 0.0)
 
     def at(self, t: float) -> ResourceSnapshot:
         """The reading in force at trace time `t` (the last row at or before it; the first row before
@@ -505,6 +543,9 @@ def load_trace(path: str | Path) -> Trace:
     known = [c for c in TRACE_COLUMNS if any(isinstance(r, dict) and c in r for r in rows)]
     if not known:
         raise TraceError(f"{path}: no known columns; a trace needs t and at least one of {', '.join(TRACE_COLUMNS)}")
+    unknown = sorted({str(c) for r in rows if isinstance(r, dict) for c in r if c not in TRACE_COLUMNS and c != "t" and c is not None})
+    if unknown:  # (a `memory_available_bytes` column beside a known one was replayed as absent memory, in silence)
+        log.warning("%s: columns %s are not read (a trace's columns: %s)", path, ", ".join(unknown), ", ".join(TRACE_COLUMNS))
     times: list[float] = []
     columns: dict[str, list[float]] = {c: [] for c in known}
     usable = [parsed for parsed in (_parse_row(row, known) for row in rows) if parsed is not None]
@@ -704,5 +745,5 @@ class TraceSource:
         now = time.monotonic() if now is None else now
         offset = now - self.start
         if self.loop and self.trace.duration > 0:
-            offset %= self.trace.duration
+            offset %= self.trace.loop_period
         return replace(self.trace.at(offset), t=now)

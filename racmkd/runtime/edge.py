@@ -162,7 +162,7 @@ class EdgeRuntime:
         self._strikes: dict[str, int] = {}  # variant id -> failures so far (the retry delay doubles with each)
         self.decisions: deque[dict[str, Any]] = deque(maxlen=200)
         self.decision_count = 0  # decisions recorded so far (the deque keeps the last 200)
-        self.feedback_dropped = 0  # observations passed over while a switch loaded sessions (see feedback)
+        self.feedback_dropped = 0  # observations passed over: the lock busy past FEEDBACK_WAIT_S (see feedback)
         # The last 10,000 switches' and decisions' figures, in arrays of their full size from the start (see Window)
         self.adaptation_ms = Window(10_000)
         self.switch_loads = Window(10_000, np.int64)  # per switch (as adaptation_ms): sessions it had to load
