@@ -256,6 +256,8 @@ def test_absorbed_batchnorm_and_fake_quantization() -> None:
         assert (rounded - reference).abs().max() < 0.2 * reference.abs().max()  # int8 rounding is small
         assert not parametrize.is_parametrized(model.fusion.presence)  # folded into a bias at export: never an int8 layer
         assert parametrize.is_parametrized(model.classifier)
+        # The classifier's input is rounded as deployed: the embeddings, before the presence term (its bias there).
+        assert model.fusion._forward_pre_hooks and not model.classifier._forward_pre_hooks
     assert set(model.state_dict()) == keys  # the rounding is gone, the float weights stay
 
 
@@ -775,6 +777,12 @@ def test_a_trained_students_int8_model_keeps_its_fp32_models_answers(tiny_datase
     result = parity(quantized, reference, test_labels)
     assert result.reference_accuracy > 0.9, result  # trained: the bound is about a model that works
     assert result.argmax_agreement >= 0.99 and result.accuracy >= result.reference_accuracy - 0.01, result
+    # Rounded as QAT rounds: each convolution's output once, to its ReLU's range (the Relu fused
+    # away; it was rounded before and after it), and the logits left float.
+    graph = onnx.load(int8).graph
+    assert not [n for n in graph.node if n.op_type == "Relu"]
+    producer = {o: n for n in graph.node for o in n.output}
+    assert producer[graph.output[0].name].op_type == "Gemm"
 
 
 def test_int8_weights_shrink_the_file_and_run_at_float_speed_settings(tmp_path: Path) -> None:

@@ -365,6 +365,12 @@ class EdgeRuntime:
     def loaded(self) -> list[str]:
         return list(self._sessions)
 
+    def failed_for_good(self) -> set[str]:
+        """Variants excluded with no retry due: a file that could not be read at start, weights
+        that compute NaN. (The others are tried again, `_fail`.)"""
+        with self._lock:
+            return set(self.failed) - set(self._retry_at)
+
     def _fail(self, variant: Variant, reason: str, for_good: bool = False) -> None:
         """Exclude a variant. Weights that compute NaN stay excluded (`for_good`); anything else that
         raised may have been passing (an allocation refused while memory ran short, a sensor
