@@ -371,6 +371,16 @@ def test_a_switch_landed_by_another_decision_is_timed_from_the_reading_that_caus
     assert runtime.switch_loads.values()[-1] >= 1 and not runtime._loading_switches
 
 
+def test_only_variants_excluded_for_good_leave_the_replays_reference_figures(bank_dir: Path) -> None:
+    """simulate's oracle left out every variant that had failed once in any replay: one passing
+    fault in a static baseline dropped it from every ceiling, which the dynamic runtime then beat."""
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig())
+    passing, broken = runtime.table.variants[0], runtime.table.variants[1]
+    runtime._fail(passing, "RuntimeException: allocation refused")  # tried again later
+    runtime._fail(broken, "computed non-finite logits", for_good=True)
+    assert set(runtime.failed) == {passing.id, broken.id} and runtime.failed_for_good() == {broken.id}
+
+
 def test_failed_loads_do_not_use_up_a_switchs_attempts(bank_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under memory pressure loads fail together: each failure re-plans without the variant, until
     one loads (the failed set only grows). Counted as superseded attempts, four failures left the
