@@ -102,7 +102,7 @@ def over_high(value: float, trace: dict[str, Any]) -> float:
     return ratio(value, trace["slo_accuracy_static"].get("high"))
 
 
-def pm_spread(s: dict[str, Any]) -> str:
+def with_spread(s: dict[str, Any]) -> str:
     """A pooled trace's dynamic SLO-accuracy with its spread over replays ("one replay" when it has none)."""
     std = s.get("slo_accuracy_std")
     return f"{s['slo_accuracy']:.4f} ± {std:.4f}" if std is not None else f"{s['slo_accuracy']:.4f} (one replay)"
@@ -111,8 +111,8 @@ def pm_spread(s: dict[str, Any]) -> str:
 def pooled(replays: list[dict[str, Any]]) -> dict[str, Any]:
     """One trace's replays (the same trace, requests drawn in a different order each) as one summary:
     SLO-accuracies are their means (with the dynamic one's spread: a replay's wall-time latencies move
-    it by a point or two on this host), adaptation times their worst, switches their sum; the
-    rest (levels, latencies) is the first replay's."""
+    it by a point or two on this host), adaptation p99s over their switches pooled, switches their
+    sum; the rest (levels, latencies, the adaptation p50) is the first replay's."""
     first = dict(replays[0])
     dynamic = [r["slo_accuracy"] for r in replays]
     first["repeats"] = {
@@ -366,7 +366,7 @@ def render(result: dict[str, Any]) -> str:
         gain, ceiling = over_high(s["slo_accuracy"], s), over_high(s["oracle"]["slo_accuracy"], s)
         fixed = s["bank_latency"]
         lines.append(
-            f"| {name} | {pm_spread(s)} | {statics} | {gain:.2f}x | {fixed['slo_accuracy']:.4f}: {over_high(fixed['slo_accuracy'], fixed):.2f}x | {s['oracle']['best_per_level']:.4f}: {over_high(s['oracle']['best_per_level'], s):.2f}x | {s['oracle']['clairvoyant_allocator']:.4f}: {over_high(s['oracle']['clairvoyant_allocator'], s):.2f}x | {s['oracle']['slo_accuracy']:.4f}: {ceiling:.2f}x | {s['adaptation_ms_p99']:.3f} / {s['adaptation_ms_p99_swaps']:.3f} | {s['switches']} ({s['switches_loading']}) |"
+            f"| {name} | {with_spread(s)} | {statics} | {gain:.2f}x | {fixed['slo_accuracy']:.4f}: {over_high(fixed['slo_accuracy'], fixed):.2f}x | {s['oracle']['best_per_level']:.4f}: {over_high(s['oracle']['best_per_level'], s):.2f}x | {s['oracle']['clairvoyant_allocator']:.4f}: {over_high(s['oracle']['clairvoyant_allocator'], s):.2f}x | {s['oracle']['slo_accuracy']:.4f}: {ceiling:.2f}x | {s['adaptation_ms_p99']:.3f} / {s['adaptation_ms_p99_swaps']:.3f} | {s['switches']} ({s['switches_loading']}) |"
         )
     n = next(iter(result["traces"].values())).get("repeats", {}).get("n", 1)
     lines += [
@@ -569,7 +569,7 @@ def main() -> None:
             "latency_model": fixed["latency_model"],
         }
         result["traces"][name] = summary
-        print(f"{name}: dynamic {pm_spread(summary)}, static {summary['slo_accuracy_static']}", flush=True)
+        print(f"{name}: dynamic {with_spread(summary)}, static {summary['slo_accuracy_static']}", flush=True)
     if not args.no_sweep:
         result["sweep"] = slo_sweep(bank, dataset, rc, args.requests)
     result["monitor_overhead"] = monitor_overhead(args.monitor_seconds, rc.monitor)
@@ -623,7 +623,7 @@ def main() -> None:
         targets.append(
             {
                 "target": f"{name}: dynamic no worse than the best static tier",
-                "measured": f"{pm_spread(s)} vs {best:.4f} (means of {s['repeats']['n']} replays)",
+                "measured": f"{with_spread(s)} vs {best:.4f} (means of {s['repeats']['n']} replays)",
                 "reached": s["slo_accuracy"] >= best,
             }
         )

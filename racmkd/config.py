@@ -23,6 +23,11 @@ import yaml
 C = TypeVar("C")
 
 
+def finite_number(x: object) -> bool:
+    """A real, finite number: an int or float, not a bool (True is 1 to Python), NaN or infinite."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 class ConfigError(ValueError):
     """A config file or override is malformed; the message names the file, the field and the fix."""
 
@@ -319,7 +324,7 @@ class DistillConfig:
             raise ConfigError(f"the objective's weights must be finite and >= 0; got {bad or {'feature_cost': self.feature_cost}}")
         # A NaN weight made every student NaN; a negative one pushes the student away from the teacher.
         losses = {f"{term}.{name}": w for term in ("distill_losses", "align_losses") for name, w in getattr(self, term).items()}
-        bad_losses = {name: w for name, w in losses.items() if isinstance(w, bool) or not (isinstance(w, (int, float)) and 0 <= w < math.inf)}
+        bad_losses = {name: w for name, w in losses.items() if not (finite_number(w) and w >= 0)}
         if bad_losses:
             raise ConfigError(f"loss weights must be finite numbers >= 0; got {', '.join(f'distill.{k}: {v!r}' for k, v in bad_losses.items())}")
 

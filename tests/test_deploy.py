@@ -779,6 +779,22 @@ def test_a_fleet_watcher_without_a_broker_says_it_is_not_connected() -> None:
         watcher.close()
 
 
+def test_audio_without_a_sample_rate_is_at_the_rate_the_served_models_hear() -> None:
+    """A request's default was 8000 Hz whatever the run: a 16-kHz run's audio was resampled as if
+    it were 8 kHz. It is the run's rate now (data.options.audio.sample_rate); a given rate stands."""
+    import json as json_
+
+    from racmkd.config import RunConfig, ServeConfig
+    from racmkd.deploy.server import parse_request, run_audio_rate
+
+    wave = [0.1, -0.2] * 4000
+    body = json_.dumps({"audio": wave}).encode()
+    assert parse_request(body, "application/json", ServeConfig(), ["audio"], audio_rate=16000).sample_rate == 16000
+    given = json_.dumps({"audio": wave, "sample_rate": 8000}).encode()
+    assert parse_request(given, "application/json", ServeConfig(), ["audio"], audio_rate=16000).sample_rate == 8000
+    assert run_audio_rate(RunConfig()) == 8000
+
+
 def test_protected_inference_without_a_token_is_refused_at_startup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """serve.protect_inference with $RACMKD_TOKEN unset started, then answered every /predict 403."""
     from racmkd.config import RunConfig

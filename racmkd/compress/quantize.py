@@ -49,7 +49,7 @@ QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]  # the layers that carry weights and 
 # float: one int8 scale for all ten classes flipped near ties, and QAT does not round them either.
 # Critical audio path of run deploy-s0 (no QAT re-run): test agreement with fp32 0.9843 -> 0.9898,
 # low 0.9884 -> 0.9931, files 12-14% smaller.
-QUANTIZER_OPS = [*QUANTIZED_OPS, "Relu"]
+QUANTIZER_OPS_WITH_RELU = [*QUANTIZED_OPS, "Relu"]
 FLOAT_OUTPUTS = ["Gemm"]
 
 # Weights are quantized to [-64, 64], 129 levels (ONNX Runtime's `reduce_range`, "7 bits"). On x86
@@ -98,6 +98,21 @@ def quantizable_nodes(model_path: Path) -> list[onnx.NodeProto]:
     return [n for n in onnx.load(model_path).graph.node if n.op_type in QUANTIZED_OPS]
 
 
+def _relus_after(model: onnx.ModelProto) -> dict[str, str]:
+    """Quantizable layer -> the Relu that alone reads its output (fused into its output's rounding)."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    fused = {}
+    for node in model.graph.node:
+        if node.op_type in QUANTIZED_OPS and node.output:
+            after = readers.get(node.output[0], [])
+            if len(after) == 1 and after[0].op_type == "Relu" and after[0].name:
+                fused[node.name] = after[0].name
+    return fused
+
+
 def quantize_int8(
     fp32_path: Path, out_path: Path, calibration: dict[str, np.ndarray], keep_float: list[str] | tuple[str, ...] = (), only: list[str] | None = None
 ) -> Path:
@@ -113,6 +128,12 @@ def quantize_int8(
         if unknown:
             raise ValueError(f"{fp32_path}: no quantizable layers named {sorted(unknown)}; it has {layers}")
         quantized = Path(tmp) / "int8.onnx"
+        # A layer's ReLU goes with it: quantized alone (a sensitivity probe) the layer's output was
+        # rounded to its pre-ReLU range, the coarse rounding the full graph no longer has; and kept
+        # in fp32, its ReLU was quantized on its own, at that range again.
+        relus = _relus_after(onnx.load(pre))
+        excluded = [*keep_float, *(relus[n] for n in keep_float if n in relus)]
+        probed = None if only is None else [*only, *(relus[n] for n in only if n in relus)]
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # the quantizer logs per-tensor notes on the root logger
@@ -122,13 +143,13 @@ def quantize_int8(
                 str(quantized),
                 _Feeder(calibration, names),
                 quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=QUANTIZER_OPS,
+                op_types_to_quantize=QUANTIZER_OPS_WITH_RELU,
                 per_channel=True,
                 reduce_range=WEIGHT_QMAX < 127,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
-                nodes_to_exclude=list(keep_float),
-                nodes_to_quantize=only,
+                nodes_to_exclude=excluded,
+                nodes_to_quantize=probed,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": FLOAT_OUTPUTS},
             )
         finally:

@@ -520,7 +520,7 @@ class ExportOptions:
     also exports int8 weights with float arithmetic (`onnx-int8-weights`: a quarter of the weight
     bytes at fp32 speed). A quantized model is acceptable when its argmax agrees with its own fp32
     model on at least `min_agreement` of the test samples and its accuracy is at most
-    `max_accuracy_drop` below; of the acceptable artifacts, `prefer` picks the faster (measured
+    `max_accuracy_drop` below on the validation split (it chooses what ships); of the acceptable artifacts, `prefer` picks the faster (measured
     here: ONNX Runtime, batch 1, one thread, in paired rounds; a candidate the fastest does not
     beat beyond noise (`racmkd.eval.cost.clearly_faster`) counts as equally fast, and the smallest
     of those wins) or the smaller."""

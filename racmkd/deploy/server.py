@@ -8,10 +8,10 @@
 
 Endpoints (every role):
     POST /predict   image and/or audio, as JSON ({"image": [[...]], "audio": [...], "sample_rate":
-                    8000}; any other registered modality by its name, as nested lists of numbers) or
+                    8000}, by default the run's own rate; any other registered modality by its name, as nested lists of numbers) or
                     as an .npz archive (Content-Type application/x-npz, arrays named by modality);
                     sizes, shapes and dtypes are checked, bad requests get 4xx
-    GET  /health    role, model, its test accuracy and median compute time
+    GET  /health    role, model, its accuracy (an edge's: its configuration's expected one) and median compute time
     GET  /metrics   Prometheus text: requests, latency histogram, current variant, resources
     GET  /models    what the server can answer with
 Edge only, with the management token (Authorization: Bearer <token>):
@@ -74,7 +74,8 @@ class PredictRequest(BaseModel):
 
     image: list[list[StrictFloat]] | None = Field(None, description="28x28 grey image: whole numbers 0-255, or fractions in [0, 1]")
     audio: list[StrictFloat] | None = Field(None, description="mono waveform")
-    sample_rate: StrictInt = Field(8000, ge=MIN_RATE, le=192000)  # (the signals take up to MAX_RATE; a request's size limit is set for 192 kHz)
+    # (the signals take up to MAX_RATE; a request's size limit is set for 192 kHz)
+    sample_rate: StrictInt | None = Field(None, ge=MIN_RATE, le=192000, description="Hz of `audio`; default: the rate the served models hear")
     latency_target_ms: StrictFloat | None = Field(None, gt=0, allow_inf_nan=False, description="this request's latency target (edge: decides offloading)")
     model: str | None = Field(None, description="which of the server's models answers (see /models)")
 
@@ -106,9 +107,11 @@ class Inputs:
 META = ("sample_rate", "latency_target_ms", "model")  # the request's settings, beside its arrays
 
 
-def parse_request(body: bytes, content_type: str, settings: ServeConfig, modalities: list[str]) -> Inputs:
+def parse_request(body: bytes, content_type: str, settings: ServeConfig, modalities: list[str], audio_rate: int = AUDIO_RATE) -> Inputs:
     """JSON or .npz into arrays; raises HTTPException (413, 415, 422) with a message on bad input.
-    Inputs the server's models do not use are checked and ignored, as a model ignores them."""
+    Inputs the server's models do not use are checked and ignored, as a model ignores them. Audio
+    without a sample_rate is at `audio_rate`, the rate the served models hear (8000 was assumed:
+    a 16-kHz run's audio was resampled as if it were 8 kHz)."""
     if len(body) > settings.max_body_bytes:
         raise HTTPException(413, f"request body of {len(body):,} bytes exceeds the limit of {settings.max_body_bytes:,}")
     kind = content_type.split(";")[0].strip().lower()
@@ -126,7 +129,8 @@ def parse_request(body: bytes, content_type: str, settings: ServeConfig, modalit
             raise HTTPException(422, f"an input is not a rectangular array ({err})") from None
     else:
         raise HTTPException(415, f"unsupported Content-Type {kind!r}; send application/json or {NPZ}")
-    sample_rate, target, model_name = request.sample_rate, request.latency_target_ms, request.model
+    sample_rate = request.sample_rate if request.sample_rate is not None else audio_rate
+    target, model_name = request.latency_target_ms, request.model
     for name, array in arrays.items():  # (names are known by now: the JSON schema and read_npz checked them)
         if array.dtype.kind not in "iuf":
             raise HTTPException(422, f"{name}: expected numbers, got dtype {array.dtype}")
@@ -274,13 +278,19 @@ def _image_for(array: np.ndarray | None) -> np.ndarray | None:
 # Services: what each role answers with ------------------------------------------------------------------
 
 
+def run_audio_rate(cfg: RunConfig) -> int:
+    """The sample rate a run's models hear (data.options.audio.sample_rate; FSDD's 8000 by default)."""
+    return int(cfg.data.options.get("audio", {}).get("sample_rate", AUDIO_RATE))
+
+
 class Service:
     """A role's models behind /predict, /health and /models."""
 
     role = "base"
 
-    def __init__(self) -> None:
+    def __init__(self, audio_rate: int = AUDIO_RATE) -> None:
         self.compute_ms: deque[float] = deque(maxlen=500)
+        self.audio_rate = audio_rate  # what the served models hear: a request's audio without a sample_rate is at it
 
     def modalities(self) -> list[str]:
         raise NotImplementedError
@@ -311,10 +321,11 @@ class ModelService(Service):
         from racmkd.config import load_config
         from racmkd.runtime.predictor import load
 
-        super().__init__()
+        cfg = load_config(Path(run_dir) / "config.yaml")
+        super().__init__(run_audio_rate(cfg))
         self.role, self.run_dir = role, Path(run_dir)
         self.predictors = {n: load(run_dir, n) for n in names}
-        self.inputs = list(load_config(self.run_dir / "config.yaml").data.modalities)  # a model ignores those it does not use
+        self.inputs = list(cfg.data.modalities)  # a model ignores those it does not use
         report = self.run_dir / "report.json"
         models = json.loads(report.read_text())["models"] if report.is_file() else {}
         self.accuracy = {n: models.get(n, {}).get("accuracy") for n in names}
@@ -386,7 +397,7 @@ class EdgeService(Service):
         from racmkd.resources.monitor import ResourceMonitor
         from racmkd.resources.sources import SystemSource
 
-        super().__init__()
+        super().__init__(run_audio_rate(cfg))
         self.cfg, self.run_dir, self.settings = cfg, Path(run_dir), settings
         self.monitor = monitor or ResourceMonitor(SystemSource(), cfg.runtime.monitor).start()
         self.store = self._store()
@@ -417,9 +428,14 @@ class EdgeService(Service):
 
     # What runs ---------------------------------------------------------------------------------------
 
+    @property
+    def store_folder(self) -> Path:
+        """Where installed releases live (serve.store_dir, else <run>/device)."""
+        return Path(self.settings.store_dir or self.run_dir / "device")
+
     def _store(self) -> Any:
         if not self.settings.public_key:
-            folder = Path(self.settings.store_dir or self.run_dir / "device")
+            folder = self.store_folder
             if (folder / "state.json").exists():  # (served the run's bank in silence, `current: null`)
                 log.warning(
                     "%s holds installed releases, but no public key is configured (serve.public_key): they are not served and no update is accepted; the run's bank serves",
@@ -429,9 +445,7 @@ class EdgeService(Service):
         from racmkd.deploy.device import DeviceStore
         from racmkd.deploy.signing import load_public_key
 
-        return DeviceStore(
-            Path(self.settings.store_dir or self.run_dir / "device"), load_public_key(Path(self.settings.public_key)), accept=self.settings.accept_releases
-        )
+        return DeviceStore(self.store_folder, load_public_key(Path(self.settings.public_key)), accept=self.settings.accept_releases)
 
     def _startup_engine(self) -> Engine:
         """The installed release; if it cannot be served, the previous one, made current (so that
@@ -539,7 +553,7 @@ class EdgeService(Service):
     def answer_now(self, inputs: Inputs) -> PredictResponse | None:
         engine = self.engine
         self.check_model(engine, inputs)
-        if inputs.arrays.get("audio") is not None and inputs.sample_rate != AUDIO_RATE:
+        if inputs.arrays.get("audio") is not None and inputs.sample_rate != self.audio_rate:
             return None  # resampling can take a while: not on the event loop
         if self.upstreams and self.route(engine, inputs, b"") is not None:  # the body's size only refines the link's estimate
             return None
@@ -895,7 +909,7 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         started = time.perf_counter()
         content_type = request.headers.get("content-type", "application/json")
         try:
-            inputs = parse_request(body, content_type, settings, service.modalities())
+            inputs = parse_request(body, content_type, settings, service.modalities(), service.audio_rate)
             answer = service.answer_now(inputs) or await run_in_threadpool(service.answer, inputs, body, content_type)
         except HTTPException as err:
             requests.labels(service.role, "bad_request" if err.status_code < 500 else "error", "-").inc()

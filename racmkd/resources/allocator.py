@@ -505,6 +505,15 @@ class Hysteresis:
     def _wait_no_more(self) -> None:
         self._fitting, self._pending = {}, None
 
+    def state(self) -> tuple[dict[Configuration, float], Configuration | None]:
+        """What the windows are (a snapshot: `choose` replaces the table, never changes it in place)."""
+        return self._fitting, self._pending
+
+    def restore(self, state: tuple[dict[Configuration, float], Configuration | None]) -> None:
+        """Put back a `state()`: a switch `choose` picked that has not landed (its sessions load)
+        leaves the windows as they were, so that a decision meanwhile does not start them again."""
+        self._fitting, self._pending = state
+
     def choose(
         self, now: float, current: Decision | None, allocator: Allocator, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset()
     ) -> tuple[Decision, str]:

@@ -42,6 +42,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from racmkd.compress.export import ExportError, read_contract, session, zero_feed
+from racmkd.config import finite_number
 from racmkd.data.paths import cache_root
 from racmkd.eval.cost import estimated_energy_joules, latency_ms, percentiles
 from racmkd.resources.devices import DeviceProfile
@@ -149,6 +150,7 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
     BatchNormalization) stores its float output before a QuantizeLinear reads it, as ONNX Runtime
     runs it. A layer kept in fp32 inside an int8 graph, DQ(activation) -> op -> Q, counts as a kernel
     writing requantized output. A graph output is always stored."""
+    source = str(model) if isinstance(model, Path) else f"model {model.graph.name!r}"
     if isinstance(model, Path):
         file_bytes = model.stat().st_size
         model = onnx.load(model)
@@ -157,7 +159,7 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
     graph_ = _with_batch(model, batch).graph
     control_flow = sorted({n.op_type for n in graph_.node if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)})
     if control_flow:  # (a tensor read only inside a branch was freed early, a branch's FLOPs never counted)
-        raise ExportError(f"the graph holds control flow ({', '.join(control_flow)}): its subgraphs' costs cannot be estimated; racmkd exports none")
+        raise ExportError(f"{source}: the graph holds control flow ({', '.join(control_flow)}): its subgraphs' costs cannot be estimated; racmkd exports none")
     # Weights: initializers, and constants a graph may hold them in instead (counted as activations,
     # a 1000x1000 weight charged 4 MB of RAM a microcontroller reads from flash).
     weights = {i.name: numpy_helper.to_array(i) for i in graph_.initializer}
@@ -356,11 +358,9 @@ class LatencyModel:
         """Whether every figure can be a fit's: a cache edited or damaged to a zero efficiency
         divided by zero, a negative time per operator gave negative latencies that "fit"."""
 
-        def positive(x: object) -> bool:
-            return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf
-
-        rates = (self.host_clock_mhz, self.peaks.gflops_fp32, self.peaks.memory_gbps, self.seconds_per_op, self.flops_efficiency)
-        return all(positive(x) for x in rates) and (self.bandwidth_efficiency is None or positive(self.bandwidth_efficiency))
+        rates = [self.host_clock_mhz, self.peaks.gflops_fp32, self.peaks.memory_gbps, self.seconds_per_op, self.flops_efficiency]
+        rates += [self.bandwidth_efficiency] if self.bandwidth_efficiency is not None else []  # (None: the fit found traffic free)
+        return all(finite_number(x) and x > 0 for x in rates)
 
     def predict(
         self,

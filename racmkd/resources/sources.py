@@ -28,11 +28,9 @@ from typing import Any, Protocol
 import numpy as np
 import psutil
 
+from racmkd.config import finite_number
+
 log = logging.getLogger(__name__)
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 MB = 2**20
@@ -321,7 +319,7 @@ class SystemSource:
             cgroup_memory_max_bytes=cgroup.memory_max_bytes,
             cgroup_cpu_max_cores=cgroup.cpu_max_cores,
             # (psutil says over 100% when the charge counter passes the design full: a trace refused those rows)
-            battery_percent=min(100.0, max(0.0, float(battery.percent))) if battery is not None and _finite(battery.percent) else None,
+            battery_percent=min(100.0, max(0.0, float(battery.percent))) if battery is not None and finite_number(battery.percent) else None,
             power_plugged=bool(battery.power_plugged) if battery is not None and battery.power_plugged is not None else None,
             temperature_c=self._temperature(),
             package_power_w=self._power(now),
@@ -363,7 +361,7 @@ class SystemSource:
         try:
             sensors = psutil.sensors_temperatures()
             low, high = TRACE_COLUMNS["temperature_c"][2]
-            readings = [float(t.current) for entries in sensors.values() for t in entries if _finite(t.current) and low <= t.current <= high]
+            readings = [float(t.current) for entries in sensors.values() for t in entries if finite_number(t.current) and low <= t.current <= high]
         except Exception as err:  # noqa: BLE001 - as _battery
             self._sensor_failed("temperature", err)
             return None

@@ -14,7 +14,7 @@ dropped request.
 - Switching tier or modality set is a pointer swap: sessions are loaded at start (when they fit
   the memory budget), else on first use and evicted least recently used; a step up's sessions load
   while the hysteresis holds it back, so that it too is a swap when it comes. Sessions load one at
-  a time (`_loading`) and never under the runtime's lock: requests, their feedback, other
+  a time (`_load_lock`) and never under the runtime's lock: requests, their feedback, other
   decisions and `state()` go on meanwhile (a load takes milliseconds to seconds, a decision ~0.3 ms);
   a decision made on a request's thread has a background thread load what it needs.
 - Adaptation time: from the moment a reading arrives (`MonitorState.observed_at`) to the new
@@ -178,11 +178,12 @@ class EdgeRuntime:
         self._biases: dict[tuple[str, ...], np.ndarray] = {}  # tiers of the variants used -> their mean bias
         self._protected: dict[str, int] = {}  # variant id -> loads or switches under way that need its session (never evicted meanwhile)
         self._lock = threading.RLock()  # decisions, failures, the loaded sessions; never held while a session loads
-        self._loading = threading.Lock()  # one session loads at a time; taken before self._lock, never under it
-        self._decided = 0  # decisions made so far: a switch that loaded its sessions goes ahead only if none came meanwhile
-        self._loading_switches: dict[Configuration, tuple[float, frozenset[str]]] = {}  # switch loading -> since when, sessions it loads
+        self._load_lock = threading.Lock()  # one session loads at a time; taken before self._lock, never under it
+        self._decisions_made = 0  # decisions made so far: a switch that loaded its sessions goes ahead only if none came meanwhile
+        self._switches_loading: dict[Configuration, tuple[float, frozenset[str]]] = {}  # switch loading -> since when, sessions it loads
         self._background: threading.Thread | None = None  # the thread loading for decisions made on requests' threads
         self._background_due: tuple[str, float | None] | None = None  # the decision it is to make next (the newest asked for)
+        self._closed = False  # closed: no background decision starts or goes on (a replaced runtime's)
         self._unsubscribe: Callable[[], None] | None = None
         self._applied_at = 0.0  # observed_at of the monitor reading planned with
         self.pinned = self._pinned_config(pinned) if pinned is not None else None
@@ -272,13 +273,13 @@ class EdgeRuntime:
 
     def _session(self, variant: Variant) -> Any:
         """The variant's session, loaded if it is not. A loaded one is read without a lock (a dict
-        read is atomic): this is on every request's path. A load holds `_loading`, not the
+        read is atomic): this is on every request's path. A load holds `_load_lock`, not the
         runtime's lock (see the module docstring): the caller must not hold that one."""
         self._last_used[variant.id] = self._requests
         sess = self._sessions.get(variant.id)
         if sess is not None:
             return sess
-        with self._loading:
+        with self._load_lock:
             sess = self._sessions.get(variant.id)
             if sess is not None:  # loaded by another thread while this one waited
                 return sess
@@ -292,7 +293,7 @@ class EdgeRuntime:
                 self._fail(variant, f"cannot load {variant.path}: {err}")
                 raise
             with self._lock:
-                if variant.id not in self.failed:  # (failed for good meanwhile, by a request: not kept)
+                if variant.id not in self.failed:  # (failed meanwhile, by a request: not kept, loaded again when tried again)
                     self._sessions[variant.id] = sess
                     self._evict()
             return sess
@@ -439,30 +440,38 @@ class EdgeRuntime:
                 if self.pinned is not None:
                     return self.current
                 previous = self.current
+                windows = self.hysteresis.state()
                 try:
                     chosen, why = self.hysteresis.choose(self.clock(), previous, self.allocator, self.budget, self.weights(), frozenset(self.failed))
                 except NoConfigurationError as err:  # every variant failed: keep serving what is left, request by request
                     log.error("no configuration can run: %s", err)
                     return self.current
-                self._decided += 1
-                decided = self._decided
+                self._decisions_made += 1
+                decided = self._decisions_made
                 if chosen.config == previous.config:
                     self.current = chosen  # (its utility and costs under this budget)
                     self._evict()  # the memory budget may have shrunk
                     self.decision_ms.append((time.perf_counter() - started) * 1e3)
-                    pending = self.hysteresis.pending
-                    if pending is not None and in_background and not self._all_loaded(pending):
+                    pending, best = self.hysteresis.pending, self.hysteresis.best_pending
+                    load_pending = pending is not None and not self._all_loaded(pending)
+                    load_best = best is not None and not self._all_loaded(best) and self._fits_loaded(best)
+                    if in_background and (load_pending or load_best):
                         self._load_in_background(cause, observed_at)
+                    if in_background or not (load_pending or load_best):
                         return self.current
                     break
                 if self._all_loaded(chosen.config):
                     return self._switch(previous, chosen, why, cause, observed_at, started, loaded_before)
+                # Until it lands the windows stay as they were: a decision meanwhile (or the
+                # background thread's) finds the step up it waited out still due, not started again.
+                decided_windows = self.hysteresis.state()
+                self.hysteresis.restore(windows)
                 if in_background:
                     self._load_in_background(cause, observed_at)
                     return self.current
-                since, loading = self._loading_switches.get(chosen.config, (math.inf, frozenset()))
+                since, loading = self._switches_loading.get(chosen.config, (math.inf, frozenset()))
                 needed = frozenset(v.id for v in chosen.config if v is not None and v.id not in self._sessions)
-                mine = self._loading_switches[chosen.config] = (min(since, observed_at if observed_at is not None else started), loading | needed)
+                registered = self._switches_loading[chosen.config] = (min(since, observed_at if observed_at is not None else started), loading | needed)
             # Its sessions load before the swap, without the lock: requests meanwhile are served by
             # the configuration in force, whose sessions are loaded (they were pointed at the new
             # one and waited for its loading, 256 ms for a request of 0.26 when a load took 300).
@@ -470,12 +479,13 @@ class EdgeRuntime:
                 with self._protecting(chosen.config):
                     self._ensure_loaded(chosen.config)
                     with self._lock:
-                        if self._decided == decided and self.current is previous and self._all_loaded(chosen.config):
+                        if self._decisions_made == decided and self.current is previous and self._all_loaded(chosen.config):
+                            self.hysteresis.restore(decided_windows)
                             return self._switch(previous, chosen, why, cause, observed_at, started, loaded_before)
             finally:
                 with self._lock:
-                    if self._loading_switches.get(chosen.config) is mine:  # (not another decision's, which took it over)
-                        del self._loading_switches[chosen.config]
+                    if self._switches_loading.get(chosen.config) is registered:  # (not another decision's, which took it over)
+                        del self._switches_loading[chosen.config]
             if self._holds_failed(chosen.config):
                 cause = "variant failure"  # a session that would not load: plan again without it
                 continue
@@ -486,13 +496,13 @@ class EdgeRuntime:
         # A step up waits out the hysteresis window: load its sessions meanwhile (off the
         # requests' path and the lock), so that the switch, when it comes, is a pointer swap;
         # and the best one's waiting, which may come next, when they fit beside them.
-        if pending is not None:
+        if load_pending:
             self._ensure_loaded(pending)
             with self._lock:
                 best = self.hysteresis.best_pending
-                fits = best is not None and self._fits_loaded(best)
-            if fits:
-                self._ensure_loaded(best)
+                load_best = best is not None and self._fits_loaded(best)
+        if load_best:
+            self._ensure_loaded(best)
         return self.current
 
     def _load_in_background(self, cause: str, observed_at: float | None) -> None:
@@ -500,15 +510,16 @@ class EdgeRuntime:
         under the lock). One such thread at a time; a decision asked for while it works replaces
         the one due, so the thread ends on the newest."""
         self._background_due = (cause, observed_at)
-        if self._background is None:
-            self._background = threading.Thread(target=self._decide_in_background, name="racmkd-session-loader", daemon=True)
-            self._background.start()
+        if self._background is None and not self._closed:
+            thread = threading.Thread(target=self._decide_in_background, name="racmkd-session-loader", daemon=True)
+            thread.start()
+            self._background = thread  # (once started: a thread that failed to start would block every later hand-over)
 
     def _decide_in_background(self) -> None:
         while True:
             with self._lock:
                 due, self._background_due = self._background_due, None
-                if due is None:
+                if due is None or self._closed:
                     self._background = None
                     return
             try:
@@ -526,7 +537,7 @@ class EdgeRuntime:
         self.decision_ms.append((ended - started) * 1e3)
         # A switch whose sessions another decision loaded (and was superseded before landing it) is
         # timed from that one's start and counts its loads: it is the same switch.
-        since, loaded_for_it = self._loading_switches.pop(chosen.config, (math.inf, frozenset()))
+        since, loaded_for_it = self._switches_loading.pop(chosen.config, (math.inf, frozenset()))
         adaptation = (ended - min(since, observed_at if observed_at is not None else started)) * 1e3
         loaded = sorted({v.id for v in chosen.config if v is not None and v.id not in loaded_before} | loaded_for_it)  # sessions the switch had to load
         self.adaptation_ms.append(adaptation)
@@ -706,7 +717,7 @@ class EdgeRuntime:
             int(probs.argmax()), probs, [v.id for v in used], (time.perf_counter() - started) * 1e3, fallbacks, (time.thread_time() - cpu_started) * 1e3
         )
 
-    def _read(self, modality: str, value: Any, sample_rate: int, raws: dict[str, Any], quality: dict[str, float]) -> None:
+    def _read(self, modality: str, value: Any, sample_rate: int | None, raws: dict[str, Any], quality: dict[str, float]) -> None:
         """Check and convert one raw input (ValueError when it is bad) and note its quality; a live
         one joins `raws` (a dead one, a blank image or silence, is answered like a missing one)."""
         raw = self.modalities[modality].to_raw(value, self._raw_specs[modality], sample_rate=sample_rate)
@@ -714,7 +725,9 @@ class EdgeRuntime:
         if quality[modality] > 0:
             raws[modality] = raw
 
-    def _read_all(self, unread: dict[str, Any], sample_rate: int, raws: dict[str, Any], quality: dict[str, float], fallbacks: list[str] | None = None) -> None:
+    def _read_all(
+        self, unread: dict[str, Any], sample_rate: int | None, raws: dict[str, Any], quality: dict[str, float], fallbacks: list[str] | None = None
+    ) -> None:
         """Read the inputs left unread, emptying `unread`. A bad one raises, unless there are
         `fallbacks` under way: then it is passed over and noted there (a fallback answers from what
         it can read)."""
@@ -828,6 +841,8 @@ class EdgeRuntime:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        with self._lock:
+            self._closed = True  # (a load under way ends; nothing more is decided in the background)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -367,6 +367,7 @@ def simulate(
     static = [replay(bank, dataset, trace, p, config, requests, seed=seed, latency=latency) for p in static_policies(bank)] if statics else []
     target = config.latency_target_ms
     overheads = switch_overheads(dynamic["timeline"])
+    swaps = [a for a, n in zip(dynamic["adaptation_ms"], dynamic["switch_loads"]) if n == 0]  # switches that loaded no session
     dynamic_summary = _summary(dynamic, target)
     summary: dict[str, Any] = {
         "trace": trace.name,
@@ -385,9 +386,9 @@ def simulate(
         "adaptation_ms_max": max(dynamic["adaptation_ms"], default=float("nan")),
         # (nearest rank: with fewer than 100 switches the p99 is the largest; benchmarks pool these across replays)
         "adaptation_ms_all": list(dynamic["adaptation_ms"]),
-        "adaptation_ms_swaps_all": [a for a, n in zip(dynamic["adaptation_ms"], dynamic["switch_loads"]) if n == 0],
+        "adaptation_ms_swaps_all": swaps,
         # A switch to variants evicted under memory pressure loads their sessions first (milliseconds each).
-        "adaptation_ms_p99_swaps": percentile([a for a, n in zip(dynamic["adaptation_ms"], dynamic["switch_loads"]) if n == 0], 99),
+        "adaptation_ms_p99_swaps": percentile(swaps, 99),
         "switches_loading": sum(n > 0 for n in dynamic["switch_loads"]),
         "switches": len(dynamic["adaptation_ms"]),
         "decision_ms_p99": percentile(dynamic["decision_ms"], 99),
