@@ -346,8 +346,10 @@ def test_a_requests_decision_loads_no_waiting_step_up_on_its_thread(bank_dir: Pa
     """With the pending step up's sessions loaded and the best waiting one's not, a decision from a
     request's feedback loaded the best one on the request's thread (0.5 s for a 0.5-s load)."""
     now = [0.0]
-    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(objective="accuracy", preload=False), clock=lambda: now[0])
-    runtime.snapshot = dataclasses.replace(load_spike(), memory_available_bytes=5 * 2**20)  # little room: the cheapest configuration
+    # (a latency target every configuration meets, however slowly this host measured the tiny bank)
+    config = RuntimeConfig(objective="accuracy", preload=False, latency_target_ms=1e3)
+    runtime = EdgeRuntime(load_bank(bank_dir), config, clock=lambda: now[0])
+    runtime.snapshot = dataclasses.replace(load_spike(), memory_available_bytes=4 * 2**20 + 2**18)  # next to no room: the smallest configuration
     runtime.redecide("resources")
     now[0], runtime.snapshot = 1.0, None  # the load is gone: better configurations start their windows
     runtime.redecide("resources")
