@@ -86,23 +86,15 @@ def _check_out_folder(out: Path) -> None:
 _OUT_JSON_MAX_BYTES = 10 << 20  # a profile JSON is a few kB; a file above this is not one
 
 
-def _not_a_file(path: Path) -> str | None:
-    """Why an output file's path is something an atomic write would refuse or replace: a folder,
-    or a device, pipe or socket (None: nothing there, or a regular file)."""
-    if path.is_dir():
-        return "a folder"
-    if path.exists() and not path.is_file():
-        return "not a regular file (a device, a pipe or a socket)"
-    return None
-
-
 def _check_out_json(out: Path, inputs: list[Path]) -> None:
     """--out as the JSON file to write, checked before the work: not a folder or under a file, not
     one of the command's own inputs (`profile m.onnx --out m.onnx` replaced the model with JSON),
     and no existing file other than JSON (an earlier profile) or an empty one, which would be lost.
     Only a file up to `_OUT_JSON_MAX_BYTES` is read to tell: a profile is a few kB, so a larger
     file is something else (a model, a dataset) and is refused without reading it whole."""
-    problem = _not_a_file(out)
+    from racmkd.utils import not_a_regular_file
+
+    problem = "a folder" if out.is_dir() else not_a_regular_file(out)
     if problem:
         raise ValueError(f"--out {out}: {problem}; name the JSON file to write")
     blocking = _file_above(out)
@@ -418,14 +410,14 @@ def edge_run(
     from racmkd.runtime.edge import EdgeRuntime, NoVariantError
     from racmkd.runtime.simulate import serve_split
     from racmkd.runtime.variants import BankError, load_bank
-    from racmkd.utils import atomic_write_json, json_safe
+    from racmkd.utils import atomic_write_json, json_safe, not_a_regular_file
 
     try:
         run_dir, cfg = _run_config(run, set_)
         bank = load_bank(run_dir / "edge")
         replayed = _live_trace(trace, seconds) if trace else None
         log = log or run_dir / "edge" / "live.json"
-        problem = _not_a_file(log)
+        problem = "a folder" if log.is_dir() else not_a_regular_file(log)
         if problem:  # found now, not after the whole run
             raise ValueError(f"--log {log}: {problem}; name the JSON file to write")
         dataset = prepare_data(cfg)

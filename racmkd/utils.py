@@ -45,6 +45,16 @@ def _read_umask() -> int:
 UMASK = _read_umask()  # read once, at import: setting it later would race with other threads' file creation
 
 
+def not_a_regular_file(path: Path) -> str | None:
+    """Why `path` is nothing an atomic write may replace (a folder; a device, pipe or socket: as
+    root, `--out /dev/full` replaced the device node with a file), or None (nothing there, a file,
+    a symbolic link: replaced, not written through, for following one another user planted would
+    write wherever it points)."""
+    if path.is_symlink() or not path.exists() or path.is_file():
+        return None
+    return "a folder" if path.is_dir() else "not a regular file (a device, a pipe or a socket)"
+
+
 @contextmanager
 def replacing(path: Path, mode: int | None = None) -> Iterator[Path]:
     """A temporary file beside `path` for the caller to write; then it is flushed to disk, given
@@ -53,11 +63,8 @@ def replacing(path: Path, mode: int | None = None) -> Iterator[Path]:
     relies on this). The default mode is what a plain `open` gives (0o666 less the umask), not
     mkstemp's 0o600, which would hide run outputs and public keys from other users and containers."""
     path = Path(path)
-    # A device, pipe or socket is never replaced (as root, `--out /dev/full` replaced the device
-    # node with a file). A symbolic link is replaced, not written through: following one another
-    # user planted would write wherever it points.
-    if not path.is_symlink() and path.exists() and not path.is_file() and not path.is_dir():  # (a folder: os.replace refuses it below)
-        raise ValueError(f"{path}: not a regular file (a device, a pipe or a socket); it is not replaced: name a file to write")
+    if not path.is_dir() and not_a_regular_file(path):  # (a folder: os.replace refuses it below)
+        raise ValueError(f"{path}: {not_a_regular_file(path)}; it is not replaced: name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

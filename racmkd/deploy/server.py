@@ -49,7 +49,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 from typing_extensions import TypeAliasType
 
-from racmkd.config import RunConfig, ServeConfig, read_token
+from racmkd.config import RunConfig, ServeConfig, modality_options, read_token
 from racmkd.data.signals import MIN_RATE, AudioSpec  # (importing the signals registers them)
 from racmkd.registry import SIGNALS
 
@@ -279,8 +279,8 @@ def _image_for(array: np.ndarray | None) -> np.ndarray | None:
 
 
 def run_audio_rate(cfg: RunConfig) -> int:
-    """The sample rate a run's models hear (data.options.audio.sample_rate; FSDD's 8000 by default)."""
-    return int(cfg.data.options.get("audio", {}).get("sample_rate", AUDIO_RATE))
+    """The sample rate a run's models hear (data.options.audio.sample_rate, its default the audio options')."""
+    return int(modality_options().get("audio")(**cfg.data.options.get("audio", {})).sample_rate)
 
 
 class Service:
