@@ -146,11 +146,13 @@ def data(
     config: ConfigOpt = None,
     protocol: ProtocolOpt = None,
     set_: SetOpt = None,
-    download: Annotated[bool, typer.Option(help="First fetch MNIST and FSDD from their official sources into the data root.")] = False,
+    download: Annotated[
+        bool, typer.Option(help="First fetch MNIST and FSDD (and the pen digits, when the config uses pen) from their official sources into the data root.")
+    ] = False,
 ) -> None:
     """Build and cache the paired dataset; print what it holds."""
     from racmkd.data.dataset import build_dataset
-    from racmkd.data.download import download_fsdd, download_mnist
+    from racmkd.data.download import download_fsdd, download_mnist, download_pendigits
     from racmkd.data.paths import data_root
 
     try:
@@ -159,6 +161,8 @@ def data(
             root = data_root(cfg.data.root)
             download_mnist(root)
             download_fsdd(root)
+            if "pen" in cfg.data.modalities:
+                download_pendigits(root)
         dataset = build_dataset(cfg.data)
     except _errors() as err:
         raise _fail(err) from None
@@ -829,7 +833,7 @@ def predict(
 def _read_inputs(pairs: list[str]) -> dict[str, object]:
     """`--input NAME=FILE.npy` values: a modality beyond image and audio (a sensor registered beside
     them) has no option of its own, so its raw input comes as an array file named by modality."""
-    from racmkd.data import signals as _signals  # noqa: F401 - registers image and audio
+    from racmkd.data import signals as _signals  # noqa: F401 - registers image, audio and pen
     from racmkd.registry import SIGNALS
 
     arrays: dict[str, object] = {}

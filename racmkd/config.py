@@ -853,7 +853,7 @@ def _blame_override(err: ConfigError, overrides: list[str] | tuple[str, ...], so
 
 def modality_options() -> Any:
     """The registry of modality options classes, with image's and audio's registered (torch-free)."""
-    from racmkd.data import options as _options  # noqa: F401 - registers image and audio
+    from racmkd.data import options as _options  # noqa: F401 - registers image, audio and pen
     from racmkd.registry import MODALITY_OPTIONS
 
     return MODALITY_OPTIONS

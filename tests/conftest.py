@@ -48,6 +48,34 @@ def tiny_config(cache: Path, runs: Path, *overrides: str) -> RunConfig:
     return load_config(TINY, [f"data.cache_dir={cache}", f"runs_dir={runs}", *overrides])
 
 
+def one_tier_run(work: Path, name: str, modalities: list[str], tier: str, recipe: str, *overrides: str):  # noqa: ANN201 - (RunConfig, PairedDataset, Path)
+    """A small run of tests/tiny.yaml in `work` on `modalities`: teachers (four unimodal epochs, one
+    of fusion), one student tier `tier` (a YAML mapping: its name must be low) distilled for four
+    epochs, then compressed by the recipe text `recipe`. Returns the config, dataset and run folder."""
+    from racmkd.data.dataset import build_dataset
+    from racmkd.pipeline import compress_students, create_run, distill_students, train_teachers
+
+    cfg = tiny_config(
+        work / "cache",
+        work / "runs",
+        f"name={name}",
+        f"data.modalities=[{', '.join(modalities)}]",
+        "teacher.unimodal={epochs: 4}",
+        "teacher.fused={epochs: 1}",
+        "students.train={epochs: 4}",
+        "students.labels_only=false",
+        f"students.tiers=[{tier}]",
+        *overrides,
+    )
+    dataset = build_dataset(cfg.data, use_cache=False)
+    run_dir = create_run(cfg)
+    train_teachers(cfg, dataset, run_dir)
+    distill_students(cfg, dataset, run_dir)
+    (work / "recipe.yaml").write_text(recipe)
+    compress_students(cfg, dataset, run_dir, ["low"], recipe=work / "recipe.yaml")
+    return cfg, dataset, run_dir
+
+
 @pytest.fixture(scope="session")
 def tiny_run(shared_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A whole pipeline run on a few hundred samples (teachers, four tiers, baselines, report)."""

@@ -125,3 +125,27 @@ def test_every_registered_encoder_maps_features_to_embeddings(name: str) -> None
     encoder = MODELS.create(name, (1, 24, 24))
     fmap = encoder.forward_features(torch.randn(2, 1, 24, 24))
     assert fmap.dim() == 4 and encoder.forward_head(fmap).shape == (2, encoder.embed_dim)
+
+
+def test_a_sequence_input_is_halved_along_its_length_with_kernels_on_its_rows() -> None:
+    from racmkd.models.encoders import CNN2dEncoder, DSCNN2dEncoder
+    from racmkd.models.multimodal import pin_structure, student
+
+    trajectory = (3, 1, 32)  # pen: x, y, pen down over 32 points
+    shallow, deep = DSCNN2dEncoder(trajectory, depth=1), DSCNN2dEncoder(trajectory, depth=3)
+    assert deep.forward_features(torch.zeros(2, *trajectory)).shape == (2, 32, 1, 4)  # 32 -> 16 (stem) -> 8 -> 4
+    assert count_params(deep) > count_params(shallow)  # (judged by its height of 1, it had no stage whatever its depth)
+    convs = [m for m in deep.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert {m.kernel_size for m in convs} == {(1, 3), (1, 1)}  # no weight spent on padding rows
+    assert CNN2dEncoder(trajectory).forward_features(torch.zeros(2, *trajectory)).shape == (2, 128, 1, 4)
+    aggregated = DSCNN2dEncoder((3, 2, 8), depth=1)  # statistics x windows: 3x3 kernels mix the two rows
+    assert aggregated.forward_features(torch.zeros(2, 3, 2, 8)).shape[2:] == (2, 4)
+    # Images and spectrograms are maps, as before: their shorter side sets the stages.
+    assert DSCNN2dEncoder((1, 64, 32)).forward_features(torch.zeros(1, 1, 64, 32)).shape[2:] == (8, 4)
+    # A model whose input is reduced after training keeps its kernels: rebuilt, its weights fit.
+    model = student({"pen": {"encoder": "dscnn2d", "shape": [3, 1, 16]}}, width=1.0, depth=1)
+    model.arch = pin_structure(model)
+    model.arch["kwargs"]["inputs"]["pen"]["shape"] = [3, 2, 8]  # 16 means -> 8 windows of mean and spread
+    rebuilt = build(model.arch)
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt({"pen": torch.zeros(1, 3, 2, 8)}).shape == (1, 10)

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 import racmkd
-from racmkd.config import RunConfig, load_config
+from racmkd.config import RunConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.data.modalities import SPLITS
 from racmkd.registry import MODALITIES, MODALITY_OPTIONS, SIGNALS
@@ -85,33 +85,17 @@ RECIPE = """steps:
 def three(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, PairedDataset, Path]:
     """A run on image, audio and imu: teachers, one tier's student (all three inputs, level 2: imu
     16 steps), compressed by a recipe that lowers imu to 8 steps."""
-    from racmkd.data.dataset import build_dataset
-    from racmkd.pipeline import compress_students, create_run, distill_students, train_teachers
+    from conftest import one_tier_run
 
-    work = tmp_path_factory.mktemp("three")
-    cfg = load_config(
-        TINY,
-        [
-            f"data.cache_dir={work / 'cache'}",
-            f"runs_dir={work / 'runs'}",
-            "name=three",
-            f"data.root={data_root}",
-            "data.modalities=[image, audio, imu]",
-            "teacher.unimodal={epochs: 4}",
-            "teacher.fused={epochs: 1}",
-            "students.train={epochs: 4, modality_dropout: 0.3}",
-            "students.labels_only=false",
-            "students.tiers=[{name: low, budget_bytes: 65536, modalities: [image, audio, imu], scale: 2, depth: 1}]",
-        ],
+    return one_tier_run(
+        tmp_path_factory.mktemp("three"),
+        "three",
+        ["image", "audio", NAME],
+        "{name: low, budget_bytes: 65536, modalities: [image, audio, imu], scale: 2, depth: 1}",
+        RECIPE,
+        f"data.root={data_root}",
+        "students.train={epochs: 4, modality_dropout: 0.3}",
     )
-    dataset = build_dataset(cfg.data, use_cache=False)
-    run_dir = create_run(cfg)
-    train_teachers(cfg, dataset, run_dir)
-    distill_students(cfg, dataset, run_dir)
-    recipe = work / "imu.yaml"
-    recipe.write_text(RECIPE)
-    compress_students(cfg, dataset, run_dir, ["low"], recipe=recipe)
-    return cfg, dataset, run_dir
 
 
 def raw_inputs(dataset: PairedDataset, rows: range) -> list[dict[str, np.ndarray]]:
@@ -370,7 +354,7 @@ def test_the_example_signal_half_loads_without_torch() -> None:
 
     code = f"import sys; sys.modules['torch'] = None; sys.path.insert(0, {str(PLUGIN)!r}); import racmkd_imu.signal as s, racmkd_imu.synthetic; s.register(); from racmkd.config import modality_options; from racmkd.registry import SIGNALS; print(SIGNALS.names(), modality_options().names())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and done.stdout.strip() == "['audio', 'image', 'imu'] ['audio', 'image', 'imu']", done.stderr[-2000:]
+    assert done.returncode == 0 and done.stdout.strip() == "['audio', 'image', 'imu', 'pen'] ['audio', 'image', 'imu', 'pen']", done.stderr[-2000:]
 
 
 def test_the_example_data_is_written_once_and_stray_files_are_named(imu_registered: Any, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from racmkd.data import signals as _signals  # noqa: F401 - registers the image and audio signals
+from racmkd.data import signals as _signals  # noqa: F401 - registers the image, audio and pen signals
 from racmkd.registry import SIGNALS
 
 CONTRACT_KEY = "racmkd.contract"

@@ -1,5 +1,5 @@
-"""Data: sources (mnist.py, fsdd.py, download.py), modalities (modalities.py, registering image and
-audio for training; signals.py, their torch-free deployment side), and the paired dataset with its
+"""Data: sources (mnist.py, fsdd.py, pendigits.py, download.py), modalities (modalities.py, registering
+image, audio and pen for training; signals.py, their torch-free deployment side), and the paired dataset with its
 splits and cache (dataset.py).
 
 Nothing here is imported eagerly: an edge device reads racmkd.data.signals alone, without torch.

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from racmkd.data.fsdd import FSDD_RECORDINGS_SHA256, NAME, recordings_digest
 from racmkd.data.mnist import MNIST_SHA256
+from racmkd.data.pendigits import PENDIGITS_SHA256
 from racmkd.data.paths import DataError
 from racmkd.utils import UMASK, atomic_write_bytes, byte_progress, sha256
 
@@ -30,6 +31,10 @@ MNIST_MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
 FSDD_ARCHIVE = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"
+# The UCI repository's raw (UNIPEN) pen digits, compressed by Unix compress (.Z); saved uncompressed under the names racmkd reads.
+PENDIGITS_UCI = "https://archive.ics.uci.edu/ml/machine-learning-databases/pendigits/"
+PENDIGITS_FILES = {"pendigits-train.unipen": "pendigits-orig.tra.Z", "pendigits-test.unipen": "pendigits-orig.tes.Z"}
+LZW_MAGIC = b"\x1f\x9d"  # a .Z file's first bytes
 
 
 def fetch(url: str, timeout: float = 60.0) -> bytes:
@@ -78,6 +83,38 @@ def download_mnist(root: Path, mirrors: Sequence[str] = MNIST_MIRRORS, expected:
         else:
             raise DataError(f"{path}: no mirror gave a valid copy:\n  " + "\n  ".join(errors))
     return saved
+
+
+def download_pendigits(
+    root: Path, base_url: str = PENDIGITS_UCI, files: dict[str, str] = PENDIGITS_FILES, expected: dict[str, str] = PENDIGITS_SHA256
+) -> list[Path]:
+    """Fetch the pen digits' two UNIPEN files into root/pendigits/, uncompressed, each kept once its
+    content matches its sha256 (nothing is fetched for a file there that already does)."""
+    target = root / "pendigits"
+    saved = []
+    for name, remote in files.items():
+        path, url = target / name, base_url.rstrip("/") + "/" + remote
+        if path.is_file() and sha256(path.read_bytes()) == expected[name]:
+            saved.append(path)
+            continue
+        data = fetch(url)
+        text = _uncompress_lzw(data, url) if data.startswith(LZW_MAGIC) else data
+        digest = sha256(text)
+        if digest != expected[name]:
+            raise DataError(f"{url}: content sha256 {digest}, expected {expected[name]}; nothing was written. Try the download again.")
+        atomic_write_bytes(path, text)
+        saved.append(path)
+    return saved
+
+
+def _uncompress_lzw(data: bytes, source: str) -> bytes:
+    """The content of a .Z file (Unix compress: LZW), which neither gzip nor zlib read in Python."""
+    import unlzw3
+
+    try:
+        return unlzw3.unlzw(data)
+    except (ValueError, IndexError, TypeError) as err:  # (what unlzw3 raises on a damaged stream)
+        raise DataError(f"{source}: not a valid .Z (compress) file ({err})") from None
 
 
 def _holds(path: Path, wanted: str) -> bool:

@@ -3,8 +3,8 @@
 A modality loads its raw items per split (a `Bank`), applies a protocol's degradations (static ones
 to the stored data, dynamic ones per batch), augments training batches, and turns raw inputs into
 model features for a given `spec` (resolution knobs). The dataset, the models, the trainer and the
-predictor only call this interface, so a new modality (e.g. a pen-trajectory / IMU time series) is
-added by registering a subclass in MODALITIES, not by editing the pipeline.
+predictor only call this interface, so a new modality (as the pen trajectories at the end of this
+file, a sensor's time series) is added by registering a subclass in MODALITIES, not by editing the pipeline.
 
 What a deployed model needs of a modality (input checks, features from one raw input, the
 contract) is its torch-free half, a `Signal` registered in SIGNALS under the same name
@@ -23,15 +23,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from racmkd.config import ConfigError, DataConfig, from_dict
 from racmkd.data import audio as dsp
 from racmkd.data.fsdd import FSDD_SAMPLE_RATE, load_fsdd
 from racmkd.data.image import center_crop, fit_pca, pca_reconstruct, random_affine, resize
 from racmkd.data.mnist import load_mnist
-from racmkd.data.options import AudioOptions, ImageOptions
+from racmkd.data.options import AudioOptions, ImageOptions, PenOptions
 from racmkd.data.paths import DataError
-from racmkd.data.signals import AudioSpec, ImageSpec, Signal, fix_length, resample
+from racmkd.data.pendigits import FILES as PEN_FILES
+from racmkd.data.pendigits import load_pendigits
+from racmkd.data.signals import AudioSpec, ImageSpec, PenSpec, Signal, fix_length, pen_trace, resample
 from racmkd.registry import MODALITIES, SIGNALS
 
 PROTOCOLS = ("clean", "avmnist")
@@ -136,6 +139,9 @@ class Modality(ABC):
     # Input-side compression -----------------------------------------------------------------------
 
     reductions: ClassVar[dict[str, str]] = {}  # knob -> what lowering it does; the knobs compression and the runtime turn
+    # Knobs that are a choice rather than a size: the `inputs` step sets them as given, where it takes
+    # other numbers as caps (a knob already below one stays).
+    exact_knobs: ClassVar[frozenset[str]] = frozenset()
 
     def reduce(self, spec: Any, **knobs: Any) -> Any:
         """A cheaper spec: `spec` with some `reductions` knobs lowered (checked by `check_reduction`)."""
@@ -404,3 +410,73 @@ class AudioModality(Modality):
             raise ValueError(
                 f"audio: the kept bands {list(spec.bands)} are rows of the {spec.n_mels}-band filterbank; lowering n_mels to {reduced.n_mels} would keep other frequencies under the same indices. Lower n_mels before selecting bands, not after"
             )
+
+
+# ------------------------------------------------------------------------------------------------
+# Pen trajectories: a sensor's time series (the UCI pen digits, written on a tablet).
+
+
+@MODALITIES.register("pen")
+class PenModality(Modality):
+    """Pen trajectories, resampled along their path to a fixed number of points (racmkd.data.signals.
+    pen_trace), read window by window. The dataset's split is by writer; validation holds out some of
+    the training file's writers, so that it is writer-independent too. Neither protocol degrades the
+    trajectories: avmnist degrades the image and the audio."""
+
+    name = "pen"
+    options_type = PenOptions
+    teacher_encoder = "cnn2d"  # a (3, statistics, windows) input: x, y and pen down as channels
+    student_encoder = "dscnn2d"
+    data_folders = ("pendigits",)
+
+    def load_banks(self, root: Path, cfg: DataConfig) -> dict[str, Bank]:
+        folder, (lo, hi) = root / "pendigits", self.options.val_writers
+        grouped: dict[str, list] = {"train": [], "val": [], "test": load_pendigits(folder, "test")}
+        for digit in load_pendigits(folder, "train"):
+            grouped["val" if lo <= digit.writer <= hi else "train"].append(digit)
+        banks = {}
+        for split, digits in grouped.items():
+            file = PEN_FILES["test" if split == "test" else "train"]
+            if not digits:
+                raise ConfigError(f"data.options.pen.val_writers {[lo, hi]}: leaves no writer of {folder / file} to the {split} split")
+            traces = np.stack([pen_trace(d.points, self.options.samples) for d in digits])  # (R, 3, samples) float32
+            banks[split] = Bank(torch.from_numpy(traces), torch.tensor([d.digit for d in digits], dtype=torch.int64), [f"{file}#{d.item}" for d in digits])
+        return banks
+
+    degradation = "added white noise on x and y, its standard deviation as a share of the digit's longer side"
+    degradation_column = "noise {level}"
+    degradation_levels = (0.0, 0.05, 0.1, 0.2)
+
+    def degraded(self, clean: torch.Tensor, extra: dict[str, torch.Tensor], level: float, seeds: list[int]) -> torch.Tensor:
+        if level == 0:
+            return clean
+        noise = seeded_noise(clean.shape[1:], seeds, offset=17)
+        noise[:, 2] = 0  # (whether the pen was down is the tablet's, not a measurement)
+        return clean + level * noise
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.options.levels)
+
+    def spec(self, level: int = 0) -> PenSpec:
+        return PenSpec(self.options.samples, *self.options.levels[level])
+
+    def features(self, raw: torch.Tensor, spec: PenSpec, augment_seed: int | None = None, memo: dict | None = None) -> torch.Tensor:
+        if augment_seed is not None:  # the digit turned and scaled a little about its centre
+            g, b = torch.Generator().manual_seed(augment_seed), raw.shape[0]
+            angle = (torch.rand(b, generator=g) * 2 - 1) * math.radians(self.options.rotation_deg)
+            scale = 1 + (torch.rand(b, generator=g) * 2 - 1) * self.options.zoom
+            cos, sin = (torch.cos(angle) * scale)[:, None], (torch.sin(angle) * scale)[:, None]
+            x, y = raw[:, 0], raw[:, 1]
+            raw = torch.stack([cos * x - sin * y, sin * x + cos * y, raw[:, 2]], dim=1)
+        mean = F.adaptive_avg_pool1d(raw, spec.length)  # (B, 3, windows)
+        if spec.statistics == 1:
+            return mean.unsqueeze(2)  # (B, 3, 1, windows)
+        spread = torch.sqrt(torch.clamp(F.adaptive_avg_pool1d(raw * raw, spec.length) - mean * mean, min=0.0))
+        return torch.stack([mean, spread], dim=2)  # (B, 3, 2, windows)
+
+    reductions = {
+        "length": "windows along the path, by average pooling (32 -> 16 -> 8 -> 4)",
+        "statistics": "numbers per window and channel: 2, mean and standard deviation (statistical aggregation); 1, the mean",
+    }
+    exact_knobs = frozenset({"statistics"})  # (2 aggregates: as a cap it would leave a model reading means alone)

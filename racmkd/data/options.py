@@ -100,3 +100,28 @@ class AudioOptions:
             f"stretch {self.stretch} (in [0, 1)) and semitones {self.semitones} (a finite number >= 0)",
         )
         _require(self.masks >= 0 and 0 <= self.mask_fraction <= 1, f"masks {self.masks} (>= 0) and mask_fraction {self.mask_fraction} (in [0, 1])")
+
+
+@MODALITY_OPTIONS.register("pen")
+@dataclass(frozen=True)
+class PenOptions:
+    """Options of the pen modality (data.options.pen): pen trajectories of the UCI pen digits."""
+
+    samples: int = 32  # points each trajectory is resampled to, along its path (its digits have 9-185 points, median 39)
+    levels: tuple[tuple[int, int], ...] = ((32, 1), (16, 1), (8, 1), (4, 1))  # (windows, statistics) per level: 1 mean, 2 mean and standard deviation
+    val_writers: tuple[int, int] = (26, 30)  # the training file's writers (inclusive) held out for validation: val is writer-independent, as test is
+    rotation_deg: float = 10.0  # training augmentation: the trajectory rotated by up to this, and
+    zoom: float = 0.10  # scaled by 1 +- zoom, about its centre
+
+    def __post_init__(self) -> None:
+        _require(self.samples >= 4, f"samples {self.samples}: at least 4 points along the path")
+        _require(
+            len(self.levels) > 0 and all(1 <= windows <= self.samples and statistics in (1, 2) for windows, statistics in self.levels),
+            f"levels {[list(level) for level in self.levels]}: at least one (windows, statistics), windows 1-{self.samples} (samples), statistics 1 (mean) or 2 (mean and standard deviation)",
+        )
+        lo, hi = self.val_writers
+        _require(1 <= lo <= hi, f"val_writers {[lo, hi]}: a range of the training file's writers (numbered from 1), first <= last")
+        _require(
+            _finite(self.rotation_deg) and self.rotation_deg >= 0 and 0 <= self.zoom < 1,
+            f"rotation_deg (a finite number >= 0) and zoom (in [0, 1)), got {self.rotation_deg}, {self.zoom}",
+        )

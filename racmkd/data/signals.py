@@ -14,6 +14,8 @@ request costs a few small matrix products:
     image  (B, 28, 28) in [0, 1] -> centre crop -> R_h @ x @ R_w^T (antialiased bilinear) -> (B, 1, res, res)
     audio  (B, samples) -> peak 1 -> |rfft(frames x Hann)|^2 (B, T, F) -> mel (B, n_mels, T)
            -> frame pooling (B, n_mels, n_frames) -> log(. + 1e-6) -> kept bands
+    pen    points (n, 3) -> centred, longer side 1 -> resampled along the path (B, 3, samples)
+           -> per window: mean (and standard deviation) (B, 3, statistics, windows)
 """
 
 from __future__ import annotations
@@ -446,3 +448,109 @@ class AudioSignal(Signal):
         if spec.bands:
             steps.append(f"keep bands {list(spec.bands)}, in that order")
         return steps
+
+
+# ------------------------------------------------------------------------------------------------
+# Pen trajectories (a sensor: a tablet's pen positions, stroke by stroke)
+
+PEN_CHANNELS = 3  # x, y, pen down (1 on a stroke, 0 on the jump between two strokes)
+
+
+@dataclass(frozen=True)
+class PenSpec:
+    """What a pen model expects: the trajectory resampled to `samples` points evenly spaced along its
+    path, then cut into `length` windows, each described by `statistics` numbers per channel: 1, the
+    window's mean (average pooling: downsampling), or 2, its mean and standard deviation (statistical
+    aggregation: how much the pen moved within the window, which pooling alone averages away)."""
+
+    samples: int = 32
+    length: int = 32
+    statistics: int = 1
+
+    def __post_init__(self) -> None:
+        whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.samples, self.length, self.statistics))
+        if not (whole and 4 <= self.samples and 1 <= self.length <= self.samples and self.statistics in (1, 2)):
+            raise ConfigError(
+                f"need whole numbers samples >= 4, 1 <= length <= samples and statistics 1 or 2, got samples {self.samples!r}, length {self.length!r}, statistics {self.statistics!r}"
+            )
+
+
+def pen_trace(points: np.ndarray, samples: int) -> np.ndarray:
+    """(3, samples) float32 from a trajectory (n, 3) of x, y and stroke number: centred on its bounding
+    box and scaled so that its longer side spans 1 (where and how large the digit was written does
+    not matter), then resampled at `samples` points evenly spaced along the path, the jumps between
+    strokes included (the tablet's sampling rate and the writer's speed do not matter either, as in
+    the dataset's own preprocessing); the third channel says whether a point lies on a stroke."""
+    xy, stroke = points[:, :2].astype(np.float64), points[:, 2]
+    low, high = xy.min(axis=0), xy.max(axis=0)
+    xy = (xy - (low + high) / 2) / max(float((high - low).max()), 1e-12)
+    step = np.linalg.norm(np.diff(xy, axis=0), axis=1)  # (n - 1,) segment lengths
+    moving = np.flatnonzero(step > 0)
+    if moving.size == 0:  # a single position: a dot
+        return np.concatenate([np.repeat(xy[:1].T, samples, axis=1), np.ones((1, samples))]).astype(np.float32)
+    along = np.concatenate([[0.0], np.cumsum(step[moving])])  # path length at each kept point
+    kept = np.concatenate([[0], moving + 1])
+    at = np.linspace(0.0, along[-1], samples)
+    out = np.empty((PEN_CHANNELS, samples))
+    out[0], out[1] = np.interp(at, along, xy[kept, 0]), np.interp(at, along, xy[kept, 1])
+    segment = np.clip(np.searchsorted(along, at, side="right") - 1, 0, len(moving) - 1)  # the segment each sample lies on
+    out[2] = stroke[moving[segment]] == stroke[moving[segment] + 1]
+    return out.astype(np.float32)
+
+
+def window_statistics(raw: np.ndarray, length: int, statistics: int) -> np.ndarray:
+    """(B, C, statistics, length) from (B, C, T): each window's mean, and with 2 its standard deviation
+    (the same windows as torch's adaptive average pooling)."""
+    pool = pooling_matrix(raw.shape[-1], length)
+    mean = raw @ pool
+    if statistics == 1:
+        return mean[:, :, None]
+    spread = np.sqrt(np.maximum((raw * raw) @ pool - mean * mean, 0.0))
+    return np.stack([mean, spread], axis=2)
+
+
+@SIGNALS.register("pen")
+class PenSignal(Signal):
+    """Pen trajectories: normalised, resampled along the path, described window by window."""
+
+    name = "pen"
+    spec_type = PenSpec
+    layout = "(batch, 3, statistics, windows) float32"
+
+    def to_raw(self, value: Any, spec: PenSpec, sample_rate: int | None = None) -> np.ndarray:
+        """A trajectory as a tablet gives it, points (n, 3) of x, y and stroke number, resampled here;
+        or one already resampled, (3, samples) as `pen_trace` returns it (a dataset's items, which the
+        runtime's replays and checks feed)."""
+        array = np.asarray(value)
+        if array.dtype.kind not in "iuf" or array.ndim != 2 or not (array.shape[1] == PEN_CHANNELS or array.shape == (PEN_CHANNELS, spec.samples)):
+            raise ValueError(
+                f"pen: expected points (n, 3) of x, y and stroke number (0, 1, ...), or a trace (3, {spec.samples}) resampled along its path, got shape {array.shape}, dtype {array.dtype}"
+            )
+        if not np.isfinite(array).all():
+            raise ValueError("pen: the trajectory holds NaN or infinite values")
+        if array.shape == (PEN_CHANNELS, spec.samples):
+            return array.astype(np.float32)[None]
+        return pen_trace(array, spec.samples)[None]
+
+    def blank(self, spec: PenSpec) -> np.ndarray:
+        return np.zeros((1, PEN_CHANNELS, spec.samples), dtype=np.float32)
+
+    def features(self, raw: np.ndarray, spec: PenSpec) -> np.ndarray:
+        return window_statistics(raw, spec.length, spec.statistics).astype(np.float32, copy=False)
+
+    def feature_shape(self, spec: PenSpec) -> tuple[int, ...]:
+        return (PEN_CHANNELS, spec.statistics, spec.length)
+
+    def steps(self, spec: PenSpec) -> list[str]:
+        return [
+            "points (n, 3): x, y (any unit) and stroke number; a new stroke where the number changes (a trace (3, samples) already resampled skips the next two steps)",
+            "centre on the bounding box, scale its longer side to 1",
+            f"resample at {spec.samples} points evenly spaced along the path (jumps between strokes included); channels x, y, pen down (1 on a stroke, 0 on a jump)",
+            f"cut into {spec.length} windows (torch's adaptive average pooling bins); per window and channel: "
+            + ("the mean" if spec.statistics == 1 else "the mean, then the standard deviation"),
+        ]
+
+    def input_quality(self, raw: np.ndarray) -> float:
+        """0 for a pen that did not move (x and y constant: a dot, or nothing), else 1."""
+        positions = raw[..., :2, :]
+        return 0.0 if float(positions.max()) - float(positions.min()) < self.dead_range else 1.0

@@ -10,9 +10,28 @@ from torch import nn
 from racmkd.registry import MODELS
 
 
-def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    """Conv (no bias) -> BatchNorm -> ReLU."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+def conv_bn_relu(c_in: int, c_out: int, kernel: int | tuple[int, int] = 3, stride: int | tuple[int, int] = 1, groups: int = 1) -> nn.Sequential:
+    """Conv (no bias, 'same' padding) -> BatchNorm -> ReLU."""
+    padding = tuple(k // 2 for k in kernel) if isinstance(kernel, tuple) else kernel // 2
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, padding, groups=groups, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+def is_sequence(h: int, w: int, stop: int = 4) -> bool:
+    """Whether a (h, w) input is a sequence laid out along its width (a sensor's time series: 1 x steps,
+    or a few statistics x windows) rather than a map: its height is already `stop` or below, so the
+    encoders halve its width alone, as long as it is longer than `stop`. Judged by the shorter side,
+    a 1 x 32 trajectory got no stage at all (a lone 3x3 convolution, two thirds of it on padding)."""
+    return h <= stop < w
+
+
+def sequence_layout(h: int, w: int) -> tuple[int, tuple[int, int] | int, tuple[int, int] | int]:
+    """The side whose halvings set an encoder's stages, its kernel and a stride of 2: for a sequence
+    its length and strides along it, for a map its shorter side and 2 x 2; kernels 3 wide, but 1
+    along a side of 1 (a 3x3 kernel on a single row spends two thirds of its weights on padding)."""
+    kernel = (1 if h == 1 else 3, 1 if w == 1 else 3)
+    if is_sequence(h, w):
+        return w, kernel, (1, 2)
+    return min(h, w), kernel, 2
 
 
 def downsamplings(size: int, stop: int = 4) -> int:
@@ -33,17 +52,20 @@ def _out_channels(block: nn.Sequential) -> int:
 @MODELS.register("cnn2d")
 class CNN2dEncoder(nn.Module):
     """Teacher encoder: input BatchNorm without affine terms (standardisation from running statistics; a learned scale would be cancelled by the next BatchNorm), then stages of `depth` conv-BN-ReLU
-    layers separated by max pooling, channels doubling up to 4x `width`, global average pooling and
-    a linear embedding."""
+    layers separated by max pooling (along its length alone for a sequence, `is_sequence`), channels
+    doubling up to 4x `width`, global average pooling and a linear embedding."""
 
     def __init__(self, in_shape: tuple[int, int, int], width: int = 32, embed_dim: int = 128, depth: int = 1) -> None:
         super().__init__()
         c, h, w = in_shape
-        layers: list[nn.Module] = [nn.BatchNorm2d(c, affine=False), conv_bn_relu(c, width)] + [conv_bn_relu(width, width) for _ in range(depth - 1)]
+        size, kernel, halve = sequence_layout(h, w)
+        layers: list[nn.Module] = [nn.BatchNorm2d(c, affine=False), conv_bn_relu(c, width, kernel)] + [
+            conv_bn_relu(width, width, kernel) for _ in range(depth - 1)
+        ]
         channels = width
-        for _ in range(downsamplings(min(h, w))):
+        for _ in range(downsamplings(size)):
             nxt = min(channels * 2, width * 4)
-            layers += [nn.MaxPool2d(2), conv_bn_relu(channels, nxt)] + [conv_bn_relu(nxt, nxt) for _ in range(depth - 1)]
+            layers += [nn.MaxPool2d(halve), conv_bn_relu(channels, nxt, kernel)] + [conv_bn_relu(nxt, nxt, kernel) for _ in range(depth - 1)]
             channels = nxt
         self.body = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, embed_dim), nn.ReLU(inplace=True))
@@ -84,7 +106,8 @@ class DSCNN2dEncoder(PooledEncoder):
     """Student encoder: input standardisation (BatchNorm without affine terms), a 3x3 stem (stride 2 on inputs 16 wide or more, as in
     MobileNet: full-resolution maps dominate time and memory), then stages of depthwise-separable
     blocks (3x3 depthwise + 1x1 pointwise; the first of a stage has stride 2, the `depth - 1`
-    others stride 1, as in DS-CNN keyword spotters) until the map is 4 wide or less; channels
+    others stride 1, as in DS-CNN keyword spotters) until the map is 4 wide or less (a sequence,
+    `is_sequence`: its length alone is halved, by 1x3 kernels on a single row); channels
     `base * width` doubling up to 8x, each rounded to a multiple of `multiple` when it is above 1
     (MobileNet's make_divisible, layer by layer: CPU convolution kernels are vectorised over channel
     blocks; ONNX Runtime ran a high-tier student, fp32, batch 1, one thread, in 0.32 ms with 64/128/248
@@ -93,7 +116,7 @@ class DSCNN2dEncoder(PooledEncoder):
     the pooled last map: no projection to pay for.
 
     `channels` (the output channels of the stem and of every pointwise convolution, in order) and
-    `stem_stride` pin the layer plan instead of deriving it from `in_shape` and `width`: pruning
+    `stem_stride` and `kernel` pin the layer plan instead of deriving it from `in_shape` and `width`: pruning
     changes channels, and an input reduced after training keeps the plan it was trained with."""
 
     base_channels = 8
@@ -106,22 +129,28 @@ class DSCNN2dEncoder(PooledEncoder):
         channels: list[int] | tuple[int, ...] | None = None,
         stem_stride: int = 0,
         multiple: int = 1,
+        kernel: list[int] | tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         c, h, w = in_shape
-        stride = stem_stride or (2 if min(h, w) >= 16 else 1)
-        plan = list(channels) if channels else self.default_plan(min(h, w) // stride, width, depth, multiple)
+        size, derived, halve = sequence_layout(h, w)
+        kernel = tuple(kernel) or derived  # (pinned: an input reduced after training keeps the kernels it was trained with)
+        stride = stem_stride or (2 if size >= 16 else 1)
+        plan = list(channels) if channels else self.default_plan(size // stride, width, depth, multiple)
         if (len(plan) - 1) % depth:
             raise ValueError(f"dscnn2d: a plan of {len(plan)} channel counts does not split into a stem and stages of {depth} blocks")
-        layers: list[nn.Module] = [nn.BatchNorm2d(c, affine=False), conv_bn_relu(c, plan[0], stride=stride)]
+        layers: list[nn.Module] = [nn.BatchNorm2d(c, affine=False), conv_bn_relu(c, plan[0], kernel, stride=halve if stride == 2 else 1)]
         channels_in = plan[0]
         for i, out in enumerate(plan[1:]):
             first_of_stage = i % depth == 0
-            layers += [conv_bn_relu(channels_in, channels_in, stride=2 if first_of_stage else 1, groups=channels_in), conv_bn_relu(channels_in, out, kernel=1)]
+            layers += [
+                conv_bn_relu(channels_in, channels_in, kernel, stride=halve if first_of_stage else 1, groups=channels_in),
+                conv_bn_relu(channels_in, out, kernel=1),
+            ]
             channels_in = out
         self.body = nn.Sequential(*layers)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.depth, self.stem_stride = depth, stride
+        self.depth, self.stem_stride, self.kernel = depth, stride, kernel
 
     @property
     def embed_dim(self) -> int:
@@ -155,7 +184,7 @@ class DSCNN2dEncoder(PooledEncoder):
 
     def structure(self) -> dict[str, object]:
         """The layer plan of this encoder as it is now (after pruning, say): rebuilds it exactly."""
-        return {"channels": [_out_channels(b) for b in self._dense_blocks()], "stem_stride": self.stem_stride}
+        return {"channels": [_out_channels(b) for b in self._dense_blocks()], "stem_stride": self.stem_stride, "kernel": list(self.kernel)}
 
 
 def make_divisible(value: float, divisor: int = 4) -> int:

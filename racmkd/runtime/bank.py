@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from racmkd.compress.artifacts import ExportError, read_contract, specs_from_contract
-from racmkd.data import signals as _signals  # noqa: F401 - registers the image and audio signals
+from racmkd.data import signals as _signals  # noqa: F401 - registers the image, audio and pen signals
 from racmkd.registry import SIGNALS
 from racmkd.resources.allocator import ProfileTable, Variant
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from racmkd.data import signals as _signals  # noqa: F401 - registers the image and audio signals
+from racmkd.data import signals as _signals  # noqa: F401 - registers the image, audio and pen signals
 from racmkd.registry import SIGNALS
 
 

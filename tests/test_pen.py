@@ -1,0 +1,273 @@
+"""The pen modality: the UCI pen digits' trajectories (a tablet's sensor readings), from the UNIPEN
+files through the resampled trace to the features of a spec, in torch for training and in numpy
+for deployment; its input-side compression (downsampling, statistical aggregation); its download."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from racmkd.config import ConfigError, DataConfig, load_config
+from racmkd.data.dataset import build_dataset
+from racmkd.data.download import download_pendigits
+from racmkd.data.modalities import PenModality
+from racmkd.data.paths import DataError
+from racmkd.data.pendigits import PENDIGITS_SHA256, load_pendigits, parse_unipen
+from racmkd.data.signals import PenSignal, PenSpec, pen_trace
+from racmkd.utils import sha256
+
+UNIPEN = """.INCLUDE        dene.doc
+
+.LEXICON "0" "1" "2" "3" "4" "5" "6" "7" "8" "9"
+.HIERARCHY      DIGIT
+
+.SEGMENT DIGIT    0 ? "7"
+.COMMENT 7 3  12
+.PEN_DOWN
+ 100  400
+ 300  400
+ 200  100
+.PEN_UP
+.DT 100
+
+.SEGMENT DIGIT    1-2 ? "4"
+.COMMENT 4 5  40
+.PEN_DOWN
+ 100  300
+ 100  200
+ 300  200
+.PEN_UP
+.PEN_DOWN
+ 250  350
+ 250  100
+.PEN_UP
+.DT 100
+"""
+
+
+def test_unipen_digits_are_read_with_writer_and_strokes(tmp_path: Path) -> None:
+    seven, four = parse_unipen(UNIPEN, tmp_path / "x.unipen")
+    assert (seven.digit, seven.writer, seven.item, four.digit, four.writer, four.item) == (7, 3, 0, 4, 5, 1)
+    assert seven.points.tolist() == [[100, 400, 0], [300, 400, 0], [200, 100, 0]]
+    assert four.points[:, 2].tolist() == [0, 0, 0, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("broken", "line"),
+    [
+        (UNIPEN.replace(" 300  400\n", " 300  400  7\n"), 10),  # a point of three numbers
+        (UNIPEN.replace(".PEN_UP\n.DT 100\n\n.SEGMENT DIGIT    1-2", ".DT 100\n\n.SEGMENT DIGIT    1-2"), 14),  # no .PEN_UP before the next digit
+        (UNIPEN.replace('"4"', '"x"'), 15),  # not a digit
+        (UNIPEN.replace(".PEN_DOWN\n 250", " 250"), 22),  # coordinates outside a stroke
+    ],
+)
+def test_a_damaged_unipen_file_names_the_file_and_line(tmp_path: Path, broken: str, line: int) -> None:
+    with pytest.raises(DataError, match=rf"x\.unipen:{line}: .*racmkd data --download"):
+        parse_unipen(broken, tmp_path / "x.unipen")
+
+
+def test_the_real_pen_digits_hold_the_official_writer_independent_split(shared_root: Path) -> None:
+    folder = shared_root / "pendigits"
+    for name, digest in PENDIGITS_SHA256.items():
+        assert sha256((folder / name).read_bytes()) == digest
+    train, test = load_pendigits(folder, "train"), load_pendigits(folder, "test")
+    assert (len(train), len(test)) == (7494, 3498)
+    assert {d.writer for d in train} == set(range(1, 31)) and {d.writer for d in test} == set(range(1, 15))
+    assert sorted({d.digit for d in test}) == list(range(10))
+    lengths = [len(d.points) for d in train]
+    assert (min(lengths), max(lengths)) == (9, 185)
+
+
+def test_a_trace_is_normalised_and_evenly_spaced_along_the_path_jumps_included() -> None:
+    four = np.array([[100, 300, 0], [100, 200, 0], [300, 200, 0], [250, 350, 1], [250, 100, 1]])
+    trace = pen_trace(four, 64)
+    x, y, down = trace
+    assert trace.shape == (3, 64) and trace.dtype == np.float32
+    # Centred on the bounding box (x 100-300, y 100-350), its longer side (250) scaled to 1; the path's ends are kept.
+    assert np.allclose(trace[:2, 0], [-0.4, 0.3]) and np.allclose(trace[:2, -1], [0.2, -0.5])
+    assert x.min() >= -0.4 - 1e-6 and x.max() <= 0.4 + 1e-6 and y.min() >= -0.5 - 1e-6 and y.max() <= 0.5 + 1e-6
+    steps = np.hypot(np.diff(x), np.diff(y))
+    corners = np.abs(steps - steps.max()) > 1e-4  # (a step that turns a corner is a chord: shorter)
+    assert corners.sum() <= 3 and np.allclose(steps[~corners], steps.max(), atol=1e-5)
+    # The path is 100 + 200 (stroke 0), a jump of 180.3 to (250, 350), then 250 (stroke 1): the points on the jump say so.
+    path = 100 + 200 + math.hypot(50, 150) + 250
+    along = np.linspace(0, path, 64)
+    on_jump = (along > 300 + 1e-9) & (along < 300 + math.hypot(50, 150) - 1e-9)
+    assert on_jump.any() and (down[on_jump] == 0).all() and (down[~on_jump] == 1).all()
+    # Where, how large and how fast the digit was written does not change its trace.
+    moved = four * [3, 3, 1] + [1000, -50, 0]
+    slower = np.repeat(four, 3, axis=0)
+    assert np.allclose(pen_trace(moved, 64), trace, atol=1e-6) and np.allclose(pen_trace(slower, 64), trace, atol=1e-6)
+    dot = pen_trace(np.array([[5, 5, 0], [5, 5, 0]]), 8)
+    assert (dot[:2] == 0).all() and (dot[2] == 1).all()
+
+
+@pytest.fixture(scope="module")
+def pen(shared_root: Path, cache_dir: Path) -> tuple[PenModality, dict]:
+    modality = PenModality()
+    return modality, modality.load_banks(shared_root, DataConfig())
+
+
+def test_validation_holds_out_writers_and_the_banks_keep_every_digit(pen: tuple[PenModality, dict]) -> None:
+    modality, banks = pen
+    assert {s: len(b) for s, b in banks.items()} == {"train": 7494 - len(banks["val"]), "val": len(banks["val"]), "test": 3498}
+    assert 1000 < len(banks["val"]) < 1600  # writers 26-30 of 30
+    assert not set(banks["train"].ids) & set(banks["val"].ids)
+    assert banks["train"].data.shape[1:] == (3, modality.options.samples)
+
+
+@pytest.mark.parametrize("spec", [PenSpec(32, 32, 1), PenSpec(32, 8, 1), PenSpec(32, 8, 2), PenSpec(32, 5, 2), PenSpec(32, 1, 2)])
+def test_training_and_deployment_compute_the_same_features(pen: tuple[PenModality, dict], spec: PenSpec) -> None:
+    modality, banks = pen
+    raw = modality.gather(banks["test"], torch.arange(0, 3498, 50))
+    ours, theirs = modality.features(raw, spec), PenSignal().features(raw.numpy(), spec)
+    assert ours.shape == (len(raw), *modality.feature_shape(spec)) == theirs.shape
+    assert np.abs(ours.numpy() - theirs).max() < 1e-4
+    if spec.statistics == 2:  # the spread row is each window's standard deviation
+        window = raw[:, :, : 32 // spec.length] if 32 % spec.length == 0 else None
+        if window is not None:
+            assert torch.allclose(ours[:, :, 1, 0], window.std(dim=-1, unbiased=False), atol=1e-4)
+
+
+def test_augmentation_turns_and_scales_the_digit_but_not_its_pen_state(pen: tuple[PenModality, dict]) -> None:
+    modality, banks = pen
+    raw = modality.gather(banks["train"], torch.arange(16))
+    spec = PenSpec(32, 32, 1)
+    plain, turned = modality.features(raw, spec), modality.features(raw, spec, augment_seed=5)
+    assert torch.equal(turned, modality.features(raw, spec, augment_seed=5)) and not torch.allclose(plain, turned)
+    assert torch.equal(plain[:, 2], turned[:, 2])
+    radius = lambda f: f[:, :2].square().sum(dim=1).sqrt()  # noqa: E731 - a rotation keeps it, the zoom scales it by at most 10%
+    ratio = radius(turned) / radius(plain).clamp(min=1e-6)
+    assert ((ratio > 0.89) & (ratio < 1.11) | (radius(plain) < 1e-3)).all()
+
+
+def test_a_user_trajectory_is_checked_and_resampled_as_the_dataset_was(pen: tuple[PenModality, dict], shared_root: Path) -> None:
+    modality, banks = pen
+    signal, spec = PenSignal(), modality.spec(0)
+    digit = load_pendigits(shared_root / "pendigits", "test")[0]
+    assert np.array_equal(signal.to_raw(digit.points, spec)[0], banks["test"].data[0].numpy())
+    assert np.array_equal(signal.to_raw(banks["test"].data[0].numpy(), spec), banks["test"].data[:1].numpy())  # a trace already resampled
+    for bad, why in ((np.zeros((5, 2)), "shape"), (np.array([[1.0, np.nan, 0]]), "NaN"), (np.array([["a", "b", "c"]]), "dtype")):
+        with pytest.raises(ValueError, match=why):
+            signal.to_raw(bad, spec)
+    assert signal.input_quality(signal.to_raw(digit.points, spec)) == 1.0
+    assert signal.input_quality(signal.to_raw(np.array([[3, 4, 0]] * 5), spec)) == 0.0  # the pen never moved
+    assert signal.input_quality(signal.blank(spec)) == 0.0
+    contract = signal.contract(PenSpec(32, 8, 2))
+    assert contract["shape"] == [3, 2, 8] and PenSignal.spec_from_dict(contract["spec"]) == PenSpec(32, 8, 2)
+
+
+def test_downsampling_and_aggregation_are_reductions_and_the_rest_is_refused() -> None:
+    modality = PenModality()
+    full = modality.spec(0)
+    assert modality.reduce(full, length=8) == PenSpec(32, 8, 1)
+    assert modality.reduce(full, length=8, statistics=2) == PenSpec(32, 8, 2)  # 48 numbers instead of 96
+    with pytest.raises(ValueError, match="larger"):
+        modality.reduce(full, statistics=2)  # mean and spread of every point: twice the input
+    with pytest.raises(ValueError, match="statistics 1 or 2"):
+        modality.reduce(full, length=4, statistics=3)
+    with pytest.raises(ValueError, match=r"unknown input reduction.*knows \['length', 'statistics'\]"):
+        modality.reduce(full, samples=16)  # the points along the path are the dataset's resampling
+
+
+def test_pen_options_are_checked_when_the_config_is_read() -> None:
+    for override, words in (
+        ("data.options.pen.levels=[[8, 3]]", "statistics 1"),
+        ("data.options.pen.levels=[[64, 1]]", "windows 1-32"),
+        ("data.options.pen.val_writers=[5, 2]", "val_writers"),
+        ("data.options.pen.zoom=1.0", "zoom"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            load_config(None, ["data.modalities=[image, audio, pen]", override])
+
+
+def test_the_dataset_pairs_pen_trajectories_by_digit_within_each_split(shared_root: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RACMKD_CACHE", str(cache_dir))
+    cfg = load_config(Path(__file__).parent / "tiny.yaml", ["data.modalities=[image, audio, pen]"])
+    dataset = build_dataset(cfg.data)
+    banks = dataset.banks["pen"]
+    for split in ("train", "val", "test"):
+        rows = dataset.splits[split].index["pen"]
+        assert torch.equal(banks[split].labels[rows], dataset.splits[split].labels)
+    val_writers = {i.split("#")[1] for i in banks["val"].ids}
+    assert not val_writers & {i.split("#")[1] for i in banks["train"].ids}
+
+
+def lzw_literals(data: bytes) -> bytes:
+    """`data` as a .Z stream (Unix compress) of 9-bit literal codes only: valid, if no smaller, up to
+    256 bytes (then the decoder's table is full and its codes grow to 10 bits)."""
+    assert len(data) <= 256
+    bits = "".join(format(byte, "09b")[::-1] for byte in data)  # codes are written least significant bit first
+    bits += "0" * (-len(bits) % 8)
+    return b"\x1f\x9d\x09" + bytes(int(bits[i : i + 8][::-1], 2) for i in range(0, len(bits), 8))
+
+
+def test_pen_digits_download_uncompresses_and_checks_each_file(tmp_path: Path) -> None:
+    server = tmp_path / "uci"
+    server.mkdir()
+    one = '.SEGMENT DIGIT 0 ? "7"\n.COMMENT 7 3 12\n.PEN_DOWN\n 100 400\n 300 400\n 200 100\n.PEN_UP\n'
+    contents = {"pendigits-train.unipen": one.encode(), "pendigits-test.unipen": UNIPEN.replace('"7"', '"1"').encode()}
+    files = {"pendigits-train.unipen": "orig.tra.Z", "pendigits-test.unipen": "orig.tes"}  # compressed, and not
+    (server / "orig.tra.Z").write_bytes(lzw_literals(contents["pendigits-train.unipen"]))
+    (server / "orig.tes").write_bytes(contents["pendigits-test.unipen"])
+    expected = {name: sha256(data) for name, data in contents.items()}
+    root = tmp_path / "root"
+    saved = download_pendigits(root, base_url=server.as_uri(), files=files, expected=expected)
+    assert [p.read_bytes() for p in saved] == list(contents.values())
+    assert [d.digit for d in load_pendigits(root / "pendigits", "test")] == [1, 4]
+    (server / "orig.tra.Z").unlink()  # what is there and checks out is not fetched again
+    assert download_pendigits(root, base_url=server.as_uri(), files=files, expected=expected) == saved
+    (server / "orig.tes").write_bytes(b"something else")
+    (root / "pendigits" / "pendigits-test.unipen").write_bytes(b"damaged")
+    with pytest.raises(DataError, match="sha256 .* nothing was written"):
+        download_pendigits(root, base_url=server.as_uri(), files=files, expected=expected)
+    assert (root / "pendigits" / "pendigits-test.unipen").read_bytes() == b"damaged"
+    (server / "orig.tes").write_bytes(b"\x1f\x9d\x90\x01")  # a .Z stream cut short
+    with pytest.raises(DataError, match=r"not a valid \.Z"):
+        download_pendigits(root, base_url=server.as_uri(), files=files, expected=expected)
+
+
+RECIPE = """steps:
+  - inputs: {reduce: {pen: {length: 4, statistics: 2}}, finetune: {epochs: 1, samples: 512, lr: 0.003}}
+  - export: {int8: static, int8_weights: false, calibration_samples: 64, latency_iters: 5, min_agreement: 0.0, max_accuracy_drop: 1.0, prefer: smaller}
+"""
+
+
+@pytest.fixture(scope="module")
+def pen_run(shared_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """A small run on image and pen: teachers, a pen-only student at 8 windows distilled from the
+    fused teacher, then compressed to 4 windows of mean and spread, and exported."""
+    from conftest import one_tier_run
+
+    return one_tier_run(
+        tmp_path_factory.mktemp("pen"), "pen", ["image", "pen"], "{name: low, budget_bytes: 65536, modalities: [pen], scale: 2, depth: 1}", RECIPE
+    )
+
+
+def test_a_pen_only_student_learns_and_answers_a_trajectory_as_the_tablet_gives_it(pen_run: tuple, shared_root: Path) -> None:
+    import json
+
+    import racmkd
+    from racmkd.runtime.predictor import OnnxPredictor
+
+    cfg, dataset, run_dir = pen_run
+    predictor = racmkd.load(run_dir, "low")
+    assert predictor.modalities == ["pen"] and predictor.specs["pen"] == PenSpec(32, 8, 1)
+    digits = load_pendigits(shared_root / "pendigits", "test")[:200]
+    right = sum(predictor.predict(pen=d.points)[0] == d.digit for d in digits)
+    assert right >= 120  # 60% of unseen writers' digits after 1,024 samples of 4 epochs (chance: 10%)
+    compression = json.loads((run_dir / "compressed" / "low" / "compression.json").read_text())
+    inputs = next(step for step in compression["steps"] if step["step"] == "inputs")
+    assert inputs["details"]["after"]["pen"] == {"samples": 32, "length": 4, "statistics": 2}  # (statistics set as given, not a cap)
+    deployed = OnnxPredictor(run_dir / "compressed" / "low" / compression["artifact"])
+    assert deployed.specs["pen"] == PenSpec(32, 4, 2)
+    compressed = racmkd.load(run_dir, "low_compressed")
+    for d in digits[:20]:  # the ONNX artifact reads points through the contract: as the compressed network does
+        (label, probs), (expected, reference) = deployed.predict(pen=d.points), compressed.predict(pen=d.points)
+        assert label == expected or np.abs(probs - reference).max() < 0.05
+    with pytest.raises(ValueError, match="came in dead"):
+        deployed.predict(pen=np.array([[1, 1, 0]] * 4))
