@@ -52,6 +52,7 @@ bench-all: bench
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/runtime.py
 	$(BIN)/python benchmarks/deploy.py
+	$(BIN)/python benchmarks/pen_inputs.py
 
 clean-runs:
 	rm -rf runs

@@ -7,10 +7,12 @@ at the same number of input values?
 
 One run per seed on the pen digits alone (clean protocol; the pen teacher distils into each
 student), with one tier per reduction of the 32-point trajectory: (windows, statistics) = (32, 1),
-(16, 1), (8, 2), (8, 1), (4, 2), (4, 1), (2, 2), (2, 1); every tier the same student design (pen
-only, depth 2, the widest width within 64 KB: the input layer differs only in its spatial size,
-so the parameters are the same), so accuracy differences are the input's. Accuracy is on the
-official test split: 3,498 digits of 14 writers no training digit comes from. Writes
+(16, 1), (8, 2), (8, 1), (4, 2), (4, 1), (2, 2), (2, 1); every tier the same settings (pen only,
+depth 2, the widest width within 64 KB). An input of fewer windows gets fewer stages (an encoder
+halves a sequence down to 4 steps; statistics x 4 windows is a map it does not halve), so each
+row lists its parameters and FLOPs beside its accuracy: at equal input values the aggregated
+student may be the larger or the smaller network. Accuracy is on the official test split: 3,498
+digits of 14 writers no training digit comes from. Writes
 benchmarks/results/pen_inputs.{json,md,png}; every figure is read from the runs' report.json.
 """
 
@@ -136,7 +138,7 @@ def render(result: dict[str, Any]) -> str:
         + (" (**quick: figures meaningless**)" if result["quick"] else "")
         + ". Pen-only students distilled from the pen teacher (test "
         + ", ".join(f"{r['teacher_accuracy']:.4f}" for r in result["runs"])
-        + "), one per input reduction, the same design; accuracy on the test split (digits of 14 writers no training digit comes from"
+        + "), one per input reduction, the same settings (depth 2, widest within 64 KB; fewer windows, fewer stages); accuracy on the test split (digits of 14 writers no training digit comes from"
         + (", 500 of them" if result["quick"] else ", 3,498")
         + ").",
         "",
@@ -146,7 +148,7 @@ def render(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         kind = "mean and spread" if r["statistics"] == 2 else "mean"
         lines.append(f"| {r['windows']} windows, {kind} | {r['input_values']} | {r['params']:,} | {r['flops']:,} | {spread(r)} |")
-    lines += ["", "Aggregation against downsampling at the same number of input values (per-seed differences):", ""]
+    lines += ["", "Aggregation against downsampling at the same number of input values (per-seed differences; see the rows for each network's size):", ""]
     for p in result["pairs"]:
         diffs = ", ".join(f"{d:+.4f}" for d in p["difference"])
         lines.append(f"- {p['input_values']} values: {p['aggregated']} - {p['downsampled']} = {p['mean']:+.4f} ({diffs})")
