@@ -142,10 +142,15 @@ def test_a_sequence_input_is_halved_along_its_length_with_kernels_on_its_rows() 
     assert aggregated.forward_features(torch.zeros(2, 3, 2, 8)).shape[2:] == (2, 4)
     # Images and spectrograms are maps, as before: their shorter side sets the stages.
     assert DSCNN2dEncoder((1, 64, 32)).forward_features(torch.zeros(1, 1, 64, 32)).shape[2:] == (8, 4)
-    # A model whose input is reduced after training keeps its kernels: rebuilt, its weights fit.
+    # A model whose input is reduced after training keeps its kernels and strides: rebuilt, its weights
+    # fit, and it halves the length alone (a square stride would read one row of two).
     model = student({"pen": {"encoder": "dscnn2d", "shape": [3, 1, 16]}}, width=1.0, depth=1)
     model.arch = pin_structure(model)
-    model.arch["kwargs"]["inputs"]["pen"]["shape"] = [3, 2, 8]  # 16 means -> 8 windows of mean and spread
+    model.arch["kwargs"]["inputs"]["pen"]["shape"] = [3, 1, 4]  # 16 windows -> 4: no longer longer than 4
     rebuilt = build(model.arch)
     rebuilt.load_state_dict(model.state_dict())
-    assert rebuilt({"pen": torch.zeros(1, 3, 2, 8)}).shape == (1, 10)
+    strides = lambda m: [c.stride for c in m.modules() if isinstance(c, torch.nn.Conv2d)]  # noqa: E731
+    assert strides(rebuilt) == strides(model) and (1, 2) in strides(rebuilt)
+    # A plan pinned before kernels and strides were (an older checkpoint) rebuilds as it was built: square.
+    legacy = DSCNN2dEncoder((1, 3, 32), channels=[8, 16], stem_stride=1)
+    assert {c.kernel_size for c in legacy.modules() if isinstance(c, torch.nn.Conv2d)} == {(3, 3), (1, 1)} and (2, 2) in strides(legacy)

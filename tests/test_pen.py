@@ -63,6 +63,7 @@ def test_unipen_digits_are_read_with_writer_and_strokes(tmp_path: Path) -> None:
         (UNIPEN.replace(".PEN_UP\n.DT 100\n\n.SEGMENT DIGIT    1-2", ".DT 100\n\n.SEGMENT DIGIT    1-2"), 14),  # no .PEN_UP before the next digit
         (UNIPEN.replace('"4"', '"x"'), 15),  # not a digit
         (UNIPEN.replace(".PEN_DOWN\n 250", " 250"), 22),  # coordinates outside a stroke
+        (UNIPEN.replace(" 200  100\n", " 99999999999999  100\n"), 11),  # beyond 32-bit integers
     ],
 )
 def test_a_damaged_unipen_file_names_the_file_and_line(tmp_path: Path, broken: str, line: int) -> None:
@@ -102,6 +103,9 @@ def test_a_trace_is_normalised_and_evenly_spaced_along_the_path_jumps_included()
     moved = four * [3, 3, 1] + [1000, -50, 0]
     slower = np.repeat(four, 3, axis=0)
     assert np.allclose(pen_trace(moved, 64), trace, atol=1e-6) and np.allclose(pen_trace(slower, 64), trace, atol=1e-6)
+    # A sample on a stroke's last or first point is pen down: only the inside of a jump is not.
+    corner = pen_trace(np.array([[0, 0, 0], [1, 0, 0], [2, 0, 1], [3, 0, 1]]), 4)  # samples at 0, 1, 2, 3
+    assert corner[2].tolist() == [1, 1, 1, 1]
     dot = pen_trace(np.array([[5, 5, 0], [5, 5, 0]]), 8)
     assert (dot[:2] == 0).all() and (dot[2] == 1).all()
 
@@ -151,7 +155,12 @@ def test_a_user_trajectory_is_checked_and_resampled_as_the_dataset_was(pen: tupl
     digit = load_pendigits(shared_root / "pendigits", "test")[0]
     assert np.array_equal(signal.to_raw(digit.points, spec)[0], banks["test"].data[0].numpy())
     assert np.array_equal(signal.to_raw(banks["test"].data[0].numpy(), spec), banks["test"].data[:1].numpy())  # a trace already resampled
-    for bad, why in ((np.zeros((5, 2)), "shape"), (np.array([[1.0, np.nan, 0]]), "NaN"), (np.array([["a", "b", "c"]]), "dtype")):
+    for bad, why in (
+        (np.zeros((5, 2)), "shape"),
+        (np.zeros((0, 3)), r"shape \(0, 3\)"),
+        (np.array([[1.0, np.nan, 0]]), "NaN"),
+        (np.array([["a", "b", "c"]]), "dtype"),
+    ):
         with pytest.raises(ValueError, match=why):
             signal.to_raw(bad, spec)
     assert signal.input_quality(signal.to_raw(digit.points, spec)) == 1.0
@@ -161,17 +170,17 @@ def test_a_user_trajectory_is_checked_and_resampled_as_the_dataset_was(pen: tupl
     assert contract["shape"] == [3, 2, 8] and PenSignal.spec_from_dict(contract["spec"]) == PenSpec(32, 8, 2)
 
 
-def test_downsampling_and_aggregation_are_reductions_and_the_rest_is_refused() -> None:
+def test_downsampling_is_a_reduction_and_aggregation_a_levels_design() -> None:
     modality = PenModality()
     full = modality.spec(0)
     assert modality.reduce(full, length=8) == PenSpec(32, 8, 1)
-    assert modality.reduce(full, length=8, statistics=2) == PenSpec(32, 8, 2)  # 48 numbers instead of 96
-    with pytest.raises(ValueError, match="larger"):
-        modality.reduce(full, statistics=2)  # mean and spread of every point: twice the input
-    with pytest.raises(ValueError, match="statistics 1 or 2"):
-        modality.reduce(full, length=4, statistics=3)
-    with pytest.raises(ValueError, match=r"unknown input reduction.*knows \['length', 'statistics'\]"):
+    assert modality.reduce(PenSpec(32, 8, 2), length=4) == PenSpec(32, 4, 2)
+    with pytest.raises(ValueError, match=r"unknown input reduction.*knows \['length'\]"):
+        modality.reduce(full, length=8, statistics=2)  # a network trained on means has no weights for spreads
+    with pytest.raises(ValueError, match="unknown input reduction"):
         modality.reduce(full, samples=16)  # the points along the path are the dataset's resampling
+    with pytest.raises(ValueError, match="larger"):
+        modality.reduce(PenSpec(32, 8, 1), length=16)
 
 
 def test_pen_options_are_checked_when_the_config_is_read() -> None:
@@ -232,19 +241,24 @@ def test_pen_digits_download_uncompresses_and_checks_each_file(tmp_path: Path) -
 
 
 RECIPE = """steps:
-  - inputs: {reduce: {pen: {length: 4, statistics: 2}}, finetune: {epochs: 1, samples: 512, lr: 0.003}}
+  - inputs: {reduce: {pen: {length: 4}}, finetune: {epochs: 1, samples: 512, lr: 0.003}}
   - export: {int8: static, int8_weights: false, calibration_samples: 64, latency_iters: 5, min_agreement: 0.0, max_accuracy_drop: 1.0, prefer: smaller}
 """
 
 
 @pytest.fixture(scope="module")
 def pen_run(shared_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    """A small run on image and pen: teachers, a pen-only student at 8 windows distilled from the
-    fused teacher, then compressed to 4 windows of mean and spread, and exported."""
+    """A small run on image and pen: teachers, a pen-only student at 8 windows of mean and spread
+    (its level's design) distilled from the fused teacher, then compressed to 4 windows, and exported."""
     from conftest import one_tier_run
 
     return one_tier_run(
-        tmp_path_factory.mktemp("pen"), "pen", ["image", "pen"], "{name: low, budget_bytes: 65536, modalities: [pen], scale: 2, depth: 1}", RECIPE
+        tmp_path_factory.mktemp("pen"),
+        "pen",
+        ["image", "pen"],
+        "{name: low, budget_bytes: 65536, modalities: [pen], scale: 2, depth: 1}",
+        RECIPE,
+        "data.options.pen.levels=[[32, 1], [16, 1], [8, 2], [4, 1]]",
     )
 
 
@@ -256,13 +270,13 @@ def test_a_pen_only_student_learns_and_answers_a_trajectory_as_the_tablet_gives_
 
     cfg, dataset, run_dir = pen_run
     predictor = racmkd.load(run_dir, "low")
-    assert predictor.modalities == ["pen"] and predictor.specs["pen"] == PenSpec(32, 8, 1)
+    assert predictor.modalities == ["pen"] and predictor.specs["pen"] == PenSpec(32, 8, 2)
     digits = load_pendigits(shared_root / "pendigits", "test")[:200]
     right = sum(predictor.predict(pen=d.points)[0] == d.digit for d in digits)
     assert right >= 120  # 60% of unseen writers' digits after 1,024 samples of 4 epochs (chance: 10%)
     compression = json.loads((run_dir / "compressed" / "low" / "compression.json").read_text())
     inputs = next(step for step in compression["steps"] if step["step"] == "inputs")
-    assert inputs["details"]["after"]["pen"] == {"samples": 32, "length": 4, "statistics": 2}  # (statistics set as given, not a cap)
+    assert inputs["details"]["after"]["pen"] == {"samples": 32, "length": 4, "statistics": 2}
     deployed = OnnxPredictor(run_dir / "compressed" / "low" / compression["artifact"])
     assert deployed.specs["pen"] == PenSpec(32, 4, 2)
     compressed = racmkd.load(run_dir, "low_compressed")

@@ -41,7 +41,6 @@ from racmkd.compress.quantize import (
 )
 from racmkd.config import RunConfig, TrainConfig
 from racmkd.data.dataset import FeatureCache, PairedDataset
-from racmkd.data.modalities import Modality
 from racmkd.distill.adaptive import ObjectiveWeights
 from racmkd.distill.trainer import Job, Teacher, attach_projection, train_jobs
 from racmkd.eval.cost import LATENCY_TIE, ROUNDS_WON, clearly_faster, latency_round_robin, rounds_for
@@ -379,9 +378,7 @@ class InputsOptions:
     """Per modality, the input knobs to lower (`Modality.reductions`), e.g.
     {image: {resolution: 12}, audio: {n_mels: 32, n_frames: 16}}; then fine-tune. A number is a cap:
     a knob already at or below it stays as it is, so one recipe serves tiers of different input sizes
-    (a model whose inputs are all within the caps is left alone, without a fine-tune). A modality's
-    `exact_knobs` are set as given instead: pen's `statistics: 2` aggregates (mean and spread per
-    window) where a cap of 2 would leave 1 (the mean) as it is."""
+    (a model whose inputs are all within the caps is left alone, without a fine-tune)."""
 
     reduce: dict[str, dict[str, Any]] = field(default_factory=dict)
     finetune: Finetune = Finetune()
@@ -391,24 +388,17 @@ class InputsOptions:
 class Inputs(Step):
     options_type = InputsOptions
 
-    def knobs(self, subject: Subject, modalities: dict[str, Modality]) -> dict[str, dict[str, Any]]:
-        """The knobs that change something for this subject (numbers are caps, but for a modality's
-        `exact_knobs`; see InputsOptions)."""
+    def knobs(self, subject: Subject) -> dict[str, dict[str, Any]]:
+        """The knobs that lower something for this subject (numbers are caps; see InputsOptions)."""
         out = {}
         for m, knobs in self.options.reduce.items():
             if m not in subject.specs:
                 raise ValueError(f"inputs: {subject.name} does not use {m} (it uses {list(subject.specs)})")
-            spec, exact = subject.specs[m], modalities[m].exact_knobs
+            spec = subject.specs[m]
             lowering = {
                 k: v
                 for k, v in knobs.items()
-                if not (
-                    getattr(spec, k, None) == v
-                    or k not in exact
-                    and isinstance(v, (int, float))
-                    and isinstance(getattr(spec, k, None), (int, float))
-                    and getattr(spec, k) <= v
-                )
+                if not (isinstance(v, (int, float)) and isinstance(getattr(spec, k, None), (int, float)) and getattr(spec, k) <= v)
             }
             if lowering:
                 out[m] = lowering
@@ -418,12 +408,11 @@ class Inputs(Step):
         self.specs_after(subject, ctx)  # raises on a bad knob or an enlargement
 
     def specs_after(self, subject: Subject, ctx: Context) -> dict[str, Any]:
-        modalities = ctx.dataset.modalities
-        return {**subject.specs, **{m: modalities[m].reduce(subject.specs[m], **knobs) for m, knobs in self.knobs(subject, modalities).items()}}
+        return {**subject.specs, **{m: ctx.dataset.modalities[m].reduce(subject.specs[m], **knobs) for m, knobs in self.knobs(subject).items()}}
 
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
         before = {m: asdict(s) for m, s in subject.specs.items()}
-        knobs = self.knobs(subject, ctx.dataset.modalities)
+        knobs = self.knobs(subject)
         if not knobs:
             return {"before": before, "after": before, "skipped": f"inputs already within {self.options.reduce}"}
         subject.model, subject.specs = reduce_inputs(subject.model, subject.specs, ctx.dataset.modalities, knobs)

@@ -139,9 +139,6 @@ class Modality(ABC):
     # Input-side compression -----------------------------------------------------------------------
 
     reductions: ClassVar[dict[str, str]] = {}  # knob -> what lowering it does; the knobs compression and the runtime turn
-    # Knobs that are a choice rather than a size: the `inputs` step sets them as given, where it takes
-    # other numbers as caps (a knob already below one stays).
-    exact_knobs: ClassVar[frozenset[str]] = frozenset()
 
     def reduce(self, spec: Any, **knobs: Any) -> Any:
         """A cheaper spec: `spec` with some `reductions` knobs lowered (checked by `check_reduction`)."""
@@ -475,8 +472,7 @@ class PenModality(Modality):
         spread = torch.sqrt(torch.clamp(F.adaptive_avg_pool1d(raw * raw, spec.length) - mean * mean, min=0.0))
         return torch.stack([mean, spread], dim=2)  # (B, 3, 2, windows)
 
-    reductions = {
-        "length": "windows along the path, by average pooling (32 -> 16 -> 8 -> 4)",
-        "statistics": "numbers per window and channel: 2, mean and standard deviation (statistical aggregation); 1, the mean",
-    }
-    exact_knobs = frozenset({"statistics"})  # (2 aggregates: as a cap it would leave a model reading means alone)
+    # Statistical aggregation (`statistics`, mean and spread per window) is a level's design, not a
+    # reduction: a network trained on means has no weights for spreads (lowered after training, its
+    # single-row kernels read the spread row through the means' weights, or dropped it).
+    reductions = {"length": "windows along the path, by average pooling (32 -> 16 -> 8 -> 4)"}

@@ -79,7 +79,10 @@ def parse_unipen(text: str, path: Path) -> list[PenDigit]:
             elif inside:
                 if len(words) != 2:
                     raise ValueError("a point is two numbers, x y")
-                points.append((int(words[0]), int(words[1]), stroke))
+                x, y = int(words[0]), int(words[1])
+                if not (abs(x) < 2**31 and abs(y) < 2**31):
+                    raise ValueError("a coordinate beyond 32-bit integers")
+                points.append((x, y, stroke))
             else:
                 raise ValueError("coordinates outside a .PEN_DOWN block")
         except (ValueError, IndexError) as err:

@@ -493,8 +493,10 @@ def pen_trace(points: np.ndarray, samples: int) -> np.ndarray:
     at = np.linspace(0.0, along[-1], samples)
     out = np.empty((PEN_CHANNELS, samples))
     out[0], out[1] = np.interp(at, along, xy[kept, 0]), np.interp(at, along, xy[kept, 1])
-    segment = np.clip(np.searchsorted(along, at, side="right") - 1, 0, len(moving) - 1)  # the segment each sample lies on
-    out[2] = stroke[moving[segment]] == stroke[moving[segment] + 1]
+    segment = np.clip(np.searchsorted(along, at, side="right") - 1, 0, len(moving) - 1)  # the segment each sample lies on (or starts)
+    jump = stroke[moving[segment]] != stroke[moving[segment] + 1]
+    slack = 1e-9 * along[-1]  # (a sample meant to land on a point lands a rounding error beside it)
+    out[2] = ~(jump & (at > along[segment] + slack) & (at < along[segment + 1] - slack))  # a stroke's ends are pen down; only a jump's inside is not
     return out.astype(np.float32)
 
 
@@ -522,7 +524,12 @@ class PenSignal(Signal):
         or one already resampled, (3, samples) as `pen_trace` returns it (a dataset's items, which the
         runtime's replays and checks feed)."""
         array = np.asarray(value)
-        if array.dtype.kind not in "iuf" or array.ndim != 2 or not (array.shape[1] == PEN_CHANNELS or array.shape == (PEN_CHANNELS, spec.samples)):
+        if (
+            array.dtype.kind not in "iuf"
+            or array.ndim != 2
+            or not (array.shape[1] == PEN_CHANNELS or array.shape == (PEN_CHANNELS, spec.samples))
+            or not array.size
+        ):
             raise ValueError(
                 f"pen: expected points (n, 3) of x, y and stroke number (0, 1, ...), or a trace (3, {spec.samples}) resampled along its path, got shape {array.shape}, dtype {array.dtype}"
             )

@@ -24,14 +24,14 @@ def is_sequence(h: int, w: int, stop: int = 4) -> bool:
     return h <= stop < w
 
 
-def sequence_layout(h: int, w: int) -> tuple[int, tuple[int, int] | int, tuple[int, int] | int]:
+def sequence_layout(h: int, w: int) -> tuple[int, tuple[int, int], tuple[int, int]]:
     """The side whose halvings set an encoder's stages, its kernel and a stride of 2: for a sequence
     its length and strides along it, for a map its shorter side and 2 x 2; kernels 3 wide, but 1
     along a side of 1 (a 3x3 kernel on a single row spends two thirds of its weights on padding)."""
     kernel = (1 if h == 1 else 3, 1 if w == 1 else 3)
     if is_sequence(h, w):
         return w, kernel, (1, 2)
-    return min(h, w), kernel, 2
+    return min(h, w), kernel, (2, 2)
 
 
 def downsamplings(size: int, stop: int = 4) -> int:
@@ -116,7 +116,7 @@ class DSCNN2dEncoder(PooledEncoder):
     the pooled last map: no projection to pay for.
 
     `channels` (the output channels of the stem and of every pointwise convolution, in order) and
-    `stem_stride` and `kernel` pin the layer plan instead of deriving it from `in_shape` and `width`: pruning
+    `stem_stride`, `kernel` and `halve` (the stride of a halving) pin the layer plan instead of deriving it from `in_shape` and `width`: pruning
     changes channels, and an input reduced after training keeps the plan it was trained with."""
 
     base_channels = 8
@@ -130,11 +130,16 @@ class DSCNN2dEncoder(PooledEncoder):
         stem_stride: int = 0,
         multiple: int = 1,
         kernel: list[int] | tuple[int, ...] = (),
+        halve: list[int] | tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         c, h, w = in_shape
-        size, derived, halve = sequence_layout(h, w)
-        kernel = tuple(kernel) or derived  # (pinned: an input reduced after training keeps the kernels it was trained with)
+        size, derived_kernel, derived_halve = sequence_layout(h, w)
+        if channels and not kernel:  # a plan pinned before kernels and strides were: square ones, as then
+            derived_kernel, derived_halve = (3, 3), (2, 2)
+        # Pinned, an input reduced after training keeps the kernels and strides it was trained with
+        # (a 1x3 kernel striding 2 rows of a reduced input would skip its second row).
+        kernel, halve = tuple(kernel) or derived_kernel, tuple(halve) or derived_halve
         stride = stem_stride or (2 if size >= 16 else 1)
         plan = list(channels) if channels else self.default_plan(size // stride, width, depth, multiple)
         if (len(plan) - 1) % depth:
@@ -150,7 +155,7 @@ class DSCNN2dEncoder(PooledEncoder):
             channels_in = out
         self.body = nn.Sequential(*layers)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.depth, self.stem_stride, self.kernel = depth, stride, kernel
+        self.depth, self.stem_stride, self.kernel, self.halve = depth, stride, kernel, halve
 
     @property
     def embed_dim(self) -> int:
@@ -184,7 +189,12 @@ class DSCNN2dEncoder(PooledEncoder):
 
     def structure(self) -> dict[str, object]:
         """The layer plan of this encoder as it is now (after pruning, say): rebuilds it exactly."""
-        return {"channels": [_out_channels(b) for b in self._dense_blocks()], "stem_stride": self.stem_stride, "kernel": list(self.kernel)}
+        return {
+            "channels": [_out_channels(b) for b in self._dense_blocks()],
+            "stem_stride": self.stem_stride,
+            "kernel": list(self.kernel),
+            "halve": list(self.halve),
+        }
 
 
 def make_divisible(value: float, divisor: int = 4) -> int:
