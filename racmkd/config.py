@@ -827,8 +827,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     source = "defaults"
     if path is not None:
         source = str(path)
-        loaded = read_yaml_mapping(path, "Pass an existing config file, e.g. configs/default.yaml.")
-        _merge(tree, loaded, RunConfig, source)
+        for layer in config_layers(Path(path)):  # the file its `base` names first, then this one over it
+            _merge(tree, layer, RunConfig, source)
     for assignment in overrides:
         apply_override(tree, assignment)
     if overrides:
@@ -840,6 +840,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     check_modality_options(cfg.data, source)
     check_modality_keys(cfg, source)
     return cfg
+
+
+def config_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+    """A config file's values, after those of the file its `base` key names (a path relative to
+    the file; that file may name a base too): a variant of a config says only what differs
+    (configs/trimodal.yaml is default.yaml with the pen added), and keeps every later change of its
+    base. Nested sections merge as they do over the defaults."""
+    loaded = read_yaml_mapping(path, "Pass an existing config file, e.g. configs/default.yaml." if not seen else f"{seen[-1]} names it as its base.")
+    base = loaded.pop("base", None)
+    if base is None:
+        return [loaded]
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base must be the path of another config file, relative to this one (e.g. base: default.yaml), got {base!r}")
+    target = (path.parent / base).resolve()
+    if target in seen or target == path.resolve():
+        raise ConfigError(f"{path}: base {base!r} leads back to {target}: configs name their bases in a circle; break it")
+    return [*config_layers(target, (*seen, path.resolve())), loaded]
 
 
 def _blame_override(err: ConfigError, overrides: list[str] | tuple[str, ...], source: str) -> ConfigError:

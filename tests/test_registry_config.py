@@ -545,3 +545,26 @@ def test_an_unreadable_selection_record_reads_as_none_with_a_warning_naming_it(t
         caplog.clear()
     path.write_text('{"samples_per_candidate": 10, "tiers": {"low": {"chosen": "x"}}}')
     assert read_selection(tmp_path)["tiers"] == {"low": {"chosen": "x"}} and not caplog.text
+
+
+def test_a_config_names_its_base_and_says_only_what_differs(tmp_path: Path) -> None:
+    from racmkd.config import config_differences
+
+    repo = Path(__file__).parents[1] / "configs"
+    trimodal, default = load_config(repo / "trimodal.yaml"), load_config(repo / "default.yaml")
+    assert config_differences(default, trimodal) == ["data.modalities", "students.selection.modality_sets", "students.selection.scales"]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text("seed: 3\nstudents: {train: {epochs: 7}}\n")
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nstudents: {train: {lr: 0.5}}\n")  # relative to b, sections merged
+    (tmp_path / "c.yaml").write_text("base: sub/b.yaml\nseed: 4\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert (cfg.seed, cfg.students.train.epochs, cfg.students.train.lr) == (4, 7, 0.5)
+    (tmp_path / "a.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ConfigError, match="in a circle"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing\.yaml does not exist\. .*d\.yaml names it as its base"):
+        load_config(tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text("base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="base must be the path"):
+        load_config(tmp_path / "e.yaml")
