@@ -103,6 +103,8 @@ def test_a_trace_is_normalised_and_evenly_spaced_along_the_path_jumps_included()
     moved = four * [3, 3, 1] + [1000, -50, 0]
     slower = np.repeat(four, 3, axis=0)
     assert np.allclose(pen_trace(moved, 64), trace, atol=1e-6) and np.allclose(pen_trace(slower, 64), trace, atol=1e-6)
+    huge = four.astype(np.float64) * 1e305  # (near float64's limits: the span overflowed to inf, every point to 0)
+    assert np.allclose(pen_trace(huge, 64), trace, atol=1e-6)
     # A sample on a stroke's last or first point is pen down: only the inside of a jump is not.
     corner = pen_trace(np.array([[0, 0, 0], [1, 0, 0], [2, 0, 1], [3, 0, 1]]), 4)  # samples at 0, 1, 2, 3
     assert corner[2].tolist() == [1, 1, 1, 1]

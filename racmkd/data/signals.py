@@ -482,8 +482,9 @@ def pen_trace(points: np.ndarray, samples: int) -> np.ndarray:
     strokes included (the tablet's sampling rate and the writer's speed do not matter either, as in
     the dataset's own preprocessing); the third channel says whether a point lies on a stroke."""
     xy, stroke = points[:, :2].astype(np.float64), points[:, 2]
+    xy = xy / max(float(np.abs(xy).max()), 1e-300)  # first to |x| <= 1: coordinates near float64's limits overflowed in the span below
     low, high = xy.min(axis=0), xy.max(axis=0)
-    xy = (xy - (low + high) / 2) / max(float((high - low).max()), 1e-12)
+    xy = (xy - (low + high) / 2) / max(float((high - low).max()), 1e-12)  # (a span below 1e-12 of the coordinates is rounding: a dot)
     step = np.linalg.norm(np.diff(xy, axis=0), axis=1)  # (n - 1,) segment lengths
     moving = np.flatnonzero(step > 0)
     if moving.size == 0:  # a single position: a dot
