@@ -35,13 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from racmkd.config import load_config  # noqa: E402
+from racmkd.data.signals import PEN_CHANNELS  # noqa: E402
 from racmkd.eval.plots import save_figure  # noqa: E402
 from racmkd.eval.report import git_commit, machine  # noqa: E402
 from racmkd.pipeline import run_pipeline  # noqa: E402
 from results_io import write_results  # noqa: E402
 
 REDUCTIONS = [(32, 1), (16, 1), (8, 2), (8, 1), (4, 2), (4, 1), (2, 2), (2, 1)]  # (windows, statistics)
-CHANNELS = 3  # x, y, pen down
 
 
 def tier_name(windows: int, stats: int) -> str:
@@ -88,7 +88,7 @@ def measure(seeds: list[int], epochs: int, quick: bool, runs_dir: Path) -> dict[
                 {
                     "windows": windows,
                     "statistics": stats,
-                    "input_values": CHANNELS * windows * stats,
+                    "input_values": PEN_CHANNELS * windows * stats,
                     "params": m["params"],
                     "flops": m["flops"],
                     "accuracy": [],

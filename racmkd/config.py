@@ -826,8 +826,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     tree: dict[str, Any] = to_dict(RunConfig())
     source = "defaults"
     if path is not None:
-        source = str(path)
-        for layer in config_layers(Path(path)):  # the file its `base` names first, then this one over it
+        layers = config_layers(Path(path))  # the file its `base` names first, then this one over it
+        source = " over ".join(str(p) for p, _ in reversed(layers)) if len(layers) > 1 else str(path)  # (a value may come from either file)
+        for _, layer in layers:
             _merge(tree, layer, RunConfig, source)
     for assignment in overrides:
         apply_override(tree, assignment)
@@ -842,21 +843,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
-def config_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+def config_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
     """A config file's values, after those of the file its `base` key names (a path relative to
     the file; that file may name a base too): a variant of a config says only what differs
     (configs/trimodal.yaml is default.yaml with the pen added), and keeps every later change of its
-    base. Nested sections merge as they do over the defaults."""
+    base. Nested sections merge as they do over the defaults (a mapping that is a value, such as
+    data.options, is replaced whole). Returns (file, values) pairs, the deepest base first."""
     loaded = read_yaml_mapping(path, "Pass an existing config file, e.g. configs/default.yaml." if not seen else f"{seen[-1]} names it as its base.")
     base = loaded.pop("base", None)
     if base is None:
-        return [loaded]
+        return [(path, loaded)]
     if not isinstance(base, str) or not base:
         raise ConfigError(f"{path}: base must be the path of another config file, relative to this one (e.g. base: default.yaml), got {base!r}")
     target = (path.parent / base).resolve()
     if target in seen or target == path.resolve():
         raise ConfigError(f"{path}: base {base!r} leads back to {target}: configs name their bases in a circle; break it")
-    return [*config_layers(target, (*seen, path.resolve())), loaded]
+    return [*config_layers(target, (*seen, path.resolve())), (path, loaded)]
 
 
 def _blame_override(err: ConfigError, overrides: list[str] | tuple[str, ...], source: str) -> ConfigError:

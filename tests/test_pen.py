@@ -168,6 +168,10 @@ def test_a_user_trajectory_is_checked_and_resampled_as_the_dataset_was(pen: tupl
     assert signal.input_quality(signal.to_raw(digit.points, spec)) == 1.0
     assert signal.input_quality(signal.to_raw(np.array([[3, 4, 0]] * 5), spec)) == 0.0  # the pen never moved
     assert signal.input_quality(signal.blank(spec)) == 0.0
+    still = np.stack([np.full(32, 0.3), np.full(32, -0.2), np.ones(32)]).astype(np.float32)  # a resampled trace that never moves
+    assert signal.input_quality(signal.to_raw(still, spec)) == 0.0
+    with pytest.raises(ValueError, match="pen: expected points .* one array for all strokes"):
+        signal.to_raw([[[0, 0, 0], [1, 1, 0]], [[2, 2, 1]]], spec)  # strokes as ragged lists
     contract = signal.contract(PenSpec(32, 8, 2))
     assert contract["shape"] == [3, 2, 8] and PenSignal.spec_from_dict(contract["spec"]) == PenSpec(32, 8, 2)
 

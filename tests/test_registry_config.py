@@ -565,6 +565,10 @@ def test_a_config_names_its_base_and_says_only_what_differs(tmp_path: Path) -> N
     (tmp_path / "d.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(ConfigError, match=r"missing\.yaml does not exist\. .*d\.yaml names it as its base"):
         load_config(tmp_path / "d.yaml")
+    (tmp_path / "j.yaml").write_text("bogus: 1\n")
+    (tmp_path / "k.yaml").write_text("base: j.yaml\n")
+    with pytest.raises(ConfigError, match=r"k\.yaml over .*j\.yaml.*unknown key 'bogus'"):  # (the value may be in either file: both are named)
+        load_config(tmp_path / "k.yaml")
     (tmp_path / "e.yaml").write_text("base: [a.yaml]\n")
     with pytest.raises(ConfigError, match="base must be the path"):
         load_config(tmp_path / "e.yaml")

@@ -1,8 +1,8 @@
 """Input-side, modality-specific compression: the same student fed a cheaper input.
 
 Each modality names its own knobs (`Modality.reductions`): image resolution and centre region of
-interest; audio mel bands, frames (temporal pooling) and band selection; a sensor modality adds
-PCA, aggregation or downsampling the same way. The student's layer plan is pinned first, so its
+interest; audio mel bands, frames (temporal pooling) and band selection; the pen (a sensor) its
+windows (downsampling), and another sensor might add PCA the same way. The student's layer plan is pinned first, so its
 weights still fit the smaller input (convolutions and global pooling do not care about the size);
 a distillation fine-tune then adapts them. Band selection ranks the bands by how much the model's
 validation loss grows when each band alone is replaced by its mean (occlusion).

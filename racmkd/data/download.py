@@ -98,11 +98,11 @@ def download_pendigits(
             saved.append(path)
             continue
         data = fetch(url)
-        text = _uncompress_lzw(data, url) if data.startswith(LZW_MAGIC) else data
-        digest = sha256(text)
+        content = _uncompress_lzw(data, url) if data.startswith(LZW_MAGIC) else data
+        digest = sha256(content)
         if digest != expected[name]:
             raise DataError(f"{url}: content sha256 {digest}, expected {expected[name]}; nothing was written. Try the download again.")
-        atomic_write_bytes(path, text)
+        atomic_write_bytes(path, content)
         saved.append(path)
     return saved
 

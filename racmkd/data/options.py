@@ -107,7 +107,7 @@ class AudioOptions:
 class PenOptions:
     """Options of the pen modality (data.options.pen): pen trajectories of the UCI pen digits."""
 
-    samples: int = 32  # points each trajectory is resampled to, along its path (its digits have 9-185 points, median 39)
+    samples: int = 32  # points each trajectory is resampled to, along its path (the digits have 9-231 points, median 36-39)
     levels: tuple[tuple[int, int], ...] = ((32, 1), (16, 1), (8, 1), (4, 1))  # (windows, statistics) per level: 1 mean, 2 mean and standard deviation
     val_writers: tuple[int, int] = (26, 30)  # the training file's writers (inclusive) held out for validation: val is writer-independent, as test is
     rotation_deg: float = 10.0  # training augmentation: the trajectory rotated by up to this, and

@@ -524,7 +524,10 @@ class PenSignal(Signal):
         """A trajectory as a tablet gives it, points (n, 3) of x, y and stroke number, resampled here;
         or one already resampled, (3, samples) as `pen_trace` returns it (a dataset's items, which the
         runtime's replays and checks feed)."""
-        array = np.asarray(value)
+        try:
+            array = np.asarray(value)
+        except ValueError as err:  # (ragged lists: strokes given one list each)
+            raise ValueError(f"pen: expected points (n, 3) of x, y and stroke number, one array for all strokes ({err})") from None
         if (
             array.dtype.kind not in "iuf"
             or array.ndim != 2
@@ -559,6 +562,7 @@ class PenSignal(Signal):
         ]
 
     def input_quality(self, raw: np.ndarray) -> float:
-        """0 for a pen that did not move (x and y constant: a dot, or nothing), else 1."""
+        """0 for a pen that did not move (x and y each constant: a dot, or nothing), else 1."""
         positions = raw[..., :2, :]
-        return 0.0 if float(positions.max()) - float(positions.min()) < self.dead_range else 1.0
+        spans = positions.max(axis=-1) - positions.min(axis=-1)  # each coordinate's own range (x at 0.3, y at -0.2 is still a dot)
+        return 0.0 if float(spans.max()) < self.dead_range else 1.0

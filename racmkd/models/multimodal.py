@@ -163,7 +163,7 @@ def student(
     (blocks per stage), a linear classifier over [embeddings, presence mask]. Input resolution and
     active modalities are set through `inputs`; `channel_multiple` > 1 rounds every layer's channels
     to a multiple of it (faster kernels). `structure` pins an encoder's layer plan (channels
-    per convolution, stem stride) once compression has changed it: pruned channels, or an input
+    per convolution, stem stride, kernels and halving stride) once compression has changed it: pruned channels, or an input
     reduced below the size the plan was derived from."""
     structure = {m: s for m, s in (structure or {}).items() if m in inputs}
     aligned = {"multiple": channel_multiple} if channel_multiple > 1 else {}
