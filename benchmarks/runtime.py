@@ -21,9 +21,10 @@ What it does, all with the real runtime and real inference on the run's test spl
 - Monitor overhead: the real monitor thread at its default settings on this machine for
   `--monitor-seconds`, its own CPU time over wall time, then the memory it holds (tracemalloc, a
   second run of at most 30 s).
-- Critical modality: with audio marked critical, the allocator's choice when the device's CPU share
+- Critical modality: with the modality `runtime.critical` names marked critical (audio if it names
+  none; configs/trimodal.yaml names the pen), the allocator's choice when the device's CPU share
   and free memory are cut to 30% of normal, and (stricter) when every budget is cut to 30% of what
-  the richest configuration needs; the accuracy of its audio variant alone against the best one.
+  the richest configuration needs; the accuracy of its variant alone against its best one.
 - Real load: the runtime on the real monitor while stress-ng loads the CPU and memory in phases,
   the static high tier beside it answering the same samples in turn (both under the same load;
   `--rate` samples a second, each answered by both). Latencies here are measured, not modelled.
@@ -208,14 +209,16 @@ def monitor_overhead(seconds: float, config: Any) -> dict[str, Any]:
 
 
 def critical_cut(bank: Any, runtime_cfg: Any) -> dict[str, Any]:
-    """Audio marked critical, under two readings of "a 70% resource cut":
+    """The critical modality (the first of the runtime config's `critical` in the bank, else audio)
+    under two readings of "a 70% resource cut":
     - the device's (the target's reading): the CPU share and the free memory of normal conditions
       (the middle of Table 6.7's high level, one core) cut to 30%, planned by the runtime's own
       `budget_for` at the configured latency target;
     - the models' (stricter): every budget at 30% of what the best configuration needs, below the
       audio front end's own cost, so nothing fits and the allocator's fallback answers."""
     table = bank.table
-    critical_modality = "audio" if "audio" in table.modalities else table.modalities[0]
+    declared = [m for m in runtime_cfg.critical if m in table.modalities]
+    critical_modality = declared[0] if declared else "audio" if "audio" in table.modalities else table.modalities[0]
     tiers = [v.tier for v in table.variants if v.modality == critical_modality]
     allocator = Allocator(table, {critical_modality: tiers[-1]})
     weights = allocator.weights()

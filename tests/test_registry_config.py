@@ -552,7 +552,7 @@ def test_a_config_names_its_base_and_says_only_what_differs(tmp_path: Path) -> N
 
     repo = Path(__file__).parents[1] / "configs"
     trimodal, default = load_config(repo / "trimodal.yaml"), load_config(repo / "default.yaml")
-    assert config_differences(default, trimodal) == ["data.modalities", "students.selection.modality_sets", "students.selection.scales"]
+    assert config_differences(default, trimodal) == ["data.modalities", "runtime.critical.pen", "students.selection.modality_sets", "students.selection.scales"]
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.yaml").write_text("seed: 3\nstudents: {train: {epochs: 7}}\n")
     (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nstudents: {train: {lr: 0.5}}\n")  # relative to b, sections merged
