@@ -16,7 +16,10 @@ def conv_bn_relu(c_in: int, c_out: int, kernel: int | tuple[int, int] = 3, strid
     return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, padding, groups=groups, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
-def is_sequence(h: int, w: int, stop: int = 4) -> bool:
+SMALLEST_SIDE = 4  # encoders halve a map (or a sequence's length) until it is this small
+
+
+def is_sequence(h: int, w: int, stop: int = SMALLEST_SIDE) -> bool:
     """Whether a (h, w) input is a sequence laid out along its width (a sensor's time series: 1 x steps,
     or a few statistics x windows) rather than a map: its height is already `stop` or below, so the
     encoders halve its width alone, as long as it is longer than `stop`. Judged by the shorter side,
@@ -34,7 +37,7 @@ def sequence_layout(h: int, w: int) -> tuple[int, tuple[int, int], tuple[int, in
     return min(h, w), kernel, (2, 2)
 
 
-def downsamplings(size: int, stop: int = 4) -> int:
+def downsamplings(size: int, stop: int = SMALLEST_SIDE) -> int:
     """How many halvings take a side of `size` to `stop` or below (3 for 24 -> 3, 3 for 32 -> 4)."""
     count = 0
     while size > stop:
