@@ -855,10 +855,10 @@ def config_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, d
         return [(path, loaded)]
     if not isinstance(base, str) or not base:
         raise ConfigError(f"{path}: base must be the path of another config file, relative to this one (e.g. base: default.yaml), got {base!r}")
-    target = (path.parent / base).resolve()
-    if target in seen or target == path.resolve():
+    target, chain = (path.parent / base).resolve(), (*seen, path.resolve())
+    if target in chain:
         raise ConfigError(f"{path}: base {base!r} leads back to {target}: configs name their bases in a circle; break it")
-    return [*config_layers(target, (*seen, path.resolve())), (path, loaded)]
+    return [*config_layers(target, chain), (path, loaded)]
 
 
 def _blame_override(err: ConfigError, overrides: list[str] | tuple[str, ...], source: str) -> ConfigError:
