@@ -16,7 +16,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from racmkd.data.fsdd import FSDD_RECORDINGS_SHA256, NAME, recordings_digest
@@ -129,45 +129,58 @@ def _holds(path: Path, wanted: str) -> bool:
 def download_fsdd(root: Path, url: str = FSDD_ARCHIVE, expected_sha256: str = FSDD_RECORDINGS_SHA256) -> Path:
     """Fetch the FSDD release archive and unpack its recordings into root/fsdd/recordings/ once
     the whole set matches `expected_sha256` (nothing is fetched when the recordings there already
-    do). The old folder is set aside, not deleted, until the new one is in place: an interrupted
-    install leaves one of the two whole. The folder is replaced whole: files of one's own kept in
-    it go with it."""
-    target = root / "fsdd" / "recordings"
-    if _recordings_match(target, expected_sha256):
+    do). The folder is replaced whole: files of one's own kept in it go with it."""
+
+    def recording(member: str) -> str | None:
+        path = Path(member)
+        return path.name if path.parent.name == "recordings" and NAME.match(path.name) else None
+
+    return install_from_archive(url, root / "fsdd" / "recordings", recording, expected_sha256, "recordings/*.wav files")
+
+
+def install_from_archive(url: str, target: Path, pick: Callable[[str], str | None], expected_sha256: str, what: str) -> Path:
+    """Fetch the tar archive at `url` and install, as the folder `target`, the files `pick` names
+    (a member's path in the archive -> its path under `target`, or None to leave it out), once
+    together they match `expected_sha256` (`recordings_digest` of (path under target, content));
+    nothing is fetched when `target` already holds exactly such files. The old folder is set
+    aside, not deleted, until the new one is in place: an interrupted install leaves one of the
+    two whole. Datasets of many small files (FSDD's recordings, a sensor's readings) come this way."""
+    if _folder_matches(target, expected_sha256):
         return target
     data = fetch(url)
     files: list[tuple[str, bytes]] = []
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
             for member in archive:
-                name = Path(member.name).name
-                if member.isfile() and Path(member.name).parent.name == "recordings" and NAME.match(name):
+                name = pick(member.name) if member.isfile() else None
+                if name is not None:
                     handle = archive.extractfile(member)
                     if handle is not None:
                         files.append((name, handle.read()))
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"{url}: not a readable tar archive ({err}). Try the download again.") from None
     if not files:
-        raise DataError(f"{url}: the archive holds no recordings/*.wav files")
+        raise DataError(f"{url}: the archive holds no {what}")
     digest = recordings_digest(files)
     if digest != expected_sha256:
-        raise DataError(f"{url}: the {len(files)} recordings have digest {digest}, expected {expected_sha256}; nothing was written.")
+        raise DataError(f"{url}: the {len(files)} files have digest {digest}, expected {expected_sha256}; nothing was written.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".recordings."))
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     old = None
     try:
-        os.chmod(staging, 0o777 & ~UMASK)  # as a plain mkdir makes it: mkdtemp's 0o700 hid a shared data root's recordings from other users
+        os.chmod(staging, 0o777 & ~UMASK)  # as a plain mkdir makes it: mkdtemp's 0o700 hid a shared data root's files from other users
         for name, content in files:
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).write_bytes(content)
         if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=".recordings.old."))
-            target.rename(old / "recordings")
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
+            target.rename(old / target.name)
         staging.rename(target)
     except BaseException:  # a disk that fills up partway (or Ctrl-C) leaves no hidden half-copy behind
         shutil.rmtree(staging, ignore_errors=True)
         if old is not None:
-            if (old / "recordings").exists() and not target.exists():  # the recordings set aside go back
-                (old / "recordings").rename(target)
+            if (old / target.name).exists() and not target.exists():  # the files set aside go back
+                (old / target.name).rename(target)
             if target.exists():
                 shutil.rmtree(old, ignore_errors=True)
         raise
@@ -176,12 +189,12 @@ def download_fsdd(root: Path, url: str = FSDD_ARCHIVE, expected_sha256: str = FS
     return target
 
 
-def _recordings_match(folder: Path, expected_sha256: str) -> bool:
-    """Whether `folder` holds exactly the recordings whose digest is `expected_sha256`."""
+def _folder_matches(folder: Path, expected_sha256: str) -> bool:
+    """Whether `folder` holds files (at any depth; hidden ones aside) whose digest is `expected_sha256`."""
     if not folder.is_dir():
         return False
     try:
-        files = [(p.name, p.read_bytes()) for p in folder.iterdir() if p.is_file() and NAME.match(p.name)]
+        files = [(p.relative_to(folder).as_posix(), p.read_bytes()) for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
     except OSError:
         return False
     return bool(files) and recordings_digest(files) == expected_sha256

@@ -1,5 +1,5 @@
 """The imu modality's deployment half, numpy only: its options (data.options.imu), the spec a model
-reads, and the Signal that checks one raw trace and turns it into features."""
+reads, and the Signal that checks one raw recording and turns it into features."""
 
 from __future__ import annotations
 
@@ -13,61 +13,101 @@ from racmkd.data.signals import Signal, pooling_matrix
 from racmkd.registry import MODALITY_OPTIONS, SIGNALS
 
 NAME = "imu"
-AXES, SAMPLES = 3, 64  # one trace: 3 axes x 64 samples
+# One reading of the pen's IMU (an ICM-20948): accelerometer x, y, z in mg, gyroscope x, y, z in deg/s.
+AXES = ("accel x", "accel y", "accel z", "gyro x", "gyro y", "gyro z")
+# Each axis divided by its unit: g for the accelerometer (its range is +-2 g), 100 deg/s for the
+# gyroscope (the recordings stay within +-215 deg/s), so that every axis spans a few units.
+UNITS = np.array([1000.0, 1000.0, 1000.0, 100.0, 100.0, 100.0])
+SAMPLES = 32  # time steps a recording (1-46 readings) is resampled to
 
 
 @dataclass(frozen=True)
 class ImuOptions:
-    """data.options.imu: the time steps the models read per level (average pooling of the trace)."""
+    """data.options.imu: the trace's time steps, and the steps the models read per level (average
+    pooling of the trace)."""
 
-    levels: tuple[int, ...] = (64, 32, 16, 8)
+    samples: int = SAMPLES
+    levels: tuple[int, ...] = (32, 16, 8, 4)
+    gain: float = 0.1  # training augmentation: each axis scaled by 1 +- gain (a sensor's gain varies from device to device)
 
     def __post_init__(self) -> None:
-        if not self.levels or not all(1 <= n <= SAMPLES for n in self.levels):
-            raise ConfigError(f"levels {list(self.levels)}: at least one, each 1-{SAMPLES} time steps")
+        if self.samples < 8:
+            raise ConfigError(f"samples {self.samples}: at least 8 time steps")
+        if not self.levels or not all(1 <= n <= self.samples for n in self.levels):
+            raise ConfigError(f"levels {list(self.levels)}: at least one, each 1-{self.samples} time steps (samples)")
+        if not 0 <= self.gain < 1:
+            raise ConfigError(f"gain {self.gain}: in [0, 1)")
 
 
 @dataclass(frozen=True)
 class ImuSpec:
-    """What an imu model expects: the trace's `samples`, average-pooled to `length` steps (the
-    input-side compression knob, as resolution is the image's and mel bands the audio's)."""
+    """What an imu model expects: the recording resampled to `samples` time steps, average-pooled
+    to `length` steps (the input-side compression knob, as resolution is the image's and mel bands
+    the audio's)."""
 
     samples: int = SAMPLES
     length: int = SAMPLES
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.samples, int) and isinstance(self.length, int) and 1 <= self.length <= self.samples):
-            raise ConfigError(f"need whole numbers 1 <= length <= samples, got length {self.length!r}, samples {self.samples!r}")
+        whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.samples, self.length))
+        if not (whole and self.samples >= 8 and 1 <= self.length <= self.samples):
+            raise ConfigError(f"need whole numbers samples >= 8 and 1 <= length <= samples, got length {self.length!r}, samples {self.samples!r}")
+
+
+def imu_trace(readings: np.ndarray, samples: int) -> np.ndarray:
+    """(6, samples) float32 from a recording's readings (n, 6) in the sensor's units: each axis in
+    UNITS, resampled linearly in time to `samples` steps, so that a digit written fast or slowly
+    fills the same trace (one reading: a constant trace)."""
+    scaled = readings.astype(np.float64) / UNITS
+    if len(scaled) == 1:
+        return np.repeat(scaled.T, samples, axis=1).astype(np.float32)
+    at, known = np.linspace(0.0, 1.0, samples), np.linspace(0.0, 1.0, len(scaled))
+    return np.stack([np.interp(at, known, axis) for axis in scaled.T]).astype(np.float32)
 
 
 class ImuSignal(Signal):
-    """3-axis traces: checked, average-pooled in time; the axes are the feature's channels."""
+    """6-axis recordings (accelerometer and gyroscope): checked, resampled, average-pooled in time;
+    the axes are the feature's channels."""
 
     name = NAME
     spec_type = ImuSpec
-    layout = "(batch, axes, 1, steps) float32"
+    layout = "(batch, 6 axes, 1, steps) float32"
+    dead_range = 1e-3  # (in g and 100 deg/s) an IMU that reads the same on every axis all along: no signal
 
     def to_raw(self, value: Any, spec: ImuSpec, sample_rate: int | None = None) -> np.ndarray:
-        array = np.asarray(value)
-        if array.shape != (AXES, spec.samples) or array.dtype.kind not in "iuf":
-            raise ValueError(f"imu: expected {AXES} axes x {spec.samples} samples of numbers, got shape {array.shape}, dtype {array.dtype}")
-        raw = array.astype(np.float32)
-        if not np.isfinite(raw).all():
-            raise ValueError("imu: the trace holds NaN or infinite samples")
-        return raw[None]
+        """A recording as the sensor gives it, readings (n, 6) in mg and deg/s, resampled here; or
+        one already resampled, (6, samples) as `imu_trace` returns it (a dataset's items, which the
+        runtime's replays and checks feed)."""
+        try:
+            array = np.asarray(value)
+        except ValueError as err:  # (ragged rows)
+            raise ValueError(f"imu: expected readings (n, 6), one row per reading ({err})") from None
+        axes = len(AXES)
+        if array.dtype.kind not in "iuf" or array.ndim != 2 or not array.size or not (array.shape[1] == axes or array.shape == (axes, spec.samples)):
+            raise ValueError(
+                f"imu: expected readings (n, 6) of accelerometer x, y, z (mg) and gyroscope x, y, z (deg/s), or a trace (6, {spec.samples}), got shape {array.shape}, dtype {array.dtype}"
+            )
+        if not np.isfinite(array).all():
+            raise ValueError("imu: the recording holds NaN or infinite readings")
+        if array.shape == (axes, spec.samples):  # (samples >= 8: never readings of 6 axes)
+            return array.astype(np.float32)[None]
+        return imu_trace(array, spec.samples)[None]
 
     def blank(self, spec: ImuSpec) -> np.ndarray:
-        return np.zeros((1, AXES, spec.samples), dtype=np.float32)
+        return np.zeros((1, len(AXES), spec.samples), dtype=np.float32)
 
     def features(self, raw: np.ndarray, spec: ImuSpec) -> np.ndarray:
-        pooled = raw if raw.shape[-1] == spec.length else raw @ pooling_matrix(raw.shape[-1], spec.length)  # (B, 3, T) @ (T, L)
-        return pooled[:, :, None].astype(np.float32, copy=False)  # (B, 3, 1, L)
+        pooled = raw if raw.shape[-1] == spec.length else raw @ pooling_matrix(raw.shape[-1], spec.length)  # (B, 6, T) @ (T, L)
+        return pooled[:, :, None].astype(np.float32, copy=False)  # (B, 6, 1, L)
 
     def feature_shape(self, spec: ImuSpec) -> tuple[int, ...]:
-        return (AXES, 1, spec.length)
+        return (len(AXES), 1, spec.length)
 
     def steps(self, spec: ImuSpec) -> list[str]:
-        steps = [f"{AXES} axes x {spec.samples} samples, float"]
+        steps = [
+            "readings (n, 6): accelerometer x, y, z in mg, gyroscope x, y, z in deg/s (a trace (6, samples) already resampled skips the next step)",
+            f"accelerometer / 1000 (g), gyroscope / 100; linear interpolation in time to {spec.samples} steps",
+        ]
         if spec.length != spec.samples:
             steps.append(f"average pooling in time to {spec.length} steps")
         return steps
