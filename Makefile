@@ -52,7 +52,8 @@ bench-all: bench
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/runtime.py
 	$(BIN)/python benchmarks/deploy.py
-	$(BIN)/python benchmarks/pen_inputs.py
+	$(BIN)/python benchmarks/sensor_inputs.py --sensor pen
+	$(BIN)/python benchmarks/sensor_inputs.py --sensor imu
 
 clean-runs:
 	rm -rf runs

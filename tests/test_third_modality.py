@@ -13,6 +13,7 @@ the plugin through the entry points of examples/imu_plugin/pyproject.toml."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -89,7 +90,7 @@ RECIPE = """steps:
 @pytest.fixture(scope="module")
 def three(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, PairedDataset, Path]:
     """A run on image, audio and imu: teachers, one tier's student (all three inputs, level 2: imu
-    8 steps), compressed by a recipe that lowers imu to 4 steps."""
+    8 steps of its first 3 principal components), compressed by a recipe that lowers imu to 4 steps."""
     from conftest import one_tier_run
 
     return one_tier_run(
@@ -100,6 +101,7 @@ def three(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Ru
         RECIPE,
         f"data.root={data_root}",
         "students.train={epochs: 4, modality_dropout: 0.3}",
+        "data.options.imu={levels: [[32, 6], [16, 6], [8, 3], [4, 3]]}",
     )
 
 
@@ -154,7 +156,7 @@ def test_teachers_and_student_use_imu(three: tuple[RunConfig, PairedDataset, Pat
     (logits,), labels = predict_split(model, specs, dataset, "test")
     assert (logits.argmax(1) == labels).float().mean() > 0.8  # the IMU alone tells the digit (one writer's): 0.95 here
     student, specs, _, _ = load_model(run_dir / "checkpoints" / "low.pt")
-    assert student.modalities == ["image", "audio", NAME] and specs[NAME] == ImuSpec(SAMPLES, 8)
+    assert student.modalities == ["image", "audio", NAME] and specs[NAME] == ImuSpec(SAMPLES, 8, 3, *dataset.modalities[NAME].principal)
     (everything, imu_only), labels = predict_split(student, specs, dataset, "test", withheld=((), ("image", "audio")))
     assert (imu_only.argmax(1) == labels).float().mean() > 0.75  # 0.90 here; 0.94 with all three
     assert (everything.argmax(1) == labels).float().mean() > (imu_only.argmax(1) == labels).float().mean()
@@ -260,18 +262,24 @@ def test_inputs_step_lowers_imu_and_the_contract_says_so(three: tuple[RunConfig,
     _, dataset, run_dir = three
     record = json.loads((run_dir / "compressed" / "low" / "compression.json").read_text())
     inputs = record["steps"][0]
-    assert inputs["step"] == "inputs" and inputs["before"]["input_values"][NAME] == 6 * 8 and inputs["after"]["input_values"][NAME] == 6 * 4
-    assert inputs["details"]["after"][NAME] == {"samples": SAMPLES, "length": 4} and inputs["details"]["after"]["image"] == inputs["details"]["before"]["image"]
+    assert inputs["step"] == "inputs" and inputs["before"]["input_values"][NAME] == 3 * 8 and inputs["after"]["input_values"][NAME] == 3 * 4
+    reduced = ImuSpec(SAMPLES, 4, 3, *dataset.modalities[NAME].principal)
+    as_written = json.loads(json.dumps(dataclasses.asdict(reduced)))  # (tuples as lists)
+    assert inputs["details"]["after"][NAME] == as_written and inputs["details"]["after"]["image"] == inputs["details"]["before"]["image"]
     artifact = run_dir / "compressed" / "low" / record["artifact"]
     contract = read_contract(artifact)
     assert contract["inputs"][NAME] == {
         "modality": NAME,
-        "spec": {"samples": SAMPLES, "length": 4},
-        "shape": [6, 1, 4],
-        "steps": [*ImuSignal().steps(ImuSpec(SAMPLES, SAMPLES)), "average pooling in time to 4 steps"],
+        "spec": as_written,
+        "shape": [3, 1, 4],
+        "steps": [
+            *ImuSignal().steps(ImuSpec(SAMPLES, SAMPLES)),
+            "average pooling in time to 4 steps",
+            "per step: minus spec.centre, projected onto the first 3 rows of spec.axes (principal axes of the training traces)",
+        ],
         "layout": ImuSignal.layout,
     }
-    assert specs_from_contract(contract)[NAME] == ImuSpec(SAMPLES, 4)
+    assert specs_from_contract(contract)[NAME] == reduced
     deployed = racmkd.load(run_dir, "low_compressed")
     assert type(deployed).__name__ == "OnnxPredictor" and deployed.modalities == ["image", "audio", NAME]
     x = raw_inputs(dataset, range(1))[0]
@@ -378,6 +386,39 @@ def test_a_recording_as_the_sensor_sends_it_answers_as_its_trace(three: tuple[Ru
         assert predictor.predict(imu=readings)[0] == predictor.predict(imu=bank.data[row].numpy())[0]
     one = imu_trace(np.array([[1000.0, 0, -500, 100, 0, 0]]), SAMPLES)  # one reading: a constant trace in g and 100 deg/s
     assert np.allclose(one, np.array([1.0, 0, -0.5, 1, 0, 0])[:, None]) and one.shape == (len(AXES), SAMPLES)
+
+
+def test_pca_keeps_the_sensors_principal_axes_and_both_halves_project_alike(three: tuple[RunConfig, PairedDataset, Path]) -> None:
+    """The principal axes are the channels' directions of most variance, the same on a refit; the
+    signal (numpy) and the modality (torch) compute the same PCA features; a PCA spec needs its axes."""
+    from racmkd.config import ConfigError
+    from racmkd.data.dataset import build_dataset
+    from racmkd.data.signals import principal_axes, project_channels
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((50, 1, 20))
+    traces = np.concatenate([x, -2 * x, 0.01 * rng.standard_normal((50, 1, 20))], axis=1) + np.array([1.0, 2.0, 3.0])[:, None]  # (R, 3, T)
+    centre, axes = principal_axes(traces)
+    assert np.allclose(centre, traces.mean(axis=(0, 2))) and np.allclose(axes[0], np.array([-1, 2, 0]) / np.sqrt(5), atol=1e-3)  # largest entry positive
+    assert np.allclose(axes @ axes.T, np.eye(3), atol=1e-9) and np.array_equal(principal_axes(traces)[1], axes)
+    scores = project_channels(traces.astype(np.float32), centre, axes[:1])
+    assert scores.shape == (50, 1, 20) and np.allclose(scores[:, 0], -np.sqrt(5) * (x[:, 0] - x.mean()), atol=0.05)  # the one axis holds the motion
+
+    cfg, dataset, _ = three
+    modality = dataset.modalities[NAME]
+    spec = modality.spec(2)
+    assert spec.components == 3 and spec.axes == modality.principal[1] and modality.feature_shape(spec) == (3, 1, 8)
+    raw = dataset.banks[NAME]["test"].data[:16]
+    assert np.allclose(modality.features(raw, spec).numpy(), ImuSignal().features(raw.numpy(), spec), atol=1e-5)
+    train = dataset.banks[NAME]["train"].data.numpy()
+    kept = np.var(project_channels(train, spec.centre, spec.axes[:3]), axis=(0, 2)).sum() / np.var(train, axis=(0, 2)).sum()
+    assert 0.7 < kept < 0.85  # three of six components keep 78% of the variance of these recordings
+    again = build_dataset(cfg.data)  # written to the cache, then read from it: fitted alike both ways
+    assert again.modalities[NAME].principal == modality.principal == build_dataset(cfg.data).modalities[NAME].principal
+    with pytest.raises(ConfigError, match="build the dataset first"):
+        ImuModality(levels=[[8, 3]]).spec(0)
+    with pytest.raises(ConfigError, match="PCA needs the training traces' centre"):
+        ImuSpec(SAMPLES, 8, 3)
 
 
 def write_recordings(folder: Path, recordings: dict[str, str]) -> None:

@@ -235,14 +235,14 @@ def build_dataset(cfg: DataConfig, use_cache: bool = True) -> PairedDataset:
     max_train / max_eval limits."""
     modalities = make_modalities(cfg)
     path = cache_path(cfg) if use_cache else None  # (its key reads the data folders' file list)
-    if path is not None and path.exists():
-        cached = _read_cache(path, modalities)
-        if cached is not None:
-            return _limit(cached, cfg)
-    dataset = _build(cfg, modalities)
-    if path is not None:
-        _write_cache(path, _to_stored(dataset))
-        trim_caches(path.parent, cfg.cache_max_gb * 1e9, keep=path)
+    dataset = _read_cache(path, modalities) if path is not None and path.exists() else None
+    if dataset is None:
+        dataset = _build(cfg, modalities)
+        if path is not None:
+            _write_cache(path, _to_stored(dataset))
+            trim_caches(path.parent, cfg.cache_max_gb * 1e9, keep=path)
+    for name, modality in modalities.items():  # on every training item, before max_train keeps fewer
+        modality.fit(dataset.banks[name]["train"])
     return _limit(dataset, cfg)
 
 

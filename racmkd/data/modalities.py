@@ -83,6 +83,11 @@ class Modality(ABC):
     def load_banks(self, root: Path, cfg: DataConfig) -> dict[str, Bank]:
         """Raw items for 'train', 'val' and 'test', read from the data root."""
 
+    def fit(self, train: Bank) -> None:
+        """Learn from the training items what this modality's specs carry (a sensor's principal
+        axes, for PCA): the dataset calls it once it holds the banks, built or read from the cache.
+        Nothing to learn by default."""
+
     def degrade_banks(self, banks: dict[str, Bank]) -> tuple[dict[str, Bank], dict[str, Any]]:
         """The protocol's static degradation of the stored items (fitted on train); info for the report."""
         return banks, {}
@@ -208,6 +213,11 @@ class ImageModality(Modality):
             "val": bank(train_images, train_labels, val_rows, "mnist-train"),
             "test": bank(test_images, test_labels, everything, "mnist-test"),
         }
+
+    def fit(self, train: Bank) -> None:
+        """Learn from the training items what this modality's specs carry (a sensor's principal
+        axes, for PCA): the dataset calls it once it holds the banks, built or read from the cache.
+        Nothing to learn by default."""
 
     def degrade_banks(self, banks: dict[str, Bank]) -> tuple[dict[str, Bank], dict[str, Any]]:
         if self.protocol != "avmnist":

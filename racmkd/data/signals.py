@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, ClassVar
@@ -292,6 +292,26 @@ def pooling_matrix(frames_in: int, frames_out: int) -> np.ndarray:
         lo, hi = (i * frames_in) // frames_out, -(-((i + 1) * frames_in) // frames_out)
         matrix[lo:hi, i] = 1.0 / (hi - lo)
     return matrix
+
+
+def principal_axes(traces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The channels' mean (C,) and principal axes (C, C) of a sensor's traces (R, C, T), every time
+    step of every trace a sample: row i of the axes is the direction of the i-th most variance across
+    channels (a PCA of the channels). Each row's largest entry is made positive, so that a fit on the
+    same traces gives the same axes. A sensor whose channels move together (an IMU's axes as the
+    hand turns) keeps most of its variance in a few of them: projecting onto those is the sensor's
+    PCA compression, fewer channels for the encoder, the same time steps."""
+    samples = np.moveaxis(np.asarray(traces, dtype=np.float64), 1, -1).reshape(-1, traces.shape[1])  # (R T, C)
+    centre = samples.mean(axis=0)
+    variances, vectors = np.linalg.eigh(np.cov(samples - centre, rowvar=False))
+    axes = vectors[:, np.argsort(variances)[::-1]].T
+    axes *= np.where(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]
+    return centre, axes
+
+
+def project_channels(raw: np.ndarray, centre: Sequence[float], axes: Sequence[Sequence[float]]) -> np.ndarray:
+    """(B, k, T) from (B, C, T): each time step's channels, centred, projected onto k principal axes (k, C)."""
+    return np.einsum("kc,bct->bkt", np.asarray(axes, dtype=np.float32), raw - np.asarray(centre, dtype=np.float32)[:, None])
 
 
 @functools.lru_cache(maxsize=8)

@@ -287,8 +287,8 @@ def _inputs(entry: dict[str, Any]) -> str:
             parts.append(f"{m} {spec['resolution']}x{spec['resolution']}")
         elif "n_mels" in spec:
             parts.append(f"{m} {spec['n_mels']}x{spec['n_frames']}")
-        else:  # another modality: its spec's fields as they are
-            parts.append(" ".join([m, *(f"{k}={v}" for k, v in spec.items())]))
+        else:  # another modality: its spec's knobs as they are (not what it fitted, a PCA's axes)
+            parts.append(" ".join([m, *(f"{k}={v}" for k, v in spec.items() if not (isinstance(v, list) and any(isinstance(x, (float, list)) for x in v)))]))
     return ", ".join(parts)
 
 

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from racmkd.config import DataConfig
+from racmkd.config import ConfigError, DataConfig
 from racmkd.data.modalities import SPLITS, Bank, Modality, seeded_noise
+from racmkd.data.signals import principal_axes
 from racmkd.registry import MODALITIES
 from racmkd_imu.data import FOLDER, load_recordings, split_of
 from racmkd_imu.signal import AXES, NAME, ImuOptions, ImuSpec, imu_trace
@@ -26,7 +27,10 @@ class ImuModality(Modality):
     teacher_encoder = "cnn2d"  # a (6, 1, steps) input: the axes as channels, a 1-high image
     student_encoder = "dscnn2d"
     data_folders = (FOLDER,)
+    # PCA (fewer components) is a level's design, not a reduction: a network trained on 6 channels
+    # has no weights for 3 others (data.options.imu.levels).
     reductions: ClassVar[dict[str, str]] = {"length": "time steps, by average pooling (32 -> 16 -> 8 -> 4)"}
+    principal: tuple[tuple[float, ...], tuple[tuple[float, ...], ...]] | None = None  # (centre, axes), by `fit`
 
     def load_banks(self, root: Path, cfg: DataConfig) -> dict[str, Bank]:
         recordings = load_recordings(root / FOLDER)
@@ -43,15 +47,31 @@ class ImuModality(Modality):
     def n_levels(self) -> int:
         return len(self.options.levels)
 
+    def fit(self, train: Bank) -> None:
+        """The principal axes of the training traces, which a PCA level or reduction projects onto."""
+        centre, axes = principal_axes(train.data.numpy())
+        self.principal = (tuple(centre.tolist()), tuple(map(tuple, axes.tolist())))
+
     def spec(self, level: int = 0) -> ImuSpec:
-        return ImuSpec(self.options.samples, self.options.levels[level])
+        steps, components = self.options.levels[level]
+        if components == len(AXES):
+            return ImuSpec(self.options.samples, steps)
+        return ImuSpec(self.options.samples, steps, components, *self.fitted_axes())
+
+    def fitted_axes(self) -> tuple[tuple[float, ...], tuple[tuple[float, ...], ...]]:
+        if self.principal is None:
+            raise ConfigError("imu: fewer than 6 components need the training traces' principal axes; build the dataset first (it fits them)")
+        return self.principal
 
     def features(self, raw: torch.Tensor, spec: ImuSpec, augment_seed: int | None = None, memo: dict | None = None) -> torch.Tensor:
         if augment_seed is not None and self.options.gain:  # each axis's gain, a little off, as from device to device
             draw = torch.rand(raw.shape[0], len(AXES), 1, generator=torch.Generator().manual_seed(augment_seed))
             raw = raw * (1 + self.options.gain * (2 * draw - 1))
         pooled = raw if raw.shape[-1] == spec.length else F.adaptive_avg_pool1d(raw, spec.length)
-        return pooled.unsqueeze(2)  # (B, 6, 1, L)
+        if spec.components < len(AXES):  # the signal's projection, in torch
+            axes = torch.tensor(spec.axes[: spec.components], dtype=pooled.dtype)
+            pooled = torch.einsum("kc,bct->bkt", axes, pooled - torch.tensor(spec.centre, dtype=pooled.dtype)[:, None])
+        return pooled.unsqueeze(2)  # (B, k, 1, L)
 
     # The benchmark suite's robustness sweep: sensor noise on every axis.
     degradation = "added white noise, its standard deviation in g (accelerometer) and 100 deg/s (gyroscope)"

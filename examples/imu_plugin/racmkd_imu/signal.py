@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from racmkd.config import ConfigError
-from racmkd.data.signals import Signal, pooling_matrix
+from racmkd.data.signals import Signal, pooling_matrix, project_channels
 from racmkd.registry import MODALITY_OPTIONS, SIGNALS
 
 NAME = "imu"
@@ -23,18 +23,21 @@ SAMPLES = 32  # time steps a recording (1-46 readings) is resampled to
 
 @dataclass(frozen=True)
 class ImuOptions:
-    """data.options.imu: the trace's time steps, and the steps the models read per level (average
-    pooling of the trace)."""
+    """data.options.imu: the trace's time steps, and what the models read per level: (steps,
+    components), the trace average-pooled to `steps` and, with fewer than 6 components, projected
+    onto that many principal axes of the training traces (PCA)."""
 
     samples: int = SAMPLES
-    levels: tuple[int, ...] = (32, 16, 8, 4)
+    levels: tuple[tuple[int, int], ...] = ((32, 6), (16, 6), (8, 6), (4, 6))
     gain: float = 0.1  # training augmentation: each axis scaled by 1 +- gain (a sensor's gain varies from device to device)
 
     def __post_init__(self) -> None:
         if self.samples < 8:
             raise ConfigError(f"samples {self.samples}: at least 8 time steps")
-        if not self.levels or not all(1 <= n <= self.samples for n in self.levels):
-            raise ConfigError(f"levels {list(self.levels)}: at least one, each 1-{self.samples} time steps (samples)")
+        if not self.levels or not all(1 <= n <= self.samples and 1 <= k <= len(AXES) for n, k in self.levels):
+            raise ConfigError(
+                f"levels {[list(level) for level in self.levels]}: at least one (steps, components), steps 1-{self.samples} (samples), components 1-{len(AXES)}"
+            )
         if not 0 <= self.gain < 1:
             raise ConfigError(f"gain {self.gain}: in [0, 1)")
 
@@ -42,16 +45,28 @@ class ImuOptions:
 @dataclass(frozen=True)
 class ImuSpec:
     """What an imu model expects: the recording resampled to `samples` time steps, average-pooled
-    to `length` steps (the input-side compression knob, as resolution is the image's and mel bands
-    the audio's)."""
+    to `length` steps, and with `components` below 6 projected onto the first principal axes of the
+    training traces (`centre` and `axes`, fitted by the modality, carried here so that a deployed
+    model needs nothing else). `length` and `components` are the input-side compression knobs, as
+    resolution is the image's and mel bands the audio's."""
 
     samples: int = SAMPLES
     length: int = SAMPLES
+    components: int = len(AXES)
+    centre: tuple[float, ...] = ()
+    axes: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
-        whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.samples, self.length))
-        if not (whole and self.samples >= 8 and 1 <= self.length <= self.samples):
-            raise ConfigError(f"need whole numbers samples >= 8 and 1 <= length <= samples, got length {self.length!r}, samples {self.samples!r}")
+        whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.samples, self.length, self.components))
+        if not (whole and self.samples >= 8 and 1 <= self.length <= self.samples and 1 <= self.components <= len(AXES)):
+            raise ConfigError(
+                f"need whole numbers samples >= 8, 1 <= length <= samples and components 1-6, got samples {self.samples!r}, length {self.length!r}, components {self.components!r}"
+            )
+        fitted = len(self.centre) == len(AXES) and len(self.axes) == len(AXES) and all(len(row) == len(AXES) for row in self.axes)
+        if (self.centre or self.axes or self.components < len(AXES)) and not fitted:
+            raise ConfigError(
+                f"components {self.components}: PCA needs the training traces' centre (6 numbers) and principal axes (6 x 6), got {len(self.centre)} and {len(self.axes)}; the modality fits them when the dataset is built"
+            )
 
 
 def imu_trace(readings: np.ndarray, samples: int) -> np.ndarray:
@@ -98,10 +113,12 @@ class ImuSignal(Signal):
 
     def features(self, raw: np.ndarray, spec: ImuSpec) -> np.ndarray:
         pooled = raw if raw.shape[-1] == spec.length else raw @ pooling_matrix(raw.shape[-1], spec.length)  # (B, 6, T) @ (T, L)
-        return pooled[:, :, None].astype(np.float32, copy=False)  # (B, 6, 1, L)
+        if spec.components < len(AXES):
+            pooled = project_channels(pooled, spec.centre, spec.axes[: spec.components])  # (B, k, L)
+        return pooled[:, :, None].astype(np.float32, copy=False)  # (B, k, 1, L)
 
     def feature_shape(self, spec: ImuSpec) -> tuple[int, ...]:
-        return (len(AXES), 1, spec.length)
+        return (spec.components, 1, spec.length)
 
     def steps(self, spec: ImuSpec) -> list[str]:
         steps = [
@@ -110,6 +127,8 @@ class ImuSignal(Signal):
         ]
         if spec.length != spec.samples:
             steps.append(f"average pooling in time to {spec.length} steps")
+        if spec.components < len(AXES):
+            steps.append(f"per step: minus spec.centre, projected onto the first {spec.components} rows of spec.axes (principal axes of the training traces)")
         return steps
 
 
