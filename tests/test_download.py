@@ -92,6 +92,8 @@ def test_fsdd_download_unpacks_checked_recordings(tmp_path: Path) -> None:
     assert target.stat().st_mode & 0o777 == 0o777 & ~UMASK  # as mkdir makes a folder, not mkdtemp's 0o700 (other users read a shared root)
     archive.unlink()  # recordings already in place and valid: nothing is fetched
     assert download_fsdd(tmp_path / "root", url=archive.as_uri(), expected_sha256=recordings_digest(contents)) == target
+    (target / "notes.txt").write_text("mine")  # nor for a file of one's own beside them
+    assert download_fsdd(tmp_path / "root", url=archive.as_uri(), expected_sha256=recordings_digest(contents)) == target
     (target / "1_bob_0.wav").write_bytes(b"damaged")  # one damaged: fetched again, the old folder swapped out whole
     make_release(archive, {"1_bob_0.wav": np.arange(500, dtype=np.int16), "2_bob_9.wav": -np.arange(300, dtype=np.int16)})
     download_fsdd(tmp_path / "root", url=archive.as_uri(), expected_sha256=recordings_digest(contents))
@@ -145,3 +147,16 @@ def test_fsdd_download_refuses_a_mismatch_and_a_broken_archive(tmp_path: Path) -
         download_fsdd(tmp_path / "root", url=(tmp_path / "broken.tar.gz").as_uri(), expected_sha256="0" * 64)
     with pytest.raises(DataError, match="download failed"):
         download_fsdd(tmp_path / "root", url=(tmp_path / "absent.tar.gz").as_uri())
+
+
+def test_an_archive_member_that_would_land_outside_the_folder_is_refused(tmp_path: Path) -> None:
+    from racmkd.data.download import install_from_archive
+
+    (tmp_path / "a.txt").write_text("x")
+    archive = tmp_path / "a.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "a.txt", arcname="top/a.txt")
+    for name in ("../escaped.txt", "/tmp/escaped.txt"):
+        with pytest.raises(DataError, match="would land outside"):
+            install_from_archive(archive.as_uri(), tmp_path / "root" / "set", lambda member, name=name: name, "0" * 64, "files", lambda n: True)
+    assert not (tmp_path / "root" / "escaped.txt").exists() and not (tmp_path / "root" / "set").exists()

@@ -135,17 +135,20 @@ def download_fsdd(root: Path, url: str = FSDD_ARCHIVE, expected_sha256: str = FS
         path = Path(member)
         return path.name if path.parent.name == "recordings" and NAME.match(path.name) else None
 
-    return install_from_archive(url, root / "fsdd" / "recordings", recording, expected_sha256, "recordings/*.wav files")
+    return install_from_archive(
+        url, root / "fsdd" / "recordings", recording, expected_sha256, "recordings/*.wav files", lambda name: "/" not in name and bool(NAME.match(name))
+    )
 
 
-def install_from_archive(url: str, target: Path, pick: Callable[[str], str | None], expected_sha256: str, what: str) -> Path:
+def install_from_archive(url: str, target: Path, pick: Callable[[str], str | None], expected_sha256: str, what: str, counts: Callable[[str], bool]) -> Path:
     """Fetch the tar archive at `url` and install, as the folder `target`, the files `pick` names
     (a member's path in the archive -> its path under `target`, or None to leave it out), once
     together they match `expected_sha256` (`recordings_digest` of (path under target, content));
-    nothing is fetched when `target` already holds exactly such files. The old folder is set
+    nothing is fetched when the files in `target` that `counts` (by path under it) already match
+    (a note of one's own kept beside them is not a reason to fetch the set again). The old folder is set
     aside, not deleted, until the new one is in place: an interrupted install leaves one of the
     two whole. Datasets of many small files (FSDD's recordings, a sensor's readings) come this way."""
-    if _folder_matches(target, expected_sha256):
+    if _folder_matches(target, expected_sha256, counts):
         return target
     data = fetch(url)
     files: list[tuple[str, bytes]] = []
@@ -153,6 +156,8 @@ def install_from_archive(url: str, target: Path, pick: Callable[[str], str | Non
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
             for member in archive:
                 name = pick(member.name) if member.isfile() else None
+                if name is not None and (Path(name).is_absolute() or ".." in Path(name).parts):
+                    raise DataError(f"{url}: member {member.name!r} would land outside {target}; nothing was written.")
                 if name is not None:
                     handle = archive.extractfile(member)
                     if handle is not None:
@@ -189,12 +194,13 @@ def install_from_archive(url: str, target: Path, pick: Callable[[str], str | Non
     return target
 
 
-def _folder_matches(folder: Path, expected_sha256: str) -> bool:
-    """Whether `folder` holds files (at any depth; hidden ones aside) whose digest is `expected_sha256`."""
+def _folder_matches(folder: Path, expected_sha256: str, counts: Callable[[str], bool]) -> bool:
+    """Whether the files in `folder` that `counts` (by path under it, at any depth) have the digest `expected_sha256`."""
     if not folder.is_dir():
         return False
     try:
-        files = [(p.relative_to(folder).as_posix(), p.read_bytes()) for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        paths = [(p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file()]
+        files = [(name, p.read_bytes()) for name, p in paths if counts(name)]
     except OSError:
         return False
     return bool(files) and recordings_digest(files) == expected_sha256

@@ -214,11 +214,6 @@ class ImageModality(Modality):
             "test": bank(test_images, test_labels, everything, "mnist-test"),
         }
 
-    def fit(self, train: Bank) -> None:
-        """Learn from the training items what this modality's specs carry (a sensor's principal
-        axes, for PCA): the dataset calls it once it holds the banks, built or read from the cache.
-        Nothing to learn by default."""
-
     def degrade_banks(self, banks: dict[str, Bank]) -> tuple[dict[str, Bank], dict[str, Any]]:
         if self.protocol != "avmnist":
             return banks, {}

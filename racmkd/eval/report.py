@@ -288,7 +288,9 @@ def _inputs(entry: dict[str, Any]) -> str:
         elif "n_mels" in spec:
             parts.append(f"{m} {spec['n_mels']}x{spec['n_frames']}")
         else:  # another modality: its spec's knobs as they are (not what it fitted, a PCA's axes)
-            parts.append(" ".join([m, *(f"{k}={v}" for k, v in spec.items() if not (isinstance(v, list) and any(isinstance(x, (float, list)) for x in v)))]))
+            parts.append(
+                " ".join([m, *(f"{k}={v}" for k, v in spec.items() if not (isinstance(v, list) and (not v or any(isinstance(x, (float, list)) for x in v))))])
+            )
     return ", ".join(parts)
 
 

@@ -53,12 +53,21 @@ def read_recording(path: Path) -> np.ndarray:
     return np.array(rows)
 
 
+def counts(name: str) -> bool:
+    """Whether a file (its path under FOLDER) is one of the set: a recording's name, in no hidden
+    folder (a hidden file, as macOS's ._readings_1_digit_0.csv, is not one either)."""
+    return FILE.fullmatch(name.rsplit("/", 1)[-1]) is not None and not any(part.startswith(".") for part in name.split("/"))
+
+
 def load_recordings(folder: Path) -> list[tuple[int, int, np.ndarray]]:
-    """(number, digit, readings) of every recording under `folder` (at any depth), by number."""
+    """(number, digit, readings) of every recording under `folder` (at any depth; hidden files
+    and folders left out, as the dataset cache's key leaves them), by number."""
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found. Set RACMKD_DATA to the folder holding {FOLDER}/, or fetch it: python -m racmkd_imu.data <data root>")
     found: dict[int, tuple[int, Path]] = {}
     for path in sorted(folder.rglob("*.csv")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
         match = FILE.fullmatch(path.name)
         if match is None:
             raise DataError(f"{path}: not named readings_<n>_digit_<d>.csv; move it out of {folder}")
@@ -75,13 +84,12 @@ def download(root: str | Path, url: str = ARCHIVE, expected_sha256: str = IMU_PE
     """Fetch the repository's archive and install its data/ folder as <root>/imu_pen_digits, once
     the files match `expected_sha256` (nothing is fetched when they already do)."""
 
-    def recording(member: str) -> str | None:
+    def recording(member: str) -> str | None:  # <repository>-<commit>/data/[below_800/]readings_<n>_digit_<d>.csv
         parts = Path(member).parts
-        if "data" not in parts[:-1] or FILE.fullmatch(parts[-1]) is None:
-            return None
-        return Path(*parts[parts.index("data") + 1 :]).as_posix()
+        name = Path(*parts[2:]).as_posix() if len(parts) > 2 and parts[1] == "data" else ""
+        return name if counts(name) else None
 
-    return install_from_archive(url, Path(root) / FOLDER, recording, expected_sha256, "data/readings_<n>_digit_<d>.csv files")
+    return install_from_archive(url, Path(root) / FOLDER, recording, expected_sha256, "data/readings_<n>_digit_<d>.csv files", counts)
 
 
 if __name__ == "__main__":  # python -m racmkd_imu.data [DATA ROOT]: fetch the set into the data root

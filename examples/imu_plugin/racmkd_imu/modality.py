@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from racmkd.config import ConfigError, DataConfig
 from racmkd.data.modalities import SPLITS, Bank, Modality, seeded_noise
+from racmkd.data.paths import DataError
 from racmkd.data.signals import principal_axes
 from racmkd.registry import MODALITIES
 from racmkd_imu.data import FOLDER, load_recordings, split_of
@@ -37,6 +38,10 @@ class ImuModality(Modality):
         banks = {}
         for split in SPLITS:
             kept = [(number, digit, readings) for number, digit, readings in recordings if split_of(number) == split]
+            if not kept:
+                raise DataError(
+                    f"{root / FOLDER}: no {split} recordings (numbers {'divisible by 5' if split == 'test' else 'ending in 3' if split == 'val' else 'of the rest'}); the set is incomplete, fetch it again"
+                )
             traces = np.stack([imu_trace(readings, self.options.samples) for _, _, readings in kept])  # (R, 6, samples)
             banks[split] = Bank(
                 torch.from_numpy(traces), torch.tensor([digit for _, digit, _ in kept]), [f"readings_{number}_digit_{digit}" for number, digit, _ in kept]

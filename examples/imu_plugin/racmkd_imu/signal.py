@@ -63,6 +63,10 @@ class ImuSpec:
                 f"need whole numbers samples >= 8, 1 <= length <= samples and components 1-6, got samples {self.samples!r}, length {self.length!r}, components {self.components!r}"
             )
         fitted = len(self.centre) == len(AXES) and len(self.axes) == len(AXES) and all(len(row) == len(AXES) for row in self.axes)
+        if not np.isfinite(np.asarray(self.centre, dtype=np.float64)).all() or not all(
+            np.isfinite(np.asarray(row, dtype=np.float64)).all() for row in self.axes
+        ):
+            raise ConfigError("centre and axes must be finite numbers (a contract edited by hand?)")
         if (self.centre or self.axes or self.components < len(AXES)) and not fitted:
             raise ConfigError(
                 f"components {self.components}: PCA needs the training traces' centre (6 numbers) and principal axes (6 x 6), got {len(self.centre)} and {len(self.axes)}; the modality fits them when the dataset is built"
@@ -86,8 +90,8 @@ class ImuSignal(Signal):
 
     name = NAME
     spec_type = ImuSpec
-    layout = "(batch, 6 axes, 1, steps) float32"
-    dead_range = 1e-3  # (in g and 100 deg/s) an IMU that reads the same on every axis all along: no signal
+    layout = "(batch, channels: 6 axes or k principal components, 1, steps) float32"
+    dead_range = 1e-3  # (in g and 100 deg/s) an axis that moves less than this along a recording is still
 
     def to_raw(self, value: Any, spec: ImuSpec, sample_rate: int | None = None) -> np.ndarray:
         """A recording as the sensor gives it, readings (n, 6) in mg and deg/s, resampled here; or
@@ -102,11 +106,21 @@ class ImuSignal(Signal):
             raise ValueError(
                 f"imu: expected readings (n, 6) of accelerometer x, y, z (mg) and gyroscope x, y, z (deg/s), or a trace (6, {spec.samples}), got shape {array.shape}, dtype {array.dtype}"
             )
-        if not np.isfinite(array).all():
-            raise ValueError("imu: the recording holds NaN or infinite readings")
-        if array.shape == (axes, spec.samples):  # (samples >= 8: never readings of 6 axes)
-            return array.astype(np.float32)[None]
-        return imu_trace(array, spec.samples)[None]
+        with np.errstate(over="ignore", invalid="ignore"):  # (a value past float32's range is refused below)
+            raw = (
+                array.astype(np.float32) if array.shape == (axes, spec.samples) else imu_trace(array, spec.samples)
+            )  # (samples >= 8: never readings of 6 axes)
+        if not np.isfinite(raw).all():  # (checked after the cast: 1e300 is finite in float64, not in float32)
+            raise ValueError("imu: the recording holds NaN or infinite readings, or readings past float32's range")
+        return raw[None]
+
+    def input_quality(self, raw: np.ndarray) -> float:
+        """0 for a sensor that reads the same on every axis all along (stuck or asleep: at rest an IMU
+        still reads gravity, so the values are not zeros), else 1: each axis judged by its own range.
+        A recording of one reading is such a trace too: no motion to read a digit from (3 of the
+        dataset's 1,031 recordings, all training items, are one reading long)."""
+        spans = raw.max(axis=-1) - raw.min(axis=-1)
+        return 0.0 if float(spans.max()) < self.dead_range else 1.0
 
     def blank(self, spec: ImuSpec) -> np.ndarray:
         return np.zeros((1, len(AXES), spec.samples), dtype=np.float32)
