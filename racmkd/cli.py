@@ -147,22 +147,21 @@ def data(
     protocol: ProtocolOpt = None,
     set_: SetOpt = None,
     download: Annotated[
-        bool, typer.Option(help="First fetch MNIST and FSDD (and the pen digits, when the config uses pen) from their official sources into the data root.")
+        bool,
+        typer.Option(
+            help="First fetch the datasets of the config's modalities (MNIST, FSDD, the pen digits, a plugin's) from their official sources into the data root."
+        ),
     ] = False,
 ) -> None:
     """Build and cache the paired dataset; print what it holds."""
-    from racmkd.data.dataset import build_dataset
-    from racmkd.data.download import download_fsdd, download_mnist, download_pendigits
+    from racmkd.data.dataset import build_dataset, make_modalities
     from racmkd.data.paths import data_root
 
     try:
         cfg = _config(config, protocol, set_)
         if download:
-            root = data_root(cfg.data.root)
-            download_mnist(root)
-            download_fsdd(root)
-            if "pen" in cfg.data.modalities:
-                download_pendigits(root)
+            for modality in make_modalities(cfg.data).values():
+                modality.download(data_root(cfg.data.root))
         dataset = build_dataset(cfg.data)
     except _errors() as err:
         raise _fail(err) from None

@@ -430,6 +430,33 @@ def test_pca_keeps_the_sensors_principal_axes_and_both_halves_project_alike(thre
         ImuSpec(SAMPLES, 8, 3, (float("nan"),) + spec.centre[1:], spec.axes)
 
 
+def test_data_download_fetches_what_the_configs_modalities_read(imu_registered: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`racmkd data --download` asks each configured modality for its data (a plugin's too), and only
+    those: examples/imu_plugin/imu.yaml (default.yaml with the IMU) fetches MNIST, FSDD and the IMU set."""
+    from typer.testing import CliRunner
+
+    from racmkd.cli import app
+    from racmkd.config import load_config
+    from racmkd.data import dataset as dataset_module
+    from racmkd.data.modalities import Modality
+    from racmkd.data.paths import DataError
+
+    fetched = []
+    monkeypatch.setattr("racmkd.data.modalities.download_mnist", lambda root: fetched.append(("mnist", root)))
+    monkeypatch.setattr("racmkd.data.modalities.download_fsdd", lambda root: fetched.append(("fsdd", root)))
+    monkeypatch.setattr("racmkd.data.modalities.download_pendigits", lambda root: fetched.append(("pendigits", root)))
+    monkeypatch.setattr("racmkd_imu.modality.download", lambda root: fetched.append((FOLDER, root)))
+    monkeypatch.setattr(dataset_module, "build_dataset", lambda cfg: type("Built", (), {"info": {"built": True}})())
+    config = PLUGIN / "imu.yaml"
+    cfg = load_config(config)
+    assert cfg.data.modalities == ("image", "audio", NAME) and cfg.runtime.critical == {NAME: "critical"}
+    result = CliRunner().invoke(app, ["data", "--download", "--config", str(config), "--set", f"data.root={tmp_path}"])
+    assert result.exit_code == 0 and json.loads(result.output) == {"built": True}, result.output
+    assert fetched == [("mnist", tmp_path), ("fsdd", tmp_path), (FOLDER, tmp_path)]  # no pen digits: the config does not use them
+    with pytest.raises(DataError, match="imu: no download; put its data under"):
+        Modality.download(ImuModality(), tmp_path)  # a modality that does not say how
+
+
 def write_recordings(folder: Path, recordings: dict[str, str]) -> None:
     for name, text in recordings.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from racmkd.config import ConfigError, DataConfig, from_dict
 from racmkd.data import audio as dsp
+from racmkd.data.download import download_fsdd, download_mnist, download_pendigits
 from racmkd.data.fsdd import FSDD_SAMPLE_RATE, load_fsdd
 from racmkd.data.image import center_crop, fit_pca, pca_reconstruct, random_affine, resize
 from racmkd.data.mnist import load_mnist
@@ -82,6 +83,11 @@ class Modality(ABC):
     @abstractmethod
     def load_banks(self, root: Path, cfg: DataConfig) -> dict[str, Bank]:
         """Raw items for 'train', 'val' and 'test', read from the data root."""
+
+    def download(self, root: Path) -> None:
+        """Fetch this modality's dataset from its official source into `root` (`racmkd data
+        --download`), checked before it is kept; files already there and valid are kept."""
+        raise DataError(f"{self.name}: no download; put its data under {root} by hand ({', '.join(self.data_folders) or 'see the modality'})")
 
     def fit(self, train: Bank) -> None:
         """Learn from the training items what this modality's specs carry (a sensor's principal
@@ -192,6 +198,10 @@ class ImageModality(Modality):
     teacher_encoder = "cnn2d"
     student_encoder = "dscnn2d"
     data_folders = ("mnist",)
+
+    def download(self, root: Path) -> None:
+        download_mnist(root)
+
     size = 28  # the digits' side, in pixels
 
     def load_banks(self, root: Path, cfg: DataConfig) -> dict[str, Bank]:
@@ -284,6 +294,9 @@ class AudioModality(Modality):
     teacher_encoder = "cnn2d"
     student_encoder = "dscnn2d"
     data_folders = ("fsdd",)
+
+    def download(self, root: Path) -> None:
+        download_fsdd(root)
 
     @property
     def samples(self) -> int:
@@ -430,6 +443,9 @@ class PenModality(Modality):
     teacher_encoder = "cnn2d"  # a (3, statistics, windows) input: x, y and pen down as channels
     student_encoder = "dscnn2d"
     data_folders = ("pendigits",)
+
+    def download(self, root: Path) -> None:
+        download_pendigits(root)
 
     def load_banks(self, root: Path, cfg: DataConfig) -> dict[str, Bank]:
         folder, (lo, hi) = root / "pendigits", self.options.val_writers

@@ -15,7 +15,7 @@ from racmkd.data.modalities import SPLITS, Bank, Modality, seeded_noise
 from racmkd.data.paths import DataError
 from racmkd.data.signals import principal_axes
 from racmkd.registry import MODALITIES
-from racmkd_imu.data import FOLDER, load_recordings, split_of
+from racmkd_imu.data import FOLDER, download, load_recordings, split_of
 from racmkd_imu.signal import AXES, NAME, ImuOptions, ImuSpec, imu_trace
 
 
@@ -32,6 +32,9 @@ class ImuModality(Modality):
     # has no weights for 3 others (data.options.imu.levels).
     reductions: ClassVar[dict[str, str]] = {"length": "time steps, by average pooling (32 -> 16 -> 8 -> 4)"}
     principal: tuple[tuple[float, ...], tuple[tuple[float, ...], ...]] | None = None  # (centre, axes), by `fit`
+
+    def download(self, root: Path) -> None:
+        download(root)
 
     def load_banks(self, root: Path, cfg: DataConfig) -> dict[str, Bank]:
         recordings = load_recordings(root / FOLDER)
