@@ -268,7 +268,7 @@ def tie_margin(best: float, other: float, tolerance: float, val_samples: int) ->
     measured on `val_samples` samples (0: no such limit). Near 0.999 a fixed 0.5 point is eight times
     the best one's errors: the high tier of a run with the IMU took, as a tie "going to capacity",
     a design at 0.9962 over one at 0.9994 (5,000 samples, 3.4 standard errors apart), and it tested
-    a point below the medium tier. Below about 0.985 on 5,000 samples the tolerance is the smaller."""
+    a point below the medium tier. With both below about 0.984 on 5,000 samples the tolerance is the smaller."""
     if val_samples <= 0:
         return tolerance
     return min(tolerance, 2.0 * math.sqrt((best * (1 - best) + other * (1 - other)) / val_samples))
