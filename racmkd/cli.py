@@ -154,14 +154,12 @@ def data(
     ] = False,
 ) -> None:
     """Build and cache the paired dataset; print what it holds."""
-    from racmkd.data.dataset import build_dataset, make_modalities
-    from racmkd.data.paths import data_root
+    from racmkd.data.dataset import build_dataset, download_datasets
 
     try:
         cfg = _config(config, protocol, set_)
         if download:
-            for modality in make_modalities(cfg.data).values():
-                modality.download(data_root(cfg.data.root))
+            download_datasets(cfg.data)
         dataset = build_dataset(cfg.data)
     except _errors() as err:
         raise _fail(err) from None

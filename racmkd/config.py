@@ -213,7 +213,7 @@ class SelectionConfig:
     depths: tuple[int, ...] = (1, 2, 3)  # depthwise-separable blocks per encoder stage
     samples: int = 12800  # training samples seen by each candidate (100 steps of 128; 0: the whole split)
     val_samples: int = 5000  # validation samples that rank the candidates (0: all)
-    tolerance: float = 0.005  # a cheaper candidate within this validation accuracy wins (less where validation tells them apart: pipeline.tie_margin)
+    tolerance: float = 0.005  # a cheaper candidate within this validation accuracy wins
     # A modality set whose own teacher (trained on it alone) ended more than this below the fused
     # teacher on validation is not a candidate: its students cannot get near what the fused teacher
     # knows. 1.0 keeps every set.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import re
 import shutil
@@ -262,31 +261,18 @@ def deepest_per_input(designs: list[Design]) -> list[Design]:
     return list(deepest.values())
 
 
-def tie_margin(best: float, other: float, tolerance: float, val_samples: int) -> float:
-    """How far below the best validation accuracy a candidate still ties: `tolerance`, or less where
-    the validation set tells the two apart, two standard errors of the difference of two accuracies
-    measured on `val_samples` samples (0: no such limit). Near 0.999 a fixed 0.5 point is eight times
-    the best one's errors: the high tier of a run with the IMU took, as a tie "going to capacity",
-    a design at 0.9962 over one at 0.9994 (5,000 samples, 3.4 standard errors apart), and it tested
-    a point below the medium tier. With both below about 0.984 on 5,000 samples the tolerance is the smaller."""
-    if val_samples <= 0:
-        return tolerance
-    return min(tolerance, 2.0 * math.sqrt((best * (1 - best) + other * (1 - other)) / val_samples))
-
-
-def break_ties(entries: list[dict[str, Any]], tolerance: float, ties: str, val_samples: int = 0) -> tuple[dict[str, Any], str]:
-    """The candidate a tier takes, and why: among those that tie with the best validation accuracy
-    (`tie_margin`), the cheapest in FLOPs (`ties="flops"`) or the one with the most parameters ("capacity")."""
+def break_ties(entries: list[dict[str, Any]], tolerance: float, ties: str) -> tuple[dict[str, Any], str]:
+    """The candidate a tier takes, and why: among those within `tolerance` of the best validation
+    accuracy, the cheapest in FLOPs (`ties="flops"`) or the one with the most parameters ("capacity")."""
     top = max(entries, key=lambda e: e["val_accuracy"])
-    near = [e for e in entries if e["val_accuracy"] >= top["val_accuracy"] - tie_margin(top["val_accuracy"], e["val_accuracy"], tolerance, val_samples)]
+    near = [e for e in entries if e["val_accuracy"] >= top["val_accuracy"] - tolerance]
     if ties == "flops":
         pick = min(near, key=lambda e: (e["flops"], -e["val_accuracy"]))
         why = f"at {top['flops'] / max(pick['flops'], 1):.1f}x fewer FLOPs"
     else:
         pick = max(near, key=lambda e: (e["params"], e["val_accuracy"]))
         why = f"with {pick['params'] / max(top['params'], 1):.1f}x the parameters (ties go to capacity)"
-    margin = tie_margin(top["val_accuracy"], pick["val_accuracy"], tolerance, val_samples)
-    return pick, "highest validation accuracy" if pick is top else f"within {margin:.2%} of the best ({top['name']}, {top['val_accuracy']:.4f}) {why}"
+    return pick, "highest validation accuracy" if pick is top else f"within {tolerance:.1%} of the best ({top['name']}, {top['val_accuracy']:.4f}) {why}"
 
 
 def out_of_reach(cfg: RunConfig, run_dir: Path, names: list[str]) -> dict[tuple[str, ...], str]:
@@ -314,8 +300,8 @@ def out_of_reach(cfg: RunConfig, run_dir: Path, names: list[str]) -> dict[tuple[
 
 def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teacher], run_dir: Path, tiers: list[TierConfig]) -> dict[str, Design]:
     """Choose each tier's modalities, resolution and depth by measurement. Every candidate is trained
-    briefly with its tier's distillation objective and ranked on validation accuracy; of those that tie
-    with the best (within `selection.tolerance`, and within the validation's noise: `tie_margin`), the tier's `ties` picks the cheapest (fewest FLOPs) or the
+    briefly with its tier's distillation objective and ranked on validation accuracy; of those within
+    `selection.tolerance` of the best, the tier's `ties` picks the cheapest (fewest FLOPs) or the
     one with the most parameters. The search is coordinate-wise:
     modality sets x resolution levels, each at its deepest depth within the budget, then the other depths of each tier's
     leader. Inputs are compared deep because a shallow student under-uses a large input (on avmnist the
@@ -402,8 +388,7 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
                     "trained_as": job.name,
                 }
             )
-        val_used = min(sel.val_samples, len(dataset.splits["val"])) if sel.val_samples else len(dataset.splits["val"])
-        pick, reason = break_ties(entries, sel.tolerance, next(t for t in tiers if t.name == tier_name).ties, val_used)
+        pick, reason = break_ties(entries, sel.tolerance, next(t for t in tiers if t.name == tier_name).ties)
         table[tier_name].update(candidates=entries, chosen=pick["name"], reason=reason)
         chosen[tier_name] = next(d for d in designs if d.name == pick["name"])
     # Distilling some tiers again (`racmkd distill --tiers ...`) keeps the other tiers' records.

@@ -455,6 +455,16 @@ def test_data_download_fetches_what_the_configs_modalities_read(imu_registered: 
     assert fetched == [("mnist", tmp_path), ("fsdd", tmp_path), (FOLDER, tmp_path)]  # no pen digits: the config does not use them
     with pytest.raises(DataError, match="imu: no download; put its data under"):
         Modality.download(ImuModality(), tmp_path)  # a modality that does not say how
+    # A plugin written before the hook: passed over where its data is, named before anything is fetched where not.
+    monkeypatch.setattr(ImuModality, "download", Modality.download)
+    fetched.clear()
+    (tmp_path / FOLDER).mkdir()
+    assert CliRunner().invoke(app, ["data", "--download", "--config", str(config), "--set", f"data.root={tmp_path}"]).exit_code == 0
+    assert [name for name, _ in fetched] == ["mnist", "fsdd"]
+    fetched.clear()
+    (tmp_path / FOLDER).rmdir()
+    result = CliRunner().invoke(app, ["data", "--download", "--config", str(config), "--set", f"data.root={tmp_path}"])
+    assert result.exit_code == 2 and "imu: no download (Modality.download) and no data under" in result.output and fetched == [], result.output
 
 
 def write_recordings(folder: Path, recordings: dict[str, str]) -> None:

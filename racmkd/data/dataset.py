@@ -171,6 +171,23 @@ def make_modalities(cfg: DataConfig) -> dict[str, Modality]:
     return {name: MODALITIES.create(name, protocol=cfg.protocol, **cfg.options.get(name, {})) for name in cfg.modalities}
 
 
+def download_datasets(cfg: DataConfig) -> list[str]:
+    """Fetch the datasets the configured modalities read into the data root (`racmkd data
+    --download`, each through its `Modality.download`); returns the modalities fetched. A modality
+    that has no download (a plugin's written before the hook) is passed over when its folders are
+    there, and named before anything is fetched when they are not."""
+    root = data_root(cfg.root)
+    modalities = make_modalities(cfg)
+    unable = [m for m in modalities.values() if type(m).download is Modality.download]
+    missing = [m.name for m in unable if not m.data_folders or not all((root / folder).exists() for folder in m.data_folders)]
+    if missing:
+        raise DataError(f"{', '.join(missing)}: no download (Modality.download) and no data under {root}; put it there by hand, then run again")
+    fetched = [m for m in modalities.values() if m not in unable]
+    for modality in fetched:
+        modality.download(root)
+    return [m.name for m in fetched]
+
+
 def source_fingerprint(root: Path, folders: list[str] | None = None, cache_dir: Path | None = None) -> list[Any]:
     """The data as the cache knows it: the resolved root and, in each folder the modalities read
     (`Modality.data_folders`; None: the whole root), its resolved path and every file by relative
