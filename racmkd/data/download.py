@@ -156,12 +156,13 @@ def install_from_archive(url: str, target: Path, pick: Callable[[str], str | Non
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
             for member in archive:
                 name = pick(member.name) if member.isfile() else None
-                if name is not None and (Path(name).is_absolute() or ".." in Path(name).parts):
+                if name is None:
+                    continue
+                if Path(name).is_absolute() or ".." in Path(name).parts:
                     raise DataError(f"{url}: member {member.name!r} would land outside {target}; nothing was written.")
-                if name is not None:
-                    handle = archive.extractfile(member)
-                    if handle is not None:
-                        files.append((name, handle.read()))
+                handle = archive.extractfile(member)
+                if handle is not None:
+                    files.append((name, handle.read()))
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"{url}: not a readable tar archive ({err}). Try the download again.") from None
     if not files:

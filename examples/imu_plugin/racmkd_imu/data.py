@@ -53,10 +53,16 @@ def read_recording(path: Path) -> np.ndarray:
     return np.array(rows)
 
 
+def hidden(parts: tuple[str, ...] | list[str]) -> bool:
+    """Whether a path (its parts under FOLDER) is a hidden file or lies in a hidden folder (as
+    macOS's ._readings_1_digit_0.csv): never one of the set, as the dataset cache's key skips them."""
+    return any(part.startswith(".") for part in parts)
+
+
 def counts(name: str) -> bool:
-    """Whether a file (its path under FOLDER) is one of the set: a recording's name, in no hidden
-    folder (a hidden file, as macOS's ._readings_1_digit_0.csv, is not one either)."""
-    return FILE.fullmatch(name.rsplit("/", 1)[-1]) is not None and not any(part.startswith(".") for part in name.split("/"))
+    """Whether a file (its path under FOLDER) is one of the set: a recording's name, not hidden."""
+    parts = name.split("/")
+    return FILE.fullmatch(parts[-1]) is not None and not hidden(parts)
 
 
 def load_recordings(folder: Path) -> list[tuple[int, int, np.ndarray]]:
@@ -66,7 +72,7 @@ def load_recordings(folder: Path) -> list[tuple[int, int, np.ndarray]]:
         raise DataError(f"{folder}: folder not found. Set RACMKD_DATA to the folder holding {FOLDER}/, or fetch it: python -m racmkd_imu.data <data root>")
     found: dict[int, tuple[int, Path]] = {}
     for path in sorted(folder.rglob("*.csv")):
-        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+        if hidden(path.relative_to(folder).parts):
             continue
         match = FILE.fullmatch(path.name)
         if match is None:

@@ -42,9 +42,7 @@ class ImuModality(Modality):
         for split in SPLITS:
             kept = [(number, digit, readings) for number, digit, readings in recordings if split_of(number) == split]
             if not kept:
-                raise DataError(
-                    f"{root / FOLDER}: no {split} recordings (numbers {'divisible by 5' if split == 'test' else 'ending in 3' if split == 'val' else 'of the rest'}); the set is incomplete, fetch it again"
-                )
+                raise DataError(f"{root / FOLDER}: no {split} recordings (racmkd_imu.data.split_of); the set is incomplete, fetch it again")
             traces = np.stack([imu_trace(readings, self.options.samples) for _, _, readings in kept])  # (R, 6, samples)
             banks[split] = Bank(
                 torch.from_numpy(traces), torch.tensor([digit for _, digit, _ in kept]), [f"readings_{number}_digit_{digit}" for number, digit, _ in kept]
@@ -56,7 +54,7 @@ class ImuModality(Modality):
         return len(self.options.levels)
 
     def fit(self, train: Bank) -> None:
-        """The principal axes of the training traces, which a PCA level or reduction projects onto."""
+        """The principal axes of the training traces, which a PCA level projects onto."""
         centre, axes = principal_axes(train.data.numpy())
         self.principal = (tuple(centre.tolist()), tuple(map(tuple, axes.tolist())))
 
@@ -67,6 +65,7 @@ class ImuModality(Modality):
         return ImuSpec(self.options.samples, steps, components, *self.fitted_axes())
 
     def fitted_axes(self) -> tuple[tuple[float, ...], tuple[tuple[float, ...], ...]]:
+        """(centre, axes) from `fit`; a PCA level asked for before the dataset was built is an error."""
         if self.principal is None:
             raise ConfigError("imu: fewer than 6 components need the training traces' principal axes; build the dataset first (it fits them)")
         return self.principal
