@@ -289,9 +289,13 @@ def export(
         bool,
         typer.Option("--int8-weights/--no-int8-weights", help="Also write int8 weights with float arithmetic (a quarter of the weight bytes, fp32 speed)."),
     ] = True,
+    int4_weights: Annotated[
+        bool,
+        typer.Option("--int4-weights/--no-int4-weights", help="Also write 4-bit weights with float arithmetic (an eighth of the weight bytes, fp32 speed)."),
+    ] = False,
     modality: Annotated[Optional[list[str]], typer.Option(help="Export the graph for these inputs only (repeatable): a variant with a sensor off.")] = None,
 ) -> None:
-    """Export a model to ONNX (fp32, int8 and int8 weights) with its preprocessing contract; check parity on the whole test split."""
+    """Export a model to ONNX (fp32, int8, int8 weights, optionally 4-bit weights) with its preprocessing contract; check parity on the whole test split."""
     from racmkd.pipeline import export_model, exportable_checkpoint, open_run, prepare_data
 
     try:
@@ -299,11 +303,13 @@ def export(
             _check_out_folder(out)  # found now, not after the data loads ("[Errno 17] File exists", "[Errno 20] Not a directory")
         run_dir, cfg = open_run(run)
         exportable_checkpoint(run_dir, model)  # before the data loads
-        result = export_model(cfg, prepare_data(cfg), run_dir, model, out, int8, list(modality) if modality else None, int8_weights=int8_weights)
+        result = export_model(
+            cfg, prepare_data(cfg), run_dir, model, out, int8, list(modality) if modality else None, int8_weights=int8_weights, int4_weights=int4_weights
+        )
     except _errors() as err:
         raise _fail(err) from None
     typer.echo(json.dumps(result, indent=2))
-    for key in ("fp32", "int8", "int8-weights"):
+    for key in ("fp32", "int8", "int8-weights", "int4-weights"):
         if key in result and not result[key]["meets_bound"]:
             p = result[key].get("parity_vs_fp32", result[key].get("parity_vs_pytorch"))
             typer.echo(

@@ -621,9 +621,11 @@ def export_model(
     present: list[str] | None = None,
     calibration_samples: int = 512,
     int8_weights: bool = False,
+    int4_weights: bool = False,
 ) -> dict[str, Any]:
     """Export one model of a run (a teacher, a tier, a baseline) to ONNX, fp32 and optionally int8
-    (static QDQ) and int8 weights with float arithmetic, each checked against its reference on the
+    (static QDQ) and int8 or 4-bit weights with float arithmetic (every layer's: a recipe's export
+    step chooses which layers keep 8 bits), each checked against its reference on the
     whole test split. Returns what was written and the parity figures, each file with `meets_bound`
     (fp32: every argmax as PyTorch's; int8: the recipe export step's default bound against fp32,
     which the command warns of when missed); also writes them to <out_dir>/<name>.export.json.
@@ -634,7 +636,7 @@ def export_model(
     files with no export.json: it cannot pass as a whole export, and the next one redoes it."""
     from racmkd.compress.export import compact_file, fp32_parity, onnx_logits, parity, remove_unwritten_variants, session, torch_logits
     from racmkd.compress.export import export_onnx as write_onnx
-    from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights_int8
+    from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights
     from racmkd.compress.steps import ExportOptions
     from racmkd.eval.report import git_commit
 
@@ -663,10 +665,11 @@ def export_model(
             built["int8"] = quantize_int8(built["fp32"], work / f"{stem}.int8.onnx", calibration_inputs(dataset, used, calibration_samples))
             q_logits, _ = onnx_logits(session(built["int8"]), used, dataset, "test")
             result["int8"] = {"path": str(out_dir / built["int8"].name), "parity_vs_fp32": parity(q_logits, fp32_logits, labels).as_dict()}
-        if int8_weights:
-            built["int8-weights"] = quantize_weights_int8(built["fp32"], work / f"{stem}.int8-weights.onnx")
-            w_logits, _ = onnx_logits(session(built["int8-weights"]), used, dataset, "test")
-            result["int8-weights"] = {"path": str(out_dir / built["int8-weights"].name), "parity_vs_fp32": parity(w_logits, fp32_logits, labels).as_dict()}
+        for key, bits in (("int8-weights", 8), ("int4-weights", 4)):
+            if {"int8-weights": int8_weights, "int4-weights": int4_weights}[key]:
+                built[key] = quantize_weights(built["fp32"], work / f"{stem}.{key}.onnx", bits=bits)
+                w_logits, _ = onnx_logits(session(built[key]), used, dataset, "test")
+                result[key] = {"path": str(out_dir / built[key].name), "parity_vs_fp32": parity(w_logits, fp32_logits, labels).as_dict()}
         bound = ExportOptions()  # a recipe's export step judges its candidates by the same bound
         for key, file in built.items():
             result[key]["meets_bound"] = bound.meets_bound(key, result[key]["parity_vs_pytorch" if key == "fp32" else "parity_vs_fp32"])

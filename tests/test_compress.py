@@ -4,6 +4,7 @@ recipe on the tiny run's students."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -474,6 +475,8 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         ([{"export": {"min_agreement": 1.5}}], "min_agreement and max_accuracy_drop must be in"),
         ([{"export": {"int8": "mixed", "mixed_budget": 0.5}}], "impossible budget"),
         ([{"export": {"int8": "mixed", "mixed_budget": float("inf")}}], "must be a finite multiple"),
+        ([{"qat": {"weight_bits": 2}}, "export"], r"steps\[0\]\.qat: weight_bits must be 8 or 4"),
+        ([{"qat": {"activations": "no"}}, "export"], r"qat\.activations: expected true or false"),
     ],
 )
 def test_recipe_validation_errors_name_the_problem(steps: list, message: str) -> None:
@@ -579,7 +582,7 @@ def compressed_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "  - prune: {ratio: 0.35, steps: 1, max_drop: 1.0, multiple: 1, finetune: {epochs: 1, samples: 512}}\n"
         "  - align: {multiple: 4, max_drop: 1.0, latency_iters: 30, finetune: {epochs: 1, samples: 256}}\n"
         "  - qat: {epochs: 1, samples: 256}\n"
-        "  - export: {int8: mixed, calibration_samples: 64, sensitivity_samples: 100, min_agreement: 0.9, max_accuracy_drop: 0.2, latency_iters: 30}\n"
+        "  - export: {int8: mixed, int4_weights: true, calibration_samples: 64, sensitivity_samples: 100, min_agreement: 0.9, max_accuracy_drop: 0.2, latency_iters: 30}\n"
     )
     run_dir, cfg = open_run(run)
     dataset = prepare_data(cfg)
@@ -650,6 +653,11 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
     assert manifest["candidates"]["fp32"]["meets_bound"] and manifest["artifact"] in [c["path"] for c in manifest["candidates"].values() if c["meets_bound"]]
     weights_only = manifest["candidates"]["int8-weights"]
     assert weights_only["parity"]["argmax_agreement"] >= 0.9 and weights_only["bytes"] < manifest["candidates"]["fp32"]["bytes"]
+    four = manifest["candidates"]["int4-weights"]  # every weight in 4 bits but the fewest the agreement needs in 8
+    assert four["format"] == "onnx-int4-weights" and four["bytes"] < weights_only["bytes"] and four["parity"]["samples"] > 0
+    int4 = manifest["steps"][-1]["details"]["int4_weights"]
+    assert int4["layers"] and int4["kept_int8"] == four["kept_int8"] == int4["trials"][-1]["kept_int8"]
+    assert [t["kept_int8"] for t in int4["trials"]] == [[r["weight"] for r in int4["layers"]][:n] for n in range(len(int4["trials"]))]
     mixed = manifest["steps"][-1]["details"]["mixed_precision"]
     assert mixed["layers"]  # per-layer sensitivity reported
     trials = mixed["trials"]  # layers kept in fp32 one at a time, most useful first, until the agreement holds
@@ -785,16 +793,22 @@ def test_a_trained_students_int8_model_keeps_its_fp32_models_answers(tiny_datase
     assert producer[graph.output[0].name].op_type == "Gemm"
 
 
-def test_int8_weights_shrink_the_file_and_run_at_float_speed_settings(tmp_path: Path) -> None:
-    from racmkd.compress.quantize import quantize_weights_int8
-
+def exported_demo(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """An fp32 export of a small image + audio student, and 64 random inputs for it."""
     modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
     specs = {"image": modalities["image"].spec(1), "audio": modalities["audio"].spec(1)}
     model = with_running_stats(
         student({m: {"encoder": "dscnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=2.0, depth=2)
     )
-    fp32 = export_onnx(model, specs, modalities, tmp_path / "fp32.onnx", name="demo")
-    w8 = quantize_weights_int8(fp32, tmp_path / "w8.onnx")
+    x = {m: np.random.default_rng(0).standard_normal((64, *modalities[m].feature_shape(s))).astype(np.float32) for m, s in specs.items()}
+    return export_onnx(model, specs, modalities, folder / "fp32.onnx", name="demo"), x
+
+
+def test_int8_weights_shrink_the_file_and_run_at_float_speed_settings(tmp_path: Path) -> None:
+    from racmkd.compress.quantize import quantize_weights
+
+    fp32, x = exported_demo(tmp_path)
+    w8 = quantize_weights(fp32, tmp_path / "w8.onnx")
     assert read_contract(w8)["precision"] == "int8-weights" and read_contract(w8)["inputs"] == read_contract(fp32)["inputs"]
     graph = onnx.load(w8).graph
     dequantized = [n for n in graph.node if n.op_type == "DequantizeLinear"]
@@ -806,13 +820,89 @@ def test_int8_weights_shrink_the_file_and_run_at_float_speed_settings(tmp_path: 
     assert w8.stat().st_size < 0.5 * fp32.stat().st_size
     # The session folds the weights back into floats at load instead of dequantizing per call.
     assert session(w8).get_session_options().get_session_config_entry("session.disable_quant_qdq") == "1"
-    x = {m: np.random.default_rng(0).standard_normal((64, *modalities[m].feature_shape(s))).astype(np.float32) for m, s in specs.items()}
     reference, quantized = session(fp32).run(["logits"], x)[0], session(w8).run(["logits"], x)[0]
     assert np.abs(quantized - reference).max() < 0.02 * np.abs(reference).max()
     assert (quantized.argmax(1) == reference.argmax(1)).mean() >= 0.95
     with pytest.raises(ExportError, match="already quantized"):
-        quantize_weights_int8(w8, tmp_path / "twice.onnx")
+        quantize_weights(w8, tmp_path / "twice.onnx")
     assert not (tmp_path / "twice.onnx").exists()
+
+
+def test_int4_weights_pack_two_to_a_byte_and_mixed_widths_are_recorded(tmp_path: Path) -> None:
+    from racmkd.compress.artifacts import stored_bytes
+    from racmkd.compress.quantize import layer_weights, quantize_weights
+    from racmkd.resources.profile import graph_cost
+
+    fp32, x = exported_demo(tmp_path)
+    w8, w4 = quantize_weights(fp32, tmp_path / "w8.onnx"), quantize_weights(fp32, tmp_path / "w4.onnx", bits=4)
+    contract = read_contract(w4)
+    assert contract["precision"] == "int4-weights" and "weight_bits" not in contract and contract["inputs"] == read_contract(fp32)["inputs"]
+    assert next(o.version for o in onnx.load(w4).opset_import if o.domain == "") == 21  # DequantizeLinear reads int4 from opset 21
+    weights = {i.name: i for i in onnx.load(fp32).graph.initializer}
+    layers = layer_weights(onnx.load(fp32))
+    stored = [i for i in onnx.load(w4).graph.initializer if i.data_type == onnx.TensorProto.INT4]
+    assert len(stored) == len(layers) and sum(stored_bytes(i) for i in stored) == sum((math.prod(weights[n].dims) + 1) // 2 for n in layers)
+    # Bytes as the file stores them: two 4-bit weights to a byte, per module and in the profile.
+    assert sum(module_weight_bytes(onnx.load(w4)).values()) < 0.7 * sum(module_weight_bytes(onnx.load(w8)).values())
+    assert graph_cost(w4).weight_bytes == sum(stored_bytes(i) for i in onnx.load(w4).graph.initializer)
+    assert graph_cost(w4).resident_weight_bytes == graph_cost(w8).resident_weight_bytes  # both folded to floats at load
+    assert w4.stat().st_size < w8.stat().st_size
+    reference, four = session(fp32).run(["logits"], x)[0], session(w4).run(["logits"], x)[0]
+    eight = session(w8).run(["logits"], x)[0]
+    assert np.abs(four - reference).max() < 0.3 * np.abs(reference).max()
+    assert np.abs(four - reference).mean() > np.abs(eight - reference).mean()  # 15 levels round coarser than 255
+    # Mixed widths: the named weight stays in 8 bits (another in fp32), every width recorded by name.
+    first, second = list(layers)[:2]
+    mixed = quantize_weights(fp32, tmp_path / "mixed.onnx", bits=4, bits_by_weight={first: 8, second: 32})
+    by_name = {i.name: i.data_type for i in onnx.load(mixed).graph.initializer}
+    assert by_name[f"{first}_int8"] == onnx.TensorProto.INT8 and by_name[second] == onnx.TensorProto.FLOAT and f"{second}_int4" not in by_name
+    assert read_contract(mixed)["weight_bits"] == {n: {first: 8, second: 32}.get(n, 4) for n in layers}
+    only8 = quantize_weights(fp32, tmp_path / "only8.onnx", bits=8, bits_by_weight={first: 32})
+    assert read_contract(only8)["precision"] == "int8-weights" and next(o.version for o in onnx.load(only8).opset_import if o.domain == "") == 18
+    with pytest.raises(ExportError, match="no layer weights named"):
+        quantize_weights(fp32, tmp_path / "bad.onnx", bits=4, bits_by_weight={"encoders.nothing.weight": 8})
+    with pytest.raises(ValueError, match="8 or 4 bits"):
+        quantize_weights(fp32, tmp_path / "bad.onnx", bits=2)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_int4_weights_keep_in_8_bits_only_as_many_layers_as_the_agreement_needs(tmp_path: Path) -> None:
+    from racmkd.compress.quantize import fewest_int8_weights, int4_weight_sensitivity, quantize_weights
+
+    modalities = {"image": MODALITIES.create("image")}
+    specs = {"image": modalities["image"].spec(1)}
+    model = with_running_stats(student({"image": {"encoder": "dscnn2d", "shape": list(modalities["image"].feature_shape(specs["image"]))}}, width=1.0, depth=1))
+    fp32 = export_onnx(model, specs, modalities, tmp_path / "fp32.onnx", name="demo")
+    x = {"image": np.random.default_rng(0).standard_normal((200, *modalities["image"].feature_shape(specs["image"]))).astype(np.float32)}
+    labels = np.random.default_rng(1).integers(0, 10, 200)
+    ranked = int4_weight_sensitivity(fp32, x, labels)
+    assert len(ranked) >= 3 and all(r.kl >= 0 and r.bytes_saved == r.elements // 2 for r in ranked)
+    assert [r.kl / r.bytes_saved for r in ranked] == sorted((r.kl / r.bytes_saved for r in ranked), reverse=True)  # most damaging per byte first
+    names = [r.weight for r in ranked]
+    kept, trials = fewest_int8_weights(fp32, x, names, min_agreement=0.0)  # all-4-bit is enough
+    assert kept == [] and len(trials) == 1
+    kept, trials = fewest_int8_weights(fp32, x, names, min_agreement=1.01)  # nothing is: every layer in 8 bits
+    assert kept == names and [t["kept_int8"] for t in trials] == [names[:n] for n in range(len(names) + 1)]
+    all8 = session(quantize_weights(fp32, tmp_path / "w8.onnx")).run(["logits"], x)[0].argmax(1)
+    assert trials[-1]["agreement"] == pytest.approx(float((all8 == session(fp32).run(["logits"], x)[0].argmax(1)).mean()))
+
+
+def test_fake_quantization_to_4_bit_weights_leaves_activations_float() -> None:
+    model = with_running_stats(student(INPUTS, width=1.0, depth=1))
+    x = batch(8)
+    absorb_batchnorm(model)
+    reference = model(x)
+    with fake_quantized(model, weight_bits=8):
+        eight = model(x)
+    with fake_quantized(model, weight_bits=4, activations=False):
+        four = model(x)
+        assert not any(m._forward_pre_hooks for m in model.modules())  # no layer input rounded
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        w = conv.weight.detach().reshape(conv.weight.shape[0], -1)
+        levels = torch.round(w / (w.abs().amax(dim=1, keepdim=True) / 7))
+        torch.testing.assert_close(w, levels * (w.abs().amax(dim=1, keepdim=True) / 7))  # on the 4-bit grid
+        assert levels.abs().max() == 7
+    assert (four - reference).abs().mean() > (eight - reference).abs().mean() > 0
 
 
 def test_the_artifact_is_the_fastest_within_the_bound_and_the_smallest_of_a_speed_tie() -> None:

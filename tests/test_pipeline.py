@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import racmkd
-from racmkd.compress.artifacts import ExportError
+from racmkd.compress.artifacts import ExportError, read_contract
 from racmkd.config import ConfigError, DistillConfig, load_config
 from racmkd.data.dataset import build_dataset
 from racmkd.models.checkpoint import CheckpointError, load_model
@@ -596,6 +596,12 @@ def test_a_failed_export_leaves_the_earlier_set_whole(tiny_run: Path, tiny_datas
     assert moves == [out / "critical.fp32.onnx"] and sorted(p.name for p in out.iterdir()) == ["critical.fp32.onnx", "critical.int8-weights.onnx"]
     again = export_model(cfg, tiny_dataset, tiny_run, "critical", out, int8=False, int8_weights=False)
     assert sorted(p.name for p in out.iterdir()) == ["critical.export.json", "critical.fp32.onnx"] and Path(again["fp32"]["path"]) == out / "critical.fp32.onnx"
+    # 4-bit weights: written and checked when asked for, and an export without them removes the earlier file.
+    four = export_model(cfg, tiny_dataset, tiny_run, "critical", out, int8=False, int8_weights=False, int4_weights=True)
+    assert read_contract(out / "critical.int4-weights.onnx")["precision"] == "int4-weights"
+    assert four["int4-weights"]["parity_vs_fp32"]["samples"] > 0 and four["int4-weights"]["bytes"] < four["fp32"]["bytes"]
+    export_model(cfg, tiny_dataset, tiny_run, "critical", out, int8=False, int8_weights=False)
+    assert sorted(p.name for p in out.iterdir()) == ["critical.export.json", "critical.fp32.onnx"]
 
 
 def test_a_compressed_tier_to_export_names_the_file_compress_wrote(tmp_path: Path) -> None:

@@ -254,12 +254,12 @@ def test_a_profile_missing_a_field_or_with_a_bad_value_is_a_clear_error(tmp_path
 
 def test_int8_weights_with_float_arithmetic_count_as_float_once_loaded(tmp_path: Path) -> None:
     from racmkd.compress.export import CONTRACT_KEY, set_metadata
-    from racmkd.compress.quantize import quantize_weights_int8
+    from racmkd.compress.quantize import quantize_weights
 
     model = hand_graph()
     set_metadata(model, {CONTRACT_KEY: json.dumps({"format": "racmkd-onnx/1", "inputs": {"x": {}}})})
     onnx.save(model, tmp_path / "fp32.onnx")
-    fp32, w8 = graph_cost(tmp_path / "fp32.onnx"), graph_cost(quantize_weights_int8(tmp_path / "fp32.onnx", tmp_path / "w8.onnx"))
+    fp32, w8 = graph_cost(tmp_path / "fp32.onnx"), graph_cost(quantize_weights(tmp_path / "fp32.onnx", tmp_path / "w8.onnx"))
     assert w8.weight_bytes == (18 + 2) + 4 * (2 + 1)  # int8 weights and a float scale per output channel
     assert w8.resident_weight_bytes == fp32.weight_bytes  # ONNX Runtime holds them as floats after loading
     assert w8.dequantize_scratch_bytes == 4 * 18  # the largest layer, dequantized, on a device reading flash

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -78,16 +79,19 @@ def test_the_request_overhead_is_what_requests_take_beyond_their_variants(bank_d
     assert 15.0 <= request_overhead_ms(bank_dir, inputs, 10) - usual <= 30.0
 
 
-def test_a_bank_of_int8_weight_variants_is_smaller_and_answers_alike(
-    bank_dir: Path, tiny_run: Path, tiny_dataset, tmp_path: Path, samples, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("precision", ["int8-weights", "int4-weights"])
+def test_a_bank_of_quantized_weight_variants_is_smaller_and_answers_alike(
+    precision: str, bank_dir: Path, tiny_run: Path, tiny_dataset, tmp_path: Path, samples, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # noqa: ANN001
-    """Where a tier's recipe chose int8 weights, its variants are exported so: a quarter of the
-    weight bytes, the same answers, memory measured as the session holds them (weights in float)."""
+    """Where a tier's recipe chose int8 or 4-bit weights, its variants are exported so: a quarter
+    (an eighth) of the weight bytes, the same answers, memory measured as the session holds them
+    (weights in float); a weight the recipe kept in 8 bits stays so in the variant that holds it."""
     from racmkd.config import load_config
     from racmkd.eval import cost
     from racmkd.runtime import variants
 
-    monkeypatch.setattr(variants, "_source", lambda run_dir, tier: (run_dir / "checkpoints" / f"{tier}.pt", "int8-weights"))
+    kept_int8 = ["encoders.image.body.1.0.weight"] if precision == "int4-weights" else []  # the image stem
+    monkeypatch.setattr(variants, "_source", lambda run_dir, tier: (run_dir / "checkpoints" / f"{tier}.pt", precision, kept_int8))
     read_from = []
 
     def rapl(fn, iters: int, root: Path) -> float:  # noqa: ANN001 - RAPL counters readable: 0.25 mJ a call, say
@@ -106,10 +110,13 @@ def test_a_bank_of_int8_weight_variants_is_smaller_and_answers_alike(
     by_id = {v["tier"] + "/" + v["modality"]: v for v in full.data["variants"]}
     for v in small.data["variants"]:
         reference = by_id[v["tier"] + "/" + v["modality"]]
-        assert v["precision"] == "int8-weights" and v["file_bytes"] < 0.6 * reference["file_bytes"]
+        assert v["precision"] == precision and v["file_bytes"] < {"int8-weights": 0.6, "int4-weights": 0.5}[precision] * reference["file_bytes"]
         assert v["graph_memory_bytes"] == reference["graph_memory_bytes"]  # held as floats once loaded
+        stored = [i.data_type for i in onnx.load(folder / v["path"]).graph.initializer]
+        if precision == "int4-weights":  # the stem in 8 bits where the variant reads the image, every other weight in 4
+            assert stored.count(onnx.TensorProto.INT8) == (v["modality"] == "image") and stored.count(onnx.TensorProto.INT4) >= 2
     for key, accuracy in full.data["accuracy"]["test"].items():
-        assert small.data["accuracy"]["test"][key] == pytest.approx(accuracy, abs=0.03)
+        assert small.data["accuracy"]["test"][key] == pytest.approx(accuracy, abs={"int8-weights": 0.03, "int4-weights": 0.1}[precision])
     inputs, labels = samples
     answers = [EdgeRuntime(small).predict(**x).label for x in inputs]
     assert np.mean(np.array(answers) == labels) > 0.3  # chance is 0.1

@@ -5,6 +5,7 @@ sessions to run it. Edge devices import this module, never racmkd.compress.expor
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from racmkd.registry import SIGNALS
 CONTRACT_KEY = "racmkd.contract"
 CONTRACT_FORMAT = "racmkd-onnx/1"
 # A deployable artifact's format -> the arithmetic it runs in (a mixed model is int8 but for a few layers).
-FORMAT_PRECISION = {"onnx-fp32": "fp32", "onnx-int8": "int8", "onnx-mixed": "int8", "onnx-int8-weights": "int8-weights"}
+FORMAT_PRECISION = {"onnx-fp32": "fp32", "onnx-int8": "int8", "onnx-mixed": "int8", "onnx-int8-weights": "int8-weights", "onnx-int4-weights": "int4-weights"}
+# Element types stored two to a byte (numpy, through ml_dtypes, holds each in a byte of its own).
+PACKED_4BIT = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.FLOAT4E2M1}
 
 
 class ExportError(RuntimeError):
@@ -98,9 +101,17 @@ def specs_from_contract(contract: dict[str, Any], fix: str = "export it again wi
         raise ExportError(f"model {contract.get('model', '?')!r}: its contract's inputs are damaged ({type(err).__name__}: {err}); {fix}") from None
 
 
-def stores_weights_only_in_int8(model: onnx.ModelProto) -> bool:
-    """True for a graph whose only int8 tensors are stored weights: DequantizeLinear nodes that read
-    initializers, and no QuantizeLinear (activations stay float)."""
+def stored_bytes(tensor: onnx.TensorProto) -> int:
+    """The bytes a tensor's values take in the model file (4-bit types packed two to a byte)."""
+    count = math.prod(tensor.dims)
+    if tensor.data_type in PACKED_4BIT:
+        return (count + 1) // 2
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+def stores_quantized_weights_only(model: onnx.ModelProto) -> bool:
+    """True for a graph whose only integer tensors are stored weights (int8 or int4):
+    DequantizeLinear nodes that read initializers, and no QuantizeLinear (activations stay float)."""
     weights = {i.name for i in model.graph.initializer}
     dequantized = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
     return bool(dequantized) and all(n.input[0] in weights for n in dequantized) and not any(n.op_type == "QuantizeLinear" for n in model.graph.node)
@@ -109,7 +120,7 @@ def stores_weights_only_in_int8(model: onnx.ModelProto) -> bool:
 def session(path: Path | bytes, threads: int = 1) -> ort.InferenceSession:
     """An ONNX Runtime CPU session on `threads` threads, all graph optimisations on.
 
-    For a model with int8 weights and float arithmetic (racmkd.compress.quantize.quantize_weights_int8),
+    For a model with int8 or int4 weights and float arithmetic (racmkd.compress.quantize.quantize_weights),
     the QDQ transformers are turned off: they would keep every DequantizeLinear and run it at each
     inference (measured here: 1.1x to 2.2x the fp32 model's latency on the four compressed tiers); without them
     constant folding turns the weights back into float once, at load, and the model runs as fast as
@@ -122,7 +133,7 @@ def session(path: Path | bytes, threads: int = 1) -> ort.InferenceSession:
     options.log_severity_level = 3
     try:
         model = onnx.load(path, load_external_data=False) if isinstance(path, (str, Path)) else onnx.load_from_string(path)
-        if stores_weights_only_in_int8(model):
+        if stores_quantized_weights_only(model):
             options.add_session_config_entry("session.disable_quant_qdq", "1")
     except Exception:  # noqa: BLE001, S110 - not a readable model: ONNX Runtime's own message below says so
         pass

@@ -40,6 +40,7 @@ from racmkd.compress.artifacts import (  # noqa: F401 - the training side's one 
     read_contract,
     session,
     specs_from_contract,
+    stored_bytes,
     zero_feed,
 )
 from racmkd.config import to_dict
@@ -155,7 +156,7 @@ def module_weight_bytes(model: onnx.ModelProto) -> dict[str, int]:
     for init in model.graph.initializer:
         parts = init.name.removeprefix("model.").split(".")
         key = ".".join(parts[:2]) if parts[0] == "encoders" and len(parts) > 2 else parts[0] if len(parts) > 1 else "other"
-        totals[key] = totals.get(key, 0) + onnx.numpy_helper.to_array(init).nbytes
+        totals[key] = totals.get(key, 0) + stored_bytes(init)
     return totals
 
 
@@ -276,7 +277,7 @@ def export_onnx(
     return path
 
 
-VARIANT_SUFFIXES = (".fp32.onnx", ".int8.onnx", ".int8-weights.onnx")  # the files one `racmkd export` of a model may write
+VARIANT_SUFFIXES = (".fp32.onnx", ".int8.onnx", ".int8-weights.onnx", ".int4-weights.onnx")  # the files one `racmkd export` of a model may write
 
 
 def remove_unwritten_variants(out_dir: Path, stem: str, written: list[Path]) -> list[Path]:

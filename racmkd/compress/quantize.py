@@ -1,6 +1,6 @@
 """int8 quantization: post-training static quantization through ONNX Runtime, quantization-aware
-fine-tuning in PyTorch, mixed precision chosen from measured per-layer sensitivity, and int8
-weights with float arithmetic.
+fine-tuning in PyTorch, mixed precision chosen from measured per-layer sensitivity, and int8 or
+4-bit weights with float arithmetic.
 
 The deployed arithmetic is always ONNX Runtime's QDQ format: signed int8 weights (symmetric, one
 scale per output channel, in [-64, 64]: see WEIGHT_QMAX) and signed int8 activations (one scale and
@@ -10,11 +10,15 @@ rounds weights and layer inputs the same way (fake quantization with a straight-
 then goes through the same ONNX Runtime path: its per-channel weight scales (max |w| / WEIGHT_QMAX) are the
 ones QAT trained under. torch.ao.quantization is deprecated, so nothing here builds on it.
 
-Int8 weights with float arithmetic (`quantize_weights_int8`, format `onnx-int8-weights`; TensorFlow
+Int8 weights with float arithmetic (`quantize_weights`, format `onnx-int8-weights`; TensorFlow
 Lite calls it dynamic-range quantization) store each weight in a quarter of its bytes and run at
 fp32 speed: ONNX Runtime dequantizes them once, when it loads the model (see
 racmkd.compress.artifacts.session). It is the artifact for the tiny students, where int8 kernels
 are slower than fp32 ones and full int8 loses agreement, but the file still has to shrink.
+4-bit weights (`quantize_weights(..., bits=4)`, format `onnx-int4-weights`) halve those bytes
+again: ONNX's INT4, two to a byte, dequantized the same way at load. Fifteen levels per channel
+cost more accuracy, so the export keeps the layers that lose most in 8 bits (`fewest_int8_weights`)
+and QAT can train for the 4-bit grid (`fake_quantized(..., weight_bits=4, activations=False)`).
 """
 
 from __future__ import annotations
@@ -23,15 +27,17 @@ import json
 import logging
 import math
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import onnx
 import torch
+from onnx import version_converter
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
@@ -166,10 +172,15 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))  # compact: the contract travels in every model file
 
 
-# Int8 weights, float arithmetic ---------------------------------------------------------------------
+# Quantized weights, float arithmetic -----------------------------------------------------------------
 
-# No int8 kernel ever multiplies these weights, so they use all 8 bits (symmetric, [-127, 127]).
-WEIGHTS_ONLY_QMAX = 127
+# No integer kernel ever multiplies these weights, so they use every level but the lowest, symmetric:
+# int8 [-127, 127], int4 [-7, 7] (the 16th level, -8, would make the grid lopsided).
+WEIGHTS_ONLY_QMAX = {8: 127, 4: 7}
+# ONNX's DequantizeLinear reads int4 from opset 21; a model with 4-bit weights is converted to it
+# (the operators our exports use mean the same there: later opsets added types, not behaviour).
+INT4_OPSET = 21
+FLOAT = 32  # a weight left as it is, in `quantize_weights`' bits
 
 
 def _output_channel_axis(node: onnx.NodeProto, weight: np.ndarray) -> int:
@@ -179,41 +190,74 @@ def _output_channel_axis(node: onnx.NodeProto, weight: np.ndarray) -> int:
     return 0 if node.op_type == "Conv" else weight.ndim - 1  # MatMul: (..., in, out)
 
 
-def quantize_weights_int8(fp32_path: Path, out_path: Path) -> Path:
-    """Store every Conv, Gemm and MatMul weight of an exported model as int8 (symmetric, one scale
-    per output channel) behind a DequantizeLinear; activations, biases and arithmetic stay float.
-    ONNX Runtime's weight-only quantizers cover MatMul in 4-bit blocks, not convolutions, hence
-    this transform. Keeps the racmkd contract, with precision "int8-weights"."""
+def layer_weights(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Each Conv, Gemm and MatMul weight initializer (a matrix or larger) by name, with the first
+    node that reads it. The names are the modules' own (`model.encoders.image.stem.0.weight`), the
+    same in every graph exported from one model, so a choice made on one export applies to another."""
+    initializers = {i.name: i for i in model.graph.initializer}
+    found: dict[str, onnx.NodeProto] = {}
+    for node in model.graph.node:
+        name = node.input[1] if node.op_type in QUANTIZED_OPS and len(node.input) > 1 else ""
+        if name in initializers and name not in found and len(initializers[name].dims) >= 2:
+            found[name] = node
+    return found
+
+
+def quantize_weights(fp32_path: Path, out_path: Path, bits: int = 8, bits_by_weight: dict[str, int] | None = None) -> Path:
+    """Store every Conv, Gemm and MatMul weight of an exported model in `bits` (8 or 4; symmetric,
+    one scale per output channel) behind a DequantizeLinear; activations, biases and arithmetic
+    stay float. `bits_by_weight` overrides the width of named weights (see `layer_weights`; 32:
+    left in fp32), for mixed precision. ONNX Runtime's weight-only quantizers cover MatMul in 4-bit
+    blocks, not convolutions, hence this transform. Keeps the racmkd contract, with precision
+    "int4-weights" when any weight is in 4 bits, else "int8-weights" (and, when the widths differ,
+    every weight's in `weight_bits`); a model with 4-bit weights is converted to opset 21."""
+    widths = {bits, *(bits_by_weight or {}).values()}
+    if not widths <= {*WEIGHTS_ONLY_QMAX, FLOAT}:
+        raise ValueError(f"weights are stored in 8 or 4 bits (32: left in fp32), not {sorted(widths)}")
     contract = read_contract(fp32_path)
     model = onnx.load(fp32_path)
     graph = model.graph
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
-        raise ExportError(f"{fp32_path}: already quantized ({contract.get('precision', 'int8')}); int8 weights are made from the fp32 export")
+        raise ExportError(f"{fp32_path}: already quantized ({contract.get('precision', 'int8')}); quantized weights are made from the fp32 export")
+    found = layer_weights(model)
+    unknown = sorted(set(bits_by_weight or {}) - set(found))
+    if unknown:
+        raise ExportError(f"{fp32_path}: no layer weights named {unknown}; the model's are {sorted(found)}")
+    chosen = {name: (bits_by_weight or {}).get(name, bits) for name in found}
+    if 4 in chosen.values():
+        model = version_converter.convert_version(model, max(INT4_OPSET, _opset(model)))
+        graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
-    done: set[str] = set()
     dequantize: list[onnx.NodeProto] = []  # first in the graph: every reader of a weight comes after
-    for node in graph.node:
-        name = node.input[1] if node.op_type in QUANTIZED_OPS and len(node.input) > 1 else ""
-        if name in initializers and name not in done and len(initializers[name].dims) >= 2:
-            weight = onnx.numpy_helper.to_array(initializers[name]).astype(np.float32)
-            axis = _output_channel_axis(node, weight)
-            others = tuple(i for i in range(weight.ndim) if i != axis)
-            scale = np.abs(weight).max(axis=others) / WEIGHTS_ONLY_QMAX
-            scale[scale == 0] = 1.0  # an all-zero channel (pruning leaves none, but a user's model may)
-            shape = [1] * weight.ndim
-            shape[axis] = -1
-            q = np.clip(np.round(weight / scale.reshape(shape)), -WEIGHTS_ONLY_QMAX, WEIGHTS_ONLY_QMAX).astype(np.int8)
-            graph.initializer.remove(initializers[name])
-            graph.initializer.extend([onnx.numpy_helper.from_array(q, f"{name}_int8"), onnx.numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale")])
-            dequantize.append(onnx.helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale"], [name], axis=axis))
-            done.add(name)
+    for name, node in found.items():
+        if chosen[name] == FLOAT:
+            continue
+        qmax = WEIGHTS_ONLY_QMAX[chosen[name]]
+        weight = onnx.numpy_helper.to_array(initializers[name]).astype(np.float32)
+        axis = _output_channel_axis(node, weight)
+        others = tuple(i for i in range(weight.ndim) if i != axis)
+        scale = np.abs(weight).max(axis=others) / qmax
+        scale[scale == 0] = 1.0  # an all-zero channel (pruning leaves none, but a user's model may)
+        shape = [1] * weight.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(weight / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
+        stored = onnx.numpy_helper.from_array(q.astype(ml_dtypes.int4) if chosen[name] == 4 else q, f"{name}_int{chosen[name]}")  # int4: two per byte
+        graph.initializer.remove(initializers[name])
+        graph.initializer.extend([stored, onnx.numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale")])
+        dequantize.append(onnx.helper.make_node("DequantizeLinear", [stored.name, f"{name}_scale"], [name], axis=axis))
     nodes = [*dequantize, *graph.node]
     graph.ClearField("node")
     graph.node.extend(nodes)
-    set_metadata(model, {CONTRACT_KEY: _json({**contract, "precision": "int8-weights"})})
+    mixed = len(set(chosen.values())) > 1
+    precision = "int4-weights" if 4 in chosen.values() else "int8-weights"
+    set_metadata(model, {CONTRACT_KEY: _json({**contract, "precision": precision, **({"weight_bits": chosen} if mixed else {})})})
     onnx.checker.check_model(model)
     atomic_write_bytes(out_path, model.SerializeToString())
     return out_path
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 # Mixed precision ----------------------------------------------------------------------------------
@@ -295,45 +339,103 @@ def choose_mixed_precision(sensitivity: list[LayerSensitivity], budget_bytes: in
     return kept, total
 
 
-def fewest_float_layers(
-    fp32_path: Path, calibration: dict[str, np.ndarray], evaluation: dict[str, np.ndarray], candidates: list[str], min_agreement: float
+def fewest_kept(
+    build: Callable[[list[str], Path], Path],
+    fp32_path: Path,
+    evaluation: dict[str, np.ndarray],
+    candidates: list[str],
+    min_agreement: float,
+    kept_as: str,
 ) -> tuple[list[str], list[dict[str, Any]]]:
-    """The fewest layers to keep in fp32: the shortest head of `candidates` (most useful first, as
-    `choose_mixed_precision` orders them) whose int8 model agrees with the fp32 model's argmax on
+    """The fewest layers to keep in higher precision: the shortest head of `candidates` (most useful
+    first) whose quantized model, `build(head, path)`, agrees with the fp32 model's argmax on
     `min_agreement` of the `evaluation` samples (the export step passes the whole validation split,
     which holds the samples the layers were ranked on: the margin below covers that); all of them
-    when no head does. One or two sensitive layers
-    (typically an encoder's stem, which sees the widest-ranging input) usually carry the
-    disagreement, and every layer left in fp32 costs bytes. The agreement measured on the
-    `evaluation` samples must clear `min_agreement` by two binomial standard errors, so that it
-    holds on other samples too (without the margin, heads chosen at 0.9900-0.9901 on the
-    validation split agreed on 0.9877-0.9882 of the test split). Returns the layers and every trial
-    (layers kept, agreement)."""
+    when no head does. One or two sensitive layers (typically an encoder's stem, which sees the
+    widest-ranging input) usually carry the disagreement, and every layer kept costs bytes. The
+    agreement measured on the `evaluation` samples must clear `min_agreement` by two binomial
+    standard errors, so that it holds on other samples too (without the margin, heads chosen at
+    0.9900-0.9901 on the validation split agreed on 0.9877-0.9882 of the test split). Returns the
+    layers and every trial ({kept_as: layers, agreement, needed})."""
     reference = session(Path(fp32_path)).run(["logits"], evaluation)[0].argmax(1)
     needed = min_agreement + 2 * math.sqrt(min_agreement * (1 - min_agreement) / len(reference)) if 0 < min_agreement < 1 else min_agreement
     trials: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for count in progress(range(len(candidates) + 1), desc="fp32 layers kept"):
-            trial = quantize_int8(fp32_path, Path(tmp) / "trial.onnx", calibration, keep_float=candidates[:count])
+        for count in progress(range(len(candidates) + 1), desc=kept_as.replace("_", " ")):
+            trial = build(candidates[:count], Path(tmp) / "trial.onnx")
             agreement = float((session(trial).run(["logits"], evaluation)[0].argmax(1) == reference).mean())
-            trials.append({"kept_fp32": candidates[:count], "agreement": agreement, "needed": needed})
+            trials.append({kept_as: candidates[:count], "agreement": agreement, "needed": needed})
             if agreement >= needed:
                 return candidates[:count], trials
     return list(candidates), trials
+
+
+def fewest_float_layers(
+    fp32_path: Path, calibration: dict[str, np.ndarray], evaluation: dict[str, np.ndarray], candidates: list[str], min_agreement: float
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The fewest of `candidates` (node names, as `choose_mixed_precision` orders them) to keep in
+    fp32 in an int8 model (see `fewest_kept`)."""
+
+    def build(kept: list[str], out: Path) -> Path:
+        return quantize_int8(fp32_path, out, calibration, keep_float=kept)
+
+    return fewest_kept(build, fp32_path, evaluation, candidates, min_agreement, "kept_fp32")
+
+
+@dataclass(frozen=True)
+class WeightSensitivity:
+    """What storing one layer's weights in 4 bits, the rest in fp32, does to the model's outputs."""
+
+    weight: str  # the weight initializer's name (see `layer_weights`)
+    elements: int
+    kl: float  # mean KL(p_fp32 || p_this_weight_int4) over the evaluation samples
+    accuracy_change: float
+    bytes_saved: int  # int8 -> int4: half a byte per weight
+
+
+def int4_weight_sensitivity(fp32_path: Path, evaluation: dict[str, np.ndarray], labels: np.ndarray) -> list[WeightSensitivity]:
+    """Each layer's weights alone in 4 bits, most damaging per byte saved first: the order in which
+    `fewest_int8_weights` keeps layers in 8 bits."""
+    reference = session(Path(fp32_path)).run(["logits"], evaluation)[0]
+    model = onnx.load(fp32_path)
+    sizes = {i.name: math.prod(i.dims) for i in model.graph.initializer}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in progress(list(layer_weights(model)), desc="4-bit sensitivity"):
+            one = quantize_weights(fp32_path, Path(tmp) / "one.onnx", bits=FLOAT, bits_by_weight={name: 4})
+            logits = session(one).run(["logits"], evaluation)[0]
+            accuracy_change = float((logits.argmax(1) == labels).mean() - (reference.argmax(1) == labels).mean())
+            rows.append(WeightSensitivity(name, sizes[name], mean_kl(reference, logits), accuracy_change, sizes[name] // 2))
+    return sorted(rows, key=lambda r: r.kl / max(r.bytes_saved, 1), reverse=True)
+
+
+def fewest_int8_weights(fp32_path: Path, evaluation: dict[str, np.ndarray], ranked: list[str], min_agreement: float) -> tuple[list[str], list[dict[str, Any]]]:
+    """The fewest weights of `ranked` (most sensitive first) to keep in 8 bits, the rest in 4, for
+    the model to agree with its fp32 export (see `fewest_kept`)."""
+
+    def build(kept: list[str], out: Path) -> Path:
+        return quantize_weights(fp32_path, out, bits=4, bits_by_weight=dict.fromkeys(kept, 8))
+
+    return fewest_kept(build, fp32_path, evaluation, ranked, min_agreement, "kept_int8")
 
 
 # Quantization-aware training -------------------------------------------------------------------------
 
 
 class _FakeQuantWeight(nn.Module):
-    """Parametrization: the weight as int8 would hold it, symmetric, one scale per output channel
-    (max |w| / WEIGHT_QMAX), with a straight-through gradient."""
+    """Parametrization: the weight as the deployed model holds it, symmetric, one scale per output
+    channel (max |w| / qmax: WEIGHT_QMAX for int8 arithmetic, 7 for 4-bit weights), with a
+    straight-through gradient."""
+
+    def __init__(self, qmax: int) -> None:
+        super().__init__()
+        self.qmax = qmax
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         flat = weight.detach().reshape(weight.shape[0], -1)
-        scale = (flat.abs().amax(dim=1) / WEIGHT_QMAX).clamp_min(1e-8)
+        scale = (flat.abs().amax(dim=1) / self.qmax).clamp_min(1e-8)
         zero = torch.zeros(weight.shape[0], dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -WEIGHT_QMAX, WEIGHT_QMAX)
+        return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -self.qmax, self.qmax)
 
 
 class _FakeQuantInput:
@@ -382,9 +484,12 @@ def absorb_batchnorm(model: nn.Module) -> nn.Module:
 
 
 @contextmanager
-def fake_quantized(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, `model` computes with int8-rounded weights and layer inputs (BatchNorm
-    absorbed first); on exit the rounding is removed and the trained float weights stay."""
+def fake_quantized(model: nn.Module, weight_bits: int = 8, activations: bool = True) -> Iterator[nn.Module]:
+    """Within the block, `model` computes with rounded weights (`weight_bits` 8: the int8 models'
+    grid, WEIGHT_QMAX; 4: the 4-bit weights' grid) and, with `activations`, int8-rounded layer
+    inputs (BatchNorm absorbed first); on exit the rounding is removed and the trained float
+    weights stay. 4-bit weights with float activations train for `onnx-int4-weights` artifacts."""
+    qmax = {8: WEIGHT_QMAX, 4: WEIGHTS_ONLY_QMAX[4]}[weight_bits]
     absorb_batchnorm(model)
     # The presence map is folded into the classifier's bias at export (it never runs as an int8
     # layer): rounding it here trained against an error the deployed graph does not have.
@@ -398,8 +503,9 @@ def fake_quantized(model: nn.Module) -> Iterator[nn.Module]:
     joint_rounded = fusion is not None and isinstance(getattr(fusion, "project", None), nn.Identity) and classifier in layers
     hooks = []
     for layer in layers:
-        parametrize.register_parametrization(layer, "weight", _FakeQuantWeight())
-        hooks.append((fusion if joint_rounded and layer is classifier else layer).register_forward_pre_hook(_FakeQuantInput()))
+        parametrize.register_parametrization(layer, "weight", _FakeQuantWeight(qmax))
+        if activations:
+            hooks.append((fusion if joint_rounded and layer is classifier else layer).register_forward_pre_hook(_FakeQuantInput()))
     try:
         yield model
     finally:

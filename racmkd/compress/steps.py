@@ -35,9 +35,11 @@ from racmkd.compress.quantize import (
     choose_mixed_precision,
     fake_quantized,
     fewest_float_layers,
+    fewest_int8_weights,
+    int4_weight_sensitivity,
     layer_sensitivity,
     quantize_int8,
-    quantize_weights_int8,
+    quantize_weights,
 )
 from racmkd.config import RunConfig, TrainConfig
 from racmkd.data.dataset import FeatureCache, PairedDataset
@@ -491,9 +493,18 @@ class Distill(Step):
 
 @dataclass(frozen=True)
 class QATOptions(Finetune):
-    """Quantization-aware distillation: fine-tune while weights and layer inputs are rounded to int8."""
+    """Quantization-aware distillation: fine-tune while weights and layer inputs are rounded as the
+    int8 model rounds them; `weight_bits: 4` rounds the weights to the 4-bit grid instead (for an
+    export with `int4_weights`), `activations: false` leaves layer inputs float (as weights-only
+    artifacts run)."""
 
     lr: float = 0.001
+    weight_bits: int = 8
+    activations: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.weight_bits in (8, 4), f"qat: weight_bits must be 8 or 4, got {self.weight_bits!r}")
 
 
 @COMPRESSORS.register("qat")
@@ -501,7 +512,7 @@ class QAT(Step):
     options_type = QATOptions
 
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
-        with fake_quantized(subject.model):
+        with fake_quantized(subject.model, self.options.weight_bits, self.options.activations):
             accuracy = finetune(subject, ctx, self.options, f"{subject.name}: quantization-aware fine-tune")
         subject.manifest["qat"] = True
         return {"best_val_accuracy_fake_quantized": accuracy}
@@ -518,7 +529,10 @@ class ExportOptions:
     fp32 that bring the int8 model's agreement on the validation split to `min_agreement` plus two
     standard errors, within `mixed_budget` x the all-int8 weight bytes) or "none". `int8_weights`
     also exports int8 weights with float arithmetic (`onnx-int8-weights`: a quarter of the weight
-    bytes at fp32 speed). A quantized model is acceptable when its argmax agrees with its own fp32
+    bytes at fp32 speed); `int4_weights` also exports 4-bit weights (`onnx-int4-weights`: an eighth
+    of them), the fewest of the most sensitive layers kept in 8 bits that bring its agreement with
+    the fp32 model on the validation split to `min_agreement` plus two standard errors (after a
+    `qat` step with `weight_bits: 4`, usually none). A quantized model is acceptable when its argmax agrees with its own fp32
     model on at least `min_agreement` of the test samples and its accuracy is at most
     `max_accuracy_drop` below on the validation split (it chooses what ships); of the acceptable artifacts, `prefer` picks the faster (measured
     here: ONNX Runtime, batch 1, one thread, in paired rounds; a candidate the fastest does not
@@ -527,6 +541,7 @@ class ExportOptions:
 
     int8: str = "static"
     int8_weights: bool = True
+    int4_weights: bool = False
     calibration_samples: int = 512
     sensitivity_samples: int = 1000
     mixed_budget: float = 1.5
@@ -582,13 +597,14 @@ class Export(Step):
         fp32_logits, labels = onnx_logits(session(fp32_path), subject.specs, ds, "test")
         candidates = {"fp32": {"path": fp32_path, "format": "onnx-fp32", "parity": fp32_parity(fp32_logits, reference, labels, fp32_path).as_dict()}}
         details: dict[str, Any] = {}
+        if o.int8 == "mixed" or o.int4_weights:
+            validation = calibration_inputs(ds, subject.specs, len(ds.splits["val"]), split="val")  # the split's features, once
+            evaluation = {m: x[: o.sensitivity_samples] for m, x in validation.items()}
+            val_labels = ds.splits["val"].labels[: o.sensitivity_samples].numpy()
         if o.int8 != "none":
             calibration = calibration_inputs(ds, subject.specs, o.calibration_samples)
             keep_float: list[str] = []
             if o.int8 == "mixed":
-                validation = calibration_inputs(ds, subject.specs, len(ds.splits["val"]), split="val")  # the split's features, once
-                evaluation = {m: x[: o.sensitivity_samples] for m, x in validation.items()}
-                val_labels = ds.splits["val"].labels[: o.sensitivity_samples].numpy()
                 sensitivity = layer_sensitivity(fp32_path, calibration, evaluation, val_labels)
                 budget = int(o.mixed_budget * sum(s.bytes_int8 for s in sensitivity))
                 allowed, _ = choose_mixed_precision(sensitivity, budget)
@@ -611,9 +627,21 @@ class Export(Step):
                 "parity": parity(int8_logits, fp32_logits, labels).as_dict(),
             }
         if o.int8_weights:
-            weights_path = quantize_weights_int8(fp32_path, subject.workdir / "int8-weights.onnx")
+            weights_path = quantize_weights(fp32_path, subject.workdir / "int8-weights.onnx")
             weights_logits, _ = onnx_logits(session(weights_path), subject.specs, ds, "test")
             candidates["int8-weights"] = {"path": weights_path, "format": "onnx-int8-weights", "parity": parity(weights_logits, fp32_logits, labels).as_dict()}
+        if o.int4_weights:
+            ranked = int4_weight_sensitivity(fp32_path, evaluation, val_labels)
+            keep_int8, trials = fewest_int8_weights(fp32_path, validation, [r.weight for r in ranked], o.min_agreement)
+            details["int4_weights"] = {"kept_int8": keep_int8, "trials": trials, "layers": [asdict(r) for r in ranked]}
+            int4_path = quantize_weights(fp32_path, subject.workdir / "int4-weights.onnx", bits=4, bits_by_weight=dict.fromkeys(keep_int8, 8))
+            int4_logits, _ = onnx_logits(session(int4_path), subject.specs, ds, "test")
+            candidates["int4-weights"] = {
+                "path": int4_path,
+                "format": "onnx-int4-weights",
+                "parity": parity(int4_logits, fp32_logits, labels).as_dict(),
+                "kept_int8": keep_int8,  # the variant bank stores its graphs' weights the same way
+            }
         for c in candidates.values():  # names were needed to pick layers; the deployed files do without
             c["weight_bytes_by_module"] = compact_file(c["path"])
         sessions = {k: session(c["path"]) for k, c in candidates.items()}  # (one each: the validation pass and the timing)
@@ -658,7 +686,7 @@ def choose_artifact(candidates: dict[str, dict[str, Any]], options: ExportOption
         notes.append(
             f"fp32 misses its bound: it agrees with PyTorch on {fp32['argmax_agreement']:.4%} of the test samples, not all (max logit difference {fp32['max_abs_logit_diff']:.2g}: near ties)"
         )
-    for name in ("int8", "int8-weights"):
+    for name in ("int8", "int8-weights", "int4-weights"):
         if name not in candidates:
             continue
         p, judged = candidates[name]["parity"], candidates[name].get("validation_parity")

@@ -46,7 +46,7 @@ class Deployed:
     name: str
     artifact: Path
     twin: Path  # the checkpoint with the artifact's weights (before int8 rounding)
-    format: str  # onnx-fp32, onnx-int8, onnx-mixed or onnx-int8-weights (a compressed tier: its recipe's choice)
+    format: str  # onnx-fp32, onnx-int8, onnx-mixed, onnx-int8-weights or onnx-int4-weights (a compressed tier: its recipe's choice)
 
 
 def deploy(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out_dir: Path, compressed: bool = True) -> Deployed:

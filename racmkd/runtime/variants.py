@@ -33,9 +33,9 @@ import numpy as np
 import onnx
 import torch
 
-from racmkd.compress.artifacts import FORMAT_PRECISION, read_compression_record, stores_weights_only_in_int8
+from racmkd.compress.artifacts import FORMAT_PRECISION, read_compression_record, stores_quantized_weights_only
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, session
-from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights_int8
+from racmkd.compress.quantize import calibration_inputs, layer_weights, quantize_int8, quantize_weights
 from racmkd.config import RunConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.eval.cost import energy_per_call_mj, latency_round_robin, rounds_for
@@ -47,14 +47,16 @@ from racmkd.resources.profile import graph_cost
 from racmkd.utils import atomic_write_bytes, atomic_write_json, building_folder, progress
 
 
-def _source(run_dir: Path, tier: str) -> tuple[Path, str]:
-    """The model a tier's variants come from, and the precision to export: the compressed student
-    and its recipe's choice where the run has one, else the distilled student in fp32."""
+def _source(run_dir: Path, tier: str) -> tuple[Path, str, list[str]]:
+    """The model a tier's variants come from, the precision to export and, for 4-bit weights, the
+    weights kept in 8 bits: the compressed student and its recipe's choice where the run has one,
+    else the distilled student in fp32."""
     manifest = run_dir / "compressed" / tier / "compression.json"
     if manifest.is_file():
-        chosen = read_compression_record(manifest.parent)["format"]
-        return manifest.parent / "model.pt", FORMAT_PRECISION.get(chosen, "fp32")
-    return run_dir / "checkpoints" / f"{tier}.pt", "fp32"
+        record = read_compression_record(manifest.parent)
+        kept_int8 = record.get("candidates", {}).get("int4-weights", {}).get("kept_int8", [])
+        return manifest.parent / "model.pt", FORMAT_PRECISION.get(record["format"], "fp32"), kept_int8
+    return run_dir / "checkpoints" / f"{tier}.pt", "fp32", []
 
 
 def configuration_logits(shares: dict[tuple[str, str], np.ndarray], biases: dict[str, np.ndarray], key: dict[str, str | None]) -> np.ndarray:
@@ -172,7 +174,7 @@ def _build_bank(
     labels: dict[str, np.ndarray] = {}
     modality_order = [m for m in dataset.modalities]
     for tier in progress(tiers, desc="edge variants", leave=True):
-        source, precision = _source(run_dir, tier)
+        source, precision, kept_int8 = _source(run_dir, tier)
         model, specs, modalities, _ = load_model(source)
         biases[tier] = model.classifier.bias.detach().numpy().astype(np.float32)
         for m in specs:
@@ -182,7 +184,9 @@ def _build_bank(
             if precision == "int8":
                 quantize_int8(path, path, calibration_inputs(dataset, {m: specs[m]}, calibration_samples))
             elif precision == "int8-weights":
-                quantize_weights_int8(path, path)
+                quantize_weights(path, path)
+            elif precision == "int4-weights":  # this modality's share of the weights the tier kept in 8 bits
+                quantize_weights(path, path, bits=4, bits_by_weight={w: 8 for w in kept_int8 if w in layer_weights(onnx.load(path))})
             compact_file(path)
             sess = session(path)
             for split, limit in (("val", val_samples), ("test", test_samples)):
@@ -210,7 +214,7 @@ def _build_bank(
         rounds=rounds_for(latency_iters),
     )
     variants = []
-    float_weights = {out_dir / r["path"]: stores_weights_only_in_int8(onnx.load(out_dir / r["path"])) for r in records}
+    float_weights = {out_dir / r["path"]: stores_quantized_weights_only(onnx.load(out_dir / r["path"])) for r in records}
     for r in records:
         path = out_dir / r["path"]
         cost = graph_cost(path)
