@@ -218,12 +218,12 @@ def render(result: dict[str, Any]) -> str:
     lines += [
         "## Compressed tiers (the run's default recipe)",
         "",
-        "| tier | format | deployable | ratio | accuracy | student | fp32 p50 (ms) | int8 p50 (ms) | int8-weights p50 (ms) | why |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| tier | format | deployable | ratio | accuracy | student | fp32 p50 (ms) | int8 p50 (ms) | int8-weights p50 (ms) | int4-weights p50 (ms) | why |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["tiers"]:
         lines.append(
-            f"| {row['tier']} | {row['format']} | {row['bytes_deployable']:,} B | {row['compression_ratio']:.1f}x | {row['accuracy']:.4f} | {row['student_accuracy']:.4f} | {row['fp32_p50']:.4f} | {row.get('int8_p50', float('nan')):.4f} | {row.get('int8-weights_p50', float('nan')):.4f} | {row['reason']} |"
+            f"| {row['tier']} | {row['format']} | {row['bytes_deployable']:,} B | {row['compression_ratio']:.1f}x | {row['accuracy']:.4f} | {row['student_accuracy']:.4f} | {row['fp32_p50']:.4f} | {row.get('int8_p50', float('nan')):.4f} | {row.get('int8-weights_p50', float('nan')):.4f} | {row.get('int4-weights_p50', float('nan')):.4f} | {row['reason']} |"
         )
     for tier, why in result["tiers_not_compressed"].items():
         lines.append(f"| {tier} | not produced: {why} |" + " |" * 8)
@@ -311,7 +311,7 @@ def main() -> None:
                 "accuracy": entry["accuracy"],
                 "student_accuracy": report["models"][tier]["accuracy"],
                 "fp32_p50": c["fp32"]["latency_ms"]["p50"],
-                **{f"{k}_p50": c[k]["latency_ms"]["p50"] for k in ("int8", "int8-weights") if k in c},
+                **{f"{k}_p50": c[k]["latency_ms"]["p50"] for k in ("int8", "int8-weights", "int4-weights") if k in c},
                 "reason": entry["artifact_reason"],
             }
         )

@@ -477,6 +477,7 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         ([{"export": {"int8": "mixed", "mixed_budget": float("inf")}}], "must be a finite multiple"),
         ([{"qat": {"weight_bits": 2}}, "export"], r"steps\[0\]\.qat: weight_bits must be 8 or 4"),
         ([{"qat": {"activations": "no"}}, "export"], r"qat\.activations: expected true or false"),
+        ([{"export": {"int8": "none", "int4_weights": True, "sensitivity_samples": 0}}], "for int4_weights sensitivity_samples"),
     ],
 )
 def test_recipe_validation_errors_name_the_problem(steps: list, message: str) -> None:
@@ -828,9 +829,9 @@ def test_int8_weights_shrink_the_file_and_run_at_float_speed_settings(tmp_path: 
     assert not (tmp_path / "twice.onnx").exists()
 
 
-def test_int4_weights_pack_two_to_a_byte_and_mixed_widths_are_recorded(tmp_path: Path) -> None:
+def test_int4_weights_pack_two_to_a_byte_and_mix_with_8_bit_and_float_ones(tmp_path: Path) -> None:
     from racmkd.compress.artifacts import stored_bytes
-    from racmkd.compress.quantize import layer_weights, quantize_weights
+    from racmkd.compress.quantize import channel_max, layer_weights, quantize_weights
     from racmkd.resources.profile import graph_cost
 
     fp32, x = exported_demo(tmp_path)
@@ -851,19 +852,26 @@ def test_int4_weights_pack_two_to_a_byte_and_mixed_widths_are_recorded(tmp_path:
     eight = session(w8).run(["logits"], x)[0]
     assert np.abs(four - reference).max() < 0.3 * np.abs(reference).max()
     assert np.abs(four - reference).mean() > np.abs(eight - reference).mean()  # 15 levels round coarser than 255
-    # Mixed widths: the named weight stays in 8 bits (another in fp32), every width recorded by name.
+    # Mixed widths: the named weight stays in 8 bits, another in fp32.
     first, second = list(layers)[:2]
     mixed = quantize_weights(fp32, tmp_path / "mixed.onnx", bits=4, bits_by_weight={first: 8, second: 32})
     by_name = {i.name: i.data_type for i in onnx.load(mixed).graph.initializer}
     assert by_name[f"{first}_int8"] == onnx.TensorProto.INT8 and by_name[second] == onnx.TensorProto.FLOAT and f"{second}_int4" not in by_name
-    assert read_contract(mixed)["weight_bits"] == {n: {first: 8, second: 32}.get(n, 4) for n in layers}
+    assert read_contract(mixed) == read_contract(w4)  # the widths are the stored tensors' types; no names to outlive compaction
     only8 = quantize_weights(fp32, tmp_path / "only8.onnx", bits=8, bits_by_weight={first: 32})
     assert read_contract(only8)["precision"] == "int8-weights" and next(o.version for o in onnx.load(only8).opset_import if o.domain == "") == 18
     with pytest.raises(ExportError, match="no layer weights named"):
         quantize_weights(fp32, tmp_path / "bad.onnx", bits=4, bits_by_weight={"encoders.nothing.weight": 8})
     with pytest.raises(ValueError, match="8 or 4 bits"):
         quantize_weights(fp32, tmp_path / "bad.onnx", bits=2)
+    with pytest.raises(ValueError, match="no weight to quantize"):
+        quantize_weights(fp32, tmp_path / "bad.onnx", bits=32)
+    with pytest.raises(ExportError, match=f"channel_max for {first} must cover"):  # a grid narrower than the weights would clip them
+        quantize_weights(fp32, tmp_path / "bad.onnx", bits=4, channel_max={first: channel_max(fp32)[first] / 2})
     assert not (tmp_path / "bad.onnx").exists()
+    # A wider grid (the whole layer's, for a graph with part of it) is taken as given: the weights round coarser.
+    wider = quantize_weights(fp32, tmp_path / "wider.onnx", bits=4, channel_max={first: channel_max(fp32)[first] * 3})
+    assert np.abs(session(wider).run(["logits"], x)[0] - reference).mean() > np.abs(four - reference).mean()
 
 
 def test_int4_weights_keep_in_8_bits_only_as_many_layers_as_the_agreement_needs(tmp_path: Path) -> None:
@@ -903,6 +911,13 @@ def test_fake_quantization_to_4_bit_weights_leaves_activations_float() -> None:
         torch.testing.assert_close(w, levels * (w.abs().amax(dim=1, keepdim=True) / 7))  # on the 4-bit grid
         assert levels.abs().max() == 7
     assert (four - reference).abs().mean() > (eight - reference).abs().mean() > 0
+    with fake_quantized(model, weight_bits=8, activations=False):  # the int8-weights files' grid: 127 levels each side
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        w = conv.weight.detach().reshape(conv.weight.shape[0], -1)
+        assert torch.round(w / (w.abs().amax(dim=1, keepdim=True) / 127)).abs().max() == 127
+    with pytest.raises(ValueError, match="8 or 4 bits, not 2"):
+        with fake_quantized(model, weight_bits=2):
+            pass
 
 
 def test_the_artifact_is_the_fastest_within_the_bound_and_the_smallest_of_a_speed_tie() -> None:

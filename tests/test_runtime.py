@@ -115,11 +115,35 @@ def test_a_bank_of_quantized_weight_variants_is_smaller_and_answers_alike(
         stored = [i.data_type for i in onnx.load(folder / v["path"]).graph.initializer]
         if precision == "int4-weights":  # the stem in 8 bits where the variant reads the image, every other weight in 4
             assert stored.count(onnx.TensorProto.INT8) == (v["modality"] == "image") and stored.count(onnx.TensorProto.INT4) >= 2
+    # The shares add up to the tier's own 4-bit (8-bit) model: each rounds its classifier columns on the whole layer's grid.
+    from racmkd.compress.export import export_onnx, onnx_logits, session
+    from racmkd.compress.quantize import quantize_weights
+    from racmkd.models.checkpoint import load_model
+
+    model, specs, modalities, _ = load_model(tiny_run / "checkpoints" / "high.pt")
+    fp32 = export_onnx(model, specs, modalities, tmp_path / "high.onnx")
+    whole = quantize_weights(fp32, tmp_path / "high.q.onnx", bits=4 if precision == "int4-weights" else 8, bits_by_weight=dict.fromkeys(kept_int8, 8))
+    logits, _ = onnx_logits(session(whole), specs, tiny_dataset, "test", limit=300)
+    with np.load(folder / "logits.npz") as saved:
+        summed = sum(saved[f"test/high/{m}"] for m in specs) + model.classifier.bias.detach().numpy()
+    np.testing.assert_allclose(summed, logits, atol=1e-4 * np.abs(logits).max())
     for key, accuracy in full.data["accuracy"]["test"].items():
         assert small.data["accuracy"]["test"][key] == pytest.approx(accuracy, abs={"int8-weights": 0.03, "int4-weights": 0.1}[precision])
     inputs, labels = samples
     answers = [EdgeRuntime(small).predict(**x).label for x in inputs]
     assert np.mean(np.array(answers) == labels) > 0.3  # chance is 0.1
+
+
+def test_a_bank_refuses_8_bit_weights_its_tiers_model_lacks(tiny_run: Path, tiny_dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A compression record naming weights kept in 8 bits that no share holds (a tier compressed
+    from another model) is an error naming the record, not 4-bit shares built silently."""
+    from racmkd.config import load_config
+    from racmkd.runtime import variants
+
+    monkeypatch.setattr(variants, "_source", lambda run_dir, tier: (run_dir / "checkpoints" / f"{tier}.pt", "int4-weights", ["encoders.pen.body.1.0.weight"]))
+    with pytest.raises(BankError, match=r"compression\.json: weights kept in 8 bits that the tier's model lacks: \['encoders\.pen\.body\.1\.0\.weight'\]"):
+        variants.build_bank(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, out_dir=tmp_path / "edge", val_samples=50, test_samples=50)
+    assert not (tmp_path / "edge").exists()
 
 
 def test_a_pinned_tier_answers_like_its_student(bank_dir: Path, tiny_run: Path, samples) -> None:  # noqa: ANN001

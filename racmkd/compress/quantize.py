@@ -192,7 +192,7 @@ def _output_channel_axis(node: onnx.NodeProto, weight: np.ndarray) -> int:
 
 def layer_weights(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     """Each Conv, Gemm and MatMul weight initializer (a matrix or larger) by name, with the first
-    node that reads it. The names are the modules' own (`model.encoders.image.stem.0.weight`), the
+    node that reads it. The names are the modules' own (`encoders.image.body.1.0.weight`), the
     same in every graph exported from one model, so a choice made on one export applies to another."""
     initializers = {i.name: i for i in model.graph.initializer}
     found: dict[str, onnx.NodeProto] = {}
@@ -203,17 +203,23 @@ def layer_weights(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return found
 
 
-def quantize_weights(fp32_path: Path, out_path: Path, bits: int = 8, bits_by_weight: dict[str, int] | None = None) -> Path:
+def quantize_weights(
+    fp32_path: Path, out_path: Path, bits: int = 8, bits_by_weight: dict[str, int] | None = None, channel_max: dict[str, np.ndarray] | None = None
+) -> Path:
     """Store every Conv, Gemm and MatMul weight of an exported model in `bits` (8 or 4; symmetric,
     one scale per output channel) behind a DequantizeLinear; activations, biases and arithmetic
     stay float. `bits_by_weight` overrides the width of named weights (see `layer_weights`; 32:
     left in fp32), for mixed precision. ONNX Runtime's weight-only quantizers cover MatMul in 4-bit
-    blocks, not convolutions, hence this transform. Keeps the racmkd contract, with precision
-    "int4-weights" when any weight is in 4 bits, else "int8-weights" (and, when the widths differ,
-    every weight's in `weight_bits`); a model with 4-bit weights is converted to opset 21."""
+    blocks, not convolutions, hence this transform. `channel_max` gives named weights the largest
+    |w| per output channel to scale by instead of their own: a graph holding part of a layer's
+    inputs (a variant bank's share of the classifier) then rounds them on the whole layer's grid.
+    Keeps the racmkd contract, with precision "int4-weights" when any weight is in 4 bits, else
+    "int8-weights"; a model with 4-bit weights is converted to opset 21."""
     widths = {bits, *(bits_by_weight or {}).values()}
     if not widths <= {*WEIGHTS_ONLY_QMAX, FLOAT}:
         raise ValueError(f"weights are stored in 8 or 4 bits (32: left in fp32), not {sorted(widths)}")
+    if widths == {FLOAT}:
+        raise ValueError("no weight to quantize: every width given is 32 (fp32); name 8 or 4")
     contract = read_contract(fp32_path)
     model = onnx.load(fp32_path)
     graph = model.graph
@@ -236,7 +242,12 @@ def quantize_weights(fp32_path: Path, out_path: Path, bits: int = 8, bits_by_wei
         weight = onnx.numpy_helper.to_array(initializers[name]).astype(np.float32)
         axis = _output_channel_axis(node, weight)
         others = tuple(i for i in range(weight.ndim) if i != axis)
-        scale = np.abs(weight).max(axis=others) / qmax
+        largest = np.abs(weight).max(axis=others)
+        if channel_max and name in channel_max:
+            if channel_max[name].shape != largest.shape or (channel_max[name] < largest * (1 - 1e-5)).any():
+                raise ExportError(f"{fp32_path}: channel_max for {name} must cover its {largest.size} output channels' weights")
+            largest = channel_max[name].astype(np.float32)
+        scale = largest / qmax
         scale[scale == 0] = 1.0  # an all-zero channel (pruning leaves none, but a user's model may)
         shape = [1] * weight.ndim
         shape[axis] = -1
@@ -248,12 +259,25 @@ def quantize_weights(fp32_path: Path, out_path: Path, bits: int = 8, bits_by_wei
     nodes = [*dequantize, *graph.node]
     graph.ClearField("node")
     graph.node.extend(nodes)
-    mixed = len(set(chosen.values())) > 1
+    # Which weights are in which width, the stored tensors' types say (the names go at `compact_file`).
     precision = "int4-weights" if 4 in chosen.values() else "int8-weights"
-    set_metadata(model, {CONTRACT_KEY: _json({**contract, "precision": precision, **({"weight_bits": chosen} if mixed else {})})})
+    set_metadata(model, {CONTRACT_KEY: _json({**contract, "precision": precision})})
     onnx.checker.check_model(model)
     atomic_write_bytes(out_path, model.SerializeToString())
     return out_path
+
+
+def channel_max(model_path: Path) -> dict[str, np.ndarray]:
+    """The largest |w| per output channel of each layer weight of an exported model (see
+    `quantize_weights`' `channel_max`)."""
+    model = onnx.load(model_path)
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    out = {}
+    for name, node in layer_weights(model).items():
+        weight = np.abs(initializers[name].astype(np.float32))
+        axis = _output_channel_axis(node, weight)
+        out[name] = weight.max(axis=tuple(i for i in range(weight.ndim) if i != axis))
+    return out
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -485,11 +509,14 @@ def absorb_batchnorm(model: nn.Module) -> nn.Module:
 
 @contextmanager
 def fake_quantized(model: nn.Module, weight_bits: int = 8, activations: bool = True) -> Iterator[nn.Module]:
-    """Within the block, `model` computes with rounded weights (`weight_bits` 8: the int8 models'
-    grid, WEIGHT_QMAX; 4: the 4-bit weights' grid) and, with `activations`, int8-rounded layer
-    inputs (BatchNorm absorbed first); on exit the rounding is removed and the trained float
-    weights stay. 4-bit weights with float activations train for `onnx-int4-weights` artifacts."""
-    qmax = {8: WEIGHT_QMAX, 4: WEIGHTS_ONLY_QMAX[4]}[weight_bits]
+    """Within the block, `model` computes with rounded weights and, with `activations`, int8-rounded
+    layer inputs (BatchNorm absorbed first); on exit the rounding is removed and the trained float
+    weights stay. The weights' grid is the artifact's: int8 arithmetic's (WEIGHT_QMAX) with
+    activations, else the weights-only files' (`onnx-int8-weights`: 127 levels each side;
+    `onnx-int4-weights`, `weight_bits` 4: 7)."""
+    if weight_bits not in WEIGHTS_ONLY_QMAX:
+        raise ValueError(f"fake quantization rounds weights to 8 or 4 bits, not {weight_bits}")
+    qmax = WEIGHT_QMAX if activations and weight_bits == 8 else WEIGHTS_ONLY_QMAX[weight_bits]
     absorb_batchnorm(model)
     # The presence map is folded into the classifier's bias at export (it never runs as an int8
     # layer): rounding it here trained against an error the deployed graph does not have.

@@ -11,8 +11,8 @@ accuracy), so a step only reports what is particular to it.
     inputs   modality-specific input reduction (resolution, region of interest, mel bands, frames)
     bands    band selection: keep the most informative mel bands
     distill  distillation fine-tuning from the run's teachers
-    qat      quantization-aware distillation fine-tuning (int8 fake quantization)
-    export   ONNX fp32, int8 (static or mixed precision) and int8 weights, parity checks, the artifact chosen
+    qat      quantization-aware distillation fine-tuning (int8 or 4-bit-weight fake quantization)
+    export   ONNX fp32, int8 (static or mixed precision), int8 and 4-bit weights, parity checks, the artifact chosen
 """
 
 from __future__ import annotations
@@ -558,8 +558,10 @@ class ExportOptions:
             f"export: min_agreement and max_accuracy_drop must be in [0, 1], got {self.min_agreement} and {self.max_accuracy_drop}",
         )
         require(
-            self.latency_iters >= 1 and (self.int8 == "none" or min(self.calibration_samples, self.sensitivity_samples) >= 1),
-            "export: latency_iters, and for int8 calibration_samples and sensitivity_samples, must be >= 1",
+            self.latency_iters >= 1
+            and (self.int8 == "none" or min(self.calibration_samples, self.sensitivity_samples) >= 1)
+            and (not self.int4_weights or self.sensitivity_samples >= 1),
+            "export: latency_iters, for int8 calibration_samples and sensitivity_samples, and for int4_weights sensitivity_samples, must be >= 1",
         )
         require(
             self.int8 != "mixed" or 1.0 <= self.mixed_budget < math.inf,
@@ -633,15 +635,18 @@ class Export(Step):
         if o.int4_weights:
             ranked = int4_weight_sensitivity(fp32_path, evaluation, val_labels)
             keep_int8, trials = fewest_int8_weights(fp32_path, validation, [r.weight for r in ranked], o.min_agreement)
-            details["int4_weights"] = {"kept_int8": keep_int8, "trials": trials, "layers": [asdict(r) for r in ranked]}
-            int4_path = quantize_weights(fp32_path, subject.workdir / "int4-weights.onnx", bits=4, bits_by_weight=dict.fromkeys(keep_int8, 8))
-            int4_logits, _ = onnx_logits(session(int4_path), subject.specs, ds, "test")
-            candidates["int4-weights"] = {
-                "path": int4_path,
-                "format": "onnx-int4-weights",
-                "parity": parity(int4_logits, fp32_logits, labels).as_dict(),
-                "kept_int8": keep_int8,  # the variant bank stores its graphs' weights the same way
-            }
+            # With every weight kept in 8 bits it would be the int8-weights file again: no candidate.
+            written = len(keep_int8) < len(ranked)
+            details["int4_weights"] = {"kept_int8": keep_int8, "candidate": written, "trials": trials, "layers": [asdict(r) for r in ranked]}
+            if written:
+                int4_path = quantize_weights(fp32_path, subject.workdir / "int4-weights.onnx", bits=4, bits_by_weight=dict.fromkeys(keep_int8, 8))
+                int4_logits, _ = onnx_logits(session(int4_path), subject.specs, ds, "test")
+                candidates["int4-weights"] = {
+                    "path": int4_path,
+                    "format": "onnx-int4-weights",
+                    "parity": parity(int4_logits, fp32_logits, labels).as_dict(),
+                    "kept_int8": keep_int8,  # the variant bank stores its graphs' weights the same way
+                }
         for c in candidates.values():  # names were needed to pick layers; the deployed files do without
             c["weight_bytes_by_module"] = compact_file(c["path"])
         sessions = {k: session(c["path"]) for k, c in candidates.items()}  # (one each: the validation pass and the timing)

@@ -10,7 +10,7 @@ tiers can be combined too, and every such combination is measured here like the 
 `build_bank(run_dir)` writes runs/<run>/edge/:
 
     <tier>.<modality>.onnx   the share graphs: from the compressed student where the run has one
-                             (int8, or int8 weights, where its recipe chose so), else from the distilled student
+                             (int8, or int8 or 4-bit weights, where its recipe chose so), else from the distilled student
     logits.npz               every share's logits on the validation and test samples
     bank.json                per variant: latency (raw input to logits, numpy preprocessing included,
                              ONNX Runtime, one thread), resident memory, FLOPs, energy; per tier the
@@ -35,7 +35,7 @@ import torch
 
 from racmkd.compress.artifacts import FORMAT_PRECISION, read_compression_record, stores_quantized_weights_only
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, session
-from racmkd.compress.quantize import calibration_inputs, layer_weights, quantize_int8, quantize_weights
+from racmkd.compress.quantize import calibration_inputs, channel_max, layer_weights, quantize_int8, quantize_weights
 from racmkd.config import RunConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.eval.cost import energy_per_call_mj, latency_round_robin, rounds_for
@@ -177,16 +177,29 @@ def _build_bank(
         source, precision, kept_int8 = _source(run_dir, tier)
         model, specs, modalities, _ = load_model(source)
         biases[tier] = model.classifier.bias.detach().numpy().astype(np.float32)
+        whole_grid: dict[str, np.ndarray] = {}
+        if precision in ("int8-weights", "int4-weights"):
+            # Each share holds the classifier's columns for its modality only; scaled by those alone,
+            # its rows would round on other grids than the tier's artifact (the tests' tiny run: int8 shares
+            # summed to within 0.028 of its logits, not exactly). Every share scales by the whole layer.
+            whole = export_onnx(model, specs, modalities, out_dir / f".{tier}.whole.onnx", name=tier)
+            whole_grid = channel_max(whole)
+            whole.unlink()
+            missing = sorted(set(kept_int8) - set(whole_grid))
+            if missing:
+                raise BankError(
+                    f"{run_dir / 'compressed' / tier / 'compression.json'}: weights kept in 8 bits that the tier's model lacks: {missing}; compress the tier again"
+                )
         for m in specs:
             path = out_dir / f"{tier}.{m}.onnx"
             meta = {"precision": precision, "tier": tier, "share": True, "logit_bias": biases[tier].tolist(), "source": str(source.relative_to(run_dir))}
             export_onnx(model, specs, modalities, path, name=f"{tier}/{m}", present=[m], extra_meta=meta, share=True)
             if precision == "int8":
                 quantize_int8(path, path, calibration_inputs(dataset, {m: specs[m]}, calibration_samples))
-            elif precision == "int8-weights":
-                quantize_weights(path, path)
-            elif precision == "int4-weights":  # this modality's share of the weights the tier kept in 8 bits
-                quantize_weights(path, path, bits=4, bits_by_weight={w: 8 for w in kept_int8 if w in layer_weights(onnx.load(path))})
+            elif precision in ("int8-weights", "int4-weights"):
+                held = layer_weights(onnx.load(path))  # this share's weights, of those the tier kept in 8 bits too
+                kept = {w: 8 for w in kept_int8 if w in held} if precision == "int4-weights" else {}
+                quantize_weights(path, path, bits=8 if precision == "int8-weights" else 4, bits_by_weight=kept, channel_max={w: whole_grid[w] for w in held})
             compact_file(path)
             sess = session(path)
             for split, limit in (("val", val_samples), ("test", test_samples)):
