@@ -490,7 +490,9 @@ class PenModality(Modality):
         mean = F.adaptive_avg_pool1d(raw, spec.length)  # (B, 3, windows)
         if spec.statistics == 1:
             return mean.unsqueeze(2)  # (B, 3, 1, windows)
-        spread = torch.sqrt(torch.clamp(F.adaptive_avg_pool1d(raw * raw, spec.length) - mean * mean, min=0.0))
+        wide = raw.double()  # (E[x^2] - E[x]^2 cancels in float32; see racmkd.data.signals.window_statistics)
+        wide_mean = F.adaptive_avg_pool1d(wide, spec.length)
+        spread = torch.sqrt(torch.clamp(F.adaptive_avg_pool1d(wide * wide, spec.length) - wide_mean * wide_mean, min=0.0)).to(mean.dtype)
         return torch.stack([mean, spread], dim=2)  # (B, 3, 2, windows)
 
     # Statistical aggregation (`statistics`, mean and spread per window) is a level's design, not a

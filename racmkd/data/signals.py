@@ -284,10 +284,10 @@ def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float, f_
 
 
 @functools.lru_cache(maxsize=32)
-def pooling_matrix(frames_in: int, frames_out: int) -> np.ndarray:
+def pooling_matrix(frames_in: int, frames_out: int, dtype: type = np.float32) -> np.ndarray:
     """(frames_in, frames_out) averaging weights of adaptive average pooling (torch's bins:
     output i averages inputs floor(i n / m) .. ceil((i + 1) n / m) - 1)."""
-    matrix = np.zeros((frames_in, frames_out), dtype=np.float32)
+    matrix = np.zeros((frames_in, frames_out), dtype=dtype)
     for i in range(frames_out):
         lo, hi = (i * frames_in) // frames_out, -(-((i + 1) * frames_in) // frames_out)
         matrix[lo:hi, i] = 1.0 / (hi - lo)
@@ -523,13 +523,17 @@ def pen_trace(points: np.ndarray, samples: int) -> np.ndarray:
 
 def window_statistics(raw: np.ndarray, length: int, statistics: int) -> np.ndarray:
     """(B, C, statistics, length) from (B, C, T): each window's mean, and with 2 its standard deviation
-    (the same windows as torch's adaptive average pooling)."""
+    (the same windows as torch's adaptive average pooling). The spread is E[x^2] - E[x]^2 in float64:
+    in float32 it cancelled to errors of 1e-4 where a window's mean is large beside its spread, and
+    training (racmkd.data.modalities.PenModality.features) computes it the same way."""
     pool = pooling_matrix(raw.shape[-1], length)
     mean = raw @ pool
     if statistics == 1:
         return mean[:, :, None]
-    spread = np.sqrt(np.maximum((raw * raw) @ pool - mean * mean, 0.0))
-    return np.stack([mean, spread], axis=2)
+    wide, wide_pool = raw.astype(np.float64), pooling_matrix(raw.shape[-1], length, np.float64)
+    wide_mean = wide @ wide_pool
+    spread = np.sqrt(np.maximum((wide * wide) @ wide_pool - wide_mean * wide_mean, 0.0))
+    return np.stack([mean, spread.astype(mean.dtype)], axis=2)
 
 
 @SIGNALS.register("pen")
