@@ -920,6 +920,27 @@ def test_fake_quantization_to_4_bit_weights_leaves_activations_float() -> None:
             pass
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_qat_for_weights_only_files_computes_what_the_file_computes(bits: int, tmp_path: Path) -> None:
+    """QAT's forward with float activations is the deployed weights-only model: the same rounded
+    weights, and the presence term through the float classifier weight, as the export folds it."""
+    from racmkd.compress.quantize import quantize_weights
+
+    modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
+    specs = {m: modalities[m].spec(1) for m in modalities}
+    model = with_running_stats(
+        student({m: {"encoder": "dscnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=2.0, depth=2)
+    )
+    model.eval()  # (its presence map as initialised, |w| up to 0.7: trained students' reach 0.8-0.9)
+    g = torch.Generator().manual_seed(2)
+    x = {m: torch.randn(32, *modalities[m].feature_shape(s), generator=g) for m, s in specs.items()}
+    deployed = quantize_weights(export_onnx(model, specs, modalities, tmp_path / "fp32.onnx"), tmp_path / "w.onnx", bits=bits)
+    expected = session(deployed).run(["logits"], {m: v.numpy() for m, v in x.items()})[0]
+    with fake_quantized(model, weight_bits=bits, activations=False), torch.no_grad():
+        trained = model(x).numpy()
+    assert np.abs(trained - expected).max() < 1e-4 * np.abs(expected).max()
+
+
 def test_the_artifact_is_the_fastest_within_the_bound_and_the_smallest_of_a_speed_tie() -> None:
     from racmkd.compress.steps import ExportOptions, choose_artifact
 

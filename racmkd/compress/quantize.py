@@ -533,6 +533,17 @@ def fake_quantized(model: nn.Module, weight_bits: int = 8, activations: bool = T
         parametrize.register_parametrization(layer, "weight", _FakeQuantWeight(qmax))
         if activations:
             hooks.append((fusion if joint_rounded and layer is classifier else layer).register_forward_pre_hook(_FakeQuantInput()))
+    if joint_rounded:
+        # The export folds the presence term into the bias through the float weight, W p + b, and only
+        # then rounds W: the deployed classifier computes W_q joint + W p + b, not W_q (joint + p).
+        latest: dict[str, torch.Tensor] = {}
+        hooks.append(presence.register_forward_hook(lambda module, args, out: latest.__setitem__("presence", out)))
+
+        def presence_through_float_weight(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+            term = latest.pop("presence", None)  # (None: the classifier called on its own)
+            return out if term is None else out + term @ (module.parametrizations.weight.original - module.weight).T
+
+        hooks.append(classifier.register_forward_hook(presence_through_float_weight))
     try:
         yield model
     finally:
