@@ -226,7 +226,7 @@ def render(result: dict[str, Any]) -> str:
             f"| {row['tier']} | {row['format']} | {row['bytes_deployable']:,} B | {row['compression_ratio']:.1f}x | {row['accuracy']:.4f} | {row['student_accuracy']:.4f} | {row['fp32_p50']:.4f} | {row.get('int8_p50', float('nan')):.4f} | {row.get('int8-weights_p50', float('nan')):.4f} | {row.get('int4-weights_p50', float('nan')):.4f} | {row['reason']} |"
         )
     for tier, why in result["tiers_not_compressed"].items():
-        lines.append(f"| {tier} | not produced: {why} |" + " |" * 8)
+        lines.append(f"| {tier} | not produced: {why} |" + " |" * 9)
     for name in ("visual", "audio"):
         lines += [
             "",

@@ -938,6 +938,8 @@ def test_qat_for_weights_only_files_computes_what_the_file_computes(bits: int, t
     expected = session(deployed).run(["logits"], {m: v.numpy() for m, v in x.items()})[0]
     with fake_quantized(model, weight_bits=bits, activations=False), torch.no_grad():
         trained = model(x).numpy()
+        other = torch.randn(4, model.classifier.in_features, generator=g)  # the classifier on its own, after a whole forward:
+        torch.testing.assert_close(model.classifier(other), other @ model.classifier.weight.T + model.classifier.bias)  # no stale presence term
     assert np.abs(trained - expected).max() < 1e-4 * np.abs(expected).max()
 
 

@@ -448,8 +448,8 @@ def fewest_int8_weights(fp32_path: Path, evaluation: dict[str, np.ndarray], rank
 
 class _FakeQuantWeight(nn.Module):
     """Parametrization: the weight as the deployed model holds it, symmetric, one scale per output
-    channel (max |w| / qmax: WEIGHT_QMAX for int8 arithmetic, 7 for 4-bit weights), with a
-    straight-through gradient."""
+    channel (max |w| / qmax: WEIGHT_QMAX for int8 arithmetic, 127 for int8 weights with float
+    arithmetic, 7 for 4-bit weights), with a straight-through gradient."""
 
     def __init__(self, qmax: int) -> None:
         super().__init__()
@@ -538,10 +538,12 @@ def fake_quantized(model: nn.Module, weight_bits: int = 8, activations: bool = T
         # then rounds W: the deployed classifier computes W_q joint + W p + b, not W_q (joint + p).
         latest: dict[str, torch.Tensor] = {}
         hooks.append(presence.register_forward_hook(lambda module, args, out: latest.__setitem__("presence", out)))
+        hooks.append(fusion.register_forward_hook(lambda module, args, out: latest.__setitem__("fused", out)))
 
         def presence_through_float_weight(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
-            term = latest.pop("presence", None)  # (None: the classifier called on its own)
-            return out if term is None else out + term @ (module.parametrizations.weight.original - module.weight).T
+            if args[0] is not latest.get("fused"):  # the classifier on other input than the fusion's last output: no presence term in it
+                return out
+            return out + latest["presence"] @ (module.parametrizations.weight.original - module.weight).T
 
         hooks.append(classifier.register_forward_hook(presence_through_float_weight))
     try:
