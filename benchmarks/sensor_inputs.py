@@ -53,7 +53,6 @@ class Sensor:
 
     name: str
     channels: int  # channels of the trace at full rate
-    knob_multiplies: bool  # the knob multiplies the channels (pen's statistics) or replaces them (imu's components)
     reductions: tuple[tuple[int, int], ...]  # (steps, knob) per tier
     full: int  # the knob's value that means "no reduction" (pen: 1 statistic, imu: 6 axes)
     knob: str  # what the second number is, for the table
@@ -64,8 +63,9 @@ class Sensor:
         return f"s{steps}-k{knob}"
 
     def values(self, steps: int, knob: int) -> int:
-        """Input values of a level: pen's statistics multiply its 3 channels, imu's components replace its 6."""
-        return steps * (self.channels * knob if self.knob_multiplies else knob)
+        """Input values of a level: the full rate's channels scaled by the knob against its full value
+        (pen's statistics multiply its 3 channels, full 1; imu's components replace its 6, full 6)."""
+        return steps * self.channels * knob // self.full
 
     def partner(self, steps: int, knob: int) -> tuple[int, int] | None:
         """The full-rate level with as many input values as a reduced one (None for a full-rate level)."""
@@ -79,7 +79,6 @@ SENSORS = {
     "pen": Sensor(
         "pen",
         3,
-        True,
         ((32, 1), (16, 1), (8, 2), (8, 1), (4, 2), (4, 1), (2, 2), (2, 1)),
         1,
         "statistics per window",
@@ -89,7 +88,6 @@ SENSORS = {
     "imu": Sensor(
         "imu",
         6,
-        False,
         ((32, 6), (16, 6), (32, 3), (8, 6), (16, 3), (4, 6), (8, 3), (16, 2)),
         6,
         "principal components",

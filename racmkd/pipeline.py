@@ -636,6 +636,7 @@ def export_model(
     files with no export.json: it cannot pass as a whole export, and the next one redoes it."""
     from racmkd.compress.export import compact_file, fp32_parity, onnx_logits, parity, remove_unwritten_variants, session, torch_logits
     from racmkd.compress.export import export_onnx as write_onnx
+    from racmkd.compress.artifacts import WEIGHTS_ONLY_BITS
     from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights
     from racmkd.compress.steps import ExportOptions
     from racmkd.eval.report import git_commit
@@ -665,11 +666,10 @@ def export_model(
             built["int8"] = quantize_int8(built["fp32"], work / f"{stem}.int8.onnx", calibration_inputs(dataset, used, calibration_samples))
             q_logits, _ = onnx_logits(session(built["int8"]), used, dataset, "test")
             result["int8"] = {"path": str(out_dir / built["int8"].name), "parity_vs_fp32": parity(q_logits, fp32_logits, labels).as_dict()}
-        for key, bits in (("int8-weights", 8), ("int4-weights", 4)):
-            if {"int8-weights": int8_weights, "int4-weights": int4_weights}[key]:
-                built[key] = quantize_weights(built["fp32"], work / f"{stem}.{key}.onnx", bits=bits)
-                w_logits, _ = onnx_logits(session(built[key]), used, dataset, "test")
-                result[key] = {"path": str(out_dir / built[key].name), "parity_vs_fp32": parity(w_logits, fp32_logits, labels).as_dict()}
+        for key in [k for k, wanted in (("int8-weights", int8_weights), ("int4-weights", int4_weights)) if wanted]:
+            built[key] = quantize_weights(built["fp32"], work / f"{stem}.{key}.onnx", bits=WEIGHTS_ONLY_BITS[key])
+            w_logits, _ = onnx_logits(session(built[key]), used, dataset, "test")
+            result[key] = {"path": str(out_dir / built[key].name), "parity_vs_fp32": parity(w_logits, fp32_logits, labels).as_dict()}
         bound = ExportOptions()  # a recipe's export step judges its candidates by the same bound
         for key, file in built.items():
             result[key]["meets_bound"] = bound.meets_bound(key, result[key]["parity_vs_pytorch" if key == "fp32" else "parity_vs_fp32"])

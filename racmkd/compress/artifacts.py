@@ -20,6 +20,8 @@ CONTRACT_KEY = "racmkd.contract"
 CONTRACT_FORMAT = "racmkd-onnx/1"
 # A deployable artifact's format -> the arithmetic it runs in (a mixed model is int8 but for a few layers).
 FORMAT_PRECISION = {"onnx-fp32": "fp32", "onnx-int8": "int8", "onnx-mixed": "int8", "onnx-int8-weights": "int8-weights", "onnx-int4-weights": "int4-weights"}
+# Precisions whose weights alone are stored as integers (float arithmetic), and their width in bits.
+WEIGHTS_ONLY_BITS = {"int8-weights": 8, "int4-weights": 4}
 # Element types stored two to a byte (numpy, through ml_dtypes, holds each in a byte of its own).
 PACKED_4BIT = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.FLOAT4E2M1}
 

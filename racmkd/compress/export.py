@@ -166,12 +166,17 @@ def module_weight_bytes(model: onnx.ModelProto) -> dict[str, int]:
 _CONV_ABSENT_MEANS = {"strides": 1, "dilations": 1, "pads": 0}
 
 
+def default_opset(model: onnx.ModelProto) -> int | None:
+    """The model's version of the default (ai.onnx) operator set, None when it imports none."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def drop_default_attributes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Remove every attribute set to the value its absence means: the operator schema's default
     (Conv's group 1 and auto_pad NOTSET, Gemm's alpha, beta, transA, DequantizeLinear's axis 1) and
     Conv's unit strides and dilations and zero pads. About a third of a tiny convolution node's
     bytes; ONNX Runtime reads the same graph."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    opset = default_opset(model)
     if opset is None:
         return model
     for node in model.graph.node:

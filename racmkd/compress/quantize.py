@@ -43,7 +43,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 from torch.nn.utils import parametrize
 
-from racmkd.compress.export import CONTRACT_KEY, ExportError, read_contract, session, set_metadata
+from racmkd.compress.export import CONTRACT_KEY, ExportError, default_opset, read_contract, session, set_metadata
 from racmkd.data.dataset import PairedDataset
 from racmkd.models.inference import BatchFeatures
 from racmkd.utils import atomic_write_bytes, progress
@@ -231,7 +231,7 @@ def quantize_weights(
         raise ExportError(f"{fp32_path}: no layer weights named {unknown}; the model's are {sorted(found)}")
     chosen = {name: (bits_by_weight or {}).get(name, bits) for name in found}
     if 4 in chosen.values():
-        model = version_converter.convert_version(model, max(INT4_OPSET, _opset(model)))
+        model = version_converter.convert_version(model, max(INT4_OPSET, default_opset(model) or INT4_OPSET))
         graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
     dequantize: list[onnx.NodeProto] = []  # first in the graph: every reader of a weight comes after
@@ -241,8 +241,7 @@ def quantize_weights(
         qmax = WEIGHTS_ONLY_QMAX[chosen[name]]
         weight = onnx.numpy_helper.to_array(initializers[name]).astype(np.float32)
         axis = _output_channel_axis(node, weight)
-        others = tuple(i for i in range(weight.ndim) if i != axis)
-        largest = np.abs(weight).max(axis=others)
+        largest = _largest_per_channel(weight, axis)
         if channel_max and name in channel_max:
             if channel_max[name].shape != largest.shape or (channel_max[name] < largest * (1 - 1e-5)).any():
                 raise ExportError(f"{fp32_path}: channel_max for {name} must cover its {largest.size} output channels' weights")
@@ -274,14 +273,13 @@ def channel_max(model_path: Path) -> dict[str, np.ndarray]:
     initializers = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     out = {}
     for name, node in layer_weights(model).items():
-        weight = np.abs(initializers[name].astype(np.float32))
-        axis = _output_channel_axis(node, weight)
-        out[name] = weight.max(axis=tuple(i for i in range(weight.ndim) if i != axis))
+        weight = initializers[name].astype(np.float32)
+        out[name] = _largest_per_channel(weight, _output_channel_axis(node, weight))
     return out
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+def _largest_per_channel(weight: np.ndarray, axis: int) -> np.ndarray:
+    return np.abs(weight).max(axis=tuple(i for i in range(weight.ndim) if i != axis))  # type: ignore[no-any-return]
 
 
 # Mixed precision ----------------------------------------------------------------------------------

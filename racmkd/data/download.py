@@ -133,7 +133,7 @@ def download_fsdd(root: Path, url: str = FSDD_ARCHIVE, expected_sha256: str = FS
 
     def recording(member: str) -> str | None:
         path = Path(member)
-        return path.name if path.parent.name == "recordings" and NAME.match(path.name) else None
+        return path.name if path.parent.name == "recordings" else None
 
     return install_from_archive(
         url, root / "fsdd" / "recordings", recording, expected_sha256, "recordings/*.wav files", lambda name: "/" not in name and bool(NAME.match(name))
@@ -141,10 +141,11 @@ def download_fsdd(root: Path, url: str = FSDD_ARCHIVE, expected_sha256: str = FS
 
 
 def install_from_archive(url: str, target: Path, pick: Callable[[str], str | None], expected_sha256: str, what: str, counts: Callable[[str], bool]) -> Path:
-    """Fetch the tar archive at `url` and install, as the folder `target`, the files `pick` names
-    (a member's path in the archive -> its path under `target`, or None to leave it out), once
-    together they match `expected_sha256` (`recordings_digest` of (path under target, content));
-    nothing is fetched when the files in `target` that `counts` (by path under it) already match
+    """Fetch the tar archive at `url` and install, as the folder `target`, the set's files: those
+    `pick` places (a member's path in the archive -> its path under `target`, or None to leave it
+    out) and `counts` (by path under `target`) takes for the set's, once together they match
+    `expected_sha256` (`recordings_digest` of (path under target, content));
+    nothing is fetched when the files in `target` that `counts` already match
     (a note of one's own kept beside them is not a reason to fetch the set again). The old folder is set
     aside, not deleted, until the new one is in place: an interrupted install leaves one of the
     two whole. Datasets of many small files (FSDD's recordings, a sensor's readings) come this way."""
@@ -156,7 +157,7 @@ def install_from_archive(url: str, target: Path, pick: Callable[[str], str | Non
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
             for member in archive:
                 name = pick(member.name) if member.isfile() else None
-                if name is None:
+                if name is None or not counts(name):
                     continue
                 if Path(name).is_absolute() or ".." in Path(name).parts:
                     raise DataError(f"{url}: member {member.name!r} would land outside {target}; nothing was written.")

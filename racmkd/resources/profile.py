@@ -163,7 +163,6 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
     # Weights: initializers, and constants a graph may hold them in instead (counted as activations,
     # a 1000x1000 weight charged 4 MB of RAM a microcontroller reads from flash).
     weights = {i.name: numpy_helper.to_array(i) for i in graph_.initializer}
-    initializer_names = set(weights)
     weights |= {n.output[0]: numpy_helper.to_array(a.t) for n in graph_.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"}
     values = {v.name: v for v in [*graph_.input, *graph_.value_info, *graph_.output]}
     shapes = {n: [d.dim_value for d in v.type.tensor_type.shape.dim] for n, v in values.items()}
@@ -265,7 +264,7 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
         for name in list(sizes):
             if name not in outputs and last_read.get(name, -1) <= i:
                 live -= sizes.pop(name)
-    stored = {i.name: stored_bytes(i) for i in graph_.initializer} | {n: w.nbytes for n, w in weights.items() if n not in initializer_names}
+    stored = {n: w.nbytes for n, w in weights.items()} | {i.name: stored_bytes(i) for i in graph_.initializer}  # (initializers as the file packs them)
     weight_bytes = sum(stored.values())
     float_bytes = {q: weights[q].size * 4 for q in dequantized_weights.values()}  # each int8 or int4 weight as a float32
     scales = {n.input[1] for n in graph_.node if n.output[0] in dequantized_weights}

@@ -33,9 +33,9 @@ import numpy as np
 import onnx
 import torch
 
-from racmkd.compress.artifacts import FORMAT_PRECISION, read_compression_record, stores_quantized_weights_only
+from racmkd.compress.artifacts import FORMAT_PRECISION, WEIGHTS_ONLY_BITS, read_compression_record, stores_quantized_weights_only
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, session
-from racmkd.compress.quantize import calibration_inputs, channel_max, layer_weights, quantize_int8, quantize_weights
+from racmkd.compress.quantize import calibration_inputs, channel_max, quantize_int8, quantize_weights
 from racmkd.config import RunConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.eval.cost import energy_per_call_mj, latency_round_robin, rounds_for
@@ -177,29 +177,29 @@ def _build_bank(
         source, precision, kept_int8 = _source(run_dir, tier)
         model, specs, modalities, _ = load_model(source)
         biases[tier] = model.classifier.bias.detach().numpy().astype(np.float32)
-        whole_grid: dict[str, np.ndarray] = {}
-        if precision in ("int8-weights", "int4-weights"):
+        paths = {m: out_dir / f"{tier}.{m}.onnx" for m in specs}
+        for m, path in paths.items():
+            meta = {"precision": precision, "tier": tier, "share": True, "logit_bias": biases[tier].tolist(), "source": str(source.relative_to(run_dir))}
+            export_onnx(model, specs, modalities, path, name=f"{tier}/{m}", present=[m], extra_meta=meta, share=True)
+        bits = WEIGHTS_ONLY_BITS.get(precision)
+        if bits:
             # Each share holds the classifier's columns for its modality only; scaled by those alone,
-            # its rows would round on other grids than the tier's artifact (the tests' tiny run: int8 shares
-            # summed to within 0.028 of its logits, not exactly). Every share scales by the whole layer.
-            whole = export_onnx(model, specs, modalities, out_dir / f".{tier}.whole.onnx", name=tier)
-            whole_grid = channel_max(whole)
-            whole.unlink()
+            # its rows would round on other grids than the tier's artifact (the tests' tiny run: int8
+            # shares summed to within 0.028 of its logits, not exactly). Every share scales by the whole
+            # layer: per output channel, the largest weight over all the shares.
+            held = {m: channel_max(path) for m, path in paths.items()}
+            whole_grid = {w: np.maximum.reduce([g[w] for g in held.values() if w in g]) for w in set().union(*held.values())}
             missing = sorted(set(kept_int8) - set(whole_grid))
             if missing:
                 raise BankError(
                     f"{run_dir / 'compressed' / tier / 'compression.json'}: weights kept in 8 bits that the tier's model lacks: {missing}; compress the tier again"
                 )
-        for m in specs:
-            path = out_dir / f"{tier}.{m}.onnx"
-            meta = {"precision": precision, "tier": tier, "share": True, "logit_bias": biases[tier].tolist(), "source": str(source.relative_to(run_dir))}
-            export_onnx(model, specs, modalities, path, name=f"{tier}/{m}", present=[m], extra_meta=meta, share=True)
+        for m, path in paths.items():
             if precision == "int8":
                 quantize_int8(path, path, calibration_inputs(dataset, {m: specs[m]}, calibration_samples))
-            elif precision in ("int8-weights", "int4-weights"):
-                held = layer_weights(onnx.load(path))  # this share's weights, of those the tier kept in 8 bits too
-                kept = {w: 8 for w in kept_int8 if w in held} if precision == "int4-weights" else {}
-                quantize_weights(path, path, bits=8 if precision == "int8-weights" else 4, bits_by_weight=kept, channel_max={w: whole_grid[w] for w in held})
+            elif bits:  # this share's weights, of those the tier kept in 8 bits too
+                kept = {w: 8 for w in kept_int8 if w in held[m]} if bits == 4 else {}
+                quantize_weights(path, path, bits=bits, bits_by_weight=kept, channel_max={w: whole_grid[w] for w in held[m]})
             compact_file(path)
             sess = session(path)
             for split, limit in (("val", val_samples), ("test", test_samples)):

@@ -92,8 +92,7 @@ def download(root: str | Path, url: str = ARCHIVE, expected_sha256: str = IMU_PE
 
     def recording(member: str) -> str | None:  # <repository>-<commit>/data/[below_800/]readings_<n>_digit_<d>.csv
         parts = Path(member).parts
-        name = Path(*parts[2:]).as_posix() if len(parts) > 2 and parts[1] == "data" else ""
-        return name if counts(name) else None
+        return Path(*parts[2:]).as_posix() if len(parts) > 2 and parts[1] == "data" else None
 
     return install_from_archive(url, Path(root) / FOLDER, recording, expected_sha256, "data/readings_<n>_digit_<d>.csv files", counts)
 

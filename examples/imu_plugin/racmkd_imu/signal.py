@@ -91,7 +91,6 @@ class ImuSignal(Signal):
     name = NAME
     spec_type = ImuSpec
     layout = "(batch, channels: 6 axes or k principal components, 1, steps) float32"
-    dead_range = 1e-3  # (in g and 100 deg/s) an axis that moves less than this along a recording is still
 
     def to_raw(self, value: Any, spec: ImuSpec, sample_rate: int | None = None) -> np.ndarray:
         """A recording as the sensor gives it, readings (n, 6) in mg and deg/s, resampled here; or
@@ -118,7 +117,8 @@ class ImuSignal(Signal):
         """0 for a sensor that reads the same on every axis all along (stuck or asleep: at rest an IMU
         still reads gravity, so the values are not zeros), else 1: each axis judged by its own range.
         A recording of one reading is such a trace too: no motion to read a digit from (3 of the
-        dataset's 1,031 recordings, all training items, are one reading long)."""
+        dataset's 1,031 recordings, all training items, are one reading long). The threshold is
+        `Signal.dead_range`, here in g and 100 deg/s."""
         spans = raw.max(axis=-1) - raw.min(axis=-1)
         return 0.0 if float(spans.max()) < self.dead_range else 1.0
 
