@@ -77,6 +77,36 @@ def test_pruning_one_modality_leaves_the_other_alone_and_rebuilds_from_its_recor
     torch.testing.assert_close(rebuilt.eval()(x), model(x))
 
 
+@pytest.mark.parametrize(
+    ("recover", "accuracies", "kept_rounds", "recoveries"),
+    [
+        (0, [0.93], [False], [0]),  # one fine-tune past the bound: pruning stops at once
+        (1, [0.93, 0.945, 0.92, 0.93], [True, False], [1, 1]),  # round 1 comes back; round 2 does not
+        (2, [0.93, 0.93, 0.95, 0.949], [True, True], [2, 0]),
+    ],
+)
+def test_a_pruning_round_past_its_bound_may_recover_before_pruning_stops(
+    recover: int, accuracies: list[float], kept_rounds: list[bool], recoveries: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each fine-tune's validation accuracy is scripted (start 0.95, bound 0.01): a round is kept
+    when one of its `recover` extra fine-tunes brings it back; one that does not is undone."""
+    from racmkd.compress import steps
+
+    scripted = iter(accuracies)
+    monkeypatch.setattr(steps, "val_accuracy", lambda subject, ctx: 0.95)
+    monkeypatch.setattr(steps, "finetune", lambda subject, ctx, options, desc: next(scripted))
+    model = student(INPUTS, width=2.0, depth=2)
+    channels = model.encoders["image"].structure()["channels"]
+    subject = steps.Subject("tier", model, dict.fromkeys(INPUTS), None, Path("."))  # type: ignore[arg-type]
+    prune = steps.Prune(steps.PruneOptions(ratio={"image": 0.5}, steps=2, max_drop=0.01, multiple=1, recover=recover))
+    details = prune.apply(subject, None)  # type: ignore[arg-type]
+    assert [r["kept"] for r in details["rounds"]] == kept_rounds and [r["recoveries"] for r in details["rounds"]] == recoveries
+    assert next(scripted, None) is None  # every scripted fine-tune ran, none more
+    left = subject.model.encoders["image"].structure()["channels"]
+    kept = sum(kept_rounds)  # each kept round removes a quarter of the channels; an undone one none
+    assert left == [int(c * (1 - 0.25 * kept) + 0.5) for c in channels] and details["stopped_early"] == (not all(kept_rounds))
+
+
 def test_alignment_cuts_layers_to_multiples_of_four_and_the_record_rebuilds_them() -> None:
     model = with_running_stats(student(INPUTS, width=23 / 8, depth=2))  # a 23-channel stem, 46 and 92 channels after it
     before = {m: e.structure()["channels"] for m, e in model.encoders.items()}
