@@ -91,7 +91,8 @@ def test_a_bank_of_quantized_weight_variants_is_smaller_and_answers_alike(
     from racmkd.runtime import variants
 
     kept_int8 = ["encoders.image.body.1.0.weight"] if precision == "int4-weights" else []  # the image stem
-    monkeypatch.setattr(variants, "_source", lambda run_dir, tier: (run_dir / "checkpoints" / f"{tier}.pt", precision, kept_int8))
+    clipped = ["head.weight"] if precision == "int4-weights" else []  # split among the shares: clipped on the whole layer's rows
+    monkeypatch.setattr(variants, "_source", lambda run_dir, tier: variants.Source(run_dir / "checkpoints" / f"{tier}.pt", precision, kept_int8, clipped))
     read_from = []
 
     def rapl(fn, iters: int, root: Path) -> float:  # noqa: ANN001 - RAPL counters readable: 0.25 mJ a call, say
@@ -122,7 +123,9 @@ def test_a_bank_of_quantized_weight_variants_is_smaller_and_answers_alike(
 
     model, specs, modalities, _ = load_model(tiny_run / "checkpoints" / "high.pt")
     fp32 = export_onnx(model, specs, modalities, tmp_path / "high.onnx")
-    whole = quantize_weights(fp32, tmp_path / "high.q.onnx", bits=4 if precision == "int4-weights" else 8, bits_by_weight=dict.fromkeys(kept_int8, 8))
+    whole = quantize_weights(
+        fp32, tmp_path / "high.q.onnx", bits=4 if precision == "int4-weights" else 8, bits_by_weight=dict.fromkeys(kept_int8, 8), clipped=clipped
+    )
     logits, _ = onnx_logits(session(whole), specs, tiny_dataset, "test", limit=300)
     with np.load(folder / "logits.npz") as saved:
         summed = sum(saved[f"test/high/{m}"] for m in specs) + model.classifier.bias.detach().numpy()
@@ -135,13 +138,15 @@ def test_a_bank_of_quantized_weight_variants_is_smaller_and_answers_alike(
 
 
 def test_a_bank_refuses_8_bit_weights_its_tiers_model_lacks(tiny_run: Path, tiny_dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    """A compression record naming weights kept in 8 bits that no share holds (a tier compressed
-    from another model) is an error naming the record, not 4-bit shares built silently."""
+    """A compression record naming weights kept in 8 bits or clipped that no share holds (a tier
+    compressed from another model) is an error naming the record, not 4-bit shares built silently."""
     from racmkd.config import load_config
     from racmkd.runtime import variants
 
-    monkeypatch.setattr(variants, "_source", lambda run_dir, tier: (run_dir / "checkpoints" / f"{tier}.pt", "int4-weights", ["encoders.pen.body.1.0.weight"]))
-    with pytest.raises(BankError, match=r"compression\.json: weights kept in 8 bits that the tier's model lacks: \['encoders\.pen\.body\.1\.0\.weight'\]"):
+    source = variants.Source(Path("unused"), "int4-weights", ["encoders.pen.body.1.0.weight"], ["encoders.pen.body.2.0.weight"])
+    monkeypatch.setattr(variants, "_source", lambda run_dir, tier: source._replace(path=run_dir / "checkpoints" / f"{tier}.pt"))
+    lacks = r"\['encoders\.pen\.body\.1\.0\.weight', 'encoders\.pen\.body\.2\.0\.weight'\]"
+    with pytest.raises(BankError, match=r"compression\.json: weights kept in 8 bits or on clipped grids that the tier's model lacks: " + lacks):
         variants.build_bank(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, out_dir=tmp_path / "edge", val_samples=50, test_samples=50)
     assert not (tmp_path / "edge").exists()
 

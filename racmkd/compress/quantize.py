@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,15 +204,21 @@ def layer_weights(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
 
 
 def quantize_weights(
-    fp32_path: Path, out_path: Path, bits: int = 8, bits_by_weight: dict[str, int] | None = None, channel_max: dict[str, np.ndarray] | None = None
+    fp32_path: Path,
+    out_path: Path,
+    bits: int = 8,
+    bits_by_weight: dict[str, int] | None = None,
+    clipped: Collection[str] = (),
+    channel_range: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Store every Conv, Gemm and MatMul weight of an exported model in `bits` (8 or 4; symmetric,
     one scale per output channel) behind a DequantizeLinear; activations, biases and arithmetic
     stay float. `bits_by_weight` overrides the width of named weights (see `layer_weights`; 32:
     left in fp32), for mixed precision. ONNX Runtime's weight-only quantizers cover MatMul in 4-bit
-    blocks, not convolutions, hence this transform. `channel_max` gives named weights the largest
-    |w| per output channel to scale by instead of their own: a graph holding part of a layer's
-    inputs (a variant bank's share of the classifier) then rounds them on the whole layer's grid.
+    blocks, not convolutions, hence this transform. Each output channel's grid spans its
+    `weight_range`, clipped for the 4-bit weights named in `clipped`; `channel_range` gives
+    named weights the spans to use instead: a graph holding part of a layer's inputs (a variant
+    bank's share of the classifier) then rounds them on the whole layer's grid.
     Keeps the racmkd contract, with precision "int4-weights" when any weight is in 4 bits, else
     "int8-weights"; a model with 4-bit weights is converted to opset 21."""
     widths = {bits, *(bits_by_weight or {}).values()}
@@ -226,7 +232,7 @@ def quantize_weights(
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
         raise ExportError(f"{fp32_path}: already quantized ({contract.get('precision', 'int8')}); quantized weights are made from the fp32 export")
     found = layer_weights(model)
-    unknown = sorted(set(bits_by_weight or {}) - set(found))
+    unknown = sorted((set(bits_by_weight or {}) | set(clipped)) - set(found))
     if unknown:
         raise ExportError(f"{fp32_path}: no layer weights named {unknown}; the model's are {sorted(found)}")
     chosen = {name: (bits_by_weight or {}).get(name, bits) for name in found}
@@ -241,12 +247,13 @@ def quantize_weights(
         qmax = WEIGHTS_ONLY_QMAX[chosen[name]]
         weight = onnx.numpy_helper.to_array(initializers[name]).astype(np.float32)
         axis = _output_channel_axis(node, weight)
-        largest = _largest_per_channel(weight, axis)
-        if channel_max and name in channel_max:
-            if channel_max[name].shape != largest.shape or (channel_max[name] < largest * (1 - 1e-5)).any():
-                raise ExportError(f"{fp32_path}: channel_max for {name} must cover its {largest.size} output channels' weights")
-            largest = channel_max[name].astype(np.float32)
-        scale = largest / qmax
+        if channel_range and name in channel_range:
+            span = channel_range[name].astype(np.float32)
+            if span.shape != (weight.shape[axis],) or not (span >= 0).all():
+                raise ExportError(f"{fp32_path}: channel_range for {name} must hold one range >= 0 for each of its {weight.shape[axis]} output channels")
+        else:
+            span = weight_range(channel_rows(weight, axis), chosen[name], clip=name in clipped)
+        scale = span / qmax
         scale[scale == 0] = 1.0  # an all-zero channel (pruning leaves none, but a user's model may)
         shape = [1] * weight.ndim
         shape[axis] = -1
@@ -266,20 +273,42 @@ def quantize_weights(
     return out_path
 
 
-def channel_max(model_path: Path) -> dict[str, np.ndarray]:
-    """The largest |w| per output channel of each layer weight of an exported model (see
-    `quantize_weights`' `channel_max`)."""
+def channel_rows(weight: np.ndarray, axis: int) -> np.ndarray:
+    """A layer's weight as one row per output channel."""
+    return np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+
+
+def layer_rows(model_path: Path) -> dict[str, np.ndarray]:
+    """Each layer weight of an exported model as one row per output channel (see `layer_weights`)."""
     model = onnx.load(model_path)
     initializers = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     out = {}
     for name, node in layer_weights(model).items():
         weight = initializers[name].astype(np.float32)
-        out[name] = _largest_per_channel(weight, _output_channel_axis(node, weight))
+        out[name] = channel_rows(weight, _output_channel_axis(node, weight))
     return out
 
 
-def _largest_per_channel(weight: np.ndarray, axis: int) -> np.ndarray:
-    return np.abs(weight).max(axis=tuple(i for i in range(weight.ndim) if i != axis))  # type: ignore[no-any-return]
+# Clip ratios searched for 4-bit grids: from the largest |w| down to half of it.
+CLIP_RATIOS = np.linspace(1.0, 0.5, 26)
+
+
+def weight_range(rows: np.ndarray, bits: int, clip: bool = False) -> np.ndarray:
+    """The range each row's (output channel's) symmetric grid spans, in `bits`: the largest |w|,
+    or, clipped (4 bits only; 8-bit steps are fine enough that clipping gains nothing), the clip
+    from the largest |w| down to half of it that rounds the row with the least squared error. With
+    7 levels a side, one large weight stretches every step; clipped, the rest round finer. Whether
+    that serves the model is the layer's own question (`int4_weight_sensitivity` asks it): on a
+    compressed critical tier, clipped grids halved some layers' KL and doubled others', whose
+    rows hold 8 or 9 weights."""
+    largest = np.abs(rows).max(axis=1)
+    if bits != 4 or not clip:
+        return largest  # type: ignore[no-any-return]
+    qmax = WEIGHTS_ONLY_QMAX[4]
+    spans = largest[None, :] * CLIP_RATIOS[:, None].astype(np.float32)  # (ratios, rows)
+    steps = np.where(spans > 0, spans / qmax, 1.0)[:, :, None]
+    errors = ((np.clip(np.round(rows[None] / steps), -qmax, qmax) * steps - rows[None]).astype(np.float64) ** 2).sum(axis=2)
+    return spans[errors.argmin(axis=0), np.arange(rows.shape[0])]  # type: ignore[no-any-return]
 
 
 # Mixed precision ----------------------------------------------------------------------------------
@@ -410,13 +439,15 @@ class WeightSensitivity:
 
     weight: str  # the weight initializer's name (see `layer_weights`)
     elements: int
-    kl: float  # mean KL(p_fp32 || p_this_weight_int4) over the evaluation samples
+    kl: float  # mean KL(p_fp32 || p_this_weight_int4) over the evaluation samples, on the better grid
     accuracy_change: float
     bytes_saved: int  # int8 -> int4: half a byte per weight
+    clipped: bool  # its grid clipped (see `weight_range`): the lower KL of the two
 
 
 def int4_weight_sensitivity(fp32_path: Path, evaluation: dict[str, np.ndarray], labels: np.ndarray) -> list[WeightSensitivity]:
-    """Each layer's weights alone in 4 bits, most damaging per byte saved first: the order in which
+    """Each layer's weights alone in 4 bits, on the grid of the two (largest |w| or clipped) that
+    changes the outputs less, most damaging per byte saved first: the order in which
     `fewest_int8_weights` keeps layers in 8 bits."""
     reference = session(Path(fp32_path)).run(["logits"], evaluation)[0]
     model = onnx.load(fp32_path)
@@ -424,19 +455,25 @@ def int4_weight_sensitivity(fp32_path: Path, evaluation: dict[str, np.ndarray], 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in progress(list(layer_weights(model)), desc="4-bit sensitivity"):
-            one = quantize_weights(fp32_path, Path(tmp) / "one.onnx", bits=FLOAT, bits_by_weight={name: 4})
-            logits = session(one).run(["logits"], evaluation)[0]
-            accuracy_change = float((logits.argmax(1) == labels).mean() - (reference.argmax(1) == labels).mean())
-            rows.append(WeightSensitivity(name, sizes[name], mean_kl(reference, logits), accuracy_change, sizes[name] // 2))
+            tried = []
+            for clip in (False, True):
+                one = quantize_weights(fp32_path, Path(tmp) / "one.onnx", bits=FLOAT, bits_by_weight={name: 4}, clipped=[name] if clip else [])
+                logits = session(one).run(["logits"], evaluation)[0]
+                tried.append((mean_kl(reference, logits), clip, float((logits.argmax(1) == labels).mean() - (reference.argmax(1) == labels).mean())))
+            kl, clip, accuracy_change = min(tried)
+            rows.append(WeightSensitivity(name, sizes[name], kl, accuracy_change, sizes[name] // 2, clip))
     return sorted(rows, key=lambda r: r.kl / max(r.bytes_saved, 1), reverse=True)
 
 
-def fewest_int8_weights(fp32_path: Path, evaluation: dict[str, np.ndarray], ranked: list[str], min_agreement: float) -> tuple[list[str], list[dict[str, Any]]]:
-    """The fewest weights of `ranked` (most sensitive first) to keep in 8 bits, the rest in 4, for
-    the model to agree with its fp32 export (see `fewest_kept`)."""
+def fewest_int8_weights(
+    fp32_path: Path, evaluation: dict[str, np.ndarray], ranked: list[str], min_agreement: float, clipped: Collection[str] = ()
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The fewest weights of `ranked` (most sensitive first) to keep in 8 bits, the rest in 4 (on
+    clipped grids where named in `clipped`), for the model to agree with its fp32 export (see
+    `fewest_kept`)."""
 
     def build(kept: list[str], out: Path) -> Path:
-        return quantize_weights(fp32_path, out, bits=4, bits_by_weight=dict.fromkeys(kept, 8))
+        return quantize_weights(fp32_path, out, bits=4, bits_by_weight=dict.fromkeys(kept, 8), clipped=clipped)
 
     return fewest_kept(build, fp32_path, evaluation, ranked, min_agreement, "kept_int8")
 
@@ -447,7 +484,9 @@ def fewest_int8_weights(fp32_path: Path, evaluation: dict[str, np.ndarray], rank
 class _FakeQuantWeight(nn.Module):
     """Parametrization: the weight as the deployed model holds it, symmetric, one scale per output
     channel (max |w| / qmax: WEIGHT_QMAX for int8 arithmetic, 127 for int8 weights with float
-    arithmetic, 7 for 4-bit weights), with a straight-through gradient."""
+    arithmetic, 7 for 4-bit weights), with a straight-through gradient. (The export may clip a
+    4-bit layer's grid where that changes the model's outputs less; which layers those are is
+    chosen after training, so QAT trains on the largest |w|.)"""
 
     def __init__(self, qmax: int) -> None:
         super().__init__()

@@ -649,18 +649,29 @@ class Export(Step):
             candidates["int8-weights"] = {"path": weights_path, "format": "onnx-int8-weights", "parity": parity(weights_logits, fp32_logits, labels).as_dict()}
         if o.int4_weights:
             ranked = int4_weight_sensitivity(fp32_path, evaluation, val_labels)
-            keep_int8, trials = fewest_int8_weights(fp32_path, validation, [r.weight for r in ranked], o.min_agreement)
+            clipped = [r.weight for r in ranked if r.clipped]
+            keep_int8, trials = fewest_int8_weights(fp32_path, validation, [r.weight for r in ranked], o.min_agreement, clipped)
+            clipped = [w for w in clipped if w not in keep_int8]  # a clip is of 4-bit grids only
             # With every weight kept in 8 bits it would be the int8-weights file again: no candidate.
             written = len(keep_int8) < len(ranked)
-            details["int4_weights"] = {"kept_int8": keep_int8, "candidate": written, "trials": trials, "layers": [asdict(r) for r in ranked]}
+            details["int4_weights"] = {
+                "kept_int8": keep_int8,
+                "clipped": clipped,
+                "candidate": written,
+                "trials": trials,
+                "layers": [asdict(r) for r in ranked],
+            }
             if written:
-                int4_path = quantize_weights(fp32_path, subject.workdir / "int4-weights.onnx", bits=4, bits_by_weight=dict.fromkeys(keep_int8, 8))
+                int4_path = quantize_weights(
+                    fp32_path, subject.workdir / "int4-weights.onnx", bits=4, bits_by_weight=dict.fromkeys(keep_int8, 8), clipped=clipped
+                )
                 int4_logits, _ = onnx_logits(session(int4_path), subject.specs, ds, "test")
                 candidates["int4-weights"] = {
                     "path": int4_path,
                     "format": "onnx-int4-weights",
                     "parity": parity(int4_logits, fp32_logits, labels).as_dict(),
                     "kept_int8": keep_int8,  # the variant bank stores its graphs' weights the same way
+                    "clipped": clipped,
                 }
         for c in candidates.values():  # names were needed to pick layers; the deployed files do without
             c["weight_bytes_by_module"] = compact_file(c["path"])

@@ -27,7 +27,7 @@ import itertools
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -35,7 +35,7 @@ import torch
 
 from racmkd.compress.artifacts import FORMAT_PRECISION, WEIGHTS_ONLY_BITS, read_compression_record, stores_quantized_weights_only
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, session
-from racmkd.compress.quantize import calibration_inputs, channel_max, quantize_int8, quantize_weights
+from racmkd.compress.quantize import calibration_inputs, layer_rows, quantize_int8, quantize_weights, weight_range
 from racmkd.config import RunConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.eval.cost import energy_per_call_mj, latency_round_robin, rounds_for
@@ -47,16 +47,25 @@ from racmkd.resources.profile import graph_cost
 from racmkd.utils import atomic_write_bytes, atomic_write_json, building_folder, progress
 
 
-def _source(run_dir: Path, tier: str) -> tuple[Path, str, list[str]]:
-    """The model a tier's variants come from, the precision to export and, for 4-bit weights, the
-    weights kept in 8 bits: the compressed student and its recipe's choice where the run has one,
-    else the distilled student in fp32."""
+class Source(NamedTuple):
+    """The model a tier's variants come from, the precision to export them in and, for 4-bit
+    weights, the weights kept in 8 bits and those on clipped grids (see `quantize_weights`)."""
+
+    path: Path
+    precision: str
+    kept_int8: list[str]
+    clipped: list[str]
+
+
+def _source(run_dir: Path, tier: str) -> Source:
+    """The compressed student and its recipe's choice where the run has one, else the distilled
+    student in fp32."""
     manifest = run_dir / "compressed" / tier / "compression.json"
     if manifest.is_file():
         record = read_compression_record(manifest.parent)
-        kept_int8 = record.get("candidates", {}).get("int4-weights", {}).get("kept_int8", [])
-        return manifest.parent / "model.pt", FORMAT_PRECISION.get(record["format"], "fp32"), kept_int8
-    return run_dir / "checkpoints" / f"{tier}.pt", "fp32", []
+        int4 = record.get("candidates", {}).get("int4-weights", {})
+        return Source(manifest.parent / "model.pt", FORMAT_PRECISION.get(record["format"], "fp32"), int4.get("kept_int8", []), int4.get("clipped", []))
+    return Source(run_dir / "checkpoints" / f"{tier}.pt", "fp32", [], [])
 
 
 def configuration_logits(shares: dict[tuple[str, str], np.ndarray], biases: dict[str, np.ndarray], key: dict[str, str | None]) -> np.ndarray:
@@ -174,7 +183,7 @@ def _build_bank(
     labels: dict[str, np.ndarray] = {}
     modality_order = [m for m in dataset.modalities]
     for tier in progress(tiers, desc="edge variants", leave=True):
-        source, precision, kept_int8 = _source(run_dir, tier)
+        source, precision, kept_int8, clipped = _source(run_dir, tier)
         model, specs, modalities, _ = load_model(source)
         biases[tier] = model.classifier.bias.detach().numpy().astype(np.float32)
         paths = {m: out_dir / f"{tier}.{m}.onnx" for m in specs}
@@ -186,20 +195,21 @@ def _build_bank(
             # Each share holds the classifier's columns for its modality only; scaled by those alone,
             # its rows would round on other grids than the tier's artifact (the tests' tiny run: int8
             # shares summed to within 0.028 of its logits, not exactly). Every share scales by the whole
-            # layer: per output channel, the largest weight over all the shares.
-            held = {m: channel_max(path) for m, path in paths.items()}
-            whole_grid = {w: np.maximum.reduce([g[w] for g in held.values() if w in g]) for w in set().union(*held.values())}
-            missing = sorted(set(kept_int8) - set(whole_grid))
+            # layer: each output channel's range from its weights over all the shares.
+            held = {m: layer_rows(path) for m, path in paths.items()}
+            whole = {w: np.concatenate([rows[w] for rows in held.values() if w in rows], axis=1) for w in set().union(*held.values())}
+            missing = sorted((set(kept_int8) | set(clipped)) - set(whole))
             if missing:
                 raise BankError(
-                    f"{run_dir / 'compressed' / tier / 'compression.json'}: weights kept in 8 bits that the tier's model lacks: {missing}; compress the tier again"
+                    f"{run_dir / 'compressed' / tier / 'compression.json'}: weights kept in 8 bits or on clipped grids that the tier's model lacks: {missing}; compress the tier again"
                 )
+            whole_grid = {w: weight_range(rows, 8 if w in kept_int8 else bits, clip=w in clipped) for w, rows in whole.items()}
         for m, path in paths.items():
             if precision == "int8":
                 quantize_int8(path, path, calibration_inputs(dataset, {m: specs[m]}, calibration_samples))
             elif bits:  # this share's weights, of those the tier kept in 8 bits too
                 kept = {w: 8 for w in kept_int8 if w in held[m]} if bits == 4 else {}
-                quantize_weights(path, path, bits=bits, bits_by_weight=kept, channel_max={w: whole_grid[w] for w in held[m]})
+                quantize_weights(path, path, bits=bits, bits_by_weight=kept, channel_range={w: whole_grid[w] for w in held[m]})
             compact_file(path)
             sess = session(path)
             for split, limit in (("val", val_samples), ("test", test_samples)):
