@@ -689,6 +689,8 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
     int4 = manifest["steps"][-1]["details"]["int4_weights"]
     assert int4["layers"] and int4["kept_int8"] == four["kept_int8"] == int4["trials"][-1]["kept_int8"]
     assert [t["kept_int8"] for t in int4["trials"]] == [[r["weight"] for r in int4["layers"]][:n] for n in range(len(int4["trials"]))]
+    # Clipped: the 4-bit weights whose lower-KL grid was the clipped one; none of those kept in 8 bits.
+    assert four["clipped"] == int4["clipped"] == [r["weight"] for r in int4["layers"] if r["clipped"] and r["weight"] not in four["kept_int8"]]
     mixed = manifest["steps"][-1]["details"]["mixed_precision"]
     assert mixed["layers"]  # per-layer sensitivity reported
     trials = mixed["trials"]  # layers kept in fp32 one at a time, most useful first, until the agreement holds
@@ -896,12 +898,16 @@ def test_int4_weights_pack_two_to_a_byte_and_mix_with_8_bit_and_float_ones(tmp_p
         quantize_weights(fp32, tmp_path / "bad.onnx", bits=2)
     with pytest.raises(ValueError, match="no weight to quantize"):
         quantize_weights(fp32, tmp_path / "bad.onnx", bits=32)
-    largest = np.abs(layer_rows(fp32)[first]).max(axis=1)
-    with pytest.raises(ExportError, match=f"channel_range for {first} must hold one range >= 0 for each of its {largest.size}"):
-        quantize_weights(fp32, tmp_path / "bad.onnx", bits=4, channel_range={first: largest[1:]})
+    rows = layer_rows(fp32)
+    with pytest.raises(ExportError, match=f"whole_rows for {first} must hold one row for each of its {len(rows[first])} output channels"):
+        quantize_weights(fp32, tmp_path / "bad.onnx", bits=4, whole_rows={first: rows[first][1:]})
+    with pytest.raises(ExportError, match="no layer weights named"):
+        quantize_weights(fp32, tmp_path / "bad.onnx", bits=4, whole_rows={"encoders.nothing.weight": rows[first]})
+    with pytest.raises(TypeError, match="a collection of names"):
+        quantize_weights(fp32, tmp_path / "bad.onnx", bits=4, clipped=first)
     assert not (tmp_path / "bad.onnx").exists()
-    # A wider grid (the whole layer's, for a graph with part of it) is taken as given: the weights round coarser.
-    wider = quantize_weights(fp32, tmp_path / "wider.onnx", bits=4, channel_range={n: np.abs(r).max(axis=1) * 3 for n, r in layer_rows(fp32).items()})
+    # The grid taken from other rows (the whole layer's, for a graph with part of it): wider ones round coarser.
+    wider = quantize_weights(fp32, tmp_path / "wider.onnx", bits=4, whole_rows={n: np.hstack([r, 3 * r]) for n, r in rows.items()})
     assert np.abs(session(wider).run(["logits"], x)[0] - reference).mean() > np.abs(four - reference).mean()
 
 

@@ -137,6 +137,21 @@ def test_a_bank_of_quantized_weight_variants_is_smaller_and_answers_alike(
     assert np.mean(np.array(answers) == labels) > 0.3  # chance is 0.1
 
 
+@pytest.mark.parametrize(("fmt", "precision", "lists"), [("onnx-int4-weights", "int4-weights", True), ("onnx-int8-weights", "int8-weights", False)])
+def test_a_tiers_source_reads_its_4_bit_choices_only_where_it_ships_4_bits(fmt: str, precision: str, lists: bool, tmp_path: Path) -> None:
+    """The weights kept in 8 bits and those on clipped grids come from the compression record's
+    4-bit candidate, and only when that candidate is what the tier ships."""
+    from racmkd.runtime import variants
+
+    folder = tmp_path / "compressed" / "low"
+    folder.mkdir(parents=True)
+    four = {"kept_int8": ["encoders.image.body.1.0.weight"], "clipped": ["head.weight"]}
+    (folder / "compression.json").write_text(json.dumps({"artifact": "x.onnx", "format": fmt, "candidates": {"int4-weights": four}}))
+    source = variants._source(tmp_path, "low")
+    assert source == variants.Source(folder / "model.pt", precision, four["kept_int8"] if lists else [], four["clipped"] if lists else [])
+    assert variants._source(tmp_path, "high") == variants.Source(tmp_path / "checkpoints" / "high.pt", "fp32", [], [])  # not compressed: the distilled student
+
+
 def test_a_bank_refuses_8_bit_weights_its_tiers_model_lacks(tiny_run: Path, tiny_dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """A compression record naming weights kept in 8 bits or clipped that no share holds (a tier
     compressed from another model) is an error naming the record, not 4-bit shares built silently."""

@@ -209,16 +209,17 @@ def quantize_weights(
     bits: int = 8,
     bits_by_weight: dict[str, int] | None = None,
     clipped: Collection[str] = (),
-    channel_range: dict[str, np.ndarray] | None = None,
+    whole_rows: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Store every Conv, Gemm and MatMul weight of an exported model in `bits` (8 or 4; symmetric,
     one scale per output channel) behind a DequantizeLinear; activations, biases and arithmetic
     stay float. `bits_by_weight` overrides the width of named weights (see `layer_weights`; 32:
     left in fp32), for mixed precision. ONNX Runtime's weight-only quantizers cover MatMul in 4-bit
     blocks, not convolutions, hence this transform. Each output channel's grid spans its
-    `weight_range`, clipped for the 4-bit weights named in `clipped`; `channel_range` gives
-    named weights the spans to use instead: a graph holding part of a layer's inputs (a variant
-    bank's share of the classifier) then rounds them on the whole layer's grid.
+    `weight_range`, clipped for the 4-bit weights named in `clipped`. `whole_rows` gives named
+    weights the rows (one per output channel, see `channel_rows`) to take that range from instead
+    of their own: a graph holding part of a layer's inputs (a variant bank's share of the
+    classifier) then rounds them on the whole layer's grid.
     Keeps the racmkd contract, with precision "int4-weights" when any weight is in 4 bits, else
     "int8-weights"; a model with 4-bit weights is converted to opset 21."""
     widths = {bits, *(bits_by_weight or {}).values()}
@@ -231,8 +232,10 @@ def quantize_weights(
     graph = model.graph
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
         raise ExportError(f"{fp32_path}: already quantized ({contract.get('precision', 'int8')}); quantized weights are made from the fp32 export")
+    if isinstance(clipped, str):
+        raise TypeError(f"clipped names weights, a collection of names, not the string {clipped!r}")
     found = layer_weights(model)
-    unknown = sorted((set(bits_by_weight or {}) | set(clipped)) - set(found))
+    unknown = sorted((set(bits_by_weight or {}) | set(clipped) | set(whole_rows or {})) - set(found))
     if unknown:
         raise ExportError(f"{fp32_path}: no layer weights named {unknown}; the model's are {sorted(found)}")
     chosen = {name: (bits_by_weight or {}).get(name, bits) for name in found}
@@ -247,12 +250,14 @@ def quantize_weights(
         qmax = WEIGHTS_ONLY_QMAX[chosen[name]]
         weight = onnx.numpy_helper.to_array(initializers[name]).astype(np.float32)
         axis = _output_channel_axis(node, weight)
-        if channel_range and name in channel_range:
-            span = channel_range[name].astype(np.float32)
-            if span.shape != (weight.shape[axis],) or not (span >= 0).all():
-                raise ExportError(f"{fp32_path}: channel_range for {name} must hold one range >= 0 for each of its {weight.shape[axis]} output channels")
-        else:
-            span = weight_range(channel_rows(weight, axis), chosen[name], clip=name in clipped)
+        rows = channel_rows(weight, axis)
+        if whole_rows and name in whole_rows:
+            if whole_rows[name].ndim != 2 or len(whole_rows[name]) != len(rows):
+                raise ExportError(
+                    f"{fp32_path}: whole_rows for {name} must hold one row for each of its {len(rows)} output channels, not {whole_rows[name].shape}"
+                )
+            rows = whole_rows[name].astype(np.float32)
+        span = weight_range(rows, chosen[name], clip=name in clipped)
         scale = span / qmax
         scale[scale == 0] = 1.0  # an all-zero channel (pruning leaves none, but a user's model may)
         shape = [1] * weight.ndim
@@ -305,10 +310,14 @@ def weight_range(rows: np.ndarray, bits: int, clip: bool = False) -> np.ndarray:
     if bits != 4 or not clip:
         return largest  # type: ignore[no-any-return]
     qmax = WEIGHTS_ONLY_QMAX[4]
-    spans = largest[None, :] * CLIP_RATIOS[:, None].astype(np.float32)  # (ratios, rows)
-    steps = np.where(spans > 0, spans / qmax, 1.0)[:, :, None]
-    errors = ((np.clip(np.round(rows[None] / steps), -qmax, qmax) * steps - rows[None]).astype(np.float64) ** 2).sum(axis=2)
-    return spans[errors.argmin(axis=0), np.arange(rows.shape[0])]  # type: ignore[no-any-return]
+    best, best_error = largest, np.full(len(rows), np.inf)
+    for ratio in CLIP_RATIOS:  # from no clip down: a tie keeps the wider grid
+        span = largest * np.float32(ratio)
+        step = np.where(span > 0, span / qmax, 1.0)[:, None]
+        error = ((np.clip(np.round(rows / step), -qmax, qmax) * step - rows).astype(np.float64) ** 2).sum(axis=1)
+        better = error < best_error
+        best, best_error = np.where(better, span, best), np.where(better, error, best_error)
+    return best  # type: ignore[no-any-return]
 
 
 # Mixed precision ----------------------------------------------------------------------------------
@@ -454,9 +463,14 @@ def int4_weight_sensitivity(fp32_path: Path, evaluation: dict[str, np.ndarray], 
     sizes = {i.name: math.prod(i.dims) for i in model.graph.initializer}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in progress(list(layer_weights(model)), desc="4-bit sensitivity"):
+        initializers = {i.name: i for i in model.graph.initializer}
+        for name, node in progress(list(layer_weights(model).items()), desc="4-bit sensitivity"):
+            weight = onnx.numpy_helper.to_array(initializers[name]).astype(np.float32)
+            by_channel = channel_rows(weight, _output_channel_axis(node, weight))
+            clips = (weight_range(by_channel, 4, clip=True) < weight_range(by_channel, 4)).any()
+            grids = (False, True) if clips else (False,)  # a clip that clips nothing: one trial
             tried = []
-            for clip in (False, True):
+            for clip in grids:
                 one = quantize_weights(fp32_path, Path(tmp) / "one.onnx", bits=FLOAT, bits_by_weight={name: 4}, clipped=[name] if clip else [])
                 logits = session(one).run(["logits"], evaluation)[0]
                 tried.append((mean_kl(reference, logits), clip, float((logits.argmax(1) == labels).mean() - (reference.argmax(1) == labels).mean())))

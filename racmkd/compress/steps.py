@@ -192,7 +192,9 @@ class PruneOptions:
     where it started (the last round within the bound is kept). A round past the bound may first
     take up to `recover` more fine-tunes to come back within it: a small encoder's round can land
     just outside after one (the critical tier's image encoder: 0.9406 against a bound of 0.9418, then
-    0.9452 after a second fine-tune).
+    0.9452 after a second fine-tune). The bound is then judged up to 1 + `recover` times on the same
+    validation samples, and a round kept after a recovery is the first of those tries to pass:
+    optimistic by up to the split's noise (the artifact's test accuracy is measured apart).
     Every pruned layer keeps a multiple of `multiple` channels, the one nearest to its share (see
     `align_channels` for why)."""
 

@@ -35,7 +35,7 @@ import torch
 
 from racmkd.compress.artifacts import FORMAT_PRECISION, WEIGHTS_ONLY_BITS, read_compression_record, stores_quantized_weights_only
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, session
-from racmkd.compress.quantize import calibration_inputs, layer_rows, quantize_int8, quantize_weights, weight_range
+from racmkd.compress.quantize import calibration_inputs, layer_rows, quantize_int8, quantize_weights
 from racmkd.config import RunConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.eval.cost import energy_per_call_mj, latency_round_robin, rounds_for
@@ -63,8 +63,9 @@ def _source(run_dir: Path, tier: str) -> Source:
     manifest = run_dir / "compressed" / tier / "compression.json"
     if manifest.is_file():
         record = read_compression_record(manifest.parent)
-        int4 = record.get("candidates", {}).get("int4-weights", {})
-        return Source(manifest.parent / "model.pt", FORMAT_PRECISION.get(record["format"], "fp32"), int4.get("kept_int8", []), int4.get("clipped", []))
+        precision = FORMAT_PRECISION.get(record["format"], "fp32")
+        int4 = record.get("candidates", {}).get("int4-weights", {}) if precision == "int4-weights" else {}
+        return Source(manifest.parent / "model.pt", precision, int4.get("kept_int8", []), int4.get("clipped", []))
     return Source(run_dir / "checkpoints" / f"{tier}.pt", "fp32", [], [])
 
 
@@ -203,13 +204,14 @@ def _build_bank(
                 raise BankError(
                     f"{run_dir / 'compressed' / tier / 'compression.json'}: weights kept in 8 bits or on clipped grids that the tier's model lacks: {missing}; compress the tier again"
                 )
-            whole_grid = {w: weight_range(rows, 8 if w in kept_int8 else bits, clip=w in clipped) for w, rows in whole.items()}
         for m, path in paths.items():
             if precision == "int8":
                 quantize_int8(path, path, calibration_inputs(dataset, {m: specs[m]}, calibration_samples))
             elif bits:  # this share's weights, of those the tier kept in 8 bits too
                 kept = {w: 8 for w in kept_int8 if w in held[m]} if bits == 4 else {}
-                quantize_weights(path, path, bits=bits, bits_by_weight=kept, channel_range={w: whole_grid[w] for w in held[m]})
+                quantize_weights(
+                    path, path, bits=bits, bits_by_weight=kept, clipped=[w for w in clipped if w in held[m]], whole_rows={w: whole[w] for w in held[m]}
+                )
             compact_file(path)
             sess = session(path)
             for split, limit in (("val", val_samples), ("test", test_samples)):
