@@ -107,6 +107,20 @@ def test_a_pruning_round_past_its_bound_may_recover_before_pruning_stops(
     assert left == [int(c * (1 - 0.25 * kept) + 0.5) for c in channels] and details["stopped_early"] == (not all(kept_rounds))
 
 
+@pytest.mark.parametrize(("drop_from", "kept"), [("step", True), ("recipe", False)])
+def test_a_pruning_bound_may_count_from_where_the_recipe_began(drop_from: str, kept: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recipe began at 0.96 and an earlier step left 0.95: a round at 0.945 is within one point
+    of the step's start, not of the recipe's."""
+    from racmkd.compress import steps
+
+    monkeypatch.setattr(steps, "val_accuracy", lambda subject, ctx: 0.95)
+    monkeypatch.setattr(steps, "finetune", lambda subject, ctx, options, desc: 0.945)
+    subject = steps.Subject("tier", student(INPUTS, width=2.0, depth=2), dict.fromkeys(INPUTS), None, Path("."), start_accuracy=0.96)  # type: ignore[arg-type]
+    prune = steps.Prune(steps.PruneOptions(ratio={"image": 0.5}, steps=1, max_drop=0.01, multiple=1, drop_from=drop_from))
+    details = prune.apply(subject, None)  # type: ignore[arg-type]
+    assert details["rounds"][0]["kept"] == kept and details["lowest_val_accuracy"] == pytest.approx({"step": 0.94, "recipe": 0.95}[drop_from])
+
+
 def test_alignment_cuts_layers_to_multiples_of_four_and_the_record_rebuilds_them() -> None:
     model = with_running_stats(student(INPUTS, width=23 / 8, depth=2))  # a 23-channel stem, 46 and 92 channels after it
     before = {m: e.structure()["channels"] for m, e in model.encoders.items()}
@@ -490,6 +504,8 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         ([{"prnue": {}}, "export"], "Did you mean 'prune'"),
         ([{"prune": {"ratoi": 0.5}}, "export"], "Did you mean 'ratio'"),
         ([{"prune": {"ratio": "half"}}, "export"], "expected float or dict"),
+        ([{"prune": {"drop_from": "start"}}, "export"], "drop_from must be step or recipe, got 'start'"),
+        ([{"prune": {"recover": -1}}, "export"], "recover must be >= 0 fine-tunes, got -1"),
         (["prune"], "ends with exactly one export"),
         (["export", "prune", "export"], "ends with exactly one export"),
         (["lowrank", "prune", "export"], "prune after lowrank"),

@@ -139,6 +139,7 @@ def run_recipe(recipe: Recipe, subject: Subject, ctx: Context) -> list[dict[str,
     check_recipe(recipe, subject, ctx)
     log = []
     state = measure(subject, ctx)
+    subject.start_accuracy = state["val_accuracy"]
     for name, step in progress(recipe.steps, desc=f"compress {subject.name}", leave=True):
         started = time.perf_counter()
         try:

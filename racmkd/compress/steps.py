@@ -61,6 +61,7 @@ class Subject:
     weights: ObjectiveWeights  # the tier's distillation objective (eq. 28), reused by every fine-tune
     workdir: Path  # where artifacts are written (renamed into place when the recipe succeeds)
     manifest: dict[str, Any] = field(default_factory=dict)  # what the export step chose
+    start_accuracy: float | None = None  # validation accuracy where its recipe began (set by run_recipe)
 
 
 @dataclass
@@ -195,6 +196,8 @@ class PruneOptions:
     0.9452 after a second fine-tune). The bound is then judged up to 1 + `recover` times on the same
     validation samples, and a round kept after a recovery is the first of those tries to pass:
     optimistic by up to the split's noise (the artifact's test accuracy is measured apart).
+    `drop_from: recipe` measures `max_drop` from where the whole recipe began instead, so that the
+    steps before (an input reduction) count against the same allowance.
     Every pruned layer keeps a multiple of `multiple` channels, the one nearest to its share (see
     `align_channels` for why)."""
 
@@ -205,6 +208,7 @@ class PruneOptions:
     max_drop: float = 0.02
     multiple: int = 4
     recover: int = 0
+    drop_from: str = "step"  # step | recipe
     finetune: Finetune = Finetune()
 
     def __post_init__(self) -> None:
@@ -216,6 +220,7 @@ class PruneOptions:
         require(self.multiple >= 1, f"prune: multiple must be >= 1, got {self.multiple}")
         require(self.steps >= 1, f"prune: steps must be at least 1, got {self.steps}")
         require(self.recover >= 0, f"prune: recover must be >= 0 fine-tunes, got {self.recover}")
+        require(self.drop_from in ("step", "recipe"), f"prune: drop_from must be step or recipe, got {self.drop_from!r}")
 
 
 @COMPRESSORS.register("prune")
@@ -249,7 +254,7 @@ class Prune(Step):
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
         o = self.options
         final = self.ratios(subject)
-        start = val_accuracy(subject, ctx)
+        start = subject.start_accuracy if o.drop_from == "recipe" and subject.start_accuracy is not None else val_accuracy(subject, ctx)
         reference = {m: subject.model.encoders[m].structure()["channels"] for m in final}
 
         def removed() -> dict[str, float]:
@@ -282,7 +287,12 @@ class Prune(Step):
                 break
             kept_ratio = ratio
             rounds[-1]["kept"] = True
-        return {"ratio": kept_ratio, "rounds": rounds, "stopped_early": len(rounds) < o.steps or not rounds[-1]["kept"]}
+        return {
+            "ratio": kept_ratio,
+            "rounds": rounds,
+            "stopped_early": len(rounds) < o.steps or not rounds[-1]["kept"],
+            "lowest_val_accuracy": start - o.max_drop,  # the bound, from the step's start or the recipe's
+        }
 
 
 # Channel alignment --------------------------------------------------------------------------------
