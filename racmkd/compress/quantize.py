@@ -459,14 +459,9 @@ def int4_weight_sensitivity(fp32_path: Path, evaluation: dict[str, np.ndarray], 
     changes the outputs less, most damaging per byte saved first: the order in which
     `fewest_int8_weights` keeps layers in 8 bits."""
     reference = session(Path(fp32_path)).run(["logits"], evaluation)[0]
-    model = onnx.load(fp32_path)
-    sizes = {i.name: math.prod(i.dims) for i in model.graph.initializer}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        initializers = {i.name: i for i in model.graph.initializer}
-        for name, node in progress(list(layer_weights(model).items()), desc="4-bit sensitivity"):
-            weight = onnx.numpy_helper.to_array(initializers[name]).astype(np.float32)
-            by_channel = channel_rows(weight, _output_channel_axis(node, weight))
+        for name, by_channel in progress(list(layer_rows(fp32_path).items()), desc="4-bit sensitivity"):
             clips = (weight_range(by_channel, 4, clip=True) < weight_range(by_channel, 4)).any()
             grids = (False, True) if clips else (False,)  # a clip that clips nothing: one trial
             tried = []
@@ -475,7 +470,7 @@ def int4_weight_sensitivity(fp32_path: Path, evaluation: dict[str, np.ndarray], 
                 logits = session(one).run(["logits"], evaluation)[0]
                 tried.append((mean_kl(reference, logits), clip, float((logits.argmax(1) == labels).mean() - (reference.argmax(1) == labels).mean())))
             kl, clip, accuracy_change = min(tried)
-            rows.append(WeightSensitivity(name, sizes[name], kl, accuracy_change, sizes[name] // 2, clip))
+            rows.append(WeightSensitivity(name, by_channel.size, kl, accuracy_change, by_channel.size // 2, clip))
     return sorted(rows, key=lambda r: r.kl / max(r.bytes_saved, 1), reverse=True)
 
 
