@@ -523,7 +523,8 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         ([{"export": {"int8": "mixed", "mixed_budget": float("inf")}}], "must be a finite multiple"),
         ([{"qat": {"weight_bits": 2}}, "export"], r"steps\[0\]\.qat: weight_bits must be 8 or 4"),
         ([{"qat": {"activations": "no"}}, "export"], r"qat\.activations: expected true or false"),
-        ([{"export": {"int8": "none", "int4_weights": True, "sensitivity_samples": 0}}], "for int4_weights sensitivity_samples"),
+        ([{"export": {"int8": "none", "int4_weights": True, "sensitivity_samples": 0}}], "for int4_weights and per_tensor_scales sensitivity_samples"),
+        ([{"export": {"int8": "none", "per_tensor_scales": True, "sensitivity_samples": 0}}], "for int4_weights and per_tensor_scales sensitivity_samples"),
     ],
 )
 def test_recipe_validation_errors_name_the_problem(steps: list, message: str) -> None:
@@ -629,7 +630,8 @@ def compressed_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "  - prune: {ratio: 0.35, steps: 1, max_drop: 1.0, multiple: 1, finetune: {epochs: 1, samples: 512}}\n"
         "  - align: {multiple: 4, max_drop: 1.0, latency_iters: 30, finetune: {epochs: 1, samples: 256}}\n"
         "  - qat: {epochs: 1, samples: 256}\n"
-        "  - export: {int8: mixed, int4_weights: true, calibration_samples: 64, sensitivity_samples: 100, min_agreement: 0.9, max_accuracy_drop: 0.2, latency_iters: 30}\n"
+        "  - export: {int8: mixed, int4_weights: true, per_tensor_scales: true, calibration_samples: 64, sensitivity_samples: 100, min_agreement: 0.9,"
+        " max_accuracy_drop: 0.2, latency_iters: 30}\n"
     )
     run_dir, cfg = open_run(run)
     dataset = prepare_data(cfg)
@@ -707,6 +709,17 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
     assert [t["kept_int8"] for t in int4["trials"]] == [[r["weight"] for r in int4["layers"]][:n] for n in range(len(int4["trials"]))]
     # Clipped: the 4-bit weights whose lower-KL grid was the clipped one; none of those kept in 8 bits.
     assert four["clipped"] == int4["clipped"] == [r["weight"] for r in int4["layers"] if r["clipped"] and r["weight"] not in four["kept_int8"]]
+    # One scale per layer where the agreement allows it, in both weights-only files.
+    scales = manifest["steps"][-1]["details"]["per_tensor_scales"]
+    for name in ("int8-weights", "int4-weights"):
+        chosen = scales[name]
+        assert chosen["layers"] and chosen["kept_per_channel"] == chosen["trials"][-1]["kept_per_channel"]
+        ranked = [r["weight"] for r in chosen["layers"]]
+        assert manifest["candidates"][name]["per_tensor"] == chosen["per_tensor"] == [w for w in ranked if w not in chosen["kept_per_channel"]]
+        graph = onnx.load(folder / manifest["candidates"][name]["path"]).graph
+        scalars = {i.name for i in graph.initializer if not i.dims}
+        assert sum(n.input[1] in scalars for n in graph.node if n.op_type == "DequantizeLinear") == len(chosen["per_tensor"])
+    assert scales["int8-weights"]["per_tensor"]  # the tiny model's 8-bit weights lose too little on one scale to keep any per channel
     mixed = manifest["steps"][-1]["details"]["mixed_precision"]
     assert mixed["layers"]  # per-layer sensitivity reported
     trials = mixed["trials"]  # layers kept in fp32 one at a time, most useful first, until the agreement holds
@@ -992,6 +1005,81 @@ def test_int4_weights_keep_in_8_bits_only_as_many_layers_as_the_agreement_needs(
     assert kept == names and [t["kept_int8"] for t in trials] == [names[:n] for n in range(len(names) + 1)]
     all8 = session(quantize_weights(fp32, tmp_path / "w8.onnx")).run(["logits"], x)[0].argmax(1)
     assert trials[-1]["agreement"] == pytest.approx(float((all8 == session(fp32).run(["logits"], x)[0].argmax(1)).mean()))
+
+
+def test_a_layer_on_one_scale_stores_a_scalar_for_the_whole_tensor(tmp_path: Path) -> None:
+    """`per_tensor` weights round on one grid, the largest |w| of the whole layer (clipped, in 4
+    bits, as one row), stored as one scalar with no axis: fewer bytes, coarser rounding."""
+    from racmkd.compress.quantize import layer_rows, quantize_weights, weight_range
+
+    fp32, x = exported_demo(tmp_path)
+    rows = layer_rows(fp32)
+    one = [n for n, r in rows.items() if len(r) > 1][:3]
+    for bits, qmax in ((8, 127), (4, 7)):
+        per_channel = quantize_weights(fp32, tmp_path / f"c{bits}.onnx", bits=bits, clipped=one if bits == 4 else [])
+        per_layer = quantize_weights(fp32, tmp_path / f"t{bits}.onnx", bits=bits, clipped=one if bits == 4 else [], per_tensor=one)
+        graph = onnx.load(per_layer).graph
+        stored = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+        axes = {n.input[0]: [a.name for a in n.attribute] for n in graph.node if n.op_type == "DequantizeLinear"}
+        for name, by_channel in rows.items():
+            scale, q = stored[f"{name}_scale"], stored[f"{name}_int{bits}"].astype(np.float32)
+            if name in one:
+                assert scale.shape == () and axes[f"{name}_int{bits}"] == []
+                assert scale == pytest.approx(weight_range(by_channel.reshape(1, -1), bits, clip=bits == 4)[0] / qmax, rel=1e-6)
+                assert np.abs(q).max() <= qmax
+            else:
+                assert scale.shape == (len(by_channel),) and axes[f"{name}_int{bits}"] == ["axis"]
+        saved = sum(4 * (len(rows[n]) - 1) for n in one)
+        assert per_channel.stat().st_size - per_layer.stat().st_size >= saved  # the scales, and the axis attributes
+        # Rounding on the whole layer's grid is coarser where the channels' ranges differ.
+        fine = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(per_channel).graph.initializer}
+        differing = [n for n in one if np.abs(rows[n]).max(axis=1).max() > 1.5 * np.abs(rows[n]).max(axis=1).min()]
+        assert differing
+        for name in differing:
+            weight = onnx.numpy_helper.to_array(next(i for i in onnx.load(fp32).graph.initializer if i.name == name))
+            shape = (-1,) + (1,) * (weight.ndim - 1)
+            coarse_error = ((stored[f"{name}_int{bits}"].astype(np.float32) * stored[f"{name}_scale"] - weight) ** 2).sum()
+            fine_error = ((fine[f"{name}_int{bits}"].astype(np.float32) * fine[f"{name}_scale"].reshape(shape) - weight) ** 2).sum()
+            assert coarse_error > fine_error
+        assert (session(per_layer).run(["logits"], x)[0].argmax(1) == session(fp32).run(["logits"], x)[0].argmax(1)).mean() > 0.8
+    with pytest.raises(TypeError, match="per_tensor names weights"):
+        quantize_weights(fp32, tmp_path / "bad.onnx", per_tensor=one[0])
+    with pytest.raises(ExportError, match="no layer weights named"):
+        quantize_weights(fp32, tmp_path / "bad.onnx", per_tensor=["encoders.nothing.weight"])
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_one_scale_per_layer_only_where_the_agreement_allows(tmp_path: Path) -> None:
+    from racmkd.compress.quantize import fewest_channel_scales, layer_rows, mean_kl, quantize_weights, scale_sensitivity
+
+    fp32, x = exported_demo(tmp_path)
+    rows = layer_rows(fp32)
+    kept8 = {list(rows)[0]: 8}
+    ranked = scale_sensitivity(fp32, x, 4, kept8)
+    assert {r.weight for r in ranked} == {n for n, r in rows.items() if len(r) > 1}  # a one-channel layer saves nothing
+    assert all(r.bytes_saved == 4 * (r.channels - 1) for r in ranked)
+    reference = session(fp32).run(["logits"], x)[0]
+    first = ranked[0]
+    kl = {
+        flag: mean_kl(
+            reference,
+            session(
+                quantize_weights(
+                    fp32, tmp_path / "one.onnx", bits=32, bits_by_weight={first.weight: kept8.get(first.weight, 4)}, per_tensor=[first.weight] if flag else []
+                )
+            ).run(["logits"], x)[0],
+        )
+        for flag in (False, True)
+    }
+    assert first.kl == pytest.approx(kl[True] - kl[False])  # at the layer's own width, against its scales per channel
+    assert [r.kl / r.bytes_saved for r in ranked] == sorted((r.kl / r.bytes_saved for r in ranked), reverse=True)
+    names = [r.weight for r in ranked]
+    kept, trials = fewest_channel_scales(fp32, x, names, 0.0, 4, kept8)  # one scale everywhere is enough
+    assert kept == [] and len(trials) == 1
+    kept, trials = fewest_channel_scales(fp32, x, names, 1.01, 4, kept8)  # nothing is: every layer per channel
+    assert kept == names and [t["kept_per_channel"] for t in trials] == [names[:n] for n in range(len(names) + 1)]
+    per_channel = session(quantize_weights(fp32, tmp_path / "c.onnx", bits=4, bits_by_weight=kept8)).run(["logits"], x)[0].argmax(1)
+    assert trials[-1]["agreement"] == pytest.approx(float((per_channel == reference.argmax(1)).mean()))
 
 
 def test_fake_quantization_to_4_bit_weights_leaves_activations_float() -> None:

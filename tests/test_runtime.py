@@ -92,7 +92,10 @@ def test_a_bank_of_quantized_weight_variants_is_smaller_and_answers_alike(
 
     kept_int8 = ["encoders.image.body.1.0.weight"] if precision == "int4-weights" else []  # the image stem
     clipped = ["head.weight"] if precision == "int4-weights" else []  # split among the shares: clipped on the whole layer's rows
-    monkeypatch.setattr(variants, "_source", lambda run_dir, tier: variants.Source(run_dir / "checkpoints" / f"{tier}.pt", precision, kept_int8, clipped))
+    per_tensor = ["head.weight"]  # split among the shares too: one scale for the whole layer
+    monkeypatch.setattr(
+        variants, "_source", lambda run_dir, tier: variants.Source(run_dir / "checkpoints" / f"{tier}.pt", precision, kept_int8, clipped, per_tensor)
+    )
     read_from = []
 
     def rapl(fn, iters: int, root: Path) -> float:  # noqa: ANN001 - RAPL counters readable: 0.25 mJ a call, say
@@ -124,7 +127,12 @@ def test_a_bank_of_quantized_weight_variants_is_smaller_and_answers_alike(
     model, specs, modalities, _ = load_model(tiny_run / "checkpoints" / "high.pt")
     fp32 = export_onnx(model, specs, modalities, tmp_path / "high.onnx")
     whole = quantize_weights(
-        fp32, tmp_path / "high.q.onnx", bits=4 if precision == "int4-weights" else 8, bits_by_weight=dict.fromkeys(kept_int8, 8), clipped=clipped
+        fp32,
+        tmp_path / "high.q.onnx",
+        bits=4 if precision == "int4-weights" else 8,
+        bits_by_weight=dict.fromkeys(kept_int8, 8),
+        clipped=clipped,
+        per_tensor=per_tensor,
     )
     logits, _ = onnx_logits(session(whole), specs, tiny_dataset, "test", limit=300)
     with np.load(folder / "logits.npz") as saved:
@@ -138,18 +146,22 @@ def test_a_bank_of_quantized_weight_variants_is_smaller_and_answers_alike(
 
 
 @pytest.mark.parametrize(("fmt", "precision", "lists"), [("onnx-int4-weights", "int4-weights", True), ("onnx-int8-weights", "int8-weights", False)])
-def test_a_tiers_source_reads_its_4_bit_choices_only_where_it_ships_4_bits(fmt: str, precision: str, lists: bool, tmp_path: Path) -> None:
-    """The weights kept in 8 bits and those on clipped grids come from the compression record's
-    4-bit candidate, and only when that candidate is what the tier ships."""
+def test_a_tiers_source_reads_the_choices_of_the_file_it_ships(fmt: str, precision: str, lists: bool, tmp_path: Path) -> None:
+    """The weights kept in 8 bits, those on clipped grids and those on one scale come from the
+    compression record's candidate that the tier ships, not from another."""
     from racmkd.runtime import variants
 
     folder = tmp_path / "compressed" / "low"
     folder.mkdir(parents=True)
-    four = {"kept_int8": ["encoders.image.body.1.0.weight"], "clipped": ["head.weight"]}
-    (folder / "compression.json").write_text(json.dumps({"artifact": "x.onnx", "format": fmt, "candidates": {"int4-weights": four}}))
+    four = {"kept_int8": ["encoders.image.body.1.0.weight"], "clipped": ["head.weight"], "per_tensor": ["encoders.image.body.2.0.weight"]}
+    eight = {"per_tensor": ["head.weight"]}
+    (folder / "compression.json").write_text(json.dumps({"artifact": "x.onnx", "format": fmt, "candidates": {"int4-weights": four, "int8-weights": eight}}))
     source = variants._source(tmp_path, "low")
-    assert source == variants.Source(folder / "model.pt", precision, four["kept_int8"] if lists else [], four["clipped"] if lists else [])
-    assert variants._source(tmp_path, "high") == variants.Source(tmp_path / "checkpoints" / "high.pt", "fp32", [], [])  # not compressed: the distilled student
+    shipped = four if lists else {**eight, "kept_int8": [], "clipped": []}
+    assert source == variants.Source(folder / "model.pt", precision, shipped["kept_int8"], shipped["clipped"], shipped["per_tensor"])
+    assert variants._source(tmp_path, "high") == variants.Source(
+        tmp_path / "checkpoints" / "high.pt", "fp32", [], [], []
+    )  # not compressed: the distilled student
 
 
 def test_a_bank_refuses_8_bit_weights_its_tiers_model_lacks(tiny_run: Path, tiny_dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
@@ -158,10 +170,12 @@ def test_a_bank_refuses_8_bit_weights_its_tiers_model_lacks(tiny_run: Path, tiny
     from racmkd.config import load_config
     from racmkd.runtime import variants
 
-    source = variants.Source(Path("unused"), "int4-weights", ["encoders.pen.body.1.0.weight"], ["encoders.pen.body.2.0.weight"])
+    source = variants.Source(
+        Path("unused"), "int4-weights", ["encoders.pen.body.1.0.weight"], ["encoders.pen.body.2.0.weight"], ["encoders.pen.body.3.0.weight"]
+    )
     monkeypatch.setattr(variants, "_source", lambda run_dir, tier: source._replace(path=run_dir / "checkpoints" / f"{tier}.pt"))
-    lacks = r"\['encoders\.pen\.body\.1\.0\.weight', 'encoders\.pen\.body\.2\.0\.weight'\]"
-    with pytest.raises(BankError, match=r"compression\.json: weights kept in 8 bits or on clipped grids that the tier's model lacks: " + lacks):
+    lacks = r"\['encoders\.pen\.body\.1\.0\.weight', 'encoders\.pen\.body\.2\.0\.weight', 'encoders\.pen\.body\.3\.0\.weight'\]"
+    with pytest.raises(BankError, match=r"compression\.json: weights kept in 8 bits, on clipped grids or on one scale that the tier's model lacks: " + lacks):
         variants.build_bank(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, out_dir=tmp_path / "edge", val_samples=50, test_samples=50)
     assert not (tmp_path / "edge").exists()
 

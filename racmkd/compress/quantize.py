@@ -210,6 +210,7 @@ def quantize_weights(
     bits_by_weight: dict[str, int] | None = None,
     clipped: Collection[str] = (),
     whole_rows: dict[str, np.ndarray] | None = None,
+    per_tensor: Collection[str] = (),
 ) -> Path:
     """Store every Conv, Gemm and MatMul weight of an exported model in `bits` (8 or 4; symmetric,
     one scale per output channel) behind a DequantizeLinear; activations, biases and arithmetic
@@ -219,7 +220,10 @@ def quantize_weights(
     `weight_range`, clipped for the 4-bit weights named in `clipped`. `whole_rows` gives named
     weights the rows (one per output channel, see `channel_rows`) to take that range from instead
     of their own: a graph holding part of a layer's inputs (a variant bank's share of the
-    classifier) then rounds them on the whole layer's grid.
+    classifier) then rounds them on the whole layer's grid. The weights named in `per_tensor` take
+    one scale for the whole layer (its rows as one), stored as a scalar: in a layer with few
+    weights per channel (9 in a 3x3 depthwise convolution) a channel's fp32 scale costs as many
+    bytes as four of its 8-bit weights.
     Keeps the racmkd contract, with precision "int4-weights" when any weight is in 4 bits, else
     "int8-weights"; a model with 4-bit weights is converted to opset 21."""
     widths = {bits, *(bits_by_weight or {}).values()}
@@ -232,10 +236,11 @@ def quantize_weights(
     graph = model.graph
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
         raise ExportError(f"{fp32_path}: already quantized ({contract.get('precision', 'int8')}); quantized weights are made from the fp32 export")
-    if isinstance(clipped, str):
-        raise TypeError(f"clipped names weights, a collection of names, not the string {clipped!r}")
+    for listed, names in (("clipped", clipped), ("per_tensor", per_tensor)):
+        if isinstance(names, str):
+            raise TypeError(f"{listed} names weights, a collection of names, not the string {names!r}")
     found = layer_weights(model)
-    unknown = sorted((set(bits_by_weight or {}) | set(clipped) | set(whole_rows or {})) - set(found))
+    unknown = sorted((set(bits_by_weight or {}) | set(clipped) | set(whole_rows or {}) | set(per_tensor)) - set(found))
     if unknown:
         raise ExportError(f"{fp32_path}: no layer weights named {unknown}; the model's are {sorted(found)}")
     chosen = {name: (bits_by_weight or {}).get(name, bits) for name in found}
@@ -257,16 +262,19 @@ def quantize_weights(
                     f"{fp32_path}: whole_rows for {name} must hold one row for each of its {len(rows)} output channels, not {whole_rows[name].shape}"
                 )
             rows = whole_rows[name].astype(np.float32)
-        span = weight_range(rows, chosen[name], clip=name in clipped)
+        one_scale = name in per_tensor
+        span = weight_range(rows.reshape(1, -1) if one_scale else rows, chosen[name], clip=name in clipped)
         scale = span / qmax
         scale[scale == 0] = 1.0  # an all-zero channel (pruning leaves none, but a user's model may)
         shape = [1] * weight.ndim
         shape[axis] = -1
-        q = np.clip(np.round(weight / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
+        q = np.clip(np.round(weight / scale.reshape(shape if not one_scale else [1] * weight.ndim)), -qmax, qmax).astype(np.int8)
         stored = onnx.numpy_helper.from_array(q.astype(ml_dtypes.int4) if chosen[name] == 4 else q, f"{name}_int{chosen[name]}")  # int4: two per byte
         graph.initializer.remove(initializers[name])
-        graph.initializer.extend([stored, onnx.numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale")])
-        dequantize.append(onnx.helper.make_node("DequantizeLinear", [stored.name, f"{name}_scale"], [name], axis=axis))
+        scale = scale.astype(np.float32)
+        graph.initializer.extend([stored, onnx.numpy_helper.from_array(scale.reshape(()) if one_scale else scale, f"{name}_scale")])
+        per_channel = {} if one_scale else {"axis": axis}  # a scalar scale serves the whole tensor
+        dequantize.append(onnx.helper.make_node("DequantizeLinear", [stored.name, f"{name}_scale"], [name], **per_channel))
     nodes = [*dequantize, *graph.node]
     graph.ClearField("node")
     graph.node.extend(nodes)
@@ -485,6 +493,66 @@ def fewest_int8_weights(
         return quantize_weights(fp32_path, out, bits=4, bits_by_weight=dict.fromkeys(kept, 8), clipped=clipped)
 
     return fewest_kept(build, fp32_path, evaluation, ranked, min_agreement, "kept_int8")
+
+
+@dataclass(frozen=True)
+class ScaleSensitivity:
+    """What one scale for a layer's weights, instead of one per output channel, does to the outputs."""
+
+    weight: str  # the weight initializer's name (see `layer_weights`)
+    channels: int
+    kl: float  # mean KL(p_fp32 || p) with this layer alone quantized on one scale, less that on one scale per channel
+    bytes_saved: int  # the channels' fp32 scales but one
+
+
+def scale_sensitivity(
+    fp32_path: Path, evaluation: dict[str, np.ndarray], bits: int, bits_by_weight: dict[str, int] | None = None, clipped: Collection[str] = ()
+) -> list[ScaleSensitivity]:
+    """Each quantized layer alone (widths and grids as `quantize_weights` takes them, the rest fp32)
+    on one scale against one per channel, most damaging per byte saved first: the order in which
+    `fewest_channel_scales` keeps layers' scales per channel. A layer of one output channel saves
+    nothing and is left out."""
+    reference = session(Path(fp32_path)).run(["logits"], evaluation)[0]
+    widths = {name: (bits_by_weight or {}).get(name, bits) for name in layer_rows(fp32_path)}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, by_channel in progress(list(layer_rows(fp32_path).items()), desc="scale sensitivity"):
+            if widths[name] == FLOAT or len(by_channel) < 2:
+                continue
+            kl = {}
+            for one_scale in (False, True):
+                one = quantize_weights(
+                    fp32_path,
+                    Path(tmp) / "one.onnx",
+                    bits=FLOAT,
+                    bits_by_weight={name: widths[name]},
+                    clipped=[name] if name in clipped else [],
+                    per_tensor=[name] if one_scale else [],
+                )
+                kl[one_scale] = mean_kl(reference, session(one).run(["logits"], evaluation)[0])
+            rows.append(ScaleSensitivity(name, len(by_channel), kl[True] - kl[False], 4 * (len(by_channel) - 1)))
+    return sorted(rows, key=lambda r: r.kl / r.bytes_saved, reverse=True)
+
+
+def fewest_channel_scales(
+    fp32_path: Path,
+    evaluation: dict[str, np.ndarray],
+    ranked: list[str],
+    min_agreement: float,
+    bits: int,
+    bits_by_weight: dict[str, int] | None = None,
+    clipped: Collection[str] = (),
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The fewest weights of `ranked` (most sensitive first) to keep on one scale per output
+    channel, the rest of them on one scale each, for the weights-only model (widths and grids as
+    `quantize_weights` takes them) to agree with its fp32 export (see `fewest_kept`). On a pruned
+    critical tier (rows of 4 to 9 weights) one scale per layer everywhere lost nothing measurable."""
+
+    def build(kept: list[str], out: Path) -> Path:
+        one_scale = [w for w in ranked if w not in kept]
+        return quantize_weights(fp32_path, out, bits=bits, bits_by_weight=bits_by_weight, clipped=clipped, per_tensor=one_scale)
+
+    return fewest_kept(build, fp32_path, evaluation, ranked, min_agreement, "kept_per_channel")
 
 
 # Quantization-aware training -------------------------------------------------------------------------

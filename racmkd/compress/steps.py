@@ -34,12 +34,14 @@ from racmkd.compress.quantize import (
     calibration_inputs,
     choose_mixed_precision,
     fake_quantized,
+    fewest_channel_scales,
     fewest_float_layers,
     fewest_int8_weights,
     int4_weight_sensitivity,
     layer_sensitivity,
     quantize_int8,
     quantize_weights,
+    scale_sensitivity,
 )
 from racmkd.config import RunConfig, TrainConfig
 from racmkd.data.dataset import FeatureCache, PairedDataset
@@ -559,7 +561,11 @@ class ExportOptions:
     bytes at fp32 speed); `int4_weights` also exports 4-bit weights (`onnx-int4-weights`: an eighth
     of them), the fewest of the most sensitive layers kept in 8 bits that bring its agreement with
     the fp32 model on the validation split to `min_agreement` plus two standard errors (after a
-    `qat` step with `weight_bits: 4`, usually none). A quantized model is acceptable when its argmax agrees with its own fp32
+    `qat` step with `weight_bits: 4`, usually none). `per_tensor_scales` then stores the weights of
+    those files' layers on one scale each (a scalar instead of an fp32 scale per output channel),
+    but for the fewest layers, most sensitive per byte first, that must keep their scales per
+    channel for the agreement to hold the same way: in a tier of a few hundred weights the scales
+    are a quarter of the 8-bit file's weight bytes. A quantized model is acceptable when its argmax agrees with its own fp32
     model on at least `min_agreement` of the test samples and its accuracy is at most
     `max_accuracy_drop` below on the validation split (it chooses what ships); of the acceptable artifacts, `prefer` picks the faster (measured
     here: ONNX Runtime, batch 1, one thread, in paired rounds; a candidate the fastest does not
@@ -569,6 +575,7 @@ class ExportOptions:
     int8: str = "static"
     int8_weights: bool = True
     int4_weights: bool = False
+    per_tensor_scales: bool = False
     calibration_samples: int = 512
     sensitivity_samples: int = 1000
     mixed_budget: float = 1.5
@@ -587,8 +594,8 @@ class ExportOptions:
         require(
             self.latency_iters >= 1
             and (self.int8 == "none" or min(self.calibration_samples, self.sensitivity_samples) >= 1)
-            and (not self.int4_weights or self.sensitivity_samples >= 1),
-            "export: latency_iters, for int8 calibration_samples and sensitivity_samples, and for int4_weights sensitivity_samples, must be >= 1",
+            and (not (self.int4_weights or self.per_tensor_scales) or self.sensitivity_samples >= 1),
+            "export: latency_iters, for int8 calibration_samples and sensitivity_samples, and for int4_weights and per_tensor_scales sensitivity_samples, must be >= 1",
         )
         require(
             self.int8 != "mixed" or 1.0 <= self.mixed_budget < math.inf,
@@ -626,7 +633,7 @@ class Export(Step):
         fp32_logits, labels = onnx_logits(session(fp32_path), subject.specs, ds, "test")
         candidates = {"fp32": {"path": fp32_path, "format": "onnx-fp32", "parity": fp32_parity(fp32_logits, reference, labels, fp32_path).as_dict()}}
         details: dict[str, Any] = {}
-        if o.int8 == "mixed" or o.int4_weights:
+        if o.int8 == "mixed" or o.int4_weights or o.per_tensor_scales:
             validation = calibration_inputs(ds, subject.specs, len(ds.splits["val"]), split="val")  # the split's features, once
             evaluation = {m: x[: o.sensitivity_samples] for m, x in validation.items()}
             val_labels = ds.splits["val"].labels[: o.sensitivity_samples].numpy()
@@ -655,10 +662,34 @@ class Export(Step):
                 "format": "onnx-mixed" if keep_float else "onnx-int8",
                 "parity": parity(int8_logits, fp32_logits, labels).as_dict(),
             }
+
+        def one_scale_layers(candidate: str, bits: int, kept: list[str], clipped: list[str]) -> list[str]:
+            """The candidate's layers stored on one scale each (none unless `per_tensor_scales`)."""
+            if not o.per_tensor_scales:
+                return []
+            widths = dict.fromkeys(kept, 8)
+            ranked = scale_sensitivity(fp32_path, evaluation, bits, widths, clipped)
+            names = [r.weight for r in ranked]
+            kept_per_channel, trials = fewest_channel_scales(fp32_path, validation, names, o.min_agreement, bits, widths, clipped)
+            one_scale = [w for w in names if w not in kept_per_channel]
+            details.setdefault("per_tensor_scales", {})[candidate] = {
+                "per_tensor": one_scale,
+                "kept_per_channel": kept_per_channel,
+                "trials": trials,
+                "layers": [asdict(r) for r in ranked],
+            }
+            return one_scale
+
         if o.int8_weights:
-            weights_path = quantize_weights(fp32_path, subject.workdir / "int8-weights.onnx")
+            per_tensor = one_scale_layers("int8-weights", 8, [], [])
+            weights_path = quantize_weights(fp32_path, subject.workdir / "int8-weights.onnx", per_tensor=per_tensor)
             weights_logits, _ = onnx_logits(session(weights_path), subject.specs, ds, "test")
-            candidates["int8-weights"] = {"path": weights_path, "format": "onnx-int8-weights", "parity": parity(weights_logits, fp32_logits, labels).as_dict()}
+            candidates["int8-weights"] = {
+                "path": weights_path,
+                "format": "onnx-int8-weights",
+                "parity": parity(weights_logits, fp32_logits, labels).as_dict(),
+                "per_tensor": per_tensor,  # the variant bank stores its graphs' weights the same way
+            }
         if o.int4_weights:
             ranked = int4_weight_sensitivity(fp32_path, evaluation, val_labels)
             clipped = [r.weight for r in ranked if r.clipped]
@@ -674,8 +705,14 @@ class Export(Step):
                 "layers": [asdict(r) for r in ranked],
             }
             if written:
+                per_tensor = one_scale_layers("int4-weights", 4, keep_int8, clipped)
                 int4_path = quantize_weights(
-                    fp32_path, subject.workdir / "int4-weights.onnx", bits=4, bits_by_weight=dict.fromkeys(keep_int8, 8), clipped=clipped
+                    fp32_path,
+                    subject.workdir / "int4-weights.onnx",
+                    bits=4,
+                    bits_by_weight=dict.fromkeys(keep_int8, 8),
+                    clipped=clipped,
+                    per_tensor=per_tensor,
                 )
                 int4_logits, _ = onnx_logits(session(int4_path), subject.specs, ds, "test")
                 candidates["int4-weights"] = {
@@ -684,6 +721,7 @@ class Export(Step):
                     "parity": parity(int4_logits, fp32_logits, labels).as_dict(),
                     "kept_int8": keep_int8,  # the variant bank stores its graphs' weights the same way
                     "clipped": clipped,
+                    "per_tensor": per_tensor,
                 }
         for c in candidates.values():  # names were needed to pick layers; the deployed files do without
             c["weight_bytes_by_module"] = compact_file(c["path"])

@@ -48,13 +48,15 @@ from racmkd.utils import atomic_write_bytes, atomic_write_json, building_folder,
 
 
 class Source(NamedTuple):
-    """The model a tier's variants come from, the precision to export them in and, for 4-bit
-    weights, the weights kept in 8 bits and those on clipped grids (see `quantize_weights`)."""
+    """The model a tier's variants come from, the precision to export them in and, for weights
+    stored in 8 or 4 bits, how the shipped file stores them (see `quantize_weights`): the weights
+    kept in 8 bits among 4-bit ones, those on clipped grids, those on one scale per layer."""
 
     path: Path
     precision: str
     kept_int8: list[str]
     clipped: list[str]
+    per_tensor: list[str]
 
 
 def _source(run_dir: Path, tier: str) -> Source:
@@ -64,9 +66,9 @@ def _source(run_dir: Path, tier: str) -> Source:
     if manifest.is_file():
         record = read_compression_record(manifest.parent)
         precision = FORMAT_PRECISION.get(record["format"], "fp32")
-        int4 = record.get("candidates", {}).get("int4-weights", {}) if precision == "int4-weights" else {}
-        return Source(manifest.parent / "model.pt", precision, int4.get("kept_int8", []), int4.get("clipped", []))
-    return Source(run_dir / "checkpoints" / f"{tier}.pt", "fp32", [], [])
+        shipped = record.get("candidates", {}).get(precision, {}) if precision in WEIGHTS_ONLY_BITS else {}
+        return Source(manifest.parent / "model.pt", precision, shipped.get("kept_int8", []), shipped.get("clipped", []), shipped.get("per_tensor", []))
+    return Source(run_dir / "checkpoints" / f"{tier}.pt", "fp32", [], [], [])
 
 
 def configuration_logits(shares: dict[tuple[str, str], np.ndarray], biases: dict[str, np.ndarray], key: dict[str, str | None]) -> np.ndarray:
@@ -184,7 +186,7 @@ def _build_bank(
     labels: dict[str, np.ndarray] = {}
     modality_order = [m for m in dataset.modalities]
     for tier in progress(tiers, desc="edge variants", leave=True):
-        source, precision, kept_int8, clipped = _source(run_dir, tier)
+        source, precision, kept_int8, clipped, per_tensor = _source(run_dir, tier)
         model, specs, modalities, _ = load_model(source)
         biases[tier] = model.classifier.bias.detach().numpy().astype(np.float32)
         paths = {m: out_dir / f"{tier}.{m}.onnx" for m in specs}
@@ -199,10 +201,10 @@ def _build_bank(
             # layer: each output channel's range from its weights over all the shares.
             held = {m: layer_rows(path) for m, path in paths.items()}
             whole = {w: np.concatenate([rows[w] for rows in held.values() if w in rows], axis=1) for w in set().union(*held.values())}
-            missing = sorted((set(kept_int8) | set(clipped)) - set(whole))
+            missing = sorted((set(kept_int8) | set(clipped) | set(per_tensor)) - set(whole))
             if missing:
                 raise BankError(
-                    f"{run_dir / 'compressed' / tier / 'compression.json'}: weights kept in 8 bits or on clipped grids that the tier's model lacks: {missing}; compress the tier again"
+                    f"{run_dir / 'compressed' / tier / 'compression.json'}: weights kept in 8 bits, on clipped grids or on one scale that the tier's model lacks: {missing}; compress the tier again"
                 )
         for m, path in paths.items():
             if precision == "int8":
@@ -210,7 +212,13 @@ def _build_bank(
             elif bits:  # this share's weights, of those the tier kept in 8 bits too
                 kept = {w: 8 for w in kept_int8 if w in held[m]} if bits == 4 else {}
                 quantize_weights(
-                    path, path, bits=bits, bits_by_weight=kept, clipped=[w for w in clipped if w in held[m]], whole_rows={w: whole[w] for w in held[m]}
+                    path,
+                    path,
+                    bits=bits,
+                    bits_by_weight=kept,
+                    clipped=[w for w in clipped if w in held[m]],
+                    whole_rows={w: whole[w] for w in held[m]},
+                    per_tensor=[w for w in per_tensor if w in held[m]],
                 )
             compact_file(path)
             sess = session(path)
