@@ -525,6 +525,7 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         ([{"qat": {"activations": "no"}}, "export"], r"qat\.activations: expected true or false"),
         ([{"export": {"int8": "none", "int4_weights": True, "sensitivity_samples": 0}}], "for int4_weights and per_tensor_scales sensitivity_samples"),
         ([{"export": {"int8": "none", "per_tensor_scales": True, "sensitivity_samples": 0}}], "for int4_weights and per_tensor_scales sensitivity_samples"),
+        ([{"export": {"int8_weights": False, "per_tensor_scales": True}}], "per_tensor_scales applies to the weights-only files"),
     ],
 )
 def test_recipe_validation_errors_name_the_problem(steps: list, message: str) -> None:
@@ -1025,8 +1026,10 @@ def test_a_layer_on_one_scale_stores_a_scalar_for_the_whole_tensor(tmp_path: Pat
             scale, q = stored[f"{name}_scale"], stored[f"{name}_int{bits}"].astype(np.float32)
             if name in one:
                 assert scale.shape == () and axes[f"{name}_int{bits}"] == []
-                assert scale == pytest.approx(weight_range(by_channel.reshape(1, -1), bits, clip=bits == 4)[0] / qmax, rel=1e-6)
-                assert np.abs(q).max() <= qmax
+                expected = (
+                    np.abs(by_channel).max() if bits == 8 else weight_range(by_channel.reshape(1, -1), 4, clip=True)[0]
+                )  # 4 bits: the clip of all rows as one
+                assert scale == pytest.approx(expected / qmax, rel=1e-6) and np.abs(q).max() == qmax
             else:
                 assert scale.shape == (len(by_channel),) and axes[f"{name}_int{bits}"] == ["axis"]
         saved = sum(4 * (len(rows[n]) - 1) for n in one)
@@ -1044,19 +1047,21 @@ def test_a_layer_on_one_scale_stores_a_scalar_for_the_whole_tensor(tmp_path: Pat
         assert (session(per_layer).run(["logits"], x)[0].argmax(1) == session(fp32).run(["logits"], x)[0].argmax(1)).mean() > 0.8
     with pytest.raises(TypeError, match="per_tensor names weights"):
         quantize_weights(fp32, tmp_path / "bad.onnx", per_tensor=one[0])
+    with pytest.raises(ExportError, match="left in fp32 have no scale to share"):
+        quantize_weights(fp32, tmp_path / "bad.onnx", bits_by_weight={one[0]: 32}, per_tensor=one[:1])
     with pytest.raises(ExportError, match="no layer weights named"):
         quantize_weights(fp32, tmp_path / "bad.onnx", per_tensor=["encoders.nothing.weight"])
     assert not (tmp_path / "bad.onnx").exists()
 
 
 def test_one_scale_per_layer_only_where_the_agreement_allows(tmp_path: Path) -> None:
-    from racmkd.compress.quantize import fewest_channel_scales, layer_rows, mean_kl, quantize_weights, scale_sensitivity
+    from racmkd.compress.quantize import fewest_per_channel_layers, layer_rows, mean_kl, quantize_weights, scale_sensitivity
 
     fp32, x = exported_demo(tmp_path)
     rows = layer_rows(fp32)
-    kept8 = {list(rows)[0]: 8}
+    kept8 = {list(rows)[0]: 8, list(rows)[1]: 32}
     ranked = scale_sensitivity(fp32, x, 4, kept8)
-    assert {r.weight for r in ranked} == {n for n, r in rows.items() if len(r) > 1}  # a one-channel layer saves nothing
+    assert {r.weight for r in ranked} == set(list(rows)[:1] + list(rows)[2:])  # the fp32 one has no scale
     assert all(r.bytes_saved == 4 * (r.channels - 1) for r in ranked)
     reference = session(fp32).run(["logits"], x)[0]
     first = ranked[0]
@@ -1074,9 +1079,9 @@ def test_one_scale_per_layer_only_where_the_agreement_allows(tmp_path: Path) -> 
     assert first.kl == pytest.approx(kl[True] - kl[False])  # at the layer's own width, against its scales per channel
     assert [r.kl / r.bytes_saved for r in ranked] == sorted((r.kl / r.bytes_saved for r in ranked), reverse=True)
     names = [r.weight for r in ranked]
-    kept, trials = fewest_channel_scales(fp32, x, names, 0.0, 4, kept8)  # one scale everywhere is enough
+    kept, trials = fewest_per_channel_layers(fp32, x, names, 0.0, 4, kept8)  # one scale everywhere is enough
     assert kept == [] and len(trials) == 1
-    kept, trials = fewest_channel_scales(fp32, x, names, 1.01, 4, kept8)  # nothing is: every layer per channel
+    kept, trials = fewest_per_channel_layers(fp32, x, names, 1.01, 4, kept8)  # nothing is: every layer per channel
     assert kept == names and [t["kept_per_channel"] for t in trials] == [names[:n] for n in range(len(names) + 1)]
     per_channel = session(quantize_weights(fp32, tmp_path / "c.onnx", bits=4, bits_by_weight=kept8)).run(["logits"], x)[0].argmax(1)
     assert trials[-1]["agreement"] == pytest.approx(float((per_channel == reference.argmax(1)).mean()))

@@ -145,20 +145,34 @@ def test_a_bank_of_quantized_weight_variants_is_smaller_and_answers_alike(
     assert np.mean(np.array(answers) == labels) > 0.3  # chance is 0.1
 
 
-@pytest.mark.parametrize(("fmt", "precision", "lists"), [("onnx-int4-weights", "int4-weights", True), ("onnx-int8-weights", "int8-weights", False)])
-def test_a_tiers_source_reads_the_choices_of_the_file_it_ships(fmt: str, precision: str, lists: bool, tmp_path: Path) -> None:
+FOUR_BIT = {"kept_int8": ["encoders.image.body.1.0.weight"], "clipped": ["head.weight"], "per_tensor": ["encoders.image.body.2.0.weight"]}
+EIGHT_BIT = {"kept_int8": [], "clipped": [], "per_tensor": ["head.weight"]}
+NONE = {"kept_int8": [], "clipped": [], "per_tensor": []}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "precision", "shipped"),
+    [
+        ("onnx-int4-weights", "int4-weights", FOUR_BIT),
+        ("onnx-int8-weights", "int8-weights", EIGHT_BIT),
+        ("onnx-int8", "int8", NONE),
+        ("onnx-fp32", "fp32", NONE),
+    ],
+)
+def test_a_tiers_source_reads_the_choices_of_the_file_it_ships(fmt: str, precision: str, shipped: dict, tmp_path: Path) -> None:
     """The weights kept in 8 bits, those on clipped grids and those on one scale come from the
-    compression record's candidate that the tier ships, not from another."""
+    compression record's candidate that the tier ships, not from another; a record from before
+    `per_tensor` was recorded reads as every layer per channel."""
     from racmkd.runtime import variants
 
     folder = tmp_path / "compressed" / "low"
     folder.mkdir(parents=True)
-    four = {"kept_int8": ["encoders.image.body.1.0.weight"], "clipped": ["head.weight"], "per_tensor": ["encoders.image.body.2.0.weight"]}
-    eight = {"per_tensor": ["head.weight"]}
-    (folder / "compression.json").write_text(json.dumps({"artifact": "x.onnx", "format": fmt, "candidates": {"int4-weights": four, "int8-weights": eight}}))
+    candidates = {"int4-weights": FOUR_BIT, "int8-weights": {"per_tensor": EIGHT_BIT["per_tensor"]}}
+    (folder / "compression.json").write_text(json.dumps({"artifact": "x.onnx", "format": fmt, "candidates": candidates}))
     source = variants._source(tmp_path, "low")
-    shipped = four if lists else {**eight, "kept_int8": [], "clipped": []}
     assert source == variants.Source(folder / "model.pt", precision, shipped["kept_int8"], shipped["clipped"], shipped["per_tensor"])
+    (folder / "compression.json").write_text(json.dumps({"artifact": "x.onnx", "format": fmt, "candidates": {k: {} for k in candidates}}))
+    assert variants._source(tmp_path, "low") == variants.Source(folder / "model.pt", precision, [], [], [])  # an older record
     assert variants._source(tmp_path, "high") == variants.Source(
         tmp_path / "checkpoints" / "high.pt", "fp32", [], [], []
     )  # not compressed: the distilled student

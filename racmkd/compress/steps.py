@@ -34,7 +34,7 @@ from racmkd.compress.quantize import (
     calibration_inputs,
     choose_mixed_precision,
     fake_quantized,
-    fewest_channel_scales,
+    fewest_per_channel_layers,
     fewest_float_layers,
     fewest_int8_weights,
     int4_weight_sensitivity,
@@ -598,6 +598,10 @@ class ExportOptions:
             "export: latency_iters, for int8 calibration_samples and sensitivity_samples, and for int4_weights and per_tensor_scales sensitivity_samples, must be >= 1",
         )
         require(
+            not self.per_tensor_scales or self.int8_weights or self.int4_weights,
+            "export: per_tensor_scales applies to the weights-only files; turn on int8_weights or int4_weights",
+        )
+        require(
             self.int8 != "mixed" or 1.0 <= self.mixed_budget < math.inf,
             f"export: mixed_budget {self.mixed_budget} must be a finite multiple of the all-int8 size, at least 1.0 (below, an impossible budget)",
         )
@@ -670,7 +674,7 @@ class Export(Step):
             widths = dict.fromkeys(kept, 8)
             ranked = scale_sensitivity(fp32_path, evaluation, bits, widths, clipped)
             names = [r.weight for r in ranked]
-            kept_per_channel, trials = fewest_channel_scales(fp32_path, validation, names, o.min_agreement, bits, widths, clipped)
+            kept_per_channel, trials = fewest_per_channel_layers(fp32_path, validation, names, o.min_agreement, bits, widths, clipped)
             one_scale = [w for w in names if w not in kept_per_channel]
             details.setdefault("per_tensor_scales", {})[candidate] = {
                 "per_tensor": one_scale,

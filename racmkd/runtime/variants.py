@@ -198,7 +198,7 @@ def _build_bank(
             # Each share holds the classifier's columns for its modality only; scaled by those alone,
             # its rows would round on other grids than the tier's artifact (the tests' tiny run: int8
             # shares summed to within 0.028 of its logits, not exactly). Every share scales by the whole
-            # layer: each output channel's range from its weights over all the shares.
+            # layer: each output channel's range (or, on one scale, the layer's) from its weights over all the shares.
             held = {m: layer_rows(path) for m, path in paths.items()}
             whole = {w: np.concatenate([rows[w] for rows in held.values() if w in rows], axis=1) for w in set().union(*held.values())}
             missing = sorted((set(kept_int8) | set(clipped) | set(per_tensor)) - set(whole))
