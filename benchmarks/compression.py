@@ -164,7 +164,9 @@ def modality_experiment(run_dir: Path, name: str, tiers: list[str]) -> list[dict
         row["input_ratio"] = row["input_values_before"] / row["input_values_after"]
         ratio = row["weights_ratio"] if name == "visual" else row["path_ratio"]
         row["target"] = f"{name}: ratio >= {ratio_goal:g}x with <= {loss_goal * 100:g} point(s) accuracy loss"
-        row["reached"] = ratio >= ratio_goal and row["accuracy_loss"] <= loss_goal
+        # Accuracies are shares of the test split's samples: a loss of exactly the goal (100 of
+        # 10,000 samples) reads 0.010000000000000009 in floats, and is within it.
+        row["reached"] = ratio >= ratio_goal and row["accuracy_loss"] <= loss_goal + 1e-9
         rows.append(row)
     return rows
 

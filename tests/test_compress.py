@@ -525,7 +525,11 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         ([{"qat": {"activations": "no"}}, "export"], r"qat\.activations: expected true or false"),
         ([{"export": {"int8": "none", "int4_weights": True, "sensitivity_samples": 0}}], "for int4_weights and per_tensor_scales sensitivity_samples"),
         ([{"export": {"int8": "none", "per_tensor_scales": True, "sensitivity_samples": 0}}], "for int4_weights and per_tensor_scales sensitivity_samples"),
-        ([{"export": {"int8_weights": False, "per_tensor_scales": True}}], "per_tensor_scales applies to the weights-only files"),
+        ([{"export": {"int8_weights": False, "per_tensor_scales": True}}], "per_tensor_scales and bias_correction apply to the weights-only files"),
+        ([{"export": {"int8_weights": False, "bias_correction": True}}], "per_tensor_scales and bias_correction apply to the weights-only files"),
+        ([{"export": {"int4_modules": ["encoders.image"]}}], "int4_modules names modules .* with int4_weights False"),
+        ([{"export": {"int4_weights": True, "int4_modules": [""]}}], "int4_modules names modules"),
+        ([{"export": {"int8": "none", "bias_correction": True, "calibration_samples": 0}}], "for bias_correction calibration_samples"),
     ],
 )
 def test_recipe_validation_errors_name_the_problem(steps: list, message: str) -> None:
@@ -631,7 +635,7 @@ def compressed_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "  - prune: {ratio: 0.35, steps: 1, max_drop: 1.0, multiple: 1, finetune: {epochs: 1, samples: 512}}\n"
         "  - align: {multiple: 4, max_drop: 1.0, latency_iters: 30, finetune: {epochs: 1, samples: 256}}\n"
         "  - qat: {epochs: 1, samples: 256}\n"
-        "  - export: {int8: mixed, int4_weights: true, per_tensor_scales: true, calibration_samples: 64, sensitivity_samples: 100, min_agreement: 0.9,"
+        "  - export: {int8: mixed, int4_weights: true, per_tensor_scales: true, bias_correction: true, calibration_samples: 64, sensitivity_samples: 100, min_agreement: 0.9,"
         " max_accuracy_drop: 0.2, latency_iters: 30}\n"
     )
     run_dir, cfg = open_run(run)
@@ -721,6 +725,9 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
         scalars = {i.name for i in graph.initializer if not i.dims}
         assert sum(n.input[1] in scalars for n in graph.node if n.op_type == "DequantizeLinear") == len(chosen["per_tensor"])
     assert scales["int8-weights"]["per_tensor"]  # the tiny model's 8-bit weights lose too little on one scale to keep any per channel
+    for name in ("int8-weights", "int4-weights"):  # encoder biases corrected for the rounding, recorded for the variant bank
+        shifts = manifest["candidates"][name]["bias_shift"]
+        assert shifts and all(b.removeprefix("model.").startswith("encoders.") for b in shifts) and any(any(v != 0 for v in s) for s in shifts.values())
     mixed = manifest["steps"][-1]["details"]["mixed_precision"]
     assert mixed["layers"]  # per-layer sensitivity reported
     trials = mixed["trials"]  # layers kept in fp32 one at a time, most useful first, until the agreement holds
@@ -1006,6 +1013,21 @@ def test_int4_weights_keep_in_8_bits_only_as_many_layers_as_the_agreement_needs(
     assert kept == names and [t["kept_int8"] for t in trials] == [names[:n] for n in range(len(names) + 1)]
     all8 = session(quantize_weights(fp32, tmp_path / "w8.onnx")).run(["logits"], x)[0].argmax(1)
     assert trials[-1]["agreement"] == pytest.approx(float((all8 == session(fp32).run(["logits"], x)[0].argmax(1)).mean()))
+    # Weights outside the choice (`int4_modules`' others) stay in 8 bits in every trial.
+    fixed, choices = names[:1], names[1:]
+    kept, trials = fewest_int8_weights(fp32, x, choices, min_agreement=1.01, fixed_int8=fixed)
+    assert kept == choices and [t["kept_int8"] for t in trials] == [choices[:n] for n in range(len(choices) + 1)]
+    first_trial = session(quantize_weights(fp32, tmp_path / "f.onnx", bits=4, bits_by_weight={fixed[0]: 8})).run(["logits"], x)[0].argmax(1)
+    assert trials[0]["agreement"] == pytest.approx(float((first_trial == session(fp32).run(["logits"], x)[0].argmax(1)).mean()))
+
+
+def test_int4_modules_name_layers_by_module() -> None:
+    from racmkd.compress.steps import in_modules
+
+    assert in_modules("encoders.image.body.1.0.weight", ("encoders.image",)) and in_modules("model.head.weight", ("head",))
+    assert not in_modules("encoders.imagery.body.1.0.weight", ("encoders.image",))  # a module's name, not any prefix
+    assert not in_modules("encoders.audio.body.1.0.weight", ("encoders.image", "head"))
+    assert in_modules("encoders.audio.body.1.0.weight", ())  # none named: every layer
 
 
 def test_a_layer_on_one_scale_stores_a_scalar_for_the_whole_tensor(tmp_path: Path) -> None:
@@ -1085,6 +1107,46 @@ def test_one_scale_per_layer_only_where_the_agreement_allows(tmp_path: Path) -> 
     assert kept == names and [t["kept_per_channel"] for t in trials] == [names[:n] for n in range(len(names) + 1)]
     per_channel = session(quantize_weights(fp32, tmp_path / "c.onnx", bits=4, bits_by_weight=kept8)).run(["logits"], x)[0].argmax(1)
     assert trials[-1]["agreement"] == pytest.approx(float((per_channel == reference.argmax(1)).mean()))
+
+
+def test_bias_correction_gives_each_rounded_encoder_layer_back_its_mean_output(tmp_path: Path) -> None:
+    """`bias_shifts` on a 4-bit model: after the shifts, each rounded encoder layer's output has the
+    fp32 model's mean per channel on the calibration samples (it did not before); the classifier
+    and a layer left in fp32 keep their biases."""
+    from racmkd.compress.quantize import _layer_outputs, bias_shifts, layer_weights, quantize_weights, weights_only_model
+
+    fp32, x = exported_demo(tmp_path)
+    layers = layer_weights(onnx.load(fp32))
+    encoder = [n for n in layers if n.removeprefix("model.").startswith("encoders.")]
+    left = encoder[1]
+    formats = {"bits": 4, "bits_by_weight": {left: 32}}
+    plain = quantize_weights(fp32, tmp_path / "plain.onnx", **formats)
+    shifts = bias_shifts(fp32, plain, x)
+    corrected_layers = [n for n in encoder if n != left and len(layers[n].input) > 2]
+    assert set(shifts) == {layers[n].input[2] for n in corrected_layers} and corrected_layers
+    outputs = [layers[n].output[0] for n in corrected_layers]
+    path, returned = weights_only_model(fp32, tmp_path / "fixed.onnx", x, **formats)
+    assert returned.keys() == shifts.keys() and all(np.array_equal(returned[k], shifts[k]) for k in shifts)
+    reference = _layer_outputs(onnx.load(fp32), outputs, x)
+    before, after = _layer_outputs(onnx.load(plain), outputs, x), _layer_outputs(onnx.load(path), outputs, x)
+
+    def mean_gap(got: dict, out: str) -> float:
+        return float(np.abs((reference[out] - got[out]).mean(axis=(0, 2, 3))).max())
+
+    scale = max(float(np.abs(reference[o]).mean()) for o in outputs)
+    assert all(mean_gap(after, o) < 1e-4 * scale for o in outputs)
+    assert max(mean_gap(before, o) for o in outputs) > 1e-2 * scale  # 4-bit rounding had moved them
+    stored = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
+    original = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(fp32).graph.initializer}
+    for name in {layers[n].input[2] for n in layers if len(layers[n].input) > 2} - set(shifts):  # the classifier's, the fp32 layer's
+        if name in original:
+            np.testing.assert_array_equal(stored[name], original[name])
+    with pytest.raises(ExportError, match="bias_shift names 'nothing'"):
+        quantize_weights(fp32, tmp_path / "bad.onnx", bias_shift={"nothing": np.zeros(3)})
+    first = next(iter(shifts))
+    with pytest.raises(ExportError, match=f"bias_shift names '{first}'"):
+        quantize_weights(fp32, tmp_path / "bad.onnx", bias_shift={first: np.zeros(len(shifts[first]) + 1)})
+    assert not (tmp_path / "bad.onnx").exists()
 
 
 def test_fake_quantization_to_4_bit_weights_leaves_activations_float() -> None:

@@ -93,9 +93,22 @@ def test_a_bank_of_quantized_weight_variants_is_smaller_and_answers_alike(
     kept_int8 = ["encoders.image.body.1.0.weight"] if precision == "int4-weights" else []  # the image stem
     clipped = ["head.weight"] if precision == "int4-weights" else []  # split among the shares: clipped on the whole layer's rows
     per_tensor = ["head.weight"]  # split among the shares too: one scale for the whole layer
-    monkeypatch.setattr(
-        variants, "_source", lambda run_dir, tier: variants.Source(run_dir / "checkpoints" / f"{tier}.pt", precision, kept_int8, clipped, per_tensor)
-    )
+    from racmkd.compress.export import export_onnx, onnx_logits, session
+    from racmkd.compress.quantize import calibration_inputs, weights_only_model
+    from racmkd.models.checkpoint import load_model
+
+    # The tier's own file, its encoder biases corrected as the export step's `bias_correction` does.
+    model, specs, modalities, _ = load_model(tiny_run / "checkpoints" / "high.pt")
+    fp32 = export_onnx(model, specs, modalities, tmp_path / "high.onnx")
+    formats = {"bits": 4 if precision == "int4-weights" else 8, "bits_by_weight": dict.fromkeys(kept_int8, 8), "clipped": clipped, "per_tensor": per_tensor}
+    whole, shifts = weights_only_model(fp32, tmp_path / "high.q.onnx", calibration_inputs(tiny_dataset, specs, 64), **formats)
+    assert shifts
+    recorded = {b: v.tolist() for b, v in shifts.items()}
+
+    def source(run_dir: Path, tier: str) -> variants.Source:
+        return variants.Source(run_dir / "checkpoints" / f"{tier}.pt", precision, kept_int8, clipped, per_tensor, recorded if tier == "high" else {})
+
+    monkeypatch.setattr(variants, "_source", source)
     read_from = []
 
     def rapl(fn, iters: int, root: Path) -> float:  # noqa: ANN001 - RAPL counters readable: 0.25 mJ a call, say
@@ -119,21 +132,8 @@ def test_a_bank_of_quantized_weight_variants_is_smaller_and_answers_alike(
         stored = [i.data_type for i in onnx.load(folder / v["path"]).graph.initializer]
         if precision == "int4-weights":  # the stem in 8 bits where the variant reads the image, every other weight in 4
             assert stored.count(onnx.TensorProto.INT8) == (v["modality"] == "image") and stored.count(onnx.TensorProto.INT4) >= 2
-    # The shares add up to the tier's own 4-bit (8-bit) model: each rounds its classifier columns on the whole layer's grid.
-    from racmkd.compress.export import export_onnx, onnx_logits, session
-    from racmkd.compress.quantize import quantize_weights
-    from racmkd.models.checkpoint import load_model
-
-    model, specs, modalities, _ = load_model(tiny_run / "checkpoints" / "high.pt")
-    fp32 = export_onnx(model, specs, modalities, tmp_path / "high.onnx")
-    whole = quantize_weights(
-        fp32,
-        tmp_path / "high.q.onnx",
-        bits=4 if precision == "int4-weights" else 8,
-        bits_by_weight=dict.fromkeys(kept_int8, 8),
-        clipped=clipped,
-        per_tensor=per_tensor,
-    )
+    # The shares add up to the tier's own 4-bit (8-bit) model: each rounds its classifier columns on
+    # the whole layer's grid, and its encoder's biases take the tier's recorded shifts.
     logits, _ = onnx_logits(session(whole), specs, tiny_dataset, "test", limit=300)
     with np.load(folder / "logits.npz") as saved:
         summed = sum(saved[f"test/high/{m}"] for m in specs) + model.classifier.bias.detach().numpy()
@@ -145,9 +145,14 @@ def test_a_bank_of_quantized_weight_variants_is_smaller_and_answers_alike(
     assert np.mean(np.array(answers) == labels) > 0.3  # chance is 0.1
 
 
-FOUR_BIT = {"kept_int8": ["encoders.image.body.1.0.weight"], "clipped": ["head.weight"], "per_tensor": ["encoders.image.body.2.0.weight"]}
-EIGHT_BIT = {"kept_int8": [], "clipped": [], "per_tensor": ["head.weight"]}
-NONE = {"kept_int8": [], "clipped": [], "per_tensor": []}
+FOUR_BIT = {
+    "kept_int8": ["encoders.image.body.1.0.weight"],
+    "clipped": ["head.weight"],
+    "per_tensor": ["encoders.image.body.2.0.weight"],
+    "bias_shift": {"encoders.image.body.1.0.bias": [0.5]},
+}
+EIGHT_BIT = {"kept_int8": [], "clipped": [], "per_tensor": ["head.weight"], "bias_shift": {"encoders.audio.body.1.0.bias": [0.25]}}
+NONE = {"kept_int8": [], "clipped": [], "per_tensor": [], "bias_shift": {}}
 
 
 @pytest.mark.parametrize(
@@ -167,15 +172,14 @@ def test_a_tiers_source_reads_the_choices_of_the_file_it_ships(fmt: str, precisi
 
     folder = tmp_path / "compressed" / "low"
     folder.mkdir(parents=True)
-    candidates = {"int4-weights": FOUR_BIT, "int8-weights": {"per_tensor": EIGHT_BIT["per_tensor"]}}
+    candidates = {"int4-weights": FOUR_BIT, "int8-weights": {"per_tensor": EIGHT_BIT["per_tensor"], "bias_shift": EIGHT_BIT["bias_shift"]}}
     (folder / "compression.json").write_text(json.dumps({"artifact": "x.onnx", "format": fmt, "candidates": candidates}))
     source = variants._source(tmp_path, "low")
-    assert source == variants.Source(folder / "model.pt", precision, shipped["kept_int8"], shipped["clipped"], shipped["per_tensor"])
+    assert source == variants.Source(folder / "model.pt", precision, shipped["kept_int8"], shipped["clipped"], shipped["per_tensor"], shipped["bias_shift"])
     (folder / "compression.json").write_text(json.dumps({"artifact": "x.onnx", "format": fmt, "candidates": {k: {} for k in candidates}}))
-    assert variants._source(tmp_path, "low") == variants.Source(folder / "model.pt", precision, [], [], [])  # an older record
-    assert variants._source(tmp_path, "high") == variants.Source(
-        tmp_path / "checkpoints" / "high.pt", "fp32", [], [], []
-    )  # not compressed: the distilled student
+    assert variants._source(tmp_path, "low") == variants.Source(folder / "model.pt", precision, [], [], [], {})  # an older record
+    not_compressed = variants.Source(tmp_path / "checkpoints" / "high.pt", "fp32", [], [], [], {})
+    assert variants._source(tmp_path, "high") == not_compressed  # the distilled student
 
 
 def test_a_bank_refuses_8_bit_weights_its_tiers_model_lacks(tiny_run: Path, tiny_dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
@@ -185,11 +189,21 @@ def test_a_bank_refuses_8_bit_weights_its_tiers_model_lacks(tiny_run: Path, tiny
     from racmkd.runtime import variants
 
     source = variants.Source(
-        Path("unused"), "int4-weights", ["encoders.pen.body.1.0.weight"], ["encoders.pen.body.2.0.weight"], ["encoders.pen.body.3.0.weight"]
+        Path("unused"),
+        "int4-weights",
+        ["encoders.pen.body.1.0.weight"],
+        ["encoders.pen.body.2.0.weight"],
+        ["encoders.pen.body.3.0.weight"],
+        {"encoders.pen.body.1.0.bias": [0.0]},
     )
     monkeypatch.setattr(variants, "_source", lambda run_dir, tier: source._replace(path=run_dir / "checkpoints" / f"{tier}.pt"))
-    lacks = r"\['encoders\.pen\.body\.1\.0\.weight', 'encoders\.pen\.body\.2\.0\.weight', 'encoders\.pen\.body\.3\.0\.weight'\]"
-    with pytest.raises(BankError, match=r"compression\.json: weights kept in 8 bits, on clipped grids or on one scale that the tier's model lacks: " + lacks):
+    lacks = (
+        r"\['encoders\.pen\.body\.1\.0\.weight', 'encoders\.pen\.body\.2\.0\.weight', 'encoders\.pen\.body\.3\.0\.weight', 'encoders\.pen\.body\.1\.0\.bias'\]"
+    )
+    with pytest.raises(
+        BankError,
+        match=r"compression\.json: weights kept in 8 bits, on clipped grids or on one scale, or corrected biases, that the tier's model lacks: " + lacks,
+    ):
         variants.build_bank(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, out_dir=tmp_path / "edge", val_samples=50, test_samples=50)
     assert not (tmp_path / "edge").exists()
 

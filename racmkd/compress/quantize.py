@@ -36,6 +36,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from onnx import version_converter
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -211,6 +212,7 @@ def quantize_weights(
     clipped: Collection[str] = (),
     whole_rows: dict[str, np.ndarray] | None = None,
     per_tensor: Collection[str] = (),
+    bias_shift: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Store every Conv, Gemm and MatMul weight of an exported model in `bits` (8 or 4; symmetric,
     one scale per output channel) behind a DequantizeLinear; activations, biases and arithmetic
@@ -223,7 +225,8 @@ def quantize_weights(
     classifier) then rounds them on the whole layer's grid. The weights named in `per_tensor` take
     one scale for the whole layer (its rows as one), stored as a scalar: in a layer with few
     weights per channel (9 in a 3x3 depthwise convolution) a channel's fp32 scale costs as many
-    bytes as four of its 8-bit weights.
+    bytes as four of its 8-bit weights. `bias_shift` adds to named bias initializers (see
+    `bias_shifts`: what the rounding moved the layers' mean outputs by).
     Keeps the racmkd contract, with precision "int4-weights" when any weight is in 4 bits, else
     "int8-weights"; a model with 4-bit weights is converted to opset 21."""
     widths = {bits, *(bits_by_weight or {}).values()}
@@ -281,12 +284,72 @@ def quantize_weights(
     nodes = [*dequantize, *graph.node]
     graph.ClearField("node")
     graph.node.extend(nodes)
+    for name, shift in (bias_shift or {}).items():
+        if name not in initializers or initializers[name].data_type != onnx.TensorProto.FLOAT or tuple(initializers[name].dims) != np.shape(shift):
+            raise ExportError(f"{fp32_path}: bias_shift names {name!r}, which is no fp32 initializer of shape {np.shape(shift)} in the model")
+        shifted = onnx.numpy_helper.to_array(initializers[name]) + np.asarray(shift, dtype=np.float32)
+        initializers[name].CopyFrom(onnx.numpy_helper.from_array(shifted.astype(np.float32), name))
     # Which weights are in which width, the stored tensors' types say (the names go at `compact_file`).
     precision = "int4-weights" if 4 in chosen.values() else "int8-weights"
     set_metadata(model, {CONTRACT_KEY: _json({**contract, "precision": precision})})
     onnx.checker.check_model(model)
     atomic_write_bytes(out_path, model.SerializeToString())
     return out_path
+
+
+def _layer_outputs(model: onnx.ModelProto, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The named intermediate tensors of a model (made graph outputs) on `feed`."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.ClearField("output")
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip(names, sess.run(names, {i.name: feed[i.name] for i in sess.get_inputs()})))
+
+
+def bias_shifts(fp32_path: Path, quantized_path: Path, calibration: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Empirical bias correction (Nagel et al., "Data-Free Quantization Through Weight Equalization
+    and Bias Correction", 2019): rounding a layer's weights moves the mean of each of its output
+    channels, and the error passes on through every later layer; the bias can take it back at no
+    cost in bytes. For each encoder layer of a weights-only model whose weights are rounded, in
+    graph order, the mean over `calibration` samples of its fp32 output less its quantized output
+    (the earlier layers already corrected) per output channel is what to add to its bias
+    (`quantize_weights`' `bias_shift`). The classifier is left as it is: the variant bank splits it
+    among shares and adds the tier's bias at run time. On a pruned critical tier's image encoder,
+    three layers in 4 bits and the rest on one 8-bit scale each, it raised the agreement with the
+    fp32 model from 0.9855 to 0.9918 of the validation split (measured 2026-12-06)."""
+    fp32, quantized = onnx.load(fp32_path), onnx.load(quantized_path)
+    rounded = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    biases = {i.name: i for i in quantized.graph.initializer}
+    layers = [
+        node
+        for name, node in layer_weights(fp32).items()
+        if name in rounded and name.removeprefix("model.").startswith("encoders.") and len(node.input) > 2 and node.input[2] in biases
+    ]
+    reference = _layer_outputs(fp32, [n.output[0] for n in layers], calibration)
+    shifts: dict[str, np.ndarray] = {}
+    for node in layers:  # graph order: each layer's mean is measured after the earlier ones' correction
+        bias = biases[node.input[2]]
+        corrected = onnx.ModelProto()
+        corrected.CopyFrom(quantized)
+        for init in corrected.graph.initializer:
+            if init.name in shifts:
+                init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) + shifts[init.name], init.name))
+        out = node.output[0]
+        difference = reference[out] - _layer_outputs(corrected, [out], calibration)[out]
+        per_channel = difference.mean(axis=tuple(a for a in range(difference.ndim) if a != 1), dtype=np.float64)  # (N, C, ...): channel axis 1
+        shifts[bias.name] = per_channel.astype(np.float32).reshape(tuple(bias.dims))
+    return shifts
+
+
+def weights_only_model(fp32_path: Path, out_path: Path, calibration: dict[str, np.ndarray] | None = None, **formats: Any) -> tuple[Path, dict[str, np.ndarray]]:
+    """`quantize_weights(fp32_path, out_path, **formats)`, its encoder biases corrected on
+    `calibration` samples when given (see `bias_shifts`); returns the file and the shifts."""
+    path = quantize_weights(fp32_path, out_path, **formats)
+    if calibration is None:
+        return path, {}
+    shifts = bias_shifts(fp32_path, path, calibration)
+    return quantize_weights(fp32_path, out_path, **formats, bias_shift=shifts), shifts
 
 
 def channel_rows(weight: np.ndarray, axis: int) -> np.ndarray:
@@ -486,14 +549,22 @@ def int4_weight_sensitivity(fp32_path: Path, evaluation: dict[str, np.ndarray], 
 
 
 def fewest_int8_weights(
-    fp32_path: Path, evaluation: dict[str, np.ndarray], ranked: list[str], min_agreement: float, clipped: Collection[str] = ()
+    fp32_path: Path,
+    evaluation: dict[str, np.ndarray],
+    ranked: list[str],
+    min_agreement: float,
+    clipped: Collection[str] = (),
+    calibration: dict[str, np.ndarray] | None = None,
+    fixed_int8: Collection[str] = (),
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """The fewest weights of `ranked` (most sensitive first) to keep in 8 bits, the rest in 4 (on
     clipped grids where named in `clipped`), for the model to agree with its fp32 export (see
-    `fewest_kept`)."""
+    `fewest_kept`); each trial's biases corrected on `calibration` samples when given. The weights
+    in `fixed_int8` stay in 8 bits in every trial (they are not among the choices)."""
 
     def build(kept: list[str], out: Path) -> Path:
-        return quantize_weights(fp32_path, out, bits=4, bits_by_weight=dict.fromkeys(kept, 8), clipped=clipped)
+        widths = dict.fromkeys([*fixed_int8, *kept], 8)
+        return weights_only_model(fp32_path, out, calibration, bits=4, bits_by_weight=widths, clipped=clipped)[0]
 
     return fewest_kept(build, fp32_path, evaluation, ranked, min_agreement, "kept_int8")
 
@@ -545,17 +616,19 @@ def fewest_per_channel_layers(
     bits: int,
     bits_by_weight: dict[str, int] | None = None,
     clipped: Collection[str] = (),
+    calibration: dict[str, np.ndarray] | None = None,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """The fewest weights of `ranked` (most sensitive first) to keep on one scale per output
     channel, the rest of them on one scale each, for the weights-only model (widths and grids as
-    `quantize_weights` takes them) to agree with its fp32 export (see `fewest_kept`). A pruned
+    `quantize_weights` takes them; biases corrected on `calibration` samples when given) to agree
+    with its fp32 export (see `fewest_kept`). A pruned
     critical tier's image encoder (rows of 4 to 9 weights, 2026-12-06's visual experiment) took one
     scale in every layer at 0.9986 validation agreement; the audio encoder beside it needed some
     layers per channel."""
 
     def build(kept: list[str], out: Path) -> Path:
         one_scale = [w for w in ranked if w not in kept]
-        return quantize_weights(fp32_path, out, bits=bits, bits_by_weight=bits_by_weight, clipped=clipped, per_tensor=one_scale)
+        return weights_only_model(fp32_path, out, calibration, bits=bits, bits_by_weight=bits_by_weight, clipped=clipped, per_tensor=one_scale)[0]
 
     return fewest_kept(build, fp32_path, evaluation, ranked, min_agreement, "kept_per_channel")
 

@@ -40,8 +40,8 @@ from racmkd.compress.quantize import (
     int4_weight_sensitivity,
     layer_sensitivity,
     quantize_int8,
-    quantize_weights,
     scale_sensitivity,
+    weights_only_model,
 )
 from racmkd.config import RunConfig, TrainConfig
 from racmkd.data.dataset import FeatureCache, PairedDataset
@@ -146,6 +146,13 @@ def val_accuracy(subject: Subject, ctx: Context) -> float:
     logits = torch_logits(subject.model, subject.specs, ctx.dataset, "val", limit=ctx.val_samples)
     labels = ctx.dataset.splits["val"].labels[: len(logits)].numpy()
     return float((logits.argmax(1) == labels).mean())
+
+
+def in_modules(weight: str, modules: tuple[str, ...]) -> bool:
+    """Whether a layer weight (named as `layer_weights` names it) belongs to one of `modules`
+    (`encoders.image`, `head`), or any weight when none is named."""
+    name = weight.removeprefix("model.")
+    return not modules or any(name == m or name.startswith(f"{m}.") for m in modules)
 
 
 def require(condition: bool, message: str) -> None:
@@ -561,11 +568,17 @@ class ExportOptions:
     bytes at fp32 speed); `int4_weights` also exports 4-bit weights (`onnx-int4-weights`: an eighth
     of them), the fewest of the most sensitive layers kept in 8 bits that bring its agreement with
     the fp32 model on the validation split to `min_agreement` plus two standard errors (after a
-    `qat` step with `weight_bits: 4`, usually none). `per_tensor_scales` then stores the weights of
+    `qat` step with `weight_bits: 4`, usually none); `int4_modules` (module names such as
+    `encoders.image`) limits the 4-bit weights to those modules' layers, the others kept in 8 bits
+    (a recipe compressing one modality's path spends the agreement bound on that path only).
+    `per_tensor_scales` then stores the weights of
     those files' layers on one scale each (a scalar instead of an fp32 scale per output channel),
     but for the fewest layers, most sensitive per byte first, that must keep their scales per
     channel for the agreement to hold the same way: in a tier of a few hundred weights the scales
-    are a quarter of the 8-bit file's weight bytes. A quantized model is acceptable when its argmax agrees with its own fp32
+    are a quarter of the 8-bit file's weight bytes. `bias_correction` corrects those files' encoder
+    biases for the shift the rounding gives each layer's mean output, measured on
+    `calibration_samples` training samples (`bias_shifts`; in the searches too, so that they judge
+    the files as they ship): free in bytes. A quantized model is acceptable when its argmax agrees with its own fp32
     model on at least `min_agreement` of the test samples and its accuracy is at most
     `max_accuracy_drop` below on the validation split (it chooses what ships); of the acceptable artifacts, `prefer` picks the faster (measured
     here: ONNX Runtime, batch 1, one thread, in paired rounds; a candidate the fastest does not
@@ -575,7 +588,9 @@ class ExportOptions:
     int8: str = "static"
     int8_weights: bool = True
     int4_weights: bool = False
+    int4_modules: tuple[str, ...] = ()
     per_tensor_scales: bool = False
+    bias_correction: bool = False
     calibration_samples: int = 512
     sensitivity_samples: int = 1000
     mixed_budget: float = 1.5
@@ -594,12 +609,17 @@ class ExportOptions:
         require(
             self.latency_iters >= 1
             and (self.int8 == "none" or min(self.calibration_samples, self.sensitivity_samples) >= 1)
+            and (not self.bias_correction or self.calibration_samples >= 1)
             and (not (self.int4_weights or self.per_tensor_scales) or self.sensitivity_samples >= 1),
-            "export: latency_iters, for int8 calibration_samples and sensitivity_samples, and for int4_weights and per_tensor_scales sensitivity_samples, must be >= 1",
+            "export: latency_iters, for int8 calibration_samples and sensitivity_samples, for bias_correction calibration_samples, and for int4_weights and per_tensor_scales sensitivity_samples, must be >= 1",
         )
         require(
-            not self.per_tensor_scales or self.int8_weights or self.int4_weights,
-            "export: per_tensor_scales applies to the weights-only files; turn on int8_weights or int4_weights",
+            not self.int4_modules or (self.int4_weights and all(isinstance(m, str) and m for m in self.int4_modules)),
+            f"export: int4_modules names modules (such as encoders.image) for int4_weights' 4-bit layers; got {self.int4_modules!r} with int4_weights {self.int4_weights}",
+        )
+        require(
+            not (self.per_tensor_scales or self.bias_correction) or self.int8_weights or self.int4_weights,
+            "export: per_tensor_scales and bias_correction apply to the weights-only files; turn on int8_weights or int4_weights",
         )
         require(
             self.int8 != "mixed" or 1.0 <= self.mixed_budget < math.inf,
@@ -641,8 +661,9 @@ class Export(Step):
             validation = calibration_inputs(ds, subject.specs, len(ds.splits["val"]), split="val")  # the split's features, once
             evaluation = {m: x[: o.sensitivity_samples] for m, x in validation.items()}
             val_labels = ds.splits["val"].labels[: o.sensitivity_samples].numpy()
-        if o.int8 != "none":
+        if o.int8 != "none" or o.bias_correction:
             calibration = calibration_inputs(ds, subject.specs, o.calibration_samples)
+        if o.int8 != "none":
             keep_float: list[str] = []
             if o.int8 == "mixed":
                 sensitivity = layer_sensitivity(fp32_path, calibration, evaluation, val_labels)
@@ -667,6 +688,8 @@ class Export(Step):
                 "parity": parity(int8_logits, fp32_logits, labels).as_dict(),
             }
 
+        corrected_on = calibration if o.bias_correction else None  # the weights-only files' biases corrected on these
+
         def one_scale_layers(candidate: str, bits: int, kept: list[str], clipped: list[str]) -> list[str]:
             """The candidate's layers stored on one scale each (none unless `per_tensor_scales`)."""
             if not o.per_tensor_scales:
@@ -674,7 +697,7 @@ class Export(Step):
             widths = dict.fromkeys(kept, 8)
             ranked = scale_sensitivity(fp32_path, evaluation, bits, widths, clipped)
             names = [r.weight for r in ranked]
-            kept_per_channel, trials = fewest_per_channel_layers(fp32_path, validation, names, o.min_agreement, bits, widths, clipped)
+            kept_per_channel, trials = fewest_per_channel_layers(fp32_path, validation, names, o.min_agreement, bits, widths, clipped, corrected_on)
             one_scale = [w for w in names if w not in kept_per_channel]
             details.setdefault("per_tensor_scales", {})[candidate] = {
                 "per_tensor": one_scale,
@@ -686,22 +709,30 @@ class Export(Step):
 
         if o.int8_weights:
             per_tensor = one_scale_layers("int8-weights", 8, [], [])
-            weights_path = quantize_weights(fp32_path, subject.workdir / "int8-weights.onnx", per_tensor=per_tensor)
+            weights_path, shifts = weights_only_model(fp32_path, subject.workdir / "int8-weights.onnx", corrected_on, per_tensor=per_tensor)
             weights_logits, _ = onnx_logits(session(weights_path), subject.specs, ds, "test")
             candidates["int8-weights"] = {
                 "path": weights_path,
                 "format": "onnx-int8-weights",
                 "parity": parity(weights_logits, fp32_logits, labels).as_dict(),
                 "per_tensor": per_tensor,  # the variant bank stores its graphs' weights the same way
+                "bias_shift": {name: shift.tolist() for name, shift in shifts.items()},
             }
         if o.int4_weights:
-            ranked = int4_weight_sensitivity(fp32_path, evaluation, val_labels)
+            every = int4_weight_sensitivity(fp32_path, evaluation, val_labels)
+            ranked = [r for r in every if in_modules(r.weight, o.int4_modules)]
+            if not ranked:
+                raise ValueError(f"export: int4_modules {list(o.int4_modules)} hold none of this model's layers; its layers: {[r.weight for r in every]}")
+            fixed_int8 = [r.weight for r in every if r not in ranked]
             clipped = [r.weight for r in ranked if r.clipped]
-            keep_int8, trials = fewest_int8_weights(fp32_path, validation, [r.weight for r in ranked], o.min_agreement, clipped)
+            chosen_int8, trials = fewest_int8_weights(fp32_path, validation, [r.weight for r in ranked], o.min_agreement, clipped, corrected_on, fixed_int8)
+            keep_int8 = [*fixed_int8, *chosen_int8]
             clipped = [w for w in clipped if w not in keep_int8]  # a clip is of 4-bit grids only
             # With every weight kept in 8 bits it would be the int8-weights file again: no candidate.
-            written = len(keep_int8) < len(ranked)
+            written = len(chosen_int8) < len(ranked)
             details["int4_weights"] = {
+                "modules": list(o.int4_modules),
+                "fixed_int8": fixed_int8,
                 "kept_int8": keep_int8,
                 "clipped": clipped,
                 "candidate": written,
@@ -710,9 +741,10 @@ class Export(Step):
             }
             if written:
                 per_tensor = one_scale_layers("int4-weights", 4, keep_int8, clipped)
-                int4_path = quantize_weights(
+                int4_path, shifts = weights_only_model(
                     fp32_path,
                     subject.workdir / "int4-weights.onnx",
+                    corrected_on,
                     bits=4,
                     bits_by_weight=dict.fromkeys(keep_int8, 8),
                     clipped=clipped,
@@ -726,6 +758,7 @@ class Export(Step):
                     "kept_int8": keep_int8,  # the variant bank stores its graphs' weights the same way
                     "clipped": clipped,
                     "per_tensor": per_tensor,
+                    "bias_shift": {name: shift.tolist() for name, shift in shifts.items()},
                 }
         for c in candidates.values():  # names were needed to pick layers; the deployed files do without
             c["weight_bytes_by_module"] = compact_file(c["path"])

@@ -50,13 +50,15 @@ from racmkd.utils import atomic_write_bytes, atomic_write_json, building_folder,
 class Source(NamedTuple):
     """The model a tier's variants come from, the precision to export them in and, for weights
     stored in 8 or 4 bits, how the shipped file stores them (see `quantize_weights`): the weights
-    kept in 8 bits among 4-bit ones, those on clipped grids, those on one scale per layer."""
+    kept in 8 bits among 4-bit ones, those on clipped grids, those on one scale per layer, and the
+    shifts its encoder biases took (`bias_shifts`)."""
 
     path: Path
     precision: str
     kept_int8: list[str]
     clipped: list[str]
     per_tensor: list[str]
+    bias_shift: dict[str, list[float]]
 
 
 def _source(run_dir: Path, tier: str) -> Source:
@@ -67,8 +69,15 @@ def _source(run_dir: Path, tier: str) -> Source:
         record = read_compression_record(manifest.parent)
         precision = FORMAT_PRECISION.get(record["format"], "fp32")
         shipped = record.get("candidates", {}).get(precision, {}) if precision in WEIGHTS_ONLY_BITS else {}
-        return Source(manifest.parent / "model.pt", precision, shipped.get("kept_int8", []), shipped.get("clipped", []), shipped.get("per_tensor", []))
-    return Source(run_dir / "checkpoints" / f"{tier}.pt", "fp32", [], [], [])
+        return Source(
+            manifest.parent / "model.pt",
+            precision,
+            shipped.get("kept_int8", []),
+            shipped.get("clipped", []),
+            shipped.get("per_tensor", []),
+            shipped.get("bias_shift", {}),
+        )
+    return Source(run_dir / "checkpoints" / f"{tier}.pt", "fp32", [], [], [], {})
 
 
 def configuration_logits(shares: dict[tuple[str, str], np.ndarray], biases: dict[str, np.ndarray], key: dict[str, str | None]) -> np.ndarray:
@@ -186,7 +195,7 @@ def _build_bank(
     labels: dict[str, np.ndarray] = {}
     modality_order = [m for m in dataset.modalities]
     for tier in progress(tiers, desc="edge variants", leave=True):
-        source, precision, kept_int8, clipped, per_tensor = _source(run_dir, tier)
+        source, precision, kept_int8, clipped, per_tensor, bias_shift = _source(run_dir, tier)
         model, specs, modalities, _ = load_model(source)
         biases[tier] = model.classifier.bias.detach().numpy().astype(np.float32)
         paths = {m: out_dir / f"{tier}.{m}.onnx" for m in specs}
@@ -201,10 +210,11 @@ def _build_bank(
             # layer: each output channel's range (or, on one scale, the layer's) from its weights over all the shares.
             held = {m: layer_rows(path) for m, path in paths.items()}
             whole = {w: np.concatenate([rows[w] for rows in held.values() if w in rows], axis=1) for w in set().union(*held.values())}
-            missing = sorted((set(kept_int8) | set(clipped) | set(per_tensor)) - set(whole))
+            initializers = {m: {i.name for i in onnx.load(path).graph.initializer} for m, path in paths.items()}
+            missing = sorted((set(kept_int8) | set(clipped) | set(per_tensor)) - set(whole)) + sorted(set(bias_shift) - set().union(*initializers.values()))
             if missing:
                 raise BankError(
-                    f"{run_dir / 'compressed' / tier / 'compression.json'}: weights kept in 8 bits, on clipped grids or on one scale that the tier's model lacks: {missing}; compress the tier again"
+                    f"{run_dir / 'compressed' / tier / 'compression.json'}: weights kept in 8 bits, on clipped grids or on one scale, or corrected biases, that the tier's model lacks: {missing}; compress the tier again"
                 )
         for m, path in paths.items():
             if precision == "int8":
@@ -219,6 +229,7 @@ def _build_bank(
                     clipped=[w for w in clipped if w in held[m]],
                     whole_rows={w: whole[w] for w in held[m]},
                     per_tensor=[w for w in per_tensor if w in held[m]],
+                    bias_shift={b: np.asarray(shift, dtype=np.float32) for b, shift in bias_shift.items() if b in initializers[m]},
                 )
             compact_file(path)
             sess = session(path)
