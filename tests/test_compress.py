@@ -556,6 +556,21 @@ def test_an_impossible_lowrank_budget_fails_before_any_step_runs(tmp_path: Path)
     check_recipe(parse_recipe({"steps": [{"prune": {"ratio": 0.5}}, {"lowrank": {"budget_bytes": 64}}, "export"]}, "pruned.yaml"), subject, None)
 
 
+def test_int4_modules_that_the_model_lacks_fail_before_any_step_runs(tmp_path: Path) -> None:
+    from racmkd.compress.recipe import check_recipe
+    from racmkd.compress.steps import Subject
+
+    subject = Subject("low", with_running_stats(student(INPUTS, width=1.0, depth=1)), {}, None, tmp_path)
+    export = {"export": {"int4_weights": True, "int4_modules": ["encoders.image", "encoders.imgae"]}}
+    with pytest.raises(
+        RecipeError,
+        match=r"int4_modules \['encoders\.imgae'\] are no modules of this model's export; name its encoders \(encoders\.audio, encoders\.image\) or head",
+    ):
+        check_recipe(parse_recipe({"steps": [{"prune": {"ratio": 0.5}}, export]}, "typo.yaml"), subject, None)
+    for modules in (["encoders.image"], ["head", "encoders.audio.body.1"]):
+        check_recipe(parse_recipe({"steps": [{"export": {"int4_weights": True, "int4_modules": modules}}]}, "fine.yaml"), subject, None)
+
+
 def test_each_steps_check_sees_the_inputs_the_steps_before_it_leave(tmp_path: Path) -> None:
     """`inputs` shrinking the audio to 16 mel bands, then `bands` keeping 24 of them: refused when
     the recipe is checked, not after the inputs step's fine-tune (checked against the 32-band input
@@ -982,7 +997,7 @@ def test_4_bit_grids_clip_where_that_rounds_a_channel_better(tmp_path: Path) -> 
         quantize_weights(fp32, tmp_path / "bad.onnx", bits=4, clipped=["encoders.nothing.weight"])
 
 
-def test_int4_weights_keep_in_8_bits_only_as_many_layers_as_the_agreement_needs(tmp_path: Path) -> None:
+def test_int4_weights_keep_in_8_bits_only_as_many_layers_as_the_agreement_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from racmkd.compress.quantize import fewest_int8_weights, int4_weight_sensitivity, mean_kl, quantize_weights
 
     modalities = {"image": MODALITIES.create("image")}
@@ -1014,11 +1029,15 @@ def test_int4_weights_keep_in_8_bits_only_as_many_layers_as_the_agreement_needs(
     all8 = session(quantize_weights(fp32, tmp_path / "w8.onnx")).run(["logits"], x)[0].argmax(1)
     assert trials[-1]["agreement"] == pytest.approx(float((all8 == session(fp32).run(["logits"], x)[0].argmax(1)).mean()))
     # Weights outside the choice (`int4_modules`' others) stay in 8 bits in every trial.
+    from racmkd.compress import quantize
+
+    built = []
+    real = quantize.weights_only_model
+    monkeypatch.setattr(quantize, "weights_only_model", lambda *a, **kw: built.append(kw["bits_by_weight"]) or real(*a, **kw))
     fixed, choices = names[:1], names[1:]
     kept, trials = fewest_int8_weights(fp32, x, choices, min_agreement=1.01, fixed_int8=fixed)
     assert kept == choices and [t["kept_int8"] for t in trials] == [choices[:n] for n in range(len(choices) + 1)]
-    first_trial = session(quantize_weights(fp32, tmp_path / "f.onnx", bits=4, bits_by_weight={fixed[0]: 8})).run(["logits"], x)[0].argmax(1)
-    assert trials[0]["agreement"] == pytest.approx(float((first_trial == session(fp32).run(["logits"], x)[0].argmax(1)).mean()))
+    assert built == [dict.fromkeys([*fixed, *choices[:n]], 8) for n in range(len(choices) + 1)]
 
 
 def test_int4_modules_name_layers_by_module() -> None:
@@ -1109,6 +1128,10 @@ def test_one_scale_per_layer_only_where_the_agreement_allows(tmp_path: Path) -> 
     assert trials[-1]["agreement"] == pytest.approx(float((per_channel == reference.argmax(1)).mean()))
 
 
+def onnx_dims(path: Path, name: str) -> tuple[int, ...]:
+    return tuple(next(i for i in onnx.load(path).graph.initializer if i.name == name).dims)
+
+
 def test_bias_correction_gives_each_rounded_encoder_layer_back_its_mean_output(tmp_path: Path) -> None:
     """`bias_shifts` on a 4-bit model: after the shifts, each rounded encoder layer's output has the
     fp32 model's mean per channel on the calibration samples (it did not before); the classifier
@@ -1141,6 +1164,10 @@ def test_bias_correction_gives_each_rounded_encoder_layer_back_its_mean_output(t
     for name in {layers[n].input[2] for n in layers if len(layers[n].input) > 2} - set(shifts):  # the classifier's, the fp32 layer's
         if name in original:
             np.testing.assert_array_equal(stored[name], original[name])
+    # Nothing to correct (no encoder weight rounded): no shifts, the file as quantized.
+    assert weights_only_model(fp32, tmp_path / "head.onnx", x, bits=32, bits_by_weight={n: 8 for n in layers if n not in encoder})[1] == {}
+    with pytest.raises(ExportError, match=f"bias_shift names '{encoder[0]}'"):  # a weight, gone into 8 bits: no bias to shift
+        quantize_weights(fp32, tmp_path / "bad.onnx", bits=8, bias_shift={encoder[0]: np.zeros(onnx_dims(fp32, encoder[0]))})
     with pytest.raises(ExportError, match="bias_shift names 'nothing'"):
         quantize_weights(fp32, tmp_path / "bad.onnx", bias_shift={"nothing": np.zeros(3)})
     first = next(iter(shifts))

@@ -102,7 +102,7 @@ def test_a_bank_of_quantized_weight_variants_is_smaller_and_answers_alike(
     fp32 = export_onnx(model, specs, modalities, tmp_path / "high.onnx")
     formats = {"bits": 4 if precision == "int4-weights" else 8, "bits_by_weight": dict.fromkeys(kept_int8, 8), "clipped": clipped, "per_tensor": per_tensor}
     whole, shifts = weights_only_model(fp32, tmp_path / "high.q.onnx", calibration_inputs(tiny_dataset, specs, 64), **formats)
-    assert shifts
+    uncorrected, _ = weights_only_model(fp32, tmp_path / "high.u.onnx", **formats)
     recorded = {b: v.tolist() for b, v in shifts.items()}
 
     def source(run_dir: Path, tier: str) -> variants.Source:
@@ -138,6 +138,8 @@ def test_a_bank_of_quantized_weight_variants_is_smaller_and_answers_alike(
     with np.load(folder / "logits.npz") as saved:
         summed = sum(saved[f"test/high/{m}"] for m in specs) + model.classifier.bias.detach().numpy()
     np.testing.assert_allclose(summed, logits, atol=1e-4 * np.abs(logits).max())
+    plain, _ = onnx_logits(session(uncorrected), specs, tiny_dataset, "test", limit=300)
+    assert np.abs(plain - logits).max() > 1e-3 * np.abs(logits).max()  # ten times the tolerance: the shares took the shifts
     for key, accuracy in full.data["accuracy"]["test"].items():
         assert small.data["accuracy"]["test"][key] == pytest.approx(accuracy, abs={"int8-weights": 0.03, "int4-weights": 0.1}[precision])
     inputs, labels = samples

@@ -284,8 +284,9 @@ def quantize_weights(
     nodes = [*dequantize, *graph.node]
     graph.ClearField("node")
     graph.node.extend(nodes)
+    present = {i.name for i in graph.initializer}  # (the weights just stored in 8 or 4 bits are gone)
     for name, shift in (bias_shift or {}).items():
-        if name not in initializers or initializers[name].data_type != onnx.TensorProto.FLOAT or tuple(initializers[name].dims) != np.shape(shift):
+        if name not in present or initializers[name].data_type != onnx.TensorProto.FLOAT or tuple(initializers[name].dims) != np.shape(shift):
             raise ExportError(f"{fp32_path}: bias_shift names {name!r}, which is no fp32 initializer of shape {np.shape(shift)} in the model")
         shifted = onnx.numpy_helper.to_array(initializers[name]) + np.asarray(shift, dtype=np.float32)
         initializers[name].CopyFrom(onnx.numpy_helper.from_array(shifted.astype(np.float32), name))
@@ -321,12 +322,19 @@ def bias_shifts(fp32_path: Path, quantized_path: Path, calibration: dict[str, np
     fp32, quantized = onnx.load(fp32_path), onnx.load(quantized_path)
     rounded = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
     biases = {i.name: i for i in quantized.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in quantized.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
     layers = [
         node
         for name, node in layer_weights(fp32).items()
-        if name in rounded and name.removeprefix("model.").startswith("encoders.") and len(node.input) > 2 and node.input[2] in biases
+        if name in rounded
+        and name.removeprefix("model.").startswith("encoders.")
+        and len(node.input) > 2
+        and node.input[2] in biases
+        and readers[node.input[2]] == 1  # a bias two layers read cannot take either one's shift
     ]
-    reference = _layer_outputs(fp32, [n.output[0] for n in layers], calibration)
     shifts: dict[str, np.ndarray] = {}
     for node in layers:  # graph order: each layer's mean is measured after the earlier ones' correction
         bias = biases[node.input[2]]
@@ -335,8 +343,8 @@ def bias_shifts(fp32_path: Path, quantized_path: Path, calibration: dict[str, np
         for init in corrected.graph.initializer:
             if init.name in shifts:
                 init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) + shifts[init.name], init.name))
-        out = node.output[0]
-        difference = reference[out] - _layer_outputs(corrected, [out], calibration)[out]
+        out = node.output[0]  # (one layer's outputs at a time: all of a large tier's at once would fill memory)
+        difference = _layer_outputs(fp32, [out], calibration)[out] - _layer_outputs(corrected, [out], calibration)[out]
         per_channel = difference.mean(axis=tuple(a for a in range(difference.ndim) if a != 1), dtype=np.float64)  # (N, C, ...): channel axis 1
         shifts[bias.name] = per_channel.astype(np.float32).reshape(tuple(bias.dims))
     return shifts

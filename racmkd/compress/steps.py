@@ -642,6 +642,15 @@ class ExportOptions:
 class Export(Step):
     options_type = ExportOptions
 
+    def check(self, subject: Subject, ctx: Context) -> None:
+        # The exported graph's module names: the encoders' own (pruning keeps them) and `head`, the
+        # layer after the concat that the export builds from the fusion and classifier.
+        modules = {name for name, _ in subject.model.named_modules() if name.startswith("encoders.")} | {"head"}
+        unknown = [m for m in self.options.int4_modules if m not in modules]
+        if unknown:
+            encoders = sorted(n for n in modules if n.count(".") == 1)
+            raise ValueError(f"export: int4_modules {unknown} are no modules of this model's export; name its encoders ({', '.join(encoders)}) or head")
+
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
         o = self.options
         ds = ctx.dataset
