@@ -279,8 +279,8 @@ def quantize_weights(
         graph.initializer.remove(initializers[name])
         scale = scale.astype(np.float32)
         graph.initializer.extend([stored, onnx.numpy_helper.from_array(scale.reshape(()) if one_scale else scale, f"{name}_scale")])
-        per_channel = {} if one_scale else {"axis": axis}  # a scalar scale serves the whole tensor
-        dequantize.append(onnx.helper.make_node("DequantizeLinear", [stored.name, f"{name}_scale"], [name], **per_channel))
+        axis_attribute = {} if one_scale else {"axis": axis}  # a scalar scale serves the whole tensor
+        dequantize.append(onnx.helper.make_node("DequantizeLinear", [stored.name, f"{name}_scale"], [name], **axis_attribute))
     nodes = [*dequantize, *graph.node]
     graph.ClearField("node")
     graph.node.extend(nodes)
@@ -316,7 +316,10 @@ def bias_shifts(fp32_path: Path, quantized_path: Path, calibration: dict[str, np
     graph order, the mean over `calibration` samples of its fp32 output less its quantized output
     (the earlier layers already corrected) per output channel is what to add to its bias
     (`quantize_weights`' `bias_shift`). The classifier is left as it is: the variant bank splits it
-    among shares and adds the tier's bias at run time. On a pruned critical tier's image encoder,
+    among shares and adds the tier's bias at run time; so are a layer without a bias input of its
+    own and a bias two layers read (no one shift serves both). Each layer's outputs are probed
+    alone (all of a large tier's at once would fill memory); no shifts when no layer qualifies.
+    On a pruned critical tier's image encoder,
     three layers in 4 bits and the rest on one 8-bit scale each, it raised the agreement with the
     fp32 model from 0.9855 to 0.9918 of the validation split (measured 2026-12-06)."""
     fp32, quantized = onnx.load(fp32_path), onnx.load(quantized_path)
@@ -357,6 +360,8 @@ def weights_only_model(fp32_path: Path, out_path: Path, calibration: dict[str, n
     if calibration is None:
         return path, {}
     shifts = bias_shifts(fp32_path, path, calibration)
+    if not shifts:
+        return path, shifts
     return quantize_weights(fp32_path, out_path, **formats, bias_shift=shifts), shifts
 
 

@@ -699,11 +699,11 @@ class Export(Step):
 
         corrected_on = calibration if o.bias_correction else None  # the weights-only files' biases corrected on these
 
-        def one_scale_layers(candidate: str, bits: int, kept: list[str], clipped: list[str]) -> list[str]:
+        def one_scale_layers(candidate: str, bits: int, kept_int8: list[str], clipped: list[str]) -> list[str]:
             """The candidate's layers stored on one scale each (none unless `per_tensor_scales`)."""
             if not o.per_tensor_scales:
                 return []
-            widths = dict.fromkeys(kept, 8)
+            widths = dict.fromkeys(kept_int8, 8)
             ranked = scale_sensitivity(fp32_path, evaluation, bits, widths, clipped)
             names = [r.weight for r in ranked]
             kept_per_channel, trials = fewest_per_channel_layers(fp32_path, validation, names, o.min_agreement, bits, widths, clipped, corrected_on)
@@ -732,7 +732,7 @@ class Export(Step):
             ranked = [r for r in every if in_modules(r.weight, o.int4_modules)]
             if not ranked:
                 raise ValueError(f"export: int4_modules {list(o.int4_modules)} hold none of this model's layers; its layers: {[r.weight for r in every]}")
-            fixed_int8 = [r.weight for r in every if r not in ranked]
+            fixed_int8 = [r.weight for r in every if not in_modules(r.weight, o.int4_modules)]
             clipped = [r.weight for r in ranked if r.clipped]
             chosen_int8, trials = fewest_int8_weights(fp32_path, validation, [r.weight for r in ranked], o.min_agreement, clipped, corrected_on, fixed_int8)
             keep_int8 = [*fixed_int8, *chosen_int8]
