@@ -36,7 +36,6 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from onnx import version_converter
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -273,8 +272,9 @@ def quantize_weights(
         scale = span / qmax
         scale[scale == 0] = 1.0  # an all-zero channel (pruning leaves none, but a user's model may)
         shape = [1] * weight.ndim
-        shape[axis] = -1
-        q = np.clip(np.round(weight / scale.reshape(shape if not one_scale else [1] * weight.ndim)), -qmax, qmax).astype(np.int8)
+        if not one_scale:
+            shape[axis] = -1
+        q = np.clip(np.round(weight / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
         stored = onnx.numpy_helper.from_array(q.astype(ml_dtypes.int4) if chosen[name] == 4 else q, f"{name}_int{chosen[name]}")  # int4: two per byte
         graph.initializer.remove(initializers[name])
         scale = scale.astype(np.float32)
@@ -304,7 +304,7 @@ def _layer_outputs(model: onnx.ModelProto, names: list[str], feed: dict[str, np.
     probe.CopyFrom(model)
     probe.graph.ClearField("output")
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = session(probe.SerializeToString())
     return dict(zip(names, sess.run(names, {i.name: feed[i.name] for i in sess.get_inputs()})))
 
 
@@ -340,16 +340,12 @@ def bias_shifts(fp32_path: Path, quantized_path: Path, calibration: dict[str, np
     ]
     shifts: dict[str, np.ndarray] = {}
     for node in layers:  # graph order: each layer's mean is measured after the earlier ones' correction
-        bias = biases[node.input[2]]
-        corrected = onnx.ModelProto()
-        corrected.CopyFrom(quantized)
-        for init in corrected.graph.initializer:
-            if init.name in shifts:
-                init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) + shifts[init.name], init.name))
+        bias = biases[node.input[2]]  # (in `quantized`, corrected in place as the loop goes)
         out = node.output[0]  # (one layer's outputs at a time: all of a large tier's at once would fill memory)
-        difference = _layer_outputs(fp32, [out], calibration)[out] - _layer_outputs(corrected, [out], calibration)[out]
+        difference = _layer_outputs(fp32, [out], calibration)[out] - _layer_outputs(quantized, [out], calibration)[out]
         per_channel = difference.mean(axis=tuple(a for a in range(difference.ndim) if a != 1), dtype=np.float64)  # (N, C, ...): channel axis 1
         shifts[bias.name] = per_channel.astype(np.float32).reshape(tuple(bias.dims))
+        bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + shifts[bias.name], bias.name))
     return shifts
 
 
@@ -600,10 +596,11 @@ def scale_sensitivity(
     `fewest_per_channel_layers` keeps layers' scales per channel. Layers left in fp32 have no scale,
     and a layer of one output channel saves nothing: both are left out."""
     reference = session(Path(fp32_path)).run(["logits"], evaluation)[0]
-    widths = {name: (bits_by_weight or {}).get(name, bits) for name in layer_rows(fp32_path)}
+    layers = layer_rows(fp32_path)
+    widths = {name: (bits_by_weight or {}).get(name, bits) for name in layers}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, by_channel in progress(list(layer_rows(fp32_path).items()), desc="scale sensitivity"):
+        for name, by_channel in progress(list(layers.items()), desc="scale sensitivity"):
             if widths[name] == FLOAT or len(by_channel) < 2:
                 continue
             kl = {}
