@@ -291,7 +291,10 @@ def export(
     ] = True,
     int4_weights: Annotated[
         bool,
-        typer.Option("--int4-weights/--no-int4-weights", help="Also write 4-bit weights with float arithmetic (an eighth of the weight bytes, fp32 speed)."),
+        typer.Option(
+            "--int4-weights/--no-int4-weights",
+            help="Also write 4-bit weights with float arithmetic (an eighth of the weight bytes, fp32 speed), the most sensitive layers kept in 8 bits for the parity bound.",
+        ),
     ] = False,
     modality: Annotated[Optional[list[str]], typer.Option(help="Export the graph for these inputs only (repeatable): a variant with a sensor off.")] = None,
 ) -> None:
@@ -310,7 +313,9 @@ def export(
         raise _fail(err) from None
     typer.echo(json.dumps(result, indent=2))
     for key in ("fp32", "int8", "int8-weights", "int4-weights"):
-        if key in result and not result[key]["meets_bound"]:
+        if key in result and "why" in result[key]:
+            typer.echo(f"note: no {key} file: {result[key]['why']}", err=True)
+        elif key in result and not result[key]["meets_bound"]:
             p = result[key].get("parity_vs_fp32", result[key].get("parity_vs_pytorch"))
             typer.echo(
                 f"warning: {result[key]['path']} misses the parity bound (argmax agreement {p['argmax_agreement']:.4f}, accuracy {p['accuracy']:.4f} vs {p['reference_accuracy']:.4f}): do not deploy it as is",
@@ -463,7 +468,15 @@ def edge_record(
 
     if out.is_dir() or not out.parent.is_dir():  # found now, not after the recording
         raise _fail(ValueError(f"--out {out}: {'a folder' if out.is_dir() else 'its folder does not exist'}; name the trace file to write (.csv or .json)"))
+    if seconds < interval:
+        raise _fail(ValueError(f"--seconds {seconds} is shorter than --interval {interval}: one reading, and a trace needs two; record longer or more often"))
     trace = record_trace(SystemSource(), seconds, interval, out.stem)
+    if len(trace.times) < 2:  # `racmkd simulate` refuses such a file: not written
+        raise _fail(
+            ValueError(
+                f"{len(trace.times)} reading(s) in {seconds} s, and a trace needs two; record longer or more often (--seconds, --interval); nothing written"
+            )
+        )
     trace.write(out)
     typer.echo(f"{len(trace.times)} readings of {', '.join(trace.columns)} -> {out}")
 

@@ -624,9 +624,10 @@ def export_model(
     int4_weights: bool = False,
 ) -> dict[str, Any]:
     """Export one model of a run (a teacher, a tier, a baseline) to ONNX, fp32 and optionally int8
-    (static QDQ) and int8 or 4-bit weights with float arithmetic (every layer's: a recipe's export
-    step chooses which layers keep 8 bits), each checked against its reference on the
-    whole test split. Returns what was written and the parity figures, each file with `meets_bound`
+    (static QDQ) and int8 or 4-bit weights with float arithmetic (4 bits in every layer but the
+    fewest, most sensitive first, kept in 8 for the export step's agreement bound on the validation
+    split, as a recipe's export step chooses them; none written, and the result says so, when every
+    layer would stay in 8), each checked against its reference on the whole test split. Returns what was written and the parity figures, each file with `meets_bound`
     (fp32: every argmax as PyTorch's; int8: the recipe export step's default bound against fp32,
     which the command warns of when missed); also writes them to <out_dir>/<name>.export.json.
     The files are built in a work folder and moved in once all are written and checked: an export
@@ -637,7 +638,7 @@ def export_model(
     from racmkd.compress.export import compact_file, fp32_parity, onnx_logits, parity, remove_unwritten_variants, session, torch_logits
     from racmkd.compress.export import export_onnx as write_onnx
     from racmkd.compress.artifacts import WEIGHTS_ONLY_BITS
-    from racmkd.compress.quantize import calibration_inputs, quantize_int8, quantize_weights
+    from racmkd.compress.quantize import calibration_inputs, choose_int4_weights, quantize_int8, quantize_weights
     from racmkd.compress.steps import ExportOptions
     from racmkd.eval.report import git_commit
 
@@ -666,11 +667,26 @@ def export_model(
             built["int8"] = quantize_int8(built["fp32"], work / f"{stem}.int8.onnx", calibration_inputs(dataset, used, calibration_samples))
             q_logits, _ = onnx_logits(session(built["int8"]), used, dataset, "test")
             result["int8"] = {"path": str(out_dir / built["int8"].name), "parity_vs_fp32": parity(q_logits, fp32_logits, labels).as_dict()}
+        bound = ExportOptions()  # a recipe's export step judges its candidates by the same bound
         for key in [k for k, wanted in (("int8-weights", int8_weights), ("int4-weights", int4_weights)) if wanted]:
-            built[key] = quantize_weights(built["fp32"], work / f"{stem}.{key}.onnx", bits=WEIGHTS_ONLY_BITS[key])
+            formats: dict[str, Any] = {"bits": WEIGHTS_ONLY_BITS[key]}
+            if key == "int4-weights":  # every layer in 4 bits missed the bound in most tiers: the export step's search
+                validation = calibration_inputs(dataset, used, len(dataset.splits["val"]), split="val")
+                evaluation = {m: x[: bound.sensitivity_samples] for m, x in validation.items()}
+                val_labels = dataset.splits["val"].labels[: bound.sensitivity_samples].numpy()
+                choice = choose_int4_weights(built["fp32"], validation, evaluation, val_labels, bound.min_agreement)
+                if not choice.written:
+                    result[key] = {
+                        "written": False,
+                        "why": f"every layer would stay in 8 bits for the agreement bound ({bound.min_agreement}): the int8-weights file",
+                    }
+                    continue
+                formats.update(bits_by_weight=dict.fromkeys(choice.kept_int8, 8), clipped=choice.clipped)
+            built[key] = quantize_weights(built["fp32"], work / f"{stem}.{key}.onnx", **formats)
             w_logits, _ = onnx_logits(session(built[key]), used, dataset, "test")
             result[key] = {"path": str(out_dir / built[key].name), "parity_vs_fp32": parity(w_logits, fp32_logits, labels).as_dict()}
-        bound = ExportOptions()  # a recipe's export step judges its candidates by the same bound
+            if key == "int4-weights":
+                result[key].update(kept_int8=choice.kept_int8, clipped=choice.clipped)
         for key, file in built.items():
             result[key]["meets_bound"] = bound.meets_bound(key, result[key]["parity_vs_pytorch" if key == "fp32" else "parity_vs_fp32"])
             result[key]["weight_bytes_by_module"] = compact_file(file)

@@ -127,6 +127,22 @@ def open_run(run: str | Path) -> tuple[Path, RunConfig]:
     return run_dir.resolve(), load_config(run_dir / "config.yaml")
 
 
+def read_report(run_dir: Path) -> dict[str, Any]:
+    """A run's report.json (`racmkd evaluate` writes it), checked to hold a `models` mapping; errors
+    name the file and the command that writes it again."""
+    path = Path(run_dir) / "report.json"
+    fix = f"measure the run with `racmkd evaluate --run {run_dir}`"
+    if not path.is_file():
+        raise RunError(f"{path}: no such file; {fix}")
+    try:
+        report = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RunError(f"{path}: not readable JSON ({err}); {fix}") from None
+    if not isinstance(report, dict) or not isinstance(report.get("models"), dict):
+        raise RunError(f"{path}: not a racmkd report (no `models` mapping); {fix}")
+    return report
+
+
 def checkpoint(run_dir: Path, name: str) -> Path:
     """Where the model `name` of a run is stored."""
     return run_dir / "checkpoints" / f"{name}.pt"

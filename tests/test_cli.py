@@ -303,6 +303,15 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
             f"exported already, by `racmkd compress`: {compressed / 'compressed' / 'low' / 'int8.onnx'}",
         )
     )
+    # A compressed tier whose artifact is gone: compress it again (`racmkd export` refuses compressed tiers).
+    cases.append(
+        (
+            ["predict", "--run", str(compressed), "--tier", "low_compressed", "--image", str(tmp_path / "empty.npy")],
+            f"int8.onnx: no such file; compress the tier again with `racmkd compress --run {compressed} --tier low`",
+        )
+    )
+    # A trace of one reading, which `racmkd simulate` refuses: not recorded, not written.
+    cases.append((["edge", "record", "--out", str(tmp_path / "short.csv"), "--seconds", "0.1", "--interval", "1"], "shorter than --interval 1.0"))
     for args, message in cases:
         monkeypatch.setattr(sys, "argv", ["racmkd", *args])
         try:
@@ -318,6 +327,7 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
     assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["racmkd.key", "racmkd.pub"]
     assert not (tmp_path / "mistyped").exists()
     assert not (tmp_path / "new-out").exists()  # a failed export leaves no empty folder it made
+    assert not (tmp_path / "short.csv").exists()
 
 
 def _wav_head() -> bytes:

@@ -327,6 +327,36 @@ def test_folding_batchnorm_keeps_the_function() -> None:
     torch.testing.assert_close(fold_batchnorm(model)(x), model(x), atol=1e-5, rtol=1e-4)
 
 
+def test_ctrl_c_inside_the_exporter_is_an_interrupt_not_a_failed_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.export wraps what stops it in its own error: a Ctrl-C came out as "ONNX export failed
+    (TorchExportError: ...)", exit code 2, instead of an interrupt (130)."""
+    from collections import OrderedDict
+
+    from racmkd.compress import export
+
+    monkeypatch.setattr(export, "_GRAPHS", OrderedDict())
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as err:
+            raise RuntimeError("Failed to export the model with torch.export. Next steps:") from err
+
+    def failed(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Failed to export the model with torch.export.\nmore")
+
+    modalities = {"image": MODALITIES.create("image")}
+    specs = {"image": modalities["image"].spec(1)}
+    model = with_running_stats(student({"image": {"encoder": "dscnn2d", "shape": list(modalities["image"].feature_shape(specs["image"]))}}, width=1.0, depth=1))
+    monkeypatch.setattr(torch.onnx, "export", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(model, specs, modalities, tmp_path / "a.onnx")
+    monkeypatch.setattr(torch.onnx, "export", failed)
+    with pytest.raises(ExportError, match=r"a\.onnx: ONNX export failed \(RuntimeError: Failed to export the model with torch\.export\.\)$"):
+        export_onnx(model, specs, modalities, tmp_path / "a.onnx")
+    assert not (tmp_path / "a.onnx").exists()
+
+
 def test_a_model_exported_again_reuses_its_graph_and_a_changed_one_does_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from collections import OrderedDict
 
@@ -569,6 +599,9 @@ def test_int4_modules_that_the_model_lacks_fail_before_any_step_runs(tmp_path: P
         check_recipe(parse_recipe({"steps": [{"prune": {"ratio": 0.5}}, export]}, "typo.yaml"), subject, None)
     for modules in (["encoders.image"], ["head", "encoders.audio.body.1"]):
         check_recipe(parse_recipe({"steps": [{"export": {"int4_weights": True, "int4_modules": modules}}]}, "fine.yaml"), subject, None)
+    qat = {"qat": {"weight_bits": 4, "activations": False, "modules": ["encoders.imgae"]}}
+    with pytest.raises(RecipeError, match=r"typo\.yaml: steps\[1\]\.qat: modules \['encoders\.imgae'\] are no modules of this model's export"):
+        check_recipe(parse_recipe({"steps": [{"prune": {"ratio": 0.5}}, qat, "export"]}, "typo.yaml"), subject, None)
 
 
 def test_each_steps_check_sees_the_inputs_the_steps_before_it_leave(tmp_path: Path) -> None:
@@ -1041,7 +1074,7 @@ def test_int4_weights_keep_in_8_bits_only_as_many_layers_as_the_agreement_needs(
 
 
 def test_int4_modules_name_layers_by_module() -> None:
-    from racmkd.compress.steps import in_modules
+    from racmkd.compress.quantize import in_modules
 
     assert in_modules("encoders.image.body.1.0.weight", ("encoders.image",)) and in_modules("model.head.weight", ("head",))
     assert not in_modules("encoders.imagery.body.1.0.weight", ("encoders.image",))  # a module's name, not any prefix
@@ -1222,6 +1255,44 @@ def test_qat_for_weights_only_files_computes_what_the_file_computes(bits: int, t
         other = torch.randn(4, model.classifier.in_features, generator=g)  # the classifier on its own, after a whole forward:
         torch.testing.assert_close(model.classifier(other), other @ model.classifier.weight.T + model.classifier.bias)  # no stale presence term
     assert np.abs(trained - expected).max() < 1e-4 * np.abs(expected).max()
+
+
+def test_qat_for_4_bit_modules_on_one_scale_computes_what_the_file_computes(tmp_path: Path) -> None:
+    """`modules` and `per_tensor` train for the file an export with `int4_modules` and
+    `per_tensor_scales` writes: 4 bits in the named encoder, 8 elsewhere, one scale per layer."""
+    from racmkd.compress.quantize import layer_weights, quantize_weights
+    from racmkd.compress.steps import QATOptions
+
+    modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
+    specs = {m: modalities[m].spec(1) for m in modalities}
+    model = with_running_stats(
+        student({m: {"encoder": "dscnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=2.0, depth=2)
+    ).eval()
+    g = torch.Generator().manual_seed(3)
+    x = {m: torch.randn(32, *modalities[m].feature_shape(s), generator=g) for m, s in specs.items()}
+    fp32 = export_onnx(model, specs, modalities, tmp_path / "fp32.onnx")
+    weights = list(layer_weights(onnx.load(fp32)))
+    outside = {w: 8 for w in weights if not w.removeprefix("model.").startswith("encoders.image.")}
+    assert outside and len(outside) < len(weights)
+    deployed = quantize_weights(fp32, tmp_path / "w.onnx", bits=4, bits_by_weight=outside, per_tensor=weights)
+    expected = session(deployed).run(["logits"], {m: v.numpy() for m, v in x.items()})[0]
+    with fake_quantized(model, weight_bits=4, activations=False, modules=("encoders.image",), per_tensor=True), torch.no_grad():
+        trained = model(x).numpy()
+        image = next(m for m in model.encoders["image"].modules() if isinstance(m, torch.nn.Conv2d))
+        audio = next(m for m in model.encoders["audio"].modules() if isinstance(m, torch.nn.Conv2d))
+        for layer, qmax in ((image, 7), (audio, 127)):  # one grid for the whole layer, its width the module's
+            w = layer.weight.detach()
+            levels = torch.round(w / (w.abs().max() / qmax))
+            assert levels.abs().max() == qmax and torch.allclose(w, levels * (w.abs().max() / qmax))
+    assert np.abs(trained - expected).max() < 1e-4 * np.abs(expected).max()
+    with pytest.raises(ValueError, match=r"no modules named \['encoders.imu'\]"):
+        with fake_quantized(model, weight_bits=4, activations=False, modules=("encoders.imu",)):
+            pass
+    with pytest.raises(ValueError, match="weight_bits 8"):
+        with fake_quantized(model, weight_bits=8, modules=("encoders.image",)):
+            pass
+    with pytest.raises(ValueError, match="qat: modules names modules"):
+        QATOptions(modules=("encoders.image",))
 
 
 def test_the_artifact_is_the_fastest_within_the_bound_and_the_smallest_of_a_speed_tie() -> None:

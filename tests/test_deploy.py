@@ -282,6 +282,49 @@ def test_registry_add_refuses_a_damaged_bank_and_a_missing_run_in_one_line(
     assert code == 0 and ModelRegistry(tmp_path / "registry", create=False).release("edge").version == 1, err
 
 
+def test_registry_add_of_a_tier_signs_only_what_its_report_measured(tiny_run: Path, bank_dir: Path, tmp_path: Path) -> None:
+    """`registry add <tier>` read report.json blindly: a list crashed it with a TypeError, a tier
+    the report lacks was signed with no metrics, and a report left from before the tier was
+    compressed again (compress replaces the folder, then measures) signed the new file with the
+    old file's figures. A missing or damaged artifact was told to `racmkd export` or build a bank,
+    and an unknown tier to compress itself. Each is now one error naming the file and the fix."""
+    from racmkd.compress.artifacts import ExportError
+    from racmkd.deploy.orchestrator import artifact_from_run
+    from racmkd.runs import RunError
+
+    run = tmp_path / "run"
+    (run / "compressed" / "critical").mkdir(parents=True)
+    (run / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
+    artifact = run / "compressed" / "critical" / "int8-weights.onnx"
+    shutil.copyfile(bank_dir / json.loads((bank_dir / "bank.json").read_text())["variants"][0]["path"], artifact)  # any racmkd model file
+    (artifact.parent / "compression.json").write_text(json.dumps({"artifact": artifact.name, "format": "onnx-int8-weights"}))
+    row = {"accuracy": 0.9, "artifact": "compressed/critical/int8-weights.onnx", "bytes_deployable": artifact.stat().st_size, "format": "onnx-int8-weights"}
+    report = run / "report.json"
+    evaluate = f"racmkd evaluate --run {run}"
+    with pytest.raises(RunError, match=rf"report\.json: no such file; measure the run with `{evaluate}`"):
+        artifact_from_run(run, "critical")
+    for text, problem in (("[]", "not a racmkd report"), ('{"models": {', "not readable JSON"), ('{"models": {}}', "no measurements of critical_compressed")):
+        report.write_text(text)
+        with pytest.raises((RunError, RegistryError), match=rf"report\.json: {problem}.*{evaluate}"):
+            artifact_from_run(run, "critical")
+    report.write_text(json.dumps({"models": {"critical_compressed": {**row, "bytes_deployable": 10}}}))
+    with pytest.raises(
+        RegistryError, match=rf"measured compressed/critical/int8-weights\.onnx of 10 B, not the tier's artifact .* of {artifact.stat().st_size} B"
+    ):
+        artifact_from_run(run, "critical")
+    report.write_text(json.dumps({"models": {"critical_compressed": row}}))
+    assert artifact_from_run(run, "critical") == (artifact, "critical", {k: row[k] for k in ("accuracy", "bytes_deployable", "format")})
+    with pytest.raises(RegistryError, match=r"'huge': no tier of the run .* \(its tiers: high, medium, low, critical\)"):
+        artifact_from_run(run, "huge")
+    whole = artifact.read_bytes()
+    artifact.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ExportError, match=rf"int8-weights\.onnx: not an ONNX model, or a truncated one .*racmkd compress --run {run} --tier critical"):
+        artifact_from_run(run, "critical")
+    artifact.unlink()
+    with pytest.raises(ExportError, match=rf"int8-weights\.onnx: no such file; compress the tier again with `racmkd compress --run {run} --tier critical`"):
+        artifact_from_run(run, "critical")
+
+
 def test_device_store_verifies_patches_checks_and_rolls_back(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
     registry, key = ModelRegistry(tmp_path / "registry"), load_private_key(keys[0])
     v1 = registry.register(bank_dir, "edge", key)

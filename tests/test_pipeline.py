@@ -596,11 +596,18 @@ def test_a_failed_export_leaves_the_earlier_set_whole(tiny_run: Path, tiny_datas
     assert moves == [out / "critical.fp32.onnx"] and sorted(p.name for p in out.iterdir()) == ["critical.fp32.onnx", "critical.int8-weights.onnx"]
     again = export_model(cfg, tiny_dataset, tiny_run, "critical", out, int8=False, int8_weights=False)
     assert sorted(p.name for p in out.iterdir()) == ["critical.export.json", "critical.fp32.onnx"] and Path(again["fp32"]["path"]) == out / "critical.fp32.onnx"
-    # 4-bit weights: written and checked when asked for, and an export without them removes the earlier file.
+    # 4-bit weights: where the agreement bound lets layers go to 4 bits, written (here a bound of 0:
+    # every layer) and checked, with what stayed in 8 bits; an export without them removes the file.
+    from racmkd.compress.steps import ExportOptions
+
+    monkeypatch.setattr("racmkd.compress.steps.ExportOptions", lambda: ExportOptions(min_agreement=0.0))
     four = export_model(cfg, tiny_dataset, tiny_run, "critical", out, int8=False, int8_weights=False, int4_weights=True)
-    assert read_contract(out / "critical.int4-weights.onnx")["precision"] == "int4-weights"
+    monkeypatch.undo()
+    assert read_contract(out / "critical.int4-weights.onnx")["precision"] == "int4-weights" and four["int4-weights"]["kept_int8"] == []
     assert four["int4-weights"]["parity_vs_fp32"]["samples"] > 0 and four["int4-weights"]["bytes"] < four["fp32"]["bytes"]
-    export_model(cfg, tiny_dataset, tiny_run, "critical", out, int8=False, int8_weights=False)
+    # With the default bound (0.99) this tiny model keeps every layer in 8 bits: no file, and the result says why.
+    four = export_model(cfg, tiny_dataset, tiny_run, "critical", out, int8=False, int8_weights=False, int4_weights=True)
+    assert four["int4-weights"]["written"] is False and "stay in 8 bits" in four["int4-weights"]["why"]
     assert sorted(p.name for p in out.iterdir()) == ["critical.export.json", "critical.fp32.onnx"]
 
 

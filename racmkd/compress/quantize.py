@@ -578,6 +578,53 @@ def fewest_int8_weights(
     return fewest_kept(build, fp32_path, evaluation, ranked, min_agreement, "kept_int8")
 
 
+def in_modules(weight: str, modules: Collection[str]) -> bool:
+    """Whether a layer weight (named as `layer_weights` names it) belongs to one of `modules`
+    (`encoders.image`, `head`), or any weight when none is named."""
+    name = weight.removeprefix("model.")
+    return not modules or any(name == m or name.startswith(f"{m}.") for m in modules)
+
+
+@dataclass(frozen=True)
+class Int4Choice:
+    """Which weights a 4-bit-weights file keeps in 8 bits and which 4-bit grids it clips."""
+
+    kept_int8: list[str]  # the fixed ones first, then those the search kept
+    clipped: list[str]  # 4-bit weights on a clipped grid (see `weight_range`)
+    fixed_int8: list[str]  # outside the modules offered to 4 bits
+    written: bool  # some weight in 4 bits (else the file would be the int8-weights one again)
+    trials: list[dict[str, Any]]
+    layers: list[WeightSensitivity]  # the offered weights, most sensitive per byte first
+
+
+def choose_int4_weights(
+    fp32_path: Path,
+    validation: dict[str, np.ndarray],
+    evaluation: dict[str, np.ndarray],
+    labels: np.ndarray,
+    min_agreement: float,
+    modules: Collection[str] = (),
+    calibration: dict[str, np.ndarray] | None = None,
+) -> Int4Choice:
+    """Mixed 4/8-bit weights for the agreement bound: each weight of `modules` (every layer when
+    none is named; the others fixed in 8 bits) ranked by what 4 bits alone cost it on `evaluation`
+    samples (`int4_weight_sensitivity`, with its grid), then the fewest of the most sensitive kept
+    in 8 bits for the model to agree with its fp32 export on `min_agreement` of `validation`, by two
+    standard errors (`fewest_int8_weights`; each trial's biases corrected on `calibration` samples
+    when given)."""
+    every = int4_weight_sensitivity(fp32_path, evaluation, labels)
+    ranked = [r for r in every if in_modules(r.weight, modules)]
+    if not ranked:
+        raise ValueError(f"int4_modules {list(modules)} hold none of this model's layers; its layers: {[r.weight for r in every]}")
+    fixed_int8 = [r.weight for r in every if not in_modules(r.weight, modules)]
+    clipped = [r.weight for r in ranked if r.clipped]
+    chosen_int8, trials = fewest_int8_weights(fp32_path, validation, [r.weight for r in ranked], min_agreement, clipped, calibration, fixed_int8)
+    kept_int8 = [*fixed_int8, *chosen_int8]
+    return Int4Choice(
+        kept_int8, [w for w in clipped if w not in kept_int8], fixed_int8, len(chosen_int8) < len(ranked), trials, ranked
+    )  # a clip is of 4-bit grids only
+
+
 @dataclass(frozen=True)
 class ScaleSensitivity:
     """What one scale for a layer's weights, instead of one per output channel, does to the outputs."""
@@ -651,13 +698,18 @@ class _FakeQuantWeight(nn.Module):
     channel (max |w| / qmax: WEIGHT_QMAX for int8 arithmetic, 127 for int8 weights with float
     arithmetic, 7 for 4-bit weights), with a straight-through gradient. (The export may clip a
     4-bit layer's grid where that changes the model's outputs less; which layers those are is
-    chosen after training, so QAT trains on the largest |w|.)"""
+    chosen after training, so QAT trains on the largest |w|.) `per_tensor`: one scale for the whole
+    layer, as the export's `per_tensor_scales` stores a layer where the agreement allows."""
 
-    def __init__(self, qmax: int) -> None:
+    def __init__(self, qmax: int, per_tensor: bool = False) -> None:
         super().__init__()
         self.qmax = qmax
+        self.per_tensor = per_tensor
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.per_tensor:
+            scale = max(float(weight.detach().abs().max()) / self.qmax, 1e-8)
+            return torch.fake_quantize_per_tensor_affine(weight, scale, 0, -self.qmax, self.qmax)
         flat = weight.detach().reshape(weight.shape[0], -1)
         scale = (flat.abs().amax(dim=1) / self.qmax).clamp_min(1e-8)
         zero = torch.zeros(weight.shape[0], dtype=torch.int32)
@@ -710,15 +762,29 @@ def absorb_batchnorm(model: nn.Module) -> nn.Module:
 
 
 @contextmanager
-def fake_quantized(model: nn.Module, weight_bits: int = 8, activations: bool = True) -> Iterator[nn.Module]:
+def fake_quantized(
+    model: nn.Module, weight_bits: int = 8, activations: bool = True, modules: tuple[str, ...] = (), per_tensor: bool = False
+) -> Iterator[nn.Module]:
     """Within the block, `model` computes with rounded weights and, with `activations`, int8-rounded
     layer inputs (BatchNorm absorbed first); on exit the rounding is removed and the trained float
     weights stay. The weights' grid is the artifact's: int8 arithmetic's (WEIGHT_QMAX) with
     activations, else the weights-only files' (`onnx-int8-weights`: 127 levels each side;
-    `onnx-int4-weights`, `weight_bits` 4: 7)."""
+    `onnx-int4-weights`, `weight_bits` 4: 7). `modules` (named as the export names them: an
+    encoder such as `encoders.image`, or `head` for the classifier) limits `weight_bits` to their
+    layers, the others rounded to 8 bits, as the export's `int4_modules` stores them; `per_tensor`
+    rounds every layer on one scale (the export's `per_tensor_scales`)."""
     if weight_bits not in WEIGHTS_ONLY_QMAX:
         raise ValueError(f"fake quantization rounds weights to 8 or 4 bits, not {weight_bits}")
-    qmax = WEIGHT_QMAX if activations and weight_bits == 8 else WEIGHTS_ONLY_QMAX[weight_bits]
+    if weight_bits == 8 and modules:
+        raise ValueError(f"modules {list(modules)} name the layers for 4-bit weights; with weight_bits 8 every layer is in 8 bits already")
+    # The export's names: the encoders' own, and `head` for the classifier (see `in_modules`).
+    names = {layer: "head" + name.removeprefix("classifier") if name.split(".")[0] == "classifier" else name for name, layer in model.named_modules()}
+    known = {name for name in names.values() if name.startswith("encoders.") or name.split(".")[0] == "head"}
+    unknown = [m for m in modules if m not in known]
+    if unknown:
+        raise ValueError(
+            f"fake quantization: no modules named {unknown} in the model; its encoders are {sorted(n for n in known if n.count('.') == 1)}, its classifier head"
+        )
     absorb_batchnorm(model)
     # The presence map is folded into the classifier's bias at export (it never runs as an int8
     # layer): rounding it here trained against an error the deployed graph does not have.
@@ -732,7 +798,9 @@ def fake_quantized(model: nn.Module, weight_bits: int = 8, activations: bool = T
     joint_rounded = fusion is not None and isinstance(getattr(fusion, "project", None), nn.Identity) and classifier in layers
     hooks = []
     for layer in layers:
-        parametrize.register_parametrization(layer, "weight", _FakeQuantWeight(qmax))
+        bits = weight_bits if in_modules(names[layer], modules) else 8
+        qmax = WEIGHT_QMAX if activations and bits == 8 else WEIGHTS_ONLY_QMAX[bits]
+        parametrize.register_parametrization(layer, "weight", _FakeQuantWeight(qmax, per_tensor))
         if activations:
             hooks.append((fusion if joint_rounded and layer is classifier else layer).register_forward_pre_hook(_FakeQuantInput()))
     if joint_rounded:

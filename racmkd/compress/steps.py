@@ -32,12 +32,11 @@ from racmkd.compress.lowrank import lowrank_model, plan_ranks
 from racmkd.compress.prune import MAX_RATIO, align_channels, prune_encoders, ratio_for_bytes
 from racmkd.compress.quantize import (
     calibration_inputs,
+    choose_int4_weights,
     choose_mixed_precision,
     fake_quantized,
-    fewest_per_channel_layers,
     fewest_float_layers,
-    fewest_int8_weights,
-    int4_weight_sensitivity,
+    fewest_per_channel_layers,
     layer_sensitivity,
     quantize_int8,
     scale_sensitivity,
@@ -148,11 +147,15 @@ def val_accuracy(subject: Subject, ctx: Context) -> float:
     return float((logits.argmax(1) == labels).mean())
 
 
-def in_modules(weight: str, modules: tuple[str, ...]) -> bool:
-    """Whether a layer weight (named as `layer_weights` names it) belongs to one of `modules`
-    (`encoders.image`, `head`), or any weight when none is named."""
-    name = weight.removeprefix("model.")
-    return not modules or any(name == m or name.startswith(f"{m}.") for m in modules)
+def check_modules(subject: Subject, option: str, names: tuple[str, ...]) -> None:
+    """Refuse module names that the model's export lacks. The exported graph's module names are the
+    encoders' own (pruning keeps them) and `head`, the layer after the concat that the export
+    builds from the fusion and classifier."""
+    modules = {name for name, _ in subject.model.named_modules() if name.startswith("encoders.")} | {"head"}
+    unknown = [m for m in names if m not in modules]
+    if unknown:
+        encoders = sorted(n for n in modules if n.count(".") == 1)
+        raise ValueError(f"{option} {unknown} are no modules of this model's export; name its encoders ({', '.join(encoders)}) or head")
 
 
 def require(condition: bool, message: str) -> None:
@@ -537,18 +540,28 @@ class QATOptions(Finetune):
     lr: float = 0.001
     weight_bits: int = 8
     activations: bool = True
+    modules: tuple[str, ...] = ()
+    per_tensor: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.weight_bits in (8, 4), f"qat: weight_bits must be 8 or 4, got {self.weight_bits!r}")
+        require(
+            not self.modules or (self.weight_bits == 4 and all(isinstance(m, str) and m for m in self.modules)),
+            f"qat: modules names modules (such as encoders.image) for weight_bits 4; got {self.modules!r} with weight_bits {self.weight_bits}",
+        )
 
 
 @COMPRESSORS.register("qat")
 class QAT(Step):
     options_type = QATOptions
 
+    def check(self, subject: Subject, ctx: Context) -> None:
+        check_modules(subject, "qat: modules", self.options.modules)
+
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
-        with fake_quantized(subject.model, self.options.weight_bits, self.options.activations):
+        o = self.options
+        with fake_quantized(subject.model, o.weight_bits, o.activations, o.modules, o.per_tensor):
             accuracy = finetune(subject, ctx, self.options, f"{subject.name}: quantization-aware fine-tune")
         subject.manifest["qat"] = True
         return {"best_val_accuracy_fake_quantized": accuracy}
@@ -643,13 +656,7 @@ class Export(Step):
     options_type = ExportOptions
 
     def check(self, subject: Subject, ctx: Context) -> None:
-        # The exported graph's module names: the encoders' own (pruning keeps them) and `head`, the
-        # layer after the concat that the export builds from the fusion and classifier.
-        modules = {name for name, _ in subject.model.named_modules() if name.startswith("encoders.")} | {"head"}
-        unknown = [m for m in self.options.int4_modules if m not in modules]
-        if unknown:
-            encoders = sorted(n for n in modules if n.count(".") == 1)
-            raise ValueError(f"export: int4_modules {unknown} are no modules of this model's export; name its encoders ({', '.join(encoders)}) or head")
+        check_modules(subject, "export: int4_modules", self.options.int4_modules)
 
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
         o = self.options
@@ -728,27 +735,10 @@ class Export(Step):
                 "bias_shift": {name: shift.tolist() for name, shift in shifts.items()},
             }
         if o.int4_weights:
-            every = int4_weight_sensitivity(fp32_path, evaluation, val_labels)
-            ranked = [r for r in every if in_modules(r.weight, o.int4_modules)]
-            if not ranked:
-                raise ValueError(f"export: int4_modules {list(o.int4_modules)} hold none of this model's layers; its layers: {[r.weight for r in every]}")
-            fixed_int8 = [r.weight for r in every if not in_modules(r.weight, o.int4_modules)]
-            clipped = [r.weight for r in ranked if r.clipped]
-            chosen_int8, trials = fewest_int8_weights(fp32_path, validation, [r.weight for r in ranked], o.min_agreement, clipped, corrected_on, fixed_int8)
-            keep_int8 = [*fixed_int8, *chosen_int8]
-            clipped = [w for w in clipped if w not in keep_int8]  # a clip is of 4-bit grids only
-            # With every weight kept in 8 bits it would be the int8-weights file again: no candidate.
-            written = len(chosen_int8) < len(ranked)
-            details["int4_weights"] = {
-                "modules": list(o.int4_modules),
-                "fixed_int8": fixed_int8,
-                "kept_int8": keep_int8,
-                "clipped": clipped,
-                "candidate": written,
-                "trials": trials,
-                "layers": [asdict(r) for r in ranked],
-            }
-            if written:
+            choice = choose_int4_weights(fp32_path, validation, evaluation, val_labels, o.min_agreement, o.int4_modules, corrected_on)
+            keep_int8, clipped = choice.kept_int8, choice.clipped
+            details["int4_weights"] = {"modules": list(o.int4_modules), **asdict(choice)}
+            if choice.written:
                 per_tensor = one_scale_layers("int4-weights", 4, keep_int8, clipped)
                 int4_path, shifts = weights_only_model(
                     fp32_path,

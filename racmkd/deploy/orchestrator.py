@@ -327,11 +327,12 @@ def artifact_from_run(run_dir: Path, model: str) -> tuple[Path, str | None, dict
     (metrics of its best configuration), a tier name its compressed artifact (its report row).
     A bank is read as the runtime reads it, every variant file included, before anything is signed:
     a damaged file (a truncated .onnx) was signed and registered, or crashed the device profiling."""
-    from racmkd.runs import open_run
+    from racmkd.compress.artifacts import read_contract
+    from racmkd.runs import open_run, read_report
     from racmkd.runtime.bank import BankError, load_bank
 
     run_dir = Path(run_dir)
-    open_run(run_dir)  # a run, first: "no variant bank in this run" was wrong advice for a mistyped --run
+    _, cfg = open_run(run_dir)  # a run, first: "no variant bank in this run" was wrong advice for a mistyped --run
     if model == "edge":
         bank_json = run_dir / "edge" / "bank.json"
         if not bank_json.is_file():
@@ -348,12 +349,29 @@ def artifact_from_run(run_dir: Path, model: str) -> tuple[Path, str | None, dict
         bank = loaded.data
         best_key, best = max(bank["accuracy"]["test"].items(), key=lambda kv: kv[1])
         return run_dir / "edge", None, {"accuracy": best, "best_configuration": best_key, "split": "test"}
+    tiers = [t.name for t in cfg.students.tiers]
+    if model not in tiers:
+        raise RegistryError(f"{model!r}: no tier of the run {run_dir} (its tiers: {', '.join(tiers)}); name a tier, or `edge` for the variant bank")
     manifest = run_dir / "compressed" / model / "compression.json"
+    compress_again = f"compress the tier again with `racmkd compress --run {run_dir} --tier {model}`"
     if not manifest.is_file():
         raise FileNotFoundError(
             f"{manifest}: no compressed {model!r} in this run. Run `racmkd compress --run {run_dir} --tier {model}`, or name `edge` for the variant bank."
         )
-    chosen = read_compression_record(manifest.parent)["artifact"]
-    report = json.loads((run_dir / "report.json").read_text())["models"].get(f"{model}_compressed", {})
-    metrics = {k: report[k] for k in ("accuracy", "f1_macro", "auc_roc", "latency_ms_p50", "bytes_deployable", "format") if k in report}
-    return manifest.parent / chosen, model, metrics
+    artifact = manifest.parent / read_compression_record(manifest.parent)["artifact"]
+    read_contract(artifact, compress_again)  # missing or damaged: refused before anything is signed or a registry made
+    report_path = run_dir / "report.json"
+    row = read_report(run_dir)["models"].get(f"{model}_compressed")
+    measure_again = f"measure the run again with `racmkd evaluate --run {run_dir}`"
+    if not isinstance(row, dict):
+        raise RegistryError(f"{report_path}: no measurements of {model}_compressed; {measure_again}")
+    # The report must describe this file: compress replaces the tier's folder, then measures it; stopped
+    # in between, the report still held the earlier file's figures, and they were signed with the new file.
+    measured = (row.get("artifact"), row.get("bytes_deployable"))
+    if measured != (str(artifact.relative_to(run_dir)), artifact.stat().st_size):
+        raise RegistryError(
+            f"{report_path}: its {model}_compressed row measured {measured[0]} of {measured[1]} B, not the tier's artifact "
+            f"{artifact.relative_to(run_dir)} of {artifact.stat().st_size} B (compressed again since?); {measure_again}"
+        )
+    metrics = {k: row[k] for k in ("accuracy", "f1_macro", "auc_roc", "latency_ms_p50", "bytes_deployable", "format") if k in row}
+    return artifact, model, metrics

@@ -97,12 +97,10 @@ class OnnxPredictor(Predictor):
     """An exported model run by ONNX Runtime, preprocessing read from its contract (what an edge
     device deploys; no torch). The graph needs every input it was exported with."""
 
-    def __init__(self, path: Path, threads: int = 1) -> None:
-        from racmkd.compress.artifacts import read_contract, session, specs_from_contract
+    def __init__(self, path: Path, threads: int = 1, fix: str = "export it with `racmkd export`") -> None:
+        from racmkd.compress.artifacts import ExportError, read_contract, session, specs_from_contract
 
-        from racmkd.compress.artifacts import ExportError
-
-        contract = read_contract(path)
+        contract = read_contract(path, fix)  # `fix`: how to make the file again
         self.session = session(Path(path), threads)
         specs = specs_from_contract(contract)
         signals = {m: SIGNALS.create(m) for m in contract["inputs"]}
@@ -160,12 +158,11 @@ def load(run_dir: str | Path = "runs/latest", tier: str = "high") -> Predictor |
         from racmkd.compress.artifacts import ExportError, read_compression_record
 
         artifact = folder / read_compression_record(folder)["artifact"]
-        predictor = OnnxPredictor(artifact)
+        compress_again = f"compress the tier again with `racmkd compress --run {run_dir} --tier {base}`"
+        predictor = OnnxPredictor(artifact, fix=compress_again)
         made_for = predictor.meta.get("tier")
         if made_for is not None and made_for != base:  # (another tier's file copied over it answered as this tier)
-            raise ExportError(
-                f"{artifact}: its contract says it is the {made_for!r} tier's model, not {base!r}'s; compress the tier again with `racmkd compress --run {run_dir} --tier {base}`"
-            )
+            raise ExportError(f"{artifact}: its contract says it is the {made_for!r} tier's model, not {base!r}'s; {compress_again}")
         return predictor
     from racmkd.models.checkpoint import CheckpointError, load_model
 

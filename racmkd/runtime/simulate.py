@@ -411,6 +411,11 @@ def simulate(
     return summary
 
 
+def _figure(value: float, spec: str) -> str:
+    """A figure for the table; "n/a" where there is none (NaN: a trace without that column, no switch to time)."""
+    return format(value, spec) if math.isfinite(value) else "n/a"
+
+
 def render_table(summary: dict[str, Any]) -> str:
     """The summary as markdown: Table 6.7 for the dynamic runtime, then dynamic vs each static tier."""
     lines = [
@@ -421,7 +426,7 @@ def render_table(summary: dict[str, Any]) -> str:
     ]
     for r in summary["levels"]:
         lines.append(
-            f"| {r['level']} | {r['requests']} | {r['cpu_percent']:.0f} | {r['memory_available_mb']:.0f} | {r['accuracy']:.4f} | {r['slo_accuracy']:.4f} | {r['latency_ms_mean']:.2f} / {r['latency_ms_p95']:.2f} | {r['active_modalities']} |"
+            f"| {r['level']} | {r['requests']} | {_figure(r['cpu_percent'], '.0f')} | {_figure(r['memory_available_mb'], '.0f')} | {r['accuracy']:.4f} | {r['slo_accuracy']:.4f} | {r['latency_ms_mean']:.2f} / {r['latency_ms_p95']:.2f} | {r['active_modalities']} |"
         )
     lines += ["", "| runtime | accuracy | SLO-accuracy | deadline met | latency p50 / p99 (ms) |", "|---|---|---|---|---|"]
     rows = {"dynamic": summary["dynamic"], **{f"static {k}": v for k, v in summary["static"].items()}}
@@ -432,7 +437,8 @@ def render_table(summary: dict[str, Any]) -> str:
     lines += ceiling_rows(summary["oracle"])
     lines += [
         "",
-        f"Switches: {summary['switches']}; adaptation p50 {summary['adaptation_ms_p50']:.3f} ms, p99 {summary['adaptation_ms_p99']:.3f} ms; switch overhead p99 {summary['switch_overhead_ms_p99']:.3f} ms; monitor CPU {summary['monitor_cpu_fraction']:.4%} of one core.",
+        f"Switches: {summary['switches']}; adaptation p50 {_figure(summary['adaptation_ms_p50'], '.3f')} ms, p99 {_figure(summary['adaptation_ms_p99'], '.3f')} ms; "
+        f"switch overhead p99 {_figure(summary['switch_overhead_ms_p99'], '.3f')} ms; monitor CPU {_figure(summary['monitor_cpu_fraction'], '.4%')} of one core.",
         "",
     ]
     return "\n".join(lines)
