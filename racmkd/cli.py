@@ -466,8 +466,11 @@ def edge_record(
     """Record this machine's resource readings as a trace, for `racmkd simulate --trace FILE`."""
     from racmkd.resources.sources import SystemSource, record_trace
 
-    if out.is_dir() or not out.parent.is_dir():  # found now, not after the recording
-        raise _fail(ValueError(f"--out {out}: {'a folder' if out.is_dir() else 'its folder does not exist'}; name the trace file to write (.csv or .json)"))
+    blocking = _file_above(out)  # found now, not after the recording
+    if out.is_dir() or blocking is not None:
+        raise _fail(
+            ValueError(f"--out {out}: {'a folder' if out.is_dir() else f'{blocking} is a file, not a folder'}; name the trace file to write (.csv or .json)")
+        )
     if seconds < interval:
         raise _fail(ValueError(f"--seconds {seconds} is shorter than --interval {interval}: one reading, and a trace needs two; record longer or more often"))
     trace = record_trace(SystemSource(), seconds, interval, out.stem)
@@ -477,6 +480,7 @@ def edge_record(
                 f"{len(trace.times)} reading(s) in {seconds} s, and a trace needs two; record longer or more often (--seconds, --interval); nothing written"
             )
         )
+    out.parent.mkdir(parents=True, exist_ok=True)  # (as `profile --out` makes its folder)
     trace.write(out)
     typer.echo(f"{len(trace.times)} readings of {', '.join(trace.columns)} -> {out}")
 
