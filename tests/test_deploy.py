@@ -660,7 +660,9 @@ def test_a_malformed_upstream_answer_counts_as_a_failure() -> None:
     (NaN is over no budget: that upstream would get every request)."""
     from racmkd.deploy.offload import LinkEstimate, Upstream, UpstreamError
 
-    for body in (b'{"label": 1, "compute_ms": "abc"}', b'{"label": 1, "compute_ms": NaN}', b"[" * 100000, GOOD_ANSWER):
+    wrong_notes = GOOD_ANSWER.replace(b"}", b', "variants": "abc"}')  # refused only when the edge built its reply: counted as a success
+    huge = GOOD_ANSWER.replace(b"}", b', "padding": "' + b"x" * (2 << 20) + b'"}')  # read whole, it took the edge's memory up by 700 MB
+    for body in (b'{"label": 1, "compute_ms": "abc"}', b'{"label": 1, "compute_ms": NaN}', b"[" * 100000, wrong_notes, huge, GOOD_ANSWER):
         fog = Upstream("fog", "http://fog", retries=0, link=LinkEstimate(rtt_ms=1.0))
         fog._client = httpx.Client(
             base_url=fog.url,
@@ -669,9 +671,39 @@ def test_a_malformed_upstream_answer_counts_as_a_failure() -> None:
         if body == GOOD_ANSWER:
             assert fog.predict(b"{}", "application/json", time.monotonic() + 1)["label"] == 1 and np.isfinite(fog.link.rtt_ms)
             continue
-        with pytest.raises(UpstreamError):
+        with pytest.raises(UpstreamError, match="no usable answer") as refused:
             fog.predict(b"{}", "application/json", time.monotonic() + 1)
         assert fog.breaker.failures == 1 and fog.link.rtt_ms == 1.0
+        assert body is not huge or "a reply of more than 1,048,576 bytes" in str(refused.value)
+        assert body is not wrong_notes or "variants abc is not a list of strings" in str(refused.value)
+
+
+def test_an_unreachable_upstream_is_said_once_per_outage(caplog: pytest.LogCaptureFixture) -> None:
+    """The log said nothing of an upstream that could not be reached (its breaker opened, and every
+    answer after the first came back local with no word why); now one line when it opens, one when
+    it answers again, however many calls fail between."""
+    import logging
+
+    from racmkd.deploy.offload import CircuitBreaker, Upstream, UpstreamError
+
+    up = {"ok": False}
+
+    def fog_transport(request: httpx.Request) -> httpx.Response:
+        if not up["ok"]:
+            raise httpx.ConnectError("connection refused")
+        return httpx.Response(200, content=GOOD_ANSWER, headers={"content-type": "application/json"})
+
+    fog = Upstream("fog", "http://fog", retries=0, breaker=CircuitBreaker(failures_to_open=2, reset_after_s=0.0))
+    fog._client = httpx.Client(base_url=fog.url, transport=httpx.MockTransport(fog_transport))
+    with caplog.at_level(logging.WARNING, logger="racmkd.deploy.offload"):
+        for _ in range(6):
+            with pytest.raises(UpstreamError, match="ConnectError: connection refused"):
+                fog.predict(b"{}", "application/json", time.monotonic() + 1)
+        up["ok"] = True
+        assert fog.predict(b"{}", "application/json", time.monotonic() + 1)["label"] == 1
+        fog.predict(b"{}", "application/json", time.monotonic() + 1)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and "circuit open after 2 failure(s), last ConnectError" in said[0] and "answers again" in said[1], said
 
 
 def test_a_malformed_upstream_prediction_is_answered_locally_and_says_why(tiny_run: Path, tiny_dataset, bank_dir: Path) -> None:  # noqa: ANN001
@@ -713,6 +745,10 @@ def test_a_malformed_upstream_prediction_is_answered_locally_and_says_why(tiny_r
             answer = reply.json()
             assert answer["offloaded"] is False and answer["served_by"].startswith("edge:") and len(answer["probabilities"]) == 10
             assert any("offload failed" in f and reason in f for f in answer["fallbacks"]), answer["fallbacks"]
+        # An upstream whose breaker is open is passed over, and the answer says so (it said nothing).
+        fog.breaker.state, fog.breaker.opened_at = "open", time.monotonic()
+        answer = client.post("/predict", json=request).json()
+        assert answer["offloaded"] is False and any(f"offload not tried: {fog.name}'s circuit is open" in f for f in answer["fallbacks"]), answer
     finally:
         service.close()
 
@@ -1076,6 +1112,40 @@ def test_an_internal_error_gets_a_500_and_the_server_goes_on(tiny_run: Path, tin
     service.answer = working  # type: ignore[method-assign]
     assert client.post("/predict", json=request).status_code == 200
     assert 'racmkd_requests_total{outcome="error",role="fog",route="-"} 1.0' in client.get("/metrics").text
+
+
+def test_a_client_gone_mid_body_is_no_server_error(tiny_run: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that closes its connection before the whole body came was counted as a server
+    error, with a traceback in the log: any client could fill both. Now it is counted apart."""
+    import asyncio
+
+    app = create_app(ModelService("fog", tiny_run, ["high"]), ServeConfig(), token=None)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8001),
+    }
+    incoming = [{"type": "http.request", "body": b'{"image": ', "more_body": True}]
+
+    async def receive() -> dict:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        pass
+
+    asyncio.run(app(scope, receive, send))
+    metrics = TestClient(app).get("/metrics").text
+    assert 'outcome="client_gone"' in metrics and 'outcome="error"' not in metrics, metrics
+    assert not any("unhandled error" in r.getMessage() for r in caplog.records)
 
 
 def test_an_edge_whose_every_variant_fails_answers_503_not_a_client_error(tiny_run: Path, tiny_dataset, bank_dir: Path) -> None:  # noqa: ANN001

@@ -12,6 +12,8 @@ goes wrong upstream, the edge answers locally. No request is lost.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import threading
 import time
@@ -22,6 +24,9 @@ from typing import Any
 
 import httpx
 
+log = logging.getLogger(__name__)
+
+MAX_REPLY_BYTES = 1 << 20  # an answer is a label and a few probabilities (under 2 kB): a reply larger than this is no answer
 
 # Calls to upstreams run here, so that a request waits for one no longer than its deadline: httpx's
 # timeouts bound each phase of a call (connect, write, every read), not the whole, and an upstream
@@ -111,6 +116,7 @@ class Upstream:
     compute_ms: float = 0.0  # its own median time per request (from its /health)
     _client: httpx.Client | None = field(default=None, repr=False)
     _client_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _said_down: bool = field(default=False, repr=False)  # the log told of this outage (once: the breaker retries every few seconds)
 
     def state(self) -> str:
         """Its circuit breaker's state: closed, open or half-open."""
@@ -137,12 +143,44 @@ class Upstream:
             compute_ms = _time_ms(health.get("compute_ms_p50") or self.compute_ms, "compute_ms_p50")
             self.accuracy = float(accuracy) if accuracy is not None else self.accuracy  # (both checked first: a bad probe changes nothing)
             self.compute_ms = compute_ms
-        except (httpx.HTTPError, ValueError, TypeError, AttributeError, RecursionError):
-            self.breaker.failure()
+        except (httpx.HTTPError, ValueError, TypeError, AttributeError, RecursionError) as err:
+            self._failed(err)
             return False
-        self.breaker.success()
+        self._succeeded()
         self.link.observe((time.perf_counter() - started) * 1e3, 0.0, 0)
         return True
+
+    def _failed(self, err: BaseException | None) -> None:
+        """One failed call: counted by the breaker; the log says when that opens it (once an outage)."""
+        self.breaker.failure()
+        if self.breaker.state == "open" and not self._said_down:
+            self._said_down = True
+            log.warning(
+                "upstream %s (%s): circuit open after %d failure(s), last %s; answering locally, trying it again every %g s",
+                self.name,
+                self.url,
+                self.breaker.failures,
+                f"{type(err).__name__}: {err}" if err else "none",
+                self.breaker.reset_after_s,
+            )
+
+    def _succeeded(self) -> None:
+        self.breaker.success()
+        if self._said_down:
+            self._said_down = False
+            log.warning("upstream %s (%s) answers again; offloading resumes", self.name, self.url)
+
+    def _post(self, body: bytes, content_type: str, timeout_s: float) -> tuple[int, bytes]:
+        """POST /predict; the status and at most MAX_REPLY_BYTES of the reply (a 200 MB answer was
+        read whole, and took the edge's memory from 201 to 901 MB)."""
+        with self.client().stream("POST", "/predict", content=body, headers={"Content-Type": content_type}, timeout=timeout_s) as reply:
+            chunks, size = [], 0
+            for chunk in reply.iter_bytes():
+                size += len(chunk)
+                if size > MAX_REPLY_BYTES:
+                    raise UpstreamError(f"{self.name}: a reply of more than {MAX_REPLY_BYTES:,} bytes, which is no answer")
+                chunks.append(chunk)
+            return reply.status_code, b"".join(chunks)
 
     def predict(self, body: bytes, content_type: str, deadline: float, classes: int | None = None) -> dict[str, Any]:
         """Forward one request; retries with backoff while the deadline (time.monotonic) allows. A
@@ -157,19 +195,17 @@ class Upstream:
                 raise UpstreamError(f"{self.name}: circuit open after {self.breaker.failures} failures")
             started = time.perf_counter()
             try:
-                call = _CALLS.submit(
-                    self.client().post, "/predict", content=body, headers={"Content-Type": content_type}, timeout=min(self.timeout_s, remaining)
-                )
+                call = _CALLS.submit(self._post, body, content_type, min(self.timeout_s, remaining))
                 try:
-                    reply = call.result(timeout=remaining)
+                    status, content = call.result(timeout=remaining)
                 except FutureTimeout:
                     call.cancel()  # (still queued: never sent)
                     raise UpstreamError(f"{self.name}: no reply within the request's deadline ({remaining * 1e3:.0f} ms)") from None
-                if reply.status_code in (413, 415, 422):  # the input itself is wrong: the upstream is fine, retrying will not help
-                    raise InputRefused(f"{self.name}: refused the input (HTTP {reply.status_code}: {reply.text[:200]})")
-                if reply.status_code >= 400:  # down, overloaded, or it does not accept our token: count it against the upstream
-                    raise UpstreamError(f"{self.name}: HTTP {reply.status_code}")
-                answer = reply.json()
+                if status in (413, 415, 422):  # the input itself is wrong: the upstream is fine, retrying will not help
+                    raise InputRefused(f"{self.name}: refused the input (HTTP {status}: {content[:200].decode(errors='replace')})")
+                if status >= 400:  # down, overloaded, or it does not accept our token: count it against the upstream
+                    raise UpstreamError(f"{self.name}: HTTP {status}")
+                answer = json.loads(content)
                 if not isinstance(answer, dict):
                     raise ValueError("the reply is not a JSON object")
                 compute_ms = _time_ms(answer.get("compute_ms", 0.0), "compute_ms")
@@ -178,15 +214,17 @@ class Upstream:
                 raise
             except (httpx.HTTPError, ValueError, TypeError, RecursionError, UpstreamError) as err:  # (RecursionError: JSON nested past the parser's depth)
                 last = err
-                self.breaker.failure()
+                self._failed(err)
                 pause = min(self.backoff_s * 2**attempt, max(deadline - time.monotonic(), 0.0))
                 if pause > 0:
                     time.sleep(pause)
                 continue
-            self.breaker.success()
+            self._succeeded()
             self.link.observe((time.perf_counter() - started) * 1e3, compute_ms, len(body))
             return answer
-        raise UpstreamError(f"{self.name}: no answer within the deadline ({type(last).__name__ if last else 'deadline'}: {last})")
+        if last is None:
+            raise UpstreamError(f"{self.name}: no time left in the request's deadline for a call")
+        raise UpstreamError(f"{self.name}: no usable answer ({type(last).__name__}: {last})")
 
     def close(self) -> None:
         if self._client is not None:
@@ -218,6 +256,10 @@ def check_answer(answer: dict[str, Any], classes: int | None) -> None:
         raise ValueError(f"label {label!r} is not one of the {len(probabilities)} classes")
     if not isinstance(answer.get("model"), str) or not isinstance(answer.get("served_by", ""), str):
         raise ValueError("model or served_by is not a string")
+    for name in ("variants", "fallbacks"):  # relayed to the client as they came: a malformed one was refused only then, after the call had counted as a success
+        notes = answer.get(name, [])
+        if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+            raise ValueError(f"{name} {str(notes)[:80]} is not a list of strings")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Upload
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 from typing_extensions import TypeAliasType
@@ -117,9 +118,9 @@ def parse_request(body: bytes, content_type: str, settings: ServeConfig, modalit
     kind = content_type.split(";")[0].strip().lower()
     if kind == NPZ:
         arrays, meta = read_npz(body, settings)
-        request = validated({k: meta[k] for k in META if k in meta}, where="the archive's settings")
+        request = validated({k: meta[k] for k in META if k in meta}, where="the archive's settings are invalid")
     elif kind in ("application/json", ""):
-        request = validated(body or b"{}", where="JSON request")
+        request = validated(body or b"{}", where="invalid JSON request")
         extra = request.model_extra or {}  # another modality's nested lists of numbers (the schema checked them)
         refuse_unknown_inputs(extra, "inputs")
         try:
@@ -167,12 +168,15 @@ def refuse_unknown_inputs(names: Iterable[str], what: str) -> None:
 
 
 def validated(values: bytes | dict[str, Any], where: str) -> PredictRequest:
-    """The request's fields checked by the one schema, whether they came as JSON or in an archive."""
+    """The request's fields checked by the one schema, whether they came as JSON or in an archive.
+    An unknown name is said to be unknown first (`{"foo": 1}` read "foo: Input should be a valid
+    array", as if foo were an input of the wrong type)."""
     try:
         return PredictRequest.model_validate_json(values) if isinstance(values, bytes) else PredictRequest.model_validate(values)
     except ValidationError as err:
+        refuse_unknown_inputs({str(e["loc"][0]) for e in err.errors() if e["loc"] and e["loc"][0] not in PredictRequest.model_fields}, "inputs")
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()[:5])
-        raise HTTPException(422, f"invalid {where}: {problems}") from None
+        raise HTTPException(422, f"{where}: {problems}") from None
 
 
 def read_npz(body: bytes, settings: ServeConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -548,7 +552,20 @@ class EdgeService(Service):
                 return answer
             except Exception as err:  # noqa: BLE001 - whatever goes wrong upstream (a refusal, a malformed answer), the edge answers locally
                 fallbacks.append(f"offload failed, answered locally: {(str(err).splitlines() or [type(err).__name__])[0]}")
+        else:
+            fallbacks += self.upstreams_skipped(inputs)
         return self.local(engine, inputs, fallbacks)
+
+    def upstreams_skipped(self, inputs: Inputs) -> list[str]:
+        """A note for each upstream that routing passed over because its circuit breaker is open:
+        after the first failed request, an unreachable upstream went unmentioned in every answer."""
+        if inputs.model is not None:  # (a request for this edge's own model is never offloaded)
+            return []
+        return [
+            f"offload not tried: {u.name}'s circuit is open after failed calls (tried again every {u.breaker.reset_after_s:g} s)"
+            for u in self.upstreams
+            if u.state() == "open"
+        ]
 
     def answer_now(self, inputs: Inputs) -> PredictResponse | None:
         engine = self.engine
@@ -557,7 +574,7 @@ class EdgeService(Service):
             return None  # resampling can take a while: not on the event loop
         if self.upstreams and self.route(engine, inputs, b"") is not None:  # the body's size only refines the link's estimate
             return None
-        return self.local(engine, inputs, [])
+        return self.local(engine, inputs, self.upstreams_skipped(inputs))
 
     @staticmethod
     def check_model(engine: Engine, inputs: Inputs) -> None:
@@ -863,6 +880,9 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         except HTTPException:
             requests.labels(service.role, "bad_request", "-").inc()
             raise
+        except ClientDisconnect:  # the client went away mid-body: no server error (it was counted and logged as one, with a traceback)
+            requests.labels(service.role, "client_gone", "-").inc()
+            raise HTTPException(400, "the client closed the connection before the whole body came") from None
         return b"".join(chunks)
 
     def internal_error(path: str, err: Exception) -> None:
