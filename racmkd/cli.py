@@ -293,7 +293,7 @@ def export(
         bool,
         typer.Option(
             "--int4-weights/--no-int4-weights",
-            help="Also write 4-bit weights with float arithmetic (an eighth of the weight bytes, fp32 speed), the most sensitive layers kept in 8 bits for the parity bound.",
+            help="Also write 4-bit weights with float arithmetic (an eighth of the weight bytes, fp32 speed), the most sensitive layers kept in 8 bits for the parity bound (a search: two trials per layer, then whole validation passes; minutes for a teacher).",
         ),
     ] = False,
     modality: Annotated[Optional[list[str]], typer.Option(help="Export the graph for these inputs only (repeatable): a variant with a sensor off.")] = None,
@@ -471,8 +471,10 @@ def edge_record(
         raise _fail(
             ValueError(f"--out {out}: {'a folder' if out.is_dir() else f'{blocking} is a file, not a folder'}; name the trace file to write (.csv or .json)")
         )
-    if seconds < interval:
-        raise _fail(ValueError(f"--seconds {seconds} is shorter than --interval {interval}: one reading, and a trace needs two; record longer or more often"))
+    if seconds <= interval:
+        raise _fail(
+            ValueError(f"--seconds {seconds} is not longer than --interval {interval}: one reading, and a trace needs two; record longer or more often")
+        )
     trace = record_trace(SystemSource(), seconds, interval, out.stem)
     if len(trace.times) < 2:  # `racmkd simulate` refuses such a file: not written
         raise _fail(
@@ -480,8 +482,13 @@ def edge_record(
                 f"{len(trace.times)} reading(s) in {seconds} s, and a trace needs two; record longer or more often (--seconds, --interval); nothing written"
             )
         )
-    out.parent.mkdir(parents=True, exist_ok=True)  # (as `profile --out` makes its folder)
-    trace.write(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # (as `profile --out` makes its folder)
+        trace.write(out)
+    except OSError as err:
+        raise _fail(
+            ValueError(f"--out {out}: cannot write the trace ({err.strerror or err}); the recording is lost, record again to a writable place")
+        ) from None
     typer.echo(f"{len(trace.times)} readings of {', '.join(trace.columns)} -> {out}")
 
 

@@ -675,10 +675,10 @@ def export_model(
                 evaluation = {m: x[: bound.sensitivity_samples] for m, x in validation.items()}
                 val_labels = dataset.splits["val"].labels[: bound.sensitivity_samples].numpy()
                 choice = choose_int4_weights(built["fp32"], validation, evaluation, val_labels, bound.min_agreement)
-                if not choice.written:
+                if not choice.has_int4:
                     result[key] = {
                         "written": False,
-                        "why": f"every layer would stay in 8 bits for the agreement bound ({bound.min_agreement}): the int8-weights file",
+                        "why": f"every layer would stay in 8 bits for the agreement bound ({bound.min_agreement}): the file would be the int8-weights one",
                     }
                     continue
                 formats.update(bits_by_weight=dict.fromkeys(choice.kept_int8, 8), clipped=choice.clipped)

@@ -311,7 +311,7 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
         )
     )
     # A trace of one reading, which `racmkd simulate` refuses: not recorded, not written.
-    cases.append((["edge", "record", "--out", str(tmp_path / "short.csv"), "--seconds", "0.1", "--interval", "1"], "shorter than --interval 1.0"))
+    cases.append((["edge", "record", "--out", str(tmp_path / "short.csv"), "--seconds", "0.1", "--interval", "1"], "not longer than --interval 1.0"))
     cases.append((["edge", "record", "--out", str(tmp_path / "notdir" / "t.csv"), "--seconds", "0.2"], "notdir is a file, not a folder"))
     cases.append((["edge", "record", "--out", str(tmp_path / "traces" / "t.csv"), "--seconds", "0.5"], None))  # its folder made, as profile's
     for args, message in cases:

@@ -1293,6 +1293,16 @@ def test_qat_for_4_bit_modules_on_one_scale_computes_what_the_file_computes(tmp_
             pass
     with pytest.raises(ValueError, match="qat: modules names modules"):
         QATOptions(modules=("encoders.image",))
+    with pytest.raises(ValueError, match="set activations: false"):  # (the int8 graph keeps per-channel scales)
+        QATOptions(per_tensor=True)
+    # A teacher's export builds `head` from its fusion MLP and classifier: head.0 and head.2.
+    from racmkd.models.multimodal import teacher
+
+    fused = teacher({m: {"encoder": "cnn2d", "shape": list(modalities[m].feature_shape(s))} for m, s in specs.items()}, width=4, embed_dim=8, fusion_hidden=16)
+    with fake_quantized(fused, weight_bits=4, activations=False, modules=("head.0",)):
+        project, classifier = fused.fusion.project.weight.detach(), fused.classifier.weight.detach()
+        assert torch.round(project / (project.abs().amax(dim=1, keepdim=True) / 7)).abs().max() == 7  # 4 bits
+        assert torch.round(classifier / (classifier.abs().amax(dim=1, keepdim=True) / 127)).abs().max() == 127  # 8 bits
 
 
 def test_the_artifact_is_the_fastest_within_the_bound_and_the_smallest_of_a_speed_tie() -> None:

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -32,7 +33,7 @@ from racmkd.utils import UMASK, sha256
 from racmkd.deploy.device import DeviceStore, UpdateFailed, UpdateRefused
 from racmkd.deploy.orchestrator import device_fit, plan, push
 from racmkd.deploy.registry import ModelRegistry, RegistryError, pack
-from racmkd.deploy.server import EdgeService, ModelService, create_app, read_npy
+from racmkd.deploy.server import EdgeService, ModelService, create_app, parse_request, read_npy
 from racmkd.deploy.signing import SignatureError, generate_keypair, load_private_key, load_public_key, sign, verify
 from racmkd.deploy.telemetry import FleetWatcher
 from racmkd.resources.devices import device_names, load_device
@@ -299,6 +300,7 @@ def test_registry_add_of_a_tier_signs_only_what_its_report_measured(tiny_run: Pa
     shutil.copyfile(bank_dir / json.loads((bank_dir / "bank.json").read_text())["variants"][0]["path"], artifact)  # any racmkd model file
     (artifact.parent / "compression.json").write_text(json.dumps({"artifact": artifact.name, "format": "onnx-int8-weights"}))
     row = {"accuracy": 0.9, "artifact": "compressed/critical/int8-weights.onnx", "bytes_deployable": artifact.stat().st_size, "format": "onnx-int8-weights"}
+    row["artifact_sha256"] = sha256(artifact.read_bytes())
     report = run / "report.json"
     evaluate = f"racmkd evaluate --run {run}"
     with pytest.raises(RunError, match=rf"report\.json: no such file; measure the run with `{evaluate}`"):
@@ -307,11 +309,19 @@ def test_registry_add_of_a_tier_signs_only_what_its_report_measured(tiny_run: Pa
         report.write_text(text)
         with pytest.raises((RunError, RegistryError), match=rf"report\.json: {problem}.*{evaluate}"):
             artifact_from_run(run, "critical")
-    report.write_text(json.dumps({"models": {"critical_compressed": {**row, "bytes_deployable": 10}}}))
+    report.write_text(json.dumps({"models": {"critical_compressed": {**row, "artifact_sha256": "0" * 64}}}))  # another file of the same size
     with pytest.raises(
-        RegistryError, match=rf"measured compressed/critical/int8-weights\.onnx of 10 B, not the tier's artifact .* of {artifact.stat().st_size} B"
+        RegistryError, match=r"measured compressed/critical/int8-weights\.onnx \(sha256 000000000000\), not the tier's artifact .*racmkd evaluate"
     ):
         artifact_from_run(run, "critical")
+    old = {k: v for k, v in row.items() if k != "artifact_sha256"}  # a report from before rows carried the hash: path and size
+    report.write_text(json.dumps({"models": {"critical_compressed": {**old, "bytes_deployable": 10}}}))
+    with pytest.raises(
+        RegistryError, match=rf"measured compressed/critical/int8-weights\.onnx \(10 B\), not the tier's artifact .* \({artifact.stat().st_size} B\)"
+    ):
+        artifact_from_run(run, "critical")
+    report.write_text(json.dumps({"models": {"critical_compressed": old}}))
+    assert artifact_from_run(run, "critical")[0] == artifact
     report.write_text(json.dumps({"models": {"critical_compressed": row}}))
     assert artifact_from_run(run, "critical") == (artifact, "critical", {k: row[k] for k in ("accuracy", "bytes_deployable", "format")})
     with pytest.raises(RegistryError, match=r"'huge': no tier of the run .* \(its tiers: high, medium, low, critical\)"):
@@ -661,20 +671,27 @@ def test_a_malformed_upstream_answer_counts_as_a_failure() -> None:
     from racmkd.deploy.offload import LinkEstimate, Upstream, UpstreamError
 
     wrong_notes = GOOD_ANSWER.replace(b"}", b', "variants": "abc"}')  # refused only when the edge built its reply: counted as a success
-    huge = GOOD_ANSWER.replace(b"}", b', "padding": "' + b"x" * (2 << 20) + b'"}')  # read whole, it took the edge's memory up by 700 MB
+    huge = b"huge"  # 64 KiB chunks without end: read whole, a 200 MB reply took the edge's memory up by 700 MB
+    handed: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(1000):
+            handed.append(1)
+            yield b" " * 65536
+
+    def reply(request: httpx.Request, body: bytes) -> httpx.Response:
+        return httpx.Response(200, content=chunks() if body is huge else body, headers={"content-type": "application/json"})
+
     for body in (b'{"label": 1, "compute_ms": "abc"}', b'{"label": 1, "compute_ms": NaN}', b"[" * 100000, wrong_notes, huge, GOOD_ANSWER):
         fog = Upstream("fog", "http://fog", retries=0, link=LinkEstimate(rtt_ms=1.0))
-        fog._client = httpx.Client(
-            base_url=fog.url,
-            transport=httpx.MockTransport(lambda request, body=body: httpx.Response(200, content=body, headers={"content-type": "application/json"})),
-        )
+        fog._client = httpx.Client(base_url=fog.url, transport=httpx.MockTransport(lambda request, body=body: reply(request, body)))
         if body == GOOD_ANSWER:
             assert fog.predict(b"{}", "application/json", time.monotonic() + 1)["label"] == 1 and np.isfinite(fog.link.rtt_ms)
             continue
         with pytest.raises(UpstreamError, match="no usable answer") as refused:
             fog.predict(b"{}", "application/json", time.monotonic() + 1)
         assert fog.breaker.failures == 1 and fog.link.rtt_ms == 1.0
-        assert body is not huge or "a reply of more than 1,048,576 bytes" in str(refused.value)
+        assert body is not huge or ("a reply of more than 1,048,576 bytes" in str(refused.value) and len(handed) <= 17)  # read no further than 1 MiB
         assert body is not wrong_notes or "variants abc is not a list of strings" in str(refused.value)
 
 
@@ -745,10 +762,15 @@ def test_a_malformed_upstream_prediction_is_answered_locally_and_says_why(tiny_r
             answer = reply.json()
             assert answer["offloaded"] is False and answer["served_by"].startswith("edge:") and len(answer["probabilities"]) == 10
             assert any("offload failed" in f and reason in f for f in answer["fallbacks"]), answer["fallbacks"]
-        # An upstream whose breaker is open is passed over, and the answer says so (it said nothing).
+        # An upstream whose breaker is open is passed over, and the answer says so (it said nothing),
+        # answered on the event loop (answer_now) or on a worker thread (answer).
         fog.breaker.state, fog.breaker.opened_at = "open", time.monotonic()
-        answer = client.post("/predict", json=request).json()
-        assert answer["offloaded"] is False and any(f"offload not tried: {fog.name}'s circuit is open" in f for f in answer["fallbacks"]), answer
+        body = json.dumps(request).encode()
+        for answer in (
+            client.post("/predict", json=request).json(),
+            service.answer(parse_request(body, "application/json", cfg.serve, service.modalities()), body, "application/json").model_dump(),
+        ):
+            assert answer["offloaded"] is False and any(f"offload not tried: {fog.name}'s circuit is open" in f for f in answer["fallbacks"]), answer
     finally:
         service.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -605,8 +606,13 @@ def test_a_failed_export_leaves_the_earlier_set_whole(tiny_run: Path, tiny_datas
     monkeypatch.undo()
     assert read_contract(out / "critical.int4-weights.onnx")["precision"] == "int4-weights" and four["int4-weights"]["kept_int8"] == []
     assert four["int4-weights"]["parity_vs_fp32"]["samples"] > 0 and four["int4-weights"]["bytes"] < four["fp32"]["bytes"]
-    # With the default bound (0.99) this tiny model keeps every layer in 8 bits: no file, and the result says why.
+    # Where the search keeps every layer in 8 bits: no file, and the result says why.
+    from racmkd.compress import quantize
+
+    real = quantize.choose_int4_weights
+    monkeypatch.setattr(quantize, "choose_int4_weights", lambda *args, **kwargs: dataclasses.replace(real(*args, **kwargs), has_int4=False))
     four = export_model(cfg, tiny_dataset, tiny_run, "critical", out, int8=False, int8_weights=False, int4_weights=True)
+    monkeypatch.undo()
     assert four["int4-weights"]["written"] is False and "stay in 8 bits" in four["int4-weights"]["why"]
     assert sorted(p.name for p in out.iterdir()) == ["critical.export.json", "critical.fp32.onnx"]
 

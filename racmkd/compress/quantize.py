@@ -592,7 +592,7 @@ class Int4Choice:
     kept_int8: list[str]  # the fixed ones first, then those the search kept
     clipped: list[str]  # 4-bit weights on a clipped grid (see `weight_range`)
     fixed_int8: list[str]  # outside the modules offered to 4 bits
-    written: bool  # some weight in 4 bits (else the file would be the int8-weights one again)
+    has_int4: bool  # some weight in 4 bits (else the file would be the int8-weights one again: none is written)
     trials: list[dict[str, Any]]
     layers: list[WeightSensitivity]  # the offered weights, most sensitive per byte first
 
@@ -770,16 +770,22 @@ def fake_quantized(
     weights stay. The weights' grid is the artifact's: int8 arithmetic's (WEIGHT_QMAX) with
     activations, else the weights-only files' (`onnx-int8-weights`: 127 levels each side;
     `onnx-int4-weights`, `weight_bits` 4: 7). `modules` (named as the export names them: an
-    encoder such as `encoders.image`, or `head` for the classifier) limits `weight_bits` to their
+    encoder such as `encoders.image`, or `head`: the classifier, and a teacher's fusion MLP) limits `weight_bits` to their
     layers, the others rounded to 8 bits, as the export's `int4_modules` stores them; `per_tensor`
     rounds every layer on one scale (the export's `per_tensor_scales`)."""
     if weight_bits not in WEIGHTS_ONLY_QMAX:
         raise ValueError(f"fake quantization rounds weights to 8 or 4 bits, not {weight_bits}")
     if weight_bits == 8 and modules:
         raise ValueError(f"modules {list(modules)} name the layers for 4-bit weights; with weight_bits 8 every layer is in 8 bits already")
-    # The export's names: the encoders' own, and `head` for the classifier (see `in_modules`).
-    names = {layer: "head" + name.removeprefix("classifier") if name.split(".")[0] == "classifier" else name for name, layer in model.named_modules()}
-    known = {name for name in names.values() if name.startswith("encoders.") or name.split(".")[0] == "head"}
+    if per_tensor and activations:
+        raise ValueError("one scale per layer is the weights-only files' (per_tensor_scales); the int8 graph keeps its scales per channel: activations=False")
+    # The export's names (see `in_modules`): the encoders' own; `head` for the classifier, or where a
+    # fusion MLP comes first (a teacher), `head.0` for its projection and `head.2` for the classifier.
+    project = getattr(getattr(model, "fusion", None), "project", None)
+    mlp = isinstance(project, nn.Linear)
+    exported = {"classifier": "head.2" if mlp else "head", **({"fusion.project": "head.0"} if mlp else {})}
+    names = {layer: exported.get(name, name) for name, layer in model.named_modules()}
+    known = {name for name in names.values() if name.startswith("encoders.") or name.split(".")[0] == "head"} | {"head"}
     unknown = [m for m in modules if m not in known]
     if unknown:
         raise ValueError(

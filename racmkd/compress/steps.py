@@ -550,6 +550,10 @@ class QATOptions(Finetune):
             not self.modules or (self.weight_bits == 4 and all(isinstance(m, str) and m for m in self.modules)),
             f"qat: modules names modules (such as encoders.image) for weight_bits 4; got {self.modules!r} with weight_bits {self.weight_bits}",
         )
+        require(
+            not (self.per_tensor and self.activations),
+            "qat: per_tensor trains for the weights-only files' one scale per layer (per_tensor_scales); the int8 graph keeps its scales per channel: set activations: false",
+        )
 
 
 @COMPRESSORS.register("qat")
@@ -738,7 +742,7 @@ class Export(Step):
             choice = choose_int4_weights(fp32_path, validation, evaluation, val_labels, o.min_agreement, o.int4_modules, corrected_on)
             keep_int8, clipped = choice.kept_int8, choice.clipped
             details["int4_weights"] = {"modules": list(o.int4_modules), **asdict(choice)}
-            if choice.written:
+            if choice.has_int4:
                 per_tensor = one_scale_layers("int4-weights", 4, keep_int8, clipped)
                 int4_path, shifts = weights_only_model(
                     fp32_path,

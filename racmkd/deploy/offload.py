@@ -64,15 +64,22 @@ class CircuitBreaker:
                 self.state = "half-open"
             return self.state != "open"
 
-    def success(self) -> None:
+    def success(self) -> bool:
+        """Record a success; True when it ends an outage (the breaker was open or half-open)."""
         with self._lock:
+            ended = self.state != "closed"
             self.state, self.failures = "closed", 0
+            return ended
 
-    def failure(self, now: float | None = None) -> None:
+    def failure(self, now: float | None = None) -> bool:
+        """Record a failure; True when it starts an outage (closed until now, open from here; a
+        failed half-open trial reopens the same outage)."""
         with self._lock:
             self.failures += 1
+            started = self.state == "closed" and self.failures >= self.failures_to_open
             if self.state == "half-open" or self.failures >= self.failures_to_open:
                 self.state, self.opened_at = "open", time.monotonic() if now is None else now
+            return started
 
 
 @dataclass
@@ -116,7 +123,6 @@ class Upstream:
     compute_ms: float = 0.0  # its own median time per request (from its /health)
     _client: httpx.Client | None = field(default=None, repr=False)
     _client_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _said_down: bool = field(default=False, repr=False)  # the log told of this outage (once: the breaker retries every few seconds)
 
     def state(self) -> str:
         """Its circuit breaker's state: closed, open or half-open."""
@@ -125,7 +131,9 @@ class Upstream:
     def client(self) -> httpx.Client:
         with self._client_lock:  # (two requests' threads at once would open two, one never closed)
             if self._client is None:
-                self._client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"} if self.token else {})
+                # identity: a reply's size limit counts the bytes that come (a small gzip body can unpack far past it)
+                headers = {"Accept-Encoding": "identity", **({"Authorization": f"Bearer {self.token}"} if self.token else {})}
+                self._client = httpx.Client(base_url=self.url, headers=headers)
             return self._client
 
     def probe(self) -> bool:
@@ -134,16 +142,17 @@ class Upstream:
             return False
         started = time.perf_counter()
         try:
-            reply = self.client().get("/health", timeout=self.timeout_s)
-            reply.raise_for_status()
-            health = reply.json()
+            status, content = self._call("GET", "/health", self.timeout_s)
+            if status >= 400:
+                raise httpx.HTTPError(f"HTTP {status}")
+            health = json.loads(content)
             accuracy = health.get("accuracy")
             if accuracy is not None and not 0.0 <= float(accuracy) <= 1.0:  # (NaN fails too)
                 raise ValueError(f"accuracy {accuracy!r} is not a share in [0, 1]")
             compute_ms = _time_ms(health.get("compute_ms_p50") or self.compute_ms, "compute_ms_p50")
             self.accuracy = float(accuracy) if accuracy is not None else self.accuracy  # (both checked first: a bad probe changes nothing)
             self.compute_ms = compute_ms
-        except (httpx.HTTPError, ValueError, TypeError, AttributeError, RecursionError) as err:
+        except (httpx.HTTPError, ValueError, TypeError, AttributeError, RecursionError, UpstreamError) as err:
             self._failed(err)
             return False
         self._succeeded()
@@ -151,10 +160,9 @@ class Upstream:
         return True
 
     def _failed(self, err: BaseException | None) -> None:
-        """One failed call: counted by the breaker; the log says when that opens it (once an outage)."""
-        self.breaker.failure()
-        if self.breaker.state == "open" and not self._said_down:
-            self._said_down = True
+        """One failed call: counted by the breaker; the log says when that opens it (once an outage:
+        the breaker's own lock decides, whichever of the request and probe threads fails first)."""
+        if self.breaker.failure():
             log.warning(
                 "upstream %s (%s): circuit open after %d failure(s), last %s; answering locally, trying it again every %g s",
                 self.name,
@@ -165,17 +173,16 @@ class Upstream:
             )
 
     def _succeeded(self) -> None:
-        self.breaker.success()
-        if self._said_down:
-            self._said_down = False
+        if self.breaker.success():
             log.warning("upstream %s (%s) answers again; offloading resumes", self.name, self.url)
 
-    def _post(self, body: bytes, content_type: str, timeout_s: float) -> tuple[int, bytes]:
-        """POST /predict; the status and at most MAX_REPLY_BYTES of the reply (a 200 MB answer was
-        read whole, and took the edge's memory from 201 to 901 MB)."""
-        with self.client().stream("POST", "/predict", content=body, headers={"Content-Type": content_type}, timeout=timeout_s) as reply:
+    def _call(self, method: str, path: str, timeout_s: float, body: bytes | None = None, content_type: str | None = None) -> tuple[int, bytes]:
+        """One request; its status and at most MAX_REPLY_BYTES of the reply, read no further (a
+        200 MB answer was read whole, and took the edge's memory from 201 to 901 MB)."""
+        headers = {"Content-Type": content_type} if content_type else {}
+        with self.client().stream(method, path, content=body, headers=headers, timeout=timeout_s) as reply:
             chunks, size = [], 0
-            for chunk in reply.iter_bytes():
+            for chunk in reply.iter_bytes():  # (decoded as they come: with identity asked for, the bytes that came)
                 size += len(chunk)
                 if size > MAX_REPLY_BYTES:
                     raise UpstreamError(f"{self.name}: a reply of more than {MAX_REPLY_BYTES:,} bytes, which is no answer")
@@ -195,7 +202,7 @@ class Upstream:
                 raise UpstreamError(f"{self.name}: circuit open after {self.breaker.failures} failures")
             started = time.perf_counter()
             try:
-                call = _CALLS.submit(self._post, body, content_type, min(self.timeout_s, remaining))
+                call = _CALLS.submit(self._call, "POST", "/predict", min(self.timeout_s, remaining), body, content_type)
                 try:
                     status, content = call.result(timeout=remaining)
                 except FutureTimeout:

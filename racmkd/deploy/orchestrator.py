@@ -26,6 +26,7 @@ from racmkd.compress.artifacts import read_compression_record
 from racmkd.deploy.registry import ModelRegistry, RegistryError, Release
 from racmkd.config import ConfigError, from_dict, read_yaml_mapping, url_problem
 from racmkd.resources.devices import DeviceProfile, load_device
+from racmkd.utils import sha256
 
 
 def device_fit(artifact: Path, kind: str, devices: list[DeviceProfile]) -> dict[str, dict[str, Any]]:
@@ -367,11 +368,14 @@ def artifact_from_run(run_dir: Path, model: str) -> tuple[Path, str | None, dict
         raise RegistryError(f"{report_path}: no measurements of {model}_compressed; {measure_again}")
     # The report must describe this file: compress replaces the tier's folder, then measures it; stopped
     # in between, the report still held the earlier file's figures, and they were signed with the new file.
-    measured = (row.get("artifact"), row.get("bytes_deployable"))
-    if measured != (str(artifact.relative_to(run_dir)), artifact.stat().st_size):
+    # By its hash (a tier compressed again with the same recipe is likely the same size); a report
+    # written before rows carried the hash, by its path and size.
+    measured = (row.get("artifact"), row.get("artifact_sha256") or row.get("bytes_deployable"))
+    actual = (str(artifact.relative_to(run_dir)), sha256(artifact.read_bytes()) if "artifact_sha256" in row else artifact.stat().st_size)
+    if measured != actual:
         raise RegistryError(
-            f"{report_path}: its {model}_compressed row measured {measured[0]} of {measured[1]} B, not the tier's artifact "
-            f"{artifact.relative_to(run_dir)} of {artifact.stat().st_size} B (compressed again since?); {measure_again}"
+            f"{report_path}: its {model}_compressed row measured {measured[0]} ({'sha256 ' + str(measured[1])[:12] if 'artifact_sha256' in row else f'{measured[1]} B'}), "
+            f"not the tier's artifact {actual[0]} ({'sha256 ' + str(actual[1])[:12] if 'artifact_sha256' in row else f'{actual[1]} B'}): compressed again since?; {measure_again}"
         )
     metrics = {k: row[k] for k in ("accuracy", "f1_macro", "auc_roc", "latency_ms_p50", "bytes_deployable", "format") if k in row}
     return artifact, model, metrics

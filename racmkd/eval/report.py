@@ -25,7 +25,7 @@ from racmkd.models.checkpoint import load_model
 from racmkd.models.inference import BatchFeatures, predict_split
 from racmkd.runs import open_run, read_selection, record_timing
 from racmkd.runtime.predictor import Predictor
-from racmkd.utils import atomic_write_json, atomic_write_text, progress, torch_threads
+from racmkd.utils import atomic_write_json, atomic_write_text, progress, sha256, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,7 @@ def measure_compressed(name: str, folder: Path, run_dir: Path, dataset: PairedDa
         weight_bytes=cost.weight_bytes,
         resident_weight_bytes=cost.resident_weight_bytes,
         bytes_deployable=artifact.stat().st_size,
+        artifact_sha256=sha256(artifact.read_bytes()),  # what a release of this tier checks it signs these figures with
         format=manifest["format"],
         artifact=str(artifact.relative_to(run_dir)),
         artifact_reason=manifest["reason"],
