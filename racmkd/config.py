@@ -518,6 +518,7 @@ class ServeConfig:
     token_env: str = "RACMKD_TOKEN"  # environment variable holding the management token (deploy, rollback)
     protect_inference: bool = False  # also require the token on /predict
     max_body_bytes: int = 4 * 2**20
+    body_timeout_s: float = 30.0  # a /predict body must have come whole within this (one that never ends held its connection for ever)
     max_update_bytes: int = 64 * 2**20  # the largest release an edge takes over /deploy
     max_audio_seconds: float = 10.0
     fog_models: tuple[str, ...] = ("high", "medium")  # what the fog role serves (the first by default)
@@ -550,6 +551,8 @@ class ServeConfig:
             raise ConfigError(
                 f"mqtt_host {self.mqtt_host!r}, mqtt_port {self.mqtt_port}: a host name or address (an IPv6 one without brackets) and a port in 1-65535"
             )
+        if not 0 < self.body_timeout_s < math.inf:
+            raise ConfigError(f"body_timeout_s must be finite and > 0 (seconds a request body may take to come whole); got {self.body_timeout_s}")
         if not 0 < self.upstream_timeout_s < math.inf or self.upstream_retries < 0:
             raise ConfigError(f"upstream_timeout_s must be finite and > 0 and upstream_retries >= 0; got {self.upstream_timeout_s}, {self.upstream_retries}")
         if self.telemetry_buffer < 1 or not 0 < self.telemetry_interval_s < math.inf:

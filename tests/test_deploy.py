@@ -1168,6 +1168,22 @@ def test_a_client_gone_mid_body_is_no_server_error(tiny_run: Path, caplog: pytes
     metrics = TestClient(app).get("/metrics").text
     assert 'outcome="client_gone"' in metrics and 'outcome="error"' not in metrics, metrics
     assert not any("unhandled error" in r.getMessage() for r in caplog.records)
+    # A body that never ends held its connection for ever: refused after serve.body_timeout_s.
+    app = create_app(ModelService("fog", tiny_run, ["high"]), ServeConfig(body_timeout_s=0.2), token=None)
+    incoming, sent = [{"type": "http.request", "body": b'{"image": ', "more_body": True}], []
+
+    async def never_more() -> dict:
+        if incoming:
+            return incoming.pop(0)
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def noted(message: dict) -> None:
+        sent.append(message)
+
+    started = time.monotonic()
+    asyncio.run(app(scope, never_more, noted))
+    assert time.monotonic() - started < 5 and sent[0]["status"] == 408 and b"serve.body_timeout_s" in sent[1]["body"]
 
 
 def test_an_edge_whose_every_variant_fails_answers_503_not_a_client_error(tiny_run: Path, tiny_dataset, bank_dir: Path) -> None:  # noqa: ANN001

@@ -22,6 +22,7 @@ Edge only, with the management token (Authorization: Bearer <token>):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import io
@@ -872,11 +873,15 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
             if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
                 raise HTTPException(413, f"request body of {int(declared):,} bytes exceeds the limit of {settings.max_body_bytes:,}")
             chunks, size = [], 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > settings.max_body_bytes:
-                    raise HTTPException(413, f"request body exceeds the limit of {settings.max_body_bytes:,} bytes")
-                chunks.append(chunk)
+            async with asyncio.timeout(settings.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > settings.max_body_bytes:
+                        raise HTTPException(413, f"request body exceeds the limit of {settings.max_body_bytes:,} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:  # a body that never ends (or trickles) held its connection and a worker for ever
+            requests.labels(service.role, "bad_request", "-").inc()
+            raise HTTPException(408, f"the request body did not come whole within {settings.body_timeout_s:g} s (serve.body_timeout_s)") from None
         except HTTPException:
             requests.labels(service.role, "bad_request", "-").inc()
             raise
@@ -911,6 +916,7 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
 
     protected = {401: {"description": "missing or wrong token"}, 403: {"description": "no token configured"}}
     predict_responses: dict[int | str, dict[str, Any]] = {
+        408: {"description": "the body did not come whole in time"},
         413: {"description": "too large"},
         415: {"description": "unsupported content type"},
         422: {"description": "invalid input"},
