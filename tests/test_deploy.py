@@ -1168,6 +1168,19 @@ def test_a_client_gone_mid_body_is_no_server_error(tiny_run: Path, caplog: pytes
     metrics = TestClient(app).get("/metrics").text
     assert 'outcome="client_gone"' in metrics and 'outcome="error"' not in metrics, metrics
     assert not any("unhandled error" in r.getMessage() for r in caplog.records)
+    # Gone mid-upload elsewhere (a release to /deploy: FastAPI reads the form before the route runs).
+    from starlette.requests import ClientDisconnect
+
+    from racmkd.deploy.server import AnswerInternalErrors
+
+    seen: list[str] = []
+
+    async def reads_a_form(scope: dict, receive: object, send: object) -> None:
+        raise ClientDisconnect()
+
+    guarded = AnswerInternalErrors(reads_a_form, on_error=lambda path, err: seen.append("error"), on_gone=lambda path: seen.append(f"gone {path}"))
+    asyncio.run(guarded({**scope, "path": "/deploy"}, receive, send))
+    assert seen == ["gone /deploy"]
     # A body that never ends held its connection for ever: refused after serve.body_timeout_s.
     app = create_app(ModelService("fog", tiny_run, ["high"]), ServeConfig(body_timeout_s=0.2), token=None)
     incoming, sent = [{"type": "http.request", "body": b'{"image": ', "more_body": True}], []

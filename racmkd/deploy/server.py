@@ -745,8 +745,8 @@ class AnswerInternalErrors:
     (Starlette's handler for Exception answers and then re-raises; uvicorn then drops the
     keep-alive connection, and with it the requests a client had queued on it.)"""
 
-    def __init__(self, app: Any, on_error: Callable[[str, Exception], None]) -> None:
-        self.app, self.on_error = app, on_error
+    def __init__(self, app: Any, on_error: Callable[[str, Exception], None], on_gone: Callable[[str], None] = lambda path: None) -> None:
+        self.app, self.on_error, self.on_gone = app, on_error, on_gone
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -761,6 +761,8 @@ class AnswerInternalErrors:
 
         try:
             await self.app(scope, receive, send_noted)
+        except ClientDisconnect:  # the client left mid-body (an upload to /deploy): nobody to answer, no server error
+            self.on_gone(scope.get("path", ""))
         except Exception as err:  # noqa: BLE001 - nothing crashes the server
             if answered:  # too late for an answer of its own: the client sees a cut response
                 raise
@@ -894,7 +896,11 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         log.error("unhandled error on %s", path, exc_info=err)
         requests.labels(service.role, "error", "-").inc()
 
-    app.add_middleware(AnswerInternalErrors, on_error=internal_error)
+    def client_gone(path: str) -> None:
+        log.info("%s: the client closed the connection before its whole body came", path)
+        requests.labels(service.role, "client_gone", "-").inc()
+
+    app.add_middleware(AnswerInternalErrors, on_error=internal_error, on_gone=client_gone)
     if isinstance(service, EdgeService):
         app.add_middleware(GuardManagement, paths=frozenset({"/deploy", "/rollback", "/deployment"}), refuse=refusal, max_bytes=settings.max_update_bytes)
 
