@@ -1328,6 +1328,8 @@ def test_edge_end_to_end_with_fog_broker_registry_and_failures(tiny_run: Path, t
         registry, key = ModelRegistry(tmp_path / "registry"), load_private_key(keys[0])
         v1 = registry.register(bank_dir, "edge", key, metrics={"accuracy": 0.9})
         assert edge.post("/deploy", data={"manifest": json.dumps(v1.manifest), "signature": v1.signature}, files={"payload": ("b", b"x")}).status_code == 401
+        missing = edge.post("/deploy", data={"manifest": json.dumps(v1.manifest)}, files={"payload": ("b", b"x")}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert missing.status_code == 422 and missing.json()["detail"] == "invalid request: signature: Field required"  # one line, as /predict's
         first = push(registry, v1, edge_server.url, TOKEN)
         assert first["sent"] == "full" and first["status_code"] == 200, first
         fine_tuned, changed = fine_tuned_head(bank_dir, tmp_path / "v2")

@@ -43,6 +43,7 @@ from typing import Any, Union
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -814,6 +815,15 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         service.close()
 
     app = FastAPI(title=f"racmkd {service.role}", version="1", description=__doc__, lifespan=lifespan)
+
+    @app.exception_handler(RequestValidationError)
+    async def one_line(request: Request, err: RequestValidationError) -> JSONResponse:
+        """A form FastAPI checks itself (/deploy's manifest, signature, payload) answers as /predict
+        does, one string naming each problem's field (it answered FastAPI's list of objects, which
+        `racmkd deploy push` printed raw)."""
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in err.errors()[:5])
+        return JSONResponse(status_code=422, content={"detail": f"invalid request: {problems}"})
+
     registry = CollectorRegistry()
     requests = Counter("racmkd_requests", "Requests answered, by outcome and route", ["role", "outcome", "route"], registry=registry)
     latency = Histogram(
