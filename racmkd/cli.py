@@ -446,7 +446,7 @@ def edge_run(
                     typer.echo(f"{d['t'] - started:8.2f} s  {d['from']:>34s} -> {d['to']:<34s} {d['reason']} ({d['adaptation_ms']:.3f} ms)")
                 shown[0] = runtime.decision_count
 
-            result = serve_split(runtime, dataset, seconds, rate, on_request=show)
+            result = serve_split(runtime, dataset, seconds, rate, on_request=show, interruptible=True)  # Ctrl-C: the figures so far, not nothing
             result["monitor_overhead"] = monitor.overhead()
             result["state"] = runtime.state()
         written = json_safe(result)  # (for other tools: no NaN, no Infinity)
@@ -455,6 +455,9 @@ def edge_run(
         raise _fail(err) from None
     typer.echo(json.dumps(written["summary"], indent=2))
     typer.echo(f"monitor: {result['monitor_overhead']['cpu_fraction']:.4%} of one core over {result['monitor_overhead']['polls']} polls; log: {log}")
+    if result["summary"]["interrupted"]:
+        typer.echo(f"stopped early (Ctrl-C) after {result['summary']['requests']} requests; the figures above are theirs", err=True)
+        raise typer.Exit(130)
 
 
 @edge_app.command("record")

@@ -467,6 +467,11 @@ class RuntimeConfig:
         bad = {m: p for m, p in self.priorities.items() if not 0 <= p <= 1}
         if bad:
             raise ConfigError(f"runtime.priorities {bad}: each in [0, 1]")
+        if not 0 <= self.energy_budget_mj < math.inf or not 0 <= self.low_battery_percent <= 100:
+            # (a negative budget read as none, silently; a battery threshold of 150% as always low)
+            raise ConfigError(
+                f"runtime.energy_budget_mj {self.energy_budget_mj} (mJ per request, >= 0; 0: no limit) and low_battery_percent {self.low_battery_percent} (in [0, 100])"
+            )
 
 
 def url_problem(url: str) -> str | None:

@@ -1124,6 +1124,42 @@ def test_serving_without_records_keeps_the_summary_and_no_records(bank_dir: Path
     assert summary["latency_ms_p99"] == ordered[round(0.99 * (len(ordered) - 1))]
 
 
+def test_ctrl_c_while_serving_live_keeps_the_figures_so_far(bank_dir: Path, tiny_dataset) -> None:  # noqa: ANN001
+    """`racmkd edge run` stopped with Ctrl-C printed nothing and wrote no log: the requests it had
+    served were lost. Interruptible serving ends there with their figures; otherwise Ctrl-C goes on."""
+    from racmkd.runtime.simulate import serve_split
+
+    bank = load_bank(bank_dir)
+
+    def stop_at_ten(i: int, answer: object) -> None:
+        if i == 9:
+            raise KeyboardInterrupt
+
+    runtime = EdgeRuntime(bank, RuntimeConfig(latency_target_ms=1000), pinned={"image": "critical", "audio": None})
+    served = serve_split(runtime, tiny_dataset, seconds=60.0, rate_hz=1000.0, on_request=stop_at_ten, interruptible=True)
+    assert served["summary"]["interrupted"] is True and served["summary"]["requests"] == len(served["records"]) == 10
+    with pytest.raises(KeyboardInterrupt):
+        serve_split(runtime, tiny_dataset, seconds=60.0, rate_hz=1000.0, on_request=stop_at_ten)
+    assert serve_split(runtime, tiny_dataset, seconds=0.05, rate_hz=100.0)["summary"]["interrupted"] is False
+
+
+def test_runtime_settings_that_mean_nothing_are_refused(bank_dir: Path) -> None:
+    """Priorities on a modality the bank lacks were ignored (a critical one was refused), all at 0
+    left nothing to maximise (every request went to the cheapest variant, 0.72 against 1.00), a
+    negative energy budget read as none and a battery threshold of 150% as always low."""
+    from racmkd.config import ConfigError
+
+    bank = load_bank(bank_dir)
+    with pytest.raises(ConfigError, match=r"runtime.priorities: \['pen'\] are no modalities of this runtime \(image, audio\)"):
+        EdgeRuntime(bank, RuntimeConfig(priorities={"pen": 1.0}))
+    with pytest.raises(ConfigError, match="nothing to maximise"):
+        EdgeRuntime(bank, RuntimeConfig(priorities={"image": 0.0, "audio": 0.0}))
+    EdgeRuntime(bank, RuntimeConfig(priorities={"image": 0.0}))  # audio keeps its default 1
+    for field, value in (("energy_budget_mj", -1.0), ("low_battery_percent", 150.0), ("low_battery_percent", -5.0)):
+        with pytest.raises(ConfigError, match="energy_budget_mj .* low_battery_percent"):
+            RuntimeConfig(**{field: value})
+
+
 def test_cli_simulate_and_edge_run(tiny_run: Path, bank_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "sim"

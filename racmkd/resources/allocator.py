@@ -297,10 +297,17 @@ class Allocator:
     """Exact solver of eq. 26 over a measured profile table; with a `risk`, of its SLO form (the
     module docstring): expected accuracy x the chance of meeting the deadline."""
 
-    def __init__(self, table: ProfileTable, critical: dict[str, str] | None = None, risk: DeadlineRisk | None = None) -> None:
+    def __init__(
+        self, table: ProfileTable, critical: dict[str, str] | None = None, risk: DeadlineRisk | None = None, priorities: dict[str, float] | None = None
+    ) -> None:
         self.table = table
         self.risk = risk
         self.critical = dict(critical or {})
+        unknown = sorted(set(priorities or {}) - set(table.modalities))
+        if unknown:  # (ignored, silently, where a critical modality the runtime lacks was refused)
+            raise ConfigError(f"runtime.priorities: {unknown} are no modalities of this runtime ({', '.join(table.modalities)})")
+        if priorities is not None and not any(priorities.get(m, 1.0) > 0 for m in table.modalities):
+            raise ConfigError(f"runtime.priorities {priorities}: every modality at 0 leaves the allocator nothing to maximise; give one a priority above 0")
         for m, tier in self.critical.items():
             if m not in table.modalities:
                 raise ConfigError(f"runtime.critical: {m!r} is not a modality of this runtime ({', '.join(table.modalities)})")

@@ -143,7 +143,7 @@ class EdgeRuntime:
         self._overheads = Window(OVERHEAD_WINDOW)  # recent requests' work beyond their variants' latencies
         self._overhead_count = 0  # requests learnt from (the window holds the last OVERHEAD_WINDOW)
         self.risk = DeadlineRisk(self.overhead_ms, memory_s=self.config.risk_memory_s) if self.config.objective == "slo" else None
-        self.allocator = Allocator(self.table, self.config.critical, self.risk)
+        self.allocator = Allocator(self.table, self.config.critical, self.risk, self.config.priorities)
         self._variants = {v.id: v for v in self.table.variants}  # id -> variant
         self.hysteresis = Hysteresis(self.config.step_up_margin, self.config.step_up_window_s)
         self.controller = LatencyController(self.config.pid, self.config.latency_target_ms)

@@ -411,9 +411,9 @@ def simulate(
     return summary
 
 
-def _figure(value: float, spec: str) -> str:
+def _figure(value: float, spec: str, unit: str = "") -> str:
     """A figure for the table; "n/a" where there is none (NaN: a trace without that column, no switch to time)."""
-    return format(value, spec) if math.isfinite(value) else "n/a"
+    return format(value, spec) + unit if math.isfinite(value) else "n/a"
 
 
 def render_table(summary: dict[str, Any]) -> str:
@@ -437,8 +437,8 @@ def render_table(summary: dict[str, Any]) -> str:
     lines += ceiling_rows(summary["oracle"])
     lines += [
         "",
-        f"Switches: {summary['switches']}; adaptation p50 {_figure(summary['adaptation_ms_p50'], '.3f')} ms, p99 {_figure(summary['adaptation_ms_p99'], '.3f')} ms; "
-        f"switch overhead p99 {_figure(summary['switch_overhead_ms_p99'], '.3f')} ms; monitor CPU {_figure(summary['monitor_cpu_fraction'], '.4%')} of one core.",
+        f"Switches: {summary['switches']}; adaptation p50 {_figure(summary['adaptation_ms_p50'], '.3f', ' ms')}, p99 {_figure(summary['adaptation_ms_p99'], '.3f', ' ms')}; "
+        f"switch overhead p99 {_figure(summary['switch_overhead_ms_p99'], '.3f', ' ms')}; monitor CPU {_figure(summary['monitor_cpu_fraction'], '.4%')} of one core.",
         "",
     ]
     return "\n".join(lines)
@@ -531,14 +531,16 @@ def serve_split(
     split: str = "test",
     on_request: Callable[[int, Answer], None] | None = None,
     keep_records: bool = True,
+    interruptible: bool = False,
 ) -> dict[str, Any]:
     """Serve a split's samples (raw, with the protocol's degradations) at `rate_hz` for `seconds`
     of wall time, as a device would see them; returns per-request records and a summary. Without
     `keep_records` no record is kept, and the latency percentiles are those of the last 10,000
     answers, held in a Window: a soak run watches memory, and a bounded window of records (one dict
-    each) filling up and turning over reads as growth."""
+    each) filling up and turning over reads as growth. `interruptible`: Ctrl-C ends the serving
+    early with the figures so far (the summary says `interrupted`), instead of losing them."""
     call = (lambda i, _name, answer: on_request(i, answer)) if on_request is not None else None
-    return serve_together({"": runtime}, dataset, seconds, rate_hz, split, call, keep_records)[""]
+    return serve_together({"": runtime}, dataset, seconds, rate_hz, split, call, keep_records, interruptible)[""]
 
 
 def serve_together(
@@ -549,6 +551,7 @@ def serve_together(
     split: str = "test",
     on_request: Callable[[int, str, Answer], None] | None = None,
     keep_records: bool = True,
+    interruptible: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """`serve_split` for several runtimes at once: every runtime answers each sample, one after
     the other (the order turning with each sample, so that none always runs first after the pause),
@@ -563,51 +566,59 @@ def serve_together(
     configurations: dict[str, Counter[str]] = {name: Counter() for name in names}
     counts = {name: {"requests": 0, "correct": 0, "in_time": 0, "slo": 0, "unanswered": 0} for name in names}
     started = time.perf_counter()
-    i = 0
-    while time.perf_counter() - started < seconds:
-        due = started + i / rate_hz
-        pause = due - time.perf_counter()
-        if pause > 0:
-            time.sleep(pause)
-        row = torch.tensor([i % n])
-        raw = {m: values[0].numpy() for m, values in dataset.raw_batch(split, row).items()}  # (once per sample, whatever the runtimes)
-        label = int(dataset.splits[split].labels[row[0]])
-        for k in range(len(names)):
-            name = names[(i + k) % len(names)]
-            runtime = runtimes[name]
-            try:
-                answer = runtime.predict(**{m: raw[m] for m in runtime.modalities})
-            except NoVariantError as err:
-                answer = Answer(-1, np.zeros(0), [], float("nan"), [str(err)])
-            correct, in_time = answer.label == label, answer.latency_ms <= runtime.config.latency_target_ms
-            tally = counts[name]
-            tally["requests"] += 1
-            tally["correct"] += correct
-            tally["in_time"] += in_time
-            tally["slo"] += correct and in_time
-            tally["unanswered"] += not answer.variants
-            configuration = ",".join(answer.variants) or "unanswered"
-            configurations[name][configuration] += 1
-            if answer.variants:
-                latencies[name].append(answer.latency_ms)
-            if keep_records:
-                records[name].append(
-                    {
-                        "t": round(time.perf_counter() - started, 4),
-                        "latency_ms": answer.latency_ms,
-                        "correct": correct,
-                        "configuration": configuration,
-                        "level": runtime.level,
-                        "budget_latency_ms": runtime.budget.latency_ms,
-                        "slowdown": runtime.budget.slowdown,
-                        "pid_scale": runtime.controller.scale,
-                        "cpu_percent": runtime.snapshot.cpu_percent if runtime.snapshot else None,
-                    }
-                )
-            if on_request is not None:
-                on_request(i, name, answer)
-        i += 1
-    return {name: _served(runtimes[name], counts[name], records[name], latencies[name], configurations[name]) for name in names}
+    i, interrupted = 0, False
+    try:
+        while time.perf_counter() - started < seconds:
+            due = started + i / rate_hz
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            row = torch.tensor([i % n])
+            raw = {m: values[0].numpy() for m, values in dataset.raw_batch(split, row).items()}  # (once per sample, whatever the runtimes)
+            label = int(dataset.splits[split].labels[row[0]])
+            for k in range(len(names)):
+                name = names[(i + k) % len(names)]
+                runtime = runtimes[name]
+                try:
+                    answer = runtime.predict(**{m: raw[m] for m in runtime.modalities})
+                except NoVariantError as err:
+                    answer = Answer(-1, np.zeros(0), [], float("nan"), [str(err)])
+                correct, in_time = answer.label == label, answer.latency_ms <= runtime.config.latency_target_ms
+                tally = counts[name]
+                tally["requests"] += 1
+                tally["correct"] += correct
+                tally["in_time"] += in_time
+                tally["slo"] += correct and in_time
+                tally["unanswered"] += not answer.variants
+                configuration = ",".join(answer.variants) or "unanswered"
+                configurations[name][configuration] += 1
+                if answer.variants:
+                    latencies[name].append(answer.latency_ms)
+                if keep_records:
+                    records[name].append(
+                        {
+                            "t": round(time.perf_counter() - started, 4),
+                            "latency_ms": answer.latency_ms,
+                            "correct": correct,
+                            "configuration": configuration,
+                            "level": runtime.level,
+                            "budget_latency_ms": runtime.budget.latency_ms,
+                            "slowdown": runtime.budget.slowdown,
+                            "pid_scale": runtime.controller.scale,
+                            "cpu_percent": runtime.snapshot.cpu_percent if runtime.snapshot else None,
+                        }
+                    )
+                if on_request is not None:
+                    on_request(i, name, answer)
+            i += 1
+    except KeyboardInterrupt:
+        if not interruptible:
+            raise
+        interrupted = True  # (a request cut short is not counted: its tally comes after its answer)
+    served = {name: _served(runtimes[name], counts[name], records[name], latencies[name], configurations[name]) for name in names}
+    for result in served.values():
+        result["summary"]["interrupted"] = interrupted
+    return served
 
 
 def _served(
