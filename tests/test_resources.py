@@ -291,8 +291,12 @@ def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path, caplog: pytest.L
     assert paused.skipped_rows == 0 and paused.at(1000.5).cpu_percent == 20.0
     jump = tmp_path / "jump.csv"  # two rows far ahead, one going on from the other: most of the rest goes back in time
     jump.write_text("t,cpu_percent\n0,10\n1,10\n1000000,10\n1000001,10\n" + "".join(f"{t},10\n" for t in range(2, 50)))
-    with pytest.raises(TraceError, match="go back in time"):
+    with pytest.raises(TraceError, match=r"go back in time .*\(a timestamp far ahead\?\)"):
         load_trace(jump)
+    shuffled = tmp_path / "shuffled.csv"  # rows out of order: said so (it asked about a timestamp far ahead)
+    shuffled.write_text("t,cpu_percent\n" + "".join(f"{t},10\n" for t in (3, 1, 2, 0, 5, 4)))
+    with pytest.raises(TraceError, match=r"rows out of order\? sort them by t"):
+        load_trace(shuffled)
     odd = tmp_path / "odd.json"  # booleans and numbers beyond float are garbage, not readings
     odd.write_text('[{"t": 0, "cpu_percent": 10}, {"t": true, "cpu_percent": 20}, {"t": 2, "cpu_percent": 1' + "0" * 400 + '}, {"t": 3, "cpu_percent": 30}]')
     assert load_trace(odd).skipped_rows == 2

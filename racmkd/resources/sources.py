@@ -565,7 +565,10 @@ def load_trace(path: str | Path) -> Trace:
             columns[c].append(values.get(c, math.nan))
     if backwards > len(rows) / 2:  # (before counting what is left: a file newest first leaves one row)
         newest_first = all(a[0] >= b[0] for a, b in zip(usable, usable[1:]))
-        why = "newest first? sort the rows by t" if newest_first else "a timestamp far ahead?"
+        # One timestamp far ahead leaves the rows after it in order among themselves; rows out of
+        # order (shuffled) go back from one row to the next again and again.
+        steps_back = sum(b[0] < a[0] for a, b in zip(usable, usable[1:]))
+        why = "newest first? sort the rows by t" if newest_first else "rows out of order? sort them by t" if steps_back > 1 else "a timestamp far ahead?"
         raise TraceError(f"{path}: {backwards} of {len(rows)} rows go back in time after an earlier one ({why}); check the file")
     if len(times) < 2:
         raise TraceError(f"{path}: fewer than two usable readings ({skipped} rows skipped as garbage)")
