@@ -585,6 +585,23 @@ def in_modules(weight: str, modules: Collection[str]) -> bool:
     return not modules or any(name == m or name.startswith(f"{m}.") for m in modules)
 
 
+def export_names(model: nn.Module) -> dict[nn.Module, str]:
+    """Each module of `model` under the name its weights carry in the exported graph (see
+    `in_modules`): the encoders' own (pruning keeps them); `head` for a student's classifier, or
+    where a fusion MLP comes first (a teacher), `head.0` for its projection and `head.2` for the
+    classifier, as the export builds its head."""
+    project = getattr(getattr(model, "fusion", None), "project", None)
+    mlp = isinstance(project, nn.Linear)
+    exported = {"classifier": "head.2" if mlp else "head", **({"fusion.project": "head.0"} if mlp else {})}
+    return {layer: exported.get(name, name) for name, layer in model.named_modules()}
+
+
+def export_modules(model: nn.Module) -> set[str]:
+    """The module names a recipe may give (`int4_modules`, qat's `modules`): the encoders and their
+    parts, and `head` with its parts."""
+    return {n for n in export_names(model).values() if n.startswith("encoders.") or n.split(".")[0] == "head"} | {"head"}
+
+
 @dataclass(frozen=True)
 class Int4Choice:
     """Which weights a 4-bit-weights file keeps in 8 bits and which 4-bit grids it clips."""
@@ -779,13 +796,8 @@ def fake_quantized(
         raise ValueError(f"modules {list(modules)} name the layers for 4-bit weights; with weight_bits 8 every layer is in 8 bits already")
     if per_tensor and activations:
         raise ValueError("one scale per layer is the weights-only files' (per_tensor_scales); the int8 graph keeps its scales per channel: activations=False")
-    # The export's names (see `in_modules`): the encoders' own; `head` for the classifier, or where a
-    # fusion MLP comes first (a teacher), `head.0` for its projection and `head.2` for the classifier.
-    project = getattr(getattr(model, "fusion", None), "project", None)
-    mlp = isinstance(project, nn.Linear)
-    exported = {"classifier": "head.2" if mlp else "head", **({"fusion.project": "head.0"} if mlp else {})}
-    names = {layer: exported.get(name, name) for name, layer in model.named_modules()}
-    known = {name for name in names.values() if name.startswith("encoders.") or name.split(".")[0] == "head"} | {"head"}
+    names = export_names(model)
+    known = export_modules(model)
     unknown = [m for m in modules if m not in known]
     if unknown:
         raise ValueError(

@@ -34,6 +34,7 @@ from racmkd.compress.quantize import (
     calibration_inputs,
     choose_int4_weights,
     choose_mixed_precision,
+    export_modules,
     fake_quantized,
     fewest_float_layers,
     fewest_per_channel_layers,
@@ -148,10 +149,8 @@ def val_accuracy(subject: Subject, ctx: Context) -> float:
 
 
 def check_modules(subject: Subject, option: str, names: tuple[str, ...]) -> None:
-    """Refuse module names that the model's export lacks. The exported graph's module names are the
-    encoders' own (pruning keeps them) and `head`, the layer after the concat that the export
-    builds from the fusion and classifier."""
-    modules = {name for name, _ in subject.model.named_modules() if name.startswith("encoders.")} | {"head"}
+    """Refuse module names that the model's export lacks (see `export_modules`)."""
+    modules = export_modules(subject.model)
     unknown = [m for m in names if m not in modules]
     if unknown:
         encoders = sorted(n for n in modules if n.count(".") == 1)

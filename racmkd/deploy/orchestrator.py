@@ -370,12 +370,16 @@ def artifact_from_run(run_dir: Path, model: str) -> tuple[Path, str | None, dict
     # in between, the report still held the earlier file's figures, and they were signed with the new file.
     # By its hash (a tier compressed again with the same recipe is likely the same size); a report
     # written before rows carried the hash, by its path and size.
-    measured = (row.get("artifact"), row.get("artifact_sha256") or row.get("bytes_deployable"))
-    actual = (str(artifact.relative_to(run_dir)), sha256(artifact.read_bytes()) if "artifact_sha256" in row else artifact.stat().st_size)
+    by_hash = "artifact_sha256" in row
+
+    def described(path: Any, identity: Any) -> str:
+        return f"{path} (sha256 {str(identity)[:12]})" if by_hash else f"{path} ({identity} B)"
+
+    measured = (row.get("artifact"), row["artifact_sha256"] if by_hash else row.get("bytes_deployable"))
+    actual = (str(artifact.relative_to(run_dir)), sha256(artifact.read_bytes()) if by_hash else artifact.stat().st_size)
     if measured != actual:
         raise RegistryError(
-            f"{report_path}: its {model}_compressed row measured {measured[0]} ({'sha256 ' + str(measured[1])[:12] if 'artifact_sha256' in row else f'{measured[1]} B'}), "
-            f"not the tier's artifact {actual[0]} ({'sha256 ' + str(actual[1])[:12] if 'artifact_sha256' in row else f'{actual[1]} B'}): compressed again since?; {measure_again}"
+            f"{report_path}: its {model}_compressed row measured {described(*measured)}, not the tier's artifact {described(*actual)}: compressed again since?; {measure_again}"
         )
     metrics = {k: row[k] for k in ("accuracy", "f1_macro", "auc_roc", "latency_ms_p50", "bytes_deployable", "format") if k in row}
     return artifact, model, metrics

@@ -762,7 +762,7 @@ class AnswerInternalErrors:
 
         try:
             await self.app(scope, receive, send_noted)
-        except ClientDisconnect:  # the client left mid-body (an upload to /deploy): nobody to answer, no server error
+        except ClientDisconnect:  # the client left mid-body (/predict, an upload to /deploy): nobody to answer, no server error
             self.on_gone(scope.get("path", ""))
         except Exception as err:  # noqa: BLE001 - nothing crashes the server
             if answered:  # too late for an answer of its own: the client sees a cut response
@@ -897,9 +897,6 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         except HTTPException:
             requests.labels(service.role, "bad_request", "-").inc()
             raise
-        except ClientDisconnect:  # the client went away mid-body: no server error (it was counted and logged as one, with a traceback)
-            requests.labels(service.role, "client_gone", "-").inc()
-            raise HTTPException(400, "the client closed the connection before the whole body came") from None
         return b"".join(chunks)
 
     def internal_error(path: str, err: Exception) -> None:
