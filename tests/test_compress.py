@@ -3,6 +3,7 @@ recipe on the tiny run's students."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -318,6 +319,92 @@ def test_mixed_precision_keeps_the_most_sensitive_layers_within_budget() -> None
         choose_mixed_precision(rows, budget_bytes=100)
 
 
+# Cross-layer equalization -------------------------------------------------------------------------
+
+
+def spread_channels(model: nn.Module, factor: float = 8.0) -> None:
+    """Make the image stem's first output channel `factor` times larger and the next layer read it
+    `factor` times smaller: the same function, one channel far wider than the others."""
+    body = model.encoders["image"].body
+    with torch.no_grad():
+        body[1][1].weight[0] *= factor
+        body[1][1].bias[0] *= factor
+        body[2][0].weight[0] /= factor  # depthwise: input channel 0 is its channel 0
+
+
+def test_equalization_keeps_the_function_and_balances_every_layers_channels() -> None:
+    from racmkd.compress.equalize import equalize_model
+
+    torch.manual_seed(0)
+    model = with_running_stats(student(INPUTS, width=2.0, depth=2))
+    spread_channels(model)
+    x = batch(16)
+    reference = model(x)
+    report = equalize_model(model)
+    torch.testing.assert_close(model(x), reference, atol=1e-5, rtol=1e-4)  # ReLU commutes with a positive scale per channel
+    assert set(report) == {"encoders.image", "encoders.audio"}
+    for name, layers in report.items():
+        # Every conv-BN-ReLU block of the body in one chain: stem, then depthwise and pointwise pairs.
+        body = model.encoders[name.removeprefix("encoders.")].body
+        assert [layer.layer for layer in layers] == [f"body.{i}" for i in range(1, len(body))] and len(layers) >= 5
+        # The last block's outputs are left (they feed the classifier): only its inputs were scaled.
+        assert all(layer.spread_after < layer.spread_before for layer in layers[:-1])
+        assert max(layer.spread_after for layer in layers[:-1]) < 2.5
+    stem = report["encoders.image"][0]  # the channel made wide
+    assert stem.spread_before > 4 and stem.spread_after < 0.5 * stem.spread_before
+    only_audio = with_running_stats(student(INPUTS, width=2.0, depth=2))
+    image_before = [p.clone() for p in only_audio.encoders["image"].parameters()]
+    assert set(equalize_model(only_audio, ("encoders.audio",))) == {"encoders.audio"}
+    assert all(torch.equal(a, b) for a, b in zip(image_before, only_audio.encoders["image"].parameters()))
+
+
+def test_equalized_weights_round_better_on_one_scale_per_layer() -> None:
+    """What equalization is for: a layer's 4-bit weights on one scale (the export's
+    per_tensor_scales) cost the encoder's output less once its channel ranges are balanced. (The
+    stem, made wide: the last layer's outputs are not balanced, and the others are rounded in 8
+    bits here, so its error is the one measured.)"""
+    from racmkd.compress.equalize import equalize_model
+
+    torch.manual_seed(0)
+    plain = with_running_stats(student(INPUTS, width=2.0, depth=1))
+    spread_channels(plain)
+    equalized = copy.deepcopy(plain)
+    equalize_model(equalized)
+    image = batch(64)["image"]
+    with torch.no_grad():
+        reference = plain.encoders["image"](image)  # the image embedding, which both compute
+        errors = {}
+        for name, model in (("plain", plain), ("equalized", equalized)):
+            with fake_quantized(model, weight_bits=4, activations=False, modules=("encoders.image.body.1",), per_tensor=True):
+                errors[name] = float((model.encoders["image"](image) - reference).abs().mean())
+    assert errors["equalized"] < 0.5 * errors["plain"]
+
+
+def test_equalization_chains_stop_where_a_scale_would_not_pass_through() -> None:
+    from racmkd.compress.equalize import equalizable_chains
+    from racmkd.models.encoders import CNN2dEncoder, conv_bn_relu
+
+    teacher_encoder = CNN2dEncoder((1, 16, 16), width=4)  # blocks separated by max pooling: one chain
+    assert [[name for name, _, _ in chain] for chain in equalizable_chains(teacher_encoder)] == [["body.1", "body.3", "body.5"]]
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                conv_bn_relu(1, 8),
+                conv_bn_relu(8, 8, groups=8),  # depthwise: joins
+                conv_bn_relu(8, 8, groups=2),  # grouped, not depthwise: starts a new chain
+                conv_bn_relu(8, 8, kernel=1),
+                nn.AvgPool2d(2),  # a scale passes through it, but only max pooling is allowed
+                conv_bn_relu(8, 4, kernel=1),
+            )
+
+    assert [[name for name, _, _ in chain] for chain in equalizable_chains(Encoder())] == [["body.0", "body.1"], ["body.2", "body.3"]]
+    factorised = lowrank_model(with_running_stats(student(INPUTS, width=2.0, depth=1)), energy=0.5)[0]
+    chains = equalizable_chains(factorised.encoders["image"])
+    assert all(not isinstance(conv, nn.Sequential) for chain in chains for _, conv, _ in chain)  # a factorised layer ends a chain
+
+
 # Export -------------------------------------------------------------------------------------------
 
 
@@ -560,6 +647,9 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         ([{"export": {"int4_modules": ["encoders.image"]}}], "int4_modules names modules .* with int4_weights False"),
         ([{"export": {"int4_weights": True, "int4_modules": [""]}}], "int4_modules names modules"),
         ([{"export": {"int8": "none", "bias_correction": True, "calibration_samples": 0}}], "for bias_correction calibration_samples"),
+        (["equalize", "distill", "export"], r"\['distill'\] after equalize would retrain the balanced weights"),
+        ([{"equalize": {"modules": ["head"]}}, "export"], r"steps\[0\]\.equalize: modules names encoders"),
+        ([{"equalize": {"max_sweeps": 0}}, "export"], "max_sweeps must be at least 1"),
     ],
 )
 def test_recipe_validation_errors_name_the_problem(steps: list, message: str) -> None:
@@ -602,6 +692,12 @@ def test_int4_modules_that_the_model_lacks_fail_before_any_step_runs(tmp_path: P
     qat = {"qat": {"weight_bits": 4, "activations": False, "modules": ["encoders.imgae"]}}
     with pytest.raises(RecipeError, match=r"typo\.yaml: steps\[1\]\.qat: modules \['encoders\.imgae'\] are no modules of this model's export"):
         check_recipe(parse_recipe({"steps": [{"prune": {"ratio": 0.5}}, qat, "export"]}, "typo.yaml"), subject, None)
+    for wrong in ("encoders.imgae", "encoders.image.body.1"):
+        with pytest.raises(
+            RecipeError,
+            match=rf"typo\.yaml: steps\[1\]\.equalize: modules \['{wrong}'\] are not encoders of this model; name whole encoders: encoders\.audio, encoders\.image",
+        ):
+            check_recipe(parse_recipe({"steps": [{"prune": {"ratio": 0.5}}, {"equalize": {"modules": [wrong]}}, "export"]}, "typo.yaml"), subject, None)
 
 
 def test_each_steps_check_sees_the_inputs_the_steps_before_it_leave(tmp_path: Path) -> None:
@@ -683,6 +779,7 @@ def compressed_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "  - prune: {ratio: 0.35, steps: 1, max_drop: 1.0, multiple: 1, finetune: {epochs: 1, samples: 512}}\n"
         "  - align: {multiple: 4, max_drop: 1.0, latency_iters: 30, finetune: {epochs: 1, samples: 256}}\n"
         "  - qat: {epochs: 1, samples: 256}\n"
+        "  - equalize: {}\n"
         "  - export: {int8: mixed, int4_weights: true, per_tensor_scales: true, bias_correction: true, calibration_samples: 64, sensitivity_samples: 100, min_agreement: 0.9,"
         " max_accuracy_drop: 0.2, latency_iters: 30}\n"
     )
@@ -733,7 +830,7 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
     folder = compressed_run / "compressed" / "critical"
     manifest = json.loads((folder / "compression.json").read_text())
     assert compressed_with(compressed_run, "critical", compressed_run / "recipe.yaml")  # what the file records reads back as the recipe
-    assert [s["step"] for s in manifest["steps"]] == ["prune", "align", "qat", "export"]
+    assert [s["step"] for s in manifest["steps"]] == ["prune", "align", "qat", "equalize", "export"]
     for step in manifest["steps"]:
         for key in ("params", "param_bytes_fp32", "flops", "val_accuracy"):
             assert key in step["before"] and key in step["after"]
@@ -744,6 +841,10 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
     align = manifest["steps"][1]["details"]  # prune (multiple: 1) left a 22-channel stem: cut to 20
     assert align["kept"] and align["layers"] and all(layer["after"] % 4 == 0 and layer["after"] < layer["before"] for layer in align["layers"])
     assert set(align["latency_p50_ms"]) == {"before", "after"} and manifest["steps"][1]["after"]["params"] < prune["after"]["params"]
+    equalize = manifest["steps"][3]
+    assert equalize["details"]["max_logit_change"] < 1e-4 and equalize["after"]["val_accuracy"] == equalize["before"]["val_accuracy"]  # the same function
+    for layers in equalize["details"]["encoders"].values():
+        assert layers and all(layer["spread_after"] < layer["spread_before"] for layer in layers[:-1])
     fp32 = manifest["candidates"]["fp32"]["parity"]
     assert fp32["argmax_agreement"] == 1.0 and fp32["max_abs_logit_diff"] < 1e-3  # ONNX Runtime vs PyTorch
     int8 = manifest["candidates"]["int8"]["parity"]

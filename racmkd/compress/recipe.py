@@ -97,6 +97,10 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         raise RecipeError(
             f"{source}: {[n for n in names[names.index('qat') :] if n in REFINING]} after qat would retrain the weights in float and undo it; put qat last before export"
         )
+    if "equalize" in names and any(n in REFINING for n in names[names.index("equalize") :]):
+        raise RecipeError(
+            f"{source}: {[n for n in names[names.index('equalize') :] if n in REFINING]} after equalize would retrain the balanced weights in float; put equalize after them"
+        )
     return Recipe(source, tuple(steps))
 
 

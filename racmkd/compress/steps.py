@@ -12,6 +12,7 @@ accuracy), so a step only reports what is particular to it.
     bands    band selection: keep the most informative mel bands
     distill  distillation fine-tuning from the run's teachers
     qat      quantization-aware distillation fine-tuning (int8 or 4-bit-weight fake quantization)
+    equalize cross-layer equalization: channel ranges balanced, the same function (for one scale per layer)
     export   ONNX fp32, int8 (static or mixed precision), int8 and 4-bit weights, parity checks, the artifact chosen
 """
 
@@ -26,6 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from racmkd.compress.equalize import equalize_model
 from racmkd.compress.export import compact_file, export_onnx, fp32_parity, onnx_logits, parity, session, torch_logits
 from racmkd.compress.inputs import band_importance, most_informative, reduce_inputs
 from racmkd.compress.lowrank import lowrank_model, plan_ranks
@@ -568,6 +570,49 @@ class QAT(Step):
             accuracy = finetune(subject, ctx, self.options, f"{subject.name}: quantization-aware fine-tune")
         subject.manifest["qat"] = True
         return {"best_val_accuracy_fake_quantized": accuracy}
+
+
+# Cross-layer equalization -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EqualizeOptions:
+    """Balance the channel ranges of consecutive layers (see racmkd/compress/equalize.py) in the
+    encoders named in `modules` (`encoders.image`; none named: every encoder), so that one scale per
+    layer (the export's `per_tensor_scales`) rounds them as well as one per channel did. The model
+    computes the same function: no fine-tune. Put it after the last step that retrains weights."""
+
+    modules: tuple[str, ...] = ()
+    max_sweeps: int = 100
+
+    def __post_init__(self) -> None:
+        require(
+            all(isinstance(m, str) and m.startswith("encoders.") for m in self.modules),
+            f"equalize: modules names encoders (such as encoders.image), got {self.modules!r}",
+        )
+        require(self.max_sweeps >= 1, f"equalize: max_sweeps must be at least 1, got {self.max_sweeps}")
+
+
+@COMPRESSORS.register("equalize")
+class Equalize(Step):
+    options_type = EqualizeOptions
+    checked_samples: ClassVar[int] = 512  # validation samples on which the logits are compared before and after
+
+    def check(self, subject: Subject, ctx: Context) -> None:
+        encoders = sorted(f"encoders.{name}" for name in subject.model.encoders)
+        unknown = [m for m in self.options.modules if m not in encoders]
+        if unknown:  # (a part of an encoder, encoders.image.body.1, would equalize nothing)
+            raise ValueError(f"equalize: modules {unknown} are not encoders of this model; name whole encoders: {', '.join(encoders)}")
+
+    def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
+        before = torch_logits(subject.model, subject.specs, ctx.dataset, "val", limit=self.checked_samples)
+        report = equalize_model(subject.model, self.options.modules, self.options.max_sweeps)
+        after = torch_logits(subject.model, subject.specs, ctx.dataset, "val", limit=self.checked_samples)
+        return {
+            "encoders": {name: [asdict(layer) for layer in layers] for name, layers in report.items()},
+            # An identity up to float rounding: recorded so a reader sees it held.
+            "max_logit_change": float(np.abs(after - before).max()),
+        }
 
 
 # Export -------------------------------------------------------------------------------------------
