@@ -343,19 +343,62 @@ def test_equalization_keeps_the_function_and_balances_every_layers_channels() ->
     report = equalize_model(model)
     torch.testing.assert_close(model(x), reference, atol=1e-5, rtol=1e-4)  # ReLU commutes with a positive scale per channel
     assert set(report) == {"encoders.image", "encoders.audio"}
-    for name, layers in report.items():
+    for name, result in report.items():
+        layers = result.layers
+        assert result.converged and 1 < result.sweeps < 100
         # Every conv-BN-ReLU block of the body in one chain: stem, then depthwise and pointwise pairs.
         body = model.encoders[name.removeprefix("encoders.")].body
         assert [layer.layer for layer in layers] == [f"body.{i}" for i in range(1, len(body))] and len(layers) >= 5
         # The last block's outputs are left (they feed the classifier): only its inputs were scaled.
         assert all(layer.spread_after < layer.spread_before for layer in layers[:-1])
         assert max(layer.spread_after for layer in layers[:-1]) < 2.5
-    stem = report["encoders.image"][0]  # the channel made wide
+    stem = report["encoders.image"].layers[0]  # the channel made wide
     assert stem.spread_before > 4 and stem.spread_after < 0.5 * stem.spread_before
     only_audio = with_running_stats(student(INPUTS, width=2.0, depth=2))
     image_before = [p.clone() for p in only_audio.encoders["image"].parameters()]
     assert set(equalize_model(only_audio, ("encoders.audio",))) == {"encoders.audio"}
     assert all(torch.equal(a, b) for a, b in zip(image_before, only_audio.encoders["image"].parameters()))
+
+
+def test_equalization_keeps_the_function_in_training_mode_with_negative_and_nearly_dead_channels() -> None:
+    from racmkd.compress.equalize import equalize_model
+
+    torch.manual_seed(0)
+    model = with_running_stats(student(INPUTS, width=2.0, depth=1))
+    body = model.encoders["image"].body
+    with torch.no_grad():
+        body[1][1].weight[1] = -body[1][1].weight[1]  # a negative BatchNorm scale: the folded weight's sign flips
+        body[1][1].weight[2] = 1e-7  # a channel all but dead: balancing it would divide by almost nothing
+        body[1][1].bias[2] = 0.3
+    x = batch(16)
+    original = copy.deepcopy(model)
+    with torch.no_grad():
+        largest_bias = max(float(b[1].bias.abs().max()) for b in body if isinstance(b, nn.Sequential))
+    equalize_model(model)
+    torch.testing.assert_close(model(x), original(x), atol=1e-5, rtol=1e-4)
+    for bn in (m for net in (model, original) for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.train()  # batch statistics (and nothing random, as dropout would be): a scale per channel passes through them as well
+    torch.testing.assert_close(model(x), original(x), atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        assert float(body[1][1].bias[2]) == pytest.approx(0.3)  # left as it was
+        assert max(float(b[1].bias.abs().max()) for b in body if isinstance(b, nn.Sequential)) < 10 * largest_bias
+
+
+def test_equalization_leaves_factorised_layers_and_keeps_the_function_around_them() -> None:
+    """A low-rank factorised convolution ends a chain: its input channels are those of its first
+    factor, which equalization does not scale."""
+    from racmkd.compress.equalize import equalizable_chains, equalize_model
+
+    torch.manual_seed(0)
+    model = with_running_stats(lowrank_model(with_running_stats(student(INPUTS, width=2.0, depth=2)), energy=0.5)[0])
+    factorised = [i for i, b in enumerate(model.encoders["audio"].body) if isinstance(b, nn.Sequential) and isinstance(b[0], nn.Sequential)]
+    assert factorised
+    named = {name for chain in equalizable_chains(model.encoders["audio"]) for name, _, _ in chain}
+    assert not named & {f"body.{i}" for i in factorised}
+    x = batch(16)
+    reference = model(x)
+    equalize_model(model)
+    torch.testing.assert_close(model(x), reference, atol=1e-5, rtol=1e-4)
 
 
 def test_equalized_weights_round_better_on_one_scale_per_layer() -> None:
@@ -400,9 +443,6 @@ def test_equalization_chains_stop_where_a_scale_would_not_pass_through() -> None
             )
 
     assert [[name for name, _, _ in chain] for chain in equalizable_chains(Encoder())] == [["body.0", "body.1"], ["body.2", "body.3"]]
-    factorised = lowrank_model(with_running_stats(student(INPUTS, width=2.0, depth=1)), energy=0.5)[0]
-    chains = equalizable_chains(factorised.encoders["image"])
-    assert all(not isinstance(conv, nn.Sequential) for chain in chains for _, conv, _ in chain)  # a factorised layer ends a chain
 
 
 # Export -------------------------------------------------------------------------------------------
@@ -650,6 +690,8 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         (["equalize", "distill", "export"], r"\['distill'\] after equalize would retrain the balanced weights"),
         ([{"equalize": {"modules": ["head"]}}, "export"], r"steps\[0\]\.equalize: modules names encoders"),
         ([{"equalize": {"max_sweeps": 0}}, "export"], "max_sweeps must be at least 1"),
+        ([{"qat": {"weight_bits": 4, "activations": False}}, "equalize", "export"], "equalize after a qat with weight_bits 4 or per_tensor"),
+        ([{"qat": {"activations": False, "per_tensor": True}}, "equalize", "export"], "equalize after a qat with weight_bits 4 or per_tensor"),
     ],
 )
 def test_recipe_validation_errors_name_the_problem(steps: list, message: str) -> None:
@@ -692,6 +734,13 @@ def test_int4_modules_that_the_model_lacks_fail_before_any_step_runs(tmp_path: P
     qat = {"qat": {"weight_bits": 4, "activations": False, "modules": ["encoders.imgae"]}}
     with pytest.raises(RecipeError, match=r"typo\.yaml: steps\[1\]\.qat: modules \['encoders\.imgae'\] are no modules of this model's export"):
         check_recipe(parse_recipe({"steps": [{"prune": {"ratio": 0.5}}, qat, "export"]}, "typo.yaml"), subject, None)
+    from racmkd.models.encoders import MobileNetV3SmallEncoder
+
+    mixed = Subject("low", student(INPUTS), {}, None, tmp_path)
+    mixed.model.encoders["audio"] = MobileNetV3SmallEncoder((1, 32, 32))  # hard-swish and inverted residuals: nothing to balance
+    with pytest.raises(RecipeError, match=r"equalize: \['encoders\.audio'\] have no consecutive conv-BN-ReLU layers to balance"):
+        check_recipe(parse_recipe({"steps": [{"equalize": {"modules": ["encoders.audio"]}}, "export"]}, "mbv3.yaml"), mixed, None)
+    check_recipe(parse_recipe({"steps": [{"equalize": {"modules": ["encoders.image"]}}, "export"]}, "mbv3.yaml"), mixed, None)
     for wrong in ("encoders.imgae", "encoders.image.body.1"):
         with pytest.raises(
             RecipeError,
@@ -842,9 +891,11 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
     assert align["kept"] and align["layers"] and all(layer["after"] % 4 == 0 and layer["after"] < layer["before"] for layer in align["layers"])
     assert set(align["latency_p50_ms"]) == {"before", "after"} and manifest["steps"][1]["after"]["params"] < prune["after"]["params"]
     equalize = manifest["steps"][3]
-    assert equalize["details"]["max_logit_change"] < 1e-4 and equalize["after"]["val_accuracy"] == equalize["before"]["val_accuracy"]  # the same function
-    for layers in equalize["details"]["encoders"].values():
-        assert layers and all(layer["spread_after"] < layer["spread_before"] for layer in layers[:-1])
+    assert equalize["details"]["max_logit_change"] < 1e-4  # the same function
+    assert abs(equalize["after"]["val_accuracy"] - equalize["before"]["val_accuracy"]) < 0.002
+    for result in equalize["details"]["encoders"].values():
+        layers = result["layers"]
+        assert result["converged"] and layers and all(layer["spread_after"] < layer["spread_before"] for layer in layers[:-1])
     fp32 = manifest["candidates"]["fp32"]["parity"]
     assert fp32["argmax_agreement"] == 1.0 and fp32["max_abs_logit_diff"] < 1e-3  # ONNX Runtime vs PyTorch
     int8 = manifest["candidates"]["int8"]["parity"]

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from racmkd.compress.equalize import equalize_model
+from racmkd.compress.equalize import equalizable_chains, equalize_model
 from racmkd.compress.export import compact_file, export_onnx, fp32_parity, onnx_logits, parity, session, torch_logits
 from racmkd.compress.inputs import band_importance, most_informative, reduce_inputs
 from racmkd.compress.lowrank import lowrank_model, plan_ranks
@@ -579,8 +579,8 @@ class QAT(Step):
 class EqualizeOptions:
     """Balance the channel ranges of consecutive layers (see racmkd/compress/equalize.py) in the
     encoders named in `modules` (`encoders.image`; none named: every encoder), so that one scale per
-    layer (the export's `per_tensor_scales`) rounds them as well as one per channel did. The model
-    computes the same function: no fine-tune. Put it after the last step that retrains weights."""
+    layer (the export's `per_tensor_scales`) rounds their small channels less coarsely. The model
+    computes the same function: no fine-tune."""
 
     modules: tuple[str, ...] = ()
     max_sweeps: int = 100
@@ -597,22 +597,27 @@ class EqualizeOptions:
 class Equalize(Step):
     options_type = EqualizeOptions
     checked_samples: ClassVar[int] = 512  # validation samples on which the logits are compared before and after
+    max_logit_change: ClassVar[float] = 1e-3  # float rounding stays far below it (about 1e-5); the export's fp32 parity bound
 
     def check(self, subject: Subject, ctx: Context) -> None:
-        encoders = sorted(f"encoders.{name}" for name in subject.model.encoders)
+        encoders = {f"encoders.{name}": encoder for name, encoder in subject.model.encoders.items()}
         unknown = [m for m in self.options.modules if m not in encoders]
         if unknown:  # (a part of an encoder, encoders.image.body.1, would equalize nothing)
-            raise ValueError(f"equalize: modules {unknown} are not encoders of this model; name whole encoders: {', '.join(encoders)}")
+            raise ValueError(f"equalize: modules {unknown} are not encoders of this model; name whole encoders: {', '.join(sorted(encoders))}")
+        chainless = [m for m in self.options.modules if not equalizable_chains(encoders[m])]
+        if chainless:
+            raise ValueError(f"equalize: {chainless} have no consecutive conv-BN-ReLU layers to balance; leave them out")
 
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
         before = torch_logits(subject.model, subject.specs, ctx.dataset, "val", limit=self.checked_samples)
         report = equalize_model(subject.model, self.options.modules, self.options.max_sweeps)
         after = torch_logits(subject.model, subject.specs, ctx.dataset, "val", limit=self.checked_samples)
-        return {
-            "encoders": {name: [asdict(layer) for layer in layers] for name, layers in report.items()},
-            # An identity up to float rounding: recorded so a reader sees it held.
-            "max_logit_change": float(np.abs(after - before).max()),
-        }
+        change = float(np.abs(after - before).max())
+        if change > self.max_logit_change:  # the export's parity compares with this model: it would ship unnoticed
+            raise ValueError(
+                f"equalize: the logits moved by {change:.2g} (at most {self.max_logit_change:g} expected); leave the step out and report this model"
+            )
+        return {"encoders": {name: asdict(result) for name, result in report.items()}, "max_logit_change": change}
 
 
 # Export -------------------------------------------------------------------------------------------
