@@ -224,6 +224,16 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def cached_json(path: Path) -> dict[str, Any] | None:
+    """A cache file's JSON object, or None when it is absent, unreadable or not an object: the
+    caller then makes it again (a file cut short by a killed run stopped every resume that read it)."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def json_safe(obj: Any) -> Any:
     """`obj` with every NaN or infinite float as None (null): Python's json writes them as NaN and
     Infinity, which no other JSON reader accepts. For files and output meant for other tools (a

@@ -939,6 +939,32 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
     assert not list((compressed_run / "compressed").glob(".*"))  # no partial folders left
 
 
+def test_a_damaged_record_or_a_model_answering_nan_is_named_with_its_fix(compressed_run: Path, tmp_path: Path) -> None:
+    """`racmkd evaluate` on a hand-edited compression.json raised a TypeError traceback (steps: null)
+    or printed `error: 'reason'`; on a checkpoint holding NaN, sklearn's "Input contains NaN"."""
+    from racmkd.eval.report import measure, measure_compressed
+    from racmkd.pipeline import open_run, prepare_data
+
+    run_dir, cfg = open_run(compressed_run)
+    dataset = prepare_data(cfg)
+    source = run_dir / "compressed" / "critical"
+    for name, edit in (("steps", lambda r: r.update(steps=None)), ("reason", lambda r: r.pop("reason"))):
+        folder = tmp_path / name / "critical"
+        shutil.copytree(source, folder)
+        record = json.loads((folder / "compression.json").read_text())
+        edit(record)
+        (folder / "compression.json").write_text(json.dumps(record))
+        with pytest.raises(
+            ExportError, match=rf"critical/compression\.json: {name} missing or damaged; compress the tier again with `racmkd compress --tier critical`"
+        ):
+            measure_compressed("critical_compressed", folder, run_dir, dataset, None)
+    checkpoint = torch.load(run_dir / "checkpoints" / "critical.pt", weights_only=False)
+    next(v for v in checkpoint["state_dict"].values() if v.is_floating_point()).view(-1)[0] = float("nan")
+    torch.save(checkpoint, tmp_path / "critical.pt")
+    with pytest.raises(ValueError, match=r"critical\.pt: on the test split \d+ of \d+ samples' logits hold NaN or infinite values; .*train it again"):
+        measure("critical", tmp_path / "critical.pt", dataset)
+
+
 def test_the_report_gains_a_compressed_row(compressed_run: Path, report_fields: list[str]) -> None:
     report = json.loads((compressed_run / "report.json").read_text())
     entry = report["models"]["critical_compressed"]

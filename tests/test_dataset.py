@@ -105,6 +105,22 @@ def test_cache_is_reused_and_limits_apply(avmnist: PairedDataset, cache_dir: Pat
     assert _read_cache(other, avmnist.modalities) is None
 
 
+def test_a_cache_folder_that_cannot_be_written_costs_the_cache_not_the_build(
+    avmnist: PairedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A finished build was thrown away with `[Errno 20] Not a directory` when data.cache_dir lay
+    under a file (or was read-only, or on a full disk)."""
+    import racmkd.data.dataset as dataset_module
+
+    (tmp_path / "afile").write_text("not a folder")
+    monkeypatch.setattr(dataset_module, "_build", lambda cfg, modalities: avmnist)  # (the build itself is tested above)
+    cfg = DataConfig(cache_dir=str(tmp_path / "afile" / "cache"), max_train=100, max_eval=40)
+    with caplog.at_level("WARNING", logger="racmkd.data.dataset"):
+        built = build_dataset(cfg)
+    assert built.info["samples"] == {"train": 100, "val": 40, "test": 40}
+    assert "the dataset cache was not written" in caplog.text and "Set data.cache_dir to a writable folder" in caplog.text
+
+
 def test_caches_beyond_the_size_bound_go_least_recently_used_first(avmnist: PairedDataset, tmp_path: Path) -> None:
     import os
 

@@ -71,6 +71,21 @@ def test_a_damaged_unipen_file_names_the_file_and_line(tmp_path: Path, broken: s
         parse_unipen(broken, tmp_path / "x.unipen")
 
 
+def test_a_pen_digits_file_cut_short_at_a_digit_or_with_a_label_edited_is_refused(shared_root: Path, tmp_path: Path) -> None:
+    """Both parse as well as the official file does: only its checksum tells them apart."""
+    text = (shared_root / "pendigits" / "pendigits-test.unipen").read_text()
+    half = text.index(".SEGMENT", len(text) // 2)
+    for name, damaged in (("cut", text[:half]), ("relabelled", text.replace('"8"', '"3"', 1))):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "pendigits-test.unipen").write_text(damaged)
+        assert load_pendigits(folder, "test", verify=False)  # it parses
+        with pytest.raises(
+            DataError, match=r"pendigits-test\.unipen: sha256 .* it parses \(\d+ digits\), but it is not the official file .*racmkd data --download"
+        ):
+            load_pendigits(folder, "test")
+
+
 def test_the_real_pen_digits_hold_the_official_writer_independent_split(shared_root: Path) -> None:
     folder = shared_root / "pendigits"
     for name, digest in PENDIGITS_SHA256.items():
@@ -245,7 +260,7 @@ def test_pen_digits_download_uncompresses_and_checks_each_file(tmp_path: Path) -
     root = tmp_path / "root"
     saved = download_pendigits(root, base_url=server.as_uri(), files=files, expected=expected)
     assert [p.read_bytes() for p in saved] == list(contents.values())
-    assert [d.digit for d in load_pendigits(root / "pendigits", "test")] == [1, 4]
+    assert [d.digit for d in load_pendigits(root / "pendigits", "test", verify=False)] == [1, 4]  # (not the official file)
     (server / "orig.tra.Z").unlink()  # what is there and checks out is not fetched again
     assert download_pendigits(root, base_url=server.as_uri(), files=files, expected=expected) == saved
     (server / "orig.tes").write_bytes(b"something else")

@@ -70,6 +70,9 @@ def test_gzip_corruption_checksum_and_missing_file(tmp_path: Path) -> None:
         parse_idx(good, Path("f"), "0" * 64)
     with pytest.raises(DataError, match="file not found"):
         find_idx(tmp_path, "train-images-idx3-ubyte")
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").mkdir()  # a folder under a data file's name
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz: unreadable .*racmkd data --download"):
+        read_idx_bytes(tmp_path / "t10k-labels-idx1-ubyte.gz")
 
 
 def test_real_mnist_loads_with_checksums(shared_root: Path) -> None:
@@ -118,6 +121,10 @@ def test_fsdd_folder_checks(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"3_alice_8\.wav: sample rate 16000 Hz"):
         load_fsdd(folder, expected_sha256=None)
     (folder / "3_alice_8.wav").unlink()
+    (folder / "3_alice_9.wav").symlink_to(tmp_path / "gone.wav")  # a link to nothing
+    with pytest.raises(DataError, match=r"3_alice_9\.wav: unreadable .*racmkd data --download"):
+        load_fsdd(folder, expected_sha256=None)
+    (folder / "3_alice_9.wav").unlink()
     (folder / "notes.wav").write_bytes(b"")
     with pytest.raises(DataError, match=r"notes\.wav: name does not follow"):
         load_fsdd(folder, expected_sha256=None)

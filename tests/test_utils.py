@@ -180,3 +180,16 @@ def test_an_atomic_write_never_replaces_a_special_file_nor_follows_a_symlink(tmp
     assert fifo.is_fifo() and [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     with pytest.raises(OSError, match=r"cannot write a file there .*'/proc/x\.json'"):
         utils.atomic_write_json(Path("/proc/x.json"), {"a": 1})  # (the error named the temporary file)
+
+
+def test_a_cache_file_that_is_damaged_or_not_an_object_reads_as_absent(tmp_path: Path) -> None:
+    from racmkd.utils import cached_json
+
+    cache = tmp_path / "rows.json"
+    assert cached_json(cache) is None  # absent
+    for damaged in ('{"commit": "abc", "rows": {', "[]", "", "\xff\xfe"):
+        cache.write_text(damaged)
+        assert cached_json(cache) is None
+    cache.write_text('{"commit": "abc"}')
+    assert cached_json(cache) == {"commit": "abc"}
+    assert cached_json(tmp_path) is None  # a folder

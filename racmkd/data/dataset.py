@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import zlib
 from collections import OrderedDict
@@ -26,6 +27,8 @@ from racmkd.data.modalities import SPLITS, Bank, Modality
 from racmkd.data.paths import DataError, data_root
 from racmkd.registry import MODALITIES
 from racmkd.utils import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2  # bump when the cached content changes meaning (2: recordings resampled to a configured sample rate)
 
@@ -256,8 +259,15 @@ def build_dataset(cfg: DataConfig, use_cache: bool = True) -> PairedDataset:
     if dataset is None:
         dataset = _build(cfg, modalities)
         if path is not None:
-            _write_cache(path, _to_stored(dataset))
-            trim_caches(path.parent, cfg.cache_max_gb * 1e9, keep=path)
+            try:
+                _write_cache(path, _to_stored(dataset))
+                trim_caches(path.parent, cfg.cache_max_gb * 1e9, keep=path)
+            except OSError as err:  # a cache folder that is a file, read-only or full: the build itself is sound
+                log.warning(
+                    "%s: the dataset cache was not written (%s); this build is used, and the next one builds again. Set data.cache_dir to a writable folder",
+                    path,
+                    err.strerror or err,
+                )
     for name, modality in modalities.items():  # on every training item, before max_train keeps fewer
         modality.fit(dataset.banks[name]["train"])
     return _limit(dataset, cfg)

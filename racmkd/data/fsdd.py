@@ -84,7 +84,10 @@ def load_fsdd(directory: Path, expected_sha256: str | None = FSDD_RECORDINGS_SHA
         match = NAME.match(path.name)
         if not match:
             raise DataError(f"{path}: name does not follow {{digit}}_{{speaker}}_{{index}}.wav. Remove or rename the file.")
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as err:  # a folder, or a link to nothing, under a recording's name
+            raise DataError(f"{path}: unreadable ({err.strerror or err}). {FIX}") from None
         rate, samples = parse_wav(data, path)
         if rate != FSDD_SAMPLE_RATE:
             raise DataError(f"{path}: sample rate {rate} Hz, the dataset is {FSDD_SAMPLE_RATE} Hz. {FIX}")

@@ -30,6 +30,8 @@ def read_idx_bytes(path: Path) -> bytes:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found. {FIX}") from None
+    except OSError as err:  # a folder or an unreadable file under the data file's name
+        raise DataError(f"{path}: unreadable ({err.strerror or err}). {FIX}") from None
     if path.suffix != ".gz":
         return raw
     try:

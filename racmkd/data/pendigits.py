@@ -91,12 +91,17 @@ def parse_unipen(text: str, path: Path) -> list[PenDigit]:
     return digits
 
 
-def load_pendigits(folder: Path, split: str) -> list[PenDigit]:
-    """The digits of the official `split` ('train' or 'test'), read from folder/<its file>."""
+def load_pendigits(folder: Path, split: str, verify: bool = True) -> list[PenDigit]:
+    """The digits of the official `split` ('train' or 'test'), read from folder/<its file>; with
+    `verify`, only from the official file: a copy cut short at a digit's end, or with a label edited,
+    parses as well as the whole one (and would be cached as the dataset)."""
     path = folder / FILES[split]
     if not path.is_file():
-        raise DataError(f"{path}: missing. Put the pen digits under {folder} (`racmkd data --download` fetches them), or set RACMKD_DATA.")
-    data = path.read_bytes()
+        raise DataError(f"{path}: missing. Set RACMKD_DATA to the folder holding pendigits/, or run `racmkd data --download`.")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: unreadable ({err.strerror or err}). {FIX}") from None
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
@@ -104,4 +109,8 @@ def load_pendigits(folder: Path, split: str) -> list[PenDigit]:
     digits = parse_unipen(text, path)
     if not digits:
         raise DataError(f"{path}: holds no digits. {FIX}")
+    if verify and sha256(data) != PENDIGITS_SHA256[path.name]:
+        raise DataError(
+            f"{path}: sha256 {sha256(data)}, expected {PENDIGITS_SHA256[path.name]}: it parses ({len(digits)} digits), but it is not the official file (cut short, or edited). {FIX}"
+        )
     return digits

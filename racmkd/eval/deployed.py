@@ -13,7 +13,6 @@ a batch of 256, twice the resolution.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from racmkd.models.checkpoint import load_model
 from racmkd.models.inference import BatchFeatures
 from racmkd.models.multimodal import MultimodalNet
 from racmkd.pipeline import checkpoint, compressed_dir, export_model
-from racmkd.utils import progress, torch_threads
+from racmkd.utils import cached_json, progress, torch_threads
 
 INT8_ROWS = ("tinyml",)  # rows deployed as static int8 (post-training quantization), as for TFLite Micro; and every cost-matched TinyML row
 
@@ -60,11 +59,12 @@ def deploy(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out
         return Deployed(name, folder / manifest["artifact"], twin(run_dir, name), manifest["format"])
     int8 = name in INT8_ROWS or matched_tier(name) is not None
     record = out_dir / f"{name}.export.json"
-    result = json.loads(record.read_text()) if record.is_file() else None
+    result = cached_json(record)  # damaged: exported again
     commit = git_commit()
     stale = (
         result is None
-        or not Path(result["fp32"]["path"]).is_file()
+        or not isinstance(result.get("fp32"), dict)
+        or not Path(str(result["fp32"].get("path"))).is_file()
         or Path(result["fp32"]["path"]).stat().st_mtime_ns < checkpoint(run_dir, name).stat().st_mtime_ns
     )  # retrained since
     if stale or result.get("commit") != commit or commit is None or commit.endswith("-dirty") or (int8 and "int8" not in result):

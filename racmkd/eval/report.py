@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import torch
 
-from racmkd.compress.artifacts import read_compression_record
+from racmkd.compress.artifacts import ExportError, read_compression_record
 from racmkd.config import EvalConfig, to_dict
 from racmkd.data.dataset import PairedDataset, build_dataset
 from racmkd.data.paths import checkout
@@ -76,16 +76,25 @@ def machine() -> dict[str, Any]:
     }
 
 
+def test_metrics(logits: torch.Tensor, labels: torch.Tensor, source: Path, fix: str) -> dict[str, float | None]:
+    """`classification_metrics`, its refusal of non-finite logits naming the model and the fix."""
+    try:
+        return classification_metrics(logits, labels)
+    except ValueError as err:
+        raise ValueError(f"{source}: on the test split {err}; {fix}") from None
+
+
 def measure(name: str, path: Path, dataset: PairedDataset) -> tuple[dict[str, Any], dict[str, Any]]:
     """Accuracy, size, FLOPs and activation memory of one checkpoint on the run's test split, and
     the callables that time it at batch 1 (model alone, and raw input to label)."""
     model, specs, modalities, meta = load_model(path)
     withheld = ((),) + (tuple((m,) for m in specs) if len(specs) > 1 else ())  # a missing sensor: each modality withheld
     logits, labels = predict_split(model, specs, dataset, "test", withheld=withheld)
-    entry: dict[str, Any] = {"role": meta.get("role"), "modalities": list(specs), **classification_metrics(logits[0], labels)}
+    retrain = "its weights are damaged or diverged: train it again (`racmkd train`, or `racmkd run`)"
+    entry: dict[str, Any] = {"role": meta.get("role"), "modalities": list(specs), **test_metrics(logits[0], labels, path, retrain)}
     entry["inputs"] = {m: to_dict(s) for m, s in specs.items()}
     if len(withheld) > 1:
-        entry["accuracy_without"] = {drop[0]: classification_metrics(out, labels)["accuracy"] for drop, out in zip(withheld[1:], logits[1:])}
+        entry["accuracy_without"] = {drop[0]: test_metrics(out, labels, path, retrain)["accuracy"] for drop, out in zip(withheld[1:], logits[1:])}
     raw = dataset.raw_batch("test", torch.tensor([0]))  # costs at batch 1, on the first test sample
     inputs = BatchFeatures(dataset.modalities, raw).get(specs)
     entry.update(model_bytes(model))
@@ -111,7 +120,7 @@ def onnx_timer(name: str, model: torch.nn.Module, specs: dict[str, Any], modalit
     `graph_cost` (None when there is no export), what the row's memory is measured on."""
     import tempfile
 
-    from racmkd.compress.export import ExportError, export_onnx, session
+    from racmkd.compress.export import export_onnx, session
     from racmkd.resources.profile import graph_cost
 
     feed = {m: x.numpy() for m, x in inputs.items()}
@@ -144,11 +153,19 @@ def measure_compressed(name: str, folder: Path, run_dir: Path, dataset: PairedDa
     from racmkd.runtime.predictor import OnnxPredictor
 
     manifest = read_compression_record(folder)
+    compress_again = f"compress the tier again with `racmkd compress --tier {folder.name}`"
+    record_problems = [k for k in ("reason", "tier") if not isinstance(manifest.get(k), str)] + ["recipe"] * ("recipe" not in manifest)
+    steps = manifest.get("steps")
+    if not isinstance(steps, list) or not all(isinstance(s, dict) and {"step", "before", "after", "seconds"} <= s.keys() for s in steps):
+        record_problems.append("steps")
+    if record_problems:
+        raise ExportError(f"{folder / 'compression.json'}: {', '.join(record_problems)} missing or damaged; {compress_again}")
     artifact = folder / manifest["artifact"]
     twin, specs, modalities, meta = load_model(folder / "model.pt")
-    predictor = OnnxPredictor(artifact)
+    predictor = OnnxPredictor(artifact, fix=compress_again)  # (not `racmkd export`, which writes elsewhere: a tier's artifact comes from compress)
     logits, labels = onnx_logits(predictor.session, specs, dataset, "test")
-    entry: dict[str, Any] = {"role": "compressed", "modalities": list(specs), **classification_metrics(torch.from_numpy(logits), torch.from_numpy(labels))}
+    metrics = test_metrics(torch.from_numpy(logits), torch.from_numpy(labels), artifact, compress_again)
+    entry: dict[str, Any] = {"role": "compressed", "modalities": list(specs), **metrics}
     entry["inputs"] = {m: to_dict(s) for m, s in specs.items()}
     raw = dataset.raw_batch("test", torch.tensor([0]))
     inputs = BatchFeatures(dataset.modalities, raw).get(specs)

@@ -50,7 +50,7 @@ from racmkd.pipeline import (
     teacher_names,
     train_teachers,
 )
-from racmkd.utils import atomic_write_json, progress, sha256
+from racmkd.utils import atomic_write_json, cached_json, progress, sha256
 
 TIERS = ("high", "medium", "low", "critical")
 MATCHED = tuple(matched_name(t) for t in TIERS)  # the TinyML recipe at each compressed tier's bytes (trained only when the suite compresses)
@@ -175,8 +175,11 @@ def _copy_teachers(source: Path, run_dir: Path, cfg: RunConfig) -> bool:
             f"{source}: not reusing its teachers for {run_dir.name} ({'its data ' + ', '.join(differ) + ' differ' if differ else 'it has no whole teacher set'}); training them"
         )
         return False
-    for name in teacher_names(cfg.data.modalities):
-        shutil.copy2(checkpoint(source, name), checkpoint(run_dir, name))
+    for name in teacher_names(cfg.data.modalities):  # copied aside, then renamed: a copy cut short is never taken for a teacher
+        target = checkpoint(run_dir, name)
+        partial = target.with_name(f".{target.name}.partial")
+        shutil.copy2(checkpoint(source, name), partial)
+        partial.replace(target)
     return True
 
 
@@ -276,11 +279,8 @@ def compressed_with(run_dir: Path, tier: str, recipe: Path, steps: list[dict[str
     student = checkpoint(run_dir, tier)
     if not manifest.is_file() or (student.is_file() and student.stat().st_mtime_ns > manifest.stat().st_mtime_ns):
         return False
-    try:
-        made = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        return False  # unreadable: made again
-    return isinstance(made, dict) and made.get("recipe_steps") == (recipe_steps(recipe) if steps is None else steps)
+    made = cached_json(manifest)  # unreadable: made again
+    return made is not None and made.get("recipe_steps") == (recipe_steps(recipe) if steps is None else steps)
 
 
 # Measuring -------------------------------------------------------------------------------------------
@@ -311,7 +311,7 @@ def committed(commit: str | None) -> bool:
 def measure_seed(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, with_costs: bool) -> dict[str, Any]:
     """Accuracy of every row's artifact (and, with `with_costs`, its costs), cached in <run>/bench/rows.json."""
     cache = run_dir / "bench" / "rows.json"
-    stored = json.loads(cache.read_text()) if cache.is_file() else {}
+    stored = cached_json(cache) or {}  # damaged: measured again
     commit, models, settings = git_commit(), models_stamp(run_dir), settings_stamp(cfg)
     # Reused only when measured by this very code on these very models with these settings: not
     # from an uncommitted tree, nor after a retrain or a changed evaluation setting.
@@ -422,11 +422,7 @@ def _dominance(target: str, a: dict[str, float], b: dict[str, float]) -> dict[st
 def bank_record(folder: Path) -> dict[str, Any] | None:
     """A variant bank's bank.json as written (where and by which code it was built), or None when
     there is none or it cannot be read: then it is built again."""
-    try:
-        bank = json.loads((folder / "bank.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return bank if isinstance(bank, dict) else None
+    return cached_json(folder / "bank.json")
 
 
 def bank_is_current(folder: Path) -> bool:
