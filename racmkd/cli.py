@@ -654,7 +654,12 @@ def registry_list(root: RootOpt = Path("registry")) -> None:
     problems: dict[str, str | None] = {}
     for r in releases:
         if r.damaged:
-            typer.echo(f"{r.name:16s} v{r.version:<3d} DAMAGED: {r.damaged}; remove it with `racmkd registry remove {r.name} --version {r.version}`")
+            typer.echo(f"{r.name:16s} v{r.version!s:<3} DAMAGED: {r.damaged}; remove it with `racmkd registry remove {r.name} --version {r.version}`")
+            continue
+        if r.altered:
+            typer.echo(
+                f"{r.name:16s} v{r.version:<3d} ALTERED: its record's {', '.join(r.altered)} disagree with its signed manifest, so it is never planned or pushed; remove it with `racmkd registry remove {r.name} --version {r.version}`"
+            )
             continue
         if r.sha256 not in problems:  # (versions share blobs: each read and hashed once)
             problems[r.sha256] = registry.blob_problem(r.sha256)
@@ -799,6 +804,16 @@ def deploy_apply(
     if not token:
         raise _fail(ValueError(f"${token_env} is not set: the devices' management token is needed"))
     key = public_key or (DEFAULT_PUBLIC_KEY if DEFAULT_PUBLIC_KEY.is_file() else None)
+    if mqtt_host:
+        from racmkd.deploy.telemetry import broker_address, topic
+
+        try:  # (a fleet name holding # or + was paho's traceback, one holding / matched no device)
+            topic(fleet_name, "device", "status")
+            mqtt_host, given_port = broker_address(mqtt_host)  # HOST[:PORT], as `serve --mqtt` takes it
+        except ValueError as err:
+            raise _fail(ValueError(f"--mqtt-host / --fleet-name: {err}")) from None
+        if given_port != 1883:  # a port in the address wins over --mqtt-port's default
+            mqtt_port = given_port
     watcher = None
     try:
         devices, profiles = load_fleet(fleet)

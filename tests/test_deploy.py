@@ -158,6 +158,110 @@ def test_a_damaged_registry_record_is_listed_passed_over_and_removable(bank_dir:
     assert "DAMAGED" not in CliRunner().invoke(app, ["registry", "list", "--root", str(root)]).output
 
 
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        ("""json_set(manifest, '$.metrics', json('[1]'))""", "metrics must be a mapping"),
+        ("""json_set(manifest, '$.metrics.accuracy', '0.99')""", "metrics.accuracy must be a number in"),
+        ("""json_set(manifest, '$.sha256', 5)""", "sha256 must be 64 lowercase hex digits"),
+        ("""json_set(manifest, '$.bytes', 'x')""", "bytes must be a whole number"),
+        ("""json_set(manifest, '$.device_fit.pi', json('{"fits": true}'))""", "device_fit must map each device"),
+    ],
+)
+def test_a_record_whose_manifest_fields_were_edited_is_listed_as_damaged_not_a_traceback(
+    bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path, edit: str, reason: str
+) -> None:
+    """`registry list` and `deploy plan` read these fields unchecked: an AttributeError or TypeError
+    traceback, or `error: 'reason'`, for the whole registry."""
+    from typer.testing import CliRunner
+
+    from racmkd.cli import app
+
+    root, key = tmp_path / "registry", load_private_key(keys[0])
+    registry = ModelRegistry(root)
+    registry.register(bank_dir, "critical", key, metrics={"accuracy": 0.9}, device_fit={"pi": {"fits": True, "reason": "fits"}})
+    registry.register(bank_dir, "edge", key, metrics={"accuracy": 0.8}, device_fit={"pi": {"fits": True, "reason": "fits"}})
+    with sqlite3.connect(root / "registry.sqlite") as db:
+        db.execute(f"UPDATE releases SET manifest = {edit} WHERE name = 'critical'")
+    listed = CliRunner().invoke(app, ["registry", "list", "--root", str(root)])
+    assert listed.exit_code == 0 and "critical         v1   DAMAGED" in listed.output and reason in listed.output, listed.output
+    pi = dataclasses.replace(load_device("raspberry-pi-4"), name="pi")
+    for key_given in (None, load_public_key(keys[1])):
+        [assignment] = plan(registry, [pi], key_given)
+        assert assignment.release.label == "edge v1"
+
+
+def test_versions_are_read_from_the_signed_manifests_and_lost_records_are_not_started_again(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    """A version column edited by hand (7, or 'x') picked "the latest" for `deploy push NAME` (or
+    crashed `registry add` with a TypeError); a registry.sqlite deleted beside its blobs started the
+    versions again at 1, which every device refuses as a replay."""
+    from typer.testing import CliRunner
+
+    from racmkd.cli import app
+
+    root, key = tmp_path / "registry", load_private_key(keys[0])
+    registry = ModelRegistry(root)
+    registry.register(bank_dir, "critical", key)
+    registry.register(fine_tuned_head(bank_dir, tmp_path / "v2")[0], "critical", key)
+    with sqlite3.connect(root / "registry.sqlite") as db:
+        db.execute("UPDATE releases SET version = 7 WHERE name = 'critical' AND version = 1")
+    assert registry.release("critical").version == 2  # not the record whose column says 7
+    listed = CliRunner().invoke(app, ["registry", "list", "--root", str(root)]).output
+    assert "critical         v1   ALTERED: its record's version disagree" in listed and "registry remove critical --version 1" in listed
+    with pytest.raises(RegistryError, match=r"critical v1: its record's version disagree with its signed manifest"):
+        registry.release("critical", 1)
+    assert registry.register(bank_dir, "critical", key).version == 8  # above every version a record holds, column or signed
+    with sqlite3.connect(root / "registry.sqlite") as db:
+        db.execute("UPDATE releases SET version = 'x' WHERE name = 'critical' AND version = 8")
+    assert registry.register(bank_dir, "critical", key).version == 9
+    assert registry.remove("critical", 1).version == 1  # named by the version listed, whatever its column says
+    assert [r.version for r in registry.releases("critical")] == [2, 9, 8]
+    for name in ("registry.sqlite", "registry.sqlite-wal", "registry.sqlite-shm"):
+        (root / name).unlink(missing_ok=True)
+    with pytest.raises(RegistryError, match=r"registry\.sqlite: missing, but .*blobs holds \d+ blob\(s\): the registry's records were lost"):
+        ModelRegistry(root)
+    with pytest.raises(RegistryError, match="the registry's records were lost"):
+        ModelRegistry(root, create=False)
+    assert not (root / "registry.sqlite").exists()
+
+
+def test_deploy_apply_refuses_a_fleet_name_no_topic_can_hold_before_connecting(tmp_path: Path) -> None:
+    """`--fleet-name '#'` ended in paho's traceback, then a false "broker did not answer" note;
+    `a/b` matched no device, silently."""
+    from typer.testing import CliRunner
+
+    from racmkd.cli import app
+
+    for name in ("#", "a/b", "+"):
+        out = CliRunner().invoke(
+            app,
+            ["deploy", "apply", "--fleet", str(tmp_path / "fleet.yaml"), "--root", str(tmp_path), "--mqtt-host", "127.0.0.1", "--fleet-name", name],
+            env={"RACMKD_TOKEN": "secret"},
+        )
+        assert out.exit_code == 2 and "fleet name" in out.output and "cannot be part of an MQTT topic" in out.output, out.output
+    out = CliRunner().invoke(
+        app, ["deploy", "apply", "--fleet", str(tmp_path / "fleet.yaml"), "--mqtt-host", "[::1", "--root", str(tmp_path)], env={"RACMKD_TOKEN": "secret"}
+    )
+    assert out.exit_code == 2 and "an IPv6 address in brackets" in out.output, out.output
+
+
+def test_a_bank_release_holds_the_files_its_bank_json_names_only(bank_dir: Path, tmp_path: Path) -> None:
+    """An ONNX file left in the bank's folder by hand was signed into the release, and every device
+    refused it (a variant it cannot load)."""
+    import tarfile
+
+    folder = tmp_path / "bank"
+    shutil.copytree(bank_dir, folder)
+    (folder / "old-backup.onnx").write_bytes(b"x")
+    data, kind = pack(folder)
+    names = sorted(tarfile.open(fileobj=io.BytesIO(data)).getnames())
+    variants = sorted(v["path"] for v in json.loads((folder / "bank.json").read_text())["variants"])
+    assert kind == "bank" and names == sorted(["bank.json", *variants]) and data == pack(bank_dir)[0]
+    (folder / "bank.json").write_text("{}")
+    with pytest.raises(RegistryError, match=r"bank\.json: not a readable variant bank .*racmkd edge build"):
+        pack(folder)
+
+
 def test_a_device_store_removes_what_a_server_killed_while_staging_left(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
     """A server SIGKILLed while it staged an update left slots/.<sha>.partial, a release's bytes,
     forever (nothing ever removed it). A store that opens with the store's lock removes every work

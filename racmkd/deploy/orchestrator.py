@@ -274,7 +274,9 @@ def apply_fleet(
             results.append({**entry, "action": "skipped", "reason": assignment.reason})
             continue
         if online is not None and online(device.name) is False:
-            results.append({**entry, "action": "skipped", "reason": "offline: its telemetry's last will says so; pushed when it is back"})
+            results.append(
+                {**entry, "action": "skipped", "reason": "offline: its telemetry's last will says so; run `racmkd deploy apply` again once it is back"}
+            )
             continue
         try:
             outcome = push(registry, assignment.release, device.url, token, timeout_s=timeout_s, full=full)

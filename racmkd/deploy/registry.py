@@ -30,7 +30,6 @@ from racmkd.deploy.signing import sign
 from racmkd.utils import atomic_write_bytes
 
 MANIFEST_FORMAT = "racmkd-release/1"
-BANK_FILES = ("*.onnx", "bank.json")  # what a device needs of a variant bank (not the evaluation logits)
 
 RELEASES_TABLE = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -119,6 +118,22 @@ def artifact_kind(path: Path) -> str:
     raise RegistryError(f"{path}: neither an ONNX file nor a variant bank folder (no bank.json). Build one with `racmkd edge build`.")
 
 
+def bank_variant_files(path: Path) -> list[str]:
+    """The ONNX files a variant bank's bank.json names: what a device needs of it (not the
+    evaluation logits, nor an ONNX file left in the folder by hand, which every device would refuse
+    as a variant it cannot load)."""
+    bank_json = Path(path) / "bank.json"
+    try:
+        bank = json.loads(bank_json.read_text())
+        names = sorted({v["path"] for v in bank["variants"]})
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise RegistryError(f"{bank_json}: not a readable variant bank ({type(err).__name__}: {err}); build it again with `racmkd edge build`") from None
+    outside = [n for n in names if not isinstance(n, str) or Path(n).name != n]
+    if outside:
+        raise RegistryError(f"{bank_json}: variants {outside} are not files of the bank's folder; build it again with `racmkd edge build`")
+    return names
+
+
 def pack(path: Path) -> tuple[bytes, str]:
     """The bytes to release for an artifact and its kind: an ONNX file as it is, a variant bank
     folder as a deterministic tar (sorted names, no times or owners), so equal content gives an
@@ -126,7 +141,7 @@ def pack(path: Path) -> tuple[bytes, str]:
     path = Path(path)
     if artifact_kind(path) == "onnx":
         return path.read_bytes(), "onnx"
-    files = sorted({f for pattern in BANK_FILES for f in path.glob(pattern)})
+    files = sorted([path / "bank.json", *(path / name for name in bank_variant_files(path))])
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for f in files:
@@ -170,6 +185,20 @@ def artifact_facts(path: Path, kind: str) -> dict[str, Any]:
     }
 
 
+def release_problems(manifest: Any) -> list[str]:
+    """What is wrong with a stored manifest's fields: a device's checks (`manifest_problems`), and
+    the device fit the plan reads (device name -> {fits: bool, reason: str})."""
+    from racmkd.deploy.device import manifest_problems
+
+    if not isinstance(manifest, dict):
+        return ["its manifest is not a mapping"]
+    problems = manifest_problems(manifest)
+    fit = manifest.get("device_fit", {})
+    if not isinstance(fit, dict) or not all(isinstance(f, dict) and isinstance(f.get("fits"), bool) and isinstance(f.get("reason"), str) for f in fit.values()):
+        problems.append("device_fit must map each device to {fits: true or false, reason: text}")
+    return problems
+
+
 class ModelRegistry:
     """Releases in SQLite, bytes in content-addressed blobs."""
 
@@ -180,10 +209,12 @@ class ModelRegistry:
         database = self.root / "registry.sqlite"
         if self.root.exists() and not self.root.is_dir():
             raise RegistryError(f"{self.root}: a file, not a registry folder")
-        if not create and not database.is_file():
-            raise RegistryError(f"{self.root}: no registry here (no registry.sqlite). Check --root, or create one with `racmkd registry add`.")
         if database.is_file():
             self._check_schema(database, create)  # (before anything is written to it: it may be another program's database)
+        else:
+            self._refuse_lost_records(database)  # (a registry.sqlite deleted beside its blobs: told, not started again at 1)
+        if not create and not database.is_file():
+            raise RegistryError(f"{self.root}: no registry here (no registry.sqlite). Check --root, or create one with `racmkd registry add`.")
         if not create:
             return
         try:
@@ -209,16 +240,23 @@ class ModelRegistry:
         except sqlite3.DatabaseError as err:
             raise RegistryError(f"{database}: not a readable registry database ({err}); check --root") from None
         if not tables and create:
-            blobs = database.parent / "blobs"
-            held = sum(1 for _ in blobs.iterdir()) if blobs.is_dir() else 0
-            if held:  # a database lost (truncated to nothing) beside the releases' bytes
-                raise RegistryError(
-                    f"{database}: empty, but {blobs} holds {held} blob(s): the registry's records were lost. Versions would start again at 1, and devices refuse a version not newer than theirs as a replay. Restore registry.sqlite from a backup, or move the folder away to start a new registry"
-                )
+            ModelRegistry._refuse_lost_records(database)
             return
         if columns != COLUMNS:
             found = f"its releases table has columns {list(columns)}" if columns else f"it holds tables {tables or 'none'}, no releases table"
             raise RegistryError(f"{database}: not a racmkd registry ({found}); check --root, or move that file away")
+
+    @staticmethod
+    def _refuse_lost_records(database: Path) -> None:
+        """RegistryError when `database` is missing or empty beside releases' blobs: its records
+        were lost, and versions started again at 1 would be refused by every device as replays."""
+        blobs = database.parent / "blobs"
+        held = sum(1 for _ in blobs.iterdir()) if blobs.is_dir() else 0
+        if held:
+            state = "empty" if database.is_file() else "missing"
+            raise RegistryError(
+                f"{database}: {state}, but {blobs} holds {held} blob(s): the registry's records were lost. Versions would start again at 1, and devices refuse a version not newer than theirs as a replay. Restore registry.sqlite from a backup, or move the folder away to start a new registry"
+            )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.root / "registry.sqlite", timeout=30)
@@ -276,9 +314,15 @@ class ModelRegistry:
         digest = self.put_blob(data)
         with closing(self._connect()) as db, db:
             db.execute("BEGIN IMMEDIATE")  # two registrations of one name cannot take the same version
-            row = db.execute("SELECT version, sha256 FROM releases WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)).fetchone()
-            gone = db.execute("SELECT MAX(version) FROM removed WHERE name = ?", (name,)).fetchone()[0] or 0  # (a removed version is not taken again)
-            version = max(row[0] if row else 0, gone) + 1
+            records = db.execute("SELECT * FROM releases WHERE name = ?", (name,)).fetchall()
+            gone = db.execute("SELECT MAX(version) FROM removed WHERE name = ?", (name,)).fetchone()[0]  # (a removed version is not taken again)
+            # Above every version any record holds, signed or in its column (an altered column, even
+            # one that is not a number, neither ends the registration nor lowers the next version).
+            known = [v for r in records for v in (r[1], self._from_row(r).version) if isinstance(v, int) and not isinstance(v, bool)]
+            version = max([0, *known, *([gone] if isinstance(gone, int) else [])]) + 1
+            intact = [r for r in map(self._from_row, records) if not r.damaged and not r.altered]
+            parent = max(intact, key=lambda r: r.version) if intact else None
+            row = (parent.version, parent.sha256) if parent else None
             manifest = {
                 "format": MANIFEST_FORMAT,
                 "name": name,
@@ -322,6 +366,9 @@ class ModelRegistry:
         name, version, kind, tier, modalities, _metrics, _fit, parent, digest, size, manifest, signature, created = row
         try:
             signed = json.loads(manifest)
+            problems = release_problems(signed)
+            if problems:  # (listing, planning and pushing read these fields: each crashed on one edited by hand)
+                raise ValueError("; ".join(problems))
             columns = {
                 "name": name,
                 "version": version,
@@ -366,18 +413,23 @@ class ModelRegistry:
 
     def release(self, name: str, version: int | None = None) -> Release:
         """A release by name and version (default: the latest)."""
-        with closing(self._connect()) as db:
-            if version is None:
-                row = db.execute("SELECT * FROM releases WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)).fetchone()
-            else:
-                row = db.execute("SELECT * FROM releases WHERE name = ? AND version = ?", (name, version)).fetchone()
-        if row is None:
+        records = self.releases(name)
+        if version is None:  # the latest by its signed version, of the records whose columns agree with it (as the plan takes them)
+            intact = [r for r in records if not r.damaged and not r.altered]
+            chosen = max(intact, key=lambda r: r.version) if intact else next((r for r in records if r.damaged or r.altered), None)
+        else:
+            chosen = next((r for r in records if r.version == version), None)
+        if chosen is None:
             known = ", ".join(r.label for r in self.releases()) or "none"
             raise RegistryError(f"no release {name}{f' v{version}' if version else ''} in {self.root}; releases: {known}")
-        release = self._from_row(row)
-        if release.damaged:
-            raise RegistryError(self.damage_advice(release))
-        return release
+        if chosen.damaged:
+            raise RegistryError(self.damage_advice(chosen))
+        if chosen.altered:
+            raise RegistryError(
+                f"{self.root / 'registry.sqlite'}: {chosen.label}: its record's {', '.join(chosen.altered)} disagree with its signed manifest (edited by hand?). "
+                f"Remove it with `racmkd registry remove {chosen.name} --version {chosen.version} --root {self.root}`"
+            )
+        return chosen
 
     def releases(self, name: str | None = None) -> list[Release]:
         """Every record, a damaged one included (marked `damaged`, with the reason)."""
@@ -401,14 +453,17 @@ class ModelRegistry:
         would refuse a different release under that version as a replay). Blobs stay."""
         with closing(self._connect()) as db, db:
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT * FROM releases WHERE name = ? AND version = ?", (name, version)).fetchone()
+            rows = db.execute("SELECT * FROM releases WHERE name = ?", (name,)).fetchall()
+            # By the version listed (the signed one; a damaged record's column), then by the column:
+            # a record whose version column was edited is named by the version `registry list` shows.
+            row = next((r for r in rows if self._from_row(r).version == version), None) or next((r for r in rows if r[1] == version), None)
             if row is None:
                 known = ", ".join(r.label for r in self.releases(name)) or "none"
                 raise RegistryError(f"no release {name} v{version} in {self.root}; versions of {name}: {known}")
             release = self._from_row(row)
             db.execute(REMOVED_TABLE)  # (a registry opened for reading has not made it)
             db.execute("INSERT OR REPLACE INTO removed VALUES (?, ?, ?, ?)", (name, version, release.damaged or "removed intact", time.time()))
-            db.execute("DELETE FROM releases WHERE name = ? AND version = ?", (name, version))
+            db.execute("DELETE FROM releases WHERE name = ? AND version IS ?", (name, row[1]))
         return release
 
     def set_device_fit(self, name: str, version: int, device_fit: dict[str, Any], signing_key: Any) -> Release:
