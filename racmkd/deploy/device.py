@@ -3,6 +3,7 @@
     <root>/slots/<sha256>/            an installed release: model.onnx, or a variant bank's files
     <root>/slots/<sha256>/release.bin the released bytes themselves (the base the next delta patches)
     <root>/slots/<sha256>/release.json its signed manifest: {manifest, signature}
+    <root>/slots/<sha256>/committed.json {"sequence": n}: the n-th commit (or rollback) made it current
     <root>/state.json                 {"current": {manifest, signature}, "previous": {...}, "newest": {...}}
 
 An update arrives as a signed manifest and either the full bytes or a delta against what is
@@ -14,11 +15,14 @@ then loads it for serving, and only then does `commit` make it current by rewrit
 atomically. Until that rename the previous release stays current; `rollback` makes the previous
 one current again. A device is never left without a working model. A state.json that cannot be
 read (damaged on disk) is rebuilt from the slots' signed manifests (`_rebuilt_state`), so that the
-device keeps serving its release and refusing older ones.
+device keeps serving its release and refusing older ones. A store that cannot be written (a full
+disk, a read-only folder) refuses the update with `StoreError`, naming the folder and the fix; the
+half-written slot goes and the current release stays.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -26,6 +30,7 @@ import shutil
 import tarfile
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,8 @@ from racmkd.utils import atomic_write_bytes, atomic_write_json, fsync_folder, re
 
 log = logging.getLogger(__name__)
 SIGNED = "release.json"  # in each slot: the signed manifest it was installed with
+COMMITTED = "committed.json"  # in each slot made current: {"sequence": n}, the order a damaged state.json is rebuilt in
+NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # (a user's quota full reads as a disk full)
 
 
 def manifest_problems(manifest: dict[str, Any]) -> list[str]:
@@ -71,6 +78,30 @@ class UpdateRefused(ValueError):
 
 class UpdateFailed(RuntimeError):
     """An update verified but its model did not pass the health check; the previous one stays."""
+
+
+class StoreError(UpdateFailed):
+    """The device's store could not be written (its disk full, its folder read-only): the update or
+    rollback did not happen and the current release stays. Not the release's fault, so it is told
+    apart from a failed health check (an edge answers 507 for a full disk) and says what to do."""
+
+    def __init__(self, message: str, errno_: int | None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+    @property
+    def no_space(self) -> bool:
+        """The disk (or the user's quota) is full."""
+        return self.errno in NO_SPACE
+
+
+def store_fix(err: OSError, folder: Path, then: str = "send the release again") -> str:
+    """What to do about an OSError writing the store in `folder`, and `then`."""
+    if err.errno in NO_SPACE:
+        return f"free space on the disk holding {folder} (or set serve.store_dir to a folder on a larger one), then {then}"
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"make {folder} writable by the server's user (or set serve.store_dir to a writable folder), then {then}"
+    return f"check the disk holding {folder}, then {then}"
 
 
 def model_path(folder: Path, kind: str) -> Path:
@@ -132,6 +163,30 @@ def _slot_problem(slot: Path, manifest: dict[str, Any]) -> str | None:
     return f"{', '.join(changed)} changed on the device since it was installed" if changed else None
 
 
+def _recorded_order(slot: Path) -> int | None:
+    """The sequence number of the commit (or rollback) that last made a slot current, from its
+    committed.json; None for a slot never made current, or made current before slots kept one."""
+    try:
+        sequence = json.loads((slot / COMMITTED).read_text()).get("sequence")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    return sequence if isinstance(sequence, int) and not isinstance(sequence, bool) and sequence > 0 else None
+
+
+def _commit_order(slot: Path) -> tuple[int, float]:
+    """How recently a slot was made current, for rebuilding state.json: by its commit record. A
+    slot without one (installed before slots kept it, or staged and never committed) comes after
+    every recorded one, and such slots by when their manifest was written (close to when they were
+    installed), not by version: versions of different release names say nothing of which came last."""
+    sequence = _recorded_order(slot)
+    if sequence is not None:
+        return (sequence, 0.0)
+    try:
+        return (0, (slot / SIGNED).stat().st_mtime)
+    except OSError:
+        return (0, 0.0)
+
+
 def same_release(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Two manifests of one release: the same name, version and bytes."""
     return all(a.get(k) == b.get(k) for k in ("name", "version", "sha256"))
@@ -190,10 +245,12 @@ class DeviceStore:
 
     def _rebuilt_state(self, problem: str) -> dict[str, Any]:
         """A state.json that cannot be read, rebuilt from the slots whose signed manifest verifies
-        and whose files are intact: the highest version current, the next previous, the versions
-        seen as the newest installed. Read as empty, it cost the device its release (the run's
-        bank served) and its downgrade protection (an old signed release was taken). The damaged
-        file is kept beside it (state.json.damaged); the rebuilt one is written atomically."""
+        and whose files are intact: the one committed last current, the one before it previous
+        (`_commit_order`), the highest version of each name as the newest installed. Read as empty,
+        it cost the device its release (the run's bank served) and its downgrade protection (an old
+        signed release was taken). The damaged file is kept beside it (state.json.damaged); the
+        rebuilt one is written atomically, or, on a disk that takes no writes, only logged (it is
+        rebuilt again at the next read)."""
         path = self.root / "state.json"
         with self._rebuilding:
             try:  # (another thread may have rebuilt it meanwhile)
@@ -213,17 +270,25 @@ class DeviceStore:
                 except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, UpdateRefused):
                     continue
                 found.append(installed)
-            found.sort(key=lambda i: (i.manifest["version"], (i.slot / SIGNED).stat().st_mtime), reverse=True)
+            found.sort(key=lambda i: _commit_order(i.slot), reverse=True)
             entries = [{"manifest": i.manifest, "signature": i.signature} for i in found[:2]]
             newest: dict[str, int] = {}
-            for i in found:  # newest first
-                newest.setdefault(i.manifest["name"], i.manifest["version"])
+            for i in found:
+                newest[i.manifest["name"]] = max(newest.get(i.manifest["name"], i.manifest["version"]), i.manifest["version"])
             state = {"current": entries[0] if entries else None, "previous": entries[1] if len(entries) > 1 else None, "newest": newest}
             try:
                 atomic_write_bytes(path.with_name("state.json.damaged"), path.read_bytes())
             except OSError:
                 pass
-            atomic_write_json(path, state)
+            try:
+                atomic_write_json(path, state)
+            except OSError as err:
+                log.error(
+                    "%s: the rebuilt state could not be written (%s); %s",
+                    path,
+                    err.strerror,
+                    store_fix(err, self.root, "restart the server"),
+                )
             log.error(
                 "%s: %s; rebuilt from the %d intact signed release(s) in %s: current %s, previous %s, newest versions %s (the damaged file is kept as state.json.damaged)",
                 path,
@@ -327,25 +392,47 @@ class DeviceStore:
         if sha256(data) != manifest["sha256"]:
             raise UpdateRefused(f"the model's bytes hash to {sha256(data)[:12]}, not the signed {manifest['sha256'][:12]}: tampered or damaged in transit")
         slot = self.root / "slots" / manifest["sha256"]
+        stays = f"{current.label if current else 'nothing'} stays current"
+        try:
+            self._write_slot(slot, manifest, signature, data, stays)
+        except OSError as err:  # (a failed health check is an UpdateFailed, raised as it is)
+            raise self._store_error(err, f"{manifest['name']} v{manifest['version']} could not be written to", stays) from None
+        return Installed(manifest, signature, slot)
+
+    def _write_slot(self, slot: Path, manifest: dict[str, Any], signature: str, data: bytes, stays: str) -> None:
+        """Unpack and health-check a release into its slot, unless it is there intact already. An
+        OSError is the store's (a full disk, a read-only folder), raised for `stage` to tell apart
+        from a release that does not pass the health check: it was reported as one, and the fix is
+        on the device, not in the release. Whatever fails, the work folder goes."""
+        order = None
         if (slot / "release.bin").is_file() and (_slot_problem(slot, manifest) or not self._healthy(slot, manifest["kind"])):
+            order = _recorded_order(slot)  # (a damaged current or previous release keeps its place)
             shutil.rmtree(slot, ignore_errors=True)  # damaged since it was installed: unpacked again below
         if not (slot / "release.bin").is_file():
             with work_folder(slot.parent, slot.name) as partial:  # (removed if this fails; a killed server's, at the next start)
                 try:
                     atomic_write_bytes(partial / "release.bin", data)  # on disk before state.json names it: later deltas patch it
                     atomic_write_json(partial / SIGNED, {"manifest": manifest, "signature": signature})  # what a damaged state.json is rebuilt from
+                    if order is not None:
+                        atomic_write_json(partial / COMMITTED, {"sequence": order})
                     unpack(data, manifest["kind"], model_path(partial, manifest["kind"]))
+                except OSError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - signed bytes that do not unpack (a bank archive's bad member)
+                    raise UpdateFailed(f"{manifest['name']} v{manifest['version']} could not be unpacked ({type(err).__name__}: {err}); {stays}") from None
+                try:
                     self.health_check(model_path(partial, manifest["kind"]), manifest["kind"])
                 except Exception as err:  # noqa: BLE001 - whatever went wrong, the current release stays
-                    raise UpdateFailed(
-                        f"{manifest['name']} v{manifest['version']} failed its health check ({type(err).__name__}: {err}); {current.label if current else 'nothing'} stays current"
-                    ) from None
+                    raise UpdateFailed(f"{manifest['name']} v{manifest['version']} failed its health check ({type(err).__name__}: {err}); {stays}") from None
                 shutil.rmtree(slot, ignore_errors=True)
                 partial.rename(slot)
                 fsync_folder(slot.parent)  # the rename too, before a commit can name the slot
         elif not (slot / SIGNED).is_file():  # a slot installed before slots kept their manifest
             atomic_write_json(slot / SIGNED, {"manifest": manifest, "signature": signature})
-        return Installed(manifest, signature, slot)
+
+    def _store_error(self, err: OSError, what: str, stays: str) -> StoreError:
+        """An OSError writing the store as the error a client is shown: the folder, the cause, the fix."""
+        return StoreError(f"{what} the device's store {self.root} ({err.strerror or err}): {store_fix(err, self.root)}; {stays}", err.errno)
 
     def check(self, installed: Installed) -> None:
         """Before an installed release is loaded (at start-up, say): its manifest's signature, its
@@ -367,7 +454,8 @@ class DeviceStore:
 
     def commit(self, staged: Installed) -> Installed:
         """Make a staged release current (one atomic rename of state.json); the one it replaces
-        becomes the previous release."""
+        becomes the previous release. StoreError when the store takes no writes: nothing changed,
+        and the caller discards the staged slot."""
         with self._lock:
             state = self._state()
             current = self._entry(state, "current")
@@ -378,12 +466,43 @@ class DeviceStore:
             # the current release again: what a rollback replaced may still come forward
             repaired = current is not None and same_release(current["manifest"], staged.manifest)
             kept = {"rolled_back_from": state["rolled_back_from"]} if repaired and state.get("rolled_back_from") else {}
-            atomic_write_json(
-                self.root / "state.json",
+            stays = f"{self._installed(current).label if current else 'nothing'} stays current"  # type: ignore[union-attr]
+            self._make_current(
+                staged.slot,
                 {"current": {"manifest": staged.manifest, "signature": staged.signature}, "previous": replaced, "newest": newest, **kept},
+                f"{staged.label} could not be made current in",
+                stays,
             )
             self._prune()
         return self.current()  # type: ignore[return-value]
+
+    def _make_current(self, slot: Path, state: dict[str, Any], what: str, stays: str) -> None:
+        """Write the slot's commit record, the next in order (`_commit_order`), then state.json: a
+        damaged state.json is rebuilt in this order, not by version (across release names a version
+        says nothing of which came last: critical v2 was taken for newer than edge v1 installed
+        after it). Written before state.json, so that a committed release always has its record; if
+        state.json cannot be written, the slot's record is put back as it was. StoreError on an
+        OSError: nothing changed."""
+        record = slot / COMMITTED
+        try:
+            before = record.read_bytes() if record.is_file() else None
+        except OSError:
+            before = None
+        sequence = 1 + max((_recorded_order(p) or 0 for p in (self.root / "slots").iterdir() if p.is_dir() and not p.name.startswith(".")), default=0)
+        try:
+            if slot.is_dir():  # (a slot removed by hand is not made again for its record)
+                atomic_write_json(record, {"sequence": sequence})
+            try:
+                atomic_write_json(self.root / "state.json", state)
+            except BaseException:
+                with suppress(OSError):
+                    if before is None:
+                        record.unlink(missing_ok=True)
+                    else:
+                        atomic_write_bytes(record, before)
+                raise
+        except OSError as err:
+            raise self._store_error(err, what, stays) from None
 
     def discard(self, staged: Installed) -> None:
         """Remove a staged slot that will not be committed (unless a committed state names it)."""
@@ -392,8 +511,14 @@ class DeviceStore:
             shutil.rmtree(staged.slot, ignore_errors=True)
 
     def install(self, manifest: dict[str, Any], signature: str, payload: bytes, delta: bool = False) -> Installed:
-        """`stage` then `commit`: for a device that needs no more checks than the health check."""
-        return self.commit(self.stage(manifest, signature, payload, delta))
+        """`stage` then `commit`: for a device that needs no more checks than the health check. A
+        commit that fails discards the staged slot (it would hold a release's bytes for nothing)."""
+        staged = self.stage(manifest, signature, payload, delta)
+        try:
+            return self.commit(staged)
+        except BaseException:
+            self.discard(staged)
+            raise
 
     def rollback(self) -> Installed:
         """Make the previous release current again."""
@@ -403,14 +528,18 @@ class DeviceStore:
             if not previous:
                 raise UpdateFailed("no previous release to roll back to")
             replaced = self._entry(state, "current")
-            atomic_write_json(
-                self.root / "state.json",
+            back = self._installed(previous)
+            assert back is not None  # (an entry `_entry` returned reads as a release)
+            self._make_current(
+                back.slot,
                 {
                     "current": previous,
                     "previous": replaced,
                     "newest": self.newest(state),
                     "rolled_back_from": replaced["manifest"]["sha256"] if replaced else None,
                 },
+                f"the rollback to {back.label} could not be written to",
+                f"{self._installed(replaced).label if replaced else 'nothing'} stays current",  # type: ignore[union-attr]
             )
         return self.current()  # type: ignore[return-value]
 

@@ -332,9 +332,7 @@ class ModelService(Service):
         self.role, self.run_dir = role, Path(run_dir)
         self.predictors = {n: load(run_dir, n) for n in names}
         self.inputs = list(cfg.data.modalities)  # a model ignores those it does not use
-        report = self.run_dir / "report.json"
-        models = json.loads(report.read_text())["models"] if report.is_file() else {}
-        self.accuracy = {n: models.get(n, {}).get("accuracy") for n in names}
+        self.accuracy = report_accuracies(self.run_dir, names)
         self.default = names[0]
 
     def modalities(self) -> list[str]:
@@ -359,6 +357,41 @@ class ModelService(Service):
             "accuracy": self.accuracy.get(self.default),
             "models": [{"name": n, "uses": p.modalities, "test_accuracy": self.accuracy.get(n)} for n, p in self.predictors.items()],
         }
+
+
+def report_accuracies(run_dir: Path, names: list[str]) -> dict[str, float | None]:
+    """The served models' test accuracies from the run's report.json, for /health and /models (an
+    edge weighs an upstream's when it offloads). They only inform: a report that is missing,
+    unreadable or whose row is not a model's measurements leaves that accuracy unknown (None), with a
+    warning naming the file, and the models serve. Read raw, a truncated report stopped the server
+    with a JSON error naming no file, and a row that was a number with an AttributeError."""
+    from racmkd.runs import RunError, read_report
+
+    path = Path(run_dir) / "report.json"
+    if not path.is_file():
+        return dict.fromkeys(names)
+    try:
+        models = read_report(run_dir)["models"]
+    except (RunError, OSError) as err:
+        log.warning("%s; the served models' accuracies are unknown until it is", err)
+        return dict.fromkeys(names)
+    accuracies: dict[str, float | None] = {}
+    for name in names:
+        row = models.get(name)
+        accuracy = row.get("accuracy") if isinstance(row, dict) else None
+        if isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) and math.isfinite(accuracy) and 0 <= accuracy <= 1:
+            accuracies[name] = float(accuracy)
+            continue
+        accuracies[name] = None
+        if row is not None:
+            log.warning(
+                "%s: models.%s is %r, not a model's measurements with an accuracy in [0, 1]; its accuracy is unknown (measure the run again with `racmkd evaluate --run %s`)",
+                path,
+                name,
+                row if not isinstance(row, dict) else {"accuracy": accuracy},
+                run_dir,
+            )
+    return accuracies
 
 
 @dataclass(frozen=True)
@@ -472,8 +505,13 @@ class EdgeService(Service):
                 log.error("previous release %s does not load either (%s); serving the run's bank", previous.label, err)
             else:
                 if current is not None:
-                    self.store.rollback()
-                    log.warning("rolled back to %s", previous.label)
+                    from racmkd.deploy.device import StoreError
+
+                    try:
+                        self.store.rollback()
+                        log.warning("rolled back to %s", previous.label)
+                    except StoreError as err:  # (serving the release that loads matters more than the state saying so)
+                        log.error("serving the previous release %s, but the store does not say so: %s", previous.label, err)
                 return engine
         return self._bank_engine()
 
@@ -636,8 +674,9 @@ class EdgeService(Service):
 
     def deploy(self, manifest: dict[str, Any], signature: str, payload: bytes, delta: bool) -> dict[str, Any]:
         """Stage a release (verify, patch, health-check), load it for serving, and only then make it
-        current; a release that cannot be served is discarded and nothing changes."""
-        from racmkd.deploy.device import UpdateFailed, UpdateRefused
+        current; a release that cannot be served, or that the store cannot take (a full disk: 507),
+        is discarded and nothing changes."""
+        from racmkd.deploy.device import StoreError, UpdateFailed, UpdateRefused
 
         if self.store is None:
             raise HTTPException(409, "this edge has no public key configured (serve.public_key): it accepts no updates")
@@ -646,6 +685,8 @@ class EdgeService(Service):
                 staged = self.store.stage(manifest, signature, payload, delta)
             except UpdateRefused as err:
                 raise HTTPException(422, f"update refused: {err}") from None
+            except StoreError as err:
+                raise store_failure(err) from None
             except UpdateFailed as err:
                 raise HTTPException(409, str(err)) from None
             try:
@@ -655,8 +696,11 @@ class EdgeService(Service):
                 raise HTTPException(409, f"{staged.label} could not be served ({type(err).__name__}: {err}); {self.engine.label} stays") from None
             try:
                 installed = self.store.commit(staged)
-            except BaseException:  # (state.json not written: the loaded engine would never serve, nor be closed)
+            except BaseException as err:  # (state.json not written: the loaded engine would never serve, nor be closed)
                 engine.close()
+                self.store.discard(staged)  # (its bytes, on a device whose disk may be full)
+                if isinstance(err, StoreError):
+                    raise store_failure(err) from None
                 raise
             old, self.engine = self.engine, engine
         old.close()
@@ -664,7 +708,7 @@ class EdgeService(Service):
 
     def rollback(self) -> dict[str, Any]:
         """Serve the previous release again (loaded first; the state changes only if it serves)."""
-        from racmkd.deploy.device import UpdateFailed
+        from racmkd.deploy.device import StoreError, UpdateFailed
 
         if self.store is None:
             raise HTTPException(409, "this edge has no release store")
@@ -678,6 +722,9 @@ class EdgeService(Service):
                 raise HTTPException(409, f"the previous release {previous.label} could not be served ({type(err).__name__}: {err}); nothing changed") from None
             try:
                 installed = self.store.rollback()
+            except StoreError as err:
+                engine.close()
+                raise store_failure(err) from None
             except UpdateFailed as err:
                 engine.close()
                 raise HTTPException(409, str(err)) from None
@@ -724,6 +771,13 @@ class EdgeService(Service):
         for up in self.upstreams:
             up.close()
         self.monitor.stop()
+
+
+def store_failure(err: Any) -> HTTPException:
+    """A store that could not be written (device.StoreError) as an answer: 507 Insufficient Storage
+    for a full disk, else 500; its message names the store's folder and the fix, which `racmkd
+    deploy push` prints (it answered "internal error (OSError)", or blamed the release's health)."""
+    return HTTPException(507 if err.no_space else 500, str(err))
 
 
 def build_service(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfig) -> Service:
@@ -999,6 +1053,8 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
                 409: {"description": "failed its health check or could not be served; nothing changed"},
                 413: {"description": "larger than serve.max_update_bytes"},
                 422: {"description": "refused: signature, hash, downgrade, delta, malformed manifest"},
+                500: {"description": "the device's store could not be written (read-only, say); nothing changed"},
+                507: {"description": "the device's disk is full; nothing changed"},
             },
         )
         def deploy(manifest: str = Form(...), signature: str = Form(...), delta: bool = Form(False), payload: UploadFile = File(...)) -> dict[str, Any]:
@@ -1008,7 +1064,16 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
                 raise HTTPException(422, "manifest: not JSON") from None
             return service.deploy(parsed, signature, payload.file.read(), delta)
 
-        @app.post("/rollback", dependencies=[Depends(management)], responses={**protected, 409: {"description": "nothing to roll back to"}})
+        @app.post(
+            "/rollback",
+            dependencies=[Depends(management)],
+            responses={
+                **protected,
+                409: {"description": "nothing to roll back to"},
+                500: {"description": "the device's store could not be written; nothing changed"},
+                507: {"description": "the device's disk is full; nothing changed"},
+            },
+        )
         def rollback() -> dict[str, Any]:
             return service.rollback()
 

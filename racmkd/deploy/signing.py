@@ -9,6 +9,8 @@ has the same signature input wherever it was serialised.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from racmkd.utils import atomic_write_bytes
+from racmkd.utils import UMASK, fsync_folder
 
 
 class SignatureError(ValueError):
@@ -29,7 +31,10 @@ def canonical(manifest: dict[str, Any]) -> bytes:
 
 
 def generate_keypair(folder: Path, name: str = "racmkd") -> tuple[Path, Path]:
-    """Write <name>.key (private, PEM, mode 0600) and <name>.pub (public, PEM) into `folder`."""
+    """Write <name>.key (private, PEM, mode 0600) and <name>.pub (public, PEM) into `folder`, both
+    or neither: each is written to a temporary file in the folder, and only when both are whole are
+    they renamed into place. Written one after the other, a full disk left the private key without
+    its public one, and a second try refused to overwrite the half pair."""
     folder = Path(folder)
     private_path, public_path = folder / f"{name}.key", folder / f"{name}.pub"
     for path in (private_path, public_path):  # both checked before either is written: never half a pair
@@ -41,9 +46,41 @@ def generate_keypair(folder: Path, name: str = "racmkd") -> tuple[Path, Path]:
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    atomic_write_bytes(private_path, private, mode=0o600)  # the public key gets the umask's usual mode
-    atomic_write_bytes(public_path, public)
+    _write_pair(folder, {private_path: (private, 0o600), public_path: (public, 0o666 & ~UMASK)})  # the public key gets the umask's usual mode
     return private_path, public_path
+
+
+def _write_pair(folder: Path, files: dict[Path, tuple[bytes, int]]) -> None:
+    """Write each file's bytes with its mode to a temporary file in `folder`, flush them to disk,
+    then rename them into place; if anything fails, whatever was written (temporary or renamed) is
+    removed and an OSError names the folder, the cause and the fix."""
+    written: list[Path] = []  # temporary files, then the keys renamed into place
+    try:
+        temporary = {}
+        for path, (data, mode) in files.items():
+            handle, name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(handle)
+            tmp = Path(name)
+            written.append(tmp)
+            tmp.write_bytes(data)
+            with open(tmp, "rb+") as flushed:
+                os.fsync(flushed.fileno())
+            os.chmod(tmp, mode)
+            temporary[path] = tmp
+        for path, tmp in temporary.items():
+            os.replace(tmp, path)
+            written[written.index(tmp)] = path
+    except BaseException as err:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OSError(
+                err.errno,
+                f"cannot write the key pair there ({err.strerror or err}); nothing was left behind: free space on its disk or make the folder writable, then run `racmkd registry keygen` again",
+                str(folder),
+            ) from None
+        raise
+    fsync_folder(folder)  # the renames reach the disk too
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
