@@ -809,11 +809,9 @@ def deploy_apply(
 
         try:  # (a fleet name holding # or + was paho's traceback, one holding / matched no device)
             topic(fleet_name, "device", "status")
-            mqtt_host, given_port = broker_address(mqtt_host)  # HOST[:PORT], as `serve --mqtt` takes it
+            mqtt_host, mqtt_port = broker_address(mqtt_host, default_port=mqtt_port)  # HOST[:PORT], as `serve --mqtt` takes it; a port written there wins
         except ValueError as err:
             raise _fail(ValueError(f"--mqtt-host / --fleet-name: {err}")) from None
-        if given_port != 1883:  # a port in the address wins over --mqtt-port's default
-            mqtt_port = given_port
     watcher = None
     try:
         devices, profiles = load_fleet(fleet)

@@ -216,6 +216,11 @@ def test_versions_are_read_from_the_signed_manifests_and_lost_records_are_not_st
     assert registry.register(bank_dir, "critical", key).version == 9
     assert registry.remove("critical", 1).version == 1  # named by the version listed, whatever its column says
     assert [r.version for r in registry.releases("critical")] == [2, 9, 8]
+    assert registry.release("critical").version == 9
+    with sqlite3.connect(root / "registry.sqlite") as db:
+        db.execute("UPDATE releases SET bytes = 1 WHERE name = 'critical' AND version = 9")
+    with pytest.raises(RegistryError, match=r"critical v9: its record's bytes disagree"):  # the newest refused, not an older one sent in its place
+        registry.release("critical")
     for name in ("registry.sqlite", "registry.sqlite-wal", "registry.sqlite-shm"):
         (root / name).unlink(missing_ok=True)
     with pytest.raises(RegistryError, match=r"registry\.sqlite: missing, but .*blobs holds \d+ blob\(s\): the registry's records were lost"):
@@ -946,6 +951,9 @@ def test_a_broker_address_is_parsed_or_refused_at_startup_and_a_lost_broker_is_l
 
     assert broker_address("[::1]:18884") == ("::1", 18884) and broker_address("::1") == ("::1", 1883) and broker_address("[::1]") == ("::1", 1883)
     assert broker_address("broker.local") == ("broker.local", 1883) and broker_address("127.0.0.1:1884") == ("127.0.0.1", 1884)
+    # `deploy apply --mqtt-host H[:P] --mqtt-port Q`: Q where the address writes no port, P where it does (even P = 1883).
+    assert broker_address("broker.local", default_port=8883) == ("broker.local", 8883) and broker_address("h:1883", default_port=8883) == ("h", 1883)
+    assert broker_address("::1", default_port=8883) == ("::1", 8883) and broker_address("[::1]:1883", default_port=8883) == ("::1", 1883)
     for text, expected in (
         (":1883", "no host"),
         ("127.0.0.1:99999", "invalid port"),

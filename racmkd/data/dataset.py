@@ -261,13 +261,17 @@ def build_dataset(cfg: DataConfig, use_cache: bool = True) -> PairedDataset:
         if path is not None:
             try:
                 _write_cache(path, _to_stored(dataset))
-                trim_caches(path.parent, cfg.cache_max_gb * 1e9, keep=path)
-            except OSError as err:  # a cache folder that is a file, read-only or full: the build itself is sound
+            except (OSError, ValueError) as err:  # a cache folder that is a file, read-only or full (a folder at its path): the build itself is sound
                 log.warning(
                     "%s: the dataset cache was not written (%s); this build is used, and the next one builds again. Set data.cache_dir to a writable folder",
                     path,
-                    err.strerror or err,
+                    getattr(err, "strerror", None) or err,
                 )
+            else:
+                try:
+                    trim_caches(path.parent, cfg.cache_max_gb * 1e9, keep=path)
+                except OSError as err:
+                    log.warning("%s: older dataset caches could not be removed (%s); they stay", path.parent, err.strerror or err)
     for name, modality in modalities.items():  # on every training item, before max_train keeps fewer
         modality.fit(dataset.banks[name]["train"])
     return _limit(dataset, cfg)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from scipy.io import wavfile
 
-from racmkd.data.paths import DataError
+from racmkd.data.paths import DataError, read_data_file
 from racmkd.utils import progress
 
 FSDD_SAMPLE_RATE = 8000
@@ -84,10 +84,7 @@ def load_fsdd(directory: Path, expected_sha256: str | None = FSDD_RECORDINGS_SHA
         match = NAME.match(path.name)
         if not match:
             raise DataError(f"{path}: name does not follow {{digit}}_{{speaker}}_{{index}}.wav. Remove or rename the file.")
-        try:
-            data = path.read_bytes()
-        except OSError as err:  # a folder, or a link to nothing, under a recording's name
-            raise DataError(f"{path}: unreadable ({err.strerror or err}). {FIX}") from None
+        data = read_data_file(path, FIX)  # (a folder, or a link to nothing, under a recording's name)
         rate, samples = parse_wav(data, path)
         if rate != FSDD_SAMPLE_RATE:
             raise DataError(f"{path}: sample rate {rate} Hz, the dataset is {FSDD_SAMPLE_RATE} Hz. {FIX}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from racmkd.data.paths import DataError
+from racmkd.data.paths import DataError, read_data_file
 
 # sha256 of the decompressed official files (the gzip wrappers differ between mirrors).
 MNIST_SHA256 = {
@@ -26,12 +26,7 @@ FIX = "Replace it with the official file (`racmkd data --download` fetches and c
 
 def read_idx_bytes(path: Path) -> bytes:
     """The decompressed content of an IDX file (`.gz` or plain)."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found. {FIX}") from None
-    except OSError as err:  # a folder or an unreadable file under the data file's name
-        raise DataError(f"{path}: unreadable ({err.strerror or err}). {FIX}") from None
+    raw = read_data_file(path, FIX)
     if path.suffix != ".gz":
         return raw
     try:

@@ -15,6 +15,15 @@ class DataError(RuntimeError):
     """A dataset file is missing, truncated or corrupt; the message names the file and the fix."""
 
 
+def read_data_file(path: Path, fix: str) -> bytes:
+    """A dataset file's bytes; a missing file, a folder or a dead link under its name, or one that
+    cannot be read, is a DataError naming it and `fix` (not the operating system's bare error)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: unreadable ({err.strerror or err}). {fix}") from None
+
+
 def checkout() -> Path | None:
     """The racmkd checkout the package runs from (REPO_ROOT, holding racmkd's pyproject.toml), or
     None when racmkd is installed: there the folder above the package is site-packages, and a

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from racmkd.data.paths import DataError
+from racmkd.data.paths import DataError, read_data_file
 from racmkd.utils import sha256
 
 # sha256 of the uncompressed files (the UCI repository serves them compressed, as pendigits-orig.tra.Z
@@ -98,10 +98,7 @@ def load_pendigits(folder: Path, split: str, verify: bool = True) -> list[PenDig
     path = folder / FILES[split]
     if not path.is_file():
         raise DataError(f"{path}: missing. Set RACMKD_DATA to the folder holding pendigits/, or run `racmkd data --download`.")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"{path}: unreadable ({err.strerror or err}). {FIX}") from None
+    data = read_data_file(path, FIX)
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:

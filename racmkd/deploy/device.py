@@ -481,7 +481,9 @@ class DeviceStore:
         damaged state.json is rebuilt in this order, not by version (across release names a version
         says nothing of which came last: critical v2 was taken for newer than edge v1 installed
         after it). Written before state.json, so that a committed release always has its record; if
-        state.json cannot be written, the slot's record is put back as it was. StoreError on an
+        state.json cannot be written, the slot's record is put back as it was (a process killed between
+        the two leaves a record for a release never made current: read only if state.json is damaged
+        later, when that release, verified and intact, is served). StoreError on an
         OSError: nothing changed."""
         record = slot / COMMITTED
         try:

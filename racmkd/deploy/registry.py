@@ -6,7 +6,7 @@
     <root>/deltas/<a>-<b>.delta   zstd patch-from deltas between two blobs, made on demand
 
 A release is one ONNX model (`kind: onnx`, e.g. a tier's compressed artifact) or a whole edge
-variant bank (`kind: bank`: its ONNX files and bank.json packed as a deterministic tar). Its
+variant bank (`kind: bank`: bank.json and the ONNX files it names, packed as a deterministic tar). Its
 manifest says what it is and what it hashes to, and is signed with the fleet's Ed25519 key;
 devices verify the signature and the hash before loading anything (racmkd/deploy/device.py).
 Blobs are checked against their names on every read, so a tampered blob is refused here too.
@@ -239,9 +239,10 @@ class ModelRegistry:
                 columns = tuple(row[1] for row in db.execute("PRAGMA table_info(releases)"))
         except sqlite3.DatabaseError as err:
             raise RegistryError(f"{database}: not a readable registry database ({err}); check --root") from None
-        if not tables and create:
-            ModelRegistry._refuse_lost_records(database)
-            return
+        if not tables:
+            ModelRegistry._refuse_lost_records(database)  # (reading commands too: "not a racmkd registry" said nothing of the lost records)
+            if create:
+                return
         if columns != COLUMNS:
             found = f"its releases table has columns {list(columns)}" if columns else f"it holds tables {tables or 'none'}, no releases table"
             raise RegistryError(f"{database}: not a racmkd registry ({found}); check --root, or move that file away")
@@ -318,9 +319,10 @@ class ModelRegistry:
             gone = db.execute("SELECT MAX(version) FROM removed WHERE name = ?", (name,)).fetchone()[0]  # (a removed version is not taken again)
             # Above every version any record holds, signed or in its column (an altered column, even
             # one that is not a number, neither ends the registration nor lowers the next version).
-            known = [v for r in records for v in (r[1], self._from_row(r).version) if isinstance(v, int) and not isinstance(v, bool)]
+            read = [(row[1], self._from_row(row)) for row in records]
+            known = [v for column, r in read for v in (column, r.version) if isinstance(v, int) and not isinstance(v, bool)]
             version = max([0, *known, *([gone] if isinstance(gone, int) else [])]) + 1
-            intact = [r for r in map(self._from_row, records) if not r.damaged and not r.altered]
+            intact = [r for _, r in read if not r.damaged and not r.altered]
             parent = max(intact, key=lambda r: r.version) if intact else None
             row = (parent.version, parent.sha256) if parent else None
             manifest = {
@@ -412,11 +414,13 @@ class ModelRegistry:
         )
 
     def release(self, name: str, version: int | None = None) -> Release:
-        """A release by name and version (default: the latest)."""
+        """A release by name and signed version (default: the newest); a damaged or altered record
+        is refused with what to do about it."""
         records = self.releases(name)
-        if version is None:  # the latest by its signed version, of the records whose columns agree with it (as the plan takes them)
-            intact = [r for r in records if not r.damaged and not r.altered]
-            chosen = max(intact, key=lambda r: r.version) if intact else next((r for r in records if r.damaged or r.altered), None)
+        if (
+            version is None
+        ):  # the newest by its signed version (a damaged record's column): refused below when it is not intact, not silently passed for an older one
+            chosen = max(records, key=lambda r: r.version if isinstance(r.version, int) else -1, default=None)
         else:
             chosen = next((r for r in records if r.version == version), None)
         if chosen is None:

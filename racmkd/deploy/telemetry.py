@@ -32,9 +32,9 @@ DEFAULT_PORT = 1883
 log = logging.getLogger(__name__)
 
 
-def broker_address(text: str) -> tuple[str, int]:
+def broker_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """A broker's HOST[:PORT] as (host, port): an IPv6 address in brackets when a port follows
-    ([::1]:1883) or bare without one (::1), port 1883 when none is given. Cut at the last colon,
+    ([::1]:1883) or bare without one (::1), `default_port` (1883) when none is given. Cut at the last colon,
     "[::1]:18884" kept its brackets and never connected, ":1883" became the host, "::1" port 1."""
     usage = "write HOST[:PORT], e.g. 127.0.0.1:1883, broker.local or [::1]:1883"
     text = text.strip()
@@ -57,7 +57,7 @@ def broker_address(text: str) -> tuple[str, int]:
     if any(c.isspace() or c in "/?#@" for c in host):
         raise ValueError(f"{text!r}: {host!r} is no host name; {usage}")
     if port is None:
-        return host, DEFAULT_PORT
+        return host, default_port
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"{text!r}: invalid port {port!r}, a number in 1-65535; {usage}")
     return host, int(port)

@@ -7,11 +7,15 @@ import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
 
+class NonFiniteLogits(ValueError):
+    """A model answered NaN or infinity: its weights are damaged or diverged, and no metric means anything."""
+
+
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> dict[str, float | None]:
     """Accuracy, macro-F1 and macro one-vs-rest AUC-ROC (None when a class is absent from `labels`,
     where AUC is undefined)."""
     if not bool(torch.isfinite(logits).all()):  # sklearn's own message ("Input contains NaN") names no model
-        raise ValueError(f"{int((~torch.isfinite(logits)).any(dim=1).sum())} of {len(logits)} samples' logits hold NaN or infinite values")
+        raise NonFiniteLogits(f"{int((~torch.isfinite(logits)).any(dim=1).sum())} of {len(logits)} samples' logits hold NaN or infinite values")
     k = num_classes or logits.shape[1]
     probs = torch.softmax(logits.double(), dim=1).numpy()
     y = labels.numpy()

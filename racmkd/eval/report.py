@@ -19,7 +19,7 @@ from racmkd.config import EvalConfig, to_dict
 from racmkd.data.dataset import PairedDataset, build_dataset
 from racmkd.data.paths import checkout
 from racmkd.eval.cost import activation_memory, count_flops, energy_per_call_mj, latency_round_robin, model_bytes
-from racmkd.eval.metrics import classification_metrics
+from racmkd.eval.metrics import NonFiniteLogits, classification_metrics
 from racmkd.eval.plots import plot_accuracy_vs_cost, plot_training_curves
 from racmkd.models.checkpoint import load_model
 from racmkd.models.inference import BatchFeatures, predict_split
@@ -76,11 +76,11 @@ def machine() -> dict[str, Any]:
     }
 
 
-def test_metrics(logits: torch.Tensor, labels: torch.Tensor, source: Path, fix: str) -> dict[str, float | None]:
+def split_metrics(logits: torch.Tensor, labels: torch.Tensor, source: Path, fix: str) -> dict[str, float | None]:
     """`classification_metrics`, its refusal of non-finite logits naming the model and the fix."""
     try:
         return classification_metrics(logits, labels)
-    except ValueError as err:
+    except NonFiniteLogits as err:
         raise ValueError(f"{source}: on the test split {err}; {fix}") from None
 
 
@@ -91,10 +91,10 @@ def measure(name: str, path: Path, dataset: PairedDataset) -> tuple[dict[str, An
     withheld = ((),) + (tuple((m,) for m in specs) if len(specs) > 1 else ())  # a missing sensor: each modality withheld
     logits, labels = predict_split(model, specs, dataset, "test", withheld=withheld)
     retrain = "its weights are damaged or diverged: train it again (`racmkd train`, or `racmkd run`)"
-    entry: dict[str, Any] = {"role": meta.get("role"), "modalities": list(specs), **test_metrics(logits[0], labels, path, retrain)}
+    entry: dict[str, Any] = {"role": meta.get("role"), "modalities": list(specs), **split_metrics(logits[0], labels, path, retrain)}
     entry["inputs"] = {m: to_dict(s) for m, s in specs.items()}
     if len(withheld) > 1:
-        entry["accuracy_without"] = {drop[0]: test_metrics(out, labels, path, retrain)["accuracy"] for drop, out in zip(withheld[1:], logits[1:])}
+        entry["accuracy_without"] = {drop[0]: split_metrics(out, labels, path, retrain)["accuracy"] for drop, out in zip(withheld[1:], logits[1:])}
     raw = dataset.raw_batch("test", torch.tensor([0]))  # costs at batch 1, on the first test sample
     inputs = BatchFeatures(dataset.modalities, raw).get(specs)
     entry.update(model_bytes(model))
@@ -164,7 +164,7 @@ def measure_compressed(name: str, folder: Path, run_dir: Path, dataset: PairedDa
     twin, specs, modalities, meta = load_model(folder / "model.pt")
     predictor = OnnxPredictor(artifact, fix=compress_again)  # (not `racmkd export`, which writes elsewhere: a tier's artifact comes from compress)
     logits, labels = onnx_logits(predictor.session, specs, dataset, "test")
-    metrics = test_metrics(torch.from_numpy(logits), torch.from_numpy(labels), artifact, compress_again)
+    metrics = split_metrics(torch.from_numpy(logits), torch.from_numpy(labels), artifact, compress_again)
     entry: dict[str, Any] = {"role": "compressed", "modalities": list(specs), **metrics}
     entry["inputs"] = {m: to_dict(s) for m, s in specs.items()}
     raw = dataset.raw_batch("test", torch.tensor([0]))
