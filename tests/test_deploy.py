@@ -250,6 +250,51 @@ def test_deploy_apply_refuses_a_fleet_name_no_topic_can_hold_before_connecting(t
     assert out.exit_code == 2 and "an IPv6 address in brackets" in out.output, out.output
 
 
+def test_a_registry_sqlite_cannot_open_or_write_is_told_with_the_folder_and_the_fix(
+    bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only registry folder read as "not a readable registry database (unable to open
+    database file); check --root" (the file was fine: WAL mode writes -shm even to read), a full
+    disk during `registry add` as a bare "disk I/O error". (Made by patching: CI runs as root.)"""
+    root, key = tmp_path / "registry", load_private_key(keys[0])
+    registry = ModelRegistry(root)
+    registry.register(bank_dir, "critical", key)
+    real = sqlite3.connect
+
+    def refusing(*args: object, **kwargs: object) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(sqlite3, "connect", refusing)
+    for call in (lambda: ModelRegistry(root, create=False), registry.releases):
+        with pytest.raises(RegistryError, match=r"registry\.sqlite: unable to open database file\. .* make .*registry writable"):
+            call()
+
+    class FullDisk:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def execute(self, sql: str, *args: object) -> object:
+            if sql.startswith("INSERT"):
+                raise sqlite3.OperationalError("disk I/O error")
+            return self.db.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.db, name)
+
+        def __enter__(self) -> FullDisk:
+            self.db.__enter__()
+            return self
+
+        def __exit__(self, *exc: object) -> object:
+            return self.db.__exit__(*exc)
+
+    monkeypatch.setattr(sqlite3, "connect", lambda *args, **kwargs: FullDisk(real(*args, **kwargs)))
+    with pytest.raises(RegistryError, match=r"registry\.sqlite: disk I/O error\. .*free space on its disk"):
+        registry.register(bank_dir, "edge", key)
+    monkeypatch.setattr(sqlite3, "connect", real)
+    assert [r.label for r in registry.releases()] == ["critical v1"]
+
+
 def test_a_bank_release_holds_the_files_its_bank_json_names_only(bank_dir: Path, tmp_path: Path) -> None:
     """An ONNX file left in the bank's folder by hand was signed into the release, and every device
     refused it (a variant it cannot load)."""

@@ -19,7 +19,8 @@ import json
 import sqlite3
 import tarfile
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,13 @@ def release_problems(manifest: Any) -> list[str]:
     return problems
 
 
+def unusable_database(database: Path, err: sqlite3.OperationalError) -> RegistryError:
+    """An operational SQLite error (the folder's or the disk's, not the file's content) with the fix."""
+    return RegistryError(
+        f"{database}: {err}. SQLite writes registry.sqlite-wal and -shm beside it, even to read: make {database.parent} writable, and free space on its disk if it is full"
+    )
+
+
 class ModelRegistry:
     """Releases in SQLite, bytes in content-addressed blobs."""
 
@@ -223,9 +231,9 @@ class ModelRegistry:
         except OSError as err:  # (a parent, blobs or deltas that is a file: "[Errno 17] File exists")
             raise RegistryError(f"{self.root}: cannot make the registry's folders ({err.strerror}: {err.filename}); check --root") from None
         try:
-            with closing(self._connect()) as db:
+            with self._database() as db:
                 db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as err:
+        except sqlite3.DatabaseError as err:  # (an operational one is the folder's or the disk's: told by `_database`)
             raise RegistryError(f"{database}: not a readable registry database ({err})") from None
 
     @staticmethod
@@ -237,6 +245,8 @@ class ModelRegistry:
             with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as db:
                 tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
                 columns = tuple(row[1] for row in db.execute("PRAGMA table_info(releases)"))
+        except sqlite3.OperationalError as err:
+            raise unusable_database(database, err) from None
         except sqlite3.DatabaseError as err:
             raise RegistryError(f"{database}: not a readable registry database ({err}); check --root") from None
         if not tables:
@@ -263,6 +273,22 @@ class ModelRegistry:
         db = sqlite3.connect(self.root / "registry.sqlite", timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
         return db
+
+    @contextmanager
+    def _database(self, transaction: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection (in one transaction with `transaction`); SQLite's operational errors as a
+        RegistryError naming the database and the likely fix: a read-only folder read as "not a
+        readable registry database (unable to open database file)", a full disk as a bare "disk
+        I/O error"."""
+        try:
+            with closing(self._connect()) as db:
+                if transaction:
+                    with db:
+                        yield db
+                else:
+                    yield db
+        except sqlite3.OperationalError as err:
+            raise unusable_database(self.root / "registry.sqlite", err) from None
 
     # Blobs ------------------------------------------------------------------------------------------
 
@@ -313,7 +339,7 @@ class ModelRegistry:
         data, kind = pack(artifact)
         facts = artifact_facts(artifact, kind)
         digest = self.put_blob(data)
-        with closing(self._connect()) as db, db:
+        with self._database(transaction=True) as db:
             db.execute("BEGIN IMMEDIATE")  # two registrations of one name cannot take the same version
             records = db.execute("SELECT * FROM releases WHERE name = ?", (name,)).fetchall()
             gone = db.execute("SELECT MAX(version) FROM removed WHERE name = ?", (name,)).fetchone()[0]  # (a removed version is not taken again)
@@ -437,7 +463,7 @@ class ModelRegistry:
 
     def releases(self, name: str | None = None) -> list[Release]:
         """Every record, a damaged one included (marked `damaged`, with the reason)."""
-        with closing(self._connect()) as db:
+        with self._database() as db:
             rows = db.execute("SELECT * FROM releases" + (" WHERE name = ?" if name else "") + " ORDER BY name, version", (name,) if name else ()).fetchall()
         return [self._from_row(r) for r in rows]
 
@@ -455,7 +481,7 @@ class ModelRegistry:
         """Delete one release's record (a damaged one, typically); its version is remembered, so
         that the next `register` of the name does not take it again (a device that installed it
         would refuse a different release under that version as a replay). Blobs stay."""
-        with closing(self._connect()) as db, db:
+        with self._database(transaction=True) as db:
             db.execute("BEGIN IMMEDIATE")
             rows = db.execute("SELECT * FROM releases WHERE name = ?", (name,)).fetchall()
             # By the version listed (the signed one; a damaged record's column), then by the column:
@@ -474,7 +500,7 @@ class ModelRegistry:
         """Record where a release fits (the orchestrator's profiles) in its manifest, re-signed."""
         release = self.release(name, version)
         manifest = {**release.manifest, "device_fit": device_fit}
-        with closing(self._connect()) as db, db:
+        with self._database(transaction=True) as db:
             db.execute(
                 "UPDATE releases SET device_fit = ?, manifest = ?, signature = ? WHERE name = ? AND version = ?",
                 (json.dumps(device_fit), json.dumps(manifest), sign(manifest, signing_key), name, version),
