@@ -467,18 +467,27 @@ def edge_record(
     interval: Annotated[float, typer.Option(min=0.01, help="Seconds between readings.")] = 0.1,
 ) -> None:
     """Record this machine's resource readings as a trace, for `racmkd simulate --trace FILE`."""
-    from racmkd.resources.sources import SystemSource, record_trace
+    from racmkd.resources.sources import RecordingInterrupted, SystemSource, TraceError, load_trace, record_trace
 
     blocking = _file_above(out)  # found now, not after the recording
     if out.is_dir() or blocking is not None:
         raise _fail(
             ValueError(f"--out {out}: {'a folder' if out.is_dir() else f'{blocking} is a file, not a folder'}; name the trace file to write (.csv or .json)")
         )
+    if out.is_file() and out.stat().st_size:  # (a model named by mistake was replaced by CSV)
+        try:
+            load_trace(out)
+        except TraceError:
+            raise _fail(ValueError(f"--out {out}: an existing file that is not a trace; it is not overwritten. Name a new file, or remove it first")) from None
     if seconds <= interval:
         raise _fail(
             ValueError(f"--seconds {seconds} is not longer than --interval {interval}: one reading, and a trace needs two; record longer or more often")
         )
-    trace = record_trace(SystemSource(), seconds, interval, out.stem)
+    interrupted = False
+    try:
+        trace = record_trace(SystemSource(), seconds, interval, out.stem)
+    except RecordingInterrupted as stopped:  # Ctrl-C: what was read so far is written, not lost
+        trace, interrupted = stopped.trace, True
     if len(trace.times) < 2:  # `racmkd simulate` refuses such a file: not written
         raise _fail(
             ValueError(
@@ -492,7 +501,9 @@ def edge_record(
         raise _fail(
             ValueError(f"--out {out}: cannot write the trace ({err.strerror or err}); the recording is lost, record again to a writable place")
         ) from None
-    typer.echo(f"{len(trace.times)} readings of {', '.join(trace.columns)} -> {out}")
+    typer.echo(f"{len(trace.times)} readings of {', '.join(trace.columns)} -> {out}" + (" (interrupted)" if interrupted else ""))
+    if interrupted:
+        raise typer.Exit(code=130)
 
 
 @app.command()

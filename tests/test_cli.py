@@ -314,6 +314,8 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
     cases.append((["edge", "record", "--out", str(tmp_path / "short.csv"), "--seconds", "0.1", "--interval", "1"], "not longer than --interval 1.0"))
     cases.append((["edge", "record", "--out", str(tmp_path / "notdir" / "t.csv"), "--seconds", "0.2"], "notdir is a file, not a folder"))
     cases.append((["edge", "record", "--out", str(tmp_path / "traces" / "t.csv"), "--seconds", "0.5"], None))  # its folder made, as profile's
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07 an ONNX model named by mistake")  # replaced by CSV, before
+    cases.append((["edge", "record", "--out", str(tmp_path / "model.onnx"), "--seconds", "0.2"], "an existing file that is not a trace; it is not overwritten"))
     for args, message in cases:
         monkeypatch.setattr(sys, "argv", ["racmkd", *args])
         try:
@@ -327,6 +329,7 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
             continue
         assert code == 2 and message in err and "Traceback" not in err, (args, code, err)
     assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["racmkd.key", "racmkd.pub"]
+    assert (tmp_path / "model.onnx").read_bytes() == b"\x08\x07 an ONNX model named by mistake"
     assert not (tmp_path / "mistyped").exists()
     assert not (tmp_path / "new-out").exists()  # a failed export leaves no empty folder it made
     assert not (tmp_path / "short.csv").exists() and (tmp_path / "traces" / "t.csv").is_file()

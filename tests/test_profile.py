@@ -306,6 +306,35 @@ def test_a_model_too_big_for_the_device_does_not_fit(exported: Path, tmp_path: P
     assert not p["fits"] and "bytes of storage" in p["reason"] and "bytes of RAM" in p["reason"]
 
 
+def test_a_graph_whose_sizes_are_not_fixed_is_refused_not_profiled_small(exported: Path, tmp_path: Path) -> None:
+    """Every symbolic input axis was set to the batch size: a model with symbolic height and width
+    was profiled at 1x1 and "fit"; a tensor whose shape could not be inferred counted 0 bytes; a
+    graph shape inference rejects ended in onnx's traceback."""
+    model = onnx.load(exported)
+    name = next(i.name for i in model.graph.input if i.name not in {w.name for w in model.graph.initializer})
+    model.graph.input[[i.name for i in model.graph.input].index(name)].type.tensor_type.shape.dim[2].dim_param = "H"
+    onnx.save(model, tmp_path / "dynamic.onnx")
+    with pytest.raises(ExportError, match=rf"dynamic\.onnx: input '{name}' has axis 2 of size 'H': its costs cannot be estimated"):
+        graph_cost(tmp_path / "dynamic.onnx")
+    assert graph_cost(exported).peak_activation_bytes > 0  # (its batch axis, symbolic, is set to 1)
+    shape = helper.make_tensor_value_info("shape", TensorProto.INT64, [2])
+    unknown = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Reshape", ["x", "shape"], ["a"]), helper.make_node("Relu", ["a"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64]), shape],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        )
+    )
+    with pytest.raises(ExportError, match=r"the shape of 'a' cannot be inferred from the graph"):
+        graph_cost(unknown)
+    broken = helper.make_model(
+        helper.make_graph([helper.make_node("Abs", ["x"], [])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], [])
+    )
+    with pytest.raises(ExportError, match=r"not a valid ONNX graph, its shapes cannot be inferred"):
+        graph_cost(broken)
+
+
 def test_the_latency_model_is_fitted_here_and_cached(tmp_path: Path) -> None:
     fitted = latency_model(tmp_path, show_progress=False)
     assert fitted.points >= 30 and fitted.seconds_per_op > 0 and fitted.peaks.gflops_fp32 > 0

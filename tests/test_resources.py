@@ -203,6 +203,13 @@ def test_cgroup_v2_and_v1_limits_are_parsed(tmp_path: Path) -> None:
     (v2 / "app" / "cpu.max").write_text("max 100000\n")
     limits = read_cgroup(v2, membership)
     assert limits.memory_max_bytes is None and limits.cpu_max_cores is None  # unlimited
+    # Files that hold no limit a kernel writes: no limit read (a quota of -1 was -1e-05 cores, a
+    # memory.max of -5 a total memory of -5 bytes, bytes not text dropped the whole reading).
+    for memory_max, cpu_max in (("-5\n", "-1 100000\n"), ("1.5G\n", "50000 0\n"), (b"\xff\xfe5\n", b"\xff\xfe50000 100000\n")):
+        for name, content in (("memory.max", memory_max), ("cpu.max", cpu_max)):
+            (v2 / "app" / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+        limits = read_cgroup(v2, membership)
+        assert limits.memory_max_bytes is None and limits.cpu_max_cores is None, (memory_max, cpu_max)
 
     v1 = tmp_path / "v1"
     (v1 / "memory").mkdir(parents=True)
@@ -285,6 +292,10 @@ def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path, caplog: pytest.L
     far.write_text("t,cpu_percent\n" + "".join(f"{1e6 if i == 600 else i / 10},{50 if i == 600 else 20 if i < 600 else 90}\n" for i in range(1000)))
     kept = load_trace(far)
     assert kept.skipped_rows == 1 and len(kept.times) == 999 and kept.duration == pytest.approx(99.9) and kept.at(99.0).cpu_percent == 90.0
+    behind = tmp_path / "behind.csv"  # a first row far behind the rest: it stretched the trace to 100,010 s, every replayed reading its own
+    behind.write_text("t,cpu_percent\n-100000,99\n" + "".join(f"{i / 10},20\n" for i in range(100)))
+    started = load_trace(behind)
+    assert started.skipped_rows == 1 and started.duration == pytest.approx(9.9) and started.at(0.0).cpu_percent == 20.0
     pause = tmp_path / "pause.csv"  # a long pause the recording goes on from is no garbage
     pause.write_text("t,cpu_percent\n0,10\n1,10\n2,10\n1000,20\n1001,30\n")
     paused = load_trace(pause)
@@ -469,6 +480,35 @@ def test_forecast_leads_a_falling_resource_and_settles_after_a_step() -> None:
     assert after[0][1].planning().memory_available_bytes <= 10 * MB  # the drop is planned for at once
     settled = [abs(s.forecast.memory_available_bytes / MB - 10.0) for dt, s in after if dt > 5]
     assert settled and max(settled) < 2.0 and settled[-1] < 0.1  # within 20% after 5 s, then settled: the step is not extrapolated for ever
+
+
+def test_a_recording_stopped_with_ctrl_c_keeps_its_readings() -> None:
+    """`racmkd edge record` exited 130 on Ctrl-C and wrote nothing: every reading was lost."""
+    from racmkd.resources.sources import RecordingInterrupted, record_trace
+
+    class Stopped(Scripted):
+        def read(self, now: float) -> ResourceSnapshot:
+            if self.i == 3:
+                raise KeyboardInterrupt
+            return super().read(now)
+
+    with pytest.raises(RecordingInterrupted) as stopped:
+        record_trace(Stopped([20.0, 30.0, 40.0]), seconds=5.0, interval_s=0.01)
+    trace = stopped.value.trace
+    assert len(trace.times) == 3 and list(trace.columns["cpu_percent"]) == [20.0, 30.0, 40.0]
+
+
+def test_a_temperature_below_zero_is_forecast_as_it_is() -> None:
+    """Every forecast was clamped at 0 like memory: a steady -15 C was forecast (and planned for) as 0 C."""
+
+    class Cold:
+        name = "cold"
+
+        def read(self, now: float) -> ResourceSnapshot:
+            return ResourceSnapshot(t=now, cpu_percent=25.0, memory_available_bytes=100 * MB, cpu_cores=1.0, temperature_c=-15.0)
+
+    _, state = run_monitor(ResourceMonitor(Cold()), 10.0)[-1]
+    assert state.forecast.temperature_c == pytest.approx(-15.0) and state.planning().temperature_c == pytest.approx(-15.0)
 
 
 def test_subscribers_hear_changes_only_and_a_broken_one_does_not_silence_others() -> None:

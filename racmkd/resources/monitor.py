@@ -185,9 +185,12 @@ def _finite(snapshot: ResourceSnapshot) -> ResourceSnapshot:
 
 
 def _clamp_reading(name: str, value: float) -> float:
-    """Keep forecasts physical: no negative memory, CPU within 0-100%."""
+    """Keep forecasts physical: no negative memory, CPU within 0-100%; a temperature may be below
+    0 degrees (a steady -15 C was forecast as 0)."""
     if name in ("cpu_percent", "battery_percent"):
         return min(100.0, max(0.0, value))
+    if name == "temperature_c":
+        return value
     return max(0.0, value)
 
 

@@ -69,23 +69,44 @@ GRAPH_COST_RULES = 3
 # The graph -------------------------------------------------------------------------------------------
 
 
-def _with_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
-    """A copy with every symbolic input dimension set to `batch`, shapes inferred through the graph."""
+def _with_batch(model: onnx.ModelProto, batch: int, source: str) -> onnx.ModelProto:
+    """A copy with each input's batch axis (its first) set to `batch`, shapes inferred through the
+    graph. Any other axis must be fixed: set to the batch too, a model whose height and width were
+    symbolic was profiled at 1x1 (a 41 KB model's activations read 1.5 KB, and it "fit")."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
+    weights = {i.name for i in model.graph.initializer}
     for value in model.graph.input:
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.HasField("dim_param") or dim.dim_value <= 0:
+        if value.name in weights:
+            continue
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if axis == 0 and (dim.HasField("dim_param") or dim.dim_value <= 0):
                 dim.ClearField("dim_param")
                 dim.dim_value = batch
-    return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+            elif dim.HasField("dim_param") or dim.dim_value <= 0:
+                size = repr(dim.dim_param) if dim.HasField("dim_param") else dim.dim_value
+                raise ExportError(
+                    f"{source}: input {value.name!r} has axis {axis} of size {size}: its costs cannot be estimated; export it with fixed input shapes but the batch (as `racmkd export` does)"
+                )
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError) as err:
+        raise ExportError(f"{source}: not a valid ONNX graph, its shapes cannot be inferred ({str(err).splitlines()[0][:200]}); export it again") from None
 
 
-def _tensor_bytes(value: onnx.ValueInfoProto) -> int | None:
+def _tensor_bytes(value: onnx.ValueInfoProto, source: str) -> int:
+    """Bytes of a tensor whose shape the graph fixes; ExportError when it does not (counted as 0, a
+    Reshape to a shape computed at run time made its output free)."""
     t = value.type.tensor_type
     dims = [d.dim_value for d in t.shape.dim]
     if not t.HasField("shape") or any(d <= 0 for d in dims):
-        return None
-    return math.prod(dims) * helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize  # (Python ints: np.int64 wrapped to 0 at 2^64)
+        raise ExportError(
+            f"{source}: the shape of {value.name!r} cannot be inferred from the graph, so its memory cannot be estimated; export it with fixed shapes"
+        )
+    try:
+        itemsize = helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+    except KeyError:
+        raise ExportError(f"{source}: {value.name!r} has no known element type ({t.elem_type}); export it again") from None
+    return math.prod(dims) * itemsize  # (Python ints: np.int64 wrapped to 0 at 2^64)
 
 
 @dataclass(frozen=True)
@@ -156,7 +177,7 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
         model = onnx.load(model)
     else:
         file_bytes = model.ByteSize()
-    graph_ = _with_batch(model, batch).graph
+    graph_ = _with_batch(model, batch, source).graph
     control_flow = sorted({n.op_type for n in graph_.node if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)})
     if control_flow:  # (a tensor read only inside a branch was freed early, a branch's FLOPs never counted)
         raise ExportError(f"{source}: the graph holds control flow ({', '.join(control_flow)}): its subgraphs' costs cannot be estimated; racmkd exports none")
@@ -182,9 +203,9 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
     for i, node in enumerate(graph_.node):
         for name in node.input:
             if name and name not in weights and name not in dequantized_weights:
-                source = dequantized_source(name) if quantized else name
-                if source is not None:
-                    readers.setdefault(source, []).append(i)
+                tensor = dequantized_source(name) if quantized else name
+                if tensor is not None:
+                    readers.setdefault(tensor, []).append(i)
     outputs = {o.name for o in graph_.output}
 
     def sole_reader(name: str) -> onnx.NodeProto | None:
@@ -241,7 +262,7 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
     live = 0
     for value in graph_.input:
         if value.name not in weights:
-            sizes[value.name] = _tensor_bytes(value) or 0
+            sizes[value.name] = _tensor_bytes(value, source)
             live += sizes[value.name]
     peak, written = live, 0  # inputs count towards the peak; `written` counts what the graph writes
     flops = int8_flops = operators = 0
@@ -257,7 +278,7 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
             operators += 1
         for name in node.output:
             if name and name not in dequantized_weights and name not in weights and stored(name, node, i) and name in values:
-                sizes[name] = _tensor_bytes(values[name]) or 0
+                sizes[name] = _tensor_bytes(values[name], source)
                 live += sizes[name]
                 written += sizes[name]
         peak = max(peak, live)

@@ -135,9 +135,11 @@ def resource_level(snapshot: ResourceSnapshot) -> str:
 
 
 def _read_text(path: Path) -> str | None:
+    """A kernel file's text, or None where it cannot be read (or is not text: a binary or damaged
+    file raised UnicodeDecodeError, and the whole reading, CPU and memory too, was dropped)."""
     try:
         return path.read_text().strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None
 
 
@@ -149,7 +151,10 @@ def _read_int_text(text: str | None) -> int | None:
 
 
 def _read_int(path: Path) -> int | None:
-    return _read_int_text(_read_text(path))
+    """A kernel file's non-negative integer, or None ("max", absent, unreadable, or not a count:
+    a negative memory.max became a total memory of -5 bytes)."""
+    value = _read_int_text(_read_text(path))
+    return value if value is not None and value >= 0 else None
 
 
 @dataclass(frozen=True)
@@ -219,8 +224,9 @@ def read_cgroup(root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup: Path = Pa
         quotas = []
         for g in chain:
             fields_ = (_read_text(g / "cpu.max") or "max").split()
-            if len(fields_) == 2 and fields_[0] != "max" and (q := _read_int_text(fields_[0])) and (period := _read_int_text(fields_[1])):
-                quotas.append(q / period)
+            quota, period = (_read_int_text(f) for f in fields_) if len(fields_) == 2 and fields_[0] != "max" else (None, None)
+            if quota is not None and period is not None and quota > 0 and period > 0:  # (a quota of -1 read as -1e-05 cores)
+                quotas.append(quota / period)
         usage = [_net_usage(g / "memory.current", g / "memory.stat", "inactive_file") for g in chain]
         headroom = _headroom([(_read_int(g / "memory.max"), u) for g, u in zip(chain, usage)])
         return CgroupLimits(min(limits) if limits else None, usage[0], min(quotas) if quotas else None, 2, headroom)
@@ -551,7 +557,11 @@ def load_trace(path: str | Path) -> Trace:
     steps = np.diff([t for t, _ in usable])
     steps = steps[steps > 0]
     far_ahead = FAR_AHEAD_STEPS * float(np.median(steps)) if len(steps) else math.inf
-    for i, (t, values) in enumerate(usable):
+    # A first row far behind the rest (a typo, t=-100000) is a timestamp far ahead read backwards:
+    # kept, it stretched the trace to 100,000 s and every replayed reading came from that one row.
+    first = 1 if len(usable) > 2 and usable[1][0] - usable[0][0] > far_ahead else 0
+    skipped += first
+    for i, (t, values) in enumerate(usable[first:], start=first):
         if times and t <= times[-1]:
             skipped += 1
             backwards += t < times[-1]  # (an equal time is a duplicate, not a jump)
@@ -715,22 +725,39 @@ def trace_from(name_or_path: str | Path, duration_s: float = 120.0, step_s: floa
     return load_trace(name_or_path)
 
 
+class RecordingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `record_trace`: the readings so far, as a trace, for the caller to keep."""
+
+    def __init__(self, trace: Trace) -> None:
+        super().__init__()
+        self.trace = trace
+
+
 def record_trace(source: Source, seconds: float, interval_s: float = 0.1, name: str = "recorded") -> Trace:
     """Readings of `source` every `interval_s` for `seconds` of wall time, as a trace to replay
-    (`racmkd edge record`): record a device under its real workload, simulate against it later."""
+    (`racmkd edge record`): record a device under its real workload, simulate against it later.
+    Ctrl-C ends the recording early with RecordingInterrupted, which holds what was read so far."""
     times, columns = [], {c: [] for c in TRACE_COLUMNS}
     started = time.monotonic()
-    while (now := time.monotonic()) - started <= seconds:
-        reading = source.read(now)
-        times.append(now - started)
-        for column, (field_name, scale, _) in TRACE_COLUMNS.items():
-            value = getattr(reading, field_name)
-            columns[column].append(math.nan if value is None else float(value) / scale)
-        time.sleep(max(0.0, started + len(times) * interval_s - time.monotonic()))
-    kept = {c: held(np.array(v)) for c, v in columns.items() if not all(math.isnan(x) for x in v)}  # absent sensors stay absent
+    interrupted = False
+    try:
+        while (now := time.monotonic()) - started <= seconds:
+            reading = source.read(now)
+            for column, (field_name, scale, _) in TRACE_COLUMNS.items():  # (a whole row or none: the interrupt may come anywhere)
+                value = getattr(reading, field_name)
+                columns[column].append(math.nan if value is None else float(value) / scale)
+            times.append(now - started)
+            time.sleep(max(0.0, started + len(times) * interval_s - time.monotonic()))
+    except KeyboardInterrupt:
+        interrupted = True
+        columns = {c: v[: len(times)] for c, v in columns.items()}
+    kept = {c: held(np.array(v)) for c, v in columns.items() if v and not all(math.isnan(x) for x in v)}  # absent sensors stay absent
     if "battery_percent" in kept:  # the power state asked for, even if never told: without the column a battery reads as on battery
         kept.setdefault("power_plugged", np.array(columns["power_plugged"]))
-    return Trace(name, np.array(times), kept)
+    trace = Trace(name, np.array(times), kept)
+    if interrupted:
+        raise RecordingInterrupted(trace)
+    return trace
 
 
 class TraceSource:
