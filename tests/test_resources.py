@@ -284,6 +284,9 @@ def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path, caplog: pytest.L
     t2 = load_trace(js)
     assert t2.at(0.5).memory_available_bytes is None and t2.at(1.0).battery_percent == 15.0
     assert t2.at(0.5).battery_percent is None  # before its first reading a sensor stays absent
+    marked = tmp_path / "marked.json"  # a byte-order mark, fine in a CSV, was refused in JSON
+    marked.write_text('\ufeff[{"t": 0, "cpu_percent": 20}, {"t": 1, "cpu_percent": 30}]', encoding="utf-8")
+    assert load_trace(marked).at(1.0).cpu_percent == 30.0
     gaps = tmp_path / "gaps.csv"  # empty cells hold the previous reading; a spreadsheet's BOM and spaces are fine
     gaps.write_text("\ufefft, cpu_percent, memory_available_mb\n0, 20, 100\n1, , 90\n2, 40, \n", encoding="utf-8")
     held = load_trace(gaps)
@@ -319,6 +322,7 @@ def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path, caplog: pytest.L
         ("t,cpu_percent\n0,abc\n", "fewer than two usable readings"),
         ("t,a,b\n1,2,3\n", "no known columns"),
         ("[1, 2", "unreadable trace"),
+        ('[{"t": 0, "cpu_percent": 1' + "0" * 5000 + "}]", r"unreadable trace \(ValueError: Exceeds the limit"),  # (it named no file)
         # named, not "fewer than two usable readings (2 rows skipped as garbage)"
         ("time,cpu_percent\n0,20\n1,30\n", "no `t` column"),
         # newest first: the documented refusal, not "fewer than two usable readings (19 rows skipped as garbage)"

@@ -533,14 +533,16 @@ def load_trace(path: str | Path) -> Trace:
         raise TraceError(f"{path}: no such trace file. Record one (`racmkd edge record`), or use a synthetic trace: {', '.join(SYNTHETIC)}")
     try:
         if path.suffix.lower() == ".json":
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8-sig"))  # (a byte-order mark, as a CSV may have)
             rows = data.get("samples") if isinstance(data, dict) else data
             if not isinstance(rows, list):
                 raise TraceError(f"{path}: expected a JSON list of readings or an object with a 'samples' list")
         else:
             with path.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark is no column name
                 rows = list(csv.DictReader(handle, skipinitialspace=True))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error, RecursionError) as err:
+    except TraceError:
+        raise
+    except (OSError, ValueError, csv.Error, RecursionError) as err:  # (ValueError: bad JSON or UTF-8, a number past Python's 4,300 digits)
         raise TraceError(f"{path}: unreadable trace ({type(err).__name__}: {err})") from None
     if rows and not any(isinstance(r, dict) and "t" in r for r in rows):
         raise TraceError(f"{path}: no `t` column (the reading's time in seconds); a trace needs t and at least one of {', '.join(TRACE_COLUMNS)}")
