@@ -245,6 +245,9 @@ def test_a_profile_missing_a_field_or_with_a_bad_value_is_a_clear_error(tmp_path
     broken.write_text(good.replace("runtime_overhead_bytes: ", "runtime_overhead_bytes: -"))  # RAM would come out negative
     with pytest.raises(ConfigError, match="runtime_overhead_bytes must be a finite number >= 0"):
         load_device(broken)
+    broken.write_text(good.replace("clock_mhz: 216", "clock_mhz: 1.0e-320"))  # every estimate infinite, and Infinity in --json
+    with pytest.raises(ConfigError, match=r"clock_mhz must be a positive finite number \(at least 1e-06\), got 1e-320"):
+        load_device(broken)
     broken.write_text("\n".join(line for line in good.splitlines() if not line.strip().startswith("device:")))  # the energy model's label
     with pytest.raises(ConfigError, match="energy is missing device"):
         load_device(broken)

@@ -284,6 +284,9 @@ def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path, caplog: pytest.L
     t2 = load_trace(js)
     assert t2.at(0.5).memory_available_bytes is None and t2.at(1.0).battery_percent == 15.0
     assert t2.at(0.5).battery_percent is None  # before its first reading a sensor stays absent
+    halves = tmp_path / "halves.csv"  # a machine of 2.5 cores is garbage, not 2
+    halves.write_text("t,cpu_percent,host_cores\n0,20,4\n1,30,2.5\n2,40,4\n")
+    assert load_trace(halves).skipped_rows == 1
     marked = tmp_path / "marked.json"  # a byte-order mark, fine in a CSV, was refused in JSON
     marked.write_text('\ufeff[{"t": 0, "cpu_percent": 20}, {"t": 1, "cpu_percent": 30}]', encoding="utf-8")
     assert load_trace(marked).at(1.0).cpu_percent == 30.0

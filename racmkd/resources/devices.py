@@ -17,6 +17,7 @@ from racmkd.data.paths import checkout
 ENERGY_FIGURES = ("joules_per_flop", "joules_per_byte", "static_watts")  # each profile states its own
 
 KINDS = ("mcu", "sbc", "gpu-board", "server", "gpu-node")
+SMALLEST = 1e-6  # of a clock (MHz), a byte count, a peak rate (G/s): below it no device exists, and divisions overflow
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ class DeviceProfile:
         if self.weights_in not in ("rom", "ram"):
             raise ConfigError(f"device {self.name}: weights_in must be rom or ram, got {self.weights_in!r}")
         for name in ("clock_mhz", "ram_bytes", "rom_bytes", "peak_gflops_fp32", "peak_gops_int8", "memory_gbps"):
-            if not 0 < getattr(self, name) < math.inf:
-                raise ConfigError(f"device {self.name}: {name} must be a positive finite number, got {getattr(self, name)}")
+            if not SMALLEST <= getattr(self, name) < math.inf:  # (a denormal clock made every estimate infinite, and --json print Infinity)
+                raise ConfigError(f"device {self.name}: {name} must be a positive finite number (at least {SMALLEST:g}), got {getattr(self, name)}")
         for name in ("runtime_overhead_bytes", "op_overhead_us", "latency_target_ms"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ConfigError(f"device {self.name}: {name} must be a finite number >= 0, got {getattr(self, name)}")

@@ -633,7 +633,7 @@ def _parse_row(row: Any, columns: list[str]) -> tuple[float, dict[str, float]] |
         except (TypeError, ValueError, OverflowError):
             return None
         low, high = TRACE_COLUMNS[c][2]
-        if not math.isfinite(value) or not low <= value <= high:
+        if not math.isfinite(value) or not low <= value <= high or (c == "host_cores" and value != int(value)):  # (2.5 cores read as 2)
             return None
         values[c] = value
     return (t, values) if values else None
