@@ -336,6 +336,11 @@ def test_a_graph_whose_sizes_are_not_fixed_is_refused_not_profiled_small(exporte
     )
     with pytest.raises(ExportError, match=r"not a valid ONNX graph, its shapes cannot be inferred"):
         graph_cost(broken)
+    dangling = onnx.load(exported)  # a node reading a tensor nothing writes: "not measured" here, yet it was judged to fit
+    dangling.graph.node[-1].input[0] = "nowhere"
+    onnx.save(dangling, tmp_path / "dangling.onnx")
+    with pytest.raises(ExportError, match=r"dangling\.onnx: not a valid ONNX model .*nowhere.*; export it again"):
+        profile_model(tmp_path / "dangling.onnx", load_device("cortex-m7"), FIXED, measure_here=False)
 
 
 def test_the_latency_model_is_fitted_here_and_cached(tmp_path: Path) -> None:
@@ -536,7 +541,7 @@ def test_a_model_onnx_runtime_cannot_run_here_is_profiled_without_measurement(tm
         [helper.make_node("Tile", ["x", "repeats"], ["y"])],
         "huge",
         [helper.make_tensor_value_info("x", F32, [1, 4])],
-        [helper.make_tensor_value_info("y", F32, None)],
+        [helper.make_tensor_value_info("y", F32, [1, 2**32])],  # (a graph output without a shape is not valid ONNX: refused before profiling)
         [numpy_helper.from_array(np.array([1, 2**30], np.int64), "repeats")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])

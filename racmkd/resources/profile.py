@@ -521,6 +521,10 @@ def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measur
     reason, and (with `measure_here`) this machine's measured latency beside its own estimate."""
     path = Path(path)
     contract = profiled_contract(path)
+    try:  # (a graph no runtime loads, a cycle or a tensor nothing writes, was "not measured" here yet judged to fit)
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise ExportError(f"{path}: not a valid ONNX model ({str(err).strip().splitlines()[0][:200]}); export it again") from None
     cost = graph_cost(path)
     moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
     seconds = device_seconds(cost, device, model)
