@@ -266,6 +266,9 @@ def compress(
         run_dir, cfg = open_run(run)
         tiers = list(tier or [t.name for t in cfg.students.tiers])
         compression_recipes(cfg, tiers, recipe)  # a recipe's mistakes said now, not after the data loads (11 s)
+        compressed = run_dir / "compressed"
+        if compressed.exists() and not compressed.is_dir():  # (found after the data and the teachers had loaded, as "[Errno 17] File exists")
+            raise ValueError(f"{compressed}: a file where the run keeps its compressed tiers; move it away, then compress again")
         dataset = prepare_data(cfg)
         folders = compress_students(cfg, dataset, run_dir, tiers, recipe)
         report = evaluate_run(run_dir, dataset)

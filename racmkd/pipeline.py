@@ -587,6 +587,10 @@ def compress_students(
                 },
             )
         written.append(compressed_dir(run_dir, tier_name, into))
+        bank = run_dir / "edge"
+        if into == "compressed" and bank.exists():  # its variants were built from the tier's previous compressed student, and would be served
+            shutil.rmtree(bank)
+            log.warning("%s was built from %s's previous compressed student: removed (make it again: `racmkd edge build --run %s`)", bank, tier_name, run_dir)
     record_timing(run_dir, "compress_students", time.perf_counter() - started)
     return written
 

@@ -314,6 +314,10 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
     cases.append((["edge", "record", "--out", str(tmp_path / "short.csv"), "--seconds", "0.1", "--interval", "1"], "not longer than --interval 1.0"))
     cases.append((["edge", "record", "--out", str(tmp_path / "notdir" / "t.csv"), "--seconds", "0.2"], "notdir is a file, not a folder"))
     cases.append((["edge", "record", "--out", str(tmp_path / "traces" / "t.csv"), "--seconds", "0.5"], None))  # its folder made, as profile's
+    (tmp_path / "run-file").mkdir()  # a file where compressed tiers go: said before the data loads, with the fix
+    (tmp_path / "run-file" / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
+    (tmp_path / "run-file" / "compressed").write_text("not a folder")
+    cases.append((["compress", "--run", str(tmp_path / "run-file"), "--tier", "critical"], "a file where the run keeps its compressed tiers; move it away"))
     (tmp_path / "model.onnx").write_bytes(b"\x08\x07 an ONNX model named by mistake")  # replaced by CSV, before
     cases.append((["edge", "record", "--out", str(tmp_path / "model.onnx"), "--seconds", "0.2"], "an existing file that is not a trace; it is not overwritten"))
     for args, message in cases:

@@ -669,6 +669,9 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         (["lowrank", "align", "export"], "align after lowrank"),
         ([{"align": {"multiple": 1}}, "export"], "multiple must be >= 2"),
         (["qat", "distill", "export"], "after qat would retrain"),
+        (["qat", {"qat": {"weight_bits": 4, "activations": False}}, "export"], "qat 2 times: each would round the weights the one before trained"),
+        ([{"prune": []}, "export"], r"steps\[0\]\.prune"),
+        ([{"prune": False}, "export"], r"steps\[0\]\.prune"),
         ([["prune", "qat"], "export"], "one step name with its options"),
         # Values checked when the recipe is read, not when (after other tiers' work) the step runs.
         ([{"prune": {"importance": "bogus"}}, "export"], r"steps\[0\]\.prune: importance"),
@@ -834,6 +837,8 @@ def compressed_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     )
     run_dir, cfg = open_run(run)
     dataset = prepare_data(cfg)
+    (run_dir / "edge").mkdir(exist_ok=True)
+    (run_dir / "edge" / "bank.json").write_text("{}")  # a bank built from the tier's previous student: removed, not served
     compress_students(cfg, dataset, run_dir, ["critical", "critical"], recipe)  # named twice: compressed once
     evaluate_run(run_dir, dataset)
     return run_dir
@@ -880,6 +885,7 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
     manifest = json.loads((folder / "compression.json").read_text())
     assert compressed_with(compressed_run, "critical", compressed_run / "recipe.yaml")  # what the file records reads back as the recipe
     assert [s["step"] for s in manifest["steps"]] == ["prune", "align", "qat", "equalize", "export"]
+    assert not (compressed_run / "edge").exists()  # the bank made from the tier's previous student
     for step in manifest["steps"]:
         for key in ("params", "param_bytes_fp32", "flops", "val_accuracy"):
             assert key in step["before"] and key in step["after"]

@@ -78,7 +78,10 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
             raise RecipeError(f"{source}: steps[{i}]: unknown step {name!r}.{hint} Known steps: {', '.join(COMPRESSORS.names())}")
         step_cls = COMPRESSORS.get(name)
         try:
-            steps.append((name, step_cls(from_dict(step_cls.options_type, options or {}, where=f"steps[{i}].{name}", source=source))))
+            # Only a step written alone (`- prune` or `- prune:`) takes every default: `- prune: []` or
+            # `- prune: false` is a mistake, not "the defaults" (read as such before).
+            given = {} if options is None else options
+            steps.append((name, step_cls(from_dict(step_cls.options_type, given, where=f"steps[{i}].{name}", source=source))))
         except ConfigError as err:
             raise RecipeError(str(err)) from None
         except ValueError as err:  # an option's own check
@@ -93,6 +96,8 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         raise RecipeError(
             f"{source}: align after lowrank would leave the factorised layers unaligned (their rank was chosen, not their channels); align first, then factorise"
         )
+    if names.count("qat") > 1:
+        raise RecipeError(f"{source}: qat {names.count('qat')} times: each would round the weights the one before trained; keep one")
     if "qat" in names and any(n in REFINING for n in names[names.index("qat") :]):
         raise RecipeError(
             f"{source}: {[n for n in names[names.index('qat') :] if n in REFINING]} after qat would retrain the weights in float and undo it; put qat last before export"
