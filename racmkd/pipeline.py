@@ -573,7 +573,7 @@ def compress_students(
             subject = Subject(tier_name, model, specs, objective_weights(cfg.distill, tier.budget_bytes, budgets), work)
             ctx = Context(cfg, dataset, teachers, val_samples=cfg.compress.val_samples, teacher_cache=teacher_cache, shared_inputs=shared)
             with torch_threads(cfg.threads):
-                log = run_recipe(recipes[tier_name], subject, ctx)
+                steps_log = run_recipe(recipes[tier_name], subject, ctx)
             save_model(work / "model.pt", subject.model, subject.specs, {**meta, "role": "compressed", "compressed_from": str(path.name)})
             atomic_write_json(
                 work / "compression.json",
@@ -583,7 +583,7 @@ def compress_students(
                     "recipe": recipes[tier_name].source,
                     "recipe_steps": recipes[tier_name].describe(),
                     **subject.manifest,
-                    "steps": log,
+                    "steps": steps_log,
                 },
             )
         written.append(compressed_dir(run_dir, tier_name, into))
