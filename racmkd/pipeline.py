@@ -477,11 +477,26 @@ def remove_derived(run_dir: Path, tiers: list[str]) -> None:
     """Remove what was made from these tiers' students before they are replaced: their compressed
     artifacts (the compression benchmark's too) and the edge bank. Left, they would be measured
     against students they were not made from, and served."""
-    folders = [compressed_dir(run_dir, t) for t in tiers] + [p for t in tiers for p in (run_dir / "experiments").glob(f"*/{t}")] + [run_dir / "edge"]
+    folders = [compressed_dir(run_dir, t) for t in tiers] + [p for t in tiers for p in (run_dir / "experiments").glob(f"*/{t}")]
     for folder in folders:
         if folder.exists():
             shutil.rmtree(folder)
-            log.warning("%s was made from a student now retrained: removed (make it again: `racmkd compress` / `racmkd edge build`)", folder)
+            log.warning("%s was made from a student now retrained: removed (make it again: `racmkd compress`)", folder)
+    remove_bank(run_dir, "made from students now retrained")
+
+
+def remove_bank(run_dir: Path, why: str) -> None:
+    """Remove a run's edge bank whose variants came from students since replaced (served, they would
+    answer with the old models), keeping what a rebuild carries over: the live log of `edge run`."""
+    from racmkd.runtime.variants import carried_over
+
+    bank = run_dir / "edge"
+    if not bank.is_dir() or not any(not carried_over(entry) for entry in bank.iterdir()):
+        return
+    for entry in bank.iterdir():
+        if not carried_over(entry):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    log.warning("%s was %s: its variants removed (make it again: `racmkd edge build --run %s`)", bank, why, run_dir)
 
 
 # Compression ---------------------------------------------------------------------------------------
@@ -587,10 +602,8 @@ def compress_students(
                 },
             )
         written.append(compressed_dir(run_dir, tier_name, into))
-        bank = run_dir / "edge"
-        if into == "compressed" and bank.exists():  # its variants were built from the tier's previous compressed student, and would be served
-            shutil.rmtree(bank)
-            log.warning("%s was built from %s's previous compressed student: removed (make it again: `racmkd edge build --run %s`)", bank, tier_name, run_dir)
+        if into == "compressed":
+            remove_bank(run_dir, f"built from {tier_name}'s previous compressed student")
     record_timing(run_dir, "compress_students", time.perf_counter() - started)
     return written
 

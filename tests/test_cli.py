@@ -154,8 +154,11 @@ def test_staged_commands_make_a_run(shared_root: Path, cache_dir: Path, tmp_path
     assert (run / "checkpoints" / "critical.pt").exists() and not (run / "checkpoints" / "high.pt").exists()
     for made in ("compressed/critical", "compressed/high", "edge"):  # as if compressed and banked since
         (run / made).mkdir(parents=True)
+    (run / "edge" / "bank.json").write_text("{}")
+    (run / "edge" / "live.json").write_text("{}")  # what `edge run` served: a record that stays true
     result = runner.invoke(app, ["distill", "--run", str(run), "--tier", "critical"])  # retrained: what was made from it goes, not the rest
-    assert result.exit_code == 0 and not (run / "compressed" / "critical").exists() and not (run / "edge").exists() and (run / "compressed" / "high").is_dir()
+    assert result.exit_code == 0 and not (run / "compressed" / "critical").exists() and (run / "compressed" / "high").is_dir()
+    assert sorted(p.name for p in (run / "edge").iterdir()) == ["live.json"]
     result = runner.invoke(app, ["distill", "--run", str(run), "--tier", "tiny"])
     assert result.exit_code == 2 and "unknown tier" in result.output
     result = runner.invoke(app, ["train-teacher", *base, *small, "--name", "staged"])  # the name taken: the run is not written over

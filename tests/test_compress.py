@@ -839,6 +839,7 @@ def compressed_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     dataset = prepare_data(cfg)
     (run_dir / "edge").mkdir(exist_ok=True)
     (run_dir / "edge" / "bank.json").write_text("{}")  # a bank built from the tier's previous student: removed, not served
+    (run_dir / "edge" / "live.json").write_text("{}")  # what `edge run` served: kept
     compress_students(cfg, dataset, run_dir, ["critical", "critical"], recipe)  # named twice: compressed once
     evaluate_run(run_dir, dataset)
     return run_dir
@@ -885,7 +886,7 @@ def test_a_recipe_compresses_a_tier_and_logs_every_step(compressed_run: Path) ->
     manifest = json.loads((folder / "compression.json").read_text())
     assert compressed_with(compressed_run, "critical", compressed_run / "recipe.yaml")  # what the file records reads back as the recipe
     assert [s["step"] for s in manifest["steps"]] == ["prune", "align", "qat", "equalize", "export"]
-    assert not (compressed_run / "edge").exists()  # the bank made from the tier's previous student
+    assert sorted(p.name for p in (compressed_run / "edge").iterdir()) == ["live.json"]  # the bank made from the tier's previous student gone
     for step in manifest["steps"]:
         for key in ("params", "param_bytes_fp32", "flops", "val_accuracy"):
             assert key in step["before"] and key in step["after"]

@@ -1340,14 +1340,14 @@ def test_a_rebuilt_bank_carries_over_only_the_live_log(tmp_path: Path) -> None:
     """The bank rebuild kept every non-.onnx file of the old bank: `racmkd profile`'s
     <variant>.profile.json, describing the old .onnx files (and variants the new bank lacks), stayed
     beside the new ones as if theirs."""
-    from racmkd.runtime.variants import _carried_over
+    from racmkd.runtime.variants import carried_over
     from racmkd.utils import building_folder
 
     edge = tmp_path / "edge"
     edge.mkdir()
     for name in ("bank.json", "logits.npz", "high.audio.onnx", "high.audio.profile.json", "gone.image.profile.json", "live.json"):
         (edge / name).write_text(f"old {name}")
-    with building_folder(edge, keep=_carried_over) as work:
+    with building_folder(edge, keep=carried_over) as work:
         for name in ("bank.json", "logits.npz", "high.audio.onnx"):
             (work / name).write_text(f"new {name}")
     assert {p.name: p.read_text() for p in edge.iterdir()} == {

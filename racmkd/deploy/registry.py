@@ -178,12 +178,15 @@ def artifact_facts(path: Path, kind: str) -> dict[str, Any]:
     if kind == "onnx":
         contract = read_contract(path)
         return {"modalities": list(contract["inputs"]), "contract": contract}
-    bank = json.loads((path / "bank.json").read_text())
-    return {
-        "modalities": bank["modalities"],
-        "variants": [f"{v['tier']}/{v['modality']}" for v in bank["variants"]],
-        "resident_bytes": sum(v["memory_bytes"] for v in bank["variants"]),
-    }
+    bank = json.loads((path / "bank.json").read_text())  # (readable: `pack` read it first)
+    try:
+        return {
+            "modalities": bank["modalities"],
+            "variants": [f"{v['tier']}/{v['modality']}" for v in bank["variants"]],
+            "resident_bytes": sum(v["memory_bytes"] for v in bank["variants"]),
+        }
+    except (KeyError, TypeError) as err:
+        raise RegistryError(f"{path / 'bank.json'}: not a whole variant bank ({type(err).__name__}: {err}); build it again with `racmkd edge build`") from None
 
 
 def release_problems(manifest: Any) -> list[str]:

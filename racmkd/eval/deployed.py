@@ -64,7 +64,8 @@ def deploy(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out
     stale = (
         result is None
         or not isinstance(result.get("fp32"), dict)
-        or not Path(str(result["fp32"].get("path"))).is_file()
+        or not isinstance(result["fp32"].get("path"), str)
+        or not Path(result["fp32"]["path"]).is_file()
         or Path(result["fp32"]["path"]).stat().st_mtime_ns < checkpoint(run_dir, name).stat().st_mtime_ns
     )  # retrained since
     if stale or result.get("commit") != commit or commit is None or commit.endswith("-dirty") or (int8 and "int8" not in result):

@@ -164,16 +164,16 @@ def build_bank(
     tiers = [t.name for t in cfg.students.tiers if (run_dir / "checkpoints" / f"{t.name}.pt").is_file()]
     if not tiers:  # before any folder is made
         raise BankError(f"{run_dir}/checkpoints: no tier students to build variants from. Run `racmkd distill --run {run_dir}` first.")
-    with building_folder(out_dir, keep=_carried_over) as work:
+    with building_folder(out_dir, keep=carried_over) as work:
         _build_bank(cfg, dataset, run_dir, work, tiers, val_samples, test_samples, latency_iters, calibration_samples)
     return out_dir
 
 
-def _carried_over(entry: Path) -> bool:
+def carried_over(entry: Path) -> bool:
     """What a rebuilt bank carries over from the old folder: the live log of `racmkd edge run`
     (live.json), a record of what was served that stays true. Nothing that describes the old
-    variants: an old variant file the new bank no longer lists (a registry release would pack it),
-    nor a `racmkd profile` of one (<variant>.profile.json), which the rebuilt file no longer matches."""
+    variants: an old variant file the new bank no longer lists, nor a `racmkd profile` of one
+    (<variant>.profile.json), which the rebuilt file no longer matches."""
     return entry.name == "live.json"
 
 
