@@ -79,9 +79,10 @@ def external_data_files(model: onnx.ModelProto) -> list[str]:
     return sorted(names)
 
 
-def read_compression_record(folder: Path) -> dict[str, Any]:
+def read_compression_record(folder: Path, whole: bool = False) -> dict[str, Any]:
     """A compressed tier's compression.json (written by `racmkd compress`: the artifact it deploys,
-    its format, every step's log), checked; errors name the file."""
+    its format, every step's log), checked; errors name the file. `whole`: also what the report
+    reads of it (the reason, tier, recipe and step log; hand-edited, a TypeError traceback)."""
     path = Path(folder) / "compression.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file. Compress the tier with `racmkd compress`.")
@@ -92,6 +93,13 @@ def read_compression_record(folder: Path) -> dict[str, Any]:
     missing = [k for k in ("artifact", "format") if not isinstance(record, dict) or not isinstance(record.get(k), str)]
     if missing:
         raise ExportError(f"{path}: no {' or '.join(missing)} recorded; compress the tier again with `racmkd compress`")
+    if whole:
+        damaged = [k for k in ("reason", "tier") if not isinstance(record.get(k), str)] + ["recipe"] * ("recipe" not in record)
+        steps = record.get("steps")
+        if not isinstance(steps, list) or not all(isinstance(s, dict) and {"step", "before", "after", "seconds"} <= s.keys() for s in steps):
+            damaged.append("steps")
+        if damaged:
+            raise ExportError(f"{path}: {', '.join(damaged)} missing or damaged; compress the tier again with `racmkd compress --tier {Path(folder).name}`")
     return record
 
 

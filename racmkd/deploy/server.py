@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
@@ -55,6 +55,9 @@ from typing_extensions import TypeAliasType
 from racmkd.config import RunConfig, ServeConfig, modality_options, read_token
 from racmkd.data.signals import MIN_RATE, AudioSpec  # (importing the signals registers them)
 from racmkd.registry import SIGNALS
+
+if TYPE_CHECKING:
+    from racmkd.deploy.device import StoreError
 
 log = logging.getLogger(__name__)
 ROLES = ("cloud", "fog", "edge")
@@ -773,7 +776,7 @@ class EdgeService(Service):
         self.monitor.stop()
 
 
-def store_failure(err: Any) -> HTTPException:
+def store_failure(err: StoreError) -> HTTPException:
     """A store that could not be written (device.StoreError) as an answer: 507 Insufficient Storage
     for a full disk, else 500; its message names the store's folder and the fix, which `racmkd
     deploy push` prints (it answered "internal error (OSError)", or blamed the release's health)."""
@@ -1043,6 +1046,10 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     if isinstance(service, EdgeService):
+        store_unwritable = {  # (`store_failure`'s answers)
+            500: {"description": "the device's store could not be written (read-only, say); nothing changed"},
+            507: {"description": "the device's disk is full; nothing changed"},
+        }
 
         @app.post(
             "/deploy",
@@ -1053,8 +1060,7 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
                 409: {"description": "failed its health check or could not be served; nothing changed"},
                 413: {"description": "larger than serve.max_update_bytes"},
                 422: {"description": "refused: signature, hash, downgrade, delta, malformed manifest"},
-                500: {"description": "the device's store could not be written (read-only, say); nothing changed"},
-                507: {"description": "the device's disk is full; nothing changed"},
+                **store_unwritable,
             },
         )
         def deploy(manifest: str = Form(...), signature: str = Form(...), delta: bool = Form(False), payload: UploadFile = File(...)) -> dict[str, Any]:
@@ -1070,8 +1076,7 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
             responses={
                 **protected,
                 409: {"description": "nothing to roll back to"},
-                500: {"description": "the device's store could not be written; nothing changed"},
-                507: {"description": "the device's disk is full; nothing changed"},
+                **store_unwritable,
             },
         )
         def rollback() -> dict[str, Any]:

@@ -157,6 +157,12 @@ def _read_int(path: Path) -> int | None:
     return value if value is not None and value >= 0 else None
 
 
+def _cores(quota: int | None, period: int | None) -> float | None:
+    """A CPU quota over its period, in cores (v2's cpu.max, v1's cfs files); None for no limit:
+    "max", v1's -1, absent, or values no kernel writes (a quota of -1 read as -1e-05 cores)."""
+    return quota / period if quota is not None and period is not None and quota > 0 and period > 0 else None
+
+
 @dataclass(frozen=True)
 class CgroupLimits:
     """What the container (cgroup v2, or v1) lets this process use; None where there is no limit."""
@@ -223,10 +229,9 @@ def read_cgroup(root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup: Path = Pa
         limits = [v for v in (_read_int(g / "memory.max") for g in chain) if v is not None]  # "max" reads as None
         quotas = []
         for g in chain:
-            fields_ = (_read_text(g / "cpu.max") or "max").split()
-            quota, period = (_read_int_text(f) for f in fields_) if len(fields_) == 2 and fields_[0] != "max" else (None, None)
-            if quota is not None and period is not None and quota > 0 and period > 0:  # (a quota of -1 read as -1e-05 cores)
-                quotas.append(quota / period)
+            fields_ = (_read_text(g / "cpu.max") or "max").split()  # "QUOTA PERIOD", or "max PERIOD"
+            if len(fields_) == 2 and (cores := _cores(_read_int_text(fields_[0]), _read_int_text(fields_[1]))) is not None:
+                quotas.append(cores)
         usage = [_net_usage(g / "memory.current", g / "memory.stat", "inactive_file") for g in chain]
         headroom = _headroom([(_read_int(g / "memory.max"), u) for g, u in zip(chain, usage)])
         return CgroupLimits(min(limits) if limits else None, usage[0], min(quotas) if quotas else None, 2, headroom)
@@ -234,11 +239,7 @@ def read_cgroup(root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup: Path = Pa
         memory = _chain(root / "memory", _membership(proc_self_cgroup, "memory"))
         cpu = _chain(root / "cpu", _membership(proc_self_cgroup, "cpu"))
         limits = [v for v in (_read_int(g / "memory.limit_in_bytes") for g in memory) if v is not None and v < UNLIMITED]
-        quotas = []
-        for g in cpu:
-            q, period = _read_int(g / "cpu.cfs_quota_us"), _read_int(g / "cpu.cfs_period_us")
-            if q and q > 0 and period:
-                quotas.append(q / period)
+        quotas = [c for g in cpu if (c := _cores(_read_int(g / "cpu.cfs_quota_us"), _read_int(g / "cpu.cfs_period_us"))) is not None]
         usage = [_net_usage(g / "memory.usage_in_bytes", g / "memory.stat", "total_inactive_file") for g in memory]
         limit_of = [v if v is not None and v < UNLIMITED else None for v in (_read_int(g / "memory.limit_in_bytes") for g in memory)]
         return CgroupLimits(min(limits) if limits else None, usage[0], min(quotas) if quotas else None, 1, _headroom(list(zip(limit_of, usage))))
