@@ -308,7 +308,7 @@ def export(
         if out is not None:
             _check_out_folder(out)  # found now, not after the data loads ("[Errno 17] File exists", "[Errno 20] Not a directory")
         run_dir, cfg = open_run(run)
-        exportable_checkpoint(run_dir, model)  # before the data loads
+        exportable_checkpoint(run_dir, model, list(modality) if modality else None)  # before the data loads
         result = export_model(
             cfg, prepare_data(cfg), run_dir, model, out, int8, list(modality) if modality else None, int8_weights=int8_weights, int4_weights=int4_weights
         )

@@ -608,6 +608,8 @@ class RunConfig:
 
 
 def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"  # as YAML writes it
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
@@ -629,8 +631,10 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         errors = []
         for option in typing.get_args(tp):
-            if option is type(None) and value is None:
-                return None
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
             try:
                 return _convert(value, option, where, source)
             except ConfigError as err:

@@ -608,14 +608,19 @@ def compress_students(
     return written
 
 
-def exportable_checkpoint(run_dir: Path, name: str) -> Path:
-    """The checkpoint `racmkd export` writes for model `name` of a run, checked before the data
-    loads. A compressed tier (`<tier>_compressed`) has no checkpoint there: `racmkd compress`
-    exported it already, and the error names its file."""
+def exportable_checkpoint(run_dir: Path, name: str, present: list[str] | None = None) -> Path:
+    """The checkpoint `racmkd export` writes for model `name` of a run (with the inputs `present`,
+    when given, among the model's), checked before the data loads. A compressed tier
+    (`<tier>_compressed`) has no checkpoint there: `racmkd compress` exported it already, and the
+    error names its file."""
     from racmkd.compress.artifacts import read_compression_record
 
     path = checkpoint(run_dir, name)
     if path.exists():
+        if present:
+            from racmkd.compress.export import check_present
+
+            check_present(path, present, load_model(path)[1])
         return path
     folder = compressed_dir(run_dir, name.removesuffix("_compressed"))
     if name.endswith("_compressed") and (folder / "compression.json").is_file():

@@ -676,6 +676,7 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         # Values checked when the recipe is read, not when (after other tiers' work) the step runs.
         ([{"prune": {"importance": "bogus"}}, "export"], r"steps\[0\]\.prune: importance"),
         ([{"prune": {"target_bytes": 1000, "steps": 0}}, "export"], "prune: steps must be at least 1"),
+        ([{"prune": {"ratio": 0.3, "target_bytes": 1000}}, "export"], "give ratio or target_bytes, not both"),
         ([{"prune": {"finetune": {"lr": -0.1}}}, "export"], "lr must be a positive number"),
         ([{"lowrank": {"energy": 1.5}}, "export"], "energy must be in"),
         ([{"export": {"min_agreement": 1.5}}], "min_agreement and max_accuracy_drop must be in"),

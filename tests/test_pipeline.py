@@ -632,3 +632,18 @@ def test_a_compressed_tier_to_export_names_the_file_compress_wrote(tmp_path: Pat
         exportable_checkpoint(tmp_path, "critical_compressed")
     with pytest.raises(RunError, match="no model 'high_compressed'.*available: critical"):  # no such compressed tier
         exportable_checkpoint(tmp_path, "high_compressed")
+
+
+def test_inputs_the_model_lacks_are_refused_before_the_data_loads(tiny_run: Path) -> None:
+    """`export --modality smell` was refused by the exporter, after the dataset had loaded (minutes
+    on a real run); the checkpoint's own inputs decide it first (`racmkd export` checks them before
+    it loads the data), naming the file."""
+    from racmkd.compress.artifacts import ExportError
+    from racmkd.pipeline import exportable_checkpoint
+
+    path = tiny_run / "checkpoints" / "critical.pt"
+    assert exportable_checkpoint(tiny_run, "critical", ["image"]) == path
+    with pytest.raises(ExportError, match=rf"{path}: cannot export inputs \['smell'\]; the model uses"):
+        exportable_checkpoint(tiny_run, "critical", ["image", "smell"])
+    with pytest.raises(ExportError, match="image listed more than once"):
+        exportable_checkpoint(tiny_run, "critical", ["image", "image"])

@@ -239,6 +239,16 @@ def compact_file(path: Path) -> dict[str, int]:
     return by_module
 
 
+def check_present(path: Path, present: list[str], specs: dict[str, Any]) -> None:
+    """Refuse inputs to export that the model (`path`, named in the error) lacks or that are named twice."""
+    unknown = set(present) - set(specs)
+    if unknown:
+        raise ExportError(f"{path}: cannot export inputs {sorted(unknown)}; the model uses {list(specs)}")
+    repeated = sorted({m for m in present if present.count(m) > 1})
+    if repeated:  # the graph takes one input per modality, named after it; torch's exporter fails obscurely on two
+        raise ExportError(f"{path}: {', '.join(repeated)} listed more than once in the inputs to export ({present}); name each modality once")
+
+
 def export_onnx(
     model: MultimodalNet,
     specs: dict[str, Any],
@@ -254,12 +264,7 @@ def export_onnx(
     modalities' additive share of a student's logits (see `InputGraph`). A graph this process
     exported before is written again from memory with this file's contract (see `graph_key`)."""
     present = list(present or specs)
-    unknown = set(present) - set(specs)
-    if unknown:
-        raise ExportError(f"{path}: cannot export inputs {sorted(unknown)}; the model uses {list(specs)}")
-    repeated = sorted({m for m in present if present.count(m) > 1})
-    if repeated:  # the graph takes one input per modality, named after it; torch's exporter fails obscurely on two
-        raise ExportError(f"{path}: {', '.join(repeated)} listed more than once in the inputs to export ({present}); name each modality once")
+    check_present(path, present, specs)
     wrapper = InputGraph(fold_batchnorm(model), present, share).eval()
     example = tuple(torch.zeros(1, *modalities[m].feature_shape(specs[m])) for m in present)
     key = graph_key(wrapper, example)

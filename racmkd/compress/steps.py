@@ -214,7 +214,7 @@ class PruneOptions:
     Every pruned layer keeps a multiple of `multiple` channels, the one nearest to its share (see
     `align_channels` for why)."""
 
-    ratio: float | dict[str, float] = 0.5
+    ratio: float | dict[str, float] | None = None  # 0.5 when neither it nor target_bytes is given
     target_bytes: int = 0
     steps: int = 2
     importance: str = "l2"  # l1 | l2 (group weight magnitude) | bn (BatchNorm scale)
@@ -229,6 +229,10 @@ class PruneOptions:
         require(
             0 <= self.max_drop <= 1 and self.target_bytes >= 0,
             f"prune: max_drop must be in [0, 1] and target_bytes >= 0, got {self.max_drop} and {self.target_bytes}",
+        )
+        require(
+            self.ratio is None or not self.target_bytes,
+            f"prune: give ratio or target_bytes, not both (got ratio {self.ratio} and target_bytes {self.target_bytes}); one of them would be ignored",
         )
         require(self.multiple >= 1, f"prune: multiple must be >= 1, got {self.multiple}")
         require(self.steps >= 1, f"prune: steps must be at least 1, got {self.steps}")
@@ -257,7 +261,7 @@ class Prune(Step):
             if unknown:
                 raise ValueError(f"prune: ratio for {sorted(unknown)}, which {subject.name} does not use (it uses {list(subject.specs)})")
             return {m: float(o.ratio.get(m, 0.0)) for m in subject.specs}
-        return {m: float(o.ratio) for m in subject.specs}
+        return {m: float(0.5 if o.ratio is None else o.ratio) for m in subject.specs}
 
     def check(self, subject: Subject, ctx: Context) -> None:
         for m, r in self.ratios(subject).items():
