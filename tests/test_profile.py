@@ -554,6 +554,36 @@ def test_a_model_onnx_runtime_cannot_run_here_is_profiled_without_measurement(tm
     assert "this machine: not measured (" in render_profile(p)
 
 
+def test_work_the_cost_model_does_not_count_is_said_beside_the_verdict(tmp_path: Path) -> None:
+    """A custom operator (a runtime's own kernel) or a ConvTranspose has no FLOP model: the graph was
+    judged to fit on its other operators' work and said nothing; now the reason names them."""
+    from racmkd.compress.export import CONTRACT_KEY, set_metadata
+    from racmkd.resources.profile import render_profile
+
+    plain = graph_cost(hand_graph())
+    assert plain.uncosted == ()
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]),
+            helper.make_node("Heavy", ["a"], ["b"], domain="com.example"),
+            helper.make_node("ConvTranspose", ["b", "wt"], ["y"]),
+        ],
+        "custom",
+        [helper.make_tensor_value_info("x", F32, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", F32, [1, 1, 6, 6])],
+        [numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w"), numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "wt")],
+        value_info=[helper.make_tensor_value_info("b", F32, [1, 2, 4, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)])
+    set_metadata(model, {CONTRACT_KEY: json.dumps({"format": "racmkd-onnx/1", "inputs": {"x": {}}})})
+    onnx.save(model, tmp_path / "custom.onnx")
+    p = profile_model(tmp_path / "custom.onnx", load_device("raspberry-pi-4"), FIXED)
+    assert p["uncosted_operators"] == ["ConvTranspose", "com.example.Heavy"]
+    assert p["fits"] and "leave out the work of ConvTranspose, com.example.Heavy" in p["reason"]
+    assert p["this_machine"]["measured_latency_ms_p50"] is None  # (ONNX Runtime has no such kernel: said, as before)
+    assert "leave out the work of" in render_profile(p)
+
+
 def test_no_estimate_outruns_the_devices_peak() -> None:
     fitted_above_one = dataclasses.replace(FIXED, flops_efficiency=1.32, seconds_per_op=0.0)  # this host's measured peak fell short of its real one
     flops, peak_gflops = 2e9, 10.0

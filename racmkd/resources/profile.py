@@ -123,12 +123,17 @@ class GraphCost:
     int8_flops: int  # the part of `flops` done by layers quantized to int8
     operators: int  # nodes a runtime dispatches (QDQ nodes of an int8 graph fuse away)
     quantized: bool  # int8 arithmetic (activations quantized too)
+    uncosted: tuple[str, ...] = ()  # operators whose arithmetic `flops` leaves out (UNCOSTED_HEAVY_OPS, other domains' ops)
 
 
 # Where a compute op's second operand (a convolution's weight, a product's B) is among its inputs:
 # the QOperator ops put their input's scale and zero point before it.
 SECOND_OPERAND = {"QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3}
 INT8_OPS = {"ConvInteger", "QLinearConv", "QLinearMatMul", "MatMulInteger", "QGemm"}  # int8 arithmetic whatever surrounds them
+# Standard operators whose arithmetic can outweigh a convolution's, which the FLOP model does not
+# count (racmkd exports none): a graph holding one, or an operator of a domain other than ONNX's
+# (a runtime's custom kernel), has its latency and energy estimated without their work, and says so.
+UNCOSTED_HEAVY_OPS = {"ConvTranspose", "QLinearConvTranspose", "LSTM", "GRU", "RNN", "Einsum", "Attention", "MultiHeadAttention", "FFT", "DFT", "STFT"}
 
 
 def _operand_shape(name: str, shapes: dict[str, list[int]], weights: dict[str, np.ndarray]) -> list[int] | None:
@@ -290,7 +295,16 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
     float_bytes = {q: weights[q].size * 4 for q in dequantized_weights.values()}  # each int8 or int4 weight as a float32
     scales = {n.input[1] for n in graph_.node if n.output[0] in dequantized_weights}
     resident = weight_bytes + sum(float_bytes.values()) - sum(stored[q] for q in float_bytes) - sum(stored[s] for s in scales if s in stored)
-    return GraphCost(file_bytes, weight_bytes, resident, max(float_bytes.values(), default=0), peak, written, flops, int8_flops, operators, quantized)
+    uncosted = tuple(
+        sorted(
+            {
+                f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+                for n in graph_.node
+                if n.op_type in UNCOSTED_HEAVY_OPS or n.domain not in ("", "ai.onnx")
+            }
+        )
+    )
+    return GraphCost(file_bytes, weight_bytes, resident, max(float_bytes.values(), default=0), peak, written, flops, int8_flops, operators, quantized, uncosted)
 
 
 # The latency model ------------------------------------------------------------------------------------
@@ -549,6 +563,9 @@ def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measur
         if problems
         else f"ROM {rom:,} <= {device.rom_bytes:,}, RAM {ram:,} <= {device.ram_bytes:,}" + (f", {seconds * 1e3:.3f} ms <= {target:g} ms" if target else "")
     )
+    if cost.uncosted:  # (such a graph was judged on its other operators' work alone, and said nothing)
+        reason += f"; the latency and energy estimates leave out the work of {', '.join(cost.uncosted)}, which the cost model does not count: measure it on the device"
+
     result: dict[str, Any] = {
         "model": str(path),
         "model_name": contract.get("model"),
@@ -561,6 +578,7 @@ def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measur
         "flops": cost.flops,
         "int8_flops": cost.int8_flops,
         "operators": cost.operators,
+        "uncosted_operators": list(cost.uncosted),
         "estimated_latency_ms": seconds * 1e3,
         "estimated_energy_mj": estimated_energy_joules(cost.flops, moved, seconds, device.energy) * 1e3,
         "energy_source": "estimated",
