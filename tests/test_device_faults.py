@@ -24,7 +24,7 @@ from racmkd.config import load_config
 from racmkd.deploy.device import COMMITTED, DeviceStore, StoreError, UpdateFailed
 from racmkd.deploy.registry import MANIFEST_FORMAT, ModelRegistry
 from racmkd.deploy.server import EdgeService, ModelService, create_app, report_accuracies
-from racmkd.deploy.signing import generate_keypair, load_private_key, load_public_key, sign
+from racmkd.deploy.signing import SignatureError, generate_keypair, load_private_key, load_public_key, sign
 from racmkd.utils import UMASK, sha256
 
 TOKEN = "test-token"
@@ -291,15 +291,15 @@ def test_keygen_on_a_full_disk_leaves_no_half_pair_and_can_be_run_again(tmp_path
     folder.mkdir()
     if fault == "write":  # the public key's bytes do not fit
         failing_writes(monkeypatch, folder, errno.ENOSPC, (".racmkd.pub.",))
-    else:  # the second rename fails after the first went through
-        replace = os.replace
+    else:  # the second key's move into place fails after the first went through
+        link = os.link
 
         def second_fails(src: str | Path, dst: str | Path) -> None:
             if Path(dst).name == "racmkd.pub":
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            replace(src, dst)
+            link(src, dst)
 
-        monkeypatch.setattr(os, "replace", second_fails)
+        monkeypatch.setattr(os, "link", second_fails)
     with pytest.raises(OSError) as caught:
         generate_keypair(folder)
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(folder) and "run `racmkd registry keygen` again" in str(caught.value)
@@ -309,6 +309,33 @@ def test_keygen_on_a_full_disk_leaves_no_half_pair_and_can_be_run_again(tmp_path
     assert stat.S_IMODE(private.stat().st_mode) == 0o600 and stat.S_IMODE(public.stat().st_mode) == 0o666 & ~UMASK
     assert sorted(p.name for p in folder.iterdir()) == ["racmkd.key", "racmkd.pub"]
     load_private_key(private), load_public_key(public)
+
+
+def test_keygen_never_replaces_a_key_another_keygen_wrote_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two keygens in one folder: both passed the "exists" check, and the later renames replaced the
+    earlier's keys one by one, which could leave one's private key beside the other's public one.
+    A key that appears after the check is kept, and this keygen leaves nothing."""
+    from racmkd.deploy import signing
+
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    write_pair = signing._write_pair
+
+    def other_keygen_first(where: Path, files: dict) -> None:
+        (where / "racmkd.pub").write_bytes(b"the other keygen's public key")
+        write_pair(where, files)
+
+    monkeypatch.setattr(signing, "_write_pair", other_keygen_first)
+    with pytest.raises(SignatureError, match=r"racmkd\.pub appeared while the keys were written"):
+        generate_keypair(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["racmkd.pub"] and (folder / "racmkd.pub").read_bytes() == b"the other keygen's public key"
+    # Without hard links (FAT), a rename after a last look.
+    (folder / "racmkd.pub").unlink()
+    monkeypatch.setattr(signing, "_write_pair", write_pair)
+    monkeypatch.setattr(os, "link", lambda src, dst: (_ for _ in ()).throw(OSError(errno.EPERM, "no hard links")))
+    private, public = generate_keypair(folder)
+    load_private_key(private), load_public_key(public)
+    assert sorted(p.name for p in folder.iterdir()) == ["racmkd.key", "racmkd.pub"]
 
 
 def test_keygen_command_reports_the_folder_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ has the same signature input wherever it was serialised.
 from __future__ import annotations
 
 import json
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -52,9 +53,10 @@ def generate_keypair(folder: Path, name: str = "racmkd") -> tuple[Path, Path]:
 
 def _write_pair(folder: Path, files: dict[Path, tuple[bytes, int]]) -> None:
     """Write each file's bytes with its mode to a temporary file in `folder`, flush them to disk,
-    then rename them into place; if anything fails, whatever was written (temporary or renamed) is
-    removed and an OSError names the folder, the cause and the fix."""
-    written: list[Path] = []  # temporary files, then the keys renamed into place
+    then move them into place where no file is (`_claim`); if anything fails, whatever this call
+    wrote (temporary or moved) is removed and an OSError names the folder, the cause and the fix (a
+    SignatureError, a key that appeared meanwhile)."""
+    written: list[Path] = []  # temporary files, then the keys moved into place
     try:
         temporary = {}
         for path, (data, mode) in files.items():
@@ -68,11 +70,15 @@ def _write_pair(folder: Path, files: dict[Path, tuple[bytes, int]]) -> None:
             os.chmod(tmp, mode)
             temporary[path] = tmp
         for path, tmp in temporary.items():
-            os.replace(tmp, path)
+            _claim(tmp, path)
             written[written.index(tmp)] = path
     except BaseException as err:
         for path in written:
             path.unlink(missing_ok=True)
+        if isinstance(err, FileExistsError):
+            raise SignatureError(
+                f"{err.filename} appeared while the keys were written (another keygen?); nothing of this one was kept: use the pair there"
+            ) from None
         if isinstance(err, OSError):
             raise OSError(
                 err.errno,
@@ -80,7 +86,29 @@ def _write_pair(folder: Path, files: dict[Path, tuple[bytes, int]]) -> None:
                 str(folder),
             ) from None
         raise
-    fsync_folder(folder)  # the renames reach the disk too
+    fsync_folder(folder)  # the new names reach the disk too
+
+
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}  # what os.link raises where a filesystem has none (FAT, some network ones)
+
+
+def _claim(tmp: Path, path: Path) -> None:
+    """Move a whole temporary file to `path` unless a file is there: a hard link is made only where
+    none exists (a rename would replace a key another keygen wrote after this one's check, leaving
+    one's private key beside the other's public one). A filesystem without hard links gets a rename
+    after a last look."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+    except OSError as err:
+        if err.errno not in NO_HARD_LINKS:
+            raise
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
