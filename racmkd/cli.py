@@ -800,7 +800,7 @@ def deploy_apply(
     ] = None,
     token_env: Annotated[str, typer.Option(help="Environment variable holding the devices' management token.")] = "RACMKD_TOKEN",
     mqtt_host: Annotated[Optional[str], typer.Option(help="The telemetry broker: devices whose last will says offline are passed over.")] = None,
-    mqtt_port: Annotated[int, typer.Option(min=1, max=65535)] = 1883,
+    mqtt_port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="The broker's port where --mqtt-host writes none [default: 1883].")] = None,
     fleet_name: Annotated[str, typer.Option(help="The fleet's name in the telemetry topics (racmkd/<fleet>/<device>/status).")] = "default",
     full: Annotated[bool, typer.Option("--full", help="Send whole releases, never deltas.")] = False,
     timeout: TimeoutOpt = 60.0,
@@ -819,11 +819,14 @@ def deploy_apply(
         raise _fail(ValueError(f"${token_env} is not set: the devices' management token is needed"))
     key = public_key or (DEFAULT_PUBLIC_KEY if DEFAULT_PUBLIC_KEY.is_file() else None)
     if mqtt_host:
-        from racmkd.deploy.telemetry import broker_address, topic
+        from racmkd.deploy.telemetry import DEFAULT_PORT, broker_address, topic
 
         try:  # (a fleet name holding # or + was paho's traceback, one holding / matched no device)
             topic(fleet_name, "device", "status")
-            mqtt_host, mqtt_port = broker_address(mqtt_host, default_port=mqtt_port)  # HOST[:PORT], as `serve --mqtt` takes it; a port written there wins
+            mqtt_host, written = broker_address(mqtt_host, default_port=0)  # HOST[:PORT], as `serve --mqtt` takes it (0: no port written)
+            if written and mqtt_port and written != mqtt_port:  # (the address's port won, silently)
+                raise ValueError(f"two ports, {written} in --mqtt-host and {mqtt_port} in --mqtt-port: give one")
+            mqtt_port = written or mqtt_port or DEFAULT_PORT
         except ValueError as err:
             raise _fail(ValueError(f"--mqtt-host / --fleet-name: {err}")) from None
     watcher = None

@@ -248,6 +248,12 @@ def test_deploy_apply_refuses_a_fleet_name_no_topic_can_hold_before_connecting(t
         app, ["deploy", "apply", "--fleet", str(tmp_path / "fleet.yaml"), "--mqtt-host", "[::1", "--root", str(tmp_path)], env={"RACMKD_TOKEN": "secret"}
     )
     assert out.exit_code == 2 and "an IPv6 address in brackets" in out.output, out.output
+    # Two ports (the address's won silently); one port written twice is fine (the fleet file is missing: said next).
+    argv = ["deploy", "apply", "--fleet", str(tmp_path / "fleet.yaml"), "--root", str(tmp_path), "--mqtt-host", "127.0.0.1:1884", "--mqtt-port"]
+    out = CliRunner().invoke(app, [*argv, "1885"], env={"RACMKD_TOKEN": "secret"})
+    assert out.exit_code == 2 and "two ports, 1884 in --mqtt-host and 1885 in --mqtt-port: give one" in out.output, out.output
+    out = CliRunner().invoke(app, [*argv, "1884"], env={"RACMKD_TOKEN": "secret"})
+    assert "two ports" not in out.output and "fleet.yaml" in out.output, out.output
 
 
 def test_a_registry_sqlite_cannot_open_or_write_is_told_with_the_folder_and_the_fix(
@@ -996,7 +1002,7 @@ def test_a_broker_address_is_parsed_or_refused_at_startup_and_a_lost_broker_is_l
 
     assert broker_address("[::1]:18884") == ("::1", 18884) and broker_address("::1") == ("::1", 1883) and broker_address("[::1]") == ("::1", 1883)
     assert broker_address("broker.local") == ("broker.local", 1883) and broker_address("127.0.0.1:1884") == ("127.0.0.1", 1884)
-    # `deploy apply --mqtt-host H[:P] --mqtt-port Q`: Q where the address writes no port, P where it does (even P = 1883).
+    # A default port where the address writes none (`deploy apply` passes 0 to tell whether it wrote one).
     assert broker_address("broker.local", default_port=8883) == ("broker.local", 8883) and broker_address("h:1883", default_port=8883) == ("h", 1883)
     assert broker_address("::1", default_port=8883) == ("::1", 8883) and broker_address("[::1]:1883", default_port=8883) == ("::1", 1883)
     for text, expected in (
