@@ -30,6 +30,9 @@ class BarePath:
 
     def __init__(self, bank: Any, variant_ids: list[str], sessions: dict[str, Any] | None = None, threads: int = 1) -> None:
         by_id = {v.id: v for v in bank.table.variants}
+        unknown = [i for i in variant_ids if i not in by_id]
+        if unknown:  # (a KeyError traceback)
+            raise ValueError(f"variants {unknown} are not in the bank; it holds {', '.join(sorted(by_id))}")
         self.variants = [by_id[i] for i in variant_ids]
         self.specs = {v.id: bank.specs[v.id] for v in self.variants}
         self.signals = {v.id: SIGNALS.create(v.modality) for v in self.variants}
@@ -73,4 +76,9 @@ if __name__ == "__main__":
     )
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    uvicorn.run(create_app(args.bank, args.variants.split(","), args.threads), host="127.0.0.1", port=args.port, log_level="warning")
+    try:
+        app = create_app(args.bank, args.variants.split(","), args.threads)
+    except (ValueError, RuntimeError) as err:  # (an unknown variant id, an unreadable bank: BankError; one line, not a traceback)
+        raise SystemExit(f"{args.bank}: {err}") from None
+    print(f"serving {args.variants} from {args.bank} on http://127.0.0.1:{args.port}", flush=True)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")

@@ -3,7 +3,7 @@ with the fog killed mid-run, and each role under concurrent load, all on loopbac
 
     python benchmarks/deploy.py                 # on runs/latest (needs its variant bank: racmkd edge build)
     python benchmarks/deploy.py --run runs/NAME
-    python benchmarks/deploy.py --quick         # fewer requests and steps: minutes, figures rough
+    python benchmarks/deploy.py --quick         # on runs/quick/latest (another benchmark's --quick run): fewer requests and steps, minutes, figures rough
 
 - Delta updates: every tier's student (the compressed one where the run has it) fine-tuned on
   labels, once with only the classifier head trainable and once with every weight trainable (as
@@ -69,6 +69,7 @@ from racmkd.eval.report import evaluate_run, git_commit, machine  # noqa: E402
 from racmkd.models.checkpoint import load_model, save_model  # noqa: E402
 from racmkd.models.inference import BatchFeatures  # noqa: E402
 from racmkd.pipeline import open_run, prepare_data  # noqa: E402
+from racmkd.runs import RunError  # noqa: E402
 from racmkd.resources.devices import device_names, load_device  # noqa: E402
 from racmkd.runtime.edge import EdgeRuntime  # noqa: E402
 from racmkd.runtime.variants import build_bank, load_bank  # noqa: E402
@@ -253,6 +254,11 @@ def serving_overhead(run_dir: Path, dataset: Any, iters: int) -> dict[str, Any]:
             handler_before = handler_seconds(client)
             for _ in range(ROUNDS):  # every path in turn (the host's speed drifts: each path sees the same drift)
                 for name, fn in calls.items():
+                    # The servers finish their work after they answer (on 2 cores, beside the path timed
+                    # next): without a pause the in-process path after the HTTP ones read 4.0 ms
+                    # against 0.29 ms timed alone, and the runtime's overhead -92%.
+                    time.sleep(0.2)
+                    fn()
                     for _ in range(iters // ROUNDS):
                         started = time.perf_counter()
                         fn()
@@ -558,7 +564,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, default=REPO / "runs" / "latest")
+    parser.add_argument("--run", type=Path, default=None, help="a run (default: runs/latest, with --quick runs/quick/latest)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--steps", type=int, default=300, help="fine-tuning steps for the delta experiment")
     parser.add_argument("--iters", type=int, default=600, help="timed calls per path for the overhead")
@@ -574,7 +580,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.steps, args.iters, args.requests, args.load_requests, args.load_seconds, args.soak_minutes = 30, 60, 60, 200, 4.0, 0.5
-    run_dir, cfg = open_run(args.run)
+    args.run = args.run or REPO / "runs" / ("quick" if args.quick else "") / "latest"  # (the other benchmarks' --quick runs are under runs/quick)
+    try:
+        run_dir, cfg = open_run(args.run)
+    except RunError as err:
+        sys.exit(f"{err}; make a run first (`make run`, or a benchmark's --quick) or name one with --run")
     dataset = prepare_data(cfg)
     if not (run_dir / "edge" / "bank.json").is_file():
         build_bank(cfg, dataset, run_dir)

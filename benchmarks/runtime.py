@@ -450,7 +450,18 @@ def render(result: dict[str, Any]) -> str:
         lines += [
             "## Soak",
             "",
-            f"{s['minutes']:g} minutes of the periodic trace in real time (latency target {s.get('latency_target_ms', result['latency_target_ms']):.3f} ms): {s['requests']:,} requests, {s['switches']} switches, accuracy {s['accuracy']:.4f}; resident memory grew {s['rss_growth_bytes_after_warmup'] / 1024:+.0f} KB over the second half (fitted slope {s['rss_slope_bytes_per_minute'] / 1024:+.1f} KB/min), {s.get('rss_growth_bytes_after_first_minute', math.nan) / 1024:+.0f} KB after the first minute; the first half is the warm-up, where pools and bounded windows settle.",
+            f"{s['minutes']:g} minutes of the periodic trace in real time (latency target {s.get('latency_target_ms', result['latency_target_ms']):.3f} ms): {s['requests']:,} requests, {s['switches']} switches, accuracy {s['accuracy']:.4f}; "
+            + (
+                f"resident memory grew {s['rss_growth_bytes_after_warmup'] / 1024:+.0f} KB over the second half (fitted slope {s['rss_slope_bytes_per_minute'] / 1024:+.1f} KB/min), "
+                + (
+                    f"{s['rss_growth_bytes_after_first_minute'] / 1024:+.0f} KB after the first minute"
+                    if math.isfinite(s.get("rss_growth_bytes_after_first_minute", math.nan))
+                    else "no minute after the first"
+                )
+                + "; the first half is the warm-up, where pools and bounded windows settle."
+                if math.isfinite(s["rss_growth_bytes_after_warmup"])
+                else "too short to judge its resident memory (fewer than three samples over its second half)."
+            ),
             "",
         ]
     lines += targets_table(result["targets"])
@@ -530,7 +541,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.config, args.runs_dir = REPO / "configs" / "smoke.yaml", args.runs_dir / "quick"
-        args.requests, args.monitor_seconds, args.soak_minutes, args.repeats = 200, 3.0, 0.25, 2
+        args.requests, args.monitor_seconds, args.soak_minutes, args.repeats = 200, 3.0, 0.5, 2  # (0.25 min of soak was too short to judge)
         STRESS_PHASES[:] = [(n, 2, a) for n, _, a in STRESS_PHASES]
     run_dir = ensure_run(args.config, args.run, args.runs_dir).resolve()
     run_dir, cfg = open_run(run_dir)

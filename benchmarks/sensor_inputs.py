@@ -230,6 +230,7 @@ def plot(sensor: Sensor, result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("test accuracy")
     ax.legend()
     ax.grid(alpha=0.3)
+    fig.tight_layout()  # (the x label was cut off)
     save_figure(fig, path)
 
 
@@ -245,8 +246,11 @@ def main() -> None:
     sensor = SENSORS[args.sensor]
     register_plugin(sensor)
     seeds, epochs = ([args.seeds[0]], 1) if args.quick else (args.seeds, args.epochs)
+    if args.quick:  # its own runs and files, as the other benchmarks' --quick: the full results stay
+        args.runs_dir = args.runs_dir / "quick"
     result = measure(sensor, seeds, epochs, args.quick, args.runs_dir)
-    write_results(args.out, f"{sensor.name}_inputs", result, render(sensor, result), lambda path: plot(sensor, result, path))
+    stem = f"{sensor.name}_inputs" + ("-quick" if args.quick else "")
+    write_results(args.out, stem, result, render(sensor, result).replace(f"{sensor.name}_inputs.png", f"{stem}.png"), lambda path: plot(sensor, result, path))
 
 
 if __name__ == "__main__":

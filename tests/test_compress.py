@@ -1023,6 +1023,22 @@ def test_a_failing_recipe_leaves_nothing_half_written(compressed_run: Path, tmp_
     assert not list((run_dir / "compressed").glob(".*"))
 
 
+def test_an_experiment_compressed_elsewhere_leaves_the_runs_timings(compressed_run: Path, tmp_path: Path) -> None:
+    """The compression benchmark compresses into experiments/<name>: its time replaced the run's own
+    compress_students in timings.json (and outgrew the file's total)."""
+    from racmkd.pipeline import compress_students, open_run, prepare_data
+
+    run = tmp_path / "run"
+    shutil.copytree(compressed_run, run, ignore=shutil.ignore_patterns("edge", "onnx"))
+    run_dir, cfg = open_run(run)
+    before = (run_dir / "timings.json").read_text()
+    recipe = tmp_path / "export-only.yaml"
+    recipe.write_text("steps:\n  - export: {int8: none, latency_iters: 5}\n")
+    [written] = compress_students(cfg, prepare_data(cfg), run_dir, ["critical"], recipe, into="experiments/export-only")
+    assert written == run_dir / "experiments" / "export-only" / "critical" and (written / "compression.json").is_file()
+    assert (run_dir / "timings.json").read_text() == before
+
+
 def test_int8_weights_leave_headroom_for_kernels_that_saturate(tmp_path: Path) -> None:
     """A convolution whose 8-bit weights sit at full scale and whose inputs reach the top of their
     range overflows the 16-bit pairwise sums of x86 int8 kernels without VNNI; the shipped artifact
