@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from racmkd.utils import atomic_write_json, atomic_write_text, progress
+from racmkd.utils import atomic_write_json, atomic_write_text, json_safe, progress
 
 SOAK_SAMPLE_S = 5.0  # resident memory read this often
 # Resident memory moves in 4 KB pages as allocators touch them; 64 KB is 16 of those, and less
@@ -39,25 +39,12 @@ def targets_table(targets: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def strict_json(value: Any) -> Any:
-    """`value` with every NaN or infinity as null: JSON has no such numbers (Python wrote NaN and
-    Infinity, which strict parsers such as JavaScript's JSON.parse and jq refuse); the markdown keeps
-    saying what they meant."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
-
-
 def write_results(out: Path, stem: str, result: dict[str, Any], markdown: str, plot: Callable[[Path], None]) -> None:
     """<out>/<stem>.json, <stem>.md and <stem>.png (the markdown links the PNG by that name); prints the
     markdown. The figures are written before the plot, so a failing plot loses no measurement, and the
     PNG is drawn beside its place and renamed into it, so a failure never leaves half an image."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"{stem}.json", strict_json(result))
+    atomic_write_json(out / f"{stem}.json", json_safe(result))  # (NaN and Infinity: no other JSON reader takes them)
     atomic_write_text(out / f"{stem}.md", markdown)
     print(markdown)
     partial = out / f".{stem}.{os.getpid()}.partial.png"  # (ends in .png: matplotlib picks the format by it)
