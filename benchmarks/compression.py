@@ -289,6 +289,8 @@ def render(result: dict[str, Any]) -> str:
     lm = fit["latency_model"]
     lines += [
         "",
+        "RAM: the model's peak activations (and its weights where the device loads them into RAM) plus the device profile's runtime overhead (`runtime_overhead_bytes`: a GPU node's CUDA context, 1 GB, is most of its figure).",
+        "",
         f"Latency model fitted here ({lm['points']} synthetic graphs): t_op {lm['seconds_per_op'] * 1e6:.2f} us, eta_f {lm['flops_efficiency']:.2f}, eta_b {'none (traffic cost no time in the fit)' if lm['bandwidth_efficiency'] is None else format(lm['bandwidth_efficiency'], '.2f')}, median relative error {lm['fit_relative_error']:.1%}.",
     ]
     lines += ["", *targets_table(result["targets"])]
