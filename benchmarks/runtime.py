@@ -98,6 +98,17 @@ def ratio(value: float, base: float | None) -> float:
     return value / base if base else float("inf")
 
 
+def times(multiple: float) -> str:
+    """A multiple for the tables; a dash where static high answered nothing right (no multiple of 0)."""
+    return f"{multiple:.2f}x" if math.isfinite(multiple) else "–"
+
+
+def adaptation(trace: dict[str, Any]) -> str:
+    """A trace's adaptation p99 (all switches / those that loaded a session); a dash without switches."""
+    both = (trace["adaptation_ms_p99"], trace["adaptation_ms_p99_swaps"])
+    return " / ".join(f"{v:.3f}" if math.isfinite(v) else "–" for v in both) if trace["switches"] else "– (no switch)"
+
+
 def over_high(value: float, trace: dict[str, Any]) -> float:
     """A trace's SLO-accuracy figure as a multiple of the static high tier's (inf when that is 0)."""
     return ratio(value, trace["slo_accuracy_static"].get("high"))
@@ -369,7 +380,7 @@ def render(result: dict[str, Any]) -> str:
         gain, ceiling = over_high(s["slo_accuracy"], s), over_high(s["oracle"]["slo_accuracy"], s)
         fixed = s["bank_latency"]
         lines.append(
-            f"| {name} | {with_spread(s)} | {statics} | {gain:.2f}x | {fixed['slo_accuracy']:.4f}: {over_high(fixed['slo_accuracy'], fixed):.2f}x | {s['oracle']['best_per_level']:.4f}: {over_high(s['oracle']['best_per_level'], s):.2f}x | {s['oracle']['clairvoyant_allocator']:.4f}: {over_high(s['oracle']['clairvoyant_allocator'], s):.2f}x | {s['oracle']['slo_accuracy']:.4f}: {ceiling:.2f}x | {s['adaptation_ms_p99']:.3f} / {s['adaptation_ms_p99_swaps']:.3f} | {s['switches']} ({s['switches_loading']}) |"
+            f"| {name} | {with_spread(s)} | {statics} | {times(gain)} | {fixed['slo_accuracy']:.4f}: {times(over_high(fixed['slo_accuracy'], fixed))} | {s['oracle']['best_per_level']:.4f}: {times(over_high(s['oracle']['best_per_level'], s))} | {s['oracle']['clairvoyant_allocator']:.4f}: {times(over_high(s['oracle']['clairvoyant_allocator'], s))} | {s['oracle']['slo_accuracy']:.4f}: {times(ceiling)} | {adaptation(s)} | {s['switches']} ({s['switches_loading']}) |"
         )
     n = next(iter(result["traces"].values())).get("repeats", {}).get("n", 1)
     lines += [
