@@ -258,7 +258,6 @@ def serving_overhead(run_dir: Path, dataset: Any, iters: int) -> dict[str, Any]:
                     # next): without a pause the in-process path after the HTTP ones read 4.0 ms
                     # against 0.29 ms timed alone, and the runtime's overhead -92%.
                     time.sleep(0.2)
-                    fn()
                     for _ in range(iters // ROUNDS):
                         started = time.perf_counter()
                         fn()

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from racmkd.eval.suite import TIERS, SuiteSettings, plot_all, render, run_suite  # noqa: E402
-from racmkd.utils import atomic_write_json, atomic_write_text  # noqa: E402
+from racmkd.utils import atomic_write_json, atomic_write_text, json_safe  # noqa: E402
 
 # Training scale of the full suite: each student and baseline sees 3 x 20,000 samples (the make run
 # students see 4 x 50,000), so that three seeds fit the two-hour budget on two cores.
@@ -71,7 +71,7 @@ def main() -> None:
     result = run_suite(settings)
     stem = "suite-quick" if args.quick else "suite"
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / f"{stem}.json", result)
+    atomic_write_json(args.out / f"{stem}.json", json_safe(result))  # (NaN and Infinity: no other JSON reader takes them)
     plots = plot_all(result, args.out, stem)
     if args.quick:  # the smoke version stays beside its JSON; BENCHMARKS.md holds only the full suite
         atomic_write_text(args.out / f"{stem}.md", render(result, plots))

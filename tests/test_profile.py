@@ -562,6 +562,26 @@ def test_work_the_cost_model_does_not_count_is_said_beside_the_verdict(tmp_path:
 
     plain = graph_cost(hand_graph())
     assert plain.uncosted == ()
+    # ONNX Runtime's own int8 product (com.microsoft QGemm) is costed: not named
+    qgemm = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+            helper.make_node("QGemm", ["xq", "s", "z", "w", "s", "z", "b", "s", "z"], ["yq"], domain="com.microsoft", transB=1),
+            helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["y"]),
+        ],
+        "qgemm",
+        [helper.make_tensor_value_info("x", F32, [1, 8])],
+        [helper.make_tensor_value_info("y", F32, [1, 4])],
+        [
+            numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+            numpy_helper.from_array(np.array(0, np.int8), "z"),
+            numpy_helper.from_array(np.ones((4, 8), np.int8), "w"),
+            numpy_helper.from_array(np.zeros(4, np.int32), "b"),
+        ],
+        value_info=[helper.make_tensor_value_info("yq", TensorProto.INT8, [1, 4])],
+    )
+    costed = graph_cost(helper.make_model(qgemm, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]))
+    assert costed.int8_flops == 64 and costed.uncosted == ()
     graph = helper.make_graph(
         [
             helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]),

@@ -34,7 +34,7 @@ def canonical(manifest: dict[str, Any]) -> bytes:
 def generate_keypair(folder: Path, name: str = "racmkd") -> tuple[Path, Path]:
     """Write <name>.key (private, PEM, mode 0600) and <name>.pub (public, PEM) into `folder`, both
     or neither: each is written to a temporary file in the folder, and only when both are whole are
-    they renamed into place. Written one after the other, a full disk left the private key without
+    they moved into place, where no file is (`_claim`). Written one after the other, a full disk left the private key without
     its public one, and a second try refused to overwrite the half pair."""
     folder = Path(folder)
     private_path, public_path = folder / f"{name}.key", folder / f"{name}.pub"
@@ -71,7 +71,9 @@ def _write_pair(folder: Path, files: dict[Path, tuple[bytes, int]]) -> None:
             temporary[path] = tmp
         for path, tmp in temporary.items():
             _claim(tmp, path)
-            written[written.index(tmp)] = path
+            written.append(path)  # (before the temporary name goes: a failure to remove it still removes the key)
+            tmp.unlink(missing_ok=True)
+            written.remove(tmp)
     except BaseException as err:
         for path in written:
             path.unlink(missing_ok=True)
@@ -93,7 +95,8 @@ NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}  # 
 
 
 def _claim(tmp: Path, path: Path) -> None:
-    """Move a whole temporary file to `path` unless a file is there: a hard link is made only where
+    """Give a whole temporary file the name `path` unless a file is there (the caller removes the
+    temporary name, which a rename has taken already): a hard link is made only where
     none exists (a rename would replace a key another keygen wrote after this one's check, leaving
     one's private key beside the other's public one). A filesystem without hard links gets a rename
     after a last look."""
@@ -107,8 +110,6 @@ def _claim(tmp: Path, path: Path) -> None:
         if path.exists():
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
         os.replace(tmp, path)
-        return
-    tmp.unlink()
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:

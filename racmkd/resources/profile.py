@@ -300,7 +300,8 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
             {
                 f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
                 for n in graph_.node
-                if n.op_type in UNCOSTED_HEAVY_OPS or n.domain not in ("", "ai.onnx")
+                # (ONNX Runtime's com.microsoft QGemm and quantize ops are costed by their names)
+                if n.op_type in UNCOSTED_HEAVY_OPS or (n.domain not in ("", "ai.onnx") and n.op_type not in COMPUTE_OPS | QDQ_OPS)
             }
         )
     )
