@@ -104,7 +104,7 @@ def test_installed_racmkd_reads_nothing_of_site_packages_as_its_checkout(tmp_pat
 def test_stages_on_a_missing_run_fail_cleanly(tmp_path: Path) -> None:
     for args in (["distill", "--run", str(tmp_path / "nope")], ["evaluate", "--run", str(tmp_path)]):
         result = runner.invoke(app, args)
-        assert result.exit_code == 2 and "error:" in result.output, args
+        assert result.exit_code == 2 and "not a run directory (no config.yaml)" in result.output, args
 
 
 def test_evaluate_and_predict_on_the_tiny_run(tiny_run: Path, tmp_path: Path) -> None:

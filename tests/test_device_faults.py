@@ -381,7 +381,7 @@ def test_a_fogs_report_is_read_checked_and_named_when_damaged(tmp_path: Path, ca
         assert said in caplog.text and str(run / "report.json") in caplog.text
 
 
-def test_a_fog_with_a_truncated_report_serves_with_its_accuracy_unknown(tiny_run: Path, tmp_path: Path, caplog) -> None:  # noqa: ANN001
+def test_a_fog_with_a_truncated_report_serves_with_its_accuracy_unknown(tiny_run: Path, tiny_dataset, tmp_path: Path, caplog) -> None:  # noqa: ANN001
     """It stopped with "error: Unterminated string ..." naming no file."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.png", "experiments", "device", "edge", "compressed"))
@@ -390,4 +390,9 @@ def test_a_fog_with_a_truncated_report_serves_with_its_accuracy_unknown(tiny_run
     with caplog.at_level("WARNING", logger="racmkd.deploy.server"):
         service = ModelService("fog", run, ["high"])
     assert service.describe()["accuracy"] is None and str(run / "report.json") in caplog.text
-    assert service.predictors["high"] is not None
+    import torch
+
+    raw = tiny_dataset.raw_batch("test", torch.tensor([0]))
+    request = {m: raw[m][0].numpy().tolist() for m in service.modalities()}
+    reply = TestClient(create_app(service, load_config(run / "config.yaml").serve, token=None)).post("/predict", json=request)
+    assert reply.status_code == 200 and len(reply.json()["probabilities"]) == 10, reply.text  # it serves
