@@ -3,7 +3,7 @@ and the compressed row of every tier.
 
     python benchmarks/compression.py                    # on runs/bench-compression (made if missing)
     python benchmarks/compression.py --run runs/latest  # on an existing run with compressed tiers
-    python benchmarks/compression.py --quick            # the smoke config: minutes, figures meaningless
+    python benchmarks/compression.py --quick            # the smoke config and cut-down recipes (runs/quick/recipes): minutes, figures meaningless
 
 What it measures, all on the run's avmnist test split (10,000 samples):
 
