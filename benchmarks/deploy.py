@@ -75,7 +75,7 @@ from racmkd.runtime.edge import EdgeRuntime  # noqa: E402
 from racmkd.runtime.variants import build_bank, load_bank  # noqa: E402
 from racmkd.utils import progress, torch_threads  # noqa: E402
 from bare_edge import BarePath  # noqa: E402
-from results_io import ResidentSampler, soak_target, targets_table, write_results  # noqa: E402
+from results_io import ResidentSampler, soak_memory_text, soak_target, targets_table, write_results  # noqa: E402
 
 DELTA_TARGET = 0.05
 OVERHEAD_TARGET = 0.05
@@ -536,7 +536,7 @@ def render(result: dict[str, Any]) -> str:
             "",
             "## Soak (the edge server, 2 clients back to back)",
             "",
-            f"{m['minutes']:g} minutes: {r['requests']:,} requests, {r['errors']} errors, p50 {r['p50_ms']:.2f} ms; the server's resident memory grew {m['rss_growth_bytes_after_warmup'] / 1024:+.0f} KB over the second half (fitted slope {m['rss_slope_bytes_per_minute'] / 1024:+.1f} KB/min), {m['rss_growth_bytes_after_first_minute'] / 1024:+.0f} KB after the first minute; the first half is the warm-up.",
+            f"{m['minutes']:g} minutes: {r['requests']:,} requests, {r['errors']} errors, p50 {r['p50_ms']:.2f} ms; the server's {soak_memory_text(m)}.",
         ]
     lines += ["", *targets_table(result["targets"])]
     lines += ["", "![deploy](deploy.png)", ""]

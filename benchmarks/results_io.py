@@ -109,6 +109,19 @@ def soak_figures(samples: list[list[float]], minutes: float) -> dict[str, Any]:
     }
 
 
+def soak_memory_text(soak: dict[str, Any]) -> str:
+    """A soak's resident memory for the markdown (after "its" or "the server's"): its growth over the
+    second half, the fitted slope and the growth after the first minute, or too short to judge."""
+    growth, after_first = soak["rss_growth_bytes_after_warmup"], soak.get("rss_growth_bytes_after_first_minute", math.nan)
+    if not math.isfinite(growth):
+        return f"resident memory: too short to judge ({soak['minutes']:g} min: fewer than three samples over its second half, one every {SOAK_SAMPLE_S:g} s)"
+    return (
+        f"resident memory grew {growth / 1024:+.0f} KB over the second half (fitted slope {soak['rss_slope_bytes_per_minute'] / 1024:+.1f} KB/min), "
+        + (f"{after_first / 1024:+.0f} KB after the first minute" if math.isfinite(after_first) else "no minute after the first to judge")
+        + "; the first half is the warm-up, where pools and bounded windows settle"
+    )
+
+
 def soak_target(what: str, soak: dict[str, Any], served: str) -> dict[str, Any]:
     """The targets-table row of a soak (`served`: what it served, e.g. "1,000 requests")."""
     growth = soak["rss_growth_bytes_after_warmup"]

@@ -72,7 +72,7 @@ from racmkd.runtime.edge import EdgeRuntime, budget_for  # noqa: E402
 from racmkd.runtime.simulate import mean_of_present, serve_split, serve_together, simulate  # noqa: E402
 from racmkd.runtime.variants import build_bank, load_bank  # noqa: E402
 from racmkd.utils import progress  # noqa: E402
-from results_io import ResidentSampler, soak_target, targets_table, write_results  # noqa: E402
+from results_io import ResidentSampler, soak_memory_text, soak_target, targets_table, write_results  # noqa: E402
 
 SWEEP_MULTIPLES = (1.5, 2.0, 3.0, 5.0, 10.0, 20.0)  # latency targets, in multiples of what static high needs unloaded
 ADAPTATION_TARGET_MS = 5.0
@@ -461,18 +461,7 @@ def render(result: dict[str, Any]) -> str:
         lines += [
             "## Soak",
             "",
-            f"{s['minutes']:g} minutes of the periodic trace in real time (latency target {s.get('latency_target_ms', result['latency_target_ms']):.3f} ms): {s['requests']:,} requests, {s['switches']} switches, accuracy {s['accuracy']:.4f}; "
-            + (
-                f"resident memory grew {s['rss_growth_bytes_after_warmup'] / 1024:+.0f} KB over the second half (fitted slope {s['rss_slope_bytes_per_minute'] / 1024:+.1f} KB/min), "
-                + (
-                    f"{s['rss_growth_bytes_after_first_minute'] / 1024:+.0f} KB after the first minute"
-                    if math.isfinite(s.get("rss_growth_bytes_after_first_minute", math.nan))
-                    else "no minute after the first"
-                )
-                + "; the first half is the warm-up, where pools and bounded windows settle."
-                if math.isfinite(s["rss_growth_bytes_after_warmup"])
-                else "too short to judge its resident memory (fewer than three samples over its second half)."
-            ),
+            f"{s['minutes']:g} minutes of the periodic trace in real time (latency target {s.get('latency_target_ms', result['latency_target_ms']):.3f} ms): {s['requests']:,} requests, {s['switches']} switches, accuracy {s['accuracy']:.4f}; {soak_memory_text(s)}."
             "",
         ]
     lines += targets_table(result["targets"])

@@ -8,8 +8,8 @@ has the same signature input wherever it was serialised.
 
 from __future__ import annotations
 
-import json
 import errno
+import json
 import os
 import tempfile
 from pathlib import Path

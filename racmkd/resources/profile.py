@@ -295,16 +295,10 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
     float_bytes = {q: weights[q].size * 4 for q in dequantized_weights.values()}  # each int8 or int4 weight as a float32
     scales = {n.input[1] for n in graph_.node if n.output[0] in dequantized_weights}
     resident = weight_bytes + sum(float_bytes.values()) - sum(stored[q] for q in float_bytes) - sum(stored[s] for s in scales if s in stored)
-    uncosted = tuple(
-        sorted(
-            {
-                f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
-                for n in graph_.node
-                # (ONNX Runtime's com.microsoft QGemm and quantize ops are costed by their names)
-                if n.op_type in UNCOSTED_HEAVY_OPS or (n.domain not in ("", "ai.onnx") and n.op_type not in COMPUTE_OPS | QDQ_OPS)
-            }
-        )
-    )
+    custom = {
+        f"{n.domain}.{n.op_type}" for n in graph_.node if n.domain not in ("", "ai.onnx") and n.op_type not in COMPUTE_OPS | QDQ_OPS
+    }  # (ONNX Runtime's com.microsoft QGemm and quantize ops are costed by their names)
+    uncosted = tuple(sorted(custom | {n.op_type for n in graph_.node if n.op_type in UNCOSTED_HEAVY_OPS}))
     return GraphCost(file_bytes, weight_bytes, resident, max(float_bytes.values(), default=0), peak, written, flops, int8_flops, operators, quantized, uncosted)
 
 
@@ -566,7 +560,6 @@ def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measur
     )
     if cost.uncosted:  # (such a graph was judged on its other operators' work alone, and said nothing)
         reason += f"; the latency and energy estimates leave out the work of {', '.join(cost.uncosted)}, which the cost model does not count: measure it on the device"
-
     result: dict[str, Any] = {
         "model": str(path),
         "model_name": contract.get("model"),
