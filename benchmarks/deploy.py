@@ -31,10 +31,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -57,7 +55,7 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 
 from racmkd.config import load_config  # noqa: E402
-from racmkd.deploy.loopback import free_port, wait_http  # noqa: E402
+from racmkd.deploy.loopback import ServerProcess, free_port, wait_http  # noqa: E402
 from racmkd.deploy.delta import make_delta  # noqa: E402
 from racmkd.deploy.orchestrator import artifact_from_run, device_fit, plan  # noqa: E402
 from racmkd.deploy.registry import ModelRegistry, artifact_kind, pack  # noqa: E402
@@ -185,32 +183,35 @@ def serving_overhead(run_dir: Path, dataset: Any, iters: int) -> dict[str, Any]:
         raise RuntimeError(f"the bare path answers {label}, the runtime {answer.label} with {answer.variants}: they must compute the same thing to be compared")
 
     port, bare_port = free_port(), free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "racmkd.cli", "serve", "--role", "edge", "--run", str(run_dir), "--port", str(port), "--set", "runtime.latency_target_ms=1000"],
-        env={**os.environ, "RACMKD_PROGRESS": "0"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    bare_server = subprocess.Popen(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("bare_edge.py")),
-            "--bank",
-            str(run_dir / "edge"),
-            "--variants",
-            ",".join(v.id for v in variants),
-            "--threads",
-            str(cfg.runtime.threads),
-            "--port",
-            str(bare_port),
-        ],
-        env={**os.environ, "RACMKD_PROGRESS": "0"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health")
-        wait_http(f"http://127.0.0.1:{bare_port}/health")
+    server_argv = [
+        sys.executable,
+        "-m",
+        "racmkd.cli",
+        "serve",
+        "--role",
+        "edge",
+        "--run",
+        str(run_dir),
+        "--port",
+        str(port),
+        "--set",
+        "runtime.latency_target_ms=1000",
+    ]
+    bare_argv = [
+        sys.executable,
+        str(Path(__file__).with_name("bare_edge.py")),
+        "--bank",
+        str(run_dir / "edge"),
+        "--variants",
+        ",".join(v.id for v in variants),
+        "--threads",
+        str(cfg.runtime.threads),
+        "--port",
+        str(bare_port),
+    ]
+    with ServerProcess(server_argv, "edge server") as server, ServerProcess(bare_argv, "bare server") as bare_server:
+        wait_http(f"http://127.0.0.1:{port}/health", process=server)
+        wait_http(f"http://127.0.0.1:{bare_port}/health", process=bare_server)
         buffer = io.BytesIO()
         np.savez(buffer, **inputs)
         body = buffer.getvalue()
@@ -265,10 +266,6 @@ def serving_overhead(run_dir: Path, dataset: Any, iters: int) -> dict[str, Any]:
             handler_after = handler_seconds(client)
         client.close()
         bare_client.close()
-    finally:
-        for process in (server, bare_server):
-            process.terminate()
-            process.wait(timeout=30)
     p50 = {k: percentile(v, 50) for k, v in times.items()}
     bare_mean = statistics.fmean(times["bare"])
     handler_ms = 1e3 * (handler_after[0] - handler_before[0]) / max(handler_after[1] - handler_before[1], 1)
@@ -313,14 +310,9 @@ def offload_kill(run_dir: Path, dataset: Any, requests: int, rate_hz: float) -> 
     import uvicorn
 
     fog_port, edge_port = free_port(), free_port()
-    fog = subprocess.Popen(
-        [sys.executable, "-m", "racmkd.cli", "serve", "--role", "fog", "--run", str(run_dir), "--port", str(fog_port)],
-        env={**os.environ, "RACMKD_PROGRESS": "0"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    fog = ServerProcess([sys.executable, "-m", "racmkd.cli", "serve", "--role", "fog", "--run", str(run_dir), "--port", str(fog_port)], "fog server")
     try:
-        wait_http(f"http://127.0.0.1:{fog_port}/health")
+        wait_http(f"http://127.0.0.1:{fog_port}/health", process=fog)
         cfg = load_config(
             run_dir / "config.yaml",
             [f"serve.upstreams=[http://127.0.0.1:{fog_port}]", "serve.offload_margin=-1.0", "serve.probe_interval_s=0.5", "runtime.latency_target_ms=200"],
@@ -342,7 +334,7 @@ def offload_kill(run_dir: Path, dataset: Any, requests: int, rate_hz: float) -> 
         started = time.perf_counter()
         for i in progress(range(requests), desc="offload: fog killed halfway"):
             if i == requests // 2:
-                fog.send_signal(signal.SIGKILL)
+                fog.process.send_signal(signal.SIGKILL)
             pause = started + i / rate_hz - time.perf_counter()
             if pause > 0:
                 time.sleep(pause)
@@ -370,9 +362,10 @@ def offload_kill(run_dir: Path, dataset: Any, requests: int, rate_hz: float) -> 
         client.close()
         server.should_exit = True
         thread.join(10)
-    finally:
-        if fog.poll() is None:
-            fog.kill()
+    except BaseException as err:
+        fog.stop(error=err)
+        raise
+    fog.stop()  # (killed halfway through on purpose: the log of a clean run goes)
     after = [r for r in records if r["after_kill"]]
     affected = [r for r in after if r["fallback"]]
     return {
@@ -399,14 +392,9 @@ def load_test(run_dir: Path, dataset: Any, role: str, requests: int, seconds: fl
     `seconds`, whichever ends first; with `soak`, the server's resident memory sampled throughout
     (`soak` in the result: a long-running server must not grow)."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "racmkd.cli", "serve", "--role", role, "--run", str(run_dir), "--port", str(port), "--set", "runtime.latency_target_ms=1000"],
-        env={**os.environ, "RACMKD_PROGRESS": "0"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health")
+    argv = [sys.executable, "-m", "racmkd.cli", "serve", "--role", role, "--run", str(run_dir), "--port", str(port), "--set", "runtime.latency_target_ms=1000"]
+    with ServerProcess(argv, f"{role} server") as proc:
+        wait_http(f"http://127.0.0.1:{port}/health", process=proc)
         raw = dataset.raw_batch("test", torch.arange(64))
         modalities = load_bank(run_dir / "edge").table.modalities  # the run's, not image and audio by name
         bodies = []
@@ -441,9 +429,6 @@ def load_test(run_dir: Path, dataset: Any, role: str, requests: int, seconds: fl
                 pool.submit(worker)
         wall = time.perf_counter() - started
         memory = sampler.stop() if sampler is not None else None
-    finally:
-        proc.terminate()
-        proc.wait(10)
     return {
         "role": role,
         "clients": clients,

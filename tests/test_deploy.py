@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 from onnx import numpy_helper
 
 from racmkd.config import ServeConfig, load_config
-from racmkd.deploy.loopback import free_port, wait_http
+from racmkd.deploy.loopback import ServerProcess, free_port, wait_http
 from racmkd.deploy.delta import DeltaError, apply_delta, make_delta
 from racmkd.utils import UMASK, sha256
 from racmkd.deploy.device import DeviceStore, UpdateFailed, UpdateRefused
@@ -1185,6 +1185,27 @@ def test_every_device_profile_gets_a_model_or_a_reason(bank_dir: Path, keys: tup
 # Servers --------------------------------------------------------------------------------------------------
 
 
+def test_a_server_process_that_dies_at_start_says_why_and_keeps_its_log(tmp_path: Path) -> None:
+    failing = ServerProcess([sys.executable, "-c", "import sys; print('listening on nothing'); sys.exit('port 80: permission denied')"], "doomed server")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="doomed server exited with status 1") as caught:
+        wait_http(f"http://127.0.0.1:{free_port()}/health", 60, process=failing)
+    assert time.monotonic() - started < 30  # at once, not after the timeout
+    assert "listening on nothing" in str(caught.value) and "port 80: permission denied" in str(caught.value)  # stdout and stderr both
+    failing.stop(error=caught.value)
+    assert failing.log.exists() and str(failing.log) in caught.value.__notes__[0]  # kept for the reader, and named
+    failing.log.unlink()
+    # A server that never answers: the timeout names the URL and what the server said; a clean stop ends it and removes its log.
+    silent = ServerProcess([sys.executable, "-c", "import time; print('starting', flush=True); time.sleep(600)"], "silent server")
+    deadline = time.monotonic() + 30
+    while "starting" not in silent.tail() and time.monotonic() < deadline:  # (the interpreter's start, slow on a loaded machine)
+        time.sleep(0.05)
+    with pytest.raises(TimeoutError, match=r"did not answer within 1 s; its output ends:\nstarting"):
+        wait_http(f"http://127.0.0.1:{free_port()}/health", 1, process=silent)
+    silent.stop(timeout_s=5)
+    assert silent.returncode is not None and not silent.log.exists()
+
+
 class ThreadServer:
     """A uvicorn server on a loopback port, in a thread of this process."""
 
@@ -1459,13 +1480,10 @@ def test_edge_end_to_end_with_fog_broker_registry_and_failures(tiny_run: Path, t
     broker_port, fog_port, edge_port = free_port(), free_port(), free_port()
     broker = start_broker(broker_port)
     watcher = FleetWatcher("127.0.0.1", broker_port, "test")
-    fog = subprocess.Popen(
-        [sys.executable, "-m", "racmkd.cli", "serve", "--role", "fog", "--run", str(tiny_run), "--port", str(fog_port)],
-        env={**os.environ, "RACMKD_PROGRESS": "0"},
-    )
+    fog = ServerProcess([sys.executable, "-m", "racmkd.cli", "serve", "--role", "fog", "--run", str(tiny_run), "--port", str(fog_port)], "fog server")
     edge_server = None
     try:
-        wait_http(f"http://127.0.0.1:{fog_port}/health")
+        wait_http(f"http://127.0.0.1:{fog_port}/health", process=fog)
         cfg = load_config(
             tiny_run / "config.yaml",
             [
@@ -1566,8 +1584,8 @@ def test_edge_end_to_end_with_fog_broker_registry_and_failures(tiny_run: Path, t
         answers = []
         for i in range(30):
             if i == 12:
-                fog.send_signal(signal.SIGKILL)
-                fog.wait(10)
+                fog.process.send_signal(signal.SIGKILL)
+                fog.process.wait(10)
             reply = edge.post("/predict", json={"image": raw["image"][i].numpy().tolist(), "audio": raw["audio"][i].numpy().tolist()})
             assert reply.status_code == 200, reply.text
             answers.append(reply.json())
@@ -1601,8 +1619,7 @@ def test_edge_end_to_end_with_fog_broker_registry_and_failures(tiny_run: Path, t
     finally:
         if edge_server is not None:
             edge_server.stop()
-        if fog.poll() is None:
-            fog.kill()
+        fog.stop()
         watcher.close()
         broker.kill()
 

@@ -1,10 +1,16 @@
-"""Running tiers on one machine: a free loopback port, and waiting for a server to answer.
-Used by the tests and the deployment benchmark, which start real servers on 127.0.0.1."""
+"""Running tiers on one machine: a free loopback port, a server in its own process, and waiting
+for a server to answer. Used by the tests and the deployment benchmark, which start real servers
+on 127.0.0.1."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -16,14 +22,76 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout_s: float = 120.0) -> None:
-    """Return once `url` answers 200; raise TimeoutError naming it after `timeout_s`."""
+def wait_http(url: str, timeout_s: float = 120.0, process: ServerProcess | None = None) -> None:
+    """Return once `url` answers 200; raise TimeoutError naming it after `timeout_s`. Given the
+    server's `process`, a server that exits first raises at once, with the end of its output."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if process is not None and process.exited():
+            raise RuntimeError(f"{process.name} exited with status {process.returncode} before {url} answered; its output ends:\n{process.tail()}")
         try:
             if httpx.get(url, timeout=1.0).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout_s:g} s")
+    ending = f"; its output ends:\n{process.tail()}" if process is not None else ""
+    raise TimeoutError(f"{url} did not answer within {timeout_s:g} s{ending}")
+
+
+class ServerProcess:
+    """A server in its own process, its output (stdout and stderr) in a log file rather than
+    thrown away: a server that fails to start or dies says why. The log is removed when the server
+    is stopped after a clean run and kept, its path named, when `stop` is given an error.
+
+        server = ServerProcess([sys.executable, "-m", "racmkd.cli", "serve", ...], "edge server")
+        try:
+            wait_http(url, process=server)
+            ...
+        finally:
+            server.stop()
+    """
+
+    def __init__(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        descriptor, path = tempfile.mkstemp(prefix=f"racmkd-{name.replace(' ', '-')}-", suffix=".log")
+        self.log = Path(path)
+        with os.fdopen(descriptor, "wb") as out:  # (the child keeps its own copy of the descriptor)
+            self.process = subprocess.Popen(argv, env=env if env is not None else {**os.environ, "RACMKD_PROGRESS": "0"}, stdout=out, stderr=subprocess.STDOUT)
+        self.pid = self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def exited(self) -> bool:
+        return self.process.poll() is not None
+
+    def tail(self, lines: int = 20) -> str:
+        """The last `lines` lines of the server's output (empty when it wrote none)."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError as err:
+            return f"(its log {self.log} could not be read: {err})"
+        return "\n".join(text.splitlines()[-lines:]) or "(nothing)"
+
+    def stop(self, timeout_s: float = 30.0, error: BaseException | None = None) -> None:
+        """Terminate the server (kill it if it does not end within `timeout_s`); remove its log
+        unless an `error` ended the work, then keep it and add its path to the error's notes."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if error is None:
+            self.log.unlink(missing_ok=True)
+        else:
+            error.add_note(f"{self.name}'s output: {self.log}")
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        self.stop(error=error)
