@@ -164,6 +164,34 @@ def test_machine_cpu_load_counts_guest_time_once(tmp_path: Path, monkeypatch: py
     assert SystemSource(tmp_path, tmp_path).read().cpu_percent == pytest.approx(50.0)
 
 
+def test_a_process_pinned_to_some_cores_reads_their_load_and_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pinned to one core of two (taskset, a cpuset), the machine's figures said two cores with
+    one free beside the busy one: an inference thread expected a whole core, and got half of one."""
+    from collections import namedtuple
+
+    CpuTimes = namedtuple("CpuTimes", "user nice system idle iowait")
+    readings = iter(
+        [
+            [CpuTimes(0, 0, 0, 0, 0), CpuTimes(0, 0, 0, 0, 0)],
+            [CpuTimes(8, 0, 0, 2, 0), CpuTimes(0, 0, 0, 10, 0)],  # core 0 80% busy, core 1 idle
+        ]
+    )
+    mine = sorted(os.sched_getaffinity(0))
+    assert (
+        sources.allowed_cpus(len(mine)) is None and sources.allowed_cpus(len(mine) + 1) == mine
+    )  # all the host's cores allowed: the machine's figures, as before
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 2)
+    monkeypatch.setattr(psutil, "cpu_times", lambda percpu=False: next(readings) if percpu else CpuTimes(0, 0, 0, 0, 0))
+    monkeypatch.setattr(psutil.Process, "cpu_percent", lambda self, interval=None: 0.0)  # (the load all other programs')
+    monkeypatch.setattr(sources, "allowed_cpus", lambda host: [0])
+    monkeypatch.setattr(sources, "CPU_MIN_INTERVAL_S", 0.0)
+    source = SystemSource(tmp_path, tmp_path, proc_stat=tmp_path / "no-stat")
+    assert source.read().cpu_percent is None  # (the first reading over these cores starts their interval)
+    pinned = source.read()
+    assert (pinned.host_cores, pinned.cpu_cores, pinned.cpu_percent) == (1, 1.0, pytest.approx(80.0))  # the machine's figure: 40% of two
+    assert pinned.cpu_share(0.05) == pytest.approx(0.2)  # what other programs leave of our one core, not the whole core the idle one suggested
+
+
 def test_rapl_counters_give_package_power(tmp_path: Path) -> None:
     zone = tmp_path / "intel-rapl:0"
     zone.mkdir()
@@ -677,6 +705,46 @@ def test_monitor_thread_runs_and_measures_its_own_overhead() -> None:
     overhead = monitor.overhead()
     assert overhead["polls"] >= 3 and 0.0 <= overhead["cpu_fraction"] < 1.0 and overhead["cpu_seconds"] > 0
     assert monitor.state is not None and monitor.state.raw.memory_available_bytes > 0
+
+
+def test_a_hung_read_neither_holds_the_collector_nor_leaves_a_restarted_monitor_dead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The collector was held off around the sensor's read: a read that hangs kept every cyclic
+    collection away meanwhile. And stop() gives up on a thread whose read hangs; a start() then
+    found that thread alive and started none, and once the read returned nothing polled."""
+    from racmkd.resources import monitor as monitor_module
+
+    release, reading = threading.Event(), threading.Event()
+    collector_on_during_read: list[bool] = []
+
+    class Hanging:
+        name = "hanging"
+
+        def __init__(self) -> None:
+            self.hang = True
+
+        def read(self, now: float | None = None) -> ResourceSnapshot:
+            collector_on_during_read.append(gc.isenabled())
+            if self.hang:
+                reading.set()
+                release.wait(10)
+            return ResourceSnapshot(t=time.monotonic(), cpu_percent=10.0)
+
+    monkeypatch.setattr(monitor_module, "STOP_WAIT_S", 0.2)
+    source = Hanging()
+    monitor = ResourceMonitor(source, MonitorConfig(interval_s=0.02, min_interval_s=0.02, max_interval_s=0.02))
+    monitor.start()
+    assert reading.wait(5)
+    assert gc.isenabled()  # while the read hangs
+    monitor.stop()  # gives up on the hung thread
+    source.hang = False
+    monitor.start()
+    release.set()  # the old thread's read returns: it ends, the new one goes on
+    polls = monitor.polls
+    deadline = time.monotonic() + 10
+    while monitor.polls < polls + 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    monitor.stop()
+    assert monitor.polls >= polls + 3 and all(collector_on_during_read)
 
 
 def test_trace_source_replays_in_time() -> None:

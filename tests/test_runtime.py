@@ -1416,3 +1416,70 @@ def test_a_bank_build_without_students_makes_no_folder(tiny_run: Path, tiny_data
     with pytest.raises(BankError, match="no tier students"):
         build_bank(load_config(run / "config.yaml"), tiny_dataset, run)
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
+
+
+def test_a_sustained_overrun_brings_the_budget_down_with_the_pid(bank_dir: Path) -> None:
+    """Only a step of the PID's scale over 0.02 re-planned: past the first (proportional) step the
+    integral moves it ~0.002 a request, so the PID sank to its floor while the budget in force kept
+    the scale of the first step (0.84 of 0.25), and with steady readings nothing else re-planned."""
+    clock = [0.0]
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(), clock=lambda: clock[0])
+    target = runtime.config.latency_target_ms
+    for _ in range(500):  # 10 s of requests each 1.6x the latency target
+        clock[0] += 0.02
+        runtime.feedback(1.6 * target, clock[0], [v.id for v in runtime.current.config if v is not None])
+    scale = runtime.controller.scale
+    assert scale < 0.5  # (the PID did sink)
+    assert runtime.budget.latency_ms <= target * (scale + 0.02)  # the budget in force follows it
+
+
+def test_a_request_in_flight_during_a_switch_runs_its_own_sessions_without_loading(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A switch evicts the old configuration's sessions (max_loaded); a request that started on that
+    configuration looked each session up again as it ran its variants and loaded an evicted one on
+    its own thread. It runs the sessions it started with, and loads nothing."""
+    from racmkd.resources.monitor import MonitorState
+
+    inputs, _ = samples
+    loads: list[str] = []
+    inside, go_on = threading.Event(), threading.Event()
+    real = edge_module.session
+
+    class Pausing:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def run(self, *args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread().name == "request" and not inside.is_set():  # the request's first variant
+                inside.set()
+                assert go_on.wait(30)
+            return self.inner.run(*args, **kwargs)
+
+    def counting(path, threads):  # noqa: ANN001, ANN202
+        loads.append(threading.current_thread().name)
+        return Pausing(real(path, threads))
+
+    monkeypatch.setattr(edge_module, "session", counting)
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(max_loaded=1, preload=False))
+    before = [v.id for v in runtime.current.config if v is not None]
+    assert len(before) == 2  # (both modalities: one session is evicted by the switch)
+    loads.clear()
+    answers: list[Any] = []
+    request = threading.Thread(target=lambda: answers.append(runtime.infer(inputs[0])), name="request")
+    request.start()
+    assert inside.wait(30)
+    spike = load_spike()
+    runtime.on_resources(MonitorState(spike, spike, spike, "critical", 0.1, True))
+    assert [v.id for v in runtime.current.config if v is not None] != before and len(runtime.loaded()) == 1  # switched, one session kept
+    go_on.set()
+    request.join(30)
+    assert answers and answers[0].variants == before and "request" not in loads
+
+
+def test_preloading_stops_short_of_max_loaded(bank_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Preloading loaded (and warmed up) every variant, each load past `max_loaded` evicting one
+    loaded before: 8 loads to keep 2. Past it, the configuration in force alone loads at start."""
+    loads: list[str] = []
+    real = edge_module.session
+    monkeypatch.setattr(edge_module, "session", lambda path, threads: (loads.append(Path(path).name), real(path, threads))[1])
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(max_loaded=2, preload=True))
+    assert len(runtime.table.variants) > 2 and len(loads) == len(runtime.loaded()) <= 2

@@ -167,6 +167,7 @@ class MonitorState:
 
 
 MISSING_HOLD_S = 10.0  # how long a reading that goes missing is held at its last smoothed value (see ResourceMonitor._update)
+STOP_WAIT_S = 5.0  # how long stop() waits for the monitor thread (a hung read outlasts it; the thread then ends by itself)
 
 
 def _pick(fn: Callable[..., Any], *candidates: Any) -> Any:
@@ -239,15 +240,17 @@ class ResourceMonitor:
         subscribers when the state moved. A source that fails is logged and the last state kept."""
         now = self.clock() if now is None else now
         started = time.thread_time()
-        with collector_held():  # from the reading to the subscribers' switch: see the module's docstring
-            try:
-                raw = _finite(self.source.read(now))
-            except Exception as err:  # noqa: BLE001 - a sensor that fails must not stop the monitor
-                self.read_errors += 1
-                self.last_error = f"{type(err).__name__}: {err}"
-                self.cpu_seconds += time.thread_time() - started
-                log.warning("resource source %s failed (%s: %s); keeping the last reading", getattr(self.source, "name", "?"), type(err).__name__, err)
-                return self.state
+        try:
+            raw = _finite(self.source.read(now))
+        except Exception as err:  # noqa: BLE001 - a sensor that fails must not stop the monitor
+            self.read_errors += 1
+            self.last_error = f"{type(err).__name__}: {err}"
+            self.cpu_seconds += time.thread_time() - started
+            log.warning("resource source %s failed (%s: %s); keeping the last reading", getattr(self.source, "name", "?"), type(err).__name__, err)
+            return self.state
+        # From the reading's arrival to the subscribers' switch (see the module's docstring); not
+        # around the read, which may block (a hung sensor) and would hold the collector off meanwhile.
+        with collector_held():
             return self._update(raw, now, time.perf_counter(), started)
 
     def _update(self, raw: ResourceSnapshot, now: float, observed_at: float, started: float) -> MonitorState:
@@ -326,27 +329,32 @@ class ResourceMonitor:
     # The background thread ------------------------------------------------------------------------
 
     def start(self) -> ResourceMonitor:
-        """Poll on a daemon thread until `stop()`."""
-        if self._thread is not None and self._thread.is_alive():
+        """Poll on a daemon thread until `stop()`. Each thread has its own stop event: one that `stop()`
+        gave up waiting for (its read hung) ends by itself once the read returns, and a thread
+        started meanwhile goes on (with one event, clearing it kept the old thread too, and a start
+        while it was alive started nothing: no thread polled once it ended)."""
+        if self._thread is not None and self._thread.is_alive() and not self._stop.is_set():
             return self
-        self._stop.clear()
+        self._stop = threading.Event()
         self._wall_started, self._wall_stopped, self._cpu_at_start = time.perf_counter(), None, self.cpu_seconds
-        self._thread = threading.Thread(target=self._run, name="racmkd-monitor", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(self._stop,), name="racmkd-monitor", daemon=True)
         self._thread.start()
         return self
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
                 self.poll()
             except Exception:  # noqa: BLE001 - the monitor thread must outlive any bad reading
                 log.exception("resource monitor poll failed")
-            self._stop.wait(self.interval_s)
+            stop.wait(self.interval_s)
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5.0)
+            self._thread.join(timeout=STOP_WAIT_S)
+            if self._thread.is_alive():
+                log.warning("the resource monitor's thread did not stop within %g s (its source's read hangs?): it ends once the read returns", STOP_WAIT_S)
         self._wall_stopped = time.perf_counter()
 
     def __enter__(self) -> ResourceMonitor:

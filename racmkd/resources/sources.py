@@ -46,13 +46,13 @@ class ResourceSnapshot:
     """One reading of the machine. None means the source has no such reading."""
 
     t: float  # seconds (monotonic clock, or trace time)
-    cpu_percent: float | None = None  # whole machine, 0-100 (all cores)
+    cpu_percent: float | None = None  # busy share of the machine's cores (or of those this process may run on: host_cores), 0-100
     process_cpu_percent: float | None = None  # this process, % of one core
     memory_available_bytes: int | None = None  # what a new allocation can get (cgroup limit included)
     memory_total_bytes: int | None = None
     process_rss_bytes: int | None = None
-    cpu_cores: float | None = None  # cores this process may use (cgroup cpu quota included)
-    host_cores: int | None = None  # cores of the machine, which `cpu_percent` is a share of
+    cpu_cores: float | None = None  # cores this process may use (its CPU affinity and cgroup cpu quota included)
+    host_cores: int | None = None  # cores `cpu_percent` is a share of: the machine's, or those this process may run on where fewer
     cgroup_memory_max_bytes: int | None = None  # None: no limit, or not in a cgroup
     cgroup_cpu_max_cores: float | None = None
     battery_percent: float | None = None
@@ -253,6 +253,16 @@ def cpu_time_total(times: Any) -> float:
     return sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
 
 
+def allowed_cpus(host_cores: int) -> list[int] | None:
+    """The CPUs this process may run on, where fewer than the host's (taskset, a cpuset container,
+    Kubernetes' static CPU policy); None: all of them, or not known on this platform."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # (not on macOS or Windows)
+        return None
+    return allowed if 0 < len(allowed) < host_cores else None
+
+
 class SystemSource:
     """Live readings of this machine through psutil, cgroup files and RAPL counters."""
 
@@ -275,20 +285,33 @@ class SystemSource:
         self.process.cpu_percent(None)  # the first call only starts the measurement interval
         self._process_cpu_since = time.monotonic()  # when that interval began
         self._process_cpu: float | None = None
-        self._cpu_times = psutil.cpu_times()  # this source's own interval (psutil.cpu_percent's is shared by the process)
+        self._cpu_times: tuple[list[int] | None, Any] = (
+            None,
+            psutil.cpu_times(),
+        )  # (the CPUs, their times) at this source's own interval's start (psutil.cpu_percent's is shared by the process)
         self._cpu_percent: float | None = None
         self._energy: tuple[float, dict[Path, int]] | None = None  # (time, each package's µJ) of the previous RAPL reading
         self._failed_sensors: set[str] = set()  # optional sensors whose read failed (said once)
 
-    def _machine_cpu_percent(self) -> float | None:
-        """Busy share of all cores since this source's previous reading (0-100), once
-        CPU_MIN_INTERVAL_S of CPU time has passed."""
-        now = psutil.cpu_times()
+    def _machine_cpu_percent(self, cpus: list[int] | None) -> float | None:
+        """Busy share of the cores (all, or the `cpus` this process may run on) since this source's
+        previous reading (0-100), once CPU_MIN_INTERVAL_S of CPU time has passed. Pinned to one core
+        of two, the machine's share said a core free beside a busy one: a slowdown of 1, not ~2."""
+        if cpus is None:
+            now = psutil.cpu_times()
+        else:
+            per_cpu = psutil.cpu_times(percpu=True)
+            mine = [per_cpu[c] for c in cpus if c < len(per_cpu)]
+            now = type(per_cpu[0])(*map(sum, zip(*mine))) if mine else psutil.cpu_times()
+        since, before = self._cpu_times
+        if since != cpus:  # the affinity changed: a new interval starts, over the new cores
+            self._cpu_times = (cpus, now)
+            return self._cpu_percent
         idle = lambda t: t.idle + getattr(t, "iowait", 0.0)  # noqa: E731
-        total = cpu_time_total(now) - cpu_time_total(self._cpu_times)
+        total = cpu_time_total(now) - cpu_time_total(before)
         if total > 0 and total >= CPU_MIN_INTERVAL_S:  # (> 0 too: the tests set the minimum to 0)
-            self._cpu_percent = min(100.0, max(0.0, 100.0 * (total - (idle(now) - idle(self._cpu_times))) / total))
-            self._cpu_times = now
+            self._cpu_percent = min(100.0, max(0.0, 100.0 * (total - (idle(now) - idle(before))) / total))
+            self._cpu_times = (cpus, now)
         return self._cpu_percent  # None until some CPU time has passed
 
     def _process_cpu_percent(self, host_cores: int) -> float | None:
@@ -310,13 +333,14 @@ class SystemSource:
         available = int(memory.available)
         if cgroup.memory_headroom_bytes is not None:
             available = min(available, cgroup.memory_headroom_bytes)
-        host = psutil.cpu_count() or os.cpu_count() or 1
+        cpus = allowed_cpus(psutil.cpu_count() or os.cpu_count() or 1)
+        host = len(cpus) if cpus is not None else psutil.cpu_count() or os.cpu_count() or 1  # (the cores the load is read over)
         cores = float(host) if cgroup.cpu_max_cores is None else min(float(host), cgroup.cpu_max_cores)
         battery = self._battery()
         process_cpu = self._process_cpu_percent(host)
         return ResourceSnapshot(
             t=now,
-            cpu_percent=self._machine_cpu_percent(),
+            cpu_percent=self._machine_cpu_percent(cpus),
             process_cpu_percent=process_cpu,
             memory_available_bytes=available,
             memory_total_bytes=int(memory.total) if cgroup.memory_max_bytes is None else min(int(memory.total), cgroup.memory_max_bytes),

@@ -172,6 +172,7 @@ class EdgeRuntime:
         self.level = "unknown"
         self.budget = budget_for(None, self.config, overhead_ms=self.overhead_ms)
         self._planned_overhead_ms = self.overhead_ms  # the runtime's own cost the budget in force was computed with
+        self._planned_scale = self.controller.scale  # the PID's budget scale the budget in force was computed with
         self._sessions: dict[str, Any] = {}  # variant id -> its loaded session
         self._last_used: dict[str, int] = {}  # variant id -> the request that last ran it (eviction order)
         self._requests = 0
@@ -254,11 +255,15 @@ class EdgeRuntime:
 
     def _preload(self) -> None:
         """Load every variant when they fit the memory budget together (by the latest reading, as
-        evictions go); else they load on first use."""
-        total = sum(v.memory_bytes for v in self.table.variants if v.id not in self.failed)
+        evictions go) and `runtime.max_loaded` allows them all; else they load on first use."""
+        usable = [v for v in self.table.variants if v.id not in self.failed]
+        total = sum(v.memory_bytes for v in usable)
         limit = self._memory_limit()
         if total > limit:
             log.info("variants need %.1f MB, more than the memory budget (%.1f MB): loading them on first use", total / MB, limit / MB)
+            return
+        if self.config.max_loaded and len(usable) > self.config.max_loaded:  # (each load past it would evict one loaded before)
+            log.info("%d variants, runtime.max_loaded %d: loading them on first use", len(usable), self.config.max_loaded)
             return
         for v in self.table.variants:
             if v.id not in self.failed:
@@ -436,7 +441,7 @@ class EdgeRuntime:
                 if self.risk is not None:
                     self.risk.forget_left(self.clock())  # (a decision between requests sees no stale band either)
                 self.budget = budget_for(self.snapshot, self.config, self.controller.scale, self.resident_bytes(), self.overhead_ms)
-                self._planned_overhead_ms = self.overhead_ms
+                self._planned_overhead_ms, self._planned_scale = self.overhead_ms, self.controller.scale
                 if self.pinned is not None:
                     return self.current
                 previous = self.current
@@ -578,12 +583,16 @@ class EdgeRuntime:
                 self._learn_overhead(work_ms - cost)
             if self.risk is not None:
                 self.risk.observe(latency_ms, cost, self.budget.slowdown, now)
-            before = self.controller.scale
-            after = self.controller.update(latency_ms, now)
+            scale = self.controller.update(latency_ms, now)
+            # Against the scale the budget in force was planned with, not the last step's: past the
+            # first step the integral term moves ~0.002 a request, and a sustained overrun drove the
+            # PID to its floor while the budget kept its first scale (and steady readings brought no
+            # decision from the monitor either).
+            scale_moved = abs(scale - self._planned_scale) > 0.02
             own_cost_moved = abs(self.overhead_ms - self._planned_overhead_ms) > OVERHEAD_REPLAN_MS
         finally:
             self._lock.release()
-        if abs(after - before) > 0.02:
+        if scale_moved:
             self.redecide("latency", on_request=True)
         elif own_cost_moved:
             self.redecide("own cost", on_request=True)
@@ -632,6 +641,9 @@ class EdgeRuntime:
             if unknown:
                 raise TypeError(f"unknown inputs {sorted(unknown)}; this runtime uses {list(self.modalities)}")
         config = self.current.config
+        # Its sessions, held for this request: a switch meanwhile may evict them, and looking them
+        # up again would load an evicted one on this request's thread (waiting for any other load).
+        held = {v.id: self._sessions.get(v.id) for v in config if v is not None}
         using = {v.modality for v in config if v is not None and v.id not in self.failed}  # (a failed variant's input answers nothing)
         periodic_look = self._requests % UNUSED_LOOK_EVERY == 0
         raws: dict[str, Any] = {}
@@ -683,7 +695,7 @@ class EdgeRuntime:
             terms, used = [], []
             for v in active:
                 try:
-                    terms.append(self._run(v, raws[v.modality]))
+                    terms.append(self._run(v, raws[v.modality], held.get(v.id)))
                     used.append(v)
                 except Exception as err:  # noqa: BLE001 - a failing variant is skipped, never the request
                     self._fail(v, f"{type(err).__name__}: {err}")
@@ -758,9 +770,14 @@ class EdgeRuntime:
         fallbacks.append(f"answered with {self.describe(decision.config)} for the inputs given")
         return decision.config
 
-    def _run(self, variant: Variant, raw: np.ndarray) -> np.ndarray:
+    def _run(self, variant: Variant, raw: np.ndarray, held: Any = None) -> np.ndarray:
+        """The variant's logits for one raw input, with the session the request `held` (else its loaded one, loaded if it is not)."""
         features = self.modalities[variant.modality].features(raw, self.bank.specs[variant.id])
-        return self._session(variant).run(None, {variant.modality: features})[0][0]
+        if held is None:
+            held = self._session(variant)
+        else:
+            self._last_used[variant.id] = self._requests
+        return held.run(None, {variant.modality: features})[0][0]
 
     def _finite_on_blank(self, variant: Variant) -> bool:
         """Whether a variant that computed non-finite logits computes finite ones for a blank input
