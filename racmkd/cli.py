@@ -26,6 +26,12 @@ ConfigOpt = Annotated[
 ]
 ProtocolOpt = Annotated[Optional[str], typer.Option(help="Data protocol: avmnist (default) or clean.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override one config field, e.g. --set students.train.epochs=2 (repeatable).")]
+RunSetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override one field of the run's config for this command, e.g. --set runtime.latency_target_ms=3 (repeatable)."),
+]
+# Sections that say how models are trained: a command that serves a run's trained models reads none of them.
+TRAINING_SECTIONS = ("teacher.unimodal.", "teacher.fused.", "students.train.", "distill.")
 NameOpt = Annotated[Optional[str], typer.Option(help="Run name (default: <protocol>-<timestamp>).")]
 RunOpt = Annotated[Path, typer.Option("--run", "-r", help="Run directory.")]
 
@@ -86,20 +92,25 @@ def _check_out_folder(out: Path) -> None:
 _OUT_JSON_MAX_BYTES = 10 << 20  # a profile JSON is a few kB; a file above this is not one
 
 
+def _check_json_target(path: Path, flag: str) -> None:
+    """A JSON file to write, named by `flag`: not a folder, a device or a pipe, nor under a file."""
+    from racmkd.utils import not_a_regular_file
+
+    problem = "a folder" if path.is_dir() else not_a_regular_file(path)
+    if problem:
+        raise ValueError(f"{flag} {path}: {problem}; name the JSON file to write")
+    blocking = _file_above(path)
+    if blocking is not None:
+        raise ValueError(f"{flag} {path}: {blocking} is a file, not a folder; name a JSON file in an existing or new folder")
+
+
 def _check_out_json(out: Path, inputs: list[Path]) -> None:
     """--out as the JSON file to write, checked before the work: not a folder or under a file, not
     one of the command's own inputs (`profile m.onnx --out m.onnx` replaced the model with JSON),
     and no existing file other than JSON (an earlier profile) or an empty one, which would be lost.
     Only a file up to `_OUT_JSON_MAX_BYTES` is read to tell: a profile is a few kB, so a larger
     file is something else (a model, a dataset) and is refused without reading it whole."""
-    from racmkd.utils import not_a_regular_file
-
-    problem = "a folder" if out.is_dir() else not_a_regular_file(out)
-    if problem:
-        raise ValueError(f"--out {out}: {problem}; name the JSON file to write")
-    blocking = _file_above(out)
-    if blocking is not None:
-        raise ValueError(f"--out {out}: {blocking} is a file, not a folder; name a JSON file in an existing or new folder")
+    _check_json_target(out, "--out")
     if not out.exists():
         return
     for given in inputs:
@@ -115,6 +126,18 @@ def _check_out_json(out: Path, inputs: list[Path]) -> None:
             json.loads(out.read_bytes())
     except (ValueError, OSError):
         raise ValueError(f"--out {out}: an existing file that is not JSON; it is not overwritten. Name a new file, or remove it first") from None
+
+
+def _check_edge_log(log: Path) -> None:
+    """`edge run --log` as the file to write, checked before the run: a new file, an empty one or an
+    earlier log (its JSON begins with the summary); anything else would be lost (`--log
+    <run>/config.yaml` replaced the run's config, and left the run unreadable)."""
+    _check_json_target(log, "--log")
+    if log.exists():
+        with log.open("rb") as f:
+            head = f.read(64)
+        if head.strip() and not head.lstrip(b"{ \n\r\t").startswith(b'"summary"'):
+            raise ValueError(f"--log {log}: an existing file that is not an `edge run` log; it is not overwritten. Name a new file, or remove it first")
 
 
 def _fail(err: Exception) -> typer.Exit:
@@ -365,9 +388,17 @@ TraceOpt = Annotated[str, typer.Option(help="A synthetic trace (steady, periodic
 
 
 def _run_config(run: Path, overrides: list[str] | None) -> tuple[Path, RunConfig]:
-    """A run directory and its config, with `--set` overrides (e.g. runtime.latency_target_ms=5)."""
+    """A run directory and its config, with `--set` overrides (e.g. runtime.latency_target_ms=5).
+    An override of how models are trained is said to do nothing here (it passed in silence)."""
     from racmkd.runs import open_run
 
+    for assignment in overrides or []:
+        if assignment.strip().startswith(TRAINING_SECTIONS):
+            typer.secho(
+                f"note: --set {assignment}: says how models are trained; this command uses the run's trained models, so it changes nothing here",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
     run_dir, _ = open_run(run)
     return run_dir, load_config(run_dir / "config.yaml", list(overrides or []))
 
@@ -416,7 +447,7 @@ def edge_run(
     rate: Annotated[float, typer.Option(min=0.1, help="Requests per second (test samples, raw).")] = 50.0,
     trace: Annotated[Optional[str], typer.Option(help="Replay this trace in real time instead of reading the machine (synthetic name or file).")] = None,
     log: Annotated[Optional[Path], typer.Option(help="Where to write every request and decision as JSON (default: <run>/edge/live.json).")] = None,
-    set_: SetOpt = None,
+    set_: RunSetOpt = None,
 ) -> None:
     """Serve test samples live with the resource-aware runtime on the real monitor; print its switches."""
     from racmkd.pipeline import prepare_data
@@ -425,16 +456,14 @@ def edge_run(
     from racmkd.runtime.edge import EdgeRuntime, NoVariantError
     from racmkd.runtime.simulate import serve_split
     from racmkd.runtime.variants import BankError, load_bank
-    from racmkd.utils import atomic_write_json, json_safe, not_a_regular_file
+    from racmkd.utils import atomic_write_json, json_safe
 
     try:
         run_dir, cfg = _run_config(run, set_)
         bank = load_bank(run_dir / "edge")
         replayed = _live_trace(trace, seconds) if trace else None
         log = log or run_dir / "edge" / "live.json"
-        problem = "a folder" if log.is_dir() else not_a_regular_file(log)
-        if problem:  # found now, not after the whole run
-            raise ValueError(f"--log {log}: {problem}; name the JSON file to write")
+        _check_edge_log(log)  # found now, not after the whole run
         dataset = prepare_data(cfg)
         source = TraceSource(replayed, loop=True) if replayed is not None else SystemSource()
         with ResourceMonitor(source, cfg.runtime.monitor) as monitor:
@@ -524,7 +553,7 @@ def simulate(
             help="Latency model: measured (this host's compute time x the trace's slowdown) or bank (the bank's median costs x the slowdown: the same on every run, to compare runtime versions)."
         ),
     ] = "measured",
-    set_: SetOpt = None,
+    set_: RunSetOpt = None,
 ) -> None:
     """Replay a resource trace against the edge runtime with real inference; compare with static tiers."""
     from racmkd.pipeline import prepare_data
@@ -567,7 +596,7 @@ def serve_command(
     ] = None,
     device: Annotated[Optional[str], typer.Option(help="Edge: this device's name in telemetry.")] = None,
     public_key: Annotated[Optional[Path], typer.Option(help="Edge: the fleet's public key; updates must be signed with its private key.")] = None,
-    set_: SetOpt = None,
+    set_: RunSetOpt = None,
 ) -> None:
     """Serve a run's models over HTTP (FastAPI + uvicorn): /predict, /health, /metrics, /models."""
     from racmkd.deploy.server import ROLES, serve
@@ -580,6 +609,9 @@ def serve_command(
         overrides.append(f"serve.upstreams={json.dumps(list(upstream))}")  # (quoted: an IPv6 address's brackets or a comma is YAML too)
     if role not in ROLES:
         raise _fail(ValueError(f"--role {role!r}: choose one of {', '.join(ROLES)}"))
+    edge_only = [flag for flag, value in (("--upstream", upstream), ("--mqtt", mqtt), ("--device", device), ("--public-key", public_key)) if value]
+    if edge_only and role != "edge":  # (a fog or cloud server offloads nowhere, sends no telemetry, takes no update)
+        raise _fail(ValueError(f"{', '.join(edge_only)}: for the edge role only; a {role} server has no use for them"))
     if mqtt:
         from racmkd.deploy.telemetry import broker_address
 
@@ -818,17 +850,22 @@ def deploy_apply(
     if not token:
         raise _fail(ValueError(f"${token_env} is not set: the devices' management token is needed"))
     key = public_key or (DEFAULT_PUBLIC_KEY if DEFAULT_PUBLIC_KEY.is_file() else None)
+    if mqtt_port and not mqtt_host:  # (it was passed over in silence)
+        raise _fail(ValueError("--mqtt-port: the broker's port, with --mqtt-host; without a broker the devices' statuses are not read"))
     if mqtt_host:
         from racmkd.deploy.telemetry import DEFAULT_PORT, broker_address, topic
 
         try:  # (a fleet name holding # or + was paho's traceback, one holding / matched no device)
             topic(fleet_name, "device", "status")
-            mqtt_host, written = broker_address(mqtt_host, default_port=0)  # HOST[:PORT], as `serve --mqtt` takes it (0: no port written)
-            if written and mqtt_port and written != mqtt_port:  # (the address's port won, silently)
-                raise ValueError(f"two ports, {written} in --mqtt-host and {mqtt_port} in --mqtt-port: give one")
-            mqtt_port = written or mqtt_port or DEFAULT_PORT
         except ValueError as err:
-            raise _fail(ValueError(f"--mqtt-host / --fleet-name: {err}")) from None
+            raise _fail(ValueError(f"--fleet-name: {err}")) from None
+        try:
+            mqtt_host, written = broker_address(mqtt_host, default_port=0)  # HOST[:PORT], as `serve --mqtt` takes it (0: no port written)
+        except ValueError as err:
+            raise _fail(ValueError(f"--mqtt-host: {err}")) from None
+        if written and mqtt_port and written != mqtt_port:  # (the address's port won, silently)
+            raise _fail(ValueError(f"--mqtt-host / --mqtt-port: two ports, {written} in --mqtt-host and {mqtt_port} in --mqtt-port: give one"))
+        mqtt_port = written or mqtt_port or DEFAULT_PORT
     watcher = None
     try:
         devices, profiles = load_fleet(fleet)
@@ -887,6 +924,10 @@ def predict(
         label, probs = predictor.predict(image=image_array, audio=audio_array, sample_rate=rate, **others)
     except _errors() as err:
         raise _fail(err) from None
+    given = {"--image": image_array, "--audio": audio_array, **{f"--input {m}": v for m, v in others.items()}}
+    unused = [flag for flag, value in given.items() if value is not None and flag.split()[-1].removeprefix("--") not in predictor.modalities]
+    if unused:  # (the predictor ignores them, as documented; a user should not think they counted)
+        typer.secho(f"note: {', '.join(unused)}: not used by {tier}, which takes {', '.join(predictor.modalities)}", fg=typer.colors.YELLOW, err=True)
     typer.echo(json.dumps({"label": label, "probabilities": np.round(probs, 4).tolist(), "model": tier}))
 
 

@@ -462,7 +462,7 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
             input_cache=inputs,
         )
     seconds = time.perf_counter() - started
-    remove_derived(run_dir, [t.name for t in tiers])
+    remove_derived(run_dir, [t.name for t in tiers], [j.name for j in jobs])
     for job in jobs:
         tier = job.name.removesuffix("_labels_only")
         design = designs[tier]
@@ -473,15 +473,29 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
     return [j.name for j in jobs]
 
 
-def remove_derived(run_dir: Path, tiers: list[str]) -> None:
+def remove_derived(run_dir: Path, tiers: list[str], models: list[str] | None = None) -> None:
     """Remove what was made from these tiers' students before they are replaced: their compressed
-    artifacts (the compression benchmark's too) and the edge bank. Left, they would be measured
-    against students they were not made from, and served."""
+    artifacts (the compression benchmark's too), the edge bank, and the run's `racmkd export` files
+    of these `models` (default: the tiers' students) in <run>/onnx/ (`<model>.*`, `<model>-<inputs>.*`,
+    their export.json and profiles included). Left, they would be measured against students they
+    were not made from, and served."""
     folders = [compressed_dir(run_dir, t) for t in tiers] + [p for t in tiers for p in (run_dir / "experiments").glob(f"*/{t}")]
     for folder in folders:
         if folder.exists():
             shutil.rmtree(folder)
             log.warning("%s was made from a student now retrained: removed (make it again: `racmkd compress`)", folder)
+    exported = [
+        f for m in (models if models is not None else tiers) for pattern in (f"{m}.*", f"{m}-*") for f in (run_dir / "onnx").glob(pattern) if f.is_file()
+    ]
+    for file in exported:
+        file.unlink()
+    if exported:
+        log.warning(
+            "%s: %d exported file(s) of models now retrained removed (%s; make them again: `racmkd export`)",
+            run_dir / "onnx",
+            len(exported),
+            ", ".join(sorted(f.name for f in exported)),
+        )
     remove_bank(run_dir, "made from students now retrained")
 
 
@@ -603,7 +617,7 @@ def compress_students(
             )
         written.append(compressed_dir(run_dir, tier_name, into))
         if into == "compressed":
-            remove_bank(run_dir, f"built from {tier_name}'s previous compressed student")
+            remove_bank(run_dir, f"built before {tier_name}'s compressed student was made (its accuracy table is of every tier's variants together)")
     if into == "compressed":  # (an experiment's time, written there, replaced the run's own and outgrew its total)
         record_timing(run_dir, "compress_students", time.perf_counter() - started)
     return written

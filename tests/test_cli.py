@@ -130,6 +130,12 @@ def test_evaluate_and_predict_on_the_tiny_run(tiny_run: Path, tmp_path: Path) ->
     assert 0 <= answer["label"] <= 9 and abs(sum(answer["probabilities"]) - 1) < 1e-3
     result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher_audio", "--image", str(tmp_path / "one.png")])
     assert result.exit_code == 2 and "needs audio" in result.output
+    # An input the model does not take is said to be left out (it was dropped in silence); the answer stays JSON on stdout.
+    result = runner.invoke(
+        app, ["predict", "--run", str(tiny_run), "--tier", "teacher_image", "--image", str(tmp_path / "one.png"), "--audio", str(tmp_path / "one.wav")]
+    )
+    assert result.exit_code == 0 and "note: --audio: not used by teacher_image, which takes image" in result.stderr, result.output
+    assert json.loads(result.stdout)["model"] == "teacher_image"
     # A user's own recording: float samples, two channels (averaged), as the predictor takes them; the same answer as the int16 mono file.
     wave = (np.sin(np.arange(6000) / 4) * 5000).astype(np.int16)
     wavfile.write(tmp_path / "stereo.wav", 8000, np.stack([wave, wave], axis=1).astype(np.float32) / 32768)
@@ -156,9 +162,16 @@ def test_staged_commands_make_a_run(shared_root: Path, cache_dir: Path, tmp_path
         (run / made).mkdir(parents=True)
     (run / "edge" / "bank.json").write_text("{}")
     (run / "edge" / "live.json").write_text("{}")  # what `edge run` served: a record that stays true
+    exported = ["critical.fp32.onnx", "critical.int8.onnx", "critical.export.json", "critical.fp32.profile.json", "critical-audio.fp32.onnx"]
+    exported.append("critical_labels_only.fp32.onnx")  # its labels-only baseline, retrained beside it
+    others = ["high.fp32.onnx", "high-image.fp32.onnx", "teacher.fp32.onnx"]
+    (run / "onnx").mkdir()
+    for name in exported + others:  # as if `racmkd export` (and `profile`) had run
+        (run / "onnx" / name).write_text("x")
     result = runner.invoke(app, ["distill", "--run", str(run), "--tier", "critical"])  # retrained: what was made from it goes, not the rest
     assert result.exit_code == 0 and not (run / "compressed" / "critical").exists() and (run / "compressed" / "high").is_dir()
     assert sorted(p.name for p in (run / "edge").iterdir()) == ["live.json"]
+    assert sorted(p.name for p in (run / "onnx").iterdir()) == sorted(others)
     result = runner.invoke(app, ["distill", "--run", str(run), "--tier", "tiny"])
     assert result.exit_code == 2 and "unknown tier" in result.output
     result = runner.invoke(app, ["train-teacher", *base, *small, "--name", "staged"])  # the name taken: the run is not written over
@@ -267,6 +280,11 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
         (["registry", "keygen", "--out", str(tmp_path / "keys")], "refusing to overwrite"),  # ... then refused
         (["simulate", "--run", str(tiny_run), "--requests", "0"], "--requests"),
         (["serve", "--run", str(tiny_run), "--role", "fog", "--port", "99999"], "port 99999"),
+        # Edge-only options on another role were passed over in silence.
+        (
+            ["serve", "--run", str(tiny_run), "--role", "cloud", "--upstream", "http://fog:8001", "--device", "d1"],
+            "--upstream, --device: for the edge role only",
+        ),
         # Upstreams reach the config as they were typed (an IPv6 address's brackets, a comma), to the port check.
         (
             ["serve", "--run", str(tiny_run), "--role", "edge", "--port", "99999", "--upstream", "http://[::1]:8002", "--upstream", "http://fog:8001/a,b"],

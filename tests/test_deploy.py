@@ -243,15 +243,19 @@ def test_deploy_apply_refuses_a_fleet_name_no_topic_can_hold_before_connecting(t
             ["deploy", "apply", "--fleet", str(tmp_path / "fleet.yaml"), "--root", str(tmp_path), "--mqtt-host", "127.0.0.1", "--fleet-name", name],
             env={"RACMKD_TOKEN": "secret"},
         )
-        assert out.exit_code == 2 and "fleet name" in out.output and "cannot be part of an MQTT topic" in out.output, out.output
+        assert out.exit_code == 2 and "--fleet-name: " in out.output and "cannot be part of an MQTT topic" in out.output, out.output
     out = CliRunner().invoke(
         app, ["deploy", "apply", "--fleet", str(tmp_path / "fleet.yaml"), "--mqtt-host", "[::1", "--root", str(tmp_path)], env={"RACMKD_TOKEN": "secret"}
     )
-    assert out.exit_code == 2 and "an IPv6 address in brackets" in out.output, out.output
+    assert out.exit_code == 2 and "--mqtt-host: " in out.output and "an IPv6 address in brackets" in out.output, out.output
+    out = CliRunner().invoke(  # a port without a broker was passed over in silence
+        app, ["deploy", "apply", "--fleet", str(tmp_path / "fleet.yaml"), "--mqtt-port", "1884", "--root", str(tmp_path)], env={"RACMKD_TOKEN": "secret"}
+    )
+    assert out.exit_code == 2 and "--mqtt-port: the broker's port, with --mqtt-host" in out.output, out.output
     # Two ports (the address's won silently); one port written twice is fine (the fleet file is missing: said next).
     argv = ["deploy", "apply", "--fleet", str(tmp_path / "fleet.yaml"), "--root", str(tmp_path), "--mqtt-host", "127.0.0.1:1884", "--mqtt-port"]
     out = CliRunner().invoke(app, [*argv, "1885"], env={"RACMKD_TOKEN": "secret"})
-    assert out.exit_code == 2 and "two ports, 1884 in --mqtt-host and 1885 in --mqtt-port: give one" in out.output, out.output
+    assert out.exit_code == 2 and "--mqtt-host / --mqtt-port: two ports, 1884 in --mqtt-host and 1885 in --mqtt-port: give one" in out.output, out.output
     out = CliRunner().invoke(app, [*argv, "1884"], env={"RACMKD_TOKEN": "secret"})
     assert "two ports" not in out.output and "fleet.yaml" in out.output, out.output
 

@@ -1243,6 +1243,14 @@ def test_cli_simulate_and_edge_run(tiny_run: Path, bank_dir: Path, tmp_path: Pat
     assert result.exit_code == 0, result.output
     live = strict_json(tmp_path / "live.json")
     assert live["summary"]["requests"] >= 10 and live["monitor_overhead"]["polls"] >= 1
+    # A log written again over an earlier one; any other file is refused before the run, untouched (the run's config.yaml was replaced by JSON).
+    config = (tiny_run / "config.yaml").read_bytes()
+    for target, code in ((tmp_path / "live.json", 0), (tiny_run / "config.yaml", 2)):
+        argv = ["edge", "run", "--run", str(tiny_run), "--seconds", "0.1", "--rate", "20", "--trace", "steady", "--log", str(target)]
+        result = runner.invoke(app, [*argv, "--set", "students.train.epochs=3"])  # (what its --help suggested: a training setting)
+        assert result.exit_code == code, result.output
+        assert "--set students.train.epochs=3: says how models are trained" in result.output  # said, not passed over
+    assert "not an `edge run` log; it is not overwritten" in result.output and (tiny_run / "config.yaml").read_bytes() == config
     bad = tmp_path / "bad.csv"
     bad.write_text("t,cpu_percent\nx,y\n")
     result = runner.invoke(app, ["simulate", "--run", str(tiny_run), "--trace", str(bad)])
