@@ -62,8 +62,10 @@ QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 FUSED_ACTIVATIONS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "LeakyRelu", "Tanh"}
 # What `graph_cost` stores; 2: float pre-activation tensors fused away; 3: only the activations above
 # fuse, an int8 kernel's input lives until its QuantizeLinear writes, and a float op before a
-# QuantizeLinear stores its output. Cached latency fits record it (eta_b is a rate over these bytes).
-GRAPH_COST_RULES = 3
+# QuantizeLinear stores its output; 4: operators counted as kernels (fused activations and Q/DQ
+# inside int8 kernels not; Q/DQ at float boundaries yes), a mixed model's fp32 layers as fp32 FLOPs.
+# Cached latency fits record it (eta_b is a rate over these bytes, t_op a time per operator).
+GRAPH_COST_RULES = 4
 
 
 # The graph -------------------------------------------------------------------------------------------
@@ -121,7 +123,7 @@ class GraphCost:
     activation_bytes_written: int  # every stored activation, once
     flops: int  # 2 per multiply-add of Conv / Gemm / MatMul
     int8_flops: int  # the part of `flops` done by layers quantized to int8
-    operators: int  # nodes a runtime dispatches (QDQ nodes of an int8 graph fuse away)
+    operators: int  # kernels a runtime dispatches: fused activations and the Q/DQ nodes inside int8 kernels are not, Q/DQ at float boundaries are (ONNX Runtime's optimised graph, counted)
     quantized: bool  # int8 arithmetic (activations quantized too)
     uncosted: tuple[str, ...] = ()  # operators whose arithmetic `flops` leaves out (UNCOSTED_HEAVY_OPS, other domains' ops)
 
@@ -253,6 +255,40 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
             requantizing.add(i)
             kernel_end[i] = max(quantizers)
     last_read = {name: max(kernel_end.get(i, i) for i in idx) for name, idx in readers.items()}
+    producer_index = {out: i for i, node in enumerate(graph_.node) for out in node.output}
+    consumers: dict[str, list[int]] = {}  # tensor -> the nodes that read it as it is named
+    for i, node in enumerate(graph_.node):
+        for name in node.input:
+            consumers.setdefault(name, []).append(i)
+    # Kernels a DequantizeLinear fuses into: the int8 kernels above, and a Gemm / MatMul on two
+    # dequantized operands with a float output (ONNX Runtime's QGemm, MatMulIntegerToFloat: a
+    # classifier's logits). A DequantizeLinear read by anything else (ReduceMean) runs on its own.
+    int8_reading = requantizing | {
+        i
+        for i, node in enumerate(graph_.node)
+        if quantized
+        and node.op_type in ("Gemm", "MatMul")
+        and all(producer.get(n) is not None and producer[n].op_type == "DequantizeLinear" for n in node.input[:2])
+    }
+
+    def dispatched(node: onnx.NodeProto, i: int) -> bool:
+        """Whether a node is a kernel of its own the runtime dispatches, by the rules above: not an
+        activation or bias Add fused into the Conv / Gemm / MatMul before it; in an int8 graph not a
+        QuantizeLinear or DequantizeLinear fused into an int8 kernel, but those at the boundaries
+        (quantizing a float op's output, dequantizing for a float op) are kernels of their own."""
+        if node.op_type in ("Constant", "Identity", "Shape") or node.output[0] in dequantized_weights:
+            return False
+        if not quantized:
+            return not (node.op_type not in COMPUTE_OPS and node.input and node.input[0] in fused_into_activation)
+        if node.op_type in FUSED_ACTIVATIONS and node.input:  # after a layer a mixed model keeps in fp32: fused into its kernel
+            source = producer.get(node.input[0])
+            if source is not None and source.op_type in ("Conv", "Gemm", "MatMul") and len(consumers.get(node.input[0], [])) == 1:
+                return False
+        if node.op_type == "QuantizeLinear":
+            return producer_index.get(node.input[0]) not in requantizing  # (a graph input's: None)
+        if node.op_type == "DequantizeLinear":
+            return node.input[0] not in weights and (node.output[0] in outputs or any(j not in int8_reading for j in consumers.get(node.output[0], [])))
+        return True
 
     def stored(name: str, node: onnx.NodeProto, i: int) -> bool:
         if name in outputs:
@@ -275,11 +311,13 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
         if node.op_type in COMPUTE_OPS:
             f = _conv_flops(node, shapes, weights) if "Conv" in node.op_type else _matmul_flops(node, shapes, weights, batch)
             flops += f
+            # int8 when both operands are dequantized (a Conv's or Gemm's input and weight): a layer a
+            # mixed model keeps in fp32 reads a dequantized input too, but its weight is float.
             if node.op_type in INT8_OPS or (
-                quantized and any(producer.get(n) is not None and producer[n].op_type == "DequantizeLinear" for n in node.input[:2])
+                quantized and all(producer.get(n) is not None and producer[n].op_type == "DequantizeLinear" for n in node.input[:2])
             ):
                 int8_flops += f
-        if not (quantized and node.op_type in QDQ_OPS) and node.output[0] not in dequantized_weights and node.op_type not in ("Constant", "Identity", "Shape"):
+        if dispatched(node, i):
             operators += 1
         for name in node.output:
             if name and name not in dequantized_weights and name not in weights and stored(name, node, i) and name in values:
