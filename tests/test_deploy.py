@@ -825,6 +825,52 @@ def test_an_upstream_slow_in_every_phase_is_given_up_on_at_the_deadline() -> Non
     listener.close()
 
 
+def test_an_upstream_that_trickles_its_reply_is_given_up_on_within_its_timeout() -> None:
+    """A byte every 0.2 s is within httpx's read timeout each time: a probe (on the thread that also
+    sends telemetry) or a forwarded call kept reading a 100 kB reply for hours."""
+    import socket
+    import threading
+
+    from racmkd.deploy.offload import Upstream
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickling_upstream() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n")
+            while not stop.wait(0.2):
+                connection.sendall(b" ")
+
+    threading.Thread(target=trickling_upstream, daemon=True).start()
+    fog = Upstream("fog", f"http://127.0.0.1:{listener.getsockname()[1]}", timeout_s=0.5, retries=0)
+    started = time.monotonic()
+    assert fog.probe() is False  # given up on, counted
+    stop.set()
+    assert time.monotonic() - started < 2.0 and fog.breaker.failures == 1
+    listener.close()
+
+
+def test_a_healthy_probe_does_not_wipe_out_failed_predictions() -> None:
+    """A /health that answers reset the breaker's count of failed calls: with a probe every 5 s
+    and fewer than three failed /predict calls between probes, the breaker of an upstream whose
+    every prediction failed never opened. A probe closes an open breaker; a closed one keeps count."""
+    from racmkd.deploy.offload import CircuitBreaker
+
+    breaker = CircuitBreaker(failures_to_open=3, reset_after_s=5.0)
+    for _ in range(2):
+        breaker.failure(now=0.0)
+        assert breaker.success(probe=True) is False and breaker.failures >= 1  # the health check passes in between
+    breaker.failure(now=0.0)
+    assert breaker.state == "open"
+    assert breaker.allow(now=6.0) and breaker.state == "half-open"
+    assert breaker.success(probe=True) is True and (breaker.state, breaker.failures) == ("closed", 0)  # back: the probe closes it
+    breaker.failure(now=7.0)
+    assert breaker.success() is False and breaker.failures == 0  # a prediction that succeeds resets the count
+
+
 GOOD_ANSWER = b'{"label": 1, "probabilities": [0.1, 0.9], "served_by": "fog", "model": "high", "compute_ms": 0.5}'
 
 

@@ -31,7 +31,7 @@ MAX_REPLY_BYTES = 1 << 20  # an answer is a label and a few probabilities (under
 # Calls to upstreams run here, so that a request waits for one no longer than its deadline: httpx's
 # timeouts bound each phase of a call (connect, write, every read), not the whole, and an upstream
 # slow in two phases answered a 500 ms deadline after 843 ms. A call given up on finishes in the
-# background within its own timeouts; while every worker is taken (an upstream hanging), requests
+# background within its own timeouts (a reply read for at most the call's timeout, see `_call`); while every worker is taken (an upstream hanging), requests
 # wait their deadline out in the queue and are answered locally, and the breaker soon opens.
 _CALLS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="racmkd-upstream")
 
@@ -64,11 +64,15 @@ class CircuitBreaker:
                 self.state = "half-open"
             return self.state != "open"
 
-    def success(self) -> bool:
-        """Record a success; True when it ends an outage (the breaker was open or half-open)."""
+    def success(self, probe: bool = False) -> bool:
+        """Record a success; True when it ends an outage (the breaker was open or half-open). A
+        `probe`'s (its /health answered) closes an open breaker but leaves a closed one's count of
+        failed calls as it is: a health check every few seconds reset it, and an upstream whose
+        /health answered while every /predict failed never had its breaker opened."""
         with self._lock:
             ended = self.state != "closed"
-            self.state, self.failures = "closed", 0
+            if ended or not probe:
+                self.state, self.failures = "closed", 0
             return ended
 
     def failure(self, now: float | None = None) -> bool:
@@ -155,7 +159,7 @@ class Upstream:
         except (httpx.HTTPError, ValueError, TypeError, AttributeError, RecursionError, UpstreamError) as err:
             self._failed(err)
             return False
-        self._succeeded()
+        self._succeeded(probe=True)
         self.link.observe((time.perf_counter() - started) * 1e3, 0.0, 0)
         return True
 
@@ -172,20 +176,25 @@ class Upstream:
                 self.breaker.reset_after_s,
             )
 
-    def _succeeded(self) -> None:
-        if self.breaker.success():
+    def _succeeded(self, probe: bool = False) -> None:
+        if self.breaker.success(probe):
             log.warning("upstream %s (%s) answers again; offloading resumes", self.name, self.url)
 
     def _call(self, method: str, path: str, timeout_s: float, body: bytes | None = None, content_type: str | None = None) -> tuple[int, bytes]:
         """One request; its status and at most MAX_REPLY_BYTES of the reply, read no further (a
-        200 MB answer was read whole, and took the edge's memory from 201 to 901 MB)."""
+        200 MB answer was read whole, and took the edge's memory from 201 to 901 MB), and read for
+        at most `timeout_s` from the start: httpx's timeout bounds each read, and an upstream sending
+        a byte a little faster than that kept a call (a worker, or the probing thread) for hours."""
         headers = {"Content-Type": content_type} if content_type else {}
+        given_up_at = time.monotonic() + timeout_s
         with self.client().stream(method, path, content=body, headers=headers, timeout=timeout_s) as reply:
             chunks, size = [], 0
             for chunk in reply.iter_bytes():  # (decoded as they come: with identity asked for, the bytes that came)
                 size += len(chunk)
                 if size > MAX_REPLY_BYTES:
                     raise UpstreamError(f"{self.name}: a reply of more than {MAX_REPLY_BYTES:,} bytes, which is no answer")
+                if time.monotonic() > given_up_at:
+                    raise UpstreamError(f"{self.name}: its reply still coming after {timeout_s:g} s")
                 chunks.append(chunk)
             return reply.status_code, b"".join(chunks)
 
