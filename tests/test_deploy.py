@@ -121,6 +121,10 @@ def test_registry_versions_signs_and_refuses_tampered_blobs(bank_dir: Path, keys
     with pytest.raises(RegistryError, match="no release nope"):
         registry.release("nope")
     blob.write_bytes(pack(bank_dir)[0])
+    # A digest a device reports names a blob only as 64 hex digits: an absolute path was read whole, from anywhere.
+    for reported in (str(tmp_path / "registry" / "registry.sqlite"), "../blobs/x", v1.sha256.upper(), None):
+        with pytest.raises(RegistryError, match="is not a sha256 digest"):
+            registry.blob(reported)
     # A cached delta damaged on disk is made again, not sent to be refused by every device.
     cached = tmp_path / "registry" / "deltas" / f"{v1.sha256}-{v2.sha256}.delta"
     good = registry.delta(v1.sha256, v2.sha256)
@@ -1614,6 +1618,9 @@ def test_edge_end_to_end_with_fog_broker_registry_and_failures(tiny_run: Path, t
         assert refused_manifest.status_code == 422 and "malformed manifest" in refused_manifest.text and "sha256" in refused_manifest.text
         nested = edge.post("/deploy", headers=auth, data={"manifest": "[" * 100000, "signature": newer.signature}, files={"payload": ("b", b"x")})
         assert nested.status_code == 422 and "not JSON" in nested.text
+        surrogate = {**newer.manifest, "name": "\ud800"}  # (a lone surrogate in the refusal's text failed its JSON encoding: a 500)
+        unsigned = edge.post("/deploy", headers=auth, data={"manifest": json.dumps(surrogate), "signature": newer.signature}, files={"payload": ("b", b"x")})
+        assert 400 <= unsigned.status_code < 500 and "bad signature" in unsigned.text, unsigned.text
         capped = TestClient(create_app(service, dataclasses.replace(cfg.serve, max_update_bytes=1000), token=TOKEN))
         upload = {"data": {"manifest": json.dumps(newer.manifest), "signature": newer.signature}, "files": {"payload": ("b", b"x" * 5000)}}
         assert capped.post("/deploy", **upload).status_code == 401  # the token first, before the body is read

@@ -40,7 +40,7 @@ import numpy as np
 from racmkd.deploy.delta import DeltaError, apply_delta
 from racmkd.deploy.registry import MANIFEST_FORMAT, unpack
 from racmkd.deploy.signing import SignatureError, verify
-from racmkd.utils import atomic_write_bytes, atomic_write_json, fsync_folder, remove_stale_work_folders, sha256, work_folder
+from racmkd.utils import atomic_write_bytes, atomic_write_json, building_folder, fsync_folder, remove_stale_work_folders, sha256
 
 log = logging.getLogger(__name__)
 SIGNED = "release.json"  # in each slot: the signed manifest it was installed with
@@ -236,7 +236,12 @@ class DeviceStore:
     def _state(self) -> dict[str, Any]:
         path = self.root / "state.json"
         if not path.is_file():
-            return {}
+            # Missing (deleted, or a kill between a first commit's record and its state.json) while
+            # a slot holds a commit record: rebuilt like a damaged one. Read as empty, the device
+            # served the run's bank and took an older signed release as new.
+            slots = self.root / "slots"
+            committed = slots.is_dir() and any(_recorded_order(p) is not None for p in slots.iterdir() if p.is_dir() and not p.name.startswith("."))
+            return self._rebuilt_state("missing, while the slots hold committed releases") if committed else {}
         try:
             state = json.loads(path.read_text())
         except (OSError, ValueError, RecursionError) as err:  # atomic writes never leave one half-written: a disk fault, or a hand
@@ -403,13 +408,16 @@ class DeviceStore:
         """Unpack and health-check a release into its slot, unless it is there intact already. An
         OSError is the store's (a full disk, a read-only folder), raised for `stage` to tell apart
         from a release that does not pass the health check: it was reported as one, and the fix is
-        on the device, not in the release. Whatever fails, the work folder goes."""
+        on the device, not in the release. Whatever fails, the work folder goes, and a slot there
+        before stays as it was: a damaged one is replaced only by a copy that passed (removed first,
+        a failed re-unpack took the only copy of the current or previous release with it)."""
         order = None
-        if (slot / "release.bin").is_file() and (_slot_problem(slot, manifest) or not self._healthy(slot, manifest["kind"])):
+        present = (slot / "release.bin").is_file()
+        repair = present and (_slot_problem(slot, manifest) or not self._healthy(slot, manifest["kind"]))
+        if repair:
             order = _recorded_order(slot)  # (a damaged current or previous release keeps its place)
-            shutil.rmtree(slot, ignore_errors=True)  # damaged since it was installed: unpacked again below
-        if not (slot / "release.bin").is_file():
-            with work_folder(slot.parent, slot.name) as partial:  # (removed if this fails; a killed server's, at the next start)
+        if not present or repair:
+            with building_folder(slot) as partial:  # (swapped in whole if this passes; removed if it fails, a killed server's at the next start)
                 try:
                     atomic_write_bytes(partial / "release.bin", data)  # on disk before state.json names it: later deltas patch it
                     atomic_write_json(partial / SIGNED, {"manifest": manifest, "signature": signature})  # what a damaged state.json is rebuilt from
@@ -424,11 +432,16 @@ class DeviceStore:
                     self.health_check(model_path(partial, manifest["kind"]), manifest["kind"])
                 except Exception as err:  # noqa: BLE001 - whatever went wrong, the current release stays
                     raise UpdateFailed(f"{manifest['name']} v{manifest['version']} failed its health check ({type(err).__name__}: {err}); {stays}") from None
-                shutil.rmtree(slot, ignore_errors=True)
-                partial.rename(slot)
-                fsync_folder(slot.parent)  # the rename too, before a commit can name the slot
-        elif not (slot / SIGNED).is_file():  # a slot installed before slots kept their manifest
-            atomic_write_json(slot / SIGNED, {"manifest": manifest, "signature": signature})
+            fsync_folder(slot.parent)  # the swap too, before a commit can name the slot
+        else:  # there and intact: it keeps the signed manifest of the newest release of its bytes
+            # (the same bytes published again as a new version reused the slot under the old
+            # manifest, and a rebuilt state.json named the old version current, its newest one lower)
+            try:
+                recorded = json.loads((slot / SIGNED).read_text())["manifest"]
+            except (OSError, ValueError, KeyError, TypeError, RecursionError):  # (a slot installed before slots kept their manifest)
+                recorded = None
+            if not isinstance(recorded, dict) or recorded.get("name") != manifest["name"] or recorded.get("version", 0) < manifest["version"]:
+                atomic_write_json(slot / SIGNED, {"manifest": manifest, "signature": signature})
 
     def _store_error(self, err: OSError, what: str, stays: str) -> StoreError:
         """An OSError writing the store as the error a client is shown: the folder, the cause, the fix."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 import tarfile
 import time
@@ -305,7 +306,11 @@ class ModelRegistry:
         return digest
 
     def blob(self, digest: str) -> bytes:
-        """A blob's bytes, checked against its name."""
+        """A blob's bytes, checked against its name. The name is checked first: a digest a device
+        reported (`deploy push` reads what it says it runs) made the path, and an absolute one was a
+        file anywhere, read whole before its hash refused it."""
+        if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            raise RegistryError(f"{digest!r} is not a sha256 digest (64 hex digits): no blob is named so")
         path = self.root / "blobs" / digest
         restore = "`racmkd registry add` the model again to restore it (its releases share the blob)"
         if not path.is_file():

@@ -144,5 +144,5 @@ def verify(manifest: dict[str, Any], signature: str, key: Ed25519PublicKey) -> N
         key.verify(bytes.fromhex(signature), canonical(manifest))
     except (InvalidSignature, ValueError, TypeError, RecursionError):  # (RecursionError: JSON nested too deep to write out)
         raise SignatureError(
-            f"bad signature for {manifest.get('name')} v{manifest.get('version')}: the manifest was altered or not signed by this fleet's key"
+            f"bad signature for {manifest.get('name')!r} v{manifest.get('version')!r}: the manifest was altered or not signed by this fleet's key"
         ) from None
