@@ -67,8 +67,8 @@ def measured_snr(dataset: PairedDataset, split: str, rows: torch.Tensor, generat
     noisy = dataset.raw_batch(split, rows, generator)["audio"]
     bank = dataset.banks["audio"][split]
     clean = dataset.modalities["audio"].gather(bank, dataset.splits[split].index["audio"][rows])
-    power = bank.extra["power"][dataset.splits[split].index["audio"][rows]]
     span = bank.extra["span"][dataset.splits[split].index["audio"][rows]]
+    power = torch.stack([clean[i, s:e].pow(2).mean() for i, (s, e) in enumerate(span.tolist())])  # what the model hears (not the bank's own figure)
     noise_power = torch.stack([(noisy[i, s:e] - clean[i, s:e]).pow(2).mean() for i, (s, e) in enumerate(span.tolist())])
     assert torch.all(noisy[:, : int(span[:, 0].min())] == clean[:, : int(span[:, 0].min())])  # padding stays silent
     return 10 * torch.log10(power / noise_power)
@@ -83,6 +83,17 @@ def test_audio_noise_snr_fixed_for_test_fresh_for_train(avmnist: PairedDataset) 
     first, second = avmnist.raw_batch("train", rows, g)["audio"], avmnist.raw_batch("train", rows, g)["audio"]
     assert not torch.equal(first, second)
     assert math.isclose(float(measured_snr(avmnist, "train", rows, torch.Generator().manual_seed(3)).mean()), 5.0, abs_tol=1.5)
+
+
+def test_a_recording_longer_than_the_window_gets_its_snr_over_what_the_window_keeps(avmnist: PairedDataset) -> None:
+    """The noise was sized by the whole recording's power: 7_theo_36 (2.2 s, its digit outside the
+    centred second) got its noise 25 dB above the SNR drawn, the window all noise."""
+    bank = avmnist.banks["audio"]["train"]
+    long_one = bank.ids.index(next(i for i in bank.ids if i.startswith("7_theo_36")))
+    rows = (avmnist.splits["train"].index["audio"] == long_one).nonzero().squeeze(1)[:8]
+    assert len(rows) > 0
+    snr = measured_snr(avmnist, "train", rows, torch.Generator().manual_seed(5))
+    assert float(snr.min()) > -0.5 and float(snr.max()) < 10.5, snr
 
 
 def test_cache_is_reused_and_limits_apply(avmnist: PairedDataset, cache_dir: Path) -> None:

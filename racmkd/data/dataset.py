@@ -30,7 +30,9 @@ from racmkd.utils import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when the cached content changes meaning (2: recordings resampled to a configured sample rate)
+CACHE_VERSION = (
+    3  # bump when the cached content changes meaning (2: recordings resampled to a configured sample rate; 3: a recording's power over its part in the window)
+)
 
 
 @dataclass
