@@ -873,6 +873,14 @@ def test_a_healthy_probe_does_not_wipe_out_failed_predictions() -> None:
     assert breaker.success(probe=True) is True and (breaker.state, breaker.failures) == ("closed", 0)  # back: the probe closes it
     breaker.failure(now=7.0)
     assert breaker.success() is False and breaker.failures == 0  # a prediction that succeeds resets the count
+    # A probe's own failures are taken back by a healthy probe: failed health checks days apart never add up to an outage.
+    for day in range(5):
+        breaker.failure(now=10.0 + day, probe=True)
+        assert breaker.success(probe=True) is False and breaker.state == "closed"
+    breaker.failure(now=20.0)  # a failed prediction stays counted beside a probe's, which goes
+    breaker.failure(now=20.0, probe=True)
+    breaker.success(probe=True)
+    assert breaker.failures == 1
 
 
 GOOD_ANSWER = b'{"label": 1, "probabilities": [0.1, 0.9], "served_by": "fog", "model": "high", "compute_ms": 0.5}'
@@ -1673,6 +1681,9 @@ def test_edge_end_to_end_with_fog_broker_registry_and_failures(tiny_run: Path, t
         assert watcher.wait_for(lambda w: w.online("doomed") is True, 30)
         doomed.kill()
         assert watcher.wait_for(lambda w: w.online("doomed") is False, 20)
+    except BaseException as err:
+        fog.stop(error=err)  # (its log kept, and named in the failure)
+        raise
     finally:
         if edge_server is not None:
             edge_server.stop()

@@ -398,13 +398,6 @@ def test_a_fog_with_a_truncated_report_serves_with_its_accuracy_unknown(tiny_run
     assert reply.status_code == 200 and len(reply.json()["probabilities"]) == 10, reply.text  # it serves
 
 
-def signed_bytes(keys: tuple[Path, Path], name: str, version: int, payload: bytes) -> tuple[dict, str, bytes]:
-    """A signed release of `payload` (another version's bytes, released again)."""
-    manifest, _, _ = signed(keys, name, version)
-    manifest = {**manifest, "sha256": sha256(payload), "bytes": len(payload)}
-    return manifest, sign(manifest, load_private_key(keys[0])), payload
-
-
 def test_a_missing_state_is_rebuilt_from_committed_slots_and_keeps_downgrades_out(keys: tuple[Path, Path], tmp_path: Path) -> None:
     """A damaged state.json was rebuilt, a missing one read as "nothing installed": the run's bank
     served and an older signed release was taken as new."""
@@ -417,19 +410,6 @@ def test_a_missing_state_is_rebuilt_from_committed_slots_and_keeps_downgrades_ou
     assert store.current().label.startswith("edge v2") and store.previous().label.startswith("edge v1")
     with pytest.raises(UpdateRefused, match="not newer than v2"):
         store.install(*signed(keys, "edge", 1))
-
-
-def test_bytes_released_again_as_a_new_version_are_rebuilt_as_that_version(keys: tuple[Path, Path], tmp_path: Path) -> None:
-    """v3 is v1's bytes (v2 reverted): it reused v1's slot, whose manifest stayed v1's, so a rebuilt
-    state named v1 current and 2 the newest version."""
-    root = tmp_path / "device"
-    store = plain_store(root, keys)
-    first = signed(keys, "edge", 1)
-    store.install(*first)
-    store.install(*signed(keys, "edge", 2))
-    store.install(*signed_bytes(keys, "edge", 3, first[2]))
-    (root / "state.json").write_text("{")
-    assert store.current().label.startswith("edge v3") and store.newest() == {"edge": 3}
 
 
 def test_a_repair_that_fails_its_health_check_keeps_the_slot_it_would_replace(keys: tuple[Path, Path], tmp_path: Path) -> None:

@@ -283,8 +283,9 @@ class DeviceStore:
             state = {"current": entries[0] if entries else None, "previous": entries[1] if len(entries) > 1 else None, "newest": newest}
             try:
                 atomic_write_bytes(path.with_name("state.json.damaged"), path.read_bytes())
-            except OSError:
-                pass
+                kept = " (the damaged file is kept as state.json.damaged)"
+            except OSError:  # (a missing state.json: nothing to keep)
+                kept = ""
             try:
                 atomic_write_json(path, state)
             except OSError as err:
@@ -295,7 +296,7 @@ class DeviceStore:
                     store_fix(err, self.root, "restart the server"),
                 )
             log.error(
-                "%s: %s; rebuilt from the %d intact signed release(s) in %s: current %s, previous %s, newest versions %s (the damaged file is kept as state.json.damaged)",
+                "%s: %s; rebuilt from the %d intact signed release(s) in %s: current %s, previous %s, newest versions %s%s",
                 path,
                 problem,
                 len(found),
@@ -303,6 +304,7 @@ class DeviceStore:
                 found[0].label if found else "none (the run's bank serves)",
                 found[1].label if len(found) > 1 else "none",
                 newest or "unknown: releases installed before are no longer known here",
+                kept,
             )
             return state
 
@@ -433,15 +435,8 @@ class DeviceStore:
                 except Exception as err:  # noqa: BLE001 - whatever went wrong, the current release stays
                     raise UpdateFailed(f"{manifest['name']} v{manifest['version']} failed its health check ({type(err).__name__}: {err}); {stays}") from None
             fsync_folder(slot.parent)  # the swap too, before a commit can name the slot
-        else:  # there and intact: it keeps the signed manifest of the newest release of its bytes
-            # (the same bytes published again as a new version reused the slot under the old
-            # manifest, and a rebuilt state.json named the old version current, its newest one lower)
-            try:
-                recorded = json.loads((slot / SIGNED).read_text())["manifest"]
-            except (OSError, ValueError, KeyError, TypeError, RecursionError):  # (a slot installed before slots kept their manifest)
-                recorded = None
-            if not isinstance(recorded, dict) or recorded.get("name") != manifest["name"] or recorded.get("version", 0) < manifest["version"]:
-                atomic_write_json(slot / SIGNED, {"manifest": manifest, "signature": signature})
+        elif not (slot / SIGNED).is_file():  # a slot installed before slots kept their manifest
+            atomic_write_json(slot / SIGNED, {"manifest": manifest, "signature": signature})
 
     def _store_error(self, err: OSError, what: str, stays: str) -> StoreError:
         """An OSError writing the store as the error a client is shown: the folder, the cause, the fix."""

@@ -56,8 +56,14 @@ class ServerProcess:
         self.name = name
         descriptor, path = tempfile.mkstemp(prefix=f"racmkd-{name.replace(' ', '-')}-", suffix=".log")
         self.log = Path(path)
-        with os.fdopen(descriptor, "wb") as out:  # (the child keeps its own copy of the descriptor)
-            self.process = subprocess.Popen(argv, env=env if env is not None else {**os.environ, "RACMKD_PROGRESS": "0"}, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            with os.fdopen(descriptor, "wb") as out:  # (the child keeps its own copy of the descriptor)
+                self.process = subprocess.Popen(
+                    argv, env=env if env is not None else {**os.environ, "RACMKD_PROGRESS": "0"}, stdout=out, stderr=subprocess.STDOUT
+                )
+        except BaseException:  # (a program that cannot start: no log to keep)
+            self.log.unlink(missing_ok=True)
+            raise
         self.pid = self.process.pid
 
     @property

@@ -55,6 +55,7 @@ class CircuitBreaker:
     state: str = "closed"
     failures: int = 0
     opened_at: float = 0.0
+    probe_failures: int = 0  # of `failures`, those of probes (/health), which a healthy probe takes back
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def allow(self, now: float | None = None) -> bool:
@@ -66,20 +67,25 @@ class CircuitBreaker:
 
     def success(self, probe: bool = False) -> bool:
         """Record a success; True when it ends an outage (the breaker was open or half-open). A
-        `probe`'s (its /health answered) closes an open breaker but leaves a closed one's count of
-        failed calls as it is: a health check every few seconds reset it, and an upstream whose
-        /health answered while every /predict failed never had its breaker opened."""
+        `probe`'s (its /health answered) closes an open breaker; a closed one's failures in a row
+        it resets only as far as they were probes': it reset failed predictions too, and with a
+        health check every few seconds an upstream whose every /predict failed never had its
+        breaker opened."""
         with self._lock:
             ended = self.state != "closed"
             if ended or not probe:
-                self.state, self.failures = "closed", 0
+                self.state, self.failures, self.probe_failures = "closed", 0, 0
+            else:
+                self.failures -= self.probe_failures
+                self.probe_failures = 0
             return ended
 
-    def failure(self, now: float | None = None) -> bool:
+    def failure(self, now: float | None = None, probe: bool = False) -> bool:
         """Record a failure; True when it starts an outage (closed until now, open from here; a
         failed half-open trial reopens the same outage)."""
         with self._lock:
             self.failures += 1
+            self.probe_failures += probe
             started = self.state == "closed" and self.failures >= self.failures_to_open
             if self.state == "half-open" or self.failures >= self.failures_to_open:
                 self.state, self.opened_at = "open", time.monotonic() if now is None else now
@@ -157,16 +163,16 @@ class Upstream:
             self.accuracy = float(accuracy) if accuracy is not None else self.accuracy  # (both checked first: a bad probe changes nothing)
             self.compute_ms = compute_ms
         except (httpx.HTTPError, ValueError, TypeError, AttributeError, RecursionError, UpstreamError) as err:
-            self._failed(err)
+            self._failed(err, probe=True)
             return False
         self._succeeded(probe=True)
         self.link.observe((time.perf_counter() - started) * 1e3, 0.0, 0)
         return True
 
-    def _failed(self, err: BaseException | None) -> None:
+    def _failed(self, err: BaseException | None, probe: bool = False) -> None:
         """One failed call: counted by the breaker; the log says when that opens it (once an outage:
         the breaker's own lock decides, whichever of the request and probe threads fails first)."""
-        if self.breaker.failure():
+        if self.breaker.failure(probe=probe):
             log.warning(
                 "upstream %s (%s): circuit open after %d failure(s), last %s; answering locally, trying it again every %g s",
                 self.name,

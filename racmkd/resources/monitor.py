@@ -235,9 +235,11 @@ class ResourceMonitor:
 
     # One step ------------------------------------------------------------------------------------------
 
-    def poll(self, now: float | None = None) -> MonitorState | None:
+    def poll(self, now: float | None = None, stop: threading.Event | None = None) -> MonitorState | None:
         """Read the source once, update smoothing and forecast, adapt the interval, and notify
-        subscribers when the state moved. A source that fails is logged and the last state kept."""
+        subscribers when the state moved. A source that fails is logged and the last state kept.
+        `stop`: the polling thread's; a reading that returns after it was set is dropped (a thread
+        `stop()` gave up on, whose read hung, must not publish beside the one started since)."""
         now = self.clock() if now is None else now
         started = time.thread_time()
         try:
@@ -247,6 +249,8 @@ class ResourceMonitor:
             self.last_error = f"{type(err).__name__}: {err}"
             self.cpu_seconds += time.thread_time() - started
             log.warning("resource source %s failed (%s: %s); keeping the last reading", getattr(self.source, "name", "?"), type(err).__name__, err)
+            return self.state
+        if stop is not None and stop.is_set():
             return self.state
         # From the reading's arrival to the subscribers' switch (see the module's docstring); not
         # around the read, which may block (a hung sensor) and would hold the collector off meanwhile.
@@ -344,7 +348,7 @@ class ResourceMonitor:
     def _run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                self.poll()
+                self.poll(stop=stop)
             except Exception:  # noqa: BLE001 - the monitor thread must outlive any bad reading
                 log.exception("resource monitor poll failed")
             stop.wait(self.interval_s)

@@ -354,7 +354,9 @@ class SystemSource:
             power_plugged=bool(battery.power_plugged) if battery is not None and battery.power_plugged is not None else None,
             temperature_c=self._temperature(),
             package_power_w=self._power(now),
-            runnable_tasks=self._runnable_tasks(process_cpu or 0.0),
+            # (the machine's run queue: of no use to a process pinned to some of its cores, whose
+            # share it would divide by the whole host's runnable threads; the load there is read over its cores)
+            runnable_tasks=self._runnable_tasks(process_cpu or 0.0) if cpus is None else None,
         )
 
     def _runnable_tasks(self, process_cpu_percent: float) -> float | None:

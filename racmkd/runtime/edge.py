@@ -170,7 +170,7 @@ class EdgeRuntime:
         self.snapshot: ResourceSnapshot | None = None  # the reading to plan with (the monitor's worst case)
         self.reading: ResourceSnapshot | None = None  # the latest reading as it is (what evictions go by)
         self.level = "unknown"
-        self.budget = budget_for(None, self.config, overhead_ms=self.overhead_ms)
+        self.budget = budget_for(None, self.config, self.controller.scale, overhead_ms=self.overhead_ms)
         self._planned_overhead_ms = self.overhead_ms  # the runtime's own cost the budget in force was computed with
         self._planned_scale = self.controller.scale  # the PID's budget scale the budget in force was computed with
         self._sessions: dict[str, Any] = {}  # variant id -> its loaded session
@@ -193,7 +193,7 @@ class EdgeRuntime:
         if seen is not None:
             self.snapshot, self.reading, self.level = seen.planning(), seen.raw, seen.level
             self._applied_at = seen.observed_at
-            self.budget = budget_for(self.snapshot, self.config, overhead_ms=self.overhead_ms)
+            self.budget = budget_for(self.snapshot, self.config, self.controller.scale, overhead_ms=self.overhead_ms)
         self.current: Decision = self._initial_decision()
         if self.config.preload and self.pinned is None:  # a pinned runtime holds its configuration alone (a fallback loads on use)
             self._preload()
