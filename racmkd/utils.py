@@ -104,7 +104,7 @@ def building_folder(final: Path, keep: Callable[[Path], bool] | None = None) -> 
             raise FileNotFoundError(f"{final.parent}: missing, and a link to {final} names it: make that folder (mount it), or remove the link")
     final.parent.mkdir(parents=True, exist_ok=True)
     old = final.parent / f".{final.name}.old"
-    _put_back(final, old)
+    put_back_aside(final, old)
     with work_folder(final.parent, final.name) as work:
         yield work
         if keep is not None and final.is_dir():
@@ -173,18 +173,18 @@ def remove_stale_work_folders(parent: Path, name: str | None = None) -> list[Pat
 def _swap(work: Path, final: Path, old: Path) -> None:
     """`work` renamed to `final`, the old content renamed aside to `old` first and removed after. A
     folder cannot replace a full one in one rename; if the second fails, the old one goes back."""
-    _put_back(final, old)
+    put_back_aside(final, old)
     if final.exists():
         os.replace(final, old)
     try:
         os.replace(work, final)
     except BaseException:
-        _put_back(final, old)
+        put_back_aside(final, old)
         raise
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _put_back(final: Path, old: Path) -> None:
+def put_back_aside(final: Path, old: Path) -> None:
     """The old folder that a cut-short swap (killed between its two renames) left aside, put back at
     `final`; else a leftover old folder removed. Deleted as stale, it was the previous content's only copy."""
     if old.exists() and not final.exists():

@@ -433,3 +433,22 @@ def test_a_repair_that_fails_its_health_check_keeps_the_slot_it_would_replace(ke
     installed = store.current()
     assert installed.label.startswith("edge v1") and store.check(installed) is None  # the slot as it was
     assert not [p for p in (root / "slots").iterdir() if p.name.startswith(".")]  # no work folder left
+
+
+def test_a_slot_set_aside_by_a_repair_cut_short_is_put_back_when_the_store_opens(keys: tuple[Path, Path], tmp_path: Path) -> None:
+    """A kill between a repair's two renames left the slot at slots/.<sha>.old and none at its
+    name: the current release's files, put back only by the next build of that slot."""
+    root = tmp_path / "device"
+    store = plain_store(root, keys)
+    store.install(*signed(keys, "edge", 1))
+    slot = store.current().slot
+    aside = slot.parent / f".{slot.name}.old"
+    slot.rename(aside)  # killed after the first rename
+    del store
+    reopened = plain_store(root, keys)
+    assert slot.is_dir() and not aside.exists() and reopened.check(reopened.current()) is None
+    # Killed after the second: the repaired copy is in place, the one set aside goes.
+    aside.mkdir()
+    del reopened
+    plain_store(root, keys)
+    assert slot.is_dir() and not aside.exists()

@@ -40,7 +40,7 @@ import numpy as np
 from racmkd.deploy.delta import DeltaError, apply_delta
 from racmkd.deploy.registry import MANIFEST_FORMAT, unpack
 from racmkd.deploy.signing import SignatureError, verify
-from racmkd.utils import atomic_write_bytes, atomic_write_json, building_folder, fsync_folder, remove_stale_work_folders, sha256
+from racmkd.utils import atomic_write_bytes, atomic_write_json, building_folder, fsync_folder, put_back_aside, remove_stale_work_folders, sha256
 
 log = logging.getLogger(__name__)
 SIGNED = "release.json"  # in each slot: the signed manifest it was installed with
@@ -229,6 +229,11 @@ class DeviceStore:
         for entry in (self.root / "slots").glob(".*.partial"):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
+        # A slot set aside by a repair cut short between its two renames (`building_folder`): put
+        # back where the repaired copy never came in, else removed.
+        for entry in (self.root / "slots").glob(".*.old"):
+            if entry.is_dir() and not entry.is_symlink():
+                put_back_aside(entry.parent / entry.name[1 : -len(".old")], entry)
         return handle
 
     # State ------------------------------------------------------------------------------------------
