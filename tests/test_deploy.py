@@ -855,6 +855,26 @@ def test_an_upstream_that_trickles_its_reply_is_given_up_on_within_its_timeout()
     stop.set()
     assert time.monotonic() - started < 2.0 and fog.breaker.failures == 1
     listener.close()
+    # Headers trickled: the call itself is held past its timeout (httpx bounds each read), but the
+    # probing thread, which also sends telemetry, waits no longer than the timeout.
+    headers = socket.create_server(("127.0.0.1", 0))
+    stop_headers = threading.Event()
+
+    def trickling_headers() -> None:
+        connection, _ = headers.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not stop_headers.wait(0.2):
+                connection.sendall(b"x")
+
+    threading.Thread(target=trickling_headers, daemon=True).start()
+    slow = Upstream("fog", f"http://127.0.0.1:{headers.getsockname()[1]}", timeout_s=0.5, retries=0)
+    started = time.monotonic()
+    assert slow.probe() is False
+    assert time.monotonic() - started < 2.0
+    stop_headers.set()
+    headers.close()
 
 
 def test_a_healthy_probe_does_not_wipe_out_failed_predictions() -> None:

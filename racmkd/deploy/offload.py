@@ -152,7 +152,14 @@ class Upstream:
             return False
         started = time.perf_counter()
         try:
-            status, content = self._call("GET", "/health", self.timeout_s)
+            # On a worker, waited for at most the timeout: this thread also sends telemetry, and an
+            # upstream trickling its headers holds a call past every read timeout.
+            call = _CALLS.submit(self._call, "GET", "/health", self.timeout_s)
+            try:
+                status, content = call.result(timeout=self.timeout_s)
+            except FutureTimeout:
+                call.cancel()  # (still queued: never sent)
+                raise UpstreamError(f"{self.name}: /health did not answer within {self.timeout_s:g} s") from None
             if status >= 400:
                 raise httpx.HTTPError(f"HTTP {status}")
             health = json.loads(content)
