@@ -831,50 +831,33 @@ def test_an_upstream_slow_in_every_phase_is_given_up_on_at_the_deadline() -> Non
 
 def test_an_upstream_that_trickles_its_reply_is_given_up_on_within_its_timeout() -> None:
     """A byte every 0.2 s is within httpx's read timeout each time: a probe (on the thread that also
-    sends telemetry) or a forwarded call kept reading a 100 kB reply for hours."""
+    sends telemetry) or a forwarded call kept reading a 100 kB reply for hours. Trickled headers
+    hold the call itself past its timeout (httpx bounds each read), but the probing thread waits no
+    longer than the timeout."""
     import socket
     import threading
 
     from racmkd.deploy.offload import Upstream
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
+    body_first = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n"
+    for head, drip in ((body_first, b" "), (b"HTTP/1.1 200 OK\r\n", b"x")):  # the body trickled, then the headers
+        listener, stop = socket.create_server(("127.0.0.1", 0)), threading.Event()
 
-    def trickling_upstream() -> None:
-        connection, _ = listener.accept()
-        with connection:
-            connection.recv(65536)
-            connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n")
-            while not stop.wait(0.2):
-                connection.sendall(b" ")
+        def trickling_upstream(listener: socket.socket = listener, stop: threading.Event = stop, head: bytes = head, drip: bytes = drip) -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(65536)
+                connection.sendall(head)
+                while not stop.wait(0.2):
+                    connection.sendall(drip)
 
-    threading.Thread(target=trickling_upstream, daemon=True).start()
-    fog = Upstream("fog", f"http://127.0.0.1:{listener.getsockname()[1]}", timeout_s=0.5, retries=0)
-    started = time.monotonic()
-    assert fog.probe() is False  # given up on, counted
-    stop.set()
-    assert time.monotonic() - started < 2.0 and fog.breaker.failures == 1
-    listener.close()
-    # Headers trickled: the call itself is held past its timeout (httpx bounds each read), but the
-    # probing thread, which also sends telemetry, waits no longer than the timeout.
-    headers = socket.create_server(("127.0.0.1", 0))
-    stop_headers = threading.Event()
-
-    def trickling_headers() -> None:
-        connection, _ = headers.accept()
-        with connection:
-            connection.recv(65536)
-            connection.sendall(b"HTTP/1.1 200 OK\r\n")
-            while not stop_headers.wait(0.2):
-                connection.sendall(b"x")
-
-    threading.Thread(target=trickling_headers, daemon=True).start()
-    slow = Upstream("fog", f"http://127.0.0.1:{headers.getsockname()[1]}", timeout_s=0.5, retries=0)
-    started = time.monotonic()
-    assert slow.probe() is False
-    assert time.monotonic() - started < 2.0
-    stop_headers.set()
-    headers.close()
+        threading.Thread(target=trickling_upstream, daemon=True).start()
+        fog = Upstream("fog", f"http://127.0.0.1:{listener.getsockname()[1]}", timeout_s=0.5, retries=0)
+        started = time.monotonic()
+        assert fog.probe() is False  # given up on, counted
+        stop.set()
+        assert time.monotonic() - started < 2.0 and fog.breaker.failures == 1, head
+        listener.close()
 
 
 def test_a_healthy_probe_does_not_wipe_out_failed_predictions() -> None:
