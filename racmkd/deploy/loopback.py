@@ -64,7 +64,10 @@ class ServerProcess:
         except BaseException:  # (a program that cannot start: no log to keep)
             self.log.unlink(missing_ok=True)
             raise
-        self.pid = self.process.pid
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     @property
     def returncode(self) -> int | None:

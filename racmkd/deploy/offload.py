@@ -154,12 +154,7 @@ class Upstream:
         try:
             # On a worker, waited for at most the timeout: this thread also sends telemetry, and an
             # upstream trickling its headers holds a call past every read timeout.
-            call = _CALLS.submit(self._call, "GET", "/health", self.timeout_s)
-            try:
-                status, content = call.result(timeout=self.timeout_s)
-            except FutureTimeout:
-                call.cancel()  # (still queued: never sent)
-                raise UpstreamError(f"{self.name}: /health did not answer within {self.timeout_s:g} s") from None
+            status, content = self._call_waiting(self.timeout_s, f"/health did not answer within {self.timeout_s:g} s", "GET", "/health", self.timeout_s)
             if status >= 400:
                 raise httpx.HTTPError(f"HTTP {status}")
             health = json.loads(content)
@@ -193,6 +188,16 @@ class Upstream:
         if self.breaker.success(probe):
             log.warning("upstream %s (%s) answers again; offloading resumes", self.name, self.url)
 
+    def _call_waiting(self, wait_s: float, late: str, *call: Any) -> tuple[int, bytes]:
+        """`_call(*call)` on an upstream worker, waited for at most `wait_s`; UpstreamError saying
+        `late` after that (the call itself ends within its own timeouts, in the background)."""
+        future = _CALLS.submit(self._call, *call)
+        try:
+            return future.result(timeout=wait_s)  # type: ignore[no-any-return]
+        except FutureTimeout:
+            future.cancel()  # (still queued: never sent)
+            raise UpstreamError(f"{self.name}: {late}") from None
+
     def _call(self, method: str, path: str, timeout_s: float, body: bytes | None = None, content_type: str | None = None) -> tuple[int, bytes]:
         """One request; its status and at most MAX_REPLY_BYTES of the reply, read no further (a
         200 MB answer was read whole, and took the edge's memory from 201 to 901 MB), and read for
@@ -224,12 +229,8 @@ class Upstream:
                 raise UpstreamError(f"{self.name}: circuit open after {self.breaker.failures} failures")
             started = time.perf_counter()
             try:
-                call = _CALLS.submit(self._call, "POST", "/predict", min(self.timeout_s, remaining), body, content_type)
-                try:
-                    status, content = call.result(timeout=remaining)
-                except FutureTimeout:
-                    call.cancel()  # (still queued: never sent)
-                    raise UpstreamError(f"{self.name}: no reply within the request's deadline ({remaining * 1e3:.0f} ms)") from None
+                late = f"no reply within the request's deadline ({remaining * 1e3:.0f} ms)"
+                status, content = self._call_waiting(remaining, late, "POST", "/predict", min(self.timeout_s, remaining), body, content_type)
                 if status in (413, 415, 422):  # the input itself is wrong: the upstream is fine, retrying will not help
                     raise InputRefused(f"{self.name}: refused the input (HTTP {status}: {content[:200].decode(errors='replace')})")
                 if status >= 400:  # down, overloaded, or it does not accept our token: count it against the upstream

@@ -333,8 +333,9 @@ class SystemSource:
         available = int(memory.available)
         if cgroup.memory_headroom_bytes is not None:
             available = min(available, cgroup.memory_headroom_bytes)
-        cpus = allowed_cpus(psutil.cpu_count() or os.cpu_count() or 1)
-        host = len(cpus) if cpus is not None else psutil.cpu_count() or os.cpu_count() or 1  # (the cores the load is read over)
+        machine = psutil.cpu_count() or os.cpu_count() or 1
+        cpus = allowed_cpus(machine)
+        host = len(cpus) if cpus is not None else machine  # (the cores the load is read over)
         cores = float(host) if cgroup.cpu_max_cores is None else min(float(host), cgroup.cpu_max_cores)
         battery = self._battery()
         process_cpu = self._process_cpu_percent(host)
