@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -78,6 +79,20 @@ def test_pruning_one_modality_leaves_the_other_alone_and_rebuilds_from_its_recor
     torch.testing.assert_close(rebuilt.eval()(x), model(x))
 
 
+def scripted_prune(monkeypatch: pytest.MonkeyPatch, model: nn.Module, accuracies: list[float], **options: Any) -> tuple[Any, dict[str, Any]]:
+    """Prune `model` with each fine-tune's validation accuracy scripted (the start 0.95); checks that
+    every scripted fine-tune ran, none more. Returns the subject and the step's details."""
+    from racmkd.compress import steps
+
+    scripted = iter(accuracies)
+    monkeypatch.setattr(steps, "val_accuracy", lambda subject, ctx: 0.95)
+    monkeypatch.setattr(steps, "finetune", lambda subject, ctx, options, desc: next(scripted))
+    subject = steps.Subject("tier", model, dict.fromkeys(INPUTS), None, Path("."))  # type: ignore[arg-type]
+    details = steps.Prune(steps.PruneOptions(**options)).apply(subject, None)  # type: ignore[arg-type]
+    assert next(scripted, None) is None
+    return subject, details
+
+
 @pytest.mark.parametrize(
     ("recover", "accuracies", "kept_rounds", "recoveries"),
     [
@@ -91,21 +106,57 @@ def test_a_pruning_round_past_its_bound_may_recover_before_pruning_stops(
 ) -> None:
     """Each fine-tune's validation accuracy is scripted (start 0.95, bound 0.01): a round is kept
     when one of its `recover` extra fine-tunes brings it back; one that does not is undone."""
-    from racmkd.compress import steps
-
-    scripted = iter(accuracies)
-    monkeypatch.setattr(steps, "val_accuracy", lambda subject, ctx: 0.95)
-    monkeypatch.setattr(steps, "finetune", lambda subject, ctx, options, desc: next(scripted))
     model = student(INPUTS, width=2.0, depth=2)
     channels = model.encoders["image"].structure()["channels"]
-    subject = steps.Subject("tier", model, dict.fromkeys(INPUTS), None, Path("."))  # type: ignore[arg-type]
-    prune = steps.Prune(steps.PruneOptions(ratio={"image": 0.5}, steps=2, max_drop=0.01, multiple=1, recover=recover))
-    details = prune.apply(subject, None)  # type: ignore[arg-type]
+    subject, details = scripted_prune(monkeypatch, model, accuracies, ratio={"image": 0.5}, steps=2, max_drop=0.01, multiple=1, recover=recover)
     assert [r["kept"] for r in details["rounds"]] == kept_rounds and [r["recoveries"] for r in details["rounds"]] == recoveries
-    assert next(scripted, None) is None  # every scripted fine-tune ran, none more
     left = subject.model.encoders["image"].structure()["channels"]
     kept = sum(kept_rounds)  # each kept round removes a quarter of the channels; an undone one none
     assert left == [int(c * (1 - 0.25 * kept) + 0.5) for c in channels] and details["stopped_early"] == (not all(kept_rounds))
+
+
+@pytest.mark.parametrize(
+    ("backoff", "accuracies", "goals", "kept_share"),
+    [
+        (1, [0.945, 0.93, 0.945], [0.25, 0.5, 0.375], 0.375),  # round 2 fails; the cut halfway to it passes
+        (2, [0.945, 0.93, 0.93, 0.942], [0.25, 0.5, 0.375, 0.3125], 0.3125),  # halved twice
+        (1, [0.945, 0.93, 0.93], [0.25, 0.5, 0.375], 0.25),  # the smaller cut fails too: round 1 stays
+    ],
+)
+def test_a_failed_pruning_round_is_tried_again_with_smaller_cuts(
+    backoff: int, accuracies: list[float], goals: list[float], kept_share: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scripted fine-tunes (start 0.95, bound 0.01): a round past the bound is cut again halfway
+    between the last share kept and the one that failed, up to `backoff` times; the first within
+    the bound is kept and pruning stops there."""
+    model = student(INPUTS, width=4.0, depth=2)
+    channels = model.encoders["image"].structure()["channels"]
+    subject, details = scripted_prune(monkeypatch, model, accuracies, ratio={"image": 0.5}, steps=2, max_drop=0.01, multiple=1, backoff=backoff)
+    assert [r["goal"]["image"] for r in details["rounds"]] == goals
+    assert subject.model.encoders["image"].structure()["channels"] == [int(c * (1 - kept_share) + 0.5) for c in channels]
+    assert details["stopped_early"] and details["ratio"]["image"] == pytest.approx(kept_share, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    ("width", "ratio", "steps", "accuracies", "goals", "left"),
+    [
+        # [12, 24, 24] in three rounds to 75%: the third ([4, 8, 8]) fails, and halfway (62.5%) rounds to
+        # it too, so the cut tried is a quarter of the way (56.25%): [4, 12, 12]
+        (1.5, 0.75, 3, [0.945, 0.945, 0.93, 0.945], [0.25, 0.5, 0.75, 0.5625], [4, 12, 12]),
+        # [8, 16, 16] in two rounds to 60%: the second ([4, 8, 8]) fails; every cut between rounds to
+        # the one that failed or to the first round's [4, 12, 12]: nothing more is tried
+        (1.0, 0.6, 2, [0.945, 0.93], [0.3, 0.6], [4, 12, 12]),
+    ],
+)
+def test_a_smaller_cut_that_rounds_to_the_failed_one_is_not_tried_again(
+    width: float, ratio: float, steps: int, accuracies: list[float], goals: list[float], left: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Layers kept at multiples of 4: a smaller cut whose widths round to the cut that failed would
+    only re-roll its fine-tune on the same validation samples; it is halved again instead."""
+    model = student(INPUTS, width=width, depth=2)
+    subject, details = scripted_prune(monkeypatch, model, accuracies, ratio={"image": ratio}, steps=steps, max_drop=0.01, multiple=4, backoff=1)
+    assert [r["goal"]["image"] for r in details["rounds"]] == pytest.approx(goals)
+    assert subject.model.encoders["image"].structure()["channels"] == left and details["stopped_early"]
 
 
 @pytest.mark.parametrize(("drop_from", "kept"), [("step", True), ("recipe", False)])

@@ -31,7 +31,7 @@ from racmkd.compress.equalize import equalizable_chains, equalize_model
 from racmkd.compress.export import compact_file, export_onnx, fp32_parity, onnx_logits, parity, session, torch_logits
 from racmkd.compress.inputs import band_importance, most_informative, reduce_inputs
 from racmkd.compress.lowrank import lowrank_model, plan_ranks
-from racmkd.compress.prune import MAX_RATIO, align_channels, prune_encoders, ratio_for_bytes
+from racmkd.compress.prune import MAX_RATIO, align_channels, layer_targets, prune_encoders, ratio_for_bytes
 from racmkd.compress.quantize import (
     calibration_inputs,
     choose_int4_weights,
@@ -211,6 +211,13 @@ class PruneOptions:
     optimistic by up to the split's noise (the artifact's test accuracy is measured apart).
     `drop_from: recipe` measures `max_drop` from where the whole recipe began instead, so that the
     steps before (an input reduction) count against the same allowance.
+    A round that stays past the bound may be tried again `backoff` times with a smaller cut, each
+    halfway between the last share kept and the one that failed (halved again while the layers
+    would round to the cut that failed: the same cut again would only re-roll its fine-tune on the
+    same validation samples); the first within the bound is kept and pruning stops there (the next
+    round's cut would be deeper than the one that failed). Without it a fixed schedule's round is
+    all or nothing: the low tier's audio encoder ([23, 46, 46, 46]) lost its third round (to
+    [8, 20, 20, 20]) and stayed at [12, 28, 28, 28], where [12, 24, 24, 24] lies between.
     Every pruned layer keeps a multiple of `multiple` channels, the one nearest to its share (see
     `align_channels` for why)."""
 
@@ -221,6 +228,7 @@ class PruneOptions:
     max_drop: float = 0.02
     multiple: int = 4
     recover: int = 0
+    backoff: int = 0
     drop_from: str = "step"  # step | recipe
     finetune: Finetune = Finetune()
 
@@ -237,6 +245,7 @@ class PruneOptions:
         require(self.multiple >= 1, f"prune: multiple must be >= 1, got {self.multiple}")
         require(self.steps >= 1, f"prune: steps must be at least 1, got {self.steps}")
         require(self.recover >= 0, f"prune: recover must be >= 0 fine-tunes, got {self.recover}")
+        require(self.backoff >= 0, f"prune: backoff must be >= 0 smaller cuts, got {self.backoff}")
         require(self.drop_from in ("step", "recipe"), f"prune: drop_from must be step or recipe, got {self.drop_from!r}")
 
 
@@ -284,30 +293,73 @@ class Prune(Step):
             accuracy = finetune(subject, ctx, o.finetune, f"{subject.name}: prune {what}")
             return val_accuracy(subject, ctx) if np.isnan(accuracy) else accuracy
 
-        rounds, kept_ratio = [], {m: 0.0 for m in final}
+        def channels(goal: dict[str, float]) -> dict[str, list[int]]:
+            """Each encoder's layer widths once pruned to `goal` from the model as it is now."""
+            widths = {}
+            for m, r in goal.items():
+                encoder = subject.model.encoders[m]
+                targets = layer_targets(encoder, r, o.multiple, reference[m]) if r > 0 else {}
+                widths[m] = [targets.get(conv, width) for conv, width in zip(encoder.dense_convs(), encoder.structure()["channels"])]
+            return widths
+
+        def attempt(k: int, goal: dict[str, float], what: str) -> bool:
+            """Round k: prune to `goal`, fine-tune (and recover); keep it when within the bound, else
+            put the model back."""
+            backup = copy.deepcopy(subject.model)
+            prune_encoders(subject.model, goal, o.importance, o.multiple, reference)
+            accuracy, recoveries = tune(what), 0
+            while start - accuracy > o.max_drop and recoveries < o.recover:
+                recoveries += 1
+                accuracy = tune(f"{what}, recovery {recoveries}/{o.recover}")
+            kept = start - accuracy <= o.max_drop
+            params = sum(p.numel() for p in subject.model.parameters())
+            rounds.append({"round": k, "goal": goal, "ratio": removed(), "params": params, "val_accuracy": accuracy, "recoveries": recoveries, "kept": kept})
+            if not kept:
+                subject.model = backup
+            return kept
+
+        def smaller_cut(kept_goal: dict[str, float], failed_goal: dict[str, float]) -> dict[str, float] | None:
+            """Halfway from the share kept to the one that failed, halved again while layers rounded
+            to `multiple` would be the cut that failed (trying it again would only re-roll the
+            fine-tune); None when every such cut rounds to the model as it is."""
+            failed, now = channels(failed_goal), channels(kept_goal)
+            goal = failed_goal
+            while True:
+                goal = {m: (kept_goal[m] + goal[m]) / 2 for m in goal}
+                widths = channels(goal)
+                if widths == now:
+                    return None
+                if widths != failed:
+                    return goal
+
+        rounds: list[dict[str, Any]] = []
+        kept_goal = dict.fromkeys(final, 0.0)
+        kept_ratio = dict.fromkeys(final, 0.0)
+        stopped_early = True
         for k in range(1, o.steps + 1):
             # Round k brings every layer to k/steps of the final ratio of the channels it started with.
             goal = {m: r * k / o.steps for m, r in final.items()}
-            backup = copy.deepcopy(subject.model)
-            prune_encoders(subject.model, goal, o.importance, o.multiple, reference)
-            accuracy, recoveries = tune(f"round {k}/{o.steps}"), 0
-            while start - accuracy > o.max_drop and recoveries < o.recover:
-                recoveries += 1
-                accuracy = tune(f"round {k}/{o.steps}, recovery {recoveries}/{o.recover}")
-            ratio = removed()
-            rounds.append(
-                {"round": k, "ratio": ratio, "params": sum(p.numel() for p in subject.model.parameters()), "val_accuracy": accuracy, "recoveries": recoveries}
-            )
-            if start - accuracy > o.max_drop:
-                subject.model = backup
-                rounds[-1]["kept"] = False
+            if channels(goal) == channels(kept_goal):  # rounded to multiples, this round removes nothing more
+                continue
+            kept = attempt(k, goal, f"round {k}/{o.steps}")
+            smaller_cuts = 0
+            while not kept and smaller_cuts < o.backoff:
+                smaller = smaller_cut(kept_goal, goal)
+                if smaller is None:
+                    break
+                goal, smaller_cuts = smaller, smaller_cuts + 1
+                kept = attempt(k, goal, f"round {k}/{o.steps}, smaller cut {smaller_cuts}/{o.backoff}")
+            if not kept:
                 break
-            kept_ratio = ratio
-            rounds[-1]["kept"] = True
+            kept_goal, kept_ratio = goal, removed()
+            if smaller_cuts:
+                break
+        else:
+            stopped_early = False
         return {
             "ratio": kept_ratio,
             "rounds": rounds,
-            "stopped_early": len(rounds) < o.steps or not rounds[-1]["kept"],
+            "stopped_early": stopped_early,
             "lowest_val_accuracy": start - o.max_drop,  # the bound, from the step's start or the recipe's
         }
 
