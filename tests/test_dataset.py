@@ -96,6 +96,25 @@ def test_a_recording_longer_than_the_window_gets_its_snr_over_what_the_window_ke
     assert float(snr.min()) > -0.5 and float(snr.max()) < 10.5, snr
 
 
+def test_cache_key_holds_each_modalitys_version_and_its_options_with_defaults(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A modality whose items change for the same files (its cache_version bumped), or a default
+    changed in code (the config as written unchanged), is another dataset, not the old cache."""
+    import dataclasses
+
+    from racmkd.data.modalities import AudioModality
+
+    cfg = DataConfig(cache_dir=str(cache_dir))
+    before = cache_path(cfg)
+    with monkeypatch.context() as patch:
+        patch.setattr(AudioModality, "cache_version", AudioModality.cache_version + 1)
+        assert cache_path(cfg) != before
+    longer = dataclasses.make_dataclass("LongerAudio", [("duration", float, dataclasses.field(default=2.0))], bases=(AudioModality.options_type,), frozen=True)
+    monkeypatch.setattr(AudioModality, "options_type", longer)
+    assert cache_path(cfg) != before
+    monkeypatch.undo()
+    assert cache_path(cfg) == before
+
+
 def test_cache_is_reused_and_limits_apply(avmnist: PairedDataset, cache_dir: Path) -> None:
     cfg = DataConfig(cache_dir=str(cache_dir), max_train=100, max_eval=40)
     assert cache_path(cfg) == cache_path(DataConfig(cache_dir=str(cache_dir)))

@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import onnx
 import pytest
+from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from onnx import numpy_helper
 
@@ -1122,6 +1123,25 @@ def test_audio_without_a_sample_rate_is_at_the_rate_the_served_models_hear() -> 
     given = json_.dumps({"audio": wave, "sample_rate": 8000}).encode()
     assert parse_request(given, "application/json", ServeConfig(), ["audio"], audio_rate=16000).sample_rate == 8000
     assert run_audio_rate(RunConfig()) == 8000
+
+
+def test_a_request_is_checked_against_the_served_models_specs(tiny_run: Path) -> None:
+    """A run's pen traces of 64 samples were refused (422: "a trace (3, 32)"): requests were checked
+    against the signal's default spec, not the served models'. A modality none of them reads is
+    still checked against its default."""
+    import json as json_
+
+    from racmkd.config import ServeConfig
+    from racmkd.data.signals import PenSpec, pen_trace
+
+    trace = pen_trace(np.array([[0, 0, 0], [3, 4, 0], [6, 0, 1], [9, 4, 1]]), 64)
+    body = json_.dumps({"pen": trace.tolist()}).encode()
+    with pytest.raises(HTTPException, match=r"a trace \(3, 32\)"):
+        parse_request(body, "application/json", ServeConfig(), ["pen"])
+    inputs = parse_request(body, "application/json", ServeConfig(), ["pen"], raw_specs={"pen": PenSpec(samples=64, length=8)})
+    assert inputs.arrays["pen"].shape == (3, 64)
+    service = ModelService("fog", tiny_run, ["high", "medium"])
+    assert service.raw_specs() == {m: service.predictors["high"].specs[m] for m in ("image", "audio")}
 
 
 def test_protected_inference_without_a_token_is_refused_at_startup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -199,6 +199,16 @@ def test_a_user_trajectory_is_checked_and_resampled_as_the_dataset_was(pen: tupl
     assert signal.input_quality(signal.to_raw(still, spec)) == 0.0
     with pytest.raises(ValueError, match="pen: expected points .* one array for all strokes"):
         signal.to_raw([[[0, 0, 0], [1, 1, 0]], [[2, 2, 1]]], spec)  # strokes as ragged lists
+    # Points stacked the other way round, (3, n), are refused; also with n = 32, the trace's shape, where
+    # tablet coordinates were taken as a trace already centred and scaled.
+    sideways = next(d.points for d in load_pendigits(shared_root / "pendigits", "test") if len(d.points) == spec.samples)
+    for n in (spec.samples, spec.samples + 1):
+        with pytest.raises(ValueError, match="pen: .*transpose it|pen: expected points"):
+            signal.to_raw(np.resize(sideways, (n, 3)).T, spec)
+    not_a_pen = banks["test"].data[0].numpy().copy()
+    not_a_pen[2, 0] = 0.5  # the pen channel is 0 or 1
+    with pytest.raises(ValueError, match="transpose it"):
+        signal.to_raw(not_a_pen, spec)
     contract = signal.contract(PenSpec(32, 8, 2))
     assert contract["shape"] == [3, 2, 8] and PenSignal.spec_from_dict(contract["spec"]) == PenSpec(32, 8, 2)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import shutil
 import sys
 import tomllib
@@ -126,7 +127,8 @@ def test_registry_unregister_takes_a_name_out() -> None:
 
 
 def test_dataset_pairs_imu_by_label_within_each_split(three: tuple[RunConfig, PairedDataset, Path], data_root: Path) -> None:
-    from racmkd.data.dataset import cache_path
+    from racmkd.data.dataset import build_dataset, cache_path
+    from racmkd.data.paths import DataError
 
     cfg, dataset, _ = three
     assert list(dataset.modalities) == ["image", "audio", NAME] and isinstance(dataset.modalities[NAME], ImuModality)
@@ -137,11 +139,20 @@ def test_dataset_pairs_imu_by_label_within_each_split(three: tuple[RunConfig, Pa
     for s, split in dataset.splits.items():
         assert torch.equal(dataset.banks[NAME][s].labels[split.index[NAME]], split.labels), s  # every sample's trace is of its digit, from its split
         assert set(dataset.banks[NAME][s].labels.tolist()) == set(range(10)), s
-    # The cache's key reads imu's folder: a recording edited is another dataset.
+    # The cache's key reads imu's folder: a recording edited is another dataset, and not the set's,
+    # so it is refused when it loads (its digest checked), not trained on.
     before = cache_path(cfg.data)
     victim = data_root / FOLDER / "readings_100_digit_0.csv"
-    victim.write_text(victim.read_text().replace("1", "2", 1))
-    assert cache_path(cfg.data) != before
+    original, stat = victim.read_text(), victim.stat()
+    victim.write_text(original.replace("1", "2", 1))
+    try:
+        assert cache_path(cfg.data) != before
+        with pytest.raises(DataError, match="do not match the set's files"):
+            build_dataset(cfg.data)
+    finally:  # put back as it was, its time too, for the tests after this one
+        victim.write_text(original)
+        os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert cache_path(cfg.data) == before
 
 
 def test_teachers_and_student_use_imu(three: tuple[RunConfig, PairedDataset, Path]) -> None:
@@ -392,6 +403,12 @@ def test_a_recording_as_the_sensor_sends_it_answers_as_its_trace(three: tuple[Ru
         assert predictor.predict(imu=readings)[0] == predictor.predict(imu=bank.data[row].numpy())[0]
     one = imu_trace(np.array([[1000.0, 0, -500, 100, 0, 0]]), SAMPLES)  # one reading: a constant trace in g and 100 deg/s
     assert np.allclose(one, np.array([1.0, 0, -0.5, 1, 0, 0])[:, None]) and one.shape == (len(AXES), SAMPLES)
+    # Readings stacked the other way round, (6, n), are refused; also with n = SAMPLES, the trace's
+    # shape, where they were taken as a trace and reached the model in mg, not g.
+    for n in (SAMPLES, SAMPLES + 1):
+        sideways = np.resize(readings, (n, len(AXES))).T
+        with pytest.raises(ValueError, match="transpose it|expected readings"):
+            ImuSignal().to_raw(sideways, ImuSpec())
 
 
 def test_pca_keeps_the_sensors_principal_axes_and_both_halves_project_alike(three: tuple[RunConfig, PairedDataset, Path]) -> None:
@@ -473,8 +490,11 @@ def write_recordings(folder: Path, recordings: dict[str, str]) -> None:
         (folder / name).write_text(text)
 
 
-def test_the_recordings_parser_names_the_file_and_line_of_bad_input(imu_registered: Any, tmp_path: Path) -> None:
+def test_the_recordings_parser_names_the_file_and_line_of_bad_input(imu_registered: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import racmkd_imu.modality
+
     from racmkd.config import DataConfig
+    from racmkd.data.fsdd import recordings_digest
     from racmkd.data.paths import DataError
 
     folder = tmp_path / FOLDER
@@ -482,6 +502,11 @@ def test_the_recordings_parser_names_the_file_and_line_of_bad_input(imu_register
     write_recordings(folder, {**good, "below_800/readings_20_digit_0.csv": "1,2,3,4,5,6\n"})
     recordings = load_recordings(folder)
     assert [n for n, _, _ in recordings] == list(range(21)) and recordings[3][1] == 3 and recordings[3][2].shape == (2, 6)
+    # The modality loads the set only when its files are the set's (here: this small one's digest).
+    with pytest.raises(DataError, match=r"the 21 recordings \(the set: 1031\) do not match"):
+        ImuModality(protocol="avmnist").load_banks(tmp_path, DataConfig())
+    files = [(p.relative_to(folder).as_posix(), p.read_bytes()) for p in folder.rglob("*.csv")]
+    monkeypatch.setattr(racmkd_imu.modality, "IMU_PEN_DIGITS_SHA256", recordings_digest(files))
     banks = ImuModality(protocol="avmnist").load_banks(tmp_path, DataConfig())
     assert {s: len(b) for s, b in banks.items()} == {"train": 14, "val": 2, "test": 5} and banks["train"].data.shape[1:] == (len(AXES), SAMPLES)
     assert split_of(13) == "val" and split_of(15) == "test" and split_of(16) == "train"
@@ -504,6 +529,10 @@ def test_the_recordings_parser_names_the_file_and_line_of_bad_input(imu_register
     for n in (0, 5, 10, 15):
         (folder / f"readings_{n}_digit_{n % 10}.csv").unlink()
     (folder / "below_800/readings_20_digit_0.csv").unlink()
+    with pytest.raises(DataError, match="do not match"):  # recordings gone: not the set
+        ImuModality(protocol="avmnist").load_banks(tmp_path, DataConfig())
+    files = [(p.relative_to(folder).as_posix(), p.read_bytes()) for p in folder.rglob("*.csv") if not p.name.startswith(".") and ".checkpoints" not in p.parts]
+    monkeypatch.setattr(racmkd_imu.modality, "IMU_PEN_DIGITS_SHA256", recordings_digest(files))
     with pytest.raises(DataError, match="no test recordings"):
         ImuModality(protocol="avmnist").load_banks(tmp_path, DataConfig())
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from racmkd.config import DataConfig, to_dict
+from racmkd.config import ConfigError, DataConfig, from_dict, to_dict
 from racmkd.data.modalities import SPLITS, Bank, Modality
 from racmkd.data.paths import DataError, data_root
 from racmkd.registry import MODALITIES
@@ -242,13 +242,31 @@ def data_folders(cfg: DataConfig) -> list[str] | None:
     return sorted(set(folders))
 
 
+def modality_keys(cfg: DataConfig) -> dict[str, Any]:
+    """What of each configured modality the cache's key holds beyond the config as written: its
+    `cache_version` (a plug-in's own CACHE_VERSION) and its options with their defaults filled in,
+    so that a default changed in code (the pen's samples, say) is another dataset, not the old one
+    read back while serving resamples to the new one. An unknown modality or bad options are left
+    to `make_modalities`, which names them."""
+    keys = {}
+    for name in cfg.modalities:
+        if name not in MODALITIES:
+            continue
+        modality = MODALITIES.get(name)
+        try:
+            options = to_dict(from_dict(modality.options_type, cfg.options.get(name, {}), where=f"data.options.{name}"))
+        except ConfigError:
+            options = None
+        keys[name] = [modality.cache_version, options]
+    return keys
+
+
 def cache_path(cfg: DataConfig) -> Path:
     """Where the built dataset for this config is cached: one file per (data root and its files,
-    protocol, split and pairing settings)."""
+    protocol, split and pairing settings, modalities' versions and options)."""
     key = {k: v for k, v in to_dict(cfg).items() if k not in ("root", "cache_dir", "cache_max_gb", "max_train", "max_eval", "augment")}
-    digest = hashlib.sha256(
-        json.dumps([CACHE_VERSION, key, source_fingerprint(data_root(cfg.root), data_folders(cfg), Path(cfg.cache_dir))], sort_keys=True).encode()
-    ).hexdigest()[:12]
+    sources = source_fingerprint(data_root(cfg.root), data_folders(cfg), Path(cfg.cache_dir))
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, key, modality_keys(cfg), sources], sort_keys=True).encode()).hexdigest()[:12]
     return Path(cfg.cache_dir) / f"dataset-{cfg.protocol}-{digest}.pt"
 
 

@@ -65,6 +65,9 @@ class Modality(ABC):
     # The folders under the data root that `load_banks` reads (the dataset cache's key fingerprints
     # them); empty: the whole root.
     data_folders: ClassVar[tuple[str, ...]] = ()
+    # Bump when `load_banks` makes other items from the same files and options (a plug-in's own
+    # CACHE_VERSION: the dataset cache's key holds it; the built-in modalities share the cache's).
+    cache_version: ClassVar[int] = 0
 
     def __init__(self, protocol: str = "clean", **options: Any) -> None:
         if protocol not in PROTOCOLS:

@@ -495,6 +495,9 @@ class PenSpec:
             )
 
 
+TRACE_SLACK = 1e-5  # float32 rounding of a trace's extremes, +-0.5
+
+
 def pen_trace(points: np.ndarray, samples: int) -> np.ndarray:
     """(3, samples) float32 from a trajectory (n, 3) of x, y and stroke number: centred on its bounding
     box and scaled so that its longer side spans 1 (where and how large the digit was written does
@@ -545,9 +548,14 @@ class PenSignal(Signal):
     layout = "(batch, 3, statistics, windows) float32"
 
     def to_raw(self, value: Any, spec: PenSpec, sample_rate: int | None = None) -> np.ndarray:
-        """A trajectory as a tablet gives it, points (n, 3) of x, y and stroke number, resampled here;
-        or one already resampled, (3, samples) as `pen_trace` returns it (a dataset's items, which the
-        runtime's replays and checks feed)."""
+        """A trajectory as a tablet gives it, points (n, 3) of x, y and stroke number, y growing
+        upwards (as on the tablet the pen digits were written on; screen coordinates grow downwards:
+        negate their y, or a 6 reads as a 9), resampled here; or one already resampled, (3, samples)
+        as `pen_trace` returns it (a dataset's items, which the runtime's replays and checks feed).
+        Such a trace is told from points by its shape, so it must look like one: x and y within
+        [-0.5, 0.5] and the pen channel 0 or 1. Points stacked the other way round, (3, n), are
+        refused for any n, also the n that matches the trace's shape (a tablet's coordinates would
+        otherwise skip the centring and scaling and reach the model hundreds of times too large)."""
         try:
             array = np.asarray(value)
         except ValueError as err:  # (ragged lists: strokes given one list each)
@@ -564,6 +572,11 @@ class PenSignal(Signal):
         if not np.isfinite(array).all():
             raise ValueError("pen: the trajectory holds NaN or infinite values")
         if array.shape == (PEN_CHANNELS, spec.samples):
+            if np.abs(array[:2]).max() > 0.5 + TRACE_SLACK or not np.isin(array[2], (0, 1)).all():
+                raise ValueError(
+                    f"pen: a (3, {spec.samples}) array is read as a trace resampled by pen_trace, and this is none (x and y must lie within"
+                    f" [-0.5, 0.5], the pen channel be 0 or 1); points go in one row each, (n, 3): transpose it"
+                )
             return array.astype(np.float32)[None]
         return pen_trace(array, spec.samples)[None]
 
@@ -578,7 +591,7 @@ class PenSignal(Signal):
 
     def steps(self, spec: PenSpec) -> list[str]:
         return [
-            "points (n, 3): x, y (any unit) and stroke number; a new stroke where the number changes (a trace (3, samples) already resampled skips the next two steps)",
+            "points (n, 3): x, y (any unit, y growing upwards: negate screen coordinates' y) and stroke number; a new stroke where the number changes (a trace (3, samples) already resampled skips the next two steps)",
             "centre on the bounding box, scale its longer side to 1",
             f"resample at {spec.samples} points evenly spaced along the path (jumps between strokes included); channels x, y, pen down (1 on a stroke, 0 on a jump)",
             f"cut into {spec.length} windows (torch's adaptive average pooling bins); per window and channel: "

@@ -113,11 +113,15 @@ class Inputs:
 META = ("sample_rate", "latency_target_ms", "model")  # the request's settings, beside its arrays
 
 
-def parse_request(body: bytes, content_type: str, settings: ServeConfig, modalities: list[str], audio_rate: int = AUDIO_RATE) -> Inputs:
+def parse_request(
+    body: bytes, content_type: str, settings: ServeConfig, modalities: list[str], audio_rate: int = AUDIO_RATE, raw_specs: dict[str, Any] | None = None
+) -> Inputs:
     """JSON or .npz into arrays; raises HTTPException (413, 415, 422) with a message on bad input.
     Inputs the server's models do not use are checked and ignored, as a model ignores them. Audio
     without a sample_rate is at `audio_rate`, the rate the served models hear (8000 was assumed:
-    a 16-kHz run's audio was resampled as if it were 8 kHz)."""
+    a 16-kHz run's audio was resampled as if it were 8 kHz). Each input is checked against
+    `raw_specs`, the served models' spec of its modality (its signal's default spec where none
+    uses it): against the default, a run's own pen traces of 64 samples were refused as not 32."""
     if len(body) > settings.max_body_bytes:
         raise HTTPException(413, f"request body of {len(body):,} bytes exceeds the limit of {settings.max_body_bytes:,}")
     kind = content_type.split(";")[0].strip().lower()
@@ -145,6 +149,7 @@ def parse_request(body: bytes, content_type: str, settings: ServeConfig, modalit
         raise HTTPException(413, f"audio: {audio.size} samples exceed {settings.max_audio_seconds:g} s at {sample_rate} Hz")
     for name, array in arrays.items():  # shapes, finiteness (as float32) and ranges, used by the answering model or not
         signal, spec = input_checker(name)
+        spec = (raw_specs or {}).get(name) or spec
         try:  # at the native rate: the shape and values are what is checked here, the answer resamples
             signal.to_raw(_image_for(array) if name == "image" else array, spec)
         except (ValueError, TypeError) as err:
@@ -304,6 +309,11 @@ class Service:
     def modalities(self) -> list[str]:
         raise NotImplementedError
 
+    def raw_specs(self) -> dict[str, Any]:
+        """The served models' spec of each modality they read, which a request's raw inputs are
+        checked against (their raw forms agree across a run's models: sample rate, samples)."""
+        return {}
+
     def answer(self, inputs: Inputs, body: bytes, content_type: str) -> PredictResponse:
         """The answer to one request; may block (network, long compute): the app runs it in a worker thread."""
         raise NotImplementedError
@@ -340,6 +350,17 @@ class ModelService(Service):
 
     def modalities(self) -> list[str]:
         return self.inputs
+
+    def raw_specs(self) -> dict[str, Any]:
+        return self._raw_specs
+
+    @functools.cached_property
+    def _raw_specs(self) -> dict[str, Any]:
+        specs: dict[str, Any] = {}
+        for predictor in self.predictors.values():
+            for m, spec in predictor.specs.items():
+                specs.setdefault(m, spec)
+        return specs
 
     def answer(self, inputs: Inputs, body: bytes, content_type: str) -> PredictResponse:
         name = inputs.model or self.default
@@ -414,6 +435,12 @@ class Engine:
 
     def modalities(self) -> list[str]:
         return list(self.runtime.modalities) if self.adaptive else list(self.runtime.specs)
+
+    @functools.cached_property
+    def raw_specs(self) -> dict[str, Any]:
+        """Its spec of each modality it reads, which requests are checked against."""
+        specs = self.runtime.raw_specs if self.adaptive else self.runtime.specs
+        return {m: spec for m, spec in specs.items() if spec is not None}
 
     @functools.cached_property
     def classes(self) -> int | None:
@@ -547,6 +574,9 @@ class EdgeService(Service):
         uses: a release that uses fewer ignores the rest, so that clients keep working across updates."""
         configured = list(self.cfg.data.modalities)
         return configured + [m for m in self.engine.modalities() if m not in configured]
+
+    def raw_specs(self) -> dict[str, Any]:
+        return self.engine.raw_specs
 
     # Requests ----------------------------------------------------------------------------------------
 
@@ -1005,7 +1035,7 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         started = time.perf_counter()
         content_type = request.headers.get("content-type", "application/json")
         try:
-            inputs = parse_request(body, content_type, settings, service.modalities(), service.audio_rate)
+            inputs = parse_request(body, content_type, settings, service.modalities(), service.audio_rate, service.raw_specs())
             answer = service.answer_now(inputs) or await run_in_threadpool(service.answer, inputs, body, content_type)
         except HTTPException as err:
             requests.labels(service.role, "bad_request" if err.status_code < 500 else "error", "-").inc()

@@ -148,8 +148,10 @@ class EdgeRuntime:
         self.hysteresis = Hysteresis(self.config.step_up_margin, self.config.step_up_window_s)
         self.controller = LatencyController(self.config.pid, self.config.latency_target_ms)
         self.modalities: dict[str, Signal] = {m: SIGNALS.create(m) for m in self.table.modalities}
-        # Raw inputs are checked against one variant's spec per modality (their raw forms agree: sample rate, length).
-        self._raw_specs = {
+        # Raw inputs are checked against one variant's spec per modality (their raw forms agree: sample
+        # rate, length); None where every variant for it is unreadable. Public: the edge server checks
+        # a request's inputs against them before it is queued.
+        self.raw_specs = {
             m: next((bank.specs[v.id] for v in self.table.variants if v.modality == m and bank.specs.get(v.id) is not None), None)
             for m in self.table.modalities
         }
@@ -652,7 +654,7 @@ class EdgeRuntime:
         refused: list[ValueError] = []  # unused inputs found bad when looked at
         for m in self.modalities:
             value = inputs.get(m)
-            if value is None or self._raw_specs[m] is None:  # missing, or every variant for it unreadable
+            if value is None or self.raw_specs[m] is None:  # missing, or every variant for it unreadable
                 quality[m] = 0.0
             elif m in using:
                 self._read(m, value, sample_rate, raws, quality)  # a bad input raises ValueError naming it
@@ -675,7 +677,7 @@ class EdgeRuntime:
             self._read_all(unread, sample_rate, raws, quality)
         if not raws:
             given = [m for m in self.modalities if inputs.get(m) is not None]
-            unreadable = [m for m in given if self._raw_specs[m] is None]
+            unreadable = [m for m in given if self.raw_specs[m] is None]
             why = [f"{', '.join(unreadable)}: no readable variant (see state()['failed'])"] if unreadable else []
             why += [f"{', '.join(m for m in given if m not in unreadable)} came in dead (constant or silent)"] if len(given) > len(unreadable) else []
             raise NoVariantError(f"no usable input: this runtime needs {' and/or '.join(self.modalities)}" + "".join(f"; {w}" for w in why))
@@ -732,7 +734,7 @@ class EdgeRuntime:
     def _read(self, modality: str, value: Any, sample_rate: int | None, raws: dict[str, Any], quality: dict[str, float]) -> None:
         """Check and convert one raw input (ValueError when it is bad) and note its quality; a live
         one joins `raws` (a dead one, a blank image or silence, is answered like a missing one)."""
-        raw = self.modalities[modality].to_raw(value, self._raw_specs[modality], sample_rate=sample_rate)
+        raw = self.modalities[modality].to_raw(value, self.raw_specs[modality], sample_rate=sample_rate)
         quality[modality] = self.modalities[modality].input_quality(raw)
         if quality[modality] > 0:
             raws[modality] = raw

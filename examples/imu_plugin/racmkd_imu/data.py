@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from racmkd.data.download import install_from_archive
+from racmkd.data.fsdd import recordings_digest
 from racmkd.data.paths import DataError
 
 FOLDER = "imu_pen_digits"  # under the data root
 FILE = re.compile(r"readings_(\d+)_digit_(\d)\.csv")
 # recordings_digest (racmkd.data.fsdd) of the 1,031 files, named by their path under FOLDER.
 IMU_PEN_DIGITS_SHA256 = "bfe350c315b289d6959159cb516685efdd04a1b8d34594fd5f2457540461d841"
+COUNT = 1031
 # The repository at the commit the files were read from; its data/ folder becomes FOLDER.
 ARCHIVE = "https://github.com/metanav/Handwriting_Recognition_IMU/archive/270d8af6e3b90861b84408eadf64a58ea337f849.tar.gz"
 
@@ -65,9 +67,12 @@ def counts(name: str) -> bool:
     return FILE.fullmatch(parts[-1]) is not None and not hidden(parts)
 
 
-def load_recordings(folder: Path) -> list[tuple[int, int, np.ndarray]]:
+def load_recordings(folder: Path, expected_sha256: str | None = None) -> list[tuple[int, int, np.ndarray]]:
     """(number, digit, readings) of every recording under `folder` (at any depth; hidden files
-    and folders left out, as the dataset cache's key leaves them), by number."""
+    and folders left out, as the dataset cache's key leaves them), by number; with
+    `expected_sha256`, the files checked as a whole against it (`recordings_digest`), as FSDD's
+    and the pen digits' are when they load: a recording cut short, edited or missing would
+    otherwise train as if the set were whole (the download checks them, a later change would not)."""
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found. Set RACMKD_DATA to the folder holding {FOLDER}/, or fetch it: python -m racmkd_imu.data <data root>")
     found: dict[int, tuple[int, Path]] = {}
@@ -83,7 +88,15 @@ def load_recordings(folder: Path) -> list[tuple[int, int, np.ndarray]]:
         found[number] = (digit, path)
     if not found:
         raise DataError(f"{folder}: no recordings (readings_<n>_digit_<d>.csv). Fetch them: python -m racmkd_imu.data <data root>")
-    return [(number, digit, read_recording(path)) for number, (digit, path) in sorted(found.items())]
+    recordings = [(number, digit, read_recording(path)) for number, (digit, path) in sorted(found.items())]
+    if expected_sha256 is not None:
+        digest = recordings_digest([(path.relative_to(folder).as_posix(), path.read_bytes()) for _, path in found.values()])
+        if digest != expected_sha256:
+            raise DataError(
+                f"{folder}: the {len(found)} recordings (the set: {COUNT}) do not match the set's files (digest {digest}, expected"
+                f" {expected_sha256}): fetch it again (python -m racmkd_imu.data <data root>)"
+            )
+    return recordings
 
 
 def download(root: str | Path, url: str = ARCHIVE, expected_sha256: str = IMU_PEN_DIGITS_SHA256) -> Path:

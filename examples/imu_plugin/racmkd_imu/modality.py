@@ -15,7 +15,7 @@ from racmkd.data.modalities import SPLITS, Bank, Modality, seeded_noise
 from racmkd.data.paths import DataError
 from racmkd.data.signals import principal_axes
 from racmkd.registry import MODALITIES
-from racmkd_imu.data import FOLDER, download, load_recordings, split_of
+from racmkd_imu.data import FOLDER, IMU_PEN_DIGITS_SHA256, download, load_recordings, split_of
 from racmkd_imu.signal import AXES, NAME, ImuOptions, ImuSpec, imu_trace
 
 
@@ -37,7 +37,7 @@ class ImuModality(Modality):
         download(root)
 
     def load_banks(self, root: Path, cfg: DataConfig) -> dict[str, Bank]:
-        recordings = load_recordings(root / FOLDER)
+        recordings = load_recordings(root / FOLDER, IMU_PEN_DIGITS_SHA256)
         banks = {}
         for split in SPLITS:
             kept = [(number, digit, readings) for number, digit, readings in recordings if split_of(number) == split]

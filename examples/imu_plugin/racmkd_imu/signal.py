@@ -18,6 +18,9 @@ AXES = ("accel x", "accel y", "accel z", "gyro x", "gyro y", "gyro z")
 # Each axis divided by its unit: g for the accelerometer (its range is +-2 g), 100 deg/s for the
 # gyroscope (the recordings stay within +-215 deg/s), so that every axis spans a few units.
 UNITS = np.array([1000.0, 1000.0, 1000.0, 100.0, 100.0, 100.0])
+# The sensor's widest full-scale ranges (+-16 g, +-2000 deg/s) in those units: a trace (6, samples)
+# past them is no trace but readings in mg and deg/s (at rest gravity alone puts 1,000 mg on an axis).
+TRACE_LIMITS = np.array([16.0, 16.0, 16.0, 20.0, 20.0, 20.0])
 SAMPLES = 32  # time steps a recording (1-46 readings) is resampled to
 
 
@@ -95,7 +98,10 @@ class ImuSignal(Signal):
     def to_raw(self, value: Any, spec: ImuSpec, sample_rate: int | None = None) -> np.ndarray:
         """A recording as the sensor gives it, readings (n, 6) in mg and deg/s, resampled here; or
         one already resampled, (6, samples) as `imu_trace` returns it (a dataset's items, which the
-        runtime's replays and checks feed)."""
+        runtime's replays and checks feed). The two are told apart by shape, so a trace must be in
+        the trace's units (within TRACE_LIMITS): readings stacked the other way round, (6, n), are
+        refused for every n, also the one that matches the trace's shape, where they skipped the
+        unit scaling and reached the model a thousand times too large."""
         try:
             array = np.asarray(value)
         except ValueError as err:  # (ragged rows)
@@ -111,6 +117,11 @@ class ImuSignal(Signal):
             )  # (samples >= 8: never readings of 6 axes)
         if not np.isfinite(raw).all():  # (checked after the cast: 1e300 is finite in float64, not in float32)
             raise ValueError("imu: the recording holds NaN or infinite readings, or readings past float32's range")
+        if array.shape == (axes, spec.samples) and (np.abs(raw) > TRACE_LIMITS[:, None]).any():
+            raise ValueError(
+                f"imu: a (6, {spec.samples}) array is read as a trace resampled by imu_trace (g and 100 deg/s), and this is past the"
+                f" sensor's range in those units (+-16 g, +-2000 deg/s): readings in mg and deg/s go one row each, (n, 6): transpose it"
+            )
         return raw[None]
 
     def input_quality(self, raw: np.ndarray) -> float:
