@@ -164,32 +164,40 @@ def test_machine_cpu_load_counts_guest_time_once(tmp_path: Path, monkeypatch: py
     assert SystemSource(tmp_path, tmp_path).read().cpu_percent == pytest.approx(50.0)
 
 
-def test_a_process_pinned_to_some_cores_reads_their_load_and_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("online", [[0, 1], [0, 2]])  # [0, 2]: core 1 offline (hotplug), so /proc/stat's second line is cpu2
+def test_a_process_pinned_to_some_cores_reads_their_load_and_count(online: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Pinned to one core of two (taskset, a cpuset), the machine's figures said two cores with
-    one free beside the busy one: an inference thread expected a whole core, and got half of one."""
+    one free beside the busy one: an inference thread expected a whole core, and got half of one.
+    The pinned core is read by its number: psutil's per-CPU list is by position, and with a core
+    offline the process pinned to cpu2 read none (the whole machine instead)."""
     from collections import namedtuple
 
-    CpuTimes = namedtuple("CpuTimes", "user nice system idle iowait")
-    readings = iter(
-        [
-            [CpuTimes(0, 0, 0, 0, 0), CpuTimes(0, 0, 0, 0, 0)],
-            [CpuTimes(8, 0, 0, 2, 0), CpuTimes(0, 0, 0, 10, 0)],  # core 0 80% busy, core 1 idle
-        ]
-    )
+    ticks = os.sysconf("SC_CLK_TCK")
+    stat = tmp_path / "stat"
+
+    def write_stat(busy: list[int], idle: list[int]) -> None:  # seconds per online core: user, then idle
+        lines = [f"cpu {sum(busy) * ticks} 0 0 {sum(idle) * ticks} 0 0 0 0 0 0"]
+        lines += [f"cpu{c} {b * ticks} 0 0 {i * ticks} 0 0 0 0 0 0" for c, b, i in zip(online, busy, idle)]
+        stat.write_text("\n".join(lines + ["procs_running 3"]) + "\n")
+
     mine = sorted(os.sched_getaffinity(0))
     assert (
         sources.allowed_cpus(len(mine)) is None and sources.allowed_cpus(len(mine) + 1) == mine
     )  # all the host's cores allowed: the machine's figures, as before
+    CpuTimes = namedtuple("CpuTimes", "user nice system idle iowait")
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 2)
-    monkeypatch.setattr(psutil, "cpu_times", lambda percpu=False: next(readings) if percpu else CpuTimes(0, 0, 0, 0, 0))
+    monkeypatch.setattr(psutil, "cpu_times", lambda percpu=False: CpuTimes(0, 0, 0, 0, 0))  # (the machine's: never read here)
     monkeypatch.setattr(psutil.Process, "cpu_percent", lambda self, interval=None: 0.0)  # (the load all other programs')
-    monkeypatch.setattr(sources, "allowed_cpus", lambda host: [0])
+    monkeypatch.setattr(sources, "allowed_cpus", lambda host: [online[1]])
     monkeypatch.setattr(sources, "CPU_MIN_INTERVAL_S", 0.0)
-    source = SystemSource(tmp_path, tmp_path, proc_stat=tmp_path / "no-stat")
+    write_stat([0, 0], [0, 0])
+    source = SystemSource(tmp_path, tmp_path, proc_stat=stat)
     assert source.read().cpu_percent is None  # (the first reading over these cores starts their interval)
+    write_stat([0, 8], [10, 2])  # the pinned core 80% busy, the other idle
     pinned = source.read()
     assert (pinned.host_cores, pinned.cpu_cores, pinned.cpu_percent) == (1, 1.0, pytest.approx(80.0))  # the machine's figure: 40% of two
     assert pinned.cpu_share(0.05) == pytest.approx(0.2)  # what other programs leave of our one core, not the whole core the idle one suggested
+    assert sources.cpu_seconds_by_number(stat.read_text()) == {online[0]: (10.0, 10.0), online[1]: (10.0, 2.0)}  # (all, idle)
 
 
 def test_rapl_counters_give_package_power(tmp_path: Path) -> None:

@@ -253,6 +253,28 @@ def cpu_time_total(times: Any) -> float:
     return sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
 
 
+def cpu_seconds_by_number(proc_stat_text: str) -> dict[int, tuple[float, float]]:
+    """(all, idle) CPU seconds of each online core by its number, from /proc/stat's cpuN lines (all
+    as `cpu_time_total` counts it, idle with iowait). psutil's per-CPU list is by position, not
+    number: with a core offline (hotplug, as phones and boards do to save power) position 2 is cpu3,
+    and a process pinned to cpu3 read another core's load, or none."""
+    ticks = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+    cores = {}
+    for line in proc_stat_text.splitlines():
+        name, _, rest = line.partition(" ")
+        if not (name.startswith("cpu") and name[3:].isdigit()):
+            continue
+        try:
+            values = [int(v) for v in rest.split()]  # user nice system idle iowait irq softirq steal guest guest_nice
+        except ValueError:
+            continue
+        if len(values) < 4:
+            continue
+        guests = sum(values[8:10])  # counted within user and nice already
+        cores[int(name[3:])] = ((sum(values) - guests) / ticks, sum(values[3:5]) / ticks)
+    return cores
+
+
 def allowed_cpus(host_cores: int) -> list[int] | None:
     """The CPUs this process may run on, where fewer than the host's (taskset, a cpuset container,
     Kubernetes' static CPU policy); None: all of them, or not known on this platform."""
@@ -285,32 +307,35 @@ class SystemSource:
         self.process.cpu_percent(None)  # the first call only starts the measurement interval
         self._process_cpu_since = time.monotonic()  # when that interval began
         self._process_cpu: float | None = None
-        self._cpu_times: tuple[list[int] | None, Any] = (
-            None,
-            psutil.cpu_times(),
-        )  # (the CPUs, their times) at this source's own interval's start (psutil.cpu_percent's is shared by the process)
+        # (the CPUs, their (all, idle) seconds) at this source's own interval's start (psutil.cpu_percent's is shared by the process)
+        self._cpu_times: tuple[list[int] | None, tuple[float, float]] = (None, self._cpu_seconds(None))
         self._cpu_percent: float | None = None
         self._energy: tuple[float, dict[Path, int]] | None = None  # (time, each package's µJ) of the previous RAPL reading
         self._failed_sensors: set[str] = set()  # optional sensors whose read failed (said once)
+
+    def _cpu_seconds(self, cpus: list[int] | None) -> tuple[float, float]:
+        """(all, idle) CPU seconds so far over the `cpus` this process may run on (by number, from
+        /proc/stat), or over every core (None, or /proc/stat unreadable)."""
+        if cpus is not None:
+            by_number = cpu_seconds_by_number(_read_text(self.proc_stat) or "")
+            mine = [by_number[c] for c in cpus if c in by_number]
+            if mine:
+                return sum(all_ for all_, _ in mine), sum(idle for _, idle in mine)
+        times = psutil.cpu_times()
+        return cpu_time_total(times), times.idle + getattr(times, "iowait", 0.0)
 
     def _machine_cpu_percent(self, cpus: list[int] | None) -> float | None:
         """Busy share of the cores (all, or the `cpus` this process may run on) since this source's
         previous reading (0-100), once CPU_MIN_INTERVAL_S of CPU time has passed. Pinned to one core
         of two, the machine's share said a core free beside a busy one: a slowdown of 1, not ~2."""
-        if cpus is None:
-            now = psutil.cpu_times()
-        else:
-            per_cpu = psutil.cpu_times(percpu=True)
-            mine = [per_cpu[c] for c in cpus if c < len(per_cpu)]
-            now = type(per_cpu[0])(*map(sum, zip(*mine))) if mine else psutil.cpu_times()
+        now = self._cpu_seconds(cpus)
         since, before = self._cpu_times
         if since != cpus:  # the affinity changed: a new interval starts, over the new cores
             self._cpu_times = (cpus, now)
             return self._cpu_percent
-        idle = lambda t: t.idle + getattr(t, "iowait", 0.0)  # noqa: E731
-        total = cpu_time_total(now) - cpu_time_total(before)
+        total, idle = now[0] - before[0], now[1] - before[1]
         if total > 0 and total >= CPU_MIN_INTERVAL_S:  # (> 0 too: the tests set the minimum to 0)
-            self._cpu_percent = min(100.0, max(0.0, 100.0 * (total - (idle(now) - idle(before))) / total))
+            self._cpu_percent = min(100.0, max(0.0, 100.0 * (total - idle) / total))
             self._cpu_times = (cpus, now)
         return self._cpu_percent  # None until some CPU time has passed
 
