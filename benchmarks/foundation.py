@@ -7,8 +7,8 @@ Each seed is a full `racmkd run` (runs/bench-<protocol>-s<seed>/, reused when it
 its config.yaml holds the settings asked for; one made with others is refused, not retrained).
 The script writes benchmarks/results/foundation.json and foundation.md (accuracy mean +- std over
 seeds, retention, distillation gain against label-only training and the seed-to-seed spread, the
-targets reached or not) and foundation.png. No figure is typed in: everything is read from the
-runs' report.json files.
+targets reached or not, and the commit each run was measured at: a reused report keeps its own) and
+foundation.png. No figure is typed in: everything is read from the runs' report.json files.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ TIERS = ["high", "medium", "low", "critical"]
 def run_seed(config: Path, protocol: str, seed: int, runs_dir: Path, overrides: list[str]) -> dict:
     """The report of one seed's run, running it when it is not there yet. A saved run is reused only
     when it was made with the settings this call asks for: before, one made with other --config or
-    --set values was read while the result claimed the new settings."""
+    --set values was read while the result claimed the new settings. The report keeps the commit
+    that measured it, which foundation.md shows beside the figures."""
     name = f"bench-{protocol}-s{seed}"
     report = runs_dir / name / "report.json"
     # Compression has its own benchmark (benchmarks/compression.py); these runs stop at the report.
@@ -65,22 +66,31 @@ def run_seed(config: Path, protocol: str, seed: int, runs_dir: Path, overrides: 
 def summarise(reports: list[dict]) -> dict:
     """Per model: accuracy over seeds; per tier: retention and distillation gain against the spread.
     Only models every seed's report measured are summarised (a seed run by `make run` also has the
-    compressed rows, which have their own benchmark)."""
+    compressed rows, which have their own benchmark); the teacher, tiers and label-only twins that
+    some report lacks are listed in `missing` by run, so that their targets say so rather than
+    vanish from the table (a seed without the critical tier dropped its target unsaid)."""
+    runs = [r.get("run", f"report {i}") for i, r in enumerate(reports)]
     names = [name for name in reports[0]["models"] if all(name in r["models"] for r in reports)]
+    wanted = ["teacher", *TIERS, *(f"{tier}_labels_only" for tier in TIERS)]
+    missing = {name: [run for run, r in zip(runs, reports) if name not in r["models"]] for name in wanted if name not in names}
     models = {}
     for name in names:
         entries = [r["models"][name] for r in reports]
         models[name] = {
             "accuracy": mean_std([e["accuracy"] for e in entries]),
             "f1_macro": mean_std([e["f1_macro"] for e in entries]),
+            # sizes: the first seed's, and every seed's where they differ (each seed selects its own designs)
             "param_bytes_fp32": entries[0]["param_bytes_fp32"],
             "memory_bytes": entries[0]["bytes_fp32"] + entries[0]["peak_activation_bytes"],
+            **_seed_sizes(
+                {"param_bytes_fp32": [e["param_bytes_fp32"] for e in entries], "memory_bytes": [e["bytes_fp32"] + e["peak_activation_bytes"] for e in entries]}
+            ),
             "flops": entries[0]["flops"],
             "latency_ms_p50": statistics.median(e["latency_ms_p50"] for e in entries),
             "modalities": entries[0]["modalities"],
             "inputs": entries[0]["inputs"],
         }
-        if "retention" in entries[0]:
+        if all("retention" in e for e in entries):  # (a report without a teacher has none)
             models[name]["retention"] = mean_std([e["retention"] for e in entries])
     tiers = {}
     for tier in TIERS:
@@ -93,54 +103,102 @@ def summarise(reports: list[dict]) -> dict:
         baseline = [r["models"][f"{tier}_labels_only"]["accuracy"] for r in paired]
         gain = statistics.fmean(distilled) - statistics.fmean(baseline) if baseline else None
         spread = seed_spread(mean_std(distilled), mean_std(baseline)) if baseline else None
-        tiers[tier] = {"gain": gain, "spread": spread, "budget_bytes": reports[0]["models"][tier]["budget_bytes"], "modalities": models[tier]["modalities"]}
-    return {"models": models, "tiers": tiers}
+        # The budget is judged on every seed's student, not the first seed's alone.
+        over = [run for run, r in zip(runs, reports) if r["models"][tier]["param_bytes_fp32"] > r["models"][tier]["budget_bytes"]]
+        tiers[tier] = {
+            "gain": gain,
+            "spread": spread,
+            "paired_seeds": len(paired),
+            "budget_bytes": reports[0]["models"][tier]["budget_bytes"],
+            "over_budget": over,
+            "modalities": models[tier]["modalities"],
+        }
+    return {"models": models, "tiers": tiers, "missing": missing, "runs": runs}
 
 
-def targets(summary: dict, protocol: str, clean_teacher: float | None) -> list[dict]:
+def _seed_sizes(sizes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """`<key>_seeds`: every seed's figure, for the sizes whose seeds differ (one design per seed)."""
+    return {f"{key}_seeds": values for key, values in sizes.items() if len(set(values)) > 1}
+
+
+def _absent(summary: dict, name: str) -> str:
+    """Why a model has no summary row: the runs whose report lacks it."""
+    runs = summary.get("missing", {}).get(name) or ["some seed's report"]
+    return f"not measured: no {name} row in {', '.join(runs)}"
+
+
+def teacher_accuracy(report: dict) -> float | None:
+    """A report's fused teacher accuracy; None when it has no teacher row."""
+    return report["models"].get("teacher", {}).get("accuracy")
+
+
+def targets(summary: dict, protocol: str, clean_teacher: float | None, clean_run: str | None = None) -> list[dict]:
+    """The foundation issue's targets: every one gets a row (a teacher, tier or labels-only twin that
+    a report lacks is not reached, with the reason, as racmkd.eval.suite.table_targets does).
+    `clean_run`: the clean run measured (its teacher may be missing); None with --no-clean."""
     rows = []
-    teacher = summary["models"]["teacher"]["accuracy"]["mean"]
-    rows.append(
-        {"target": f"{protocol} teacher accuracy >= {TEACHER_TARGETS[protocol]:.1%}", "measured": teacher, "reached": teacher >= TEACHER_TARGETS[protocol]}
-    )
-    if clean_teacher is not None:
+    goal = TEACHER_TARGETS[protocol]
+    if "teacher" in summary["models"]:
+        teacher = summary["models"]["teacher"]["accuracy"]["mean"]
+        rows.append({"target": f"{protocol} teacher accuracy >= {goal:.1%}", "measured": teacher, "reached": teacher >= goal})
+    else:
+        rows.append({"target": f"{protocol} teacher accuracy >= {goal:.1%}", "measured": _absent(summary, "teacher"), "reached": False})
+    if clean_teacher is not None or clean_run is not None:
         rows.append(
             {
                 "target": f"clean teacher accuracy >= {TEACHER_TARGETS['clean']:.1%}",
-                "measured": clean_teacher,
-                "reached": clean_teacher >= TEACHER_TARGETS["clean"],
+                "measured": clean_teacher if clean_teacher is not None else f"not measured: no teacher in {clean_run}",
+                "reached": clean_teacher is not None and clean_teacher >= TEACHER_TARGETS["clean"],
             }
         )
     for tier, goal in RETENTION_TARGETS.items():
+        gain_target = f"{tier}: distillation beats labels only by more than the seed spread"
         if tier not in summary["tiers"]:
+            rows.append({"target": f"{tier}: retention >= {goal:.0%} within its budget", "measured": _absent(summary, tier), "reached": False})
+            rows.append({"target": gain_target, "measured": _absent(summary, tier), "reached": False})
             continue
         m, t = summary["models"][tier], summary["tiers"][tier]
-        fits = m["param_bytes_fp32"] <= t["budget_bytes"]
-        rows.append(
-            {
-                "target": f"{tier}: retention >= {goal:.0%} within {t['budget_bytes'] // 1024} KB",
-                "measured": m["retention"]["mean"],
-                "reached": m["retention"]["mean"] >= goal and fits,
-            }
-        )
-        if t["gain"] is not None:
-            if t["spread"] is None:  # one seed: no spread to beat
-                rows.append(
-                    {
-                        "target": f"{tier}: distillation beats labels only by more than the seed spread",
-                        "measured": t["gain"],
-                        "reached": "undecided: one seed has no spread (run --seeds with two or more)",
-                    }
-                )
-            else:
-                rows.append(
-                    {
-                        "target": f"{tier}: distillation beats labels only by more than the seed spread ({t['spread']:.4f})",
-                        "measured": t["gain"],
-                        "reached": t["gain"] > t["spread"],
-                    }
-                )
+        target = f"{tier}: retention >= {goal:.0%} within {t['budget_bytes'] // 1024} KB"
+        if "retention" not in m:
+            rows.append({"target": target, "measured": "not measured: no retention (a report without a teacher accuracy to divide by)", "reached": False})
+        else:
+            retention = m["retention"]["mean"]
+            over = t.get("over_budget", [])
+            measured = f"{retention:.4f}; over its budget in {', '.join(over)}" if over else retention
+            rows.append({"target": target, "measured": measured, "reached": retention >= goal and not over})
+        if t["gain"] is None:  # (students.labels_only off in the runs' config)
+            rows.append({"target": gain_target, "measured": _absent(summary, f"{tier}_labels_only"), "reached": False})
+            continue
+        seeds = len(summary.get("runs", [])) or t["paired_seeds"]
+        if t["paired_seeds"] < seeds:  # the gain compares the seeds that have both rows
+            gain_target += f" (over the {t['paired_seeds']} of {seeds} seeds with a labels-only twin)"
+        if t["spread"] is None:  # one seed: no spread to beat
+            rows.append({"target": gain_target, "measured": t["gain"], "reached": "undecided: one seed has no spread (run --seeds with two or more)"})
+        else:
+            rows.append({"target": f"{gain_target} (spread {t['spread']:.4f})", "measured": t["gain"], "reached": t["gain"] > t["spread"]})
     return rows
+
+
+def _sizes(m: dict, key: str, scale: float, unit: str, digits: int) -> str:
+    """A size cell: the first seed's, and every seed's where they differ."""
+    text = f"{m[key] / scale:.{digits}f} {unit}"
+    seeds = m.get(f"{key}_seeds")
+    return text + (f" (seeds: {', '.join(f'{v / scale:.{digits}f}' for v in seeds)})" if seeds else "")
+
+
+def _measured_at(result: dict) -> str:
+    """Which commit measured each run's figures: a reused report keeps its own commit, which may not
+    be the one this file was assembled at."""
+    runs = result.get("measured_at", [])
+    if not runs:
+        return ""
+    if all(r["commit"] == result["commit"] for r in runs):
+        return " Every run was measured at this commit."
+    return (
+        " **Not every run was measured at this commit** (a run whose report exists is reused): "
+        + ", ".join(f"{r['label']} measured at `{r['commit']}`" for r in runs)
+        + "; each run's figures are its commit's code."
+    )
 
 
 def render(result: dict) -> str:
@@ -148,7 +206,8 @@ def render(result: dict) -> str:
     lines = [
         "# Foundation benchmark",
         "",
-        f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores). Protocol {result['protocol']}, seeds {result['seeds']}; every figure read from the runs' report.json files. Accuracy is mean ± std over seeds on the {result['test_samples']:,} test samples.",
+        f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores). Protocol {result['protocol']}, seeds {result['seeds']}; every figure read from the runs' report.json files. Accuracy is mean ± std over seeds on the {result['test_samples']:,} test samples; sizes are the first seed's, each seed's in brackets where they differ."
+        + _measured_at(result),
         "",
     ]
     lines += [
@@ -162,7 +221,7 @@ def render(result: dict) -> str:
             for k, v in m["inputs"].items()
         )
         lines.append(
-            f"| {name} | {inputs} | {mean_pm(m['accuracy'])} | {ret} | {m['param_bytes_fp32'] / 1024:.1f} KB | {m['memory_bytes'] / 1024:.1f} KB | {m['flops'] / 1e6:.2f} M | {m['latency_ms_p50']:.3f} ms |"
+            f"| {name} | {inputs} | {mean_pm(m['accuracy'])} | {ret} | {_sizes(m, 'param_bytes_fp32', 1024, 'KB', 1)} | {_sizes(m, 'memory_bytes', 1024, 'KB', 1)} | {m['flops'] / 1e6:.2f} M | {m['latency_ms_p50']:.3f} ms |"
         )
     lines += ["", *targets_table(result["targets"])]
     lines += [
@@ -173,7 +232,7 @@ def render(result: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for tier in TIERS:
-        if tier in s["models"]:
+        if "retention" in s["models"].get(tier, {}):
             paper_mem = SEED_PAPER["memory_mb"].get(tier)
             lines.append(
                 f"| {tier} | {s['models'][tier]['retention']['mean']:.2%} | {SEED_PAPER['retention'][tier]:.1%} | {s['models'][tier]['memory_bytes'] / 2**20:.3f} MB | {f'{paper_mem} MB' if paper_mem else 'less than 6.2 MB'} |"
@@ -212,9 +271,13 @@ def main() -> None:
         config, seeds = REPO / "configs" / "smoke.yaml", args.seeds[:2]
         args.runs_dir = args.runs_dir / "quick"
     reports = [run_seed(config, args.protocol, seed, args.runs_dir, overrides) for seed in seeds]
-    clean_teacher = None
+    # Each report's own commit: a reused run's figures are those of the code that measured them.
+    measured_at = [{"label": f"seed {seed}", "run": r.get("run"), "commit": r.get("commit")} for seed, r in zip(seeds, reports)]
+    clean = None
     if not args.no_clean and args.protocol != "clean":
-        clean_teacher = run_seed(config, "clean", seeds[0], args.runs_dir, overrides)["models"]["teacher"]["accuracy"]
+        clean = run_seed(config, "clean", seeds[0], args.runs_dir, overrides)
+        measured_at.append({"label": f"clean seed {seeds[0]}", "run": clean.get("run"), "commit": clean.get("commit")})
+    clean_teacher = teacher_accuracy(clean) if clean is not None else None
     summary = summarise(reports)
     result = {
         "commit": git_commit(),
@@ -226,9 +289,10 @@ def main() -> None:
         "avmnist": summary,
         "clean_teacher_accuracy": clean_teacher,
         "runs": [r["run"] for r in reports],
+        "measured_at": measured_at,
         "test_samples": reports[0]["data"]["samples"]["test"],
     }
-    result["targets"] = targets(summary, args.protocol, clean_teacher)
+    result["targets"] = targets(summary, args.protocol, clean_teacher, clean.get("run", "the clean run") if clean is not None else None)
     stem = "foundation-quick" if args.quick else "foundation"
     write_results(args.out, stem, result, render(result).replace("foundation.png", f"{stem}.png"), lambda path: plot(summary, path))
 

@@ -14,16 +14,18 @@ reduction that keeps what a window or a step holds beat plain downsampling (aver
 
 One run per seed on the sensor alone (clean protocol; its teacher distils into each student), with
 one tier per reduction, every tier the same settings (the sensor only, depth 2, the widest width
-within 64 KB). An input of fewer steps gets fewer stages (an encoder halves a sequence down to 4
-steps), so each row lists its parameters and FLOPs beside its accuracy: at equal input values the
-two students may differ in size. Writes benchmarks/results/<sensor>_inputs.{json,md,png}; every
-figure is read from the runs' report.json.
+within 64 KB); runs/bench/<sensor>-inputs-s<seed> is reused when its report exists and its
+config.yaml holds these settings, else run again. An input of fewer steps gets fewer stages (an
+encoder halves a sequence down to 4 steps), so each row lists its parameters and FLOPs beside its
+accuracy: at equal input values the two students may differ in size. Writes
+benchmarks/results/<sensor>_inputs.{json,md,png}; every figure is read from the runs' report.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -39,7 +41,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from racmkd.config import load_config  # noqa: E402
+from racmkd.config import RunConfig, config_differences, load_config  # noqa: E402
 from racmkd.eval.plots import save_figure  # noqa: E402
 from racmkd.eval.report import git_commit, machine  # noqa: E402
 from racmkd.pipeline import run_pipeline  # noqa: E402
@@ -134,15 +136,35 @@ def overrides(sensor: Sensor, seed: int, epochs: int, quick: bool) -> list[str]:
     ]
 
 
+def seed_run(cfg: RunConfig) -> tuple[Path, float | None]:
+    """One seed's run folder (runs_dir/name) with its report, and the seconds it took here (None:
+    reused). The names are fixed, and `create_run` refuses a name that exists, so a second
+    invocation failed at once: a run whose report exists and whose config.yaml holds these
+    settings is reused; one cut short or made with other settings is deleted and run again."""
+    run_dir = Path(cfg.runs_dir) / cfg.name
+    if (run_dir / "report.json").is_file():
+        differ = config_differences(load_config(run_dir / "config.yaml"), cfg)
+        if not differ:
+            print(f"{run_dir}: reusing its report (made with these settings)", flush=True)
+            return run_dir, None
+        print(f"{run_dir}: made with other settings ({', '.join(differ)}); deleting it and running it again", flush=True)
+    elif run_dir.exists():
+        print(f"{run_dir}: no report.json (an attempt cut short); deleting it and running it again", flush=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    started = time.perf_counter()
+    run_pipeline(cfg)
+    return run_dir, round(time.perf_counter() - started, 1)
+
+
 def measure(sensor: Sensor, seeds: list[int], epochs: int, quick: bool, runs_dir: Path) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     runs = []
     for seed in seeds:
         cfg = load_config(None, [f"runs_dir={runs_dir}", *overrides(sensor, seed, epochs, quick)])  # (the defaults: default.yaml sets image and audio options)
-        started = time.perf_counter()
-        run_dir = run_pipeline(cfg)
-        runs.append({"seed": seed, "run": str(run_dir), "seconds": round(time.perf_counter() - started, 1)})
+        run_dir, seconds = seed_run(cfg)
+        runs.append({"seed": seed, "run": str(run_dir), "seconds": seconds})
         report = json.loads((run_dir / "report.json").read_text())
+        runs[-1]["commit"] = report.get("commit")  # (a reused run's: the code that measured it)
         models = report["models"]
         for steps, knob in sensor.reductions:
             m = models[sensor.tier(steps, knob)]
@@ -198,7 +220,14 @@ def render(sensor: Sensor, result: dict[str, Any]) -> str:
         + ", ".join(f"{r['teacher_accuracy']:.4f}" for r in result["runs"])
         + f"), one per input reduction, the same settings (depth 2, widest within 64 KB; fewer steps, fewer stages); accuracy on the test split ({sensor.test_split}"
         + "".join(f", {r['test_samples']:,} of them" for r in result["runs"][:1] if r.get("test_samples"))
-        + ").",
+        + ")."
+        + (
+            ""
+            if all(r.get("commit", result["commit"]) == result["commit"] for r in result["runs"])
+            else " **Not every run was measured at this commit** (a run whose report exists is reused): "
+            + ", ".join(f"seed {r['seed']} at `{r.get('commit')}`" for r in result["runs"])
+            + "."
+        ),
         "",
         f"| steps | {sensor.knob} | values | params | FLOPs | test accuracy |",
         "|---|---|---|---|---|---|",
@@ -213,17 +242,28 @@ def render(sensor: Sensor, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot_lines(sensor: Sensor, rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The plot's lines, (legend, rows sorted by input values): downsampling, then one line per
+    value of the reducing knob. One line for every reduced row joined the IMU's 3 and 2 components
+    in list order (96, 48, 24, then 32 values), a zigzag between two different reductions."""
+    lines = [("average pooling in time (downsampling)", [r for r in rows if r["knob"] == sensor.full])]
+    knobs = sorted({r["knob"] for r in rows if r["knob"] != sensor.full}, reverse=True)
+    for knob in knobs:
+        label = sensor.reduced_label if len(knobs) == 1 else f"{knob} {sensor.knob}"
+        lines.append((label, [r for r in rows if r["knob"] == knob]))
+    return [(label, sorted(line, key=lambda r: r["input_values"])) for label, line in lines if line]
+
+
 def plot(sensor: Sensor, result: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for reduced, style in ((False, "o-"), (True, "s--")):
-        rows = [r for r in result["rows"] if (r["knob"] != sensor.full) == reduced]
+    for i, (label, rows) in enumerate(plot_lines(sensor, result["rows"])):
         ax.errorbar(
             [r["input_values"] for r in rows],
             [r["accuracy_mean"] for r in rows],
             yerr=[r["accuracy_std"] or 0 for r in rows],
-            fmt=style,
+            fmt="o-" if i == 0 else ("s--", "^:", "d-.")[(i - 1) % 3],
             capsize=3,
-            label=sensor.reduced_label if reduced else "average pooling in time (downsampling)",
+            label=label,
         )
     ax.set_xscale("log", base=2)
     ax.set_xlabel(f"input values per {sensor.name} item")

@@ -17,6 +17,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -72,14 +73,23 @@ def main() -> None:
     stem = "suite-quick" if args.quick else "suite"
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / f"{stem}.json", json_safe(result))  # (NaN and Infinity: no other JSON reader takes them)
+    # The markdown is written before the plots and again with their links after: a plot that fails
+    # left suite.json new beside the previous run's markdown (as results_io.write_results does).
+    write_markdown(result, {}, args.out, stem, args.quick)
     plots = plot_all(result, args.out, stem)
-    if args.quick:  # the smoke version stays beside its JSON; BENCHMARKS.md holds only the full suite
-        atomic_write_text(args.out / f"{stem}.md", render(result, plots))
-    else:
-        # (linked from the repository's root wherever --out put them)
-        links = {title: Path(os.path.relpath(args.out.resolve() / name, REPO)).as_posix() for title, name in plots.items()}
-        atomic_write_text(REPO / "BENCHMARKS.md", render(result, links))
+    write_markdown(result, plots, args.out, stem, args.quick)
     print(render(result, plots))
+
+
+def write_markdown(result: dict[str, Any], plots: dict[str, str], out: Path, stem: str, quick: bool) -> None:
+    """The suite's markdown: with --quick <out>/<stem>.md beside its JSON (BENCHMARKS.md holds only
+    the full suite), else BENCHMARKS.md, its plots linked from the repository's root wherever --out
+    put them."""
+    if quick:
+        atomic_write_text(out / f"{stem}.md", render(result, plots))
+    else:
+        links = {title: Path(os.path.relpath(out.resolve() / name, REPO)).as_posix() for title, name in plots.items()}
+        atomic_write_text(REPO / "BENCHMARKS.md", render(result, links))
 
 
 if __name__ == "__main__":

@@ -294,6 +294,32 @@ def test_one_seed_has_no_spread_and_leaves_the_ablation_undecided() -> None:
     assert two[1]["spread"] == pytest.approx(0.0002 / 2**0.5) and two[1]["helps_accuracy"] is True
 
 
+def fake_rows(monkeypatch: pytest.MonkeyPatch, host: dict) -> tuple[list[str], set[str]]:
+    """measure_seed's bookkeeping alone: each row "deployed" as a small file and scored 0.5, a row
+    named in the returned set failing instead; returns (the rows deployed, in order; that set)."""
+    from types import SimpleNamespace
+
+    from racmkd.eval import suite
+
+    calls: list[str] = []
+    failing: set[str] = set()
+
+    def deploy(cfg, dataset, run_dir, name, out_dir, compressed=True):  # noqa: ANN001, ANN202 - (the signature of racmkd.eval.deployed.deploy)
+        calls.append(name)
+        if name in failing:
+            raise RuntimeError("not built here")
+        artifact = out_dir / f"{name}-{compressed}.onnx"
+        artifact.parent.mkdir(parents=True, exist_ok=True)
+        artifact.write_bytes(b"onnx")
+        return SimpleNamespace(name=name if compressed else f"{name}_fp32", artifact=artifact)
+
+    monkeypatch.setattr(suite, "deploy", deploy)
+    monkeypatch.setattr(suite, "artifact_accuracy", lambda row, dataset: {"accuracy": 0.5, "f1_macro": 0.5, "auc_roc": None})
+    monkeypatch.setattr(suite, "git_commit", lambda: "0" * 40)
+    monkeypatch.setattr(suite, "machine", lambda: dict(host))
+    return calls, failing
+
+
 def test_measurements_are_reused_only_on_the_machine_that_made_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """rows.json is read back for the same commit, models, settings and machine; another host, an
     evaluation or data setting, or another ONNX Runtime measures again."""
@@ -302,19 +328,12 @@ def test_measurements_are_reused_only_on_the_machine_that_made_them(tmp_path: Pa
     from racmkd.config import load_config
     from racmkd.eval import suite
 
-    calls: list[str] = []
-
-    def deploy(cfg, dataset, run_dir, name, out_dir, compressed=True):  # noqa: ANN001, ANN202 - every row fails at once: only the bookkeeping is under test
-        calls.append(name)
-        raise RuntimeError("not built here")
-
     host = {"cpu": "A", "cores": 2}
-    monkeypatch.setattr(suite, "deploy", deploy)
-    monkeypatch.setattr(suite, "git_commit", lambda: "0" * 40)
-    monkeypatch.setattr(suite, "machine", lambda: dict(host))
+    calls, _ = fake_rows(monkeypatch, host)
     cfg = load_config(TINY)
     first = suite.measure_seed(cfg, None, tmp_path, with_costs=False)
-    assert calls and first["machine"] == host and "RuntimeError: not built here" in next(iter(first["missing"].values()))
+    assert calls and first["machine"] == host and first["rows"]["teacher"]["accuracy"] == 0.5
+    assert set(first["missing"]) == {suite.NOT_TRAINED_NOTE}  # nothing compressed here: the suite's own note, nothing failed
     measured = len(calls)
     assert suite.measure_seed(cfg, None, tmp_path, with_costs=False) == first and len(calls) == measured  # read back
     host["cpu"] = "B"
@@ -332,6 +351,68 @@ def test_measurements_are_reused_only_on_the_machine_that_made_them(tmp_path: Pa
     assert len(calls) == count + measured
     suite.measure_seed(cfg, None, tmp_path, with_costs=False)
     assert len(calls) == count + measured  # and read back under that version
+
+
+def test_measurements_with_a_row_not_produced_are_measured_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row that failed (an export killed, a disk full) is not kept missing for good: rows.json
+    that lists it is measured again, until every row is produced; then it is read back."""
+    from racmkd.config import load_config
+    from racmkd.eval import suite
+
+    calls, failing = fake_rows(monkeypatch, {"cpu": "A", "cores": 2})
+    cfg = load_config(TINY)
+    failing.add("tinyml")
+    first = suite.measure_seed(cfg, None, tmp_path, with_costs=False)
+    assert "RuntimeError: not built here" in first["missing"]["tinyml"] and "tinyml" not in first["rows"]
+    measured = len(calls)
+    failing.clear()
+    second = suite.measure_seed(cfg, None, tmp_path, with_costs=False)
+    assert len(calls) == 2 * measured and "tinyml" in second["rows"] and set(second["missing"]) == {suite.NOT_TRAINED_NOTE}
+    assert suite.measure_seed(cfg, None, tmp_path, with_costs=False) == second and len(calls) == 2 * measured  # whole: read back
+
+
+def test_a_suite_with_a_broken_recipe_stops_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--recipe and --tier-recipe files are read when the suite starts, not after hours of training;
+    the error names the option that gave the file."""
+    from racmkd.compress.recipe import RecipeError
+    from racmkd.eval import suite
+
+    def seed_run(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("trained before the recipes were checked")
+
+    monkeypatch.setattr(suite, "seed_run", seed_run)
+    good = Path(__file__).parents[1] / "configs" / "recipes" / "bench.yaml"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("steps:\n  - prnue: {ratio: 0.5}\n")
+    settings = suite.SuiteSettings(config=TINY, runs_dir=tmp_path / "never", recipe=tmp_path / "absent.yaml")
+    with pytest.raises(RecipeError, match="--recipe .*absent.yaml"):
+        suite.run_suite(settings)
+    with pytest.raises(RecipeError, match=r"--tier-recipe critical=.*broken.yaml.*unknown step 'prnue'"):
+        suite.run_suite(replace(settings, recipe=good, tier_recipes={"critical": broken}))
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_replay_without_a_static_high_policy_leaves_the_dynamic_row_undecided() -> None:
+    """No static high tier in the bank: nothing to compare the runtime with, so its row says
+    undecided (None), not "no" with a NaN gain."""
+    from racmkd.eval.suite import ablation, render
+
+    dynamic = {"slo_accuracy": 0.9, "requests": 200, "accuracy": 0.95, "latency_ms_p50": 0.5, "memory_held_bytes_max": 3e6, "energy_mj_mean": 0.1}
+    (row,) = [r for r in ablation({}, {"random": {"dynamic": dynamic, "static": {}}}, {}, True) if r["model"] == "runtime"]
+    assert row["helps_accuracy"] is None and row["slo_gain"] is None and row["slo_noise"] is None
+    json.dumps(row, allow_nan=False)  # no NaN for other readers to choke on
+    result = {
+        "commit": "0" * 40,
+        "machine": {"cpu": "A", "cores": 2, "python": "3", "torch": "2"},
+        "config": str(TINY),
+        "seeds": [0],
+        "overrides": [],
+        "recipe": None,
+        "seconds": 1.0,
+        "protocols": {"clean": {"runs": ["clean-s0"], "table_66": {}, "targets": [], "pareto": {}, "table_68": [row]}},
+    }
+    (line,) = [line for line in render(result, {}).splitlines() if line.startswith("| + dynamic resource allocation")]
+    assert "| undecided |" in line and "no static high policy" in line and "nan" not in line
 
 
 def test_a_bank_is_replayed_only_where_and_by_the_code_that_built_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

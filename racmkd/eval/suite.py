@@ -53,6 +53,8 @@ from racmkd.pipeline import (
 from racmkd.utils import atomic_write_json, cached_json, progress, sha256
 
 TIERS = ("high", "medium", "low", "critical")
+# rows.json's note (under `missing`) for rows the suite does not train when it compresses nothing
+NOT_TRAINED_NOTE = "TinyML at each tier's bytes"
 MATCHED = tuple(matched_name(t) for t in TIERS)  # the TinyML recipe at each compressed tier's bytes (trained only when the suite compresses)
 TABLE_ROWS = ("teacher", "standard_kd", "mobilenetv3", "tinyml", *MATCHED, "emd_kd", "kd_align", "kd_align_resource", *TIERS)
 LABELS = {
@@ -243,13 +245,9 @@ def seed_run(
     trained, found = train_extras(cfg, dataset, run_dir, (*BASELINES, *ABLATION), transfer=transfer)
     made, resumed = made + trained, resumed + found
     if settings.recipe is not None:
-        # The suite's recipes go through the config, so that the check below and the compression
-        # read them alike (recipe_for), and one call shares the fine-tunes' caches across recipes.
-        compress_cfg = replace(
-            cfg, compress=replace(cfg.compress, recipe=str(settings.recipe), tier_recipes={t: str(r) for t, r in settings.tier_recipes.items()})
-        )
-        steps = {path: recipe_steps(path) for path in {recipe_for(compress_cfg, t) for t in TIERS}}
-        todo = [t for t in TIERS if not compressed_with(run_dir, t, recipe_for(compress_cfg, t), steps[recipe_for(compress_cfg, t)])]
+        compress_cfg = suite_compress_config(settings, cfg)
+        recipes = tier_recipe_steps(settings, compress_cfg)
+        todo = [t for t in TIERS if not compressed_with(run_dir, t, *recipes[t])]
         if todo:
             # The variant bank (Table 6.7, the ablation) is built from the compressed students: one
             # built before holds the models these replace (dropped first, so that an interrupted
@@ -261,6 +259,34 @@ def seed_run(
         trained, found = train_extras(cfg, dataset, run_dir, MATCHED, transfer=False, widths=matched_widths(first_run) if first_run is not None else None)
         made, resumed = made + trained, resumed + found
     return cfg, run_dir, made, resumed
+
+
+def suite_compress_config(settings: SuiteSettings, cfg: RunConfig) -> RunConfig:
+    """A run's config with the suite's recipes in it: they go through the config so that the check
+    of what is compressed and the compression read them alike (recipe_for), and one call shares the
+    fine-tunes' caches across recipes."""
+    assert settings.recipe is not None
+    tier_recipes = {t: str(r) for t, r in settings.tier_recipes.items()}
+    return replace(cfg, compress=replace(cfg.compress, recipe=str(settings.recipe), tier_recipes=tier_recipes))
+
+
+def tier_recipe_steps(settings: SuiteSettings, compress_cfg: RunConfig) -> dict[str, tuple[Path, list[dict[str, Any]]]]:
+    """Each tier's recipe file and its steps (`recipe_steps`), every file read once. A file that
+    does not load is an error naming the option that gave it (--recipe, or --tier-recipe TIER)."""
+    from racmkd.compress.recipe import RecipeError
+
+    steps: dict[Path, list[dict[str, Any]]] = {}
+    out = {}
+    for tier in TIERS:
+        path = recipe_for(compress_cfg, tier)
+        if path not in steps:
+            try:
+                steps[path] = recipe_steps(path)
+            except RecipeError as err:
+                option = f"--tier-recipe {tier}={settings.tier_recipes[tier]}" if tier in settings.tier_recipes else f"--recipe {settings.recipe}"
+                raise RecipeError(f"{option}: {err}. Fix the file or name another; nothing was trained.") from None
+        out[tier] = (path, steps[path])
+    return out
 
 
 def recipe_steps(recipe: Path) -> list[dict[str, Any]]:
@@ -314,7 +340,9 @@ def measure_seed(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, with_cos
     stored = cached_json(cache) or {}  # damaged: measured again
     commit, models, settings = git_commit(), models_stamp(run_dir), settings_stamp(cfg)
     # Reused only when measured by this very code on these very models with these settings: not
-    # from an uncommitted tree, nor after a retrain or a changed evaluation setting.
+    # from an uncommitted tree, nor after a retrain or a changed evaluation setting; and only when
+    # every row was produced (a row that failed, a killed export or a full disk, is tried again
+    # rather than kept missing for good), the note of the rows the suite never trains aside.
     if (
         committed(commit)
         and stored.get("commit") == commit
@@ -322,6 +350,7 @@ def measure_seed(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, with_cos
         and stored.get("settings") == settings
         and stored.get("machine") == machine()
         and (stored.get("costs") or not with_costs)
+        and set(stored.get("missing", {})) <= {NOT_TRAINED_NOTE}
     ):
         return stored  # (and on this machine: a run moved elsewhere is measured again)
     out_dir = run_dir / "bench" / "onnx"
@@ -350,9 +379,7 @@ def measure_seed(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, with_cos
         except Exception as err:  # noqa: BLE001 - recorded in the table, never hidden
             result["missing"][name if compressed else f"{name}_fp32"] = f"{type(err).__name__}: {err}"
     if not compressed_tiers:
-        result["missing"]["TinyML at each tier's bytes"] = (
-            "not trained: no tier was compressed (the suite ran without a recipe), and these copy a compressed tier's bytes"
-        )
+        result["missing"][NOT_TRAINED_NOTE] = "not trained: no tier was compressed (the suite ran without a recipe), and these copy a compressed tier's bytes"
     if with_costs:
         result["costs"] = artifact_costs(rows, dataset, cfg.eval, result["missing"])
     atomic_write_json(cache, result)
@@ -511,9 +538,10 @@ def ablation(rows: dict[str, Any], replays: dict[str, Any], missing: dict[str, s
         static = replay["static"].get("high")
         dynamic = replay["dynamic"]
         # Helps when the gain in SLO-accuracy exceeds twice its standard error over the replay's
-        # requests (a single replay: one seed, no spread; 0.003 on 2,000 requests is noise).
-        gain = dynamic["slo_accuracy"] - static["slo_accuracy"] if static else math.nan
-        noise = 2 * math.sqrt(sum(x["slo_accuracy"] * (1 - x["slo_accuracy"]) / x["requests"] for x in (dynamic, static))) if static else math.nan
+        # requests (a single replay: one seed, no spread; 0.003 on 2,000 requests is noise). A bank
+        # without a static high policy leaves it undecided (None), not "no": nothing was compared.
+        gain = dynamic["slo_accuracy"] - static["slo_accuracy"] if static else None
+        noise = 2 * math.sqrt(sum(x["slo_accuracy"] * (1 - x["slo_accuracy"]) / x["requests"] for x in (dynamic, static))) if static else None
         # Memory and energy by the bank's figures for its variants (not Table 6.6's graph measure):
         # the sessions the runtime held (every variant it may switch to; static high its own two) and
         # the energy of the variants that answered, per request (RAPL where readable, else estimated).
@@ -535,7 +563,7 @@ def ablation(rows: dict[str, Any], replays: dict[str, Any], missing: dict[str, s
                 **costs,
                 "slo_gain": gain,
                 "slo_noise": noise,
-                "helps_accuracy": bool(gain > noise),
+                "helps_accuracy": None if gain is None or noise is None else bool(gain > noise),
             }
         )
     return out
@@ -576,8 +604,11 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
         "teachers_from": str(settings.teachers_from) if settings.teachers_from else None,
         "protocols": {},
     }
-    # the sweeps' settings checked now, not after hours of training
-    degradation_sweeps(settings, {m: MODALITIES.get(m) for m in load_config(settings.config, list(settings.overrides)).data.modalities})
+    # the sweeps' settings and the compression recipes checked now, not after hours of training
+    base = load_config(settings.config, list(settings.overrides))
+    degradation_sweeps(settings, {m: MODALITIES.get(m) for m in base.data.modalities})
+    if settings.recipe is not None:
+        tier_recipe_steps(settings, suite_compress_config(settings, base))
     for protocol in settings.protocols:
         first: tuple[RunConfig, Path] | None = None
         per_seed = []
@@ -789,7 +820,9 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
             ]
             for r in section["table_68"]:
                 if r["model"] == "runtime":
-                    change = f"{r['slo_gain']:+.4f} (noise {r['slo_noise']:.4f})" if "slo_gain" in r else ""
+                    no_static = "no static high policy in the bank to compare with"
+                    change = f"{r['slo_gain']:+.4f} (noise {r['slo_noise']:.4f})" if r.get("slo_gain") is not None else no_static
+                    helps = "undecided" if r["helps_accuracy"] is None else "yes" if r["helps_accuracy"] else "no"
                     memory = (
                         f"{_kb(r['memory_bytes'])} held"
                         + (f" (static high {_kb(r['memory_bytes_static_high'])})" if r["memory_bytes_static_high"] else "")
@@ -802,7 +835,7 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
                         + (f" (static high {r['energy_mj_estimated_static_high']:.4f})" if r["energy_mj_estimated_static_high"] is not None else "")
                     )
                     lines.append(
-                        f"| {r['row']} | SLO-accuracy {r['slo_accuracy']:.4f} (static high {_acc(r['slo_accuracy_static_high'])}) | {change} | {'yes' if r['helps_accuracy'] else 'no'} | {memory} | | {r['latency_ms_p50']:.2f} ms (static high {_ms(r['latency_ms_p50_static_high'])}) | {energy} |"
+                        f"| {r['row']} | SLO-accuracy {r['slo_accuracy']:.4f} (static high {_acc(r['slo_accuracy_static_high'])}) | {change} | {helps} | {memory} | | {r['latency_ms_p50']:.2f} ms (static high {_ms(r['latency_ms_p50_static_high'])}) | {energy} |"
                     )
                 elif "not_produced" in r:
                     lines.append(f"| {r['row']} | not produced: {r['not_produced']} | | | | | | |")

@@ -1,0 +1,226 @@
+"""The benchmark scripts' own logic (benchmarks/*.py), on fake reports and run folders: what they
+reuse, which targets they set and how they say a target was not measured. Nothing here trains."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from racmkd.config import RunConfig, load_config, save_config
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # (as the scripts find their shared modules: results_io, bare_edge)
+
+import deploy  # noqa: E402
+import foundation  # noqa: E402
+import sensor_inputs  # noqa: E402
+
+
+def entry(accuracy: float, **fields: object) -> dict:
+    """One model's row of a report.json, the fields the foundation benchmark reads."""
+    return {
+        "accuracy": accuracy,
+        "f1_macro": accuracy,
+        "param_bytes_fp32": 1000,
+        "bytes_fp32": 1000,
+        "peak_activation_bytes": 10,
+        "flops": 1,
+        "latency_ms_p50": 0.1,
+        "modalities": ["image"],
+        "inputs": {},
+        **fields,
+    }
+
+
+def student(accuracy: float, teacher: float = 0.99, **fields: object) -> dict:
+    return entry(accuracy, retention=accuracy / teacher, budget_bytes=2048, **fields)
+
+
+def full_report(run: str, commit: str = "abc", shift: float = 0.0) -> dict:
+    """A seed's report with the teacher, every tier and its labels-only twin."""
+    models = {"teacher": entry(0.99)}
+    for i, tier in enumerate(foundation.TIERS):
+        models[tier] = student(0.98 - i / 100 + shift)
+        models[f"{tier}_labels_only"] = student(0.97 - i / 100)
+    return {"run": run, "commit": commit, "seed": int(run[-1]), "models": models, "data": {"samples": {"test": 100}}}
+
+
+# foundation.py ------------------------------------------------------------------------------------
+
+
+def test_foundation_gives_every_target_a_row_even_where_a_report_lacks_it() -> None:
+    """A tier missing from one seed, a tier without its labels-only twin, a report without a teacher:
+    each target still has its row, not reached, saying which run lacks what (before, the rows were
+    dropped unsaid, and a report without a teacher raised KeyError)."""
+    reports = [full_report("bench-avmnist-s0"), full_report("bench-avmnist-s1", shift=0.001)]
+    del reports[1]["models"]["critical"]
+    for r in reports:
+        del r["models"]["low_labels_only"]
+    targets = {t["target"].split(" (")[0]: t for t in foundation.targets(foundation.summarise(reports), "avmnist", None)}
+    for tier in foundation.RETENTION_TARGETS:
+        assert any(name.startswith(f"{tier}: retention") for name in targets), tier
+        assert f"{tier}: distillation beats labels only by more than the seed spread" in targets, tier
+    critical = next(t for name, t in targets.items() if name.startswith("critical: retention"))
+    assert critical["reached"] is False and "bench-avmnist-s1" in critical["measured"]
+    low_gain = targets["low: distillation beats labels only by more than the seed spread"]
+    assert low_gain["reached"] is False and "low_labels_only" in low_gain["measured"]
+    assert targets["high: distillation beats labels only by more than the seed spread"]["reached"] is True  # +0.01 against a 0.0007 spread
+
+    no_teacher = [full_report("bench-avmnist-s0")]
+    del no_teacher[0]["models"]["teacher"]
+    for name, model in no_teacher[0]["models"].items():
+        model.pop("retention", None)
+    rows = foundation.targets(foundation.summarise(no_teacher), "avmnist", None, clean_run="bench-clean-s0")
+    assert rows[0]["reached"] is False and "no teacher row in bench-avmnist-s0" in rows[0]["measured"]
+    assert rows[1]["target"].startswith("clean teacher") and rows[1]["reached"] is False  # the clean run measured, its teacher missing
+    assert all(r["reached"] is False for r in rows if "retention" in r["target"])  # nothing to divide by
+
+
+def test_foundation_judges_the_budget_on_every_seed_and_lists_sizes_that_differ() -> None:
+    """A seed whose student is over its budget fails the target (the first seed's size alone was
+    judged), and the table lists each seed's size where they differ."""
+    reports = [full_report("bench-avmnist-s0"), full_report("bench-avmnist-s1")]
+    reports[1]["models"]["high"]["param_bytes_fp32"] = 4096  # over its 2 KB
+    summary = foundation.summarise(reports)
+    assert summary["models"]["high"]["param_bytes_fp32_seeds"] == [1000, 4096] and "param_bytes_fp32_seeds" not in summary["models"]["medium"]
+    high = next(t for t in foundation.targets(summary, "avmnist", None) if t["target"].startswith("high: retention"))
+    assert high["reached"] is False and "over its budget in bench-avmnist-s1" in high["measured"]
+    assert "1.0 KB (seeds: 1.0, 4.0)" in foundation._sizes(summary["models"]["high"], "param_bytes_fp32", 1024, "KB", 1)
+
+
+def test_foundation_says_which_commit_measured_a_reused_run(tmp_path: Path) -> None:
+    """A run whose report exists is reused as it is: the markdown names the commit that measured it
+    beside the figures, not only the commit the file was assembled at."""
+    config = REPO / "configs" / "default.yaml"
+    name = "bench-avmnist-s0"
+    cfg = load_config(config, [f"name={name}", f"runs_dir={tmp_path}", "seed=0", "data.protocol=avmnist", "compress.tiers=[]"])
+    (tmp_path / name).mkdir()
+    save_config(cfg, tmp_path / name / "config.yaml")
+    (tmp_path / name / "report.json").write_text(json.dumps(full_report(name, commit="0123abc-old")))
+    report = foundation.run_seed(config, "avmnist", 0, tmp_path, [])  # reused: nothing trains
+    summary = foundation.summarise([report])
+    result = {
+        "commit": "fedcba9",
+        "machine": {"cpu": "A", "cores": 2},
+        "protocol": "avmnist",
+        "seeds": [0],
+        "avmnist": summary,
+        "test_samples": 100,
+        "measured_at": [{"label": "seed 0", "run": name, "commit": report["commit"]}],
+        "targets": foundation.targets(summary, "avmnist", None),
+    }
+    markdown = foundation.render(result)
+    assert "seed 0 measured at `0123abc-old`" in markdown and "Not every run was measured at this commit" in markdown
+    result["measured_at"][0]["commit"] = "fedcba9"
+    assert "Every run was measured at this commit" in foundation.render(result)
+
+
+# sensor_inputs.py ---------------------------------------------------------------------------------
+
+
+def test_sensor_inputs_reuses_a_finished_run_and_starts_others_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs' names are fixed: a second invocation reuses a run whose report exists and whose
+    config holds these settings, and deletes and runs again one cut short or made with others
+    (before, `create_run` refused the existing name and the benchmark could not be run again)."""
+    from racmkd.runs import create_run
+
+    sensor = sensor_inputs.SENSORS["pen"]
+    ran: list[str] = []
+
+    def run_pipeline(cfg: RunConfig) -> Path:  # the real one's folder and report, without the training
+        run_dir = create_run(cfg)
+        models = {sensor.tier(*r): {"params": 10, "flops": 20, "accuracy": 0.9} for r in sensor.reductions}
+        models["teacher_pen"] = {"accuracy": 0.95}
+        report = {"commit": "abc", "models": models, "data": {"samples": {"test": 50}}}
+        (run_dir / "report.json").write_text(json.dumps(report))
+        ran.append(cfg.name)
+        return run_dir
+
+    monkeypatch.setattr(sensor_inputs, "run_pipeline", run_pipeline)
+    first = sensor_inputs.measure(sensor, [0], 1, True, tmp_path)
+    assert ran == ["pen-inputs-s0"] and first["runs"][0]["seconds"] is not None
+    again = sensor_inputs.measure(sensor, [0], 1, True, tmp_path)
+    assert ran == ["pen-inputs-s0"] and again["runs"][0]["seconds"] is None and again["rows"] == first["rows"]  # reused
+    sensor_inputs.measure(sensor, [0], 2, True, tmp_path)  # other settings (epochs): run again
+    assert len(ran) == 2 and load_config(tmp_path / "pen-inputs-s0" / "config.yaml").students.tiers[0].epochs == 2
+    (tmp_path / "pen-inputs-s0" / "report.json").unlink()  # an attempt cut short
+    sensor_inputs.measure(sensor, [0], 2, True, tmp_path)
+    assert len(ran) == 3 and (tmp_path / "pen-inputs-s0" / "report.json").is_file()
+
+
+def test_sensor_inputs_plots_one_line_per_reduction_sorted_by_input_values() -> None:
+    """The IMU's 3- and 2-component rows are two lines, each in order of input values (one line in
+    list order went 96, 48, 24, then back up to 32 values)."""
+    sensor = sensor_inputs.SENSORS["imu"]
+    rows = [{"steps": s, "knob": k, "input_values": sensor.values(s, k)} for s, k in sensor.reductions]
+    lines = dict(sensor_inputs.plot_lines(sensor, rows))
+    assert [[r["input_values"] for r in line] for line in lines.values()] == [[24, 48, 96, 192], [24, 48, 96], [32]]
+    assert list(lines)[1:] == ["3 principal components", "2 principal components"]
+    pen = sensor_inputs.SENSORS["pen"]
+    labels = [label for label, _ in sensor_inputs.plot_lines(pen, [{"steps": s, "knob": k, "input_values": pen.values(s, k)} for s, k in pen.reductions])]
+    assert labels == ["average pooling in time (downsampling)", pen.reduced_label]  # one reduction: its own legend
+
+
+# deploy.py ----------------------------------------------------------------------------------------
+
+
+def test_deploy_fit_target_is_not_reached_with_nothing_registered_or_nothing_fitting(tmp_path: Path) -> None:
+    """Every device's "nothing fits" reason passed the target by construction: an empty registry, or
+    releases that fit no device, exercised nothing."""
+    from racmkd.deploy.orchestrator import plan
+    from racmkd.deploy.registry import ModelRegistry
+    from racmkd.resources.devices import device_names, load_device
+
+    devices = [load_device(d) for d in device_names()]
+    empty = {"releases": [], "plan": [a.as_dict() for a in plan(ModelRegistry(tmp_path / "registry"), devices)]}
+    target = deploy.fit_target(empty)
+    assert target["reached"] is False and "the registry holds no releases" in target["measured"]
+    unfit = [{"device": d.name, "release": None, "reason": "nothing fits: edge: RAM over"} for d in devices]
+    assert deploy.fit_target({"releases": [{"label": "edge"}], "plan": unfit})["reached"] is False
+    fitted = [{**unfit[0], "release": "edge", "reason": "edge: the most accurate that fits"}, *unfit[1:]]
+    assert deploy.fit_target({"releases": [{"label": "edge"}], "plan": fitted})["reached"] is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--iters", "5"], "--iters: 5 is below 6"),
+        (["--requests", "0"], "--requests: 0 is below 2"),
+        (["--rate", "0"], "--rate: 0.0 is not above 0"),
+        (["--load-requests", "0"], "--load-requests: 0 is below 1"),
+    ],
+)
+def test_deploy_refuses_values_its_experiments_cannot_run_with(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused on the command line: --iters below the rounds failed (fmean of nothing) and
+    --requests 0 divided by zero only after the delta experiment's minutes."""
+    with pytest.raises(SystemExit):
+        deploy.parse_args(argv)
+    assert says in capsys.readouterr().err
+    assert deploy.parse_args(["--iters", str(deploy.ROUNDS), "--requests", "2"]).iters == deploy.ROUNDS
+
+
+# suite.py -----------------------------------------------------------------------------------------
+
+
+def test_suite_writes_its_markdown_before_the_plots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plot that fails leaves the markdown of this result beside its JSON, not the previous run's
+    (suite.json was written, then the plots, then the markdown)."""
+    import suite as bench_suite
+
+    def plot_all(result: dict, out: Path, stem: str) -> dict[str, str]:
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(bench_suite, "run_suite", lambda settings: {"result": "new"})
+    monkeypatch.setattr(bench_suite, "render", lambda result, plots: f"{result['result']}, plots {sorted(plots)}")
+    monkeypatch.setattr(bench_suite, "plot_all", plot_all)
+    monkeypatch.setattr(sys, "argv", ["suite.py", "--quick", "--out", str(tmp_path)])
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        bench_suite.main()
+    assert json.loads((tmp_path / "suite-quick.json").read_text()) == {"result": "new"}
+    assert (tmp_path / "suite-quick.md").read_text() == "new, plots []"
+    monkeypatch.setattr(bench_suite, "plot_all", lambda result, out, stem: {"Pareto": f"{stem}-pareto.png"})
+    bench_suite.main()
+    assert (tmp_path / "suite-quick.md").read_text() == "new, plots ['Pareto']"  # written again with the plots' links
