@@ -159,6 +159,17 @@ def test_a_smaller_cut_that_rounds_to_the_failed_one_is_not_tried_again(
     assert subject.model.encoders["image"].structure()["channels"] == left and details["stopped_early"]
 
 
+def test_a_smaller_cut_is_smaller_in_every_encoder_the_failed_round_pruned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image encoder ([12, 24, 24]) to 75% and the audio one to 60% in three rounds: the third
+    fails; halfway (62.5% and 50%) the audio encoder's cut is smaller but the image one rounds to
+    [4, 8, 8] again, the cut that failed, so the cut tried is halved once more (image [4, 12, 12])."""
+    model = student(INPUTS, width=1.5, depth=2)
+    ratio = {"image": 0.75, "audio": 0.6}
+    subject, details = scripted_prune(monkeypatch, model, [0.945, 0.945, 0.93, 0.945], ratio=ratio, steps=3, max_drop=0.01, multiple=4, backoff=1)
+    assert [r["goal"] for r in details["rounds"]][-1] == pytest.approx({"image": 0.5625, "audio": 0.45})
+    assert subject.model.encoders["image"].structure()["channels"] == [4, 12, 12]
+
+
 @pytest.mark.parametrize(("drop_from", "kept"), [("step", True), ("recipe", False)])
 def test_a_pruning_bound_may_count_from_where_the_recipe_began(drop_from: str, kept: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """The recipe began at 0.96 and an earlier step left 0.95: a round at 0.945 is within one point

@@ -207,8 +207,9 @@ class PruneOptions:
     take up to `recover` more fine-tunes to come back within it: a small encoder's round can land
     just outside after one (the critical tier's image encoder: 0.9406 against a bound of 0.9418, then
     0.9452 after a second fine-tune). The bound is then judged up to 1 + `recover` times on the same
-    validation samples, and a round kept after a recovery is the first of those tries to pass:
-    optimistic by up to the split's noise (the artifact's test accuracy is measured apart).
+    validation samples (with `backoff`, (1 + `recover`) x (1 + `backoff`) times a round), and a round
+    kept after a recovery is the first of those tries to pass: optimistic by up to the split's noise
+    (the artifact's test accuracy is measured apart).
     `drop_from: recipe` measures `max_drop` from where the whole recipe began instead, so that the
     steps before (an input reduction) count against the same allowance.
     A round that stays past the bound may be tried again `backoff` times with a smaller cut, each
@@ -319,17 +320,18 @@ class Prune(Step):
             return kept
 
         def smaller_cut(kept_goal: dict[str, float], failed_goal: dict[str, float]) -> dict[str, float] | None:
-            """Halfway from the share kept to the one that failed, halved again while layers rounded
-            to `multiple` would be the cut that failed (trying it again would only re-roll the
-            fine-tune); None when every such cut rounds to the model as it is."""
+            """Halfway from the share kept to the one that failed, halved again while any encoder the
+            failed round pruned would round (to `multiple`) to its widths then (trying that again
+            would only re-roll the fine-tune); None when every such cut rounds to the model as it is."""
             failed, now = channels(failed_goal), channels(kept_goal)
+            cut = [m for m in failed if failed[m] != now[m]]  # the encoders the failed round pruned
             goal = failed_goal
             while True:
                 goal = {m: (kept_goal[m] + goal[m]) / 2 for m in goal}
                 widths = channels(goal)
                 if widths == now:
                     return None
-                if widths != failed:
+                if all(widths[m] != failed[m] for m in cut):  # smaller in every encoder it pruned
                     return goal
 
         rounds: list[dict[str, Any]] = []

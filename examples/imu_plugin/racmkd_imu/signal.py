@@ -18,7 +18,7 @@ AXES = ("accel x", "accel y", "accel z", "gyro x", "gyro y", "gyro z")
 # Each axis divided by its unit: g for the accelerometer (its range is +-2 g), 100 deg/s for the
 # gyroscope (the recordings stay within +-215 deg/s), so that every axis spans a few units.
 UNITS = np.array([1000.0, 1000.0, 1000.0, 100.0, 100.0, 100.0])
-# The sensor's widest full-scale ranges (+-16 g, +-2000 deg/s) in those units: a trace (6, samples)
+# The ICM-20948's widest full-scale ranges (+-16 g, +-2000 deg/s) in those units: a trace (6, samples)
 # past them is no trace but readings in mg and deg/s (at rest gravity alone puts 1,000 mg on an axis).
 TRACE_LIMITS = np.array([16.0, 16.0, 16.0, 20.0, 20.0, 20.0])
 SAMPLES = 32  # time steps a recording (1-46 readings) is resampled to
