@@ -96,6 +96,25 @@ def test_a_recording_longer_than_the_window_gets_its_snr_over_what_the_window_ke
     assert float(snr.min()) > -0.5 and float(snr.max()) < 10.5, snr
 
 
+@pytest.mark.parametrize("name", ["7_theo_36", "9_theo_16"])
+def test_a_recording_longer_than_the_window_keeps_its_loudest_second(avmnist: PairedDataset, shared_root: Path, name: str) -> None:
+    """Trimmed to its centre, each of these kept almost none of its speech (the window mostly
+    silence); trimmed to its loudest second, it keeps the most of the recording's energy any second
+    of it holds."""
+    import numpy as np
+    from scipy.io import wavfile
+
+    rate, samples = wavfile.read(shared_root / "fsdd" / "recordings" / f"{name}.wav")
+    assert rate == 8000 and len(samples) > 8000
+    wave = samples.astype(np.float64) ** 2
+    seconds = np.convolve(wave, np.ones(8000), mode="valid")  # each second's energy
+    split = next(s for s in ("train", "val", "test") if any(i.startswith(name) for i in avmnist.banks["audio"][s].ids))
+    bank = avmnist.banks["audio"][split]
+    window = bank.data[bank.ids.index(next(i for i in bank.ids if i.startswith(name)))].numpy().astype(np.float64)
+    centred = wave[(len(wave) - 8000) // 2 :][:8000].sum()
+    assert (window**2).sum() >= seconds.max() * (1 - 2e-6) and centred < 0.2 * seconds.max()  # (within loudest_start's millionth)
+
+
 def test_cache_key_holds_each_modalitys_version_and_its_options_with_defaults(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A modality whose items change for the same files (its cache_version bumped), or a default
     changed in code (the config as written unchanged), is another dataset, not the old cache."""

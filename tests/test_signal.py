@@ -17,11 +17,18 @@ from racmkd.data.image import affine_grid, center_crop, fit_pca, pca_reconstruct
 from racmkd.registry import SIGNALS
 
 
-def test_fix_length_centres_padding_and_trimming() -> None:
+def test_fix_length_centres_padding_and_trims_to_the_loudest_stretch() -> None:
     padded, start, end = signals.fix_length(np.array([1.0, 2.0, 3.0]), 7)
     assert padded.tolist() == [0, 0, 1, 2, 3, 0, 0] and (start, end) == (2, 5)
-    trimmed, start, end = signals.fix_length(np.arange(10.0), 4)
-    assert trimmed.tolist() == [3, 4, 5, 6] and (start, end) == (0, 4)
+    trimmed, start, end = signals.fix_length(np.ones(10), 4)
+    assert trimmed.tolist() == [1, 1, 1, 1] and (start, end) == (0, 4) and signals.loudest_start(np.ones(10), 4) == 3  # steady: centred
+    # A word early in a clip three times the window: the window holds it (centred, it held silence).
+    rng = np.random.default_rng(0)
+    clip = (rng.standard_normal(3000) * 100).astype(np.int16)
+    clip[200:900] = (rng.standard_normal(700) * 8000).astype(np.int16)
+    trimmed, start, end = signals.fix_length(clip, 1000)
+    assert signals.loudest_start(clip, 1000) <= 200 and np.array_equal(trimmed[200 - signals.loudest_start(clip, 1000) :][:700], clip[200:900])
+    assert trimmed.dtype == np.int16 and (start, end) == (0, 1000)
 
 
 def test_noise_std_gives_the_requested_snr() -> None:
