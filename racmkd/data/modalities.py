@@ -330,7 +330,8 @@ class AudioModality(Modality):
                 spans.append((start, end))
                 # The SNR is over what the model hears: the recording's part in the window. Over the
                 # whole of it, the 20 recordings longer than a second got noise 0.1-3 dB off the SNR
-                # drawn, and two (7_theo_36, 9_theo_16, mostly silence at their centre) 21-25 dB.
+                # drawn, and two (7_theo_36, 9_theo_16, mostly silence at their centre, which was their
+                # window until windows were a recording's loudest second) 21-25 dB.
                 power.append(float(np.mean((window[start:end].astype(np.float64) / 32768.0) ** 2)))
             banks[split] = Bank(
                 torch.stack(windows),  # (R, samples) int16
