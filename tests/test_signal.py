@@ -29,6 +29,7 @@ def test_fix_length_centres_padding_and_trims_to_the_loudest_stretch() -> None:
     trimmed, start, end = signals.fix_length(clip, 1000)
     assert signals.loudest_start(clip, 1000) <= 200 and np.array_equal(trimmed[200 - signals.loudest_start(clip, 1000) :][:700], clip[200:900])
     assert trimmed.dtype == np.int16 and (start, end) == (0, 1000)
+    assert signals.loudest_start(np.array([9.0, np.nan, 0, 0, 0, 0]), 2) == 2  # NaN (refused by to_raw): the centre, not an error
 
 
 def test_noise_std_gives_the_requested_snr() -> None:

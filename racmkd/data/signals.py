@@ -266,6 +266,8 @@ def loudest_start(wave: np.ndarray, length: int) -> int:
     energy = cumulative[length:] - cumulative[:-length]  # (n - length + 1,) each window's
     loudest = np.flatnonzero(energy >= energy.max() * (1 - 1e-6))
     centred = (wave.shape[-1] - length) // 2
+    if not loudest.size:  # (NaN samples compare false: to_raw refuses them; a direct caller gets the centre)
+        return centred
     return int(loudest[np.argmin(np.abs(loudest - centred))])
 
 
