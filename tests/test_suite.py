@@ -369,6 +369,13 @@ def test_measurements_with_a_row_not_produced_are_measured_again(tmp_path: Path,
     second = suite.measure_seed(cfg, None, tmp_path, with_costs=False)
     assert len(calls) == 2 * measured and "tinyml" in second["rows"] and set(second["missing"]) == {suite.NOT_TRAINED_NOTE}
     assert suite.measure_seed(cfg, None, tmp_path, with_costs=False) == second and len(calls) == 2 * measured  # whole: read back
+    # A row that fails every time is tried MEASURE_ATTEMPTS times, then the measurement is read back.
+    (tmp_path / "bench" / "rows.json").unlink()
+    failing.add("tinyml")
+    for attempt in range(1, suite.MEASURE_ATTEMPTS + 2):
+        again = suite.measure_seed(cfg, None, tmp_path, with_costs=False)
+        assert "tinyml" in again["missing"] and again["attempts"] == min(attempt, suite.MEASURE_ATTEMPTS)
+    assert len(calls) == (2 + suite.MEASURE_ATTEMPTS) * measured
 
 
 def test_a_suite_with_a_broken_recipe_stops_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
