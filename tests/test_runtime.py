@@ -367,6 +367,23 @@ def load_spike() -> ResourceSnapshot:
     return ResourceSnapshot(t=0.0, cpu_percent=99.0, memory_available_bytes=10**10, host_cores=1, cpu_cores=1.0)
 
 
+def spike_runtime(bank_dir: Path) -> EdgeRuntime:
+    """A runtime on the tiny bank whose `load_spike` switch must load a session: its first
+    configuration's variants priced at 1 ms, every other at 0.05 ms, so the spike's budget (3 ms /
+    20) leaves room for one other variant at most, whose session no earlier decision loaded. With
+    the latencies this host measured, the switch went by the host's speed and the tiny run's
+    accuracies: when its best configuration held the critical image variant (as after 2026-12-06's
+    audio windows), the spike kept that one alone and loaded nothing, and these tests failed."""
+    bank = load_bank(bank_dir)
+    first = EdgeRuntime(bank, RuntimeConfig(objective="accuracy", preload=False, latency_target_ms=1e3))
+    kept = {v.id for v in first.current.config if v is not None}
+    first.close()
+    priced = tuple(dataclasses.replace(v, latency_ms=1.0 if v.id in kept else 0.05, latency_p50_ms=1.0 if v.id in kept else 0.05) for v in bank.table.variants)
+    runtime = EdgeRuntime(dataclasses.replace(bank, table=dataclasses.replace(bank.table, variants=priced)), RuntimeConfig(objective="accuracy", preload=False))
+    assert {v.id for v in runtime.current.config if v is not None} == kept, "the tiny bank's best configuration changed with its prices"
+    return runtime
+
+
 def test_a_switch_swaps_only_once_its_sessions_are_loaded_and_holds_no_lock_meanwhile(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """A switch pointed requests at the new configuration before loading its sessions: a request
     arriving meanwhile waited for the loading (256 ms for one of 0.26 ms, with 300 ms loads). It is
@@ -376,7 +393,7 @@ def test_a_switch_swaps_only_once_its_sessions_are_loaded_and_holds_no_lock_mean
     import threading
 
     inputs, _ = samples
-    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(objective="accuracy", preload=False))
+    runtime = spike_runtime(bank_dir)
     before = {v.id for v in runtime.current.config if v is not None}
     runtime.infer(inputs[0])
     loading, release, loaded = held_loads(monkeypatch)
@@ -401,7 +418,7 @@ def test_a_switch_decided_again_while_its_sessions_loaded_goes_by_the_newest_dec
     import threading
 
     inputs, _ = samples
-    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(objective="accuracy", preload=False))
+    runtime = spike_runtime(bank_dir)
     before = runtime.current.config
     calm = runtime.snapshot
     loading, release, _ = held_loads(monkeypatch)
@@ -423,7 +440,7 @@ def test_a_decision_made_on_a_requests_thread_loads_its_sessions_in_the_backgrou
     import time
 
     inputs, _ = samples
-    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(objective="accuracy", preload=False))
+    runtime = spike_runtime(bank_dir)
     before = runtime.current.config
     loading, release, _ = held_loads(monkeypatch)
     runtime.snapshot = load_spike()
@@ -481,7 +498,7 @@ def test_a_switch_landed_by_another_decision_is_timed_from_the_reading_that_caus
     import threading
     import time
 
-    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(objective="accuracy", preload=False))
+    runtime = spike_runtime(bank_dir)
     loaded, go_on = threading.Event(), threading.Event()
     ensure = runtime._ensure_loaded
 
