@@ -282,12 +282,18 @@ class Prune(Step):
         o = self.options
         final = self.ratios(subject)
         start = subject.start_accuracy if o.drop_from == "recipe" and subject.start_accuracy is not None else val_accuracy(subject, ctx)
-        reference = {m: subject.model.encoders[m].structure()["channels"] for m in final}
+
+        def widths_now() -> dict[str, list[int]]:
+            """Each encoder's layer widths as they are."""
+            return {m: subject.model.encoders[m].structure()["channels"] for m in final}
+
+        reference = widths_now()
 
         def removed() -> dict[str, float]:
             """The share of each encoder's channels gone so far (rounding to `multiple` makes it
             differ a little from the round's goal)."""
-            return {m: 1 - sum(subject.model.encoders[m].structure()["channels"]) / sum(reference[m]) for m in final}
+            now = widths_now()
+            return {m: 1 - sum(now[m]) / sum(reference[m]) for m in final}
 
         def tune(what: str) -> float:
             """Fine-tune once; the validation accuracy the model is left with."""
@@ -323,7 +329,7 @@ class Prune(Step):
             """Halfway from the share kept to the one that failed, halved again while any encoder the
             failed round pruned would round (to `multiple`) to its widths then (trying that again
             would only re-roll the fine-tune); None when every such cut rounds to the model as it is."""
-            failed, now = channels(failed_goal), channels(kept_goal)
+            failed, now = channels(failed_goal), widths_now()
             cut = [m for m in failed if failed[m] != now[m]]  # the encoders the failed round pruned
             goal = failed_goal
             while True:
@@ -341,7 +347,7 @@ class Prune(Step):
         for k in range(1, o.steps + 1):
             # Round k brings every layer to k/steps of the final ratio of the channels it started with.
             goal = {m: r * k / o.steps for m, r in final.items()}
-            if channels(goal) == channels(kept_goal):  # rounded to multiples, this round removes nothing more
+            if channels(goal) == widths_now():  # rounded to multiples, this round removes nothing more
                 continue
             kept = attempt(k, goal, f"round {k}/{o.steps}")
             smaller_cuts = 0

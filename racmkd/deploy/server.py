@@ -344,6 +344,8 @@ class ModelService(Service):
         super().__init__(run_audio_rate(cfg))
         self.role, self.run_dir = role, Path(run_dir)
         self.predictors = {n: load(run_dir, n) for n in names}
+        # each modality's spec from the first model that reads it (the raw forms agree across a run's models)
+        self.specs = {m: spec for p in reversed(self.predictors.values()) for m, spec in p.specs.items()}
         self.inputs = list(cfg.data.modalities)  # a model ignores those it does not use
         self.accuracy = report_accuracies(self.run_dir, names)
         self.default = names[0]
@@ -352,15 +354,7 @@ class ModelService(Service):
         return self.inputs
 
     def raw_specs(self) -> dict[str, Any]:
-        return self._raw_specs
-
-    @functools.cached_property
-    def _raw_specs(self) -> dict[str, Any]:
-        specs: dict[str, Any] = {}
-        for predictor in self.predictors.values():
-            for m, spec in predictor.specs.items():
-                specs.setdefault(m, spec)
-        return specs
+        return self.specs
 
     def answer(self, inputs: Inputs, body: bytes, content_type: str) -> PredictResponse:
         name = inputs.model or self.default

@@ -253,12 +253,14 @@ def cpu_time_total(times: Any) -> float:
     return sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
 
 
+CLOCK_TICKS = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0  # /proc/stat's unit (USER_HZ)
+
+
 def cpu_seconds_by_number(proc_stat_text: str) -> dict[int, tuple[float, float]]:
     """(all, idle) CPU seconds of each online core by its number, from /proc/stat's cpuN lines (all
     as `cpu_time_total` counts it, idle with iowait). psutil's per-CPU list is by position, not
     number: with a core offline (hotplug, as phones and boards do to save power) position 2 is cpu3,
     and a process pinned to cpu3 read another core's load, or none."""
-    ticks = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
     cores = {}
     for line in proc_stat_text.splitlines():
         name, _, rest = line.partition(" ")
@@ -271,7 +273,7 @@ def cpu_seconds_by_number(proc_stat_text: str) -> dict[int, tuple[float, float]]
         if len(values) < 4:
             continue
         guests = sum(values[8:10])  # counted within user and nice already
-        cores[int(name[3:])] = ((sum(values) - guests) / ticks, sum(values[3:5]) / ticks)
+        cores[int(name[3:])] = ((sum(values) - guests) / CLOCK_TICKS, sum(values[3:5]) / CLOCK_TICKS)
     return cores
 
 
