@@ -1128,7 +1128,7 @@ def test_audio_without_a_sample_rate_is_at_the_rate_the_served_models_hear() -> 
 def test_a_request_is_checked_against_the_served_models_specs(tiny_run: Path) -> None:
     """A run's pen traces of 64 samples were refused (422: "a trace (3, 32)"): requests were checked
     against the signal's default spec, not the served models'. A modality none of them reads is
-    still checked against its default."""
+    not checked against any spec (its shape is the sender's), only for finite numbers, and ignored."""
     import json as json_
 
     from racmkd.config import ServeConfig
@@ -1140,6 +1140,10 @@ def test_a_request_is_checked_against_the_served_models_specs(tiny_run: Path) ->
         parse_request(body, "application/json", ServeConfig(), ["pen"])
     inputs = parse_request(body, "application/json", ServeConfig(), ["pen"], raw_specs={"pen": PenSpec(samples=64, length=8)})
     assert inputs.arrays["pen"].shape == (3, 64)
+    with_pen = json_.dumps({"pen": trace.tolist(), "audio": [0.0, 0.5, -0.5] * 100}).encode()  # a trimodal device, a server without the pen
+    assert set(parse_request(with_pen, "application/json", ServeConfig(), ["image", "audio"]).arrays) == {"image", "audio"}
+    with pytest.raises(HTTPException, match="pen: holds NaN"):
+        parse_request(json_.dumps({"pen": [[1e39, 0.0]], "audio": [0.0, 0.5] * 100}).encode(), "application/json", ServeConfig(), ["image", "audio"])
     service = ModelService("fog", tiny_run, ["high", "medium"])
     assert service.raw_specs() == {m: service.predictors["high"].specs[m] for m in ("image", "audio")}
 

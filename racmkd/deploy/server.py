@@ -120,8 +120,11 @@ def parse_request(
     Inputs the server's models do not use are checked and ignored, as a model ignores them. Audio
     without a sample_rate is at `audio_rate`, the rate the served models hear (8000 was assumed:
     a 16-kHz run's audio was resampled as if it were 8 kHz). Each input is checked against
-    `raw_specs`, the served models' spec of its modality (its signal's default spec where none
-    uses it): against the default, a run's own pen traces of 64 samples were refused as not 32."""
+    `raw_specs`, the served models' spec of its modality (its signal's default spec where they
+    give none): against the default, a run's own pen traces of 64 samples were refused as not 32.
+    An input of a modality none of them reads is only checked to hold finite numbers: its shape is
+    the sender's business (a device with a pen of 64 samples, talking to a server that reads images
+    and audio, had every request refused for its pen's shape)."""
     if len(body) > settings.max_body_bytes:
         raise HTTPException(413, f"request body of {len(body):,} bytes exceeds the limit of {settings.max_body_bytes:,}")
     kind = content_type.split(";")[0].strip().lower()
@@ -147,7 +150,12 @@ def parse_request(
     audio = arrays.get("audio")
     if audio is not None and audio.size > settings.max_audio_seconds * sample_rate:
         raise HTTPException(413, f"audio: {audio.size} samples exceed {settings.max_audio_seconds:g} s at {sample_rate} Hz")
-    for name, array in arrays.items():  # shapes, finiteness (as float32) and ranges, used by the answering model or not
+    for name, array in arrays.items():  # shapes, finiteness (as float32) and ranges of the inputs the served models read
+        if name not in modalities:
+            with np.errstate(over="ignore"):
+                if array.dtype.kind == "f" and not np.isfinite(array.astype(np.float32)).all():
+                    raise HTTPException(422, f"{name}: holds NaN or infinite values (or values beyond float32's range)")
+            continue
         signal, spec = input_checker(name)
         spec = (raw_specs or {}).get(name) or spec
         try:  # at the native rate: the shape and values are what is checked here, the answer resamples
