@@ -56,6 +56,7 @@ bench-all: bench
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/runtime.py --run $(BENCH_RUN)
 	$(BIN)/python benchmarks/deploy.py --run $(BENCH_RUN)
+	$(BIN)/python benchmarks/audio_windows.py --run $(BENCH_RUN)
 	$(BIN)/python benchmarks/sensor_inputs.py --sensor pen
 	$(BIN)/python benchmarks/sensor_inputs.py --sensor imu
 

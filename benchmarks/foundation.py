@@ -50,7 +50,9 @@ def run_seed(config: Path, protocol: str, seed: int, runs_dir: Path, overrides: 
     # Compression has its own benchmark (benchmarks/compression.py); these runs stop at the report.
     cfg = load_config(config, [f"name={name}", f"runs_dir={runs_dir}", f"seed={seed}", f"data.protocol={protocol}", "compress.tiers=[]", *overrides])
     if report.exists():
-        differ = config_differences(load_config(runs_dir / name / "config.yaml"), cfg)
+        # (compression settings aside: they act after the models this benchmark reads, so a run made
+        # with them, such as `make run`'s copied here, holds the same teacher and students)
+        differ = config_differences(load_config(runs_dir / name / "config.yaml"), cfg, ignore=("name", "runs_dir", "compress"))
         if differ:  # refused, not retrained: the run may be hours of work
             raise SystemExit(
                 f"{runs_dir / name}: made with other settings than {config} and --set now give ({', '.join(differ)}). Remove that folder to run it again with these settings, or choose another --runs-dir."

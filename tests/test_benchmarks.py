@@ -14,6 +14,7 @@ from racmkd.config import RunConfig, load_config, save_config
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # (as the scripts find their shared modules: results_io, bare_edge)
 
+import audio_windows  # noqa: E402
 import deploy  # noqa: E402
 import foundation  # noqa: E402
 import sensor_inputs  # noqa: E402
@@ -116,6 +117,21 @@ def test_foundation_says_which_commit_measured_a_reused_run(tmp_path: Path) -> N
     assert "seed 0 measured at `0123abc-old`" in markdown and "Not every run was measured at this commit" in markdown
     result["measured_at"][0]["commit"] = "fedcba9"
     assert "Every run was measured at this commit" in foundation.render(result)
+
+
+def test_foundation_reuses_a_run_made_with_compression_and_refuses_other_training(tmp_path: Path) -> None:
+    """`make run`'s run (its tiers compressed after the report's models) holds the same teacher and
+    students as the benchmark's own: reused; one trained with other settings is refused."""
+    config = REPO / "configs" / "default.yaml"
+    name = "bench-avmnist-s0"
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "report.json").write_text(json.dumps(full_report(name)))
+    made = load_config(config, [f"name={name}", f"runs_dir={tmp_path}", "seed=0", "data.protocol=avmnist"])  # compress.tiers as make run's
+    save_config(made, tmp_path / name / "config.yaml")
+    assert foundation.run_seed(config, "avmnist", 0, tmp_path, [])["commit"] == full_report(name)["commit"]
+    save_config(load_config(config, [f"name={name}", f"runs_dir={tmp_path}", "seed=0", "students.train.epochs=8"]), tmp_path / name / "config.yaml")
+    with pytest.raises(SystemExit, match="students.train.epochs"):
+        foundation.run_seed(config, "avmnist", 0, tmp_path, [])
 
 
 # sensor_inputs.py ---------------------------------------------------------------------------------
@@ -224,3 +240,24 @@ def test_suite_writes_its_markdown_before_the_plots(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(bench_suite, "plot_all", lambda result, out, stem: {"Pareto": f"{stem}-pareto.png"})
     bench_suite.main()
     assert (tmp_path / "suite-quick.md").read_text() == "new, plots ['Pareto']"  # written again with the plots' links
+
+
+def test_audio_windows_places_the_word_and_cuts_each_window_as_named() -> None:
+    """The clip holds the recording where asked, in noise at the asked level; each way of cutting
+    hands the model one window: the clip's middle, its loudest stretch, or that stretch centred on
+    the word."""
+    import numpy as np
+
+    from racmkd.data import signals
+
+    word = np.sin(np.arange(400) / 3.0)
+    rng = np.random.default_rng(0)
+    late = audio_windows.noisy_clip(word, 0.25, 8000, "end", -40.0, rng)
+    assert len(late) == 2000 and np.allclose(late[1600:], word, atol=0.05) and 0.005 < late[:1600].std() / np.sqrt(np.mean(word**2)) < 0.02
+    assert len(audio_windows.noisy_clip(word, 0, 8000, "middle", -40.0, rng)) == 400  # as recorded: the recording alone
+    assert np.array_equal(audio_windows.cut(late, 1000, "centre"), late[500:1500])
+    loudest = audio_windows.cut(late, 1000, "loudest")
+    assert len(loudest) == 1000 and np.allclose(loudest[-400:], word, atol=0.05)
+    speech = audio_windows.cut(late, 1000, "speech")
+    at = 1600 - signals.speech_start(late, 1000)  # where the word begins in the window
+    assert abs(at - 300) <= 1 and np.allclose(speech[at : at + 400], word, atol=0.05) and not speech[at + 400 :].any()  # mid-window, silence past the clip

@@ -17,19 +17,70 @@ from racmkd.data.image import affine_grid, center_crop, fit_pca, pca_reconstruct
 from racmkd.registry import SIGNALS
 
 
-def test_fix_length_centres_padding_and_trims_to_the_loudest_stretch() -> None:
+def test_fix_length_centres_the_window_on_the_speech() -> None:
     padded, start, end = signals.fix_length(np.array([1.0, 2.0, 3.0]), 7)
     assert padded.tolist() == [0, 0, 1, 2, 3, 0, 0] and (start, end) == (2, 5)
     trimmed, start, end = signals.fix_length(np.ones(10), 4)
     assert trimmed.tolist() == [1, 1, 1, 1] and (start, end) == (0, 4) and signals.loudest_start(np.ones(10), 4) == 3  # steady: centred
-    # A word early in a clip three times the window: the window holds it (centred, it held silence).
+    assert signals.speech_start(np.ones(10), 4) == 3
+    # A word early in a noisy clip three times the window: the window holds it in its middle (centred
+    # on the clip, it held noise; the loudest window had it wherever the noise tipped it).
     rng = np.random.default_rng(0)
     clip = (rng.standard_normal(3000) * 100).astype(np.int16)
     clip[200:900] = (rng.standard_normal(700) * 8000).astype(np.int16)
+    assert signals.loudest_start(clip, 1000) <= 200
     trimmed, start, end = signals.fix_length(clip, 1000)
-    assert signals.loudest_start(clip, 1000) <= 200 and np.array_equal(trimmed[200 - signals.loudest_start(clip, 1000) :][:700], clip[200:900])
-    assert trimmed.dtype == np.int16 and (start, end) == (0, 1000)
+    first = signals.speech_start(clip, 1000)
+    assert abs(first + 500 - 550) <= 50 and np.array_equal(trimmed, clip[first : first + 1000]) and (start, end) == (0, 1000)
+    assert trimmed.dtype == np.int16
+    # The word at the very end: the window reaches past the clip, the rest silence; the span says
+    # which part of the window the recording fills.
+    late = np.concatenate([clip[900:], clip[200:900]])  # (2800,) the word in the last 700 samples
+    trimmed, start, end = signals.fix_length(late, 1000)
+    first = signals.speech_start(late, 1000)
+    assert abs(first + 500 - 2450) <= 50 and first + 1000 > 2800
+    assert (start, end) == (0, 2800 - first) and np.array_equal(trimmed[:end], late[first:]) and not trimmed[end:].any()
     assert signals.loudest_start(np.array([9.0, np.nan, 0, 0, 0, 0]), 2) == 2  # NaN (refused by to_raw): the centre, not an error
+    assert signals.speech_start(np.array([9.0, np.nan, 0, 0, 0, 0]), 2) == 2
+    assert signals.speech_start(np.zeros(10), 4) == 3  # silence: centred
+    assert signals.fix_length(np.zeros(3, dtype=np.int16), 7)[1:] == (2, 5)
+    # A short recording with its word early: the word, not the recording, in the window's middle
+    # (where it is in every other recording, long or short, training or serving).
+    short = np.zeros(600)
+    short[50:150] = 1.0
+    window, start, end = signals.fix_length(short, 1000)
+    assert signals.speech_start(short, 1000) == -400 and (start, end) == (400, 1000) and window[450:550].all() and window.sum() == 100
+
+
+def test_a_model_saved_before_the_speech_window_hears_recordings_as_it_learned_them() -> None:
+    """Models made before AudioSpec.window learned recordings padded centred (a longer one cut to its
+    loudest second); their checkpoints and contracts name no window. Served with the speech window,
+    a short recording's word moved (FSDD's: a median 441 samples), which cost the low student 13
+    points (benchmarks/audio_windows.py); fine-tuned on the dataset, it would learn another window."""
+    from racmkd.compress.artifacts import specs_from_contract
+    from racmkd.config import ConfigError
+    from racmkd.data.paths import DataError
+
+    old = specs_from_contract({"model": "m", "inputs": {"audio": {"spec": {"n_mels": 16, "n_frames": 8}}}})["audio"]
+    assert old.window == "loudest" and signals.AudioSpec().window == "speech"
+    short = np.zeros(600, dtype=np.float32)
+    short[50:150] = 0.5
+    assert SIGNALS.create("audio").to_raw(short, old)[0, 3700:4300].tolist() == short.tolist()  # padded centred in 8000, as it learned
+    assert SIGNALS.create("audio").to_raw(short, signals.AudioSpec(n_mels=16, n_frames=8))[0, 3950:4050].min() == 0.5  # its word centred
+    clip = np.zeros(3000, dtype=np.float32)
+    clip[2500:2700] = 0.5
+    assert signals.fix_length(clip, 1000, "loudest")[0][800:].min() == 0.5  # the loudest second, the word at its end
+    with pytest.raises(ConfigError, match="window 'centre'"):
+        signals.AudioSpec(window="centre")
+    with pytest.raises(ValueError, match="window 'centre'"):
+        signals.fix_length(clip, 1000, "centre")
+    from racmkd.data.modalities import AudioModality
+    from racmkd.models.inference import BatchFeatures
+
+    batch = BatchFeatures({"audio": AudioModality()}, {"audio": torch.zeros(1, 8000)})
+    with pytest.raises(DataError, match="train the run again"):
+        batch.get({"audio": old})
+    assert batch.get({"audio": signals.AudioSpec(n_mels=16, n_frames=8)})["audio"].shape == (1, 1, 16, 8)
 
 
 def test_noise_std_gives_the_requested_snr() -> None:
@@ -251,7 +302,7 @@ def test_reading_a_contract_makes_no_signal() -> None:
     from racmkd.compress.artifacts import specs_from_contract
 
     signals.polyphase_resampler.cache_clear()
-    specs = specs_from_contract({"model": "m", "inputs": {"audio": {"spec": {"n_mels": 16, "n_frames": 8}}, "image": {"spec": {}}}})
+    specs = specs_from_contract({"model": "m", "inputs": {"audio": {"spec": {"n_mels": 16, "n_frames": 8, "window": "speech"}}, "image": {"spec": {}}}})
     assert specs["audio"] == signals.AudioSpec(n_mels=16, n_frames=8) and specs["image"] == signals.ImageSpec()
     assert signals.polyphase_resampler.cache_info().currsize == 0
 

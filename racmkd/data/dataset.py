@@ -30,7 +30,7 @@ from racmkd.utils import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 4  # bump when the cached content changes meaning (2: recordings resampled to a configured sample rate; 3: a recording's power over its part in the window; 4: a long recording trimmed to its loudest second, not its centre)
+CACHE_VERSION = 5  # bump when the cached content changes meaning (2: recordings resampled to a configured sample rate; 3: a recording's power over its part in the window; 4: a long recording trimmed to its loudest second, not its centre; 5: every recording's window centred on its speech's energy centroid)
 
 
 @dataclass

@@ -138,6 +138,11 @@ class Modality(ABC):
         from that seed (so every model of a batch sees the same augmented sample). `memo` is scratch
         space shared by calls on the same raw batch, for intermediate results several specs share."""
 
+    def check_bank_spec(self, spec: Any) -> None:
+        """Refuse a spec (a saved model's) whose raw inputs are not what this modality's banks hold,
+        before its features are computed from them (training, evaluation, fine-tuning); serving
+        converts raw inputs by the spec itself and needs no such check."""
+
     def feature_shape(self, spec: Any) -> tuple[int, ...]:
         """Shape of one sample of `features` (without the batch dimension)."""
         return self.signal.feature_shape(spec)
@@ -393,6 +398,14 @@ class AudioModality(Modality):
         o = self.options
         n_mels, n_frames = o.levels[level]
         return AudioSpec(o.sample_rate, self.samples, o.n_fft, o.win_length, o.hop_length, o.f_min, o.f_max, n_mels, n_frames)
+
+    def check_bank_spec(self, spec: AudioSpec) -> None:
+        if spec.window != "speech":  # (the banks' windows are fix_length's default; the spec came from a saved model)
+            raise DataError(
+                f"audio: this model learned recordings placed the {spec.window!r} way (it was made before AudioSpec.window), the dataset places them "
+                "the 'speech' way (centred on the speech): train the run again (`racmkd run`) to evaluate, fine-tune or compress it on "
+                "this data. Serving it needs nothing: its predictor places each recording as the model learned it"
+            )
 
     def features(self, raw: torch.Tensor, spec: AudioSpec, augment_seed: int | None = None, memo: dict | None = None) -> torch.Tensor:
         key = ("power", spec.n_fft, spec.win_length, spec.hop_length)  # every mel/frame count shares the spectrogram

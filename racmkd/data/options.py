@@ -58,7 +58,7 @@ class AudioOptions:
     """Options of the audio modality (data.options.audio)."""
 
     sample_rate: int = 8000
-    duration: float = 1.0  # seconds; recordings are padded (centred) or trimmed to their loudest stretch
+    duration: float = 1.0  # seconds; each recording's window is centred on its speech (signals.fix_length)
     n_fft: int = 512
     win_length: int = 400  # 50 ms
     hop_length: int = 256  # 32 frames per second

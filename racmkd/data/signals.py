@@ -190,6 +190,9 @@ class ImageSignal(Signal):
 # Audio
 
 
+AUDIO_WINDOWS = ("speech", "loudest")  # see AudioSpec.window and fix_length
+
+
 @dataclass(frozen=True)
 class AudioSpec:
     """What an audio model expects: a log-mel spectrogram with these parameters."""
@@ -204,8 +207,14 @@ class AudioSpec:
     n_mels: int = 64
     n_frames: int = 32
     bands: tuple[int, ...] = ()  # indices of the mel bands kept (band selection); () keeps all n_mels
+    # How a recording is placed in its `samples` (fix_length): "speech", centred on its speech;
+    # "loudest", the models made before this field (2026-12-06; their checkpoints and contracts name no window):
+    # padded centred, a longer one cut to its loudest second. A model hears what it learned from.
+    window: str = "speech"
 
     def __post_init__(self) -> None:
+        if self.window not in AUDIO_WINDOWS:
+            raise ConfigError(f"window {self.window!r}: one of {', '.join(AUDIO_WINDOWS)}")
         # Values a hand-edited contract can carry, each of which failed deep in resampling or the
         # mel filterbank (sample_rate -5: "up and down must be >= 1"; samples 0: a zero-size array).
         counts = {
@@ -240,20 +249,54 @@ def audio_rate(value: Any) -> int:
     return int(value)
 
 
-def fix_length(wave: np.ndarray, length: int) -> tuple[np.ndarray, int, int]:
-    """Pad a waveform (n,) to `length` samples, centred, or trim it to the `length` samples that hold
-    the most of its energy (`loudest_start`); return it and the span [start, end) of the window
-    that holds the recording's samples. Trimmed to its centre, a clip longer than the window lost
-    the word spoken early or late in it: two FSDD recordings (7_theo_36, 9_theo_16) kept almost none
-    of their speech, and a user's 3-second clip with the digit in its first second none at all."""
+def fix_length(wave: np.ndarray, length: int, window: str = "speech") -> tuple[np.ndarray, int, int]:
+    """The `length`-sample window of a waveform (n,) centred on its speech (`speech_start`), zeros
+    where it reaches past the recording; return it and the span [start, end) of the window that
+    holds the recording's samples. Short and long recordings alike, training and serving alike, so
+    the word sits where the models learned it whatever clip it came in. Trimmed to its centre, a
+    clip longer than the window lost the word spoken early or late in it: two FSDD recordings
+    (7_theo_36, 9_theo_16) kept almost none of their speech, and a user's 3-second clip with the
+    digit in its first second none at all. `window` "loudest" places it as the models made before
+    AudioSpec.window learned it (AudioSpec.window): padded centred, a longer one cut to its loudest second."""
     n = wave.shape[-1]
-    if n >= length:
-        start = loudest_start(wave, length) if n > length else 0
+    if window == "speech":
+        start = speech_start(wave, length)
+    elif window == "loudest":
+        start = loudest_start(wave, length) if n > length else -((length - n) // 2)
+    else:
+        raise ValueError(f"audio: window {window!r} is not one of {', '.join(AUDIO_WINDOWS)}")
+    if start >= 0 and start + length <= n:
         return wave[..., start : start + length], 0, length
-    left = (length - n) // 2
+    lo, hi = max(start, 0), min(start + length, n)
     padded = np.zeros((*wave.shape[:-1], length), dtype=wave.dtype)  # (np.pad took six times as long: 19 against 3 us, on every request)
-    padded[..., left : left + n] = wave
-    return padded, left, left + n
+    padded[..., lo - start : hi - start] = wave[..., lo:hi]
+    return padded, lo - start, hi - start
+
+
+def speech_start(wave: np.ndarray, length: int) -> int:
+    """Where a `length`-sample window over a waveform (n,) starts so that it is centred on the
+    energy centroid of the recording's speech: the whole recording when it is no longer than the
+    window, else its loudest stretch (`loudest_start`). The window may start before 0 or end past
+    n (the rest is silence). Why the centroid: a recording padded centred has its word wherever
+    the speaker put it in the recording (FSDD's: a median 441 samples early, one in twenty more than 985), and in a
+    longer noisy clip every window holding the whole word is about as loud, so the loudest one had
+    the word anywhere in it, often at its edge; the students, trained on centred recordings, heard
+    such shifts badly. Measured on the 298 FSDD test recordings in 2-second clips with noise 25 dB
+    below the speech (benchmarks/audio_windows.py, the run of cbd1614, trained on centred
+    recordings): the word in the clip's last second, the loudest window gave the high student
+    0.785, this window 0.926; the word in the clip's middle, its middle second gave the low
+    student 0.859, this window 0.728: a 441-sample shift from what it learned cost it 13 points.
+    Trained on windows placed this way (avmnist-20261206-202745), the word at the clip's end: high
+    0.977, low 0.909 (the recording alone 0.993, 0.956). Silence (or NaN samples): the recording centred."""
+    n = wave.shape[-1]
+    start = loudest_start(wave, length) if n > length else 0
+    stretch = wave[start : start + min(length, n)]
+    energy = np.square(stretch, dtype=np.float64)
+    total = float(energy.sum())
+    if not (math.isfinite(total) and total > 0):
+        return start if n > length else -((length - n) // 2)
+    centroid = start + float(np.dot(np.arange(len(stretch)), energy)) / total
+    return math.floor(centroid - length / 2 + 0.5)  # (a steady stretch keeps its start; round() halves to even)
 
 
 def loudest_start(wave: np.ndarray, length: int) -> int:
@@ -429,6 +472,12 @@ class AudioSignal(Signal):
     def __init__(self) -> None:
         polyphase_resampler()  # imported at load, not on the first request at another rate (see there)
 
+    @classmethod
+    def spec_from_dict(cls, values: dict[str, Any]) -> Any:
+        """A saved spec; one that names no window was saved before AudioSpec.window (2026-12-06), by
+        a model trained on recordings placed the "loudest" way."""
+        return super().spec_from_dict(values if "window" in values else {**values, "window": "loudest"})
+
     def to_raw(self, value: Any, spec: AudioSpec, sample_rate: int | None = None) -> np.ndarray:
         array = np.asarray(value)
         if array.ndim == 2 and 1 in array.shape:
@@ -455,7 +504,7 @@ class AudioSignal(Signal):
                 raise ValueError(
                     f"audio: resampled from {rate} Hz to {spec.sample_rate} Hz, the waveform goes beyond float32's range (its samples lie near float32's limits): scale it to [-1, 1]"
                 )
-        return fix_length(wave, spec.samples)[0][None]
+        return fix_length(wave, spec.samples, spec.window)[0][None]
 
     def blank(self, spec: AudioSpec) -> np.ndarray:
         return np.zeros((1, spec.samples), dtype=np.float32)
@@ -476,7 +525,10 @@ class AudioSignal(Signal):
     def steps(self, spec: AudioSpec) -> list[str]:
         steps = [
             f"mono waveform at {spec.sample_rate} Hz (int16 divided by 32768; other rates resampled)",
-            f"pad to {spec.samples} samples, centred; or trim to the {spec.samples} consecutive samples of most energy (sum of squares; of windows within a millionth of the most, the most central)",
+            f"take the {spec.samples} samples centred on the energy centroid (sum of squares; rounded half up) of the recording, or of a longer one's {spec.samples} consecutive samples of most energy "
+            f"(of windows within a millionth of the most, the most central); zeros past the recording's ends; silence: centred"
+            if spec.window == "speech"
+            else f"pad to {spec.samples} samples, centred; or trim to the {spec.samples} consecutive samples of most energy (sum of squares; of windows within a millionth of the most, the most central)",
             "scale to a peak of 1",
             f"power spectrogram: Hann window {spec.win_length}, FFT {spec.n_fft}, hop {spec.hop_length}, centred frames, zero padding",
             f"{spec.n_mels} triangular HTK mel bands from {spec.f_min:g} to {spec.f_max:g} Hz, each normalised to sum to 1",

@@ -39,6 +39,7 @@ class BatchFeatures:
         for name, spec in specs.items():
             key = (name, spec)
             if key not in self._memo:
+                self.modalities[name].check_bank_spec(spec)
                 x = self.modalities[name].features(self.raw[name], spec, self.augment_seed, self._scratch[name])
                 self._memo[key] = x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
             out[name] = self._memo[key]
