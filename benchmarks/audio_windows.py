@@ -119,8 +119,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores), run `{result['run']}`. {result['recordings']} FSDD test recordings, each in a "
         f"{result['seconds']:g}-s clip of Gaussian noise (dB below the speech's RMS); audio-only answers. "
-        "Windows: `centre` the clip's middle second, `loudest` its second of most energy, `speech` the predictor's own cut "
-        "(centred on the loudest second's energy centroid); `as recorded`: the recording alone in the same noise, padded to the window. "
+        "Windows: `centre` the clip's middle second, `loudest` its second of most energy, `speech` that second centred on its "
+        "energy centroid (`fix_length`'s two ways); `as recorded`: the recording alone in the same noise, placed as the model learned (its spec's window). "
         "A window the model refuses as silent (noise alone, from a quiet recording's clip) counts as a wrong answer.",
         "",
         "| noise (dB) | word at | window | " + " | ".join(models) + " |",

@@ -64,7 +64,12 @@ def test_avmnist_degrades_images_with_pca(avmnist: PairedDataset, cache_dir: Pat
 
 
 def measured_snr(dataset: PairedDataset, split: str, rows: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    noisy = dataset.raw_batch(split, rows, generator)["audio"]
+    from unittest import mock
+
+    from racmkd.data import audio as dsp
+
+    with mock.patch.object(dsp, "centre_on_energy", lambda wave: wave):  # the noise as added, before the windows are placed again
+        noisy = dataset.raw_batch(split, rows, generator)["audio"]
     bank = dataset.banks["audio"][split]
     clean = dataset.modalities["audio"].gather(bank, dataset.splits[split].index["audio"][rows])
     span = bank.extra["span"][dataset.splits[split].index["audio"][rows]]
@@ -329,3 +334,13 @@ def test_a_missing_dataset_under_data_root_says_to_fix_data_root(tmp_path: Path,
     monkeypatch.setenv("RACMKD_DATA", str(empty))  # the root from the environment: its advice stands
     with pytest.raises(DataError, match="Set RACMKD_DATA to the folder holding mnist/"):
         build_dataset(DataConfig(cache_dir=str(tmp_path / "cache")))
+
+
+def test_noisy_windows_are_placed_as_the_predictor_places_a_noisy_recording(avmnist: PairedDataset) -> None:
+    """The dataset places a recording clean and adds its noise after; the predictor places a noisy
+    recording as it comes. Placed again on their noisy energy, the dataset's windows have their
+    energy centroid mid-window, as a served recording has (see dsp.centre_on_energy)."""
+    noisy = avmnist.raw_batch("test", torch.arange(64))["audio"].double()
+    energy = noisy.square()
+    centroid = (energy @ torch.arange(noisy.shape[1], dtype=torch.float64)) / energy.sum(1)
+    assert float((centroid - noisy.shape[1] / 2).abs().max()) <= 1.0

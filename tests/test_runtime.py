@@ -459,8 +459,8 @@ def test_a_decision_made_on_a_requests_thread_loads_its_sessions_in_the_backgrou
 
 def graded_bank(bank_dir: Path) -> Bank:
     """The tiny bank with each configuration's accuracy graded by its cost (more time, then more
-    memory: more accurate; no ties), so that a better configuration never costs less (it would be
-    taken at once) and freed resources open several better ones, each waiting out its window: on
+    memory: more accurate; no ties), so that a better configuration never takes less time (it would
+    be taken at once) and freed resources open several better ones, each waiting out its window: on
     the tiny run's own accuracies only one was (after 2026-12-06's speech-centred audio windows),
     and a test of choosing between them skipped."""
     bank = load_bank(bank_dir)
@@ -487,8 +487,7 @@ def test_a_requests_decision_loads_no_waiting_step_up_on_its_thread(bank_dir: Pa
     now[0], runtime.snapshot = 1.0, None  # the load is gone: better configurations start their windows
     runtime.redecide("resources")
     windows = runtime.hysteresis._fitting
-    if len(windows) < 2:
-        pytest.skip("the tiny bank offers one better configuration only")
+    assert len(windows) >= 2, "the graded bank offers one better configuration only"
     first, second, *rest = windows
     runtime.hysteresis._fitting = {first: 0.9, second: 0.5, **dict.fromkeys(rest, 1.0)}  # the second-best fitted first
     now[0] = 1.2

@@ -42,7 +42,13 @@ def test_fix_length_centres_the_window_on_the_speech() -> None:
     assert (start, end) == (0, 2800 - first) and np.array_equal(trimmed[:end], late[first:]) and not trimmed[end:].any()
     assert signals.loudest_start(np.array([9.0, np.nan, 0, 0, 0, 0]), 2) == 2  # NaN (refused by to_raw): the centre, not an error
     assert signals.speech_start(np.array([9.0, np.nan, 0, 0, 0, 0]), 2) == 2
+    assert signals.speech_start(np.array([np.nan, 1.0]), 4) == -1  # NaN in a short one: centred
+    with pytest.raises(ValueError, match="1-D"):
+        signals.speech_start(np.ones((1, 3)), 4)
     assert signals.speech_start(np.zeros(10), 4) == 3  # silence: centred
+    # A window of exactly the model's length (the dataset's, noise added after placing) is heard as it is.
+    assert signals.speech_start(clip[:1000], 1000) == 0
+    assert np.array_equal(signals.fix_length(clip[:1000], 1000)[0], clip[:1000]) and signals.fix_length(clip[:1000], 1000)[1:] == (0, 1000)
     assert signals.fix_length(np.zeros(3, dtype=np.int16), 7)[1:] == (2, 5)
     # A short recording with its word early: the word, not the recording, in the window's middle
     # (where it is in every other recording, long or short, training or serving).
@@ -78,9 +84,37 @@ def test_a_model_saved_before_the_speech_window_hears_recordings_as_it_learned_t
     from racmkd.models.inference import BatchFeatures
 
     batch = BatchFeatures({"audio": AudioModality()}, {"audio": torch.zeros(1, 8000)})
-    with pytest.raises(DataError, match="train the run again"):
+    with pytest.raises(DataError, match="train it again on this data"):
         batch.get({"audio": old})
     assert batch.get({"audio": signals.AudioSpec(n_mels=16, n_frames=8)})["audio"].shape == (1, 1, 16, 8)
+
+
+def test_a_window_placed_clean_then_noised_then_placed_again_is_the_noisy_recording_placed() -> None:
+    """Training (a recording placed clean, noise added over it, placed again: dsp.centre_on_energy)
+    and serving (the noisy recording placed as it comes: signals.fix_length) give the same window
+    (where the clean window held the whole recording: 2,912 of FSDD's 2,980 short ones)."""
+    rng = np.random.default_rng(3)
+    recordings = []
+    for n, at in ((600, 50), (500, 380), (700, 300)):
+        wave = rng.standard_normal(n) * 0.01
+        wave[at : at + 100] += rng.standard_normal(100)  # a word early, late, mid
+        recordings.append(wave)
+    served, trained = [], []
+    for wave in recordings:
+        noise = rng.standard_normal(len(wave)) * 0.3  # about 0 dB over the word's part
+        served.append(signals.fix_length(wave + noise, 1000)[0])
+        window, lo, hi = signals.fix_length(wave, 1000)
+        assert hi - lo == len(wave)  # (the whole recording in its clean window: one cut there has lost what serving keeps)
+        first = max(signals.speech_start(wave, 1000), 0)
+        window = window.copy()
+        window[lo:hi] += noise[first : first + hi - lo]
+        trained.append(window)
+    placed = dsp.centre_on_energy(torch.from_numpy(np.stack(trained)))
+    assert torch.allclose(placed, torch.from_numpy(np.stack(served)), atol=1e-12)
+    unplaced = torch.from_numpy(np.stack(trained))
+    assert not torch.allclose(unplaced, placed)  # (the noise did move them)
+    silent = torch.zeros(2, 1000)
+    assert torch.equal(dsp.centre_on_energy(silent), silent)
 
 
 def test_noise_std_gives_the_requested_snr() -> None:

@@ -384,11 +384,13 @@ class AudioModality(Modality):
 
     def add_noise(self, raw: torch.Tensor, extra: dict[str, torch.Tensor], snr_db: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Recordings (B, n) with unit white `noise` (B, n) scaled to each one's SNR (B,) in dB, over the
-        recording itself, not the zero padding around it (the avmnist corruption; the benchmark's SNR sweep)."""
+        recording itself, not the zero padding around it (the avmnist corruption; the benchmark's SNR
+        sweep), then placed again on their noisy energy, as the predictor places a noisy recording
+        (`dsp.centre_on_energy`)."""
         positions = torch.arange(raw.shape[1])
         inside = (positions >= extra["span"][:, :1]) & (positions < extra["span"][:, 1:])
         std = dsp.noise_std_for_snr(extra["power"], snr_db)
-        return raw + noise * std[:, None] * inside
+        return dsp.centre_on_energy(raw + noise * std[:, None] * inside)
 
     @property
     def n_levels(self) -> int:
@@ -403,8 +405,9 @@ class AudioModality(Modality):
         if spec.window != "speech":  # (the banks' windows are fix_length's default; the spec came from a saved model)
             raise DataError(
                 f"audio: this model learned recordings placed the {spec.window!r} way (it was made before AudioSpec.window), the dataset places them "
-                "the 'speech' way (centred on the speech): train the run again (`racmkd run`) to evaluate, fine-tune or compress it on "
-                "this data. Serving it needs nothing: its predictor places each recording as the model learned it"
+                "the 'speech' way (centred on the speech): train it again on this data (`racmkd run`; a benchmark's saved run or teachers: "
+                "remove that folder) to evaluate, fine-tune, compress, export or bank it. An artifact already exported needs nothing: its "
+                "predictor places each recording as the model learned it"
             )
 
     def features(self, raw: torch.Tensor, spec: AudioSpec, augment_seed: int | None = None, memo: dict | None = None) -> torch.Tensor:
