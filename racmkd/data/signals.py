@@ -286,8 +286,8 @@ def speech_start(wave: np.ndarray, length: int) -> int:
     recordings): the word in the clip's last second, the loudest window gave the high student
     0.785, this window 0.926; the word in the clip's middle, its middle second gave the low
     student 0.859, this window 0.728: a 441-sample shift from what it learned cost it 13 points.
-    Trained on windows placed this way (avmnist-20261206-202745), the word at the clip's end: high
-    0.977, low 0.909 (the recording alone 0.993, 0.956). Silence, or NaN samples in the stretch: a longer recording's loudest
+    Trained on windows placed this way (avmnist-20261206-214029), the word at the clip's end: high
+    0.963, low 0.886 (the recording alone 0.993, 0.926). Silence, or NaN samples in the stretch: a longer recording's loudest
     window as it is, a shorter one centred.
     A recording of exactly the window's length is taken as placed (start 0): the dataset's windows
     carry their noise over the recording placed clean, and served back they must be heard as they
