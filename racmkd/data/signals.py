@@ -257,7 +257,7 @@ def fix_length(wave: np.ndarray, length: int, window: str = "speech") -> tuple[n
     clip longer than the window lost the word spoken early or late in it: two FSDD recordings
     (7_theo_36, 9_theo_16) kept almost none of their speech, and a user's 3-second clip with the
     digit in its first second none at all. `window` "loudest" places it as the models made before
-    AudioSpec.window learned it (AudioSpec.window): padded centred, a longer one cut to its loudest second."""
+    AudioSpec.window learned it: padded centred, a longer one cut to its loudest second."""
     n = wave.shape[-1]
     if window == "speech":
         start = speech_start(wave, length)
@@ -289,10 +289,9 @@ def speech_start(wave: np.ndarray, length: int) -> int:
     Trained on windows placed this way (avmnist-20261206-214029), the word at the clip's end: high
     0.963, low 0.886 (the recording alone 0.993, 0.926). Silence, or NaN samples in the stretch: a longer recording's loudest
     window as it is, a shorter one centred.
-    A recording of exactly the window's length is taken as placed (start 0): the dataset's windows
-    carry their noise over the recording placed clean, and served back they must be heard as they
-    were evaluated; centred again on their noisy energy they moved a median 37, 100 and 212 samples
-    at 10, 5 and 0 dB SNR."""
+    A recording of exactly the window's length is taken as placed (start 0): a window the dataset
+    made (placed, noised, placed again by `dsp.centre_on_energy`), served back, is heard as it was
+    evaluated, not moved again."""
     if wave.ndim != 1:
         raise ValueError(f"audio: expected a mono waveform (1-D array), got shape {wave.shape}")
     n = wave.shape[-1]
