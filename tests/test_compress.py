@@ -683,6 +683,30 @@ def test_an_export_removes_the_variants_an_earlier_one_left_that_it_did_not_writ
     assert remove_unwritten_variants(tmp_path, "critical", [tmp_path / "critical.fp32.onnx", tmp_path / "critical.int8.onnx"]) == []  # written now: kept
 
 
+def test_a_contract_from_before_the_audio_window_is_read_and_placed_as_it_learned(tmp_path: Path) -> None:
+    """Contracts written since audio recordings are placed on their speech are racmkd-onnx/2 and say
+    so in spec.window; a racmkd-onnx/1 file names no window and is read as it was made ("loudest").
+    Both said /1 before: a reader that ignores keys it does not know placed /2's audio the old way."""
+    from racmkd.compress.export import CONTRACT_FORMAT, CONTRACT_KEY, set_metadata
+
+    audio = MODALITIES.create("audio")
+    spec = audio.spec(3)
+    model = with_running_stats(student({"audio": {"encoder": "dscnn2d", "shape": list(audio.feature_shape(spec))}}, width=0.5, depth=1))
+    path = export_onnx(model, {"audio": spec}, {"audio": audio}, tmp_path / "new.onnx", name="m")
+    contract = read_contract(path)
+    assert contract["format"] == CONTRACT_FORMAT == "racmkd-onnx/2" and contract["inputs"]["audio"]["spec"]["window"] == "speech"
+    old = json.loads(json.dumps(contract))
+    old["format"] = "racmkd-onnx/1"
+    del old["inputs"]["audio"]["spec"]["window"]
+    written = onnx.load(path)
+    for name, edited in (("old", old), ("future", {**contract, "format": "racmkd-onnx/9"})):
+        set_metadata(written, {CONTRACT_KEY: json.dumps(edited)})
+        onnx.save(written, tmp_path / f"{name}.onnx")
+    assert specs_from_contract(read_contract(tmp_path / "old.onnx"))["audio"].window == "loudest"
+    with pytest.raises(ExportError, match=r"future.onnx: its racmkd contract is not a racmkd-onnx/1 or racmkd-onnx/2 contract .*format 'racmkd-onnx/9'"):
+        read_contract(tmp_path / "future.onnx")
+
+
 def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00\x01 not a protobuf \xff" * 10)

@@ -477,6 +477,28 @@ def test_pinned_tiers_keep_the_first_seeds_designs_and_settings(tiny_run: Path) 
     assert pinned[-1].epochs == 8  # tests/tiny.yaml's critical tier trains longer; its pinned seeds must too
 
 
+def test_teachers_that_learned_another_audio_window_are_not_reused(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--teachers-from a run made before recordings were placed on their speech: its teachers were
+    copied, and the run failed at its first evaluation asking for them to be retrained."""
+    from racmkd.config import load_config
+    from racmkd.eval.suite import _copy_teachers
+    from racmkd.runs import checkpoint, teacher_names
+
+    cfg = load_config(tiny_run / "config.yaml")
+    source = tmp_path / "old"
+    shutil.copytree(tiny_run, source, ignore=shutil.ignore_patterns("edge", "simulate", "compressed"))
+    for run in ("a", "b"):
+        (tmp_path / run / "checkpoints").mkdir(parents=True)  # (as the suite makes a seed's run folder)
+    assert _copy_teachers(source, tmp_path / "a", cfg) and all(checkpoint(tmp_path / "a", t).is_file() for t in teacher_names(cfg.data.modalities))
+    old = checkpoint(source, "teacher_audio")
+    record = torch.load(old, weights_only=True)
+    del record["specs"]["audio"]["window"]  # as saved before AudioSpec.window: read as "loudest"
+    torch.save(record, old)
+    assert not _copy_teachers(source, tmp_path / "b", cfg)
+    assert f"not reusing its teachers for b ({old.stem}: audio: this model learned recordings placed the 'loudest' way" in capsys.readouterr().out
+    assert not any((tmp_path / "b" / "checkpoints").iterdir())
+
+
 def test_a_rows_seeds_of_different_sizes_are_shown_and_dominance_takes_the_largest() -> None:
     """A prune step can stop early in one seed only: that seed deploys more bytes, and a mean accuracy
     over all three seeds cannot be claimed at the smaller seeds' size."""

@@ -17,7 +17,12 @@ from racmkd.data import signals as _signals  # noqa: F401 - registers the image,
 from racmkd.registry import SIGNALS
 
 CONTRACT_KEY = "racmkd.contract"
-CONTRACT_FORMAT = "racmkd-onnx/1"
+CONTRACT_FORMAT = "racmkd-onnx/2"
+# The contract formats read: /2 (2026-12-06) records where an audio input's recording sits in its
+# window (`spec.window`); a /1 file has none, and its audio is placed as it was then ("loudest",
+# `AudioSignal.spec_from_dict`). A reader of our files that ignores keys it does not know sees /2
+# and learns that its audio placement changed.
+READABLE_CONTRACT_FORMATS = ("racmkd-onnx/1", CONTRACT_FORMAT)
 # A deployable artifact's format -> the arithmetic it runs in (a mixed model is int8 but for a few layers).
 FORMAT_PRECISION = {"onnx-fp32": "fp32", "onnx-int8": "int8", "onnx-mixed": "int8", "onnx-int8-weights": "int8-weights", "onnx-int4-weights": "int4-weights"}
 # Precisions whose weights alone are stored as integers (float arithmetic), and their width in bits.
@@ -66,8 +71,14 @@ def read_contract(path: Path, fix: str = "export it with `racmkd export`", singl
         contract = json.loads(meta[CONTRACT_KEY])
     except ValueError as err:
         raise ExportError(f"{path}: its racmkd contract is not JSON ({err}); {fix}") from None
-    if not isinstance(contract, dict) or contract.get("format") != CONTRACT_FORMAT or not isinstance(contract.get("inputs"), dict) or not contract["inputs"]:
-        raise ExportError(f"{path}: its racmkd contract is not a {CONTRACT_FORMAT} contract with inputs; {fix}")
+    if (
+        not isinstance(contract, dict)
+        or contract.get("format") not in READABLE_CONTRACT_FORMATS
+        or not isinstance(contract.get("inputs"), dict)
+        or not contract["inputs"]
+    ):
+        found = contract.get("format") if isinstance(contract, dict) else None
+        raise ExportError(f"{path}: its racmkd contract is not a {' or '.join(READABLE_CONTRACT_FORMATS)} contract with inputs (format {found!r}); {fix}")
     return contract
 
 

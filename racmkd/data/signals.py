@@ -44,6 +44,9 @@ class Signal(ABC):
 
     name: ClassVar[str]
     spec_type: ClassVar[type]  # frozen dataclass of the feature knobs a model is built for
+    # The spec's fields `to_raw` reads: models that share one raw input (the edge runtime converts a
+    # request's input once per modality for all its variants) must agree on them.
+    raw_fields: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def to_raw(self, value: Any, spec: Any, sample_rate: int | None = None) -> np.ndarray:
@@ -475,6 +478,7 @@ class AudioSignal(Signal):
 
     name = "audio"
     spec_type = AudioSpec
+    raw_fields = ("sample_rate", "samples", "window")
     layout = "(batch, 1, bands, frames) float32"
 
     def __init__(self) -> None:
@@ -623,6 +627,7 @@ class PenSignal(Signal):
 
     name = "pen"
     spec_type = PenSpec
+    raw_fields = ("samples",)
     layout = "(batch, 3, statistics, windows) float32"
 
     def to_raw(self, value: Any, spec: PenSpec, sample_rate: int | None = None) -> np.ndarray:

@@ -171,15 +171,18 @@ def _pinned_tiers(first_run: Path) -> list[str]:
 
 
 def _copy_teachers(source: Path, run_dir: Path, cfg: RunConfig) -> bool:
-    """Reuse another run's teachers when its data settings are this run's (else their teachers saw
-    other data: say so and return False, and the caller trains its own)."""
+    """Reuse another run's teachers when its data settings are this run's and the teachers take
+    inputs as the dataset gives them (else they saw other data: say so and return False, and the
+    caller trains its own). Teachers made before the audio window was placed on the speech were
+    copied, and the run failed at its first evaluation, an hour on, asking for them to be retrained."""
     keys = ("protocol", "modalities", "options", "seed", "val_images")
     theirs = load_config(source / "config.yaml")
     differ = [k for k in keys if to_dict(theirs.data)[k] != to_dict(cfg.data)[k]]
-    if differ or missing_teachers(source, cfg.data.modalities):
-        print(
-            f"{source}: not reusing its teachers for {run_dir.name} ({'its data ' + ', '.join(differ) + ' differ' if differ else 'it has no whole teacher set'}); training them"
-        )
+    why = f"its data {', '.join(differ)} differ" if differ else "it has no whole teacher set" if missing_teachers(source, cfg.data.modalities) else None
+    if why is None:
+        why = _stale_teacher(source, cfg)
+    if why is not None:
+        print(f"{source}: not reusing its teachers for {run_dir.name} ({why}); training them")
         return False
     for name in teacher_names(cfg.data.modalities):  # copied aside, then renamed: a copy cut short is never taken for a teacher
         target = checkpoint(run_dir, name)
@@ -187,6 +190,22 @@ def _copy_teachers(source: Path, run_dir: Path, cfg: RunConfig) -> bool:
         shutil.copy2(checkpoint(source, name), partial)
         partial.replace(target)
     return True
+
+
+def _stale_teacher(source: Path, cfg: RunConfig) -> str | None:
+    """Why one of a run's teachers cannot be trained on with this dataset (unreadable; inputs the
+    dataset no longer gives, `Modality.check_bank_spec`), or None."""
+    from racmkd.data.paths import DataError
+    from racmkd.models.checkpoint import CheckpointError, load_model
+
+    for name in teacher_names(cfg.data.modalities):
+        try:
+            _, specs, modalities, _ = load_model(checkpoint(source, name))
+            for modality, spec in specs.items():
+                modalities[modality].check_bank_spec(spec)
+        except (CheckpointError, DataError) as err:
+            return f"{name}: {err}"
+    return None
 
 
 def seed_config(settings: SuiteSettings, protocol: str, seed: int, first_run: Path | None) -> RunConfig:

@@ -113,7 +113,28 @@ def load_bank(folder: Path, split: str = "val", warn: bool = True) -> Bank:
             raise BankError(
                 f"{path}: damaged (tier {v.tier!r} has a bias of {biases[v.tier].size} classes, but {folder / v.path} computes {np.size(exported)} logits). Rebuild it with `racmkd edge build`."
             )
+    disagree = raw_form_problems(table, specs)
+    if disagree:
+        raise BankError(f"{path}: its variants do not share their raw inputs ({'; '.join(disagree)}). Rebuild it with `racmkd edge build`.")
     return Bank(folder, table, specs, biases, data, damaged)
+
+
+def raw_form_problems(table: ProfileTable, specs: dict[str, Any]) -> list[str]:
+    """Where a modality's readable variants disagree on the raw input they take (`Signal.raw_fields`:
+    audio's sample rate, length and window). The runtime converts a request's input once, by one
+    variant's spec, for all of them: a variant that learned another placement (a file from before
+    2026-12-06's speech window copied into the bank) would hear every recording placed otherwise."""
+    problems = []
+    for modality in table.modalities:
+        readable = [v.id for v in table.variants if v.modality == modality and specs.get(v.id) is not None]
+        if not readable:  # (its signal may not even be registered here: the runtime reports that)
+            continue
+        fields = SIGNALS.get(modality).raw_fields
+        forms = {vid: tuple(getattr(specs[vid], f) for f in fields) for vid in readable}
+        if len(set(forms.values())) > 1:
+            listed = ", ".join(f"{vid} {dict(zip(fields, form))}" for vid, form in forms.items())
+            problems.append(f"{modality}: {listed}")
+    return problems
 
 
 def rebuild_hint(folder: Path) -> str:

@@ -149,7 +149,7 @@ class EdgeRuntime:
         self.controller = LatencyController(self.config.pid, self.config.latency_target_ms)
         self.modalities: dict[str, Signal] = {m: SIGNALS.create(m) for m in self.table.modalities}
         # Raw inputs are checked against one variant's spec per modality (their raw forms agree: sample
-        # rate, length); None where every variant for it is unreadable. Public: the edge server checks
+        # rate, length, window; `load_bank` checks); None where every variant for it is unreadable. Public: the edge server checks
         # a request's inputs against them before it is queued.
         self.raw_specs = {
             m: next((bank.specs[v.id] for v in self.table.variants if v.modality == m and bank.specs.get(v.id) is not None), None)
