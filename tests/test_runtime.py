@@ -1510,6 +1510,25 @@ def test_a_sustained_overrun_brings_the_budget_down_with_the_pid(bank_dir: Path)
     assert runtime.budget.latency_ms <= target * (scale + 0.02)  # the budget in force follows it
 
 
+def test_a_growing_tail_of_missed_deadlines_re_plans_without_a_reading_or_the_pid(bank_dir: Path) -> None:
+    """One request in four misses its deadline by 60% (preemptions the load readings do not show),
+    the mean stays below the PID's setpoint, the readings stay as they were: only the deadline risk
+    knew, and it re-planned nothing, so the runtime kept the configuration missing them."""
+    clock = [0.0]
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(), clock=lambda: clock[0])
+    assert runtime.risk is not None  # (objective slo, the default)
+    runtime.redecide("start")
+    target, before = runtime.config.latency_target_ms, runtime.current.config
+    for i in range(64):
+        clock[0] += 0.002  # (ten requests to a PID step: their mean, not one late request's latency)
+        used = [v.id for v in runtime.current.config if v is not None]
+        runtime.feedback(1.6 * target if i % 4 == 3 else runtime.cost_ms(used), clock[0], used)
+    assert runtime.controller.scale == runtime.config.pid.max_scale  # the PID did not step in
+    switch = next(d for d in runtime.decisions if d["cause"] == "deadline risk")
+    assert switch["from"] == runtime.describe(before) and runtime.current.config != before
+    assert runtime.current.costs.typical_ms < sum(v.typical_ms for v in before if v is not None)  # a cheaper configuration
+
+
 def test_a_request_in_flight_during_a_switch_runs_its_own_sessions_without_loading(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """A switch evicts the old configuration's sessions (max_loaded); a request that started on that
     configuration looked each session up again as it ran its variants and loaded an evicted one on
