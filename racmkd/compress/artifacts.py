@@ -18,10 +18,11 @@ from racmkd.registry import SIGNALS
 
 CONTRACT_KEY = "racmkd.contract"
 CONTRACT_FORMAT = "racmkd-onnx/2"
-# The contract formats read: /2 (2026-12-06) records where an audio input's recording sits in its
-# window (`spec.window`); a /1 file has none, and its audio is placed as it was then ("loudest",
-# `AudioSignal.spec_from_dict`). A reader of our files that ignores keys it does not know sees /2
-# and learns that its audio placement changed.
+# The contract formats read. /2 (2026-12-07) says that an audio input's spec records where its
+# recording sits in the window (`spec.window`); /1 files made before 2026-12-06 have no window and
+# are placed as they were then ("loudest", `AudioSignal.spec_from_dict`: by the key's presence, not
+# the format, so the /1 files of 2026-12-06 that have one are read as written). A reader of our
+# files that ignores keys it does not know sees /2 and learns that its audio placement changed.
 READABLE_CONTRACT_FORMATS = ("racmkd-onnx/1", CONTRACT_FORMAT)
 # A deployable artifact's format -> the arithmetic it runs in (a mixed model is int8 but for a few layers).
 FORMAT_PRECISION = {"onnx-fp32": "fp32", "onnx-int8": "int8", "onnx-mixed": "int8", "onnx-int8-weights": "int8-weights", "onnx-int4-weights": "int4-weights"}

@@ -170,6 +170,9 @@ def _pinned_tiers(first_run: Path) -> list[str]:
     return [f"students.tiers={json.dumps(tiers)}"]
 
 
+COPIED_TEACHERS = "teachers (copied from --teachers-from)"
+
+
 def _copy_teachers(source: Path, run_dir: Path, cfg: RunConfig) -> bool:
     """Reuse another run's teachers when its data settings are this run's and the teachers take
     inputs as the dataset gives them (else they saw other data: say so and return False, and the
@@ -260,6 +263,8 @@ def seed_run(
         if source is None or not _copy_teachers(Path(source), run_dir, cfg):
             train_teachers(cfg, dataset, run_dir)
             made.append("teachers")  # (a copy of the first seed's is not counted: instant)
+        elif first_run is None:  # another run's: their training is not in this suite's wall time
+            resumed.append(COPIED_TEACHERS)
     if all(checkpoint(run_dir, t).exists() for t in TIERS):
         resumed.append("students")
     else:
@@ -774,8 +779,12 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
             "Energy is **estimated** (FLOPs, bytes moved and latency through the energy model of `racmkd.config.EnergyModel`), not measured."
         ),
     ]
-    if result.get("teachers_from"):
-        lines += ["", f"Teachers copied from `{result['teachers_from']}` (same data settings, checked)."]
+    copied = [run for run, found in result.get("resumed", {}).items() if COPIED_TEACHERS in found]
+    if result.get("teachers_from"):  # (refused where its teachers saw other data or learned inputs the dataset no longer gives: trained here)
+        where = ""
+        if "resumed" in result:  # (a result written before copies were recorded says no more)
+            where = f": into {', '.join(copied)}" if copied else ": nowhere (they saw other data or take inputs the dataset no longer gives; trained here)"
+        lines += ["", f"Teachers copied from `{result['teachers_from']}` (same data settings, checked){where}."]
     for protocol, section in result["protocols"].items():
         rows = section["table_66"]
         lines += ["", f"## Table 6.6: comparison with existing approaches ({protocol})", "", f"Runs: {', '.join(section['runs'])}.", ""]

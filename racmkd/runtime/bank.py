@@ -129,7 +129,7 @@ def raw_form_problems(table: ProfileTable, specs: dict[str, Any]) -> list[str]:
         readable = [v.id for v in table.variants if v.modality == modality and specs.get(v.id) is not None]
         if not readable:  # (its signal may not even be registered here: the runtime reports that)
             continue
-        fields = SIGNALS.get(modality).raw_fields
+        fields = getattr(SIGNALS.get(modality), "raw_fields", ())  # (a plugin's signal may predate it)
         forms = {vid: tuple(getattr(specs[vid], f) for f in fields) for vid in readable}
         if len(set(forms.values())) > 1:
             listed = ", ".join(f"{vid} {dict(zip(fields, form))}" for vid, form in forms.items())

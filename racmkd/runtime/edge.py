@@ -74,8 +74,8 @@ log = logging.getLogger(__name__)
 OVERHEAD_WINDOW = 256  # requests the runtime's own cost is learnt from
 OVERHEAD_MIN_SAMPLES = 32  # before that many, the bank's figure stands
 OVERHEAD_REPLAN_MS = 0.02  # the budget is recomputed when the learnt cost moves this far from the one it was planned with
-RISK_LOOK_EVERY = 16  # with objective slo, one request in this many looks at the deadline risk of the configuration in force
-RISK_REPLAN = 0.05  # ... and re-plans when its chance of meeting the deadline moved this far since the decision
+RISK_LOOK_EVERY = 16  # with objective slo, one request in this many looks at the deadline risk
+RISK_REPLAN = 0.05  # ... and re-plans when a watched configuration's chance of meeting the deadline moved this far since the decision
 UNUSED_LOOK_EVERY = 16  # an input the configuration in force does not use is read on one request in this many (its quality tracked), else left unread
 RETRY_FIRST_S, RETRY_MAX_S = 30.0, 600.0  # a variant that raised is tried again after 30 s, 60 s, 120 s, ... at most every 10 minutes
 FEEDBACK_WAIT_S = 0.002  # a request's feedback waits this long for the lock (a decision holds it ~0.3 ms): then it is dropped
@@ -177,8 +177,10 @@ class EdgeRuntime:
         self.budget = budget_for(None, self.config, self.controller.scale, overhead_ms=self.overhead_ms)
         self._planned_overhead_ms = self.overhead_ms  # the runtime's own cost the budget in force was computed with
         self._planned_scale = self.controller.scale  # the PID's budget scale the budget in force was computed with
-        self._planned_chance = math.nan  # the configuration in force's chance of meeting the deadline after the decision (nan: to be taken)
-        self._risk_looks = 0  # requests since the risk was last looked at
+        self._planned_chances: tuple[float, ...] | None = None  # the watched configurations' chances after the decision (None: to be taken)
+        self._since_decision = 0  # requests fed back since the last decision
+        # the configuration the risk is watched for besides the one in force: the most accurate (its chance rising again is the way back up)
+        self._most_accurate = max(self.allocator.configs, key=self.table.accuracy_of)
         self._sessions: dict[str, Any] = {}  # variant id -> its loaded session
         self._last_used: dict[str, int] = {}  # variant id -> the request that last ran it (eviction order)
         self._requests = 0
@@ -448,7 +450,7 @@ class EdgeRuntime:
                     self.risk.forget_left(self.clock())  # (a decision between requests sees no stale band either)
                 self.budget = budget_for(self.snapshot, self.config, self.controller.scale, self.resident_bytes(), self.overhead_ms)
                 self._planned_overhead_ms, self._planned_scale = self.overhead_ms, self.controller.scale
-                self._planned_chance = math.nan  # (taken on the next look, of whatever configuration this decision leaves in force)
+                self._planned_chances, self._since_decision = None, 0  # (taken again once this decision's own requests are in)
                 if self.pinned is not None:
                     return self.current
                 previous = self.current
@@ -611,23 +613,29 @@ class EdgeRuntime:
             self.redecide("step-up window", on_request=True)
 
     def _risk_moved(self) -> bool:
-        """Whether the configuration in force's chance of meeting the deadline moved by RISK_REPLAN
-        since the decision that left it there (looked at on one request in RISK_LOOK_EVERY; under
-        the lock). The PID steps in when a period's mean latency runs over the target; a tail that
-        grows under an unchanged mean (preemptions by another program the load readings do not
-        show) moved only the risk, and steady readings notify nobody: the runtime kept a
-        configuration missing one deadline in five until the next reading or step-up window."""
+        """Whether the deadline risk moved since the decision in force: the chance of meeting the
+        deadline of the configuration in force, or of the most accurate one, by RISK_REPLAN. Looked
+        at on one request in RISK_LOOK_EVERY (under the lock), once that decision's own requests
+        fill the risk's minimum. The PID steps in when a period's mean latency runs over the
+        target; a tail that grows under an unchanged mean (preemptions by another program the load
+        readings do not show) moved only the risk, and steady readings notify nobody: the runtime
+        kept a configuration missing one deadline in three for as long as the readings held still.
+        The most accurate configuration is watched for the way back: after a step down, the chance
+        of the cheaper configuration in force stays near 1 whatever the tail does, and the tail's
+        going re-planned nothing (nor did a quantile of the ratios, which stops moving once the
+        late requests are more than its share)."""
         assert self.risk is not None
-        self._risk_looks += 1
-        if self._risk_looks < RISK_LOOK_EVERY or self.pinned is not None:  # (a pinned configuration is no decision's)
+        self._since_decision += 1
+        if self._since_decision % RISK_LOOK_EVERY or self._since_decision < self.risk.min_samples or self.pinned is not None:
+            return False  # (a pinned configuration is no decision's)
+        chances = tuple(
+            self.risk.chance((self.allocator.costs.get(c) or config_costs(c)).typical_ms, self.budget.latency_ms, self.budget.slowdown)
+            for c in (self.current.config, self._most_accurate)
+        )
+        if self._planned_chances is None:
+            self._planned_chances = chances
             return False
-        self._risk_looks = 0
-        config = self.current.config
-        costs = self.allocator.costs.get(config) or config_costs(config)
-        chance = self.risk.chance(costs.typical_ms, self.budget.latency_ms, self.budget.slowdown)
-        if math.isnan(self._planned_chance):
-            self._planned_chance = chance
-        return abs(chance - self._planned_chance) > RISK_REPLAN
+        return any(abs(now - then) > RISK_REPLAN for now, then in zip(chances, self._planned_chances))
 
     def _learn_overhead(self, extra_ms: float) -> None:
         """The runtime's own cost per request (input checks, preprocessing beyond the variants'

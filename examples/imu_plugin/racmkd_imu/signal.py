@@ -93,6 +93,7 @@ class ImuSignal(Signal):
 
     name = NAME
     spec_type = ImuSpec
+    raw_fields = ("samples",)  # what to_raw reads of the spec: a bank's imu variants must agree on it
     layout = "(batch, channels: 6 axes or k principal components, 1, steps) float32"
 
     def to_raw(self, value: Any, spec: ImuSpec, sample_rate: int | None = None) -> np.ndarray:
