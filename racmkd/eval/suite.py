@@ -181,9 +181,13 @@ def _copy_teachers(source: Path, run_dir: Path, cfg: RunConfig) -> bool:
     keys = ("protocol", "modalities", "options", "seed", "val_images")
     theirs = load_config(source / "config.yaml")
     differ = [k for k in keys if to_dict(theirs.data)[k] != to_dict(cfg.data)[k]]
-    why = f"its data {', '.join(differ)} differ" if differ else "it has no whole teacher set" if missing_teachers(source, cfg.data.modalities) else None
-    if why is None:
-        why = _stale_teacher(source, cfg)
+    why = (
+        f"its data {', '.join(differ)} differ"
+        if differ
+        else "it has no whole teacher set"
+        if missing_teachers(source, cfg.data.modalities)
+        else _stale_teacher(source, cfg)
+    )
     if why is not None:
         print(f"{source}: not reusing its teachers for {run_dir.name} ({why}); training them")
         return False
