@@ -600,6 +600,15 @@ def test_a_seed_run_compresses_the_tiers_whose_recipe_changed_and_drops_the_stal
     assert made == ["critical compressed"]  # back to the common recipe: that tier alone
     assert json.loads((run_dir / "compressed" / "critical" / "compression.json").read_text())["recipe"] == str(common)
 
+    teacher = run_dir / "checkpoints" / "teacher_audio.pt"
+    record = torch.load(teacher, weights_only=True)
+    del record["specs"]["audio"]["window"]  # a teacher saved before AudioSpec.window: it learned another window
+    torch.save(record, teacher)
+    with pytest.raises(
+        ConfigError, match=r"clean-s0: its teachers cannot be resumed \(teacher_audio: audio: this model learned recordings placed the 'loudest' way"
+    ):
+        suite.seed_run(settings, "clean", 0, None, datasets)
+
 
 def test_the_report_lists_teachers_then_each_tier_with_its_twins() -> None:
     """A third modality's unimodal teacher sits with the teachers, not after the tiers."""

@@ -261,6 +261,11 @@ def seed_run(
         datasets[protocol] = prepare_data(cfg)
     dataset = datasets[protocol]
     if not missing_teachers(run_dir, cfg.data.modalities):
+        stale = _stale_teacher(run_dir, cfg)
+        if stale is not None:  # before, the suite trained on and failed at distillation's first batch
+            raise ConfigError(
+                f"{run_dir}: its teachers cannot be resumed ({stale}); the students in it learned from them too. Remove the folder, or give another --runs-dir."
+            )
         resumed.append("teachers")
     else:
         source = first_run or settings.teachers_from
