@@ -612,6 +612,18 @@ def test_a_damaged_device_state_is_rebuilt_from_the_signed_slots(
     assert store.current().manifest["version"] == 1 and store.previous() is None
 
 
+def test_a_release_sent_again_as_a_new_version_is_rebuilt_as_that_version(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    """The same bytes released again as v3 share v1's slot, which kept v1's manifest: a rebuilt
+    state named v1 current and v2 the newest, and took v1 sent again for a repair of the current release."""
+    registry, store, v1, _ = _v1_then_v2_installed(bank_dir, keys, tmp_path)
+    v3 = registry.register(bank_dir, "edge", load_private_key(keys[0]))
+    assert v3.sha256 == v1.sha256 and store.install(v3.manifest, v3.signature, registry.blob(v3.sha256)).manifest["version"] == 3
+    (tmp_path / "device" / "state.json").write_bytes(b"{")
+    assert store.current().manifest["version"] == 3 and store.newest() == {"edge": 3}
+    with pytest.raises(UpdateRefused, match="edge v1 is not newer than v3"):
+        store.install(v1.manifest, v1.signature, registry.blob(v1.sha256))
+
+
 def test_an_edge_whose_release_no_longer_loads_serves_the_previous_one_and_says_so(
     tiny_run: Path, bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -833,31 +845,38 @@ def test_an_upstream_slow_in_every_phase_is_given_up_on_at_the_deadline() -> Non
 def test_an_upstream_that_trickles_its_reply_is_given_up_on_within_its_timeout() -> None:
     """A byte every 0.2 s is within httpx's read timeout each time: a probe (on the thread that also
     sends telemetry) or a forwarded call kept reading a 100 kB reply for hours. Trickled headers
-    hold the call itself past its timeout (httpx bounds each read), but the probing thread waits no
-    longer than the timeout."""
+    held the call itself (a worker) for as long as they came, httpx bounding each read: the
+    probing thread waits no longer than the timeout, and the call's connection is closed
+    DROP_AFTER_S after it."""
     import socket
     import threading
 
-    from racmkd.deploy.offload import Upstream
+    from racmkd.deploy.offload import DROP_AFTER_S, Upstream
 
     body_first = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n"
     for head, drip in ((body_first, b" "), (b"HTTP/1.1 200 OK\r\n", b"x")):  # the body trickled, then the headers
-        listener, stop = socket.create_server(("127.0.0.1", 0)), threading.Event()
+        listener, stop, dropped = socket.create_server(("127.0.0.1", 0)), threading.Event(), threading.Event()
 
-        def trickling_upstream(listener: socket.socket = listener, stop: threading.Event = stop, head: bytes = head, drip: bytes = drip) -> None:
+        def trickling_upstream(
+            listener: socket.socket = listener, stop: threading.Event = stop, dropped: threading.Event = dropped, head: bytes = head, drip: bytes = drip
+        ) -> None:
             connection, _ = listener.accept()
             with connection:
                 connection.recv(65536)
                 connection.sendall(head)
-                while not stop.wait(0.2):
-                    connection.sendall(drip)
+                try:
+                    while not stop.wait(0.2):
+                        connection.sendall(drip)
+                except OSError:  # the edge closed the connection
+                    dropped.set()
 
         threading.Thread(target=trickling_upstream, daemon=True).start()
         fog = Upstream("fog", f"http://127.0.0.1:{listener.getsockname()[1]}", timeout_s=0.5, retries=0)
         started = time.monotonic()
         assert fog.probe() is False  # given up on, counted
-        stop.set()
         assert time.monotonic() - started < 2.0 and fog.breaker.failures == 1, head
+        assert dropped.wait(0.5 + DROP_AFTER_S + 2.0), head  # the call ended: its worker free again, not for as long as the upstream trickles
+        stop.set()
         listener.close()
 
 

@@ -43,7 +43,7 @@ from racmkd.deploy.signing import SignatureError, verify
 from racmkd.utils import atomic_write_bytes, atomic_write_json, building_folder, fsync_folder, put_back_aside, remove_stale_work_folders, sha256
 
 log = logging.getLogger(__name__)
-SIGNED = "release.json"  # in each slot: the signed manifest it was installed with
+SIGNED = "release.json"  # in each slot: the signed manifest it was installed, or last made current, with
 COMMITTED = "committed.json"  # in each slot made current: {"sequence": n}, the order a damaged state.json is rebuilt in
 NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # (a user's quota full reads as a disk full)
 
@@ -490,31 +490,38 @@ class DeviceStore:
         return self.current()  # type: ignore[return-value]
 
     def _make_current(self, slot: Path, state: dict[str, Any], what: str, stays: str) -> None:
-        """Write the slot's commit record, the next in order (`_commit_order`), then state.json: a
-        damaged state.json is rebuilt in this order, not by version (across release names a version
-        says nothing of which came last: critical v2 was taken for newer than edge v1 installed
-        after it). Written before state.json, so that a committed release always has its record; if
-        state.json cannot be written, the slot's record is put back as it was (a process killed between
+        """Write the slot's commit record, the next in order (`_commit_order`), and the signed
+        manifest it is made current with, then state.json: a damaged state.json is rebuilt in this
+        order, not by version (across release names a version says nothing of which came last:
+        critical v2 was taken for newer than edge v1 installed after it), and names the version
+        made current (the same bytes released again as a new version share the slot, which kept
+        the first manifest: a rebuilt state named the old version, and took it for the newest).
+        Written before state.json, so that a committed release always has its record; if
+        state.json cannot be written, the slot's files are put back as they were (a process killed between
         the two leaves a record for a release never made current: read only if state.json is damaged
         later, when that release, verified and intact, is served). StoreError on an
         OSError: nothing changed."""
-        record = slot / COMMITTED
-        try:
-            before = record.read_bytes() if record.is_file() else None
-        except OSError:
-            before = None
         sequence = 1 + max((_recorded_order(p) or 0 for p in (self.root / "slots").iterdir() if p.is_dir() and not p.name.startswith(".")), default=0)
+        files = {slot / COMMITTED: {"sequence": sequence}, slot / SIGNED: state["current"]}
+        before: dict[Path, bytes | None] = {}
+        for path in files:
+            try:
+                before[path] = path.read_bytes() if path.is_file() else None
+            except OSError:
+                before[path] = None
         try:
             if slot.is_dir():  # (a slot removed by hand is not made again for its record)
-                atomic_write_json(record, {"sequence": sequence})
+                for path, content in files.items():
+                    atomic_write_json(path, content)
             try:
                 atomic_write_json(self.root / "state.json", state)
             except BaseException:
                 with suppress(OSError):
-                    if before is None:
-                        record.unlink(missing_ok=True)
-                    else:
-                        atomic_write_bytes(record, before)
+                    for path, content in before.items():
+                        if content is None:
+                            path.unlink(missing_ok=True)
+                        else:
+                            atomic_write_bytes(path, content)
                 raise
         except OSError as err:
             raise self._store_error(err, what, stays) from None

@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +31,11 @@ MAX_REPLY_BYTES = 1 << 20  # an answer is a label and a few probabilities (under
 # Calls to upstreams run here, so that a request waits for one no longer than its deadline: httpx's
 # timeouts bound each phase of a call (connect, write, every read), not the whole, and an upstream
 # slow in two phases answered a 500 ms deadline after 843 ms. A call given up on finishes in the
-# background within its own timeouts (a reply read for at most the call's timeout, see `_call`); while every worker is taken (an upstream hanging), requests
+# background within its own timeouts (a reply read for at most the call's timeout, see `_call`; headers
+# still coming DROP_AFTER_S later get the connection closed, see `Upstream._call_waiting`); while every worker is taken (an upstream hanging), requests
 # wait their deadline out in the queue and are answered locally, and the breaker soon opens.
 _CALLS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="racmkd-upstream")
+DROP_AFTER_S = 0.5  # past a call's own timeout, when its upstream's connections are closed (see `Upstream._call_waiting`)
 
 
 class UpstreamError(RuntimeError):
@@ -188,15 +190,33 @@ class Upstream:
         if self.breaker.success(probe):
             log.warning("upstream %s (%s) answers again; offloading resumes", self.name, self.url)
 
-    def _call_waiting(self, wait_s: float, late: str, *call: Any) -> tuple[int, bytes]:
-        """`_call(*call)` on an upstream worker, waited for at most `wait_s`; UpstreamError saying
-        `late` after that (the call itself ends within its own timeouts, in the background)."""
-        future = _CALLS.submit(self._call, *call)
+    def _call_waiting(self, wait_s: float, late: str, method: str, path: str, timeout_s: float, *rest: Any) -> tuple[int, bytes]:
+        """`_call(method, path, timeout_s, *rest)` on an upstream worker, waited for at most
+        `wait_s`; UpstreamError saying `late` after that. The call goes on in the background, and a
+        call still running `DROP_AFTER_S` past its own timeout has its upstream's connections closed
+        (`_drop_connections`): an upstream trickling its headers held a worker for as long as it
+        trickled, httpx bounding each read and not the whole, and eight such calls took every worker."""
+        future = _CALLS.submit(self._call, method, path, timeout_s, *rest)
         try:
             return future.result(timeout=wait_s)  # type: ignore[no-any-return]
         except FutureTimeout:
-            future.cancel()  # (still queued: never sent)
+            if not future.cancel():  # (still queued: never sent) running: watched until its own time is up
+                watchdog = threading.Timer(timeout_s + DROP_AFTER_S, self._drop_connections, (future,))
+                watchdog.daemon = True
+                watchdog.start()
             raise UpstreamError(f"{self.name}: {late}") from None
+
+    def _drop_connections(self, overdue: Future[Any]) -> None:
+        """Close this upstream's connections if the `overdue` call still runs, ending it at its next
+        read; later calls open new ones. (Calls in flight to the same upstream fail too: counted by
+        the breaker, as they would be.)"""
+        if overdue.done():
+            return
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            log.warning("upstream %s (%s): a call still running past its timeout; its connections closed", self.name, self.url)
+            client.close()
 
     def _call(self, method: str, path: str, timeout_s: float, body: bytes | None = None, content_type: str | None = None) -> tuple[int, bytes]:
         """One request; its status and at most MAX_REPLY_BYTES of the reply, read no further (a
