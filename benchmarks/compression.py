@@ -71,6 +71,7 @@ FIT_TARGETS = {"low": ("cortex-m7", None), "critical": ("cortex-m7", None), "hig
 # smoke run they took 36 minutes (the export step's searches alone 524 s for one tier).
 QUICK_STEP_OPTIONS = {
     "prune": {"steps": 1, "recover": 0},
+    "distill": {"epochs": 1, "samples": 1000},
     "qat": {"samples": 1000},
     "export": {"calibration_samples": 128, "sensitivity_samples": 200, "latency_iters": 30},
 }
