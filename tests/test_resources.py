@@ -1179,13 +1179,22 @@ def test_latency_controller_shrinks_the_budget_when_requests_run_late() -> None:
 
 
 def test_latency_controller_steps_on_each_period_mean() -> None:
-    controller = LatencyController(PIDGains(kp=0.4, ki=0.0, setpoint=0.8, min_scale=0.1, max_scale=1.0, interval_s=0.5), target_ms=4.0)
+    """On the mean of a period of `interval_s` holding at least `min_requests` requests: at 100
+    requests a second a 20 ms period held two, and one preempted request stepped the budget down."""
+    controller = LatencyController(PIDGains(kp=0.4, ki=0.0, setpoint=0.8, min_scale=0.1, max_scale=1.0, interval_s=0.5, min_requests=4), target_ms=4.0)
     controller.update(3.2, 0.0)  # the first request steps at once: at the setpoint
     assert controller.scale == pytest.approx(1.0)
     for t in (0.1, 0.2, 0.3):  # within the period: recorded, no step
         assert controller.update(6.0 if t == 0.2 else 3.2, t) == pytest.approx(1.0)
     controller.update(3.2, 0.6)  # the period's mean, (3 x 3.2 + 6) / 4 = 3.9 ms, not its one late request
-    assert controller.scale == pytest.approx(1.0 + 0.4 * (0.8 - 3.9 / 4.0), abs=1e-6)
+    stepped = 1.0 + 0.4 * (0.8 - 3.9 / 4.0)
+    assert controller.scale == pytest.approx(stepped, abs=1e-6)
+    for t in (1.2, 1.8, 2.4):  # periods past, but too few requests in them: recorded, no step (one of them 5x late)
+        assert controller.update(20.0 if t == 1.2 else 3.2, t) == pytest.approx(stepped, abs=1e-6)
+    controller.update(3.2, 3.0)  # the fourth: the mean of the four, (20 + 3 x 3.2) / 4 = 7.4 ms
+    assert controller.scale == pytest.approx(1.0 + 0.4 * (0.8 - 7.4 / 4.0), abs=1e-6)
+    with pytest.raises(ConfigError, match="min_requests 0"):
+        PIDGains(min_requests=0)
 
 
 def test_one_slow_request_after_an_idle_gap_is_not_integrated_over_the_gap() -> None:

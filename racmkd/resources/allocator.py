@@ -628,7 +628,7 @@ class LatencyController:
             return self.scale
         self._sum += observed_ms / self.target_ms
         self._count += 1
-        if self._last is not None and now - self._last < self.gains.interval_s:
+        if self._last is not None and (now - self._last < self.gains.interval_s or self._count < self.gains.min_requests):
             return self.scale
         # A period's mean stands for at most PID_STEP_MAX_S of the integral: after an idle gap (30 s
         # without requests), one slow request taken over the whole gap drove the budget to its floor.
