@@ -880,6 +880,24 @@ def test_an_upstream_that_trickles_its_reply_is_given_up_on_within_its_timeout()
         listener.close()
 
 
+def test_a_call_that_took_the_client_as_it_was_closed_fails_as_an_upstream_error() -> None:
+    """`_drop_connections` closes an upstream's client under a late call; a call on another thread
+    that had just taken it got httpx's RuntimeError, which neither a prediction's retries nor the
+    probe caught (the probing thread's round ended there)."""
+    from concurrent.futures import Future
+
+    from racmkd.deploy.offload import Upstream, UpstreamError
+
+    fog = Upstream("fog", "http://127.0.0.1:9", timeout_s=0.5, retries=0)
+    taken = fog.client()
+    fog._drop_connections(Future())  # a call still running past its time: the connections closed
+    assert taken.is_closed and fog.client() is not taken and not fog.client().is_closed  # later calls open new ones
+    fog.client = lambda: taken  # type: ignore[method-assign]  # (the call that took it just before)
+    with pytest.raises(UpstreamError, match="its connections were closed meanwhile"):
+        fog._call("GET", "/health", 0.5)
+    assert fog.probe() is False and fog.breaker.failures == 1  # counted, not raised
+
+
 def test_a_healthy_probe_does_not_wipe_out_failed_predictions() -> None:
     """A /health that answers reset the breaker's count of failed calls: with a probe every 5 s
     and fewer than three failed /predict calls between probes, the breaker of an upstream whose

@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from racmkd.config import load_config
-from racmkd.deploy.device import COMMITTED, DeviceStore, StoreError, UpdateFailed, UpdateRefused
+from racmkd.deploy.device import COMMITTED, SIGNED, DeviceStore, StoreError, UpdateFailed, UpdateRefused
 from racmkd.deploy.registry import MANIFEST_FORMAT, ModelRegistry
 from racmkd.deploy.server import EdgeService, ModelService, create_app, report_accuracies
 from racmkd.deploy.signing import SignatureError, generate_keypair, load_private_key, load_public_key, sign
@@ -135,6 +135,21 @@ def test_a_disk_full_at_commit_changes_nothing_and_leaves_no_slot(keys: tuple[Pa
     with pytest.raises(StoreError, match="rollback to edge v1"):
         store.rollback()
     assert store.current().manifest["version"] == 2 and (store.previous().slot / COMMITTED).read_bytes() == previous_record
+    # The same bytes released again as v3 share v2's slot, whose manifest the commit writes: a disk
+    # full there (after the commit record went in) puts the record back, and the manifest, its time too.
+    monkeypatch.undo()
+    manifest, _, payload = signed(keys, "edge", 2)
+    manifest = {**manifest, "version": 3}
+    slot = store.current().slot
+    record, signed_before, signed_time = (slot / COMMITTED).read_bytes(), (slot / SIGNED).read_bytes(), (slot / SIGNED).stat().st_mtime_ns
+    failing_writes(monkeypatch, root, errno.ENOSPC, (f".{SIGNED}",))
+    with pytest.raises(StoreError, match=r"edge v3 \(\w+\) could not be made current"):
+        store.install(manifest, sign(manifest, load_private_key(keys[0])), payload)
+    assert (slot / COMMITTED).read_bytes() == record and (slot / SIGNED).read_bytes() == signed_before and (slot / SIGNED).stat().st_mtime_ns == signed_time
+    assert store.current().manifest["version"] == 2
+    monkeypatch.undo()
+    assert store.install(manifest, sign(manifest, load_private_key(keys[0])), payload).manifest["version"] == 3
+    assert json.loads((slot / SIGNED).read_text())["manifest"]["version"] == 3
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ import errno
 import io
 import json
 import logging
+import os
 import shutil
 import tarfile
 import threading
@@ -185,6 +186,14 @@ def _commit_order(slot: Path) -> tuple[int, float]:
         return (0, (slot / SIGNED).stat().st_mtime)
     except OSError:
         return (0, 0.0)
+
+
+def _json_or_none(data: bytes) -> Any:
+    """A file's JSON, or None where it is none."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
 
 
 def same_release(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -497,31 +506,32 @@ class DeviceStore:
         made current (the same bytes released again as a new version share the slot, which kept
         the first manifest: a rebuilt state named the old version, and took it for the newest).
         Written before state.json, so that a committed release always has its record; if
-        state.json cannot be written, the slot's files are put back as they were (a process killed between
+        a write fails, the slot's files written are put back as they were, their times too (the
+        order of slots without a commit record is their manifest's time; a process killed between
         the two leaves a record for a release never made current: read only if state.json is damaged
         later, when that release, verified and intact, is served). StoreError on an
         OSError: nothing changed."""
         sequence = 1 + max((_recorded_order(p) or 0 for p in (self.root / "slots").iterdir() if p.is_dir() and not p.name.startswith(".")), default=0)
-        files = {slot / COMMITTED: {"sequence": sequence}, slot / SIGNED: state["current"]}
-        before: dict[Path, bytes | None] = {}
-        for path in files:
-            try:
-                before[path] = path.read_bytes() if path.is_file() else None
-            except OSError:
-                before[path] = None
+        wanted = {slot / COMMITTED: {"sequence": sequence}, slot / SIGNED: state["current"]}
+        written: list[tuple[Path, bytes | None, int]] = []  # each file written: its bytes before (None: there was none) and its time
         try:
-            if slot.is_dir():  # (a slot removed by hand is not made again for its record)
-                for path, content in files.items():
-                    atomic_write_json(path, content)
             try:
+                if slot.is_dir():  # (a slot removed by hand is not made again for its record)
+                    for path, content in wanted.items():
+                        before = path.read_bytes() if path.is_file() else None
+                        if before is not None and _json_or_none(before) == content:
+                            continue  # (the manifest it was installed with: left as it is, its time too)
+                        written.append((path, before, path.stat().st_mtime_ns if before is not None else 0))
+                        atomic_write_json(path, content)
                 atomic_write_json(self.root / "state.json", state)
             except BaseException:
-                with suppress(OSError):
-                    for path, content in before.items():
-                        if content is None:
+                for path, before, mtime in reversed(written):
+                    with suppress(OSError):  # (each on its own: one that cannot be put back leaves the others to be)
+                        if before is None:
                             path.unlink(missing_ok=True)
                         else:
-                            atomic_write_bytes(path, content)
+                            atomic_write_bytes(path, before)
+                            os.utime(path, ns=(mtime, mtime))
                 raise
         except OSError as err:
             raise self._store_error(err, what, stays) from None

@@ -193,23 +193,28 @@ class Upstream:
     def _call_waiting(self, wait_s: float, late: str, method: str, path: str, timeout_s: float, *rest: Any) -> tuple[int, bytes]:
         """`_call(method, path, timeout_s, *rest)` on an upstream worker, waited for at most
         `wait_s`; UpstreamError saying `late` after that. The call goes on in the background, and a
-        call still running `DROP_AFTER_S` past its own timeout has its upstream's connections closed
-        (`_drop_connections`): an upstream trickling its headers held a worker for as long as it
-        trickled, httpx bounding each read and not the whole, and eight such calls took every worker."""
+        call still running `DROP_AFTER_S` past its own timeout (counted from when it was handed to
+        the worker) has its upstream's connections closed (`_drop_connections`): an upstream
+        trickling its headers held a worker for as long as it trickled, httpx bounding each read and
+        not the whole, and eight such calls took every worker."""
+        handed_at = time.monotonic()
         future = _CALLS.submit(self._call, method, path, timeout_s, *rest)
         try:
             return future.result(timeout=wait_s)  # type: ignore[no-any-return]
         except FutureTimeout:
             if not future.cancel():  # (still queued: never sent) running: watched until its own time is up
-                watchdog = threading.Timer(timeout_s + DROP_AFTER_S, self._drop_connections, (future,))
+                due_in = max(0.0, handed_at + timeout_s + DROP_AFTER_S - time.monotonic())
+                watchdog = threading.Timer(due_in, self._drop_connections, (future,))
                 watchdog.daemon = True
                 watchdog.start()
             raise UpstreamError(f"{self.name}: {late}") from None
 
     def _drop_connections(self, overdue: Future[Any]) -> None:
-        """Close this upstream's connections if the `overdue` call still runs, ending it at its next
-        read; later calls open new ones. (Calls in flight to the same upstream fail too: counted by
-        the breaker, as they would be.)"""
+        """Close this upstream's connections if the `overdue` call still runs: it ends when its read
+        returns (the next byte, or its read timeout: closing a socket does not wake a thread blocked
+        on it), with nothing more to read; later calls open new ones. Calls in flight to the same
+        upstream fail too, counted by the breaker (an upstream that trickles one reply is seldom
+        healthy for the others), and a call that took the client just before is told so (`_call`)."""
         if overdue.done():
             return
         with self._client_lock:
@@ -225,16 +230,22 @@ class Upstream:
         a byte a little faster than that kept a call (a worker, or the probing thread) for hours."""
         headers = {"Content-Type": content_type} if content_type else {}
         given_up_at = time.monotonic() + timeout_s
-        with self.client().stream(method, path, content=body, headers=headers, timeout=timeout_s) as reply:
-            chunks, size = [], 0
-            for chunk in reply.iter_bytes():  # (decoded as they come: with identity asked for, the bytes that came)
-                size += len(chunk)
-                if size > MAX_REPLY_BYTES:
-                    raise UpstreamError(f"{self.name}: a reply of more than {MAX_REPLY_BYTES:,} bytes, which is no answer")
-                if time.monotonic() > given_up_at:
-                    raise UpstreamError(f"{self.name}: its reply still coming after {timeout_s:g} s")
-                chunks.append(chunk)
-            return reply.status_code, b"".join(chunks)
+        client = self.client()
+        try:
+            with client.stream(method, path, content=body, headers=headers, timeout=timeout_s) as reply:
+                chunks, size = [], 0
+                for chunk in reply.iter_bytes():  # (decoded as they come: with identity asked for, the bytes that came)
+                    size += len(chunk)
+                    if size > MAX_REPLY_BYTES:
+                        raise UpstreamError(f"{self.name}: a reply of more than {MAX_REPLY_BYTES:,} bytes, which is no answer")
+                    if time.monotonic() > given_up_at:
+                        raise UpstreamError(f"{self.name}: its reply still coming after {timeout_s:g} s")
+                    chunks.append(chunk)
+                return reply.status_code, b"".join(chunks)
+        except RuntimeError as err:  # httpx's "the client has been closed": `_drop_connections` closed it after this call took it
+            if isinstance(err, UpstreamError) or not client.is_closed:
+                raise
+            raise UpstreamError(f"{self.name}: its connections were closed meanwhile (a call to it ran past its timeout)") from None
 
     def predict(self, body: bytes, content_type: str, deadline: float, classes: int | None = None) -> dict[str, Any]:
         """Forward one request; retries with backoff while the deadline (time.monotonic) allows. A
