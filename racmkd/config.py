@@ -422,7 +422,7 @@ class PIDGains:
                 f"kp, ki and kd must be finite and >= 0, setpoint and interval_s finite and > 0; got kp {self.kp}, ki {self.ki}, kd {self.kd}, setpoint {self.setpoint}, interval_s {self.interval_s}"
             )
         if self.min_requests < 1:
-            raise ConfigError(f"runtime.pid.min_requests {self.min_requests}: a period holds at least one request")
+            raise ConfigError(f"min_requests {self.min_requests}: a period holds at least one request")
         if not 0 < self.min_scale <= self.max_scale < math.inf:
             raise ConfigError(
                 f"need 0 < min_scale <= max_scale (the latency budget's scale bounds), got min_scale {self.min_scale}, max_scale {self.max_scale}"

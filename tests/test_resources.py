@@ -1189,12 +1189,21 @@ def test_latency_controller_steps_on_each_period_mean() -> None:
     controller.update(3.2, 0.6)  # the period's mean, (3 x 3.2 + 6) / 4 = 3.9 ms, not its one late request
     stepped = 1.0 + 0.4 * (0.8 - 3.9 / 4.0)
     assert controller.scale == pytest.approx(stepped, abs=1e-6)
-    for t in (1.2, 1.8, 2.4):  # periods past, but too few requests in them: recorded, no step (one of them 5x late)
+    for t in (1.2, 1.4, 1.6):  # the period past, but too few requests in it: recorded, no step (one of them 5x late)
         assert controller.update(20.0 if t == 1.2 else 3.2, t) == pytest.approx(stepped, abs=1e-6)
-    controller.update(3.2, 3.0)  # the fourth: the mean of the four, (20 + 3 x 3.2) / 4 = 7.4 ms
+    controller.update(3.2, 1.8)  # the fourth: the mean of the four, (20 + 3 x 3.2) / 4 = 7.4 ms
     assert controller.scale == pytest.approx(1.0 + 0.4 * (0.8 - 7.4 / 4.0), abs=1e-6)
     with pytest.raises(ConfigError, match="min_requests 0"):
         PIDGains(min_requests=0)
+    # A period left short of its count is stepped on as it stands when the next request comes
+    # PID_STEP_MAX_S after its first; that request starts the next period.
+    from racmkd.resources.allocator import PID_STEP_MAX_S
+
+    slow = LatencyController(PIDGains(kp=0.4, ki=0.0, setpoint=0.8, min_scale=0.1, max_scale=1.0, interval_s=0.02), target_ms=4.0)
+    slow.update(3.2, 0.0)  # the first request steps at once
+    scales = [slow.update(latency, t) for latency, t in ((6.0, 0.4), (6.0, 0.8), (6.0, 1.2), (3.2, 0.6 + PID_STEP_MAX_S))]  # 8 requests would take 3.2 s
+    assert scales[:3] == [pytest.approx(1.0)] * 3 and scales[3] == pytest.approx(1.0 + 0.4 * (0.8 - 6.0 / 4.0))  # the three late ones, not the fourth
+    assert slow.update(3.2, 3600.0) == pytest.approx(1.0 + 0.4 * (0.8 - 3.2 / 4.0))  # an hour on: the fourth, its period's own
 
 
 def test_one_slow_request_after_an_idle_gap_is_not_integrated_over_the_gap() -> None:
@@ -1203,12 +1212,12 @@ def test_one_slow_request_after_an_idle_gap_is_not_integrated_over_the_gap() -> 
     from racmkd.resources.allocator import PID_STEP_MAX_S
 
     def after(gap_s: float) -> float:
-        controller = LatencyController(PIDGains(), target_ms=3.0)
+        controller = LatencyController(gains, target_ms=3.0)
         for step in range(50):
             controller.update(3.0, step * 0.02)  # at the target: steady
-        return controller.update(4.5 * PIDGains().setpoint, 0.98 + gap_s)
+        return controller.update(4.5 * gains.setpoint, 0.98 + gap_s)
 
-    gains = PIDGains()
+    gains = PIDGains(min_requests=1)  # (the slow request steps the PID alone)
     assert after(30.0) == pytest.approx(after(PID_STEP_MAX_S)) and after(30.0) > gains.min_scale + 0.25
 
 

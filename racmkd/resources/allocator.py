@@ -616,27 +616,39 @@ class LatencyController:
         self.scale = gains.max_scale
         self._last: float | None = None  # when the PID last stepped
         self._sum, self._count = 0.0, 0  # observed latency / target since then
+        self._first = 0.0  # when the period's first request came
         self.ignored = 0  # feedback passed over: a latency or time that was not a finite number
 
     def update(self, observed_ms: float, now: float) -> float:
-        """Record one request's latency; the PID steps on the mean of a period once
-        `gains.interval_s` has passed since its last step (at once on the first request). A
-        latency or time that is not a finite number is passed over: one NaN taken in would stay in
-        the PID's integral for good, and the budget with it (zero: nothing would fit again)."""
+        """Record one request's latency; the PID steps on the mean of a period (at once on the first
+        request) once `gains.interval_s` has passed since its last step and the period holds
+        `gains.min_requests` requests. A period whose first request is PID_STEP_MAX_S old when the
+        next comes is stepped on as it stands, and that request starts the next: at a few requests
+        a second a period would wait seconds for its count, and a burst's requests would wait
+        through an idle hour to be averaged with the next ones. A latency or time that is not a
+        finite number is passed over: one NaN taken in would stay in the PID's integral for good,
+        and the budget with it (zero: nothing would fit again)."""
         if not (math.isfinite(observed_ms) and math.isfinite(now)):
             self.ignored += 1
             return self.scale
+        if self._count and now - self._first >= PID_STEP_MAX_S:
+            self._step(now)
+        if self._count == 0:
+            self._first = now
         self._sum += observed_ms / self.target_ms
         self._count += 1
-        if self._last is not None and (now - self._last < self.gains.interval_s or self._count < self.gains.min_requests):
-            return self.scale
+        if self._last is None or (now - self._last >= self.gains.interval_s and self._count >= self.gains.min_requests):
+            self._step(now)
+        return self.scale
+
+    def _step(self, now: float) -> None:
+        """The PID's step on the period's mean; the next period starts empty."""
         # A period's mean stands for at most PID_STEP_MAX_S of the integral: after an idle gap (30 s
         # without requests), one slow request taken over the whole gap drove the budget to its floor.
         dt = 1e-3 if self._last is None else min(now - self._last, PID_STEP_MAX_S)
         self._last = now
         self.scale = float(self.pid(self._sum / self._count, dt=dt))
         self._sum, self._count = 0.0, 0
-        return self.scale
 
     def state(self) -> dict[str, Any]:
         p, i, d = self.pid.components
