@@ -197,6 +197,11 @@ def test_a_user_trajectory_is_checked_and_resampled_as_the_dataset_was(pen: tupl
     assert signal.input_quality(signal.blank(spec)) == 0.0
     still = np.stack([np.full(32, 0.3), np.full(32, -0.2), np.ones(32)]).astype(np.float32)  # a resampled trace that never moves
     assert signal.input_quality(signal.to_raw(still, spec)) == 0.0
+    # A pen resting on the tablet: its jitter, centred and scaled, spans a full-size trace; judged
+    # dead by its shape (a path that turns by over 50 degrees on average), every test digit alive.
+    jitter = np.column_stack([np.random.default_rng(0).normal(3000.0, 2.0, (100, 2)), np.zeros(100)])
+    assert np.ptp(signal.to_raw(jitter, spec)[0, :2], axis=-1).max() > 0.5 and signal.input_quality(signal.to_raw(jitter, spec)) == 0.0
+    assert all(signal.input_quality(signal.to_raw(d.points, spec)) == 1.0 for d in load_pendigits(shared_root / "pendigits", "test"))
     with pytest.raises(ValueError, match="pen: expected points .* one array for all strokes"):
         signal.to_raw([[[0, 0, 0], [1, 1, 0]], [[2, 2, 1]]], spec)  # strokes as ragged lists
     # Points stacked the other way round, (3, n), are refused; also with n = 32, the trace's shape, where
