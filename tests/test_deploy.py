@@ -886,12 +886,15 @@ def test_a_call_that_took_the_client_as_it_was_closed_fails_as_an_upstream_error
     probe caught (the probing thread's round ended there)."""
     from concurrent.futures import Future
 
-    from racmkd.deploy.offload import Upstream, UpstreamError
+    from racmkd.deploy.offload import Upstream, UpstreamError, _Watched
 
     fog = Upstream("fog", "http://127.0.0.1:9", timeout_s=0.5, retries=0)
     taken = fog.client()
-    fog._drop_connections(Future())  # a call still running past its time: the connections closed
-    assert taken.is_closed and fog.client() is not taken and not fog.client().is_closed  # later calls open new ones
+    fog._drop_connections(Future(), _Watched(0.0, taken))  # a call still running past its time: its client's connections closed
+    fresh = fog.client()
+    assert taken.is_closed and fresh is not taken and not fresh.is_closed  # later calls open new ones
+    fog._drop_connections(Future(), _Watched(0.0, taken))  # another late call on the old client: the new one is left alone
+    assert fog.client() is fresh and not fresh.is_closed
     fog.client = lambda: taken  # type: ignore[method-assign]  # (the call that took it just before)
     with pytest.raises(UpstreamError, match="its connections were closed meanwhile"):
         fog._call("GET", "/health", 0.5)

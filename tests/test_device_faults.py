@@ -136,18 +136,22 @@ def test_a_disk_full_at_commit_changes_nothing_and_leaves_no_slot(keys: tuple[Pa
         store.rollback()
     assert store.current().manifest["version"] == 2 and (store.previous().slot / COMMITTED).read_bytes() == previous_record
     # The same bytes released again as v3 share v2's slot, whose manifest the commit writes: a disk
-    # full there (after the commit record went in) puts the record back, and the manifest, its time too.
+    # full for state.json puts the slot's record back, and its manifest, its time too (the order of
+    # slots without a record); one for the manifest itself, the record.
     monkeypatch.undo()
     manifest, _, payload = signed(keys, "edge", 2)
     manifest = {**manifest, "version": 3}
     slot = store.current().slot
-    record, signed_before, signed_time = (slot / COMMITTED).read_bytes(), (slot / SIGNED).read_bytes(), (slot / SIGNED).stat().st_mtime_ns
-    failing_writes(monkeypatch, root, errno.ENOSPC, (f".{SIGNED}",))
-    with pytest.raises(StoreError, match=r"edge v3 \(\w+\) could not be made current"):
-        store.install(manifest, sign(manifest, load_private_key(keys[0])), payload)
-    assert (slot / COMMITTED).read_bytes() == record and (slot / SIGNED).read_bytes() == signed_before and (slot / SIGNED).stat().st_mtime_ns == signed_time
+    os.utime(slot / SIGNED, ns=(10**18, 10**18))  # (a time no write now would give it)
+    record, signed_before = (slot / COMMITTED).read_bytes(), (slot / SIGNED).read_bytes()
+    for refused in (".state.json", f".{SIGNED}"):
+        failing_writes(monkeypatch, root, errno.ENOSPC, (refused,))
+        with pytest.raises(StoreError, match=r"edge v3 \(\w+\) could not be made current"):
+            store.install(manifest, sign(manifest, load_private_key(keys[0])), payload)
+        assert (slot / COMMITTED).read_bytes() == record and (slot / SIGNED).read_bytes() == signed_before, refused
+        assert (slot / SIGNED).stat().st_mtime_ns == 10**18, refused
+        monkeypatch.undo()
     assert store.current().manifest["version"] == 2
-    monkeypatch.undo()
     assert store.install(manifest, sign(manifest, load_private_key(keys[0])), payload).manifest["version"] == 3
     assert json.loads((slot / SIGNED).read_text())["manifest"]["version"] == 3
 

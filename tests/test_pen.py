@@ -202,6 +202,13 @@ def test_a_user_trajectory_is_checked_and_resampled_as_the_dataset_was(pen: tupl
     jitter = np.column_stack([np.random.default_rng(0).normal(3000.0, 2.0, (100, 2)), np.zeros(100)])
     assert np.ptp(signal.to_raw(jitter, spec)[0, :2], axis=-1).max() > 0.5 and signal.input_quality(signal.to_raw(jitter, spec)) == 0.0
     assert all(signal.input_quality(signal.to_raw(d.points, spec)) == 1.0 for d in load_pendigits(shared_root / "pendigits", "test"))
+    # On fewer resampled points writing turns more from one to the next (a circle at 8, 51 degrees a
+    # step): such traces are not judged by their turns.
+    circle = np.column_stack([100 * np.cos(np.linspace(0, 2 * np.pi, 60)), 100 * np.sin(np.linspace(0, 2 * np.pi, 60)), np.zeros(60)])
+    assert signal.input_quality(signal.to_raw(circle, PenSpec(samples=8, length=8))) == 1.0 and signal.input_quality(signal.to_raw(circle, spec)) == 1.0
+    assert (
+        signal.input_quality(np.concatenate([signal.to_raw(jitter, spec), signal.to_raw(digit.points, spec)])) == 1.0
+    )  # a batch: dead only when every trace is
     with pytest.raises(ValueError, match="pen: expected points .* one array for all strokes"):
         signal.to_raw([[[0, 0, 0], [1, 1, 0]], [[2, 2, 1]]], spec)  # strokes as ragged lists
     # Points stacked the other way round, (3, n), are refused; also with n = 32, the trace's shape, where

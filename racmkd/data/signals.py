@@ -684,20 +684,23 @@ class PenSignal(Signal):
     # A path turning by more than this on average from one resampled point to the next is jitter, not
     # writing: the 10,992 pendigits digits (both splits, 32 points) turn by 16 degrees at the median and
     # 40.4 at most; a pen resting on the tablet, its jitter of 32 to 500 points, by 70-144 (median 116).
+    # Judged on traces of at least `jitter_samples` points only: on fewer, writing turns more from one
+    # point to the next (a circle at 8 points, 51 degrees a step), and more points turn it less.
     jitter_turn_degrees: ClassVar[float] = 50.0
+    jitter_samples: ClassVar[int] = 32
 
     def input_quality(self, raw: np.ndarray) -> float:
         """0 for a pen that did not move (x and y each constant: a dot, or nothing), or one that only
-        jittered in place, else 1. The centring scales a resting pen's jitter to a full-size trace,
-        so the size of the movement tells nothing: its shape does. A path that turns by more than
-        `jitter_turn_degrees` on average between its resampled points is no writing (a resting pen
-        reporting 32 points or more is caught every time, 16 points 69% of the time, 8 never:
-        resampled, their few segments run straight)."""
-        positions = raw[..., :2, :]
-        spans = positions.max(axis=-1) - positions.min(axis=-1)  # each coordinate's own range (x at 0.3, y at -0.2 is still a dot)
-        if float(spans.max()) < self.dead_range:
-            return 0.0
-        steps = np.diff(positions.reshape(-1, 2, positions.shape[-1]), axis=-1)
-        x, y = steps[:, 0], steps[:, 1]
+        jittered in place, else 1 (a batch: 0 when every trace in it is so). The centring scales a
+        resting pen's jitter to a full-size trace, so the size of the movement tells nothing: its
+        shape does. A path that turns by more than `jitter_turn_degrees` on average between its
+        resampled points is no writing (a resting pen reporting 32 points or more is caught every
+        time, 16 points 69% of the time, 8 never: resampled, their few segments run straight)."""
+        positions = raw.reshape(-1, raw.shape[-2], raw.shape[-1])[:, :2]
+        spans = (positions.max(axis=-1) - positions.min(axis=-1)).max(axis=-1)  # each coordinate's own range (x at 0.3, y at -0.2 is still a dot)
+        dead = spans < self.dead_range
+        if dead.all() or positions.shape[-1] < self.jitter_samples:
+            return 0.0 if dead.all() else 1.0
+        x, y = np.diff(positions, axis=-1).transpose(1, 0, 2)
         turns = np.arctan2(np.abs(x[:, :-1] * y[:, 1:] - y[:, :-1] * x[:, 1:]), x[:, :-1] * x[:, 1:] + y[:, :-1] * y[:, 1:])  # between consecutive steps
-        return 0.0 if float(turns.mean(axis=-1).max()) > math.radians(self.jitter_turn_degrees) else 1.0
+        return 0.0 if (dead | (turns.mean(axis=-1) > math.radians(self.jitter_turn_degrees))).all() else 1.0

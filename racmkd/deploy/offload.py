@@ -120,6 +120,14 @@ class LinkEstimate:
 
 
 @dataclass
+class _Watched:
+    """What the watchdog of a call given up on needs (see `Upstream._call_waiting`), set by the call."""
+
+    started: float | None = None  # when a worker started it (time.monotonic)
+    client: httpx.Client | None = None  # the client it took
+
+
+@dataclass
 class Upstream:
     """A fog or cloud server the edge may forward requests to."""
 
@@ -193,44 +201,55 @@ class Upstream:
     def _call_waiting(self, wait_s: float, late: str, method: str, path: str, timeout_s: float, *rest: Any) -> tuple[int, bytes]:
         """`_call(method, path, timeout_s, *rest)` on an upstream worker, waited for at most
         `wait_s`; UpstreamError saying `late` after that. The call goes on in the background, and a
-        call still running `DROP_AFTER_S` past its own timeout (counted from when it was handed to
-        the worker) has its upstream's connections closed (`_drop_connections`): an upstream
+        call still running `DROP_AFTER_S` past its own timeout (counted from when a worker started
+        it) has the connections of the client it took closed (`_drop_connections`): an upstream
         trickling its headers held a worker for as long as it trickled, httpx bounding each read and
         not the whole, and eight such calls took every worker."""
-        handed_at = time.monotonic()
-        future = _CALLS.submit(self._call, method, path, timeout_s, *rest)
+        watched = _Watched()
+        future = _CALLS.submit(self._call, method, path, timeout_s, *rest, watched=watched)
         try:
             return future.result(timeout=wait_s)  # type: ignore[no-any-return]
         except FutureTimeout:
             if not future.cancel():  # (still queued: never sent) running: watched until its own time is up
-                due_in = max(0.0, handed_at + timeout_s + DROP_AFTER_S - time.monotonic())
-                watchdog = threading.Timer(due_in, self._drop_connections, (future,))
+                now = time.monotonic()
+                due_in = max(
+                    0.0, (watched.started or now) + timeout_s + DROP_AFTER_S - now
+                )  # (from when a worker took it: calls queue behind a hanging upstream's)
+                watchdog = threading.Timer(due_in, self._drop_connections, (future, watched))
                 watchdog.daemon = True
                 watchdog.start()
             raise UpstreamError(f"{self.name}: {late}") from None
 
-    def _drop_connections(self, overdue: Future[Any]) -> None:
-        """Close this upstream's connections if the `overdue` call still runs: it ends when its read
+    def _drop_connections(self, overdue: Future[Any], watched: _Watched) -> None:
+        """Close the connections of the client the `overdue` call took (`watched`), if it still runs
+        (not the upstream's current client: an earlier drop may have replaced it): it ends when its read
         returns (the next byte, or its read timeout: closing a socket does not wake a thread blocked
         on it), with nothing more to read; later calls open new ones. Calls in flight to the same
         upstream fail too, counted by the breaker (an upstream that trickles one reply is seldom
         healthy for the others), and a call that took the client just before is told so (`_call`)."""
-        if overdue.done():
+        client = watched.client
+        if overdue.done() or client is None:
             return
         with self._client_lock:
-            client, self._client = self._client, None
-        if client is not None:
+            if self._client is client:
+                self._client = None
+        if not client.is_closed:
             log.warning("upstream %s (%s): a call still running past its timeout; its connections closed", self.name, self.url)
             client.close()
 
-    def _call(self, method: str, path: str, timeout_s: float, body: bytes | None = None, content_type: str | None = None) -> tuple[int, bytes]:
+    def _call(
+        self, method: str, path: str, timeout_s: float, body: bytes | None = None, content_type: str | None = None, watched: _Watched | None = None
+    ) -> tuple[int, bytes]:
         """One request; its status and at most MAX_REPLY_BYTES of the reply, read no further (a
         200 MB answer was read whole, and took the edge's memory from 201 to 901 MB), and read for
         at most `timeout_s` from the start: httpx's timeout bounds each read, and an upstream sending
-        a byte a little faster than that kept a call (a worker, or the probing thread) for hours."""
+        a byte a little faster than that kept a call (a worker, or the probing thread) for hours.
+        `watched`: told when the call started and which client it took, for the watchdog."""
         headers = {"Content-Type": content_type} if content_type else {}
         given_up_at = time.monotonic() + timeout_s
         client = self.client()
+        if watched is not None:
+            watched.started, watched.client = given_up_at - timeout_s, client
         try:
             with client.stream(method, path, content=body, headers=headers, timeout=timeout_s) as reply:
                 chunks, size = [], 0
