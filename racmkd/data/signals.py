@@ -699,8 +699,10 @@ class PenSignal(Signal):
         positions = raw.reshape(-1, raw.shape[-2], raw.shape[-1])[:, :2]
         spans = (positions.max(axis=-1) - positions.min(axis=-1)).max(axis=-1)  # each coordinate's own range (x at 0.3, y at -0.2 is still a dot)
         dead = spans < self.dead_range
-        if dead.all() or positions.shape[-1] < self.jitter_samples:
-            return 0.0 if dead.all() else 1.0
+        if dead.all():
+            return 0.0
+        if positions.shape[-1] < self.jitter_samples:
+            return 1.0
         x, y = np.diff(positions, axis=-1).transpose(1, 0, 2)
         turns = np.arctan2(np.abs(x[:, :-1] * y[:, 1:] - y[:, :-1] * x[:, 1:]), x[:, :-1] * x[:, 1:] + y[:, :-1] * y[:, 1:])  # between consecutive steps
         return 0.0 if (dead | (turns.mean(axis=-1) > math.radians(self.jitter_turn_degrees))).all() else 1.0

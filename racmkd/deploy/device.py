@@ -41,7 +41,7 @@ import numpy as np
 from racmkd.deploy.delta import DeltaError, apply_delta
 from racmkd.deploy.registry import MANIFEST_FORMAT, unpack
 from racmkd.deploy.signing import SignatureError, verify
-from racmkd.utils import atomic_write_bytes, atomic_write_json, building_folder, fsync_folder, put_back_aside, remove_stale_work_folders, sha256
+from racmkd.utils import atomic_write_bytes, atomic_write_json, building_folder, cached_json, fsync_folder, put_back_aside, remove_stale_work_folders, sha256
 
 log = logging.getLogger(__name__)
 SIGNED = "release.json"  # in each slot: the signed manifest it was installed, or last made current, with
@@ -186,14 +186,6 @@ def _commit_order(slot: Path) -> tuple[int, float]:
         return (0, (slot / SIGNED).stat().st_mtime)
     except OSError:
         return (0, 0.0)
-
-
-def _json_or_none(data: bytes) -> Any:
-    """A file's JSON, or None where it is none."""
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        return None
 
 
 def same_release(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -518,9 +510,9 @@ class DeviceStore:
             try:
                 if slot.is_dir():  # (a slot removed by hand is not made again for its record)
                     for path, content in wanted.items():
-                        before = path.read_bytes() if path.is_file() else None
-                        if before is not None and _json_or_none(before) == content:
+                        if cached_json(path) == content:
                             continue  # (the manifest it was installed with: left as it is, its time too)
+                        before = path.read_bytes() if path.is_file() else None
                         written.append((path, before, path.stat().st_mtime_ns if before is not None else 0))
                         atomic_write_json(path, content)
                 atomic_write_json(self.root / "state.json", state)

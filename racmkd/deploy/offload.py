@@ -211,10 +211,9 @@ class Upstream:
             return future.result(timeout=wait_s)  # type: ignore[no-any-return]
         except FutureTimeout:
             if not future.cancel():  # (still queued: never sent) running: watched until its own time is up
+                # (counted from when a worker took it: calls queue behind a hanging upstream's)
                 now = time.monotonic()
-                due_in = max(
-                    0.0, (watched.started or now) + timeout_s + DROP_AFTER_S - now
-                )  # (from when a worker took it: calls queue behind a hanging upstream's)
+                due_in = max(0.0, (watched.started or now) + timeout_s + DROP_AFTER_S - now)
                 watchdog = threading.Timer(due_in, self._drop_connections, (future, watched))
                 watchdog.daemon = True
                 watchdog.start()
@@ -246,10 +245,11 @@ class Upstream:
         a byte a little faster than that kept a call (a worker, or the probing thread) for hours.
         `watched`: told when the call started and which client it took, for the watchdog."""
         headers = {"Content-Type": content_type} if content_type else {}
-        given_up_at = time.monotonic() + timeout_s
+        started = time.monotonic()
+        given_up_at = started + timeout_s
         client = self.client()
         if watched is not None:
-            watched.started, watched.client = given_up_at - timeout_s, client
+            watched.started, watched.client = started, client
         try:
             with client.stream(method, path, content=body, headers=headers, timeout=timeout_s) as reply:
                 chunks, size = [], 0

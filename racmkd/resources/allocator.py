@@ -623,11 +623,11 @@ class LatencyController:
         """Record one request's latency; the PID steps on the mean of a period (at once on the first
         request) once `gains.interval_s` has passed since its last step and the period holds
         `gains.min_requests` requests. A period whose first request is PID_STEP_MAX_S old (or
-        `interval_s`, if longer) when the next comes is stepped on as it stands, and that request starts the next: at a few requests
-        a second a period would wait seconds for its count, and a burst's requests would wait
-        through an idle hour to be averaged with the next ones. A latency or time that is not a
-        finite number is passed over: one NaN taken in would stay in the PID's integral for good,
-        and the budget with it (zero: nothing would fit again)."""
+        `interval_s`, if longer) when the next comes is stepped on as it stands, and that request
+        starts the next: at a few requests a second a period would wait seconds for its count, and
+        a burst's requests would wait through an idle hour to be averaged with the next ones. A
+        latency or time that is not a finite number is passed over: one NaN taken in would stay in
+        the PID's integral for good, and the budget with it (zero: nothing would fit again)."""
         if not (math.isfinite(observed_ms) and math.isfinite(now)):
             self.ignored += 1
             return self.scale
