@@ -648,6 +648,17 @@ def _registry_errors() -> tuple[type[Exception], ...]:
     return (*_errors(), RegistryError, SignatureError, ExportError)
 
 
+def _management_token(token_env: str, whose: str) -> str:
+    """The management token from $token_env; a clear error when it is unset or unreadable."""
+    try:
+        token = read_token(token_env)
+    except ValueError as err:
+        raise _fail(err) from None
+    if not token:
+        raise _fail(ValueError(f"${token_env} is not set: {whose} management token is needed"))
+    return token
+
+
 @registry_app.command("keygen")
 def registry_keygen(
     out: Annotated[Path, typer.Option(help="Folder for racmkd.key (private, keep it in the cloud) and racmkd.pub (for devices).")] = Path("keys"),
@@ -806,12 +817,7 @@ def deploy_push(
     from racmkd.deploy.orchestrator import push
     from racmkd.deploy.registry import ModelRegistry
 
-    try:
-        token = read_token(token_env)
-    except ValueError as err:
-        raise _fail(err) from None
-    if not token:
-        raise _fail(ValueError(f"${token_env} is not set: the device's management token is needed"))
+    token = _management_token(token_env, "the device's")
     try:
         registry = ModelRegistry(root, create=False)
         result = push(registry, registry.release(name, version), url, token, timeout, full=full)
@@ -843,12 +849,7 @@ def deploy_apply(
     from racmkd.deploy.registry import ModelRegistry
     from racmkd.deploy.signing import load_public_key
 
-    try:
-        token = read_token(token_env)
-    except ValueError as err:
-        raise _fail(err) from None
-    if not token:
-        raise _fail(ValueError(f"${token_env} is not set: the devices' management token is needed"))
+    token = _management_token(token_env, "the devices'")
     key = public_key or (DEFAULT_PUBLIC_KEY if DEFAULT_PUBLIC_KEY.is_file() else None)
     if mqtt_port and not mqtt_host:  # (it was passed over in silence)
         raise _fail(ValueError("--mqtt-port: the broker's port, with --mqtt-host; without a broker the devices' statuses are not read"))

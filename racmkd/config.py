@@ -570,6 +570,8 @@ class ServeConfig:
             raise ConfigError(
                 f"telemetry_buffer {self.telemetry_buffer} and telemetry_interval_s {self.telemetry_interval_s}: a buffer of at least 1 message, an interval finite and > 0"
             )
+        if not self.fog_models:  # (the fog server failed at start with an IndexError)
+            raise ConfigError("fog_models is empty: the fog role serves these models (the first by default); name at least one, e.g. [high, medium]")
 
 
 @dataclass(frozen=True)

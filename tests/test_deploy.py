@@ -356,6 +356,9 @@ def test_a_device_store_removes_what_a_server_killed_while_staging_left(bank_dir
     release = ModelRegistry(tmp_path / "registry").register(bank_dir, "edge", load_private_key(keys[0]))
     store.install(release.manifest, release.signature, ModelRegistry(tmp_path / "registry").blob(release.sha256))
     assert sorted(p.name for p in slots.iterdir()) == [release.sha256]
+    store.close()  # closed (an edge server shutting down), the lock goes: the next store owns it and cleans up
+    (slots / old.name).mkdir()
+    assert DeviceStore(tmp_path / "device", load_public_key(keys[1]))._owner is not None and sorted(p.name for p in slots.iterdir()) == [release.sha256]
 
 
 def test_a_release_whose_blob_was_altered_is_marked_passed_over_and_repaired_by_adding_it_again(
@@ -645,9 +648,29 @@ def test_an_edge_whose_release_no_longer_loads_serves_the_previous_one_and_says_
         (installed.model_path / "bank.json").write_text("damaged")
     service = EdgeService(cfg, tiny_run, cfg.serve)
     try:
-        status = TestClient(create_app(service, cfg.serve, token=TOKEN)).get("/deployment", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        edge = TestClient(create_app(service, cfg.serve, token=TOKEN))
+        status = edge.get("/deployment", headers={"Authorization": f"Bearer {TOKEN}"}).json()
         assert status["current"]["version"] == 2 and status["serving"] == {"label": f"{tiny_run.name}/edge", "sha256": None}
         assert "edge v2" in service.deploy(v2.manifest, v2.signature, registry.blob(v2.sha256), False)["installed"] and service.engine.sha256 == v2.sha256
+        # An upload to /deploy cut off mid-body: FastAPI answers the ClientDisconnect it meets
+        # reading the form with a 400, which was sent and counted under no outcome: now client_gone.
+        import asyncio
+
+        upload = b'--xyz\r\nContent-Disposition: form-data; name="payload"; filename="b"\r\n\r\n' + b"x" * 500
+        incoming, sent = [{"type": "http.request", "body": upload, "more_body": True}], []
+
+        async def receive() -> dict:
+            return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        headers = [(b"content-type", b"multipart/form-data; boundary=xyz"), (b"content-length", b"100000"), (b"authorization", f"Bearer {TOKEN}".encode())]
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/deploy"}
+        asyncio.run(
+            edge.app({**scope, "raw_path": b"/deploy", "root_path": "", "query_string": b"", "headers": headers, "client": ("127.0.0.1", 5000)}, receive, send)
+        )
+        assert sent == [] and 'outcome="client_gone"' in edge.get("/metrics").text
     finally:
         service.close()
 
@@ -712,6 +735,7 @@ def test_a_fleet_is_planned_and_pushed_with_no_human_step(bank_dir: Path, keys: 
         f"  - {{name: gate-2, profile: raspberry-pi-4, url: '{closed}'}}\n"
         f"  - {{name: sleeper, profile: jetson-nano, url: '{closed}'}}\n"
         "  - {name: sensor, profile: cortex-m7, url: http://sensor.test}\n"
+        "  - {name: gate-3, profile: raspberry-pi-4, url: http://gate-3.test}\n"
     )
     real_push, pushed = orchestrator.push, []
 
@@ -719,6 +743,8 @@ def test_a_fleet_is_planned_and_pushed_with_no_human_step(bank_dir: Path, keys: 
         if url == "http://gate-1.test":
             pushed.append((release_.name, release_.version, url, token, timeout_s))
             return {"sent": "full", "bytes": 1, "full_bytes": 1, "status_code": 200, "answer": {"installed": "edge v1"}}
+        if url == "http://gate-3.test":  # a gateway before the device refuses it with JSON that is no object (an AttributeError stopped the run)
+            return {"sent": "full", "bytes": 1, "full_bytes": 1, "status_code": 413, "answer": ["Payload Too Large"]}
         return real_push(registry_, release_, url, token, timeout_s, full=full)
 
     monkeypatch.setattr(orchestrator, "push", push)
@@ -733,6 +759,7 @@ def test_a_fleet_is_planned_and_pushed_with_no_human_step(bank_dir: Path, keys: 
     assert results["gate-2"]["action"] == "failed" and closed in results["gate-2"]["reason"]
     assert results["sleeper"]["action"] == "skipped" and "offline" in results["sleeper"]["reason"]
     assert results["sensor"]["action"] == "skipped" and "nothing fits" in results["sensor"]["reason"]
+    assert results["gate-3"]["action"] == "refused" and "Payload Too Large" in results["gate-3"]["reason"]
     monkeypatch.setenv("RACMKD_TOKEN", TOKEN)
     out = CliRunner().invoke(app, ["deploy", "apply", "--fleet", str(fleet), "--root", str(tmp_path / "registry"), "--public-key", str(keys[1]), "--json"])
     assert out.exit_code == 1 and {r["device"]: r["action"] for r in json.loads(out.stdout)} == {
@@ -740,6 +767,7 @@ def test_a_fleet_is_planned_and_pushed_with_no_human_step(bank_dir: Path, keys: 
         "gate-2": "failed",
         "sleeper": "failed",
         "sensor": "skipped",
+        "gate-3": "refused",
     }
     fleet.write_text("devices:\n  - {name: a, profile: raspberry-pi-4, url: http://a}\n  - {name: a, profile: cortex-m7, url: http://b}\n")
     bad = CliRunner().invoke(app, ["deploy", "apply", "--fleet", str(fleet), "--root", str(tmp_path / "registry")])

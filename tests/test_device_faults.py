@@ -301,6 +301,36 @@ def test_a_rebuild_that_cannot_be_written_still_serves_what_it_found(keys: tuple
     assert "the rebuilt state could not be written" in caplog.text and "free space" in caplog.text
 
 
+def test_a_state_json_that_fails_to_read_is_a_store_error_not_rebuilt(keys: tuple[Path, Path], tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """An OSError reading state.json (a disk error, no file handles left) says nothing of its bytes:
+    rebuilt from the slots, a good state.json was overwritten and forgot edge v5, whose slot had
+    been pruned, and edge v1 was then taken as new (a downgrade)."""
+    root = tmp_path / "device"
+    store = DeviceStore(root, load_public_key(keys[1]), health_check=lambda path, kind: None, keep=2)
+    for name, version in (("edge", 5), ("critical", 1), ("critical", 2)):
+        store.install(*signed(keys, name, version))
+    state = (root / "state.json").read_bytes()
+    assert json.loads(state)["newest"] == {"edge": 5, "critical": 2} and len(slots(root)) == 2  # edge v5's slot pruned
+    read_text = Path.read_text
+
+    def failing_read(self: Path, *args, **kwargs) -> str:  # noqa: ANN002, ANN003
+        if self.name == "state.json":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", failing_read)
+    for call in (store.current, store.status, store.rollback, lambda: store.install(*signed(keys, "edge", 1))):
+        with pytest.raises(StoreError, match="state.json could not be read") as caught:
+            call()
+        assert str(root) in str(caught.value) and "check the disk" in str(caught.value)
+    assert (root / "state.json").read_bytes() == state and not (root / "state.json.damaged").exists()
+    assert len(slots(root)) == 2  # the staged edge v1 kept while the state could not be read, not committed
+    monkeypatch.undo()
+    assert store.current().label.startswith("critical v2")
+    with pytest.raises(UpdateRefused, match="not newer than v5"):
+        store.install(*signed(keys, "edge", 1))
+
+
 # C. keygen: both keys or neither -----------------------------------------------------------------
 
 

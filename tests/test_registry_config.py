@@ -460,6 +460,7 @@ def test_compression_names_tiers_the_config_defines() -> None:
         ("serve.upstreams=['http://fog:99999']", r"serve: upstreams: 'http://fog:99999' has an invalid port '99999' \(a port is a number in 1-65535\)"),
         ("serve.mqtt_host='[::1]'", r"serve: mqtt_host '\[::1\]'.*without brackets"),
         ("serve.body_timeout_s=0", r"serve: body_timeout_s must be finite and > 0"),
+        ("serve.fog_models=[]", r"serve: fog_models is empty"),  # the fog server failed at start with an IndexError
     ],
 )
 def test_a_value_that_would_fail_after_the_teachers_trained_is_refused_when_read(override: str, message: str) -> None:

@@ -208,6 +208,12 @@ class DeviceStore:
         self._lock = threading.Lock()
         self._rebuilding = threading.Lock()
 
+    def close(self) -> None:
+        """Let go of the store's lock (another store on the folder may then own it)."""
+        if self._owner is not None:
+            self._owner.close()
+            self._owner = None
+
     def _own_store(self) -> Any | None:
         """An exclusive lock on the store, or None when another process holds it. A server killed
         while it staged an update left that release's files in a work folder: up to a release's
@@ -249,8 +255,15 @@ class DeviceStore:
             committed = slots.is_dir() and any(_recorded_order(p) is not None for p in slots.iterdir() if p.is_dir() and not p.name.startswith("."))
             return self._rebuilt_state("missing, while the slots hold committed releases") if committed else {}
         try:
-            state = json.loads(path.read_text())
-        except (OSError, ValueError, RecursionError) as err:  # atomic writes never leave one half-written: a disk fault, or a hand
+            text = path.read_text()
+        except OSError as err:
+            # Not damage in the file (a disk error, no file handles left, a permission changed): a
+            # rebuild would overwrite a good state.json and forget versions whose slots were pruned
+            # (an older signed release of one of them then let in). StoreError: nothing changes.
+            raise self._store_error(err, "state.json could not be read from", "nothing changed") from None
+        try:
+            state = json.loads(text)
+        except (ValueError, RecursionError) as err:  # atomic writes never leave one half-written: a disk fault, or a hand
             return self._rebuilt_state(f"not readable JSON ({type(err).__name__}: {err})")
         return state if isinstance(state, dict) else self._rebuilt_state(f"not a JSON object ({type(state).__name__})")
 
@@ -268,7 +281,11 @@ class DeviceStore:
                 state = json.loads(path.read_text())
                 if isinstance(state, dict):
                     return state
-            except (OSError, ValueError, RecursionError):
+            except FileNotFoundError:
+                pass
+            except OSError as err:  # (unreadable now, not damaged: as in `_state`)
+                raise self._store_error(err, "state.json could not be read from", "nothing changed") from None
+            except (ValueError, RecursionError):
                 pass
             found = []
             for slot in sorted(p for p in (self.root / "slots").iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -481,14 +498,10 @@ class DeviceStore:
             repaired = current is not None and same_release(current["manifest"], staged.manifest)
             kept = {"rolled_back_from": state["rolled_back_from"]} if repaired and state.get("rolled_back_from") else {}
             stays = f"{self._installed(current).label if current else 'nothing'} stays current"  # type: ignore[union-attr]
-            self._make_current(
-                staged.slot,
-                {"current": {"manifest": staged.manifest, "signature": staged.signature}, "previous": replaced, "newest": newest, **kept},
-                f"{staged.label} could not be made current in",
-                stays,
-            )
-            self._prune()
-        return self.current()  # type: ignore[return-value]
+            committed = {"current": {"manifest": staged.manifest, "signature": staged.signature}, "previous": replaced, "newest": newest, **kept}
+            self._make_current(staged.slot, committed, f"{staged.label} could not be made current in", stays)
+            self._prune(committed)  # (the state as written: a read failing now must not undo a commit made)
+        return self._installed(committed["current"])  # type: ignore[return-value]
 
     def _make_current(self, slot: Path, state: dict[str, Any], what: str, stays: str) -> None:
         """Write the slot's commit record, the next in order (`_commit_order`), and the signed
@@ -529,8 +542,13 @@ class DeviceStore:
             raise self._store_error(err, what, stays) from None
 
     def discard(self, staged: Installed) -> None:
-        """Remove a staged slot that will not be committed (unless a committed state names it)."""
-        state = self._state()
+        """Remove a staged slot that will not be committed (unless a committed state names it, or
+        the state cannot be read to tell: then it stays, pruned with the older slots later)."""
+        try:
+            state = self._state()
+        except StoreError as err:
+            log.error("%s: its staged slot %s is kept", err, staged.slot)
+            return
         if staged.manifest["sha256"] not in {e["manifest"]["sha256"] for e in (self._entry(state, "current"), self._entry(state, "previous")) if e}:
             shutil.rmtree(staged.slot, ignore_errors=True)
 
@@ -565,11 +583,10 @@ class DeviceStore:
                 f"the rollback to {back.label} could not be written to",
                 f"{self._installed(replaced).label if replaced else 'nothing'} stays current",  # type: ignore[union-attr]
             )
-        return self.current()  # type: ignore[return-value]
+        return back
 
-    def _prune(self) -> None:
-        """Keep the current and previous slots (and up to `keep` in all); drop older ones."""
-        state = self._state()
+    def _prune(self, state: dict[str, Any]) -> None:
+        """Keep the current and previous slots of `state` (and up to `keep` in all); drop older ones."""
         wanted = {e["manifest"]["sha256"] for e in (self._entry(state, "current"), self._entry(state, "previous")) if e}
         slots = sorted((p for p in (self.root / "slots").iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.stat().st_mtime, reverse=True)
         kept = 0
@@ -580,5 +597,6 @@ class DeviceStore:
             shutil.rmtree(slot, ignore_errors=True)
 
     def status(self) -> dict[str, Any]:
-        current, previous = self.current(), self.previous()
+        state = self._state()
+        current, previous = self._installed(state.get("current")), self._installed(state.get("previous"))
         return {"current": current.manifest if current else None, "previous": previous.manifest if previous else None}

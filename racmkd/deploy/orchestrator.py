@@ -285,7 +285,9 @@ def apply_fleet(
             continue
         refused = outcome.get("status_code", 200) >= 400
         action = "refused" if refused else "up to date" if outcome["sent"] == "nothing" else "pushed"
-        results.append({**entry, "action": action, "reason": str(outcome.get("answer", {}).get("detail", "")) if refused else assignment.reason, **outcome})
+        answer = outcome.get("answer")  # (JSON of any shape: a gateway before the device answered a list, and the run stopped)
+        detail = answer.get("detail", "") if isinstance(answer, dict) else answer
+        results.append({**entry, "action": action, "reason": str(detail) if refused else assignment.reason, **outcome})
     return results
 
 

@@ -524,7 +524,13 @@ class EdgeService(Service):
         that works); else the run's bank."""
         if self.store is None:
             return self._bank_engine()
-        current, previous = self.store.current(), self.store.previous()
+        from racmkd.deploy.device import StoreError
+
+        try:
+            current, previous = self.store.current(), self.store.previous()
+        except StoreError as err:  # (state.json unreadable, not damaged: the device still answers)
+            log.error("%s; serving the run's bank", err)
+            return self._bank_engine()
         if current is not None:
             try:
                 return self._load_checked(current)
@@ -537,8 +543,6 @@ class EdgeService(Service):
                 log.error("previous release %s does not load either (%s); serving the run's bank", previous.label, err)
             else:
                 if current is not None:
-                    from racmkd.deploy.device import StoreError
-
                     try:
                         self.store.rollback()
                         log.warning("rolled back to %s", previous.label)
@@ -739,7 +743,11 @@ class EdgeService(Service):
                 raise
             old, self.engine = self.engine, engine
         old.close()
-        return {"installed": installed.label, "delta": delta, "status": self.store.status()}
+        try:
+            status = self.store.status()
+        except StoreError as err:  # (committed and serving: the answer must not say it failed)
+            status = {"current": installed.manifest, "problem": str(err)}
+        return {"installed": installed.label, "delta": delta, "status": status}
 
     def rollback(self) -> dict[str, Any]:
         """Serve the previous release again (loaded first; the state changes only if it serves)."""
@@ -748,7 +756,10 @@ class EdgeService(Service):
         if self.store is None:
             raise HTTPException(409, "this edge has no release store")
         with self._updating:
-            previous = self.store.previous()
+            try:
+                previous = self.store.previous()
+            except StoreError as err:
+                raise store_failure(err) from None
             if previous is None:
                 raise HTTPException(409, "no previous release to roll back to")
             try:
@@ -806,6 +817,9 @@ class EdgeService(Service):
         for up in self.upstreams:
             up.close()
         self.monitor.stop()
+        self.engine.close()
+        if self.store is not None:  # (its lock: a store opened on the folder again in this process owns it)
+            self.store.close()
 
 
 def store_failure(err: StoreError) -> HTTPException:
@@ -864,10 +878,19 @@ class AnswerInternalErrors:
 class GuardManagement:
     """ASGI middleware: a management request's token is checked before its body is read, and the
     body is capped (FastAPI reads a form before it runs the route's dependencies, so without this
-    anyone could make the server take in an upload of any size)."""
+    anyone could make the server take in an upload of any size). A client gone before its whole
+    body came is told to `on_gone`, and the answer nobody would read is not sent: FastAPI turns the
+    ClientDisconnect it meets reading a form into a 400, which was counted under no outcome."""
 
-    def __init__(self, app: Any, paths: frozenset[str], refuse: Callable[[str | None], HTTPException | None], max_bytes: int) -> None:
-        self.app, self.paths, self.refuse, self.max_bytes = app, paths, refuse, max_bytes
+    def __init__(
+        self,
+        app: Any,
+        paths: frozenset[str],
+        refuse: Callable[[str | None], HTTPException | None],
+        max_bytes: int,
+        on_gone: Callable[[str], None] = lambda path: None,
+    ) -> None:
+        self.app, self.paths, self.refuse, self.max_bytes, self.on_gone = app, paths, refuse, max_bytes, on_gone
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("path", "").removeprefix(scope.get("root_path", "")) not in self.paths:
@@ -881,17 +904,25 @@ class GuardManagement:
         if problem is not None:
             await JSONResponse(status_code=problem.status_code, content={"detail": problem.detail}, headers=problem.headers)(scope, receive, send)
             return
-        received = 0
+        received, whole, gone = 0, False, False
 
         async def capped() -> dict[str, Any]:
-            nonlocal received
+            nonlocal received, whole, gone
             message = await receive()
+            gone = gone or (message["type"] == "http.disconnect" and not whole)
+            whole = whole or (message["type"] == "http.request" and not message.get("more_body", False))
             received += len(message.get("body", b""))
             if received > self.max_bytes:  # a chunked upload declares no length; FastAPI answers this one
                 raise HTTPException(413, f"request body exceeds the limit of {self.max_bytes:,} bytes (serve.max_update_bytes)")
             return message
 
-        await self.app(scope, capped, send)
+        async def send_unless_gone(message: dict[str, Any]) -> None:
+            if not gone:
+                await send(message)
+
+        await self.app(scope, capped, send_unless_gone)
+        if gone:
+            self.on_gone(scope.get("path", ""))
 
 
 def create_app(service: Service, settings: ServeConfig, token: str | None = None) -> FastAPI:
@@ -930,6 +961,9 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         "racmkd_telemetry_buffered": "Telemetry messages waiting for the broker",
     }
     readings_exported: dict[str, Gauge] = {}
+    # /metrics runs on the threadpool: two scrapes at once registered one reading's gauge twice
+    # (prometheus_client's DuplicateTimeseries: a 500), or read the variants half cleared.
+    exporting = threading.Lock()
 
     def export_reading(name: str, value: float | None) -> None:
         """A reading's gauge while there is a reading, none without (a role or an edge without the
@@ -998,7 +1032,9 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
 
     app.add_middleware(AnswerInternalErrors, on_error=internal_error, on_gone=client_gone)
     if isinstance(service, EdgeService):
-        app.add_middleware(GuardManagement, paths=frozenset({"/deploy", "/rollback", "/deployment"}), refuse=refusal, max_bytes=settings.max_update_bytes)
+        app.add_middleware(
+            GuardManagement, paths=frozenset({"/deploy", "/rollback", "/deployment"}), refuse=refusal, max_bytes=settings.max_update_bytes, on_gone=client_gone
+        )
 
     schema = {
         "requestBody": {
@@ -1066,20 +1102,22 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
     def metrics() -> Response:
         info = service.describe()
         state = info.get("runtime") or {}
-        variant.clear()  # an adaptive engine's variants in force (none while every one has failed), else the one model
-        for v in state["variants"] if "variants" in state else [info.get("model")]:
-            variant.labels(str(v)).set(1)
         readings = state.get("resources") or {}
-        export_reading("racmkd_cpu_percent", readings.get("cpu_percent"))
-        export_reading("racmkd_memory_available_bytes", readings.get("memory_available_bytes"))
-        export_reading("racmkd_telemetry_buffered", (info.get("telemetry") or {}).get("buffered"))
-        for up in info.get("upstreams", []):
-            breaker.labels(up["name"]).set(1.0 if up["breaker"] == "open" else 0.0)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        with exporting:
+            variant.clear()  # an adaptive engine's variants in force (none while every one has failed), else the one model
+            for v in state["variants"] if "variants" in state else [info.get("model")]:
+                variant.labels(str(v)).set(1)
+            export_reading("racmkd_cpu_percent", readings.get("cpu_percent"))
+            export_reading("racmkd_memory_available_bytes", readings.get("memory_available_bytes"))
+            export_reading("racmkd_telemetry_buffered", (info.get("telemetry") or {}).get("buffered"))
+            for up in info.get("upstreams", []):
+                breaker.labels(up["name"]).set(1.0 if up["breaker"] == "open" else 0.0)
+            exposition = generate_latest(registry)
+        return Response(exposition, media_type=CONTENT_TYPE_LATEST)
 
     if isinstance(service, EdgeService):
         store_unwritable = {  # (`store_failure`'s answers)
-            500: {"description": "the device's store could not be written (read-only, say); nothing changed"},
+            500: {"description": "the device's store could not be written (read-only, say) or read (a disk error); nothing changed"},
             507: {"description": "the device's disk is full; nothing changed"},
         }
 
@@ -1114,12 +1152,17 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         def rollback() -> dict[str, Any]:
             return service.rollback()
 
-        @app.get("/deployment", dependencies=[Depends(management)], responses=protected)
+        @app.get("/deployment", dependencies=[Depends(management)], responses={**protected, 500: store_unwritable[500]})
         def deployment() -> dict[str, Any]:
             """The store's current and previous releases, and what serves: not the current release
             when neither it nor the previous one loaded at start (the run's bank serves then)."""
+            from racmkd.deploy.device import StoreError
+
             engine = service.engine
-            status = service.store.status() if service.store is not None else {"current": None, "previous": None}
+            try:
+                status = service.store.status() if service.store is not None else {"current": None, "previous": None}
+            except StoreError as err:
+                raise store_failure(err) from None
             return {**status, "serving": {"label": engine.label, "sha256": engine.sha256}}
 
     return app
