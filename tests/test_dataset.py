@@ -139,6 +139,8 @@ def test_cache_key_holds_each_modalitys_version_and_its_options_with_defaults(ca
     assert cache_path(cfg) != before
     monkeypatch.undo()
     assert cache_path(cfg) == before
+    monkeypatch.setenv("HOME", str(cache_dir))  # `~` is the user's home, as in data.root (it made a folder named ~ here)
+    assert cache_path(DataConfig(cache_dir="~/cache")).parent == cache_dir / "cache"
 
 
 def test_cache_is_reused_and_limits_apply(avmnist: PairedDataset, cache_dir: Path) -> None:

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,21 @@ def test_mnist_download_replaces_a_damaged_file_past_a_damaged_mirror(tmp_path: 
     local.write_bytes(bytes(flipped))
     download_mnist(tmp_path / "root", mirrors=[damaged.as_uri() + "/", good], expected=expected)
     assert gzip.decompress(local.read_bytes()) == files["tiny-labels-idx1-ubyte"]
+
+
+def test_mnist_download_keeps_valid_plain_files_without_a_mirror(tmp_path: Path) -> None:
+    """The loader reads plain IDX files as well as gzipped ones: valid ones are kept, offline too
+    (they were fetched again, and offline the command failed)."""
+    content = bytes([0, 0, 8, 1, 0, 0, 0, 1, 7])
+    expected = {"tiny-labels-idx1-ubyte": hashlib.sha256(content).hexdigest()}
+    plain = tmp_path / "root" / "mnist" / "tiny-labels-idx1-ubyte"
+    plain.parent.mkdir(parents=True)
+    plain.write_bytes(content)
+    offline = (tmp_path / "nowhere").as_uri() + "/"
+    assert download_mnist(tmp_path / "root", mirrors=[offline], expected=expected) == [plain]
+    plain.write_bytes(content + b"x")  # damaged: fetched again, and offline that fails
+    with pytest.raises(DataError, match="no mirror gave a valid copy"):
+        download_mnist(tmp_path / "root", mirrors=[offline], expected=expected)
 
 
 def test_mnist_download_keeps_nothing_when_no_mirror_is_valid(tmp_path: Path) -> None:
@@ -147,6 +163,19 @@ def test_fsdd_download_refuses_a_mismatch_and_a_broken_archive(tmp_path: Path) -
         download_fsdd(tmp_path / "root", url=(tmp_path / "broken.tar.gz").as_uri(), expected_sha256="0" * 64)
     with pytest.raises(DataError, match="download failed"):
         download_fsdd(tmp_path / "root", url=(tmp_path / "absent.tar.gz").as_uri())
+    # Damaged deflate data inside a member (a bad mirror; the length is right): zlib.error, which
+    # reached the user as a traceback.
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w") as archive:
+        data = np.random.default_rng(0).bytes(200_000)  # (past what tarfile reads ahead to open it)
+        info = tarfile.TarInfo("free-spoken-digit-dataset-1.0.10/recordings/1_bob_0.wav")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    gzipped = zlib.compressobj(wbits=31)  # (a gzip stream)
+    damaged = gzipped.compress(plain.getvalue()[:100_000]) + gzipped.flush(zlib.Z_FULL_FLUSH) + b"\x07" + bytes(64)  # (block type 3: invalid)
+    (tmp_path / "damaged.tar.gz").write_bytes(damaged)
+    with pytest.raises(DataError, match="not a readable tar archive .*invalid block type"):
+        download_fsdd(tmp_path / "root", url=(tmp_path / "damaged.tar.gz").as_uri(), expected_sha256="0" * 64)
 
 
 def test_an_archive_member_that_would_land_outside_the_folder_is_refused(tmp_path: Path) -> None:

@@ -338,6 +338,11 @@ def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path, caplog: pytest.L
     behind.write_text("t,cpu_percent\n-100000,99\n" + "".join(f"{i / 10},20\n" for i in range(100)))
     started = load_trace(behind)
     assert started.skipped_rows == 1 and started.duration == pytest.approx(9.9) and started.at(0.0).cpu_percent == 20.0
+    for typo_at in (0, 1):  # a first or second row far ahead: that row skipped (the whole trace was refused as going back in time)
+        typo = tmp_path / f"typo{typo_at}.csv"
+        typo.write_text("t,cpu_percent\n" + "".join(f"{100000 if i == typo_at else i / 10},20\n" for i in range(100)))
+        read = load_trace(typo)
+        assert read.skipped_rows == 1 and len(read.times) == 99 and read.duration == pytest.approx(9.9 - 0.1 * (typo_at == 0))
     pause = tmp_path / "pause.csv"  # a long pause the recording goes on from is no garbage
     pause.write_text("t,cpu_percent\n0,10\n1,10\n2,10\n1000,20\n1001,30\n")
     paused = load_trace(pause)

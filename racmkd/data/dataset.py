@@ -263,9 +263,10 @@ def cache_path(cfg: DataConfig) -> Path:
     """Where the built dataset for this config is cached: one file per (data root and its files,
     protocol, split and pairing settings, modalities' versions and options)."""
     key = {k: v for k, v in to_dict(cfg).items() if k not in ("root", "cache_dir", "cache_max_gb", "max_train", "max_eval", "augment")}
-    sources = source_fingerprint(data_root(cfg.root), data_folders(cfg), Path(cfg.cache_dir))
+    cache_dir = Path(cfg.cache_dir).expanduser()  # (as data.root: `~/cache` made a folder named ~ here)
+    sources = source_fingerprint(data_root(cfg.root), data_folders(cfg), cache_dir)
     digest = hashlib.sha256(json.dumps([CACHE_VERSION, key, modality_keys(cfg), sources], sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cfg.cache_dir) / f"dataset-{cfg.protocol}-{digest}.pt"
+    return cache_dir / f"dataset-{cfg.protocol}-{digest}.pt"
 
 
 def build_dataset(cfg: DataConfig, use_cache: bool = True) -> PairedDataset:

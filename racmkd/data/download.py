@@ -57,13 +57,14 @@ def fetch(url: str, timeout: float = 60.0) -> bytes:
 
 def download_mnist(root: Path, mirrors: Sequence[str] = MNIST_MIRRORS, expected: dict[str, str] = MNIST_SHA256) -> list[Path]:
     """Fetch the four MNIST files into root/mnist/, trying each mirror in turn; each must match
-    its sha256 (of the decompressed content) before it is kept."""
+    its sha256 (of the decompressed content) before it is kept. A valid file already there is kept,
+    gzipped or plain (the loader reads both; a plain one beside a .gz is not what it reads)."""
     target = root / "mnist"
     saved = []
     for name, wanted in expected.items():
-        path = target / f"{name}.gz"
-        if _holds(path, wanted):
-            saved.append(path)
+        path, plain = target / f"{name}.gz", target / name
+        if _holds(path, wanted) or (not path.exists() and _holds(plain, wanted, gzipped=False)):
+            saved.append(path if path.exists() else plain)
             continue
         errors = []
         for mirror in mirrors:
@@ -117,11 +118,13 @@ def _uncompress_lzw(data: bytes, source: str) -> bytes:
         raise DataError(f"{source}: not a valid .Z (compress) file ({err})") from None
 
 
-def _holds(path: Path, wanted: str) -> bool:
-    """Whether `path` is a gzip file whose content hashes to `wanted`. A damaged one (the reason a
-    loader sent the user here) is not an error: it is fetched again."""
+def _holds(path: Path, wanted: str, gzipped: bool = True) -> bool:
+    """Whether `path` is a gzip file (or, not `gzipped`, a plain one) whose content hashes to
+    `wanted`. A damaged one (the reason a loader sent the user here) is not an error: it is fetched
+    again."""
     try:
-        return sha256(_gunzip(path.read_bytes(), path)) == wanted
+        data = path.read_bytes()
+        return sha256(_gunzip(data, path) if gzipped else data) == wanted
     except (OSError, DataError):
         return False
 
@@ -164,7 +167,7 @@ def install_from_archive(url: str, target: Path, pick: Callable[[str], str | Non
                 handle = archive.extractfile(member)
                 if handle is not None:
                     files.append((name, handle.read()))
-    except (tarfile.TarError, OSError, EOFError) as err:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:  # (zlib.error: a member's deflate data damaged)
         raise DataError(f"{url}: not a readable tar archive ({err}). Try the download again.") from None
     if not files:
         raise DataError(f"{url}: the archive holds no {what}")

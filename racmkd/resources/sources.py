@@ -614,9 +614,11 @@ def load_trace(path: str | Path) -> Trace:
     steps = np.diff([t for t, _ in usable])
     steps = steps[steps > 0]
     far_ahead = FAR_AHEAD_STEPS * float(np.median(steps)) if len(steps) else math.inf
-    # A first row far behind the rest (a typo, t=-100000) is a timestamp far ahead read backwards:
-    # kept, it stretched the trace to 100,000 s and every replayed reading came from that one row.
-    first = 1 if len(usable) > 2 and usable[1][0] - usable[0][0] > far_ahead else 0
+    # A first row far from the rest (a typo, t=-100000 or t=100000) while the third row goes on
+    # from the second: kept, it stretched the trace to 100,000 s and every replayed reading came
+    # from that one row, or put every later row back in time. A second row far from both (the typo
+    # there) is skipped below, as any row far ahead is.
+    first = 1 if len(usable) > 2 and abs(usable[1][0] - usable[0][0]) > far_ahead and 0 < usable[2][0] - usable[1][0] <= far_ahead else 0
     skipped += first
     for i, (t, values) in enumerate(usable[first:], start=first):
         if times and t <= times[-1]:
