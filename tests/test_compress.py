@@ -780,8 +780,16 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         (["equalize", "distill", "export"], r"\['distill'\] after equalize would retrain the balanced weights"),
         ([{"equalize": {"modules": ["head"]}}, "export"], r"steps\[0\]\.equalize: modules names encoders"),
         ([{"equalize": {"max_sweeps": 0}}, "export"], "max_sweeps must be at least 1"),
-        ([{"qat": {"weight_bits": 4, "activations": False}}, "equalize", "export"], "equalize after a qat with weight_bits 4 or per_tensor"),
-        ([{"qat": {"activations": False, "per_tensor": True}}, "equalize", "export"], "equalize after a qat with weight_bits 4 or per_tensor"),
+        ([{"qat": {"weight_bits": 4, "activations": False}}, "equalize", "export"], "equalize after a qat with activations: false"),
+        ([{"qat": {"activations": False, "per_tensor": True}}, "equalize", "export"], "equalize after a qat with activations: false"),
+        ([{"qat": {"activations": False}}, "equalize", "export"], "equalize after a qat with activations: false"),  # (8-bit weights-only grid too)
+        ([{"qat": {"weight_bits": 4}}, "export"], "weight_bits 4 trains for the int4-weights file.* set activations: false"),
+        # Steps that would do nothing, in silence (the log's NaN made compression.json strict JSON no more).
+        ([{"qat": {"epochs": 0}}, "export"], "qat: epochs must be at least 1"),
+        ([{"distill": {"epochs": 0}}, "export"], "distill: epochs must be at least 1"),
+        ([{"prune": {"ratio": {}}}, "export"], "ratio is an empty mapping"),
+        ([{"inputs": {"reduce": {}}}, "export"], "inputs: reduce names nothing to lower"),
+        ([{"inputs": {"reduce": {"audio": {}}}}, "export"], "inputs: reduce names nothing to lower"),
     ],
 )
 def test_recipe_validation_errors_name_the_problem(steps: list, message: str) -> None:
@@ -1581,6 +1589,8 @@ def test_qat_for_4_bit_modules_on_one_scale_computes_what_the_file_computes(tmp_
             pass
     with pytest.raises(ValueError, match="qat: modules names modules"):
         QATOptions(modules=("encoders.image",))
+    with pytest.raises(ValueError, match="set activations: false"):  # (no artifact rounds 4-bit weights and int8 activations)
+        QATOptions(weight_bits=4, modules=("encoders.image",))
     with pytest.raises(ValueError, match="set activations: false"):  # (the int8 graph keeps per-channel scales)
         QATOptions(per_tensor=True)
     # A teacher's export builds `head` from its fusion MLP and classifier: head.0 and head.2.

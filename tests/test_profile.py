@@ -71,6 +71,15 @@ def test_weights_held_as_constants_count_as_weights_and_control_flow_is_refused(
     costs = [graph_cost(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])) for g in (as_constant, as_initializer)]
     assert costs[0].weight_bytes == costs[1].weight_bytes == 4_000_000
     assert costs[0].peak_activation_bytes == costs[1].peak_activation_bytes == 8_000 and costs[0].flops == costs[1].flops == 2_000_000
+    column = helper.make_tensor_value_info("x", F32, [1000, 1])  # the weight first, W @ x: its FLOPs were 0
+    weight_first = helper.make_graph(
+        [helper.make_node("MatMul", ["w", "x"], ["y"])],
+        "w",
+        [column],
+        [helper.make_tensor_value_info("y", F32, [1000, 1])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    assert graph_cost(helper.make_model(weight_first, opset_imports=[helper.make_opsetid("", 18)])).flops == 2_000_000
     branch = helper.make_graph([helper.make_node("Relu", ["x"], ["z"])], "branch", [], [helper.make_tensor_value_info("z", F32, [1, 1000])])
     flow = helper.make_graph(
         [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)],
@@ -226,6 +235,27 @@ def test_an_int8_graph_in_onnx_runtimes_qoperator_format_counts_its_flops(tmp_pa
     expected = graph_cost(onnx.load(fp32)).flops
     cost = graph_cost(quantized)
     assert expected > 0 and cost.flops == cost.int8_flops == expected
+    # ONNX's shape inference does not know QLinearGlobalAveragePool and QGemm: their outputs' shapes
+    # are read from a run (they counted as 0 bytes): 12 + 12 + 2 bytes of uint8 more than 1,480.
+    assert cost.activation_bytes_written == 1506
+
+
+def test_a_tensor_whose_shape_nothing_can_tell_is_refused_not_free(tmp_path: Path) -> None:
+    """An operator of a domain neither ONNX nor ONNX Runtime knows: its output counted as 0 bytes and
+    a graph that writes 4,096 values "fit"; it is refused, naming the tensor and its operator."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["a"]),
+            helper.make_node("Upsample4096", ["a"], ["b"], domain="com.example"),
+            helper.make_node("ReduceMax", ["b"], ["y"]),
+        ],
+        "custom",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    with pytest.raises(ExportError, match=r"shapes of 'b' \(com\.example\.Upsample4096\) cannot be inferred"):
+        graph_cost(model)
 
 
 def test_every_shipped_device_profile_loads() -> None:

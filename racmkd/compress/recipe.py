@@ -107,12 +107,13 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
             f"{source}: {[n for n in names[names.index('equalize') :] if n in REFINING]} after equalize would retrain the balanced weights in float; put equalize after them"
         )
     # Equalizing scales a layer's input channels, which moves its weights off the grid a QAT for the
-    # weights-only files trained them onto; an int8 QAT's grid is the int8 graph's, which the
-    # weights-only files do not keep (after it, equalize measured better than before it).
-    for_weights_only = [i for i, (n, step) in enumerate(steps) if n == "qat" and (step.options.weight_bits == 4 or step.options.per_tensor)]
+    # weights-only files (activations: false) trained them onto; an int8 QAT's grid is the int8
+    # graph's, which the weights-only files do not keep (after it, equalize measured better than
+    # before it).
+    for_weights_only = [i for i, (n, step) in enumerate(steps) if n == "qat" and not step.options.activations]
     if for_weights_only and any(n == "equalize" for n in names[for_weights_only[0] :]):
         raise RecipeError(
-            f"{source}: equalize after a qat with weight_bits 4 or per_tensor would move the weights off the grid that qat trained them for; put equalize before it"
+            f"{source}: equalize after a qat with activations: false (for the weights-only files) would move the weights off the grid that qat trained them for; put equalize before it"
         )
     return Recipe(source, tuple(steps))
 

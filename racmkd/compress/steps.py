@@ -245,6 +245,7 @@ class PruneOptions:
         )
         require(self.multiple >= 1, f"prune: multiple must be >= 1, got {self.multiple}")
         require(self.steps >= 1, f"prune: steps must be at least 1, got {self.steps}")
+        require(self.ratio != {}, "prune: ratio is an empty mapping, which prunes nothing; give a ratio per modality ({image: 0.5}) or one number")
         require(self.recover >= 0, f"prune: recover must be >= 0 fine-tunes, got {self.recover}")
         require(self.backoff >= 0, f"prune: backoff must be >= 0 smaller cuts, got {self.backoff}")
         require(self.drop_from in ("step", "recipe"), f"prune: drop_from must be step or recipe, got {self.drop_from!r}")
@@ -489,6 +490,12 @@ class InputsOptions:
     reduce: dict[str, dict[str, Any]] = field(default_factory=dict)
     finetune: Finetune = Finetune()
 
+    def __post_init__(self) -> None:
+        require(
+            bool(self.reduce) and all(self.reduce.values()),
+            f"inputs: reduce names nothing to lower ({self.reduce!r}); give knobs per modality, e.g. {{audio: {{n_frames: 16}}}}",
+        )
+
 
 @COMPRESSORS.register("inputs")
 class Inputs(Step):
@@ -585,11 +592,20 @@ class Bands(Step):
 # Fine-tuning --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DistillOptions(Finetune):
+    """A fine-tune that is the step itself: at least one epoch (none did nothing and logged NaN)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.epochs >= 1, f"distill: epochs must be at least 1, got {self.epochs}")
+
+
 @COMPRESSORS.register("distill")
 class Distill(Step):
     """A distillation fine-tune on its own (after a step that asked for none)."""
 
-    options_type = Finetune
+    options_type = DistillOptions
 
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
         return {"best_val_accuracy": finetune(subject, ctx, self.options, f"{subject.name}: distill")}
@@ -610,7 +626,12 @@ class QATOptions(Finetune):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(self.epochs >= 1, f"qat: epochs must be at least 1, got {self.epochs} (none trained nothing, and the model was recorded as QAT-trained)")
         require(self.weight_bits in (8, 4), f"qat: weight_bits must be 8 or 4, got {self.weight_bits!r}")
+        require(
+            self.weight_bits == 8 or not self.activations,
+            "qat: weight_bits 4 trains for the int4-weights file, which runs float activations; set activations: false (no artifact rounds both)",
+        )
         require(
             not self.modules or (self.weight_bits == 4 and all(isinstance(m, str) and m for m in self.modules)),
             f"qat: modules names modules (such as encoders.image) for weight_bits 4; got {self.modules!r} with weight_bits {self.weight_bits}",

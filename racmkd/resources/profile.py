@@ -95,6 +95,30 @@ def _with_batch(model: onnx.ModelProto, batch: int, source: str) -> onnx.ModelPr
         raise ExportError(f"{source}: not a valid ONNX graph, its shapes cannot be inferred ({str(err).splitlines()[0][:200]}); export it again") from None
 
 
+def _shapes_by_running(model: onnx.ModelProto, names: list[str], source: str) -> dict[str, onnx.ValueInfoProto]:
+    """The value infos ONNX's shape inference leaves out (ONNX Runtime's contrib operators: QGemm,
+    QLinearGlobalAveragePool), read from one run of the graph on zeros with those tensors as extra
+    outputs. Left out, they counted as 0 bytes of RAM. ExportError when ONNX Runtime cannot run it
+    (an operator of another domain), naming the tensors and their operators."""
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+    weights = {i.name for i in model.graph.initializer}
+    try:
+        feed = {
+            v.name: np.zeros([d.dim_value for d in v.type.tensor_type.shape.dim], dtype=helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))
+            for v in model.graph.input
+            if v.name not in weights
+        }
+        results = session(probe.SerializeToString()).run(names, feed)
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+        writers = {out: f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in model.graph.node for out in n.output}
+        tensors = ", ".join(f"{name!r} ({writers.get(name, '?')})" for name in names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        raise ExportError(
+            f"{source}: the shapes of {tensors} cannot be inferred from the graph, nor read by running it in ONNX Runtime ({str(err).splitlines()[0][:200]}), so its memory cannot be estimated; export it with standard ONNX operators"
+        ) from None
+    return {name: helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(r.dtype), r.shape) for name, r in zip(names, results)}
+
+
 def _tensor_bytes(value: onnx.ValueInfoProto, source: str) -> int:
     """Bytes of a tensor whose shape the graph fixes; ExportError when it does not (counted as 0, a
     Reshape to a shape computed at run time made its output free)."""
@@ -151,7 +175,7 @@ def _conv_flops(node: onnx.NodeProto, shapes: dict[str, list[int]], weights: dic
 
 
 def _matmul_flops(node: onnx.NodeProto, shapes: dict[str, list[int]], weights: dict[str, np.ndarray], batch: int = 1) -> int:
-    a = shapes.get(node.input[0])
+    a = _operand_shape(node.input[0], shapes, weights)
     b = _operand_shape(node.input[SECOND_OPERAND.get(node.op_type, 1)], shapes, weights)
     out = shapes.get(node.output[0])
     transposed = {attr.name: bool(attr.i) for attr in node.attribute if attr.name in ("transA", "transB")}
@@ -184,7 +208,8 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
         model = onnx.load(model)
     else:
         file_bytes = model.ByteSize()
-    graph_ = _with_batch(model, batch, source).graph
+    graph_model = _with_batch(model, batch, source)
+    graph_ = graph_model.graph
     control_flow = sorted({n.op_type for n in graph_.node if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)})
     if control_flow:  # (a tensor read only inside a branch was freed early, a branch's FLOPs never counted)
         raise ExportError(f"{source}: the graph holds control flow ({', '.join(control_flow)}): its subgraphs' costs cannot be estimated; racmkd exports none")
@@ -193,6 +218,9 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
     weights = {i.name: numpy_helper.to_array(i) for i in graph_.initializer}
     weights |= {n.output[0]: numpy_helper.to_array(a.t) for n in graph_.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"}
     values = {v.name: v for v in [*graph_.input, *graph_.value_info, *graph_.output]}
+    unknown = [out for node in graph_.node for out in node.output if out and out not in values and out not in weights]
+    if unknown:
+        values |= _shapes_by_running(graph_model, unknown, source)
     shapes = {n: [d.dim_value for d in v.type.tensor_type.shape.dim] for n, v in values.items()}
     producer = {out: node for node in graph_.node for out in node.output}
     quantized = any(n.op_type == "QuantizeLinear" for n in graph_.node)
@@ -320,7 +348,7 @@ def graph_cost(model: onnx.ModelProto | Path, batch: int = 1) -> GraphCost:
         if dispatched(node, i):
             operators += 1
         for name in node.output:
-            if name and name not in dequantized_weights and name not in weights and stored(name, node, i) and name in values:
+            if name and name not in dequantized_weights and name not in weights and stored(name, node, i):
                 sizes[name] = _tensor_bytes(values[name], source)
                 live += sizes[name]
                 written += sizes[name]
