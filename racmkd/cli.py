@@ -107,7 +107,7 @@ def _check_json_target(path: Path, flag: str) -> None:
 def _check_out_json(out: Path, inputs: list[Path]) -> None:
     """--out as the JSON file to write, checked before the work: not a folder or under a file, not
     one of the command's own inputs (`profile m.onnx --out m.onnx` replaced the model with JSON),
-    and no existing file other than JSON (an earlier profile) or an empty one, which would be lost.
+    and no existing file other than an earlier profile or an empty one, which would be lost.
     Only a file up to `_OUT_JSON_MAX_BYTES` is read to tell: a profile is a few kB, so a larger
     file is something else (a model, a dataset) and is refused without reading it whole."""
     _check_json_target(out, "--out")
@@ -122,10 +122,16 @@ def _check_out_json(out: Path, inputs: list[Path]) -> None:
             f"--out {out}: an existing file of {size} bytes, too large to be a profile; it is not overwritten. Name a new file, or remove it first"
         )
     try:
-        if size:
-            json.loads(out.read_bytes())
+        earlier = json.loads(out.read_bytes()) if size else None
     except (ValueError, OSError):
         raise ValueError(f"--out {out}: an existing file that is not JSON; it is not overwritten. Name a new file, or remove it first") from None
+
+    def a_profile(value: object) -> bool:
+        return isinstance(value, dict) and "device" in value and "verdict" in value
+
+    if earlier is not None and not (a_profile(earlier) or (isinstance(earlier, list) and earlier and all(map(a_profile, earlier)))):
+        # (a run's bank.json, compression.json or report.json was replaced, and the run broken)
+        raise ValueError(f"--out {out}: an existing JSON file that is not a profile; it is not overwritten. Name a new file, or remove it first")
 
 
 def _check_edge_log(log: Path) -> None:
@@ -543,7 +549,9 @@ def simulate(
     trace: TraceOpt = "sudden",
     run: RunOpt = Path("runs/latest"),
     requests: Annotated[int, typer.Option(min=1, help="Requests spread evenly over the trace.")] = 2000,
-    duration: Annotated[float, typer.Option(min=1.0, help="Length of a synthetic trace in seconds.")] = 120.0,
+    duration: Annotated[
+        Optional[float], typer.Option(min=1.0, help="Length of a synthetic trace in seconds [default: 120]; a trace file is replayed as long as it is.")
+    ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for summary.json, timeline.json/png, table.md (default: <run>/simulate/<trace>).")] = None,
     static: Annotated[bool, typer.Option("--static/--no-static", help="Also replay every static tier on the same requests.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic trace and of the request order.")] = 0,
@@ -557,7 +565,7 @@ def simulate(
 ) -> None:
     """Replay a resource trace against the edge runtime with real inference; compare with static tiers."""
     from racmkd.pipeline import prepare_data
-    from racmkd.resources.sources import TraceError, trace_from
+    from racmkd.resources.sources import SYNTHETIC, TraceError, trace_from
     from racmkd.runtime.simulate import LATENCY_MODELS, render_table
     from racmkd.runtime.simulate import simulate as replay_trace
     from racmkd.runtime.variants import BankError, build_bank, load_bank
@@ -571,7 +579,9 @@ def simulate(
             raise _fail(err) from None
     try:
         run_dir, cfg = _run_config(run, set_)
-        resources = trace_from(trace, duration, seed=seed)
+        resources = trace_from(trace, 120.0 if duration is None else duration, seed=seed)
+        if duration is not None and trace not in SYNTHETIC:  # (passed over in silence: a 1.8 s file replayed for 1.8 s)
+            typer.secho(f"note: --duration {duration:g}: {trace} is replayed as long as it is ({resources.duration:.1f} s)", fg=typer.colors.YELLOW, err=True)
         dataset = prepare_data(cfg)
         if not (run_dir / "edge" / "bank.json").is_file():
             typer.echo("no variant bank yet: building it (racmkd edge build)")
@@ -838,7 +848,7 @@ def deploy_apply(
     ] = None,
     token_env: Annotated[str, typer.Option(help="Environment variable holding the devices' management token.")] = "RACMKD_TOKEN",
     mqtt_host: Annotated[Optional[str], typer.Option(help="The telemetry broker: devices whose last will says offline are passed over.")] = None,
-    mqtt_port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="The broker's port where --mqtt-host writes none [default: 1883].")] = None,
+    mqtt_port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="The broker's port where --mqtt-host gives none (1883 if neither does).")] = None,
     fleet_name: Annotated[str, typer.Option(help="The fleet's name in the telemetry topics (racmkd/<fleet>/<device>/status).")] = "default",
     full: Annotated[bool, typer.Option("--full", help="Send whole releases, never deltas.")] = False,
     timeout: TimeoutOpt = 60.0,

@@ -144,8 +144,18 @@ def read_report(run_dir: Path) -> dict[str, Any]:
 
 
 def checkpoint(run_dir: Path, name: str) -> Path:
-    """Where the model `name` of a run is stored."""
-    return run_dir / "checkpoints" / f"{name}.pt"
+    """Where the model `name` of a run is stored; ValueError for a name that is a path (`--model
+    ../checkpoints/critical` loaded a model from outside the run, or failed on a bare OS error)."""
+    if not name or name.startswith(".") or any(c in name for c in "/\\"):
+        raise ValueError(f"{name!r} is not a model name: name a model of the run (high, teacher_audio, ...), not a path")
+    return Path(run_dir) / "checkpoints" / f"{name}.pt"
+
+
+def compressed_records(run_dir: Path) -> list[Path]:
+    """Each compressed tier's compression.json, in tier order; none from a folder a compression left
+    behind (`.<tier>.<pid>-....partial` of one killed before its swap, `.<tier>.old`): hidden, but
+    glob's * matches them, and one was reported as a compressed tier."""
+    return sorted(p for p in (Path(run_dir) / "compressed").glob("*/compression.json") if not p.parent.name.startswith("."))
 
 
 def read_timings(run_dir: Path) -> dict[str, float]:

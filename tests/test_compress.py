@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import math
 import shutil
 from pathlib import Path
@@ -540,6 +541,17 @@ def test_ctrl_c_inside_the_exporter_is_an_interrupt_not_a_failed_export(tmp_path
     monkeypatch.setattr(torch.onnx, "export", stopped)
     with pytest.raises(KeyboardInterrupt):
         export_onnx(model, specs, modalities, tmp_path / "a.onnx")
+
+    def terminated(*args: object, **kwargs: object) -> None:  # the CLI's SIGTERM handler raises SystemExit(143)
+        try:
+            raise SystemExit(143)
+        except SystemExit as err:
+            raise RuntimeError("Failed to export the model with torch.export. Next steps:") from err
+
+    monkeypatch.setattr(torch.onnx, "export", terminated)
+    with pytest.raises(SystemExit) as stop:
+        export_onnx(model, specs, modalities, tmp_path / "a.onnx")
+    assert stop.value.code == 143
     monkeypatch.setattr(torch.onnx, "export", failed)
     with pytest.raises(ExportError, match=r"a\.onnx: ONNX export failed \(RuntimeError: Failed to export the model with torch\.export\.\)$"):
         export_onnx(model, specs, modalities, tmp_path / "a.onnx")
@@ -959,6 +971,10 @@ def test_a_cost_matched_baseline_gets_at_least_the_tiers_bytes(compressed_run: P
     assert meta["matched"]["tier"] == "critical" and meta["matched"]["target_bytes"] == target and meta["trained_with"] == "labels"
     row = deploy(cfg, dataset, run_dir, "tinyml_critical", run_dir / "bench" / "onnx")
     deployed = row.artifact.stat().st_size
+    copied = tmp_path / "copied"  # copied with its files' times (cp -a): its own export, not the original's file
+    shutil.copytree(run_dir, copied)
+    copied_row = deploy(cfg, dataset, copied, "tinyml_critical", copied / "bench" / "onnx")
+    assert copied_row.artifact == copied / "bench" / "onnx" / row.artifact.name and copied_row.artifact.is_file()
     # the search's size is the deployed file's, within the slack
     assert row.format == "onnx-int8" and deployed >= target and abs(deployed - meta["matched"]["bytes_sized"]) < 0.01 * target
     width = meta["matched"]["width"]
@@ -1057,7 +1073,8 @@ def test_a_damaged_record_or_a_model_answering_nan_is_named_with_its_fix(compres
         edit(record)
         (folder / "compression.json").write_text(json.dumps(record))
         with pytest.raises(
-            ExportError, match=rf"critical/compression\.json: {name} missing or damaged; compress the tier again with `racmkd compress --tier critical`"
+            ExportError,
+            match=rf"critical/compression\.json: {name} missing or damaged; compress the tier again with `racmkd compress --run {re.escape(str(tmp_path))} --tier critical`",  # (its run named: without --run, runs/latest's)
         ):
             measure_compressed("critical_compressed", folder, run_dir, dataset, None)
     checkpoint = torch.load(run_dir / "checkpoints" / "critical.pt", weights_only=False)

@@ -647,3 +647,39 @@ def test_inputs_the_model_lacks_are_refused_before_the_data_loads(tiny_run: Path
         exportable_checkpoint(tiny_run, "critical", ["image", "smell"])
     with pytest.raises(ExportError, match="image listed more than once"):
         exportable_checkpoint(tiny_run, "critical", ["image", "image"])
+
+
+def test_folders_a_killed_compression_left_are_no_compressed_tiers(tmp_path: Path) -> None:
+    """A compression killed before its swap leaves .<tier>.<pid>-....partial/compression.json; glob's
+    * matches hidden folders, and the report listed it as a compressed tier."""
+    from racmkd.runs import compressed_records
+
+    for folder in ("critical", ".critical.123-abc.partial", ".high.old", "low"):
+        (tmp_path / "compressed" / folder).mkdir(parents=True)
+        (tmp_path / "compressed" / folder / "compression.json").write_text("{}")
+    assert [p.parent.name for p in compressed_records(tmp_path)] == ["critical", "low"]
+
+
+def test_a_one_modality_run_measures_retention_against_its_own_teacher() -> None:
+    """`--set data.modalities=[audio]` trains teacher_audio alone: retention read `teacher` only, and
+    such a run's report had none (nor any target row)."""
+    from racmkd.eval.report import add_retention, targets
+
+    models = {
+        "teacher_audio": {"role": "teacher", "accuracy": 0.8},
+        "high": {"role": "student", "accuracy": 0.76, "budget_bytes": 1 << 20, "param_bytes_fp32": 1000, "within_budget": True},
+    }
+    add_retention(models, ["audio"])
+    assert models["high"]["retention"] == pytest.approx(0.95) and "retention" not in models["teacher_audio"]
+    assert [row["target"] for row in targets({"protocol": "avmnist", "models": models})] == ["high: retention >= 99% within 1024 KB"]
+
+
+def test_a_model_name_that_is_a_path_is_refused() -> None:
+    """`export --model ../checkpoints/critical` failed on a bare OS error, after making its folder;
+    `predict --tier ../compressed/critical/model` loaded a model from outside the run's checkpoints."""
+    from racmkd.runs import checkpoint
+
+    assert checkpoint(Path("run"), "teacher_audio") == Path("run/checkpoints/teacher_audio.pt")
+    for name in ("../checkpoints/critical", "a\\b", ".hidden", ""):
+        with pytest.raises(ValueError, match="is not a model name"):
+            checkpoint(Path("run"), name)

@@ -525,11 +525,17 @@ def test_profile_command_refuses_an_out_that_would_overwrite_an_input(exported: 
         (["--device", str(device), "--out", str(device)], "that is the input"),
         (["--device", "cortex-m7", "--out", str(Path(__file__).parents[1] / "configs" / "devices" / "cortex-m7.yaml")], "not JSON; it is not overwritten"),
         (["--device", "cortex-m7", "--out", "m.onnx/p.json"], "is a file, not a folder"),
+        (["--device", "cortex-m7", "--out", "bank.json"], "an existing JSON file that is not a profile"),  # (a run's bank.json was replaced)
     ]
+    (tmp_path / "bank.json").write_text('{"format": 3, "variants": []}')
     for args, message in cases:
         result = runner.invoke(app, ["profile", "m.onnx", "--no-measure", *args])
         assert result.exit_code == 2 and message in result.output, (args, result.output)
     assert model.read_bytes() == exported.read_bytes() and device.read_text().startswith(("#", "name"))
+    assert json.loads((tmp_path / "bank.json").read_text()) == {"format": 3, "variants": []}
+    earlier = runner.invoke(app, ["profile", "m.onnx", "--no-measure", "--device", "cortex-m7", "--device", "raspberry-pi-4", "--out", "p.json"])
+    again = runner.invoke(app, ["profile", "m.onnx", "--no-measure", "--device", "cortex-m7", "--out", "p.json"])  # an earlier profile is replaced
+    assert earlier.exit_code == again.exit_code == 0 and json.loads((tmp_path / "p.json").read_text())["device"] == "cortex-m7"
 
 
 def test_profile_out_may_be_an_empty_file_and_a_large_one_is_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1209,6 +1209,11 @@ def test_latency_controller_steps_on_each_period_mean() -> None:
     scales = [slow.update(latency, t) for latency, t in ((6.0, 0.4), (6.0, 0.8), (6.0, 1.2), (3.2, 0.6 + PID_STEP_MAX_S))]  # 8 requests would take 3.2 s
     assert scales[:3] == [pytest.approx(1.0)] * 3 and scales[3] == pytest.approx(1.0 + 0.4 * (0.8 - 6.0 / 4.0))  # the three late ones, not the fourth
     assert slow.update(3.2, 3600.0) == pytest.approx(1.0 + 0.4 * (0.8 - 3.2 / 4.0))  # an hour on: the fourth, its period's own
+    # Times out of order (threads read their clocks before they queue for the runtime's lock): an
+    # older time counts as the newest seen; simple-pid raised on the negative step, out of predict.
+    shuffled = LatencyController(PIDGains(), target_ms=4.0)
+    for latency, t in [(1.0, 0.0)] + [(1.0, 10.0)] * 8 + [(1.0, 8.5), (1.0, 9.6)]:
+        assert math.isfinite(shuffled.update(latency, t))
 
 
 def test_one_slow_request_after_an_idle_gap_is_not_integrated_over_the_gap() -> None:

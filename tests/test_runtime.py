@@ -1259,7 +1259,22 @@ def test_ctrl_c_while_serving_live_keeps_the_figures_so_far(bank_dir: Path, tiny
     assert served["summary"]["interrupted"] is True and served["summary"]["requests"] == len(served["records"]) == 10
     with pytest.raises(KeyboardInterrupt):
         serve_split(runtime, tiny_dataset, seconds=60.0, rate_hz=1000.0, on_request=stop_at_ten)
-    assert serve_split(runtime, tiny_dataset, seconds=0.05, rate_hz=100.0)["summary"]["interrupted"] is False
+    again = serve_split(runtime, tiny_dataset, seconds=0.05, rate_hz=100.0)["summary"]
+    assert again["interrupted"] is False
+    # A runtime serving again (stress-ng's phases one after another) reports this serving's switches
+    # only: each phase reported every switch since the runtime started, its p99 over them too.
+    from collections import Counter, deque
+    from types import SimpleNamespace
+
+    from racmkd.runtime.simulate import _served
+    from racmkd.utils import Window
+
+    served_before = SimpleNamespace(decision_count=5, adaptation_ms=Window(10), decisions=deque(range(5)))
+    for adaptation in (9.0, 9.0, 9.0, 9.0, 0.5):  # four switches before this serving, one in it
+        served_before.adaptation_ms.append(adaptation)
+    tally = {"requests": 1, "correct": 1, "in_time": 1, "slo": 1, "unanswered": 0}
+    figures = _served(served_before, tally, [], [1.0], Counter(), decided_before=4)  # type: ignore[arg-type]
+    assert figures["summary"]["switches"] == 1 and figures["summary"]["adaptation_ms_p99"] == 0.5 and figures["decisions"] == [4]
 
 
 def test_runtime_settings_that_mean_nothing_are_refused(bank_dir: Path) -> None:

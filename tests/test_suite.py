@@ -497,6 +497,12 @@ def test_teachers_that_learned_another_audio_window_are_not_reused(tiny_run: Pat
     assert not _copy_teachers(source, tmp_path / "b", cfg)
     assert f"not reusing its teachers for b ({old.stem}: audio: this model learned recordings placed the 'loudest' way" in capsys.readouterr().out
     assert not any((tmp_path / "b" / "checkpoints").iterdir())
+    # Teachers of a run on fewer samples (a --quick suite's): its data settings differ, say which.
+    import dataclasses
+
+    (tmp_path / "c" / "checkpoints").mkdir(parents=True)
+    assert not _copy_teachers(tiny_run, tmp_path / "c", dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_train=cfg.data.max_train + 1)))
+    assert "(its data max_train differ)" in capsys.readouterr().out
 
 
 def test_a_rows_seeds_of_different_sizes_are_shown_and_dominance_takes_the_largest() -> None:

@@ -91,6 +91,13 @@ def external_data_files(model: onnx.ModelProto) -> list[str]:
     return sorted(names)
 
 
+def compress_again(folder: Path) -> str:
+    """What remakes a compressed tier's folder (<run>/compressed/<tier>), the run named: without
+    `--run` the command would compress runs/latest's tier, not this run's."""
+    folder = Path(folder)
+    return f"compress the tier again with `racmkd compress --run {folder.parent.parent} --tier {folder.name}`"
+
+
 def read_compression_record(folder: Path, whole: bool = False) -> dict[str, Any]:
     """A compressed tier's compression.json (written by `racmkd compress`: the artifact it deploys,
     its format, every step's log), checked; errors name the file. `whole`: also what the report
@@ -101,17 +108,17 @@ def read_compression_record(folder: Path, whole: bool = False) -> dict[str, Any]
     try:
         record = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
-        raise ExportError(f"{path}: not readable JSON ({err}); compress the tier again with `racmkd compress`") from None
+        raise ExportError(f"{path}: not readable JSON ({err}); {compress_again(folder)}") from None
     missing = [k for k in ("artifact", "format") if not isinstance(record, dict) or not isinstance(record.get(k), str)]
     if missing:
-        raise ExportError(f"{path}: no {' or '.join(missing)} recorded; compress the tier again with `racmkd compress`")
+        raise ExportError(f"{path}: no {' or '.join(missing)} recorded; {compress_again(folder)}")
     if whole:
         damaged = [k for k in ("reason", "tier") if not isinstance(record.get(k), str)] + ["recipe"] * ("recipe" not in record)
         steps = record.get("steps")
         if not isinstance(steps, list) or not all(isinstance(s, dict) and {"step", "before", "after", "seconds"} <= s.keys() for s in steps):
             damaged.append("steps")
         if damaged:
-            raise ExportError(f"{path}: {', '.join(damaged)} missing or damaged; compress the tier again with `racmkd compress --tier {Path(folder).name}`")
+            raise ExportError(f"{path}: {', '.join(damaged)} missing or damaged; {compress_again(folder)}")
     return record
 
 

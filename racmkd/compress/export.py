@@ -331,11 +331,11 @@ def _exported(wrapper: nn.Module, example: tuple[torch.Tensor, ...], present: li
             return onnx.load(raw)
     except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
         cause: BaseException | None = err
-        for _ in range(32):  # Ctrl-C inside torch.export comes out wrapped as its export error: an interrupt, not a failure
+        for _ in range(32):  # Ctrl-C (or the CLI's SIGTERM, a SystemExit) inside torch.export comes out wrapped as its export error: a stop, not a failure
             if cause is None:
                 break
-            if isinstance(cause, KeyboardInterrupt):
-                raise KeyboardInterrupt from None
+            if isinstance(cause, (KeyboardInterrupt, SystemExit)):
+                raise cause.with_traceback(None) from None
             cause = cause.__cause__ or cause.__context__
         raise ExportError(f"{path}: ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
     finally:

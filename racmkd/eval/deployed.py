@@ -60,19 +60,25 @@ def deploy(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out
     int8 = name in INT8_ROWS or matched_tier(name) is not None
     record = out_dir / f"{name}.export.json"
     result = cached_json(record)  # damaged: exported again
+
+    def exported(key: str) -> Path:
+        """The file the record names, in out_dir: it records absolute paths, and in a copied run
+        folder (`cp -a`) they named the original's files (measured instead, or the row lost)."""
+        return out_dir / Path(result[key]["path"]).name
+
     commit = git_commit()
     stale = (
         result is None
         or not isinstance(result.get("fp32"), dict)
         or not isinstance(result["fp32"].get("path"), str)
-        or not Path(result["fp32"]["path"]).is_file()
-        or Path(result["fp32"]["path"]).stat().st_mtime_ns < checkpoint(run_dir, name).stat().st_mtime_ns
+        or not exported("fp32").is_file()
+        or exported("fp32").stat().st_mtime_ns < checkpoint(run_dir, name).stat().st_mtime_ns
     )  # retrained since
     if stale or result.get("commit") != commit or commit is None or commit.endswith("-dirty") or (int8 and "int8" not in result):
         result = export_model(cfg, dataset, run_dir, name, out_dir, int8=int8)
     key = "int8" if int8 else "fp32"
     label = name if compressed or not (folder / "compression.json").is_file() else f"{name}_fp32"
-    return Deployed(label, Path(result[key]["path"]), checkpoint(run_dir, name), f"onnx-{key}")
+    return Deployed(label, exported(key), checkpoint(run_dir, name), f"onnx-{key}")
 
 
 def twin(run_dir: Path, name: str) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import torch
 
-from racmkd.compress.artifacts import ExportError, read_compression_record
+from racmkd.compress.artifacts import ExportError, compress_again, read_compression_record
 from racmkd.config import EvalConfig, to_dict
 from racmkd.data.dataset import PairedDataset, build_dataset
 from racmkd.data.paths import checkout
@@ -23,7 +23,7 @@ from racmkd.eval.metrics import NonFiniteLogits, classification_metrics
 from racmkd.eval.plots import plot_accuracy_vs_cost, plot_training_curves
 from racmkd.models.checkpoint import load_model
 from racmkd.models.inference import BatchFeatures, predict_split
-from racmkd.runs import open_run, read_selection, record_timing
+from racmkd.runs import compressed_records, open_run, read_selection, record_timing, teacher_names
 from racmkd.runtime.predictor import Predictor
 from racmkd.utils import atomic_write_json, atomic_write_text, progress, sha256, torch_threads
 
@@ -153,12 +153,12 @@ def measure_compressed(name: str, folder: Path, run_dir: Path, dataset: PairedDa
     from racmkd.runtime.predictor import OnnxPredictor
 
     manifest = read_compression_record(folder, whole=True)
-    compress_again = f"compress the tier again with `racmkd compress --tier {folder.name}`"
+    again = compress_again(folder)
     artifact = folder / manifest["artifact"]
     twin, specs, modalities, meta = load_model(folder / "model.pt")
-    predictor = OnnxPredictor(artifact, fix=compress_again)  # (not `racmkd export`, which writes elsewhere: a tier's artifact comes from compress)
+    predictor = OnnxPredictor(artifact, fix=again)  # (not `racmkd export`, which writes elsewhere: a tier's artifact comes from compress)
     logits, labels = onnx_logits(predictor.session, specs, dataset, "test")
-    metrics = split_metrics(torch.from_numpy(logits), torch.from_numpy(labels), artifact, compress_again)
+    metrics = split_metrics(torch.from_numpy(logits), torch.from_numpy(labels), artifact, again)
     entry: dict[str, Any] = {"role": "compressed", "modalities": list(specs), **metrics}
     entry["inputs"] = {m: to_dict(s) for m, s in specs.items()}
     raw = dataset.raw_batch("test", torch.tensor([0]))
@@ -207,6 +207,18 @@ def add_latency_and_energy(models: dict[str, dict[str, Any]], timers: dict[str, 
         entry["energy_device"] = ev.energy.device
 
 
+def add_retention(models: dict[str, dict[str, Any]], modalities: list[str] | tuple[str, ...]) -> None:
+    """Each student's, baseline's and compressed tier's accuracy over the primary teacher's: the
+    fused one, or a one-modality run's own (`teacher` alone was read, and such a run's report had
+    no retention and no targets)."""
+    primary = models.get(teacher_names(modalities)[0])
+    if primary is None or not primary["accuracy"]:
+        return
+    for entry in models.values():
+        if entry.get("role") in ("student", "baseline", "compressed"):
+            entry["retention"] = entry["accuracy"] / primary["accuracy"]
+
+
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The foundation issue's targets, measured on this run."""
     models, rows = report["models"], []
@@ -215,7 +227,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         goal = TEACHER_TARGETS[report["protocol"]]
         rows.append({"target": f"teacher accuracy >= {goal:.1%}", "measured": teacher["accuracy"], "reached": teacher["accuracy"] >= goal})
     for tier, goal in RETENTION_TARGETS.items():
-        if tier not in models or teacher is None or "retention" not in models[tier]:
+        if tier not in models or "retention" not in models[tier]:
             continue  # no retention to hold to its target (no teacher accuracy to divide by, or no student's row)
         m = models[tier]
         rows.append(
@@ -249,7 +261,7 @@ def evaluate_run(run_dir: str | Path, dataset: PairedDataset | None = None) -> d
     if not paths:
         raise FileNotFoundError(f"{run_dir}/checkpoints: no models to evaluate. Run `racmkd train-teacher` and `racmkd distill` first.")
     models, timers = {}, {}
-    compressed = sorted(p.parent for p in (run_dir / "compressed").glob("*/compression.json"))
+    compressed = [p.parent for p in compressed_records(run_dir)]
     with torch_threads(cfg.threads):
         for path in progress(paths, desc="evaluate", leave=True):
             models[path.stem], timers[path.stem] = measure(path.stem, path, dataset)
@@ -258,10 +270,7 @@ def evaluate_run(run_dir: str | Path, dataset: PairedDataset | None = None) -> d
             models[name], timers[name] = measure_compressed(name, folder, run_dir, dataset, models.get(folder.name))
     models = dict(sorted(models.items(), key=lambda kv: report_order(kv[0])))
     add_latency_and_energy(models, timers, cfg.eval)
-    teacher_accuracy = models["teacher"]["accuracy"] if "teacher" in models else None
-    for entry in models.values():
-        if entry.get("role") in ("student", "baseline", "compressed") and teacher_accuracy:
-            entry["retention"] = entry["accuracy"] / teacher_accuracy
+    add_retention(models, cfg.data.modalities)
     report: dict[str, Any] = {
         "protocol": cfg.data.protocol,
         "commit": git_commit(),

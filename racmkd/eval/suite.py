@@ -50,6 +50,7 @@ from racmkd.pipeline import (
     teacher_names,
     train_teachers,
 )
+from racmkd.runs import compressed_records
 from racmkd.utils import atomic_write_json, cached_json, progress, sha256
 
 TIERS = ("high", "medium", "low", "critical")
@@ -178,9 +179,10 @@ def _copy_teachers(source: Path, run_dir: Path, cfg: RunConfig) -> bool:
     inputs as the dataset gives them (else they saw other data: say so and return False, and the
     caller trains its own). Teachers made before the audio window was placed on the speech were
     copied, and the run failed at its first evaluation, an hour on, asking for them to be retrained."""
-    keys = ("protocol", "modalities", "options", "seed", "val_images")
-    theirs = load_config(source / "config.yaml")
-    differ = [k for k in keys if to_dict(theirs.data)[k] != to_dict(cfg.data)[k]]
+    theirs, ours = to_dict(load_config(source / "config.yaml").data), to_dict(cfg.data)
+    # Every data setting but where the files and caches are: a --quick run's teachers (max_train,
+    # max_eval, augment) were copied into a full suite without a word.
+    differ = [k for k in ours if k not in ("root", "cache_dir", "cache_max_gb") and theirs.get(k) != ours[k]]
     why = (
         f"its data {', '.join(differ)} differ"
         if differ
@@ -351,7 +353,7 @@ def compressed_with(run_dir: Path, tier: str, recipe: Path, steps: list[dict[str
 
 def models_stamp(run_dir: Path) -> str:
     """A digest of which model files a run holds, their sizes and times: it changes when one is retrained."""
-    files = sorted([*run_dir.glob("checkpoints/*.pt"), *run_dir.glob("compressed/*/compression.json")])
+    files = sorted([*run_dir.glob("checkpoints/*.pt"), *compressed_records(run_dir)])
     return sha256(json.dumps([(str(f.relative_to(run_dir)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode())
 
 

@@ -631,6 +631,10 @@ class LatencyController:
         if not (math.isfinite(observed_ms) and math.isfinite(now)):
             self.ignored += 1
             return self.scale
+        # Threads read their clocks before they queue for the runtime's lock: a time older than one
+        # already stepped on counts as that one (simple-pid raised on the negative step, out of a
+        # predict whose answer was ready).
+        now = max(now, self._last if self._last is not None else now, self._first if self._count else now)
         if self._count and now - self._first >= max(PID_STEP_MAX_S, self.gains.interval_s):
             self._step(now)
         if self._count == 0:
@@ -645,7 +649,7 @@ class LatencyController:
         """The PID's step on the period's mean; the next period starts empty."""
         # A period's mean stands for at most PID_STEP_MAX_S of the integral: after an idle gap (30 s
         # without requests), one slow request taken over the whole gap drove the budget to its floor.
-        dt = 1e-3 if self._last is None else min(now - self._last, PID_STEP_MAX_S)
+        dt = 1e-3 if self._last is None else max(1e-3, min(now - self._last, PID_STEP_MAX_S))
         self._last = now
         self.scale = float(self.pid(self._sum / self._count, dt=dt))
         self._sum, self._count = 0.0, 0

@@ -142,11 +142,16 @@ def load(run_dir: str | Path = "runs/latest", tier: str = "high") -> Predictor |
     if not Path(run_dir).is_dir():
         what = "not a run folder (an ONNX model is a file ending in .onnx)" if Path(run_dir).exists() else "no such run folder"
         raise FileNotFoundError(f"{run_dir}: {what}. Train one with `racmkd run`, or pass --run.")
+    from racmkd.runs import checkpoint
+
+    path = checkpoint(Path(run_dir), tier)  # (a name, not a path: ValueError)
     if tier.endswith("_compressed"):
         base = tier.removesuffix("_compressed")
         folder = Path(run_dir) / "compressed" / base
         if not (folder / "compression.json").is_file():
-            tiers = sorted(p.parent.name for p in (Path(run_dir) / "compressed").glob("*/compression.json"))
+            from racmkd.runs import compressed_records
+
+            tiers = [p.parent.name for p in compressed_records(run_dir)]
             hint = (
                 f"Run `racmkd compress --run {run_dir} --tier {base}` first"
                 if (Path(run_dir) / "checkpoints" / f"{base}.pt").is_file() and not base.startswith("teacher")
@@ -166,7 +171,6 @@ def load(run_dir: str | Path = "runs/latest", tier: str = "high") -> Predictor |
         return predictor
     from racmkd.models.checkpoint import CheckpointError, load_model
 
-    path = Path(run_dir) / "checkpoints" / f"{tier}.pt"
     if not path.exists():
         available = sorted(p.stem for p in (Path(run_dir) / "checkpoints").glob("*.pt"))
         raise CheckpointError(f"{path}: no model {tier!r} in run {run_dir}. Available: {', '.join(available) or 'none (run `racmkd run` first)'}")

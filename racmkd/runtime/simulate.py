@@ -565,6 +565,7 @@ def serve_together(
     latencies = {name: [] if keep_records else Window(10_000) for name in names}  # answered requests'
     configurations: dict[str, Counter[str]] = {name: Counter() for name in names}
     counts = {name: {"requests": 0, "correct": 0, "in_time": 0, "slo": 0, "unanswered": 0} for name in names}
+    decided_before = {name: runtimes[name].decision_count for name in names}  # (a runtime serving phase after phase)
     started = time.perf_counter()
     i, interrupted = 0, False
     try:
@@ -615,17 +616,27 @@ def serve_together(
         if not interruptible:
             raise
         interrupted = True  # (a request cut short is not counted: its tally comes after its answer)
-    served = {name: _served(runtimes[name], counts[name], records[name], latencies[name], configurations[name]) for name in names}
+    served = {name: _served(runtimes[name], counts[name], records[name], latencies[name], configurations[name], decided_before[name]) for name in names}
     for result in served.values():
         result["summary"]["interrupted"] = interrupted
     return served
 
 
 def _served(
-    runtime: EdgeRuntime, counts: dict[str, int], records: list[dict[str, Any]], latencies: Iterable[float], configurations: Counter[str]
+    runtime: EdgeRuntime,
+    counts: dict[str, int],
+    records: list[dict[str, Any]],
+    latencies: Iterable[float],
+    configurations: Counter[str],
+    decided_before: int = 0,
 ) -> dict[str, Any]:
-    """One runtime's figures from live serving: the summary over every request, the kept records."""
+    """One runtime's figures from live serving: the summary over every request, the kept records;
+    switches and adaptation times of this serving's decisions only (`decided_before`: the runtime's
+    count when it began; each decision records one adaptation time). A runtime serving stress-ng's
+    phases one after another reported each phase with every phase's switches before it."""
     n = max(counts["requests"], 1)
+    switches = runtime.decision_count - decided_before
+    adaptations = runtime.adaptation_ms.values()[-switches:] if switches else []
     summary = {
         "requests": counts["requests"],
         "unanswered": counts["unanswered"],
@@ -634,8 +645,8 @@ def _served(
         "slo_accuracy": counts["slo"] / n,
         "latency_ms_p50": percentile(latencies, 50),
         "latency_ms_p99": percentile(latencies, 99),
-        "switches": runtime.decision_count,
-        "adaptation_ms_p99": percentile(runtime.adaptation_ms, 99),
+        "switches": switches,
+        "adaptation_ms_p99": percentile(adaptations, 99),
         "configurations": dict(configurations.most_common()),
     }
-    return {"summary": summary, "records": records, "decisions": list(runtime.decisions)}
+    return {"summary": summary, "records": records, "decisions": list(runtime.decisions)[-switches:] if switches else []}
