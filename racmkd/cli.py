@@ -586,12 +586,25 @@ def simulate(
         if not (run_dir / "edge" / "bank.json").is_file():
             typer.echo("no variant bank yet: building it (racmkd edge build)")
             build_bank(cfg, dataset, run_dir)
-        folder = out or run_dir / "simulate" / resources.name
+        folder = out or _default_simulate_folder(run_dir, resources)
         summary = replay_trace(load_bank(run_dir / "edge"), dataset, resources, cfg.runtime, requests, folder, static, seed, latency)
     except (*_errors(), BankError, TraceError) as err:
         raise _fail(err) from None
     typer.echo(render_table(summary))
     typer.echo(f"written: {folder}/summary.json, timeline.json, timeline.png, table.md")
+
+
+def _default_simulate_folder(run_dir: Path, trace: Trace) -> Path:
+    """<run>/simulate/<trace's name>; a trace file's name is its stem, which another file may share
+    (tr.csv and elsewhere/tr.json): the replay of one replaced the other's in silence. The folder
+    holding another trace's replay is refused, naming --out."""
+    from racmkd.utils import cached_json
+
+    folder = run_dir / "simulate" / trace.name
+    earlier = (cached_json(folder / "summary.json") or {}).get("trace_source")
+    if earlier is not None and earlier != trace.source:
+        raise ValueError(f"{folder} holds the replay of {earlier}, not of {trace.source}; it is not replaced. Name another folder with --out")
+    return folder
 
 
 @app.command("serve")

@@ -500,6 +500,7 @@ class Trace:
     times: np.ndarray
     columns: dict[str, np.ndarray]
     skipped_rows: int = 0  # rows dropped as garbage while reading
+    source: str = ""  # what it was read from: a file's absolute path, or the synthetic profile's name
 
     @property
     def duration(self) -> float:
@@ -648,7 +649,7 @@ def load_trace(path: str | Path) -> Trace:
         )
     if skipped:
         log.warning("%s: skipped %d garbage rows of %d", path, skipped, len(rows))
-    return Trace(path.stem, np.array(times), {c: held(np.array(v)) for c, v in columns.items()}, skipped)
+    return Trace(path.stem, np.array(times), {c: held(np.array(v)) for c, v in columns.items()}, skipped, source=str(path.resolve()))
 
 
 def held(values: np.ndarray) -> np.ndarray:
@@ -763,7 +764,7 @@ def synthetic_trace(kind: str, duration_s: float = 120.0, step_s: float = 0.1, s
         for i in range(1, n):
             cpu[i] = _reflect(cpu[i - 1] + steps[0, i], 15.0, 98.0)
             mem[i] = _reflect(mem[i - 1] + steps[1, i], 8.0, 150.0)
-    return Trace(kind, t, {"cpu_percent": np.clip(cpu, 0.0, 100.0), "memory_available_mb": np.clip(mem, 1.0, None)})
+    return Trace(kind, t, {"cpu_percent": np.clip(cpu, 0.0, 100.0), "memory_available_mb": np.clip(mem, 1.0, None)}, source=kind)
 
 
 def _reflect(x: float, low: float, high: float) -> float:

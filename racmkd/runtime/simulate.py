@@ -371,6 +371,7 @@ def simulate(
     dynamic_summary = _summary(dynamic, target)
     summary: dict[str, Any] = {
         "trace": trace.name,
+        "trace_source": trace.source or trace.name,  # (a file's path: two files of one name share a default folder)
         "trace_seconds": dynamic["trace_seconds"],
         "requests": requests,
         "latency_target_ms": target,
