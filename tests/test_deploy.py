@@ -1735,6 +1735,13 @@ def test_edge_end_to_end_with_fog_broker_registry_and_failures(tiny_run: Path, t
         healed = push(registry, republished, edge_server.url, TOKEN)
         assert healed["sent"] == "full" and healed["status_code"] == 200 and "delta" in healed["notes"][0] and "refused" in healed["notes"][0], healed
         assert edge.get("/deployment", headers=auth).json()["current"]["version"] == republished.version
+        # The installed bytes published again as a newer version: sent (a delta of nothing), so that the
+        # device records the version (it was told "up to date" and kept the old number).
+        renumbered = registry.register(bank_dir, "edge", key, metrics={"accuracy": 0.9})
+        sent = push(registry, renumbered, edge_server.url, TOKEN)
+        assert sent["sent"] == "delta" and sent["status_code"] == 200 and "records the version" in sent["notes"][0], sent
+        assert edge.get("/deployment", headers=auth).json()["current"]["version"] == renumbered.version
+        assert push(registry, renumbered, edge_server.url, TOKEN)["sent"] == "nothing"
 
         # Offloading to the fog, then the fog killed mid-stream: every request still answered.
         deadline = time.monotonic() + 20

@@ -186,18 +186,27 @@ def push(registry: ModelRegistry, release: Release, url: str, token: str, timeou
         serving = status.get("serving") or {"sha256": current}  # (an edge before 2026-12 does not say)
         full_bytes = registry.blob(release.sha256)
         notes = []
-        if current == release.sha256:
+        installed = status.get("current") or {}
+        # The same bytes published again as a newer version: sent (a delta of nothing), so that the
+        # device records the version (told "up to date", it kept the old one, and its downgrade
+        # protection the old number).
+        renumbered = installed.get("name") == release.name and isinstance(installed.get("version"), int) and release.version > installed["version"]
+        if current == release.sha256 and not renumbered:
             if serving.get("sha256") == current:
                 return {"sent": "nothing", "reason": "the device already runs it", "bytes": 0}
             full = True  # installed but not serving (it did not load): a repair, whole
             notes.append(f"installed but not serving (the device serves {serving.get('label')}): sent whole again")
+        elif current == release.sha256:
+            notes.append(
+                f"the bytes of the installed v{installed['version']}, published again as v{release.version}: sent so that the device records the version"
+            )
         delta = None if full or current is None else _delta_or_none(registry, current, release.sha256)
         if delta is not None and len(delta) < len(full_bytes):
             reply = _post_release(client, release, delta, True)
             detail = str(_detail(reply)) if reply.status_code == 422 else ""
             # refused for the release itself (a replay, a signature): sending it whole changes nothing
             if not ("delta refused" in detail or "hash to" in detail):
-                return _pushed("delta", delta, full_bytes, reply)
+                return {**_pushed("delta", delta, full_bytes, reply), **({"notes": notes} if notes else {})}
             notes.append(f"delta of {len(delta):,} bytes refused ({_detail(reply)}): sent whole")
         reply = _post_release(client, release, full_bytes, False)
     return {**_pushed("full", full_bytes, full_bytes, reply), **({"notes": notes} if notes else {})}
