@@ -134,6 +134,20 @@ def test_foundation_reuses_a_run_made_with_compression_and_refuses_other_trainin
         foundation.run_seed(config, "avmnist", 0, tmp_path, [])
 
 
+def test_the_compression_benchmark_refuses_a_run_made_from_another_config(tmp_path: Path) -> None:
+    """runs/bench-compression was measured whatever --config said, and the result did not say which."""
+    import compression
+
+    name = "bench-compression"
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "report.json").write_text("{}")
+    config = REPO / "configs" / "default.yaml"
+    save_config(load_config(config, [f"name={name}", f"runs_dir={tmp_path}"]), tmp_path / name / "config.yaml")
+    assert compression.ensure_run(config, None, tmp_path) == tmp_path / name  # (compression settings aside: the same run)
+    with pytest.raises(SystemExit, match=r"data\.modalities"):
+        compression.ensure_run(REPO / "configs" / "trimodal.yaml", None, tmp_path)
+
+
 # sensor_inputs.py ---------------------------------------------------------------------------------
 
 

@@ -36,7 +36,7 @@ import torch
 from racmkd.compress.artifacts import FORMAT_PRECISION, WEIGHTS_ONLY_BITS, read_compression_record, stores_quantized_weights_only
 from racmkd.compress.export import compact_file, export_onnx, onnx_logits, session
 from racmkd.compress.quantize import calibration_inputs, layer_rows, quantize_int8, quantize_weights
-from racmkd.config import RunConfig
+from racmkd.config import RunConfig, RuntimeConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.eval.cost import energy_per_call_mj, latency_round_robin, rounds_for
 from racmkd.eval.report import git_commit, machine
@@ -312,21 +312,23 @@ def _build_bank(
     np.savez(buffer, **{f"{split}/{t}/{m}": z for split, per in shares.items() for (t, m), z in per.items()}, **{f"labels/{s}": y for s, y in labels.items()})
     atomic_write_bytes(out_dir / "logits.npz", buffer.getvalue())
     atomic_write_json(out_dir / "bank.json", bank)
-    bank["request_overhead_ms"] = request_overhead_ms(out_dir, {m: raw[m][0].numpy() for m in modality_order}, latency_iters)
+    bank["request_overhead_ms"] = request_overhead_ms(out_dir, {m: raw[m][0].numpy() for m in modality_order}, latency_iters, cfg.runtime)
     atomic_write_json(out_dir / "bank.json", bank)
 
 
-def request_overhead_ms(folder: Path, inputs: dict[str, np.ndarray], iters: int) -> float:
+def request_overhead_ms(folder: Path, inputs: dict[str, np.ndarray], iters: int, config: RuntimeConfig | None = None) -> float:
     """What the edge runtime spends on a request beyond its variants' measured latencies (input
     checks, quality, combining the shares, the answer), unloaded: the median time of requests with
     every variant of the widest tier pinned, less those variants' median latencies. The runtime
-    takes it off its latency budget."""
+    takes it off its latency budget. `config`: the runtime's, whose session threads the variants'
+    latencies were measured on (on the default single thread, the overhead compared two thread
+    counts)."""
     from racmkd.runtime.edge import EdgeRuntime
 
     bank = load_bank(folder)
     widest = max(bank.table.tiers, key=lambda t: sum(v.tier == t for v in bank.table.variants))
     pinned = {m: widest if any(v.id == f"{widest}/{m}" for v in bank.table.variants) else None for m in bank.table.modalities}
-    runtime = EdgeRuntime(bank, pinned=pinned)
+    runtime = EdgeRuntime(bank, config, pinned=pinned)
     used = [v for v in runtime.current.config if v is not None]
     p50 = {v["tier"] + "/" + v["modality"]: v["latency_ms"] for v in bank.data["variants"]}
     timings = []
