@@ -639,3 +639,22 @@ def test_the_report_gives_every_input_its_size() -> None:
 
     entry = {"inputs": {"image": {"resolution": 12, "crop": 24}, "audio": {"n_mels": 32, "n_frames": 16}, "imu": {"samples": 64, "length": 16}}}
     assert _inputs(entry) == "image 12x12, audio 32x16, imu samples=64 length=16"  # imu had its name alone
+
+
+def test_a_run_resumed_under_another_protocol_order_differs_only_in_its_twins(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Label-only twins are trained where the transfer study runs, the first protocol's first seed:
+    `--protocols clean` after a whole suite refused clean-s0 (made without them). Now the run goes on,
+    without the transfer table where it has no twins; any other difference is still refused."""
+    from racmkd.config import ConfigError, load_config, save_config
+    from racmkd.eval.suite import resumable
+
+    config = Path(__file__).parents[1] / "configs" / "default.yaml"
+    save_config(load_config(config, ["students.labels_only=false"]), tmp_path / "config.yaml")
+    wanted = load_config(config, ["students.labels_only=true"])
+    cfg, transfer = resumable(tmp_path, wanted, transfer=True)
+    assert cfg.students.labels_only is False and transfer is False and "transfer table is left out" in capsys.readouterr().out
+    save_config(wanted, tmp_path / "config.yaml")  # made with twins, resumed where none are needed
+    cfg, transfer = resumable(tmp_path, load_config(config, ["students.labels_only=false"]), transfer=False)
+    assert cfg.students.labels_only is True and transfer is False
+    with pytest.raises(ConfigError, match="made with other settings \\(students.train.epochs"):
+        resumable(tmp_path, load_config(config, ["students.train.epochs=9"]), transfer=True)

@@ -240,6 +240,26 @@ def _has_transfer(settings: SuiteSettings, protocol: str, first_run: Path | None
     return settings.transfer and first_run is None and protocol == settings.protocols[0]  # the transfer table is the first protocol's first seed's
 
 
+def resumable(run_dir: Path, cfg: RunConfig, transfer: bool) -> tuple[RunConfig, bool]:
+    """The config a resumed run goes on with, and whether it holds the transfer study; ConfigError
+    when it was made with other settings (its models would be reported as this configuration's).
+    Whether a run trains label-only twins follows which protocol comes first in --protocols (the
+    transfer study's): `--protocols clean` after a whole suite refused clean-s0, made without them.
+    A run made with them serves without; one made without serves without the transfer table (its
+    cells n/a, said here)."""
+    stored = load_config(run_dir / "config.yaml")
+    differences = config_differences(stored, cfg)
+    if differences == ["students.labels_only"]:
+        if transfer and not stored.students.labels_only:
+            print(f"{run_dir}: made without label-only twins; the transfer table is left out (remove the folder to make them)")
+        return replace(cfg, students=replace(cfg.students, labels_only=stored.students.labels_only)), transfer and stored.students.labels_only
+    if differences:
+        raise ConfigError(
+            f"{run_dir}/config.yaml: this run was made with other settings ({', '.join(differences[:5])}{', ...' if len(differences) > 5 else ''}) than the suite's now; its models would be reported as this configuration's. Remove the folder, or give another --runs-dir."
+        )
+    return cfg, transfer
+
+
 def seed_run(
     settings: SuiteSettings, protocol: str, seed: int, first_run: Path | None, datasets: dict[str, PairedDataset]
 ) -> tuple[RunConfig, Path, list[str], list[str]]:
@@ -251,11 +271,7 @@ def seed_run(
     if not (run_dir / "config.yaml").is_file():
         create_run(cfg)
     else:  # resumed: its models are taken as done only if they were made with these settings
-        differences = config_differences(load_config(run_dir / "config.yaml"), cfg)
-        if differences:
-            raise ConfigError(
-                f"{run_dir}/config.yaml: this run was made with other settings ({', '.join(differences[:5])}{', ...' if len(differences) > 5 else ''}) than the suite's now; its models would be reported as this configuration's. Remove the folder, or give another --runs-dir."
-            )
+        cfg, transfer = resumable(run_dir, cfg, transfer)
     run_dir = run_dir.resolve()
     made: list[str] = []
     resumed: list[str] = []
