@@ -66,6 +66,10 @@ FUSED_ACTIVATIONS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "LeakyRelu", "Tan
 # inside int8 kernels not; Q/DQ at float boundaries yes), a mixed model's fp32 layers as fp32 FLOPs.
 # Cached latency fits record it (eta_b is a rate over these bytes, t_op a time per operator).
 GRAPH_COST_RULES = 4
+# `racmkd profile`'s measurement on this machine: the wall time it may take, and the fewest runs it
+# times (a model estimated slower than that allows is not run).
+MEASURE_BUDGET_S = 10.0
+MEASURED_RUNS_MIN = 6
 
 
 # The graph -------------------------------------------------------------------------------------------
@@ -660,24 +664,37 @@ def profile_model(path: Path, device: DeviceProfile, model: LatencyModel, measur
 
 
 def measured_here(path: Path, cost: GraphCost, model: LatencyModel) -> dict[str, Any]:
-    """This machine's measured latency of the model beside its own estimate. A model ONNX Runtime
-    cannot load or run here (a tensor past its 4 GB limit, an operator it lacks, too little
-    memory) has no measured figures and says why; the estimate and the device's verdict stand."""
+    """This machine's measured latency of the model beside its own estimate: 200 runs after 20 to
+    warm up, or as many as MEASURE_BUDGET_S allows (at least 6; a model estimated too slow for that
+    is not run: a 2 GB convolution was measured for minutes). A model ONNX Runtime cannot load or
+    run here (a tensor past its 4 GB limit, an operator it lacks, too little memory) has no
+    measured figures and says why; the estimate and the device's verdict stand."""
+    estimate = host_seconds(cost, model)
     here: dict[str, Any] = {"host": model.host, "measured_latency_ms_p50": None, "measured_latency_ms_p95": None}
+    if not estimate * MEASURED_RUNS_MIN <= MEASURE_BUDGET_S:
+        here["not_measured"] = (
+            f"estimated at {estimate:.1f} s a run here, {MEASURED_RUNS_MIN} runs would take more than {MEASURE_BUDGET_S:g} s (profile with --no-measure to skip this)"
+        )
+        source = "not measured: too slow to time here; estimate from the same model as the device's"
+        return {**here, "estimated_latency_ms": estimate * 1e3, "source": source}
     try:
         sess = session(path)
         feed = zero_feed(sess)
         quiet = ort.RunOptions()
         quiet.log_severity_level = 4  # the failure is reported below, once, not also logged by ONNX Runtime
-        timed = percentiles([_time_once(sess, feed, quiet) for _ in range(220)][20:])
-        here.update(measured_latency_ms_p50=timed["p50"], measured_latency_ms_p95=timed["p95"])
+        runs, started = [], time.perf_counter()
+        while len(runs) < 220 and (len(runs) < MEASURED_RUNS_MIN or time.perf_counter() - started < MEASURE_BUDGET_S):
+            runs.append(_time_once(sess, feed, quiet))
+        warm = min(20, len(runs) // 3)
+        timed = percentiles(runs[warm:])
+        here.update(measured_latency_ms_p50=timed["p50"], measured_latency_ms_p95=timed["p95"], measured_runs=len(runs) - warm)
         source = "measured with ONNX Runtime, batch 1, one thread (latency); estimate from the same model as the device's"
     except Exception as err:  # noqa: BLE001 - ONNX Runtime's own exception types share no base but Exception
         if not isinstance(err, (ExportError, MemoryError, ValueError)) and not type(err).__module__.startswith("onnxruntime"):
             raise
         here["not_measured"] = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(err)).splitlines()[0]
         source = "not measured: ONNX Runtime could not run the model here; estimate from the same model as the device's"
-    return {**here, "estimated_latency_ms": host_seconds(cost, model) * 1e3, "source": source}
+    return {**here, "estimated_latency_ms": estimate * 1e3, "source": source}
 
 
 def _time_once(sess: Any, feed: dict[str, np.ndarray], options: ort.RunOptions | None = None) -> float:
