@@ -276,6 +276,8 @@ def test_a_profile_missing_a_field_or_with_a_bad_value_is_a_clear_error(tmp_path
     broken.write_text(good.replace("kind: mcu", "kind: toaster"))
     with pytest.raises(ConfigError, match="toaster"):
         load_device(broken)
+    with pytest.raises(ConfigError, match="empty; name a known device .*cortex-m7"):  # (was read as the folder ".")
+        load_device("")
     broken.write_text(good.replace("runtime_overhead_bytes: ", "runtime_overhead_bytes: -"))  # RAM would come out negative
     with pytest.raises(ConfigError, match="runtime_overhead_bytes must be a finite number >= 0"):
         load_device(broken)

@@ -64,6 +64,8 @@ def shipped_devices() -> Path | None:
 
 def load_device(name_or_path: str | Path, devices_dir: Path | None = None) -> DeviceProfile:
     """A profile by name (configs/devices/<name>.yaml of the checkout, or of `devices_dir`) or by path."""
+    if not str(name_or_path).strip():  # (read as the folder ".": "device : a folder")
+        raise ConfigError(f"device {name_or_path!r}: empty; name a known device ({', '.join(device_names(devices_dir)) or 'none'}) or a profile's YAML file")
     path = Path(name_or_path)
     if not path.suffix:
         folder = devices_dir or shipped_devices()
