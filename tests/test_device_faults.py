@@ -270,6 +270,8 @@ def test_a_rebuilt_state_keeps_the_release_committed_last_across_names(keys: tup
     assert store.install(*signed(keys, "edge", 2)).label.startswith("edge v2")
     (root / "state.json").write_text("{")
     assert store.current().label.startswith("edge v2") and store.previous().label.startswith("critical v2")
+    (root / "state.json").write_bytes(b'{"current": \xff\xfe')  # not even UTF-8: damage too (it escaped as a UnicodeDecodeError)
+    assert store.current().label.startswith("edge v2")
 
 
 def test_slots_from_before_commit_records_are_rebuilt_by_when_they_were_installed(keys: tuple[Path, Path], tmp_path: Path) -> None:
@@ -311,21 +313,21 @@ def test_a_state_json_that_fails_to_read_is_a_store_error_not_rebuilt(keys: tupl
         store.install(*signed(keys, name, version))
     state = (root / "state.json").read_bytes()
     assert json.loads(state)["newest"] == {"edge": 5, "critical": 2} and len(slots(root)) == 2  # edge v5's slot pruned
-    read_text = Path.read_text
+    read_bytes = Path.read_bytes
 
-    def failing_read(self: Path, *args, **kwargs) -> str:  # noqa: ANN002, ANN003
+    def failing_read(self: Path) -> bytes:
         if self.name == "state.json":
             raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return read_text(self, *args, **kwargs)
+        return read_bytes(self)
 
-    monkeypatch.setattr(Path, "read_text", failing_read)
+    monkeypatch.setattr(Path, "read_bytes", failing_read)
     for call in (store.current, store.status, store.rollback, lambda: store.install(*signed(keys, "edge", 1))):
         with pytest.raises(StoreError, match="state.json could not be read") as caught:
             call()
         assert str(root) in str(caught.value) and "check the disk" in str(caught.value)
+    monkeypatch.undo()
     assert (root / "state.json").read_bytes() == state and not (root / "state.json.damaged").exists()
     assert len(slots(root)) == 2  # the staged edge v1 kept while the state could not be read, not committed
-    monkeypatch.undo()
     assert store.current().label.startswith("critical v2")
     with pytest.raises(UpdateRefused, match="not newer than v5"):
         store.install(*signed(keys, "edge", 1))

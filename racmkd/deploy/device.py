@@ -255,7 +255,7 @@ class DeviceStore:
             committed = slots.is_dir() and any(_recorded_order(p) is not None for p in slots.iterdir() if p.is_dir() and not p.name.startswith("."))
             return self._rebuilt_state("missing, while the slots hold committed releases") if committed else {}
         try:
-            text = path.read_text()
+            text = path.read_bytes()  # (decoded by json.loads below: bytes not UTF-8 are damage, rebuilt)
         except OSError as err:
             # Not damage in the file (a disk error, no file handles left, a permission changed): a
             # rebuild would overwrite a good state.json and forget versions whose slots were pruned
@@ -278,7 +278,7 @@ class DeviceStore:
         path = self.root / "state.json"
         with self._rebuilding:
             try:  # (another thread may have rebuilt it meanwhile)
-                state = json.loads(path.read_text())
+                state = json.loads(path.read_bytes())
                 if isinstance(state, dict):
                     return state
             except FileNotFoundError:
