@@ -367,7 +367,7 @@ def profile(
     measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Time the model on this machine too.")] = True,
 ) -> None:
     """ROM, RAM, estimated latency and energy of a model on a device, and whether it fits."""
-    from racmkd.compress.export import ExportError
+    from racmkd.compress.artifacts import ExportError
     from racmkd.resources.devices import load_device
     from racmkd.resources.profile import latency_model, profile_model, profiled_contract, render_profile
     from racmkd.utils import atomic_write_json
@@ -421,7 +421,7 @@ def edge_build(
     from racmkd.pipeline import prepare_data
     from racmkd.runtime.variants import build_bank, load_bank
 
-    from racmkd.compress.export import ExportError
+    from racmkd.compress.artifacts import ExportError
     from racmkd.runtime.variants import BankError
 
     try:
@@ -664,7 +664,7 @@ DEFAULT_PUBLIC_KEY = Path("keys/racmkd.pub")
 
 
 def _registry_errors() -> tuple[type[Exception], ...]:
-    from racmkd.compress.export import ExportError
+    from racmkd.compress.artifacts import ExportError
     from racmkd.deploy.registry import RegistryError
     from racmkd.deploy.signing import SignatureError
 

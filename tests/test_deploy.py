@@ -1844,6 +1844,22 @@ def test_the_edge_serves_without_the_training_stack(tiny_run: Path, tiny_dataset
     assert "not installed on an edge device" not in errors, errors  # nothing tried the training stack, not even in the background
 
 
+def test_profile_and_deploy_errors_need_no_training_stack(bank_dir: Path, tmp_path: Path) -> None:
+    """`racmkd profile` and any error of the registry and deploy commands imported the exporter
+    (torch) on an edge install: a ModuleNotFoundError's traceback instead of the profile or the
+    one-line error."""
+    variant = next(bank_dir.glob("*.onnx"))
+
+    def edge(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", WITHOUT_TRAINING_STACK, *args], capture_output=True, text=True, timeout=300, env={**os.environ, "RACMKD_PROGRESS": "0"})
+
+    profiled = edge("profile", str(variant), "--device", "cortex-m7", "--no-measure", "--json", "--out", str(tmp_path / "p.json"))
+    assert profiled.returncode == 0 and json.loads(profiled.stdout)["device"] == "cortex-m7", profiled.stderr
+    for args in (("registry", "list", "--root", str(tmp_path / "none")), ("deploy", "push", "edge", "--url", "http://127.0.0.1:1", "--root", str(tmp_path / "none"))):
+        failed = edge(*args)
+        assert failed.returncode == 2 and "Traceback" not in failed.stderr and "not installed on an edge device" not in failed.stderr, failed.stderr
+
+
 def test_kubernetes_manifests_and_compose_file_are_valid() -> None:
     import kubernetes_validate
     import yaml

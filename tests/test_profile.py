@@ -473,7 +473,7 @@ def test_a_fit_that_finds_traffic_free_charges_no_traffic_time(monkeypatch: pyte
         last["cost"] = graph_cost(model)
         return last["cost"]
 
-    def fake_latency(fn, warmup: int, iters: int, threads: int = 1) -> dict[str, float]:  # noqa: ANN001
+    def fake_latency(fn, warmup: int, iters: int) -> dict[str, float]:  # noqa: ANN001
         cost = last["cost"]
         moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
         # traffic a hair faster, if anything
@@ -482,7 +482,7 @@ def test_a_fit_that_finds_traffic_free_charges_no_traffic_time(monkeypatch: pyte
 
     monkeypatch.setattr(profile, "measure_host_peaks", lambda: peaks)
     monkeypatch.setattr(profile, "graph_cost", costing)
-    monkeypatch.setattr(profile, "latency_ms", fake_latency)
+    monkeypatch.setattr(profile, "wall_latency_ms", fake_latency)
     fitted = profile.calibrate("fake-host", 2000.0, show_progress=False)
     assert fitted.bandwidth_efficiency is None and fitted.fit_relative_error < 0.05
     assert fitted.seconds_per_op == pytest.approx(2e-6, rel=0.05) and fitted.flops_efficiency == pytest.approx(0.25, rel=0.05)

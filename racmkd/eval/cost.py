@@ -9,9 +9,8 @@ documented linear model unless RAPL counters are readable, then measured.
 from __future__ import annotations
 
 import statistics
-import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from racmkd.config import EnergyModel
+from racmkd.eval.timing import estimated_energy_joules, percentile, percentiles, wall_times_ms  # noqa: F401 - (re-exported: the torch-free part)
 from racmkd.resources.sources import rapl_domains
 from racmkd.utils import torch_threads
 
@@ -83,28 +83,8 @@ def activation_memory(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict
 
 def time_calls(fn: Callable[[], Any], warmup: int, iters: int, threads: int = 1) -> list[float]:
     """Wall times in ms of `iters` calls of `fn()`, after `warmup` calls, on `threads` threads."""
-    times = []
     with torch_threads(threads), torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-        for _ in range(iters):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-    return times
-
-
-def percentile(values: Iterable[float], q: float) -> float:
-    """The q-th percentile (0-100) of some values by nearest rank; NaN when there are none."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
-def percentiles(times: list[float]) -> dict[str, float]:
-    """Median and 95th percentile of some timings."""
-    return {"p50": statistics.median(times), "p95": percentile(times, 95)}
+        return wall_times_ms(fn, warmup, iters)
 
 
 def latency_ms(fn: Callable[[], Any], warmup: int, iters: int, threads: int = 1) -> dict[str, float]:
@@ -166,11 +146,6 @@ CALLS_PER_ROUND = 10
 def rounds_for(iters: int) -> int:
     """Rounds of about CALLS_PER_ROUND timed calls each for `iters` calls per subject."""
     return max(1, iters // CALLS_PER_ROUND)
-
-
-def estimated_energy_joules(flops: int, bytes_moved: int, seconds: float, model: EnergyModel) -> float:
-    """E = a * FLOPs + b * bytes moved + c * time (see EnergyModel and the README)."""
-    return model.joules_per_flop * flops + model.joules_per_byte * bytes_moved + model.static_watts * seconds
 
 
 def _read_uj(path: Path) -> int:

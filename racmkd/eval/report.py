@@ -4,17 +4,15 @@ report.md and PNG plots in the run directory."""
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 
 from racmkd.compress.artifacts import ExportError, compress_again, read_compression_record
+from racmkd.eval.timing import machine  # noqa: F401 - (re-exported: the report records it)
 from racmkd.config import EvalConfig, to_dict
 from racmkd.data.dataset import PairedDataset, build_dataset
 from racmkd.data.paths import checkout
@@ -55,25 +53,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("-dirty" if dirty else "")
-
-
-def machine() -> dict[str, Any]:
-    """What the measurements ran on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
 
 
 def split_metrics(logits: torch.Tensor, labels: torch.Tensor, source: Path, fix: str) -> dict[str, float | None]:

@@ -41,10 +41,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from racmkd.compress.export import ExportError, read_contract, session, stored_bytes, zero_feed
+from racmkd.compress.artifacts import ExportError, read_contract, session, stored_bytes, zero_feed
 from racmkd.config import finite_number
 from racmkd.data.paths import cache_root
-from racmkd.eval.cost import estimated_energy_joules, latency_ms, percentiles
+from racmkd.eval.timing import estimated_energy_joules, percentiles, wall_latency_ms
 from racmkd.resources.devices import DeviceProfile
 from racmkd.utils import atomic_write_json, progress
 
@@ -397,10 +397,10 @@ def measure_host_peaks() -> HostPeaks:
     )
     sess = session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString())
     feed = {"a": rng.standard_normal((n, n)).astype(np.float32)}
-    matmul = latency_ms(lambda: sess.run(None, feed), warmup=2, iters=9)["p50"] / 1e3
+    matmul = wall_latency_ms(lambda: sess.run(None, feed), warmup=2, iters=9)["p50"] / 1e3
     src = np.ones(64 * 2**20 // 4, dtype=np.float32)
     dst = np.empty_like(src)
-    copy = latency_ms(lambda: np.copyto(dst, src), warmup=2, iters=9)["p50"] / 1e3
+    copy = wall_latency_ms(lambda: np.copyto(dst, src), warmup=2, iters=9)["p50"] / 1e3
     return HostPeaks(2 * n**3 / matmul / 1e9, 2 * src.nbytes / copy / 1e9)  # a copy reads and writes
 
 
@@ -501,7 +501,7 @@ def calibrate(host: str, host_clock_mhz: float, show_progress: bool = True) -> L
         cost = graph_cost(model)
         sess = session(model.SerializeToString())
         feed = {"input": np.random.default_rng(0).standard_normal((1, channels, size, size)).astype(np.float32)}
-        seconds = latency_ms(lambda: sess.run(None, feed), warmup=5, iters=30)["p50"] / 1e3
+        seconds = wall_latency_ms(lambda: sess.run(None, feed), warmup=5, iters=30)["p50"] / 1e3
         moved = cost.resident_weight_bytes + 2 * cost.activation_bytes_written
         rows.append([cost.operators, cost.flops / (peaks.gflops_fp32 * 1e9), moved / (peaks.memory_gbps * 1e9)])
         times.append(seconds)
@@ -521,7 +521,7 @@ def host_description() -> tuple[str, float]:
     """This machine's CPU model and clock (MHz)."""
     import psutil
 
-    from racmkd.eval.report import machine
+    from racmkd.eval.timing import machine
 
     freq = psutil.cpu_freq()
     return machine()["cpu"], float(freq.max or freq.current) if freq else 2000.0
