@@ -314,9 +314,9 @@ class DistillConfig:
     def __post_init__(self) -> None:
         # A temperature of 0 makes the KD loss NaN, and a NaN student would be saved as the best one;
         # a negative one trains towards the teacher's reversed ranking.
-        if not (self.temperature.low > 0 and self.temperature.high > 0 and self.reliability_temperature > 0):
+        if not (0 < self.temperature.low < math.inf and 0 < self.temperature.high < math.inf and 0 < self.reliability_temperature < math.inf):
             raise ConfigError(
-                f"temperature (low {self.temperature.low}, high {self.temperature.high}) and reliability_temperature ({self.reliability_temperature}) must be > 0"
+                f"temperature (low {self.temperature.low}, high {self.temperature.high}) and reliability_temperature ({self.reliability_temperature}) must be finite and > 0"
             )
         weights = {name: getattr(self, name) for name in ("alpha", "beta", "gamma", "delta")}
         bad = {name: (w.low, w.high) for name, w in weights.items() if not (0 <= w.low < math.inf and 0 <= w.high < math.inf)}
@@ -355,6 +355,11 @@ class EnergyModel:
     joules_per_flop: float = 1.0e-10
     joules_per_byte: float = 1.0e-10
     static_watts: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("joules_per_flop", "joules_per_byte", "static_watts"):  # (eval.energy's were taken unchecked: negative or NaN energy)
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -569,6 +574,13 @@ class ServeConfig:
             # (0 kept nothing: every message dropped, none sent, even while connected; -1 failed when the server started)
             raise ConfigError(
                 f"telemetry_buffer {self.telemetry_buffer} and telemetry_interval_s {self.telemetry_interval_s}: a buffer of at least 1 message, an interval finite and > 0"
+            )
+        limits = {"max_body_bytes": self.max_body_bytes, "max_update_bytes": self.max_update_bytes, "max_audio_seconds": self.max_audio_seconds}
+        if not all(0 < v < math.inf for v in limits.values()):  # (-1 started a server that answered every /predict 413)
+            raise ConfigError(f"{', '.join(f'{k} {v}' for k, v in limits.items())}: each limit must be finite and > 0")
+        if self.breaker_failures < 1 or not (0 < self.breaker_reset_s < math.inf and 0 < self.probe_interval_s < math.inf and 0 <= self.offload_margin <= 1):
+            raise ConfigError(
+                f"breaker_failures {self.breaker_failures} (>= 1), breaker_reset_s {self.breaker_reset_s} and probe_interval_s {self.probe_interval_s} (finite, > 0), offload_margin {self.offload_margin} (an accuracy in [0, 1])"
             )
         if not self.fog_models:  # (the fog server failed at start with an IndexError)
             raise ConfigError("fog_models is empty: the fog role serves these models (the first by default); name at least one, e.g. [high, medium]")
@@ -923,6 +935,12 @@ def check_modality_keys(cfg: RunConfig, source: str) -> None:
     }
     if isinstance(cfg.teacher.width, dict):
         per_modality["teacher.width"] = cfg.teacher.width
+    # A student's modalities too: a misspelt one (`[adio]`) left no design, and the run stopped after
+    # the teachers trained; one in a modality set skipped the set in silence.
+    for i, tier in enumerate(cfg.students.tiers):
+        per_modality[f"students.tiers.{i}.modalities"] = tier.modalities
+    for i, modality_set in enumerate(cfg.students.selection.modality_sets or ()):
+        per_modality[f"students.selection.modality_sets.{i}"] = modality_set
     for where, values in per_modality.items():
         for name in values:
             if name not in known:

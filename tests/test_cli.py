@@ -386,3 +386,15 @@ def test_two_trace_files_of_one_name_do_not_share_a_default_simulate_folder(tmp_
     assert _default_simulate_folder(tmp_path / "run", load_trace(first)) == folder  # the same file again: replaced, as before
     with pytest.raises(ValueError, match=r"holds the replay of .*tr\.csv, not of .*other/tr\.csv; it is not replaced\. Name another folder with --out"):
         _default_simulate_folder(tmp_path / "run", load_trace(second))
+
+
+def test_deploy_plan_without_device_profiles_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed racmkd ships no configs/devices/: `deploy plan` printed nothing and exited 0."""
+    from typer.testing import CliRunner
+
+    from racmkd.cli import app
+    from racmkd.resources import devices
+
+    monkeypatch.setattr(devices, "device_names", lambda devices_dir=None: [])
+    result = CliRunner().invoke(app, ["deploy", "plan", "--root", str(tmp_path / "registry")])
+    assert result.exit_code == 2 and "no device profiles to plan for: pass --device" in result.output, result.output

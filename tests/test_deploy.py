@@ -1851,11 +1851,16 @@ def test_profile_and_deploy_errors_need_no_training_stack(bank_dir: Path, tmp_pa
     variant = next(bank_dir.glob("*.onnx"))
 
     def edge(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", WITHOUT_TRAINING_STACK, *args], capture_output=True, text=True, timeout=300, env={**os.environ, "RACMKD_PROGRESS": "0"})
+        return subprocess.run(
+            [sys.executable, "-c", WITHOUT_TRAINING_STACK, *args], capture_output=True, text=True, timeout=300, env={**os.environ, "RACMKD_PROGRESS": "0"}
+        )
 
     profiled = edge("profile", str(variant), "--device", "cortex-m7", "--no-measure", "--json", "--out", str(tmp_path / "p.json"))
     assert profiled.returncode == 0 and json.loads(profiled.stdout)["device"] == "cortex-m7", profiled.stderr
-    for args in (("registry", "list", "--root", str(tmp_path / "none")), ("deploy", "push", "edge", "--url", "http://127.0.0.1:1", "--root", str(tmp_path / "none"))):
+    for args in (
+        ("registry", "list", "--root", str(tmp_path / "none")),
+        ("deploy", "push", "edge", "--url", "http://127.0.0.1:1", "--root", str(tmp_path / "none")),
+    ):
         failed = edge(*args)
         assert failed.returncode == 2 and "Traceback" not in failed.stderr and "not installed on an edge device" not in failed.stderr, failed.stderr
 

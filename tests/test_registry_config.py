@@ -461,6 +461,18 @@ def test_compression_names_tiers_the_config_defines() -> None:
         ("serve.mqtt_host='[::1]'", r"serve: mqtt_host '\[::1\]'.*without brackets"),
         ("serve.body_timeout_s=0", r"serve: body_timeout_s must be finite and > 0"),
         ("serve.fog_models=[]", r"serve: fog_models is empty"),  # the fog server failed at start with an IndexError
+        ("serve.max_body_bytes=-1", r"serve: max_body_bytes -1.*each limit must be finite and > 0"),  # every /predict answered 413
+        ("serve.breaker_failures=0", r"serve: breaker_failures 0 \(>= 1\)"),
+        ("distill.temperature={low: .inf, high: 2}", r"distill: temperature \(low inf.*must be finite and > 0"),  # NaN loss after the teachers trained
+        ("eval.energy.static_watts=.nan", r"eval\.energy: static_watts must be a finite number >= 0"),  # NaN energy figures
+        (
+            "students.tiers.0.modalities=[adio]",
+            r"students\.tiers\.0\.modalities\.adio: no modality 'adio'\. Did you mean 'audio'",
+        ),  # no design, after the teachers
+        (
+            "students.selection.modality_sets=[[image, adio], [audio]]",
+            r"students\.selection\.modality_sets\.0\.adio: no modality",
+        ),  # the set skipped in silence
     ],
 )
 def test_a_value_that_would_fail_after_the_teachers_trained_is_refused_when_read(override: str, message: str) -> None:
