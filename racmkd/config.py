@@ -578,9 +578,9 @@ class ServeConfig:
         limits = {"max_body_bytes": self.max_body_bytes, "max_update_bytes": self.max_update_bytes, "max_audio_seconds": self.max_audio_seconds}
         if not all(0 < v < math.inf for v in limits.values()):  # (-1 started a server that answered every /predict 413)
             raise ConfigError(f"{', '.join(f'{k} {v}' for k, v in limits.items())}: each limit must be finite and > 0")
-        if self.breaker_failures < 1 or not (0 < self.breaker_reset_s < math.inf and 0 < self.probe_interval_s < math.inf and 0 <= self.offload_margin <= 1):
+        if self.breaker_failures < 1 or not (0 < self.breaker_reset_s < math.inf and 0 < self.probe_interval_s < math.inf and -1 <= self.offload_margin <= 1):
             raise ConfigError(
-                f"breaker_failures {self.breaker_failures} (>= 1), breaker_reset_s {self.breaker_reset_s} and probe_interval_s {self.probe_interval_s} (finite, > 0), offload_margin {self.offload_margin} (an accuracy in [0, 1])"
+                f"breaker_failures {self.breaker_failures} (>= 1), breaker_reset_s {self.breaker_reset_s} and probe_interval_s {self.probe_interval_s} (finite, > 0), offload_margin {self.offload_margin} (an accuracy difference in [-1, 1]; below 0 offloads to a less accurate upstream)"
             )
         if not self.fog_models:  # (the fog server failed at start with an IndexError)
             raise ConfigError("fog_models is empty: the fog role serves these models (the first by default); name at least one, e.g. [high, medium]")
