@@ -77,6 +77,17 @@ def check_teacher_inputs(cfg: RunConfig, dataset: PairedDataset) -> None:
     teacher_specs(dataset.modalities, list(dataset.modalities), cfg.teacher.level)
 
 
+def check_student_designs(cfg: RunConfig, dataset: PairedDataset) -> None:
+    """Every tier has at least one student design (the search's candidates, before any teacher
+    says which modality sets are out of reach), before a run folder is made: a resolution level
+    out of range (`students.tiers.3.scale=9`) or a budget no student fits stopped the run after the
+    teachers had trained."""
+    for tier in cfg.students.tiers:
+        designs, skipped = candidates(cfg, dataset.modalities, tier)
+        if not designs:
+            raise RunError(f"tier {tier.name!r}: no student design fits {tier.budget_bytes} bytes ({'; '.join(skipped)})")
+
+
 # Teachers ----------------------------------------------------------------------------------------
 
 
@@ -797,6 +808,7 @@ def run_pipeline(cfg: RunConfig) -> Path:
     dataset = prepare_data(cfg)  # first: a run folder (and runs/latest) only for data that loads
     data_seconds = time.perf_counter() - started
     check_teacher_inputs(cfg, dataset)  # and a teacher config that fits the data
+    check_student_designs(cfg, dataset)  # and students that can be built (a few seconds)
     run_dir = create_run(cfg)
     record_timing(run_dir, "data", data_seconds)
     train_teachers(cfg, dataset, run_dir)

@@ -683,3 +683,16 @@ def test_a_model_name_that_is_a_path_is_refused() -> None:
     for name in ("../checkpoints/critical", "a\\b", ".hidden", ""):
         with pytest.raises(ValueError, match="is not a model name"):
             checkpoint(Path("run"), name)
+
+
+def test_a_tier_no_student_fits_is_refused_before_the_teachers_train(cache_dir: Path, tmp_path: Path) -> None:
+    """A resolution level out of range (or a budget nothing fits) stopped `racmkd run` at the
+    students, after the teachers' minutes; now before a run folder is made."""
+    from conftest import tiny_config
+
+    from racmkd.pipeline import run_pipeline
+    from racmkd.runs import RunError
+
+    with pytest.raises(RunError, match=r"tier 'critical': no student design fits 16384 bytes \(.*@L9: no such resolution level"):
+        run_pipeline(tiny_config(cache_dir, tmp_path / "runs", "students.tiers.3.scale=9"))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
