@@ -33,7 +33,8 @@ from results_io import targets_table, write_results  # noqa: E402
 
 from racmkd.config import config_differences, load_config  # noqa: E402
 from racmkd.eval.plots import save_figure  # noqa: E402
-from racmkd.eval.report import RETENTION_TARGETS, TEACHER_TARGETS, git_commit, machine  # noqa: E402
+from racmkd.eval.report import RETENTION_TARGETS, TEACHER_TARGETS, git_commit  # noqa: E402
+from racmkd.eval.timing import machine  # noqa: E402
 from racmkd.eval.suite import SEED_PAPER, mean_pm, mean_std, seed_spread  # noqa: E402
 from racmkd.pipeline import run_pipeline  # noqa: E402
 

@@ -43,7 +43,8 @@ sys.path.insert(0, str(REPO))
 
 from racmkd.config import RunConfig, config_differences, load_config  # noqa: E402
 from racmkd.eval.plots import save_figure  # noqa: E402
-from racmkd.eval.report import git_commit, machine  # noqa: E402
+from racmkd.eval.report import git_commit  # noqa: E402
+from racmkd.eval.timing import machine  # noqa: E402
 from racmkd.pipeline import run_pipeline  # noqa: E402
 from results_io import write_results  # noqa: E402
 

@@ -813,12 +813,13 @@ def deploy_plan(
     key = public_key or (DEFAULT_PUBLIC_KEY if DEFAULT_PUBLIC_KEY.is_file() else None)
     if key is None:
         typer.secho(f"note: signatures not checked (no --public-key, and no {DEFAULT_PUBLIC_KEY})", fg=typer.colors.YELLOW, err=True)
-    if not (device or device_names()):  # (an installed racmkd ships no configs/devices/: the plan was empty, exit 0)
+    devices = device or device_names()
+    if not devices:  # (an installed racmkd ships no configs/devices/: the plan was empty, exit 0)
         raise _fail(
             ValueError("no device profiles to plan for: pass --device with a profile's YAML file (racmkd ships them in its checkout's configs/devices/)")
         )
     try:
-        assignments = plan(ModelRegistry(root, create=False), [load_device(d) for d in (device or device_names())], load_public_key(key) if key else None)
+        assignments = plan(ModelRegistry(root, create=False), [load_device(d) for d in devices], load_public_key(key) if key else None)
     except _registry_errors() as err:
         raise _fail(err) from None
     if json_:

@@ -246,8 +246,8 @@ class DeviceStore:
     # State ------------------------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
-        path = self.root / "state.json"
-        if not path.is_file():
+        text = self._state_bytes()
+        if text is None:
             # Missing (deleted, or a kill between a first commit's record and its state.json) while
             # a slot holds a commit record: rebuilt like a damaged one. Read as empty, the device
             # served the run's bank and took an older signed release as new.
@@ -255,17 +255,23 @@ class DeviceStore:
             committed = slots.is_dir() and any(_recorded_order(p) is not None for p in slots.iterdir() if p.is_dir() and not p.name.startswith("."))
             return self._rebuilt_state("missing, while the slots hold committed releases") if committed else {}
         try:
-            text = path.read_bytes()  # (decoded by json.loads below: bytes not UTF-8 are damage, rebuilt)
-        except OSError as err:
-            # Not damage in the file (a disk error, no file handles left, a permission changed): a
-            # rebuild would overwrite a good state.json and forget versions whose slots were pruned
-            # (an older signed release of one of them then let in). StoreError: nothing changes.
-            raise self._store_error(err, "state.json could not be read from", "nothing changed") from None
-        try:
             state = json.loads(text)
         except (ValueError, RecursionError) as err:  # atomic writes never leave one half-written: a disk fault, or a hand
             return self._rebuilt_state(f"not readable JSON ({type(err).__name__}: {err})")
         return state if isinstance(state, dict) else self._rebuilt_state(f"not a JSON object ({type(state).__name__})")
+
+    def _state_bytes(self) -> bytes | None:
+        """state.json's bytes (decoded by json.loads: bytes not UTF-8 are damage, rebuilt), None when
+        it is missing (or not a file). An OSError is no damage in the file (a disk error, no file handles left, a
+        permission changed): a rebuild would overwrite a good state.json and forget versions whose
+        slots were pruned (an older signed release of one of them then let in): StoreError, nothing
+        changes."""
+        try:
+            return (self.root / "state.json").read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        except OSError as err:
+            raise self._store_error(err, "state.json could not be read from", "nothing changed") from None
 
     def _rebuilt_state(self, problem: str) -> dict[str, Any]:
         """A state.json that cannot be read, rebuilt from the slots whose signed manifest verifies
@@ -278,13 +284,9 @@ class DeviceStore:
         path = self.root / "state.json"
         with self._rebuilding:
             try:  # (another thread may have rebuilt it meanwhile)
-                state = json.loads(path.read_bytes())
+                state = json.loads(self._state_bytes() or b"")
                 if isinstance(state, dict):
                     return state
-            except FileNotFoundError:
-                pass
-            except OSError as err:  # (unreadable now, not damaged: as in `_state`)
-                raise self._store_error(err, "state.json could not be read from", "nothing changed") from None
             except (ValueError, RecursionError):
                 pass
             found = []

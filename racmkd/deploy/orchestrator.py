@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from racmkd.compress.artifacts import read_compression_record
+from racmkd.compress.artifacts import compress_again, read_compression_record
 from racmkd.deploy.registry import ModelRegistry, RegistryError, Release
 from racmkd.config import ConfigError, from_dict, read_yaml_mapping, url_problem
 from racmkd.resources.devices import DeviceProfile, load_device
@@ -367,13 +367,12 @@ def artifact_from_run(run_dir: Path, model: str) -> tuple[Path, str | None, dict
     if model not in tiers:
         raise RegistryError(f"{model!r}: no tier of the run {run_dir} (its tiers: {', '.join(tiers)}); name a tier, or `edge` for the variant bank")
     manifest = run_dir / "compressed" / model / "compression.json"
-    compress_again = f"compress the tier again with `racmkd compress --run {run_dir} --tier {model}`"
     if not manifest.is_file():
         raise FileNotFoundError(
             f"{manifest}: no compressed {model!r} in this run. Run `racmkd compress --run {run_dir} --tier {model}`, or name `edge` for the variant bank."
         )
     artifact = manifest.parent / read_compression_record(manifest.parent)["artifact"]
-    read_contract(artifact, compress_again)  # missing or damaged: refused before anything is signed or a registry made
+    read_contract(artifact, compress_again(manifest.parent))  # missing or damaged: refused before anything is signed or a registry made
     report_path = run_dir / "report.json"
     row = read_report(run_dir)["models"].get(f"{model}_compressed")
     measure_again = f"measure the run again with `racmkd evaluate --run {run_dir}`"

@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from racmkd.config import EnergyModel
-from racmkd.eval.timing import estimated_energy_joules, percentile, percentiles, wall_times_ms  # noqa: F401 - (re-exported: the torch-free part)
+from racmkd.eval.timing import estimated_energy_joules, percentiles, wall_times_ms
 from racmkd.resources.sources import rapl_domains
 from racmkd.utils import torch_threads
 

@@ -26,7 +26,8 @@ from racmkd.compress.artifacts import read_compression_record
 from racmkd.config import EvalConfig, RunConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.eval.baselines import matched_tier
-from racmkd.eval.cost import activation_memory, count_flops, estimated_energy_joules, latency_round_robin, model_bytes, time_calls
+from racmkd.eval.cost import activation_memory, count_flops, latency_round_robin, model_bytes, time_calls
+from racmkd.eval.timing import estimated_energy_joules
 from racmkd.eval.metrics import classification_metrics
 from racmkd.eval.report import git_commit
 from racmkd.models.checkpoint import load_model

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from racmkd.compress.artifacts import ExportError, compress_again, read_compression_record
-from racmkd.eval.timing import machine  # noqa: F401 - (re-exported: the report records it)
+from racmkd.eval.timing import machine
 from racmkd.config import EvalConfig, to_dict
 from racmkd.data.dataset import PairedDataset, build_dataset
 from racmkd.data.paths import checkout

@@ -37,7 +37,8 @@ from racmkd.data.modalities import Modality
 from racmkd.registry import MODALITIES
 from racmkd.eval.baselines import ABLATION, BASELINES, matched_name, matched_widths, train_extras
 from racmkd.eval.deployed import Deployed, artifact_accuracy, artifact_costs, closest_in_cost, cost_growth, deploy, dominates, pareto_front, robustness, twin
-from racmkd.eval.report import git_commit, machine
+from racmkd.eval.report import git_commit
+from racmkd.eval.timing import machine
 from racmkd.pipeline import (
     checkpoint,
     compress_students,

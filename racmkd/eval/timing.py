@@ -1,7 +1,7 @@
 """Timing, energy arithmetic and the machine's description, without PyTorch: what the edge install
 (numpy and ONNX Runtime) needs to profile an ONNX model (it imported the exporter, and torch, and
 failed). racmkd.eval.cost adds the PyTorch side (FLOPs, activation memory, timing under torch's
-thread settings) and re-exports these; racmkd.eval.report re-exports `machine`."""
+thread settings)."""
 
 from __future__ import annotations
 

@@ -160,14 +160,14 @@ def load(run_dir: str | Path = "runs/latest", tier: str = "high") -> Predictor |
             raise FileNotFoundError(
                 f"{folder / 'compression.json'}: no compressed {base!r} in run {run_dir} (compressed: {', '.join(tiers) or 'none'}). {hint}."
             )
-        from racmkd.compress.artifacts import ExportError, read_compression_record
+        from racmkd.compress.artifacts import ExportError, compress_again, read_compression_record
 
         artifact = folder / read_compression_record(folder)["artifact"]
-        compress_again = f"compress the tier again with `racmkd compress --run {run_dir} --tier {base}`"
-        predictor = OnnxPredictor(artifact, fix=compress_again)
+        again = compress_again(folder)
+        predictor = OnnxPredictor(artifact, fix=again)
         made_for = predictor.meta.get("tier")
         if made_for is not None and made_for != base:  # (another tier's file copied over it answered as this tier)
-            raise ExportError(f"{artifact}: its contract says it is the {made_for!r} tier's model, not {base!r}'s; {compress_again}")
+            raise ExportError(f"{artifact}: its contract says it is the {made_for!r} tier's model, not {base!r}'s; {again}")
         return predictor
     from racmkd.models.checkpoint import CheckpointError, load_model
 
