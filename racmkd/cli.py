@@ -4,6 +4,7 @@ racmkd.eval.report and racmkd.runtime."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -1054,15 +1055,47 @@ def exit_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+# The top-level modules of the `train` extra (pyproject.toml), which an edge install lacks; a test
+# holds the two lists together. (ml_dtypes is in the extra too, but onnx needs it: every install has it.)
+TRAINING_MODULES = frozenset({"torch", "sklearn", "matplotlib", "onnxscript", "torch_pruning", "ot", "unlzw3"})
+EDGE_COMMANDS = "profile, predict --tier <tier>_compressed, serve --role edge, edge record, registry and deploy"
+
+
+def _command_named(argv: list[str]) -> str:
+    """The command `argv` names, as a user typed it: `simulate`, a group's `edge run`, and the
+    role of `serve --role fog` (the edge role needs no training install, the others do)."""
+    words = list(itertools.takewhile(lambda arg: not arg.startswith("-"), argv))
+    groups = {group.name for group in app.registered_groups}
+    named = words[:2] if words and words[0] in groups else words[:1]
+    for i, arg in enumerate(argv):
+        if arg == "--role" and i + 1 < len(argv):
+            named += ["--role", argv[i + 1]]
+        elif arg.startswith("--role="):
+            named += ["--role", arg.removeprefix("--role=")]
+    return " ".join(named)
+
+
 def main() -> None:
     """The `racmkd` entry point: the app, with a last line of defence for the errors a command did
     not report itself. Bad input (our own errors, files, databases, URLs) is told in one line;
-    anything else is a bug, and its traceback is shown."""
+    anything else is a bug, and its traceback is shown. A command that needs the `train` extra on
+    an install without it says which install it needs (it ended in a ModuleNotFoundError's
+    traceback)."""
     import sqlite3
 
     with exit_on_sigterm():
         try:
             app()
+        except ModuleNotFoundError as err:
+            if (err.name or "").split(".")[0] not in TRAINING_MODULES:
+                raise
+            _fail(
+                RuntimeError(
+                    f"racmkd {_command_named(sys.argv[1:])} needs the training install ({err.name} is not installed): pip install 'racmkd[train]'. "
+                    f"This install runs {EDGE_COMMANDS}"
+                )
+            )
+            sys.exit(2)
         except Exception as err:
             module = type(err).__module__
             if not (module.startswith(("racmkd.", "httpx")) or isinstance(err, (OSError, ValueError, sqlite3.DatabaseError))):

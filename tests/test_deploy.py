@@ -565,6 +565,7 @@ def test_device_store_verifies_patches_checks_and_rolls_back(bank_dir: Path, key
     assert damaged.rollback().manifest["version"] == 1 and damaged.previous() is None
     (tmp_path / "device" / "state.json").write_text(state)
     assert store.rollback().manifest["version"] == 1 and store.current().manifest["version"] == 1
+    assert store.previous().manifest["version"] == 2  # the release rolled back from: a second rollback goes forward to it (docs/deployment.md)
     # What was installed once stays refused whatever is current: v1, current, sent again is a repair
     # (nothing else changes); v2, which the rollback replaced, may come again (a roll forward); an old
     # version cannot come back by way of another release name either.
@@ -1802,11 +1803,18 @@ import importlib.abc, sys
 class NoTrainingStack(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in {"torch", "sklearn", "matplotlib", "onnxscript", "torch_pruning", "ot"}:
-            raise ImportError(f"{name} is not installed on an edge device")
+            raise ModuleNotFoundError(f"No module named {name!r} (not installed on an edge device)", name=name)
 sys.meta_path.insert(0, NoTrainingStack())
-from racmkd.cli import app
-app()
+from racmkd.cli import main
+main()
 """
+
+
+def without_training_stack(*args: str) -> subprocess.CompletedProcess:
+    """`racmkd ARGS` with the training stack unimportable, to its end."""
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_TRAINING_STACK, *args], capture_output=True, text=True, timeout=300, env={**os.environ, "RACMKD_PROGRESS": "0"}
+    )
 
 
 def test_the_edge_serves_without_the_training_stack(tiny_run: Path, tiny_dataset, bank_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
@@ -1849,12 +1857,7 @@ def test_profile_and_deploy_errors_need_no_training_stack(bank_dir: Path, tmp_pa
     (torch) on an edge install: a ModuleNotFoundError's traceback instead of the profile or the
     one-line error."""
     variant = next(bank_dir.glob("*.onnx"))
-
-    def edge(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-c", WITHOUT_TRAINING_STACK, *args], capture_output=True, text=True, timeout=300, env={**os.environ, "RACMKD_PROGRESS": "0"}
-        )
-
+    edge = without_training_stack
     profiled = edge("profile", str(variant), "--device", "cortex-m7", "--no-measure", "--json", "--out", str(tmp_path / "p.json"))
     assert profiled.returncode == 0 and json.loads(profiled.stdout)["device"] == "cortex-m7", profiled.stderr
     for args in (
@@ -1862,7 +1865,43 @@ def test_profile_and_deploy_errors_need_no_training_stack(bank_dir: Path, tmp_pa
         ("deploy", "push", "edge", "--url", "http://127.0.0.1:1", "--root", str(tmp_path / "none")),
     ):
         failed = edge(*args)
-        assert failed.returncode == 2 and "Traceback" not in failed.stderr and "not installed on an edge device" not in failed.stderr, failed.stderr
+        assert failed.returncode == 2 and "Traceback" not in failed.stderr and "training install" not in failed.stderr, failed.stderr
+
+
+def test_commands_that_train_say_which_install_they_need(tiny_run: Path) -> None:
+    """On an edge install, a command that needs PyTorch (or another of the `train` extra's
+    packages) ended in a ModuleNotFoundError's traceback; it names the install to add instead, and
+    which commands this install runs. The list of the extra's modules follows pyproject.toml."""
+    import importlib.metadata
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    from racmkd.cli import TRAINING_MODULES
+
+    extra = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]["train"]
+    modules: dict[str, set[str]] = {}
+    for module, distributions in importlib.metadata.packages_distributions().items():
+        for distribution in distributions:
+            modules.setdefault(Requirement(distribution).name.lower().replace("_", "-"), set()).add(module)
+    onnx_needs = {Requirement(r).name.lower().replace("_", "-") for r in importlib.metadata.requires("onnx") or []}
+    for requirement in (Requirement(r) for r in extra):
+        name = requirement.name.lower().replace("_", "-")
+        if name in onnx_needs:  # (ml_dtypes: every install has it)
+            assert not modules[name] & TRAINING_MODULES
+        else:
+            assert modules[name] & TRAINING_MODULES, f"{name}: none of its modules {sorted(modules[name])} in racmkd.cli.TRAINING_MODULES"
+    assert TRAINING_MODULES <= set().union(*(modules[Requirement(r).name.lower().replace("_", "-")] for r in extra))
+    for args, named in (
+        (("simulate", "--run", str(tiny_run), "--requests", "5"), "racmkd simulate"),
+        (("edge", "run", "--run", str(tiny_run), "--seconds", "1"), "racmkd edge run"),
+        (("compress", "--run", str(tiny_run)), "racmkd compress"),
+        (("serve", "--role", "fog", "--run", str(tiny_run)), "racmkd serve --role fog"),
+    ):
+        failed = without_training_stack(*args)
+        assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
+        assert f"{named} needs the training install" in failed.stderr and "pip install 'racmkd[train]'" in failed.stderr, failed.stderr
+        assert "serve --role edge" in failed.stderr  # what this install does run
 
 
 def test_kubernetes_manifests_and_compose_file_are_valid() -> None:
