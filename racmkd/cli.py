@@ -359,7 +359,7 @@ def export(
 @app.command()
 def profile(
     model: Annotated[Path, typer.Argument(help="An exported racmkd .onnx model.")],
-    device: Annotated[list[str], typer.Option(help="Device profile: a name in configs/devices/ or a YAML path (repeatable).")],
+    device: Annotated[list[str], typer.Option(help="Device profile: a name of racmkd's (configs/devices/ in a checkout) or a YAML path (repeatable).")],
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object (a list for several devices).")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the profile(s) here as JSON (default: <model>.profile.json).")] = None,
     latency_ms: Annotated[
@@ -551,7 +551,7 @@ def simulate(
     run: RunOpt = Path("runs/latest"),
     requests: Annotated[int, typer.Option(min=1, help="Requests spread evenly over the trace.")] = 2000,
     duration: Annotated[
-        Optional[float], typer.Option(min=1.0, help="Length of a synthetic trace in seconds [default: 120]; a trace file is replayed as long as it is.")
+        Optional[float], typer.Option(min=1.0, help="Length of a synthetic trace in seconds (default 120); a trace file is replayed as long as it is.")
     ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for summary.json, timeline.json/png, table.md (default: <run>/simulate/<trace>).")] = None,
     static: Annotated[bool, typer.Option("--static/--no-static", help="Also replay every static tier on the same requests.")] = True,
@@ -704,7 +704,9 @@ def registry_add(
     name: Annotated[Optional[str], typer.Option(help="Release name (default: the model's).")] = None,
     key: Annotated[Path, typer.Option(help="The fleet's private signing key.")] = Path("keys/racmkd.key"),
     root: RootOpt = Path("registry"),
-    devices: Annotated[bool, typer.Option("--devices/--no-devices", help="Profile it on every device in configs/devices/ (signed into the manifest).")] = True,
+    devices: Annotated[
+        bool, typer.Option("--devices/--no-devices", help="Profile it on every device profile racmkd ships (configs/devices/; signed into the manifest).")
+    ] = True,
 ) -> None:
     """Register the next signed version of a model from a run."""
     from racmkd.deploy.orchestrator import artifact_from_run, device_fit
@@ -798,7 +800,7 @@ app.add_typer(deploy_app, name="deploy")
 @deploy_app.command("plan")
 def deploy_plan(
     root: RootOpt = Path("registry"),
-    device: Annotated[Optional[list[str]], typer.Option(help="Device profiles (default: all in configs/devices/).")] = None,
+    device: Annotated[Optional[list[str]], typer.Option(help="Device profiles (default: every one racmkd ships, configs/devices/).")] = None,
     public_key: Annotated[
         Optional[Path],
         typer.Option(help="The fleet's public key: a release whose signature does not verify is passed over (default: keys/racmkd.pub when present)."),
@@ -809,16 +811,14 @@ def deploy_plan(
     from racmkd.deploy.orchestrator import plan
     from racmkd.deploy.registry import ModelRegistry
     from racmkd.deploy.signing import load_public_key
-    from racmkd.resources.devices import device_names, load_device
+    from racmkd.resources.devices import SHIPPED_DEVICES, device_names, load_device
 
     key = public_key or (DEFAULT_PUBLIC_KEY if DEFAULT_PUBLIC_KEY.is_file() else None)
     if key is None:
         typer.secho(f"note: signatures not checked (no --public-key, and no {DEFAULT_PUBLIC_KEY})", fg=typer.colors.YELLOW, err=True)
     devices = device or device_names()
-    if not devices:  # (an installed racmkd ships no configs/devices/: the plan was empty, exit 0)
-        raise _fail(
-            ValueError("no device profiles to plan for: pass --device with a profile's YAML file (racmkd ships them in its checkout's configs/devices/)")
-        )
+    if not devices:  # (its profiles' folder emptied: the plan was empty, exit 0)
+        raise _fail(ValueError(f"no device profiles to plan for ({SHIPPED_DEVICES} holds none): pass --device with a profile's YAML file"))
     try:
         assignments = plan(ModelRegistry(root, create=False), [load_device(d) for d in devices], load_public_key(key) if key else None)
     except _registry_errors() as err:

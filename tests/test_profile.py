@@ -266,6 +266,45 @@ def test_every_shipped_device_profile_loads() -> None:
     assert m7.ram_bytes == 512 * 1024 and m7.rom_bytes == 2 * 1024 * 1024 and m7.weights_in == "rom"
 
 
+def test_an_installed_racmkd_finds_its_device_profiles_by_name(tmp_path: Path) -> None:
+    """The profiles were read from the checkout's configs/devices/ only: on an edge install (a
+    wheel) `racmkd profile M.onnx --device cortex-m7` was refused. They are package data now, and
+    configs/devices/ links to them. The wheel is built from a copy of the tracked sources (a build
+    writes build/ beside them) and run unpacked, outside any checkout."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from racmkd.resources.devices import SHIPPED_DEVICES
+
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "configs" / "devices").resolve() == SHIPPED_DEVICES
+    source = tmp_path / "source"
+    shutil.copytree(root / "racmkd", source / "racmkd", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    with zipfile.ZipFile(next((tmp_path / "dist").glob("racmkd-*.whl"))) as wheel:
+        wheel.extractall(tmp_path / "site")
+    check = (
+        "from racmkd.data.paths import checkout; from racmkd.resources.devices import device_names, load_device; "
+        "assert checkout() is None; print(','.join(device_names())); print(load_device('cortex-m7').ram_bytes)"
+    )
+    installed = subprocess.run(  # (from tmp_path: `python -c` reads the working directory's packages first)
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    )
+    assert installed.returncode == 0, installed.stderr
+    names, ram = installed.stdout.split()
+    assert names.split(",") == device_names() and int(ram) == 512 * 1024
+
+
 def test_a_profile_missing_a_field_or_with_a_bad_value_is_a_clear_error(tmp_path: Path) -> None:
     good = (Path(__file__).parents[1] / "configs" / "devices" / "cortex-m7.yaml").read_text()
     broken = tmp_path / "broken.yaml"

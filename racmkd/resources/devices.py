@@ -1,8 +1,10 @@
 """Device profiles: what a deployment target offers (memory, storage, arithmetic, bandwidth, power).
 
-Profiles are values-only YAML files in configs/devices/ (one per device, the sources of their
-figures cited in comments), read into the frozen `DeviceProfile` with every field required: a
-profile missing a field is an error naming the file and the field.
+Profiles are values-only YAML files (one per device, the sources of their figures cited in
+comments), read into the frozen `DeviceProfile` with every field required: a profile missing a
+field is an error naming the file and the field. racmkd's own live in the package,
+racmkd/resources/device_profiles/ (configs/devices/ in a checkout links there), so that an
+installed racmkd, an edge device's, finds them by name as a checkout does.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from racmkd.config import ConfigError, EnergyModel, from_dict, read_yaml_mapping
-from racmkd.data.paths import checkout
 
 ENERGY_FIGURES = ("joules_per_flop", "joules_per_byte", "static_watts")  # each profile states its own
 
@@ -55,25 +56,17 @@ class DeviceProfile:
                 raise ConfigError(f"device {self.name}: energy.{name} must be a finite number >= 0, got {getattr(self.energy, name)}")
 
 
-def shipped_devices() -> Path | None:
-    """configs/devices/ of the racmkd checkout, or None when racmkd is installed (`checkout`): the
-    folder above the package is then site-packages, and its configs/devices/ another distribution's."""
-    root = checkout()
-    return root / "configs" / "devices" if root else None
+# racmkd's device profiles, package data (pyproject.toml), found installed and in a checkout alike.
+SHIPPED_DEVICES = Path(__file__).resolve().parent / "device_profiles"
 
 
 def load_device(name_or_path: str | Path, devices_dir: Path | None = None) -> DeviceProfile:
-    """A profile by name (configs/devices/<name>.yaml of the checkout, or of `devices_dir`) or by path."""
+    """A profile by name (<name>.yaml of racmkd's device profiles, or of `devices_dir`) or by path."""
     if not str(name_or_path).strip():  # (read as the folder ".": "device : a folder")
         raise ConfigError(f"device {name_or_path!r}: empty; name a known device ({', '.join(device_names(devices_dir)) or 'none'}) or a profile's YAML file")
     path = Path(name_or_path)
     if not path.suffix:
-        folder = devices_dir or shipped_devices()
-        if folder is None:
-            raise ConfigError(
-                f"device {name_or_path!r}: a profile name is looked up in the racmkd checkout's configs/devices/, and racmkd is installed, not run from a checkout; pass the profile's YAML path"
-            )
-        path = folder / f"{name_or_path}.yaml"
+        path = (devices_dir or SHIPPED_DEVICES) / f"{name_or_path}.yaml"
         if not path.is_file() and Path(name_or_path).is_dir():  # `--device /tmp` read as the name of /tmp.yaml
             raise ConfigError(
                 f"device {name_or_path}: a folder; name a device profile's YAML file, or a known device: {', '.join(device_names(devices_dir)) or 'none'}"
@@ -87,6 +80,5 @@ def load_device(name_or_path: str | Path, devices_dir: Path | None = None) -> De
 
 
 def device_names(devices_dir: Path | None = None) -> list[str]:
-    """The profiles shipped in the checkout's configs/devices/ (or in `devices_dir`); none installed."""
-    folder = devices_dir or shipped_devices()
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder else []
+    """The names of racmkd's device profiles (or of those in `devices_dir`)."""
+    return sorted(p.stem for p in (devices_dir or SHIPPED_DEVICES).glob("*.yaml"))
