@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import json
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -1004,11 +1005,13 @@ def _read_image(path: Path):  # noqa: ANN202 - numpy array
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as picture:
-            if picture.mode.startswith("I") or picture.mode == "F":  # 16/32-bit or float pixels: "L" would clip them to 255
-                raise ValueError(f"{path}: {picture.mode} pixels; pass an 8-bit image (grey or colour), or a .npy array of floats in [0, 1]")
-            return np.asarray(picture.convert("L"))
-    except (OSError, UnidentifiedImageError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # (a header of 90-180 Mpx: a warning, then minutes of decoding)
+            with Image.open(path) as picture:
+                if picture.mode.startswith("I") or picture.mode == "F":  # 16/32-bit or float pixels: "L" would clip them to 255
+                    raise ValueError(f"{path}: {picture.mode} pixels; pass an 8-bit image (grey or colour), or a .npy array of floats in [0, 1]")
+                return np.asarray(picture.convert("L"))
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # (a bomb's header: a traceback)
         raise ValueError(f"{path}: not a readable image ({err})") from None
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +131,16 @@ def test_evaluate_and_predict_on_the_tiny_run(tiny_run: Path, tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     answer = json.loads(result.output)
     assert 0 <= answer["label"] <= 9 and abs(sum(answer["probabilities"]) - 1) < 1e-3
+    bomb = tmp_path / "bomb.png"  # 69 bytes whose header says 30000 x 30000: Pillow's DecompressionBombError ended in a traceback
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+        + chunk(b"IEND", b"")
+    )
+    result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher", "--image", str(bomb)])
+    assert result.exit_code == 2 and "not a readable image" in result.output, result.output
     result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher_audio", "--image", str(tmp_path / "one.png")])
     assert result.exit_code == 2 and "needs audio" in result.output
     # An input the model does not take is said to be left out (it was dropped in silence); the answer stays JSON on stdout.

@@ -514,7 +514,10 @@ def test_equalization_chains_stop_where_a_scale_would_not_pass_through() -> None
 def test_folding_batchnorm_keeps_the_function() -> None:
     model = with_running_stats(student(INPUTS, width=1.0, depth=2))
     x = batch()
-    torch.testing.assert_close(fold_batchnorm(model)(x), model(x), atol=1e-5, rtol=1e-4)
+    folded = fold_batchnorm(model)
+    torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-4)
+    affine = lambda net: [m for m in net.modules() if isinstance(m, nn.BatchNorm2d) and m.affine]  # noqa: E731 - (an input normalisation has no affine part: it stays)
+    assert affine(model) and not affine(folded)
 
 
 def test_ctrl_c_inside_the_exporter_is_an_interrupt_not_a_failed_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1095,9 +1098,19 @@ def test_the_report_gains_a_compressed_row(compressed_run: Path, report_fields: 
     assert "## Compressed tiers" in (compressed_run / "report.md").read_text()
 
 
-def test_the_deployed_artifact_predicts_from_raw_inputs(compressed_run: Path) -> None:
+def test_the_deployed_artifact_predicts_from_raw_inputs(compressed_run: Path, tiny_dataset) -> None:  # noqa: ANN001
+    from racmkd.models.checkpoint import load_model
+    from racmkd.models.inference import predict_split
+
     predictor = racmkd.load(compressed_run, "critical_compressed")
     reference = racmkd.load(compressed_run, "critical")
+    # On the test split's own raw inputs, the artifact answers as the compressed network does in PyTorch (within its int8 agreement bound).
+    rows = torch.arange(40)
+    raw = {m: values.numpy() for m, values in tiny_dataset.raw_batch("test", rows).items() if m in predictor.modalities}
+    labels = [predictor.predict(**{m: values[i] for m, values in raw.items()})[0] for i in range(len(rows))]
+    model, specs, _, _ = load_model(compressed_run / "compressed" / "critical" / "model.pt")
+    (logits,), _ = predict_split(model, specs, tiny_dataset, "test", limit=len(rows))
+    assert sum(label == int(answer) for label, answer in zip(labels, logits.argmax(1))) >= 36 and len(set(labels)) > 1
     image = (np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8)
     audio = np.random.default_rng(1).standard_normal(6000).astype(np.float32) * 0.1
     inputs = {m: v for m, v in (("image", image), ("audio", audio)) if m in predictor.modalities}
@@ -1225,7 +1238,10 @@ def test_a_trained_students_int8_model_keeps_its_fp32_models_answers(tiny_datase
 
 
 def exported_demo(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
-    """An fp32 export of a small image + audio student, and 64 random inputs for it."""
+    """An fp32 export of a small image + audio student, and 64 random inputs for it. The student's
+    weights are seeded: drawn from torch's global state, they depended on the tests run before
+    (one of 140 draws failed the 4-bit test's comparison of two grids' errors)."""
+    torch.manual_seed(0)
     modalities = {m: MODALITIES.create(m) for m in ("image", "audio")}
     specs = {"image": modalities["image"].spec(1), "audio": modalities["audio"].spec(1)}
     model = with_running_stats(

@@ -50,6 +50,12 @@ def test_pairing_is_deterministic_from_the_seed() -> None:
     first = pair_by_label(anchor, bank, torch.Generator().manual_seed(1), "x")
     assert torch.equal(first, pair_by_label(anchor, bank, torch.Generator().manual_seed(1), "x"))
     assert torch.equal(bank.labels[first], anchor)
+    # The seed decides it, and it is shuffled: 40 anchors on 20 rows of each label, in bank order without a shuffle.
+    bank = Bank(torch.zeros(40), torch.arange(40) // 20, [str(i) for i in range(40)])
+    anchor = torch.arange(40) % 2
+    first = pair_by_label(anchor, bank, torch.Generator().manual_seed(1), "x")
+    assert torch.equal(bank.labels[first], anchor) and not torch.equal(first, pair_by_label(anchor, bank, torch.Generator().manual_seed(2), "x"))
+    assert not torch.equal(first[anchor == 0], torch.arange(20))
     with pytest.raises(DataError, match="no item with label 2"):
         pair_by_label(torch.tensor([2]), bank, torch.Generator(), "audio test split")
 
@@ -258,18 +264,19 @@ def test_spec_augment_masks_the_same_spans_at_every_resolution() -> None:
     and times masked, whatever their numbers of bands and frames."""
     from racmkd.data.audio import spec_augment
 
-    spans = {}
+    bands_masked, times_masked = {}, {}  # (fine, coarse): the masked spans' centres in [0, 1], per sample
     for bands, frames in ((64, 32), (16, 16)):
         features = torch.randn(32, bands, frames, generator=torch.Generator().manual_seed(1))
         out = spec_augment(features, 1, 0.5, torch.Generator().manual_seed(7))
-        fill = features.mean(dim=(1, 2))
-        band_masked = (out == fill[:, None, None]).all(dim=2)  # (B, bands): rows wholly masked
-        centres = (torch.arange(bands) + 0.5) / bands
-        spans[bands] = [centres[row].tolist() for row in band_masked]
-    assert sum(map(bool, spans[16])) > 10  # most samples have a band mask wide enough to cover a coarse band
-    for fine, coarse in zip(spans[64], spans[16]):
-        if coarse:
-            assert fine and min(fine) - 1 / 64 <= min(coarse) and max(coarse) <= max(fine) + 1 / 64
+        masked = out == features.mean(dim=(1, 2))[:, None, None]
+        band_centres, frame_centres = (torch.arange(bands) + 0.5) / bands, (torch.arange(frames) + 0.5) / frames
+        bands_masked[bands] = [band_centres[row].tolist() for row in masked.all(dim=2)]  # rows wholly masked
+        times_masked[bands] = [frame_centres[column].tolist() for column in masked.all(dim=1)]  # columns wholly masked
+    for spans, step in ((bands_masked, 1 / 64), (times_masked, 1 / 32)):
+        assert sum(map(bool, spans[16])) > 10  # most samples have a mask wide enough to cover a coarse band or frame
+        for fine, coarse in zip(spans[64], spans[16]):
+            if coarse:
+                assert fine and min(fine) - step <= min(coarse) and max(coarse) <= max(fine) + step
 
 
 def test_feature_cache_evicts_the_least_recently_used_beyond_its_bytes() -> None:

@@ -959,6 +959,16 @@ def test_a_healthy_probe_does_not_wipe_out_failed_predictions() -> None:
 GOOD_ANSWER = b'{"label": 1, "probabilities": [0.1, 0.9], "served_by": "fog", "model": "high", "compute_ms": 0.5}'
 
 
+def test_an_upstream_label_that_is_not_its_most_probable_class_is_malformed() -> None:
+    """An answer of label 3 with class 0 at p = 0.9 was relayed as it came."""
+    from racmkd.deploy.offload import check_answer
+
+    check_answer(json.loads(GOOD_ANSWER), 2)
+    with pytest.raises(ValueError, match="label 0 is not the most probable class"):
+        check_answer({**json.loads(GOOD_ANSWER), "label": 0}, 2)
+    check_answer({**json.loads(GOOD_ANSWER), "label": 0, "probabilities": [0.5, 0.5]}, 2)  # a tie: either is the argmax
+
+
 def test_a_malformed_upstream_answer_counts_as_a_failure() -> None:
     """An answer whose compute time is not a time (a string, NaN, JSON nested past the parser's
     depth) is a failed call, not a crash of the request, and NaN never enters the link estimate
@@ -1176,6 +1186,28 @@ def test_a_fleet_watcher_without_a_broker_says_it_is_not_connected() -> None:
         assert not watcher.wait_for(lambda w: w.connected.is_set(), timeout_s=0.5) and watcher.online("any") is None
     finally:
         watcher.close()
+
+
+def test_json_audio_of_whole_numbers_is_int16_pcm() -> None:
+    """JSON numbers come as floats: int16 PCM written out as numbers was read as float samples, so
+    a recording 90 dB below full scale (a range of a few units) was answered as live over JSON and
+    refused as silent in an .npz of int16. Fractions in [-1, 1] stay as they came."""
+    import json as json_
+
+    from racmkd.config import ServeConfig
+    from racmkd.data.signals import SIGNALS, AudioSpec
+    from racmkd.deploy.server import parse_request
+
+    audio = SIGNALS.create("audio")
+    faint = np.random.default_rng(1).integers(-3, 4, 8000).astype(np.int16)
+    for body, kind in ((json_.dumps({"audio": faint.tolist()}).encode(), "application/json"), (npz(audio=faint), "application/x-npz")):
+        sent = parse_request(body, kind, ServeConfig(), ["audio"]).raws()["audio"]
+        assert sent.dtype == np.int16 and audio.input_quality(audio.to_raw(sent, AudioSpec())) == 0.0, kind  # dead either way (the runtime: 422)
+    loud = (np.sin(np.arange(8000) / 4) * 5000).astype(np.int16)
+    as_json = parse_request(json_.dumps({"audio": loud.tolist()}).encode(), "application/json", ServeConfig(), ["audio"]).raws()["audio"]
+    assert as_json.dtype == np.int16 and np.array_equal(as_json, loud)
+    fractions = parse_request(json_.dumps({"audio": (loud / 32768).tolist()}).encode(), "application/json", ServeConfig(), ["audio"]).raws()["audio"]
+    assert fractions.dtype == np.float32 and np.allclose(fractions, loud / 32768)
 
 
 def test_audio_without_a_sample_rate_is_at_the_rate_the_served_models_hear() -> None:
@@ -1923,6 +1955,12 @@ def test_kubernetes_manifests_and_compose_file_are_valid() -> None:
     assert "chown" in " ".join(init["command"]) and init["volumeMounts"][0]["mountPath"] == "/var/lib/racmkd"  # the store is writable by the image's user
     compose = yaml.safe_load((root / "compose.yaml").read_text())
     assert {"cloud", "fog", "edge", "mqtt"} <= set(compose["services"])
+    for name, service in compose["services"].items():  # what Compose itself refuses: an unknown service to wait for, an undeclared volume, ports not a list
+        assert set(service.get("depends_on", [])) <= set(compose["services"]), name
+        assert isinstance(service.get("ports", []), list) and isinstance(service.get("volumes", []), list), name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert source.startswith((".", "/")) or source in (compose.get("volumes") or {}), f"{name}: volume {source} is not declared"
     dockerfile = (root / "docker" / "Dockerfile").read_text()
     stages = {line.split(" AS ")[1].strip() for line in dockerfile.splitlines() if line.startswith("FROM ") and " AS " in line}
     assert {"build", "cloud", "fog", "edge"} <= stages

@@ -717,6 +717,7 @@ def test_monitor_thread_runs_and_measures_its_own_overhead() -> None:
         time.sleep(0.2)
     overhead = monitor.overhead()
     assert overhead["polls"] >= 3 and 0.0 <= overhead["cpu_fraction"] < 1.0 and overhead["cpu_seconds"] > 0
+    assert 0.2 <= overhead["wall_seconds"] < 10 and overhead["cpu_fraction"] == pytest.approx(overhead["cpu_seconds"] / overhead["wall_seconds"])
     assert monitor.state is not None and monitor.state.raw.memory_available_bytes > 0
 
 

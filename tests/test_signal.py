@@ -298,11 +298,25 @@ def test_signals_check_raw_inputs() -> None:
 
 def test_a_short_sound_padded_with_silence_is_no_dead_input() -> None:
     """One click, padded to 8000 samples, fell between the 1024 values the dead check looked at:
-    `predict(audio=np.array([0.5]))` was refused as silent."""
+    `predict(audio=np.array([0.0, 0.5, 0.0]))` was refused as silent. (A lone sample is a constant
+    recording: no sound, see the next test.)"""
     audio, spec = SIGNALS.create("audio"), signals.AudioSpec()
-    click = audio.to_raw(np.array([0.5], np.float32), spec)
+    click = audio.to_raw(np.array([0.0, 0.5, 0.0], np.float32), spec)
     assert audio.input_quality(click) == 1.0
     assert audio.input_quality(audio.to_raw(np.array([0.0], np.float32), spec)) == 0.0  # silence still is
+
+
+def test_a_constant_recording_of_any_length_is_a_dead_input() -> None:
+    """A constant recording shorter than the window was padded with zeros first: the step made it
+    look live, and 7,999 samples of 0.5 were answered (p = 0.99) where 8,000 were refused. Big-endian
+    int16 is int16 (it was refused as "expected int16 ... got >i2")."""
+    audio, spec = SIGNALS.create("audio"), signals.AudioSpec()
+    for length in (1, 4000, 7999, 8000, 20000):
+        assert audio.input_quality(audio.to_raw(np.full(length, 0.5, np.float32), spec)) == 0.0, length
+        assert audio.input_quality(audio.to_raw(np.full(length, 16384, np.int16), spec)) == 0.0, length
+    assert audio.input_quality(audio.to_raw(np.array([0.0, 0.0, 1.0, 0.0, 0.0], np.float32), spec)) == 1.0  # a click is not constant
+    tone = (np.sin(np.arange(6000) / 4) * 5000).astype(np.int16)
+    np.testing.assert_array_equal(audio.to_raw(tone.astype(">i2"), spec), audio.to_raw(tone, spec))
 
 
 def test_any_sample_rate_resamples_fast_and_the_usual_ones_exactly() -> None:

@@ -496,7 +496,7 @@ class AudioSignal(Signal):
             array = array.reshape(-1)
         if array.ndim != 1 or array.size == 0:
             raise ValueError(f"audio: expected a mono waveform (1-D array), got shape {array.shape}")
-        if array.dtype == np.int16:
+        if array.dtype.kind == "i" and array.dtype.itemsize == 2:  # int16 of either byte order (a big-endian one was refused as "not int16")
             wave = array.astype(np.float32) / 32768.0
         elif array.dtype.kind == "f":  # (np.issubdtype's answer, at a fiftieth of its cost: this runs on every request)
             if array.dtype == np.float32:
@@ -516,6 +516,8 @@ class AudioSignal(Signal):
                 raise ValueError(
                     f"audio: resampled from {rate} Hz to {spec.sample_rate} Hz, the waveform goes beyond float32's range (its samples lie near float32's limits): scale it to [-1, 1]"
                 )
+        if wave.size and float(wave.max()) - float(wave.min()) < self.dead_range:  # no sound: silence, so that `input_quality` sees it
+            wave = np.zeros_like(wave)  # (a constant recording shorter than the window, padded with zeros, stepped and looked live)
         return fix_length(wave, spec.samples, spec.window)[0][None]
 
     def blank(self, spec: AudioSpec) -> np.ndarray:

@@ -334,6 +334,8 @@ def check_answer(answer: dict[str, Any], classes: int | None) -> None:
         raise ValueError(f"probabilities {str(probabilities)[:80]} are not a distribution (each in [0, 1], summing to 1)")
     if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(probabilities):
         raise ValueError(f"label {label!r} is not one of the {len(probabilities)} classes")
+    if probabilities[label] < max(probabilities) - 1e-6:  # (relayed as it came: class 0 at 0.9 answered as 3)
+        raise ValueError(f"label {label} is not the most probable class ({probabilities.index(max(probabilities))}: {max(probabilities):.3g})")
     if not isinstance(answer.get("model"), str) or not isinstance(answer.get("served_by", ""), str):
         raise ValueError("model or served_by is not a string")
     for name in ("variants", "fallbacks"):  # relayed to the client as they came: a malformed one was refused only then, after the call had counted as a success

@@ -79,7 +79,7 @@ class PredictRequest(BaseModel):
     __pydantic_extra__: dict[str, list[Numbers] | None] = Field(init=False)
 
     image: list[list[StrictFloat]] | None = Field(None, description="28x28 grey image: whole numbers 0-255, or fractions in [0, 1]")
-    audio: list[StrictFloat] | None = Field(None, description="mono waveform")
+    audio: list[StrictFloat] | None = Field(None, description="mono waveform: samples in [-1, 1], or int16 PCM as whole numbers (-32768 to 32767)")
     # (the signals take up to MAX_RATE; a request's size limit is set for 192 kHz)
     sample_rate: StrictInt | None = Field(None, ge=MIN_RATE, le=192000, description="Hz of `audio`; default: the rate the served models hear")
     latency_target_ms: StrictFloat | None = Field(None, gt=0, allow_inf_nan=False, description="this request's latency target (edge: decides offloading)")
@@ -107,7 +107,7 @@ class Inputs:
     def raws(self, uses: list[str] | None = None) -> dict[str, Any]:
         """Every array the request brought, by modality, as a predictor or the runtime takes them
         (JSON images back to uint8: `_image_for`); only those in `uses` if given."""
-        return {m: _image_for(a) if m == "image" else a for m, a in self.arrays.items() if uses is None or m in uses}
+        return {m: _as_sent(m, a) for m, a in self.arrays.items() if uses is None or m in uses}
 
 
 META = ("sample_rate", "latency_target_ms", "model")  # the request's settings, beside its arrays
@@ -159,7 +159,7 @@ def parse_request(
         signal, spec = input_checker(name)
         spec = (raw_specs or {}).get(name) or spec
         try:  # at the native rate: the shape and values are what is checked here, the answer resamples
-            signal.to_raw(_image_for(array) if name == "image" else array, spec)
+            signal.to_raw(_as_sent(name, array), spec)
         except (ValueError, TypeError) as err:
             raise HTTPException(422, str(err)) from None
     used = {m: arrays[m] for m in modalities if m in arrays}
@@ -285,6 +285,24 @@ def npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     if dtype.hasobject:
         raise ValueError("the array holds Python objects (pickled); send numbers")
     return shape, fortran_order, dtype, len(header)
+
+
+def _as_sent(modality: str, array: np.ndarray | None) -> np.ndarray | None:
+    """An input as its sender meant it, where JSON's numbers lose the type (`_image_for`, `_audio_for`)."""
+    return _image_for(array) if modality == "image" else _audio_for(array) if modality == "audio" else array
+
+
+def _audio_for(array: np.ndarray | None) -> np.ndarray | None:
+    """JSON numbers come as floats: a waveform of whole numbers beyond [-1, 1] and within int16's
+    range is int16 PCM written out, scaled as int16 is. Read as float samples, 90 dB below full
+    scale in int16 (a range of a few units) passed as a live recording where the same samples sent
+    as int16 were refused as silent; anything else stays as it came (floats in [-1, 1])."""
+    if array is None or array.size == 0 or array.dtype.kind != "f":
+        return array
+    low, high = float(array.min()), float(array.max())
+    if max(-low, high) > 1.0 and low >= -32768 and high <= 32767 and np.all(array == np.round(array)):
+        return array.astype(np.int16)
+    return array
 
 
 def _image_for(array: np.ndarray | None) -> np.ndarray | None:
