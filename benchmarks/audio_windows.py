@@ -50,7 +50,7 @@ from racmkd.eval.report import git_commit  # noqa: E402
 from racmkd.eval.timing import machine  # noqa: E402
 from racmkd.runtime.predictor import load  # noqa: E402
 from racmkd.utils import progress  # noqa: E402
-from results_io import write_results  # noqa: E402
+from results_io import check_out, reports_errors, write_results  # noqa: E402
 
 PLACES = ["start", "middle", "end"]
 SNRS_DB = (10.0, 5.0, 0.0)  # the avmnist protocol's noise spans 0-10 dB
@@ -214,6 +214,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     save_figure(fig, path)
 
 
+@reports_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=REPO / "runs" / "latest", help="a run with an audio teacher and tiers (default runs/latest)")
@@ -225,6 +226,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.seconds > 1.0:
         parser.error(f"--seconds {args.seconds:g}: the clips must be longer than the one-second window")
+    check_out(parser, args.out)
     started = time.perf_counter()
     result = measure(args.run, args.tiers, args.seconds, args.noise_db, args.seed)
     result.update(

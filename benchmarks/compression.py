@@ -58,7 +58,7 @@ from racmkd.models.inference import fold_batchnorm  # noqa: E402
 from racmkd.pipeline import compress_students, open_run, prepare_data, run_pipeline  # noqa: E402
 from racmkd.resources.devices import device_names, load_device  # noqa: E402
 from racmkd.resources.profile import latency_model, profile_model  # noqa: E402
-from results_io import targets_table, write_results  # noqa: E402
+from results_io import check_out, refuse_with_quick, reports_errors, targets_table, write_results  # noqa: E402
 
 TIERS = ["high", "medium", "low", "critical"]
 EXPERIMENTS = {
@@ -323,6 +323,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     save_figure(fig, path, dpi=120)
 
 
+@reports_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
@@ -331,6 +332,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--quick", action="store_true", help="the smoke config: minutes, figures meaningless")
     args = parser.parse_args()
+    refuse_with_quick(parser, args, ("config",))
+    check_out(parser, args.out)
     if args.quick:
         args.config, args.runs_dir = REPO / "configs" / "smoke.yaml", args.runs_dir / "quick"
         for name, (modality, recipe, ratio_goal, loss_goal) in EXPERIMENTS.items():

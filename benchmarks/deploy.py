@@ -38,7 +38,6 @@ import tempfile
 import threading
 import statistics
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -75,7 +74,7 @@ from racmkd.runtime.edge import EdgeRuntime  # noqa: E402
 from racmkd.runtime.variants import build_bank, load_bank  # noqa: E402
 from racmkd.utils import progress, torch_threads  # noqa: E402
 from bare_edge import BarePath  # noqa: E402
-from results_io import ResidentSampler, soak_memory_text, soak_target, targets_table, write_results  # noqa: E402
+from results_io import ResidentSampler, at_least, check_out, refuse_with_quick, reports_errors, soak_memory_text, soak_target, targets_table, write_results  # noqa: E402
 
 DELTA_TARGET = 0.05
 OVERHEAD_TARGET = 0.05
@@ -564,23 +563,6 @@ def fit_target(fit: dict[str, Any]) -> dict[str, Any]:
     return {"target": FIT_TARGET, "measured": measured, "reached": all(a["release"] is not None or a["reason"].startswith("nothing fits") for a in assignments)}
 
 
-def at_least(low: float, kind: type = int, why: str = "", strictly: bool = False) -> Callable[[str], Any]:
-    """An argparse type: a number of `kind` no less than `low` (above it, `strictly`), refused at
-    once with `why` (a value below it failed only after the delta experiment's minutes, or divided
-    by zero)."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected {'a whole number' if kind is int else 'a number'}") from None
-        if value < low or (strictly and value == low):
-            raise argparse.ArgumentTypeError(f"{value} is {'not above' if strictly else 'below'} {low:g}{why}")
-        return value
-
-    return parse
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; values the experiments cannot run with are refused here, before any work."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -607,9 +589,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # 10-minute one +20 KB)
     parser.add_argument("--soak-minutes", type=float, default=10.0, help="the edge server under 2 clients, its memory watched (0: skip)")
     parser.add_argument("--quick", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    refuse_with_quick(parser, args, ("steps", "iters", "requests", "load_requests", "load_seconds", "soak_minutes"))
+    check_out(parser, args.out)
+    return args
 
 
+@reports_errors
 def main() -> None:
     args = parse_args()
     if args.quick:
@@ -618,7 +604,7 @@ def main() -> None:
     try:
         run_dir, cfg = open_run(args.run)
     except RunError as err:
-        sys.exit(f"{err}; make a run first (`make run`, or a benchmark's --quick) or name one with --run")
+        sys.exit(f"error: {err}; make a run first (`make run`, or a benchmark's --quick) or name one with --run")
     dataset = prepare_data(cfg)
     if not (run_dir / "edge" / "bank.json").is_file():
         build_bank(cfg, dataset, run_dir)

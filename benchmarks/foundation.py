@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from results_io import targets_table, write_results  # noqa: E402
+from results_io import check_out, refuse_with_quick, reports_errors, targets_table, write_results  # noqa: E402
 
 from racmkd.config import config_differences, load_config  # noqa: E402
 from racmkd.eval.plots import save_figure  # noqa: E402
@@ -258,6 +258,7 @@ def plot(summary: dict, path: Path) -> None:
     save_figure(fig, path, dpi=120)
 
 
+@reports_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
@@ -269,6 +270,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override for every run")
     args = parser.parse_args()
+    refuse_with_quick(parser, args, ("config",))
+    check_out(parser, args.out)
     config, seeds, overrides = args.config, args.seeds, list(args.overrides)
     if args.quick:
         config, seeds = REPO / "configs" / "smoke.yaml", args.seeds[:2]

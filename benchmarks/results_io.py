@@ -1,12 +1,16 @@
-"""What every benchmark script does last: write its JSON, plot and markdown into benchmarks/results/;
-and the soak runs' resident-memory sampling and verdict, which the runtime and deployment
-benchmarks share."""
+"""What every benchmark script shares: its command line checked before any work (`at_least`,
+`check_out`, `refuse_with_quick`, `reports_errors`), its JSON, plot and markdown written last into
+benchmarks/results/; and the soak runs' resident-memory sampling and verdict, which the runtime and
+deployment benchmarks share."""
 
 from __future__ import annotations
 
+import argparse
+import functools
 import itertools
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +20,12 @@ from typing import Any
 import numpy as np
 import psutil
 
+from racmkd.compress.artifacts import ExportError
+from racmkd.config import ConfigError
+from racmkd.data.paths import DataError
+from racmkd.models.checkpoint import CheckpointError
+from racmkd.runs import RunError
+from racmkd.runtime.variants import BankError
 from racmkd.utils import atomic_write_json, atomic_write_text, json_safe, progress
 
 SOAK_SAMPLE_S = 5.0  # resident memory read this often
@@ -26,6 +36,61 @@ SOAK_SAMPLE_S = 5.0  # resident memory read this often
 # than 64 switches: the runtime's 30-minute soak made 380 in all, its default 10 minutes 44. The
 # windows of records the runtime's soak harness kept until 6efa166 read as +712 KB in 30 min.
 SOAK_GROWTH_LIMIT = 64 * 1024
+
+
+def at_least(low: float, kind: type = int, why: str = "", strictly: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number of `kind` no less than `low` (above it, `strictly`), refused at
+    once with `why` (a value below it failed only after the delta experiment's minutes, or divided
+    by zero)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {'a whole number' if kind is int else 'a number'}") from None
+        if value < low or (strictly and value == low):
+            raise argparse.ArgumentTypeError(f"{value} is {'not above' if strictly else 'below'} {low:g}{why}")
+        return value
+
+    return parse
+
+
+def check_out(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Refuse an --out folder that cannot be made or written to now: found when the results were
+    written, it lost every measurement before it (an hour's, for some benchmarks) to a traceback."""
+    probe = out / f".write-test.{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        parser.error(f"--out {out}: cannot write results there ({err.strerror or err}); name a writable folder")
+
+
+def refuse_with_quick(parser: argparse.ArgumentParser, args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """--quick sets these options itself: one given beside it is refused, not replaced in silence."""
+    given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) != parser.get_default(name)]
+    if args.quick and given:
+        parser.error(f"--quick sets {', '.join(given)} itself; leave {'it' if len(given) == 1 else 'them'} out, or drop --quick")
+
+
+# racmkd's errors about what a benchmark was given (a run that is not one, a missing checkpoint,
+# bank or file, a bad config): one line naming the problem and its fix, not a traceback.
+INPUT_ERRORS = (RunError, ConfigError, DataError, CheckpointError, BankError, ExportError, FileNotFoundError)
+
+
+def reports_errors(main: Callable[[], None]) -> Callable[[], None]:
+    """A benchmark's main, whose errors about its input (INPUT_ERRORS) end the script with their
+    message, exit code 1; anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(main)
+    def run() -> None:
+        try:
+            main()
+        except INPUT_ERRORS as err:
+            sys.exit(f"error: {err}")
+
+    return run
 
 
 def targets_table(targets: list[dict[str, Any]]) -> list[str]:

@@ -73,7 +73,7 @@ from racmkd.runtime.edge import EdgeRuntime, budget_for  # noqa: E402
 from racmkd.runtime.simulate import mean_of_present, serve_split, serve_together, simulate  # noqa: E402
 from racmkd.runtime.variants import build_bank, load_bank  # noqa: E402
 from racmkd.utils import progress  # noqa: E402
-from results_io import ResidentSampler, soak_memory_text, soak_target, targets_table, write_results  # noqa: E402
+from results_io import ResidentSampler, at_least, check_out, refuse_with_quick, reports_errors, soak_memory_text, soak_target, targets_table, write_results  # noqa: E402
 
 SWEEP_MULTIPLES = (1.5, 2.0, 3.0, 5.0, 10.0, 20.0)  # latency targets, in multiples of what static high needs unloaded
 ADAPTATION_TARGET_MS = 5.0
@@ -84,11 +84,17 @@ SOAK_TARGET_MULTIPLE = 3.0  # the soak's latency target, in multiples of what st
 
 
 def ensure_run(config: Path, run: Path | None, runs_dir: Path) -> Path:
+    """The run to measure: the one given, else <runs_dir>/latest or bench-runtime when either has
+    its report, else bench-runtime made now with `config` (a whole `make run`: said before it starts)."""
     if run is not None:
         return run
     for made in (runs_dir / "latest", runs_dir / "bench-runtime"):
         if (made / "report.json").exists():
             return made
+    print(
+        f"no run with a report in {runs_dir / 'latest'}: making {runs_dir / 'bench-runtime'} from {config} first (a whole run; pass --run to measure another)",
+        flush=True,
+    )
     cfg = load_config(config, [f"runs_dir={runs_dir}", "name=bench-runtime"])
     shutil.rmtree(runs_dir / "bench-runtime", ignore_errors=True)  # an attempt that never reached its report: start over
     return run_pipeline(cfg)
@@ -523,23 +529,29 @@ def plot(result: dict[str, Any], path: Path) -> None:
     save_figure(fig, path, dpi=110)
 
 
+@reports_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
-    parser.add_argument("--run", type=Path, default=None)
+    parser.add_argument("--run", type=Path, default=None, help="a run (default: runs/latest with a report, else runs/bench-runtime, made if missing)")
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=3, help="replays of each trace (request orders); SLO-accuracies are their means")
-    parser.add_argument("--monitor-seconds", type=float, default=30.0)
-    parser.add_argument("--soak-minutes", type=float, default=10.0)
+    parser.add_argument("--requests", type=at_least(1), default=2000)
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="replays of each trace (request orders); SLO-accuracies are their means")
+    parser.add_argument("--monitor-seconds", type=at_least(0, float, strictly=True), default=30.0)
+    parser.add_argument("--soak-minutes", type=at_least(0, float), default=10.0, help="0: no soak")
     parser.add_argument(
-        "--rate", type=float, default=100.0, help="samples per second under real load (each answered by the dynamic runtime and by static high)"
+        "--rate",
+        type=at_least(0, float, ": samples a second, paced by 1 / rate", strictly=True),
+        default=100.0,
+        help="samples per second under real load (each answered by the dynamic runtime and by static high)",
     )
     parser.add_argument("--no-stress", action="store_true")
     parser.add_argument("--no-sweep", action="store_true", help="skip the latency-target sweep (12 more replays)")
     parser.add_argument("--quick", action="store_true", help="the smoke config and short runs: minutes, figures meaningless")
     args = parser.parse_args()
+    refuse_with_quick(parser, args, ("config", "requests", "monitor_seconds", "soak_minutes", "repeats"))
+    check_out(parser, args.out)
     if args.quick:
         args.config, args.runs_dir = REPO / "configs" / "smoke.yaml", args.runs_dir / "quick"
         args.requests, args.monitor_seconds, args.soak_minutes, args.repeats = 200, 3.0, 0.5, 2  # (0.25 min of soak was too short to judge)

@@ -46,7 +46,7 @@ from racmkd.eval.plots import save_figure  # noqa: E402
 from racmkd.eval.report import git_commit  # noqa: E402
 from racmkd.eval.timing import machine  # noqa: E402
 from racmkd.pipeline import run_pipeline  # noqa: E402
-from results_io import write_results  # noqa: E402
+from results_io import check_out, refuse_with_quick, reports_errors, write_results  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -275,6 +275,7 @@ def plot(sensor: Sensor, result: dict[str, Any], path: Path) -> None:
     save_figure(fig, path)
 
 
+@reports_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sensor", choices=sorted(SENSORS), default="pen")
@@ -284,6 +285,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--quick", action="store_true", help="one seed, one epoch, 1,000 samples: minutes, figures meaningless")
     args = parser.parse_args()
+    refuse_with_quick(parser, args, ("epochs",))
+    check_out(parser, args.out)
     sensor = SENSORS[args.sensor]
     register_plugin(sensor)
     seeds, epochs = ([args.seeds[0]], 1) if args.quick else (args.seeds, args.epochs)

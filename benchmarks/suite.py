@@ -24,12 +24,14 @@ sys.path.insert(0, str(REPO))
 
 from racmkd.eval.suite import TIERS, SuiteSettings, plot_all, render, run_suite  # noqa: E402
 from racmkd.utils import atomic_write_json, atomic_write_text, json_safe  # noqa: E402
+from results_io import check_out, refuse_with_quick, reports_errors  # noqa: E402
 
 # Training scale of the full suite: each student and baseline sees 3 x 20,000 samples (the make run
 # students see 4 x 50,000), so that three seeds fit the two-hour budget on two cores.
 FULL_SCALE = ("students.train.samples_per_epoch=20000", "students.train.epochs=3", "students.selection.samples=6400")
 
 
+@reports_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
@@ -49,6 +51,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE config override for every run")
     args = parser.parse_args()
+    refuse_with_quick(parser, args, ("config",))
+    check_out(parser, args.out)
     tier_recipes = {"critical": REPO / "configs" / "recipes" / "bench-critical.yaml"}
     for pair in args.tier_recipe:
         tier, sep, path = pair.partition("=")

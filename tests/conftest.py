@@ -17,10 +17,15 @@ TINY = Path(__file__).parent / "tiny.yaml"
 
 @pytest.fixture(scope="session")
 def shared_root() -> Path:
-    """The real datasets (../shared/data or $RACMKD_DATA); the tests need them."""
+    """The real datasets (../shared/data or $RACMKD_DATA); the tests need them, the pen digits and
+    the IMU example's too (a root without those failed in a pen test with a bare FileNotFoundError)."""
     root = data_root()
-    if not (root / "mnist").is_dir() or not (root / "fsdd" / "recordings").is_dir():
-        pytest.fail(f"the datasets are not at {root}: set RACMKD_DATA to the folder holding mnist/ and fsdd/")
+    missing = [name for name in ("mnist", "fsdd/recordings", "pendigits", "imu_pen_digits") if not (root / name).is_dir()]
+    if missing:
+        pytest.fail(
+            f"the datasets are not all at {root} (no {', '.join(missing)}): set RACMKD_DATA to the folder holding mnist/, fsdd/, pendigits/ and "
+            "imu_pen_digits/, or fetch them (README, Quickstart)"
+        )
     return root
 
 

@@ -223,13 +223,50 @@ def test_deploy_fit_target_is_not_reached_with_nothing_registered_or_nothing_fit
         (["--load-requests", "0"], "--load-requests: 0 is below 1"),
     ],
 )
-def test_deploy_refuses_values_its_experiments_cannot_run_with(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_deploy_refuses_values_its_experiments_cannot_run_with(argv: list[str], says: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """Refused on the command line: --iters below the rounds failed (fmean of nothing) and
     --requests 0 divided by zero only after the delta experiment's minutes."""
     with pytest.raises(SystemExit):
         deploy.parse_args(argv)
     assert says in capsys.readouterr().err
-    assert deploy.parse_args(["--iters", str(deploy.ROUNDS), "--requests", "2"]).iters == deploy.ROUNDS
+    assert deploy.parse_args(["--iters", str(deploy.ROUNDS), "--requests", "2", "--out", str(tmp_path)]).iters == deploy.ROUNDS
+
+
+def test_benchmarks_refuse_an_unwritable_out_and_options_quick_would_replace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An --out under a file was found when the results were written, after all the measuring (a
+    traceback, the figures lost); --quick replaced --steps, --config and others given beside it."""
+    (tmp_path / "afile").write_text("")
+    for argv, says in (
+        (["--out", str(tmp_path / "afile" / "sub")], "cannot write results there"),
+        (["--quick", "--steps", "5", "--soak-minutes", "0", "--out", str(tmp_path)], "--quick sets --steps, --soak-minutes itself"),
+    ):
+        with pytest.raises(SystemExit):
+            deploy.parse_args(argv)
+        assert says in capsys.readouterr().err
+    assert deploy.parse_args(["--quick", "--out", str(tmp_path / "new")]).quick and (tmp_path / "new").is_dir() and not list((tmp_path / "new").iterdir())
+
+
+def test_benchmarks_say_a_bad_run_in_one_line_before_any_work(tmp_path: Path) -> None:
+    """A --run that is not a run, or --teachers-from one, ended in a traceback (the suite's after
+    it had made the first seed's run folder, blaming --config); runtime.py's --repeats 0 and --rate
+    0 failed after the replays (IndexError, ZeroDivisionError)."""
+    import subprocess
+
+    def script(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    for argv in (
+        ("runtime.py", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "out")),
+        ("compression.py", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "out")),
+        ("suite.py", "--teachers-from", str(tmp_path / "nope"), "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")),
+    ):
+        failed = script(str(REPO / "benchmarks" / argv[0]), *argv[1:])
+        assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+        assert f"{tmp_path / 'nope'}: not a run directory" in failed.stderr, failed.stderr
+    assert not (tmp_path / "runs").exists()  # nothing made for the suite
+    for argv, says in ((["--repeats", "0"], "--repeats: 0 is below 1"), (["--rate", "0"], "--rate: 0.0 is not above 0")):
+        refused = script(str(REPO / "benchmarks" / "runtime.py"), *argv)
+        assert refused.returncode == 2 and says in refused.stderr, refused.stderr
 
 
 # suite.py -----------------------------------------------------------------------------------------

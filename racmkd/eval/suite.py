@@ -51,7 +51,7 @@ from racmkd.pipeline import (
     teacher_names,
     train_teachers,
 )
-from racmkd.runs import compressed_records
+from racmkd.runs import RunError, compressed_records, open_run
 from racmkd.utils import atomic_write_json, cached_json, progress, sha256
 
 TIERS = ("high", "medium", "low", "critical")
@@ -663,8 +663,13 @@ def run_suite(settings: SuiteSettings) -> dict[str, Any]:
         "teachers_from": str(settings.teachers_from) if settings.teachers_from else None,
         "protocols": {},
     }
-    # the sweeps' settings and the compression recipes checked now, not after hours of training
+    # the sweeps' settings, the compression recipes and the run to take teachers from checked now, not after hours of training
     base = load_config(settings.config, list(settings.overrides))
+    if settings.teachers_from is not None:  # (found after the first seed's run folder was made, as a config error about --config)
+        try:
+            open_run(Path(settings.teachers_from))
+        except RunError as err:
+            raise ConfigError(f"--teachers-from {settings.teachers_from}: {err}") from None
     degradation_sweeps(settings, {m: MODALITIES.get(m) for m in base.data.modalities})
     if settings.recipe is not None:
         tier_recipe_steps(settings, suite_compress_config(settings, base))
