@@ -1488,6 +1488,41 @@ def test_the_servers_npy_reader_reads_what_np_load_reads_and_refuses_the_rest(ve
         read_npy(b"PK\x03\x04 not an npy file")
 
 
+def test_an_npz_member_is_inflated_no_further_than_its_listed_size() -> None:
+    """zipfile inflated a member whole before cutting it to the size its sender listed: a 1.7-KB
+    bzip2 body took an edge server to 4.4 GB, a 3.9-MB deflate one 2 GB further (no token needed).
+    Deflate is inflated to the listed size and no further; bzip2 and LZMA are refused."""
+    from fastapi import HTTPException
+
+    from racmkd.config import ServeConfig
+    from racmkd.deploy.server import read_npz
+
+    image = np.zeros((28, 28), np.uint8)
+    arrays, _ = read_npz(compressed_npz(image=image), ServeConfig())  # np.savez_compressed's archives still read
+    assert np.array_equal(arrays["image"], image)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        info = zipfile.ZipInfo("image.npy")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with archive.open(info, "w") as member:
+            member.write(npz_header_for((28, 28)) + bytes(64 * 2**20))  # 64 MB of zeros: 64 KB deflated
+        info.file_size = 912  # what the directory lists: a 28x28 array's .npy
+    with pytest.raises(HTTPException, match="inflates past the 912 bytes"):
+        read_npz(buffer.getvalue(), ServeConfig())
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_BZIP2) as archive:
+        archive.writestr("image.npy", npz(image=image))
+    with pytest.raises(HTTPException, match="compression type 12"):
+        read_npz(buffer.getvalue(), ServeConfig())
+
+
+def npz_header_for(shape: tuple[int, ...]) -> bytes:
+    """The .npy header of a uint8 array of `shape`."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
 def test_an_internal_error_gets_a_500_and_the_server_goes_on(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001
     """An unhandled error is answered here, not re-raised to uvicorn (which would drop the
     keep-alive connection and the requests queued on it); its details stay in the server's log."""
