@@ -496,6 +496,8 @@ def url_problem(url: str) -> str | None:
         return f"is not a valid URL ({err})"
     if parts.scheme not in ("http", "https") or not host:
         return "is not an http(s) URL with a host (e.g. http://fog.local:8001)"
+    if parts.username is not None or parts.password is not None:  # (httpx sent them; /models, open to all, and the logs showed them)
+        return "holds a user name or password; give an upstream's token in the variable serve.upstream_token_env names, a device's in RACMKD_TOKEN"
     try:
         port = parts.port
     except ValueError:
@@ -503,6 +505,19 @@ def url_problem(url: str) -> str | None:
     if port is not None and not 1 <= port <= 65535:
         return f"has an invalid port {parts.netloc.rpartition(':')[2]!r} (a port is a number in 1-65535)"
     return None
+
+
+def shown_url(url: str) -> str:
+    """`url` for a message: any password in it replaced by ***."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+    except ValueError:
+        return url
 
 
 def read_token(variable: str) -> str | None:
@@ -561,7 +576,7 @@ class ServeConfig:
         for url in self.upstreams:
             problem = url_problem(url)
             if problem:
-                raise ConfigError(f"upstreams: {url!r} {problem}")
+                raise ConfigError(f"upstreams: {shown_url(url)!r} {problem}")
         if self.mqtt_host and (not 1 <= self.mqtt_port <= 65535 or self.mqtt_host.startswith("[")):
             raise ConfigError(
                 f"mqtt_host {self.mqtt_host!r}, mqtt_port {self.mqtt_port}: a host name or address (an IPv6 one without brackets) and a port in 1-65535"

@@ -27,7 +27,7 @@ from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from onnx import numpy_helper
 
-from racmkd.config import ServeConfig, load_config
+from racmkd.config import ConfigError, ServeConfig, load_config
 from racmkd.deploy.loopback import ServerProcess, free_port, wait_http
 from racmkd.deploy.delta import DeltaError, apply_delta, make_delta
 from racmkd.utils import UMASK, sha256
@@ -785,6 +785,64 @@ def test_a_fleet_is_planned_and_pushed_with_no_human_step(bank_dir: Path, keys: 
     assert "8003" in CliRunner().invoke(app, ["deploy", "push", "--help"]).output  # the edge's port in the README, not the fog's
 
 
+def test_a_forged_offline_status_does_not_keep_a_device_from_its_update(
+    bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone on a broker without authentication could publish a retained {"online": false} for a
+    device, and `deploy apply` passed it over for as long as that stood. Telemetry's "offline" is
+    checked against the device's /health: one that answers is served."""
+    import http.server
+    import threading
+
+    from racmkd.deploy import orchestrator
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - (http.server's name)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        registry, key = ModelRegistry(tmp_path / "registry"), load_private_key(keys[0])
+        registry.register(bank_dir, "edge", key, metrics={"accuracy": 0.9}, device_fit=device_fit(bank_dir, "bank", [load_device("raspberry-pi-4")]))
+        fleet = tmp_path / "fleet.yaml"
+        awake, asleep = f"http://127.0.0.1:{server.server_address[1]}", f"http://127.0.0.1:{free_port()}"
+        fleet.write_text(
+            f"devices:\n  - {{name: awake, profile: raspberry-pi-4, url: '{awake}'}}\n  - {{name: asleep, profile: raspberry-pi-4, url: '{asleep}'}}\n"
+        )
+        pushed = []
+        monkeypatch.setattr(orchestrator, "push", lambda *args, **kwargs: pushed.append(args[2]) or {"sent": "full", "status_code": 200, "answer": {}})
+        fleet_config, profiles = orchestrator.load_fleet(fleet)
+        results = {r["device"]: r for r in orchestrator.apply_fleet(registry, fleet_config, profiles, TOKEN, online=lambda name: False)}
+    finally:
+        server.shutdown()
+    assert pushed == [awake] and results["awake"]["action"] == "pushed", results
+    assert results["asleep"]["action"] == "skipped" and "does not answer" in results["asleep"]["reason"]
+
+
+def test_urls_with_credentials_are_refused_without_showing_them(tmp_path: Path) -> None:
+    """An upstream URL's user:password was sent by httpx, and shown to anyone on /models (never
+    token-protected) and in the breaker's log; tokens come from environment variables instead."""
+    from typer.testing import CliRunner
+
+    from racmkd.cli import app
+    from racmkd.config import shown_url
+
+    with pytest.raises(ConfigError, match="holds a user name or password") as refused:
+        ServeConfig(upstreams=("http://fog:Pa55w0rd@127.0.0.1:8002",))
+    assert "Pa55w0rd" not in str(refused.value) and "fog:***@127.0.0.1:8002" in str(refused.value)
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("devices:\n  - {name: a, profile: raspberry-pi-4, url: 'http://admin:Pa55w0rd@a:8003'}\n")
+    bad = CliRunner().invoke(app, ["deploy", "apply", "--fleet", str(fleet), "--root", str(tmp_path / "registry")], env={"RACMKD_TOKEN": "t"})
+    assert bad.exit_code == 2 and "holds a user name or password" in bad.output and "Pa55w0rd" not in bad.output, bad.output
+    assert shown_url("http://fog.local:8001/x") == "http://fog.local:8001/x" and shown_url("https://u@h") == "https://u@h"
+
+
 def test_a_device_that_does_not_answer_as_an_edge_is_a_clear_error(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
     """A fleet URL whose /deployment answers JSON that is not an edge's status (a list, null, an
     empty object): a ValueError naming the URL, which apply_fleet reports for that device while
@@ -1303,14 +1361,47 @@ def test_a_bank_archive_cannot_write_outside_its_folder(tmp_path: Path) -> None:
 
     from racmkd.deploy.registry import unpack
 
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        info = tarfile.TarInfo("../escaped.txt")
-        info.size = 3
-        tar.addfile(info, io.BytesIO(b"bad"))
-    with pytest.raises(RegistryError, match="not a plain file inside"):
-        unpack(buffer.getvalue(), "bank", tmp_path / "slot")
-    assert not (tmp_path / "escaped.txt").exists()
+    def archive(*members: tuple[str, bytes, bytes]) -> bytes:  # (name, type, content)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, kind, content in members:
+                info = tarfile.TarInfo(name)
+                info.type, info.size = kind, len(content)
+                if kind == tarfile.SYMTYPE:
+                    info.linkname, info.size = "/etc/passwd", 0
+                tar.addfile(info, io.BytesIO(content))
+        return buffer.getvalue()
+
+    # Signed or not: a leaked key must not reach past the release's folder, nor overwrite the store's
+    # own files beside the bank (a member named release.bin replaced the bytes the device checks).
+    for name, kind in (
+        ("../escaped.txt", tarfile.REGTYPE),
+        ("release.bin", tarfile.REGTYPE),
+        ("sub/high.onnx", tarfile.REGTYPE),
+        ("link.onnx", tarfile.SYMTYPE),
+    ):
+        with pytest.raises(RegistryError, match="is not a plain bank.json or .onnx file at the top of the bank"):
+            unpack(archive(("bank.json", tarfile.REGTYPE, b"{}"), (name, kind, b"bad")), "bank", tmp_path / "slot")
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "slot" / "release.bin").exists()
+    assert sorted(
+        p.name for p in unpack(archive(("bank.json", tarfile.REGTYPE, b"{}"), ("a.onnx", tarfile.REGTYPE, b"x")), "bank", tmp_path / "ok").iterdir()
+    ) == [
+        "a.onnx",
+        "bank.json",
+    ]
+
+
+def test_a_bank_naming_variant_files_outside_its_folder_is_refused(bank_dir: Path, tmp_path: Path) -> None:
+    """Installed over the air, such a bank loaded its variants from elsewhere, out of the reach of
+    the store's checks of the release's files."""
+    from racmkd.runtime.bank import BankError, load_bank
+
+    shutil.copytree(bank_dir, tmp_path / "bank")
+    data = json.loads((tmp_path / "bank" / "bank.json").read_text())
+    data["variants"][0]["path"] = str((bank_dir / data["variants"][0]["path"]).resolve())  # the same file, by its absolute path
+    (tmp_path / "bank" / "bank.json").write_text(json.dumps(data))
+    with pytest.raises(BankError, match="is not a file of the bank's folder"):
+        load_bank(tmp_path / "bank")
 
 
 def test_every_device_profile_gets_a_model_or_a_reason(bank_dir: Path, keys: tuple[Path, Path], tiny_run: Path, tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001

@@ -24,7 +24,7 @@ import httpx
 
 from racmkd.compress.artifacts import compress_again, read_compression_record
 from racmkd.deploy.registry import ModelRegistry, RegistryError, Release
-from racmkd.config import ConfigError, from_dict, read_yaml_mapping, url_problem
+from racmkd.config import ConfigError, from_dict, read_yaml_mapping, shown_url, url_problem
 from racmkd.resources.devices import DeviceProfile, load_device
 from racmkd.utils import sha256
 
@@ -161,7 +161,7 @@ def push(registry: ModelRegistry, release: Release, url: str, token: str, timeou
     call (a large release over a slow link needs more than the default)."""
     problem = url_problem(url)
     if problem:
-        raise ValueError(f"{url} {problem}")
+        raise ValueError(f"{shown_url(url)} {problem}")
     if not 0 < timeout_s < float("inf"):
         raise ValueError(f"timeout {timeout_s!r}: a number of seconds > 0")
     headers = {"Authorization": f"Bearer {token}"}
@@ -229,7 +229,7 @@ class FleetDevice:
             )
         problem = url_problem(self.url)
         if problem:
-            raise ConfigError(f"url {self.url!r} {problem}")
+            raise ConfigError(f"url {shown_url(self.url)!r} {problem}")
 
 
 @dataclass(frozen=True)
@@ -272,8 +272,10 @@ def apply_fleet(
 ) -> list[dict[str, Any]]:
     """Plan every device's release by its profile and push it, with no human step: per device what
     was done and why. Passed over: a device nothing fits, or one whose telemetry says it is offline
-    (`online(name)` False: its last will; None, unknown, is tried). A device that cannot be reached
-    or refuses is reported, and the others are still served."""
+    (`online(name)` False: its last will; None, unknown, is tried) and whose /health does not answer
+    within a few seconds either: anyone on a broker without authentication could publish a device's
+    status, and a forged "offline" kept it from every update. A device that cannot be reached or
+    refuses is reported, and the others are still served."""
     assignments = {a.device: a for a in plan(registry, list({p.name: p for p in profiles.values()}.values()), public_key)}
     results = []
     for device in fleet.devices:
@@ -282,9 +284,13 @@ def apply_fleet(
         if assignment.release is None:
             results.append({**entry, "action": "skipped", "reason": assignment.reason})
             continue
-        if online is not None and online(device.name) is False:
+        if online is not None and online(device.name) is False and not _answers(device.url):
             results.append(
-                {**entry, "action": "skipped", "reason": "offline: its telemetry's last will says so; run `racmkd deploy apply` again once it is back"}
+                {
+                    **entry,
+                    "action": "skipped",
+                    "reason": "offline: its telemetry's last will says so and its /health does not answer; run `racmkd deploy apply` again once it is back",
+                }
             )
             continue
         try:
@@ -298,6 +304,16 @@ def apply_fleet(
         detail = answer.get("detail", "") if isinstance(answer, dict) else answer
         results.append({**entry, "action": action, "reason": str(detail) if refused else assignment.reason, **outcome})
     return results
+
+
+def _answers(url: str, timeout_s: float = 3.0) -> bool:
+    """Whether a device's /health answers at all (any status): telemetry's "offline" is checked
+    against it, not taken on trust."""
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s)
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError):
+        return False
+    return True
 
 
 def _delta_or_none(registry: ModelRegistry, base: str, target: str) -> bytes | None:

@@ -156,18 +156,26 @@ def pack(path: Path) -> tuple[bytes, str]:
 
 def unpack(data: bytes, kind: str, destination: Path) -> Path:
     """Write released bytes to `destination` (a file for onnx, a folder for a bank); returns the
-    path to load. Refuses archive members that would land outside the folder."""
+    path to load. A bank archive holds what `pack` puts in it and nothing else: bank.json and ONNX
+    files, plain and at the top of the folder, together no larger than the archive (it is not
+    compressed). A member outside the folder, a link or device, a sparse file (10 KB that unpack
+    to 2 GB) or a file of the device's store beside the bank (release.bin, whose hash the device
+    checks) is refused, even when signed: a leaked key must not reach past the release's folder."""
     destination = Path(destination)
     if kind == "onnx":
         atomic_write_bytes(destination, data)
         return destination
     destination.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-        for member in tar.getmembers():
-            target = (destination / member.name).resolve()
-            if not member.isfile() or destination.resolve() not in target.parents:
-                raise RegistryError(f"bank archive member {member.name!r} is not a plain file inside the bank")
-            atomic_write_bytes(target, tar.extractfile(member).read())  # type: ignore[union-attr]
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        members = tar.getmembers()
+        for member in members:
+            name = member.name
+            if not member.isfile() or member.issparse() or Path(name).name != name or not (name == "bank.json" or name.endswith(".onnx")):
+                raise RegistryError(f"bank archive member {name!r} is not a plain bank.json or .onnx file at the top of the bank")
+        if sum(m.size for m in members) > len(data):
+            raise RegistryError(f"bank archive members hold {sum(m.size for m in members):,} bytes, more than the {len(data):,}-byte archive")
+        for member in members:
+            atomic_write_bytes(destination / member.name, tar.extractfile(member).read())  # type: ignore[union-attr]
     return destination
 
 

@@ -88,6 +88,8 @@ def load_bank(folder: Path, split: str = "val", warn: bool = True) -> Bank:
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:  # OverflowError: int() of an infinite memory figure
         raise BankError(f"{path}: damaged ({type(err).__name__}: {err}). Rebuild it with `racmkd edge build`.") from None
     problems = table_problems(table, biases)
+    # (a bank installed over the air naming files elsewhere loaded them from there, out of the reach of the store's checks)
+    problems += [f"{v.id}: path {v.path!r} is not a file of the bank's folder" for v in variants if not isinstance(v.path, str) or Path(v.path).name != v.path]
     # (a NaN median would read as "none given", the p95 taking its place: a damaged bank replayed as a different one)
     problems += [f"{v.id}: latency_ms {v.latency_p50_ms!r} is not a finite number of ms >= 0" for v in variants if not 0 <= v.latency_p50_ms < math.inf]
     overhead = data.get("request_overhead_ms", 0.0)
