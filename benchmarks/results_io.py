@@ -26,7 +26,7 @@ from racmkd.data.paths import DataError
 from racmkd.models.checkpoint import CheckpointError
 from racmkd.runs import RunError
 from racmkd.runtime.variants import BankError
-from racmkd.utils import atomic_write_json, atomic_write_text, json_safe, progress
+from racmkd.utils import atomic_write_json, atomic_write_text, exit_on_sigterm, json_safe, progress
 
 SOAK_SAMPLE_S = 5.0  # resident memory read this often
 # Resident memory moves in 4 KB pages as allocators touch them; 64 KB is 16 of those, and less
@@ -81,12 +81,15 @@ INPUT_ERRORS = (RunError, ConfigError, DataError, CheckpointError, BankError, Ex
 
 def reports_errors(main: Callable[[], None]) -> Callable[[], None]:
     """A benchmark's main, whose errors about its input (INPUT_ERRORS) end the script with their
-    message, exit code 1; anything else is a bug and keeps its traceback."""
+    message, exit code 1; anything else is a bug and keeps its traceback. SIGTERM (`kill`, a CI
+    cancel) runs its cleanup as Ctrl-C does: it ended the script on the spot, and the servers it
+    had started kept running, their parent gone."""
 
     @functools.wraps(main)
     def run() -> None:
         try:
-            main()
+            with exit_on_sigterm():
+                main()
         except INPUT_ERRORS as err:
             sys.exit(f"error: {err}")
 

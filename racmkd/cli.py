@@ -3,18 +3,17 @@ racmkd.eval.report and racmkd.runtime."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from racmkd.config import ConfigError, RunConfig, load_config, read_token
+from racmkd.utils import exit_on_sigterm
 from racmkd.data.paths import DataError
 
 if TYPE_CHECKING:
@@ -1032,30 +1031,6 @@ def _read_wav(path: Path):  # noqa: ANN202 - (samples, rate)
     else:
         samples = samples.astype(np.float32)
     return (samples.mean(axis=1) if samples.ndim == 2 else samples), rate
-
-
-@contextlib.contextmanager
-def exit_on_sigterm() -> Iterator[None]:
-    """SIGTERM (`kill`, a container or service stopping) raised as SystemExit in the main thread, as
-    Ctrl-C raises KeyboardInterrupt, so a command's cleanup runs: its half-built folder is removed
-    and the earlier one kept. The default handler ended the process on the spot and left the
-    hidden work folder behind (`racmkd compress`'s compressed/.low.*.partial). The handler it
-    replaced comes back on leaving, so a process that calls `main()` in-process (a test, a
-    notebook) keeps its own; outside the main thread, which cannot set one, nothing changes."""
-    import signal
-    import threading
-
-    def terminate(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)  # the status a shell reports for a process the signal ended
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:  # None: the handler was not set from Python; the default is the nearest Python can restore
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 # The top-level modules of the `train` extra (pyproject.toml), which an edge install lacks; a test

@@ -549,6 +549,7 @@ class ServeConfig:
     protect_inference: bool = False  # also require the token on /predict
     max_body_bytes: int = 4 * 2**20
     body_timeout_s: float = 30.0  # a /predict body must have come whole within this (one that never ends held its connection for ever)
+    shutdown_timeout_s: float = 5.0  # on SIGTERM or Ctrl-C, requests still open are cut after this (a stalled upload held the server for minutes)
     max_update_bytes: int = 64 * 2**20  # the largest release an edge takes over /deploy
     max_audio_seconds: float = 10.0
     fog_models: tuple[str, ...] = ("high", "medium")  # what the fog role serves (the first by default)
@@ -580,6 +581,10 @@ class ServeConfig:
         if self.mqtt_host and (not 1 <= self.mqtt_port <= 65535 or self.mqtt_host.startswith("[")):
             raise ConfigError(
                 f"mqtt_host {self.mqtt_host!r}, mqtt_port {self.mqtt_port}: a host name or address (an IPv6 one without brackets) and a port in 1-65535"
+            )
+        if not 0 < self.shutdown_timeout_s < math.inf:
+            raise ConfigError(
+                f"shutdown_timeout_s must be finite and > 0 (seconds open requests get once the server is told to stop); got {self.shutdown_timeout_s}"
             )
         if not 0 < self.body_timeout_s < math.inf:
             raise ConfigError(f"body_timeout_s must be finite and > 0 (seconds a request body may take to come whole); got {self.body_timeout_s}")

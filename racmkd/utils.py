@@ -102,8 +102,7 @@ def building_folder(final: Path, keep: Callable[[Path], bool] | None = None) -> 
         final = final.resolve()
         if not final.parent.is_dir():
             raise FileNotFoundError(f"{final.parent}: missing, and a link to {final} names it: make that folder (mount it), or remove the link")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    old = final.parent / f".{final.name}.old"
+    old = final.parent / f".{final.name}.old"  # (the parent is made by `work_folder`, which removes it again if the build fails)
     put_back_aside(final, old)
     with work_folder(final.parent, final.name) as work:
         yield work
@@ -115,6 +114,29 @@ def building_folder(final: Path, keep: Callable[[Path], bool] | None = None) -> 
 
 
 @contextmanager
+def exit_on_sigterm() -> Iterator[None]:
+    """SIGTERM (`kill`, a container or service stopping) raised as SystemExit in the main thread, as
+    Ctrl-C raises KeyboardInterrupt, so a command's (or a benchmark's) cleanup runs: its half-built folder is removed
+    and the earlier one kept. The default handler ended the process on the spot and left the
+    hidden work folder behind (`racmkd compress`'s compressed/.low.*.partial). The handler it
+    replaced comes back on leaving, so a process that calls `main()` in-process (a test, a
+    notebook) keeps its own; outside the main thread, which cannot set one, nothing changes."""
+    import signal
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # the status a shell reports for a process the signal ended
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:  # None: the handler was not set from Python; the default is the nearest Python can restore
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+@contextmanager
 def work_folder(parent: Path, name: str) -> Iterator[Path]:
     """A new hidden folder in `parent` to build `name`'s new content in, removed if the block fails
     (an error, Ctrl-C, a SIGTERM the CLI turns into an exit); the caller moves its content into
@@ -123,7 +145,7 @@ def work_folder(parent: Path, name: str) -> Iterator[Path]:
     of processes that are gone (killed outright, they left theirs beside the result forever) and
     leaves those of live builders alone (two builds of one folder at once each keep their own)."""
     parent = Path(parent)
-    made = not parent.exists()
+    made = [level for level in (parent, *parent.parents) if not level.exists()]  # (deepest first: removed in that order)
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_work_folders(parent, name)
     work = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.{os.getpid()}-{_HOST}-", suffix=".partial"))
@@ -134,9 +156,10 @@ def work_folder(parent: Path, name: str) -> Iterator[Path]:
         done = True
     finally:
         shutil.rmtree(work, ignore_errors=True)  # (gone already when its content moved in whole)
-        if made and not done:  # a folder made for this build alone (`export --out new`), left empty by its failure
-            with suppress(OSError):
-                parent.rmdir()
+        if not done:  # folders made for this build alone (`export --out new/a/b`), left empty by its failure
+            for level in made:
+                with suppress(OSError):
+                    level.rmdir()
 
 
 def host_token(ns_pid: Path = Path("/proc/self/ns/pid"), boot_id: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:

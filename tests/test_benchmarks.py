@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -244,6 +245,30 @@ def test_benchmarks_refuse_an_unwritable_out_and_options_quick_would_replace(tmp
             deploy.parse_args(argv)
         assert says in capsys.readouterr().err
     assert deploy.parse_args(["--quick", "--out", str(tmp_path / "new")]).quick and (tmp_path / "new").is_dir() and not list((tmp_path / "new").iterdir())
+
+
+def test_a_benchmark_stopped_by_sigterm_runs_its_cleanup() -> None:
+    """SIGTERM (a CI cancel, `kill`) ended a benchmark on the spot: the servers it had started
+    kept running, their parent gone, because its `finally` blocks never ran."""
+    import os
+    import signal
+
+    from results_io import reports_errors
+
+    cleaned = []
+
+    @reports_errors
+    def main() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            cleaned.append(True)
+
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert cleaned == [True] and stopped.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is not None  # the handler before it is back
 
 
 def test_benchmarks_say_a_bad_run_in_one_line_before_any_work(tmp_path: Path) -> None:

@@ -825,6 +825,29 @@ def test_a_forged_offline_status_does_not_keep_a_device_from_its_update(
     assert results["asleep"]["action"] == "skipped" and "does not answer" in results["asleep"]["reason"]
 
 
+def test_a_server_told_to_stop_cuts_a_stalled_request_soon(tiny_run: Path) -> None:
+    """uvicorn waited for every open request once told to stop: a client stalled mid-body held the
+    server (a stalled /deploy upload for ever) until a container runtime's SIGKILL. Open requests
+    are cut after serve.shutdown_timeout_s."""
+    port = free_port()
+    command = [sys.executable, "-m", "racmkd.cli", "serve", "--role", "fog", "--run", str(tiny_run), "--port", str(port)]
+    command += ["--set", "serve.shutdown_timeout_s=1", "--set", "serve.body_timeout_s=600"]
+    server = subprocess.Popen(command, env={**os.environ, "RACMKD_PROGRESS": "0"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        with socket.create_connection(("127.0.0.1", port)) as stalled:
+            stalled.sendall(b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"image": [')
+            time.sleep(0.5)  # (the request is open in the server)
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)  # (it waited out the body's 600 s)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.communicate(timeout=30)
+    with pytest.raises(ConfigError, match="shutdown_timeout_s must be finite and > 0"):
+        ServeConfig(shutdown_timeout_s=0)
+
+
 def test_urls_with_credentials_are_refused_without_showing_them(tmp_path: Path) -> None:
     """An upstream URL's user:password was sent by httpx, and shown to anyone on /models (never
     token-protected) and in the breaker's log; tokens come from environment variables instead."""

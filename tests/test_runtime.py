@@ -1097,6 +1097,24 @@ def test_simulation_writes_timeline_table_and_summary(bank_dir: Path, tiny_datas
         assert summary["static"][policy]["energy_mj_mean"] == pytest.approx(sum(served) / len(served)) and served[0] > 0
 
 
+def test_a_replay_cut_short_leaves_no_summary_beside_its_new_files(bank_dir: Path, tiny_dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """summary.json marks a whole replay: an interrupted one left its new figures beside the last
+    replay's plot, with nothing to tell them apart. The folder's other files are the user's."""
+    from racmkd.runtime import simulate as simulation
+
+    (tmp_path / "notes.txt").write_text("mine")
+    simulate(load_bank(bank_dir), tiny_dataset, synthetic_trace("sudden", 12, 0.1), RuntimeConfig(), requests=40, out_dir=tmp_path)
+    assert (tmp_path / "summary.json").is_file()
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(simulation, "plot_timeline", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        simulate(load_bank(bank_dir), tiny_dataset, synthetic_trace("sudden", 12, 0.1), RuntimeConfig(), requests=40, out_dir=tmp_path, seed=1)
+    assert not (tmp_path / "summary.json").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_a_replay_at_the_banks_costs_is_the_same_on_every_run(bank_dir: Path, tiny_dataset) -> None:  # noqa: ANN001
     """`latency="bank"`: each request costs its variants' medians plus the bank's overhead, x the
     trace's slowdown; no wall time enters, so two replays agree request for request (measured ones

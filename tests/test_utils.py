@@ -23,6 +23,17 @@ def ended_pid() -> int:
     return int(done.stdout)
 
 
+def test_a_failed_build_removes_every_folder_it_made_for_itself(tmp_path: Path) -> None:
+    """`export --out new/a/b` cut short removed b and left new/ and new/a/ behind, empty."""
+    with pytest.raises(KeyboardInterrupt), building_folder(tmp_path / "new" / "a" / "b"):
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(KeyboardInterrupt), building_folder(tmp_path / "kept" / "a" / "b"):
+        raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []  # a folder that was there stays
+
+
 def test_a_build_removes_the_work_folders_of_ended_builders_only(tmp_path: Path) -> None:
     """A build killed outright (SIGKILL, a power cut) left compressed/.low.*.partial forever; the
     next build of the folder removes it. A live builder's (two builds at once), another host's
@@ -47,7 +58,7 @@ import sys, time
 from pathlib import Path
 
 import pytest
-from racmkd.cli import exit_on_sigterm
+from racmkd.utils import exit_on_sigterm
 from racmkd.utils import building_folder
 with exit_on_sigterm(), building_folder(Path({str(tmp_path / "low")!r})) as work:
     (work / "model.onnx").write_text("half")

@@ -1206,7 +1206,10 @@ def serve(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfig, annou
     service = build_service(role, cfg, run_dir, settings)
     app = create_app(service, settings, token)
     announce(f"http://{settings.host}:{port}")
-    uvicorn.run(app, host=settings.host, port=port, log_level="warning")
+    # Told to stop, uvicorn waited for every open request: a client stalled mid-upload held the server
+    # (and the device store's lock) until a container runtime's SIGKILL. A cut-off install leaves the
+    # current release serving (its slot is built aside).
+    uvicorn.run(app, host=settings.host, port=port, log_level="warning", timeout_graceful_shutdown=settings.shutdown_timeout_s)
 
 
 def check_inference_token(settings: ServeConfig, token: str | None) -> None:

@@ -401,14 +401,19 @@ def simulate(
         "levels_static": {r["policy"].removeprefix("static-"): level_rows(r["timeline"], target) for r in static},
     }
     if out_dir is not None:
+        # summary.json marks a whole replay: the last one's goes first and this one's comes last, so
+        # a replay cut short leaves none (it left new figures beside the last replay's plot). The
+        # folder itself may be the user's (--out), so it is written into, not swapped.
         out_dir = Path(out_dir)
-        atomic_write_json(out_dir / "summary.json", json_safe(summary))  # (for other tools: no NaN, no Infinity)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "summary.json").unlink(missing_ok=True)
+        plot_timeline(dynamic, static, target, out_dir / "timeline.png", trace.name)
         atomic_write_json(
             out_dir / "timeline.json",
             json_safe({"dynamic": dynamic["timeline"], "decisions": dynamic["decisions"], **{r["policy"]: r["timeline"] for r in static}}),
         )
         atomic_write_text(out_dir / "table.md", render_table(summary))
-        plot_timeline(dynamic, static, target, out_dir / "timeline.png", trace.name)
+        atomic_write_json(out_dir / "summary.json", json_safe(summary))  # (for other tools: no NaN, no Infinity)
     return summary
 
 
