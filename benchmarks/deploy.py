@@ -590,7 +590,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--soak-minutes", type=float, default=10.0, help="the edge server under 2 clients, its memory watched (0: skip)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    refuse_with_quick(parser, args, ("steps", "iters", "requests", "load_requests", "load_seconds", "soak_minutes"))
+    refuse_with_quick(parser, args, ("steps", "iters", "requests", "load_requests", "load_seconds", "soak_minutes"), argv)
     check_out(parser, args.out)
     return args
 

@@ -67,10 +67,22 @@ def check_out(parser: argparse.ArgumentParser, out: Path) -> None:
         parser.error(f"--out {out}: cannot write results there ({err.strerror or err}); name a writable folder")
 
 
-def refuse_with_quick(parser: argparse.ArgumentParser, args: argparse.Namespace, names: tuple[str, ...]) -> None:
-    """--quick sets these options itself: one given beside it is refused, not replaced in silence."""
-    given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) != parser.get_default(name)]
-    if args.quick and given:
+def refuse_with_quick(parser: argparse.ArgumentParser, args: argparse.Namespace, names: tuple[str, ...], argv: list[str] | None = None) -> None:
+    """--quick sets these options itself: one given beside it is refused, not replaced in silence,
+    even at its default value. What was given is read by parsing `argv` (the command line) again
+    with no defaults, so that an option absent from it is absent from the answer."""
+    if not args.quick:
+        return
+    defaults = {action: action.default for action in parser._actions}
+    try:
+        for action in defaults:
+            action.default = argparse.SUPPRESS
+        given_args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    finally:
+        for action, default in defaults.items():
+            action.default = default
+    given = [f"--{name.replace('_', '-')}" for name in names if hasattr(given_args, name)]
+    if given:
         parser.error(f"--quick sets {', '.join(given)} itself; leave {'it' if len(given) == 1 else 'them'} out, or drop --quick")
 
 

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from racmkd.config import ConfigError, RunConfig, load_config, read_token
-from racmkd.utils import exit_on_sigterm
 from racmkd.data.paths import DataError
 
 if TYPE_CHECKING:
@@ -602,7 +601,8 @@ def _default_simulate_folder(run_dir: Path, trace: Trace) -> Path:
     from racmkd.utils import cached_json
 
     folder = run_dir / "simulate" / trace.name
-    earlier = (cached_json(folder / "summary.json") or {}).get("trace_source")
+    recorded = [(cached_json(folder / name) or {}).get("trace_source") for name in ("summary.json", "timeline.json")]  # (a replay cut short has no summary)
+    earlier = next((source for source in recorded if source), None)
     if earlier is not None and earlier != trace.source:
         raise ValueError(f"{folder} holds the replay of {earlier}, not of {trace.source}; it is not replaced. Name another folder with --out")
     return folder
@@ -1060,6 +1060,8 @@ def main() -> None:
     an install without it says which install it needs (it ended in a ModuleNotFoundError's
     traceback)."""
     import sqlite3
+
+    from racmkd.utils import exit_on_sigterm  # (here: racmkd.utils imports numpy, which `racmkd --help` needs not)
 
     with exit_on_sigterm():
         try:

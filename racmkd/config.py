@@ -508,7 +508,8 @@ def url_problem(url: str) -> str | None:
 
 
 def shown_url(url: str) -> str:
-    """`url` for a message: any password in it replaced by ***."""
+    """`url` for a message: any password in it replaced by ***, in a URL that does not parse too
+    (everything between :// and the last @ before the path)."""
     from urllib.parse import urlsplit, urlunsplit
 
     try:
@@ -517,7 +518,7 @@ def shown_url(url: str) -> str:
             return url
         return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
     except ValueError:
-        return url
+        return re.sub(r"//[^/]*@", "//***@", url)
 
 
 def read_token(variable: str) -> str | None:

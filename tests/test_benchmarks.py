@@ -240,6 +240,7 @@ def test_benchmarks_refuse_an_unwritable_out_and_options_quick_would_replace(tmp
     for argv, says in (
         (["--out", str(tmp_path / "afile" / "sub")], "cannot write results there"),
         (["--quick", "--steps", "5", "--soak-minutes", "0", "--out", str(tmp_path)], "--quick sets --steps, --soak-minutes itself"),
+        (["--quick", "--steps=300", "--out", str(tmp_path)], "--quick sets --steps itself"),  # (its default value, given: replaced in silence)
     ):
         with pytest.raises(SystemExit):
             deploy.parse_args(argv)
@@ -255,7 +256,7 @@ def test_a_benchmark_stopped_by_sigterm_runs_its_cleanup() -> None:
 
     from results_io import reports_errors
 
-    cleaned = []
+    cleaned, before = [], signal.getsignal(signal.SIGTERM)
 
     @reports_errors
     def main() -> None:
@@ -268,7 +269,7 @@ def test_a_benchmark_stopped_by_sigterm_runs_its_cleanup() -> None:
     with pytest.raises(SystemExit) as stopped:
         main()
     assert cleaned == [True] and stopped.value.code == 128 + signal.SIGTERM
-    assert signal.getsignal(signal.SIGTERM) is not None  # the handler before it is back
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler before it is back
 
 
 def test_benchmarks_say_a_bad_run_in_one_line_before_any_work(tmp_path: Path) -> None:

@@ -399,6 +399,11 @@ def test_two_trace_files_of_one_name_do_not_share_a_default_simulate_folder(tmp_
     assert _default_simulate_folder(tmp_path / "run", load_trace(first)) == folder  # the same file again: replaced, as before
     with pytest.raises(ValueError, match=r"holds the replay of .*tr\.csv, not of .*other/tr\.csv; it is not replaced\. Name another folder with --out"):
         _default_simulate_folder(tmp_path / "run", load_trace(second))
+    # A replay cut short leaves no summary.json; its timeline.json names the trace too.
+    (folder / "summary.json").unlink()
+    (folder / "timeline.json").write_text(json.dumps({"trace_source": str(first.resolve()), "dynamic": []}))
+    with pytest.raises(ValueError, match=r"holds the replay of .*tr\.csv, not of .*other/tr\.csv"):
+        _default_simulate_folder(tmp_path / "run", load_trace(second))
 
 
 def test_deploy_plan_without_device_profiles_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -864,6 +864,9 @@ def test_urls_with_credentials_are_refused_without_showing_them(tmp_path: Path) 
     bad = CliRunner().invoke(app, ["deploy", "apply", "--fleet", str(fleet), "--root", str(tmp_path / "registry")], env={"RACMKD_TOKEN": "t"})
     assert bad.exit_code == 2 and "holds a user name or password" in bad.output and "Pa55w0rd" not in bad.output, bad.output
     assert shown_url("http://fog.local:8001/x") == "http://fog.local:8001/x" and shown_url("https://u@h") == "https://u@h"
+    with pytest.raises(ConfigError) as refused:  # a URL that does not parse: masked all the same
+        ServeConfig(upstreams=("http://admin:S3cret@[fog.local:8001",))
+    assert "S3cret" not in str(refused.value)
 
 
 def test_a_device_that_does_not_answer_as_an_edge_is_a_clear_error(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
@@ -1289,6 +1292,8 @@ def test_json_audio_of_whole_numbers_is_int16_pcm() -> None:
     assert as_json.dtype == np.int16 and np.array_equal(as_json, loud)
     fractions = parse_request(json_.dumps({"audio": (loud / 32768).tolist()}).encode(), "application/json", ServeConfig(), ["audio"]).raws()["audio"]
     assert fractions.dtype == np.float32 and np.allclose(fractions, loud / 32768)
+    typed = parse_request(npz(audio=faint.astype(np.float32)), "application/x-npz", ServeConfig(), ["audio"]).raws()["audio"]
+    assert typed.dtype == np.float32  # an .npz's array keeps the type it was sent with: float samples of whole numbers are floats
 
 
 def test_audio_without_a_sample_rate_is_at_the_rate_the_served_models_hear() -> None:

@@ -1113,6 +1113,7 @@ def test_a_replay_cut_short_leaves_no_summary_beside_its_new_files(bank_dir: Pat
     with pytest.raises(KeyboardInterrupt):
         simulate(load_bank(bank_dir), tiny_dataset, synthetic_trace("sudden", 12, 0.1), RuntimeConfig(), requests=40, out_dir=tmp_path, seed=1)
     assert not (tmp_path / "summary.json").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+    assert strict_json(tmp_path / "timeline.json")["trace_source"] == "sudden"  # whose the folder is, for `racmkd simulate`'s check
 
 
 def test_a_replay_at_the_banks_costs_is_the_same_on_every_run(bank_dir: Path, tiny_dataset) -> None:  # noqa: ANN001

@@ -107,7 +107,7 @@ class Inputs:
     def raws(self, uses: list[str] | None = None) -> dict[str, Any]:
         """Every array the request brought, by modality, as a predictor or the runtime takes them
         (JSON images back to uint8: `_image_for`); only those in `uses` if given."""
-        return {m: _as_sent(m, a) for m, a in self.arrays.items() if uses is None or m in uses}
+        return {m: _image_for(a) if m == "image" else a for m, a in self.arrays.items() if uses is None or m in uses}
 
 
 META = ("sample_rate", "latency_target_ms", "model")  # the request's settings, beside its arrays
@@ -138,6 +138,8 @@ def parse_request(
         try:
             with np.errstate(over="ignore"):  # beyond float32's range becomes infinite: refused by the signals' checks below
                 arrays = {m: np.asarray(v, dtype=np.float32) for m, v in {"image": request.image, "audio": request.audio, **extra}.items() if v is not None}
+            if "audio" in arrays:  # (an .npz's arrays keep the type they were sent with)
+                arrays["audio"] = _audio_for(arrays["audio"])
         except ValueError as err:  # ragged lists
             raise HTTPException(422, f"an input is not a rectangular array ({err})") from None
     else:
@@ -159,7 +161,7 @@ def parse_request(
         signal, spec = input_checker(name)
         spec = (raw_specs or {}).get(name) or spec
         try:  # at the native rate: the shape and values are what is checked here, the answer resamples
-            signal.to_raw(_as_sent(name, array), spec)
+            signal.to_raw(_image_for(array) if name == "image" else array, spec)
         except (ValueError, TypeError) as err:
             raise HTTPException(422, str(err)) from None
     used = {m: arrays[m] for m in modalities if m in arrays}
@@ -294,11 +296,6 @@ def npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     if dtype.hasobject:
         raise ValueError("the array holds Python objects (pickled); send numbers")
     return shape, fortran_order, dtype, len(header)
-
-
-def _as_sent(modality: str, array: np.ndarray | None) -> np.ndarray | None:
-    """An input as its sender meant it, where JSON's numbers lose the type (`_image_for`, `_audio_for`)."""
-    return _image_for(array) if modality == "image" else _audio_for(array) if modality == "audio" else array
 
 
 def _audio_for(array: np.ndarray | None) -> np.ndarray | None:

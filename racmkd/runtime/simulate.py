@@ -402,16 +402,16 @@ def simulate(
     }
     if out_dir is not None:
         # summary.json marks a whole replay: the last one's goes first and this one's comes last, so
-        # a replay cut short leaves none (it left new figures beside the last replay's plot). The
+        # a replay cut short leaves none (it left new figures beside the last replay's plot).
+        # timeline.json, which names the trace as the summary does, comes next, so that a folder of
+        # a cut-short replay still says whose it is (`racmkd simulate` refuses another trace's). The
         # folder itself may be the user's (--out), so it is written into, not swapped.
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "summary.json").unlink(missing_ok=True)
+        timeline = {"dynamic": dynamic["timeline"], "decisions": dynamic["decisions"], **{r["policy"]: r["timeline"] for r in static}}
+        atomic_write_json(out_dir / "timeline.json", json_safe({"trace_source": summary["trace_source"], **timeline}))
         plot_timeline(dynamic, static, target, out_dir / "timeline.png", trace.name)
-        atomic_write_json(
-            out_dir / "timeline.json",
-            json_safe({"dynamic": dynamic["timeline"], "decisions": dynamic["decisions"], **{r["policy"]: r["timeline"] for r in static}}),
-        )
         atomic_write_text(out_dir / "table.md", render_table(summary))
         atomic_write_json(out_dir / "summary.json", json_safe(summary))  # (for other tools: no NaN, no Infinity)
     return summary
