@@ -549,7 +549,9 @@ class ServeConfig:
     token_env: str = "RACMKD_TOKEN"  # environment variable holding the management token (deploy, rollback)
     protect_inference: bool = False  # also require the token on /predict
     max_body_bytes: int = 4 * 2**20
-    body_timeout_s: float = 30.0  # a /predict body must have come whole within this (one that never ends held its connection for ever)
+    body_timeout_s: float = (
+        30.0  # a /predict body must have come whole within this, an upload to /deploy pause no longer (one that never ends held its connection for ever)
+    )
     shutdown_timeout_s: float = 5.0  # on SIGTERM or Ctrl-C, requests still open are cut after this (a stalled upload held the server for minutes)
     max_update_bytes: int = 64 * 2**20  # the largest release an edge takes over /deploy
     max_audio_seconds: float = 10.0

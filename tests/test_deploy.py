@@ -1664,6 +1664,46 @@ def test_an_internal_error_gets_a_500_and_the_server_goes_on(tiny_run: Path, tin
     assert 'racmkd_requests_total{outcome="error",role="fog",route="-"} 1.0' in client.get("/metrics").text
 
 
+def test_an_upload_that_stops_coming_is_answered_408() -> None:
+    """A /deploy upload that stalled mid-body held its connection and a worker for ever (and kept a
+    server told to stop from stopping); one that pauses longer than serve.body_timeout_s gets 408."""
+    import asyncio
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from racmkd.deploy.server import GuardManagement
+
+    async def deploy(request) -> JSONResponse:  # noqa: ANN001 - (a form read as the edge's /deploy reads it)
+        return JSONResponse({"fields": len(await request.form())})
+
+    inner = Starlette(routes=[Route("/deploy", deploy, methods=["POST"])])
+    guarded = GuardManagement(inner, frozenset({"/deploy"}), refuse=lambda header: None, max_bytes=10**6, idle_timeout_s=0.2)
+    body = b"--b\r\nContent-Disposition: form-data; name=manifest\r\n\r\n{}\r\n--b--\r\n"
+    headers = [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", str(len(body)).encode())]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/deploy"}
+    scope.update(raw_path=b"/deploy", root_path="", query_string=b"", headers=headers, client=("127.0.0.1", 5000), server=("127.0.0.1", 8003))
+
+    def answer(chunks: list[dict]) -> int:
+        async def receive() -> dict:
+            if chunks:
+                return chunks.pop(0)
+            await asyncio.sleep(3600)  # the client sends nothing more
+            return {"type": "http.disconnect"}
+
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        asyncio.run(asyncio.wait_for(guarded(scope, receive, send), 30))
+        return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+    assert answer([{"type": "http.request", "body": body[:20], "more_body": True}]) == 408
+    assert answer([{"type": "http.request", "body": body[:20], "more_body": True}, {"type": "http.request", "body": body[20:], "more_body": False}]) == 200
+
+
 def test_a_client_gone_mid_body_is_no_server_error(tiny_run: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A client that closes its connection before the whole body came was counted as a server
     error, with a traceback in the log: any client could fill both. Now it is counted apart."""

@@ -902,7 +902,9 @@ class AnswerInternalErrors:
 class GuardManagement:
     """ASGI middleware: a management request's token is checked before its body is read, and the
     body is capped (FastAPI reads a form before it runs the route's dependencies, so without this
-    anyone could make the server take in an upload of any size). A client gone before its whole
+    anyone could make the server take in an upload of any size), and an upload that stops coming
+    for `idle_timeout_s` is answered 408 (a stalled one held its connection and the worker for
+    ever: a large release over a slow link may take long, but not pause that long). A client gone before its whole
     body came is told to `on_gone`, and the answer nobody would read is not sent: FastAPI turns the
     ClientDisconnect it meets reading a form into a 400, which was counted under no outcome."""
 
@@ -913,8 +915,10 @@ class GuardManagement:
         refuse: Callable[[str | None], HTTPException | None],
         max_bytes: int,
         on_gone: Callable[[str], None] = lambda path: None,
+        idle_timeout_s: float = 30.0,
     ) -> None:
         self.app, self.paths, self.refuse, self.max_bytes, self.on_gone = app, paths, refuse, max_bytes, on_gone
+        self.idle_timeout_s = idle_timeout_s
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("path", "").removeprefix(scope.get("root_path", "")) not in self.paths:
@@ -932,7 +936,12 @@ class GuardManagement:
 
         async def capped() -> dict[str, Any]:
             nonlocal received, whole, gone
-            message = await receive()
+            if whole:  # (after the body, a read waits for the client's disconnect: no deadline)
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_timeout_s)
+            except TimeoutError:  # FastAPI answers this one, as the 413 below
+                raise HTTPException(408, f"no part of the upload came for {self.idle_timeout_s:g} s (serve.body_timeout_s)") from None
             gone = gone or (message["type"] == "http.disconnect" and not whole)
             whole = whole or (message["type"] == "http.request" and not message.get("more_body", False))
             received += len(message.get("body", b""))
@@ -1057,7 +1066,12 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
     app.add_middleware(AnswerInternalErrors, on_error=internal_error, on_gone=client_gone)
     if isinstance(service, EdgeService):
         app.add_middleware(
-            GuardManagement, paths=frozenset({"/deploy", "/rollback", "/deployment"}), refuse=refusal, max_bytes=settings.max_update_bytes, on_gone=client_gone
+            GuardManagement,
+            paths=frozenset({"/deploy", "/rollback", "/deployment"}),
+            refuse=refusal,
+            max_bytes=settings.max_update_bytes,
+            on_gone=client_gone,
+            idle_timeout_s=settings.body_timeout_s,
         )
 
     schema = {
