@@ -5,6 +5,7 @@ thread settings)."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -31,11 +32,13 @@ def wall_times_ms(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]
 
 
 def percentile(values: Iterable[float], q: float) -> float:
-    """The q-th percentile (0-100) of some values by nearest rank; NaN when there are none."""
+    """The q-th percentile (0-100) of some values by nearest rank (the smallest value with at least
+    q% of them at or below it); NaN when there are none. (Until 2026-12-07 the rank was rounded
+    from q% of n - 1: one rank lower for many n, p95 of 12 values the 10th, not the 12th.)"""
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def percentiles(times: list[float]) -> dict[str, float]:
