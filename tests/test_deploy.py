@@ -31,7 +31,7 @@ from racmkd.config import ConfigError, ServeConfig, load_config
 from racmkd.deploy.loopback import ServerProcess, free_port, wait_http
 from racmkd.deploy.delta import DeltaError, apply_delta, make_delta
 from racmkd.utils import UMASK, sha256
-from racmkd.deploy.device import DeviceStore, UpdateFailed, UpdateRefused
+from racmkd.deploy.device import DeviceStore, StoreError, UpdateFailed, UpdateRefused
 from racmkd.deploy.orchestrator import device_fit, plan, push
 from racmkd.deploy.registry import ModelRegistry, RegistryError, pack
 from racmkd.deploy.server import EdgeService, ModelService, create_app, parse_request, read_npy
@@ -351,6 +351,12 @@ def test_a_device_store_removes_what_a_server_killed_while_staging_left(bank_dir
         folder.mkdir()
     second = DeviceStore(tmp_path / "device", load_public_key(keys[1]))  # the lock is held: this host's ended ones only
     assert second._owner is None and sorted(p.name for p in slots.iterdir()) == sorted([live.name, elsewhere.name])
+    # ...and it takes no update: two servers on one store each pruned the slot the other had just made current.
+    with pytest.raises(StoreError, match="in use by another process"):
+        second.install({}, "", b"")
+    with pytest.raises(StoreError, match="in use by another process"):
+        second.rollback()
+    second.close()
     for folder in (live, elsewhere):
         folder.rmdir()
     release = ModelRegistry(tmp_path / "registry").register(bank_dir, "edge", load_private_key(keys[0]))
@@ -632,6 +638,7 @@ def test_an_edge_whose_release_no_longer_loads_serves_the_previous_one_and_says_
     tiny_run: Path, bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path
 ) -> None:
     registry, store, v1, v2 = _v1_then_v2_installed(bank_dir, keys, tmp_path)
+    store.close()  # (the servers' stores own the folder in turn; this one keeps reading)
     (store.current().model_path / "bank.json").write_text("damaged")  # e.g. a bad sector, after the health check
     cfg = load_config(tiny_run / "config.yaml", [f"serve.public_key={keys[1]}", f"serve.store_dir={tmp_path / 'device'}"])
     service = EdgeService(cfg, tiny_run, cfg.serve)
@@ -704,6 +711,7 @@ def test_an_installed_release_changed_on_the_device_is_not_served(tiny_run: Path
     with pytest.raises(UpdateRefused, match=f"{models[0].name} changed on the device"):
         store.check(store.current())
     cfg = load_config(tiny_run / "config.yaml", [f"serve.public_key={keys[1]}", f"serve.store_dir={tmp_path / 'device'}"])
+    store.close()  # (the server's store owns the folder, and so may roll back; this one keeps reading)
     service = EdgeService(cfg, tiny_run, cfg.serve)
     try:
         assert "edge v1" in service.engine.label and store.current().manifest["version"] == 1
@@ -1218,6 +1226,65 @@ def test_the_online_status_refused_at_reconnection_is_sent_before_anything_else(
     finally:
         publisher.connected.clear()
         publisher.close(offline=False)
+
+
+def test_first_commands_on_a_new_registry_at_once_wait_for_each_other(tmp_path: Path) -> None:
+    """The switch to WAL needs an exclusive lock that SQLite, to avoid a deadlock, does not wait for:
+    first commands on a new registry at once failed at once with "database is locked" (blamed on
+    the folder's permissions or disk; 7 rounds in 60 here, 6 in 40 with two processes). The switch
+    is retried for as long as the busy timeout."""
+    import threading
+
+    failures = []
+    for round_ in range(60):
+        root = tmp_path / str(round_)
+        root.mkdir()
+        started = threading.Barrier(3)
+
+        def first_command(root: Path = root, started: threading.Barrier = started) -> None:
+            registry = ModelRegistry.__new__(ModelRegistry)  # (its connection alone)
+            registry.root = root
+            started.wait()
+            try:
+                with registry._database(transaction=True) as db:
+                    db.execute("CREATE TABLE IF NOT EXISTS t (x)")
+            except RegistryError as err:
+                failures.append(str(err))
+
+        threads = [threading.Thread(target=first_command) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
+
+
+def test_no_online_status_follows_the_offline_one_of_a_clean_shutdown() -> None:
+    """close() published "offline" while the "online" status a connection owed was still due: paho's
+    thread then sent it (5 in 120 clean shutdowns against a real broker), and as the disconnect was
+    clean no last will followed: the stopped device stayed online at the broker."""
+    from types import SimpleNamespace
+
+    import paho.mqtt.client as mqtt
+
+    from racmkd.deploy.telemetry import TelemetryPublisher
+
+    publisher = TelemetryPublisher("127.0.0.1", free_port(), "f", "d")  # no broker: paho is replaced below
+    publisher.client.loop_stop()
+    sent: list[bytes] = []
+
+    def publish(topic: str, body: object, qos: int = 0, retain: bool = False) -> object:
+        sent.append(body if isinstance(body, bytes) else str(body).encode())
+        return SimpleNamespace(rc=mqtt.MQTT_ERR_SUCCESS, wait_for_publish=lambda timeout: True)
+
+    publisher.client.publish = publish  # type: ignore[method-assign]
+    publisher.connected.set()
+    publisher._status_due = True  # what a connection owes until paho takes it
+    publisher.client.disconnect = lambda: None  # type: ignore[method-assign]
+    publisher.close()
+    publisher._flush(blocking=False)  # paho's thread, after the close (its _on_publish)
+    publisher._on_connect(publisher.client, None, None, SimpleNamespace(is_failure=False))  # or a reconnection meanwhile
+    assert [json.loads(b)["online"] for b in sent] == [False], sent
 
 
 def test_a_broker_address_is_parsed_or_refused_at_startup_and_a_lost_broker_is_logged(caplog: pytest.LogCaptureFixture) -> None:

@@ -204,6 +204,7 @@ class DeviceStore:
             (self.root / "slots").mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OSError(err.errno, f"cannot hold the device's releases there ({err.strerror}); set serve.store_dir to a folder", str(self.root)) from None
+        self._shared = False  # another process holds the store's lock: this one reads, never writes (`_check_writable`)
         self._owner = self._own_store()  # (held open for the store's life)
         self._lock = threading.Lock()
         self._rebuilding = threading.Lock()
@@ -229,6 +230,7 @@ class DeviceStore:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:  # another store is open on this folder
                 handle.close()
+                self._shared = True
                 raise
         except (ImportError, OSError):
             remove_stale_work_folders(self.root / "slots")
@@ -385,6 +387,16 @@ class DeviceStore:
         if problems:
             raise UpdateRefused(f"malformed manifest: {'; '.join(problems)}")
 
+    def _check_writable(self) -> None:
+        """Refuse to change a store whose lock another process holds: two edge servers on one
+        store_dir each installed, committed and pruned by their own state.json, and one deleted the
+        slot the other had just made current (state.json then named a release no longer on disk)."""
+        if self._shared:
+            raise StoreError(
+                f"{self.root}: the store is in use by another process (an edge server on the same serve.store_dir); it takes no update or rollback from this one. Stop the other, or give each server its own serve.store_dir",
+                None,
+            )
+
     def stage(self, manifest: dict[str, Any], signature: str, payload: bytes, delta: bool = False) -> Installed:
         """Verify, patch (a delta applies to the current release), unpack into a slot and
         health-check it; nothing becomes current yet (`commit` does that). Refused: a bad signature,
@@ -392,6 +404,7 @@ class DeviceStore:
         use `rollback`; the release a rollback replaced may come again), a release name this device
         does not take, bytes that do not hash to the signed sha256. The current release sent again
         is a repair: its slot is unpacked afresh if it no longer passes the health check."""
+        self._check_writable()
         self.verify(manifest, signature)
         if self.accept and manifest.get("name") not in self.accept:
             raise UpdateRefused(f"this device takes releases named {', '.join(self.accept)}, not {manifest.get('name')!r}")
@@ -489,6 +502,7 @@ class DeviceStore:
         """Make a staged release current (one atomic rename of state.json); the one it replaces
         becomes the previous release. StoreError when the store takes no writes: nothing changed,
         and the caller discards the staged slot."""
+        self._check_writable()
         with self._lock:
             state = self._state()
             current = self._entry(state, "current")
@@ -566,6 +580,7 @@ class DeviceStore:
 
     def rollback(self) -> Installed:
         """Make the previous release current again."""
+        self._check_writable()
         with self._lock:
             state = self._state()
             previous = self._entry(state, "previous")

@@ -282,9 +282,22 @@ class ModelRegistry:
             )
 
     def _connect(self) -> sqlite3.Connection:
+        """A connection to the database, in WAL mode. The switch to WAL happens once (it persists in
+        the file) and needs an exclusive lock that SQLite does not wait for, unlike the busy timeout
+        every other statement waits: two first commands on a new registry at once failed at once
+        with "database is locked" (6 in 40); the switch is retried for as long as the timeout."""
         db = sqlite3.connect(self.root / "registry.sqlite", timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
+        if db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            return db
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")  # (a file that cannot take WAL answers the mode it keeps, as before: no error)
+                return db
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     @contextmanager
     def _database(self, transaction: bool = False) -> Iterator[sqlite3.Connection]:

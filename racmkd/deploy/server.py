@@ -540,7 +540,10 @@ class EdgeService(Service):
         from racmkd.deploy.device import DeviceStore
         from racmkd.deploy.signing import load_public_key
 
-        return DeviceStore(self.store_folder, load_public_key(Path(self.settings.public_key)), accept=self.settings.accept_releases)
+        store = DeviceStore(self.store_folder, load_public_key(Path(self.settings.public_key)), accept=self.settings.accept_releases)
+        if store._shared:  # (a second server on one store_dir started without a word, and the two pruned each other's releases)
+            log.warning("%s is in use by another process: this server serves its releases but takes no update or rollback", self.store_folder)
+        return store
 
     def _startup_engine(self) -> Engine:
         """The installed release; if it cannot be served, the previous one, made current (so that
@@ -613,8 +616,9 @@ class EdgeService(Service):
     def local_expectation(self, engine: Engine | None = None) -> tuple[float, float]:
         """Expected accuracy and latency (ms, under the present load) of answering here."""
         engine = engine or self.engine
-        if engine.adaptive:
-            return engine.runtime.expected_accuracy(), engine.runtime.current.costs.latency_ms * engine.runtime.budget.slowdown
+        if engine.adaptive:  # (the decision read once: one switching meanwhile gave one configuration's accuracy with another's latency)
+            decision = engine.runtime.current
+            return engine.runtime.expected_accuracy(decision), decision.costs.latency_ms * engine.runtime.budget.slowdown
         return engine.accuracy or 0.0, self.compute_ms_p50() or 0.0
 
     def route(self, engine: Engine, inputs: Inputs, body: bytes) -> tuple[Any, Any] | None:

@@ -250,11 +250,11 @@ class EdgeRuntime:
     def weights(self) -> tuple[float, ...]:
         return self.allocator.weights(self.config.priorities, {m: round(q * 20) / 20 for m, q in self.quality.items()})
 
-    def expected_accuracy(self) -> float:
-        """The current configuration's accuracy to expect with the inputs' present quality (with
-        the SLO objective the decision's utility also counts the chance of meeting the deadline;
-        this does not: offloading weighs latency apart)."""
-        return self.allocator.utility(self.current.config, self.weights())
+    def expected_accuracy(self, decision: Decision | None = None) -> float:
+        """The current configuration's (or `decision`'s) accuracy to expect with the inputs' present
+        quality (with the SLO objective the decision's utility also counts the chance of meeting the
+        deadline; this does not: offloading weighs latency apart)."""
+        return self.allocator.utility((decision or self.current).config, self.weights())
 
     def cost_ms(self, variant_ids: list[str]) -> float:
         """What these variants typically cost together, unloaded: their median latencies added up."""
@@ -847,8 +847,9 @@ class EdgeRuntime:
         `failed` listed low/image; then it is None, and `unavailable` says why (its utility and
         predicted costs too, which were of a configuration that cannot run)."""
         failed = dict(self.failed)  # (a copy: a request may fail or retry a variant meanwhile)
-        runnable = tuple(v if v is not None and v.id not in failed else None for v in self.current.config)
-        stale = [v.id for v in self.current.config if v is not None and v.id in failed]
+        current = self.current  # (read once: a decision on another thread meanwhile gave one configuration another's utility and costs)
+        runnable = tuple(v if v is not None and v.id not in failed else None for v in current.config)
+        stale = [v.id for v in current.config if v is not None and v.id in failed]
         unavailable = None
         if all(v is None for v in runnable):
             unavailable = f"every variant of the configuration in force ({', '.join(stale)}) has failed, and no other could be chosen: see failed"
@@ -856,13 +857,13 @@ class EdgeRuntime:
             "configuration": self.describe(runnable) if unavailable is None else None,
             "unavailable": unavailable,
             "variants": [v.id for v in runnable if v is not None],
-            "utility": self.current.utility if unavailable is None else None,
+            "utility": current.utility if unavailable is None else None,
             "predicted": None
             if unavailable is not None
             else {
-                "latency_ms": self.current.costs.latency_ms,
-                "memory_bytes": self.current.costs.memory_bytes,
-                "energy_mj": self.current.costs.energy_mj,
+                "latency_ms": current.costs.latency_ms,
+                "memory_bytes": current.costs.memory_bytes,
+                "energy_mj": current.costs.energy_mj,
             },
             "budget": self.budget.as_dict(),
             "level": self.level,
