@@ -209,6 +209,11 @@ class DeviceStore:
         self._lock = threading.Lock()
         self._rebuilding = threading.Lock()
 
+    @property
+    def held_elsewhere(self) -> bool:
+        """Another process holds the store's lock: this store reads, never writes."""
+        return self._shared
+
     def close(self) -> None:
         """Let go of the store's lock (another store on the folder may then own it)."""
         if self._owner is not None:

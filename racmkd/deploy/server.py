@@ -541,7 +541,7 @@ class EdgeService(Service):
         from racmkd.deploy.signing import load_public_key
 
         store = DeviceStore(self.store_folder, load_public_key(Path(self.settings.public_key)), accept=self.settings.accept_releases)
-        if store._shared:  # (a second server on one store_dir started without a word, and the two pruned each other's releases)
+        if store.held_elsewhere:  # (a second server on one store_dir started without a word, and the two pruned each other's releases)
             log.warning("%s is in use by another process: this server serves its releases but takes no update or rollback", self.store_folder)
         return store
 
