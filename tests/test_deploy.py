@@ -648,6 +648,7 @@ def test_an_edge_whose_release_no_longer_loads_serves_the_previous_one_and_says_
         assert store.current().manifest["version"] == 1 and store.previous().manifest["version"] == 2
     finally:
         service.close()
+    assert not service._thread.is_alive()  # (its background work ended before what it uses was closed)
     # v2 sent again (the rollback replaced it) is unpacked afresh, not served from its damaged slot.
     assert store.install(v2.manifest, v2.signature, registry.blob(v2.sha256)).manifest["version"] == 2
     assert json.loads((store.current().model_path / "bank.json").read_text())["format"]

@@ -840,6 +840,9 @@ class EdgeService(Service):
 
     def close(self) -> None:
         self._stop.set()
+        # Its probes and telemetry end before what they use is closed (a probe under way met a
+        # closed client, and a status it owed could follow the "offline" of the close).
+        self._thread.join(timeout=self.settings.shutdown_timeout_s)
         if self.telemetry is not None:
             self.telemetry.close()
         for up in self.upstreams:
