@@ -516,8 +516,11 @@ class AudioSignal(Signal):
                 raise ValueError(
                     f"audio: resampled from {rate} Hz to {spec.sample_rate} Hz, the waveform goes beyond float32's range (its samples lie near float32's limits): scale it to [-1, 1]"
                 )
-        if wave.size and float(wave.max()) - float(wave.min()) < self.dead_range:  # no sound: silence, so that `input_quality` sees it
-            wave = np.zeros_like(wave)  # (a constant recording shorter than the window, padded with zeros, stepped and looked live)
+        # A constant recording shorter than the window, padded with zeros, stepped and looked live:
+        # it is silence. (One that fills the window is constant there, and `input_quality` sees it:
+        # not looked at again on every request.)
+        if wave.size < spec.samples and wave.size and float(wave.max()) - float(wave.min()) < self.dead_range:
+            wave = np.zeros_like(wave)
         return fix_length(wave, spec.samples, spec.window)[0][None]
 
     def blank(self, spec: AudioSpec) -> np.ndarray:

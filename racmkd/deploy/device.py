@@ -204,15 +204,11 @@ class DeviceStore:
             (self.root / "slots").mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OSError(err.errno, f"cannot hold the device's releases there ({err.strerror}); set serve.store_dir to a folder", str(self.root)) from None
-        self._shared = False  # another process holds the store's lock: this one reads, never writes (`_check_writable`)
-        self._owner = self._own_store()  # (held open for the store's life)
+        # The store's lock, held open for the store's life; held by another process instead, this
+        # store reads, never writes (`_check_writable`).
+        self._owner, self.held_elsewhere = self._own_store()
         self._lock = threading.Lock()
         self._rebuilding = threading.Lock()
-
-    @property
-    def held_elsewhere(self) -> bool:
-        """Another process holds the store's lock: this store reads, never writes."""
-        return self._shared
 
     def close(self) -> None:
         """Let go of the store's lock (another store on the folder may then own it)."""
@@ -220,10 +216,10 @@ class DeviceStore:
             self._owner.close()
             self._owner = None
 
-    def _own_store(self) -> Any | None:
-        """An exclusive lock on the store, or None when another process holds it. A server killed
-        while it staged an update left that release's files in a work folder: up to a release's
-        bytes each time, on a device with little storage. Holding the lock, every work folder in
+    def _own_store(self) -> tuple[Any | None, bool]:
+        """An exclusive lock on the store (None where it cannot be had), and whether another process
+        holds it. A server killed while it staged an update left that release's files in a work
+        folder: up to a release's bytes each time, on a device with little storage. Holding the lock, every work folder in
         slots/ is such an orphan, whichever container or boot made it (a restarted container has
         another pid namespace, a device after a power cut another boot: their folders never
         matched this process's host), and goes; without it, those of this host's ended processes."""
@@ -235,11 +231,11 @@ class DeviceStore:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:  # another store is open on this folder
                 handle.close()
-                self._shared = True
-                raise
-        except (ImportError, OSError):
+                remove_stale_work_folders(self.root / "slots")
+                return None, True
+        except (ImportError, OSError):  # (no flock here, or no lock file can be made)
             remove_stale_work_folders(self.root / "slots")
-            return None
+            return None, False
         for entry in (self.root / "slots").glob(".*.partial"):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
@@ -248,7 +244,7 @@ class DeviceStore:
         for entry in (self.root / "slots").glob(".*.old"):
             if entry.is_dir() and not entry.is_symlink():
                 put_back_aside(entry.parent / entry.name[1 : -len(".old")], entry)
-        return handle
+        return handle, False
 
     # State ------------------------------------------------------------------------------------------
 
@@ -396,7 +392,7 @@ class DeviceStore:
         """Refuse to change a store whose lock another process holds: two edge servers on one
         store_dir each installed, committed and pruned by their own state.json, and one deleted the
         slot the other had just made current (state.json then named a release no longer on disk)."""
-        if self._shared:
+        if self.held_elsewhere:
             raise StoreError(
                 f"{self.root}: the store is in use by another process (an edge server on the same serve.store_dir); it takes no update or rollback from this one. Stop the other, or give each server its own serve.store_dir",
                 None,

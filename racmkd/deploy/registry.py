@@ -172,8 +172,9 @@ def unpack(data: bytes, kind: str, destination: Path) -> Path:
             name = member.name
             if not member.isfile() or member.issparse() or Path(name).name != name or not (name == "bank.json" or name.endswith(".onnx")):
                 raise RegistryError(f"bank archive member {name!r} is not a plain bank.json or .onnx file at the top of the bank")
-        if sum(m.size for m in members) > len(data):
-            raise RegistryError(f"bank archive members hold {sum(m.size for m in members):,} bytes, more than the {len(data):,}-byte archive")
+        unpacked = sum(m.size for m in members)
+        if unpacked > len(data):
+            raise RegistryError(f"bank archive members hold {unpacked:,} bytes, more than the {len(data):,}-byte archive")
         for member in members:
             atomic_write_bytes(destination / member.name, tar.extractfile(member).read())  # type: ignore[union-attr]
     return destination
