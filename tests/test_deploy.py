@@ -1583,6 +1583,50 @@ def test_a_server_process_that_dies_at_start_says_why_and_keeps_its_log(tmp_path
     assert silent.returncode is not None and not silent.log.exists()
 
 
+def test_a_server_stops_when_the_process_that_started_it_is_killed(tiny_run: Path) -> None:
+    """A benchmark or test run killed outright (SIGKILL, a CI time limit) runs no cleanup: its
+    servers went on holding their ports and a core, their parent gone."""
+    port = free_port()
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from racmkd.deploy.loopback import ServerProcess, wait_http\n"
+            f"server = ServerProcess([sys.executable, '-m', 'racmkd.cli', 'serve', '--role', 'fog', '--run', {str(tiny_run)!r}, '--port', '{port}'], 'fog server')\n"
+            f"wait_http('http://127.0.0.1:{port}/health', process=server)\n"
+            "print(server.pid, server.log, flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pid, log = starter.stdout.readline().split()
+    finally:
+        starter.kill()
+        starter.wait()
+    try:
+        deadline = time.monotonic() + 30
+        while _running(int(pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(int(pid)), "the server outlived the process that started it"
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+    finally:
+        if _running(int(pid)):
+            os.kill(int(pid), signal.SIGKILL)
+        Path(log).unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (an exited one nobody has reaped yet, a zombie, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class ThreadServer:
     """A uvicorn server on a loopback port, in a thread of this process."""
 

@@ -5,9 +5,11 @@ on 127.0.0.1."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,27 @@ def wait_http(url: str, timeout_s: float = 120.0, process: ServerProcess | None 
     raise TimeoutError(f"{url} did not answer within {timeout_s:g} s{ending}")
 
 
+PARENT_ENV = "RACMKD_PARENT_PID"  # set by ServerProcess for `racmkd serve`'s `stop_with_parent`
+
+
+def stop_with_parent(interval_s: float = 1.0) -> None:
+    """Stop this process (SIGTERM, so a server shuts down as told to) once the process that started
+    it through ServerProcess is gone. A benchmark or test run killed outright (SIGKILL, the OOM
+    killer, a CI time limit) ran no cleanup, and its servers went on holding their ports, a device
+    store's lock and a core. Nothing happens when $RACMKD_PARENT_PID is not set (a server started by
+    hand, or by a service manager that stops it itself)."""
+    parent = os.environ.get(PARENT_ENV, "")
+    if not parent.isdigit():
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):  # (an orphan is adopted by another process: init or a subreaper)
+            time.sleep(interval_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
 class ServerProcess:
     """A server in its own process, its output (stdout and stderr) in a log file rather than
     thrown away: a server that fails to start or dies says why. The log is removed when the server
@@ -56,11 +79,10 @@ class ServerProcess:
         self.name = name
         descriptor, path = tempfile.mkstemp(prefix=f"racmkd-{name.replace(' ', '-')}-", suffix=".log")
         self.log = Path(path)
+        env = {**(env if env is not None else {**os.environ, "RACMKD_PROGRESS": "0"}), PARENT_ENV: str(os.getpid())}
         try:
             with os.fdopen(descriptor, "wb") as out:  # (the child keeps its own copy of the descriptor)
-                self.process = subprocess.Popen(
-                    argv, env=env if env is not None else {**os.environ, "RACMKD_PROGRESS": "0"}, stdout=out, stderr=subprocess.STDOUT
-                )
+                self.process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
         except BaseException:  # (a program that cannot start: no log to keep)
             self.log.unlink(missing_ok=True)
             raise

@@ -1218,6 +1218,9 @@ def serve(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfig, annou
     service is built and the address is free (not before, to be followed by an error)."""
     import uvicorn
 
+    from racmkd.deploy.loopback import stop_with_parent
+
+    stop_with_parent()
     token = read_token(settings.token_env)
     check_inference_token(settings, token)  # (before the models load)
     port = check_listen_address(settings.host, settings.port)
