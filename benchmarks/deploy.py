@@ -61,7 +61,7 @@ from racmkd.deploy.orchestrator import artifact_from_run, device_fit, plan  # no
 from racmkd.deploy.registry import ModelRegistry, artifact_kind, pack  # noqa: E402
 from racmkd.deploy.server import EdgeService, create_app  # noqa: E402
 from racmkd.deploy.signing import generate_keypair, load_private_key  # noqa: E402
-from racmkd.eval.timing import percentile  # noqa: E402
+from racmkd.utils import percentile  # noqa: E402
 from racmkd.eval.plots import save_figure  # noqa: E402
 from racmkd.eval.report import evaluate_run, git_commit  # noqa: E402
 from racmkd.eval.timing import machine  # noqa: E402

@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from racmkd.config import load_config  # noqa: E402
-from racmkd.eval.timing import percentile  # noqa: E402
+from racmkd.utils import percentile  # noqa: E402
 from racmkd.eval.plots import save_figure  # noqa: E402
 from racmkd.eval.report import git_commit  # noqa: E402
 from racmkd.eval.timing import machine  # noqa: E402

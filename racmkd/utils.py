@@ -113,6 +113,16 @@ def building_folder(final: Path, keep: Callable[[Path], bool] | None = None) -> 
         _swap(work, final, old)
 
 
+def percentile(values: Iterable[float], q: float) -> float:
+    """The q-th percentile (0-100) of some values by nearest rank (the smallest value with at least
+    q% of them at or below it); NaN when there are none. (Until 2026-12-07 the rank was rounded
+    from q% of n - 1: one rank lower for many n, p95 of 12 values the 10th, not the 12th.)"""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
 @contextmanager
 def exit_on_sigterm() -> Iterator[None]:
     """SIGTERM (`kill`, a container or service stopping) raised as SystemExit in the main thread, as

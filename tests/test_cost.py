@@ -67,7 +67,7 @@ def test_percentile_is_the_nearest_rank() -> None:
     """The smallest value with at least q% of them at or below it: the rank was rounded from q% of
     n - 1, one lower for many n (p95 of 12 values the 10th; a level's p95 of 333 requests 2.547 ms
     where nearest rank gives 2.684)."""
-    from racmkd.eval.timing import percentile
+    from racmkd.utils import percentile
 
     assert percentile(range(1, 13), 95) == 12 and percentile(range(1, 53), 99) == 52  # (was 11 and 51)
     assert percentile(range(1, 101), 95) == 95 and percentile(range(1, 201), 95) == 190 and percentile(range(1, 11), 50) == 5

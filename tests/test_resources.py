@@ -885,6 +885,16 @@ def test_deadline_risk_learns_the_latency_tail_per_load_band() -> None:
     assert len(risk) == 100 and risk.state()["all"]["samples"] == 100
 
 
+def test_deadline_risk_state_reports_nearest_rank_percentiles() -> None:
+    """The state's ratio percentiles follow the one rule every figure of the project does (they
+    were taken a rank higher: p95 of 20 ratios was the largest)."""
+    risk = DeadlineRisk(overhead_ms=0.0, window=100)
+    for ratio in range(1, 21):
+        risk.observe(float(ratio), 1.0)
+    state = risk.state()["all"]
+    assert (state["ratio_p50"], state["ratio_p95"], state["ratio_max"]) == (10.0, 19.0, 20.0)
+
+
 def test_deadline_risk_takes_ratios_against_the_runtime_cost_known_at_decision() -> None:
     """On a host 3x slower than when the bank was measured, the first requests run 3.5x over a
     prediction made with the bank's figure for the runtime's own cost; once the runtime has learnt

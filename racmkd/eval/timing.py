@@ -5,18 +5,18 @@ thread settings)."""
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from racmkd.config import EnergyModel
+from racmkd.utils import percentile
 
 
 def wall_times_ms(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
@@ -29,16 +29,6 @@ def wall_times_ms(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return times
-
-
-def percentile(values: Iterable[float], q: float) -> float:
-    """The q-th percentile (0-100) of some values by nearest rank (the smallest value with at least
-    q% of them at or below it); NaN when there are none. (Until 2026-12-07 the rank was rounded
-    from q% of n - 1: one rank lower for many n, p95 of 12 values the 10th, not the 12th.)"""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def percentiles(times: list[float]) -> dict[str, float]:

@@ -49,6 +49,7 @@ from typing import Any
 from simple_pid import PID
 
 from racmkd.config import ConfigError, PIDGains
+from racmkd.utils import percentile
 
 RESOURCES = ("latency_ms", "memory_bytes", "energy_mj")
 HARD_RESOURCES = ("memory_bytes", "energy_mj")  # never traded for latency: over the latency budget an answer comes late; over these it may not come at all
@@ -283,8 +284,11 @@ class DeadlineRisk:
     def state(self) -> dict[str, Any]:
         def quantiles(samples: Iterable[tuple[float, float]]) -> dict[str, float]:
             ordered = self._ratios(samples)
-            pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-            return {"samples": len(ordered), "ratio_p50": pick(0.5), "ratio_p95": pick(0.95), "ratio_max": ordered[-1]} if ordered else {"samples": 0}
+            return (
+                {"samples": len(ordered), "ratio_p50": percentile(ordered, 50), "ratio_p95": percentile(ordered, 95), "ratio_max": ordered[-1]}
+                if ordered
+                else {"samples": 0}
+            )
 
         return {"all": quantiles(self._recent), **{f"slowdown {2**b}x+": quantiles(r) for b, r in enumerate(self._samples) if r}}
 

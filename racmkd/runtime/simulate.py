@@ -46,7 +46,7 @@ import torch
 
 from racmkd.config import RuntimeConfig
 from racmkd.data.dataset import PairedDataset
-from racmkd.eval.timing import percentile
+from racmkd.utils import percentile
 from racmkd.resources.monitor import ResourceMonitor
 from racmkd.resources.sources import LEVELS, MB, Trace, TraceSource, resource_level
 from racmkd.runtime.edge import Answer, EdgeRuntime, NoVariantError, budget_for
