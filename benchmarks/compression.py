@@ -288,12 +288,14 @@ def render(result: dict[str, Any]) -> str:
     devices = sorted(next(iter(fit["profiles"].values())).keys()) if fit["profiles"] else []
     lines += [
         "",
-        "Deployed: the artifact the recipe chose, int8 (`onnx-mixed`: its most sensitive layers in fp32; `onnx-int8-weights`: int8 weights, float arithmetic) only where it passed its parity bound:",
+        "Deployed: the artifact the recipe chose, int8 (`onnx-mixed`: its most sensitive layers in fp32; `onnx-int8-weights` / `onnx-int4-weights`: int8 / int4 weights, float arithmetic) only where it passed its parity bound:",
     ]
     lines += [f"- {name} {r['tier']}: {r['why']}" for name in ("visual", "audio") for r in result[name]]
     lines += ["", "## Device fit (racmkd profile; latency and energy estimated)", "", "| tier | " + " | ".join(devices) + " |", "|---|" + "---|" * len(devices)]
     for tier, per in fit["profiles"].items():
-        cells = [f"{'fits' if p['fits'] else '**no**'}: {p['estimated_latency_ms']:.3f} ms, RAM {p['ram_bytes'] / 1024:.0f} KB" for _, p in sorted(per.items())]
+        cells = [
+            f"{'fits' if p['fits'] else '**no**'}: {p['estimated_latency_ms']:.3f} ms, RAM {p['ram_bytes'] / 1024:,.0f} KB" for _, p in sorted(per.items())
+        ]
         lines.append(f"| {tier} | " + " | ".join(cells) + " |")
     lm = fit["latency_model"]
     lines += [
@@ -308,17 +310,24 @@ def render(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
+    """One panel per experiment: each tier's ratio (the one its target judges), its accuracy loss
+    written on the bar, green where both the ratio and the loss meet the target."""
+    from matplotlib.patches import Patch
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, name, goal in ((axes[0], "visual", 15), (axes[1], "audio", 12)):
+    for ax, name in zip(axes, ("visual", "audio")):
+        _, _, goal, max_loss = EXPERIMENTS[name]
         rows = result[name]
-        key = "weights_ratio" if name == "visual" else "path_ratio"
+        key, what = ("weights_ratio", "encoder weights") if name == "visual" else ("path_ratio", "path (weights, input, activations)")
         ax.bar([r["tier"] for r in rows], [r[key] for r in rows], color=["tab:green" if r["reached"] else "tab:orange" for r in rows])
         for i, r in enumerate(rows):
             ax.annotate(f"{r['accuracy_loss'] * 100:+.2f} pt", (i, r[key]), ha="center", va="bottom", fontsize=8)
-        ax.axhline(goal, color="black", linestyle="--", linewidth=1, label=f"target {goal}x")
-        ax.set_title(f"{name} {'encoder' if name == 'visual' else 'path'}: compression ratio (label: accuracy loss)")
-        ax.set_ylabel("ratio")
-        ax.legend()
+        target = ax.axhline(goal, color="black", linestyle="--", linewidth=1, label=f"target {goal:g}x")
+        reached = Patch(color="tab:green", label=f"reached: >= {goal:g}x with <= {max_loss * 100:g} pt loss")
+        missed = Patch(color="tab:orange", label="not reached (ratio or loss)")
+        ax.set_title(f"{name} {what}: compression ratio\n(on each bar: accuracy loss, points)", fontsize=10)
+        ax.set_ylabel(f"{key.replace('_', ' ')} (fp32 unpruned / deployed)")
+        ax.legend(handles=[target, reached, missed], fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
 

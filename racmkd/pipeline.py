@@ -283,7 +283,10 @@ def break_ties(entries: list[dict[str, Any]], tolerance: float, ties: str) -> tu
     else:
         pick = max(near, key=lambda e: (e["params"], e["val_accuracy"]))
         why = f"with {pick['params'] / max(top['params'], 1):.1f}x the parameters (ties go to capacity)"
-    return pick, "highest validation accuracy" if pick is top else f"within {tolerance:.1%} of the best ({top['name']}, {top['val_accuracy']:.4f}) {why}"
+    return (
+        pick,
+        "highest validation accuracy" if pick is top else f"within {tolerance * 100:.1f} points of the best ({top['name']}, {top['val_accuracy']:.4f}) {why}",
+    )
 
 
 def out_of_reach(cfg: RunConfig, run_dir: Path, names: list[str]) -> dict[tuple[str, ...], str]:
@@ -304,7 +307,7 @@ def out_of_reach(cfg: RunConfig, run_dir: Path, names: list[str]) -> dict[tuple[
         accuracy = load_model(path)[3]["val_accuracy"] if path.exists() else None
         if accuracy is not None and accuracy < fused_accuracy - gap:
             reasons[(m,)] = (
-                f"its teacher reached {accuracy:.4f} on validation, {fused_accuracy - accuracy:.1%} below the fused teacher's {fused_accuracy:.4f} (more than selection.teacher_gap {gap})"
+                f"its teacher reached {accuracy:.4f} on validation, {(fused_accuracy - accuracy) * 100:.1f} points below the fused teacher's {fused_accuracy:.4f} (more than selection.teacher_gap {gap})"
             )
     return reasons
 

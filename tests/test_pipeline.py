@@ -696,3 +696,27 @@ def test_a_tier_no_student_fits_is_refused_before_the_teachers_train(cache_dir: 
     with pytest.raises(RunError, match=r"tier 'critical': no student design fits 16384 bytes \(.*@L9: no such resolution level"):
         run_pipeline(tiny_config(cache_dir, tmp_path / "runs", "students.tiers.3.scale=9"))
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_accuracy_plots_frame_the_tiers_and_mark_a_model_far_below(tmp_path: Path) -> None:
+    """The image-only teacher at 0.65 squeezed every other model into the top 7% of the plot, where
+    a tier's student hid under its baseline; a model below the tiers' range is drawn on the edge."""
+    from racmkd.eval.plots import curve_colour, focus_range, plot_accuracy_vs_cost
+
+    def model(role: str, accuracy: float, modalities: tuple[str, ...] = ("image", "audio")) -> dict:
+        return {"role": role, "accuracy": accuracy, "modalities": list(modalities), "bytes_fp32": 1000, "peak_activation_bytes": 100, "latency_ms_p50": 0.1}
+
+    models = {
+        "teacher": model("teacher", 0.9925),
+        "teacher_image": model("teacher", 0.649, ("image",)),
+        "teacher_audio": model("teacher", 0.9765, ("audio",)),
+        "high": model("student", 0.9891),
+        "high_labels_only": model("baseline", 0.9892),
+        "critical": model("student", 0.9705),
+    }
+    bottom, top = focus_range(models)
+    assert 0.96 < bottom < 0.9705 and 0.9925 < top < 1.0  # the image teacher is outside, the audio one within
+    assert len(plot_accuracy_vs_cost(models, tmp_path)) == 2
+    # One colour per tier and its baseline (dashed), the teachers apart: no two series share one.
+    colours = {name: curve_colour(name) for name in ("teacher", "teacher_image", "teacher_audio", "high", "medium", "low", "critical")}
+    assert len(set(colours.values())) == len(colours) and curve_colour("high_labels_only") == colours["high"]

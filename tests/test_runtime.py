@@ -1050,7 +1050,7 @@ def test_the_timeline_legend_names_the_free_memory_line(tmp_path: Path, monkeypa
         }
         for t in (0.0, 1.0)
     ]
-    plot_timeline({"policy": "dynamic", "timeline": timeline}, [], 3.0, tmp_path / "timeline.png", "steady")
+    plot_timeline({"policy": "dynamic", "timeline": timeline}, [], 3.0, tmp_path / "timeline.png", "steady", {"high/image": 0.1})
     labels = [text.get_text() for ax in drawn[0].axes if ax.get_legend() for text in ax.get_legend().get_texts()]
     assert "free memory (MB)" in labels and "CPU load (%)" in labels
 
@@ -1639,3 +1639,22 @@ def test_preloading_stops_short_of_max_loaded(bank_dir: Path, monkeypatch: pytes
     monkeypatch.setattr(edge_module, "session", lambda path, threads: (loads.append(Path(path).name), real(path, threads))[1])
     runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(max_loaded=2, preload=True))
     assert len(runtime.table.variants) > 2 and len(loads) == len(runtime.loaded()) <= 2
+
+
+def test_timeline_orders_configurations_by_their_unloaded_cost() -> None:
+    """Sorted by name, "high/image,low/audio" sat below "low/image,low/audio" on the plot, and a
+    step down was no step down in cost."""
+    from racmkd.runtime.simulate import configurations_by_cost
+
+    variant_ms = {"high/image": 0.2, "low/image": 0.05, "low/audio": 0.1, "high/audio": 0.5}
+    timeline = [
+        {"configuration": c} for c in ("low/image,low/audio", "high/image,low/audio", "unanswered", "high/image,high/audio", "low/audio", "mystery/image")
+    ]
+    assert configurations_by_cost(timeline, variant_ms) == [
+        "unanswered",
+        "low/audio",
+        "low/image,low/audio",
+        "high/image,low/audio",
+        "high/image,high/audio",
+        "mystery/image",  # a variant the bank does not know: on top, not mixed in
+    ]

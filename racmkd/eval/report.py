@@ -338,7 +338,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             "Each tier's student after its compression recipe, measured as deployed: the ONNX artifact run by ONNX Runtime (batch 1, one thread). Ratio = fp32 bytes of the uncompressed student / deployable bytes.",
             "",
-            "| model | format | deployable | ratio | accuracy | vs student | retention | FLOPs | peak act. | latency p50 (ms) | why this artifact |",
+            "| model | format | deployable | ratio | accuracy | vs student | retention | FLOPs | peak act. | latency p50 (ms) | why this artifact (as timed when the recipe chose it) |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, e in compressed.items():

@@ -411,7 +411,7 @@ def simulate(
         (out_dir / "summary.json").unlink(missing_ok=True)
         timeline = {"dynamic": dynamic["timeline"], "decisions": dynamic["decisions"], **{r["policy"]: r["timeline"] for r in static}}
         atomic_write_json(out_dir / "timeline.json", json_safe({"trace_source": summary["trace_source"], **timeline}))
-        plot_timeline(dynamic, static, target, out_dir / "timeline.png", trace.name)
+        plot_timeline(dynamic, static, target, out_dir / "timeline.png", trace.name, {v.id: v.typical_ms for v in bank.table.variants})
         atomic_write_text(out_dir / "table.md", render_table(summary))
         atomic_write_json(out_dir / "summary.json", json_safe(summary))  # (for other tools: no NaN, no Infinity)
     return summary
@@ -432,7 +432,7 @@ def render_table(summary: dict[str, Any]) -> str:
     ]
     for r in summary["levels"]:
         lines.append(
-            f"| {r['level']} | {r['requests']} | {_figure(r['cpu_percent'], '.0f')} | {_figure(r['memory_available_mb'], '.0f')} | {r['accuracy']:.4f} | {r['slo_accuracy']:.4f} | {r['latency_ms_mean']:.2f} / {r['latency_ms_p95']:.2f} | {r['active_modalities']} |"
+            f"| {r['level']} | {r['requests']} | {_figure(r['cpu_percent'], '.0f')} | {_figure(r['memory_available_mb'], '.0f')} | {r['accuracy']:.4f} | {r['slo_accuracy']:.4f} | {_figure(r['latency_ms_mean'], '.2f')} / {_figure(r['latency_ms_p95'], '.2f')} | {r['active_modalities']} |"
         )
     lines += ["", "| runtime | accuracy | SLO-accuracy | deadline met | latency p50 / p99 (ms) |", "|---|---|---|---|---|"]
     rows = {"dynamic": summary["dynamic"], **{f"static {k}": v for k, v in summary["static"].items()}}
@@ -470,7 +470,25 @@ def ceiling_rows(oracle: dict[str, Any]) -> list[str]:
     ]
 
 
-def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_ms: float, path: Path, title: str) -> None:
+def configurations_by_cost(timeline: list[dict[str, Any]], variant_ms: dict[str, float]) -> list[str]:
+    """The configurations a timeline served, cheapest first by their variants' unloaded median
+    latencies (`variant_ms`, by variant id, from the bank), "unanswered" below them all. Sorted by
+    name, "high/image,low/audio" sat below "low/image,low/audio", and a step down on the plot was
+    no step down in cost."""
+
+    def cost(configuration: str) -> float:
+        if configuration == "unanswered":
+            return -math.inf
+        return sum(variant_ms.get(v, math.nan) for v in configuration.split(","))
+
+    served = {r["configuration"] for r in timeline}
+    return sorted(served, key=lambda c: (math.isnan(cost(c)), cost(c), c))  # (a variant the bank lacks: on top, by name)
+
+
+def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_ms: float, path: Path, title: str, variant_ms: dict[str, float]) -> None:
+    """Four panels over the trace's time: resources (shaded by level), the configuration served
+    (ordered by cost, `configurations_by_cost`), latencies against the target, and the running
+    SLO-accuracy of every policy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -489,7 +507,7 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
         t, [math.nan if r["memory_available_mb"] is None else r["memory_available_mb"] for r in dynamic["timeline"]], color="tab:blue", label="free memory (MB)"
     )
     twin.set_ylabel("free memory (MB)")
-    ax.set_title(f"trace {title}: resources, shaded by resource level")
+    ax.set_title(f"trace {title}: resources, shaded by resource level", loc="left", pad=16)
     shades = {"high": "tab:green", "medium": "gold", "low": "tab:orange", "critical": "tab:red"}
     timeline = dynamic["timeline"]
     start, labelled = 0, set()
@@ -499,15 +517,15 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
             ax.axvspan(t[start], t[min(i, len(t) - 1)], color=shades.get(level, "grey"), alpha=0.12, linewidth=0, label=None if level in labelled else level)
             labelled.add(level)
             start = i
-    # One legend for both axes (the free memory's line is the twin's), drawn on the twin, which lies
-    # above: between the load (top or bottom) and the memory curves.
+    # One legend for both axes (the free memory's line is the twin's), above the panel, beside its
+    # title: inside it, it covered the load's curve on a trace with many switches.
     handles, labels = (sum(pair, []) for pair in zip(ax.get_legend_handles_labels(), twin.get_legend_handles_labels()))
-    twin.legend(handles, labels, fontsize=7, loc="center left", ncol=6, framealpha=0.6)
-    configs = sorted({r["configuration"] for r in dynamic["timeline"]}, key=lambda c: (c.count(","), c))
+    twin.legend(handles, labels, fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=6, frameon=False, borderaxespad=0.1)
+    configs = configurations_by_cost(dynamic["timeline"], variant_ms)
     index = {c: i for i, c in enumerate(configs)}
     axes[1].step(t, [index[r["configuration"]] for r in dynamic["timeline"]], where="post", color="black")
     axes[1].set_yticks(range(len(configs)), configs, fontsize=7)
-    axes[1].set_title("configuration served (dynamic)")
+    axes[1].set_title("configuration served (dynamic), ordered by unloaded cost: a step down is a cheaper one")
     axes[2].plot(t, [r["latency_ms"] for r in dynamic["timeline"]], ".", markersize=2, label="dynamic")
     if static:  # the most capable static tier, the deployment one would pick for normal conditions
         axes[2].plot(t, [x["latency_ms"] for x in static[0]["timeline"]], ".", markersize=2, alpha=0.5, label=static[0]["policy"].replace("-", " "))
