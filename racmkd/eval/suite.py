@@ -857,22 +857,9 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
                     f"{replay['requests']} requests replayed by the edge runtime; latency target {replay['latency_target_ms']} ms; latency model: {replay['latency_model']}. SLO-accuracy: answered correctly within the target.",
                     "",
                 ]
-                lines += [
-                    "| level | requests | CPU load | memory available | accuracy | SLO-accuracy | latency mean / p95 | active modalities |",
-                    "|---|---|---|---|---|---|---|---|",
-                ]
-                for r in replay["levels"]:
-                    lines.append(
-                        f"| {r['level']} | {r['requests']} | {r['cpu_percent']:.0f}% | {r['memory_available_mb']:.1f} MB | {r['accuracy']:.4f} | {r['slo_accuracy']:.4f} | {r['latency_ms_mean']:.2f} / {r['latency_ms_p95']:.2f} ms | {r['active_modalities']} |"
-                    )
-                lines += ["", "| policy | accuracy | SLO-accuracy | latency p50 / p95 | unanswered |", "|---|---|---|---|---|"]
-                for policy, s in {"dynamic": replay["dynamic"], **{f"static {k}": v for k, v in replay["static"].items()}}.items():
-                    lines.append(
-                        f"| {policy} | {s['accuracy']:.4f} | {s['slo_accuracy']:.4f} | {s['latency_ms_p50']:.2f} / {s['latency_ms_p95']:.2f} ms | {s['unanswered']} |"
-                    )
-                from racmkd.runtime.simulate import ceiling_rows
+                from racmkd.runtime.simulate import replay_markdown
 
-                lines += ceiling_rows(replay.get("oracle", {}))  # (replays cached before the ceilings have none)
+                lines += replay_markdown(replay)
                 lines += _levels_side_by_side(replay)
         if "table_68" in section:
             lines += [

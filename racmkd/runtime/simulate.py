@@ -427,21 +427,7 @@ def render_table(summary: dict[str, Any]) -> str:
     lines = [
         f"# Trace `{summary['trace']}`: {summary['requests']} requests over {summary['trace_seconds']:.0f} s, latency target {summary['latency_target_ms']:g} ms",
         "",
-        "| level | requests | CPU (%) | memory free (MB) | accuracy | SLO-accuracy | latency mean / p95 (ms) | active modalities |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in summary["levels"]:
-        lines.append(
-            f"| {r['level']} | {r['requests']} | {_figure(r['cpu_percent'], '.0f')} | {_figure(r['memory_available_mb'], '.0f')} | {r['accuracy']:.4f} | {r['slo_accuracy']:.4f} | {_figure(r['latency_ms_mean'], '.2f')} / {_figure(r['latency_ms_p95'], '.2f')} | {r['active_modalities']} |"
-        )
-    lines += ["", "| runtime | accuracy | SLO-accuracy | deadline met | latency p50 / p99 (ms) |", "|---|---|---|---|---|"]
-    rows = {"dynamic": summary["dynamic"], **{f"static {k}": v for k, v in summary["static"].items()}}
-    for name, s in rows.items():
-        lines.append(
-            f"| {name} | {s['accuracy']:.4f} | {s['slo_accuracy']:.4f} | {s['deadline_met']:.4f} | {s['latency_ms_p50']:.2f} / {s['latency_ms_p99']:.2f} |"
-        )
-    lines += ceiling_rows(summary["oracle"])
-    lines += [
+        *replay_markdown(summary),
         "",
         f"Switches: {summary['switches']}; adaptation p50 {_figure(summary['adaptation_ms_p50'], '.3f', ' ms')}, p99 {_figure(summary['adaptation_ms_p99'], '.3f', ' ms')}; "
         f"switch overhead p99 {_figure(summary['switch_overhead_ms_p99'], '.3f', ' ms')}; monitor CPU {_figure(summary['monitor_cpu_fraction'], '.4%')} of one core.",
@@ -450,18 +436,38 @@ def render_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def replay_markdown(summary: dict[str, Any]) -> list[str]:
+    """Table 6.7 (the dynamic runtime per resource level) and the policies side by side with their
+    ceilings, as markdown lines: what `racmkd simulate` prints and the suite's report holds (each
+    had its own columns, and "nan%" where the other wrote "n/a")."""
+    lines = [
+        "| level | requests | CPU (%) | memory free (MB) | accuracy | SLO-accuracy | latency mean / p95 (ms) | active modalities |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["levels"]:
+        lines.append(
+            f"| {r['level']} | {r['requests']} | {_figure(r['cpu_percent'], '.0f')} | {_figure(r['memory_available_mb'], '.0f')} | {r['accuracy']:.4f} | {r['slo_accuracy']:.4f} | {_figure(r['latency_ms_mean'], '.2f')} / {_figure(r['latency_ms_p95'], '.2f')} | {r['active_modalities']} |"
+        )
+    lines += ["", "| runtime | accuracy | SLO-accuracy | deadline met | latency p50 / p99 (ms) | unanswered |", "|---|---|---|---|---|---|"]
+    rows = {"dynamic": summary["dynamic"], **{f"static {k}": v for k, v in summary["static"].items()}}
+    for name, s in rows.items():
+        figures = [_figure(s.get(key, math.nan), spec) for key, spec in (("deadline_met", ".4f"), ("latency_ms_p50", ".2f"), ("latency_ms_p99", ".2f"))]
+        lines.append(f"| {name} | {s['accuracy']:.4f} | {s['slo_accuracy']:.4f} | {figures[0]} | {figures[1]} / {figures[2]} | {s.get('unanswered', 'n/a')} |")
+    return lines + ceiling_rows(summary.get("oracle", {}))  # (replays cached before the ceilings have none)
+
+
 def ceiling_rows(oracle: dict[str, Any]) -> list[str]:
-    """The ceilings (`oracle`) as rows of a policy table (SLO-accuracy in the third of five columns),
+    """The ceilings (`oracle`) as rows of a policy table (SLO-accuracy in the third of six columns),
     or a line saying why there are none."""
     if not math.isfinite(oracle.get("slo_accuracy", math.nan)):
         return ["", f"No ceilings: {oracle.get('why_not', 'not computed')}."]
     rows = []
     if "best_per_level" in oracle:  # (summaries written before it have none)
         chosen = "; ".join(f"{level} {p['configuration']}" for level, p in oracle.get("per_level", {}).items())
-        rows.append(f"| best configuration per resource level, in hindsight ({chosen}) | | {oracle['best_per_level']:.4f} | | |")
+        rows.append(f"| best configuration per resource level, in hindsight ({chosen}) | | {oracle['best_per_level']:.4f} | | | |")
     rows += [
-        f"| clairvoyant allocator: the most accurate configuration that meets each deadline | | {oracle['clairvoyant_allocator']:.4f} | | |",
-        f"| oracle: any configuration right in time, per request | | {oracle['slo_accuracy']:.4f} | | |",
+        f"| clairvoyant allocator: the most accurate configuration that meets each deadline | | {oracle['clairvoyant_allocator']:.4f} | | | |",
+        f"| oracle: any configuration right in time, per request | | {oracle['slo_accuracy']:.4f} | | | |",
     ]
     return [
         *rows,
