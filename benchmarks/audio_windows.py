@@ -45,9 +45,9 @@ from racmkd.data.fsdd import load_fsdd  # noqa: E402
 from racmkd.data.paths import data_root  # noqa: E402
 from racmkd.data import audio as dsp  # noqa: E402
 from racmkd.data.signals import fix_length, speech_start  # noqa: E402
-from racmkd.eval.plots import save_figure  # noqa: E402
-from racmkd.eval.report import git_commit  # noqa: E402
-from racmkd.eval.timing import machine  # noqa: E402
+from racmkd.utils import save_figure  # noqa: E402
+from racmkd.data.paths import git_commit  # noqa: E402
+from racmkd.measure.timing import machine  # noqa: E402
 from racmkd.runtime.predictor import load  # noqa: E402
 from racmkd.utils import progress  # noqa: E402
 from results_io import check_out, reports_errors, write_results  # noqa: E402

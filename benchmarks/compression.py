@@ -48,10 +48,11 @@ sys.path.insert(0, str(REPO))
 
 from racmkd.compress.artifacts import FORMAT_PRECISION  # noqa: E402
 from racmkd.config import config_differences, load_config  # noqa: E402
-from racmkd.eval.cost import activation_memory  # noqa: E402
-from racmkd.eval.plots import save_figure  # noqa: E402
-from racmkd.eval.report import evaluate_run, git_commit  # noqa: E402
-from racmkd.eval.timing import machine  # noqa: E402
+from racmkd.measure.cost import activation_memory  # noqa: E402
+from racmkd.utils import save_figure  # noqa: E402
+from racmkd.data.paths import git_commit  # noqa: E402
+from racmkd.eval.report import evaluate_run  # noqa: E402
+from racmkd.measure.timing import machine  # noqa: E402
 from racmkd.eval.suite import compressed_with, recipe_steps  # noqa: E402
 from racmkd.models.checkpoint import load_model  # noqa: E402
 from racmkd.models.inference import fold_batchnorm  # noqa: E402

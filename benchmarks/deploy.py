@@ -62,9 +62,10 @@ from racmkd.deploy.registry import ModelRegistry, artifact_kind, pack  # noqa: E
 from racmkd.deploy.server import EdgeService, create_app  # noqa: E402
 from racmkd.deploy.signing import generate_keypair, load_private_key  # noqa: E402
 from racmkd.utils import percentile  # noqa: E402
-from racmkd.eval.plots import save_figure  # noqa: E402
-from racmkd.eval.report import evaluate_run, git_commit  # noqa: E402
-from racmkd.eval.timing import machine  # noqa: E402
+from racmkd.utils import save_figure  # noqa: E402
+from racmkd.data.paths import git_commit  # noqa: E402
+from racmkd.eval.report import evaluate_run  # noqa: E402
+from racmkd.measure.timing import machine  # noqa: E402
 from racmkd.models.checkpoint import load_model, save_model  # noqa: E402
 from racmkd.models.inference import BatchFeatures  # noqa: E402
 from racmkd.pipeline import open_run, prepare_data  # noqa: E402

@@ -32,9 +32,10 @@ sys.path.insert(0, str(REPO))
 from results_io import check_out, refuse_with_quick, reports_errors, targets_table, write_results  # noqa: E402
 
 from racmkd.config import config_differences, load_config  # noqa: E402
-from racmkd.eval.plots import save_figure  # noqa: E402
-from racmkd.eval.report import RETENTION_TARGETS, TEACHER_TARGETS, git_commit  # noqa: E402
-from racmkd.eval.timing import machine  # noqa: E402
+from racmkd.utils import save_figure  # noqa: E402
+from racmkd.data.paths import git_commit  # noqa: E402
+from racmkd.eval.report import RETENTION_TARGETS, TEACHER_TARGETS  # noqa: E402
+from racmkd.measure.timing import machine  # noqa: E402
 from racmkd.eval.suite import SEED_PAPER, mean_pm, mean_std, seed_spread  # noqa: E402
 from racmkd.pipeline import run_pipeline  # noqa: E402
 

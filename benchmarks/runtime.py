@@ -61,9 +61,9 @@ sys.path.insert(0, str(REPO))
 
 from racmkd.config import load_config  # noqa: E402
 from racmkd.utils import percentile  # noqa: E402
-from racmkd.eval.plots import save_figure  # noqa: E402
-from racmkd.eval.report import git_commit  # noqa: E402
-from racmkd.eval.timing import machine  # noqa: E402
+from racmkd.utils import save_figure  # noqa: E402
+from racmkd.data.paths import git_commit  # noqa: E402
+from racmkd.measure.timing import machine  # noqa: E402
 from racmkd.eval.suite import bank_record  # noqa: E402
 from racmkd.pipeline import open_run, prepare_data, run_pipeline  # noqa: E402
 from racmkd.resources.allocator import Allocator, Budget, config_costs  # noqa: E402

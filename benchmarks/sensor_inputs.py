@@ -42,9 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from racmkd.config import RunConfig, config_differences, load_config  # noqa: E402
-from racmkd.eval.plots import save_figure  # noqa: E402
-from racmkd.eval.report import git_commit  # noqa: E402
-from racmkd.eval.timing import machine  # noqa: E402
+from racmkd.utils import save_figure  # noqa: E402
+from racmkd.data.paths import git_commit  # noqa: E402
+from racmkd.measure.timing import machine  # noqa: E402
 from racmkd.pipeline import run_pipeline  # noqa: E402
 from results_io import check_out, refuse_with_quick, reports_errors, write_results  # noqa: E402
 

@@ -368,7 +368,7 @@ class EvalConfig:
 
     latency_warmup: int = 20  # calls of each model before the first timed round
     latency_iters: int = 200  # timed calls per model, split over the rounds
-    latency_rounds: int = 20  # every model is timed in each round, in turn (short rounds: racmkd.eval.cost.CALLS_PER_ROUND)
+    latency_rounds: int = 20  # every model is timed in each round, in turn (short rounds: racmkd.measure.cost.CALLS_PER_ROUND)
     rapl_root: str = "/sys/class/powercap"  # read when present: energy is then "measured"
     energy: EnergyModel = EnergyModel()
 

@@ -28,7 +28,7 @@ from racmkd.data.dataset import FeatureCache, PairedDataset, build_dataset
 from racmkd.data.modalities import Modality
 from racmkd.distill.adaptive import objective_weights
 from racmkd.distill.trainer import Job, Teacher, attach_projection, check_loss_names, learns_from_teachers, train_jobs
-from racmkd.eval.cost import count_flops
+from racmkd.measure.cost import count_flops
 from racmkd.models.checkpoint import load_model, save_model
 from racmkd.models.multimodal import MultimodalNet, count_params, teacher, widest_student
 from racmkd.runs import (  # noqa: F401 - run directories (racmkd.runs, no torch)
@@ -691,7 +691,7 @@ def export_model(
     from racmkd.compress.artifacts import WEIGHTS_ONLY_BITS
     from racmkd.compress.quantize import calibration_inputs, choose_int4_weights, quantize_int8, quantize_weights
     from racmkd.compress.steps import ExportOptions
-    from racmkd.eval.report import git_commit
+    from racmkd.data.paths import git_commit
 
     model, specs, modalities, meta = load_model(exportable_checkpoint(run_dir, name))
     out_dir = Path(out_dir or run_dir / "onnx")

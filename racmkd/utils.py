@@ -123,6 +123,20 @@ def percentile(values: Iterable[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
+def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
+    """Write a matplotlib figure as PNG atomically (a plot stopped halfway is no PNG: the earlier
+    one stays whole) and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
 @contextmanager
 def exit_on_sigterm() -> Iterator[None]:
     """SIGTERM (`kill`, a container or service stopping) raised as SystemExit in the main thread, as

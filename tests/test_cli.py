@@ -80,7 +80,7 @@ def test_installed_racmkd_reads_nothing_of_site_packages_as_its_checkout(tmp_pat
     from racmkd.cli import _config
     from racmkd.config import ConfigError, RunConfig
     from racmkd.data import paths
-    from racmkd.eval.report import git_commit
+    from racmkd.data.paths import git_commit
     from racmkd.pipeline import recipe_for
     from racmkd.resources.devices import device_names, load_device
 

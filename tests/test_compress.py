@@ -1711,7 +1711,7 @@ def test_a_faster_p50_that_the_paired_rounds_do_not_back_is_a_speed_tie() -> Non
     """A bench run deployed a tier's fp32 model (twice the bytes) over its int8-weights twin on a p50
     10% lower, from rounds that went either way: noise, which must not decide the artifact."""
     from racmkd.compress.steps import ExportOptions, choose_artifact
-    from racmkd.eval.cost import clearly_faster
+    from racmkd.measure.cost import clearly_faster
 
     def candidate(p50: float, size: int, rounds: list[float]) -> dict:
         return {"latency_ms": {"p50": p50, "rounds": rounds}, "bytes": size, "parity": {"argmax_agreement": 1.0, "accuracy": 0.9, "reference_accuracy": 0.9}}

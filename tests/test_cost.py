@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from racmkd.config import EnergyModel
-from racmkd.eval.cost import (
+from racmkd.measure.cost import (
     CALLS_PER_ROUND,
     activation_memory,
     count_flops,

@@ -588,3 +588,59 @@ def test_a_config_names_its_base_and_says_only_what_differs(tmp_path: Path) -> N
     (tmp_path / "e.yaml").write_text("base: [a.yaml]\n")
     with pytest.raises(ConfigError, match="base must be the path"):
         load_config(tmp_path / "e.yaml")
+
+
+# Layering ------------------------------------------------------------------------------------------
+
+LAYERS = [
+    ("config", "registry", "utils", "runs"),
+    "measure",
+    "data",
+    "models",
+    "distill",
+    "compress",
+    "resources",
+    "runtime",
+    "deploy",
+    "eval",
+    "pipeline",
+    "cli",
+]  # a tuple: one layer
+ALLOWED_UPWARD = {  # (importing module, package it reaches up to): each with its reason
+    ("racmkd", "runtime"): "racmkd.load, imported on first use",
+    ("racmkd.config", "data"): "modality_options registers data's options classes when a config is read",
+    ("racmkd.eval.suite", "pipeline"): "the benchmark suite trains and compresses through the pipeline",
+    ("racmkd.eval.baselines", "pipeline"): "the suite's baselines are trained the pipeline's way",
+    ("racmkd.eval.deployed", "pipeline"): "the suite exports its baselines as the pipeline does",
+}
+
+
+def test_a_package_imports_only_from_the_layers_above_it() -> None:
+    """The layout in the README reads top to bottom: compression, the profiler and the runtime
+    reached up into eval for timing, FLOPs and energy (14 imports, five packages in one cycle) until
+    racmkd.measure held them."""
+    import ast
+
+    root = Path(racmkd.data.__file__).resolve().parents[2]
+    rank = {name: i for i, layer in enumerate(LAYERS) for name in (layer if isinstance(layer, tuple) else (layer,))}
+    upward, files = [], sorted((root / "racmkd").rglob("*.py"))
+    assert len(files) > 50
+    for path in files:
+        parts = path.relative_to(root).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        layer = parts[1] if len(parts) > 1 else None
+        layer = layer if layer in rank else (layer.removesuffix(".py") if layer else None)
+        if layer == "__init__" or layer is None:
+            layer = "config"  # the package's own __init__: the top
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("racmkd.") and node.level == 0:
+                targets = [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("racmkd.")]
+            else:
+                continue
+            for target in targets:
+                target_layer = target.split(".")[1]
+                if target_layer in rank and rank[target_layer] > rank[layer] and (module, target_layer) not in ALLOWED_UPWARD:
+                    upward.append(f"{path.relative_to(root)}:{node.lineno} imports {target}")
+    assert not upward, "imports from a layer below (move the shared code up, or list the exception with its reason):\n" + "\n".join(upward)

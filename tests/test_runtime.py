@@ -23,7 +23,8 @@ import racmkd
 from racmkd.cli import app
 from racmkd.config import RuntimeConfig
 from racmkd.resources.monitor import ResourceMonitor
-from racmkd.resources.sources import ResourceSnapshot, TraceSource, rapl_domains, synthetic_trace
+from racmkd.measure.timing import rapl_domains
+from racmkd.resources.sources import ResourceSnapshot, TraceSource, synthetic_trace
 from racmkd.runtime import edge as edge_module
 from racmkd.runtime.bank import Bank
 from racmkd.runtime.edge import EdgeRuntime, NoVariantError, budget_for

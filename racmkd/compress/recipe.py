@@ -23,7 +23,7 @@ from typing import Any
 from racmkd.compress.inputs import input_values
 from racmkd.compress.steps import Context, Step, Subject, val_accuracy
 from racmkd.config import ConfigError, from_dict, read_yaml_mapping, to_dict
-from racmkd.eval.cost import count_flops
+from racmkd.measure.cost import count_flops
 from racmkd.registry import COMPRESSORS
 from racmkd.utils import progress
 

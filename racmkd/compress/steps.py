@@ -49,7 +49,7 @@ from racmkd.config import RunConfig, TrainConfig
 from racmkd.data.dataset import FeatureCache, PairedDataset
 from racmkd.distill.adaptive import ObjectiveWeights
 from racmkd.distill.trainer import Job, Teacher, attach_projection, train_jobs
-from racmkd.eval.cost import LATENCY_TIE, ROUNDS_WON, clearly_faster, latency_round_robin, rounds_for
+from racmkd.measure.cost import LATENCY_TIE, ROUNDS_WON, clearly_faster, latency_round_robin, rounds_for
 from racmkd.models.multimodal import MultimodalNet
 from racmkd.registry import COMPRESSORS
 from racmkd.utils import torch_threads
@@ -733,7 +733,7 @@ class ExportOptions:
     model on at least `min_agreement` of the test samples and its accuracy is at most
     `max_accuracy_drop` below on the validation split (it chooses what ships); of the acceptable artifacts, `prefer` picks the faster (measured
     here: ONNX Runtime, batch 1, one thread, in paired rounds; a candidate the fastest does not
-    beat beyond noise (`racmkd.eval.cost.clearly_faster`) counts as equally fast, and the smallest
+    beat beyond noise (`racmkd.measure.cost.clearly_faster`) counts as equally fast, and the smallest
     of those wins) or the smaller."""
 
     int8: str = "static"

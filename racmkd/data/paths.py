@@ -5,6 +5,7 @@ per-machine cache is."""
 from __future__ import annotations
 
 import os
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -61,3 +62,18 @@ def data_root(configured: str = "") -> Path:
         if candidate.is_dir():
             return candidate
     return Path("data")
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with '-dirty' when files changed), or None outside git or installed
+    (`checkout`): the folder above an installed package is site-packages, and the git repository
+    around it (a project's .venv) is not racmkd's."""
+    root = checkout()
+    if root is None:
+        return None
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty else "")

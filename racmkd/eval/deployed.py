@@ -26,10 +26,10 @@ from racmkd.compress.artifacts import read_compression_record
 from racmkd.config import EvalConfig, RunConfig
 from racmkd.data.dataset import PairedDataset
 from racmkd.eval.baselines import matched_tier
-from racmkd.eval.cost import activation_memory, count_flops, latency_round_robin, model_bytes, time_calls
-from racmkd.eval.timing import estimated_energy_joules
+from racmkd.measure.cost import activation_memory, count_flops, latency_round_robin, model_bytes, time_calls
+from racmkd.measure.timing import estimated_energy_joules
 from racmkd.eval.metrics import classification_metrics
-from racmkd.eval.report import git_commit
+from racmkd.data.paths import git_commit
 from racmkd.models.checkpoint import load_model
 from racmkd.models.inference import BatchFeatures
 from racmkd.models.multimodal import MultimodalNet

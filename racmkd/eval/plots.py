@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -11,20 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the headless backend
 
-from racmkd.utils import atomic_write_bytes  # noqa: E402
+from racmkd.utils import save_figure  # noqa: E402
 
 COLOURS = {"teacher": "tab:red", "student": "tab:blue", "baseline": "tab:gray", "compressed": "tab:green"}
 TIER_ORDER = ["high", "medium", "low", "critical"]
-
-
-def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
-    """Write a figure as PNG atomically (a plot stopped halfway is no PNG: the earlier one stays
-    whole) and close it."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buffer.getvalue())
-    return Path(path)
 
 
 ROLE_LEGEND = {

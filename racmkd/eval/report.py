@@ -4,7 +4,6 @@ report.md and PNG plots in the run directory."""
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -12,11 +11,11 @@ from typing import Any
 import torch
 
 from racmkd.compress.artifacts import ExportError, compress_again, read_compression_record
-from racmkd.eval.timing import machine
+from racmkd.measure.timing import machine
 from racmkd.config import EvalConfig, to_dict
 from racmkd.data.dataset import PairedDataset, build_dataset
-from racmkd.data.paths import checkout
-from racmkd.eval.cost import activation_memory, count_flops, energy_per_call_mj, latency_round_robin, model_bytes
+from racmkd.data.paths import git_commit
+from racmkd.measure.cost import activation_memory, count_flops, energy_per_call_mj, latency_round_robin, model_bytes
 from racmkd.eval.metrics import NonFiniteLogits, classification_metrics
 from racmkd.eval.plots import plot_accuracy_vs_cost, plot_training_curves
 from racmkd.models.checkpoint import load_model
@@ -38,21 +37,6 @@ def report_order(name: str) -> tuple[float, str]:
     base = name.removesuffix("_labels_only").removesuffix("_compressed")
     rank = ORDER.index(base) if base in ORDER else ORDER.index("teacher_audio") + 0.5 if base.startswith("teacher_") else len(ORDER)
     return (rank + (0.3 if name.endswith("_labels_only") else 0.6 if name.endswith("_compressed") else 0.0), name)
-
-
-def git_commit() -> str | None:
-    """The checkout's commit (with '-dirty' when files changed), or None outside git or installed
-    (`checkout`): the folder above an installed package is site-packages, and the git repository
-    around it (a project's .venv) is not racmkd's."""
-    root = checkout()
-    if root is None:
-        return None
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sha + ("-dirty" if dirty else "")
 
 
 def split_metrics(logits: torch.Tensor, labels: torch.Tensor, source: Path, fix: str) -> dict[str, float | None]:

@@ -37,8 +37,8 @@ from racmkd.data.modalities import Modality
 from racmkd.registry import MODALITIES
 from racmkd.eval.baselines import ABLATION, BASELINES, matched_name, matched_widths, train_extras
 from racmkd.eval.deployed import Deployed, artifact_accuracy, artifact_costs, closest_in_cost, cost_growth, deploy, dominates, pareto_front, robustness, twin
-from racmkd.eval.report import git_commit
-from racmkd.eval.timing import machine
+from racmkd.data.paths import git_commit
+from racmkd.measure.timing import machine
 from racmkd.pipeline import (
     checkpoint,
     compress_students,
@@ -961,7 +961,7 @@ def plot_all(result: dict[str, Any], out: Path, stem: str) -> dict[str, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from racmkd.eval.plots import save_figure
+    from racmkd.utils import save_figure
 
     protocol, section = next(iter(result["protocols"].items()))
     made = {}

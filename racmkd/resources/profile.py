@@ -44,7 +44,7 @@ from onnx import TensorProto, helper, numpy_helper
 from racmkd.compress.artifacts import ExportError, read_contract, session, stored_bytes, zero_feed
 from racmkd.config import finite_number
 from racmkd.data.paths import cache_root
-from racmkd.eval.timing import estimated_energy_joules, percentiles, wall_latency_ms
+from racmkd.measure.timing import estimated_energy_joules, percentiles, wall_latency_ms
 from racmkd.resources.devices import DeviceProfile
 from racmkd.utils import atomic_write_json, progress
 
@@ -521,7 +521,7 @@ def host_description() -> tuple[str, float]:
     """This machine's CPU model and clock (MHz)."""
     import psutil
 
-    from racmkd.eval.timing import machine
+    from racmkd.measure.timing import machine
 
     freq = psutil.cpu_freq()
     return machine()["cpu"], float(freq.max or freq.current) if freq else 2000.0

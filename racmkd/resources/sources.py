@@ -29,6 +29,7 @@ import numpy as np
 import psutil
 
 from racmkd.config import finite_number
+from racmkd.measure.timing import rapl_domains
 
 log = logging.getLogger(__name__)
 
@@ -450,19 +451,6 @@ class SystemSource:
         if not common or any(counters[p] < previous[1][p] for p in common):
             return None  # nothing to compare, or a counter wrapped
         return sum(counters[p] - previous[1][p] for p in common) * 1e-6 / (now - previous[0])
-
-
-def rapl_domains(root: Path) -> list[Path]:
-    """Readable top-level RAPL package counters under `root` (/sys/class/powercap), or none."""
-    found = []
-    for path in sorted(Path(root).glob("intel-rapl:*/energy_uj")):
-        if path.parent.name.count(":") == 1:  # packages, not their sub-zones
-            try:
-                int(path.read_text())
-                found.append(path)
-            except (OSError, ValueError):
-                continue
-    return found
 
 
 # Traces: recorded or synthetic ------------------------------------------------------------------------

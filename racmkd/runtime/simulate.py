@@ -500,7 +500,7 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from racmkd.eval.plots import save_figure
+    from racmkd.utils import save_figure
 
     t = [r["t"] for r in dynamic["timeline"]]
     fig, axes = plt.subplots(4, 1, figsize=(11, 10), sharex=True)

@@ -39,9 +39,9 @@ from racmkd.compress.export import compact_file, export_onnx, onnx_logits, sessi
 from racmkd.compress.quantize import calibration_inputs, layer_rows, quantize_int8, quantize_weights
 from racmkd.config import RunConfig, RuntimeConfig
 from racmkd.data.dataset import PairedDataset
-from racmkd.eval.cost import energy_per_call_mj, latency_round_robin, rounds_for
-from racmkd.eval.report import git_commit
-from racmkd.eval.timing import machine
+from racmkd.measure.cost import energy_per_call_mj, latency_round_robin, rounds_for
+from racmkd.data.paths import git_commit
+from racmkd.measure.timing import machine
 from racmkd.models.checkpoint import load_model
 from racmkd.registry import SIGNALS
 from racmkd.runtime.bank import BANK_FORMAT, Bank, BankError, key_text, load_bank  # noqa: F401 - loading lives in bank.py (no torch)

@@ -1,6 +1,7 @@
-"""Timing, energy arithmetic and the machine's description, without PyTorch: what the edge install
+"""Timing, energy arithmetic (and the RAPL counters that measure it), and the machine's
+description, without PyTorch: what the edge install
 (numpy and ONNX Runtime) needs to profile an ONNX model (it imported the exporter, and torch, and
-failed). racmkd.eval.cost adds the PyTorch side (FLOPs, activation memory, timing under torch's
+failed). racmkd.measure.cost adds the PyTorch side (FLOPs, activation memory, timing under torch's
 thread settings)."""
 
 from __future__ import annotations
@@ -44,6 +45,19 @@ def wall_latency_ms(fn: Callable[[], Any], warmup: int, iters: int) -> dict[str,
 def estimated_energy_joules(flops: int, bytes_moved: int, seconds: float, model: EnergyModel) -> float:
     """E = a * FLOPs + b * bytes moved + c * time (see EnergyModel and the README)."""
     return model.joules_per_flop * flops + model.joules_per_byte * bytes_moved + model.static_watts * seconds
+
+
+def rapl_domains(root: Path) -> list[Path]:
+    """Readable top-level RAPL package counters under `root` (/sys/class/powercap), or none."""
+    found = []
+    for path in sorted(Path(root).glob("intel-rapl:*/energy_uj")):
+        if path.parent.name.count(":") == 1:  # packages, not their sub-zones
+            try:
+                int(path.read_text())
+                found.append(path)
+            except (OSError, ValueError):
+                continue
+    return found
 
 
 def machine() -> dict[str, Any]:

@@ -21,8 +21,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from racmkd.config import EnergyModel
-from racmkd.eval.timing import estimated_energy_joules, percentiles, wall_times_ms
-from racmkd.resources.sources import rapl_domains
+from racmkd.measure.timing import estimated_energy_joules, percentiles, rapl_domains, wall_times_ms
 from racmkd.utils import torch_threads
 
 
