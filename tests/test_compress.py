@@ -813,6 +813,34 @@ def test_recipe_validation_errors_name_the_problem(steps: list, message: str) ->
     assert "my-recipe.yaml" in str(err.value)
 
 
+def test_a_plugin_step_that_retrains_float_weights_is_refused_after_qat() -> None:
+    """Which steps retrain float weights was a fixed set of racmkd's step names: a plugin's
+    fine-tune after qat was taken, and undid it."""
+    from dataclasses import dataclass
+
+    from racmkd.compress.steps import Step
+    from racmkd.registry import COMPRESSORS
+
+    @dataclass(frozen=True)
+    class PolishOptions:
+        epochs: int = 1
+
+    class Polish(Step):
+        options_type = PolishOptions
+        refines_weights = True
+
+        def apply(self, subject, ctx):  # noqa: ANN001, ANN202
+            return {}
+
+    COMPRESSORS.register("polish")(Polish)
+    try:
+        with pytest.raises(RecipeError, match=r"\['polish'\] after qat would retrain"):
+            parse_recipe({"steps": ["qat", "polish", "export"]}, "plugin.yaml")
+        parse_recipe({"steps": ["polish", "qat", "export"]}, "plugin.yaml")  # before it: as it should be
+    finally:
+        COMPRESSORS.unregister("polish")
+
+
 def test_an_impossible_lowrank_budget_fails_before_any_step_runs(tmp_path: Path) -> None:
     """Checked on the model the step will see: with nothing before it that changes the layers. After
     a prune, the step checks itself (the pruned model may meet a budget the whole one cannot)."""

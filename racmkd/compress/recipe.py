@@ -14,7 +14,6 @@ step order that would undo work, or a budget the model cannot reach is an error 
 
 from __future__ import annotations
 
-import difflib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,8 +25,6 @@ from racmkd.config import ConfigError, from_dict, read_yaml_mapping, to_dict
 from racmkd.measure.cost import count_flops
 from racmkd.registry import COMPRESSORS
 from racmkd.utils import progress
-
-REFINING = {"prune", "align", "lowrank", "inputs", "bands", "distill"}  # steps that retrain float weights
 
 
 class RecipeError(ConfigError):
@@ -72,11 +69,10 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         if not isinstance(entry, dict) or len(entry) != 1:
             raise RecipeError(f"{source}: steps[{i}]: expected one step name with its options, e.g. `- prune: {{ratio: 0.5}}`")
         ((name, options),) = entry.items()
-        if name not in COMPRESSORS:
-            close = difflib.get_close_matches(str(name), COMPRESSORS.names(), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise RecipeError(f"{source}: steps[{i}]: unknown step {name!r}.{hint} Known steps: {', '.join(COMPRESSORS.names())}")
-        step_cls = COMPRESSORS.get(name)
+        try:
+            step_cls = COMPRESSORS.get(str(name))
+        except KeyError as err:  # (it names the close matches and every known step)
+            raise RecipeError(f"{source}: steps[{i}]: {err.args[0]}") from None
         try:
             # Only a step written alone (`- prune` or `- prune:`) takes every default: `- prune: []` or
             # `- prune: false` is a mistake, not "the defaults" (read as such before).
@@ -87,6 +83,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         except ValueError as err:  # an option's own check
             raise step_error(source, f"steps[{i}].{name}", name, err) from None
     names = [n for n, _ in steps]
+    refining = {n for n, step in steps if step.refines_weights}  # (they retrain float weights)
     if names.count("export") != 1 or names[-1] != "export":
         raise RecipeError(f"{source}: a recipe ends with exactly one export step (it writes the deployable model); got {names}")
     after_lowrank = names[names.index("lowrank") :] if "lowrank" in names else []
@@ -98,13 +95,13 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         )
     if names.count("qat") > 1:
         raise RecipeError(f"{source}: qat {names.count('qat')} times: each would round the weights the one before trained; keep one")
-    if "qat" in names and any(n in REFINING for n in names[names.index("qat") :]):
+    if "qat" in names and any(n in refining for n in names[names.index("qat") :]):
         raise RecipeError(
-            f"{source}: {[n for n in names[names.index('qat') :] if n in REFINING]} after qat would retrain the weights in float and undo it; put qat last before export"
+            f"{source}: {[n for n in names[names.index('qat') :] if n in refining]} after qat would retrain the weights in float and undo it; put qat last before export"
         )
-    if "equalize" in names and any(n in REFINING for n in names[names.index("equalize") :]):
+    if "equalize" in names and any(n in refining for n in names[names.index("equalize") :]):
         raise RecipeError(
-            f"{source}: {[n for n in names[names.index('equalize') :] if n in REFINING]} after equalize would retrain the balanced weights in float; put equalize after them"
+            f"{source}: {[n for n in names[names.index('equalize') :] if n in refining]} after equalize would retrain the balanced weights in float; put equalize after them"
         )
     # Equalizing scales a layer's input channels, which moves its weights off the grid a QAT for the
     # weights-only files (activations: false) trained them onto; an int8 QAT's grid is the int8

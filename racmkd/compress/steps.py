@@ -174,6 +174,9 @@ class Step(ABC):
     # would judge a model the step never sees, so the recipe check leaves it to the step itself.
     # (A step whose options decide it overrides this with a property.)
     checks_structure: ClassVar[bool] = False
+    # It trains float weights (prune's recovery, a fine-tune, a factorisation): a recipe puts none
+    # after qat or equalize, whose work it would undo. A plugin's step says so the same way.
+    refines_weights: ClassVar[bool] = False
 
     def __init__(self, options: Any) -> None:
         self.options = options
@@ -254,6 +257,7 @@ class PruneOptions:
 @COMPRESSORS.register("prune")
 class Prune(Step):
     options_type = PruneOptions
+    refines_weights = True
     changes_structure = True
 
     @property
@@ -401,6 +405,7 @@ class AlignOptions:
 @COMPRESSORS.register("align")
 class Align(Step):
     options_type = AlignOptions
+    refines_weights = True
     changes_structure = True
 
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
@@ -463,6 +468,7 @@ class LowRankOptions:
 @COMPRESSORS.register("lowrank")
 class LowRank(Step):
     options_type = LowRankOptions
+    refines_weights = True
     changes_structure = True
     checks_structure = True
 
@@ -500,6 +506,7 @@ class InputsOptions:
 @COMPRESSORS.register("inputs")
 class Inputs(Step):
     options_type = InputsOptions
+    refines_weights = True
 
     def knobs(self, subject: Subject) -> dict[str, dict[str, Any]]:
         """The knobs that lower something for this subject (numbers are caps; see InputsOptions)."""
@@ -552,6 +559,7 @@ class BandsOptions:
 @COMPRESSORS.register("bands")
 class Bands(Step):
     options_type = BandsOptions
+    refines_weights = True
 
     def bands_kept(self, height: int) -> int:
         o = self.options
@@ -606,6 +614,7 @@ class Distill(Step):
     """A distillation fine-tune on its own (after a step that asked for none)."""
 
     options_type = DistillOptions
+    refines_weights = True
 
     def apply(self, subject: Subject, ctx: Context) -> dict[str, Any]:
         return {"best_val_accuracy": finetune(subject, ctx, self.options, f"{subject.name}: distill")}
