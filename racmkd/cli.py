@@ -270,8 +270,9 @@ def run_all(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: SetOpt
         run_dir = run_pipeline(cfg)
     except _errors() as err:
         raise _fail(err) from None
-    report = json.loads((run_dir / "report.json").read_text())
-    for name_, entry in report["models"].items():
+    from racmkd.runs import read_report
+
+    for name_, entry in read_report(run_dir)["models"].items():
         typer.echo(f"{name_:24s} accuracy {entry['accuracy']:.4f}  {entry['param_bytes_fp32'] / 1024:9.1f} KB  {entry['latency_ms_p50']:.3f} ms")
     typer.echo(f"report: {run_dir / 'report.md'}")
 

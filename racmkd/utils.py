@@ -123,6 +123,17 @@ def percentile(values: Iterable[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
+def human_bytes(n: float) -> str:
+    """A byte count for a table: 512 B, 1.5 KB, 2.3 MB (1024-based, as the device profiles' figures)."""
+    if abs(n) < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB", "GB"):
+        n /= 1024
+        if abs(n) < 1024 or unit == "GB":
+            break
+    return f"{n:.1f} {unit}"
+
+
 def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
     """Write a matplotlib figure as PNG atomically (a plot stopped halfway is no PNG: the earlier
     one stays whole) and close it."""

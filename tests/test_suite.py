@@ -397,7 +397,7 @@ def test_a_suite_with_a_broken_recipe_stops_before_training(tmp_path: Path, monk
     settings = suite.SuiteSettings(config=TINY, runs_dir=tmp_path / "never", recipe=tmp_path / "absent.yaml")
     with pytest.raises(RecipeError, match="--recipe .*absent.yaml"):
         suite.run_suite(settings)
-    with pytest.raises(RecipeError, match=r"--tier-recipe critical=.*broken.yaml.*unknown step 'prnue'"):
+    with pytest.raises(RecipeError, match=r"--tier-recipe critical=.*broken.yaml.*unknown compression step 'prnue'"):
         suite.run_suite(replace(settings, recipe=good, tier_recipes={"critical": broken}))
     assert not (tmp_path / "never").exists()
 

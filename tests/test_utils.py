@@ -205,3 +205,9 @@ def test_a_cache_file_that_is_damaged_or_not_an_object_reads_as_absent(tmp_path:
     cache.write_text('{"commit": "abc"}')
     assert cached_json(cache) == {"commit": "abc"}
     assert cached_json(tmp_path) is None  # a folder
+
+
+def test_human_bytes_is_the_one_byte_format_of_the_reports() -> None:
+    from racmkd.utils import human_bytes
+
+    assert [human_bytes(n) for n in (0, 1023, 1024, 1536, 2**20, 5 * 2**30)] == ["0 B", "1023 B", "1.0 KB", "1.5 KB", "1.0 MB", "5.0 GB"]

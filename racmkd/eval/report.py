@@ -22,7 +22,7 @@ from racmkd.models.checkpoint import load_model
 from racmkd.models.inference import BatchFeatures, predict_split
 from racmkd.runs import compressed_records, open_run, read_selection, record_timing, teacher_names
 from racmkd.runtime.predictor import Predictor
-from racmkd.utils import atomic_write_json, atomic_write_text, progress, sha256, torch_threads
+from racmkd.utils import atomic_write_json, atomic_write_text, human_bytes, progress, sha256, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -256,14 +256,6 @@ def evaluate_run(run_dir: str | Path, dataset: PairedDataset | None = None) -> d
     return report
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _inputs(entry: dict[str, Any]) -> str:
     parts = []
     for m, spec in entry["inputs"].items():
@@ -306,9 +298,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     for name, e in report["models"].items():
         retention = f"{e['retention']:.1%}" if "retention" in e else ""
         auc = f"{e['auc_roc']:.4f}" if e["auc_roc"] is not None else "n/a"
-        weights = _fmt_bytes(e["param_bytes_fp32"]) if "bytes_deployable" not in e else f"{_fmt_bytes(e['weight_bytes'])} ({e['format']})"
+        weights = human_bytes(e["param_bytes_fp32"]) if "bytes_deployable" not in e else f"{human_bytes(e['weight_bytes'])} ({e['format']})"
         lines.append(
-            f"| {name} | {_inputs(e)} | {e['accuracy']:.4f} | {e['f1_macro']:.4f} | {auc} | {retention} | {e['params']:,} | {weights} | {e['flops'] / 1e6:.2f} M | {_fmt_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} / {e['latency_ms_p95']:.3f} | {e['energy_mj']:.4f} ({e['energy_source']}) |"
+            f"| {name} | {_inputs(e)} | {e['accuracy']:.4f} | {e['f1_macro']:.4f} | {auc} | {retention} | {e['params']:,} | {weights} | {e['flops'] / 1e6:.2f} M | {human_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} / {e['latency_ms_p95']:.3f} | {e['energy_mj']:.4f} ({e['energy_source']}) |"
         )
     lines += [
         "",
@@ -331,7 +323,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             ratio = f"{e['compression_ratio']:.1f}x" if e.get("compression_ratio") else ""
             retention = f"{e['retention']:.1%}" if "retention" in e else ""  # blank, not 0.0%, without a teacher
             lines.append(
-                f"| {name} | {e['format']} | {_fmt_bytes(e['bytes_deployable'])} | {ratio} | {e['accuracy']:.4f} | {delta} | {retention} | {e['flops'] / 1e6:.2f} M | {_fmt_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} | {e['artifact_reason']} |"
+                f"| {name} | {e['format']} | {human_bytes(e['bytes_deployable'])} | {ratio} | {e['accuracy']:.4f} | {delta} | {retention} | {e['flops'] / 1e6:.2f} M | {human_bytes(e['peak_activation_bytes'])} | {e['latency_ms_p50']:.3f} | {e['artifact_reason']} |"
             )
     missing = {n: e["accuracy_without"] for n, e in report["models"].items() if "accuracy_without" in e}
     if missing:
@@ -361,7 +353,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
         for tier, t in report["selection"]["tiers"].items():
             lines += [
-                f"**{tier}** (budget {_fmt_bytes(t['budget_bytes'])}): chose `{t.get('chosen')}`, {t.get('reason', '')}.",
+                f"**{tier}** (budget {human_bytes(t['budget_bytes'])}): chose `{t.get('chosen')}`, {t.get('reason', '')}.",
                 "",
                 "| candidate | width | params | FLOPs | val accuracy |",
                 "|---|---|---|---|---|",

@@ -52,7 +52,7 @@ from racmkd.pipeline import (
     train_teachers,
 )
 from racmkd.runs import RunError, compressed_records, open_run
-from racmkd.utils import atomic_write_json, cached_json, progress, sha256
+from racmkd.utils import atomic_write_json, cached_json, human_bytes, progress, sha256
 
 TIERS = ("high", "medium", "low", "critical")
 # rows.json's note (under `missing`) for rows the suite does not train when it compresses nothing
@@ -769,10 +769,6 @@ def mean_pm(stat: dict[str, float] | None, digits: int = 4) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}" if stat["n"] > 1 and stat["std"] > 0 else f"{stat['mean']:.{digits}f}"
 
 
-def _kb(n: float) -> str:
-    return f"{n / 1024:.1f} KB" if n < 2**20 else f"{n / 2**20:.2f} MB"
-
-
 def _tier_recipes(result: dict[str, Any]) -> str:
     """The recipes that replaced the suite's for some tiers."""
     return "".join(f" (`{_in_repo(r)}` for the {t} tier)" for t, r in result.get("tier_recipes", {}).items())
@@ -781,7 +777,7 @@ def _tier_recipes(result: dict[str, Any]) -> str:
 def _seed_sizes(row: dict[str, Any]) -> str:
     """The seeds' deployable bytes, when they differ from one another as printed (int8 files of one
     design differ by a few bytes of scales: TinyML's read "11.7 KB" three times)."""
-    sizes = [_kb(n) for n in row.get("bytes_deployable_seeds", [])]
+    sizes = [human_bytes(n) for n in row.get("bytes_deployable_seeds", [])]
     return f" (seeds: {', '.join(sizes)})" if len(set(sizes)) > 1 else ""
 
 
@@ -828,7 +824,7 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
         for name, r in rows.items():
             ret = f"{r['retention']:.2%}" if "retention" in r else ""
             lines.append(
-                f"| {r['label']} | {mean_pm(r['accuracy'])} | {mean_pm(r['f1_macro'])} | {mean_pm(r['auc_roc'])} | {ret} | {r['params']:,} | {_kb(r['bytes_deployable'])}{_seed_sizes(r)} | {_kb(r['memory_bytes'])} | {r['flops'] / 1e6:.2f} M | {r['latency_ms_p50']:.3f} / {r['latency_ms_p95']:.3f} ms | {r['energy_mj_estimated']:.4f} mJ | {r['format']} |"
+                f"| {r['label']} | {mean_pm(r['accuracy'])} | {mean_pm(r['f1_macro'])} | {mean_pm(r['auc_roc'])} | {ret} | {r['params']:,} | {human_bytes(r['bytes_deployable'])}{_seed_sizes(r)} | {human_bytes(r['memory_bytes'])} | {r['flops'] / 1e6:.2f} M | {r['latency_ms_p50']:.3f} / {r['latency_ms_p95']:.3f} ms | {r['energy_mj_estimated']:.4f} mJ | {r['format']} |"
             )
         if section.get("missing"):
             lines += ["", "Rows not produced: " + "; ".join(f"{name}: {why}" for name, why in section["missing"].items()) + "."]
@@ -844,7 +840,7 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
         for tier in TIERS:
             if "retention" in rows.get(tier, {}):
                 lines.append(
-                    f"| {tier} | {rows[tier]['retention']:.2%} | {SEED_PAPER['retention'][tier]:.1%} | {_kb(rows[tier]['memory_bytes'])} | {SEED_PAPER['memory_mb'].get(tier, SEED_PAPER['memory_mb']['low'])} MB{' (their low tier; critical not given)' if tier == 'critical' else ''} |"
+                    f"| {tier} | {rows[tier]['retention']:.2%} | {SEED_PAPER['retention'][tier]:.1%} | {human_bytes(rows[tier]['memory_bytes'])} | {SEED_PAPER['memory_mb'].get(tier, SEED_PAPER['memory_mb']['low'])} MB{' (their low tier; critical not given)' if tier == 'critical' else ''} |"
                 )
         for cost, front in section["pareto"].items():
             lines += ["", f"Pareto front, accuracy vs {cost} (cheapest first): " + " → ".join(LABELS.get(n, n) for n in front) + "."]
@@ -879,8 +875,8 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
                     change = f"{r['slo_gain']:+.4f} (noise {r['slo_noise']:.4f})" if r.get("slo_gain") is not None else no_static
                     helps = "undecided" if r["helps_accuracy"] is None else "yes" if r["helps_accuracy"] else "no"
                     memory = (
-                        f"{_kb(r['memory_bytes'])} held"
-                        + (f" (static high {_kb(r['memory_bytes_static_high'])})" if r["memory_bytes_static_high"] else "")
+                        f"{human_bytes(r['memory_bytes'])} held"
+                        + (f" (static high {human_bytes(r['memory_bytes_static_high'])})" if r["memory_bytes_static_high"] else "")
                         + ", the bank's figures"
                     )
                     energy = (
@@ -903,7 +899,7 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
                     )
                     helps = ("undecided" if r["helps_accuracy"] is None else "yes" if r["helps_accuracy"] else "no") if "helps_accuracy" in r else ""
                     lines.append(
-                        f"| {r['row']} | {mean_pm(r['accuracy'])} | {change} | {helps} | {_kb(r['memory_bytes'])} | {_kb(r['bytes_deployable'])} | {r['latency_ms_p50']:.3f} ms | {r['energy_mj_estimated']:.4f} mJ |"
+                        f"| {r['row']} | {mean_pm(r['accuracy'])} | {change} | {helps} | {human_bytes(r['memory_bytes'])} | {human_bytes(r['bytes_deployable'])} | {r['latency_ms_p50']:.3f} ms | {r['energy_mj_estimated']:.4f} mJ |"
                     )
         if section.get("robustness"):  # (every model failing leaves only the reasons, below)
             rob = section["robustness"]
