@@ -207,7 +207,8 @@ def train_teacher(
     ] = None,
 ) -> None:
     """Train the unimodal teachers and the fused teacher into a new run directory (or, with --run, into an existing one that has no whole teacher set yet)."""
-    from racmkd.pipeline import check_teacher_inputs, check_teachers_trainable, create_run, open_run, prepare_data, train_teachers
+    from racmkd.pipeline import check_teacher_inputs, check_teachers_trainable, open_run, prepare_data, train_teachers
+    from racmkd.runs import new_run
 
     try:
         if run is not None:
@@ -223,8 +224,10 @@ def train_teacher(
         dataset = prepare_data(cfg)  # first: a run folder (and runs/latest) only for data that loads
         check_teacher_inputs(cfg, dataset)
         if run is None:
-            run_dir = create_run(cfg)
-        train_teachers(cfg, dataset, run_dir)
+            with new_run(cfg) as run_dir:  # (removed again if no teacher is saved)
+                train_teachers(cfg, dataset, run_dir)
+        else:
+            train_teachers(cfg, dataset, run_dir)
     except _errors() as err:
         raise _fail(err) from None
     typer.echo(f"teachers saved in {run_dir}/checkpoints")

@@ -849,6 +849,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)  # flattens merges, as the plain SafeLoader does
 
 
+# YAML 1.2's floats: PyYAML follows YAML 1.1, where a float needs a dot, so `lr: 1e-3` was the
+# string '1e-3' and refused as "expected a number" (1.0e-3 was taken). Added to our loader alone.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def load_yaml(text: str) -> Any:
     """YAML text as plain values (PyYAML's safe subset), a key named twice in one mapping an error."""
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass

@@ -36,6 +36,7 @@ from racmkd.runs import (  # noqa: F401 - run directories (racmkd.runs, no torch
     RunError,
     checkpoint,
     create_run,
+    new_run,
     link_latest,
     missing_teachers,
     open_run,
@@ -131,7 +132,7 @@ def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> lis
             seed_everything(cfg.seed + 100 + offset)
             specs = teacher_specs(dataset.modalities, [m], tc.level)
             model = teacher(model_inputs(dataset.modalities, specs, "teacher"), tc.width, tc.embed_dim, tc.fusion_hidden, tc.dropout, depth=tc.depth)
-            unimodal.append(Job(f"{TEACHER}_{m}", model, specs, tc.unimodal))
+            unimodal.append(Job(f"{TEACHER}_{m}", model, specs, tc.unimodal, lr_setting=f"teacher.unimodal.lr in {run_dir}/config.yaml"))
         train_jobs(
             dataset,
             unimodal,
@@ -153,7 +154,7 @@ def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> lis
                 (m,) = job.specs
                 model.encoders[m].load_state_dict(job.model.encoders[m].state_dict())
                 model.encoders[m].requires_grad_(not tc.freeze_encoders)
-            fused_jobs = [Job(TEACHER, model, specs, tc.fused)]
+            fused_jobs = [Job(TEACHER, model, specs, tc.fused, lr_setting=f"teacher.fused.lr in {run_dir}/config.yaml")]
             train_jobs(
                 dataset,
                 fused_jobs,
@@ -355,6 +356,7 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
                         cfg.students.train,
                         objective_weights(cfg.distill, tier.budget_bytes, budgets),
                         cfg.distill,
+                        lr_setting=f"students.train.lr in {run_dir}/config.yaml",
                     )
                     attach_projection(jobs[d.key], teachers[0].model)
         if jobs:
@@ -446,11 +448,13 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
             objective_weights(cfg.distill, tier.budget_bytes, budgets),
             cfg.distill,
             epochs=train.epochs,
+            lr_setting=f"students.train.lr in {run_dir}/config.yaml",
         )
         attach_projection(job, teachers[0].model)
         jobs.append(job)
         if cfg.students.labels_only:
-            jobs.append(Job(f"{tier.name}_labels_only", build_student(design, dataset.modalities, cfg.seed + 7), specs, train, epochs=train.epochs))
+            baseline = build_student(design, dataset.modalities, cfg.seed + 7)
+            jobs.append(Job(f"{tier.name}_labels_only", baseline, specs, train, epochs=train.epochs, lr_setting=f"students.train.lr in {run_dir}/config.yaml"))
     # A tier that trains longer than the others replays their epochs, the teachers' answers kept from them.
     shared_epochs = cfg.students.train.epochs
     replay_after = shared_epochs if cfg.students.replay and any(learns_from_teachers(j) and j.epochs > shared_epochs for j in jobs) else 0
@@ -491,8 +495,9 @@ def remove_derived(run_dir: Path, tiers: list[str], models: list[str] | None = N
     """Remove what was made from these tiers' students before they are replaced: their compressed
     artifacts (the compression benchmark's too), the edge bank, and the run's `racmkd export` files
     of these `models` (default: the tiers' students) in <run>/onnx/ (`<model>.*`, `<model>-<inputs>.*`,
-    their export.json and profiles included). Left, they would be measured against students they
-    were not made from, and served."""
+    their export.json and profiles included), and the run's report, which measured the students
+    replaced. Left, they would be measured against students they were not made from, and served
+    (a fog's /models advertised the old students' accuracy to the edges that offload to it)."""
     folders = [compressed_dir(run_dir, t) for t in tiers] + [p for t in tiers for p in (run_dir / "experiments").glob(f"*/{t}")]
     for folder in folders:
         if folder.exists():
@@ -511,6 +516,15 @@ def remove_derived(run_dir: Path, tiers: list[str], models: list[str] | None = N
             ", ".join(sorted(f.name for f in exported)),
         )
     remove_bank(run_dir, "made from students now retrained")
+    measured = [run_dir / name for name in REPORT_FILES if (run_dir / name).exists()]
+    for file in measured:  # (served, report.json's accuracies were the fog's and cloud's advertised ones)
+        file.unlink()
+    if measured:
+        log.warning("%s: the run's report measured the students now retrained: removed (measure the run again: `racmkd evaluate --run %s`)", run_dir, run_dir)
+
+
+# What `racmkd evaluate` writes: the report and its plots, all of the run's models measured together.
+REPORT_FILES = ("report.json", "report.md", "accuracy_vs_memory.png", "accuracy_vs_latency.png", "training_curves.png")
 
 
 def remove_bank(run_dir: Path, why: str) -> None:
@@ -812,9 +826,9 @@ def run_pipeline(cfg: RunConfig) -> Path:
     data_seconds = time.perf_counter() - started
     check_teacher_inputs(cfg, dataset)  # and a teacher config that fits the data
     check_student_designs(cfg, dataset)  # and students that can be built (a few seconds)
-    run_dir = create_run(cfg)
-    record_timing(run_dir, "data", data_seconds)
-    train_teachers(cfg, dataset, run_dir)
+    with new_run(cfg) as run_dir:  # (removed again if no teacher is saved)
+        record_timing(run_dir, "data", data_seconds)
+        train_teachers(cfg, dataset, run_dir)
     distill_students(cfg, dataset, run_dir)
     if cfg.compress.tiers:
         compress_students(cfg, dataset, run_dir, list(cfg.compress.tiers))

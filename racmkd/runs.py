@@ -9,10 +9,12 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from racmkd.config import ConfigError, RunConfig, load_config, save_config
+from racmkd.config import ConfigError, RunConfig, load_config, read_yaml_mapping, save_config
 from racmkd.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -105,13 +107,55 @@ def check_latest(latest: Path) -> None:
     )
 
 
+@contextmanager
+def new_run(cfg: RunConfig) -> Iterator[Path]:
+    """`create_run`, undone when the work inside fails before the run holds a checkpoint: a run
+    whose first teacher diverged was left as a config.yaml alone, with runs/latest pointing at it
+    (`racmkd predict` then found no model, the whole run before it in reach no more) and its name
+    taken (`--name` refused again, for a run with nothing in it). runs/latest goes back to the run
+    it named before. A run with a checkpoint stays, to go on from (`_going_on`)."""
+    runs = Path(cfg.runs_dir)
+    latest = runs / "latest"
+    previous = os.readlink(latest) if latest.is_symlink() else None
+    taken_over = bool(cfg.name) and (runs / cfg.name).exists()  # (a folder of that name without a config: left as it was)
+    run_dir = create_run(cfg)
+    try:
+        yield run_dir
+    except BaseException:
+        if not any((run_dir / "checkpoints").glob("*.pt")):
+            _discard(run_dir, taken_over, latest, previous)
+        raise
+
+
+def _discard(run_dir: Path, taken_over: bool, latest: Path, previous: str | None) -> None:
+    """Remove a run that holds no checkpoint and give runs/latest back to the run it named before."""
+    try:
+        if taken_over:
+            for name in ("config.yaml", "timings.json"):
+                (run_dir / name).unlink(missing_ok=True)
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        if latest.is_symlink() and os.readlink(latest) == run_dir.name:
+            if previous is not None and (latest.parent / previous).is_dir():
+                _point(latest, previous)
+            else:
+                latest.unlink()
+    except OSError as err:  # (the failure being raised is the news; this one only logged)
+        log.warning("%s: could not remove the run that failed before its first checkpoint: %s", run_dir, err)
+
+
 def link_latest(run_dir: Path) -> None:
     """Point runs/latest at `run_dir` (replaced atomically)."""
     latest = run_dir.parent / "latest"
     check_latest(latest)
-    tmp = run_dir.parent / f".latest.{os.getpid()}"
+    _point(latest, run_dir.name)
+
+
+def _point(latest: Path, target: str) -> None:
+    """Make the link `latest` name `target` (a run folder beside it), replaced atomically."""
+    tmp = latest.parent / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run_dir.name)
+    tmp.symlink_to(target)
     try:
         os.replace(tmp, latest)
     except BaseException:
@@ -119,12 +163,25 @@ def link_latest(run_dir: Path) -> None:
         raise
 
 
+RUN_SECTIONS = ("data", "teacher", "students")  # in every run's config.yaml since the first
+
+
 def open_run(run: str | Path) -> tuple[Path, RunConfig]:
     """An existing run directory and the config it was created with."""
     run_dir = Path(run)
-    if not (run_dir / "config.yaml").is_file():
+    path = run_dir / "config.yaml"
+    if not path.is_file():
         raise RunError(f"{run_dir}: not a run directory (no config.yaml). Start one with `racmkd train-teacher` or `racmkd run`.")
-    return run_dir.resolve(), load_config(run_dir / "config.yaml")
+    # A run's config is written whole (save_config): one without these sections, an emptied file
+    # say, read as the defaults, and `racmkd evaluate` measured the run on another protocol's data
+    # and wrote that over its report. (Sections added since may be missing from older runs' files.)
+    written = read_yaml_mapping(path, "")
+    missing = [section for section in RUN_SECTIONS if section not in written]
+    if missing:
+        raise RunError(
+            f"{path}: not a whole run config (no {', '.join(missing)}): racmkd writes it in full when the run starts, and the run's models are trained by it. Put the run's config back (from a copy), or start a new run."
+        )
+    return run_dir.resolve(), load_config(path)
 
 
 def read_report(run_dir: Path) -> dict[str, Any]:

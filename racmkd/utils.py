@@ -267,9 +267,13 @@ def fsync_folder(folder: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write `data` to `path` through `replacing`: a crash never leaves half a file."""
+    """Write `data` to `path` through `replacing`: a crash never leaves half a file. A failed write
+    (a full disk) names `path`, not the temporary file, nor nothing at all as a write error does."""
     with replacing(path, mode) as tmp:
-        tmp.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+        except OSError as err:
+            raise OSError(err.errno, f"cannot write it ({err.strerror})", str(path)) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -306,11 +310,16 @@ def json_safe(obj: Any) -> Any:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """`torch.save` through `replacing`."""
+    """`torch.save` through `atomic_write_bytes`: serialized in memory first, so that a full disk
+    is an OSError naming no space left (torch's own writer raised "RuntimeError: [enforce fail at
+    inline_container.cc:672] . unexpected pos 97216 vs 97104", naming neither)."""
+    import io
+
     import torch
 
-    with replacing(path) as tmp:
-        torch.save(obj, tmp)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def seed_everything(seed: int) -> torch.Generator:

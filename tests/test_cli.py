@@ -175,6 +175,8 @@ def test_staged_commands_make_a_run(shared_root: Path, cache_dir: Path, tmp_path
         (run / made).mkdir(parents=True)
     (run / "edge" / "bank.json").write_text("{}")
     (run / "edge" / "live.json").write_text("{}")  # what `edge run` served: a record that stays true
+    for name in ("report.json", "report.md", "training_curves.png"):  # as if evaluated: the retrained students' accuracy in it
+        (run / name).write_text("{}")
     exported = ["critical.fp32.onnx", "critical.int8.onnx", "critical.export.json", "critical.fp32.profile.json", "critical-audio.fp32.onnx"]
     exported.append("critical_labels_only.fp32.onnx")  # its labels-only baseline, retrained beside it
     others = ["high.fp32.onnx", "high-image.fp32.onnx", "teacher.fp32.onnx"]
@@ -185,6 +187,7 @@ def test_staged_commands_make_a_run(shared_root: Path, cache_dir: Path, tmp_path
     assert result.exit_code == 0 and not (run / "compressed" / "critical").exists() and (run / "compressed" / "high").is_dir()
     assert sorted(p.name for p in (run / "edge").iterdir()) == ["live.json"]
     assert sorted(p.name for p in (run / "onnx").iterdir()) == sorted(others)
+    assert not any((run / name).exists() for name in ("report.json", "report.md", "training_curves.png"))  # a fog served its old figures
     result = runner.invoke(app, ["distill", "--run", str(run), "--tier", "tiny"])
     assert result.exit_code == 2 and "unknown tier" in result.output
     result = runner.invoke(app, ["train-teacher", *base, *small, "--name", "staged"])  # the name taken: the run is not written over

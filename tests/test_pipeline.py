@@ -271,12 +271,31 @@ def test_a_job_whose_training_diverges_stops_the_pass_with_an_error_naming_it(ti
     from racmkd.distill.trainer import Job, TrainingDiverged, train_jobs
 
     model, specs, _, _ = load_model(tiny_run / "checkpoints" / "critical.pt")
-    with pytest.raises(TrainingDiverged, match=r"training wild diverged: its loss is nan .*lower train.lr"):
+    with pytest.raises(TrainingDiverged, match=r"training wild diverged: its loss is nan \(lr 100000000.0: lower students.train.lr\)"):
         train_jobs(tiny_dataset, [Job("wild", model, specs, TrainConfig(epochs=1, lr=1e8))], 1, 64, seed=5, samples_per_epoch=256, val_limit=64)
     with pytest.raises(ConfigError, match=r"distill.distill_losses.kd: nan"):  # a NaN loss weight: refused when the config is read
         DistillConfig(distill_losses={"kd": float("nan")})
     with pytest.raises(ConfigError, match=r"distill.align_losses.feature: -1.0"):
         DistillConfig(align_losses={"feature": -1.0})
+
+
+def test_a_run_whose_first_teacher_diverges_leaves_no_run_behind(cache_dir: Path, tmp_path: Path) -> None:
+    """It left a config.yaml alone with runs/latest pointing at it (`racmkd predict` found no model,
+    the run before out of reach) and its --name taken; the message named train.lr, a setting of no
+    teacher."""
+    from conftest import tiny_config
+
+    from racmkd.distill.trainer import TrainingDiverged
+    from racmkd.pipeline import run_pipeline
+
+    runs = tmp_path / "runs"
+    (runs / "earlier" / "checkpoints").mkdir(parents=True)
+    (runs / "latest").symlink_to("earlier")
+    for name in ("", "named"):
+        cfg = tiny_config(cache_dir, runs, f"name='{name}'", "teacher.unimodal.lr=1e9")
+        with pytest.raises(TrainingDiverged, match=r"teacher_\w+ diverged: .*lower teacher.unimodal.lr in .*config.yaml\)$"):
+            run_pipeline(cfg)
+        assert sorted(p.name for p in runs.iterdir()) == ["earlier", "latest"] and os.readlink(runs / "latest") == "earlier"
 
 
 def test_jobs_stepping_side_by_side_in_threads_learn_what_they_learn_one_after_another(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001

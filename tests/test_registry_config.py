@@ -644,3 +644,28 @@ def test_a_package_imports_only_from_the_layers_above_it() -> None:
                 if target_layer in rank and rank[target_layer] > rank[layer] and (module, target_layer) not in ALLOWED_UPWARD:
                     upward.append(f"{path.relative_to(root)}:{node.lineno} imports {target}")
     assert not upward, "imports from a layer below (move the shared code up, or list the exception with its reason):\n" + "\n".join(upward)
+
+
+def test_scientific_notation_is_a_number_in_configs_and_overrides(tmp_path: Path) -> None:
+    """YAML 1.1 needs a dot in a float: `lr: 1e-3` was the string '1e-3', refused as "expected a
+    number" (1.0e-3 was taken)."""
+    (tmp_path / "c.yaml").write_text("students:\n  train:\n    lr: 2e-3\n")
+    cfg = load_config(tmp_path / "c.yaml", ["teacher.fused.lr=1E-4", "students.train.weight_decay=5e-5"])
+    assert (cfg.students.train.lr, cfg.teacher.fused.lr, cfg.students.train.weight_decay) == (0.002, 0.0001, 5e-05)
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_config(None, ["students.train.epochs=1e3"])  # a float still, where a count goes
+
+
+def test_a_run_whose_config_lost_its_sections_is_refused_not_read_as_the_defaults(tmp_path: Path) -> None:
+    """An emptied config.yaml read as the defaults: `racmkd evaluate` measured the run on the
+    default protocol's data and wrote that over its report."""
+    from racmkd.runs import RunError, open_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(load_config(None, ["data.protocol=clean"]), run / "config.yaml")
+    assert open_run(run)[1].data.protocol == "clean"
+    for text in ("", "seed: 3\n"):
+        (run / "config.yaml").write_text(text)
+        with pytest.raises(RunError, match=r"config.yaml: not a whole run config \(no data, teacher, students\)"):
+            open_run(run)

@@ -211,3 +211,25 @@ def test_human_bytes_is_the_one_byte_format_of_the_reports() -> None:
     from racmkd.utils import human_bytes
 
     assert [human_bytes(n) for n in (0, 1023, 1024, 1536, 2**20, 5 * 2**30)] == ["0 B", "1023 B", "1.0 KB", "1.5 KB", "1.0 MB", "5.0 GB"]
+
+
+def test_a_checkpoint_that_does_not_fit_on_disk_is_an_oserror_naming_it(tmp_path: Path) -> None:
+    """torch's writer reported a full disk as "RuntimeError: [enforce fail at inline_container.cc:672]
+    . unexpected pos 97216 vs 97104", naming neither the file nor the cause (the CLI showed it as a
+    traceback). A file-size limit stands in for the full disk."""
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "import torch\n"
+        "from racmkd.utils import atomic_torch_save\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+        "try:\n"
+        "    atomic_torch_save({'w': torch.zeros(10000)}, Path(sys.argv[1]) / 'm.pt')\n"
+        "except OSError as err:\n"
+        "    print(err)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "cannot write it (File too large)" in done.stdout and str(tmp_path / "m.pt") in done.stdout
+    assert list(tmp_path.iterdir()) == []  # no temporary file left

@@ -120,7 +120,15 @@ def finetune(subject: Subject, ctx: Context, options: Finetune, desc: str) -> fl
         precision="fp32",
         mixup=base.mixup,
     )
-    job = Job(subject.name, subject.model, subject.specs, train, subject.weights, ctx.cfg.distill)
+    job = Job(
+        subject.name,
+        subject.model,
+        subject.specs,
+        train,
+        subject.weights,
+        ctx.cfg.distill,
+        lr_setting=f"the compression recipe's lr for the {desc.split(': ', 1)[-1]}",
+    )
     ctx.seed += 1
     seed = ctx.cfg.seed + 1000 + ctx.seed
     attach_projection(job, ctx.teachers[0].model, seed)  # the same start whatever ran before in the process

@@ -46,6 +46,14 @@ class Teacher:
     specs: dict[str, Any]
 
 
+def divergence_fix(job: Job) -> str:
+    """What to lower when `job` diverged: its own learning rate's setting (it said "train.lr", a
+    setting of no teacher and of no compression recipe), and the loss weights where a teacher
+    teaches it."""
+    weights = " or check the loss weights (distill.*)" if job.weights is not None else ""
+    return f"lr {job.config.lr}: lower {job.lr_setting}{weights}"
+
+
 @dataclass
 class Job:
     """One model being trained, with what it needs to learn and what it learned."""
@@ -60,6 +68,7 @@ class Job:
     teacher: str | None = None  # the teacher this job distils from; None: the pass's first (fused) teacher
     teacher_index: int = field(default=0, init=False)  # where `teacher` is in the pass (set by train_jobs)
     epochs: int | None = None  # None: the pass's; a job of other length trains beside the pass's others (sharing the teachers' forward passes) for its own
+    lr_setting: str = "students.train.lr"  # where its learning rate is set, for the message when it diverges
     history: list[dict[str, float]] = field(default_factory=list)
     best_accuracy: float = -1.0
     best_state: dict[str, torch.Tensor] | None = None
@@ -351,9 +360,7 @@ def train_step(
         loss, _ = objective(job, out, logits, labels, *taught, mix)
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise TrainingDiverged(
-            f"training {job.name} diverged: its loss is {value} (lr {job.config.lr}); lower train.lr or check the loss weights (distill.*) in the config"
-        )
+        raise TrainingDiverged(f"training {job.name} diverged: its loss is {value} ({divergence_fix(job)})")
     opt, sched = optimizer
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -556,7 +563,7 @@ def train_jobs(
                 (logits,), labels = predict_split(job.model, job.specs, dataset, "val", limit=val_limit, precision=resolve_precision(job.config.precision))
                 if not torch.isfinite(logits).all():
                     raise TrainingDiverged(
-                        f"training {job.name} diverged: its validation logits are not finite after epoch {epoch + 1} (lr {job.config.lr}); lower train.lr or check the loss weights (distill.*) in the config"
+                        f"training {job.name} diverged: its validation logits are not finite after epoch {epoch + 1} ({divergence_fix(job)})"
                     )
                 accuracy = float((logits.argmax(1) == labels).float().mean())
                 job.history.append(

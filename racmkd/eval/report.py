@@ -53,7 +53,8 @@ def measure(name: str, path: Path, dataset: PairedDataset) -> tuple[dict[str, An
     model, specs, modalities, meta = load_model(path)
     withheld = ((),) + (tuple((m,) for m in specs) if len(specs) > 1 else ())  # a missing sensor: each modality withheld
     logits, labels = predict_split(model, specs, dataset, "test", withheld=withheld)
-    retrain = "its weights are damaged or diverged: train it again (`racmkd train`, or `racmkd run`)"
+    again = "`racmkd train-teacher` in a new run" if meta.get("role") == "teacher" else f"`racmkd distill --run {path.parent.parent}`"
+    retrain = f"its weights are damaged or diverged: train it again ({again}, or a new `racmkd run`)"
     entry: dict[str, Any] = {"role": meta.get("role"), "modalities": list(specs), **split_metrics(logits[0], labels, path, retrain)}
     entry["inputs"] = {m: to_dict(s) for m, s in specs.items()}
     if len(withheld) > 1:
