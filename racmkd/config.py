@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Hashable
@@ -38,6 +39,16 @@ class ConfigError(ValueError):
 # The dataclasses, in pipeline order.
 
 
+MAX_SEED = 2**32  # what every generator takes (a larger seed was refused by torch, with no field named, after the run folder was made)
+MAX_THREADS = 256  # a thread setting beyond it is a typo: 100000 ONNX Runtime threads hung the process
+
+
+def check_seed(seed: int, where: str) -> None:
+    """ConfigError unless `seed` is one every random generator takes."""
+    if not 0 <= seed < MAX_SEED:
+        raise ConfigError(f"{where} must be in [0, 2**32), got {seed}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which data, which protocol, and how it is split and paired."""
@@ -59,6 +70,7 @@ class DataConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_seed(self.seed, "data.seed")
         if self.max_train < 0 or self.max_eval < 0:
             raise ConfigError(f"max_train and max_eval must be >= 0 (0 = all samples), got {self.max_train} and {self.max_eval}")
         if not self.cache_max_gb >= 0:  # (NaN fails too)
@@ -372,6 +384,14 @@ class EvalConfig:
     rapl_root: str = "/sys/class/powercap"  # read when present: energy is then "measured"
     energy: EnergyModel = EnergyModel()
 
+    def __post_init__(self) -> None:
+        # (0 timed calls divided measured energy by zero at the end of a run; a negative count
+        # reported negative energy as measured)
+        if self.latency_warmup < 0 or self.latency_iters < 1 or self.latency_rounds < 1:
+            raise ConfigError(
+                f"latency_warmup must be >= 0, latency_iters and latency_rounds >= 1; got {self.latency_warmup}, {self.latency_iters} and {self.latency_rounds}"
+            )
+
 
 @dataclass(frozen=True)
 class MonitorConfig:
@@ -470,8 +490,8 @@ class RuntimeConfig:
             raise ConfigError(f"runtime.step_up_window_s {self.step_up_window_s}: a number of seconds >= 0")
         if not 0 < self.risk_memory_s <= math.inf:
             raise ConfigError(f"runtime.risk_memory_s {self.risk_memory_s}: a positive number of seconds (.inf: never forget)")
-        if self.threads < 1 or self.max_loaded < 0 or self.memory_reserve_bytes < 0:
-            raise ConfigError("runtime: threads must be >= 1, max_loaded and memory_reserve_bytes >= 0")
+        if not 1 <= self.threads <= MAX_THREADS or self.max_loaded < 0 or self.memory_reserve_bytes < 0:
+            raise ConfigError(f"threads must be in [1, {MAX_THREADS}] (got {self.threads}), max_loaded and memory_reserve_bytes >= 0")
         if not 0 < self.memory_share <= 1 or not 0 < self.contention_floor <= 1:
             raise ConfigError(f"runtime.memory_share {self.memory_share} and contention_floor {self.contention_floor}: shares in (0, 1]")
         bad = {m: p for m, p in self.priorities.items() if not 0 <= p <= 1}
@@ -630,8 +650,11 @@ class RunConfig:
     serve: ServeConfig = ServeConfig()
 
     def __post_init__(self) -> None:
-        if self.threads < 0 or self.workers < 1:
-            raise ConfigError(f"threads must be >= 0 (0 = all cores) and workers >= 1; got threads={self.threads}, workers={self.workers}")
+        check_seed(self.seed, "seed")
+        if not 0 <= self.threads <= MAX_THREADS or not 1 <= self.workers <= MAX_THREADS:
+            raise ConfigError(
+                f"threads must be in [0, {MAX_THREADS}] (0 = all cores) and workers in [1, {MAX_THREADS}]; got threads={self.threads}, workers={self.workers}"
+            )
         # A misspelt tier in compress.tiers was refused after the teachers and students had trained,
         # and one in compress.tier_recipes left that tier on the default recipe, silently.
         tiers = [t.name for t in self.students.tiers]
@@ -655,11 +678,16 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
+SHORT_REPR = reprlib.Repr()  # a value as an error shows it: nested lists and long strings cut short
+SHORT_REPR.maxlevel, SHORT_REPR.maxlist, SHORT_REPR.maxdict, SHORT_REPR.maxstring, SHORT_REPR.maxother = 3, 6, 6, 80, 80
+
+
 def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
     """Check `value` against the annotation `tp`, converting YAML lists to tuples and dicts to dataclasses."""
 
     def fail(expected: str) -> ConfigError:
-        error = ConfigError(f"{source}: {where}: expected {expected}, got {value!r}. Fix this value in {source}.")
+        shown = SHORT_REPR.repr(value)  # (a few hundred bytes of YAML aliases expanded to gigabytes)
+        error = ConfigError(f"{source}: {where}: expected {expected}, got {shown}. Fix this value in {source}.")
         error.where = where
         return error
 
@@ -703,11 +731,16 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise fail("an integer")
+        if abs(value) >= 2**63:  # (beyond what numpy and torch take: OverflowError deep in a run)
+            raise fail("an integer within ±2**63")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail("a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer of 400 digits
+            raise fail("a number within ±1.8e308") from None
     if tp is str:
         if not isinstance(value, str):
             raise fail("a string")

@@ -805,6 +805,12 @@ def test_files_that_are_not_racmkd_models_are_refused(tmp_path: Path) -> None:
         ([{"prune": {"ratio": {}}}, "export"], "ratio is an empty mapping"),
         ([{"inputs": {"reduce": {}}}, "export"], "inputs: reduce names nothing to lower"),
         ([{"inputs": {"reduce": {"audio": {}}}}, "export"], "inputs: reduce names nothing to lower"),
+        # Refused when read, not at the step after a `racmkd run`'s training (passed over by the check before it).
+        ([{"prune": {"ratio": 1.5}}, "export"], r"steps\[0\]\.prune: the ratio must be in \[0, 0.95\], got 1.5"),
+        ([{"prune": {"ratio": float("nan")}}, "export"], r"the ratio must be in \[0, 0.95\], got nan"),
+        ([{"prune": {"ratio": {"imag": 0.5}}}, "export"], r"ratio names \['imag'\], no modality\. Did you mean 'image'"),
+        ([{"bands": {"fraction": 2.0}}, "export"], r"steps\[0\]\.bands: set either keep \(a count\) or fraction"),
+        ([{"bands": {"keep": 3, "fraction": 0.5}}, "export"], r"set either keep \(a count\) or fraction \(in \(0, 1\]\), not both"),
     ],
 )
 def test_recipe_validation_errors_name_the_problem(steps: list, message: str) -> None:

@@ -465,6 +465,14 @@ def test_compression_names_tiers_the_config_defines() -> None:
         ("serve.breaker_failures=0", r"serve: breaker_failures 0 \(>= 1\)"),
         ("distill.temperature={low: .inf, high: 2}", r"distill: temperature \(low inf.*must be finite and > 0"),  # NaN loss after the teachers trained
         ("eval.energy.static_watts=.nan", r"eval\.energy: static_watts must be a finite number >= 0"),  # NaN energy figures
+        ("eval.latency_iters=0", r"eval: latency_warmup must be >= 0, latency_iters and latency_rounds >= 1"),  # a ZeroDivisionError after training
+        ("seed=4294967296", r"RunConfig: seed must be in \[0, 2\*\*32\)"),  # refused by torch after the run folder was made
+        ("data.seed=-1", r"data: data\.seed must be in \[0, 2\*\*32\)"),
+        ("seed=18446744073709551616", r"seed: expected an integer within ±2\*\*63"),
+        ("students.train.lr=1" + "0" * 400, r"students\.train\.lr: expected a number within ±1\.8e308"),  # an OverflowError traceback
+        ("runtime.threads=100000", r"runtime: threads must be in \[1, 256\]"),  # 7,143 threads, the process hung
+        ("workers=1000", r"RunConfig: threads must be in \[0, 256\] .* workers in \[1, 256\]"),
+        ("data.modalities=[[[[[[[1, 2, 3, 4, 5, 6, 7, 8]]]]]]]", r"data\.modalities\[0\]: expected a string, got \[\[\[\[\.\.\.\]\]\]\]\."),  # shown short
         (
             "students.tiers.0.modalities=[adio]",
             r"students\.tiers\.0\.modalities\.adio: no modality 'adio'\. Did you mean 'audio'",

@@ -374,6 +374,7 @@ def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path, caplog: pytest.L
         # spans no replay can use: a nanosecond (replayed in no time, a monitor share of 20,062,800%), and 7e307 s
         ("t,cpu_percent\n0,20\n1e-9,30\n", r"its readings span 1e-09 s .*is t in seconds\?"),
         ("t,cpu_percent\n1e308,20\n1.7e308,30\n", r"its readings span 7e\+307 s"),
+        ("t,cpu_percent,cpu_percent\n0,10,90\n1,20,80\n", "the header names cpu_percent more than once"),  # the last one read, in silence
     ],
 )
 def test_bad_trace_files_are_clear_errors(tmp_path: Path, content: str, message: str) -> None:

@@ -19,6 +19,7 @@ accuracy), so a step only reports what is particular to it.
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -51,7 +52,7 @@ from racmkd.distill.adaptive import ObjectiveWeights
 from racmkd.distill.trainer import Job, Teacher, attach_projection, train_jobs
 from racmkd.measure.cost import LATENCY_TIE, ROUNDS_WON, clearly_faster, latency_round_robin, rounds_for
 from racmkd.models.multimodal import MultimodalNet
-from racmkd.registry import COMPRESSORS
+from racmkd.registry import COMPRESSORS, MODALITIES
 from racmkd.utils import torch_threads
 
 
@@ -260,6 +261,16 @@ class PruneOptions:
         require(self.recover >= 0, f"prune: recover must be >= 0 fine-tunes, got {self.recover}")
         require(self.backoff >= 0, f"prune: backoff must be >= 0 smaller cuts, got {self.backoff}")
         require(self.drop_from in ("step", "recipe"), f"prune: drop_from must be step or recipe, got {self.drop_from!r}")
+        # Checked when the recipe is read: at the step, a ratio of 1.5 or for "imag" was refused after
+        # the teachers and students of a `racmkd run` had trained.
+        given = self.ratio if isinstance(self.ratio, dict) else {} if self.ratio is None else {"": self.ratio}
+        for modality, ratio in given.items():
+            require(0.0 <= ratio <= MAX_RATIO, f"prune: the ratio{f' for {modality}' if modality else ''} must be in [0, {MAX_RATIO}], got {ratio}")
+        unknown = [m for m in given if m and m not in MODALITIES]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], MODALITIES.names(), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"prune: ratio names {unknown}, no modality.{hint} Known: {', '.join(MODALITIES.names())}")
 
 
 @COMPRESSORS.register("prune")
@@ -560,6 +571,10 @@ class BandsOptions:
 
     def __post_init__(self) -> None:
         require(self.keep >= 0 and self.samples >= 1, f"bands: keep must be >= 0 and samples >= 1, got {self.keep} and {self.samples}")
+        require(
+            bool(self.keep) != bool(self.fraction) and 0 <= self.fraction <= 1,  # (NaN fails)
+            f"bands: set either keep (a count) or fraction (in (0, 1]), not both or neither; got keep={self.keep}, fraction={self.fraction}",
+        )
 
     finetune: Finetune = Finetune()
 
@@ -579,8 +594,6 @@ class Bands(Step):
             raise ValueError(f"bands: {subject.name} does not use {o.modality} (it uses {list(subject.specs)})")
         if "bands" not in ctx.dataset.modalities[o.modality].reductions:
             raise ValueError(f"bands: the {o.modality} modality has no band selection")
-        if bool(o.keep) == bool(o.fraction) or not 0 <= o.fraction <= 1:
-            raise ValueError(f"bands: set either keep (a count) or fraction (in (0, 1]), not both or neither; got keep={o.keep}, fraction={o.fraction}")
         height = ctx.dataset.modalities[o.modality].feature_shape(subject.specs[o.modality])[1]
         if not 1 <= self.bands_kept(height) <= height:
             raise ValueError(f"bands: cannot keep {self.bands_kept(height)} of the {height} bands of {subject.name}'s {o.modality} input")

@@ -583,7 +583,11 @@ def load_trace(path: str | Path) -> Trace:
                 raise TraceError(f"{path}: expected a JSON list of readings or an object with a 'samples' list")
         else:
             with path.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark is no column name
-                rows = list(csv.DictReader(handle, skipinitialspace=True))
+                reader = csv.DictReader(handle, skipinitialspace=True)
+                repeated = sorted({c for c in reader.fieldnames or () if (reader.fieldnames or []).count(c) > 1})
+                if repeated:  # (DictReader kept the last of them, in silence)
+                    raise TraceError(f"{path}: the header names {', '.join(repeated)} more than once; keep one column of each")
+                rows = list(reader)
     except TraceError:
         raise
     except (OSError, ValueError, csv.Error, RecursionError) as err:  # (ValueError: bad JSON or UTF-8, a number past Python's 4,300 digits)
