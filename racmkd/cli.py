@@ -887,28 +887,18 @@ def deploy_apply(
     if mqtt_port and not mqtt_host:  # (it was passed over in silence)
         raise _fail(ValueError("--mqtt-port: the broker's port, with --mqtt-host; without a broker the devices' statuses are not read"))
     if mqtt_host:
-        from racmkd.deploy.telemetry import DEFAULT_PORT, broker_address, topic
+        from racmkd.deploy.telemetry import broker_for, watch_fleet
 
-        try:  # (a fleet name holding # or + was paho's traceback, one holding / matched no device)
-            topic(fleet_name, "device", "status")
-        except ValueError as err:
-            raise _fail(ValueError(f"--fleet-name: {err}")) from None
         try:
-            mqtt_host, written = broker_address(mqtt_host, default_port=0)  # HOST[:PORT], as `serve --mqtt` takes it (0: no port written)
+            mqtt_host, mqtt_port = broker_for(mqtt_host, mqtt_port, fleet_name)
         except ValueError as err:
-            raise _fail(ValueError(f"--mqtt-host: {err}")) from None
-        if written and mqtt_port and written != mqtt_port:  # (the address's port won, silently)
-            raise _fail(ValueError(f"--mqtt-host / --mqtt-port: two ports, {written} in --mqtt-host and {mqtt_port} in --mqtt-port: give one"))
-        mqtt_port = written or mqtt_port or DEFAULT_PORT
+            raise _fail(err) from None
     watcher = None
     try:
         devices, profiles = load_fleet(fleet)
         registry = ModelRegistry(root, create=False)
         if mqtt_host:
-            from racmkd.deploy.telemetry import FleetWatcher
-
-            watcher = FleetWatcher(mqtt_host, mqtt_port, fleet_name)  # statuses are retained: they arrive at once
-            watcher.wait_for(lambda w: all(w.online(d.name) is not None for d in devices.devices), timeout_s=3.0)
+            watcher = watch_fleet(mqtt_host, mqtt_port, fleet_name, [d.name for d in devices.devices])
             if not watcher.connected.is_set():
                 typer.echo(
                     f"note: the MQTT broker at {mqtt_host}:{mqtt_port} did not answer in 3 s: no device's status is known, none is skipped as offline", err=True

@@ -861,6 +861,8 @@ def store_failure(err: StoreError) -> HTTPException:
 
 
 def build_service(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfig) -> Service:
+    """What a role serves from the run: the cloud the fused teacher, the fog its `fog_models`, the
+    edge the variant bank (or the device store's current release) behind the runtime."""
     if role == "cloud":
         service = ModelService("cloud", run_dir, ["teacher"])
     elif role == "fog":

@@ -113,6 +113,7 @@ def _claim(tmp: Path, path: Path) -> None:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """The registry's signing key (`racmkd registry keygen`); SignatureError naming the file otherwise."""
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as err:
@@ -123,6 +124,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: Path | bytes) -> Ed25519PublicKey:
+    """A device's key to check releases with (a PEM file, or its bytes); SignatureError otherwise."""
     try:
         data = path if isinstance(path, bytes) else Path(path).read_bytes()
         key = serialization.load_pem_public_key(data)

@@ -192,6 +192,32 @@ class TelemetryPublisher:
         self.client.loop_stop()
 
 
+def broker_for(host: str, port: int | None, fleet: str) -> tuple[str, int]:
+    """The broker's address from `--mqtt-host` (HOST[:PORT], as `serve --mqtt` takes it) and
+    `--mqtt-port`, checked with the fleet's name; ValueError naming the option to fix. (A fleet
+    name holding # or + was paho's traceback, one holding / matched no device; two different ports
+    were one passed over in silence.)"""
+    try:
+        topic(fleet, "device", "status")
+    except ValueError as err:
+        raise ValueError(f"--fleet-name: {err}") from None
+    try:
+        host, written = broker_address(host, default_port=0)  # (0: no port written)
+    except ValueError as err:
+        raise ValueError(f"--mqtt-host: {err}") from None
+    if written and port and written != port:
+        raise ValueError(f"--mqtt-host / --mqtt-port: two ports, {written} in --mqtt-host and {port} in --mqtt-port: give one")
+    return host, written or port or DEFAULT_PORT
+
+
+def watch_fleet(host: str, port: int, fleet: str, devices: list[str], wait_s: float = 3.0) -> FleetWatcher:
+    """A watcher that has had `wait_s` to hear every device's retained status (the broker sends them
+    at once on subscribing); `connected` tells whether the broker answered at all."""
+    watcher = FleetWatcher(host, port, fleet)
+    watcher.wait_for(lambda w: all(w.online(d) is not None for d in devices), timeout_s=wait_s)
+    return watcher
+
+
 @dataclass
 class FleetWatcher:
     """Follows a fleet's telemetry: which devices are online, and what they last reported."""

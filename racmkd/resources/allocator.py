@@ -528,6 +528,11 @@ class Hysteresis:
     def choose(
         self, now: float, current: Decision | None, allocator: Allocator, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset()
     ) -> tuple[Decision, str]:
+        """The configuration to serve at `now`, and why, given the one serving (`current`): the
+        best under `budget` at once when the current one breaks the budget or the rules (a failed
+        variant, a dead input, a critical modality back) or when the best costs no more; a better
+        one only after it has fitted with the margin for the whole window (the windows are kept
+        between calls); else the current one, re-scored."""
         best = allocator.solve(budget, weights, exclude)
         if current is None:
             self._wait_no_more()

@@ -113,6 +113,8 @@ class Holt:
         return (1.0 - self.damping**h) / -math.log(self.damping)
 
     def update(self, value: float, t: float) -> None:
+        """Take the reading `value` at time `t`: the weights scale with the time since the last
+        one (readings come at adaptive intervals), and one too soon after it is passed over."""
         if self.level is None or self.t is None:
             self.level, self.t = value, t
             return
@@ -125,6 +127,7 @@ class Holt:
         self.level, self.t = level, t
 
     def forecast(self, horizon_s: float) -> float | None:
+        """The level `horizon_s` seconds ahead on the damped trend; None before the first reading."""
         return None if self.level is None else self.level + self.slope * self._damped(horizon_s)
 
 

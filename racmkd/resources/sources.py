@@ -355,6 +355,8 @@ class SystemSource:
         return self._process_cpu
 
     def read(self, now: float | None = None) -> ResourceSnapshot:
+        """One reading of this machine (and of its container's cgroup limits where they bind): what
+        a sensor this host lacks is None, not 0."""
         now = time.monotonic() if now is None else now
         memory = psutil.virtual_memory()
         cgroup = read_cgroup(self.cgroup_root, self.proc_self_cgroup)
