@@ -573,6 +573,10 @@ class ServeConfig:
         30.0  # a /predict body must have come whole within this, an upload to /deploy pause no longer (one that never ends held its connection for ever)
     )
     shutdown_timeout_s: float = 5.0  # on SIGTERM or Ctrl-C, requests still open are cut after this (a stalled upload held the server for minutes)
+    # A connection whose request line and headers have not come whole this long after it opened (or
+    # after its last answer) is closed: 300 that sent nothing, or half their headers, stayed open
+    # for good, and 1,100 took an edge under a 1024-file limit off the network.
+    header_timeout_s: float = 10.0
     max_update_bytes: int = 64 * 2**20  # the largest release an edge takes over /deploy
     max_audio_seconds: float = 10.0
     fog_models: tuple[str, ...] = ("high", "medium")  # what the fog role serves (the first by default)
@@ -611,6 +615,10 @@ class ServeConfig:
             )
         if not 0 < self.body_timeout_s < math.inf:
             raise ConfigError(f"body_timeout_s must be finite and > 0 (seconds a request body may take to come whole); got {self.body_timeout_s}")
+        if not 0 < self.header_timeout_s < math.inf:
+            raise ConfigError(
+                f"header_timeout_s must be finite and > 0 (seconds a request's line and headers may take to come whole); got {self.header_timeout_s}"
+            )
         if not 0 < self.upstream_timeout_s < math.inf or self.upstream_retries < 0:
             raise ConfigError(f"upstream_timeout_s must be finite and > 0 and upstream_retries >= 0; got {self.upstream_timeout_s}, {self.upstream_retries}")
         if self.telemetry_buffer < 1 or not 0 < self.telemetry_interval_s < math.inf:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ import httpx
 import numpy as np
 import onnx
 import pytest
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from fastapi.testclient import TestClient
 from onnx import numpy_helper
 
@@ -1625,6 +1626,69 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def test_a_connection_whose_headers_do_not_come_is_closed_and_bad_requests_are_logged_once() -> None:
+    """uvicorn bounds neither: a connection that sent nothing, or half its headers, stayed open for
+    good (1,100 took an edge under a 1024-file limit off the network), and every malformed request
+    wrote a line to the log."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    from racmkd.deploy.server import server_config
+
+    app = FastAPI()
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict:
+        return {"bytes": len(await request.body())}
+
+    port = free_port()
+    server = uvicorn.Server(server_config(app, ServeConfig(header_timeout_s=1.0), port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        def closed_within(sock: socket.socket, seconds: float) -> bool:
+            sock.settimeout(seconds)
+            try:
+                return sock.recv(1024) == b""
+            except TimeoutError:
+                return False
+
+        silent, partial = socket.create_connection(("127.0.0.1", port)), socket.create_connection(("127.0.0.1", port))
+        partial.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\n")
+        assert closed_within(silent, 10) and closed_within(partial, 10)
+        # A request whose headers came is the body's to time (serve.body_timeout_s): a slow body is answered.
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+        time.sleep(2.0)
+        slow.sendall(b"cd")
+        slow.settimeout(10)
+        answer = b""
+        while b'{"bytes":4}' not in answer and (part := slow.recv(4096)):
+            answer += part
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"bytes":4}')
+        slow.close()
+        logged: list[str] = []
+        collect = logging.Handler()
+        collect.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+        logging.getLogger("uvicorn.error").addHandler(collect)  # (uvicorn's loggers do not reach the root's)
+        try:
+            for _ in range(5):
+                with socket.create_connection(("127.0.0.1", port)) as bad:
+                    bad.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+                    bad.settimeout(10)
+                    assert b"400" in bad.recv(4096)
+        finally:
+            logging.getLogger("uvicorn.error").removeHandler(collect)
+        assert [m for m in logged if "Invalid HTTP request" in m] == ["Invalid HTTP request received."]
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 class ThreadServer:

@@ -1229,10 +1229,89 @@ def serve(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfig, annou
     service = build_service(role, cfg, run_dir, settings)
     app = create_app(service, settings, token)
     announce(f"http://{settings.host}:{port}")
-    # Told to stop, uvicorn waited for every open request: a client stalled mid-upload held the server
-    # (and the device store's lock) until a container runtime's SIGKILL. A cut-off install leaves the
-    # current release serving (its slot is built aside).
-    uvicorn.run(app, host=settings.host, port=port, log_level="warning", timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    uvicorn.Server(server_config(app, settings, port)).run()
+
+
+def server_config(app: FastAPI, settings: ServeConfig, port: int) -> Any:
+    """uvicorn's settings for a role's server. Told to stop, uvicorn waited for every open request:
+    a client stalled mid-upload held the server (and the device store's lock) until a container
+    runtime's SIGKILL, so open requests get `shutdown_timeout_s` (a cut-off install leaves the
+    current release serving: its slot is built aside). A connection's request line and headers get
+    `header_timeout_s` (`HeaderDeadline`); uvicorn's complaint about each malformed request is
+    logged once a minute with a count (`OncePerMinute`)."""
+    import uvicorn
+
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, OncePerMinute) for f in uvicorn_errors.filters):
+        uvicorn_errors.addFilter(OncePerMinute("Invalid HTTP request received."))
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        http=header_deadline(settings.header_timeout_s),
+    )
+
+
+def header_deadline(timeout_s: float) -> type:
+    """uvicorn's h11 protocol closing a connection whose request line and headers have not come
+    whole within `timeout_s` of its opening or of its last answer. uvicorn bounds neither: its
+    keep-alive timer stops at a request's first byte, and nothing times a connection that sends
+    none, so clients that vanish without closing (a device off the network) or that send headers a
+    byte at a time held their sockets for good: 1,100 of them took an edge under a 1024-file limit
+    off the network. The body has its own bound (serve.body_timeout_s)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._start_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._start_deadline()  # (the next request on this connection has its own)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _start_deadline(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(timeout_s, self._deadline_passed)
+
+        def _deadline_passed(self) -> None:
+            waiting_for_headers = self.cycle is None or self.cycle.response_complete  # (a request being read or answered is not ours to cut)
+            if waiting_for_headers and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadline
+
+
+class OncePerMinute(logging.Filter):
+    """Lets a log message through once a minute, with how many were held back: uvicorn writes a
+    line for every malformed request, and a client sending them grew the log without bound."""
+
+    def __init__(self, message: str, interval_s: float = 60.0) -> None:
+        super().__init__()
+        self.message, self.interval_s = message, interval_s
+        self.next_at, self.held = 0.0, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() != self.message:
+            return True
+        now = time.monotonic()
+        if now < self.next_at:
+            self.held += 1
+            return False
+        if self.held:
+            record.msg, record.args = f"{self.message} ({self.held} more like it in the last {self.interval_s:g} s, not logged)", ()
+        self.next_at, self.held = now + self.interval_s, 0
+        return True
 
 
 def check_inference_token(settings: ServeConfig, token: str | None) -> None:
