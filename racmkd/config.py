@@ -940,9 +940,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         source = f"{source} + overrides {list(overrides)}"
     try:
         cfg = from_dict(RunConfig, tree, source=source)
+        check_modality_options(cfg.data, source)
     except ConfigError as err:
         raise _blame_override(err, overrides, source) from None
-    check_modality_options(cfg.data, source)
     check_modality_keys(cfg, source)
     return cfg
 

@@ -291,8 +291,15 @@ def test_a_modality_option_out_of_range_names_the_file_and_key(tmp_path: Path, o
     path.write_text(f"data:\n  options:\n    {modality}: {{{key}: {value}}}\n")
     with pytest.raises(ConfigError, match=rf"bad\.yaml: data\.options\.{modality}: .*{message}"):
         load_config(path)
-    with pytest.raises(ConfigError, match=rf"overrides .*: data\.options\.{modality}: .*{message}"):
+    with pytest.raises(ConfigError, match=rf"overrides .*: data\.options\.{modality}: .*{message}") as err:
         load_config(None, [f"data.options.{override}"])
+    assert "Fix this value in" not in str(err.value)  # (the value is the override's, not the file's)
+
+
+def test_a_bad_modality_option_from_set_is_blamed_on_the_override() -> None:
+    """It said "Fix this value in configs/default.yaml + overrides [...]", sending the user to the file."""
+    with pytest.raises(ConfigError, match=r"data\.options\.audio\.snr_db: expected a list .* Fix the override 'data\.options\.audio\.snr_db=foo' \(--set\)"):
+        load_config(REPO / "configs" / "default.yaml", ["data.options.audio.snr_db=foo"])
 
 
 def test_the_shortest_audio_window_is_one_sample() -> None:
