@@ -686,6 +686,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
+# A number in scientific notation without a dot (1e-3, 2E5), which YAML 1.2 reads as a float and
+# YAML 1.1 as a string: taken as a number where a number goes, and left a string elsewhere (a run
+# named 1e5 stays one; read as a float everywhere, such a name no longer read back as a string).
+SCIENTIFIC = re.compile(r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+")
 SHORT_REPR = reprlib.Repr()  # a value as an error shows it: nested lists and long strings cut short
 SHORT_REPR.maxlevel, SHORT_REPR.maxlist, SHORT_REPR.maxdict, SHORT_REPR.maxstring, SHORT_REPR.maxother = 3, 6, 6, 80, 80
 
@@ -743,6 +747,8 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
             raise fail("an integer within ±2**63")
         return value
     if tp is float:
+        if isinstance(value, str) and SCIENTIFIC.fullmatch(value):
+            value = float(value)  # YAML 1.1 (PyYAML) needs a dot in a float: `lr: 1e-3` is the string '1e-3'
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail("a number")
         try:
@@ -888,15 +894,6 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise DuplicateKeyError(f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); keep one")
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)  # flattens merges, as the plain SafeLoader does
-
-
-# YAML 1.2's floats: PyYAML follows YAML 1.1, where a float needs a dot, so `lr: 1e-3` was the
-# string '1e-3' and refused as "expected a number" (1.0e-3 was taken). Added to our loader alone.
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
 
 
 def load_yaml(text: str) -> Any:

@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -117,24 +117,35 @@ def new_run(cfg: RunConfig) -> Iterator[Path]:
     runs = Path(cfg.runs_dir)
     latest = runs / "latest"
     previous = os.readlink(latest) if latest.is_symlink() else None
-    taken_over = bool(cfg.name) and (runs / cfg.name).exists()  # (a folder of that name without a config: left as it was)
+    folder = runs / cfg.name if cfg.name else None
+    # A folder of that name without a config is taken over, and left as it was: what it held before stays.
+    had = {name for name in RUN_MADE if folder is not None and (folder / name).exists()} if folder is not None and folder.exists() else None
     run_dir = create_run(cfg)
     try:
         yield run_dir
     except BaseException:
         if not any((run_dir / "checkpoints").glob("*.pt")):
-            _discard(run_dir, taken_over, latest, previous)
+            _discard(run_dir, had, latest, previous)
         raise
 
 
-def _discard(run_dir: Path, taken_over: bool, latest: Path, previous: str | None) -> None:
-    """Remove a run that holds no checkpoint and give runs/latest back to the run it named before."""
+RUN_MADE = ("config.yaml", "timings.json", "checkpoints")  # what a run's start makes, before its first checkpoint
+
+
+def _discard(run_dir: Path, had: set[str] | None, latest: Path, previous: str | None) -> None:
+    """Remove a run that holds no checkpoint (of a folder taken over, `had` says what was there
+    before: that stays) and give runs/latest back to the run it named before."""
     try:
-        if taken_over:
-            for name in ("config.yaml", "timings.json"):
-                (run_dir / name).unlink(missing_ok=True)
-        else:
+        if had is None:
             shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            for name in set(RUN_MADE) - had:
+                path = run_dir / name
+                if path.is_dir():
+                    with suppress(OSError):  # (only while empty)
+                        path.rmdir()
+                else:
+                    path.unlink(missing_ok=True)
         if latest.is_symlink() and os.readlink(latest) == run_dir.name:
             if previous is not None and (latest.parent / previous).is_dir():
                 _point(latest, previous)

@@ -737,5 +737,5 @@ def test_accuracy_plots_frame_the_tiers_and_mark_a_model_far_below(tmp_path: Pat
     assert 0.96 < bottom < 0.9705 and 0.9925 < top < 1.0  # the image teacher is outside, the audio one within
     assert len(plot_accuracy_vs_cost(models, tmp_path)) == 2
     # One colour per tier and its baseline (dashed), the teachers apart: no two series share one.
-    colours = {name: curve_colour(name) for name in ("teacher", "teacher_image", "teacher_audio", "high", "medium", "low", "critical")}
+    colours = {name: curve_colour(name) for name in ("teacher", "teacher_image", "teacher_audio", "teacher_pen", "high", "medium", "low", "critical")}
     assert len(set(colours.values())) == len(colours) and curve_colour("high_labels_only") == colours["high"]

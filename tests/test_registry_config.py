@@ -668,7 +668,10 @@ def test_scientific_notation_is_a_number_in_configs_and_overrides(tmp_path: Path
     cfg = load_config(tmp_path / "c.yaml", ["teacher.fused.lr=1E-4", "students.train.weight_decay=5e-5"])
     assert (cfg.students.train.lr, cfg.teacher.fused.lr, cfg.students.train.weight_decay) == (0.002, 0.0001, 5e-05)
     with pytest.raises(ConfigError, match="expected an integer"):
-        load_config(None, ["students.train.epochs=1e3"])  # a float still, where a count goes
+        load_config(None, ["students.train.epochs=1e3"])  # not a count
+    named = load_config(None, ["name=1e5"])  # a string where a string goes: a run of that name is written and read back
+    save_config(named, tmp_path / "run.yaml")
+    assert named.name == load_config(tmp_path / "run.yaml").name == "1e5"
 
 
 def test_a_run_whose_config_lost_its_sections_is_refused_not_read_as_the_defaults(tmp_path: Path) -> None:
@@ -684,3 +687,17 @@ def test_a_run_whose_config_lost_its_sections_is_refused_not_read_as_the_default
         (run / "config.yaml").write_text(text)
         with pytest.raises(RunError, match=r"config.yaml: not a whole run config \(no data, teacher, students\)"):
             open_run(run)
+
+
+def test_a_folder_taken_over_by_a_run_that_fails_is_left_as_it_was(tmp_path: Path) -> None:
+    """A run given the --name of a folder without a config takes it over; failing before its first
+    checkpoint, it removed a timings.json the folder had and left the checkpoints/ it made."""
+    from racmkd.runs import new_run
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (mine / "timings.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="diverged"), new_run(load_config(None, [f"runs_dir={tmp_path}", "name=mine"])):
+        raise RuntimeError("diverged")
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "timings.json"] and not (tmp_path / "latest").exists()

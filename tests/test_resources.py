@@ -374,7 +374,7 @@ def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path, caplog: pytest.L
         # spans no replay can use: a nanosecond (replayed in no time, a monitor share of 20,062,800%), and 7e307 s
         ("t,cpu_percent\n0,20\n1e-9,30\n", r"its readings span 1e-09 s .*is t in seconds\?"),
         ("t,cpu_percent\n1e308,20\n1.7e308,30\n", r"its readings span 7e\+307 s"),
-        ("t,cpu_percent,cpu_percent\n0,10,90\n1,20,80\n", "the header names cpu_percent more than once"),  # the last one read, in silence
+        ("t,cpu_percent,cpu_percent,,\n0,10,90,,\n1,20,80,,\n", r"the header names cpu_percent more than once;"),  # the last one read, in silence
     ],
 )
 def test_bad_trace_files_are_clear_errors(tmp_path: Path, content: str, message: str) -> None:
@@ -1293,3 +1293,9 @@ def test_a_recorded_trace_replays_what_was_read(tmp_path: Path) -> None:
     record_trace(Server(), seconds=0.1, interval_s=0.05).write_csv(tmp_path / "server.csv")
     again = load_trace(tmp_path / "server.csv").at(0.0)
     assert (again.host_cores, again.cpu_cores) == (16, 16.0) and again.cpu_share(0.05) == live.cpu_share(0.05) == 1.0
+
+
+def test_a_spreadsheets_trailing_empty_columns_are_no_repeated_names(tmp_path: Path) -> None:
+    path = tmp_path / "export.csv"
+    path.write_text("t,cpu_percent,,\n0,10,,\n1,20,,\n2,30,,\n")
+    assert len(load_trace(path).times) == 3

@@ -1649,14 +1649,13 @@ def test_timeline_orders_configurations_by_their_unloaded_cost() -> None:
     from racmkd.runtime.simulate import configurations_by_cost
 
     variant_ms = {"high/image": 0.2, "low/image": 0.05, "low/audio": 0.1, "high/audio": 0.5}
-    timeline = [
-        {"configuration": c} for c in ("low/image,low/audio", "high/image,low/audio", "unanswered", "high/image,high/audio", "low/audio", "mystery/image")
-    ]
-    assert configurations_by_cost(timeline, variant_ms) == [
+    served = ("low/image,low/audio", "zany/image", "high/image,low/audio", "unanswered", "high/image,high/audio", "low/audio", "mystery/image")
+    assert configurations_by_cost([{"configuration": c} for c in served], variant_ms) == [
         "unanswered",
         "low/audio",
         "low/image,low/audio",
         "high/image,low/audio",
         "high/image,high/audio",
-        "mystery/image",  # a variant the bank does not know: on top, not mixed in
+        "mystery/image",  # variants the bank does not know: on top, by name, not mixed in
+        "zany/image",
     ]

@@ -110,9 +110,9 @@ def plot_accuracy_vs_cost(models: dict[str, dict[str, Any]], out_dir: Path) -> l
 def curve_colour(name: str) -> str | None:
     """One colour per tier, its labels-only baseline's too (dashed), and the teachers' own:
     with eleven series on matplotlib's ten-colour cycle, the teacher and a baseline shared one."""
-    if name in TEACHER_COLOURS:
-        return TEACHER_COLOURS[name]
-    return TIER_COLOURS.get(name.removesuffix("_labels_only"))
+    if name.startswith("teacher"):  # (a modality's teacher other than image's and audio's: teacher_pen)
+        return TEACHER_COLOURS.get(name, "tab:olive")
+    return TIER_COLOURS.get(name.removesuffix("_labels_only"))  # (a tier of another name: matplotlib's next colour)
 
 
 def plot_training_curves(models: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]:

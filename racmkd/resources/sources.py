@@ -586,7 +586,8 @@ def load_trace(path: str | Path) -> Trace:
         else:
             with path.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark is no column name
                 reader = csv.DictReader(handle, skipinitialspace=True)
-                repeated = sorted({c for c in reader.fieldnames or () if (reader.fieldnames or []).count(c) > 1})
+                names = [c for c in reader.fieldnames or () if c]  # (a spreadsheet's trailing empty columns are no names)
+                repeated = sorted({c for c in names if names.count(c) > 1})
                 if repeated:  # (DictReader kept the last of them, in silence)
                     raise TraceError(f"{path}: the header names {', '.join(repeated)} more than once; keep one column of each")
                 rows = list(reader)

@@ -488,7 +488,8 @@ def configurations_by_cost(timeline: list[dict[str, Any]], variant_ms: dict[str,
         return sum(variant_ms.get(v, math.nan) for v in configuration.split(","))
 
     served = {r["configuration"] for r in timeline}
-    return sorted(served, key=lambda c: (math.isnan(cost(c)), cost(c), c))  # (a variant the bank lacks: on top, by name)
+    known = {c: cost(c) for c in served}
+    return sorted(served, key=lambda c: (math.isnan(known[c]), 0.0 if math.isnan(known[c]) else known[c], c))  # (a variant the bank lacks: on top, by name)
 
 
 def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_ms: float, path: Path, title: str, variant_ms: dict[str, float]) -> None:
