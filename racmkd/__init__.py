@@ -14,10 +14,10 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Predictor", "load", "__version__"]
+__all__ = ["OnnxPredictor", "Predictor", "load", "__version__"]
 
 
-SUBPACKAGES = ("data", "models", "distill", "compress", "resources", "runtime", "deploy", "eval")
+SUBPACKAGES = ("data", "models", "distill", "compress", "resources", "runtime", "deploy", "eval", "measure")
 
 
 def __getattr__(name: str) -> Any:
@@ -28,3 +28,9 @@ def __getattr__(name: str) -> Any:
     if name in SUBPACKAGES:
         return importlib.import_module(f"racmkd.{name}")
     raise AttributeError(f"module 'racmkd' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """What `dir(racmkd)`, help() and a notebook's completion offer: the lazy names too (`load`
+    was in none of them)."""
+    return sorted({*globals(), *__all__, *SUBPACKAGES})

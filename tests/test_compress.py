@@ -1159,6 +1159,19 @@ def test_the_deployed_artifact_predicts_from_raw_inputs(compressed_run: Path, ti
     assert racmkd.load(artifact).predict(**inputs)[0] == label
     with pytest.raises(FileNotFoundError, match=r"\(compressed: critical\)\. Only the tiers' students are compressed"):
         racmkd.load(compressed_run, "teacher_compressed")
+    # As a library: pickled and deep-copied (multiprocessing, joblib) as its file, opened again (a session pickles not).
+    import copy
+    import pickle
+
+    for again in (pickle.loads(pickle.dumps(predictor)), copy.deepcopy(predictor)):
+        assert again.predict(**inputs)[0] == label and again.session is not predictor.session
+    if "image" in predictor.modalities:  # whole pixels of any integer type (a list is int64), and a tensor that requires grad
+        as_list = {**inputs, "image": image.tolist()}
+        as_tensor = {**inputs, "image": torch.tensor(image / 255.0, requires_grad=True)}
+        assert predictor.predict(**as_list)[0] == label == predictor.predict(**as_tensor)[0]
+    with pytest.raises(FileNotFoundError, match=r"nope\.onnx: no such ONNX file"):  # (it said "no such run folder")
+        racmkd.load(folder / "nope.onnx")
+    assert {"load", "Predictor", "OnnxPredictor"} <= set(dir(racmkd))  # (lazy: in no listing, nor help())
 
 
 def test_another_tiers_artifact_copied_over_a_tiers_is_refused(compressed_run: Path, tmp_path: Path) -> None:

@@ -1659,3 +1659,18 @@ def test_timeline_orders_configurations_by_their_unloaded_cost() -> None:
         "mystery/image",  # variants the bank does not know: on top, by name, not mixed in
         "zany/image",
     ]
+
+
+def test_an_edge_runtime_is_made_from_a_bank_folder_and_a_run_config(bank_dir: Path, tiny_run: Path) -> None:
+    """The obvious calls were AttributeErrors: 'str' object has no attribute 'table', and
+    'RunConfig' object has no attribute 'objective'."""
+    from racmkd.config import load_config
+
+    cfg = load_config(tiny_run / "config.yaml", ["runtime.latency_target_ms=7"])
+    runtime = EdgeRuntime(str(bank_dir), cfg)
+    try:
+        assert runtime.config.latency_target_ms == 7 and runtime.table.modalities == load_bank(bank_dir).table.modalities
+    finally:
+        runtime.close()
+    with pytest.raises(TypeError, match=r"a Bank or its folder, and a RuntimeConfig or RunConfig; got Bank and dict"):
+        EdgeRuntime(load_bank(bank_dir), {"latency_target_ms": 7})

@@ -150,6 +150,14 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
     return resize_matrix(h, size) @ images @ resize_matrix(w, size).T  # (size, H) @ (B, H, W) @ (W, size)
 
 
+def as_array(value: Any) -> np.ndarray:
+    """A request's input as a numpy array: a torch tensor through its own `.numpy()` (one that
+    requires grad, or lives on a GPU, was torch's RuntimeError), anything else by np.asarray."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
 @SIGNALS.register("image")
 class ImageSignal(Signal):
     """28x28 grey digits: scaled to [0, 1], centre-cropped, resized."""
@@ -160,15 +168,17 @@ class ImageSignal(Signal):
     layout = "(batch, 1, height, width) float32"
 
     def to_raw(self, value: Any, spec: ImageSpec, sample_rate: int | None = None) -> np.ndarray:
-        array = np.asarray(value)
+        array = as_array(value)
         if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
             array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
         if array.shape != (self.size, self.size):
             raise ValueError(f"image: expected a {self.size}x{self.size} grey image, got shape {array.shape}")
+        if array.dtype.kind in "iu" and array.dtype != np.uint8 and array.min() >= 0 and array.max() <= 255:
+            array = array.astype(np.uint8)  # whole pixels of another integer type (a list of 0-255 is int64), as the server takes them
         if array.dtype == np.uint8:
             return (array.astype(np.float32) / 255.0)[None]
         if array.dtype.kind != "f":  # (np.issubdtype's answer, at a fiftieth of its cost: this runs on every request)
-            raise ValueError(f"image: expected uint8 (0-255) or float (0-1) pixels, got {array.dtype}")
+            raise ValueError(f"image: expected uint8 (0-255) or float (0-1) pixels, got {array.dtype}{' outside 0-255' if array.dtype.kind in 'iu' else ''}")
         if not (float(array.min()) >= -1e-6 and float(array.max()) <= 1 + 1e-6):  # NaN fails both comparisons, infinities one
             raise ValueError("image: float pixels must be finite and in [0, 1] (pass uint8 for 0-255 images)")
         return array.astype(np.float32)[None]
@@ -491,7 +501,7 @@ class AudioSignal(Signal):
         return super().spec_from_dict(values if "window" in values else {**values, "window": "loudest"})
 
     def to_raw(self, value: Any, spec: AudioSpec, sample_rate: int | None = None) -> np.ndarray:
-        array = np.asarray(value)
+        array = as_array(value)
         if array.ndim == 2 and 1 in array.shape:
             array = array.reshape(-1)
         if array.ndim != 1 or array.size == 0:
@@ -645,7 +655,7 @@ class PenSignal(Signal):
         refused for any n, also the n that matches the trace's shape (a tablet's coordinates would
         otherwise skip the centring and scaling and reach the model hundreds of times too large)."""
         try:
-            array = np.asarray(value)
+            array = as_array(value)
         except ValueError as err:  # (ragged lists: strokes given one list each)
             raise ValueError(f"pen: expected points (n, 3) of x, y and stroke number, one array for all strokes ({err})") from None
         if (

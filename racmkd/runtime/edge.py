@@ -40,6 +40,7 @@ import logging
 import math
 import threading
 import time
+from pathlib import Path
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from racmkd.compress.artifacts import session
-from racmkd.config import RuntimeConfig
+from racmkd.config import RunConfig, RuntimeConfig
 from racmkd.data.signals import Signal
 from racmkd.registry import SIGNALS
 from racmkd.resources.allocator import (
@@ -66,7 +67,7 @@ from racmkd.resources.allocator import (
 )
 from racmkd.resources.monitor import MonitorState, ResourceMonitor, collector_held
 from racmkd.resources.sources import MB, ResourceSnapshot
-from racmkd.runtime.bank import Bank
+from racmkd.runtime.bank import Bank, load_bank
 from racmkd.utils import Window
 
 log = logging.getLogger(__name__)
@@ -127,17 +128,26 @@ def budget_for(snapshot: ResourceSnapshot | None, config: RuntimeConfig, scale: 
 
 class EdgeRuntime:
     """Serves requests with the variants the allocator chooses; `pinned` fixes one configuration
-    (modality -> tier or None) instead, for static baselines."""
+    (modality -> tier or None) instead, for static baselines. `bank` is a loaded Bank or its folder
+    (<run>/edge), `config` the runtime's settings or a whole run's config (its `runtime` is read)."""
 
     def __init__(
         self,
-        bank: Bank,
-        config: RuntimeConfig | None = None,
+        bank: Bank | str | Path,
+        config: RuntimeConfig | RunConfig | None = None,
         monitor: ResourceMonitor | None = None,
         clock: Callable[[], float] = time.monotonic,
         pinned: dict[str, str | None] | None = None,
         background_loads: bool = True,
     ) -> None:
+        if isinstance(bank, (str, Path)):  # (a folder was an AttributeError: 'str' object has no attribute 'table')
+            bank = load_bank(Path(bank))
+        if isinstance(config, RunConfig):  # (a run's config was an AttributeError on 'objective')
+            config = config.runtime
+        if not isinstance(bank, Bank) or not (config is None or isinstance(config, RuntimeConfig)):
+            raise TypeError(
+                f"EdgeRuntime(bank, config): a Bank or its folder, and a RuntimeConfig or RunConfig; got {type(bank).__name__} and {type(config).__name__}"
+            )
         self.bank, self.config, self.clock = bank, config or RuntimeConfig(), clock
         # Decisions made on a request's thread (its feedback, its inputs' quality, a failure) hand
         # the loading of sessions to a background thread (see `_load_in_background`); a replay on a

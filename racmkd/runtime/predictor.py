@@ -114,6 +114,15 @@ class OnnxPredictor(Predictor):
         # An edge bank's variant is a share of a student's logits, its classifier's bias left out
         # for the runtime to add once however many shares it sums: added back here.
         self.logit_bias = np.asarray(contract.get("logit_bias", 0.0), dtype=np.float32) if contract.get("share") else np.float32(0.0)
+        self._opened = (Path(path), threads, fix)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (multiprocessing, joblib) or deep-copied as its file, which the copy opens again:
+        an ONNX Runtime session pickles not at all (a checkpoint's predictor did)."""
+        return {"opened": self._opened}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(*state["opened"])  # type: ignore[misc]
 
     def features(self, inputs: dict[str, Any], sample_rate: int | None = None) -> dict[str, Any]:
         missing = [m for m in self.specs if inputs.get(m) is None]
@@ -137,11 +146,13 @@ def load(run_dir: str | Path = "runs/latest", tier: str = "high") -> Predictor |
     ('high', 'medium', 'low', 'critical'), any other checkpoint name ('high_labels_only'), or a
     compressed tier ('high_compressed': its deployed ONNX artifact, run by ONNX Runtime). Given an
     .onnx file instead of a run folder, that model (`OnnxPredictor`; `tier` is not used)."""
-    if Path(run_dir).suffix.lower() == ".onnx" and Path(run_dir).is_file():
+    if Path(run_dir).suffix.lower() == ".onnx":
+        if not Path(run_dir).is_file():  # (it said "no such run folder")
+            raise FileNotFoundError(f"{run_dir}: no such ONNX file. `racmkd export` and `racmkd compress` write them (<run>/onnx/, <run>/compressed/<tier>/).")
         return OnnxPredictor(Path(run_dir))  # (an exported or compressed artifact: its contract says the rest)
     if not Path(run_dir).is_dir():
         what = "not a run folder (an ONNX model is a file ending in .onnx)" if Path(run_dir).exists() else "no such run folder"
-        raise FileNotFoundError(f"{run_dir}: {what}. Train one with `racmkd run`, or pass --run.")
+        raise FileNotFoundError(f"{run_dir}: {what}. Train one with `racmkd run`, and load it by its folder (runs/<name>, runs/latest).")
     from racmkd.runs import checkpoint
 
     path = checkpoint(Path(run_dir), tier)  # (a name, not a path: ValueError)
