@@ -260,11 +260,14 @@ def test_signals_check_raw_inputs() -> None:
         (np.full((28, 28), 3.0), r"\[0, 1\]"),
         (nan, "finite"),
         (infinite, "finite"),
-        (np.zeros((28, 28), dtype=np.int64), "uint8"),
+        (np.full((28, 28), 256, dtype=np.int64), "got int64 outside 0-255"),
+        (np.zeros((28, 28), dtype=np.uint16), r"got uint16 \(16-bit pixels: scale them to 8 bits\)"),  # another scale, whatever its values
         (np.zeros((28, 28), dtype=complex), "uint8"),
     ):
         with pytest.raises(ValueError, match=message):
             image.to_raw(bad, signals.ImageSpec())
+    as_list = image.to_raw(digit.astype(np.int64).tolist(), signals.ImageSpec())  # whole pixels as Python ints: 0-255, as the server takes them
+    assert np.array_equal(as_list, image.to_raw(digit, signals.ImageSpec()))
     spec = signals.AudioSpec()
     tone = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)  # 1 s at 16 kHz
     raw = audio.to_raw(tone, spec, sample_rate=16000)

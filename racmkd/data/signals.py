@@ -173,12 +173,15 @@ class ImageSignal(Signal):
             array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
         if array.shape != (self.size, self.size):
             raise ValueError(f"image: expected a {self.size}x{self.size} grey image, got shape {array.shape}")
-        if array.dtype.kind in "iu" and array.dtype != np.uint8 and array.min() >= 0 and array.max() <= 255:
-            array = array.astype(np.uint8)  # whole pixels of another integer type (a list of 0-255 is int64), as the server takes them
+        if array.dtype.kind == "i" and array.min() >= 0 and array.max() <= 255:
+            # Whole pixels as signed integers (a list of 0-255 is int64), as the server takes them. An
+            # unsigned wider type stays refused: a 16-bit image's values are of another scale.
+            array = array.astype(np.uint8)
         if array.dtype == np.uint8:
             return (array.astype(np.float32) / 255.0)[None]
         if array.dtype.kind != "f":  # (np.issubdtype's answer, at a fiftieth of its cost: this runs on every request)
-            raise ValueError(f"image: expected uint8 (0-255) or float (0-1) pixels, got {array.dtype}{' outside 0-255' if array.dtype.kind in 'iu' else ''}")
+            why = {"i": " outside 0-255", "u": f" ({8 * array.dtype.itemsize}-bit pixels: scale them to 8 bits)"}.get(array.dtype.kind, "")
+            raise ValueError(f"image: expected uint8 (0-255) or float (0-1) pixels, got {array.dtype}{why}")
         if not (float(array.min()) >= -1e-6 and float(array.max()) <= 1 + 1e-6):  # NaN fails both comparisons, infinities one
             raise ValueError("image: float pixels must be finite and in [0, 1] (pass uint8 for 0-255 images)")
         return array.astype(np.float32)[None]
