@@ -8,6 +8,7 @@ mistyped key is an error that names the file, the field and the closest valid na
 from __future__ import annotations
 
 import dataclasses
+import functools
 import difflib
 import math
 import re
@@ -762,6 +763,26 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
     raise TypeError(f"config type {tp!r} at {where} is not supported")  # a bug in a dataclass, not in a YAML file
 
 
+@functools.cache
+def run_config_paths() -> tuple[dict[str, tuple[str, ...]], frozenset[type]]:
+    """Every setting of a run's config by its last name (max_loaded -> ("runtime.max_loaded",)),
+    and the sections' classes (a recipe's or a device profile's keys are not a run config's)."""
+    found: dict[str, list[str]] = {}
+    sections: set[type] = set()
+
+    def walk(cls: type, prefix: str) -> None:
+        sections.add(cls)
+        for f in dataclasses.fields(cls):
+            path = f"{prefix}{f.name}"
+            found.setdefault(f.name, []).append(path)
+            kind = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(kind):
+                walk(kind, path + ".")
+
+    walk(RunConfig, "")
+    return {name: tuple(paths) for name, paths in found.items()}, frozenset(sections)
+
+
 def from_dict(cls: type[C], data: dict[str, Any], where: str = "", source: str = "config") -> C:
     """Build the dataclass `cls` from plain values, checking every key and type."""
     if not isinstance(data, dict):
@@ -772,6 +793,10 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "", source: str =
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(names)}."
+            paths, sections = run_config_paths()
+            elsewhere = list(paths.get(str(key), ())) if cls in sections else []
+            if elsewhere and not close:  # (serve.max_loaded listed serve's keys, not that it is runtime's)
+                hint = f" It is a setting of {'another section' if len(elsewhere) == 1 else 'other sections'}: {', '.join(elsewhere)}."
             raise ConfigError(f"{source}: unknown key {(where + '.' if where else '') + str(key)!r}.{hint}")
     missing = [
         f.name

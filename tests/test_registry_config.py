@@ -701,3 +701,15 @@ def test_a_folder_taken_over_by_a_run_that_fails_is_left_as_it_was(tmp_path: Pat
     with pytest.raises(RuntimeError, match="diverged"), new_run(load_config(None, [f"runs_dir={tmp_path}", "name=mine"])):
         raise RuntimeError("diverged")
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "timings.json"] and not (tmp_path / "latest").exists()
+
+
+def test_a_key_of_another_section_is_named_there() -> None:
+    """`--set serve.max_loaded=1` listed serve's keys, not that the setting is the runtime's."""
+    with pytest.raises(ConfigError, match=r"unknown key 'serve\.max_loaded'\. It is a setting of another section: runtime\.max_loaded\."):
+        load_config(None, ["serve.max_loaded=1"])
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'students\.lr'\. It is a setting of other sections: teacher\.unimodal\.lr, teacher\.fused\.lr, students\.train\.lr\."
+    ):
+        load_config(None, ["students.lr=0.1"])
+    with pytest.raises(ConfigError, match=r"Did you mean 'threads'\?"):  # a close name in the section still comes first
+        load_config(None, ["runtime.treads=2"])
