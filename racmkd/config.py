@@ -40,6 +40,7 @@ class ConfigError(ValueError):
 # The dataclasses, in pipeline order.
 
 
+PROTOCOLS = ("clean", "avmnist")  # how the data is prepared (README: The pipeline, 1. Data)
 MAX_SEED = 2**32  # what every generator takes (a larger seed was refused by torch, with no field named, after the run folder was made)
 MAX_THREADS = 256  # a thread setting beyond it is a typo: 100000 ONNX Runtime threads hung the process
 
@@ -72,6 +73,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "data.seed")
+        if self.protocol not in PROTOCOLS:  # (refused when the dataset was built, naming no file)
+            close = difflib.get_close_matches(self.protocol, PROTOCOLS, n=1)
+            raise ConfigError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}.{f' Did you mean {close[0]!r}?' if close else ''}")
         if self.max_train < 0 or self.max_eval < 0:
             raise ConfigError(f"max_train and max_eval must be >= 0 (0 = all samples), got {self.max_train} and {self.max_eval}")
         if not self.cache_max_gb >= 0:  # (NaN fails too)

@@ -30,6 +30,15 @@ def test_bad_config_is_a_clean_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "Did you mean 'protocol'" in result.output
     result = runner.invoke(app, ["data", "--protocol", "noisy", "--set", f"data.cache_dir={tmp_path}"])
     assert result.exit_code == 2 and "unknown protocol 'noisy'" in result.output
+    result = runner.invoke(
+        app, ["data", "--set", "data.protocol=avmnst", "--set", f"data.cache_dir={tmp_path}"]
+    )  # (it named no file, found when the data was built)
+    assert (
+        result.exit_code == 2
+        and "configs/default.yaml + overrides ['data.protocol=avmnst'" in result.output
+        and "data: unknown protocol 'avmnst'" in result.output
+        and "Did you mean 'avmnist'" in result.output
+    )
     # a section's own check names the file and key too
     result = runner.invoke(app, ["run", "--set", "students.tiers.0.budget_bytes=-5", "--set", f"runs_dir={tmp_path / 'runs'}"])
     assert (

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from racmkd.config import ConfigError, DataConfig, from_dict
+from racmkd.config import PROTOCOLS, ConfigError, DataConfig, from_dict
 from racmkd.data import audio as dsp
 from racmkd.data.download import download_fsdd, download_mnist, download_pendigits
 from racmkd.data.fsdd import FSDD_SAMPLE_RATE, load_fsdd
@@ -38,7 +38,6 @@ from racmkd.data.pendigits import load_pendigits
 from racmkd.data.signals import AudioSpec, ImageSpec, PenSpec, Signal, fix_length, pen_trace, resample
 from racmkd.registry import MODALITIES, SIGNALS
 
-PROTOCOLS = ("clean", "avmnist")
 SPLITS = ("train", "val", "test")
 
 
