@@ -32,5 +32,6 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     """What `dir(racmkd)`, help() and a notebook's completion offer: the lazy names too (`load`
-    was in none of them)."""
-    return sorted({*globals(), *__all__, *SUBPACKAGES})
+    was in none of them). Not the subpackages: help() imports every name it lists, and the
+    training ones need torch (on an edge device, help(racmkd) failed)."""
+    return sorted({*globals(), *__all__})

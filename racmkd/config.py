@@ -753,7 +753,7 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, str) and SCIENTIFIC.fullmatch(value):
-            value = float(value)  # YAML 1.1 (PyYAML) needs a dot in a float: `lr: 1e-3` is the string '1e-3'
+            value = float(value.replace("_", ""))  # YAML 1.1 (PyYAML) needs a dot in a float: `lr: 1e-3` is the string '1e-3'
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail("a number")
         try:
@@ -1018,7 +1018,10 @@ def check_modality_options(data: DataConfig, source: str) -> None:
             raise ConfigError(
                 f"{source}: data.options.{name}: no options registered for a modality {name!r} (racmkd/data/options.py, MODALITY_OPTIONS); registered: {', '.join(registry.names())}"
             )
-        from_dict(registry.get(name), options, where=f"data.options.{name}", source=source)
+        checked = to_dict(from_dict(registry.get(name), options, where=f"data.options.{name}", source=source))
+        # The values as checked (`f_max: 4e3` is 4000.0, not the string YAML 1.1 reads): the options
+        # travel on as plain values, and the server built its audio options from the string.
+        options.update({key: checked[key] for key in options})
 
 
 def check_modality_keys(cfg: RunConfig, source: str) -> None:
@@ -1027,6 +1030,7 @@ def check_modality_keys(cfg: RunConfig, source: str) -> None:
     that one config serves runs on fewer modalities)."""
     known = modality_options().names()
     per_modality = {
+        "data.modalities": cfg.data.modalities,  # (refused when the dataset was built, naming no file)
         "teacher.level": cfg.teacher.level,
         "teacher.depth": cfg.teacher.depth,
         "runtime.priorities": cfg.runtime.priorities,

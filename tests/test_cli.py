@@ -293,7 +293,7 @@ def test_bad_input_anywhere_is_one_line_and_leaves_nothing_behind(tiny_run: Path
     cases = [
         (["data", "--set", "data.seed=[1,"], "not valid YAML"),
         (["data", "--set", "data.seed.x=1"], "a single value"),
-        (["data", "--set", "data.modalities=[image, smell]"], "unknown modalities ['smell']"),
+        (["data", "--set", "data.modalities=[image, smell]"], "data.modalities.smell: no modality 'smell'"),
         (["data", "--set", "teacher.level.adio=0"], "no modality 'adio'. Did you mean 'audio'?"),
         (["data", "--set", "data.options.audio.hop_length=0"], "hop_length 0"),
         (["data", "--set", "data.max_train=-5"], "max_train"),

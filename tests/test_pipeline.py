@@ -738,4 +738,4 @@ def test_accuracy_plots_frame_the_tiers_and_mark_a_model_far_below(tmp_path: Pat
     assert len(plot_accuracy_vs_cost(models, tmp_path)) == 2
     # One colour per tier and its baseline (dashed), the teachers apart: no two series share one.
     colours = {name: curve_colour(name) for name in ("teacher", "teacher_image", "teacher_audio", "teacher_pen", "high", "medium", "low", "critical")}
-    assert len(set(colours.values())) == len(colours) and curve_colour("high_labels_only") == colours["high"]
+    assert None not in colours.values() and len(set(colours.values())) == len(colours) and curve_colour("high_labels_only") == colours["high"]

@@ -480,6 +480,7 @@ def test_compression_names_tiers_the_config_defines() -> None:
         ("runtime.threads=100000", r"runtime: threads must be in \[1, 256\]"),  # 7,143 threads, the process hung
         ("workers=1000", r"RunConfig: threads must be in \[0, 256\] .* workers in \[1, 256\]"),
         ("data.modalities=[[[[[[[1, 2, 3, 4, 5, 6, 7, 8]]]]]]]", r"data\.modalities\[0\]: expected a string, got \[\[\[\[\.\.\.\]\]\]\]\."),  # shown short
+        ("data.modalities=[imag, audio]", r"data\.modalities\.imag: no modality 'imag'\. Did you mean 'image'"),  # found when the dataset was built
         (
             "students.tiers.0.modalities=[adio]",
             r"students\.tiers\.0\.modalities\.adio: no modality 'adio'\. Did you mean 'audio'",
@@ -669,6 +670,8 @@ def test_scientific_notation_is_a_number_in_configs_and_overrides(tmp_path: Path
     assert (cfg.students.train.lr, cfg.teacher.fused.lr, cfg.students.train.weight_decay) == (0.002, 0.0001, 5e-05)
     with pytest.raises(ConfigError, match="expected an integer"):
         load_config(None, ["students.train.epochs=1e3"])  # not a count
+    options = load_config(None, ["data.options.audio.f_max=3e3"]).data.options  # the checked value travels on, not the string
+    assert options["audio"]["f_max"] == 3000.0
     named = load_config(None, ["name=1e5"])  # a string where a string goes: a run of that name is written and read back
     save_config(named, tmp_path / "run.yaml")
     assert named.name == load_config(tmp_path / "run.yaml").name == "1e5"

@@ -261,6 +261,7 @@ def test_signals_check_raw_inputs() -> None:
         (nan, "finite"),
         (infinite, "finite"),
         (np.full((28, 28), 256, dtype=np.int64), "got int64 outside 0-255"),
+        (np.eye(28, dtype=np.int64), r"got int64 of 0 and 1 alone \(a binary image"),  # not read as 0-255: near black
         (np.zeros((28, 28), dtype=np.uint16), r"got uint16 \(16-bit pixels: scale them to 8 bits\)"),  # another scale, whatever its values
         (np.zeros((28, 28), dtype=complex), "uint8"),
     ):

@@ -233,3 +233,17 @@ def test_a_checkpoint_that_does_not_fit_on_disk_is_an_oserror_naming_it(tmp_path
     assert done.returncode == 0, done.stderr
     assert "cannot write it (File too large)" in done.stdout and str(tmp_path / "m.pt") in done.stdout
     assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_help_on_racmkd_works_without_torch() -> None:
+    """help() imports every name dir() lists: listing the subpackages failed on an edge device
+    (no torch) and imported torch everywhere else."""
+    script = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "import pydoc, racmkd\n"
+        "text = pydoc.render_doc(racmkd)\n"
+        "assert 'load' in dir(racmkd) and not {'racmkd.models', 'racmkd.distill', 'racmkd.eval'} & set(sys.modules), sorted(sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -173,14 +173,17 @@ class ImageSignal(Signal):
             array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
         if array.shape != (self.size, self.size):
             raise ValueError(f"image: expected a {self.size}x{self.size} grey image, got shape {array.shape}")
-        if array.dtype.kind == "i" and array.min() >= 0 and array.max() <= 255:
-            # Whole pixels as signed integers (a list of 0-255 is int64), as the server takes them. An
-            # unsigned wider type stays refused: a 16-bit image's values are of another scale.
+        if array.dtype.kind == "i" and array.min() >= 0 and 1 < array.max() <= 255:
+            # Whole pixels 0-255 as signed integers (a list is int64), as the server takes them (above
+            # 1: 0s and 1s are a binary image's, of no scale). An unsigned wider type stays refused: a
+            # 16-bit image's values are of another scale.
             array = array.astype(np.uint8)
         if array.dtype == np.uint8:
             return (array.astype(np.float32) / 255.0)[None]
         if array.dtype.kind != "f":  # (np.issubdtype's answer, at a fiftieth of its cost: this runs on every request)
-            why = {"i": " outside 0-255", "u": f" ({8 * array.dtype.itemsize}-bit pixels: scale them to 8 bits)"}.get(array.dtype.kind, "")
+            why = {"u": f" ({8 * array.dtype.itemsize}-bit pixels: scale them to 8 bits)"}.get(array.dtype.kind, "")
+            if array.dtype.kind == "i":
+                why = " of 0 and 1 alone (a binary image: pass floats, or uint8 0-255)" if array.min() >= 0 and array.max() <= 1 else " outside 0-255"
             raise ValueError(f"image: expected uint8 (0-255) or float (0-1) pixels, got {array.dtype}{why}")
         if not (float(array.min()) >= -1e-6 and float(array.max()) <= 1 + 1e-6):  # NaN fails both comparisons, infinities one
             raise ValueError("image: float pixels must be finite and in [0, 1] (pass uint8 for 0-255 images)")
