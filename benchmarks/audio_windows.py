@@ -206,11 +206,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
             for k, window in enumerate(WINDOWS):
                 ax.bar(x + (k - 1) * 0.27, [keyed[(noise_db, p, window, model)] for p in PLACES], 0.27, label=window)
             ax.axhline(keyed[(noise_db, "as recorded", "-", model)], color="k", linestyle="--", linewidth=1, label="as recorded")
-            ax.set_xticks(x, [f"word at {p}" for p in PLACES], fontsize=8)
+            ax.set_xticks(x, PLACES, fontsize=8)
             ax.set_title(f"{model}, noise {noise_db:g} dB", fontsize=9)
             ax.set_ylim(0, 1)
+    for ax in axes[-1]:
+        ax.set_xlabel("where the word is in the recording", fontsize=8)
     axes[0][0].set_ylabel("accuracy")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), title="window", title_fontsize=7)  # (inside, it covered a bar)
+    fig.tight_layout()
     save_figure(fig, path)
 
 

@@ -548,7 +548,7 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
     )
     axes[3].set_ylabel("running SLO-accuracy / accuracy")
     axes[3].set_xlabel("trace time (s)")
-    axes[3].legend(fontsize=8, loc="lower left")
+    axes[3].legend(fontsize=8, loc="best")  # (lower left hid the dynamic curve's start)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, path, dpi=110)
