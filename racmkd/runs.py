@@ -119,7 +119,7 @@ def new_run(cfg: RunConfig) -> Iterator[Path]:
     previous = os.readlink(latest) if latest.is_symlink() else None
     folder = runs / cfg.name if cfg.name else None
     # A folder of that name without a config is taken over, and left as it was: what it held before stays.
-    had = {name for name in RUN_MADE if folder is not None and (folder / name).exists()} if folder is not None and folder.exists() else None
+    had = {name for name in RUN_MADE if (folder / name).exists()} if folder is not None and folder.exists() else None
     run_dir = create_run(cfg)
     try:
         yield run_dir
