@@ -2339,3 +2339,33 @@ def test_kubernetes_manifests_and_compose_file_are_valid() -> None:
         stage = dockerfile.split(f" AS {role}\n")[1].split("\nFROM ")[0]
         assert f'"--role", "{role}"' in stage and "USER racmkd" in stage  # each role starts its own server, not as root
     assert "FROM base AS edge" in dockerfile and "[train]" not in dockerfile.split(" AS edge\n")[1]  # the edge image: racmkd's core, no PyTorch
+
+
+def test_a_flood_of_one_log_message_is_logged_once_a_minute_with_a_count() -> None:
+    from racmkd.deploy.server import OncePerMinute
+
+    once = OncePerMinute("socket.accept() out of system resource", interval_s=60.0)
+
+    def record(text: str) -> logging.LogRecord:
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, text, (), None)
+
+    passed = [once.filter(record(f"socket.accept() out of system resource\nsocket: {i}")) for i in range(1000)]
+    assert passed.count(True) == 1 and once.held == 999 and once.filter(record("another message"))
+    once.next_at = 0.0  # a minute later: the next one says how many were held back
+    later = record("socket.accept() out of system resource")
+    assert once.filter(later) and later.getMessage().startswith("(999 more like it in the last 60 s, not logged)")
+
+
+def test_a_server_raises_its_open_file_limit_to_the_hard_one() -> None:
+    """At a service manager's soft limit of 1024, a few hundred clients took an edge off the network."""
+    script = (
+        "import resource\n"
+        "from racmkd.deploy.server import raise_open_file_limit\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "raise_open_file_limit()\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    soft, hard = map(int, done.stdout.split())
+    assert soft == (65536 if hard < 0 else min(hard, 65536)) > 256, done.stderr  # (hard < 0: unlimited)

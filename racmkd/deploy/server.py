@@ -1229,6 +1229,7 @@ def serve(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfig, annou
     service = build_service(role, cfg, run_dir, settings)
     app = create_app(service, settings, token)
     announce(f"http://{settings.host}:{port}")
+    raise_open_file_limit()
     uvicorn.Server(server_config(app, settings, port)).run()
 
 
@@ -1237,13 +1238,14 @@ def server_config(app: FastAPI, settings: ServeConfig, port: int) -> Any:
     a client stalled mid-upload held the server (and the device store's lock) until a container
     runtime's SIGKILL, so open requests get `shutdown_timeout_s` (a cut-off install leaves the
     current release serving: its slot is built aside). A connection's request line and headers get
-    `header_timeout_s` (`HeaderDeadline`); uvicorn's complaint about each malformed request is
-    logged once a minute with a count (`OncePerMinute`)."""
+    `header_timeout_s` (`header_deadline`); uvicorn's complaint about each malformed request, and
+    asyncio's about each connection it cannot accept, are logged once a minute with a count
+    (`OncePerMinute`)."""
     import uvicorn
 
-    uvicorn_errors = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, OncePerMinute) for f in uvicorn_errors.filters):
-        uvicorn_errors.addFilter(OncePerMinute("Invalid HTTP request received."))
+    for logger, message in (("uvicorn.error", "Invalid HTTP request received."), ("asyncio", "socket.accept() out of system resource")):
+        if not any(isinstance(f, OncePerMinute) and f.message == message for f in logging.getLogger(logger).filters):
+            logging.getLogger(logger).addFilter(OncePerMinute(message))
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -1293,8 +1295,10 @@ def header_deadline(timeout_s: float) -> type:
 
 
 class OncePerMinute(logging.Filter):
-    """Lets a log message through once a minute, with how many were held back: uvicorn writes a
-    line for every malformed request, and a client sending them grew the log without bound."""
+    """Lets a log message (the records that start with `message`) through once a minute, with how
+    many were held back: uvicorn writes a line for every malformed request, and asyncio a traceback
+    for every connection it cannot accept once the process is out of file descriptors (158 MB in 35 s
+    under a flood of connections): a client could grow the log without bound."""
 
     def __init__(self, message: str, interval_s: float = 60.0) -> None:
         super().__init__()
@@ -1302,16 +1306,32 @@ class OncePerMinute(logging.Filter):
         self.next_at, self.held = 0.0, 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage() != self.message:
+        text = record.getMessage()
+        if not text.startswith(self.message):
             return True
         now = time.monotonic()
         if now < self.next_at:
             self.held += 1
             return False
         if self.held:
-            record.msg, record.args = f"{self.message} ({self.held} more like it in the last {self.interval_s:g} s, not logged)", ()
+            record.msg, record.args = f"({self.held} more like it in the last {self.interval_s:g} s, not logged) {text}", ()
         self.next_at, self.held = now + self.interval_s, 0
         return True
+
+
+def raise_open_file_limit(most: int = 65536) -> None:
+    """Raise this process's soft limit on open files to its hard limit (at most `most`): a service
+    manager's usual soft limit, 1024, is a few hundred clients, and a server at it accepts no more
+    connections (nor answers /health) until some close."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = most if hard == resource.RLIM_INFINITY else min(hard, most)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as err:  # (a sandbox that forbids it: the limit stays)
+            log.warning("could not raise the open-file limit from %d: %s", soft, err)
 
 
 def check_inference_token(settings: ServeConfig, token: str | None) -> None:
