@@ -1021,7 +1021,7 @@ def check_modality_options(data: DataConfig, source: str) -> None:
         checked = to_dict(from_dict(registry.get(name), options, where=f"data.options.{name}", source=source))
         # The values as checked (`f_max: 4e3` is 4000.0, not the string YAML 1.1 reads): the options
         # travel on as plain values, and the server built its audio options from the string.
-        options.update({key: checked[key] for key in options})
+        options.update({key: checked[key] for key in options if checked[key] != options[key]})  # (0 stays 0, not 0.0: the dataset cache's key reads them)
 
 
 def check_modality_keys(cfg: RunConfig, source: str) -> None:

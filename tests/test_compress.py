@@ -1163,9 +1163,9 @@ def test_the_deployed_artifact_predicts_from_raw_inputs(compressed_run: Path, ti
     import copy
     import pickle
 
-    predictor.note = "mine"  # what a caller sets travels with it
+    predictor.note, predictor.name = "mine", "edge-critical"  # what a caller sets or changes travels with it
     for again in (pickle.loads(pickle.dumps(predictor)), copy.deepcopy(predictor)):
-        assert again.predict(**inputs)[0] == label and again.session is not predictor.session and again.note == "mine"
+        assert again.predict(**inputs)[0] == label and again.session is not predictor.session and (again.note, again.name) == ("mine", "edge-critical")
     if "image" in predictor.modalities:  # whole pixels of any integer type (a list is int64), and a tensor that requires grad
         as_list = {**inputs, "image": image.tolist()}
         as_tensor = {**inputs, "image": torch.tensor(image / 255.0, requires_grad=True)}

@@ -670,8 +670,11 @@ def test_scientific_notation_is_a_number_in_configs_and_overrides(tmp_path: Path
     assert (cfg.students.train.lr, cfg.teacher.fused.lr, cfg.students.train.weight_decay) == (0.002, 0.0001, 5e-05)
     with pytest.raises(ConfigError, match="expected an integer"):
         load_config(None, ["students.train.epochs=1e3"])  # not a count
-    options = load_config(None, ["data.options.audio.f_max=3e3"]).data.options  # the checked value travels on, not the string
-    assert options["audio"]["f_max"] == 3000.0
+    options = load_config(
+        None, ["data.options.audio.f_max=3e3", "data.options.audio.snr_db=[0, 10]"]
+    ).data.options  # the checked value travels on, not the string
+    assert options["audio"]["f_max"] == 3000.0 and options["audio"]["snr_db"] == [0, 10]  # (0 stays 0: the dataset cache's key reads them)
+    assert all(type(v) is int for v in options["audio"]["snr_db"])
     named = load_config(None, ["name=1e5"])  # a string where a string goes: a run of that name is written and read back
     save_config(named, tmp_path / "run.yaml")
     assert named.name == load_config(tmp_path / "run.yaml").name == "1e5"

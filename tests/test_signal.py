@@ -269,6 +269,7 @@ def test_signals_check_raw_inputs() -> None:
             image.to_raw(bad, signals.ImageSpec())
     as_list = image.to_raw(digit.astype(np.int64).tolist(), signals.ImageSpec())  # whole pixels as Python ints: 0-255, as the server takes them
     assert np.array_equal(as_list, image.to_raw(digit, signals.ImageSpec()))
+    assert image.to_raw([[0] * 28] * 28, signals.ImageSpec()).max() == 0.0  # blank: a dead input, answered from the rest, not refused
     spec = signals.AudioSpec()
     tone = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)  # 1 s at 16 kHz
     raw = audio.to_raw(tone, spec, sample_rate=16000)

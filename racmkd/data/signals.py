@@ -173,10 +173,11 @@ class ImageSignal(Signal):
             array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
         if array.shape != (self.size, self.size):
             raise ValueError(f"image: expected a {self.size}x{self.size} grey image, got shape {array.shape}")
-        if array.dtype.kind == "i" and array.min() >= 0 and 1 < array.max() <= 255:
-            # Whole pixels 0-255 as signed integers (a list is int64), as the server takes them (above
-            # 1: 0s and 1s are a binary image's, of no scale). An unsigned wider type stays refused: a
-            # 16-bit image's values are of another scale.
+        if array.dtype.kind == "i" and array.min() >= 0 and array.max() <= 255 and (array.max() > 1 or array.min() == array.max()):
+            # Whole pixels 0-255 as signed integers (a list is int64), as the server takes them; 0s and
+            # 1s together are a binary image's, of no scale (one value alone: a blank image, a dead
+            # input as any other). An unsigned wider type stays refused: a 16-bit image's values are
+            # of another scale.
             array = array.astype(np.uint8)
         if array.dtype == np.uint8:
             return (array.astype(np.float32) / 255.0)[None]

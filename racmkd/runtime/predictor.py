@@ -116,18 +116,17 @@ class OnnxPredictor(Predictor):
         self.logit_bias = np.asarray(contract.get("logit_bias", 0.0), dtype=np.float32) if contract.get("share") else np.float32(0.0)
         stat = Path(path).stat()
         self._opened = (Path(path).resolve(), threads, fix, (stat.st_size, stat.st_mtime_ns))
-        self._made = frozenset(self.__dict__) | {"_made"}  # what loading sets: the rest a caller added
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (multiprocessing, joblib) or deep-copied as its file, which the copy opens again:
         an ONNX Runtime session pickles not at all (a checkpoint's predictor did). The file by its
         absolute path, and only as it was: one changed since is refused, not taken for this model."""
-        return {"opened": self._opened, "added": {k: v for k, v in self.__dict__.items() if k not in self._made}}
+        return {k: v for k, v in self.__dict__.items() if k not in ("session", "model")}  # (the model is the session)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         from racmkd.compress.artifacts import ExportError
 
-        path, threads, fix, seen = state["opened"]
+        path, threads, fix, seen = state["_opened"]
         try:
             stat = path.stat()
         except OSError as err:
@@ -135,7 +134,7 @@ class OnnxPredictor(Predictor):
         if (stat.st_size, stat.st_mtime_ns) != seen:
             raise ExportError(f"{path}: changed since this predictor loaded it; load the new file with racmkd.load")
         OnnxPredictor.__init__(self, path, threads, fix)
-        self.__dict__.update(state["added"])  # (what a caller set on it)
+        self.__dict__.update(state)  # (and what a caller set or changed on it)
 
     def features(self, inputs: dict[str, Any], sample_rate: int | None = None) -> dict[str, Any]:
         missing = [m for m in self.specs if inputs.get(m) is None]
