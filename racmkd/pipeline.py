@@ -436,6 +436,7 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
     designs = select_designs(cfg, dataset, teachers, run_dir, tiers)
     budgets = [t.budget_bytes for t in cfg.students.tiers]
     jobs: list[Job] = []  # trained together: they share the teachers' forward passes
+    lr_setting = f"students.train.lr in {run_dir}/config.yaml"  # (named when one diverges)
     for tier in tiers:
         design = designs[tier.name]
         specs = design.specs(dataset.modalities)
@@ -448,13 +449,13 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
             objective_weights(cfg.distill, tier.budget_bytes, budgets),
             cfg.distill,
             epochs=train.epochs,
-            lr_setting=f"students.train.lr in {run_dir}/config.yaml",
+            lr_setting=lr_setting,
         )
         attach_projection(job, teachers[0].model)
         jobs.append(job)
         if cfg.students.labels_only:
             baseline = build_student(design, dataset.modalities, cfg.seed + 7)
-            jobs.append(Job(f"{tier.name}_labels_only", baseline, specs, train, epochs=train.epochs, lr_setting=f"students.train.lr in {run_dir}/config.yaml"))
+            jobs.append(Job(f"{tier.name}_labels_only", baseline, specs, train, epochs=train.epochs, lr_setting=lr_setting))
     # A tier that trains longer than the others replays their epochs, the teachers' answers kept from them.
     shared_epochs = cfg.students.train.epochs
     replay_after = shared_epochs if cfg.students.replay and any(learns_from_teachers(j) and j.epochs > shared_epochs for j in jobs) else 0

@@ -482,14 +482,12 @@ def configurations_by_cost(timeline: list[dict[str, Any]], variant_ms: dict[str,
     name, "high/image,low/audio" sat below "low/image,low/audio", and a step down on the plot was
     no step down in cost."""
 
-    def cost(configuration: str) -> float:
+    def cost(configuration: str) -> float:  # (a variant the bank lacks: on top, ties by name)
         if configuration == "unanswered":
             return -math.inf
-        return sum(variant_ms.get(v, math.nan) for v in configuration.split(","))
+        return sum(variant_ms.get(v, math.inf) for v in configuration.split(","))
 
-    served = {r["configuration"] for r in timeline}
-    known = {c: cost(c) for c in served}
-    return sorted(served, key=lambda c: (math.isnan(known[c]), 0.0 if math.isnan(known[c]) else known[c], c))  # (a variant the bank lacks: on top, by name)
+    return sorted({r["configuration"] for r in timeline}, key=lambda c: (cost(c), c))
 
 
 def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_ms: float, path: Path, title: str, variant_ms: dict[str, float]) -> None:
