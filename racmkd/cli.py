@@ -900,9 +900,8 @@ def deploy_apply(
         if mqtt_host:
             watcher = watch_fleet(mqtt_host, mqtt_port, fleet_name, [d.name for d in devices.devices])
             if not watcher.connected.is_set():
-                typer.echo(
-                    f"note: the MQTT broker at {mqtt_host}:{mqtt_port} did not answer in 3 s: no device's status is known, none is skipped as offline", err=True
-                )
+                why = watcher.refused or "did not answer in 3 s"
+                typer.echo(f"note: the MQTT broker at {mqtt_host}:{mqtt_port}: {why}: no device's status is known, none is skipped as offline", err=True)
         results = apply_fleet(
             registry, devices, profiles, token, load_public_key(key) if key else None, watcher.online if watcher else None, full=full, timeout_s=timeout
         )

@@ -1341,6 +1341,151 @@ def test_a_fleet_watcher_without_a_broker_says_it_is_not_connected() -> None:
         watcher.close()
 
 
+def ca_and_server_certificate(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA (ca.pem) and a certificate it signed for 127.0.0.1 (server.pem, server.key)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def certificate(subject: str, key, issuer: str, signer, ca: bool):  # noqa: ANN001, ANN202
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            import ipaddress
+
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(certificate("racmkd test CA", ca_key, "racmkd test CA", ca_key, True).public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(certificate("127.0.0.1", server_key, "racmkd test CA", ca_key, False).public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return paths
+
+
+def start_configured_broker(folder: Path, lines: list[str], port: int) -> subprocess.Popen:
+    """Mosquitto with the configuration `lines` (as root it keeps root: it reads the password file
+    only once it has dropped to its own user, which cannot read pytest's folders)."""
+    conf = folder / "mosquitto.conf"
+    conf.write_text("\n".join([*lines, "user root"]) + "\n")
+    return start_broker(port, ["-c", str(conf)])
+
+
+def shipped_broker_settings(text: str, passwd: Path, port: int) -> list[str]:
+    """A shipped mosquitto.conf's lines with its listener and password file moved here."""
+    lines = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("listener "):
+            line = f"listener {port} 127.0.0.1"
+        elif line.startswith("password_file "):
+            line = f"password_file {passwd}"
+        if line and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+def test_the_broker_login_comes_from_the_environment_and_is_checked_before_a_server_starts(tmp_path: Path) -> None:
+    from racmkd.deploy.telemetry import BrokerLogin
+
+    ca, _, _ = ca_and_server_certificate(tmp_path)
+    assert BrokerLogin.from_environment({}) == BrokerLogin()
+    login = BrokerLogin.from_environment({"RACMKD_MQTT_USERNAME": "edge", "RACMKD_MQTT_PASSWORD": "pw\n", "RACMKD_MQTT_CA_FILE": str(ca)})
+    assert login == BrokerLogin("edge", "pw", str(ca))  # (a secret made from a file written with echo ends in a newline)
+    assert BrokerLogin.from_environment({"RACMKD_MQTT_CA_FILE": "system"}).ca_file == "system"
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    for environ, expected in (
+        ({"RACMKD_MQTT_PASSWORD": "pw"}, r"RACMKD_MQTT_USERNAME is not"),
+        ({"RACMKD_MQTT_USERNAME": "a\x00b"}, "control character"),
+        ({"RACMKD_MQTT_CA_FILE": str(tmp_path / "missing.pem")}, "missing.pem: no such file"),
+        ({"RACMKD_MQTT_CA_FILE": str(garbage)}, "garbage.pem: not a PEM file"),
+    ):
+        with pytest.raises(ValueError, match=expected):
+            BrokerLogin.from_environment(environ)
+    # An edge server refuses it at startup, before loading a model or starting a thread.
+    settings = ServeConfig(mqtt_host="127.0.0.1", mqtt_port=free_port())
+    threads = threading.active_count()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RACMKD_MQTT_PASSWORD", "pw")
+        env.delenv("RACMKD_MQTT_USERNAME", raising=False)
+        with pytest.raises(ValueError, match="RACMKD_MQTT_USERNAME"):
+            EdgeService(load_config(None), tmp_path / "no-run", settings)
+    assert threading.active_count() == threads
+
+
+def test_telemetry_logs_in_to_a_broker_that_takes_no_anonymous_client_and_over_tls(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The shipped brokers (compose and Kubernetes) took anonymous clients: anyone could publish a
+    device's "offline" and keep it from every update. They take a login now, which the edge and
+    `deploy apply` send from the environment, with TLS where RACMKD_MQTT_CA_FILE names a CA."""
+    import yaml
+
+    from racmkd.deploy.telemetry import BrokerLogin, TelemetryPublisher, watch_fleet
+
+    passwd = tmp_path / "passwd"
+    subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-c", "-b", str(passwd), "edge", "s3cret"], check=True)
+    ca, certificate, key = ca_and_server_certificate(tmp_path)
+    (tmp_path / "other").mkdir()
+    other_ca = ca_and_server_certificate(tmp_path / "other")[0]  # a CA that did not sign the broker's certificate
+    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    k8s_conf = next(d for d in yaml.safe_load_all((deploy / "k8s" / "config.yaml").read_text()) if d)["data"]["mosquitto.conf"]
+    for shipped in ((deploy / "mosquitto" / "mosquitto.conf").read_text(), k8s_conf):
+        port, tls_port = free_port(), free_port()
+        lines = shipped_broker_settings(shipped, passwd, port)
+        assert "allow_anonymous false" in lines
+        broker = start_configured_broker(
+            tmp_path, [*lines, f"listener {tls_port} 127.0.0.1", f"cafile {ca}", f"certfile {certificate}", f"keyfile {key}"], port
+        )
+        watchers = []
+        try:
+            right, wrong = BrokerLogin("edge", "s3cret"), BrokerLogin("edge", "guess")
+            with caplog.at_level("ERROR", logger="racmkd.deploy.telemetry"):
+                anonymous = TelemetryPublisher("127.0.0.1", port, "f", "anonymous", login=BrokerLogin())
+                watchers += [watch_fleet("127.0.0.1", port, "f", ["d"], wait_s=5, login=login) for login in (BrokerLogin(), wrong)]
+                deadline = time.monotonic() + 10
+                while "anonymous clients needs $RACMKD_MQTT_USERNAME" not in caplog.text and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                anonymous.close()
+            assert "refused the connection" in caplog.text and "anonymous clients needs $RACMKD_MQTT_USERNAME" in caplog.text
+            assert [w.connected.is_set() for w in watchers] == [False, False]
+            assert "anonymous clients" in watchers[0].refused and "for user 'edge'; check $RACMKD_MQTT_USERNAME" in watchers[1].refused
+            for login, listener in ((right, port), (BrokerLogin("edge", "s3cret", str(ca)), tls_port)):
+                publisher = TelemetryPublisher("127.0.0.1", listener, "f", "d", login=login)
+                try:
+                    watcher = watch_fleet("127.0.0.1", listener, "f", ["d"], wait_s=10, login=login)
+                    watchers.append(watcher)
+                    assert watcher.connected.is_set() and watcher.wait_for(lambda w: w.online("d") is True, timeout_s=10), (login, watcher.devices)
+                finally:
+                    publisher.close()
+            caplog.clear()
+            with caplog.at_level("ERROR", logger="racmkd.deploy.telemetry"):
+                untrusting = TelemetryPublisher("127.0.0.1", tls_port, "f", "d2", login=BrokerLogin("edge", "s3cret", str(other_ca)))
+                try:
+                    assert not untrusting.connected.wait(2)
+                finally:
+                    untrusting.close()
+            assert "RACMKD_MQTT_CA_FILE does not verify" in caplog.text
+        finally:
+            for watcher in watchers:
+                watcher.close()
+            broker.kill()
+            broker.wait()
+
+
 def test_json_audio_of_whole_numbers_is_int16_pcm() -> None:
     """JSON numbers come as floats: int16 PCM written out as numbers was read as float samples, so
     a recording 90 dB below full scale (a range of a few units) was answered as live over JSON and
@@ -1708,11 +1853,12 @@ class ThreadServer:
         self.thread.join(10)
 
 
-def start_broker(port: int) -> subprocess.Popen:
+def start_broker(port: int, arguments: list[str] | None = None) -> subprocess.Popen:
+    """Mosquitto listening on `port` (given `arguments`, such as a configuration file, they must say so)."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         pytest.fail("the MQTT tests need Mosquitto (apt-get install mosquitto; `make test` installs it as root)")
-    proc = subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([binary, *(arguments or ["-p", str(port)])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with socket.socket() as s:

@@ -492,6 +492,11 @@ class EdgeService(Service):
         from racmkd.resources.monitor import ResourceMonitor
         from racmkd.resources.sources import SystemSource
 
+        broker_login = None
+        if settings.mqtt_host:  # read first: a login the environment gets wrong is refused before anything starts
+            from racmkd.deploy.telemetry import BrokerLogin
+
+            broker_login = BrokerLogin.from_environment()
         super().__init__(run_audio_rate(cfg))
         self.cfg, self.run_dir, self.settings = cfg, Path(run_dir), settings
         self.monitor = monitor or ResourceMonitor(SystemSource(), cfg.runtime.monitor).start()
@@ -516,7 +521,9 @@ class EdgeService(Service):
         if settings.mqtt_host:
             from racmkd.deploy.telemetry import TelemetryPublisher
 
-            self.telemetry = TelemetryPublisher(settings.mqtt_host, settings.mqtt_port, settings.fleet, settings.device, settings.telemetry_buffer)
+            self.telemetry = TelemetryPublisher(
+                settings.mqtt_host, settings.mqtt_port, settings.fleet, settings.device, settings.telemetry_buffer, login=broker_login
+            )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._background, name="racmkd-edge", daemon=True)
         self._thread.start()

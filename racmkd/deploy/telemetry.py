@@ -12,6 +12,11 @@ Messages go at QoS 1 (at least once). While the broker is unreachable the device
 messages wait in a bounded buffer (the oldest are dropped first, and counted) and are sent when the
 connection returns. `FleetWatcher` is the orchestrator's side: it follows every device's status
 and notices a dead one from its last will.
+
+Both log in to the broker with what the environment holds (`BrokerLogin`): a user name and password
+(`RACMKD_MQTT_USERNAME`, `RACMKD_MQTT_PASSWORD`; Mosquitto's password_file) and TLS verified
+against a CA (`RACMKD_MQTT_CA_FILE`). A broker open to anonymous clients lets anyone publish a
+device's "offline" (the orchestrator then passes it over) or read every device's telemetry.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
+import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +71,55 @@ def broker_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
     return host, int(port)
 
 
+USERNAME_ENV, PASSWORD_ENV, CA_FILE_ENV = "RACMKD_MQTT_USERNAME", "RACMKD_MQTT_PASSWORD", "RACMKD_MQTT_CA_FILE"
+SYSTEM_CAS = "system"  # RACMKD_MQTT_CA_FILE=system: TLS, the broker verified against the system's CAs
+
+
+@dataclass(frozen=True)
+class BrokerLogin:
+    """How a client proves itself to the broker, and the broker to it: a user name and password,
+    and TLS verified against `ca_file` (a PEM bundle, or "system"). Read from the environment, like
+    the servers' token: a config file or a command line would show the password (`ps`, the run's
+    config.yaml). Empty fields: anonymous, in plain text."""
+
+    username: str = ""
+    password: str = ""
+    ca_file: str = ""
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> BrokerLogin:
+        """The login the environment gives; ValueError naming the variable to fix (checked before a
+        server starts: paho raised a bad CA file from its network thread, or a password without a
+        user name went unsent while the broker answered "not authorized")."""
+        # (a trailing newline, from a secret made of a file written with `echo`, is no part of it)
+        username, password, ca_file = (environ.get(name, "").rstrip("\r\n") for name in (USERNAME_ENV, PASSWORD_ENV, CA_FILE_ENV))
+        if password and not username:
+            raise ValueError(f"${PASSWORD_ENV} is set but ${USERNAME_ENV} is not: MQTT sends a password only with a user name; set both")
+        for name, value in ((USERNAME_ENV, username), (PASSWORD_ENV, password)):
+            if any(ord(c) < 0x20 for c in value):
+                raise ValueError(f"${name} holds a control character; write it without one")
+        if ca_file and ca_file != SYSTEM_CAS:
+            try:
+                ssl.create_default_context(cafile=ca_file)
+            except OSError as err:  # FileNotFoundError, and ssl.SSLError for a file holding no certificate
+                why = "no such file" if isinstance(err, FileNotFoundError) else f"not a PEM file of CA certificates ({err})"
+                raise ValueError(f"${CA_FILE_ENV}={ca_file}: {why}; name the CA bundle that signed the broker's certificate, or write {SYSTEM_CAS!r}") from None
+        return cls(username, password, ca_file)
+
+    def apply(self, client: mqtt.Client) -> None:
+        """Give `client` the login and TLS settings (before it connects)."""
+        if self.username:
+            client.username_pw_set(self.username, self.password or None)
+        if self.ca_file:
+            client.tls_set(ca_certs=None if self.ca_file == SYSTEM_CAS else self.ca_file)
+
+    def refusal(self, reason_code: Any) -> str:
+        """What a refused connection means, and what to change (paho gave "Not authorized" alone)."""
+        if self.username:
+            return f"the broker refused the connection ({reason_code}) for user {self.username!r}; check ${USERNAME_ENV} and ${PASSWORD_ENV}"
+        return f"the broker refused the connection ({reason_code}); a broker that takes no anonymous clients needs ${USERNAME_ENV} and ${PASSWORD_ENV}"
+
+
 def _is_ipv6(host: str) -> bool:
     try:
         ipaddress.IPv6Address(host)
@@ -83,8 +140,9 @@ def topic(fleet: str, device: str, kind: str) -> str:
 class TelemetryPublisher:
     """Publishes a device's telemetry; buffers (bounded) while the broker is away."""
 
-    def __init__(self, host: str, port: int, fleet: str, device: str, buffer_size: int = 1000, keepalive_s: int = 5) -> None:
+    def __init__(self, host: str, port: int, fleet: str, device: str, buffer_size: int = 1000, keepalive_s: int = 5, login: BrokerLogin | None = None) -> None:
         self.fleet, self.device = fleet, device
+        self.login = login if login is not None else BrokerLogin.from_environment()
         self.buffer: deque[tuple[str, bytes, bool]] = deque(maxlen=buffer_size)
         self.dropped = 0
         self.sent = 0
@@ -94,6 +152,7 @@ class TelemetryPublisher:
         self._lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"racmkd-{fleet}-{device}", clean_session=True)
         self.client.will_set(topic(fleet, device, "status"), json.dumps({"online": False, "device": device, "reason": "connection lost"}), qos=1, retain=True)
+        self.login.apply(self.client)
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
         # paho's own queue (messages handed over, not yet acknowledged) is bounded too, with room
         # beyond our buffer: at the buffer's size, a queue still full of unacknowledged messages
@@ -110,7 +169,7 @@ class TelemetryPublisher:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
         if getattr(reason_code, "is_failure", False):
-            self._unreachable(f"the broker refused the connection ({reason_code})")
+            self._unreachable(self.login.refusal(reason_code))
             return
         if self.unreachable:
             log.warning("telemetry: connected to the MQTT broker at %s again; sending %d buffered message(s)", self.address, len(self.buffer))
@@ -121,7 +180,12 @@ class TelemetryPublisher:
         self._flush()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._unreachable("cannot connect (no broker there, or the host does not resolve)")
+        if self.login.ca_file:  # (a TLS handshake that fails is a failed connection to paho, like a closed port)
+            self._unreachable(
+                f"cannot connect (no broker there, the host does not resolve, no TLS on that port, or a certificate ${CA_FILE_ENV} does not verify)"
+            )
+        else:
+            self._unreachable("cannot connect (no broker there, or the host does not resolve)")
 
     def _unreachable(self, why: str) -> None:
         """Say so in the log when the broker cannot be reached (nothing did: a mistyped --mqtt
@@ -210,11 +274,12 @@ def broker_for(host: str, port: int | None, fleet: str) -> tuple[str, int]:
     return host, written or port or DEFAULT_PORT
 
 
-def watch_fleet(host: str, port: int, fleet: str, devices: list[str], wait_s: float = 3.0) -> FleetWatcher:
+def watch_fleet(host: str, port: int, fleet: str, devices: list[str], wait_s: float = 3.0, login: BrokerLogin | None = None) -> FleetWatcher:
     """A watcher that has had `wait_s` to hear every device's retained status (the broker sends them
-    at once on subscribing); `connected` tells whether the broker answered at all."""
-    watcher = FleetWatcher(host, port, fleet)
-    watcher.wait_for(lambda w: all(w.online(d) is not None for d in devices), timeout_s=wait_s)
+    at once on subscribing); `connected` tells whether the broker answered at all, `refused` why it
+    would not have us."""
+    watcher = FleetWatcher(host, port, fleet, login=login if login is not None else BrokerLogin.from_environment())
+    watcher.wait_for(lambda w: bool(w.refused) or all(w.online(d) is not None for d in devices), timeout_s=wait_s)
     return watcher
 
 
@@ -227,20 +292,25 @@ class FleetWatcher:
     fleet: str
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     messages: int = 0
+    login: BrokerLogin = field(default_factory=BrokerLogin)
+    refused: str = ""  # why the broker refused the connection, when it did
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self.connected = threading.Event()  # the broker took the connection (else every status stays unknown)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"racmkd-watcher-{self.fleet}-{time.monotonic_ns()}")
+        self.login.apply(self.client)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.connect_async(self.host, self.port, keepalive=5)
         self.client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
-        if not getattr(reason_code, "is_failure", False):
-            client.subscribe(f"racmkd/{self.fleet}/+/+", qos=1)
-            self.connected.set()
+        if getattr(reason_code, "is_failure", False):
+            self.refused = self.login.refusal(reason_code)
+            return
+        client.subscribe(f"racmkd/{self.fleet}/+/+", qos=1)
+        self.connected.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         """One message, read if it is ours: anything else on the topics (a payload that is not a JSON
