@@ -1002,6 +1002,12 @@ def _read_image(path: Path):  # noqa: ANN202 - numpy array
             with Image.open(path) as picture:
                 if picture.mode.startswith("I") or picture.mode == "F":  # 16/32-bit or float pixels: "L" would clip them to 255
                     raise ValueError(f"{path}: {picture.mode} pixels; pass an 8-bit image (grey or colour), or a .npy array of floats in [0, 1]")
+                if picture.mode in ("RGBA", "LA", "PA"):
+                    rgba = picture.convert("RGBA")
+                    if all(low == high for low, high in rgba.getextrema()[:3]):
+                        # One colour of ink whose opacity draws the digit (a drawing canvas's export): "L" dropped the
+                        # opacity and left a constant image, the digit passed over as a dead input. Opacity is ink: light on dark.
+                        return np.asarray(rgba.getchannel("A"))
                 return np.asarray(picture.convert("L"))
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # (a bomb's header: a traceback)
         raise ValueError(f"{path}: not a readable image ({err})") from None
@@ -1022,7 +1028,8 @@ def _read_wav(path: Path):  # noqa: ANN202 - (samples, rate)
     elif np.issubdtype(samples.dtype, np.integer):  # 16-, 24- (read as 32) and 32-bit PCM
         samples = samples.astype(np.float32) / float(-np.iinfo(samples.dtype).min)
     else:
-        samples = samples.astype(np.float32)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes infinite, which the predictor refuses by name
+            samples = samples.astype(np.float32)
     return (samples.mean(axis=1) if samples.ndim == 2 else samples), rate
 
 

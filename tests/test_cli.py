@@ -165,6 +165,16 @@ def test_evaluate_and_predict_on_the_tiny_run(tiny_run: Path, tmp_path: Path) ->
         app, ["predict", "--run", str(tiny_run), "--tier", "teacher", "--image", str(tmp_path / "one.png"), "--audio", str(tmp_path / "stereo.wav")]
     )
     assert result.exit_code == 0 and json.loads(result.output)["label"] == answer["label"], result.output
+    # A drawing canvas's export: one colour of ink, the digit in its opacity ("L" dropped it: a blank image, passed over).
+    canvas = np.zeros((28, 28, 4), dtype=np.uint8)
+    canvas[..., 3] = image
+    Image.fromarray(canvas, "RGBA").save(tmp_path / "canvas.png")
+    result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher_image", "--image", str(tmp_path / "canvas.png")])
+    alone = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher_image", "--image", str(tmp_path / "one.png")])
+    assert result.exit_code == 0 and json.loads(result.output) == json.loads(alone.output), result.output
+    Image.fromarray(255 - image).save(tmp_path / "paper.png")  # a dark digit on white: refused, naming the fix
+    result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher_image", "--image", str(tmp_path / "paper.png")])
+    assert result.exit_code == 2 and "light background" in result.output and "invert it" in result.output, result.output
     Image.fromarray(image.astype(np.uint16) * 257).save(tmp_path / "deep.png")  # 16-bit grey: refused, not clipped to white
     result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher", "--image", str(tmp_path / "deep.png")])
     assert result.exit_code == 2 and "pass an 8-bit image" in result.output

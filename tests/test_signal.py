@@ -70,9 +70,9 @@ def test_a_model_saved_before_the_speech_window_hears_recordings_as_it_learned_t
     old = specs_from_contract({"model": "m", "inputs": {"audio": {"spec": {"n_mels": 16, "n_frames": 8}}}})["audio"]
     assert old.window == "loudest" and signals.AudioSpec().window == "speech"
     short = np.zeros(600, dtype=np.float32)
-    short[50:150] = 0.5
+    short[50:100], short[100:150] = 0.5, -0.5  # (no DC offset, which serving takes off)
     assert SIGNALS.create("audio").to_raw(short, old)[0, 3700:4300].tolist() == short.tolist()  # padded centred in 8000, as it learned
-    assert SIGNALS.create("audio").to_raw(short, signals.AudioSpec(n_mels=16, n_frames=8))[0, 3950:4050].min() == 0.5  # its word centred
+    assert np.abs(SIGNALS.create("audio").to_raw(short, signals.AudioSpec(n_mels=16, n_frames=8))[0, 3950:4050]).min() == 0.5  # its word centred
     clip = np.zeros(3000, dtype=np.float32)
     clip[2500:2700] = 0.5
     assert signals.fix_length(clip, 1000, "loudest")[0][800:].min() == 0.5  # the loudest second, the word at its end
@@ -299,6 +299,36 @@ def test_signals_check_raw_inputs() -> None:
     np.testing.assert_array_equal(kept, tone[:8000])
     assert audio.input_quality(np.zeros((1, 8000), np.float32)) == 0.0 and audio.input_quality(raw) == 1.0
     assert image.input_quality(np.full((1, 28, 28), 0.5, np.float32)) == 0.0
+
+
+def test_a_dark_digit_on_a_light_background_is_refused_and_a_dc_offset_is_no_part_of_the_sound(shared_root) -> None:  # noqa: ANN001
+    """A dark digit on white (a scan, a drawing app) was read with confidence as another digit; a DC
+    offset of 20% of a recording's peak turned its "two" into a "zero"."""
+    from scipy.io import wavfile
+
+    from racmkd.data.mnist import load_mnist
+
+    image_signal, audio_signal = SIGNALS.create("image"), SIGNALS.create("audio")
+    digits, _ = load_mnist(shared_root / "mnist", "test")
+    spec = signals.ImageSpec()
+    for digit in digits[:50]:  # MNIST's own digits pass, as uint8 and as floats, clean or noisy
+        assert image_signal.to_raw(digit, spec).shape == (1, 28, 28)
+        noisy = np.clip(digit / 255 + 0.5 * np.random.default_rng(0).standard_normal((28, 28)), 0, 1)
+        image_signal.to_raw(noisy, spec)
+    for inverted in (255 - digits[0], 1 - digits[0] / 255.0):
+        with pytest.raises(ValueError, match=r"light background .* invert it"):
+            image_signal.to_raw(inverted, spec)
+    assert image_signal.to_raw(np.full((28, 28), 255, np.uint8), spec).max() == 1  # a blank white image stays a dead input, judged as such later
+    with pytest.raises(ValueError, match="holds no samples"):
+        audio_signal.to_raw(np.zeros(0, np.float32), signals.AudioSpec())
+    rate, wave = wavfile.read(shared_root / "fsdd" / "recordings" / "2_jackson_0.wav")
+    spec = signals.AudioSpec()
+    samples = wave.astype(np.float64) / 32768
+    centred = audio_signal.features(audio_signal.to_raw((samples - samples.mean()).astype(np.float32), spec), spec)
+    offset = audio_signal.features(audio_signal.to_raw(wave + np.int16(0.2 * np.abs(wave).max()), spec), spec)
+    assert np.abs(offset - centred).max() < 1e-3  # (kept, the offset moved them by up to 15.7)
+    assert audio_signal.to_raw(wave, spec).mean() != 0  # FSDD's own small offset stays: the models learnt from it
+    assert audio_signal.input_quality(audio_signal.to_raw(np.full(8000, 0.3, np.float32), spec)) == 0  # a constant: silence
 
 
 def test_a_short_sound_padded_with_silence_is_no_dead_input() -> None:

@@ -105,6 +105,15 @@ def test_wav_parsing_and_faults(tmp_path: Path) -> None:
     with_cue = riff[:12] + b"cue " + (4).to_bytes(4, "little") + (0).to_bytes(4, "little") + riff[12:]
     with_cue = with_cue[:4] + (len(with_cue) - 8).to_bytes(4, "little") + with_cue[8:]
     assert np.array_equal(parse_wav(with_cue, Path("cue.wav"))[1], samples)
+    # Written as a stream (FFmpeg to a pipe): the RIFF and data sizes unknown to the writer, 0xFFFFFFFF or
+    # 0; it was refused as truncated. Read to the file's end, in whole frames (a stray byte left over).
+    data_at = riff.index(b"data")
+    for unknown in (0xFFFFFFFF, 0):
+        streamed = bytearray(with_cue + b"\x01")
+        streamed[4:8] = unknown.to_bytes(4, "little")
+        at = data_at + len(with_cue) - len(riff)
+        streamed[at + 4 : at + 8] = unknown.to_bytes(4, "little")
+        assert np.array_equal(parse_wav(bytes(streamed), Path("streamed.wav"))[1], samples), unknown
 
 
 def test_fsdd_folder_checks(tmp_path: Path) -> None:

@@ -125,14 +125,26 @@ class InputGraph(nn.Module):
         return self.head(torch.cat([encoder(x) for encoder, x in zip(self.encoders.values(), inputs)], dim=1))
 
 
-def contract(model_name: str, specs: dict[str, Any], modalities: dict[str, Modality], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The preprocessing contract written into an exported model."""
+def contract(
+    model_name: str, specs: dict[str, Any], modalities: dict[str, Modality], extra: dict[str, Any] | None = None, classes: int | None = None
+) -> dict[str, Any]:
+    """The preprocessing contract written into an exported model: with docs/contract.md, enough for
+    a runtime written without racmkd (what each input must be made into, what the output means).
+    Terse: every model file carries it (1.8 KB of a critical tier's 9.7)."""
+    extra = extra or {}
+    shape = f"(batch, {classes})" if classes else "(batch, classes)"
+    if extra.get("share"):  # (read as logits alone, a share disagreed with its model on up to 5% of the digits)
+        output = f"{shape} float32 share of the logits: logits = the sum of the answering shares + the mean of their logit_bias; column i = class i"
+    else:
+        output = f"{shape} float32 logits, column i = class i; softmax gives the probabilities"
+    protocols = {m.protocol for m in modalities.values()}
     return {
         "format": CONTRACT_FORMAT,
         "model": model_name,
+        **({"protocol": protocols.pop()} if len(protocols) == 1 else {}),
         "inputs": {m: {"modality": m, **modalities[m].contract(specs[m])} for m in specs},
-        "outputs": {"logits": "(batch, classes) float32; softmax gives the class probabilities"},
-        **(extra or {}),
+        "outputs": {"logits": output},
+        **extra,
     }
 
 
@@ -277,7 +289,7 @@ def export_onnx(
         _keep_graph(key, graph)
     proto = onnx.load_from_string(graph)
     used = {m: specs[m] for m in present}
-    meta = contract(name, used, modalities, extra_meta)
+    meta = contract(name, used, modalities, extra_meta, classes=model.classifier.out_features)
     set_metadata(proto, {CONTRACT_KEY: json.dumps(meta, separators=(",", ":"))})  # compact: it travels in every model file
     try:
         onnx.checker.check_model(proto)

@@ -39,14 +39,41 @@ class Recording:
         return f"{self.digit}_{self.speaker}_{self.index}.wav"
 
 
+STREAMED_SIZES = (0, 0xFFFFFFFF)  # what a writer that cannot seek back leaves in a WAV's size fields
+
+
+def sized_stream(data: bytes) -> bytes:
+    """A WAV written as a stream (FFmpeg to a pipe, a recorder cut off) with its RIFF and data sizes
+    set to what the file holds: the writer left 0xFFFFFFFF (or 0) there, and scipy refused the file as
+    truncated. The data runs to the end of the file, in whole frames. Anything else is left as it is."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return data
+    fixed, offset, frame = bytearray(data), 12, 1
+    while offset + 8 <= len(data):
+        chunk, size = data[offset : offset + 4], int.from_bytes(data[offset + 4 : offset + 8], "little")
+        if chunk == b"fmt " and offset + 22 <= len(data):
+            frame = max(1, int.from_bytes(data[offset + 20 : offset + 22], "little"))  # block align: bytes per frame
+        if chunk == b"data":
+            if size not in STREAMED_SIZES:
+                return data
+            held = (len(data) - offset - 8) // frame * frame
+            fixed[offset + 4 : offset + 8] = held.to_bytes(4, "little")
+            if int.from_bytes(data[4:8], "little") in STREAMED_SIZES:
+                fixed[4:8] = (offset + held).to_bytes(4, "little")  # (the RIFF size counts from byte 8)
+            return bytes(fixed[: offset + 8 + held])
+        offset += 8 + size + (size & 1)  # chunks are padded to an even size
+    return data
+
+
 def read_wav(data: bytes, path: Path, fix: str = "") -> tuple[int, np.ndarray]:
     """Sample rate and samples of a WAV file, as stored (any sample type; (n,) or (n, channels));
-    a file that cannot be parsed, or holds no samples, is a DataError naming it (`fix` appended)."""
+    a file that cannot be parsed, or holds no samples, is a DataError naming it (`fix` appended).
+    A file written as a stream, its sizes unknown to its writer, is read to its end (`sized_stream`)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", wavfile.WavFileWarning)  # extra chunks (cue, bext, ...) are fine ...
             warnings.filterwarnings("error", message="Reached EOF prematurely", category=wavfile.WavFileWarning)  # ... a truncated file is not
-            rate, samples = wavfile.read(io.BytesIO(data))
+            rate, samples = wavfile.read(io.BytesIO(sized_stream(data)))
     except Exception as err:  # noqa: BLE001 - scipy's parser meets a garbled header with whatever it hits (struct.error, ZeroDivisionError, UnboundLocalError, ...)
         raise DataError(f"{path}: not a readable WAV file ({type(err).__name__}: {err}). {fix}".rstrip()) from None
     if len(samples) == 0:

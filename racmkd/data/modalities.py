@@ -182,8 +182,15 @@ class Modality(ABC):
         return self.signal.input_quality(np.asarray(raw))
 
     def contract(self, spec: Any) -> dict[str, Any]:
-        """The preprocessing a runtime must apply to raw inputs for a model built for `spec` (the signal's)."""
-        return self.signal.contract(spec)
+        """The preprocessing a runtime must apply to raw inputs for a model built for `spec` (the
+        signal's), and what the protocol made of the inputs the model learnt from where a raw input
+        of the same kind is not what it saw (`trained_on`)."""
+        note = self.trained_on()
+        return {**self.signal.contract(spec), **({"trained_on": note} if note else {})}
+
+    def trained_on(self) -> str | None:
+        """How the protocol's training inputs differ from raw ones of the same kind, or None."""
+        return None
 
 
 def seeded_noise(shape: tuple[int, ...] | torch.Size, seeds: list[int], offset: int) -> torch.Tensor:
@@ -249,6 +256,11 @@ class ImageModality(Modality):
 
     def gather(self, bank: Bank, rows: torch.Tensor) -> torch.Tensor:
         return bank.data[rows].float() / 255.0  # (B, 28, 28) in [0, 1]
+
+    def trained_on(self) -> str | None:
+        if self.protocol != "avmnist":
+            return None
+        return f"MNIST digits rebuilt from the principal components keeping {self.options.pca_variance:g} of their variance (AV-MNIST; docs/contract.md)"
 
     degradation = "added white noise, its standard deviation on [0, 1] (clipped)"
     degradation_column = "noise {level}"
