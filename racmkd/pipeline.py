@@ -708,7 +708,10 @@ def export_model(
     from racmkd.compress.steps import ExportOptions
     from racmkd.data.paths import git_commit
 
-    model, specs, modalities, meta = load_model(exportable_checkpoint(run_dir, name))
+    model, specs, _, meta = load_model(exportable_checkpoint(run_dir, name))
+    # The run's own modalities, not the checkpoint's rebuilt ones: those know no protocol or options,
+    # and the contract said an avmnist model learnt from clean digits.
+    modalities = {m: dataset.modalities[m] for m in specs}
     out_dir = Path(out_dir or run_dir / "onnx")
     stem = f"{name}{'' if present is None or set(present) == set(specs) else '-' + '+'.join(present)}"
     # Every file is built and checked in a work folder, then moved in: written in place, a failed or

@@ -74,3 +74,25 @@ def test_a_model_file_runs_without_racmkd_from_its_contract(consumer, tiny_run: 
             expected = ours.logits(ours.features(needed, sample_rate=rate))
             got = theirs.logits(**needed, sample_rate=rate)
             assert np.argmax(got) == np.argmax(expected) and np.abs(got - expected).max() < 1e-3, (path.name, rate, len(wave), got, expected)
+
+
+def test_an_exported_model_names_the_protocol_it_learnt_from(tiny_run: Path, tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    """The contract's protocol came from the modalities a checkpoint rebuilds, which know none: an
+    avmnist run's models said they learnt from clean digits. It is the run's."""
+    import copy
+
+    from racmkd.pipeline import export_model
+    from racmkd.runtime.variants import build_bank
+
+    avmnist = copy.copy(tiny_dataset)  # the tiny run's data, as an avmnist run's modalities describe it
+    avmnist.modalities = {m: copy.copy(modality) for m, modality in tiny_dataset.modalities.items()}
+    for modality in avmnist.modalities.values():
+        modality.protocol = "avmnist"
+    cfg = load_config(tiny_run / "config.yaml")
+    export_model(cfg, avmnist, tiny_run, "high", tmp_path / "onnx", int8=False)
+    build_bank(cfg, avmnist, tiny_run, out_dir=tmp_path / "edge", val_samples=100, test_samples=100, latency_iters=5)
+    files = [tmp_path / "onnx" / "high.fp32.onnx", *sorted((tmp_path / "edge").glob("*.image.onnx"))]
+    assert len(files) > 1
+    for path in files:
+        contract = json.loads({p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}["racmkd.contract"])
+        assert contract["protocol"] == "avmnist" and "principal components" in contract["inputs"]["image"]["trained_on"], (path.name, contract)

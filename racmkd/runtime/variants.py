@@ -198,7 +198,8 @@ def _build_bank(
     modality_order = [m for m in dataset.modalities]
     for tier in progress(tiers, desc="edge variants", leave=True):
         source, precision, kept_int8, clipped, per_tensor, bias_shift = _source(run_dir, tier)
-        model, specs, modalities, _ = load_model(source)
+        model, specs, _, _ = load_model(source)
+        modalities = {m: dataset.modalities[m] for m in specs}  # (the run's: a checkpoint's own know no protocol, and the contract said clean)
         biases[tier] = model.classifier.bias.detach().numpy().astype(np.float32)
         paths = {m: out_dir / f"{tier}.{m}.onnx" for m in specs}
         for m, path in paths.items():
