@@ -320,14 +320,16 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
     one with the most parameters. The search is coordinate-wise:
     modality sets x resolution levels, each at its deepest depth within the budget, then the other depths of each tier's
     leader. Inputs are compared deep because a shallow student under-uses a large input (on avmnist the
-    64x32 log-mel trailed 32x32 by 13 points at depth 1 and by 3.5 at depth 3). A design that several tiers
-    can afford is trained once. Modality sets whose own teacher trails the fused one by more than
+    64x32 log-mel trailed 32x32 by 13 points at depth 1 and by 3.5 at depth 3). Each tier trains its own
+    candidates with its own objective, a design two tiers can afford twice: trained once for both, as the
+    first tier's, a tier's choice depended on which other tiers were distilled with it (`racmkd distill
+    --tier low` chose another low student than `racmkd run`). Modality sets whose own teacher trails the fused one by more than
     `selection.teacher_gap` are not tried (`out_of_reach`). Writes selection.json."""
     sel = cfg.students.selection
     budgets = [t.budget_bytes for t in cfg.students.tiers]
     table: dict[str, Any] = {}
     listed: dict[str, list[Design]] = {}
-    trained: dict[tuple, Job] = {}  # one job per distinct design
+    trained: dict[tuple[str, tuple], Job] = {}  # (tier, design key) -> its job
     answers = FeatureCache(evict=False)  # the teachers' answers: both rounds draw the same batches
     chosen = {}
     earlier = read_selection(run_dir).get("tiers", {})  # the other tiers' records, kept (said now if unreadable, not after the training)
@@ -348,8 +350,9 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
         for tier_name, designs in round_designs.items():
             tier = next(t for t in tiers if t.name == tier_name)
             for d in designs:
-                if d.key not in trained and d.key not in jobs:
-                    jobs[d.key] = Job(
+                key = (tier_name, d.key)
+                if key not in trained and key not in jobs:
+                    jobs[key] = Job(
                         d.name,
                         build_student(d, dataset.modalities, cfg.seed),
                         d.specs(dataset.modalities),
@@ -358,7 +361,7 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
                         cfg.distill,
                         lr_setting=f"students.train.lr in {run_dir}/config.yaml",
                     )
-                    attach_projection(jobs[d.key], teachers[0].model)
+                    attach_projection(jobs[key], teachers[0].model)
         if jobs:
             with torch_threads(cfg.threads):
                 train_jobs(
@@ -378,12 +381,12 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
                 )
             trained.update(jobs)
 
-    def leader(designs: list[Design]) -> Design:
-        return max((d for d in designs if d.key in trained), key=lambda d: trained[d.key].best_accuracy)
+    def leader(tier_name: str, designs: list[Design]) -> Design:
+        return max((d for d in designs if (tier_name, d.key) in trained), key=lambda d: trained[(tier_name, d.key)].best_accuracy)
 
     started = time.perf_counter()
     train({name: deepest_per_input(designs) for name, designs in listed.items()}, "selection: inputs")
-    leaders = {name: leader(designs) for name, designs in listed.items()}
+    leaders = {name: leader(name, designs) for name, designs in listed.items()}
     train(
         {name: [d for d in designs if (d.modalities, d.level) == (leaders[name].modalities, leaders[name].level)] for name, designs in listed.items()},
         "selection: depth",
@@ -392,9 +395,9 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
     for tier_name, designs in listed.items():
         entries = []
         for d in designs:
-            if d.key not in trained:
+            if (tier_name, d.key) not in trained:
                 continue  # a depth variant of a design that did not lead its tier
-            job = trained[d.key]
+            job = trained[(tier_name, d.key)]
             entries.append(
                 {
                     **asdict(d),

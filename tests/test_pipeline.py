@@ -739,3 +739,29 @@ def test_accuracy_plots_frame_the_tiers_and_mark_a_model_far_below(tmp_path: Pat
     # One colour per tier and its baseline (dashed), the teachers apart: no two series share one.
     colours = {name: curve_colour(name) for name in ("teacher", "teacher_image", "teacher_audio", "teacher_pen", "high", "medium", "low", "critical")}
     assert None not in colours.values() and len(set(colours.values())) == len(colours) and curve_colour("high_labels_only") == colours["high"]
+
+
+def test_a_tiers_choice_does_not_depend_on_the_tiers_distilled_with_it(tiny_run: Path, tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    """A design two tiers could afford was trained once, as the first tier's (its objective, its
+    dropout seed): with its budget raised to afford medium's designs, low chose another student in
+    `racmkd run` than in `racmkd distill --tier low`."""
+    import shutil
+
+    from racmkd.pipeline import load_teachers, select_designs
+
+    cfg = load_config(tiny_run / "config.yaml", ["students.tiers.2.budget_bytes=131072"])
+    teachers = load_teachers(tiny_run, list(tiny_dataset.modalities), unimodal=False)
+    tables = []
+    for names in (["medium", "low"], ["low"]):
+        run = tmp_path / "+".join(names)
+        run.mkdir()
+        shutil.copy(tiny_run / "config.yaml", run / "config.yaml")
+        chosen = select_designs(cfg, tiny_dataset, teachers, run, [t for t in cfg.students.tiers if t.name in names])
+        low = json.loads((run / "selection.json").read_text())["tiers"]["low"]
+        tables.append((chosen["low"].name, [(c["name"], c["trained_as"], c["val_accuracy"]) for c in low["candidates"]]))
+        if names == ["medium", "low"]:  # (the case: a design both tiers try)
+            medium = json.loads((run / "selection.json").read_text())["tiers"]["medium"]
+            both = {c["name"].split(":", 1)[1] for c in medium["candidates"]} & {c["name"].split(":", 1)[1] for c in low["candidates"]}
+            assert both, (medium["candidates"], low["candidates"])
+    assert tables[0] == tables[1]
+    assert all(trained_as.startswith("low:") for _, trained_as, _ in tables[0][1])
