@@ -3,7 +3,7 @@ the model's contract (its `racmkd.contract` metadata) as docs/contract.md define
 
     python examples/onnx_without_racmkd.py MODEL.onnx --image digit.png --audio word.wav
 
-It is the proof that a model file carries what a runtime needs (tests/test_compress.py holds its
+It is the proof that a model file carries what a runtime needs (tests/test_contract.py holds its
 answers to racmkd's own on real digits and recordings). Images and audio only; a pen model's steps
 are in docs/contract.md too.
 """
@@ -99,10 +99,10 @@ def audio_features(wave: np.ndarray, rate: int, spec: dict, format_: str) -> np.
     if wave.ndim == 2:  # (samples, channels), as WAV readers give it
         wave = wave.mean(axis=1)
     wave = wave.astype(np.float64) / 32768.0 if wave.dtype == np.int16 else wave.astype(np.float64)
-    if abs(wave.mean()) > 0.01 * np.abs(wave).max():  # a DC offset
-        wave = wave - wave.mean()
-    if rate != spec["sample_rate"]:
+    if rate != spec["sample_rate"]:  # by the exact ratio where both factors are at most 1000, else the nearest such
         ratio = Fraction(spec["sample_rate"], rate)
+        if max(ratio.numerator, ratio.denominator) > 1000:
+            ratio = ratio.limit_denominator(max(1, int(1000 / max(1.0, spec["sample_rate"] / rate))))
         wave = resample_poly(wave, ratio.numerator, ratio.denominator)
     window = spec.get("window", "loudest" if format_ == "racmkd-onnx/1" else "speech")
     wave = place(wave, spec["samples"], window)

@@ -1002,7 +1002,7 @@ def _read_image(path: Path):  # noqa: ANN202 - numpy array
             with Image.open(path) as picture:
                 if picture.mode.startswith("I") or picture.mode == "F":  # 16/32-bit or float pixels: "L" would clip them to 255
                     raise ValueError(f"{path}: {picture.mode} pixels; pass an 8-bit image (grey or colour), or a .npy array of floats in [0, 1]")
-                if picture.mode in ("RGBA", "LA", "PA"):
+                if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:  # (a palette PNG's transparent index too)
                     rgba = picture.convert("RGBA")
                     if all(low == high for low, high in rgba.getextrema()[:3]):
                         # One colour of ink whose opacity draws the digit (a drawing canvas's export): "L" dropped the

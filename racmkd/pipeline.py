@@ -320,10 +320,10 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
     one with the most parameters. The search is coordinate-wise:
     modality sets x resolution levels, each at its deepest depth within the budget, then the other depths of each tier's
     leader. Inputs are compared deep because a shallow student under-uses a large input (on avmnist the
-    64x32 log-mel trailed 32x32 by 13 points at depth 1 and by 3.5 at depth 3). Each tier trains its own
-    candidates with its own objective, a design two tiers can afford twice: trained once for both, as the
-    first tier's, a tier's choice depended on which other tiers were distilled with it (`racmkd distill
-    --tier low` chose another low student than `racmkd run`). Modality sets whose own teacher trails the fused one by more than
+    64x32 log-mel trailed 32x32 by 13 points at depth 1 and by 3.5 at depth 3). A design two tiers can
+    afford is trained once per tier, with that tier's objective: trained once for both, as the first
+    tier's, a tier's choice depended on which other tiers were distilled with it (`racmkd distill --tier
+    low` chose another low student than `racmkd run`). Modality sets whose own teacher trails the fused one by more than
     `selection.teacher_gap` are not tried (`out_of_reach`). Writes selection.json."""
     sel = cfg.students.selection
     budgets = [t.budget_bytes for t in cfg.students.tiers]

@@ -172,6 +172,11 @@ def test_evaluate_and_predict_on_the_tiny_run(tiny_run: Path, tmp_path: Path) ->
     result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher_image", "--image", str(tmp_path / "canvas.png")])
     alone = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher_image", "--image", str(tmp_path / "one.png")])
     assert result.exit_code == 0 and json.loads(result.output) == json.loads(alone.output), result.output
+    palette = Image.fromarray((image > 0).astype(np.uint8), "P")  # a PNG optimiser's: two entries of one colour, index 0 transparent
+    palette.putpalette([0, 0, 0] * 256)
+    palette.save(tmp_path / "palette.png", transparency=0)
+    result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher_image", "--image", str(tmp_path / "palette.png")])
+    assert result.exit_code == 0 and json.loads(result.output)["label"] == json.loads(alone.output)["label"], result.output
     Image.fromarray(255 - image).save(tmp_path / "paper.png")  # a dark digit on white: refused, naming the fix
     result = runner.invoke(app, ["predict", "--run", str(tiny_run), "--tier", "teacher_image", "--image", str(tmp_path / "paper.png")])
     assert result.exit_code == 2 and "light background" in result.output and "invert it" in result.output, result.output

@@ -96,3 +96,5 @@ def test_an_exported_model_names_the_protocol_it_learnt_from(tiny_run: Path, tin
     for path in files:
         contract = json.loads({p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}["racmkd.contract"])
         assert contract["protocol"] == "avmnist" and "principal components" in contract["inputs"]["image"]["trained_on"], (path.name, contract)
+    audio = json.loads({p.key: p.value for p in onnx.load(str(files[0]), load_external_data=False).metadata_props}["racmkd.contract"])["inputs"]["audio"]
+    assert "white noise at 0-10 dB SNR" in audio["trained_on"]

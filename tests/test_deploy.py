@@ -1407,6 +1407,14 @@ def test_the_broker_login_comes_from_the_environment_and_is_checked_before_a_ser
     login = BrokerLogin.from_environment({"RACMKD_MQTT_USERNAME": "edge", "RACMKD_MQTT_PASSWORD": "pw\n", "RACMKD_MQTT_CA_FILE": str(ca)})
     assert login == BrokerLogin("edge", "pw", str(ca))  # (a secret made from a file written with echo ends in a newline)
     assert BrokerLogin.from_environment({"RACMKD_MQTT_CA_FILE": "system"}).ca_file == "system"
+    with pytest.MonkeyPatch.context() as env:  # a watcher made directly logs in as the publisher does (it was anonymous)
+        env.setenv("RACMKD_MQTT_USERNAME", "edge")
+        env.setenv("RACMKD_MQTT_PASSWORD", "pw")
+        watcher = FleetWatcher("127.0.0.1", free_port(), "f")
+        try:
+            assert watcher.login == BrokerLogin("edge", "pw")
+        finally:
+            watcher.close()
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate")
     for environ, expected in (

@@ -70,9 +70,9 @@ def test_a_model_saved_before_the_speech_window_hears_recordings_as_it_learned_t
     old = specs_from_contract({"model": "m", "inputs": {"audio": {"spec": {"n_mels": 16, "n_frames": 8}}}})["audio"]
     assert old.window == "loudest" and signals.AudioSpec().window == "speech"
     short = np.zeros(600, dtype=np.float32)
-    short[50:100], short[100:150] = 0.5, -0.5  # (no DC offset, which serving takes off)
+    short[50:150] = 0.5
     assert SIGNALS.create("audio").to_raw(short, old)[0, 3700:4300].tolist() == short.tolist()  # padded centred in 8000, as it learned
-    assert np.abs(SIGNALS.create("audio").to_raw(short, signals.AudioSpec(n_mels=16, n_frames=8))[0, 3950:4050]).min() == 0.5  # its word centred
+    assert SIGNALS.create("audio").to_raw(short, signals.AudioSpec(n_mels=16, n_frames=8))[0, 3950:4050].min() == 0.5  # its word centred
     clip = np.zeros(3000, dtype=np.float32)
     clip[2500:2700] = 0.5
     assert signals.fix_length(clip, 1000, "loudest")[0][800:].min() == 0.5  # the loudest second, the word at its end
@@ -301,11 +301,8 @@ def test_signals_check_raw_inputs() -> None:
     assert image.input_quality(np.full((1, 28, 28), 0.5, np.float32)) == 0.0
 
 
-def test_a_dark_digit_on_a_light_background_is_refused_and_a_dc_offset_is_no_part_of_the_sound(shared_root) -> None:  # noqa: ANN001
-    """A dark digit on white (a scan, a drawing app) was read with confidence as another digit; a DC
-    offset of 20% of a recording's peak turned its "two" into a "zero"."""
-    from scipy.io import wavfile
-
+def test_a_dark_digit_on_a_light_background_is_refused(shared_root) -> None:  # noqa: ANN001
+    """A dark digit on white (a scan, a drawing app) was read with confidence as another digit."""
     from racmkd.data.mnist import load_mnist
 
     image_signal, audio_signal = SIGNALS.create("image"), SIGNALS.create("audio")
@@ -321,14 +318,6 @@ def test_a_dark_digit_on_a_light_background_is_refused_and_a_dc_offset_is_no_par
     assert image_signal.to_raw(np.full((28, 28), 255, np.uint8), spec).max() == 1  # a blank white image stays a dead input, judged as such later
     with pytest.raises(ValueError, match="holds no samples"):
         audio_signal.to_raw(np.zeros(0, np.float32), signals.AudioSpec())
-    rate, wave = wavfile.read(shared_root / "fsdd" / "recordings" / "2_jackson_0.wav")
-    spec = signals.AudioSpec()
-    samples = wave.astype(np.float64) / 32768
-    centred = audio_signal.features(audio_signal.to_raw((samples - samples.mean()).astype(np.float32), spec), spec)
-    offset = audio_signal.features(audio_signal.to_raw(wave + np.int16(0.2 * np.abs(wave).max()), spec), spec)
-    assert np.abs(offset - centred).max() < 1e-3  # (kept, the offset moved them by up to 15.7)
-    assert audio_signal.to_raw(wave, spec).mean() != 0  # FSDD's own small offset stays: the models learnt from it
-    assert audio_signal.input_quality(audio_signal.to_raw(np.full(8000, 0.3, np.float32), spec)) == 0  # a constant: silence
 
 
 def test_a_short_sound_padded_with_silence_is_no_dead_input() -> None:
@@ -369,6 +358,24 @@ def test_any_sample_rate_resamples_fast_and_the_usual_ones_exactly() -> None:
     tone = signals.resample(np.sin(2 * np.pi * 440 * t).astype(np.float32), 44101, 8000)
     expected = np.sin(2 * np.pi * 440 * np.arange(len(tone)) / 8000)
     assert abs(len(tone) - 8000) <= 1 and np.abs(tone - expected)[100:-100].max() < 0.01  # (the edges ring: the filter's zero padding)
+
+
+def test_the_resampling_filter_is_scipys_designed_once_per_ratio() -> None:
+    """resample_poly designs its filter on every call (0.73 ms of a 44.1 kHz request's 1.9): the same
+    filter, kept per ratio, gives the same samples bit for bit."""
+    from scipy.signal import resample_poly
+
+    rng = np.random.default_rng(0)
+    signals.resample_taps.cache_clear()
+    for rate in (16000, 22050, 44100, 44101):
+        ratio = signals.resample_ratio(rate, 8000)
+        for wave in (rng.standard_normal(rate).astype(np.float32) * 0.3, rng.standard_normal(rate) * 0.3, (rng.standard_normal(rate) * 1000).astype(np.int16)):
+            assert np.array_equal(signals.resample(wave, rate, 8000), resample_poly(wave, ratio.numerator, ratio.denominator).astype(np.float32)), (
+                rate,
+                wave.dtype,
+            )
+            signals.resample(wave, rate, 8000)
+    assert signals.resample_taps.cache_info().hits >= 12 and signals.resample_taps.cache_info().currsize == 8  # 4 ratios x (float32, float64)
 
 
 def test_the_resampler_is_imported_when_the_audio_signal_is_made() -> None:

@@ -114,6 +114,11 @@ def test_wav_parsing_and_faults(tmp_path: Path) -> None:
         at = data_at + len(with_cue) - len(riff)
         streamed[at + 4 : at + 8] = unknown.to_bytes(4, "little")
         assert np.array_equal(parse_wav(bytes(streamed), Path("streamed.wav"))[1], samples), unknown
+    # An empty data chunk in a file whose RIFF size is right is empty, not a stream: what follows it is no audio.
+    empty = riff[:data_at] + b"data" + bytes(4) + b"LIST" + (16).to_bytes(4, "little") + bytes(16)
+    empty = empty[:4] + (len(empty) - 8).to_bytes(4, "little") + empty[8:]
+    with pytest.raises(DataError, match="no samples"):
+        parse_wav(empty, Path("empty.wav"))
 
 
 def test_fsdd_folder_checks(tmp_path: Path) -> None:

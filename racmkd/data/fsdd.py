@@ -54,11 +54,14 @@ def sized_stream(data: bytes) -> bytes:
         if chunk == b"fmt " and offset + 22 <= len(data):
             frame = max(1, int.from_bytes(data[offset + 20 : offset + 22], "little"))  # block align: bytes per frame
         if chunk == b"data":
-            if size not in STREAMED_SIZES:
+            riff = int.from_bytes(data[4:8], "little")
+            # (0xFFFFFFFF is no size; a data size of 0 only where the RIFF size is unknown or wrong too:
+            # an empty data chunk before other chunks is empty, and the rest is not audio)
+            if size != 0xFFFFFFFF and not (size == 0 and (riff in STREAMED_SIZES or riff != len(data) - 8)):
                 return data
             held = (len(data) - offset - 8) // frame * frame
             fixed[offset + 4 : offset + 8] = held.to_bytes(4, "little")
-            if int.from_bytes(data[4:8], "little") in STREAMED_SIZES:
+            if riff in STREAMED_SIZES:
                 fixed[4:8] = (offset + held).to_bytes(4, "little")  # (the RIFF size counts from byte 8)
             return bytes(fixed[: offset + 8 + held])
         offset += 8 + size + (size & 1)  # chunks are padded to an even size

@@ -368,6 +368,12 @@ class AudioModality(Modality):
     def gather(self, bank: Bank, rows: torch.Tensor) -> torch.Tensor:
         return bank.data[rows].float() / 32768.0  # (B, samples) in [-1, 1]
 
+    def trained_on(self) -> str | None:
+        if self.protocol != "avmnist":
+            return None
+        lo, hi = self.options.snr_db
+        return f"recordings mixed with white noise at {lo:g}-{hi:g} dB SNR (AV-MNIST; docs/contract.md)"
+
     def corrupt(self, raw: torch.Tensor, extra: dict[str, torch.Tensor], generator: torch.Generator | None, seeds: torch.Tensor | None) -> torch.Tensor:
         if self.protocol != "avmnist":
             return raw

@@ -292,7 +292,7 @@ class FleetWatcher:
     fleet: str
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     messages: int = 0
-    login: BrokerLogin = field(default_factory=BrokerLogin)
+    login: BrokerLogin = field(default_factory=BrokerLogin.from_environment)
     refused: str = ""  # why the broker refused the connection, when it did
 
     def __post_init__(self) -> None:

@@ -19,12 +19,19 @@ import numpy as np
 
 from racmkd.data import signals as _signals  # noqa: F401 - registers the image, audio and pen signals
 from racmkd.registry import SIGNALS
+from racmkd.utils import torch_threads
 
 
 class Predictor:
     """A model with its preprocessing; `predict` takes raw inputs, any of which may be missing.
     `preprocess` maps each modality the model uses to what turns raw inputs into its features (a
     training-side Modality for checkpoints, a Signal for ONNX models): both have `to_raw` and `features`."""
+
+    # PyTorch's intra-op threads for one sample of a checkpoint (0: PyTorch's own, one per core). One:
+    # on a 2-core host with other work, a thread per core spun against it (racmkd.load(run).predict
+    # took 16-20 ms, with rounds of 300-700; 3.7 on one). The number is PyTorch's, for the process:
+    # it is set around each call and put back after.
+    threads: int = 1
 
     def __init__(self, name: str, model: Any, specs: dict[str, Any], preprocess: dict[str, Any], meta: dict[str, Any]) -> None:
         self.name, self.model, self.specs, self._preprocess, self.meta = name, model, specs, preprocess, meta
@@ -54,7 +61,8 @@ class Predictor:
 
     def features(self, inputs: dict[str, Any], sample_rate: int | None = None) -> dict[str, Any]:
         """Model inputs (batch of one) from the live raw inputs that this model uses and that were given."""
-        out, dead = self.live_features(inputs, sample_rate)
+        with torch_threads(self.threads):  # (a checkpoint's features are the training side's, in PyTorch)
+            out, dead = self.live_features(inputs, sample_rate)
         if not out:
             wanted = " and/or ".join(self.modalities)
             if dead:
@@ -86,7 +94,7 @@ class Predictor:
         """Class logits (K,) of the one sample in `features`."""
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(self.threads):
             return self.model(features)[0].numpy()
 
     def __repr__(self) -> str:
