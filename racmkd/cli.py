@@ -950,8 +950,8 @@ def predict(
     given = {"--image": image_array, "--audio": audio_array, **{f"--input {m}": v for m, v in others.items()}}
     unused = [flag for flag, value in given.items() if value is not None and flag.split()[-1].removeprefix("--") not in predictor.modalities]
     if unused:  # (the predictor ignores them, as documented; a user should not think they counted)
-        typer.secho(f"note: {', '.join(unused)}: not used by {tier}, which takes {', '.join(predictor.modalities)}", fg=typer.colors.YELLOW, err=True)
-    typer.echo(json.dumps({"label": label, "probabilities": np.round(probs, 4).tolist(), "model": tier}))
+        typer.secho(f"note: {', '.join(unused)}: not used by {predictor.name}, which takes {', '.join(predictor.modalities)}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(json.dumps({"label": label, "probabilities": np.round(probs, 4).tolist(), "model": predictor.name}))
 
 
 def _read_inputs(pairs: list[str]) -> dict[str, object]:

@@ -1674,3 +1674,20 @@ def test_an_edge_runtime_is_made_from_a_bank_folder_and_a_run_config(bank_dir: P
         runtime.close()
     with pytest.raises(TypeError, match=r"a Bank or its folder, and a RuntimeConfig or RunConfig; got Bank and dict"):
         EdgeRuntime(load_bank(bank_dir), {"latency_target_ms": 7})
+
+
+def test_a_replay_refuses_a_bank_that_learnt_its_inputs_otherwise(bank_dir: Path, tiny_dataset) -> None:  # noqa: ANN001
+    """simulate and edge run fed a bank made before the speech window the dataset's windows: its
+    accuracy fell a few points (static high 0.805 -> 0.700 on a pre-window run), in silence, beside
+    the bank's own stored figures. evaluate, edge build and export refused such runs already."""
+    from racmkd.data.paths import DataError
+    from racmkd.data.signals import AudioSpec
+    from racmkd.resources.sources import trace_from
+    from racmkd.runtime.bank import load_bank
+    from racmkd.runtime.simulate import check_bank_data, simulate
+
+    bank = load_bank(bank_dir)
+    check_bank_data(bank, tiny_dataset)  # the run's own
+    stale = dataclasses.replace(bank, specs={k: dataclasses.replace(s, window="loudest") if isinstance(s, AudioSpec) else s for k, s in bank.specs.items()})
+    with pytest.raises(DataError, match="train it again"):
+        simulate(stale, tiny_dataset, trace_from("steady", 5.0, seed=0), RuntimeConfig(), requests=10)

@@ -72,6 +72,15 @@ class Policy:
     pinned: dict[str, str | None] | None = None
 
 
+def check_bank_data(bank: Bank, dataset: PairedDataset) -> None:
+    """Refuse a bank whose models learnt their inputs otherwise than `dataset` gives them now
+    (`Modality.check_bank_spec`: a model made before the speech window) before a replay feeds it
+    the dataset's samples: it answered them a few points down, in silence, beside the bank's own
+    stored figures (a pre-window run's static high 0.805 -> 0.700)."""
+    for variant in bank.table.variants:
+        dataset.modalities[variant.modality].check_bank_spec(bank.specs[variant.id])
+
+
 def static_policies(bank: Bank) -> list[Policy]:
     """One static deployment per tier: its student with every modality it has."""
     policies = []
@@ -363,6 +372,7 @@ def simulate(
     """Replay a trace with the dynamic runtime and (with `statics`) every static tier, latencies
     modelled by `latency` (LATENCY_MODELS); writes summary.json, timeline.json, timeline.png and
     table.md into `out_dir` when given."""
+    check_bank_data(bank, dataset)
     dynamic = replay(bank, dataset, trace, Policy("dynamic"), config, requests, seed=seed, latency=latency)
     static = [replay(bank, dataset, trace, p, config, requests, seed=seed, latency=latency) for p in static_policies(bank)] if statics else []
     target = config.latency_target_ms
@@ -588,6 +598,8 @@ def serve_together(
     the other instead, a dynamic runtime and static high under the same stress-ng phases ran their
     idle phases at p50 1.25 and 0.82 ms with configurations of the same cost. Each runtime's
     figures are its own; the load on the host is every runtime's requests together."""
+    for runtime in runtimes.values():
+        check_bank_data(runtime.bank, dataset)
     n = len(dataset.splits[split])
     names = list(runtimes)
     records: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
