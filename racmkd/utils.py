@@ -332,18 +332,34 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+_THREADS_LOCK = threading.Lock()
+_threads_blocks = [0, 0]  # blocks running now, in any thread; the number before the first of them
+
+
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """Run a block with `n` intra-op threads (0 = leave as is), restoring the previous number after."""
+    """Run a block with `n` intra-op threads (0 = leave as is), restoring the previous number after.
+    The number is the calling thread's and, with OpenMP, the default that threads started meanwhile
+    take: blocks overlapping in several threads (a server's pool answering with a checkpoint) each
+    put back their own thread's, and the last to end the number before the first began (restoring
+    its own, a pool thread started during another's block left every later thread on one)."""
     import torch
 
-    before = torch.get_num_threads()
-    if n > 0:
+    if n <= 0:
+        yield
+        return
+    with _THREADS_LOCK:
+        if _threads_blocks[0] == 0:
+            _threads_blocks[1] = torch.get_num_threads()
+        _threads_blocks[0] += 1
+        mine = torch.get_num_threads()
         torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _THREADS_LOCK:
+            _threads_blocks[0] -= 1
+            torch.set_num_threads(_threads_blocks[1] if _threads_blocks[0] == 0 else mine)
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None, leave: bool = False) -> Iterable[T]:

@@ -1691,3 +1691,5 @@ def test_a_replay_refuses_a_bank_that_learnt_its_inputs_otherwise(bank_dir: Path
     stale = dataclasses.replace(bank, specs={k: dataclasses.replace(s, window="loudest") if isinstance(s, AudioSpec) else s for k, s in bank.specs.items()})
     with pytest.raises(DataError, match="train it again"):
         simulate(stale, tiny_dataset, trace_from("steady", 5.0, seed=0), RuntimeConfig(), requests=10)
+    damaged = dataclasses.replace(bank, specs={**bank.specs, next(iter(bank.specs)): None})  # a variant file that could not be read: skipped, not checked
+    check_bank_data(damaged, tiny_dataset)

@@ -247,3 +247,39 @@ def test_help_on_racmkd_works_without_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_torch_threads_blocks_overlapping_in_threads_give_the_process_its_number_back() -> None:
+    """A pool thread started during another thread's block took its one thread as the number to put
+    back, and, ending last, left every thread started after on one."""
+    import threading
+
+    import torch
+
+    from racmkd.utils import torch_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+        def second() -> None:  # started inside the first block, ends after it
+            with torch_threads(1):
+                second_in.set()
+                first_out.wait(10)
+
+        worker = threading.Thread(target=second)
+        with torch_threads(1):
+            first_in.set()
+            worker.start()
+            second_in.wait(10)
+        first_out.set()
+        worker.join(10)
+        assert torch.get_num_threads() == 2
+        later = []
+        probe = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        probe.start()
+        probe.join(10)
+        assert later == [2]
+    finally:
+        torch.set_num_threads(before)

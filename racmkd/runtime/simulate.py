@@ -78,7 +78,9 @@ def check_bank_data(bank: Bank, dataset: PairedDataset) -> None:
     the dataset's samples: it answered them a few points down, in silence, beside the bank's own
     stored figures (a pre-window run's static high 0.805 -> 0.700)."""
     for variant in bank.table.variants:
-        dataset.modalities[variant.modality].check_bank_spec(bank.specs[variant.id])
+        spec = bank.specs.get(variant.id)
+        if spec is not None:  # (None: a file that could not be read, which the runtime skips)
+            dataset.modalities[variant.modality].check_bank_spec(spec)
 
 
 def static_policies(bank: Bank) -> list[Policy]:
