@@ -120,6 +120,11 @@ def check_teachers_trainable(cfg: RunConfig, run_dir: Path) -> None:
         )
 
 
+def lr_setting(run_dir: Path, section: str) -> str:
+    """Where a job's learning rate is set, for the message when its training diverges."""
+    return f"{section}.lr in {run_dir}/config.yaml"
+
+
 def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> list[Teacher]:
     """Train one unimodal teacher per modality, then the fused teacher initialised from their
     encoders (with modality dropout); save all of them. Returns [fused, unimodal...]."""
@@ -132,7 +137,7 @@ def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> lis
             seed_everything(cfg.seed + 100 + offset)
             specs = teacher_specs(dataset.modalities, [m], tc.level)
             model = teacher(model_inputs(dataset.modalities, specs, "teacher"), tc.width, tc.embed_dim, tc.fusion_hidden, tc.dropout, depth=tc.depth)
-            unimodal.append(Job(f"{TEACHER}_{m}", model, specs, tc.unimodal, lr_setting=f"teacher.unimodal.lr in {run_dir}/config.yaml"))
+            unimodal.append(Job(f"{TEACHER}_{m}", model, specs, tc.unimodal, lr_setting=lr_setting(run_dir, "teacher.unimodal")))
         train_jobs(
             dataset,
             unimodal,
@@ -154,7 +159,7 @@ def train_teachers(cfg: RunConfig, dataset: PairedDataset, run_dir: Path) -> lis
                 (m,) = job.specs
                 model.encoders[m].load_state_dict(job.model.encoders[m].state_dict())
                 model.encoders[m].requires_grad_(not tc.freeze_encoders)
-            fused_jobs = [Job(TEACHER, model, specs, tc.fused, lr_setting=f"teacher.fused.lr in {run_dir}/config.yaml")]
+            fused_jobs = [Job(TEACHER, model, specs, tc.fused, lr_setting=lr_setting(run_dir, "teacher.fused"))]
             train_jobs(
                 dataset,
                 fused_jobs,
@@ -359,7 +364,7 @@ def select_designs(cfg: RunConfig, dataset: PairedDataset, teachers: list[Teache
                         cfg.students.train,
                         objective_weights(cfg.distill, tier.budget_bytes, budgets),
                         cfg.distill,
-                        lr_setting=f"students.train.lr in {run_dir}/config.yaml",
+                        lr_setting=lr_setting(run_dir, "students.train"),
                     )
                     attach_projection(jobs[key], teachers[0].model)
         if jobs:
@@ -439,7 +444,7 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
     designs = select_designs(cfg, dataset, teachers, run_dir, tiers)
     budgets = [t.budget_bytes for t in cfg.students.tiers]
     jobs: list[Job] = []  # trained together: they share the teachers' forward passes
-    lr_setting = f"students.train.lr in {run_dir}/config.yaml"  # (named when one diverges)
+    students_lr = lr_setting(run_dir, "students.train")
     for tier in tiers:
         design = designs[tier.name]
         specs = design.specs(dataset.modalities)
@@ -452,13 +457,13 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
             objective_weights(cfg.distill, tier.budget_bytes, budgets),
             cfg.distill,
             epochs=train.epochs,
-            lr_setting=lr_setting,
+            lr_setting=students_lr,
         )
         attach_projection(job, teachers[0].model)
         jobs.append(job)
         if cfg.students.labels_only:
             baseline = build_student(design, dataset.modalities, cfg.seed + 7)
-            jobs.append(Job(f"{tier.name}_labels_only", baseline, specs, train, epochs=train.epochs, lr_setting=lr_setting))
+            jobs.append(Job(f"{tier.name}_labels_only", baseline, specs, train, epochs=train.epochs, lr_setting=students_lr))
     # A tier that trains longer than the others replays their epochs, the teachers' answers kept from them.
     shared_epochs = cfg.students.train.epochs
     replay_after = shared_epochs if cfg.students.replay and any(learns_from_teachers(j) and j.epochs > shared_epochs for j in jobs) else 0

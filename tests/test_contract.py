@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from scipy.io import wavfile
 from scipy.signal import resample_poly
 
 import racmkd
+from racmkd.compress.artifacts import read_contract
 from racmkd.config import load_config
 from racmkd.data.mnist import load_mnist
 
@@ -60,7 +59,7 @@ def test_a_model_file_runs_without_racmkd_from_its_contract(consumer, tiny_run: 
 
     export_model(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, "high", tmp_path, int8=True, int8_weights=True)  # fp32, int8 QDQ, int8 weights
     files = sorted(tmp_path.glob("*.onnx")) + sorted(bank_dir.glob("*.onnx"))
-    contracts = {f: json.loads({p.key: p.value for p in onnx.load(str(f), load_external_data=False).metadata_props}["racmkd.contract"]) for f in files}
+    contracts = {f: read_contract(f) for f in files}
     assert any(c.get("share") for c in contracts.values()) and any(not c.get("share") for c in contracts.values()), files
     for contract in contracts.values():
         assert "column i = class i" in contract["outputs"]["logits"] and contract["protocol"] == "clean"
@@ -94,7 +93,7 @@ def test_an_exported_model_names_the_protocol_it_learnt_from(tiny_run: Path, tin
     files = [tmp_path / "onnx" / "high.fp32.onnx", *sorted((tmp_path / "edge").glob("*.image.onnx"))]
     assert len(files) > 1
     for path in files:
-        contract = json.loads({p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}["racmkd.contract"])
+        contract = read_contract(path)
         assert contract["protocol"] == "avmnist" and "principal components" in contract["inputs"]["image"]["trained_on"], (path.name, contract)
-    audio = json.loads({p.key: p.value for p in onnx.load(str(files[0]), load_external_data=False).metadata_props}["racmkd.contract"])["inputs"]["audio"]
+    audio = read_contract(files[0])["inputs"]["audio"]
     assert "white noise at 0-10 dB SNR" in audio["trained_on"]

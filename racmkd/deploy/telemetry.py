@@ -278,7 +278,7 @@ def watch_fleet(host: str, port: int, fleet: str, devices: list[str], wait_s: fl
     """A watcher that has had `wait_s` to hear every device's retained status (the broker sends them
     at once on subscribing); `connected` tells whether the broker answered at all, `refused` why it
     would not have us."""
-    watcher = FleetWatcher(host, port, fleet, login=login if login is not None else BrokerLogin.from_environment())
+    watcher = FleetWatcher(host, port, fleet) if login is None else FleetWatcher(host, port, fleet, login=login)  # (by default, the environment's)
     watcher.wait_for(lambda w: bool(w.refused) or all(w.online(d) is not None for d in devices), timeout_s=wait_s)
     return watcher
 
