@@ -155,18 +155,39 @@ def _discard(run_dir: Path, had: set[str] | None, latest: Path, previous: str | 
         log.warning("%s: could not remove the run that failed before its first checkpoint: %s", run_dir, err)
 
 
+class LinkRefused(OSError):
+    """The file system or the platform makes no symbolic link (Windows without Developer Mode or
+    administrator rights, WinError 1314; some network and FAT file systems)."""
+
+
 def link_latest(run_dir: Path) -> None:
-    """Point runs/latest at `run_dir` (replaced atomically)."""
+    """Point runs/latest at `run_dir` (replaced atomically). Where no link can be made the run goes
+    on without one, and a link to an older run is removed: commands that default to runs/latest
+    would otherwise read that run in silence."""
     latest = run_dir.parent / "latest"
     check_latest(latest)
-    _point(latest, run_dir.name)
+    try:
+        _point(latest, run_dir.name)
+    except LinkRefused as err:
+        with suppress(OSError):
+            if latest.is_symlink():
+                latest.unlink()
+        log.warning(
+            "%s: could not make the link to the newest run (%s); pass --run %s to the commands that default to runs/latest (on Windows, links need Developer Mode)",
+            latest,
+            err.__cause__ or err,
+            run_dir,
+        )
 
 
 def _point(latest: Path, target: str) -> None:
     """Make the link `latest` name `target` (a run folder beside it), replaced atomically."""
     tmp = latest.parent / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target)
+    try:
+        tmp.symlink_to(target)
+    except OSError as err:
+        raise LinkRefused(f"cannot make a symbolic link in {latest.parent}") from err
     try:
         os.replace(tmp, latest)
     except BaseException:

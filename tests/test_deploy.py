@@ -2493,6 +2493,8 @@ def test_kubernetes_manifests_and_compose_file_are_valid() -> None:
         stage = dockerfile.split(f" AS {role}\n")[1].split("\nFROM ")[0]
         assert f'"--role", "{role}"' in stage and "USER racmkd" in stage  # each role starts its own server, not as root
     assert "FROM base AS edge" in dockerfile and "[train]" not in dockerfile.split(" AS edge\n")[1]  # the edge image: racmkd's core, no PyTorch
+    edge_wheels = dockerfile.split(" AS edge\n")[1].split("from=")[1].split(",")[0]  # nor builds one: its wheels' stage holds none
+    assert "torch" not in dockerfile.split(f" AS {edge_wheels}\n")[1].split("\nFROM ")[0]
 
 
 def test_a_flood_of_one_log_message_is_logged_once_a_minute_with_a_count() -> None:
@@ -2538,6 +2540,22 @@ def test_a_server_raises_its_open_file_limit_to_the_hard_one() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     soft, hard = map(int, done.stdout.split())
     assert soft == (65536 if hard < 0 else min(hard, 65536)) > 256, done.stderr  # (hard < 0: unlimited)
+
+
+def test_the_servers_and_the_runtime_import_where_there_is_no_fork_nor_resource_module() -> None:
+    """Windows has neither os.register_at_fork nor the `resource` module: importing the runtime
+    raised AttributeError and every `racmkd serve` role died after loading its models."""
+    script = (
+        "import os, sys\n"
+        "del os.register_at_fork, os.fork\n"
+        "import racmkd.runtime.edge\n"
+        "from racmkd.deploy.server import raise_open_file_limit\n"
+        "sys.modules['resource'] = None  # (psutil imports it on Linux: blocked after)\n"
+        "raise_open_file_limit()\n"
+        "print('imported')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "imported", done.stderr
 
 
 def test_serve_raises_the_open_file_limit_before_it_listens(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:

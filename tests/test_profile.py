@@ -449,6 +449,25 @@ def test_the_latency_model_is_cached_once_per_machine_not_per_working_folder(tmp
     assert paths.cache_root() == tmp_path / "xdg" / "racmkd"
 
 
+def test_a_clock_the_system_does_not_give_is_taken_as_2000_mhz(monkeypatch: pytest.MonkeyPatch) -> None:
+    """psutil.cpu_freq() raises on some Apple Silicon Macs (and Linux hosts with unreadable cpufreq
+    files) and reads 0 on others: `racmkd profile` died, or scaled every estimate by a zero clock."""
+    from types import SimpleNamespace
+
+    import psutil
+
+    import racmkd.resources.profile as profile
+
+    def fails() -> None:
+        raise NotImplementedError("can't find current frequency file")
+
+    for reading in (fails, lambda: None, lambda: SimpleNamespace(current=0.0, min=0.0, max=0.0)):
+        monkeypatch.setattr(psutil, "cpu_freq", reading)
+        assert profile.host_description()[1] == 2000.0
+    monkeypatch.setattr(psutil, "cpu_freq", lambda: SimpleNamespace(current=1800.0, min=600.0, max=2400.0))
+    assert profile.host_description()[1] == 2400.0
+
+
 def test_a_cache_that_is_json_but_no_model_is_refitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import racmkd.resources.profile as profile
 

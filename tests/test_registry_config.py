@@ -542,6 +542,26 @@ def test_a_run_that_cannot_be_linked_leaves_nothing_behind(tmp_path: Path, monke
     assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["notes"]
 
 
+def test_a_run_goes_on_without_the_link_where_no_link_can_be_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Windows without Developer Mode makes no symbolic link (WinError 1314): every `racmkd run`
+    failed and its folder was removed. Now the run goes on, says to pass --run, and a link to an
+    older run is taken away rather than left for the commands that default to runs/latest."""
+    from racmkd import runs
+
+    older = runs.create_run(load_config(None, [f"runs_dir={tmp_path}", "name=older"]))
+    assert (tmp_path / "latest").resolve() == older.resolve()
+
+    def refuse(self: Path, target: object, target_is_directory: bool = False) -> None:
+        raise OSError(22, "A required privilege is not held by the client")
+
+    monkeypatch.setattr(Path, "symlink_to", refuse)
+    with caplog.at_level("WARNING", logger="racmkd.runs"):
+        newer = runs.create_run(load_config(None, [f"runs_dir={tmp_path}", "name=newer"]))
+    assert (newer / "config.yaml").is_file() and not (tmp_path / "latest").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["newer", "older"]  # (no .latest.<pid> left)
+    assert f"pass --run {newer}" in caplog.text and "privilege is not held" in caplog.text
+
+
 def test_an_unreadable_timings_file_is_written_anew_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """timings.json is bookkeeping: an emptied one raised a JSONDecodeError naming no file, and
     distill_students lost the students it had just trained."""

@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import math
+import os
 import statistics
 import threading
 import time
@@ -1331,8 +1332,12 @@ class OncePerMinute(logging.Filter):
 def raise_open_file_limit(most: int = 65536) -> None:
     """Raise this process's soft limit on open files to its hard limit (at most `most`): a service
     manager's usual soft limit, 1024, is a few hundred clients, and a server at it accepts no more
-    connections (nor answers /health) until some close."""
-    import resource
+    connections (nor answers /health) until some close. Windows has no such limit to raise (nor the
+    `resource` module)."""
+    try:
+        import resource
+    except ImportError:
+        return
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = most if hard == resource.RLIM_INFINITY else min(hard, most)
@@ -1368,7 +1373,8 @@ def check_listen_address(host: str, port: int) -> int:
     for family, kind, proto, _, address in addresses:  # like uvicorn, one address that binds is enough
         try:
             with socket.socket(family, kind, proto) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if os.name != "nt":  # (on Windows it lets a bind share a port in use: the probe would pass)
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(address)
                 return int(probe.getsockname()[1])
         except OSError as err:

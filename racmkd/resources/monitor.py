@@ -82,7 +82,8 @@ def _release_in_child() -> None:
             gc.enable()
 
 
-os.register_at_fork(after_in_child=_release_in_child)
+if hasattr(os, "register_at_fork"):  # (POSIX only: Windows has no fork to recover from)
+    os.register_at_fork(after_in_child=_release_in_child)
 
 
 def _weight(weight: float, dt: float, ref_s: float) -> float:

@@ -518,13 +518,20 @@ def calibrate(host: str, host_clock_mhz: float, show_progress: bool = True) -> L
 
 
 def host_description() -> tuple[str, float]:
-    """This machine's CPU model and clock (MHz)."""
+    """This machine's CPU model and clock (MHz); 2000 MHz where the system does not say (psutil
+    raises on some Apple Silicon Macs and on Linux hosts whose cpufreq files cannot be read, and
+    reads 0 on others: a zero clock would scale every operator's estimate to nothing)."""
     import psutil
 
     from racmkd.measure.timing import machine
 
-    freq = psutil.cpu_freq()
-    return machine()["cpu"], float(freq.max or freq.current) if freq else 2000.0
+    try:
+        freq = psutil.cpu_freq()
+    except Exception as err:  # (FileNotFoundError, NotImplementedError, RuntimeError seen in psutil's issues)
+        log.debug("psutil.cpu_freq() failed (%s): taking 2000 MHz", err)
+        freq = None
+    clock = float(freq.max or freq.current) if freq else 0.0
+    return machine()["cpu"], clock if clock > 0 else 2000.0
 
 
 def latency_model(cache_dir: Path | None = None, refresh: bool = False, show_progress: bool = True) -> LatencyModel:
