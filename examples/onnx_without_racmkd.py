@@ -2,10 +2,10 @@
 the model's contract (its `racmkd.contract` metadata) as docs/contract.md defines it.
 
     python examples/onnx_without_racmkd.py MODEL.onnx --image digit.png --audio word.wav
+    python examples/onnx_without_racmkd.py PEN_MODEL.onnx --pen trajectory.npy   # points (n, 3): x, y, stroke
 
-It is the proof that a model file carries what a runtime needs (tests/test_contract.py holds its
-answers to racmkd's own on real digits and recordings). Images and audio only; a pen model's steps
-are in docs/contract.md too.
+It is the proof that a model file carries what a runtime needs (tests/test_contract.py and
+tests/test_pen.py hold its answers to racmkd's own on real digits, recordings and pen trajectories).
 """
 
 from __future__ import annotations
@@ -125,11 +125,46 @@ def audio_features(wave: np.ndarray, rate: int, spec: dict, format_: str) -> np.
     return features[None].astype(np.float32)  # (1, bands, frames)
 
 
+# Pen: normalised, resampled along its path, described window by window ---------------------------
+
+
+def pen_features(points: np.ndarray, spec: dict) -> np.ndarray:
+    samples, length, statistics = spec["samples"], spec["length"], spec["statistics"]
+    points = np.asarray(points, dtype=np.float64)
+    if points.shape == (3, samples) and np.abs(points[:2]).max() <= 0.5 + 1e-5 and np.isin(points[2], (0, 1)).all():
+        trace = points  # already resampled
+    else:
+        xy, stroke = points[:, :2], points[:, 2]
+        low, high = xy.min(axis=0), xy.max(axis=0)
+        xy = (xy - (low + high) / 2) / max(float((high - low).max()), 1e-12)
+        starts = [k for k in range(len(xy) - 1) if np.any(xy[k + 1] != xy[k])]  # segments: consecutive points that differ
+        trace = np.ones((3, samples))
+        if not starts:  # a dot
+            trace[:2] = xy[0][:, None]
+        else:
+            lengths = np.array([np.linalg.norm(xy[k + 1] - xy[k]) for k in starts])
+            s = np.concatenate([[0.0], np.cumsum(lengths)])  # path length at each segment's start, and the total
+            corners = np.array([xy[0]] + [xy[k + 1] for k in starts])
+            a = np.linspace(0.0, s[-1], samples)
+            trace[0], trace[1] = np.interp(a, s, corners[:, 0]), np.interp(a, s, corners[:, 1])
+            for i, at in enumerate(a):
+                k = min(int(np.searchsorted(s, at, side="right")) - 1, len(starts) - 1)  # the last segment starting at or before
+                jump = stroke[starts[k]] != stroke[starts[k] + 1]
+                inside = s[k] + 1e-9 * s[-1] < at < s[k + 1] - 1e-9 * s[-1]
+                trace[2, i] = 0.0 if jump and inside else 1.0
+    windows = [trace[:, (j * samples) // length : -(-((j + 1) * samples) // length)] for j in range(length)]
+    mean = np.stack([w.mean(axis=1) for w in windows], axis=1)  # (3, length)
+    if statistics == 1:
+        return mean[:, None].astype(np.float32)
+    spread = np.stack([np.sqrt(np.maximum((w * w).mean(axis=1) - w.mean(axis=1) ** 2, 0.0)) for w in windows], axis=1)
+    return np.stack([mean, spread], axis=1).astype(np.float32)  # (3, 2, length)
+
+
 # The model -----------------------------------------------------------------------------------------
 
 
 class Model:
-    """One racmkd ONNX file; `logits(image=..., audio=...)` for the inputs its contract lists."""
+    """One racmkd ONNX file; `logits(image=..., audio=..., pen=...)` for the inputs its contract lists."""
 
     def __init__(self, path: Path) -> None:
         self.contract = read_contract(path)
@@ -137,13 +172,17 @@ class Model:
         options.intra_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def logits(self, image: np.ndarray | None = None, audio: np.ndarray | None = None, sample_rate: int | None = None) -> np.ndarray:
+    def logits(
+        self, image: np.ndarray | None = None, audio: np.ndarray | None = None, sample_rate: int | None = None, pen: np.ndarray | None = None
+    ) -> np.ndarray:
         feeds = {}
         for name, entry in self.contract["inputs"].items():
             if entry["modality"] == "image":
                 feeds[name] = image_features(image, entry["spec"])[None]
             elif entry["modality"] == "audio":
                 feeds[name] = audio_features(audio, sample_rate or entry["spec"]["sample_rate"], entry["spec"], self.contract["format"])[None]
+            elif entry["modality"] == "pen":
+                feeds[name] = pen_features(pen, entry["spec"])[None]
             else:
                 raise SystemExit(f"input {name}: modality {entry['modality']!r} is not covered by this example (docs/contract.md)")
         output = self.session.run(None, feeds)[0][0]
@@ -157,8 +196,10 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--image", type=Path, help="a 28x28 grey PNG (Pillow) or .npy")
     parser.add_argument("--audio", type=Path, help="a WAV file")
+    parser.add_argument("--pen", type=Path, help="a .npy of points (n, 3): x, y (growing upwards), stroke number")
     args = parser.parse_args()
     image = audio = rate = None
+    pen = np.load(args.pen) if args.pen else None
     if args.image:
         if args.image.suffix == ".npy":
             image = np.load(args.image)
@@ -170,7 +211,7 @@ def main() -> None:
         from scipy.io import wavfile
 
         rate, audio = wavfile.read(args.audio)
-    logits = Model(args.model).logits(image=image, audio=audio, sample_rate=rate)
+    logits = Model(args.model).logits(image=image, audio=audio, sample_rate=rate, pen=pen)
     probabilities = np.exp(logits - logits.max())
     probabilities /= probabilities.sum()
     print(json.dumps({"label": int(np.argmax(logits)), "probabilities": np.round(probabilities, 4).tolist()}))

@@ -106,6 +106,24 @@ def bank_dir(tiny_run: Path, tiny_dataset) -> Path:  # noqa: ANN001
     return build_bank(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, val_samples=300, test_samples=300, latency_iters=30)
 
 
+@pytest.fixture(scope="session")
+def consumer():  # noqa: ANN201 - the example, as a module
+    """examples/onnx_without_racmkd.py, which must import nothing of racmkd: the runtime a user
+    writes from a model's contract and docs/contract.md alone."""
+    import ast
+    import importlib.util
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "onnx_without_racmkd.py"
+    tree = ast.parse(example.read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not [name for name in imported if name.split(".")[0] == "racmkd"], imported
+    spec = importlib.util.spec_from_file_location("onnx_without_racmkd", example)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def report_fields() -> list[str]:
     """The fields issue 2 promises for every model of report.json (scripts read them; do not rename)."""

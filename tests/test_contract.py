@@ -5,12 +5,9 @@ of the digits; scipy's STFT scaling, which the contract did not rule out, read a
 
 from __future__ import annotations
 
-import ast
-import importlib.util
 from pathlib import Path
 
 import numpy as np
-import pytest
 from scipy.io import wavfile
 from scipy.signal import resample_poly
 
@@ -18,20 +15,6 @@ import racmkd
 from racmkd.compress.artifacts import read_contract
 from racmkd.config import load_config
 from racmkd.data.mnist import load_mnist
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "onnx_without_racmkd.py"
-
-
-@pytest.fixture(scope="module")
-def consumer():  # noqa: ANN201 - the example, as a module
-    tree = ast.parse(EXAMPLE.read_text())
-    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    assert not [name for name in imported if name.split(".")[0] == "racmkd"], imported
-    spec = importlib.util.spec_from_file_location("onnx_without_racmkd", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def real_inputs(shared_root: Path) -> list[tuple[np.ndarray, np.ndarray, int]]:

@@ -82,6 +82,7 @@ class Signal(ABC):
         return from_dict(cls.spec_type, values, where=f"spec.{cls.name}")
 
     dead_range: ClassVar[float] = 1e-3  # raw values (in [0, 1] or [-1, 1]) spanning less than this: no signal
+    dead_means: ClassVar[str] = "constant"  # what a dead input of this kind is, for the messages that refuse one
 
     def input_quality(self, raw: np.ndarray) -> float:
         """How usable one raw input looks: 0 for a dead sensor (a constant image; a recording whose
@@ -156,6 +157,12 @@ def as_array(value: Any) -> np.ndarray:
     if hasattr(value, "detach") and hasattr(value, "cpu"):
         value = value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+def came_in_dead(names: list[str]) -> str:
+    """'audio came in dead (silent)': what the refusals of dead inputs say, each kind's own word."""
+    said = [f"{name} ({SIGNALS.get(name).dead_means})" if name in SIGNALS else name for name in names]
+    return f"{' and '.join(said)} came in dead"
 
 
 @SIGNALS.register("image")
@@ -529,6 +536,8 @@ def resample(wave: np.ndarray, rate: int, to_rate: int) -> np.ndarray:
 class AudioSignal(Signal):
     """Mono recordings: fixed length, peak-normalised, log-mel spectrogram pooled in time."""
 
+    dead_means = "silent"
+
     name = "audio"
     spec_type = AudioSpec
     raw_fields = ("sample_rate", "samples", "window")
@@ -687,6 +696,8 @@ def window_statistics(raw: np.ndarray, length: int, statistics: int) -> np.ndarr
 class PenSignal(Signal):
     """Pen trajectories: normalised, resampled along the path, described window by window."""
 
+    dead_means = "a dot, or jitter in place"
+
     name = "pen"
     spec_type = PenSpec
     raw_fields = ("samples",)
@@ -738,7 +749,7 @@ class PenSignal(Signal):
         return [
             "points (n, 3): x, y (any unit, y growing upwards: negate screen coordinates' y) and stroke number; a new stroke where the number changes (a trace (3, samples) already resampled skips the next two steps)",
             "centre on the bounding box, scale its longer side to 1",
-            f"resample at {spec.samples} points evenly spaced along the path (jumps between strokes included); channels x, y, pen down (1 on a stroke, 0 on a jump)",
+            f"resample at {spec.samples} points evenly spaced along the path, both ends included (jumps between strokes included); channels x, y, pen down (1 on a stroke and at its ends, 0 inside a jump)",
             f"cut into {spec.length} windows (torch's adaptive average pooling bins); per window and channel: "
             + ("the mean" if spec.statistics == 1 else "the mean, then the standard deviation"),
         ]

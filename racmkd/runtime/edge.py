@@ -50,7 +50,7 @@ import numpy as np
 
 from racmkd.compress.artifacts import session
 from racmkd.config import RunConfig, RuntimeConfig
-from racmkd.data.signals import Signal
+from racmkd.data.signals import Signal, came_in_dead
 from racmkd.registry import SIGNALS
 from racmkd.resources.allocator import (
     Allocator,
@@ -729,7 +729,7 @@ class EdgeRuntime:
             given = [m for m in self.modalities if inputs.get(m) is not None]
             unreadable = [m for m in given if self.raw_specs[m] is None]
             why = [f"{', '.join(unreadable)}: no readable variant (see state()['failed'])"] if unreadable else []
-            why += [f"{', '.join(m for m in given if m not in unreadable)} came in dead (constant or silent)"] if len(given) > len(unreadable) else []
+            why += [came_in_dead([m for m in given if m not in unreadable])] if len(given) > len(unreadable) else []
             raise NoVariantError(f"no usable input: this runtime needs {' and/or '.join(self.modalities)}" + "".join(f"; {w}" for w in why))
         if self.pinned is None and any(self.quality[m] != q for m, q in quality.items()):  # equal: the running averages stay where they are
             self._observe_quality(quality)

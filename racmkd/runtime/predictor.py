@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from racmkd.data import signals as _signals  # noqa: F401 - registers the image, audio and pen signals
+from racmkd.data.signals import came_in_dead  # (importing the signals registers image, audio and pen)
 from racmkd.registry import SIGNALS
 from racmkd.utils import torch_threads
 
@@ -66,7 +66,7 @@ class Predictor:
         if not out:
             wanted = " and/or ".join(self.modalities)
             if dead:
-                raise ValueError(f"model {self.name!r} needs {wanted}; {' and '.join(dead)} came in dead (constant or silent): no live input to answer from")
+                raise ValueError(f"model {self.name!r} needs {wanted}; {came_in_dead(dead)}: no live input to answer from")
             raise ValueError(
                 f"model {self.name!r} needs {wanted}; got {'no input' if not any(v is not None for v in inputs.values()) else 'only ' + ', '.join(k for k, v in inputs.items() if v is not None)}"
             )
@@ -153,7 +153,7 @@ class OnnxPredictor(Predictor):
         out, dead = self.live_features(inputs, sample_rate)
         if dead:
             raise ValueError(
-                f"the ONNX model {self.name!r} needs {' and '.join(self.modalities)} alive; {' and '.join(dead)} came in dead (constant or silent); export a variant without it (`racmkd export --modality ...`) to answer from the rest"
+                f"the ONNX model {self.name!r} needs {' and '.join(self.modalities)} alive; {came_in_dead(dead)}; export a variant without it (`racmkd export --modality ...`) to answer from the rest"
             )
         return out
 
