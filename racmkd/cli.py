@@ -498,8 +498,11 @@ def edge_run(
     typer.echo(json.dumps(written["summary"], indent=2))
     typer.echo(f"monitor: {result['monitor_overhead']['cpu_fraction']:.4%} of one core over {result['monitor_overhead']['polls']} polls; log: {log}")
     if result["summary"]["interrupted"]:
-        typer.echo(f"stopped early (Ctrl-C) after {result['summary']['requests']} requests; the figures above are theirs", err=True)
-        raise typer.Exit(130)
+        stop = result["summary"]["interrupted"]
+        typer.echo(
+            f"stopped early ({'Ctrl-C' if stop == 'SIGINT' else stop}) after {result['summary']['requests']} requests; the figures above are theirs", err=True
+        )
+        raise typer.Exit(143 if stop == "SIGTERM" else 130)
 
 
 @edge_app.command("record")
@@ -525,11 +528,11 @@ def edge_record(
         raise _fail(
             ValueError(f"--seconds {seconds} is not longer than --interval {interval}: one reading, and a trace needs two; record longer or more often")
         )
-    interrupted = False
+    interrupted = 0  # the exit status of a stop
     try:
         trace = record_trace(SystemSource(), seconds, interval, out.stem)
-    except RecordingInterrupted as stopped:  # Ctrl-C: what was read so far is written, not lost
-        trace, interrupted = stopped.trace, True
+    except RecordingInterrupted as stopped:  # Ctrl-C or SIGTERM: what was read so far is written, not lost
+        trace, interrupted = stopped.trace, stopped.status
     if len(trace.times) < 2:  # `racmkd simulate` refuses such a file: not written
         raise _fail(
             ValueError(
@@ -545,7 +548,7 @@ def edge_record(
         ) from None
     typer.echo(f"{len(trace.times)} readings of {', '.join(trace.columns)} -> {out}" + (" (interrupted)" if interrupted else ""))
     if interrupted:
-        raise typer.Exit(code=130)
+        raise typer.Exit(code=interrupted)
 
 
 @app.command()

@@ -148,6 +148,11 @@ def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
     return Path(path)
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised by `exit_on_sigterm`: a command that keeps what it gathered on Ctrl-C (a
+    recording, a live log) catches it too; a service manager stops with SIGTERM, not Ctrl-C."""
+
+
 @contextmanager
 def exit_on_sigterm() -> Iterator[None]:
     """SIGTERM (`kill`, a container or service stopping) raised as SystemExit in the main thread, as
@@ -159,7 +164,7 @@ def exit_on_sigterm() -> Iterator[None]:
     import signal
 
     def terminate(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)  # the status a shell reports for a process the signal ended
+        raise Terminated(128 + signum)  # the status a shell reports for a process the signal ended
 
     if threading.current_thread() is not threading.main_thread():
         yield

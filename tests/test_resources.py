@@ -547,6 +547,32 @@ def test_a_recording_stopped_with_ctrl_c_keeps_its_readings() -> None:
     assert len(trace.times) == 3 and list(trace.columns["cpu_percent"]) == [20.0, 30.0, 40.0]
 
 
+def test_edge_record_stopped_with_sigterm_writes_its_readings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """`timeout`, systemd, `docker stop` and Kubernetes stop with SIGTERM: the recording was lost
+    (Ctrl-C kept it). A real SIGTERM at the fourth reading: three written, exit status 143."""
+    import signal
+    import sys
+
+    from racmkd import cli
+    from racmkd.resources import sources
+
+    class Stopped(Scripted):
+        def read(self, now: float) -> ResourceSnapshot:
+            if self.i == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1.0)  # (the handler raises in here)
+            return super().read(now)
+
+    monkeypatch.setattr(sources, "SystemSource", lambda: Stopped([20.0, 30.0, 40.0]))
+    out = tmp_path / "t.csv"
+    monkeypatch.setattr(sys, "argv", ["racmkd", "edge", "record", "--out", str(out), "--seconds", "30", "--interval", "0.01"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 143 and "3 readings" in capsys.readouterr().out
+    assert list(sources.load_trace(out).columns["cpu_percent"]) == [20.0, 30.0, 40.0]
+    assert signal.getsignal(signal.SIGTERM) is not None  # (main put the handler back)
+
+
 def test_a_temperature_below_zero_is_forecast_as_it_is() -> None:
     """Every forecast was clamped at 0 like memory: a steady -15 C was forecast (and planned for) as 0 C."""
 

@@ -1279,6 +1279,7 @@ def test_ctrl_c_while_serving_live_keeps_the_figures_so_far(bank_dir: Path, tiny
     """`racmkd edge run` stopped with Ctrl-C printed nothing and wrote no log: the requests it had
     served were lost. Interruptible serving ends there with their figures; otherwise Ctrl-C goes on."""
     from racmkd.runtime.simulate import serve_split
+    from racmkd.utils import Terminated
 
     bank = load_bank(bank_dir)
 
@@ -1288,7 +1289,14 @@ def test_ctrl_c_while_serving_live_keeps_the_figures_so_far(bank_dir: Path, tiny
 
     runtime = EdgeRuntime(bank, RuntimeConfig(latency_target_ms=1000), pinned={"image": "critical", "audio": None})
     served = serve_split(runtime, tiny_dataset, seconds=60.0, rate_hz=1000.0, on_request=stop_at_ten, interruptible=True)
-    assert served["summary"]["interrupted"] is True and served["summary"]["requests"] == len(served["records"]) == 10
+    assert served["summary"]["interrupted"] == "SIGINT" and served["summary"]["requests"] == len(served["records"]) == 10
+
+    def terminated_at_ten(i: int, answer: object) -> None:  # (SIGTERM, as `exit_on_sigterm` raises it: `edge run` under systemd or Kubernetes)
+        if i == 9:
+            raise Terminated(143)
+
+    served = serve_split(runtime, tiny_dataset, seconds=60.0, rate_hz=1000.0, on_request=terminated_at_ten, interruptible=True)
+    assert served["summary"]["interrupted"] == "SIGTERM" and served["summary"]["requests"] == 10
     with pytest.raises(KeyboardInterrupt):
         serve_split(runtime, tiny_dataset, seconds=60.0, rate_hz=1000.0, on_request=stop_at_ten)
     again = serve_split(runtime, tiny_dataset, seconds=0.05, rate_hz=100.0)["summary"]

@@ -781,20 +781,24 @@ def trace_from(name_or_path: str | Path, duration_s: float = 120.0, step_s: floa
 
 
 class RecordingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during `record_trace`: the readings so far, as a trace, for the caller to keep."""
+    """Ctrl-C or SIGTERM during `record_trace`: the readings so far, as a trace, for the caller to
+    keep; `status` is the exit status the stop means (130 for Ctrl-C, 143 for SIGTERM)."""
 
-    def __init__(self, trace: Trace) -> None:
+    def __init__(self, trace: Trace, status: int = 130) -> None:
         super().__init__()
-        self.trace = trace
+        self.trace, self.status = trace, status
 
 
 def record_trace(source: Source, seconds: float, interval_s: float = 0.1, name: str = "recorded") -> Trace:
     """Readings of `source` every `interval_s` for `seconds` of wall time, as a trace to replay
     (`racmkd edge record`): record a device under its real workload, simulate against it later.
-    Ctrl-C ends the recording early with RecordingInterrupted, which holds what was read so far."""
+    Ctrl-C or SIGTERM (`exit_on_sigterm`: `timeout`, systemd, `docker stop`) ends the recording early
+    with RecordingInterrupted, which holds what was read so far."""
+    from racmkd.utils import Terminated
+
     times, columns = [], {c: [] for c in TRACE_COLUMNS}
     started = time.monotonic()
-    interrupted = False
+    interrupted: int | None = None  # the exit status of the stop
     try:
         while (now := time.monotonic()) - started <= seconds:
             reading = source.read(now)
@@ -803,15 +807,15 @@ def record_trace(source: Source, seconds: float, interval_s: float = 0.1, name: 
                 columns[column].append(math.nan if value is None else float(value) / scale)
             times.append(now - started)
             time.sleep(max(0.0, started + len(times) * interval_s - time.monotonic()))
-    except KeyboardInterrupt:
-        interrupted = True
+    except (KeyboardInterrupt, Terminated) as stop:
+        interrupted = stop.code if isinstance(stop, Terminated) else 130
         columns = {c: v[: len(times)] for c, v in columns.items()}
     kept = {c: held(np.array(v)) for c, v in columns.items() if v and not all(math.isnan(x) for x in v)}  # absent sensors stay absent
     if "battery_percent" in kept:  # the power state asked for, even if never told: without the column a battery reads as on battery
         kept.setdefault("power_plugged", np.array(columns["power_plugged"]))
     trace = Trace(name, np.array(times), kept)
-    if interrupted:
-        raise RecordingInterrupted(trace)
+    if interrupted is not None:
+        raise RecordingInterrupted(trace, interrupted)
     return trace
 
 

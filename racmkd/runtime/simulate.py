@@ -51,7 +51,7 @@ from racmkd.resources.monitor import ResourceMonitor
 from racmkd.resources.sources import LEVELS, MB, Trace, TraceSource, resource_level
 from racmkd.runtime.edge import Answer, EdgeRuntime, NoVariantError, budget_for
 from racmkd.runtime.bank import Bank
-from racmkd.utils import Window, atomic_write_json, atomic_write_text, json_safe, progress
+from racmkd.utils import Terminated, Window, atomic_write_json, atomic_write_text, json_safe, progress
 
 
 class SimClock:
@@ -579,7 +579,8 @@ def serve_split(
     `keep_records` no record is kept, and the latency percentiles are those of the last 10,000
     answers, held in a Window: a soak run watches memory, and a bounded window of records (one dict
     each) filling up and turning over reads as growth. `interruptible`: Ctrl-C ends the serving
-    early with the figures so far (the summary says `interrupted`), instead of losing them."""
+    early with the figures so far, as does SIGTERM under `exit_on_sigterm` (the summary's `interrupted`
+    names the signal, SIGINT or SIGTERM; false for a serving that ran its time), instead of losing them."""
     call = (lambda i, _name, answer: on_request(i, answer)) if on_request is not None else None
     return serve_together({"": runtime}, dataset, seconds, rate_hz, split, call, keep_records, interruptible)[""]
 
@@ -655,10 +656,10 @@ def serve_together(
                 if on_request is not None:
                     on_request(i, name, answer)
             i += 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as stop:
         if not interruptible:
             raise
-        interrupted = True  # (a request cut short is not counted: its tally comes after its answer)
+        interrupted = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"  # (a request cut short is not counted: its tally comes after its answer)
     served = {name: _served(runtimes[name], counts[name], records[name], latencies[name], configurations[name], decided_before[name]) for name in names}
     for result in served.values():
         result["summary"]["interrupted"] = interrupted
