@@ -61,13 +61,18 @@ def replacing(path: Path, mode: int | None = None) -> Iterator[Path]:
     `mode` and renamed over `path`, and the folder's entry flushed too: after a crash or a power cut
     `path` holds the old content or the new, never half of either (an edge device's state file
     relies on this). The default mode is what a plain `open` gives (0o666 less the umask), not
-    mkstemp's 0o600, which would hide run outputs and public keys from other users and containers."""
+    mkstemp's 0o600, which would hide run outputs and public keys from other users and containers.
+    The temporary file is named as a `work_folder` is (`.<name>.<pid>-<host>-<random>.tmp`): those a
+    killed writer left (three killed dataset cache writes, 200 MB) are removed by the next write of
+    `path`, or by `remove_stale_work(folder, suffix=".tmp")`."""
     path = Path(path)
     if not path.is_dir() and not_a_regular_file(path):  # (a folder: os.replace refuses it below)
         raise ValueError(f"{path}: {not_a_regular_file(path)}; it is not replaced: name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
+    with suppress(OSError):  # (tidying: a folder that cannot be listed fails the write below, if at all)
+        remove_stale_work(path.parent, path.name, suffix=".tmp")
     try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-{_HOST}-", suffix=".tmp")
     except OSError as err:  # (named the temporary file, which the caller never asked for)
         raise OSError(err.errno, f"cannot write a file there ({err.strerror})", str(path)) from None
     os.close(fd)
@@ -187,7 +192,7 @@ def work_folder(parent: Path, name: str) -> Iterator[Path]:
     parent = Path(parent)
     made = [level for level in (parent, *parent.parents) if not level.exists()]  # (deepest first: removed in that order)
     parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_work_folders(parent, name)
+    remove_stale_work(parent, name)
     work = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.{os.getpid()}-{_HOST}-", suffix=".partial"))
     done = False
     try:
@@ -218,18 +223,25 @@ def host_token(ns_pid: Path = Path("/proc/self/ns/pid"), boot_id: Path = Path("/
 _HOST = host_token()  # another container's pids are not ours to judge
 
 
-def remove_stale_work_folders(parent: Path, name: str | None = None) -> list[Path]:
-    """The `work_folder`s of `name` (None: of any name) in `parent` whose process, on this host,
-    has ended: removed. Returns what was removed."""
-    import psutil
-
-    pattern = re.compile(rf"\.{'.+' if name is None else re.escape(name)}\.(\d+)-([0-9a-f]{{8}})-[^.]*\.partial")
+def remove_stale_work(parent: Path, name: str | None = None, suffix: str = ".partial") -> list[Path]:
+    """The `work_folder`s (suffix `.partial`) or `replacing`'s temporary files (`.tmp`) of `name`
+    (None: of any name) in `parent` whose process, on this host, has ended: removed. Returns what
+    was removed."""
+    pattern = re.compile(rf"\.{'.+' if name is None else re.escape(name)}\.(\d+)-([0-9a-f]{{8}})-[^.]*{re.escape(suffix)}")
     removed = []
-    for entry in Path(parent).glob(f".{'*' if name is None else glob.escape(name)}.*.partial"):
+    for entry in Path(parent).glob(f".{'*' if name is None else glob.escape(name)}.*{suffix}"):
         match = pattern.fullmatch(entry.name)
-        if match and match[2] == _HOST and not psutil.pid_exists(int(match[1])) and entry.is_dir():
+        if not (match and match[2] == _HOST):
+            continue
+        import psutil  # (only here: most folders hold nothing to judge)
+
+        if psutil.pid_exists(int(match[1])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
     return removed
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,6 +50,27 @@ def test_a_build_removes_the_work_folders_of_ended_builders_only(tmp_path: Path)
         (work / "model.onnx").write_text("whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["low", live.name, elsewhere.name, other.name])
     assert (tmp_path / "low" / "model.onnx").read_text() == "whole"
+
+
+def test_a_write_removes_the_temporary_files_of_ended_writers_only(tmp_path: Path) -> None:
+    """A write killed outright left .<name>.<random>.tmp forever (three killed dataset cache writes:
+    200 MB beside a 107 MB cache, counted by no cache limit). The next write of the file removes
+    its dead writers' files, and the cache trim any dead writer's; live and other hosts' stay."""
+    from racmkd.data.dataset import trim_caches
+
+    dead = tmp_path / f".state.json.{ended_pid()}-{utils._HOST}-abc123.tmp"
+    live = tmp_path / f".state.json.{os.getpid()}-{utils._HOST}-def456.tmp"
+    elsewhere = tmp_path / f".state.json.{ended_pid()}-00000000-ghi789.tmp"
+    cache = tmp_path / f".dataset-avmnist-1.pt.{ended_pid()}-{utils._HOST}-jkl012.tmp"
+    for path in (dead, live, elsewhere, cache):
+        path.write_bytes(b"half")
+    utils.atomic_write_json(tmp_path / "state.json", {"version": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["state.json", live.name, elsewhere.name, cache.name])
+    trim_caches(tmp_path, 1e9, keep=tmp_path / "dataset-avmnist-2.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["state.json", live.name, elsewhere.name])
+    with utils.replacing(tmp_path / "state.json") as tmp:  # (its own file is named so that a later write can judge it)
+        assert re.fullmatch(rf"\.state\.json\.{os.getpid()}-{utils._HOST}-[^.]*\.tmp", tmp.name)
+        tmp.write_text("{}")
 
 
 def test_sigterm_to_the_command_removes_its_half_built_folder(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from racmkd.config import ConfigError, DataConfig, from_dict, to_dict
 from racmkd.data.modalities import SPLITS, Bank, Modality
 from racmkd.data.paths import DataError, data_root
 from racmkd.registry import MODALITIES
-from racmkd.utils import atomic_write_bytes
+from racmkd.utils import atomic_write_bytes, remove_stale_work
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +301,7 @@ def trim_caches(folder: Path, max_bytes: float, keep: Path) -> list[Path]:
     touches its file) while they hold more than `max_bytes` together, never `keep`; returns what
     went. Each settings' and data seed's cache is 0.1 GB (AV-MNIST), and none was ever removed: a
     day of benchmarks left 1.2 GB. A cache another process reads meanwhile is rebuilt there."""
+    remove_stale_work(folder, suffix=".tmp")  # (a killed build's half-written cache: 100 MB each, counted nowhere)
     if max_bytes <= 0:
         return []
     caches = []

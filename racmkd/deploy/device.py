@@ -41,7 +41,7 @@ import numpy as np
 from racmkd.deploy.delta import DeltaError, apply_delta
 from racmkd.deploy.registry import MANIFEST_FORMAT, unpack
 from racmkd.deploy.signing import SignatureError, verify
-from racmkd.utils import atomic_write_bytes, atomic_write_json, building_folder, cached_json, fsync_folder, put_back_aside, remove_stale_work_folders, sha256
+from racmkd.utils import atomic_write_bytes, atomic_write_json, building_folder, cached_json, fsync_folder, put_back_aside, remove_stale_work, sha256
 
 log = logging.getLogger(__name__)
 SIGNED = "release.json"  # in each slot: the signed manifest it was installed, or last made current, with
@@ -231,10 +231,10 @@ class DeviceStore:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:  # another store is open on this folder
                 handle.close()
-                remove_stale_work_folders(self.root / "slots")
+                remove_stale_work(self.root / "slots")
                 return None, True
         except (ImportError, OSError):  # (no flock here, or no lock file can be made)
-            remove_stale_work_folders(self.root / "slots")
+            remove_stale_work(self.root / "slots")
             return None, False
         for entry in (self.root / "slots").glob(".*.partial"):
             if entry.is_dir() and not entry.is_symlink():
