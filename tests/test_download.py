@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import tarfile
 import zlib
 from pathlib import Path
@@ -133,23 +134,49 @@ def test_fsdd_download_that_fails_while_writing_leaves_no_staging_folder(tmp_pat
     with pytest.raises(OSError, match="No space left"):
         download_fsdd(tmp_path / "root", url=archive.as_uri(), expected_sha256=recordings_digest(contents))
     assert written and written[0].parent.name.startswith(".recordings.")  # it failed partway through the staging folder
-    assert list((tmp_path / "root" / "fsdd").iterdir()) == []  # which is gone, and no recordings were installed
+    assert not (tmp_path / "root" / "fsdd").exists()  # which is gone, as the folder made for it, and no recordings were installed
     monkeypatch.undo()
     # Recordings already there are set aside before the new ones move in: when that move fails, they come back.
     installed = download_fsdd(tmp_path / "root", url=archive.as_uri(), expected_sha256=recordings_digest(contents))
     (installed / "1_bob_0.wav").write_bytes(b"damaged")  # (else nothing is fetched: they match)
     before = {p.name: p.read_bytes() for p in installed.iterdir()}
-    real_rename = Path.rename
+    real_replace = os.replace
 
-    def staging_stuck(path: Path, target: Path) -> Path:
-        if path.name.startswith(".recordings.") and not path.name.startswith(".recordings.old."):
+    def staging_stuck(source: str | Path, target: str | Path) -> None:
+        if Path(source).name.startswith(".recordings.") and Path(source).name.endswith(".partial"):
             raise OSError(5, "Input/output error")
-        return real_rename(path, target)
+        real_replace(source, target)
 
-    monkeypatch.setattr(Path, "rename", staging_stuck)
+    monkeypatch.setattr(os, "replace", staging_stuck)
     with pytest.raises(OSError, match="Input/output"):
         download_fsdd(tmp_path / "root", url=archive.as_uri(), expected_sha256=recordings_digest(contents))
     assert {p.name: p.read_bytes() for p in installed.iterdir()} == before and [p.name for p in installed.parent.iterdir()] == ["recordings"]
+
+
+def test_an_install_killed_outright_is_tidied_and_its_old_set_put_back_by_the_next(tmp_path: Path) -> None:
+    """kill -9 while the files were written left a hidden copy of the set for ever (one more per
+    killed FSDD download); between the two renames, the set was gone, its old copy hidden, and the
+    next command fetched it again. The next install puts the old set back before fetching anything,
+    and removes a dead installer's half-copy."""
+    import subprocess
+    import sys
+
+    from racmkd import utils
+
+    archive = tmp_path / "release.tar.gz"
+    contents = make_release(archive, {"1_bob_0.wav": np.arange(500, dtype=np.int16)})
+    installed = download_fsdd(tmp_path / "root", url=archive.as_uri(), expected_sha256=recordings_digest(contents))
+    before = {p.name: p.read_bytes() for p in installed.iterdir()}
+    ended = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout)
+    half = installed.parent / f".recordings.{ended}-{utils._HOST}-abc123.partial"  # a killed install's half-copy
+    half.mkdir()
+    (half / "1_bob_0.wav").write_bytes(b"half")
+    os.replace(installed, installed.parent / ".recordings.old")  # killed between the renames: the set aside
+    again = download_fsdd(tmp_path / "root", url=(tmp_path / "absent.tar.gz").as_uri(), expected_sha256=recordings_digest(contents))  # nothing to fetch
+    assert {p.name: p.read_bytes() for p in again.iterdir()} == before
+    (again / "1_bob_0.wav").write_bytes(b"damaged")
+    download_fsdd(tmp_path / "root", url=archive.as_uri(), expected_sha256=recordings_digest(contents))
+    assert {p.name: p.read_bytes() for p in again.iterdir()} == before and [p.name for p in again.parent.iterdir()] == ["recordings"]
 
 
 def test_fsdd_download_refuses_a_mismatch_and_a_broken_archive(tmp_path: Path) -> None:

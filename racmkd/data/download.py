@@ -9,10 +9,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import io
-import os
-import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -23,7 +20,7 @@ from racmkd.data.fsdd import FSDD_RECORDINGS_SHA256, NAME, recordings_digest
 from racmkd.data.mnist import MNIST_SHA256
 from racmkd.data.pendigits import PENDIGITS_SHA256
 from racmkd.data.paths import DataError
-from racmkd.utils import UMASK, atomic_write_bytes, byte_progress, sha256
+from racmkd.utils import atomic_write_bytes, building_folder, byte_progress, put_back_aside, sha256
 
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",  # the mirror torchvision uses
@@ -150,8 +147,11 @@ def install_from_archive(url: str, target: Path, pick: Callable[[str], str | Non
     `expected_sha256` (`recordings_digest` of (path under target, content));
     nothing is fetched when the files in `target` that `counts` already match
     (a note of one's own kept beside them is not a reason to fetch the set again). The old folder is set
-    aside, not deleted, until the new one is in place: an interrupted install leaves one of the
-    two whole. Datasets of many small files (FSDD's recordings, a sensor's readings) come this way."""
+    aside, not deleted, until the new one is in place, through `building_folder`: an install killed
+    outright leaves no hidden copy that stays (the next install removes it), and one killed between
+    the two renames has its old folder put back by the next call, before anything is fetched.
+    Datasets of many small files (FSDD's recordings, a sensor's readings) come this way."""
+    put_back_aside(target, target.parent / f".{target.name}.old")
     if _folder_matches(target, expected_sha256, counts):
         return target
     data = fetch(url)
@@ -174,28 +174,10 @@ def install_from_archive(url: str, target: Path, pick: Callable[[str], str | Non
     digest = recordings_digest(files)
     if digest != expected_sha256:
         raise DataError(f"{url}: the {len(files)} files have digest {digest}, expected {expected_sha256}; nothing was written.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    old = None
-    try:
-        os.chmod(staging, 0o777 & ~UMASK)  # as a plain mkdir makes it: mkdtemp's 0o700 hid a shared data root's files from other users
+    with building_folder(target) as staging:  # (a disk that fills up partway, or Ctrl-C: no half-copy, the old set as it was)
         for name, content in files:
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).write_bytes(content)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
-            target.rename(old / target.name)
-        staging.rename(target)
-    except BaseException:  # a disk that fills up partway (or Ctrl-C) leaves no hidden half-copy behind
-        shutil.rmtree(staging, ignore_errors=True)
-        if old is not None:
-            if (old / target.name).exists() and not target.exists():  # the files set aside go back
-                (old / target.name).rename(target)
-            if target.exists():
-                shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return target
 
 
