@@ -1064,11 +1064,16 @@ def _merge(base: dict[str, Any], update: dict[str, Any], cls: type, source: str)
             base[key] = value  # unknown keys are reported by from_dict with the file's name
 
 
+def config_text(cfg: RunConfig) -> str:
+    """The config as YAML that `load_config` reads back to an equal object."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the config as YAML that `load_config` reads back to an equal object."""
     from racmkd.utils import atomic_write_text
 
-    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(Path(path), config_text(cfg))
 
 
 def config_differences(made_with: RunConfig, wanted: RunConfig, ignore: tuple[str, ...] = ("name", "runs_dir")) -> list[str]:

@@ -14,8 +14,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from racmkd.config import ConfigError, RunConfig, load_config, read_yaml_mapping, save_config
-from racmkd.utils import atomic_write_json
+from racmkd.config import ConfigError, RunConfig, load_config, config_text, read_yaml_mapping
+from racmkd.utils import atomic_write_json, write_new
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +57,33 @@ def create_run(cfg: RunConfig) -> Path:
     had_checkpoints = (run_dir / "checkpoints").exists()
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        try:  # the config claims the folder: of two runs started with one --name, one gets it (both trained into it)
+            write_new(run_dir / "config.yaml", config_text(cfg).encode())
+        except FileExistsError:
+            raise RunError(f"{run_dir}: a run of that name was started meanwhile; choose another --name") from None
+    except RunError:
+        raise  # (the folder is the other run's now: nothing of it is removed)
+    except BaseException:
+        _unmake(run_dir, made, had_checkpoints, config=False)
+        raise
+    try:
         link_latest(run_dir)
     except BaseException:  # a half-made run would take its name, and look like a run to `open_run`
-        if made:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        else:
-            (run_dir / "config.yaml").unlink(missing_ok=True)
-            if not had_checkpoints:
-                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        _unmake(run_dir, made, had_checkpoints, config=True)
         raise
     return run_dir
+
+
+def _unmake(run_dir: Path, made: bool, had_checkpoints: bool, config: bool) -> None:
+    """Undo `create_run`'s work on `run_dir`: the folder if it made it, else its config (where it
+    wrote one) and the checkpoints folder (where there was none)."""
+    if made:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        if config:
+            (run_dir / "config.yaml").unlink(missing_ok=True)
+        if not had_checkpoints:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
 def _going_on(run_dir: Path) -> str:

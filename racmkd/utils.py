@@ -4,6 +4,7 @@ torch is imported inside the helpers that need it: the edge side uses this modul
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
@@ -72,7 +73,7 @@ def replacing(path: Path, mode: int | None = None) -> Iterator[Path]:
     with suppress(OSError):  # (tidying: a folder that cannot be listed fails the write below, if at all)
         remove_stale_work(path.parent, path.name, suffix=".tmp")
     try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-{_HOST}-", suffix=".tmp")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
     except OSError as err:  # (named the temporary file, which the caller never asked for)
         raise OSError(err.errno, f"cannot write a file there ({err.strerror})", str(path)) from None
     os.close(fd)
@@ -87,6 +88,51 @@ def replacing(path: Path, mode: int | None = None) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_folder(path.parent)  # the rename itself reaches the disk with the folder's entry
+
+
+def temporary_prefix(path: Path) -> str:
+    """`.<name>.<pid>-<host>-`: how a temporary file for `path` is named, so that the next write
+    can tell one a killed process left (`remove_stale_work`)."""
+    return f".{Path(path).name}.{os.getpid()}-{_HOST}-"
+
+
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}  # what os.link raises where a filesystem has none (FAT, some network ones)
+
+
+def claim_name(tmp: Path, path: Path) -> None:
+    """Give a whole temporary file the name `path` unless a file is there, FileExistsError otherwise
+    (the caller removes the temporary name, which a rename has taken already): a hard link is made
+    only where none exists, so of two processes claiming one name, one wins. A filesystem without
+    hard links gets a rename after a last look."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+    except OSError as err:
+        if err.errno not in NO_HARD_LINKS:
+            raise
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Write `path` whole (flushed to disk) where no file is; FileExistsError where one is, or
+    appears meanwhile: a check then a write let two processes both take the name."""
+    path = Path(path)
+    remove_stale_work(path.parent, path.name, suffix=".tmp")
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
+    tmp = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o666 & ~UMASK)
+        claim_name(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_folder(path.parent)
 
 
 @contextmanager

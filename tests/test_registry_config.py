@@ -542,6 +542,27 @@ def test_a_run_that_cannot_be_linked_leaves_nothing_behind(tmp_path: Path, monke
     assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["notes"]
 
 
+def test_of_two_runs_started_with_one_name_one_gets_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both checked that no config.yaml was there, then both wrote theirs: two runs trained into one
+    folder (reproduced 3 times in 3 with two processes). The config is now claimed where none is."""
+    from racmkd import runs
+
+    real_write_new = runs.write_new
+
+    def other_run_first(path: Path, data: bytes) -> None:
+        path.write_text("seed: 1  # the other run's\n")  # (its write lands between this one's check and its write)
+        real_write_new(path, data)
+
+    monkeypatch.setattr(runs, "write_new", other_run_first)
+    with pytest.raises(runs.RunError, match="a run of that name was started meanwhile; choose another --name"):
+        runs.create_run(load_config(None, [f"runs_dir={tmp_path}", "name=same"]))
+    assert (tmp_path / "same" / "config.yaml").read_text() == "seed: 1  # the other run's\n"  # the winner's, left alone
+    assert sorted(p.name for p in (tmp_path / "same").iterdir()) == ["checkpoints", "config.yaml"] and not (tmp_path / "latest").exists()
+    monkeypatch.undo()
+    made = runs.create_run(load_config(None, [f"runs_dir={tmp_path}", "name=fresh"]))
+    assert load_config(made / "config.yaml").name == "fresh" and sorted(p.name for p in made.iterdir()) == ["checkpoints", "config.yaml"]
+
+
 def test_a_run_goes_on_without_the_link_where_no_link_can_be_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Windows without Developer Mode makes no symbolic link (WinError 1314): every `racmkd run`
     failed and its folder was removed. Now the run goes on, says to pass --run, and a link to an

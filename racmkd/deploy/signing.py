@@ -8,7 +8,6 @@ has the same signature input wherever it was serialised.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import tempfile
@@ -19,7 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from racmkd.utils import UMASK, fsync_folder
+from racmkd.utils import UMASK, claim_name, fsync_folder, remove_stale_work, temporary_prefix
 
 
 class SignatureError(ValueError):
@@ -53,14 +52,16 @@ def generate_keypair(folder: Path, name: str = "racmkd") -> tuple[Path, Path]:
 
 def _write_pair(folder: Path, files: dict[Path, tuple[bytes, int]]) -> None:
     """Write each file's bytes with its mode to a temporary file in `folder`, flush them to disk,
-    then move them into place where no file is (`_claim`); if anything fails, whatever this call
+    then move them into place where no file is (`claim_name`: a rename would replace a key another
+    keygen wrote after this one's check, leaving one's private key beside the other's public one); if anything fails, whatever this call
     wrote (temporary or moved) is removed and an OSError names the folder, the cause and the fix (a
     SignatureError, a key that appeared meanwhile)."""
     written: list[Path] = []  # temporary files, then the keys moved into place
     try:
         temporary = {}
         for path, (data, mode) in files.items():
-            handle, name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+            remove_stale_work(folder, path.name, suffix=".tmp")  # (a keygen killed outright left its copy of the private key)
+            handle, name = tempfile.mkstemp(dir=folder, prefix=temporary_prefix(path), suffix=".tmp")
             os.close(handle)
             tmp = Path(name)
             written.append(tmp)
@@ -70,7 +71,7 @@ def _write_pair(folder: Path, files: dict[Path, tuple[bytes, int]]) -> None:
             os.chmod(tmp, mode)
             temporary[path] = tmp
         for path, tmp in temporary.items():
-            _claim(tmp, path)
+            claim_name(tmp, path)
             written.append(path)  # (before the temporary name goes: a failure to remove it still removes the key)
             tmp.unlink(missing_ok=True)
             written.remove(tmp)
@@ -89,27 +90,6 @@ def _write_pair(folder: Path, files: dict[Path, tuple[bytes, int]]) -> None:
             ) from None
         raise
     fsync_folder(folder)  # the new names reach the disk too
-
-
-NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}  # what os.link raises where a filesystem has none (FAT, some network ones)
-
-
-def _claim(tmp: Path, path: Path) -> None:
-    """Give a whole temporary file the name `path` unless a file is there (the caller removes the
-    temporary name, which a rename has taken already): a hard link is made only where
-    none exists (a rename would replace a key another keygen wrote after this one's check, leaving
-    one's private key beside the other's public one). A filesystem without hard links gets a rename
-    after a last look."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
-    except OSError as err:
-        if err.errno not in NO_HARD_LINKS:
-            raise
-        if path.exists():
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
-        os.replace(tmp, path)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
