@@ -544,6 +544,7 @@ def remove_bank(run_dir: Path, why: str) -> None:
     bank = run_dir / "edge"
     if not bank.is_dir() or not any(not carried_over(entry) for entry in bank.iterdir()):
         return
+    (bank / "bank.json").unlink(missing_ok=True)  # first: a removal cut short leaves no bank that names files gone
     for entry in bank.iterdir():
         if not carried_over(entry):
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
@@ -652,9 +653,9 @@ def compress_students(
                     "steps": steps_log,
                 },
             )
+            if into == "compressed":  # (before the new tier moves in: a kill between the two left a bank of the old one)
+                remove_bank(run_dir, f"built before {tier_name}'s compressed student was made (its accuracy table is of every tier's variants together)")
         written.append(compressed_dir(run_dir, tier_name, into))
-        if into == "compressed":
-            remove_bank(run_dir, f"built before {tier_name}'s compressed student was made (its accuracy table is of every tier's variants together)")
     if into == "compressed":  # (an experiment's time, written there, replaced the run's own and outgrew its total)
         record_timing(run_dir, "compress_students", time.perf_counter() - started)
     return written

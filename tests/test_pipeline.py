@@ -785,3 +785,29 @@ def test_a_checkpoint_predictor_runs_on_one_thread_and_gives_the_process_its_own
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_bank_removal_cut_short_leaves_no_bank_that_names_files_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A removal stopped after a variant file and before bank.json left a bank naming files gone
+    (bank.json went in whatever order the folder listed it). The manifest goes first; live.json stays."""
+    from racmkd import pipeline
+
+    bank = tmp_path / "edge"
+    (bank / "variants").mkdir(parents=True)
+    for name in ("a.onnx", "b.onnx", "c.onnx"):
+        (bank / name).write_bytes(b"model")
+    (bank / "bank.json").write_text("{}")
+    (bank / "live.json").write_text("{}")
+    real_unlink = Path.unlink
+
+    def killed_after_the_first(path: Path, missing_ok: bool = False) -> None:
+        real_unlink(path, missing_ok=missing_ok)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "unlink", killed_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.remove_bank(tmp_path, "replaced")
+    monkeypatch.undo()
+    assert not (bank / "bank.json").exists() and (bank / "live.json").exists()
+    pipeline.remove_bank(tmp_path, "replaced")
+    assert [p.name for p in bank.iterdir()] == ["live.json"]
