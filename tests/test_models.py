@@ -140,6 +140,9 @@ def test_a_sequence_input_is_halved_along_its_length_with_kernels_on_its_rows() 
     assert CNN2dEncoder(trajectory).forward_features(torch.zeros(2, *trajectory)).shape == (2, 128, 1, 4)
     aggregated = DSCNN2dEncoder((3, 2, 8), depth=1)  # statistics x windows: 3x3 kernels mix the two rows
     assert aggregated.forward_features(torch.zeros(2, 3, 2, 8)).shape[2:] == (2, 4)
+    for short in ((3, 1, 4), (3, 2, 4), (3, 2, 2)):  # too short to halve: one stage that keeps its size, its depth counted
+        one, three = DSCNN2dEncoder(short, depth=1), DSCNN2dEncoder(short, depth=3)
+        assert three.forward_features(torch.zeros(2, *short)).shape[2:] == short[1:] and count_params(three) > count_params(one), short
     # Images and spectrograms are maps, as before: their shorter side sets the stages.
     assert DSCNN2dEncoder((1, 64, 32)).forward_features(torch.zeros(1, 1, 64, 32)).shape[2:] == (8, 4)
     # A model whose input is reduced after training keeps its kernels and strides: rebuilt, its weights

@@ -30,11 +30,13 @@ def is_sequence(h: int, w: int, stop: int = SMALLEST_SIDE) -> bool:
 def sequence_layout(h: int, w: int) -> tuple[int, tuple[int, int], tuple[int, int]]:
     """The side whose halvings set an encoder's stages, its kernel and a stride of 2: for a sequence
     its length and strides along it, for a map its shorter side and 2 x 2; kernels 3 wide, but 1
-    along a side of 1 (a 3x3 kernel on a single row spends two thirds of its weights on padding)."""
+    along a side of 1 (a 3x3 kernel on a single row spends two thirds of its weights on padding).
+    An input too small to halve at all (a pen's 4 windows) gets a stride of 1: its student's stage
+    keeps its size (`default_plan` gives such an input one stage)."""
     kernel = (1 if h == 1 else 3, 1 if w == 1 else 3)
     if is_sequence(h, w):
         return w, kernel, (1, 2)
-    return min(h, w), kernel, (2, 2)
+    return min(h, w), kernel, (2, 2) if downsamplings(min(h, w)) else (1, 1)
 
 
 def downsamplings(size: int, stop: int = SMALLEST_SIDE) -> int:
@@ -167,9 +169,11 @@ class DSCNN2dEncoder(PooledEncoder):
 
     @classmethod
     def default_plan(cls, size: int, width: float, depth: int, multiple: int = 1) -> list[int]:
-        """Stem channels, then `depth` pointwise outputs per stage until a side of `size` is 4 or less;
-        with `multiple` > 1 every layer's channel count is rounded to a multiple of it on its own."""
-        stages = downsamplings(size)
+        """Stem channels, then `depth` pointwise outputs per stage until a side of `size` is 4 or less,
+        and one stage at least (an input already that small, a pen's 4 windows, kept its stem alone:
+        2,570 parameters at any depth and width of a 64 KB tier); with `multiple` > 1 every layer's
+        channel count is rounded to a multiple of it on its own."""
+        stages = max(1, downsamplings(size))
         if multiple > 1:
             raw = cls.base_channels * width
             return [make_divisible(raw, multiple)] + [make_divisible(raw * 2 ** min(k, 3), multiple) for k in range(1, stages + 1) for _ in range(depth)]
