@@ -1400,6 +1400,8 @@ def shipped_broker_settings(text: str, passwd: Path, port: int) -> list[str]:
 
 
 def test_the_broker_login_comes_from_the_environment_and_is_checked_before_a_server_starts(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
     from racmkd.deploy.telemetry import BrokerLogin
 
     ca, _, _ = ca_and_server_certificate(tmp_path)
@@ -1407,6 +1409,20 @@ def test_the_broker_login_comes_from_the_environment_and_is_checked_before_a_ser
     login = BrokerLogin.from_environment({"RACMKD_MQTT_USERNAME": "edge", "RACMKD_MQTT_PASSWORD": "pw\n", "RACMKD_MQTT_CA_FILE": str(ca)})
     assert login == BrokerLogin("edge", "pw", str(ca))  # (a secret made from a file written with echo ends in a newline)
     assert BrokerLogin.from_environment({"RACMKD_MQTT_CA_FILE": "system"}).ca_file == "system"
+    from racmkd.deploy import telemetry
+
+    told: list[object] = []
+    client = SimpleNamespace(tls_set=lambda ca_certs: told.append(ca_certs))
+    with pytest.MonkeyPatch.context() as store:
+        store.setattr(telemetry.ssl, "get_default_verify_paths", lambda: SimpleNamespace(cafile=None, capath="/etc/ssl/certs"))
+        BrokerLogin(ca_file="system").apply(client)
+        store.setattr(
+            telemetry.ssl, "get_default_verify_paths", lambda: SimpleNamespace(cafile=None, capath=None)
+        )  # python.org's macOS builds before "Install Certificates": no CA at all
+        BrokerLogin(ca_file="system").apply(client)
+    import certifi
+
+    assert told == [None, certifi.where()]  # the system's store where it is there, else certifi's
     with pytest.MonkeyPatch.context() as env:  # a watcher made directly logs in as the publisher does (it was anonymous)
         env.setenv("RACMKD_MQTT_USERNAME", "edge")
         env.setenv("RACMKD_MQTT_PASSWORD", "pw")

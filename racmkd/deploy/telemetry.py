@@ -111,13 +111,27 @@ class BrokerLogin:
         if self.username:
             client.username_pw_set(self.username, self.password or None)
         if self.ca_file:
-            client.tls_set(ca_certs=None if self.ca_file == SYSTEM_CAS else self.ca_file)
+            client.tls_set(ca_certs=system_ca_bundle() if self.ca_file == SYSTEM_CAS else self.ca_file)
 
     def refusal(self, reason_code: Any) -> str:
         """What a refused connection means, and what to change (paho gave "Not authorized" alone)."""
         if self.username:
             return f"the broker refused the connection ({reason_code}) for user {self.username!r}; check ${USERNAME_ENV} and ${PASSWORD_ENV}"
         return f"the broker refused the connection ({reason_code}); a broker that takes no anonymous clients needs ${USERNAME_ENV} and ${PASSWORD_ENV}"
+
+
+def system_ca_bundle() -> str | None:
+    """None where the system's CA store is there for OpenSSL; else certifi's bundle (httpx's
+    dependency): python.org's macOS builds find no CA until their "Install Certificates" step has
+    run, and every TLS connection to a broker then failed to verify."""
+    paths = ssl.get_default_verify_paths()
+    if paths.cafile or paths.capath:
+        return None
+    try:
+        import certifi
+    except ImportError:
+        return None
+    return certifi.where()
 
 
 def _is_ipv6(host: str) -> bool:
