@@ -878,9 +878,12 @@ def deploy_apply(
     fleet_name: Annotated[str, typer.Option(help="The fleet's name in the telemetry topics (racmkd/<fleet>/<device>/status).")] = "default",
     full: Annotated[bool, typer.Option("--full", help="Send whole releases, never deltas.")] = False,
     timeout: TimeoutOpt = 60.0,
-    json_: Annotated[bool, typer.Option("--json")] = False,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Devices served at a time.")] = 8,
+    json_: Annotated[bool, typer.Option("--json", help="One JSON list at the end instead of a line per device as each is done.")] = False,
 ) -> None:
     """Plan each device's release by its profile and push it (no human step); exits 1 if a device could not be updated."""
+    from collections import Counter
+
     from racmkd.deploy.orchestrator import apply_fleet, load_fleet
     from racmkd.deploy.registry import ModelRegistry
     from racmkd.deploy.signing import load_public_key
@@ -906,7 +909,16 @@ def deploy_apply(
                 why = watcher.refused or "did not answer in 3 s"
                 typer.echo(f"note: the MQTT broker at {mqtt_host}:{mqtt_port}: {why}: no device's status is known, none is skipped as offline", err=True)
         results = apply_fleet(
-            registry, devices, profiles, token, load_public_key(key) if key else None, watcher.online if watcher else None, full=full, timeout_s=timeout
+            registry,
+            devices,
+            profiles,
+            token,
+            load_public_key(key) if key else None,
+            watcher.online if watcher else None,
+            full=full,
+            timeout_s=timeout,
+            concurrency=concurrency,
+            on_result=None if json_ else lambda r: typer.echo(f"{r['device']:16s} {r['action']:10s} {r['release'] or '-':16s} {r['reason']}"),
         )
     except _registry_errors() as err:
         raise _fail(err) from None
@@ -915,9 +927,9 @@ def deploy_apply(
             watcher.close()
     if json_:
         typer.echo(json.dumps(results, indent=2))
-    else:
-        for r in results:
-            typer.echo(f"{r['device']:16s} {r['action']:10s} {r['release'] or '-':16s} {r['reason']}")
+    else:  # (the lines came as the devices were done; the count at the end)
+        counts = Counter(r["action"] for r in results)
+        typer.echo(f"{len(results)} devices: " + ", ".join(f"{n} {action}" for action, n in sorted(counts.items())))
     if any(r["action"] in ("failed", "refused") for r in results):
         raise typer.Exit(code=1)
 

@@ -750,13 +750,13 @@ def test_a_fleet_is_planned_and_pushed_with_no_human_step(bank_dir: Path, keys: 
     )
     real_push, pushed = orchestrator.push, []
 
-    def push(registry_, release_, url, token, timeout_s=60.0, full=False):  # noqa: ANN001, ANN202 - a device that accepts, or the real attempt
+    def push(registry_, release_, url, token, timeout_s=60.0, full=False, tls=None):  # noqa: ANN001, ANN202 - a device that accepts, or the real attempt
         if url == "http://gate-1.test":
             pushed.append((release_.name, release_.version, url, token, timeout_s))
             return {"sent": "full", "bytes": 1, "full_bytes": 1, "status_code": 200, "answer": {"installed": "edge v1"}}
         if url == "http://gate-3.test":  # a gateway before the device refuses it with JSON that is no object (an AttributeError stopped the run)
             return {"sent": "full", "bytes": 1, "full_bytes": 1, "status_code": 413, "answer": ["Payload Too Large"]}
-        return real_push(registry_, release_, url, token, timeout_s, full=full)
+        return real_push(registry_, release_, url, token, timeout_s, full=full, tls=tls)
 
     monkeypatch.setattr(orchestrator, "push", push)
     fleet_config, profiles = orchestrator.load_fleet(fleet)
@@ -793,6 +793,51 @@ def test_a_fleet_is_planned_and_pushed_with_no_human_step(bank_dir: Path, keys: 
     bad = CliRunner().invoke(app, ["deploy", "push", "edge", "--url", "http://127.0.0.1:99999", "--root", str(tmp_path / "registry"), "--timeout", "5"])
     assert bad.exit_code == 2 and "invalid port '99999'" in bad.output
     assert "8003" in CliRunner().invoke(app, ["deploy", "push", "--help"]).output  # the edge's port in the README, not the fog's
+
+
+def test_a_fleet_is_served_several_devices_at_a_time_each_release_read_once(
+    bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One device after another, 1,000 devices took 136 s, each hung one a minute, nothing was said
+    before the end, and every device read and hashed the release again. Now `concurrency` at a time,
+    each outcome told as it comes, the results in the fleet's order, the release's bytes read once."""
+    import threading
+
+    from racmkd.deploy import orchestrator
+
+    devices = [load_device(d) for d in device_names()]
+    registry, key = ModelRegistry(tmp_path / "registry"), load_private_key(keys[0])
+    registry.register(bank_dir, "edge", key, metrics={"accuracy": 0.9}, device_fit=device_fit(bank_dir, "bank", devices))
+    names = [f"gate-{i}" for i in range(12)]
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("devices:\n" + "".join(f"  - {{name: {n}, profile: raspberry-pi-4, url: http://{n}.test}}\n" for n in names))
+    busy, most, lock, reads, contexts = [0], [0], threading.Lock(), [], set()
+    real_blob = ModelRegistry.blob
+    monkeypatch.setattr(ModelRegistry, "blob", lambda self, digest: reads.append(digest) or real_blob(self, digest))
+
+    def push(registry_, release_, url, token, timeout_s=60.0, full=False, tls=None):  # noqa: ANN001, ANN202 - a device that takes a while to install
+        with lock:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+        contexts.add(id(tls))
+        registry_.blob(release_.sha256)  # (what push reads)
+        time.sleep(0.3)
+        with lock:
+            busy[0] -= 1
+        if url == "http://gate-5.test":
+            raise httpx.ConnectError("connection refused")
+        return {"sent": "full", "bytes": 1, "full_bytes": 1, "status_code": 200, "answer": {"installed": "edge v1"}}
+
+    monkeypatch.setattr(orchestrator, "push", push)
+    fleet_config, profiles = orchestrator.load_fleet(fleet)
+    told: list[str] = []
+    results = orchestrator.apply_fleet(registry, fleet_config, profiles, TOKEN, concurrency=4, on_result=lambda r: told.append(r["device"]))
+    assert [r["device"] for r in results] == names and sorted(told) == sorted(names)  # each told once; listed in the fleet's order
+    assert [r["action"] for r in results] == ["pushed"] * 5 + ["failed"] + ["pushed"] * 6
+    assert 1 < most[0] <= 4 and len(contexts) == 1  # several at a time, never more than asked; one TLS context for all
+    assert len(reads) - reads.count(reads[0]) == 0 and reads.count(reads[0]) <= 2  # read once for the fleet (plus the plan's check)
+    with pytest.raises(ValueError, match="concurrency 0"):
+        orchestrator.apply_fleet(registry, fleet_config, profiles, TOKEN, concurrency=0)
 
 
 def test_a_forged_offline_status_does_not_keep_a_device_from_its_update(
@@ -1194,6 +1239,25 @@ def test_a_fleet_watcher_passes_over_messages_that_are_not_ours() -> None:
             assert watcher.online("d") is None, payload
     finally:
         watcher.close()
+
+
+def test_deploy_apply_hears_the_statuses_alone() -> None:
+    """Subscribed to every kind, a watcher of 2,000 devices fell behind their telemetry (6k messages
+    a second), and `deploy apply` read statuses late; the watcher it makes asks for statuses alone."""
+    from types import SimpleNamespace
+
+    from racmkd.deploy.telemetry import watch_fleet
+
+    for watcher, topics in (
+        (FleetWatcher("127.0.0.1", free_port(), "f"), ["racmkd/f/+/+"]),
+        (watch_fleet("127.0.0.1", free_port(), "f", [], wait_s=0), ["racmkd/f/+/status"]),
+    ):
+        try:
+            asked: list[object] = []
+            watcher._on_connect(SimpleNamespace(subscribe=asked.append), None, {}, SimpleNamespace(is_failure=False))
+            assert asked == [[(topic, 1) for topic in topics]] and watcher.connected.is_set()
+        finally:
+            watcher.close()
 
 
 def test_the_online_status_refused_at_reconnection_is_sent_before_anything_else() -> None:
