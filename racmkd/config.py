@@ -583,6 +583,10 @@ class ServeConfig:
     # for good, and 1,100 took an edge under a 1024-file limit off the network.
     header_timeout_s: float = 10.0
     max_update_bytes: int = 64 * 2**20  # the largest release an edge takes over /deploy
+    # /predict requests answered on worker threads or waiting for one, at most; past it 503 at once
+    # (an edge then answers itself). Unbounded, a fog under 200 edges that give up after 250 ms
+    # answered none of them in time: each answer was computed after its edge had gone.
+    max_waiting: int = 64
     max_audio_seconds: float = 10.0
     fog_models: tuple[str, ...] = ("high", "medium")  # what the fog role serves (the first by default)
     upstreams: tuple[str, ...] = ()  # the edge's fog/cloud URLs, nearest first
@@ -631,7 +635,12 @@ class ServeConfig:
             raise ConfigError(
                 f"telemetry_buffer {self.telemetry_buffer} and telemetry_interval_s {self.telemetry_interval_s}: a buffer of at least 1 message, an interval finite and > 0"
             )
-        limits = {"max_body_bytes": self.max_body_bytes, "max_update_bytes": self.max_update_bytes, "max_audio_seconds": self.max_audio_seconds}
+        limits = {
+            "max_body_bytes": self.max_body_bytes,
+            "max_update_bytes": self.max_update_bytes,
+            "max_audio_seconds": self.max_audio_seconds,
+            "max_waiting": self.max_waiting,
+        }
         if not all(0 < v < math.inf for v in limits.values()):  # (-1 started a server that answered every /predict 413)
             raise ConfigError(f"{', '.join(f'{k} {v}' for k, v in limits.items())}: each limit must be finite and > 0")
         if self.breaker_failures < 1 or not (0 < self.breaker_reset_s < math.inf and 0 < self.probe_interval_s < math.inf and -1 <= self.offload_margin <= 1):

@@ -2206,6 +2206,40 @@ def test_an_edge_whose_every_variant_fails_answers_503_not_a_client_error(tiny_r
         service.close()
 
 
+def test_a_busy_fog_says_so_at_once_instead_of_answering_too_late(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001
+    """Requests queued for worker threads without a bound: a fog under 200 edges that give up after
+    250 ms answered none in time. Past serve.max_waiting it answers 503 at once (an edge then
+    answers itself), and those it took are answered."""
+    import asyncio
+    import threading
+
+    import torch
+
+    service = ModelService("fog", tiny_run, ["high"])
+    release, answer = threading.Event(), service.answer
+    service.answer = lambda *args: release.wait(30) and answer(*args)
+    app = create_app(service, ServeConfig(max_waiting=2), token=None)
+    raw = tiny_dataset.raw_batch("test", torch.tensor([0]))
+    body = {"image": raw["image"][0].numpy().tolist(), "audio": raw["audio"][0].numpy().tolist()}
+
+    async def five_at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fog") as client:
+            calls = [asyncio.create_task(client.post("/predict", json=body)) for _ in range(5)]
+            for _ in range(600):  # (until the three past the limit are answered, 30 s at most)
+                if sum(c.done() for c in calls) == 3:
+                    break
+                await asyncio.sleep(0.05)
+            release.set()
+            return await asyncio.gather(*calls)
+
+    replies = asyncio.run(five_at_once())
+    assert sorted(r.status_code for r in replies) == [200, 200, 503, 503, 503]
+    busy = next(r for r in replies if r.status_code == 503)
+    assert busy.headers["retry-after"] == "1" and "serve.max_waiting" in busy.json()["detail"]
+    with pytest.raises(ConfigError, match="max_waiting 0"):
+        ServeConfig(max_waiting=0)
+
+
 def test_bad_requests_get_4xx_and_good_ones_an_answer(fog_app: TestClient, tiny_dataset) -> None:  # noqa: ANN001
     import torch
 

@@ -1115,7 +1115,9 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         413: {"description": "too large"},
         415: {"description": "unsupported content type"},
         422: {"description": "invalid input"},
+        503: {"description": "busy: serve.max_waiting requests are being answered or waiting"},
     }
+    waiting = [0]  # /predict requests on a worker thread or waiting for one
 
     @app.post(
         "/predict",
@@ -1131,9 +1133,19 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         content_type = request.headers.get("content-type", "application/json")
         try:
             inputs = parse_request(body, content_type, settings, service.modalities(), service.audio_rate, service.raw_specs())
-            answer = service.answer_now(inputs) or await run_in_threadpool(service.answer, inputs, body, content_type)
+            answer = service.answer_now(inputs)
+            if answer is None:
+                if waiting[0] >= settings.max_waiting:  # (the event loop's thread alone counts: no lock)
+                    raise HTTPException(
+                        503, f"busy: {waiting[0]} requests are being answered or waiting (serve.max_waiting); answer locally or try again", {"Retry-After": "1"}
+                    )
+                waiting[0] += 1
+                try:
+                    answer = await run_in_threadpool(service.answer, inputs, body, content_type)
+                finally:
+                    waiting[0] -= 1
         except HTTPException as err:
-            requests.labels(service.role, "bad_request" if err.status_code < 500 else "error", "-").inc()
+            requests.labels(service.role, "bad_request" if err.status_code < 500 else "busy" if err.status_code == 503 else "error", "-").inc()
             raise
         latency.labels(service.role).observe(time.perf_counter() - started)
         requests.labels(service.role, "ok", "offloaded" if answer.offloaded else "local").inc()
