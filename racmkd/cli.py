@@ -776,6 +776,28 @@ def registry_remove(
     typer.echo(f"removed {removed.label}{f' ({removed.damaged})' if removed.damaged else ''}; the next `registry add` of {name} makes a new version")
 
 
+@registry_app.command("prune")
+def registry_prune(
+    keep: Annotated[int, typer.Option(min=1, help="Newest intact versions of each release name to keep.")],
+    root: RootOpt = Path("registry"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go; remove nothing.")] = False,
+) -> None:
+    """Remove all but the newest --keep versions of each release, then the blobs and deltas no release needs."""
+    from racmkd.deploy.registry import ModelRegistry
+    from racmkd.utils import human_bytes
+
+    try:
+        pruned = ModelRegistry(root, create=False).prune(keep, dry_run=dry_run)
+    except _registry_errors() as err:
+        raise _fail(err) from None
+    verb = "would remove" if dry_run else "removed"
+    typer.echo(
+        f"{verb} {len(pruned['removed'])} release(s){': ' + ', '.join(pruned['removed']) if pruned['removed'] else ''}; "
+        f"{len(pruned['blobs'])} blob(s) and {len(pruned['deltas'])} delta(s), {human_bytes(pruned['bytes'])}"
+        + ("" if dry_run or not pruned["removed"] else "; a device running a removed release gets its next one whole")
+    )
+
+
 @registry_app.command("verify")
 def registry_verify(
     name: Annotated[str, typer.Argument()],

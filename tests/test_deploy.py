@@ -106,6 +106,45 @@ def test_deltas_are_small_exact_and_checked(bank_dir: Path, tmp_path: Path) -> N
             apply_delta(base, garbage)
 
 
+def test_a_registry_is_pruned_to_its_newest_versions_and_the_bytes_they_need(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    """Every version held its whole blob and every delta made stayed, without end (40 versions of a
+    25 MB bank: 955 MB), and nothing removed them. `registry prune --keep N` does; a blob still
+    being registered (written in the last minutes) stays, and a dry run removes nothing."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from racmkd.cli import app
+
+    registry, key = ModelRegistry(tmp_path / "registry"), load_private_key(keys[0])
+    v1 = registry.register(bank_dir, "edge", key)
+    v2 = registry.register(fine_tuned_head(bank_dir, tmp_path / "v2")[0], "edge", key)
+    v3 = registry.register(fine_tuned_head(fine_tuned_head(bank_dir, tmp_path / "v3a")[0], tmp_path / "v3")[0], "edge", key)
+    other = registry.register(bank_dir, "spare", key)  # (v1's bytes under another name: the blob stays, named)
+    registry.delta(v1.sha256, v3.sha256), registry.delta(v2.sha256, v3.sha256)
+    blobs = tmp_path / "registry" / "blobs"
+    stray = blobs / ("0" * 64)  # a blob no release names yet: being registered
+    stray.write_bytes(b"new")
+    for path in blobs.iterdir():
+        if path != stray:
+            os.utime(path, (1.0, 1.0))  # (written long ago)
+    dry = CliRunner().invoke(app, ["registry", "prune", "--keep", "1", "--root", str(tmp_path / "registry"), "--dry-run"])
+    assert dry.exit_code == 0 and "would remove 2 release(s): edge v1, edge v2; 1 blob(s) and 1 delta(s)" in dry.output, dry.output
+    assert len(registry.releases()) == 4 and len(list(blobs.iterdir())) == 4
+    pruned = registry.prune(keep=1)
+    assert pruned["removed"] == ["edge v1", "edge v2"] and pruned["blobs"] == [v2.sha256] and pruned["deltas"] == [f"{v2.sha256}-{v3.sha256}.delta"]
+    assert [r.label for r in registry.releases()] == ["edge v3", "spare v1"] and sorted(p.name for p in blobs.iterdir()) == sorted(
+        [v1.sha256, v3.sha256, stray.name]
+    )
+    assert [p.name for p in (tmp_path / "registry" / "deltas").glob("*.delta")] == [
+        f"{v1.sha256}-{v3.sha256}.delta"
+    ]  # (its base is spare v1's bytes: still of use)
+    assert registry.blob(other.sha256) and registry.blob(v3.sha256)
+    assert registry.register(bank_dir, "edge", key).version == 4  # (a removed version is never given again)
+    with pytest.raises(RegistryError, match="keep 0"):
+        registry.prune(keep=0)
+
+
 def test_registry_versions_signs_and_refuses_tampered_blobs(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path / "registry")
     key = load_private_key(keys[0])
