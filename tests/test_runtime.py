@@ -81,7 +81,7 @@ def test_the_request_overhead_is_what_requests_take_beyond_their_variants(bank_d
         return softmax(z)
 
     monkeypatch.setattr(edge, "_softmax", slow_softmax)
-    assert 15.0 <= request_overhead_ms(bank_dir, inputs, 10) - usual <= 30.0
+    assert 15.0 <= request_overhead_ms(bank_dir, inputs, 10) - usual <= 45.0  # (a 20 ms sleep: 19.8-27.3 ms measured under a load of 8 on 2 cores)
     # Slower variants are the variants' time, not the runtime's: measured against the bank's latencies
     # (timed elsewhere, round-robin), their difference went into the overhead, or below 0 and was clamped.
     monkeypatch.setattr(edge, "_softmax", softmax)
