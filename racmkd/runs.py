@@ -40,7 +40,11 @@ def create_run(cfg: RunConfig) -> Path:
         run_dir = runs / cfg.name
         if (run_dir / "config.yaml").exists():
             raise RunError(f"{run_dir}: a run of that name exists; choose another --name, or delete that folder first. ({_going_on(run_dir)}.)")
-        made = not run_dir.exists()  # (a folder of that name without a config is taken over, and left as it was on failure)
+        try:  # (a folder of that name without a config is taken over, and left as it was on failure)
+            run_dir.mkdir(parents=True)
+            made = True  # by this process alone: of two runs of one name, only the one that made the folder removes it on failure
+        except FileExistsError:
+            made = False
     else:
         stem = f"{cfg.data.protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
         runs.mkdir(parents=True, exist_ok=True)

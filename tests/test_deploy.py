@@ -877,6 +877,7 @@ def test_a_fleet_is_served_several_devices_at_a_time_each_release_read_once(
     assert len(reads) - reads.count(reads[0]) == 0 and reads.count(reads[0]) <= 2  # read once for the fleet (plus the plan's check)
     with pytest.raises(ValueError, match="concurrency 0"):
         orchestrator.apply_fleet(registry, fleet_config, profiles, TOKEN, concurrency=0)
+    assert orchestrator.apply_fleet(registry, orchestrator.Fleet(()), {}, TOKEN) == []  # (a pool of no worker raised)
 
 
 def test_a_forged_offline_status_does_not_keep_a_device_from_its_update(
@@ -2276,10 +2277,11 @@ def test_a_busy_fog_says_so_at_once_instead_of_answering_too_late(tiny_run: Path
                     break
                 await asyncio.sleep(0.05)
             release.set()
-            return await asyncio.gather(*calls)
+            return [*await asyncio.gather(*calls), await client.get("/metrics")]
 
-    replies = asyncio.run(five_at_once())
+    *replies, metrics = asyncio.run(five_at_once())
     assert sorted(r.status_code for r in replies) == [200, 200, 503, 503, 503]
+    assert 'outcome="busy",role="fog",route="-"} 3.0' in metrics.text  # (turned away, not the device's failure: that is "error")
     busy = next(r for r in replies if r.status_code == 503)
     assert busy.headers["retry-after"] == "1" and "serve.max_waiting" in busy.json()["detail"]
     with pytest.raises(ConfigError, match="max_waiting 0"):

@@ -240,7 +240,7 @@ def test_deploy_push_prints_the_store_error(edge, tmp_path: Path, monkeypatch: p
     from racmkd.cli import app as cli
 
     service, client, registry, v1, v2, app = edge
-    monkeypatch.setattr(httpx, "Client", lambda base_url, timeout, headers: TestClient(app, base_url=base_url, headers=headers))
+    monkeypatch.setattr(httpx, "Client", lambda base_url, timeout, headers, **_: TestClient(app, base_url=base_url, headers=headers))
     monkeypatch.setenv("RACMKD_TOKEN", TOKEN)
     failing_writes(monkeypatch, tmp_path / "device", errno.ENOSPC)
     result = CliRunner().invoke(cli, ["deploy", "push", "edge", "--url", "http://127.0.0.1:8003", "--root", str(tmp_path / "registry"), "--full"])

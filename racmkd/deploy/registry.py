@@ -22,7 +22,7 @@ import sqlite3
 import tarfile
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -327,7 +327,10 @@ class ModelRegistry:
         if not (path.is_file() and sha256(path.read_bytes()) == digest):
             atomic_write_bytes(path, data)
         else:  # (its time refreshed: `prune` leaves a blob written in its last minutes to the release about to name it)
-            os.utime(path)
+            try:
+                os.utime(path)
+            except FileNotFoundError:  # (pruned meanwhile)
+                atomic_write_bytes(path, data)
         return digest
 
     def blob(self, digest: str) -> bytes:
@@ -562,7 +565,10 @@ class ModelRegistry:
                 freed += path.stat().st_size
         if not dry_run:
             for name in blobs:
-                (self.root / "blobs" / name).unlink(missing_ok=True)
+                path = self.root / "blobs" / name
+                with suppress(FileNotFoundError):
+                    if path.stat().st_mtime < old_enough:  # (looked at again: a register of the same bytes refreshes it)
+                        path.unlink()
             for name in deltas:
                 (self.root / "deltas" / name).unlink(missing_ok=True)
         return {"removed": [r.label for r in going], "blobs": blobs, "deltas": deltas, "bytes": freed, "dry_run": dry_run}

@@ -887,6 +887,11 @@ def build_service(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfi
 # The app -------------------------------------------------------------------------------------------------
 
 
+class Busy(HTTPException):
+    """503 for a request turned away at the door (serve.max_waiting), counted as `busy`, not as the
+    device's own failure (which is 503 too: every variant failed)."""
+
+
 class AnswerInternalErrors:
     """ASGI middleware: an unhandled error becomes a 500 answer and the connection stays open.
     (Starlette's handler for Exception answers and then re-raises; uvicorn then drops the
@@ -1136,7 +1141,7 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
             answer = service.answer_now(inputs)
             if answer is None:
                 if waiting[0] >= settings.max_waiting:  # (the event loop's thread alone counts: no lock)
-                    raise HTTPException(
+                    raise Busy(
                         503, f"busy: {waiting[0]} requests are being answered or waiting (serve.max_waiting); answer locally or try again", {"Retry-After": "1"}
                     )
                 waiting[0] += 1
@@ -1145,7 +1150,7 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
                 finally:
                     waiting[0] -= 1
         except HTTPException as err:
-            requests.labels(service.role, "bad_request" if err.status_code < 500 else "busy" if err.status_code == 503 else "error", "-").inc()
+            requests.labels(service.role, "bad_request" if err.status_code < 500 else "busy" if isinstance(err, Busy) else "error", "-").inc()
             raise
         latency.labels(service.role).observe(time.perf_counter() - started)
         requests.labels(service.role, "ok", "offloaded" if answer.offloaded else "local").inc()

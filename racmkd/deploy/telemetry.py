@@ -295,7 +295,7 @@ def watch_fleet(host: str, port: int, fleet: str, devices: list[str], wait_s: fl
     devices publishing each second fell behind the broker (it read 2.3-4.4k of their 6k messages a
     second), and a status read late may be out of date."""
     watcher = (
-        FleetWatcher(host, port, fleet, ("status",)) if login is None else FleetWatcher(host, port, fleet, ("status",), login=login)
+        FleetWatcher(host, port, fleet, kinds=("status",)) if login is None else FleetWatcher(host, port, fleet, kinds=("status",), login=login)
     )  # (by default, the environment's login)
     watcher.wait_for(lambda w: bool(w.refused) or all(w.online(d) is not None for d in devices), timeout_s=wait_s)
     return watcher
@@ -309,11 +309,11 @@ class FleetWatcher:
     host: str
     port: int
     fleet: str
-    kinds: tuple[str, ...] = ()
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     messages: int = 0
     login: BrokerLogin = field(default_factory=BrokerLogin.from_environment)
     refused: str = ""  # why the broker refused the connection, when it did
+    kinds: tuple[str, ...] = ()  # the message kinds to hear; () = all
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
