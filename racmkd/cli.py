@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -940,7 +941,7 @@ def deploy_apply(
             full=full,
             timeout_s=timeout,
             concurrency=concurrency,
-            on_result=None if json_ else lambda r: typer.echo(f"{r['device']:16s} {r['action']:10s} {r['release'] or '-':16s} {r['reason']}"),
+            on_result=None if json_ else lambda r: _echo_while_read(f"{r['device']:16s} {r['action']:10s} {r['release'] or '-':16s} {r['reason']}"),
         )
     except _registry_errors() as err:
         raise _fail(err) from None
@@ -951,9 +952,18 @@ def deploy_apply(
         typer.echo(json.dumps(results, indent=2))
     else:  # (the lines came as the devices were done; the count at the end)
         counts = Counter(r["action"] for r in results)
-        typer.echo(f"{len(results)} devices: " + ", ".join(f"{n} {action}" for action, n in sorted(counts.items())))
+        _echo_while_read(f"{len(results)} devices: " + ", ".join(f"{n} {action}" for action, n in sorted(counts.items())))
     if any(r["action"] in ("failed", "refused") for r in results):
         raise typer.Exit(code=1)
+
+
+def _echo_while_read(line: str) -> None:
+    """A line of a long command's progress, dropped once its reader has gone (`racmkd deploy apply |
+    head`: the closed pipe stopped the fleet's round partway, the devices not begun left out)."""
+    try:
+        typer.echo(line)
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - (for the rest of the process: Python flushes stdout again at exit)
 
 
 @app.command()

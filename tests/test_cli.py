@@ -443,3 +443,26 @@ def test_deploy_plan_without_device_profiles_says_so(tmp_path: Path, monkeypatch
     monkeypatch.setattr(devices, "device_names", lambda devices_dir=None: [])
     result = CliRunner().invoke(app, ["deploy", "plan", "--root", str(tmp_path / "registry")])
     assert result.exit_code == 2 and "no device profiles to plan for" in result.output and "holds none): pass --device" in result.output, result.output
+
+
+def test_a_long_commands_lines_are_dropped_once_their_reader_has_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`racmkd deploy apply | head`: the closed pipe raised in the middle of the fleet's round, and
+    the devices not begun were left out. The lines are dropped instead; the round goes on."""
+    import os
+    import sys
+
+    from racmkd import cli
+
+    said: list[str] = []
+
+    def closed(line: str) -> None:
+        if said:
+            raise BrokenPipeError(32, "Broken pipe")
+        said.append(line)
+
+    monkeypatch.setattr(cli.typer, "echo", closed)
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # (put back after)
+    for line in ("gate-1 pushed", "gate-2 pushed", "2 devices: 2 pushed"):
+        cli._echo_while_read(line)
+    assert said == ["gate-1 pushed"] and sys.stdout.name == os.devnull
+    sys.stdout.close()
