@@ -29,7 +29,7 @@ from racmkd.data.modalities import Modality
 from racmkd.distill.adaptive import objective_weights
 from racmkd.distill.trainer import Job, Teacher, attach_projection, check_loss_names, learns_from_teachers, train_jobs
 from racmkd.measure.cost import count_flops
-from racmkd.models.checkpoint import load_model, save_model
+from racmkd.models.checkpoint import load_model, save_model, save_models_together
 from racmkd.models.multimodal import MultimodalNet, count_params, teacher, widest_student
 from racmkd.runs import (  # noqa: F401 - run directories (racmkd.runs, no torch)
     TEACHER,
@@ -490,12 +490,14 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
         )
     seconds = time.perf_counter() - started
     remove_derived(run_dir, [t.name for t in tiers], [j.name for j in jobs])
+    saved = []
     for job in jobs:
         tier = job.name.removesuffix("_labels_only")
         design = designs[tier]
         meta = training_meta(job, role="student" if job.weights is not None else "baseline")
         meta.update(tier=tier, budget_bytes=design.budget_bytes, design={**asdict(design), "name": design.name})
-        save_model(checkpoint(run_dir, job.name), job.model, job.specs, meta)
+        saved.append((checkpoint(run_dir, job.name), job.model, job.specs, meta))
+    save_models_together(saved)
     record_timing(run_dir, "distill_students", seconds)  # last: the students are saved whatever their bookkeeping meets
     return [j.name for j in jobs]
 

@@ -811,3 +811,42 @@ def test_a_bank_removal_cut_short_leaves_no_bank_that_names_files_gone(tmp_path:
     assert not (bank / "bank.json").exists() and (bank / "live.json").exists()
     pipeline.remove_bank(tmp_path, "replaced")
     assert [p.name for p in bank.iterdir()] == ["live.json"]
+
+
+def test_students_trained_together_are_saved_together(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saved one by one, a failure or a kill in the loop left some students new and some old. Now
+    each is written beside its place, then all move in: a failure leaves every old one, and nothing
+    half-written; a killed writer's pending files go at the next save."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from racmkd.models import checkpoint as checkpoints
+    from racmkd import utils
+
+    for name in ("high", "critical"):
+        shutil.copy(tiny_run / "checkpoints" / f"{name}.pt", tmp_path / f"{name}.pt")
+    old = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    high, critical = (load_model(tiny_run / "checkpoints" / f"{name}.pt") for name in ("high", "critical"))
+    items = [
+        (tmp_path / "high.pt", high[0], high[1], {"tier": "high", "new": True}),
+        (tmp_path / "critical.pt", critical[0], critical[1], {"tier": "critical", "new": True}),
+    ]
+    real_save = checkpoints.save_model
+
+    def disk_full_at_the_second(path: Path, *args: object) -> None:
+        if "critical" in path.name:
+            raise OSError(28, "No space left on device")
+        real_save(path, *args)
+
+    monkeypatch.setattr(checkpoints, "save_model", disk_full_at_the_second)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoints.save_models_together(items)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old  # the first one too, and no pending file
+    monkeypatch.undo()
+    ended = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout)
+    (tmp_path / f".high.pt.{ended}-{utils._HOST}-pending.tmp").write_bytes(b"a killed save's")
+    checkpoints.save_models_together(items)
+    assert sorted(os.listdir(tmp_path)) == ["critical.pt", "high.pt"]
+    assert all(load_model(tmp_path / f"{name}.pt")[3]["new"] for name in ("high", "critical"))

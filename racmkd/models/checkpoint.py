@@ -7,6 +7,7 @@ free-form metadata (tier, budget, training history).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from racmkd.config import to_dict
 from racmkd.data.modalities import Modality
 from racmkd.models.multimodal import MultimodalNet, build
 from racmkd.registry import MODALITIES
-from racmkd.utils import atomic_torch_save
+from racmkd.utils import atomic_torch_save, fsync_folder, remove_stale_work, temporary_prefix
 
 FORMAT = "racmkd-model/1"
 
@@ -29,6 +30,29 @@ def save_model(path: Path, model: MultimodalNet, specs: dict[str, Any], meta: di
     """Write a checkpoint atomically."""
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_torch_save({"format": FORMAT, "arch": model.arch, "state_dict": state, "specs": {m: to_dict(s) for m, s in specs.items()}, "meta": meta}, path)
+
+
+def save_models_together(items: list[tuple[Path, MultimodalNet, dict[str, Any], dict[str, Any]]]) -> None:
+    """`save_model` for several checkpoints that belong together (the students of one training
+    pass): each written whole beside its place first, then all moved in, so that a failure or a
+    kill while writing leaves every old checkpoint as it was (saved one by one, a kill in the loop
+    left some students new and some old, with a selection.json describing the new). A writer
+    killed outright leaves its `.pending` files for the next write of those names to remove."""
+    pending: list[tuple[Path, Path]] = []
+    try:
+        for path, model, specs, meta in items:
+            path = Path(path)
+            remove_stale_work(path.parent, path.name, suffix=".tmp")
+            tmp = path.parent / f"{temporary_prefix(path)}pending.tmp"
+            save_model(tmp, model, specs, meta)
+            pending.append((tmp, path))
+        for tmp, path in pending:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+    for folder in {path.parent for _, path in pending}:
+        fsync_folder(folder)
 
 
 def load_model(path: Path) -> tuple[MultimodalNet, dict[str, Any], dict[str, Modality], dict[str, Any]]:
