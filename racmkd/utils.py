@@ -116,19 +116,20 @@ def claim_name(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
 
 
-def write_new(path: Path, data: bytes) -> None:
-    """Write `path` whole (flushed to disk) where no file is; FileExistsError where one is, or
-    appears meanwhile: a check then a write let two processes both take the name."""
+def write_new(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write `path` whole (flushed to disk, given `mode`: by default a plain `open`'s) where no file
+    is; FileExistsError where one is, or appears meanwhile: a check then a write let two processes
+    both take the name."""
     path = Path(path)
     remove_stale_work(path.parent, path.name, suffix=".tmp")
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
+    os.close(handle)
     tmp = Path(name)
     try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o666 & ~UMASK)
+        tmp.write_bytes(data)  # (as every atomic write: through Path.write_bytes)
+        with open(tmp, "rb+") as flushed:
+            os.fsync(flushed.fileno())
+        os.chmod(tmp, 0o666 & ~UMASK if mode is None else mode)
         claim_name(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

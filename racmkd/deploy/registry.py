@@ -552,12 +552,14 @@ class ModelRegistry:
                 self.remove(release.name, release.version)
         named = {r.sha256 for r in releases if r not in going}
         old_enough = time.time() - grace_s
-        blobs, deltas, freed = [], [], 0
+        blobs, kept, deltas, freed = [], set(named), [], 0
         for path in sorted((self.root / "blobs").glob("*")):
-            if re.fullmatch(r"[0-9a-f]{64}", path.name) and path.name not in named and path.stat().st_mtime < old_enough:
+            info = path.stat()
+            if re.fullmatch(r"[0-9a-f]{64}", path.name) and path.name not in named and info.st_mtime < old_enough:
                 blobs.append(path.name)
-                freed += path.stat().st_size
-        kept = named | {p.name for p in (self.root / "blobs").glob("*") if p.name not in blobs}
+                freed += info.st_size
+            else:
+                kept.add(path.name)
         for path in sorted((self.root / "deltas").glob("*.delta")):
             base, _, target = path.stem.partition("-")
             if base not in kept or target not in kept:

@@ -9,8 +9,6 @@ has the same signature input wherever it was serialised.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from racmkd.utils import UMASK, claim_name, fsync_folder, remove_stale_work, temporary_prefix
+from racmkd.utils import UMASK, write_new
 
 
 class SignatureError(ValueError):
@@ -51,30 +49,15 @@ def generate_keypair(folder: Path, name: str = "racmkd") -> tuple[Path, Path]:
 
 
 def _write_pair(folder: Path, files: dict[Path, tuple[bytes, int]]) -> None:
-    """Write each file's bytes with its mode to a temporary file in `folder`, flush them to disk,
-    then move them into place where no file is (`claim_name`: a rename would replace a key another
-    keygen wrote after this one's check, leaving one's private key beside the other's public one); if anything fails, whatever this call
-    wrote (temporary or moved) is removed and an OSError names the folder, the cause and the fix (a
-    SignatureError, a key that appeared meanwhile)."""
-    written: list[Path] = []  # temporary files, then the keys moved into place
+    """Write each file's bytes with its mode where no file is (`write_new`: a rename would replace
+    a key another keygen wrote after this one's check, leaving one's private key beside the other's
+    public one); if anything fails, the keys this call wrote are removed and an OSError names the
+    folder, the cause and the fix (a SignatureError, a key that appeared meanwhile)."""
+    written: list[Path] = []
     try:
-        temporary = {}
         for path, (data, mode) in files.items():
-            remove_stale_work(folder, path.name, suffix=".tmp")  # (a keygen killed outright left its copy of the private key)
-            handle, name = tempfile.mkstemp(dir=folder, prefix=temporary_prefix(path), suffix=".tmp")
-            os.close(handle)
-            tmp = Path(name)
-            written.append(tmp)
-            tmp.write_bytes(data)
-            with open(tmp, "rb+") as flushed:
-                os.fsync(flushed.fileno())
-            os.chmod(tmp, mode)
-            temporary[path] = tmp
-        for path, tmp in temporary.items():
-            claim_name(tmp, path)
-            written.append(path)  # (before the temporary name goes: a failure to remove it still removes the key)
-            tmp.unlink(missing_ok=True)
-            written.remove(tmp)
+            write_new(path, data, mode)
+            written.append(path)
     except BaseException as err:
         for path in written:
             path.unlink(missing_ok=True)
@@ -89,7 +72,6 @@ def _write_pair(folder: Path, files: dict[Path, tuple[bytes, int]]) -> None:
                 str(folder),
             ) from None
         raise
-    fsync_folder(folder)  # the new names reach the disk too
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:

@@ -294,9 +294,8 @@ def watch_fleet(host: str, port: int, fleet: str, devices: list[str], wait_s: fl
     would not have us. It hears the statuses alone: subscribed to every kind, a watcher of 2,000
     devices publishing each second fell behind the broker (it read 2.3-4.4k of their 6k messages a
     second), and a status read late may be out of date."""
-    watcher = (
-        FleetWatcher(host, port, fleet, kinds=("status",)) if login is None else FleetWatcher(host, port, fleet, kinds=("status",), login=login)
-    )  # (by default, the environment's login)
+    login_given = {} if login is None else {"login": login}  # (by default, the environment's)
+    watcher = FleetWatcher(host, port, fleet, kinds=("status",), **login_given)
     watcher.wait_for(lambda w: bool(w.refused) or all(w.online(d) is not None for d in devices), timeout_s=wait_s)
     return watcher
 
