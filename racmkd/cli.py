@@ -569,17 +569,27 @@ def simulate(
             help="Latency model: measured (this host's compute time x the trace's slowdown) or bank (the bank's median costs x the slowdown: the same on every run, to compare runtime versions)."
         ),
     ] = "measured",
+    outage: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Take an input away for a while, on every policy's requests: MODALITY:START-END[:missing|dead] in seconds of trace time (dead: all zeros, a blank image or silence); repeatable. E.g. audio:30-60:dead."
+        ),
+    ] = None,
     set_: RunSetOpt = None,
 ) -> None:
     """Replay a resource trace against the edge runtime with real inference; compare with static tiers."""
     from racmkd.pipeline import prepare_data
     from racmkd.resources.sources import SYNTHETIC, TraceError, trace_from
-    from racmkd.runtime.simulate import LATENCY_MODELS, render_table
+    from racmkd.runtime.simulate import LATENCY_MODELS, Outage, default_out_folder, render_table
     from racmkd.runtime.simulate import simulate as replay_trace
     from racmkd.runtime.variants import BankError, build_bank, load_bank
 
     if latency not in LATENCY_MODELS:
         raise _fail(ValueError(f"--latency {latency!r}: choose one of {', '.join(LATENCY_MODELS)}"))
+    try:
+        outages = [Outage.parse(text) for text in outage or []]
+    except ValueError as err:
+        raise _fail(err) from None
     if out is not None:  # found now, not after the replay ("[Errno 17] File exists")
         try:
             _check_out_folder(out)
@@ -594,26 +604,12 @@ def simulate(
         if not (run_dir / "edge" / "bank.json").is_file():
             typer.echo("no variant bank yet: building it (racmkd edge build)")
             build_bank(cfg, dataset, run_dir)
-        folder = out or _default_simulate_folder(run_dir, resources)
-        summary = replay_trace(load_bank(run_dir / "edge"), dataset, resources, cfg.runtime, requests, folder, static, seed, latency)
+        folder = out or default_out_folder(run_dir, resources, outages)
+        summary = replay_trace(load_bank(run_dir / "edge"), dataset, resources, cfg.runtime, requests, folder, static, seed, latency, outages)
     except (*_errors(), BankError, TraceError) as err:
         raise _fail(err) from None
     typer.echo(render_table(summary))
     typer.echo(f"written: {folder}/summary.json, timeline.json, timeline.png, table.md")
-
-
-def _default_simulate_folder(run_dir: Path, trace: Trace) -> Path:
-    """<run>/simulate/<trace's name>; a trace file's name is its stem, which another file may share
-    (tr.csv and elsewhere/tr.json): the replay of one replaced the other's in silence. The folder
-    holding another trace's replay is refused, naming --out."""
-    from racmkd.utils import cached_json
-
-    folder = run_dir / "simulate" / trace.name
-    recorded = [(cached_json(folder / name) or {}).get("trace_source") for name in ("summary.json", "timeline.json")]  # (a replay cut short has no summary)
-    earlier = next((source for source in recorded if source), None)
-    if earlier is not None and earlier != trace.source:
-        raise ValueError(f"{folder} holds the replay of {earlier}, not of {trace.source}; it is not replaced. Name another folder with --out")
-    return folder
 
 
 @app.command("serve")
@@ -670,6 +666,14 @@ registry_app = typer.Typer(no_args_is_help=True, help="The model registry: signi
 app.add_typer(registry_app, name="registry")
 RootOpt = Annotated[Path, typer.Option("--root", help="Registry folder.")]
 DEFAULT_PUBLIC_KEY = Path("keys/racmkd.pub")
+
+
+def _fleet_public_key(given: Path | None) -> Path | None:
+    """--public-key, else keys/racmkd.pub when there is one, else None, said: signatures go unchecked."""
+    key = given or (DEFAULT_PUBLIC_KEY if DEFAULT_PUBLIC_KEY.is_file() else None)
+    if key is None:
+        typer.secho(f"note: signatures not checked (no --public-key, and no {DEFAULT_PUBLIC_KEY})", fg=typer.colors.YELLOW, err=True)
+    return key
 
 
 def _registry_errors() -> tuple[type[Exception], ...]:
@@ -803,7 +807,7 @@ def registry_prune(
 def registry_verify(
     name: Annotated[str, typer.Argument()],
     version: Annotated[Optional[int], typer.Option(min=1, help="Default: the latest.")] = None,
-    public_key: Annotated[Path, typer.Option(help="The fleet's public key.")] = Path("keys/racmkd.pub"),
+    public_key: Annotated[Path, typer.Option(help="The fleet's public key.")] = DEFAULT_PUBLIC_KEY,
     root: RootOpt = Path("registry"),
 ) -> None:
     """Check a release's signature and its blob's hash, as a device would."""
@@ -843,9 +847,7 @@ def deploy_plan(
     from racmkd.deploy.signing import load_public_key
     from racmkd.resources.devices import SHIPPED_DEVICES, device_names, load_device
 
-    key = public_key or (DEFAULT_PUBLIC_KEY if DEFAULT_PUBLIC_KEY.is_file() else None)
-    if key is None:
-        typer.secho(f"note: signatures not checked (no --public-key, and no {DEFAULT_PUBLIC_KEY})", fg=typer.colors.YELLOW, err=True)
+    key = _fleet_public_key(public_key)
     devices = device or device_names()
     if not devices:  # (its profiles' folder emptied: the plan was empty, exit 0)
         raise _fail(ValueError(f"no device profiles to plan for ({SHIPPED_DEVICES} holds none): pass --device with a profile's YAML file"))
@@ -912,7 +914,7 @@ def deploy_apply(
     from racmkd.deploy.signing import load_public_key
 
     token = _management_token(token_env, "the devices'")
-    key = public_key or (DEFAULT_PUBLIC_KEY if DEFAULT_PUBLIC_KEY.is_file() else None)
+    key = _fleet_public_key(public_key)
     if mqtt_port and not mqtt_host:  # (it was passed over in silence)
         raise _fail(ValueError("--mqtt-port: the broker's port, with --mqtt-host; without a broker the devices' statuses are not read"))
     if mqtt_host:

@@ -409,28 +409,28 @@ def _wav_head() -> bytes:
     return buffer.getvalue()[:100]
 
 
-def test_two_trace_files_of_one_name_do_not_share_a_default_simulate_folder(tmp_path: Path) -> None:
+def test_two_trace_files_of_one_name_do_not_share_adefault_out_folder(tmp_path: Path) -> None:
     """`simulate --trace tr.csv`, then `--trace other/tr.json`: both wrote <run>/simulate/tr/, the
     second replacing the first's replay in silence. The folder holding another trace's is refused."""
-    from racmkd.cli import _default_simulate_folder
+    from racmkd.runtime.simulate import default_out_folder
     from racmkd.resources.sources import load_trace
 
     (tmp_path / "other").mkdir()
     first, second = tmp_path / "tr.csv", tmp_path / "other" / "tr.csv"
     for path in (first, second):
         path.write_text("t,cpu_percent\n0,20\n1,90\n")
-    folder = _default_simulate_folder(tmp_path / "run", load_trace(first))
+    folder = default_out_folder(tmp_path / "run", load_trace(first))
     assert folder == tmp_path / "run" / "simulate" / "tr"
     folder.mkdir(parents=True)
     (folder / "summary.json").write_text(json.dumps({"trace": "tr", "trace_source": str(first.resolve())}))
-    assert _default_simulate_folder(tmp_path / "run", load_trace(first)) == folder  # the same file again: replaced, as before
+    assert default_out_folder(tmp_path / "run", load_trace(first)) == folder  # the same file again: replaced, as before
     with pytest.raises(ValueError, match=r"holds the replay of .*tr\.csv, not of .*other/tr\.csv; it is not replaced\. Name another folder with --out"):
-        _default_simulate_folder(tmp_path / "run", load_trace(second))
+        default_out_folder(tmp_path / "run", load_trace(second))
     # A replay cut short leaves no summary.json; its timeline.json names the trace too.
     (folder / "summary.json").unlink()
     (folder / "timeline.json").write_text(json.dumps({"trace_source": str(first.resolve()), "dynamic": []}))
     with pytest.raises(ValueError, match=r"holds the replay of .*tr\.csv, not of .*other/tr\.csv"):
-        _default_simulate_folder(tmp_path / "run", load_trace(second))
+        default_out_folder(tmp_path / "run", load_trace(second))
 
 
 def test_deploy_plan_without_device_profiles_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ import json
 import math
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from racmkd.resources.sources import ResourceSnapshot, TraceSource, synthetic_tr
 from racmkd.runtime import edge as edge_module
 from racmkd.runtime.bank import Bank
 from racmkd.runtime.edge import EdgeRuntime, NoVariantError, budget_for
-from racmkd.runtime.simulate import simulate
+from racmkd.runtime.simulate import Outage, simulate
 from racmkd.runtime.variants import BankError, load_bank
 
 
@@ -907,6 +908,10 @@ def test_a_resource_drop_switches_to_a_cheaper_configuration(bank_dir: Path, sam
     assert list(runtime.decisions)[seen - runtime.decision_count]["reason"].startswith("step down")  # the first switch after the drop
     state = runtime.state()
     assert state["level"] == "critical" and state["variants"] and state["recent_decisions"]
+    # Its times in Unix seconds, as the logs and the telemetry around it: the runtime's own clock
+    # (trace time here, seconds since boot on a device) read as dates in 1970 there.
+    now = time.time()
+    assert now - 60 < state["resources"]["t"] <= now and all(now - 60 < d["t"] <= now for d in state["recent_decisions"])
 
 
 _PLANNED_MS = {"high": 4.0, "medium": 2.0, "low": 1.0, "critical": 0.5}  # per variant
@@ -1108,6 +1113,57 @@ def test_simulation_writes_timeline_table_and_summary(bank_dir: Path, tiny_datas
     for policy in ("high", "critical"):
         served = [sum(energy[v] for v in r["configuration"].split(",")) for r in timeline[f"static-{policy}"] if r["configuration"] != "unanswered"]
         assert summary["static"][policy]["energy_mj_mean"] == pytest.approx(sum(served) / len(served)) and served[0] > 0
+
+
+def test_a_replay_takes_inputs_away_for_every_policy(bank_dir: Path, tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    """`--outage`: a dead audio stream (silence) and a missing image, each for a stretch of the
+    trace, on the dynamic runtime's and every static tier's requests alike. Nothing answers from an
+    input that is not there, every request is still answered, and the summary scores each outage;
+    the ceilings count no configuration that reads a taken input."""
+    outages = [Outage.parse("audio:3-6:dead"), Outage.parse("image:8-10")]
+    summary = simulate(load_bank(bank_dir), tiny_dataset, synthetic_trace("sudden", 12, 0.1), RuntimeConfig(), requests=120, out_dir=tmp_path, outages=outages)
+    timeline = strict_json(tmp_path / "timeline.json")
+    for policy in ("dynamic", "static-high", "static-critical"):
+        rows = timeline[policy]
+        assert [r["inputs_out"] for r in rows if 3 <= r["t"] < 6] == [["audio"]] * 30
+        assert [r["inputs_out"] for r in rows if 8 <= r["t"] < 10] == [["image"]] * 20
+        assert not any(r["inputs_out"] for r in rows if r["t"] < 3 or 6 <= r["t"] < 8 or r["t"] >= 10)
+        assert all("/audio" not in r["configuration"] for r in rows if 3 <= r["t"] < 6), policy
+        assert all("/image" not in r["configuration"] for r in rows if 8 <= r["t"] < 10), policy
+        assert all(r["configuration"] != "unanswered" for r in rows), policy
+    audio, image = summary["outages"]
+    assert (audio["outage"], audio["requests"], image["outage"], image["requests"]) == ("audio:3-6:dead", 30, "image:8-10:missing", 20)
+    during = [r for r in timeline["dynamic"] if 8 <= r["t"] < 10]
+    assert image["dynamic"]["slo_accuracy"] == sum(r["slo_met"] for r in during) / 20
+    assert set(image["static"]) == {"high", "medium", "low", "critical"}
+    assert "| audio:3-6:dead | 30 |" in (tmp_path / "table.md").read_text()
+    # Audio taken away throughout: no ceiling may count on it.
+    everywhere = simulate(
+        load_bank(bank_dir), tiny_dataset, synthetic_trace("sudden", 12, 0.1), RuntimeConfig(), requests=40, statics=False, outages=[Outage("audio", 0, 12)]
+    )
+    assert all("/audio" not in p["configuration"] for p in everywhere["oracle"]["per_level"].values())
+    assert all("/audio" not in r for r in everywhere["outages"][0]["configurations"])
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("audio", "expected MODALITY"),
+        ("audio:30", "expected MODALITY"),
+        ("audio:a-b", "expected MODALITY"),
+        ("audio:6-3", "START < END"),
+        ("audio:1-2:gone", "unknown kind"),
+    ],
+)
+def test_an_outage_that_does_not_parse_says_how_to_write_one(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        Outage.parse(text)
+
+
+def test_an_outage_of_an_input_the_bank_lacks_or_after_the_trace_is_refused(bank_dir: Path, tiny_dataset) -> None:  # noqa: ANN001
+    for outage, problem in ((Outage("sonar", 1, 2), "no 'sonar' input"), (Outage("audio", 20, 30), "starts after the trace ends")):
+        with pytest.raises(ValueError, match=problem):
+            simulate(load_bank(bank_dir), tiny_dataset, synthetic_trace("sudden", 12, 0.1), RuntimeConfig(), requests=10, outages=[outage])
 
 
 def test_a_replay_cut_short_leaves_no_summary_beside_its_new_files(bank_dir: Path, tiny_dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001

@@ -855,7 +855,14 @@ class EdgeRuntime:
         configuration is what can run of the one in force: with every variant failed the runtime
         keeps the last decision (nothing better to choose), and naming it said `image=low` while
         `failed` listed low/image; then it is None, and `unavailable` says why (its utility and
-        predicted costs too, which were of a configuration that cannot run)."""
+        predicted costs too, which were of a configuration that cannot run). Its times (the
+        reading's `t`, each recent decision's) are Unix times, as the logs and the telemetry that
+        carry it stamp theirs: the runtime's own clock (monotonic, seconds since boot) means nothing
+        outside this process, and a fleet's dashboard read it as dates in 1970."""
+        to_unix = time.time() - self.clock()  # (for a simulation's clock, trace time: the offset to now)
+        reading = self.snapshot.as_dict() if self.snapshot else None
+        if reading is not None:
+            reading["t"] += to_unix
         failed = dict(self.failed)  # (a copy: a request may fail or retry a variant meanwhile)
         current = self.current  # (read once: a decision on another thread meanwhile gave one configuration another's utility and costs)
         runnable = tuple(v if v is not None and v.id not in failed else None for v in current.config)
@@ -884,9 +891,9 @@ class EdgeRuntime:
             "quality": dict(self.quality),
             "failed": dict(self.failed),
             "loaded": self.loaded(),
-            "resources": self.snapshot.as_dict() if self.snapshot else None,
+            "resources": reading,
             "monitor_errors": self._monitor_health(),
-            "recent_decisions": list(self.decisions)[-10:],
+            "recent_decisions": [{**d, "t": d["t"] + to_unix} for d in list(self.decisions)[-10:]],
         }
 
     def _risk_state(self) -> dict[str, Any] | None:

@@ -51,7 +51,7 @@ from racmkd.resources.monitor import ResourceMonitor
 from racmkd.resources.sources import LEVELS, MB, Trace, TraceSource, resource_level
 from racmkd.runtime.edge import Answer, EdgeRuntime, NoVariantError, budget_for
 from racmkd.runtime.bank import Bank
-from racmkd.utils import Terminated, Window, atomic_write_json, atomic_write_text, json_safe, progress
+from racmkd.utils import Terminated, Window, atomic_write_json, atomic_write_text, cached_json, json_safe, progress
 
 
 class SimClock:
@@ -70,6 +70,87 @@ class Policy:
 
     name: str
     pinned: dict[str, str | None] | None = None
+
+
+OUTAGE_KINDS = {
+    "missing": "the requests carry no such input (a sensor unplugged, a stream that stopped)",
+    "dead": "the requests carry the input, all zeros (a blank image, silence, a pen at rest: a sensor that reads nothing)",
+}
+
+
+@dataclass(frozen=True)
+class Outage:
+    """One modality's input gone for a stretch of the trace (`racmkd simulate --outage`), on every
+    policy's requests alike. The resource traces alone never took an input away, so a replay never
+    showed what the runtime does with one (answer from the others, stop spending on a dead sensor)
+    nor what a static tier does (answer from what is left of its student)."""
+
+    modality: str
+    start_s: float
+    end_s: float
+    kind: str = "missing"  # OUTAGE_KINDS
+
+    @classmethod
+    def parse(cls, text: str) -> Outage:
+        """`MODALITY:START-END[:KIND]`, seconds of trace time, e.g. `audio:30-60:dead`."""
+        parts = text.split(":")
+        usage = f"--outage {text!r}: expected MODALITY:START-END[:KIND] in seconds of trace time, KIND one of {', '.join(OUTAGE_KINDS)} (e.g. audio:30-60:dead)"
+        if len(parts) not in (2, 3) or not parts[0] or parts[1].count("-") != 1:
+            raise ValueError(usage)
+        try:
+            start, end = (float(x) for x in parts[1].split("-"))
+        except ValueError:
+            raise ValueError(usage) from None
+        outage = cls(parts[0], start, end, parts[2] if len(parts) == 3 else "missing")
+        if outage.kind not in OUTAGE_KINDS:
+            raise ValueError(f"--outage {text!r}: unknown kind {outage.kind!r}; choose one of {', '.join(OUTAGE_KINDS)}")
+        if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+            raise ValueError(f"--outage {text!r}: needs 0 <= START < END (seconds of trace time)")
+        return outage
+
+    @property
+    def name(self) -> str:
+        return f"{self.modality}:{self.start_s:g}-{self.end_s:g}:{self.kind}"
+
+    def covers(self, t: float) -> bool:
+        return self.start_s <= t < self.end_s
+
+
+def check_outages(outages: Collection[Outage], modalities: Collection[str], trace: Trace) -> None:
+    """ValueError for an outage of an input the bank has not, or one that starts after the trace ends
+    (it would change nothing, in silence)."""
+    for outage in outages:
+        if outage.modality not in modalities:
+            raise ValueError(f"--outage {outage.name}: the bank has no {outage.modality!r} input; its inputs are {', '.join(modalities)}")
+        if outage.start_s >= trace.duration:
+            raise ValueError(f"--outage {outage.name}: starts after the trace ends ({trace.duration:g} s)")
+
+
+def apply_outages(inputs: dict[str, Any], outages: Collection[Outage], t: float) -> list[str]:
+    """Take the inputs of the outages in force at trace time `t` out of `inputs` (missing: None; dead:
+    zeros of the input's shape); returns their modalities."""
+    out = []
+    for outage in outages:
+        if outage.covers(t) and outage.modality in inputs:
+            value = inputs[outage.modality]
+            inputs[outage.modality] = None if outage.kind == "missing" else np.zeros_like(value)
+            out.append(outage.modality)
+    return out
+
+
+def default_out_folder(run_dir: Path, trace: Trace, outages: Collection[Outage] = ()) -> Path:
+    """Where `racmkd simulate` writes without --out: <run>/simulate/<trace's name>, followed by the
+    outages' (`+audio-30-60-dead`: a replay with an input taken away does not replace the trace's
+    own). A trace file's name is its stem, which another file may share (tr.csv and
+    elsewhere/tr.json): the replay of one replaced the other's in silence, so a folder holding
+    another trace's replay (`trace_source`, as `simulate` writes it) is refused, naming --out."""
+    folder = run_dir / "simulate" / (trace.name + "".join(f"+{o.name.replace(':', '-')}" for o in outages))
+    recorded = [(cached_json(folder / name) or {}).get("trace_source") for name in ("summary.json", "timeline.json")]  # (a replay cut short has no summary)
+    earlier = next((source for source in recorded if source), None)
+    source = trace.source or trace.name
+    if earlier is not None and earlier != source:
+        raise ValueError(f"{folder} holds the replay of {earlier}, not of {source}; it is not replaced. Name another folder with --out")
+    return folder
 
 
 def check_bank_data(bank: Bank, dataset: PairedDataset) -> None:
@@ -114,9 +195,11 @@ def replay(
     split: str = "test",
     seed: int = 0,
     latency: str = "measured",
+    outages: Collection[Outage] = (),
 ) -> dict[str, Any]:
     """Replay `trace` with `requests` requests against one policy; returns its timeline and stats.
-    `latency`: how a request's latency on the traced device is modelled (LATENCY_MODELS)."""
+    `latency`: how a request's latency on the traced device is modelled (LATENCY_MODELS); `outages`:
+    inputs taken away for a while (`Outage`)."""
     if latency not in LATENCY_MODELS:
         raise ValueError(f"latency model {latency!r}: choose one of {', '.join(LATENCY_MODELS)}")
     clock = SimClock()
@@ -142,6 +225,7 @@ def replay(
         if policy.pinned is not None:
             runtime.snapshot = reading  # a static runtime does not re-plan, but its budget is reported
         inputs = {m: raw_all[m][i].numpy() for m in runtime.modalities}
+        inputs_out = apply_outages(inputs, outages, clock.now)
         try:
             answer = runtime.infer(inputs)
         except NoVariantError as err:  # recorded as an unanswered request, the replay goes on
@@ -173,6 +257,7 @@ def replay(
                 "energy_mj": sum(energy_of[v] for v in answer.variants) if answer.variants else None,
                 "memory_held_bytes": runtime.resident_bytes(),
                 "fallbacks": answer.fallbacks,
+                "inputs_out": inputs_out,
             }
         )
     runtime.close()
@@ -190,7 +275,7 @@ def replay(
     }
 
 
-def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray, failed: Collection[str] = ()) -> dict[str, Any]:
+def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray, failed: Collection[str] = (), outages: Collection[Outage] = ()) -> dict[str, Any]:
     """Three reference figures for a replay of `trace` whose requests carry these test rows (`request_rows`,
     as `replay` draws them), scored as replays are (correct, and within the latency target), with
     every configuration at its variants' median latencies (the bank's) plus the runtime's own cost
@@ -217,6 +302,8 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray, fa
     request that runs faster than its configuration's median meets deadlines these count as missed
     (and replays' requests have mostly run slower: the runtime's own work, cold caches between
     requests); for replays at the bank's costs (`latency="bank"`) the first is a strict bound.
+    A configuration that reads an input an `outage` takes away answers none of the outage's
+    requests (the runtime answers them from its other inputs: a configuration of its own).
     Variants excluded for good in the replays (`failed`: a damaged file, NaN weights) are left
     out: a reference that names a configuration the replayed runtime could not run is none it
     could have reached. One that failed once and was tried again stays: left out, one fault in a
@@ -248,18 +335,24 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray, fa
     overhead = float(bank.data.get("request_overhead_ms", 0.0))
     accuracy = bank.accuracy("test")
     shares = {(t, m): logits[f"test/{t}/{m}"] for t, m in variants}
-    configurations = []  # (name, unloaded cost, right on each request, test accuracy)
+    configurations = []  # (name, unloaded cost, right on each request, test accuracy, modalities read)
     for combo in product(*([None, *sorted({t for t, m in variants if m == modality})] for modality in table.modalities)):
         chosen = tuple(None if t is None else variants[(t, m)] for t, m in zip(combo, table.modalities))
         if any(chosen):
             total = configuration_logits(shares, bank.biases, dict(zip(table.modalities, combo)))
             name = ",".join(f"{t}/{m}" for t, m in zip(combo, table.modalities) if t is not None)
-            configurations.append((name, config_costs(chosen).typical_ms + overhead, (total.argmax(1) == labels)[rows], accuracy[combo]))
+            reads = {m for t, m in zip(combo, table.modalities) if t is not None}
+            configurations.append((name, config_costs(chosen).typical_ms + overhead, (total.argmax(1) == labels)[rows], accuracy[combo], reads))
     configurations.sort(key=lambda c: (-c[3], c[1]))  # the most accurate first, the cheaper of a tie
     duration = max(trace.duration, 1e-9)
     readings = [trace.at(i * duration / len(rows)) for i in range(len(rows))]
     slowdown = np.array([budget_for(r, config).slowdown for r in readings])
     in_time = np.array([c[1] for c in configurations])[:, None] * slowdown[None, :] <= config.latency_target_ms  # configuration x request
+    for outage in outages:  # a configuration that reads a taken input answers nothing then
+        taken = np.array([outage.covers(i * duration / len(rows)) for i in range(len(rows))])
+        for c, configuration in enumerate(configurations):
+            if outage.modality in configuration[4]:
+                in_time[c] &= ~taken
     met = in_time & np.array([c[2] for c in configurations])
     first_in_time = in_time.argmax(axis=0)  # the most accurate configuration that meets each deadline
     clairvoyant = met[first_in_time, np.arange(len(rows))] & in_time.any(axis=0)
@@ -341,6 +434,26 @@ def level_rows(timeline: list[dict[str, Any]], target_ms: float) -> list[dict[st
     return rows
 
 
+def outage_row(outage: Outage, dynamic: dict[str, Any], static: list[dict[str, Any]], target_ms: float) -> dict[str, Any]:
+    """How each policy did on the requests of one outage: what a sensor dropping out costs."""
+
+    def during(result: dict[str, Any]) -> list[dict[str, Any]]:
+        return [r for r in result["timeline"] if outage.covers(r["t"])]
+
+    mine = during(dynamic)
+    return {
+        "outage": outage.name,
+        "modality": outage.modality,
+        "kind": outage.kind,
+        "start_s": outage.start_s,
+        "end_s": outage.end_s,
+        "requests": len(mine),
+        "dynamic": _summary({"timeline": mine}, target_ms) if mine else None,
+        "configurations": dict(Counter(r["configuration"] for r in mine).most_common()),
+        "static": {r["policy"].removeprefix("static-"): _summary({"timeline": during(r)}, target_ms) for r in static} if mine else {},
+    }
+
+
 def mean_of_present(values: Iterable[float | None]) -> float:
     """The mean of the readings a trace had (NaN when it had none): an absent reading is not a zero."""
     present = [v for v in values if v is not None]
@@ -370,13 +483,16 @@ def simulate(
     statics: bool = True,
     seed: int = 0,
     latency: str = "measured",
+    outages: Collection[Outage] = (),
 ) -> dict[str, Any]:
     """Replay a trace with the dynamic runtime and (with `statics`) every static tier, latencies
-    modelled by `latency` (LATENCY_MODELS); writes summary.json, timeline.json, timeline.png and
-    table.md into `out_dir` when given."""
+    modelled by `latency` (LATENCY_MODELS), the inputs of `outages` taken away on every policy's
+    requests alike; writes summary.json, timeline.json, timeline.png and table.md into `out_dir`
+    when given."""
     check_bank_data(bank, dataset)
-    dynamic = replay(bank, dataset, trace, Policy("dynamic"), config, requests, seed=seed, latency=latency)
-    static = [replay(bank, dataset, trace, p, config, requests, seed=seed, latency=latency) for p in static_policies(bank)] if statics else []
+    check_outages(outages, bank.table.modalities, trace)
+    dynamic = replay(bank, dataset, trace, Policy("dynamic"), config, requests, seed=seed, latency=latency, outages=outages)
+    static = [replay(bank, dataset, trace, p, config, requests, seed=seed, latency=latency, outages=outages) for p in static_policies(bank)] if statics else []
     target = config.latency_target_ms
     overheads = switch_overheads(dynamic["timeline"])
     swaps = [a for a, n in zip(dynamic["adaptation_ms"], dynamic["switch_loads"]) if n == 0]  # switches that loaded no session
@@ -391,7 +507,9 @@ def simulate(
         "dynamic": dynamic_summary,
         "slo_accuracy": dynamic_summary["slo_accuracy"],
         # the ceiling of the SLO-accuracies above, with the variants that could run
-        "oracle": oracle(bank, trace, config, request_rows(len(dataset.splits["test"]), requests, seed), {v for r in [dynamic, *static] for v in r["failed"]}),
+        "oracle": oracle(
+            bank, trace, config, request_rows(len(dataset.splits["test"]), requests, seed), {v for r in [dynamic, *static] for v in r["failed"]}, outages
+        ),
         "slo_accuracy_static": {r["policy"].removeprefix("static-"): _summary(r, target)["slo_accuracy"] for r in static},
         "static": {r["policy"].removeprefix("static-"): _summary(r, target) for r in static},
         "adaptation_ms_p50": percentile(dynamic["adaptation_ms"], 50),
@@ -411,6 +529,7 @@ def simulate(
         "monitor_polls": dynamic["monitor_polls"],
         "levels": level_rows(dynamic["timeline"], target),
         "levels_static": {r["policy"].removeprefix("static-"): level_rows(r["timeline"], target) for r in static},
+        "outages": [outage_row(o, dynamic, static, target) for o in outages],
     }
     if out_dir is not None:
         # summary.json marks a whole replay: the last one's goes first and this one's comes last, so
@@ -423,7 +542,7 @@ def simulate(
         (out_dir / "summary.json").unlink(missing_ok=True)
         timeline = {"dynamic": dynamic["timeline"], "decisions": dynamic["decisions"], **{r["policy"]: r["timeline"] for r in static}}
         atomic_write_json(out_dir / "timeline.json", json_safe({"trace_source": summary["trace_source"], **timeline}))
-        plot_timeline(dynamic, static, target, out_dir / "timeline.png", trace.name, {v.id: v.typical_ms for v in bank.table.variants})
+        plot_timeline(dynamic, static, target, out_dir / "timeline.png", trace.name, {v.id: v.typical_ms for v in bank.table.variants}, outages)
         atomic_write_text(out_dir / "table.md", render_table(summary))
         atomic_write_json(out_dir / "summary.json", json_safe(summary))  # (for other tools: no NaN, no Infinity)
     return summary
@@ -440,6 +559,7 @@ def render_table(summary: dict[str, Any]) -> str:
         f"# Trace `{summary['trace']}`: {summary['requests']} requests over {summary['trace_seconds']:.0f} s, latency target {summary['latency_target_ms']:g} ms",
         "",
         *replay_markdown(summary),
+        *outage_markdown(summary.get("outages", [])),
         "",
         f"Switches: {summary['switches']}; adaptation p50 {_figure(summary['adaptation_ms_p50'], '.3f', ' ms')}, p99 {_figure(summary['adaptation_ms_p99'], '.3f', ' ms')}; "
         f"switch overhead p99 {_figure(summary['switch_overhead_ms_p99'], '.3f', ' ms')}; monitor CPU {_figure(summary['monitor_cpu_fraction'], '.4%')} of one core.",
@@ -466,6 +586,28 @@ def replay_markdown(summary: dict[str, Any]) -> list[str]:
         figures = [_figure(s.get(key, math.nan), spec) for key, spec in (("deadline_met", ".4f"), ("latency_ms_p50", ".2f"), ("latency_ms_p99", ".2f"))]
         lines.append(f"| {name} | {s['accuracy']:.4f} | {s['slo_accuracy']:.4f} | {figures[0]} | {figures[1]} / {figures[2]} | {s.get('unanswered', 'n/a')} |")
     return lines + ceiling_rows(summary.get("oracle", {}))  # (replays cached before the ceilings have none)
+
+
+def outage_markdown(outages: list[dict[str, Any]]) -> list[str]:
+    """The outages' rows (`outage_row`): each policy's SLO-accuracy on the requests it took an input from."""
+    if not outages:
+        return []
+    policies = list(outages[0]["static"])
+    lines = [
+        "",
+        "Inputs taken away (SLO-accuracy on those requests):",
+        "",
+        f"| outage | requests | dynamic | {' | '.join(f'static {p}' for p in policies)} | dynamic served |",
+        f"|---|---|---|{'---|' * len(policies)}---|",
+    ]
+    for o in outages:
+        if o["requests"]:
+            served = ", ".join(f"{c} ({n})" for c, n in list(o["configurations"].items())[:2])
+            cells = [f"{o['dynamic']['slo_accuracy']:.4f}", *(f"{o['static'][p]['slo_accuracy']:.4f}" for p in policies), served]
+        else:  # (between two requests)
+            cells = [""] * (len(policies) + 2)
+        lines.append("| " + " | ".join([o["outage"], str(o["requests"]), *cells]) + " |")
+    return lines
 
 
 def ceiling_rows(oracle: dict[str, Any]) -> list[str]:
@@ -502,10 +644,18 @@ def configurations_by_cost(timeline: list[dict[str, Any]], variant_ms: dict[str,
     return sorted({r["configuration"] for r in timeline}, key=lambda c: (cost(c), c))
 
 
-def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_ms: float, path: Path, title: str, variant_ms: dict[str, float]) -> None:
+def plot_timeline(
+    dynamic: dict[str, Any],
+    static: list[dict[str, Any]],
+    target_ms: float,
+    path: Path,
+    title: str,
+    variant_ms: dict[str, float],
+    outages: Collection[Outage] = (),
+) -> None:
     """Four panels over the trace's time: resources (shaded by level), the configuration served
     (ordered by cost, `configurations_by_cost`), latencies against the target, and the running
-    SLO-accuracy of every policy."""
+    SLO-accuracy of every policy; the outages hatched on the last three."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -556,6 +706,19 @@ def plot_timeline(dynamic: dict[str, Any], static: list[dict[str, Any]], target_
     axes[3].plot(
         t, [x["running_accuracy"] for x in dynamic["timeline"]], color="black", linestyle=":", label=f"{dynamic['policy']}: running accuracy (any latency)"
     )
+    for outage in outages:
+        for ax in axes[1:]:
+            ax.axvspan(
+                outage.start_s,
+                outage.end_s,
+                facecolor="none",
+                edgecolor="grey",
+                hatch="//" if outage.kind == "dead" else "\\\\",  # (a dead input and a missing one told apart)
+                linewidth=0,
+                label=None if ax is not axes[1] else f"{outage.modality} {outage.kind}",
+            )
+    if outages:
+        axes[1].legend(fontsize=7, loc="upper right")
     axes[3].set_ylabel("running SLO-accuracy / accuracy")
     axes[3].set_xlabel("trace time (s)")
     axes[3].legend(fontsize=8, loc="best")  # (lower left hid the dynamic curve's start)
