@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import difflib
 import math
 import re
 import reprlib
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from racmkd.registry import did_you_mean
 
 C = TypeVar("C")
 
@@ -74,8 +75,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_seed(self.seed, "data.seed")
         if self.protocol not in PROTOCOLS:  # (refused when the dataset was built, naming no file)
-            close = difflib.get_close_matches(self.protocol, PROTOCOLS, n=1)
-            raise ConfigError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}.{f' Did you mean {close[0]!r}?' if close else ''}")
+            raise ConfigError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}.{did_you_mean(self.protocol, PROTOCOLS)}")
         if self.max_train < 0 or self.max_eval < 0:
             raise ConfigError(f"max_train and max_eval must be >= 0 (0 = all samples), got {self.max_train} and {self.max_eval}")
         if not self.cache_max_gb >= 0:  # (NaN fails too)
@@ -683,8 +683,7 @@ class RunConfig:
         for where, names in (("compress.tiers", list(self.compress.tiers)), ("compress.tier_recipes", list(self.compress.tier_recipes))):
             unknown = [n for n in names if n not in tiers]
             if unknown:
-                close = difflib.get_close_matches(unknown[0], tiers, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(unknown[0], tiers)
                 raise ConfigError(
                     f"{where} names {unknown}, not tiers of students.tiers ({', '.join(tiers) or 'none'}).{hint} Name the tiers it should apply to."
                 )
@@ -725,7 +724,6 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(tp):
             if option is type(None):
                 if value is None:
@@ -733,8 +731,8 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
                 continue
             try:
                 return _convert(value, option, where, source)
-            except ConfigError as err:
-                errors.append(err)
+            except ConfigError:
+                pass  # the next option, else the error below names them all
         raise fail(" or ".join(_type_name(a) for a in typing.get_args(tp)))
     if origin is tuple:
         args = typing.get_args(tp)
@@ -804,8 +802,8 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "", source: str =
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     for key in data:
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(names)}."
+            close = did_you_mean(key, names)
+            hint = close or f" Valid keys: {', '.join(names)}."
             paths, sections = run_config_paths()
             elsewhere = list(paths.get(str(key), ())) if cls in sections else []
             if elsewhere and not close:  # (serve.max_loaded listed serve's keys, not that it is runtime's)
@@ -975,7 +973,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         source = f"{source} + overrides {list(overrides)}"
     try:
         cfg = from_dict(RunConfig, tree, source=source)
-        check_modality_options(cfg.data, source)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, options=check_modality_options(cfg.data, source)))
     except ConfigError as err:
         raise _blame_override(err, overrides, source) from None
     check_modality_keys(cfg, source)
@@ -1017,11 +1015,12 @@ def modality_options() -> Any:
     return MODALITY_OPTIONS
 
 
-def check_modality_options(data: DataConfig, source: str) -> None:
+def check_modality_options(data: DataConfig, source: str) -> dict[str, dict[str, Any]]:
     """Check `data.options` against each modality's options dataclass when the config is read, so
     that a mistyped key fails at once and names its file (it failed when the dataset was built,
-    minutes into a run, naming only "config")."""
+    minutes into a run, naming only "config"); returns the options as checked."""
     registry = modality_options()
+    result = {}
     for name, options in data.options.items():
         if name not in registry:
             raise ConfigError(
@@ -1030,7 +1029,10 @@ def check_modality_options(data: DataConfig, source: str) -> None:
         checked = to_dict(from_dict(registry.get(name), options, where=f"data.options.{name}", source=source))
         # The values as checked (`f_max: 4e3` is 4000.0, not the string YAML 1.1 reads): the options
         # travel on as plain values, and the server built its audio options from the string.
-        options.update({key: checked[key] for key in options if checked[key] != options[key]})  # (0 stays 0, not 0.0: the dataset cache's key reads them)
+        result[name] = {
+            key: checked[key] if checked[key] != value else value for key, value in options.items()
+        }  # (0 stays 0, not 0.0: the dataset cache's key reads them)
+    return result
 
 
 def check_modality_keys(cfg: RunConfig, source: str) -> None:
@@ -1056,8 +1058,7 @@ def check_modality_keys(cfg: RunConfig, source: str) -> None:
     for where, values in per_modality.items():
         for name in values:
             if name not in known:
-                close = difflib.get_close_matches(str(name), known, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else f" Modalities: {', '.join(known)}."
+                hint = did_you_mean(name, known, otherwise=f" Modalities: {', '.join(known)}.")
                 raise ConfigError(f"{source}: {where}.{name}: no modality {name!r}.{hint}")
 
 
@@ -1097,8 +1098,3 @@ def config_differences(made_with: RunConfig, wanted: RunConfig, ignore: tuple[st
         return [] if a == b else [where.rstrip(".")]
 
     return walk(to_dict(made_with), to_dict(wanted), "")
-
-
-def replace(cfg: C, **changes: Any) -> C:
-    """`dataclasses.replace`, re-exported so callers need one import for config work."""
-    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]

@@ -44,7 +44,7 @@ from racmkd.runs import (  # noqa: F401 - run directories (racmkd.runs, no torch
     record_timing,
     teacher_names,
 )
-from racmkd.utils import atomic_write_json, building_folder, fsync_folder, seed_everything, torch_threads, work_folder
+from racmkd.utils import atomic_write_json, building_folder, fsync_folder, seed_everything, sha256, torch_threads, work_folder
 
 if TYPE_CHECKING:
     from racmkd.compress.recipe import Recipe
@@ -611,11 +611,12 @@ def compress_students(
     budgets = [t.budget_bytes for t in cfg.students.tiers]
     teachers = load_teachers(run_dir, list(dataset.modalities), unimodal="multi_teacher" in {**cfg.distill.distill_losses, **cfg.distill.align_losses})
     tiers = {t.name: t for t in cfg.students.tiers}
-    students = {}
+    students, sources = {}, {}
     for tier_name in tier_names:  # and every recipe checked against its student, before any tier's work
         path = checkpoint(run_dir, tier_name)
         if not path.exists():
             raise RunError(f"{path}: no {tier_name} student to compress. Run `racmkd distill --run {run_dir}` first.")
+        sources[tier_name] = sha256(path.read_bytes())  # what its artifacts are made from (`same_source`)
         model, specs, _, _ = students[tier_name] = load_model(path)
         with torch_threads(cfg.threads):  # (a target_bytes prune bisects over trial prunes, on copies, here)
             check_recipe(
@@ -649,6 +650,7 @@ def compress_students(
                 {
                     "tier": tier_name,
                     "source": path.name,
+                    "source_sha256": sources[tier_name],
                     "recipe": recipes[tier_name].source,
                     "recipe_steps": recipes[tier_name].describe(),
                     **subject.manifest,
@@ -719,7 +721,9 @@ def export_model(
     from racmkd.compress.steps import ExportOptions
     from racmkd.data.paths import git_commit
 
-    model, specs, _, meta = load_model(exportable_checkpoint(run_dir, name))
+    source = exportable_checkpoint(run_dir, name)
+    source_sha256 = sha256(source.read_bytes())  # what the files are made from (`same_source`)
+    model, specs, _, meta = load_model(source)
     # The run's own modalities, not the checkpoint's rebuilt ones: those know no protocol or options,
     # and the contract said an avmnist model learnt from clean digits.
     modalities = {m: dataset.modalities[m] for m in specs}
@@ -772,6 +776,7 @@ def export_model(
             result[key]["weight_bytes_by_module"] = compact_file(file)
             result[key]["bytes"] = file.stat().st_size
         result["commit"] = git_commit()  # the code that wrote these files
+        result["source_sha256"] = source_sha256
         record = out_dir / f"{stem}.export.json"
         record.unlink(missing_ok=True)  # until the new one is written, a mix of old and new files is no export
         fsync_folder(out_dir)  # (gone before any file moves in)

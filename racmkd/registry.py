@@ -28,9 +28,17 @@ import inspect
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
+
+
+def did_you_mean(name: str, choices: Iterable[str], otherwise: str = "", n: int = 1) -> str:
+    """' Did you mean 'x'?' for the choices closest to a misspelt `name` (difflib's), else `otherwise`:
+    the hint every "unknown name" error ends with."""
+    close = difflib.get_close_matches(str(name), list(choices), n=n)
+    return f" Did you mean {', '.join(map(repr, close))}?" if close else otherwise
+
 
 T = TypeVar("T")
 
@@ -148,8 +156,7 @@ class Registry(Generic[T]):
         """The object registered as `name`; an unknown name names the close matches."""
         entries = self.entries
         if name not in entries:
-            close = difflib.get_close_matches(name, entries, n=3)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            hint = did_you_mean(name, entries, n=3)
             failed = _FAILED.get(self.plugins, {}) if self.plugins else {}
             broken = f" Plugins that failed to load ({self.plugins}): {'; '.join(f'{n} ({why})' for n, why in failed.items())}." if failed else ""
             raise KeyError(f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(entries))}.{broken}")

@@ -37,6 +37,19 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def same_source(path: Path, recorded_sha256: str | None, made: Path) -> bool:
+    """Whether what was `made` from the file at `path` is still of it: by its content when the
+    record holds its digest; for a record written before digests were kept, by time (not newer
+    than `made`). Times alone mislead once the clock steps back (NTP, a board without a real-time
+    clock): a model retrained after the step read older than what was made from its predecessor,
+    and the old artifact was kept for it. A missing `path` is no change (nothing to redo it from)."""
+    if not path.is_file():
+        return True
+    if recorded_sha256 is not None:
+        return sha256(path.read_bytes()) == recorded_sha256
+    return path.stat().st_mtime_ns <= made.stat().st_mtime_ns
+
+
 def _read_umask() -> int:
     mask = os.umask(0)  # the umask can only be read by setting it
     os.umask(mask)

@@ -106,6 +106,24 @@ def test_deltas_are_small_exact_and_checked(bank_dir: Path, tmp_path: Path) -> N
             apply_delta(base, garbage)
 
 
+def test_a_blob_pruned_while_its_release_registers_is_written_again(
+    bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prune between a registration's blob and its row took the blob as no release's once the
+    clock had stepped forward past the grace: the release was registered with no bytes to ship."""
+    registry, key = ModelRegistry(tmp_path / "registry"), load_private_key(keys[0])
+    write_blob = registry.put_blob
+
+    def prune_meanwhile(data: bytes) -> str:
+        digest = write_blob(data)
+        assert registry.prune(keep=1, grace_s=-60)["blobs"] == [digest]  # (the clock a minute past the grace)
+        return digest
+
+    monkeypatch.setattr(registry, "put_blob", prune_meanwhile)
+    release = registry.register(bank_dir, "edge", key)
+    assert registry.blob(release.sha256) == pack(bank_dir)[0]
+
+
 def test_a_registry_is_pruned_to_its_newest_versions_and_the_bytes_they_need(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
     """Every version held its whole blob and every delta made stayed, without end (40 versions of a
     25 MB bank: 955 MB), and nothing removed them. `registry prune --keep N` does; a blob still
@@ -1781,6 +1799,7 @@ def test_every_device_profile_gets_a_model_or_a_reason(bank_dir: Path, keys: tup
     registry, key = ModelRegistry(tmp_path / "registry"), load_private_key(keys[0])
     exported = export_model(load_config(tiny_run / "config.yaml"), tiny_dataset, tiny_run, "critical", tmp_path / "onnx", int8=False, int8_weights=True)
     onnx_path = Path(exported["fp32"]["path"])
+    assert exported["source_sha256"] == sha256((tiny_run / "checkpoints" / "critical.pt").read_bytes())  # what the files are made from
     weights_only = exported["int8-weights"]  # written beside it, checked on the whole test split
     assert weights_only["parity_vs_fp32"]["argmax_agreement"] >= 0.9 and weights_only["bytes"] < exported["fp32"]["bytes"]
     q = weights_only["parity_vs_fp32"]
@@ -2008,6 +2027,18 @@ def start_broker(port: int, arguments: list[str] | None = None) -> subprocess.Po
 def fog_app(tiny_run: Path) -> TestClient:
     service = ModelService("fog", tiny_run, ["high", "medium"])
     return TestClient(create_app(service, ServeConfig(max_body_bytes=200_000), token=None))
+
+
+def test_uptime_is_not_moved_by_the_wall_clock(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/health's uptime_s on the wall clock read -3600 after the clock stepped back an hour, and 56
+    years after a board without a real-time clock synced by NTP."""
+    service = ModelService("fog", tiny_run, ["critical"])
+    client = TestClient(create_app(service, ServeConfig(), token=None))
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 3600)
+    uptime = client.get("/health").json()["uptime_s"]
+    assert 0 <= uptime < 600
+    service.close()
 
 
 def npz(**arrays: object) -> bytes:

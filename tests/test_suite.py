@@ -3,6 +3,7 @@ Tables 6.6 to 6.8, robustness, transfer, cost growth and the report, on the tiny
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -565,6 +566,15 @@ def test_a_tier_is_compressed_again_when_its_recipe_changed(tmp_path: Path) -> N
     os.utime(student, ns=(manifest.stat().st_mtime_ns + 10**9,) * 2)
     assert not compressed_with(tmp_path, "low", recipes / "bench.yaml")  # the student is newer than its compression
     os.utime(student, ns=(manifest.stat().st_mtime_ns - 10**9,) * 2)
+    assert compressed_with(tmp_path, "low", recipes / "bench.yaml")
+    # Recorded by content (what `compress` writes now): the clock is no witness. A student retrained
+    # after the clock stepped back reads older than its predecessor's compression: compressed again.
+    steps = load_recipe(recipes / "bench.yaml").describe()
+    manifest.write_text(json.dumps({"tier": "low", "recipe_steps": steps, "source_sha256": hashlib.sha256(b"trained").hexdigest()}))
+    os.utime(student, ns=(manifest.stat().st_mtime_ns - 3600 * 10**9,) * 2)
+    assert not compressed_with(tmp_path, "low", recipes / "bench.yaml")
+    student.write_bytes(b"trained")  # the same student, its file touched since (copied, restored): not again
+    os.utime(student, ns=(manifest.stat().st_mtime_ns + 10**9,) * 2)
     assert compressed_with(tmp_path, "low", recipes / "bench.yaml")
 
 

@@ -19,7 +19,6 @@ accuracy), so a step only reports what is particular to it.
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -52,7 +51,7 @@ from racmkd.distill.adaptive import ObjectiveWeights
 from racmkd.distill.trainer import Job, Teacher, attach_projection, train_jobs
 from racmkd.measure.cost import LATENCY_TIE, ROUNDS_WON, clearly_faster, latency_round_robin, rounds_for
 from racmkd.models.multimodal import MultimodalNet
-from racmkd.registry import COMPRESSORS, MODALITIES
+from racmkd.registry import COMPRESSORS, MODALITIES, did_you_mean
 from racmkd.utils import torch_threads
 
 
@@ -77,7 +76,7 @@ class Context:
     dataset: PairedDataset
     teachers: list[Teacher]
     val_samples: int = 5000
-    seed: int = 0  # fine-tunes so far: the n-th fine-tune of every tier draws the same batches
+    finetunes_done: int = 0  # the n-th fine-tune of every tier draws the same batches (its seed)
     teacher_cache: FeatureCache | None = None  # the teachers' answers on those batches, shared by the tiers
     shared_inputs: InputSharing | None = None  # the students' inputs on them, for tiers that read the same ones
 
@@ -130,8 +129,8 @@ def finetune(subject: Subject, ctx: Context, options: Finetune, desc: str) -> fl
         ctx.cfg.distill,
         lr_setting=f"the compression recipe's lr for the {desc.split(': ', 1)[-1]}",
     )
-    ctx.seed += 1
-    seed = ctx.cfg.seed + 1000 + ctx.seed
+    ctx.finetunes_done += 1
+    seed = ctx.cfg.seed + 1000 + ctx.finetunes_done
     attach_projection(job, ctx.teachers[0].model, seed)  # the same start whatever ran before in the process
     with torch_threads(ctx.cfg.threads):
         train_jobs(
@@ -268,8 +267,7 @@ class PruneOptions:
             require(0.0 <= ratio <= MAX_RATIO, f"prune: the ratio{f' for {modality}' if modality else ''} must be in [0, {MAX_RATIO}], got {ratio}")
         unknown = [m for m in given if m and m not in MODALITIES]
         if unknown:
-            close = difflib.get_close_matches(unknown[0], MODALITIES.names(), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(unknown[0], MODALITIES.names())
             raise ValueError(f"prune: ratio names {unknown}, no modality.{hint} Known: {', '.join(MODALITIES.names())}")
 
 

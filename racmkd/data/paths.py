@@ -77,3 +77,10 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("-dirty" if dirty else "")
+
+
+def committed(commit: str | None) -> bool:
+    """Whether a checkout's commit (`git_commit`) names the code exactly: not outside git, not a
+    tree with uncommitted changes (every such tree reads "<sha>-dirty"); what is cached under a
+    commit is reused only then."""
+    return commit is not None and not commit.endswith("-dirty")

@@ -420,6 +420,12 @@ class ModelRegistry:
                     time.time(),
                 ),
             )
+            # A prune sweeps blobs under this lock, and may have taken this one as no release's
+            # between its writing and this row (a clock stepped forward past the grace): written
+            # again, before the row that names it is committed.
+            blob = self.root / "blobs" / digest
+            if not blob.is_file():
+                atomic_write_bytes(blob, data)
         return self.release(name, version)
 
     def _from_row(self, row: tuple[Any, ...]) -> Release:
@@ -538,7 +544,8 @@ class ModelRegistry:
         a blob gone: each version held its whole blob and every delta made was kept, without end
         (40 versions of a 25 MB bank: 955 MB). A device still running a removed release gets its
         next one whole. A blob written in the last `grace_s` seconds stays (the release about to
-        name it is being registered); damaged records stay for `remove` to name. `dry_run`: what
+        name it is being registered; should the clock step past it, the registration writes its blob
+        again: the blobs are swept under the lock it names them under); damaged records stay for `remove` to name. `dry_run`: what
         would go, nothing removed."""
         if not (isinstance(keep, int) and keep >= 1):
             raise RegistryError(f"keep {keep!r}: the number of newest versions of each name to keep, at least 1")
@@ -550,29 +557,32 @@ class ModelRegistry:
         if not dry_run:
             for release in going:
                 self.remove(release.name, release.version)
-        named = {r.sha256 for r in releases if r not in going}
-        old_enough = time.time() - grace_s
-        blobs, kept, deltas, freed = [], set(named), [], 0
-        for path in sorted((self.root / "blobs").glob("*")):
-            info = path.stat()
-            if re.fullmatch(r"[0-9a-f]{64}", path.name) and path.name not in named and info.st_mtime < old_enough:
-                blobs.append(path.name)
-                freed += info.st_size
-            else:
-                kept.add(path.name)
-        for path in sorted((self.root / "deltas").glob("*.delta")):
-            base, _, target = path.stem.partition("-")
-            if base not in kept or target not in kept:
-                deltas.append(path.name)
-                freed += path.stat().st_size
-        if not dry_run:
-            for name in blobs:
-                path = self.root / "blobs" / name
-                with suppress(FileNotFoundError):
-                    if path.stat().st_mtime < old_enough:  # (looked at again: a register of the same bytes refreshes it)
-                        path.unlink()
-            for name in deltas:
-                (self.root / "deltas" / name).unlink(missing_ok=True)
+        with self._database(transaction=True) as db:
+            if not dry_run:  # (a registration names its blob and checks it is there under this lock)
+                db.execute("BEGIN IMMEDIATE")
+            named = {r.sha256 for r in self.releases() if r not in going}  # (read under the lock: one registered meanwhile is named)
+            old_enough = time.time() - grace_s
+            blobs, kept, deltas, freed = [], set(named), [], 0
+            for path in sorted((self.root / "blobs").glob("*")):
+                info = path.stat()
+                if re.fullmatch(r"[0-9a-f]{64}", path.name) and path.name not in named and info.st_mtime < old_enough:
+                    blobs.append(path.name)
+                    freed += info.st_size
+                else:
+                    kept.add(path.name)
+            for path in sorted((self.root / "deltas").glob("*.delta")):
+                base, _, target = path.stem.partition("-")
+                if base not in kept or target not in kept:
+                    deltas.append(path.name)
+                    freed += path.stat().st_size
+            if not dry_run:
+                for name in blobs:
+                    path = self.root / "blobs" / name
+                    with suppress(FileNotFoundError):
+                        if path.stat().st_mtime < old_enough:  # (looked at again: a register of the same bytes refreshes it)
+                            path.unlink()
+                for name in deltas:
+                    (self.root / "deltas" / name).unlink(missing_ok=True)
         return {"removed": [r.label for r in going], "blobs": blobs, "deltas": deltas, "bytes": freed, "dry_run": dry_run}
 
     def set_device_fit(self, name: str, version: int, device_fit: dict[str, Any], signing_key: Any) -> Release:

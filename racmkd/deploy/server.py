@@ -1033,7 +1033,7 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
             readings_exported[name] = Gauge(name, readings_help[name], registry=registry)
         readings_exported[name].set(value)
 
-    started_at = time.time()
+    started_at = time.monotonic()  # (uptime: the wall clock steps; a board without a real-time clock read 56 years after its NTP sync)
 
     bearer = HTTPBearer(auto_error=False, description=f"the management token (${settings.token_env})")
 
@@ -1165,7 +1165,7 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
             "model": info.get("model"),
             "accuracy": info.get("accuracy"),
             "compute_ms_p50": service.compute_ms_p50(),
-            "uptime_s": time.time() - started_at,
+            "uptime_s": time.monotonic() - started_at,
         }
 
     @app.get("/models")

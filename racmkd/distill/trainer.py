@@ -13,7 +13,6 @@ Which model outputs feed which registered loss is declared once, in LOSS_INPUTS.
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
 import math
 import time
@@ -33,7 +32,7 @@ from racmkd.distill.adaptive import ObjectiveWeights
 from racmkd.distill.losses import reliability_weights
 from racmkd.models.inference import BatchFeatures, fold_batchnorm, predict_split
 from racmkd.models.multimodal import MultimodalNet
-from racmkd.registry import LOSSES
+from racmkd.registry import LOSSES, did_you_mean
 from racmkd.utils import progress, torch_threads
 
 
@@ -156,8 +155,7 @@ def check_loss_names(cfg: DistillConfig, source: str) -> None:
     of_weights = {n: None for n in LOSSES if n not in LOSS_INPUTS and n != "task"}  # the resource term is a loss of the weights; task is the labels'
     for key, name, known in [*named, ("distill.resource_loss", cfg.resource_loss, of_weights)]:
         if name not in known:
-            close = difflib.get_close_matches(name, list(known), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, known)
             raise ConfigError(f"{source}: {key}: unknown loss {name!r}.{hint} Known: {', '.join(sorted(known))}. Fix it in {source}.")
 
 

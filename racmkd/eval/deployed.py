@@ -29,12 +29,12 @@ from racmkd.eval.baselines import matched_tier
 from racmkd.measure.cost import activation_memory, count_flops, latency_round_robin, model_bytes, time_calls
 from racmkd.measure.timing import estimated_energy_joules
 from racmkd.eval.metrics import classification_metrics
-from racmkd.data.paths import git_commit
+from racmkd.data.paths import committed, git_commit
 from racmkd.models.checkpoint import load_model
 from racmkd.models.inference import BatchFeatures
 from racmkd.models.multimodal import MultimodalNet
 from racmkd.pipeline import checkpoint, compressed_dir, export_model
-from racmkd.utils import cached_json, progress, torch_threads
+from racmkd.utils import cached_json, progress, same_source, torch_threads
 
 INT8_ROWS = ("tinyml",)  # rows deployed as static int8 (post-training quantization), as for TFLite Micro; and every cost-matched TinyML row
 
@@ -73,9 +73,9 @@ def deploy(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out
         or not isinstance(result.get("fp32"), dict)
         or not isinstance(result["fp32"].get("path"), str)
         or not exported("fp32").is_file()
-        or exported("fp32").stat().st_mtime_ns < checkpoint(run_dir, name).stat().st_mtime_ns
+        or not same_source(checkpoint(run_dir, name), result.get("source_sha256"), exported("fp32"))
     )  # retrained since
-    if stale or result.get("commit") != commit or commit is None or commit.endswith("-dirty") or (int8 and "int8" not in result):
+    if stale or result.get("commit") != commit or not committed(commit) or (int8 and "int8" not in result):
         result = export_model(cfg, dataset, run_dir, name, out_dir, int8=int8)
     key = "int8" if int8 else "fp32"
     label = name if compressed or not (folder / "compression.json").is_file() else f"{name}_fp32"

@@ -37,7 +37,7 @@ from racmkd.data.modalities import Modality
 from racmkd.registry import MODALITIES
 from racmkd.eval.baselines import ABLATION, BASELINES, matched_name, matched_widths, train_extras
 from racmkd.eval.deployed import Deployed, artifact_accuracy, artifact_costs, closest_in_cost, cost_growth, deploy, dominates, pareto_front, robustness, twin
-from racmkd.data.paths import git_commit
+from racmkd.data.paths import committed, git_commit
 from racmkd.measure.timing import machine
 from racmkd.pipeline import (
     checkpoint,
@@ -52,7 +52,7 @@ from racmkd.pipeline import (
     train_teachers,
 )
 from racmkd.runs import RunError, compressed_records, open_run
-from racmkd.utils import atomic_write_json, cached_json, human_bytes, progress, sha256
+from racmkd.utils import atomic_write_json, cached_json, human_bytes, progress, same_source, sha256
 
 TIERS = ("high", "medium", "low", "critical")
 # rows.json's note (under `missing`) for rows the suite does not train when it compresses nothing
@@ -353,16 +353,17 @@ def recipe_steps(recipe: Path) -> list[dict[str, Any]]:
 
 
 def compressed_with(run_dir: Path, tier: str, recipe: Path, steps: list[dict[str, Any]] | None = None, into: str = "compressed") -> bool:
-    """The tier's compressed artifact (in <run>/<into>/) exists, was made after its student was
-    trained, and came from this recipe's steps as they read now, defaults included (an edited recipe
+    """The tier's compressed artifact (in <run>/<into>/) exists, was made from its student as it is
+    (`same_source`), and came from this recipe's steps as they read now, defaults included (an edited recipe
     or step compresses again; before, a resumed suite kept the old artifacts under the new name).
     `steps`: the recipe's, when the caller has read them already."""
     manifest = compressed_dir(run_dir, tier, into) / "compression.json"
-    student = checkpoint(run_dir, tier)
-    if not manifest.is_file() or (student.is_file() and student.stat().st_mtime_ns > manifest.stat().st_mtime_ns):
-        return False
-    made = cached_json(manifest)  # unreadable: made again
-    return made is not None and made.get("recipe_steps") == (recipe_steps(recipe) if steps is None else steps)
+    made = cached_json(manifest) if manifest.is_file() else None  # unreadable: made again
+    return (
+        made is not None
+        and same_source(checkpoint(run_dir, tier), made.get("source_sha256"), manifest)
+        and made.get("recipe_steps") == (recipe_steps(recipe) if steps is None else steps)
+    )
 
 
 # Measuring -------------------------------------------------------------------------------------------
@@ -382,12 +383,6 @@ def settings_stamp(cfg: RunConfig) -> str:
 
     settings = {"eval": to_dict(cfg.eval), "data": to_dict(cfg.data), "onnxruntime": onnxruntime.__version__}
     return sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-
-
-def committed(commit: str | None) -> bool:
-    """Whether a checkout's commit names the code exactly: not outside git, not a tree with
-    uncommitted changes (every such tree reads "<sha>-dirty")."""
-    return commit is not None and not commit.endswith("-dirty")
 
 
 def measure_seed(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, with_costs: bool) -> dict[str, Any]:
