@@ -259,9 +259,14 @@ def evaluate(run: RunOpt = Path("runs/latest")) -> None:
         report = evaluate_run(run)
     except _errors() as err:
         raise _fail(err) from None
+    _echo_report(report, Path(run))
+
+
+def _echo_report(report: dict, run_dir: Path) -> None:
+    """One line per model of a run's report (accuracy, bytes, latency), then where the report is."""
     for name, entry in report["models"].items():
         typer.echo(f"{name:24s} accuracy {entry['accuracy']:.4f}  {entry['param_bytes_fp32'] / 1024:9.1f} KB  {entry['latency_ms_p50']:.3f} ms")
-    typer.echo(f"report: {Path(run) / 'report.md'}")
+    typer.echo(f"report: {run_dir / 'report.md'}")
 
 
 @app.command("run")
@@ -276,9 +281,7 @@ def run_all(config: ConfigOpt = None, protocol: ProtocolOpt = None, set_: SetOpt
         raise _fail(err) from None
     from racmkd.runs import read_report
 
-    for name_, entry in read_report(run_dir)["models"].items():
-        typer.echo(f"{name_:24s} accuracy {entry['accuracy']:.4f}  {entry['param_bytes_fp32'] / 1024:9.1f} KB  {entry['latency_ms_p50']:.3f} ms")
-    typer.echo(f"report: {run_dir / 'report.md'}")
+    _echo_report(read_report(run_dir), run_dir)
 
 
 @app.command()

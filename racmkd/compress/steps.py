@@ -445,7 +445,6 @@ class Align(Step):
 
     def latencies(self, models: dict[str, MultimodalNet], subject: Subject, ctx: Context) -> dict[str, float]:
         """fp32 ONNX Runtime p50 of each model (batch 1, one thread, timed in turn): what the step is for."""
-        one = {m: x[:1] for m, x in calibration_inputs(ctx.dataset, subject.specs, 1, split="test").items()}
         sessions = {}
         for key, model in models.items():
             path = subject.workdir / f"align-{key}.onnx"
@@ -453,13 +452,16 @@ class Align(Step):
                 sessions[key] = session(export_onnx(model, subject.specs, ctx.dataset.modalities, path))
             finally:
                 path.unlink(missing_ok=True)
-        timed = latency_round_robin(
-            {k: (lambda s=s: s.run(["logits"], one)) for k, s in sessions.items()},
-            warmup=20,
-            iters=self.options.latency_iters,
-            rounds=rounds_for(self.options.latency_iters),
-        )
-        return {k: t["p50"] for k, t in timed.items()}
+        return {k: t["p50"] for k, t in onnx_latencies(sessions, subject, ctx, self.options.latency_iters).items()}
+
+
+def onnx_latencies(sessions: dict[str, Any], subject: Subject, ctx: Context, iters: int, keep_rounds: bool = False) -> dict[str, dict[str, Any]]:
+    """Each ONNX Runtime session's latency on one test sample (batch 1), timed in turn round-robin
+    (`latency_round_robin`: the host's load falls on all alike), with 20 warm-up runs each."""
+    one = {m: x[:1] for m, x in calibration_inputs(ctx.dataset, subject.specs, 1, split="test").items()}
+    return latency_round_robin(
+        {k: (lambda s=s: s.run(["logits"], one)) for k, s in sessions.items()}, warmup=20, iters=iters, rounds=rounds_for(iters), keep_rounds=keep_rounds
+    )
 
 
 # Low-rank factorisation ---------------------------------------------------------------------------
@@ -933,14 +935,7 @@ class Export(Step):
             for name, c in candidates.items():
                 if name != "fp32":
                     c["validation_parity"] = parity(onnx_logits(sessions[name], subject.specs, ds, "val")[0], fp32_val, val_labels).as_dict()
-        one = {m: x[:1] for m, x in calibration_inputs(ds, subject.specs, 1, split="test").items()}
-        latency = latency_round_robin(
-            {k: (lambda s=s: s.run(["logits"], one)) for k, s in sessions.items()},
-            warmup=20,
-            iters=o.latency_iters,
-            rounds=rounds_for(o.latency_iters),
-            keep_rounds=True,
-        )
+        latency = onnx_latencies(sessions, subject, ctx, o.latency_iters, keep_rounds=True)
         for key, c in candidates.items():
             c["latency_ms"] = latency[key]
             c["bytes"] = c["path"].stat().st_size
