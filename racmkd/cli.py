@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -989,13 +988,14 @@ def predict(
     """Classify one sample from files with a trained model."""
     import numpy as np
 
+    from racmkd.runtime.files import read_image_file, read_wav_file
     from racmkd.runtime.predictor import load
 
     try:
         others = _read_inputs(input_ or [])
         predictor = load(run, tier)
-        image_array = _read_image(image) if image else None
-        audio_array, rate = _read_wav(audio) if audio else (None, 8000)
+        image_array = read_image_file(image) if image else None
+        audio_array, rate = read_wav_file(audio) if audio else (None, 8000)
         label, probs = predictor.predict(image=image_array, audio=audio_array, sample_rate=rate, **others)
     except _errors() as err:
         raise _fail(err) from None
@@ -1011,6 +1011,7 @@ def _read_inputs(pairs: list[str]) -> dict[str, object]:
     them) has no option of its own, so its raw input comes as an array file named by modality."""
     from racmkd.data import signals as _signals  # noqa: F401 - registers image, audio and pen
     from racmkd.registry import SIGNALS
+    from racmkd.runtime.files import read_array_file
 
     arrays: dict[str, object] = {}
     for pair in pairs:
@@ -1019,70 +1020,8 @@ def _read_inputs(pairs: list[str]) -> dict[str, object]:
             raise ValueError(f"--input {pair!r}: expected NAME=FILE.npy, each modality once (image and audio have --image and --audio)")
         if name not in SIGNALS:
             raise ValueError(f"--input {pair!r}: no modality {name!r}; registered: {', '.join(SIGNALS.names())}")
-        arrays[name] = _read_npy(Path(file))
+        arrays[name] = read_array_file(Path(file))
     return arrays
-
-
-def _read_npy(path: Path):  # noqa: ANN202 - numpy array
-    """One numeric array from an .npy file (an .npz archive, text or pickled objects are not one)."""
-    import numpy as np
-
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, EOFError, ValueError, MemoryError) as err:  # click would turn an EOFError into a bare "Aborted!"; a header may claim any shape
-        # (numpy takes a file without its header for a pickle, and advises loading it unsafely: wrong advice for a damaged file)
-        why = "no .npy header: damaged, or not saved with np.save" if "allow_pickle" in str(err) else f"{type(err).__name__}: {err}"
-        raise ValueError(f"{path}: not a readable .npy array ({why})") from None
-    if not isinstance(loaded, np.ndarray):
-        loaded.close()
-        raise ValueError(f"{path}: an .npz archive; pass one array saved with np.save (.npy)")
-    if loaded.dtype.kind not in "iuf":
-        raise ValueError(f"{path}: {loaded.dtype} values; pass an array of numbers")
-    return loaded
-
-
-def _read_image(path: Path):  # noqa: ANN202 - numpy array
-    import numpy as np
-
-    if path.suffix == ".npy":
-        return _read_npy(path)
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # (a header of 90-180 Mpx: a warning, then minutes of decoding)
-            with Image.open(path) as picture:
-                if picture.mode.startswith("I") or picture.mode == "F":  # 16/32-bit or float pixels: "L" would clip them to 255
-                    raise ValueError(f"{path}: {picture.mode} pixels; pass an 8-bit image (grey or colour), or a .npy array of floats in [0, 1]")
-                if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:  # (a palette PNG's transparent index too)
-                    rgba = picture.convert("RGBA")
-                    if all(low == high for low, high in rgba.getextrema()[:3]):
-                        # One colour of ink whose opacity draws the digit (a drawing canvas's export): "L" dropped the
-                        # opacity and left a constant image, the digit passed over as a dead input. Opacity is ink: light on dark.
-                        return np.asarray(rgba.getchannel("A"))
-                return np.asarray(picture.convert("L"))
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # (a bomb's header: a traceback)
-        raise ValueError(f"{path}: not a readable image ({err})") from None
-
-
-def _read_wav(path: Path):  # noqa: ANN202 - (samples, rate)
-    """A user's recording as mono float samples: any PCM width or float, channels averaged (the
-    predictor itself takes int16 or float mono)."""
-    import numpy as np
-
-    from racmkd.data.fsdd import read_wav
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    rate, samples = read_wav(path.read_bytes(), path, "Pass a PCM or float WAV recording.")
-    if samples.dtype == np.uint8:  # 8-bit PCM is unsigned, centred on 128
-        samples = (samples.astype(np.float32) - 128.0) / 128.0
-    elif np.issubdtype(samples.dtype, np.integer):  # 16-, 24- (read as 32) and 32-bit PCM
-        samples = samples.astype(np.float32) / float(-np.iinfo(samples.dtype).min)
-    else:
-        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes infinite, which the predictor refuses by name
-            samples = samples.astype(np.float32)
-    return (samples.mean(axis=1) if samples.ndim == 2 else samples), rate
 
 
 # The top-level modules of the `train` extra (pyproject.toml), which an edge install lacks; a test
