@@ -147,13 +147,15 @@ def _check_edge_log(log: Path) -> None:
 
 
 def _fail(err: Exception) -> typer.Exit:
+    if isinstance(err, MemoryError):  # (numpy's says what it could not allocate, not that memory ran out)
+        err = MemoryError(f"out of memory ({err or 'no detail'}); free some, or raise the process's limit (ulimit -v, the container's memory)")
     typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
 
 
 def _errors() -> tuple[type[Exception], ...]:
     """The errors a command reports in one line (OSError: a file that cannot be read or written,
-    FileNotFoundError included). A checkpoint or export error can only come from its module once
+    FileNotFoundError included; MemoryError: a small device's, or a process limit's: a traceback). A checkpoint or export error can only come from its module once
     imported, so torch is not imported for it (the edge server runs without torch)."""
     from racmkd.runs import RunError
 
@@ -165,6 +167,7 @@ def _errors() -> tuple[type[Exception], ...]:
         OSError,
         KeyError,
         ValueError,
+        MemoryError,
         *([checkpoints.CheckpointError] if checkpoints else []),
         *([artifacts.ExportError] if artifacts else []),
     )
@@ -469,7 +472,7 @@ def edge_run(
     from racmkd.runtime.edge import EdgeRuntime, NoVariantError
     from racmkd.runtime.simulate import serve_split
     from racmkd.runtime.variants import BankError, load_bank
-    from racmkd.utils import atomic_write_json, json_safe
+    from racmkd.utils import atomic_write_json, check_writable, json_safe
 
     try:
         run_dir, cfg = _run_config(run, set_)
@@ -477,6 +480,7 @@ def edge_run(
         replayed = _live_trace(trace, seconds) if trace else None
         log = log or run_dir / "edge" / "live.json"
         _check_edge_log(log)  # found now, not after the whole run
+        check_writable(log.parent)
         dataset = prepare_data(cfg)
         source = TraceSource(replayed, loop=True) if replayed is not None else SystemSource()
         with ResourceMonitor(source, cfg.runtime.monitor) as monitor:
@@ -495,10 +499,13 @@ def edge_run(
             result["monitor_overhead"] = monitor.overhead()
             result["state"] = runtime.state()
         written = json_safe(result)  # (for other tools: no NaN, no Infinity)
-        atomic_write_json(log, written)
     except (*_errors(), BankError, TraceError, NoVariantError) as err:
         raise _fail(err) from None
     typer.echo(json.dumps(written["summary"], indent=2))
+    try:
+        atomic_write_json(log, written)
+    except OSError as err:  # (the disk filled meanwhile: the summary above is kept at least)
+        raise _fail(OSError(err.errno, f"the log was not written: {err.strerror}", err.filename)) from None
     typer.echo(f"monitor: {result['monitor_overhead']['cpu_fraction']:.4%} of one core over {result['monitor_overhead']['polls']} polls; log: {log}")
     if result["summary"]["interrupted"]:
         stop = result["summary"]["interrupted"]
@@ -515,7 +522,10 @@ def edge_record(
     interval: Annotated[float, typer.Option(min=0.01, help="Seconds between readings.")] = 0.1,
 ) -> None:
     """Record this machine's resource readings as a trace, for `racmkd simulate --trace FILE`."""
+    import tempfile
+
     from racmkd.resources.sources import RecordingInterrupted, SystemSource, TraceError, load_trace, record_trace
+    from racmkd.utils import check_writable
 
     blocking = _file_above(out)  # found now, not after the recording
     if out.is_dir() or blocking is not None:
@@ -531,6 +541,10 @@ def edge_record(
         raise _fail(
             ValueError(f"--seconds {seconds} is not longer than --interval {interval}: one reading, and a trace needs two; record longer or more often")
         )
+    try:
+        check_writable(out.parent)  # found now, not after the recording (a read-only or full SD card)
+    except OSError as err:
+        raise _fail(ValueError(f"--out {out}: {err}; name a writable place")) from None
     interrupted = 0  # the exit status of a stop
     try:
         trace = record_trace(SystemSource(), seconds, interval, out.stem)
@@ -543,12 +557,15 @@ def edge_record(
             )
         )
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)  # (as `profile --out` makes its folder)
         trace.write(out)
-    except OSError as err:
-        raise _fail(
-            ValueError(f"--out {out}: cannot write the trace ({err.strerror or err}); the recording is lost, record again to a writable place")
-        ) from None
+    except OSError as err:  # (the disk filled meanwhile): kept where it can be, not lost
+        fallback = Path(tempfile.gettempdir()) / f"{out.stem}-{os.getpid()}{out.suffix}"
+        try:
+            trace.write(fallback)
+        except OSError:
+            raise _fail(ValueError(f"--out {out}: cannot write the trace ({err.strerror or err}), nor to {fallback}; the recording is lost")) from None
+        typer.secho(f"--out {out}: cannot write the trace ({err.strerror or err}); written to {fallback} instead", fg=typer.colors.YELLOW, err=True)
+        out = fallback
     typer.echo(f"{len(trace.times)} readings of {', '.join(trace.columns)} -> {out}" + (" (interrupted)" if interrupted else ""))
     if interrupted:
         raise typer.Exit(code=interrupted)

@@ -489,7 +489,6 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
             input_cache=inputs,
         )
     seconds = time.perf_counter() - started
-    remove_derived(run_dir, [t.name for t in tiers], [j.name for j in jobs])
     saved = []
     for job in jobs:
         tier = job.name.removesuffix("_labels_only")
@@ -497,7 +496,8 @@ def distill_students(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, tier
         meta = training_meta(job, role="student" if job.weights is not None else "baseline")
         meta.update(tier=tier, budget_bytes=design.budget_bytes, design={**asdict(design), "name": design.name})
         saved.append((checkpoint(run_dir, job.name), job.model, job.specs, meta))
-    save_models_together(saved)
+    # What the old students made goes once the new ones are written, before they move in
+    save_models_together(saved, before_moving_in=lambda: remove_derived(run_dir, [t.name for t in tiers], [j.name for j in jobs]))
     record_timing(run_dir, "distill_students", seconds)  # last: the students are saved whatever their bookkeeping meets
     return [j.name for j in jobs]
 

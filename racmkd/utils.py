@@ -135,18 +135,40 @@ def write_new(path: Path, data: bytes, mode: int | None = None) -> None:
     both take the name."""
     path = Path(path)
     remove_stale_work(path.parent, path.name, suffix=".tmp")
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
+    try:
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
+    except OSError as err:  # (a bare "[Errno 28] No space left on device" named no file)
+        raise OSError(err.errno, f"cannot write a file there ({err.strerror})", str(path)) from None
     os.close(handle)
     tmp = Path(name)
     try:
-        tmp.write_bytes(data)  # (as every atomic write: through Path.write_bytes)
-        with open(tmp, "rb+") as flushed:
-            os.fsync(flushed.fileno())
+        try:
+            tmp.write_bytes(data)  # (as every atomic write: through Path.write_bytes)
+            with open(tmp, "rb+") as flushed:
+                os.fsync(flushed.fileno())
+        except OSError as err:
+            raise OSError(err.errno, f"cannot write it ({err.strerror})", str(path)) from None
         os.chmod(tmp, 0o666 & ~UMASK if mode is None else mode)
         claim_name(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_folder(path.parent)
+
+
+def check_writable(folder: Path, size: int = 1 << 16) -> None:
+    """OSError naming `folder` unless `size` bytes can be written to a file there now (the folder
+    made if missing): checked before long work whose result goes there, not after it (an hour's
+    recording to a read-only or full SD card was lost at its end). The probe has no name (Linux's
+    O_TMPFILE where it can), so a kill leaves nothing. The disk may still fill meanwhile."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(bytes(size))
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write there ({err.strerror})", str(folder)) from None
 
 
 @contextmanager

@@ -466,3 +466,55 @@ def test_a_long_commands_lines_are_dropped_once_their_reader_has_gone(monkeypatc
         cli._echo_while_read(line)
     assert said == ["gate-1 pushed"] and sys.stdout.name == os.devnull
     sys.stdout.close()
+
+
+def test_edge_record_refuses_an_unwritable_place_first_and_keeps_a_recording_the_disk_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An hour's recording to a read-only or full SD card was lost at its end: the place is
+    checked before recording, and a write that fails at the end (the disk filled meanwhile) goes
+    to the temporary folder instead, said."""
+    from racmkd import utils
+    from racmkd.resources import sources
+
+    out = tmp_path / "card" / "trace.csv"
+    recorded = []
+    real_record = sources.record_trace
+
+    def record(*args: object) -> object:
+        recorded.append(True)
+        return real_record(*args)
+
+    monkeypatch.setattr(sources, "record_trace", record)
+
+    def read_only(folder: Path, size: int = 0) -> None:
+        raise OSError(30, "cannot write there (Read-only file system)", str(folder))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(utils, "check_writable", read_only)
+        result = runner.invoke(app, ["edge", "record", "--out", str(out), "--seconds", "0.3", "--interval", "0.1"])
+    assert result.exit_code == 2 and "Read-only file system" in result.output and not recorded, result.output
+    real_write = sources.Trace.write
+
+    def card_full(trace: object, path: Path) -> None:
+        if Path(path) == out:
+            raise OSError(28, "cannot write it (No space left on device)", str(path))
+        real_write(trace, path)
+
+    monkeypatch.setattr(sources.Trace, "write", card_full)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "spare"))
+    (tmp_path / "spare").mkdir()
+    result = runner.invoke(app, ["edge", "record", "--out", str(out), "--seconds", "0.3", "--interval", "0.1"])
+    assert result.exit_code == 0 and recorded and "written to" in result.output, result.output
+    kept = list((tmp_path / "spare").glob("trace-*.csv"))
+    assert len(kept) == 1 and len(sources.load_trace(kept[0]).times) >= 2 and not out.exists()
+
+
+def test_running_out_of_memory_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MemoryError (profile's calibration on a device with 100 MB to spare) was a traceback."""
+    from racmkd.data import dataset
+
+    def too_big(*args: object) -> None:
+        raise MemoryError("Unable to allocate 64.0 MiB for an array with shape (16777216,) and data type float32")
+
+    monkeypatch.setattr(dataset, "build_dataset", too_big)
+    result = runner.invoke(app, ["data", "--protocol", "clean"])
+    assert result.exit_code == 2 and "error: out of memory (Unable to allocate 64.0 MiB" in result.output and "Traceback" not in result.output, result.output

@@ -209,6 +209,41 @@ def test_caches_beyond_the_size_bound_go_least_recently_used_first(avmnist: Pair
         DataConfig(cache_max_gb=float("nan"))
 
 
+def test_older_caches_make_room_before_a_new_one_is_written(avmnist: PairedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk the old caches filled never took the new one, and the trim ran only after a write
+    that succeeded: every run built the dataset again, and was told to set a writable cache_dir."""
+    import errno
+    import io
+    import os
+
+    import torch
+
+    from racmkd.data import dataset
+
+    old = [tmp_path / f"dataset-avmnist-old{i}.pt" for i in range(3)]
+    for i, path in enumerate(old):
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (1000 + i, 1000 + i))  # old0 the least recently used
+    stored = dataset._to_stored(avmnist)
+    buffer = io.BytesIO()
+    torch.save(stored, buffer)
+    size = len(buffer.getvalue()) + 4 + len(dataset.CACHE_TAIL)
+    real_write = dataset.atomic_write_bytes
+
+    def small_disk(path: Path, data: bytes) -> None:  # room for the new cache and 1,500 bytes more
+        if sum(p.stat().st_size for p in tmp_path.glob("dataset-*.pt")) + len(data) > size + 1500:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(dataset, "atomic_write_bytes", small_disk)
+    fresh = tmp_path / "dataset-avmnist-new.pt"
+    with pytest.raises(OSError, match="No space"):
+        dataset._write_cache(fresh, stored)  # no bound: nothing goes
+    assert all(p.exists() for p in old)
+    dataset._write_cache(fresh, stored, max_bytes=size + 1500)
+    assert fresh.stat().st_size == size and [p.exists() for p in old] == [False, False, True]
+
+
 def test_the_cache_answers_only_for_its_own_data_root_and_files(avmnist: PairedDataset, cache_dir: Path, tmp_path: Path) -> None:
     """Another data root (data.root, RACMKD_DATA), or a file replaced or truncated since the build,
     is another dataset: the cache of the bundled data answered for both, so their files were never

@@ -2761,3 +2761,9 @@ def test_serve_raises_the_open_file_limit_before_it_listens(tiny_run: Path, monk
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, *args, **kwargs: calls.append("served"))
     server.serve("fog", load_config(tiny_run / "config.yaml"), tiny_run, ServeConfig(port=free_port()), announce=lambda address: None)
     assert calls == ["raised", "served"]
+
+    def stdout_on_a_full_disk(address: str) -> None:  # (`racmkd serve >> /var/log/racmkd.log`: it exited at startup)
+        raise OSError(28, "No space left on device")
+
+    server.serve("fog", load_config(tiny_run / "config.yaml"), tiny_run, ServeConfig(port=free_port()), announce=stdout_on_a_full_disk)
+    assert calls == ["raised", "served"] * 2

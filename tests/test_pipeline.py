@@ -841,12 +841,14 @@ def test_students_trained_together_are_saved_together(tiny_run: Path, tmp_path: 
         real_save(path, *args)
 
     monkeypatch.setattr(checkpoints, "save_model", disk_full_at_the_second)
-    with pytest.raises(OSError, match="No space left"):
-        checkpoints.save_models_together(items)
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old  # the first one too, and no pending file
+    made_stale = []  # what the new checkpoints make stale (a run's edge bank) goes only once they are all written
+    with pytest.raises(OSError, match=r"No space left on device: .*critical\.pt not written"):
+        checkpoints.save_models_together(items, before_moving_in=lambda: made_stale.append(True))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old and not made_stale  # the first one too, and no pending file
     monkeypatch.undo()
     ended = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout)
     (tmp_path / f".high.pt.{ended}-{utils._HOST}-pending.tmp").write_bytes(b"a killed save's")
-    checkpoints.save_models_together(items)
+    checkpoints.save_models_together(items, before_moving_in=lambda: made_stale.append((tmp_path / "high.pt").read_bytes() == old["high.pt"]))
+    assert made_stale == [True]  # called once, every new file written and the old ones still in place
     assert sorted(os.listdir(tmp_path)) == ["critical.pt", "high.pt"]
     assert all(load_model(tmp_path / f"{name}.pt")[3]["new"] for name in ("high", "critical"))

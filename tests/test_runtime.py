@@ -1440,6 +1440,32 @@ def test_cli_simulate_and_edge_run(tiny_run: Path, bank_dir: Path, tmp_path: Pat
     assert result.exit_code == 2 and "fewer than two usable readings" in result.output
 
 
+def test_edge_run_checks_its_log_first_and_keeps_its_summary_when_the_write_fails(
+    tiny_run: Path, bank_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log on a read-only or full card: refused before serving (it served for all of --seconds,
+    then lost every figure); a disk that fills meanwhile still gets the summary printed."""
+    from racmkd import utils
+
+    argv = ["edge", "run", "--run", str(tiny_run), "--seconds", "0.5", "--rate", "20", "--trace", "steady", "--log", str(tmp_path / "logs" / "live.json")]
+
+    def read_only(folder: Path, size: int = 0) -> None:
+        raise OSError(30, "cannot write there (Read-only file system)", str(folder))
+
+    monkeypatch.setattr(utils, "check_writable", read_only)
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2 and "Read-only file system" in result.output and '"requests"' not in result.output, result.output
+    monkeypatch.undo()
+
+    def disk_full(path: Path, obj: object) -> None:
+        raise OSError(28, "cannot write it (No space left on device)", str(path))
+
+    monkeypatch.setattr(utils, "atomic_write_json", disk_full)
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2 and '"requests"' in result.output and "the log was not written" in result.output, result.output
+    assert not (tmp_path / "logs" / "live.json").exists()
+
+
 def test_a_sudden_memory_drop_evicts_by_the_reading_not_the_forecast(bank_dir: Path) -> None:
     """Holt's trend overshoots a sudden drop (to no free memory at all): the runtime plans with that
     worst case but keeps the sessions the device still has room for, so the way back needs no reloads."""

@@ -305,3 +305,26 @@ def test_torch_threads_blocks_overlapping_in_threads_give_the_process_its_number
         assert later == [2]
     finally:
         torch.set_num_threads(before)
+
+
+def test_check_writable_names_the_folder_and_write_new_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A place that cannot take a file is named (the folder, made if missing, the file itself: a
+    full disk read as a bare "[Errno 28] No space left on device"), and leaves nothing behind."""
+    import errno
+
+    from racmkd.utils import check_writable, write_new
+
+    check_writable(tmp_path / "new" / "folder")
+    assert (tmp_path / "new" / "folder").is_dir() and not list((tmp_path / "new" / "folder").iterdir())
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError, match="cannot write there") as raised:
+        check_writable(tmp_path / "file" / "below")
+    assert raised.value.filename == str(tmp_path / "file" / "below")
+
+    def disk_full(self: Path, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        write_new(tmp_path / "config.yaml", b"config")
+    assert raised.value.filename == str(tmp_path / "config.yaml") and not list(tmp_path.glob(".config.yaml*")) and not (tmp_path / "config.yaml").exists()

@@ -8,6 +8,7 @@ other modality, drawn from the same split only, deterministically from the data 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -279,18 +280,15 @@ def build_dataset(cfg: DataConfig, use_cache: bool = True) -> PairedDataset:
         dataset = _build(cfg, modalities)
         if path is not None:
             try:
-                _write_cache(path, _to_stored(dataset))
+                _write_cache(path, _to_stored(dataset), cfg.cache_max_gb * 1e9)
             except (OSError, ValueError) as err:  # a cache folder that is a file, read-only or full (a folder at its path): the build itself is sound
+                full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
                 log.warning(
-                    "%s: the dataset cache was not written (%s); this build is used, and the next one builds again. Set data.cache_dir to a writable folder",
+                    "%s: the dataset cache was not written (%s); this build is used, and the next one builds again. %s",
                     path,
                     getattr(err, "strerror", None) or err,
+                    "Free space on its disk, lower data.cache_max_gb, or set data.cache_dir elsewhere" if full else "Set data.cache_dir to a writable folder",
                 )
-            else:
-                try:
-                    trim_caches(path.parent, cfg.cache_max_gb * 1e9, keep=path)
-                except OSError as err:
-                    log.warning("%s: older dataset caches could not be removed (%s); they stay", path.parent, err.strerror or err)
     for name, modality in modalities.items():  # on every training item, before max_train keeps fewer
         modality.fit(dataset.banks[name]["train"])
     return _limit(dataset, cfg)
@@ -330,12 +328,20 @@ def trim_caches(folder: Path, max_bytes: float, keep: Path) -> list[Path]:
 CACHE_TAIL = b"racmkd-crc32"  # a cache file ends in the CRC-32 of what precedes it, then this
 
 
-def _write_cache(path: Path, stored: dict[str, Any]) -> None:
-    """The stored dataset, its CRC-32 after it (0.03 s for the 107 MB of AV-MNIST)."""
+def _write_cache(path: Path, stored: dict[str, Any], max_bytes: float = 0.0) -> None:
+    """The stored dataset, its CRC-32 after it (0.03 s for the 107 MB of AV-MNIST), written once
+    the older caches beyond `max_bytes` with it (0: no bound) are trimmed (`trim_caches`): after
+    the write, a disk the old caches had filled never took the new one, and nothing was trimmed."""
     buffer = io.BytesIO()
     torch.save(stored, buffer)
     body = buffer.getvalue()
-    atomic_write_bytes(path, body + zlib.crc32(body).to_bytes(4, "little") + CACHE_TAIL)
+    data = body + zlib.crc32(body).to_bytes(4, "little") + CACHE_TAIL
+    if max_bytes > 0:
+        try:
+            trim_caches(path.parent, max(max_bytes - len(data), 1), keep=path)  # (1: a cache beyond the bound alone leaves room for no other)
+        except OSError as err:
+            log.warning("%s: older dataset caches could not be removed (%s); they stay", path.parent, err.strerror or err)
+    atomic_write_bytes(path, data)
 
 
 def _read_cache(path: Path, modalities: dict[str, Modality]) -> PairedDataset | None:

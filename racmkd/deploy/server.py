@@ -1258,7 +1258,10 @@ def serve(role: str, cfg: RunConfig, run_dir: Path, settings: ServeConfig, annou
     port = check_listen_address(settings.host, settings.port)
     service = build_service(role, cfg, run_dir, settings)
     app = create_app(service, settings, token)
-    announce(f"http://{settings.host}:{port}")
+    try:
+        announce(f"http://{settings.host}:{port}")
+    except OSError as err:  # (stdout on a full disk, or a closed pipe: a server that cannot say where it listens still serves)
+        log.warning("could not announce the server's address (%s); serving on port %d", err, port)
     raise_open_file_limit()
     uvicorn.Server(server_config(app, settings, port)).run()
 

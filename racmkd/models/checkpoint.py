@@ -8,6 +8,7 @@ free-form metadata (tier, budget, training history).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +33,28 @@ def save_model(path: Path, model: MultimodalNet, specs: dict[str, Any], meta: di
     atomic_torch_save({"format": FORMAT, "arch": model.arch, "state_dict": state, "specs": {m: to_dict(s) for m, s in specs.items()}, "meta": meta}, path)
 
 
-def save_models_together(items: list[tuple[Path, MultimodalNet, dict[str, Any], dict[str, Any]]]) -> None:
+def save_models_together(items: list[tuple[Path, MultimodalNet, dict[str, Any], dict[str, Any]]], before_moving_in: Callable[[], None] | None = None) -> None:
     """`save_model` for several checkpoints that belong together (the students of one training
     pass): each written whole beside its place first, then all moved in, so that a failure or a
     kill while writing leaves every old checkpoint as it was (saved one by one, a kill in the loop
     left some students new and some old, with a selection.json describing the new). A writer
-    killed outright leaves its `.pending` files for the next write of those names to remove."""
+    killed outright leaves its `.pending` files for the next write of those names to remove.
+    `before_moving_in` runs once every file is written, before the first moves in: what the new
+    checkpoints make stale goes then (removed first, a full disk kept the old students and lost
+    the run's edge bank and compressed tiers made from them)."""
     pending: list[tuple[Path, Path]] = []
     try:
         for path, model, specs, meta in items:
             path = Path(path)
             remove_stale_work(path.parent, path.name, suffix=".tmp")
             tmp = path.parent / f"{temporary_prefix(path)}pending.tmp"
-            save_model(tmp, model, specs, meta)
+            try:
+                save_model(tmp, model, specs, meta)
+            except OSError as err:  # (it named the pending file, removed below)
+                raise OSError(err.errno, f"{err.strerror or err}: {path} not written; the checkpoints there are kept as they were") from None
             pending.append((tmp, path))
+        if before_moving_in is not None:
+            before_moving_in()
         for tmp, path in pending:
             os.replace(tmp, path)
     finally:
