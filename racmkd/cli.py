@@ -599,7 +599,7 @@ def simulate(
     """Replay a resource trace against the edge runtime with real inference; compare with static tiers."""
     from racmkd.pipeline import prepare_data
     from racmkd.resources.sources import SYNTHETIC, TraceError, trace_from
-    from racmkd.runtime.simulate import LATENCY_MODELS, Outage, default_out_folder, render_table
+    from racmkd.runtime.simulate import LATENCY_MODELS, Outage, ReplayNotWritten, default_out_folder, render_table
     from racmkd.runtime.simulate import simulate as replay_trace
     from racmkd.runtime.variants import BankError, build_bank, load_bank
 
@@ -625,6 +625,9 @@ def simulate(
             build_bank(cfg, dataset, run_dir)
         folder = out or default_out_folder(run_dir, resources, outages)
         summary = replay_trace(load_bank(run_dir / "edge"), dataset, resources, cfg.runtime, requests, folder, static, seed, latency, outages)
+    except ReplayNotWritten as err:  # (its figures shown at least)
+        typer.echo(render_table(err.summary))
+        raise _fail(err) from None
     except (*_errors(), BankError, TraceError) as err:
         raise _fail(err) from None
     typer.echo(render_table(summary))

@@ -1185,6 +1185,23 @@ def test_a_replay_cut_short_leaves_no_summary_beside_its_new_files(bank_dir: Pat
     assert strict_json(tmp_path / "timeline.json")["trace_source"] == "sudden"  # whose the folder is, for `racmkd simulate`'s check
 
 
+def test_a_replay_whose_files_cannot_be_written_still_shows_its_figures(
+    tiny_run: Path, bank_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: the replay's figures were lost with its files, nothing printed."""
+    from racmkd.runtime import simulate as simulation
+
+    def disk_full(path: Path, text: str) -> None:
+        raise OSError(28, "cannot write it (No space left on device)", str(path))
+
+    monkeypatch.setattr(simulation, "atomic_write_text", disk_full)
+    result = CliRunner().invoke(
+        app, ["simulate", "--run", str(tiny_run), "--requests", "20", "--no-static", "--latency", "bank", "--out", str(tmp_path / "sim")]
+    )
+    assert result.exit_code == 2 and "| dynamic |" in result.output and "the replay's files were not written" in result.output, result.output
+    assert not (tmp_path / "sim" / "summary.json").exists()
+
+
 def test_a_replay_at_the_banks_costs_is_the_same_on_every_run(bank_dir: Path, tiny_dataset) -> None:  # noqa: ANN001
     """`latency="bank"`: each request costs its variants' medians plus the bank's overhead, x the
     trace's slowdown; no wall time enters, so two replays agree request for request (measured ones

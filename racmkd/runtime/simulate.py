@@ -538,14 +538,26 @@ def simulate(
         # a cut-short replay still says whose it is (`racmkd simulate` refuses another trace's). The
         # folder itself may be the user's (--out), so it is written into, not swapped.
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "summary.json").unlink(missing_ok=True)
-        timeline = {"dynamic": dynamic["timeline"], "decisions": dynamic["decisions"], **{r["policy"]: r["timeline"] for r in static}}
-        atomic_write_json(out_dir / "timeline.json", json_safe({"trace_source": summary["trace_source"], **timeline}))
-        plot_timeline(dynamic, static, target, out_dir / "timeline.png", trace.name, {v.id: v.typical_ms for v in bank.table.variants}, outages)
-        atomic_write_text(out_dir / "table.md", render_table(summary))
-        atomic_write_json(out_dir / "summary.json", json_safe(summary))  # (for other tools: no NaN, no Infinity)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "summary.json").unlink(missing_ok=True)
+            timeline = {"dynamic": dynamic["timeline"], "decisions": dynamic["decisions"], **{r["policy"]: r["timeline"] for r in static}}
+            atomic_write_json(out_dir / "timeline.json", json_safe({"trace_source": summary["trace_source"], **timeline}))
+            plot_timeline(dynamic, static, target, out_dir / "timeline.png", trace.name, {v.id: v.typical_ms for v in bank.table.variants}, outages)
+            atomic_write_text(out_dir / "table.md", render_table(summary))
+            atomic_write_json(out_dir / "summary.json", json_safe(summary))  # (for other tools: no NaN, no Infinity)
+        except OSError as err:
+            raise ReplayNotWritten(err, summary) from None
     return summary
+
+
+class ReplayNotWritten(OSError):
+    """A replay that ran, whose files could not be written (a full or read-only disk): `summary`
+    holds its figures, for the caller to show (they were lost with the files)."""
+
+    def __init__(self, err: OSError, summary: dict[str, Any]) -> None:
+        super().__init__(err.errno, f"the replay's files were not written ({err.strerror or err})", err.filename)
+        self.summary = summary
 
 
 def _figure(value: float, spec: str, unit: str = "") -> str:
