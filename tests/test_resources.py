@@ -36,6 +36,7 @@ from racmkd.resources.monitor import ResourceMonitor, collector_held
 from racmkd.resources.sources import (
     MB,
     SYNTHETIC,
+    CgroupUnreadable,
     ResourceSnapshot,
     SystemSource,
     Trace,
@@ -243,13 +244,18 @@ def test_cgroup_v2_and_v1_limits_are_parsed(tmp_path: Path) -> None:
     (v2 / "app" / "cpu.max").write_text("max 100000\n")
     limits = read_cgroup(v2, membership)
     assert limits.memory_max_bytes is None and limits.cpu_max_cores is None  # unlimited
-    # Files that hold no limit a kernel writes: no limit read (a quota of -1 was -1e-05 cores, a
-    # memory.max of -5 a total memory of -5 bytes, bytes not text dropped the whole reading).
+    # Files that hold no limit a kernel writes: no CPU limit read (a quota of -1 was -1e-05 cores);
+    # a memory file is unreadable, not "no limit" (a memory.max of -5 was a total memory of -5
+    # bytes; taken as no limit, one glitch planned a 64 MB container with the host's memory).
     for memory_max, cpu_max in (("-5\n", "-1 100000\n"), ("1.5G\n", "50000 0\n"), (b"\xff\xfe5\n", b"\xff\xfe50000 100000\n")):
-        for name, content in (("memory.max", memory_max), ("cpu.max", cpu_max)):
-            (v2 / "app" / name).write_bytes(content if isinstance(content, bytes) else content.encode())
-        limits = read_cgroup(v2, membership)
-        assert limits.memory_max_bytes is None and limits.cpu_max_cores is None, (memory_max, cpu_max)
+        (v2 / "app" / "memory.max").write_bytes(memory_max if isinstance(memory_max, bytes) else memory_max.encode())
+        with pytest.raises(CgroupUnreadable, match="memory.max"):
+            read_cgroup(v2, membership)
+        (v2 / "app" / "memory.max").write_text("max\n")
+        (v2 / "app" / "cpu.max").write_bytes(cpu_max if isinstance(cpu_max, bytes) else cpu_max.encode())
+        assert read_cgroup(v2, membership).cpu_max_cores is None, cpu_max
+    (v2 / "app" / "memory.high").write_text(str(64 * MB))  # throttled past it (systemd's MemoryHigh): a limit too
+    assert read_cgroup(v2, membership).memory_max_bytes == 64 * MB
 
     v1 = tmp_path / "v1"
     (v1 / "memory").mkdir(parents=True)
@@ -260,6 +266,75 @@ def test_cgroup_v2_and_v1_limits_are_parsed(tmp_path: Path) -> None:
     limits = read_cgroup(v1, membership)
     assert (limits.version, limits.memory_max_bytes, limits.cpu_max_cores) == (1, None, 2.0)
     assert read_cgroup(tmp_path / "nothing", membership).version is None
+
+
+def test_a_glitch_in_the_containers_memory_files_keeps_its_last_limits(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One unreadable memory.max was read as "no limit": a 64 MB container planned with the host's
+    memory for a reading (4.2 GB of budget). The last limits read hold; before any, memory is
+    unknown, and the rest of the reading is read as ever."""
+    (tmp_path / "cgroup.controllers").write_text("memory")
+    (tmp_path / "memory.max").write_text("garbage")
+    (tmp_path / "memory.current").write_text(str(60 * MB))
+    source = SystemSource(tmp_path, tmp_path / "none", tmp_path / "no-membership")
+    first = source.read()
+    assert first.memory_available_bytes is None and first.memory_total_bytes is not None and "memory.max" in caplog.text
+    (tmp_path / "memory.max").write_text(str(64 * MB))
+    assert source.read().memory_available_bytes == 4 * MB
+    (tmp_path / "memory.max").write_bytes(b"\xff")
+    held = source.read()
+    assert held.memory_available_bytes == 4 * MB and held.cgroup_memory_max_bytes == 64 * MB
+
+
+def test_a_changed_container_limit_is_a_new_level_not_a_trend() -> None:
+    """docker update 512M -> 96M with 60 MB used: 36 MB free at once. Followed as a slope, the
+    forecast went to 0 MB and the runtime planned with nothing for 2.5 s."""
+    from racmkd.resources.monitor import ResourceMonitor
+
+    class Resized:
+        name = "resized"
+
+        def read(self, now: float) -> ResourceSnapshot:
+            limit, free = (512 * MB, 452 * MB) if now < 2.0 else (96 * MB, 36 * MB)
+            return ResourceSnapshot(t=now, cpu_percent=20.0, memory_available_bytes=free, cgroup_memory_max_bytes=limit, cpu_cores=1.0)
+
+    monitor = ResourceMonitor(Resized(), MonitorConfig())
+    planned = [monitor.poll(i * 0.2).planning().memory_available_bytes for i in range(15)]
+    assert planned[10:] == [36 * MB] * 5, [p // MB for p in planned]
+
+
+def test_a_quota_its_other_processes_spend_is_not_ours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--cpus=0.5 with a sibling spinning in the container: the host read idle and the quota alone
+    said a 2x slowdown; inference ran 4x slower (measured in a real v1 cgroup). The group's own CPU
+    use (v2 cpu.stat, v1 cpuacct.usage) counts against the quota, and in the level."""
+    from racmkd.resources import sources
+
+    clock = [100.0]
+    monkeypatch.setattr(sources.time, "monotonic", lambda: clock[0])
+    v2 = tmp_path / "v2"
+    (v2 / "app").mkdir(parents=True)
+    (v2 / "cgroup.controllers").write_text("cpu memory")
+    (v2 / "app" / "cpu.max").write_text("50000 100000\n")
+    (v2 / "app" / "cpu.stat").write_text("usage_usec 1000000\nuser_usec 900000\n")
+    (tmp_path / "membership").write_text("0::/app\n")
+    source = SystemSource(v2, tmp_path / "none", tmp_path / "membership")
+    assert source.read().cgroup_cpu_used_cores is None  # one counter reading: no interval yet
+    clock[0] += 1.0
+    (v2 / "app" / "cpu.stat").write_text("usage_usec 1500000\nuser_usec 1400000\n")  # the whole half core in use
+    spent = source.read()
+    assert spent.cgroup_cpu_used_cores == pytest.approx(0.5) and spent.cgroup_cpu_max_cores == 0.5
+    idle_host = dataclasses.replace(spent, cpu_percent=5.0, process_cpu_percent=0.0, host_cores=4, runnable_tasks=None)
+    assert idle_host.cpu_share(0.05) == 0.05 and resource_level(idle_host) == "critical"  # a sibling has it all
+    ours = dataclasses.replace(idle_host, process_cpu_percent=40.0)  # most of it is this process's own
+    assert ours.cpu_share(0.05) == pytest.approx(0.4) and ours.quota_left() == pytest.approx(0.4)
+    assert dataclasses.replace(idle_host, cgroup_cpu_used_cores=None).cpu_share(0.05) == 0.5  # unread: the quota alone
+    v1 = tmp_path / "v1"
+    (v1 / "cpu" / "docker").mkdir(parents=True)
+    (v1 / "cpuacct" / "docker").mkdir(parents=True)
+    (v1 / "cpu" / "docker" / "cpu.cfs_quota_us").write_text("50000")
+    (v1 / "cpu" / "docker" / "cpu.cfs_period_us").write_text("100000")
+    (v1 / "cpuacct" / "docker" / "cpuacct.usage").write_text(str(3 * 10**9))  # its own hierarchy (not mounted with cpu)
+    (tmp_path / "v1-membership").write_text("4:cpuacct:/docker\n3:cpu:/docker\n")
+    assert read_cgroup(v1, tmp_path / "v1-membership").cpu_usage_s == 3.0
 
 
 def test_a_container_limit_caps_available_memory(tmp_path: Path) -> None:

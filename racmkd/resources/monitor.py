@@ -170,6 +170,7 @@ class MonitorState:
         }
 
 
+LIMITED_FIELDS = ("memory_available_bytes",)  # the smoothed readings a container's limit bounds
 MISSING_HOLD_S = 10.0  # how long a reading that goes missing is held at its last smoothed value (see ResourceMonitor._update)
 STOP_WAIT_S = 5.0  # how long stop() waits for the monitor thread (a hung read outlasts it; the thread then ends by itself)
 
@@ -206,7 +207,7 @@ class ResourceMonitor:
         self.source, self.config, self.clock = source, config or MonitorConfig(), clock
         c = self.config
         self._ewma: dict[str, tuple[float, float]] = {}  # name -> (value, time)
-        self._holt = {name: Holt(c.smoothing, c.trend, c.damping, c.interval_s, c.min_interval_s / 2) for name in NUMERIC_FIELDS}
+        self._holt = {name: self._new_holt(name) for name in NUMERIC_FIELDS}
         self._subscribers: list[Callable[[MonitorState], None]] = []
         self._last_smoothed: ResourceSnapshot | None = None
         self.cpu_seconds = 0.0  # the monitor's own CPU time (reading and smoothing; subscribers not included)
@@ -261,9 +262,21 @@ class ResourceMonitor:
         with collector_held():
             return self._update(raw, now, time.perf_counter(), started)
 
+    def _new_holt(self, name: str) -> Holt:
+        c = self.config
+        return Holt(c.smoothing, c.trend, c.damping, c.interval_s, c.min_interval_s / 2)
+
     def _update(self, raw: ResourceSnapshot, now: float, observed_at: float, started: float) -> MonitorState:
         """Smooth and forecast a reading that arrived at `observed_at`; publish it if it moved."""
         self.polls += 1
+        last = self.state.raw if self.state is not None else None
+        if last is not None and (last.cgroup_memory_max_bytes, last.cgroup_cpu_max_cores) != (raw.cgroup_memory_max_bytes, raw.cgroup_cpu_max_cores):
+            # A container's limit changed (docker update, a Kubernetes in-place resize): a new level
+            # from now on, not a trend. Followed as a slope, 512 MB -> 96 MB with 36 MB still free
+            # was forecast to 0 MB, and the runtime planned with nothing for 2.5 s.
+            for name in LIMITED_FIELDS:
+                self._ewma.pop(name, None)
+                self._holt[name] = self._new_holt(name)
         smoothed, forecast = {}, {}
         for name in NUMERIC_FIELDS:
             value = getattr(raw, name)

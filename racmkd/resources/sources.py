@@ -56,6 +56,9 @@ class ResourceSnapshot:
     host_cores: int | None = None  # cores `cpu_percent` is a share of: the machine's, or those this process may run on where fewer
     cgroup_memory_max_bytes: int | None = None  # None: no limit, or not in a cgroup
     cgroup_cpu_max_cores: float | None = None
+    # What the group whose quota binds used (every process in it, this one too), in cores: a
+    # quota a sibling process spends is gone for us whatever the host's load says.
+    cgroup_cpu_used_cores: float | None = None
     battery_percent: float | None = None
     power_plugged: bool | None = None
     temperature_c: float | None = None  # the hottest sensor
@@ -70,6 +73,23 @@ class ResourceSnapshot:
         ours = (self.process_cpu_percent or 0.0) / max(self.host_cores or 1, 1)
         return min(1.0, max(0.0, (self.cpu_percent - ours) / 100.0))
 
+    def quota_left(self) -> float | None:
+        """Cores of the container's CPU quota that its other processes leave us (None: no quota, or
+        its use unread)."""
+        if self.cgroup_cpu_max_cores is None or self.cgroup_cpu_used_cores is None:
+            return None
+        others = max(0.0, self.cgroup_cpu_used_cores - (self.process_cpu_percent or 0.0) / 100.0)
+        return max(0.0, self.cgroup_cpu_max_cores - others)
+
+    def busy_percent(self) -> float | None:
+        """How busy the CPU this process may use is, 0-100: the machine's load, or, where a quota
+        binds, the quota's share in use if that is more (a container spending all of its 0.5 core
+        on a 4-core host read 12.5% busy, the level "high")."""
+        if self.cgroup_cpu_max_cores is None or self.cgroup_cpu_used_cores is None or self.cgroup_cpu_max_cores <= 0:
+            return self.cpu_percent
+        in_quota = min(100.0, 100.0 * self.cgroup_cpu_used_cores / self.cgroup_cpu_max_cores)
+        return in_quota if self.cpu_percent is None else max(self.cpu_percent, in_quota)
+
     def cpu_share(self, floor: float) -> float:
         """The share of one core an inference thread can expect: at most one, at most this
         process's quota, at least `floor`. From the load alone, the cores other programs leave free
@@ -78,11 +98,16 @@ class ResourceSnapshot:
         n / (k + 1). Where the run queue was read, the larger of the two counts: two programs that
         spin keep a 2-core machine 100% busy, which the load alone reads as no core left (a
         20x slowdown at the floor), while the thread gets two thirds of one. Under random bursts
-        of work the two agree on average (processor sharing's k is load / (1 - load))."""
+        of work the two agree on average (processor sharing's k is load / (1 - load)). In a
+        container, at most what its quota's other processes leave (`quota_left`: a sibling spinning
+        in a 0.5-core container slowed inference 4x where the quota alone said 2x)."""
         cores = self.host_cores or 1
         free = cores * (1.0 - (self.other_load() or 0.0))
         if self.runnable_tasks is not None:
             free = max(free, cores / (self.runnable_tasks + 1.0))
+        left = self.quota_left()
+        if left is not None:
+            free = min(free, left)
         return max(floor, min(1.0, free, self.cpu_cores or 1.0))
 
     def as_dict(self) -> dict[str, Any]:
@@ -125,8 +150,9 @@ MEMORY_BOUNDS_MB = (100.0, 50.0, 20.0)  # below each bound the level drops one s
 def resource_level(snapshot: ResourceSnapshot) -> str:
     """The Table 6.7 level of a reading: the worse of what its CPU load and its free memory say."""
     step = 0
-    if snapshot.cpu_percent is not None:
-        step = max(step, sum(snapshot.cpu_percent > b for b in CPU_BOUNDS))
+    busy = snapshot.busy_percent()
+    if busy is not None:
+        step = max(step, sum(busy > b for b in CPU_BOUNDS))
     if snapshot.memory_available_bytes is not None:
         step = max(step, sum(snapshot.memory_available_bytes / MB < b for b in MEMORY_BOUNDS_MB))
     return LEVELS[step]
@@ -158,6 +184,28 @@ def _read_int(path: Path) -> int | None:
     return value if value is not None and value >= 0 else None
 
 
+class CgroupUnreadable(ValueError):
+    """A cgroup memory file that is there but cannot be read, or holds no count of bytes."""
+
+
+def _bytes_file(path: Path) -> int | None:
+    """A cgroup memory file's bytes (a limit or a usage): None for "max" or no such file (no limit,
+    or no memory controller there); CgroupUnreadable for a file that is there but unreadable or not
+    a count. Read as "no limit", one glitch of a 64 MB container's memory.max planned with the
+    host's 22 GB for a reading (4.2 GB of budget: a large variant loaded, and the OOM killer)."""
+    text = _read_text(path)
+    if text is None:
+        if not path.exists():
+            return None
+        raise CgroupUnreadable(f"{path}: unreadable")
+    if text == "max":
+        return None
+    value = _read_int_text(text)
+    if value is None or value < 0:
+        raise CgroupUnreadable(f"{path}: {text[:40]!r} is not a number of bytes")
+    return value
+
+
 def _cores(quota: int | None, period: int | None) -> float | None:
     """A CPU quota over its period, in cores (v2's cpu.max, v1's cfs files); None for no limit:
     "max", v1's -1, absent, or values no kernel writes (a quota of -1 read as -1e-05 cores)."""
@@ -176,6 +224,7 @@ class CgroupLimits:
     # that group's own usage. A parent's limit is shared by its children: against it, what this
     # process's siblings use counts too (None: no limit, or no usage to read).
     memory_headroom_bytes: int | None = None
+    cpu_usage_s: float | None = None  # the CPU time the group whose quota binds has used, every process in it (None: unread)
 
 
 def _headroom(groups: list[tuple[int | None, int | None]]) -> int | None:
@@ -184,12 +233,17 @@ def _headroom(groups: list[tuple[int | None, int | None]]) -> int | None:
     return min(room) if room else None
 
 
-def _memory_stat(path: Path, key: str) -> int:
+def _stat_value(path: Path, key: str) -> int | None:
+    """One key's count in a cgroup stat file ("key value" lines), None when absent."""
     for line in (_read_text(path) or "").splitlines():
         name, _, value = line.partition(" ")
         if name == key:
-            return _read_int_text(value) or 0
-    return 0
+            return _read_int_text(value)
+    return None
+
+
+def _memory_stat(path: Path, key: str) -> int:
+    return _stat_value(path, key) or 0
 
 
 def _membership(proc_self_cgroup: Path, controller: str | None) -> str:
@@ -215,35 +269,56 @@ def _chain(root: Path, relative: str) -> list[Path]:
 
 
 def _net_usage(usage_file: Path, stat_file: Path, reclaimable: str) -> int | None:
-    """A group's memory usage without its reclaimable page cache (None when unreadable)."""
-    used = _read_int(usage_file)
+    """A group's memory usage without its reclaimable page cache (None without a usage file;
+    CgroupUnreadable for one that cannot be read)."""
+    used = _bytes_file(usage_file)
     return None if used is None else max(0, used - _memory_stat(stat_file, reclaimable))
+
+
+def _v2_limit(group: Path) -> int | None:
+    """A v2 group's memory limit: the lower of memory.max and memory.high (past memory.high the
+    kernel throttles the group in reclaim: a service under systemd's MemoryHigh=64M was planned
+    with the host's free memory, and its latency went)."""
+    limits = [v for v in (_bytes_file(group / "memory.max"), _bytes_file(group / "memory.high")) if v is not None]
+    return min(limits) if limits else None
 
 
 def read_cgroup(root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup: Path = Path("/proc/self/cgroup")) -> CgroupLimits:
     """Memory and CPU limits of this process's cgroup: v2 (`memory.max`, `memory.current` less
     `inactive_file`, `cpu.max`) or v1 (`memory.limit_in_bytes`, `memory.usage_in_bytes` less
-    `total_inactive_file`, `cpu.cfs_quota_us`); limits are the tightest up the hierarchy."""
+    `total_inactive_file`, `cpu.cfs_quota_us`); limits are the tightest up the hierarchy (v2's
+    `memory.high` counts as one). CgroupUnreadable for a memory file that is there but cannot be
+    read: a glitch, not a limit lifted."""
     root = Path(root)
     if (root / "cgroup.controllers").exists():
         chain = _chain(root, _membership(proc_self_cgroup, None))
-        limits = [v for v in (_read_int(g / "memory.max") for g in chain) if v is not None]  # "max" reads as None
+        limit_of = [_v2_limit(g) for g in chain]
+        limits = [v for v in limit_of if v is not None]  # "max" reads as None
         quotas = []
         for g in chain:
             fields_ = (_read_text(g / "cpu.max") or "max").split()  # "QUOTA PERIOD", or "max PERIOD"
             if len(fields_) == 2 and (cores := _cores(_read_int_text(fields_[0]), _read_int_text(fields_[1]))) is not None:
-                quotas.append(cores)
+                quotas.append((cores, g))
         usage = [_net_usage(g / "memory.current", g / "memory.stat", "inactive_file") for g in chain]
-        headroom = _headroom([(_read_int(g / "memory.max"), u) for g, u in zip(chain, usage)])
-        return CgroupLimits(min(limits) if limits else None, usage[0], min(quotas) if quotas else None, 2, headroom)
+        headroom = _headroom(list(zip(limit_of, usage)))
+        cores, binding = min(quotas, key=lambda q: q[0]) if quotas else (None, None)
+        cpu_used = None if binding is None else _stat_value(binding / "cpu.stat", "usage_usec")
+        return CgroupLimits(min(limits) if limits else None, usage[0], cores, 2, headroom, None if cpu_used is None else cpu_used / 1e6)
     if (root / "memory").is_dir() or (root / "cpu").is_dir():
         memory = _chain(root / "memory", _membership(proc_self_cgroup, "memory"))
         cpu = _chain(root / "cpu", _membership(proc_self_cgroup, "cpu"))
-        limits = [v for v in (_read_int(g / "memory.limit_in_bytes") for g in memory) if v is not None and v < UNLIMITED]
-        quotas = [c for g in cpu if (c := _cores(_read_int(g / "cpu.cfs_quota_us"), _read_int(g / "cpu.cfs_period_us"))) is not None]
+        limit_of = [v if v is not None and v < UNLIMITED else None for v in (_bytes_file(g / "memory.limit_in_bytes") for g in memory)]
+        limits = [v for v in limit_of if v is not None]
+        quotas = [(c, g) for g in cpu if (c := _cores(_read_int(g / "cpu.cfs_quota_us"), _read_int(g / "cpu.cfs_period_us"))) is not None]
         usage = [_net_usage(g / "memory.usage_in_bytes", g / "memory.stat", "total_inactive_file") for g in memory]
-        limit_of = [v if v is not None and v < UNLIMITED else None for v in (_read_int(g / "memory.limit_in_bytes") for g in memory)]
-        return CgroupLimits(min(limits) if limits else None, usage[0], min(quotas) if quotas else None, 1, _headroom(list(zip(limit_of, usage))))
+        cores, binding = min(quotas, key=lambda q: q[0]) if quotas else (None, None)
+        cpu_used = None
+        if binding is not None:  # cpuacct beside cpu (mounted together), or its own hierarchy at the same path
+            relative = binding.relative_to(root / "cpu") if root / "cpu" in binding.parents else Path()
+            cpu_used = next((v for f in (binding / "cpuacct.usage", root / "cpuacct" / relative / "cpuacct.usage") if (v := _read_int(f)) is not None), None)
+        return CgroupLimits(
+            min(limits) if limits else None, usage[0], cores, 1, _headroom(list(zip(limit_of, usage))), None if cpu_used is None else cpu_used / 1e9
+        )
     return CgroupLimits(None, None, None, None)
 
 
@@ -315,6 +390,9 @@ class SystemSource:
         self._cpu_percent: float | None = None
         self._energy: tuple[float, dict[Path, int]] | None = None  # (time, each package's µJ) of the previous RAPL reading
         self._failed_sensors: set[str] = set()  # optional sensors whose read failed (said once)
+        self._cgroup: CgroupLimits | None = None  # the last cgroup limits read whole
+        self._group_cpu: tuple[float, float] | None = None  # (time, CPU seconds) of the quota's group at the interval's start
+        self._group_cores: float | None = None
 
     def _cpu_seconds(self, cpus: list[int] | None) -> tuple[float, float]:
         """(all, idle) CPU seconds so far over the `cpus` this process may run on (by number, from
@@ -342,6 +420,20 @@ class SystemSource:
             self._cpu_times = (cpus, now)
         return self._cpu_percent  # None until some CPU time has passed
 
+    def _group_cpu_cores(self, usage_s: float | None) -> float | None:
+        """The cores the quota's group used since the interval began, once CPU_MIN_INTERVAL_S has
+        passed (the previous figure until then; None without a quota or its usage)."""
+        now = time.monotonic()
+        if usage_s is None:
+            self._group_cpu = self._group_cores = None
+            return None
+        if self._group_cpu is None or usage_s < self._group_cpu[1]:  # (a new group: its counter starts again)
+            self._group_cpu, self._group_cores = (now, usage_s), None
+        elif now - self._group_cpu[0] >= CPU_MIN_INTERVAL_S:
+            self._group_cores = (usage_s - self._group_cpu[1]) / (now - self._group_cpu[0])
+            self._group_cpu = (now, usage_s)
+        return self._group_cores
+
     def _process_cpu_percent(self, host_cores: int) -> float | None:
         """This process's CPU use since the previous measurement, in % of one core, within
         0-100 x the host's cores. psutil divides the CPU time since its previous call (in 10 ms
@@ -359,10 +451,18 @@ class SystemSource:
         a sensor this host lacks is None, not 0."""
         now = time.monotonic() if now is None else now
         memory = psutil.virtual_memory()
-        cgroup = read_cgroup(self.cgroup_root, self.proc_self_cgroup)
-        available = int(memory.available)
-        if cgroup.memory_headroom_bytes is not None:
-            available = min(available, cgroup.memory_headroom_bytes)
+        try:
+            cgroup = self._cgroup = read_cgroup(self.cgroup_root, self.proc_self_cgroup)
+        except CgroupUnreadable as err:  # a glitch: the last limits read hold; none yet: memory unknown
+            self._sensor_failed("cgroup memory", err)
+            cgroup = self._cgroup
+        available: int | None = int(memory.available)
+        if cgroup is None:
+            cgroup, available = CgroupLimits(None, None, None, None), None
+        elif cgroup.memory_headroom_bytes is not None:
+            available = min(int(memory.available), cgroup.memory_headroom_bytes)
+        elif cgroup.memory_max_bytes is not None and cgroup.memory_used_bytes is None:  # (a limit, its usage unread: at most the limit)
+            available = min(int(memory.available), cgroup.memory_max_bytes)
         machine = psutil.cpu_count() or os.cpu_count() or 1
         cpus = allowed_cpus(machine)
         host = len(cpus) if cpus is not None else machine  # (the cores the load is read over)
@@ -380,6 +480,7 @@ class SystemSource:
             host_cores=host,
             cgroup_memory_max_bytes=cgroup.memory_max_bytes,
             cgroup_cpu_max_cores=cgroup.cpu_max_cores,
+            cgroup_cpu_used_cores=self._group_cpu_cores(cgroup.cpu_usage_s),
             # (psutil says over 100% when the charge counter passes the design full: a trace refused those rows)
             battery_percent=min(100.0, max(0.0, float(battery.percent))) if battery is not None and finite_number(battery.percent) else None,
             power_plugged=bool(battery.power_plugged) if battery is not None and battery.power_plugged is not None else None,
