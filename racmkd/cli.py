@@ -559,10 +559,15 @@ def edge_record(
     try:
         trace.write(out)
     except OSError as err:  # (the disk filled meanwhile): kept where it can be, not lost
-        fallback = Path(tempfile.gettempdir()) / f"{out.stem}-{os.getpid()}{out.suffix}"
+        fallback, made = Path(tempfile.gettempdir()), None
         try:
+            handle, name = tempfile.mkstemp(prefix=f"{out.stem}-", suffix=out.suffix)  # (a name of its own: a container's pid is the same at every start)
+            os.close(handle)
+            fallback = made = Path(name)
             trace.write(fallback)
         except OSError:
+            if made is not None:
+                made.unlink(missing_ok=True)
             raise _fail(ValueError(f"--out {out}: cannot write the trace ({err.strerror or err}), nor to {fallback}; the recording is lost")) from None
         typer.secho(f"--out {out}: cannot write the trace ({err.strerror or err}); written to {fallback} instead", fg=typer.colors.YELLOW, err=True)
         out = fallback

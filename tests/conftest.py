@@ -4,6 +4,8 @@ the predictor, report and CLI tests all read."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,9 @@ def report_fields() -> list[str]:
         "energy_source",
         "modalities",
     ]
+
+
+def ended_pid() -> int:
+    """The id of a process that has ended (its temporary files are a killed writer's)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(done.stdout)

@@ -231,7 +231,7 @@ def test_older_caches_make_room_before_a_new_one_is_written(avmnist: PairedDatas
     real_write = dataset.atomic_write_bytes
 
     def small_disk(path: Path, data: bytes) -> None:  # room for the new cache and 1,500 bytes more
-        if sum(p.stat().st_size for p in tmp_path.glob("dataset-*.pt")) + len(data) > size + 1500:
+        if sum(p.stat().st_size for p in tmp_path.glob("dataset-*.pt") if p != path) + len(data) > size + 1500:  # (a file replaced frees its bytes)
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(path, data)
 
@@ -242,6 +242,18 @@ def test_older_caches_make_room_before_a_new_one_is_written(avmnist: PairedDatas
     assert all(p.exists() for p in old)
     dataset._write_cache(fresh, stored, max_bytes=size + 1500)
     assert fresh.stat().st_size == size and [p.exists() for p in old] == [False, False, True]
+    # Written again in place (a damaged cache rebuilt): its own bytes make room, nothing else goes.
+    dataset._write_cache(fresh, stored, max_bytes=size + 1500)
+    assert old[2].exists()
+    # No bound: nothing trimmed, but a killed build's temporary file still goes (100 MB each).
+    from conftest import ended_pid
+
+    from racmkd import utils
+
+    stale = tmp_path / f".dataset-avmnist-new.pt.{ended_pid()}-{utils._HOST}-abc.tmp"
+    stale.write_bytes(b"half")
+    dataset._write_cache(fresh, stored)
+    assert not stale.exists() and old[2].exists()
 
 
 def test_the_cache_answers_only_for_its_own_data_root_and_files(avmnist: PairedDataset, cache_dir: Path, tmp_path: Path) -> None:

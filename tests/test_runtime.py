@@ -1137,12 +1137,34 @@ def test_a_replay_takes_inputs_away_for_every_policy(bank_dir: Path, tiny_datase
     assert image["dynamic"]["slo_accuracy"] == sum(r["slo_met"] for r in during) / 20
     assert set(image["static"]) == {"high", "medium", "low", "critical"}
     assert "| audio:3-6:dead | 30 |" in (tmp_path / "table.md").read_text()
+    assert [r["outages"] for r in timeline["dynamic"] if 8 <= r["t"] < 10] == [["image:8-10:missing"]] * 20
     # Audio taken away throughout: no ceiling may count on it.
     everywhere = simulate(
         load_bank(bank_dir), tiny_dataset, synthetic_trace("sudden", 12, 0.1), RuntimeConfig(), requests=40, statics=False, outages=[Outage("audio", 0, 12)]
     )
     assert all("/audio" not in p["configuration"] for p in everywhere["oracle"]["per_level"].values())
     assert all("/audio" not in r for r in everywhere["outages"][0]["configurations"])
+    # An outage between two requests scores none, and the table keeps every policy's column (it took
+    # them from the first outage, empty, and was malformed without static tiers).
+    from racmkd.runtime.simulate import render_table
+
+    both = simulate(
+        load_bank(bank_dir),
+        tiny_dataset,
+        synthetic_trace("sudden", 12, 0.1),
+        RuntimeConfig(),
+        requests=40,
+        outages=[Outage("audio", 11.99, 11.995), Outage("image", 2, 4)],
+    )
+    assert both["outages"][0]["requests"] == 0 and both["outages"][1]["requests"] == 7
+    assert "| outage | requests | dynamic | static high | static medium | static low | static critical | dynamic served |" in render_table(both)
+    alone = simulate(
+        load_bank(bank_dir), tiny_dataset, synthetic_trace("sudden", 12, 0.1), RuntimeConfig(), requests=40, statics=False, outages=[Outage("image", 2, 4)]
+    )
+    lines = render_table(alone).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("| outage |"))
+    header, rule, row = lines[at : at + 3]
+    assert header.count("|") == rule.count("|") == row.count("|") == 5
 
 
 @pytest.mark.parametrize(
@@ -1161,9 +1183,11 @@ def test_an_outage_that_does_not_parse_says_how_to_write_one(text: str, problem:
 
 
 def test_an_outage_of_an_input_the_bank_lacks_or_after_the_trace_is_refused(bank_dir: Path, tiny_dataset) -> None:  # noqa: ANN001
-    for outage, problem in ((Outage("sonar", 1, 2), "no 'sonar' input"), (Outage("audio", 20, 30), "starts after the trace ends")):
+    cases = [([Outage("sonar", 1, 2)], "no 'sonar' input"), ([Outage("audio", 20, 30)], "starts after the trace ends")]
+    cases.append(([Outage("audio", 1, 3, "dead"), Outage("audio", 2, 4)], "overlap"))  # (which took the input went by the flags' order)
+    for outages, problem in cases:
         with pytest.raises(ValueError, match=problem):
-            simulate(load_bank(bank_dir), tiny_dataset, synthetic_trace("sudden", 12, 0.1), RuntimeConfig(), requests=10, outages=[outage])
+            simulate(load_bank(bank_dir), tiny_dataset, synthetic_trace("sudden", 12, 0.1), RuntimeConfig(), requests=10, outages=outages)
 
 
 def test_a_replay_cut_short_leaves_no_summary_beside_its_new_files(bank_dir: Path, tiny_dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001

@@ -14,14 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import ended_pid
+
 from racmkd import utils
 from racmkd.utils import building_folder
-
-
-def ended_pid() -> int:
-    """The id of a process that has ended."""
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    return int(done.stdout)
 
 
 def test_a_failed_build_removes_every_folder_it_made_for_itself(tmp_path: Path) -> None:

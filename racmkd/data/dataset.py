@@ -336,11 +336,13 @@ def _write_cache(path: Path, stored: dict[str, Any], max_bytes: float = 0.0) -> 
     torch.save(stored, buffer)
     body = buffer.getvalue()
     data = body + zlib.crc32(body).to_bytes(4, "little") + CACHE_TAIL
-    if max_bytes > 0:
-        try:
-            trim_caches(path.parent, max(max_bytes - len(data), 1), keep=path)  # (1: a cache beyond the bound alone leaves room for no other)
-        except OSError as err:
-            log.warning("%s: older dataset caches could not be removed (%s); they stay", path.parent, err.strerror or err)
+    replaced = path.stat().st_size if path.is_file() else 0  # (a damaged cache rebuilt in place: its bytes make room too)
+    # 1: a cache beyond the bound alone leaves room for no other; 0 (no bound) still sweeps a killed build's temporary file
+    bound = max(max_bytes - len(data) + replaced, 1) if max_bytes > 0 else 0
+    try:
+        trim_caches(path.parent, bound, keep=path)
+    except OSError as err:
+        log.warning("%s: older dataset caches could not be removed (%s); they stay", path.parent, err.strerror or err)
     atomic_write_bytes(path, data)
 
 

@@ -73,6 +73,7 @@ def deploy(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out
         or not isinstance(result.get("fp32"), dict)
         or not isinstance(result["fp32"].get("path"), str)
         or not exported("fp32").is_file()
+        or not checkpoint(run_dir, name).is_file()  # (gone: the export says why, not a leftover file measured)
         or not same_source(checkpoint(run_dir, name), result.get("source_sha256"), exported("fp32"))
     )  # retrained since
     if stale or result.get("commit") != commit or not committed(commit) or (int8 and "int8" not in result):

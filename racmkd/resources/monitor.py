@@ -334,6 +334,9 @@ class ResourceMonitor:
             return True
         if before.cpu_cores != after.cpu_cores or before.power_plugged != after.power_plugged:
             return True  # a new CPU quota, unplugged or plugged in
+        a, b = before.cgroup_cpu_used_cores, after.cgroup_cpu_used_cores  # the quota's use: the CPU share left moves with it
+        if (a is None) != (b is None) or (a is not None and b is not None and abs(b - a) / max(after.cgroup_cpu_max_cores or 1.0, 0.01) > threshold):
+            return True
         # A battery drains a point every few minutes: each point is news to an energy budget that
         # halves below runtime.low_battery_percent, and costs subscribers next to nothing.
         return before.battery_percent is not None and after.battery_percent is not None and abs(after.battery_percent - before.battery_percent) >= 1.0

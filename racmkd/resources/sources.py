@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -218,13 +219,15 @@ class CgroupLimits:
 
     memory_max_bytes: int | None  # the tightest limit from this process's group up to the root
     memory_used_bytes: int | None  # the group's usage without reclaimable page cache (inactive_file)
-    cpu_max_cores: float | None
-    version: int | None  # 2, 1, or None outside any cgroup hierarchy we can read
+    cpu_max_cores: float | None = None
+    version: int | None = None  # 2, 1, or None outside any cgroup hierarchy we can read
     # What a new allocation can still get: the least, over the groups with a limit, of the limit less
     # that group's own usage. A parent's limit is shared by its children: against it, what this
     # process's siblings use counts too (None: no limit, or no usage to read).
     memory_headroom_bytes: int | None = None
     cpu_usage_s: float | None = None  # the CPU time the group whose quota binds has used, every process in it (None: unread)
+    cpu_group: str | None = None  # that group's folder (its counter is another group's once the binding quota moves)
+    memory_unread: str | None = None  # why the memory fields are None: a file there that could not be read
 
 
 def _headroom(groups: list[tuple[int | None, int | None]]) -> int | None:
@@ -287,39 +290,56 @@ def read_cgroup(root: Path = Path("/sys/fs/cgroup"), proc_self_cgroup: Path = Pa
     """Memory and CPU limits of this process's cgroup: v2 (`memory.max`, `memory.current` less
     `inactive_file`, `cpu.max`) or v1 (`memory.limit_in_bytes`, `memory.usage_in_bytes` less
     `total_inactive_file`, `cpu.cfs_quota_us`); limits are the tightest up the hierarchy (v2's
-    `memory.high` counts as one). CgroupUnreadable for a memory file that is there but cannot be
-    read: a glitch, not a limit lifted."""
+    `memory.high` counts as one). A memory file that is there but cannot be read is a glitch, not
+    a limit lifted: the memory fields are None then and `memory_unread` says why (the CPU's are
+    read all the same)."""
     root = Path(root)
     if (root / "cgroup.controllers").exists():
         chain = _chain(root, _membership(proc_self_cgroup, None))
-        limit_of = [_v2_limit(g) for g in chain]
-        limits = [v for v in limit_of if v is not None]  # "max" reads as None
         quotas = []
         for g in chain:
             fields_ = (_read_text(g / "cpu.max") or "max").split()  # "QUOTA PERIOD", or "max PERIOD"
             if len(fields_) == 2 and (cores := _cores(_read_int_text(fields_[0]), _read_int_text(fields_[1]))) is not None:
                 quotas.append((cores, g))
-        usage = [_net_usage(g / "memory.current", g / "memory.stat", "inactive_file") for g in chain]
-        headroom = _headroom(list(zip(limit_of, usage)))
         cores, binding = min(quotas, key=lambda q: q[0]) if quotas else (None, None)
-        cpu_used = None if binding is None else _stat_value(binding / "cpu.stat", "usage_usec")
-        return CgroupLimits(min(limits) if limits else None, usage[0], cores, 2, headroom, None if cpu_used is None else cpu_used / 1e6)
+        used = None if binding is None else _stat_value(binding / "cpu.stat", "usage_usec")
+        cpu = {"cpu_max_cores": cores, "cpu_usage_s": None if used is None else used / 1e6, "cpu_group": None if binding is None else str(binding)}
+        return _with_memory(
+            2, cpu, lambda: ([_v2_limit(g) for g in chain], [_net_usage(g / "memory.current", g / "memory.stat", "inactive_file") for g in chain])
+        )
     if (root / "memory").is_dir() or (root / "cpu").is_dir():
         memory = _chain(root / "memory", _membership(proc_self_cgroup, "memory"))
-        cpu = _chain(root / "cpu", _membership(proc_self_cgroup, "cpu"))
-        limit_of = [v if v is not None and v < UNLIMITED else None for v in (_bytes_file(g / "memory.limit_in_bytes") for g in memory)]
-        limits = [v for v in limit_of if v is not None]
-        quotas = [(c, g) for g in cpu if (c := _cores(_read_int(g / "cpu.cfs_quota_us"), _read_int(g / "cpu.cfs_period_us"))) is not None]
-        usage = [_net_usage(g / "memory.usage_in_bytes", g / "memory.stat", "total_inactive_file") for g in memory]
+        quotas = [
+            (c, g)
+            for g in _chain(root / "cpu", _membership(proc_self_cgroup, "cpu"))
+            if (c := _cores(_read_int(g / "cpu.cfs_quota_us"), _read_int(g / "cpu.cfs_period_us"))) is not None
+        ]
         cores, binding = min(quotas, key=lambda q: q[0]) if quotas else (None, None)
-        cpu_used = None
+        used = None
         if binding is not None:  # cpuacct beside cpu (mounted together), or its own hierarchy at the same path
             relative = binding.relative_to(root / "cpu") if root / "cpu" in binding.parents else Path()
-            cpu_used = next((v for f in (binding / "cpuacct.usage", root / "cpuacct" / relative / "cpuacct.usage") if (v := _read_int(f)) is not None), None)
-        return CgroupLimits(
-            min(limits) if limits else None, usage[0], cores, 1, _headroom(list(zip(limit_of, usage))), None if cpu_used is None else cpu_used / 1e9
+            used = next((v for f in (binding / "cpuacct.usage", root / "cpuacct" / relative / "cpuacct.usage") if (v := _read_int(f)) is not None), None)
+        cpu = {"cpu_max_cores": cores, "cpu_usage_s": None if used is None else used / 1e9, "cpu_group": None if binding is None else str(binding)}
+        return _with_memory(
+            1,
+            cpu,
+            lambda: (
+                [v if v is not None and v < UNLIMITED else None for v in (_bytes_file(g / "memory.limit_in_bytes") for g in memory)],
+                [_net_usage(g / "memory.usage_in_bytes", g / "memory.stat", "total_inactive_file") for g in memory],
+            ),
         )
     return CgroupLimits(None, None, None, None)
+
+
+def _with_memory(version: int, cpu: dict[str, Any], read_memory: Callable[[], tuple[list[int | None], list[int | None]]]) -> CgroupLimits:
+    """The limits with the memory's read by `read_memory` (each group's limit and usage, leaf
+    first), or none and why where a file could not be read."""
+    try:
+        limit_of, usage = read_memory()
+    except CgroupUnreadable as err:
+        return CgroupLimits(None, None, version=version, memory_unread=str(err), **cpu)
+    limits = [v for v in limit_of if v is not None]  # "max" reads as None
+    return CgroupLimits(min(limits) if limits else None, usage[0], version=version, memory_headroom_bytes=_headroom(list(zip(limit_of, usage))), **cpu)
 
 
 def cpu_time_total(times: Any) -> float:
@@ -390,8 +410,9 @@ class SystemSource:
         self._cpu_percent: float | None = None
         self._energy: tuple[float, dict[Path, int]] | None = None  # (time, each package's µJ) of the previous RAPL reading
         self._failed_sensors: set[str] = set()  # optional sensors whose read failed (said once)
-        self._cgroup: CgroupLimits | None = None  # the last cgroup limits read whole
-        self._group_cpu: tuple[float, float] | None = None  # (time, CPU seconds) of the quota's group at the interval's start
+        self._memory_limits: CgroupLimits | None = None  # the last cgroup reading whose memory files read whole
+        self._memory_glitch = False  # whether the glitch under way was said
+        self._group_cpu: tuple[float, float, str | None] | None = None  # (time, CPU seconds, group) of the quota's group at the interval's start
         self._group_cores: float | None = None
 
     def _cpu_seconds(self, cpus: list[int] | None) -> tuple[float, float]:
@@ -420,18 +441,20 @@ class SystemSource:
             self._cpu_times = (cpus, now)
         return self._cpu_percent  # None until some CPU time has passed
 
-    def _group_cpu_cores(self, usage_s: float | None) -> float | None:
+    def _group_cpu_cores(self, usage_s: float | None, group: str | None) -> float | None:
         """The cores the quota's group used since the interval began, once CPU_MIN_INTERVAL_S has
-        passed (the previous figure until then; None without a quota or its usage)."""
+        passed (the previous figure until then; None without a quota or its usage). Another group
+        whose quota now binds (a child's raised above its parent's) starts a new interval: its
+        counter minus the old group's read as 4,900 cores."""
         now = time.monotonic()
         if usage_s is None:
             self._group_cpu = self._group_cores = None
             return None
-        if self._group_cpu is None or usage_s < self._group_cpu[1]:  # (a new group: its counter starts again)
-            self._group_cpu, self._group_cores = (now, usage_s), None
+        if self._group_cpu is None or group != self._group_cpu[2] or usage_s < self._group_cpu[1]:  # (a counter reset too)
+            self._group_cpu, self._group_cores = (now, usage_s, group), None
         elif now - self._group_cpu[0] >= CPU_MIN_INTERVAL_S:
             self._group_cores = (usage_s - self._group_cpu[1]) / (now - self._group_cpu[0])
-            self._group_cpu = (now, usage_s)
+            self._group_cpu = (now, usage_s, group)
         return self._group_cores
 
     def _process_cpu_percent(self, host_cores: int) -> float | None:
@@ -451,18 +474,32 @@ class SystemSource:
         a sensor this host lacks is None, not 0."""
         now = time.monotonic() if now is None else now
         memory = psutil.virtual_memory()
-        try:
-            cgroup = self._cgroup = read_cgroup(self.cgroup_root, self.proc_self_cgroup)
-        except CgroupUnreadable as err:  # a glitch: the last limits read hold; none yet: memory unknown
-            self._sensor_failed("cgroup memory", err)
-            cgroup = self._cgroup
+        cgroup = read_cgroup(self.cgroup_root, self.proc_self_cgroup)
         available: int | None = int(memory.available)
-        if cgroup is None:
-            cgroup, available = CgroupLimits(None, None, None, None), None
-        elif cgroup.memory_headroom_bytes is not None:
-            available = min(int(memory.available), cgroup.memory_headroom_bytes)
-        elif cgroup.memory_max_bytes is not None and cgroup.memory_used_bytes is None:  # (a limit, its usage unread: at most the limit)
-            available = min(int(memory.available), cgroup.memory_max_bytes)
+        if cgroup.memory_unread is None:
+            self._memory_limits = cgroup
+            self._memory_glitch = False
+        else:  # a glitch: the last memory limits read hold (their usage too); none yet: memory unknown
+            held = self._memory_limits
+            if not self._memory_glitch:  # (said once per glitch)
+                log.warning(
+                    "%s: the container's memory limits cannot be read; %s",
+                    cgroup.memory_unread,
+                    "the last ones read hold" if held else "memory reported as absent",
+                )
+                self._memory_glitch = True
+            if held is None:
+                available = None
+            else:
+                cgroup = replace(
+                    cgroup, memory_max_bytes=held.memory_max_bytes, memory_used_bytes=held.memory_used_bytes, memory_headroom_bytes=held.memory_headroom_bytes
+                )
+        if available is not None and cgroup.memory_headroom_bytes is not None:
+            available = min(available, cgroup.memory_headroom_bytes)
+        elif (
+            available is not None and cgroup.memory_max_bytes is not None and cgroup.memory_used_bytes is None
+        ):  # (a limit, its usage unread: at most the limit)
+            available = min(available, cgroup.memory_max_bytes)
         machine = psutil.cpu_count() or os.cpu_count() or 1
         cpus = allowed_cpus(machine)
         host = len(cpus) if cpus is not None else machine  # (the cores the load is read over)
@@ -480,7 +517,7 @@ class SystemSource:
             host_cores=host,
             cgroup_memory_max_bytes=cgroup.memory_max_bytes,
             cgroup_cpu_max_cores=cgroup.cpu_max_cores,
-            cgroup_cpu_used_cores=self._group_cpu_cores(cgroup.cpu_usage_s),
+            cgroup_cpu_used_cores=self._group_cpu_cores(cgroup.cpu_usage_s, cgroup.cpu_group),
             # (psutil says over 100% when the charge counter passes the design full: a trace refused those rows)
             battery_percent=min(100.0, max(0.0, float(battery.percent))) if battery is not None and finite_number(battery.percent) else None,
             power_plugged=bool(battery.power_plugged) if battery is not None and battery.power_plugged is not None else None,

@@ -117,25 +117,26 @@ class Outage:
 
 
 def check_outages(outages: Collection[Outage], modalities: Collection[str], trace: Trace) -> None:
-    """ValueError for an outage of an input the bank has not, or one that starts after the trace ends
-    (it would change nothing, in silence)."""
+    """ValueError for an outage of an input the bank has not, one that starts after the trace ends
+    (it would change nothing, in silence), or two of one input that overlap (which of them took a
+    request's input went by the order of the flags)."""
     for outage in outages:
         if outage.modality not in modalities:
             raise ValueError(f"--outage {outage.name}: the bank has no {outage.modality!r} input; its inputs are {', '.join(modalities)}")
         if outage.start_s >= trace.duration:
             raise ValueError(f"--outage {outage.name}: starts after the trace ends ({trace.duration:g} s)")
+        for other in outages:
+            if other is not outage and other.modality == outage.modality and other.start_s < outage.end_s and outage.start_s < other.end_s:
+                raise ValueError(f"--outage {outage.name} and {other.name} overlap; give one input one outage at a time")
 
 
-def apply_outages(inputs: dict[str, Any], outages: Collection[Outage], t: float) -> list[str]:
+def apply_outages(inputs: dict[str, Any], outages: Collection[Outage], t: float) -> list[Outage]:
     """Take the inputs of the outages in force at trace time `t` out of `inputs` (missing: None; dead:
-    zeros of the input's shape); returns their modalities."""
-    out = []
-    for outage in outages:
-        if outage.covers(t) and outage.modality in inputs:
-            value = inputs[outage.modality]
-            inputs[outage.modality] = None if outage.kind == "missing" else np.zeros_like(value)
-            out.append(outage.modality)
-    return out
+    zeros of the input's shape); returns those outages."""
+    in_force = [o for o in outages if o.covers(t) and o.modality in inputs]
+    for outage in in_force:
+        inputs[outage.modality] = None if outage.kind == "missing" else np.zeros_like(inputs[outage.modality])
+    return in_force
 
 
 def default_out_folder(run_dir: Path, trace: Trace, outages: Collection[Outage] = ()) -> Path:
@@ -225,7 +226,7 @@ def replay(
         if policy.pinned is not None:
             runtime.snapshot = reading  # a static runtime does not re-plan, but its budget is reported
         inputs = {m: raw_all[m][i].numpy() for m in runtime.modalities}
-        inputs_out = apply_outages(inputs, outages, clock.now)
+        taken = apply_outages(inputs, outages, clock.now)
         try:
             answer = runtime.infer(inputs)
         except NoVariantError as err:  # recorded as an unanswered request, the replay goes on
@@ -257,7 +258,8 @@ def replay(
                 "energy_mj": sum(energy_of[v] for v in answer.variants) if answer.variants else None,
                 "memory_held_bytes": runtime.resident_bytes(),
                 "fallbacks": answer.fallbacks,
-                "inputs_out": inputs_out,
+                "inputs_out": [o.modality for o in taken],
+                "outages": [o.name for o in taken],  # (which of them: `outage_row` scores by it, not by the rounded time)
             }
         )
     runtime.close()
@@ -438,7 +440,7 @@ def outage_row(outage: Outage, dynamic: dict[str, Any], static: list[dict[str, A
     """How each policy did on the requests of one outage: what a sensor dropping out costs."""
 
     def during(result: dict[str, Any]) -> list[dict[str, Any]]:
-        return [r for r in result["timeline"] if outage.covers(r["t"])]
+        return [r for r in result["timeline"] if outage.name in r["outages"]]
 
     mine = during(dynamic)
     return {
@@ -604,13 +606,13 @@ def outage_markdown(outages: list[dict[str, Any]]) -> list[str]:
     """The outages' rows (`outage_row`): each policy's SLO-accuracy on the requests it took an input from."""
     if not outages:
         return []
-    policies = list(outages[0]["static"])
+    policies = list(next((o["static"] for o in outages if o["requests"]), {}))  # (an outage between two requests has none)
     lines = [
         "",
         "Inputs taken away (SLO-accuracy on those requests):",
         "",
-        f"| outage | requests | dynamic | {' | '.join(f'static {p}' for p in policies)} | dynamic served |",
-        f"|---|---|---|{'---|' * len(policies)}---|",
+        "| " + " | ".join(["outage", "requests", "dynamic", *(f"static {p}" for p in policies), "dynamic served"]) + " |",
+        "|---|---|---|" + "---|" * len(policies) + "---|",
     ]
     for o in outages:
         if o["requests"]:
@@ -722,7 +724,7 @@ def plot_timeline(
         for ax in axes[1:]:
             ax.axvspan(
                 outage.start_s,
-                outage.end_s,
+                min(outage.end_s, t[-1]),  # (one that ends after the trace stretched the axis: 120 s in the first tenth of it)
                 facecolor="none",
                 edgecolor="grey",
                 hatch="//" if outage.kind == "dead" else "\\\\",  # (a dead input and a missing one told apart)
