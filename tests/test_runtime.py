@@ -731,18 +731,26 @@ def test_a_damaged_variant_file_says_what_is_wrong_and_how_to_rebuild_it(bank_di
 
 def test_an_input_that_makes_sound_weights_compute_nan_is_refused_and_their_variants_stay(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """One crafted request must not take a modality out of service: non-finite logits from weights
-    that answer a blank input finitely are the input's doing (a ValueError, as for other bad inputs)."""
+    that answer a blank input finitely are the input's doing. The other input answers, the bad one
+    said in the fallbacks (refused, a faulty sensor failed every request while the configuration
+    used it); alone, it is the request's ValueError, as for other bad inputs."""
     runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig(critical={"audio": "critical"}))  # (audio is in every configuration)
     inputs = samples[0][0]
     near_the_limit = np.tile(np.float32([3.3e38, -3.3e38]), 2000)  # finite, but infinite once resampled to 8 kHz
+    answer = runtime.infer({"image": inputs["image"], "audio": near_the_limit}, sample_rate=4000)
+    assert all(v.endswith("/image") for v in answer.variants) and any(
+        f.startswith("audio input passed over") and "float32's range" in f for f in answer.fallbacks
+    )
     with pytest.raises(ValueError, match="float32's range"):
-        runtime.infer({"image": inputs["image"], "audio": near_the_limit}, sample_rate=4000)
+        runtime.infer({"audio": near_the_limit}, sample_rate=4000)
     # An input that gets past the checks and still makes the model compute NaN (an infinite sample):
     monkeypatch.setattr(runtime.modalities["audio"], "to_raw", lambda value, spec, sample_rate=None: np.asarray(value, np.float32)[None])
     poisoned = np.linspace(-1, 1, 8000, dtype=np.float32)
     poisoned[0] = np.inf
+    answer = runtime.infer({"image": inputs["image"], "audio": poisoned})
+    assert all(v.endswith("/image") for v in answer.variants) and "audio input passed over (it makes the model compute non-finite logits)" in answer.fallbacks
     with pytest.raises(ValueError, match="audio: the input makes the model compute non-finite logits"):
-        runtime.infer({"image": inputs["image"], "audio": poisoned})
+        runtime.infer({"audio": poisoned})
     assert runtime.failed == {}
     monkeypatch.undo()
     answer = runtime.infer(inputs)
@@ -1824,3 +1832,20 @@ def test_a_replay_refuses_a_bank_that_learnt_its_inputs_otherwise(bank_dir: Path
         simulate(stale, tiny_dataset, trace_from("steady", 5.0, seed=0), RuntimeConfig(), requests=10)
     damaged = dataclasses.replace(bank, specs={**bank.specs, next(iter(bank.specs)): None})  # a variant file that could not be read: skipped, not checked
     check_bank_data(damaged, tiny_dataset)
+
+
+def test_a_faulty_sensor_the_configuration_uses_is_passed_over_while_the_other_input_answers(bank_dir: Path, samples) -> None:  # noqa: ANN001
+    """An overexposed camera (a light frame, refused as not MNIST's light-on-dark) failed every
+    request while the configuration used the image, though the audio could answer, and its quality
+    never fell, so the runtime never moved off it: 200 of 200 failed on a steady trace."""
+    inputs, labels = samples
+    runtime = EdgeRuntime(load_bank(bank_dir), RuntimeConfig())
+    assert any(v.modality == "image" for v in runtime.current.config if v is not None)
+    overexposed = np.full((28, 28), 230, dtype=np.uint8)
+    overexposed[10:18, 10:18] = 255
+    answers = [runtime.predict(image=overexposed, audio=x["audio"]) for x in inputs[:40]]
+    assert all(a.variants and all(v.endswith("/audio") for v in a.variants) for a in answers)
+    assert "image input passed over" in " ".join(answers[0].fallbacks) and runtime.quality["image"] < 0.05
+    assert np.mean([a.label == y for a, y in zip(answers, labels[:40])]) > 0.25  # answered from the audio (the tiny run's: chance is 0.1)
+    with pytest.raises(ValueError, match="image"):  # alone, the bad input is the request's error
+        runtime.predict(image=overexposed)

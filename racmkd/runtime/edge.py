@@ -26,9 +26,13 @@ dropped request.
 - An input the configuration in force does not use is left unread (not checked, not converted: an
   image-only request spent 11 of ~60 us of CPU on the audio it did not use), except on one request
   in `UNUSED_LOOK_EVERY` and on every request while its quality is doubtful, which read it to
-  follow its quality (a bad one counts as dead there, with a warning), and when the answer comes to
-  need it: when nothing the configuration uses came in alive (then a bad one is refused, as any
-  input the answer needs) or a variant failed (then a bad one is passed over and noted).
+  follow its quality, and when the answer comes to need it: when nothing the configuration uses
+  came in alive, or a variant failed.
+- A bad input (malformed, out of range, one that makes the model compute NaN), used or not, counts
+  as dead and is passed over while the others can answer, noted in the answer's fallbacks where
+  the answer would have used it; it is the request's ValueError when nothing else can answer.
+  Refused whenever the configuration used it, a faulty sensor failed every request until the load
+  moved the runtime off it (never, since its quality did not fall).
 - No torch: preprocessing is the modalities' numpy signals (racmkd.data.signals), inference ONNX
   Runtime.
 """
@@ -701,30 +705,28 @@ class EdgeRuntime:
         raws: dict[str, Any] = {}
         quality: dict[str, float] = {}  # this request's, of the inputs read
         unread: dict[str, Any] = {}  # given, but not used by the configuration in force: read only if the answer comes to need them
-        refused: list[ValueError] = []  # unused inputs found bad when looked at
+        refused: list[tuple[str, ValueError]] = []  # inputs found bad: passed over while the others can answer
         for m in self.modalities:
             value = inputs.get(m)
             if value is None or self.raw_specs[m] is None:  # missing, or every variant for it unreadable
                 quality[m] = 0.0
-            elif m in using:
-                self._read(m, value, sample_rate, raws, quality)  # a bad input raises ValueError naming it
-            elif periodic_look or self.quality[m] < 0.95:  # looked at: to follow its quality (every request while it is doubtful)
+            elif m in using or periodic_look or self.quality[m] < 0.95:  # used, or looked at to follow its quality (every request while it is doubtful)
                 try:
                     self._read(m, value, sample_rate, raws, quality)
-                except ValueError as err:  # not needed for this answer: counted as a dead input, and said
+                except ValueError as err:  # counted as a dead input, and said once
                     quality[m] = 0.0
-                    refused.append(err)
+                    refused.append((m, err))
                     if m not in self._refused:
-                        log.warning("input %s refused (%s): counted as dead while no configuration needs it", m, err)
+                        log.warning("input %s refused (%s): counted as dead, answered from the others while they can", m, err)
                     self._refused.add(m)
                 else:
                     self._refused.discard(m)
             else:
                 unread[m] = value
         if not using & raws.keys():  # nothing the configuration uses came alive: the answer needs the others
-            if refused:
-                raise refused[0]  # (as a request that had not looked at it would, reading it now)
-            self._read_all(unread, sample_rate, raws, quality)
+            self._read_all(unread, sample_rate, raws, quality, refused=refused)
+        if not raws and refused:
+            raise refused[0][1]  # (nothing else to answer from: the bad input is the request's error)
         if not raws:
             given = [m for m in self.modalities if inputs.get(m) is not None]
             unreadable = [m for m in given if self.raw_specs[m] is None]
@@ -733,7 +735,10 @@ class EdgeRuntime:
             raise NoVariantError(f"no usable input: this runtime needs {' and/or '.join(self.modalities)}" + "".join(f"; {w}" for w in why))
         if self.pinned is None and any(self.quality[m] != q for m, q in quality.items()):  # equal: the running averages stay where they are
             self._observe_quality(quality)
-        fallbacks: list[str] = []
+        # A bad input the answer would have used (an overexposed frame, a NaN sample): said in the
+        # answer. Refused as the request's error, every request failed while the configuration used
+        # it, and answered when the load had moved the runtime off it: a failure by the CPU's load.
+        fallbacks = [f"{m} input passed over ({err})" for m, err in refused if m in using]
         if self.failed:  # (rare: a variant excluded since the configuration was chosen answers nothing)
             failed = dict(self.failed)  # (a copy: another request's retry may take an entry out meanwhile)
             fallbacks += [f"{v.id} excluded ({failed[v.id]}): answered without it" for v in config if v is not None and v.id in failed]
@@ -764,9 +769,14 @@ class EdgeRuntime:
                     break
                 blamed_inputs = sorted({v.modality for v in damaged if self._finite_on_blank(v)})
                 if blamed_inputs:  # the weights answer a blank input: this request's input is to blame, not them
-                    raise ValueError(
-                        f"{', '.join(blamed_inputs)}: the input makes the model compute non-finite logits (it answers a blank input finitely): check the input's values"
-                    )
+                    for m in blamed_inputs:
+                        raws.pop(m, None)
+                    if not raws:  # (nothing else to answer from: the input is the request's error)
+                        raise ValueError(
+                            f"{', '.join(blamed_inputs)}: the input makes the model compute non-finite logits (it answers a blank input finitely): check the input's values"
+                        )
+                    fallbacks += [f"{m} input passed over (it makes the model compute non-finite logits)" for m in blamed_inputs]
+                    continue  # answered from the other inputs
                 for v in damaged:  # weights that compute NaN: excluded for good, not an answer
                     self._fail(v, "computed non-finite logits", for_good=True)
                     exclude.add(v.id)
@@ -790,19 +800,28 @@ class EdgeRuntime:
             raws[modality] = raw
 
     def _read_all(
-        self, unread: dict[str, Any], sample_rate: int | None, raws: dict[str, Any], quality: dict[str, float], fallbacks: list[str] | None = None
+        self,
+        unread: dict[str, Any],
+        sample_rate: int | None,
+        raws: dict[str, Any],
+        quality: dict[str, float],
+        fallbacks: list[str] | None = None,
+        refused: list[tuple[str, ValueError]] | None = None,
     ) -> None:
-        """Read the inputs left unread, emptying `unread`. A bad one raises, unless there are
-        `fallbacks` under way: then it is passed over and noted there (a fallback answers from what
-        it can read)."""
+        """Read the inputs left unread, emptying `unread`. A bad one is passed over, noted in
+        `fallbacks` (a fallback under way answers from what it can read) or collected in `refused`
+        (the request raises the first when nothing else answers); with neither, it raises."""
         for m, value in unread.items():
             try:
                 self._read(m, value, sample_rate, raws, quality)
             except ValueError as err:
-                if fallbacks is None:
+                if fallbacks is None and refused is None:
                     raise
                 quality[m] = 0.0
-                fallbacks.append(f"{m} input passed over ({err})")
+                if fallbacks is not None:
+                    fallbacks.append(f"{m} input passed over ({err})")
+                if refused is not None:
+                    refused.append((m, err))
         unread.clear()
 
     def _bias(self, tiers: tuple[str, ...]) -> np.ndarray:
