@@ -505,14 +505,18 @@ def edge_run(
     try:
         atomic_write_json(log, written)
     except OSError as err:  # (the disk filled meanwhile: the summary above is kept at least)
-        raise _fail(OSError(err.errno, f"the log was not written: {err.strerror}", err.filename)) from None
-    typer.echo(f"monitor: {result['monitor_overhead']['cpu_fraction']:.4%} of one core over {result['monitor_overhead']['polls']} polls; log: {log}")
-    if result["summary"]["interrupted"]:
+        failed = _fail(OSError(err.errno, f"the log was not written: {err.strerror}", err.filename))
+    else:
+        failed = None
+        typer.echo(f"monitor: {result['monitor_overhead']['cpu_fraction']:.4%} of one core over {result['monitor_overhead']['polls']} polls; log: {log}")
+    if result["summary"]["interrupted"]:  # (its exit status first: the stop is what a supervisor asked for)
         stop = result["summary"]["interrupted"]
         typer.echo(
             f"stopped early ({'Ctrl-C' if stop == 'SIGINT' else stop}) after {result['summary']['requests']} requests; the figures above are theirs", err=True
         )
         raise typer.Exit(143 if stop == "SIGTERM" else 130)
+    if failed is not None:
+        raise failed
 
 
 @edge_app.command("record")

@@ -1232,6 +1232,7 @@ def test_a_replay_whose_files_cannot_be_written_still_shows_its_figures(
     )
     assert result.exit_code == 2 and "| dynamic |" in result.output and "the replay's files were not written" in result.output, result.output
     assert not (tmp_path / "sim" / "summary.json").exists()
+    assert str(simulation.ReplayNotWritten(OSError("disk gone"), {})) == "the replay's files were not written (disk gone)"  # (no "[Errno None]")
 
 
 def test_a_replay_at_the_banks_costs_is_the_same_on_every_run(bank_dir: Path, tiny_dataset) -> None:  # noqa: ANN001

@@ -558,7 +558,11 @@ class ReplayNotWritten(OSError):
     holds its figures, for the caller to show (they were lost with the files)."""
 
     def __init__(self, err: OSError, summary: dict[str, Any]) -> None:
-        super().__init__(err.errno, f"the replay's files were not written ({err.strerror or err})", err.filename)
+        message = f"the replay's files were not written ({err.strerror or err})"
+        if err.errno is None:  # ("[Errno None] ..." otherwise)
+            super().__init__(message + (f": {err.filename}" if err.filename else ""))
+        else:
+            super().__init__(err.errno, message, err.filename)
         self.summary = summary
 
 
