@@ -1152,8 +1152,9 @@ def test_a_critical_modality_whose_input_comes_back_is_taken_up_at_once() -> Non
 def test_an_input_back_after_an_outage_is_taken_up_at_once_but_not_one_that_flickers() -> None:
     """A non-critical microphone back after an outage: the image-only configuration chosen without
     it still fitted, and audio fitted too but not with the 20% step-up margin, so on a steady 92%
-    load it was never used again (0.598 against 0.938). Back means 90% of its weight again, gone
-    75% or less: an input alive one request in two or three stays out (no flapping)."""
+    load it was never used again (0.598 against 0.938). Back means 90% of its weight again for a
+    whole window, gone 75% or less: an input alive one request in two or three stays out, and so
+    does one back for a moment (no flapping)."""
     image, audio = Variant("image", "high", 0.1, 1, 1.0), Variant("audio", "low", 0.2, 1, 1.0)
     accuracy = {("high", None): 0.6, (None, "low"): 0.85, ("high", "low"): 0.93}
     allocator = Allocator(ProfileTable(("image", "audio"), TIERS, (image, audio), accuracy))
@@ -1166,9 +1167,15 @@ def test_an_input_back_after_an_outage_is_taken_up_at_once_but_not_one_that_flic
     for t, weight in enumerate((0.2, 0.55, 0.2, 0.85), start=2):  # live one request in two or three: not back
         current, _ = hysteresis.choose(float(t), current, allocator, tight, (1.0, weight))
         assert current.config == (image, None), weight
-    current, why = hysteresis.choose(9.0, current, allocator, tight, (1.0, 0.9))  # live again
-    assert current.config == (None, audio) and why == "recover at once: audio came back"
-    assert hysteresis.choose(60.0, current, allocator, tight, (1.0, 1.0))[0].config == (None, audio)
+    current, _ = hysteresis.choose(9.0, current, allocator, tight, (1.0, 0.9))  # live again: back for a window first
+    assert current.config == (image, None)
+    before = hysteresis.state()
+    chosen, why = hysteresis.choose(10.0, current, allocator, tight, (1.0, 0.95))
+    assert chosen.config == (None, audio) and why == "recover at once: audio came back"
+    hysteresis.restore(before)  # the switch did not land (its sessions load): still due at the next decision
+    chosen, why = hysteresis.choose(10.1, current, allocator, tight, (1.0, 0.95))
+    assert chosen.config == (None, audio) and why == "recover at once: audio came back"
+    assert hysteresis.choose(60.0, chosen, allocator, tight, (1.0, 1.0))[0].config == (None, audio)
 
 
 def test_a_better_cheaper_configuration_is_taken_at_once_though_it_holds_more_of_plentiful_memory() -> None:

@@ -493,11 +493,12 @@ class Hysteresis:
     each, after the sudden trace's drop and on each descent of the periodic one).
 
     An input that had gone dead when the current configuration was chosen (its weight at most
-    BACK_FROM of the most it has had) and has come back (at least BACK_AT of it) is a reason to
-    leave at once for the best that fits, margin or not, as a critical modality's is: on a load
-    that never left the margin, a microphone back after 5 s of silence was never used again (0.598
-    against 0.938 with it). Coming back takes about ten live requests in a row, so an input alive
-    one request in two or in ten stays out (no flapping)."""
+    BACK_FROM of the most it has had) and has come back (at least BACK_AT of it, for the whole
+    step-up window without a break) is a reason to leave at once for the best that fits, margin or
+    not, as a critical modality's is: on a load that never left the margin, a microphone back after
+    5 s of silence was never used again (0.598 against 0.938 with it). Back for a window, not for a
+    few requests: two silent requests in ten brought it back five requests later, and it flapped
+    (6.2 switches per 100 requests on the sudden trace against 0.4)."""
 
     margin: float = 0.2
     window_s: float = 1.0
@@ -505,6 +506,7 @@ class Hysteresis:
     _fitting: dict[Configuration, float] = field(default_factory=dict, repr=False)
     _pending: Configuration | None = field(default=None, repr=False)
     _chosen_with: tuple[float, ...] | None = field(default=None, repr=False)  # the weights when the current configuration was chosen
+    _back_since: dict[int, float] = field(default_factory=dict, repr=False)  # modality index -> since when it has been back, without a break
     _full: dict[int, float] = field(default_factory=dict, repr=False)  # each modality's largest weight seen
 
     @property
@@ -528,14 +530,16 @@ class Hysteresis:
     def _wait_no_more(self) -> None:
         self._fitting, self._pending = {}, None
 
-    def state(self) -> tuple[dict[Configuration, float], Configuration | None]:
-        """What the windows are (a snapshot: `choose` replaces the table, never changes it in place)."""
-        return self._fitting, self._pending
+    def state(self) -> tuple[Any, ...]:
+        """What the windows are, and the weights the configuration in force was chosen with (a
+        snapshot: `choose` replaces each, never changes one in place)."""
+        return self._fitting, self._pending, self._chosen_with, self._back_since
 
-    def restore(self, state: tuple[dict[Configuration, float], Configuration | None]) -> None:
+    def restore(self, state: tuple[Any, ...]) -> None:
         """Put back a `state()`: a switch `choose` picked that has not landed (its sessions load)
-        leaves the windows as they were, so that a decision meanwhile does not start them again."""
-        self._fitting, self._pending = state
+        leaves the windows as they were, so that a decision meanwhile does not start them again,
+        nor takes an input that came back for one that was always there."""
+        self._fitting, self._pending, self._chosen_with, self._back_since = state
 
     def choose(
         self, now: float, current: Decision | None, allocator: Allocator, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset()
@@ -545,11 +549,11 @@ class Hysteresis:
             self._full[i] = max(self._full.get(i, 0.0), w)
         decision, why = self._choose(now, current, allocator, budget, weights, exclude)
         if current is not None and decision.config == current.config and self._chosen_with is not None and len(self._chosen_with) == len(weights):
-            back = [
-                allocator.table.modalities[i]
-                for i, (was, w) in enumerate(zip(self._chosen_with, weights))
-                if was <= BACK_FROM * self._full[i] and 0 < w and w >= BACK_AT * self._full[i]
-            ]
+            returning = {
+                i for i, (was, w) in enumerate(zip(self._chosen_with, weights)) if was <= BACK_FROM * self._full[i] and 0 < w and w >= BACK_AT * self._full[i]
+            }
+            self._back_since = {i: self._back_since.get(i, now) for i in returning}  # (a new table: `state` holds the old one)
+            back = [allocator.table.modalities[i] for i, since in self._back_since.items() if now - since >= self.window_s]
             best = allocator.solve(budget, weights, exclude) if back else None
             if (
                 best is not None
@@ -561,7 +565,7 @@ class Hysteresis:
                 self._wait_no_more()
                 decision, why = best, f"recover at once: {', '.join(back)} came back"
         if current is None or decision.config != current.config or self._chosen_with is None:
-            self._chosen_with = weights
+            self._chosen_with, self._back_since = weights, {}
         return decision, why
 
     def _choose(

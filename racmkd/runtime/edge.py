@@ -735,10 +735,11 @@ class EdgeRuntime:
             raise NoVariantError(f"no usable input: this runtime needs {' and/or '.join(self.modalities)}" + "".join(f"; {w}" for w in why))
         if self.pinned is None and any(self.quality[m] != q for m, q in quality.items()):  # equal: the running averages stay where they are
             self._observe_quality(quality)
-        # A bad input the answer would have used (an overexposed frame, a NaN sample): said in the
-        # answer. Refused as the request's error, every request failed while the configuration used
-        # it, and answered when the load had moved the runtime off it: a failure by the CPU's load.
-        fallbacks = [f"{m} input passed over ({err})" for m, err in refused if m in using]
+        # A bad input (an overexposed frame, a NaN sample): said in every answer it was read for, so
+        # that the client learns it (once the runtime had moved off it, its answers said nothing).
+        # Refused as the request's error, every request failed while the configuration used it,
+        # and answered when the load had moved the runtime off it: a failure by the CPU's load.
+        fallbacks = [f"{m} input passed over ({err})" for m, err in refused]
         if self.failed:  # (rare: a variant excluded since the configuration was chosen answers nothing)
             failed = dict(self.failed)  # (a copy: another request's retry may take an entry out meanwhile)
             fallbacks += [f"{v.id} excluded ({failed[v.id]}): answered without it" for v in config if v is not None and v.id in failed]
@@ -776,6 +777,12 @@ class EdgeRuntime:
                             f"{', '.join(blamed_inputs)}: the input makes the model compute non-finite logits (it answers a blank input finitely): check the input's values"
                         )
                     fallbacks += [f"{m} input passed over (it makes the model compute non-finite logits)" for m in blamed_inputs]
+                    for m in blamed_inputs:  # dead, as a refused one (its quality counted alive when it was read)
+                        if m not in self._refused:
+                            log.warning("input %s makes the model compute non-finite logits: counted as dead, answered from the others while they can", m)
+                        self._refused.add(m)
+                    if self.pinned is None:
+                        self._observe_quality({m: 0.0 for m in blamed_inputs})
                     continue  # answered from the other inputs
                 for v in damaged:  # weights that compute NaN: excluded for good, not an answer
                     self._fail(v, "computed non-finite logits", for_good=True)
