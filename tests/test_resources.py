@@ -1169,6 +1169,7 @@ def test_an_input_back_after_an_outage_is_taken_up_at_once_but_not_one_that_flic
         assert current.config == (image, None), weight
     current, _ = hysteresis.choose(9.0, current, allocator, tight, (1.0, 0.9))  # live again: back for a window first
     assert current.config == (image, None)
+    assert not hysteresis.due(9.5) and hysteresis.due(10.0)  # its window over: a decision is due (a steady device brings none)
     before = hysteresis.state()
     chosen, why = hysteresis.choose(10.0, current, allocator, tight, (1.0, 0.95))
     assert chosen.config == (None, audio) and why == "recover at once: audio came back"
@@ -1176,6 +1177,14 @@ def test_an_input_back_after_an_outage_is_taken_up_at_once_but_not_one_that_flic
     chosen, why = hysteresis.choose(10.1, current, allocator, tight, (1.0, 0.95))
     assert chosen.config == (None, audio) and why == "recover at once: audio came back"
     assert hysteresis.choose(60.0, chosen, allocator, tight, (1.0, 1.0))[0].config == (None, audio)
+    # Back, but nothing better fits: weighed once, not at every request after.
+    held = Hysteresis(margin=0.2, window_s=1.0)
+    on_image, _ = held.choose(0.0, None, allocator, tight, (1.0, 1.0))
+    on_image, _ = held.choose(1.0, on_image, allocator, tight, (1.0, 0.6))
+    small = Budget(latency_ms=0.15)  # audio does not fit
+    for t in (2.0, 3.5):
+        on_image, _ = held.choose(t, on_image, allocator, small, (1.0, 1.0))
+    assert on_image.config == (image, None) and not held.due(4.0)
 
 
 def test_a_better_cheaper_configuration_is_taken_at_once_though_it_holds_more_of_plentiful_memory() -> None:

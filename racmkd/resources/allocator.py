@@ -507,6 +507,7 @@ class Hysteresis:
     _pending: Configuration | None = field(default=None, repr=False)
     _chosen_with: tuple[float, ...] | None = field(default=None, repr=False)  # the weights when the current configuration was chosen
     _back_since: dict[int, float] = field(default_factory=dict, repr=False)  # modality index -> since when it has been back, without a break
+    _back_tried: bool = field(default=False, repr=False)  # whether a decision has weighed the inputs back since their window ended
     _full: dict[int, float] = field(default_factory=dict, repr=False)  # each modality's largest weight seen
 
     @property
@@ -524,7 +525,9 @@ class Hysteresis:
     def due(self, now: float) -> bool:
         """Whether a better configuration has waited out its window (the runtime then re-plans, even
         if no new reading came: steady readings notify nobody)."""
-        fitting = self._fitting  # (read once: another thread's decision may replace it meanwhile; it is never changed in place)
+        fitting, back = self._fitting, self._back_since  # (read once: another thread's decision may replace them meanwhile; neither is changed in place)
+        if back and not self._back_tried and now - min(back.values()) >= self.window_s:
+            return True  # an input back for its window: weighed once (a steady device brings no other decision)
         return bool(fitting) and now - min(fitting.values()) >= self.window_s
 
     def _wait_no_more(self) -> None:
@@ -533,13 +536,13 @@ class Hysteresis:
     def state(self) -> tuple[Any, ...]:
         """What the windows are, and the weights the configuration in force was chosen with (a
         snapshot: `choose` replaces each, never changes one in place)."""
-        return self._fitting, self._pending, self._chosen_with, self._back_since
+        return self._fitting, self._pending, self._chosen_with, self._back_since, self._back_tried
 
     def restore(self, state: tuple[Any, ...]) -> None:
         """Put back a `state()`: a switch `choose` picked that has not landed (its sessions load)
         leaves the windows as they were, so that a decision meanwhile does not start them again,
         nor takes an input that came back for one that was always there."""
-        self._fitting, self._pending, self._chosen_with, self._back_since = state
+        self._fitting, self._pending, self._chosen_with, self._back_since, self._back_tried = state
 
     def choose(
         self, now: float, current: Decision | None, allocator: Allocator, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset()
@@ -552,8 +555,11 @@ class Hysteresis:
             returning = {
                 i for i, (was, w) in enumerate(zip(self._chosen_with, weights)) if was <= BACK_FROM * self._full[i] and 0 < w and w >= BACK_AT * self._full[i]
             }
+            if returning != self._back_since.keys():
+                self._back_tried = False
             self._back_since = {i: self._back_since.get(i, now) for i in returning}  # (a new table: `state` holds the old one)
             back = [allocator.table.modalities[i] for i, since in self._back_since.items() if now - since >= self.window_s]
+            self._back_tried = self._back_tried or bool(back)
             best = allocator.solve(budget, weights, exclude) if back else None
             if (
                 best is not None
@@ -565,7 +571,7 @@ class Hysteresis:
                 self._wait_no_more()
                 decision, why = best, f"recover at once: {', '.join(back)} came back"
         if current is None or decision.config != current.config or self._chosen_with is None:
-            self._chosen_with, self._back_since = weights, {}
+            self._chosen_with, self._back_since, self._back_tried = weights, {}, False
         return decision, why
 
     def _choose(
