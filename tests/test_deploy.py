@@ -2284,6 +2284,26 @@ def test_an_edge_whose_every_variant_fails_answers_503_not_a_client_error(tiny_r
         service.close()
 
 
+def test_an_edge_counts_the_bad_inputs_it_passed_over_in_its_metrics(tiny_run: Path, tiny_dataset, bank_dir: Path) -> None:  # noqa: ANN001
+    """A faulty sensor on one device of a fleet: its answers say an input was passed over, and
+    /metrics counts them by modality (nothing else did)."""
+    import torch
+
+    cfg = load_config(tiny_run / "config.yaml")
+    service = EdgeService(cfg, tiny_run, cfg.serve)
+    try:
+        raw = tiny_dataset.raw_batch("test", torch.tensor([0]))
+        overexposed = np.full((28, 28), 230, dtype=np.uint8)
+        overexposed[10:18, 10:18] = 255
+        for _ in range(3):  # (as the runtime sees them: a sensor read on the device, past the server's checks)
+            answer = service.engine.runtime.predict(image=overexposed, audio=raw["audio"][0].numpy())
+            assert any(f.startswith("image input passed over") for f in answer.fallbacks)
+        metrics = TestClient(create_app(service, cfg.serve, token=None)).get("/metrics").text
+        assert 'racmkd_inputs_passed_over{modality="image"} 3.0' in metrics, metrics
+    finally:
+        service.close()
+
+
 def test_a_busy_fog_says_so_at_once_instead_of_answering_too_late(tiny_run: Path, tiny_dataset) -> None:  # noqa: ANN001
     """Requests queued for worker threads without a bound: a fog under 200 edges that give up after
     250 ms answered none in time. Past serve.max_waiting it answers 503 at once (an edge then

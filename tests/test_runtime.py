@@ -1849,6 +1849,7 @@ def test_a_faulty_sensor_the_configuration_uses_is_passed_over_while_the_other_i
     assert all(a.variants and all(v.endswith("/audio") for v in a.variants) for a in answers)
     assert runtime.quality["image"] < 0.05
     assert all("image input passed over" in " ".join(a.fallbacks) for a in answers)  # every answer says so (once off the image, they said nothing)
+    assert runtime.state()["inputs_passed_over"] == {"image": 40}  # (counted for /metrics)
     assert np.mean([a.label == y for a, y in zip(answers, labels[:40])]) > 0.25  # answered from the audio (the tiny run's: chance is 0.1)
     with pytest.raises(ValueError, match="image"):  # alone, the bad input is the request's error
         runtime.predict(image=overexposed)

@@ -1012,6 +1012,12 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
     )
     variant = Gauge("racmkd_variant", "1 for the configuration being served", ["variant"], registry=registry)
     breaker = Gauge("racmkd_upstream_open", "1 when an upstream's circuit breaker is open", ["upstream"], registry=registry)
+    passed_over = Gauge(
+        "racmkd_inputs_passed_over",
+        "Bad inputs passed over since the runtime started (counted as dead, the answer from the others; each answer says so), by modality",
+        ["modality"],
+        registry=registry,
+    )
     readings_help = {
         "racmkd_cpu_percent": "CPU load the monitor plans with",
         "racmkd_memory_available_bytes": "Free memory the monitor plans with",
@@ -1189,6 +1195,8 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
             export_reading("racmkd_telemetry_buffered", (info.get("telemetry") or {}).get("buffered"))
             for up in info.get("upstreams", []):
                 breaker.labels(up["name"]).set(1.0 if up["breaker"] == "open" else 0.0)
+            for modality, count in (state.get("inputs_passed_over") or {}).items():  # (a faulty sensor on one device of a fleet)
+                passed_over.labels(modality).set(count)
             exposition = generate_latest(registry)
         return Response(exposition, media_type=CONTENT_TYPE_LATEST)
 

@@ -45,7 +45,7 @@ import math
 import threading
 import time
 from pathlib import Path
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,7 +176,8 @@ class EdgeRuntime:
             for m in self.table.modalities
         }
         self.quality = {m: 1.0 for m in self.table.modalities}
-        self._refused: set[str] = set()  # unused inputs refused as bad (warned once), see infer
+        self._refused: set[str] = set()  # inputs refused as bad (warned once), see infer
+        self.inputs_passed_over: Counter[str] = Counter()  # bad inputs passed over since the start, by modality (state(), /metrics)
         self.failed: dict[str, str] = {
             v.id: f"its file could not be read: {bank.damaged.get(v.id, 'no input spec')}" for v in self.table.variants if bank.specs.get(v.id) is None
         }
@@ -740,6 +741,9 @@ class EdgeRuntime:
         # Refused as the request's error, every request failed while the configuration used it,
         # and answered when the load had moved the runtime off it: a failure by the CPU's load.
         fallbacks = [f"{m} input passed over ({err})" for m, err in refused]
+        if refused:
+            with self._lock:
+                self.inputs_passed_over.update(m for m, _ in refused)
         if self.failed:  # (rare: a variant excluded since the configuration was chosen answers nothing)
             failed = dict(self.failed)  # (a copy: another request's retry may take an entry out meanwhile)
             fallbacks += [f"{v.id} excluded ({failed[v.id]}): answered without it" for v in config if v is not None and v.id in failed]
@@ -777,6 +781,8 @@ class EdgeRuntime:
                             f"{', '.join(blamed_inputs)}: the input makes the model compute non-finite logits (it answers a blank input finitely): check the input's values"
                         )
                     fallbacks += [f"{m} input passed over (it makes the model compute non-finite logits)" for m in blamed_inputs]
+                    with self._lock:
+                        self.inputs_passed_over.update(blamed_inputs)
                     for m in blamed_inputs:  # dead, as a refused one (its quality counted alive when it was read)
                         if m not in self._refused:
                             log.warning("input %s makes the model compute non-finite logits: counted as dead, answered from the others while they can", m)
@@ -915,6 +921,7 @@ class EdgeRuntime:
             "deadline_risk": self._risk_state(),
             "overhead_ms": self.overhead_ms,
             "quality": dict(self.quality),
+            "inputs_passed_over": dict(self.inputs_passed_over),
             "failed": dict(self.failed),
             "loaded": self.loaded(),
             "resources": reading,
