@@ -85,12 +85,7 @@ def replacing(path: Path, mode: int | None = None) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with suppress(OSError):  # (tidying: a folder that cannot be listed fails the write below, if at all)
         remove_stale_work(path.parent, path.name, suffix=".tmp")
-    try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
-    except OSError as err:  # (named the temporary file, which the caller never asked for)
-        raise OSError(err.errno, f"cannot write a file there ({err.strerror})", str(path)) from None
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _temporary_file(path)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -101,6 +96,18 @@ def replacing(path: Path, mode: int | None = None) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_folder(path.parent)  # the rename itself reaches the disk with the folder's entry
+
+
+def _temporary_file(path: Path) -> Path:
+    """An empty temporary file beside `path`, named by `temporary_prefix`; a failure names `path`
+    (the temporary file's name is no one's to know; a bare "[Errno 28] No space left on device"
+    named nothing)."""
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write a file there ({err.strerror})", str(path)) from None
+    os.close(fd)
+    return Path(name)
 
 
 def temporary_prefix(path: Path) -> str:
@@ -135,12 +142,7 @@ def write_new(path: Path, data: bytes, mode: int | None = None) -> None:
     both take the name."""
     path = Path(path)
     remove_stale_work(path.parent, path.name, suffix=".tmp")
-    try:
-        handle, name = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
-    except OSError as err:  # (a bare "[Errno 28] No space left on device" named no file)
-        raise OSError(err.errno, f"cannot write a file there ({err.strerror})", str(path)) from None
-    os.close(handle)
-    tmp = Path(name)
+    tmp = _temporary_file(path)
     try:
         try:
             tmp.write_bytes(data)  # (as every atomic write: through Path.write_bytes)

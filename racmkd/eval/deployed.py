@@ -67,20 +67,20 @@ def deploy(cfg: RunConfig, dataset: PairedDataset, run_dir: Path, name: str, out
         folder (`cp -a`) they named the original's files (measured instead, or the row lost)."""
         return out_dir / Path(result[key]["path"]).name
 
-    commit = git_commit()
+    commit, source = git_commit(), checkpoint(run_dir, name)
     stale = (
         result is None
         or not isinstance(result.get("fp32"), dict)
         or not isinstance(result["fp32"].get("path"), str)
         or not exported("fp32").is_file()
-        or not checkpoint(run_dir, name).is_file()  # (gone: the export says why, not a leftover file measured)
-        or not same_source(checkpoint(run_dir, name), result.get("source_sha256"), exported("fp32"))
+        or not source.is_file()  # (gone: the export says why, not a leftover file measured)
+        or not same_source(source, result.get("source_sha256"), exported("fp32"))
     )  # retrained since
     if stale or result.get("commit") != commit or not committed(commit) or (int8 and "int8" not in result):
         result = export_model(cfg, dataset, run_dir, name, out_dir, int8=int8)
     key = "int8" if int8 else "fp32"
     label = name if compressed or not (folder / "compression.json").is_file() else f"{name}_fp32"
-    return Deployed(label, exported(key), checkpoint(run_dir, name), f"onnx-{key}")
+    return Deployed(label, exported(key), source, f"onnx-{key}")
 
 
 def twin(run_dir: Path, name: str) -> Path:

@@ -822,11 +822,15 @@ def render(result: dict[str, Any], plots: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def _heading(title: str, intro: str) -> list[str]:
+    """A section's heading and its opening paragraph, as markdown lines."""
+    return ["", f"## {title}", "", intro, ""]
+
+
 def _table_66_md(protocol: str, section: dict[str, Any]) -> list[str]:
     """Table 6.6 of one protocol: every model's accuracy and costs, the targets, the seed paper's figures beside ours, the Pareto fronts."""
-    lines: list[str] = []
     rows = section["table_66"]
-    lines += ["", f"## Table 6.6: comparison with existing approaches ({protocol})", "", f"Runs: {', '.join(section['runs'])}.", ""]
+    lines = _heading(f"Table 6.6: comparison with existing approaches ({protocol})", f"Runs: {', '.join(section['runs'])}.")
     lines += [
         "| model | accuracy | macro-F1 | AUC-ROC | retention | params | deployable | peak memory | FLOPs | latency p50 / p95 | energy (est.) | format |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -859,70 +863,62 @@ def _table_66_md(protocol: str, section: dict[str, Any]) -> list[str]:
 
 def _table_67_md(protocol: str, section: dict[str, Any]) -> list[str]:
     """Table 6.7 of one protocol: each trace's replay, per resource level and per policy."""
-    lines: list[str] = []
-    if "table_67" in section:
-        for trace, replay in section["table_67"].items():
-            lines += [
-                "",
-                f"## Table 6.7: performance under dynamic resource constraints ({protocol}, trace '{trace}')",
-                "",
-                f"{replay['requests']} requests replayed by the edge runtime; latency target {replay['latency_target_ms']} ms; latency model: {replay['latency_model']}. SLO-accuracy: answered correctly within the target.",
-                "",
-            ]
-            from racmkd.runtime.simulate import replay_markdown
+    from racmkd.runtime.simulate import replay_markdown
 
-            lines += replay_markdown(replay)
-            lines += _levels_side_by_side(replay)
+    lines: list[str] = []
+    for trace, replay in section.get("table_67", {}).items():
+        lines += _heading(
+            f"Table 6.7: performance under dynamic resource constraints ({protocol}, trace '{trace}')",
+            f"{replay['requests']} requests replayed by the edge runtime; latency target {replay['latency_target_ms']} ms; latency model: {replay['latency_model']}. SLO-accuracy: answered correctly within the target.",
+        )
+        lines += replay_markdown(replay) + _levels_side_by_side(replay)
     return lines
 
 
 def _table_68_md(protocol: str, section: dict[str, Any]) -> list[str]:
     """Table 6.8 of one protocol: the ablation, one component added per row."""
-    lines: list[str] = []
-    if "table_68" in section:
-        lines += [
-            "",
-            f"## Table 6.8: ablation, edge deployment ({protocol})",
-            "",
-            "Each row adds one component to the row above, on the high tier. A component helps accuracy when its gain exceeds the seed spread; the dynamic rows compare SLO-accuracy under a trace with the static high tier, and help when the gain exceeds twice its standard error over the replay's requests.",
-            "",
-        ]
-        lines += [
-            "| configuration | accuracy | change | helps accuracy | memory | deployable | latency p50 | energy (est.) |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in section["table_68"]:
-            if r["model"] == "runtime":
-                no_static = "no static high policy in the bank to compare with"
-                change = f"{r['slo_gain']:+.4f} (noise {r['slo_noise']:.4f})" if r.get("slo_gain") is not None else no_static
-                helps = _verdict(r["helps_accuracy"])
-                memory = (
-                    f"{human_bytes(r['memory_bytes'])} held"
-                    + (f" (static high {human_bytes(r['memory_bytes_static_high'])})" if r["memory_bytes_static_high"] else "")
-                    + ", the bank's figures"
-                )
-                energy = (
-                    "none answered"
-                    if r["energy_mj_estimated"] is None
-                    else f"{r['energy_mj_estimated']:.4f} mJ"
-                    + (f" (static high {r['energy_mj_estimated_static_high']:.4f})" if r["energy_mj_estimated_static_high"] is not None else "")
-                )
-                lines.append(
-                    f"| {r['row']} | SLO-accuracy {r['slo_accuracy']:.4f} (static high {_acc(r['slo_accuracy_static_high'])}) | {change} | {helps} | {memory} | | {r['latency_ms_p50']:.2f} ms (static high {_ms(r['latency_ms_p50_static_high'])}) | {energy} |"
-                )
-            elif "not_produced" in r:
-                lines.append(f"| {r['row']} | not produced: {r['not_produced']} | | | | | | |")
-            else:
-                spread = "no spread: one seed" if r.get("spread") is None else f"spread {r['spread']:.4f}"
-                change = (
-                    f"{r['accuracy_change']:+.4f} ({spread}); memory / {r['memory_ratio']:.2f}, latency / {r['latency_ratio']:.2f}"
-                    if "accuracy_change" in r
-                    else ""
-                )
-                helps = _verdict(r["helps_accuracy"]) if "helps_accuracy" in r else ""
-                lines.append(
-                    f"| {r['row']} | {mean_pm(r['accuracy'])} | {change} | {helps} | {human_bytes(r['memory_bytes'])} | {human_bytes(r['bytes_deployable'])} | {r['latency_ms_p50']:.3f} ms | {r['energy_mj_estimated']:.4f} mJ |"
-                )
+    if "table_68" not in section:
+        return []
+    lines = _heading(
+        f"Table 6.8: ablation, edge deployment ({protocol})",
+        "Each row adds one component to the row above, on the high tier. A component helps accuracy when its gain exceeds the seed spread; the dynamic rows compare SLO-accuracy under a trace with the static high tier, and help when the gain exceeds twice its standard error over the replay's requests.",
+    )
+    lines += [
+        "| configuration | accuracy | change | helps accuracy | memory | deployable | latency p50 | energy (est.) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in section["table_68"]:
+        if r["model"] == "runtime":
+            no_static = "no static high policy in the bank to compare with"
+            change = f"{r['slo_gain']:+.4f} (noise {r['slo_noise']:.4f})" if r.get("slo_gain") is not None else no_static
+            helps = _verdict(r["helps_accuracy"])
+            memory = (
+                f"{human_bytes(r['memory_bytes'])} held"
+                + (f" (static high {human_bytes(r['memory_bytes_static_high'])})" if r["memory_bytes_static_high"] else "")
+                + ", the bank's figures"
+            )
+            energy = (
+                "none answered"
+                if r["energy_mj_estimated"] is None
+                else f"{r['energy_mj_estimated']:.4f} mJ"
+                + (f" (static high {r['energy_mj_estimated_static_high']:.4f})" if r["energy_mj_estimated_static_high"] is not None else "")
+            )
+            lines.append(
+                f"| {r['row']} | SLO-accuracy {r['slo_accuracy']:.4f} (static high {_acc(r['slo_accuracy_static_high'])}) | {change} | {helps} | {memory} | | {r['latency_ms_p50']:.2f} ms (static high {_ms(r['latency_ms_p50_static_high'])}) | {energy} |"
+            )
+        elif "not_produced" in r:
+            lines.append(f"| {r['row']} | not produced: {r['not_produced']} | | | | | | |")
+        else:
+            spread = "no spread: one seed" if r.get("spread") is None else f"spread {r['spread']:.4f}"
+            change = (
+                f"{r['accuracy_change']:+.4f} ({spread}); memory / {r['memory_ratio']:.2f}, latency / {r['latency_ratio']:.2f}"
+                if "accuracy_change" in r
+                else ""
+            )
+            helps = _verdict(r["helps_accuracy"]) if "helps_accuracy" in r else ""
+            lines.append(
+                f"| {r['row']} | {mean_pm(r['accuracy'])} | {change} | {helps} | {human_bytes(r['memory_bytes'])} | {human_bytes(r['bytes_deployable'])} | {r['latency_ms_p50']:.3f} ms | {r['energy_mj_estimated']:.4f} mJ |"
+            )
     return lines
 
 
@@ -940,14 +936,12 @@ def _robustness_md(protocol: str, section: dict[str, Any]) -> list[str]:
         levels = {m: sorted({k for r in rob.values() for k in r["degraded"].get(m, {})}, key=float) for m in degradations}
         withheld = list(next(iter(rob.values()))["missing"])
         what = "; ".join(f"{m}: {d['what']}" for m, d in degradations.items())
-        lines += [
-            "",
-            f"## Robustness ({protocol}): accuracy under acquisition noise (the seed's eq. 25)",
-            "",
+        lines += _heading(
+            f"Robustness ({protocol}): accuracy under acquisition noise (the seed's eq. 25)",
             f"Each modality degraded on its own ({what}), and each modality missing; PyTorch models, test split: each row's deployed weights (a racmkd tier's compressed model), in float arithmetic (the TinyML row's fp32 twin, not its int8 rounding).",
-        ]
+        )
         headings = [f"{m} {degradations[m]['column'].format(level=level)}" for m in levels for level in levels[m]] + [f"without {m}" for m in withheld]
-        lines += ["", "| model | " + " | ".join(headings) + " |", "|---|" + "---|" * len(headings)]
+        lines += ["| model | " + " | ".join(headings) + " |", "|---|" + "---|" * len(headings)]
         for name, r in rob.items():
             cells = [_acc(r["degraded"].get(m, {}).get(level)) for m in levels for level in levels[m]] + [_acc(v) for v in r["missing"].values()]
             lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
@@ -957,18 +951,15 @@ def _robustness_md(protocol: str, section: dict[str, Any]) -> list[str]:
 
 def _transfer_md(protocol: str, section: dict[str, Any]) -> list[str]:
     """Cross-modal transfer of one protocol: the same student taught three ways."""
-    lines: list[str] = []
-    if "transfer" in section:
-        lines += [
-            "",
-            f"## Cross-modal transfer ({protocol})",
-            "",
-            "Students of the high tier's resolution and depth, widest within its budget, each trained three ways with the same recipe. Cross-modal KD: from the fused image + audio teacher; unimodal KD: from the teacher of the student's own modality. n/a: for image+audio unimodal KD, no single-modality teacher sees what the student sees; elsewhere, that student was not trained (its checkpoint is missing).",
-            "",
-        ]
-        lines += ["| student sees | cross-modal KD | unimodal KD | labels only |", "|---|---|---|---|"]
-        for mods, r in section["transfer"].items():
-            lines.append(f"| {mods} | {_acc(r['crossmodal_kd'])} | {_acc(r['unimodal_kd'])} | {_acc(r['labels_only'])} |")
+    if "transfer" not in section:
+        return []
+    lines = _heading(
+        f"Cross-modal transfer ({protocol})",
+        "Students of the high tier's resolution and depth, widest within its budget, each trained three ways with the same recipe. Cross-modal KD: from the fused image + audio teacher; unimodal KD: from the teacher of the student's own modality. n/a: for image+audio unimodal KD, no single-modality teacher sees what the student sees; elsewhere, that student was not trained (its checkpoint is missing).",
+    )
+    lines += ["| student sees | cross-modal KD | unimodal KD | labels only |", "|---|---|---|---|"]
+    for mods, r in section["transfer"].items():
+        lines.append(f"| {mods} | {_acc(r['crossmodal_kd'])} | {_acc(r['unimodal_kd'])} | {_acc(r['labels_only'])} |")
     return lines
 
 
@@ -976,13 +967,10 @@ def _cost_growth_md(protocol: str, section: dict[str, Any]) -> list[str]:
     """Cost growth of one protocol: how latency and memory grow with batch and input size (or why not measured)."""
     lines: list[str] = []
     if "cost_growth" in section:
-        lines += [
-            "",
-            f"## Cost growth ({protocol})",
-            "",
+        lines += _heading(
+            f"Cost growth ({protocol})",
             "PyTorch, one thread, every point of a model timed in turn over several rounds. Exponent: slope of log cost against log batch size, or against log input values (every input side scaled). Each call also pays a fixed cost (eager dispatch, the same for any input): where it dominates, small students at batch 1, the latency exponent stays near 0, which says the model is overhead-bound, not that its arithmetic does not grow.",
-            "",
-        ]
+        )
         lines += ["| model | latency ~ batch^k | memory ~ batch^k | latency ~ input^k | memory ~ input^k |", "|---|---|---|---|---|"]
         for name, r in section["cost_growth"].items():
             k = [r[f"exponent_{what}"] for what in ("latency_vs_batch", "memory_vs_batch", "latency_vs_input", "memory_vs_input")]

@@ -347,11 +347,12 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray, fa
             configurations.append((name, config_costs(chosen).typical_ms + overhead, (total.argmax(1) == labels)[rows], accuracy[combo], reads))
     configurations.sort(key=lambda c: (-c[3], c[1]))  # the most accurate first, the cheaper of a tie
     duration = max(trace.duration, 1e-9)
-    readings = [trace.at(i * duration / len(rows)) for i in range(len(rows))]
+    times = np.arange(len(rows)) * duration / len(rows)  # each request's trace time, as `replay` spreads them
+    readings = [trace.at(float(t)) for t in times]
     slowdown = np.array([budget_for(r, config).slowdown for r in readings])
     in_time = np.array([c[1] for c in configurations])[:, None] * slowdown[None, :] <= config.latency_target_ms  # configuration x request
     for outage in outages:  # a configuration that reads a taken input answers nothing then
-        taken = np.array([outage.covers(i * duration / len(rows)) for i in range(len(rows))])
+        taken = (times >= outage.start_s) & (times < outage.end_s)  # (`Outage.covers`)
         for c, configuration in enumerate(configurations):
             if outage.modality in configuration[4]:
                 in_time[c] &= ~taken
