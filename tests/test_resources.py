@@ -911,45 +911,67 @@ def random_table(rng: random.Random, modalities: tuple[str, ...] = ("image", "au
 
 
 def reference_best(
-    table: ProfileTable, budget: Budget, weights: tuple[float, ...], critical: dict[str, str], ratios: list[float] | None = None, overhead_ms: float = 0.0
-) -> float | None:
-    """Written apart from the allocator: try every configuration, score it by summing over which
-    inputs turn out usable, keep the best within budget. With `ratios` (observed / predicted latency
-    of past requests), the SLO objective: the score times the share of past ratios under which the
-    configuration would have met its latency budget; memory and energy stay hard."""
+    table: ProfileTable,
+    budget: Budget,
+    weights: tuple[float, ...],
+    critical: dict[str, str],
+    ratios: list[float] | None = None,
+    overhead_ms: float = 0.0,
+    available: frozenset[str] | None = None,
+) -> tuple[float, tuple] | None:
+    """Written apart from the allocator: try every configuration that uses only the `available`
+    inputs, score it by summing over which of them turn out usable, keep the best within budget
+    (its worth and itself). When none the configuration uses is usable but others are, the request
+    is answered by the best configuration over those (found the same way), at its accuracy with all
+    of them. With `ratios` (observed / predicted latency of past requests), the SLO objective: each
+    answer's accuracy times the share of past ratios under which its configuration would have met
+    its latency budget; memory and energy stay hard."""
     mods = table.modalities
+    available = frozenset(mods) if available is None else available
+    there = [m for m in mods if m in available]
 
-    def expected(config: tuple) -> float:
-        active = [i for i, v in enumerate(config) if v is not None]
+    def in_time(config: tuple) -> float:
+        latency = sum(v.latency_ms for v in config if v)
+        if ratios is None:
+            return float(latency <= budget.latency_ms)
+        return sum(r * (latency + overhead_ms) <= budget.latency_ms + overhead_ms for r in ratios) / len(ratios)
+
+    def worth(config: tuple) -> float:
+        active = {m for m, v in zip(mods, config) if v is not None}
         total = 0.0
-        for pattern in itertools.product([False, True], repeat=len(active)):
-            present = {mods[i] for i, bit in zip(active, pattern) if bit}
-            chance = math.prod(weights[i] if bit else 1 - weights[i] for i, bit in zip(active, pattern))
-            if present:
-                total += chance * table.accuracy[tuple(v.tier if v is not None and m in present else None for m, v in zip(mods, config))]
+        for pattern in itertools.product([False, True], repeat=len(there)):
+            usable = frozenset(m for m, bit in zip(there, pattern) if bit)
+            chance = math.prod(weights[mods.index(m)] if bit else 1 - weights[mods.index(m)] for m, bit in zip(there, pattern))
+            if chance == 0 or not usable:
+                continue
+            if usable & active:
+                total += chance * table.accuracy[tuple(v.tier if v is not None and m in usable else None for m, v in zip(mods, config))] * in_time(config)
+            else:  # answered from the others
+                other = reference_best(table, budget, weights, critical, ratios, overhead_ms, usable)
+                if other is not None:
+                    answer = other[1]
+                    total += chance * table.accuracy[tuple(v.tier if v is not None else None for v in answer)] * in_time(answer)
         return total
 
-    def meets(config: tuple) -> bool:  # a critical modality whose input is dead (weight 0) binds nothing
+    def meets(config: tuple) -> bool:  # a critical modality whose input is dead (weight 0) or not there binds nothing
         return all(
             config[mods.index(m)] is not None and TIERS.index(config[mods.index(m)].tier) <= TIERS.index(t)
             for m, t in critical.items()
-            if weights[mods.index(m)] > 0
+            if weights[mods.index(m)] > 0 and m in available
         )
 
-    configs = [c for c in itertools.product(*([None, *(v for v in table.variants if v.modality == m)] for m in mods)) if any(c) and meets(c)]
+    options = [[None, *(v for v in table.variants if v.modality == m)] if m in available else [None] for m in mods]
+    configs = [c for c in itertools.product(*options) if any(c) and meets(c)]
     worthwhile = [c for c in configs if all(v is None or weights[i] > 0 for i, v in enumerate(c))]
     within = [
         c
         for c in (worthwhile or configs)
-        if sum(v.memory_bytes for v in c if v) <= budget.memory_bytes and sum(v.energy_mj for v in c if v) <= budget.energy_mj
+        if sum(v.memory_bytes for v in c if v) <= budget.memory_bytes and sum(v.energy_mj for v in c if v) <= budget.energy_mj and in_time(c) > 0
     ]
-    if ratios is None:
-        return max((expected(c) for c in within if sum(v.latency_ms for v in c if v) <= budget.latency_ms), default=None)
-    scores = [
-        expected(c) * sum(r * (sum(v.latency_ms for v in c if v) + overhead_ms) <= budget.latency_ms + overhead_ms for r in ratios) / len(ratios)
-        for c in within
-    ]
-    return max((x for x in scores if x > 0), default=None)
+    scored = [(worth(c), c) for c in within]
+    if ratios is not None:
+        scored = [(x, c) for x, c in scored if x > 0]
+    return max(scored, key=lambda xc: xc[0], default=None)
 
 
 @pytest.mark.parametrize("objective", ["accuracy", "slo"])
@@ -983,7 +1005,8 @@ def test_allocator_is_optimal_against_brute_force(objective: str) -> None:
                 continue
             checked += 1
             assert decision.feasible and decision.costs.fits(budget, resources=("memory_bytes", "energy_mj") if risk else RESOURCES)
-            assert decision.utility == pytest.approx(best, abs=1e-9)
+            assert decision.utility == pytest.approx(best[0], abs=1e-9)
+            assert allocator.evaluate(decision.config, budget, weights) == (pytest.approx(best[0], abs=1e-9), True)
             for m, tier in critical.items():
                 chosen = decision.config[table.modalities.index(m)]
                 assert weights[table.modalities.index(m)] == 0 or (chosen is not None and TIERS.index(chosen.tier) <= TIERS.index(tier))
@@ -1149,6 +1172,31 @@ def test_a_critical_modality_whose_input_comes_back_is_taken_up_at_once() -> Non
     assert hysteresis.choose(60.0, current, allocator, tight, (1.0, 1.0))[0].config == (None, audio)
 
 
+@pytest.mark.parametrize("objective", ["accuracy", "slo"])
+def test_a_configuration_is_worth_the_answers_of_the_other_inputs_while_its_own_are_dead(objective: str) -> None:
+    """When none of a configuration's inputs is usable, the runtime answers from the other inputs
+    (EdgeRuntime.infer): audio-only with a microphone silent half the time is worth the audio's
+    accuracy half the time and the image's the other half, more than image-only; counted as
+    unanswered, it was worth half the audio's and lost to image-only (0.586 SLO-accuracy against
+    0.757 on the make-run bank's critical trace). An answer that cannot come counts nothing."""
+    image, audio = Variant("image", "high", 0.1, 1, 1.0), Variant("audio", "low", 0.2, 1, 1.0)
+    accuracy = {("high", None): 0.6, (None, "low"): 0.85, ("high", "low"): 0.93}
+    allocator = Allocator(ProfileTable(("image", "audio"), TIERS, (image, audio), accuracy), risk=DeadlineRisk() if objective == "slo" else None)
+    one_fits = Budget(latency_ms=0.25)
+    half_silent = (1.0, 0.5)
+    decision = allocator.solve(one_fits, half_silent)
+    assert decision.config == (None, audio) and decision.utility == pytest.approx(0.5 * 0.85 + 0.5 * 0.6)
+    assert allocator.evaluate((image, None), one_fits, half_silent) == (pytest.approx(0.6), True)
+    assert allocator.expected_accuracy((None, audio), one_fits, half_silent) == pytest.approx(0.725)
+    assert allocator.evaluate((None, audio), one_fits, half_silent, exclude=frozenset({"high/image"}))[0] == pytest.approx(0.425)  # the image failed
+    no_image = Budget(latency_ms=0.25, energy_mj=1.5)
+    image_costly = Allocator(ProfileTable(("image", "audio"), TIERS, (dataclasses.replace(image, energy_mj=2.0), audio), accuracy))
+    assert image_costly.solve(no_image, half_silent).utility == pytest.approx(0.425)  # the image over budget: no answer for the silent half
+    assert allocator.solve(one_fits, (0.5, 1.0)).config == (None, audio)  # the other way round: audio alone, always there
+    both = allocator.solve(Budget(latency_ms=0.5), half_silent)
+    assert both.config == (image, audio) and both.utility == pytest.approx(0.5 * 0.93 + 0.5 * 0.6)  # a fused one already counted its inputs' losses
+
+
 def test_an_input_back_after_an_outage_is_taken_up_at_once_but_not_one_that_flickers() -> None:
     """A non-critical microphone back after an outage: the image-only configuration chosen without
     it still fitted, and audio fitted too but not with the 20% step-up margin, so on a steady 92%
@@ -1162,7 +1210,7 @@ def test_an_input_back_after_an_outage_is_taken_up_at_once_but_not_one_that_flic
     hysteresis = Hysteresis(margin=0.2, window_s=1.0)
     current, _ = hysteresis.choose(0.0, None, allocator, tight, (1.0, 1.0))
     assert current.config == (None, audio)
-    current, _ = hysteresis.choose(1.0, current, allocator, tight, (1.0, 0.6))  # the microphone going dead: the image is worth more
+    current, _ = hysteresis.choose(1.0, current, allocator, tight, (1.0, 0.0))  # the microphone dead: the image answers
     assert current.config == (image, None)
     for t, weight in enumerate((0.2, 0.55, 0.2, 0.85), start=2):  # live one request in two or three: not back
         current, _ = hysteresis.choose(float(t), current, allocator, tight, (1.0, weight))
@@ -1180,7 +1228,7 @@ def test_an_input_back_after_an_outage_is_taken_up_at_once_but_not_one_that_flic
     # Back, but nothing better fits: weighed once, not at every request after.
     held = Hysteresis(margin=0.2, window_s=1.0)
     on_image, _ = held.choose(0.0, None, allocator, tight, (1.0, 1.0))
-    on_image, _ = held.choose(1.0, on_image, allocator, tight, (1.0, 0.6))
+    on_image, _ = held.choose(1.0, on_image, allocator, tight, (1.0, 0.0))
     small = Budget(latency_ms=0.15)  # audio does not fit
     for t in (2.0, 3.5):
         on_image, _ = held.choose(t, on_image, allocator, small, (1.0, 1.0))

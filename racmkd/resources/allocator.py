@@ -18,11 +18,20 @@ chance that modality m's input is usable: Pr_w(S) = prod_{m in S} w_m prod_{m in
 so U is the accuracy to expect from x. Were accuracies additive over modalities, U would be
 exactly eq. 26's sum_m w_m P_m(R_m); they are not (fusion), so the measured table is used whole.
 
+When none of x's inputs is usable, the runtime does not leave the request unanswered: it answers
+from the inputs the request did bring alive, with the configuration `solve` chooses for those
+(EdgeRuntime.infer). So x is worth U(x) plus, for each set T of the other inputs, the chance that
+none of x's is usable and exactly T is, times what that answer is worth. Counted as unanswered, a
+microphone silent every other request priced audio-only at half its accuracy, below image-only
+(0.62): on a load where one modality fits, the runtime served image-only (0.586 SLO-accuracy) where
+audio-only, answered from the image while the audio was silent, gets 0.757 (measured).
+
 Exactness: every configuration is scored (prod_m (|tiers_m| + 1) of them: 25 for two modalities
-and four tiers, 125 for three) and ranked once per set of weights; a decision scans the ranking
-for the first configuration within the budget. Ranking is cached per weights, so a decision costs
-microseconds. `Hysteresis` keeps decisions stable and `LatencyController` (a PID) feeds observed
-latency back into the budget.
+and four tiers, 125 for three) and ranked once per set of weights, by a bound on its worth (the
+fallback's answers counted at the most accurate configuration of their inputs); a decision scans
+the ranking, worth taken exactly, until the bound falls to the best found. Ranking is cached per
+weights, so a decision costs microseconds. `Hysteresis` keeps decisions stable and
+`LatencyController` (a PID) feeds observed latency back into the budget.
 
 Two objectives (`runtime.objective`):
 - `accuracy`: eq. 26 as written, latency a hard constraint like memory and energy.
@@ -77,6 +86,9 @@ class Variant:
 
 
 Configuration = tuple[Variant | None, ...]  # one entry per modality of the table, None = off
+# A configuration's utility and its fallbacks (Allocator.fallbacks: each set of other inputs
+# answering when none of its own is usable, with its chance), as a ranking keeps them.
+Prospect = tuple[float, list[tuple[float, frozenset[str]]]]
 
 
 @dataclass(frozen=True)
@@ -322,7 +334,16 @@ class Allocator:
         # Every configuration that processes something; the critical constraint is applied per decision.
         self.configs = [c for c in itertools.product(*(table.options(m) for m in table.modalities)) if any(v is not None for v in c)]
         self.costs = {c: config_costs(c) for c in self.configs}
-        self._ranked: dict[tuple[float, ...], list[tuple[float, Configuration]]] = {}
+        self._ranked: dict[tuple[float, ...], tuple[list[tuple[float, Configuration]], dict[Configuration, Prospect]]] = {}
+        # The most accurate configuration over each set of modalities (every input usable): what an
+        # answer from those inputs alone can be worth at most (the ranking's bound).
+        self._ceiling = {
+            frozenset(subset): max(
+                (a for key, a in table.accuracy.items() if all(k is None or m in subset for m, k in zip(table.modalities, key))), default=0.0
+            )
+            for r in range(len(table.modalities) + 1)
+            for subset in itertools.combinations(table.modalities, r)
+        }
         self._eligible: dict[tuple[Any, ...], tuple[list[tuple[float, Configuration]], str, frozenset[Configuration]]] = {}
 
     def weights(self, priorities: dict[str, float] | None = None, quality: dict[str, float] | None = None) -> tuple[float, ...]:
@@ -341,17 +362,39 @@ class Allocator:
                     total += chance * self.table.accuracy_of(config, [self.table.modalities[i] for i in subset])
         return total
 
+    def fallbacks(self, config: Configuration, weights: tuple[float, ...], available: Collection[str] | None = None) -> list[tuple[float, frozenset[str]]]:
+        """When none of `config`'s inputs is usable, the runtime answers from the others it can use:
+        each set of those, with its chance (that none of `config`'s is usable included)."""
+        mods = self.table.modalities
+        none_usable = math.prod(1.0 - weights[i] for i, v in enumerate(config) if v is not None)
+        others = [i for i, v in enumerate(config) if v is None and weights[i] > 0 and (available is None or mods[i] in available)]
+        if none_usable <= 0 or not others:
+            return []
+        out = []
+        for usable in itertools.product([False, True], repeat=len(others)):
+            chance = none_usable * math.prod(weights[i] if bit else 1.0 - weights[i] for i, bit in zip(others, usable))
+            if chance > 0 and any(usable):
+                out.append((chance, frozenset(mods[i] for i, bit in zip(others, usable) if bit)))
+        return out
+
     def ranking(self, weights: tuple[float, ...]) -> list[tuple[float, Configuration]]:
-        """Every configuration, best first (ties: the faster, then the smaller); cached per weights."""
+        """Every configuration, best first by a bound on its worth (its utility, and its fallbacks'
+        answers at their inputs' most accurate configuration; ties: the faster, then the smaller);
+        cached per weights."""
+        return self._ranking(weights)[0]
+
+    def _ranking(self, weights: tuple[float, ...]) -> tuple[list[tuple[float, Configuration]], dict[Configuration, Prospect]]:
+        """`ranking`, and every configuration's utility and fallbacks (every modality available), cached with it."""
         key = tuple(round(w, 4) for w in weights)
-        scored = self._ranked.get(key)
-        if scored is None:
-            scored = [(self.utility(c, key), c) for c in self.configs]
+        hit = self._ranked.get(key)
+        if hit is None:
+            prospects = {c: (self.utility(c, key), self.fallbacks(c, key)) for c in self.configs}
+            scored = [(u + sum(chance * self._ceiling[present] for chance, present in falls), c) for c, (u, falls) in prospects.items()]
             scored.sort(key=lambda uc: (-round(uc[0], 9), self.costs[uc[1]].latency_ms, self.costs[uc[1]].memory_bytes))
             if len(self._ranked) > 256:
                 self._ranked = {}
-            self._ranked[key] = scored
-        return scored
+            hit = self._ranked[key] = (scored, prospects)
+        return hit
 
     def honoured_critical(self, exclude: frozenset[str], available: Collection[str]) -> dict[str, int]:
         """The critical modalities that can be honoured (their input is there and a variant at or
@@ -410,28 +453,31 @@ class Allocator:
         any), the one that overshoots its budget least (the largest ratio of cost to budget over the
         resources), marked infeasible, so the runtime degrades instead of refusing. Raises
         NoConfigurationError when nothing can run at all."""
-        candidates, note = self.eligible(weights, exclude, frozenset(self.table.modalities if available is None else available))
-        if self.risk is None:
-            for u, c in candidates:
-                if self.costs[c].fits(budget, slack):
-                    return Decision(c, u, self.costs[c], True, f"best within budget: {describe(self.table, c)}{note}")
-        else:
-            best: tuple[float, float, Configuration] | None = None
-            for u, c in candidates:  # best first; a later one must score strictly higher
-                if best is not None and u <= best[0] + 1e-9:
-                    break  # a score is at most its utility: nothing further down can win (the search stays exact)
-                score, chance = self._slo_score(u, c, budget, slack)
-                if score > 0 and (best is None or score > best[0] + 1e-9):
-                    best = (score, chance, c)
-            if best is not None:
-                score, chance, c = best
-                return Decision(
-                    c, score, self.costs[c], True, f"best expected SLO-accuracy: {describe(self.table, c)} (meets the deadline with p={chance:.2f}){note}"
-                )
-        u, c = min(candidates, key=lambda uc: (not self.costs[uc[1]].fits(budget, 0.0, HARD_RESOURCES), self.costs[uc[1]].overshoot(budget), -uc[0]))
+        usable = frozenset(self.table.modalities if available is None else available)
+        candidates, note = self.eligible(weights, exclude, usable)
+        answers: dict[frozenset[str], Configuration | None] = {}  # the fallbacks' answers, worked out once per decision
+        prospects = self._ranking(weights)[1]
+        best: tuple[float, Configuration] | None = None
+        for bound, c in candidates:  # best bound first; a later one must be worth strictly more
+            if best is not None and bound <= best[0] + 1e-9:
+                break  # worth is at most the bound: nothing further down can win (the search stays exact)
+            worth, fits = self._worth(c, prospects[c], budget, weights, exclude, usable, slack, answers)
+            if fits and (self.risk is None or worth > 0) and (best is None or worth > best[0] + 1e-9):
+                best = (worth, c)
+        if best is not None:
+            worth, c = best
+            if self.risk is None:
+                return Decision(c, worth, self.costs[c], True, f"best within budget: {describe(self.table, c)}{note}")
+            chance = self.risk.chance(self.costs[c].typical_ms, budget.latency_ms, budget.slowdown)
+            return Decision(
+                c, worth, self.costs[c], True, f"best expected SLO-accuracy: {describe(self.table, c)} (meets the deadline with p={chance:.2f}){note}"
+            )
+        c = min(
+            (c for _, c in candidates), key=lambda c: (not self.costs[c].fits(budget, 0.0, HARD_RESOURCES), self.costs[c].overshoot(budget), -prospects[c][0])
+        )
         return Decision(
             c,
-            u,
+            prospects[c][0],
             self.costs[c],
             False,
             f"nothing fits ({', '.join(self.costs[c].over(budget)) or 'latency'} over); least over budget: {describe(self.table, c)}{note}",
@@ -452,24 +498,85 @@ class Allocator:
     ) -> dict[Configuration, float]:
         """Every configuration `solve` may choose from that is worth more than `worth` (the objective
         `solve` maximises) within `budget` with `slack` to spare, with what it is worth; best first."""
-        candidates, _ = self.eligible(weights, exclude, frozenset(self.table.modalities))
+        usable = frozenset(self.table.modalities)
+        candidates, _ = self.eligible(weights, exclude, usable)
+        answers: dict[frozenset[str], Configuration | None] = {}
+        prospects = self._ranking(weights)[1]
         out: dict[Configuration, float] = {}
-        for u, c in candidates:  # best first: a score is at most its utility, so the rest cannot be worth more
-            if u <= worth + 1e-9:
+        for bound, c in candidates:  # best bound first: worth is at most the bound, so the rest cannot be worth more
+            if bound <= worth + 1e-9:
                 break
-            score, fits = self._score(u, c, budget, slack)
+            score, fits = self._worth(c, prospects[c], budget, weights, exclude, usable, slack, answers)
             if fits and score > worth + 1e-9:
                 out[c] = score
         return dict(sorted(out.items(), key=lambda cs: -cs[1]))
 
-    def evaluate(self, config: Configuration, budget: Budget, weights: tuple[float, ...], slack: float = 0.0) -> tuple[float, bool]:
-        """What `config` is worth under `budget` (the objective `solve` maximises) and whether it is
-        within the budget's hard constraints with `slack` to spare (every resource; with a risk,
-        memory and energy, and some chance of meeting the deadline)."""
-        return self._score(self.utility(config, weights), config, budget, slack)
+    def evaluate(
+        self, config: Configuration, budget: Budget, weights: tuple[float, ...], slack: float = 0.0, exclude: frozenset[str] = frozenset()
+    ) -> tuple[float, bool]:
+        """What `config` is worth under `budget` (the objective `solve` maximises, its fallbacks'
+        answers counted, without the variants in `exclude`) and whether it is within the budget's
+        hard constraints with `slack` to spare (every resource; with a risk, memory and energy, and
+        some chance of meeting the deadline)."""
+        prospect = self._ranking(weights)[1].get(config) or (self.utility(config, weights), self.fallbacks(config, weights))
+        return self._worth(config, prospect, budget, weights, exclude, frozenset(self.table.modalities), slack, {})
+
+    def expected_accuracy(self, config: Configuration, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset()) -> float:
+        """The accuracy to expect from `config` with inputs usable by `weights`, the answers from the
+        other inputs when none of its own is usable counted (the deadline left out)."""
+        answers: dict[frozenset[str], Configuration | None] = {}
+        total = self.utility(config, weights)
+        for chance, present in self.fallbacks(config, weights):
+            answering = self._answering(present, budget, weights, exclude, answers)
+            total += chance * (self.table.accuracy_of(answering) if answering is not None else 0.0)
+        return total
+
+    def _worth(
+        self,
+        config: Configuration,
+        prospect: Prospect,
+        budget: Budget,
+        weights: tuple[float, ...],
+        exclude: frozenset[str],
+        usable: frozenset[str],
+        slack: float,
+        answers: dict[frozenset[str], Configuration | None],
+    ) -> tuple[float, bool]:
+        """`evaluate` with the modalities `usable`, given `config`'s utility and fallbacks with
+        every modality usable (`prospect`), the fallbacks' answering configurations kept in
+        `answers` (one decision weighs many configurations whose fallbacks share inputs)."""
+        utility, fallbacks = prospect
+        worth, fits = self._score(utility, config, budget, slack)
+        if not fits or not fallbacks:
+            return worth, fits
+        if len(usable) < len(self.table.modalities):
+            fallbacks = self.fallbacks(config, weights, usable)
+        for chance, present in fallbacks:
+            answering = self._answering(present, budget, weights, exclude, answers)
+            if answering is not None:
+                accuracy = self.table.accuracy_of(answering)
+                costs = self.costs[answering]
+                worth += chance * (accuracy if self.risk is None else accuracy * self.risk.chance(costs.typical_ms, budget.latency_ms, budget.slowdown))
+        return worth, True
+
+    def _answering(
+        self, present: frozenset[str], budget: Budget, weights: tuple[float, ...], exclude: frozenset[str], answers: dict[frozenset[str], Configuration | None]
+    ) -> Configuration | None:
+        """The configuration the runtime answers a request with when only the `present` inputs are
+        usable (`solve` over them, as EdgeRuntime.infer asks; memoised in `answers`); None when
+        nothing fits (its answer is worth nothing: late, or over the memory or energy budget)."""
+        if present not in answers:
+            try:
+                decision = self.solve(budget, weights, exclude, available=set(present))
+            except NoConfigurationError:
+                answers[present] = None
+            else:
+                answers[present] = decision.config if decision.feasible else None
+        return answers[present]
 
     def _score(self, utility: float, config: Configuration, budget: Budget, slack: float) -> tuple[float, bool]:
-        """`evaluate` for a configuration whose utility is known."""
+        """What `config` is worth when its own inputs are usable with chance `utility` describes (its
+        utility), and whether it is within the budget (`evaluate` without fallbacks)."""
         if self.risk is None:
             return utility, (self.costs.get(config) or config_costs(config)).fits(budget, slack)
         score, _ = self._slo_score(utility, config, budget, slack)
@@ -587,7 +694,7 @@ class Hysteresis:
             self._wait_no_more()
             return best, "start"
         current_costs = allocator.costs.get(current.config) or config_costs(current.config)
-        worth, fits = allocator.evaluate(current.config, budget, weights)
+        worth, fits = allocator.evaluate(current.config, budget, weights, exclude=exclude)
         current_now = Decision(current.config, worth, current_costs, fits, current.reason)
         uses_excluded = any(v is not None and v.id in exclude for v in current.config)
         # Not one `solve` may choose now: it lacks a critical modality whose input came back, or uses

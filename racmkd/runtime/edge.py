@@ -267,9 +267,10 @@ class EdgeRuntime:
 
     def expected_accuracy(self, decision: Decision | None = None) -> float:
         """The current configuration's (or `decision`'s) accuracy to expect with the inputs' present
-        quality (with the SLO objective the decision's utility also counts the chance of meeting the
-        deadline; this does not: offloading weighs latency apart)."""
-        return self.allocator.utility((decision or self.current).config, self.weights())
+        quality, the answers from the other inputs when its own are dead counted (with the SLO
+        objective the decision's utility also counts the chance of meeting the deadline; this does
+        not: offloading weighs latency apart)."""
+        return self.allocator.expected_accuracy((decision or self.current).config, self.budget, self.weights(), frozenset(self.failed))
 
     def cost_ms(self, variant_ids: list[str]) -> float:
         """What these variants typically cost together, unloaded: their median latencies added up."""
