@@ -600,7 +600,7 @@ def simulate(
     outage: Annotated[
         Optional[list[str]],
         typer.Option(
-            help="Take an input away for a while, on every policy's requests: MODALITY:START-END[:missing|dead] in seconds of trace time (dead: all zeros, a blank image or silence); repeatable. E.g. audio:30-60:dead."
+            help="Take an input away for a while, on every policy's requests: MODALITY:START-END[:missing|dead][:SHARE%] in seconds of trace time (dead: all zeros, a blank image or silence; SHARE: take it from that percentage of the stretch's requests only, spread evenly: a flickering input); repeatable. E.g. audio:30-60:dead or audio:0-120:dead:50%."
         ),
     ] = None,
     set_: RunSetOpt = None,

@@ -1196,6 +1196,40 @@ def test_a_replay_takes_inputs_away_for_every_policy(bank_dir: Path, tiny_datase
     assert header.count("|") == rule.count("|") == row.count("|") == 5
 
 
+def test_a_flickering_outage_takes_its_share_of_the_stretchs_requests(bank_dir: Path, tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    """`--outage audio:3-6:dead:50%`: silence on every other request of the stretch, on every
+    policy alike (a microphone silent between words: neither there nor gone, the case a whole
+    outage never showed); the outage's row scores the whole stretch, and the ceilings count a
+    configuration that reads the audio on the requests it was left."""
+    outage = Outage.parse("audio:3-6:dead:50%")
+    assert (outage.kind, outage.share, outage.name) == ("dead", 0.5, "audio:3-6:dead:50%")
+    assert Outage.parse("audio:3-6:25%") == Outage("audio", 3, 6, "missing", 0.25)
+    summary = simulate(load_bank(bank_dir), tiny_dataset, synthetic_trace("sudden", 12, 0.1), RuntimeConfig(), requests=120, out_dir=tmp_path, outages=[outage])
+    timeline = strict_json(tmp_path / "timeline.json")
+    for policy in ("dynamic", "static-high"):
+        stretch = [r for r in timeline[policy] if 3 <= r["t"] < 6]
+        assert [r["inputs_out"] for r in stretch] == [[], ["audio"]] * 15  # requests 30-59: the odd ones
+        assert all(r["outages"] == ["audio:3-6:dead:50%"] for r in stretch)
+        assert all("/audio" not in r["configuration"] for r in stretch if r["inputs_out"])
+        assert all(r["configuration"] != "unanswered" for r in timeline[policy])
+    row = summary["outages"][0]
+    assert row["requests"] == 30 and row["dynamic"]["slo_accuracy"] == sum(r["slo_met"] for r in timeline["dynamic"] if 3 <= r["t"] < 6) / 30
+    assert "| audio:3-6:dead:50% | 30 |" in (tmp_path / "table.md").read_text()
+    ceiling = {
+        share: simulate(
+            load_bank(bank_dir),
+            tiny_dataset,
+            synthetic_trace("sudden", 12, 0.1),
+            RuntimeConfig(),
+            requests=40,
+            statics=False,
+            outages=[Outage("audio", 0, 12, "dead", share)],
+        )["oracle"]["slo_accuracy"]
+        for share in (0.5, 1.0)
+    }
+    assert ceiling[0.5] > ceiling[1.0]  # the audio counts where it is left
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
@@ -1204,6 +1238,11 @@ def test_a_replay_takes_inputs_away_for_every_policy(bank_dir: Path, tiny_datase
         ("audio:a-b", "expected MODALITY"),
         ("audio:6-3", "START < END"),
         ("audio:1-2:gone", "unknown kind"),
+        ("audio:1-2:dead:0%", "SHARE is a percentage"),
+        ("audio:1-2:dead:150%", "SHARE is a percentage"),
+        ("audio:1-2:dead:half%", "SHARE%"),
+        ("audio:1-2:dead:missing", "SHARE%"),
+        ("audio:1-2:50%:25%", "SHARE%"),
     ],
 )
 def test_an_outage_that_does_not_parse_says_how_to_write_one(text: str, problem: str) -> None:
@@ -1335,6 +1374,20 @@ def test_the_oracle_counts_a_request_when_some_configuration_gets_it_right_in_ti
     assert oracle(bank, trace(90.0, 1e4), squeezed, rows)["slo_accuracy"] == 0.0
     cheap = oracle(bank, trace(90.0, 1e4), dataclasses.replace(squeezed, latency_target_ms=cheapest * 10 * 1.01), rows)
     assert cheap["slo_accuracy"] > 0.0 and 0.0 < cheap["clairvoyant_allocator"] <= cheap["slo_accuracy"]
+
+    # An audio input silent every other request: a configuration held through it answers those
+    # requests from what it has left, as a static tier does (image+audio: its image part; audio
+    # alone: nothing). Counted as unanswered, every fused configuration lost half its score.
+    keys = list(bank.accuracy("test"))
+    audio_at = bank.table.modalities.index("audio")
+    silent = np.arange(len(rows)) % 2 == 1
+    held = []
+    for key in keys:
+        left = tuple(None if i == audio_at else t for i, t in enumerate(key))
+        held.append(np.where(silent, right[keys.index(left)] if any(left) else False, right[keys.index(key)]))
+    flicker = oracle(bank, trace(0.0, 1e4), roomy, rows, outages=[Outage("audio", 0, 10, "dead", 0.5)])
+    assert flicker["best_per_level"] == pytest.approx(np.mean(held, axis=1).max())
+    assert flicker["clairvoyant_allocator"] <= flicker["slo_accuracy"] <= unbound["slo_accuracy"]  # taking an input raises no ceiling
 
     partial = tmp_path / "edge"
     shutil.copytree(bank_dir, partial)

@@ -83,37 +83,62 @@ class Outage:
     """One modality's input gone for a stretch of the trace (`racmkd simulate --outage`), on every
     policy's requests alike. The resource traces alone never took an input away, so a replay never
     showed what the runtime does with one (answer from the others, stop spending on a dead sensor)
-    nor what a static tier does (answer from what is left of its student)."""
+    nor what a static tier does (answer from what is left of its student).
+
+    With `share` below 1 the input flickers: the outage takes it from that share of the stretch's
+    requests, spread evenly (at 50%, every other one: a microphone silent between words, a loose
+    connector). Such an input is neither there nor gone, and the runtime has to weigh it."""
 
     modality: str
     start_s: float
     end_s: float
     kind: str = "missing"  # OUTAGE_KINDS
+    share: float = 1.0  # of the stretch's requests taken, in (0, 1]
 
     @classmethod
     def parse(cls, text: str) -> Outage:
-        """`MODALITY:START-END[:KIND]`, seconds of trace time, e.g. `audio:30-60:dead`."""
+        """`MODALITY:START-END[:KIND][:SHARE%]`, seconds of trace time, e.g. `audio:30-60:dead` or
+        `audio:30-60:dead:50%`."""
         parts = text.split(":")
-        usage = f"--outage {text!r}: expected MODALITY:START-END[:KIND] in seconds of trace time, KIND one of {', '.join(OUTAGE_KINDS)} (e.g. audio:30-60:dead)"
-        if len(parts) not in (2, 3) or not parts[0] or parts[1].count("-") != 1:
+        usage = (
+            f"--outage {text!r}: expected MODALITY:START-END[:KIND][:SHARE%] in seconds of trace time, KIND one of {', '.join(OUTAGE_KINDS)}, "
+            "SHARE the percentage of the stretch's requests it takes (default 100) (e.g. audio:30-60:dead or audio:30-60:dead:50%)"
+        )
+        if not 2 <= len(parts) <= 4 or not parts[0] or parts[1].count("-") != 1:
             raise ValueError(usage)
         try:
             start, end = (float(x) for x in parts[1].split("-"))
         except ValueError:
             raise ValueError(usage) from None
-        outage = cls(parts[0], start, end, parts[2] if len(parts) == 3 else "missing")
+        shares = [x for x in parts[2:] if x.endswith("%")]
+        kinds = [x for x in parts[2:] if not x.endswith("%")]
+        if len(shares) > 1 or len(kinds) > 1:
+            raise ValueError(usage)
+        try:
+            share = float(shares[0].removesuffix("%")) / 100 if shares else 1.0
+        except ValueError:
+            raise ValueError(usage) from None
+        outage = cls(parts[0], start, end, kinds[0] if kinds else "missing", share)
         if outage.kind not in OUTAGE_KINDS:
             raise ValueError(f"--outage {text!r}: unknown kind {outage.kind!r}; choose one of {', '.join(OUTAGE_KINDS)}")
         if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
             raise ValueError(f"--outage {text!r}: needs 0 <= START < END (seconds of trace time)")
+        if not 0 < share <= 1:
+            raise ValueError(f"--outage {text!r}: SHARE is a percentage of the stretch's requests, above 0 and at most 100")
         return outage
 
     @property
     def name(self) -> str:
-        return f"{self.modality}:{self.start_s:g}-{self.end_s:g}:{self.kind}"
+        return f"{self.modality}:{self.start_s:g}-{self.end_s:g}:{self.kind}" + (f":{self.share * 100:g}%" if self.share < 1 else "")
 
     def covers(self, t: float) -> bool:
+        """Whether trace time `t` lies in the outage's stretch (its input taken or, flickering, at risk)."""
         return self.start_s <= t < self.end_s
+
+    def takes(self, request: int, t: float) -> bool:
+        """Whether the outage takes the input of the `request`-th request of the replay, at trace
+        time `t`: every one in its stretch, or its share of them, spread evenly."""
+        return self.covers(t) and (self.share >= 1 or math.floor((request + 1) * self.share) > math.floor(request * self.share))
 
 
 def check_outages(outages: Collection[Outage], modalities: Collection[str], trace: Trace) -> None:
@@ -130,13 +155,17 @@ def check_outages(outages: Collection[Outage], modalities: Collection[str], trac
                 raise ValueError(f"--outage {outage.name} and {other.name} overlap; give one input one outage at a time")
 
 
-def apply_outages(inputs: dict[str, Any], outages: Collection[Outage], t: float) -> list[Outage]:
-    """Take the inputs of the outages in force at trace time `t` out of `inputs` (missing: None; dead:
-    zeros of the input's shape); returns those outages."""
+def apply_outages(inputs: dict[str, Any], outages: Collection[Outage], request: int, t: float) -> tuple[list[Outage], list[str]]:
+    """Take out of `inputs` those the outages in force at trace time `t` take from the `request`-th
+    request (missing: None; dead: zeros of the input's shape); returns the outages in force and
+    the inputs taken (a flickering outage leaves some requests whole)."""
     in_force = [o for o in outages if o.covers(t) and o.modality in inputs]
+    taken = []
     for outage in in_force:
-        inputs[outage.modality] = None if outage.kind == "missing" else np.zeros_like(inputs[outage.modality])
-    return in_force
+        if outage.takes(request, t):
+            inputs[outage.modality] = None if outage.kind == "missing" else np.zeros_like(inputs[outage.modality])
+            taken.append(outage.modality)
+    return in_force, taken
 
 
 def default_out_folder(run_dir: Path, trace: Trace, outages: Collection[Outage] = ()) -> Path:
@@ -226,7 +255,7 @@ def replay(
         if policy.pinned is not None:
             runtime.snapshot = reading  # a static runtime does not re-plan, but its budget is reported
         inputs = {m: raw_all[m][i].numpy() for m in runtime.modalities}
-        taken = apply_outages(inputs, outages, clock.now)
+        in_force, taken = apply_outages(inputs, outages, i, clock.now)
         try:
             answer = runtime.infer(inputs)
         except NoVariantError as err:  # recorded as an unanswered request, the replay goes on
@@ -258,8 +287,8 @@ def replay(
                 "energy_mj": sum(energy_of[v] for v in answer.variants) if answer.variants else None,
                 "memory_held_bytes": runtime.resident_bytes(),
                 "fallbacks": answer.fallbacks,
-                "inputs_out": [o.modality for o in taken],
-                "outages": [o.name for o in taken],  # (which of them: `outage_row` scores by it, not by the rounded time)
+                "inputs_out": taken,
+                "outages": [o.name for o in in_force],  # (which of them: `outage_row` scores by it, not by the rounded time)
             }
         )
     runtime.close()
@@ -304,8 +333,12 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray, fa
     request that runs faster than its configuration's median meets deadlines these count as missed
     (and replays' requests have mostly run slower: the runtime's own work, cold caches between
     requests); for replays at the bank's costs (`latency="bank"`) the first is a strict bound.
-    A configuration that reads an input an `outage` takes away answers none of the outage's
-    requests (the runtime answers them from its other inputs: a configuration of its own).
+    A configuration that reads an input an `outage` takes away answers none of the requests it
+    takes in the first two; in `best_per_level`, a configuration held through them, it answers
+    them from the inputs it has left, as a static tier does (image+audio with the audio taken: its
+    image part; audio-only: nothing), and of configurations that score alike the one that reads
+    fewer taken inputs is named. Counted as unanswered there, an audio input silent every other
+    request halved every fused configuration's score on it, and the reference with it.
     Variants excluded for good in the replays (`failed`: a damaged file, NaN weights) are left
     out: a reference that names a configuration the replayed runtime could not run is none it
     could have reached. One that failed once and was tried again stays: left out, one fault in a
@@ -344,28 +377,39 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray, fa
             total = configuration_logits(shares, bank.biases, dict(zip(table.modalities, combo)))
             name = ",".join(f"{t}/{m}" for t, m in zip(combo, table.modalities) if t is not None)
             reads = {m for t, m in zip(combo, table.modalities) if t is not None}
-            configurations.append((name, config_costs(chosen).typical_ms + overhead, (total.argmax(1) == labels)[rows], accuracy[combo], reads))
+            configurations.append((name, config_costs(chosen).typical_ms + overhead, (total.argmax(1) == labels)[rows], accuracy[combo], reads, combo))
     configurations.sort(key=lambda c: (-c[3], c[1]))  # the most accurate first, the cheaper of a tie
     duration = max(trace.duration, 1e-9)
     times = np.arange(len(rows)) * duration / len(rows)  # each request's trace time, as `replay` spreads them
     readings = [trace.at(float(t)) for t in times]
     slowdown = np.array([budget_for(r, config).slowdown for r in readings])
     in_time = np.array([c[1] for c in configurations])[:, None] * slowdown[None, :] <= config.latency_target_ms  # configuration x request
-    for outage in outages:  # a configuration that reads a taken input answers nothing then
-        taken = (times >= outage.start_s) & (times < outage.end_s)  # (`Outage.covers`)
+    reads_taken = np.zeros_like(in_time)  # configuration x request: it reads an input taken from the request
+    for outage in outages:
+        taken = np.array([outage.takes(i, float(t)) for i, t in enumerate(times)], dtype=bool)
         for c, configuration in enumerate(configurations):
             if outage.modality in configuration[4]:
-                in_time[c] &= ~taken
+                reads_taken[c] |= taken
+    in_time &= ~reads_taken  # a configuration that reads a taken input answers nothing then
     met = in_time & np.array([c[2] for c in configurations])
     first_in_time = in_time.argmax(axis=0)  # the most accurate configuration that meets each deadline
     clairvoyant = met[first_in_time, np.arange(len(rows))] & in_time.any(axis=0)
+    held = met.copy()  # a configuration held throughout: the requests it lost inputs of answered by what it has left
+    position = {c[5]: i for i, c in enumerate(configurations)}
+    gone_at = [frozenset(o.modality for o in outages if o.takes(i, float(t))) for i, t in enumerate(times)]
+    for gone in set(gone_at) - {frozenset()}:
+        requests_of = np.array([g == gone for g in gone_at])
+        for c, configuration in enumerate(configurations):
+            if configuration[4] & gone:
+                left = tuple(None if m in gone else t for t, m in zip(configuration[5], table.modalities))
+                held[c, requests_of] = met[position[left], requests_of] if any(left) else False
     levels = np.array([resource_level(r) for r in readings])
     per_level = {}
     for level in LEVELS:
         mine = levels == level
         if mine.any():
-            scores = met[:, mine].sum(axis=1)
-            best = int(scores.argmax())  # (a tie: the more accurate configuration)
+            scores = held[:, mine].sum(axis=1)
+            best = int((scores * (len(rows) + 1) - reads_taken[:, mine].sum(axis=1)).argmax())  # (a tie: the fewer taken inputs read, then the more accurate)
             per_level[level] = {"configuration": configurations[best][0], "requests": int(mine.sum()), "slo_accuracy": float(scores[best] / mine.sum())}
     best_per_level = sum(p["slo_accuracy"] * p["requests"] for p in per_level.values()) / len(rows)
     return {
@@ -438,7 +482,8 @@ def level_rows(timeline: list[dict[str, Any]], target_ms: float) -> list[dict[st
 
 
 def outage_row(outage: Outage, dynamic: dict[str, Any], static: list[dict[str, Any]], target_ms: float) -> dict[str, Any]:
-    """How each policy did on the requests of one outage: what a sensor dropping out costs."""
+    """How each policy did on the requests of one outage's stretch (a flickering one's too, those it
+    left whole included): what a sensor dropping out costs."""
 
     def during(result: dict[str, Any]) -> list[dict[str, Any]]:
         return [r for r in result["timeline"] if outage.name in r["outages"]]
@@ -608,13 +653,13 @@ def replay_markdown(summary: dict[str, Any]) -> list[str]:
 
 
 def outage_markdown(outages: list[dict[str, Any]]) -> list[str]:
-    """The outages' rows (`outage_row`): each policy's SLO-accuracy on the requests it took an input from."""
+    """The outages' rows (`outage_row`): each policy's SLO-accuracy on the requests of each outage's stretch."""
     if not outages:
         return []
     policies = list(next((o["static"] for o in outages if o["requests"]), {}))  # (an outage between two requests has none)
     lines = [
         "",
-        "Inputs taken away (SLO-accuracy on those requests):",
+        "Inputs taken away (SLO-accuracy on the requests of each outage's stretch):",
         "",
         "| " + " | ".join(["outage", "requests", "dynamic", *(f"static {p}" for p in policies), "dynamic served"]) + " |",
         "|---|---|---|" + "---|" * len(policies) + "---|",
@@ -734,7 +779,7 @@ def plot_timeline(
                 edgecolor="grey",
                 hatch="//" if outage.kind == "dead" else "\\\\",  # (a dead input and a missing one told apart)
                 linewidth=0,
-                label=None if ax is not axes[1] else f"{outage.modality} {outage.kind}",
+                label=None if ax is not axes[1] else f"{outage.modality} {outage.kind}" + (f", {outage.share:.0%} of requests" if outage.share < 1 else ""),
             )
     if outages:
         axes[1].legend(fontsize=7, loc="upper right")
