@@ -28,6 +28,10 @@ What it does, all with the real runtime and real inference on the run's test spl
 - Real load: the runtime on the real monitor while stress-ng loads the CPU and memory in phases,
   the static high tier beside it answering the same samples in turn (both under the same load;
   `--rate` samples a second, each answered by both). Latencies here are measured, not modelled.
+- Inputs taken away (`racmkd simulate --outage`), at the bank's costs (the same on every host):
+  the audio dead and the image missing for 20 s each of the sudden trace, and, on the critical,
+  sudden and periodic traces, the audio silent on every other request throughout (a microphone
+  silent between words: neither there nor gone), every static tier on the same requests.
 - Soak: the periodic trace looped in real time with requests as fast as the runtime answers, for
   `--soak-minutes`, resident memory sampled throughout.
 Everything is measured in this run but the variants' latencies and energies, read from the run's variant
@@ -70,7 +74,7 @@ from racmkd.resources.allocator import Allocator, Budget, config_costs  # noqa: 
 from racmkd.resources.monitor import ResourceMonitor  # noqa: E402
 from racmkd.resources.sources import LEVEL_RANGES, MB, SYNTHETIC, ResourceSnapshot, SystemSource, TraceSource, level_value, synthetic_trace  # noqa: E402
 from racmkd.runtime.edge import EdgeRuntime, budget_for  # noqa: E402
-from racmkd.runtime.simulate import mean_of_present, serve_split, serve_together, simulate  # noqa: E402
+from racmkd.runtime.simulate import Outage, mean_of_present, serve_split, serve_together, simulate  # noqa: E402
 from racmkd.runtime.variants import build_bank, load_bank  # noqa: E402
 from racmkd.utils import progress  # noqa: E402
 from results_io import ResidentSampler, at_least, check_out, refuse_with_quick, reports_errors, soak_memory_text, soak_target, targets_table, write_results  # noqa: E402
@@ -80,6 +84,15 @@ ADAPTATION_TARGET_MS = 5.0
 MONITOR_TARGET = 0.01
 SLO_RATIO_TARGET = 1.4
 CRITICAL_RETENTION_TARGET = 0.9
+# (trace, outages) replayed with inputs taken away: a stretch each of a dead and a missing input, and
+# an input that flickers throughout on the three traces whose loads leave room for one modality only
+# part of the time or all of it.
+OUTAGE_REPLAYS = [
+    ("sudden", ("audio:10-30:dead", "image:90-110")),
+    ("critical", ("audio:0-120:dead:50%",)),
+    ("sudden", ("audio:0-120:dead:50%",)),
+    ("periodic", ("audio:0-120:dead:50%",)),
+]
 SOAK_TARGET_MULTIPLE = 3.0  # the soak's latency target, in multiples of what static high needs unloaded (see soak)
 
 
@@ -193,6 +206,26 @@ def slo_sweep(bank: Any, dataset: Any, runtime_cfg: Any, requests: int) -> dict[
                 }
             )
     return {"base_ms": base, "rows": rows}
+
+
+def input_outages(bank: Any, dataset: Any, runtime_cfg: Any, requests: int) -> list[dict[str, Any]]:
+    """SLO-accuracy of the dynamic runtime and every static tier with inputs taken away
+    (OUTAGE_REPLAYS), at the bank's costs; each outage's stretch scored on its own too."""
+    rows = []
+    for trace, texts in progress(OUTAGE_REPLAYS, desc="replays with inputs taken away", leave=True):
+        s = simulate(bank, dataset, synthetic_trace(trace, 120.0, seed=0), runtime_cfg, requests, latency="bank", outages=[Outage.parse(t) for t in texts])
+        rows.append(
+            {
+                "trace": trace,
+                "outages": s["outages"],
+                "dynamic": s["slo_accuracy"],
+                "static": s["slo_accuracy_static"],
+                "best_per_level": s["oracle"].get("best_per_level", float("nan")),
+                "clairvoyant_allocator": s["oracle"].get("clairvoyant_allocator", float("nan")),
+                "oracle": s["oracle"].get("slo_accuracy", float("nan")),
+            }
+        )
+    return rows
 
 
 def monitor_overhead(seconds: float, config: Any) -> dict[str, Any]:
@@ -416,6 +449,28 @@ def render(result: dict[str, Any]) -> str:
                 f"| {r['multiple']:g}x = {r['target_ms']:.3f} ms | {r['trace']} | {r['dynamic']:.4f} | {high:.4f} | {r['static'][best_tier]:.4f} ({best_tier}) | {r['best_per_level']:.4f} | {r['clairvoyant_allocator']:.4f} | {r['oracle']:.4f} | {ratio(r['dynamic'], high):.2f}x | {fixed['dynamic']:.4f} / {fixed['static'].get('high', float('nan')):.4f} = {ratio(fixed['dynamic'], fixed['static'].get('high', float('nan'))):.2f}x | {ratio(r['best_per_level'], high):.2f}x | {ratio(r['oracle'], high):.2f}x | {ratio(r['dynamic'], r['static'][best_tier]):.2f}x |"
             )
         lines.append("")
+    if result.get("outages"):
+        lines += [
+            "## Inputs taken away",
+            "",
+            "Replays at the bank's costs (`racmkd simulate --outage ... --latency bank`, 120 s, the same requests for every policy): the whole trace, then each outage's stretch alone. `dead:50%`: the input silent on every other request of the stretch. Best per level holds one configuration per resource level through the outages, as a static tier is held (the requests it lost an input of answered from the inputs it has left).",
+            "",
+            "| trace | outages | dynamic | "
+            + " | ".join(f"static {t}" for t in result["tiers"])
+            + " | best per level (hindsight) | clairvoyant allocator | oracle (ceiling) |",
+            "|---|---|---|" + "---|" * len(result["tiers"]) + "---|---|---|",
+        ]
+        for r in result["outages"]:
+            statics = " | ".join(f"{r['static'].get(t, float('nan')):.4f}" for t in result["tiers"])
+            names = ", ".join(o["outage"] for o in r["outages"])
+            lines.append(
+                f"| {r['trace']} | {names} | {r['dynamic']:.4f} | {statics} | {r['best_per_level']:.4f} | {r['clairvoyant_allocator']:.4f} | {r['oracle']:.4f} |"
+            )
+            for o in r["outages"]:
+                if o["requests"] and len(r["outages"]) > 1:
+                    stretch = " | ".join(f"{o['static'][t]['slo_accuracy']:.4f}" if t in o["static"] else "" for t in result["tiers"])
+                    lines.append(f"| {r['trace']}: its {o['requests']} requests | {o['outage']} | {o['dynamic']['slo_accuracy']:.4f} | {stretch} | | | |")
+        lines.append("")
     lines += [
         "## Table 6.7: per resource level (dynamic runtime, periodic trace)",
         "",
@@ -599,6 +654,7 @@ def main() -> None:
         print(f"{name}: dynamic {with_spread(summary)}, static {summary['slo_accuracy_static']}", flush=True)
     if not args.no_sweep:
         result["sweep"] = slo_sweep(bank, dataset, rc, args.requests)
+    result["outages"] = input_outages(bank, dataset, rc, args.requests)
     result["monitor_overhead"] = monitor_overhead(args.monitor_seconds, rc.monitor)
     result["critical_cut"] = critical_cut(bank, rc)
     stress = None if args.no_stress else ensure_stress_ng()
