@@ -922,8 +922,8 @@ def reference_best(
     """Written apart from the allocator: try every configuration that uses only the `available`
     inputs, score it by summing over which of them turn out usable, keep the best within budget
     (its worth and itself). When none the configuration uses is usable but others are, the request
-    is answered by the best configuration over those (found the same way), at its accuracy with all
-    of them. With `ratios` (observed / predicted latency of past requests), the SLO objective: each
+    is answered by the best configuration over those (found the same way, in the memory the
+    configuration leaves), at its accuracy with all of them. With `ratios` (observed / predicted latency of past requests), the SLO objective: each
     answer's accuracy times the share of past ratios under which its configuration would have met
     its latency budget; memory and energy stay hard."""
     mods = table.modalities
@@ -946,8 +946,9 @@ def reference_best(
                 continue
             if usable & active:
                 total += chance * table.accuracy[tuple(v.tier if v is not None and m in usable else None for m, v in zip(mods, config))] * in_time(config)
-            else:  # answered from the others
-                other = reference_best(table, budget, weights, critical, ratios, overhead_ms, usable)
+            else:  # answered from the others, their sessions held beside the configuration's
+                beside = dataclasses.replace(budget, memory_bytes=budget.memory_bytes - sum(v.memory_bytes for v in config if v))
+                other = reference_best(table, beside, weights, critical, ratios, overhead_ms, usable)
                 if other is not None:
                     answer = other[1]
                     total += chance * table.accuracy[tuple(v.tier if v is not None else None for v in answer)] * in_time(answer)
@@ -1195,6 +1196,28 @@ def test_a_configuration_is_worth_the_answers_of_the_other_inputs_while_its_own_
     assert allocator.solve(one_fits, (0.5, 1.0)).config == (None, audio)  # the other way round: audio alone, always there
     both = allocator.solve(Budget(latency_ms=0.5), half_silent)
     assert both.config == (image, audio) and both.utility == pytest.approx(0.5 * 0.93 + 0.5 * 0.6)  # a fused one already counted its inputs' losses
+    # The image's answers need its session beside the audio's: where memory holds one, none come.
+    sized = Allocator(
+        ProfileTable(("image", "audio"), TIERS, (dataclasses.replace(image, memory_bytes=300), dataclasses.replace(audio, memory_bytes=400)), accuracy)
+    )
+    assert sized.solve(Budget(latency_ms=0.25, memory_bytes=600), half_silent).config[1] is None  # audio-only worth 0.425 alone: image-only
+    assert sized.solve(Budget(latency_ms=0.25, memory_bytes=700), half_silent).config == (None, dataclasses.replace(audio, memory_bytes=400))
+    assert allocator.expected_accuracy((None, audio), Budget(latency_ms=0.01), half_silent) == pytest.approx(0.725)  # late answers still count there
+    # A priority is how much a modality's answers count, not how often its input is dead: audio at
+    # priority 0.1, live on every request, leaves nothing for the image to answer, and image-only wins.
+    prioritised = Allocator(allocator.table, risk=allocator.risk, priorities={"audio": 0.1})
+    weights = prioritised.weights({"audio": 0.1}, {"audio": 1.0})
+    assert prioritised.solve(one_fits, weights).config == (image, None)
+    assert prioritised.evaluate((None, audio), one_fits, weights)[0] == pytest.approx(0.1 * 0.85)
+    half = prioritised.weights({"audio": 0.1}, {"audio": 0.5})
+    assert prioritised.evaluate((None, audio), one_fits, half)[0] == pytest.approx(0.05 * 0.85 + 0.5 * 0.6)  # silent half the time: the image's half counts
+    # Of two configurations worth the same, the faster: audio-only, ranked first by the image's best
+    # answer (0.7, too slow to come), is worth what image-only is, and takes twice as long.
+    slow_image = Variant("image", "medium", 1.0, 1, 1.0)
+    tiers = {("high", None): 0.6, ("medium", None): 0.7, (None, "low"): 0.6, ("high", "low"): 0.9, ("medium", "low"): 0.9}
+    tied = Allocator(ProfileTable(("image", "audio"), TIERS, (image, slow_image, audio), tiers), risk=allocator.risk)
+    assert tied.evaluate((None, audio), one_fits, half_silent)[0] == pytest.approx(tied.evaluate((image, None), one_fits, half_silent)[0])
+    assert tied.solve(one_fits, half_silent).config == (image, None)
 
 
 def test_an_input_back_after_an_outage_is_taken_up_at_once_but_not_one_that_flickers() -> None:

@@ -19,9 +19,10 @@ so U is the accuracy to expect from x. Were accuracies additive over modalities,
 exactly eq. 26's sum_m w_m P_m(R_m); they are not (fusion), so the measured table is used whole.
 
 When none of x's inputs is usable, the runtime does not leave the request unanswered: it answers
-from the inputs the request did bring alive, with the configuration `solve` chooses for those
-(EdgeRuntime.infer). So x is worth U(x) plus, for each set T of the other inputs, the chance that
-none of x's is usable and exactly T is, times what that answer is worth. Counted as unanswered, a
+from the inputs the request did bring alive, with the configuration `solve` chooses for those in
+the memory x leaves (`answer_for`, EdgeRuntime.infer). So x is worth U(x) plus, for each set T of
+the other inputs, the chance that none of x's is usable and exactly T is (by quality alone: see
+`fallbacks`), times what that answer is worth. Counted as unanswered, a
 microphone silent every other request priced audio-only at half its accuracy, below image-only
 (0.62): on a load where one modality fits, the runtime served image-only (0.586 SLO-accuracy) where
 audio-only, answered from the image while the audio was silent, gets 0.757 (measured).
@@ -47,6 +48,7 @@ Two objectives (`runtime.objective`):
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import itertools
 import math
@@ -319,6 +321,7 @@ class Allocator:
         self.table = table
         self.risk = risk
         self.critical = dict(critical or {})
+        self.priorities = dict(priorities or {})
         unknown = sorted(set(priorities or {}) - set(table.modalities))
         if unknown:  # (ignored, silently, where a critical modality the runtime lacks was refused)
             raise ConfigError(f"runtime.priorities: {unknown} are no modalities of this runtime ({', '.join(table.modalities)})")
@@ -333,6 +336,7 @@ class Allocator:
                 raise ConfigError(f"runtime.critical.{m}: no {m} variant at tier {tier} or above (variants: {', '.join(v.id for v in table.variants)})")
         # Every configuration that processes something; the critical constraint is applied per decision.
         self.configs = [c for c in itertools.product(*(table.options(m) for m in table.modalities)) if any(v is not None for v in c)]
+        self._all_modalities = frozenset(table.modalities)
         self.costs = {c: config_costs(c) for c in self.configs}
         self._ranked: dict[tuple[float, ...], tuple[list[tuple[float, Configuration]], dict[Configuration, Prospect]]] = {}
         # The most accurate configuration over each set of modalities (every input usable): what an
@@ -364,15 +368,20 @@ class Allocator:
 
     def fallbacks(self, config: Configuration, weights: tuple[float, ...], available: Collection[str] | None = None) -> list[tuple[float, frozenset[str]]]:
         """When none of `config`'s inputs is usable, the runtime answers from the others it can use:
-        each set of those, with its chance (that none of `config`'s is usable included)."""
+        each set of those, with its chance (that none of `config`'s is usable included). The chance
+        an input is usable here is its quality alone, its weight over its priority: a priority says
+        how much a modality's answers count, not how often its input is dead (taken as such, audio
+        at priority 0.1 was priced as answered from the image nine times in ten, and the priority
+        no longer kept image-only ahead of audio-only)."""
         mods = self.table.modalities
-        none_usable = math.prod(1.0 - weights[i] for i, v in enumerate(config) if v is not None)
-        others = [i for i, v in enumerate(config) if v is None and weights[i] > 0 and (available is None or mods[i] in available)]
+        quality = [min(1.0, w / p) if (p := self.priorities.get(m, 1.0)) > 0 else 0.0 for m, w in zip(mods, weights)]
+        none_usable = math.prod(1.0 - quality[i] for i, v in enumerate(config) if v is not None)
+        others = [i for i, v in enumerate(config) if v is None and quality[i] > 0 and (available is None or mods[i] in available)]
         if none_usable <= 0 or not others:
             return []
         out = []
         for usable in itertools.product([False, True], repeat=len(others)):
-            chance = none_usable * math.prod(weights[i] if bit else 1.0 - weights[i] for i, bit in zip(others, usable))
+            chance = none_usable * math.prod(quality[i] if bit else 1.0 - quality[i] for i, bit in zip(others, usable))
             if chance > 0 and any(usable):
                 out.append((chance, frozenset(mods[i] for i, bit in zip(others, usable) if bit)))
         return out
@@ -455,14 +464,18 @@ class Allocator:
         NoConfigurationError when nothing can run at all."""
         usable = frozenset(self.table.modalities if available is None else available)
         candidates, note = self.eligible(weights, exclude, usable)
-        answers: dict[frozenset[str], Configuration | None] = {}  # the fallbacks' answers, worked out once per decision
+        answers: dict[tuple[frozenset[str], float], Decision | None] = {}  # the fallbacks' answers, worked out once per decision
         prospects = self._ranking(weights)[1]
         best: tuple[float, Configuration] | None = None
-        for bound, c in candidates:  # best bound first; a later one must be worth strictly more
-            if best is not None and bound <= best[0] + 1e-9:
+        for bound, c in candidates:  # best bound first; a later one must be worth more, or as much for less time, then memory
+            if best is not None and bound < best[0] - 1e-9:
                 break  # worth is at most the bound: nothing further down can win (the search stays exact)
             worth, fits = self._worth(c, prospects[c], budget, weights, exclude, usable, slack, answers)
-            if fits and (self.risk is None or worth > 0) and (best is None or worth > best[0] + 1e-9):
+            if (
+                fits
+                and (self.risk is None or worth > 0)
+                and (best is None or worth > best[0] + 1e-9 or (worth >= best[0] - 1e-9 and self._cheaper(c, best[1])))
+            ):
                 best = (worth, c)
         if best is not None:
             worth, c = best
@@ -483,6 +496,11 @@ class Allocator:
             f"nothing fits ({', '.join(self.costs[c].over(budget)) or 'latency'} over); least over budget: {describe(self.table, c)}{note}",
         )
 
+    def _cheaper(self, config: Configuration, than: Configuration) -> bool:
+        """Faster, or as fast and smaller (the ranking's order of a tie)."""
+        a, b = self.costs[config], self.costs[than]
+        return (a.latency_ms, a.memory_bytes) < (b.latency_ms, b.memory_bytes)
+
     def _slo_score(self, utility: float, config: Configuration, budget: Budget, slack: float = 0.0) -> tuple[float, float]:
         """(expected SLO-accuracy, chance of meeting the deadline) of a configuration; 0 when it is
         over the memory or energy budget (those stay hard)."""
@@ -500,7 +518,7 @@ class Allocator:
         `solve` maximises) within `budget` with `slack` to spare, with what it is worth; best first."""
         usable = frozenset(self.table.modalities)
         candidates, _ = self.eligible(weights, exclude, usable)
-        answers: dict[frozenset[str], Configuration | None] = {}
+        answers: dict[tuple[frozenset[str], float], Decision | None] = {}
         prospects = self._ranking(weights)[1]
         out: dict[Configuration, float] = {}
         for bound, c in candidates:  # best bound first: worth is at most the bound, so the rest cannot be worth more
@@ -523,13 +541,27 @@ class Allocator:
 
     def expected_accuracy(self, config: Configuration, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset()) -> float:
         """The accuracy to expect from `config` with inputs usable by `weights`, the answers from the
-        other inputs when none of its own is usable counted (the deadline left out)."""
-        answers: dict[frozenset[str], Configuration | None] = {}
+        other inputs when none of its own is usable counted (the deadline left out: an answer over
+        the budget counts, as the configuration's own do)."""
+        answers: dict[tuple[frozenset[str], float], Decision | None] = {}
         total = self.utility(config, weights)
         for chance, present in self.fallbacks(config, weights):
-            answering = self._answering(present, budget, weights, exclude, answers)
-            total += chance * (self.table.accuracy_of(answering) if answering is not None else 0.0)
+            answering = self._answering(config, present, budget, weights, exclude, answers)
+            total += chance * (self.table.accuracy_of(answering.config) if answering is not None else 0.0)
         return total
+
+    def answer_for(
+        self, config: Configuration, present: Collection[str], budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset()
+    ) -> Decision:
+        """How the runtime answers a request that brought only the `present` inputs usable, none of
+        `config`'s (the configuration in force): the best over those inputs within `budget`, its
+        memory beside `config`'s (whose sessions stay loaded). Raises NoConfigurationError when
+        nothing can run on them."""
+        return self.solve(self._beside(budget, config), weights, exclude, available=set(present))
+
+    def _beside(self, budget: Budget, config: Configuration) -> Budget:
+        """`budget` with the memory `config` holds taken off (what a fallback's sessions may hold)."""
+        return dataclasses.replace(budget, memory_bytes=budget.memory_bytes - (self.costs.get(config) or config_costs(config)).memory_bytes)
 
     def _worth(
         self,
@@ -540,7 +572,7 @@ class Allocator:
         exclude: frozenset[str],
         usable: frozenset[str],
         slack: float,
-        answers: dict[frozenset[str], Configuration | None],
+        answers: dict[tuple[frozenset[str], float], Decision | None],
     ) -> tuple[float, bool]:
         """`evaluate` with the modalities `usable`, given `config`'s utility and fallbacks with
         every modality usable (`prospect`), the fallbacks' answering configurations kept in
@@ -549,30 +581,35 @@ class Allocator:
         worth, fits = self._score(utility, config, budget, slack)
         if not fits or not fallbacks:
             return worth, fits
-        if len(usable) < len(self.table.modalities):
+        if usable != self._all_modalities:
             fallbacks = self.fallbacks(config, weights, usable)
         for chance, present in fallbacks:
-            answering = self._answering(present, budget, weights, exclude, answers)
-            if answering is not None:
-                accuracy = self.table.accuracy_of(answering)
-                costs = self.costs[answering]
+            answering = self._answering(config, present, budget, weights, exclude, answers)
+            if answering is not None and answering.feasible:  # (else late, or over the memory or energy budget: worth nothing)
+                accuracy = self.table.accuracy_of(answering.config)
+                costs = self.costs[answering.config]
                 worth += chance * (accuracy if self.risk is None else accuracy * self.risk.chance(costs.typical_ms, budget.latency_ms, budget.slowdown))
         return worth, True
 
     def _answering(
-        self, present: frozenset[str], budget: Budget, weights: tuple[float, ...], exclude: frozenset[str], answers: dict[frozenset[str], Configuration | None]
-    ) -> Configuration | None:
-        """The configuration the runtime answers a request with when only the `present` inputs are
-        usable (`solve` over them, as EdgeRuntime.infer asks; memoised in `answers`); None when
-        nothing fits (its answer is worth nothing: late, or over the memory or energy budget)."""
-        if present not in answers:
+        self,
+        config: Configuration,
+        present: frozenset[str],
+        budget: Budget,
+        weights: tuple[float, ...],
+        exclude: frozenset[str],
+        answers: dict[tuple[frozenset[str], float], Decision | None],
+    ) -> Decision | None:
+        """`answer_for`, memoised in `answers` by the inputs and the memory left beside `config`;
+        None when nothing can run on them."""
+        beside = self._beside(budget, config)
+        key = (present, beside.memory_bytes)
+        if key not in answers:
             try:
-                decision = self.solve(budget, weights, exclude, available=set(present))
+                answers[key] = self.solve(beside, weights, exclude, available=set(present))
             except NoConfigurationError:
-                answers[present] = None
-            else:
-                answers[present] = decision.config if decision.feasible else None
-        return answers[present]
+                answers[key] = None
+        return answers[key]
 
     def _score(self, utility: float, config: Configuration, budget: Budget, slack: float) -> tuple[float, bool]:
         """What `config` is worth when its own inputs are usable with chance `utility` describes (its
