@@ -958,11 +958,16 @@ def test_a_microphone_silent_every_other_request_is_still_used_while_the_image_a
     audio_at = bank.table.modalities.index("audio")
     accuracy = {key: 0.93 if all(key) else 0.85 if key[audio_at] else 0.6 for key in bank.table.accuracy}  # audio the better input at every tier
     runtime = EdgeRuntime(replace(bank, table=replace(bank.table, accuracy=accuracy)), RuntimeConfig(latency_target_ms=0.6))  # one critical variant fits
-    solved = []
-    answer_for = runtime.allocator.answer_for
+    solved, causes = [], []
+    answer_for, redecide = runtime.allocator.answer_for, runtime.redecide
     monkeypatch.setattr(runtime.allocator, "answer_for", lambda *args: solved.append(args) or answer_for(*args))
+    monkeypatch.setattr(runtime, "redecide", lambda cause, *args, **kwargs: causes.append(cause) or redecide(cause, *args, **kwargs))
     silent = np.zeros(8000, dtype=np.int16)
     answers = [runtime.infer({**x, "audio": silent} if i % 2 else x) for i, x in enumerate(inputs)]
+    # Its running quality swings between 0.44 and 0.56, across two of the weights' 0.05 steps: it
+    # re-planned on every request (0.3 ms of decisions each on the make-run bank, learnt as the
+    # runtime's own cost: 0.29 ms against 0.03, off every request's latency budget).
+    assert causes.count("input quality") <= 6, causes
     assert 0.3 < runtime.quality["audio"] < 0.7
     assert [v.id for v in runtime.current.config if v is not None] == ["critical/audio"]
     assert all(a.variants == (["critical/image"] if i % 2 else ["critical/audio"]) for i, a in enumerate(answers[10:], start=10))
