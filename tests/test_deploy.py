@@ -3,6 +3,7 @@ servers (real uvicorn and a real Mosquitto broker), offloading and telemetry."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -19,6 +20,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -1038,6 +1040,26 @@ def test_an_upstream_is_given_the_time_it_may_take() -> None:
     assert choose_route(0.95, 8.0, 2.0, [fog], 100).target == "local"  # nobody in time: answered here
 
 
+def test_a_link_that_slows_down_is_soon_expected_slow_whatever_one_quick_call_said() -> None:
+    """Averaged as bytes per ms, the fast calls ruled, and one call quicker than the round trip
+    (its transfer floored at 0.01 ms) made the link look instant: 31 calls at 350 ms before one was
+    expected at 300 (20 ms calls before)."""
+    from racmkd.deploy.offload import LinkEstimate
+
+    link = LinkEstimate()
+    link.observe(2.0, 0.0, 0)  # a probe: the round trip
+    for _ in range(5):
+        link.observe(20.0, 1.0, 40_000)
+    assert link.expected_ms(40_000, 1.0) == pytest.approx(20.0, rel=0.01)
+    link.observe(1.0, 1.0, 40_000)  # quicker than the round trip: tells nothing of the transfer
+    assert link.expected_ms(40_000, 1.0) == pytest.approx(20.0, rel=0.01)
+    calls = 0
+    while link.expected_ms(40_000, 1.0) < 300.0:
+        link.observe(350.0, 1.0, 40_000)
+        calls += 1
+    assert calls <= 8
+
+
 def test_an_upstream_slow_in_every_phase_is_given_up_on_at_the_deadline() -> None:
     """httpx's timeouts bound each phase of a call, not the whole: an upstream that sends its
     headers late, then its body late, each within the timeout, kept a request past its deadline."""
@@ -1130,7 +1152,10 @@ def test_a_call_that_took_the_client_as_it_was_closed_fails_as_an_upstream_error
 def test_a_healthy_probe_does_not_wipe_out_failed_predictions() -> None:
     """A /health that answers reset the breaker's count of failed calls: with a probe every 5 s
     and fewer than three failed /predict calls between probes, the breaker of an upstream whose
-    every prediction failed never opened. A probe closes an open breaker; a closed one keeps count."""
+    every prediction failed never opened. A probe closes an open breaker that probes alone opened;
+    one that failed predictions opened it leaves half-open, for the next prediction to try (a quick
+    /health closed the breaker of an upstream whose /predict was too slow, and three more requests
+    each waited out their budget); a closed one keeps count."""
     from racmkd.deploy.offload import CircuitBreaker
 
     breaker = CircuitBreaker(failures_to_open=3, reset_after_s=5.0)
@@ -1140,7 +1165,13 @@ def test_a_healthy_probe_does_not_wipe_out_failed_predictions() -> None:
     breaker.failure(now=0.0)
     assert breaker.state == "open"
     assert breaker.allow(now=6.0) and breaker.state == "half-open"
-    assert breaker.success(probe=True) is True and (breaker.state, breaker.failures) == ("closed", 0)  # back: the probe closes it
+    assert breaker.success(probe=True) is False and breaker.state == "half-open"  # /health answers: the next prediction is the trial
+    assert breaker.success() is True and (breaker.state, breaker.failures) == ("closed", 0)  # it answered: back
+    probed = CircuitBreaker(failures_to_open=3, reset_after_s=5.0)
+    for _ in range(3):
+        probed.failure(now=0.0, probe=True)
+    assert probed.state == "open" and probed.allow(now=6.0)
+    assert probed.success(probe=True) is True and probed.state == "closed"  # opened by probes alone: a healthy probe closes it
     breaker.failure(now=7.0)
     assert breaker.success() is False and breaker.failures == 0  # a prediction that succeeds resets the count
     # A probe's own failures are taken back by a healthy probe: failed health checks days apart never add up to an outage.
@@ -1225,14 +1256,35 @@ def test_an_unreachable_upstream_is_said_once_per_outage(caplog: pytest.LogCaptu
     assert len(said) == 2 and "circuit open after 2 failure(s), last ConnectError" in said[0] and "answers again" in said[1], said
 
 
-def test_a_malformed_upstream_prediction_is_answered_locally_and_says_why(tiny_run: Path, tiny_dataset, bank_dir: Path) -> None:  # noqa: ANN001
-    """An upstream answering a label outside the classes, or no probability per class, is a failed
-    offload: the edge answers itself and names the reason in `fallbacks` (it relayed it as a
-    success, `offloaded: true`)."""
+@contextlib.contextmanager
+def edge_beside_a_fake_fog(tiny_run: Path, tiny_dataset, fog_answers, *overrides: str) -> Iterator[tuple[EdgeService, TestClient, Any, list]]:  # noqa: ANN001
+    """An edge service of the tiny run whose one upstream (http://fog, more accurate, near, no
+    retries) is answered by `fog_answers` (an httpx handler); with its test client, the upstream,
+    and one test image as a JSON request sends it."""
     import torch
 
     from racmkd.deploy.offload import LinkEstimate
 
+    cfg = load_config(tiny_run / "config.yaml", ["serve.upstreams=[http://fog]", "serve.upstream_retries=0", "serve.offload_margin=-1.0", *overrides])
+    service = EdgeService(cfg, tiny_run, cfg.serve)
+    try:
+        fog = service.upstreams[0]
+        fog._client = httpx.Client(base_url=fog.url, transport=httpx.MockTransport(fog_answers))
+        fog.accuracy, fog.link = 0.999, LinkEstimate(rtt_ms=0.1)
+        yield (
+            service,
+            TestClient(create_app(service, cfg.serve, token=None)),
+            fog,
+            tiny_dataset.raw_batch("test", torch.tensor([0]))["image"][0].numpy().tolist(),
+        )
+    finally:
+        service.close()
+
+
+def test_a_malformed_upstream_prediction_is_answered_locally_and_says_why(tiny_run: Path, tiny_dataset, bank_dir: Path) -> None:  # noqa: ANN001
+    """An upstream answering a label outside the classes, or no probability per class, is a failed
+    offload: the edge answers itself and names the reason in `fallbacks` (it relayed it as a
+    success, `offloaded: true`)."""
     replies = iter(
         [
             {"label": 99, "probabilities": [], "served_by": "fog", "model": "high", "compute_ms": 1},
@@ -1247,17 +1299,9 @@ def test_a_malformed_upstream_prediction_is_answered_locally_and_says_why(tiny_r
             return httpx.Response(200, json={"accuracy": 0.999, "compute_ms_p50": 0.1})
         return httpx.Response(200, content=json.dumps(next(replies)).encode(), headers={"content-type": "application/json"})
 
-    cfg = load_config(
-        tiny_run / "config.yaml", ["serve.upstreams=[http://fog]", "serve.upstream_retries=0", "serve.offload_margin=-1.0", "serve.breaker_failures=100"]
-    )
-    service = EdgeService(cfg, tiny_run, cfg.serve)
-    try:
-        fog = service.upstreams[0]
-        fog._client = httpx.Client(base_url=fog.url, transport=httpx.MockTransport(fake_fog))
-        fog.accuracy, fog.link = 0.999, LinkEstimate(rtt_ms=0.1)
-        client = TestClient(create_app(service, cfg.serve, token=None))
-        raw = tiny_dataset.raw_batch("test", torch.tensor([0]))
-        request = {"image": raw["image"][0].numpy().tolist(), "latency_target_ms": 10000.0}
+    with edge_beside_a_fake_fog(tiny_run, tiny_dataset, fake_fog, "serve.breaker_failures=100") as (service, client, fog, image):
+        cfg = service.cfg
+        request = {"image": image, "latency_target_ms": 10000.0}
         for reason in ("probabilities", "label 99", "2 probabilities for 10 classes", "not a distribution"):
             reply = client.post("/predict", json=request)
             assert reply.status_code == 200, reply.text
@@ -1273,8 +1317,55 @@ def test_a_malformed_upstream_prediction_is_answered_locally_and_says_why(tiny_r
             service.answer(parse_request(body, "application/json", cfg.serve, service.modalities()), body, "application/json").model_dump(),
         ):
             assert answer["offloaded"] is False and any(f"offload not tried: {fog.name}'s circuit is open" in f for f in answer["fallbacks"]), answer
-    finally:
-        service.close()
+
+
+def test_a_forwarded_request_carries_its_deadline_and_is_not_forwarded_again(tiny_run: Path, tiny_dataset, bank_dir: Path) -> None:  # noqa: ANN001
+    """Nothing marked a forwarded request: two edges listing each other bounced one request 23
+    times, each hop with the client's whole target again; a fog computed requests the edge had
+    given up on (29% of its answers under load); and the budget counted from when the edge's
+    worker took the request, not from its arrival (every failed offload over a 150 ms target)."""
+    from racmkd.deploy.offload import FORWARDED_HEADER
+
+    sent: list[httpx.Request] = []
+
+    def fake_fog(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={"label": 0, "probabilities": [0.91] + [0.01] * 9, "served_by": "fog", "model": "high", "compute_ms": 0.5})
+
+    with edge_beside_a_fake_fog(tiny_run, tiny_dataset, fake_fog) as (service, client, _, image):
+        cfg = service.cfg
+        request = {"image": image, "latency_target_ms": 400.0}
+        assert client.post("/predict", json=request).json()["offloaded"] is True
+        assert len(sent) == 1 and 0 < float(sent[0].headers[FORWARDED_HEADER]) <= 400.0  # what is left of the target goes along
+        again = client.post("/predict", json=request, headers={FORWARDED_HEADER: "300"}).json()
+        assert again["offloaded"] is False and len(sent) == 1  # forwarded to this edge: answered here, not forwarded on
+        # The target counts from the request's arrival: one that spent it before a worker took it is not forwarded.
+        body = json.dumps(request).encode()
+        late = parse_request(body, "application/json", cfg.serve, service.modalities()).received(time.monotonic() - 1.0, None)
+        answer = service.answer(late, body, "application/json")
+        assert answer.offloaded is False and len(sent) == 1 and any("no time left" in f for f in answer.fallbacks), answer.fallbacks
+    fog_app = TestClient(create_app(ModelService("fog", tiny_run, ["high"]), ServeConfig(), token=None))
+    assert fog_app.post("/predict", json=request, headers={FORWARDED_HEADER: "5000"}).status_code == 200
+    given_up = fog_app.post("/predict", json=request, headers={FORWARDED_HEADER: "0"})
+    assert given_up.status_code == 503 and "given up" in given_up.json()["detail"]
+
+
+def test_a_failing_upstream_costs_no_pause_after_its_last_try_and_one_that_cannot_answer_in_its_timeout_is_not_chosen() -> None:
+    """The backoff slept after the last try too (41 ms a failed request with one retry, 81 with
+    two); and an upstream expected at 700 ms, its calls cut at 500, was still chosen for a 2 s
+    target, and every request waited 0.8 s to be answered locally."""
+    from racmkd.deploy.offload import LinkEstimate, Upstream, UpstreamError, choose_route
+
+    failing = Upstream("fog", "http://fog", retries=1, backoff_s=0.3)
+    failing._client = httpx.Client(base_url=failing.url, transport=httpx.MockTransport(lambda request: httpx.Response(500)))
+    started = time.monotonic()
+    with pytest.raises(UpstreamError, match="HTTP 500"):
+        failing.predict(b"{}", "application/json", started + 5.0)
+    assert 0.3 <= time.monotonic() - started < 0.55  # one pause between the two tries, none after (it paused 0.6 s more)
+    slow = Upstream("fog", "http://fog", timeout_s=0.5, accuracy=0.999, compute_ms=700.0, link=LinkEstimate(rtt_ms=1.0))
+    assert choose_route(0.9, 10.0, 2000.0, [slow], 100).target == "local"
+    slow.timeout_s = 1.0
+    assert choose_route(0.9, 10.0, 2000.0, [slow], 100).target == "fog"
 
 
 def test_a_fleet_watcher_passes_over_messages_that_are_not_ours() -> None:

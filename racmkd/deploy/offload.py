@@ -35,6 +35,11 @@ MAX_REPLY_BYTES = 1 << 20  # an answer is a label and a few probabilities (under
 # still coming DROP_AFTER_S later get the connection closed, see `Upstream._call_waiting`); while every worker is taken (an upstream hanging), requests
 # wait their deadline out in the queue and are answered locally, and the breaker soon opens.
 _CALLS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="racmkd-upstream")
+# On a forwarded /predict: what is left of the forwarding server's budget for it, in ms. A request
+# that carries it is never offloaded again (two edges listing each other bounced one request 23
+# times), and a fog or cloud does not compute it once that time has passed (under load a fog
+# computed 29% of its answers for requests the edge had given up on).
+FORWARDED_HEADER = "X-Racmkd-Deadline-Ms"
 DROP_AFTER_S = 0.5  # past a call's own timeout, when its upstream's connections are closed (see `Upstream._call_waiting`)
 
 
@@ -69,11 +74,20 @@ class CircuitBreaker:
 
     def success(self, probe: bool = False) -> bool:
         """Record a success; True when it ends an outage (the breaker was open or half-open). A
-        `probe`'s (its /health answered) closes an open breaker; a closed one's failures in a row
-        it resets only as far as they were probes': it reset failed predictions too, and with a
-        health check every few seconds an upstream whose every /predict failed never had its
-        breaker opened."""
+        `probe`'s (its /health answered) closes an open breaker only when probes alone opened it;
+        one opened by failed predictions it leaves half-open, for the next prediction to try (a
+        quick /health closed the breaker of an upstream whose /predict was too slow, and three
+        more requests each waited out their budget: 18 of 30 at one request every 2 s). A closed
+        one's failures in a row it resets only as far as they were probes': it reset failed
+        predictions too, and with a health check every few seconds an upstream whose every
+        /predict failed never had its breaker opened."""
         with self._lock:
+            if probe and self.failures > self.probe_failures:  # predictions failed: only a prediction's success tells they work
+                if self.state == "open":
+                    self.state = "half-open"
+                self.failures -= self.probe_failures
+                self.probe_failures = 0
+                return False
             ended = self.state != "closed"
             if ended or not probe:
                 self.state, self.failures, self.probe_failures = "closed", 0, 0
@@ -96,27 +110,31 @@ class CircuitBreaker:
 
 @dataclass
 class LinkEstimate:
-    """Round-trip time and bandwidth of a link, from the calls made over it (EWMA)."""
+    """Round-trip time and transfer time per byte of a link, from the calls made over it (EWMA).
+    Per byte, not bytes per ms: averaged as a rate, the fast calls ruled (the link slowing from 20
+    to 350 ms a request took 14 calls to be expected at 300 ms), and one call quicker than the
+    round trip, its transfer floored at 0.01 ms, set the rate to 1.8e7 bytes/ms (20 slow calls
+    later it was still expected at 42 ms). A call that took no longer than the round trip tells
+    nothing of the transfer, and is passed over."""
 
     rtt_ms: float | None = None
-    bytes_per_ms: float | None = None
+    ms_per_byte: float | None = None
     weight: float = 0.3
 
     def observe(self, total_ms: float, server_ms: float, payload_bytes: int) -> None:
         """One call: its wall time, the upstream's own compute time, and the bytes sent."""
         network = max(total_ms - server_ms, 0.01)
-        if payload_bytes > 4096 and self.rtt_ms is not None:  # a large payload measures bandwidth
-            transfer = max(network - self.rtt_ms, 0.01)
-            rate = payload_bytes / transfer
-            self.bytes_per_ms = rate if self.bytes_per_ms is None else (1 - self.weight) * self.bytes_per_ms + self.weight * rate
+        if payload_bytes > 4096 and self.rtt_ms is not None:  # a large payload measures the transfer
+            if network > self.rtt_ms:
+                per_byte = (network - self.rtt_ms) / payload_bytes
+                self.ms_per_byte = per_byte if self.ms_per_byte is None else (1 - self.weight) * self.ms_per_byte + self.weight * per_byte
         else:  # a small one measures the round trip
             self.rtt_ms = network if self.rtt_ms is None else (1 - self.weight) * self.rtt_ms + self.weight * network
 
     def expected_ms(self, payload_bytes: int, server_ms: float) -> float | None:
         if self.rtt_ms is None:
             return None
-        transfer = payload_bytes / self.bytes_per_ms if self.bytes_per_ms else 0.0
-        return self.rtt_ms + transfer + server_ms
+        return self.rtt_ms + payload_bytes * (self.ms_per_byte or 0.0) + server_ms
 
 
 @dataclass
@@ -245,6 +263,8 @@ class Upstream:
         a byte a little faster than that kept a call (a worker, or the probing thread) for hours.
         `watched`: told when the call started and which client it took, for the watchdog."""
         headers = {"Content-Type": content_type} if content_type else {}
+        if method == "POST":  # a forwarded request: never offloaded again, and not computed once its time is up (see server.py)
+            headers[FORWARDED_HEADER] = f"{max(timeout_s, 0.0) * 1e3:.1f}"
         started = time.monotonic()
         given_up_at = started + timeout_s
         client = self.client()
@@ -295,6 +315,8 @@ class Upstream:
             except (httpx.HTTPError, ValueError, TypeError, RecursionError, UpstreamError) as err:  # (RecursionError: JSON nested past the parser's depth)
                 last = err
                 self._failed(err)
+                if attempt == self.retries or not self.breaker.allow():
+                    break  # (no pause after the last try, nor once the breaker opened: 41-81 ms each failed request waited for nothing)
                 pause = min(self.backoff_s * 2**attempt, max(deadline - time.monotonic(), 0.0))
                 if pause > 0:
                     time.sleep(pause)
@@ -367,7 +389,9 @@ def choose_route(local_accuracy: float, local_ms: float, target_ms: float, upstr
         if not up.breaker.allow() or up.accuracy is None:
             continue
         expected = up.link.expected_ms(payload_bytes, up.compute_ms)
-        if expected is None or expected > budget_ms:
+        if expected is None or expected > min(
+            budget_ms, up.timeout_s * 1e3
+        ):  # (each call is cut at the upstream's timeout: one expected past it never answers)
             continue
         if up.accuracy > best_accuracy + margin or (not local_in_time and best is None):
             reason = (

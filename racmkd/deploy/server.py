@@ -100,10 +100,26 @@ class PredictResponse(BaseModel):
 
 
 class Inputs:
-    """A parsed, checked request."""
+    """A parsed, checked request; when it arrived (time.monotonic: its latency target counts from
+    then) and, for one another server forwarded, by when its answer is of use to that one (None: a
+    client's own)."""
 
     def __init__(self, arrays: dict[str, np.ndarray | None], sample_rate: int, target_ms: float | None, model: str | None) -> None:
         self.arrays, self.sample_rate, self.target_ms, self.model = arrays, sample_rate, target_ms, model
+        self.arrived = time.monotonic()
+        self.forwarded_until: float | None = None
+
+    def received(self, arrived: float, forwarded_ms: str | None) -> Inputs:
+        """Note when the request arrived and what is left of a forwarding server's budget for it
+        (FORWARDED_HEADER's value; one that does not parse counts as none left)."""
+        self.arrived = arrived
+        if forwarded_ms is not None:
+            try:
+                left = float(forwarded_ms)
+            except ValueError:
+                left = 0.0
+            self.forwarded_until = arrived + (left / 1e3 if math.isfinite(left) else 0.0)
+        return self
 
     def raws(self, uses: list[str] | None = None) -> dict[str, Any]:
         """Every array the request brought, by modality, as a predictor or the runtime takes them
@@ -393,6 +409,8 @@ class ModelService(Service):
 
     def answer(self, inputs: Inputs, body: bytes, content_type: str) -> PredictResponse:
         name = inputs.model or self.default
+        if inputs.forwarded_until is not None and time.monotonic() > inputs.forwarded_until:
+            raise HTTPException(503, "not computed: the server that forwarded this request has given up on it (its deadline passed while it waited here)")
         if name not in self.predictors:
             raise HTTPException(422, f"model {name!r} is not served here; choose one of {', '.join(self.predictors)}")
         started = time.perf_counter()
@@ -636,7 +654,9 @@ class EdgeService(Service):
         racmkd.deploy.offload.choose_route), None to answer here."""
         from racmkd.deploy.offload import choose_route
 
-        if not self.upstreams or inputs.model is not None:  # a request that names this edge's model wants its answer
+        if (
+            not self.upstreams or inputs.model is not None or inputs.forwarded_until is not None
+        ):  # a request that names this edge's model wants its answer; a forwarded one is not forwarded again
             return None
         target = inputs.target_ms or self.cfg.runtime.latency_target_ms
         accuracy, local_ms = self.local_expectation(engine)
@@ -654,7 +674,8 @@ class EdgeService(Service):
             route, upstream = chosen
             started = time.perf_counter()
             try:
-                reply = upstream.predict(body, content_type, time.monotonic() + route.budget_ms / 1e3, engine.classes)
+                # (from the request's arrival: reading and parsing it, and waiting for a worker, spent its target too)
+                reply = upstream.predict(body, content_type, inputs.arrived + route.budget_ms / 1e3, engine.classes)
                 answer = PredictResponse(
                     **{
                         **reply,
@@ -984,6 +1005,8 @@ class GuardManagement:
 
 def create_app(service: Service, settings: ServeConfig, token: str | None = None) -> FastAPI:
     """The HTTP face of a service."""
+    from racmkd.deploy.offload import FORWARDED_HEADER
+
     check_inference_token(settings, token)
 
     @asynccontextmanager
@@ -1066,6 +1089,7 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
     async def body_of(request: Request) -> bytes:
         """The request body as sent (JSON or .npz), for parsing and forwarding; the token is checked
         first when inference is protected, and the body is read no further than the size limit."""
+        request.state.arrived = time.monotonic()  # (the request's latency target counts from here)
         try:
             problem = refusal(request.headers.get("authorization")) if settings.protect_inference else None
             if problem is not None:
@@ -1143,10 +1167,11 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
     async def predict(request: Request, body: bytes = Depends(body_of)) -> Response:
         # Async: a quick local answer is computed right here; one that waits on an upstream or on a
         # PyTorch model goes to a worker thread. The answer is serialised once, by its own model.
-        started = time.perf_counter()
+        started, arrived = time.perf_counter(), time.monotonic()
         content_type = request.headers.get("content-type", "application/json")
         try:
             inputs = parse_request(body, content_type, settings, service.modalities(), service.audio_rate, service.raw_specs())
+            inputs.received(getattr(request.state, "arrived", arrived), request.headers.get(FORWARDED_HEADER))
             answer = service.answer_now(inputs)
             if answer is None:
                 if waiting[0] >= settings.max_waiting:  # (the event loop's thread alone counts: no lock)
