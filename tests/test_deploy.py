@@ -1308,6 +1308,10 @@ def test_a_malformed_upstream_prediction_is_answered_locally_and_says_why(tiny_r
             answer = reply.json()
             assert answer["offloaded"] is False and answer["served_by"].startswith("edge:") and len(answer["probabilities"]) == 10
             assert any("offload failed" in f and reason in f for f in answer["fallbacks"]), answer["fallbacks"]
+            assert answer["offload_failed"] is True and answer["latency_ms"] >= answer["compute_ms"] > 0  # (it read as a local answer)
+        metrics = client.get("/metrics").text
+        assert 'racmkd_requests_total{outcome="ok",role="edge",route="offload_failed"} 4.0' in metrics
+        assert 'racmkd_requests_late_total{role="edge"}' not in metrics  # none past the 10 s target
         # An upstream whose breaker is open is passed over, and the answer says so (it said nothing),
         # answered on the event loop (answer_now) or on a worker thread (answer).
         fog.breaker.state, fog.breaker.opened_at = "open", time.monotonic()
@@ -1339,6 +1343,8 @@ def test_a_forwarded_request_carries_its_deadline_and_is_not_forwarded_again(tin
         assert len(sent) == 1 and 0 < float(sent[0].headers[FORWARDED_HEADER]) <= 400.0  # what is left of the target goes along
         again = client.post("/predict", json=request, headers={FORWARDED_HEADER: "300"}).json()
         assert again["offloaded"] is False and len(sent) == 1  # forwarded to this edge: answered here, not forwarded on
+        assert again["offload_failed"] is False and client.post("/predict", json={**request, "latency_target_ms": 1e-3}).json()["latency_ms"] > 1e-3
+        assert 'racmkd_requests_late_total{role="edge"} 1.0' in client.get("/metrics").text  # answered past its target, counted
         # The target counts from the request's arrival: one that spent it before a worker took it is not forwarded.
         body = json.dumps(request).encode()
         late = parse_request(body, "application/json", cfg.serve, service.modalities()).received(time.monotonic() - 1.0, None)

@@ -97,6 +97,10 @@ class PredictResponse(BaseModel):
     offloaded: bool = False
     route: str = "local"
     fallbacks: list[str] = []
+    # An upstream was tried and failed, the answer is this server's: the time waited on it is in
+    # latency_ms, not compute_ms (a failed offload read as a local answer of 1 ms, the client having waited 163).
+    offload_failed: bool = False
+    latency_ms: float | None = None  # from the request's arrival here to its answer
 
 
 class Inputs:
@@ -373,6 +377,10 @@ class Service:
         """The answer, when it is quick to compute and waits on nothing (the app then computes it on
         its event loop, without a worker thread's hand-over); None when `answer` must run instead."""
         return None
+
+    def target_ms(self, inputs: Inputs) -> float | None:
+        """The latency target a request is answered against (None: none known here)."""
+        return inputs.target_ms
 
     def describe(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -658,12 +666,15 @@ class EdgeService(Service):
             not self.upstreams or inputs.model is not None or inputs.forwarded_until is not None
         ):  # a request that names this edge's model wants its answer; a forwarded one is not forwarded again
             return None
-        target = inputs.target_ms or self.cfg.runtime.latency_target_ms
+        target = self.target_ms(inputs)
         accuracy, local_ms = self.local_expectation(engine)
         route = choose_route(accuracy, local_ms, target, self.upstreams, len(body), self.settings.offload_margin)
         if route.target == "local":
             return None
         return route, next(u for u in self.upstreams if u.name == route.target)
+
+    def target_ms(self, inputs: Inputs) -> float:
+        return inputs.target_ms or self.cfg.runtime.latency_target_ms
 
     def answer(self, inputs: Inputs, body: bytes, content_type: str) -> PredictResponse:
         engine = self.engine  # one engine for the whole request, whatever a deploy swaps meanwhile
@@ -690,6 +701,9 @@ class EdgeService(Service):
                 return answer
             except Exception as err:  # noqa: BLE001 - whatever goes wrong upstream (a refusal, a malformed answer), the edge answers locally
                 fallbacks.append(f"offload failed, answered locally: {(str(err).splitlines() or [type(err).__name__])[0]}")
+                local = self.local(engine, inputs, fallbacks)
+                local.offload_failed = True
+                return local
         else:
             fallbacks += self.upstreams_skipped(inputs)
         return self.local(engine, inputs, fallbacks)
@@ -1025,7 +1039,18 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         return JSONResponse(status_code=422, content={"detail": f"invalid request: {problems}"})
 
     registry = CollectorRegistry()
-    requests = Counter("racmkd_requests", "Requests answered, by outcome and route", ["role", "outcome", "route"], registry=registry)
+    requests = Counter(
+        "racmkd_requests",
+        "Requests answered, by outcome and route (offloaded, offload_failed: answered here after an upstream failed, local)",
+        ["role", "outcome", "route"],
+        registry=registry,
+    )
+    late = Counter(
+        "racmkd_requests_late",
+        "Requests answered past their latency target (the request's, else an edge's runtime target), from their arrival",
+        ["role"],
+        registry=registry,
+    )
     latency = Histogram(
         "racmkd_request_latency_seconds",
         "Time from request to answer",
@@ -1187,7 +1212,11 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
             requests.labels(service.role, "bad_request" if err.status_code < 500 else "busy" if isinstance(err, Busy) else "error", "-").inc()
             raise
         latency.labels(service.role).observe(time.perf_counter() - started)
-        requests.labels(service.role, "ok", "offloaded" if answer.offloaded else "local").inc()
+        requests.labels(service.role, "ok", "offloaded" if answer.offloaded else "offload_failed" if answer.offload_failed else "local").inc()
+        answer.latency_ms = (time.monotonic() - inputs.arrived) * 1e3
+        target = service.target_ms(inputs)
+        if target is not None and answer.latency_ms > target:
+            late.labels(service.role).inc()
         return Response(answer.model_dump_json(), media_type="application/json")
 
     @app.get("/health")
