@@ -922,8 +922,8 @@ def reference_best(
     """Written apart from the allocator: try every configuration that uses only the `available`
     inputs, score it by summing over which of them turn out usable, keep the best within budget
     (its worth and itself). When none the configuration uses is usable but others are, the request
-    is answered by the best configuration over those (found the same way, in the memory the
-    configuration leaves), at its accuracy with all of them. With `ratios` (observed / predicted latency of past requests), the SLO objective: each
+    is answered by the best configuration over those (found the same way with them all usable, in
+    the memory the configuration leaves), at its accuracy with all of them. With `ratios` (observed / predicted latency of past requests), the SLO objective: each
     answer's accuracy times the share of past ratios under which its configuration would have met
     its latency budget; memory and energy stay hard."""
     mods = table.modalities
@@ -948,7 +948,8 @@ def reference_best(
                 total += chance * table.accuracy[tuple(v.tier if v is not None and m in usable else None for m, v in zip(mods, config))] * in_time(config)
             else:  # answered from the others, their sessions held beside the configuration's
                 beside = dataclasses.replace(budget, memory_bytes=budget.memory_bytes - sum(v.memory_bytes for v in config if v))
-                other = reference_best(table, beside, weights, critical, ratios, overhead_ms, usable)
+                live = tuple(1.0 if m in usable else 0.0 for m in mods)  # (the request brought them: no guessing whether they are usable)
+                other = reference_best(table, beside, live, critical, ratios, overhead_ms, usable)
                 if other is not None:
                     answer = other[1]
                     total += chance * table.accuracy[tuple(v.tier if v is not None else None for v in answer)] * in_time(answer)

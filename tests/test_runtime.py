@@ -973,6 +973,13 @@ def test_a_microphone_silent_every_other_request_is_still_used_while_the_image_a
     assert all(a.variants == (["critical/image"] if i % 2 else ["critical/audio"]) for i, a in enumerate(answers[10:], start=10))
     assert runtime.expected_accuracy() == pytest.approx(0.85 * runtime.weights()[audio_at] + 0.6 * (1 - runtime.weights()[audio_at]))
     assert 1 <= len(solved) <= 6  # 20 silent requests, under a few weights (the quality moves)
+    with runtime._lock:  # worked out again when the failures change (a variant tried again came back to a stale answer)
+        in_force, image = runtime.current.config, frozenset({"image"})
+        first = runtime._answer(image, in_force)
+        runtime.failed[first[0].id] = "test"
+        moved = runtime._answer(image, in_force)
+        del runtime.failed[first[0].id]
+        assert runtime._answer(image, in_force) == first != moved
     # The expectation reads the deadline risk, which requests feed under the runtime's lock: it
     # waits for it (read unlocked, the deploy server's /health saw "deque mutated during iteration").
     got: list[float] = []
@@ -1399,17 +1406,19 @@ def test_the_oracle_counts_a_request_when_some_configuration_gets_it_right_in_ti
     assert cheap["slo_accuracy"] > 0.0 and 0.0 < cheap["clairvoyant_allocator"] <= cheap["slo_accuracy"]
 
     # An audio input silent every other request: a configuration held through it answers those
-    # requests from what it has left, as a static tier does (image+audio: its image part; audio
-    # alone: nothing). Counted as unanswered, every fused configuration lost half its score.
+    # requests from what it has left, as a static tier does (image+audio: its image part), and with
+    # nothing left (audio alone) from the image, by the best image-only configuration held through
+    # them. Counted as unanswered, every fused configuration lost half its score.
     keys = list(bank.accuracy("test"))
     audio_at = bank.table.modalities.index("audio")
     silent = np.arange(len(rows)) % 2 == 1
+    best_image = max(right[k][silent].sum() for k, key in enumerate(keys) if key[audio_at] is None)
     held = []
     for key in keys:
         left = tuple(None if i == audio_at else t for i, t in enumerate(key))
-        held.append(np.where(silent, right[keys.index(left)] if any(left) else False, right[keys.index(key)]))
+        held.append(right[keys.index(key)][~silent].sum() + (right[keys.index(left)][silent].sum() if any(left) else best_image))
     flicker = oracle(bank, trace(0.0, 1e4), roomy, rows, outages=[Outage("audio", 0, 10, "dead", 0.5)])
-    assert flicker["best_per_level"] == pytest.approx(np.mean(held, axis=1).max())
+    assert flicker["best_per_level"] == pytest.approx(max(held) / len(rows))
     assert flicker["clairvoyant_allocator"] <= flicker["slo_accuracy"] <= unbound["slo_accuracy"]  # taking an input raises no ceiling
 
     partial = tmp_path / "edge"

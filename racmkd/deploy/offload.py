@@ -55,7 +55,8 @@ class InputRefused(UpstreamError):
 class CircuitBreaker:
     """Closed: calls go through. After `failures_to_open` failures in a row it opens and calls are
     refused at once; after `reset_after_s` calls are tried again (half-open): the first success
-    closes it, the first failure opens it again."""
+    closes it (a probe's only when probes alone opened it: see `success`), the first failure opens
+    it again."""
 
     failures_to_open: int = 3
     reset_after_s: float = 5.0
@@ -255,17 +256,27 @@ class Upstream:
             client.close()
 
     def _call(
-        self, method: str, path: str, timeout_s: float, body: bytes | None = None, content_type: str | None = None, watched: _Watched | None = None
+        self,
+        method: str,
+        path: str,
+        timeout_s: float,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        deadline: float | None = None,
+        watched: _Watched | None = None,
     ) -> tuple[int, bytes]:
         """One request; its status and at most MAX_REPLY_BYTES of the reply, read no further (a
         200 MB answer was read whole, and took the edge's memory from 201 to 901 MB), and read for
         at most `timeout_s` from the start: httpx's timeout bounds each read, and an upstream sending
         a byte a little faster than that kept a call (a worker, or the probing thread) for hours.
-        `watched`: told when the call started and which client it took, for the watchdog."""
+        `watched`: told when the call started and which client it took, for the watchdog. `deadline`
+        (time.monotonic) of a forwarded request: what is left of it goes along (FORWARDED_HEADER),
+        taken as the call starts (taken before, a call that waited for a worker claimed 1000 ms
+        with 600 left)."""
         headers = {"Content-Type": content_type} if content_type else {}
-        if method == "POST":  # a forwarded request: never offloaded again, and not computed once its time is up (see server.py)
-            headers[FORWARDED_HEADER] = f"{max(timeout_s, 0.0) * 1e3:.1f}"
         started = time.monotonic()
+        if deadline is not None:
+            headers[FORWARDED_HEADER] = f"{max(deadline - started, 0.0) * 1e3:.1f}"
         given_up_at = started + timeout_s
         client = self.client()
         if watched is not None:
@@ -300,7 +311,7 @@ class Upstream:
             started = time.perf_counter()
             try:
                 late = f"no reply within the request's deadline ({remaining * 1e3:.0f} ms)"
-                status, content = self._call_waiting(remaining, late, "POST", "/predict", min(self.timeout_s, remaining), body, content_type)
+                status, content = self._call_waiting(remaining, late, "POST", "/predict", min(self.timeout_s, remaining), body, content_type, deadline)
                 if status in (413, 415, 422):  # the input itself is wrong: the upstream is fine, retrying will not help
                     raise InputRefused(f"{self.name}: refused the input (HTTP {status}: {content[:200].decode(errors='replace')})")
                 if status >= 400:  # down, overloaded, or it does not accept our token: count it against the upstream
@@ -389,9 +400,8 @@ def choose_route(local_accuracy: float, local_ms: float, target_ms: float, upstr
         if not up.breaker.allow() or up.accuracy is None:
             continue
         expected = up.link.expected_ms(payload_bytes, up.compute_ms)
-        if expected is None or expected > min(
-            budget_ms, up.timeout_s * 1e3
-        ):  # (each call is cut at the upstream's timeout: one expected past it never answers)
+        limit_ms = min(budget_ms, up.timeout_s * 1e3)  # (each call is cut at the upstream's timeout: one expected past it never answers)
+        if expected is None or expected > limit_ms:
             continue
         if up.accuracy > best_accuracy + margin or (not local_in_time and best is None):
             reason = (

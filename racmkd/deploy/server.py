@@ -666,7 +666,7 @@ class EdgeService(Service):
             not self.upstreams or inputs.model is not None or inputs.forwarded_until is not None
         ):  # a request that names this edge's model wants its answer; a forwarded one is not forwarded again
             return None
-        target = self.target_ms(inputs)
+        target = self.target_ms(inputs) - (time.monotonic() - inputs.arrived) * 1e3  # (what is left of it: reading and parsing took some)
         accuracy, local_ms = self.local_expectation(engine)
         route = choose_route(accuracy, local_ms, target, self.upstreams, len(body), self.settings.offload_margin)
         if route.target == "local":
@@ -711,7 +711,7 @@ class EdgeService(Service):
     def upstreams_skipped(self, inputs: Inputs) -> list[str]:
         """A note for each upstream that routing passed over because its circuit breaker is open:
         after the first failed request, an unreachable upstream went unmentioned in every answer."""
-        if inputs.model is not None:  # (a request for this edge's own model is never offloaded)
+        if inputs.model is not None or inputs.forwarded_until is not None:  # (a request for this edge's own model, or forwarded here, is never offloaded)
             return []
         return [
             f"offload not tried: {u.name}'s circuit is open after failed calls (tried again every {u.breaker.reset_after_s:g} s)"
@@ -1192,11 +1192,11 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
     async def predict(request: Request, body: bytes = Depends(body_of)) -> Response:
         # Async: a quick local answer is computed right here; one that waits on an upstream or on a
         # PyTorch model goes to a worker thread. The answer is serialised once, by its own model.
-        started, arrived = time.perf_counter(), time.monotonic()
+        started = time.perf_counter()
         content_type = request.headers.get("content-type", "application/json")
         try:
             inputs = parse_request(body, content_type, settings, service.modalities(), service.audio_rate, service.raw_specs())
-            inputs.received(getattr(request.state, "arrived", arrived), request.headers.get(FORWARDED_HEADER))
+            inputs.received(request.state.arrived, request.headers.get(FORWARDED_HEADER))
             answer = service.answer_now(inputs)
             if answer is None:
                 if waiting[0] >= settings.max_waiting:  # (the event loop's thread alone counts: no lock)

@@ -53,7 +53,7 @@ import functools
 import itertools
 import math
 from collections import deque
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -539,25 +539,48 @@ class Allocator:
         prospect = self._ranking(weights)[1].get(config) or (self.utility(config, weights), self.fallbacks(config, weights))
         return self._worth(config, prospect, budget, weights, exclude, frozenset(self.table.modalities), slack, {})
 
-    def expected_accuracy(self, config: Configuration, budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset()) -> float:
+    def expected_accuracy(
+        self,
+        config: Configuration,
+        budget: Budget,
+        weights: tuple[float, ...],
+        exclude: frozenset[str] = frozenset(),
+        answer: Callable[[frozenset[str]], Configuration | None] | None = None,
+    ) -> float:
         """The accuracy to expect from `config` with inputs usable by `weights`, the answers from the
         other inputs when none of its own is usable counted (the deadline left out: an answer over
-        the budget counts, as the configuration's own do)."""
-        answers: dict[tuple[frozenset[str], float], Decision | None] = {}
+        the budget counts, as the configuration's own do). `answer`: the configuration answering a
+        request with only those inputs (None: nothing can); default `answer_for`'s."""
+        if answer is None:
+            answers: dict[tuple[frozenset[str], float], Decision | None] = {}
+
+            def answer(present: frozenset[str]) -> Configuration | None:
+                decision = self._answering(config, present, budget, exclude, answers)
+                return None if decision is None else decision.config
+
         total = self.utility(config, weights)
         for chance, present in self.fallbacks(config, weights):
-            answering = self._answering(config, present, budget, weights, exclude, answers)
-            total += chance * (self.table.accuracy_of(answering.config) if answering is not None else 0.0)
+            answering = answer(present)
+            total += chance * (self.answer_utility(answering, present) if answering is not None else 0.0)
         return total
 
-    def answer_for(
-        self, config: Configuration, present: Collection[str], budget: Budget, weights: tuple[float, ...], exclude: frozenset[str] = frozenset()
-    ) -> Decision:
+    def answer_for(self, config: Configuration, present: Collection[str], budget: Budget, exclude: frozenset[str] = frozenset()) -> Decision:
         """How the runtime answers a request that brought only the `present` inputs usable, none of
         `config`'s (the configuration in force): the best over those inputs within `budget`, its
-        memory beside `config`'s (whose sessions stay loaded). Raises NoConfigurationError when
+        memory beside `config`'s (whose sessions stay loaded), weighed with those inputs live (the
+        request brought them: chosen by the running weights, a text input at 0.1 of its weight lost
+        low image + low text, 0.8, to high image alone, 0.6). Raises NoConfigurationError when
         nothing can run on them."""
-        return self.solve(self._beside(budget, config), weights, exclude, available=set(present))
+        return self.solve(self._beside(budget, config), self._live(present), exclude, available=set(present))
+
+    def answer_utility(self, answer: Configuration, present: Collection[str]) -> float:
+        """What an answer from the `present` inputs (all live) is worth: its accuracy, each
+        modality's answers counted at its priority as in every configuration's utility."""
+        return self.utility(answer, self._live(present))
+
+    def _live(self, present: Collection[str]) -> tuple[float, ...]:
+        """The weights of a request whose `present` inputs are live and the others not there."""
+        return tuple(min(1.0, self.priorities.get(m, 1.0)) if m in present else 0.0 for m in self.table.modalities)
 
     def _beside(self, budget: Budget, config: Configuration) -> Budget:
         """`budget` with the memory `config` holds taken off (what a fallback's sessions may hold)."""
@@ -584,9 +607,9 @@ class Allocator:
         if usable != self._all_modalities:
             fallbacks = self.fallbacks(config, weights, usable)
         for chance, present in fallbacks:
-            answering = self._answering(config, present, budget, weights, exclude, answers)
+            answering = self._answering(config, present, budget, exclude, answers)
             if answering is not None and answering.feasible:  # (else late, or over the memory or energy budget: worth nothing)
-                accuracy = self.table.accuracy_of(answering.config)
+                accuracy = self.answer_utility(answering.config, present)
                 costs = self.costs[answering.config]
                 worth += chance * (accuracy if self.risk is None else accuracy * self.risk.chance(costs.typical_ms, budget.latency_ms, budget.slowdown))
         return worth, True
@@ -596,7 +619,6 @@ class Allocator:
         config: Configuration,
         present: frozenset[str],
         budget: Budget,
-        weights: tuple[float, ...],
         exclude: frozenset[str],
         answers: dict[tuple[frozenset[str], float], Decision | None],
     ) -> Decision | None:
@@ -606,7 +628,7 @@ class Allocator:
         key = (present, beside.memory_bytes)
         if key not in answers:
             try:
-                answers[key] = self.solve(beside, weights, exclude, available=set(present))
+                answers[key] = self.solve(beside, self._live(present), exclude, available=set(present))
             except NoConfigurationError:
                 answers[key] = None
         return answers[key]

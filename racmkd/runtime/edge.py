@@ -206,8 +206,8 @@ class EdgeRuntime:
         self._last_used: dict[str, int] = {}  # variant id -> the request that last ran it (eviction order)
         self._requests = 0
         self._biases: dict[tuple[str, ...], np.ndarray] = {}  # tiers of the variants used -> their mean bias
-        # (inputs usable, configuration in force, weights) -> the configuration answering such a request, under self.budget
-        self._answers: dict[tuple[frozenset[str], Configuration, tuple[float, ...]], Configuration] = {}
+        # (inputs usable, configuration in force, variants excluded) -> the configuration answering such a request, under self.budget (`_answer`)
+        self._answers: dict[tuple[frozenset[str], Configuration, frozenset[str]], Configuration] = {}
         self._protected: dict[str, int] = {}  # variant id -> loads or switches under way that need its session (never evicted meanwhile)
         self._lock = threading.RLock()  # decisions, failures, the loaded sessions; never held while a session loads
         self._load_lock = threading.Lock()  # one session loads at a time; taken before self._lock, never under it
@@ -275,7 +275,15 @@ class EdgeRuntime:
         objective the decision's utility also counts the chance of meeting the deadline; this does
         not: offloading weighs latency apart)."""
         with self._lock:  # (the deadline risk's windows are fed under it: read unlocked, a request's feedback changed them mid-sort)
-            return self.allocator.expected_accuracy((decision or self.current).config, self.budget, self.weights(), frozenset(self.failed))
+            config = (decision or self.current).config
+
+            def answer(present: frozenset[str]) -> Configuration | None:
+                try:
+                    return self._answer(present, config)
+                except NoConfigurationError:
+                    return None
+
+            return self.allocator.expected_accuracy(config, self.budget, self.weights(), answer=answer)
 
     def cost_ms(self, variant_ids: list[str]) -> float:
         """What these variants typically cost together, unloaded: their median latencies added up."""
@@ -863,23 +871,28 @@ class EdgeRuntime:
 
     def _request_config(self, raws: dict[str, Any], exclude: set[str], fallbacks: list[str], in_force: Configuration) -> Configuration:
         """For this request only: the best configuration that uses only the inputs it brought, beside
-        the configuration in force (`Allocator.answer_for`, as the allocator priced it). The same
-        inputs get the same answer until the next decision (a microphone silent every other request
-        solved it on every other request, 0.09 ms of the 0.16 that request took)."""
+        the configuration in force (`_answer`)."""
         with self._lock:  # the deadline risk is fed under it
-            weights = self.weights()
-            key = (frozenset(raws), in_force, weights)
-            config = self._answers.get(key) if not exclude else None
-            if config is None or self._holds_failed(config):
-                try:
-                    config = self.allocator.answer_for(in_force, key[0], self.budget, weights, frozenset(self.failed) | frozenset(exclude)).config
-                except NoConfigurationError as err:
-                    raise VariantsFailedError(f"no variant can answer this request: {err}; failures: {self.failed}") from None
-                if not exclude:
-                    if len(self._answers) >= 64:  # (weights flicker between a few values; a budget change empties it)
-                        self._answers.clear()
-                    self._answers[key] = config
+            try:
+                config = self._answer(frozenset(raws), in_force, frozenset(exclude))
+            except NoConfigurationError as err:
+                raise VariantsFailedError(f"no variant can answer this request: {err}; failures: {self.failed}") from None
         fallbacks.append(f"answered with {self.describe(config)} for the inputs given")
+        return config
+
+    def _answer(self, present: frozenset[str], in_force: Configuration, exclude: frozenset[str] = frozenset()) -> Configuration:
+        """(Under the lock.) The configuration answering a request that brought only the `present`
+        inputs live, none of `in_force`'s: `Allocator.answer_for`, as the allocator priced it, the
+        same until the budget or the failures change (solved on every such request, a microphone
+        silent every other request spent 0.09 ms of the 0.16 that request took). Raises
+        NoConfigurationError when nothing can run on them."""
+        key = (present, in_force, frozenset(self.failed) | exclude)
+        config = self._answers.get(key)
+        if config is None:
+            config = self.allocator.answer_for(in_force, present, self.budget, key[2]).config
+            if len(self._answers) >= 64:  # (a budget change empties it; a few keys come and go meanwhile)
+                self._answers.clear()
+            self._answers[key] = config
         return config
 
     def _run(self, variant: Variant, raw: np.ndarray, held: Any = None) -> np.ndarray:

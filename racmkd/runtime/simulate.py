@@ -87,7 +87,9 @@ class Outage:
 
     With `share` below 1 the input flickers: the outage takes it from that share of the stretch's
     requests, spread evenly (at 50%, every other one: a microphone silent between words, a loose
-    connector). Such an input is neither there nor gone, and the runtime has to weigh it."""
+    connector). Such an input is neither there nor gone, and the runtime has to weigh it. Spread
+    by the request's number, two flickering outages at once take their requests in step (at 50%
+    each, the same ones)."""
 
     modality: str
     start_s: float
@@ -336,9 +338,11 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray, fa
     A configuration that reads an input an `outage` takes away answers none of the requests it
     takes in the first two; in `best_per_level`, a configuration held through them, it answers
     them from the inputs it has left, as a static tier does (image+audio with the audio taken: its
-    image part; audio-only: nothing), and of configurations that score alike the one that reads
-    fewer taken inputs is named. Counted as unanswered there, an audio input silent every other
-    request halved every fused configuration's score on it, and the reference with it.
+    image part), or, with nothing left, from the other inputs, as the runtime does, by the best
+    configuration of those held on the level (audio-only with the audio taken: the best image-only
+    one); of configurations that score alike the one that reads fewer taken inputs is named.
+    Counted as unanswered there, an audio input silent every other request halved every fused
+    configuration's score on it, and the reference with it.
     Variants excluded for good in the replays (`failed`: a damaged file, NaN weights) are left
     out: a reference that names a configuration the replayed runtime could not run is none it
     could have reached. One that failed once and was tried again stays: left out, one fault in a
@@ -370,7 +374,7 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray, fa
     overhead = float(bank.data.get("request_overhead_ms", 0.0))
     accuracy = bank.accuracy("test")
     shares = {(t, m): logits[f"test/{t}/{m}"] for t, m in variants}
-    configurations = []  # (name, unloaded cost, right on each request, test accuracy, modalities read)
+    configurations = []  # (name, unloaded cost, right on each request, test accuracy, modalities read, tier per modality)
     for combo in product(*([None, *sorted({t for t, m in variants if m == modality})] for modality in table.modalities)):
         chosen = tuple(None if t is None else variants[(t, m)] for t, m in zip(combo, table.modalities))
         if any(chosen):
@@ -397,18 +401,24 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray, fa
     held = met.copy()  # a configuration held throughout: the requests it lost inputs of answered by what it has left
     position = {c[5]: i for i, c in enumerate(configurations)}
     gone_at = [frozenset(o.modality for o in outages if o.takes(i, float(t))) for i, t in enumerate(times)]
+    orphaned = []  # (requests, configurations left with nothing to read on them, configurations that read none of the inputs gone)
     for gone in set(gone_at) - {frozenset()}:
         requests_of = np.array([g == gone for g in gone_at])
         for c, configuration in enumerate(configurations):
             if configuration[4] & gone:
                 left = tuple(None if m in gone else t for t, m in zip(configuration[5], table.modalities))
                 held[c, requests_of] = met[position[left], requests_of] if any(left) else False
+        nothing_left = np.array([c[4] <= gone for c in configurations])
+        orphaned.append((requests_of, nothing_left, ~np.array([bool(c[4] & gone) for c in configurations])))
     levels = np.array([resource_level(r) for r in readings])
     per_level = {}
     for level in LEVELS:
         mine = levels == level
         if mine.any():
             scores = held[:, mine].sum(axis=1)
+            for requests_of, nothing_left, reads_none in orphaned:  # answered, as the runtime does, from the other inputs: by their best configuration held
+                if (mine & requests_of).any() and reads_none.any():
+                    scores = scores + nothing_left * met[reads_none][:, mine & requests_of].sum(axis=1).max()
             best = int((scores * (len(rows) + 1) - reads_taken[:, mine].sum(axis=1)).argmax())  # (a tie: the fewer taken inputs read, then the more accurate)
             per_level[level] = {"configuration": configurations[best][0], "requests": int(mine.sum()), "slo_accuracy": float(scores[best] / mine.sum())}
     best_per_level = sum(p["slo_accuracy"] * p["requests"] for p in per_level.values()) / len(rows)
