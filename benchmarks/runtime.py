@@ -213,6 +213,8 @@ def input_outages(bank: Any, dataset: Any, runtime_cfg: Any, requests: int) -> l
     (OUTAGE_REPLAYS), at the bank's costs; each outage's stretch scored on its own too."""
     rows = []
     for trace, texts in progress(OUTAGE_REPLAYS, desc="replays with inputs taken away", leave=True):
+        if any(Outage.parse(t).modality not in bank.table.modalities for t in texts):
+            continue  # (a bank without that input: nothing to take away)
         s = simulate(bank, dataset, synthetic_trace(trace, 120.0, seed=0), runtime_cfg, requests, latency="bank", outages=[Outage.parse(t) for t in texts])
         rows.append(
             {

@@ -351,8 +351,8 @@ class Allocator:
         self._eligible: dict[tuple[Any, ...], tuple[list[tuple[float, Configuration]], str, frozenset[Configuration]]] = {}
 
     def weights(self, priorities: dict[str, float] | None = None, quality: dict[str, float] | None = None) -> tuple[float, ...]:
-        """w_m = priority_m x quality_m, clipped to [0, 1], in table order."""
-        p, q = priorities or {}, quality or {}
+        """w_m = priority_m x quality_m, clipped to [0, 1], in table order (`priorities`: default, the allocator's)."""
+        p, q = self.priorities if priorities is None else priorities, quality or {}
         return tuple(min(1.0, max(0.0, p.get(m, 1.0) * q.get(m, 1.0))) for m in self.table.modalities)
 
     def utility(self, config: Configuration, weights: tuple[float, ...]) -> float:

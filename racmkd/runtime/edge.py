@@ -962,6 +962,7 @@ class EdgeRuntime:
             "deadline_risk": self._risk_state(),
             "overhead_ms": self.overhead_ms,
             "quality": dict(self.quality),
+            "quality_planned": dict(self._quality_planned),  # what the weights take (steps of 0.05, see _observe_quality)
             "inputs_passed_over": dict(self.inputs_passed_over),
             "failed": dict(self.failed),
             "loaded": self.loaded(),

@@ -503,6 +503,7 @@ def outage_row(outage: Outage, dynamic: dict[str, Any], static: list[dict[str, A
         "outage": outage.name,
         "modality": outage.modality,
         "kind": outage.kind,
+        "share": outage.share,
         "start_s": outage.start_s,
         "end_s": outage.end_s,
         "requests": len(mine),
