@@ -1058,6 +1058,12 @@ def test_a_link_that_slows_down_is_soon_expected_slow_whatever_one_quick_call_sa
         link.observe(350.0, 1.0, 40_000)
         calls += 1
     assert calls <= 8
+    # Only forwarded requests measure the transfer, and none go while it looks slow: a probe
+    # forgets one no call has measured for a while (the link was never used again once it recovered).
+    link.forget_stale_transfer(30.0, now=link.transfer_seen + 10.0)
+    assert link.expected_ms(40_000, 1.0) > 300.0
+    link.forget_stale_transfer(30.0, now=link.transfer_seen + 31.0)
+    assert link.expected_ms(40_000, 1.0) == pytest.approx(2.0 + 1.0, rel=0.01)  # the round trip and the compute: worth a try
 
 
 def test_an_upstream_slow_in_every_phase_is_given_up_on_at_the_deadline() -> None:
@@ -1354,6 +1360,7 @@ def test_a_forwarded_request_carries_its_deadline_and_is_not_forwarded_again(tin
     assert fog_app.post("/predict", json=request, headers={FORWARDED_HEADER: "5000"}).status_code == 200
     given_up = fog_app.post("/predict", json=request, headers={FORWARDED_HEADER: "0"})
     assert given_up.status_code == 503 and "given up" in given_up.json()["detail"]
+    assert 'racmkd_requests_total{outcome="given_up",role="fog",route="-"} 1.0' in fog_app.get("/metrics").text  # not the fog's own error
 
 
 def test_a_failing_upstream_costs_no_pause_after_its_last_try_and_one_that_cannot_answer_in_its_timeout_is_not_chosen(monkeypatch: pytest.MonkeyPatch) -> None:

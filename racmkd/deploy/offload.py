@@ -40,6 +40,7 @@ _CALLS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="racmkd-upstream")
 # times), and a fog or cloud does not compute it once that time has passed (under load a fog
 # computed 29% of its answers for requests the edge had given up on).
 FORWARDED_HEADER = "X-Racmkd-Deadline-Ms"
+TRANSFER_STALE_S = 30.0  # a link's transfer time no forwarded request has measured for this long is forgotten at the next probe
 DROP_AFTER_S = 0.5  # past a call's own timeout, when its upstream's connections are closed (see `Upstream._call_waiting`)
 
 
@@ -121,6 +122,15 @@ class LinkEstimate:
     rtt_ms: float | None = None
     ms_per_byte: float | None = None
     weight: float = 0.3
+    transfer_seen: float = -math.inf  # when a call last measured the transfer (time.monotonic)
+
+    def forget_stale_transfer(self, stale_s: float, now: float | None = None) -> None:
+        """Forget a transfer time no call has measured for `stale_s`: only forwarded requests
+        measure it, and one estimate high enough kept every request local, so none measured it
+        again (an upstream slow for a while was never used again once it recovered: 0 offloads in
+        40 s against 178). Forgotten, the next request that may go finds out."""
+        if (time.monotonic() if now is None else now) - self.transfer_seen > stale_s:
+            self.ms_per_byte = None
 
     def observe(self, total_ms: float, server_ms: float, payload_bytes: int) -> None:
         """One call: its wall time, the upstream's own compute time, and the bytes sent."""
@@ -129,6 +139,7 @@ class LinkEstimate:
             if network > self.rtt_ms:
                 per_byte = (network - self.rtt_ms) / payload_bytes
                 self.ms_per_byte = per_byte if self.ms_per_byte is None else (1 - self.weight) * self.ms_per_byte + self.weight * per_byte
+                self.transfer_seen = time.monotonic()
         else:  # a small one measures the round trip
             self.rtt_ms = network if self.rtt_ms is None else (1 - self.weight) * self.rtt_ms + self.weight * network
 
@@ -198,6 +209,7 @@ class Upstream:
             return False
         self._succeeded(probe=True)
         self.link.observe((time.perf_counter() - started) * 1e3, 0.0, 0)
+        self.link.forget_stale_transfer(TRANSFER_STALE_S)
         return True
 
     def _failed(self, err: BaseException | None, probe: bool = False) -> None:

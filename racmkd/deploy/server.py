@@ -418,7 +418,7 @@ class ModelService(Service):
     def answer(self, inputs: Inputs, body: bytes, content_type: str) -> PredictResponse:
         name = inputs.model or self.default
         if inputs.forwarded_until is not None and time.monotonic() > inputs.forwarded_until:
-            raise HTTPException(503, "not computed: the server that forwarded this request has given up on it (its deadline passed while it waited here)")
+            raise GivenUp(503, "not computed: the server that forwarded this request has given up on it (its deadline passed while it waited here)")
         if name not in self.predictors:
             raise HTTPException(422, f"model {name!r} is not served here; choose one of {', '.join(self.predictors)}")
         started = time.perf_counter()
@@ -927,6 +927,11 @@ class Busy(HTTPException):
     device's own failure (which is 503 too: every variant failed)."""
 
 
+class GivenUp(HTTPException):
+    """503 for a forwarded request whose forwarding server has given up on it, counted as
+    `given_up`, not as this server's failure."""
+
+
 class AnswerInternalErrors:
     """ASGI middleware: an unhandled error becomes a 500 answer and the connection stays open.
     (Starlette's handler for Exception answers and then re-raises; uvicorn then drops the
@@ -1209,7 +1214,8 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
                 finally:
                     waiting[0] -= 1
         except HTTPException as err:
-            requests.labels(service.role, "bad_request" if err.status_code < 500 else "busy" if isinstance(err, Busy) else "error", "-").inc()
+            outcome = "bad_request" if err.status_code < 500 else "busy" if isinstance(err, Busy) else "given_up" if isinstance(err, GivenUp) else "error"
+            requests.labels(service.role, outcome, "-").inc()
             raise
         latency.labels(service.role).observe(time.perf_counter() - started)
         requests.labels(service.role, "ok", "offloaded" if answer.offloaded else "offload_failed" if answer.offload_failed else "local").inc()
