@@ -662,9 +662,8 @@ class EdgeService(Service):
         racmkd.deploy.offload.choose_route), None to answer here."""
         from racmkd.deploy.offload import choose_route
 
-        if (
-            not self.upstreams or inputs.model is not None or inputs.forwarded_until is not None
-        ):  # a request that names this edge's model wants its answer; a forwarded one is not forwarded again
+        # A request that names this edge's model wants its answer; a forwarded one is not forwarded again.
+        if not self.upstreams or inputs.model is not None or inputs.forwarded_until is not None:
             return None
         target = self.target_ms(inputs) - (time.monotonic() - inputs.arrived) * 1e3  # (what is left of it: reading and parsing took some)
         accuracy, local_ms = self.local_expectation(engine)
@@ -685,8 +684,8 @@ class EdgeService(Service):
             route, upstream = chosen
             started = time.perf_counter()
             try:
-                # (from the request's arrival: reading and parsing it, and waiting for a worker, spent its target too)
-                reply = upstream.predict(body, content_type, inputs.arrived + route.budget_ms / 1e3, engine.classes)
+                # (the route's budget is what its target left when it was chosen, just now: the time since the request's arrival is off it)
+                reply = upstream.predict(body, content_type, time.monotonic() + route.budget_ms / 1e3, engine.classes)
                 answer = PredictResponse(
                     **{
                         **reply,

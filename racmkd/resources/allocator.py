@@ -571,6 +571,10 @@ class Allocator:
         request brought them: chosen by the running weights, a text input at 0.1 of its weight lost
         low image + low text, 0.8, to high image alone, 0.6). Raises NoConfigurationError when
         nothing can run on them."""
+        return self._answer(config, present, budget, exclude)
+
+    def _answer(self, config: Configuration, present: Collection[str], budget: Budget, exclude: frozenset[str]) -> Decision:
+        """The solve behind `answer_for` (the runtime's call); the pricing memoises it (`_answering`)."""
         return self.solve(self._beside(budget, config), self._live(present), exclude, available=set(present))
 
     def answer_utility(self, answer: Configuration, present: Collection[str]) -> float:
@@ -609,9 +613,7 @@ class Allocator:
         for chance, present in fallbacks:
             answering = self._answering(config, present, budget, exclude, answers)
             if answering is not None and answering.feasible:  # (else late, or over the memory or energy budget: worth nothing)
-                accuracy = self.answer_utility(answering.config, present)
-                costs = self.costs[answering.config]
-                worth += chance * (accuracy if self.risk is None else accuracy * self.risk.chance(costs.typical_ms, budget.latency_ms, budget.slowdown))
+                worth += chance * self._score(self.answer_utility(answering.config, present), answering.config, budget, 0.0)[0]
         return worth, True
 
     def _answering(
@@ -624,11 +626,10 @@ class Allocator:
     ) -> Decision | None:
         """`answer_for`, memoised in `answers` by the inputs and the memory left beside `config`;
         None when nothing can run on them."""
-        beside = self._beside(budget, config)
-        key = (present, beside.memory_bytes)
+        key = (present, self._beside(budget, config).memory_bytes)
         if key not in answers:
             try:
-                answers[key] = self.solve(beside, self._live(present), exclude, available=set(present))
+                answers[key] = self._answer(config, present, budget, exclude)
             except NoConfigurationError:
                 answers[key] = None
         return answers[key]

@@ -388,11 +388,11 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray, fa
     readings = [trace.at(float(t)) for t in times]
     slowdown = np.array([budget_for(r, config).slowdown for r in readings])
     in_time = np.array([c[1] for c in configurations])[:, None] * slowdown[None, :] <= config.latency_target_ms  # configuration x request
+    taken_by = [(o.modality, np.array([o.takes(i, float(t)) for i, t in enumerate(times)], dtype=bool)) for o in outages]  # each outage's requests
     reads_taken = np.zeros_like(in_time)  # configuration x request: it reads an input taken from the request
-    for outage in outages:
-        taken = np.array([outage.takes(i, float(t)) for i, t in enumerate(times)], dtype=bool)
+    for modality, taken in taken_by:
         for c, configuration in enumerate(configurations):
-            if outage.modality in configuration[4]:
+            if modality in configuration[4]:
                 reads_taken[c] |= taken
     in_time &= ~reads_taken  # a configuration that reads a taken input answers nothing then
     met = in_time & np.array([c[2] for c in configurations])
@@ -400,7 +400,7 @@ def oracle(bank: Bank, trace: Trace, config: RuntimeConfig, rows: np.ndarray, fa
     clairvoyant = met[first_in_time, np.arange(len(rows))] & in_time.any(axis=0)
     held = met.copy()  # a configuration held throughout: the requests it lost inputs of answered by what it has left
     position = {c[5]: i for i, c in enumerate(configurations)}
-    gone_at = [frozenset(o.modality for o in outages if o.takes(i, float(t))) for i, t in enumerate(times)]
+    gone_at = [frozenset(m for m, taken in taken_by if taken[i]) for i in range(len(times))]
     orphaned = []  # (requests, configurations left with nothing to read on them, configurations that read none of the inputs gone)
     for gone in set(gone_at) - {frozenset()}:
         requests_of = np.array([g == gone for g in gone_at])
