@@ -587,6 +587,7 @@ class ServeConfig:
     # (an edge then answers itself). Unbounded, a fog under 200 edges that give up after 250 ms
     # answered none of them in time: each answer was computed after its edge had gone.
     max_waiting: int = 64
+    compute_workers: int = 0  # cloud and fog: answers computed at once, the rest waiting their turn (0: one per core)
     max_audio_seconds: float = 10.0
     fog_models: tuple[str, ...] = ("high", "medium")  # what the fog role serves (the first by default)
     upstreams: tuple[str, ...] = ()  # the edge's fog/cloud URLs, nearest first
@@ -647,6 +648,8 @@ class ServeConfig:
             raise ConfigError(
                 f"breaker_failures {self.breaker_failures} (>= 1), breaker_reset_s {self.breaker_reset_s} and probe_interval_s {self.probe_interval_s} (finite, > 0), offload_margin {self.offload_margin} (an accuracy difference in [-1, 1]; below 0 offloads to a less accurate upstream)"
             )
+        if self.compute_workers < 0:
+            raise ConfigError(f"compute_workers must be >= 0 (answers a cloud or fog computes at once; 0: one per core); got {self.compute_workers}")
         if not self.fog_models:  # (the fog server failed at start with an IndexError)
             raise ConfigError("fog_models is empty: the fog role serves these models (the first by default); name at least one, e.g. [high, medium]")
 

@@ -1363,6 +1363,93 @@ def test_a_forwarded_request_carries_its_deadline_and_is_not_forwarded_again(tin
     assert 'racmkd_requests_total{outcome="given_up",role="fog",route="-"} 1.0' in fog_app.get("/metrics").text  # not the fog's own error
 
 
+def test_a_fog_gives_up_what_it_cannot_answer_before_its_forwarder_does_and_computes_one_at_a_time(
+    tiny_run: Path, tiny_dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
+    """A fog checked a forwarded request's deadline only as it started, from its own arrival: under
+    load it computed answers its edge had given up on (44 of 945 calls; 19 of 62 begun in time and
+    finished late), and every answer was computed at once on up to 40 worker threads (those took
+    ~60 ms against 5). Now it gives a forwarded request up when its answer is expected past the
+    deadline, waits for its turn only that long, and counts an answer past it as late."""
+    import torch
+
+    from racmkd.deploy.offload import FORWARDED_HEADER, GIVEN_UP_HEADER
+
+    service = ModelService("fog", tiny_run, ["high"], workers=1)
+    assert service.workers == 1 and ModelService("fog", tiny_run, ["high"]).workers >= 1  # (0: one per core)
+    with pytest.raises(ConfigError, match="compute_workers must be >= 0"):
+        ServeConfig(compute_workers=-1)
+    app = TestClient(create_app(service, ServeConfig(), token=None))
+    request = {"image": tiny_dataset.raw_batch("test", torch.tensor([0]))["image"][0].numpy().tolist()}
+    service.compute_ms.extend([50.0] * 3)  # its answers take 50 ms
+    refused = app.post("/predict", json=request, headers={FORWARDED_HEADER: "20"})
+    assert refused.status_code == 503 and "given up" in refused.json()["detail"] and refused.headers[GIVEN_UP_HEADER] == "1"
+    assert app.post("/predict", json=request, headers={FORWARDED_HEADER: "5000"}).status_code == 200
+    assert app.post("/predict", json=request).status_code == 200  # a client's own: no deadline here
+
+    # Its one worker taken: a forwarded request waits only while its answer could still come in time,
+    # a client's own request waits its turn.
+    service.compute_ms.clear()
+    service.compute_ms.extend([30.0] * 3)
+    service._computing.acquire()
+    try:
+        started = time.perf_counter()
+        waited = app.post("/predict", json=request, headers={FORWARDED_HEADER: "200"})
+        waited_s = time.perf_counter() - started
+        assert waited.status_code == 503 and waited.headers[GIVEN_UP_HEADER] == "1"
+        assert 0.15 <= waited_s < 2.0, waited_s  # ~170 ms: the 200 left less the 30 its answer takes
+        own: list[int] = []
+        thread = threading.Thread(target=lambda: own.append(app.post("/predict", json=request).status_code))
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive() and not own  # waiting for the worker
+    finally:
+        service._computing.release()
+    thread.join(10)
+    assert own == [200]
+
+    # An answer that came after the forwarder's deadline all the same is counted late.
+    service.compute_ms.clear()
+    predictor = service.predictors["high"]
+    predict = predictor.predict
+    monkeypatch.setattr(predictor, "predict", lambda **kw: (time.sleep(0.08), predict(**kw))[1])
+    assert app.post("/predict", json=request, headers={FORWARDED_HEADER: "20"}).status_code == 200
+    metrics = app.get("/metrics").text
+    assert 'racmkd_requests_late_total{role="fog"} 1.0' in metrics and 'racmkd_requests_total{outcome="given_up",role="fog",route="-"} 2.0' in metrics
+
+
+def test_the_edge_sends_its_deadline_less_the_link_transit_and_does_not_retry_a_request_given_up(tiny_run: Path, tiny_dataset, bank_dir: Path) -> None:  # noqa: ANN001
+    """The deadline an edge forwarded was what was left of its budget: the fog counted it from its
+    own arrival, and its answer had to come back too (43 of 62 answers a loaded fog computed for
+    requests its edge had given up on were done within that time). And a fog's 'given up' was
+    retried like any 503."""
+    from racmkd.deploy.offload import FORWARDED_HEADER, GIVEN_UP_HEADER
+
+    sent: list[httpx.Request] = []
+    give_up = [False]
+
+    def fake_fog(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if give_up[0]:
+            return httpx.Response(503, json={"detail": "not computed, given up"}, headers={GIVEN_UP_HEADER: "1"})
+        time.sleep(0.03)  # 30 ms on the way, of which the fog held it 5
+        return httpx.Response(
+            200, json={"label": 0, "probabilities": [0.91] + [0.01] * 9, "served_by": "fog", "model": "high", "compute_ms": 1.0, "latency_ms": 5.0}
+        )
+
+    with edge_beside_a_fake_fog(tiny_run, tiny_dataset, fake_fog, "serve.upstream_retries=2") as (service, client, fog, image):
+        request = {"image": image, "latency_target_ms": 400.0}
+        assert client.post("/predict", json=request).json()["offloaded"] is True
+        transit = fog.link.transit_ms
+        assert 25.0 <= transit <= 200.0, transit  # the call's time less the 5 ms the fog held it
+        assert client.post("/predict", json=request).json()["offloaded"] is True
+        assert float(sent[1].headers[FORWARDED_HEADER]) <= 400.0 - transit  # what is left, less the way there and back
+        give_up[0] = True
+        answer = client.post("/predict", json=request).json()
+        assert answer["offload_failed"] is True and len(sent) == 3  # tried once, not again
+        assert any("gave the request up" in f for f in answer["fallbacks"]), answer["fallbacks"]
+
+
 def test_a_failing_upstream_costs_no_pause_after_its_last_try_and_one_that_cannot_answer_in_its_timeout_is_not_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
     """The backoff slept after the last try too (41 ms a failed request with one retry, 81 with
     two); and an upstream expected at 700 ms, its calls cut at 500, was still chosen for a 2 s

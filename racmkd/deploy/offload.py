@@ -40,6 +40,9 @@ _CALLS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="racmkd-upstream")
 # times), and a fog or cloud does not compute it once that time has passed (under load a fog
 # computed 29% of its answers for requests the edge had given up on).
 FORWARDED_HEADER = "X-Racmkd-Deadline-Ms"
+# On a 503 answer to a forwarded /predict: the upstream gave the request up uncomputed, its answer
+# expected after the forwarding server's deadline. Not tried again: it would be given up again.
+GIVEN_UP_HEADER = "X-Racmkd-Given-Up"
 TRANSFER_STALE_S = 30.0  # a link's transfer time no forwarded request has measured for this long is forgotten at the next probe
 DROP_AFTER_S = 0.5  # past a call's own timeout, when its upstream's connections are closed (see `Upstream._call_waiting`)
 
@@ -50,6 +53,10 @@ class UpstreamError(RuntimeError):
 
 class InputRefused(UpstreamError):
     """The upstream answered that the request's input is invalid (4xx): not the upstream's fault."""
+
+
+class GaveUp(UpstreamError):
+    """The upstream gave a forwarded request up uncomputed: its answer would come after the deadline."""
 
 
 @dataclass
@@ -121,6 +128,7 @@ class LinkEstimate:
 
     rtt_ms: float | None = None
     ms_per_byte: float | None = None
+    transit_ms: float | None = None  # of a call, the time outside the upstream's hands (see `observe_transit`)
     weight: float = 0.3
     transfer_seen: float = -math.inf  # when a call last measured the transfer (time.monotonic)
 
@@ -143,10 +151,27 @@ class LinkEstimate:
         else:  # a small one measures the round trip
             self.rtt_ms = network if self.rtt_ms is None else (1 - self.weight) * self.rtt_ms + self.weight * network
 
+    def observe_transit(self, total_ms: float, held_ms: float) -> None:
+        """One call's time on the way, there and back: its wall time less the time the upstream
+        held it (its answer's latency_ms, from its arrival there). The round trip (`rtt_ms`) counts
+        the upstream's queue too, which it counts itself against a forwarded deadline."""
+        transit = max(total_ms - held_ms, 0.0)
+        self.transit_ms = transit if self.transit_ms is None else (1 - self.weight) * self.transit_ms + self.weight * transit
+
     def expected_ms(self, payload_bytes: int, server_ms: float) -> float | None:
         if self.rtt_ms is None:
             return None
         return self.rtt_ms + payload_bytes * (self.ms_per_byte or 0.0) + server_ms
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An upstream's reply to one call."""
+
+    status: int
+    content: bytes  # at most MAX_REPLY_BYTES
+    given_up: bool  # it carries GIVEN_UP_HEADER
+    wall_ms: float  # from the call's start on a worker to the reply read whole
 
 
 @dataclass
@@ -194,10 +219,10 @@ class Upstream:
         try:
             # On a worker, waited for at most the timeout: this thread also sends telemetry, and an
             # upstream trickling its headers holds a call past every read timeout.
-            status, content = self._call_waiting(self.timeout_s, f"/health did not answer within {self.timeout_s:g} s", "GET", "/health", self.timeout_s)
-            if status >= 400:
-                raise httpx.HTTPError(f"HTTP {status}")
-            health = json.loads(content)
+            reply = self._call_waiting(self.timeout_s, f"/health did not answer within {self.timeout_s:g} s", "GET", "/health", self.timeout_s)
+            if reply.status >= 400:
+                raise httpx.HTTPError(f"HTTP {reply.status}")
+            health = json.loads(reply.content)
             accuracy = health.get("accuracy")
             if accuracy is not None and not 0.0 <= float(accuracy) <= 1.0:  # (NaN fails too)
                 raise ValueError(f"accuracy {accuracy!r} is not a share in [0, 1]")
@@ -229,7 +254,7 @@ class Upstream:
         if self.breaker.success(probe):
             log.warning("upstream %s (%s) answers again; offloading resumes", self.name, self.url)
 
-    def _call_waiting(self, wait_s: float, late: str, method: str, path: str, timeout_s: float, *rest: Any) -> tuple[int, bytes]:
+    def _call_waiting(self, wait_s: float, late: str, method: str, path: str, timeout_s: float, *rest: Any) -> Reply:
         """`_call(method, path, timeout_s, *rest)` on an upstream worker, waited for at most
         `wait_s`; UpstreamError saying `late` after that. The call goes on in the background, and a
         call still running `DROP_AFTER_S` past its own timeout (counted from when a worker started
@@ -276,7 +301,7 @@ class Upstream:
         content_type: str | None = None,
         deadline: float | None = None,
         watched: _Watched | None = None,
-    ) -> tuple[int, bytes]:
+    ) -> Reply:
         """One request; its status and at most MAX_REPLY_BYTES of the reply, read no further (a
         200 MB answer was read whole, and took the edge's memory from 201 to 901 MB), and read for
         at most `timeout_s` from the start: httpx's timeout bounds each read, and an upstream sending
@@ -284,11 +309,15 @@ class Upstream:
         `watched`: told when the call started and which client it took, for the watchdog. `deadline`
         (time.monotonic) of a forwarded request: what is left of it goes along (FORWARDED_HEADER),
         taken as the call starts (taken before, a call that waited for a worker claimed 1000 ms
-        with 600 left)."""
+        with 600 left), less the link's transit there and back: the upstream counts it from its own
+        arrival, and its answer must come back in time (counted from arrival alone, 43 of the 62
+        answers a loaded fog computed for requests the edge had given up on were done in that
+        time)."""
         headers = {"Content-Type": content_type} if content_type else {}
         started = time.monotonic()
         if deadline is not None:
-            headers[FORWARDED_HEADER] = f"{max(deadline - started, 0.0) * 1e3:.1f}"
+            left_ms = (deadline - started) * 1e3 - (self.link.transit_ms or 0.0)
+            headers[FORWARDED_HEADER] = f"{max(left_ms, 0.0):.1f}"
         given_up_at = started + timeout_s
         client = self.client()
         if watched is not None:
@@ -303,7 +332,7 @@ class Upstream:
                     if time.monotonic() > given_up_at:
                         raise UpstreamError(f"{self.name}: its reply still coming after {timeout_s:g} s")
                     chunks.append(chunk)
-                return reply.status_code, b"".join(chunks)
+                return Reply(reply.status_code, b"".join(chunks), GIVEN_UP_HEADER in reply.headers, (time.monotonic() - started) * 1e3)
         except RuntimeError as err:  # httpx's "the client has been closed": `_drop_connections` closed it after this call took it
             if isinstance(err, UpstreamError) or not client.is_closed:
                 raise
@@ -312,7 +341,9 @@ class Upstream:
     def predict(self, body: bytes, content_type: str, deadline: float, classes: int | None = None) -> dict[str, Any]:
         """Forward one request; retries with backoff while the deadline (time.monotonic) allows. A
         malformed answer (see `check_answer`; `classes`: how many the edge's own model tells apart)
-        counts as a failed call: it is never passed on as the upstream's answer."""
+        counts as a failed call: it is never passed on as the upstream's answer. One the upstream
+        gave up on (it expected to answer past the deadline) counts as failed too, and is not tried
+        again."""
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             remaining = deadline - time.monotonic()
@@ -323,29 +354,35 @@ class Upstream:
             started = time.perf_counter()
             try:
                 late = f"no reply within the request's deadline ({remaining * 1e3:.0f} ms)"
-                status, content = self._call_waiting(remaining, late, "POST", "/predict", min(self.timeout_s, remaining), body, content_type, deadline)
-                if status in (413, 415, 422):  # the input itself is wrong: the upstream is fine, retrying will not help
-                    raise InputRefused(f"{self.name}: refused the input (HTTP {status}: {content[:200].decode(errors='replace')})")
-                if status >= 400:  # down, overloaded, or it does not accept our token: count it against the upstream
-                    raise UpstreamError(f"{self.name}: HTTP {status}")
-                answer = json.loads(content)
+                reply = self._call_waiting(remaining, late, "POST", "/predict", min(self.timeout_s, remaining), body, content_type, deadline)
+                if reply.given_up and reply.status == 503:
+                    raise GaveUp(f"{self.name}: gave the request up, its answer expected after the deadline ({reply.content[:200].decode(errors='replace')})")
+                if reply.status in (413, 415, 422):  # the input itself is wrong: the upstream is fine, retrying will not help
+                    raise InputRefused(f"{self.name}: refused the input (HTTP {reply.status}: {reply.content[:200].decode(errors='replace')})")
+                if reply.status >= 400:  # down, overloaded, or it does not accept our token: count it against the upstream
+                    raise UpstreamError(f"{self.name}: HTTP {reply.status}")
+                answer = json.loads(reply.content)
                 if not isinstance(answer, dict):
                     raise ValueError("the reply is not a JSON object")
                 compute_ms = _time_ms(answer.get("compute_ms", 0.0), "compute_ms")
+                held_ms = _time_ms(answer["latency_ms"], "latency_ms") if answer.get("latency_ms") is not None else None
                 check_answer(answer, classes)
             except InputRefused:
                 raise
             except (httpx.HTTPError, ValueError, TypeError, RecursionError, UpstreamError) as err:  # (RecursionError: JSON nested past the parser's depth)
                 last = err
                 self._failed(err)
-                if attempt == self.retries or not self.breaker.allow():
+                if attempt == self.retries or not self.breaker.allow() or isinstance(err, GaveUp):
                     break  # (no pause after the last try, nor once the breaker opened: 41-81 ms each failed request waited for nothing)
                 pause = min(self.backoff_s * 2**attempt, max(deadline - time.monotonic(), 0.0))
                 if pause > 0:
                     time.sleep(pause)
                 continue
             self._succeeded()
-            self.link.observe((time.perf_counter() - started) * 1e3, compute_ms, len(body))
+            total_ms = (time.perf_counter() - started) * 1e3
+            self.link.observe(total_ms, compute_ms, len(body))
+            if held_ms is not None:
+                self.link.observe_transit(reply.wall_ms, held_ms)
             return answer
         if last is None:
             raise UpstreamError(f"{self.name}: no time left in the request's deadline for a call")
