@@ -918,17 +918,23 @@ def reference_best(
     ratios: list[float] | None = None,
     overhead_ms: float = 0.0,
     available: frozenset[str] | None = None,
+    priorities: dict[str, float] | None = None,
+    exclude: frozenset[str] = frozenset(),
 ) -> tuple[float, tuple] | None:
     """Written apart from the allocator: try every configuration that uses only the `available`
-    inputs, score it by summing over which of them turn out usable, keep the best within budget
-    (its worth and itself). When none the configuration uses is usable but others are, the request
-    is answered by the best configuration over those (found the same way with them all usable, in
-    the memory the configuration leaves), at its accuracy with all of them. With `ratios` (observed / predicted latency of past requests), the SLO objective: each
+    inputs and none of the variants in `exclude`, keep the best within budget (its worth and
+    itself). Its worth: over which of its inputs turn out usable, each with its weight as its chance
+    (w = priority x quality: the objective, sum of w_m P_m), the accuracy of what it reads; and, when
+    none of its own is usable (by quality alone: w / priority), over which of the other available
+    inputs are (by quality too), the answer of the best configuration over those (found the same way
+    with them live at their priority, in the memory the configuration leaves), valued at their
+    priority. With `ratios` (observed / predicted latency of past requests), the SLO objective: each
     answer's accuracy times the share of past ratios under which its configuration would have met
     its latency budget; memory and energy stay hard."""
     mods = table.modalities
     available = frozenset(mods) if available is None else available
-    there = [m for m in mods if m in available]
+    priority = [(priorities or {}).get(m, 1.0) for m in mods]
+    quality = [min(1.0, w / p) if p > 0 else 0.0 for w, p in zip(weights, priority)]
 
     def in_time(config: tuple) -> float:
         latency = sum(v.latency_ms for v in config if v)
@@ -936,33 +942,44 @@ def reference_best(
             return float(latency <= budget.latency_ms)
         return sum(r * (latency + overhead_ms) <= budget.latency_ms + overhead_ms for r in ratios) / len(ratios)
 
-    def worth(config: tuple) -> float:
-        active = {m for m, v in zip(mods, config) if v is not None}
+    def read(config: tuple, chances: list[float]) -> float:
+        """Sum over which of its inputs are usable (with `chances`) of the accuracy of what it reads."""
+        active = [i for i, v in enumerate(config) if v is not None]
         total = 0.0
-        for pattern in itertools.product([False, True], repeat=len(there)):
-            usable = frozenset(m for m, bit in zip(there, pattern) if bit)
-            chance = math.prod(weights[mods.index(m)] if bit else 1 - weights[mods.index(m)] for m, bit in zip(there, pattern))
-            if chance == 0 or not usable:
-                continue
-            if usable & active:
-                total += chance * table.accuracy[tuple(v.tier if v is not None and m in usable else None for m, v in zip(mods, config))] * in_time(config)
-            else:  # answered from the others, their sessions held beside the configuration's
-                beside = dataclasses.replace(budget, memory_bytes=budget.memory_bytes - sum(v.memory_bytes for v in config if v))
-                live = tuple(1.0 if m in usable else 0.0 for m in mods)  # (the request brought them: no guessing whether they are usable)
-                other = reference_best(table, beside, live, critical, ratios, overhead_ms, usable)
-                if other is not None:
-                    answer = other[1]
-                    total += chance * table.accuracy[tuple(v.tier if v is not None else None for v in answer)] * in_time(answer)
+        for pattern in itertools.product([False, True], repeat=len(active)):
+            chance = math.prod(chances[i] if bit else 1 - chances[i] for i, bit in zip(active, pattern))
+            if chance > 0 and any(pattern):
+                usable = {i for i, bit in zip(active, pattern) if bit}
+                total += chance * table.accuracy[tuple(v.tier if v is not None and i in usable else None for i, v in enumerate(config))]
         return total
 
-    def meets(config: tuple) -> bool:  # a critical modality whose input is dead (weight 0) or not there binds nothing
+    def worth(config: tuple) -> float:
+        total = read(config, list(weights)) * in_time(config)
+        none_usable = math.prod(1 - quality[i] for i, v in enumerate(config) if v is not None)
+        others = [i for i, v in enumerate(config) if v is None and mods[i] in available and quality[i] > 0]
+        for pattern in itertools.product([False, True], repeat=len(others)):
+            chance = none_usable * math.prod(quality[i] if bit else 1 - quality[i] for i, bit in zip(others, pattern))
+            if chance == 0 or not any(pattern):
+                continue
+            usable = frozenset(mods[i] for i, bit in zip(others, pattern) if bit)
+            # answered from the others, their sessions held beside the configuration's
+            beside = dataclasses.replace(budget, memory_bytes=budget.memory_bytes - sum(v.memory_bytes for v in config if v))
+            live = tuple(min(1.0, p) if m in usable else 0.0 for m, p in zip(mods, priority))  # (the request brought them)
+            other = reference_best(table, beside, live, critical, ratios, overhead_ms, usable, priorities, exclude)
+            if other is not None:
+                total += chance * read(other[1], list(live)) * in_time(other[1])
+        return total
+
+    def meets(config: tuple) -> bool:  # a critical modality whose input is dead (weight 0), not there, or with no variant left binds nothing
         return all(
             config[mods.index(m)] is not None and TIERS.index(config[mods.index(m)].tier) <= TIERS.index(t)
             for m, t in critical.items()
-            if weights[mods.index(m)] > 0 and m in available
+            if weights[mods.index(m)] > 0
+            and m in available
+            and any(v.modality == m and v.id not in exclude and TIERS.index(v.tier) <= TIERS.index(t) for v in table.variants)
         )
 
-    options = [[None, *(v for v in table.variants if v.modality == m)] if m in available else [None] for m in mods]
+    options = [[None, *(v for v in table.variants if v.modality == m and v.id not in exclude)] if m in available else [None] for m in mods]
     configs = [c for c in itertools.product(*options) if any(c) and meets(c)]
     worthwhile = [c for c in configs if all(v is None or weights[i] > 0 for i, v in enumerate(c))]
     within = [
@@ -996,23 +1013,41 @@ def test_allocator_is_optimal_against_brute_force(objective: str) -> None:
             risk = DeadlineRisk(overhead_ms=rng.uniform(0.0, 0.5), window=100)
             for r in ratios:
                 risk.observe(r * (2.0 + risk.overhead_ms), 2.0)
-        allocator = Allocator(table, critical, risk)
+        priorities = {m: rng.choice([1.0, 0.5, 0.1, 0.0]) for m in modalities if rng.random() < 0.3}
+        if priorities and not any(priorities.get(m, 1.0) > 0 for m in modalities):
+            priorities = {}
+        allocator = Allocator(table, critical, risk, priorities)
         for _ in range(3):  # the same allocator on several budgets and weights: its caches must not change the answer
-            weights = tuple(rng.choice([0.0, 0.3, 0.7, 1.0]) for _ in modalities)
+            quality = {m: rng.choice([0.0, 0.3, 0.7, 1.0]) for m in modalities}
+            weights = allocator.weights(quality=quality)
             budget = Budget(rng.uniform(0.1, 6.0), rng.uniform(10_000, 5_000_000), rng.uniform(0.1, 10.0))
-            best = reference_best(table, budget, weights, critical, ratios, risk.overhead_ms if risk else 0.0)
-            decision = allocator.solve(budget, weights)
+            # Some requests: inputs missing, or variants failed (the runtime's fallback solves).
+            available = frozenset(m for m in modalities if rng.random() < 0.8) if rng.random() < 0.3 else None
+            exclude = frozenset(v.id for v in table.variants if rng.random() < 0.2) if rng.random() < 0.3 else frozenset()
+            overhead = risk.overhead_ms if risk else 0.0
+            best = reference_best(table, budget, weights, critical, ratios, overhead, available, priorities, exclude)
+            try:
+                decision = allocator.solve(budget, weights, exclude, available=None if available is None else set(available))
+            except NoConfigurationError:
+                assert best is None and not [
+                    v for v in table.variants if v.id not in exclude and v.modality in (modalities if available is None else available)
+                ]
+                continue
             if best is None:
                 assert not decision.feasible  # nothing fits: the runtime gets the cheapest fallback, marked as such
                 continue
             checked += 1
             assert decision.feasible and decision.costs.fits(budget, resources=("memory_bytes", "energy_mj") if risk else RESOURCES)
-            assert decision.utility == pytest.approx(best[0], abs=1e-9)
-            assert allocator.evaluate(decision.config, budget, weights) == (pytest.approx(best[0], abs=1e-9), True)
+            assert decision.utility == pytest.approx(best[0], abs=1e-9), (decision, best)
+            if available is None:
+                assert allocator.evaluate(decision.config, budget, weights, exclude=exclude) == (pytest.approx(best[0], abs=1e-9), True)
             for m, tier in critical.items():
                 chosen = decision.config[table.modalities.index(m)]
-                assert weights[table.modalities.index(m)] == 0 or (chosen is not None and TIERS.index(chosen.tier) <= TIERS.index(tier))
-    assert checked > 300
+                honourable = (available is None or m in available) and any(
+                    v.modality == m and v.id not in exclude and TIERS.index(v.tier) <= TIERS.index(tier) for v in table.variants
+                )
+                assert weights[table.modalities.index(m)] == 0 or not honourable or (chosen is not None and TIERS.index(chosen.tier) <= TIERS.index(tier))
+    assert checked > 250
 
 
 def test_deadline_risk_learns_the_latency_tail_per_load_band() -> None:
