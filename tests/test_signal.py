@@ -330,6 +330,27 @@ def test_a_short_sound_padded_with_silence_is_no_dead_input() -> None:
     assert audio.input_quality(audio.to_raw(np.array([0.0], np.float32), spec)) == 0.0  # silence still is
 
 
+def test_a_recording_without_speech_in_it_is_a_dead_input(tiny_dataset) -> None:  # noqa: ANN001
+    """Only a constant or silent recording counted dead: a microphone giving mains hum, its own hiss
+    or an offset, peak-normalised to full scale, was fused with the image as speech (hum: 0.087
+    accuracy on 300 test pairs, the image alone 0.650). A steady loudness is no speech."""
+    audio, spec = SIGNALS.create("audio"), signals.AudioSpec()
+    rng = np.random.default_rng(0)
+    t = np.arange(8000) / 8000
+    steady = {
+        "hum": 0.02 * np.sin(2 * np.pi * 50 * t + 1.0),
+        "hiss": 1e-3 * rng.standard_normal(8000),
+        "offset and hiss": 0.2 + 1e-3 * rng.standard_normal(8000),
+        "hum and hiss, clipped": np.clip(0.8 * np.sin(2 * np.pi * 50 * t) + 0.5 * rng.standard_normal(8000), -1, 1),
+    }
+    for name, wave in steady.items():
+        assert audio.input_quality(audio.to_raw(wave.astype(np.float32), spec)) == 0.0, name
+    recordings = tiny_dataset.raw_batch("test", torch.arange(40))["audio"].numpy()
+    assert all(audio.input_quality(r[None]) == 1.0 for r in recordings)  # real speech, with the protocol's noise
+    assert all(audio.input_quality(np.clip(r * 3, -1, 1)[None]) == 1.0 for r in recordings)  # loud, clipped: still speech
+    assert audio.input_quality(np.stack([steady["hum"], recordings[0]]).astype(np.float32)) == 1.0  # a batch: dead only if each is
+
+
 def test_a_constant_recording_of_any_length_is_a_dead_input() -> None:
     """A constant recording shorter than the window was padded with zeros first: the step made it
     look live, and 7,999 samples of 0.5 were answered (p = 0.99) where 8,000 were refused. Big-endian
