@@ -1381,7 +1381,7 @@ def test_a_fog_gives_up_what_it_cannot_answer_before_its_forwarder_does_and_comp
         ServeConfig(compute_workers=-1)
     app = TestClient(create_app(service, ServeConfig(), token=None))
     request = {"image": tiny_dataset.raw_batch("test", torch.tensor([0]))["image"][0].numpy().tolist()}
-    service.compute_ms.extend([50.0] * 3)  # its answers take 50 ms
+    service.model_ms["high"].extend([50.0] * 3)  # its answers take 50 ms
     refused = app.post("/predict", json=request, headers={FORWARDED_HEADER: "20"})
     assert refused.status_code == 503 and "given up" in refused.json()["detail"] and refused.headers[GIVEN_UP_HEADER] == "1"
     assert app.post("/predict", json=request, headers={FORWARDED_HEADER: "5000"}).status_code == 200
@@ -1389,8 +1389,8 @@ def test_a_fog_gives_up_what_it_cannot_answer_before_its_forwarder_does_and_comp
 
     # Its one worker taken: a forwarded request waits only while its answer could still come in time,
     # a client's own request waits its turn.
-    service.compute_ms.clear()
-    service.compute_ms.extend([30.0] * 3)
+    service.model_ms["high"].clear()
+    service.model_ms["high"].extend([30.0] * 3)
     service._computing.acquire()
     try:
         started = time.perf_counter()
@@ -1408,8 +1408,22 @@ def test_a_fog_gives_up_what_it_cannot_answer_before_its_forwarder_does_and_comp
     thread.join(10)
     assert own == [200]
 
+    # Judged by the model asked for: a slow one's times do not give the others' requests up.
+    both = ModelService("fog", tiny_run, ["high", "medium"], workers=1)
+    both.model_ms["medium"].extend([40.0] * 5)
+    assert TestClient(create_app(both, ServeConfig(), token=None)).post("/predict", json=request, headers={FORWARDED_HEADER: "25"}).status_code == 200
+    # A deadline past any wait the platform takes (a client's target of 1e13 ms) waits for the worker (it raised OverflowError).
+    service._computing.acquire()
+    far: list[int] = []
+    thread = threading.Thread(target=lambda: far.append(app.post("/predict", json=request, headers={FORWARDED_HEADER: "1e13"}).status_code))
+    thread.start()
+    time.sleep(0.3)
+    service._computing.release()
+    thread.join(10)
+    assert far == [200]
+
     # An answer that came after the forwarder's deadline all the same is counted late.
-    service.compute_ms.clear()
+    service.model_ms["high"].clear()
     predictor = service.predictors["high"]
     predict = predictor.predict
     monkeypatch.setattr(predictor, "predict", lambda **kw: (time.sleep(0.08), predict(**kw))[1])
@@ -1427,15 +1441,17 @@ def test_the_edge_sends_its_deadline_less_the_link_transit_and_does_not_retry_a_
 
     sent: list[httpx.Request] = []
     give_up = [False]
+    held: list[Any] = [5.0]
 
     def fake_fog(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(200, json={"accuracy": 0.999, "compute_ms_p50": 1.0})
         sent.append(request)
         if give_up[0]:
             return httpx.Response(503, json={"detail": "not computed, given up"}, headers={GIVEN_UP_HEADER: "1"})
         time.sleep(0.03)  # 30 ms on the way, of which the fog held it 5
-        return httpx.Response(
-            200, json={"label": 0, "probabilities": [0.91] + [0.01] * 9, "served_by": "fog", "model": "high", "compute_ms": 1.0, "latency_ms": 5.0}
-        )
+        answer = {"label": 0, "probabilities": [0.91] + [0.01] * 9, "served_by": "fog", "model": "high", "compute_ms": 1.0, "latency_ms": held[0]}
+        return httpx.Response(200, content=json.dumps(answer).encode(), headers={"content-type": "application/json"})
 
     with edge_beside_a_fake_fog(tiny_run, tiny_dataset, fake_fog, "serve.upstream_retries=2") as (service, client, fog, image):
         request = {"image": image, "latency_target_ms": 400.0}
@@ -1444,9 +1460,18 @@ def test_the_edge_sends_its_deadline_less_the_link_transit_and_does_not_retry_a_
         assert 25.0 <= transit <= 200.0, transit  # the call's time less the 5 ms the fog held it
         assert client.post("/predict", json=request).json()["offloaded"] is True
         assert float(sent[1].headers[FORWARDED_HEADER]) <= 400.0 - transit  # what is left, less the way there and back
+        # A held time that is no time in the call informs nothing, and the answer stands (it failed the call).
+        for bad in (-1.0, float("nan"), "abc", 1e308):
+            held[0] = bad
+            before = fog.link.transit_ms
+            assert client.post("/predict", json=request).json()["offloaded"] is True and fog.link.transit_ms == before, bad
+        # A probe measures the transit too: an estimate above every budget (a deadline of 0 sent, each
+        # request given up, none measuring it again) comes down.
+        fog.link.transit_ms = 10_000.0
+        assert fog.probe() and fog.link.transit_ms < 7_100.0
         give_up[0] = True
         answer = client.post("/predict", json=request).json()
-        assert answer["offload_failed"] is True and len(sent) == 3  # tried once, not again
+        assert answer["offload_failed"] is True and len(sent) == 7  # tried once, not again
         assert any("gave the request up" in f for f in answer["fallbacks"]), answer["fallbacks"]
 
 

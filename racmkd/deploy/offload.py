@@ -234,6 +234,9 @@ class Upstream:
             return False
         self._succeeded(probe=True)
         self.link.observe((time.perf_counter() - started) * 1e3, 0.0, 0)
+        # (and the transit: only forwarded requests measured it, and one estimate above every budget
+        # sent a deadline of 0, each given up, none measuring it again: offloading was lost for good)
+        self.link.observe_transit(reply.wall_ms, 0.0)
         self.link.forget_stale_transfer(TRANSFER_STALE_S)
         return True
 
@@ -365,7 +368,6 @@ class Upstream:
                 if not isinstance(answer, dict):
                     raise ValueError("the reply is not a JSON object")
                 compute_ms = _time_ms(answer.get("compute_ms", 0.0), "compute_ms")
-                held_ms = _time_ms(answer["latency_ms"], "latency_ms") if answer.get("latency_ms") is not None else None
                 check_answer(answer, classes)
             except InputRefused:
                 raise
@@ -381,8 +383,9 @@ class Upstream:
             self._succeeded()
             total_ms = (time.perf_counter() - started) * 1e3
             self.link.observe(total_ms, compute_ms, len(body))
-            if held_ms is not None:
-                self.link.observe_transit(reply.wall_ms, held_ms)
+            held_ms = answer.get("latency_ms")  # (it only informs the estimate: one that is no time in the call is passed over, the answer kept)
+            if isinstance(held_ms, (int, float)) and not isinstance(held_ms, bool) and 0.0 <= held_ms <= reply.wall_ms:
+                self.link.observe_transit(reply.wall_ms, float(held_ms))
             return answer
         if last is None:
             raise UpstreamError(f"{self.name}: no time left in the request's deadline for a call")
