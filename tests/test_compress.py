@@ -1145,7 +1145,8 @@ def test_the_deployed_artifact_predicts_from_raw_inputs(compressed_run: Path, ti
     model, specs, _, _ = load_model(compressed_run / "compressed" / "critical" / "model.pt")
     (logits,), _ = predict_split(model, specs, tiny_dataset, "test", limit=len(rows))
     assert sum(label == int(answer) for label, answer in zip(labels, logits.argmax(1))) >= 36 and len(set(labels)) > 1
-    image = (np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8)
+    image = np.zeros((28, 28), np.uint8)
+    image[6:22, 12:15] = (np.random.default_rng(0).random((16, 3)) * 155 + 100).astype(np.uint8)  # a stroke (noise alone is no picture)
     audio = np.random.default_rng(1).standard_normal(6000).astype(np.float32) * 0.1 * (np.arange(6000) // 1000 % 2)  # bursts (steady noise is no speech)
     inputs = {m: v for m, v in (("image", image), ("audio", audio)) if m in predictor.modalities}
     label, probs = predictor.predict(**inputs)

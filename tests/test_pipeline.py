@@ -106,12 +106,12 @@ def test_predictor_handles_missing_inputs_and_bad_ones(tiny_run: Path) -> None:
     teacher = racmkd.load(tiny_run, "teacher")
     image = np.zeros((28, 28), dtype=np.uint8)
     image[6:22, 13:15] = 255  # a stroke
-    audio = (np.sin(np.arange(4000) / 3) * 8000).astype(np.int16)
+    audio = (np.sin(np.arange(4000) / 3) * 8000 * (np.arange(4000) // 500 % 2)).astype(np.int16)  # in bursts: a steady tone is no speech
     assert teacher.predict(image=image)[1].shape == (10,)
     assert teacher.predict(audio=audio)[1].shape == (10,)
     silence = np.zeros(8000, dtype=np.int16)  # a dead sensor is a missing one (a confident answer came from silence)
     assert np.array_equal(teacher.predict(image=image, audio=silence)[1], teacher.predict(image=image)[1])
-    with pytest.raises(ValueError, match=r"audio \(silent\) came in dead"):
+    with pytest.raises(ValueError, match=r"audio \(silent, or steady: no speech\) came in dead"):
         teacher.predict(audio=silence)
     assert teacher.predict(image=image.astype(np.float32) / 255)[0] == teacher.predict(image=image)[0]
     resampled = teacher.predict(audio=np.repeat(audio, 2), sample_rate=16000)[1]  # 16 kHz input
