@@ -1043,7 +1043,8 @@ def test_an_upstream_is_given_the_time_it_may_take() -> None:
 def test_a_link_that_slows_down_is_soon_expected_slow_whatever_one_quick_call_said() -> None:
     """Averaged as bytes per ms, the fast calls ruled, and one call quicker than the round trip
     (its transfer floored at 0.01 ms) made the link look instant: 31 calls at 350 ms before one was
-    expected at 300 (20 ms calls before)."""
+    expected at 300 (20 ms calls before). And once quick calls were passed over instead, one slow
+    call's estimate stood against every quick call after it (93 ms expected, 200 calls later 96)."""
     from racmkd.deploy.offload import LinkEstimate
 
     link = LinkEstimate()
@@ -1051,8 +1052,8 @@ def test_a_link_that_slows_down_is_soon_expected_slow_whatever_one_quick_call_sa
     for _ in range(5):
         link.observe(20.0, 1.0, 40_000)
     assert link.expected_ms(40_000, 1.0) == pytest.approx(20.0, rel=0.01)
-    link.observe(1.0, 1.0, 40_000)  # quicker than the round trip: tells nothing of the transfer
-    assert link.expected_ms(40_000, 1.0) == pytest.approx(20.0, rel=0.01)
+    link.observe(1.0, 1.0, 40_000)  # quicker than the round trip: a transfer of no time, averaged per byte
+    assert link.expected_ms(40_000, 1.0) == pytest.approx(2.0 + 0.7 * 17.0 + 1.0, rel=0.01)
     calls = 0
     while link.expected_ms(40_000, 1.0) < 300.0:
         link.observe(350.0, 1.0, 40_000)
@@ -1064,6 +1065,10 @@ def test_a_link_that_slows_down_is_soon_expected_slow_whatever_one_quick_call_sa
     assert link.expected_ms(40_000, 1.0) > 300.0
     link.forget_stale_transfer(30.0, now=link.transfer_seen + 31.0)
     assert link.expected_ms(40_000, 1.0) == pytest.approx(2.0 + 1.0, rel=0.01)  # the round trip and the compute: worth a try
+    link.observe(100.0, 1.0, 178_000)  # one slow call ...
+    for _ in range(12):
+        link.observe(2.0, 1.0, 178_000)  # ... and quick ones after it (no longer than the round trip)
+    assert link.expected_ms(178_000, 1.0) < 5.0
 
 
 def test_an_upstream_slow_in_every_phase_is_given_up_on_at_the_deadline() -> None:

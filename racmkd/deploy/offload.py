@@ -123,8 +123,10 @@ class LinkEstimate:
     Per byte, not bytes per ms: averaged as a rate, the fast calls ruled (the link slowing from 20
     to 350 ms a request took 14 calls to be expected at 300 ms), and one call quicker than the
     round trip, its transfer floored at 0.01 ms, set the rate to 1.8e7 bytes/ms (20 slow calls
-    later it was still expected at 42 ms). A call that took no longer than the round trip tells
-    nothing of the transfer, and is passed over."""
+    later it was still expected at 42 ms). Per byte, a call that took no longer than the round trip
+    counts as a transfer of no time: passed over instead, one slow call's estimate stood against
+    every quick one after it (a 178 kB request slowed once kept 60 ms requests local for 5 s,
+    expected at 93 ms, 200 quick calls later still 96)."""
 
     rtt_ms: float | None = None
     ms_per_byte: float | None = None
@@ -144,10 +146,9 @@ class LinkEstimate:
         """One call: its wall time, the upstream's own compute time, and the bytes sent."""
         network = max(total_ms - server_ms, 0.01)
         if payload_bytes > 4096 and self.rtt_ms is not None:  # a large payload measures the transfer
-            if network > self.rtt_ms:
-                per_byte = (network - self.rtt_ms) / payload_bytes
-                self.ms_per_byte = per_byte if self.ms_per_byte is None else (1 - self.weight) * self.ms_per_byte + self.weight * per_byte
-                self.transfer_seen = time.monotonic()
+            per_byte = max(network - self.rtt_ms, 0.0) / payload_bytes
+            self.ms_per_byte = per_byte if self.ms_per_byte is None else (1 - self.weight) * self.ms_per_byte + self.weight * per_byte
+            self.transfer_seen = time.monotonic()
         else:  # a small one measures the round trip
             self.rtt_ms = network if self.rtt_ms is None else (1 - self.weight) * self.rtt_ms + self.weight * network
 
