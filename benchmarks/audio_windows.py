@@ -86,8 +86,8 @@ def as_given(model: Any) -> Any:
 
 def answer(model: Any, window: np.ndarray, rate: int) -> int | None:
     """The label of a model (`as_given`) for one window of audio, or None where it refuses the window
-    as silent (noise alone, cut from a quiet recording's clip away from the word: a wrong answer,
-    counted as one)."""
+    as dead (noise alone, cut from a quiet recording's clip away from the word: silent, or steady
+    noise with no speech in it; a wrong answer, counted as one)."""
     features, dead = model.live_features({"audio": window}, rate)
     return None if dead else int(np.argmax(model.logits(features)))
 
@@ -163,7 +163,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['seconds']:g}-s clip of Gaussian noise (dB below the speech's RMS); audio-only answers. "
         "Windows: `centre` the clip's middle second, `loudest` its second of most energy, `speech` that second centred on its "
         "energy centroid (`fix_length`'s two ways); `as recorded`: the recording alone in the same noise, placed as the model learned (its spec's window). "
-        "A window the model refuses as silent (noise alone, from a quiet recording's clip) counts as a wrong answer.",
+        "A window the model refuses as dead (noise alone, from a quiet recording's clip: silent, or steady with no speech in it) counts as a wrong answer.",
         "",
         "| noise (dB) | word at | window | " + " | ".join(models) + " |",
         "|---|---|---|" + "---|" * len(models),

@@ -133,7 +133,7 @@ def test_evaluate_and_predict_on_the_tiny_run(tiny_run: Path, tmp_path: Path) ->
     image = np.zeros((28, 28), dtype=np.uint8)
     image[5:23, 12:16] = 255
     Image.fromarray(image).save(tmp_path / "one.png")
-    wavfile.write(tmp_path / "one.wav", 8000, (np.sin(np.arange(6000) / 4) * 5000).astype(np.int16))
+    wavfile.write(tmp_path / "one.wav", 8000, (np.sin(np.arange(6000) / 4) * 5000 * (np.arange(6000) // 1000 % 2)).astype(np.int16))
     result = runner.invoke(
         app, ["predict", "--run", str(tiny_run), "--tier", "teacher", "--image", str(tmp_path / "one.png"), "--audio", str(tmp_path / "one.wav")]
     )
@@ -159,7 +159,7 @@ def test_evaluate_and_predict_on_the_tiny_run(tiny_run: Path, tmp_path: Path) ->
     assert result.exit_code == 0 and "note: --audio: not used by teacher_image, which takes image" in result.stderr, result.output
     assert json.loads(result.stdout)["model"] == "teacher_image"
     # A user's own recording: float samples, two channels (averaged), as the predictor takes them; the same answer as the int16 mono file.
-    wave = (np.sin(np.arange(6000) / 4) * 5000).astype(np.int16)
+    wave = (np.sin(np.arange(6000) / 4) * 5000 * (np.arange(6000) // 1000 % 2)).astype(np.int16)
     wavfile.write(tmp_path / "stereo.wav", 8000, np.stack([wave, wave], axis=1).astype(np.float32) / 32768)
     result = runner.invoke(
         app, ["predict", "--run", str(tiny_run), "--tier", "teacher", "--image", str(tmp_path / "one.png"), "--audio", str(tmp_path / "stereo.wav")]

@@ -1442,7 +1442,7 @@ def test_the_edge_sends_its_deadline_less_the_link_transit_and_does_not_retry_a_
     own arrival, and its answer had to come back too (43 of 62 answers a loaded fog computed for
     requests its edge had given up on were done within that time). And a fog's 'given up' was
     retried like any 503."""
-    from racmkd.deploy.offload import FORWARDED_HEADER, GIVEN_UP_HEADER
+    from racmkd.deploy.offload import FORWARDED_HEADER, GIVEN_UP_HEADER, LinkEstimate
 
     sent: list[httpx.Request] = []
     give_up = [False]
@@ -1478,6 +1478,13 @@ def test_the_edge_sends_its_deadline_less_the_link_transit_and_does_not_retry_a_
         answer = client.post("/predict", json=request).json()
         assert answer["offload_failed"] is True and len(sent) == 7  # tried once, not again
         assert any("gave the request up" in f for f in answer["fallbacks"]), answer["fallbacks"]
+    # Per size: large calls' transit does not come off a small request's deadline (one figure for
+    # every size sent a 3 kB request with 50 ms left a deadline of 0 after 178 kB ones).
+    link = LinkEstimate()
+    link.observe_transit(5.0, 0.0, 100)
+    for _ in range(10):
+        link.observe_transit(65.0, 0.0, 178_000)
+    assert link.transit_for(3_000) < 7.0 and link.transit_for(178_000) > 50.0  # (5 ms, and 3,000 bytes at the large calls' rate)
 
 
 def test_a_failing_upstream_costs_no_pause_after_its_last_try_and_one_that_cannot_answer_in_its_timeout_is_not_chosen(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -178,7 +178,7 @@ class Modality(ABC):
             raise ValueError(f"{self.name}: {reduced} is larger than {spec}, not a reduction")
 
     def input_quality(self, raw: Any) -> float:
-        """The signal's: 0 for a dead input (a constant image, silence), else 1."""
+        """The signal's: 0 for a dead input (a constant image or noise alone, silence or no speech), else 1."""
         return self.signal.input_quality(np.asarray(raw))
 
     def contract(self, spec: Any) -> dict[str, Any]:

@@ -35,10 +35,11 @@ MAX_REPLY_BYTES = 1 << 20  # an answer is a label and a few probabilities (under
 # still coming DROP_AFTER_S later get the connection closed, see `Upstream._call_waiting`); while every worker is taken (an upstream hanging), requests
 # wait their deadline out in the queue and are answered locally, and the breaker soon opens.
 _CALLS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="racmkd-upstream")
-# On a forwarded /predict: what is left of the forwarding server's budget for it, in ms. A request
-# that carries it is never offloaded again (two edges listing each other bounced one request 23
-# times), and a fog or cloud does not compute it once that time has passed (under load a fog
-# computed 29% of its answers for requests the edge had given up on).
+# On a forwarded /predict: what is left of the forwarding server's budget for it, in ms, less the
+# link's transit there and back (`LinkEstimate.transit_for`). A request that carries it is never
+# offloaded again (two edges listing each other bounced one request 23 times), and a server gives it
+# up uncomputed (503, GIVEN_UP_HEADER) when its answer is expected past that time (under load a
+# fog computed 29% of its answers for requests the edge had given up on).
 FORWARDED_HEADER = "X-Racmkd-Deadline-Ms"
 # On a 503 answer to a forwarded /predict: the upstream gave the request up uncomputed, its answer
 # expected after the forwarding server's deadline. Not tried again: it would be given up again.
@@ -130,7 +131,8 @@ class LinkEstimate:
 
     rtt_ms: float | None = None
     ms_per_byte: float | None = None
-    transit_ms: float | None = None  # of a call, the time outside the upstream's hands (see `observe_transit`)
+    transit_ms: float | None = None  # of a small call, the time outside the upstream's hands (see `observe_transit`)
+    transit_ms_per_byte: float | None = None  # and what each byte of a large one adds to it
     weight: float = 0.3
     transfer_seen: float = -math.inf  # when a call last measured the transfer (time.monotonic)
 
@@ -152,12 +154,23 @@ class LinkEstimate:
         else:  # a small one measures the round trip
             self.rtt_ms = network if self.rtt_ms is None else (1 - self.weight) * self.rtt_ms + self.weight * network
 
-    def observe_transit(self, total_ms: float, held_ms: float) -> None:
+    def observe_transit(self, total_ms: float, held_ms: float, payload_bytes: int = 0) -> None:
         """One call's time on the way, there and back: its wall time less the time the upstream
         held it (its answer's latency_ms, from its arrival there). The round trip (`rtt_ms`) counts
-        the upstream's queue too, which it counts itself against a forwarded deadline."""
+        the upstream's queue too, which it counts itself against a forwarded deadline. Learnt as
+        the round trip and transfer are, a fixed part and a part per byte: one figure for every size
+        sent a small request, after large ones, a deadline of 0 (60 ms taken off its 50)."""
         transit = max(total_ms - held_ms, 0.0)
-        self.transit_ms = transit if self.transit_ms is None else (1 - self.weight) * self.transit_ms + self.weight * transit
+        if payload_bytes > 4096 and self.transit_ms is not None:
+            per_byte = max(transit - self.transit_ms, 0.0) / payload_bytes
+            old = self.transit_ms_per_byte
+            self.transit_ms_per_byte = per_byte if old is None else (1 - self.weight) * old + self.weight * per_byte
+        else:  # (a large call before any small one: its whole transit, until probes say better)
+            self.transit_ms = transit if self.transit_ms is None else (1 - self.weight) * self.transit_ms + self.weight * transit
+
+    def transit_for(self, payload_bytes: int) -> float:
+        """The transit expected of a call sending `payload_bytes` (0 while none is known)."""
+        return (self.transit_ms or 0.0) + payload_bytes * (self.transit_ms_per_byte or 0.0)
 
     def expected_ms(self, payload_bytes: int, server_ms: float) -> float | None:
         if self.rtt_ms is None:
@@ -320,7 +333,7 @@ class Upstream:
         headers = {"Content-Type": content_type} if content_type else {}
         started = time.monotonic()
         if deadline is not None:
-            left_ms = (deadline - started) * 1e3 - (self.link.transit_ms or 0.0)
+            left_ms = (deadline - started) * 1e3 - self.link.transit_for(len(body or b""))
             headers[FORWARDED_HEADER] = f"{max(left_ms, 0.0):.1f}"
         given_up_at = started + timeout_s
         client = self.client()
@@ -386,7 +399,7 @@ class Upstream:
             self.link.observe(total_ms, compute_ms, len(body))
             held_ms = answer.get("latency_ms")  # (it only informs the estimate: one that is no time in the call is passed over, the answer kept)
             if isinstance(held_ms, (int, float)) and not isinstance(held_ms, bool) and 0.0 <= held_ms <= reply.wall_ms:
-                self.link.observe_transit(reply.wall_ms, float(held_ms))
+                self.link.observe_transit(reply.wall_ms, float(held_ms), len(body))
             return answer
         if last is None:
             raise UpstreamError(f"{self.name}: no time left in the request's deadline for a call")

@@ -454,7 +454,13 @@ class ModelService(Service):
         # (a forwarded request waits for its turn only while its answer could still come in time)
         wait_s = None if inputs.forwarded_until is None else min(max(inputs.forwarded_until - time.monotonic() - expected_ms / 1e3, 0.0), threading.TIMEOUT_MAX)
         if not self._computing.acquire(timeout=wait_s):  # (only a forwarded request's wait ends)
-            self.give_up_if_late(inputs, math.inf)
+            from racmkd.deploy.offload import GIVEN_UP_HEADER
+
+            raise GivenUp(
+                503,
+                f"not computed, given up: no compute worker came free (serve.compute_workers={self.workers}) in the {wait_s * 1e3:.1f} ms its forwarder's deadline left it",
+                {GIVEN_UP_HEADER: "1"},
+            )
         try:
             self.give_up_if_late(inputs, expected_ms)
             started = time.perf_counter()
@@ -1227,7 +1233,9 @@ def create_app(service: Service, settings: ServeConfig, token: str | None = None
         413: {"description": "too large"},
         415: {"description": "unsupported content type"},
         422: {"description": "invalid input"},
-        503: {"description": "busy: serve.max_waiting requests are being answered or waiting"},
+        503: {
+            "description": "busy: serve.max_waiting requests are being answered or waiting; or, for a forwarded request (X-Racmkd-Deadline-Ms), given up: its answer would come after that deadline (X-Racmkd-Given-Up)"
+        },
     }
     waiting = [0]  # /predict requests on a worker thread or waiting for one
 

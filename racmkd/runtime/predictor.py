@@ -45,7 +45,8 @@ class Predictor:
 
     def live_features(self, inputs: dict[str, Any], sample_rate: int | None = None) -> tuple[dict[str, Any], list[str]]:
         """Model inputs (batch of one) from the raw inputs that this model uses and that were given,
-        and the names of those that came in dead (a constant image, silence): a dead sensor is a
+        and the names of those that came in dead (a constant image or noise alone, silence or steady hum
+        or hiss: `Signal.input_quality`, thorough): a dead sensor is a
         missing one, as the edge runtime takes it; read as an input, silence got a confident answer."""
         out, dead = {}, []
         for name, value in inputs.items():
