@@ -1485,6 +1485,8 @@ def test_the_edge_sends_its_deadline_less_the_link_transit_and_does_not_retry_a_
     for _ in range(10):
         link.observe_transit(65.0, 0.0, 178_000)
     assert link.transit_for(3_000) < 7.0 and link.transit_for(178_000) > 50.0  # (5 ms, and 3,000 bytes at the large calls' rate)
+    link.forget_stale_transfer(30.0)  # probes send no bytes: the per-byte part goes stale with the transfer's
+    assert link.transit_ms_per_byte is None and link.transit_for(178_000) == pytest.approx(5.0)
 
 
 def test_a_failing_upstream_costs_no_pause_after_its_last_try_and_one_that_cannot_answer_in_its_timeout_is_not_chosen(monkeypatch: pytest.MonkeyPatch) -> None:

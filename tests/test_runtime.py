@@ -271,6 +271,9 @@ def test_a_frozen_input_is_counted_dead_while_the_others_change(bank_dir: Path, 
     again = EdgeRuntime(bank, RuntimeConfig(), pinned=fused)
     assert all(any(v.endswith("/image") for v in again.predict(**inputs[0]).variants) for _ in range(FROZEN_AFTER + 3))
     assert all(any(v.endswith("/image") for v in again.predict(image=stuck).variants) for _ in range(FROZEN_AFTER + 3))
+    first_alone = EdgeRuntime(bank, RuntimeConfig(), pinned=fused)
+    first_alone.predict(image=stuck)
+    assert all(any(v.endswith("/image") for v in first_alone.predict(**inputs[0]).variants) for _ in range(FROZEN_AFTER + 3))  # audio first seen: no change
 
 
 def test_a_microphone_gone_to_hum_is_soon_counted_dead(bank_dir: Path, samples) -> None:  # noqa: ANN001

@@ -347,6 +347,7 @@ def test_a_recording_without_speech_in_it_is_a_dead_input(tiny_dataset) -> None:
     }
     for name, wave in steady.items():
         assert audio.input_quality(audio.to_raw(wave.astype(np.float32), spec)) == 0.0, name
+    assert audio.input_quality((steady["hum"] * 32767).astype(np.int16)[None]) == 0.0  # int16 as given (its squares overflowed)
     recordings = tiny_dataset.raw_batch("test", torch.arange(40))["audio"].numpy()
     assert all(audio.input_quality(r[None]) == 1.0 for r in recordings)  # real speech, with the protocol's noise
     assert all(audio.input_quality(np.clip(r * 3, -1, 1)[None]) == 1.0 for r in recordings)  # loud, clipped: still speech

@@ -92,10 +92,10 @@ class Signal(ABC):
         return 1.0 if self.varies(raw) and self.looks_live(raw) else 0.0
 
     def quick_quality(self, raw: np.ndarray) -> float:
-        """`input_quality` without `looks_live`, where a kind has one (the edge runtime judges by it
-        on most requests: see THOROUGH_EVERY); a kind with its own `input_quality` and no
-        `looks_live` (a plugin's, the pen's) is judged by that every time."""
-        if type(self).looks_live is Signal.looks_live:
+        """`input_quality` without `looks_live` (the edge runtime judges by it on most requests: see
+        THOROUGH_EVERY); a kind with its own `input_quality` (a plugin's, the pen's, a subclass's)
+        is judged by that every time."""
+        if type(self).input_quality is not Signal.input_quality:
             return self.input_quality(raw)
         return 1.0 if self.varies(raw) else 0.0
 
@@ -615,7 +615,7 @@ class AudioSignal(Signal):
         count = (last - first) // self.steady_frame
         if count < 4:  # too short to tell: silent or not by its range
             return float(wave.max()) - float(wave.min()) < self.dead_range
-        frames = wave[first : first + count * self.steady_frame].reshape(count, self.steady_frame)
+        frames = wave[first : first + count * self.steady_frame].reshape(count, self.steady_frame).astype(np.float32, copy=False)  # (int16 squares overflow)
         power, means = np.einsum("ij,ij->i", frames, frames) / self.steady_frame, frames.mean(axis=1)
         if not power.all():
             return False  # digital silence between sounds, a noise gate's: no steady source

@@ -142,7 +142,9 @@ class LinkEstimate:
         again (an upstream slow for a while was never used again once it recovered: 0 offloads in
         40 s against 178). Forgotten, the next request that may go finds out."""
         if (time.monotonic() if now is None else now) - self.transfer_seen > stale_s:
-            self.ms_per_byte = None
+            self.ms_per_byte = self.transit_ms_per_byte = (
+                None  # (the transit's per-byte part too: probes send no bytes, and only forwarded requests measure it)
+            )
 
     def observe(self, total_ms: float, server_ms: float, payload_bytes: int) -> None:
         """One call: its wall time, the upstream's own compute time, and the bytes sent."""

@@ -192,7 +192,9 @@ class EdgeRuntime:
         self.quality = {m: 1.0 for m in self.table.modalities}
         self._quality_planned = dict(self.quality)  # what the weights take (see _observe_quality)
         self._refused: set[str] = set()  # inputs refused as bad (warned once), see infer
-        self._seen: dict[str, tuple[int, int]] = {}  # modality -> (its last input's hash, the request it first came on): see FROZEN_AFTER
+        # modality -> (its last input's hash, the request it first came on, how many reads since
+        # have brought it again, the request it last changed on: None before it ever has): see FROZEN_AFTER
+        self._seen: dict[str, tuple[int, int, int, int | None]] = {}
         self.inputs_passed_over: Counter[str] = Counter()  # bad inputs passed over since the start, by modality (state(), /metrics)
         self.failed: dict[str, str] = {
             v.id: f"its file could not be read: {bank.damaged.get(v.id, 'no input spec')}" for v in self.table.variants if bank.specs.get(v.id) is None
@@ -860,24 +862,21 @@ class EdgeRuntime:
             raws[modality] = raw
 
     def _frozen(self, modality: str, raw: np.ndarray, given: dict[str, Any]) -> None:
-        """ValueError when `raw` has come byte for byte the same FROZEN_AFTER requests after its
-        first while another input this request brings has changed since (a client resending one
-        request freezes nothing, nor does an input that comes alone)."""
+        """ValueError when `raw` has come byte for byte the same on FROZEN_AFTER reads after its
+        first while another input this request brings has changed since (from one input to
+        another: first seen, as on a periodic look, is no change). A client resending one request
+        freezes nothing, nor does an input that comes alone."""
         flat = raw.reshape(-1)
-        fingerprint, request = (
-            hash((flat if flat.size <= 4096 else flat[::4]).tobytes()),
-            self._requests,
-        )  # (a live sensor's noise is everywhere: a quarter tells)
-        seen = self._seen.get(modality)
+        fingerprint = hash((flat if flat.size <= 4096 else flat[::4]).tobytes())  # (a live sensor's noise is everywhere: a quarter tells)
+        request, seen = self._requests, self._seen.get(modality)
         if seen is None or seen[0] != fingerprint:
-            self._seen[modality] = (fingerprint, request)
+            self._seen[modality] = (fingerprint, request, 0, None if seen is None else request)
             return
-        since = seen[1]
-        changed = [m for m, (_, first) in list(self._seen.items()) if m != modality and first > since and given.get(m) is not None]
-        if request - since >= FROZEN_AFTER and changed:
-            raise ValueError(
-                f"{modality}: the same input, byte for byte, on the last {request - since + 1} requests while {' and '.join(changed)} changed: a frozen sensor"
-            )
+        _, since, repeats, changed_at = seen
+        self._seen[modality] = (fingerprint, since, repeats + 1, changed_at)
+        changed = [m for m, (_, _, _, at) in list(self._seen.items()) if m != modality and at is not None and at > since and given.get(m) is not None]
+        if repeats + 1 >= FROZEN_AFTER and changed:
+            raise ValueError(f"{modality}: the same input, byte for byte, {repeats + 2} times in a row while {' and '.join(changed)} changed: a frozen sensor")
 
     def _read_all(
         self,
