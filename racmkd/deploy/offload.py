@@ -142,19 +142,22 @@ class LinkEstimate:
         again (an upstream slow for a while was never used again once it recovered: 0 offloads in
         40 s against 178). Forgotten, the next request that may go finds out."""
         if (time.monotonic() if now is None else now) - self.transfer_seen > stale_s:
-            self.ms_per_byte = self.transit_ms_per_byte = (
-                None  # (the transit's per-byte part too: probes send no bytes, and only forwarded requests measure it)
-            )
+            # (the transit's per-byte part too: probes send no bytes, and only forwarded requests measure it)
+            self.ms_per_byte = self.transit_ms_per_byte = None
+
+    def _blend(self, old: float | None, new: float) -> float:
+        """One more observation folded into an estimate (EWMA; the first taken as it is)."""
+        return new if old is None else (1 - self.weight) * old + self.weight * new
 
     def observe(self, total_ms: float, server_ms: float, payload_bytes: int) -> None:
         """One call: its wall time, the upstream's own compute time, and the bytes sent."""
         network = max(total_ms - server_ms, 0.01)
         if payload_bytes > 4096 and self.rtt_ms is not None:  # a large payload measures the transfer
             per_byte = max(network - self.rtt_ms, 0.0) / payload_bytes
-            self.ms_per_byte = per_byte if self.ms_per_byte is None else (1 - self.weight) * self.ms_per_byte + self.weight * per_byte
+            self.ms_per_byte = self._blend(self.ms_per_byte, per_byte)
             self.transfer_seen = time.monotonic()
         else:  # a small one measures the round trip
-            self.rtt_ms = network if self.rtt_ms is None else (1 - self.weight) * self.rtt_ms + self.weight * network
+            self.rtt_ms = self._blend(self.rtt_ms, network)
 
     def observe_transit(self, total_ms: float, held_ms: float, payload_bytes: int = 0) -> None:
         """One call's time on the way, there and back: its wall time less the time the upstream
@@ -164,11 +167,9 @@ class LinkEstimate:
         sent a small request, after large ones, a deadline of 0 (60 ms taken off its 50)."""
         transit = max(total_ms - held_ms, 0.0)
         if payload_bytes > 4096 and self.transit_ms is not None:
-            per_byte = max(transit - self.transit_ms, 0.0) / payload_bytes
-            old = self.transit_ms_per_byte
-            self.transit_ms_per_byte = per_byte if old is None else (1 - self.weight) * old + self.weight * per_byte
+            self.transit_ms_per_byte = self._blend(self.transit_ms_per_byte, max(transit - self.transit_ms, 0.0) / payload_bytes)
         else:  # (a large call before any small one: its whole transit, until probes say better)
-            self.transit_ms = transit if self.transit_ms is None else (1 - self.weight) * self.transit_ms + self.weight * transit
+            self.transit_ms = self._blend(self.transit_ms, transit)
 
     def transit_for(self, payload_bytes: int) -> float:
         """The transit expected of a call sending `payload_bytes` (0 while none is known)."""

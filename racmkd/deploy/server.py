@@ -398,12 +398,8 @@ class Service:
             return
         left_ms = (inputs.forwarded_until - time.monotonic()) * 1e3
         if left_ms < expected_ms:
-            from racmkd.deploy.offload import GIVEN_UP_HEADER
-
             raise GivenUp(
-                503,
-                f"not computed, given up: the server that forwarded this request gives up on it in {max(left_ms, 0.0):.1f} ms, and its answer here takes about {expected_ms:.1f} ms",
-                {GIVEN_UP_HEADER: "1"},
+                f"the server that forwarded this request gives up on it in {max(left_ms, 0.0):.1f} ms, and its answer here takes about {expected_ms:.1f} ms"
             )
 
     def close(self) -> None:
@@ -454,13 +450,7 @@ class ModelService(Service):
         # (a forwarded request waits for its turn only while its answer could still come in time)
         wait_s = None if inputs.forwarded_until is None else min(max(inputs.forwarded_until - time.monotonic() - expected_ms / 1e3, 0.0), threading.TIMEOUT_MAX)
         if not self._computing.acquire(timeout=wait_s):  # (only a forwarded request's wait ends)
-            from racmkd.deploy.offload import GIVEN_UP_HEADER
-
-            raise GivenUp(
-                503,
-                f"not computed, given up: no compute worker came free (serve.compute_workers={self.workers}) in the {wait_s * 1e3:.1f} ms its forwarder's deadline left it",
-                {GIVEN_UP_HEADER: "1"},
-            )
+            raise GivenUp(f"no compute worker came free (serve.compute_workers={self.workers}) in the {wait_s * 1e3:.1f} ms its forwarder's deadline left it")
         try:
             self.give_up_if_late(inputs, expected_ms)
             started = time.perf_counter()
@@ -978,8 +968,14 @@ class Busy(HTTPException):
 
 
 class GivenUp(HTTPException):
-    """503 for a forwarded request whose forwarding server has given up on it, counted as
-    `given_up`, not as this server's failure."""
+    """503 for a forwarded request whose forwarding server has given up on it (or would have, by
+    the time its answer came), marked GIVEN_UP_HEADER for that server and counted as `given_up`,
+    not as this server's failure."""
+
+    def __init__(self, why: str) -> None:
+        from racmkd.deploy.offload import GIVEN_UP_HEADER
+
+        super().__init__(503, f"not computed, given up: {why}", {GIVEN_UP_HEADER: "1"})
 
 
 class AnswerInternalErrors:
