@@ -477,6 +477,7 @@ class RuntimeConfig:
     contention_floor: float = 0.05  # the least CPU share assumed left to us (bounds the predicted slowdown at 20x)
     step_up_margin: float = 0.2  # a better configuration must fit with this much slack on every resource ...
     step_up_window_s: float = 1.0  # ... for this long before the runtime switches up to it
+    switch_gain: float = 0.01  # objective slo: a switch nothing forces, worth less than this more expected SLO-accuracy, waits 10 windows
     preload: bool = True  # load every variant at start (memory permitting; a pinned runtime, its configuration alone); else lazily, least recently used out
     max_loaded: int = 0  # sessions kept loaded at most; 0 = no limit
     pid: PIDGains = PIDGains()
@@ -493,6 +494,8 @@ class RuntimeConfig:
             raise ConfigError(f"runtime.step_up_margin {self.step_up_margin}: a share of the budget in [0, 1)")
         if not 0 <= self.step_up_window_s < math.inf:
             raise ConfigError(f"runtime.step_up_window_s {self.step_up_window_s}: a number of seconds >= 0")
+        if not 0 <= self.switch_gain < 1:
+            raise ConfigError(f"runtime.switch_gain {self.switch_gain}: a share of SLO-accuracy in [0, 1) (0.01: one request in a hundred)")
         if not 0 < self.risk_memory_s <= math.inf:
             raise ConfigError(f"runtime.risk_memory_s {self.risk_memory_s}: a positive number of seconds (.inf: never forget)")
         if not 1 <= self.threads <= MAX_THREADS or self.max_loaded < 0 or self.memory_reserve_bytes < 0:

@@ -1128,7 +1128,16 @@ def test_deadline_risk_forgets_a_band_it_left_long_ago() -> None:
         RuntimeConfig(risk_memory_s=0.0)
     # A negative step-up margin marked over-budget configurations as fitting (flapping); a margin of
     # 1 or a NaN window never let the runtime step up.
-    for bad in ({"step_up_margin": -0.5}, {"step_up_margin": 1.0}, {"step_up_margin": math.nan}, {"step_up_window_s": -1.0}, {"step_up_window_s": math.nan}):
+    for bad in (
+        {"step_up_margin": -0.5},
+        {"step_up_margin": 1.0},
+        {"step_up_margin": math.nan},
+        {"step_up_window_s": -1.0},
+        {"step_up_window_s": math.nan},
+        {"switch_gain": -0.01},
+        {"switch_gain": 1.0},
+        {"switch_gain": math.nan},
+    ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             RuntimeConfig(**bad)
 
@@ -1319,21 +1328,24 @@ def oscillating_budgets(n: int) -> list[Budget]:
     return [Budget(latency_ms=2.05 + 0.1 * math.sin(i)) for i in range(n)]  # hovers around one variant's cost
 
 
+def switches(hysteresis: Hysteresis, allocator: Allocator, budgets: list[Budget]) -> int:
+    """How often `hysteresis` changes the one-modality configuration over `budgets`, a reading every 0.1 s."""
+    current, count = None, 0
+    for i, budget in enumerate(budgets):
+        chosen, _ = hysteresis.choose(i * 0.1, current, allocator, budget, (1.0,))
+        count += current is not None and chosen.config != current.config
+        current = chosen
+    return count
+
+
 def test_hysteresis_prevents_flapping() -> None:
     cheap, rich = Variant("audio", "low", 1.0, 1, 1.0), Variant("audio", "high", 2.05, 1, 1.0)
     table = ProfileTable(("audio",), TIERS, (cheap, rich), {("low",): 0.9, ("high",): 0.97})
     allocator = Allocator(table)
 
-    def switches(hysteresis: Hysteresis) -> int:
-        current, count = None, 0
-        for i, budget in enumerate(oscillating_budgets(200)):
-            chosen, _ = hysteresis.choose(i * 0.1, current, allocator, budget, (1.0,))
-            count += current is not None and chosen.config != current.config
-            current = chosen
-        return count
-
-    assert switches(Hysteresis(margin=0.0, window_s=0.0)) > 30  # no hysteresis: it flaps with the noise
-    assert switches(Hysteresis(margin=0.2, window_s=1.0)) <= 1  # steps down once, never back up into the noise
+    budgets = oscillating_budgets(200)
+    assert switches(Hysteresis(margin=0.0, window_s=0.0), allocator, budgets) > 30  # no hysteresis: it flaps with the noise
+    assert switches(Hysteresis(margin=0.2, window_s=1.0), allocator, budgets) <= 1  # steps down once, never back up into the noise
 
 
 def test_hysteresis_damps_the_slo_objective_on_an_oscillating_budget() -> None:
@@ -1347,16 +1359,39 @@ def test_hysteresis_damps_the_slo_objective_on_an_oscillating_budget() -> None:
     allocator = Allocator(table, risk=risk)
     budgets = [Budget(latency_ms=2.05 + 0.6 * math.sin(i)) for i in range(200)]
 
-    def switches(hysteresis: Hysteresis) -> int:
-        current, count = None, 0
-        for i, budget in enumerate(budgets):
-            chosen, _ = hysteresis.choose(i * 0.1, current, allocator, budget, (1.0,))
-            count += current is not None and chosen.config != current.config
-            current = chosen
-        return count
+    assert switches(Hysteresis(margin=0.0, window_s=0.0), allocator, budgets) > 30
+    assert switches(Hysteresis(margin=0.2, window_s=1.0), allocator, budgets) <= 1
 
-    assert switches(Hysteresis(margin=0.0, window_s=0.0)) > 30
-    assert switches(Hysteresis(margin=0.2, window_s=1.0)) <= 1
+
+def test_a_switch_the_budget_does_not_force_must_gain_enough_to_be_worth_it() -> None:
+    """With the SLO objective two configurations' scores cross as the deadline odds drift by a
+    point or so: the runtime stepped down at once to the cheaper one each time it scored more, and
+    back up after the window each time the richer one did (55 switches in 120 s on the constant
+    critical trace among three audio tiers, 0.85 point of SLO-accuracy under holding one). A switch
+    nothing forces must be worth `gain` more; one the budget forces still comes at once."""
+    cheap, rich = Variant("audio", "low", 1.0, 1, 1.0), Variant("audio", "medium", 1.3, 1, 1.0)
+    table = ProfileTable(("audio",), TIERS, (cheap, rich), {("low",): 0.94, ("medium",): 0.97})
+    risk = DeadlineRisk(window=1000)
+    for i in range(1000):
+        risk.observe(1.0 + 0.2 * i / 999, 1.0)  # ratios spread evenly over 1.0-1.2
+    allocator = Allocator(table, risk=risk)
+    # the rich one meets its deadline with a chance drifting over 0.962-0.976 (score 0.933-0.947, the cheap one's 0.94)
+    budgets = [Budget(latency_ms=1.3 * (1.0 + 0.2 * (0.969 + 0.007 * math.sin(2 * math.pi * i / 60)))) for i in range(600)]
+
+    assert switches(Hysteresis(margin=0.2, window_s=1.0, gain=0.0), allocator, budgets) >= 15  # a pair of switches every 6 s
+    assert switches(Hysteresis(margin=0.2, window_s=1.0, gain=0.01), allocator, budgets) == 0
+    hysteresis = Hysteresis(margin=0.2, window_s=1.0, gain=0.01)
+    held = hysteresis.choose(0.0, None, allocator, Budget(latency_ms=2.0), (1.0,))[0]
+    assert held.config == (rich,)
+    chosen, why = hysteresis.choose(0.1, held, allocator, Budget(latency_ms=1.2), (1.0,))  # the rich one's deadline lost: forced
+    assert chosen.config == (cheap,) and why.startswith("step down at once")
+    # Better by less than the gain, but for SETTLE_WINDOWS windows without a break: worth the switch.
+    a_little_better = Budget(latency_ms=1.3 * (1.0 + 0.2 * 0.975))  # 0.97 x 0.975 = 0.946 against 0.94
+    held, now = chosen, 0.1
+    while held.config == (cheap,) and now < 20:
+        now += 0.1
+        held, why = hysteresis.choose(now, held, allocator, a_little_better, (1.0,))
+    assert held.config == (rich,) and why.startswith("settled") and 10.1 < now < 10.4  # better since 0.2 s
 
 
 def test_hysteresis_steps_down_at_once_and_up_only_after_the_window() -> None:

@@ -556,7 +556,7 @@ def test_a_requests_decision_loads_no_waiting_step_up_on_its_thread(bank_dir: Pa
     windows = runtime.hysteresis._fitting
     assert len(windows) >= 2, "the graded bank offers one better configuration only"
     first, second, *rest = windows
-    runtime.hysteresis._fitting = {first: 0.9, second: 0.5, **dict.fromkeys(rest, 1.0)}  # the second-best fitted first
+    runtime.hysteresis._fitting = {first: (0.9, 0.9), second: (0.5, 0.5), **dict.fromkeys(rest, (1.0, 1.0))}  # the second-best fitted first
     now[0] = 1.2
     runtime.redecide("resources")  # loads the pending one, and the best when it fits
     best, pending = runtime.hysteresis.best_pending, runtime.hysteresis.pending

@@ -644,6 +644,7 @@ class Allocator:
 
 
 BACK_FROM, BACK_AT = 0.75, 0.9  # an input's weight, of the most it has had: gone below the first, back above the second (Hysteresis)
+SETTLE_WINDOWS = 10  # a switch worth less than the hysteresis's gain more waits this many step-up windows
 
 
 @dataclass
@@ -665,12 +666,23 @@ class Hysteresis:
     not, as a critical modality's is: on a load that never left the margin, a microphone back after
     5 s of silence was never used again (0.598 against 0.938 with it). Back for a window, not for a
     few requests: two silent requests in ten brought it back five requests later, and it flapped
-    (6.2 switches per 100 requests on the sudden trace against 0.4)."""
+    (6.2 switches per 100 requests on the sudden trace against 0.4).
+
+    With the SLO objective a configuration's worth moves with the deadline odds, and those drift by
+    a point or two from one reading to the next on a loaded device: two configurations' scores
+    cross again and again. A switch nothing forces (a step up; a step down to one better for less)
+    is taken at once or after the window only when it is worth `gain` more; one worth less than
+    that more waits SETTLE_WINDOWS windows, better all along. Without it the runtime stepped down
+    to the cheaper configuration each time it scored more and back up a window after the richer
+    one did: 55 switches in 120 s on the constant critical trace, among three audio tiers, at 0.85
+    point under holding one; with it 14 (the bank of a `make run`, its costs; docs/runtime.md)."""
 
     margin: float = 0.2
     window_s: float = 1.0
-    # better than the current one, fitting with the margin -> since when, without a break
-    _fitting: dict[Configuration, float] = field(default_factory=dict, repr=False)
+    gain: float = 0.01
+    # better than the current one, fitting with the margin -> (since when, since when by `gain` more
+    # (inf: not now)), without a break
+    _fitting: dict[Configuration, tuple[float, float]] = field(default_factory=dict, repr=False)
     _pending: Configuration | None = field(default=None, repr=False)
     _chosen_with: tuple[float, ...] | None = field(default=None, repr=False)  # the weights when the current configuration was chosen
     _back_since: dict[int, float] = field(default_factory=dict, repr=False)  # modality index -> since when it has been back, without a break
@@ -682,7 +694,12 @@ class Hysteresis:
         """The configuration the runtime steps up to next if nothing changes (of those waiting out
         their window, the first whose window ends), if any: the runtime loads its sessions meanwhile."""
         fitting = self._fitting
-        return min(fitting, key=fitting.__getitem__) if fitting else None  # (min keeps the first of a tie: the best)
+        return min(fitting, key=lambda c: self._ready_at(fitting[c])) if fitting else None  # (min keeps the first of a tie: the best)
+
+    def _ready_at(self, since: tuple[float, float]) -> float:
+        """When a configuration better since `since` (its `_fitting` entry) has waited long enough."""
+        better_since, by_the_gain_since = since
+        return min(by_the_gain_since + self.window_s, better_since + SETTLE_WINDOWS * self.window_s)
 
     @property
     def best_pending(self) -> Configuration | None:
@@ -695,7 +712,7 @@ class Hysteresis:
         fitting, back = self._fitting, self._back_since  # (read once: another thread's decision may replace them meanwhile; neither is changed in place)
         if back and not self._back_tried and now - min(back.values()) >= self.window_s:
             return True  # an input back for its window: weighed once (a steady device brings no other decision)
-        return bool(fitting) and now - min(fitting.values()) >= self.window_s
+        return bool(fitting) and now >= min(map(self._ready_at, fitting.values()))
 
     def _wait_no_more(self) -> None:
         self._fitting, self._pending = {}, None
@@ -773,10 +790,12 @@ class Hysteresis:
                 else f"over budget on {', '.join(current_costs.over(budget)) or 'latency'}"
             )
             return best, f"step down at once: {why}"
+        # (with `objective: accuracy` a worth does not move with the load: any gain is worth a switch)
+        gain = self.gain if allocator.risk is not None else 0.0
         if (
             best.config != current.config
             and best.feasible
-            and best.utility > current_now.utility + 1e-9
+            and best.utility > current_now.utility + max(gain, 1e-9)
             and best.costs.latency_ms <= current_costs.latency_ms
             and all(getattr(best.costs, r) <= getattr(current_costs, r) or best.costs.fits(budget, self.margin, (r,)) for r in HARD_RESOURCES)
         ):
@@ -797,11 +816,18 @@ class Hysteresis:
             return best, "recover at once: a configuration fits again"
         better = allocator.better_than(current_now.utility, budget, weights, exclude, self.margin)
         better.pop(current.config, None)  # (its score against itself: equal but for rounding)
-        self._fitting = {c: self._fitting.get(c, now) for c in better}
-        ready = [c for c, since in self._fitting.items() if now - since >= self.window_s]
+        was = self._fitting
+
+        def since(c: Configuration, worth: float) -> tuple[float, float]:
+            better_since, by_the_gain_since = was.get(c, (now, math.inf))
+            return better_since, (min(by_the_gain_since, now) if worth > current_now.utility + gain else math.inf)
+
+        self._fitting = {c: since(c, worth) for c, worth in better.items()}  # (a new table: `state` holds the old one)
+        ready = [c for c, since in self._fitting.items() if now >= self._ready_at(since)]
         chosen = max(ready, key=better.__getitem__) if ready else None  # (max keeps the first of a tie: better is best first)
         if chosen is not None:
-            waited = now - self._fitting[chosen]
+            waited = now - self._fitting[chosen][0]
+            by_the_gain = now >= self._fitting[chosen][1] + self.window_s
             self._fitting = {c: since for c, since in self._fitting.items() if better[c] > better[chosen] + 1e-9}
         self._pending = max(self._fitting, key=better.__getitem__) if self._fitting else None
         if chosen is not None:
@@ -812,6 +838,8 @@ class Hysteresis:
                 True,
                 f"fitted with {self.margin:.0%} headroom: {describe(allocator.table, chosen)}",
             )
+            if not by_the_gain:
+                return decision, f"settled: better by less than {gain:g} for {waited:.2f} s"
             return decision, f"step up: fitted with {self.margin:.0%} headroom for {waited:.2f} s"
         if self._pending is None:
             return current_now, "stay"

@@ -179,7 +179,7 @@ class EdgeRuntime:
         self.risk = DeadlineRisk(self.overhead_ms, memory_s=self.config.risk_memory_s) if self.config.objective == "slo" else None
         self.allocator = Allocator(self.table, self.config.critical, self.risk, self.config.priorities)
         self._variants = {v.id: v for v in self.table.variants}  # id -> variant
-        self.hysteresis = Hysteresis(self.config.step_up_margin, self.config.step_up_window_s)
+        self.hysteresis = Hysteresis(self.config.step_up_margin, self.config.step_up_window_s, self.config.switch_gain)
         self.controller = LatencyController(self.config.pid, self.config.latency_target_ms)
         self.modalities: dict[str, Signal] = {m: SIGNALS.create(m) for m in self.table.modalities}
         # Raw inputs are checked against one variant's spec per modality (their raw forms agree: sample
