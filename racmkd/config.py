@@ -477,7 +477,7 @@ class RuntimeConfig:
     contention_floor: float = 0.05  # the least CPU share assumed left to us (bounds the predicted slowdown at 20x)
     step_up_margin: float = 0.2  # a better configuration must fit with this much slack on every resource ...
     step_up_window_s: float = 1.0  # ... for this long before the runtime switches up to it
-    switch_gain: float = 0.01  # objective slo: a switch nothing forces, worth less than this more expected SLO-accuracy, waits 10 windows
+    switch_gain: float = 0.01  # objective slo: a switch nothing forces, to a configuration unsure of its deadline, worth less than this more expected SLO-accuracy, waits 10 windows
     preload: bool = True  # load every variant at start (memory permitting; a pinned runtime, its configuration alone); else lazily, least recently used out
     max_loaded: int = 0  # sessions kept loaded at most; 0 = no limit
     pid: PIDGains = PIDGains()

@@ -1363,35 +1363,81 @@ def test_hysteresis_damps_the_slo_objective_on_an_oscillating_budget() -> None:
     assert switches(Hysteresis(margin=0.2, window_s=1.0), allocator, budgets) <= 1
 
 
+def drifting_pair(rich_accuracy: float = 0.97) -> tuple[Variant, Variant, Allocator]:
+    """A cheap audio variant (0.94) and a rich one (`rich_accuracy`, 1.3x its cost), under a
+    deadline risk whose ratios spread evenly over 1.0-1.2: under `rich_odds(c)` the rich one meets
+    its deadline with chance c and the cheap one for certain."""
+    cheap, rich = Variant("audio", "low", 1.0, 1, 1.0), Variant("audio", "medium", 1.3, 1, 1.0)
+    table = ProfileTable(("audio",), TIERS, (cheap, rich), {("low",): 0.94, ("medium",): rich_accuracy})
+    risk = DeadlineRisk(window=1000)
+    for i in range(1000):
+        risk.observe(1.0 + 0.2 * i / 999, 1.0)
+    return cheap, rich, Allocator(table, risk=risk)
+
+
+def rich_odds(chance: float) -> Budget:
+    return Budget(latency_ms=1.3 * (1.0 + 0.2 * chance))
+
+
 def test_a_switch_the_budget_does_not_force_must_gain_enough_to_be_worth_it() -> None:
     """With the SLO objective two configurations' scores cross as the deadline odds drift by a
     point or so: the runtime stepped down at once to the cheaper one each time it scored more, and
     back up after the window each time the richer one did (55 switches in 120 s on the constant
     critical trace among three audio tiers, 0.85 point of SLO-accuracy under holding one). A switch
     nothing forces must be worth `gain` more; one the budget forces still comes at once."""
-    cheap, rich = Variant("audio", "low", 1.0, 1, 1.0), Variant("audio", "medium", 1.3, 1, 1.0)
-    table = ProfileTable(("audio",), TIERS, (cheap, rich), {("low",): 0.94, ("medium",): 0.97})
-    risk = DeadlineRisk(window=1000)
-    for i in range(1000):
-        risk.observe(1.0 + 0.2 * i / 999, 1.0)  # ratios spread evenly over 1.0-1.2
-    allocator = Allocator(table, risk=risk)
-    # the rich one meets its deadline with a chance drifting over 0.962-0.976 (score 0.933-0.947, the cheap one's 0.94)
-    budgets = [Budget(latency_ms=1.3 * (1.0 + 0.2 * (0.969 + 0.007 * math.sin(2 * math.pi * i / 60)))) for i in range(600)]
-
+    cheap, rich, allocator = drifting_pair()
+    # the rich one's chance drifting over 0.962-0.976 (score 0.933-0.947, the cheap one's 0.94)
+    budgets = [rich_odds(0.969 + 0.007 * math.sin(2 * math.pi * i / 60)) for i in range(600)]
     assert switches(Hysteresis(margin=0.2, window_s=1.0, gain=0.0), allocator, budgets) >= 15  # a pair of switches every 6 s
     assert switches(Hysteresis(margin=0.2, window_s=1.0, gain=0.01), allocator, budgets) == 0
     hysteresis = Hysteresis(margin=0.2, window_s=1.0, gain=0.01)
     held = hysteresis.choose(0.0, None, allocator, Budget(latency_ms=2.0), (1.0,))[0]
     assert held.config == (rich,)
-    chosen, why = hysteresis.choose(0.1, held, allocator, Budget(latency_ms=1.2), (1.0,))  # the rich one's deadline lost: forced
+    # The rich one at 0.97 x 0.965 = 0.936: the cheap one, sure of its deadline, is better for less by
+    # 0.004. Its worth cannot drift: no gain is asked of it (the way back up asks it).
+    chosen, why = hysteresis.choose(0.1, held, allocator, rich_odds(0.965), (1.0,))
+    assert chosen.config == (cheap,) and why == "step down at once: better for less"
+    chosen, why = hysteresis.choose(0.2, held, allocator, Budget(latency_ms=1.2), (1.0,))  # the rich one's deadline lost: forced
     assert chosen.config == (cheap,) and why.startswith("step down at once")
     # Better by less than the gain, but for SETTLE_WINDOWS windows without a break: worth the switch.
-    a_little_better = Budget(latency_ms=1.3 * (1.0 + 0.2 * 0.975))  # 0.97 x 0.975 = 0.946 against 0.94
-    held, now = chosen, 0.1
+    held, now = chosen, 0.2
     while held.config == (cheap,) and now < 20:
         now += 0.1
-        held, why = hysteresis.choose(now, held, allocator, a_little_better, (1.0,))
-    assert held.config == (rich,) and why.startswith("settled") and 10.1 < now < 10.4  # better since 0.2 s
+        held, why = hysteresis.choose(now, held, allocator, rich_odds(0.975), (1.0,))  # 0.97 x 0.975 = 0.946
+        # pending all along, due when its 10 s are out (not one window after it began)
+        assert held.config == (rich,) or hysteresis.pending == (rich,) and (now > 9.25 or not hysteresis.due(now + 1.0)) and hysteresis.due(10.35)
+    assert held.config == (rich,) and why.startswith("settled") and 10.2 < now < 10.5  # better since 0.3 s
+
+
+def test_the_window_by_the_gain_restarts_after_a_break() -> None:
+    cheap, rich, allocator = drifting_pair()
+    hysteresis = Hysteresis(margin=0.2, window_s=1.0, gain=0.01)
+    held = hysteresis.choose(0.0, None, allocator, rich_odds(0.95), (1.0,))[0]  # 0.97 x 0.95 = 0.92
+    assert held.config == (cheap,)
+    plan = [(0.1, 0.985), (0.6, 0.975), (0.8, 0.985)]  # by the gain (0.955), by less (0.946), by the gain again
+    now, switched = 0.1, None
+    while switched is None and now < 5:
+        odds = next(c for t, c in reversed(plan) if now >= t - 1e-9)
+        chosen, why = hysteresis.choose(now, held, allocator, rich_odds(odds), (1.0,))
+        if chosen.config != held.config:
+            switched = now
+        now = round(now + 0.05, 2)
+    assert switched is not None and 1.8 <= switched < 1.9 and why.startswith("step up")  # one window from 0.8, not from 0.1
+
+
+def test_no_gain_is_asked_where_worths_cannot_drift() -> None:
+    """Where a configuration meets its deadline for certain, or under `objective: accuracy`, its
+    worth is its accuracy, which does not drift: a step up 0.005 better waits one window, not ten
+    (adjacent audio tiers differ by less than 0.01: periodic 0.976 -> 0.9725 with every one of them held 10 s)."""
+    cheap, rich, allocator = drifting_pair(rich_accuracy=0.945)
+    unhurried = Allocator(allocator.table)  # objective accuracy
+    for chooser in (allocator, unhurried):
+        hysteresis = Hysteresis(margin=0.2, window_s=1.0, gain=0.5)
+        held = hysteresis.choose(0.0, None, chooser, Budget(latency_ms=1.2), (1.0,))[0]
+        assert held.config == (cheap,)
+        for now in (0.1, 0.6, 1.1):
+            held, why = hysteresis.choose(now, held, chooser, Budget(latency_ms=2.0), (1.0,))  # both certain, 1.3 within 80% of 2.0
+        assert held.config == (rich,) and why.startswith("step up")
 
 
 def test_hysteresis_steps_down_at_once_and_up_only_after_the_window() -> None:

@@ -501,6 +501,13 @@ class Allocator:
         a, b = self.costs[config], self.costs[than]
         return (a.latency_ms, a.memory_bytes) < (b.latency_ms, b.memory_bytes)
 
+    def deadline_chance(self, config: Configuration, budget: Budget) -> float:
+        """The chance that `config` meets the latency budget: the deadline risk's (1 without one:
+        latency is then a hard budget, fitted or not)."""
+        if self.risk is None:
+            return 1.0
+        return self.risk.chance((self.costs.get(config) or config_costs(config)).typical_ms, budget.latency_ms, budget.slowdown)
+
     def _slo_score(self, utility: float, config: Configuration, budget: Budget, slack: float = 0.0) -> tuple[float, float]:
         """(expected SLO-accuracy, chance of meeting the deadline) of a configuration; 0 when it is
         over the memory or energy budget (those stay hard)."""
@@ -508,7 +515,7 @@ class Allocator:
         costs = self.costs.get(config) or config_costs(config)
         if not costs.fits(budget, slack, HARD_RESOURCES):
             return 0.0, 0.0
-        chance = self.risk.chance(costs.typical_ms, budget.latency_ms, budget.slowdown)  # the risk is the latency's margin: no slack on top
+        chance = self.deadline_chance(config, budget)  # the risk is the latency's margin: no slack on top
         return utility * chance, chance
 
     def better_than(
@@ -645,6 +652,7 @@ class Allocator:
 
 BACK_FROM, BACK_AT = 0.75, 0.9  # an input's weight, of the most it has had: gone below the first, back above the second (Hysteresis)
 SETTLE_WINDOWS = 10  # a switch worth less than the hysteresis's gain more waits this many step-up windows
+CERTAIN = 0.999  # a deadline met with this chance is certain: a worth that does not drift (Hysteresis)
 
 
 @dataclass
@@ -672,10 +680,14 @@ class Hysteresis:
     a point or two from one reading to the next on a loaded device: two configurations' scores
     cross again and again. A switch nothing forces (a step up; a step down to one better for less)
     is taken at once or after the window only when it is worth `gain` more; one worth less than
-    that more waits SETTLE_WINDOWS windows, better all along. Without it the runtime stepped down
-    to the cheaper configuration each time it scored more and back up a window after the richer
-    one did: 55 switches in 120 s on the constant critical trace, among three audio tiers, at 0.85
-    point under holding one; with it 14 (the bank of a `make run`, its costs; docs/runtime.md)."""
+    that more waits SETTLE_WINDOWS windows, better than the configuration in force all along.
+    Without it the runtime stepped down to the cheaper configuration each time it scored more and
+    back up a window after the richer one did: 55 switches in 120 s on the constant critical trace,
+    among three audio tiers, at 0.85 point under holding one; with it 17 (the bank of a `make
+    run`, its costs; docs/runtime.md). A configuration sure to meet its deadline (CERTAIN) is worth
+    its accuracy, which does not drift: no gain is asked of a switch to it (adjacent audio tiers
+    differ by less than 0.01, and with the gain each step up between them on an idle device waited
+    10 s: periodic 0.976 -> 0.9725)."""
 
     margin: float = 0.2
     window_s: float = 1.0
@@ -790,12 +802,15 @@ class Hysteresis:
                 else f"over budget on {', '.join(current_costs.over(budget)) or 'latency'}"
             )
             return best, f"step down at once: {why}"
-        # (with `objective: accuracy` a worth does not move with the load: any gain is worth a switch)
-        gain = self.gain if allocator.risk is not None else 0.0
+
+        def gain_over_current(config: Configuration) -> float:
+            """What a switch to `config` must be worth more: nothing where its worth cannot drift."""
+            return 0.0 if allocator.deadline_chance(config, budget) >= CERTAIN else self.gain  # (always 0 with `objective: accuracy`)
+
         if (
             best.config != current.config
             and best.feasible
-            and best.utility > current_now.utility + max(gain, 1e-9)
+            and best.utility > current_now.utility + max(gain_over_current(best.config), 1e-9)
             and best.costs.latency_ms <= current_costs.latency_ms
             and all(getattr(best.costs, r) <= getattr(current_costs, r) or best.costs.fits(budget, self.margin, (r,)) for r in HARD_RESOURCES)
         ):
@@ -820,15 +835,18 @@ class Hysteresis:
 
         def since(c: Configuration, worth: float) -> tuple[float, float]:
             better_since, by_the_gain_since = was.get(c, (now, math.inf))
-            return better_since, (min(by_the_gain_since, now) if worth > current_now.utility + gain else math.inf)
+            return better_since, (min(by_the_gain_since, now) if worth > current_now.utility + gain_over_current(c) else math.inf)
 
         self._fitting = {c: since(c, worth) for c, worth in better.items()}  # (a new table: `state` holds the old one)
         ready = [c for c, since in self._fitting.items() if now >= self._ready_at(since)]
         chosen = max(ready, key=better.__getitem__) if ready else None  # (max keeps the first of a tie: better is best first)
         if chosen is not None:
-            waited = now - self._fitting[chosen][0]
-            by_the_gain = now >= self._fitting[chosen][1] + self.window_s
-            self._fitting = {c: since for c, since in self._fitting.items() if better[c] > better[chosen] + 1e-9}
+            better_since, by_the_gain_since = self._fitting[chosen]
+            by_the_gain = now >= by_the_gain_since + self.window_s
+            waited = now - (by_the_gain_since if by_the_gain else better_since)
+            # Those better still wait on: their windows with the margin go on (they fitted all along),
+            # their settling starts again (they were better than the configuration left, not this one).
+            self._fitting = {c: (now, by_gain) for c, (_, by_gain) in self._fitting.items() if better[c] > better[chosen] + 1e-9}
         self._pending = max(self._fitting, key=better.__getitem__) if self._fitting else None
         if chosen is not None:
             decision = Decision(
@@ -839,7 +857,7 @@ class Hysteresis:
                 f"fitted with {self.margin:.0%} headroom: {describe(allocator.table, chosen)}",
             )
             if not by_the_gain:
-                return decision, f"settled: better by less than {gain:g} for {waited:.2f} s"
+                return decision, f"settled: better by less than {self.gain:g} for {waited:.2f} s"
             return decision, f"step up: fitted with {self.margin:.0%} headroom for {waited:.2f} s"
         if self._pending is None:
             return current_now, "stay"
