@@ -385,6 +385,9 @@ def test_a_bank_release_holds_the_files_its_bank_json_names_only(bank_dir: Path,
     (folder / "bank.json").write_text("{}")
     with pytest.raises(RegistryError, match=r"bank\.json: not a readable variant bank .*racmkd edge build"):
         pack(folder)
+    (folder / "bank.json").write_text(json.dumps({"variants": []}))  # (signed, only each device's health check refused it)
+    with pytest.raises(RegistryError, match=r"bank\.json: names no variants; .*racmkd edge build"):
+        pack(folder)
 
 
 def test_a_device_store_removes_what_a_server_killed_while_staging_left(bank_dir: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:

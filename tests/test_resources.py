@@ -388,6 +388,28 @@ def test_the_cpu_share_left_to_us_counts_other_programs_only() -> None:
     assert dataclasses.replace(spinning, cpu_percent=20.0, runnable_tasks=6.0).cpu_share(0.05) == 1.0
 
 
+def test_a_mistyped_timestamp_costs_its_row_and_garbage_is_said_with_its_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One row's t typed 15.0 for 5.0 in a trace at 0.5 s steps: kept, the 19 correct rows after it
+    up to 15 s went back in time and were skipped, and the reading at 4.5 s was replayed for 10 s.
+    And garbage was only counted: a `top`-style trace (CPU above 100%) refused with nothing to act on."""
+    rows = [(0.5 * i, 20 + i) for i in range(60)]
+    rows[10] = (15.0, 99)
+    typo = tmp_path / "typo.csv"
+    typo.write_text("t,cpu_percent\n" + "".join(f"{t},{c}\n" for t, c in rows))
+    trace = load_trace(typo)
+    assert trace.skipped_rows == 1 and len(trace.times) == 59 and 5.0 not in trace.times and 5.5 in trace.times
+    assert trace.at(6.0).cpu_percent == 32.0
+    top = tmp_path / "top.csv"
+    top.write_text("t,cpu_percent\n\n0,150\n1,180\n")  # (a blank line: the rows' lines are counted as read)
+    with pytest.raises(TraceError, match=r"2 rows skipped as garbage; the first, line 3: cpu_percent '150' is not a number in \[0, 100\]"):
+        load_trace(top)
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps([{"t": 0, "cpu_percent": 10}, {"t": 1, "cpu_percent": 20, "power_plugged": "maybe"}, {"t": 2, "cpu_percent": 30}]))
+    with caplog.at_level("WARNING", logger="racmkd.resources.sources"):
+        assert load_trace(mixed).skipped_rows == 1
+    assert "the first, sample 2: power_plugged 'maybe' is none of 0/1, true/false, yes/no" in caplog.text
+
+
 def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "trace.csv"
     path.write_text(

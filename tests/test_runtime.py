@@ -768,6 +768,41 @@ def test_a_damaged_variant_file_says_what_is_wrong_and_how_to_rebuild_it(bank_di
     assert not any("racmkd export" in why for why in damaged.values())
 
 
+def test_a_bank_without_variants_or_modalities_or_with_another_tiers_file_is_refused(bank_dir: Path, tmp_path: Path) -> None:
+    """bank.json edited to no variants failed as "max() arg is an empty sequence"; to no modalities,
+    as the config's priorities ("every modality at 0"); a variant listed twice or of a modality the
+    bank does not name was taken; another tier's file of the same modality copied over a variant's
+    was served as that variant (the bank's accuracy for it a lie), though bank.json records each
+    file's size."""
+    import shutil
+
+    def edited(name: str, change: Any) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(bank_dir, folder)
+        data = json.loads((folder / "bank.json").read_text())
+        change(data)
+        (folder / "bank.json").write_text(json.dumps(data))
+        return folder
+
+    cases = {
+        "no variants": lambda d: d.update(variants=[]),
+        "no modalities": lambda d: d.update(modalities=[]),
+        "listed 2 times": lambda d: d["variants"].append(d["variants"][0]),
+        "is not in the bank's modalities": lambda d: d.update(modalities=[m for m in d["modalities"] if m != "audio"]),
+    }
+    for problem, change in cases.items():
+        folder = edited(problem.replace(" ", "_").replace("'", ""), change)
+        with pytest.raises(BankError, match=rf"bank.json: damaged \(.*{problem}.*Rebuild it"):
+            load_bank(folder)
+    swapped = edited("swapped", lambda d: None)
+    bank = load_bank(swapped)
+    audio = sorted((v for v in bank.table.variants if v.modality == "audio"), key=lambda v: bank.table.tiers.index(v.tier))
+    high, low = audio[0], audio[-1]
+    shutil.copy(swapped / low.path, swapped / high.path)
+    damaged = load_bank(swapped, warn=False).damaged
+    assert list(damaged) == [high.id] and "bytes, but bank.json records" in damaged[high.id] and "another variant's file" in damaged[high.id]
+
+
 def test_an_input_that_makes_sound_weights_compute_nan_is_refused_and_their_variants_stay(bank_dir: Path, samples, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """One crafted request must not take a modality out of service: non-finite logits from weights
     that answer a blank input finitely are the input's doing. The other input answers, the bad one
@@ -813,6 +848,9 @@ def test_a_bank_whose_audio_variants_place_recordings_differently_is_refused(ban
     model = onnx.load(copy / old.path)
     set_metadata(model, {CONTRACT_KEY: json.dumps(contract)})
     onnx.save(model, copy / old.path)
+    data = json.loads((copy / "bank.json").read_text())  # (a file of another size than bank.json's is damaged on that count alone)
+    next(v for v in data["variants"] if v["path"] == old.path)["file_bytes"] = (copy / old.path).stat().st_size
+    (copy / "bank.json").write_text(json.dumps(data))
     with pytest.raises(
         BankError, match=rf"do not share their raw inputs \(audio: .*{old.id} \{{'sample_rate': 8000, 'samples': 8000, 'window': 'loudest'\}}.*Rebuild it"
     ):

@@ -131,6 +131,8 @@ def bank_variant_files(path: Path) -> list[str]:
         names = sorted({v["path"] for v in bank["variants"]})
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise RegistryError(f"{bank_json}: not a readable variant bank ({type(err).__name__}: {err}); build it again with `racmkd edge build`") from None
+    if not names:  # (signed, it was refused only by each device's health check)
+        raise RegistryError(f"{bank_json}: names no variants; build it again with `racmkd edge build`")
     outside = [n for n in names if not isinstance(n, str) or Path(n).name != n]
     if outside:
         raise RegistryError(f"{bank_json}: variants {outside} are not files of the bank's folder; build it again with `racmkd edge build`")

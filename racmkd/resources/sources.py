@@ -707,9 +707,10 @@ def load_trace(path: str | Path) -> Trace:
     temperature_c, package_power_w, runnable_tasks, host_cores, cpu_cores, power_plugged (0/1,
     true/false, yes/no). Rows with garbage (text, NaN, values out of range, time going
     backwards, a timestamp more than FAR_AHEAD_STEPS median steps after the previous row that the
-    next row does not go on from) are skipped and counted; a file without two usable rows is an
-    error. Kept, one mistyped timestamp far ahead made every later row go back in time: the rest of
-    the trace was thrown away. A long pause that the recording goes on from is kept."""
+    next row does not go on from, or ahead of the next two rows while they go on from the previous) are
+    skipped and counted, the first said with its line and why; a file without two usable rows is an
+    error. Kept, one mistyped timestamp ahead made every later row up to it go back in time: far
+    ahead, the rest of the trace was thrown away. A long pause that the recording goes on from is kept."""
     path = Path(path)
     if path.is_dir():
         raise TraceError(f"{path}: a folder, not a trace file; name the .csv or .json trace inside it, or use a synthetic trace: {', '.join(SYNTHETIC)}")
@@ -719,6 +720,7 @@ def load_trace(path: str | Path) -> Trace:
         if path.suffix.lower() == ".json":
             data = json.loads(path.read_text(encoding="utf-8-sig"))  # (a byte-order mark, as a CSV may have)
             rows = data.get("samples") if isinstance(data, dict) else data
+            lines = []
             if not isinstance(rows, list):
                 raise TraceError(f"{path}: expected a JSON list of readings or an object with a 'samples' list")
         else:
@@ -728,7 +730,10 @@ def load_trace(path: str | Path) -> Trace:
                 repeated = sorted({c for c in names if names.count(c) > 1})
                 if repeated:  # (DictReader kept the last of them, in silence)
                     raise TraceError(f"{path}: the header names {', '.join(repeated)} more than once; keep one column of each")
-                rows = list(reader)
+                rows, lines = [], []
+                for row in reader:
+                    rows.append(row)
+                    lines.append(reader.line_num)  # (a blank line is skipped: no row index + 2)
     except TraceError:
         raise
     except (OSError, ValueError, csv.Error, RecursionError) as err:  # (ValueError: bad JSON or UTF-8, a number past Python's 4,300 digits)
@@ -743,7 +748,10 @@ def load_trace(path: str | Path) -> Trace:
         log.warning("%s: columns %s are not read (a trace's columns: %s)", path, ", ".join(unknown), ", ".join(TRACE_COLUMNS))
     times: list[float] = []
     columns: dict[str, list[float]] = {c: [] for c in known}
-    usable = [parsed for parsed in (_parse_row(row, known) for row in rows) if parsed is not None]
+    parsed = [_parse_row(row, known) for row in rows]
+    usable = [p for p in parsed if not isinstance(p, str)]
+    first_bad = next(((i, p) for i, p in enumerate(parsed) if isinstance(p, str)), None)
+    garbage = "" if first_bad is None else f"; the first, {f'line {lines[first_bad[0]]}' if lines else f'sample {first_bad[0] + 1}'}: {first_bad[1]}"
     skipped, backwards = len(rows) - len(usable), 0
     steps = np.diff([t for t, _ in usable])
     steps = steps[steps > 0]
@@ -758,6 +766,12 @@ def load_trace(path: str | Path) -> Trace:
         if times and t <= times[-1]:
             skipped += 1
             backwards += t < times[-1]  # (an equal time is a duplicate, not a jump)
+            continue
+        if times and i + 2 < len(usable) and times[-1] < usable[i + 1][0] < usable[i + 2][0] < t:
+            # A time ahead of the next two rows, which go on in order from the previous one (a
+            # typo, 15.0 for 5.0): kept, every row after it up to 15 s went back in time and was
+            # skipped instead. (Of two rows swapped, the second is skipped.)
+            skipped += 1
             continue
         gone_on_from = i + 1 < len(usable) and usable[i + 1][0] > t
         if times and t - times[-1] > far_ahead and not gone_on_from:
@@ -774,14 +788,14 @@ def load_trace(path: str | Path) -> Trace:
         why = "newest first? sort the rows by t" if newest_first else "rows out of order? sort them by t" if steps_back > 1 else "a timestamp far ahead?"
         raise TraceError(f"{path}: {backwards} of {len(rows)} rows go back in time after an earlier one ({why}); check the file")
     if len(times) < 2:
-        raise TraceError(f"{path}: fewer than two usable readings ({skipped} rows skipped as garbage)")
+        raise TraceError(f"{path}: fewer than two usable readings ({skipped} rows skipped as garbage{garbage})")
     span = times[-1] - times[0]
     if not MIN_TRACE_SPAN_S <= span <= MAX_TRACE_SPAN_S:  # (a nanosecond's trace replayed in no time: a monitor share of 20,062,800%)
         raise TraceError(
             f"{path}: its readings span {span:.3g} s (t from {times[0]:.6g} to {times[-1]:.6g}); a trace spans {MIN_TRACE_SPAN_S:g} s to {MAX_TRACE_SPAN_S:.0e} s: is t in seconds?"
         )
     if skipped:
-        log.warning("%s: skipped %d garbage rows of %d", path, skipped, len(rows))
+        log.warning("%s: skipped %d garbage rows of %d%s", path, skipped, len(rows), garbage)
     return Trace(path.stem, np.array(times), {c: held(np.array(v)) for c, v in columns.items()}, skipped, source=str(path.resolve()))
 
 
@@ -795,17 +809,18 @@ def held(values: np.ndarray) -> np.ndarray:
     return np.where(last >= 0, values[np.maximum(last, 0)], np.nan)
 
 
-def _parse_row(row: Any, columns: list[str]) -> tuple[float, dict[str, float]] | None:
+def _parse_row(row: Any, columns: list[str]) -> tuple[float, dict[str, float]] | str:
+    """A row's time and readings, or what makes it garbage (said with the first such row: a count
+    alone left a `top`-style trace, CPU above 100%, refused with nothing to act on)."""
     if not isinstance(row, dict):
-        return None
-    if isinstance(row.get("t"), bool):
-        return None
+        return f"not an object of readings ({type(row).__name__})"
+    raw_t = row.get("t")
     try:
-        t = float(row.get("t"))  # type: ignore[arg-type]
+        t = float(raw_t) if not isinstance(raw_t, bool) else math.nan  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
-        return None
+        t = math.nan
     if not math.isfinite(t):
-        return None
+        return f"t {raw_t!r} is not a finite number of seconds"
     values = {}
     for c in columns:
         raw = row.get(c)
@@ -814,20 +829,19 @@ def _parse_row(row: Any, columns: list[str]) -> tuple[float, dict[str, float]] |
         if c == "power_plugged":
             plugged = _plugged(raw)
             if plugged is None:
-                return None
+                return f"power_plugged {raw!r} is none of 0/1, true/false, yes/no"
             values[c] = plugged
             continue
-        if isinstance(raw, bool):
-            return None
-        try:
-            value = float(raw)
-        except (TypeError, ValueError, OverflowError):
-            return None
         low, high = TRACE_COLUMNS[c][2]
+        try:
+            value = float(raw) if not isinstance(raw, bool) else math.nan
+        except (TypeError, ValueError, OverflowError):
+            value = math.nan
         if not math.isfinite(value) or not low <= value <= high or (c == "host_cores" and value != int(value)):  # (2.5 cores read as 2)
-            return None
+            whole = " whole" if c == "host_cores" else ""
+            return f"{c} {raw!r} is not a{whole} number in [{low:g}, {high:g}]"
         values[c] = value
-    return (t, values) if values else None
+    return (t, values) if values else f"no reading at t {raw_t!r}"
 
 
 def _plugged(raw: Any) -> float | None:

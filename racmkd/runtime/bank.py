@@ -99,10 +99,18 @@ def load_bank(folder: Path, split: str = "val", warn: bool = True) -> Bank:
         raise BankError(f"{path}: damaged ({'; '.join(problems[:3])}). Rebuild it with `racmkd edge build`.")
     specs, damaged = {}, {}
     rebuild = rebuild_hint(folder)
+    recorded = {v.id: entry.get("file_bytes") for v, entry in zip(variants, data["variants"]) if isinstance(entry, dict)}
     for v in variants:
         try:
             contract = read_contract(folder / v.path, rebuild)
-            specs[v.id] = variant_spec(folder / v.path, contract, v, rebuild)
+            spec = variant_spec(folder / v.path, contract, v, rebuild)
+            size, expected = (folder / v.path).stat().st_size, recorded.get(v.id)
+            if isinstance(expected, int) and not isinstance(expected, bool) and size != expected:
+                # (another tier's file copied over it was served as this variant, its accuracy taken for the other's)
+                raise ExportError(
+                    f"{folder / v.path}: {size} bytes, but bank.json records {expected} for variant {v.id}: another variant's file or a damaged copy; {rebuild}"
+                )
+            specs[v.id] = spec
         except Exception as err:  # noqa: BLE001 - a damaged variant file is skipped by the runtime, not fatal here
             if warn:
                 log.warning("%s: variant %s is damaged and will be skipped: %s", folder, v.id, err)
@@ -163,7 +171,19 @@ def variant_spec(path: Path, contract: dict[str, Any], variant: Variant, fix: st
 
 def table_problems(table: ProfileTable, biases: dict[str, np.ndarray]) -> list[str]:
     """What in a bank's numbers the runtime could not work with (empty when nothing)."""
-    problems = [f"unknown modality {m!r}" for m in table.modalities if m not in SIGNALS]
+    # (no modalities was blamed on the config's priorities, "every modality at 0"; no variants
+    # failed as "max() arg is an empty sequence", and was signed by `racmkd registry add`)
+    problems = [what for what, missing in (("no modalities", not table.modalities), ("no variants", not table.variants)) if missing]
+    problems += [f"unknown modality {m!r}" for m in table.modalities if m not in SIGNALS]
+    if len(set(table.modalities)) != len(table.modalities):
+        problems.append(f"modalities {list(table.modalities)} repeat a modality")
+    ids = [v.id for v in table.variants]
+    problems += [f"variant {vid} listed {ids.count(vid)} times" for vid in sorted({i for i in ids if ids.count(i) > 1})]
+    problems += [
+        f"{v.id}: modality {v.modality!r} is not in the bank's modalities {list(table.modalities)}"
+        for v in table.variants
+        if v.modality not in table.modalities
+    ]
     if len(set(table.tiers)) != len(table.tiers):
         problems.append(f"tiers {list(table.tiers)} repeat a tier")
     for v in table.variants:
