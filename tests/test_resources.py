@@ -400,14 +400,14 @@ def test_a_mistyped_timestamp_costs_its_row_and_garbage_is_said_with_its_line(tm
     assert trace.skipped_rows == 1 and len(trace.times) == 59 and 5.0 not in trace.times and 5.5 in trace.times
     assert trace.at(6.0).cpu_percent == 32.0
     top = tmp_path / "top.csv"
-    top.write_text("t,cpu_percent\n\n0,150\n1,180\n")  # (a blank line: the rows' lines are counted as read)
-    with pytest.raises(TraceError, match=r"2 rows skipped as garbage; the first, line 3: cpu_percent '150' is not a number in \[0, 100\]"):
+    top.write_text('t,cpu_percent,note\n\n0,150,"a note\non two lines"\n1,180,\n')  # (a blank line, and a cell of two lines: lines as read)
+    with pytest.raises(TraceError, match=r"2 rows skipped as garbage; the first unreadable, line 3: cpu_percent '150' is not a number in \[0, 100\]"):
         load_trace(top)
     mixed = tmp_path / "mixed.json"
     mixed.write_text(json.dumps([{"t": 0, "cpu_percent": 10}, {"t": 1, "cpu_percent": 20, "power_plugged": "maybe"}, {"t": 2, "cpu_percent": 30}]))
     with caplog.at_level("WARNING", logger="racmkd.resources.sources"):
         assert load_trace(mixed).skipped_rows == 1
-    assert "the first, sample 2: power_plugged 'maybe' is none of 0/1, true/false, yes/no" in caplog.text
+    assert "the first unreadable, sample 2: power_plugged 'maybe' is none of 0/1, true/false, yes/no" in caplog.text
 
 
 def test_trace_files_skip_garbage_and_hold_gaps(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

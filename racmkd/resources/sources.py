@@ -733,7 +733,8 @@ def load_trace(path: str | Path) -> Trace:
                 rows, lines = [], []
                 for row in reader:
                     rows.append(row)
-                    lines.append(reader.line_num)  # (a blank line is skipped: no row index + 2)
+                    # the line the row starts on (blank lines are skipped: no row index + 2; a quoted cell may span lines)
+                    lines.append(reader.line_num - sum(v.count("\n") for v in row.values() if isinstance(v, str)))
     except TraceError:
         raise
     except (OSError, ValueError, csv.Error, RecursionError) as err:  # (ValueError: bad JSON or UTF-8, a number past Python's 4,300 digits)
@@ -751,7 +752,7 @@ def load_trace(path: str | Path) -> Trace:
     parsed = [_parse_row(row, known) for row in rows]
     usable = [p for p in parsed if not isinstance(p, str)]
     first_bad = next(((i, p) for i, p in enumerate(parsed) if isinstance(p, str)), None)
-    garbage = "" if first_bad is None else f"; the first, {f'line {lines[first_bad[0]]}' if lines else f'sample {first_bad[0] + 1}'}: {first_bad[1]}"
+    garbage = "" if first_bad is None else f"; the first unreadable, {f'line {lines[first_bad[0]]}' if lines else f'sample {first_bad[0] + 1}'}: {first_bad[1]}"
     skipped, backwards = len(rows) - len(usable), 0
     steps = np.diff([t for t, _ in usable])
     steps = steps[steps > 0]
