@@ -1447,6 +1447,17 @@ def test_the_window_by_the_gain_restarts_after_a_break() -> None:
     assert switched is not None and 1.8 <= switched < 1.9 and why.startswith("step up")  # one window from 0.8, not from 0.1
 
 
+def test_the_pending_step_is_the_one_ready_first() -> None:
+    """The runtime loads the pending step's sessions while it waits: of one settling since 0 s
+    (ready at 10 s) and one better by the gain since 0.5 s (ready at 1.5 s), the second."""
+    cheap, rich, _ = drifting_pair()
+    hysteresis = Hysteresis(margin=0.2, window_s=1.0, gain=0.01)
+    hysteresis._fitting = {(cheap,): (0.0, math.inf), (rich,): (0.5, 0.5)}
+    assert hysteresis.pending == (rich,) and not hysteresis.due(1.4) and hysteresis.due(1.5)
+    hysteresis._fitting = {(cheap,): (0.0, math.inf)}
+    assert hysteresis.pending == (cheap,) and not hysteresis.due(9.9) and hysteresis.due(10.0)
+
+
 def test_no_gain_is_asked_where_worths_cannot_drift() -> None:
     """Where a configuration meets its deadline for certain, or under `objective: accuracy`, its
     worth is its accuracy, which does not drift: a step up 0.005 better waits one window, not ten
