@@ -1447,6 +1447,22 @@ def test_the_window_by_the_gain_restarts_after_a_break() -> None:
     assert switched is not None and 1.8 <= switched < 1.9 and why.startswith("step up")  # one window from 0.8, not from 0.1
 
 
+def test_a_step_down_for_less_to_a_configuration_unsure_of_its_deadline_asks_the_gain() -> None:
+    cheap, rich = Variant("audio", "low", 1.0, 1, 1.0), Variant("audio", "medium", 1.001, 1, 1.0)
+    table = ProfileTable(("audio",), TIERS, (cheap, rich), {("low",): 0.94, ("medium",): 0.95})
+    risk = DeadlineRisk(window=1000)
+    for i in range(1000):
+        risk.observe(1.0 + 0.2 * i / 999, 1.0)
+    allocator = Allocator(table, risk=risk)
+    for gain, steps_down in ((0.0, True), (0.01, False)):
+        hysteresis = Hysteresis(margin=0.2, window_s=1.0, gain=gain)
+        held = hysteresis.choose(0.0, None, allocator, Budget(latency_ms=2.0), (1.0,))[0]
+        assert held.config == (rich,)
+        # both meet the deadline one time in four: the cheap one scores 0.002 more, for 0.001 ms less
+        chosen, why = hysteresis.choose(0.1, held, allocator, Budget(latency_ms=1.05), (1.0,))
+        assert (chosen.config == (cheap,) and why == "step down at once: better for less") == steps_down
+
+
 def test_the_pending_step_is_the_one_ready_first() -> None:
     """The runtime loads the pending step's sessions while it waits: of one settling since 0 s
     (ready at 10 s) and one better by the gain since 0.5 s (ready at 1.5 s), the second."""
