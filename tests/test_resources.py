@@ -1391,10 +1391,15 @@ def drifting_pair(rich_accuracy: float = 0.97) -> tuple[Variant, Variant, Alloca
     its deadline with chance c and the cheap one for certain."""
     cheap, rich = Variant("audio", "low", 1.0, 1, 1.0), Variant("audio", "medium", 1.3, 1, 1.0)
     table = ProfileTable(("audio",), TIERS, (cheap, rich), {("low",): 0.94, ("medium",): rich_accuracy})
+    return cheap, rich, Allocator(table, risk=evenly_spread_risk())
+
+
+def evenly_spread_risk() -> DeadlineRisk:
+    """A deadline risk whose 1000 observed / predicted ratios spread evenly over 1.0-1.2."""
     risk = DeadlineRisk(window=1000)
     for i in range(1000):
         risk.observe(1.0 + 0.2 * i / 999, 1.0)
-    return cheap, rich, Allocator(table, risk=risk)
+    return risk
 
 
 def rich_odds(chance: float) -> Budget:
@@ -1450,10 +1455,7 @@ def test_the_window_by_the_gain_restarts_after_a_break() -> None:
 def test_a_step_down_for_less_to_a_configuration_unsure_of_its_deadline_asks_the_gain() -> None:
     cheap, rich = Variant("audio", "low", 1.0, 1, 1.0), Variant("audio", "medium", 1.001, 1, 1.0)
     table = ProfileTable(("audio",), TIERS, (cheap, rich), {("low",): 0.94, ("medium",): 0.95})
-    risk = DeadlineRisk(window=1000)
-    for i in range(1000):
-        risk.observe(1.0 + 0.2 * i / 999, 1.0)
-    allocator = Allocator(table, risk=risk)
+    allocator = Allocator(table, risk=evenly_spread_risk())
     for gain, steps_down in ((0.0, True), (0.01, False)):
         hysteresis = Hysteresis(margin=0.2, window_s=1.0, gain=gain)
         held = hysteresis.choose(0.0, None, allocator, Budget(latency_ms=2.0), (1.0,))[0]

@@ -3,6 +3,7 @@ variant's file and input spec, the tiers' biases. `racmkd.runtime.variants.build
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import logging
@@ -177,8 +178,8 @@ def table_problems(table: ProfileTable, biases: dict[str, np.ndarray]) -> list[s
     problems += [f"unknown modality {m!r}" for m in table.modalities if m not in SIGNALS]
     if len(set(table.modalities)) != len(table.modalities):
         problems.append(f"modalities {list(table.modalities)} repeat a modality")
-    ids = [v.id for v in table.variants]
-    problems += [f"variant {vid} listed {ids.count(vid)} times" for vid in sorted({i for i in ids if ids.count(i) > 1})]
+    listed = collections.Counter(v.id for v in table.variants)
+    problems += [f"variant {vid} listed {n} times" for vid, n in sorted(listed.items()) if n > 1]
     problems += [
         f"{v.id}: modality {v.modality!r} is not in the bank's modalities {list(table.modalities)}"
         for v in table.variants
